@@ -1,0 +1,23 @@
+"""Error types shared across p2pfl.
+
+``UsageError`` is what a user can fix: a bad flag, an unreadable file, a
+disconnected graph.  The CLI turns it into a one-line message and exit code 2.
+"""
+
+__all__ = ["UsageError", "TopologyError", "DataError", "ConfigError"]
+
+
+class UsageError(ValueError):
+    """A problem with the user's input; reported as one line, exit code 2."""
+
+
+class TopologyError(UsageError):
+    """A graph or topology spec that cannot be used."""
+
+
+class DataError(UsageError):
+    """An unknown dataset, an unreadable data file or a bad partition spec."""
+
+
+class ConfigError(UsageError):
+    """An unknown or invalid configuration option."""
