@@ -1,3 +1,13 @@
 """p2pfl: a peer-to-peer gossip learning runtime over ZeroMQ."""
 
 __version__ = "0.1.0"
+
+__all__ = ["run_cluster", "Result", "__version__"]
+
+
+def __getattr__(name):  # keep `import p2pfl` light: torch loads on first use
+    if name in ("run_cluster", "Result"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'p2pfl' has no attribute {name!r}")

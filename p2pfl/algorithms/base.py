@@ -1,0 +1,84 @@
+"""The interface of a gossip algorithm and the packet it exchanges.
+
+A gossip algorithm is a pure update rule over flat parameter vectors.  Per
+round the node loop calls :meth:`outgoing` once (what to send to every
+neighbour), :meth:`decode` on each neighbour's packet, and :meth:`mix` with
+what arrived.  It owns its state (public copies, residuals) and knows nothing
+of sockets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+__all__ = ["Packet", "GossipAlgorithm", "dense_packet", "dense_tensor", "renormalised"]
+
+
+@dataclass
+class Packet:
+    """What travels between neighbours: frames plus how to read them.
+
+    ``codec`` names the codec that produced ``frames``.  Raw fp32 tensors use
+    codec ``"none"`` and declare their ``shapes``/``dtypes`` in the header.
+    """
+
+    codec: str
+    frames: list
+    shapes: list = field(default_factory=list)
+    dtypes: list = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+
+def dense_packet(x: torch.Tensor) -> Packet:
+    """A raw little-endian float32 packet of ``x`` (zero-copy view)."""
+    arr = x.detach().to(torch.float32).contiguous().numpy()
+    return Packet("none", [memoryview(arr.reshape(-1)).cast("B")], [list(arr.shape)], ["float32"])
+
+
+def dense_tensor(packet: Packet, numel: int) -> torch.Tensor:
+    """Read a raw float32 packet back; its size must match ``numel``."""
+    if packet.codec != "none" or packet.dtypes != ["float32"] or len(packet.frames) != 1:
+        raise ValueError("not a raw float32 packet")
+    arr = np.frombuffer(packet.frames[0], dtype="<f4")
+    if arr.size != numel:
+        raise ValueError(f"packet has {arr.size} values, expected {numel}")
+    return torch.from_numpy(arr.copy())
+
+
+def renormalised(self_weight: float, weights: dict, arrived) -> tuple[float, dict]:
+    """Mixing weights re-normalised over the neighbours whose message arrived.
+
+    Row i of the mixing matrix sums to 1; when some neighbours are missing
+    their share is redistributed proportionally, so the row still sums to 1.
+    """
+    kept = {j: weights[j] for j in arrived}
+    total = self_weight + sum(kept.values())
+    return self_weight / total, {j: w / total for j, w in kept.items()}
+
+
+class GossipAlgorithm:
+    """Base class: one round is ``outgoing`` → (network) → ``decode`` → ``mix``."""
+
+    name = "base"
+
+    def __init__(self, numel: int, self_weight: float, weights: dict) -> None:
+        self.numel = numel
+        self.self_weight = float(self_weight)
+        self.weights = {j: float(w) for j, w in weights.items()}
+
+    def outgoing(self, x: torch.Tensor) -> Packet:
+        raise NotImplementedError
+
+    def decode(self, packet: Packet) -> torch.Tensor:
+        raise NotImplementedError
+
+    def mix(self, x: torch.Tensor, received: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def neighbours_changed(self, weights: dict, self_weight: float) -> None:
+        """The neighbourhood changed (a peer joined or left)."""
+        self.weights = dict(weights)
+        self.self_weight = self_weight

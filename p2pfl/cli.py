@@ -1,0 +1,159 @@
+"""The ``p2pfl`` command: ``cluster``, ``node``, ``topology``, ``plot`` and ``bench``.
+
+Every user error (a wrong flag, an unreadable file, a disconnected graph, an
+unknown dataset) prints one line to stderr and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+from .errors import UsageError
+
+__all__ = ["main", "build_parser"]
+
+# (flag, type, help) for every option that `cluster` and the TOML file share.
+CLUSTER_OPTIONS = [
+    ("mode", str, "gossip (default), fedavg, stc, cfl, fd or cfd"),
+    ("topology", str, "generator spec (ring:8, torus:4x4, ...), graph file, or worker names"),
+    ("nodes", int, "number of worker nodes in server modes"),
+    ("rounds", int, "communication rounds (default 30)"),
+    ("seed", int, "random seed for data, partition and initial model"),
+    ("dataset", str, "digits, mnist1d, synthetic[:C:D], mnist:PATH, cifar10:PATH"),
+    ("data_dir", str, "folder for dataset files"),
+    ("partition", str, "iid, dirichlet:ALPHA, shards:S or groups:K"),
+    ("model", str, "mlp[:H], cnn or logreg"),
+    ("local_steps", int, "local SGD steps per round (default 10)"),
+    ("local_epochs", int, "local epochs per round (overrides --local-steps when > 0)"),
+    ("batch_size", int, "mini-batch size"),
+    ("lr", float, "learning rate"),
+    ("momentum", float, "SGD momentum"),
+    ("weight_decay", float, "L2 weight decay"),
+    ("algorithm", str, "gossip rule: auto, dpsgd or choco"),
+    ("mixing", str, "mixing weights: metropolis, uniform or weight"),
+    ("compression", str, "codec spec for the exchange, e.g. stc:0.01+golomb"),
+    ("error_feedback", str, "auto, on or off"),
+    ("gamma", float, "CHOCO consensus step size"),
+    ("participation", float, "reporting fraction in server modes"),
+    ("transport", str, "tcp (default), ipc or inproc"),
+    ("host", str, "address nodes bind for tcp (default 127.0.0.1)"),
+    ("round_timeout", float, "seconds to wait for neighbours each round"),
+    ("start_timeout", float, "seconds to wait for the cluster to start"),
+    ("eval_every", int, "evaluate every N rounds"),
+    ("profiles", str, "node profile TOML file (per-node options)"),
+    ("out", str, "output folder (default runs/TIMESTAMP-MODE)"),
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _add_cluster(sub) -> None:
+    p = sub.add_parser("cluster", help="run a local cluster of nodes",
+                       description="Spawn a local cluster over a topology and run it.")
+    p.add_argument("--config", help="TOML file with options; flags override it")
+    for name, typ, text in CLUSTER_OPTIONS:
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None,
+                       help=text)
+    p.add_argument("--in-process", dest="in_process", action="store_const", const=True,
+                   help="host every node as a thread of this process (inproc sockets)")
+    p.add_argument("--no-consensus", dest="consensus", action="store_const", const=False,
+                   help="do not send models to the launcher for the consensus distance")
+    p.add_argument("-q", "--quiet", dest="quiet", action="store_const", const=True,
+                   help="no progress output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="p2pfl", description="Peer-to-peer gossip learning over ZeroMQ.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"p2pfl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_cluster(sub)
+    p = sub.add_parser("node", help="run one node that joins a launcher (multi-host)")
+    p.add_argument("--connect", required=True, help="the launcher's address, tcp://HOST:PORT")
+    p.add_argument("--id", type=int, required=True, help="this node's id in the topology")
+    p.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    p = sub.add_parser("topology", help="describe a topology and its mixing matrix")
+    p.add_argument("spec", help="generator spec or graph file")
+    p.add_argument("--mixing", default="metropolis")
+    p = sub.add_parser("plot", help="write PNG plots of a run folder")
+    p.add_argument("run_dir")
+    p = sub.add_parser("bench", help="benchmarks")
+    p.add_argument("what", choices=["codecs"])
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def _cmd_cluster(args) -> int:
+    from .api import run_cluster
+
+    options = {name: getattr(args, name) for name, _, _ in CLUSTER_OPTIONS}
+    for name in ("in_process", "consensus", "quiet"):
+        options[name] = getattr(args, name)
+    options = {k: v for k, v in options.items() if v is not None}
+    result = run_cluster(config=args.config, **options)
+    failed = result.summary.get("failed_nodes") or {}
+    return 1 if failed and len(failed) == result.summary.get("nodes") else 0
+
+
+def _cmd_node(args) -> int:
+    from .worker import serve
+
+    return serve(args.connect, args.id, scheme="tcp", host=args.host)
+
+
+def _cmd_topology(args) -> int:
+    from .topology import build, describe
+
+    topo = build(args.spec, scheme=args.mixing)
+    print(describe(topo))
+    for w in topo.warnings:
+        print(f"warning: {w}")
+    return 0
+
+
+def _cmd_plot(args) -> int:
+    from .plot import plot_run
+
+    for path in plot_run(args.run_dir):
+        print(path)
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from .compression.bench import main as bench_main
+
+    return bench_main(json_output=args.json)
+
+
+COMMANDS = {"cluster": _cmd_cluster, "node": _cmd_node, "topology": _cmd_topology,
+            "plot": _cmd_plot, "bench": _cmd_bench}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as exc:
+        print(f"p2pfl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("p2pfl: interrupted; all nodes stopped", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os._exit(1)
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # runs the launcher's clean shutdown
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""The launcher: spawn a local cluster, hold the readiness barrier, shut it down cleanly.
+
+Nodes are OS processes by default (forked, one per node) or threads of this
+process over ``inproc://`` sockets (``--in-process``).  The launcher talks to
+them over the same wire format as the nodes use among themselves.  No node
+outlives the launcher: nodes are stopped, then terminated, then killed when
+the run ends for any reason; a node process also dies with its parent
+(``PR_SET_PDEATHSIG``) and notices a lost launcher.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+
+import zmq
+
+from .metrics import write_json_atomic
+from .node import LAUNCHER
+from .transport import Endpoint, Mailbox
+from .worker import process_main, serve
+
+__all__ = ["Launcher", "NodeHandle", "ClusterError"]
+
+HEARTBEAT_S = 2.0
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not start or lost contact with its nodes."""
+
+
+@dataclass
+class NodeHandle:
+    id: int
+    label: object
+    runner: object = None  # multiprocessing.Process or threading.Thread
+    address: str | None = None
+    pid: int | None = None
+    host: str | None = None
+    state: str = "spawned"  # spawned, joined, ready, done, failed
+    final: dict = field(default_factory=dict)
+    reason: str | None = None
+
+    def exited(self) -> bool:
+        r = self.runner
+        return r is not None and (not r.is_alive())
+
+
+class Launcher:
+    """Runs one cluster.
+
+    Parameters
+    ----------
+    specs : list of dict
+        Per node: ``id``, ``label``, ``neighbours`` (``[[id, weight], ...]``),
+        ``self_weight`` and ``settings``.
+    out_dir : str
+        Where ``nodes.json`` is kept up to date.
+    in_process, scheme, host
+        How nodes are hosted and which transport they bind.
+    """
+
+    def __init__(self, specs: list, out_dir: str, *, in_process: bool = False,
+                 scheme: str = "tcp", host: str = "127.0.0.1", start_timeout: float = 60.0,
+                 round_timeout: float = 10.0, on_message=None, log=None) -> None:
+        self.specs = specs
+        self.out_dir = out_dir
+        self.in_process = in_process
+        self.scheme = "inproc" if in_process else scheme
+        self.host = host
+        self.start_timeout = start_timeout
+        self.round_timeout = round_timeout
+        self.on_message = on_message or (lambda handle, msg: None)
+        self.log = log or (lambda text: None)
+        self.nodes = {s["id"]: NodeHandle(s["id"], s["label"]) for s in specs}
+        self.run_dir = tempfile.mkdtemp(prefix="p2pfl-")
+        self.ctx: zmq.Context | None = None
+        self.ep: Endpoint | None = None
+        self.control_bytes = 0
+
+    # ------------------------------------------------------------------ phases
+    def run(self) -> dict:
+        """Spawn, barrier, run to the end, shut down; return the per-node handles."""
+        try:
+            self._spawn_and_bind()
+            self._barrier()
+            self._monitor()
+        finally:
+            self.shutdown()
+        return self.nodes
+
+    def _spawn_and_bind(self) -> None:
+        if self.in_process:
+            self.ctx = zmq.Context()
+            address = f"inproc://p2pfl-launcher-{id(self)}"
+            self._bind(address)
+            for h in self.nodes.values():
+                h.runner = threading.Thread(
+                    target=serve, name=f"node-{h.id}", daemon=True,
+                    args=(address, h.id),
+                    kwargs=dict(ctx=self.ctx, scheme="inproc", alive=self._alive,
+                                start_timeout=self.start_timeout))
+                h.runner.start()
+            return
+        # Fork the nodes before this process creates any ZeroMQ context.
+        address = f"ipc://{self.run_dir}/launcher.sock"
+        fork = mp.get_context("fork")
+        for h in self.nodes.values():
+            h.runner = fork.Process(
+                target=process_main, name=f"p2pfl-node-{h.id}", daemon=True,
+                args=(address, h.id, self.scheme, self.host, self.run_dir, self.start_timeout))
+            h.runner.start()
+            h.pid = h.runner.pid
+        self.ctx = zmq.Context()
+        self._bind(address)
+
+    def _bind(self, address: str) -> None:
+        self.ep = Endpoint(self.ctx, LAUNCHER, address)
+        self.mailbox = Mailbox(self.ep, control_sources=set(self.nodes))
+        self._stopping = False
+
+    def _alive(self) -> bool:
+        return not self._stopping
+
+    def _wait_for(self, state: str, kinds: set, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while any(h.state != state for h in self.nodes.values()):
+            if time.monotonic() > deadline:
+                late = [h.label for h in self.nodes.values() if h.state != state]
+                raise ClusterError(f"{len(late)} node(s) not {state} after {timeout:.0f} s: "
+                                   f"{late[:5]}")
+            msg = self.mailbox.poll_control(0.5)
+            if msg is not None:
+                self._handle(msg, kinds)
+            failed = [h for h in self.nodes.values() if h.state == "failed"]
+            if failed:
+                raise ClusterError(f"node {failed[0].label!r} failed: {failed[0].reason}")
+            for h in self.nodes.values():
+                if h.exited() and h.state not in ("done", "failed"):
+                    raise ClusterError(f"node {h.label!r} exited during start-up")
+
+    def _barrier(self) -> None:
+        """join from all → config to each → ready from all → start."""
+        self._wait_for("joined", {"join"}, self.start_timeout)
+        self.write_nodes_json()
+        for spec in self.specs:
+            neighbours = [[j, self.nodes[j].address, w] for j, w in spec["neighbours"]]
+            self.ep.send(spec["id"], "config", meta=dict(spec, neighbours=neighbours))
+        self._wait_for("ready", {"ready"}, self.start_timeout)
+        for h in self.nodes.values():
+            self.ep.send(h.id, "start")
+        self.t_start = time.monotonic()
+
+    def _monitor(self) -> None:
+        """Relay records until every node is done or failed."""
+        last_beat, last_news = 0.0, time.monotonic()
+        silence_limit = max(120.0, 6 * self.round_timeout)
+        while any(h.state not in ("done", "failed") for h in self.nodes.values()):
+            now = time.monotonic()
+            if now - last_beat > HEARTBEAT_S:
+                for h in self.nodes.values():
+                    if h.state == "ready":
+                        self.ep.send(h.id, "heartbeat")
+                last_beat = now
+            msg = self.mailbox.poll_control(0.5)
+            if msg is not None:
+                last_news = now
+                self._handle(msg, {"metrics", "bye", "error"})
+            for h in self.nodes.values():
+                if h.state == "ready" and h.exited():
+                    self._fail(h, "process exited without finishing")
+            if now - last_news > silence_limit:
+                for h in self.nodes.values():
+                    if h.state == "ready":
+                        self._fail(h, f"silent for {silence_limit:.0f} s")
+
+    def _handle(self, msg, kinds: set) -> None:
+        h = self.nodes.get(msg.src)
+        if h is None or msg.kind not in kinds | {"error"}:
+            self.ep.counters.drop("unexpected_control")
+            return
+        if msg.kind == "join":
+            meta = msg.meta
+            h.address, h.pid, h.host = meta.get("address"), meta.get("pid"), meta.get("host")
+            self.ep.connect(h.id, h.address)
+            h.state = "joined"
+        elif msg.kind == "ready":
+            h.state = "ready"
+        elif msg.kind == "bye":
+            h.final = msg.meta
+            h.state = "done"
+        elif msg.kind == "error":
+            self._fail(h, str(msg.meta.get("reason", "unknown error")))
+            return
+        self.on_message(h, msg)
+
+    def _fail(self, h: NodeHandle, reason: str) -> None:
+        if h.state in ("done", "failed"):
+            return
+        h.state, h.reason = "failed", reason
+        self.log(f"node {h.label!r} failed: {reason}")
+        self.on_message(h, None)
+
+    # --------------------------------------------------------------- shutdown
+    def shutdown(self) -> None:
+        """Stop every node: ask, wait briefly, terminate, kill.  Idempotent."""
+        self._stopping = True
+        if self.ep is not None:
+            for h in self.nodes.values():
+                if h.address:
+                    self.ep.send(h.id, "stop")
+        deadline = time.monotonic() + 5.0
+        for h in self.nodes.values():
+            if h.runner is not None and h.runner.ident is not None:
+                h.runner.join(max(0.05, deadline - time.monotonic()))
+        for h in self.nodes.values():
+            r = h.runner
+            if isinstance(r, mp.process.BaseProcess) and r.is_alive():
+                r.terminate()
+                r.join(2.0)
+                if r.is_alive():
+                    r.kill()
+                    r.join(2.0)
+        if self.ep is not None:
+            self.control_bytes = self.ep.counters.total("sent") + self.ep.counters.total("received")
+            self.ep.close()
+            self.ep = None
+        if self.ctx is not None:
+            threads = [h.runner for h in self.nodes.values() if isinstance(h.runner, threading.Thread)]
+            for t in threads:
+                t.join(max(0.05, deadline + 25.0 - time.monotonic()))
+            if not any(t.is_alive() for t in threads):
+                self.ctx.term()  # a thread still inside a socket call would block term()
+            self.ctx = None
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def write_nodes_json(self) -> None:
+        rows = [{"id": h.id, "label": h.label, "address": h.address, "pid": h.pid,
+                 "host": h.host, "state": h.state} for h in self.nodes.values()]
+        write_json_atomic(os.path.join(self.out_dir, "nodes.json"), rows)

@@ -1,0 +1,68 @@
+"""Codecs for tensors on the wire: sparsify or quantise, code positions, code losslessly.
+
+>>> import torch
+>>> from p2pfl.compression import make_codec, wire_size
+>>> codec = make_codec("stc:0.01+golomb", error_feedback=False)
+>>> frames = codec.encode(torch.randn(1000))
+>>> codec.decode(frames).shape
+torch.Size([1000])
+
+``make_codec(spec)`` builds a codec from a spec such as ``topk:0.01+quant:0.001+cabac``
+(grammar and rules: ``registry.py``; wire format: ``codec.py``; the intermediate
+between stages: ``intermediate.py``).  Biased codecs come wrapped in
+:class:`ErrorFeedback` unless ``error_feedback=False``.
+"""
+from __future__ import annotations
+
+from .codec import Codec, wire_size
+from .errors import CodecError
+from .feedback import ErrorFeedback, wants_error_feedback
+from .positions import golomb_b, golomb_expected_bits
+from .registry import STAGES, build_codec, parse_spec
+from .wire import MAX_NUMEL
+
+__all__ = ["make_codec", "Codec", "CodecError", "ErrorFeedback", "wants_error_feedback",
+           "wire_size", "encode_many", "decode_many", "STAGES", "parse_spec", "golomb_b",
+           "golomb_expected_bits", "MAX_NUMEL", "codec_names"]
+
+
+def make_codec(spec: str, error_feedback: bool | None = None, seed: int | None = None,
+               max_numel: int = MAX_NUMEL):
+    """Build the codec for ``spec``.
+
+    error_feedback: None turns it on for biased codecs (``wants_error_feedback``),
+    True/False force it.  seed: for the stochastic stages' generator (randk,
+    qsgd, terngrad, PowerSGD's first Q).  max_numel: the largest tensor a blob
+    may declare.  Raises ``p2pfl.errors.ConfigError`` for a bad spec.
+    """
+    codec = build_codec(spec, seed=seed, max_numel=max_numel)
+    if error_feedback is None:
+        error_feedback = wants_error_feedback(codec)
+    return ErrorFeedback(codec) if error_feedback else codec
+
+
+def codec_names() -> list[str]:
+    """The registered stage names."""
+    return list(STAGES)
+
+
+def encode_many(codecs, tensors) -> list[list]:
+    """Encode a list of tensors (e.g. a model's parameters), one blob each.
+
+    ``codecs`` is one stateless codec for all, or a sequence with one codec per
+    tensor: stateful ones (ErrorFeedback, powersgd) need their own object per tensor.
+    """
+    if not isinstance(codecs, (list, tuple)):
+        codecs = [codecs] * len(tensors)
+    if len(codecs) != len(tensors):
+        raise ValueError(f"{len(codecs)} codecs for {len(tensors)} tensors")
+    return [c.encode(t) for c, t in zip(codecs, tensors)]
+
+
+def decode_many(codecs, blobs) -> list:
+    """Inverse of :func:`encode_many`."""
+    if not isinstance(codecs, (list, tuple)):
+        codecs = [codecs] * len(blobs)
+    if len(codecs) != len(blobs):
+        raise ValueError(f"{len(codecs)} codecs for {len(blobs)} blobs")
+    return [c.decode(b) for c, b in zip(codecs, blobs)]

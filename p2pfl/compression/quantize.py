@@ -1,0 +1,134 @@
+"""Quantisers: map float values (dense, or the k values of a sparsifier) to
+floats of fewer bits or to integer levels with one scale.
+
+Each docstring cites the rule it implements (ALGORITHMS.md and the papers it
+names).  All quantisers work on a 1-D float32 numpy array.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .base import Stage, check_finite, float_arg, int_arg
+from .errors import CodecError
+from .intermediate import BF16, F16, F32, Floats, Levels
+
+__all__ = ["NoQuant", "FP16", "BF16Quant", "StepQuant", "UniformQuant", "QSGD", "TernGrad",
+           "SignQuant"]
+
+_FP16_MAX = float(np.finfo(np.float16).max)
+
+
+class NoQuant(Stage):
+    """``none``: float32 values as they are (lossless)."""
+    name, wire_id, role = "none", 1, "quantise"
+
+    def quantise(self, x: np.ndarray) -> Floats:
+        return Floats(x, F32)
+
+
+class FP16(Stage):
+    """``fp16``: IEEE half precision, round to nearest, saturating at ±65504."""
+    name, wire_id, role, biased = "fp16", 2, "quantise", True
+
+    def quantise(self, x: np.ndarray) -> Floats:
+        return Floats(np.clip(x, -_FP16_MAX, _FP16_MAX).astype(np.float16), F16)
+
+
+class BF16Quant(Stage):
+    """``bf16``: bfloat16 (8-bit exponent), round to nearest even."""
+    name, wire_id, role, biased = "bf16", 3, "quantise", True
+
+    def quantise(self, x: np.ndarray) -> Floats:
+        bits = torch.from_numpy(np.ascontiguousarray(x)).to(torch.bfloat16).view(torch.int16)
+        return Floats(bits.numpy().view(np.uint16), BF16)
+
+
+class StepQuant(Stage):
+    """``quant:STEP``: uniform scalar quantisation with step Δ, nearest level
+    (DeepCABAC's "Quantise" step, ALGORITHMS.md § DeepCABAC): level = round(x/Δ),
+    x̂ = level·Δ, so |x̂ − x| ≤ Δ/2 (computed in float64, then cast to float32)."""
+    name, wire_id, role, biased, levels = "quant", 4, "quantise", True, True
+    min_args = 1
+
+    def __init__(self, args, rng):
+        super().__init__(args, rng)
+        self.step = float_arg(self, args[0], "STEP", 0.0, 1e30)
+
+    def quantise(self, x: np.ndarray) -> Levels:
+        check_finite(x, self)
+        lv = np.rint(x.astype(np.float64) / self.step)
+        if lv.size and np.abs(lv).max() > 2**31 - 1:
+            raise CodecError(f"quant:{self.args[0]} levels overflow int32; use a larger step")
+        return Levels(lv.astype(np.int64), self.step)
+
+
+class UniformQuant(Stage):
+    """``uniform:BITS``: symmetric uniform quantiser with a per-tensor scale,
+    levels in [−L, L] with L = 2^(BITS−1) − 1 and scale = max|x| / L
+    (survey 002, "uniform quantisation"); deterministic nearest rounding."""
+    name, wire_id, role, biased, levels = "uniform", 5, "quantise", True, True
+    min_args = 1
+
+    def __init__(self, args, rng):
+        super().__init__(args, rng)
+        self.bits = int_arg(self, args[0], "BITS", 2, 16)
+
+    def quantise(self, x: np.ndarray) -> Levels:
+        check_finite(x, self)
+        top = (1 << (self.bits - 1)) - 1
+        peak = float(np.abs(x).max()) if x.size else 0.0
+        if peak == 0.0:
+            return Levels(np.zeros(x.size, dtype=np.int64), 0.0)
+        scale = peak / top
+        lv = np.clip(np.rint(x.astype(np.float64) / scale), -top, top)
+        return Levels(lv.astype(np.int64), scale)
+
+
+class QSGD(Stage):
+    """``qsgd:LEVELS``: QSGD (Alistarh et al. 2017), s = LEVELS:
+    C(x)_i = ‖x‖₂ · sign(x_i) · ξ_i/s with ξ_i = ⌊s|x_i|/‖x‖⌋ + Bernoulli(frac);
+    unbiased, E[C(x)] = x.  CHOCO's QSGD-16 (ALGORITHMS.md § CHOCO-SGD)."""
+    name, wire_id, role, levels, stochastic = "qsgd", 6, "quantise", True, True
+    min_args = 1
+
+    def __init__(self, args, rng):
+        super().__init__(args, rng)
+        self.s = int_arg(self, args[0], "LEVELS", 1, 1 << 20)
+
+    def quantise(self, x: np.ndarray) -> Levels:
+        check_finite(x, self)
+        norm = float(np.linalg.norm(x.astype(np.float64)))
+        if norm == 0.0:
+            return Levels(np.zeros(x.size, dtype=np.int64), 0.0)
+        r = np.abs(x.astype(np.float64)) * (self.s / norm)
+        low = np.floor(r)
+        lv = low + (self.rng.random(x.size) < (r - low))
+        return Levels((np.sign(x) * lv).astype(np.int64), norm / self.s)
+
+
+class TernGrad(Stage):
+    """``terngrad``: TernGrad (Wen et al. 2017): s = max|x|,
+    C(x)_i = s · sign(x_i) · Bernoulli(|x_i|/s); unbiased."""
+    name, wire_id, role, levels, stochastic = "terngrad", 7, "quantise", True, True
+
+    def quantise(self, x: np.ndarray) -> Levels:
+        check_finite(x, self)
+        peak = float(np.abs(x).max()) if x.size else 0.0
+        if peak == 0.0:
+            return Levels(np.zeros(x.size, dtype=np.int64), 0.0)
+        keep = self.rng.random(x.size) < np.abs(x) / peak
+        return Levels((np.sign(x) * keep).astype(np.int64), peak)
+
+
+class SignQuant(Stage):
+    """``sign``: scaled sign, C(x) = ‖x‖₁/d · sign(x) with sign(0) = +1
+    (CHOCO's "sign+norm", ALGORITHMS.md § CHOCO-SGD; Karimireddy et al. 2019).
+    ‖C(x) − x‖² = ‖x‖² − ‖x‖₁²/d: contractive with δ = ‖x‖₁²/(d‖x‖²) ≥ 1/d.
+    One bit per value."""
+    name, wire_id, role, biased, levels = "sign", 8, "quantise", True, True
+
+    def quantise(self, x: np.ndarray) -> Levels:
+        check_finite(x, self)
+        scale = float(np.abs(x.astype(np.float64)).mean()) if x.size else 0.0
+        return Levels(np.where(x < 0, -1, 1).astype(np.int64), scale)

@@ -1,0 +1,213 @@
+"""Run configuration: one frozen dataclass, TOML files, flag overrides, node profiles.
+
+Precedence, lowest first: the defaults below, the ``--config`` TOML file,
+then command-line flags.  Per-node settings come from a node profile file
+(``--profiles nodes/NAME.toml``)::
+
+    [default]            # applies to every node
+    local_steps = 10
+
+    [nodes."lab-a"]      # a node, by its graph label (or its integer id)
+    lr = 0.1
+    data_share = 2.0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+
+from .errors import ConfigError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+__all__ = ["RunConfig", "load_toml", "from_sources", "NODE_KEYS", "node_settings"]
+
+MODES = ("gossip", "fedavg", "stc", "cfl", "fd", "cfd")
+TRANSPORTS = ("tcp", "ipc", "inproc")
+
+#: Options a node profile may set for single nodes.
+NODE_KEYS = frozenset({
+    "data_share", "model", "local_steps", "local_epochs", "lr", "momentum",
+    "weight_decay", "batch_size", "compression", "behaviour",
+})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every option of a run; CLI flags and TOML keys have the same names."""
+
+    # what runs
+    mode: str = "gossip"
+    topology: str = "ring:8"
+    nodes: int | None = None
+    rounds: int = 30
+    seed: int = 0
+    # data and model
+    dataset: str = "digits"
+    data_dir: str | None = None
+    partition: str = "iid"
+    model: str = "mlp"
+    # local SGD
+    local_steps: int = 10
+    local_epochs: int = 0
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    # gossip
+    algorithm: str = "auto"
+    mixing: str = "metropolis"
+    compression: str = "none"
+    error_feedback: str = "auto"
+    gamma: float | None = None
+    # server modes
+    participation: float = 1.0
+    # runtime
+    transport: str = "tcp"
+    in_process: bool = False
+    host: str = "127.0.0.1"
+    round_timeout: float = 10.0
+    start_timeout: float = 60.0
+    eval_every: int = 1
+    consensus: bool = True
+    profiles: str | None = None
+    out: str | None = None
+    quiet: bool = False
+    node_overrides: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        _one_of("mode", self.mode, MODES)
+        _one_of("transport", self.transport, TRANSPORTS)
+        _one_of("error_feedback", self.error_feedback, ("auto", "on", "off"))
+        for name in ("rounds", "batch_size", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
+        for name in ("local_steps", "local_epochs", "seed"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        if self.local_steps == 0 and self.local_epochs == 0:
+            raise ConfigError("one of --local-steps and --local-epochs must be positive")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if not 0 < self.participation <= 1:
+            raise ConfigError(f"--participation must be in (0, 1], got {self.participation}")
+        if self.gamma is not None and not 0 < self.gamma <= 1:
+            raise ConfigError(f"--gamma must be in (0, 1], got {self.gamma}")
+        if not self.round_timeout > 0:
+            raise ConfigError(f"--round-timeout must be positive, got {self.round_timeout}")
+        if self.nodes is not None and self.nodes < 1:
+            raise ConfigError(f"--nodes must be >= 1, got {self.nodes}")
+        if self.in_process and self.transport != "inproc":
+            object.__setattr__(self, "transport", "inproc")
+        if self.transport == "inproc" and not self.in_process:
+            raise ConfigError("--transport inproc needs --in-process (one process for all nodes)")
+
+    def replace(self, **changes) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """Plain-data view (msgpack/JSON/TOML-safe), for the wire and for the run folder."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _one_of(name: str, value, valid) -> None:
+    if value not in valid:
+        raise ConfigError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+
+
+def load_toml(path: str) -> dict:
+    """Read a TOML file; an unreadable or invalid file is a :class:`ConfigError`."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+
+
+def _coerce(name: str, value, source: str):
+    """Check a value from TOML or a flag against the field's type."""
+    ftype = {f.name: f.type for f in fields(RunConfig)}[name]
+    if value is None:
+        return None
+    if "bool" in ftype and not isinstance(value, bool):
+        raise ConfigError(f"{source}: {name} must be true or false, got {value!r}")
+    if ftype.startswith("int") and (not isinstance(value, int) or isinstance(value, bool)):
+        raise ConfigError(f"{source}: {name} must be an integer, got {value!r}")
+    if ftype.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {name} must be a number, got {value!r}")
+        return float(value)
+    if ftype.startswith("str") and not isinstance(value, str):
+        raise ConfigError(f"{source}: {name} must be a string, got {value!r}")
+    return value
+
+
+def from_sources(config_file: str | None = None, overrides: dict | None = None) -> RunConfig:
+    """Build a :class:`RunConfig` from defaults, a TOML file and explicit overrides.
+
+    ``overrides`` holds only the options the user set (``None`` values are
+    ignored), so flags win over the file.  Unknown keys are errors.
+    """
+    known = {f.name for f in fields(RunConfig)} - {"node_overrides"}
+    values: dict = {}
+    if config_file:
+        data = load_toml(config_file)
+        data = data.get("p2pfl", data) if isinstance(data.get("p2pfl"), dict) else data
+        for key, value in data.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ConfigError(f"{config_file}: unknown option {key!r}")
+            values[name] = _coerce(name, value, config_file)
+        if values.get("profiles") and not os.path.isabs(values["profiles"]):
+            base = os.path.dirname(os.path.abspath(config_file))
+            candidate = os.path.join(base, values["profiles"])
+            values["profiles"] = candidate if os.path.exists(candidate) else values["profiles"]
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = _coerce(key, value, "flag")
+    cfg = RunConfig(**values)
+    if cfg.profiles:
+        cfg = cfg.replace(node_overrides=read_profiles(cfg.profiles))
+    return cfg
+
+
+def read_profiles(path: str) -> dict:
+    """Parse a node profile file into ``{"default": {...}, "nodes": {label: {...}}}``."""
+    data = load_toml(path)
+    unknown_sections = set(data) - {"default", "nodes"}
+    if unknown_sections:
+        raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(unknown_sections))}; "
+                          "valid: default, nodes")
+    default = data.get("default", {})
+    nodes = {str(k): v for k, v in data.get("nodes", {}).items()}
+    for where, table in [("default", default), *nodes.items()]:
+        bad = set(table) - NODE_KEYS
+        if bad:
+            raise ConfigError(f"{path}: [{where}] sets unknown node option(s) "
+                              f"{', '.join(sorted(bad))}; valid: {', '.join(sorted(NODE_KEYS))}")
+    return {"default": default, "nodes": nodes}
+
+
+def node_settings(cfg: RunConfig, node_id: int, label) -> dict:
+    """The options of one node: the run's, then the profile's default, then its own."""
+    base = {k: getattr(cfg, k) for k in NODE_KEYS if hasattr(cfg, k)}
+    base.setdefault("data_share", 1.0)
+    base.setdefault("behaviour", "honest")
+    prof = cfg.node_overrides or {}
+    base.update(prof.get("default", {}))
+    nodes = prof.get("nodes", {})
+    base.update(nodes.get(str(label), nodes.get(str(node_id), {})))
+    return base

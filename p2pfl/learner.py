@@ -1,0 +1,107 @@
+"""A node's learning state: its data shard, model, local trainer and test set.
+
+The learner knows nothing of sockets or peers.  The node loop asks it to
+train, to evaluate, and to read or replace its parameters as one flat vector.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+
+from .data import Dataset, apply_label_permutation, group_label_permutations, load_dataset, partition, partition_groups
+from .models import assign_params, build_model, flatten_params
+from .training import LocalTrainer, SGDConfig, evaluate
+
+__all__ = ["Learner", "shared_dataset", "shard_indices", "warm_up"]
+
+
+def warm_up() -> None:
+    """Import torch's lazily loaded optimizer machinery once (about 1.5 s).
+
+    Called in the launcher before it forks the nodes, so that every node
+    process inherits it instead of importing it again on 2 shared cores.
+    """
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
+
+@functools.lru_cache(maxsize=4)
+def shared_dataset(name: str, seed: int, data_dir: str | None) -> Dataset:
+    """Load a dataset once per process (nodes hosted together share it)."""
+    return load_dataset(name, seed=seed, data_dir=data_dir)
+
+
+@functools.lru_cache(maxsize=8)
+def _partition(name: str, seed: int, data_dir, num_nodes: int, spec: str, shares: tuple) -> tuple:
+    ds = shared_dataset(name, seed, data_dir)
+    spec_for_split = "iid" if spec.startswith("groups:") else spec
+    return tuple(partition(ds.y_train, num_nodes, spec_for_split, seed=seed,
+                           shares=list(shares) if shares else None))
+
+
+def shard_indices(settings: dict, node_id: int) -> np.ndarray:
+    """This node's training indices under the run's partition spec."""
+    shares = tuple(settings.get("shares") or ())
+    parts = _partition(settings["dataset"], settings["seed"], settings.get("data_dir"),
+                       settings["num_nodes"], settings["partition"], shares)
+    return parts[node_id]
+
+
+class Learner:
+    """Model, data shard and optimizer of one node.
+
+    Parameters
+    ----------
+    settings : dict
+        The node's resolved options (run options plus its profile): dataset,
+        partition, model, seed, num_nodes, local SGD settings.
+    node_id : int
+        The node's id, which selects its shard.
+    """
+
+    def __init__(self, settings: dict, node_id: int) -> None:
+        torch.set_num_threads(1)
+        self.settings = settings
+        ds = shared_dataset(settings["dataset"], settings["seed"], settings.get("data_dir"))
+        self.dataset = ds
+        idx = shard_indices(settings, node_id)
+        x, y = ds.x_train[idx], ds.y_train[idx]
+        self.group = 0
+        self.x_test, self.y_test = ds.x_test, ds.y_test
+        if settings["partition"].startswith("groups:"):
+            k = int(settings["partition"].split(":", 1)[1])
+            perms = group_label_permutations(ds.num_classes, k, settings["seed"])
+            self.group = int(partition_groups(settings["num_nodes"], k)[node_id])
+            y = apply_label_permutation(y, perms[self.group])
+            self.y_test = apply_label_permutation(ds.y_test, perms[self.group])
+        self.num_samples = len(idx)
+        # Every node builds its model from the run's seed, so all start equal.
+        self.model = build_model(settings["model"], ds.input_shape, ds.num_classes,
+                                 seed=settings["seed"])
+        cfg = SGDConfig(lr=settings["lr"], momentum=settings["momentum"],
+                        weight_decay=settings.get("weight_decay", 0.0),
+                        batch_size=settings["batch_size"], local_steps=settings["local_steps"],
+                        local_epochs=settings.get("local_epochs", 0))
+        self.trainer = LocalTrainer(self.model, x, y, cfg, seed=settings["seed"] * 7919 + node_id)
+        self._x_test = torch.from_numpy(np.ascontiguousarray(self.x_test))
+        self._y_test = torch.from_numpy(np.ascontiguousarray(self.y_test))
+
+    def train(self) -> float:
+        """Run the configured local SGD steps; return the mean training loss."""
+        return self.trainer.train()
+
+    def evaluate(self) -> tuple[float, float]:
+        """(loss, accuracy) on the shared held-out test set."""
+        return evaluate(self.model, self._x_test, self._y_test)
+
+    def get_flat(self) -> torch.Tensor:
+        return flatten_params(self.model)
+
+    def set_flat(self, flat: torch.Tensor) -> None:
+        assign_params(self.model, flat)
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())

@@ -1,0 +1,151 @@
+"""The metrics sink: per-node, per-round JSON lines, the consensus distance, the summary.
+
+Records arrive from the nodes in any order.  A round is written to
+``metrics.jsonl`` (and flushed) as soon as every live node has reported it,
+together with each node's distance to the network mean of the models sent for
+that round.  ``summary.json`` and other result files are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import defaultdict
+
+import numpy as np
+
+__all__ = ["MetricsSink", "write_json_atomic", "read_metrics"]
+
+
+def write_json_atomic(path: str, obj) -> None:
+    """Write JSON to ``path`` via a temporary file and an atomic rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=2, default=_plain)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _plain(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
+
+
+def read_metrics(path: str) -> list[dict]:
+    """Read a ``metrics.jsonl`` file (a truncated last line is skipped)."""
+    out = []
+    with open(path) as fh:
+        for line in fh:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+class MetricsSink:
+    """Collects round records, writes them as JSON lines, and summarises the run.
+
+    Parameters
+    ----------
+    out_dir : str
+        The run folder.
+    nodes : list
+        The node ids whose records are expected.
+    on_round : callable, optional
+        Called as ``on_round(round, rows)`` when a round is complete.
+    """
+
+    def __init__(self, out_dir: str, nodes, on_round=None) -> None:
+        self.out_dir = out_dir
+        self.live = set(nodes)
+        self.on_round = on_round
+        self.records: list[dict] = []
+        self._pending: dict = defaultdict(dict)  # round -> node -> (record, vector)
+        self._next_round = 1
+        self._fh = open(os.path.join(out_dir, "metrics.jsonl"), "w", buffering=1)
+
+    def add(self, record: dict, vector: np.ndarray | None = None) -> None:
+        """Accept one node's record of one round (and its model, if sent)."""
+        rnd = int(record["round"])
+        if rnd >= self._next_round:
+            self._pending[rnd][record["node"]] = (dict(record), vector)
+            self._drain()
+
+    def node_gone(self, node) -> None:
+        """A node finished or died: stop waiting for its records."""
+        self.live.discard(node)
+        self._drain()
+
+    def _drain(self) -> None:
+        while self._pending.get(self._next_round) is not None:
+            rows = self._pending[self._next_round]
+            if not self.live <= rows.keys():
+                return
+            self._write_round(self._next_round, self._pending.pop(self._next_round))
+            self._next_round += 1
+
+    def _write_round(self, rnd: int, rows: dict) -> None:
+        vectors = {n: v for n, (_, v) in rows.items() if v is not None}
+        if vectors:
+            stack = np.stack([vectors[n] for n in sorted(vectors)]).astype(np.float64)
+            mean = stack.mean(axis=0)
+            dist = dict(zip(sorted(vectors), np.linalg.norm(stack - mean, axis=1).tolist()))
+        else:
+            dist = {}
+        out = []
+        for node in sorted(rows):
+            rec = rows[node][0]
+            rec["consensus_distance"] = dist.get(node)
+            self._fh.write(json.dumps(rec, default=_plain) + "\n")
+            out.append(rec)
+        self._fh.flush()
+        self.records.extend(out)
+        if self.on_round:
+            self.on_round(rnd, out)
+
+    def close(self) -> None:
+        """Write any incomplete rounds that remain (nodes that died mid-run)."""
+        for rnd in sorted(self._pending):
+            self._write_round(rnd, self._pending.pop(rnd))
+        self._fh.close()
+
+    # ---------------------------------------------------------------- summary
+    def accuracy_by_node(self) -> dict:
+        """Each node's last measured test accuracy."""
+        last: dict = {}
+        for rec in self.records:
+            if rec.get("accuracy") is not None:
+                last[rec["node"]] = rec["accuracy"]
+        return last
+
+    def accuracy_per_round(self) -> list:
+        """``[[round, mean accuracy], ...]`` over the rounds that were evaluated."""
+        acc = defaultdict(list)
+        for rec in self.records:
+            if rec.get("accuracy") is not None:
+                acc[rec["round"]].append(rec["accuracy"])
+        return [[r, float(np.mean(v))] for r, v in sorted(acc.items())]
+
+    def summary(self) -> dict:
+        """The per-run figures derived from the records."""
+        acc = list(self.accuracy_by_node().values())
+        return {
+            "accuracy_mean": float(np.mean(acc)) if acc else None,
+            "accuracy_min": float(np.min(acc)) if acc else None,
+            "accuracy_max": float(np.max(acc)) if acc else None,
+            "bytes_sent_total": int(sum(r["bytes_sent"] for r in self.records)),
+            "accuracy_per_round": self.accuracy_per_round(),
+        }

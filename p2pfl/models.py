@@ -1,0 +1,162 @@
+"""Small PyTorch models and flat-parameter helpers.
+
+Models hold parameters only, no buffers (no BatchNorm): the whole model
+state is :func:`flatten_params`, which is what nodes exchange and average.
+Building with the same name, shapes and seed gives identical weights on
+every node, without touching the global torch RNG.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from p2pfl.errors import ConfigError
+
+__all__ = [
+    "MODELS",
+    "build_model",
+    "flatten_params",
+    "assign_params",
+    "num_params",
+    "param_shapes",
+]
+
+#: Model names accepted by :func:`build_model`.
+MODELS = ("logreg", "mlp", "cnn")
+_FORMS = "logreg, mlp, mlp:H, mlp:H1-H2[-...], cnn"
+
+
+def _parse_hidden(arg):
+    """Hidden sizes of ``mlp:H1-H2``; ``(64,)`` when no argument."""
+    if not arg:
+        return (64,)
+    try:
+        sizes = tuple(int(h) for h in arg.split("-"))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise ConfigError(f"bad model 'mlp:{arg}'; expected mlp:H or "
+                          "mlp:H1-H2 with positive integer sizes")
+    return sizes
+
+
+def _mlp(input_shape, num_classes, hidden):
+    layers = [nn.Flatten()]
+    width = math.prod(input_shape)
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+def _cnn1d(channels, num_classes):
+    """1-D conv net for ``(C, L)`` signals such as MNIST-1D (~8k params)."""
+    return nn.Sequential(
+        nn.Conv1d(channels, 32, 5, padding=2), nn.ReLU(), nn.MaxPool1d(2),
+        nn.Conv1d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool1d(2),
+        nn.Conv1d(32, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveMaxPool1d(5),
+        nn.Flatten(), nn.Linear(32 * 5, num_classes))
+
+
+def _cnn2d(channels, num_classes):
+    """2-D conv net for ``(C, H, W)`` images of any size (~10k params)."""
+    return nn.Sequential(
+        nn.Conv2d(channels, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveMaxPool2d(4),
+        nn.Flatten(), nn.Linear(32 * 16, num_classes))
+
+
+def _cnn(input_shape, num_classes):
+    if len(input_shape) == 1:  # plain vectors: treat as a 1-channel signal
+        return nn.Sequential(nn.Unflatten(1, (1, input_shape[0])),
+                             _cnn1d(1, num_classes))
+    if len(input_shape) == 2:
+        return _cnn1d(input_shape[0], num_classes)
+    if len(input_shape) == 3:
+        return _cnn2d(input_shape[0], num_classes)
+    raise ConfigError(f"model 'cnn' does not fit input shape {input_shape}; "
+                      "expected (L,), (C, L) or (C, H, W)")
+
+
+def build_model(name: str, input_shape: tuple, num_classes: int, *,
+                seed: int = 0) -> nn.Module:
+    """Build a classifier with deterministic initial weights.
+
+    Parameters
+    ----------
+    name : str
+        ``logreg``, ``mlp`` (one hidden layer of 64), ``mlp:H``,
+        ``mlp:H1-H2`` or ``cnn`` (1-D conv for ``(C, L)`` inputs, 2-D conv
+        for ``(C, H, W)`` inputs).
+    input_shape : tuple of int
+        Shape of one sample (without the batch dimension).
+    num_classes : int
+        Number of output logits.
+    seed : int
+        Initialisation seed; the global torch RNG is left untouched.
+
+    Returns
+    -------
+    torch.nn.Module
+        A float32 model in train mode.
+
+    Raises
+    ------
+    ConfigError
+        Unknown name or a model that does not fit the input shape.
+    """
+    kind, _, arg = str(name).partition(":")
+    input_shape = tuple(int(s) for s in input_shape)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if kind == "logreg" and not arg:
+            model = _mlp(input_shape, num_classes, ())
+        elif kind == "mlp":
+            model = _mlp(input_shape, num_classes, _parse_hidden(arg))
+        elif kind == "cnn" and not arg:
+            model = _cnn(input_shape, num_classes)
+        else:
+            raise ConfigError(f"unknown model {name!r}; valid: {_FORMS}")
+    return model.float().train()
+
+
+def flatten_params(model: nn.Module) -> torch.Tensor:
+    """All parameters, in ``model.parameters()`` order, as a new 1-D float32 tensor."""
+    return torch.cat([p.detach().reshape(-1).float()
+                      for p in model.parameters()])
+
+
+def assign_params(model: nn.Module, flat) -> None:
+    """Copy a flat vector (tensor or array) into the parameters, in place.
+
+    Raises
+    ------
+    ValueError
+        If ``flat`` does not have exactly :func:`num_params` elements.
+    """
+    flat = torch.as_tensor(np.asarray(flat) if not torch.is_tensor(flat)
+                           else flat).reshape(-1)
+    expected = num_params(model)
+    if flat.numel() != expected:
+        raise ValueError(f"flat parameter vector has {flat.numel()} "
+                         f"elements, model has {expected}")
+    offset = 0
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(flat[offset:offset + p.numel()].view_as(p))
+            offset += p.numel()
+
+
+def num_params(model: nn.Module) -> int:
+    """Total number of parameter elements."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def param_shapes(model: nn.Module) -> list[tuple[str, tuple]]:
+    """``(name, shape)`` of each parameter, in flattening order."""
+    return [(n, tuple(p.shape)) for n, p in model.named_parameters()]

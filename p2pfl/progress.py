@@ -1,0 +1,43 @@
+"""A one-line progress bar on stderr (silent when quiet)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+__all__ = ["Progress"]
+
+
+class Progress:
+    """``[#####-----] round 12/30 | acc 0.914 | 1.52 MB sent | 3.1 s``."""
+
+    def __init__(self, total: int, *, quiet: bool = False, width: int = 24, stream=None) -> None:
+        self.total, self.quiet, self.width = total, quiet, width
+        self.stream = stream or sys.stderr
+        self.t0 = time.monotonic()
+        self._tty = getattr(self.stream, "isatty", lambda: False)()
+        self._last = 0.0
+
+    def update(self, done: int, text: str = "") -> None:
+        if self.quiet:
+            return
+        now = time.monotonic()
+        if not self._tty and done < self.total and now - self._last < 2.0:
+            return  # in logs, print a line every couple of seconds only
+        self._last = now
+        filled = int(self.width * done / max(1, self.total))
+        bar = "#" * filled + "-" * (self.width - filled)
+        line = f"[{bar}] round {done}/{self.total} | {text} | {now - self.t0:.1f} s"
+        self.stream.write(("\r" + line) if self._tty else line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if not self.quiet and self._tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def info(self, text: str) -> None:
+        """A plain message line (also suppressed when quiet)."""
+        if not self.quiet:
+            self.stream.write(text + "\n")
+            self.stream.flush()

@@ -1,0 +1,249 @@
+"""Local SGD training, evaluation and distillation helpers.
+
+A :class:`LocalTrainer` owns one node's data (as torch tensors, converted
+once), its optimizer and its batch sampler.  Nothing here knows about the
+network: the runtime calls :meth:`LocalTrainer.train` between exchanges and
+swaps parameters with :func:`p2pfl.models.assign_params`, which writes in
+place, so the optimizer keeps tracking the same tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from p2pfl.errors import ConfigError, DataError
+
+__all__ = ["SGDConfig", "LocalTrainer", "evaluate", "soft_labels"]
+
+
+@dataclass(frozen=True)
+class SGDConfig:
+    """Local optimiser settings.
+
+    Attributes
+    ----------
+    lr : float
+        Learning rate (> 0).
+    momentum : float
+        SGD momentum in ``[0, 1)``; the buffer persists across rounds.
+    weight_decay : float
+        L2 penalty (>= 0).
+    batch_size : int
+        Mini-batch size (>= 1).
+    local_steps : int
+        Optimiser steps per :meth:`LocalTrainer.train` call.
+    local_epochs : int
+        If > 0, overrides ``local_steps``: passes over the node's data.
+    """
+
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    local_steps: int = 10
+    local_epochs: int = 0
+
+    def __post_init__(self):
+        checks = [("lr", self.lr > 0 and math.isfinite(self.lr), "> 0"),
+                  ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
+                  ("weight_decay", self.weight_decay >= 0, ">= 0"),
+                  ("batch_size", self.batch_size >= 1, ">= 1"),
+                  ("local_steps", self.local_steps >= 0, ">= 0"),
+                  ("local_epochs", self.local_epochs >= 0, ">= 0")]
+        for field, ok, valid in checks:
+            if not ok:
+                raise ConfigError(f"bad {field} {getattr(self, field)!r}; "
+                                  f"expected {valid}")
+
+
+def _as_x(x) -> torch.Tensor:
+    if torch.is_tensor(x):
+        return x.float()
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+
+def _as_y(y) -> torch.Tensor:
+    if torch.is_tensor(y):
+        return y.long()
+    return torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
+
+
+class _BatchStream:
+    """Endless mini-batches: a fresh permutation per epoch, no repeats within one.
+
+    The last batch of an epoch may be smaller than ``batch_size``.
+    """
+
+    def __init__(self, n: int, batch_size: int, rng: np.random.Generator):
+        self.n, self.batch_size, self.rng = n, batch_size, rng
+        self._perm = np.empty(0, dtype=np.int64)
+        self._pos = 0
+
+    def steps_per_epoch(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def next(self) -> torch.Tensor:
+        if self._pos >= len(self._perm):
+            self._perm, self._pos = self.rng.permutation(self.n), 0
+        idx = self._perm[self._pos:self._pos + self.batch_size]
+        self._pos += len(idx)
+        return torch.from_numpy(idx)
+
+
+class LocalTrainer:
+    """Trains one node's model on its local data.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The node's model; trained in place.
+    x, y : numpy.ndarray
+        Local features ``(N, ...)`` and integer labels ``(N,)``, ``N >= 1``.
+    cfg : SGDConfig
+        Optimiser settings.
+    seed : int
+        Seed of this trainer's batch sampling.
+    """
+
+    def __init__(self, model: nn.Module, x, y, cfg: SGDConfig, seed: int):
+        self.model, self.cfg = model, cfg
+        self.x, self.y = _as_x(x), _as_y(y)
+        if len(self.x) == 0 or len(self.x) != len(self.y):
+            raise DataError(f"local data needs N >= 1 samples with one label "
+                            f"each, got {len(self.x)} and {len(self.y)}")
+        self.rng = np.random.default_rng(seed)
+        self._batches = _BatchStream(len(self.x), cfg.batch_size, self.rng)
+        self.optimizer = self._make_optimizer()
+
+    @property
+    def num_samples(self) -> int:
+        """Number of local training samples."""
+        return len(self.x)
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.model.parameters(), lr=self.cfg.lr,
+                               momentum=self.cfg.momentum,
+                               weight_decay=self.cfg.weight_decay)
+
+    def reset_optimizer(self) -> None:
+        """Drop the momentum buffers (e.g. after a large model change)."""
+        self.optimizer = self._make_optimizer()
+
+    def set_lr(self, lr: float) -> None:
+        """Change the learning rate of the live optimizer (for schedules)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = float(lr)
+
+    def num_steps(self) -> int:
+        """Optimiser steps one :meth:`train` call takes."""
+        if self.cfg.local_epochs > 0:
+            return self.cfg.local_epochs * self._batches.steps_per_epoch()
+        return self.cfg.local_steps
+
+    def _step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def train(self) -> float:
+        """Run the configured local steps; return the mean training loss.
+
+        Returns ``nan`` when zero steps are configured.
+        """
+        self.model.train()
+        steps = self.num_steps()
+        total = torch.zeros(())
+        for _ in range(steps):
+            idx = self._batches.next()
+            loss = F.cross_entropy(self.model(self.x[idx]), self.y[idx])
+            self._step(loss)
+            total += loss.detach()
+        return float(total) / steps if steps else float("nan")
+
+    def distill(self, x_pub, targets_probs, steps: int, *,
+                temperature: float = 1.0) -> float:
+        """Train towards soft labels on public data (federated distillation).
+
+        Minimises the soft cross-entropy between ``targets_probs`` and the
+        model's tempered softmax, scaled by ``temperature**2`` so gradients
+        keep their size.  Uses the same optimizer as :meth:`train`.
+
+        Parameters
+        ----------
+        x_pub : numpy.ndarray
+            Public (unlabelled) inputs ``(M, ...)``.
+        targets_probs : numpy.ndarray
+            Target probabilities ``(M, C)``, rows summing to one.
+        steps : int
+            Optimiser steps, with batches of ``cfg.batch_size``.
+        temperature : float
+            Softmax temperature applied to the model's logits.
+
+        Returns
+        -------
+        float
+            Mean KL divergence (targets || model) over the steps.
+        """
+        x, t = _as_x(x_pub), _as_x(targets_probs)
+        if len(x) == 0 or t.shape[0] != len(x):
+            raise DataError(f"distillation needs M >= 1 inputs with one target "
+                            f"row each, got {len(x)} and {t.shape[0]}")
+        stream = _BatchStream(len(x), self.cfg.batch_size, self.rng)
+        entropy = torch.special.xlogy(t, t).sum(1)
+        self.model.train()
+        total = torch.zeros(())
+        for _ in range(steps):
+            idx = stream.next()
+            logp = F.log_softmax(self.model(x[idx]) / temperature, dim=1)
+            kl = (entropy[idx] - (t[idx] * logp).sum(1)).mean()
+            self._step(kl * temperature ** 2)
+            total += kl.detach()
+        return float(total) / steps if steps else float("nan")
+
+
+def _batched_logits(model: nn.Module, x: torch.Tensor, batch_size: int):
+    """Yield ``(start, logits)`` per batch, in eval mode without grad."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(x), batch_size):
+                yield start, model(x[start:start + batch_size])
+    finally:
+        model.train(was_training)
+
+
+def evaluate(model: nn.Module, x, y, batch_size: int = 2048
+             ) -> tuple[float, float]:
+    """Mean cross-entropy loss and accuracy of ``model`` on ``(x, y)``.
+
+    Runs in eval mode under ``torch.no_grad`` and restores the previous
+    mode.  Returns ``(nan, nan)`` for an empty set.
+    """
+    x, y = _as_x(x), _as_y(y)
+    if len(x) == 0:
+        return float("nan"), float("nan")
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    correct = 0
+    for start, logits in _batched_logits(model, x, batch_size):
+        yb = y[start:start + len(logits)]
+        loss_sum += F.cross_entropy(logits, yb, reduction="sum").double()
+        correct += int((logits.argmax(1) == yb).sum())
+    return float(loss_sum) / len(x), correct / len(x)
+
+
+def soft_labels(model: nn.Module, x, *, temperature: float = 1.0,
+                batch_size: int = 2048) -> np.ndarray:
+    """Softmax probabilities ``(N, C)`` (float32) of ``model`` on ``x``."""
+    x = _as_x(x)
+    chunks = [F.softmax(logits / temperature, dim=1)
+              for _, logits in _batched_logits(model, x, batch_size)]
+    if not chunks:
+        raise DataError("soft_labels needs at least one input")
+    return torch.cat(chunks).numpy().astype(np.float32)

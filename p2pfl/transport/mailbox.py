@@ -1,0 +1,122 @@
+"""Round-keyed collection of messages with time-outs.
+
+Peers run at their own pace: a fast neighbour's message for round r+1 may
+arrive while this node still collects round r.  The mailbox keeps such early
+messages (within a bounded window of rounds), drops stale ones, and sets
+control messages (``stop``, ``heartbeat``, ...) aside for the actor.  A silent
+peer never blocks a collection beyond its time-out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict, deque
+from typing import Callable, Iterable
+
+from .endpoint import Endpoint
+from .wire import Message
+
+__all__ = ["Mailbox", "DATA_KINDS"]
+
+#: Kinds that carry round data between nodes; all others are control messages.
+DATA_KINDS = frozenset({"hello", "model", "update", "softlabels", "control"})
+
+
+class Mailbox:
+    """Collects one round's data messages from a set of peers.
+
+    Parameters
+    ----------
+    endpoint : Endpoint
+        The actor's endpoint (owned by the same thread).
+    window : int
+        How many rounds ahead of the current one are buffered; later ones are
+        dropped and counted, so a hostile peer cannot grow memory.
+    alive : callable, optional
+        Checked about once a second while waiting; returning False stops the
+        actor (used to notice a lost launcher).
+    """
+
+    def __init__(self, endpoint: Endpoint, *, window: int = 4,
+                 alive: Callable[[], bool] | None = None,
+                 peers: Iterable = (), control_sources: Iterable = ()) -> None:
+        self.endpoint = endpoint
+        self.window = window
+        self.alive = alive or (lambda: True)
+        self.peers = set(peers)  # who may send data messages
+        self.control_sources = set(control_sources)  # who may send control messages
+        self.current_round = 0
+        self.stopped = False
+        self.last_control = time.monotonic()  # when a control source last spoke
+        self.control: deque[Message] = deque()
+        self._pending: dict = defaultdict(dict)  # (kind, round) -> {src: Message}
+
+    def _route(self, msg: Message) -> None:
+        counters = self.endpoint.counters
+        if msg.kind not in DATA_KINDS:
+            if msg.src not in self.control_sources:
+                counters.drop("control_from_stranger")
+                return
+            self.last_control = time.monotonic()
+            if msg.kind == "stop":
+                self.stopped = True
+            elif msg.kind != "heartbeat":
+                self.control.append(msg)
+            return
+        if msg.src not in self.peers:
+            counters.drop("unknown_sender")
+        elif msg.round < self.current_round:
+            counters.drop("stale_round")
+        elif msg.round > self.current_round + self.window:
+            counters.drop("round_out_of_window")
+        else:
+            slot = self._pending[(msg.kind, msg.round)]
+            if msg.src in slot:
+                counters.drop("duplicate")
+            else:
+                slot[msg.src] = msg
+
+    def collect(self, kind: str, round: int, expected: Iterable, timeout: float) -> dict:
+        """Wait until every ``expected`` peer's ``kind`` message for ``round`` arrived.
+
+        Returns ``{src: Message}`` for what arrived before ``timeout`` seconds
+        passed, including messages from peers that were not waited for.
+        """
+        self.current_round = round
+        expected = set(expected)
+        self._drop_stale()
+        deadline = time.monotonic() + timeout
+        next_check = time.monotonic() + 1.0
+        slot = self._pending[(kind, round)]
+        while not self.stopped and not expected <= slot.keys():
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            if now >= next_check:
+                next_check = now + 1.0
+                if not self.alive():
+                    self.stopped = True
+                    break
+            msg = self.endpoint.recv(min(deadline, next_check) - now)
+            if msg is not None:
+                self._route(msg)
+        return self._pending.pop((kind, round), {})
+
+    def poll_control(self, timeout: float) -> Message | None:
+        """Wait up to ``timeout`` s for a control message (data messages are kept)."""
+        deadline = time.monotonic() + timeout
+        while not self.control and not self.stopped:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            msg = self.endpoint.recv(min(remaining, 1.0))
+            if msg is not None:
+                self._route(msg)
+            elif not self.alive():
+                self.stopped = True
+        return self.control.popleft() if self.control else None
+
+    def _drop_stale(self) -> None:
+        for key in [k for k in self._pending if k[1] < self.current_round]:
+            for _ in self._pending.pop(key):
+                self.endpoint.counters.drop("stale_round")

@@ -1,0 +1,279 @@
+"""The wire format: one msgpack header frame followed by raw binary frames.
+
+A message on the wire is a list of ZeroMQ frames::
+
+    [ header (msgpack map) | frame 0 | frame 1 | ... ]
+
+The header holds the protocol version ``v``, the message ``kind``, the sender
+``src``, the ``round``, a per-sender sequence number ``seq``, the ``codec`` that
+produced the frames, the ``shapes`` and ``dtypes`` of raw tensor frames (empty
+for codec-encoded frames, which describe themselves), the byte ``lengths`` of the
+frames, and a small ``meta`` map of plain values.
+
+Nothing here unpickles anything: msgpack decodes only maps, lists, strings,
+numbers and bytes, and tensor frames are interpreted as raw little-endian
+arrays.  :func:`unpack` validates the header completely before it looks at a
+frame; any failure raises :class:`ProtocolError`, which the receiver turns into
+a counted drop.  This module knows nothing of torch or of learning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import msgpack
+import numpy as np
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "KINDS",
+    "DTYPES",
+    "Limits",
+    "Message",
+    "ProtocolError",
+    "pack",
+    "unpack",
+    "tensor_frames",
+    "frames_to_arrays",
+    "frame_nbytes",
+]
+
+PROTOCOL_VERSION = 1
+
+#: Every message kind the protocol knows.  Anything else is dropped.
+KINDS = frozenset(
+    {
+        "join",  # node -> launcher: I exist, here is my address
+        "hello",  # node -> neighbour: handshake, proves the link works
+        "config",  # launcher -> node: run configuration and neighbours
+        "ready",  # node -> launcher: connected to all neighbours
+        "start",  # launcher -> nodes: begin round 1
+        "model",  # node -> neighbour: a (possibly encoded) model or public-copy update
+        "update",  # worker <-> coordinator: a model update
+        "softlabels",  # worker <-> coordinator: soft labels on the public set
+        "control",  # coordinator -> worker: round instructions
+        "metrics",  # node -> launcher: one round's record
+        "heartbeat",  # launcher -> node: I am alive
+        "error",  # node -> launcher: I failed, and why
+        "bye",  # node -> launcher: finished, with final counters
+        "stop",  # launcher -> node: shut down now
+    }
+)
+
+#: dtypes a raw tensor frame may declare (little-endian, C order).
+DTYPES = frozenset({"float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64"})
+
+_HEADER_KEYS = ("v", "kind", "src", "round", "seq", "codec", "shapes", "dtypes", "lengths")
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the wire format; the receiver drops it."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size limits checked before any frame is touched or any array allocated."""
+
+    max_header_bytes: int = 1 << 16
+    max_frames: int = 4096
+    max_frame_bytes: int = 1 << 30
+    max_tensor_elems: int = 1 << 28
+    max_ndim: int = 8
+    max_meta_bytes: int = 1 << 16
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass
+class Message:
+    """A validated message: header fields plus the raw frames (memoryviews)."""
+
+    kind: str
+    src: Any
+    round: int
+    seq: int
+    codec: str = "none"
+    shapes: list = field(default_factory=list)
+    dtypes: list = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+    frames: list = field(default_factory=list)
+
+    @property
+    def nbytes(self) -> int:
+        """Total bytes of the message as sent: header plus every frame."""
+        return self.header_bytes + sum(frame_nbytes(f) for f in self.frames)
+
+    header_bytes: int = 0
+
+
+def frame_nbytes(frame) -> int:
+    """Length in bytes of a frame given as bytes, bytearray, memoryview or array."""
+    if isinstance(frame, memoryview):
+        return frame.nbytes
+    if isinstance(frame, np.ndarray):
+        return frame.nbytes
+    return len(frame)
+
+
+def pack(
+    kind: str,
+    src,
+    round: int = 0,
+    seq: int = 0,
+    *,
+    frames: Sequence = (),
+    codec: str = "none",
+    shapes: Sequence = (),
+    dtypes: Sequence = (),
+    meta: dict | None = None,
+) -> list:
+    """Build the frames of one message: ``[header, *frames]``.
+
+    Frames are passed through untouched (zero-copy when they are memoryviews
+    or contiguous numpy arrays); only their lengths go into the header.
+    """
+    if kind not in KINDS:
+        raise ProtocolError(f"unknown message kind {kind!r}")
+    frames = [f if not isinstance(f, np.ndarray) else memoryview(f).cast("B") for f in frames]
+    header = {
+        "v": PROTOCOL_VERSION,
+        "kind": kind,
+        "src": src,
+        "round": int(round),
+        "seq": int(seq),
+        "codec": codec,
+        "shapes": [list(map(int, s)) for s in shapes],
+        "dtypes": list(dtypes),
+        "lengths": [frame_nbytes(f) for f in frames],
+        "meta": meta or {},
+    }
+    return [msgpack.packb(header, use_bin_type=True)] + frames
+
+
+def _unpack_header(raw, limits: Limits) -> dict:
+    if len(raw) > limits.max_header_bytes:
+        raise ProtocolError(f"header of {len(raw)} bytes exceeds {limits.max_header_bytes}")
+    try:
+        # unpackb bounds every string/bin/array/map by the buffer's own length
+        header = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError(f"header is not valid msgpack: {type(exc).__name__}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("header is not a map")
+    missing = [k for k in _HEADER_KEYS if k not in header]
+    if missing:
+        raise ProtocolError(f"header lacks {', '.join(missing)}")
+    return header
+
+
+def _check_int(header: dict, key: str, lo: int, hi: int) -> int:
+    value = header[key]
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ProtocolError(f"header field {key!r} is not an integer in [{lo}, {hi}]")
+    return value
+
+
+def _check_tensor_specs(shapes, dtypes, lengths, limits: Limits) -> None:
+    if not isinstance(shapes, list) or not isinstance(dtypes, list):
+        raise ProtocolError("shapes and dtypes must be lists")
+    if len(shapes) != len(dtypes) or len(shapes) > len(lengths):
+        raise ProtocolError("shapes, dtypes and frames do not correspond")
+    for shape, dtype, length in zip(shapes, dtypes, lengths):
+        if dtype not in DTYPES:
+            raise ProtocolError(f"dtype {dtype!r} is not allowed")
+        if (
+            not isinstance(shape, list)
+            or len(shape) > limits.max_ndim
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        ):
+            raise ProtocolError("a shape is not a short list of non-negative integers")
+        numel = int(np.prod(shape, dtype=np.float64)) if shape else 1
+        if numel > limits.max_tensor_elems:
+            raise ProtocolError(f"declared tensor of {numel} elements exceeds the limit")
+        if numel * np.dtype(dtype).itemsize != length:
+            raise ProtocolError("a frame's length does not match its shape and dtype")
+
+
+def unpack(parts: Sequence, limits: Limits = DEFAULT_LIMITS) -> Message:
+    """Validate and decode one message; raise :class:`ProtocolError` if it is bad.
+
+    ``parts`` are the received frames (``zmq.Frame``, bytes or memoryviews).
+    The header is checked completely (version, kind, field types, frame count
+    and lengths, declared shapes against the size limits) before any payload
+    frame is looked at.
+    """
+    if not parts:
+        raise ProtocolError("empty message")
+    if len(parts) - 1 > limits.max_frames:
+        raise ProtocolError(f"{len(parts) - 1} frames exceed the limit of {limits.max_frames}")
+    raw = _buffer(parts[0])
+    header = _unpack_header(raw, limits)
+    if header["v"] != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {header['v']!r} is not {PROTOCOL_VERSION}")
+    if header["kind"] not in KINDS:
+        raise ProtocolError(f"unknown message kind {header['kind']!r}")
+    src = header["src"]
+    if not isinstance(src, (int, str)) or isinstance(src, bool):
+        raise ProtocolError("sender is not an integer or string")
+    rnd = _check_int(header, "round", -1, 1 << 40)
+    seq = _check_int(header, "seq", 0, 1 << 62)
+    codec = header["codec"]
+    if not isinstance(codec, str) or len(codec) > 256:
+        raise ProtocolError("codec is not a short string")
+    lengths = header["lengths"]
+    frames = [_buffer(p) for p in parts[1:]]
+    if not isinstance(lengths, list) or len(lengths) != len(frames):
+        raise ProtocolError("declared frame count does not match the frames received")
+    for declared, frame in zip(lengths, frames):
+        if not isinstance(declared, int) or declared != frame.nbytes:
+            raise ProtocolError("declared frame length does not match the frame received")
+        if declared > limits.max_frame_bytes:
+            raise ProtocolError("a frame exceeds the size limit")
+    _check_tensor_specs(header["shapes"], header["dtypes"], lengths, limits)
+    meta = header.get("meta", {})
+    if not isinstance(meta, dict):
+        raise ProtocolError("meta is not a map")
+    return Message(
+        kind=header["kind"],
+        src=src,
+        round=rnd,
+        seq=seq,
+        codec=codec,
+        shapes=header["shapes"],
+        dtypes=header["dtypes"],
+        meta=meta,
+        frames=frames,
+        header_bytes=raw.nbytes,
+    )
+
+
+def _buffer(part) -> memoryview:
+    """A read-only byte view of a received frame, without copying it."""
+    buf = getattr(part, "buffer", None)  # zmq.Frame
+    view = memoryview(buf if buf is not None else part)
+    return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+
+
+def tensor_frames(arrays: Sequence[np.ndarray]) -> tuple[list, list, list]:
+    """Raw frames, shapes and dtypes for a list of numpy arrays (zero-copy if contiguous)."""
+    frames, shapes, dtypes = [], [], []
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        if a.dtype.byteorder == ">":
+            a = a.astype(a.dtype.newbyteorder("<"))
+        if a.dtype.name not in DTYPES:
+            raise ProtocolError(f"dtype {a.dtype.name} cannot be sent raw")
+        frames.append(memoryview(a.reshape(-1)).cast("B"))
+        shapes.append(list(a.shape))
+        dtypes.append(a.dtype.name)
+    return frames, shapes, dtypes
+
+
+def frames_to_arrays(msg: Message) -> list[np.ndarray]:
+    """View the raw tensor frames of a validated message as numpy arrays (no copy)."""
+    return [
+        np.frombuffer(frame, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
+        for frame, shape, dtype in zip(msg.frames, msg.shapes, msg.dtypes)
+    ]

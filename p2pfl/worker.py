@@ -1,0 +1,130 @@
+"""A node's life around its loop: handshake with the launcher, run, report, stop.
+
+The same function serves a node hosted in its own process (``p2pfl cluster``),
+a node thread of an in-process cluster (``--in-process``) and a node started
+by hand on another host (``p2pfl node --connect tcp://HOST:PORT``).
+
+Protocol with the launcher (all messages: msgpack header + frames)::
+
+    node → launcher   join    {address, pid, host}
+    launcher → node   config  {id, label, neighbours, self_weight, settings}
+    node ↔ neighbours hello   (round 0; proves the links work)
+    node → launcher   ready
+    launcher → node   start
+    ... rounds: node → launcher metrics ...
+    node → launcher   bye     {final counters}
+    launcher → node   stop
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+import traceback
+from typing import Callable
+
+import zmq
+
+from .node import LAUNCHER, GossipNode
+from .transport import Endpoint, Mailbox, bind_address
+
+__all__ = ["serve", "process_main"]
+
+
+def _await(mailbox: Mailbox, kind: str, timeout: float):
+    deadline = time.monotonic() + timeout
+    while not mailbox.stopped:
+        msg = mailbox.poll_control(max(0.0, deadline - time.monotonic()))
+        if msg is None:
+            break
+        if msg.kind == kind:
+            return msg
+    raise TimeoutError(f"no {kind!r} from the launcher")
+
+
+def _handshake(ep: Endpoint, mailbox: Mailbox, spec: dict, timeout: float) -> None:
+    """Connect to every neighbour and hear a hello from each before reporting ready."""
+    neighbours = [int(j) for j, _, _ in spec["neighbours"]]
+    mailbox.peers = set(neighbours)
+    for j, address, _ in spec["neighbours"]:
+        ep.connect(int(j), address)
+    for j in neighbours:
+        ep.send(j, "hello", 0)
+    heard = mailbox.collect("hello", 0, neighbours, timeout)
+    if set(heard) != set(neighbours) and not mailbox.stopped:
+        missing = sorted(set(neighbours) - set(heard))
+        raise TimeoutError(f"no hello from neighbour(s) {missing}")
+
+
+def serve(launcher: str, node_id: int, *, ctx: zmq.Context | None = None,
+          scheme: str = "tcp", host: str = "127.0.0.1", run_dir: str = "/tmp",
+          alive: Callable[[], bool] | None = None, start_timeout: float = 60.0) -> int:
+    """Run one node to completion; return its exit status (0 on success)."""
+    ctx = ctx or zmq.Context.instance()
+    name = f"p2pfl-{os.getpid()}-{node_id}-{secrets.token_hex(4)}"
+    ep = Endpoint(ctx, node_id, bind_address(scheme, name, host, run_dir))
+    mailbox = Mailbox(ep, control_sources={LAUNCHER})
+    lost_after = 4 * start_timeout
+    mailbox.alive = alive or (lambda: time.monotonic() - mailbox.last_control < lost_after)
+    ep.connect(LAUNCHER, launcher)
+    status = 1
+    try:
+        ep.send(LAUNCHER, "join", meta={"address": ep.address, "pid": os.getpid(),
+                                         "host": socket.gethostname()})
+        spec = _await(mailbox, "config", start_timeout).meta
+        node = GossipNode(ep, mailbox, spec)
+        _handshake(ep, mailbox, spec, start_timeout)
+        ep.send(LAUNCHER, "ready")
+        _await(mailbox, "start", start_timeout)
+        node.t_start = time.monotonic()
+        node.run()
+        ep.send(LAUNCHER, "bye", meta=node.final_report())
+        if not mailbox.stopped:
+            _await_stop(mailbox, start_timeout)
+        status = 0
+    except Exception as exc:  # report, then exit non-zero; never hang
+        reason = f"{type(exc).__name__}: {exc}"
+        ep.send(LAUNCHER, "error", meta={"reason": reason, "trace": traceback.format_exc()[-4000:]})
+    finally:
+        ep.close()
+    return status
+
+
+def _await_stop(mailbox: Mailbox, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not mailbox.stopped and time.monotonic() < deadline:
+        mailbox.poll_control(min(1.0, max(0.0, deadline - time.monotonic())))
+
+
+def _die_with_parent() -> Callable[[], bool]:
+    """Ask Linux to kill this process when the launcher dies; return a liveness check."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the launcher died before prctl took effect
+        os._exit(3)
+    return lambda: os.getppid() == parent
+
+
+def process_main(launcher: str, node_id: int, scheme: str, host: str, run_dir: str,
+                 start_timeout: float) -> None:
+    """Entry point of a node process spawned by the launcher."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher handles Ctrl-C
+    alive = _die_with_parent()
+    ctx = zmq.Context()
+    try:
+        status = serve(launcher, node_id, ctx=ctx, scheme=scheme, host=host, run_dir=run_dir,
+                       alive=alive, start_timeout=start_timeout)
+    finally:
+        ctx.term()
+    sys.stdout.flush()
+    os._exit(status)

@@ -1,0 +1,228 @@
+"""Tests of the DeepCABAC-style level coder (p2pfl.compression.cabac)."""
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from p2pfl.compression import cabac
+from p2pfl.compression.cabac import (
+    MAG_MAX,
+    decode_levels,
+    empirical_entropy_bits,
+    encode_levels,
+)
+from p2pfl.compression.errors import CodecError
+
+needs_c = pytest.mark.skipif(not cabac.HAVE_C, reason="C extension _cabac not built")
+HSET = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def laplace_levels(n, seed=0):
+    """Input (a): Laplacian weights, scale 0.02, step 2^-8."""
+    w = np.random.default_rng(seed).laplace(0.0, 0.02, n)
+    return np.round(w / 2.0**-8).astype(np.int32)
+
+
+def sparse_levels(n, std=1e-3, seed=1):
+    """Input (b): a 1 % sparse update with N(0, std^2) values, step 2^-10."""
+    rng = np.random.default_rng(seed)
+    v = np.zeros(n)
+    k = n // 100
+    idx = rng.choice(n, k, replace=False)
+    v[idx] = rng.normal(0.0, std, k)
+    return np.round(v / 2.0**-10).astype(np.int32)
+
+
+def roundtrip(levels):
+    levels = np.asarray(levels)
+    data = encode_levels(levels)
+    assert isinstance(data, bytes)
+    out = decode_levels(data, len(levels))
+    assert out.dtype == np.int32 and out.shape == (len(levels),)
+    np.testing.assert_array_equal(out, levels.astype(np.int64))
+    return data
+
+
+# --- exact round trips -------------------------------------------------------
+level_arrays = st.one_of(
+    hnp.arrays(np.int64, st.integers(0, 300), elements=st.integers(-3, 3)),
+    hnp.arrays(np.int32, st.integers(0, 300), elements=st.integers(-40, 40)),
+    hnp.arrays(np.int64, st.integers(0, 120), elements=st.integers(-(2**20), 2**20)),
+    hnp.arrays(np.int64, st.integers(0, 60), elements=st.integers(-MAG_MAX, MAG_MAX)),
+    hnp.arrays(np.int8, st.integers(0, 200)),
+    hnp.arrays(np.uint16, st.integers(0, 100)),
+)
+
+
+@HSET
+@given(level_arrays)
+def test_roundtrip_random(levels):
+    roundtrip(levels)
+
+
+@pytest.mark.parametrize(
+    "levels",
+    [
+        np.zeros(0, np.int32),
+        np.zeros(10_000, np.int32),
+        np.array([0]),
+        np.array([1]),
+        np.array([-1]),
+        np.array([MAG_MAX]),
+        np.array([-MAG_MAX, MAG_MAX, 0, 15, -15, 14, 16]),
+        np.arange(-300, 300),
+        np.full(5000, -7, np.int16),
+    ],
+)
+def test_roundtrip_edge_cases(levels):
+    roundtrip(levels)
+
+
+def test_empty_and_all_zero_streams_are_tiny():
+    assert encode_levels(np.zeros(0, np.int32)) == b""
+    assert len(encode_levels(np.zeros(100_000, np.int32))) <= 8
+    assert decode_levels(b"", 0).shape == (0,)
+
+
+def test_decoded_array_is_writable():
+    out = decode_levels(encode_levels([1, 2, 3]), 3)
+    out[0] = 5
+    assert out.flags.writeable
+
+
+# --- bad input ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros((2, 2), np.int32),
+        np.array([0.5, 1.0]),
+        np.array([MAG_MAX + 1]),
+        np.array([-MAG_MAX - 1]),
+        np.array([2**40], np.int64),
+        np.array([2**63], np.uint64),
+        np.array([True, False]),
+    ],
+)
+def test_encode_rejects_bad_levels(bad):
+    with pytest.raises(CodecError):
+        encode_levels(bad)
+
+
+@pytest.mark.parametrize("n", [-1, 1.5, "3"])
+def test_decode_rejects_bad_n(n):
+    with pytest.raises(CodecError):
+        decode_levels(b"\x01\x02", n)
+
+
+def test_decode_rejects_non_bytes():
+    with pytest.raises(CodecError):
+        decode_levels("abc", 3)
+
+
+def test_huge_n_rejected_before_allocation():
+    t = time.perf_counter()
+    for data, n in [(b"", 2**40), (b"abc", 2**28 + 1), (b"x" * 10, 10**8), (b"", 2**22)]:
+        with pytest.raises(CodecError):
+            decode_levels(data, n)
+    assert time.perf_counter() - t < 0.5
+    # the bound is safe: the most compressible stream (all zeros) still fits
+    n = 2**21
+    data = encode_levels(np.zeros(n, np.int32))
+    assert n <= cabac.max_levels_for(len(data))
+    np.testing.assert_array_equal(decode_levels(data, n), 0)
+
+
+# --- hostile input -----------------------------------------------------------
+def _decode_or_error(decoder, data, n):
+    try:
+        out = decoder(data, n)
+    except CodecError as exc:
+        return ("error", str(exc))
+    assert len(out) == n
+    return ("ok", [int(x) for x in out])
+
+
+def test_truncated_corrupted_random_never_crash():
+    rng = np.random.default_rng(7)
+    levels = laplace_levels(3000, seed=3)
+    data = encode_levels(levels)
+    t = time.perf_counter()
+    errors = 0
+    cuts = list(range(0, len(data), max(1, len(data) // 40))) + [len(data) - 1]
+    for cut in cuts:
+        # up to 4 missing bytes may read as zeros and decode to something
+        errors += _decode_or_error(decode_levels, data[:cut], len(levels))[0] == "error"
+    assert errors >= len(cuts) - 2
+    with pytest.raises(CodecError):  # trailing garbage
+        decode_levels(data + b"\x01" * 5, len(levels))
+    for _ in range(200):
+        bad = bytearray(data)
+        for _ in range(int(rng.integers(1, 4))):
+            bad[int(rng.integers(0, len(bad)))] ^= 1 << int(rng.integers(0, 8))
+        _decode_or_error(decode_levels, bytes(bad), len(levels))
+    for _ in range(300):
+        blob = rng.bytes(int(rng.integers(0, 64)))
+        n = int(rng.integers(0, 2000))
+        _decode_or_error(decode_levels, blob, n)
+        _decode_or_error(decode_levels, blob, cabac.max_levels_for(len(blob)) // 64)
+    assert time.perf_counter() - t < 5
+
+
+@HSET
+@given(st.binary(max_size=48), st.integers(0, 400))
+def test_random_bytes_decode_or_error(blob, n):
+    _decode_or_error(decode_levels, blob, n)
+
+
+# --- C core and pure-Python fallback write the same bitstream ----------------
+@needs_c
+@HSET
+@given(level_arrays)
+def test_c_and_python_bitstreams_identical(levels):
+    data = encode_levels(levels)
+    assert cabac._encode_pure(np.asarray(levels).astype(np.int64).tolist()) == data
+    assert cabac._decode_pure(data, len(levels)) == [int(x) for x in levels]
+
+
+@needs_c
+def test_c_and_python_agree_on_hostile_input():
+    rng = np.random.default_rng(11)
+    data = encode_levels(laplace_levels(400, seed=5))
+    blobs = [rng.bytes(int(rng.integers(0, 40))) for _ in range(150)]
+    for _ in range(150):
+        bad = bytearray(data)
+        bad[int(rng.integers(0, len(bad)))] ^= 1 << int(rng.integers(0, 8))
+        blobs.append(bytes(bad[: int(rng.integers(len(bad) // 2, len(bad) + 1))]))
+    for blob in blobs:
+        n = int(rng.integers(0, 500))
+        assert _decode_or_error(decode_levels, blob, n) == _decode_or_error(
+            cabac._decode_pure, blob, n
+        )
+
+
+def test_pure_python_roundtrip_small():
+    levels = np.concatenate([laplace_levels(1500, seed=9), sparse_levels(1500, seed=9), [MAG_MAX, -MAG_MAX]])
+    data = cabac._encode_pure(levels.tolist())
+    assert cabac._decode_pure(data, len(levels)) == levels.tolist()
+
+
+# --- compression bound: within 3 % of n * H0 ---------------------------------
+@pytest.mark.parametrize(
+    "levels",
+    [laplace_levels(200_000), sparse_levels(200_000), sparse_levels(200_000, std=np.sqrt(1e-3))],
+    ids=["laplace", "sparse-std1e-3", "sparse-var1e-3"],
+)
+def test_within_3_percent_of_entropy(levels):
+    bits = 8 * len(encode_levels(levels))
+    h0 = empirical_entropy_bits(levels)
+    assert bits <= 1.03 * h0, (bits / len(levels), h0 / len(levels))
+
+
+def test_empirical_entropy_bits():
+    assert empirical_entropy_bits([]) == 0.0
+    assert empirical_entropy_bits([5, 5, 5]) == 0.0
+    assert empirical_entropy_bits([0, 1, 0, 1]) == pytest.approx(4.0)
+    assert empirical_entropy_bits(np.array([0, 1, 2, 3])) == pytest.approx(8.0)
