@@ -138,7 +138,24 @@ def _config_record(cfg: RunConfig, topo) -> dict:
     return rec
 
 
+def _topology_summary(cfg: RunConfig, topo) -> dict:
+    return {"mode": cfg.mode, "algorithm": _resolve_algorithm(cfg), "nodes": topo.n,
+            "rounds": cfg.rounds, "topology": str(cfg.topology),
+            "edges": topo.graph.number_of_edges(), "spectral_gap": topo.spectral_gap}
+
+
 def _execute(cfg, topo, specs, out, progress, t0) -> Result:
+    return execute(cfg, specs, out, progress, t0, _topology_summary(cfg, topo))
+
+
+def execute(cfg: RunConfig, specs: list, out: str, progress: Progress, t0: float,
+            summary_base: dict, *, closer=None, on_summary=None) -> Result:
+    """Launch ``specs``, stream the records to ``out``, and write ``summary.json``.
+
+    Shared by gossip and server modes.  ``summary_base`` holds the mode's own
+    summary fields; ``on_summary(summary, sink, nodes)`` may add more before it
+    is written.  ``closer`` is the node whose record completes a round.
+    """
     from .cluster import Launcher
 
     def on_round(rnd, rows):
@@ -147,7 +164,7 @@ def _execute(cfg, topo, specs, out, progress, t0) -> Result:
         acc = f"acc {np.mean(accs):.3f}" if accs else "acc   -  "
         progress.update(rnd, f"{acc} | {sent / 1e6:.2f} MB sent")
 
-    sink = MetricsSink(out, [s["id"] for s in specs], on_round=on_round)
+    sink = MetricsSink(out, [s["id"] for s in specs], on_round=on_round, closer=closer)
 
     def on_message(handle, msg):
         if msg is None or msg.kind in ("bye", "error"):
@@ -166,30 +183,34 @@ def _execute(cfg, topo, specs, out, progress, t0) -> Result:
         sink.close()
         progress.close()
     launcher.write_nodes_json()
-    summary = _summary(cfg, topo, sink, nodes, time.monotonic() - t0, launcher)
+    summary = dict(summary_base)
+    summary.update(_run_summary(cfg, sink, nodes, time.monotonic() - t0, launcher))
+    if on_summary:
+        on_summary(summary, sink, nodes)
     write_json_atomic(os.path.join(out, "summary.json"), summary)
-    progress.info(f"accuracy mean {summary['accuracy_mean']:.4f} (min "
-                  f"{summary['accuracy_min']:.4f}) | {summary['bytes_sent_total'] / 1e6:.2f} MB "
-                  f"sent | {summary['wall_s']:.1f} s")
+    if summary["accuracy_mean"] is not None:
+        progress.info(f"accuracy mean {summary['accuracy_mean']:.4f} (min "
+                      f"{summary['accuracy_min']:.4f}) | {summary['bytes_sent_total'] / 1e6:.2f}"
+                      f" MB sent | {summary['wall_s']:.1f} s")
     progress.info(f"results in {out}")
     return Result(summary, sink.records, out)
 
 
-def _summary(cfg, topo, sink, nodes, wall, launcher) -> dict:
+def _run_summary(cfg, sink, nodes, wall, launcher) -> dict:
     base = sink.summary()
     finals = [h.final for h in nodes.values() if h.final]
-    num_params = finals[0].get("num_params") if finals else None
     failed = {str(h.label): h.reason for h in nodes.values() if h.state == "failed"}
-    summary = {
-        "mode": cfg.mode, "algorithm": _resolve_algorithm(cfg), "nodes": topo.n,
-        "rounds": cfg.rounds, "topology": str(cfg.topology), "edges": topo.graph.number_of_edges(),
-        "spectral_gap": topo.spectral_gap, "dataset": cfg.dataset, "model": cfg.model,
-        "partition": cfg.partition, "num_params": num_params,
+    sent_by_nodes = int(sum(f.get("bytes_sent", 0) for f in finals))
+    return {
+        "dataset": cfg.dataset, "model": cfg.model, "partition": cfg.partition,
+        "compression": cfg.compression,
+        "num_params": finals[0].get("num_params") if finals else None,
         "accuracy_mean": base["accuracy_mean"], "accuracy_min": base["accuracy_min"],
         "accuracy_max": base["accuracy_max"],
         "bytes_sent_total": base["bytes_sent_total"],
         "bytes_received_total": int(sum(f.get("bytes_received", 0) for f in finals)),
-        "bytes_sent_counted_by_nodes": int(sum(f.get("bytes_sent", 0) for f in finals)),
+        "bytes_sent_counted_by_nodes": sent_by_nodes,
+        "handshake_bytes": int(sum(f.get("handshake_bytes", 0) for f in finals)),
         "control_bytes": launcher.control_bytes,
         "misses_total": int(sum(n for f in finals for _, n in f.get("misses", []))),
         "dropped_total": int(sum(sum(f.get("dropped", {}).values()) for f in finals)),
@@ -197,4 +218,3 @@ def _summary(cfg, topo, sink, nodes, wall, launcher) -> dict:
         "wall_s": round(wall, 3),
         "accuracy_per_round": base["accuracy_per_round"],
     }
-    return summary

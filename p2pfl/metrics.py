@@ -66,12 +66,17 @@ class MetricsSink:
         The node ids whose records are expected.
     on_round : callable, optional
         Called as ``on_round(round, rows)`` when a round is complete.
+    closer : optional
+        In server modes not every node reports every round (partial
+        participation): a round is complete when this node (the coordinator)
+        has reported it.  Records that arrive later are written as they come.
     """
 
-    def __init__(self, out_dir: str, nodes, on_round=None) -> None:
+    def __init__(self, out_dir: str, nodes, on_round=None, closer=None) -> None:
         self.out_dir = out_dir
         self.live = set(nodes)
         self.on_round = on_round
+        self.closer = closer
         self.records: list[dict] = []
         self._pending: dict = defaultdict(dict)  # round -> node -> (record, vector)
         self._next_round = 1
@@ -83,6 +88,8 @@ class MetricsSink:
         if rnd >= self._next_round:
             self._pending[rnd][record["node"]] = (dict(record), vector)
             self._drain()
+        else:  # a straggler's record for a round already written
+            self._write_rows({record["node"]: (dict(record), vector)})
 
     def node_gone(self, node) -> None:
         """A node finished or died: stop waiting for its records."""
@@ -92,17 +99,23 @@ class MetricsSink:
     def _drain(self) -> None:
         while self._pending.get(self._next_round) is not None:
             rows = self._pending[self._next_round]
-            if not self.live <= rows.keys():
+            if not (self.live <= rows.keys() or (self.closer is not None and self.closer in rows)):
                 return
             self._write_round(self._next_round, self._pending.pop(self._next_round))
             self._next_round += 1
 
     def _write_round(self, rnd: int, rows: dict) -> None:
+        out = self._write_rows(rows)
+        if self.on_round:
+            self.on_round(rnd, out)
+
+    def _write_rows(self, rows: dict) -> list:
         vectors = {n: v for n, (_, v) in rows.items() if v is not None}
         if vectors:
-            stack = np.stack([vectors[n] for n in sorted(vectors)]).astype(np.float64)
+            order = sorted(vectors)
+            stack = np.stack([vectors[n] for n in order]).astype(np.float64)
             mean = stack.mean(axis=0)
-            dist = dict(zip(sorted(vectors), np.linalg.norm(stack - mean, axis=1).tolist()))
+            dist = dict(zip(order, np.linalg.norm(stack - mean, axis=1).tolist()))
         else:
             dist = {}
         out = []
@@ -113,8 +126,7 @@ class MetricsSink:
             out.append(rec)
         self._fh.flush()
         self.records.extend(out)
-        if self.on_round:
-            self.on_round(rnd, out)
+        return out
 
     def close(self) -> None:
         """Write any incomplete rounds that remain (nodes that died mid-run)."""

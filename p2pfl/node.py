@@ -113,11 +113,14 @@ class GossipNode:
 
     def final_report(self) -> dict:
         """Totals for the ``bye`` message: exact counters of the whole run."""
-        c = self.endpoint.counters
+        c, peers = self.endpoint.counters, self.neighbours
+        handshake = c.total("sent", peers=peers, round=0)
         return {
             "node": self.id,
-            "bytes_sent": c.total("sent", peers=self.neighbours),
-            "bytes_received": c.total("received", peers=self.neighbours),
+            "bytes_sent": c.total("sent", peers=peers) - handshake,
+            "bytes_received": c.total("received", peers=peers) - c.total("received", peers=peers,
+                                                                         round=0),
+            "handshake_bytes": handshake,
             "sent_per_peer": [[j, n] for j, n in c.per_peer("sent").items() if j != LAUNCHER],
             "received_per_peer": [[j, n] for j, n in c.per_peer("received").items()
                                   if j != LAUNCHER],

@@ -76,7 +76,7 @@ def serve(launcher: str, node_id: int, *, ctx: zmq.Context | None = None,
         ep.send(LAUNCHER, "join", meta={"address": ep.address, "pid": os.getpid(),
                                          "host": socket.gethostname()})
         spec = _await(mailbox, "config", start_timeout).meta
-        node = GossipNode(ep, mailbox, spec)
+        node = make_role(ep, mailbox, spec)
         _handshake(ep, mailbox, spec, start_timeout)
         ep.send(LAUNCHER, "ready")
         _await(mailbox, "start", start_timeout)
@@ -92,6 +92,19 @@ def serve(launcher: str, node_id: int, *, ctx: zmq.Context | None = None,
     finally:
         ep.close()
     return status
+
+
+def make_role(ep: Endpoint, mailbox: Mailbox, spec: dict):
+    """The loop object for this node's role: a gossip node, a worker or a coordinator.
+
+    A role object has ``run()``, ``final_report() -> dict`` and ``t_start``.
+    """
+    role = spec.get("role", "gossip")
+    if role == "gossip":
+        return GossipNode(ep, mailbox, spec)
+    from .server import make_server_role  # server-mode FL over the same node program
+
+    return make_server_role(role, ep, mailbox, spec)
 
 
 def _await_stop(mailbox: Mailbox, timeout: float) -> None:

@@ -1,0 +1,122 @@
+"""Communication graphs and gossip mixing weights.
+
+A topology is an undirected, connected :class:`networkx.Graph`.  It can come
+from a generator spec string (``"ring:16"``, ``"torus:4x4"``, ...), from a
+graph file (GraphML, GML, edge list, adjacency list, node-link JSON) or from
+a graph object.  :func:`build` turns any of these into a :class:`Topology`:
+an integer-labelled graph, the original labels and a symmetric, doubly
+stochastic mixing matrix.
+
+This module knows nothing of sockets or tensors: it takes and returns
+networkx graphs and numpy arrays.  Every user-facing problem raises
+:class:`p2pfl.errors.TopologyError` with a one-line message.
+
+The package is split into :mod:`.generators` (generator functions and spec
+parsing), :mod:`.files` (file readers, :func:`load_topology`), :mod:`.graph`
+(:func:`validate`, :func:`relabel`) and :mod:`.mixing` (mixing weights,
+spectral gap); everything public is re-exported here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import networkx as nx
+import numpy as np
+
+from p2pfl.errors import TopologyError
+
+from .files import READERS, load_topology
+from .generators import (GENERATORS, barabasi_albert, complete, erdos_renyi,
+                         exponential, line, random_regular, ring, small_world,
+                         star, torus)
+from .graph import relabel, validate
+from .mixing import SCHEMES, mixing_weights, spectral_gap
+
+__all__ = [
+    "GENERATORS", "SCHEMES", "READERS", "Topology",
+    "ring", "line", "complete", "star", "torus", "exponential",
+    "erdos_renyi", "small_world", "random_regular", "barabasi_albert",
+    "load_topology", "validate", "relabel", "mixing_weights", "spectral_gap",
+    "build", "describe",
+]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Topology:
+    """A validated, integer-labelled graph with its mixing matrix.
+
+    Instances compare by identity.  :func:`build` makes :attr:`weights`
+    read-only; copy it before modifying.
+
+    Attributes
+    ----------
+    graph : networkx.Graph
+        Nodes ``0..n-1``.
+    labels : list
+        ``labels[i]`` is the original label of node ``i``.
+    weights : numpy.ndarray
+        ``(n, n)`` doubly stochastic mixing matrix.
+    warnings : list of str
+        Repairs made while validating.
+    """
+
+    graph: nx.Graph
+    labels: list
+    weights: np.ndarray
+    warnings: list = dataclasses.field(default_factory=list)
+
+    @property
+    def n(self):
+        """Number of nodes."""
+        return self.graph.number_of_nodes()
+
+    @functools.cached_property
+    def spectral_gap(self):
+        """Spectral gap of :attr:`weights` (see :func:`spectral_gap`)."""
+        return spectral_gap(self.weights)
+
+    def neighbours(self, i):
+        """Sorted neighbour ids of node ``i``."""
+        return sorted(self.graph.neighbors(i))
+
+    def index(self, label):
+        """Integer id of the node whose original label is ``label``."""
+        try:
+            return self.labels.index(label)
+        except ValueError:
+            raise TopologyError(f"no node labelled {label!r} in the topology") from None
+
+
+def build(spec, *, scheme="metropolis", seed=None):
+    """Load, validate and relabel a topology and compute its mixing weights.
+
+    Parameters
+    ----------
+    spec : networkx.Graph, str or os.PathLike
+        See :func:`load_topology`.
+    scheme : str
+        See :func:`mixing_weights`.
+    seed : int, optional
+        Seed for random generator specs without their own ``SEED``.
+
+    Returns
+    -------
+    Topology
+    """
+    G, warnings = validate(load_topology(spec, seed=seed))
+    G, labels = relabel(G)
+    W = mixing_weights(G, scheme)
+    W.flags.writeable = False
+    return Topology(G, labels, W, warnings)
+
+
+def describe(topo):
+    """One-line summary: nodes, edges, degrees, diameter (n <= 2000), gap."""
+    G = topo.graph
+    deg = [d for _, d in G.degree()]
+    diameter = nx.diameter(G) if topo.n <= 2000 else "skipped (n > 2000)"
+    return (f"{topo.n} nodes, {G.number_of_edges()} edges, degree min/mean/max "
+            f"{min(deg)}/{np.mean(deg):.2f}/{max(deg)}, diameter {diameter}, "
+            f"spectral gap {topo.spectral_gap:.4g}")

@@ -1,0 +1,161 @@
+"""Topology files: readers by extension and :func:`load_topology`."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+
+import networkx as nx
+
+from p2pfl.errors import TopologyError
+
+from .generators import GENERATORS, _from_spec
+
+__all__ = ["READERS", "load_topology"]
+
+
+def _token(text):
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _read_edgelist(path):
+    """Edge list: ``u v``, ``u v w`` or ``u v {'weight': w, ...}``; ``#`` comments."""
+    G = nx.Graph()
+    with open(path, encoding="utf-8") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            parts = raw.split("#", 1)[0].split(None, 2)
+            if not parts:
+                continue
+            if len(parts) == 1:
+                G.add_node(_token(parts[0]))
+                continue
+            u, v, data = _token(parts[0]), _token(parts[1]), {}
+            if len(parts) == 3:
+                try:
+                    rest = parts[2].strip()
+                    data = (ast.literal_eval(rest) if rest.startswith("{")
+                            else {"weight": float(rest)})
+                except (ValueError, SyntaxError):
+                    raise ValueError(f"line {lineno}: cannot parse {raw.strip()!r}") from None
+                if not isinstance(data, dict):
+                    raise ValueError(f"line {lineno}: edge data must be a dict")
+            G.add_edge(u, v, **data)
+    return G
+
+
+def _hashable(label):
+    return tuple(label) if isinstance(label, list) else label
+
+
+def _read_node_link(path):
+    """Node-link JSON with either a ``links`` or an ``edges`` list."""
+    with open(path, encoding="utf-8") as fh:
+        data = json.load(fh)
+    if not isinstance(data, dict) or "nodes" not in data:
+        raise ValueError("expected a node-link JSON object with a 'nodes' list")
+    G = nx.MultiGraph() if data.get("multigraph") else nx.Graph()
+    if data.get("directed"):
+        G = G.to_directed()
+    G.graph.update(data.get("graph") or {})
+    for node in data["nodes"]:
+        attrs = dict(node)
+        G.add_node(_hashable(attrs.pop("id")), **attrs)
+    for link in data.get("links", data.get("edges", [])):  # JSON lists -> tuples
+        attrs = dict(link)
+        u, v = _hashable(attrs.pop("source")), _hashable(attrs.pop("target"))
+        attrs.pop("key", None)
+        G.add_edge(u, v, **attrs)
+    return G
+
+
+def _read_gml(path):
+    try:
+        return nx.read_gml(path)
+    except nx.NetworkXError as exc:
+        if "label" not in str(exc):
+            raise
+        return nx.read_gml(path, label="id")
+
+
+#: File extension -> reader returning a networkx graph.
+READERS = {
+    ".graphml": nx.read_graphml, ".gml": _read_gml,
+    ".edgelist": _read_edgelist, ".edges": _read_edgelist, ".txt": _read_edgelist,
+    ".adjlist": nx.read_adjlist, ".json": _read_node_link,
+}
+
+
+def _tidy_labels(G):
+    """Read ``"12"`` labels back as ``12``; put all-integer nodes in sorted order.
+
+    File readers and random generators list nodes in edge order; sorting makes
+    a graph labelled ``0..n-1`` keep those ids after :func:`relabel`.
+    """
+    if all(isinstance(u, str) and u.lstrip("-").isdigit() and str(int(u)) == u for u in G):
+        G = nx.relabel_nodes(G, {u: int(u) for u in G}, copy=True)
+    if not all(isinstance(u, int) for u in G):
+        return G
+    H = G.__class__()
+    H.graph.update(G.graph)
+    H.add_nodes_from(sorted(G.nodes(data=True), key=lambda item: item[0]))
+    H.add_edges_from(G.edges(data=True, **({"keys": True} if G.is_multigraph() else {})))
+    return H
+
+
+def _read_file(path):
+    ext = os.path.splitext(path)[1].lower()
+    if os.path.isdir(path):
+        raise TopologyError(f"cannot read topology file {path}: it is a directory")
+    if ext not in READERS:
+        raise TopologyError(
+            f"unsupported topology file extension {ext or '(none)'!r} for {path}; "
+            f"supported: {', '.join(READERS)}")
+    try:
+        return _tidy_labels(READERS[ext](path))
+    except (OSError, ValueError, SyntaxError, KeyError, TypeError, AttributeError,
+            IndexError, nx.NetworkXError) as exc:
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise TopologyError(f"cannot read topology file {path}: {reason}") from None
+
+
+def load_topology(spec, *, seed=None):
+    """Load a graph from a graph object, a file or a generator spec.
+
+    Parameters
+    ----------
+    spec : networkx.Graph, str or os.PathLike
+        A graph (copied as is), a path to an existing file whose extension
+        is one of :data:`READERS`, or a generator spec such as ``"ring:16"``,
+        ``"torus:4x4"`` or ``"erdos_renyi:32:0.2:7"``.  Nodes of files and
+        generators are listed in sorted order when all labels are integers.
+    seed : int, optional
+        Seed for random generators whose spec gives no ``SEED``; 0 if None.
+
+    Returns
+    -------
+    networkx.Graph
+        The graph, not yet validated (see :func:`validate`).
+
+    Raises
+    ------
+    TopologyError
+        Unknown generator, bad spec arguments, or an unreadable file.
+    """
+    if isinstance(spec, nx.Graph):
+        return spec.copy()
+    if not isinstance(spec, (str, os.PathLike)):
+        raise TopologyError(
+            f"topology must be a graph, a file or a spec, got {type(spec).__name__}")
+    path = os.fspath(spec)
+    if os.path.exists(path):
+        return _read_file(path)
+    head = path.split(":", 1)[0].strip().lower().replace("-", "_")
+    looks_like_file = (os.path.splitext(path)[1].lower() in READERS
+                       or os.sep in path or "/" in path)
+    if head not in GENERATORS and looks_like_file:
+        raise TopologyError(f"cannot read topology file {path}: no such file")
+    return _tidy_labels(_from_spec(path, seed))

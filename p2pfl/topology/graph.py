@@ -1,0 +1,78 @@
+"""Validation and relabelling of loaded graphs."""
+
+from __future__ import annotations
+
+import networkx as nx
+
+from p2pfl.errors import TopologyError
+
+from .generators import _need
+
+__all__ = ["validate", "relabel"]
+
+
+def validate(G):
+    """Check that ``G`` is usable for gossip and return a cleaned copy.
+
+    Parameters
+    ----------
+    G : networkx.Graph
+        Undirected graph; a multigraph is collapsed, self-loops are dropped.
+
+    Returns
+    -------
+    graph : networkx.Graph
+        Simple undirected copy of ``G`` (first parallel edge's attributes kept).
+    warnings : list of str
+        One line per repair made.
+
+    Raises
+    ------
+    TopologyError
+        Directed graph, fewer than 2 nodes, or a disconnected graph.
+    """
+    if not isinstance(G, nx.Graph):
+        raise TopologyError(f"topology must be a networkx graph, got {type(G).__name__}")
+    if G.is_directed():
+        raise TopologyError(
+            f"directed graphs are not supported yet (got one with {G.number_of_nodes()} "
+            "nodes); use an undirected graph")
+    _need(G.number_of_nodes() >= 2,
+          f"topology needs at least 2 nodes, got {G.number_of_nodes()}")
+    warnings = []
+    H = nx.Graph()
+    H.graph.update(G.graph)
+    H.add_nodes_from(G.nodes(data=True))
+    parallel = 0
+    for u, v, data in G.edges(data=True):
+        if H.has_edge(u, v):
+            parallel += 1
+        else:
+            H.add_edge(u, v, **data)
+    if parallel:
+        warnings.append(f"collapsed {parallel} parallel edge(s) (kept the first edge's attributes)")
+    loops = list(nx.selfloop_edges(H))
+    if loops:
+        H.remove_edges_from(loops)
+        warnings.append(f"ignored {len(loops)} self-loop(s)")
+    if not nx.is_connected(H):
+        sizes = sorted((len(c) for c in nx.connected_components(H)), reverse=True)
+        shown = ", ".join(map(str, sizes[:5])) + (", ..." if len(sizes) > 5 else "")
+        raise TopologyError(
+            f"topology is disconnected: {len(sizes)} components (sizes {shown})")
+    return H, warnings
+
+
+def relabel(G):
+    """Relabel nodes to ``0..n-1`` in the graph's node iteration order.
+
+    Returns
+    -------
+    graph : networkx.Graph
+        Copy with integer nodes; node, edge and graph attributes preserved.
+    labels : list
+        ``labels[i]`` is the original label of node ``i``.
+    """
+    labels = list(G.nodes())
+    mapping = {u: i for i, u in enumerate(labels)}
+    return nx.relabel_nodes(G, mapping, copy=True), labels
