@@ -1,0 +1,135 @@
+"""Real clusters: multi-process and in-process runs, byte accounting, shutdown without orphans."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import networkx as nx
+import pytest
+
+import p2pfl
+from p2pfl.metrics import read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_gone(pids, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(_alive(p) for p in pids):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_multiprocess_cluster_learns_and_bytes_add_up(tmp_path):
+    res = p2pfl.run_cluster("ring:4", rounds=4, quiet=True, out=str(tmp_path))
+    s = res.summary
+    for key in ("mode", "nodes", "rounds", "accuracy_mean", "accuracy_min", "bytes_sent_total",
+                "bytes_received_total", "wall_s"):
+        assert key in s
+    assert s["nodes"] == 4 and s["failed_nodes"] == {}
+    assert s["accuracy_mean"] > 0.5  # 4 rounds of 10 steps on digits
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert len(records) == 16 and records == res.metrics
+    for key in ("round", "node", "label", "loss", "accuracy", "bytes_sent", "bytes_received",
+                "wall_s", "consensus_distance"):
+        assert key in records[0]
+    # bytes: the records sum to the total, which equals what every node's sockets sent,
+    # which equals what the neighbours received
+    assert sum(r["bytes_sent"] for r in records) == s["bytes_sent_total"]
+    assert s["bytes_sent_total"] == s["bytes_sent_counted_by_nodes"] == s["bytes_received_total"]
+    # dense fp32: 4 bytes per parameter per neighbour, plus a small header
+    per_message = s["bytes_sent_total"] / (4 * 2 * 4)
+    assert 4 * s["num_params"] < per_message < 4 * s["num_params"] + 200
+    nodes = json.loads((tmp_path / "nodes.json").read_text())
+    assert [n["id"] for n in nodes] == [0, 1, 2, 3]
+    assert all(n["pid"] and n["address"].startswith("tcp://127.0.0.1:") for n in nodes)
+    assert not any(_alive(n["pid"]) for n in nodes)
+    for name in ("summary.json", "config.json"):
+        json.loads((tmp_path / name).read_text())
+
+
+def test_in_process_cluster_with_string_labels(tmp_path):
+    g = nx.Graph([("a", "b"), ("b", "c"), ("c", "d"), ("d", "a"), ("a", "c")])
+    res = p2pfl.run_cluster(g, rounds=3, in_process=True, quiet=True, out=str(tmp_path),
+                            eval_every=2)
+    labels = {r["label"] for r in res.metrics}
+    assert labels == {"a", "b", "c", "d"}
+    evaluated = sorted({r["round"] for r in res.metrics if r["accuracy"] is not None})
+    assert evaluated == [2, 3]
+    assert res.summary["bytes_sent_total"] == res.summary["bytes_received_total"]
+
+
+def test_ipc_transport(tmp_path):
+    res = p2pfl.run_cluster("line:3", rounds=2, transport="ipc", quiet=True, out=str(tmp_path))
+    assert res.summary["failed_nodes"] == {} and len(res.metrics) == 6
+
+
+def test_gossip_averaging_reaches_consensus(tmp_path):
+    res = p2pfl.run_cluster("complete:4", rounds=3, in_process=True, quiet=True,
+                            out=str(tmp_path), lr=1e-6, local_steps=1, momentum=0.0)
+    last = [r["consensus_distance"] for r in res.metrics if r["round"] == 3]
+    # complete graph with MH weights averages exactly: models agree up to one tiny SGD step
+    assert max(last) < 1e-3
+
+
+def _start_cli(tmp_path, *extra):
+    cmd = [sys.executable, "-m", "p2pfl.cli", "cluster", "--topology", "ring:4", "--rounds",
+           "400", "--round-timeout", "1", "--out", str(tmp_path), "-q", *extra]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _node_pids(tmp_path, proc, timeout=60.0):
+    path = tmp_path / "nodes.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            pids = [n["pid"] for n in json.loads(path.read_text())]
+            if (tmp_path / "metrics.jsonl").exists() and (tmp_path / "metrics.jsonl").stat().st_size:
+                return pids
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    raise AssertionError("cluster did not start")
+
+
+def test_killed_node_is_survived_and_reported(tmp_path):
+    proc = _start_cli(tmp_path, "--rounds", "40", "--local-steps", "30")
+    pids = _node_pids(tmp_path, proc)
+    os.kill(pids[1], signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert "1" in summary["failed_nodes"]
+    assert summary["misses_total"] > 0  # the neighbours recorded the dead node's silence
+    rounds = {r["node"]: r["round"] for r in read_metrics(tmp_path / "metrics.jsonl")}
+    assert rounds[0] == rounds[2] == rounds[3] == 40
+    assert _wait_gone(pids)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
+def test_no_node_outlives_the_launcher(tmp_path, sig):
+    proc = _start_cli(tmp_path)
+    pids = _node_pids(tmp_path, proc)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert _wait_gone(pids), "node processes outlived the launcher"
+    if sig != signal.SIGKILL:
+        assert proc.returncode == 130
+        assert "Traceback" not in err

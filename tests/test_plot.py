@@ -1,0 +1,156 @@
+"""Tests for p2pfl.plot: run-folder plots and benchmark curves."""
+
+import json
+import os
+import sys
+
+import pytest
+
+from p2pfl.errors import UsageError
+from p2pfl.plot import MB_PNG, ROUND_PNG, plot_curves, plot_run
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _assert_png(path, min_bytes=2000):
+    assert os.path.isfile(path)
+    with open(path, "rb") as fh:
+        data = fh.read()
+    assert data[:8] == PNG_MAGIC
+    assert len(data) > min_bytes
+
+
+def _no_temp_files(folder):
+    return not [f for f in os.listdir(folder) if f.startswith(".tmp-")]
+
+
+def _write_run(folder, records, summary=None):
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "metrics.jsonl"), "w") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec) + "\n")
+    if summary is not None:
+        with open(os.path.join(folder, "summary.json"), "w") as fh:
+            json.dump(summary, fh)
+
+
+def _gossip_records(nodes=3, rounds=5):
+    """``nodes`` x ``rounds`` records; accuracy is only measured on odd rounds."""
+    out = []
+    for r in range(1, rounds + 1):
+        for n in range(nodes):
+            acc = None if r % 2 == 0 else 0.1 + 0.15 * r + 0.01 * n
+            out.append({"round": r, "node": n, "label": f"node-{n}", "accuracy": acc,
+                        "bytes_sent": 40_000 * (n + 1), "bytes_received": 50_000})
+    return out
+
+
+def test_plot_run_writes_two_pngs(tmp_path):
+    run = tmp_path / "run"
+    _write_run(run, _gossip_records(),
+               {"mode": "gossip", "nodes": 3, "accuracy_mean": 0.87,
+                "accuracy_per_round": [[1, 0.26], [3, 0.56], [5, 0.86]]})
+    paths = plot_run(str(run))
+    assert paths == [str(run / ROUND_PNG), str(run / MB_PNG)]
+    for path in paths:
+        _assert_png(path)
+    assert _no_temp_files(run)
+
+
+def test_plot_run_overwrites_and_tolerates_partial_input(tmp_path):
+    run = tmp_path / "run"
+    _write_run(run, _gossip_records())  # no summary.json (run in progress)
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.write('{"round": 6, "node": 0, "accur')  # truncated last line
+    plot_run(run)
+    first = (run / ROUND_PNG).stat().st_size
+    plot_run(run)
+    assert (run / ROUND_PNG).stat().st_size == first
+    _assert_png(run / MB_PNG)
+
+
+def test_plot_run_server_mode_skips_coordinator(tmp_path):
+    run = tmp_path / "run"
+    records = _gossip_records(nodes=4, rounds=4)
+    for r in range(1, 5):
+        records.append({"round": r, "node": "coordinator", "label": "coordinator",
+                        "accuracy": 0.2 * r, "bytes_sent": 10**6, "bytes_received": 10**5})
+        records.append({"round": r, "node": 99, "role": "coordinator", "label": "srv",
+                        "accuracy": None, "bytes_sent": 10**6, "bytes_received": 0})
+    _write_run(run, records, {"mode": "fedavg", "nodes": 4, "accuracy_mean": 0.8,
+                              "accuracy_per_round": [[1, 0.2], [2, 0.4], [4, 0.8]]})
+    for path in plot_run(run):
+        _assert_png(path)
+
+
+def test_plot_run_many_nodes_no_node_legend(tmp_path):
+    run = tmp_path / "run"
+    _write_run(run, _gossip_records(nodes=20, rounds=3), {"mode": "gossip", "nodes": 20})
+    for path in plot_run(run):
+        _assert_png(path)
+
+
+def test_plot_run_without_traffic_uses_linear_axis(tmp_path):
+    run = tmp_path / "run"
+    records = [dict(rec, bytes_sent=0) for rec in _gossip_records(nodes=2, rounds=3)]
+    _write_run(run, records)
+    for path in plot_run(run):
+        _assert_png(path)
+
+
+def test_plot_run_missing_folder(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        plot_run(str(tmp_path / "nope"))
+
+
+def test_plot_run_missing_metrics(tmp_path):
+    with pytest.raises(UsageError, match="cannot read"):
+        plot_run(str(tmp_path))
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "not json\n", "[1, 2]\n"])
+def test_plot_run_empty_metrics(tmp_path, text):
+    (tmp_path / "metrics.jsonl").write_text(text)
+    with pytest.raises(UsageError, match="no metrics records"):
+        plot_run(str(tmp_path))
+    assert not (tmp_path / ROUND_PNG).exists()
+
+
+def test_usage_error_is_one_line(tmp_path):
+    with pytest.raises(UsageError) as info:
+        plot_run(str(tmp_path))
+    assert "\n" not in str(info.value)
+
+
+def test_missing_matplotlib(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    _write_run(run, _gossip_records())
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(UsageError, match="pip install matplotlib"):
+        plot_run(run)
+    with pytest.raises(UsageError, match="pip install matplotlib"):
+        plot_curves({"a": ([1, 2], [0.1, 0.2])}, tmp_path / "c.png", "x", "y")
+
+
+def test_plot_curves_logx(tmp_path):
+    path = tmp_path / "bench" / "acc_vs_mb.png"
+    series = {
+        "gossip ring": ([0.0, 0.5, 1.0, 2.0, 4.0], [0.1, 0.3, 0.5, 0.7, 0.8]),
+        "gossip top-k": ([0.1, 0.2, 0.4, 0.8], [0.1, 0.35, None, 0.75]),
+    }
+    out = plot_curves(series, path, "MB sent", "accuracy", logx=True, title="compare")
+    assert out == str(path)
+    _assert_png(path)
+    assert _no_temp_files(path.parent)
+
+
+def test_plot_curves_linear_and_errors(tmp_path):
+    path = tmp_path / "lin.png"
+    plot_curves({"a": ([1, 2, 3], [0.2, 0.4, 0.6])}, str(path), "round", "accuracy")
+    _assert_png(path)
+    with pytest.raises(UsageError):
+        plot_curves({}, path, "x", "y")
+    with pytest.raises(UsageError, match="x values"):
+        plot_curves({"a": ([1, 2], [0.1])}, path, "x", "y")
+    with pytest.raises(UsageError, match="pair"):
+        plot_curves({"a": 5}, path, "x", "y")

@@ -1,0 +1,161 @@
+"""Wire format: round trips, and rejection of malformed headers and frames."""
+
+import time
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2pfl.transport import Endpoint, Mailbox, ProtocolError, pack, unpack
+from p2pfl.transport.wire import frames_to_arrays, tensor_frames
+
+
+def _header(**over):
+    h = {"v": 1, "kind": "model", "src": 3, "round": 2, "seq": 0, "codec": "none",
+         "shapes": [], "dtypes": [], "lengths": [], "meta": {}}
+    h.update(over)
+    return msgpack.packb(h)
+
+
+def test_round_trip_with_tensor_frames():
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    b = np.array([1, -2, 3], dtype=np.int8)
+    frames, shapes, dtypes = tensor_frames([a, b])
+    parts = pack("model", 5, 7, 9, frames=frames, shapes=shapes, dtypes=dtypes,
+                 meta={"note": "x"})
+    msg = unpack(parts)
+    assert (msg.kind, msg.src, msg.round, msg.seq, msg.meta) == ("model", 5, 7, 9, {"note": "x"})
+    out = frames_to_arrays(msg)
+    np.testing.assert_array_equal(out[0], a)
+    np.testing.assert_array_equal(out[1], b)
+    assert msg.nbytes == sum(len(bytes(p)) for p in parts)
+
+
+def test_pack_is_zero_copy_for_arrays():
+    a = np.zeros(1000, dtype=np.float32)
+    frames, _, _ = tensor_frames([a])
+    a[0] = 5.0
+    assert np.frombuffer(frames[0], np.float32)[0] == 5.0
+
+
+BAD_MESSAGES = {
+    "empty": [],
+    "garbage header": [b"\xc1\xff\x00"],
+    "header not a map": [msgpack.packb([1, 2, 3])],
+    "missing keys": [msgpack.packb({"v": 1, "kind": "model"})],
+    "wrong version": [_header(v=99)],
+    "unknown kind": [_header(kind="exec")],
+    "bool round": [_header(round=True)],
+    "negative seq": [_header(seq=-1)],
+    "float src": [_header(src=1.5)],
+    "frame count mismatch": [_header(lengths=[4, 4]), b"abcd"],
+    "length mismatch": [_header(lengths=[5]), b"abcd"],
+    "shape vs length": [_header(lengths=[8], shapes=[[3]], dtypes=["float32"]), b"\0" * 8],
+    "huge shape": [_header(lengths=[4], shapes=[[1 << 20, 1 << 20]], dtypes=["float32"]),
+                   b"\0" * 4],
+    "bad dtype": [_header(lengths=[8], shapes=[[1]], dtypes=["object"]), b"\0" * 8],
+    "negative dim": [_header(lengths=[4], shapes=[[-1]], dtypes=["float32"]), b"\0" * 4],
+    "meta not a map": [_header(meta=[1])],
+    "oversized header": [b"\x80" + b"\0" * (1 << 17)],
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_MESSAGES))
+def test_malformed_messages_raise_protocol_error(name):
+    with pytest.raises(ProtocolError):
+        unpack(BAD_MESSAGES[name])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300), st.lists(st.binary(max_size=50), max_size=3))
+def test_random_bytes_only_ever_raise_protocol_error(header, frames):
+    try:
+        unpack([header, *frames])
+    except ProtocolError:
+        pass
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(st.sampled_from(["v", "kind", "src", "round", "seq", "codec", "shapes",
+                                        "dtypes", "lengths", "meta"]),
+                       st.one_of(st.integers(-2**63, 2**63 - 1), st.text(max_size=5),
+                                 st.none(), st.booleans(),
+                                 st.lists(st.integers(-2**31, 2**31), max_size=3))))
+def test_random_headers_only_ever_raise_protocol_error(fields):
+    try:
+        unpack([msgpack.packb(fields)])
+    except ProtocolError:
+        pass
+
+
+@pytest.fixture
+def ctx():
+    c = zmq.Context()
+    yield c
+    c.destroy(linger=0)
+
+
+def test_endpoint_drops_and_counts_hostile_messages_then_keeps_working(ctx):
+    node = Endpoint(ctx, 0, "tcp://127.0.0.1:*")
+    raw = ctx.socket(zmq.PUSH)
+    raw.connect(node.address)
+    raw.send_multipart([b"not msgpack at all"])
+    raw.send_multipart([_header(lengths=[10]), b"short"])
+    raw.send(b"\x92\x01")  # single frame, msgpack list
+    good = pack("model", 1, 1, meta={"ok": True})
+    raw.send_multipart(good)  # same connection: arrives after the junk
+    msg = node.recv(timeout=5.0)
+    assert msg is not None and msg.meta == {"ok": True}
+    assert node.counters.dropped["malformed"] == 3
+    assert node.counters.total("received") == sum(len(p) for p in good)
+    raw.close(linger=0)
+    node.close()
+
+
+def test_mailbox_buffers_future_rounds_drops_stale_and_strangers(ctx):
+    a = Endpoint(ctx, 0, "inproc://mb-a")
+    b = Endpoint(ctx, 1, "inproc://mb-b")
+    c = Endpoint(ctx, 9, "inproc://mb-c")
+    b.connect(0, a.address)
+    c.connect(0, a.address)
+    box = Mailbox(a, peers={1})
+    box.current_round = 2
+    b.send(0, "model", 1)  # stale
+    b.send(0, "model", 3)  # early: kept for round 3
+    b.send(0, "model", 2)
+    c.send(0, "model", 2)  # not a neighbour
+    b.send(0, "model", 50)  # beyond the window
+    got = box.collect("model", 2, [1], timeout=2.0)
+    assert list(got) == [1]
+    t0 = time.monotonic()
+    got3 = box.collect("model", 3, [1], timeout=5.0)
+    assert list(got3) == [1] and time.monotonic() - t0 < 1.0
+    assert box.collect("model", 4, [1], timeout=0.3) == {}  # reads (and drops) round 50
+    drops = a.counters.dropped
+    assert drops["stale_round"] == 1 and drops["unknown_sender"] == 1
+    assert drops["round_out_of_window"] == 1
+    for e in (a, b, c):
+        e.close()
+
+
+def test_collect_times_out_on_a_silent_peer(ctx):
+    a = Endpoint(ctx, 0, "inproc://silent-a")
+    box = Mailbox(a, peers={1, 2})
+    t0 = time.monotonic()
+    assert box.collect("model", 1, [1, 2], timeout=0.3) == {}
+    assert 0.25 < time.monotonic() - t0 < 2.0
+    a.close()
+
+
+def test_send_to_a_dead_peer_never_blocks(ctx):
+    a = Endpoint(ctx, 0, "inproc://dead-a", hwm=5)
+    a.connect(1, "tcp://127.0.0.1:9")  # nobody listens there
+    t0 = time.monotonic()
+    for _ in range(50):
+        a.send(1, "model", 1, frames=[b"x" * 100])
+    assert time.monotonic() - t0 < 2.0
+    assert a.counters.dropped["send_queue_full"] > 0
+    a.close()
