@@ -50,6 +50,15 @@ def _check_learning_options(cfg: RunConfig) -> None:
         raise ConfigError(f"unknown model {cfg.model!r}; valid: {', '.join(sorted(MODELS))}")
 
 
+def _check_partition(cfg: RunConfig, num_nodes: int, shares: list) -> None:
+    """Compute the partition once here: a bad spec fails before any node starts,
+    and forked nodes inherit the cached result."""
+    from .learner import shard_indices
+
+    shard_indices({"dataset": cfg.dataset, "seed": cfg.seed, "data_dir": cfg.data_dir,
+                   "num_nodes": num_nodes, "partition": cfg.partition, "shares": shares}, 0)
+
+
 def prepare(cfg: RunConfig, graph=None) -> tuple:
     """Topology and per-node specs for a run, validated; no process is started."""
     topo = topo_mod.build(graph if graph is not None else cfg.topology, scheme=cfg.mixing,
@@ -60,6 +69,7 @@ def prepare(cfg: RunConfig, graph=None) -> tuple:
     specs = []
     per_node = [node_settings(cfg, i, topo.labels[i]) for i in range(n)]
     shares = [float(s["data_share"]) for s in per_node]
+    _check_partition(cfg, n, shares)
     for i in range(n):
         settings = dict(cfg.to_dict(), **per_node[i])
         settings.pop("node_overrides", None)
@@ -176,7 +186,7 @@ def execute(cfg: RunConfig, specs: list, out: str, progress: Progress, t0: float
     launcher = Launcher(specs, out, in_process=cfg.in_process, scheme=cfg.transport,
                         host=cfg.host, start_timeout=cfg.start_timeout,
                         round_timeout=cfg.round_timeout, on_message=on_message,
-                        log=progress.info)
+                        log=progress.info, listen=cfg.listen)
     try:
         nodes = launcher.run()
     finally:

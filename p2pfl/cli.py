@@ -38,8 +38,18 @@ CLUSTER_OPTIONS = [
     ("error_feedback", str, "auto, on or off"),
     ("gamma", float, "CHOCO consensus step size"),
     ("participation", float, "reporting fraction in server modes"),
+    ("compression_down", str, "server-to-worker codec (auto: as --compression for stc)"),
+    ("stc_cache", int, "STC: global updates cached for catch-up (default 10)"),
+    ("cfl_eps1", float, "CFL: split when the mean update norm is below this"),
+    ("cfl_eps2", float, "CFL: ... and the largest update norm is above this"),
+    ("cfl_warmup", int, "CFL: rounds a cluster trains before it may split"),
+    ("public_size", int, "FD/CFD: size of the public distillation set (default 200)"),
+    ("distill_steps", int, "FD/CFD: distillation steps per round (default 20)"),
+    ("fd_bits", int, "FD/CFD: soft-label bits (0: float32; default fd 0, cfd 1)"),
+    ("fd_delta", str, "FD/CFD: delta-code soft labels: auto (on for cfd), on or off"),
     ("transport", str, "tcp (default), ipc or inproc"),
     ("host", str, "address nodes bind for tcp (default 127.0.0.1)"),
+    ("listen", str, "bind the launcher here (tcp://HOST:PORT) and wait for remote nodes"),
     ("round_timeout", float, "seconds to wait for neighbours each round"),
     ("start_timeout", float, "seconds to wait for the cluster to start"),
     ("eval_every", int, "evaluate every N rounds"),
@@ -79,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connect", required=True, help="the launcher's address, tcp://HOST:PORT")
     p.add_argument("--id", type=int, required=True, help="this node's id in the topology")
     p.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    p.add_argument("--advertise", help="host name or IP that peers use to reach this node")
     p = sub.add_parser("topology", help="describe a topology and its mixing matrix")
     p.add_argument("spec", help="generator spec or graph file")
     p.add_argument("--mixing", default="metropolis")
@@ -107,7 +118,7 @@ def _cmd_cluster(args) -> int:
 def _cmd_node(args) -> int:
     from .worker import serve
 
-    return serve(args.connect, args.id, scheme="tcp", host=args.host)
+    return serve(args.connect, args.id, scheme="tcp", host=args.host, advertise=args.advertise)
 
 
 def _cmd_topology(args) -> int:

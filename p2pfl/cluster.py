@@ -67,10 +67,12 @@ class Launcher:
 
     def __init__(self, specs: list, out_dir: str, *, in_process: bool = False,
                  scheme: str = "tcp", host: str = "127.0.0.1", start_timeout: float = 60.0,
-                 round_timeout: float = 10.0, on_message=None, log=None) -> None:
+                 round_timeout: float = 10.0, on_message=None, log=None,
+                 listen: str | None = None) -> None:
         self.specs = specs
         self.out_dir = out_dir
         self.in_process = in_process
+        self.listen = listen  # bind here and wait for remote nodes instead of spawning
         self.scheme = "inproc" if in_process else scheme
         self.host = host
         self.start_timeout = start_timeout
@@ -95,6 +97,11 @@ class Launcher:
         return self.nodes
 
     def _spawn_and_bind(self) -> None:
+        if self.listen:  # nodes are started elsewhere with `p2pfl node --connect`
+            self.ctx = zmq.Context()
+            self._bind(self.listen)
+            self.log(f"waiting for {len(self.nodes)} node(s) to join at {self.ep.address}")
+            return
         if self.in_process:
             self.ctx = zmq.Context()
             address = f"inproc://p2pfl-launcher-{id(self)}"

@@ -65,12 +65,22 @@ class RunConfig:
     compression: str = "none"
     error_feedback: str = "auto"
     gamma: float | None = None
-    # server modes
+    # server modes (defaults documented in p2pfl/strategies/*.py)
     participation: float = 1.0
+    compression_down: str = "auto"
+    stc_cache: int = 10
+    cfl_eps1: float = 0.6
+    cfl_eps2: float = 1.2
+    cfl_warmup: int = 10
+    public_size: int = 200
+    distill_steps: int = 20
+    fd_bits: int | None = None
+    fd_delta: str = "auto"
     # runtime
     transport: str = "tcp"
     in_process: bool = False
     host: str = "127.0.0.1"
+    listen: str | None = None
     round_timeout: float = 10.0
     start_timeout: float = 60.0
     eval_every: int = 1
@@ -84,6 +94,14 @@ class RunConfig:
         _one_of("mode", self.mode, MODES)
         _one_of("transport", self.transport, TRANSPORTS)
         _one_of("error_feedback", self.error_feedback, ("auto", "on", "off"))
+        _one_of("fd_delta", self.fd_delta, ("auto", "on", "off"))
+        for name in ("stc_cache", "cfl_warmup", "public_size", "distill_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        if self.fd_bits is not None and not 0 <= self.fd_bits <= 8:
+            raise ConfigError(f"--fd-bits must be in [0, 8] (0: float32), got {self.fd_bits}")
+        if not (self.cfl_eps1 >= 0 and self.cfl_eps2 >= 0):
+            raise ConfigError("--cfl-eps1 and --cfl-eps2 must be >= 0")
         for name in ("rounds", "batch_size", "eval_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")

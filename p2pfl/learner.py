@@ -15,7 +15,8 @@ from .data import Dataset, apply_label_permutation, group_label_permutations, lo
 from .models import assign_params, build_model, flatten_params
 from .training import LocalTrainer, SGDConfig, evaluate
 
-__all__ = ["Learner", "shared_dataset", "shard_indices", "warm_up"]
+__all__ = ["Learner", "shared_dataset", "shard_indices", "warm_up", "public_indices",
+           "test_set", "build_run_model"]
 
 
 def warm_up() -> None:
@@ -49,6 +50,39 @@ def shard_indices(settings: dict, node_id: int) -> np.ndarray:
     return parts[node_id]
 
 
+def public_indices(settings: dict) -> np.ndarray:
+    """Sorted training indices of the public (unlabelled) distillation set.
+
+    ``settings["public_size"]`` samples drawn with the run's seed from the
+    training set; federated distillation holds them out of every shard
+    (see :meth:`Learner.drop_samples`).  Empty when the size is 0 or absent.
+    """
+    ds = shared_dataset(settings["dataset"], settings["seed"], settings.get("data_dir"))
+    size = int(settings.get("public_size") or 0)
+    if size <= 0:
+        return np.empty(0, dtype=np.int64)
+    size = min(size, len(ds.y_train) // 2)
+    rng = np.random.default_rng(settings["seed"] + 104729)
+    return np.sort(rng.choice(len(ds.y_train), size, replace=False)).astype(np.int64)
+
+
+def test_set(settings: dict, group: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The shared test set, labels permuted as group ``group`` sees them under ``groups:K``."""
+    ds = shared_dataset(settings["dataset"], settings["seed"], settings.get("data_dir"))
+    y = ds.y_test
+    if settings["partition"].startswith("groups:") and group:
+        k = int(settings["partition"].split(":", 1)[1])
+        y = apply_label_permutation(y, group_label_permutations(ds.num_classes, k,
+                                                                settings["seed"])[group])
+    return ds.x_test, y
+
+
+def build_run_model(settings: dict):
+    """The run's initial model, exactly as every node builds it (same seed)."""
+    ds = shared_dataset(settings["dataset"], settings["seed"], settings.get("data_dir"))
+    return build_model(settings["model"], ds.input_shape, ds.num_classes, seed=settings["seed"])
+
+
 class Learner:
     """Model, data shard and optimizer of one node.
 
@@ -64,6 +98,7 @@ class Learner:
     def __init__(self, settings: dict, node_id: int) -> None:
         torch.set_num_threads(1)
         self.settings = settings
+        self._node_id = node_id
         ds = shared_dataset(settings["dataset"], settings["seed"], settings.get("data_dir"))
         self.dataset = ds
         idx = shard_indices(settings, node_id)
@@ -87,6 +122,21 @@ class Learner:
         self.trainer = LocalTrainer(self.model, x, y, cfg, seed=settings["seed"] * 7919 + node_id)
         self._x_test = torch.from_numpy(np.ascontiguousarray(self.x_test))
         self._y_test = torch.from_numpy(np.ascontiguousarray(self.y_test))
+
+    def drop_samples(self, indices: np.ndarray) -> None:
+        """Remove training-set ``indices`` (e.g. the public set) from this node's shard.
+
+        The trainer is rebuilt on what remains (at least one sample is kept).
+        """
+        idx = shard_indices(self.settings, self._node_id)
+        keep = ~np.isin(idx, indices)
+        if not keep.any():
+            keep[0] = True
+        cfg, t = self.trainer.cfg, self.trainer
+        self.trainer = LocalTrainer(self.model, t.x[torch.from_numpy(keep)].numpy(),
+                                    t.y[torch.from_numpy(keep)].numpy(), cfg,
+                                    seed=self.settings["seed"] * 7919 + self._node_id)
+        self.num_samples = int(keep.sum())
 
     def train(self) -> float:
         """Run the configured local SGD steps; return the mean training loss."""

@@ -62,7 +62,8 @@ def _handshake(ep: Endpoint, mailbox: Mailbox, spec: dict, timeout: float) -> No
 
 def serve(launcher: str, node_id: int, *, ctx: zmq.Context | None = None,
           scheme: str = "tcp", host: str = "127.0.0.1", run_dir: str = "/tmp",
-          alive: Callable[[], bool] | None = None, start_timeout: float = 60.0) -> int:
+          alive: Callable[[], bool] | None = None, start_timeout: float = 60.0,
+          advertise: str | None = None) -> int:
     """Run one node to completion; return its exit status (0 on success)."""
     ctx = ctx or zmq.Context.instance()
     name = f"p2pfl-{os.getpid()}-{node_id}-{secrets.token_hex(4)}"
@@ -73,7 +74,10 @@ def serve(launcher: str, node_id: int, *, ctx: zmq.Context | None = None,
     ep.connect(LAUNCHER, launcher)
     status = 1
     try:
-        ep.send(LAUNCHER, "join", meta={"address": ep.address, "pid": os.getpid(),
+        address = ep.address
+        if advertise:  # tcp://0.0.0.0:PORT is not reachable: tell peers our name
+            address = f"tcp://{advertise}:{address.rsplit(':', 1)[1]}"
+        ep.send(LAUNCHER, "join", meta={"address": address, "pid": os.getpid(),
                                          "host": socket.gethostname()})
         spec = _await(mailbox, "config", start_timeout).meta
         node = make_role(ep, mailbox, spec)

@@ -1,0 +1,212 @@
+"""The strategy interface: hooks around the one shared server round loop.
+
+The coordinator's loop (:mod:`p2pfl.server.coordinator`) runs, per round::
+
+    participants = strategy.select(rnd, workers, rng)
+    instructions = strategy.configure(rnd, participants)      # {worker: Packet}
+    ... send "control", collect strategy.reply_kind ...
+    replies      = [Reply(worker, content=strategy.decode(worker, packet)) | Reply(error=...)]
+    strategy.aggregate(rnd, replies)
+    record       = strategy.evaluate(rnd)
+    strategy.done(rnd)                                         # stop early?
+
+and at the end ``strategy.finalize(worker)`` gives each worker its final
+model.  A worker runs the mirror-image :class:`ClientStrategy` hooks:
+``apply`` (the instruction), ``fit`` (local work), ``reply`` (the upstream
+packet) and ``finish`` (the final instruction).  Neither side touches a
+socket: packets are :class:`~p2pfl.algorithms.base.Packet` objects, and the
+aggregation maths are pure functions of tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..algorithms.base import Packet, dense_packet, dense_tensor
+from ..errors import ConfigError
+
+__all__ = ["Reply", "ServerContext", "Strategy", "ClientStrategy", "Packet", "STRATEGIES",
+           "register", "make_strategy", "make_client", "weighted_mean", "dense_packet",
+           "dense_tensor", "BEHAVIOURS", "behave"]
+
+#: Worker behaviours a node profile may set (``behaviour = "..."``).
+BEHAVIOURS = ("honest", "random", "label_flip", "noisy")
+
+
+@dataclass
+class Reply:
+    """One worker's answer in one round: ``content`` or ``error``, never both.
+
+    ``error`` is ``{"code": ..., "reason": ...}`` (codes: ``timeout``,
+    ``undecodable``).  ``num_samples`` is the worker's data size.
+    """
+
+    worker: int
+    content: object = None
+    error: dict | None = None
+    num_samples: int = 1
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.content is None) == (self.error is None):
+            raise ValueError("a reply carries content or an error, exactly one of them")
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class ServerContext:
+    """What a server strategy may know: the run settings and the workers.
+
+    ``init`` is the initial flat model (every node builds the same one),
+    ``evaluate(flat, group)`` returns (loss, accuracy) on the test set as group
+    ``group`` labels it, and ``groups`` holds the ground-truth group of each
+    worker under ``--partition groups:K`` (used for evaluation only).
+    """
+
+    settings: dict
+    workers: list
+    labels: dict
+    init: torch.Tensor | None = None
+    evaluate: object = None
+    groups: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+
+class Strategy:
+    """Server side.  Subclasses override the hooks they need."""
+
+    name = "base"
+    reply_kind = "update"
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.rounds = int(ctx.settings["rounds"])
+
+    def select(self, rnd: int, workers: list, rng: np.random.Generator) -> list:
+        """Participants: a ``participation`` fraction of the workers (at least one)."""
+        m = max(1, int(round(self.settings.get("participation", 1.0) * len(workers))))
+        if m >= len(workers):
+            return list(workers)
+        return sorted(int(w) for w in rng.choice(workers, m, replace=False))
+
+    def configure(self, rnd: int, participants: list) -> dict:
+        """``{worker: Packet}``: what each participant receives this round."""
+        raise NotImplementedError
+
+    def decode(self, worker: int, packet: Packet):
+        """A reply packet's content; raise ``ValueError`` if it is unreadable."""
+        raise NotImplementedError
+
+    def aggregate(self, rnd: int, replies: list) -> None:
+        """Fold this round's replies (some may be errors) into the state."""
+        raise NotImplementedError
+
+    def evaluate(self, rnd: int) -> dict:
+        """Fields for the coordinator's record (never the key ``accuracy``)."""
+        return {}
+
+    def done(self, rnd: int) -> bool:
+        return rnd >= self.rounds
+
+    def finalize(self, worker: int) -> Packet:
+        """The final instruction for ``worker`` (its final model)."""
+        raise NotImplementedError
+
+    def summary(self) -> dict:
+        """Fields added to ``summary.json``."""
+        return {}
+
+
+class ClientStrategy:
+    """Worker side: apply the instruction, work locally, reply."""
+
+    name = "base"
+    reply_kind = "update"
+
+    def __init__(self, learner, settings: dict) -> None:
+        self.learner = learner
+        self.settings = settings
+        self.behaviour = settings.get("behaviour", "honest")
+        if self.behaviour not in BEHAVIOURS:
+            raise ConfigError(f"unknown behaviour {self.behaviour!r}; valid: "
+                              f"{', '.join(BEHAVIOURS)}")
+        self.rng = np.random.default_rng(settings["seed"] * 31 + 17 + learner._node_id)
+        if self.behaviour == "label_flip":  # train on flipped labels c -> C-1-c
+            t = learner.trainer
+            t.y = int(learner.dataset.num_classes) - 1 - t.y
+
+    def apply(self, rnd: int, packet: Packet) -> None:
+        raise NotImplementedError
+
+    def fit(self) -> float:
+        """Local training; returns the mean loss."""
+        return self.learner.train()
+
+    def reply(self, rnd: int) -> Packet:
+        raise NotImplementedError
+
+    def finish(self, packet: Packet) -> None:
+        """Take the final instruction (by default: like any other)."""
+        self.apply(-1, packet)
+
+
+# ------------------------------------------------------------- pure functions
+def weighted_mean(tensors: list, weights: list) -> torch.Tensor:
+    """Σ_i w_i x_i / Σ_i w_i (FedAvg aggregation weighted by data size, ALGORITHMS.md)."""
+    if not tensors:
+        raise ValueError("nothing to average")
+    w = torch.tensor([float(x) for x in weights], dtype=torch.float64)
+    if not float(w.sum()) > 0:
+        raise ValueError("weights must sum to a positive number")
+    stack = torch.stack([t.to(torch.float64) for t in tensors])
+    return ((w / w.sum())[:, None] * stack).sum(0).to(torch.float32)
+
+
+def behave(update: torch.Tensor, behaviour: str, rng: np.random.Generator) -> torch.Tensor:
+    """A worker's update as its behaviour sends it (CFL's Byzantine settings).
+
+    ``random``: a Gaussian direction with the honest update's norm times
+    ``RANDOM_SCALE``; ``noisy``: the update plus Gaussian noise of the same
+    norm; ``honest`` and ``label_flip`` (which acts on the data): unchanged.
+    """
+    if behaviour in ("honest", "label_flip"):
+        return update
+    noise = torch.from_numpy(rng.standard_normal(update.numel()).astype(np.float32))
+    noise = noise * (update.norm() / max(float(noise.norm()), 1e-12))
+    if behaviour == "random":
+        return noise * RANDOM_SCALE
+    return update + noise
+
+
+#: A random (Byzantine) worker's update norm, relative to an honest update's.
+RANDOM_SCALE = 1.0
+
+# ------------------------------------------------------------------ registry
+STRATEGIES: dict = {}
+
+
+def register(mode: str, server_cls, client_cls) -> None:
+    STRATEGIES[mode] = (server_cls, client_cls)
+
+
+def _lookup(mode: str):
+    from . import cfl, fd, fedavg, stc  # noqa: F401  (register the built-ins)
+
+    if mode not in STRATEGIES:
+        raise ConfigError(f"unknown server mode {mode!r}; valid: {', '.join(sorted(STRATEGIES))}")
+    return STRATEGIES[mode]
+
+
+def make_strategy(mode: str, ctx: ServerContext) -> Strategy:
+    return _lookup(mode)[0](ctx)
+
+
+def make_client(mode: str, learner, settings: dict) -> ClientStrategy:
+    return _lookup(mode)[1](learner, settings)

@@ -1,0 +1,80 @@
+"""Federated averaging (ALGORITHMS.md, "Communication delay / local SGD").
+
+Each round the participants (a ``--participation`` fraction, drawn at random)
+receive the global model W, run the local SGD steps or epochs, and send their
+update ΔW_i = W_i − W as raw float32.  The server sets
+
+    W ← W + Σ_i n_i ΔW_i / Σ_i n_i         (n_i: client i's data size)
+
+Defaults (from RunConfig): 10 local steps of batch 32, lr 0.05, momentum 0.9.
+A missing or unreadable reply is left out of the average.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import ClientStrategy, Packet, Strategy, behave, dense_packet, dense_tensor, \
+    register, weighted_mean
+
+__all__ = ["FedAvg", "FedAvgClient", "fedavg_step"]
+
+
+def fedavg_step(model: torch.Tensor, replies: list) -> torch.Tensor:
+    """W + the data-size weighted mean of the successful replies' updates (pure)."""
+    ok = [r for r in replies if r.ok]
+    if not ok:
+        return model.clone()
+    return model + weighted_mean([r.content for r in ok], [r.num_samples for r in ok])
+
+
+class FedAvg(Strategy):
+    """Server: one global model, sent in full to every participant."""
+
+    name = "fedavg"
+
+    def __init__(self, ctx) -> None:
+        super().__init__(ctx)
+        self.model = ctx.init.clone()  # W
+
+    def configure(self, rnd: int, participants: list) -> dict:
+        packet = dense_packet(self.model)
+        return {w: packet for w in participants}
+
+    def decode(self, worker: int, packet: Packet) -> torch.Tensor:
+        return dense_tensor(packet, self.model.numel())
+
+    def aggregate(self, rnd: int, replies: list) -> None:
+        self.model = fedavg_step(self.model, replies)
+
+    def evaluate(self, rnd: int) -> dict:
+        loss, acc = self.ctx.evaluate(self.model, 0)
+        return {"global_accuracy": acc, "global_loss": loss}
+
+    def finalize(self, worker: int) -> Packet:
+        return dense_packet(self.model)
+
+
+class FedAvgClient(ClientStrategy):
+    """Worker: load W, train, send ΔW = W_local − W (as its behaviour dictates)."""
+
+    name = "fedavg"
+
+    def apply(self, rnd: int, packet: Packet) -> None:
+        self.base = dense_tensor(packet, self.learner.num_params)
+        self.learner.set_flat(self.base)
+
+    def update(self) -> torch.Tensor:
+        """This round's update ΔW after ``fit``, shaped by the behaviour; the
+        learner is set back to the received model."""
+        delta = self.learner.get_flat() - self.base
+        self.learner.set_flat(self.base)
+        return behave(delta, self.behaviour, self.rng)
+
+    def reply(self, rnd: int) -> Packet:
+        packet = dense_packet(self.update())
+        packet.meta = {"n": self.learner.num_samples}
+        return packet
+
+
+register("fedavg", FedAvg, FedAvgClient)

@@ -1,0 +1,125 @@
+"""The command line: bad input gets one line and exit code 2, never a traceback."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from p2pfl.config import RunConfig, from_sources, node_settings
+from p2pfl.errors import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "p2pfl.cli", *args], cwd=ROOT, text=True,
+                          capture_output=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    (d / "split.edgelist").write_text("0 1\n2 3\n")
+    (d / "directed.graphml").write_text(
+        '<?xml version="1.0"?><graphml xmlns="http://graphml.graphdrawing.org/xmlns">'
+        '<graph edgedefault="directed"><node id="a"/><node id="b"/>'
+        '<edge source="a" target="b"/></graph></graphml>')
+    (d / "one.edgelist").write_text("0 0\n")
+    (d / "garbage.graphml").write_text("<<<not xml")
+    (d / "bad.toml").write_text("rounds = [")
+    (d / "unknown.toml").write_text("roundz = 3\n")
+    return d
+
+
+BAD = {
+    "wrong flag": ["cluster", "--no-such-flag"],
+    "missing subcommand": [],
+    "bad int": ["cluster", "--rounds", "many"],
+    "zero rounds": ["cluster", "--rounds", "0"],
+    "unknown generator": ["cluster", "--topology", "hypercube:3"],
+    "ring too small": ["cluster", "--topology", "ring:1"],
+    "missing file": ["cluster", "--topology", "/nonexistent/graph.graphml"],
+    "disconnected": ["cluster", "--topology", "{d}/split.edgelist"],
+    "directed": ["cluster", "--topology", "{d}/directed.graphml"],
+    "single node": ["cluster", "--topology", "{d}/one.edgelist"],
+    "garbage file": ["cluster", "--topology", "{d}/garbage.graphml"],
+    "erdos renyi disconnected": ["cluster", "--topology", "erdos_renyi:30:0.01:1"],
+    "unknown dataset": ["cluster", "--dataset", "imagenet"],
+    "unknown model": ["cluster", "--model", "transformer"],
+    "unknown partition": ["cluster", "--partition", "zipf:2"],
+    "unknown mixing": ["cluster", "--mixing", "magic"],
+    "unknown mode": ["cluster", "--mode", "swarm"],
+    "bad toml": ["cluster", "--config", "{d}/bad.toml"],
+    "unknown toml key": ["cluster", "--config", "{d}/unknown.toml"],
+    "missing config": ["cluster", "--config", "/nonexistent.toml"],
+    "missing mnist dir": ["cluster", "--dataset", "mnist:/nonexistent"],
+    "plot missing dir": ["plot", "/nonexistent/run"],
+    "bad codec": ["bench", "codecs", "--codec", "zip:3"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_input_is_one_line_and_exit_2(name, bad_files, tmp_path):
+    args = [a.format(d=bad_files) for a in BAD[name]]
+    if args and args[0] == "cluster":
+        args += ["--out", str(tmp_path / "run"), "--rounds" if "--rounds" not in args else "",
+                 "1" if "--rounds" not in args else ""]
+        args = [a for a in args if a]
+    res = run_cli(*args)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("p2pfl")
+
+
+def test_topology_command_prints_spectral_gap():
+    res = run_cli("topology", "torus:4x4")
+    assert res.returncode == 0
+    gap = float(res.stdout.split("spectral gap")[1].split()[0].strip(","))
+    assert abs(gap - 0.40) < 1e-3
+
+
+def test_self_loop_is_ignored_with_a_warning(tmp_path):
+    f = tmp_path / "loop.edgelist"
+    f.write_text("0 1\n1 2\n2 0\n1 1\n")
+    res = run_cli("topology", str(f))
+    assert res.returncode == 0 and "self-loop" in res.stdout
+
+
+def test_toml_config_and_flag_override(tmp_path):
+    cfg_file = tmp_path / "run.toml"
+    cfg_file.write_text('topology = "line:3"\nrounds = 2\nlr = 0.1\nlocal-steps = 3\n')
+    cfg = from_sources(str(cfg_file), {"rounds": 5})
+    assert (cfg.topology, cfg.rounds, cfg.lr, cfg.local_steps) == ("line:3", 5, 0.1, 3)
+    with pytest.raises(ConfigError):
+        from_sources(None, {"lr": -1.0})
+
+
+def test_node_profiles_set_per_node_options(tmp_path):
+    prof = tmp_path / "p.toml"
+    prof.write_text('[default]\nlocal_steps = 7\n[nodes."lab-a"]\nlr = 0.2\ndata_share = 3\n'
+                    '[nodes.2]\nmodel = "cnn"\n')
+    cfg = from_sources(None, {"profiles": str(prof)})
+    a = node_settings(cfg, 0, "lab-a")
+    assert (a["lr"], a["data_share"], a["local_steps"]) == (0.2, 3, 7)
+    assert node_settings(cfg, 2, "x")["model"] == "cnn"
+    assert node_settings(cfg, 1, "y")["lr"] == RunConfig().lr
+    prof.write_text('[nodes.a]\nwarp = 9\n')
+    with pytest.raises(ConfigError):
+        from_sources(None, {"profiles": str(prof)})
+
+
+def test_cluster_from_config_file_end_to_end(tmp_path):
+    cfg_file = tmp_path / "run.toml"
+    out = tmp_path / "out"
+    cfg_file.write_text(f'topology = "ring:3"\nrounds = 2\nout = "{out}"\nquiet = true\n')
+    res = run_cli("cluster", "--config", str(cfg_file), "--rounds", "3")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == 3 and summary["nodes"] == 3
+    assert json.loads((out / "config.json").read_text())["rounds"] == 3
+    res = run_cli("plot", str(out))
+    assert res.returncode == 0 and (out / "accuracy_vs_mb.png").exists()
