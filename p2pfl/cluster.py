@@ -30,6 +30,13 @@ __all__ = ["Launcher", "NodeHandle", "ClusterError"]
 HEARTBEAT_S = 2.0
 
 
+def _context(num_nodes: int, degree: int) -> zmq.Context:
+    """A context allowed enough sockets for ``num_nodes`` actors (libzmq's default is 1023)."""
+    ctx = zmq.Context()
+    ctx.set(zmq.MAX_SOCKETS, max(1024, num_nodes * (degree + 3) + 64))
+    return ctx
+
+
 class ClusterError(RuntimeError):
     """The cluster could not start or lost contact with its nodes."""
 
@@ -98,12 +105,12 @@ class Launcher:
 
     def _spawn_and_bind(self) -> None:
         if self.listen:  # nodes are started elsewhere with `p2pfl node --connect`
-            self.ctx = zmq.Context()
+            self.ctx = _context(len(self.nodes), 1)
             self._bind(self.listen)
             self.log(f"waiting for {len(self.nodes)} node(s) to join at {self.ep.address}")
             return
         if self.in_process:
-            self.ctx = zmq.Context()
+            self.ctx = _context(len(self.nodes), max(len(s["neighbours"]) for s in self.specs))
             address = f"inproc://p2pfl-launcher-{id(self)}"
             self._bind(address)
             for h in self.nodes.values():
@@ -123,12 +130,12 @@ class Launcher:
                 args=(address, h.id, self.scheme, self.host, self.run_dir, self.start_timeout))
             h.runner.start()
             h.pid = h.runner.pid
-        self.ctx = zmq.Context()
+        self.ctx = _context(len(self.nodes), 1)
         self._bind(address)
 
     def _bind(self, address: str) -> None:
         self.ep = Endpoint(self.ctx, LAUNCHER, address)
-        self.mailbox = Mailbox(self.ep, control_sources=set(self.nodes))
+        self.mailbox = Mailbox(self.ep, peers=set(), control_sources=set(self.nodes))
         self._stopping = False
 
     def _alive(self) -> bool:

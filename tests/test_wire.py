@@ -159,3 +159,21 @@ def test_send_to_a_dead_peer_never_blocks(ctx):
     assert time.monotonic() - t0 < 2.0
     assert a.counters.dropped["send_queue_full"] > 0
     a.close()
+
+
+def test_hello_before_configuration_is_kept_then_strangers_dropped(ctx):
+    a = Endpoint(ctx, 0, "inproc://early-a")
+    b = Endpoint(ctx, 1, "inproc://early-b")
+    c = Endpoint(ctx, 7, "inproc://early-c")
+    for e in (b, c):
+        e.connect(0, a.address)
+    box = Mailbox(a)  # peers not known yet
+    b.send(0, "hello", 0)
+    c.send(0, "hello", 0)
+    assert box.poll_control(0.3) is None  # reads both hellos while waiting for config
+    box.peers = {1}
+    got = box.collect("hello", 0, [1], timeout=1.0)
+    assert list(got) == [1]
+    assert a.counters.dropped["unknown_sender"] == 1
+    for e in (a, b, c):
+        e.close()

@@ -110,6 +110,9 @@ class Coordinator:
                 self.endpoint.counters.drop("undecodable")
                 replies.append(Reply(w, error={"code": "undecodable", "reason": str(exc)[:200]}))
                 continue
+            if isinstance(content, torch.Tensor) and not bool(torch.isfinite(content).all()):
+                replies.append(Reply(w, error={"code": "nonfinite", "reason": "NaN or inf"}))
+                continue
             replies.append(Reply(w, content=content, num_samples=int(msg.meta.get("n", 1)),
                                  meta=dict(msg.meta)))
         for r in replies:

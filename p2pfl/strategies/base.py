@@ -186,7 +186,7 @@ def behave(update: torch.Tensor, behaviour: str, rng: np.random.Generator) -> to
 
 
 #: A random (Byzantine) worker's update norm, relative to an honest update's.
-RANDOM_SCALE = 1.0
+RANDOM_SCALE = 100.0
 
 # ------------------------------------------------------------------ registry
 STRATEGIES: dict = {}

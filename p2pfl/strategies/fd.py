@@ -1,1 +1,277 @@
-"""Placeholder; filled in below."""
+"""Federated distillation FD and compressed FD, CFD (Sattler et al., IEEE TNSE 2021).
+
+ALGORITHMS.md, "Federated distillation FD and compressed FD".  The public
+unlabelled set X_pub is a held-out slice of the training set
+(``--public-size``, default 200 samples, in no worker's shard).  Per round a
+participant distils from the last aggregate it received, trains on its own
+data, and sends its soft labels on X_pub; the server averages them and sends
+the average back.  Workers keep their own models (their architectures may
+differ: ``model`` in a node profile).
+
+CFD quantises soft labels to b bits (``--fd-bits``; default 1 for ``cfd``, 0
+= float32 for ``fd``):
+
+    Q_b(p): round p·L to integers, L = 2^b − 1, then repair each row's sum to L
+            by moving the largest rounding errors;  Q_1 = one-hot argmax
+
+and delta-codes them (``--fd-delta``, on for ``cfd``): only rows that changed
+since the previous message are sent, with a bitmap of the changed rows.
+Downstream the server sends Q_b(mean_i Q_b(p_i)) the same way.
+
+Wire format of quantised labels (one frame): a flag byte (bit 0: delta), the
+changed-row bitmap if delta, then the rows: for b = 1 the argmax indices as
+one base-C integer (⌈m·log2 C⌉ bits), for b > 1 each level in b bits.
+Defaults: 20 distillation steps per round (``--distill-steps``), batch as
+``--batch-size``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..learner import public_indices, shared_dataset
+from ..training import soft_labels
+from .base import ClientStrategy, Packet, Strategy, register
+
+__all__ = ["FD", "FDClient", "quantise", "dequantise", "encode_labels", "decode_labels",
+           "pack_rows", "unpack_rows"]
+
+
+# ------------------------------------------------------------- pure functions
+def quantise(probs: np.ndarray, bits: int) -> np.ndarray:
+    """Q_b: integer levels (uint8, rows summing to 2^b − 1) nearest to ``probs`` in L1."""
+    probs = np.asarray(probs, dtype=np.float64)
+    L = (1 << bits) - 1
+    if bits == 1:
+        out = np.zeros(probs.shape, dtype=np.uint8)
+        out[np.arange(len(probs)), probs.argmax(1)] = 1
+        return out
+    scaled = probs * L
+    levels = np.rint(scaled).astype(np.int64)
+    err = scaled - levels  # > 0: rounded down
+    short = L - levels.sum(1)  # > 0: add to the most rounded-down entries
+    order_up = np.argsort(-err, axis=1, kind="stable")
+    order_down = np.argsort(err, axis=1, kind="stable")
+    rank_up = np.argsort(order_up, axis=1)
+    rank_down = np.argsort(order_down, axis=1)
+    levels += (rank_up < np.maximum(short, 0)[:, None]).astype(np.int64)
+    levels -= ((rank_down < np.maximum(-short, 0)[:, None]) & (levels > 0)).astype(np.int64)
+    return np.clip(levels, 0, L).astype(np.uint8)
+
+
+def dequantise(levels: np.ndarray, bits: int) -> np.ndarray:
+    """Levels back to probabilities (float32)."""
+    return (np.asarray(levels, dtype=np.float32) / ((1 << bits) - 1)).astype(np.float32)
+
+
+def pack_rows(levels: np.ndarray, bits: int) -> bytes:
+    """Rows of levels as bytes: b = 1 as one base-C integer of argmaxes, else b bits per entry."""
+    m, c = levels.shape
+    if m == 0:
+        return b""
+    if bits == 1:
+        value = 0
+        for idx in levels.argmax(1)[::-1].tolist():
+            value = value * c + idx
+        return value.to_bytes(math.ceil(m * math.log2(c) / 8) if c > 1 else 0, "little")
+    planes = ((levels.reshape(-1, 1).astype(np.uint8) >> np.arange(bits, dtype=np.uint8)) & 1)
+    return np.packbits(planes.reshape(-1)).tobytes()
+
+
+def unpack_rows(data: bytes, m: int, c: int, bits: int) -> np.ndarray:
+    """Inverse of :func:`pack_rows`; ValueError on a wrong size."""
+    if bits == 1:
+        need = math.ceil(m * math.log2(c) / 8) if (m and c > 1) else 0
+        if len(data) != need:
+            raise ValueError(f"{len(data)} bytes of argmaxes, expected {need}")
+        value = int.from_bytes(data, "little")
+        idx = np.empty(m, dtype=np.int64)
+        for i in range(m):
+            value, idx[i] = divmod(value, c)
+        if value:
+            raise ValueError("argmax indices out of range")
+        out = np.zeros((m, c), dtype=np.uint8)
+        out[np.arange(m), idx] = 1
+        return out
+    need = math.ceil(m * c * bits / 8)
+    if len(data) != need:
+        raise ValueError(f"{len(data)} bytes of levels, expected {need}")
+    bitsarr = np.unpackbits(np.frombuffer(data, dtype=np.uint8))[:m * c * bits]
+    planes = bitsarr.reshape(m * c, bits).astype(np.uint8)
+    levels = (planes << np.arange(bits, dtype=np.uint8)).sum(1).astype(np.uint8)
+    levels = levels.reshape(m, c)
+    if m and (levels.astype(np.int64).sum(1) != (1 << bits) - 1).any():
+        raise ValueError("soft-label rows do not sum to 2^b - 1")
+    return levels
+
+
+def encode_labels(levels: np.ndarray, bits: int, previous: np.ndarray | None = None) -> bytes:
+    """One frame: flag byte, [bitmap of changed rows], packed (changed) rows."""
+    if previous is None:
+        return b"\x00" + pack_rows(levels, bits)
+    changed = (levels != previous).any(1)
+    return b"\x01" + np.packbits(changed).tobytes() + pack_rows(levels[changed], bits)
+
+
+def decode_labels(data: bytes, m: int, c: int, bits: int,
+                  previous: np.ndarray | None = None) -> np.ndarray:
+    """Inverse of :func:`encode_labels`; ``previous`` is needed for a delta frame."""
+    data = bytes(data)
+    if not data or data[0] not in (0, 1):
+        raise ValueError("bad soft-label frame flag")
+    if data[0] == 0:
+        return unpack_rows(data[1:], m, c, bits)
+    if previous is None or previous.shape != (m, c):
+        raise ValueError("delta-coded soft labels without the reference")
+    nmap = (m + 7) // 8
+    changed = np.unpackbits(np.frombuffer(data[1:1 + nmap], dtype=np.uint8))[:m].astype(bool)
+    out = previous.copy()
+    out[changed] = unpack_rows(data[1 + nmap:], int(changed.sum()), c, bits)
+    return out
+
+
+def label_packet(labels: np.ndarray, bits: int, previous=None, meta=None) -> Packet:
+    """float32 rows (bits 0) as a raw tensor frame, else the quantised frame."""
+    if bits == 0:
+        arr = np.ascontiguousarray(labels, dtype=np.float32)
+        return Packet("none", [memoryview(arr.reshape(-1)).cast("B")], [list(arr.shape)],
+                      ["float32"], dict(meta or {}))
+    return Packet(f"softlabels:{bits}", [encode_labels(labels, bits, previous)],
+                  meta=dict(meta or {}))
+
+
+def read_label_packet(packet: Packet, m: int, c: int, bits: int, previous=None) -> np.ndarray:
+    if bits == 0:
+        if packet.codec != "none" or packet.dtypes != ["float32"] or packet.shapes != [[m, c]]:
+            raise ValueError("expected float32 soft labels of the public set's shape")
+        return np.frombuffer(packet.frames[0], dtype="<f4").reshape(m, c).copy()
+    if packet.codec != f"softlabels:{bits}" or len(packet.frames) != 1:
+        raise ValueError(f"expected one softlabels:{bits} frame")
+    return decode_labels(packet.frames[0], m, c, bits, previous)
+
+
+def _public(settings: dict):
+    ds = shared_dataset(settings["dataset"], settings["seed"], settings.get("data_dir"))
+    idx = public_indices(settings)
+    return idx, ds.x_train[idx], ds.y_train[idx], ds.num_classes
+
+
+# ------------------------------------------------------------------- server
+class FD(Strategy):
+    """Server: averages the soft labels and sends the (quantised) average back."""
+
+    name = "fd"
+    reply_kind = "softlabels"
+
+    def __init__(self, ctx) -> None:
+        super().__init__(ctx)
+        s = ctx.settings
+        self.bits, self.delta = int(s["fd_bits"]), bool(s["fd_delta"]) and s["fd_bits"] > 0
+        _, _, self.y_pub, self.classes = _public(s)  # labels: evaluation only
+        self.m = len(self.y_pub)
+        self.held: dict = {}  # worker -> (round, labels) last received from it
+        self.sent: dict = {}  # round -> aggregate as sent (levels or float32)
+        self.agg_round = 0
+        self.client_has: dict = {}  # worker -> aggregate round it reported holding
+        self.ensemble = None
+
+    def _agg_packet(self, worker: int, meta: dict) -> Packet:
+        if not self.agg_round:
+            return Packet("none", [], meta=meta)
+        ref = self.client_has.get(worker, 0)
+        previous = self.sent.get(ref) if (self.delta and ref and ref != self.agg_round) else None
+        meta = dict(meta, agg=self.agg_round, ref=ref if previous is not None else 0)
+        return label_packet(self.sent[self.agg_round], self.bits, previous, meta)
+
+    def configure(self, rnd: int, participants: list) -> dict:
+        return {w: self._agg_packet(w, {"base": self.held.get(w, (0, None))[0]})
+                for w in participants}
+
+    def decode(self, worker: int, packet: Packet):
+        base = packet.meta.get("base", 0)
+        previous = None
+        if base:
+            held = self.held.get(worker)
+            if held is None or held[0] != base:
+                raise ValueError(f"delta against round {base}, which is not held")
+            previous = held[1]
+        labels = read_label_packet(packet, self.m, self.classes, self.bits, previous)
+        if not np.isfinite(labels).all():
+            raise ValueError("non-finite soft labels")
+        return labels
+
+    def aggregate(self, rnd: int, replies: list) -> None:
+        ok = [r for r in replies if r.ok]
+        for r in replies:
+            if r.ok:
+                self.held[r.worker] = (rnd, r.content)
+            if isinstance(r.meta.get("have"), int):
+                self.client_has[r.worker] = r.meta["have"]
+        if not ok:
+            return
+        probs = [r.content if self.bits == 0 else dequantise(r.content, self.bits) for r in ok]
+        self.ensemble = np.mean(probs, axis=0).astype(np.float32)  # mean_i p_i
+        self.sent[rnd] = self.ensemble if self.bits == 0 else quantise(self.ensemble, self.bits)
+        self.agg_round = rnd
+        keep = set(self.client_has.values()) | {rnd}
+        self.sent = {r: v for r, v in self.sent.items() if r in keep}
+
+    def evaluate(self, rnd: int) -> dict:
+        if self.ensemble is None:
+            return {}
+        return {"ensemble_accuracy": float((self.ensemble.argmax(1) == self.y_pub).mean())}
+
+    def finalize(self, worker: int) -> Packet:
+        return self._agg_packet(worker, {})
+
+
+class FDClient(ClientStrategy):
+    """Worker: distil from the aggregate, train locally, send soft labels on X_pub."""
+
+    name = "fd"
+    reply_kind = "softlabels"
+
+    def __init__(self, learner, settings: dict) -> None:
+        idx, self.x_pub, _, self.classes = _public(settings)
+        learner.drop_samples(idx)  # the public set is in no worker's shard
+        super().__init__(learner, settings)
+        self.bits = int(settings["fd_bits"])
+        self.delta = bool(settings["fd_delta"]) and self.bits > 0
+        self.steps = int(settings["distill_steps"])
+        self.agg = None  # (round, aggregate as received)
+        self.sent = None  # (round, labels as sent)
+        self.base = 0
+
+    def apply(self, rnd: int, packet: Packet) -> None:
+        self.base = packet.meta.get("base", 0)
+        if not packet.frames:
+            return
+        ref = packet.meta.get("ref", 0)
+        previous = self.agg[1] if (ref and self.agg and self.agg[0] == ref) else None
+        if ref and previous is None:
+            raise ValueError(f"aggregate delta against round {ref}, which is not held")
+        labels = read_label_packet(packet, len(self.x_pub), self.classes, self.bits, previous)
+        self.agg = (int(packet.meta.get("agg", rnd)), labels)
+        targets = labels if self.bits == 0 else dequantise(labels, self.bits)
+        if self.steps:
+            self.learner.trainer.distill(self.x_pub, targets, self.steps)
+
+    def reply(self, rnd: int) -> Packet:
+        probs = soft_labels(self.learner.model, self.x_pub)
+        if self.behaviour in ("random", "noisy"):
+            noise = self.rng.dirichlet(np.ones(self.classes), len(probs)).astype(np.float32)
+            probs = noise if self.behaviour == "random" else (probs + noise) / 2
+        labels = probs if self.bits == 0 else quantise(probs, self.bits)
+        use_delta = self.delta and self.sent is not None and self.base and self.sent[0] == self.base
+        meta = {"n": self.learner.num_samples, "have": self.agg[0] if self.agg else 0,
+                "base": self.base if use_delta else 0}
+        packet = label_packet(labels, self.bits, self.sent[1] if use_delta else None, meta)
+        self.sent = (rnd, labels)
+        return packet
+
+
+register("fd", FD, FDClient)
+register("cfd", FD, FDClient)

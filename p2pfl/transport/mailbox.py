@@ -39,11 +39,17 @@ class Mailbox:
 
     def __init__(self, endpoint: Endpoint, *, window: int = 4,
                  alive: Callable[[], bool] | None = None,
-                 peers: Iterable = (), control_sources: Iterable = ()) -> None:
+                 peers: Iterable | None = None, control_sources: Iterable = (),
+                 max_unconfigured: int = 4096) -> None:
         self.endpoint = endpoint
         self.window = window
         self.alive = alive or (lambda: True)
-        self.peers = set(peers)  # who may send data messages
+        # Who may send data messages.  None until the node is configured: then data
+        # messages are kept (at most max_unconfigured of them) and filtered later,
+        # since a neighbour may say hello before our own configuration arrives.
+        self.peers = None if peers is None else set(peers)
+        self.max_unconfigured = max_unconfigured
+        self._unconfigured = 0
         self.control_sources = set(control_sources)  # who may send control messages
         self.current_round = 0
         self.stopped = False
@@ -63,9 +69,15 @@ class Mailbox:
             elif msg.kind != "heartbeat":
                 self.control.append(msg)
             return
-        if msg.src not in self.peers:
+        if self.peers is None:
+            if self._unconfigured >= self.max_unconfigured:
+                counters.drop("unconfigured_overflow")
+                return
+            self._unconfigured += 1
+        elif msg.src not in self.peers:
             counters.drop("unknown_sender")
-        elif msg.round < self.current_round:
+            return
+        if msg.round < self.current_round:
             counters.drop("stale_round")
         elif msg.round > self.current_round + self.window:
             counters.drop("round_out_of_window")
@@ -85,6 +97,7 @@ class Mailbox:
         self.current_round = round
         expected = set(expected)
         self._drop_stale()
+        self._drop_strangers()
         deadline = time.monotonic() + timeout
         next_check = time.monotonic() + 1.0
         slot = self._pending[(kind, round)]
@@ -115,6 +128,16 @@ class Mailbox:
             elif not self.alive():
                 self.stopped = True
         return self.control.popleft() if self.control else None
+
+    def _drop_strangers(self) -> None:
+        """Once the peers are known, forget what others sent before that."""
+        if self.peers is None or not self._unconfigured:
+            return
+        self._unconfigured = 0
+        for slot in self._pending.values():
+            for src in [s for s in slot if s not in self.peers]:
+                del slot[src]
+                self.endpoint.counters.drop("unknown_sender")
 
     def _drop_stale(self) -> None:
         for key in [k for k in self._pending if k[1] < self.current_round]:
