@@ -211,15 +211,21 @@ def _run_summary(cfg, sink, nodes, wall, launcher) -> dict:
     finals = [h.final for h in nodes.values() if h.final]
     failed = {str(h.label): h.reason for h in nodes.values() if h.state == "failed"}
     sent_by_nodes = int(sum(f.get("bytes_sent", 0) for f in finals))
+    num_params = finals[0].get("num_params") if finals else None
+    messages = sum(f.get("model_messages", 0) for f in finals)
+    dense = 4 * num_params * messages if num_params else 0
     return {
         "dataset": cfg.dataset, "model": cfg.model, "partition": cfg.partition,
         "compression": cfg.compression,
-        "num_params": finals[0].get("num_params") if finals else None,
+        "num_params": num_params,
         "accuracy_mean": base["accuracy_mean"], "accuracy_min": base["accuracy_min"],
         "accuracy_max": base["accuracy_max"],
         "bytes_sent_total": base["bytes_sent_total"],
         "bytes_received_total": int(sum(f.get("bytes_received", 0) for f in finals)),
         "bytes_sent_counted_by_nodes": sent_by_nodes,
+        "bits_per_param_mean": 8 * base["bytes_sent_total"] / (dense / 4) if dense else None,
+        "compression_ratio": dense / base["bytes_sent_total"] if dense and base[
+            "bytes_sent_total"] else None,
         "handshake_bytes": int(sum(f.get("handshake_bytes", 0) for f in finals)),
         "control_bytes": launcher.control_bytes,
         "misses_total": int(sum(n for f in finals for _, n in f.get("misses", []))),

@@ -44,7 +44,7 @@ CLUSTER_OPTIONS = [
     ("cfl_eps2", float, "CFL: ... and the largest update norm is above this"),
     ("cfl_warmup", int, "CFL: rounds a cluster trains before it may split"),
     ("public_size", int, "FD/CFD: size of the public distillation set (default 200)"),
-    ("distill_steps", int, "FD/CFD: distillation steps per round (default 20)"),
+    ("distill_steps", int, "FD/CFD: distillation steps per round (default 5)"),
     ("fd_bits", int, "FD/CFD: soft-label bits (0: float32; default fd 0, cfd 1)"),
     ("fd_delta", str, "FD/CFD: delta-code soft labels: auto (on for cfd), on or off"),
     ("transport", str, "tcp (default), ipc or inproc"),

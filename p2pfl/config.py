@@ -73,7 +73,7 @@ class RunConfig:
     cfl_eps2: float = 1.2
     cfl_warmup: int = 10
     public_size: int = 200
-    distill_steps: int = 20
+    distill_steps: int = 5
     fd_bits: int | None = None
     fd_delta: str = "auto"
     # runtime

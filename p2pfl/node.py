@@ -45,8 +45,8 @@ class GossipNode:
         self.neighbours = [int(j) for j, _, _ in spec["neighbours"]]
         weights = {int(j): float(w) for j, _, w in spec["neighbours"]}
         self.algorithm = make_algorithm(
-            s["algorithm_resolved"], numel=self.learner.num_params,
-            self_weight=spec["self_weight"], weights=weights, **s.get("algorithm_options", {}))
+            s["algorithm_resolved"], self.learner.num_params, spec["self_weight"], weights,
+            x0=self.learner.get_flat(), settings=dict(s, codec_seed=s["seed"] * 7919 + self.id))
         self.misses: Counter = Counter()  # total misses per neighbour
         self._streak: Counter = Counter()  # consecutive misses per neighbour
         self.t_start = time.monotonic()
@@ -62,14 +62,25 @@ class GossipNode:
             self.broadcast(rnd, self.algorithm.outgoing(x))
             received = self.collect(rnd)
             self.learner.set_flat(self.algorithm.mix(x, received))
+            self.resync(rnd)
             self.record(rnd, loss, len(received))
             done = rnd
         return done
 
     def broadcast(self, rnd: int, packet: Packet) -> None:
+        """Send this round's packet; a neighbour that asked for our full state gets that."""
+        for j in self.mailbox.take_requests("resync"):
+            self.algorithm.on_resync_request(j)
+        special = self.algorithm.full_copies()
         for j in self.neighbours:
-            self.endpoint.send(j, "model", rnd, frames=packet.frames, codec=packet.codec,
-                               shapes=packet.shapes, dtypes=packet.dtypes, meta=packet.meta)
+            p = special.get(j, packet)
+            self.endpoint.send(j, "model", rnd, frames=p.frames, codec=p.codec,
+                               shapes=p.shapes, dtypes=p.dtypes, meta=p.meta)
+
+    def resync(self, rnd: int) -> None:
+        """Ask neighbours whose public copy we lost track of for their full state."""
+        for j in self.algorithm.resync_requests(rnd):
+            self.endpoint.send(j, "resync", rnd)
 
     def collect(self, rnd: int) -> dict:
         """Neighbours' decoded payloads for ``rnd``; misses are recorded, never waited out twice."""
@@ -79,7 +90,7 @@ class GossipNode:
         for j, msg in msgs.items():
             try:
                 received[j] = self.algorithm.decode(
-                    Packet(msg.codec, msg.frames, msg.shapes, msg.dtypes, msg.meta))
+                    Packet(msg.codec, msg.frames, msg.shapes, msg.dtypes, msg.meta, msg.round))
             except ValueError:  # CodecError is a ValueError
                 self.endpoint.counters.drop("undecodable")
         for j in self.neighbours:
@@ -121,6 +132,7 @@ class GossipNode:
             "bytes_received": c.total("received", peers=peers) - c.total("received", peers=peers,
                                                                          round=0),
             "handshake_bytes": handshake,
+            "model_messages": c.messages[("sent", "model")],
             "sent_per_peer": [[j, n] for j, n in c.per_peer("sent").items() if j != LAUNCHER],
             "received_per_peer": [[j, n] for j, n in c.per_peer("received").items()
                                   if j != LAUNCHER],

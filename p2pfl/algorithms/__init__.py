@@ -1,17 +1,23 @@
 """Gossip algorithms as pure update rules over flat parameter vectors."""
 
 from .base import GossipAlgorithm, Packet
-from .dpsgd import DPSGD
+from .choco import CHOCO
+from .dpsgd import DPSGD, CompressedDPSGD
 
-ALGORITHMS = {"dpsgd": DPSGD}
+ALGORITHMS = {"dpsgd": DPSGD, "choco": CHOCO}
 
-__all__ = ["ALGORITHMS", "GossipAlgorithm", "Packet", "DPSGD", "make_algorithm"]
+__all__ = ["ALGORITHMS", "GossipAlgorithm", "Packet", "DPSGD", "CompressedDPSGD", "CHOCO",
+           "make_algorithm"]
 
 
-def make_algorithm(name: str, **kwargs) -> GossipAlgorithm:
-    """Build a registered gossip algorithm by name."""
+def make_algorithm(name: str, numel: int, self_weight: float, weights: dict, *, x0,
+                   settings: dict) -> GossipAlgorithm:
+    """Build a registered gossip algorithm; ``dpsgd`` with a codec compresses differences."""
     from ..errors import ConfigError
 
     if name not in ALGORITHMS:
         raise ConfigError(f"unknown algorithm {name!r}; valid: {', '.join(sorted(ALGORITHMS))}")
-    return ALGORITHMS[name](**kwargs)
+    cls = ALGORITHMS[name]
+    if cls is DPSGD and (settings.get("compression") or "none") != "none":
+        cls = CompressedDPSGD
+    return cls(numel, self_weight, weights, x0=x0, settings=settings)

@@ -30,6 +30,7 @@ class Packet:
     shapes: list = field(default_factory=list)
     dtypes: list = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    round: int = 0  # set by the receiver from the message header
 
 
 def dense_packet(x: torch.Tensor) -> Packet:
@@ -60,25 +61,48 @@ def renormalised(self_weight: float, weights: dict, arrived) -> tuple[float, dic
 
 
 class GossipAlgorithm:
-    """Base class: one round is ``outgoing`` → (network) → ``decode`` → ``mix``."""
+    """Base class: one round is ``outgoing`` → (network) → ``decode`` → ``mix``.
+
+    Parameters
+    ----------
+    numel : int
+        Length of the flat parameter vector.
+    self_weight, weights
+        Row i of the mixing matrix: w_ii and ``{j: w_ij}`` over the neighbours.
+    x0 : torch.Tensor
+        The initial model, the same on every node (all build it from the run's seed).
+    settings : dict
+        The node's options (compression, gamma, error_feedback, seed, ...).
+    """
 
     name = "base"
 
-    def __init__(self, numel: int, self_weight: float, weights: dict) -> None:
+    def __init__(self, numel: int, self_weight: float, weights: dict, *,
+                 x0: torch.Tensor | None = None, settings: dict | None = None) -> None:
         self.numel = numel
         self.self_weight = float(self_weight)
         self.weights = {j: float(w) for j, w in weights.items()}
+        self.settings = settings or {}
 
     def outgoing(self, x: torch.Tensor) -> Packet:
+        """What this node sends to every neighbour this round."""
         raise NotImplementedError
 
-    def decode(self, packet: Packet) -> torch.Tensor:
+    def full_copies(self) -> dict:
+        """``{peer: Packet}`` sent instead of :meth:`outgoing`'s to those peers."""
+        return {}
+
+    def decode(self, packet: Packet):
+        """Read one neighbour's packet; raise ValueError if it is unusable."""
         raise NotImplementedError
 
     def mix(self, x: torch.Tensor, received: dict) -> torch.Tensor:
+        """The new model from ours and the decoded packets that arrived."""
         raise NotImplementedError
 
-    def neighbours_changed(self, weights: dict, self_weight: float) -> None:
-        """The neighbourhood changed (a peer joined or left)."""
-        self.weights = dict(weights)
-        self.self_weight = self_weight
+    def resync_requests(self, rnd: int) -> list:
+        """Neighbours whose full state we need (compressed gossip only)."""
+        return []
+
+    def on_resync_request(self, peer) -> None:
+        """``peer`` asked for our full state."""

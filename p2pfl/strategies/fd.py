@@ -21,7 +21,7 @@ Downstream the server sends Q_b(mean_i Q_b(p_i)) the same way.
 Wire format of quantised labels (one frame): a flag byte (bit 0: delta), the
 changed-row bitmap if delta, then the rows: for b = 1 the argmax indices as
 one base-C integer (⌈m·log2 C⌉ bits), for b > 1 each level in b bits.
-Defaults: 20 distillation steps per round (``--distill-steps``), batch as
+Defaults: 5 distillation steps per round (``--distill-steps``), batch as
 ``--batch-size``.
 """
 

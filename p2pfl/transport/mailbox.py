@@ -20,6 +20,8 @@ __all__ = ["Mailbox", "DATA_KINDS"]
 
 #: Kinds that carry round data between nodes; all others are control messages.
 DATA_KINDS = frozenset({"hello", "model", "update", "softlabels", "control"})
+#: Requests between peers: kept per sender (latest only) whatever their round.
+REQUEST_KINDS = frozenset({"resync"})
 
 
 class Mailbox:
@@ -56,9 +58,16 @@ class Mailbox:
         self.last_control = time.monotonic()  # when a control source last spoke
         self.control: deque[Message] = deque()
         self._pending: dict = defaultdict(dict)  # (kind, round) -> {src: Message}
+        self._requests: dict = defaultdict(dict)  # kind -> {src: Message}
 
     def _route(self, msg: Message) -> None:
         counters = self.endpoint.counters
+        if msg.kind in REQUEST_KINDS:
+            if self.peers is not None and msg.src in self.peers:
+                self._requests[msg.kind][msg.src] = msg
+            else:
+                counters.drop("unknown_sender")
+            return
         if msg.kind not in DATA_KINDS:
             if msg.src not in self.control_sources:
                 counters.drop("control_from_stranger")
@@ -114,6 +123,10 @@ class Mailbox:
             if msg is not None:
                 self._route(msg)
         return self._pending.pop((kind, round), {})
+
+    def take_requests(self, kind: str) -> list:
+        """Senders of ``kind`` requests received so far (each once), without waiting."""
+        return sorted(self._requests.pop(kind, {}), key=str)
 
     def poll_control(self, timeout: float) -> Message | None:
         """Wait up to ``timeout`` s for a control message (data messages are kept)."""

@@ -50,6 +50,7 @@ KINDS = frozenset(
         "ready",  # node -> launcher: connected to all neighbours
         "start",  # launcher -> nodes: begin round 1
         "model",  # node -> neighbour: a (possibly encoded) model or public-copy update
+        "resync",  # node -> neighbour: send me your full public copy
         "update",  # worker <-> coordinator: a model update
         "softlabels",  # worker <-> coordinator: soft labels on the public set
         "control",  # coordinator -> worker: round instructions

@@ -1,0 +1,105 @@
+"""Public copies x̂: what a node and its neighbours know of each other's models.
+
+Compressed gossip (CHOCO-SGD, compressed D-PSGD) sends only the compressed
+change q of a node's public copy; every neighbour applies q to its copy of
+that node, so all copies of x̂_j agree bit for bit.  That holds only if no q
+is lost.  Each message carries the round it belongs to; a receiver that sees
+a gap (a message missed, a neighbour that was silent and came back, a new
+neighbour) marks the copy *stale*, leaves it out of mixing, and asks the
+sender for its full public copy.  The sender answers with one dense message
+instead of its next q.  This is the resynchronisation the CHOCO paper asks
+for when a node gains or loses a neighbour (ALGORITHMS.md, CHOCO-SGD).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Packet, dense_packet, dense_tensor
+
+__all__ = ["PublicCopies", "Update"]
+
+
+class Update:
+    """A decoded neighbour message: a change ``q`` of its copy, or its ``full`` copy."""
+
+    __slots__ = ("full", "tensor", "round")
+
+    def __init__(self, full: bool, tensor: torch.Tensor, round: int) -> None:
+        self.full, self.tensor, self.round = full, tensor, round
+
+
+class PublicCopies:
+    """Own public copy x̂_i, neighbours' copies x̂_j, and their resynchronisation.
+
+    All copies start from the common initial model ``x0`` (every node builds
+    the same initial model from the run's seed), so no dense exchange is needed
+    to start.
+    """
+
+    def __init__(self, x0: torch.Tensor, neighbours, codec) -> None:
+        # configuration
+        self.codec = codec
+        self.numel = x0.numel()
+        # state
+        self.own = x0.detach().clone().float()
+        self.copies = {j: self.own.clone() for j in neighbours}
+        self.known = {j: 0 for j in neighbours}  # last round applied to each copy
+        self.stale: set = set()  # copies that missed an update
+        self.requested: dict = {}  # stale copy -> round we last asked its owner to resend
+        self.asked_by: set = set()  # neighbours that asked us for our full copy
+
+    # ---------------------------------------------------------------- sending
+    def publish(self, delta: torch.Tensor, meta: dict | None = None) -> Packet:
+        """Encode ``delta`` (the change to publish), apply it to x̂_i, return the packet."""
+        frames, q = self.codec.encode_with_reconstruction(delta)
+        self.own += q.reshape(-1)
+        return Packet(self.codec.name, frames, meta=dict(meta or {}))
+
+    def full_copies(self) -> dict:
+        """Dense x̂_i for each neighbour that asked for it (sent instead of q)."""
+        out = {j: dense_packet(self.own) for j in self.asked_by}
+        for p in out.values():
+            p.meta["full"] = True
+        self.asked_by.clear()
+        return out
+
+    # -------------------------------------------------------------- receiving
+    def decode(self, packet: Packet) -> Update:
+        if packet.meta.get("full"):
+            return Update(True, dense_tensor(packet, self.numel), packet.round)
+        q = self.codec.decode(packet.frames).reshape(-1)
+        if q.numel() != self.numel:
+            raise ValueError(f"update has {q.numel()} values, expected {self.numel}")
+        return Update(False, q, packet.round)
+
+    def apply(self, received: dict) -> None:
+        """Apply neighbours' updates; copies that missed one become stale."""
+        for j, upd in received.items():
+            if upd.full:
+                self.copies[j] = upd.tensor
+                self.known[j] = upd.round
+                self.stale.discard(j)
+                self.requested.pop(j, None)
+            elif j not in self.stale and self.known[j] == upd.round - 1:
+                self.copies[j] += upd.tensor
+                self.known[j] = upd.round
+            else:
+                self.stale.add(j)
+        for j in self.copies:
+            if j not in received and j not in self.stale:
+                self.stale.add(j)  # missed this round's q: the copy is behind
+
+    def resync_requests(self, rnd: int, retry_after: int = 3) -> list:
+        """Stale copies to ask their owners for in round ``rnd``.
+
+        A request is repeated every ``retry_after`` rounds while the copy stays
+        stale, since the request or its answer may be lost too.
+        """
+        due = sorted(j for j in self.stale if rnd - self.requested.get(j, -retry_after)
+                     >= retry_after)
+        self.requested.update({j: rnd for j in due})
+        return due
+
+    def fresh(self) -> list:
+        return [j for j in self.copies if j not in self.stale]

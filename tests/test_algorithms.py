@@ -1,0 +1,104 @@
+"""Gossip algorithms as pure update rules: D-PSGD, compressed D-PSGD, CHOCO, resynchronisation."""
+
+import numpy as np
+import pytest
+import torch
+
+from p2pfl.algorithms import CHOCO, DPSGD, CompressedDPSGD, make_algorithm
+from p2pfl.algorithms.base import renormalised
+from p2pfl.algorithms.consensus import run_consensus
+from p2pfl.topology import build
+
+torch.manual_seed(0)
+
+
+def _ring(n):
+    return np.array(build(f"ring:{n}").weights)
+
+
+def test_renormalised_rows_still_sum_to_one():
+    w_self, w = renormalised(0.4, {1: 0.3, 2: 0.3}, [1])
+    assert w_self + sum(w.values()) == pytest.approx(1.0)
+    assert w_self == pytest.approx(0.4 / 0.7)
+
+
+def test_dpsgd_mix_is_the_weighted_average():
+    alg = DPSGD(3, 0.5, {1: 0.25, 2: 0.25})
+    x = torch.tensor([1.0, 2.0, 3.0])
+    pkt = alg.outgoing(torch.tensor([3.0, 2.0, 1.0]))
+    got = alg.mix(x.clone(), {1: alg.decode(pkt), 2: torch.zeros(3)})
+    torch.testing.assert_close(got, 0.5 * x + 0.25 * torch.tensor([3.0, 2.0, 1.0]))
+
+
+def test_make_algorithm_picks_the_compressed_variant():
+    kw = dict(x0=torch.zeros(10), settings={"compression": "topk:0.2"})
+    assert isinstance(make_algorithm("dpsgd", 10, 0.5, {1: 0.5}, **kw), CompressedDPSGD)
+    assert isinstance(make_algorithm("choco", 10, 0.5, {1: 0.5}, **kw), CHOCO)
+    kw["settings"] = {"compression": "none"}
+    assert isinstance(make_algorithm("dpsgd", 10, 0.5, {1: 0.5}, **kw), DPSGD)
+
+
+def test_choco_gossip_reaches_consensus_and_keeps_the_mean():
+    X0 = torch.randn(9, 200)
+    res = run_consensus(_ring(9), X0, compression="topk:0.1", gamma=0.3, iterations=3000,
+                        target=1e-4, every=10)
+    assert res["reached"] is not None and res["reached"] < 3000
+    assert res["errors"][-1][1] <= 1e-4
+
+
+def test_choco_preserves_the_network_mean():
+    W = _ring(6)
+    X = torch.randn(6, 50)
+    nodes = [make_algorithm("choco", 50, W[i, i], {j: W[i, j] for j in np.flatnonzero(W[i])
+                                                   if j != i},
+                            x0=torch.zeros(50), settings={"compression": "stc:0.1", "gamma": 0.4})
+             for i in range(6)]
+    mean0 = X.mean(0)
+    for it in range(1, 30):
+        pk = [a.outgoing(X[i].clone()) for i, a in enumerate(nodes)]
+        for p in pk:
+            p.round = it
+        X = torch.stack([a.mix(X[i].clone(), {j: a.decode(pk[j]) for j in a.weights})
+                         for i, a in enumerate(nodes)])
+    torch.testing.assert_close(X.mean(0), mean0, atol=1e-5, rtol=0)
+
+
+def _pair(algorithm, spec="topk:0.3"):
+    settings = {"compression": spec, "gamma": 0.5}
+    x0 = torch.randn(40)
+    a = make_algorithm(algorithm, 40, 0.5, {1: 0.5}, x0=x0, settings=settings)
+    b = make_algorithm(algorithm, 40, 0.5, {0: 0.5}, x0=x0, settings=settings)
+    return a, b
+
+
+@pytest.mark.parametrize("algorithm", ["choco", "dpsgd"])
+def test_a_lost_update_is_detected_and_resynchronised(algorithm):
+    a, b = _pair(algorithm)
+    xa, xb = torch.randn(40), torch.randn(40)
+    for rnd in range(1, 8):
+        pa, pb = a.outgoing(xa.clone()), b.outgoing(xb.clone())
+        pa.round = pb.round = rnd
+        if rnd == 3:  # a's round-3 update never reaches b
+            xb = b.mix(xb.clone(), {})
+        else:
+            special = a.full_copies()
+            pa = special.get(1, pa)
+            pa.round = rnd
+            xb = b.mix(xb.clone(), {0: b.decode(pa)})
+        xa = a.mix(xa.clone(), {1: a.decode(pb)})
+        for j in b.resync_requests(rnd):
+            a.on_resync_request(1)
+        if rnd == 3:
+            assert 0 in b.public.stale
+    # after the full copy arrived, b's copy of a equals a's own public copy exactly
+    assert not b.public.stale
+    torch.testing.assert_close(b.public.copies[0], a.public.own, atol=0, rtol=0)
+
+
+def test_compressed_dpsgd_error_feedback_keeps_what_compression_drops():
+    a, _ = _pair("dpsgd", "topk:0.1")
+    ef = a.public.codec
+    x = torch.randn(40)
+    a.outgoing(x.clone())
+    # what was not published stays in the residual: x − x̂ = e (x̂ started at x0)
+    torch.testing.assert_close(a.public.own + ef.residual, x, atol=1e-6, rtol=0)

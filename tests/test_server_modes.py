@@ -1,0 +1,72 @@
+"""Every server mode end to end on a real small cluster (4 workers + coordinator)."""
+
+import json
+import os
+
+import pytest
+
+from p2pfl import run_cluster
+
+SMALL = dict(nodes=4, rounds=4, dataset="digits", quiet=True, round_timeout=20.0)
+
+
+def _run(tmp_path, name, **kw):
+    options = dict(SMALL, in_process=True, out=str(tmp_path / name))
+    options.update(kw)
+    res = run_cluster(**options)
+    s = res.summary
+    assert s["failed_nodes"] == {}
+    assert s["bytes_up_total"] > 0 and s["bytes_down_total"] > 0
+    assert s["accuracy_mean"] is not None
+    with open(os.path.join(res.out_dir, "summary.json")) as fh:
+        assert json.load(fh)["bytes_up_total"] == s["bytes_up_total"]
+    finals = [r for r in res.metrics if r.get("final")]
+    assert len(finals) == s["workers"]  # every worker reported its final model
+    return s, res
+
+
+@pytest.mark.parametrize("mode", ["fedavg", "stc", "cfl", "fd", "cfd"])
+def test_mode_runs_in_process(tmp_path, mode):
+    s, res = _run(tmp_path, mode, mode=mode)
+    assert s["mode"] == mode
+    coord = [r for r in res.metrics if r.get("role") == "coordinator"]
+    assert [r["round"] for r in coord] == [1, 2, 3, 4]
+    assert all("accuracy" not in r for r in coord)
+    if mode in ("fedavg", "stc", "cfl"):
+        assert len(s["global_accuracy_per_round"]) == 4
+        assert s["accuracy_mean"] > 0.5
+
+
+def test_stc_compresses_both_directions_with_partial_participation(tmp_path):
+    dense, _ = _run(tmp_path, "fa", mode="fedavg", participation=0.5)
+    s, res = _run(tmp_path, "stc", mode="stc", participation=0.5,
+                  compression="stc:0.01+golomb")
+    assert s["bytes_up_total"] * 20 < dense["bytes_up_total"]
+    assert s["bytes_down_total"] * 5 < dense["bytes_down_total"]
+
+
+def test_cfd_sends_fewer_bytes_than_fd(tmp_path):
+    fd, _ = _run(tmp_path, "fd", mode="fd")
+    cfd, _ = _run(tmp_path, "cfd", mode="cfd")
+    assert cfd["bytes_up_total"] * 10 < fd["bytes_up_total"]
+    assert cfd["bytes_down_total"] * 10 < fd["bytes_down_total"]
+
+
+def test_cfl_reports_clusters_and_groups(tmp_path):
+    s, _ = _run(tmp_path, "cfl", mode="cfl", partition="groups:2", rounds=8, cfl_warmup=3)
+    assert s["groups"] == [[0, 2], [1, 3]]
+    assert sorted(w for c in s["clusters"] for w in c) == [0, 1, 2, 3]
+    assert "split_rounds" in s
+
+
+def test_fedavg_multi_process(tmp_path):
+    s, _ = _run(tmp_path, "mp", mode="fedavg", in_process=False, transport="ipc")
+    assert s["accuracy_mean"] > 0.5
+
+
+def test_random_workers_behaviour(tmp_path):
+    prof = tmp_path / "byz.toml"
+    prof.write_text('[nodes.0]\nbehaviour = "random"\n')
+    s, _ = _run(tmp_path, "byz", mode="fedavg", profiles=str(prof))
+    assert s["behaviours"] == {"0": "random"}
+    assert s["accuracy_clean_mean"] is not None

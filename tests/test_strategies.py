@@ -1,0 +1,177 @@
+"""Strategy aggregation on hand-made replies: no sockets, no cluster."""
+
+import numpy as np
+import pytest
+import torch
+
+from p2pfl.errors import ConfigError
+from p2pfl.strategies import Reply, ServerContext, make_strategy, weighted_mean
+from p2pfl.strategies.base import dense_packet
+from p2pfl.strategies.cfl import bipartition, cosine_matrix, split_criterion
+from p2pfl.strategies.fd import (decode_labels, dequantise, encode_labels, label_packet,
+                                 quantise)
+from p2pfl.strategies.fedavg import fedavg_step
+from p2pfl.strategies.stc import read_catch_up
+
+N = 200
+
+
+def settings(**kw):
+    s = {"rounds": 5, "participation": 1.0, "seed": 0, "compression": "stc:0.05+golomb",
+         "compression_down": "stc:0.05+golomb", "stc_cache": 3, "cfl_eps1": 0.5,
+         "cfl_eps2": 1.0, "cfl_warmup": 0, "fd_bits": 1, "fd_delta": True,
+         "dataset": "digits", "data_dir": None, "public_size": 50}
+    s.update(kw)
+    return s
+
+
+def ctx(workers=(0, 1, 2, 3), groups=None, **kw):
+    return ServerContext(settings=settings(**kw), workers=list(workers),
+                         labels={w: f"w{w}" for w in workers}, init=torch.zeros(N),
+                         evaluate=lambda flat, group=0: (0.0, 0.5), groups=groups or {})
+
+
+def test_reply_carries_content_or_error():
+    assert Reply(0, content=1).ok
+    assert not Reply(0, error={"code": "timeout", "reason": "x"}).ok
+    with pytest.raises(ValueError):
+        Reply(0)
+    with pytest.raises(ValueError):
+        Reply(0, content=1, error={"code": "x"})
+
+
+def test_fedavg_weighted_by_data_size_and_skips_errors():
+    replies = [Reply(0, content=torch.ones(3), num_samples=1),
+               Reply(1, content=torch.full((3,), 4.0), num_samples=3),
+               Reply(2, error={"code": "timeout", "reason": "late"})]
+    out = fedavg_step(torch.zeros(3), replies)
+    assert torch.allclose(out, torch.full((3,), 13 / 4))
+    assert torch.equal(fedavg_step(torch.ones(3), replies[2:]), torch.ones(3))
+    s = make_strategy("fedavg", ctx())
+    s.aggregate(1, [Reply(r.worker, content=r.content.repeat(N // 3 + 1)[:N],
+                          num_samples=r.num_samples) if r.ok else r for r in replies])
+    assert torch.allclose(s.model, torch.full((N,), 13 / 4))
+    with pytest.raises(ValueError):
+        weighted_mean([], [])
+
+
+def test_select_partial_participation():
+    s = make_strategy("fedavg", ctx(workers=range(10), participation=0.3))
+    chosen = s.select(1, list(range(10)), np.random.default_rng(0))
+    assert len(chosen) == 3 and len(set(chosen)) == 3
+
+
+def test_stc_update_is_ternary_and_catch_up_is_exact():
+    s = make_strategy("stc", ctx())
+    rng = np.random.default_rng(1)
+    for rnd in range(1, 6):
+        s.configure(rnd, [0, 1])  # workers 2 and 3 sit out every round
+        ups = [torch.from_numpy(rng.standard_normal(N).astype(np.float32)) for _ in range(2)]
+        s.aggregate(rnd, [Reply(w, content=u) for w, u in zip((0, 1), ups)])
+        last = s.down.last_sent
+        assert len(torch.unique(last[last != 0].abs())) == 1  # one magnitude μ
+        assert int((last != 0).sum()) == 10  # k = ⌈0.05·200⌉
+    # worker 0 is one round behind: it gets exactly one compressed update
+    p0 = s.configure(6, [0])[0]
+    assert p0.codec != "none" and len(read_catch_up(p0)) == 1
+    # worker 2 missed 5 rounds, more than the cache of 3: full model
+    assert s.configure(6, [2])[2].codec == "none"
+
+
+def test_stc_client_follows_server_bit_for_bit():
+    from p2pfl.strategies.stc import STCClient
+
+    class FakeLearner:
+        num_params, num_samples, _node_id = N, 10, 0
+        flat = torch.zeros(N)
+
+        def get_flat(self):
+            return self.flat.clone()
+
+        def set_flat(self, x):
+            self.flat = x.clone()
+
+    client = STCClient(FakeLearner(), settings(behaviour="honest"))
+    s = make_strategy("stc", ctx(stc_cache=10))
+    rng = np.random.default_rng(2)
+    for rnd in range(1, 5):
+        s.configure(rnd, [1])
+        s.aggregate(rnd, [Reply(1, content=torch.from_numpy(
+            rng.standard_normal(N).astype(np.float32)))])
+    client.apply(5, s.configure(5, [0])[0])  # 4 cached updates at once
+    assert torch.equal(client.base, s.model)
+
+
+def test_cfl_bipartition_separates_opposed_groups():
+    a, b = torch.randn(N), torch.randn(N)
+    ups = [a + 0.1 * torch.randn(N) for _ in range(3)] + [b + 0.1 * torch.randn(N)
+                                                           for _ in range(3)]
+    first, second = bipartition(cosine_matrix(ups))
+    assert sorted([sorted(first), sorted(second)]) == [[0, 1, 2], [3, 4, 5]]
+    mean_norm, max_norm = split_criterion([torch.ones(4), -torch.ones(4)])
+    assert mean_norm == 0 and max_norm == 2
+
+
+def test_cfl_splits_at_stationarity_only():
+    s = make_strategy("cfl", ctx(workers=range(4), groups={0: 0, 1: 0, 2: 1, 3: 1}))
+    g = torch.zeros(N)
+    g[:10] = 1.0
+    same = [Reply(w, content=g * 0.1) for w in range(4)]  # small, congruent: no split
+    s.aggregate(1, same)
+    assert len(s.clusters) == 1
+    opposed = [Reply(w, content=g if w < 2 else -g) for w in range(4)]  # mean 0, max 3.2
+    s.aggregate(2, opposed)
+    assert sorted(c["members"] for c in s.clusters) == [[0, 1], [2, 3]]
+    assert s.summary()["split_rounds"] == [2]
+    assert s.summary()["clusters"] == [["w0", "w1"], ["w2", "w3"]]
+    assert "cluster_accuracy" in s.evaluate(2)
+
+
+def test_fd_quantiser_and_wire_format():
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(10), 64)
+    for bits in (1, 2, 4):
+        q = quantise(p, bits)
+        assert (q.astype(int).sum(1) == (1 << bits) - 1).all()
+        assert np.abs(dequantise(q, bits) - p).max() <= 1.0
+        assert np.array_equal(decode_labels(encode_labels(q, bits), 64, 10, bits), q)
+    assert np.array_equal(quantise(p, 1).argmax(1), p.argmax(1))
+    q = quantise(p, 1)
+    q2 = q.copy()
+    q2[5] = np.roll(q2[5], 1)
+    frame = encode_labels(q2, 1, q)
+    assert len(frame) == 1 + 8 + 1  # flag, 64-row bitmap, one base-10 digit
+    assert np.array_equal(decode_labels(frame, 64, 10, 1, q), q2)
+    assert len(encode_labels(q, 1)) == 1 + int(np.ceil(64 * np.log2(10) / 8))
+    with pytest.raises(ValueError):
+        decode_labels(frame, 64, 10, 1, None)
+
+
+def test_fd_aggregate_is_majority_and_delta_needs_held_reference():
+    s = make_strategy("cfd", ctx(workers=range(3)))
+    m, c = s.m, s.classes
+    votes = [np.eye(c, dtype=np.uint8)[np.full(m, k)] for k in (3, 3, 7)]
+    replies = [Reply(w, content=v, meta={"have": 0}) for w, v in enumerate(votes)]
+    s.aggregate(1, replies)
+    assert (s.sent[1].argmax(1) == 3).all()
+    packet = label_packet(votes[0], 1, votes[0], {"base": 9})
+    with pytest.raises(ValueError):
+        s.decode(0, packet)  # round 9 is not held
+    packet.meta["base"] = 1
+    assert np.array_equal(s.decode(0, packet), votes[0])
+    fd = make_strategy("fd", ctx(workers=range(2), fd_bits=0, fd_delta=False))
+    probs = [np.full((fd.m, c), 0.1, dtype=np.float32)] * 2
+    fd.aggregate(1, [Reply(w, content=p) for w, p in enumerate(probs)])
+    assert np.allclose(fd.sent[1], 0.1)
+
+
+def test_unknown_mode_lists_valid_choices():
+    with pytest.raises(ConfigError, match="valid: cfd, cfl, fd, fedavg, stc"):
+        make_strategy("nope", ctx())
+
+
+def test_dense_packet_round_trip():
+    from p2pfl.strategies.base import dense_tensor
+
+    x = torch.randn(7)
+    assert torch.equal(dense_tensor(dense_packet(x), 7), x)
