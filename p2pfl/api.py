@@ -168,11 +168,17 @@ def execute(cfg: RunConfig, specs: list, out: str, progress: Progress, t0: float
     """
     from .cluster import Launcher
 
+    stopped_at = []
+
     def on_round(rnd, rows):
         accs = [r["accuracy"] for r in rows if r.get("accuracy") is not None]
         sent = sum(r["bytes_sent"] for r in sink.records)
         acc = f"acc {np.mean(accs):.3f}" if accs else "acc   -  "
         progress.update(rnd, f"{acc} | {sent / 1e6:.2f} MB sent")
+        if cfg.target_accuracy is not None and accs and np.mean(accs) >= cfg.target_accuracy:
+            if not stopped_at:
+                stopped_at.append(rnd)
+                launcher.request_stop()
 
     sink = MetricsSink(out, [s["id"] for s in specs], on_round=on_round, closer=closer)
 
@@ -195,6 +201,7 @@ def execute(cfg: RunConfig, specs: list, out: str, progress: Progress, t0: float
     launcher.write_nodes_json()
     summary = dict(summary_base)
     summary.update(_run_summary(cfg, sink, nodes, time.monotonic() - t0, launcher))
+    summary["target_reached_at_round"] = stopped_at[0] if stopped_at else None
     if on_summary:
         on_summary(summary, sink, nodes)
     write_json_atomic(os.path.join(out, "summary.json"), summary)

@@ -53,6 +53,7 @@ CLUSTER_OPTIONS = [
     ("round_timeout", float, "seconds to wait for neighbours each round"),
     ("start_timeout", float, "seconds to wait for the cluster to start"),
     ("eval_every", int, "evaluate every N rounds"),
+    ("target_accuracy", float, "stop all nodes once the mean test accuracy reaches this"),
     ("profiles", str, "node profile TOML file (per-node options)"),
     ("out", str, "output folder (default runs/TIMESTAMP-MODE)"),
 ]

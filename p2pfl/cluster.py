@@ -137,6 +137,12 @@ class Launcher:
         self.ep = Endpoint(self.ctx, LAUNCHER, address)
         self.mailbox = Mailbox(self.ep, peers=set(), control_sources=set(self.nodes))
         self._stopping = False
+        self._stop_requested = False
+        self._stop_sent = False
+
+    def request_stop(self) -> None:
+        """End the run early: nodes finish their current round and say bye."""
+        self._stop_requested = True
 
     def _alive(self) -> bool:
         return not self._stopping
@@ -181,6 +187,10 @@ class Launcher:
                     if h.state == "ready":
                         self.ep.send(h.id, "heartbeat")
                 last_beat = now
+            if self._stop_requested and not self._stop_sent:
+                for h in self.nodes.values():
+                    self.ep.send(h.id, "stop")
+                self._stop_sent = True
             msg = self.mailbox.poll_control(0.5)
             if msg is not None:
                 last_news = now
@@ -226,7 +236,7 @@ class Launcher:
         self._stopping = True
         if self.ep is not None:
             for h in self.nodes.values():
-                if h.address:
+                if h.address and not h.exited():  # a message to a gone node would linger
                     self.ep.send(h.id, "stop")
         deadline = time.monotonic() + 5.0
         for h in self.nodes.values():
@@ -242,7 +252,7 @@ class Launcher:
                     r.join(2.0)
         if self.ep is not None:
             self.control_bytes = self.ep.counters.total("sent") + self.ep.counters.total("received")
-            self.ep.close()
+            self.ep.close(linger=0.5)
             self.ep = None
         if self.ctx is not None:
             threads = [h.runner for h in self.nodes.values() if isinstance(h.runner, threading.Thread)]

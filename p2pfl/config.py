@@ -84,6 +84,7 @@ class RunConfig:
     round_timeout: float = 10.0
     start_timeout: float = 60.0
     eval_every: int = 1
+    target_accuracy: float | None = None
     consensus: bool = True
     profiles: str | None = None
     out: str | None = None

@@ -94,7 +94,8 @@ def serve(launcher: str, node_id: int, *, ctx: zmq.Context | None = None,
         reason = f"{type(exc).__name__}: {exc}"
         ep.send(LAUNCHER, "error", meta={"reason": reason, "trace": traceback.format_exc()[-4000:]})
     finally:
-        ep.close()
+        # After the launcher's stop every peer is done: nothing left is worth waiting for.
+        ep.close(linger=0 if mailbox.stopped and status == 0 else None)
     return status
 
 

@@ -12,6 +12,13 @@ similarity S_ij = cos(ΔW_i, ΔW_j): complete-linkage agglomerative
 clustering on the distance 1 − S (a monotone shift of −S), cut at 2 groups.
 Both halves start from W_c and may split again.
 
+Byzantine safeguard (our addition, documented): within a cluster, updates
+are clipped to the cluster's median update norm before they are averaged
+and before ‖mean‖ is taken (max_norm uses the raw norms).  With honest
+clients the norms are alike and clipping barely changes anything; with a few
+huge random updates it keeps the cluster model alive and lets the
+stationarity test see the honest clients, so CFL can split them off.
+
 Defaults, tuned to the digits MLP with 10 local steps at lr 0.05 (the update
 norms there are about 0.3–1 at stationarity): ε₁ = 0.6 (``--cfl-eps1``),
 ε₂ = 1.2 (``--cfl-eps2``), warm-up 10 rounds (``--cfl-warmup``).

@@ -129,9 +129,13 @@ class Endpoint:
             self.counters.add("received", msg.src, msg.round, msg.nbytes, msg.kind)
             return msg
 
-    def close(self) -> None:
-        """Close every socket; pending outgoing messages get a short linger."""
+    def close(self, linger: float | None = None) -> None:
+        """Close every socket.
+
+        Pending outgoing messages get up to 2 s to leave (``linger`` seconds if
+        given; 0 discards them, for when every peer is known to be done).
+        """
+        ms = None if linger is None else int(linger * 1000)
         for peer in list(self._peers):
-            sock = self._peers.pop(peer)
-            sock.close()
+            self._peers.pop(peer).close(linger=ms)
         self._pull.close(linger=0)
