@@ -95,10 +95,18 @@ def test_a_lost_update_is_detected_and_resynchronised(algorithm):
     torch.testing.assert_close(b.public.copies[0], a.public.own, atol=0, rtol=0)
 
 
-def test_compressed_dpsgd_error_feedback_keeps_what_compression_drops():
-    a, _ = _pair("dpsgd", "topk:0.1")
-    ef = a.public.codec
+@pytest.mark.parametrize("memory", ["on", "off"])
+def test_error_feedback_keeps_what_compression_drops(memory):
+    x0 = torch.zeros(40)
+    a = make_algorithm("dpsgd", 40, 0.5, {1: 0.5}, x0=x0,
+                       settings={"compression": "topk:0.1", "error_feedback": memory})
     x = torch.randn(40)
-    a.outgoing(x.clone())
-    # what was not published stays in the residual: x − x̂ = e (x̂ started at x0)
-    torch.testing.assert_close(a.public.own + ef.residual, x, atol=1e-6, rtol=0)
+    pkt = a.outgoing(x.clone())
+    pkt.round = 1
+    same = a.decode(pkt)  # the neighbour published exactly what we did
+    out = a.mix(x.clone(), {1: same})
+    dropped = x - a.public.own  # old residual + input = sent + new residual
+    if memory == "on":
+        torch.testing.assert_close(out, a.public.own + dropped)
+    else:
+        torch.testing.assert_close(out, a.public.own)

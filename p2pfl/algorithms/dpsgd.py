@@ -9,13 +9,17 @@ with Metropolis–Hastings weights w_ij by default.
 :class:`DPSGD` exchanges full fp32 models; neighbours whose model did not
 arrive in time are left out and the row is re-normalised over the rest.
 
-:class:`CompressedDPSGD` exchanges compressed model *differences* with error
-feedback (in the manner of DCD-PSGD, Tang et al. 2018): node i publishes
-q_i = C(x_i − x̂_i + e_i), keeps e_i ← x_i − x̂_i + e_i − q_i (the one
-:class:`~p2pfl.compression.ErrorFeedback` wrapper), every copy x̂_i ← x̂_i + q_i,
-and then x_i ← Σ_j w_ij x̂_j over the fresh public copies (a stale copy's
-weight goes to x̂_i).  With C the identity this is exactly D-PSGD; without
-error feedback the part of each change that C drops is lost.
+:class:`CompressedDPSGD` exchanges compressed model *differences*: node i
+publishes q_i = C(x_i − x̂_i), every copy x̂_i ← x̂_i + q_i, and then::
+
+    x_i ← (x_i − x̂_i) + Σ_j w_ij x̂_j        (error feedback on, the default)
+    x_i ← Σ_j w_ij x̂_j                      (--error-feedback off: DCD-PSGD)
+
+The residual x_i − x̂_i is the error-feedback memory: what C dropped is sent
+in later rounds.  Without it (DCD-PSGD, Tang et al. 2018) the dropped part is
+lost.  With C the identity both are exactly D-PSGD; with error feedback this
+is CHOCO-SGD at γ = 1, which needs a gentle codec (quantisers, fp16, top-k
+with a large k); use ``--algorithm choco`` for aggressive sparsification.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from .base import GossipAlgorithm, Packet, dense_packet, dense_tensor, renormalised
-from .public import PublicCopies
+from .choco import CHOCO
 
 __all__ = ["DPSGD", "CompressedDPSGD"]
 
@@ -47,42 +51,10 @@ class DPSGD(GossipAlgorithm):
         return out
 
 
-class CompressedDPSGD(GossipAlgorithm):
-    """D-PSGD over compressed differences of public copies, with error feedback."""
+class CompressedDPSGD(CHOCO):
+    """D-PSGD over compressed differences of public copies: CHOCO's rule at γ = 1."""
 
     name = "dpsgd"
 
-    def __init__(self, numel, self_weight, weights, *, x0, settings) -> None:
-        super().__init__(numel, self_weight, weights, x0=x0, settings=settings)
-        from ..compression import make_codec
-
-        ef = settings.get("error_feedback", "auto")
-        codec = make_codec(settings["compression"], seed=settings.get("codec_seed"),
-                           error_feedback=None if ef == "auto" else ef == "on")
-        self.public = PublicCopies(x0, weights, codec)
-
-    def outgoing(self, x: torch.Tensor) -> Packet:
-        return self.public.publish(x - self.public.own)
-
-    def full_copies(self) -> dict:
-        return self.public.full_copies()
-
-    def decode(self, packet: Packet):
-        return self.public.decode(packet)
-
-    def mix(self, x: torch.Tensor, received: dict) -> torch.Tensor:
-        pub = self.public
-        pub.apply(received)
-        fresh = pub.fresh()
-        w_self, w = renormalised(self.self_weight, self.weights, fresh)
-        out = pub.own * w_self
-        for j in fresh:
-            out.add_(pub.copies[j], alpha=w[j])
-        return out
-
-    def resync_requests(self, rnd: int) -> list:
-        return self.public.resync_requests(rnd)
-
-    def on_resync_request(self, peer) -> None:
-        if peer in self.public.copies:
-            self.public.asked_by.add(peer)
+    def _gamma(self, spec: str) -> float:
+        return 1.0

@@ -4,11 +4,17 @@ A message on the wire is a list of ZeroMQ frames::
 
     [ header (msgpack map) | frame 0 | frame 1 | ... ]
 
-The header holds the protocol version ``v``, the message ``kind``, the sender
-``src``, the ``round``, a per-sender sequence number ``seq``, the ``codec`` that
-produced the frames, the ``shapes`` and ``dtypes`` of raw tensor frames (empty
-for codec-encoded frames, which describe themselves), the byte ``lengths`` of the
-frames, and a small ``meta`` map of plain values.
+The header is a msgpack map with one-letter keys, since it travels with every
+message (a compressed model update can be a few hundred bytes)::
+
+    v   protocol version          c   codec that produced the frames
+    k   message kind              l   byte length of each frame
+    s   sender id                 sh  shapes of raw tensor frames   (optional)
+    r   round                     dt  dtypes of raw tensor frames   (optional)
+    n   per-sender sequence no.   m   small map of plain values     (optional)
+
+Codec-encoded frames describe their own shape and dtype, so ``sh``/``dt`` are
+only sent for raw tensors.
 
 Nothing here unpickles anything: msgpack decodes only maps, lists, strings,
 numbers and bytes, and tensor frames are interpreted as raw little-endian
@@ -65,7 +71,7 @@ KINDS = frozenset(
 #: dtypes a raw tensor frame may declare (little-endian, C order).
 DTYPES = frozenset({"float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64"})
 
-_HEADER_KEYS = ("v", "kind", "src", "round", "seq", "codec", "shapes", "dtypes", "lengths")
+_HEADER_KEYS = ("v", "k", "s", "r", "n", "c", "l")  # required; "sh", "dt", "m" optional
 
 
 class ProtocolError(ValueError):
@@ -138,18 +144,13 @@ def pack(
     if kind not in KINDS:
         raise ProtocolError(f"unknown message kind {kind!r}")
     frames = [f if not isinstance(f, np.ndarray) else memoryview(f).cast("B") for f in frames]
-    header = {
-        "v": PROTOCOL_VERSION,
-        "kind": kind,
-        "src": src,
-        "round": int(round),
-        "seq": int(seq),
-        "codec": codec,
-        "shapes": [list(map(int, s)) for s in shapes],
-        "dtypes": list(dtypes),
-        "lengths": [frame_nbytes(f) for f in frames],
-        "meta": meta or {},
-    }
+    header = {"v": PROTOCOL_VERSION, "k": kind, "s": src, "r": int(round), "n": int(seq),
+              "c": codec, "l": [frame_nbytes(f) for f in frames]}
+    if shapes:
+        header["sh"] = [list(map(int, s)) for s in shapes]
+        header["dt"] = list(dtypes)
+    if meta:
+        header["m"] = meta
     return [msgpack.packb(header, use_bin_type=True)] + frames
 
 
@@ -213,17 +214,17 @@ def unpack(parts: Sequence, limits: Limits = DEFAULT_LIMITS) -> Message:
     header = _unpack_header(raw, limits)
     if header["v"] != PROTOCOL_VERSION:
         raise ProtocolError(f"protocol version {header['v']!r} is not {PROTOCOL_VERSION}")
-    if header["kind"] not in KINDS:
-        raise ProtocolError(f"unknown message kind {header['kind']!r}")
-    src = header["src"]
+    if header["k"] not in KINDS:
+        raise ProtocolError(f"unknown message kind {header['k']!r}")
+    src = header["s"]
     if not isinstance(src, (int, str)) or isinstance(src, bool):
         raise ProtocolError("sender is not an integer or string")
-    rnd = _check_int(header, "round", -1, 1 << 40)
-    seq = _check_int(header, "seq", 0, 1 << 62)
-    codec = header["codec"]
+    rnd = _check_int(header, "r", -1, 1 << 40)
+    seq = _check_int(header, "n", 0, 1 << 62)
+    codec = header["c"]
     if not isinstance(codec, str) or len(codec) > 256:
         raise ProtocolError("codec is not a short string")
-    lengths = header["lengths"]
+    lengths = header["l"]
     frames = [_buffer(p) for p in parts[1:]]
     if not isinstance(lengths, list) or len(lengths) != len(frames):
         raise ProtocolError("declared frame count does not match the frames received")
@@ -232,18 +233,19 @@ def unpack(parts: Sequence, limits: Limits = DEFAULT_LIMITS) -> Message:
             raise ProtocolError("declared frame length does not match the frame received")
         if declared > limits.max_frame_bytes:
             raise ProtocolError("a frame exceeds the size limit")
-    _check_tensor_specs(header["shapes"], header["dtypes"], lengths, limits)
-    meta = header.get("meta", {})
+    shapes, dtypes = header.get("sh", []), header.get("dt", [])
+    _check_tensor_specs(shapes, dtypes, lengths, limits)
+    meta = header.get("m", {})
     if not isinstance(meta, dict):
         raise ProtocolError("meta is not a map")
     return Message(
-        kind=header["kind"],
+        kind=header["k"],
         src=src,
         round=rnd,
         seq=seq,
         codec=codec,
-        shapes=header["shapes"],
-        dtypes=header["dtypes"],
+        shapes=shapes,
+        dtypes=dtypes,
         meta=meta,
         frames=frames,
         header_bytes=raw.nbytes,
