@@ -61,6 +61,8 @@ class GossipNode:
             x = self.learner.get_flat()
             self.broadcast(rnd, self.algorithm.outgoing(x))
             received = self.collect(rnd)
+            if self.mailbox.stopped:  # stopped mid-round: the round is not completed
+                break
             self.learner.set_flat(self.algorithm.mix(x, received))
             self.resync(rnd)
             self.record(rnd, loss, len(received))
@@ -86,6 +88,8 @@ class GossipNode:
         """Neighbours' decoded payloads for ``rnd``; misses are recorded, never waited out twice."""
         expected = [j for j in self.neighbours if self._streak[j] < SUSPECT_AFTER]
         msgs = self.mailbox.collect("model", rnd, expected, self.settings["round_timeout"])
+        if self.mailbox.stopped:
+            return {}
         received = {}
         for j, msg in msgs.items():
             try:
