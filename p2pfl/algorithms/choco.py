@@ -58,7 +58,8 @@ class CHOCO(GossipAlgorithm):
         from ..compression import make_codec
 
         spec = settings.get("compression") or "none"
-        codec = make_codec(spec, error_feedback=False, seed=settings.get("codec_seed"))
+        codec = make_codec(spec, error_feedback=False, seed=settings.get("codec_seed"),
+                           max_numel=numel)
         self.gamma = self._gamma(spec)
         self.memory = settings.get("error_feedback", "auto") != "off"
         self.public = PublicCopies(x0, weights, codec)

@@ -48,6 +48,7 @@ class PublicCopies:
         self.stale: set = set()  # copies that missed an update
         self.requested: dict = {}  # stale copy -> round we last asked its owner to resend
         self.asked_by: set = set()  # neighbours that asked us for our full copy
+        self._decoders: dict = {codec.name: codec}  # codec spec -> codec, for peers' packets
 
     # ---------------------------------------------------------------- sending
     def publish(self, delta: torch.Tensor, meta: dict | None = None) -> Packet:
@@ -68,10 +69,26 @@ class PublicCopies:
     def decode(self, packet: Packet) -> Update:
         if packet.meta.get("full"):
             return Update(True, dense_tensor(packet, self.numel), packet.round)
-        q = self.codec.decode(packet.frames).reshape(-1)
+        q = self._decoder(packet.codec).decode(packet.frames).reshape(-1)
         if q.numel() != self.numel:
             raise ValueError(f"update has {q.numel()} values, expected {self.numel}")
         return Update(False, q, packet.round)
+
+    def _decoder(self, spec: str):
+        """The codec for a neighbour's spec: node profiles may give nodes different codecs.
+
+        Decoding is stateless, so one codec per spec serves every neighbour; a
+        spec that does not parse raises ConfigError, a ValueError (a counted drop).
+        """
+        codec = self._decoders.get(spec)
+        if codec is None:
+            if len(self._decoders) >= 16:
+                raise ValueError("too many distinct codecs from neighbours")
+            from ..compression import make_codec
+
+            codec = self._decoders[spec] = make_codec(spec, error_feedback=False,
+                                                      max_numel=self.numel)
+        return codec
 
     def apply(self, received: dict) -> None:
         """Apply neighbours' updates; copies that missed one become stale."""
