@@ -38,7 +38,7 @@ def _wait_gone(pids, timeout=15.0):
 
 
 def test_multiprocess_cluster_learns_and_bytes_add_up(tmp_path):
-    res = p2pfl.run_cluster("ring:4", rounds=4, quiet=True, out=str(tmp_path))
+    res = p2pfl.run_cluster("ring:4", rounds=4, local_steps=10, quiet=True, out=str(tmp_path))
     s = res.summary
     for key in ("mode", "nodes", "rounds", "accuracy_mean", "accuracy_min", "bytes_sent_total",
                 "bytes_received_total", "wall_s"):
