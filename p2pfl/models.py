@@ -8,6 +8,8 @@ every node, without touching the global torch RNG.
 
 from __future__ import annotations
 
+import threading
+
 import math
 
 import numpy as np
@@ -83,6 +85,9 @@ def _cnn(input_shape, num_classes):
                       "expected (L,), (C, L) or (C, H, W)")
 
 
+_INIT_LOCK = threading.Lock()
+
+
 def build_model(name: str, input_shape: tuple, num_classes: int, *,
                 seed: int = 0) -> nn.Module:
     """Build a classifier with deterministic initial weights.
@@ -112,7 +117,11 @@ def build_model(name: str, input_shape: tuple, num_classes: int, *,
     """
     kind, _, arg = str(name).partition(":")
     input_shape = tuple(int(s) for s in input_shape)
-    with torch.random.fork_rng(devices=[]):
+    # Module initialisation draws from torch's one global generator.  Nodes hosted
+    # as threads build their models concurrently, and every node must start from
+    # exactly the same weights (compressed gossip relies on it), so builds are
+    # serialised.
+    with _INIT_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if kind == "logreg" and not arg:
             model = _mlp(input_shape, num_classes, ())

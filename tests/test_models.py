@@ -161,3 +161,22 @@ def test_soft_labels_and_distill(digits):
     assert 0 <= last < first
     agree = (soft_labels(student, x_pub).argmax(1) == probs.argmax(1)).mean()
     assert agree > 0.85
+
+
+def test_models_built_concurrently_in_threads_are_identical():
+    """In-process nodes build their models at the same time; all must start equal."""
+    import threading
+
+    from p2pfl.models import build_model, flatten_params
+
+    out = [None] * 8
+
+    def build(i):
+        out[i] = flatten_params(build_model("cnn", (1, 40), 10, seed=3))
+
+    threads = [threading.Thread(target=build, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(torch.equal(out[0], o) for o in out[1:])

@@ -46,8 +46,8 @@ class DPSGD(GossipAlgorithm):
     def mix(self, x: torch.Tensor, received: dict) -> torch.Tensor:
         w_self, w = renormalised(self.self_weight, self.weights, received)
         out = x * w_self
-        for j, xj in received.items():
-            out.add_(xj, alpha=w[j])
+        for j in sorted(received):  # a fixed order: float sums do not depend on arrival
+            out.add_(received[j], alpha=w[j])
         return out
 
 
