@@ -71,10 +71,13 @@ def run(name: str, out: str, rounds: int, target: float, **options) -> dict:
            "error_feedback": options.get("error_feedback", "auto"),
            "algorithm": s["algorithm"], "rounds_to_target": rnd, "bytes_to_target": nbytes,
            "best_accuracy": max(a for _, a, _ in pts), "rounds_run": pts[-1][0],
-           "bits_per_param": s["bits_per_param_mean"], "wall_s": s["wall_s"], "curve": pts}
+           "bits_per_param": s["bits_per_param_mean"], "wall_s": s["wall_s"],
+           "failed_nodes": len(s["failed_nodes"]), "curve": pts}
+    bits = s["bits_per_param_mean"]
+    failed = f"  {len(s['failed_nodes'])} node(s) failed" if s["failed_nodes"] else ""
     print(f"{name:34s} rounds {str(rnd):>4s}  bytes {nbytes or 0:>12,d}  best acc "
-          f"{row['best_accuracy']:.3f}  bits/param {s['bits_per_param_mean']:.3f}  "
-          f"{s['wall_s']:.0f} s", flush=True)
+          f"{row['best_accuracy']:.3f}  bits/param {bits if bits is None else round(bits, 3)}  "
+          f"{s['wall_s']:.0f} s{failed}", flush=True)
     return row
 
 
@@ -111,8 +114,10 @@ def write_report(out: str, rows: list, ratio, target: float) -> None:
         mb = f"{r['bytes_to_target'] / 1e6:.3f}" if r["bytes_to_target"] else "not reached"
         x = f"{dense / r['bytes_to_target']:.1f}" if dense and r["bytes_to_target"] else "-"
         rnd = r["rounds_to_target"] if r["rounds_to_target"] else f">{r['rounds_run']}"
+        bits = "-" if r["bits_per_param"] is None else f"{r['bits_per_param']:.3f}"
+        note = f" ({r['failed_nodes']} nodes diverged)" if r["failed_nodes"] else ""
         lines.append(f"| {r['name']} | {r['algorithm']} | {rnd} | {mb} | {x} | "
-                     f"{r['best_accuracy']:.3f} | {r['bits_per_param']:.3f} |")
+                     f"{r['best_accuracy']:.3f}{note} | {bits} |")
     with open(os.path.join(out, "table.md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
     write_json_atomic(os.path.join(out, "results.json"), {"ratio_dense_over_stc": ratio,

@@ -110,3 +110,18 @@ def test_error_feedback_keeps_what_compression_drops(memory):
         torch.testing.assert_close(out, a.public.own + dropped)
     else:
         torch.testing.assert_close(out, a.public.own)
+
+
+@pytest.mark.parametrize("spec", ["qsgd:16", "terngrad", "randk:0.1:scaled"])
+def test_unbiased_codecs_are_rescaled_into_contractions(spec):
+    """CHOCO's condition E‖Q(x) − x‖² ≤ (1 − δ)‖x‖² holds for Q/τ (but not for Q)."""
+    from p2pfl.algorithms.public import contraction_scale
+    from p2pfl.compression import make_codec
+
+    codec = make_codec(spec, error_feedback=False, seed=1)
+    x = torch.randn(2000)
+    scale = contraction_scale(codec, x.numel())
+    assert 0 < scale < 1
+    errs = torch.stack([((codec.decode(codec.encode(x)) * scale - x) ** 2).sum()
+                        for _ in range(20)])
+    assert errs.mean() < (x ** 2).sum()

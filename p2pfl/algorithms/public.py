@@ -17,7 +17,26 @@ import torch
 
 from .base import Packet, dense_packet, dense_tensor
 
-__all__ = ["PublicCopies", "Update"]
+__all__ = ["PublicCopies", "Update", "contraction_scale"]
+
+
+def contraction_scale(codec, numel: int) -> float:
+    """1/τ that makes an unbiased stochastic codec a contraction, for public copies.
+
+    CHOCO needs E‖Q(x) − x‖² ≤ (1 − δ)‖x‖² (ALGORITHMS.md); an unbiased Q with
+    variance ω‖x‖² is not, but Q/τ with τ = 1 + ω is (Koloskova et al., 2019, who
+    rescale QSGD this way).  ω: QSGD with s levels min(d/s², √d/s) (Alistarh et
+    al. 2017), TernGrad √d, scaled random-k d/k − 1.  Biased codecs: 1.
+    """
+    omega = 0.0
+    for stage in getattr(codec, "stages", ()):
+        if stage.name == "qsgd":
+            omega += min(numel / stage.s ** 2, numel ** 0.5 / stage.s)
+        elif stage.name == "terngrad":
+            omega += numel ** 0.5
+        elif stage.name == "randk" and getattr(stage, "scaled", False):
+            omega += 1.0 / stage.p - 1.0
+    return 1.0 / (1.0 + omega)
 
 
 class Update:
@@ -49,12 +68,13 @@ class PublicCopies:
         self.requested: dict = {}  # stale copy -> round we last asked its owner to resend
         self.asked_by: set = set()  # neighbours that asked us for our full copy
         self._decoders: dict = {codec.name: codec}  # codec spec -> codec, for peers' packets
+        self.scale = contraction_scale(codec, self.numel)
 
     # ---------------------------------------------------------------- sending
     def publish(self, delta: torch.Tensor, meta: dict | None = None) -> Packet:
         """Encode ``delta`` (the change to publish), apply it to x̂_i, return the packet."""
         frames, q = self.codec.encode_with_reconstruction(delta)
-        self.own += q.reshape(-1)
+        self.own.add_(q.reshape(-1), alpha=self.scale)
         return Packet(self.codec.name, frames, meta=dict(meta or {}))
 
     def full_copies(self) -> dict:
@@ -69,10 +89,12 @@ class PublicCopies:
     def decode(self, packet: Packet) -> Update:
         if packet.meta.get("full"):
             return Update(True, dense_tensor(packet, self.numel), packet.round)
-        q = self._decoder(packet.codec).decode(packet.frames).reshape(-1)
+        codec = self._decoder(packet.codec)
+        q = codec.decode(packet.frames).reshape(-1)
         if q.numel() != self.numel:
             raise ValueError(f"update has {q.numel()} values, expected {self.numel}")
-        return Update(False, q, packet.round)
+        scale = contraction_scale(codec, self.numel)
+        return Update(False, q if scale == 1.0 else q * scale, packet.round)
 
     def _decoder(self, spec: str):
         """The codec for a neighbour's spec: node profiles may give nodes different codecs.
