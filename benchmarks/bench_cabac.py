@@ -25,20 +25,6 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
-def laplace_levels(n, seed=0):
-    w = np.random.default_rng(seed).laplace(0.0, 0.02, n)
-    return np.round(w / 2.0**-8).astype(np.int32)
-
-
-def sparse_levels(n, std, seed=1):
-    rng = np.random.default_rng(seed)
-    v = np.zeros(n)
-    k = n // 100
-    idx = rng.choice(n, k, replace=False)
-    v[idx] = rng.normal(0.0, std, k)
-    return np.round(v / 2.0**-10).astype(np.int32)
-
-
 def best_time(fn, repeat):
     best = float("inf")
     out = None
@@ -58,6 +44,7 @@ def main(argv=None):
     if args.pure:
         os.environ["P2PFL_CABAC_PURE"] = "1"
     from p2pfl.compression import cabac
+    from p2pfl.compression.reference import laplace_levels, sparse_levels
 
     n = args.n
     inputs = [

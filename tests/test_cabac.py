@@ -15,25 +15,10 @@ from p2pfl.compression.cabac import (
     encode_levels,
 )
 from p2pfl.compression.errors import CodecError
+from p2pfl.compression.reference import laplace_levels, sparse_levels
 
 needs_c = pytest.mark.skipif(not cabac.HAVE_C, reason="C extension _cabac not built")
 HSET = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def laplace_levels(n, seed=0):
-    """Input (a): Laplacian weights, scale 0.02, step 2^-8."""
-    w = np.random.default_rng(seed).laplace(0.0, 0.02, n)
-    return np.round(w / 2.0**-8).astype(np.int32)
-
-
-def sparse_levels(n, std=1e-3, seed=1):
-    """Input (b): a 1 % sparse update with N(0, std^2) values, step 2^-10."""
-    rng = np.random.default_rng(seed)
-    v = np.zeros(n)
-    k = n // 100
-    idx = rng.choice(n, k, replace=False)
-    v[idx] = rng.normal(0.0, std, k)
-    return np.round(v / 2.0**-10).astype(np.int32)
 
 
 def roundtrip(levels):
