@@ -311,7 +311,8 @@ def plot_curves(series: dict, path, xlabel: str, ylabel: str, logx: bool = False
     if not series:
         raise UsageError("plot_curves needs at least one series")
     fig, ax = _figure()
-    for name, pair in series.items():
+    styles = ("-", "--", ":", "-.")  # the colour cycle has 10 colours: vary the line past that
+    for i, (name, pair) in enumerate(series.items()):
         try:
             xs, ys = (list(v) for v in pair)
         except (TypeError, ValueError):
@@ -322,7 +323,8 @@ def plot_curves(series: dict, path, xlabel: str, ylabel: str, logx: bool = False
         pts = [(x, y) for x, y in pts if x is not None and y is not None
                and (x > 0 or not logx)]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], label=str(name),
-                linewidth=1.6, marker="o" if len(pts) <= 30 else None, markersize=3)
+                linestyle=styles[(i // 10) % len(styles)], linewidth=1.6,
+                marker="o" if len(pts) <= 30 else None, markersize=3)
     if logx:
         ax.set_xscale("log")
     _finish(ax, xlabel, ylabel, title, True)
