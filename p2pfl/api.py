@@ -42,11 +42,14 @@ def _resolve_algorithm(cfg: RunConfig) -> str:
 def _check_learning_options(cfg: RunConfig) -> None:
     """Fail fast, with one line, on an unknown dataset, model or partition."""
     from .learner import shared_dataset, warm_up
-    from .models import MODELS
+    from .models import CUSTOM, MODELS
 
     shared_dataset(cfg.dataset, cfg.seed, cfg.data_dir)  # forked nodes inherit the loaded data
     warm_up()
-    if cfg.model.split(":", 1)[0] not in MODELS:
+    if cfg.model in CUSTOM and cfg.listen:
+        raise ConfigError("a torch module passed as model= cannot reach remote nodes; "
+                          "use a model name")
+    if cfg.model not in CUSTOM and cfg.model.split(":", 1)[0] not in MODELS:
         raise ConfigError(f"unknown model {cfg.model!r}; valid: {', '.join(sorted(MODELS))}")
 
 
@@ -114,6 +117,9 @@ def run_cluster(graph=None, *, config: str | None = None, **options) -> Result:
         A TOML file of options; keyword options override it.
     **options
         Any option of :class:`~p2pfl.config.RunConfig` (the CLI's flags).
+        ``model`` may also be any ``torch.nn.Module`` that maps a batch of
+        the dataset's inputs to class logits; every node starts from a copy
+        of its weights.
 
     Examples
     --------
@@ -124,6 +130,10 @@ def run_cluster(graph=None, *, config: str | None = None, **options) -> Result:
     if isinstance(graph, str):
         options.setdefault("topology", graph)
         graph = None
+    if not isinstance(options.get("model", ""), str):  # a torch.nn.Module of the user's
+        from .models import register_module
+
+        options["model"] = register_module(options["model"])
     cfg = from_sources(config, options)
     if cfg.mode != "gossip":
         from .server import run_server  # server-mode FL over the same nodes
@@ -238,6 +248,9 @@ def _run_summary(cfg, sink, nodes, wall, launcher) -> dict:
         "misses_total": int(sum(n for f in finals for _, n in f.get("misses", []))),
         "dropped_total": int(sum(sum(f.get("dropped", {}).values()) for f in finals)),
         "failed_nodes": failed,
+        # per direction and peer: [sender label, receiver label, bytes] (handshake included)
+        "bytes_per_link": [[nodes[f["node"]].label, nodes[j].label, n] for f in finals
+                           for j, n in f.get("sent_per_peer", []) if j in nodes],
         "wall_s": round(wall, 3),
         "accuracy_per_round": base["accuracy_per_round"],
     }

@@ -8,6 +8,7 @@ every node, without touching the global torch RNG.
 
 from __future__ import annotations
 
+import copy
 import threading
 
 import math
@@ -20,6 +21,7 @@ from p2pfl.errors import ConfigError
 
 __all__ = [
     "MODELS",
+    "register_module",
     "build_model",
     "flatten_params",
     "assign_params",
@@ -87,6 +89,18 @@ def _cnn(input_shape, num_classes):
 
 _INIT_LOCK = threading.Lock()
 
+#: Modules handed to ``run_cluster(model=...)``, by name ``custom:N``.  Node
+#: processes are forked after registration and node threads share the table,
+#: so each node builds a deep copy; nothing is pickled.
+CUSTOM: dict = {}
+
+
+def register_module(module: nn.Module) -> str:
+    """Make a user's module buildable by name; return that name (``custom:N``)."""
+    name = f"custom:{len(CUSTOM)}"
+    CUSTOM[name] = module
+    return name
+
 
 def build_model(name: str, input_shape: tuple, num_classes: int, *,
                 seed: int = 0) -> nn.Module:
@@ -115,6 +129,9 @@ def build_model(name: str, input_shape: tuple, num_classes: int, *,
     ConfigError
         Unknown name or a model that does not fit the input shape.
     """
+    if str(name) in CUSTOM:  # every node starts from a copy of the user's weights
+        with _INIT_LOCK:
+            return copy.deepcopy(CUSTOM[name]).float().train()
     kind, _, arg = str(name).partition(":")
     input_shape = tuple(int(s) for s in input_shape)
     # Module initialisation draws from torch's one global generator.  Nodes hosted

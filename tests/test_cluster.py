@@ -175,3 +175,17 @@ def test_compressed_gossip_with_per_node_codecs(tmp_path):
     assert s["algorithm"] == "choco" and s["dropped_total"] == 0 and s["misses_total"] == 0
     assert s["compression_ratio"] > 3  # stc at 10 % on 3 of 4 nodes
     assert s["accuracy_mean"] > 0.3
+
+
+def test_any_torch_module_through_the_api(tmp_path):
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.Tanh(),
+                                torch.nn.Linear(32, 10))
+    res = p2pfl.run_cluster("ring:3", model=model, rounds=3, local_steps=10,
+                            quiet=True, out=str(tmp_path))  # forked node processes
+    assert res.summary["num_params"] == 64 * 32 + 32 + 32 * 10 + 10
+    assert res.summary["accuracy_mean"] > 0.5
+    res = p2pfl.run_cluster("ring:3", model=model, rounds=2, in_process=True, quiet=True,
+                            out=str(tmp_path / "threads"))
+    assert res.summary["failed_nodes"] == {}
