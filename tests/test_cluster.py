@@ -90,8 +90,10 @@ def test_gossip_averaging_reaches_consensus(tmp_path):
 
 
 def _start_cli(tmp_path, *extra):
+    """A run long enough (minutes) that a signal always lands while it works."""
     cmd = [sys.executable, "-m", "p2pfl.cli", "cluster", "--topology", "ring:4", "--rounds",
-           "400", "--round-timeout", "1", "--out", str(tmp_path), "-q", *extra]
+           "5000", "--local-steps", "20", "--round-timeout", "1", "--out", str(tmp_path), "-q",
+           *extra]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
