@@ -156,6 +156,10 @@ COMMANDS = {"cluster": _cmd_cluster, "node": _cmd_node, "topology": _cmd_topolog
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    # Ctrl-C and SIGTERM both run the launcher's clean shutdown.  SIGINT is set
+    # explicitly: a shell starts background jobs with it ignored, and Python then
+    # would not turn it into KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _terminate)
     try:
         return COMMANDS[args.command](args)

@@ -258,7 +258,9 @@ class Launcher:
             threads = [h.runner for h in self.nodes.values() if isinstance(h.runner, threading.Thread)]
             for t in threads:
                 t.join(max(0.05, deadline + 25.0 - time.monotonic()))
-            if not any(t.is_alive() for t in threads):
+            if not threads:
+                self.ctx.destroy(linger=0)  # only this thread has sockets here
+            elif not any(t.is_alive() for t in threads):
                 self.ctx.term()  # a thread still inside a socket call would block term()
             self.ctx = None
         shutil.rmtree(self.run_dir, ignore_errors=True)

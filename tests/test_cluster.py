@@ -130,7 +130,12 @@ def test_no_node_outlives_the_launcher(tmp_path, sig):
     proc = _start_cli(tmp_path)
     pids = _node_pids(tmp_path, proc)
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=60)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"launcher ignored signal {sig!r}; stderr: {err[-2000:]}")
     assert _wait_gone(pids), "node processes outlived the launcher"
     if sig != signal.SIGKILL:
         assert proc.returncode == 130
