@@ -68,16 +68,17 @@ def prepare(cfg: RunConfig, graph=None) -> tuple:
                           seed=cfg.seed)
     _check_learning_options(cfg)
     n = topo.n
-    algorithm = _resolve_algorithm(cfg)
     specs = []
     per_node = [node_settings(cfg, i, topo.labels[i]) for i in range(n)]
+    algorithm = _resolve_algorithm(cfg)
+    if cfg.algorithm == "auto" and any(s["compression"] != "none" for s in per_node):
+        algorithm = "choco"  # one protocol for all, if a profile compresses some nodes
     shares = [float(s["data_share"]) for s in per_node]
     _check_partition(cfg, n, shares)
     for i in range(n):
         settings = dict(cfg.to_dict(), **per_node[i])
         settings.pop("node_overrides", None)
-        settings.update(num_nodes=n, shares=shares, algorithm_resolved=algorithm,
-                        algorithm_options={})
+        settings.update(num_nodes=n, shares=shares, algorithm_resolved=algorithm)
         specs.append({
             "id": i, "label": _plain_label(topo.labels[i]),
             "neighbours": [[j, float(topo.weights[i, j])] for j in topo.neighbours(i)],
@@ -146,26 +147,23 @@ def run_cluster(graph=None, *, config: str | None = None, **options) -> Result:
     progress.info(f"topology: {topo_mod.describe(topo)}")
     for w in topo.warnings:
         progress.info(f"warning: {w}")
-    write_json_atomic(os.path.join(out, "config.json"), _config_record(cfg, topo))
-    return _execute(cfg, topo, specs, out, progress, t0)
+    algorithm = specs[0]["settings"]["algorithm_resolved"]
+    write_json_atomic(os.path.join(out, "config.json"), _config_record(cfg, topo, algorithm))
+    return execute(cfg, specs, out, progress, t0, _topology_summary(cfg, topo, algorithm))
 
 
-def _config_record(cfg: RunConfig, topo) -> dict:
+def _config_record(cfg: RunConfig, topo, algorithm: str) -> dict:
     rec = cfg.to_dict()
     rec["resolved"] = {"nodes": topo.n, "labels": [_plain_label(x) for x in topo.labels],
-                       "spectral_gap": topo.spectral_gap, "algorithm": _resolve_algorithm(cfg),
+                       "spectral_gap": topo.spectral_gap, "algorithm": algorithm,
                        "python": platform.python_version()}
     return rec
 
 
-def _topology_summary(cfg: RunConfig, topo) -> dict:
-    return {"mode": cfg.mode, "algorithm": _resolve_algorithm(cfg), "nodes": topo.n,
+def _topology_summary(cfg: RunConfig, topo, algorithm: str) -> dict:
+    return {"mode": cfg.mode, "algorithm": algorithm, "nodes": topo.n,
             "rounds": cfg.rounds, "topology": str(cfg.topology),
             "edges": topo.graph.number_of_edges(), "spectral_gap": topo.spectral_gap}
-
-
-def _execute(cfg, topo, specs, out, progress, t0) -> Result:
-    return execute(cfg, specs, out, progress, t0, _topology_summary(cfg, topo))
 
 
 def execute(cfg: RunConfig, specs: list, out: str, progress: Progress, t0: float,

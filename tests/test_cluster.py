@@ -176,8 +176,7 @@ def test_compressed_gossip_with_per_node_codecs(tmp_path):
     prof.write_text('[default]\ncompression = "stc:0.1+golomb"\n'
                     '[nodes.0]\ncompression = "quant:0.001+cabac"\n')
     res = p2pfl.run_cluster("ring:4", rounds=4, in_process=True, quiet=True,
-                            out=str(tmp_path / "run"), profiles=str(prof),
-                            compression="stc:0.1+golomb")
+                            out=str(tmp_path / "run"), profiles=str(prof))
     s = res.summary
     assert s["algorithm"] == "choco" and s["dropped_total"] == 0 and s["misses_total"] == 0
     assert s["compression_ratio"] > 3  # stc at 10 % on 3 of 4 nodes

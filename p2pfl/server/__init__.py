@@ -70,8 +70,7 @@ def server_specs(cfg: RunConfig, graph=None) -> list:
     per_node = [node_settings(cfg, i, labels[i]) for i in range(n)]
     shares = [float(s["data_share"]) for s in per_node]
     resolved = resolve_mode_settings(cfg)
-    base = dict(cfg.to_dict(), num_nodes=n, shares=shares, algorithm_resolved=cfg.mode,
-                algorithm_options={})
+    base = dict(cfg.to_dict(), num_nodes=n, shares=shares, algorithm_resolved=cfg.mode)
     base.pop("node_overrides", None)
     specs = []
     for i in range(n):
