@@ -1,0 +1,229 @@
+"""Pure-Python CABAC coder: a bit-exact mirror of ``_cabac.c``.
+
+Used by :mod:`p2pfl.compression.cabac` when the C extension is not built (no
+compiler) or ``P2PFL_CABAC_PURE=1``; slow (about 0.4 M levels/s) but producing
+the identical bitstream, which ``tests/test_cabac.py`` checks.  The format,
+binarisation and probability model are described in ``cabac.py``.
+"""
+
+from __future__ import annotations
+
+from .cabac import (EG_CTX, EG_MAXK, G, MAG_MAX, MAX_OVERRUN, _EG0, _GT0, _M32, _MAXSHIFT,
+                    _NCTX, _PONE, _PROB_SHIFT, _SIG0, _SIGN0, _TOP)
+from .errors import CodecError
+
+__all__ = ["encode_pure", "decode_pure"]
+
+
+def _init_models():
+    return [_PONE >> 1] * _NCTX, [1] * _NCTX, [2] * _NCTX
+
+
+def encode_pure(levels) -> bytes:
+    P, SH, LF = _init_models()
+    MX = _MAXSHIFT
+    out = bytearray()
+    st = [0, 0xFFFFFFFF, 0, False, 0]  # low, range, cache, has_cache, pending
+
+    def shift_low():
+        low = st[0]
+        if low < 0xFF000000 or low >= 0x100000000:
+            carry = low >> 32
+            if st[3]:
+                out.append((st[2] + carry) & 0xFF)
+            if st[4]:
+                out.extend(bytes([(0xFF + carry) & 0xFF]) * st[4])
+            st[4] = 0
+            st[2] = (low >> 24) & 0xFF
+            st[3] = True
+        else:
+            st[4] += 1
+        st[0] = (low & 0x00FFFFFF) << 8
+
+    def enc_bin(ci, bit):
+        p = P[ci]
+        p15 = p >> _PROB_SHIFT
+        if p15 == 0:
+            p15 = 1
+        rng = st[1]
+        bound = (rng >> 15) * p15
+        s = SH[ci]
+        if bit:
+            st[0] += bound
+            rng -= bound
+            P[ci] = p - (p >> s)
+        else:
+            rng = bound
+            P[ci] = p + ((_PONE - p) >> s)
+        if s < MX[ci]:
+            LF[ci] -= 1
+            if LF[ci] == 0:
+                SH[ci] = s + 1
+                LF[ci] = 1 << (s + 1)
+        while rng < _TOP:
+            rng <<= 8
+            shift_low()
+        st[1] = rng
+
+    def enc_bypass(bit):
+        rng = st[1] >> 1
+        if bit:
+            st[0] += rng
+        if rng < _TOP:
+            rng <<= 8
+            shift_low()
+        st[1] = rng
+
+    c1 = c2 = 0
+    for v in levels:
+        v = int(v)
+        if v > MAG_MAX or v < -MAG_MAX:
+            raise CodecError("levels must lie within +-2**30")
+        enc_bin(_SIG0 + c1 * 3 + c2, v != 0)
+        c2 = c1
+        if v == 0:
+            c1 = 0
+            continue
+        s = 1 if v < 0 else 0
+        enc_bin(_SIGN0 + c2, s)
+        c1 = 1 if s else 2
+        mag = -v if s else v
+        g0 = _GT0 + s * G
+        for j in range(G):
+            b = mag > j + 1
+            enc_bin(g0 + j, b)
+            if not b:
+                break
+        if mag > G:
+            x = mag - G
+            kk = x.bit_length() - 1
+            for j in range(kk + 1):
+                b = j < kk
+                if j < EG_CTX:
+                    enc_bin(_EG0 + j, b)
+                else:
+                    enc_bypass(b)
+            for j in range(kk - 1, -1, -1):
+                enc_bypass((x >> j) & 1)
+
+    # finish: the value with the most trailing zero bits in [low, low + range)
+    low = st[0]
+    hi = low + st[1]
+    v = low
+    for k in range(32, -1, -1):
+        m = (1 << k) - 1
+        cand = (low + m) & ~m
+        if cand < hi:
+            v = cand
+            break
+    st[0] = v
+    for _ in range(5):
+        shift_low()
+    trimmed = 0
+    while trimmed < MAX_OVERRUN and out and out[-1] == 0:
+        del out[-1]
+        trimmed += 1
+    return bytes(out)
+
+
+def decode_pure(data: bytes, n: int) -> list:
+    P, SH, LF = _init_models()
+    MX = _MAXSHIFT
+    ln = len(data)
+    limit = ln + MAX_OVERRUN
+    code = 0
+    for k in range(4):
+        code = (code << 8) | (data[k] if k < ln else 0)
+    st = [0xFFFFFFFF, code, 4]  # range, code, pos
+    if code >= 0xFFFFFFFF:
+        raise CodecError("corrupt stream: bad first code word")
+
+    def dec_bin(ci):
+        p = P[ci]
+        p15 = p >> _PROB_SHIFT
+        if p15 == 0:
+            p15 = 1
+        rng, code = st[0], st[1]
+        bound = (rng >> 15) * p15
+        s = SH[ci]
+        if code < bound:
+            rng = bound
+            bit = 0
+            P[ci] = p + ((_PONE - p) >> s)
+        else:
+            code -= bound
+            rng -= bound
+            bit = 1
+            P[ci] = p - (p >> s)
+        if s < MX[ci]:
+            LF[ci] -= 1
+            if LF[ci] == 0:
+                SH[ci] = s + 1
+                LF[ci] = 1 << (s + 1)
+        if rng < _TOP:
+            pos = st[2]
+            while rng < _TOP:
+                code = ((code << 8) | (data[pos] if pos < ln else 0)) & _M32
+                rng <<= 8
+                pos += 1
+            st[2] = pos
+        st[0], st[1] = rng, code
+        return bit
+
+    def dec_bypass():
+        rng = st[0] >> 1
+        code = st[1]
+        bit = 0
+        if code >= rng:
+            code -= rng
+            bit = 1
+        if rng < _TOP:
+            pos = st[2]
+            code = ((code << 8) | (data[pos] if pos < ln else 0)) & _M32
+            rng <<= 8
+            st[2] = pos + 1
+        st[0], st[1] = rng, code
+        return bit
+
+    out = [0] * n
+    c1 = c2 = 0
+    for i in range(n):
+        if not dec_bin(_SIG0 + c1 * 3 + c2):
+            c2 = c1
+            c1 = 0
+            continue
+        c2 = c1
+        s = dec_bin(_SIGN0 + c2)
+        c1 = 1 if s else 2
+        mag = 1
+        g0 = _GT0 + s * G
+        for j in range(G):
+            if not dec_bin(g0 + j):
+                break
+            mag += 1
+        if mag > G:
+            kk = 0
+            while True:
+                b = dec_bin(_EG0 + kk) if kk < EG_CTX else dec_bypass()
+                if not b:
+                    break
+                kk += 1
+                if kk > EG_MAXK:
+                    raise CodecError("corrupt stream: Exp-Golomb prefix too long")
+            x = 1
+            for _ in range(kk):
+                x = (x << 1) | dec_bypass()
+            if x + G > MAG_MAX:
+                raise CodecError("corrupt stream: level out of range")
+            mag = x + G
+        out[i] = -mag if s else mag
+        if st[2] > limit:
+            raise CodecError("truncated or corrupt stream: read past the end")
+    pos = st[2]
+    if pos > limit:
+        raise CodecError("truncated or corrupt stream: read past the end")
+    if pos < ln:
+        raise CodecError("corrupt stream: trailing bytes after the coded levels")
+    if pos < limit and ln > 0 and data[-1] == 0:
+        raise CodecError("corrupt stream: non-canonical termination")
+    return out
