@@ -20,30 +20,8 @@ __all__ = ["Worker", "next_control"]
 
 
 def next_control(mailbox: Mailbox, coord, after: int, timeout: float):
-    """The coordinator's next "control" message for a round > ``after``, or None.
-
-    Returns None when the actor is stopped or ``timeout`` seconds pass.  The
-    mailbox keeps early messages per (kind, round); this looks there first.
-    """
-    deadline = time.monotonic() + timeout
-    next_check = time.monotonic() + 1.0
-    while not mailbox.stopped:
-        ready = sorted(r for (kind, r), slot in mailbox._pending.items()
-                       if kind == "control" and r > after and coord in slot)
-        if ready:
-            return mailbox.collect("control", ready[0], [coord], 0.0)[coord]
-        now = time.monotonic()
-        if now >= deadline:
-            return None
-        if now >= next_check:
-            next_check = now + 1.0
-            if not mailbox.alive():
-                mailbox.stopped = True
-                return None
-        msg = mailbox.endpoint.recv(min(deadline, next_check) - now)
-        if msg is not None:
-            mailbox._route(msg)
-    return None
+    """The coordinator's next "control" message for a round > ``after``, or None."""
+    return mailbox.next_after("control", after, coord, timeout)
 
 
 class Worker:

@@ -67,15 +67,43 @@ def dequantise(levels: np.ndarray, bits: int) -> np.ndarray:
     return (np.asarray(levels, dtype=np.float32) / ((1 << bits) - 1)).astype(np.float32)
 
 
+def _chunk(c: int) -> int:
+    """Base-c digits per int64 chunk: c**k < 2**63."""
+    return max(1, int(63 // math.log2(c)))
+
+
+def _digits_to_int(idx: np.ndarray, c: int) -> int:
+    """Σ idx_i c^i as one integer: numpy packs int64 chunks, Python joins the chunks."""
+    k = _chunk(c)
+    pad = np.zeros(-len(idx) % k, dtype=np.int64)
+    d = np.concatenate([idx.astype(np.int64), pad]).reshape(-1, k)
+    chunks = d @ (c ** np.arange(k, dtype=np.int64))
+    value, base = 0, c ** k
+    for ch in chunks[::-1].tolist():
+        value = value * base + ch
+    return value
+
+
+def _int_to_digits(value: int, m: int, c: int) -> tuple[np.ndarray, int]:
+    """Inverse of :func:`_digits_to_int` for m digits; also returns what is left over."""
+    k = _chunk(c)
+    base, chunks = c ** k, []
+    for _ in range(-(-m // k)):
+        value, ch = divmod(value, base)
+        chunks.append(ch)
+    ch = np.array(chunks, dtype=np.int64)[:, None]
+    digits = (ch // (c ** np.arange(k, dtype=np.int64))) % c
+    rest = digits.reshape(-1)[m:]
+    return digits.reshape(-1)[:m], value + int(rest.any())
+
+
 def pack_rows(levels: np.ndarray, bits: int) -> bytes:
     """Rows of levels as bytes: b = 1 as one base-C integer of argmaxes, else b bits per entry."""
     m, c = levels.shape
     if m == 0:
         return b""
     if bits == 1:
-        value = 0
-        for idx in levels.argmax(1)[::-1].tolist():
-            value = value * c + idx
+        value = _digits_to_int(levels.argmax(1), c)
         return value.to_bytes(math.ceil(m * math.log2(c) / 8) if c > 1 else 0, "little")
     planes = ((levels.reshape(-1, 1).astype(np.uint8) >> np.arange(bits, dtype=np.uint8)) & 1)
     return np.packbits(planes.reshape(-1)).tobytes()
@@ -87,11 +115,8 @@ def unpack_rows(data: bytes, m: int, c: int, bits: int) -> np.ndarray:
         need = math.ceil(m * math.log2(c) / 8) if (m and c > 1) else 0
         if len(data) != need:
             raise ValueError(f"{len(data)} bytes of argmaxes, expected {need}")
-        value = int.from_bytes(data, "little")
-        idx = np.empty(m, dtype=np.int64)
-        for i in range(m):
-            value, idx[i] = divmod(value, c)
-        if value:
+        idx, left = _int_to_digits(int.from_bytes(data, "little"), m, c)
+        if left:
             raise ValueError("argmax indices out of range")
         out = np.zeros((m, c), dtype=np.uint8)
         out[np.arange(m), idx] = 1

@@ -41,11 +41,3 @@ class ByteCounter:
     def per_peer(self, direction: str) -> dict:
         """``{peer: bytes}`` over all rounds in one direction."""
         return {p: sum(c.values()) for p, c in self._bytes[direction].items()}
-
-    def per_round(self, direction: str, *, peers=None) -> dict:
-        """``{round: bytes}`` in one direction, optionally for some peers only."""
-        out: Counter = Counter()
-        table = self._bytes[direction]
-        for p in table if peers is None else [p for p in peers if p in table]:
-            out.update(table[p])
-        return dict(out)

@@ -77,12 +77,6 @@ class Endpoint:
         sock.connect(address)
         self._peers[peer] = sock
 
-    def disconnect(self, peer) -> None:
-        """Close the sending socket to ``peer``, if any."""
-        sock = self._peers.pop(peer, None)
-        if sock is not None:
-            sock.close(linger=0)
-
     @property
     def peers(self) -> list:
         return list(self._peers)

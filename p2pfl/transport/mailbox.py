@@ -97,6 +97,26 @@ class Mailbox:
             else:
                 slot[msg.src] = msg
 
+    def _wait(self, ready: Callable[[], bool], timeout: float) -> None:
+        """Receive and route messages until ``ready()``, a stop, or ``timeout`` seconds.
+
+        The liveness check runs about once a second; failing it stops the actor.
+        """
+        deadline = time.monotonic() + timeout
+        next_check = time.monotonic() + 1.0
+        while not self.stopped and not ready():
+            now = time.monotonic()
+            if now >= deadline:
+                return
+            if now >= next_check:
+                next_check = now + 1.0
+                if not self.alive():
+                    self.stopped = True
+                    return
+            msg = self.endpoint.recv(min(deadline, next_check) - now)
+            if msg is not None:
+                self._route(msg)
+
     def collect(self, kind: str, round: int, expected: Iterable, timeout: float) -> dict:
         """Wait until every ``expected`` peer's ``kind`` message for ``round`` arrived.
 
@@ -107,22 +127,25 @@ class Mailbox:
         expected = set(expected)
         self._drop_stale()
         self._drop_strangers()
-        deadline = time.monotonic() + timeout
-        next_check = time.monotonic() + 1.0
         slot = self._pending[(kind, round)]
-        while not self.stopped and not expected <= slot.keys():
-            now = time.monotonic()
-            if now >= deadline:
-                break
-            if now >= next_check:
-                next_check = now + 1.0
-                if not self.alive():
-                    self.stopped = True
-                    break
-            msg = self.endpoint.recv(min(deadline, next_check) - now)
-            if msg is not None:
-                self._route(msg)
+        self._wait(lambda: expected <= slot.keys(), timeout)
         return self._pending.pop((kind, round), {})
+
+    def next_after(self, kind: str, after: int, src, timeout: float) -> Message | None:
+        """``src``'s ``kind`` message for the earliest round later than ``after``.
+
+        For peers that do not hear from each other every round (a worker the
+        coordinator leaves out); that round becomes the current one.  None on
+        timeout or stop.
+        """
+        def earliest():
+            rounds = [r for (k, r), slot in self._pending.items()
+                      if k == kind and r > after and src in slot]
+            return min(rounds, default=None)
+
+        self._wait(lambda: earliest() is not None, timeout)
+        rnd = earliest()
+        return None if rnd is None else self.collect(kind, rnd, [src], 0.0)[src]
 
     def take_requests(self, kind: str) -> list:
         """Senders of ``kind`` requests received so far (each once), without waiting."""
@@ -130,16 +153,7 @@ class Mailbox:
 
     def poll_control(self, timeout: float) -> Message | None:
         """Wait up to ``timeout`` s for a control message (data messages are kept)."""
-        deadline = time.monotonic() + timeout
-        while not self.control and not self.stopped:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            msg = self.endpoint.recv(min(remaining, 1.0))
-            if msg is not None:
-                self._route(msg)
-            elif not self.alive():
-                self.stopped = True
+        self._wait(lambda: bool(self.control), timeout)
         return self.control.popleft() if self.control else None
 
     def _drop_strangers(self) -> None:
