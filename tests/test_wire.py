@@ -180,3 +180,22 @@ def test_hello_before_configuration_is_kept_then_strangers_dropped(ctx):
     assert a.counters.dropped["unknown_sender"] == 1
     for e in (a, b, c):
         e.close()
+
+
+HOSTILE_VALUES = st.recursive(
+    st.one_of(st.integers(-2**63, 2**63 - 1), st.text(max_size=5), st.none(), st.booleans(),
+              st.binary(max_size=5), st.floats(allow_nan=True)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                            st.dictionaries(st.text(max_size=3), inner, max_size=3)),
+    max_leaves=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.fixed_dictionaries({k: HOSTILE_VALUES for k in ["v", "k", "s", "r", "n", "c", "l"]},
+                             optional={k: HOSTILE_VALUES for k in ["sh", "dt", "m"]}))
+def test_headers_with_every_key_of_any_type_only_raise_protocol_error(fields):
+    """Nested lists and maps where scalars belong (unhashable kinds, list dtypes...)."""
+    try:
+        unpack([msgpack.packb(fields, use_bin_type=True)])
+    except ProtocolError:
+        pass

@@ -183,7 +183,7 @@ def _check_tensor_specs(shapes, dtypes, lengths, limits: Limits) -> None:
     if len(shapes) != len(dtypes) or len(shapes) > len(lengths):
         raise ProtocolError("shapes, dtypes and frames do not correspond")
     for shape, dtype, length in zip(shapes, dtypes, lengths):
-        if dtype not in DTYPES:
+        if not isinstance(dtype, str) or dtype not in DTYPES:
             raise ProtocolError(f"dtype {dtype!r} is not allowed")
         if (
             not isinstance(shape, list)
@@ -212,9 +212,9 @@ def unpack(parts: Sequence, limits: Limits = DEFAULT_LIMITS) -> Message:
         raise ProtocolError(f"{len(parts) - 1} frames exceed the limit of {limits.max_frames}")
     raw = _buffer(parts[0])
     header = _unpack_header(raw, limits)
-    if header["v"] != PROTOCOL_VERSION:
+    if type(header["v"]) is not int or header["v"] != PROTOCOL_VERSION:
         raise ProtocolError(f"protocol version {header['v']!r} is not {PROTOCOL_VERSION}")
-    if header["k"] not in KINDS:
+    if not isinstance(header["k"], str) or header["k"] not in KINDS:  # a list is unhashable
         raise ProtocolError(f"unknown message kind {header['k']!r}")
     src = header["s"]
     if not isinstance(src, (int, str)) or isinstance(src, bool):
