@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from .metrics import write_json_atomic
-from .node import LAUNCHER
+from .runtime import LAUNCHER
 from .transport import Endpoint, Mailbox
 from .worker import process_main, serve
 
@@ -47,6 +47,7 @@ class NodeHandle:
     label: object
     runner: object = None  # multiprocessing.Process or threading.Thread
     address: str | None = None
+    control: str | None = None
     pid: int | None = None
     host: str | None = None
     state: str = "spawned"  # spawned, joined, ready, done, failed
@@ -63,9 +64,8 @@ class Launcher:
 
     Parameters
     ----------
-    specs : list of dict
-        Per node: ``id``, ``label``, ``neighbours`` (``[[id, weight], ...]``),
-        ``self_weight`` and ``settings``.
+    specs : list of NodeSpec
+        One per node, from the plan.
     out_dir : str
         Where ``nodes.json`` is kept up to date.
     in_process, scheme, host
@@ -86,7 +86,7 @@ class Launcher:
         self.round_timeout = round_timeout
         self.on_message = on_message or (lambda handle, msg: None)
         self.log = log or (lambda text: None)
-        self.nodes = {s["id"]: NodeHandle(s["id"], s["label"]) for s in specs}
+        self.nodes = {s.id: NodeHandle(s.id, s.label) for s in specs}
         self.run_dir = tempfile.mkdtemp(prefix="p2pfl-")
         self.ctx: zmq.Context | None = None
         self.ep: Endpoint | None = None
@@ -110,7 +110,7 @@ class Launcher:
             self.log(f"waiting for {len(self.nodes)} node(s) to join at {self.ep.address}")
             return
         if self.in_process:
-            self.ctx = _context(len(self.nodes), max(len(s["neighbours"]) for s in self.specs))
+            self.ctx = _context(len(self.nodes), max(len(s.neighbours) for s in self.specs))
             address = f"inproc://p2pfl-launcher-{id(self)}"
             self._bind(address)
             for h in self.nodes.values():
@@ -169,8 +169,8 @@ class Launcher:
         self._wait_for("joined", {"join"}, self.start_timeout)
         self.write_nodes_json()
         for spec in self.specs:
-            neighbours = [[j, self.nodes[j].address, w] for j, w in spec["neighbours"]]
-            self.ep.send(spec["id"], "config", meta=dict(spec, neighbours=neighbours))
+            addresses = [[j, self.nodes[j].address] for j in spec.peers]
+            self.ep.send(spec.id, "config", meta={"spec": spec.to_wire(), "addresses": addresses})
         self._wait_for("ready", {"ready"}, self.start_timeout)
         for h in self.nodes.values():
             self.ep.send(h.id, "start")
@@ -210,8 +210,12 @@ class Launcher:
             return
         if msg.kind == "join":
             meta = msg.meta
-            h.address, h.pid, h.host = meta.get("address"), meta.get("pid"), meta.get("host")
-            self.ep.connect(h.id, h.address)
+            if not (isinstance(meta.get("address"), str) and isinstance(meta.get("control"), str)):
+                self._fail(h, "join without data and control addresses")
+                return
+            h.address, h.control = meta["address"], meta["control"]
+            h.pid, h.host = meta.get("pid"), meta.get("host")
+            self.ep.connect(h.id, h.control, control=True)
             h.state = "joined"
         elif msg.kind == "ready":
             h.state = "ready"
@@ -236,7 +240,7 @@ class Launcher:
         self._stopping = True
         if self.ep is not None:
             for h in self.nodes.values():
-                if h.address and not h.exited():  # a message to a gone node would linger
+                if h.control and not h.exited():  # a message to a gone node would linger
                     self.ep.send(h.id, "stop")
         deadline = time.monotonic() + 5.0
         for h in self.nodes.values():

@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass, field, fields
 
 from .errors import ConfigError
+from .strategies import MODES as SERVER_MODES
 
 try:
     import tomllib
@@ -27,7 +28,8 @@ except ModuleNotFoundError:  # Python 3.10
 
 __all__ = ["RunConfig", "load_toml", "from_sources", "NODE_KEYS", "node_settings"]
 
-MODES = ("gossip", "fedavg", "stc", "cfl", "fd", "cfd")
+#: Run modes: gossip, and one per registered server strategy.
+MODES = ("gossip",) + SERVER_MODES
 TRANSPORTS = ("tcp", "ipc", "inproc")
 
 #: Defaults that depend on the mode.  Gossip mixes after few local steps, as
@@ -134,8 +136,11 @@ class RunConfig:
             raise ConfigError(f"--participation must be in (0, 1], got {self.participation}")
         if self.gamma is not None and not 0 < self.gamma <= 1:
             raise ConfigError(f"--gamma must be in (0, 1], got {self.gamma}")
-        if not self.round_timeout > 0:
-            raise ConfigError(f"--round-timeout must be positive, got {self.round_timeout}")
+        for name in ("round_timeout", "start_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
+        if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
+            raise ConfigError(f"--target-accuracy must be in (0, 1], got {self.target_accuracy}")
         if self.nodes is not None and self.nodes < 1:
             raise ConfigError(f"--nodes must be >= 1, got {self.nodes}")
         if self.in_process and self.transport != "inproc":

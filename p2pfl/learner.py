@@ -13,6 +13,7 @@ import torch
 
 from .data import Dataset, apply_label_permutation, group_label_permutations, load_dataset, partition, partition_groups
 from .models import assign_params, build_model, flatten_params
+from .spec import LearnSpec
 from .training import LocalTrainer, SGDConfig, evaluate
 
 __all__ = ["Learner", "shared_dataset", "shard_indices", "warm_up", "public_indices",
@@ -42,45 +43,47 @@ def _partition(name: str, seed: int, data_dir, num_nodes: int, spec: str, shares
                            shares=list(shares) if shares else None))
 
 
-def shard_indices(settings: dict, node_id: int) -> np.ndarray:
+def shard_indices(learn: LearnSpec, node_id: int) -> np.ndarray:
     """This node's training indices under the run's partition spec."""
-    shares = tuple(settings.get("shares") or ())
-    parts = _partition(settings["dataset"], settings["seed"], settings.get("data_dir"),
-                       settings["num_nodes"], settings["partition"], shares)
+    parts = _partition(learn.dataset, learn.seed, learn.data_dir, learn.num_nodes,
+                       learn.partition, tuple(learn.shares))
     return parts[node_id]
 
 
-def public_indices(settings: dict) -> np.ndarray:
+def public_indices(learn: LearnSpec, size: int) -> np.ndarray:
     """Sorted training indices of the public (unlabelled) distillation set.
 
-    ``settings["public_size"]`` samples drawn with the run's seed from the
-    training set; federated distillation holds them out of every shard
-    (see :meth:`Learner.drop_samples`).  Empty when the size is 0 or absent.
+    ``size`` samples drawn with the run's seed from the training set; federated
+    distillation holds them out of every shard (see :meth:`Learner.drop_samples`).
+    Empty when the size is 0.
     """
-    ds = shared_dataset(settings["dataset"], settings["seed"], settings.get("data_dir"))
-    size = int(settings.get("public_size") or 0)
+    ds = _data(learn)
     if size <= 0:
         return np.empty(0, dtype=np.int64)
     size = min(size, len(ds.y_train) // 2)
-    rng = np.random.default_rng(settings["seed"] + 104729)
+    rng = np.random.default_rng(learn.seed + 104729)
     return np.sort(rng.choice(len(ds.y_train), size, replace=False)).astype(np.int64)
 
 
-def test_set(settings: dict, group: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _data(learn: LearnSpec) -> Dataset:
+    return shared_dataset(learn.dataset, learn.seed, learn.data_dir)
+
+
+def test_set(learn: LearnSpec, group: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The shared test set, labels permuted as group ``group`` sees them under ``groups:K``."""
-    ds = shared_dataset(settings["dataset"], settings["seed"], settings.get("data_dir"))
+    ds = _data(learn)
     y = ds.y_test
-    if settings["partition"].startswith("groups:") and group:
-        k = int(settings["partition"].split(":", 1)[1])
+    if learn.partition.startswith("groups:") and group:
+        k = int(learn.partition.split(":", 1)[1])
         y = apply_label_permutation(y, group_label_permutations(ds.num_classes, k,
-                                                                settings["seed"])[group])
+                                                                learn.seed)[group])
     return ds.x_test, y
 
 
-def build_run_model(settings: dict):
+def build_run_model(learn: LearnSpec):
     """The run's initial model, exactly as every node builds it (same seed)."""
-    ds = shared_dataset(settings["dataset"], settings["seed"], settings.get("data_dir"))
-    return build_model(settings["model"], ds.input_shape, ds.num_classes, seed=settings["seed"])
+    ds = _data(learn)
+    return build_model(learn.model, ds.input_shape, ds.num_classes, seed=learn.seed)
 
 
 class Learner:
@@ -88,38 +91,35 @@ class Learner:
 
     Parameters
     ----------
-    settings : dict
-        The node's resolved options (run options plus its profile): dataset,
-        partition, model, seed, num_nodes, local SGD settings.
+    learn : LearnSpec
+        The node's resolved data, model and local SGD options.
     node_id : int
         The node's id, which selects its shard.
     """
 
-    def __init__(self, settings: dict, node_id: int) -> None:
+    def __init__(self, learn: LearnSpec, node_id: int) -> None:
         torch.set_num_threads(1)
-        self.settings = settings
+        self.spec = learn
         self._node_id = node_id
-        ds = shared_dataset(settings["dataset"], settings["seed"], settings.get("data_dir"))
+        ds = _data(learn)
         self.dataset = ds
-        idx = shard_indices(settings, node_id)
+        idx = shard_indices(learn, node_id)
         x, y = ds.x_train[idx], ds.y_train[idx]
         self.group = 0
         self.x_test, self.y_test = ds.x_test, ds.y_test
-        if settings["partition"].startswith("groups:"):
-            k = int(settings["partition"].split(":", 1)[1])
-            perms = group_label_permutations(ds.num_classes, k, settings["seed"])
-            self.group = int(partition_groups(settings["num_nodes"], k)[node_id])
+        if learn.partition.startswith("groups:"):
+            k = int(learn.partition.split(":", 1)[1])
+            perms = group_label_permutations(ds.num_classes, k, learn.seed)
+            self.group = int(partition_groups(learn.num_nodes, k)[node_id])
             y = apply_label_permutation(y, perms[self.group])
             self.y_test = apply_label_permutation(ds.y_test, perms[self.group])
         self.num_samples = len(idx)
         # Every node builds its model from the run's seed, so all start equal.
-        self.model = build_model(settings["model"], ds.input_shape, ds.num_classes,
-                                 seed=settings["seed"])
-        cfg = SGDConfig(lr=settings["lr"], momentum=settings["momentum"],
-                        weight_decay=settings.get("weight_decay", 0.0),
-                        batch_size=settings["batch_size"], local_steps=settings["local_steps"],
-                        local_epochs=settings.get("local_epochs", 0))
-        self.trainer = LocalTrainer(self.model, x, y, cfg, seed=settings["seed"] * 7919 + node_id)
+        self.model = build_run_model(learn)
+        cfg = SGDConfig(lr=learn.lr, momentum=learn.momentum, weight_decay=learn.weight_decay,
+                        batch_size=learn.batch_size, local_steps=learn.local_steps,
+                        local_epochs=learn.local_epochs)
+        self.trainer = LocalTrainer(self.model, x, y, cfg, seed=learn.seed * 7919 + node_id)
         self._x_test = torch.from_numpy(np.ascontiguousarray(self.x_test))
         self._y_test = torch.from_numpy(np.ascontiguousarray(self.y_test))
 
@@ -128,14 +128,14 @@ class Learner:
 
         The trainer is rebuilt on what remains (at least one sample is kept).
         """
-        idx = shard_indices(self.settings, self._node_id)
+        idx = shard_indices(self.spec, self._node_id)
         keep = ~np.isin(idx, indices)
         if not keep.any():
             keep[0] = True
         cfg, t = self.trainer.cfg, self.trainer
         self.trainer = LocalTrainer(self.model, t.x[torch.from_numpy(keep)].numpy(),
                                     t.y[torch.from_numpy(keep)].numpy(), cfg,
-                                    seed=self.settings["seed"] * 7919 + self._node_id)
+                                    seed=self.spec.seed * 7919 + self._node_id)
         self.num_samples = int(keep.sum())
 
     def train(self) -> float:

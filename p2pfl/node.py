@@ -1,27 +1,23 @@
-"""The gossip node loop: train, encode, send, collect, mix, record.
+"""The gossip node loop: train, encode, send, gather, mix, record.
 
-One :class:`GossipNode` is one actor.  It owns its endpoint (all its sockets)
-and runs in one thread.  Learning lives in :class:`~p2pfl.learner.Learner`,
-the update rule in a :mod:`gossip algorithm <p2pfl.algorithms>`, and the
-bytes in the :mod:`transport <p2pfl.transport>`; this loop only wires them.
+One :class:`GossipNode` is the role of one gossip actor.  Learning lives in
+:class:`~p2pfl.learner.Learner`, the update rule in a :mod:`gossip algorithm
+<p2pfl.algorithms>`, and the bytes behind the :class:`~p2pfl.runtime.Runtime`
+verbs; this loop only wires them.
 """
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 
-import numpy as np
-
-from .algorithms import Packet, make_algorithm
+from .algorithms import make_algorithm
 from .learner import Learner
-from .transport import Endpoint, Mailbox
+from .runtime import Runtime
 
-__all__ = ["GossipNode", "LAUNCHER", "SUSPECT_AFTER"]
+__all__ = ["GossipNode", "SUSPECT_AFTER"]
 
-LAUNCHER = "launcher"
-#: After this many consecutive misses a neighbour is no longer waited for
-#: (its messages are still taken when they come).
+#: After this many consecutive misses a neighbour is not waited for until it is
+#: heard from again (a message of any round, even a late one, counts).
 SUSPECT_AFTER = 2
 
 
@@ -30,73 +26,68 @@ class GossipNode:
 
     Parameters
     ----------
-    endpoint, mailbox
-        The node's transport, owned by the calling thread.
-    spec : dict
-        ``id``, ``label``, ``neighbours`` (list of ``[id, address, weight]``),
-        ``self_weight`` and ``settings`` (the node's resolved options).
+    rt : Runtime
+        The node's transport verbs.
+    spec : NodeSpec
+        Role ``gossip``: ``rule`` is the gossip algorithm, ``options`` its options.
     """
 
-    def __init__(self, endpoint: Endpoint, mailbox: Mailbox, spec: dict) -> None:
-        self.endpoint, self.mailbox = endpoint, mailbox
-        self.id, self.label = spec["id"], spec["label"]
-        self.settings = s = spec["settings"]
-        self.learner = Learner(s, self.id)
-        self.neighbours = [int(j) for j, _, _ in spec["neighbours"]]
-        weights = {int(j): float(w) for j, _, w in spec["neighbours"]}
+    def __init__(self, rt: Runtime, spec) -> None:
+        self.rt, self.spec, self.run_spec = rt, spec, spec.runtime
+        self.learner = Learner(spec.learn, spec.id)
+        self.neighbours = spec.peers
         self.algorithm = make_algorithm(
-            s["algorithm_resolved"], self.learner.num_params, spec["self_weight"], weights,
-            x0=self.learner.get_flat(), settings=dict(s, codec_seed=s["seed"] * 7919 + self.id))
+            spec.rule, self.learner.num_params, spec.self_weight, spec.weights,
+            x0=self.learner.get_flat(), options=spec.options,
+            seed=spec.learn.seed * 7919 + spec.id)
         self.misses: Counter = Counter()  # total misses per neighbour
         self._streak: Counter = Counter()  # consecutive misses per neighbour
-        self.t_start = time.monotonic()
 
     def run(self) -> int:
         """Run every round (or until stopped); return the last completed round."""
         done = 0
-        for rnd in range(1, self.settings["rounds"] + 1):
-            if self.mailbox.stopped:
+        for rnd in range(1, self.run_spec.rounds + 1):
+            if self.rt.stopped:
                 break
             loss = self.learner.train()
             x = self.learner.get_flat()
             self.broadcast(rnd, self.algorithm.outgoing(x))
             received = self.collect(rnd)
-            if self.mailbox.stopped:  # stopped mid-round: the round is not completed
+            if self.rt.stopped:  # stopped mid-round: the round is not completed
                 break
             self.learner.set_flat(self.algorithm.mix(x, received))
-            self.resync(rnd)
+            for j in self.algorithm.resync_requests(rnd):
+                self.rt.send(j, "resync", rnd)
             self.record(rnd, loss, len(received))
             done = rnd
         return done
 
-    def broadcast(self, rnd: int, packet: Packet) -> None:
+    def broadcast(self, rnd: int, packet) -> None:
         """Send this round's packet; a neighbour that asked for our full state gets that."""
-        for j in self.mailbox.take_requests("resync"):
+        for j in self.rt.requests("resync"):
             self.algorithm.on_resync_request(j)
         special = self.algorithm.full_copies()
         for j in self.neighbours:
-            p = special.get(j, packet)
-            self.endpoint.send(j, "model", rnd, frames=p.frames, codec=p.codec,
-                               shapes=p.shapes, dtypes=p.dtypes, meta=p.meta)
+            self.rt.send(j, "model", rnd, special.get(j, packet))
 
-    def resync(self, rnd: int) -> None:
-        """Ask neighbours whose public copy we lost track of for their full state."""
-        for j in self.algorithm.resync_requests(rnd):
-            self.endpoint.send(j, "resync", rnd)
+    def expected(self, rnd: int) -> list:
+        """Neighbours to wait for: all but those that missed SUSPECT_AFTER rounds in a row
+        and have not been heard from since (a late message brings one back)."""
+        return [j for j in self.neighbours
+                if self._streak[j] < SUSPECT_AFTER
+                or self.rt.heard_from(j, rnd - self._streak[j])]
 
     def collect(self, rnd: int) -> dict:
-        """Neighbours' decoded payloads for ``rnd``; misses are recorded, never waited out twice."""
-        expected = [j for j in self.neighbours if self._streak[j] < SUSPECT_AFTER]
-        msgs = self.mailbox.collect("model", rnd, expected, self.settings["round_timeout"])
-        if self.mailbox.stopped:
-            return {}
+        """Neighbours' decoded payloads for ``rnd``; a silent neighbour costs its time-out once."""
+        packets = self.rt.gather("model", rnd, self.expected(rnd), self.run_spec.round_timeout)
         received = {}
-        for j, msg in msgs.items():
+        for j, packet in packets.items():
             try:
-                received[j] = self.algorithm.decode(
-                    Packet(msg.codec, msg.frames, msg.shapes, msg.dtypes, msg.meta, msg.round))
+                received[j] = self.algorithm.decode(packet)
             except ValueError:  # CodecError is a ValueError
-                self.endpoint.counters.drop("undecodable")
+                self.rt.drop("undecodable")
+        if self.rt.stopped:
+            return received
         for j in self.neighbours:
             if j in received:
                 self._streak[j] = 0
@@ -106,42 +97,20 @@ class GossipNode:
         return received
 
     def record(self, rnd: int, loss: float, arrived: int) -> None:
-        """Send this round's record (and, for the consensus distance, the model) to the launcher."""
-        every = self.settings["eval_every"]
-        evaluate = rnd % every == 0 or rnd == self.settings["rounds"]
+        """This round's record; with the consensus distance on, the model goes along."""
+        evaluate = self.run_spec.evaluates(rnd)
         test_loss, acc = self.learner.evaluate() if evaluate else (None, None)
-        c = self.endpoint.counters
-        rec = {
-            "round": rnd, "node": self.id, "label": self.label, "loss": float(loss),
-            "test_loss": test_loss, "accuracy": acc,
-            "bytes_sent": c.total("sent", peers=self.neighbours, round=rnd),
-            "bytes_received": c.total("received", peers=self.neighbours, round=rnd),
-            "wall_s": round(time.monotonic() - self.t_start, 4),
-            "neighbours_heard": arrived, "misses": sum(self.misses.values()),
-            "dropped": sum(c.dropped.values()),
-        }
-        frames = []
-        if evaluate and self.settings.get("consensus", True):
-            frames = [self.learner.get_flat().numpy().astype(np.float32)]
-        self.endpoint.send(LAUNCHER, "metrics", rnd, meta=rec, frames=frames,
-                           shapes=[[f.size] for f in frames], dtypes=["float32"] * len(frames))
+        vector = None
+        if evaluate and self.run_spec.consensus:
+            vector = self.learner.get_flat().numpy()
+        self.rt.report(rnd, {"loss": float(loss), "test_loss": test_loss, "accuracy": acc,
+                             "neighbours_heard": arrived, "misses": sum(self.misses.values())},
+                       vector)
 
     def final_report(self) -> dict:
         """Totals for the ``bye`` message: exact counters of the whole run."""
-        c, peers = self.endpoint.counters, self.neighbours
-        handshake = c.total("sent", peers=peers, round=0)
-        return {
-            "node": self.id,
-            "bytes_sent": c.total("sent", peers=peers) - handshake,
-            "bytes_received": c.total("received", peers=peers) - c.total("received", peers=peers,
-                                                                         round=0),
-            "handshake_bytes": handshake,
-            "model_messages": c.messages[("sent", "model")],
-            "sent_per_peer": [[j, n] for j, n in c.per_peer("sent").items() if j != LAUNCHER],
-            "received_per_peer": [[j, n] for j, n in c.per_peer("received").items()
-                                  if j != LAUNCHER],
-            "misses": [[j, n] for j, n in self.misses.items()],
-            "dropped": dict(c.dropped),
-            "num_samples": self.learner.num_samples,
-            "num_params": self.learner.num_params,
-        }
+        c = self.rt.endpoint.counters
+        return self.rt.final_counters(
+            model_messages=c.messages[("sent", "model")],
+            misses=[[j, n] for j, n in self.misses.items()],
+            num_samples=self.learner.num_samples, num_params=self.learner.num_params)

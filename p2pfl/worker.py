@@ -6,8 +6,8 @@ by hand on another host (``p2pfl node --connect tcp://HOST:PORT``).
 
 Protocol with the launcher (all messages: msgpack header + frames)::
 
-    node → launcher   join    {address, pid, host}
-    launcher → node   config  {id, label, neighbours, self_weight, settings}
+    node → launcher   join    {address, control, pid, host}
+    launcher → node   config  {spec (a NodeSpec as plain data), addresses of the neighbours}
     node ↔ neighbours hello   (round 0; proves the links work)
     node → launcher   ready
     launcher → node   start
@@ -29,7 +29,8 @@ from typing import Callable
 
 import zmq
 
-from .node import LAUNCHER, GossipNode
+from .roles import make_role, node_spec
+from .runtime import LAUNCHER, Runtime
 from .transport import Endpoint, Mailbox, bind_address
 
 __all__ = ["serve", "process_main"]
@@ -46,12 +47,14 @@ def _await(mailbox: Mailbox, kind: str, timeout: float):
     raise TimeoutError(f"no {kind!r} from the launcher")
 
 
-def _handshake(ep: Endpoint, mailbox: Mailbox, spec: dict, timeout: float) -> None:
+def _handshake(ep: Endpoint, mailbox: Mailbox, spec, addresses: dict, timeout: float) -> None:
     """Connect to every neighbour and hear a hello from each before reporting ready."""
-    neighbours = [int(j) for j, _, _ in spec["neighbours"]]
+    neighbours = spec.peers
     mailbox.peers = set(neighbours)
-    for j, address, _ in spec["neighbours"]:
-        ep.connect(int(j), address)
+    for j in neighbours:
+        if not isinstance(addresses.get(j), str):
+            raise ValueError(f"no address for neighbour {j}")
+        ep.connect(j, addresses[j])
     for j in neighbours:
         ep.send(j, "hello", 0)
     heard = mailbox.collect("hello", 0, neighbours, timeout)
@@ -67,24 +70,29 @@ def serve(launcher: str, node_id: int, *, ctx: zmq.Context | None = None,
     """Run one node to completion; return its exit status (0 on success)."""
     ctx = ctx or zmq.Context.instance()
     name = f"p2pfl-{os.getpid()}-{node_id}-{secrets.token_hex(4)}"
-    ep = Endpoint(ctx, node_id, bind_address(scheme, name, host, run_dir))
+    ep = Endpoint(ctx, node_id, bind_address(scheme, name, host, run_dir),
+                  control=bind_address(scheme, name + "-ctl", host, run_dir))
     mailbox = Mailbox(ep, control_sources={LAUNCHER})
     lost_after = 4 * start_timeout
     mailbox.alive = alive or (lambda: time.monotonic() - mailbox.last_control < lost_after)
     ep.connect(LAUNCHER, launcher)
     status = 1
     try:
-        address = ep.address
+        address, control = ep.address, ep.control_address
         if advertise:  # tcp://0.0.0.0:PORT is not reachable: tell peers our name
-            address = f"tcp://{advertise}:{address.rsplit(':', 1)[1]}"
-        ep.send(LAUNCHER, "join", meta={"address": address, "pid": os.getpid(),
-                                         "host": socket.gethostname()})
-        spec = _await(mailbox, "config", start_timeout).meta
-        node = make_role(ep, mailbox, spec)
-        _handshake(ep, mailbox, spec, start_timeout)
+            address, control = (f"tcp://{advertise}:{a.rsplit(':', 1)[1]}"
+                                for a in (address, control))
+        ep.send(LAUNCHER, "join", meta={"address": address, "control": control,
+                                         "pid": os.getpid(), "host": socket.gethostname()})
+        config = _await(mailbox, "config", start_timeout).meta
+        spec = node_spec(config.get("spec"))
+        addresses = {int(j): a for j, a in config.get("addresses", [])}
+        runtime = Runtime(ep, mailbox, spec)
+        node = make_role(runtime, spec)
+        _handshake(ep, mailbox, spec, addresses, start_timeout)
         ep.send(LAUNCHER, "ready")
         _await(mailbox, "start", start_timeout)
-        node.t_start = time.monotonic()
+        runtime.t_start = time.monotonic()
         node.run()
         ep.send(LAUNCHER, "bye", meta=node.final_report())
         if not mailbox.stopped:
@@ -97,19 +105,6 @@ def serve(launcher: str, node_id: int, *, ctx: zmq.Context | None = None,
         # After the launcher's stop every peer is done: nothing left is worth waiting for.
         ep.close(linger=0 if mailbox.stopped and status == 0 else None)
     return status
-
-
-def make_role(ep: Endpoint, mailbox: Mailbox, spec: dict):
-    """The loop object for this node's role: a gossip node, a worker or a coordinator.
-
-    A role object has ``run()``, ``final_report() -> dict`` and ``t_start``.
-    """
-    role = spec.get("role", "gossip")
-    if role == "gossip":
-        return GossipNode(ep, mailbox, spec)
-    from .server import make_server_role  # server-mode FL over the same node program
-
-    return make_server_role(role, ep, mailbox, spec)
 
 
 def _await_stop(mailbox: Mailbox, timeout: float) -> None:

@@ -11,13 +11,13 @@ __all__ = ["ALGORITHMS", "GossipAlgorithm", "Packet", "DPSGD", "CompressedDPSGD"
 
 
 def make_algorithm(name: str, numel: int, self_weight: float, weights: dict, *, x0,
-                   settings: dict) -> GossipAlgorithm:
+                   options, seed: int | None = None) -> GossipAlgorithm:
     """Build a registered gossip algorithm; ``dpsgd`` with a codec compresses differences."""
     from ..errors import ConfigError
 
     if name not in ALGORITHMS:
         raise ConfigError(f"unknown algorithm {name!r}; valid: {', '.join(sorted(ALGORITHMS))}")
     cls = ALGORITHMS[name]
-    if cls is DPSGD and (settings.get("compression") or "none") != "none":
+    if cls is DPSGD and options.codec != "none":
         cls = CompressedDPSGD
-    return cls(numel, self_weight, weights, x0=x0, settings=settings)
+    return cls(numel, self_weight, weights, x0=x0, options=options, seed=seed)

@@ -71,18 +71,21 @@ class GossipAlgorithm:
         Row i of the mixing matrix: w_ii and ``{j: w_ij}`` over the neighbours.
     x0 : torch.Tensor
         The initial model, the same on every node (all build it from the run's seed).
-    settings : dict
-        The node's options (compression, gamma, error_feedback, seed, ...).
+    options
+        The rule's resolved options (``Options`` of the class; see ``options.py``).
+    seed : int, optional
+        Seed of the codec's random generator (stochastic codecs).
     """
 
     name = "base"
 
     def __init__(self, numel: int, self_weight: float, weights: dict, *,
-                 x0: torch.Tensor | None = None, settings: dict | None = None) -> None:
+                 x0: torch.Tensor | None = None, options=None, seed: int | None = None) -> None:
         self.numel = numel
         self.self_weight = float(self_weight)
         self.weights = {j: float(w) for j, w in weights.items()}
-        self.settings = settings or {}
+        self.options = options
+        self.seed = seed
 
     def outgoing(self, x: torch.Tensor) -> Packet:
         """What this node sends to every neighbour this round."""

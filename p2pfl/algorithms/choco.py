@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from .base import GossipAlgorithm, Packet
+from .options import CHOCOOptions
 from .public import PublicCopies
 
 __all__ = ["CHOCO", "default_gamma"]
@@ -57,19 +58,19 @@ class CHOCO(GossipAlgorithm):
 
     name = "choco"
 
-    def __init__(self, numel, self_weight, weights, *, x0, settings) -> None:
-        super().__init__(numel, self_weight, weights, x0=x0, settings=settings)
+    Options = CHOCOOptions
+
+    def __init__(self, numel, self_weight, weights, *, x0, options, seed=None) -> None:
+        super().__init__(numel, self_weight, weights, x0=x0, options=options, seed=seed)
         from ..compression import make_codec
 
-        spec = settings.get("compression") or "none"
-        codec = make_codec(spec, error_feedback=False, seed=settings.get("codec_seed"),
-                           max_numel=numel)
-        self.gamma = self._gamma(spec)
-        self.memory = settings.get("error_feedback", "auto") != "off"
+        codec = make_codec(options.codec, seed=seed, max_numel=numel)
+        self.gamma = self._gamma()
+        self.memory = options.error_feedback
         self.public = PublicCopies(x0, weights, codec)
 
-    def _gamma(self, spec: str) -> float:
-        return self.settings.get("gamma") or default_gamma(spec)
+    def _gamma(self) -> float:
+        return self.options.gamma
 
     def outgoing(self, x: torch.Tensor) -> Packet:
         return self.public.publish(x - self.public.own)

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 
 from . import make_algorithm
+from .choco import default_gamma
+from .options import CHOCOOptions, DPSGDOptions
 
 __all__ = ["consensus_error", "run_consensus"]
 
@@ -38,13 +40,16 @@ def run_consensus(W: np.ndarray, X0: torch.Tensor, *, algorithm: str = "choco",
     X = X0.clone().float()
     mean = X.mean(dim=0)
     start = float(((X - mean) ** 2).sum(dim=1).mean())
+    if algorithm == "choco":
+        options = CHOCOOptions(codec=compression, gamma=gamma or default_gamma(compression))
+    else:
+        options = DPSGDOptions(codec=compression)
     nodes = []
     for i in range(n):
         nbrs = {j: float(W[i, j]) for j in np.flatnonzero(W[i]) if j != i}
-        settings = {"compression": compression, "gamma": gamma, "codec_seed": seed * 1000 + i,
-                    "error_feedback": "auto"}
         nodes.append(make_algorithm(algorithm, X.shape[1], float(W[i, i]), nbrs,
-                                    x0=torch.zeros(X.shape[1]), settings=settings))
+                                    x0=torch.zeros(X.shape[1]), options=options,
+                                    seed=seed * 1000 + i))
     errors, sent, reached = [], 0, None
     for it in range(1, iterations + 1):
         packets = [alg.outgoing(X[i].clone()) for i, alg in enumerate(nodes)]

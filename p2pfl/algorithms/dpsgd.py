@@ -28,6 +28,7 @@ import torch
 
 from .base import GossipAlgorithm, Packet, dense_packet, dense_tensor, renormalised
 from .choco import CHOCO
+from .options import DPSGDOptions
 
 __all__ = ["DPSGD", "CompressedDPSGD"]
 
@@ -36,6 +37,7 @@ class DPSGD(GossipAlgorithm):
     """Exchange full fp32 models and average them with the mixing weights."""
 
     name = "dpsgd"
+    Options = DPSGDOptions
 
     def outgoing(self, x: torch.Tensor) -> Packet:
         return dense_packet(x)
@@ -55,6 +57,7 @@ class CompressedDPSGD(CHOCO):
     """D-PSGD over compressed differences of public copies: CHOCO's rule at γ = 1."""
 
     name = "dpsgd"
+    Options = DPSGDOptions
 
-    def _gamma(self, spec: str) -> float:
+    def _gamma(self) -> float:
         return 1.0

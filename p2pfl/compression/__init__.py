@@ -9,8 +9,9 @@ torch.Size([1000])
 
 ``make_codec(spec)`` builds a codec from a spec such as ``topk:0.01+quant:0.001+cabac``
 (grammar and rules: ``registry.py``; wire format: ``codec.py``; the intermediate
-between stages: ``intermediate.py``).  Biased codecs come wrapped in
-:class:`ErrorFeedback` unless ``error_feedback=False``.
+between stages: ``intermediate.py``).  It adds no error feedback unless asked
+(``error_feedback=True`` wraps it in :class:`ErrorFeedback`); whether a run
+uses it is decided once, by the plan.
 """
 from __future__ import annotations
 
@@ -26,18 +27,16 @@ __all__ = ["make_codec", "Codec", "CodecError", "ErrorFeedback", "wants_error_fe
            "golomb_expected_bits", "MAX_NUMEL", "codec_names"]
 
 
-def make_codec(spec: str, error_feedback: bool | None = None, seed: int | None = None,
+def make_codec(spec: str, error_feedback: bool = False, seed: int | None = None,
                max_numel: int = MAX_NUMEL):
     """Build the codec for ``spec``.
 
-    error_feedback: None turns it on for biased codecs (``wants_error_feedback``),
-    True/False force it.  seed: for the stochastic stages' generator (randk,
-    qsgd, terngrad, PowerSGD's first Q).  max_numel: the largest tensor a blob
-    may declare.  Raises ``p2pfl.errors.ConfigError`` for a bad spec.
+    error_feedback: wrap it in :class:`ErrorFeedback` (the one residual).
+    seed: for the stochastic stages' generator (randk, qsgd, terngrad,
+    PowerSGD's first Q).  max_numel: the largest tensor a blob may declare.
+    Raises ``p2pfl.errors.ConfigError`` for a bad spec.
     """
     codec = build_codec(spec, seed=seed, max_numel=max_numel)
-    if error_feedback is None:
-        error_feedback = wants_error_feedback(codec)
     return ErrorFeedback(codec) if error_feedback else codec
 
 

@@ -1,13 +1,14 @@
 """The coordinator: the one shared round loop of every server-mode strategy.
 
-select → configure → send "control" → collect replies → decode → aggregate →
-evaluate → record; then every worker gets a final "control" with its final
-model.  The strategy supplies every decision; this loop only moves packets.
+select → configure → send "control" → gather replies → decode → aggregate →
+evaluate → record.  After the last round every worker gets a final "control"
+with its final model, before that round's record is made, so the record
+counts those bytes too.  The strategy supplies every decision; this loop only
+moves packets.
 """
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 import numpy as np
@@ -15,26 +16,19 @@ import torch
 
 from ..learner import build_run_model, test_set
 from ..models import assign_params, flatten_params
-from ..node import LAUNCHER
+from ..runtime import Runtime
 from ..strategies import Reply, ServerContext, make_strategy
 from ..training import evaluate as evaluate_model
-from ..transport import Endpoint, Mailbox
 
-__all__ = ["Coordinator", "send_packet"]
-
-
-def send_packet(ep: Endpoint, peer, kind: str, rnd: int, packet, extra_meta=None) -> int:
-    meta = dict(packet.meta or {}, **(extra_meta or {}))
-    return ep.send(peer, kind, rnd, frames=packet.frames, codec=packet.codec,
-                   shapes=packet.shapes, dtypes=packet.dtypes, meta=meta)
+__all__ = ["Coordinator"]
 
 
 class _Evaluator:
     """Evaluates flat parameter vectors on the test set (per label group)."""
 
-    def __init__(self, settings: dict) -> None:
-        self.settings = settings
-        self.model = build_run_model(settings)
+    def __init__(self, learn) -> None:
+        self.learn = learn
+        self.model = build_run_model(learn)
         self._sets: dict = {}
 
     def init(self) -> torch.Tensor:
@@ -42,7 +36,7 @@ class _Evaluator:
 
     def __call__(self, flat: torch.Tensor, group: int = 0) -> tuple[float, float]:
         if group not in self._sets:
-            x, y = test_set(self.settings, group)
+            x, y = test_set(self.learn, group)
             self._sets[group] = (torch.from_numpy(np.ascontiguousarray(x)),
                                  torch.from_numpy(np.ascontiguousarray(y)))
         assign_params(self.model, flat)
@@ -52,108 +46,77 @@ class _Evaluator:
 class Coordinator:
     """The server role: owns the strategy and talks to every worker."""
 
-    def __init__(self, endpoint: Endpoint, mailbox: Mailbox, spec: dict) -> None:
+    def __init__(self, rt: Runtime, spec) -> None:
         torch.set_num_threads(1)
-        self.endpoint, self.mailbox = endpoint, mailbox
-        self.id, self.label = spec["id"], spec["label"]
-        self.settings = s = spec["settings"]
-        self.workers = [int(j) for j, _, _ in spec["neighbours"]]
-        evaluator = _Evaluator(s)
+        self.rt, self.run_spec = rt, spec.runtime
+        self.workers = spec.peers
+        evaluator = _Evaluator(spec.learn)
         ctx = ServerContext(
-            settings=s, workers=list(self.workers),
-            labels={int(k): v for k, v in s.get("worker_labels", {}).items()},
+            options=spec.options, learn=spec.learn, runtime=spec.runtime,
+            workers=list(self.workers), labels=dict(zip(self.workers, spec.server.labels)),
             init=evaluator.init(), evaluate=evaluator,
-            groups={int(k): int(v) for k, v in s.get("worker_groups", {}).items()},
-            extra={"samples": {int(k): int(v) for k, v in s.get("worker_samples", {}).items()}})
-        self.strategy = make_strategy(s["mode"], ctx)
-        self.rng = np.random.default_rng(s["seed"] + 65537)
+            groups={w: int(g) for w, g in zip(self.workers, spec.server.groups)})
+        self.strategy = make_strategy(spec.rule, ctx)
+        self.rng = np.random.default_rng(spec.learn.seed + 65537)
         self.num_params = int(ctx.init.numel())
         self.misses: Counter = Counter()
         self.errors: Counter = Counter()
         self.last_round = 0
-        self.t_start = time.monotonic()
 
     def run(self) -> int:
-        """Run the rounds, then hand every worker its final model."""
-        rnd = 0
-        while rnd < self.strategy.rounds and not self.mailbox.stopped:
+        """Run the rounds; after the last, hand every worker its final model."""
+        rnd, finished = 0, False
+        while not finished:
             rnd += 1
             participants = self.strategy.select(rnd, self.workers, self.rng)
             for w, packet in self.strategy.configure(rnd, participants).items():
-                send_packet(self.endpoint, w, "control", rnd, packet)
+                self.rt.send(w, "control", rnd, packet)
             replies = self.collect(rnd, participants)
             self.strategy.aggregate(rnd, replies)
-            self.record(rnd, replies, self.strategy.evaluate(rnd))
+            fields = self.strategy.evaluate(rnd)
+            finished = (self.strategy.done(rnd) or rnd >= self.strategy.rounds
+                        or self.rt.stopped)
+            if finished:
+                for w in self.workers:
+                    self.rt.send(w, "control", rnd + 1, self.strategy.finalize(w), final=True)
+            self.record(rnd, replies, fields, rounds=(rnd, rnd + 1) if finished else None)
             self.last_round = rnd
-            if self.strategy.done(rnd):
-                break
-        for w in self.workers:
-            send_packet(self.endpoint, w, "control", rnd + 1, self.strategy.finalize(w),
-                        {"final": True})
         return rnd
 
     def collect(self, rnd: int, participants: list) -> list:
         """Replies of this round's participants: content, or an error saying why not."""
         kind = self.strategy.reply_kind
-        msgs = self.mailbox.collect(kind, rnd, participants, self.settings["round_timeout"])
+        packets = self.rt.gather(kind, rnd, participants, self.run_spec.round_timeout)
         replies = []
         for w in participants:
-            msg = msgs.get(w)
-            if msg is None:
+            packet = packets.get(w)
+            if packet is None:
                 self.misses[w] += 1
                 replies.append(Reply(w, error={"code": "timeout", "reason": f"no {kind}"}))
                 continue
-            packet = _packet(msg)
             try:
                 content = self.strategy.decode(w, packet)
             except ValueError as exc:  # CodecError is a ValueError
-                self.endpoint.counters.drop("undecodable")
+                self.rt.drop("undecodable")
                 replies.append(Reply(w, error={"code": "undecodable", "reason": str(exc)[:200]}))
                 continue
             if isinstance(content, torch.Tensor) and not bool(torch.isfinite(content).all()):
                 replies.append(Reply(w, error={"code": "nonfinite", "reason": "NaN or inf"}))
                 continue
-            replies.append(Reply(w, content=content, num_samples=int(msg.meta.get("n", 1)),
-                                 meta=dict(msg.meta)))
+            replies.append(Reply(w, content=content, num_samples=int(packet.meta.get("n", 1)),
+                                 meta=dict(packet.meta)))
         for r in replies:
             if not r.ok:
                 self.errors[r.error["code"]] += 1
         return replies
 
-    def record(self, rnd: int, replies: list, fields: dict) -> None:
-        c, peers = self.endpoint.counters, self.workers
-        rec = {
-            "round": rnd, "node": self.id, "label": self.label, "role": "coordinator",
-            "participants": len(replies), "replies_ok": sum(r.ok for r in replies),
-            "failed": [[r.worker, r.error["code"]] for r in replies if not r.ok],
-            "bytes_sent": c.total("sent", peers=peers, round=rnd),
-            "bytes_received": c.total("received", peers=peers, round=rnd),
-            "wall_s": round(time.monotonic() - self.t_start, 4),
-            "dropped": sum(c.dropped.values()),
-        }
-        rec.update(fields)
-        self.endpoint.send(LAUNCHER, "metrics", rnd, meta=rec)
+    def record(self, rnd: int, replies: list, fields: dict, rounds=None) -> None:
+        self.rt.report(rnd, dict(
+            fields, participants=len(replies), replies_ok=sum(r.ok for r in replies),
+            failed=[[r.worker, r.error["code"]] for r in replies if not r.ok]), rounds=rounds)
 
     def final_report(self) -> dict:
-        c, peers = self.endpoint.counters, self.workers
-        handshake = c.total("sent", peers=peers, round=0)
-        return {
-            "node": self.id, "role": "coordinator",
-            "bytes_sent": c.total("sent", peers=peers) - handshake,
-            "bytes_received": c.total("received", peers=peers) - c.total("received", peers=peers,
-                                                                         round=0),
-            "handshake_bytes": handshake,
-            "misses": [[j, n] for j, n in self.misses.items()],
-            "errors": dict(self.errors),
-            "dropped": dict(c.dropped),
-            "num_samples": 0, "num_params": self.num_params,
-            "rounds_done": self.last_round,
-            "strategy": self.strategy.summary(),
-        }
-
-
-def _packet(msg):
-    from ..algorithms.base import Packet
-
-    return Packet(msg.codec, list(msg.frames), list(msg.shapes), list(msg.dtypes),
-                  dict(msg.meta))
+        return self.rt.final_counters(
+            misses=[[j, n] for j, n in self.misses.items()], errors=dict(self.errors),
+            num_samples=0, num_params=self.num_params, rounds_done=self.last_round,
+            strategy=self.strategy.summary())

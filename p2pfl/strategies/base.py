@@ -28,9 +28,8 @@ import torch
 from ..algorithms.base import Packet, dense_packet, dense_tensor
 from ..errors import ConfigError
 
-__all__ = ["Reply", "ServerContext", "Strategy", "ClientStrategy", "Packet", "STRATEGIES",
-           "register", "make_strategy", "make_client", "weighted_mean", "dense_packet",
-           "dense_tensor", "BEHAVIOURS", "behave"]
+__all__ = ["Reply", "ServerContext", "Strategy", "ClientStrategy", "Packet", "weighted_mean",
+           "dense_packet", "dense_tensor", "BEHAVIOURS", "behave"]
 
 #: Worker behaviours a node profile may set (``behaviour = "..."``).
 BEHAVIOURS = ("honest", "random", "label_flip", "noisy")
@@ -61,21 +60,25 @@ class Reply:
 
 @dataclass
 class ServerContext:
-    """What a server strategy may know: the run settings and the workers.
+    """What a server strategy may know: its options, the run and the workers.
 
-    ``init`` is the initial flat model (every node builds the same one),
-    ``evaluate(flat, group)`` returns (loss, accuracy) on the test set as group
-    ``group`` labels it, and ``groups`` holds the ground-truth group of each
-    worker under ``--partition groups:K`` (used for evaluation only).
+    ``options`` is the strategy's own options dataclass (resolved by the plan),
+    ``learn`` and ``runtime`` the run's :class:`~p2pfl.spec.LearnSpec` and
+    :class:`~p2pfl.spec.RuntimeSpec`.  ``init`` is the initial flat model
+    (every node builds the same one), ``evaluate(flat, group)`` returns (loss,
+    accuracy) on the test set as group ``group`` labels it, and ``groups``
+    holds the ground-truth group of each worker under ``--partition groups:K``
+    (used for evaluation only).
     """
 
-    settings: dict
+    options: object
+    learn: object
+    runtime: object
     workers: list
     labels: dict
     init: torch.Tensor | None = None
     evaluate: object = None
     groups: dict = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)
 
 
 class Strategy:
@@ -86,12 +89,12 @@ class Strategy:
 
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
-        self.settings = ctx.settings
-        self.rounds = int(ctx.settings["rounds"])
+        self.options = ctx.options
+        self.rounds = int(ctx.runtime.rounds)
 
     def select(self, rnd: int, workers: list, rng: np.random.Generator) -> list:
         """Participants: a ``participation`` fraction of the workers (at least one)."""
-        m = max(1, int(round(self.settings.get("participation", 1.0) * len(workers))))
+        m = max(1, int(round(self.options.participation * len(workers))))
         if m >= len(workers):
             return list(workers)
         return sorted(int(w) for w in rng.choice(workers, m, replace=False))
@@ -130,14 +133,14 @@ class ClientStrategy:
     name = "base"
     reply_kind = "update"
 
-    def __init__(self, learner, settings: dict) -> None:
+    def __init__(self, learner, options, learn) -> None:
         self.learner = learner
-        self.settings = settings
-        self.behaviour = settings.get("behaviour", "honest")
+        self.options = options
+        self.behaviour = learn.behaviour
         if self.behaviour not in BEHAVIOURS:
             raise ConfigError(f"unknown behaviour {self.behaviour!r}; valid: "
                               f"{', '.join(BEHAVIOURS)}")
-        self.rng = np.random.default_rng(settings["seed"] * 31 + 17 + learner._node_id)
+        self.rng = np.random.default_rng(learn.seed * 31 + 17 + learner._node_id)
         if self.behaviour == "label_flip":  # train on flipped labels c -> C-1-c
             t = learner.trainer
             t.y = int(learner.dataset.num_classes) - 1 - t.y
@@ -189,26 +192,3 @@ def behave(update: torch.Tensor, behaviour: str, rng: np.random.Generator) -> to
 #: A random (Byzantine) worker's update norm, relative to an honest update's.
 #: (At 1-20x the digits MLP shrugs the noise off; at 100x FedAvg falls to ~0.14.)
 RANDOM_SCALE = 100.0
-
-# ------------------------------------------------------------------ registry
-STRATEGIES: dict = {}
-
-
-def register(mode: str, server_cls, client_cls) -> None:
-    STRATEGIES[mode] = (server_cls, client_cls)
-
-
-def _lookup(mode: str):
-    from . import cfl, fd, fedavg, stc  # noqa: F401  (register the built-ins)
-
-    if mode not in STRATEGIES:
-        raise ConfigError(f"unknown server mode {mode!r}; valid: {', '.join(sorted(STRATEGIES))}")
-    return STRATEGIES[mode]
-
-
-def make_strategy(mode: str, ctx: ServerContext) -> Strategy:
-    return _lookup(mode)[0](ctx)
-
-
-def make_client(mode: str, learner, settings: dict) -> ClientStrategy:
-    return _lookup(mode)[1](learner, settings)

@@ -31,7 +31,7 @@ import torch
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 
-from .base import Packet, Reply, Strategy, dense_packet, dense_tensor, register
+from .base import Packet, Reply, Strategy, dense_packet, dense_tensor
 from .fedavg import FedAvgClient, fedavg_step
 
 __all__ = ["CFL", "cosine_matrix", "bipartition", "split_criterion"]
@@ -85,9 +85,9 @@ class CFL(Strategy):
 
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
-        s = ctx.settings
-        self.eps1, self.eps2 = float(s["cfl_eps1"]), float(s["cfl_eps2"])
-        self.warmup = int(s["cfl_warmup"])
+        o = ctx.options
+        self.eps1, self.eps2 = float(o.eps1), float(o.eps2)
+        self.warmup = int(o.warmup)
         # clusters: members (worker ids), model W_c, round it was formed
         self.clusters = [{"members": sorted(ctx.workers), "model": ctx.init.clone(), "born": 0}]
         self.splits: list = []  # [round, [labels], [labels]]
@@ -155,5 +155,3 @@ class CFL(Strategy):
         return {"clusters": [self._labels(c["members"]) for c in self.clusters],
                 "split_rounds": [s[0] for s in self.splits], "splits": self.splits}
 
-
-register("cfl", CFL, FedAvgClient)

@@ -34,7 +34,7 @@ import torch
 
 from ..learner import public_indices, shared_dataset
 from ..training import soft_labels
-from .base import ClientStrategy, Packet, Strategy, register
+from .base import ClientStrategy, Packet, Strategy
 
 __all__ = ["FD", "FDClient", "quantise", "dequantise", "encode_labels", "decode_labels",
            "pack_rows", "unpack_rows"]
@@ -178,9 +178,9 @@ def read_label_packet(packet: Packet, m: int, c: int, bits: int, previous=None) 
     return decode_labels(packet.frames[0], m, c, bits, previous)
 
 
-def _public(settings: dict):
-    ds = shared_dataset(settings["dataset"], settings["seed"], settings.get("data_dir"))
-    idx = public_indices(settings)
+def _public(learn, size: int):
+    ds = shared_dataset(learn.dataset, learn.seed, learn.data_dir)
+    idx = public_indices(learn, size)
     return idx, ds.x_train[idx], ds.y_train[idx], ds.num_classes
 
 
@@ -193,9 +193,9 @@ class FD(Strategy):
 
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
-        s = ctx.settings
-        self.bits, self.delta = int(s["fd_bits"]), bool(s["fd_delta"]) and s["fd_bits"] > 0
-        _, _, self.y_pub, self.classes = _public(s)  # labels: evaluation only
+        o = ctx.options
+        self.bits, self.delta = int(o.bits), bool(o.delta) and o.bits > 0
+        _, _, self.y_pub, self.classes = _public(ctx.learn, o.public_size)  # evaluation only
         self.m = len(self.y_pub)
         self.held: dict = {}  # worker -> (round, labels) last received from it
         self.sent: dict = {}  # round -> aggregate as sent (levels or float32)
@@ -259,13 +259,13 @@ class FDClient(ClientStrategy):
     name = "fd"
     reply_kind = "softlabels"
 
-    def __init__(self, learner, settings: dict) -> None:
-        idx, self.x_pub, _, self.classes = _public(settings)
+    def __init__(self, learner, options, learn) -> None:
+        idx, self.x_pub, _, self.classes = _public(learn, options.public_size)
         learner.drop_samples(idx)  # the public set is in no worker's shard
-        super().__init__(learner, settings)
-        self.bits = int(settings["fd_bits"])
-        self.delta = bool(settings["fd_delta"]) and self.bits > 0
-        self.steps = int(settings["distill_steps"])
+        super().__init__(learner, options, learn)
+        self.bits = int(options.bits)
+        self.delta = bool(options.delta) and self.bits > 0
+        self.steps = int(options.distill_steps)
         self.agg = None  # (round, aggregate as received)
         self.sent = None  # (round, labels as sent)
         self.base = 0
@@ -297,6 +297,3 @@ class FDClient(ClientStrategy):
         self.sent = (rnd, labels)
         return packet
 
-
-register("fd", FD, FDClient)
-register("cfd", FD, FDClient)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from .base import ClientStrategy, Packet, Strategy, behave, dense_packet, dense_tensor, \
-    register, weighted_mean
+    weighted_mean
 
 __all__ = ["FedAvg", "FedAvgClient", "fedavg_step"]
 
@@ -76,5 +76,3 @@ class FedAvgClient(ClientStrategy):
         packet.meta = {"n": self.learner.num_samples}
         return packet
 
-
-register("fedavg", FedAvg, FedAvgClient)

@@ -24,8 +24,8 @@ from collections import OrderedDict
 
 import torch
 
-from ..compression import ErrorFeedback, make_codec
-from .base import Packet, Strategy, dense_packet, dense_tensor, register
+from ..compression import make_codec
+from .base import Packet, Strategy, dense_packet, dense_tensor
 from .fedavg import FedAvgClient, fedavg_step
 
 __all__ = ["STC", "STCClient", "catch_up_packet", "read_catch_up"]
@@ -57,12 +57,12 @@ class STC(Strategy):
 
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
-        s = ctx.settings
+        o = ctx.options
         self.model = ctx.init.clone()  # W
-        self.up_spec, self.down_spec = s["compression"], s["compression_down"]
-        self.up = make_codec(self.up_spec, error_feedback=False)  # decoder only
-        self.down = ErrorFeedback(make_codec(self.down_spec, error_feedback=False))  # owns A_s
-        self.cache_len = int(s.get("stc_cache", 10))
+        self.up_spec, self.down_spec = o.codec_up, o.codec_down
+        self.up = make_codec(self.up_spec)  # decoder only
+        self.down = make_codec(self.down_spec, error_feedback=o.error_feedback_down)  # owns A_s
+        self.cache_len = int(o.cache)
         self.cache: OrderedDict = OrderedDict()  # round -> encoded global update ΔW̃
         self.synced = {w: 0 for w in ctx.workers}  # round of the model each worker holds
         self.round = 0  # the last aggregated round; W is W_round
@@ -107,10 +107,10 @@ class STCClient(FedAvgClient):
 
     name = "stc"
 
-    def __init__(self, learner, settings: dict) -> None:
-        super().__init__(learner, settings)
-        self.up = ErrorFeedback(make_codec(settings["compression"], error_feedback=False))
-        self.down = make_codec(settings["compression_down"], error_feedback=False)
+    def __init__(self, learner, options, learn) -> None:
+        super().__init__(learner, options, learn)
+        self.up = make_codec(options.codec_up, error_feedback=options.error_feedback_up)
+        self.down = make_codec(options.codec_down)
         self.base = learner.get_flat()  # W_0: every node builds the same initial model
 
     def apply(self, rnd: int, packet: Packet) -> None:
@@ -125,5 +125,3 @@ class STCClient(FedAvgClient):
         frames = self.up.encode(self.update())  # A ← A + ΔW; send STC(A); A ← A − sent
         return Packet(self.up.name, frames, meta={"n": self.learner.num_samples})
 
-
-register("stc", STC, STCClient)

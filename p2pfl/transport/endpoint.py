@@ -1,9 +1,24 @@
-"""A node's ZeroMQ endpoint: one PULL socket to receive, one PUSH socket per peer.
+"""A node's ZeroMQ endpoint: a data socket and a control socket, one sending socket per peer.
 
 The endpoint is owned by exactly one thread (the actor's loop); it is not
 thread-safe and never shares a socket.  It knows nothing of learning: it sends
 and receives :mod:`wire <p2pfl.transport.wire>` messages, counts their bytes
 exactly, and turns malformed input into counted drops.
+
+**Identity is bound to the connection.**  Each endpoint receives on ROUTER
+sockets; a peer connects with a DEALER whose routing id is derived from its
+node id (:func:`identity`).  A ROUTER refuses a second connection that claims
+a routing id already connected, and every message it delivers names the
+connection it came on, so a message whose header names another sender than
+its connection is dropped and counted as ``spoofed``.  (With CURVE, the
+routing id will give way to the key's ZAP user id: the check stays the same.)
+
+**Control is kept apart from data.**  The launcher's commands (``config``,
+``start``, ``heartbeat``, ``stop``) go to a node's separate control socket,
+which the node reads before its data socket.  A full data queue never delays
+or drops a command; ``stop``, ``start`` and ``config`` wait for room (up to
+``COMMAND_WAIT_S``) instead of being dropped, and heartbeats, which only say
+"still here", are dropped and counted when the queue is full.
 """
 
 from __future__ import annotations
@@ -11,14 +26,19 @@ from __future__ import annotations
 import itertools
 import time
 
+import msgpack
 import zmq
 
 from .counters import ByteCounter
 from .wire import DEFAULT_LIMITS, Limits, Message, ProtocolError, pack, unpack
 
-__all__ = ["Endpoint", "bind_address"]
+__all__ = ["Endpoint", "bind_address", "identity", "COMMAND_KINDS"]
 
 SCHEMES = ("tcp", "ipc", "inproc")
+#: Launcher-to-node commands: they travel on the control channel only.
+COMMAND_KINDS = frozenset({"config", "start", "heartbeat", "stop"})
+#: How long a command other than a heartbeat may wait for room in a full queue.
+COMMAND_WAIT_S = 2.0
 
 
 def bind_address(scheme: str, name: str, host: str = "127.0.0.1", run_dir: str = "/tmp") -> str:
@@ -30,6 +50,12 @@ def bind_address(scheme: str, name: str, host: str = "127.0.0.1", run_dir: str =
     if scheme == "inproc":
         return f"inproc://{name}"
     raise ValueError(f"unknown transport {scheme!r}; valid: {', '.join(SCHEMES)}")
+
+
+def identity(node_id) -> bytes:
+    """The routing id a node's connections carry (never starts with a zero byte,
+    which ZeroMQ reserves for the ids it makes up itself)."""
+    return b"P" + msgpack.packb(node_id, use_bin_type=True)
 
 
 class Endpoint:
@@ -45,37 +71,54 @@ class Endpoint:
         Address to bind the receiving socket to (``tcp://host:*`` picks a port).
     hwm : int
         High-water mark of each socket, in messages.
+    control : str, optional
+        Address to bind the control socket to (nodes have one; the launcher,
+        which receives no commands, does not).
     """
 
     def __init__(self, ctx: zmq.Context, node_id, bind: str, *, hwm: int = 1000,
-                 limits: Limits = DEFAULT_LIMITS) -> None:
+                 limits: Limits = DEFAULT_LIMITS, control: str | None = None) -> None:
         self.ctx = ctx
         self.node_id = node_id
         self.limits = limits
         self.hwm = hwm
         self.counters = ByteCounter()
         self._seq = itertools.count()
-        self._peers: dict = {}
-        self._pull = ctx.socket(zmq.PULL)
-        self._pull.setsockopt(zmq.RCVHWM, hwm)
-        self._pull.setsockopt(zmq.LINGER, 0)
-        self._pull.setsockopt(zmq.MAXMSGSIZE, limits.max_frame_bytes)
-        self._pull.bind(bind)
-        self.address = self._pull.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._identity = identity(node_id)
+        self._peers: dict = {}  # peer -> DEALER to its data socket
+        self._commands: dict = {}  # peer -> DEALER to its control socket
         self._poller = zmq.Poller()
-        self._poller.register(self._pull, zmq.POLLIN)
+        self._inputs: dict = {}  # socket -> channel name, control first
+        self.control_address = None
+        if control is not None:
+            self._ctl = self._bind(control, "control")
+            self.control_address = self._ctl.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._data = self._bind(bind, "data")
+        self.address = self._data.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def _bind(self, address: str, channel: str) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.RCVHWM, self.hwm)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.limits.max_frame_bytes)
+        sock.bind(address)
+        self._poller.register(sock, zmq.POLLIN)
+        self._inputs[sock] = channel
+        return sock
 
     # ------------------------------------------------------------------ peers
-    def connect(self, peer, address: str) -> None:
-        """Open a sending socket to ``peer`` at ``address`` (idempotent)."""
-        if peer in self._peers:
+    def connect(self, peer, address: str, *, control: bool = False) -> None:
+        """Open a sending socket to ``peer``'s data (or control) socket (idempotent)."""
+        table = self._commands if control else self._peers
+        if peer in table:
             return
-        sock = self.ctx.socket(zmq.PUSH)
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.ROUTING_ID, self._identity)
         sock.setsockopt(zmq.SNDHWM, self.hwm)
         sock.setsockopt(zmq.LINGER, 2000)
         sock.setsockopt(zmq.IMMEDIATE, 0)
         sock.connect(address)
-        self._peers[peer] = sock
+        table[peer] = sock
 
     @property
     def peers(self) -> list:
@@ -86,42 +129,69 @@ class Endpoint:
         """Send one message to ``peer`` without blocking; return its size in bytes.
 
         A full queue (a dead or far slower peer) or an unknown peer drops the
-        message, counts the drop and returns 0.  ``fields`` are those of
-        :func:`wire.pack` (frames, codec, shapes, dtypes, meta).
+        message, counts the drop and returns 0; commands go on the control
+        channel and wait for room first (see the module docstring).
+        ``fields`` are those of :func:`wire.pack` (frames, codec, shapes,
+        dtypes, meta).
         """
-        sock = self._peers.get(peer)
+        command = kind in COMMAND_KINDS
+        sock = (self._commands if command else self._peers).get(peer)
         if sock is None:
             self.counters.drop("send_unknown_peer")
             return 0
         parts = pack(kind, self.node_id, round, next(self._seq), **fields)
-        try:
-            sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            self.counters.drop("send_queue_full")
+        if not self._put(sock, parts, COMMAND_WAIT_S if command and kind != "heartbeat" else 0):
+            self.counters.drop("command_queue_full" if command else "send_queue_full")
             return 0
         nbytes = sum(len(p) if isinstance(p, bytes) else memoryview(p).nbytes for p in parts)
         self.counters.add("sent", peer, round, nbytes, kind)
         return nbytes
 
+    @staticmethod
+    def _put(sock: zmq.Socket, parts: list, wait: float) -> bool:
+        """Queue ``parts``; with a full queue, wait up to ``wait`` s for room."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+                return True
+            except zmq.Again:
+                left = deadline - time.monotonic()
+                if left <= 0 or not sock.poll(int(left * 1000) + 1, zmq.POLLOUT):
+                    return False
+
     def recv(self, timeout: float | None) -> Message | None:
         """Receive one valid message, waiting at most ``timeout`` seconds.
 
-        Malformed messages are dropped and counted, and the wait goes on until
-        the deadline.  Returns ``None`` on timeout.
+        The control socket is read first.  Malformed messages, and messages
+        whose header names another sender than their connection (``spoofed``),
+        are dropped and counted, and the wait goes on until the deadline.
+        Returns ``None`` on timeout; ``msg.channel`` says where it came in.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not self._poller.poll(None if wait is None else int(wait * 1000) + 1):
+            ready = dict(self._poller.poll(None if wait is None else int(wait * 1000) + 1))
+            if not ready:
                 return None
-            parts = self._pull.recv_multipart(copy=False)
-            try:
-                msg = unpack(parts, self.limits)
-            except ProtocolError:
-                self.counters.drop("malformed")
-                continue
-            self.counters.add("received", msg.src, msg.round, msg.nbytes, msg.kind)
-            return msg
+            sock = next(s for s in self._inputs if s in ready)  # control first
+            parts = sock.recv_multipart(copy=False)
+            msg = self._validate(parts)
+            if msg is not None:
+                msg.channel = self._inputs[sock]
+                self.counters.add("received", msg.src, msg.round, msg.nbytes, msg.kind)
+                return msg
+
+    def _validate(self, parts: list) -> Message | None:
+        try:
+            msg = unpack(parts[1:], self.limits)
+        except ProtocolError:
+            self.counters.drop("malformed")
+            return None
+        if parts[0].bytes != identity(msg.src):
+            self.counters.drop("spoofed")
+            return None
+        return msg
 
     def close(self, linger: float | None = None) -> None:
         """Close every socket.
@@ -130,6 +200,8 @@ class Endpoint:
         given; 0 discards them, for when every peer is known to be done).
         """
         ms = None if linger is None else int(linger * 1000)
-        for peer in list(self._peers):
-            self._peers.pop(peer).close(linger=ms)
-        self._pull.close(linger=0)
+        for table in (self._peers, self._commands):
+            for peer in list(table):
+                table.pop(peer).close(linger=ms)
+        for sock in self._inputs:
+            sock.close(linger=0)

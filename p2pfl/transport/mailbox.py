@@ -13,7 +13,7 @@ import time
 from collections import defaultdict, deque
 from typing import Callable, Iterable
 
-from .endpoint import Endpoint
+from .endpoint import COMMAND_KINDS, Endpoint
 from .wire import Message
 
 __all__ = ["Mailbox", "DATA_KINDS"]
@@ -59,9 +59,13 @@ class Mailbox:
         self.control: deque[Message] = deque()
         self._pending: dict = defaultdict(dict)  # (kind, round) -> {src: Message}
         self._requests: dict = defaultdict(dict)  # kind -> {src: Message}
+        self.last_heard: dict = {}  # peer -> latest round of any data message (late ones too)
 
     def _route(self, msg: Message) -> None:
         counters = self.endpoint.counters
+        if (msg.kind in COMMAND_KINDS) != (msg.channel == "control"):
+            counters.drop("wrong_channel")  # commands on the control socket, nothing else
+            return
         if msg.kind in REQUEST_KINDS:
             if self.peers is not None and msg.src in self.peers:
                 self._requests[msg.kind][msg.src] = msg
@@ -86,6 +90,8 @@ class Mailbox:
         elif msg.src not in self.peers:
             counters.drop("unknown_sender")
             return
+        if msg.round > self.last_heard.get(msg.src, -1):
+            self.last_heard[msg.src] = msg.round
         if msg.round < self.current_round:
             counters.drop("stale_round")
         elif msg.round > self.current_round + self.window:

@@ -113,6 +113,7 @@ class Message:
         return self.header_bytes + sum(frame_nbytes(f) for f in self.frames)
 
     header_bytes: int = 0
+    channel: str = "data"  # set by the receiving endpoint: "data" or "control"
 
 
 def frame_nbytes(frame) -> int:

@@ -1,0 +1,272 @@
+"""The plan: one run, resolved and validated before any node starts.
+
+``plan(config, graph) -> Plan`` builds the topology and its mixing weights,
+loads the dataset and computes the partition, resolves every "auto" value
+(mode defaults, the gossip algorithm, γ, the server codecs, error feedback per
+direction) and checks every name a user can give (codec, algorithm, model,
+dataset, partition, mode, mixing, node behaviour) against its registry.  The
+result is one frozen :class:`~p2pfl.spec.NodeSpec` per node.  Any bad value
+raises a :class:`~p2pfl.errors.UsageError` here, which the CLI reports as one
+line with exit code 2, before a process is spawned.
+
+Gossip and server modes share this one builder; they differ only in how the
+node specs are laid out (a graph of peers, or workers around a coordinator).
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+
+from . import topology as topo_mod
+from .algorithms import ALGORITHMS
+from .algorithms.choco import default_gamma
+from .algorithms.options import CHOCOOptions, DPSGDOptions
+from .config import RunConfig, node_settings
+from .errors import ConfigError
+from .spec import LearnSpec, NodeSpec, RuntimeSpec, ServerInfo, plain_label
+from .strategies import BEHAVIOURS, STRATEGIES
+
+__all__ = ["Plan", "plan", "check_codec"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A run ready to launch: the config, the node specs and what to report about them.
+
+    ``closer`` is the node whose record completes a round (the coordinator in
+    server modes); ``summary_base`` and ``record`` seed summary.json and
+    config.json; ``info`` are the lines printed at the start.
+    """
+
+    config: RunConfig
+    specs: tuple
+    summary_base: dict
+    record: dict
+    info: tuple = ()
+    closer: int | None = None
+
+
+def plan(cfg: RunConfig, graph=None) -> Plan:
+    """Resolve and validate everything about a run; start nothing."""
+    if cfg.mode == "gossip":
+        return _gossip_plan(cfg, graph)
+    return _server_plan(cfg, graph)
+
+
+# ------------------------------------------------------------------ checks
+def check_codec(spec: str) -> str:
+    """A codec spec that builds; ``powersgd`` is refused for flat-vector exchange."""
+    from .compression import make_codec
+
+    codec = make_codec(spec)
+    if any(stage.name == "powersgd" for stage in getattr(codec, "stages", ())):
+        raise ConfigError(f"codec {spec!r}: powersgd compresses matrices, and nodes exchange "
+                          "one flat parameter vector until per-tensor exchange exists; "
+                          "use topk, stc, sbc or a quantiser")
+    return spec
+
+
+def _check_learning(learns: list) -> None:
+    """Load the dataset, compute the partition, build every distinct model once.
+
+    The loaded data and the partition are cached in this process, so forked
+    nodes inherit them instead of loading them again.
+    """
+    from .learner import build_run_model, shard_indices, shared_dataset, warm_up
+
+    first = learns[0]
+    shared_dataset(first.dataset, first.seed, first.data_dir)
+    warm_up()
+    shard_indices(first, 0)
+    seen = set()
+    for learn in learns:
+        if learn.model not in seen:
+            seen.add(learn.model)
+            build_run_model(learn)
+        if learn.behaviour not in BEHAVIOURS:
+            raise ConfigError(f"unknown behaviour {learn.behaviour!r}; valid: "
+                              f"{', '.join(BEHAVIOURS)}")
+
+
+def _model_name(cfg: RunConfig, name) -> str:
+    from .models import CUSTOM, MODELS
+
+    if not isinstance(name, str):
+        raise ConfigError(f"model must be a name, got {name!r}")
+    if name in CUSTOM:
+        if cfg.listen:
+            raise ConfigError("a torch module passed as model= cannot reach remote nodes; "
+                              "use a model name")
+        return name
+    if name.split(":", 1)[0] not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; valid: {', '.join(sorted(MODELS))}")
+    return name
+
+
+def _number(options: dict, key: str, kind: type, where: str):
+    value = options[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            kind is int and not isinstance(value, int)):
+        raise ConfigError(f"{where}: {key} must be {'an integer' if kind is int else 'a number'}"
+                          f", got {value!r}")
+    return kind(value)
+
+
+def _learn_spec(cfg: RunConfig, o: dict, shares: list, label) -> LearnSpec:
+    where = f"node {label!r}"
+    behaviour = o["behaviour"]
+    if not isinstance(behaviour, str):
+        raise ConfigError(f"{where}: behaviour must be a string, got {behaviour!r}")
+    return LearnSpec(
+        dataset=cfg.dataset, data_dir=cfg.data_dir, partition=cfg.partition, seed=cfg.seed,
+        num_nodes=len(shares), shares=tuple(shares), model=_model_name(cfg, o["model"]),
+        lr=_number(o, "lr", float, where), momentum=_number(o, "momentum", float, where),
+        weight_decay=_number(o, "weight_decay", float, where),
+        batch_size=_number(o, "batch_size", int, where),
+        local_steps=_number(o, "local_steps", int, where),
+        local_epochs=_number(o, "local_epochs", int, where), behaviour=behaviour)
+
+
+def _learn_specs(cfg: RunConfig, labels: list) -> tuple[list, list]:
+    """Per node: its merged options (run, profile default, its own) and its LearnSpec."""
+    per_node = [node_settings(cfg, i, label) for i, label in enumerate(labels)]
+    shares = [_number(o, "data_share", float, f"node {labels[i]!r}")
+              for i, o in enumerate(per_node)]
+    learns = [_learn_spec(cfg, o, shares, labels[i]) for i, o in enumerate(per_node)]
+    _check_learning(learns)
+    return per_node, learns
+
+
+def _runtime_spec(cfg: RunConfig) -> RuntimeSpec:
+    return RuntimeSpec(rounds=cfg.rounds, round_timeout=cfg.round_timeout,
+                       start_timeout=cfg.start_timeout, eval_every=cfg.eval_every,
+                       consensus=cfg.consensus)
+
+
+# ------------------------------------------------------------------ gossip
+def _algorithm(cfg: RunConfig, codecs: list) -> str:
+    """The gossip rule: ``auto`` is CHOCO for all nodes when any node compresses."""
+    if cfg.algorithm == "auto":
+        return "dpsgd" if all(c == "none" for c in codecs) else "choco"
+    if cfg.algorithm not in ALGORITHMS:
+        raise ConfigError(f"unknown algorithm {cfg.algorithm!r}; valid: auto, "
+                          f"{', '.join(sorted(ALGORITHMS))}")
+    return cfg.algorithm
+
+
+def _gossip_options(cfg: RunConfig, algorithm: str, codec: str):
+    """The rule's options; error feedback (the residual x − x̂) is kept unless ``off``."""
+    keep = cfg.error_feedback != "off"
+    if algorithm == "choco":
+        return CHOCOOptions(codec=codec, gamma=cfg.gamma or default_gamma(codec),
+                            error_feedback=keep)
+    return DPSGDOptions(codec=codec, error_feedback=keep)
+
+
+def _gossip_plan(cfg: RunConfig, graph) -> Plan:
+    topo = topo_mod.build(graph if graph is not None else cfg.topology, scheme=cfg.mixing,
+                          seed=cfg.seed)
+    labels = [plain_label(x) for x in topo.labels]
+    per_node, learns = _learn_specs(cfg, labels)
+    codecs = [check_codec(o["compression"]) if isinstance(o["compression"], str)
+              else _bad_codec(o["compression"]) for o in per_node]
+    algorithm = _algorithm(cfg, codecs)
+    runtime = _runtime_spec(cfg)
+    specs = tuple(NodeSpec(
+        id=i, label=labels[i], role="gossip",
+        neighbours=tuple((j, float(topo.weights[i, j])) for j in topo.neighbours(i)),
+        self_weight=float(topo.weights[i, i]), learn=learns[i], runtime=runtime,
+        rule=algorithm, options=_gossip_options(cfg, algorithm, codecs[i]))
+        for i in range(topo.n))
+    record = dict(cfg.to_dict(), resolved={
+        "nodes": topo.n, "labels": labels, "spectral_gap": topo.spectral_gap,
+        "algorithm": algorithm, "options": _options_record(specs),
+        "python": platform.python_version()})
+    base = {"mode": cfg.mode, "algorithm": algorithm, "nodes": topo.n, "rounds": cfg.rounds,
+            "topology": str(cfg.topology), "edges": topo.graph.number_of_edges(),
+            "spectral_gap": topo.spectral_gap}
+    info = (f"topology: {topo_mod.describe(topo)}",) + tuple(f"warning: {w}"
+                                                            for w in topo.warnings)
+    return Plan(cfg, specs, base, record, info)
+
+
+def _bad_codec(value):
+    raise ConfigError(f"compression must be a codec spec string, got {value!r}")
+
+
+def _options_record(specs) -> dict:
+    """Each distinct resolved options value, with the labels of the nodes that have it."""
+    import dataclasses
+
+    out: dict = {}
+    for s in specs:
+        key = repr(s.options)
+        out.setdefault(key, {"options": dataclasses.asdict(s.options), "nodes": []})
+        out[key]["nodes"].append(s.label)
+    return {"by_node": list(out.values())}
+
+
+# ------------------------------------------------------------------ server
+def _server_labels(cfg: RunConfig, graph) -> list:
+    if cfg.nodes is not None:
+        return list(range(cfg.nodes))
+    topo = topo_mod.build(graph if graph is not None else cfg.topology, scheme=cfg.mixing,
+                          seed=cfg.seed)
+    return [plain_label(x) for x in topo.labels]
+
+
+def _groups(cfg: RunConfig, n: int) -> tuple:
+    if not cfg.partition.startswith("groups:"):
+        return (0,) * n
+    from .data import partition_groups
+
+    return tuple(int(g) for g in partition_groups(n, int(cfg.partition.split(":", 1)[1])))
+
+
+def _strategy_options(cfg: RunConfig):
+    if cfg.mode not in STRATEGIES:
+        raise ConfigError(f"unknown mode {cfg.mode!r}; valid: gossip, {', '.join(STRATEGIES)}")
+    options = STRATEGIES[cfg.mode].options.from_config(cfg)
+    for name in ("codec_up", "codec_down"):
+        if hasattr(options, name):
+            check_codec(getattr(options, name))
+    return options
+
+
+def _server_plan(cfg: RunConfig, graph) -> Plan:
+    options = _strategy_options(cfg)
+    check_codec(cfg.compression)
+    labels = _server_labels(cfg, graph)
+    n = len(labels)
+    per_node, learns = _learn_specs(cfg, labels)
+    for o in per_node:
+        check_codec(o["compression"]) if isinstance(o["compression"], str) else \
+            _bad_codec(o["compression"])
+    runtime = _runtime_spec(cfg)
+    workers = [NodeSpec(id=i, label=labels[i], role="worker", neighbours=((n, 1.0),),
+                        self_weight=0.0, learn=learns[i], runtime=runtime, rule=cfg.mode,
+                        options=options) for i in range(n)]
+    coord_learn = LearnSpec(**dict(_fields(learns[0]), model=_model_name(cfg, cfg.model),
+                                   behaviour="honest"))
+    groups = _groups(cfg, n)
+    coordinator = NodeSpec(id=n, label="coordinator", role="coordinator",
+                           neighbours=tuple((i, 1.0) for i in range(n)), self_weight=0.0,
+                           learn=coord_learn, runtime=runtime, rule=cfg.mode, options=options,
+                           server=ServerInfo(labels=tuple(labels), groups=groups))
+    import dataclasses
+
+    record = dict(cfg.to_dict(), resolved={
+        "nodes": n, "labels": labels, "options": dataclasses.asdict(options),
+        "python": platform.python_version()})
+    base = {"mode": cfg.mode, "algorithm": cfg.mode, "nodes": n, "workers": n,
+            "rounds": cfg.rounds, "topology": "star (coordinator)", "edges": n,
+            "participation": options.participation}
+    return Plan(cfg, tuple(workers) + (coordinator,), base, record,
+                (f"{cfg.mode}: {n} workers + 1 coordinator",), closer=n)
+
+
+def _fields(learn: LearnSpec) -> dict:
+    import dataclasses
+
+    return {f.name: getattr(learn, f.name) for f in dataclasses.fields(learn)}

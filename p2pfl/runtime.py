@@ -1,0 +1,130 @@
+"""The verbs every node role uses: send, gather, report, final counters.
+
+A role (gossip node, worker, coordinator; :mod:`p2pfl.roles`) holds the
+learning and never touches a socket.  It talks through one :class:`Runtime`,
+which owns the node's endpoint and mailbox, turns wire messages into
+:class:`~p2pfl.algorithms.base.Packet` objects, and sends each round's record
+to an injected sink (the launcher, by default).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+from .algorithms.base import Packet
+from .transport import Endpoint, Mailbox
+
+__all__ = ["Runtime", "LAUNCHER", "launcher_sink", "to_packet"]
+
+#: The id of the launcher on the wire.
+LAUNCHER = "launcher"
+
+
+def to_packet(msg) -> Packet:
+    """The packet a wire message carries (its round included)."""
+    return Packet(msg.codec, list(msg.frames), list(msg.shapes), list(msg.dtypes),
+                  dict(msg.meta), msg.round)
+
+
+def launcher_sink(endpoint: Endpoint) -> Callable:
+    """A record sink that sends each record (and an optional vector) to the launcher."""
+    def sink(rnd: int, record: dict, vector) -> None:
+        frames = [] if vector is None else [np.ascontiguousarray(vector, dtype=np.float32)]
+        endpoint.send(LAUNCHER, "metrics", rnd, meta=record, frames=frames,
+                      shapes=[[f.size] for f in frames], dtypes=["float32"] * len(frames))
+    return sink
+
+
+class Runtime:
+    """One node's transport verbs.
+
+    Parameters
+    ----------
+    endpoint, mailbox
+        The node's sockets and round mailbox, owned by the calling thread.
+    spec : NodeSpec
+        The node (``id``, ``label``, ``role``, neighbours).
+    sink : callable, optional
+        ``sink(round, record, vector)``; the launcher by default.
+    """
+
+    def __init__(self, endpoint: Endpoint, mailbox: Mailbox, spec, sink=None) -> None:
+        self.endpoint, self.mailbox = endpoint, mailbox
+        self.id, self.label, self.role = spec.id, spec.label, spec.role
+        self.peers = list(spec.peers)
+        self.sink = sink or launcher_sink(endpoint)
+        self.t_start = time.monotonic()
+
+    @property
+    def stopped(self) -> bool:
+        return self.mailbox.stopped
+
+    def send(self, peer, kind: str, rnd: int, packet: Packet | None = None, **meta) -> int:
+        """Send ``packet`` (or an empty message) to ``peer``; return the bytes sent."""
+        if packet is None:
+            return self.endpoint.send(peer, kind, rnd, meta=meta or None)
+        return self.endpoint.send(peer, kind, rnd, frames=packet.frames, codec=packet.codec,
+                                  shapes=packet.shapes, dtypes=packet.dtypes,
+                                  meta=dict(packet.meta or {}, **meta))
+
+    def gather(self, kind: str, rnd: int, peers, timeout: float) -> dict:
+        """``{peer: Packet}`` of round ``rnd`` from ``peers``, waiting at most ``timeout`` s.
+
+        Packets from peers that were not waited for are included when they came.
+        """
+        msgs = self.mailbox.collect(kind, rnd, peers, timeout)
+        return {} if self.stopped else {j: to_packet(m) for j, m in msgs.items()}
+
+    def next_after(self, kind: str, after: int, src, timeout: float) -> Packet | None:
+        """``src``'s next ``kind`` packet for a round later than ``after`` (None on time-out)."""
+        msg = self.mailbox.next_after(kind, after, src, timeout)
+        return None if msg is None else to_packet(msg)
+
+    def requests(self, kind: str) -> list:
+        """Peers that sent a ``kind`` request since the last call."""
+        return self.mailbox.take_requests(kind)
+
+    def heard_from(self, peer, since_round: int) -> bool:
+        """Whether ``peer`` sent anything for a round >= ``since_round`` (even if late)."""
+        return self.mailbox.last_heard.get(peer, -1) >= since_round
+
+    def drop(self, reason: str) -> None:
+        """Count a message the role could not use."""
+        self.endpoint.counters.drop(reason)
+
+    def report(self, rnd: int, fields: dict, vector=None, rounds=None) -> None:
+        """Send round ``rnd``'s record: ``fields`` plus the node's identity and counters.
+
+        ``rounds`` are the rounds whose bytes the record counts (default: ``rnd``).
+        """
+        c = self.endpoint.counters
+        rounds = (rnd,) if rounds is None else tuple(rounds)
+        rec = {"round": rnd, "node": self.id, "label": self.label, "role": self.role}
+        rec.update(fields)
+        rec.update(
+            bytes_sent=sum(c.total("sent", peers=self.peers, round=r) for r in rounds),
+            bytes_received=sum(c.total("received", peers=self.peers, round=r) for r in rounds),
+            wall_s=round(time.monotonic() - self.t_start, 4),
+            dropped=sum(c.dropped.values()))
+        self.sink(rnd, rec, vector)
+
+    def final_counters(self, **extra) -> dict:
+        """Exact totals of the whole run for the ``bye`` message (handshakes apart)."""
+        c, peers = self.endpoint.counters, self.peers
+        handshake = c.total("sent", peers=peers, round=0)
+        out = {
+            "node": self.id, "role": self.role,
+            "bytes_sent": c.total("sent", peers=peers) - handshake,
+            "bytes_received": c.total("received", peers=peers)
+            - c.total("received", peers=peers, round=0),
+            "handshake_bytes": handshake,
+            "sent_per_peer": [[j, n] for j, n in c.per_peer("sent").items() if j != LAUNCHER],
+            "received_per_peer": [[j, n] for j, n in c.per_peer("received").items()
+                                  if j != LAUNCHER],
+            "dropped": dict(c.dropped),
+        }
+        out.update(extra)
+        return out

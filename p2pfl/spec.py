@@ -1,0 +1,172 @@
+"""Typed, frozen, msgpack-safe node specs: what a node is told before it starts.
+
+The plan (:mod:`p2pfl.plan`) resolves every option of a run once, before any
+process starts, into one :class:`NodeSpec` per node.  A spec travels to its
+node in the launcher's ``config`` message as plain data (:meth:`NodeSpec.to_wire`)
+and is rebuilt and checked there (:func:`node_spec_from_wire`), so a node never
+reads an option by a string key and never resolves an "auto" value itself.
+
+The options of the node's gossip rule or server strategy are that rule's own
+frozen dataclass (``Options`` on the rule's class); the registries in
+:mod:`p2pfl.roles` say which class a rule name stands for.  This module imports
+neither torch nor the registries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+
+from .errors import ConfigError
+
+__all__ = ["LearnSpec", "RuntimeSpec", "ServerInfo", "NodeSpec", "options_from_wire",
+           "plain_label"]
+
+
+@dataclass(frozen=True)
+class LearnSpec:
+    """A node's data, model and local SGD (its :class:`~p2pfl.learner.Learner`)."""
+
+    dataset: str
+    data_dir: str | None
+    partition: str
+    seed: int
+    num_nodes: int
+    shares: tuple
+    model: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    batch_size: int
+    local_steps: int
+    local_epochs: int
+    behaviour: str = "honest"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shares", tuple(float(s) for s in self.shares))
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.local_steps < 0 or self.local_epochs < 0:
+            raise ConfigError("local_steps and local_epochs must be >= 0")
+        if self.local_steps == 0 and self.local_epochs == 0:
+            raise ConfigError("one of local_steps and local_epochs must be positive")
+        if len(self.shares) != self.num_nodes or not all(s > 0 for s in self.shares):
+            raise ConfigError("data_share must be positive for every node")
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """How a node runs its rounds: their number, time-outs and evaluation cadence."""
+
+    rounds: int
+    round_timeout: float
+    start_timeout: float
+    eval_every: int = 1
+    consensus: bool = True
+
+    def evaluates(self, rnd: int) -> bool:
+        """Whether round ``rnd`` is evaluated: every ``eval_every``-th and the last."""
+        return rnd % self.eval_every == 0 or rnd == self.rounds
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What the coordinator knows of its workers: labels, ground-truth groups, data sizes."""
+
+    labels: tuple = ()
+    groups: tuple = ()
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """Everything one node needs, resolved and validated.
+
+    ``rule`` names the node's gossip algorithm (role ``gossip``) or server
+    strategy (roles ``worker`` and ``coordinator``); ``options`` is that rule's
+    own options dataclass.  ``neighbours`` are ``(id, mixing weight)`` pairs.
+    """
+
+    id: int
+    label: object
+    role: str
+    neighbours: tuple
+    self_weight: float
+    learn: LearnSpec
+    runtime: RuntimeSpec
+    rule: str
+    options: object
+    server: ServerInfo = field(default_factory=ServerInfo)
+
+    @property
+    def peers(self) -> list:
+        return [j for j, _ in self.neighbours]
+
+    @property
+    def weights(self) -> dict:
+        return {j: w for j, w in self.neighbours}
+
+    def to_wire(self) -> dict:
+        """Plain data (msgpack- and JSON-safe) for the ``config`` message."""
+        return {
+            "id": self.id, "label": self.label, "role": self.role,
+            "neighbours": [[j, w] for j, w in self.neighbours],
+            "self_weight": self.self_weight,
+            "learn": dataclasses.asdict(self.learn), "runtime": dataclasses.asdict(self.runtime),
+            "rule": self.rule, "options": dataclasses.asdict(self.options),
+            "server": dataclasses.asdict(self.server),
+        }
+
+
+def _build(cls, data, what: str):
+    """``cls(**data)`` for plain data from the wire; a bad shape is a ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what}: expected a map, got {type(data).__name__}")
+    names = {f.name for f in fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{what}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
+    try:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    except TypeError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+
+
+def options_from_wire(options_cls, data) -> object:
+    """A rule's options dataclass from plain data."""
+    return _build(options_cls, data, "options")
+
+
+def node_spec_from_wire(data: dict, options_cls) -> NodeSpec:
+    """Rebuild a :class:`NodeSpec` sent by :meth:`NodeSpec.to_wire`, checking every part."""
+    if not isinstance(data, dict):
+        raise ConfigError("node spec: expected a map")
+    try:
+        neighbours = tuple((int(j), float(w)) for j, w in data["neighbours"])
+        return NodeSpec(
+            id=int(data["id"]), label=data["label"], role=str(data["role"]),
+            neighbours=neighbours, self_weight=float(data["self_weight"]),
+            learn=_build(LearnSpec, data["learn"], "learn"),
+            runtime=_build(RuntimeSpec, data["runtime"], "runtime"),
+            rule=str(data["rule"]), options=options_from_wire(options_cls, data["options"]),
+            server=_build(ServerInfo, data.get("server", {}), "server"))
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"node spec: {type(exc).__name__}: {exc}") from None
+
+
+def plain_label(label):
+    """Labels go through msgpack and JSON: keep ints and strings, stringify the rest."""
+    import numpy as np
+
+    if isinstance(label, (bool, np.bool_)):
+        return str(label)
+    if isinstance(label, (int, np.integer)):
+        return int(label)
+    return label if isinstance(label, str) else str(label)

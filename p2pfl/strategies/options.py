@@ -1,0 +1,111 @@
+"""The options of each server strategy: small frozen dataclasses, resolved by the plan.
+
+``from_config(cfg)`` resolves the mode-dependent "auto" values once; the
+coordinator and every worker of a run receive the same, final options.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+
+__all__ = ["FedAvgOptions", "STCOptions", "CFLOptions", "FDOptions"]
+
+
+def _fraction(value: float) -> float:
+    if not 0 < value <= 1:
+        raise ConfigError(f"participation must be in (0, 1], got {value}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class FedAvgOptions:
+    """``participation``: the reporting fraction of workers drawn each round."""
+
+    participation: float = 1.0
+
+    def __post_init__(self) -> None:
+        _fraction(self.participation)
+
+    @classmethod
+    def from_config(cls, cfg) -> "FedAvgOptions":
+        return cls(participation=cfg.participation)
+
+
+@dataclass(frozen=True)
+class STCOptions:
+    """STC: codecs up and down (``--compression none`` means ``stc:0.01+golomb``;
+    ``--compression-down auto`` the upstream spec), the update cache length and
+    the error-feedback switch per direction (``--error-feedback off`` turns both
+    off; ``auto`` and ``on`` keep both residuals, as the STC paper does)."""
+
+    participation: float = 1.0
+    codec_up: str = "stc:0.01+golomb"
+    codec_down: str = "stc:0.01+golomb"
+    cache: int = 10
+    error_feedback_up: bool = True
+    error_feedback_down: bool = True
+
+    def __post_init__(self) -> None:
+        _fraction(self.participation)
+        if self.cache < 0:
+            raise ConfigError(f"stc_cache must be >= 0, got {self.cache}")
+
+    @classmethod
+    def from_config(cls, cfg) -> "STCOptions":
+        up = "stc:0.01+golomb" if cfg.compression == "none" else cfg.compression
+        down = up if cfg.compression_down == "auto" else cfg.compression_down
+        ef = cfg.error_feedback != "off"
+        return cls(participation=cfg.participation, codec_up=up, codec_down=down,
+                   cache=cfg.stc_cache, error_feedback_up=ef, error_feedback_down=ef)
+
+
+@dataclass(frozen=True)
+class CFLOptions:
+    """CFL: split a cluster when its mean update norm is below ``eps1`` and its
+    largest above ``eps2``, after ``warmup`` rounds of training."""
+
+    participation: float = 1.0
+    eps1: float = 0.6
+    eps2: float = 1.2
+    warmup: int = 10
+
+    def __post_init__(self) -> None:
+        _fraction(self.participation)
+        if not (self.eps1 >= 0 and self.eps2 >= 0 and self.warmup >= 0):
+            raise ConfigError("cfl_eps1, cfl_eps2 and cfl_warmup must be >= 0")
+
+    @classmethod
+    def from_config(cls, cfg) -> "CFLOptions":
+        return cls(participation=cfg.participation, eps1=cfg.cfl_eps1, eps2=cfg.cfl_eps2,
+                   warmup=cfg.cfl_warmup)
+
+
+@dataclass(frozen=True)
+class FDOptions:
+    """FD and CFD: the public set's size, distillation steps, soft-label ``bits``
+    (0: float32; fd 0, cfd 1 by default) and delta coding (on for cfd)."""
+
+    participation: float = 1.0
+    public_size: int = 200
+    distill_steps: int = 5
+    bits: int = 0
+    delta: bool = False
+
+    def __post_init__(self) -> None:
+        _fraction(self.participation)
+        if not 0 <= self.bits <= 8:
+            raise ConfigError(f"fd_bits must be in [0, 8] (0: float32), got {self.bits}")
+        if self.public_size < 0 or self.distill_steps < 0:
+            raise ConfigError("public_size and distill_steps must be >= 0")
+        if self.bits == 0 and self.delta:
+            object.__setattr__(self, "delta", False)  # delta coding needs levels
+
+    @classmethod
+    def from_config(cls, cfg) -> "FDOptions":
+        cfd = cfg.mode == "cfd"
+        bits = cfg.fd_bits if cfg.fd_bits is not None else (1 if cfd else 0)
+        delta = cfg.fd_delta == "on" or (cfg.fd_delta == "auto" and cfd)
+        return cls(participation=cfg.participation, public_size=cfg.public_size,
+                   distill_steps=cfg.distill_steps, bits=int(bits), delta=bool(delta))

@@ -1,0 +1,80 @@
+"""summary.json: the figures of a finished run, from the records and the final counters.
+
+Pure functions of the plan, the metrics sink and the launcher's node handles;
+nothing here talks to a node.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["run_summary"]
+
+
+def run_summary(plan, sink, nodes: dict, wall: float, control_bytes: int) -> dict:
+    """The summary of a run (server modes add their own fields)."""
+    cfg = plan.config
+    base = sink.summary()
+    finals = [h.final for h in nodes.values() if h.final]
+    failed = {str(h.label): h.reason for h in nodes.values() if h.state == "failed"}
+    num_params = finals[0].get("num_params") if finals else None
+    messages = sum(f.get("model_messages", 0) for f in finals)
+    dense = 4 * num_params * messages if num_params else 0
+    sent = base["bytes_sent_total"]
+    out = dict(plan.summary_base)
+    out.update({
+        "dataset": cfg.dataset, "model": cfg.model, "partition": cfg.partition,
+        "compression": cfg.compression, "num_params": num_params,
+        "accuracy_mean": base["accuracy_mean"], "accuracy_min": base["accuracy_min"],
+        "accuracy_max": base["accuracy_max"],
+        "bytes_sent_total": sent,
+        "bytes_received_total": int(sum(f.get("bytes_received", 0) for f in finals)),
+        "bytes_sent_counted_by_nodes": int(sum(f.get("bytes_sent", 0) for f in finals)),
+        "bits_per_param_mean": 8 * sent / (dense / 4) if dense else None,
+        "compression_ratio": dense / sent if dense and sent else None,
+        "handshake_bytes": int(sum(f.get("handshake_bytes", 0) for f in finals)),
+        "control_bytes": control_bytes,
+        "misses_total": int(sum(n for f in finals for _, n in f.get("misses", []))),
+        "dropped_total": int(sum(sum(f.get("dropped", {}).values()) for f in finals)),
+        "failed_nodes": failed,
+        # per direction and peer: [sender label, receiver label, bytes] (handshake included)
+        "bytes_per_link": [[nodes[f["node"]].label, nodes[j].label, n] for f in finals
+                           for j, n in f.get("sent_per_peer", []) if j in nodes],
+        "wall_s": round(wall, 3),
+        "accuracy_per_round": base["accuracy_per_round"],
+    })
+    if plan.closer is not None:
+        _server_fields(out, plan, sink, nodes)
+    return out
+
+
+def _server_fields(summary: dict, plan, sink, nodes: dict) -> None:
+    """Bytes up and down, per-round global accuracy and the strategy's own fields."""
+    specs = plan.specs
+    coord_id = plan.closer
+    labels = {s.id: s.label for s in specs}
+    finals = {i: h.final for i, h in nodes.items() if h.final}
+    summary["bytes_up_total"] = int(sum(f.get("bytes_sent", 0) for i, f in finals.items()
+                                        if i != coord_id))
+    summary["bytes_down_total"] = int(finals.get(coord_id, {}).get("bytes_sent", 0))
+    coord_recs = [r for r in sink.records if r.get("node") == coord_id]
+    for key in ("global_accuracy", "cluster_accuracy", "ensemble_accuracy"):
+        rows = [[r["round"], r[key]] for r in coord_recs if r.get(key) is not None]
+        if rows:
+            summary[f"{key}_per_round"] = rows
+    summary["bytes_per_round"] = [[r["round"], r["bytes_sent"], r["bytes_received"]]
+                                  for r in coord_recs]
+    # workers' final accuracy, split by behaviour (clean = honest workers)
+    acc = sink.accuracy_by_node()
+    behaviour = {s.id: s.learn.behaviour for s in specs if s.role == "worker"}
+    clean = [a for i, a in acc.items() if behaviour.get(i) == "honest"]
+    summary["accuracy_clean_mean"] = float(np.mean(clean)) if clean else None
+    summary["behaviours"] = {str(labels[i]): b for i, b in behaviour.items() if b != "honest"}
+    summary["final_accuracy_by_worker"] = {str(labels[i]): a for i, a in sorted(acc.items())
+                                           if i in behaviour}
+    if plan.config.partition.startswith("groups:"):
+        by_group: dict = {}
+        for i, g in zip(behaviour, specs[-1].server.groups):
+            by_group.setdefault(g, []).append(labels[i])
+        summary["groups"] = [by_group[g] for g in sorted(by_group)]
+    summary.update(finals.get(coord_id, {}).get("strategy", {}))
