@@ -95,21 +95,34 @@ def test_a_lost_update_is_detected_and_resynchronised(algorithm):
     torch.testing.assert_close(b.public.copies[0], a.public.own, atol=0, rtol=0)
 
 
+def _top4(v):
+    """topk:0.1 of 40 entries: the 4 largest magnitudes kept, the rest zero."""
+    out = torch.zeros_like(v)
+    idx = v.abs().topk(4).indices
+    out[idx] = v[idx]
+    return out
+
+
 @pytest.mark.parametrize("memory", ["on", "off"])
 def test_error_feedback_keeps_what_compression_drops(memory):
+    """Compressed D-PSGD (CHOCO at γ = 1), w = 1/2 each: x ← base + ½ (x̂_1 − x̂_0),
+    base = x with the memory (the residual x − x̂_0 stays), x̂_0 without it."""
     x0 = torch.zeros(40)
-    a = make_algorithm("dpsgd", 40, 0.5, {1: 0.5}, x0=x0,
-                       settings={"compression": "topk:0.1", "error_feedback": memory})
-    x = torch.randn(40)
+    settings = {"compression": "topk:0.1", "error_feedback": memory}
+    a = make_algorithm("dpsgd", 40, 0.5, {1: 0.5}, x0=x0, settings=settings)
+    b = make_algorithm("dpsgd", 40, 0.5, {0: 0.5}, x0=x0, settings=settings)
+    gen = torch.Generator().manual_seed(5)
+    x, y = torch.randn(40, generator=gen), torch.randn(40, generator=gen)
     pkt = a.outgoing(x.clone())
-    pkt.round = 1
-    same = a.decode(pkt)  # the neighbour published exactly what we did
-    out = a.mix(x.clone(), {1: same})
-    dropped = x - a.public.own  # old residual + input = sent + new residual
-    if memory == "on":
-        torch.testing.assert_close(out, a.public.own + dropped)
-    else:
-        torch.testing.assert_close(out, a.public.own)
+    theirs = b.outgoing(y.clone())
+    pkt.round = theirs.round = 1
+    out = a.mix(x.clone(), {1: a.decode(theirs)})
+    qx, qy = _top4(x), _top4(y)
+    torch.testing.assert_close(a.public.own, qx, atol=0, rtol=0)
+    step = 0.5 * (qy - qx)
+    assert step.abs().max() > 0.1  # the neighbour differs: a real consensus step
+    expected = (x if memory == "on" else qx) + step
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("spec", ["qsgd:16", "terngrad", "randk:0.1:scaled"])

@@ -140,7 +140,15 @@ def test_exact_sizes():
 def test_golomb_parameter_and_rate():
     assert golomb_b(10_000, 1_000_000) == 6
     assert abs(golomb_expected_bits(10_000, 1_000_000) - 8.1) < 0.05
-    assert golomb_b(0, 10) >= 0 and golomb_b(10, 10) == 0
+    # b* = 1 + ⌊log₂(ln(φ−1) / ln(1−q))⌋, q = (k+1)/(n+1) (ALGORITHMS.md); hand values:
+    assert golomb_b(0, 10) == 3  # q = 1/11: ratio 5.05, no non-zero still has q > 0
+    assert golomb_b(1, 10) == 2  # q = 2/11: ratio 2.40
+    assert golomb_b(1000, 1_000_000) == 9  # ratio 480.5
+    assert golomb_b(100_000, 1_000_000) == 3  # ratio 4.57
+    assert golomb_b(0, 1) == 0  # ratio 0.69: 1 + ⌊−0.53⌋ = 0
+    assert golomb_b(1, 2) == 0  # ratio 0.44: the formula's −1, clamped to b ≥ 0
+    assert golomb_b(10, 10) == 0  # q = 1: every entry is a non-zero
+    assert golomb_b(0, 10 ** 12) == 31  # the formula's 39, capped at the coder's 31
     g = torch.Generator().manual_seed(1)
     n = 1_000_000
     x = torch.randn(n, generator=g)

@@ -112,6 +112,45 @@ def test_cfl_bipartition_separates_opposed_groups():
     assert mean_norm == 0 and max_norm == 2
 
 
+def _angles(degrees):
+    rad = np.deg2rad(np.asarray(degrees, dtype=np.float64))
+    return [torch.tensor([np.cos(a), np.sin(a)]) for a in rad]
+
+
+def _max_cross(S, first, second):
+    return S[np.ix_(first, second)].max()
+
+
+@pytest.mark.parametrize("outlier", [95, 100])
+def test_cfl_bipartition_is_the_minimax_cut_not_complete_linkage(outlier):
+    """2-D updates at 0°, 10°, ..., 60° and an outlier: the optimum cuts the outlier off.
+
+    At 95° complete linkage joins the outlier to {40°, 50°, 60°} (diameter 55°
+    < 60°) and cuts {0..30°} off, at cos 10° = 0.985; at 100° its two choices
+    tie (60° both) and scipy happens to pick the optimum.
+    """
+    S = cosine_matrix(_angles([0, 10, 20, 30, 40, 50, 60, outlier]))
+    first, second = bipartition(S)
+    assert (first, second) == ([0, 1, 2, 3, 4, 5, 6], [7])
+    assert _max_cross(S, first, second) == pytest.approx(np.cos(np.deg2rad(outlier - 60)))
+
+
+def test_cfl_bipartition_matches_brute_force():
+    """Over random similarity matrices, no bi-partition has a smaller largest cross similarity."""
+    import itertools
+
+    rng = np.random.default_rng(3)
+    for m in (2, 3, 5, 8):
+        for _ in range(20):
+            S = cosine_matrix([torch.from_numpy(v) for v in rng.standard_normal((m, 3))])
+            first, second = bipartition(S)
+            assert sorted(first + second) == list(range(m)) and first and second
+            assert 0 in first
+            best = min(_max_cross(S, [0, *a], [i for i in range(1, m) if i not in a])
+                       for r in range(m - 1) for a in itertools.combinations(range(1, m), r))
+            assert _max_cross(S, first, second) == pytest.approx(best)
+
+
 def test_cfl_splits_at_stationarity_only():
     s = make_strategy("cfl", ctx(workers=range(4), groups={0: 0, 1: 0, 2: 1, 3: 1}))
     g = torch.zeros(N)
@@ -133,7 +172,6 @@ def test_fd_quantiser_and_wire_format():
     for bits in (1, 2, 4):
         q = quantise(p, bits)
         assert (q.astype(int).sum(1) == (1 << bits) - 1).all()
-        assert np.abs(dequantise(q, bits) - p).max() <= 1.0
         assert np.array_equal(decode_labels(encode_labels(q, bits), 64, 10, bits), q)
     assert np.array_equal(quantise(p, 1).argmax(1), p.argmax(1))
     q = quantise(p, 1)
@@ -145,6 +183,33 @@ def test_fd_quantiser_and_wire_format():
     assert len(encode_labels(q, 1)) == 1 + int(np.ceil(64 * np.log2(10) / 8))
     with pytest.raises(ValueError):
         decode_labels(frame, 64, 10, 1, None)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
+def test_fd_quantiser_error_bounds(bits):
+    """Q_b is the L1-nearest level vector with row sum L = 2^b − 1 (fd.quantise): an
+    entry that plain rounding already fits is off by at most half a step 1/(2L);
+    the sum repair moves an entry to the other neighbouring level, still < 1 step."""
+    rng = np.random.default_rng(bits)
+    p = np.concatenate([rng.dirichlet(np.full(10, a), 200) for a in (0.1, 1.0, 10.0)])
+    L = (1 << bits) - 1
+    err = np.abs(dequantise(quantise(p, bits), bits) - p) * L  # in steps
+    fits = np.rint(p * L).sum(1) == L  # rows that need no sum repair
+    assert fits.any() and not fits.all()
+    assert err[fits].max() <= 0.5 + 1e-5
+    assert err.max() < 1.0
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_fd_quantiser_is_l1_nearest(bits):
+    """Brute force over every level vector of 4 classes summing to L."""
+    L = (1 << bits) - 1
+    grid = np.stack(np.meshgrid(*[np.arange(L + 1)] * 4, indexing="ij"), -1).reshape(-1, 4)
+    comps = grid[grid.sum(1) == L] / L
+    p = np.random.default_rng(7).dirichlet(np.ones(4), 300)
+    best = np.abs(comps[None] - p[:, None]).sum(2).min(1)
+    got = np.abs(dequantise(quantise(p, bits), bits) - p).sum(1)
+    np.testing.assert_allclose(got, best, atol=1e-6)
 
 
 def test_fd_aggregate_is_majority_and_delta_needs_held_reference():

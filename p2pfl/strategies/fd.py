@@ -16,7 +16,10 @@ CFD quantises soft labels to b bits (``--fd-bits``; default 1 for ``cfd``, 0
 
 and delta-codes them (``--fd-delta``, on for ``cfd``): only rows that changed
 since the previous message are sent, with a bitmap of the changed rows.
-Downstream the server sends Q_b(mean_i Q_b(p_i)) the same way.
+Downstream the server sends Q_b(mean_i Q_b(p_i)) the same way.  Each side
+codes against the last round the other *confirmed* (a reply received, with
+the round it holds), and keeps both references the other may still use: the
+confirmed one, in case its reply is lost, and the newest.
 
 Wire format of quantised labels (one frame): a flag byte (bit 0: delta), the
 changed-row bitmap if delta, then the rows: for b = 1 the argmax indices as
@@ -266,20 +269,34 @@ class FDClient(ClientStrategy):
         self.bits = int(options.bits)
         self.delta = bool(options.delta) and self.bits > 0
         self.steps = int(options.distill_steps)
-        self.agg = None  # (round, aggregate as received)
-        self.sent = None  # (round, labels as sent)
-        self.base = 0
+        # delta references: what the server may still code against, by round
+        self.agg = None  # (round, aggregate as received): the latest
+        self.refs: dict = {}  # round -> aggregate, the ones the server may reference
+        self.sent: dict = {}  # round -> labels as sent, the ones the server may hold
+        self.base = 0  # the round of our labels the server holds
+        self.missed = 0  # aggregates skipped for want of their reference
 
     def apply(self, rnd: int, packet: Packet) -> None:
+        """Decode the aggregate (delta against ``meta["ref"]``) and distil from it.
+
+        The server codes against the round we last *confirmed* holding (our
+        last reply it received).  If this round's reply is lost it will code
+        against ``ref`` again, else against the aggregate decoded now: those
+        two are the references kept.  A delta whose reference we lack (never
+        the case when both sides follow this rule) is skipped, not fatal: our
+        next reply's ``have`` makes the server re-base on what we hold.
+        """
         self.base = packet.meta.get("base", 0)
         if not packet.frames:
             return
         ref = packet.meta.get("ref", 0)
-        previous = self.agg[1] if (ref and self.agg and self.agg[0] == ref) else None
+        previous = self.refs.get(ref) if ref else None
         if ref and previous is None:
-            raise ValueError(f"aggregate delta against round {ref}, which is not held")
+            self.missed += 1
+            return
         labels = read_label_packet(packet, len(self.x_pub), self.classes, self.bits, previous)
         self.agg = (int(packet.meta.get("agg", rnd)), labels)
+        self.refs = _keep((ref, previous), self.agg)
         targets = labels if self.bits == 0 else dequantise(labels, self.bits)
         if self.steps:
             self.learner.trainer.distill(self.x_pub, targets, self.steps)
@@ -290,10 +307,15 @@ class FDClient(ClientStrategy):
             noise = self.rng.dirichlet(np.ones(self.classes), len(probs)).astype(np.float32)
             probs = noise if self.behaviour == "random" else (probs + noise) / 2
         labels = probs if self.bits == 0 else quantise(probs, self.bits)
-        use_delta = self.delta and self.sent is not None and self.base and self.sent[0] == self.base
+        previous = self.sent.get(self.base) if (self.delta and self.base) else None
         meta = {"n": self.learner.num_samples, "have": self.agg[0] if self.agg else 0,
-                "base": self.base if use_delta else 0}
-        packet = label_packet(labels, self.bits, self.sent[1] if use_delta else None, meta)
-        self.sent = (rnd, labels)
+                "base": self.base if previous is not None else 0}
+        packet = label_packet(labels, self.bits, previous, meta)
+        # the server's next base: ``base`` if this reply is lost, else this round
+        self.sent = _keep((self.base, previous), (rnd, labels)) if self.delta else {}
         return packet
 
+
+def _keep(*pairs) -> dict:
+    """``{round: labels}`` of the (round, labels) pairs that hold labels."""
+    return {int(r): v for r, v in pairs if r and v is not None}
