@@ -7,9 +7,16 @@ import torch
 from p2pfl.algorithms import CHOCO, DPSGD, CompressedDPSGD, make_algorithm
 from p2pfl.algorithms.base import renormalised
 from p2pfl.algorithms.consensus import run_consensus
+from p2pfl.algorithms.options import CHOCOOptions, DPSGDOptions
 from p2pfl.topology import build
 
 torch.manual_seed(0)
+
+
+def _opts(algorithm, codec, gamma=0.5, memory="on"):
+    if algorithm == "choco":
+        return CHOCOOptions(codec=codec, gamma=gamma, error_feedback=memory == "on")
+    return DPSGDOptions(codec=codec, error_feedback=memory == "on")
 
 
 def _ring(n):
@@ -31,11 +38,13 @@ def test_dpsgd_mix_is_the_weighted_average():
 
 
 def test_make_algorithm_picks_the_compressed_variant():
-    kw = dict(x0=torch.zeros(10), settings={"compression": "topk:0.2"})
-    assert isinstance(make_algorithm("dpsgd", 10, 0.5, {1: 0.5}, **kw), CompressedDPSGD)
-    assert isinstance(make_algorithm("choco", 10, 0.5, {1: 0.5}, **kw), CHOCO)
-    kw["settings"] = {"compression": "none"}
-    assert isinstance(make_algorithm("dpsgd", 10, 0.5, {1: 0.5}, **kw), DPSGD)
+    x0 = torch.zeros(10)
+    got = make_algorithm("dpsgd", 10, 0.5, {1: 0.5}, x0=x0, options=_opts("dpsgd", "topk:0.2"))
+    assert isinstance(got, CompressedDPSGD)
+    got = make_algorithm("choco", 10, 0.5, {1: 0.5}, x0=x0, options=_opts("choco", "topk:0.2"))
+    assert isinstance(got, CHOCO)
+    got = make_algorithm("dpsgd", 10, 0.5, {1: 0.5}, x0=x0, options=_opts("dpsgd", "none"))
+    assert isinstance(got, DPSGD) and not isinstance(got, CompressedDPSGD)
 
 
 def test_choco_gossip_reaches_consensus_and_keeps_the_mean():
@@ -51,7 +60,7 @@ def test_choco_preserves_the_network_mean():
     X = torch.randn(6, 50)
     nodes = [make_algorithm("choco", 50, W[i, i], {j: W[i, j] for j in np.flatnonzero(W[i])
                                                    if j != i},
-                            x0=torch.zeros(50), settings={"compression": "stc:0.1", "gamma": 0.4})
+                            x0=torch.zeros(50), options=_opts("choco", "stc:0.1", 0.4))
              for i in range(6)]
     mean0 = X.mean(0)
     for it in range(1, 30):
@@ -64,10 +73,10 @@ def test_choco_preserves_the_network_mean():
 
 
 def _pair(algorithm, spec="topk:0.3"):
-    settings = {"compression": spec, "gamma": 0.5}
+    options = _opts(algorithm, spec)
     x0 = torch.randn(40)
-    a = make_algorithm(algorithm, 40, 0.5, {1: 0.5}, x0=x0, settings=settings)
-    b = make_algorithm(algorithm, 40, 0.5, {0: 0.5}, x0=x0, settings=settings)
+    a = make_algorithm(algorithm, 40, 0.5, {1: 0.5}, x0=x0, options=options)
+    b = make_algorithm(algorithm, 40, 0.5, {0: 0.5}, x0=x0, options=options)
     return a, b
 
 
@@ -108,9 +117,9 @@ def test_error_feedback_keeps_what_compression_drops(memory):
     """Compressed D-PSGD (CHOCO at γ = 1), w = 1/2 each: x ← base + ½ (x̂_1 − x̂_0),
     base = x with the memory (the residual x − x̂_0 stays), x̂_0 without it."""
     x0 = torch.zeros(40)
-    settings = {"compression": "topk:0.1", "error_feedback": memory}
-    a = make_algorithm("dpsgd", 40, 0.5, {1: 0.5}, x0=x0, settings=settings)
-    b = make_algorithm("dpsgd", 40, 0.5, {0: 0.5}, x0=x0, settings=settings)
+    options = _opts("dpsgd", "topk:0.1", memory=memory)
+    a = make_algorithm("dpsgd", 40, 0.5, {1: 0.5}, x0=x0, options=options)
+    b = make_algorithm("dpsgd", 40, 0.5, {0: 0.5}, x0=x0, options=options)
     gen = torch.Generator().manual_seed(5)
     x, y = torch.randn(40, generator=gen), torch.randn(40, generator=gen)
     pkt = a.outgoing(x.clone())

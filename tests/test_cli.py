@@ -123,3 +123,41 @@ def test_cluster_from_config_file_end_to_end(tmp_path):
     assert json.loads((out / "config.json").read_text())["rounds"] == 3
     res = run_cli("plot", str(out))
     assert res.returncode == 0 and (out / "accuracy_vs_mb.png").exists()
+
+
+# Names and values the plan checks before any node process starts (issue 7).
+PLAN_REFUSES = {
+    "--compression bogus": (["--compression", "bogus"], "valid stages"),
+    "--algorithm nope": (["--algorithm", "nope"], "valid: auto, choco, dpsgd"),
+    "--mode nope": (["--mode", "nope"], "valid: gossip, fedavg, stc, cfl, fd, cfd"),
+    "--partition nope:3": (["--partition", "nope:3"], "valid: iid"),
+    "--mixing nope": (["--mixing", "nope"], "valid: metropolis"),
+    "--start-timeout -5": (["--start-timeout", "-5"], "start-timeout"),
+    "--round-timeout 0": (["--round-timeout", "0"], "round-timeout"),
+    "--target-accuracy 7": (["--target-accuracy", "7"], "target-accuracy"),
+    "--participation 0": (["--mode", "fedavg", "--participation", "0"], "participation"),
+    "powersgd on flat vectors": (["--compression", "powersgd:2"], "powersgd"),
+    "stc downstream codec": (["--mode", "stc", "--compression-down", "zip"], "valid stages"),
+    "unknown profile key": (["--profiles", "{d}/key.toml"], "valid:"),
+    "bad profile value": (["--profiles", "{d}/value.toml"], "lr"),
+    "bad profile behaviour": (["--profiles", "{d}/behaviour.toml"], "valid: honest"),
+    "bad profile codec": (["--profiles", "{d}/codec.toml"], "valid stages"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PLAN_REFUSES))
+def test_the_plan_refuses_bad_values_before_any_node_starts(name, tmp_path, capsys):
+    from p2pfl.cli import main
+
+    (tmp_path / "key.toml").write_text('[nodes.1]\nwarp = 9\n')
+    (tmp_path / "value.toml").write_text('[nodes.1]\nlr = "fast"\n')
+    (tmp_path / "behaviour.toml").write_text('[nodes.2]\nbehaviour = "sneaky"\n')
+    (tmp_path / "codec.toml").write_text('[nodes.0]\ncompression = "zip:9"\n')
+    args, expected = PLAN_REFUSES[name]
+    out = tmp_path / "run"
+    argv = ["cluster", "--topology", "ring:4", "--rounds", "1", "--out", str(out), "-q",
+            *[a.format(d=tmp_path) for a in args]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("p2pfl: error:") and expected in err[0], err
+    assert not out.exists()  # nothing was launched: the run folder was never made

@@ -11,12 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-from p2pfl.strategies import Reply, ServerContext, make_strategy
+from _strategy_ctx import client as fd_client
+from _strategy_ctx import server_ctx
+from p2pfl.strategies import Reply, make_strategy
 from p2pfl.strategies.fd import FDClient, label_packet
 
 SETTINGS = {"rounds": 20, "participation": 1.0, "seed": 0, "fd_bits": 1, "fd_delta": True,
-            "dataset": "digits", "data_dir": None, "public_size": 50, "distill_steps": 1,
-            "behaviour": "honest"}
+            "dataset": "digits", "public_size": 50, "distill_steps": 1}
 TIMEOUT = {"code": "timeout", "reason": "no softlabels"}
 
 
@@ -46,9 +47,8 @@ class FakeLearner:
 
 def _pair(**kw):
     s = dict(SETTINGS, **kw)
-    server = make_strategy("cfd", ServerContext(settings=s, workers=[0, 1],
-                                                labels={0: "w0", 1: "w1"}))
-    return server, FDClient(FakeLearner(), s)
+    server = make_strategy("cfd", server_ctx("cfd", workers=[0, 1], **s))
+    return server, fd_client("cfd", FakeLearner(), **s)
 
 
 def _other(server, rnd):
@@ -153,6 +153,6 @@ def test_cfd_cluster_survives_a_late_reply(tmp_path, monkeypatch):
     assert [0, "timeout"] in coord[3]["failed"]
     assert res.summary["failed_nodes"] == {}
     served = [r["round"] for r in res.metrics
-              if r.get("role") == "worker" and r.get("node") == 0 and not r.get("final")]
+              if r.get("role") == "worker" and r.get("node") == 0]
     assert served == [1, 2, 3, 4, 5, 6]  # it kept learning after the lost reply
     assert all(coord[r]["replies_ok"] == 4 for r in (4, 5, 6))

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from p2pfl.errors import ConfigError
-from p2pfl.strategies import Reply, ServerContext, make_strategy, weighted_mean
+from _strategy_ctx import client as make_test_client
+from _strategy_ctx import server_ctx
+from p2pfl.strategies import Reply, make_strategy, weighted_mean
 from p2pfl.strategies.base import dense_packet
 from p2pfl.strategies.cfl import bipartition, cosine_matrix, split_criterion
 from p2pfl.strategies.fd import (decode_labels, dequantise, encode_labels, label_packet,
@@ -14,21 +16,6 @@ from p2pfl.strategies.fedavg import fedavg_step
 from p2pfl.strategies.stc import read_catch_up
 
 N = 200
-
-
-def settings(**kw):
-    s = {"rounds": 5, "participation": 1.0, "seed": 0, "compression": "stc:0.05+golomb",
-         "compression_down": "stc:0.05+golomb", "stc_cache": 3, "cfl_eps1": 0.5,
-         "cfl_eps2": 1.0, "cfl_warmup": 0, "fd_bits": 1, "fd_delta": True,
-         "dataset": "digits", "data_dir": None, "public_size": 50}
-    s.update(kw)
-    return s
-
-
-def ctx(workers=(0, 1, 2, 3), groups=None, **kw):
-    return ServerContext(settings=settings(**kw), workers=list(workers),
-                         labels={w: f"w{w}" for w in workers}, init=torch.zeros(N),
-                         evaluate=lambda flat, group=0: (0.0, 0.5), groups=groups or {})
 
 
 def test_reply_carries_content_or_error():
@@ -47,7 +34,7 @@ def test_fedavg_weighted_by_data_size_and_skips_errors():
     out = fedavg_step(torch.zeros(3), replies)
     assert torch.allclose(out, torch.full((3,), 13 / 4))
     assert torch.equal(fedavg_step(torch.ones(3), replies[2:]), torch.ones(3))
-    s = make_strategy("fedavg", ctx())
+    s = make_strategy("fedavg", server_ctx("fedavg"))
     s.aggregate(1, [Reply(r.worker, content=r.content.repeat(N // 3 + 1)[:N],
                           num_samples=r.num_samples) if r.ok else r for r in replies])
     assert torch.allclose(s.model, torch.full((N,), 13 / 4))
@@ -56,13 +43,13 @@ def test_fedavg_weighted_by_data_size_and_skips_errors():
 
 
 def test_select_partial_participation():
-    s = make_strategy("fedavg", ctx(workers=range(10), participation=0.3))
+    s = make_strategy("fedavg", server_ctx("fedavg", workers=range(10), participation=0.3))
     chosen = s.select(1, list(range(10)), np.random.default_rng(0))
     assert len(chosen) == 3 and len(set(chosen)) == 3
 
 
 def test_stc_update_is_ternary_and_catch_up_is_exact():
-    s = make_strategy("stc", ctx())
+    s = make_strategy("stc", server_ctx("stc"))
     rng = np.random.default_rng(1)
     for rnd in range(1, 6):
         s.configure(rnd, [0, 1])  # workers 2 and 3 sit out every round
@@ -91,8 +78,8 @@ def test_stc_client_follows_server_bit_for_bit():
         def set_flat(self, x):
             self.flat = x.clone()
 
-    client = STCClient(FakeLearner(), settings(behaviour="honest"))
-    s = make_strategy("stc", ctx(stc_cache=10))
+    client = make_test_client("stc", FakeLearner())
+    s = make_strategy("stc", server_ctx("stc", stc_cache=10))
     rng = np.random.default_rng(2)
     for rnd in range(1, 5):
         s.configure(rnd, [1])
@@ -152,7 +139,7 @@ def test_cfl_bipartition_matches_brute_force():
 
 
 def test_cfl_splits_at_stationarity_only():
-    s = make_strategy("cfl", ctx(workers=range(4), groups={0: 0, 1: 0, 2: 1, 3: 1}))
+    s = make_strategy("cfl", server_ctx("cfl", workers=range(4), groups={0: 0, 1: 0, 2: 1, 3: 1}))
     g = torch.zeros(N)
     g[:10] = 1.0
     same = [Reply(w, content=g * 0.1) for w in range(4)]  # small, congruent: no split
@@ -213,7 +200,7 @@ def test_fd_quantiser_is_l1_nearest(bits):
 
 
 def test_fd_aggregate_is_majority_and_delta_needs_held_reference():
-    s = make_strategy("cfd", ctx(workers=range(3)))
+    s = make_strategy("cfd", server_ctx("cfd", workers=range(3)))
     m, c = s.m, s.classes
     votes = [np.eye(c, dtype=np.uint8)[np.full(m, k)] for k in (3, 3, 7)]
     replies = [Reply(w, content=v, meta={"have": 0}) for w, v in enumerate(votes)]
@@ -224,15 +211,15 @@ def test_fd_aggregate_is_majority_and_delta_needs_held_reference():
         s.decode(0, packet)  # round 9 is not held
     packet.meta["base"] = 1
     assert np.array_equal(s.decode(0, packet), votes[0])
-    fd = make_strategy("fd", ctx(workers=range(2), fd_bits=0, fd_delta=False))
+    fd = make_strategy("fd", server_ctx("fd", workers=range(2), fd_bits=0, fd_delta=False))
     probs = [np.full((fd.m, c), 0.1, dtype=np.float32)] * 2
     fd.aggregate(1, [Reply(w, content=p) for w, p in enumerate(probs)])
     assert np.allclose(fd.sent[1], 0.1)
 
 
 def test_unknown_mode_lists_valid_choices():
-    with pytest.raises(ConfigError, match="valid: cfd, cfl, fd, fedavg, stc"):
-        make_strategy("nope", ctx())
+    with pytest.raises(ConfigError, match="valid: fedavg, stc, cfl, fd, cfd"):
+        make_strategy("nope", server_ctx("fedavg"))
 
 
 def test_dense_packet_round_trip():

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from p2pfl.transport import Endpoint, Mailbox, ProtocolError, pack, unpack
 from p2pfl.transport.wire import frames_to_arrays, tensor_frames
+from p2pfl.transport.endpoint import identity
 
 
 _SHORT = {"kind": "k", "src": "s", "round": "r", "seq": "n", "codec": "c", "lengths": "l",
@@ -103,7 +104,8 @@ def ctx():
 
 def test_endpoint_drops_and_counts_hostile_messages_then_keeps_working(ctx):
     node = Endpoint(ctx, 0, "tcp://127.0.0.1:*")
-    raw = ctx.socket(zmq.PUSH)
+    raw = ctx.socket(zmq.DEALER)
+    raw.setsockopt(zmq.ROUTING_ID, identity(1))  # a connection that is node 1's
     raw.connect(node.address)
     raw.send_multipart([b"not msgpack at all"])
     raw.send_multipart([_header(lengths=[10]), b"short"])

@@ -8,7 +8,7 @@ binarisation and probability model are described in ``cabac.py``.
 
 from __future__ import annotations
 
-from .cabac import (EG_CTX, EG_MAXK, G, MAG_MAX, MAX_OVERRUN, _EG0, _GT0, _M32, _MAXSHIFT,
+from ._cabac_model import (EG_CTX, EG_MAXK, G, MAG_MAX, MAX_OVERRUN, _EG0, _GT0, _M32, _MAXSHIFT,
                     _NCTX, _PONE, _PROB_SHIFT, _SIG0, _SIGN0, _TOP)
 from .errors import CodecError
 

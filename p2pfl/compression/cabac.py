@@ -88,28 +88,10 @@ __all__ = [
     "MAG_MAX",
 ]
 
-FORMAT_VERSION = 1
-G = 14
-EG_CTX = 10
-EG_MAXK = 30
-SHIFT_SIG, SHIFT_SIGN, SHIFT_GT, SHIFT_EG = 11, 9, 9, 8
-MAG_MAX = 1 << 30
-N_MAX = 1 << 28
-MAX_OVERRUN = 4
-
-_PSTATE_BITS = 28
-_PONE = 1 << _PSTATE_BITS
-_PROB_SHIFT = _PSTATE_BITS - 15
-_TOP = 1 << 24
-_M32 = 0xFFFFFFFF
-
-# context layout in the flat model arrays
-_SIG0 = 0
-_SIGN0 = 9
-_GT0 = 12
-_EG0 = _GT0 + 2 * G
-_NCTX = _EG0 + EG_CTX
-_MAXSHIFT = [SHIFT_SIG] * 9 + [SHIFT_SIGN] * 3 + [SHIFT_GT] * (2 * G) + [SHIFT_EG] * EG_CTX
+from p2pfl.compression._cabac_model import (  # noqa: E402  (the one home of the model)
+    _EG0, _GT0, _M32, _MAXSHIFT, _NCTX, _PONE, _PROB_SHIFT, _PSTATE_BITS, _SIG0, _SIGN0, _TOP,
+    EG_CTX, EG_MAXK, FORMAT_VERSION, G, MAG_MAX, MAX_OVERRUN, N_MAX, SHIFT_EG, SHIFT_GT,
+    SHIFT_SIG, SHIFT_SIGN)
 
 
 def _load_c():

@@ -1,0 +1,29 @@
+"""The CABAC format's constants and context layout, shared by the C and Python coders.
+
+``cabac.py`` (the public entry points) and ``_cabac_pure.py`` (the pure-Python
+coder) both read them from here, so neither imports the other's internals.
+The C extension checks its own copies against these at load time.
+"""
+
+FORMAT_VERSION = 1
+G = 14
+EG_CTX = 10
+EG_MAXK = 30
+SHIFT_SIG, SHIFT_SIGN, SHIFT_GT, SHIFT_EG = 11, 9, 9, 8
+MAG_MAX = 1 << 30
+N_MAX = 1 << 28
+MAX_OVERRUN = 4
+
+_PSTATE_BITS = 28
+_PONE = 1 << _PSTATE_BITS
+_PROB_SHIFT = _PSTATE_BITS - 15
+_TOP = 1 << 24
+_M32 = 0xFFFFFFFF
+
+# context layout in the flat model arrays
+_SIG0 = 0
+_SIGN0 = 9
+_GT0 = 12
+_EG0 = _GT0 + 2 * G
+_NCTX = _EG0 + EG_CTX
+_MAXSHIFT = [SHIFT_SIG] * 9 + [SHIFT_SIGN] * 3 + [SHIFT_GT] * (2 * G) + [SHIFT_EG] * EG_CTX

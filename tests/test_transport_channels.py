@@ -1,0 +1,112 @@
+"""Sender identity bound to the connection, and a control channel kept apart from data.
+
+Real ZeroMQ sockets over tcp and inproc; nothing is mocked.
+"""
+
+import threading
+import time
+
+import pytest
+import zmq
+
+from p2pfl.transport import Endpoint, Mailbox, pack
+from p2pfl.transport.endpoint import identity
+
+
+@pytest.fixture
+def ctx():
+    c = zmq.Context()
+    yield c
+    c.destroy(linger=0)
+
+
+def _raw(ctx, address, routing_id=None):
+    sock = ctx.socket(zmq.DEALER)
+    if routing_id is not None:
+        sock.setsockopt(zmq.ROUTING_ID, routing_id)
+    sock.connect(address)
+    return sock
+
+
+def test_a_header_naming_another_sender_is_dropped_as_spoofed(ctx):
+    node = Endpoint(ctx, 0, "tcp://127.0.0.1:*")
+    box = Mailbox(node, peers={1, 2})
+    one = _raw(ctx, node.address, identity(1))
+    anonymous = _raw(ctx, node.address)  # ZeroMQ makes up a routing id
+    one.send_multipart(pack("model", 2, 1, meta={"forged": True}))  # claims to be node 2
+    anonymous.send_multipart(pack("model", 1, 1, meta={"forged": True}))
+    one.send_multipart(pack("model", 1, 1, meta={"honest": True}))
+    got = box.collect("model", 1, [1, 2], timeout=1.5)
+    assert list(got) == [1] and got[1].meta == {"honest": True}
+    assert node.counters.dropped["spoofed"] == 2
+    for s in (one, anonymous):
+        s.close(linger=0)
+    node.close()
+
+
+def test_a_second_connection_cannot_take_over_a_connected_identity(ctx):
+    node = Endpoint(ctx, 0, "tcp://127.0.0.1:*")
+    real = Endpoint(ctx, 1, "tcp://127.0.0.1:*")
+    real.connect(0, node.address)
+    real.send(0, "hello", 0)
+    assert node.recv(timeout=2.0).src == 1  # node 1's connection is established
+    impostor = _raw(ctx, node.address, identity(1))
+    time.sleep(0.2)
+    impostor.send_multipart(pack("model", 1, 1, meta={"impostor": True}))
+    assert node.recv(timeout=0.5) is None  # the ROUTER refused the duplicate id
+    real.send(0, "model", 1)
+    assert node.recv(timeout=2.0).meta == {}
+    impostor.close(linger=0)
+    for e in (real, node):
+        e.close()
+
+
+def test_stop_is_read_before_queued_data(ctx):
+    node = Endpoint(ctx, 0, "inproc://order-node", control="inproc://order-ctl")
+    peer = Endpoint(ctx, 1, "inproc://order-peer")
+    launcher = Endpoint(ctx, "launcher", "inproc://order-launcher")
+    peer.connect(0, node.address)
+    launcher.connect(0, node.control_address, control=True)
+    box = Mailbox(node, peers={1}, control_sources={"launcher"})
+    for rnd in range(1, 200):
+        assert peer.send(0, "model", 1, frames=[b"x" * 1000])
+    time.sleep(0.2)  # every data message is queued before the stop
+    assert launcher.send(0, "stop")
+    first = node.recv(timeout=1.0)
+    assert first.kind == "stop" and first.channel == "control"
+    box._route(first)
+    assert box.stopped
+    for e in (node, peer, launcher):
+        e.close(linger=0)
+
+
+def test_stop_waits_for_room_in_a_full_command_queue_instead_of_being_dropped(ctx):
+    node = Endpoint(ctx, 0, "inproc://full-node", control="inproc://full-ctl", hwm=4)
+    launcher = Endpoint(ctx, "launcher", "inproc://full-launcher", hwm=4)
+    launcher.connect(0, node.control_address, control=True)
+    for _ in range(50):  # the node is busy: heartbeats pile up, then are dropped
+        launcher.send(0, "heartbeat")
+    assert launcher.counters.dropped["command_queue_full"] > 0
+    box = Mailbox(node, peers=set(), control_sources={"launcher"})
+    reader = threading.Timer(0.3, lambda: box.poll_control(3.0))  # the node reads again
+    reader.start()
+    assert launcher.send(0, "stop") > 0  # waits for room instead of dropping
+    reader.join()
+    assert box.stopped
+    for e in (node, launcher):
+        e.close(linger=0)
+
+
+def test_commands_on_the_data_socket_and_data_on_the_control_socket_are_dropped(ctx):
+    node = Endpoint(ctx, 0, "inproc://chan-node", control="inproc://chan-ctl")
+    box = Mailbox(node, peers={1}, control_sources={"launcher"})
+    fake = _raw(ctx, node.address, identity("launcher"))  # a command on the data path
+    fake.send_multipart(pack("stop", "launcher"))
+    data_on_ctl = _raw(ctx, node.control_address, identity(1))
+    data_on_ctl.send_multipart(pack("model", 1, 1))
+    assert box.collect("model", 1, [1], timeout=0.5) == {}
+    assert not box.stopped
+    assert node.counters.dropped["wrong_channel"] == 2
+    for s in (fake, data_on_ctl):
+        s.close(linger=0)
+    node.close()
