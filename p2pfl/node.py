@@ -71,11 +71,17 @@ class GossipNode:
             self.rt.send(j, "model", rnd, special.get(j, packet))
 
     def expected(self, rnd: int) -> list:
-        """Neighbours to wait for: all but those that missed SUSPECT_AFTER rounds in a row
-        and have not been heard from since (a late message brings one back)."""
+        """Neighbours to wait for this round.
+
+        Not those that missed SUSPECT_AFTER rounds in a row and have not been heard
+        from since (a silent neighbour costs its time-out once, and a message of
+        any round, even a late one, brings it back), nor those so far ahead that
+        their message for this round cannot come any more (we are the late one,
+        and catch up without waiting).
+        """
         return [j for j in self.neighbours
-                if self._streak[j] < SUSPECT_AFTER
-                or self.rt.heard_from(j, rnd - self._streak[j])]
+                if (self._streak[j] < SUSPECT_AFTER or self.rt.heard_from(j, rnd - self._streak[j]))
+                and not self.rt.far_ahead(j, rnd)]
 
     def collect(self, rnd: int) -> dict:
         """Neighbours' decoded payloads for ``rnd``; a silent neighbour costs its time-out once."""

@@ -91,6 +91,11 @@ class Runtime:
         """Whether ``peer`` sent anything for a round >= ``since_round`` (even if late)."""
         return self.mailbox.last_heard.get(peer, -1) >= since_round
 
+    def far_ahead(self, peer, rnd: int) -> bool:
+        """Whether ``peer`` is so far ahead that its round-``rnd`` message is already
+        here or was dropped: waiting for it would only cost the time-out."""
+        return self.mailbox.last_heard.get(peer, -1) > rnd + self.mailbox.window
+
     def drop(self, reason: str) -> None:
         """Count a message the role could not use."""
         self.endpoint.counters.drop(reason)
