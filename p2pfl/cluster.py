@@ -270,6 +270,6 @@ class Launcher:
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def write_nodes_json(self) -> None:
-        rows = [{"id": h.id, "label": h.label, "address": h.address, "pid": h.pid,
-                 "host": h.host, "state": h.state} for h in self.nodes.values()]
+        rows = [{"id": h.id, "label": h.label, "address": h.address, "control": h.control,
+                 "pid": h.pid, "host": h.host, "state": h.state} for h in self.nodes.values()]
         write_json_atomic(os.path.join(self.out_dir, "nodes.json"), rows)
