@@ -161,3 +161,47 @@ def test_the_plan_refuses_bad_values_before_any_node_starts(name, tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("p2pfl: error:") and expected in err[0], err
     assert not out.exists()  # nothing was launched: the run folder was never made
+
+
+def test_the_plan_resolves_every_option_into_frozen_specs_that_survive_the_wire():
+    import dataclasses
+
+    import msgpack
+
+    from p2pfl.plan import plan
+    from p2pfl.roles import node_spec
+
+    gossip = plan(from_sources(None, {"topology": "ring:4", "compression": "stc:0.05+golomb"}))
+    assert {s.rule for s in gossip.specs} == {"choco"}
+    assert gossip.specs[0].options.gamma == pytest.approx(0.3)  # resolved: 6p for STC
+    server = plan(from_sources(None, {"mode": "stc", "nodes": 3, "error_feedback": "off"}))
+    coord = server.specs[-1]
+    assert coord.role == "coordinator" and server.closer == coord.id
+    assert coord.options.codec_up == "stc:0.01+golomb"  # STC's default codec
+    assert not coord.options.error_feedback_up and not coord.options.error_feedback_down
+    for spec in gossip.specs + server.specs:
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            spec.rule = "other"
+        wire = msgpack.unpackb(msgpack.packb(spec.to_wire()), strict_map_key=False)
+        assert node_spec(wire) == spec
+    bad = gossip.specs[0].to_wire()
+    bad["learn"]["lr"] = -1.0
+    with pytest.raises(ConfigError, match="lr"):
+        node_spec(bad)
+
+
+def test_stc_error_feedback_follows_the_one_switch():
+    from _strategy_ctx import client
+
+    from p2pfl.compression import ErrorFeedback
+
+    class Learner:
+        num_samples, _node_id = 1, 0
+
+        def get_flat(self):
+            import torch
+
+            return torch.zeros(10)
+
+    assert isinstance(client("stc", Learner(), error_feedback="auto").up, ErrorFeedback)
+    assert not isinstance(client("stc", Learner(), error_feedback="off").up, ErrorFeedback)

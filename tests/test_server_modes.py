@@ -22,6 +22,12 @@ def _run(tmp_path, name, **kw):
         assert json.load(fh)["bytes_up_total"] == s["bytes_up_total"]
     finals = [r for r in res.metrics if r.get("final")]
     assert len(finals) == s["workers"]  # every worker reported its final model
+    # rounds 1..R, never R + 1 (the final model belongs to the last round), and the
+    # records' bytes add up to what the endpoints counted up and down (finals included)
+    rounds = options["rounds"]
+    assert max(r["round"] for r in res.metrics) == rounds
+    assert [r for r, _ in s["accuracy_per_round"]][-1] == rounds
+    assert s["bytes_sent_total"] == s["bytes_up_total"] + s["bytes_down_total"]
     return s, res
 
 
