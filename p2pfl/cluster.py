@@ -31,9 +31,13 @@ HEARTBEAT_S = 2.0
 
 
 def _context(num_nodes: int, degree: int) -> zmq.Context:
-    """A context allowed enough sockets for ``num_nodes`` actors (libzmq's default is 1023)."""
+    """A context allowed enough sockets for ``num_nodes`` actors (libzmq's default is 1023).
+
+    Per node: a data and a control socket, one per neighbour and one to the
+    launcher; the launcher has one to each node's control socket.
+    """
     ctx = zmq.Context()
-    ctx.set(zmq.MAX_SOCKETS, max(1024, num_nodes * (degree + 3) + 64))
+    ctx.set(zmq.MAX_SOCKETS, max(1024, num_nodes * (degree + 4) + 64))
     return ctx
 
 
