@@ -15,6 +15,7 @@ node specs are laid out (a graph of peers, or workers around a coordinator).
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 from dataclasses import dataclass
 
@@ -169,8 +170,7 @@ def _gossip_plan(cfg: RunConfig, graph) -> Plan:
                           seed=cfg.seed)
     labels = [plain_label(x) for x in topo.labels]
     per_node, learns = _learn_specs(cfg, labels)
-    codecs = [check_codec(o["compression"]) if isinstance(o["compression"], str)
-              else _bad_codec(o["compression"]) for o in per_node]
+    codecs = _node_codecs(per_node)
     algorithm = _algorithm(cfg, codecs)
     runtime = _runtime_spec(cfg)
     specs = tuple(NodeSpec(
@@ -191,14 +191,17 @@ def _gossip_plan(cfg: RunConfig, graph) -> Plan:
     return Plan(cfg, specs, base, record, info)
 
 
-def _bad_codec(value):
-    raise ConfigError(f"compression must be a codec spec string, got {value!r}")
+def _node_codecs(per_node: list) -> list:
+    """Each node's codec spec (a profile may set its own), checked."""
+    for o in per_node:
+        if not isinstance(o["compression"], str):
+            raise ConfigError(f"compression must be a codec spec string, "
+                              f"got {o['compression']!r}")
+    return [check_codec(o["compression"]) for o in per_node]
 
 
 def _options_record(specs) -> dict:
     """Each distinct resolved options value, with the labels of the nodes that have it."""
-    import dataclasses
-
     out: dict = {}
     for s in specs:
         key = repr(s.options)
@@ -240,22 +243,18 @@ def _server_plan(cfg: RunConfig, graph) -> Plan:
     labels = _server_labels(cfg, graph)
     n = len(labels)
     per_node, learns = _learn_specs(cfg, labels)
-    for o in per_node:
-        check_codec(o["compression"]) if isinstance(o["compression"], str) else \
-            _bad_codec(o["compression"])
+    _node_codecs(per_node)  # checked; server modes use the run's codecs for every worker
     runtime = _runtime_spec(cfg)
     workers = [NodeSpec(id=i, label=labels[i], role="worker", neighbours=((n, 1.0),),
                         self_weight=0.0, learn=learns[i], runtime=runtime, rule=cfg.mode,
                         options=options) for i in range(n)]
-    coord_learn = LearnSpec(**dict(_fields(learns[0]), model=_model_name(cfg, cfg.model),
-                                   behaviour="honest"))
+    coord_learn = dataclasses.replace(learns[0], model=_model_name(cfg, cfg.model),
+                                      behaviour="honest")
     groups = _groups(cfg, n)
     coordinator = NodeSpec(id=n, label="coordinator", role="coordinator",
                            neighbours=tuple((i, 1.0) for i in range(n)), self_weight=0.0,
                            learn=coord_learn, runtime=runtime, rule=cfg.mode, options=options,
                            server=ServerInfo(labels=tuple(labels), groups=groups))
-    import dataclasses
-
     record = dict(cfg.to_dict(), resolved={
         "nodes": n, "labels": labels, "options": dataclasses.asdict(options),
         "python": platform.python_version()})
@@ -265,8 +264,3 @@ def _server_plan(cfg: RunConfig, graph) -> Plan:
     return Plan(cfg, tuple(workers) + (coordinator,), base, record,
                 (f"{cfg.mode}: {n} workers + 1 coordinator",), closer=n)
 
-
-def _fields(learn: LearnSpec) -> dict:
-    import dataclasses
-
-    return {f.name: getattr(learn, f.name) for f in dataclasses.fields(learn)}
