@@ -3,10 +3,10 @@
 One command regenerates each table from fresh runs; every number printed is
 measured (bytes counted by the endpoints, accuracy from the runs' records)::
 
-    python benchmarks/bench_server.py --table stc --out results/server
-    python benchmarks/bench_server.py --table cfl --out results/server
-    python benchmarks/bench_server.py --table cfd --out results/server
-    python benchmarks/bench_server.py --table all --out results/server
+    python benchmarks/bench_server.py --table stc --out benchmarks/results/server
+    python benchmarks/bench_server.py --table cfl --out benchmarks/results/server
+    python benchmarks/bench_server.py --table cfd --out benchmarks/results/server
+    python benchmarks/bench_server.py --table all --out benchmarks/results/server
 
 Each table is written as ``<out>/<table>.md`` and ``<out>/<table>.json``.
 """
@@ -145,7 +145,8 @@ def _strip(s: dict) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--table", choices=["stc", "cfl", "cfd", "all"], default="all")
-    p.add_argument("--out", default="results/server")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                 "results", "server"))
     p.add_argument("--target", type=float, default=0.85, help="CFD table target accuracy")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
