@@ -55,6 +55,8 @@ CLUSTER_OPTIONS = [
     ("eval_every", int, "evaluate every N rounds"),
     ("target_accuracy", float, "stop all nodes once the mean test accuracy reaches this"),
     ("profiles", str, "node profile TOML file (per-node options)"),
+    ("link", str, "emulated uplink of every node: up_mbps=X,latency_ms=X,jitter_ms=X,loss=P"),
+    ("slowdown", float, "local work of every node takes this many times as long (>= 1)"),
     ("out", str, "output folder (default runs/TIMESTAMP-MODE)"),
 ]
 

@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass, field, fields
 
 from .errors import ConfigError
+from .transport.links import parse_link
 from .strategies import MODES as SERVER_MODES
 
 try:
@@ -46,7 +47,7 @@ MODE_DEFAULTS = {
 #: Options a node profile may set for single nodes.
 NODE_KEYS = frozenset({
     "data_share", "model", "local_steps", "local_epochs", "lr", "momentum",
-    "weight_decay", "batch_size", "compression", "behaviour",
+    "weight_decay", "batch_size", "compression", "behaviour", "link", "slowdown",
 })
 
 
@@ -99,6 +100,9 @@ class RunConfig:
     eval_every: int = 1
     target_accuracy: float | None = None
     consensus: bool = True
+    # emulated network and compute (every node; profiles refine per node)
+    link: str | None = None
+    slowdown: float = 1.0
     profiles: str | None = None
     out: str | None = None
     quiet: bool = False
@@ -246,7 +250,13 @@ def node_settings(cfg: RunConfig, node_id: int, label) -> dict:
     base.setdefault("data_share", 1.0)
     base.setdefault("behaviour", "honest")
     prof = cfg.node_overrides or {}
-    base.update(prof.get("default", {}))
-    nodes = prof.get("nodes", {})
-    base.update(nodes.get(str(label), nodes.get(str(node_id), {})))
+    own = prof.get("nodes", {})
+    own = own.get(str(label), own.get(str(node_id), {}))
+    # a link is merged key by key: --link, then the profile's default, then the node's own
+    link = parse_link(cfg.link) if cfg.link else {}
+    for where, table in (("[default]", prof.get("default", {})), (f"[nodes.{label}]", own)):
+        base.update(table)
+        if "link" in table:
+            link.update(parse_link(table["link"], f"profile {where} link"))
+    base["link"] = link
     return base

@@ -7,6 +7,7 @@ train, to evaluate, and to read or replace its parameters as one flat vector.
 from __future__ import annotations
 
 import functools
+import time
 
 import numpy as np
 import torch
@@ -139,8 +140,16 @@ class Learner:
         self.num_samples = int(keep.sum())
 
     def train(self) -> float:
-        """Run the configured local SGD steps; return the mean training loss."""
-        return self.trainer.train()
+        """Run the configured local SGD steps; return the mean training loss.
+
+        With ``slowdown`` F > 1 (an emulated slow device) the node then idles
+        for F − 1 times what the work took.
+        """
+        t0 = time.monotonic()
+        loss = self.trainer.train()
+        if self.spec.slowdown > 1:
+            time.sleep((self.spec.slowdown - 1) * (time.monotonic() - t0))
+        return loss
 
     def evaluate(self) -> tuple[float, float]:
         """(loss, accuracy) on the shared held-out test set."""

@@ -27,6 +27,7 @@ from .config import RunConfig, node_settings
 from .errors import ConfigError
 from .spec import LearnSpec, NodeSpec, RuntimeSpec, ServerInfo, plain_label
 from .strategies import BEHAVIOURS, STRATEGIES
+from .transport.links import LinkSpec, parse_link
 
 __all__ = ["Plan", "plan", "check_codec"]
 
@@ -126,7 +127,8 @@ def _learn_spec(cfg: RunConfig, o: dict, shares: list, label) -> LearnSpec:
         weight_decay=_number(o, "weight_decay", float, where),
         batch_size=_number(o, "batch_size", int, where),
         local_steps=_number(o, "local_steps", int, where),
-        local_epochs=_number(o, "local_epochs", int, where), behaviour=behaviour)
+        local_epochs=_number(o, "local_epochs", int, where), behaviour=behaviour,
+        slowdown=_number(o, "slowdown", float, where))
 
 
 def _learn_specs(cfg: RunConfig, labels: list) -> tuple[list, list]:
@@ -177,7 +179,8 @@ def _gossip_plan(cfg: RunConfig, graph) -> Plan:
         id=i, label=labels[i], role="gossip",
         neighbours=tuple((j, float(topo.weights[i, j])) for j in topo.neighbours(i)),
         self_weight=float(topo.weights[i, i]), learn=learns[i], runtime=runtime,
-        rule=algorithm, options=_gossip_options(cfg, algorithm, codecs[i]))
+        rule=algorithm, options=_gossip_options(cfg, algorithm, codecs[i]),
+        link=LinkSpec(**per_node[i]["link"]))
         for i in range(topo.n))
     record = dict(cfg.to_dict(), resolved={
         "nodes": topo.n, "labels": labels, "spectral_gap": topo.spectral_gap,
@@ -247,14 +250,16 @@ def _server_plan(cfg: RunConfig, graph) -> Plan:
     runtime = _runtime_spec(cfg)
     workers = [NodeSpec(id=i, label=labels[i], role="worker", neighbours=((n, 1.0),),
                         self_weight=0.0, learn=learns[i], runtime=runtime, rule=cfg.mode,
-                        options=options) for i in range(n)]
+                        options=options, link=LinkSpec(**per_node[i]["link"]))
+               for i in range(n)]
+    run_link = LinkSpec(**(parse_link(cfg.link) if cfg.link else {}))
     coord_learn = dataclasses.replace(learns[0], model=_model_name(cfg, cfg.model),
-                                      behaviour="honest")
+                                      behaviour="honest", slowdown=1.0)
     groups = _groups(cfg, n)
     coordinator = NodeSpec(id=n, label="coordinator", role="coordinator",
                            neighbours=tuple((i, 1.0) for i in range(n)), self_weight=0.0,
                            learn=coord_learn, runtime=runtime, rule=cfg.mode, options=options,
-                           server=ServerInfo(labels=tuple(labels), groups=groups))
+                           server=ServerInfo(labels=tuple(labels), groups=groups), link=run_link)
     record = dict(cfg.to_dict(), resolved={
         "nodes": n, "labels": labels, "options": dataclasses.asdict(options),
         "python": platform.python_version()})

@@ -10,6 +10,10 @@ round) and ``summary.json`` and writes two figures into the run folder:
     Test accuracy against the cumulative megabytes a node has sent (log x
     axis): a thin line per node and the mean accuracy against the mean
     cumulative megabytes.
+``accuracy_vs_time.png``
+    Test accuracy against wall time since the start (the records' ``wall_s``,
+    what time-to-accuracy is read from on emulated slow links): a thin line
+    per node and the mean accuracy against the latest node's time.
 
 :func:`plot_curves` draws any named ``(x, y)`` series on one set of axes, for
 benchmarks comparing runs.  Every PNG is written to a temporary file in the
@@ -28,11 +32,12 @@ import tempfile
 
 from p2pfl.errors import UsageError
 
-__all__ = ["plot_run", "plot_curves", "ROUND_PNG", "MB_PNG"]
+__all__ = ["plot_run", "plot_curves", "ROUND_PNG", "MB_PNG", "TIME_PNG"]
 
 #: File names written by :func:`plot_run` inside the run folder.
 ROUND_PNG = "accuracy_vs_round.png"
 MB_PNG = "accuracy_vs_mb.png"
+TIME_PNG = "accuracy_vs_time.png"
 
 _MAX_LEGEND_NODES = 16
 _NODE_STYLE = {"linewidth": 0.8, "alpha": 0.55, "marker": ".", "markersize": 2}
@@ -276,7 +281,31 @@ def plot_run(run_dir: str) -> list[str]:
     _finish(ax, "cumulative MB sent by the node", "test accuracy", title,
             bool(ax.get_legend_handles_labels()[0]))
     written.append(_save(fig, os.path.join(run_dir, MB_PNG)))
+    written.append(_time_figure(run_dir, nodes, acc, labels, legend_nodes, title))
     return written
+
+
+def _time_figure(run_dir, nodes, acc, labels, legend_nodes, title) -> str:
+    """Accuracy against wall time: per node, and the mean at the round's latest time."""
+    wall = {}
+    for rec in _read_records(run_dir):
+        rnd, t = _number(rec.get("round")), _number(rec.get("wall_s"))
+        if rnd is not None and t is not None and not _is_coordinator(rec):
+            wall[(rec["node"], int(rnd))] = t
+    fig, ax = _figure()
+    for node in nodes:
+        pts = [(wall[(node, r)], a) for r, a in sorted(acc[node].items()) if (node, r) in wall]
+        if pts:
+            ax.plot(*zip(*pts), label=labels[node] if legend_nodes else None, **_NODE_STYLE)
+    rounds = sorted({r for node in nodes for r in acc[node]})
+    mean = [(max(wall[(n, r)] for n in nodes if (n, r) in wall),
+             sum(acc[n][r] for n in nodes if r in acc[n]) / sum(r in acc[n] for n in nodes))
+            for r in rounds if any((n, r) in wall for n in nodes)]
+    if mean:
+        ax.plot(*zip(*mean), label="mean", **_MEAN_STYLE)
+    _finish(ax, "wall time (s)", "test accuracy", title,
+            bool(ax.get_legend_handles_labels()[0]))
+    return _save(fig, os.path.join(run_dir, TIME_PNG))
 
 
 def plot_curves(series: dict, path, xlabel: str, ylabel: str, logx: bool = False,

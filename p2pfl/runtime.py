@@ -130,6 +130,8 @@ class Runtime:
             "received_per_peer": [[j, n] for j, n in c.per_peer("received").items()
                                   if j != LAUNCHER],
             "dropped": dict(c.dropped),
+            "messages_sent": c.count("sent", peers=peers),
+            "emulated_lost": self.endpoint.emulated_lost,
         }
         out.update(extra)
         return out

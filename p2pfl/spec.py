@@ -18,6 +18,7 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 
 from .errors import ConfigError
+from .transport.links import LinkSpec
 
 __all__ = ["LearnSpec", "RuntimeSpec", "ServerInfo", "NodeSpec", "options_from_wire",
            "plain_label"]
@@ -41,6 +42,7 @@ class LearnSpec:
     local_steps: int
     local_epochs: int
     behaviour: str = "honest"
+    slowdown: float = 1.0  # local work takes this many times as long as it really took
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shares", tuple(float(s) for s in self.shares))
@@ -58,6 +60,8 @@ class LearnSpec:
             raise ConfigError("one of local_steps and local_epochs must be positive")
         if len(self.shares) != self.num_nodes or not all(s > 0 for s in self.shares):
             raise ConfigError("data_share must be positive for every node")
+        if not self.slowdown >= 1:
+            raise ConfigError(f"slowdown must be >= 1, got {self.slowdown}")
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,7 @@ class NodeSpec:
     rule: str
     options: object
     server: ServerInfo = field(default_factory=ServerInfo)
+    link: LinkSpec = field(default_factory=LinkSpec)
 
     @property
     def peers(self) -> list:
@@ -119,7 +124,7 @@ class NodeSpec:
             "self_weight": self.self_weight,
             "learn": dataclasses.asdict(self.learn), "runtime": dataclasses.asdict(self.runtime),
             "rule": self.rule, "options": dataclasses.asdict(self.options),
-            "server": dataclasses.asdict(self.server),
+            "server": dataclasses.asdict(self.server), "link": dataclasses.asdict(self.link),
         }
 
 
@@ -154,7 +159,8 @@ def node_spec_from_wire(data: dict, options_cls) -> NodeSpec:
             learn=_build(LearnSpec, data["learn"], "learn"),
             runtime=_build(RuntimeSpec, data["runtime"], "runtime"),
             rule=str(data["rule"]), options=options_from_wire(options_cls, data["options"]),
-            server=_build(ServerInfo, data.get("server", {}), "server"))
+            server=_build(ServerInfo, data.get("server", {}), "server"),
+            link=_build(LinkSpec, data.get("link", {}), "link"))
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, ConfigError):
             raise

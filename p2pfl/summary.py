@@ -36,6 +36,8 @@ def run_summary(plan, sink, nodes: dict, wall: float, control_bytes: int) -> dic
         "control_bytes": control_bytes,
         "misses_total": int(sum(n for f in finals for _, n in f.get("misses", []))),
         "dropped_total": int(sum(sum(f.get("dropped", {}).values()) for f in finals)),
+        "messages_sent_total": int(sum(f.get("messages_sent", 0) for f in finals)),
+        "emulated_lost_total": int(sum(f.get("emulated_lost", 0) for f in finals)),
         "failed_nodes": failed,
         # per direction and peer: [sender label, receiver label, bytes] (handshake included)
         "bytes_per_link": [[nodes[f["node"]].label, nodes[j].label, n] for f in finals

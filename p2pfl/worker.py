@@ -75,7 +75,7 @@ def serve(launcher: str, node_id: int, *, ctx: zmq.Context | None = None,
     mailbox = Mailbox(ep, control_sources={LAUNCHER})
     lost_after = 4 * start_timeout
     mailbox.alive = alive or (lambda: time.monotonic() - mailbox.last_control < lost_after)
-    ep.connect(LAUNCHER, launcher)
+    ep.connect(LAUNCHER, launcher, emulated=False)  # the experimenter's channel is never slowed
     status = 1
     try:
         address, control = ep.address, ep.control_address
@@ -86,6 +86,7 @@ def serve(launcher: str, node_id: int, *, ctx: zmq.Context | None = None,
                                          "pid": os.getpid(), "host": socket.gethostname()})
         config = _await(mailbox, "config", start_timeout).meta
         spec = node_spec(config.get("spec"))
+        ep.emulate(spec.link, seed=spec.learn.seed * 7919 + spec.id)
         addresses = {int(j): a for j, a in config.get("addresses", [])}
         runtime = Runtime(ep, mailbox, spec)
         node = make_role(runtime, spec)

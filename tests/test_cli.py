@@ -142,6 +142,11 @@ PLAN_REFUSES = {
     "bad profile value": (["--profiles", "{d}/value.toml"], "lr"),
     "bad profile behaviour": (["--profiles", "{d}/behaviour.toml"], "valid: honest"),
     "bad profile codec": (["--profiles", "{d}/codec.toml"], "valid stages"),
+    "link value": (["--link", "up_mbps=fast"], "up_mbps must be a number"),
+    "link key": (["--link", "bandwidth=3"], "valid: up_mbps"),
+    "link range": (["--link", "loss=1.5"], "loss"),
+    "profile link key": (["--profiles", "{d}/link.toml"], "valid: up_mbps"),
+    "slowdown below 1": (["--slowdown", "0.5"], "slowdown"),
 }
 
 
@@ -153,6 +158,7 @@ def test_the_plan_refuses_bad_values_before_any_node_starts(name, tmp_path, caps
     (tmp_path / "value.toml").write_text('[nodes.1]\nlr = "fast"\n')
     (tmp_path / "behaviour.toml").write_text('[nodes.2]\nbehaviour = "sneaky"\n')
     (tmp_path / "codec.toml").write_text('[nodes.0]\ncompression = "zip:9"\n')
+    (tmp_path / "link.toml").write_text('[nodes.0.link]\nspeed = 3\n')
     args, expected = PLAN_REFUSES[name]
     out = tmp_path / "run"
     argv = ["cluster", "--topology", "ring:4", "--rounds", "1", "--out", str(out), "-q",

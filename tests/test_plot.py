@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from p2pfl.errors import UsageError
-from p2pfl.plot import MB_PNG, ROUND_PNG, plot_curves, plot_run
+from p2pfl.plot import MB_PNG, ROUND_PNG, TIME_PNG, plot_curves, plot_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -45,13 +45,13 @@ def _gossip_records(nodes=3, rounds=5):
     return out
 
 
-def test_plot_run_writes_two_pngs(tmp_path):
+def test_plot_run_writes_three_pngs(tmp_path):
     run = tmp_path / "run"
     _write_run(run, _gossip_records(),
                {"mode": "gossip", "nodes": 3, "accuracy_mean": 0.87,
                 "accuracy_per_round": [[1, 0.26], [3, 0.56], [5, 0.86]]})
     paths = plot_run(str(run))
-    assert paths == [str(run / ROUND_PNG), str(run / MB_PNG)]
+    assert paths == [str(run / ROUND_PNG), str(run / MB_PNG), str(run / TIME_PNG)]
     for path in paths:
         _assert_png(path)
     assert _no_temp_files(run)

@@ -16,14 +16,16 @@ class ByteCounter:
     """
 
     def __init__(self) -> None:
-        # direction -> peer -> round -> bytes
+        # direction -> peer -> round -> bytes (and messages)
         self._bytes = {"sent": defaultdict(Counter), "received": defaultdict(Counter)}
+        self._count = {"sent": defaultdict(Counter), "received": defaultdict(Counter)}
         self.messages = Counter()  # (direction, kind) -> count
         self.dropped = Counter()  # reason -> count
 
     def add(self, direction: str, peer, round: int, nbytes: int, kind: str) -> None:
         """Record one message of ``nbytes`` sent to or received from ``peer``."""
         self._bytes[direction][peer][round] += nbytes
+        self._count[direction][peer][round] += 1
         self.messages[(direction, kind)] += 1
 
     def drop(self, reason: str) -> None:
@@ -37,6 +39,13 @@ class ByteCounter:
         if round is None:
             return sum(sum(table[p].values()) for p in chosen)
         return sum(table[p].get(round, 0) for p in chosen)
+
+    def count(self, direction: str, *, peers=None, handshake: bool = False) -> int:
+        """Messages in one direction to or from ``peers``; round 0 (the handshake) only
+        if ``handshake``."""
+        table = self._count[direction]
+        chosen = table.keys() if peers is None else [p for p in peers if p in table]
+        return sum(n for p in chosen for r, n in table[p].items() if handshake or r != 0)
 
     def per_peer(self, direction: str) -> dict:
         """``{peer: bytes}`` over all rounds in one direction."""

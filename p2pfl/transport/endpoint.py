@@ -30,6 +30,7 @@ import msgpack
 import zmq
 
 from .counters import ByteCounter
+from .links import LinkEmulator, LinkSpec
 from .wire import DEFAULT_LIMITS, Limits, Message, ProtocolError, pack, unpack
 
 __all__ = ["Endpoint", "bind_address", "identity", "COMMAND_KINDS"]
@@ -74,10 +75,15 @@ class Endpoint:
     control : str, optional
         Address to bind the control socket to (nodes have one; the launcher,
         which receives no commands, does not).
+    link : LinkSpec, optional
+        Emulate a slow or lossy uplink on the data sent to emulated peers
+        (:mod:`~p2pfl.transport.links`); ``link_seed`` seeds its jitter and loss.
+        :meth:`emulate` sets it later, before the peers are connected.
     """
 
     def __init__(self, ctx: zmq.Context, node_id, bind: str, *, hwm: int = 1000,
-                 limits: Limits = DEFAULT_LIMITS, control: str | None = None) -> None:
+                 limits: Limits = DEFAULT_LIMITS, control: str | None = None,
+                 link: LinkSpec | None = None, link_seed: int = 0) -> None:
         self.ctx = ctx
         self.node_id = node_id
         self.limits = limits
@@ -87,6 +93,9 @@ class Endpoint:
         self._identity = identity(node_id)
         self._peers: dict = {}  # peer -> DEALER to its data socket
         self._commands: dict = {}  # peer -> DEALER to its control socket
+        self._link = None
+        if link is not None:
+            self.emulate(link, link_seed)
         self._poller = zmq.Poller()
         self._inputs: dict = {}  # socket -> channel name, control first
         self.control_address = None
@@ -107,10 +116,19 @@ class Endpoint:
         return sock
 
     # ------------------------------------------------------------------ peers
-    def connect(self, peer, address: str, *, control: bool = False) -> None:
-        """Open a sending socket to ``peer``'s data (or control) socket (idempotent)."""
+    def connect(self, peer, address: str, *, control: bool = False,
+                emulated: bool = True) -> None:
+        """Open a sending socket to ``peer``'s data (or control) socket (idempotent).
+
+        With a link to emulate, data to an ``emulated`` peer goes through it (the
+        launcher's channel, ``emulated=False``, never does).
+        """
         table = self._commands if control else self._peers
         if peer in table:
+            return
+        if self._link is not None and emulated and not control:
+            self._link.connect(peer, address)
+            table[peer] = self._link
             return
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.ROUTING_ID, self._identity)
@@ -120,9 +138,21 @@ class Endpoint:
         sock.connect(address)
         table[peer] = sock
 
+    def emulate(self, link: LinkSpec, seed: int = 0) -> None:
+        """Send data to the peers connected from now on through an emulated link."""
+        if self._link is not None:
+            raise RuntimeError("this endpoint already emulates a link")
+        if link.active:
+            self._link = LinkEmulator(self.ctx, link, self._identity, self.hwm, seed=seed)
+
     @property
     def peers(self) -> list:
         return list(self._peers)
+
+    @property
+    def emulated_lost(self) -> int:
+        """Messages the emulated link lost (counted apart from real drops)."""
+        return 0 if self._link is None else self._link.lost
 
     # ---------------------------------------------------------------- traffic
     def send(self, peer, kind: str, round: int = 0, **fields) -> int:
@@ -140,7 +170,9 @@ class Endpoint:
             self.counters.drop("send_unknown_peer")
             return 0
         parts = pack(kind, self.node_id, round, next(self._seq), **fields)
-        if not self._put(sock, parts, COMMAND_WAIT_S if command and kind != "heartbeat" else 0):
+        if sock is self._link:
+            sock.send(peer, parts)
+        elif not self._put(sock, parts, COMMAND_WAIT_S if command and kind != "heartbeat" else 0):
             self.counters.drop("command_queue_full" if command else "send_queue_full")
             return 0
         nbytes = sum(len(p) if isinstance(p, bytes) else memoryview(p).nbytes for p in parts)
@@ -200,8 +232,12 @@ class Endpoint:
         given; 0 discards them, for when every peer is known to be done).
         """
         ms = None if linger is None else int(linger * 1000)
+        if self._link is not None:
+            self._link.close(linger)
         for table in (self._peers, self._commands):
             for peer in list(table):
-                table.pop(peer).close(linger=ms)
+                sock = table.pop(peer)
+                if sock is not self._link:
+                    sock.close(linger=ms)
         for sock in self._inputs:
             sock.close(linger=0)

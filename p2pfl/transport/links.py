@@ -1,0 +1,202 @@
+"""Link emulation at the sender, on the real sockets: uplink bandwidth, latency, loss.
+
+A node whose profile sets a link (``up_mbps``, ``latency_ms``, ``jitter_ms``,
+``loss``) hands every message to a peer to its :class:`LinkEmulator`, a thread
+that owns the node's sending sockets to its peers and releases each message
+when the emulated network would deliver it:
+
+* the uplink is one queue shared by all outgoing messages: a message of B
+  bytes occupies it for 8·B / up_mbps µs after the previous one left, with no
+  burst allowance;
+* then the message travels for ``latency_ms`` plus a Gaussian jitter of
+  standard deviation ``jitter_ms`` (truncated at zero; messages may overtake
+  each other, as on a real network);
+* with probability ``loss`` it is lost: it used the uplink, is counted, and is
+  never delivered.
+
+The thread runs apart from the node's loop, so a message scheduled while the
+node trains still leaves on time.  The node's thread talks to it over an
+inproc PAIR pipe (zero-copy); sockets never cross threads.  This module knows
+nothing of learning.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from dataclasses import dataclass
+
+import msgpack
+import numpy as np
+import zmq
+
+from ..errors import ConfigError
+
+__all__ = ["LinkSpec", "LinkEmulator", "parse_link"]
+
+#: Messages an emulated uplink holds before further ones are dropped (a full queue).
+MAX_QUEUED = 100_000
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """A node's emulated uplink: bandwidth (None: unlimited), one-way delay, loss."""
+
+    up_mbps: float | None = None
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
+    loss: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.up_mbps is not None and not self.up_mbps > 0:
+            raise ConfigError(f"link up_mbps must be positive, got {self.up_mbps}")
+        if self.latency_ms < 0 or self.jitter_ms < 0:
+            raise ConfigError("link latency_ms and jitter_ms must be >= 0")
+        if not 0 <= self.loss < 1:
+            raise ConfigError(f"link loss must be in [0, 1), got {self.loss}")
+
+    @property
+    def active(self) -> bool:
+        return (self.up_mbps is not None or self.latency_ms > 0 or self.jitter_ms > 0
+                or self.loss > 0)
+
+    def transmit_s(self, nbytes: int) -> float:
+        """Seconds the uplink is busy with a message of ``nbytes`` bytes."""
+        return 0.0 if self.up_mbps is None else 8.0 * nbytes / (self.up_mbps * 1e6)
+
+
+def parse_link(value, where: str = "--link") -> dict:
+    """``"up_mbps=1,latency_ms=20"`` (or a TOML table) → checked keyword values."""
+    if isinstance(value, str):
+        pairs = {}
+        for item in filter(None, (p.strip() for p in value.split(","))):
+            key, sep, text = item.partition("=")
+            if not sep:
+                raise ConfigError(f"{where}: expected KEY=VALUE, got {item!r}")
+            try:
+                pairs[key.strip()] = float(text)
+            except ValueError:
+                raise ConfigError(f"{where}: {key.strip()} must be a number, got {text!r}") \
+                    from None
+        value = pairs
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a table of link settings, got {value!r}")
+    valid = ("up_mbps", "latency_ms", "jitter_ms", "loss")
+    unknown = sorted(set(value) - set(valid))
+    if unknown:
+        raise ConfigError(f"{where}: unknown link key(s) {', '.join(unknown)}; "
+                          f"valid: {', '.join(valid)}")
+    for key, v in value.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"{where}: {key} must be a number, got {v!r}")
+    return {k: float(v) for k, v in value.items()}
+
+
+class LinkEmulator:
+    """The thread that owns a node's sending sockets and paces them like a slow link.
+
+    Used only by :class:`~p2pfl.transport.endpoint.Endpoint`: ``connect``,
+    ``send`` and ``close`` are called from the endpoint's thread and travel
+    over the pipe; everything else runs in the emulator's own thread.
+    """
+
+    def __init__(self, ctx: zmq.Context, spec: LinkSpec, routing_id: bytes, hwm: int,
+                 seed: int = 0) -> None:
+        self.spec = spec
+        self.lost = 0  # emulated losses (written by the emulator thread only)
+        self.overflow = 0  # messages dropped because a queue was full
+        self._ctx, self._rid, self._hwm = ctx, routing_id, hwm
+        self._rng = np.random.default_rng(seed)
+        address = f"inproc://p2pfl-link-{id(self)}-{seed}"
+        self._pipe = ctx.socket(zmq.PAIR)
+        self._pipe.setsockopt(zmq.SNDHWM, 0)  # the emulator's own queue bounds memory
+        self._pipe.bind(address)
+        self._thread = threading.Thread(target=self._run, args=(address,), daemon=True,
+                                        name="p2pfl-link")
+        self._thread.start()
+
+    # ------------------------------------------------------ endpoint's thread
+    def connect(self, peer, address: str) -> None:
+        self._pipe.send_multipart([b"C", msgpack.packb(peer), address.encode()])
+
+    def send(self, peer, parts: list) -> None:
+        self._pipe.send_multipart([b"M", msgpack.packb(peer)] + list(parts), copy=False)
+
+    def close(self, linger: float | None) -> None:
+        """Deliver what is still scheduled (up to ``linger`` s, default 2), then stop."""
+        wait = 2.0 if linger is None else float(linger)
+        self._pipe.send_multipart([b"S", msgpack.packb(wait)])
+        self._thread.join(wait + 5.0)
+        self._pipe.close(linger=0)
+
+    # ------------------------------------------------------ emulator's thread
+    def _run(self, address: str) -> None:
+        pipe = self._ctx.socket(zmq.PAIR)
+        pipe.connect(address)
+        socks: dict = {}
+        queue: list = []  # heap of (due time, order, peer, frames)
+        order = itertools.count()
+        uplink_free = 0.0
+        stop_at = None
+        try:
+            while True:
+                now = time.monotonic()
+                while queue and queue[0][0] <= now:
+                    _, _, peer, frames = heapq.heappop(queue)
+                    self._deliver(socks.get(peer), frames)
+                if stop_at is not None:  # closing: let what is in flight arrive
+                    if not queue or now >= stop_at:
+                        break
+                    time.sleep(min(queue[0][0] - now, stop_at - now, 0.05))
+                    continue
+                wait = (queue[0][0] - now) if queue else 1.0
+                if not pipe.poll(int(wait * 1000) + 1):
+                    continue
+                cmd, *rest = pipe.recv_multipart(copy=False)
+                kind = cmd.bytes
+                if kind == b"C":
+                    socks[msgpack.unpackb(rest[0].bytes)] = self._socket(rest[1].bytes.decode())
+                elif kind == b"S":
+                    stop_at = time.monotonic() + msgpack.unpackb(rest[0].bytes)
+                elif len(queue) >= MAX_QUEUED:
+                    self.overflow += 1
+                else:
+                    uplink_free = self._schedule(queue, order, uplink_free,
+                                                 msgpack.unpackb(rest[0].bytes), rest[1:])
+        finally:
+            for sock in socks.values():
+                sock.close(linger=0)
+            pipe.close(linger=0)
+
+    def _schedule(self, queue, order, uplink_free: float, peer, frames) -> float:
+        """Put one message on the uplink; return when the uplink is free again."""
+        spec, now = self.spec, time.monotonic()
+        nbytes = sum(len(f) for f in frames)
+        left = max(now, uplink_free) + spec.transmit_s(nbytes)
+        if spec.loss and self._rng.random() < spec.loss:
+            self.lost += 1
+            return left
+        delay = spec.latency_ms
+        if spec.jitter_ms:
+            delay = max(0.0, delay + spec.jitter_ms * self._rng.standard_normal())
+        heapq.heappush(queue, (left + delay / 1000.0, next(order), peer, frames))
+        return left
+
+    def _socket(self, address: str) -> zmq.Socket:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.ROUTING_ID, self._rid)
+        sock.setsockopt(zmq.SNDHWM, self._hwm)
+        sock.setsockopt(zmq.LINGER, 2000)
+        sock.connect(address)
+        return sock
+
+    def _deliver(self, sock, frames) -> None:
+        if sock is None:
+            self.overflow += 1
+            return
+        try:
+            sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.overflow += 1

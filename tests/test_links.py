@@ -1,0 +1,114 @@
+"""The link emulator honours its settings, on real sockets (issue 8)."""
+
+import json
+import threading
+import time
+
+import pytest
+import torch
+import zmq
+
+from p2pfl.transport import Endpoint
+from p2pfl.transport.links import LinkSpec
+
+
+@pytest.fixture
+def pair():
+    ctx = zmq.Context()
+    receiver = Endpoint(ctx, 1, "tcp://127.0.0.1:*")
+    made = []
+
+    def sender(spec, node_id=0):
+        ep = Endpoint(ctx, node_id, "tcp://127.0.0.1:*", link=spec, link_seed=7)
+        ep.connect(1, receiver.address)
+        ep.send(1, "hello", 0)
+        assert receiver.recv(5.0).kind == "hello"  # the connection is up
+        made.append(ep)
+        return ep
+
+    yield sender, receiver
+    for ep in made:
+        ep.close(linger=0)
+    receiver.close()
+    ctx.term()
+
+
+def _arrivals(receiver, n, first_wait=10.0):
+    t0, times = time.monotonic(), []
+    while len(times) < n:
+        msg = receiver.recv(first_wait if not times else 1.0)
+        if msg is None:
+            break
+        times.append(time.monotonic() - t0)
+    return times
+
+
+def test_bandwidth_moves_2_mb_in_the_nominal_time(pair):
+    sender, receiver = pair
+    ep = sender(LinkSpec(up_mbps=16))  # 2 MB at 16 Mbit/s: 1.0 s
+    t0 = time.monotonic()
+    ep.send(1, "model", 1, frames=[bytes(2_000_000)])
+    msg = receiver.recv(10.0)
+    elapsed = time.monotonic() - t0
+    assert msg is not None and 0.85 <= elapsed <= 1.15, elapsed
+
+
+def test_messages_queue_behind_each_other_on_the_uplink(pair):
+    sender, receiver = pair
+    ep = sender(LinkSpec(up_mbps=8))  # 10 x 100 kB at 8 Mbit/s: one every 0.1 s
+    for _ in range(10):
+        ep.send(1, "model", 1, frames=[bytes(100_000)])
+    times = _arrivals(receiver, 10)
+    assert len(times) == 10
+    assert 0.85 <= times[-1] <= 1.15, times
+    assert times[0] < 0.2
+
+
+def test_latency_holds_while_the_sender_is_busy(pair):
+    sender, receiver = pair
+    ep = sender(LinkSpec(latency_ms=200))
+    done = threading.Event()
+
+    def busy():  # the node's thread trains for 0.6 s right after sending
+        a = torch.randn(300, 300)
+        t = time.monotonic()
+        while time.monotonic() - t < 0.6:
+            a = torch.tanh(a @ a)
+        done.set()
+
+    t0 = time.monotonic()
+    ep.send(1, "model", 1, frames=[b"x" * 100])
+    worker = threading.Thread(target=busy)
+    worker.start()
+    msg = receiver.recv(5.0)
+    elapsed = time.monotonic() - t0
+    worker.join()
+    assert msg is not None and 0.17 <= elapsed <= 0.23, elapsed
+    assert done.is_set()
+
+
+def test_loss_loses_its_share_and_counts_it(pair):
+    sender, receiver = pair
+    ep = sender(LinkSpec(loss=0.1))
+    for i in range(1000):
+        ep.send(1, "model", 1, frames=[b"x" * 64])
+    got = len(_arrivals(receiver, 1000, first_wait=5.0))
+    assert 70 <= ep.emulated_lost <= 130
+    assert got + ep.emulated_lost == 1000
+    assert ep.counters.count("sent", peers=[1]) == 1000  # a lost message was still sent
+
+
+def test_latency_adds_to_a_synchronous_round(tmp_path):
+    from p2pfl import run_cluster
+
+    per_round = {}
+    for name, link in (("plain", None), ("slow", "latency_ms=200")):
+        res = run_cluster("line:2", rounds=12, eval_every=100, quiet=True, link=link,
+                          out=str(tmp_path / name))
+        wall = {r["round"]: r["wall_s"] for r in res.metrics if r["node"] == 0}
+        per_round[name] = (wall[12] - wall[2]) / 10
+        with open(tmp_path / name / "summary.json") as fh:
+            summary = json.load(fh)
+        assert summary["messages_sent_total"] == 2 * 12 and summary["emulated_lost_total"] == 0
+    added = per_round["slow"] - per_round["plain"]
+    assert 0.17 <= added <= 0.23, per_round
