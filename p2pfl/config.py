@@ -75,6 +75,7 @@ class RunConfig:
     weight_decay: float = 0.0
     # gossip
     algorithm: str = "auto"
+    schedule: str = "sync"
     mixing: str = "metropolis"
     compression: str = "none"
     error_feedback: str = "auto"
@@ -115,6 +116,7 @@ class RunConfig:
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
         _one_of("transport", self.transport, TRANSPORTS)
+        _one_of("schedule", self.schedule, ("sync", "async"))
         _one_of("error_feedback", self.error_feedback, ("auto", "on", "off"))
         _one_of("fd_delta", self.fd_delta, ("auto", "on", "off"))
         for name in ("stc_cache", "cfl_warmup", "public_size", "distill_steps"):

@@ -4,6 +4,13 @@ One :class:`GossipNode` is the role of one gossip actor.  Learning lives in
 :class:`~p2pfl.learner.Learner`, the update rule in a :mod:`gossip algorithm
 <p2pfl.algorithms>`, and the bytes behind the :class:`~p2pfl.runtime.Runtime`
 verbs; this loop only wires them.
+
+With ``--schedule sync`` a round waits for the neighbours' messages of that
+round (up to the time-out).  With ``--schedule async`` there is no barrier: a
+node mixes whatever arrived since its last mix and goes on; ``--rounds`` then
+counts its local iterations, and each record says how stale the mixed models
+were (``staleness``: our iteration minus the sender's, mean over the models
+mixed).
 """
 
 from __future__ import annotations
@@ -42,20 +49,29 @@ class GossipNode:
             seed=spec.learn.seed * 7919 + spec.id)
         self.misses: Counter = Counter()  # total misses per neighbour
         self._streak: Counter = Counter()  # consecutive misses per neighbour
+        self.asynchronous = spec.runtime.schedule == "async"
+        self.staleness: list = []  # this iteration's τ of each mixed model
 
     def run(self) -> int:
         """Run every round (or until stopped); return the last completed round."""
         done = 0
+        if self.asynchronous:
+            self.rt.go_asynchronous()
         for rnd in range(1, self.run_spec.rounds + 1):
             if self.rt.stopped:
                 break
             loss = self.learner.train()
             x = self.learner.get_flat()
             self.broadcast(rnd, self.algorithm.outgoing(x))
-            received = self.collect(rnd)
+            if self.asynchronous:
+                received = self.arrivals(rnd)
+                x = self.algorithm.mix_async(x, received)
+            else:
+                received = self.collect(rnd)
+                x = self.algorithm.mix(x, received)
             if self.rt.stopped:  # stopped mid-round: the round is not completed
                 break
-            self.learner.set_flat(self.algorithm.mix(x, received))
+            self.learner.set_flat(x)
             for j in self.algorithm.resync_requests(rnd):
                 self.rt.send(j, "resync", rnd)
             self.record(rnd, loss, len(received))
@@ -67,8 +83,11 @@ class GossipNode:
         for j in self.rt.requests("resync"):
             self.algorithm.on_resync_request(j)
         special = self.algorithm.full_copies()
+        online = [j for j in self.neighbours if self._streak[j] < SUSPECT_AFTER]
+        chosen = set(self.algorithm.targets(online)) | set(special)
         for j in self.neighbours:
-            self.rt.send(j, "model", rnd, special.get(j, packet))
+            if j in chosen:
+                self.rt.send(j, "model", rnd, special.get(j, packet))
 
     def expected(self, rnd: int) -> list:
         """Neighbours to wait for this round.
@@ -102,6 +121,18 @@ class GossipNode:
                 self._streak[j] += 1
         return received
 
+    def arrivals(self, rnd: int) -> dict:
+        """Without a barrier: every neighbour's decoded packets since the last mix."""
+        received, self.staleness = {}, []
+        for j, packets in self.rt.drain("model").items():
+            for packet in packets:
+                try:
+                    received.setdefault(j, []).append(self.algorithm.decode(packet))
+                    self.staleness.append(max(0, rnd - packet.round))
+                except ValueError:  # CodecError is a ValueError
+                    self.rt.drop("undecodable")
+        return received
+
     def record(self, rnd: int, loss: float, arrived: int) -> None:
         """This round's record; with the consensus distance on, the model goes along."""
         evaluate = self.run_spec.evaluates(rnd)
@@ -109,9 +140,12 @@ class GossipNode:
         vector = None
         if evaluate and self.run_spec.consensus:
             vector = self.learner.get_flat().numpy()
-        self.rt.report(rnd, {"loss": float(loss), "test_loss": test_loss, "accuracy": acc,
-                             "neighbours_heard": arrived, "misses": sum(self.misses.values())},
-                       vector)
+        fields = {"loss": float(loss), "test_loss": test_loss, "accuracy": acc,
+                  "neighbours_heard": arrived, "misses": sum(self.misses.values())}
+        if self.asynchronous:
+            fields["staleness"] = (sum(self.staleness) / len(self.staleness)
+                                   if self.staleness else None)
+        self.rt.report(rnd, fields, vector)
 
     def final_report(self) -> dict:
         """Totals for the ``bye`` message: exact counters of the whole run."""

@@ -20,8 +20,9 @@ import platform
 from dataclasses import dataclass
 
 from . import topology as topo_mod
-from .algorithms import ALGORITHMS
+from .algorithms import ALGORITHMS, ASYNC_ONLY
 from .algorithms.choco import default_gamma
+from .algorithms.gossip_learning import GossipLearningOptions
 from .algorithms.options import CHOCOOptions, DPSGDOptions
 from .config import RunConfig, node_settings
 from .errors import ConfigError
@@ -141,10 +142,10 @@ def _learn_specs(cfg: RunConfig, labels: list) -> tuple[list, list]:
     return per_node, learns
 
 
-def _runtime_spec(cfg: RunConfig) -> RuntimeSpec:
+def _runtime_spec(cfg: RunConfig, schedule: str = "sync") -> RuntimeSpec:
     return RuntimeSpec(rounds=cfg.rounds, round_timeout=cfg.round_timeout,
                        start_timeout=cfg.start_timeout, eval_every=cfg.eval_every,
-                       consensus=cfg.consensus)
+                       consensus=cfg.consensus, schedule=schedule)
 
 
 # ------------------------------------------------------------------ gossip
@@ -158,9 +159,14 @@ def _algorithm(cfg: RunConfig, codecs: list) -> str:
     return cfg.algorithm
 
 
-def _gossip_options(cfg: RunConfig, algorithm: str, codec: str):
+def _gossip_options(cfg: RunConfig, algorithm: str, codec: str, learn: LearnSpec):
     """The rule's options; error feedback (the residual x − x̂) is kept unless ``off``."""
     keep = cfg.error_feedback != "off"
+    if algorithm == "gossip-learning":
+        if codec != "none":
+            raise ConfigError("gossip-learning exchanges whole models; compression needs "
+                              "--algorithm dpsgd or choco")
+        return GossipLearningOptions(steps=max(1, learn.local_steps))
     if algorithm == "choco":
         return CHOCOOptions(codec=codec, gamma=cfg.gamma or default_gamma(codec),
                             error_feedback=keep)
@@ -174,19 +180,21 @@ def _gossip_plan(cfg: RunConfig, graph) -> Plan:
     per_node, learns = _learn_specs(cfg, labels)
     codecs = _node_codecs(per_node)
     algorithm = _algorithm(cfg, codecs)
-    runtime = _runtime_spec(cfg)
+    schedule = "async" if algorithm in ASYNC_ONLY else cfg.schedule
+    runtime = _runtime_spec(cfg, schedule)
     specs = tuple(NodeSpec(
         id=i, label=labels[i], role="gossip",
         neighbours=tuple((j, float(topo.weights[i, j])) for j in topo.neighbours(i)),
         self_weight=float(topo.weights[i, i]), learn=learns[i], runtime=runtime,
-        rule=algorithm, options=_gossip_options(cfg, algorithm, codecs[i]),
+        rule=algorithm, options=_gossip_options(cfg, algorithm, codecs[i], learns[i]),
         link=LinkSpec(**per_node[i]["link"]))
         for i in range(topo.n))
     record = dict(cfg.to_dict(), resolved={
         "nodes": topo.n, "labels": labels, "spectral_gap": topo.spectral_gap,
-        "algorithm": algorithm, "options": _options_record(specs),
+        "algorithm": algorithm, "schedule": schedule, "options": _options_record(specs),
         "python": platform.python_version()})
-    base = {"mode": cfg.mode, "algorithm": algorithm, "nodes": topo.n, "rounds": cfg.rounds,
+    base = {"mode": cfg.mode, "algorithm": algorithm, "schedule": schedule,
+            "nodes": topo.n, "rounds": cfg.rounds,
             "topology": str(cfg.topology), "edges": topo.graph.number_of_edges(),
             "spectral_gap": topo.spectral_gap}
     info = (f"topology: {topo_mod.describe(topo)}",) + tuple(f"warning: {w}"
@@ -241,6 +249,9 @@ def _strategy_options(cfg: RunConfig):
 
 
 def _server_plan(cfg: RunConfig, graph) -> Plan:
+    if cfg.schedule != "sync":
+        raise ConfigError(f"--schedule {cfg.schedule}: server modes run in rounds; "
+                          "valid here: sync")
     options = _strategy_options(cfg)
     check_codec(cfg.compression)
     labels = _server_labels(cfg, graph)

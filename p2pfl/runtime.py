@@ -78,6 +78,16 @@ class Runtime:
         msgs = self.mailbox.collect(kind, rnd, peers, timeout)
         return {} if self.stopped else {j: to_packet(m) for j, m in msgs.items()}
 
+    def drain(self, kind: str) -> dict:
+        """Without a round barrier: ``{peer: [Packet, ...]}`` that arrived since the last
+        drain, oldest first, without waiting."""
+        return {j: [to_packet(m) for m in msgs]
+                for j, msgs in self.mailbox.drain(kind).items()}
+
+    def go_asynchronous(self) -> None:
+        """Switch the mailbox from round-keyed collection to per-sender queues."""
+        self.mailbox.go_asynchronous()
+
     def next_after(self, kind: str, after: int, src, timeout: float) -> Packet | None:
         """``src``'s next ``kind`` packet for a round later than ``after`` (None on time-out)."""
         msg = self.mailbox.next_after(kind, after, src, timeout)

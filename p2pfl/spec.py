@@ -73,6 +73,7 @@ class RuntimeSpec:
     start_timeout: float
     eval_every: int = 1
     consensus: bool = True
+    schedule: str = "sync"  # or "async": no round barrier (gossip only)
 
     def evaluates(self, rnd: int) -> bool:
         """Whether round ``rnd`` is evaluated: every ``eval_every``-th and the last."""

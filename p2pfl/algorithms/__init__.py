@@ -3,11 +3,14 @@
 from .base import GossipAlgorithm, Packet
 from .choco import CHOCO
 from .dpsgd import DPSGD, CompressedDPSGD
+from .gossip_learning import GossipLearning
 
-ALGORITHMS = {"dpsgd": DPSGD, "choco": CHOCO}
+ALGORITHMS = {"dpsgd": DPSGD, "choco": CHOCO, "gossip-learning": GossipLearning}
+#: Rules that only make sense without a round barrier.
+ASYNC_ONLY = frozenset({"gossip-learning"})
 
-__all__ = ["ALGORITHMS", "GossipAlgorithm", "Packet", "DPSGD", "CompressedDPSGD", "CHOCO",
-           "make_algorithm"]
+__all__ = ["ALGORITHMS", "ASYNC_ONLY", "GossipAlgorithm", "Packet", "DPSGD", "CompressedDPSGD",
+           "CHOCO", "GossipLearning", "make_algorithm"]
 
 
 def make_algorithm(name: str, numel: int, self_weight: float, weights: dict, *, x0,

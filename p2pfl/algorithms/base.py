@@ -103,6 +103,16 @@ class GossipAlgorithm:
         """The new model from ours and the decoded packets that arrived."""
         raise NotImplementedError
 
+    def mix_async(self, x: torch.Tensor, received: dict) -> torch.Tensor:
+        """Without a round barrier: ``received`` maps each neighbour to the list of its
+        decoded packets since the last mix, oldest first.  By default the latest
+        one counts (it supersedes the others)."""
+        return self.mix(x, {j: items[-1] for j, items in received.items() if items})
+
+    def targets(self, online: list) -> list:
+        """Who gets this round's packet: every neighbour, by default."""
+        return sorted(self.weights)
+
     def resync_requests(self, rnd: int) -> list:
         """Neighbours whose full state we need (compressed gossip only)."""
         return []

@@ -60,6 +60,12 @@ class Mailbox:
         self._pending: dict = defaultdict(dict)  # (kind, round) -> {src: Message}
         self._requests: dict = defaultdict(dict)  # kind -> {src: Message}
         self.last_heard: dict = {}  # peer -> latest round of any data message (late ones too)
+        # Without a round barrier (asynchronous gossip) data messages queue per sender
+        # and kind, whatever their round, at most max_queued each (the oldest go first).
+        self.asynchronous = False
+        self.max_queued = 64
+        self._queues: dict = defaultdict(deque)  # (kind, src) -> deque of Message
+        self._next_check = time.monotonic() + 1.0
 
     def _route(self, msg: Message) -> None:
         counters = self.endpoint.counters
@@ -92,7 +98,13 @@ class Mailbox:
             return
         if msg.round > self.last_heard.get(msg.src, -1):
             self.last_heard[msg.src] = msg.round
-        if msg.round < self.current_round:
+        if self.asynchronous and msg.round > 0:
+            queue = self._queues[(msg.kind, msg.src)]
+            if len(queue) >= self.max_queued:
+                queue.popleft()
+                counters.drop("queue_overflow")
+            queue.append(msg)
+        elif msg.round < self.current_round:
             counters.drop("stale_round")
         elif msg.round > self.current_round + self.window:
             counters.drop("round_out_of_window")
@@ -152,6 +164,31 @@ class Mailbox:
         self._wait(lambda: earliest() is not None, timeout)
         rnd = earliest()
         return None if rnd is None else self.collect(kind, rnd, [src], 0.0)[src]
+
+    def go_asynchronous(self) -> None:
+        """Stop keying data by round: from now on :meth:`drain` takes what arrived."""
+        self.asynchronous = True
+        for (kind, rnd) in sorted(self._pending, key=lambda key: key[1]):
+            for src, msg in self._pending.pop((kind, rnd)).items():
+                if rnd > 0:
+                    self._queues[(kind, src)].append(msg)
+
+    def drain(self, kind: str) -> dict:
+        """``{src: [Message, ...]}`` of ``kind`` received so far, oldest first; no waiting."""
+        while not self.stopped:
+            if time.monotonic() >= self._next_check:
+                self._next_check = time.monotonic() + 1.0
+                if not self.alive():
+                    self.stopped = True
+                    break
+            msg = self.endpoint.recv(0)
+            if msg is None:
+                break
+            self._route(msg)
+        out = {}
+        for key in [k for k in self._queues if k[0] == kind and self._queues[k]]:
+            out[key[1]] = list(self._queues.pop(key))
+        return out
 
     def take_requests(self, kind: str) -> list:
         """Senders of ``kind`` requests received so far (each once), without waiting."""
