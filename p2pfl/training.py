@@ -77,7 +77,8 @@ MOMENTUM_MODES = ("local", "quasi-global")
 class QuasiGlobalMomentum:
     """Quasi-global momentum: the buffer follows the model's actual motion, gossip included.
 
-    QG-DSGDm (Lin, Karimireddy, Stich, Jaggi, ICML 2021, Algorithm 1), at node i::
+    QG-DSGDm (Lin, Karimireddy, Stich, Jaggi, "Quasi-Global Momentum", ICML 2021),
+    at node i::
 
         m_i = β m̂_i + g_i;   x_i ← x_i − η m_i;   x_i ← gossip(x_i)
         d_i = (x_i^prev − x_i) / η;   m̂_i ← μ m̂_i + (1 − μ) d_i
@@ -93,6 +94,8 @@ class QuasiGlobalMomentum:
     (μ = β per step, the paper's choice).  m̂ starts at 0; it is divided by
     the sum of its weights, Σ μ^t (1 − μ) (the bias correction of Adam,
     Kingma & Ba 2015), so early rounds are not damped by that zero start.
+    Every motion between two :meth:`LocalTrainer.train` calls counts as
+    gossip, so it is meant for the gossip loop (not for distillation steps).
     """
 
     def __init__(self) -> None:
