@@ -15,7 +15,7 @@ from collections import defaultdict
 
 import numpy as np
 
-__all__ = ["MetricsSink", "write_json_atomic", "read_metrics"]
+__all__ = ["MetricsSink", "write_json_atomic", "read_metrics", "consensus_distances"]
 
 
 def write_json_atomic(path: str, obj) -> None:
@@ -53,6 +53,24 @@ def read_metrics(path: str) -> list[dict]:
             except json.JSONDecodeError:
                 continue
     return out
+
+
+def consensus_distances(vectors: dict) -> tuple[dict, dict]:
+    """Each node's distance to the mean model, absolute and relative.
+
+    ``‖x_i − x̄‖`` and ``‖x_i − x̄‖ / ‖x̄‖`` with x̄ = (1/n) Σ_i x_i over the
+    models in ``vectors`` (``{node: flat array}``).  The relative form does not
+    grow merely because the weights do.  ``None`` where ‖x̄‖ = 0.
+    """
+    if not vectors:
+        return {}, {}
+    order = sorted(vectors)
+    stack = np.stack([vectors[n] for n in order]).astype(np.float64)
+    mean = stack.mean(axis=0)
+    dist = np.linalg.norm(stack - mean, axis=1).tolist()
+    norm = float(np.linalg.norm(mean))
+    rel = [d / norm if norm > 0 else None for d in dist]
+    return dict(zip(order, dist)), dict(zip(order, rel))
 
 
 class MetricsSink:
@@ -110,18 +128,12 @@ class MetricsSink:
             self.on_round(rnd, out)
 
     def _write_rows(self, rows: dict) -> list:
-        vectors = {n: v for n, (_, v) in rows.items() if v is not None}
-        if vectors:
-            order = sorted(vectors)
-            stack = np.stack([vectors[n] for n in order]).astype(np.float64)
-            mean = stack.mean(axis=0)
-            dist = dict(zip(order, np.linalg.norm(stack - mean, axis=1).tolist()))
-        else:
-            dist = {}
+        dist, rel = consensus_distances({n: v for n, (_, v) in rows.items() if v is not None})
         out = []
         for node in sorted(rows):
             rec = rows[node][0]
             rec["consensus_distance"] = dist.get(node)
+            rec["consensus_distance_rel"] = rel.get(node)
             self._fh.write(json.dumps(rec, default=_plain) + "\n")
             out.append(rec)
         self._fh.flush()
@@ -151,6 +163,22 @@ class MetricsSink:
                 acc[rec["round"]].append(rec["accuracy"])
         return [[r, float(np.mean(v))] for r, v in sorted(acc.items())]
 
+    def consensus_last(self) -> dict | None:
+        """Median and max consensus distance (absolute and relative) in the last measured round."""
+        by_round = defaultdict(list)
+        for rec in self.records:
+            if rec.get("consensus_distance") is not None:
+                by_round[rec["round"]].append(rec)
+        if not by_round:
+            return None
+        rnd = max(by_round)
+        out = {"round": rnd}
+        for key, name in (("consensus_distance", ""), ("consensus_distance_rel", "rel_")):
+            vals = [r[key] for r in by_round[rnd] if r.get(key) is not None]
+            out[name + "median"] = float(np.median(vals)) if vals else None
+            out[name + "max"] = float(np.max(vals)) if vals else None
+        return out
+
     def summary(self) -> dict:
         """The per-run figures derived from the records."""
         acc = list(self.accuracy_by_node().values())
@@ -160,4 +188,5 @@ class MetricsSink:
             "accuracy_max": float(np.max(acc)) if acc else None,
             "bytes_sent_total": int(sum(r["bytes_sent"] for r in self.records)),
             "accuracy_per_round": self.accuracy_per_round(),
+            "consensus_last": self.consensus_last(),
         }

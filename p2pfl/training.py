@@ -19,7 +19,8 @@ from torch import nn
 
 from p2pfl.errors import ConfigError, DataError
 
-__all__ = ["SGDConfig", "LocalTrainer", "evaluate", "soft_labels"]
+__all__ = ["SGDConfig", "LocalTrainer", "QuasiGlobalMomentum", "MOMENTUM_MODES", "evaluate",
+           "soft_labels"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,11 @@ class SGDConfig:
         Optimiser steps per :meth:`LocalTrainer.train` call.
     local_epochs : int
         If > 0, overrides ``local_steps``: passes over the node's data.
+    momentum_mode : str
+        ``"local"``: the momentum buffer is the node's own, persisting across
+        rounds.  ``"quasi-global"``: between :meth:`LocalTrainer.train` calls
+        it is rebuilt from how the parameters actually moved, gossip included
+        (:class:`QuasiGlobalMomentum`).
     """
 
     lr: float = 0.05
@@ -48,10 +54,13 @@ class SGDConfig:
     batch_size: int = 32
     local_steps: int = 10
     local_epochs: int = 0
+    momentum_mode: str = "local"
 
     def __post_init__(self):
         checks = [("lr", self.lr > 0 and math.isfinite(self.lr), "> 0"),
                   ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
+                  ("momentum_mode", self.momentum_mode in MOMENTUM_MODES,
+                   " or ".join(MOMENTUM_MODES)),
                   ("weight_decay", self.weight_decay >= 0, ">= 0"),
                   ("batch_size", self.batch_size >= 1, ">= 1"),
                   ("local_steps", self.local_steps >= 0, ">= 0"),
@@ -60,6 +69,54 @@ class SGDConfig:
             if not ok:
                 raise ConfigError(f"bad {field} {getattr(self, field)!r}; "
                                   f"expected {valid}")
+
+
+MOMENTUM_MODES = ("local", "quasi-global")
+
+
+class QuasiGlobalMomentum:
+    """Quasi-global momentum: the buffer follows the model's actual motion, gossip included.
+
+    QG-DSGDm (Lin, Karimireddy, Stich, Jaggi, "Quasi-Global Momentum", ICML 2021),
+    at node i::
+
+        m_i = β m̂_i + g_i;   x_i ← x_i − η m_i;   x_i ← gossip(x_i)
+        d_i = (x_i^prev − x_i) / η;   m̂_i ← μ m̂_i + (1 − μ) d_i
+
+    A local buffer (``momentum_mode="local"``) accumulates the node's own
+    gradients, so on heterogeneous data it keeps pushing towards the node's
+    own optimum at 1/(1 − β) times the step, right after each consensus step
+    pulled the node back.  m̂ instead averages the node's real displacement,
+    in which the consensus step has cancelled that local bias.
+
+    A round here is K local steps then one gossip step, so d_i is the round's
+    displacement per step, d = (x_start − x_now)/(η K), and μ = β^K per round
+    (μ = β per step, the paper's choice).  m̂ starts at 0; it is divided by
+    the sum of its weights, Σ μ^t (1 − μ) (the bias correction of Adam,
+    Kingma & Ba 2015), so early rounds are not damped by that zero start.
+    Every motion between two :meth:`LocalTrainer.train` calls counts as
+    gossip, so it is meant for the gossip loop (not for distillation steps).
+    """
+
+    def __init__(self) -> None:
+        self.start = None  # flat parameters when the last round's local steps began
+        self.steps, self.lr = 0, 0.0  # that round's step count and learning rate
+        self.avg = None  # m̂, the exponential average of d (zero-started)
+        self.weight = 0.0  # the sum of the weights in ``avg``
+
+    def begin_round(self, params: list, beta: float, steps: int, lr: float):
+        """m̂ updated with the motion since the last round began; None in the first round."""
+        x = torch.cat([p.detach().reshape(-1) for p in params])
+        buffer = None
+        if self.start is not None and self.steps:
+            mu = beta ** self.steps
+            d = (self.start - x) / (self.lr * self.steps)
+            self.avg = d.mul_(1 - mu) if self.avg is None else self.avg.mul_(mu).add_(
+                d, alpha=1 - mu)
+            self.weight = mu * self.weight + (1 - mu)
+            buffer = self.avg / self.weight
+        self.start, self.steps, self.lr = x, steps, lr
+        return buffer
 
 
 def _as_x(x) -> torch.Tensor:
@@ -120,6 +177,7 @@ class LocalTrainer:
         self.rng = np.random.default_rng(seed)
         self._batches = _BatchStream(len(self.x), cfg.batch_size, self.rng)
         self.optimizer = self._make_optimizer()
+        self._quasi_global = QuasiGlobalMomentum()
 
     @property
     def num_samples(self) -> int:
@@ -134,6 +192,17 @@ class LocalTrainer:
     def reset_optimizer(self) -> None:
         """Drop the momentum buffers (e.g. after a large model change)."""
         self.optimizer = self._make_optimizer()
+        self._quasi_global = QuasiGlobalMomentum()
+
+    def _load_quasi_global(self) -> None:
+        """Set the optimizer's momentum buffers to the quasi-global m̂ (before a round)."""
+        params = list(self.model.parameters())
+        lr = self.optimizer.param_groups[0]["lr"]
+        buffer = self._quasi_global.begin_round(params, self.cfg.momentum, self.num_steps(), lr)
+        if buffer is None:
+            return
+        for p, b in zip(params, torch.split(buffer, [p.numel() for p in params])):
+            self.optimizer.state[p]["momentum_buffer"] = b.view_as(p).clone()
 
     def set_lr(self, lr: float) -> None:
         """Change the learning rate of the live optimizer (for schedules)."""
@@ -158,6 +227,8 @@ class LocalTrainer:
         """
         self.model.train()
         steps = self.num_steps()
+        if self.cfg.momentum_mode == "quasi-global" and self.cfg.momentum > 0:
+            self._load_quasi_global()
         total = torch.zeros(())
         for _ in range(steps):
             idx = self._batches.next()

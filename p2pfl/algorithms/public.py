@@ -17,7 +17,7 @@ import torch
 
 from .base import Packet, dense_packet, dense_tensor
 
-__all__ = ["PublicCopies", "Update", "contraction_scale"]
+__all__ = ["PublicCopies", "Update", "contraction_scale", "advance"]
 
 
 def contraction_scale(codec, numel: int) -> float:
@@ -39,13 +39,28 @@ def contraction_scale(codec, numel: int) -> float:
     return 1.0 / (1.0 + omega)
 
 
+def advance(copy: torch.Tensor, q: torch.Tensor, scale: float) -> None:
+    """x̂_j ← x̂_j + q_j/τ, in place: the one way every copy of x̂_j is moved.
+
+    CHOCO's copy update (ALGORITHMS.md, CHOCO-SGD, line 3: x̂_j ← x̂_j + q_j),
+    with q_j the decoded message times the contraction scale 1/τ.  The owner
+    and every neighbour call this same function, so they perform the same two
+    float32 roundings (q·(1/τ), then the sum) and their copies stay equal bit
+    for bit; a fused ``add_(q, alpha=scale)`` rounds once and would not.
+    """
+    copy.add_(q if scale == 1.0 else q * scale)
+
+
 class Update:
-    """A decoded neighbour message: a change ``q`` of its copy, or its ``full`` copy."""
+    """A decoded neighbour message: a change ``q`` of its copy, or its ``full`` copy.
 
-    __slots__ = ("full", "tensor", "round")
+    ``q`` is kept as decoded; :func:`advance` applies it with ``scale`` (1/τ).
+    """
 
-    def __init__(self, full: bool, tensor: torch.Tensor, round: int) -> None:
-        self.full, self.tensor, self.round = full, tensor, round
+    __slots__ = ("full", "tensor", "round", "scale")
+
+    def __init__(self, full: bool, tensor: torch.Tensor, round: int, scale: float = 1.0) -> None:
+        self.full, self.tensor, self.round, self.scale = full, tensor, round, scale
 
 
 class PublicCopies:
@@ -74,7 +89,7 @@ class PublicCopies:
     def publish(self, delta: torch.Tensor, meta: dict | None = None) -> Packet:
         """Encode ``delta`` (the change to publish), apply it to x̂_i, return the packet."""
         frames, q = self.codec.encode_with_reconstruction(delta)
-        self.own.add_(q.reshape(-1), alpha=self.scale)
+        advance(self.own, q.reshape(-1), self.scale)
         return Packet(self.codec.name, frames, meta=dict(meta or {}))
 
     def full_copies(self) -> dict:
@@ -93,8 +108,7 @@ class PublicCopies:
         q = codec.decode(packet.frames).reshape(-1)
         if q.numel() != self.numel:
             raise ValueError(f"update has {q.numel()} values, expected {self.numel}")
-        scale = contraction_scale(codec, self.numel)
-        return Update(False, q if scale == 1.0 else q * scale, packet.round)
+        return Update(False, q, packet.round, contraction_scale(codec, self.numel))
 
     def _decoder(self, spec: str):
         """The codec for a neighbour's spec: node profiles may give nodes different codecs.
@@ -121,7 +135,7 @@ class PublicCopies:
                 self.stale.discard(j)
                 self.requested.pop(j, None)
             elif j not in self.stale and self.known[j] == upd.round - 1:
-                self.copies[j] += upd.tensor
+                advance(self.copies[j], upd.tensor, upd.scale)
                 self.known[j] = upd.round
             else:
                 self.stale.add(j)
