@@ -119,7 +119,7 @@ class Learner:
         self.model = build_run_model(learn)
         cfg = SGDConfig(lr=learn.lr, momentum=learn.momentum, weight_decay=learn.weight_decay,
                         batch_size=learn.batch_size, local_steps=learn.local_steps,
-                        local_epochs=learn.local_epochs)
+                        local_epochs=learn.local_epochs, momentum_mode=learn.momentum_mode)
         self.trainer = LocalTrainer(self.model, x, y, cfg, seed=learn.seed * 7919 + node_id)
         self._x_test = torch.from_numpy(np.ascontiguousarray(self.x_test))
         self._y_test = torch.from_numpy(np.ascontiguousarray(self.y_test))

@@ -182,6 +182,8 @@ def _gossip_plan(cfg: RunConfig, graph) -> Plan:
     algorithm = _algorithm(cfg, codecs)
     schedule = "async" if algorithm in ASYNC_ONLY else cfg.schedule
     runtime = _runtime_spec(cfg, schedule)
+    if algorithm == "choco":  # defect 9: a local buffer keeps pulling away from consensus
+        learns = [dataclasses.replace(x, momentum_mode="quasi-global") for x in learns]
     specs = tuple(NodeSpec(
         id=i, label=labels[i], role="gossip",
         neighbours=tuple((j, float(topo.weights[i, j])) for j in topo.neighbours(i)),

@@ -43,6 +43,7 @@ class LearnSpec:
     local_epochs: int
     behaviour: str = "honest"
     slowdown: float = 1.0  # local work takes this many times as long as it really took
+    momentum_mode: str = "local"  # "quasi-global" for CHOCO (training.QuasiGlobalMomentum)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shares", tuple(float(s) for s in self.shares))
@@ -60,6 +61,9 @@ class LearnSpec:
             raise ConfigError("one of local_steps and local_epochs must be positive")
         if len(self.shares) != self.num_nodes or not all(s > 0 for s in self.shares):
             raise ConfigError("data_share must be positive for every node")
+        if self.momentum_mode not in ("local", "quasi-global"):
+            raise ConfigError(f"momentum_mode must be local or quasi-global, "
+                              f"got {self.momentum_mode!r}")
         if not self.slowdown >= 1:
             raise ConfigError(f"slowdown must be >= 1, got {self.slowdown}")
 

@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from p2pfl.algorithms import CHOCO
+from p2pfl.algorithms.choco import default_gamma
+from p2pfl.algorithms.options import CHOCOOptions
 from p2pfl.algorithms.public import PublicCopies, contraction_scale
 from p2pfl.compression import STAGES, make_codec, parse_spec
 
@@ -68,7 +70,7 @@ def test_choco_pair_keeps_copies_equal(spec):
     d, g = 2000, torch.Generator().manual_seed(1)
     x0 = torch.randn(d, generator=g)
     nodes = [CHOCO(d, 0.5, {1 - i: 0.5}, x0=x0,
-                   settings={"compression": spec, "codec_seed": i}) for i in range(2)]
+                   options=CHOCOOptions(codec=spec, gamma=default_gamma(spec)), seed=i) for i in range(2)]
     xs = [x0.clone(), x0.clone()]
     for rnd in range(1, 31):
         xs = [x + _delta(g, d) for x in xs]
