@@ -1,6 +1,6 @@
 """Bytes to a target accuracy: dense gossip against compressed gossip (issue 3).
 
-    python benchmarks/compressed_gossip.py --out results/compressed_gossip
+    python benchmarks/compressed_gossip.py
 
 Part 1 (the headline) runs the issue's command twice::
 
@@ -83,7 +83,7 @@ def run(name: str, out: str, rounds: int, target: float, **options) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="results/compressed_gossip")
+    ap.add_argument("--out", default="benchmarks/results/compressed_gossip")
     ap.add_argument("--rounds", type=int, default=300)
     ap.add_argument("--sweep-rounds", type=int, default=150)
     ap.add_argument("--target", type=float, default=0.85)
