@@ -179,7 +179,10 @@ def test_the_plan_resolves_every_option_into_frozen_specs_that_survive_the_wire(
 
     gossip = plan(from_sources(None, {"topology": "ring:4", "compression": "stc:0.05+golomb"}))
     assert {s.rule for s in gossip.specs} == {"choco"}
-    assert gossip.specs[0].options.gamma == pytest.approx(0.3)  # resolved: 6p for STC
+    assert gossip.specs[0].options.gamma == pytest.approx(0.1)  # resolved: 2p for STC
+    assert gossip.specs[0].learn.momentum_mode == "quasi-global"
+    signed = plan(from_sources(None, {"topology": "ring:4", "compression": "sign"}))
+    assert signed.specs[0].learn.momentum_mode == "local"
     server = plan(from_sources(None, {"mode": "stc", "nodes": 3, "error_feedback": "off"}))
     coord = server.specs[-1]
     assert coord.role == "coordinator" and server.closer == coord.id
