@@ -93,6 +93,8 @@ class MetricsSink:
     def __init__(self, out_dir: str, nodes, on_round=None, closer=None) -> None:
         self.out_dir = out_dir
         self.live = set(nodes)
+        self.known = set(nodes)
+        self.since: dict = {}  # node back from offline -> first round it reports again
         self.on_round = on_round
         self.closer = closer
         self.records: list[dict] = []
@@ -103,6 +105,12 @@ class MetricsSink:
     def add(self, record: dict, vector: np.ndarray | None = None) -> None:
         """Accept one node's record of one round (and its model, if sent)."""
         rnd = int(record["round"])
+        node = record["node"]
+        if record.get("offline"):  # gone offline: rounds complete without it until it is back
+            self.live.discard(node)
+        elif node in self.known and node not in self.live:
+            self.live.add(node)  # back: rounds from this one on wait for it again
+            self.since[node] = rnd
         if rnd >= self._next_round:
             self._pending[rnd][record["node"]] = (dict(record), vector)
             self._drain()
@@ -112,12 +120,14 @@ class MetricsSink:
     def node_gone(self, node) -> None:
         """A node finished or died: stop waiting for its records."""
         self.live.discard(node)
+        self.known.discard(node)
         self._drain()
 
     def _drain(self) -> None:
         while self._pending.get(self._next_round) is not None:
             rows = self._pending[self._next_round]
-            if not (self.live <= rows.keys() or (self.closer is not None and self.closer in rows)):
+            needed = {n for n in self.live if self.since.get(n, 0) <= self._next_round}
+            if not (needed <= rows.keys() or (self.closer is not None and self.closer in rows)):
                 return
             self._write_round(self._next_round, self._pending.pop(self._next_round))
             self._next_round += 1

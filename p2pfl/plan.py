@@ -28,6 +28,7 @@ from .config import RunConfig, node_settings
 from .errors import ConfigError
 from .spec import LearnSpec, NodeSpec, RuntimeSpec, ServerInfo, plain_label
 from .strategies import BEHAVIOURS, STRATEGIES
+from .transport.availability import AvailabilitySpec, parse_churn, read_trace
 from .transport.links import LinkSpec, parse_link
 
 __all__ = ["Plan", "plan", "check_codec"]
@@ -180,8 +181,10 @@ def _gossip_plan(cfg: RunConfig, graph) -> Plan:
     per_node, learns = _learn_specs(cfg, labels)
     codecs = _node_codecs(per_node)
     algorithm = _algorithm(cfg, codecs)
+    availability = _availability(cfg, labels, per_node)
     schedule = "async" if algorithm in ASYNC_ONLY else cfg.schedule
-    runtime = _runtime_spec(cfg, schedule)
+    runtime = dataclasses.replace(_runtime_spec(cfg, schedule),
+                                  presence=any(a.active for a in availability))
     if algorithm == "choco":  # defect 9: a local buffer keeps pulling away from consensus
         learns = [dataclasses.replace(x, momentum_mode="quasi-global") for x in learns]
     specs = tuple(NodeSpec(
@@ -189,7 +192,7 @@ def _gossip_plan(cfg: RunConfig, graph) -> Plan:
         neighbours=tuple((j, float(topo.weights[i, j])) for j in topo.neighbours(i)),
         self_weight=float(topo.weights[i, i]), learn=learns[i], runtime=runtime,
         rule=algorithm, options=_gossip_options(cfg, algorithm, codecs[i], learns[i]),
-        link=LinkSpec(**per_node[i]["link"]))
+        link=LinkSpec(**per_node[i]["link"]), availability=availability[i])
         for i in range(topo.n))
     record = dict(cfg.to_dict(), resolved={
         "nodes": topo.n, "labels": labels, "spectral_gap": topo.spectral_gap,
@@ -202,6 +205,25 @@ def _gossip_plan(cfg: RunConfig, graph) -> Plan:
     info = (f"topology: {topo_mod.describe(topo)}",) + tuple(f"warning: {w}"
                                                             for w in topo.warnings)
     return Plan(cfg, specs, base, record, info)
+
+
+def _availability(cfg: RunConfig, labels: list, per_node: list) -> list:
+    """Each node's offline intervals (profile ``offline``, ``--availability``) and churn."""
+    trace = read_trace(cfg.availability, labels) if cfg.availability else {}
+    on, off, seed = parse_churn(cfg.churn) if cfg.churn else (0.0, 0.0, 0)
+    out = []
+    for i, o in enumerate(per_node):
+        spans = o["offline"]
+        if not isinstance(spans, list) or not all(
+                isinstance(s, list) and len(s) == 2 and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in s)
+                for s in spans):
+            raise ConfigError(f"node {labels[i]!r}: offline must be a list of "
+                              f"[start_s, end_s] pairs, got {spans!r}")
+        out.append(AvailabilitySpec(intervals=tuple(map(tuple, spans)) + tuple(trace.get(i, ())),
+                                    churn_on_s=on, churn_off_s=off,
+                                    seed=seed * 1_000_003 + i))
+    return out
 
 
 def _node_codecs(per_node: list) -> list:
@@ -254,6 +276,9 @@ def _server_plan(cfg: RunConfig, graph) -> Plan:
     if cfg.schedule != "sync":
         raise ConfigError(f"--schedule {cfg.schedule}: server modes run in rounds; "
                           "valid here: sync")
+    if cfg.churn or cfg.availability:
+        raise ConfigError("--churn and --availability apply to gossip so far; "
+                          "server modes do not emulate offline workers yet")
     options = _strategy_options(cfg)
     check_codec(cfg.compression)
     labels = _server_labels(cfg, graph)
