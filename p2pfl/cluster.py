@@ -28,6 +28,9 @@ from .worker import process_main, serve
 __all__ = ["Launcher", "NodeHandle", "ClusterError"]
 
 HEARTBEAT_S = 2.0
+#: Once the closer (the coordinator) is done, the nodes still running are told to
+#: stop after this long: a worker that was offline when the run ended gets no final.
+CLOSER_GRACE_S = 10.0
 
 
 def _context(num_nodes: int, degree: int) -> zmq.Context:
@@ -57,6 +60,7 @@ class NodeHandle:
     state: str = "spawned"  # spawned, joined, ready, done, failed
     final: dict = field(default_factory=dict)
     reason: str | None = None
+    done_at: float | None = None  # when the launcher saw it done (closer only)
 
     def exited(self) -> bool:
         r = self.runner
@@ -79,8 +83,9 @@ class Launcher:
     def __init__(self, specs: list, out_dir: str, *, in_process: bool = False,
                  scheme: str = "tcp", host: str = "127.0.0.1", start_timeout: float = 60.0,
                  round_timeout: float = 10.0, on_message=None, log=None,
-                 listen: str | None = None) -> None:
+                 listen: str | None = None, closer=None) -> None:
         self.specs = specs
+        self.closer = closer  # when this node is done, the others get a little while
         self.out_dir = out_dir
         self.in_process = in_process
         self.listen = listen  # bind here and wait for remote nodes instead of spawning
@@ -191,6 +196,8 @@ class Launcher:
                     if h.state == "ready":
                         self.ep.send(h.id, "heartbeat")
                 last_beat = now
+            if self._closer_done_long_ago(now):
+                self._stop_requested = True  # e.g. a worker offline when the run ended
             if self._stop_requested and not self._stop_sent:
                 for h in self.nodes.values():
                     self.ep.send(h.id, "stop")
@@ -206,6 +213,17 @@ class Launcher:
                 for h in self.nodes.values():
                     if h.state == "ready":
                         self._fail(h, f"silent for {silence_limit:.0f} s")
+
+    def _closer_done_long_ago(self, now: float) -> bool:
+        h = self.nodes.get(self.closer) if self.closer is not None else None
+        if h is None or h.state not in ("done", "failed"):
+            return False
+        if h.done_at is None:
+            h.done_at = now
+            for node in h.final.get("absent") or []:  # offline at the end: no final for them
+                if node in self.nodes and self.nodes[node].state == "ready":
+                    self.ep.send(node, "stop")
+        return now - h.done_at > CLOSER_GRACE_S
 
     def _handle(self, msg, kinds: set) -> None:
         h = self.nodes.get(msg.src)

@@ -276,9 +276,6 @@ def _server_plan(cfg: RunConfig, graph) -> Plan:
     if cfg.schedule != "sync":
         raise ConfigError(f"--schedule {cfg.schedule}: server modes run in rounds; "
                           "valid here: sync")
-    if cfg.churn or cfg.availability:
-        raise ConfigError("--churn and --availability apply to gossip so far; "
-                          "server modes do not emulate offline workers yet")
     options = _strategy_options(cfg)
     check_codec(cfg.compression)
     labels = _server_labels(cfg, graph)
@@ -286,9 +283,11 @@ def _server_plan(cfg: RunConfig, graph) -> Plan:
     per_node, learns = _learn_specs(cfg, labels)
     _node_codecs(per_node)  # checked; server modes use the run's codecs for every worker
     runtime = _runtime_spec(cfg)
+    availability = _availability(cfg, labels, per_node)  # workers only: the server stays up
     workers = [NodeSpec(id=i, label=labels[i], role="worker", neighbours=((n, 1.0),),
                         self_weight=0.0, learn=learns[i], runtime=runtime, rule=cfg.mode,
-                        options=options, link=LinkSpec(**per_node[i]["link"]))
+                        options=options, link=LinkSpec(**per_node[i]["link"]),
+                        availability=availability[i])
                for i in range(n)]
     run_link = LinkSpec(**(parse_link(cfg.link) if cfg.link else {}))
     coord_learn = dataclasses.replace(learns[0], model=_model_name(cfg, cfg.model),

@@ -92,8 +92,19 @@ class CHOCO(GossipAlgorithm):
         return self.public.decode(packet)
 
     def mix(self, x: torch.Tensor, received: dict) -> torch.Tensor:
+        self.public.apply(received)
+        return self._consensus_step(x)
+
+    def mix_async(self, x: torch.Tensor, received: dict) -> torch.Tensor:
+        """Without a barrier: apply every q that arrived, in order (each moves x̂_j),
+        then take one consensus step over the copies that are current."""
+        for j in sorted(received, key=str):
+            for update in received[j]:
+                self.public.apply({j: update}, every_round=False)
+        return self._consensus_step(x)
+
+    def _consensus_step(self, x: torch.Tensor) -> torch.Tensor:
         pub = self.public
-        pub.apply(received)
         step = torch.zeros_like(x)
         for j in pub.fresh():
             step.add_(pub.copies[j] - pub.own, alpha=self.weights[j])

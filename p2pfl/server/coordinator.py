@@ -68,7 +68,7 @@ class Coordinator:
         rnd, finished = 0, False
         while not finished:
             rnd += 1
-            participants = self.strategy.select(rnd, self.workers, self.rng)
+            participants = self.strategy.select(rnd, self.available(), self.rng)
             for w, packet in self.strategy.configure(rnd, participants).items():
                 self.rt.send(w, "control", rnd, packet)
             replies = self.collect(rnd, participants)
@@ -83,6 +83,17 @@ class Coordinator:
             self.last_round = rnd
         return rnd
 
+    def available(self) -> list:
+        """Workers not known to be offline; if all are, wait (a round time-out at
+        most) for one to come back, then try them all."""
+        deadline = self.rt.clock() + self.run_spec.round_timeout
+        while not self.rt.stopped and self.rt.clock() < deadline:
+            online = [w for w in self.workers if w not in self.rt.away]
+            if online:
+                return online
+            self.rt.idle(0.05)
+        return list(self.workers)
+
     def collect(self, rnd: int, participants: list) -> list:
         """Replies of this round's participants: content, or an error saying why not."""
         kind = self.strategy.reply_kind
@@ -90,6 +101,9 @@ class Coordinator:
         replies = []
         for w in participants:
             packet = packets.get(w)
+            if packet is None and w in self.rt.away:  # went offline meanwhile
+                replies.append(Reply(w, error={"code": "offline", "reason": "went offline"}))
+                continue
             if packet is None:
                 self.misses[w] += 1
                 replies.append(Reply(w, error={"code": "timeout", "reason": f"no {kind}"}))
@@ -119,4 +133,5 @@ class Coordinator:
         return self.rt.final_counters(
             misses=[[j, n] for j, n in self.misses.items()], errors=dict(self.errors),
             num_samples=0, num_params=self.num_params, rounds_done=self.last_round,
+            absent=sorted(self.rt.away),
             strategy=self.strategy.summary())

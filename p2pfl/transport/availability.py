@@ -126,6 +126,13 @@ class Availability:
     def offline(self, t: float) -> bool:
         return any(a <= t < b for a, b in self._spans(t))
 
+    def next_offline(self, t: float) -> float:
+        """When the first offline period starting after ``t`` begins (inf if none)."""
+        if self.spec.churn_on_s > 0:
+            while not any(a > t for a, _ in self._churn):
+                self._extend(self._horizon + self.spec.churn_on_s + self.spec.churn_off_s)
+        return min((a for a, _ in self._spans(t) if a > t), default=float("inf"))
+
     def online_at(self, t: float) -> float:
         """The first time >= ``t`` at which the node is online."""
         while True:
