@@ -115,7 +115,8 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
     launcher = Launcher(list(p.specs), out, in_process=cfg.in_process, scheme=cfg.transport,
                         host=cfg.host, start_timeout=cfg.start_timeout,
                         round_timeout=cfg.round_timeout, on_message=on_message,
-                        log=progress.info, listen=cfg.listen, closer=p.closer)
+                        log=progress.info, listen=cfg.listen, closer=p.closer,
+                        restarts=p.restarts, on_restart=lambda h: sink.node_paused(h.id))
     try:
         nodes = launcher.run()
     finally:

@@ -105,6 +105,7 @@ class RunConfig:
     link: str | None = None
     slowdown: float = 1.0
     churn: str | None = None
+    restart: str = "no"  # or on-failure[:N]: the launcher restarts a node that died
     availability: str | None = None
     profiles: str | None = None
     out: str | None = None

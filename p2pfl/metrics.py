@@ -117,6 +117,12 @@ class MetricsSink:
         else:  # a straggler's record for a round already written
             self._write_rows({record["node"]: (dict(record), vector)})
 
+    def node_paused(self, node) -> None:
+        """A node died and is being restarted: rounds complete without it until its
+        next record (from the round it catches up to)."""
+        self.live.discard(node)
+        self._drain()
+
     def node_gone(self, node) -> None:
         """A node finished or died: stop waiting for its records."""
         self.live.discard(node)

@@ -55,17 +55,22 @@ class GossipNode:
         self.availability = Availability(spec.availability) if spec.availability.active \
             else None
 
-    def run(self) -> int:
-        """Run every round (or until stopped); return the last completed round."""
+    def run(self, rejoin: bool = False) -> int:
+        """Run every round (or until stopped); return the last completed round.
+
+        ``rejoin``: this process replaces one that died; it first catches up from
+        a neighbour (model, CHOCO's public copy, round)."""
         done, rnd = 0, 0
         if self.asynchronous:
             self.rt.go_asynchronous()
+        if rejoin:
+            rnd = max(0, self.rejoin(0) - 1)
         while rnd < self.run_spec.rounds:
             rnd += 1
             if self.rt.stopped:
                 break
             if self.availability and self.availability.offline(self.rt.clock()):
-                rnd = self.sit_out(rnd) - 1  # the round to do next is the one we came back to
+                rnd = max(0, self.sit_out(rnd) - 1)  # next: the round we came back to
                 continue
             loss = self.learner.train()
             x = self.learner.get_flat()

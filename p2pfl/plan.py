@@ -49,13 +49,30 @@ class Plan:
     record: dict
     info: tuple = ()
     closer: int | None = None
+    restarts: int = 0  # how often the launcher may restart each node that died
 
 
 def plan(cfg: RunConfig, graph=None) -> Plan:
     """Resolve and validate everything about a run; start nothing."""
-    if cfg.mode == "gossip":
-        return _gossip_plan(cfg, graph)
-    return _server_plan(cfg, graph)
+    restarts = parse_restart(cfg.restart)
+    if restarts and cfg.in_process:
+        raise ConfigError("--restart on-failure restarts node processes; "
+                          "it does not apply with --in-process")
+    p = _gossip_plan(cfg, graph, restarts) if cfg.mode == "gossip" else _server_plan(cfg, graph)
+    return dataclasses.replace(p, restarts=restarts)
+
+
+def parse_restart(text: str) -> int:
+    """``no`` → 0; ``on-failure[:N]`` → N (default 3)."""
+    name, _, limit = str(text).partition(":")
+    if name == "no" and not limit:
+        return 0
+    if name == "on-failure":
+        if not limit:
+            return 3
+        if limit.isdigit() and int(limit) >= 1:
+            return int(limit)
+    raise ConfigError(f"--restart expects no or on-failure[:N] with N >= 1, got {text!r}")
 
 
 # ------------------------------------------------------------------ checks
@@ -174,7 +191,7 @@ def _gossip_options(cfg: RunConfig, algorithm: str, codec: str, learn: LearnSpec
     return DPSGDOptions(codec=codec, error_feedback=keep)
 
 
-def _gossip_plan(cfg: RunConfig, graph) -> Plan:
+def _gossip_plan(cfg: RunConfig, graph, restarts: int = 0) -> Plan:
     topo = topo_mod.build(graph if graph is not None else cfg.topology, scheme=cfg.mixing,
                           seed=cfg.seed)
     labels = [plain_label(x) for x in topo.labels]
@@ -184,7 +201,7 @@ def _gossip_plan(cfg: RunConfig, graph) -> Plan:
     availability = _availability(cfg, labels, per_node)
     schedule = "async" if algorithm in ASYNC_ONLY else cfg.schedule
     runtime = dataclasses.replace(_runtime_spec(cfg, schedule),
-                                  presence=any(a.active for a in availability))
+                                  presence=bool(restarts) or any(a.active for a in availability))
     if algorithm == "choco":  # defect 9: a local buffer keeps pulling away from consensus
         learns = [dataclasses.replace(x, momentum_mode="quasi-global") for x in learns]
     specs = tuple(NodeSpec(

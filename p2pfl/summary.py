@@ -39,6 +39,7 @@ def run_summary(plan, sink, nodes: dict, wall: float, control_bytes: int) -> dic
         "messages_sent_total": int(sum(f.get("messages_sent", 0) for f in finals)),
         "emulated_lost_total": int(sum(f.get("emulated_lost", 0) for f in finals)),
         "failed_nodes": failed,
+        "restarts": int(sum(getattr(h, "restarts", 0) for h in nodes.values())),
         # per direction and peer: [sender label, receiver label, bytes] (handshake included)
         "bytes_per_link": [[nodes[f["node"]].label, nodes[j].label, n] for f in finals
                            for j, n in f.get("sent_per_peer", []) if j in nodes],

@@ -63,7 +63,7 @@ class Coordinator:
         self.errors: Counter = Counter()
         self.last_round = 0
 
-    def run(self) -> int:
+    def run(self, rejoin: bool = False) -> int:
         """Run the rounds; after the last, hand every worker its final model."""
         rnd, finished = 0, False
         while not finished:

@@ -159,8 +159,11 @@ class LinkEmulator:
                     continue
                 cmd, *rest = pipe.recv_multipart(copy=False)
                 kind = cmd.bytes
-                if kind == b"C":
-                    socks[msgpack.unpackb(rest[0].bytes)] = self._socket(rest[1].bytes.decode())
+                if kind == b"C":  # a new peer, or one that moved
+                    peer = msgpack.unpackb(rest[0].bytes)
+                    if peer in socks:
+                        socks[peer].close(linger=0)
+                    socks[peer] = self._socket(rest[1].bytes.decode())
                 elif kind == b"S":
                     stop_at = time.monotonic() + msgpack.unpackb(rest[0].bytes)
                 elif len(queue) >= MAX_QUEUED:

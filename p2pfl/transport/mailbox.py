@@ -99,6 +99,8 @@ class Mailbox:
             self.last_control = time.monotonic()
             if msg.kind == "stop":
                 self.stopped = True
+            elif msg.kind == "peer":  # a neighbour was restarted elsewhere
+                self._moved(msg.meta)
             elif msg.kind != "heartbeat":
                 self.control.append(msg)
             return
@@ -128,6 +130,13 @@ class Mailbox:
                 counters.drop("duplicate")
             else:
                 slot[msg.src] = msg
+
+    def _moved(self, meta: dict) -> None:
+        peer, address = meta.get("id"), meta.get("address")
+        if self.peers is None or peer not in self.peers or not isinstance(address, str):
+            self.endpoint.counters.drop("bad_peer_update")
+            return
+        self.endpoint.reconnect(peer, address)
 
     def _presence(self, msg: Message) -> None:
         """What a peer's message says of it: gone (``leave``), or here, and at which round."""

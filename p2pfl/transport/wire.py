@@ -68,6 +68,7 @@ KINDS = frozenset(
         "error",  # node -> launcher: I failed, and why
         "bye",  # node -> launcher: finished, with final counters
         "stop",  # launcher -> node: shut down now
+        "peer",  # launcher -> node: a restarted neighbour's new address
     }
 )
 
