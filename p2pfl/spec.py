@@ -94,6 +94,7 @@ class ServerInfo:
 
     labels: tuple = ()
     groups: tuple = ()
+    checkpoint: str = ""  # where the coordinator saves its state after each round
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ class Worker:
         # a worker may sit out many rounds: keep every future round's message
         rt.mailbox.window = self.run_spec.rounds + 2
         self.rounds_done = 0
+        self.rounds_last = 0  # the latest round served
         self.availability = Availability(spec.availability) if spec.availability.active \
             else None
         self._held = None  # the last round's record, completed by the final model
@@ -42,7 +43,9 @@ class Worker:
             until = self.availability.next_offline(self.rt.clock()) if self.availability \
                 else float("inf")
             wait = min(deadline, until) - self.rt.clock()
-            packet = self.rt.next_after("control", rnd, self.coord, max(0.0, wait))
+            # after rnd - 1: a coordinator restarted from its checkpoint repeats the round
+            # it was in when it died, and that round is to be served again
+            packet = self.rt.next_after("control", rnd - 1, self.coord, max(0.0, wait))
             if packet is None and not self.rt.stopped and self.rt.clock() < deadline:
                 continue  # an offline period begins
             if packet is None:
@@ -53,12 +56,16 @@ class Worker:
                 self.client.finish(packet)
                 self.record_final(rnd - 1)
                 return self.rounds_done
+            again = rnd <= self.rounds_last
             self._flush()
             self.client.apply(rnd, packet)
             acc = self.learner.evaluate() if self.run_spec.evaluates(rnd) else (None, None)
             loss = self.client.fit()
             self.rt.send(self.coord, self.client.reply_kind, rnd, self.client.reply(rnd))
             self.rounds_done += 1
+            if again:  # its record is written already
+                continue
+            self.rounds_last = rnd
             self._held = (rnd, {"loss": loss, "test_loss": acc[0], "accuracy": acc[1]})
             if rnd < self.run_spec.rounds:
                 self._flush()  # only the last round waits for the final model
