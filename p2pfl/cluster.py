@@ -62,6 +62,7 @@ class NodeHandle:
     reason: str | None = None
     done_at: float | None = None  # when the launcher saw it done (closer only)
     restarts: int = 0  # how often it was restarted after dying
+    last_round: int = 0  # the latest round it sent a record of
 
     def exited(self) -> bool:
         r = self.runner
@@ -265,7 +266,7 @@ class Launcher:
             self.ep.send(j, "peer", meta={"id": h.id, "address": h.address})
         addresses = [[j, self.nodes[j].address] for j in spec.peers]
         self.ep.send(h.id, "config", meta={"spec": spec.to_wire(), "addresses": addresses,
-                                           "rejoin": True})
+                                           "rejoin": True, "round": h.last_round})
         self.write_nodes_json()
 
     def _handle(self, msg, kinds: set) -> None:
@@ -292,6 +293,8 @@ class Launcher:
                 return
         elif msg.kind == "ready":
             h.state = "ready"
+        elif msg.kind == "metrics":
+            h.last_round = max(h.last_round, msg.round)
         elif msg.kind == "bye":
             h.final = msg.meta
             h.state = "done"

@@ -55,16 +55,17 @@ class GossipNode:
         self.availability = Availability(spec.availability) if spec.availability.active \
             else None
 
-    def run(self, rejoin: bool = False) -> int:
+    def run(self, rejoin: bool = False, after: int = 0) -> int:
         """Run every round (or until stopped); return the last completed round.
 
-        ``rejoin``: this process replaces one that died; it first catches up from
-        a neighbour (model, CHOCO's public copy, round)."""
+        ``rejoin``: this process replaces one that died after recording round
+        ``after``; it first catches up from a neighbour (model, CHOCO's public
+        copy, round), or goes on from round ``after + 1`` if none answers."""
         done, rnd = 0, 0
         if self.asynchronous:
             self.rt.go_asynchronous()
         if rejoin:
-            rnd = max(0, self.rejoin(0) - 1)
+            rnd = max(after, self.rejoin(after + 1) - 1)
         while rnd < self.run_spec.rounds:
             rnd += 1
             if self.rt.stopped:

@@ -101,7 +101,11 @@ def serve(launcher: str, node_id: int, *, ctx: zmq.Context | None = None,
         start = _await(mailbox, "start", start_timeout).meta
         elapsed = start.get("elapsed", 0.0) if rejoin else 0.0
         runtime.t_start = time.monotonic() - (elapsed if isinstance(elapsed, float) else 0.0)
-        node.run(rejoin=True) if rejoin else node.run()
+        if rejoin:
+            after = config.get("round")
+            node.run(rejoin=True, after=after if isinstance(after, int) and after >= 0 else 0)
+        else:
+            node.run()
         ep.send(LAUNCHER, "bye", meta=node.final_report())
         if not mailbox.stopped:
             _await_stop(mailbox, start_timeout)

@@ -66,7 +66,7 @@ class Coordinator:
         self.last_round = 0
         self.checkpoint = spec.server.checkpoint
 
-    def run(self, rejoin: bool = False) -> int:
+    def run(self, rejoin: bool = False, after: int = 0) -> int:
         """Run the rounds; after the last, hand every worker its final model."""
         rnd, finished = 0, False
         if rejoin and self.checkpoint and os.path.exists(self.checkpoint):

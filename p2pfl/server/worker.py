@@ -33,7 +33,7 @@ class Worker:
             else None
         self._held = None  # the last round's record, completed by the final model
 
-    def run(self, rejoin: bool = False) -> int:
+    def run(self, rejoin: bool = False, after: int = 0) -> int:
         """Serve rounds until the final instruction (or a stop); return rounds served."""
         r, rnd = self.run_spec, 0
         deadline = self.rt.clock() + r.start_timeout + (r.rounds + 1) * (r.round_timeout + 30.0)
