@@ -10,29 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import defaultdict
 
 import numpy as np
+
+from . import atomic
 
 __all__ = ["MetricsSink", "write_json_atomic", "read_metrics", "consensus_distances"]
 
 
 def write_json_atomic(path: str, obj) -> None:
-    """Write JSON to ``path`` via a temporary file and an atomic rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, default=_plain)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write JSON to ``path`` atomically (numpy values as plain numbers)."""
+    atomic.write_json_atomic(path, obj, default=_plain)
 
 
 def _plain(obj):

@@ -26,12 +26,13 @@ do not add up raises ``ValueError``.
 from __future__ import annotations
 
 import os
-import tempfile
 import zlib
 
 import msgpack
 import numpy as np
 import torch
+
+from ..atomic import write_atomic
 
 __all__ = ["save", "load", "dumps", "loads", "FORMAT", "VERSION", "MAX_BYTES"]
 
@@ -192,42 +193,14 @@ def _write(f, data: bytes) -> None:
 
 
 def save(path, round: int, state: dict) -> None:
-    """Write the checkpoint atomically: a temporary file in the same folder,
-    flushed and fsynced, then renamed over ``path`` (the folder is fsynced too).
+    """Write the checkpoint atomically (:func:`p2pfl.atomic.write_atomic`).
 
     A crash at any point leaves either the previous checkpoint or the new one
     (and, after a hard kill, perhaps a stray ``.NAME.*.tmp`` beside it).  The
     file is readable by its owner only, as ``tempfile.mkstemp`` creates it.
     """
     data = dumps(round, state)
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _write(f, data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: str) -> None:
-    """Make the rename durable (best effort: not every platform opens folders)."""
-    try:
-        dfd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
+    write_atomic(path, lambda fh: _write(fh, data))
 
 
 def load(path, max_bytes: int = MAX_BYTES):
