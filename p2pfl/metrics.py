@@ -110,6 +110,7 @@ class MetricsSink:
         """A node died and is being restarted: rounds complete without it until its
         next record (from the round it catches up to)."""
         self.live.discard(node)
+        self.known.add(node)  # it may have been given up for dead before it came back
         self._drain()
 
     def node_gone(self, node) -> None:
