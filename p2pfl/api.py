@@ -8,6 +8,7 @@ folder.  The CLI's ``p2pfl cluster`` is a thin layer over it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -77,6 +78,16 @@ def run_cluster(graph=None, *, config: str | None = None, **options) -> Result:
     return execute(plan(cfg, graph), t0=t0)
 
 
+def _with_checkpoint(p: Plan, out: str) -> Plan:
+    """The coordinator checkpoints into the run folder (``checkpoint.msgpack``)."""
+    if p.closer is None:
+        return p
+    path = os.path.abspath(os.path.join(out, "checkpoint.msgpack"))
+    specs = tuple(dataclasses.replace(s, server=dataclasses.replace(s.server, checkpoint=path))
+                  if s.id == p.closer else s for s in p.specs)
+    return dataclasses.replace(p, specs=specs)
+
+
 def execute(p: Plan, *, t0: float | None = None) -> Result:
     """Launch a plan's nodes, stream their records to the run folder, write summary.json.
 
@@ -87,6 +98,7 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
 
     cfg, t0 = p.config, time.monotonic() if t0 is None else t0
     out = _out_dir(cfg)
+    p = _with_checkpoint(p, out)
     progress = Progress(cfg.rounds, quiet=cfg.quiet)
     for line in p.info:
         progress.info(line)
@@ -115,7 +127,9 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
     launcher = Launcher(list(p.specs), out, in_process=cfg.in_process, scheme=cfg.transport,
                         host=cfg.host, start_timeout=cfg.start_timeout,
                         round_timeout=cfg.round_timeout, on_message=on_message,
-                        log=progress.info, listen=cfg.listen)
+                        log=progress.info, listen=cfg.listen, closer=p.closer,
+                        restarts=p.restarts, on_restart=lambda h: h.id == p.closer or
+                        sink.node_paused(h.id))
     try:
         nodes = launcher.run()
     finally:

@@ -58,6 +58,9 @@ CLUSTER_OPTIONS = [
     ("profiles", str, "node profile TOML file (per-node options)"),
     ("link", str, "emulated uplink of every node: up_mbps=X,latency_ms=X,jitter_ms=X,loss=P"),
     ("slowdown", float, "local work of every node takes this many times as long (>= 1)"),
+    ("churn", str, "ON_S:OFF_S[:SEED]: exponential online/offline periods for every node"),
+    ("availability", str, "CSV trace of node,offline_start_s,offline_end_s"),
+    ("restart", str, "no or on-failure[:N]: restart a node process that died (N times, 3)"),
     ("out", str, "output folder (default runs/TIMESTAMP-MODE)"),
 ]
 

@@ -28,6 +28,9 @@ from .worker import process_main, serve
 __all__ = ["Launcher", "NodeHandle", "ClusterError"]
 
 HEARTBEAT_S = 2.0
+#: Once the closer (the coordinator) is done, the nodes still running are told to
+#: stop after this long: a worker that was offline when the run ended gets no final.
+CLOSER_GRACE_S = 10.0
 
 
 def _context(num_nodes: int, degree: int) -> zmq.Context:
@@ -57,6 +60,9 @@ class NodeHandle:
     state: str = "spawned"  # spawned, joined, ready, done, failed
     final: dict = field(default_factory=dict)
     reason: str | None = None
+    done_at: float | None = None  # when the launcher saw it done (closer only)
+    restarts: int = 0  # how often it was restarted after dying
+    last_round: int = 0  # the latest round it sent a record of
 
     def exited(self) -> bool:
         r = self.runner
@@ -79,8 +85,12 @@ class Launcher:
     def __init__(self, specs: list, out_dir: str, *, in_process: bool = False,
                  scheme: str = "tcp", host: str = "127.0.0.1", start_timeout: float = 60.0,
                  round_timeout: float = 10.0, on_message=None, log=None,
-                 listen: str | None = None) -> None:
+                 listen: str | None = None, closer=None, restarts: int = 0,
+                 on_restart=None) -> None:
         self.specs = specs
+        self.restart_limit = restarts  # restarts allowed per node (--restart on-failure:N)
+        self.on_restart = on_restart or (lambda handle: None)
+        self.closer = closer  # when this node is done, the others get a little while
         self.out_dir = out_dir
         self.in_process = in_process
         self.listen = listen  # bind here and wait for remote nodes instead of spawning
@@ -95,6 +105,7 @@ class Launcher:
         self.ctx: zmq.Context | None = None
         self.ep: Endpoint | None = None
         self.control_bytes = 0
+        self.t_start: float | None = None  # set when the run starts
 
     # ------------------------------------------------------------------ phases
     def run(self) -> dict:
@@ -138,6 +149,7 @@ class Launcher:
         self._bind(address)
 
     def _bind(self, address: str) -> None:
+        self._address = address
         self.ep = Endpoint(self.ctx, LAUNCHER, address)
         self.mailbox = Mailbox(self.ep, peers=set(), control_sources=set(self.nodes))
         self._stopping = False
@@ -191,6 +203,8 @@ class Launcher:
                     if h.state == "ready":
                         self.ep.send(h.id, "heartbeat")
                 last_beat = now
+            if self._closer_done_long_ago(now):
+                self._stop_requested = True  # e.g. a worker offline when the run ended
             if self._stop_requested and not self._stop_sent:
                 for h in self.nodes.values():
                     self.ep.send(h.id, "stop")
@@ -198,31 +212,89 @@ class Launcher:
             msg = self.mailbox.poll_control(0.5)
             if msg is not None:
                 last_news = now
-                self._handle(msg, {"metrics", "bye", "error"})
+                self._handle(msg, {"metrics", "bye", "error", "join", "ready"})
             for h in self.nodes.values():
                 if h.state == "ready" and h.exited():
-                    self._fail(h, "process exited without finishing")
+                    if h.restarts < self.restart_limit and not self.listen:
+                        self._restart(h)
+                    else:
+                        self._fail(h, "process exited without finishing")
             if now - last_news > silence_limit:
                 for h in self.nodes.values():
                     if h.state == "ready":
                         self._fail(h, f"silent for {silence_limit:.0f} s")
+
+    def _closer_done_long_ago(self, now: float) -> bool:
+        h = self.nodes.get(self.closer) if self.closer is not None else None
+        if h is None or h.state not in ("done", "failed"):
+            return False
+        if h.done_at is None:
+            h.done_at = now
+            for node in h.final.get("absent") or []:  # offline at the end: no final for them
+                if node in self.nodes and self.nodes[node].state == "ready":
+                    self.ep.send(node, "stop")
+        return now - h.done_at > CLOSER_GRACE_S
+
+    def _join(self, h: NodeHandle, meta: dict) -> bool:
+        if not (isinstance(meta.get("address"), str) and isinstance(meta.get("control"), str)):
+            self._fail(h, "join without data and control addresses")
+            return False
+        h.address, h.control = meta["address"], meta["control"]
+        h.pid, h.host = meta.get("pid"), meta.get("host")
+        self.ep.reconnect(h.id, h.control, control=True)
+        h.state = "joined"
+        return True
+
+    def _restart(self, h: NodeHandle) -> None:
+        """Start a new process for a node that died; it rejoins (see :meth:`_rejoined`)."""
+        h.restarts += 1
+        h.state = "restarting"
+        self.log(f"node {h.label!r} died; restarting it ({h.restarts}/{self.restart_limit})")
+        self.on_restart(h)
+        h.runner = mp.get_context("spawn").Process(
+            target=process_main, name=f"p2pfl-node-{h.id}", daemon=True,
+            args=(self._address, h.id, self.scheme, self.host, self.run_dir,
+                  self.start_timeout))
+        h.runner.start()
+        h.pid = h.runner.pid
+
+    def _rejoined(self, h: NodeHandle) -> None:
+        """A node joined mid-run (restarted here, or by hand on its host): its
+        neighbours learn its new address, and it gets its spec, to catch up."""
+        spec = next(s for s in self.specs if s.id == h.id)
+        for j in spec.peers:
+            self.ep.send(j, "peer", meta={"id": h.id, "address": h.address})
+        addresses = [[j, self.nodes[j].address] for j in spec.peers]
+        self.ep.send(h.id, "config", meta={"spec": spec.to_wire(), "addresses": addresses,
+                                           "rejoin": True, "round": h.last_round})
+        self.write_nodes_json()
 
     def _handle(self, msg, kinds: set) -> None:
         h = self.nodes.get(msg.src)
         if h is None or msg.kind not in kinds | {"error"}:
             self.ep.counters.drop("unexpected_control")
             return
-        if msg.kind == "join":
-            meta = msg.meta
-            if not (isinstance(meta.get("address"), str) and isinstance(meta.get("control"), str)):
-                self._fail(h, "join without data and control addresses")
+        if msg.kind == "join" and self.t_start is not None:  # mid-run: a restart
+            if h.state not in ("restarting", "ready", "failed") or not self.restart_limit:
+                self.ep.counters.drop("unexpected_control")
                 return
-            h.address, h.control = meta["address"], meta["control"]
-            h.pid, h.host = meta.get("pid"), meta.get("host")
-            self.ep.connect(h.id, h.control, control=True)
-            h.state = "joined"
+            if h.state != "restarting":  # restarted by hand (p2pfl node --connect --id N)
+                h.restarts += 1
+                self.on_restart(h)
+            self._join(h, msg.meta)
+            self._rejoined(h)
+            return
+        if msg.kind == "ready" and self.t_start is not None:
+            h.state = "ready"
+            self.ep.send(h.id, "start", meta={"elapsed": time.monotonic() - self.t_start})
+            return
+        if msg.kind == "join":
+            if not self._join(h, msg.meta):
+                return
         elif msg.kind == "ready":
             h.state = "ready"
+        elif msg.kind == "metrics":
+            h.last_round = max(h.last_round, msg.round)
         elif msg.kind == "bye":
             h.final = msg.meta
             h.state = "done"

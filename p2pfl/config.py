@@ -47,7 +47,7 @@ MODE_DEFAULTS = {
 #: Options a node profile may set for single nodes.
 NODE_KEYS = frozenset({
     "data_share", "model", "local_steps", "local_epochs", "lr", "momentum",
-    "weight_decay", "batch_size", "compression", "behaviour", "link", "slowdown",
+    "weight_decay", "batch_size", "compression", "behaviour", "link", "slowdown", "offline",
 })
 
 
@@ -104,6 +104,9 @@ class RunConfig:
     # emulated network and compute (every node; profiles refine per node)
     link: str | None = None
     slowdown: float = 1.0
+    churn: str | None = None
+    restart: str = "no"  # or on-failure[:N]: the launcher restarts a node that died
+    availability: str | None = None
     profiles: str | None = None
     out: str | None = None
     quiet: bool = False
@@ -251,6 +254,7 @@ def node_settings(cfg: RunConfig, node_id: int, label) -> dict:
     base = {k: getattr(cfg, k) for k in NODE_KEYS if hasattr(cfg, k)}
     base.setdefault("data_share", 1.0)
     base.setdefault("behaviour", "honest")
+    base.setdefault("offline", [])
     prof = cfg.node_overrides or {}
     own = prof.get("nodes", {})
     own = own.get(str(label), own.get(str(node_id), {}))

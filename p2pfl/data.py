@@ -12,12 +12,12 @@ in :mod:`p2pfl.partition`; both are re-exported here.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from p2pfl.atomic import write_atomic
 from p2pfl.datafiles import _find_file, read_cifar10_batch, read_idx
 from p2pfl.errors import DataError
 from p2pfl.partition import (
@@ -124,16 +124,8 @@ def _cache_dir(cache_dir):
 
 
 def _atomic_savez(path, **arrays):
-    """Write an ``.npz`` to a temp file in the same folder, then rename it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write an ``.npz`` atomically."""
+    write_atomic(path, lambda fh: np.savez(fh, **arrays))
 
 
 def _mnist1d_arrays(cache_dir):

@@ -10,29 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import defaultdict
 
 import numpy as np
+
+from . import atomic
 
 __all__ = ["MetricsSink", "write_json_atomic", "read_metrics", "consensus_distances"]
 
 
 def write_json_atomic(path: str, obj) -> None:
-    """Write JSON to ``path`` via a temporary file and an atomic rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, default=_plain)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write JSON to ``path`` atomically (numpy values as plain numbers)."""
+    atomic.write_json_atomic(path, obj, default=_plain)
 
 
 def _plain(obj):
@@ -93,6 +82,8 @@ class MetricsSink:
     def __init__(self, out_dir: str, nodes, on_round=None, closer=None) -> None:
         self.out_dir = out_dir
         self.live = set(nodes)
+        self.known = set(nodes)
+        self.since: dict = {}  # node back from offline -> first round it reports again
         self.on_round = on_round
         self.closer = closer
         self.records: list[dict] = []
@@ -103,21 +94,36 @@ class MetricsSink:
     def add(self, record: dict, vector: np.ndarray | None = None) -> None:
         """Accept one node's record of one round (and its model, if sent)."""
         rnd = int(record["round"])
+        node = record["node"]
+        if record.get("offline"):  # gone offline: rounds complete without it until it is back
+            self.live.discard(node)
+        elif node in self.known and node not in self.live:
+            self.live.add(node)  # back: rounds from this one on wait for it again
+            self.since[node] = rnd
         if rnd >= self._next_round:
             self._pending[rnd][record["node"]] = (dict(record), vector)
             self._drain()
         else:  # a straggler's record for a round already written
             self._write_rows({record["node"]: (dict(record), vector)})
 
+    def node_paused(self, node) -> None:
+        """A node died and is being restarted: rounds complete without it until its
+        next record (from the round it catches up to)."""
+        self.live.discard(node)
+        self.known.add(node)  # it may have been given up for dead before it came back
+        self._drain()
+
     def node_gone(self, node) -> None:
         """A node finished or died: stop waiting for its records."""
         self.live.discard(node)
+        self.known.discard(node)
         self._drain()
 
     def _drain(self) -> None:
         while self._pending.get(self._next_round) is not None:
             rows = self._pending[self._next_round]
-            if not (self.live <= rows.keys() or (self.closer is not None and self.closer in rows)):
+            needed = {n for n in self.live if self.since.get(n, 0) <= self._next_round}
+            if not (needed <= rows.keys() or (self.closer is not None and self.closer in rows)):
                 return
             self._write_round(self._next_round, self._pending.pop(self._next_round))
             self._next_round += 1

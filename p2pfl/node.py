@@ -20,12 +20,13 @@ from collections import Counter
 from .algorithms import make_algorithm
 from .learner import Learner
 from .runtime import Runtime
+from .transport.availability import Availability
 
 __all__ = ["GossipNode", "SUSPECT_AFTER"]
 
 #: After this many consecutive misses a neighbour is not waited for until it is
 #: heard from again (a message of any round, even a late one, counts).
-SUSPECT_AFTER = 2
+SUSPECT_AFTER = 1
 
 
 class GossipNode:
@@ -51,15 +52,27 @@ class GossipNode:
         self._streak: Counter = Counter()  # consecutive misses per neighbour
         self.asynchronous = spec.runtime.schedule == "async"
         self.staleness: list = []  # this iteration's τ of each mixed model
+        self.availability = Availability(spec.availability) if spec.availability.active \
+            else None
 
-    def run(self) -> int:
-        """Run every round (or until stopped); return the last completed round."""
-        done = 0
+    def run(self, rejoin: bool = False, after: int = 0) -> int:
+        """Run every round (or until stopped); return the last completed round.
+
+        ``rejoin``: this process replaces one that died after recording round
+        ``after``; it first catches up from a neighbour (model, CHOCO's public
+        copy, round), or goes on from round ``after + 1`` if none answers."""
+        done, rnd = 0, 0
         if self.asynchronous:
             self.rt.go_asynchronous()
-        for rnd in range(1, self.run_spec.rounds + 1):
+        if rejoin:
+            rnd = max(after, self.rejoin(after + 1) - 1)
+        while rnd < self.run_spec.rounds:
+            rnd += 1
             if self.rt.stopped:
                 break
+            if self.availability and self.availability.offline(self.rt.clock()):
+                rnd = max(0, self.sit_out(rnd) - 1)  # next: the round we came back to
+                continue
             loss = self.learner.train()
             x = self.learner.get_flat()
             self.broadcast(rnd, self.algorithm.outgoing(x))
@@ -74,6 +87,8 @@ class GossipNode:
             self.learner.set_flat(x)
             for j in self.algorithm.resync_requests(rnd):
                 self.rt.send(j, "resync", rnd)
+            if rnd == self.run_spec.rounds and self.run_spec.presence:
+                self.leave(rnd, done=True)  # neighbours that are behind stop waiting for us
             self.record(rnd, loss, len(received))
             done = rnd
         return done
@@ -82,11 +97,16 @@ class GossipNode:
         """Send this round's packet; a neighbour that asked for our full state gets that."""
         for j in self.rt.requests("resync"):
             self.algorithm.on_resync_request(j)
+        for j, their_round in self.rt.requests("pull").items():  # a neighbour is back
+            self.rt.send(j, "catchup", their_round,
+                         self.algorithm.catchup(self.learner.get_flat(), j), at=rnd)
         special = self.algorithm.full_copies()
-        online = [j for j in self.neighbours if self._streak[j] < SUSPECT_AFTER]
+        away = self.rt.away
+        online = [j for j in self.neighbours if self._streak[j] < SUSPECT_AFTER
+                  and j not in away]
         chosen = set(self.algorithm.targets(online)) | set(special)
         for j in self.neighbours:
-            if j in chosen:
+            if j in chosen and j not in away:
                 self.rt.send(j, "model", rnd, special.get(j, packet))
 
     def expected(self, rnd: int) -> list:
@@ -94,13 +114,15 @@ class GossipNode:
 
         Not those that missed SUSPECT_AFTER rounds in a row and have not been heard
         from since (a silent neighbour costs its time-out once, and a message of
-        any round, even a late one, brings it back), nor those so far ahead that
-        their message for this round cannot come any more (we are the late one,
-        and catch up without waiting).
+        any round, even a late one, brings it back), nor those that said they
+        left and sent nothing since, nor those already past this round (their
+        messages come in order, so a round-``rnd`` one that is not here is not
+        coming: we are the late one, and catch up without waiting).
         """
+        away = self.rt.away
         return [j for j in self.neighbours
                 if (self._streak[j] < SUSPECT_AFTER or self.rt.heard_from(j, rnd - self._streak[j]))
-                and not self.rt.far_ahead(j, rnd)]
+                and j not in away and not self.rt.heard_from(j, rnd + 1)]
 
     def collect(self, rnd: int) -> dict:
         """Neighbours' decoded payloads for ``rnd``; a silent neighbour costs its time-out once."""
@@ -113,13 +135,67 @@ class GossipNode:
                 self.rt.drop("undecodable")
         if self.rt.stopped:
             return received
+        away = self.rt.away
         for j in self.neighbours:
             if j in received:
                 self._streak[j] = 0
-            else:
+            elif j not in away:  # a neighbour that said it left is not missed
                 self.misses[j] += 1
                 self._streak[j] += 1
         return received
+
+    def sit_out(self, rnd: int) -> int:
+        """Offline at round ``rnd``: say so, hear and send nothing until online again,
+        then catch up.  Returns the round to continue with."""
+        self.leave(rnd)
+        self.rt.report(rnd, {"offline": True, "loss": None, "test_loss": None,
+                             "accuracy": None})
+        self.rt.go_offline()
+        while not self.rt.stopped:
+            wait = self.availability.online_at(self.rt.clock()) - self.rt.clock()
+            if wait <= 0:
+                break
+            self.rt.idle(min(wait, 1.0))
+        self.rt.come_back()
+        return rnd if self.rt.stopped else self.rejoin(rnd)
+
+    def leave(self, rnd: int, done: bool = False) -> None:
+        for j in self.neighbours:
+            self.rt.send(j, "leave", rnd, **({"done": True} if done else {}))
+
+    def rejoin(self, rnd: int) -> int:
+        """Back (or restarted) at round ``rnd``: ask the neighbours that are present for
+        their model (and those that come back meanwhile), and continue from the first
+        answer, at the round its sender is at.  Returns the round to continue with:
+        ``rnd`` if nobody answered within the round time-out, or nobody can (each
+        neighbour is done, away, or catching up itself)."""
+        for j in self.neighbours:  # those away hear it when they are back
+            if j not in self.rt.done:
+                self.rt.send(j, "pull", rnd)
+        asked = set(self.neighbours) - self.rt.away
+        deadline = self.rt.clock() + self.run_spec.round_timeout
+        while not self.rt.stopped:
+            reply = self.rt.first("catchup", rnd, self.neighbours, asked,
+                                  max(0.0, deadline - self.rt.clock()))
+            new = set(self.neighbours) - self.rt.away - asked
+            if reply is not None or not new or self.rt.clock() >= deadline:
+                break
+            for j in sorted(new, key=str):  # back meanwhile: ask it too
+                self.rt.send(j, "pull", rnd)
+            asked |= new
+        if reply is None:
+            return rnd
+        try:
+            self.learner.set_flat(self.algorithm.rejoin(reply))
+        except ValueError:
+            self.rt.drop("undecodable")
+            return rnd
+        at = reply.meta.get("at")
+        if self.asynchronous or isinstance(at, bool) or not isinstance(at, int):
+            return rnd
+        at = max(rnd, min(at, self.run_spec.rounds))
+        self.rt.advance(at)
+        return at
 
     def arrivals(self, rnd: int) -> dict:
         """Without a barrier: every neighbour's decoded packets since the last mix."""

@@ -28,6 +28,7 @@ from .config import RunConfig, node_settings
 from .errors import ConfigError
 from .spec import LearnSpec, NodeSpec, RuntimeSpec, ServerInfo, plain_label
 from .strategies import BEHAVIOURS, STRATEGIES
+from .transport.availability import AvailabilitySpec, parse_churn, read_trace
 from .transport.links import LinkSpec, parse_link
 
 __all__ = ["Plan", "plan", "check_codec"]
@@ -48,13 +49,30 @@ class Plan:
     record: dict
     info: tuple = ()
     closer: int | None = None
+    restarts: int = 0  # how often the launcher may restart each node that died
 
 
 def plan(cfg: RunConfig, graph=None) -> Plan:
     """Resolve and validate everything about a run; start nothing."""
-    if cfg.mode == "gossip":
-        return _gossip_plan(cfg, graph)
-    return _server_plan(cfg, graph)
+    restarts = parse_restart(cfg.restart)
+    if restarts and cfg.in_process:
+        raise ConfigError("--restart on-failure restarts node processes; "
+                          "it does not apply with --in-process")
+    p = _gossip_plan(cfg, graph, restarts) if cfg.mode == "gossip" else _server_plan(cfg, graph)
+    return dataclasses.replace(p, restarts=restarts)
+
+
+def parse_restart(text: str) -> int:
+    """``no`` → 0; ``on-failure[:N]`` → N (default 3)."""
+    name, _, limit = str(text).partition(":")
+    if name == "no" and not limit:
+        return 0
+    if name == "on-failure":
+        if not limit:
+            return 3
+        if limit.isdigit() and int(limit) >= 1:
+            return int(limit)
+    raise ConfigError(f"--restart expects no or on-failure[:N] with N >= 1, got {text!r}")
 
 
 # ------------------------------------------------------------------ checks
@@ -191,15 +209,17 @@ def _gossip_options(cfg: RunConfig, algorithm: str, codec: str, learn: LearnSpec
     return DPSGDOptions(codec=codec, error_feedback=keep)
 
 
-def _gossip_plan(cfg: RunConfig, graph) -> Plan:
+def _gossip_plan(cfg: RunConfig, graph, restarts: int = 0) -> Plan:
     topo = topo_mod.build(graph if graph is not None else cfg.topology, scheme=cfg.mixing,
                           seed=cfg.seed)
     labels = [plain_label(x) for x in topo.labels]
     per_node, learns = _learn_specs(cfg, labels)
     codecs = _node_codecs(per_node)
     algorithm = _algorithm(cfg, codecs)
+    availability = _availability(cfg, labels, per_node)
     schedule = "async" if algorithm in ASYNC_ONLY else cfg.schedule
-    runtime = _runtime_spec(cfg, schedule)
+    runtime = dataclasses.replace(_runtime_spec(cfg, schedule),
+                                  presence=bool(restarts) or any(a.active for a in availability))
     learns = [dataclasses.replace(x, momentum_mode=_momentum_mode(algorithm, codecs[i]))
               for i, x in enumerate(learns)]
     specs = tuple(NodeSpec(
@@ -207,7 +227,7 @@ def _gossip_plan(cfg: RunConfig, graph) -> Plan:
         neighbours=tuple((j, float(topo.weights[i, j])) for j in topo.neighbours(i)),
         self_weight=float(topo.weights[i, i]), learn=learns[i], runtime=runtime,
         rule=algorithm, options=_gossip_options(cfg, algorithm, codecs[i], learns[i]),
-        link=LinkSpec(**per_node[i]["link"]))
+        link=LinkSpec(**per_node[i]["link"]), availability=availability[i])
         for i in range(topo.n))
     record = dict(cfg.to_dict(), resolved={
         "nodes": topo.n, "labels": labels, "spectral_gap": topo.spectral_gap,
@@ -220,6 +240,25 @@ def _gossip_plan(cfg: RunConfig, graph) -> Plan:
     info = (f"topology: {topo_mod.describe(topo)}",) + tuple(f"warning: {w}"
                                                             for w in topo.warnings)
     return Plan(cfg, specs, base, record, info)
+
+
+def _availability(cfg: RunConfig, labels: list, per_node: list) -> list:
+    """Each node's offline intervals (profile ``offline``, ``--availability``) and churn."""
+    trace = read_trace(cfg.availability, labels) if cfg.availability else {}
+    on, off, seed = parse_churn(cfg.churn) if cfg.churn else (0.0, 0.0, 0)
+    out = []
+    for i, o in enumerate(per_node):
+        spans = o["offline"]
+        if not isinstance(spans, list) or not all(
+                isinstance(s, list) and len(s) == 2 and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in s)
+                for s in spans):
+            raise ConfigError(f"node {labels[i]!r}: offline must be a list of "
+                              f"[start_s, end_s] pairs, got {spans!r}")
+        out.append(AvailabilitySpec(intervals=tuple(map(tuple, spans)) + tuple(trace.get(i, ())),
+                                    churn_on_s=on, churn_off_s=off,
+                                    seed=seed * 1_000_003 + i))
+    return out
 
 
 def _node_codecs(per_node: list) -> list:
@@ -279,9 +318,11 @@ def _server_plan(cfg: RunConfig, graph) -> Plan:
     per_node, learns = _learn_specs(cfg, labels)
     _node_codecs(per_node)  # checked; server modes use the run's codecs for every worker
     runtime = _runtime_spec(cfg)
+    availability = _availability(cfg, labels, per_node)  # workers only: the server stays up
     workers = [NodeSpec(id=i, label=labels[i], role="worker", neighbours=((n, 1.0),),
                         self_weight=0.0, learn=learns[i], runtime=runtime, rule=cfg.mode,
-                        options=options, link=LinkSpec(**per_node[i]["link"]))
+                        options=options, link=LinkSpec(**per_node[i]["link"]),
+                        availability=availability[i])
                for i in range(n)]
     run_link = LinkSpec(**(parse_link(cfg.link) if cfg.link else {}))
     coord_learn = dataclasses.replace(learns[0], model=_model_name(cfg, cfg.model),

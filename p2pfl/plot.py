@@ -28,8 +28,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 
+from p2pfl.atomic import write_atomic
 from p2pfl.errors import UsageError
 
 __all__ = ["plot_run", "plot_curves", "ROUND_PNG", "MB_PNG", "TIME_PNG"]
@@ -185,24 +185,11 @@ def _figure():
 
 
 def _save(fig, path):
-    """Write ``fig`` to ``path`` as PNG via a temp file in the same folder."""
-    folder = os.path.dirname(os.path.abspath(path))
+    """Write ``fig`` to ``path`` as PNG, atomically."""
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".png")
+        return write_atomic(path, lambda fh: fig.savefig(fh, format="png"))
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
 
 
 def _finish(ax, xlabel, ylabel, title, legend):

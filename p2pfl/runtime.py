@@ -93,18 +93,48 @@ class Runtime:
         msg = self.mailbox.next_after(kind, after, src, timeout)
         return None if msg is None else to_packet(msg)
 
-    def requests(self, kind: str) -> list:
-        """Peers that sent a ``kind`` request since the last call."""
+    def requests(self, kind: str) -> dict:
+        """``{peer: round}`` of the ``kind`` requests since the last call."""
         return self.mailbox.take_requests(kind)
+
+    def first(self, kind: str, rnd: int, peers, asked, timeout: float) -> Packet | None:
+        """The first ``kind`` packet of round ``rnd`` from any of ``peers``; None on
+        time-out, when all are done, or once a peer not in ``asked`` is present."""
+        msg = self.mailbox.first(kind, rnd, peers, asked, timeout)
+        return None if msg is None else to_packet(msg)
+
+    @property
+    def done(self) -> set:
+        """Peers that finished their rounds."""
+        return self.mailbox.done
+
+    def go_offline(self) -> None:
+        """Hear nothing but commands from now on (an emulated offline period)."""
+        self.mailbox.go_offline()
+
+    def idle(self, seconds: float) -> None:
+        """Wait, obeying commands only (stop, liveness)."""
+        self.mailbox.idle(seconds)
+
+    def come_back(self) -> None:
+        self.mailbox.come_back()
+
+    def advance(self, rnd: int) -> None:
+        """We skipped to round ``rnd`` (catching up after being away)."""
+        self.mailbox.advance(rnd)
+
+    @property
+    def away(self) -> set:
+        """Peers that said they left and have sent nothing since."""
+        return self.mailbox.away
+
+    def clock(self) -> float:
+        """Seconds since the run started."""
+        return time.monotonic() - self.t_start
 
     def heard_from(self, peer, since_round: int) -> bool:
         """Whether ``peer`` sent anything for a round >= ``since_round`` (even if late)."""
         return self.mailbox.last_heard.get(peer, -1) >= since_round
-
-    def far_ahead(self, peer, rnd: int) -> bool:
-        """Whether ``peer`` is so far ahead that its round-``rnd`` message is already
-        here or was dropped: waiting for it would only cost the time-out."""
-        return self.mailbox.last_heard.get(peer, -1) > rnd + self.mailbox.window
 
     def drop(self, reason: str) -> None:
         """Count a message the role could not use."""

@@ -18,6 +18,7 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 
 from .errors import ConfigError
+from .transport.availability import AvailabilitySpec
 from .transport.links import LinkSpec
 
 __all__ = ["LearnSpec", "RuntimeSpec", "ServerInfo", "NodeSpec", "options_from_wire",
@@ -78,6 +79,9 @@ class RuntimeSpec:
     eval_every: int = 1
     consensus: bool = True
     schedule: str = "sync"  # or "async": no round barrier (gossip only)
+    # Nodes come and go (churn, restarts): a node says when it leaves (offline, or
+    # done with its rounds) so that its neighbours stop waiting for it.
+    presence: bool = False
 
     def evaluates(self, rnd: int) -> bool:
         """Whether round ``rnd`` is evaluated: every ``eval_every``-th and the last."""
@@ -90,6 +94,7 @@ class ServerInfo:
 
     labels: tuple = ()
     groups: tuple = ()
+    checkpoint: str = ""  # where the coordinator saves its state after each round
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,7 @@ class NodeSpec:
     options: object
     server: ServerInfo = field(default_factory=ServerInfo)
     link: LinkSpec = field(default_factory=LinkSpec)
+    availability: AvailabilitySpec = field(default_factory=AvailabilitySpec)
 
     @property
     def peers(self) -> list:
@@ -130,6 +136,7 @@ class NodeSpec:
             "learn": dataclasses.asdict(self.learn), "runtime": dataclasses.asdict(self.runtime),
             "rule": self.rule, "options": dataclasses.asdict(self.options),
             "server": dataclasses.asdict(self.server), "link": dataclasses.asdict(self.link),
+            "availability": dataclasses.asdict(self.availability),
         }
 
 
@@ -165,7 +172,8 @@ def node_spec_from_wire(data: dict, options_cls) -> NodeSpec:
             runtime=_build(RuntimeSpec, data["runtime"], "runtime"),
             rule=str(data["rule"]), options=options_from_wire(options_cls, data["options"]),
             server=_build(ServerInfo, data.get("server", {}), "server"),
-            link=_build(LinkSpec, data.get("link", {}), "link"))
+            link=_build(LinkSpec, data.get("link", {}), "link"),
+            availability=_build(AvailabilitySpec, data.get("availability", {}), "availability"))
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, ConfigError):
             raise

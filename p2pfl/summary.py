@@ -39,6 +39,7 @@ def run_summary(plan, sink, nodes: dict, wall: float, control_bytes: int) -> dic
         "messages_sent_total": int(sum(f.get("messages_sent", 0) for f in finals)),
         "emulated_lost_total": int(sum(f.get("emulated_lost", 0) for f in finals)),
         "failed_nodes": failed,
+        "restarts": int(sum(getattr(h, "restarts", 0) for h in nodes.values())),
         # per direction and peer: [sender label, receiver label, bytes] (handshake included)
         "bytes_per_link": [[nodes[f["node"]].label, nodes[j].label, n] for f in finals
                            for j, n in f.get("sent_per_peer", []) if j in nodes],
@@ -55,11 +56,11 @@ def _server_fields(summary: dict, plan, sink, nodes: dict) -> None:
     specs = plan.specs
     coord_id = plan.closer
     labels = {s.id: s.label for s in specs}
-    finals = {i: h.final for i, h in nodes.items() if h.final}
-    summary["bytes_up_total"] = int(sum(f.get("bytes_sent", 0) for i, f in finals.items()
-                                        if i != coord_id))
-    summary["bytes_down_total"] = int(finals.get(coord_id, {}).get("bytes_sent", 0))
+    # From the records, so that a restarted coordinator's earlier rounds count too.
     coord_recs = [r for r in sink.records if r.get("node") == coord_id]
+    summary["bytes_down_total"] = int(sum(r["bytes_sent"] for r in coord_recs))
+    summary["bytes_up_total"] = int(sum(r["bytes_sent"] for r in sink.records
+                                        if r.get("node") != coord_id))
     for key in ("global_accuracy", "cluster_accuracy", "ensemble_accuracy"):
         rows = [[r["round"], r[key]] for r in coord_recs if r.get(key) is not None]
         if rows:
@@ -79,4 +80,4 @@ def _server_fields(summary: dict, plan, sink, nodes: dict) -> None:
         for i, g in zip(behaviour, specs[-1].server.groups):
             by_group.setdefault(g, []).append(labels[i])
         summary["groups"] = [by_group[g] for g in sorted(by_group)]
-    summary.update(finals.get(coord_id, {}).get("strategy", {}))
+    summary.update(nodes[coord_id].final.get("strategy", {}) if coord_id in nodes else {})

@@ -90,11 +90,22 @@ def serve(launcher: str, node_id: int, *, ctx: zmq.Context | None = None,
         addresses = {int(j): a for j, a in config.get("addresses", [])}
         runtime = Runtime(ep, mailbox, spec)
         node = make_role(runtime, spec)
-        _handshake(ep, mailbox, spec, addresses, start_timeout)
+        rejoin = config.get("rejoin") is True  # restarted mid-run: neighbours are busy
+        if rejoin:
+            mailbox.peers = set(spec.peers)
+            for j, address in addresses.items():
+                ep.connect(j, address)
+        else:
+            _handshake(ep, mailbox, spec, addresses, start_timeout)
         ep.send(LAUNCHER, "ready")
-        _await(mailbox, "start", start_timeout)
-        runtime.t_start = time.monotonic()
-        node.run()
+        start = _await(mailbox, "start", start_timeout).meta
+        elapsed = start.get("elapsed", 0.0) if rejoin else 0.0
+        runtime.t_start = time.monotonic() - (elapsed if isinstance(elapsed, float) else 0.0)
+        if rejoin:
+            after = config.get("round")
+            node.run(rejoin=True, after=after if isinstance(after, int) and after >= 0 else 0)
+        else:
+            node.run()
         ep.send(LAUNCHER, "bye", meta=node.final_report())
         if not mailbox.stopped:
             _await_stop(mailbox, start_timeout)

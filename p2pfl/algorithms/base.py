@@ -113,6 +113,16 @@ class GossipAlgorithm:
         """Who gets this round's packet: every neighbour, by default."""
         return sorted(self.weights)
 
+    def catchup(self, x: torch.Tensor, peer) -> Packet:
+        """What ``peer``, back after being away, needs to continue: our model ``x``."""
+        return dense_packet(x)
+
+    def rejoin(self, packet: Packet) -> torch.Tensor:
+        """Take a neighbour's :meth:`catchup` packet; return the model to continue from.
+
+        Raises ValueError if the packet is unusable."""
+        return dense_tensor(packet, self.numel)
+
     def resync_requests(self, rnd: int) -> list:
         """Neighbours whose full state we need (compressed gossip only)."""
         return []

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import GossipAlgorithm, Packet
+from .base import GossipAlgorithm, Packet, dense_packet, dense_tensor
 from .options import CHOCOOptions
 from .public import PublicCopies
 
@@ -92,13 +92,47 @@ class CHOCO(GossipAlgorithm):
         return self.public.decode(packet)
 
     def mix(self, x: torch.Tensor, received: dict) -> torch.Tensor:
+        self.public.apply(received)
+        return self._consensus_step(x)
+
+    def mix_async(self, x: torch.Tensor, received: dict) -> torch.Tensor:
+        """Without a barrier: apply every q that arrived, in order (each moves x̂_j),
+        then take one consensus step over the copies that are current."""
+        for j in sorted(received, key=str):
+            for update in received[j]:
+                self.public.apply({j: update}, every_round=False)
+        return self._consensus_step(x)
+
+    def _consensus_step(self, x: torch.Tensor) -> torch.Tensor:
         pub = self.public
-        pub.apply(received)
         step = torch.zeros_like(x)
         for j in pub.fresh():
             step.add_(pub.copies[j] - pub.own, alpha=self.weights[j])
         base = x if self.memory else pub.own.clone()
         return base.add_(step, alpha=self.gamma)
+
+    def catchup(self, x: torch.Tensor, peer) -> Packet:
+        """Our model, and our copy of ``peer``'s public copy x̂_peer when it is current:
+        a restarted node gets back the x̂ its neighbours hold, so no resync is needed."""
+        packet = dense_packet(x)
+        copy = self.public.copies.get(peer)
+        if copy is not None and peer not in self.public.stale:
+            extra = dense_packet(copy)
+            packet.frames += extra.frames
+            packet.shapes += extra.shapes
+            packet.dtypes += extra.dtypes
+        return packet
+
+    def rejoin(self, packet: Packet) -> torch.Tensor:
+        frames = list(packet.frames)
+        if len(frames) not in (1, 2) or packet.codec != "none" or \
+                packet.dtypes != ["float32"] * len(frames):
+            raise ValueError("catch-up packet must hold one or two float32 vectors")
+        tensors = [dense_tensor(Packet("none", [f], [[self.numel]], ["float32"]), self.numel)
+                   for f in frames]
+        if len(tensors) == 2:
+            self.public.own = tensors[1]
+        return tensors[0]
 
     def resync_requests(self, rnd: int) -> list:
         return self.public.resync_requests(rnd)

@@ -55,6 +55,16 @@ class GossipLearning(GossipAlgorithm):
         pool = online or sorted(self.weights)
         return [pool[int(self.rng.integers(len(pool)))]] if pool else []
 
+    def catchup(self, x: torch.Tensor, peer) -> Packet:
+        packet = dense_packet(x)
+        packet.meta["age"] = self.age
+        return packet
+
+    def rejoin(self, packet: Packet) -> torch.Tensor:
+        """Continue from the neighbour's model, and take its age."""
+        x, self.age = self.decode(packet)
+        return x
+
     def decode(self, packet: Packet):
         age = packet.meta.get("age")
         if isinstance(age, bool) or not isinstance(age, (int, float)) or not age >= 0:

@@ -126,8 +126,13 @@ class PublicCopies:
                                                       max_numel=self.numel)
         return codec
 
-    def apply(self, received: dict) -> None:
-        """Apply neighbours' updates; copies that missed one become stale."""
+    def apply(self, received: dict, every_round: bool = True) -> None:
+        """Apply neighbours' updates; copies that missed one become stale.
+
+        ``every_round``: each neighbour sent exactly one update for this round, so
+        a copy without one missed it (lock-step rounds).  Without a barrier
+        (asynchronous gossip) a gap in a neighbour's rounds is the only sign.
+        """
         for j, upd in received.items():
             if upd.full:
                 self.copies[j] = upd.tensor
@@ -139,7 +144,7 @@ class PublicCopies:
                 self.known[j] = upd.round
             else:
                 self.stale.add(j)
-        for j in self.copies:
+        for j in self.copies if every_round else ():
             if j not in received and j not in self.stale:
                 self.stale.add(j)  # missed this round's q: the copy is behind
 

@@ -12,12 +12,20 @@ no decode round trip is needed.
 State (explicit): ``residual`` (None until the first call; its shape is fixed
 by the first tensor), ``last_sent`` (the reconstruction of the last call, for
 algorithms such as CHOCO that also apply their own message).
+
+Checkpoints: :func:`codec_state` / :func:`restore_codec` capture a codec's
+mutable state -- the residual and last reconstruction of an ErrorFeedback,
+and, of the codec itself, its stages' shared generator
+(``rng.bit_generator.state``) and PowerSGD's warm starts -- as plain values,
+tensors and arrays.  Restored into a codec built from the same spec, it
+encodes bit for bit like the original from then on.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-__all__ = ["ErrorFeedback", "wants_error_feedback"]
+__all__ = ["ErrorFeedback", "wants_error_feedback", "codec_state", "restore_codec"]
 
 
 def wants_error_feedback(codec) -> bool:
@@ -64,5 +72,58 @@ class ErrorFeedback:
     def encode(self, tensor: torch.Tensor) -> list:
         return self.encode_with_reconstruction(tensor)[0]
 
+    def state(self) -> dict:
+        """The residual, the last reconstruction and the wrapped codec's state (copies)."""
+        return {"residual": _clone(self.residual), "last_sent": _clone(self.last_sent),
+                "codec": codec_state(self.codec)}
+
+    def restore(self, state: dict) -> None:
+        """Inverse of :meth:`state`."""
+        for key in ("residual", "last_sent"):
+            value = state[key]
+            if value is not None and not isinstance(value, torch.Tensor):
+                raise ValueError(f"error feedback {key} should be a tensor or None")
+        restore_codec(self.codec, state["codec"])
+        self.residual = _clone(state["residual"])
+        self.last_sent = _clone(state["last_sent"])
+
     def decode(self, frames) -> torch.Tensor:
         return self.codec.decode(frames)
+
+
+# ---------------------------------------------------------------- checkpoints
+def _clone(t):
+    return None if t is None else t.detach().clone()
+
+
+def codec_state(codec) -> dict:
+    """A codec's (or an ErrorFeedback's) mutable state, as copies."""
+    if isinstance(codec, ErrorFeedback):
+        return {"kind": "error_feedback", **codec.state()}
+    rng = codec.stages[0].rng if codec.stages else None  # one generator for all stages
+    warm = {i: [[r, c, q.copy()] for (r, c), q in s.warm_start.items()]
+            for i, s in enumerate(codec.stages) if hasattr(s, "warm_start")}
+    return {"kind": "codec", "name": codec.name,
+            "rng": None if rng is None else rng.bit_generator.state, "warm_start": warm}
+
+
+def restore_codec(codec, state: dict) -> None:
+    """Put :func:`codec_state`'s ``state`` into ``codec`` (built from the same spec)."""
+    kind = "error_feedback" if isinstance(codec, ErrorFeedback) else "codec"
+    got = state.get("kind") if isinstance(state, dict) else None
+    if got != kind:
+        raise ValueError(f"codec state of kind {got!r}, expected {kind!r} "
+                         "(error feedback on one side only?)")
+    if kind == "error_feedback":
+        codec.restore(state)
+        return
+    if state["name"] != codec.name:
+        raise ValueError(f"codec state of {state['name']!r}, this codec is {codec.name!r}")
+    if state["rng"] is not None:
+        codec.stages[0].rng.bit_generator.state = state["rng"]
+    for s in codec.stages:
+        if hasattr(s, "warm_start"):
+            s.warm_start.clear()
+    for i, entries in state["warm_start"].items():
+        codec.stages[i].warm_start.update({(int(r), int(c)): np.array(q, dtype=np.float32)
+                                           for r, c, q in entries})

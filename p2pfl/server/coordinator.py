@@ -1,7 +1,7 @@
 """The coordinator: the one shared round loop of every server-mode strategy.
 
 select → configure → send "control" → gather replies → decode → aggregate →
-evaluate → record.  After the last round every worker gets a final "control"
+evaluate → record → checkpoint.  After the last round every worker gets a final "control"
 with its final model, before that round's record is made, so the record
 counts those bytes too.  The strategy supplies every decision; this loop only
 moves packets.
@@ -9,6 +9,7 @@ moves packets.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 
 import numpy as np
@@ -19,6 +20,7 @@ from ..models import assign_params, flatten_params
 from ..runtime import Runtime
 from ..strategies import Reply, ServerContext, make_strategy
 from ..training import evaluate as evaluate_model
+from . import checkpoint
 
 __all__ = ["Coordinator"]
 
@@ -62,13 +64,16 @@ class Coordinator:
         self.misses: Counter = Counter()
         self.errors: Counter = Counter()
         self.last_round = 0
+        self.checkpoint = spec.server.checkpoint
 
-    def run(self) -> int:
+    def run(self, rejoin: bool = False, after: int = 0) -> int:
         """Run the rounds; after the last, hand every worker its final model."""
         rnd, finished = 0, False
+        if rejoin and self.checkpoint and os.path.exists(self.checkpoint):
+            rnd = self.resume()
         while not finished:
             rnd += 1
-            participants = self.strategy.select(rnd, self.workers, self.rng)
+            participants = self.strategy.select(rnd, self.available(), self.rng)
             for w, packet in self.strategy.configure(rnd, participants).items():
                 self.rt.send(w, "control", rnd, packet)
             replies = self.collect(rnd, participants)
@@ -81,7 +86,36 @@ class Coordinator:
                     self.rt.send(w, "control", rnd + 1, self.strategy.finalize(w), final=True)
             self.record(rnd, replies, fields, rounds=(rnd, rnd + 1) if finished else None)
             self.last_round = rnd
+            if self.checkpoint and not finished:
+                self.save()
         return rnd
+
+    def save(self) -> None:
+        """Checkpoint after a completed round: the strategy's state (global models,
+        residuals, STC cache, CFL clusters, FD aggregates) and the sampler's RNG."""
+        checkpoint.save(self.checkpoint, self.last_round, {
+            "strategy": self.strategy.state(), "rng": self.rng.bit_generator.state,
+            "misses": dict(self.misses), "errors": dict(self.errors)})
+
+    def resume(self) -> int:
+        """Restarted: continue after the last checkpointed round."""
+        rnd, state = checkpoint.load(self.checkpoint)
+        self.strategy.restore(state["strategy"])
+        self.rng.bit_generator.state = state["rng"]
+        self.misses, self.errors = Counter(state["misses"]), Counter(state["errors"])
+        self.last_round = rnd
+        return rnd
+
+    def available(self) -> list:
+        """Workers not known to be offline; if all are, wait (a round time-out at
+        most) for one to come back, then try them all."""
+        deadline = self.rt.clock() + self.run_spec.round_timeout
+        while not self.rt.stopped and self.rt.clock() < deadline:
+            online = [w for w in self.workers if w not in self.rt.away]
+            if online:
+                return online
+            self.rt.idle(0.05)
+        return list(self.workers)
 
     def collect(self, rnd: int, participants: list) -> list:
         """Replies of this round's participants: content, or an error saying why not."""
@@ -90,6 +124,9 @@ class Coordinator:
         replies = []
         for w in participants:
             packet = packets.get(w)
+            if packet is None and w in self.rt.away:  # went offline meanwhile
+                replies.append(Reply(w, error={"code": "offline", "reason": "went offline"}))
+                continue
             if packet is None:
                 self.misses[w] += 1
                 replies.append(Reply(w, error={"code": "timeout", "reason": f"no {kind}"}))
@@ -119,4 +156,5 @@ class Coordinator:
         return self.rt.final_counters(
             misses=[[j, n] for j, n in self.misses.items()], errors=dict(self.errors),
             num_samples=0, num_params=self.num_params, rounds_done=self.last_round,
+            absent=sorted(self.rt.away),
             strategy=self.strategy.summary())

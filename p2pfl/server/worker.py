@@ -12,6 +12,7 @@ from __future__ import annotations
 from ..learner import Learner
 from ..runtime import Runtime
 from ..strategies import make_client
+from ..transport.availability import Availability
 
 __all__ = ["Worker"]
 
@@ -27,14 +28,26 @@ class Worker:
         # a worker may sit out many rounds: keep every future round's message
         rt.mailbox.window = self.run_spec.rounds + 2
         self.rounds_done = 0
+        self.rounds_last = 0  # the latest round served
+        self.availability = Availability(spec.availability) if spec.availability.active \
+            else None
         self._held = None  # the last round's record, completed by the final model
 
-    def run(self) -> int:
+    def run(self, rejoin: bool = False, after: int = 0) -> int:
         """Serve rounds until the final instruction (or a stop); return rounds served."""
         r, rnd = self.run_spec, 0
-        wait = r.start_timeout + (r.rounds + 1) * (r.round_timeout + 30.0)
+        deadline = self.rt.clock() + r.start_timeout + (r.rounds + 1) * (r.round_timeout + 30.0)
         while True:
-            packet = self.rt.next_after("control", rnd, self.coord, wait)
+            if self.availability and self.availability.offline(self.rt.clock()):
+                self.sit_out(rnd)
+            until = self.availability.next_offline(self.rt.clock()) if self.availability \
+                else float("inf")
+            wait = min(deadline, until) - self.rt.clock()
+            # after rnd - 1: a coordinator restarted from its checkpoint repeats the round
+            # it was in when it died, and that round is to be served again
+            packet = self.rt.next_after("control", rnd - 1, self.coord, max(0.0, wait))
+            if packet is None and not self.rt.stopped and self.rt.clock() < deadline:
+                continue  # an offline period begins
             if packet is None:
                 self._flush()
                 return self.rounds_done
@@ -43,15 +56,34 @@ class Worker:
                 self.client.finish(packet)
                 self.record_final(rnd - 1)
                 return self.rounds_done
+            again = rnd <= self.rounds_last
             self._flush()
             self.client.apply(rnd, packet)
             acc = self.learner.evaluate() if self.run_spec.evaluates(rnd) else (None, None)
             loss = self.client.fit()
             self.rt.send(self.coord, self.client.reply_kind, rnd, self.client.reply(rnd))
             self.rounds_done += 1
+            if again:  # its record is written already
+                continue
+            self.rounds_last = rnd
             self._held = (rnd, {"loss": loss, "test_loss": acc[0], "accuracy": acc[1]})
             if rnd < self.run_spec.rounds:
                 self._flush()  # only the last round waits for the final model
+
+    def sit_out(self, rnd: int) -> None:
+        """Offline: say so, hear nothing until online again, then say we are back.
+
+        The coordinator leaves an absent worker out of its rounds; the instructions
+        it sent before it knew are lost, as they would be on a real network."""
+        self.rt.send(self.coord, "leave", rnd)
+        self.rt.go_offline()
+        while not self.rt.stopped:
+            wait = self.availability.online_at(self.rt.clock()) - self.rt.clock()
+            if wait <= 0:
+                break
+            self.rt.idle(min(wait, 1.0))
+        self.rt.come_back()
+        self.rt.send(self.coord, "pull", rnd)
 
     def _fields(self, fields: dict, final: bool) -> dict:
         return dict(fields, behaviour=self.client.behaviour, final=final)

@@ -16,6 +16,21 @@ model.  A worker runs the mirror-image :class:`ClientStrategy` hooks:
 packet) and ``finish`` (the final instruction).  Neither side touches a
 socket: packets are :class:`~p2pfl.algorithms.base.Packet` objects, and the
 aggregation maths are pure functions of tensors.
+
+Checkpoints (coordinator restart).  ``state()`` returns everything a server
+strategy carries from one round to the next -- models, residuals, caches,
+codec generators, bookkeeping -- as a dict of plain values (str or int keys,
+lists, tuples, ints, floats, str, bool, None, bytes), numpy arrays and torch
+tensors, which :mod:`p2pfl.server.checkpoint` writes without pickle.  It
+holds copies, and it is taken between rounds (after ``aggregate``).
+``restore(state)``, on a freshly built strategy with the same
+:class:`ServerContext`, makes it behave bit for bit like the one the state was
+taken from: the same ``configure`` packets, ``evaluate`` records,
+``finalize`` packets and ``summary``.  What the context determines (options,
+the public set, the initial model's size) is not part of the state; it is
+checked, and a state that does not fit (another strategy, another model size)
+raises ``ValueError``.  The base class supports no checkpoints: both raise
+``NotImplementedError``.
 """
 
 from __future__ import annotations
@@ -29,7 +44,7 @@ from ..algorithms.base import Packet, dense_packet, dense_tensor
 from ..errors import ConfigError
 
 __all__ = ["Reply", "ServerContext", "Strategy", "ClientStrategy", "Packet", "weighted_mean",
-           "dense_packet", "dense_tensor", "BEHAVIOURS", "behave"]
+           "dense_packet", "dense_tensor", "BEHAVIOURS", "behave", "model_from_state"]
 
 #: Worker behaviours a node profile may set (``behaviour = "..."``).
 BEHAVIOURS = ("honest", "random", "label_flip", "noisy")
@@ -126,6 +141,26 @@ class Strategy:
         """Fields added to ``summary.json``."""
         return {}
 
+    def state(self) -> dict:
+        """Everything that persists across rounds, for a checkpoint (module docstring)."""
+        raise NotImplementedError(f"strategy {self.name!r} ({type(self).__name__}) does not "
+                                  "support checkpoints: it defines no state()")
+
+    def restore(self, state: dict) -> None:
+        """Continue from ``state()`` of a strategy built with the same context."""
+        raise NotImplementedError(f"strategy {self.name!r} ({type(self).__name__}) does not "
+                                  "support checkpoints: it defines no restore()")
+
+    def _state_fields(self, state: dict, *keys: str) -> list:
+        """``state[key]`` for each key, after checking the state is this strategy's."""
+        if not isinstance(state, dict) or state.get("strategy") != self.name:
+            got = state.get("strategy") if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"checkpoint state of strategy {got!r}, expected {self.name!r}")
+        missing = [k for k in keys if k not in state]
+        if missing:
+            raise ValueError(f"{self.name} checkpoint state lacks {', '.join(missing)}")
+        return [state[k] for k in keys]
+
 
 class ClientStrategy:
     """Worker side: apply the instruction, work locally, reply."""
@@ -161,6 +196,15 @@ class ClientStrategy:
 
 
 # ------------------------------------------------------------- pure functions
+def model_from_state(value, like: torch.Tensor, what: str = "model") -> torch.Tensor:
+    """A checkpointed model, checked to have ``like``'s shape and dtype (a copy)."""
+    if (not isinstance(value, torch.Tensor) or value.dtype != like.dtype
+            or value.shape != like.shape):
+        raise ValueError(f"checkpoint {what} should be a {like.dtype} tensor of shape "
+                         f"{tuple(like.shape)}")
+    return value.detach().clone()
+
+
 def weighted_mean(tensors: list, weights: list) -> torch.Tensor:
     """Σ_i w_i x_i / Σ_i w_i (FedAvg aggregation weighted by data size, ALGORITHMS.md)."""
     if not tensors:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Packet, Reply, Strategy, dense_packet, dense_tensor
+from .base import Packet, Reply, Strategy, dense_packet, dense_tensor, model_from_state
 from .fedavg import FedAvgClient, fedavg_step
 
 __all__ = ["CFL", "cosine_matrix", "bipartition", "max_spanning_tree", "split_criterion"]
@@ -192,3 +192,23 @@ class CFL(Strategy):
         return {"clusters": [self._labels(c["members"]) for c in self.clusters],
                 "split_rounds": [s[0] for s in self.splits], "splits": self.splits}
 
+    def state(self) -> dict:
+        """The clusters (members, model W_c, round formed), the split log and the
+        last round's norms (copies)."""
+        clusters = [{"members": list(c["members"]), "model": c["model"].clone(),
+                     "born": c["born"]} for c in self.clusters]
+        return {"strategy": self.name, "clusters": clusters,
+                "splits": [[s[0], list(s[1]), list(s[2])] for s in self.splits],
+                "norms": [list(n) for n in self.norms]}
+
+    def restore(self, state: dict) -> None:
+        clusters, splits, norms = self._state_fields(state, "clusters", "splits", "norms")
+        members = sorted(w for c in clusters for w in c["members"])
+        if members != sorted(self.ctx.workers):
+            raise ValueError(f"checkpoint clusters cover workers {members}, "
+                             f"this run has {sorted(self.ctx.workers)}")
+        self.clusters = [{"members": [int(w) for w in c["members"]],
+                          "model": model_from_state(c["model"], self.ctx.init, "cluster model"),
+                          "born": int(c["born"])} for c in clusters]
+        self.splits = [[int(s[0]), list(s[1]), list(s[2])] for s in splits]
+        self.norms = [list(n) for n in norms]

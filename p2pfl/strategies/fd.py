@@ -255,6 +255,37 @@ class FD(Strategy):
     def finalize(self, worker: int) -> Packet:
         return self._agg_packet(worker, {})
 
+    def state(self) -> dict:
+        """What each worker last sent (``held``), the aggregates still referenced
+        (``sent``), the latest aggregate's round, the rounds the workers hold and
+        the float32 ensemble (copies; the public set comes from the context)."""
+        return {"strategy": self.name, "bits": self.bits, "delta": self.delta,
+                "held": {w: (r, v.copy()) for w, (r, v) in self.held.items()},
+                "sent": {r: v.copy() for r, v in self.sent.items()},
+                "agg_round": self.agg_round, "client_has": dict(self.client_has),
+                "ensemble": None if self.ensemble is None else self.ensemble.copy()}
+
+    def restore(self, state: dict) -> None:
+        bits, delta, held, sent, agg, has, ens = self._state_fields(
+            state, "bits", "delta", "held", "sent", "agg_round", "client_has", "ensemble")
+        if (bits, delta) != (self.bits, self.delta):
+            raise ValueError(f"checkpoint of soft labels with bits={bits}, delta={delta}; "
+                             f"this run has bits={self.bits}, delta={self.delta}")
+        self.held = {int(w): (int(r), self._labels(v)) for w, (r, v) in held.items()}
+        self.sent = {int(r): self._labels(v) for r, v in sent.items()}
+        self.agg_round = int(agg)
+        self.client_has = {int(w): int(r) for w, r in has.items()}
+        self.ensemble = None if ens is None else self._labels(ens, np.float32)
+
+    def _labels(self, value, dtype=None) -> np.ndarray:
+        """A checkpointed label matrix, checked against the public set (a copy)."""
+        dtype = dtype or (np.float32 if self.bits == 0 else np.uint8)
+        if (not isinstance(value, np.ndarray) or value.dtype != dtype
+                or value.shape != (self.m, self.classes)):
+            raise ValueError(f"checkpoint soft labels should be {np.dtype(dtype).name} of shape "
+                             f"{(self.m, self.classes)}")
+        return value.copy()
+
 
 class FDClient(ClientStrategy):
     """Worker: distil from the aggregate, train locally, send soft labels on X_pub."""

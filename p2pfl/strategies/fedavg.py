@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from .base import ClientStrategy, Packet, Strategy, behave, dense_packet, dense_tensor, \
-    weighted_mean
+    model_from_state, weighted_mean
 
 __all__ = ["FedAvg", "FedAvgClient", "fedavg_step"]
 
@@ -53,6 +53,14 @@ class FedAvg(Strategy):
 
     def finalize(self, worker: int) -> Packet:
         return dense_packet(self.model)
+
+    def state(self) -> dict:
+        """The global model W."""
+        return {"strategy": self.name, "model": self.model.clone()}
+
+    def restore(self, state: dict) -> None:
+        (model,) = self._state_fields(state, "model")
+        self.model = model_from_state(model, self.ctx.init)
 
 
 class FedAvgClient(ClientStrategy):

@@ -25,7 +25,8 @@ from collections import OrderedDict
 import torch
 
 from ..compression import make_codec
-from .base import Packet, Strategy, dense_packet, dense_tensor
+from ..compression.feedback import codec_state, restore_codec
+from .base import Packet, Strategy, dense_packet, dense_tensor, model_from_state
 from .fedavg import FedAvgClient, fedavg_step
 
 __all__ = ["STC", "STCClient", "catch_up_packet", "read_catch_up"]
@@ -100,6 +101,29 @@ class STC(Strategy):
 
     def finalize(self, worker: int) -> Packet:
         return self._instruction(worker)
+
+    def state(self) -> dict:
+        """W, the downstream codec (A_s when error feedback is on, its generator),
+        the update cache as ``[[round, [frame bytes]], ...]`` (oldest first),
+        each worker's synced round and the last aggregated round."""
+        return {"strategy": self.name, "model": self.model.clone(),
+                "down": codec_state(self.down), "round": self.round,
+                "cache": [[r, list(blob)] for r, blob in self.cache.items()],
+                "synced": dict(self.synced)}
+
+    def restore(self, state: dict) -> None:
+        model, down, rnd, cache, synced = self._state_fields(
+            state, "model", "down", "round", "cache", "synced")
+        if set(synced) != set(self.synced):
+            raise ValueError(f"checkpoint of workers {sorted(synced)}, "
+                             f"this run has {sorted(self.synced)}")
+        if not all(isinstance(f, bytes) for _, blob in cache for f in blob):
+            raise ValueError("checkpoint STC cache should hold frames as bytes")
+        restore_codec(self.down, down)
+        self.model = model_from_state(model, self.ctx.init)
+        self.round = int(rnd)
+        self.cache = OrderedDict((int(r), list(blob)) for r, blob in cache)
+        self.synced = {int(w): int(r) for w, r in synced.items()}
 
 
 class STCClient(FedAvgClient):

@@ -37,7 +37,7 @@ __all__ = ["Endpoint", "bind_address", "identity", "COMMAND_KINDS"]
 
 SCHEMES = ("tcp", "ipc", "inproc")
 #: Launcher-to-node commands: they travel on the control channel only.
-COMMAND_KINDS = frozenset({"config", "start", "heartbeat", "stop"})
+COMMAND_KINDS = frozenset({"config", "start", "heartbeat", "stop", "peer"})
 #: How long a command other than a heartbeat may wait for room in a full queue.
 COMMAND_WAIT_S = 2.0
 
@@ -137,6 +137,13 @@ class Endpoint:
         sock.setsockopt(zmq.IMMEDIATE, 0)
         sock.connect(address)
         table[peer] = sock
+
+    def reconnect(self, peer, address: str, *, control: bool = False) -> None:
+        """``peer`` moved (a restarted node): send to its new address from now on."""
+        old = (self._commands if control else self._peers).pop(peer, None)
+        if old is not None and old is not self._link:
+            old.close(linger=0)
+        self.connect(peer, address, control=control)
 
     def emulate(self, link: LinkSpec, seed: int = 0) -> None:
         """Send data to the peers connected from now on through an emulated link."""

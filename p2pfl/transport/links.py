@@ -9,8 +9,10 @@ when the emulated network would deliver it:
   bytes occupies it for 8·B / up_mbps µs after the previous one left, with no
   burst allowance;
 * then the message travels for ``latency_ms`` plus a Gaussian jitter of
-  standard deviation ``jitter_ms`` (truncated at zero; messages may overtake
-  each other, as on a real network);
+  standard deviation ``jitter_ms`` (truncated at zero).  Jitter delays but
+  never reorders the messages to one peer: ZeroMQ runs over TCP, which
+  delivers a connection's bytes in order, so a late message holds back the
+  ones behind it (head-of-line blocking);
 * with probability ``loss`` it is lost: it used the uplink, is counted, and is
   never delivered.
 
@@ -106,6 +108,7 @@ class LinkEmulator:
                  seed: int = 0) -> None:
         self.spec = spec
         self.lost = 0  # emulated losses (written by the emulator thread only)
+        self._last_arrival: dict = {}  # peer -> when its latest message arrives (in order)
         self.overflow = 0  # messages dropped because a queue was full
         self._ctx, self._rid, self._hwm = ctx, routing_id, hwm
         self._rng = np.random.default_rng(seed)
@@ -156,8 +159,11 @@ class LinkEmulator:
                     continue
                 cmd, *rest = pipe.recv_multipart(copy=False)
                 kind = cmd.bytes
-                if kind == b"C":
-                    socks[msgpack.unpackb(rest[0].bytes)] = self._socket(rest[1].bytes.decode())
+                if kind == b"C":  # a new peer, or one that moved
+                    peer = msgpack.unpackb(rest[0].bytes)
+                    if peer in socks:
+                        socks[peer].close(linger=0)
+                    socks[peer] = self._socket(rest[1].bytes.decode())
                 elif kind == b"S":
                     stop_at = time.monotonic() + msgpack.unpackb(rest[0].bytes)
                 elif len(queue) >= MAX_QUEUED:
@@ -181,7 +187,9 @@ class LinkEmulator:
         delay = spec.latency_ms
         if spec.jitter_ms:
             delay = max(0.0, delay + spec.jitter_ms * self._rng.standard_normal())
-        heapq.heappush(queue, (left + delay / 1000.0, next(order), peer, frames))
+        arrive = max(left + delay / 1000.0, self._last_arrival.get(peer, 0.0))
+        self._last_arrival[peer] = arrive
+        heapq.heappush(queue, (arrive, next(order), peer, frames))
         return left
 
     def _socket(self, address: str) -> zmq.Socket:

@@ -19,9 +19,9 @@ from .wire import Message
 __all__ = ["Mailbox", "DATA_KINDS"]
 
 #: Kinds that carry round data between nodes; all others are control messages.
-DATA_KINDS = frozenset({"hello", "model", "update", "softlabels", "control"})
+DATA_KINDS = frozenset({"hello", "model", "update", "softlabels", "control", "catchup"})
 #: Requests between peers: kept per sender (latest only) whatever their round.
-REQUEST_KINDS = frozenset({"resync"})
+REQUEST_KINDS = frozenset({"resync", "pull"})
 
 
 class Mailbox:
@@ -66,11 +66,25 @@ class Mailbox:
         self.max_queued = 64
         self._queues: dict = defaultdict(deque)  # (kind, src) -> deque of Message
         self._next_check = time.monotonic() + 1.0
+        # Availability: peers that said they left (not waited for until they send data
+        # again), and whether this node is offline itself (it then hears nothing).
+        self.away: set = set()
+        self.done: set = set()
+        self.offline = False
 
     def _route(self, msg: Message) -> None:
         counters = self.endpoint.counters
         if (msg.kind in COMMAND_KINDS) != (msg.channel == "control"):
             counters.drop("wrong_channel")  # commands on the control socket, nothing else
+            return
+        if msg.kind not in COMMAND_KINDS and self.peers is not None and msg.src in self.peers:
+            self._presence(msg)  # kept up to date even while we are offline ourselves
+        if msg.kind == "leave":
+            if self.peers is None or msg.src not in self.peers:
+                counters.drop("unknown_sender")
+            return
+        if self.offline and msg.kind not in COMMAND_KINDS:
+            counters.drop("offline")  # an offline node neither sends nor receives
             return
         if msg.kind in REQUEST_KINDS:
             if self.peers is not None and msg.src in self.peers:
@@ -85,6 +99,8 @@ class Mailbox:
             self.last_control = time.monotonic()
             if msg.kind == "stop":
                 self.stopped = True
+            elif msg.kind == "peer":  # a neighbour was restarted elsewhere
+                self._moved(msg.meta)
             elif msg.kind != "heartbeat":
                 self.control.append(msg)
             return
@@ -96,9 +112,9 @@ class Mailbox:
         elif msg.src not in self.peers:
             counters.drop("unknown_sender")
             return
-        if msg.round > self.last_heard.get(msg.src, -1):
+        if self.peers is None and msg.round > self.last_heard.get(msg.src, -1):
             self.last_heard[msg.src] = msg.round
-        if self.asynchronous and msg.round > 0:
+        if self.asynchronous and msg.round > 0 and msg.kind != "catchup":
             queue = self._queues[(msg.kind, msg.src)]
             if len(queue) >= self.max_queued:
                 queue.popleft()
@@ -114,6 +130,24 @@ class Mailbox:
                 counters.drop("duplicate")
             else:
                 slot[msg.src] = msg
+
+    def _moved(self, meta: dict) -> None:
+        peer, address = meta.get("id"), meta.get("address")
+        if self.peers is None or peer not in self.peers or not isinstance(address, str):
+            self.endpoint.counters.drop("bad_peer_update")
+            return
+        self.endpoint.reconnect(peer, address)
+
+    def _presence(self, msg: Message) -> None:
+        """What a peer's message says of it: gone (``leave``), or here, and at which round."""
+        if msg.kind == "leave":
+            self.away.add(msg.src)
+            if msg.meta.get("done") is True:
+                self.done.add(msg.src)  # finished its rounds: gone for good
+            return
+        self.away.discard(msg.src)
+        if msg.kind in DATA_KINDS and msg.round > self.last_heard.get(msg.src, -1):
+            self.last_heard[msg.src] = msg.round
 
     def _wait(self, ready: Callable[[], bool], timeout: float) -> None:
         """Receive and route messages until ``ready()``, a stop, or ``timeout`` seconds.
@@ -146,7 +180,14 @@ class Mailbox:
         self._drop_stale()
         self._drop_strangers()
         slot = self._pending[(kind, round)]
-        self._wait(lambda: expected <= slot.keys(), timeout)
+        # Not waited for any more: a peer that says it left, and one already heard
+        # from for a later round (a peer's messages arrive in order, so this
+        # round's is not coming: it was lost, or dropped while we were away).
+        def done() -> bool:
+            return all(j in slot or j in self.away or self.last_heard.get(j, -1) > round
+                       for j in expected)
+
+        self._wait(done, timeout)
         return self._pending.pop((kind, round), {})
 
     def next_after(self, kind: str, after: int, src, timeout: float) -> Message | None:
@@ -190,9 +231,58 @@ class Mailbox:
             out[key[1]] = list(self._queues.pop(key))
         return out
 
-    def take_requests(self, kind: str) -> list:
-        """Senders of ``kind`` requests received so far (each once), without waiting."""
-        return sorted(self._requests.pop(kind, {}), key=str)
+    def take_requests(self, kind: str) -> dict:
+        """``{sender: round}`` of the ``kind`` requests received so far (each once)."""
+        return {src: msg.round for src, msg in self._requests.pop(kind, {}).items()}
+
+    def first(self, kind: str, round: int, peers, asked, timeout: float) -> Message | None:
+        """The first ``kind`` message of ``round`` from any of ``peers``.
+
+        None on time-out, as soon as a peer is present that is not among those
+        ``asked`` (the caller may ask it too), or when no peer can answer: each
+        is done, away, or asking us the same (it is catching up too).
+        While waiting, messages of any later round are kept: a node that was away
+        catches up to where its neighbours are, and their next messages must be
+        here when it does (see :meth:`advance`).
+        """
+        self.current_round = round
+        slot = self._pending[(kind, round)]
+        peers, asked = set(peers), set(asked)
+
+        def ready() -> bool:
+            if peers & slot.keys() or peers - self.away - asked:
+                return True
+            return peers <= self.done | self.away | self._requests.get("pull", {}).keys()
+
+        window, self.window = self.window, 1 << 30
+        try:
+            self._wait(ready, timeout)
+        finally:
+            self.window = window
+        got = sorted(peers & slot.keys(), key=str)
+        return slot.pop(got[0]) if got else None
+
+    def advance(self, round: int) -> None:
+        """Skip to ``round`` (after catching up): what was kept for earlier rounds goes."""
+        self.current_round = max(self.current_round, round)
+        self._drop_stale()
+
+    def go_offline(self) -> None:
+        """From now on hear nothing but commands; what was kept is dropped."""
+        self.offline = True
+        dropped = 0
+        for store in (self._pending, self._queues, self._requests):
+            dropped += sum(len(v) for v in store.values())
+            store.clear()
+        if dropped:
+            self.endpoint.counters.dropped["offline"] += dropped
+
+    def idle(self, timeout: float) -> None:
+        """Wait ``timeout`` seconds (or until stopped), obeying commands only."""
+        self._wait(lambda: False, timeout)
+
+    def come_back(self) -> None:
+        self.offline = False
 
     def poll_control(self, timeout: float) -> Message | None:
         """Wait up to ``timeout`` s for a control message (data messages are kept)."""

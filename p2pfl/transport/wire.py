@@ -57,6 +57,9 @@ KINDS = frozenset(
         "start",  # launcher -> nodes: begin round 1
         "model",  # node -> neighbour: a (possibly encoded) model or public-copy update
         "resync",  # node -> neighbour: send me your full public copy
+        "leave",  # node -> neighbour: I am going offline; do not wait for me
+        "pull",  # node -> neighbour: I was away; send me your current model
+        "catchup",  # neighbour -> node: my current model, and the round I am at
         "update",  # worker <-> coordinator: a model update
         "softlabels",  # worker <-> coordinator: soft labels on the public set
         "control",  # coordinator -> worker: round instructions
@@ -65,6 +68,7 @@ KINDS = frozenset(
         "error",  # node -> launcher: I failed, and why
         "bye",  # node -> launcher: finished, with final counters
         "stop",  # launcher -> node: shut down now
+        "peer",  # launcher -> node: a restarted neighbour's new address
     }
 )
 

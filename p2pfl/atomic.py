@@ -1,0 +1,66 @@
+"""One way to write a file so that readers see the old one or the new one, never half.
+
+The content goes to a temporary file in the same folder, is flushed and
+fsynced, and is renamed over the target (``os.replace`` is atomic on POSIX);
+the folder is then fsynced so that the rename survives a power cut.  Metrics
+summaries, checkpoints, plots and dataset caches all go through
+:func:`write_atomic`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Callable
+
+__all__ = ["write_atomic", "write_json_atomic"]
+
+
+def write_atomic(path, write: Callable, *, text: bool = False) -> str:
+    """Call ``write(fh)`` on a temporary file beside ``path``, then rename it to ``path``.
+
+    On any error the temporary file is removed and the previous ``path`` (if
+    any) is left as it was.  Returns ``path``.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w" if text else "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(folder)
+    return path
+
+
+def write_json_atomic(path, obj, default=None) -> str:
+    """``obj`` as indented JSON, written atomically."""
+    def write(fh):
+        json.dump(obj, fh, indent=2, default=default)
+        fh.write("\n")
+
+    return write_atomic(path, write, text=True)
+
+
+def _fsync_dir(folder: str) -> None:
+    """Make the rename durable (best effort: not every platform opens folders)."""
+    try:
+        dfd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)

@@ -1,0 +1,102 @@
+"""Availability: nodes that go offline and come back (issue 8).
+
+Real sockets and real node processes or threads: an offline node neither sends
+nor receives, says that it leaves, and catches up from a neighbour when back.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from p2pfl import run_cluster
+from p2pfl.errors import ConfigError
+from p2pfl.transport.availability import Availability, AvailabilitySpec, read_trace
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_churn_periods_have_the_requested_means():
+    a = Availability(AvailabilitySpec(churn_on_s=3.0, churn_off_s=1.0, seed=5))
+    grid = [t * 0.05 for t in range(40_000)]  # 2,000 s
+    share = sum(a.offline(t) for t in grid) / len(grid)
+    assert 0.2 < share < 0.3  # 1 / (3 + 1) of the time offline
+    assert a.online_at(grid[next(i for i, t in enumerate(grid) if a.offline(t))]) > 0
+    t = 10.0
+    start = a.next_offline(t)
+    assert start > t and a.offline(start) and not a.offline(start - 1e-6) or a.offline(t)
+
+
+def test_a_trace_file_is_read_by_label_or_id(tmp_path):
+    trace = tmp_path / "trace.csv"
+    trace.write_text("node,offline_start_s,offline_end_s\nlibrary,1,2.5\n0,3,4\n")
+    assert read_trace(str(trace), ["a", "library"]) == {1: [(1.0, 2.5)], 0: [(3.0, 4.0)]}
+
+
+@pytest.mark.parametrize("row, words", [
+    ("nobody,1,2", "unknown node"), ("0,2,1", "offline_start_s < offline_end_s"),
+    ("0,one,2", "numbers"), ("0,1", "expected node,offline_start_s,offline_end_s")])
+def test_a_trace_with_a_bad_row_is_a_one_line_error_with_exit_code_2(tmp_path, row, words):
+    trace = tmp_path / "bad.csv"
+    trace.write_text(f"node,offline_start_s,offline_end_s\n0,1,2\n{row}\n")
+    with pytest.raises(ConfigError, match=words):
+        read_trace(str(trace), ["0", "1"])
+    proc = subprocess.run([sys.executable, "-m", "p2pfl.cli", "cluster", "--topology", "ring:4",
+                           "--availability", str(trace), "--out", str(tmp_path / "o")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{trace}:3" in lines[0], proc.stderr
+    assert not (tmp_path / "o" / "metrics.jsonl").exists()
+
+
+def _profile(tmp_path, node: int, start: float, end: float) -> str:
+    path = tmp_path / "offline.toml"
+    path.write_text(f'[nodes."{node}"]\noffline = [[{start}, {end}]]\n')
+    return str(path)
+
+
+def test_an_offline_node_leaves_and_catches_up_without_costing_time_outs(tmp_path):
+    res = run_cluster("ring:5", rounds=200, round_timeout=5.0, quiet=True,
+                      in_process=True, eval_every=20,
+                      profiles=_profile(tmp_path, 2, 0.3, 1.3), out=str(tmp_path / "run"))
+    s, recs = res.summary, res.metrics
+    assert s["failed_nodes"] == {}
+    mine = sorted((r for r in recs if r["node"] == 2), key=lambda r: r["round"])
+    gone = [r for r in mine if r.get("offline")]
+    assert len(gone) == 1  # one offline period, recorded once
+    after = [r for r in mine if r["round"] > gone[0]["round"]]
+    assert after and after[0]["round"] > gone[0]["round"] + 1  # caught up: skipped rounds
+    assert after[0]["wall_s"] >= 1.3  # came back when its period ended
+    for node in (0, 1, 3, 4):  # it said it left: nobody waited for it (time-out 5 s)
+        walls = sorted(r["wall_s"] for r in recs if r["node"] == node)
+        assert max(b - a for a, b in zip(walls, walls[1:])) < 2.0
+    others = [r["accuracy"] for r in recs if r["round"] == 200 and r["node"] != 2]
+    last = next(r for r in reversed(mine) if r.get("accuracy") is not None)
+    assert last["round"] == 200 and last["accuracy"] > min(others) - 0.05
+
+
+@pytest.mark.parametrize("algorithm", ["dpsgd", "choco"])
+def test_churn_run_completes_and_learns(tmp_path, algorithm):
+    res = run_cluster("torus:3x3", rounds=120, churn="1.0:0.35:4", quiet=True,
+                      in_process=True, eval_every=20, round_timeout=5.0,
+                      compression="none" if algorithm == "dpsgd" else "stc:0.05+golomb",
+                      out=str(tmp_path / algorithm))
+    s = res.summary
+    assert s["failed_nodes"] == {} and s["algorithm"] == algorithm
+    assert sum(1 for r in res.metrics if r.get("offline")) >= 5
+    assert s["accuracy_mean"] > 0.85
+    assert s["wall_s"] < 60  # no run of time-outs
+
+
+def test_fedavg_leaves_offline_workers_out(tmp_path):
+    res = run_cluster(mode="fedavg", nodes=6, rounds=30, churn="1.0:0.35:2", quiet=True,
+                      in_process=True, round_timeout=5.0, out=str(tmp_path / "fl"))
+    s = res.summary
+    assert s["failed_nodes"] == {} and s["accuracy_mean"] > 0.9
+    coord = [r for r in res.metrics if r["role"] == "coordinator"]
+    assert sorted(r["round"] for r in coord) == list(range(1, 31))
+    assert min(r["participants"] for r in coord) < 6  # some rounds without the absent
+    assert all(code == "offline" for r in coord for _, code in r["failed"])
