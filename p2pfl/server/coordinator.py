@@ -67,10 +67,17 @@ class Coordinator:
         self.checkpoint = spec.server.checkpoint
 
     def run(self, rejoin: bool = False, after: int = 0) -> int:
-        """Run the rounds; after the last, hand every worker its final model."""
+        """Run the rounds; after the last, hand every worker its final model.
+
+        ``rejoin``: this process replaces one that died after recording round
+        ``after``.  It resumes after its last checkpoint; a round recorded but
+        not checkpointed (the process died in between) is run again without a
+        second record.
+        """
         rnd, finished = 0, False
         if rejoin and self.checkpoint and os.path.exists(self.checkpoint):
             rnd = self.resume()
+        recorded = after if rejoin else 0
         while not finished:
             rnd += 1
             participants = self.strategy.select(rnd, self.available(), self.rng)
@@ -84,7 +91,8 @@ class Coordinator:
             if finished:
                 for w in self.workers:
                     self.rt.send(w, "control", rnd + 1, self.strategy.finalize(w), final=True)
-            self.record(rnd, replies, fields, rounds=(rnd, rnd + 1) if finished else None)
+            if rnd > recorded:
+                self.record(rnd, replies, fields, rounds=(rnd, rnd + 1) if finished else None)
             self.last_round = rnd
             if self.checkpoint and not finished:
                 self.save()
