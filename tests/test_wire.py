@@ -129,8 +129,8 @@ def test_mailbox_buffers_future_rounds_drops_stale_and_strangers(ctx):
     box = Mailbox(a, peers={1})
     box.current_round = 2
     b.send(0, "model", 1)  # stale
-    b.send(0, "model", 3)  # early: kept for round 3
     b.send(0, "model", 2)
+    b.send(0, "model", 3)  # early: kept for round 3
     c.send(0, "model", 2)  # not a neighbour
     b.send(0, "model", 50)  # beyond the window
     got = box.collect("model", 2, [1], timeout=2.0)
@@ -143,6 +143,21 @@ def test_mailbox_buffers_future_rounds_drops_stale_and_strangers(ctx):
     assert drops["stale_round"] == 1 and drops["unknown_sender"] == 1
     assert drops["round_out_of_window"] == 1
     for e in (a, b, c):
+        e.close()
+
+
+def test_a_peer_heard_for_a_later_round_is_not_waited_for(ctx):
+    """A peer's messages arrive in order: once its round-4 message is here, its
+    round-3 one (lost, or dropped while we were away) is not coming."""
+    a = Endpoint(ctx, 0, "inproc://ahead-a")
+    b = Endpoint(ctx, 1, "inproc://ahead-b")
+    b.connect(0, a.address)
+    box = Mailbox(a, peers={1})
+    b.send(0, "model", 4)
+    t0 = time.monotonic()
+    assert box.collect("model", 3, [1], timeout=5.0) == {}
+    assert time.monotonic() - t0 < 1.0
+    for e in (a, b):
         e.close()
 
 
