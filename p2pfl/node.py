@@ -150,13 +150,7 @@ class GossipNode:
         self.leave(rnd)
         self.rt.report(rnd, {"offline": True, "loss": None, "test_loss": None,
                              "accuracy": None})
-        self.rt.go_offline()
-        while not self.rt.stopped:
-            wait = self.availability.online_at(self.rt.clock()) - self.rt.clock()
-            if wait <= 0:
-                break
-            self.rt.idle(min(wait, 1.0))
-        self.rt.come_back()
+        self.rt.offline(self.availability)
         return rnd if self.rt.stopped else self.rejoin(rnd)
 
     def leave(self, rnd: int, done: bool = False) -> None:

@@ -108,16 +108,20 @@ class Runtime:
         """Peers that finished their rounds."""
         return self.mailbox.done
 
-    def go_offline(self) -> None:
-        """Hear nothing but commands from now on (an emulated offline period)."""
+    def offline(self, availability) -> None:
+        """An emulated offline period: hear nothing but commands (stop, liveness) until
+        ``availability`` says the node is online again, or it is stopped."""
         self.mailbox.go_offline()
+        while not self.stopped:
+            wait = availability.online_at(self.clock()) - self.clock()
+            if wait <= 0:
+                break
+            self.mailbox.idle(min(wait, 1.0))
+        self.mailbox.come_back()
 
     def idle(self, seconds: float) -> None:
         """Wait, obeying commands only (stop, liveness)."""
         self.mailbox.idle(seconds)
-
-    def come_back(self) -> None:
-        self.mailbox.come_back()
 
     def advance(self, rnd: int) -> None:
         """We skipped to round ``rnd`` (catching up after being away)."""

@@ -76,13 +76,7 @@ class Worker:
         The coordinator leaves an absent worker out of its rounds; the instructions
         it sent before it knew are lost, as they would be on a real network."""
         self.rt.send(self.coord, "leave", rnd)
-        self.rt.go_offline()
-        while not self.rt.stopped:
-            wait = self.availability.online_at(self.rt.clock()) - self.rt.clock()
-            if wait <= 0:
-                break
-            self.rt.idle(min(wait, 1.0))
-        self.rt.come_back()
+        self.rt.offline(self.availability)
         self.rt.send(self.coord, "pull", rnd)
 
     def _fields(self, fields: dict, final: bool) -> dict:
