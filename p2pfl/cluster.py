@@ -210,9 +210,10 @@ class Launcher:
                     self.ep.send(h.id, "stop")
                 self._stop_sent = True
             msg = self.mailbox.poll_control(0.5)
-            if msg is not None:
+            while msg is not None:  # all that is here: a node's bye may follow its exit
                 last_news = now
                 self._handle(msg, {"metrics", "bye", "error", "join", "ready"})
+                msg = self.mailbox.poll_control(0.0)
             for h in self.nodes.values():
                 if h.state == "ready" and h.exited():
                     if h.restarts < self.restart_limit and not self.listen:
