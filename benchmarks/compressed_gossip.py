@@ -115,7 +115,7 @@ def write_report(out: str, rows: list, ratio, target: float) -> None:
         x = f"{dense / r['bytes_to_target']:.1f}" if dense and r["bytes_to_target"] else "-"
         rnd = r["rounds_to_target"] if r["rounds_to_target"] else f">{r['rounds_run']}"
         bits = "-" if r["bits_per_param"] is None else f"{r['bits_per_param']:.3f}"
-        note = f" ({r['failed_nodes']} nodes diverged)" if r["failed_nodes"] else ""
+        note = f" ({r['failed_nodes']} node(s) failed)" if r["failed_nodes"] else ""
         lines.append(f"| {r['name']} | {r['algorithm']} | {rnd} | {mb} | {x} | "
                      f"{r['best_accuracy']:.3f}{note} | {bits} |")
     with open(os.path.join(out, "table.md"), "w") as fh:
