@@ -174,11 +174,14 @@ PARTS = {"links": links, "stragglers": stragglers, "churn": churn, "crash": cras
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("parts", nargs="*", default=list(PARTS), choices=list(PARTS))
+    ap.add_argument("parts", nargs="*", help=f"which of {', '.join(PARTS)} (default: all)")
     ap.add_argument("--out", default="benchmarks/results/real_networks")
     args = ap.parse_args(argv)
+    unknown = [p for p in args.parts if p not in PARTS]
+    if unknown:
+        ap.error(f"unknown part(s) {unknown}; valid: {', '.join(PARTS)}")
     os.makedirs(args.out, exist_ok=True)
-    for name in args.parts:
+    for name in args.parts or list(PARTS):
         print(f"{name}:", flush=True)
         t = time.monotonic()
         got = PARTS[name](args.out)
