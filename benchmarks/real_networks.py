@@ -2,6 +2,11 @@
 
     python benchmarks/real_networks.py [links stragglers churn crash coordinator]
 
+* ``emulator``: the emulator honours its settings on a 2-node ``line:2``: the
+  time a round gains with ``up_mbps=16`` for a ~2 MB model (``mlp:6700``: each
+  node sends one model a round), against the nominal 8·B/16e6 s; the time a
+  round gains with ``latency_ms=200``; the share of 1,000 messages lost with
+  ``loss=0.1`` (asynchronous, so that a loss costs no time-out).
 * ``links``: bytes are time.  torus:4x4, mnist1d, CNN, every uplink
   ``up_mbps=B,latency_ms=20``: wall time to 0.85 mean accuracy, dense
   against ``stc:0.05+golomb``, at 1 Mbit/s and at 0.25 Mbit/s.
@@ -84,14 +89,42 @@ def final_by_node(records: list) -> dict:
     return last
 
 
-def links(out: str) -> dict:
+def _per_round(records: list, node: int = 0) -> float:
+    wall = {r["round"]: r["wall_s"] for r in records if r["node"] == node}
+    last = max(wall)
+    return (wall[last] - wall[2]) / (last - 2)
+
+
+def emulator(out: str) -> dict:
+    base = ["--topology", "line:2", "--dataset", "digits", "--eval-every", "1000",
+            "--no-consensus"]
+    got = {}
+    big = [*base, "--model", "mlp:6700", "--rounds", "8"]
+    s0, r0 = cluster(os.path.join(out, "runs", "emu_big_plain"), *big)
+    s1, r1 = cluster(os.path.join(out, "runs", "emu_big_16mbps"), *big, "--link", "up_mbps=16")
+    nbytes = s1["bytes_sent_total"] / s1["messages_sent_total"]
+    got["bandwidth"] = {"message_bytes": nbytes, "nominal_s": 8 * nbytes / 16e6,
+                        "added_s_per_round": _per_round(r1) - _per_round(r0)}
+    small = [*base, "--rounds", "12"]
+    s0, r0 = cluster(os.path.join(out, "runs", "emu_plain"), *small)
+    s1, r1 = cluster(os.path.join(out, "runs", "emu_200ms"), *small, "--link", "latency_ms=200")
+    got["latency"] = {"added_s_per_round": _per_round(r1) - _per_round(r0)}
+    s2, _ = cluster(os.path.join(out, "runs", "emu_loss"), *base, "--rounds", "500",
+                    "--schedule", "async", "--link", "loss=0.1")
+    got["loss"] = {"messages": s2["messages_sent_total"], "lost": s2["emulated_lost_total"],
+                   "share": s2["emulated_lost_total"] / s2["messages_sent_total"]}
+    print(f"  {got}", flush=True)
+    return got
+
+
+def links(out: str, extra: tuple = (), speeds: tuple = ("1", "0.25")) -> dict:
     base = ["--topology", "torus:4x4", "--dataset", "mnist1d", "--model", "cnn",
-            "--rounds", "300", "--target-accuracy", "0.85"]
+            "--rounds", "300", "--target-accuracy", "0.85", *extra]
     rows = []
-    for mbps in ("1", "0.25"):
+    for mbps in speeds:
         times = {}
         for codec in ("none", "stc:0.05+golomb"):
-            name = f"{'dense' if codec == 'none' else 'stc'}_{mbps}mbps"
+            name = f"{'dense' if codec == 'none' else 'stc'}_{mbps}mbps{'_'.join(('',) + extra)}"
             s, recs = cluster(os.path.join(out, "runs", name), *base, "--compression", codec,
                               "--link", f"up_mbps={mbps},latency_ms=20")
             times[codec] = time_to(recs, 0.85)
@@ -102,6 +135,12 @@ def links(out: str) -> dict:
         rows[-1]["ratio_to_dense"] = (times["stc:0.05+golomb"] / times["none"]
                                       if times["none"] and times["stc:0.05+golomb"] else None)
     return {"rows": rows}
+
+
+def links_eval5(out: str) -> dict:
+    """``links`` at 1 Mbit/s with evaluation every 5 rounds: on 2 cores the 16 nodes'
+    per-round test-set evaluation is CPU time that compressed gossip waits for."""
+    return links(out, ("--eval-every", "5"), ("1",))
 
 
 def stragglers(out: str) -> dict:
@@ -168,7 +207,7 @@ def coordinator(out: str) -> dict:
     return got
 
 
-PARTS = {"links": links, "stragglers": stragglers, "churn": churn, "crash": crash,
+PARTS = {"emulator": emulator, "links": links, "links_eval5": links_eval5, "stragglers": stragglers, "churn": churn, "crash": crash,
          "coordinator": coordinator}
 
 

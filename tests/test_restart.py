@@ -97,3 +97,34 @@ def test_bad_restart_policies_exit_2(tmp_path, flags, words):
                           text=True, timeout=60)
     assert proc.returncode == 2 and words in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_remote_node_restarted_by_hand_rejoins(tmp_path):
+    """Multi-host: a node started with `p2pfl node --connect` dies; started again with
+    the same id, it rejoins the running cluster and catches up."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        addr = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    out = str(tmp_path / "run")
+    launcher = _cluster(out, "--topology", "ring:4", "--rounds", "400", "--round-timeout", "1",
+                        "--eval-every", "50", "--no-consensus", "--listen", addr)
+
+    def node(i):
+        return subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
+                                 "--id", str(i), "--host", "127.0.0.1"], cwd=ROOT)
+
+    nodes = [node(i) for i in range(4)]
+    try:
+        _kill_when(out, 2, lambda recs: len(recs) >= 4 * 40, launcher)
+        nodes[2].wait(timeout=10)
+        nodes[2] = node(2)  # started again by hand
+        assert launcher.wait(timeout=240) == 0
+    finally:
+        for p in [launcher, *nodes]:
+            p.kill()
+    s, recs = _summary(out), _records(out)
+    assert s["restarts"] == 1 and s["failed_nodes"] == {}
+    mine = sorted(r["round"] for r in recs if r["node"] == 2)
+    assert mine[-1] == 400 and len(mine) == len(set(mine))
