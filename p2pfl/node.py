@@ -71,7 +71,10 @@ class GossipNode:
             if self.rt.stopped:
                 break
             if self.availability and self.availability.offline(self.rt.clock()):
-                rnd = max(0, self.sit_out(rnd) - 1)  # next: the round we came back to
+                back = self.sit_out(rnd)
+                if back is None:
+                    break
+                rnd = max(0, back - 1)  # next: the round we came back to
                 continue
             loss = self.learner.train()
             x = self.learner.get_flat()
@@ -144,13 +147,16 @@ class GossipNode:
                 self._streak[j] += 1
         return received
 
-    def sit_out(self, rnd: int) -> int:
+    def sit_out(self, rnd: int) -> int | None:
         """Offline at round ``rnd``: say so, hear and send nothing until online again,
-        then catch up.  Returns the round to continue with."""
+        then catch up.  Returns the round to continue with, or None when every
+        neighbour finished its rounds meanwhile (nothing is left to learn from, and a
+        trace may keep the node offline long after the run)."""
         self.leave(rnd)
         self.rt.report(rnd, {"offline": True, "loss": None, "test_loss": None,
                              "accuracy": None})
-        self.rt.offline(self.availability)
+        if self.rt.offline(self.availability, lambda: set(self.neighbours) <= self.rt.done):
+            return None
         return rnd if self.rt.stopped else self.rejoin(rnd)
 
     def leave(self, rnd: int, done: bool = False) -> None:

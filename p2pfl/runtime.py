@@ -108,16 +108,22 @@ class Runtime:
         """Peers that finished their rounds."""
         return self.mailbox.done
 
-    def offline(self, availability) -> None:
+    def offline(self, availability, give_up: Callable[[], bool] | None = None) -> bool:
         """An emulated offline period: hear nothing but commands (stop, liveness) until
-        ``availability`` says the node is online again, or it is stopped."""
+        ``availability`` says the node is online again, it is stopped, or ``give_up()``.
+        Returns whether it gave up."""
         self.mailbox.go_offline()
+        gave_up = False
         while not self.stopped:
             wait = availability.online_at(self.clock()) - self.clock()
             if wait <= 0:
                 break
-            self.mailbox.idle(min(wait, 1.0))
+            if give_up is not None and give_up():
+                gave_up = True
+                break
+            self.mailbox.idle(min(wait, 0.5))
         self.mailbox.come_back()
+        return gave_up
 
     def idle(self, seconds: float) -> None:
         """Wait, obeying commands only (stop, liveness)."""
