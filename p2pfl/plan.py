@@ -210,6 +210,9 @@ def _gossip_options(cfg: RunConfig, algorithm: str, codec: str, learn: LearnSpec
 
 
 def _gossip_plan(cfg: RunConfig, graph, restarts: int = 0) -> Plan:
+    if cfg.aggregator != "mean":
+        raise ConfigError("--aggregator applies to server modes (fedavg, stc); "
+                          "gossip mixes neighbours' models")
     topo = topo_mod.build(graph if graph is not None else cfg.topology, scheme=cfg.mixing,
                           seed=cfg.seed)
     labels = [plain_label(x) for x in topo.labels]
@@ -301,6 +304,8 @@ def _strategy_options(cfg: RunConfig):
     if cfg.mode not in STRATEGIES:
         raise ConfigError(f"unknown mode {cfg.mode!r}; valid: gossip, {', '.join(STRATEGIES)}")
     options = STRATEGIES[cfg.mode].options.from_config(cfg)
+    if cfg.aggregator != "mean" and not hasattr(options, "aggregator"):
+        raise ConfigError(f"--aggregator applies to modes fedavg and stc, not {cfg.mode}")
     for name in ("codec_up", "codec_down"):
         if hasattr(options, name):
             check_codec(getattr(options, name))

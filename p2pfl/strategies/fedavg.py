@@ -7,7 +7,8 @@ update ΔW_i = W_i − W as raw float32.  The server sets
     W ← W + Σ_i n_i ΔW_i / Σ_i n_i         (n_i: client i's data size)
 
 Defaults (from RunConfig): 10 local steps of batch 32, lr 0.05, momentum 0.9.
-A missing or unreadable reply is left out of the average.
+A missing or unreadable reply is left out of the average.  ``--aggregator``
+replaces the mean by a Byzantine-robust rule (:mod:`.robust`).
 """
 
 from __future__ import annotations
@@ -16,16 +17,20 @@ import torch
 
 from .base import ClientStrategy, Packet, Strategy, behave, dense_packet, dense_tensor, \
     model_from_state, weighted_mean
+from .robust import parse_aggregator
 
 __all__ = ["FedAvg", "FedAvgClient", "fedavg_step"]
 
 
-def fedavg_step(model: torch.Tensor, replies: list) -> torch.Tensor:
-    """W + the data-size weighted mean of the successful replies' updates (pure)."""
+def fedavg_step(model: torch.Tensor, replies: list, aggregate=None) -> torch.Tensor:
+    """W + the aggregate of the successful replies' updates: by default their
+    data-size weighted mean; ``aggregate`` (a :class:`~.robust.Aggregator`) may be
+    a robust rule instead (``--aggregator``)."""
     ok = [r for r in replies if r.ok]
     if not ok:
         return model.clone()
-    return model + weighted_mean([r.content for r in ok], [r.num_samples for r in ok])
+    combine = aggregate or weighted_mean
+    return model + combine([r.content for r in ok], [r.num_samples for r in ok])
 
 
 class FedAvg(Strategy):
@@ -36,6 +41,7 @@ class FedAvg(Strategy):
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
         self.model = ctx.init.clone()  # W
+        self.aggregator = parse_aggregator(ctx.options.aggregator)
 
     def configure(self, rnd: int, participants: list) -> dict:
         packet = dense_packet(self.model)
@@ -45,7 +51,7 @@ class FedAvg(Strategy):
         return dense_tensor(packet, self.model.numel())
 
     def aggregate(self, rnd: int, replies: list) -> None:
-        self.model = fedavg_step(self.model, replies)
+        self.model = fedavg_step(self.model, replies, self.aggregator)
 
     def evaluate(self, rnd: int) -> dict:
         loss, acc = self.ctx.evaluate(self.model, 0)
@@ -55,12 +61,15 @@ class FedAvg(Strategy):
         return dense_packet(self.model)
 
     def state(self) -> dict:
-        """The global model W."""
-        return {"strategy": self.name, "model": self.model.clone()}
+        """The global model W (and centred clipping's last aggregate)."""
+        return {"strategy": self.name, "model": self.model.clone(),
+                "aggregate_last": self.aggregator.last}
 
     def restore(self, state: dict) -> None:
         (model,) = self._state_fields(state, "model")
         self.model = model_from_state(model, self.ctx.init)
+        last = state.get("aggregate_last")
+        self.aggregator.last = None if last is None else model_from_state(last, self.ctx.init)
 
 
 class FedAvgClient(ClientStrategy):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from .robust import parse_aggregator
 
 __all__ = ["FedAvgOptions", "STCOptions", "CFLOptions", "FDOptions"]
 
@@ -24,13 +25,15 @@ class FedAvgOptions:
     """``participation``: the reporting fraction of workers drawn each round."""
 
     participation: float = 1.0
+    aggregator: str = "mean"  # robust.parse_aggregator
 
     def __post_init__(self) -> None:
         _fraction(self.participation)
+        parse_aggregator(self.aggregator)
 
     @classmethod
     def from_config(cls, cfg) -> "FedAvgOptions":
-        return cls(participation=cfg.participation)
+        return cls(participation=cfg.participation, aggregator=cfg.aggregator)
 
 
 @dataclass(frozen=True)
@@ -46,9 +49,11 @@ class STCOptions:
     cache: int = 10
     error_feedback_up: bool = True
     error_feedback_down: bool = True
+    aggregator: str = "mean"  # robust.parse_aggregator
 
     def __post_init__(self) -> None:
         _fraction(self.participation)
+        parse_aggregator(self.aggregator)
         if self.cache < 0:
             raise ConfigError(f"stc_cache must be >= 0, got {self.cache}")
 
@@ -58,7 +63,8 @@ class STCOptions:
         down = up if cfg.compression_down == "auto" else cfg.compression_down
         ef = cfg.error_feedback != "off"
         return cls(participation=cfg.participation, codec_up=up, codec_down=down,
-                   cache=cfg.stc_cache, error_feedback_up=ef, error_feedback_down=ef)
+                   cache=cfg.stc_cache, error_feedback_up=ef, error_feedback_down=ef,
+                   aggregator=cfg.aggregator)
 
 
 @dataclass(frozen=True)

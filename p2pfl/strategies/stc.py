@@ -28,6 +28,7 @@ from ..compression import make_codec
 from ..compression.feedback import codec_state, restore_codec
 from .base import Packet, Strategy, dense_packet, dense_tensor, model_from_state
 from .fedavg import FedAvgClient, fedavg_step
+from .robust import parse_aggregator
 
 __all__ = ["STC", "STCClient", "catch_up_packet", "read_catch_up"]
 
@@ -67,6 +68,7 @@ class STC(Strategy):
         self.cache: OrderedDict = OrderedDict()  # round -> encoded global update ΔW̃
         self.synced = {w: 0 for w in ctx.workers}  # round of the model each worker holds
         self.round = 0  # the last aggregated round; W is W_round
+        self.aggregator = parse_aggregator(o.aggregator)  # --aggregator (robust.py)
 
     def _instruction(self, worker: int) -> Packet:
         missed = list(range(self.synced[worker] + 1, self.round + 1))
@@ -87,7 +89,7 @@ class STC(Strategy):
         return out
 
     def aggregate(self, rnd: int, replies: list) -> None:
-        mean = fedavg_step(torch.zeros_like(self.model), replies)  # ΔW (weighted mean)
+        mean = fedavg_step(torch.zeros_like(self.model), replies, self.aggregator)  # ΔW
         frames, sent = self.down.encode_with_reconstruction(mean)  # ΔW̃ = STC_down(A_s)
         self.model = self.model + sent
         self.cache[rnd] = [bytes(memoryview(f).cast("B")) for f in frames]
@@ -109,7 +111,7 @@ class STC(Strategy):
         return {"strategy": self.name, "model": self.model.clone(),
                 "down": codec_state(self.down), "round": self.round,
                 "cache": [[r, list(blob)] for r, blob in self.cache.items()],
-                "synced": dict(self.synced)}
+                "synced": dict(self.synced), "aggregate_last": self.aggregator.last}
 
     def restore(self, state: dict) -> None:
         model, down, rnd, cache, synced = self._state_fields(
@@ -124,6 +126,8 @@ class STC(Strategy):
         self.round = int(rnd)
         self.cache = OrderedDict((int(r), list(blob)) for r, blob in cache)
         self.synced = {int(w): int(r) for w, r in synced.items()}
+        last = state.get("aggregate_last")
+        self.aggregator.last = None if last is None else model_from_state(last, self.ctx.init)
 
 
 class STCClient(FedAvgClient):
