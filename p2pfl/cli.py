@@ -39,6 +39,7 @@ CLUSTER_OPTIONS = [
     ("error_feedback", str, "auto, on or off"),
     ("gamma", float, "CHOCO consensus step size"),
     ("participation", float, "reporting fraction in server modes"),
+    ("robust", str, "gossip: none, clip[:TAU] (ClippedGossip), trimmed:BETA (BRIDGE-T)"),
     ("aggregator", str, "fedavg/stc: mean, median, trimmed:BETA, krum:F, multikrum:F:M, clip:TAU"),
     ("compression_down", str, "server-to-worker codec (auto: as --compression for stc)"),
     ("stc_cache", int, "STC: global updates cached for catch-up (default 10)"),

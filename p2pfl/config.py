@@ -82,6 +82,7 @@ class RunConfig:
     gamma: float | None = None
     # server modes (defaults documented in p2pfl/strategies/*.py)
     participation: float = 1.0
+    robust: str = "none"  # gossip: none, clip[:TAU], trimmed:BETA (algorithms/robust.py)
     aggregator: str = "mean"  # server modes: mean, median, trimmed:B, krum:F, ... (robust.py)
     compression_down: str = "auto"
     stc_cache: int = 10

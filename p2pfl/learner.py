@@ -151,6 +151,10 @@ class Learner:
             time.sleep((self.spec.slowdown - 1) * (time.monotonic() - t0))
         return loss
 
+    def flip_labels(self) -> None:
+        """Train on flipped labels c → C − 1 − c (the ``label_flip`` behaviour)."""
+        self.trainer.y = int(self.dataset.num_classes) - 1 - self.trainer.y
+
     def evaluate(self) -> tuple[float, float]:
         """(loss, accuracy) on the shared held-out test set."""
         return evaluate(self.model, self._x_test, self._y_test)

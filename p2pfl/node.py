@@ -17,7 +17,10 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
+
 from .algorithms import make_algorithm
+from .algorithms.attacks import corrupt
 from .learner import Learner
 from .runtime import Runtime
 from .transport.availability import Availability
@@ -54,6 +57,11 @@ class GossipNode:
         self.staleness: list = []  # this iteration's τ of each mixed model
         self.availability = Availability(spec.availability) if spec.availability.active \
             else None
+        self.behaviour = spec.learn.behaviour
+        self.byzantine = self.behaviour not in ("honest", "label_flip")
+        self.rng = np.random.default_rng(spec.learn.seed * 31 + 17 + spec.id)
+        if self.behaviour == "label_flip":
+            self.learner.flip_labels()
 
     def run(self, rejoin: bool = False, after: int = 0) -> int:
         """Run every round (or until stopped); return the last completed round.
@@ -76,9 +84,15 @@ class GossipNode:
                     break
                 rnd = max(0, back - 1)  # next: the round we came back to
                 continue
+            start = self.learner.get_flat() if self.byzantine else None
             loss = self.learner.train()
             x = self.learner.get_flat()
-            self.broadcast(rnd, self.algorithm.outgoing(x))
+            if self.byzantine:
+                x = self.misbehave(x, start)
+            if x is not None:
+                self.broadcast(rnd, self.algorithm.outgoing(x))
+            else:  # silent: sends nothing
+                x = self.learner.get_flat()
             if self.asynchronous:
                 received = self.arrivals(rnd)
                 x = self.algorithm.mix_async(x, received)
@@ -95,6 +109,13 @@ class GossipNode:
             self.record(rnd, loss, len(received))
             done = rnd
         return done
+
+    def misbehave(self, x, start):
+        """A Byzantine node's published (and kept) model (:mod:`~.algorithms.attacks`)."""
+        bad = corrupt(x, start, self.behaviour, self.rng, self.algorithm.neighbour_models())
+        if bad is not None:
+            self.learner.set_flat(bad)
+        return bad
 
     def broadcast(self, rnd: int, packet) -> None:
         """Send this round's packet; a neighbour that asked for our full state gets that."""

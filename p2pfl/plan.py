@@ -202,11 +202,13 @@ def _gossip_options(cfg: RunConfig, algorithm: str, codec: str, learn: LearnSpec
         if codec != "none":
             raise ConfigError("gossip-learning exchanges whole models; compression needs "
                               "--algorithm dpsgd or choco")
+        if cfg.robust != "none":
+            raise ConfigError("--robust applies to --algorithm dpsgd and choco")
         return GossipLearningOptions(steps=max(1, learn.local_steps))
     if algorithm == "choco":
         return CHOCOOptions(codec=codec, gamma=cfg.gamma or default_gamma(codec),
-                            error_feedback=keep)
-    return DPSGDOptions(codec=codec, error_feedback=keep)
+                            error_feedback=keep, robust=cfg.robust)
+    return DPSGDOptions(codec=codec, error_feedback=keep, robust=cfg.robust)
 
 
 def _gossip_plan(cfg: RunConfig, graph, restarts: int = 0) -> Plan:
@@ -304,6 +306,8 @@ def _strategy_options(cfg: RunConfig):
     if cfg.mode not in STRATEGIES:
         raise ConfigError(f"unknown mode {cfg.mode!r}; valid: gossip, {', '.join(STRATEGIES)}")
     options = STRATEGIES[cfg.mode].options.from_config(cfg)
+    if cfg.robust != "none":
+        raise ConfigError("--robust applies to gossip; server modes have --aggregator")
     if cfg.aggregator != "mean" and not hasattr(options, "aggregator"):
         raise ConfigError(f"--aggregator applies to modes fedavg and stc, not {cfg.mode}")
     for name in ("codec_up", "codec_down"):
@@ -321,6 +325,9 @@ def _server_plan(cfg: RunConfig, graph) -> Plan:
     labels = _server_labels(cfg, graph)
     n = len(labels)
     per_node, learns = _learn_specs(cfg, labels)
+    if any(x.behaviour == "alie" for x in learns):
+        raise ConfigError("behaviour alie needs the other nodes' models, which a worker "
+                          "does not see in server modes; it applies to gossip")
     _node_codecs(per_node)  # checked; server modes use the run's codecs for every worker
     runtime = _runtime_spec(cfg)
     availability = _availability(cfg, labels, per_node)  # workers only: the server stays up

@@ -45,10 +45,19 @@ def run_summary(plan, sink, nodes: dict, wall: float, control_bytes: int) -> dic
                            for j, n in f.get("sent_per_peer", []) if j in nodes],
         "wall_s": round(wall, 3),
         "accuracy_per_round": base["accuracy_per_round"],
+        "accuracy_mean_honest": _honest_mean(plan, sink),
     })
     if plan.closer is not None:
         _server_fields(out, plan, sink, nodes)
     return out
+
+
+def _honest_mean(plan, sink):
+    """Mean final accuracy of the honest nodes (those whose behaviour is honest)."""
+    honest = {s.id for s in plan.specs if s.role != "coordinator"
+              and s.learn.behaviour == "honest"}
+    acc = [a for node, a in sink.accuracy_by_node().items() if node in honest]
+    return float(np.mean(acc)) if acc else None
 
 
 def _server_fields(summary: dict, plan, sink, nodes: dict) -> None:

@@ -46,6 +46,8 @@ def dense_tensor(packet: Packet, numel: int) -> torch.Tensor:
     arr = np.frombuffer(packet.frames[0], dtype="<f4")
     if arr.size != numel:
         raise ValueError(f"packet has {arr.size} values, expected {numel}")
+    if not np.isfinite(arr).all():  # a hostile or broken peer: dropped and counted
+        raise ValueError("packet holds non-finite values")
     return torch.from_numpy(arr.copy())
 
 
@@ -122,6 +124,10 @@ class GossipAlgorithm:
 
         Raises ValueError if the packet is unusable."""
         return dense_tensor(packet, self.numel)
+
+    def neighbour_models(self) -> list:
+        """The neighbours' models as last seen (what an ALIE attacker observes)."""
+        return []
 
     def resync_requests(self, rnd: int) -> list:
         """Neighbours whose full state we need (compressed gossip only)."""

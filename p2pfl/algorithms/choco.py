@@ -24,6 +24,7 @@ import torch
 from .base import GossipAlgorithm, Packet, dense_packet, dense_tensor
 from .options import CHOCOOptions
 from .public import PublicCopies
+from .robust import parse_robust, robust_step
 
 __all__ = ["CHOCO", "default_gamma"]
 
@@ -88,6 +89,9 @@ class CHOCO(GossipAlgorithm):
     def outgoing(self, x: torch.Tensor) -> Packet:
         return self.public.publish(x - self.public.own)
 
+    def neighbour_models(self) -> list:
+        return [self.public.copies[j] for j in self.public.fresh()]
+
     def full_copies(self) -> dict:
         return self.public.full_copies()
 
@@ -108,9 +112,14 @@ class CHOCO(GossipAlgorithm):
 
     def _consensus_step(self, x: torch.Tensor) -> torch.Tensor:
         pub = self.public
-        step = torch.zeros_like(x)
-        for j in pub.fresh():
-            step.add_(pub.copies[j] - pub.own, alpha=self.weights[j])
+        robust = parse_robust(self.options.robust)
+        if robust[0] != "none":  # on x̂_j − x̂_i (module docstring of robust.py)
+            fresh = {j: pub.copies[j] for j in pub.fresh()}
+            step = robust_step(pub.own, fresh, self.weights, robust)
+        else:
+            step = torch.zeros_like(x)
+            for j in pub.fresh():
+                step.add_(pub.copies[j] - pub.own, alpha=self.weights[j])
         base = x if self.memory else pub.own.clone()
         return base.add_(step, alpha=self.gamma)
 

@@ -29,6 +29,7 @@ import torch
 from .base import GossipAlgorithm, Packet, dense_packet, dense_tensor, renormalised
 from .choco import CHOCO
 from .options import DPSGDOptions
+from .robust import parse_robust, robust_step
 
 __all__ = ["DPSGD", "CompressedDPSGD"]
 
@@ -42,11 +43,18 @@ class DPSGD(GossipAlgorithm):
     def outgoing(self, x: torch.Tensor) -> Packet:
         return dense_packet(x)
 
+    def neighbour_models(self) -> list:
+        return list(getattr(self, "_seen", []))
+
     def decode(self, packet: Packet) -> torch.Tensor:
         return dense_tensor(packet, self.numel)
 
     def mix(self, x: torch.Tensor, received: dict) -> torch.Tensor:
+        self._seen = list(received.values())
         w_self, w = renormalised(self.self_weight, self.weights, received)
+        robust = parse_robust(self.options.robust) if self.options else ("none", 0.0)
+        if robust[0] != "none":  # x_i + Σ_j w_ij · robust(x_j − x_i)
+            return x + robust_step(x, received, w, robust)
         out = x * w_self
         for j in sorted(received):  # a fixed order: float sums do not depend on arrival
             out.add_(received[j], alpha=w[j])

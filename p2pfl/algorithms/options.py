@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from .robust import parse_robust
 
 __all__ = ["DPSGDOptions", "CHOCOOptions"]
 
@@ -21,6 +22,10 @@ class DPSGDOptions:
 
     codec: str = "none"
     error_feedback: bool = True
+    robust: str = "none"  # robust.parse_robust
+
+    def __post_init__(self) -> None:
+        parse_robust(self.robust)
 
 
 @dataclass(frozen=True)
@@ -31,7 +36,9 @@ class CHOCOOptions:
     codec: str = "none"
     gamma: float = 1.0
     error_feedback: bool = True
+    robust: str = "none"  # robust.parse_robust
 
     def __post_init__(self) -> None:
+        parse_robust(self.robust)
         if not 0 < self.gamma <= 1:
             raise ConfigError(f"gamma must be in (0, 1], got {self.gamma}")

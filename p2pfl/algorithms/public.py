@@ -108,6 +108,8 @@ class PublicCopies:
         q = codec.decode(packet.frames).reshape(-1)
         if q.numel() != self.numel:
             raise ValueError(f"update has {q.numel()} values, expected {self.numel}")
+        if not bool(torch.isfinite(q).all()):
+            raise ValueError("update holds non-finite values")
         return Update(False, q, packet.round, contraction_scale(codec, self.numel))
 
     def _decoder(self, spec: str):

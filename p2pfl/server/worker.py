@@ -61,7 +61,8 @@ class Worker:
             self.client.apply(rnd, packet)
             acc = self.learner.evaluate() if self.run_spec.evaluates(rnd) else (None, None)
             loss = self.client.fit()
-            self.rt.send(self.coord, self.client.reply_kind, rnd, self.client.reply(rnd))
+            if self.client.behaviour != "silent":  # a silent worker never replies
+                self.rt.send(self.coord, self.client.reply_kind, rnd, self.client.reply(rnd))
             self.rounds_done += 1
             if again:  # its record is written already
                 continue

@@ -47,7 +47,9 @@ __all__ = ["Reply", "ServerContext", "Strategy", "ClientStrategy", "Packet", "we
            "dense_packet", "dense_tensor", "BEHAVIOURS", "behave", "model_from_state"]
 
 #: Worker behaviours a node profile may set (``behaviour = "..."``).
-BEHAVIOURS = ("honest", "random", "label_flip", "noisy")
+BEHAVIOURS = ("honest", "random", "label_flip", "noisy", "sign_flip", "alie", "silent")
+#: A sign-flipping worker sends −SIGN_FLIP_SCALE times its honest update.
+SIGN_FLIP_SCALE = 4.0
 
 
 @dataclass
@@ -176,9 +178,8 @@ class ClientStrategy:
             raise ConfigError(f"unknown behaviour {self.behaviour!r}; valid: "
                               f"{', '.join(BEHAVIOURS)}")
         self.rng = np.random.default_rng(learn.seed * 31 + 17 + learner._node_id)
-        if self.behaviour == "label_flip":  # train on flipped labels c -> C-1-c
-            t = learner.trainer
-            t.y = int(learner.dataset.num_classes) - 1 - t.y
+        if self.behaviour == "label_flip":
+            learner.flip_labels()
 
     def apply(self, rnd: int, packet: Packet) -> None:
         raise NotImplementedError
@@ -224,8 +225,10 @@ def behave(update: torch.Tensor, behaviour: str, rng: np.random.Generator) -> to
     FedAvg collapses, as in the CFL paper's Byzantine table; ``noisy``: the update plus Gaussian noise of the same
     norm; ``honest`` and ``label_flip`` (which acts on the data): unchanged.
     """
-    if behaviour in ("honest", "label_flip"):
+    if behaviour in ("honest", "label_flip", "silent"):
         return update
+    if behaviour == "sign_flip":
+        return -SIGN_FLIP_SCALE * update
     noise = torch.from_numpy(rng.standard_normal(update.numel()).astype(np.float32))
     noise = noise * (update.norm() / max(float(noise.norm()), 1e-12))
     if behaviour == "random":

@@ -1,0 +1,79 @@
+"""Byzantine-robust mixing for gossip (ALGORITHMS.md, "Byzantine-robust gossip").
+
+``--robust`` picks how a node combines what its neighbours sent:
+
+* ``none``: the mixing-weighted average (D-PSGD, CHOCO), unchanged;
+* ``clip[:TAU]``: ClippedGossip (He, Karimireddy, Jaggi 2022),
+  x_i ← x_i + Σ_j w_ij · clip(x_j − x_i, τ_i), clip(z, τ) = z · min(1, τ/‖z‖).
+  Without TAU, τ_i is adaptive as in the paper: the weighted percentile of the
+  distances ‖x_j − x_i‖ that leaves the neighbours carrying the largest
+  (1 − δ) share of the weight unclipped, δ = :data:`ADAPTIVE_DELTA`;
+* ``trimmed:BETA``: BRIDGE-T (Yang and Bajwa 2019): per coordinate, over the
+  node's own value and its neighbours', drop the ⌊β·(k+1)⌋ largest and smallest
+  and average the rest.
+
+With CHOCO the differences that are clipped (or the values trimmed) are those of
+the public copies, x̂_j − x̂_i, and the result is taken with the step size γ.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import ConfigError
+
+__all__ = ["parse_robust", "robust_step", "ADAPTIVE_DELTA"]
+
+#: Adaptive clipping: the share of neighbour weight that may be clipped.
+ADAPTIVE_DELTA = 0.25
+
+
+def parse_robust(spec: str) -> tuple:
+    """``none`` → ("none", 0); ``clip`` → ("clip", 0 = adaptive); ``clip:TAU``;
+    ``trimmed:BETA`` (0 <= BETA < 0.5)."""
+    name, _, arg = str(spec).partition(":")
+    try:
+        value = float(arg) if arg else 0.0
+    except ValueError:
+        value = -1.0
+    if name == "none" and not arg:
+        return name, 0.0
+    if name == "clip" and (not arg or value > 0):
+        return name, value
+    if name == "trimmed" and arg and 0 <= value < 0.5:
+        return name, value
+    raise ConfigError(f"unknown --robust {spec!r}; valid: none, clip, clip:TAU (> 0), "
+                      "trimmed:BETA (0 <= BETA < 0.5)")
+
+
+def adaptive_tau(dists: torch.Tensor, weights: torch.Tensor,
+                 delta: float = ADAPTIVE_DELTA) -> float:
+    """The smallest distance such that the neighbours within it hold >= (1 − δ) of the weight."""
+    order = torch.argsort(dists)
+    share = torch.cumsum(weights[order], 0) / weights.sum()
+    k = int(torch.searchsorted(share, torch.tensor(1 - delta - 1e-9, dtype=share.dtype)))
+    return float(dists[order][min(k, len(order) - 1)])
+
+
+def robust_step(own: torch.Tensor, others: dict, weights: dict, spec: tuple) -> torch.Tensor:
+    """Σ_j w_ij · (robust) (v_j − own) over ``others`` (the step to add to the model).
+
+    ``weights`` are the mixing weights of the neighbours in ``others``.
+    """
+    if not others:
+        return torch.zeros_like(own)
+    keys = sorted(others, key=str)
+    diffs = torch.stack([others[j] - own for j in keys])
+    w = torch.tensor([weights[j] for j in keys], dtype=own.dtype)
+    name, value = spec
+    if name == "clip":
+        norms = diffs.norm(dim=1)
+        tau = value if value > 0 else adaptive_tau(norms, w)
+        scale = torch.clamp(tau / norms.clamp_min(1e-30), max=1.0)
+        return (w[:, None] * scale[:, None] * diffs).sum(0)
+    if name == "trimmed":
+        values = torch.cat([own[None], own[None] + diffs]).sort(0).values
+        b = int(value * values.shape[0])
+        kept = values[b:values.shape[0] - b].mean(0)
+        return kept - own  # BRIDGE-T: the model becomes the trimmed mean
+    return (w[:, None] * diffs).sum(0)

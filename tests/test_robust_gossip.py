@@ -1,0 +1,69 @@
+"""Byzantine-robust gossip and Byzantine behaviours in gossip mode (issue 9)."""
+
+import numpy as np
+import pytest
+import torch
+
+from p2pfl.algorithms.attacks import alie_z, corrupt
+from p2pfl.algorithms.robust import adaptive_tau, parse_robust, robust_step
+from p2pfl.errors import ConfigError
+
+
+def t(*v):
+    return torch.tensor(v, dtype=torch.float32)
+
+
+def test_clipped_gossip_bounds_each_neighbour():
+    own = t(0, 0)
+    others = {1: t(1, 0), 2: t(0, 1), 3: t(300, 400)}  # the last is 500 away
+    w = {1: 0.25, 2: 0.25, 3: 0.25}
+    plain = robust_step(own, others, w, parse_robust("none"))
+    assert torch.allclose(plain, t(75.25, 100.25))
+    clipped = robust_step(own, others, w, parse_robust("clip:1"))
+    assert torch.allclose(clipped, t(0.25 + 0.25 * 0.6, 0.25 + 0.25 * 0.8))
+
+
+def test_adaptive_tau_is_a_weighted_percentile_of_the_distances():
+    d = torch.tensor([1.0, 2.0, 3.0, 100.0])
+    w = torch.tensor([0.25, 0.25, 0.25, 0.25])
+    assert adaptive_tau(d, w, delta=0.25) == 3.0  # the farthest quarter is clipped
+
+
+def test_bridge_trimming_drops_the_extremes_with_the_own_value():
+    own = t(0.0)
+    others = {1: t(1.0), 2: t(2.0), 3: t(1000.0), 4: t(-1000.0)}
+    w = {j: 0.2 for j in others}
+    step = robust_step(own, others, w, parse_robust("trimmed:0.2"))
+    assert torch.allclose(own + step, t(1.0))  # mean of 0, 1, 2
+
+
+@pytest.mark.parametrize("spec", ["clip:0", "clip:-1", "trimmed", "trimmed:0.5", "x", "none:1"])
+def test_bad_robust_specs_are_refused(spec):
+    with pytest.raises(ConfigError):
+        parse_robust(spec)
+
+
+def test_attacks_publish_what_the_papers_describe():
+    rng = np.random.default_rng(0)
+    start, x = t(1, 1), t(2, 0)
+    assert torch.allclose(corrupt(x, start, "sign_flip", rng, []), t(-3, 5))  # start − 4Δ
+    assert corrupt(x, start, "silent", rng, []) is None
+    assert torch.equal(corrupt(x, start, "honest", rng, []), x)
+    seen = [t(0, 0), t(4, 0)]
+    z = alie_z(3)
+    stack = torch.stack([x] + seen)
+    assert torch.allclose(corrupt(x, start, "alie", rng, seen),
+                          stack.mean(0) - z * stack.std(0))
+
+
+def test_sign_flip_nodes_break_plain_gossip_and_clipping_holds(tmp_path):
+    from p2pfl import run_cluster
+
+    prof = tmp_path / "byz.toml"
+    prof.write_text('[nodes.0]\nbehaviour = "sign_flip"\n')
+    common = dict(rounds=40, quiet=True, in_process=True, eval_every=20, profiles=str(prof))
+    plain = run_cluster("ring:6", out=str(tmp_path / "plain"), **common).summary
+    robust = run_cluster("ring:6", robust="clip:0.5", out=str(tmp_path / "clip"),
+                         **common).summary
+    assert plain["accuracy_mean_honest"] < 0.5
+    assert robust["accuracy_mean_honest"] > 0.85
