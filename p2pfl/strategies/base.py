@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..algorithms.attacks import GOSSIP_BEHAVIOURS, SIGN_FLIP_SCALE
 from ..algorithms.base import Packet, dense_packet, dense_tensor
 from ..errors import ConfigError
 
@@ -47,9 +48,8 @@ __all__ = ["Reply", "ServerContext", "Strategy", "ClientStrategy", "Packet", "we
            "dense_packet", "dense_tensor", "BEHAVIOURS", "behave", "model_from_state"]
 
 #: Worker behaviours a node profile may set (``behaviour = "..."``).
-BEHAVIOURS = ("honest", "random", "label_flip", "noisy", "sign_flip", "alie", "silent")
-#: A sign-flipping worker sends −SIGN_FLIP_SCALE times its honest update.
-SIGN_FLIP_SCALE = 4.0
+#: Every behaviour a node profile may name (algorithms/attacks.py describes them).
+BEHAVIOURS = GOSSIP_BEHAVIOURS
 
 
 @dataclass
@@ -223,11 +223,13 @@ def behave(update: torch.Tensor, behaviour: str, rng: np.random.Generator) -> to
     ``random`` (Byzantine): a Gaussian direction with ``RANDOM_SCALE`` (100)
     times the norm the honest update would have had -- large enough that plain
     FedAvg collapses, as in the CFL paper's Byzantine table; ``noisy``: the update plus Gaussian noise of the same
-    norm; ``honest`` and ``label_flip`` (which acts on the data): unchanged.
+    norm; ``sign_flip``: −4 times the update (the scale of the gossip attack);
+    ``honest``, ``silent`` (the worker sends nothing) and ``label_flip`` (which
+    acts on the data): unchanged.
     """
     if behaviour in ("honest", "label_flip", "silent"):
         return update
-    if behaviour == "sign_flip":
+    if behaviour == "sign_flip":  # −k times the honest update
         return -SIGN_FLIP_SCALE * update
     noise = torch.from_numpy(rng.standard_normal(update.numel()).astype(np.float32))
     noise = noise * (update.norm() / max(float(noise.norm()), 1e-12))
