@@ -26,7 +26,7 @@ def test_a_frozen_neighbour_is_waited_for_again_once_it_answers(tmp_path):
     out = str(tmp_path / "run")
     proc = subprocess.Popen(
         [sys.executable, "-m", "p2pfl.cli", "cluster", "--topology", "ring:4", "--dataset",
-         "digits", "--rounds", "400", "--round-timeout", "0.3", "--eval-every", "50",
+         "digits", "--rounds", "1500", "--round-timeout", "0.3", "--eval-every", "50",
          "--no-consensus", "-q", "--out", out], cwd=ROOT)
     try:
         deadline = time.monotonic() + 60
@@ -34,7 +34,7 @@ def test_a_frozen_neighbour_is_waited_for_again_once_it_answers(tmp_path):
             time.sleep(0.05)
         with open(os.path.join(out, "nodes.json")) as fh:
             pid = next(n["pid"] for n in json.load(fh) if n["id"] == 2)
-        os.kill(pid, signal.SIGSTOP)  # 5 time-outs: its neighbours stop waiting for it
+        os.kill(pid, signal.SIGSTOP)  # its neighbours wait one time-out, then go on without it
         time.sleep(1.5)
         os.kill(pid, signal.SIGCONT)
         assert proc.wait(timeout=120) == 0
@@ -42,7 +42,7 @@ def test_a_frozen_neighbour_is_waited_for_again_once_it_answers(tmp_path):
         proc.kill()
     with open(os.path.join(out, "metrics.jsonl")) as fh:
         recs = [json.loads(line) for line in fh]
-    assert max(r["round"] for r in recs) == 400
+    assert max(r["round"] for r in recs) == 1500
     for node in (1, 3):  # node 2's neighbours hear from it again, to the end
         heard = [r["neighbours_heard"] for r in sorted(recs, key=lambda r: r["round"])
                  if r["node"] == node]

@@ -20,6 +20,8 @@ __all__ = ["Mailbox", "DATA_KINDS"]
 
 #: Kinds that carry round data between nodes; all others are control messages.
 DATA_KINDS = frozenset({"hello", "model", "update", "softlabels", "control", "catchup"})
+#: At most this many queued messages are read before a wait starts.
+MAX_DRAIN = 10_000
 #: Requests between peers: kept per sender (latest only) whatever their round.
 REQUEST_KINDS = frozenset({"resync", "pull"})
 
@@ -152,10 +154,18 @@ class Mailbox:
     def _wait(self, ready: Callable[[], bool], timeout: float) -> None:
         """Receive and route messages until ``ready()``, a stop, or ``timeout`` seconds.
 
-        The liveness check runs about once a second; failing it stops the actor.
+        What has already arrived is read first, even when ``ready()`` holds from the
+        start: a node that waits for nobody must still hear its peers (or it would
+        never notice that a silent one speaks again).  The liveness check runs about
+        once a second; failing it stops the actor.
         """
         deadline = time.monotonic() + timeout
         next_check = time.monotonic() + 1.0
+        for _ in range(MAX_DRAIN):
+            msg = self.endpoint.recv(0)
+            if msg is None:
+                break
+            self._route(msg)
         while not self.stopped and not ready():
             now = time.monotonic()
             if now >= deadline:
