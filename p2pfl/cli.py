@@ -1,4 +1,4 @@
-"""The ``p2pfl`` command: ``cluster``, ``node``, ``topology``, ``plot`` and ``bench``.
+"""The ``p2pfl`` command: ``cluster``, ``node``, ``keys``, ``topology``, ``plot``, ``bench``.
 
 Every user error (a wrong flag, an unreadable file, a disconnected graph, an
 unknown dataset) prints one line to stderr and exits with code 2.
@@ -53,6 +53,7 @@ CLUSTER_OPTIONS = [
     ("transport", str, "tcp (default), ipc or inproc"),
     ("host", str, "address nodes bind for tcp (default 127.0.0.1)"),
     ("listen", str, "bind the launcher here (tcp://HOST:PORT) and wait for remote nodes"),
+    ("keys", str, "CURVE key folder from `p2pfl keys generate` (implies --secure)"),
     ("round_timeout", float, "seconds to wait for neighbours each round"),
     ("start_timeout", float, "seconds to wait for the cluster to start"),
     ("eval_every", int, "evaluate every N rounds"),
@@ -81,6 +82,8 @@ def _add_cluster(sub) -> None:
                        help=text)
     p.add_argument("--in-process", dest="in_process", action="store_const", const=True,
                    help="host every node as a thread of this process (inproc sockets)")
+    p.add_argument("--secure", dest="secure", action="store_const", const=True,
+                   help="CurveZMQ on every socket; only the run's keys are admitted")
     p.add_argument("--no-consensus", dest="consensus", action="store_const", const=False,
                    help="do not send models to the launcher for the consensus distance")
     p.add_argument("-q", "--quiet", dest="quiet", action="store_const", const=True,
@@ -96,9 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster(sub)
     p = sub.add_parser("node", help="run one node that joins a launcher (multi-host)")
     p.add_argument("--connect", required=True, help="the launcher's address, tcp://HOST:PORT")
-    p.add_argument("--id", type=int, required=True, help="this node's id in the topology")
+    p.add_argument("--id", type=int, help="this node's id in the topology (with --key: "
+                   "its name in keys.toml when that is a number)")
     p.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
     p.add_argument("--advertise", help="host name or IP that peers use to reach this node")
+    p.add_argument("--key", help="this node's secret key file (CURVE; keys.toml beside it)")
+    p = sub.add_parser("keys", help="CURVE keys for multi-host secure runs")
+    ksub = p.add_subparsers(dest="keys_command", required=True, parser_class=_Parser)
+    k = ksub.add_parser("generate", help="write key pairs and keys.toml into a new folder")
+    k.add_argument("folder")
+    who = k.add_mutually_exclusive_group(required=True)
+    who.add_argument("--nodes", type=int, help="keys for node ids 0..N-1")
+    who.add_argument("--labels", help="comma-separated node labels of the topology")
     p = sub.add_parser("topology", help="describe a topology and its mixing matrix")
     p.add_argument("spec", help="generator spec or graph file")
     p.add_argument("--mixing", default="metropolis")
@@ -116,7 +128,7 @@ def _cmd_cluster(args) -> int:
     from .api import run_cluster
 
     options = {name: getattr(args, name) for name, _, _ in CLUSTER_OPTIONS}
-    for name in ("in_process", "consensus", "quiet"):
+    for name in ("in_process", "consensus", "quiet", "secure"):
         options[name] = getattr(args, name)
     options = {k: v for k, v in options.items() if v is not None}
     result = run_cluster(config=args.config, **options)
@@ -127,7 +139,30 @@ def _cmd_cluster(args) -> int:
 def _cmd_node(args) -> int:
     from .worker import serve
 
-    return serve(args.connect, args.id, scheme="tcp", host=args.host, advertise=args.advertise)
+    node_id, security = args.id, None
+    if args.key is not None:
+        from .keys import node_security
+
+        node_id, security = node_security(args.key, args.id)
+    elif node_id is None:
+        raise UsageError("p2pfl node needs --id (or --key, whose name gives the id)")
+    return serve(args.connect, node_id, scheme="tcp", host=args.host, advertise=args.advertise,
+                 security=security)
+
+
+def _cmd_keys(args) -> int:
+    from .keys import generate_keys
+
+    if args.nodes is not None:
+        if args.nodes < 1:
+            raise UsageError(f"--nodes must be >= 1, got {args.nodes}")
+        names = [str(i) for i in range(args.nodes)]
+    else:
+        names = [n.strip() for n in args.labels.split(",") if n.strip()]
+    written = generate_keys(args.folder, names)
+    print(f"wrote {len(written)} files to {args.folder}: secret keys (*.key_secret, mode 0600) "
+          f"stay on their host; keys.toml is public")
+    return 0
 
 
 def _cmd_topology(args) -> int:
@@ -158,7 +193,8 @@ def _cmd_bench(args) -> int:
     return 0
 
 
-COMMANDS = {"cluster": _cmd_cluster, "node": _cmd_node, "topology": _cmd_topology,
+COMMANDS = {"cluster": _cmd_cluster, "node": _cmd_node, "keys": _cmd_keys,
+            "topology": _cmd_topology,
             "plot": _cmd_plot, "bench": _cmd_bench}
 
 

@@ -23,6 +23,7 @@ import zmq
 from .metrics import write_json_atomic
 from .runtime import LAUNCHER
 from .transport import Endpoint, Mailbox
+from .transport.security import Security
 from .worker import process_main, serve
 
 __all__ = ["Launcher", "NodeHandle", "ClusterError"]
@@ -86,8 +87,9 @@ class Launcher:
                  scheme: str = "tcp", host: str = "127.0.0.1", start_timeout: float = 60.0,
                  round_timeout: float = 10.0, on_message=None, log=None,
                  listen: str | None = None, closer=None, restarts: int = 0,
-                 on_restart=None) -> None:
+                 on_restart=None, keys=None) -> None:
         self.specs = specs
+        self.keys = keys  # RunKeys: CurveZMQ on every socket (--secure)
         self.restart_limit = restarts  # restarts allowed per node (--restart on-failure:N)
         self.on_restart = on_restart or (lambda handle: None)
         self.closer = closer  # when this node is done, the others get a little while
@@ -142,15 +144,33 @@ class Launcher:
         for h in self.nodes.values():
             h.runner = fork.Process(
                 target=process_main, name=f"p2pfl-node-{h.id}", daemon=True,
-                args=(address, h.id, self.scheme, self.host, self.run_dir, self.start_timeout))
+                args=(address, h.id, self.scheme, self.host, self.run_dir, self.start_timeout,
+                      self._node_security(h.id)))
             h.runner.start()
             h.pid = h.runner.pid
         self.ctx = _context(len(self.nodes), 1)
         self._bind(address)
 
+    def _node_security(self, node):
+        """A spawned node's CURVE setup: its key pair; every key of the run, bound."""
+        if self.keys is None:
+            return None
+        bound = dict(self.keys.public)
+        bound[LAUNCHER] = self.keys.launcher.public
+        return Security(self.keys.pairs[node], bound)
+
+    def _config(self, spec) -> dict:
+        """What a node needs to start: its spec, and its peers' addresses (and keys)."""
+        meta = {"spec": spec.to_wire(),
+                "addresses": [[j, self.nodes[j].address] for j in spec.peers]}
+        if self.keys is not None:
+            meta["keys"] = [[j, self.keys.z85(j)] for j in spec.peers]
+        return meta
+
     def _bind(self, address: str) -> None:
         self._address = address
-        self.ep = Endpoint(self.ctx, LAUNCHER, address)
+        security = None if self.keys is None else Security(self.keys.launcher, self.keys.public)
+        self.ep = Endpoint(self.ctx, LAUNCHER, address, security=security)
         self.mailbox = Mailbox(self.ep, peers=set(), control_sources=set(self.nodes))
         self._stopping = False
         self._stop_requested = False
@@ -185,8 +205,7 @@ class Launcher:
         self._wait_for("joined", {"join"}, self.start_timeout)
         self.write_nodes_json()
         for spec in self.specs:
-            addresses = [[j, self.nodes[j].address] for j in spec.peers]
-            self.ep.send(spec.id, "config", meta={"spec": spec.to_wire(), "addresses": addresses})
+            self.ep.send(spec.id, "config", meta=self._config(spec))
         self._wait_for("ready", {"ready"}, self.start_timeout)
         for h in self.nodes.values():
             self.ep.send(h.id, "start")
@@ -255,7 +274,7 @@ class Launcher:
         h.runner = mp.get_context("spawn").Process(
             target=process_main, name=f"p2pfl-node-{h.id}", daemon=True,
             args=(self._address, h.id, self.scheme, self.host, self.run_dir,
-                  self.start_timeout))
+                  self.start_timeout, self._node_security(h.id)))
         h.runner.start()
         h.pid = h.runner.pid
 
@@ -265,9 +284,8 @@ class Launcher:
         spec = next(s for s in self.specs if s.id == h.id)
         for j in spec.peers:
             self.ep.send(j, "peer", meta={"id": h.id, "address": h.address})
-        addresses = [[j, self.nodes[j].address] for j in spec.peers]
-        self.ep.send(h.id, "config", meta={"spec": spec.to_wire(), "addresses": addresses,
-                                           "rejoin": True, "round": h.last_round})
+        self.ep.send(h.id, "config", meta={**self._config(spec), "rejoin": True,
+                                           "round": h.last_round})
         self.write_nodes_json()
 
     def _handle(self, msg, kinds: set) -> None:
@@ -349,4 +367,7 @@ class Launcher:
     def write_nodes_json(self) -> None:
         rows = [{"id": h.id, "label": h.label, "address": h.address, "control": h.control,
                  "pid": h.pid, "host": h.host, "state": h.state} for h in self.nodes.values()]
+        if self.keys is not None:  # public keys only: a secret key never leaves memory
+            for row in rows:
+                row["public_key"] = self.keys.z85(row["id"])
         write_json_atomic(os.path.join(self.out_dir, "nodes.json"), rows)

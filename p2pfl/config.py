@@ -98,6 +98,8 @@ class RunConfig:
     in_process: bool = False
     host: str = "127.0.0.1"
     listen: str | None = None
+    secure: bool = False  # CurveZMQ on every socket (transport/security.py)
+    keys: str | None = None  # key folder from `p2pfl keys generate` (implies secure)
     round_timeout: float = 10.0
     start_timeout: float = 60.0
     eval_every: int = 1
@@ -158,6 +160,14 @@ class RunConfig:
             object.__setattr__(self, "transport", "inproc")
         if self.transport == "inproc" and not self.in_process:
             raise ConfigError("--transport inproc needs --in-process (one process for all nodes)")
+        if self.keys is not None:
+            object.__setattr__(self, "secure", True)
+        if self.secure and self.transport == "inproc":
+            raise ConfigError("--secure needs --transport tcp or ipc: CurveZMQ does not run "
+                              "over inproc (--in-process)")
+        if self.secure and self.listen and self.keys is None:
+            raise ConfigError("--secure with --listen needs --keys DIR: remote nodes need keys "
+                              "made ahead (p2pfl keys generate DIR --nodes N)")
 
     def replace(self, **changes) -> "RunConfig":
         return dataclasses.replace(self, **changes)

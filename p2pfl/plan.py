@@ -50,6 +50,7 @@ class Plan:
     info: tuple = ()
     closer: int | None = None
     restarts: int = 0  # how often the launcher may restart each node that died
+    keys: object = None  # RunKeys with --secure (p2pfl/keys.py); never written to a file
 
 
 def plan(cfg: RunConfig, graph=None) -> Plan:
@@ -59,7 +60,19 @@ def plan(cfg: RunConfig, graph=None) -> Plan:
         raise ConfigError("--restart on-failure restarts node processes; "
                           "it does not apply with --in-process")
     p = _gossip_plan(cfg, graph, restarts) if cfg.mode == "gossip" else _server_plan(cfg, graph)
-    return dataclasses.replace(p, restarts=restarts)
+    return dataclasses.replace(p, restarts=restarts, keys=_run_keys(cfg, p.specs))
+
+
+def _run_keys(cfg: RunConfig, specs):
+    """With ``--secure``: fresh keys for a local cluster, or those of ``--keys DIR``."""
+    if not cfg.secure:
+        return None
+    from .keys import RunKeys
+
+    if cfg.keys is None:
+        return RunKeys.ephemeral([s.id for s in specs])
+    return RunKeys.from_folder(cfg.keys, [(s.id, s.label) for s in specs],
+                               secrets=cfg.listen is None)
 
 
 def parse_restart(text: str) -> int:

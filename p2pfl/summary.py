@@ -36,6 +36,8 @@ def run_summary(plan, sink, nodes: dict, wall: float, control_bytes: int) -> dic
         "control_bytes": control_bytes,
         "misses_total": int(sum(n for f in finals for _, n in f.get("misses", []))),
         "dropped_total": int(sum(sum(f.get("dropped", {}).values()) for f in finals)),
+        "dropped": _dropped_by_reason(finals),
+        "secure": bool(cfg.secure),
         "messages_sent_total": int(sum(f.get("messages_sent", 0) for f in finals)),
         "emulated_lost_total": int(sum(f.get("emulated_lost", 0) for f in finals)),
         "failed_nodes": failed,
@@ -50,6 +52,15 @@ def run_summary(plan, sink, nodes: dict, wall: float, control_bytes: int) -> dic
     if plan.closer is not None:
         _server_fields(out, plan, sink, nodes)
     return out
+
+
+def _dropped_by_reason(finals: list) -> dict:
+    """Messages (and refused handshakes) the nodes dropped, summed per reason."""
+    out: dict = {}
+    for f in finals:
+        for reason, n in (f.get("dropped") or {}).items():
+            out[reason] = out.get(reason, 0) + int(n)
+    return dict(sorted(out.items()))
 
 
 def _honest_mean(plan, sink):

@@ -32,6 +32,7 @@ import zmq
 from .roles import make_role, node_spec
 from .runtime import LAUNCHER, Runtime
 from .transport import Endpoint, Mailbox, bind_address
+from .transport.security import Security
 
 __all__ = ["serve", "process_main"]
 
@@ -66,12 +67,16 @@ def _handshake(ep: Endpoint, mailbox: Mailbox, spec, addresses: dict, timeout: f
 def serve(launcher: str, node_id: int, *, ctx: zmq.Context | None = None,
           scheme: str = "tcp", host: str = "127.0.0.1", run_dir: str = "/tmp",
           alive: Callable[[], bool] | None = None, start_timeout: float = 60.0,
-          advertise: str | None = None) -> int:
-    """Run one node to completion; return its exit status (0 on success)."""
+          advertise: str | None = None, security: Security | None = None) -> int:
+    """Run one node to completion; return its exit status (0 on success).
+
+    With ``security``, every socket runs on CURVE; the launcher's config tells
+    the node its neighbours' public keys.
+    """
     ctx = ctx or zmq.Context.instance()
     name = f"p2pfl-{os.getpid()}-{node_id}-{secrets.token_hex(4)}"
     ep = Endpoint(ctx, node_id, bind_address(scheme, name, host, run_dir),
-                  control=bind_address(scheme, name + "-ctl", host, run_dir))
+                  control=bind_address(scheme, name + "-ctl", host, run_dir), security=security)
     mailbox = Mailbox(ep, control_sources={LAUNCHER})
     lost_after = 4 * start_timeout
     mailbox.alive = alive or (lambda: time.monotonic() - mailbox.last_control < lost_after)
@@ -86,6 +91,9 @@ def serve(launcher: str, node_id: int, *, ctx: zmq.Context | None = None,
                                          "pid": os.getpid(), "host": socket.gethostname()})
         config = _await(mailbox, "config", start_timeout).meta
         spec = node_spec(config.get("spec"))
+        if security is not None:
+            for j, key in config.get("keys") or []:
+                ep.bind_key(j, key)
         ep.emulate(spec.link, seed=spec.learn.seed * 7919 + spec.id)
         addresses = {int(j): a for j, a in config.get("addresses", [])}
         runtime = Runtime(ep, mailbox, spec)
@@ -141,14 +149,14 @@ def _die_with_parent() -> Callable[[], bool]:
 
 
 def process_main(launcher: str, node_id: int, scheme: str, host: str, run_dir: str,
-                 start_timeout: float) -> None:
+                 start_timeout: float, security: Security | None = None) -> None:
     """Entry point of a node process spawned by the launcher."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher handles Ctrl-C
     alive = _die_with_parent()
     ctx = zmq.Context()
     try:
         status = serve(launcher, node_id, ctx=ctx, scheme=scheme, host=host, run_dir=run_dir,
-                       alive=alive, start_timeout=start_timeout)
+                       alive=alive, start_timeout=start_timeout, security=security)
     finally:
         ctx.term()
     sys.stdout.flush()

@@ -25,12 +25,15 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections import deque
 
 import msgpack
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from .counters import ByteCounter
 from .links import LinkEmulator, LinkSpec
+from .security import HANDSHAKE_EVENTS, Security, gate, handshake_drop
 from .wire import DEFAULT_LIMITS, Limits, Message, ProtocolError, pack, unpack
 
 __all__ = ["Endpoint", "bind_address", "identity", "COMMAND_KINDS"]
@@ -40,6 +43,8 @@ SCHEMES = ("tcp", "ipc", "inproc")
 COMMAND_KINDS = frozenset({"config", "start", "heartbeat", "stop", "peer"})
 #: How long a command other than a heartbeat may wait for room in a full queue.
 COMMAND_WAIT_S = 2.0
+#: Messages from allowed keys not yet bound to a node id that are held, at most.
+MAX_HELD = 10_000
 
 
 def bind_address(scheme: str, name: str, host: str = "127.0.0.1", run_dir: str = "/tmp") -> str:
@@ -79,17 +84,28 @@ class Endpoint:
         Emulate a slow or lossy uplink on the data sent to emulated peers
         (:mod:`~p2pfl.transport.links`); ``link_seed`` seeds its jitter and loss.
         :meth:`emulate` sets it later, before the peers are connected.
+    security : Security, optional
+        Run every socket on CURVE with this key pair and allow-list.
     """
 
     def __init__(self, ctx: zmq.Context, node_id, bind: str, *, hwm: int = 1000,
                  limits: Limits = DEFAULT_LIMITS, control: str | None = None,
-                 link: LinkSpec | None = None, link_seed: int = 0) -> None:
+                 link: LinkSpec | None = None, link_seed: int = 0,
+                 security: Security | None = None) -> None:
         self.ctx = ctx
         self.node_id = node_id
         self.limits = limits
         self.hwm = hwm
         self.counters = ByteCounter()
-        self._seq = itertools.count()
+        self.security = security
+        self._gate = self._domain = None
+        self._monitors: dict = {}  # monitor socket -> the socket it watches
+        self._last_seq: dict = {}  # (sender, channel) -> its latest sequence number
+        self._held: list = []  # (parts, channel) from allowed keys not yet bound to a node
+        self._ready: deque = deque()  # held messages whose sender became known
+        self._seq = itertools.count(time.time_ns() // 1000 if security else 0)
+        if security is not None:
+            self._gate, self._domain = gate(ctx, security)
         self._identity = identity(node_id)
         self._peers: dict = {}  # peer -> DEALER to its data socket
         self._commands: dict = {}  # peer -> DEALER to its control socket
@@ -110,6 +126,11 @@ class Endpoint:
         sock.setsockopt(zmq.RCVHWM, self.hwm)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.limits.max_frame_bytes)
+        if self.security is not None:
+            self.security.server(sock, self._domain)
+            monitor = sock.get_monitor_socket(HANDSHAKE_EVENTS)
+            self._monitors[monitor] = sock
+            self._poller.register(monitor, zmq.POLLIN)
         sock.bind(address)
         self._poller.register(sock, zmq.POLLIN)
         self._inputs[sock] = channel
@@ -131,6 +152,8 @@ class Endpoint:
             table[peer] = self._link
             return
         sock = self.ctx.socket(zmq.DEALER)
+        if self.security is not None:
+            self.security.client(sock, peer)
         sock.setsockopt(zmq.ROUTING_ID, self._identity)
         sock.setsockopt(zmq.SNDHWM, self.hwm)
         sock.setsockopt(zmq.LINGER, 2000)
@@ -150,7 +173,8 @@ class Endpoint:
         if self._link is not None:
             raise RuntimeError("this endpoint already emulates a link")
         if link.active:
-            self._link = LinkEmulator(self.ctx, link, self._identity, self.hwm, seed=seed)
+            self._link = LinkEmulator(self.ctx, link, self._identity, self.hwm, seed=seed,
+                                      security=self.security)
 
     @property
     def peers(self) -> list:
@@ -202,35 +226,77 @@ class Endpoint:
     def recv(self, timeout: float | None) -> Message | None:
         """Receive one valid message, waiting at most ``timeout`` seconds.
 
-        The control socket is read first.  Malformed messages, and messages
-        whose header names another sender than their connection (``spoofed``),
-        are dropped and counted, and the wait goes on until the deadline.
+        The control socket is read first.  Malformed messages, messages whose
+        header names another sender than their connection (``spoofed``) and,
+        with CURVE, replayed ones are dropped and counted, as are the peers
+        refused at the handshake; the wait goes on until the deadline.
         Returns ``None`` on timeout; ``msg.channel`` says where it came in.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            if self._ready:
+                return self._accept(*self._ready.popleft())
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
             ready = dict(self._poller.poll(None if wait is None else int(wait * 1000) + 1))
             if not ready:
                 return None
-            sock = next(s for s in self._inputs if s in ready)  # control first
+            sock = next((s for s in self._inputs if s in ready), None)  # control first
+            if sock is None:  # only a monitor: a refused handshake
+                self._count_refusals()
+                continue
             parts = sock.recv_multipart(copy=False)
-            msg = self._validate(parts)
+            channel = self._inputs[sock]
+            msg = self._validate(parts, channel)
             if msg is not None:
-                msg.channel = self._inputs[sock]
-                self.counters.add("received", msg.src, msg.round, msg.nbytes, msg.kind)
-                return msg
+                return self._accept(msg, channel)
 
-    def _validate(self, parts: list) -> Message | None:
+    def _accept(self, msg: Message, channel: str) -> Message:
+        msg.channel = channel
+        self.counters.add("received", msg.src, msg.round, msg.nbytes, msg.kind)
+        return msg
+
+    def bind_key(self, node, public) -> None:
+        """CURVE: ``public`` is ``node``'s key (told by the launcher); the messages
+        held from that key are delivered next, in order."""
+        self.security.bind(node, public)
+        held, self._held = self._held, []
+        for parts, channel in held:
+            msg = self._validate(parts, channel)
+            if msg is not None:
+                self._ready.append((msg, channel))
+
+    def _validate(self, parts: list, channel: str) -> Message | None:
         try:
             msg = unpack(parts[1:], self.limits)
         except ProtocolError:
             self.counters.drop("malformed")
             return None
-        if parts[0].bytes != identity(msg.src):
+        if self.security is None:
+            if parts[0].bytes != identity(msg.src):
+                self.counters.drop("spoofed")
+                return None
+            return msg
+        user = parts[1].get("User-Id")
+        sender = self.security.node_of(user)
+        if sender is None and user and self.security.allows(user) and len(self._held) < MAX_HELD:
+            self._held.append((parts, channel))  # an allowed key whose node is not known yet
+            return None
+        if sender is None or sender != msg.src:
             self.counters.drop("spoofed")
             return None
+        last = self._last_seq.get((sender, channel))
+        if last is not None and msg.seq <= last:
+            self.counters.drop("replayed")
+            return None
+        self._last_seq[(sender, channel)] = msg.seq
         return msg
+
+    def _count_refusals(self) -> None:
+        """Count the handshakes the CURVE sockets refused since the last look."""
+        for monitor in self._monitors:
+            while monitor.poll(0):
+                event = recv_monitor_message(monitor)
+                self.counters.drop(handshake_drop(event["event"], event["value"]))
 
     def close(self, linger: float | None = None) -> None:
         """Close every socket.
@@ -246,5 +312,14 @@ class Endpoint:
                 sock = table.pop(peer)
                 if sock is not self._link:
                     sock.close(linger=ms)
+        if self._monitors:
+            self._count_refusals()
+        for monitor, sock in self._monitors.items():
+            sock.disable_monitor()
+            monitor.close(linger=0)
+        self._monitors.clear()
         for sock in self._inputs:
             sock.close(linger=0)
+        if self._gate is not None:
+            self._gate.release(self._domain)
+            self._gate = None

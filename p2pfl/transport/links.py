@@ -105,8 +105,9 @@ class LinkEmulator:
     """
 
     def __init__(self, ctx: zmq.Context, spec: LinkSpec, routing_id: bytes, hwm: int,
-                 seed: int = 0) -> None:
+                 seed: int = 0, security=None) -> None:
         self.spec = spec
+        self._security = security  # a Security: its sockets are CURVE clients too
         self.lost = 0  # emulated losses (written by the emulator thread only)
         self._last_arrival: dict = {}  # peer -> when its latest message arrives (in order)
         self.overflow = 0  # messages dropped because a queue was full
@@ -163,7 +164,7 @@ class LinkEmulator:
                     peer = msgpack.unpackb(rest[0].bytes)
                     if peer in socks:
                         socks[peer].close(linger=0)
-                    socks[peer] = self._socket(rest[1].bytes.decode())
+                    socks[peer] = self._socket(peer, rest[1].bytes.decode())
                 elif kind == b"S":
                     stop_at = time.monotonic() + msgpack.unpackb(rest[0].bytes)
                 elif len(queue) >= MAX_QUEUED:
@@ -192,8 +193,10 @@ class LinkEmulator:
         heapq.heappush(queue, (arrive, next(order), peer, frames))
         return left
 
-    def _socket(self, address: str) -> zmq.Socket:
+    def _socket(self, peer, address: str) -> zmq.Socket:
         sock = self._ctx.socket(zmq.DEALER)
+        if self._security is not None:
+            self._security.client(sock, peer)
         sock.setsockopt(zmq.ROUTING_ID, self._rid)
         sock.setsockopt(zmq.SNDHWM, self._hwm)
         sock.setsockopt(zmq.LINGER, 2000)
