@@ -168,6 +168,7 @@ class Runtime:
 
     def final_counters(self, **extra) -> dict:
         """Exact totals of the whole run for the ``bye`` message (handshakes apart)."""
+        self.endpoint.count_refusals()
         c, peers = self.endpoint.counters, self.peers
         handshake = c.total("sent", peers=peers, round=0)
         out = {

@@ -240,9 +240,10 @@ class Endpoint:
             ready = dict(self._poller.poll(None if wait is None else int(wait * 1000) + 1))
             if not ready:
                 return None
+            if any(m in ready for m in self._monitors):
+                self.count_refusals()  # a monitor has news: a refused handshake
             sock = next((s for s in self._inputs if s in ready), None)  # control first
-            if sock is None:  # only a monitor: a refused handshake
-                self._count_refusals()
+            if sock is None:
                 continue
             parts = sock.recv_multipart(copy=False)
             channel = self._inputs[sock]
@@ -291,7 +292,7 @@ class Endpoint:
         self._last_seq[(sender, channel)] = msg.seq
         return msg
 
-    def _count_refusals(self) -> None:
+    def count_refusals(self) -> None:
         """Count the handshakes the CURVE sockets refused since the last look."""
         for monitor in self._monitors:
             while monitor.poll(0):
@@ -313,7 +314,7 @@ class Endpoint:
                 if sock is not self._link:
                     sock.close(linger=ms)
         if self._monitors:
-            self._count_refusals()
+            self.count_refusals()
         for monitor, sock in self._monitors.items():
             sock.disable_monitor()
             monitor.close(linger=0)

@@ -41,6 +41,8 @@ def handshake_drop(event: int, value: int) -> str:
     if (event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
             and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH):
         return "plaintext_peer"  # a NULL (or PLAIN) client at a CURVE server
+    # e.g. a plaintext client that read our greeting first and hung up before naming
+    # its own mechanism, a malformed handshake, or a peer that vanished in it
     return "handshake_failed"
 
 

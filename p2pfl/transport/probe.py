@@ -1,0 +1,167 @@
+"""Checking a run's defences from outside: hostile clients and a loopback capture.
+
+Used by the tests and ``benchmarks/secure.py``; a user can point them at a
+run of their own (addresses and public keys are in its ``nodes.json``).
+
+- :func:`hostile_clients` sends messages to a node the way an intruder would:
+  as a plaintext client, or as a CURVE client whose key is not on the run's
+  allow-list.  Each message goes on a connection of its own, so each one is a
+  separate handshake for the node to refuse.
+- :class:`LoopbackCapture` records the packets on the loopback interface with
+  a raw ``AF_PACKET`` socket (root or ``CAP_NET_RAW``; no tcpdump needed) and
+  writes them as a standard pcap file, so what a run puts on the wire can be
+  searched byte by byte.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from .endpoint import identity
+from .wire import pack
+
+__all__ = ["hostile_clients", "LoopbackCapture", "can_capture"]
+
+ETH_P_ALL = 0x0003
+PACKET_OUTGOING = 4  # on lo every packet is seen going out and coming in: keep one copy
+
+
+def hostile_clients(address: str, count: int, *, claim=0, server_key: bytes | None = None,
+                    batch: int = 50, timeout_s: float = 10.0) -> dict:
+    """Send ``count`` well-formed ``model`` messages claiming to come from node
+    ``claim`` to the receiving socket at ``address``, one connection each.
+
+    With ``server_key`` (the node's public key) the client speaks CURVE with a
+    fresh key pair of its own, which no allow-list holds; without it the
+    client speaks plaintext.  ``batch`` connections are open at a time; each
+    is closed once its handshake has an outcome (the client's own socket
+    monitor says so).  Returns ``{"sent", "accepted", "refused", "undecided"}``:
+    handshakes the node completed, refused, or left open past ``timeout_s``.
+    """
+    ctx = zmq.Context()
+    tally = {"sent": 0, "accepted": 0, "refused": 0, "undecided": 0}
+    try:
+        while tally["sent"] < count:
+            watch = {}
+            for _ in range(min(batch, count - tally["sent"])):
+                sock = ctx.socket(zmq.DEALER)
+                if server_key is not None:
+                    public, secret = zmq.curve_keypair()
+                    sock.curve_secretkey, sock.curve_publickey = secret, public
+                    sock.curve_serverkey = server_key
+                sock.setsockopt(zmq.ROUTING_ID, identity(claim))
+                sock.setsockopt(zmq.SNDTIMEO, 1000)
+                where = f"inproc://p2pfl-hostile-{tally['sent']}"
+                sock.monitor(where, OUTCOMES)
+                monitor = ctx.socket(zmq.PAIR)
+                monitor.connect(where)
+                watch[monitor] = sock
+                sock.connect(address)
+                sock.send_multipart(pack("model", claim, 1, tally["sent"],
+                                         frames=[b"\x00" * 64]))
+                tally["sent"] += 1
+            _await_outcomes(watch, tally, time.monotonic() + timeout_s)
+    finally:
+        ctx.destroy(linger=0)
+    return tally
+
+
+#: Client-side monitor events that settle a handshake one way or the other.
+OUTCOMES = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            | zmq.EVENT_DISCONNECTED)
+
+
+def _await_outcomes(watch: dict, tally: dict, deadline: float) -> None:
+    poller = zmq.Poller()
+    for monitor in watch:
+        poller.register(monitor, zmq.POLLIN)
+    while watch and time.monotonic() < deadline:
+        for monitor, _ in poller.poll(100):
+            event = recv_monitor_message(monitor)["event"]
+            ok = event == zmq.EVENT_HANDSHAKE_SUCCEEDED
+            tally["accepted" if ok else "refused"] += 1
+            sock = watch.pop(monitor)
+            poller.unregister(monitor)
+            sock.disable_monitor()
+            monitor.close(linger=0)
+            sock.close(linger=0)
+    tally["undecided"] += len(watch)
+    for monitor, sock in watch.items():
+        monitor.close(linger=0)
+        sock.close(linger=0)
+
+
+def can_capture() -> str | None:
+    """``None`` if a loopback capture can be opened here, else why not."""
+    try:
+        socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL)).close()
+    except (OSError, AttributeError) as exc:
+        return f"no raw packet socket ({exc}); needs Linux and root or CAP_NET_RAW"
+    return None
+
+
+class LoopbackCapture:
+    """Record every packet on ``lo`` while the ``with`` block runs."""
+
+    def __init__(self) -> None:
+        self.packets: list = []  # (timestamp, frame bytes)
+        self._stop = threading.Event()
+        self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        self._sock.bind(("lo", 0))
+        self._sock.settimeout(0.1)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
+        self._thread = threading.Thread(target=self._run, daemon=True, name="p2pfl-capture")
+
+    def __enter__(self) -> "LoopbackCapture":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5.0)
+        self._sock.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                frame, where = self._sock.recvfrom(1 << 17)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if where[2] != PACKET_OUTGOING:
+                self.packets.append((time.time(), frame))
+
+    def tcp_payloads(self, ports=None) -> list:
+        """The TCP payloads of IPv4 packets (to or from one of ``ports``, if given)."""
+        out = []
+        for _, frame in self.packets:
+            if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
+                continue
+            ip = 14
+            ihl = (frame[ip] & 0x0F) * 4
+            tcp = ip + ihl
+            sport, dport = struct.unpack_from("!HH", frame, tcp)
+            if ports is not None and sport not in ports and dport not in ports:
+                continue
+            total = struct.unpack_from("!H", frame, ip + 2)[0]
+            data = tcp + (frame[tcp + 12] >> 4) * 4
+            if ip + total > data:
+                out.append(frame[data:ip + total])
+        return out
+
+    def write_pcap(self, path: str) -> None:
+        """The capture as a pcap file (link type Ethernet), readable by tcpdump and Wireshark."""
+        with open(path, "wb") as fh:
+            fh.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 1 << 18, 1))
+            for ts, frame in self.packets:
+                sec = int(ts)
+                fh.write(struct.pack("<IIII", sec, int((ts - sec) * 1e6), len(frame), len(frame)))
+                fh.write(frame)

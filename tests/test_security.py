@@ -1,0 +1,261 @@
+"""CurveZMQ (--secure): the ZAP allow-list, identity from the key, replays, key files,
+and secure multi-process runs on real sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+
+import msgpack
+import pytest
+import zmq
+
+from p2pfl.keys import read_secret
+from p2pfl.transport import Endpoint
+from p2pfl.transport.endpoint import identity
+from p2pfl.transport.probe import LoopbackCapture, can_capture, hostile_clients
+from p2pfl.transport.security import KeyPair, Security
+from p2pfl.transport.wire import pack
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "p2pfl.cli", *args], cwd=ROOT,
+                          capture_output=True, text=True, **kw)
+
+
+@pytest.fixture
+def pair():
+    """Node 0 (receiving) and node 1 (allowed), CURVE endpoints on loopback TCP."""
+    ctx = zmq.Context()
+    k0, k1 = KeyPair.generate(), KeyPair.generate()
+    a = Endpoint(ctx, 0, "tcp://127.0.0.1:*", security=Security(k0, {1: k1.public}))
+    b = Endpoint(ctx, 1, "tcp://127.0.0.1:*", security=Security(k1, {0: k0.public}))
+    yield ctx, a, b, k0, k1
+    a.close(0)
+    b.close(0)
+    ctx.term()
+
+
+def _client(ctx, keys: KeyPair, server: KeyPair, address: str, routing_node) -> zmq.Socket:
+    sock = ctx.socket(zmq.DEALER)
+    sock.curve_secretkey, sock.curve_publickey = keys.secret, keys.public
+    sock.curve_serverkey = server.public
+    sock.setsockopt(zmq.ROUTING_ID, identity(routing_node))
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(address)
+    return sock
+
+
+def _drain(ep: Endpoint, seconds: float) -> list:
+    got, deadline = [], time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        msg = ep.recv(0.1)
+        if msg is not None:
+            got.append(msg)
+    return got
+
+
+def test_zap_admits_the_allow_list_and_counts_each_refusal(pair):
+    ctx, a, b, k0, _ = pair
+    b.connect(0, a.address)
+    for r in (1, 2, 3):
+        b.send(0, "model", r)
+    intruder = hostile_clients(a.address, 20, claim=1, server_key=k0.public, batch=10)
+    plaintext = hostile_clients(a.address, 20, claim=1, batch=10)
+    got = _drain(a, 1.0)
+    assert [(m.src, m.round) for m in got] == [(1, 1), (1, 2), (1, 3)]
+    assert intruder == {"sent": 20, "accepted": 0, "refused": 20, "undecided": 0}
+    assert plaintext == {"sent": 20, "accepted": 0, "refused": 20, "undecided": 0}
+    assert a.counters.dropped["unknown_key"] == 20
+    # A plaintext client that reads the node's greeting first may hang up before it
+    # names its own mechanism: the node then sees a failed handshake, not a mismatch.
+    d = a.counters.dropped
+    assert d["plaintext_peer"] + d["handshake_failed"] == 20 and d["plaintext_peer"] > 0
+
+
+def test_the_sender_is_the_key_not_the_header_nor_the_routing_id(pair):
+    ctx, a, _, k0, k1 = pair
+    k2 = KeyPair.generate()
+    a.security.bind(2, k2.public)
+    liar = _client(ctx, k1, k0, a.address, routing_node=2)  # node 1's key, claims node 2
+    liar.send_multipart(pack("model", 2, 1, 10**17))
+    honest = _client(ctx, k2, k0, a.address, routing_node=7)  # node 2's key, odd routing id
+    honest.send_multipart(pack("model", 2, 1, 10**17))
+    got = _drain(a, 1.0)
+    assert [(m.src, m.round) for m in got] == [(2, 1)]
+    assert a.counters.dropped["spoofed"] == 1
+    liar.close()
+    honest.close()
+
+
+def test_a_replayed_or_older_message_is_dropped(pair):
+    ctx, a, _, k0, k1 = pair
+    sock = _client(ctx, k1, k0, a.address, routing_node=1)
+    for seq in (100, 101, 101, 50, 102):
+        sock.send_multipart(pack("model", 1, 1, seq))
+    got = _drain(a, 1.0)
+    assert [m.seq for m in got] == [100, 101, 102]
+    assert a.counters.dropped["replayed"] == 2
+    sock.close()
+
+
+def test_an_allowed_key_waits_for_its_node_id():
+    """A remote node admits its run's keys from keys.toml and learns later which
+    node each stands for: messages in between are held, then delivered in order."""
+    ctx = zmq.Context()
+    k0, k5 = KeyPair.generate(), KeyPair.generate()
+    a = Endpoint(ctx, 0, "tcp://127.0.0.1:*", security=Security(k0, allowed=[k5.public]))
+    sock = _client(ctx, k5, k0, a.address, routing_node=5)
+    try:
+        for r in (1, 2):
+            sock.send_multipart(pack("model", 5, r, 10**17 + r))
+        assert _drain(a, 0.5) == []
+        a.bind_key(5, k5.public)
+        assert [(m.src, m.round) for m in _drain(a, 0.3)] == [(5, 1), (5, 2)]
+    finally:
+        sock.close()
+        a.close(0)
+        ctx.term()
+
+
+def test_keys_generate_writes_private_secret_keys_and_a_public_table(tmp_path):
+    folder = tmp_path / "keys"
+    res = _cli("keys", "generate", str(folder), "--nodes", "3")
+    assert res.returncode == 0, res.stderr
+    table = (folder / "keys.toml").read_text()
+    for name in ("launcher", "0", "1", "2"):
+        assert stat.S_IMODE(os.stat(folder / f"{name}.key_secret").st_mode) == 0o600
+        public, secret = zmq.auth.load_certificate(str(folder / f"{name}.key_secret"))
+        assert zmq.curve_public(secret) == public and public.decode() in table
+        assert secret.decode() not in table
+        assert zmq.auth.load_certificate(str(folder / f"{name}.key"))[1] is None
+    again = _cli("keys", "generate", str(folder), "--nodes", "3")
+    assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1
+    labels = _cli("keys", "generate", str(tmp_path / "lab"), "--labels", "alice,bob")
+    assert labels.returncode == 0 and (tmp_path / "lab" / "alice.key_secret").exists()
+
+
+def test_loose_key_permissions_warn_and_a_missing_key_is_exit_2(tmp_path, capsys):
+    assert _cli("keys", "generate", str(tmp_path / "k"), "--nodes", "1").returncode == 0
+    path = tmp_path / "k" / "0.key_secret"
+    os.chmod(path, 0o644)
+    read_secret(str(path))
+    assert "readable by others" in capsys.readouterr().err
+    res = _cli("node", "--connect", "tcp://127.0.0.1:9", "--key", str(tmp_path / "nope"))
+    assert res.returncode == 2 and "cannot read key file" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--secure", "--in-process"], "inproc"),
+    (["--secure", "--listen", "tcp://127.0.0.1:9"], "--keys"),
+    (["--keys", "/no/such/folder"], "no such folder"),
+])
+def test_secure_usage_errors_exit_2_before_any_node(tmp_path, flags, words):
+    res = _cli("cluster", "--topology", "ring:3", "--rounds", "1", "--out", str(tmp_path),
+               *flags, timeout=60)
+    assert res.returncode == 2 and words in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "nodes.json").exists()
+
+
+def _nodes_json(out, proc) -> list:
+    path = os.path.join(out, "nodes.json")
+    while not os.path.exists(path):
+        assert proc.poll() is None, "the run ended before it wrote nodes.json"
+        time.sleep(0.02)
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def test_a_secure_cluster_learns_as_a_plain_one_and_refuses_intruders(tmp_path):
+    flags = ["cluster", "--topology", "ring:4", "--dataset", "digits", "--rounds", "40",
+             "--seed", "2", "-q"]
+    plain = _cli(*flags, "--out", str(tmp_path / "plain"), timeout=300)
+    assert plain.returncode == 0, plain.stderr
+    out = str(tmp_path / "secure")
+    proc = subprocess.Popen([sys.executable, "-m", "p2pfl.cli", *flags, "--secure",
+                             "--out", out], cwd=ROOT)
+    try:
+        node0 = _nodes_json(out, proc)[0]
+        intruder = hostile_clients(node0["address"], 30, claim=1,
+                                   server_key=node0["public_key"].encode(), batch=10)
+        plaintext = hostile_clients(node0["address"], 30, claim=1, batch=10)
+        assert proc.wait(timeout=300) == 0
+    finally:
+        proc.kill()
+    s = json.loads((tmp_path / "secure" / "summary.json").read_text())
+    p = json.loads((tmp_path / "plain" / "summary.json").read_text())
+    assert s["secure"] is True and s["failed_nodes"] == {}
+    assert s["accuracy_per_round"] == p["accuracy_per_round"]  # the same learning, exactly
+    assert intruder["accepted"] == plaintext["accepted"] == 0
+    assert s["dropped"].get("unknown_key", 0) == intruder["refused"] > 0
+    d = s["dropped"]
+    assert d.get("plaintext_peer", 0) + d.get("handshake_failed", 0) == plaintext["refused"] > 0
+    nodes = json.loads((tmp_path / "secure" / "nodes.json").read_text())
+    assert all(len(n["public_key"]) == 40 for n in nodes)
+    for name in os.listdir(out):  # no secret key is written anywhere
+        text = open(os.path.join(out, name), "rb").read()
+        assert b"secret" not in text.lower() or name.endswith(".png")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _remote_run(tmp_path, secure: bool) -> tuple:
+    """ring:3 with a listening launcher and `p2pfl node` processes: every socket is TCP."""
+    addr = f"tcp://127.0.0.1:{_free_port()}"
+    keys = tmp_path / "keys"
+    flags = ["cluster", "--topology", "ring:3", "--rounds", "3", "--listen", addr, "-q",
+             "--out", str(tmp_path / "run")]
+    if secure:
+        assert _cli("keys", "generate", str(keys), "--nodes", "3").returncode == 0
+        flags += ["--keys", str(keys)]
+    launcher = subprocess.Popen([sys.executable, "-m", "p2pfl.cli", *flags], cwd=ROOT,
+                                stderr=subprocess.PIPE, text=True)
+    nodes = [subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
+                               "--host", "127.0.0.1",
+                               *(["--key", str(keys / f"{i}.key_secret")] if secure
+                                 else ["--id", str(i)])], cwd=ROOT) for i in range(3)]
+    try:
+        _, err = launcher.communicate(timeout=120)
+        assert launcher.returncode == 0, err
+        assert [n.wait(timeout=60) for n in nodes] == [0, 0, 0]
+    finally:
+        for p in [launcher, *nodes]:
+            p.kill()
+    rows = json.loads((tmp_path / "run" / "nodes.json").read_text())
+    ports = {int(addr.rsplit(":", 1)[1])}
+    ports |= {int(n[k].rsplit(":", 1)[1]) for n in rows for k in ("address", "control")}
+    return json.loads((tmp_path / "run" / "summary.json").read_text()), ports
+
+
+def test_remote_nodes_join_a_secure_launcher_with_key_files(tmp_path):
+    summary, _ = _remote_run(tmp_path, secure=True)
+    assert summary["secure"] and summary["failed_nodes"] == {}
+    assert summary["bytes_sent_total"] > 0 and summary["dropped_total"] == 0
+
+
+HEADER_FIELDS = [b"\xa1k" + msgpack.packb(k) for k in ("join", "config", "hello", "model",
+                                                        "metrics", "bye")] + [b"\xa1v\x01"]
+
+
+@pytest.mark.skipif(can_capture() is not None, reason=str(can_capture()))
+@pytest.mark.parametrize("secure", [False, True])
+def test_a_packet_capture_of_a_secure_run_shows_no_header_field(tmp_path, secure):
+    with LoopbackCapture() as cap:
+        summary, ports = _remote_run(tmp_path, secure)
+    blob = b"\n".join(cap.tcp_payloads(ports))
+    assert len(blob) > 100_000  # the models did cross the wire
+    hits = sum(blob.count(field) for field in HEADER_FIELDS)
+    assert (hits == 0) if secure else (hits > 20)
