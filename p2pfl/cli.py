@@ -40,7 +40,8 @@ CLUSTER_OPTIONS = [
     ("gamma", float, "CHOCO consensus step size"),
     ("participation", float, "reporting fraction in server modes"),
     ("robust", str, "gossip: none, clip[:TAU] (ClippedGossip), trimmed:BETA (BRIDGE-T)"),
-    ("aggregator", str, "fedavg/stc: mean, median, trimmed:BETA, krum:F, multikrum:F:M, clip:TAU"),
+    ("aggregator", str, "fedavg/stc/cfl: mean, median, trimmed:BETA, krum:F, multikrum:F:M, "
+     "clip:TAU, normclip (auto: mean; normclip in cfl)"),
     ("compression_down", str, "server-to-worker codec (auto: as --compression for stc)"),
     ("stc_cache", int, "STC: global updates cached for catch-up (default 10)"),
     ("cfl_eps1", float, "CFL: split when the mean update norm is below this"),

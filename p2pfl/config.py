@@ -83,7 +83,7 @@ class RunConfig:
     # server modes (defaults documented in p2pfl/strategies/*.py)
     participation: float = 1.0
     robust: str = "none"  # gossip: none, clip[:TAU], trimmed:BETA (algorithms/robust.py)
-    aggregator: str = "mean"  # server modes: mean, median, trimmed:B, krum:F, ... (robust.py)
+    aggregator: str = "auto"  # server modes: mean, median, trimmed:B, krum:F, ... (robust.py)
     compression_down: str = "auto"
     stc_cache: int = 10
     cfl_eps1: float = 0.6

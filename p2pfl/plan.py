@@ -225,8 +225,8 @@ def _gossip_options(cfg: RunConfig, algorithm: str, codec: str, learn: LearnSpec
 
 
 def _gossip_plan(cfg: RunConfig, graph, restarts: int = 0) -> Plan:
-    if cfg.aggregator != "mean":
-        raise ConfigError("--aggregator applies to server modes (fedavg, stc); "
+    if cfg.aggregator != "auto":
+        raise ConfigError("--aggregator applies to server modes (fedavg, stc, cfl); "
                           "gossip mixes neighbours' models")
     topo = topo_mod.build(graph if graph is not None else cfg.topology, scheme=cfg.mixing,
                           seed=cfg.seed)
@@ -321,8 +321,8 @@ def _strategy_options(cfg: RunConfig):
     options = STRATEGIES[cfg.mode].options.from_config(cfg)
     if cfg.robust != "none":
         raise ConfigError("--robust applies to gossip; server modes have --aggregator")
-    if cfg.aggregator != "mean" and not hasattr(options, "aggregator"):
-        raise ConfigError(f"--aggregator applies to modes fedavg and stc, not {cfg.mode}")
+    if cfg.aggregator != "auto" and not hasattr(options, "aggregator"):
+        raise ConfigError(f"--aggregator applies to modes fedavg, stc and cfl, not {cfg.mode}")
     for name in ("codec_up", "codec_down"):
         if hasattr(options, name):
             check_codec(getattr(options, name))
@@ -338,9 +338,12 @@ def _server_plan(cfg: RunConfig, graph) -> Plan:
     labels = _server_labels(cfg, graph)
     n = len(labels)
     per_node, learns = _learn_specs(cfg, labels)
-    if any(x.behaviour == "alie" for x in learns):
-        raise ConfigError("behaviour alie needs the other nodes' models, which a worker "
-                          "does not see in server modes; it applies to gossip")
+    colluders = sum(x.behaviour == "alie" for x in learns)
+    if colluders and cfg.mode in ("fd", "cfd"):
+        raise ConfigError(f"behaviour alie shapes model updates; {cfg.mode} exchanges soft "
+                          "labels (use random, noisy, sign_flip, label_flip or silent)")
+    learns = [dataclasses.replace(x, colluders=colluders) if x.behaviour == "alie" else x
+              for x in learns]
     _node_codecs(per_node)  # checked; server modes use the run's codecs for every worker
     runtime = _runtime_spec(cfg)
     availability = _availability(cfg, labels, per_node)  # workers only: the server stays up

@@ -43,6 +43,7 @@ class LearnSpec:
     local_steps: int
     local_epochs: int
     behaviour: str = "honest"
+    colluders: int = 0  # server-mode alie: how many workers attack together (its z)
     slowdown: float = 1.0  # local work takes this many times as long as it really took
     momentum_mode: str = "local"  # "quasi-global" for CHOCO (training.QuasiGlobalMomentum)
 

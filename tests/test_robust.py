@@ -81,5 +81,96 @@ def test_aggregator_is_refused_where_it_does_not_apply():
 
     with pytest.raises(ConfigError, match="server modes"):
         plan(RunConfig(topology="ring:4", aggregator="median"))
-    with pytest.raises(ConfigError, match="fedavg and stc"):
-        plan(RunConfig(mode="cfl", nodes=4, aggregator="median"))
+    with pytest.raises(ConfigError, match="fedavg, stc and cfl"):
+        plan(RunConfig(mode="fd", nodes=4, aggregator="median"))
+    with pytest.raises(ConfigError, match="centred clipping"):
+        plan(RunConfig(mode="cfl", nodes=4, aggregator="clip:1"))
+    assert plan(RunConfig(mode="cfl", nodes=4, aggregator="median")).specs
+
+
+def test_normclip_scales_each_update_to_the_median_norm_then_averages():
+    ups, w = [t(3, 4), t(0, 1), t(0, 2), t(0, 100)], [1, 1, 1, 1]  # norms 5, 1, 2, 100
+    # median of the norms (torch: the lower middle) is 2: 5 -> 2, 1 stays, 2 stays, 100 -> 2
+    expected = (t(1.2, 1.6) + t(0, 1) + t(0, 2) + t(0, 2)) / 4
+    assert torch.allclose(parse_aggregator("normclip")(ups, w), expected)
+    assert torch.allclose(parse_aggregator("normclip")(ups, [2, 0, 0, 0]), t(1.2, 1.6))
+
+
+def test_cfl_combines_cluster_updates_with_its_aggregator():
+    from p2pfl.strategies.cfl import split_criterion
+
+    honest = [t(1, 0), t(1, 0.1), t(1, -0.1)]
+    huge = honest + [t(-1000, 0)]
+    assert split_criterion(huge, parse_aggregator("mean"))[0] > 200  # the outlier dominates
+    assert split_criterion(huge)[0] < 1.1  # normclip, the default, sees the honest ones
+    assert split_criterion(huge, parse_aggregator("median"))[0] == pytest.approx(1.0)
+
+
+def test_a_server_mode_alie_worker_sends_mean_minus_z_std_of_its_own_probes():
+    from p2pfl.algorithms.attacks import alie_z
+    from p2pfl.strategies.fedavg import ALIE_PROBES
+    from tests._strategy_ctx import client
+
+    class ProbingLearner:  # each local training moves the model by a different step
+        num_params, num_samples, _node_id = 3, 10, 0
+
+        def __init__(self):
+            self.flat, self.calls = torch.zeros(3), 0
+
+        def get_flat(self):
+            return self.flat.clone()
+
+        def set_flat(self, x):
+            self.flat = x.clone()
+
+        def train(self):
+            self.calls += 1
+            self.flat = self.flat + torch.tensor([1.0, float(self.calls), -float(self.calls)])
+            return 0.0
+
+    learner = ProbingLearner()
+    worker = client("fedavg", learner, "alie", compression="none")
+    assert worker.alie_z == alie_z(4, 1) == 0.0  # 4 workers, one colluder: z = 0
+    assert alie_z(10, 2) > 0.25  # 10 workers, 2 colluders
+    worker.alie_z = 1.5
+    base = torch.tensor([5.0, 5.0, 5.0])
+    worker.apply(1, worker_packet(base))
+    worker.fit()
+    sent = worker.update()
+    probes = torch.stack([torch.tensor([1.0, k, -k]) for k in range(1, ALIE_PROBES + 1)])
+    z = 1.5
+    assert learner.calls == ALIE_PROBES and torch.equal(learner.flat, base)
+    assert torch.allclose(sent, probes.mean(0) - z * probes.std(0))
+
+
+def worker_packet(model):
+    from p2pfl.strategies.base import dense_packet
+
+    return dense_packet(model)
+
+
+BEHAVIOURS_TOML = "".join(f'[nodes.{i}]\nbehaviour = "{b}"\n' for i, b in enumerate(
+    ["random", "label_flip", "noisy", "sign_flip", "alie", "silent"]))
+
+
+@pytest.mark.parametrize("mode", ["gossip", "fedavg"])
+def test_every_behaviour_runs_in_both_modes(tmp_path, mode):
+    from p2pfl import run_cluster
+
+    prof = tmp_path / "all.toml"
+    prof.write_text(BEHAVIOURS_TOML)
+    where = {"topology": "complete:8"} if mode == "gossip" else {"mode": mode, "nodes": 8,
+                                                                  "aggregator": "median"}
+    res = run_cluster(**where, rounds=4, quiet=True, in_process=True, round_timeout=1.0,
+                      robust="clip:0.5" if mode == "gossip" else "none",
+                      profiles=str(prof), out=str(tmp_path / "run"))
+    s = res.summary
+    silent = [r for r in res.metrics if r.get("node") == 5 and r.get("bytes_sent")]
+    assert s["failed_nodes"] == {} and silent == []  # the silent one sends nothing
+    assert s["accuracy_mean_honest"] is not None  # 6 of 8 lie: robustness is tested above
+    for node in range(5):  # every other Byzantine node did send, every round
+        sent = [r for r in res.metrics if r.get("node") == node and r.get("bytes_sent")]
+        assert len(sent) == 4, node
+    if mode != "gossip":
+        assert sorted(s["behaviours"].values()) == sorted(
+            ["random", "label_flip", "noisy", "sign_flip", "alie", "silent"])

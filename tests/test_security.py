@@ -247,7 +247,7 @@ def test_remote_nodes_join_a_secure_launcher_with_key_files(tmp_path):
 
 
 HEADER_FIELDS = [b"\xa1k" + msgpack.packb(k) for k in ("join", "config", "hello", "model",
-                                                        "metrics", "bye")] + [b"\xa1v\x01"]
+                                                        "metrics", "bye")] + [b"\xa1v\x01\xa1k"]
 
 
 @pytest.mark.skipif(can_capture() is not None, reason=str(can_capture()))

@@ -22,7 +22,7 @@ from statistics import NormalDist
 import numpy as np
 import torch
 
-__all__ = ["corrupt", "SIGN_FLIP_SCALE", "RANDOM_SCALE", "GOSSIP_BEHAVIOURS"]
+__all__ = ["corrupt", "alie_z", "SIGN_FLIP_SCALE", "RANDOM_SCALE", "GOSSIP_BEHAVIOURS"]
 
 SIGN_FLIP_SCALE = 4.0
 RANDOM_SCALE = 100.0

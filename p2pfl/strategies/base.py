@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..algorithms.attacks import GOSSIP_BEHAVIOURS, SIGN_FLIP_SCALE
+from ..algorithms.attacks import GOSSIP_BEHAVIOURS, SIGN_FLIP_SCALE, alie_z
 from ..algorithms.base import Packet, dense_packet, dense_tensor
 from ..errors import ConfigError
 
@@ -178,6 +178,7 @@ class ClientStrategy:
             raise ConfigError(f"unknown behaviour {self.behaviour!r}; valid: "
                               f"{', '.join(BEHAVIOURS)}")
         self.rng = np.random.default_rng(learn.seed * 31 + 17 + learner._node_id)
+        self.alie_z = alie_z(learn.num_nodes, max(1, learn.colluders))
         if self.behaviour == "label_flip":
             learner.flip_labels()
 
@@ -227,7 +228,7 @@ def behave(update: torch.Tensor, behaviour: str, rng: np.random.Generator) -> to
     ``honest``, ``silent`` (the worker sends nothing) and ``label_flip`` (which
     acts on the data): unchanged.
     """
-    if behaviour in ("honest", "label_flip", "silent"):
+    if behaviour in ("honest", "label_flip", "silent", "alie"):  # alie: FedAvgClient._alie
         return update
     if behaviour == "sign_flip":  # −k times the honest update
         return -SIGN_FLIP_SCALE * update

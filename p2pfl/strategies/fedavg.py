@@ -72,6 +72,10 @@ class FedAvg(Strategy):
         self.aggregator.last = None if last is None else model_from_state(last, self.ctx.init)
 
 
+#: Honest updates an ``alie`` worker computes to estimate the mean and spread.
+ALIE_PROBES = 5
+
+
 class FedAvgClient(ClientStrategy):
     """Worker: load W, train, send ΔW = W_local − W (as its behaviour dictates)."""
 
@@ -85,8 +89,24 @@ class FedAvgClient(ClientStrategy):
         """This round's update ΔW after ``fit``, shaped by the behaviour; the
         learner is set back to the received model."""
         delta = self.learner.get_flat() - self.base
+        if self.behaviour == "alie":
+            delta = self._alie(delta)
         self.learner.set_flat(self.base)
         return behave(delta, self.behaviour, self.rng)
+
+    def _alie(self, first: torch.Tensor) -> torch.Tensor:
+        """"A little is enough" (Baruch et al., NeurIPS 2019) without seeing anyone
+        else's update: per coordinate μ − z·σ of :data:`ALIE_PROBES` honest updates
+        this worker computes from W on fresh mini-batches of its own data, with
+        z = Φ⁻¹((n − s)/n), s = ⌊n/2 + 1⌋ − f, for the run's n workers of which f
+        collude (``LearnSpec.colluders``)."""
+        probes = [first]
+        for _ in range(ALIE_PROBES - 1):
+            self.learner.set_flat(self.base)
+            self.fit()
+            probes.append(self.learner.get_flat() - self.base)
+        stack = torch.stack(probes)
+        return stack.mean(0) - self.alie_z * stack.std(0)
 
     def reply(self, rnd: int) -> Packet:
         packet = dense_packet(self.update())

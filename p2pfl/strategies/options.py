@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from .robust import parse_aggregator
+from .robust import parse_aggregator, resolve
 
 __all__ = ["FedAvgOptions", "STCOptions", "CFLOptions", "FDOptions"]
 
@@ -33,7 +33,7 @@ class FedAvgOptions:
 
     @classmethod
     def from_config(cls, cfg) -> "FedAvgOptions":
-        return cls(participation=cfg.participation, aggregator=cfg.aggregator)
+        return cls(participation=cfg.participation, aggregator=resolve(cfg.aggregator, "mean"))
 
 
 @dataclass(frozen=True)
@@ -64,28 +64,33 @@ class STCOptions:
         ef = cfg.error_feedback != "off"
         return cls(participation=cfg.participation, codec_up=up, codec_down=down,
                    cache=cfg.stc_cache, error_feedback_up=ef, error_feedback_down=ef,
-                   aggregator=cfg.aggregator)
+                   aggregator=resolve(cfg.aggregator, "mean"))
 
 
 @dataclass(frozen=True)
 class CFLOptions:
     """CFL: split a cluster when its mean update norm is below ``eps1`` and its
-    largest above ``eps2``, after ``warmup`` rounds of training."""
+    largest above ``eps2``, after ``warmup`` rounds of training; within a cluster,
+    updates are combined by ``aggregator`` (default ``normclip``)."""
 
     participation: float = 1.0
     eps1: float = 0.6
     eps2: float = 1.2
     warmup: int = 10
+    aggregator: str = "normclip"  # robust.parse_aggregator, without clip:TAU
 
     def __post_init__(self) -> None:
         _fraction(self.participation)
         if not (self.eps1 >= 0 and self.eps2 >= 0 and self.warmup >= 0):
             raise ConfigError("cfl_eps1, cfl_eps2 and cfl_warmup must be >= 0")
+        if parse_aggregator(self.aggregator).name == "clip":
+            raise ConfigError("cfl: centred clipping (clip:TAU) keeps one state per cluster "
+                              "and is not supported; use normclip, median, trimmed or krum")
 
     @classmethod
     def from_config(cls, cfg) -> "CFLOptions":
         return cls(participation=cfg.participation, eps1=cfg.cfl_eps1, eps2=cfg.cfl_eps2,
-                   warmup=cfg.cfl_warmup)
+                   warmup=cfg.cfl_warmup, aggregator=resolve(cfg.aggregator, "normclip"))
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,14 @@
 * ``multikrum:F:M``: the mean of the M best-scored updates (Blanchard et al. 2017);
 * ``clip:TAU``: centred clipping (Karimireddy, He, Jaggi, ICML 2021),
   v ← v + (1/n) Σ_i clip(Δ_i − v, τ) with clip(z, τ) = z · min(1, τ/‖z‖),
-  iterated L = 3 times from the last round's aggregate.
+  iterated L = 3 times from the last round's aggregate;
+* ``normclip``: each Δ_i scaled down to at most the median update norm, then
+  the data-size weighted mean.  Not from a paper: it is the safeguard our CFL
+  has always used (its default there), available to FedAvg and STC too.
 
-Only ``mean`` uses the data sizes: the robust rules treat every update alike, as
-the papers do.  All are pure functions of their inputs, except that centred
+``mean`` and ``normclip`` use the data sizes: the other robust rules treat every
+update alike, as the papers do.  ``auto`` (the flag's default) is ``mean`` in
+FedAvg and STC and ``normclip`` in CFL.  All are pure functions of their inputs, except that centred
 clipping starts from the previous aggregate (kept in :class:`Aggregator`).
 """
 
@@ -28,9 +32,11 @@ from ..errors import ConfigError
 from .base import weighted_mean
 
 __all__ = ["Aggregator", "parse_aggregator", "coordinate_median", "trimmed_mean",
-           "krum_scores", "multi_krum", "centred_clip", "AGGREGATORS"]
+           "krum_scores", "multi_krum", "centred_clip", "clip_to_median", "AGGREGATORS",
+           "resolve"]
 
-AGGREGATORS = ("mean", "median", "trimmed:BETA", "krum:F", "multikrum:F:M", "clip:TAU")
+AGGREGATORS = ("mean", "median", "trimmed:BETA", "krum:F", "multikrum:F:M", "clip:TAU",
+               "normclip")
 CLIP_ITERATIONS = 3
 
 
@@ -88,6 +94,13 @@ def centred_clip(updates: list, tau: float, start: torch.Tensor,
     return v.to(torch.float32)
 
 
+def clip_to_median(updates: list) -> list:
+    """Each update scaled down to at most the median update norm."""
+    norms = torch.stack([u.norm() for u in updates])
+    cap = float(norms.median())
+    return [u * min(1.0, cap / max(float(n), 1e-12)) for u, n in zip(updates, norms)]
+
+
 @dataclass
 class Aggregator:
     """A parsed ``--aggregator`` spec; call it on ``(updates, weights)``."""
@@ -102,6 +115,8 @@ class Aggregator:
     def __call__(self, updates: list, weights: list) -> torch.Tensor:
         if self.name == "mean":
             return weighted_mean(updates, weights)
+        if self.name == "normclip":
+            return weighted_mean(clip_to_median(updates), weights)
         if self.name == "median":
             return coordinate_median(updates)
         if self.name == "trimmed":
@@ -121,10 +136,16 @@ def _number(text: str, kind: type, spec: str):
                           f"{'an integer' if kind is int else 'a number'}") from None
 
 
+def resolve(spec: str, default: str) -> str:
+    """``--aggregator`` with ``auto`` replaced by a strategy's ``default``."""
+    return default if spec == "auto" else spec
+
+
 def parse_aggregator(spec: str) -> Aggregator:
     """``mean``, ``median``, ``trimmed:BETA``, ``krum:F``, ``multikrum:F:M``, ``clip:TAU``."""
     name, *args = str(spec).split(":")
-    shapes = {"mean": 0, "median": 0, "trimmed": 1, "krum": 1, "multikrum": 2, "clip": 1}
+    shapes = {"mean": 0, "median": 0, "trimmed": 1, "krum": 1, "multikrum": 2, "clip": 1,
+              "normclip": 0}
     if shapes.get(name) != len(args):
         raise ConfigError(f"unknown aggregator {spec!r}; valid: {', '.join(AGGREGATORS)}")
     if name == "trimmed":
