@@ -161,6 +161,8 @@ class RunConfig:
         if self.transport == "inproc" and not self.in_process:
             raise ConfigError("--transport inproc needs --in-process (one process for all nodes)")
         if self.keys is not None:
+            if not os.path.isdir(self.keys):
+                raise ConfigError(f"--keys {self.keys}: no such folder")
             object.__setattr__(self, "secure", True)
         if self.secure and self.transport == "inproc":
             raise ConfigError("--secure needs --transport tcp or ipc: CurveZMQ does not run "
