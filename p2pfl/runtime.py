@@ -183,6 +183,9 @@ class Runtime:
             "dropped": dict(c.dropped),
             "messages_sent": c.count("sent", peers=peers),
             "emulated_lost": self.endpoint.emulated_lost,
+            "wire_bytes": sum(c.wire[j] for j in peers),  # handshakes and framing included
+            "framing_bytes": sum(c.wire[j] for j in peers) - c.total("sent", peers=peers),
+            "setup_bytes": sum(c.setup[j] for j in peers),
         }
         out.update(extra)
         return out

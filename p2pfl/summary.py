@@ -34,6 +34,11 @@ def run_summary(plan, sink, nodes: dict, wall: float, control_bytes: int) -> dic
         "compression_ratio": dense / sent if dense and sent else None,
         "handshake_bytes": int(sum(f.get("handshake_bytes", 0) for f in finals)),
         "control_bytes": control_bytes,
+        # node to node on the wire: messages with ZMTP framing, plus connection set-up
+        "wire_bytes_total": int(sum(f.get("wire_bytes", 0) + f.get("setup_bytes", 0)
+                                    for f in finals)),
+        "framing_bytes_total": int(sum(f.get("framing_bytes", 0) for f in finals)),
+        "setup_bytes_total": int(sum(f.get("setup_bytes", 0) for f in finals)),
         "misses_total": int(sum(n for f in finals for _, n in f.get("misses", []))),
         "dropped_total": int(sum(sum(f.get("dropped", {}).values()) for f in finals)),
         "dropped": _dropped_by_reason(finals),

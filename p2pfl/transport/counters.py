@@ -11,8 +11,9 @@ class ByteCounter:
     """Counts the bytes handed to and taken from the sockets.
 
     A message's size is the sum of its frame lengths, the msgpack header frame
-    included.  ZeroMQ adds its own framing on top (2 bytes per frame under 256
-    bytes, 9 bytes above), which is not counted here.
+    included.  What ZeroMQ adds on top (:mod:`~p2pfl.transport.framing`) is
+    counted apart: ``wire`` is each sent message's size on the wire, framing
+    included, and ``setup`` each connection's greetings and handshake.
     """
 
     def __init__(self) -> None:
@@ -21,9 +22,15 @@ class ByteCounter:
         self._count = {"sent": defaultdict(Counter), "received": defaultdict(Counter)}
         self.messages = Counter()  # (direction, kind) -> count
         self.dropped = Counter()  # reason -> count
+        self.wire = Counter()  # peer -> bytes sent on the wire, ZMTP framing included
+        self.setup = Counter()  # peer -> connection set-up bytes (both directions)
 
-    def add(self, direction: str, peer, round: int, nbytes: int, kind: str) -> None:
-        """Record one message of ``nbytes`` sent to or received from ``peer``."""
+    def add(self, direction: str, peer, round: int, nbytes: int, kind: str,
+            wire: int = 0) -> None:
+        """Record one message of ``nbytes`` (``wire`` on the wire) sent to or received
+        from ``peer``."""
+        if wire:
+            self.wire[peer] += wire
         self._bytes[direction][peer][round] += nbytes
         self._count[direction][peer][round] += 1
         self.messages[(direction, kind)] += 1

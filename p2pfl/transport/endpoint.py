@@ -32,6 +32,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from .counters import ByteCounter
+from .framing import setup_bytes, wire_bytes
 from .links import LinkEmulator, LinkSpec
 from .security import HANDSHAKE_EVENTS, Security, gate, handshake_drop
 from .wire import DEFAULT_LIMITS, Limits, Message, ProtocolError, pack, unpack
@@ -147,6 +148,8 @@ class Endpoint:
         table = self._commands if control else self._peers
         if peer in table:
             return
+        if not control:
+            self.counters.setup[peer] += setup_bytes(self._identity, self.security is not None)
         if self._link is not None and emulated and not control:
             self._link.connect(peer, address)
             table[peer] = self._link
@@ -206,8 +209,10 @@ class Endpoint:
         elif not self._put(sock, parts, COMMAND_WAIT_S if command and kind != "heartbeat" else 0):
             self.counters.drop("command_queue_full" if command else "send_queue_full")
             return 0
-        nbytes = sum(len(p) if isinstance(p, bytes) else memoryview(p).nbytes for p in parts)
-        self.counters.add("sent", peer, round, nbytes, kind)
+        sizes = [len(p) if isinstance(p, bytes) else memoryview(p).nbytes for p in parts]
+        nbytes = sum(sizes)
+        self.counters.add("sent", peer, round, nbytes, kind,
+                          wire=wire_bytes(sizes, self.security is not None))
         return nbytes
 
     @staticmethod

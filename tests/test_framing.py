@@ -1,0 +1,65 @@
+"""Bytes on the wire, ZeroMQ's framing included (issue 10): the arithmetic against the
+ZMTP 3.1 and CurveZMQ layouts, and summary.json against a loopback packet capture."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import os
+
+import pytest
+
+from p2pfl.transport.framing import frame_overhead, setup_bytes, wire_bytes
+from p2pfl.transport.probe import LoopbackCapture, can_capture
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_zmtp_frames_carry_two_or_nine_bytes_of_framing():
+    assert [frame_overhead(n) for n in (0, 10, 255, 256, 10**6)] == [2, 2, 2, 9, 9]
+    assert wire_bytes([10, 300]) == 10 + 2 + 300 + 9
+
+
+def test_curve_frames_travel_in_message_commands():
+    # body: name (1 + 7), nonce (8), MAC (16), flags (1), data; then framed as usual
+    assert frame_overhead(10, curve=True) == 33 + 2
+    assert frame_overhead(222, curve=True) == 33 + 2  # body 255: still a short frame
+    assert frame_overhead(223, curve=True) == 33 + 9
+    assert wire_bytes([10, 300], curve=True) == 45 + 342
+
+
+def test_connection_set_up_is_greetings_plus_the_handshake():
+    # NULL: 2 greetings of 64 B; READY each way with Socket-Type and Identity properties
+    client = 2 + (1 + 5) + (1 + 11 + 4 + 6) + (1 + 8 + 4 + 2)
+    server = 2 + (1 + 5) + (1 + 11 + 4 + 6) + (1 + 8 + 4 + 0)
+    assert setup_bytes(b"P\x05") == 128 + client + server == 216
+    assert setup_bytes(b"P\x05", curve=True) == 870  # as captured on loopback
+
+
+def _run(tmp_path, name, *flags) -> dict:
+    out = tmp_path / name
+    subprocess.run([sys.executable, "-m", "p2pfl.cli", "cluster", "--topology", "ring:4",
+                    "--dataset", "digits", "--rounds", "5", "-q", "--out", str(out), *flags],
+                   cwd=ROOT, check=True, timeout=300)
+    return json.loads((out / "summary.json").read_text()), json.loads(
+        (out / "nodes.json").read_text())
+
+
+def test_wire_bytes_are_the_application_bytes_plus_framing_plus_set_up(tmp_path):
+    s, _ = _run(tmp_path, "plain")
+    app = s["bytes_sent_counted_by_nodes"] + s["handshake_bytes"]
+    assert s["wire_bytes_total"] == app + s["framing_bytes_total"] + s["setup_bytes_total"]
+    assert s["setup_bytes_total"] == 8 * 216  # 8 connections (ring:4, both ways)
+    assert 0 < s["framing_bytes_total"] < 0.01 * app
+
+
+@pytest.mark.skipif(can_capture() is not None, reason=str(can_capture()))
+@pytest.mark.parametrize("flags", [(), ("--compression", "stc:0.05+golomb"), ("--secure",)])
+def test_wire_bytes_match_a_packet_capture_of_the_node_ports(tmp_path, flags):
+    with LoopbackCapture() as cap:
+        s, nodes = _run(tmp_path, "run", *flags)
+    ports = {int(n["address"].rsplit(":", 1)[1]) for n in nodes}
+    captured = sum(len(p) for p in cap.tcp_payloads(ports))
+    assert captured > 0
+    assert abs(s["wire_bytes_total"] - captured) <= 0.02 * captured
