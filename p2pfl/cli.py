@@ -26,7 +26,8 @@ CLUSTER_OPTIONS = [
     ("data_dir", str, "folder for dataset files"),
     ("partition", str, "iid, dirichlet:ALPHA, shards:S or groups:K"),
     ("model", str, "mlp[:H], cnn or logreg"),
-    ("local_steps", int, "local SGD steps per round (default 2 in gossip, 10 in server modes)"),
+    ("local_steps", int, "local SGD steps per round (default 2 in gossip, 10 in server modes; "
+     "0: exchange only, no training or evaluation)"),
     ("local_epochs", int, "local epochs per round (overrides --local-steps when > 0)"),
     ("batch_size", int, "mini-batch size"),
     ("lr", float, "learning rate (default 0.1 in gossip, 0.05 in server modes)"),

@@ -139,8 +139,9 @@ class RunConfig:
         for name in ("local_steps", "local_epochs", "seed"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
-        if self.local_steps == 0 and self.local_epochs == 0:
-            raise ConfigError("one of --local-steps and --local-epochs must be positive")
+        if self.exchange_only and self.mode != "gossip":
+            raise ConfigError("--local-steps 0 (exchange only, no training) applies to gossip; "
+                              "server modes train and evaluate every round")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
         if not 0 <= self.momentum < 1:
@@ -170,6 +171,11 @@ class RunConfig:
         if self.secure and self.listen and self.keys is None:
             raise ConfigError("--secure with --listen needs --keys DIR: remote nodes need keys "
                               "made ahead (p2pfl keys generate DIR --nodes N)")
+
+    @property
+    def exchange_only(self) -> bool:
+        """``--local-steps 0`` (and no epochs): nodes exchange, never train or evaluate."""
+        return self.local_steps == 0 and self.local_epochs == 0
 
     def replace(self, **changes) -> "RunConfig":
         return dataclasses.replace(self, **changes)

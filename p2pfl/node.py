@@ -237,7 +237,8 @@ class GossipNode:
         vector = None
         if evaluate and self.run_spec.consensus:
             vector = self.learner.get_flat().numpy()
-        fields = {"loss": float(loss), "test_loss": test_loss, "accuracy": acc,
+        fields = {"loss": float(loss) if loss == loss else None,  # nan: no training
+                  "test_loss": test_loss, "accuracy": acc,
                   "neighbours_heard": arrived, "misses": sum(self.misses.values())}
         if self.asynchronous:
             fields["staleness"] = (sum(self.staleness) / len(self.staleness)

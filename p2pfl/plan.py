@@ -176,7 +176,8 @@ def _learn_specs(cfg: RunConfig, labels: list) -> tuple[list, list]:
 def _runtime_spec(cfg: RunConfig, schedule: str = "sync") -> RuntimeSpec:
     return RuntimeSpec(rounds=cfg.rounds, round_timeout=cfg.round_timeout,
                        start_timeout=cfg.start_timeout, eval_every=cfg.eval_every,
-                       consensus=cfg.consensus, schedule=schedule)
+                       consensus=cfg.consensus, schedule=schedule,
+                       exchange_only=cfg.exchange_only)
 
 
 # ------------------------------------------------------------------ gossip

@@ -59,8 +59,6 @@ class LearnSpec:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.local_steps < 0 or self.local_epochs < 0:
             raise ConfigError("local_steps and local_epochs must be >= 0")
-        if self.local_steps == 0 and self.local_epochs == 0:
-            raise ConfigError("one of local_steps and local_epochs must be positive")
         if len(self.shares) != self.num_nodes or not all(s > 0 for s in self.shares):
             raise ConfigError("data_share must be positive for every node")
         if self.momentum_mode not in ("local", "quasi-global"):
@@ -83,9 +81,13 @@ class RuntimeSpec:
     # Nodes come and go (churn, restarts): a node says when it leaves (offline, or
     # done with its rounds) so that its neighbours stop waiting for it.
     presence: bool = False
+    exchange_only: bool = False  # --local-steps 0: no training, no evaluation
 
     def evaluates(self, rnd: int) -> bool:
-        """Whether round ``rnd`` is evaluated: every ``eval_every``-th and the last."""
+        """Whether round ``rnd`` is evaluated: every ``eval_every``-th and the last
+        (none when the run only exchanges)."""
+        if self.exchange_only:
+            return False
         return rnd % self.eval_every == 0 or rnd == self.rounds
 
 
