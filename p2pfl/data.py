@@ -103,17 +103,49 @@ def _stratified_split(y, test_frac, seed):
     return np.sort(order[~is_test]), np.sort(order[is_test])
 
 
-def _load_digits(seed):
+def _digits_arrays(cache_dir):
+    """scikit-learn's bundled 8×8 digits (1,797 images), read once through
+    scikit-learn and cached as ``.npz``: importing scikit-learn costs about
+    1.5 s, more than a small run takes."""
+    path = _cache_dir(cache_dir) / "digits-v1.npz"
+    arrays = _read_npz(path, ("data", "target"))
+    if arrays is not None:
+        return arrays
     try:
         from sklearn.datasets import load_digits
     except ImportError:
         raise DataError("dataset 'digits' needs scikit-learn: "
                         "pip install scikit-learn") from None
     bunch = load_digits()
-    x = (bunch.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
-    y = bunch.target.astype(np.int64)
+    arrays = {"data": np.asarray(bunch.data), "target": np.asarray(bunch.target)}
+    _write_npz(path, arrays)
+    return arrays
+
+
+def _load_digits(seed, cache_dir=None):
+    a = _digits_arrays(cache_dir)
+    x = (a["data"].astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
+    y = a["target"].astype(np.int64)
     tr, te = _stratified_split(y, 0.2, seed)
     return _make("digits", x[tr], y[tr], x[te], y[te], 10)
+
+
+def _read_npz(path, keys):
+    """The arrays of a cached ``.npz``, or None when it is missing or corrupt."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as z:
+            return {k: z[k] for k in keys}
+    except (OSError, ValueError, KeyError):
+        return None  # corrupt cache: make it again
+
+
+def _write_npz(path, arrays) -> None:
+    try:
+        _atomic_savez(path, **arrays)
+    except OSError:
+        pass  # an unwritable cache only costs the time to make the arrays again
 
 
 def _cache_dir(cache_dir):
@@ -131,23 +163,18 @@ def _atomic_savez(path, **arrays):
 def _mnist1d_arrays(cache_dir):
     """The standard MNIST-1D arrays, generated once and cached as ``.npz``."""
     path = _cache_dir(cache_dir) / "mnist1d-v1-4000-42.npz"
-    if path.exists():
-        try:
-            with np.load(path) as z:
-                return {k: z[k] for k in ("x", "y", "x_test", "y_test")}
-        except (OSError, ValueError, KeyError):
-            pass  # corrupt cache: regenerate
+    keys = ("x", "y", "x_test", "y_test")
+    arrays = _read_npz(path, keys)
+    if arrays is not None:
+        return arrays
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError:
         raise DataError("dataset 'mnist1d' needs the mnist1d package: "
                         "pip install mnist1d") from None
     raw = make_dataset(get_dataset_args())
-    arrays = {k: np.asarray(raw[k]) for k in ("x", "y", "x_test", "y_test")}
-    try:
-        _atomic_savez(path, **arrays)
-    except OSError:
-        pass  # an unwritable cache only costs regeneration time
+    arrays = {k: np.asarray(raw[k]) for k in keys}
+    _write_npz(path, arrays)
     return arrays
 
 
@@ -269,7 +296,7 @@ def load_dataset(name: str, *, seed: int = 0, data_dir: str | None = None,
     """
     kind, _, arg = str(name).partition(":")
     if kind == "digits" and not arg:
-        return _load_digits(seed)
+        return _load_digits(seed, cache_dir)
     if kind == "mnist1d" and not arg:
         return _load_mnist1d(cache_dir)
     if kind == "synthetic":

@@ -22,12 +22,11 @@ __all__ = ["Learner", "shared_dataset", "shard_indices", "warm_up", "public_indi
 
 
 def warm_up() -> None:
-    """Import torch's lazily loaded optimizer machinery once (about 1.5 s).
-
-    Called in the launcher before it forks the nodes, so that every node
-    process inherits it instead of importing it again on 2 shared cores.
-    """
-    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    """Pay torch's one-time lazy costs once, in the launcher, before it forks the
+    nodes: one forward and backward pass of a tiny model (autograd's first use).
+    ``torch.optim`` is not used at all (:class:`~p2pfl.training.SGD`)."""
+    w = torch.zeros(2, requires_grad=True)
+    (w * 2.0).sum().backward()
 
 
 @functools.lru_cache(maxsize=4)
