@@ -1,0 +1,141 @@
+"""Transport throughput against raw pyzmq, in the same run (issue 10).
+
+    python benchmarks/transport.py [--rounds 20]
+
+* ``ours``: ``p2pfl cluster --topology ring:8 --local-steps 0`` (exchange only: every
+  round each node sends its whole model to both neighbours and waits for theirs) with
+  models of about 10 K, 1 M and 10 M float32 parameters (``mlp:135``, ``mlp:13500``,
+  ``mlp:135000`` on digits).  Throughput = bytes sent after round 1 / time from the
+  end of round 1 to the end of the last round (the nodes' own clocks).
+* ``raw``: 8 processes in a ring, each with a PULL socket and a PUSH to each
+  neighbour over loopback TCP, each sending the same vector to both neighbours and
+  receiving two, the same number of times, in lock-step with nothing else to do.
+
+Alternates raw, ours, raw, ours per size; prints the ratio of the medians and the
+time per round at 10 K parameters (the per-message overhead: ours minus raw, per
+message a node handles).  Writes benchmarks/results/transport.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from p2pfl.metrics import read_metrics, write_json_atomic  # noqa: E402
+
+SIZES = {"10K": "mlp:135", "1M": "mlp:13500", "10M": "mlp:135000"}
+NODES = 8
+
+
+def _raw_node(i: int, ports: list, nbytes: int, rounds: int, barrier, out) -> None:
+    import zmq
+
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.bind(f"tcp://127.0.0.1:{ports[i]}")
+    pushes = []
+    for j in ((i - 1) % NODES, (i + 1) % NODES):
+        s = ctx.socket(zmq.PUSH)
+        s.connect(f"tcp://127.0.0.1:{ports[j]}")
+        pushes.append(s)
+    data = bytes(nbytes)
+    for s in pushes:  # warm the connections
+        s.send(b"x")
+    for _ in pushes:
+        pull.recv()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        for s in pushes:
+            s.send(data, copy=False)
+        for _ in pushes:
+            pull.recv(copy=False)
+    out.put((i, time.perf_counter() - t0))
+    barrier.wait()
+    ctx.destroy(linger=0)
+
+
+def raw_ring(nbytes: int, rounds: int) -> dict:
+    import socket
+
+    ports = []
+    for _ in range(NODES):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    ctx = mp.get_context("fork")
+    barrier, out = ctx.Barrier(NODES), ctx.Queue()
+    procs = [ctx.Process(target=_raw_node, args=(i, ports, nbytes, rounds, barrier, out))
+             for i in range(NODES)]
+    for p in procs:
+        p.start()
+    times = [out.get(timeout=600)[1] for _ in procs]
+    for p in procs:
+        p.join(60)
+    elapsed = max(times)
+    sent = NODES * 2 * rounds * nbytes
+    return {"mb_s": sent / elapsed / 1e6, "s_per_round": elapsed / rounds}
+
+
+def ours(model: str, rounds: int, tmp: str) -> dict:
+    out = os.path.join(tmp, model.replace(":", "_"))
+    flags = ["--topology", "ring:8", "--dataset", "digits", "--model", model,
+             "--local-steps", "0", "--rounds", str(rounds + 1), "--no-consensus",
+             "--round-timeout", "120", "-q", "--out", out]
+    subprocess.run([sys.executable, "-m", "p2pfl.cli", "cluster", *flags], cwd=ROOT,
+                   check=True)
+    recs = read_metrics(os.path.join(out, "metrics.jsonl"))
+    end = {}
+    for r in recs:
+        end[r["round"]] = max(end.get(r["round"], 0.0), r["wall_s"])
+    elapsed = end[rounds + 1] - end[1]
+    sent = sum(r["bytes_sent"] for r in recs if r["round"] > 1)
+    with open(os.path.join(out, "summary.json")) as fh:
+        s = json.load(fh)
+    return {"mb_s": sent / elapsed / 1e6, "s_per_round": elapsed / rounds,
+            "message_bytes": sent // (NODES * 2 * rounds), "misses": s["misses_total"],
+            "num_params": s["num_params"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="p2pfl-transport-") as tmp:
+        for name, model in SIZES.items():
+            rounds = args.rounds if name != "10K" else 10 * args.rounds
+            runs = {"raw": [], "ours": []}
+            for _ in range(args.repeats):
+                o = ours(model, rounds, tmp)
+                runs["raw"].append(raw_ring(o["message_bytes"], rounds))
+                runs["ours"].append(o)
+            med = {k: {m: statistics.median(r[m] for r in v) for m in ("mb_s", "s_per_round")}
+                   for k, v in runs.items()}
+            ratio = med["ours"]["mb_s"] / med["raw"]["mb_s"]
+            extra_us = 1e6 * (med["ours"]["s_per_round"] - med["raw"]["s_per_round"]) / 4
+            results[name] = {"model": model, "num_params": o["num_params"],
+                             "message_bytes": o["message_bytes"], "rounds": rounds,
+                             "runs": runs, "median": med, "ours_over_raw": ratio,
+                             "overhead_us_per_message": extra_us}
+            print(f"  {name:>3} params ({o['num_params']:,}, {o['message_bytes']:,} B a message):"
+                  f" ours {med['ours']['mb_s']:.0f} MB/s, raw {med['raw']['mb_s']:.0f} MB/s "
+                  f"-> {100 * ratio:.1f} %; {1e3 * med['ours']['s_per_round']:.2f} vs "
+                  f"{1e3 * med['raw']['s_per_round']:.2f} ms a round ({extra_us:.0f} µs more a "
+                  f"message sent or received); misses {o['misses']}", flush=True)
+    write_json_atomic(os.path.join(ROOT, "benchmarks", "results", "transport.json"), results)
+
+
+if __name__ == "__main__":
+    main()
