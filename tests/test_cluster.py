@@ -142,32 +142,11 @@ def test_no_node_outlives_the_launcher(tmp_path, sig):
         assert "Traceback" not in err
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_remote_nodes_join_a_listening_launcher(tmp_path):
     """The multi-host path: nodes started by hand with `p2pfl node --connect`."""
-    addr = f"tcp://127.0.0.1:{_free_port()}"
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "p2pfl.cli", "cluster", "--topology", "ring:3", "--rounds", "3",
-         "--listen", addr, "--out", str(tmp_path), "-q"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    nodes = [subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
-                               "--id", str(i), "--host", "127.0.0.1"], cwd=ROOT)
-             for i in range(3)]
-    try:
-        _, err = launcher.communicate(timeout=120)
-        assert launcher.returncode == 0, err
-        assert [n.wait(timeout=60) for n in nodes] == [0, 0, 0]
-    finally:
-        for p in [launcher, *nodes]:
-            p.kill()
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    from tests._remote import remote_run
+
+    summary, _ = remote_run(tmp_path)
     assert summary["failed_nodes"] == {} and summary["bytes_sent_total"] > 0
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from p2pfl.transport.endpoint import identity
 from p2pfl.transport.probe import LoopbackCapture, can_capture, hostile_clients
 from p2pfl.transport.security import KeyPair, Security
 from p2pfl.transport.wire import pack
+from tests._remote import remote_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -206,40 +206,6 @@ def test_a_secure_cluster_learns_as_a_plain_one_and_refuses_intruders(tmp_path):
         assert b"secret" not in text.lower() or name.endswith(".png")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _remote_run(tmp_path, secure: bool) -> tuple:
-    """ring:3 with a listening launcher and `p2pfl node` processes: every socket is TCP."""
-    addr = f"tcp://127.0.0.1:{_free_port()}"
-    keys = tmp_path / "keys"
-    flags = ["cluster", "--topology", "ring:3", "--rounds", "3", "--listen", addr, "-q",
-             "--out", str(tmp_path / "run")]
-    if secure:
-        assert _cli("keys", "generate", str(keys), "--nodes", "3").returncode == 0
-        flags += ["--keys", str(keys)]
-    launcher = subprocess.Popen([sys.executable, "-m", "p2pfl.cli", *flags], cwd=ROOT,
-                                stderr=subprocess.PIPE, text=True)
-    nodes = [subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
-                               "--host", "127.0.0.1",
-                               *(["--key", str(keys / f"{i}.key_secret")] if secure
-                                 else ["--id", str(i)])], cwd=ROOT) for i in range(3)]
-    try:
-        _, err = launcher.communicate(timeout=120)
-        assert launcher.returncode == 0, err
-        assert [n.wait(timeout=60) for n in nodes] == [0, 0, 0]
-    finally:
-        for p in [launcher, *nodes]:
-            p.kill()
-    rows = json.loads((tmp_path / "run" / "nodes.json").read_text())
-    ports = {int(addr.rsplit(":", 1)[1])}
-    ports |= {int(n[k].rsplit(":", 1)[1]) for n in rows for k in ("address", "control")}
-    return json.loads((tmp_path / "run" / "summary.json").read_text()), ports
-
-
 HEADER_FIELDS = [b"\xa1k" + msgpack.packb(k) for k in ("join", "config", "hello", "model",
                                                         "metrics", "bye")] + [b"\xa1v\x01\xa1k"]
 
@@ -253,11 +219,11 @@ def test_remote_nodes_join_a_secure_launcher_with_key_files(tmp_path):
     """With root, the run is also captured on loopback: no header field is in the clear."""
     if can_capture() is None:
         with LoopbackCapture() as cap:
-            summary, ports = _remote_run(tmp_path, secure=True)
+            summary, ports = remote_run(tmp_path, secure=True)
         size, hits = _header_hits(cap, ports)
         assert size > 100_000 and hits == 0  # the models crossed the wire, encrypted
     else:
-        summary, _ = _remote_run(tmp_path, secure=True)
+        summary, _ = remote_run(tmp_path, secure=True)
     assert summary["secure"] and summary["failed_nodes"] == {}
     assert summary["bytes_sent_total"] > 0 and summary["dropped_total"] == 0
 
@@ -265,6 +231,6 @@ def test_remote_nodes_join_a_secure_launcher_with_key_files(tmp_path):
 @pytest.mark.skipif(can_capture() is not None, reason=str(can_capture()))
 def test_the_same_capture_of_a_plain_run_shows_the_header_fields(tmp_path):
     with LoopbackCapture() as cap:
-        _, ports = _remote_run(tmp_path, secure=False)
+        _, ports = remote_run(tmp_path, secure=False)
     size, hits = _header_hits(cap, ports)
     assert size > 100_000 and hits > 20

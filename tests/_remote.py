@@ -1,0 +1,47 @@
+"""A multi-host run on loopback: a listening launcher and `p2pfl node` processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def remote_run(tmp_path, secure: bool = False, nodes: int = 3) -> tuple:
+    """ring:N, 3 rounds, every socket TCP; with ``secure``, keys from `p2pfl keys generate`.
+    Returns (summary, the TCP ports of the launcher and of every node)."""
+    addr = f"tcp://127.0.0.1:{free_port()}"
+    keys = tmp_path / "keys"
+    flags = ["cluster", "--topology", f"ring:{nodes}", "--rounds", "3", "--listen", addr, "-q",
+             "--out", str(tmp_path / "run")]
+    if secure:
+        subprocess.run([sys.executable, "-m", "p2pfl.cli", "keys", "generate", str(keys),
+                        "--nodes", str(nodes)], cwd=ROOT, check=True, capture_output=True)
+        flags += ["--keys", str(keys)]
+    launcher = subprocess.Popen([sys.executable, "-m", "p2pfl.cli", *flags], cwd=ROOT,
+                                stderr=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
+                               "--host", "127.0.0.1",
+                               *(["--key", str(keys / f"{i}.key_secret")] if secure
+                                 else ["--id", str(i)])], cwd=ROOT) for i in range(nodes)]
+    try:
+        _, err = launcher.communicate(timeout=120)
+        assert launcher.returncode == 0, err
+        assert [p.wait(timeout=60) for p in procs] == [0] * nodes
+    finally:
+        for p in [launcher, *procs]:
+            p.kill()
+    rows = json.loads((tmp_path / "run" / "nodes.json").read_text())
+    ports = {int(addr.rsplit(":", 1)[1])}
+    ports |= {int(n[k].rsplit(":", 1)[1]) for n in rows for k in ("address", "control")}
+    return json.loads((tmp_path / "run" / "summary.json").read_text()), ports
