@@ -142,8 +142,9 @@ def _read_npz(path, keys):
 
 
 def _write_npz(path, arrays) -> None:
+    """Write an ``.npz`` atomically (a cache: failing to write it is no error)."""
     try:
-        _atomic_savez(path, **arrays)
+        write_atomic(path, lambda fh: np.savez(fh, **arrays))
     except OSError:
         pass  # an unwritable cache only costs the time to make the arrays again
 
@@ -153,11 +154,6 @@ def _cache_dir(cache_dir):
         cache_dir = os.environ.get("P2PFL_CACHE") or os.path.join(
             os.path.expanduser("~"), ".cache", "p2pfl")
     return Path(cache_dir)
-
-
-def _atomic_savez(path, **arrays):
-    """Write an ``.npz`` atomically."""
-    write_atomic(path, lambda fh: np.savez(fh, **arrays))
 
 
 def _mnist1d_arrays(cache_dir):

@@ -171,6 +171,7 @@ class Runtime:
         self.endpoint.count_refusals()
         c, peers = self.endpoint.counters, self.peers
         handshake = c.total("sent", peers=peers, round=0)
+        wire = sum(c.wire[j] for j in peers)  # handshakes and framing included
         out = {
             "node": self.id, "role": self.role,
             "bytes_sent": c.total("sent", peers=peers) - handshake,
@@ -183,8 +184,8 @@ class Runtime:
             "dropped": dict(c.dropped),
             "messages_sent": c.count("sent", peers=peers),
             "emulated_lost": self.endpoint.emulated_lost,
-            "wire_bytes": sum(c.wire[j] for j in peers),  # handshakes and framing included
-            "framing_bytes": sum(c.wire[j] for j in peers) - c.total("sent", peers=peers),
+            "wire_bytes": wire,
+            "framing_bytes": wire - c.total("sent", peers=peers),
             "setup_bytes": sum(c.setup[j] for j in peers),
         }
         out.update(extra)

@@ -51,6 +51,9 @@ def test_wire_bytes_are_the_application_bytes_plus_framing_plus_set_up(tmp_path)
     app = s["bytes_sent_counted_by_nodes"] + s["handshake_bytes"]
     assert s["wire_bytes_total"] == app + s["framing_bytes_total"] + s["setup_bytes_total"]
     assert s["setup_bytes_total"] == 8 * 216  # 8 connections (ring:4, both ways)
+    # from the layout alone: a model message is a short header frame (2 B of framing)
+    # and a long tensor frame (9 B); each of the 8 hellos is one short header frame
+    assert s["framing_bytes_total"] == 11 * s["messages_sent_total"] + 2 * 8
     assert 0 < s["framing_bytes_total"] < 0.01 * app
 
 

@@ -35,6 +35,7 @@ from .counters import ByteCounter
 from .framing import setup_bytes, wire_bytes
 from .links import LinkEmulator, LinkSpec
 from .security import HANDSHAKE_EVENTS, Security, gate, handshake_drop
+from .sockets import dealer
 from .wire import DEFAULT_LIMITS, Limits, Message, ProtocolError, pack, unpack
 
 __all__ = ["Endpoint", "bind_address", "identity", "COMMAND_KINDS"]
@@ -154,15 +155,8 @@ class Endpoint:
             self._link.connect(peer, address)
             table[peer] = self._link
             return
-        sock = self.ctx.socket(zmq.DEALER)
-        if self.security is not None:
-            self.security.client(sock, peer)
-        sock.setsockopt(zmq.ROUTING_ID, self._identity)
-        sock.setsockopt(zmq.SNDHWM, self.hwm)
-        sock.setsockopt(zmq.LINGER, 2000)
-        sock.setsockopt(zmq.IMMEDIATE, 0)
-        sock.connect(address)
-        table[peer] = sock
+        table[peer] = dealer(self.ctx, peer, address, routing_id=self._identity,
+                             hwm=self.hwm, security=self.security)
 
     def reconnect(self, peer, address: str, *, control: bool = False) -> None:
         """``peer`` moved (a restarted node): send to its new address from now on."""

@@ -35,6 +35,7 @@ import numpy as np
 import zmq
 
 from ..errors import ConfigError
+from .sockets import dealer
 
 __all__ = ["LinkSpec", "LinkEmulator", "parse_link"]
 
@@ -164,7 +165,9 @@ class LinkEmulator:
                     peer = msgpack.unpackb(rest[0].bytes)
                     if peer in socks:
                         socks[peer].close(linger=0)
-                    socks[peer] = self._socket(peer, rest[1].bytes.decode())
+                    socks[peer] = dealer(self._ctx, peer, rest[1].bytes.decode(),
+                                         routing_id=self._rid, hwm=self._hwm,
+                                         security=self._security)
                 elif kind == b"S":
                     stop_at = time.monotonic() + msgpack.unpackb(rest[0].bytes)
                 elif len(queue) >= MAX_QUEUED:
@@ -192,16 +195,6 @@ class LinkEmulator:
         self._last_arrival[peer] = arrive
         heapq.heappush(queue, (arrive, next(order), peer, frames))
         return left
-
-    def _socket(self, peer, address: str) -> zmq.Socket:
-        sock = self._ctx.socket(zmq.DEALER)
-        if self._security is not None:
-            self._security.client(sock, peer)
-        sock.setsockopt(zmq.ROUTING_ID, self._rid)
-        sock.setsockopt(zmq.SNDHWM, self._hwm)
-        sock.setsockopt(zmq.LINGER, 2000)
-        sock.connect(address)
-        return sock
 
     def _deliver(self, sock, frames) -> None:
         if sock is None:

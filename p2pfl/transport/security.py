@@ -105,9 +105,6 @@ class Security:
         """The node id bound to a connection's ZAP user id (its Z85 key), or None."""
         return None if not user_id else self._by_key.get(user_id.encode())
 
-    def key_of(self, node) -> bytes | None:
-        return self._by_id.get(node)
-
     def server(self, sock: zmq.Socket, domain: str) -> None:
         """Make a receiving socket a CURVE server that asks ZAP ``domain``."""
         sock.curve_server = True
