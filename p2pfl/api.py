@@ -129,7 +129,7 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
                         round_timeout=cfg.round_timeout, on_message=on_message,
                         log=progress.info, listen=cfg.listen, closer=p.closer,
                         restarts=p.restarts, on_restart=lambda h: h.id == p.closer or
-                        sink.node_paused(h.id), keys=p.keys)
+                        sink.node_paused(h.id), keys=p.keys, procs=cfg.procs or 1)
     try:
         nodes = launcher.run()
     finally:

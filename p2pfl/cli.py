@@ -54,6 +54,7 @@ CLUSTER_OPTIONS = [
     ("fd_delta", str, "FD/CFD: delta-code soft labels: auto (on for cfd), on or off"),
     ("transport", str, "tcp (default), ipc or inproc"),
     ("host", str, "address nodes bind for tcp (default 127.0.0.1)"),
+    ("procs", int, "with --in-process: host processes for the node actors (default: the cores)"),
     ("listen", str, "bind the launcher here (tcp://HOST:PORT) and wait for remote nodes"),
     ("keys", str, "CURVE key folder from `p2pfl keys generate` (implies --secure)"),
     ("round_timeout", float, "seconds to wait for neighbours each round"),
@@ -83,7 +84,8 @@ def _add_cluster(sub) -> None:
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None,
                        help=text)
     p.add_argument("--in-process", dest="in_process", action="store_const", const=True,
-                   help="host every node as a thread of this process (inproc sockets)")
+                   help="host the nodes as actors of a few processes (--procs), over ipc; "
+                        "with --transport inproc, as threads of this process")
     p.add_argument("--secure", dest="secure", action="store_const", const=True,
                    help="CurveZMQ on every socket; only the run's keys are admitted")
     p.add_argument("--no-consensus", dest="consensus", action="store_const", const=False,

@@ -1,7 +1,9 @@
 """The launcher: spawn a local cluster, hold the readiness barrier, shut it down cleanly.
 
-Nodes are OS processes by default (forked, one per node) or threads of this
-process over ``inproc://`` sockets (``--in-process``).  The launcher talks to
+Nodes are OS processes by default (forked, one per node).  With
+``--in-process`` they are actors, one thread each, of a few host processes
+(``--procs P``, forked, talking over ``ipc://``), or of this process itself
+over ``inproc://`` sockets (``--transport inproc``).  The launcher talks to
 them over the same wire format as the nodes use among themselves.  No node
 outlives the launcher: nodes are stopped, then terminated, then killed when
 the run ends for any reason; a node process also dies with its parent
@@ -24,7 +26,7 @@ from .metrics import write_json_atomic
 from .runtime import LAUNCHER
 from .transport import Endpoint, Mailbox
 from .transport.security import Security
-from .worker import process_main, serve
+from .worker import host_main, process_main, serve
 
 __all__ = ["Launcher", "NodeHandle", "ClusterError"]
 
@@ -87,8 +89,9 @@ class Launcher:
                  scheme: str = "tcp", host: str = "127.0.0.1", start_timeout: float = 60.0,
                  round_timeout: float = 10.0, on_message=None, log=None,
                  listen: str | None = None, closer=None, restarts: int = 0,
-                 on_restart=None, keys=None) -> None:
+                 on_restart=None, keys=None, procs: int = 1) -> None:
         self.specs = specs
+        self.procs = procs  # host processes for in-process actors (over ipc)
         self.keys = keys  # RunKeys: CurveZMQ on every socket (--secure)
         self.restart_limit = restarts  # restarts allowed per node (--restart on-failure:N)
         self.on_restart = on_restart or (lambda handle: None)
@@ -96,7 +99,7 @@ class Launcher:
         self.out_dir = out_dir
         self.in_process = in_process
         self.listen = listen  # bind here and wait for remote nodes instead of spawning
-        self.scheme = "inproc" if in_process else scheme
+        self.scheme = scheme
         self.host = host
         self.start_timeout = start_timeout
         self.round_timeout = round_timeout
@@ -126,6 +129,9 @@ class Launcher:
             self._bind(self.listen)
             self.log(f"waiting for {len(self.nodes)} node(s) to join at {self.ep.address}")
             return
+        if self.in_process and self.scheme != "inproc":
+            self._spawn_hosts()
+            return
         if self.in_process:
             self.ctx = _context(len(self.nodes), max(len(s.neighbours) for s in self.specs))
             address = f"inproc://p2pfl-launcher-{id(self)}"
@@ -148,6 +154,25 @@ class Launcher:
                       self._node_security(h.id)))
             h.runner.start()
             h.pid = h.runner.pid
+        self.ctx = _context(len(self.nodes), 1)
+        self._bind(address)
+
+    def _spawn_hosts(self) -> None:
+        """Fork ``procs`` host processes, each running a contiguous share of the nodes
+        as actors (:func:`~p2pfl.worker.host_main`)."""
+        address = f"ipc://{self.run_dir}/launcher.sock"
+        fork = mp.get_context("fork")
+        ids = [s.id for s in self.specs]
+        degree = max(len(s.peers) for s in self.specs)
+        procs = max(1, min(self.procs, len(ids)))
+        for k in range(procs):
+            share = ids[k * len(ids) // procs:(k + 1) * len(ids) // procs]
+            host = fork.Process(target=host_main, name=f"p2pfl-host-{k}", daemon=True,
+                                args=(address, share, self.scheme, self.host, self.run_dir,
+                                      self.start_timeout, degree))
+            host.start()
+            for j in share:
+                self.nodes[j].runner, self.nodes[j].pid = host, host.pid
         self.ctx = _context(len(self.nodes), 1)
         self._bind(address)
 

@@ -96,6 +96,7 @@ class RunConfig:
     # runtime
     transport: str = "tcp"
     in_process: bool = False
+    procs: int | None = None  # host processes of an in-process cluster (default: the cores)
     host: str = "127.0.0.1"
     listen: str | None = None
     secure: bool = False  # CurveZMQ on every socket (transport/security.py)
@@ -157,20 +158,35 @@ class RunConfig:
             raise ConfigError(f"--target-accuracy must be in (0, 1], got {self.target_accuracy}")
         if self.nodes is not None and self.nodes < 1:
             raise ConfigError(f"--nodes must be >= 1, got {self.nodes}")
-        if self.in_process and self.transport != "inproc":
-            object.__setattr__(self, "transport", "inproc")
-        if self.transport == "inproc" and not self.in_process:
-            raise ConfigError("--transport inproc needs --in-process (one process for all nodes)")
+        self._check_hosting()
         if self.keys is not None:
             if not os.path.isdir(self.keys):
                 raise ConfigError(f"--keys {self.keys}: no such folder")
             object.__setattr__(self, "secure", True)
-        if self.secure and self.transport == "inproc":
-            raise ConfigError("--secure needs --transport tcp or ipc: CurveZMQ does not run "
-                              "over inproc (--in-process)")
+        if self.secure and self.in_process:
+            raise ConfigError("--secure needs one node per process: each ZeroMQ context has "
+                              "one ZAP handler, and --in-process hosts many nodes in one")
         if self.secure and self.listen and self.keys is None:
             raise ConfigError("--secure with --listen needs --keys DIR: remote nodes need keys "
                               "made ahead (p2pfl keys generate DIR --nodes N)")
+
+    def _check_hosting(self) -> None:
+        """``--in-process``: actors in ``--procs`` host processes over ipc (tcp is the
+        default and means "not chosen"), or in the launcher over inproc (one process)."""
+        if self.procs is not None and not self.in_process:
+            raise ConfigError("--procs needs --in-process (it sets how many processes host "
+                              "the node actors)")
+        if self.procs is not None and self.procs < 1:
+            raise ConfigError(f"--procs must be >= 1, got {self.procs}")
+        if self.transport == "inproc" and not self.in_process:
+            raise ConfigError("--transport inproc needs --in-process (one process for all nodes)")
+        if self.transport == "inproc" and (self.procs or 1) > 1:
+            raise ConfigError("--transport inproc needs --procs 1 (inproc does not cross "
+                              "processes)")
+        if self.in_process and self.transport == "tcp":
+            object.__setattr__(self, "transport", "ipc")
+        if self.in_process and self.procs is None:
+            object.__setattr__(self, "procs", 1 if self.transport == "inproc" else _cores())
 
     @property
     def exchange_only(self) -> bool:
@@ -183,6 +199,14 @@ class RunConfig:
     def to_dict(self) -> dict:
         """Plain-data view (msgpack/JSON/TOML-safe), for the wire and for the run folder."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _flag(name: str) -> str:

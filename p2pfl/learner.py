@@ -95,10 +95,14 @@ class Learner:
         The node's resolved data, model and local SGD options.
     node_id : int
         The node's id, which selects its shard.
+    pause : callable, optional
+        ``pause(seconds)`` idles an emulated slow device (``slowdown``); the node
+        passes one that lets the other actors of its host compute meanwhile.
     """
 
-    def __init__(self, learn: LearnSpec, node_id: int) -> None:
+    def __init__(self, learn: LearnSpec, node_id: int, pause=time.sleep) -> None:
         torch.set_num_threads(1)
+        self.pause = pause
         self.spec = learn
         self._node_id = node_id
         ds = _data(learn)
@@ -147,7 +151,7 @@ class Learner:
         t0 = time.monotonic()
         loss = self.trainer.train()
         if self.spec.slowdown > 1:
-            time.sleep((self.spec.slowdown - 1) * (time.monotonic() - t0))
+            self.pause((self.spec.slowdown - 1) * (time.monotonic() - t0))
         return loss
 
     def flip_labels(self) -> None:

@@ -18,6 +18,7 @@ Protocol with the launcher (all messages: msgpack header + frames)::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -32,9 +33,10 @@ import zmq
 from .roles import make_role, node_spec
 from .runtime import LAUNCHER, Runtime
 from .transport import Endpoint, Mailbox, bind_address
+from .transport.cpugate import CpuGate
 from .transport.security import Security
 
-__all__ = ["serve", "process_main"]
+__all__ = ["serve", "process_main", "host_main"]
 
 
 def _await(mailbox: Mailbox, kind: str, timeout: float):
@@ -67,17 +69,26 @@ def _handshake(ep: Endpoint, mailbox: Mailbox, spec, addresses: dict, timeout: f
 def serve(launcher: str, node_id: int, *, ctx: zmq.Context | None = None,
           scheme: str = "tcp", host: str = "127.0.0.1", run_dir: str = "/tmp",
           alive: Callable[[], bool] | None = None, start_timeout: float = 60.0,
-          advertise: str | None = None, security: Security | None = None) -> int:
+          advertise: str | None = None, security: Security | None = None,
+          gate: CpuGate | None = None) -> int:
     """Run one node to completion; return its exit status (0 on success).
 
     With ``security``, every socket runs on CURVE; the launcher's config tells
-    the node its neighbours' public keys.
+    the node its neighbours' public keys.  With ``gate`` (many actors in one
+    process), the node computes only in its turn on the host's CPU.
     """
+    with gate if gate is not None else contextlib.nullcontext():
+        return _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout,
+                      advertise, security, gate)
+
+
+def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, advertise,
+           security, gate) -> int:
     ctx = ctx or zmq.Context.instance()
     name = f"p2pfl-{os.getpid()}-{node_id}-{secrets.token_hex(4)}"
     ep = Endpoint(ctx, node_id, bind_address(scheme, name, host, run_dir),
                   control=bind_address(scheme, name + "-ctl", host, run_dir), security=security)
-    mailbox = Mailbox(ep, control_sources={LAUNCHER})
+    mailbox = Mailbox(ep, control_sources={LAUNCHER}, gate=gate)
     lost_after = 4 * start_timeout
     mailbox.alive = alive or (lambda: time.monotonic() - mailbox.last_control < lost_after)
     ep.connect(LAUNCHER, launcher, emulated=False)  # the experimenter's channel is never slowed
@@ -161,3 +172,51 @@ def process_main(launcher: str, node_id: int, scheme: str, host: str, run_dir: s
         ctx.term()
     sys.stdout.flush()
     os._exit(status)
+
+
+def _raise_fd_limit(wanted: int) -> None:
+    """Allow ``wanted`` open files if the system lets us (each socket connection is one)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return
+    for limit in ((wanted, max(hard, wanted)), (min(wanted, hard), hard)):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limit)
+            return
+        except (ValueError, OSError):
+            continue
+
+
+def host_main(launcher: str, node_ids: list, scheme: str, host: str, run_dir: str,
+              start_timeout: float, max_degree: int) -> None:
+    """Entry point of a host process of an in-process cluster: many node actors, one
+    thread each, taking turns on this process's CPU (:mod:`~p2pfl.transport.cpugate`).
+
+    The host exits 0 when every actor finished, 1 when one failed (it said why)."""
+    import threading
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher handles Ctrl-C
+    alive = _die_with_parent()
+    per_node = max_degree + 4  # data, control, launcher, one per neighbour and spare
+    _raise_fd_limit(len(node_ids) * 2 * per_node + 256)  # both ends of local links
+    ctx = zmq.Context()
+    ctx.set(zmq.MAX_SOCKETS, max(1024, len(node_ids) * per_node + 64))
+    gate = CpuGate()
+    status = {}
+
+    def actor(node_id):
+        status[node_id] = serve(launcher, node_id, ctx=ctx, scheme=scheme, host=host,
+                                run_dir=run_dir, alive=alive, start_timeout=start_timeout,
+                                gate=gate)
+
+    threads = [threading.Thread(target=actor, args=(j,), name=f"node-{j}", daemon=True)
+               for j in node_ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ctx.term()
+    sys.stdout.flush()
+    os._exit(0 if all(status.get(j) == 0 for j in node_ids) else 1)

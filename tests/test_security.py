@@ -154,7 +154,7 @@ def test_loose_key_permissions_warn_and_a_missing_key_is_exit_2(tmp_path, capsys
 
 
 @pytest.mark.parametrize("flags, words", [
-    (["--secure", "--in-process"], "inproc"),
+    (["--secure", "--in-process"], "one node per process"),
     (["--secure", "--listen", "tcp://127.0.0.1:9"], "--keys"),
     (["--keys", "/no/such/folder"], "no such folder"),
 ])

@@ -39,13 +39,16 @@ class Mailbox:
     alive : callable, optional
         Checked about once a second while waiting; returning False stops the
         actor (used to notice a lost launcher).
+    gate : CpuGate, optional
+        The host's CPU gate, held by this actor except while it waits.
     """
 
     def __init__(self, endpoint: Endpoint, *, window: int = 4,
                  alive: Callable[[], bool] | None = None,
                  peers: Iterable | None = None, control_sources: Iterable = (),
-                 max_unconfigured: int = 4096) -> None:
+                 max_unconfigured: int = 4096, gate=None) -> None:
         self.endpoint = endpoint
+        self.gate = gate  # the host's CpuGate when actors share a process (cpugate.py)
         self.window = window
         self.alive = alive or (lambda: True)
         # Who may send data messages.  None until the node is configured: then data
@@ -151,33 +154,55 @@ class Mailbox:
         if msg.kind in DATA_KINDS and msg.round > self.last_heard.get(msg.src, -1):
             self.last_heard[msg.src] = msg.round
 
-    def _wait(self, ready: Callable[[], bool], timeout: float) -> None:
+    def _wait(self, ready: Callable[[], bool], timeout: float, wall: bool = False) -> None:
         """Receive and route messages until ``ready()``, a stop, or ``timeout`` seconds.
 
         What has already arrived is read first, even when ``ready()`` holds from the
         start: a node that waits for nobody must still hear its peers (or it would
         never notice that a silent one speaks again).  The liveness check runs about
         once a second; failing it stops the actor.
+
+        With a host :class:`~p2pfl.transport.cpugate.CpuGate`, the actor gives up
+        its turn on the CPU while it waits, and ``timeout`` counts the host's idle
+        seconds, not wall seconds (``wall``: wall seconds, for emulated pauses).
         """
-        deadline = time.monotonic() + timeout
-        next_check = time.monotonic() + 1.0
         for _ in range(MAX_DRAIN):
             msg = self.endpoint.recv(0)
             if msg is None:
                 break
             self._route(msg)
-        while not self.stopped and not ready():
-            now = time.monotonic()
-            if now >= deadline:
-                return
-            if now >= next_check:
-                next_check = now + 1.0
-                if not self.alive():
-                    self.stopped = True
+        if self.stopped or ready():
+            return
+        gate = self.gate
+        clock = time.monotonic if gate is None or wall else gate.idle_clock
+        if gate is not None:
+            gate.release()
+        try:
+            deadline = clock() + timeout
+            next_check = time.monotonic() + 1.0
+            while not self.stopped and not ready():
+                left = deadline - clock()
+                if left <= 0:
                     return
-            msg = self.endpoint.recv(min(deadline, next_check) - now)
-            if msg is not None:
-                self._route(msg)
+                now = time.monotonic()
+                if now >= next_check:
+                    next_check = now + 1.0
+                    if not self.alive():
+                        self.stopped = True
+                        return
+                msg = self.endpoint.recv(min(left, next_check - now))
+                if msg is not None:
+                    self._route(msg)
+        finally:
+            if gate is not None:
+                gate.acquire()
+
+    def take_turns(self) -> None:
+        """Let the other actors of this host compute before we go on (no waiting
+        otherwise: for actors that never block, such as asynchronous gossip)."""
+        if self.gate is not None:
+            self.gate.release()
+            self.gate.acquire()
 
     def collect(self, kind: str, round: int, expected: Iterable, timeout: float) -> dict:
         """Wait until every ``expected`` peer's ``kind`` message for ``round`` arrived.
@@ -225,7 +250,9 @@ class Mailbox:
                     self._queues[(kind, src)].append(msg)
 
     def drain(self, kind: str) -> dict:
-        """``{src: [Message, ...]}`` of ``kind`` received so far, oldest first; no waiting."""
+        """``{src: [Message, ...]}`` of ``kind`` received so far, oldest first; no waiting
+        (but the other actors of the host get their turn first)."""
+        self.take_turns()
         while not self.stopped:
             if time.monotonic() >= self._next_check:
                 self._next_check = time.monotonic() + 1.0
@@ -288,8 +315,8 @@ class Mailbox:
             self.endpoint.counters.dropped["offline"] += dropped
 
     def idle(self, timeout: float) -> None:
-        """Wait ``timeout`` seconds (or until stopped), obeying commands only."""
-        self._wait(lambda: False, timeout)
+        """Wait ``timeout`` wall seconds (or until stopped), obeying commands only."""
+        self._wait(lambda: False, timeout, wall=True)
 
     def come_back(self) -> None:
         self.offline = False
