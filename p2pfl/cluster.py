@@ -58,6 +58,7 @@ class NodeHandle:
     runner: object = None  # multiprocessing.Process or threading.Thread
     address: str | None = None
     control: str | None = None
+    local: str | None = None  # inproc address for actors of the same host process
     pid: int | None = None
     host: str | None = None
     state: str = "spawned"  # spawned, joined, ready, done, failed
@@ -111,6 +112,7 @@ class Launcher:
         self.ep: Endpoint | None = None
         self.control_bytes = 0
         self.t_start: float | None = None  # set when the run starts
+        self._next_exit_check, self._gone = 0.0, set()
 
     # ------------------------------------------------------------------ phases
     def run(self) -> dict:
@@ -187,7 +189,7 @@ class Launcher:
     def _config(self, spec) -> dict:
         """What a node needs to start: its spec, and its peers' addresses (and keys)."""
         meta = {"spec": spec.to_wire(),
-                "addresses": [[j, self.nodes[j].address] for j in spec.peers]}
+                "addresses": [[j, self._address_for(spec.id, j)] for j in spec.peers]}
         if self.keys is not None:
             meta["keys"] = [[j, self.keys.z85(j)] for j in spec.peers]
         return meta
@@ -209,25 +211,48 @@ class Launcher:
         return not self._stopping
 
     def _wait_for(self, state: str, kinds: set, timeout: float) -> None:
+        """Handle start-up messages until every node is in ``state``; what has
+        arrived is handled in one batch, so a thousand nodes cost no more checks
+        than eight."""
         deadline = time.monotonic() + timeout
-        while any(h.state != state for h in self.nodes.values()):
+        while True:
+            waiting = [h for h in self.nodes.values() if h.state != state]
+            if not waiting:
+                return
             if time.monotonic() > deadline:
-                late = [h.label for h in self.nodes.values() if h.state != state]
-                raise ClusterError(f"{len(late)} node(s) not {state} after {timeout:.0f} s: "
-                                   f"{late[:5]}")
+                raise ClusterError(f"{len(waiting)} node(s) not {state} after {timeout:.0f} s: "
+                                   f"{[h.label for h in waiting[:5]]}")
             msg = self.mailbox.poll_control(0.5)
-            if msg is not None:
+            while msg is not None:
                 self._handle(msg, kinds)
+                msg = self.mailbox.poll_control(0.0)
             failed = [h for h in self.nodes.values() if h.state == "failed"]
             if failed:
                 raise ClusterError(f"node {failed[0].label!r} failed: {failed[0].reason}")
-            for h in self.nodes.values():
-                if h.exited() and h.state not in ("done", "failed"):
+            gone = self._exited()
+            for h in waiting:
+                if h.id in gone and h.state not in ("done", "failed"):
                     raise ClusterError(f"node {h.label!r} exited during start-up")
+
+    def _exited(self) -> set:
+        """Nodes whose process or thread ended (checked at most every 0.2 s; host
+        processes are shared by many nodes and checked once each)."""
+        now = time.monotonic()
+        if now >= self._next_exit_check:
+            self._next_exit_check = now + 0.2
+            alive: dict = {}
+            for h in self.nodes.values():
+                if h.runner is not None and id(h.runner) not in alive:
+                    alive[id(h.runner)] = h.runner.is_alive()
+            self._gone = {h.id for h in self.nodes.values()
+                          if h.runner is not None and not alive[id(h.runner)]}
+        return self._gone
 
     def _barrier(self) -> None:
         """join from all → config to each → ready from all → start."""
+        t0 = time.monotonic()
         self._wait_for("joined", {"join"}, self.start_timeout)
+        t1 = time.monotonic()
         self.write_nodes_json()
         for spec in self.specs:
             self.ep.send(spec.id, "config", meta=self._config(spec))
@@ -235,6 +260,8 @@ class Launcher:
         for h in self.nodes.values():
             self.ep.send(h.id, "start")
         self.t_start = time.monotonic()
+        self.log(f"{len(self.nodes)} nodes joined in {t1 - t0:.1f} s, connected to their "
+                 f"neighbours and ready {self.t_start - t1:.1f} s later")
 
     def _monitor(self) -> None:
         """Relay records until every node is done or failed."""
@@ -258,8 +285,9 @@ class Launcher:
                 last_news = now
                 self._handle(msg, {"metrics", "bye", "error", "join", "ready"})
                 msg = self.mailbox.poll_control(0.0)
+            gone = self._exited()
             for h in self.nodes.values():
-                if h.state == "ready" and h.exited():
+                if h.state == "ready" and h.id in gone:
                     if h.restarts < self.restart_limit and not self.listen:
                         self._restart(h)
                     else:
@@ -280,12 +308,22 @@ class Launcher:
                     self.ep.send(node, "stop")
         return now - h.done_at > CLOSER_GRACE_S
 
+    def _address_for(self, node, peer) -> str:
+        """Where ``node`` reaches ``peer``: its inproc address when both are actors of
+        the same host process (same host and pid), else its data address."""
+        a, b = self.nodes[node], self.nodes[peer]
+        if b.local and (a.host, a.pid) == (b.host, b.pid):
+            return b.local
+        return b.address
+
     def _join(self, h: NodeHandle, meta: dict) -> bool:
         if not (isinstance(meta.get("address"), str) and isinstance(meta.get("control"), str)):
             self._fail(h, "join without data and control addresses")
             return False
         h.address, h.control = meta["address"], meta["control"]
         h.pid, h.host = meta.get("pid"), meta.get("host")
+        local = meta.get("local")
+        h.local = local if isinstance(local, str) and local.startswith("inproc://") else None
         self.ep.reconnect(h.id, h.control, control=True)
         h.state = "joined"
         return True

@@ -98,11 +98,15 @@ class Learner:
     pause : callable, optional
         ``pause(seconds)`` idles an emulated slow device (``slowdown``); the node
         passes one that lets the other actors of its host compute meanwhile.
+    run : callable, optional
+        ``run(fn)`` calls ``fn()`` for training and evaluation: actors of one
+        host run them on the host's compute thread (:mod:`~p2pfl.transport.cpugate`).
     """
 
-    def __init__(self, learn: LearnSpec, node_id: int, pause=time.sleep) -> None:
+    def __init__(self, learn: LearnSpec, node_id: int, pause=time.sleep,
+                 run=lambda fn: fn()) -> None:
         torch.set_num_threads(1)
-        self.pause = pause
+        self.pause, self.run = pause, run
         self.spec = learn
         self._node_id = node_id
         ds = _data(learn)
@@ -149,7 +153,7 @@ class Learner:
         for F − 1 times what the work took.
         """
         t0 = time.monotonic()
-        loss = self.trainer.train()
+        loss = self.run(self.trainer.train)
         if self.spec.slowdown > 1:
             self.pause((self.spec.slowdown - 1) * (time.monotonic() - t0))
         return loss
@@ -160,7 +164,7 @@ class Learner:
 
     def evaluate(self) -> tuple[float, float]:
         """(loss, accuracy) on the shared held-out test set."""
-        return evaluate(self.model, self._x_test, self._y_test)
+        return self.run(lambda: evaluate(self.model, self._x_test, self._y_test))
 
     def get_flat(self) -> torch.Tensor:
         return flatten_params(self.model)

@@ -122,8 +122,11 @@ class MetricsSink:
     def _drain(self) -> None:
         while self._pending.get(self._next_round) is not None:
             rows = self._pending[self._next_round]
+            closed = self.closer is not None and self.closer in rows
+            if not closed and len(rows) + len(self.since) < len(self.live):
+                return  # too few rows to be complete: no need to look closer
             needed = {n for n in self.live if self.since.get(n, 0) <= self._next_round}
-            if not (needed <= rows.keys() or (self.closer is not None and self.closer in rows)):
+            if not (needed <= rows.keys() or closed):
                 return
             self._write_round(self._next_round, self._pending.pop(self._next_round))
             self._next_round += 1

@@ -45,7 +45,7 @@ class GossipNode:
 
     def __init__(self, rt: Runtime, spec) -> None:
         self.rt, self.spec, self.run_spec = rt, spec, spec.runtime
-        self.learner = Learner(spec.learn, spec.id, pause=rt.idle)
+        self.learner = Learner(spec.learn, spec.id, pause=rt.idle, run=rt.compute)
         self.neighbours = spec.peers
         self.algorithm = make_algorithm(
             spec.rule, self.learner.num_params, spec.self_weight, spec.weights,

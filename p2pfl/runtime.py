@@ -9,6 +9,7 @@ to an injected sink (the launcher, by default).
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable
 
@@ -21,6 +22,13 @@ __all__ = ["Runtime", "LAUNCHER", "launcher_sink", "to_packet"]
 
 #: The id of the launcher on the wire.
 LAUNCHER = "launcher"
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size so far (Linux reports KiB)."""
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def to_packet(msg) -> Packet:
@@ -129,6 +137,11 @@ class Runtime:
         """Wait, obeying commands only (stop, liveness)."""
         self.mailbox.idle(seconds)
 
+    def compute(self, fn):
+        """``fn()``, on the host's compute thread when actors share the process."""
+        gate = self.mailbox.gate
+        return fn() if gate is None else gate.compute(fn)
+
     def advance(self, rnd: int) -> None:
         """We skipped to round ``rnd`` (catching up after being away)."""
         self.mailbox.advance(rnd)
@@ -187,6 +200,7 @@ class Runtime:
             "wire_bytes": wire,
             "framing_bytes": wire - c.total("sent", peers=peers),
             "setup_bytes": sum(c.setup[j] for j in peers),
+            "pid": os.getpid(), "peak_rss_bytes": peak_rss_bytes(),
         }
         out.update(extra)
         return out

@@ -51,12 +51,28 @@ def run_summary(plan, sink, nodes: dict, wall: float, control_bytes: int) -> dic
         "bytes_per_link": [[nodes[f["node"]].label, nodes[j].label, n] for f in finals
                            for j, n in f.get("sent_per_peer", []) if j in nodes],
         "wall_s": round(wall, 3),
+        **_memory(nodes),
         "accuracy_per_round": base["accuracy_per_round"],
         "accuracy_mean_honest": _honest_mean(plan, sink),
     })
     if plan.closer is not None:
         _server_fields(out, plan, sink, nodes)
     return out
+
+
+def _memory(nodes: dict) -> dict:
+    """Peak RSS summed over the launcher and every process that hosted nodes (each
+    counted once: actors of one host process report the same process)."""
+    from .runtime import peak_rss_bytes
+
+    per_process: dict = {}
+    for h in nodes.values():
+        f = h.final
+        if f and isinstance(f.get("pid"), int) and isinstance(f.get("peak_rss_bytes"), int):
+            key = (h.host, f["pid"])
+            per_process[key] = max(per_process.get(key, 0), f["peak_rss_bytes"])
+    return {"peak_rss_bytes": peak_rss_bytes() + sum(per_process.values()),
+            "node_processes": len(per_process)}
 
 
 def _dropped_by_reason(finals: list) -> dict:

@@ -6,7 +6,7 @@ by hand on another host (``p2pfl node --connect tcp://HOST:PORT``).
 
 Protocol with the launcher (all messages: msgpack header + frames)::
 
-    node → launcher   join    {address, control, pid, host}
+    node → launcher   join    {address, control, pid, host, local (inproc, actors of a host)}
     launcher → node   config  {spec (a NodeSpec as plain data), addresses of the neighbours}
     node ↔ neighbours hello   (round 0; proves the links work)
     node → launcher   ready
@@ -86,8 +86,10 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
            security, gate) -> int:
     ctx = ctx or zmq.Context.instance()
     name = f"p2pfl-{os.getpid()}-{node_id}-{secrets.token_hex(4)}"
+    local = bind_address("inproc", name) if gate is not None and scheme != "inproc" else None
     ep = Endpoint(ctx, node_id, bind_address(scheme, name, host, run_dir),
-                  control=bind_address(scheme, name + "-ctl", host, run_dir), security=security)
+                  control=bind_address(scheme, name + "-ctl", host, run_dir), security=security,
+                  local=local)
     mailbox = Mailbox(ep, control_sources={LAUNCHER}, gate=gate)
     lost_after = 4 * start_timeout
     mailbox.alive = alive or (lambda: time.monotonic() - mailbox.last_control < lost_after)
@@ -99,7 +101,8 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
             address, control = (f"tcp://{advertise}:{a.rsplit(':', 1)[1]}"
                                 for a in (address, control))
         ep.send(LAUNCHER, "join", meta={"address": address, "control": control,
-                                         "pid": os.getpid(), "host": socket.gethostname()})
+                                         "pid": os.getpid(), "host": socket.gethostname(),
+                                         "local": ep.local_address})
         config = _await(mailbox, "config", start_timeout).meta
         spec = node_spec(config.get("spec"))
         if security is not None:
@@ -217,6 +220,7 @@ def host_main(launcher: str, node_ids: list, scheme: str, host: str, run_dir: st
         t.start()
     for t in threads:
         t.join()
+    gate.close()
     ctx.term()
     sys.stdout.flush()
     os._exit(0 if all(status.get(j) == 0 for j in node_ids) else 1)

@@ -23,7 +23,7 @@ class Worker:
     def __init__(self, rt: Runtime, spec) -> None:
         self.rt, self.run_spec = rt, spec.runtime
         self.coord = spec.peers[0]
-        self.learner = Learner(spec.learn, spec.id, pause=rt.idle)
+        self.learner = Learner(spec.learn, spec.id, pause=rt.idle, run=rt.compute)
         self.client = make_client(spec.rule, self.learner, spec.options, spec.learn)
         # a worker may sit out many rounds: keep every future round's message
         rt.mailbox.window = self.run_spec.rounds + 2

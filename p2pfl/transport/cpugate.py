@@ -9,6 +9,11 @@ while it holds the host's :class:`CpuGate`, and gives it up only while it waits
 for messages.  The gate is fair (first come, first served), so every actor
 gets its turn within one pass over the others.
 
+Torch keeps per-thread state (autograd's, and the allocator's arena): about
+0.4 MB for each thread that trains.  So the actor that holds the gate hands
+its model work to the host's one compute thread (:meth:`CpuGate.compute`),
+and a thousand actors cost one thread's torch state, not a thousand.
+
 The gate also tells how long the host was *idle*: no actor computing.  A
 round time-out is measured on that clock (:meth:`CpuGate.idle_clock`), so it
 means "a peer did not deliver although this host had nothing else to do",
@@ -35,6 +40,7 @@ class CpuGate:
         self._since = 0.0  # when the current holder got the gate
         self._busy = 0.0  # seconds the gate was held, holders before the current one
         self.turns = 0  # how often the gate changed hands (for benchmarks)
+        self._executor = None  # the host's compute thread, started on first use
 
     def acquire(self) -> None:
         with self._mutex:
@@ -63,6 +69,18 @@ class CpuGate:
         with self._mutex:
             busy = self._busy + (time.monotonic() - self._since if self._held else 0.0)
             return time.monotonic() - busy
+
+    def compute(self, fn, *args):
+        """``fn(*args)`` on the host's compute thread (called by the gate's holder)."""
+        if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="p2pfl-compute")
+        return self._executor.submit(fn, *args).result()
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
 
     def __enter__(self) -> "CpuGate":
         self.acquire()

@@ -45,6 +45,7 @@ SCHEMES = ("tcp", "ipc", "inproc")
 COMMAND_KINDS = frozenset({"config", "start", "heartbeat", "stop", "peer"})
 #: How long a command other than a heartbeat may wait for room in a full queue.
 COMMAND_WAIT_S = 2.0
+
 #: Messages from allowed keys not yet bound to a node id that are held, at most.
 MAX_HELD = 10_000
 
@@ -65,6 +66,11 @@ def identity(node_id) -> bytes:
     which ZeroMQ reserves for the ids it makes up itself)."""
     return b"P" + msgpack.packb(node_id, use_bin_type=True)
 
+
+def _ms(seconds: float) -> int:
+    """A poll time-out in whole milliseconds, rounded up; 0 stays 0 (do not block:
+    ``recv(0)`` ends every read-out, and 1 ms there cost an actor host half its CPU)."""
+    return 0 if seconds <= 0 else int(seconds * 1000) + 1
 
 class Endpoint:
     """Sockets and counters of one actor.
@@ -88,12 +94,15 @@ class Endpoint:
         :meth:`emulate` sets it later, before the peers are connected.
     security : Security, optional
         Run every socket on CURVE with this key pair and allow-list.
+    local : str, optional
+        An ``inproc://`` address the data socket binds as well, for peers that
+        share this process (and context): actors of one host.
     """
 
     def __init__(self, ctx: zmq.Context, node_id, bind: str, *, hwm: int = 1000,
                  limits: Limits = DEFAULT_LIMITS, control: str | None = None,
                  link: LinkSpec | None = None, link_seed: int = 0,
-                 security: Security | None = None) -> None:
+                 security: Security | None = None, local: str | None = None) -> None:
         self.ctx = ctx
         self.node_id = node_id
         self.limits = limits
@@ -122,6 +131,10 @@ class Endpoint:
             self.control_address = self._ctl.getsockopt_string(zmq.LAST_ENDPOINT)
         self._data = self._bind(bind, "data")
         self.address = self._data.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.local_address = None
+        if local is not None:  # for peers in the same process: no engine, no buffers
+            self._data.bind(local)
+            self.local_address = local
 
     def _bind(self, address: str, channel: str) -> zmq.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
@@ -236,7 +249,7 @@ class Endpoint:
             if self._ready:
                 return self._accept(*self._ready.popleft())
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready = dict(self._poller.poll(None if wait is None else int(wait * 1000) + 1))
+            ready = dict(self._poller.poll(None if wait is None else _ms(wait)))
             if not ready:
                 return None
             if any(m in ready for m in self._monitors):
@@ -249,6 +262,12 @@ class Endpoint:
             msg = self._validate(parts, channel)
             if msg is not None:
                 return self._accept(msg, channel)
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for something to read; read nothing."""
+        if self._ready:
+            return True
+        return bool(self._poller.poll(_ms(timeout)))
 
     def _accept(self, msg: Message, channel: str) -> Message:
         msg.channel = channel

@@ -166,36 +166,43 @@ class Mailbox:
         its turn on the CPU while it waits, and ``timeout`` counts the host's idle
         seconds, not wall seconds (``wall``: wall seconds, for emulated pauses).
         """
+        self._read_all()
+        if self.stopped or ready():
+            return
+        gate = self.gate
+        clock = time.monotonic if gate is None or wall else gate.idle_clock
+        deadline = clock() + timeout
+        next_check = time.monotonic() + 1.0
+        while not self.stopped and not ready():
+            left = deadline - clock()
+            if left <= 0:
+                return
+            now = time.monotonic()
+            if now >= next_check:
+                next_check = now + 1.0
+                if not self.alive():
+                    self.stopped = True
+                    return
+            if gate is None:
+                msg = self.endpoint.recv(min(left, next_check - now))
+                if msg is not None:
+                    self._route(msg)
+                continue
+            # Sleep off the gate; once there is news, read all of it in our turn.
+            gate.release()
+            try:
+                news = self.endpoint.wait(min(left, next_check - now))
+            finally:
+                gate.acquire()
+            if news:
+                self._read_all()
+
+    def _read_all(self) -> None:
         for _ in range(MAX_DRAIN):
             msg = self.endpoint.recv(0)
             if msg is None:
                 break
             self._route(msg)
-        if self.stopped or ready():
-            return
-        gate = self.gate
-        clock = time.monotonic if gate is None or wall else gate.idle_clock
-        if gate is not None:
-            gate.release()
-        try:
-            deadline = clock() + timeout
-            next_check = time.monotonic() + 1.0
-            while not self.stopped and not ready():
-                left = deadline - clock()
-                if left <= 0:
-                    return
-                now = time.monotonic()
-                if now >= next_check:
-                    next_check = now + 1.0
-                    if not self.alive():
-                        self.stopped = True
-                        return
-                msg = self.endpoint.recv(min(left, next_check - now))
-                if msg is not None:
-                    self._route(msg)
-        finally:
-            if gate is not None:
-                gate.acquire()
 
     def take_turns(self) -> None:
         """Let the other actors of this host compute before we go on (no waiting
