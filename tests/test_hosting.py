@@ -1,0 +1,112 @@
+"""Many node actors per process (``--in-process``, ``--procs``), issue 10.
+
+Real host processes, real ipc and inproc sockets: the nodes of an in-process
+cluster are actors of a few forked host processes, take fair turns on each
+host's CPU, and measure round time-outs on the host's idle clock.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from p2pfl import run_cluster
+from p2pfl.transport.cpugate import CpuGate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_the_gate_serves_first_come_first_served_and_counts_only_idle_time():
+    gate = CpuGate()
+    order, started = [], []
+    gate.acquire()
+    t_idle = gate.idle_clock()
+
+    def actor(k):
+        started.append(k)
+        with gate:
+            order.append(k)
+
+    threads = []
+    for k in range(5):  # queue up one after the other, while the gate is held
+        threads.append(threading.Thread(target=actor, args=(k,)))
+        threads[-1].start()
+        while len(gate._queue) < k + 1:
+            time.sleep(0.001)
+    time.sleep(0.2)  # held: the host is busy, its idle clock stands still
+    assert gate.idle_clock() - t_idle < 0.05
+    gate.release()
+    for t in threads:
+        t.join()
+    assert order == [0, 1, 2, 3, 4]
+    t0 = gate.idle_clock()
+    time.sleep(0.2)  # nobody holds it: idle time passes
+    assert gate.idle_clock() - t0 >= 0.19
+    assert gate.compute(lambda: threading.current_thread().name).startswith("p2pfl-compute")
+    gate.close()
+
+
+def _nodes(out):
+    with open(os.path.join(out, "nodes.json")) as fh:
+        return json.load(fh)
+
+
+def test_in_process_nodes_live_in_host_processes_and_learn_the_same(tmp_path):
+    """--procs 3 puts the nodes in three forked host processes (not this one), and
+    the run learns exactly what the same run with one host learns."""
+    runs = {}
+    for procs in (1, 3):
+        out = str(tmp_path / f"p{procs}")
+        res = run_cluster("ring:6", rounds=15, in_process=True, procs=procs, quiet=True,
+                          out=out)
+        pids = {row["pid"] for row in _nodes(out)}
+        assert len(pids) == procs and os.getpid() not in pids
+        assert res.summary["node_processes"] == procs
+        assert res.summary["misses_total"] == 0 and res.summary["failed_nodes"] == {}
+        assert res.summary["peak_rss_bytes"] > 0
+        runs[procs] = res.summary["accuracy_per_round"]
+    assert runs[1] == runs[3]  # lock-step gossip: where an actor lives changes nothing
+    assert runs[3][-1][1] > 0.85  # [round, mean accuracy]
+
+
+def test_a_busy_host_costs_no_time_outs(tmp_path):
+    """128 actors on one host: a round takes longer than the 0.15 s time-out, since
+    each actor waits for its turn on the CPU, yet nobody times out: the time-out
+    counts idle seconds, and the host is never idle while actors wait their turn."""
+    res = run_cluster("random_regular:4:128", dataset="mnist1d", rounds=4, in_process=True,
+                      procs=1, round_timeout=0.15, quiet=True, out=str(tmp_path / "busy"))
+    s = res.summary
+    walls = sorted({r["round"]: r["wall_s"] for r in res.metrics}.items())
+    per_round = (walls[-1][1] - walls[0][1]) / (len(walls) - 1)
+    assert per_round > 0.15, per_round  # the host really was busier than the time-out
+    assert s["misses_total"] == 0 and s["failed_nodes"] == {}
+
+
+def test_a_slow_peer_still_times_out(tmp_path):
+    """Time-outs keep their meaning: a neighbour whose messages take 0.6 s (an
+    emulated link) is missed when the time-out is 0.2 s of idle host."""
+    profile = tmp_path / "slow.toml"
+    profile.write_text('[nodes."3"]\nlink = "latency_ms=600"\n')
+    res = run_cluster("ring:6", rounds=6, in_process=True, procs=2, round_timeout=0.2,
+                      quiet=True, profiles=str(profile), out=str(tmp_path / "slow"))
+    finals = {r["node"]: r["misses"] for r in res.metrics if r["round"] == 6}
+    assert finals[2] > 0 and finals[4] > 0  # node 3's neighbours missed it
+    assert res.summary["failed_nodes"] == {}
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--procs", "2"], "--procs needs --in-process"),
+    (["--in-process", "--procs", "0"], "--procs must be >= 1"),
+    (["--in-process", "--transport", "inproc", "--procs", "2"], "--procs 1"),
+])
+def test_hosting_usage_errors_exit_2(tmp_path, flags, words):
+    proc = subprocess.run([sys.executable, "-m", "p2pfl.cli", "cluster", "--topology", "ring:4",
+                           "--rounds", "1", "--out", str(tmp_path / "o"), *flags],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and words in proc.stderr
+    assert not (tmp_path / "o" / "metrics.jsonl").exists()
