@@ -3,7 +3,8 @@
     python benchmarks/scale.py [--nodes 1024 4096] [--rounds 10]
 
 Runs ``p2pfl cluster --in-process --topology random_regular:4:N --dataset mnist1d
---rounds 10`` with default settings for each N, each a fresh process timed from
+--rounds 10`` with default settings for each N (past 4,000 nodes, more nodes than
+mnist1d's 4,000 training samples, ``--dataset mnist1d:25000``), each a fresh process timed from
 outside, and prints the whole process's wall time, the run's misses, the peak
 RSS summed over the launcher and the host processes (``peak_rss_bytes`` in
 summary.json: shared pages count once per process, so it is an upper bound), the
@@ -28,10 +29,15 @@ sys.path.insert(0, ROOT)
 from p2pfl.metrics import write_json_atomic  # noqa: E402
 
 
+def dataset_for(nodes: int) -> str:
+    """mnist1d has 4,000 training samples: past 4,000 nodes, generate 20,000."""
+    return "mnist1d" if nodes <= 4000 else "mnist1d:25000"
+
+
 def run(nodes: int, rounds: int, out: str) -> dict:
     cmd = [sys.executable, "-m", "p2pfl.cli", "cluster", "--in-process", "--topology",
-           f"random_regular:4:{nodes}", "--dataset", "mnist1d", "--rounds", str(rounds),
-           "--out", out]
+           f"random_regular:4:{nodes}", "--dataset", dataset_for(nodes), "--rounds",
+           str(rounds), "--out", out]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0

@@ -47,6 +47,20 @@ def _context(num_nodes: int, degree: int) -> zmq.Context:
     return ctx
 
 
+def _actors_per_host(degree: int) -> int:
+    """How many actors one host process can hold within its open-file limit.
+
+    Per actor: a wake-up descriptor for each of its sockets (data, control, the
+    launcher's, one per neighbour), two listeners, and a connection each way per
+    neighbour in another process and to the launcher: about 2 × degree + 8.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    return max(1, (min(limit, 1 << 20) - 512) // (2 * degree + 8))
+
+
 class ClusterError(RuntimeError):
     """The cluster could not start or lost contact with its nodes."""
 
@@ -167,6 +181,11 @@ class Launcher:
         ids = [s.id for s in self.specs]
         degree = max(len(s.peers) for s in self.specs)
         procs = max(1, min(self.procs, len(ids)))
+        per_host = _actors_per_host(degree)
+        if len(ids) > procs * per_host:
+            procs = -(-len(ids) // per_host)
+            self.log(f"{len(ids)} actors need more open files than {self.procs} host "
+                     f"process(es) may have: using {procs} hosts of at most {per_host}")
         for k in range(procs):
             share = ids[k * len(ids) // procs:(k + 1) * len(ids) // procs]
             host = fork.Process(target=host_main, name=f"p2pfl-host-{k}", daemon=True,

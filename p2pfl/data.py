@@ -43,7 +43,7 @@ __all__ = [
 
 #: Dataset names accepted by :func:`load_dataset` (with their argument forms).
 DATASETS = ("digits", "mnist1d", "synthetic", "mnist", "cifar10")
-_FORMS = "digits, mnist1d, synthetic[:CLASSES:DIM], mnist:PATH, cifar10:PATH"
+_FORMS = "digits, mnist1d[:SAMPLES], synthetic[:CLASSES:DIM], mnist:PATH, cifar10:PATH"
 
 
 @dataclass(frozen=True, eq=False)
@@ -156,9 +156,13 @@ def _cache_dir(cache_dir):
     return Path(cache_dir)
 
 
-def _mnist1d_arrays(cache_dir):
-    """The standard MNIST-1D arrays, generated once and cached as ``.npz``."""
-    path = _cache_dir(cache_dir) / "mnist1d-v1-4000-42.npz"
+def _mnist1d_arrays(cache_dir, samples: int = 5000):
+    """MNIST-1D arrays from its generator (seed 42), made once and cached as ``.npz``.
+
+    ``samples`` is the generator's ``num_samples`` (train and test together, split
+    80/20); 5,000 is the standard dataset."""
+    stem = "mnist1d-v1-4000-42" if samples == 5000 else f"mnist1d-v1-{samples}-42"
+    path = _cache_dir(cache_dir) / f"{stem}.npz"
     keys = ("x", "y", "x_test", "y_test")
     arrays = _read_npz(path, keys)
     if arrays is not None:
@@ -168,18 +172,21 @@ def _mnist1d_arrays(cache_dir):
     except ImportError:
         raise DataError("dataset 'mnist1d' needs the mnist1d package: "
                         "pip install mnist1d") from None
-    raw = make_dataset(get_dataset_args())
+    args = get_dataset_args()
+    args.num_samples = samples
+    raw = make_dataset(args)
     arrays = {k: np.asarray(raw[k]) for k in keys}
     _write_npz(path, arrays)
     return arrays
 
 
-def _load_mnist1d(cache_dir):
-    a = _mnist1d_arrays(cache_dir)
+def _load_mnist1d(arg, cache_dir):
+    samples = _int_arg(arg, "SAMPLES", 100, 1_000_000) if arg else 5000
+    a = _mnist1d_arrays(cache_dir, samples)
     x_tr, x_te = _standardise(a["x"].astype(np.float32),
                               a["x_test"].astype(np.float32), axis=None)
-    return _make("mnist1d", x_tr[:, None, :], a["y"], x_te[:, None, :],
-                 a["y_test"], 10)
+    name = "mnist1d" if not arg else f"mnist1d:{samples}"
+    return _make(name, x_tr[:, None, :], a["y"], x_te[:, None, :], a["y_test"], 10)
 
 
 def _int_arg(text, what, lo, hi):
@@ -188,7 +195,7 @@ def _int_arg(text, what, lo, hi):
     except ValueError:
         value = None
     if value is None or not lo <= value <= hi:
-        raise DataError(f"bad {what} {text!r} in synthetic spec; "
+        raise DataError(f"bad {what} {text!r} in the dataset spec; "
                         f"expected an integer in [{lo}, {hi}]")
     return value
 
@@ -270,7 +277,7 @@ def load_dataset(name: str, *, seed: int = 0, data_dir: str | None = None,
     Parameters
     ----------
     name : str
-        One of ``digits``, ``mnist1d``, ``synthetic[:CLASSES:DIM]``,
+        One of ``digits``, ``mnist1d[:SAMPLES]``, ``synthetic[:CLASSES:DIM]``,
         ``mnist:PATH`` or ``cifar10:PATH``.
     seed : int
         Seed for the ``digits`` train/test split and ``synthetic`` data.
@@ -293,8 +300,8 @@ def load_dataset(name: str, *, seed: int = 0, data_dir: str | None = None,
     kind, _, arg = str(name).partition(":")
     if kind == "digits" and not arg:
         return _load_digits(seed, cache_dir)
-    if kind == "mnist1d" and not arg:
-        return _load_mnist1d(cache_dir)
+    if kind == "mnist1d":
+        return _load_mnist1d(arg, cache_dir)
     if kind == "synthetic":
         return _load_synthetic(arg, seed)
     if kind == "mnist":

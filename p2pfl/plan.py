@@ -147,14 +147,14 @@ def _number(options: dict, key: str, kind: type, where: str):
     return kind(value)
 
 
-def _learn_spec(cfg: RunConfig, o: dict, shares: list, label) -> LearnSpec:
+def _learn_spec(cfg: RunConfig, o: dict, shares: tuple, label, num_nodes: int) -> LearnSpec:
     where = f"node {label!r}"
     behaviour = o["behaviour"]
     if not isinstance(behaviour, str):
         raise ConfigError(f"{where}: behaviour must be a string, got {behaviour!r}")
     return LearnSpec(
         dataset=cfg.dataset, data_dir=cfg.data_dir, partition=cfg.partition, seed=cfg.seed,
-        num_nodes=len(shares), shares=tuple(shares), model=_model_name(cfg, o["model"]),
+        num_nodes=num_nodes, shares=shares, model=_model_name(cfg, o["model"]),
         lr=_number(o, "lr", float, where), momentum=_number(o, "momentum", float, where),
         weight_decay=_number(o, "weight_decay", float, where),
         batch_size=_number(o, "batch_size", int, where),
@@ -168,7 +168,12 @@ def _learn_specs(cfg: RunConfig, labels: list) -> tuple[list, list]:
     per_node = [node_settings(cfg, i, label) for i, label in enumerate(labels)]
     shares = [_number(o, "data_share", float, f"node {labels[i]!r}")
               for i, o in enumerate(per_node)]
-    learns = [_learn_spec(cfg, o, shares, labels[i]) for i, o in enumerate(per_node)]
+    # Equal shares (the usual case) travel as (): a node's spec stays small however
+    # many nodes the run has (4,096 shares in each of 4,096 specs was 134 MB).
+    equal = len(set(shares)) == 1 and shares[0] > 0
+    shared = () if equal else tuple(shares)
+    learns = [_learn_spec(cfg, o, shared, labels[i], len(labels))
+              for i, o in enumerate(per_node)]
     _check_learning(learns)
     return per_node, learns
 

@@ -34,7 +34,7 @@ class LearnSpec:
     partition: str
     seed: int
     num_nodes: int
-    shares: tuple
+    shares: tuple  # data share per node; () when all are equal
     model: str
     lr: float
     momentum: float
@@ -59,7 +59,8 @@ class LearnSpec:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.local_steps < 0 or self.local_epochs < 0:
             raise ConfigError("local_steps and local_epochs must be >= 0")
-        if len(self.shares) != self.num_nodes or not all(s > 0 for s in self.shares):
+        if self.shares and (len(self.shares) != self.num_nodes
+                            or not all(s > 0 for s in self.shares)):
             raise ConfigError("data_share must be positive for every node")
         if self.momentum_mode not in ("local", "quasi-global"):
             raise ConfigError(f"momentum_mode must be local or quasi-global, "
@@ -146,7 +147,7 @@ class NodeSpec:
 def _plain(obj):
     """A dataclass as a map of its fields, recursively; other values as they are
     (msgpack writes tuples as arrays).  ``dataclasses.asdict`` deep-copies every
-    element: 8 s for the specs of 1,024 nodes, whose ``shares`` have 1,024 each."""
+    element: 8 s for the specs of 1,024 nodes with a ``shares`` of 1,024 each."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: _plain(getattr(obj, f.name)) for f in fields(obj)}
     if isinstance(obj, (list, tuple)) and any(dataclasses.is_dataclass(v) for v in obj[:1]):
