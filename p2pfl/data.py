@@ -181,7 +181,7 @@ def _mnist1d_arrays(cache_dir, samples: int = 5000):
 
 
 def _load_mnist1d(arg, cache_dir):
-    samples = _int_arg(arg, "SAMPLES", 100, 1_000_000) if arg else 5000
+    samples = _int_arg(arg, "SAMPLES", 100, 1_000_000, f"mnist1d:{arg}") if arg else 5000
     a = _mnist1d_arrays(cache_dir, samples)
     x_tr, x_te = _standardise(a["x"].astype(np.float32),
                               a["x_test"].astype(np.float32), axis=None)
@@ -189,13 +189,13 @@ def _load_mnist1d(arg, cache_dir):
     return _make(name, x_tr[:, None, :], a["y"], x_te[:, None, :], a["y_test"], 10)
 
 
-def _int_arg(text, what, lo, hi):
+def _int_arg(text, what, lo, hi, spec):
     try:
         value = int(text)
     except ValueError:
         value = None
     if value is None or not lo <= value <= hi:
-        raise DataError(f"bad {what} {text!r} in the dataset spec; "
+        raise DataError(f"bad {what} {text!r} in dataset {spec!r}; "
                         f"expected an integer in [{lo}, {hi}]")
     return value
 
@@ -206,8 +206,8 @@ def _load_synthetic(arg, seed):
     if len(parts) not in (0, 2):
         raise DataError(f"bad synthetic spec 'synthetic:{arg}'; "
                         "expected synthetic or synthetic:CLASSES:DIM")
-    classes = _int_arg(parts[0], "CLASSES", 2, 1000) if parts else 10
-    dim = _int_arg(parts[1], "DIM", 1, 100000) if parts else 32
+    classes = _int_arg(parts[0], "CLASSES", 2, 1000, f"synthetic:{arg}") if parts else 10
+    dim = _int_arg(parts[1], "DIM", 1, 100000, f"synthetic:{arg}") if parts else 32
     rng = np.random.default_rng(seed)
     means = rng.normal(0.0, 1.0, (classes, dim))
     means *= 3.4 / np.linalg.norm(means, axis=1, keepdims=True)

@@ -88,7 +88,7 @@ def test_cache_dir_from_environment(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", ["imagenet", "digits:5", "synthetic:x:3",
                                   "synthetic:3", "mnist1d:2"])
 def test_unknown_or_bad_dataset(name):
-    with pytest.raises(DataError, match="digits|synthetic"):
+    with pytest.raises(DataError, match="digits|synthetic|mnist1d"):
         load_dataset(name)
 
 
