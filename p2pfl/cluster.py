@@ -126,7 +126,7 @@ class Launcher:
         self.ep: Endpoint | None = None
         self.control_bytes = 0
         self.t_start: float | None = None  # set when the run starts
-        self._next_exit_check, self._gone = 0.0, set()
+        self._next_exit_check, self._dead = 0.0, {}
 
     # ------------------------------------------------------------------ phases
     def run(self) -> dict:
@@ -259,13 +259,13 @@ class Launcher:
         now = time.monotonic()
         if now >= self._next_exit_check:
             self._next_exit_check = now + 0.2
-            alive: dict = {}
-            for h in self.nodes.values():
-                if h.runner is not None and id(h.runner) not in alive:
-                    alive[id(h.runner)] = h.runner.is_alive()
-            self._gone = {h.id for h in self.nodes.values()
-                          if h.runner is not None and not alive[id(h.runner)]}
-        return self._gone
+            runners = {id(h.runner): h.runner for h in self.nodes.values()
+                       if h.runner is not None}
+            # the dead runners themselves are kept, so their ids are never reused
+            self._dead = {k: r for k, r in runners.items() if not r.is_alive()}
+        # by runner: a node restarted since the last check has a new, live one
+        return {h.id for h in self.nodes.values()
+                if h.runner is not None and self._dead.get(id(h.runner)) is h.runner}
 
     def _barrier(self) -> None:
         """join from all → config to each → ready from all → start."""
