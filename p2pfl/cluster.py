@@ -26,7 +26,7 @@ from .metrics import write_json_atomic
 from .runtime import LAUNCHER
 from .transport import Endpoint, Mailbox
 from .transport.security import Security
-from .worker import host_main, process_main, serve
+from .worker import host_main, process_main, raise_fd_limit, serve
 
 __all__ = ["Launcher", "NodeHandle", "ClusterError"]
 
@@ -140,6 +140,8 @@ class Launcher:
         return self.nodes
 
     def _spawn_and_bind(self) -> None:
+        # the launcher holds a socket to each node's control socket, plus their links
+        raise_fd_limit(4 * len(self.nodes) + 256)
         if self.listen:  # nodes are started elsewhere with `p2pfl node --connect`
             self.ctx = _context(len(self.nodes), 1)
             self._bind(self.listen)

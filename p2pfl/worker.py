@@ -36,7 +36,7 @@ from .transport import Endpoint, Mailbox, bind_address
 from .transport.cpugate import CpuGate
 from .transport.security import Security
 
-__all__ = ["serve", "process_main", "host_main"]
+__all__ = ["serve", "process_main", "host_main", "raise_fd_limit"]
 
 
 def _await(mailbox: Mailbox, kind: str, timeout: float):
@@ -177,7 +177,7 @@ def process_main(launcher: str, node_id: int, scheme: str, host: str, run_dir: s
     os._exit(status)
 
 
-def _raise_fd_limit(wanted: int) -> None:
+def raise_fd_limit(wanted: int) -> None:
     """Allow ``wanted`` open files if the system lets us (each socket connection is one)."""
     import resource
 
@@ -203,7 +203,7 @@ def host_main(launcher: str, node_ids: list, scheme: str, host: str, run_dir: st
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher handles Ctrl-C
     alive = _die_with_parent()
     per_node = max_degree + 4  # data, control, launcher, one per neighbour and spare
-    _raise_fd_limit(len(node_ids) * 2 * per_node + 256)  # both ends of local links
+    raise_fd_limit(len(node_ids) * 2 * per_node + 256)  # both ends of local links
     ctx = zmq.Context()
     ctx.set(zmq.MAX_SOCKETS, max(1024, len(node_ids) * per_node + 64))
     gate = CpuGate()
