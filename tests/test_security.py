@@ -76,8 +76,10 @@ def test_zap_admits_the_allow_list_and_counts_each_refusal(pair):
     assert a.counters.dropped["unknown_key"] == 20
     # A plaintext client that reads the node's greeting first may hang up before it
     # names its own mechanism: the node then sees a failed handshake, not a mismatch.
+    # Which of the two depends on timing (on a loaded machine, all 20 were failed
+    # handshakes), so only their sum is fixed: every refusal is counted once.
     d = a.counters.dropped
-    assert d["plaintext_peer"] + d["handshake_failed"] == 20 and d["plaintext_peer"] > 0
+    assert d["plaintext_peer"] + d["handshake_failed"] == 20
 
 
 def test_the_sender_is_the_key_not_the_header_nor_the_routing_id(pair):
