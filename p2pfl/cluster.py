@@ -26,7 +26,8 @@ from .metrics import write_json_atomic
 from .runtime import LAUNCHER
 from .transport import Endpoint, Mailbox
 from .transport.security import Security
-from .worker import host_main, process_main, raise_fd_limit, serve
+from .worker import (actor_context, fds_per_actor, host_main, process_main, raise_fd_limit,
+                     serve)
 
 __all__ = ["Launcher", "NodeHandle", "ClusterError"]
 
@@ -36,29 +37,13 @@ HEARTBEAT_S = 2.0
 CLOSER_GRACE_S = 10.0
 
 
-def _context(num_nodes: int, degree: int) -> zmq.Context:
-    """A context allowed enough sockets for ``num_nodes`` actors (libzmq's default is 1023).
-
-    Per node: a data and a control socket, one per neighbour and one to the
-    launcher; the launcher has one to each node's control socket.
-    """
-    ctx = zmq.Context()
-    ctx.set(zmq.MAX_SOCKETS, max(1024, num_nodes * (degree + 4) + 64))
-    return ctx
-
-
 def _actors_per_host(degree: int) -> int:
-    """How many actors one host process can hold within its open-file limit.
-
-    Per actor: a wake-up descriptor for each of its sockets (data, control, the
-    launcher's, one per neighbour), two listeners, and a connection each way per
-    neighbour in another process and to the launcher: about 2 × degree + 8.
-    """
+    """How many actors one host process can hold within its (hard) open-file limit."""
     import resource
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    limit = hard if hard != resource.RLIM_INFINITY else 1 << 20
-    return max(1, (min(limit, 1 << 20) - 512) // (2 * degree + 8))
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    limit = 1 << 20 if hard == resource.RLIM_INFINITY else min(hard, 1 << 20)
+    return max(1, (limit - 512) // fds_per_actor(degree))
 
 
 class ClusterError(RuntimeError):
@@ -143,7 +128,7 @@ class Launcher:
         # the launcher holds a socket to each node's control socket, plus their links
         raise_fd_limit(4 * len(self.nodes) + 256)
         if self.listen:  # nodes are started elsewhere with `p2pfl node --connect`
-            self.ctx = _context(len(self.nodes), 1)
+            self.ctx = actor_context(len(self.nodes), 1)
             self._bind(self.listen)
             self.log(f"waiting for {len(self.nodes)} node(s) to join at {self.ep.address}")
             return
@@ -151,7 +136,7 @@ class Launcher:
             self._spawn_hosts()
             return
         if self.in_process:
-            self.ctx = _context(len(self.nodes), max(len(s.neighbours) for s in self.specs))
+            self.ctx = actor_context(len(self.nodes), max(len(s.neighbours) for s in self.specs))
             address = f"inproc://p2pfl-launcher-{id(self)}"
             self._bind(address)
             for h in self.nodes.values():
@@ -172,7 +157,7 @@ class Launcher:
                       self._node_security(h.id)))
             h.runner.start()
             h.pid = h.runner.pid
-        self.ctx = _context(len(self.nodes), 1)
+        self.ctx = actor_context(len(self.nodes), 1)
         self._bind(address)
 
     def _spawn_hosts(self) -> None:
@@ -196,7 +181,7 @@ class Launcher:
             host.start()
             for j in share:
                 self.nodes[j].runner, self.nodes[j].pid = host, host.pid
-        self.ctx = _context(len(self.nodes), 1)
+        self.ctx = actor_context(len(self.nodes), 1)
         self._bind(address)
 
     def _node_security(self, node):

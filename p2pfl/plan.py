@@ -169,7 +169,7 @@ def _learn_specs(cfg: RunConfig, labels: list) -> tuple[list, list]:
     shares = [_number(o, "data_share", float, f"node {labels[i]!r}")
               for i, o in enumerate(per_node)]
     # Equal shares (the usual case) travel as (): a node's spec stays small however
-    # many nodes the run has (4,096 shares in each of 4,096 specs was 134 MB).
+    # many nodes the run has (4,096 shares in each of 4,096 specs: 134 MB of pointers).
     equal = len(set(shares)) == 1 and shares[0] > 0
     shared = () if equal else tuple(shares)
     learns = [_learn_spec(cfg, o, shared, labels[i], len(labels))

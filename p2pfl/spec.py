@@ -150,8 +150,6 @@ def _plain(obj):
     element: 8 s for the specs of 1,024 nodes with a ``shares`` of 1,024 each."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: _plain(getattr(obj, f.name)) for f in fields(obj)}
-    if isinstance(obj, (list, tuple)) and any(dataclasses.is_dataclass(v) for v in obj[:1]):
-        return [_plain(v) for v in obj]
     return obj
 
 

@@ -9,9 +9,8 @@ place, so the optimizer keeps tracking the same tensors.
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import math
+from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np

@@ -36,7 +36,8 @@ from .transport import Endpoint, Mailbox, bind_address
 from .transport.cpugate import CpuGate
 from .transport.security import Security
 
-__all__ = ["serve", "process_main", "host_main", "raise_fd_limit"]
+__all__ = ["serve", "process_main", "host_main", "raise_fd_limit", "fds_per_actor",
+           "actor_context"]
 
 
 def _await(mailbox: Mailbox, kind: str, timeout: float):
@@ -177,6 +178,22 @@ def process_main(launcher: str, node_id: int, scheme: str, host: str, run_dir: s
     os._exit(status)
 
 
+def fds_per_actor(degree: int) -> int:
+    """Open files one actor may hold: a wake-up descriptor for each of its sockets
+    (data, control, the launcher's, one per neighbour), two listeners, and a
+    connection each way per neighbour in another process and to the launcher."""
+    return 2 * degree + 8
+
+
+def actor_context(num_actors: int, degree: int) -> zmq.Context:
+    """A context allowed enough sockets for ``num_actors`` actors of ``degree``
+    neighbours (libzmq's default is 1023): a data and a control socket, one per
+    neighbour and one to the launcher each (the launcher: ``degree`` 1)."""
+    ctx = zmq.Context()
+    ctx.set(zmq.MAX_SOCKETS, max(1024, num_actors * (degree + 4) + 64))
+    return ctx
+
+
 def raise_fd_limit(wanted: int) -> None:
     """Allow ``wanted`` open files if the system lets us (each socket connection is one)."""
     import resource
@@ -202,10 +219,8 @@ def host_main(launcher: str, node_ids: list, scheme: str, host: str, run_dir: st
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher handles Ctrl-C
     alive = _die_with_parent()
-    per_node = max_degree + 4  # data, control, launcher, one per neighbour and spare
-    raise_fd_limit(len(node_ids) * 2 * per_node + 256)  # both ends of local links
-    ctx = zmq.Context()
-    ctx.set(zmq.MAX_SOCKETS, max(1024, len(node_ids) * per_node + 64))
+    raise_fd_limit(len(node_ids) * fds_per_actor(max_degree) + 256)
+    ctx = actor_context(len(node_ids), max_degree)
     gate = CpuGate()
     status = {}
 

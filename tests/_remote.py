@@ -17,6 +17,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_to_the_end(launcher: list, nodes: list, timeout: float = 120) -> None:
+    """Start the launcher and the node commands; assert that all of them exit 0."""
+    proc = subprocess.Popen(launcher, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen(cmd, cwd=ROOT) for cmd in nodes]
+    try:
+        _, err = proc.communicate(timeout=timeout)
+        assert proc.returncode == 0, err
+        assert [p.wait(timeout=60) for p in procs] == [0] * len(procs)
+    finally:
+        for p in [proc, *procs]:
+            p.kill()
+
+
 def remote_run(tmp_path, secure: bool = False, nodes: int = 3) -> tuple:
     """ring:N, 3 rounds, every socket TCP; with ``secure``, keys from `p2pfl keys generate`.
     Returns (summary, the TCP ports of the launcher and of every node)."""
@@ -28,19 +41,11 @@ def remote_run(tmp_path, secure: bool = False, nodes: int = 3) -> tuple:
         subprocess.run([sys.executable, "-m", "p2pfl.cli", "keys", "generate", str(keys),
                         "--nodes", str(nodes)], cwd=ROOT, check=True, capture_output=True)
         flags += ["--keys", str(keys)]
-    launcher = subprocess.Popen([sys.executable, "-m", "p2pfl.cli", *flags], cwd=ROOT,
-                                stderr=subprocess.PIPE, text=True)
-    procs = [subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
-                               "--host", "127.0.0.1",
-                               *(["--key", str(keys / f"{i}.key_secret")] if secure
-                                 else ["--id", str(i)])], cwd=ROOT) for i in range(nodes)]
-    try:
-        _, err = launcher.communicate(timeout=120)
-        assert launcher.returncode == 0, err
-        assert [p.wait(timeout=60) for p in procs] == [0] * nodes
-    finally:
-        for p in [launcher, *procs]:
-            p.kill()
+    run_to_the_end([sys.executable, "-m", "p2pfl.cli", *flags],
+                   [[sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
+                     "--host", "127.0.0.1",
+                     *(["--key", str(keys / f"{i}.key_secret")] if secure
+                       else ["--id", str(i)])] for i in range(nodes)])
     rows = json.loads((tmp_path / "run" / "nodes.json").read_text())
     ports = {int(addr.rsplit(":", 1)[1])}
     ports |= {int(n[k].rsplit(":", 1)[1]) for n in rows for k in ("address", "control")}

@@ -4,9 +4,9 @@ ZMTP 3.1 and CurveZMQ layouts, and summary.json against a loopback packet captur
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
-import os
 
 import pytest
 

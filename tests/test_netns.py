@@ -16,7 +16,8 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests._remote import run_to_the_end
+
 NODES = 4
 
 
@@ -80,19 +81,10 @@ def test_a_cluster_of_namespaces_runs_over_the_bridge(hosts, tmp_path):
     (launcher_ns, launcher_ip), *nodes = hosts.items()
     addr = f"tcp://{launcher_ip}:5555"
     out = tmp_path / "run"
-    launcher = subprocess.Popen(_in(launcher_ns, "cluster", "--topology", f"ring:{NODES}",
-                                    "--rounds", "5", "--listen", addr, "-q", "--out", str(out)),
-                                cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    procs = [subprocess.Popen(_in(ns, "node", "--connect", addr, "--id", str(k),
-                                  "--host", ip), cwd=ROOT, stderr=subprocess.PIPE, text=True)
-             for k, (ns, ip) in enumerate(nodes)]
-    try:
-        _, err = launcher.communicate(timeout=180)
-        assert launcher.returncode == 0, err
-        assert [p.wait(timeout=60) for p in procs] == [0] * NODES
-    finally:
-        for p in [launcher, *procs]:
-            p.kill()
+    run_to_the_end(_in(launcher_ns, "cluster", "--topology", f"ring:{NODES}", "--rounds", "5",
+                       "--listen", addr, "-q", "--out", str(out)),
+                   [_in(ns, "node", "--connect", addr, "--id", str(k), "--host", ip)
+                    for k, (ns, ip) in enumerate(nodes)], timeout=180)
     rows = json.loads((out / "nodes.json").read_text())
     # each node is reachable only at its own namespace's bridge address
     assert sorted(r["address"].split("//")[1].rsplit(":", 1)[0] for r in rows) == \

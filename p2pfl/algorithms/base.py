@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .robust import parse_robust
+
 __all__ = ["Packet", "GossipAlgorithm", "dense_packet", "dense_tensor", "renormalised"]
 
 
@@ -88,6 +90,8 @@ class GossipAlgorithm:
         self.weights = {j: float(w) for j, w in weights.items()}
         self.options = options
         self.seed = seed
+        # --robust, parsed once (robust.py): ("none", 0.0) for rules without the option
+        self.robust = parse_robust(getattr(options, "robust", "none"))
 
     def outgoing(self, x: torch.Tensor) -> Packet:
         """What this node sends to every neighbour this round."""

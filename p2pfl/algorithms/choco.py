@@ -24,7 +24,7 @@ import torch
 from .base import GossipAlgorithm, Packet, dense_packet, dense_tensor
 from .options import CHOCOOptions
 from .public import PublicCopies
-from .robust import parse_robust, robust_step
+from .robust import robust_step
 
 __all__ = ["CHOCO", "default_gamma"]
 
@@ -112,10 +112,9 @@ class CHOCO(GossipAlgorithm):
 
     def _consensus_step(self, x: torch.Tensor) -> torch.Tensor:
         pub = self.public
-        robust = parse_robust(self.options.robust)
-        if robust[0] != "none":  # on x̂_j − x̂_i (module docstring of robust.py)
+        if self.robust[0] != "none":  # on x̂_j − x̂_i (module docstring of robust.py)
             fresh = {j: pub.copies[j] for j in pub.fresh()}
-            step = robust_step(pub.own, fresh, self.weights, robust)
+            step = robust_step(pub.own, fresh, self.weights, self.robust)
         else:
             step = torch.zeros_like(x)
             for j in pub.fresh():

@@ -29,7 +29,7 @@ import torch
 from .base import GossipAlgorithm, Packet, dense_packet, dense_tensor, renormalised
 from .choco import CHOCO
 from .options import DPSGDOptions
-from .robust import parse_robust, robust_step
+from .robust import robust_step
 
 __all__ = ["DPSGD", "CompressedDPSGD"]
 
@@ -52,9 +52,8 @@ class DPSGD(GossipAlgorithm):
     def mix(self, x: torch.Tensor, received: dict) -> torch.Tensor:
         self._seen = list(received.values())
         w_self, w = renormalised(self.self_weight, self.weights, received)
-        robust = parse_robust(self.options.robust) if self.options else ("none", 0.0)
-        if robust[0] != "none":  # x_i + Σ_j w_ij · robust(x_j − x_i)
-            return x + robust_step(x, received, w, robust)
+        if self.robust[0] != "none":  # x_i + Σ_j w_ij · robust(x_j − x_i)
+            return x + robust_step(x, received, w, self.robust)
         out = x * w_self
         for j in sorted(received):  # a fixed order: float sums do not depend on arrival
             out.add_(received[j], alpha=w[j])

@@ -47,7 +47,6 @@ from ..errors import ConfigError
 __all__ = ["Reply", "ServerContext", "Strategy", "ClientStrategy", "Packet", "weighted_mean",
            "dense_packet", "dense_tensor", "BEHAVIOURS", "behave", "model_from_state"]
 
-#: Worker behaviours a node profile may set (``behaviour = "..."``).
 #: Every behaviour a node profile may name (algorithms/attacks.py describes them).
 BEHAVIOURS = GOSSIP_BEHAVIOURS
 

@@ -39,14 +39,12 @@ class CpuGate:
         self._held = False
         self._since = 0.0  # when the current holder got the gate
         self._busy = 0.0  # seconds the gate was held, holders before the current one
-        self.turns = 0  # how often the gate changed hands (for benchmarks)
         self._executor = None  # the host's compute thread, started on first use
 
     def acquire(self) -> None:
         with self._mutex:
             if not self._held:
                 self._held, self._since = True, time.monotonic()
-                self.turns += 1
                 return
             waiter = threading.Lock()
             waiter.acquire()
@@ -59,7 +57,6 @@ class CpuGate:
             self._busy += now - self._since
             if self._queue:  # hand over directly: nobody can jump the queue
                 self._since = now
-                self.turns += 1
                 self._queue.popleft().release()
             else:
                 self._held = False

@@ -72,6 +72,7 @@ def _ms(seconds: float) -> int:
     ``recv(0)`` ends every read-out, and 1 ms there cost an actor host half its CPU)."""
     return 0 if seconds <= 0 else int(seconds * 1000) + 1
 
+
 class Endpoint:
     """Sockets and counters of one actor.
 
