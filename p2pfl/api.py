@@ -88,6 +88,15 @@ def _with_checkpoint(p: Plan, out: str) -> Plan:
     return dataclasses.replace(p, specs=specs)
 
 
+def _backend(cfg, log):
+    """The placement backend of ``--backend ray``; None: processes of this machine."""
+    if cfg.backend != "ray":
+        return None
+    from .ray_backend import RayBackend
+
+    return RayBackend(cfg.ray_address, cfg.host, cfg.node_cpus, cfg.node_gpus, log=log)
+
+
 def execute(p: Plan, *, t0: float | None = None) -> Result:
     """Launch a plan's nodes, stream their records to the run folder, write summary.json.
 
@@ -129,7 +138,8 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
                         round_timeout=cfg.round_timeout, on_message=on_message,
                         log=progress.info, listen=cfg.listen, closer=p.closer,
                         restarts=p.restarts, on_restart=lambda h: h.id == p.closer or
-                        sink.node_paused(h.id), keys=p.keys, procs=cfg.procs or 1)
+                        sink.node_paused(h.id), keys=p.keys, procs=cfg.procs or 1,
+                        backend=_backend(cfg, progress.info))
     try:
         nodes = launcher.run()
     finally:

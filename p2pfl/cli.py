@@ -53,7 +53,15 @@ CLUSTER_OPTIONS = [
     ("fd_bits", int, "FD/CFD: soft-label bits (0: float32; default fd 0, cfd 1)"),
     ("fd_delta", str, "FD/CFD: delta-code soft labels: auto (on for cfd), on or off"),
     ("transport", str, "tcp (default), ipc or inproc"),
-    ("host", str, "address nodes bind for tcp (default 127.0.0.1)"),
+    ("host", str, "address nodes bind for tcp (default 127.0.0.1; with --backend ray, the "
+     "IP Ray knows each host by)"),
+    ("backend", str, "local (node processes here, default) or ray (Ray actors on a Ray "
+     "cluster; pip install 'p2pfl[ray]')"),
+    ("ray_address", str, "with --backend ray: a running Ray cluster, HOST:PORT or auto "
+     "(default: start Ray here)"),
+    ("node_cpus", float, "with --backend ray: CPUs each node asks Ray for (default: an equal "
+     "share of the cluster, at most 1)"),
+    ("node_gpus", float, "with --backend ray: GPUs each node asks Ray for (default 0)"),
     ("procs", int, "with --in-process: host processes for the node actors (default: the cores)"),
     ("listen", str, "bind the launcher here (tcp://HOST:PORT) and wait for remote nodes"),
     ("keys", str, "CURVE key folder from `p2pfl keys generate` (implies --secure)"),

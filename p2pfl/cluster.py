@@ -3,7 +3,9 @@
 Nodes are OS processes by default (forked, one per node).  With
 ``--in-process`` they are actors, one thread each, of a few host processes
 (``--procs P``, forked, talking over ``ipc://``), or of this process itself
-over ``inproc://`` sockets (``--transport inproc``).  The launcher talks to
+over ``inproc://`` sockets (``--transport inproc``).  With ``--backend ray`` they
+are Ray actors placed on a Ray cluster (:mod:`~p2pfl.ray_backend`), talking over
+TCP.  The launcher talks to
 them over the same wire format as the nodes use among themselves.  No node
 outlives the launcher: nodes are stopped, then terminated, then killed when
 the run ends for any reason; a node process also dies with its parent
@@ -58,6 +60,7 @@ class NodeHandle:
     address: str | None = None
     control: str | None = None
     local: str | None = None  # inproc address for actors of the same host process
+    ray_node: str | None = None  # the Ray node it was placed on (--backend ray)
     pid: int | None = None
     host: str | None = None
     state: str = "spawned"  # spawned, joined, ready, done, failed
@@ -89,8 +92,9 @@ class Launcher:
                  scheme: str = "tcp", host: str = "127.0.0.1", start_timeout: float = 60.0,
                  round_timeout: float = 10.0, on_message=None, log=None,
                  listen: str | None = None, closer=None, restarts: int = 0,
-                 on_restart=None, keys=None, procs: int = 1) -> None:
+                 on_restart=None, keys=None, procs: int = 1, backend=None) -> None:
         self.specs = specs
+        self.backend = backend  # RayBackend: nodes are Ray actors (--backend ray)
         self.procs = procs  # host processes for in-process actors (over ipc)
         self.keys = keys  # RunKeys: CurveZMQ on every socket (--secure)
         self.restart_limit = restarts  # restarts allowed per node (--restart on-failure:N)
@@ -131,6 +135,13 @@ class Launcher:
             self.ctx = actor_context(len(self.nodes), 1)
             self._bind(self.listen)
             self.log(f"waiting for {len(self.nodes)} node(s) to join at {self.ep.address}")
+            return
+        if self.backend is not None:
+            host = self.backend.start(len(self.nodes))
+            self.ctx = actor_context(len(self.nodes), 1)
+            self._bind(f"tcp://{host}:*")
+            for h in self.nodes.values():
+                h.runner = self.backend.spawn(self.ep.address, h.id, self.start_timeout)
             return
         if self.in_process and self.scheme != "inproc":
             self._spawn_hosts()
@@ -330,6 +341,7 @@ class Launcher:
         h.pid, h.host = meta.get("pid"), meta.get("host")
         local = meta.get("local")
         h.local = local if isinstance(local, str) and local.startswith("inproc://") else None
+        h.ray_node = meta["ray_node"] if isinstance(meta.get("ray_node"), str) else None
         self.ep.reconnect(h.id, h.control, control=True)
         h.state = "joined"
         return True
@@ -340,6 +352,9 @@ class Launcher:
         h.state = "restarting"
         self.log(f"node {h.label!r} died; restarting it ({h.restarts}/{self.restart_limit})")
         self.on_restart(h)
+        if self.backend is not None:
+            h.runner, h.pid = self.backend.spawn(self.ep.address, h.id, self.start_timeout), None
+            return
         h.runner = mp.get_context("spawn").Process(
             target=process_main, name=f"p2pfl-node-{h.id}", daemon=True,
             args=(self._address, h.id, self.scheme, self.host, self.run_dir,
@@ -412,7 +427,7 @@ class Launcher:
                 h.runner.join(max(0.05, deadline - time.monotonic()))
         for h in self.nodes.values():
             r = h.runner
-            if isinstance(r, mp.process.BaseProcess) and r.is_alive():
+            if hasattr(r, "terminate") and r.is_alive():  # a process or a Ray actor
                 r.terminate()
                 r.join(2.0)
                 if r.is_alive():
@@ -431,11 +446,16 @@ class Launcher:
             elif not any(t.is_alive() for t in threads):
                 self.ctx.term()  # a thread still inside a socket call would block term()
             self.ctx = None
+        if self.backend is not None:
+            self.backend.stop()
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def write_nodes_json(self) -> None:
         rows = [{"id": h.id, "label": h.label, "address": h.address, "control": h.control,
                  "pid": h.pid, "host": h.host, "state": h.state} for h in self.nodes.values()]
+        if self.backend is not None:
+            for row, h in zip(rows, self.nodes.values()):
+                row["ray_node"] = h.ray_node
         if self.keys is not None:  # public keys only: a secret key never leaves memory
             for row in rows:
                 row["public_key"] = self.keys.z85(row["id"])

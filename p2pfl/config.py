@@ -97,8 +97,12 @@ class RunConfig:
     transport: str = "tcp"
     in_process: bool = False
     procs: int | None = None  # host processes of an in-process cluster (default: the cores)
-    host: str = "127.0.0.1"
+    host: str | None = None  # tcp bind address: 127.0.0.1, or with Ray each host's own IP
     listen: str | None = None
+    backend: str = "local"  # local (processes of this machine) or ray (Ray actors)
+    ray_address: str | None = None  # a running Ray cluster; None: start one here
+    node_cpus: float | None = None  # Ray resources per node (None: an equal share, <= 1)
+    node_gpus: float = 0.0
     secure: bool = False  # CurveZMQ on every socket (transport/security.py)
     keys: str | None = None  # key folder from `p2pfl keys generate` (implies secure)
     round_timeout: float = 10.0
@@ -159,6 +163,7 @@ class RunConfig:
         if self.nodes is not None and self.nodes < 1:
             raise ConfigError(f"--nodes must be >= 1, got {self.nodes}")
         self._check_hosting()
+        self._check_backend()
         if self.keys is not None:
             if not os.path.isdir(self.keys):
                 raise ConfigError(f"--keys {self.keys}: no such folder")
@@ -187,6 +192,35 @@ class RunConfig:
             object.__setattr__(self, "transport", "ipc")
         if self.in_process and self.procs is None:
             object.__setattr__(self, "procs", 1 if self.transport == "inproc" else _cores())
+
+    def _check_backend(self) -> None:
+        """``--backend ray``: node processes are Ray actors that talk over TCP."""
+        _one_of("backend", self.backend, ("local", "ray"))
+        if self.backend != "ray":
+            for name in ("ray_address", "node_cpus"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"--{_flag(name)} needs --backend ray")
+            if self.node_gpus:
+                raise ConfigError("--node-gpus needs --backend ray")
+            if self.host is None:
+                object.__setattr__(self, "host", "127.0.0.1")
+            return
+        refused = {"--in-process": self.in_process, "--listen": self.listen,
+                   "--secure": self.secure or self.keys, "--transport ipc/inproc":
+                   self.transport != "tcp"}
+        for flag, given in refused.items():
+            if given:
+                why = (" (secret keys would travel through Ray's object store; run "
+                       "`p2pfl node --connect --key` on each host)" if flag == "--secure" else "")
+                raise ConfigError(f"--backend ray does not combine with {flag}: Ray places one "
+                                  f"node process per actor, talking over TCP{why}")
+        if self.node_cpus is not None and not self.node_cpus > 0:
+            raise ConfigError(f"--node-cpus must be positive, got {self.node_cpus}")
+        if not self.node_gpus >= 0:
+            raise ConfigError(f"--node-gpus must be >= 0, got {self.node_gpus}")
+        from .ray_backend import require_ray
+
+        require_ray()
 
     @property
     def exchange_only(self) -> bool:

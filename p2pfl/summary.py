@@ -43,6 +43,7 @@ def run_summary(plan, sink, nodes: dict, wall: float, control_bytes: int) -> dic
         "dropped_total": int(sum(sum(f.get("dropped", {}).values()) for f in finals)),
         "dropped": _dropped_by_reason(finals),
         "secure": bool(cfg.secure),
+        "backend": cfg.backend,
         "messages_sent_total": int(sum(f.get("messages_sent", 0) for f in finals)),
         "emulated_lost_total": int(sum(f.get("emulated_lost", 0) for f in finals)),
         "failed_nodes": failed,
@@ -55,6 +56,8 @@ def run_summary(plan, sink, nodes: dict, wall: float, control_bytes: int) -> dic
         "accuracy_per_round": base["accuracy_per_round"],
         "accuracy_mean_honest": _honest_mean(plan, sink),
     })
+    if cfg.backend == "ray":  # the Ray hosts the nodes were placed on
+        out["ray_nodes"] = len({h.ray_node for h in nodes.values() if h.ray_node})
     if plan.closer is not None:
         _server_fields(out, plan, sink, nodes)
     return out

@@ -71,20 +71,21 @@ def serve(launcher: str, node_id: int, *, ctx: zmq.Context | None = None,
           scheme: str = "tcp", host: str = "127.0.0.1", run_dir: str = "/tmp",
           alive: Callable[[], bool] | None = None, start_timeout: float = 60.0,
           advertise: str | None = None, security: Security | None = None,
-          gate: CpuGate | None = None) -> int:
+          gate: CpuGate | None = None, placement: dict | None = None) -> int:
     """Run one node to completion; return its exit status (0 on success).
 
     With ``security``, every socket runs on CURVE; the launcher's config tells
     the node its neighbours' public keys.  With ``gate`` (many actors in one
-    process), the node computes only in its turn on the host's CPU.
+    process), the node computes only in its turn on the host's CPU.  ``placement``
+    (e.g. the Ray node it runs on) goes to the launcher with the join.
     """
     with gate if gate is not None else contextlib.nullcontext():
         return _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout,
-                      advertise, security, gate)
+                      advertise, security, gate, placement or {})
 
 
 def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, advertise,
-           security, gate) -> int:
+           security, gate, placement) -> int:
     ctx = ctx or zmq.Context.instance()
     name = f"p2pfl-{os.getpid()}-{node_id}-{secrets.token_hex(4)}"
     local = bind_address("inproc", name) if gate is not None and scheme != "inproc" else None
@@ -103,7 +104,7 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
                                 for a in (address, control))
         ep.send(LAUNCHER, "join", meta={"address": address, "control": control,
                                          "pid": os.getpid(), "host": socket.gethostname(),
-                                         "local": ep.local_address})
+                                         "local": ep.local_address, **placement})
         config = _await(mailbox, "config", start_timeout).meta
         spec = node_spec(config.get("spec"))
         if security is not None:

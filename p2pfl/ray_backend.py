@@ -1,0 +1,141 @@
+"""Ray as the placement backend (``p2pfl cluster --backend ray``).
+
+Ray places each node process as an actor on a host of an existing Ray cluster
+(``--ray-address``), or of a Ray instance started here, with the resources the
+node states (``--node-cpus``, ``--node-gpus``); it supervises the actor and
+forwards its output.  That is all Ray does: nodes talk to each other and to the
+launcher directly over ZeroMQ TCP, on the address of the host Ray placed them on,
+so no model byte passes through Ray's object store and the byte counts mean what
+they mean for local processes.
+
+Ray is an optional extra (``pip install 'p2pfl[ray]'``); nothing here imports it
+until a run asks for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+from .errors import ConfigError
+
+__all__ = ["RayBackend", "RayRunner", "require_ray"]
+
+
+def require_ray():
+    """The ``ray`` module, or a usage error that says how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--backend ray needs Ray: pip install 'p2pfl[ray]'") from None
+    return ray
+
+
+class NodeActor:
+    """One node process, as a Ray actor (wrapped by ``ray.remote`` at spawn time)."""
+
+    def run(self, launcher: str, node_id: int, host: str | None, start_timeout: float) -> int:
+        import ray
+        import zmq
+
+        from .worker import serve
+
+        here = host or ray.util.get_node_ip_address()
+        ctx = zmq.Context()
+        try:
+            return serve(launcher, node_id, ctx=ctx, scheme="tcp", host=here,
+                         start_timeout=start_timeout,
+                         placement={"ray_node": ray.get_runtime_context().get_node_id()})
+        finally:
+            ctx.term()
+
+
+class RayRunner:
+    """The launcher's handle on one node actor, shaped like a process: alive, join,
+    terminate, kill."""
+
+    ident = "ray"  # started: the launcher joins it on shutdown
+
+    def __init__(self, ray, actor, done) -> None:
+        self._ray, self.actor, self.done = ray, actor, done
+
+    def is_alive(self) -> bool:
+        ready, _ = self._ray.wait([self.done], timeout=0)
+        return not ready
+
+    def join(self, timeout: float | None = None) -> None:
+        self._ray.wait([self.done], timeout=timeout)
+
+    def terminate(self) -> None:
+        self._ray.kill(self.actor, no_restart=True)
+
+    kill = terminate
+
+
+class RayBackend:
+    """Connects to (or starts) Ray, checks the nodes' resources fit, spawns node actors.
+
+    Parameters
+    ----------
+    address : str or None
+        A running cluster (``HOST:PORT`` or ``auto``); None starts a local instance,
+        stopped again with the run.
+    host : str or None
+        The address nodes (and the launcher) bind; None: the IP Ray gives each host.
+    node_cpus, node_gpus : float or None
+        Resources each node states; ``node_cpus`` None: an equal share of the cluster's
+        CPUs, at most one.
+    """
+
+    def __init__(self, address: str | None, host: str | None, node_cpus: float | None,
+                 node_gpus: float, log=None) -> None:
+        self.address, self.host = address, host
+        self.node_cpus, self.node_gpus = node_cpus, node_gpus
+        self.log = log or (lambda text: None)
+        self._ray = None
+
+    def start(self, num_nodes: int) -> str:
+        """Join or start Ray; return the address the launcher binds."""
+        ray = require_ray()
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no calls home
+        kwargs = dict(include_dashboard=False, logging_level=logging.WARNING,
+                      namespace="p2pfl", log_to_driver=True)
+        try:
+            ray.init(address=self.address, **kwargs)
+        except ConnectionError as exc:
+            raise ConfigError(f"--ray-address {self.address}: {exc}") from None
+        self._ray = ray
+        self._check_resources(num_nodes, ray.cluster_resources())
+        where = "at " + self.address if self.address else "started here"
+        self.log(f"Ray cluster {where}: {len(ray.nodes())} host(s); {num_nodes} node actors "
+                 f"of {self.node_cpus:g} CPU" + (f", {self.node_gpus:g} GPU"
+                                                 if self.node_gpus else ""))
+        return self.host or ray.util.get_node_ip_address()
+
+    def _check_resources(self, n: int, have: dict) -> None:
+        cpus, gpus = float(have.get("CPU", 0)), float(have.get("GPU", 0))
+        if self.node_cpus is None:  # an equal share, so that every node is placed at once
+            self.node_cpus = max(0.01, min(1.0, math.floor(100 * cpus / n) / 100))
+        for what, each, total in (("CPU", self.node_cpus, cpus), ("GPU", self.node_gpus, gpus)):
+            if n * each > total + 1e-9:
+                flag = "--node-cpus" if what == "CPU" else "--node-gpus"
+                raise ConfigError(f"{n} nodes x {each:g} {what} need {n * each:g} {what}s; the "
+                                  f"Ray cluster has {total:g} (lower {flag})")
+
+    def spawn(self, launcher: str, node_id: int, start_timeout: float) -> RayRunner:
+        """Place one node actor and start its node; it joins ``launcher`` itself."""
+        ray = self._ray
+        cls = ray.remote(NodeActor).options(
+            num_cpus=self.node_cpus, num_gpus=self.node_gpus, max_restarts=0,
+            name=f"p2pfl-node-{node_id}-{os.getpid()}")
+        actor = cls.remote()
+        return RayRunner(ray, actor, actor.run.remote(launcher, node_id, self.host,
+                                                      start_timeout))
+
+    def stop(self) -> None:
+        """Disconnect; a Ray instance started here stops with it, and Ray kills this
+        driver's actors."""
+        if self._ray is not None:
+            self._ray.shutdown()
+            self._ray = None

@@ -1,0 +1,113 @@
+"""``--backend ray``: node processes as Ray actors on a two-node Ray cluster.
+
+The cluster is real: a Ray head and a second Ray node, each a ``ray start``
+process of its own (with its raylet, object store and workers), joined with a
+token made for this test.  Sixteen p2pfl nodes asking one CPU each do not fit on
+one Ray node of eight, so Ray must place them on both; they then talk to each
+other over ZeroMQ TCP on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests._remote import ROOT, free_port
+
+ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'p2pfl[ray]'")
+
+
+def _ray_env() -> dict:
+    return dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token",
+                RAY_AUTH_TOKEN=secrets.token_hex(32))
+
+
+def _alive_nodes(address: str, env: dict) -> int:
+    code = (f"import ray; ray.init(address={address!r}, logging_level=40); "
+            "print(sum(n['Alive'] for n in ray.nodes()))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=60)
+    return int(out.stdout.strip() or 0)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A Ray head and a second Ray node (8 CPUs each); killed, with all their
+    processes, at the end."""
+    env, port = _ray_env(), free_port()
+    address = f"127.0.0.1:{port}"
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    common = ["--num-cpus=8", "--block", "--disable-usage-stats"]
+    procs = [subprocess.Popen([ray_cli, "start", "--head", f"--port={port}",
+                               "--include-dashboard=false", *common], env=env,
+                              start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)]
+    try:
+        deadline = time.monotonic() + 90
+        while _alive_nodes(address, env) < 1:
+            assert time.monotonic() < deadline, "the Ray head did not start"
+            time.sleep(1)
+        procs.append(subprocess.Popen([ray_cli, "start", f"--address={address}", *common],
+                                      env=env, start_new_session=True,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        while _alive_nodes(address, env) < 2:
+            assert time.monotonic() < deadline, "the second Ray node did not join"
+            time.sleep(1)
+        yield address, env
+    finally:
+        for p in reversed(procs):  # raylets, stores and workers are in each group
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(30)
+
+
+def _p2pfl(env, *args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "p2pfl.cli", "cluster", *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_sixteen_nodes_across_two_ray_nodes(ray_cluster, tmp_path):
+    address, env = ray_cluster
+    out = tmp_path / "run"
+    proc = _p2pfl(env, "--backend", "ray", "--ray-address", address, "--node-cpus", "1",
+                  "--host", "127.0.0.1", "--topology", "ring:16", "--dataset", "digits",
+                  "--rounds", "12", "-q", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    rows = json.loads((out / "nodes.json").read_text())
+    assert summary["backend"] == "ray"
+    assert summary["ray_nodes"] == 2  # 16 x 1 CPU cannot fit on one Ray node of 8
+    assert len({r["ray_node"] for r in rows}) == 2
+    assert all(r["state"] == "done" for r in rows)
+    assert all(r["address"].startswith("tcp://127.0.0.1:") for r in rows)
+    assert summary["node_processes"] == 16 and summary["failed_nodes"] == {}
+    assert summary["misses_total"] == 0
+    assert summary["accuracy_mean"] > 0.6  # twelve rounds on a ring of 16 learn
+
+
+def test_nodes_that_do_not_fit_are_refused_before_any_starts(ray_cluster, tmp_path):
+    address, env = ray_cluster
+    proc = _p2pfl(env, "--backend", "ray", "--ray-address", address, "--node-cpus", "2",
+                  "--topology", "ring:16", "-q", "--out", str(tmp_path / "run"), timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "16 nodes x 2 CPU need 32 CPUs; the Ray cluster has 16" in proc.stderr
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--ray-address", "127.0.0.1:1"], "--ray-address needs --backend ray"),
+    (["--node-gpus", "1"], "--node-gpus needs --backend ray"),
+    (["--backend", "ray", "--in-process"], "does not combine with --in-process"),
+    (["--backend", "ray", "--secure"], "does not combine with --secure"),
+    (["--backend", "ray", "--node-cpus", "0"], "--node-cpus must be positive"),
+    (["--backend", "mpi"], "backend"),
+])
+def test_bad_ray_flags_exit_2(flags, message, tmp_path):
+    proc = _p2pfl(os.environ, *flags, "-q", "--out", str(tmp_path / "run"), timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1
