@@ -14,6 +14,7 @@ until a run asks for it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -94,6 +95,7 @@ class RayBackend:
         self.node_cpus, self.node_gpus = node_cpus, node_gpus
         self.log = log or (lambda text: None)
         self._ray = None
+        self._spawned = itertools.count()  # a restarted node's actor gets a new name
 
     def start(self, num_nodes: int) -> str:
         """Join or start Ray; return the address the launcher binds."""
@@ -102,7 +104,8 @@ class RayBackend:
         kwargs = dict(include_dashboard=False, logging_level=logging.WARNING,
                       namespace="p2pfl", log_to_driver=True)
         try:
-            ray.init(address=self.address, **kwargs)
+            # "local": a new instance even when `ray start` left one's address behind
+            ray.init(address=self.address or "local", **kwargs)
         except ConnectionError as exc:
             raise ConfigError(f"--ray-address {self.address}: {exc}") from None
         self._ray = ray
@@ -128,7 +131,7 @@ class RayBackend:
         ray = self._ray
         cls = ray.remote(NodeActor).options(
             num_cpus=self.node_cpus, num_gpus=self.node_gpus, max_restarts=0,
-            name=f"p2pfl-node-{node_id}-{os.getpid()}")
+            name=f"p2pfl-node-{node_id}-{os.getpid()}-{next(self._spawned)}")
         actor = cls.remote()
         return RayRunner(ray, actor, actor.run.remote(launcher, node_id, self.host,
                                                       start_timeout))

@@ -65,6 +65,21 @@ def ray_cluster():
         for p in reversed(procs):  # raylets, stores and workers are in each group
             os.killpg(p.pid, signal.SIGKILL)
             p.wait(30)
+        _forget(address)
+
+
+def _forget(address: str) -> None:
+    """Remove the address `ray start` leaves for a later ``ray.init()`` to find (a
+    killed head cannot remove it itself)."""
+    import tempfile
+
+    path = os.path.join(tempfile.gettempdir(), "ray", "ray_current_cluster")
+    try:
+        with open(path) as fh:
+            if fh.read().strip().endswith(":" + address.rsplit(":", 1)[1]):
+                os.remove(path)
+    except OSError:
+        pass
 
 
 def _p2pfl(env, *args, timeout=300):
