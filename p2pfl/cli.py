@@ -26,6 +26,8 @@ CLUSTER_OPTIONS = [
     ("data_dir", str, "folder for dataset files"),
     ("partition", str, "iid, dirichlet:ALPHA, shards:S or groups:K"),
     ("model", str, "mlp[:H], cnn or logreg"),
+    ("device", str, "where nodes train: auto (a GPU when there is one, default), cpu, cuda "
+     "or cuda:N; several nodes may share a GPU"),
     ("local_steps", int, "local SGD steps per round (default 2 in gossip, 10 in server modes; "
      "0: exchange only, no training or evaluation)"),
     ("local_epochs", int, "local epochs per round (overrides --local-steps when > 0)"),

@@ -48,6 +48,7 @@ MODE_DEFAULTS = {
 NODE_KEYS = frozenset({
     "data_share", "model", "local_steps", "local_epochs", "lr", "momentum",
     "weight_decay", "batch_size", "compression", "behaviour", "link", "slowdown", "offline",
+    "device",
 })
 
 
@@ -66,6 +67,7 @@ class RunConfig:
     data_dir: str | None = None
     partition: str = "iid"
     model: str = "mlp"
+    device: str = "auto"  # where node models train: auto (a GPU if present), cpu, cuda[:N]
     # local SGD
     local_steps: int | None = None  # mode default: MODE_DEFAULTS
     local_epochs: int = 0
@@ -162,6 +164,9 @@ class RunConfig:
             raise ConfigError(f"--target-accuracy must be in (0, 1], got {self.target_accuracy}")
         if self.nodes is not None and self.nodes < 1:
             raise ConfigError(f"--nodes must be >= 1, got {self.nodes}")
+        if not (self.device in ("auto", "cpu", "cuda") or (
+                self.device.startswith("cuda:") and self.device[5:].isdigit())):
+            raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         self._check_hosting()
         self._check_backend()
         if self.keys is not None:

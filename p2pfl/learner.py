@@ -7,6 +7,7 @@ train, to evaluate, and to read or replace its parameters as one flat vector.
 from __future__ import annotations
 
 import functools
+import os
 import time
 
 import numpy as np
@@ -18,7 +19,35 @@ from .spec import LearnSpec
 from .training import LocalTrainer, SGDConfig, evaluate
 
 __all__ = ["Learner", "shared_dataset", "shard_indices", "warm_up", "public_indices",
-           "test_set", "build_run_model"]
+           "test_set", "build_run_model", "cuda_available", "resolve_device"]
+
+
+def cuda_available() -> bool:
+    """Whether torch sees a GPU, asked through NVML so that the launcher may still
+    fork node processes afterwards (a CUDA context does not survive a fork)."""
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    return torch.cuda.is_available()
+
+
+def resolve_device(name: str, node_id: int = 0) -> torch.device:
+    """Where a node trains: ``auto`` is a GPU when this host has one, else the CPU;
+    ``auto`` and ``cuda`` spread nodes over the visible GPUs by node id, so several
+    nodes share each one.
+
+    Raises
+    ------
+    RuntimeError
+        For ``cuda`` or ``cuda:N`` on a host without that GPU.
+    """
+    if name == "cpu" or (name == "auto" and not cuda_available()):
+        return torch.device("cpu")
+    if not cuda_available():
+        raise RuntimeError(f"device {name!r}: torch sees no CUDA GPU on this host")
+    count = torch.cuda.device_count()
+    index = int(name[5:]) if name.startswith("cuda:") else node_id % count
+    if index >= count:
+        raise RuntimeError(f"device {name!r}: this host has {count} GPU(s)")
+    return torch.device("cuda", index)
 
 
 def warm_up() -> None:
@@ -123,13 +152,14 @@ class Learner:
             self.y_test = apply_label_permutation(ds.y_test, perms[self.group])
         self.num_samples = len(idx)
         # Every node builds its model from the run's seed, so all start equal.
-        self.model = build_run_model(learn)
+        self.device = resolve_device(learn.device, node_id)
+        self.model = build_run_model(learn).to(self.device)
         cfg = SGDConfig(lr=learn.lr, momentum=learn.momentum, weight_decay=learn.weight_decay,
                         batch_size=learn.batch_size, local_steps=learn.local_steps,
                         local_epochs=learn.local_epochs, momentum_mode=learn.momentum_mode)
         self.trainer = LocalTrainer(self.model, x, y, cfg, seed=learn.seed * 7919 + node_id)
-        self._x_test = torch.from_numpy(np.ascontiguousarray(self.x_test))
-        self._y_test = torch.from_numpy(np.ascontiguousarray(self.y_test))
+        self._x_test = torch.from_numpy(np.ascontiguousarray(self.x_test)).to(self.device)
+        self._y_test = torch.from_numpy(np.ascontiguousarray(self.y_test)).to(self.device)
 
     def drop_samples(self, indices: np.ndarray) -> None:
         """Remove training-set ``indices`` (e.g. the public set) from this node's shard.
@@ -141,8 +171,9 @@ class Learner:
         if not keep.any():
             keep[0] = True
         cfg, t = self.trainer.cfg, self.trainer
-        self.trainer = LocalTrainer(self.model, t.x[torch.from_numpy(keep)].numpy(),
-                                    t.y[torch.from_numpy(keep)].numpy(), cfg,
+        keep = torch.from_numpy(keep).to(self.device)
+        self.trainer = LocalTrainer(self.model, t.x[keep].cpu().numpy(),
+                                    t.y[keep].cpu().numpy(), cfg,
                                     seed=self.spec.seed * 7919 + self._node_id)
         self.num_samples = int(keep.sum())
 
@@ -167,10 +198,12 @@ class Learner:
         return self.run(lambda: evaluate(self.model, self._x_test, self._y_test))
 
     def get_flat(self) -> torch.Tensor:
-        return flatten_params(self.model)
+        """The parameters as one flat CPU vector (from a GPU: one copy)."""
+        return flatten_params(self.model).cpu()
 
     def set_flat(self, flat: torch.Tensor) -> None:
-        assign_params(self.model, flat)
+        """Replace the parameters (onto a GPU: one copy, then split there)."""
+        assign_params(self.model, torch.as_tensor(flat).to(self.device))
 
     @property
     def num_params(self) -> int:

@@ -251,4 +251,5 @@ class GossipNode:
         return self.rt.final_counters(
             model_messages=c.messages[("sent", "model")],
             misses=[[j, n] for j, n in self.misses.items()],
-            num_samples=self.learner.num_samples, num_params=self.learner.num_params)
+            num_samples=self.learner.num_samples, num_params=self.learner.num_params,
+            device=str(self.learner.device))

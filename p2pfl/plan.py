@@ -160,7 +160,13 @@ def _learn_spec(cfg: RunConfig, o: dict, shares: tuple, label, num_nodes: int) -
         batch_size=_number(o, "batch_size", int, where),
         local_steps=_number(o, "local_steps", int, where),
         local_epochs=_number(o, "local_epochs", int, where), behaviour=behaviour,
-        slowdown=_number(o, "slowdown", float, where))
+        slowdown=_number(o, "slowdown", float, where), device=_device(o["device"], where))
+
+
+def _device(name, where: str) -> str:
+    if not isinstance(name, str):
+        raise ConfigError(f"{where}: device must be a string, got {name!r}")
+    return name
 
 
 def _learn_specs(cfg: RunConfig, labels: list) -> tuple[list, list]:
@@ -175,7 +181,19 @@ def _learn_specs(cfg: RunConfig, labels: list) -> tuple[list, list]:
     learns = [_learn_spec(cfg, o, shared, labels[i], len(labels))
               for i, o in enumerate(per_node)]
     _check_learning(learns)
+    if cfg.backend == "local" and not cfg.listen:  # remote hosts may have other GPUs
+        _check_devices(learns)
     return per_node, learns
+
+
+def _check_devices(learns: list) -> None:
+    """``cuda`` on a host without a GPU is a usage error before any node starts."""
+    from .learner import cuda_available
+
+    wanted = sorted({learn.device for learn in learns if learn.device.startswith("cuda")})
+    if wanted and not cuda_available():
+        raise ConfigError(f"--device {wanted[0]}: torch sees no CUDA GPU on this machine "
+                          "(use --device auto or cpu)")
 
 
 def _runtime_spec(cfg: RunConfig, schedule: str = "sync") -> RuntimeSpec:

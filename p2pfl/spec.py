@@ -46,6 +46,7 @@ class LearnSpec:
     colluders: int = 0  # server-mode alie: how many workers attack together (its z)
     slowdown: float = 1.0  # local work takes this many times as long as it really took
     momentum_mode: str = "local"  # "quasi-global" for CHOCO (training.QuasiGlobalMomentum)
+    device: str = "auto"  # auto (a GPU when the node's host has one), cpu, cuda or cuda:N
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shares", tuple(float(s) for s in self.shares))
@@ -65,6 +66,9 @@ class LearnSpec:
         if self.momentum_mode not in ("local", "quasi-global"):
             raise ConfigError(f"momentum_mode must be local or quasi-global, "
                               f"got {self.momentum_mode!r}")
+        if not (self.device in ("auto", "cpu", "cuda") or (
+                self.device.startswith("cuda:") and self.device[5:].isdigit())):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if not self.slowdown >= 1:
             raise ConfigError(f"slowdown must be >= 1, got {self.slowdown}")
 

@@ -211,7 +211,8 @@ class LocalTrainer:
 
     def __init__(self, model: nn.Module, x, y, cfg: SGDConfig, seed: int):
         self.model, self.cfg = model, cfg
-        self.x, self.y = _as_x(x), _as_y(y)
+        self.device = _device_of(model)  # the local data lives where the model does
+        self.x, self.y = _as_x(x).to(self.device), _as_y(y).to(self.device)
         if len(self.x) == 0 or len(self.x) != len(self.y):
             raise DataError(f"local data needs N >= 1 samples with one label "
                             f"each, got {len(self.x)} and {len(self.y)}")
@@ -269,7 +270,7 @@ class LocalTrainer:
         steps = self.num_steps()
         if self.cfg.momentum_mode == "quasi-global" and self.cfg.momentum > 0:
             self._load_quasi_global()
-        total = torch.zeros(())
+        total = torch.zeros((), device=self.device)
         for _ in range(steps):
             idx = self._batches.next()
             loss = F.cross_entropy(self.model(self.x[idx]), self.y[idx])
@@ -301,14 +302,14 @@ class LocalTrainer:
         float
             Mean KL divergence (targets || model) over the steps.
         """
-        x, t = _as_x(x_pub), _as_x(targets_probs)
+        x, t = _as_x(x_pub).to(self.device), _as_x(targets_probs).to(self.device)
         if len(x) == 0 or t.shape[0] != len(x):
             raise DataError(f"distillation needs M >= 1 inputs with one target "
                             f"row each, got {len(x)} and {t.shape[0]}")
         stream = _BatchStream(len(x), self.cfg.batch_size, self.rng)
         entropy = torch.special.xlogy(t, t).sum(1)
         self.model.train()
-        total = torch.zeros(())
+        total = torch.zeros((), device=self.device)
         for _ in range(steps):
             idx = stream.next()
             logp = F.log_softmax(self.model(x[idx]) / temperature, dim=1)
@@ -318,14 +319,20 @@ class LocalTrainer:
         return float(total) / steps if steps else float("nan")
 
 
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters(), torch.empty(0)).device
+
+
 def _batched_logits(model: nn.Module, x: torch.Tensor, batch_size: int):
-    """Yield ``(start, logits)`` per batch, in eval mode without grad."""
+    """Yield ``(start, logits)`` per batch (on the model's device), in eval mode
+    without grad."""
+    device = _device_of(model)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             for start in range(0, len(x), batch_size):
-                yield start, model(x[start:start + batch_size])
+                yield start, model(x[start:start + batch_size].to(device))
     finally:
         model.train(was_training)
 
@@ -337,7 +344,7 @@ def evaluate(model: nn.Module, x, y, batch_size: int = 2048
     Runs in eval mode under ``torch.no_grad`` and restores the previous
     mode.  Returns ``(nan, nan)`` for an empty set.
     """
-    x, y = _as_x(x), _as_y(y)
+    x, y = _as_x(x), _as_y(y).to(_device_of(model))
     if len(x) == 0:
         return float("nan"), float("nan")
     loss_sum = torch.zeros((), dtype=torch.float64)
@@ -357,4 +364,4 @@ def soft_labels(model: nn.Module, x, *, temperature: float = 1.0,
               for _, logits in _batched_logits(model, x, batch_size)]
     if not chunks:
         raise DataError("soft_labels needs at least one input")
-    return torch.cat(chunks).numpy().astype(np.float32)
+    return torch.cat(chunks).cpu().numpy().astype(np.float32)

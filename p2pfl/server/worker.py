@@ -104,4 +104,4 @@ class Worker:
         return self.rt.final_counters(
             behaviour=self.client.behaviour, misses=[],
             num_samples=self.learner.num_samples, num_params=self.learner.num_params,
-            rounds_served=self.rounds_done)
+            rounds_served=self.rounds_done, device=str(self.learner.device))
