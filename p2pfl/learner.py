@@ -154,6 +154,8 @@ class Learner:
         # Every node builds its model from the run's seed, so all start equal.
         self.device = resolve_device(learn.device, node_id)
         self.model = build_run_model(learn).to(self.device)
+        # the exchange codes each parameter tensor on its own (compression/tensorwise.py)
+        self.shapes = tuple(tuple(p.shape) for p in self.model.parameters())
         cfg = SGDConfig(lr=learn.lr, momentum=learn.momentum, weight_decay=learn.weight_decay,
                         batch_size=learn.batch_size, local_steps=learn.local_steps,
                         local_epochs=learn.local_epochs, momentum_mode=learn.momentum_mode)

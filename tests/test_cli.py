@@ -136,7 +136,7 @@ PLAN_REFUSES = {
     "--round-timeout 0": (["--round-timeout", "0"], "round-timeout"),
     "--target-accuracy 7": (["--target-accuracy", "7"], "target-accuracy"),
     "--participation 0": (["--mode", "fedavg", "--participation", "0"], "participation"),
-    "powersgd on flat vectors": (["--compression", "powersgd:2"], "powersgd"),
+    "bad k scope": (["--compression", "stc:0.01:layer"], "tensor or global"),
     "stc downstream codec": (["--mode", "stc", "--compression-down", "zip"], "valid stages"),
     "unknown profile key": (["--profiles", "{d}/key.toml"], "valid:"),
     "bad profile value": (["--profiles", "{d}/value.toml"], "lr"),

@@ -14,7 +14,7 @@ __all__ = ["ALGORITHMS", "ASYNC_ONLY", "GossipAlgorithm", "Packet", "DPSGD", "Co
 
 
 def make_algorithm(name: str, numel: int, self_weight: float, weights: dict, *, x0,
-                   options, seed: int | None = None) -> GossipAlgorithm:
+                   options, seed: int | None = None, shapes=None) -> GossipAlgorithm:
     """Build a registered gossip algorithm; ``dpsgd`` with a codec compresses differences."""
     from ..errors import ConfigError
 
@@ -23,4 +23,4 @@ def make_algorithm(name: str, numel: int, self_weight: float, weights: dict, *, 
     cls = ALGORITHMS[name]
     if cls is DPSGD and options.codec != "none":
         cls = CompressedDPSGD
-    return cls(numel, self_weight, weights, x0=x0, options=options, seed=seed)
+    return cls(numel, self_weight, weights, x0=x0, options=options, seed=seed, shapes=shapes)

@@ -79,13 +79,18 @@ class GossipAlgorithm:
         The rule's resolved options (``Options`` of the class; see ``options.py``).
     seed : int, optional
         Seed of the codec's random generator (stochastic codecs).
+    shapes : sequence of tuples, optional
+        The parameter tensors' shapes, in flattening order: codecs code each tensor
+        on its own (:mod:`~p2pfl.compression.tensorwise`).  None: one flat tensor.
     """
 
     name = "base"
 
     def __init__(self, numel: int, self_weight: float, weights: dict, *,
-                 x0: torch.Tensor | None = None, options=None, seed: int | None = None) -> None:
+                 x0: torch.Tensor | None = None, options=None, seed: int | None = None,
+                 shapes=None) -> None:
         self.numel = numel
+        self.shapes = shapes
         self.self_weight = float(self_weight)
         self.weights = {j: float(w) for j, w in weights.items()}
         self.options = options

@@ -74,11 +74,13 @@ class CHOCO(GossipAlgorithm):
 
     Options = CHOCOOptions
 
-    def __init__(self, numel, self_weight, weights, *, x0, options, seed=None) -> None:
-        super().__init__(numel, self_weight, weights, x0=x0, options=options, seed=seed)
+    def __init__(self, numel, self_weight, weights, *, x0, options, seed=None,
+                 shapes=None) -> None:
+        super().__init__(numel, self_weight, weights, x0=x0, options=options, seed=seed,
+                         shapes=shapes)
         from ..compression import make_codec
 
-        codec = make_codec(options.codec, seed=seed, max_numel=numel)
+        codec = make_codec(options.codec, seed=seed, max_numel=numel, shapes=shapes)
         self.gamma = self._gamma()
         self.memory = options.error_feedback
         self.public = PublicCopies(x0, weights, codec)

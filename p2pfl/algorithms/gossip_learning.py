@@ -39,8 +39,10 @@ class GossipLearning(GossipAlgorithm):
     name = "gossip-learning"
     Options = GossipLearningOptions
 
-    def __init__(self, numel, self_weight, weights, *, x0=None, options=None, seed=None):
-        super().__init__(numel, self_weight, weights, x0=x0, options=options, seed=seed)
+    def __init__(self, numel, self_weight, weights, *, x0=None, options=None, seed=None,
+                 shapes=None):
+        super().__init__(numel, self_weight, weights, x0=x0, options=options, seed=seed,
+                         shapes=shapes)
         self.age = 0.0
         self.rng = np.random.default_rng(seed)
 

@@ -124,8 +124,9 @@ class PublicCopies:
                 raise ValueError("too many distinct codecs from neighbours")
             from ..compression import make_codec
 
-            codec = self._decoders[spec] = make_codec(spec, error_feedback=False,
-                                                      max_numel=self.numel)
+            codec = self._decoders[spec] = make_codec(
+                spec, error_feedback=False, max_numel=self.numel,
+                shapes=getattr(self.codec, "shapes", None))
         return codec
 
     def apply(self, received: dict, every_round: bool = True) -> None:

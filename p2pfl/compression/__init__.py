@@ -28,15 +28,28 @@ __all__ = ["make_codec", "Codec", "CodecError", "ErrorFeedback", "wants_error_fe
 
 
 def make_codec(spec: str, error_feedback: bool = False, seed: int | None = None,
-               max_numel: int = MAX_NUMEL):
+               max_numel: int = MAX_NUMEL, shapes=None):
     """Build the codec for ``spec``.
+
+    shapes: the parameter shapes of the model whose flat vector it codes: one codec
+    per tensor (:class:`~p2pfl.compression.tensorwise.TensorwiseCodec`); None codes
+    the vector as one tensor.
 
     error_feedback: wrap it in :class:`ErrorFeedback` (the one residual).
     seed: for the stochastic stages' generator (randk, qsgd, terngrad,
     PowerSGD's first Q).  max_numel: the largest tensor a blob may declare.
     Raises ``p2pfl.errors.ConfigError`` for a bad spec.
     """
-    codec = build_codec(spec, seed=seed, max_numel=max_numel)
+    if shapes is None:
+        codec = build_codec(spec, seed=seed, max_numel=max_numel)
+    else:
+        from .tensorwise import TensorwiseCodec
+
+        def make(i):  # each tensor its own generator and state
+            return build_codec(spec, seed=None if seed is None else seed * 1009 + i,
+                               max_numel=max_numel)
+
+        codec = TensorwiseCodec(make, shapes)
     return ErrorFeedback(codec) if error_feedback else codec
 
 

@@ -100,6 +100,8 @@ def codec_state(codec) -> dict:
     """A codec's (or an ErrorFeedback's) mutable state, as copies."""
     if isinstance(codec, ErrorFeedback):
         return {"kind": "error_feedback", **codec.state()}
+    if hasattr(codec, "codecs"):  # per tensor
+        return {"kind": "tensorwise", **codec.state()}
     rng = codec.stages[0].rng if codec.stages else None  # one generator for all stages
     warm = {i: [[r, c, q.copy()] for (r, c), q in s.warm_start.items()]
             for i, s in enumerate(codec.stages) if hasattr(s, "warm_start")}
@@ -109,12 +111,13 @@ def codec_state(codec) -> dict:
 
 def restore_codec(codec, state: dict) -> None:
     """Put :func:`codec_state`'s ``state`` into ``codec`` (built from the same spec)."""
-    kind = "error_feedback" if isinstance(codec, ErrorFeedback) else "codec"
+    kind = ("error_feedback" if isinstance(codec, ErrorFeedback) else
+            "tensorwise" if hasattr(codec, "codecs") else "codec")
     got = state.get("kind") if isinstance(state, dict) else None
     if got != kind:
         raise ValueError(f"codec state of kind {got!r}, expected {kind!r} "
                          "(error feedback on one side only?)")
-    if kind == "error_feedback":
+    if kind in ("error_feedback", "tensorwise"):
         codec.restore(state)
         return
     if state["name"] != codec.name:

@@ -41,7 +41,21 @@ class _Fraction(Stage):
         self.p = float_arg(self, args[0], "P", 0.0, 1.0)
 
 
-class TopK(_Fraction):
+class _Scoped(_Fraction):
+    """A fraction with a scope for per-tensor exchange: ``:tensor`` (the default, as in
+    the STC paper, k = ⌈p·n_l⌉ for each tensor l) or ``:global`` (one threshold for the
+    whole model, so each tensor keeps its share of the model's k largest entries)."""
+    max_args = 2
+
+    def __init__(self, args, rng):
+        super().__init__(args, rng)
+        if len(args) == 2 and args[1] not in ("tensor", "global"):
+            raise ConfigError(f"{self.name} takes tensor or global as its optional second "
+                              f"argument (the scope of k), got {args[1]!r}")
+        self.scope = args[1] if len(args) == 2 else "tensor"
+
+
+class TopK(_Scoped):
     """``topk:P``: the k entries of largest magnitude, sent as they are.
     ‖C(x) − x‖² ≤ (1 − k/d)‖x‖² (CHOCO compressor condition, δ = k/d)."""
     name, wire_id, biased = "topk", 16, True
@@ -95,7 +109,7 @@ class Threshold(Stage):
         return idx, Floats(x[idx], F32)
 
 
-class SBC(_Fraction):
+class SBC(_Scoped):
     """``sbc:P``: Sparse Binary Compression (ALGORITHMS.md § SBC; Sattler et al.
     2019): v⁺ = top-k of x, v⁻ = top-k of −x, μ± their means; keep the side with
     the larger mean, all k positions set to μ⁺ (or −μ⁻).  One value + positions:
@@ -114,7 +128,7 @@ class SBC(_Fraction):
         return idx, Levels(np.ones(k, dtype=np.int64), mu)
 
 
-class STC(_Fraction):
+class STC(_Scoped):
     """``stc:P``: Sparse Ternary Compression (ALGORITHMS.md § STC; Sattler et al.
     2020): μ = mean of the top-k |T|, T̃ = μ·sign(T) on the top-k support.  One μ
     + positions + one sign bit per non-zero.  We take exactly the top-k indices

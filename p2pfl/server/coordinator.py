@@ -57,7 +57,8 @@ class Coordinator:
             options=spec.options, learn=spec.learn, runtime=spec.runtime,
             workers=list(self.workers), labels=dict(zip(self.workers, spec.server.labels)),
             init=evaluator.init(), evaluate=evaluator,
-            groups={w: int(g) for w, g in zip(self.workers, spec.server.groups)})
+            groups={w: int(g) for w, g in zip(self.workers, spec.server.groups)},
+            shapes=tuple(tuple(p.shape) for p in evaluator.model.parameters()))
         self.strategy = make_strategy(spec.rule, ctx)
         self.rng = np.random.default_rng(spec.learn.seed + 65537)
         self.num_params = int(ctx.init.numel())

@@ -62,8 +62,9 @@ class STC(Strategy):
         o = ctx.options
         self.model = ctx.init.clone()  # W
         self.up_spec, self.down_spec = o.codec_up, o.codec_down
-        self.up = make_codec(self.up_spec)  # decoder only
-        self.down = make_codec(self.down_spec, error_feedback=o.error_feedback_down)  # owns A_s
+        self.up = make_codec(self.up_spec, shapes=ctx.shapes)  # decoder only
+        self.down = make_codec(self.down_spec, error_feedback=o.error_feedback_down,
+                               shapes=ctx.shapes)  # owns A_s
         self.cache_len = int(o.cache)
         self.cache: OrderedDict = OrderedDict()  # round -> encoded global update ΔW̃
         self.synced = {w: 0 for w in ctx.workers}  # round of the model each worker holds
@@ -137,8 +138,9 @@ class STCClient(FedAvgClient):
 
     def __init__(self, learner, options, learn) -> None:
         super().__init__(learner, options, learn)
-        self.up = make_codec(options.codec_up, error_feedback=options.error_feedback_up)
-        self.down = make_codec(options.codec_down)
+        self.up = make_codec(options.codec_up, error_feedback=options.error_feedback_up,
+                             shapes=getattr(learner, "shapes", None))
+        self.down = make_codec(options.codec_down, shapes=getattr(learner, "shapes", None))
         self.base = learner.get_flat()  # W_0: every node builds the same initial model
 
     def apply(self, rnd: int, packet: Packet) -> None:
