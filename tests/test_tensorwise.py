@@ -64,7 +64,8 @@ def test_k_per_tensor_is_the_default_and_global_uses_one_threshold():
     assert k <= sum(kept) <= k + len(SHAPES)  # each tensor keeps at least one entry
     assert kept[0] == 160  # every entry of the loud tensor is among the k largest
     threshold = np.sort(np.abs(x.numpy()))[N - k]
-    assert float(glob[glob != 0].abs().min()) >= threshold
+    below = int(((glob != 0) & (glob.abs() < threshold)).sum())
+    assert below <= len(SHAPES) - 1  # only a tensor's one forced entry may be below it
 
 
 def test_powersgd_codes_kernels_as_matrices_and_sends_biases_dense():
