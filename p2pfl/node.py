@@ -21,6 +21,7 @@ import numpy as np
 
 from .algorithms import make_algorithm
 from .algorithms.attacks import corrupt
+from .compression.temporal import TemporalGap
 from .learner import Learner
 from .runtime import Runtime
 from .transport.availability import Availability
@@ -155,6 +156,8 @@ class GossipNode:
         for j, packet in packets.items():
             try:
                 received[j] = self.algorithm.decode(packet)
+            except TemporalGap:  # lost the sender's last message: resync, then plain
+                self.rt.drop("temporal_gap")
             except ValueError:  # CodecError is a ValueError
                 self.rt.drop("undecodable")
         if self.rt.stopped:
@@ -226,6 +229,8 @@ class GossipNode:
                 try:
                     received.setdefault(j, []).append(self.algorithm.decode(packet))
                     self.staleness.append(max(0, rnd - packet.round))
+                except TemporalGap:
+                    self.rt.drop("temporal_gap")
                 except ValueError:  # CodecError is a ValueError
                     self.rt.drop("undecodable")
         return received

@@ -355,6 +355,11 @@ def _server_plan(cfg: RunConfig, graph) -> Plan:
                           "valid here: sync")
     options = _strategy_options(cfg)
     check_codec(cfg.compression)
+    for spec in {cfg.compression, getattr(options, "codec_up", ""),
+                 getattr(options, "codec_down", "")}:
+        if "cabac:temporal" in str(spec).replace(" ", "").lower():
+            raise ConfigError("cabac:temporal is built for gossip (CHOCO's q messages) so "
+                              "far; server modes use plain cabac")
     labels = _server_labels(cfg, graph)
     n = len(labels)
     per_node, learns = _learn_specs(cfg, labels)

@@ -34,7 +34,7 @@ def peak_rss_bytes() -> int:
 def to_packet(msg) -> Packet:
     """The packet a wire message carries (its round included)."""
     return Packet(msg.codec, list(msg.frames), list(msg.shapes), list(msg.dtypes),
-                  dict(msg.meta), msg.round)
+                  dict(msg.meta), msg.round, msg.src)
 
 
 def launcher_sink(endpoint: Endpoint) -> Callable:

@@ -33,6 +33,7 @@ class Packet:
     dtypes: list = field(default_factory=list)
     meta: dict = field(default_factory=dict)
     round: int = 0  # set by the receiver from the message header
+    sender: object = None  # set by the receiver: whose stream (temporal CABAC contexts)
 
 
 def dense_packet(x: torch.Tensor) -> Packet:

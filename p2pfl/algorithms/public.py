@@ -97,6 +97,8 @@ class PublicCopies:
         out = {j: dense_packet(self.own) for j in self.asked_by}
         for p in out.values():
             p.meta["full"] = True
+        if self.asked_by:  # cabac:temporal: they lost our chain; restart it for all
+            self.codec.restart()
         self.asked_by.clear()
         return out
 
@@ -105,7 +107,7 @@ class PublicCopies:
         if packet.meta.get("full"):
             return Update(True, dense_tensor(packet, self.numel), packet.round)
         codec = self._decoder(packet.codec)
-        q = codec.decode(packet.frames).reshape(-1)
+        q = codec.decode(packet.frames, packet.sender).reshape(-1)
         if q.numel() != self.numel:
             raise ValueError(f"update has {q.numel()} values, expected {self.numel}")
         if not bool(torch.isfinite(q).all()):

@@ -25,9 +25,13 @@
  *     in the final interval and drops up to 4 trailing zero bytes (the decoder
  *     reads missing bytes as zero).
  *
+ *   - temporal mode (a reference: the co-located levels of the previous message
+ *     of the same stream): sig, sign and gt flags use their own contexts, further
+ *     selected by the reference level (zero, +-1, larger; for sign its class).
+ *
  * Module functions:
- *   encode(levels) -> bytes          levels: C-contiguous buffer of 4-byte ints
- *   decode(data, out) -> None        out: writable C-contiguous 4-byte int buffer
+ *   encode(levels[, ref]) -> bytes      levels, ref: C-contiguous buffers of 4-byte ints
+ *   decode(data, out[, ref]) -> None    out: writable C-contiguous 4-byte int buffer
  * Errors: ValueError for bad or hostile input, MemoryError.
  * The GIL is released while coding.  Portable C99, no external libraries.
  */
@@ -62,13 +66,17 @@ typedef struct {
     uint32_t maxshift;
 } ctx_t;
 
-enum { N_SIG = 9, N_SIGN = 3, N_GT = 2 * CABAC_G, N_EG = CABAC_EG_CTX };
+enum { N_SIG = 9, N_SIGN = 3, N_GT = 2 * CABAC_G, N_EG = CABAC_EG_CTX,
+       N_TSIG = 3 * N_SIG, N_TSIGN = 3 * N_SIGN, N_TGT = 3 * N_GT };
 
 typedef struct {
     ctx_t sig[N_SIG];
     ctx_t sign[N_SIGN];
     ctx_t gt[N_GT];
     ctx_t eg[N_EG];
+    ctx_t tsig[N_TSIG];   /* temporal: by reference magnitude class, then as sig */
+    ctx_t tsign[N_TSIGN]; /* temporal: by reference sign class, then as sign */
+    ctx_t tgt[N_TGT];     /* temporal: by reference magnitude class, then as gt */
 } models_t;
 
 static void ctx_init(ctx_t *c, uint32_t maxshift)
@@ -86,6 +94,9 @@ static void models_init(models_t *m)
     for (i = 0; i < N_SIGN; i++) ctx_init(&m->sign[i], SHIFT_SIGN);
     for (i = 0; i < N_GT; i++) ctx_init(&m->gt[i], SHIFT_GT);
     for (i = 0; i < N_EG; i++) ctx_init(&m->eg[i], SHIFT_EG);
+    for (i = 0; i < N_TSIG; i++) ctx_init(&m->tsig[i], SHIFT_SIG);
+    for (i = 0; i < N_TSIGN; i++) ctx_init(&m->tsign[i], SHIFT_SIGN);
+    for (i = 0; i < N_TGT; i++) ctx_init(&m->tgt[i], SHIFT_GT);
 }
 
 static inline uint32_t ctx_prob(const ctx_t *c)
@@ -107,6 +118,28 @@ static inline void ctx_update(ctx_t *c, int bit)
 }
 
 static inline int level_class(int32_t v) { return (v > 0) ? 2 : (v < 0); }
+
+/* Magnitude class of a reference level: 0 (zero), 1 (+-1), 2 (larger). */
+static inline int ref_class(int32_t r) { return (r == 0) ? 0 : ((r == 1 || r == -1) ? 1 : 2); }
+
+/* The contexts of one level: plain, or temporal given its reference level. */
+typedef struct { ctx_t *sig, *sign, *gt; } pick_t;
+
+static inline pick_t pick(models_t *m, const int32_t *ref, Py_ssize_t i, int c1, int c2)
+{
+    pick_t p;
+    if (!ref) {
+        p.sig = &m->sig[c1 * 3 + c2];
+        p.sign = &m->sign[0];
+        p.gt = &m->gt[0];
+    } else {
+        int t = ref_class(ref[i]);
+        p.sig = &m->tsig[t * N_SIG + c1 * 3 + c2];
+        p.sign = &m->tsign[level_class(ref[i]) * N_SIGN];
+        p.gt = &m->tgt[t * N_GT];
+    }
+    return p;
+}
 
 /* ---- encoder --------------------------------------------------------------- */
 typedef struct {
@@ -200,7 +233,8 @@ static void enc_finish(enc_t *e)
 }
 
 /* Returns 0 on success, 1 on a level out of range, 2 on out of memory. */
-static int encode_all(const int32_t *lv, Py_ssize_t n, enc_t *e, Py_ssize_t *bad)
+static int encode_all(const int32_t *lv, const int32_t *ref, Py_ssize_t n, enc_t *e,
+                      Py_ssize_t *bad)
 {
     models_t m;
     Py_ssize_t i;
@@ -215,16 +249,18 @@ static int encode_all(const int32_t *lv, Py_ssize_t n, enc_t *e, Py_ssize_t *bad
         int32_t v = lv[i];
         uint32_t mag;
         int s, j;
+        pick_t p;
         if (v > CABAC_MAG_MAX || v < -CABAC_MAG_MAX) { *bad = i; return 1; }
-        enc_bin(e, &m.sig[c1 * 3 + c2], v != 0);
+        p = pick(&m, ref, i, c1, c2);
+        enc_bin(e, p.sig, v != 0);
         c2 = c1;
         if (v == 0) { c1 = 0; continue; }
         s = v < 0;
-        enc_bin(e, &m.sign[c2], s);
+        enc_bin(e, &p.sign[c2], s);
         c1 = 1 + !s;
         mag = s ? (uint32_t)(-(int64_t)v) : (uint32_t)v;
         {
-            ctx_t *g = &m.gt[s * CABAC_G];
+            ctx_t *g = &p.gt[s * CABAC_G];
             for (j = 0; j < CABAC_G; j++) {
                 int b = mag > (uint32_t)(j + 1);
                 enc_bin(e, &g[j], b);
@@ -291,7 +327,8 @@ static inline int dec_bypass(dec_t *d)
 }
 
 /* Returns NULL on success or a static error message. */
-static const char *decode_all(const uint8_t *data, size_t len, int32_t *out, Py_ssize_t n)
+static const char *decode_all(const uint8_t *data, size_t len, int32_t *out,
+                              const int32_t *ref, Py_ssize_t n)
 {
     models_t m;
     dec_t d;
@@ -313,18 +350,19 @@ static const char *decode_all(const uint8_t *data, size_t len, int32_t *out, Py_
     for (i = 0; i < n; i++) {
         int s, j;
         uint32_t mag;
-        if (!dec_bin(&d, &m.sig[c1 * 3 + c2])) {
+        pick_t p = pick(&m, ref, i, c1, c2);
+        if (!dec_bin(&d, p.sig)) {
             out[i] = 0;
             c2 = c1;
             c1 = 0;
             continue;
         }
         c2 = c1;
-        s = dec_bin(&d, &m.sign[c2]);
+        s = dec_bin(&d, &p.sign[c2]);
         c1 = 1 + !s;
         mag = 1;
         {
-            ctx_t *g = &m.gt[s * CABAC_G];
+            ctx_t *g = &p.gt[s * CABAC_G];
             for (j = 0; j < CABAC_G; j++) {
                 if (!dec_bin(&d, &g[j])) break;
                 mag++;
@@ -370,16 +408,32 @@ static int check_int32_buffer(Py_buffer *b, const char *what)
     return 1;
 }
 
+/* An optional reference buffer of exactly n int32 levels; 0 and a Python error if bad. */
+static int get_ref(PyObject *a_ref, Py_buffer *ref, Py_ssize_t n)
+{
+    if (a_ref == NULL || a_ref == Py_None) return 1;
+    if (PyObject_GetBuffer(a_ref, ref, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return 0;
+    if (!check_int32_buffer(ref, "ref")) { PyBuffer_Release(ref); ref->obj = NULL; return 0; }
+    if (ref->len / 4 != n) {
+        PyErr_Format(PyExc_ValueError, "ref holds %zd levels, expected %zd", ref->len / 4, n);
+        PyBuffer_Release(ref);
+        ref->obj = NULL;
+        return 0;
+    }
+    return 1;
+}
+
 static PyObject *py_encode(PyObject *self, PyObject *args)
 {
-    Py_buffer view;
+    Py_buffer view, ref;
     enc_t e;
     Py_ssize_t n, bad = -1;
     int rc;
     PyObject *res;
     (void)self;
-    PyObject *a_lv;
-    if (!PyArg_ParseTuple(args, "O:encode", &a_lv)) return NULL;
+    PyObject *a_lv, *a_ref = NULL;
+    memset(&ref, 0, sizeof ref);
+    if (!PyArg_ParseTuple(args, "O|O:encode", &a_lv, &a_ref)) return NULL;
     if (PyObject_GetBuffer(a_lv, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
     if (!check_int32_buffer(&view, "levels")) { PyBuffer_Release(&view); return NULL; }
     n = view.len / 4;
@@ -388,14 +442,21 @@ static PyObject *py_encode(PyObject *self, PyObject *args)
         PyErr_Format(PyExc_ValueError, "too many levels: %zd > %ld", n, (long)CABAC_N_MAX);
         return NULL;
     }
+    if (!get_ref(a_ref, &ref, n)) { PyBuffer_Release(&view); return NULL; }
     memset(&e, 0, sizeof e);
     e.cap = (size_t)n / 2 + 64;
     e.buf = (uint8_t *)malloc(e.cap);
-    if (!e.buf) { PyBuffer_Release(&view); return PyErr_NoMemory(); }
+    if (!e.buf) {
+        PyBuffer_Release(&view);
+        if (ref.obj) PyBuffer_Release(&ref);
+        return PyErr_NoMemory();
+    }
     Py_BEGIN_ALLOW_THREADS
-    rc = encode_all((const int32_t *)view.buf, n, &e, &bad);
+    rc = encode_all((const int32_t *)view.buf, ref.obj ? (const int32_t *)ref.buf : NULL, n,
+                    &e, &bad);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
+    if (ref.obj) PyBuffer_Release(&ref);
     if (rc == 1) {
         free(e.buf);
         PyErr_Format(PyExc_ValueError, "level at index %zd is outside +-2**30", bad);
@@ -409,12 +470,13 @@ static PyObject *py_encode(PyObject *self, PyObject *args)
 
 static PyObject *py_decode(PyObject *self, PyObject *args)
 {
-    Py_buffer data, out;
+    Py_buffer data, out, ref;
     const char *err;
     Py_ssize_t n;
-    PyObject *a_data, *a_out;
+    PyObject *a_data, *a_out, *a_ref = NULL;
     (void)self;
-    if (!PyArg_ParseTuple(args, "OO:decode", &a_data, &a_out)) return NULL;
+    memset(&ref, 0, sizeof ref);
+    if (!PyArg_ParseTuple(args, "OO|O:decode", &a_data, &a_out, &a_ref)) return NULL;
     if (PyObject_GetBuffer(a_data, &data, PyBUF_C_CONTIGUOUS) < 0) return NULL;
     if (PyObject_GetBuffer(a_out, &out, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE | PyBUF_FORMAT) < 0) {
         PyBuffer_Release(&data);
@@ -430,11 +492,14 @@ static PyObject *py_decode(PyObject *self, PyObject *args)
         PyErr_Format(PyExc_ValueError, "%zd levels cannot be coded in %zd bytes", n, data.len);
         goto fail;
     }
+    if (!get_ref(a_ref, &ref, n)) goto fail;
     Py_BEGIN_ALLOW_THREADS
-    err = decode_all((const uint8_t *)data.buf, (size_t)data.len, (int32_t *)out.buf, n);
+    err = decode_all((const uint8_t *)data.buf, (size_t)data.len, (int32_t *)out.buf,
+                     ref.obj ? (const int32_t *)ref.buf : NULL, n);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&data);
     PyBuffer_Release(&out);
+    if (ref.obj) PyBuffer_Release(&ref);
     if (err) {
         PyErr_SetString(PyExc_ValueError, err);
         return NULL;
@@ -448,9 +513,11 @@ fail:
 
 static PyMethodDef cabac_methods[] = {
     {"encode", py_encode, METH_VARARGS,
-     "encode(levels) -> bytes\n\nCode a C-contiguous buffer of int32 levels (|v| <= 2**30)."},
+     "encode(levels[, ref]) -> bytes\n\nCode a C-contiguous buffer of int32 levels (|v| <= 2**30);"
+     " with ref (as many int32 levels), in temporal mode."},
     {"decode", py_decode, METH_VARARGS,
-     "decode(data, out) -> None\n\nDecode len(out) levels from data into the writable int32 buffer out."},
+     "decode(data, out[, ref]) -> None\n\nDecode len(out) levels from data into the writable int32"
+     " buffer out; with ref, in temporal mode."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef cabac_module = {
@@ -468,7 +535,8 @@ PyMODINIT_FUNC PyInit__cabac(void)
         PyModule_AddIntConstant(mod, "SHIFT_SIGN", SHIFT_SIGN) < 0 ||
         PyModule_AddIntConstant(mod, "SHIFT_GT", SHIFT_GT) < 0 ||
         PyModule_AddIntConstant(mod, "SHIFT_EG", SHIFT_EG) < 0 ||
-        PyModule_AddIntConstant(mod, "FORMAT_VERSION", CABAC_FORMAT_VERSION) < 0) {
+        PyModule_AddIntConstant(mod, "FORMAT_VERSION", CABAC_FORMAT_VERSION) < 0 ||
+        PyModule_AddIntConstant(mod, "TEMPORAL", 1) < 0) {
         Py_DECREF(mod);
         return NULL;
     }

@@ -25,5 +25,10 @@ _SIG0 = 0
 _SIGN0 = 9
 _GT0 = 12
 _EG0 = _GT0 + 2 * G
-_NCTX = _EG0 + EG_CTX
-_MAXSHIFT = [SHIFT_SIG] * 9 + [SHIFT_SIGN] * 3 + [SHIFT_GT] * (2 * G) + [SHIFT_EG] * EG_CTX
+# temporal mode: sig, sign and gt contexts again, once per class of the reference level
+_TSIG0 = _EG0 + EG_CTX  # + 9 * ref magnitude class (0, +-1, larger) + sig context
+_TSIGN0 = _TSIG0 + 27  # + 3 * ref sign class (zero, negative, positive) + sign context
+_TGT0 = _TSIGN0 + 9  # + 2G * ref magnitude class + gt context
+_NCTX = _TGT0 + 6 * G
+_MAXSHIFT = ([SHIFT_SIG] * 9 + [SHIFT_SIGN] * 3 + [SHIFT_GT] * (2 * G) + [SHIFT_EG] * EG_CTX
+             + [SHIFT_SIG] * 27 + [SHIFT_SIGN] * 9 + [SHIFT_GT] * (6 * G))

@@ -9,7 +9,8 @@ binarisation and probability model are described in ``cabac.py``.
 from __future__ import annotations
 
 from ._cabac_model import (EG_CTX, EG_MAXK, G, MAG_MAX, MAX_OVERRUN, _EG0, _GT0, _M32, _MAXSHIFT,
-                    _NCTX, _PONE, _PROB_SHIFT, _SIG0, _SIGN0, _TOP)
+                           _NCTX, _PONE, _PROB_SHIFT, _SIG0, _SIGN0, _TGT0, _TOP, _TSIG0,
+                           _TSIGN0)
 from .errors import CodecError
 
 __all__ = ["encode_pure", "decode_pure"]
@@ -19,7 +20,18 @@ def _init_models():
     return [_PONE >> 1] * _NCTX, [1] * _NCTX, [2] * _NCTX
 
 
-def encode_pure(levels) -> bytes:
+def _contexts(ref, i: int, c1: int, c2: int) -> tuple:
+    """(sig context, first sign context, first gt context) of level ``i``: plain, or
+    temporal given the reference level ``ref[i]`` (same layout as ``_cabac.c``)."""
+    if ref is None:
+        return _SIG0 + c1 * 3 + c2, _SIGN0, _GT0
+    r = ref[i]
+    t = 0 if r == 0 else (1 if r in (1, -1) else 2)
+    rc = 2 if r > 0 else (1 if r < 0 else 0)
+    return _TSIG0 + t * 9 + c1 * 3 + c2, _TSIGN0 + rc * 3, _TGT0 + t * 2 * G
+
+
+def encode_pure(levels, ref=None) -> bytes:
     P, SH, LF = _init_models()
     MX = _MAXSHIFT
     out = bytearray()
@@ -75,20 +87,21 @@ def encode_pure(levels) -> bytes:
         st[1] = rng
 
     c1 = c2 = 0
-    for v in levels:
+    for i, v in enumerate(levels):
         v = int(v)
         if v > MAG_MAX or v < -MAG_MAX:
             raise CodecError("levels must lie within +-2**30")
-        enc_bin(_SIG0 + c1 * 3 + c2, v != 0)
+        c_sig, c_sign, c_gt = _contexts(ref, i, c1, c2)
+        enc_bin(c_sig, v != 0)
         c2 = c1
         if v == 0:
             c1 = 0
             continue
         s = 1 if v < 0 else 0
-        enc_bin(_SIGN0 + c2, s)
+        enc_bin(c_sign + c2, s)
         c1 = 1 if s else 2
         mag = -v if s else v
-        g0 = _GT0 + s * G
+        g0 = c_gt + s * G
         for j in range(G):
             b = mag > j + 1
             enc_bin(g0 + j, b)
@@ -126,7 +139,7 @@ def encode_pure(levels) -> bytes:
     return bytes(out)
 
 
-def decode_pure(data: bytes, n: int) -> list:
+def decode_pure(data: bytes, n: int, ref=None) -> list:
     P, SH, LF = _init_models()
     MX = _MAXSHIFT
     ln = len(data)
@@ -188,15 +201,16 @@ def decode_pure(data: bytes, n: int) -> list:
     out = [0] * n
     c1 = c2 = 0
     for i in range(n):
-        if not dec_bin(_SIG0 + c1 * 3 + c2):
+        c_sig, c_sign, c_gt = _contexts(ref, i, c1, c2)
+        if not dec_bin(c_sig):
             c2 = c1
             c1 = 0
             continue
         c2 = c1
-        s = dec_bin(_SIGN0 + c2)
+        s = dec_bin(c_sign + c2)
         c1 = 1 if s else 2
         mag = 1
-        g0 = _GT0 + s * G
+        g0 = c_gt + s * G
         for j in range(G):
             if not dec_bin(g0 + j):
                 break

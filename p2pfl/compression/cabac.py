@@ -104,6 +104,7 @@ def _load_c():
     expected = {
         "FORMAT_VERSION": FORMAT_VERSION, "G": G, "EG_CTX": EG_CTX, "SHIFT_SIG": SHIFT_SIG,
         "SHIFT_SIGN": SHIFT_SIGN, "SHIFT_GT": SHIFT_GT, "SHIFT_EG": SHIFT_EG,
+        "TEMPORAL": 1,  # knows temporal contexts
     }
     if any(getattr(_cabac, k, None) != v for k, v in expected.items()):
         # a stale build of another format version: never mix bitstreams
@@ -138,17 +139,30 @@ def _as_levels(levels) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.int32)
 
 
-def encode_levels(levels) -> bytes:
-    """Code a 1-D integer array (``|v| <= 2**30``) into a self-terminating stream."""
+def _as_reference(reference, n: int):
+    """None, or the temporal reference as int32 levels, exactly ``n`` of them."""
+    if reference is None:
+        return None
+    r = _as_levels(reference)
+    if r.size != n:
+        raise CodecError(f"temporal reference of {r.size} levels for {n} levels")
+    return r
+
+
+def encode_levels(levels, reference=None) -> bytes:
+    """Code a 1-D integer array (``|v| <= 2**30``) into a self-terminating stream;
+    with ``reference`` (the co-located levels of the previous message of the same
+    stream, as many), in temporal mode."""
     a = _as_levels(levels)
+    ref = _as_reference(reference, a.size)
     if _c is not None:
         try:
-            return _c.encode(a)
+            return _c.encode(a) if ref is None else _c.encode(a, ref)
         except ValueError as exc:  # pragma: no cover - _as_levels checks first
             raise CodecError(str(exc)) from None
     from ._cabac_pure import encode_pure
 
-    return encode_pure(a.tolist())
+    return encode_pure(a.tolist(), None if ref is None else ref.tolist())
 
 
 def _as_bytes(data):
@@ -166,8 +180,9 @@ def max_levels_for(nbytes: int) -> int:
     return min(N_MAX, (nbytes + 8) << 18)
 
 
-def decode_levels(data, n: int) -> np.ndarray:
-    """Decode exactly ``n`` levels from ``data``; returns a new writable int32 array."""
+def decode_levels(data, n: int, reference=None) -> np.ndarray:
+    """Decode exactly ``n`` levels from ``data``; returns a new writable int32 array.
+    ``reference``: the one the stream was coded with (temporal mode)."""
     try:
         n = operator.index(n)
     except TypeError:
@@ -179,16 +194,18 @@ def decode_levels(data, n: int) -> np.ndarray:
         raise CodecError(f"too many levels: {n} > {N_MAX}")
     if n > max_levels_for(len(mv)):
         raise CodecError(f"{n} levels cannot be coded in {len(mv)} bytes")
+    ref = _as_reference(reference, n)
     if _c is not None:
         out = np.empty(n, dtype=np.int32)
         try:
-            _c.decode(mv, out)
+            _c.decode(mv, out) if ref is None else _c.decode(mv, out, ref)
         except ValueError as exc:
             raise CodecError(str(exc)) from None
         return out
     from ._cabac_pure import decode_pure
 
-    return np.array(decode_pure(bytes(mv), n), dtype=np.int32)
+    return np.array(decode_pure(bytes(mv), n, None if ref is None else ref.tolist()),
+                    dtype=np.int32)
 
 
 def empirical_entropy_bits(levels) -> float:

@@ -73,6 +73,11 @@ class Codec:
             if hasattr(s, "reset"):
                 s.reset()
 
+    def restart(self) -> None:
+        """Temporal CABAC: the next message uses plain contexts (a receiver lost one)."""
+        if self.cabac is not None:
+            self.cabac.restart()
+
     # -- encoding ---------------------------------------------------------------
     def encode(self, tensor: torch.Tensor) -> list:
         return self.encode_with_reconstruction(tensor, want_reconstruction=False)[0]
@@ -122,17 +127,18 @@ class Codec:
         write_values(w, inter.values, self.cabac.encode_levels if self.cabac else None)
 
     # -- decoding ---------------------------------------------------------------
-    def decode(self, frames) -> torch.Tensor:
+    def decode(self, frames, sender=None) -> torch.Tensor:
+        """The tensor of a blob; ``sender`` names the stream for ``cabac:temporal``."""
         r = Reader(as_buffer(frames))
         dtype, shape, numel = read_header(r, self.ids, self.max_numel)
         if self.compressor:
             raw_len = r.varint(8 * numel + 256, "body length")
             r = Reader(self.compressor.decompress(r.take(r.remaining), raw_len))
-        inter = self._read_body(r, shape, numel)
+        inter = self._read_body(r, shape, numel, sender)
         r.done()
         return torch.from_numpy(reconstruct(inter, shape)).reshape(shape)
 
-    def _read_body(self, r: Reader, shape: tuple, numel: int) -> Intermediate:
+    def _read_body(self, r: Reader, shape: tuple, numel: int, sender=None) -> Intermediate:
         flags = r.byte()
         if flags & ~(_SPARSE | _LOWRANK) or flags == (_SPARSE | _LOWRANK):
             raise CodecError(f"bad body flags {flags}")
@@ -148,7 +154,9 @@ class Codec:
         if flags & _SPARSE:
             count = r.varint(numel, "k")
             positions = self.position_coder.read(r, count, numel)
-        values = read_values(r, count, self.cabac.decode_levels if self.cabac else None)
+        cabac = None if self.cabac is None else (
+            lambda data, n: self.cabac.decode_levels(data, n, sender))
+        values = read_values(r, count, cabac)
         return Intermediate(numel, values, positions, rank)
 
 

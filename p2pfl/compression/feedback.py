@@ -87,8 +87,11 @@ class ErrorFeedback:
         self.residual = _clone(state["residual"])
         self.last_sent = _clone(state["last_sent"])
 
-    def decode(self, frames) -> torch.Tensor:
-        return self.codec.decode(frames)
+    def decode(self, frames, sender=None) -> torch.Tensor:
+        return self.codec.decode(frames, sender)
+
+    def restart(self) -> None:
+        self.codec.restart()
 
 
 # ---------------------------------------------------------------- checkpoints

@@ -21,6 +21,7 @@ import zlib
 
 import numpy as np
 
+from ..errors import ConfigError
 from .base import Stage, int_arg
 from .errors import CodecError
 
@@ -99,9 +100,32 @@ class Lzma(_ByteCompressor):
 
 class Cabac(Stage):
     """``cabac``: DeepCABAC level coding (ALGORITHMS.md § DeepCABAC), via
-    ``p2pfl.compression.cabac.encode_levels`` / ``decode_levels``."""
+    ``p2pfl.compression.cabac.encode_levels`` / ``decode_levels``.
+
+    ``cabac:temporal`` conditions the contexts on the co-located levels of the
+    previous message of the same stream (:mod:`~p2pfl.compression.temporal`); the
+    stage then holds that state, and decoding needs the sender."""
     name, wire_id, role = "cabac", 51, "lossless"
     codes_levels = True
+
+    def __init__(self, args, rng):
+        super().__init__(args, rng)
+        if args and args[0] != "temporal":
+            raise ConfigError(f"cabac takes 'temporal' as its optional argument, got {args[0]!r}")
+        self.temporal = None
+        if args:
+            from .temporal import TemporalState
+
+            self.temporal = TemporalState()
+
+    def reset(self) -> None:
+        if self.temporal is not None:
+            self.temporal.reset()
+
+    def restart(self) -> None:
+        """Next message with plain contexts (see :mod:`~p2pfl.compression.temporal`)."""
+        if self.temporal is not None:
+            self.temporal.restart()
 
     @staticmethod
     def _module():
@@ -113,11 +137,19 @@ class Cabac(Stage):
         return cabac
 
     def encode_levels(self, levels: np.ndarray) -> bytes:
-        return bytes(self._module().encode_levels(np.ascontiguousarray(levels, np.int32)))
+        levels = np.ascontiguousarray(levels, np.int32)
+        if self.temporal is not None:
+            return self.temporal.encode(levels, self._module().encode_levels)
+        return bytes(self._module().encode_levels(levels))
 
-    def decode_levels(self, data: bytes, count: int) -> np.ndarray:
+    def decode_levels(self, data: bytes, count: int, sender=None) -> np.ndarray:
+        if self.temporal is not None:
+            return self.temporal.decode(data, count, self._decode, sender)
+        return self._decode(data, count)
+
+    def _decode(self, data: bytes, count: int, reference=None) -> np.ndarray:
         try:
-            out = self._module().decode_levels(data, count)
+            out = self._module().decode_levels(data, count, reference)
         except CodecError:
             raise
         except (ValueError, OverflowError, IndexError, MemoryError) as exc:

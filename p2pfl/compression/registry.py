@@ -87,4 +87,8 @@ def build_codec(spec: str, seed: int | None = None, **codec_kwargs) -> Codec:
         raise ConfigError(f"codec {spec!r}: cabac codes integer levels; put a level "
                           "quantiser (quant:STEP, uniform:BITS, qsgd, terngrad, sign) "
                           "or sbc/stc before it")
+    if getattr(by_role.get("lossless"), "temporal", None) is not None and "positions" in by_role:
+        raise ConfigError(f"codec {spec!r}: cabac:temporal conditions each level on the "
+                          "co-located one of the last message, so it codes the support itself; "
+                          f"drop {by_role['positions'].name}")
     return Codec(stages, **codec_kwargs)

@@ -73,6 +73,10 @@ class TensorwiseCodec:
         for c in self.codecs:
             c.reset()
 
+    def restart(self) -> None:
+        for c in self.codecs:
+            c.restart()
+
     # ------------------------------------------------------------------ encoding
     def encode(self, flat: torch.Tensor) -> list:
         return self.encode_with_reconstruction(flat, want_reconstruction=False)[0]
@@ -109,7 +113,7 @@ class TensorwiseCodec:
                 for a, b in zip(bounds[:-1], bounds[1:])]
 
     # ------------------------------------------------------------------ decoding
-    def decode(self, frames) -> torch.Tensor:
+    def decode(self, frames, sender=None) -> torch.Tensor:
         frames = list(frames)
         if not frames:
             raise CodecError("per-tensor message without frames")
@@ -125,7 +129,7 @@ class TensorwiseCodec:
             raise CodecError(f"index declares {sum(counts)} frames, got {len(frames) - 1}")
         out, at = [], 1
         for codec, count, shape, size in zip(self.codecs, counts, self.shapes, self.sizes):
-            t = codec.decode(frames[at:at + count])
+            t = codec.decode(frames[at:at + count], sender)
             at += count
             if tuple(t.shape) != shape:
                 raise CodecError(f"tensor of shape {tuple(t.shape)}, expected {shape}")
