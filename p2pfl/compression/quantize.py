@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from .base import Stage, check_finite, float_arg, int_arg
 from .errors import CodecError
 from .intermediate import BF16, F16, F32, Floats, Levels
@@ -47,16 +48,33 @@ class BF16Quant(Stage):
 class StepQuant(Stage):
     """``quant:STEP``: uniform scalar quantisation with step Δ, nearest level
     (DeepCABAC's "Quantise" step, ALGORITHMS.md § DeepCABAC): level = round(x/Δ),
-    x̂ = level·Δ, so |x̂ − x| ≤ Δ/2 (computed in float64, then cast to float32)."""
+    x̂ = level·Δ, so |x̂ − x| ≤ Δ/2 (computed in float64, then cast to float32).
+
+    ``quant:STEP:rd=λ`` chooses each level by rate–distortion instead (DeepCABAC's
+    RDOQ, :mod:`~p2pfl.compression.rdoq`): the nearest level, the next one towards
+    zero, or zero.  A level never grows in magnitude or changes sign, so
+    |x̂ − x| ≤ max(3Δ/2, |x|)."""
     name, wire_id, role, biased, levels = "quant", 4, "quantise", True, True
     min_args = 1
+    max_args = 2
 
     def __init__(self, args, rng):
         super().__init__(args, rng)
         self.step = float_arg(self, args[0], "STEP", 0.0, 1e30)
+        self.lam = 0.0
+        if len(args) == 2:
+            key, _, value = args[1].partition("=")
+            if key != "rd" or not value:
+                raise ConfigError(f"quant takes rd=LAMBDA as its optional second argument, "
+                                  f"got {args[1]!r}")
+            self.lam = float_arg(self, value, "LAMBDA", 0.0, 1e6, lo_open=False)
 
     def quantise(self, x: np.ndarray) -> Levels:
         check_finite(x, self)
+        if self.lam > 0:
+            from .rdoq import rdoq_levels
+
+            return Levels(rdoq_levels(x, self.step, self.lam), self.step)
         lv = np.rint(x.astype(np.float64) / self.step)
         if lv.size and np.abs(lv).max() > 2**31 - 1:
             raise CodecError(f"quant:{self.args[0]} levels overflow int32; use a larger step")
