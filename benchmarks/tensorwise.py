@@ -19,6 +19,7 @@ the seeds.  Writes benchmarks/results/tensorwise.{json,md}.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -95,12 +96,20 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=60)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--tables", nargs="+", default=["powersgd", "scope"],
+                    help="which tables to measure now (the others are kept from the last run)")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        power = powersgd_table(tmp, args.rounds, args.seeds)
-        scope = scope_table(tmp, args.rounds, args.seeds)
     out = os.path.join(ROOT, "benchmarks", "results", "tensorwise")
     os.makedirs(out, exist_ok=True)
+    last = {}
+    if os.path.exists(os.path.join(out, "tensorwise.json")):
+        with open(os.path.join(out, "tensorwise.json")) as fh:
+            last = json.load(fh)
+    with tempfile.TemporaryDirectory() as tmp:
+        power = (powersgd_table(tmp, args.rounds, args.seeds) if "powersgd" in args.tables
+                 else last["powersgd"])
+        scope = (scope_table(tmp, args.rounds, args.seeds) if "scope" in args.tables
+                 else last["k_scope"])
     write_json_atomic(os.path.join(out, "tensorwise.json"),
                       {"rounds": args.rounds, "seeds": args.seeds, "powersgd": power,
                        "k_scope": scope})

@@ -47,6 +47,8 @@ CLUSTER_OPTIONS = [
      "clip:TAU, normclip (auto: mean; normclip in cfl)"),
     ("compression_down", str, "server-to-worker codec (auto: as --compression for stc)"),
     ("stc_cache", int, "STC: global updates cached for catch-up (default 10)"),
+    ("filter_scaling", str, "STC: on sends a scale factor per conv filter with each sparse "
+     "update (Becking et al.); default off"),
     ("cfl_eps1", float, "CFL: split when the mean update norm is below this"),
     ("cfl_eps2", float, "CFL: ... and the largest update norm is above this"),
     ("cfl_warmup", int, "CFL: rounds a cluster trains before it may split"),

@@ -88,6 +88,7 @@ class RunConfig:
     aggregator: str = "auto"  # server modes: mean, median, trimmed:B, krum:F, ... (robust.py)
     compression_down: str = "auto"
     stc_cache: int = 10
+    filter_scaling: str = "off"  # stc: a scale factor per conv filter with each update
     cfl_eps1: float = 0.6
     cfl_eps2: float = 1.2
     cfl_warmup: int = 10
@@ -133,6 +134,10 @@ class RunConfig:
         _one_of("schedule", self.schedule, ("sync", "async"))
         _one_of("error_feedback", self.error_feedback, ("auto", "on", "off"))
         _one_of("fd_delta", self.fd_delta, ("auto", "on", "off"))
+        _one_of("filter_scaling", self.filter_scaling, ("on", "off"))
+        if self.filter_scaling == "on" and self.mode != "stc":
+            raise ConfigError("--filter-scaling applies to --mode stc (sparse updates to a "
+                              "server)")
         for name in ("stc_cache", "cfl_warmup", "public_size", "distill_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")

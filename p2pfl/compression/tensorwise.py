@@ -104,13 +104,12 @@ class TensorwiseCodec:
 
     def _global_fractions(self, x: np.ndarray) -> list:
         """Per tensor, the fraction that keeps its entries among the model's k largest."""
-        p = self.transform.p
-        k = count_k(p, x.size)
-        mag = np.abs(x)
-        threshold = np.partition(mag, x.size - k)[x.size - k] if k else np.inf
+        k = count_k(self.transform.p, x.size)
+        top = np.argpartition(np.abs(x), x.size - k)[x.size - k:]  # exactly k, ties too
         bounds = np.cumsum([0, *self.sizes])
-        return [max(1, int(np.count_nonzero(mag[a:b] >= threshold))) / (b - a)
-                for a, b in zip(bounds[:-1], bounds[1:])]
+        kept = np.bincount(np.searchsorted(bounds, top, side="right") - 1,
+                           minlength=len(self.sizes))
+        return [max(1, int(kept[i])) / self.sizes[i] for i in range(len(self.sizes))]
 
     # ------------------------------------------------------------------ decoding
     def decode(self, frames, sender=None) -> torch.Tensor:

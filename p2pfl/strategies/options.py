@@ -50,6 +50,7 @@ class STCOptions:
     error_feedback_up: bool = True
     error_feedback_down: bool = True
     aggregator: str = "mean"  # robust.parse_aggregator
+    filter_scaling: bool = False  # a scale per conv filter with each update (filter_scaling.py)
 
     def __post_init__(self) -> None:
         _fraction(self.participation)
@@ -64,7 +65,8 @@ class STCOptions:
         ef = cfg.error_feedback != "off"
         return cls(participation=cfg.participation, codec_up=up, codec_down=down,
                    cache=cfg.stc_cache, error_feedback_up=ef, error_feedback_down=ef,
-                   aggregator=resolve(cfg.aggregator, "mean"))
+                   aggregator=resolve(cfg.aggregator, "mean"),
+                   filter_scaling=cfg.filter_scaling == "on")
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from collections import OrderedDict
 import torch
 
 from ..compression import make_codec
+from .filter_scaling import apply_scales, filter_layout, fit_scales, read_scales, scales_frame
 from ..compression.feedback import codec_state, restore_codec
 from .base import Packet, Strategy, dense_packet, dense_tensor, model_from_state
 from .fedavg import FedAvgClient, fedavg_step
@@ -63,6 +64,7 @@ class STC(Strategy):
         self.model = ctx.init.clone()  # W
         self.up_spec, self.down_spec = o.codec_up, o.codec_down
         self.up = make_codec(self.up_spec, shapes=ctx.shapes)  # decoder only
+        self.layout = filter_layout(ctx.shapes) if o.filter_scaling else None
         self.down = make_codec(self.down_spec, error_feedback=o.error_feedback_down,
                                shapes=ctx.shapes)  # owns A_s
         self.cache_len = int(o.cache)
@@ -84,9 +86,15 @@ class STC(Strategy):
     def decode(self, worker: int, packet: Packet) -> torch.Tensor:
         if packet.codec != self.up.name:
             raise ValueError(f"expected codec {self.up.name!r}, got {packet.codec!r}")
-        out = self.up.decode(packet.frames).reshape(-1)
+        scaled = packet.meta.get("fs") is True  # --filter-scaling: the last frame
+        if scaled != (self.layout is not None) or (scaled and not packet.frames):
+            raise ValueError("filter scales missing, or sent to a server without them")
+        out = self.up.decode(packet.frames[:-1] if scaled else packet.frames).reshape(-1)
         if out.numel() != self.model.numel():
             raise ValueError(f"update of {out.numel()} entries, expected {self.model.numel()}")
+        if scaled:
+            levels = read_scales(packet.frames[-1], self.layout)
+            out = apply_scales(self.model, out, levels, self.layout)
         return out
 
     def aggregate(self, rnd: int, replies: list) -> None:
@@ -142,6 +150,8 @@ class STCClient(FedAvgClient):
                              shapes=getattr(learner, "shapes", None))
         self.down = make_codec(options.codec_down, shapes=getattr(learner, "shapes", None))
         self.base = learner.get_flat()  # W_0: every node builds the same initial model
+        self.layout = (filter_layout(getattr(learner, "shapes", None))
+                       if options.filter_scaling else None)
 
     def apply(self, rnd: int, packet: Packet) -> None:
         if packet.codec == "none":
@@ -152,6 +162,16 @@ class STCClient(FedAvgClient):
         self.learner.set_flat(self.base)
 
     def reply(self, rnd: int) -> Packet:
-        frames = self.up.encode(self.update())  # A ← A + ΔW; send STC(A); A ← A − sent
-        return Packet(self.up.name, frames, meta={"n": self.learner.num_samples})
+        if self.layout is None:
+            frames = self.up.encode(self.update())  # A ← A + ΔW; send STC(A); A ← A − sent
+            return Packet(self.up.name, frames, meta={"n": self.learner.num_samples})
+        delta = self.update()
+        frames, sent = self.up.encode_with_reconstruction(delta)
+        feedback = getattr(self.up, "residual", None) is not None
+        target = self.up.residual + sent if feedback else delta  # A + ΔW, before sending
+        levels = fit_scales(self.base, sent, target, self.layout)
+        if feedback:  # A ← A + ΔW − e: what the server builds from ũ and the scales
+            self.up.residual = target - apply_scales(self.base, sent, levels, self.layout)
+        return Packet(self.up.name, [*frames, scales_frame(levels)],
+                      meta={"n": self.learner.num_samples, "fs": True})
 
