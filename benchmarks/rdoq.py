@@ -20,24 +20,17 @@ import time
 
 import numpy as np
 import torch
-from torch import nn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _cnn import trained_cnn  # noqa: E402
 from p2pfl.compression import make_codec, wire_size  # noqa: E402
-from p2pfl.data import load_dataset  # noqa: E402
 from p2pfl.metrics import write_json_atomic  # noqa: E402
 from p2pfl.models import assign_params, flatten_params  # noqa: E402
-from p2pfl.training import LocalTrainer, SGDConfig, evaluate  # noqa: E402
-
-
-def big_cnn() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 64, 3, padding=1), nn.ReLU(),
-                         nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(),
-                         nn.AdaptiveMaxPool2d(4), nn.Flatten(),
-                         nn.Linear(2048, 512), nn.ReLU(), nn.Linear(512, 10))
+from p2pfl.training import evaluate  # noqa: E402
 
 
 def point(model, flat, shapes, ds, spec: str) -> dict:
@@ -58,12 +51,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--lambdas", type=float, nargs="+", default=[0.05, 0.1, 0.2])
     args = ap.parse_args()
-    torch.set_num_threads(1)
-    ds = load_dataset("digits", seed=0)
-    model = big_cnn()
-    cfg = SGDConfig(lr=0.02, momentum=0.9, batch_size=32, local_steps=0,
-                    local_epochs=args.epochs)
-    LocalTrainer(model, ds.x_train, ds.y_train, cfg, seed=0).train()
+    model, ds = trained_cnn(args.epochs)
     flat = flatten_params(model)
     shapes = [tuple(p.shape) for p in model.parameters()]
     _, base = evaluate(model, ds.x_test, ds.y_test)
