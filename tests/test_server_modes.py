@@ -40,7 +40,9 @@ def test_mode_runs_in_process(tmp_path, mode):
     assert all("accuracy" not in r for r in coord)
     if mode in ("fedavg", "stc", "cfl"):
         assert len(s["global_accuracy_per_round"]) == 4
-        assert s["accuracy_mean"] > 0.5
+        # STC at p = 0.01 keeps 1 % of every tensor (the STC paper's per-tensor k): it
+        # starts slower than one k for the whole model and ends higher (BENCHMARKS.md)
+        assert s["accuracy_mean"] > (0.3 if mode == "stc" else 0.5)
 
 
 def test_stc_compresses_both_directions_with_partial_participation(tmp_path):
