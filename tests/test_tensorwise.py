@@ -64,6 +64,10 @@ def test_k_per_tensor_is_the_default_and_global_uses_one_threshold():
     assert k <= sum(kept) <= k + len(SHAPES)  # each tensor keeps at least one entry
     assert kept[0] == 160  # every entry of the loud tensor is among the k largest
     threshold = np.sort(np.abs(x.numpy()))[N - k]
+    again = make_codec("topk:0.05:global", shapes=SHAPES)
+    for _ in range(3):  # the model's k holds message after message
+        sent = again.encode_with_reconstruction(x)[1]
+        assert k <= int((sent != 0).sum()) <= k + len(SHAPES)
     below = int(((glob != 0) & (glob.abs() < threshold)).sum())
     assert below <= len(SHAPES) - 1  # only a tensor's one forced entry may be below it
 

@@ -62,6 +62,9 @@ class TensorwiseCodec:
         self.name, self.stages = first.name, first.stages
         self.transform = first.transform
         self.scope = getattr(self.transform, "scope", "tensor")
+        # the configured fraction: with :global each tensor's stage gets its own share
+        # of the model's k before each encode, so the stages' p no longer hold it
+        self.fraction = getattr(self.transform, "p", None)
 
     biased = property(lambda self: self.codecs[0].biased)
     stochastic = property(lambda self: self.codecs[0].stochastic)
@@ -104,7 +107,7 @@ class TensorwiseCodec:
 
     def _global_fractions(self, x: np.ndarray) -> list:
         """Per tensor, the fraction that keeps its entries among the model's k largest."""
-        k = count_k(self.transform.p, x.size)
+        k = count_k(self.fraction, x.size)
         top = np.argpartition(np.abs(x), x.size - k)[x.size - k:]  # exactly k, ties too
         bounds = np.cumsum([0, *self.sizes])
         kept = np.bincount(np.searchsorted(bounds, top, side="right") - 1,
