@@ -75,8 +75,9 @@ class StepQuant(Stage):
             from .rdoq import rdoq_levels
 
             return Levels(rdoq_levels(x, self.step, self.lam), self.step)
-        lv = np.rint(x.astype(np.float64) / self.step)
-        if lv.size and np.abs(lv).max() > 2**31 - 1:
+        lv = np.divide(x, self.step, dtype=np.float64)  # in float64, without a copy first
+        np.rint(lv, out=lv)
+        if lv.size and max(-lv.min(), lv.max()) > 2**31 - 1:
             raise CodecError(f"quant:{self.args[0]} levels overflow int32; use a larger step")
         return Levels(lv.astype(np.int64), self.step)
 
