@@ -10,10 +10,15 @@ zero, negative, positive): see ``cabac.py``.
 
 A stream is one tensor of one sender.  The sender keeps the levels it coded last
 (the reference) and numbers its messages; each receiver keeps, per sender, the
-levels and number of the last message it decoded.  A message says its own number
-and its reference's (0: plain contexts), in front of the CABAC bytes::
+levels and number of the last message it decoded.  The reference of message n is
+always message n − 1, so a message says its number and whether it uses it, in
+front of the CABAC bytes::
 
-    varint own_id (>= 1), varint ref_id (0, or an earlier own_id), CABAC stream
+    varint 2·own_id + temporal (own_id >= 1; temporal 1: coded against own_id − 1)
+
+The sender codes each message both ways and sends the shorter, so temporal
+contexts never cost more than plain ones beyond the id; the message is the
+reference of the next either way.
 
 A receiver that lacks the reference (it lost a message, or just joined) cannot
 decode the message: :class:`TemporalGap`, a :class:`CodecError`, which the node
@@ -59,10 +64,15 @@ class TemporalState:
         """``coder(levels, reference)`` → CABAC bytes; returns the message section."""
         ref = self.sent if self.sent is not None and self.sent.size == levels.size else None
         own = self.sent_id + 1
+        body = coder(levels, None)
+        temporal = 0
+        if ref is not None:
+            against = coder(levels, ref)
+            if len(against) < len(body):
+                body, temporal = against, 1
         w = Writer()
-        w.varint(own)
-        w.varint(self.sent_id if ref is not None else 0)
-        w.raw(coder(levels, ref))
+        w.varint(2 * own + temporal)
+        w.raw(body)
         self.sent, self.sent_id = levels.copy(), own
         return w.tobytes()
 
@@ -70,12 +80,13 @@ class TemporalState:
         """``decoder(bytes, count, reference)`` → levels; keeps them as ``sender``'s
         reference.  :class:`TemporalGap` when the reference named is not held."""
         r = Reader(memoryview(data))
-        own = r.varint(_MAX_ID, "message id")
-        ref_id = r.varint(_MAX_ID, "reference id")
-        if own == 0 or ref_id >= own:
-            raise CodecError(f"temporal ids {own} (own) and {ref_id} (reference) are invalid")
+        head = r.varint(_MAX_ID, "message id")
+        own, temporal = head >> 1, head & 1
+        if own == 0 or (temporal and own == 1):
+            raise CodecError(f"temporal message id {own} (against {own - 1}) is invalid")
+        ref_id = own - 1 if temporal else 0
         ref = None
-        if ref_id:
+        if temporal:
             held = self.received.get(sender) if sender is not None else None
             if held is None or held[0] != ref_id or held[1].size != count:
                 raise TemporalGap(f"message {own} refers to message {ref_id} of its sender, "
