@@ -27,6 +27,11 @@ from p2pfl.metrics import read_metrics, write_json_atomic  # noqa: E402
 FLAGS = ["--topology", "ring:8", "--dataset", "digits", "--rounds", "30", "-q"]
 
 
+#: the installed `p2pfl` command beside this interpreter, as a user runs it
+_SCRIPT = os.path.join(os.path.dirname(sys.executable), "p2pfl")
+P2PFL = [_SCRIPT] if os.path.exists(_SCRIPT) else [sys.executable, "-m", "p2pfl.cli"]
+
+
 def timed(cmd: list) -> float:
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
@@ -42,8 +47,7 @@ def main() -> None:
         for i in range(args.repeats):
             torch_s.append(timed([sys.executable, "-c", "import torch"]))
             out = os.path.join(tmp, str(i))
-            cluster_s.append(timed([sys.executable, "-m", "p2pfl.cli", "cluster", *FLAGS,
-                                    "--out", out]))
+            cluster_s.append(timed([*P2PFL, "cluster", *FLAGS, "--out", out]))
             with open(os.path.join(out, "summary.json")) as fh:
                 s = json.load(fh)
             walls.append(s["wall_s"])

@@ -237,5 +237,26 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt  # runs the launcher's clean shutdown
 
 
+def entry() -> None:
+    """The ``p2pfl`` command: :func:`main`, then leave without the interpreter's teardown.
+
+    By then the launcher has stopped every node, closed its sockets, removed its
+    temporary files and written its results atomically, so nothing is left for
+    exit handlers to do; tearing down an interpreter that loaded torch took 0.5–1 s
+    of every run here (BENCHMARKS.md, start-up).  ``main`` itself returns normally,
+    for callers in Python.
+    """
+    try:
+        code = main()
+    except SystemExit as exc:  # argparse: --help, --version, a bad flag (exit 2)
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
