@@ -26,8 +26,11 @@ def contraction_scale(codec, numel: int) -> float:
     CHOCO needs E‖Q(x) − x‖² ≤ (1 − δ)‖x‖² (ALGORITHMS.md); an unbiased Q with
     variance ω‖x‖² is not, but Q/τ with τ = 1 + ω is (Koloskova et al., 2019, who
     rescale QSGD this way).  ω: QSGD with s levels min(d/s², √d/s) (Alistarh et
-    al. 2017), TernGrad √d, scaled random-k d/k − 1.  Biased codecs: 1.
+    al. 2017), TernGrad √d, scaled random-k d/k − 1.  Biased codecs: 1.  With
+    per-tensor codecs d is the largest tensor's size: each tensor's variance is at
+    most ω(d_max)‖x_l‖², and so is their sum relative to ‖x‖².
     """
+    numel = max(getattr(codec, "sizes", None) or [numel])
     omega = 0.0
     for stage in getattr(codec, "stages", ()):
         if stage.name == "qsgd":
