@@ -111,10 +111,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES),
+                    help="which sizes to measure now (the others are kept from the last run)")
     args = ap.parse_args()
+    path = os.path.join(ROOT, "benchmarks", "results", "transport.json")
     results = {}
+    if os.path.exists(path):
+        with open(path) as fh:
+            results = {k: v for k, v in json.load(fh).items() if k not in args.sizes}
     with tempfile.TemporaryDirectory(prefix="p2pfl-transport-") as tmp:
         for name, model in SIZES.items():
+            if name not in args.sizes:
+                continue
             rounds = args.rounds if name != "10K" else 10 * args.rounds
             runs = {"raw": [], "ours": []}
             for _ in range(args.repeats):
@@ -134,7 +142,7 @@ def main() -> None:
                   f"-> {100 * ratio:.1f} %; {1e3 * med['ours']['s_per_round']:.2f} vs "
                   f"{1e3 * med['raw']['s_per_round']:.2f} ms a round ({extra_us:.0f} µs more a "
                   f"message sent or received); misses {o['misses']}", flush=True)
-    write_json_atomic(os.path.join(ROOT, "benchmarks", "results", "transport.json"), results)
+    write_json_atomic(path, {k: results[k] for k in SIZES if k in results})
 
 
 if __name__ == "__main__":
