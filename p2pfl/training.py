@@ -344,10 +344,11 @@ def evaluate(model: nn.Module, x, y, batch_size: int = 2048
     Runs in eval mode under ``torch.no_grad`` and restores the previous
     mode.  Returns ``(nan, nan)`` for an empty set.
     """
-    x, y = _as_x(x), _as_y(y).to(_device_of(model))
+    device = _device_of(model)
+    x, y = _as_x(x), _as_y(y).to(device)
     if len(x) == 0:
         return float("nan"), float("nan")
-    loss_sum = torch.zeros((), dtype=torch.float64)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = 0
     for start, logits in _batched_logits(model, x, batch_size):
         yb = y[start:start + len(logits)]
