@@ -28,21 +28,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEP = 2.0 ** -8
-
-
-def _best(fn, repeat: int):
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def nncodec_side(npz: str, out: str, repeat: int) -> None:
@@ -57,15 +47,19 @@ def nncodec_side(npz: str, out: str, repeat: int) -> None:
     sys.modules["nncodec.framework"] = framework
     from nncodec.nnc import compression
 
+    sys.path.insert(0, ROOT)
+    from p2pfl.compression.bench import _best_of
+
     params = dict(np.load(npz))
 
     def encode():
-        return compression.compress(params, qp=-32, qp_density=2, use_dq=False,
-                                    lambda_scale=0, param_opt=False, opt_qp=False,
-                                    return_bitstream=True, verbose=False)
+        return compression.compress(params, bitstream_path=out + ".nnc", qp=-32,
+                                    qp_density=2, use_dq=False, lambda_scale=0,
+                                    param_opt=False, opt_qp=False, return_bitstream=True,
+                                    verbose=False)
 
-    enc_s, bitstream = _best(encode, repeat)
-    dec_s, decoded = _best(lambda: compression.decompress(bitstream), repeat)
+    enc_s, bitstream = _best_of(encode, repeat)
+    dec_s, decoded = _best_of(lambda: compression.decompress(bitstream), repeat)
     levels = {k: np.rint(np.asarray(v, np.float64) / STEP).astype(np.int32)
               for k, v in decoded.items()}
     np.savez(out, **levels)
@@ -92,6 +86,7 @@ def main() -> int:
     from _cnn import trained_cnn
 
     from p2pfl.compression import cabac, make_codec, wire_size
+    from p2pfl.compression.bench import _best_of
     from p2pfl.metrics import write_json_atomic
 
     model, _ = trained_cnn(args.epochs)
@@ -101,8 +96,8 @@ def main() -> int:
     shapes = [w.shape for w in weights.values()]
     flat = torch.cat([torch.from_numpy(w.reshape(-1)) for w in weights.values()])
     codec = make_codec(f"quant:{STEP!r}+cabac", shapes=shapes)
-    enc_s, frames = _best(lambda: codec.encode(flat), args.repeat)
-    dec_s, back = _best(lambda: codec.decode(frames), args.repeat)
+    enc_s, frames = _best_of(lambda: codec.encode(flat), args.repeat)
+    dec_s, back = _best_of(lambda: codec.decode(frames), args.repeat)
     ours = {"bytes": wire_size(frames), "encode_s": enc_s, "decode_s": dec_s}
     our_levels = np.rint(back.numpy().astype(np.float64) / STEP).astype(np.int32)
     levels_only = sum(len(cabac.encode_levels(np.rint(w.reshape(-1).astype(np.float64) / STEP)

@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass, field, fields
 
 from .errors import ConfigError
+from .spec import is_device
 from .transport.links import parse_link
 from .strategies import MODES as SERVER_MODES
 
@@ -169,8 +170,7 @@ class RunConfig:
             raise ConfigError(f"--target-accuracy must be in (0, 1], got {self.target_accuracy}")
         if self.nodes is not None and self.nodes < 1:
             raise ConfigError(f"--nodes must be >= 1, got {self.nodes}")
-        if not (self.device in ("auto", "cpu", "cuda") or (
-                self.device.startswith("cuda:") and self.device[5:].isdigit())):
+        if not is_device(self.device):
             raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         self._check_hosting()
         self._check_backend()

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .data import Dataset, apply_label_permutation, group_label_permutations, load_dataset, partition, partition_groups
-from .models import assign_params, build_model
+from .models import assign_params, build_model, flatten_params
 from .spec import LearnSpec
 from .training import LocalTrainer, SGDConfig, evaluate
 
@@ -155,9 +155,7 @@ class Learner:
         self.device = resolve_device(learn.device, node_id)
         self.model = build_run_model(learn).to(self.device)
         # the exchange codes each parameter tensor on its own (compression/tensorwise.py)
-        self._params = list(self.model.parameters())  # read and written every round
-        self.shapes = tuple(tuple(p.shape) for p in self._params)
-        self._sizes = [p.numel() for p in self._params]
+        self.shapes = tuple(tuple(p.shape) for p in self.model.parameters())
         cfg = SGDConfig(lr=learn.lr, momentum=learn.momentum, weight_decay=learn.weight_decay,
                         batch_size=learn.batch_size, local_steps=learn.local_steps,
                         local_epochs=learn.local_epochs, momentum_mode=learn.momentum_mode)
@@ -204,19 +202,13 @@ class Learner:
         return self.run(lambda: evaluate(self.model, self._x_test, self._y_test))
 
     def get_flat(self) -> torch.Tensor:
-        """The parameters as one new flat CPU vector (from a GPU: one copy), in
-        ``model.parameters()`` order (as :func:`~p2pfl.models.flatten_params`)."""
-        return torch.cat([p.detach().reshape(-1) for p in self._params]).float().cpu()
+        """The parameters as one flat CPU vector (from a GPU: one copy)."""
+        return flatten_params(self.model).cpu()
 
     def set_flat(self, flat: torch.Tensor) -> None:
         """Replace the parameters (onto a GPU: one copy, then split there)."""
-        flat = torch.as_tensor(flat).to(self.device).reshape(-1)
-        if flat.numel() != sum(self._sizes):
-            assign_params(self.model, flat)  # raises the usual ValueError
-        with torch.no_grad():
-            for p, part in zip(self._params, flat.split(self._sizes)):
-                p.copy_(part.view_as(p))
+        assign_params(self.model, torch.as_tensor(flat).to(self.device))
 
     @property
     def num_params(self) -> int:
-        return sum(self._sizes)
+        return sum(p.numel() for p in self.model.parameters())

@@ -350,14 +350,16 @@ def _strategy_options(cfg: RunConfig):
 
 
 def _server_plan(cfg: RunConfig, graph) -> Plan:
+    from .compression import make_codec
+
     if cfg.schedule != "sync":
         raise ConfigError(f"--schedule {cfg.schedule}: server modes run in rounds; "
                           "valid here: sync")
     options = _strategy_options(cfg)
     check_codec(cfg.compression)
-    for spec in {cfg.compression, getattr(options, "codec_up", ""),
-                 getattr(options, "codec_down", "")}:
-        if "cabac:temporal" in str(spec).replace(" ", "").lower():
+    for spec in {cfg.compression, getattr(options, "codec_up", "none"),
+                 getattr(options, "codec_down", "none")}:
+        if getattr(make_codec(spec).cabac, "temporal", None) is not None:
             raise ConfigError("cabac:temporal is built for gossip (CHOCO's q messages) so "
                               "far; server modes use plain cabac")
     labels = _server_labels(cfg, graph)

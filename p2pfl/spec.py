@@ -21,8 +21,14 @@ from .errors import ConfigError
 from .transport.availability import AvailabilitySpec
 from .transport.links import LinkSpec
 
-__all__ = ["LearnSpec", "RuntimeSpec", "ServerInfo", "NodeSpec", "options_from_wire",
+__all__ = ["is_device", "LearnSpec", "RuntimeSpec", "ServerInfo", "NodeSpec", "options_from_wire",
            "plain_label"]
+
+
+def is_device(name) -> bool:
+    """A ``--device`` value: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    return isinstance(name, str) and (name in ("auto", "cpu", "cuda") or (
+        name.startswith("cuda:") and name[5:].isdigit()))
 
 
 @dataclass(frozen=True)
@@ -66,8 +72,7 @@ class LearnSpec:
         if self.momentum_mode not in ("local", "quasi-global"):
             raise ConfigError(f"momentum_mode must be local or quasi-global, "
                               f"got {self.momentum_mode!r}")
-        if not (self.device in ("auto", "cpu", "cuda") or (
-                self.device.startswith("cuda:") and self.device[5:].isdigit())):
+        if not is_device(self.device):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if not self.slowdown >= 1:
             raise ConfigError(f"slowdown must be >= 1, got {self.slowdown}")

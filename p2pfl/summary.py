@@ -6,6 +6,8 @@ nothing here talks to a node.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
 __all__ = ["run_summary"]
@@ -45,7 +47,8 @@ def run_summary(plan, sink, nodes: dict, wall: float, control_bytes: int) -> dic
         "secure": bool(cfg.secure),
         "backend": cfg.backend,
         # where the nodes trained (--device): e.g. {"cpu": 8} or {"cuda:0": 4, "cuda:1": 4}
-        "devices": _count(f.get("device") for f in finals if isinstance(f.get("device"), str)),
+        "devices": dict(sorted(Counter(f["device"] for f in finals
+                                       if isinstance(f.get("device"), str)).items())),
         "messages_sent_total": int(sum(f.get("messages_sent", 0) for f in finals)),
         "emulated_lost_total": int(sum(f.get("emulated_lost", 0) for f in finals)),
         "failed_nodes": failed,
@@ -63,13 +66,6 @@ def run_summary(plan, sink, nodes: dict, wall: float, control_bytes: int) -> dic
     if plan.closer is not None:
         _server_fields(out, plan, sink, nodes)
     return out
-
-
-def _count(values) -> dict:
-    out: dict = {}
-    for v in values:
-        out[v] = out.get(v, 0) + 1
-    return dict(sorted(out.items()))
 
 
 def _memory(nodes: dict) -> dict:

@@ -80,7 +80,7 @@ class CHOCO(GossipAlgorithm):
                          shapes=shapes)
         from ..compression import make_codec
 
-        codec = make_codec(options.codec, seed=seed, max_numel=numel, shapes=shapes)
+        codec = make_codec(options.codec, seed=seed, max_numel=numel, shapes=self.shapes)
         self.gamma = self._gamma()
         self.memory = options.error_feedback
         self.public = PublicCopies(x0, weights, codec)

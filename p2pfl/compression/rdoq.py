@@ -54,10 +54,11 @@ def _rates(levels: np.ndarray, ctx: np.ndarray, mmax: int):
     # P(|v| > j + 1 | |v| > j), j = 0..G-1, per sign
     cost_mag = np.zeros((2, mmax + 1))
     for s in (0, 1):
-        m = mags[neg == bool(s)]
-        reach = np.array([np.count_nonzero(m > j) for j in range(G)], dtype=np.float64)
-        over = np.array([np.count_nonzero(m > j + 1) for j in range(G)], dtype=np.float64)
-        p_gt = (over + 0.5) / (reach + 1.0)
+        # above[j] = how many magnitudes exceed j, from one histogram (past G: one bin)
+        hist = np.bincount(np.minimum(mags[neg == bool(s)], G + 1).astype(np.int64),
+                           minlength=G + 2)
+        above = np.concatenate([np.cumsum(hist[::-1])[::-1][1:], [0]]).astype(np.float64)
+        p_gt = (above[1:G + 1] + 0.5) / (above[:G] + 1.0)
         up = np.concatenate([[0.0], np.cumsum(_bits(p_gt, 1))])  # gt flags all 1 up to j
         stop = np.concatenate([_bits(p_gt, 0), [0.0]])  # the terminating 0 (none past G)
         mag = np.arange(1, mmax + 1)

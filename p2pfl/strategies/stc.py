@@ -25,10 +25,10 @@ from collections import OrderedDict
 import torch
 
 from ..compression import make_codec
-from .filter_scaling import apply_scales, filter_layout, fit_scales, read_scales, scales_frame
 from ..compression.feedback import codec_state, restore_codec
 from .base import Packet, Strategy, dense_packet, dense_tensor, model_from_state
 from .fedavg import FedAvgClient, fedavg_step
+from .filter_scaling import apply_scales, filter_layout, fit_scales, read_scales, scales_frame
 from .robust import parse_aggregator
 
 __all__ = ["STC", "STCClient", "catch_up_packet", "read_catch_up"]
@@ -93,8 +93,8 @@ class STC(Strategy):
         if out.numel() != self.model.numel():
             raise ValueError(f"update of {out.numel()} entries, expected {self.model.numel()}")
         if scaled:
-            levels = read_scales(packet.frames[-1], self.layout)
-            out = apply_scales(self.model, out, levels, self.layout)
+            scales = read_scales(packet.frames[-1], self.layout)
+            out = apply_scales(self.model, out, scales, self.layout)
         return out
 
     def aggregate(self, rnd: int, replies: list) -> None:
@@ -146,12 +146,12 @@ class STCClient(FedAvgClient):
 
     def __init__(self, learner, options, learn) -> None:
         super().__init__(learner, options, learn)
+        shapes = getattr(learner, "shapes", None)  # None: one flat tensor
         self.up = make_codec(options.codec_up, error_feedback=options.error_feedback_up,
-                             shapes=getattr(learner, "shapes", None))
-        self.down = make_codec(options.codec_down, shapes=getattr(learner, "shapes", None))
+                             shapes=shapes)
+        self.down = make_codec(options.codec_down, shapes=shapes)
         self.base = learner.get_flat()  # W_0: every node builds the same initial model
-        self.layout = (filter_layout(getattr(learner, "shapes", None))
-                       if options.filter_scaling else None)
+        self.layout = filter_layout(shapes) if options.filter_scaling else None
 
     def apply(self, rnd: int, packet: Packet) -> None:
         if packet.codec == "none":
@@ -169,9 +169,9 @@ class STCClient(FedAvgClient):
         frames, sent = self.up.encode_with_reconstruction(delta)
         feedback = getattr(self.up, "residual", None) is not None
         target = self.up.residual + sent if feedback else delta  # A + ΔW, before sending
-        levels = fit_scales(self.base, sent, target, self.layout)
+        scales = fit_scales(self.base, sent, target, self.layout)
         if feedback:  # A ← A + ΔW − e: what the server builds from ũ and the scales
-            self.up.residual = target - apply_scales(self.base, sent, levels, self.layout)
-        return Packet(self.up.name, [*frames, scales_frame(levels)],
+            self.up.residual = target - apply_scales(self.base, sent, scales, self.layout)
+        return Packet(self.up.name, [*frames, scales_frame(scales)],
                       meta={"n": self.learner.num_samples, "fs": True})
 
