@@ -116,7 +116,7 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
 
     def on_round(rnd, rows):
         accs = [r["accuracy"] for r in rows if r.get("accuracy") is not None]
-        sent = sum(r["bytes_sent"] for r in sink.records)
+        sent = sink.bytes_sent  # a running total: this runs every round
         acc = f"acc {np.mean(accs):.3f}" if accs else "acc   -  "
         progress.update(rnd, f"{acc} | {sent / 1e6:.2f} MB sent")
         if cfg.target_accuracy is not None and accs and np.mean(accs) >= cfg.target_accuracy:
@@ -129,9 +129,14 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
     def on_message(handle, msg):
         if msg is None or msg.kind in ("bye", "error"):
             sink.node_gone(handle.id)
-        elif msg.kind == "metrics":
+        elif msg.kind == "metrics":  # held records, the last one's model in a frame
+            records = msg.meta.get("records")
+            if not isinstance(records, list) or not records:
+                return
             vec = np.frombuffer(msg.frames[0], "<f4") if msg.frames else None
-            sink.add(msg.meta, vec)
+            for i, rec in enumerate(records):
+                if isinstance(rec, dict):
+                    sink.add(rec, vec if i == len(records) - 1 else None)
 
     launcher = Launcher(list(p.specs), out, in_process=cfg.in_process, scheme=cfg.transport,
                         host=cfg.host, start_timeout=cfg.start_timeout,

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .data import Dataset, apply_label_permutation, group_label_permutations, load_dataset, partition, partition_groups
-from .models import assign_params, build_model, flatten_params
+from .models import build_model, flat_parameters
 from .spec import LearnSpec
 from .training import LocalTrainer, SGDConfig, evaluate
 
@@ -154,6 +154,7 @@ class Learner:
         # Every node builds its model from the run's seed, so all start equal.
         self.device = resolve_device(learn.device, node_id)
         self.model = build_run_model(learn).to(self.device)
+        self._flat = flat_parameters(self.model)  # the parameters are views of it
         # the exchange codes each parameter tensor on its own (compression/tensorwise.py)
         self.shapes = tuple(tuple(p.shape) for p in self.model.parameters())
         cfg = SGDConfig(lr=learn.lr, momentum=learn.momentum, weight_decay=learn.weight_decay,
@@ -202,13 +203,49 @@ class Learner:
         return self.run(lambda: evaluate(self.model, self._x_test, self._y_test))
 
     def get_flat(self) -> torch.Tensor:
-        """The parameters as one flat CPU vector (from a GPU: one copy)."""
-        return flatten_params(self.model).cpu()
+        """A copy of the parameters as one flat CPU vector (one copy, from a GPU too)."""
+        if self._flat.is_cuda:
+            return self._flat.cpu()
+        return self._flat.clone()
 
-    def set_flat(self, flat: torch.Tensor) -> None:
-        """Replace the parameters (onto a GPU: one copy, then split there)."""
-        assign_params(self.model, torch.as_tensor(flat).to(self.device))
+    @property
+    def params(self) -> torch.Tensor:
+        """The parameters as one flat CPU vector: on the CPU the live buffer itself
+        (no copy; read it, never write it), from a GPU a copy."""
+        return self._flat.cpu()
+
+    def adopt(self, flat: torch.Tensor) -> None:
+        """Make ``flat`` the parameters' storage, without copying it, where it can
+        be (a contiguous float32 tensor of the right size on the model's device);
+        otherwise copy it in, like :meth:`set_flat`.  The caller gives ``flat`` up:
+        nothing else may hold it.  The old buffer is left as it was, so messages
+        still being sent from it stay intact."""
+        if not (torch.is_tensor(flat) and flat.dtype == self._flat.dtype
+                and flat.device == self._flat.device and flat.is_contiguous()
+                and flat.dim() == 1 and flat.numel() == self._flat.numel()):
+            self.set_flat(flat)
+            return
+        offset = 0
+        for p in self.model.parameters():
+            p.data = flat[offset:offset + p.numel()].view_as(p)
+            offset += p.numel()
+        self._flat = flat
+
+    def set_flat(self, flat) -> None:
+        """Replace the parameters, in place (onto a GPU: one copy).
+
+        Raises
+        ------
+        ValueError
+            If ``flat`` does not have exactly :attr:`num_params` elements.
+        """
+        flat = torch.as_tensor(flat).reshape(-1)
+        if flat.numel() != self._flat.numel():
+            raise ValueError(f"flat parameter vector has {flat.numel()} "
+                             f"elements, model has {self._flat.numel()}")
+        with torch.no_grad():
+            self._flat.copy_(flat)
 
     @property
     def num_params(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+        return self._flat.numel()

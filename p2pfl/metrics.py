@@ -87,6 +87,7 @@ class MetricsSink:
         self.on_round = on_round
         self.closer = closer
         self.records: list[dict] = []
+        self.bytes_sent = 0  # over the records written so far
         self._pending: dict = defaultdict(dict)  # round -> node -> (record, vector)
         self._next_round = 1
         self._fh = open(os.path.join(out_dir, "metrics.jsonl"), "w", buffering=1)
@@ -144,6 +145,7 @@ class MetricsSink:
             rec["consensus_distance"] = dist.get(node)
             rec["consensus_distance_rel"] = rel.get(node)
             self._fh.write(json.dumps(rec, default=_plain) + "\n")
+            self.bytes_sent += rec.get("bytes_sent") or 0
             out.append(rec)
         self._fh.flush()
         self.records.extend(out)
@@ -195,7 +197,7 @@ class MetricsSink:
             "accuracy_mean": float(np.mean(acc)) if acc else None,
             "accuracy_min": float(np.min(acc)) if acc else None,
             "accuracy_max": float(np.max(acc)) if acc else None,
-            "bytes_sent_total": int(sum(r["bytes_sent"] for r in self.records)),
+            "bytes_sent_total": int(self.bytes_sent),
             "accuracy_per_round": self.accuracy_per_round(),
             "consensus_last": self.consensus_last(),
         }

@@ -157,6 +157,26 @@ def flatten_params(model: nn.Module) -> torch.Tensor:
                       for p in model.parameters()])
 
 
+def flat_parameters(model: nn.Module) -> torch.Tensor:
+    """Move every parameter into one contiguous buffer and return it.
+
+    Each parameter becomes a view of its slice, in ``model.parameters()`` order,
+    so the buffer *is* the flat vector of :func:`flatten_params`: reading or
+    replacing all parameters is one copy, with no walk over the modules.  Call it
+    before an optimiser is built (one built earlier would hold the old tensors).
+    """
+    params = list(model.parameters())
+    if not params:
+        return torch.empty(0)
+    with torch.no_grad():
+        flat = torch.cat([p.detach().reshape(-1) for p in params])
+    offset = 0
+    for p in params:
+        p.data = flat[offset:offset + p.numel()].view_as(p)
+        offset += p.numel()
+    return flat
+
+
 def assign_params(model: nn.Module, flat) -> None:
     """Copy a flat vector (tensor or array) into the parameters, in place.
 

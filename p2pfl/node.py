@@ -61,6 +61,8 @@ class GossipNode:
         self.behaviour = spec.learn.behaviour
         self.byzantine = self.behaviour not in ("honest", "label_flip")
         self.rng = np.random.default_rng(spec.learn.seed * 31 + 17 + spec.id)
+        # hand the live parameters to the rule, and adopt its result: no copies
+        self.in_place = self.algorithm.pure_mix and not self.byzantine
         if self.behaviour == "label_flip":
             self.learner.flip_labels()
 
@@ -87,7 +89,7 @@ class GossipNode:
                 continue
             start = self.learner.get_flat() if self.byzantine else None
             loss = self.learner.train()
-            x = self.learner.get_flat()
+            x = self.learner.params if self.in_place else self.learner.get_flat()
             if self.byzantine:
                 x = self.misbehave(x, start)
             if x is not None:
@@ -102,7 +104,10 @@ class GossipNode:
                 x = self.algorithm.mix(x, received)
             if self.rt.stopped:  # stopped mid-round: the round is not completed
                 break
-            self.learner.set_flat(x)
+            if self.in_place:
+                self.learner.adopt(x)  # mix's result becomes the parameters
+            else:
+                self.learner.set_flat(x)
             for j in self.algorithm.resync_requests(rnd):
                 self.rt.send(j, "resync", rnd)
             if rnd == self.run_spec.rounds and self.run_spec.presence:

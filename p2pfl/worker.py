@@ -30,6 +30,7 @@ from typing import Callable
 
 import zmq
 
+from .memory import keep_large_blocks
 from .roles import make_role, node_spec
 from .runtime import LAUNCHER, Runtime
 from .transport import Endpoint, Mailbox, bind_address
@@ -79,6 +80,7 @@ def serve(launcher: str, node_id: int, *, ctx: zmq.Context | None = None,
     process), the node computes only in its turn on the host's CPU.  ``placement``
     (e.g. the Ray node it runs on) goes to the launcher with the join.
     """
+    keep_large_blocks()  # model-sized buffers are reused, not faulted in each round
     with gate if gate is not None else contextlib.nullcontext():
         return _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout,
                       advertise, security, gate, placement or {})
@@ -96,7 +98,7 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
     lost_after = 4 * start_timeout
     mailbox.alive = alive or (lambda: time.monotonic() - mailbox.last_control < lost_after)
     ep.connect(LAUNCHER, launcher, emulated=False)  # the experimenter's channel is never slowed
-    status = 1
+    status, runtime = 1, None
     try:
         address, control = ep.address, ep.control_address
         if advertise:  # tcp://0.0.0.0:PORT is not reachable: tell peers our name
@@ -130,12 +132,15 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
             node.run(rejoin=True, after=after if isinstance(after, int) and after >= 0 else 0)
         else:
             node.run()
+        runtime.flush()  # the last held records go before the bye
         ep.send(LAUNCHER, "bye", meta=node.final_report())
         if not mailbox.stopped:
             _await_stop(mailbox, start_timeout)
         status = 0
     except Exception as exc:  # report, then exit non-zero; never hang
         reason = f"{type(exc).__name__}: {exc}"
+        if runtime is not None:
+            runtime.flush()  # the rounds it completed are recorded
         ep.send(LAUNCHER, "error", meta={"reason": reason, "trace": traceback.format_exc()[-4000:]})
     finally:
         # After the launcher's stop every peer is done: nothing left is worth waiting for.

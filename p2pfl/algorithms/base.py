@@ -16,7 +16,8 @@ import torch
 
 from .robust import parse_robust
 
-__all__ = ["Packet", "GossipAlgorithm", "dense_packet", "dense_tensor", "renormalised"]
+__all__ = ["Packet", "GossipAlgorithm", "dense_packet", "dense_tensor", "renormalised",
+           "all_finite"]
 
 
 @dataclass
@@ -42,16 +43,31 @@ def dense_packet(x: torch.Tensor) -> Packet:
     return Packet("none", [memoryview(arr.reshape(-1)).cast("B")], [list(arr.shape)], ["float32"])
 
 
-def dense_tensor(packet: Packet, numel: int) -> torch.Tensor:
-    """Read a raw float32 packet back; its size must match ``numel``."""
+def dense_tensor(packet: Packet, numel: int, copy: bool = True) -> torch.Tensor:
+    """Read a raw float32 packet back; its size must match ``numel``.
+
+    ``copy=False`` returns a view of the received frame where it is writable (no
+    copy of a model-sized vector); the caller must then only read it, since with
+    in-process peers the frame may be the sender's own buffer.
+    """
     if packet.codec != "none" or packet.dtypes != ["float32"] or len(packet.frames) != 1:
         raise ValueError("not a raw float32 packet")
     arr = np.frombuffer(packet.frames[0], dtype="<f4")
     if arr.size != numel:
         raise ValueError(f"packet has {arr.size} values, expected {numel}")
-    if not np.isfinite(arr).all():  # a hostile or broken peer: dropped and counted
+    if copy or not arr.flags.writeable:
+        arr = arr.copy()
+    tensor = torch.from_numpy(arr)
+    if not all_finite(tensor):  # a hostile or broken peer: dropped and counted
         raise ValueError("packet holds non-finite values")
-    return torch.from_numpy(arr.copy())
+    return tensor
+
+
+def all_finite(x: torch.Tensor) -> bool:
+    """Whether every value of ``x`` is finite, in one vectorised pass: a sum is
+    finite iff every term is (NaN and ±inf propagate), unless finite terms
+    overflow it, which the exact test then settles."""
+    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
 
 
 def renormalised(self_weight: float, weights: dict, arrived) -> tuple[float, dict]:
@@ -86,6 +102,10 @@ class GossipAlgorithm:
     """
 
     name = "base"
+    #: Whether :meth:`mix` (and :meth:`outgoing`) only read ``x`` and :meth:`mix`
+    #: returns a new tensor that nothing else holds.  The node then hands over the
+    #: live parameter vector as ``x`` and adopts the result, with no copy either way.
+    pure_mix = False
 
     def __init__(self, numel: int, self_weight: float, weights: dict, *,
                  x0: torch.Tensor | None = None, options=None, seed: int | None = None,

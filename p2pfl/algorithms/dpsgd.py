@@ -39,6 +39,7 @@ class DPSGD(GossipAlgorithm):
 
     name = "dpsgd"
     Options = DPSGDOptions
+    pure_mix = True  # the sum below (and the robust step) is always a new tensor
 
     def outgoing(self, x: torch.Tensor) -> Packet:
         return dense_packet(x)
@@ -47,7 +48,7 @@ class DPSGD(GossipAlgorithm):
         return list(getattr(self, "_seen", []))
 
     def decode(self, packet: Packet) -> torch.Tensor:
-        return dense_tensor(packet, self.numel)
+        return dense_tensor(packet, self.numel, copy=False)  # mix only reads it
 
     def mix(self, x: torch.Tensor, received: dict) -> torch.Tensor:
         self._seen = list(received.values())

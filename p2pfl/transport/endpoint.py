@@ -23,6 +23,7 @@ or drops a command; ``stop``, ``start`` and ``config`` wait for room (up to
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from collections import deque
@@ -61,6 +62,7 @@ def bind_address(scheme: str, name: str, host: str = "127.0.0.1", run_dir: str =
     raise ValueError(f"unknown transport {scheme!r}; valid: {', '.join(SCHEMES)}")
 
 
+@functools.lru_cache(maxsize=8192)  # checked on every message received
 def identity(node_id) -> bytes:
     """The routing id a node's connections carry (never starts with a zero byte,
     which ZeroMQ reserves for the ids it makes up itself)."""

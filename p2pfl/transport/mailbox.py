@@ -41,6 +41,9 @@ class Mailbox:
         actor (used to notice a lost launcher).
     gate : CpuGate, optional
         The host's CPU gate, held by this actor except while it waits.
+
+    ``on_tick``, if set, is called about once a second while waiting (with the
+    liveness check): the runtime sends its held records then.
     """
 
     def __init__(self, endpoint: Endpoint, *, window: int = 4,
@@ -71,6 +74,7 @@ class Mailbox:
         self.max_queued = 64
         self._queues: dict = defaultdict(deque)  # (kind, src) -> deque of Message
         self._next_check = time.monotonic() + 1.0
+        self.on_tick: Callable[[], None] | None = None
         # Availability: peers that said they left (not waited for until they send data
         # again), and whether this node is offline itself (it then hears nothing).
         self.away: set = set()
@@ -183,6 +187,8 @@ class Mailbox:
                 if not self.alive():
                     self.stopped = True
                     return
+                if self.on_tick is not None:
+                    self.on_tick()
             if gate is None:
                 msg = self.endpoint.recv(min(left, next_check - now))
                 if msg is not None:

@@ -25,6 +25,7 @@ a counted drop.  This module knows nothing of torch or of learning.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -74,6 +75,7 @@ KINDS = frozenset(
 
 #: dtypes a raw tensor frame may declare (little-endian, C order).
 DTYPES = frozenset({"float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64"})
+_ITEMSIZE = {name: np.dtype(name).itemsize for name in DTYPES}
 
 _HEADER_KEYS = ("v", "k", "s", "r", "n", "c", "l")  # required; "sh", "dt", "m" optional
 
@@ -196,10 +198,10 @@ def _check_tensor_specs(shapes, dtypes, lengths, limits: Limits) -> None:
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
         ):
             raise ProtocolError("a shape is not a short list of non-negative integers")
-        numel = int(np.prod(shape, dtype=np.float64)) if shape else 1
+        numel = math.prod(shape)  # exact: the dimensions are few and bounded above
         if numel > limits.max_tensor_elems:
             raise ProtocolError(f"declared tensor of {numel} elements exceeds the limit")
-        if numel * np.dtype(dtype).itemsize != length:
+        if numel * _ITEMSIZE[dtype] != length:
             raise ProtocolError("a frame's length does not match its shape and dtype")
 
 

@@ -1,0 +1,160 @@
+"""The lean round path of issue 10: one flat parameter buffer, models adopted
+instead of copied, received frames read in place, and round records sent to the
+launcher in batches.  Real sockets throughout."""
+
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import zmq
+
+from p2pfl.algorithms.base import Packet, all_finite, dense_packet, dense_tensor
+from p2pfl.config import RunConfig
+from p2pfl.learner import Learner
+from p2pfl.memory import keep_large_blocks
+from p2pfl.models import build_model, flat_parameters, flatten_params
+from p2pfl.runtime import LAUNCHER, Runtime
+from p2pfl.transport import Endpoint, Mailbox
+
+from _strategy_ctx import learn_spec
+
+
+def _learner(local_steps=2):
+    cfg = RunConfig(dataset="digits", model="mlp:16", local_steps=local_steps, lr=0.1)
+    return Learner(learn_spec(cfg, num_nodes=4), 0)
+
+
+def test_flat_parameters_are_the_buffer():
+    model = build_model("mlp:16-8", (1, 8, 8), 10, seed=3)
+    before = flatten_params(model)
+    flat = flat_parameters(model)
+    assert torch.equal(flat, before)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)  # writing a parameter writes the buffer
+    assert torch.equal(flat, flatten_params(model))
+    assert not torch.equal(flat, before)
+
+
+def test_learner_params_adopt_and_copies():
+    ln = _learner()
+    live = ln.params
+    copy = ln.get_flat()
+    assert torch.equal(live, copy) and live.data_ptr() != copy.data_ptr()
+    ln.train()
+    assert torch.equal(live, ln.get_flat())  # the live vector follows training
+    assert not torch.equal(live, copy)  # the copy does not
+
+    new = torch.randn(ln.num_params)
+    old = ln.params
+    snapshot = old.clone()
+    ln.adopt(new)
+    assert ln.params.data_ptr() == new.data_ptr()  # no copy: it is the storage now
+    ln.train()
+    assert torch.equal(old, snapshot)  # a message sent from the old buffer stays intact
+    assert torch.equal(ln.params, new) and not torch.equal(new, snapshot)
+
+    ln.adopt(np.zeros(ln.num_params))  # not a float32 tensor: copied in
+    assert float(ln.params.abs().sum()) == 0.0
+    with pytest.raises(ValueError, match="elements"):
+        ln.set_flat(torch.zeros(ln.num_params - 1))
+    with pytest.raises(ValueError, match="elements"):
+        ln.adopt(torch.zeros(ln.num_params + 1))
+
+
+def test_dense_tensor_reads_a_received_frame_in_place():
+    x = torch.arange(100_000, dtype=torch.float32)
+    frame = zmq.Frame(bytes(dense_packet(x).frames[0]))
+    packet = Packet("none", [frame.buffer], [[x.numel()]], ["float32"])
+    view = dense_tensor(packet, x.numel(), copy=False)
+    assert torch.equal(view, x)
+    assert view.data_ptr() == np.frombuffer(frame.buffer, np.uint8).ctypes.data  # no copy
+    assert dense_tensor(packet, x.numel()).data_ptr() != view.data_ptr()  # the default copies
+    ro = Packet("none", [bytes(frame.buffer)], [[x.numel()]], ["float32"])  # read-only
+    assert torch.equal(dense_tensor(ro, x.numel(), copy=False), x)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_dense_tensor_refuses_non_finite(bad):
+    x = np.ones(1000, np.float32)
+    x[517] = bad
+    packet = Packet("none", [zmq.Frame(x.tobytes()).buffer], [[1000]], ["float32"])
+    with pytest.raises(ValueError, match="non-finite"):
+        dense_tensor(packet, 1000, copy=False)
+
+
+def test_all_finite_is_exact_when_the_sum_overflows():
+    huge = torch.full((1000,), 3e38)  # finite values whose float32 sum is inf
+    assert not torch.isfinite(huge.sum())
+    assert all_finite(huge)
+    huge[3] = float("nan")
+    assert not all_finite(huge)
+
+
+def test_keep_large_blocks_on_glibc():
+    assert keep_large_blocks() is True  # Linux with glibc, as CI is
+    assert keep_large_blocks() is True  # idempotent
+
+
+@pytest.fixture
+def node_and_launcher():
+    ctx = zmq.Context()
+    launcher = Endpoint(ctx, LAUNCHER, "tcp://127.0.0.1:*")
+    node = Endpoint(ctx, 0, "tcp://127.0.0.1:*")
+    node.connect(LAUNCHER, launcher.address, emulated=False)
+    spec = SimpleNamespace(id=0, label="n0", role="gossip", peers=[1])
+    rt = Runtime(node, Mailbox(node, control_sources={LAUNCHER}), spec)
+    yield rt, launcher
+    node.close(linger=0)
+    launcher.close()
+    ctx.term()
+
+
+def _metrics(launcher, wait=2.0):
+    out = []
+    while (msg := launcher.recv(wait)) is not None:
+        assert msg.kind == "metrics"
+        out.append(msg)
+        wait = 0.3
+    return out
+
+
+def test_records_are_batched_and_none_is_lost(node_and_launcher):
+    rt, launcher = node_and_launcher
+    for rnd in range(1, 201):  # fast rounds: far more than one a FLUSH_S
+        rt.report(rnd, {"loss": None, "accuracy": None})
+    rt.report(201, {"loss": 0.5, "accuracy": 0.9})  # evaluated: sent at once
+    msgs = _metrics(launcher)
+    records = [r for m in msgs for r in m.meta["records"]]
+    assert [r["round"] for r in records] == list(range(1, 202))  # all, in order
+    assert len(msgs) < 20  # not one message a round
+    assert all(m.round == m.meta["records"][-1]["round"] for m in msgs)
+
+    rt.flush()  # nothing held: sends nothing, and the FLUSH_S clock starts again
+    rt.report(202, {"loss": None, "accuracy": None})
+    time.sleep(0.01)
+    rt.report(203, {"loss": None, "accuracy": None})
+    assert _metrics(launcher, 0.3) == []  # held
+    rt.flush()  # what the node does before its bye
+    assert [r["round"] for r in _metrics(launcher)[0].meta["records"]] == [202, 203]
+
+
+def test_held_records_leave_while_the_node_waits(node_and_launcher):
+    rt, launcher = node_and_launcher
+    rt.report(1, {"loss": None, "accuracy": None})
+    rt.report(2, {"loss": None, "accuracy": None})  # held: within FLUSH_S of the first
+    got = rt.gather("model", 3, [1], timeout=1.6)  # neighbour 1 is silent
+    assert got == {}
+    rounds = [r["round"] for m in _metrics(launcher) for r in m.meta["records"]]
+    assert rounds == [1, 2]
+
+
+def test_a_record_with_a_model_carries_it(node_and_launcher):
+    rt, launcher = node_and_launcher
+    rt.report(1, {"loss": None, "accuracy": None})
+    rt.report(2, {"loss": None, "accuracy": 0.5}, np.arange(4, dtype=np.float32))
+    msgs = _metrics(launcher)
+    assert [r["round"] for m in msgs for r in m.meta["records"]] == [1, 2]
+    last = msgs[-1]
+    assert np.frombuffer(last.frames[0], "<f4").tolist() == [0, 1, 2, 3]
