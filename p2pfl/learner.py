@@ -155,6 +155,11 @@ class Learner:
         self.device = resolve_device(learn.device, node_id)
         self.model = build_run_model(learn).to(self.device)
         self._flat = flat_parameters(self.model)  # the parameters are views of it
+        self._slices = []  # (parameter, offset, numel), to re-point them in adopt()
+        offset = 0
+        for p in self.model.parameters():
+            self._slices.append((p, offset, p.numel()))
+            offset += p.numel()
         # the exchange codes each parameter tensor on its own (compression/tensorwise.py)
         self.shapes = tuple(tuple(p.shape) for p in self.model.parameters())
         cfg = SGDConfig(lr=learn.lr, momentum=learn.momentum, weight_decay=learn.weight_decay,
@@ -225,10 +230,8 @@ class Learner:
                 and flat.dim() == 1 and flat.numel() == self._flat.numel()):
             self.set_flat(flat)
             return
-        offset = 0
-        for p in self.model.parameters():
-            p.data = flat[offset:offset + p.numel()].view_as(p)
-            offset += p.numel()
+        for p, offset, n in self._slices:
+            p.data = flat[offset:offset + n].view_as(p)
         self._flat = flat
 
     def set_flat(self, flat) -> None:
