@@ -211,3 +211,61 @@ def test_empirical_entropy_bits():
     assert empirical_entropy_bits([5, 5, 5]) == 0.0
     assert empirical_entropy_bits([0, 1, 0, 1]) == pytest.approx(4.0)
     assert empirical_entropy_bits(np.array([0, 1, 2, 3])) == pytest.approx(8.0)
+
+
+# --- C encoder: buffer growth, carries, bypass bins; C quantiser ----------------
+@needs_c
+@pytest.mark.parametrize("temporal", [False, True])
+def test_c_and_python_identical_on_long_and_wide_streams(temporal):
+    """Outputs far beyond the first buffer guess (n/2 bytes), long 0xFF/carry runs,
+    Exp-Golomb bypass bins and every context group, against the pure coder."""
+    rng = np.random.default_rng(21)
+    parts = [rng.integers(-MAG_MAX, MAG_MAX + 1, 700), laplace_levels(2000, seed=4),
+             np.full(500, MAG_MAX), rng.integers(-20, 21, 800), np.zeros(900, np.int64),
+             rng.geometric(0.02, 600) * rng.choice([-1, 1], 600)]
+    levels = np.concatenate(parts).astype(np.int32)
+    ref = np.roll(levels, 7) // 3 if temporal else None
+    data = encode_levels(levels, ref)
+    assert len(data) > 4 * len(levels) // 3
+    pure_ref = None if ref is None else ref.tolist()
+    assert _cabac_pure.encode_pure(levels.tolist(), pure_ref) == data
+    np.testing.assert_array_equal(decode_levels(data, len(levels), ref), levels)
+
+
+@needs_c
+def test_c_encoder_rejects_out_of_range_int32():
+    levels = np.zeros(50, np.int32)
+    levels[37] = -MAG_MAX - 1
+    with pytest.raises(CodecError):
+        encode_levels(levels)
+    levels[37] = np.iinfo(np.int32).max
+    with pytest.raises(CodecError):
+        encode_levels(levels, np.zeros(50, np.int32))
+
+
+@needs_c
+@pytest.mark.parametrize("step", [2.0**-8, 2.0**-20, 0.001, 0.0039, 1 / 3, 7.5, 2.0**10])
+def test_c_quantiser_matches_numpy(step):
+    rng = np.random.default_rng(5)
+    halves = np.arange(-4001, 4002) * 0.5 * step  # ties: rounded half to even
+    for x in [rng.laplace(0, 0.02, 10_001), halves, rng.standard_cauchy(3001) * 1e3 * step,
+              np.zeros(3), np.array([-0.0])]:
+        x = x.astype(np.float32)
+        expect = np.rint(np.divide(x, step, dtype=np.float64))
+        for n in {x.size, max(x.size - 1, 0), min(x.size, 5), min(x.size, 1), 0}:
+            got = cabac.step_levels(x[:n], step)  # SIMD body and scalar tail
+            assert (got is not None) == bool(np.all(np.abs(expect[:n]) < 2**30))
+            if got is not None:
+                assert got.dtype == np.int32
+                np.testing.assert_array_equal(got, expect[:n])
+
+
+@needs_c
+def test_c_quantiser_declines_what_it_cannot_code():
+    for bad in [np.nan, np.inf, -np.inf, (2**30 - 0.5) * 2.0**-8, 1e30]:
+        x = np.full(9, 0.25, np.float32)
+        x[6] = bad
+        assert cabac.step_levels(x, 2.0**-8) is None
+    x = np.float32([2**22 - 0.5, -(2**22 - 0.5), 1.5 * 2.0**-8])  # exact in float32
+    np.testing.assert_array_equal(cabac.step_levels(x, 2.0**-8), [2**30 - 128, 128 - 2**30, 2])
+    assert cabac.step_levels(np.zeros(4), 0.5) is None  # float64: the caller's path

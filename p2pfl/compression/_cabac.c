@@ -32,14 +32,22 @@
  * Module functions:
  *   encode(levels[, ref]) -> bytes      levels, ref: C-contiguous buffers of 4-byte ints
  *   decode(data, out[, ref]) -> None    out: writable C-contiguous 4-byte int buffer
+ *   quantise(x, step, out) -> bool      x: float32 vector; out: int32 levels (fast path
+ *                                       of quant:STEP, see the quantiser section)
  * Errors: ValueError for bad or hostile input, MemoryError.
- * The GIL is released while coding.  Portable C99, no external libraries.
+ * The GIL is released while coding.  Portable C99 (SSE2 where available), no
+ * external libraries.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <float.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 /* ---- format parameters (must match cabac.py) ---------------------------- */
 #define CABAC_FORMAT_VERSION 1
@@ -53,6 +61,22 @@
 #define SHIFT_SIGN 9
 #define SHIFT_GT 9
 #define SHIFT_EG 8
+
+#if defined(__GNUC__) || defined(__clang__)
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#define NOINLINE __attribute__((noinline))
+#else
+#define ALWAYS_INLINE inline
+#define NOINLINE
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define LIKELY(x) __builtin_expect(!!(x), 1)
+#define UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define LIKELY(x) (x)
+#define UNLIKELY(x) (x)
+#endif
 
 #define PSTATE_BITS 28
 #define PSTATE_ONE (1u << PSTATE_BITS)
@@ -99,33 +123,48 @@ static void models_init(models_t *m)
     for (i = 0; i < N_TGT; i++) ctx_init(&m->tgt[i], SHIFT_GT);
 }
 
-static inline uint32_t ctx_prob(const ctx_t *c)
+static ALWAYS_INLINE uint32_t ctx_prob(const ctx_t *c)
 {
     uint32_t p = c->p >> (PSTATE_BITS - PROB_BITS);
     return p + (p == 0);
 }
 
-static inline void ctx_update(ctx_t *c, int bit)
+/* After 2^shift bins the shift grows; at maxshift, left is set out of reach
+ * (a context codes at most one bin per level, n <= 2^28). */
+static ALWAYS_INLINE void ctx_adapt(ctx_t *c)
 {
-    if (bit)
-        c->p -= c->p >> c->shift;
-    else
-        c->p += (PSTATE_ONE - c->p) >> c->shift;
-    if (c->shift < c->maxshift && --c->left == 0) {
+    if (UNLIKELY(--c->left == 0)) {
         c->shift++;
-        c->left = 1u << c->shift;
+        c->left = (c->shift < c->maxshift) ? 1u << c->shift : 0xFFFFFFFFu;
     }
 }
 
-static inline int level_class(int32_t v) { return (v > 0) ? 2 : (v < 0); }
+static ALWAYS_INLINE void ctx_update0(ctx_t *c)
+{
+    c->p += (PSTATE_ONE - c->p) >> c->shift;
+    ctx_adapt(c);
+}
 
-/* Magnitude class of a reference level: 0 (zero), 1 (+-1), 2 (larger). */
-static inline int ref_class(int32_t r) { return (r == 0) ? 0 : ((r == 1 || r == -1) ? 1 : 2); }
+static ALWAYS_INLINE void ctx_update1(ctx_t *c)
+{
+    c->p -= c->p >> c->shift;
+    ctx_adapt(c);
+}
 
-/* The contexts of one level: plain, or temporal given its reference level. */
+/* Either update without a branch; mask: all ones after a 1-bin, 0 after a 0-bin. */
+static ALWAYS_INLINE void ctx_update(ctx_t *c, uint32_t mask)
+{
+    uint32_t p = c->p;
+    c->p = p + (((PSTATE_ONE - p) >> c->shift) & ~mask) - ((p >> c->shift) & mask);
+    ctx_adapt(c);
+}
+
+/* The contexts of one level: plain, or temporal given its reference level, whose
+ * magnitude class (zero, +-1, larger) selects sig and gt, its sign class (zero,
+ * negative, positive) the sign context. */
 typedef struct { ctx_t *sig, *sign, *gt; } pick_t;
 
-static inline pick_t pick(models_t *m, const int32_t *ref, Py_ssize_t i, int c1, int c2)
+static ALWAYS_INLINE pick_t pick(models_t *m, const int32_t *ref, Py_ssize_t i, int c1, int c2)
 {
     pick_t p;
     if (!ref) {
@@ -133,155 +172,219 @@ static inline pick_t pick(models_t *m, const int32_t *ref, Py_ssize_t i, int c1,
         p.sign = &m->sign[0];
         p.gt = &m->gt[0];
     } else {
-        int t = ref_class(ref[i]);
+        int32_t r = ref[i];
+        int t = (r == 0) ? 0 : ((r == 1 || r == -1) ? 1 : 2);
         p.sig = &m->tsig[t * N_SIG + c1 * 3 + c2];
-        p.sign = &m->tsign[level_class(ref[i]) * N_SIGN];
+        p.sign = &m->tsign[((r > 0) ? 2 : (r < 0)) * N_SIGN];
         p.gt = &m->tgt[t * N_GT];
     }
     return p;
 }
 
 /* ---- encoder --------------------------------------------------------------- */
+/* The coder state lives in locals of the coding loop (the helpers below are all
+ * inlined, so it stays in registers).  A byte is written as soon as it leaves
+ * the 32-bit window of low; a carry out of the window is added to the bytes
+ * already written, through any run of 0xFF bytes.  This writes the same digits
+ * as the cache byte + pending-0xFF scheme of the format description (whose
+ * first, always-zero, byte is the one never written here).  The buffer keeps
+ * ENC_SLACK free bytes at the start of every level, more than one level can
+ * write (a context bin writes at most 2 bytes, a bypass bin 1), so the bins
+ * need no bounds checks. */
 typedef struct {
-    uint64_t low;
+    uint64_t low;   /* 32-bit window plus a carry bit */
     uint32_t range;
-    uint8_t cache;
-    int has_cache;
-    size_t pending; /* 0xFF bytes waiting for a possible carry */
-    uint8_t *buf;
-    size_t pos, cap;
-    int oom;
-} enc_t;
+    uint8_t *p;     /* next output byte */
+} rc_t;
 
-static int enc_reserve(enc_t *e, size_t extra)
+typedef struct { uint8_t *buf, *end; } obuf_t;
+
+#define ENC_SLACK 128
+
+static NOINLINE void enc_carry(uint8_t *buf, uint8_t *p)
 {
-    size_t need, ncap;
+    while (p > buf && ++*--p == 0) {}
+}
+
+static ALWAYS_INLINE void enc_shift(rc_t *r, uint8_t *buf)
+{
+    if (r->low >> 32) enc_carry(buf, r->p);
+    *r->p++ = (uint8_t)(r->low >> 24);
+    r->low = (r->low & 0x00FFFFFFu) << 8;
+}
+
+static ALWAYS_INLINE void enc_renorm(rc_t *r, uint8_t *buf)
+{
+    do {
+        enc_shift(r, buf);
+        r->range <<= 8;
+    } while (r->range < TOP);
+}
+
+static ALWAYS_INLINE void enc_bin0(rc_t *r, ctx_t *c, uint8_t *buf)
+{
+    r->range = (r->range >> PROB_BITS) * ctx_prob(c);
+    ctx_update0(c);
+    if (UNLIKELY(r->range < TOP)) enc_renorm(r, buf);
+}
+
+static ALWAYS_INLINE void enc_bin1(rc_t *r, ctx_t *c, uint8_t *buf)
+{
+    uint32_t bound = (r->range >> PROB_BITS) * ctx_prob(c);
+    r->low += bound;
+    r->range -= bound;
+    ctx_update1(c);
+    if (UNLIKELY(r->range < TOP)) enc_renorm(r, buf);
+}
+
+/* An unpredictable bin, coded without branching on its value.  With b = range
+ * >> 15, a 1-bin leaves range - b * p15 and a 0-bin b * p15, which is range
+ * with its low 15 bits cleared, less b * (2^15 - p15): one product either way. */
+static ALWAYS_INLINE void enc_bin(rc_t *r, ctx_t *c, uint32_t bit, uint8_t *buf)
+{
+    uint32_t p15 = ctx_prob(c), mask = 0u - bit, q0 = (1u << PROB_BITS) - p15;
+    uint32_t prod = (r->range >> PROB_BITS) * (q0 + ((p15 - q0) & mask));
+    r->low += prod & mask;
+    r->range = (r->range & (0xFFFF8000u | mask)) - prod;
+    ctx_update(c, mask);
+    if (UNLIKELY(r->range < TOP)) enc_renorm(r, buf);
+}
+
+static ALWAYS_INLINE void enc_bypass(rc_t *r, uint32_t bit, uint8_t *buf)
+{
+    r->range >>= 1;
+    r->low += r->range & (0u - bit);
+    if (UNLIKELY(r->range < TOP)) enc_renorm(r, buf);
+}
+
+/* The Exp-Golomb remainder x = |v| - G >= 1 (rare: out of the hot loop). */
+static NOINLINE rc_t enc_eg(rc_t r, uint8_t *buf, ctx_t *eg, uint32_t x)
+{
+    int kk = 0, j;
+    while ((x >> (kk + 1)) != 0) kk++;
+    for (j = 0; j < kk && j < CABAC_EG_CTX; j++) enc_bin1(&r, &eg[j], buf);
+    for (; j < kk; j++) enc_bypass(&r, 1, buf);
+    if (kk < CABAC_EG_CTX) enc_bin0(&r, &eg[kk], buf);
+    else enc_bypass(&r, 0, buf);
+    for (j = kk - 1; j >= 0; j--) enc_bypass(&r, (x >> j) & 1, buf);
+    return r;
+}
+
+/* Room for ENC_SLACK more bytes; buf NULL when out of memory (old buffer freed). */
+static NOINLINE obuf_t enc_grow(obuf_t o, size_t pos)
+{
+    size_t cap = (size_t)(o.end - o.buf), need = pos + ENC_SLACK;
     uint8_t *nb;
-    if (e->oom) return 0;
-    need = e->pos + extra;
-    if (need <= e->cap) return 1;
-    ncap = e->cap ? e->cap : 64;
-    while (ncap < need) ncap += ncap >> 1;
-    nb = (uint8_t *)realloc(e->buf, ncap);
-    if (!nb) { e->oom = 1; return 0; }
-    e->buf = nb;
-    e->cap = ncap;
-    return 1;
+    while (cap < need) cap += (cap >> 1) + 64;
+    nb = (uint8_t *)realloc(o.buf, cap);
+    if (!nb) { free(o.buf); o.buf = o.end = NULL; return o; }
+    o.buf = nb;
+    o.end = nb + cap;
+    return o;
 }
 
-static void enc_shift_low(enc_t *e)
+/* Writes the value in [low, low + range) with the most trailing zero bits, then
+ * drops up to CABAC_MAX_OVERRUN trailing zero bytes; returns the stream length. */
+static size_t enc_finish(rc_t r, uint8_t *buf)
 {
-    if (e->low < 0xFF000000u || e->low >= 0x100000000ull) {
-        uint8_t carry = (uint8_t)(e->low >> 32);
-        if (enc_reserve(e, e->pending + 1)) {
-            if (e->has_cache) e->buf[e->pos++] = (uint8_t)(e->cache + carry);
-            while (e->pending) { e->buf[e->pos++] = (uint8_t)(0xFF + carry); e->pending--; }
-        }
-        e->pending = 0;
-        e->cache = (uint8_t)(e->low >> 24);
-        e->has_cache = 1;
-    } else {
-        e->pending++;
-    }
-    e->low = (e->low & 0x00FFFFFFu) << 8;
-}
-
-static inline void enc_bin(enc_t *e, ctx_t *c, int bit)
-{
-    uint32_t bound = (e->range >> PROB_BITS) * ctx_prob(c);
-    if (bit) {
-        e->low += bound;
-        e->range -= bound;
-    } else {
-        e->range = bound;
-    }
-    ctx_update(c, bit);
-    while (e->range < TOP) {
-        e->range <<= 8;
-        enc_shift_low(e);
-    }
-}
-
-static inline void enc_bypass(enc_t *e, int bit)
-{
-    e->range >>= 1;
-    if (bit) e->low += e->range;
-    if (e->range < TOP) {
-        e->range <<= 8;
-        enc_shift_low(e);
-    }
-}
-
-static void enc_finish(enc_t *e)
-{
-    /* pick the value in [low, low + range) with the most trailing zero bits */
-    uint64_t hi = e->low + e->range, v = e->low;
-    int k, i, trimmed;
+    uint64_t hi = r.low + r.range;
+    int k;
     for (k = 32; k >= 0; k--) {
         uint64_t m = (k == 0) ? 0 : ((1ull << k) - 1);
-        uint64_t cand = (e->low + m) & ~m;
-        if (cand < hi) { v = cand; break; }
+        uint64_t cand = (r.low + m) & ~m;
+        if (cand < hi) { r.low = cand; break; }
     }
-    e->low = v;
-    for (i = 0; i < 5; i++) enc_shift_low(e);
-    if (e->oom) return;
-    trimmed = 0;
-    while (trimmed < CABAC_MAX_OVERRUN && e->pos > 0 && e->buf[e->pos - 1] == 0) {
-        e->pos--;
-        trimmed++;
-    }
+    for (k = 0; k < 4; k++) enc_shift(&r, buf);
+    for (k = 0; k < CABAC_MAX_OVERRUN && r.p > buf && r.p[-1] == 0; k++) r.p--;
+    return (size_t)(r.p - buf);
 }
 
-/* Returns 0 on success, 1 on a level out of range, 2 on out of memory. */
-static int encode_all(const int32_t *lv, const int32_t *ref, Py_ssize_t n, enc_t *e,
-                      Py_ssize_t *bad)
+/* Zero levels in a row under one sig context (plain mode, after two zeros):
+ * that context stays in registers for the run; returns the first level not coded. */
+static ALWAYS_INLINE Py_ssize_t enc_zeros(rc_t *r, uint8_t *buf, ctx_t *c, const int32_t *lv,
+                                          Py_ssize_t i, Py_ssize_t stop)
+{
+    ctx_t k = *c;
+    for (; i < stop && lv[i] == 0; i++) enc_bin0(r, &k, buf);
+    *c = k;
+    return i;
+}
+
+/* Codes the levels i.. before stop (the buffer has room for them) and returns
+ * stop, or the index of a level out of range.  cls: the classes of the
+ * previous level and the one before it (the sig context). */
+static ALWAYS_INLINE Py_ssize_t enc_block(rc_t *r, uint8_t *buf, models_t *m, const int32_t *lv,
+                                          const int32_t *ref, Py_ssize_t i, Py_ssize_t stop,
+                                          int *cls)
+{
+    int c1 = cls[0], c2 = cls[1];
+    for (; i < stop; i++) {
+        int32_t v = lv[i];
+        uint32_t mag, s;
+        ctx_t *g, *ge;
+        pick_t pk;
+        if (UNLIKELY((uint32_t)v + (uint32_t)CABAC_MAG_MAX > 2u * (uint32_t)CABAC_MAG_MAX)) break;
+        pk = pick(m, ref, i, c1, c2);
+        c2 = c1;
+        if (v == 0) {
+            enc_bin0(r, pk.sig, buf);
+            c1 = 0;
+            if (!ref && c2 == 0) i = enc_zeros(r, buf, m->sig, lv, i + 1, stop) - 1;
+            continue;
+        }
+        enc_bin1(r, pk.sig, buf);
+        s = (uint32_t)v >> 31;
+        enc_bin(r, &pk.sign[c2], s, buf);
+        c1 = 2 - (int)s;
+        mag = s ? 0u - (uint32_t)v : (uint32_t)v;
+        g = pk.gt + s * CABAC_G;
+        ge = g + ((mag - 1 < CABAC_G) ? mag - 1 : CABAC_G);
+        for (; g < ge; g++) enc_bin1(r, g, buf);
+        if (LIKELY(mag <= CABAC_G)) enc_bin0(r, g, buf);
+        else *r = enc_eg(*r, buf, m->eg, mag - CABAC_G);
+    }
+    cls[0] = c1;
+    cls[1] = c2;
+    return i;
+}
+
+/* Codes n levels into *o (grown as needed); returns 0, 1 on a level out of
+ * range (its index in *bad) or 2 on out of memory (o->buf then NULL). */
+static ALWAYS_INLINE int encode_loop(const int32_t *lv, const int32_t *ref, Py_ssize_t n,
+                                     obuf_t *o, size_t *len, Py_ssize_t *bad)
 {
     models_t m;
-    Py_ssize_t i;
-    int c1 = 0, c2 = 0;
+    obuf_t ob = *o;
+    rc_t r;
+    Py_ssize_t i = 0;
+    int cls[2] = {0, 0};
     models_init(&m);
-    e->low = 0;
-    e->range = 0xFFFFFFFFu;
-    e->cache = 0;
-    e->has_cache = 0;
-    e->pending = 0;
-    for (i = 0; i < n; i++) {
-        int32_t v = lv[i];
-        uint32_t mag;
-        int s, j;
-        pick_t p;
-        if (v > CABAC_MAG_MAX || v < -CABAC_MAG_MAX) { *bad = i; return 1; }
-        p = pick(&m, ref, i, c1, c2);
-        enc_bin(e, p.sig, v != 0);
-        c2 = c1;
-        if (v == 0) { c1 = 0; continue; }
-        s = v < 0;
-        enc_bin(e, &p.sign[c2], s);
-        c1 = 1 + !s;
-        mag = s ? (uint32_t)(-(int64_t)v) : (uint32_t)v;
-        {
-            ctx_t *g = &p.gt[s * CABAC_G];
-            for (j = 0; j < CABAC_G; j++) {
-                int b = mag > (uint32_t)(j + 1);
-                enc_bin(e, &g[j], b);
-                if (!b) break;
-            }
+    r.low = 0;
+    r.range = 0xFFFFFFFFu;
+    r.p = ob.buf;
+    for (;;) {
+        size_t room = (size_t)(ob.end - r.p), pos = (size_t)(r.p - ob.buf);
+        Py_ssize_t stop;
+        if (room < ENC_SLACK) {
+            *o = ob = enc_grow(ob, pos);
+            if (!ob.buf) return 2;
+            r.p = ob.buf + pos;
+            continue;
         }
-        if (mag > CABAC_G) {
-            uint32_t x = mag - CABAC_G; /* remainder + 1 >= 1 */
-            int kk = 0;
-            while ((x >> (kk + 1)) != 0) kk++;
-            for (j = 0; j <= kk; j++) {
-                int b = j < kk;
-                if (j < CABAC_EG_CTX) enc_bin(e, &m.eg[j], b);
-                else enc_bypass(e, b);
-            }
-            for (j = kk - 1; j >= 0; j--) enc_bypass(e, (x >> j) & 1);
-        }
-        if (e->oom) return 2;
+        if (i == n) break;
+        stop = (n - i > (Py_ssize_t)(room / ENC_SLACK)) ? i + (Py_ssize_t)(room / ENC_SLACK) : n;
+        i = enc_block(&r, ob.buf, &m, lv, ref, i, stop, cls);
+        if (i < stop) { *bad = i; *o = ob; return 1; }
     }
-    enc_finish(e);
-    return e->oom ? 2 : 0;
+    *o = ob;
+    *len = enc_finish(r, ob.buf);
+    return 0;
+}
+
+static int encode_all(const int32_t *lv, const int32_t *ref, Py_ssize_t n, obuf_t *o,
+                      size_t *len, Py_ssize_t *bad)
+{
+    return ref ? encode_loop(lv, ref, n, o, len, bad) : encode_loop(lv, NULL, n, o, len, bad);
 }
 
 /* ---- decoder --------------------------------------------------------------- */
@@ -299,19 +402,32 @@ static inline void dec_byte(dec_t *d)
     d->range <<= 8;
 }
 
-static inline int dec_bin(dec_t *d, ctx_t *c)
+static ALWAYS_INLINE int dec_bin(dec_t *d, ctx_t *c)
 {
     uint32_t bound = (d->range >> PROB_BITS) * ctx_prob(c);
     int bit;
     if (d->code < bound) {
         d->range = bound;
+        ctx_update0(c);
         bit = 0;
     } else {
         d->code -= bound;
         d->range -= bound;
+        ctx_update1(c);
         bit = 1;
     }
-    ctx_update(c, bit);
+    while (d->range < TOP) dec_byte(d);
+    return bit;
+}
+
+/* An unpredictable bin whose value steers no branch (the sign): no branch on it. */
+static ALWAYS_INLINE uint32_t dec_bin_flat(dec_t *d, ctx_t *c)
+{
+    uint32_t bound = (d->range >> PROB_BITS) * ctx_prob(c);
+    uint32_t bit = d->code >= bound, mask = 0u - bit;
+    d->code -= bound & mask;
+    d->range = bound + ((d->range - 2 * bound) & mask);
+    ctx_update(c, mask);
     while (d->range < TOP) dec_byte(d);
     return bit;
 }
@@ -324,6 +440,25 @@ static inline int dec_bypass(dec_t *d)
     if (bit) d->code -= d->range;
     if (d->range < TOP) dec_byte(d);
     return bit;
+}
+
+/* Zero levels in a row under one sig context (plain mode, after two zeros):
+ * that context stays in registers for the run, which stops before a 1-bin;
+ * returns the first level not decoded. */
+static ALWAYS_INLINE Py_ssize_t dec_zeros(dec_t *d, ctx_t *c, int32_t *out, Py_ssize_t i,
+                                          Py_ssize_t n)
+{
+    ctx_t k = *c;
+    for (; i < n; i++) {
+        uint32_t bound = (d->range >> PROB_BITS) * ctx_prob(&k);
+        if (d->code >= bound) break;
+        d->range = bound;
+        ctx_update0(&k);
+        while (d->range < TOP) dec_byte(d);
+        out[i] = 0;
+    }
+    *c = k;
+    return i;
 }
 
 /* Returns NULL on success or a static error message. */
@@ -355,10 +490,12 @@ static const char *decode_all(const uint8_t *data, size_t len, int32_t *out,
             out[i] = 0;
             c2 = c1;
             c1 = 0;
+            if (!ref && c2 == 0) i = dec_zeros(&d, m.sig, out, i + 1, n) - 1;
             continue;
         }
         c2 = c1;
-        s = dec_bin(&d, &p.sign[c2]);
+        /* plain signs are coin flips; temporal ones follow the reference */
+        s = ref ? dec_bin(&d, &p.sign[c2]) : (int)dec_bin_flat(&d, &p.sign[c2]);
         c1 = 1 + !s;
         mag = 1;
         {
@@ -390,6 +527,69 @@ static const char *decode_all(const uint8_t *data, size_t len, int32_t *out,
     if (d.pos < limit && len > 0 && data[len - 1] == 0)
         return "corrupt stream: non-canonical termination";
     return NULL;
+}
+
+
+/* ---- quantiser ------------------------------------------------------------ */
+/* out[i] = rint(x[i] / step): the float64 quotient rounded half to even, as
+ * numpy's divide + rint compute it (adding and subtracting 1.5 * 2^52 rounds
+ * |y| < 2^51 to an integer in the default rounding mode); a power-of-two step
+ * multiplies by its exact reciprocal, which gives the same quotient.  Returns 0
+ * when some quotient is not finite or rounds to |level| >= 2^30 (out is then
+ * partly written), or where float64 arithmetic is not plain IEEE double. */
+#define QUANT_LIM 1073741823.5         /* rint(y) < 2^30 iff |y| < QUANT_LIM */
+#define QUANT_MAGIC 6755399441055744.0 /* 1.5 * 2^52 */
+
+#if defined(__SSE2__) && FLT_EVAL_METHOD == 0
+/* Two quotients, checked into *ok and rounded to int32 (in the low half). */
+static ALWAYS_INLINE __m128i quant2(__m128d y, __m128d *ok)
+{
+    const __m128d absmask = _mm_castsi128_pd(_mm_set1_epi64x(0x7FFFFFFFFFFFFFFFLL));
+    const __m128d magic = _mm_set1_pd(QUANT_MAGIC);
+    __m128d in = _mm_cmplt_pd(_mm_and_pd(y, absmask), _mm_set1_pd(QUANT_LIM));
+    *ok = _mm_and_pd(*ok, in);
+    y = _mm_and_pd(y, in); /* out-of-range lanes: 0, converted safely */
+    return _mm_cvttpd_epi32(_mm_sub_pd(_mm_add_pd(y, magic), magic));
+}
+#endif
+
+/* A power of two far from the exponent limits: its reciprocal is exact. */
+static int exact_reciprocal(double step)
+{
+    uint64_t b;
+    unsigned ex;
+    memcpy(&b, &step, sizeof b);
+    ex = (unsigned)(b >> 52) & 0x7FFu;
+    return (b & 0xFFFFFFFFFFFFFull) == 0 && ex > 100 && ex < 1900;
+}
+
+static int quantise_all(const float *x, Py_ssize_t n, double step, int32_t *out)
+{
+    int mul = exact_reciprocal(step);
+    double inv = 1.0 / step;
+    Py_ssize_t i = 0;
+#if defined(__SSE2__) && FLT_EVAL_METHOD == 0
+    __m128d ok = _mm_castsi128_pd(_mm_set1_epi32(-1)), s = _mm_set1_pd(mul ? inv : step);
+    for (; i + 4 <= n; i += 4) {
+        __m128 f = _mm_loadu_ps(x + i);
+        __m128d a = _mm_cvtps_pd(f), b = _mm_cvtps_pd(_mm_movehl_ps(f, f));
+        a = mul ? _mm_mul_pd(a, s) : _mm_div_pd(a, s);
+        b = mul ? _mm_mul_pd(b, s) : _mm_div_pd(b, s);
+        _mm_storeu_si128((__m128i *)(out + i), _mm_unpacklo_epi64(quant2(a, &ok), quant2(b, &ok)));
+    }
+    if (_mm_movemask_pd(ok) != 3) return 0;
+#endif
+#if FLT_EVAL_METHOD == 0
+    for (; i < n; i++) {
+        double y = mul ? (double)x[i] * inv : (double)x[i] / step;
+        if (!(fabs(y) < QUANT_LIM)) return 0;
+        out[i] = (int32_t)((y + QUANT_MAGIC) - QUANT_MAGIC);
+    }
+    return 1;
+#else
+    (void)inv; (void)mul; (void)x; (void)out;
+    return n == 0;
+#endif
 }
 
 /* ---- Python bindings ---------------------------------------------------- */
@@ -426,12 +626,12 @@ static int get_ref(PyObject *a_ref, Py_buffer *ref, Py_ssize_t n)
 static PyObject *py_encode(PyObject *self, PyObject *args)
 {
     Py_buffer view, ref;
-    enc_t e;
+    obuf_t o;
+    size_t len = 0, cap;
     Py_ssize_t n, bad = -1;
     int rc;
-    PyObject *res;
+    PyObject *res, *a_lv, *a_ref = NULL;
     (void)self;
-    PyObject *a_lv, *a_ref = NULL;
     memset(&ref, 0, sizeof ref);
     if (!PyArg_ParseTuple(args, "O|O:encode", &a_lv, &a_ref)) return NULL;
     if (PyObject_GetBuffer(a_lv, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
@@ -443,28 +643,23 @@ static PyObject *py_encode(PyObject *self, PyObject *args)
         return NULL;
     }
     if (!get_ref(a_ref, &ref, n)) { PyBuffer_Release(&view); return NULL; }
-    memset(&e, 0, sizeof e);
-    e.cap = (size_t)n / 2 + 64;
-    e.buf = (uint8_t *)malloc(e.cap);
-    if (!e.buf) {
-        PyBuffer_Release(&view);
-        if (ref.obj) PyBuffer_Release(&ref);
-        return PyErr_NoMemory();
+    cap = (size_t)n / 2 + 64 + ENC_SLACK;
+    o.buf = (uint8_t *)malloc(cap);
+    o.end = o.buf ? o.buf + cap : NULL;
+    rc = o.buf ? 0 : 2;
+    if (o.buf) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = encode_all((const int32_t *)view.buf, ref.obj ? (const int32_t *)ref.buf : NULL,
+                        n, &o, &len, &bad);
+        Py_END_ALLOW_THREADS
     }
-    Py_BEGIN_ALLOW_THREADS
-    rc = encode_all((const int32_t *)view.buf, ref.obj ? (const int32_t *)ref.buf : NULL, n,
-                    &e, &bad);
-    Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
     if (ref.obj) PyBuffer_Release(&ref);
-    if (rc == 1) {
-        free(e.buf);
-        PyErr_Format(PyExc_ValueError, "level at index %zd is outside +-2**30", bad);
-        return NULL;
-    }
-    if (rc == 2) { free(e.buf); return PyErr_NoMemory(); }
-    res = PyBytes_FromStringAndSize((const char *)e.buf, (Py_ssize_t)e.pos);
-    free(e.buf);
+    if (rc == 0) res = PyBytes_FromStringAndSize((const char *)o.buf, (Py_ssize_t)len);
+    else if (rc == 1)
+        res = PyErr_Format(PyExc_ValueError, "level at index %zd is outside +-2**30", bad);
+    else res = PyErr_NoMemory();
+    free(o.buf);
     return res;
 }
 
@@ -511,6 +706,38 @@ fail:
     return NULL;
 }
 
+static PyObject *py_quantise(PyObject *self, PyObject *args)
+{
+    Py_buffer x, out;
+    PyObject *a_x, *a_out;
+    double step;
+    int ok = 0;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OdO:quantise", &a_x, &step, &a_out)) return NULL;
+    if (!(step > 0.0 && step < HUGE_VAL)) {
+        PyErr_SetString(PyExc_ValueError, "step must be positive and finite");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(a_x, &x, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
+    if (PyObject_GetBuffer(a_out, &out, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE | PyBUF_FORMAT) < 0) {
+        PyBuffer_Release(&x);
+        return NULL;
+    }
+    if (x.itemsize != 4 || x.ndim > 1 || !x.format || strcmp(x.format, "f") != 0 ||
+        !check_int32_buffer(&out, "out") || x.len != out.len) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "x must be a float32 vector as long as out");
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        ok = quantise_all((const float *)x.buf, x.len / 4, step, (int32_t *)out.buf);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&out);
+    if (PyErr_Occurred()) return NULL;
+    return PyBool_FromLong(ok);
+}
+
 static PyMethodDef cabac_methods[] = {
     {"encode", py_encode, METH_VARARGS,
      "encode(levels[, ref]) -> bytes\n\nCode a C-contiguous buffer of int32 levels (|v| <= 2**30);"
@@ -518,6 +745,9 @@ static PyMethodDef cabac_methods[] = {
     {"decode", py_decode, METH_VARARGS,
      "decode(data, out[, ref]) -> None\n\nDecode len(out) levels from data into the writable int32"
      " buffer out; with ref, in temporal mode."},
+    {"quantise", py_quantise, METH_VARARGS,
+     "quantise(x, step, out) -> bool\n\nout[i] = rint(x[i] / step) (float64 quotient, ties to even)"
+     " for a float32 vector x; False if some level is not finite or not below 2**30 in magnitude."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef cabac_module = {

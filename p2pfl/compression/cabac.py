@@ -132,7 +132,7 @@ def _as_levels(levels) -> np.ndarray:
         raise CodecError(f"levels must have an integer dtype, got {a.dtype}")
     if a.size > N_MAX:
         raise CodecError(f"too many levels: {a.size} > {N_MAX}")
-    if a.dtype.itemsize >= 4:
+    if a.dtype.itemsize >= 4 and a.dtype != np.int32:  # both coders check int32 levels
         lo, hi = int(a.min()), int(a.max())
         if lo < -MAG_MAX or hi > MAG_MAX:
             raise CodecError("levels must lie within +-2**30")
@@ -158,11 +158,22 @@ def encode_levels(levels, reference=None) -> bytes:
     if _c is not None:
         try:
             return _c.encode(a) if ref is None else _c.encode(a, ref)
-        except ValueError as exc:  # pragma: no cover - _as_levels checks first
+        except ValueError as exc:  # an int32 level outside +-2**30
             raise CodecError(str(exc)) from None
     from ._cabac_pure import encode_pure
 
     return encode_pure(a.tolist(), None if ref is None else ref.tolist())
+
+
+def step_levels(x: np.ndarray, step: float):
+    """``rint(x / step)`` (float64 quotient, ties to even) as int32 levels by the C
+    core, or None: without it, for an ``x`` that is not a float32 vector, or when a
+    level is not finite or not below 2**30 in magnitude (the caller's general path
+    then decides)."""
+    if _c is None or x.dtype != np.float32 or x.ndim != 1:
+        return None
+    out = np.empty(x.size, dtype=np.int32)
+    return out if _c.quantise(np.ascontiguousarray(x), float(step), out) else None
 
 
 def _as_bytes(data):

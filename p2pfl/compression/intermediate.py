@@ -124,12 +124,12 @@ def write_values(w: Writer, values: Floats | Levels, cabac=None) -> None:
         w.raw(np.ascontiguousarray(values.data, dtype=_NP_DTYPES[values.dtype]))
         return
     lv = values.levels
-    if lv.size and (lv.min() < -_INT32 or lv.max() > _INT32):
+    if lv.dtype != np.int32 and lv.size and (lv.min() < -_INT32 or lv.max() > _INT32):
         raise CodecError("a quantised level does not fit in int32; use a larger step")
-    if cabac is not None:
+    if cabac is not None:  # the coder checks every int32 level's range itself
         w.byte(_CABAC)
         w.f64(values.scale)
-        w.section(cabac(lv.astype(np.int32)))
+        w.section(cabac(lv.astype(np.int32, copy=False)))
         return
     lo, hi = (int(lv.min()), int(lv.max())) if lv.size else (0, 0)
     if lv.size and lo == -1 and hi == 1 and not np.any(lv == 0):

@@ -18,6 +18,7 @@ __all__ = ["NoQuant", "FP16", "BF16Quant", "StepQuant", "UniformQuant", "QSGD", 
            "SignQuant"]
 
 _FP16_MAX = float(np.finfo(np.float16).max)
+_CHUNK = 1 << 16  # values per float64 block of _step_levels (512 KiB: stays in cache)
 
 
 class NoQuant(Stage):
@@ -70,16 +71,36 @@ class StepQuant(Stage):
             self.lam = float_arg(self, value, "LAMBDA", 0.0, 1e6, lo_open=False)
 
     def quantise(self, x: np.ndarray) -> Levels:
+        if self.lam == 0:
+            from .cabac import step_levels  # lazy, as the cabac stage imports it
+
+            lv = step_levels(x, self.step)  # one C pass, when all is well
+            if lv is not None:
+                return Levels(lv, self.step)
         check_finite(x, self)
         if self.lam > 0:
             from .rdoq import rdoq_levels
 
             return Levels(rdoq_levels(x, self.step, self.lam), self.step)
-        lv = np.divide(x, self.step, dtype=np.float64)  # in float64, without a copy first
-        np.rint(lv, out=lv)
-        if lv.size and max(-lv.min(), lv.max()) > 2**31 - 1:
+        # the largest |level| (x/step and rint are monotonic); int32 levels below 2**30,
+        # so that a difference of two levels (write_values' offset) still fits
+        top = float(np.rint(max(float(x.max()), -float(x.min())) / self.step)) if x.size else 0.0
+        if top > 2**31 - 1:
             raise CodecError(f"quant:{self.args[0]} levels overflow int32; use a larger step")
-        return Levels(lv.astype(np.int64), self.step)
+        return Levels(_step_levels(x, self.step, np.int32 if top < 2**30 else np.int64), self.step)
+
+
+def _step_levels(x: np.ndarray, step: float, dtype) -> np.ndarray:
+    """rint(x / step), divided in float64, as integers of ``dtype`` (the caller
+    checked that they fit); block by block, without a full-size float64 temporary."""
+    out = np.empty(x.size, dtype=dtype)
+    buf = np.empty(min(x.size, _CHUNK), dtype=np.float64)
+    for a in range(0, x.size, _CHUNK):
+        b = buf[:min(_CHUNK, x.size - a)]
+        np.divide(x[a:a + _CHUNK], step, out=b, dtype=np.float64)
+        np.rint(b, out=b)
+        out[a:a + b.size] = b
+    return out
 
 
 class UniformQuant(Stage):
