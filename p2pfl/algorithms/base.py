@@ -9,6 +9,7 @@ of sockets.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,7 +68,7 @@ def all_finite(x: torch.Tensor) -> bool:
     """Whether every value of ``x`` is finite, in one vectorised pass: a sum is
     finite iff every term is (NaN and ±inf propagate), unless finite terms
     overflow it, which the exact test then settles."""
-    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
+    return math.isfinite(x.sum().item()) or bool(torch.isfinite(x).all())
 
 
 def renormalised(self_weight: float, weights: dict, arrived) -> tuple[float, dict]:
