@@ -12,15 +12,18 @@ import dataclasses
 import os
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .config import RunConfig, from_sources
 from .errors import UsageError
 from .metrics import MetricsSink, write_json_atomic
-from .plan import Plan, plan
 from .progress import Progress
 from .summary import run_summary
+
+if TYPE_CHECKING:
+    from .plan import Plan
 
 __all__ = ["run_cluster", "Result", "execute"]
 
@@ -75,6 +78,8 @@ def run_cluster(graph=None, *, config: str | None = None, **options) -> Result:
         options["model"] = register_module(options["model"])
     t0 = time.monotonic()
     cfg = from_sources(config, options)
+    from .plan import plan  # after the options are checked: a bad flag costs no torch import
+
     return execute(plan(cfg, graph), t0=t0)
 
 

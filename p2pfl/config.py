@@ -21,7 +21,6 @@ from dataclasses import dataclass, field, fields
 from .errors import ConfigError
 from .spec import is_device
 from .transport.links import parse_link
-from .strategies import MODES as SERVER_MODES
 
 try:
     import tomllib
@@ -30,6 +29,10 @@ except ModuleNotFoundError:  # Python 3.10
 
 __all__ = ["RunConfig", "load_toml", "from_sources", "NODE_KEYS", "node_settings"]
 
+#: The server modes: the names in ``strategies.STRATEGIES``, in its order (a test
+#: checks that they agree).  Written out so that reading a configuration, and
+#: refusing a bad one, does not import the strategies and with them torch.
+SERVER_MODES = ("fedavg", "stc", "cfl", "fd", "cfd")
 #: Run modes: gossip, and one per registered server strategy.
 MODES = ("gossip",) + SERVER_MODES
 TRANSPORTS = ("tcp", "ipc", "inproc")

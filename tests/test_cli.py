@@ -214,3 +214,19 @@ def test_stc_error_feedback_follows_the_one_switch():
 
     assert isinstance(client("stc", Learner(), error_feedback="auto").up, ErrorFeedback)
     assert not isinstance(client("stc", Learner(), error_feedback="off").up, ErrorFeedback)
+
+
+def test_server_modes_are_the_registered_strategies():
+    from p2pfl.config import SERVER_MODES
+    from p2pfl.strategies import STRATEGIES
+
+    assert SERVER_MODES == tuple(STRATEGIES)
+
+
+def test_a_bad_option_is_refused_before_torch_is_imported():
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "p2pfl.cli", "cluster",
+                        "--rounds", "0"], cwd=ROOT, text=True, capture_output=True, timeout=120)
+    assert r.returncode == 2
+    imported = [line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines()
+                if line.startswith("import time:")]
+    assert "p2pfl.config" in imported and "torch" not in imported
