@@ -189,7 +189,8 @@ def test_c_and_python_agree_on_hostile_input():
 
 
 def test_pure_python_roundtrip_small():
-    levels = np.concatenate([laplace_levels(1500, seed=9), sparse_levels(1500, seed=9), [MAG_MAX, -MAG_MAX]])
+    levels = np.concatenate([laplace_levels(1500, seed=9), sparse_levels(1500, seed=9),
+                             [MAG_MAX, -MAG_MAX]])
     data = _cabac_pure.encode_pure(levels.tolist())
     assert _cabac_pure.decode_pure(data, len(levels)) == levels.tolist()
 
