@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .data import Dataset, apply_label_permutation, group_label_permutations, load_dataset, partition, partition_groups
-from .models import build_model, flat_parameters
+from .models import build_model, flat_parameters, view_parameters
 from .spec import LearnSpec
 from .training import LocalTrainer, SGDConfig, evaluate
 
@@ -155,13 +155,9 @@ class Learner:
         self.device = resolve_device(learn.device, node_id)
         self.model = build_run_model(learn).to(self.device)
         self._flat = flat_parameters(self.model)  # the parameters are views of it
-        self._slices = []  # (parameter, offset, numel), to re-point them in adopt()
-        offset = 0
-        for p in self.model.parameters():
-            self._slices.append((p, offset, p.numel()))
-            offset += p.numel()
+        self._params = list(self.model.parameters())  # re-pointed by adopt()
         # the exchange codes each parameter tensor on its own (compression/tensorwise.py)
-        self.shapes = tuple(tuple(p.shape) for p in self.model.parameters())
+        self.shapes = tuple(tuple(p.shape) for p in self._params)
         cfg = SGDConfig(lr=learn.lr, momentum=learn.momentum, weight_decay=learn.weight_decay,
                         batch_size=learn.batch_size, local_steps=learn.local_steps,
                         local_epochs=learn.local_epochs, momentum_mode=learn.momentum_mode)
@@ -230,8 +226,7 @@ class Learner:
                 and flat.dim() == 1 and flat.numel() == self._flat.numel()):
             self.set_flat(flat)
             return
-        for p, offset, n in self._slices:
-            p.data = flat[offset:offset + n].view_as(p)
+        view_parameters(self._params, flat)
         self._flat = flat
 
     def set_flat(self, flat) -> None:

@@ -168,13 +168,17 @@ def flat_parameters(model: nn.Module) -> torch.Tensor:
     params = list(model.parameters())
     if not params:
         return torch.empty(0)
-    with torch.no_grad():
-        flat = torch.cat([p.detach().reshape(-1) for p in params])
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
+    view_parameters(params, flat)
+    return flat
+
+
+def view_parameters(params: list, flat: torch.Tensor) -> None:
+    """Make each of ``params`` a view of its slice of ``flat``, in order (no copy)."""
     offset = 0
     for p in params:
         p.data = flat[offset:offset + p.numel()].view_as(p)
         offset += p.numel()
-    return flat
 
 
 def assign_params(model: nn.Module, flat) -> None:
