@@ -6,9 +6,12 @@ Part 1, the second of two top-1 % updates of 10^6 values (step 2^-10) whose
 supports overlap by about 60 %, coded with plain and with temporal contexts:
 consecutive updates x2 = ρ·x1 + sqrt(1 − ρ²)·noise (ρ = 0.93), and, as a bound on
 what the support alone gives, two supports with 60 % overlap and independent values.
-Part 2, gossip (CHOCO) on ring:8 with ``topk:0.05+quant:0.002+cabac`` against
-``...+cabac:temporal`` on digits (MLP) and mnist1d (CNN): bytes and accuracy,
-averaged over seeds.  Writes benchmarks/results/temporal.json.
+Part 2, gossip on ring:8 with ``topk:0.05+quant:0.002+cabac`` against
+``...+cabac:temporal`` on digits (MLP) and mnist1d (CNN), with CHOCO and with
+DCD-PSGD (``--algorithm dpsgd --error-feedback off``): accuracy, bytes sent and
+bytes on the wire (framing included), averaged over seeds.  Part 3, server-mode
+STC (10 workers) with that codec upstream, with error feedback off and on.  Writes
+benchmarks/results/temporal.json.
 """
 
 from __future__ import annotations
@@ -71,28 +74,74 @@ def synthetic() -> list:
     return rows
 
 
+#: The gossip rules compared: CHOCO (error feedback through the public copies) and
+#: DCD-PSGD (D-PSGD over compressed differences without error feedback).
+ALGORITHMS = (("choco", {}), ("dcd-psgd", dict(algorithm="dpsgd", error_feedback="off")))
+
+
 def gossip(rounds: int, seeds: list) -> list:
     rows = []
     spec = "topk:0.05+quant:0.002+cabac"
+    data_sets = (("digits mlp", {}), ("mnist1d cnn", dict(dataset="mnist1d", model="cnn")))
     with tempfile.TemporaryDirectory() as tmp:
-        for data, extra in (("digits mlp", {}), ("mnist1d cnn",
-                                                 dict(dataset="mnist1d", model="cnn"))):
-            for codec in (spec, spec + ":temporal"):
-                acc, sent = [], []
-                for seed in seeds:
-                    s = run_cluster(topology="ring:8", rounds=rounds, compression=codec,
-                                    seed=seed, quiet=True,
-                                    out=os.path.join(tmp, f"{len(rows)}-{seed}"),
-                                    **extra).summary
-                    acc.append(s["accuracy_mean"])
-                    sent.append(s["bytes_sent_total"])
-                rows.append({"data": data, "codec": codec, "accuracy": float(np.mean(acc)),
-                             "bytes_sent_total": float(np.mean(sent))})
-                print(f"{data:12s} {codec:40s} acc {rows[-1]['accuracy']:.4f}  "
-                      f"{rows[-1]['bytes_sent_total'] / 1e6:.3f} MB", flush=True)
-            plain, temporal = rows[-2], rows[-1]
-            temporal["fewer_bytes"] = 1 - temporal["bytes_sent_total"] / plain["bytes_sent_total"]
-            print(f"  temporal: {100 * temporal['fewer_bytes']:.1f} % fewer bytes", flush=True)
+        for rule, rule_opts in ALGORITHMS:
+            for data, extra in data_sets:
+                for codec in (spec, spec + ":temporal"):
+                    runs = []
+                    for seed in seeds:
+                        runs.append(run_cluster(
+                            topology="ring:8", rounds=rounds, compression=codec, seed=seed,
+                            quiet=True, out=os.path.join(tmp, f"{len(rows)}-{seed}"),
+                            **extra, **rule_opts).summary)
+                    rows.append({"algorithm": rule, "data": data, "codec": codec, **{
+                        k: float(np.mean([s[k] for s in runs]))
+                        for k in ("accuracy_mean", "bytes_sent_total", "wire_bytes_total")}})
+                    print(f"{rule:9s} {data:12s} {codec:40s} acc "
+                          f"{rows[-1]['accuracy_mean']:.4f}  "
+                          f"{rows[-1]['bytes_sent_total'] / 1e6:.4f} MB sent, "
+                          f"{rows[-1]['wire_bytes_total'] / 1e6:.4f} MB on the wire", flush=True)
+                plain, temporal = rows[-2], rows[-1]
+                for key in ("bytes_sent_total", "wire_bytes_total"):
+                    temporal["fewer_" + key] = 1 - temporal[key] / plain[key]
+                print(f"  temporal: {100 * temporal['fewer_bytes_sent_total']:.2f} % fewer "
+                      f"bytes sent, {100 * temporal['fewer_wire_bytes_total']:.2f} % fewer on "
+                      "the wire", flush=True)
+    return rows
+
+
+def server(rounds: int, seeds: list) -> list:
+    """Server-mode STC, 10 workers, the same codec upstream (the downstream is plain),
+    with and without error feedback: accuracy, bytes in all and upstream alone."""
+    rows = []
+    spec = "topk:0.05+quant:0.002+cabac"
+    data_sets = (("digits mlp", {}), ("mnist1d cnn", dict(dataset="mnist1d", model="cnn")))
+    with tempfile.TemporaryDirectory() as tmp:
+        for ef in ("off", "on"):
+            for data, extra in data_sets:
+                for codec in (spec, spec + ":temporal"):
+                    runs = []
+                    for seed in seeds:
+                        s = run_cluster(topology="ring:10", mode="stc", rounds=rounds,
+                                        compression=codec, error_feedback=ef, seed=seed,
+                                        quiet=True, out=os.path.join(tmp, f"s{len(rows)}-{seed}"),
+                                        **extra).summary
+                        coordinator = max(dst for _, dst, _ in s["bytes_per_link"])
+                        s["bytes_up"] = sum(b for _, dst, b in s["bytes_per_link"]
+                                            if dst == coordinator)
+                        runs.append(s)
+                    rows.append({"error_feedback": ef, "data": data, "codec": codec, **{
+                        k: float(np.mean([s[k] for s in runs]))
+                        for k in ("accuracy_mean", "bytes_sent_total", "bytes_up")}})
+                    print(f"stc ef {ef:3s} {data:12s} {codec:40s} acc "
+                          f"{rows[-1]['accuracy_mean']:.4f}  "
+                          f"{rows[-1]['bytes_sent_total'] / 1e6:.4f} MB sent, "
+                          f"{rows[-1]['bytes_up'] / 1e6:.4f} MB up", flush=True)
+                plain, temporal = rows[-2], rows[-1]
+                for key in ("bytes_sent_total", "bytes_up"):
+                    temporal["fewer_" + key] = 1 - temporal[key] / plain[key]
+                print(f"  temporal: {100 * temporal['fewer_bytes_sent_total']:.2f} % fewer "
+                      f"bytes in all, {100 * temporal['fewer_bytes_up']:.2f} % fewer upstream",
+                      flush=True)
     return rows
 
 
@@ -102,6 +151,7 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     args = ap.parse_args()
     result = {"synthetic": synthetic(), "gossip": gossip(args.rounds, args.seeds),
+              "server": server(args.rounds, args.seeds),
               "rounds": args.rounds, "seeds": args.seeds}
     write_json_atomic(os.path.join(ROOT, "benchmarks", "results", "temporal.json"), result)
     return 0

@@ -350,18 +350,20 @@ def _strategy_options(cfg: RunConfig):
 
 
 def _server_plan(cfg: RunConfig, graph) -> Plan:
-    from .compression import make_codec
+    from .compression import uses_temporal
 
     if cfg.schedule != "sync":
         raise ConfigError(f"--schedule {cfg.schedule}: server modes run in rounds; "
                           "valid here: sync")
     options = _strategy_options(cfg)
     check_codec(cfg.compression)
-    for spec in {cfg.compression, getattr(options, "codec_up", "none"),
-                 getattr(options, "codec_down", "none")}:
-        if getattr(make_codec(spec).cabac, "temporal", None) is not None:
-            raise ConfigError("cabac:temporal is built for gossip (CHOCO's q messages) so "
-                              "far; server modes use plain cabac")
+    up, down = getattr(options, "codec_up", cfg.compression), getattr(options, "codec_down", None)
+    if uses_temporal(up) and cfg.mode != "stc":
+        raise ConfigError(f"cabac:temporal codes gossip messages and server-mode STC updates, "
+                          f"not mode {cfg.mode}; use plain cabac")
+    if down is not None and uses_temporal(down):
+        raise ConfigError("cabac:temporal codes the workers' updates; the server's downstream "
+                          "updates are broadcast and cached: give --compression-down plain cabac")
     labels = _server_labels(cfg, graph)
     n = len(labels)
     per_node, learns = _learn_specs(cfg, labels)

@@ -22,7 +22,7 @@ from .positions import golomb_b, golomb_expected_bits
 from .registry import STAGES, build_codec, parse_spec
 from .wire import MAX_NUMEL
 
-__all__ = ["make_codec", "Codec", "CodecError", "ErrorFeedback", "wants_error_feedback",
+__all__ = ["make_codec", "uses_temporal", "Codec", "CodecError", "ErrorFeedback", "wants_error_feedback",
            "wire_size", "encode_many", "decode_many", "STAGES", "parse_spec", "golomb_b",
            "golomb_expected_bits", "MAX_NUMEL", "codec_names"]
 
@@ -78,3 +78,8 @@ def decode_many(codecs, blobs) -> list:
     if len(codecs) != len(blobs):
         raise ValueError(f"{len(codecs)} codecs for {len(blobs)} blobs")
     return [c.decode(b) for c, b in zip(codecs, blobs)]
+
+
+def uses_temporal(spec: str) -> bool:
+    """Whether ``spec`` codes with temporal CABAC contexts (``cabac:temporal``)."""
+    return any(name == "cabac" and args == ["temporal"] for name, args in parse_spec(spec))

@@ -15,6 +15,7 @@ from collections import Counter
 import numpy as np
 import torch
 
+from ..compression.temporal import TemporalGap
 from ..learner import build_run_model, test_set
 from ..models import assign_params, flatten_params
 from ..runtime import Runtime
@@ -143,8 +144,9 @@ class Coordinator:
             try:
                 content = self.strategy.decode(w, packet)
             except ValueError as exc:  # CodecError is a ValueError
-                self.rt.drop("undecodable")
-                replies.append(Reply(w, error={"code": "undecodable", "reason": str(exc)[:200]}))
+                code = "temporal_gap" if isinstance(exc, TemporalGap) else "undecodable"
+                self.rt.drop(code)
+                replies.append(Reply(w, error={"code": code, "reason": str(exc)[:200]}))
                 continue
             if isinstance(content, torch.Tensor) and not bool(torch.isfinite(content).all()):
                 replies.append(Reply(w, error={"code": "nonfinite", "reason": "NaN or inf"}))

@@ -11,7 +11,13 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 from .robust import parse_aggregator, resolve
 
-__all__ = ["FedAvgOptions", "STCOptions", "CFLOptions", "FDOptions"]
+__all__ = ["FedAvgOptions", "STCOptions", "CFLOptions", "FDOptions", "without_temporal"]
+
+
+def without_temporal(spec: str) -> str:
+    """``spec`` with ``cabac:temporal`` replaced by plain ``cabac``."""
+    stages = spec.replace(" ", "").split("+")
+    return "+".join("cabac" if st.lower() == "cabac:temporal" else st for st in stages)
 
 
 def _fraction(value: float) -> float:
@@ -41,7 +47,10 @@ class STCOptions:
     """STC: codecs up and down (``--compression none`` means ``stc:0.01+golomb``;
     ``--compression-down auto`` the upstream spec), the update cache length and
     the error-feedback switch per direction (``--error-feedback off`` turns both
-    off; ``auto`` and ``on`` keep both residuals, as the STC paper does)."""
+    off; ``auto`` and ``on`` keep both residuals, as the STC paper does).
+    ``cabac:temporal`` applies upstream only: the automatic downstream spec
+    codes with plain contexts, since the server's updates are broadcast, cached
+    and replaced by the full model for workers that missed too many."""
 
     participation: float = 1.0
     codec_up: str = "stc:0.01+golomb"
@@ -61,7 +70,7 @@ class STCOptions:
     @classmethod
     def from_config(cls, cfg) -> "STCOptions":
         up = "stc:0.01+golomb" if cfg.compression == "none" else cfg.compression
-        down = up if cfg.compression_down == "auto" else cfg.compression_down
+        down = without_temporal(up) if cfg.compression_down == "auto" else cfg.compression_down
         ef = cfg.error_feedback != "off"
         return cls(participation=cfg.participation, codec_up=up, codec_down=down,
                    cache=cfg.stc_cache, error_feedback_up=ef, error_feedback_down=ef,

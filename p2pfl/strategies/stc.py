@@ -16,6 +16,15 @@ Update caching: the server keeps the encoded blobs of its last
 synchronised τ rounds ago receives those τ compressed updates in one message
 and adds them in order (so its model equals the server's bit for bit); one
 that missed more than the cache holds receives the full model (raw float32).
+
+Temporal contexts upstream (``--compression ...+cabac:temporal``): the server
+decodes each worker's update against that worker's previous one
+(:mod:`p2pfl.compression.temporal`).  Every instruction says, in ``meta["ack"]``,
+the round of the last update the server decoded from that worker (0: none).
+A worker whose last reply is not the one acknowledged -- it was late, lost or
+undecodable, or the coordinator restarted from a checkpoint, which does not keep
+the references -- codes its next update with plain contexts, which restarts the
+chain.  The downstream stays plain (``STCOptions``).
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from collections import OrderedDict
 
 import torch
 
-from ..compression import make_codec
+from ..compression import make_codec, uses_temporal
 from ..compression.feedback import codec_state, restore_codec
 from .base import Packet, Strategy, dense_packet, dense_tensor, model_from_state
 from .fedavg import FedAvgClient, fedavg_step
@@ -72,13 +81,19 @@ class STC(Strategy):
         self.synced = {w: 0 for w in ctx.workers}  # round of the model each worker holds
         self.round = 0  # the last aggregated round; W is W_round
         self.aggregator = parse_aggregator(o.aggregator)  # --aggregator (robust.py)
+        self.temporal_up = uses_temporal(self.up_spec)
+        self.heard: dict = {}  # worker -> round of its last update decoded (temporal chains)
 
     def _instruction(self, worker: int) -> Packet:
         missed = list(range(self.synced[worker] + 1, self.round + 1))
         self.synced[worker] = self.round
         if all(r in self.cache for r in missed):
-            return catch_up_packet(self.down.name, [self.cache[r] for r in missed])
-        return dense_packet(self.model)  # missed more than the cache holds
+            packet = catch_up_packet(self.down.name, [self.cache[r] for r in missed])
+        else:
+            packet = dense_packet(self.model)  # missed more than the cache holds
+        if self.temporal_up:
+            packet.meta["ack"] = self.heard.get(worker, 0)
+        return packet
 
     def configure(self, rnd: int, participants: list) -> dict:
         return {w: self._instruction(w) for w in participants}
@@ -89,9 +104,12 @@ class STC(Strategy):
         scaled = packet.meta.get("fs") is True  # --filter-scaling: the last frame
         if scaled != (self.layout is not None) or (scaled and not packet.frames):
             raise ValueError("filter scales missing, or sent to a server without them")
-        out = self.up.decode(packet.frames[:-1] if scaled else packet.frames).reshape(-1)
+        out = self.up.decode(packet.frames[:-1] if scaled else packet.frames,
+                             worker).reshape(-1)
         if out.numel() != self.model.numel():
             raise ValueError(f"update of {out.numel()} entries, expected {self.model.numel()}")
+        if self.temporal_up:
+            self.heard[worker] = packet.round  # its next update may refer to this one
         if scaled:
             scales = read_scales(packet.frames[-1], self.layout)
             out = apply_scales(self.model, out, scales, self.layout)
@@ -152,8 +170,12 @@ class STCClient(FedAvgClient):
         self.down = make_codec(options.codec_down, shapes=shapes)
         self.base = learner.get_flat()  # W_0: every node builds the same initial model
         self.layout = filter_layout(shapes) if options.filter_scaling else None
+        self.temporal_up = uses_temporal(options.codec_up)
+        self.replied = 0  # the round of our last update (temporal chains; 0: none yet)
 
     def apply(self, rnd: int, packet: Packet) -> None:
+        if self.temporal_up and self.replied and packet.meta.get("ack") != self.replied:
+            self.up.restart()  # the server lacks our last update: plain contexts next
         if packet.codec == "none":
             self.base = dense_tensor(packet, self.learner.num_params)
         else:
@@ -162,6 +184,7 @@ class STCClient(FedAvgClient):
         self.learner.set_flat(self.base)
 
     def reply(self, rnd: int) -> Packet:
+        self.replied = rnd
         if self.layout is None:
             frames = self.up.encode(self.update())  # A ← A + ΔW; send STC(A); A ← A − sent
             return Packet(self.up.name, frames, meta={"n": self.learner.num_samples})
