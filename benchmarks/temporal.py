@@ -1,6 +1,6 @@
 """Temporal CABAC contexts (issue 11): two overlapping updates, then gossip runs.
 
-    python benchmarks/temporal.py [--rounds 30] [--seeds 0 1]
+    python benchmarks/temporal.py [--rounds 30] [--seeds 0 1] [--parts synthetic gossip server]
 
 Part 1, the second of two top-1 % updates of 10^6 values (step 2^-10) whose
 supports overlap by about 60 %, coded with plain and with temporal contexts:
@@ -17,6 +17,7 @@ benchmarks/results/temporal.json.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -121,39 +122,48 @@ def server(rounds: int, seeds: list) -> list:
                 for codec in (spec, spec + ":temporal"):
                     runs = []
                     for seed in seeds:
-                        s = run_cluster(topology="ring:10", mode="stc", rounds=rounds,
-                                        compression=codec, error_feedback=ef, seed=seed,
-                                        quiet=True, out=os.path.join(tmp, f"s{len(rows)}-{seed}"),
-                                        **extra).summary
-                        coordinator = max(dst for _, dst, _ in s["bytes_per_link"])
-                        s["bytes_up"] = sum(b for _, dst, b in s["bytes_per_link"]
-                                            if dst == coordinator)
-                        runs.append(s)
+                        runs.append(run_cluster(
+                            topology="ring:10", mode="stc", rounds=rounds, compression=codec,
+                            error_feedback=ef, seed=seed, quiet=True,
+                            out=os.path.join(tmp, f"s{len(rows)}-{seed}"), **extra).summary)
                     rows.append({"error_feedback": ef, "data": data, "codec": codec, **{
                         k: float(np.mean([s[k] for s in runs]))
-                        for k in ("accuracy_mean", "bytes_sent_total", "bytes_up")}})
+                        for k in ("accuracy_mean", "bytes_sent_total", "bytes_up_total")}})
                     print(f"stc ef {ef:3s} {data:12s} {codec:40s} acc "
                           f"{rows[-1]['accuracy_mean']:.4f}  "
                           f"{rows[-1]['bytes_sent_total'] / 1e6:.4f} MB sent, "
-                          f"{rows[-1]['bytes_up'] / 1e6:.4f} MB up", flush=True)
+                          f"{rows[-1]['bytes_up_total'] / 1e6:.4f} MB up", flush=True)
                 plain, temporal = rows[-2], rows[-1]
-                for key in ("bytes_sent_total", "bytes_up"):
+                for key in ("bytes_sent_total", "bytes_up_total"):
                     temporal["fewer_" + key] = 1 - temporal[key] / plain[key]
                 print(f"  temporal: {100 * temporal['fewer_bytes_sent_total']:.2f} % fewer "
-                      f"bytes in all, {100 * temporal['fewer_bytes_up']:.2f} % fewer upstream",
+                      f"bytes in all, {100 * temporal['fewer_bytes_up_total']:.2f} % fewer "
+                      "upstream",
                       flush=True)
     return rows
+
+
+#: Each part takes (rounds, seeds); the synthetic pair needs neither.
+PARTS = {"synthetic": lambda rounds, seeds: synthetic(), "gossip": gossip, "server": server}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS),
+                    help="which parts to run now (the others are kept from the last run)")
     args = ap.parse_args()
-    result = {"synthetic": synthetic(), "gossip": gossip(args.rounds, args.seeds),
-              "server": server(args.rounds, args.seeds),
-              "rounds": args.rounds, "seeds": args.seeds}
-    write_json_atomic(os.path.join(ROOT, "benchmarks", "results", "temporal.json"), result)
+    path = os.path.join(ROOT, "benchmarks", "results", "temporal.json")
+    result = {}
+    if os.path.exists(path):
+        with open(path) as fh:
+            result = {k: v for k, v in json.load(fh).items() if k in PARTS or
+                      k.endswith("_setting")}
+    for part in args.parts:
+        result[part] = PARTS[part](args.rounds, args.seeds)
+        result[part + "_setting"] = {"rounds": args.rounds, "seeds": args.seeds}
+    write_json_atomic(path, result)
     return 0
 
 

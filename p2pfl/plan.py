@@ -192,11 +192,19 @@ def _check_devices(learns: list) -> None:
                           "(use --device auto or cpu)")
 
 
-def _runtime_spec(cfg: RunConfig, schedule: str = "sync") -> RuntimeSpec:
+def _runtime_spec(cfg: RunConfig, schedule: str = "sync", codecs=()) -> RuntimeSpec:
     return RuntimeSpec(rounds=cfg.rounds, round_timeout=cfg.round_timeout,
                        start_timeout=cfg.start_timeout, eval_every=cfg.eval_every,
                        consensus=cfg.consensus, schedule=schedule,
-                       exchange_only=cfg.exchange_only)
+                       exchange_only=cfg.exchange_only, codec_names=codec_names(codecs))
+
+
+def codec_names(specs) -> tuple:
+    """The run's codec table: the wire name of every codec spec its nodes use
+    (``none`` stays a string: it is short, and the launcher sees it too)."""
+    from .compression import make_codec
+
+    return tuple(sorted({make_codec(s).name for s in specs if s != "none"}))
 
 
 # ------------------------------------------------------------------ gossip
@@ -256,7 +264,7 @@ def _gossip_plan(cfg: RunConfig, graph, restarts: int = 0) -> Plan:
     algorithm = _algorithm(cfg, codecs)
     availability = _availability(cfg, labels, per_node)
     schedule = "async" if algorithm in ASYNC_ONLY else cfg.schedule
-    runtime = dataclasses.replace(_runtime_spec(cfg, schedule),
+    runtime = dataclasses.replace(_runtime_spec(cfg, schedule, codecs),
                                   presence=bool(restarts) or any(a.active for a in availability))
     learns = [dataclasses.replace(x, momentum_mode=_momentum_mode(algorithm, codecs[i]))
               for i, x in enumerate(learns)]
@@ -374,7 +382,7 @@ def _server_plan(cfg: RunConfig, graph) -> Plan:
     learns = [dataclasses.replace(x, colluders=colluders) if x.behaviour == "alie" else x
               for x in learns]
     _node_codecs(per_node)  # checked; server modes use the run's codecs for every worker
-    runtime = _runtime_spec(cfg)
+    runtime = _runtime_spec(cfg, codecs=[c for c in (up, down) if c is not None])
     availability = _availability(cfg, labels, per_node)  # workers only: the server stays up
     workers = [NodeSpec(id=i, label=labels[i], role="worker", neighbours=((n, 1.0),),
                         self_weight=0.0, learn=learns[i], runtime=runtime, rule=cfg.mode,

@@ -72,6 +72,7 @@ class Runtime:
 
     def __init__(self, endpoint: Endpoint, mailbox: Mailbox, spec, sink=None) -> None:
         self.endpoint, self.mailbox = endpoint, mailbox
+        endpoint.use_codec_names(spec.runtime.codec_names)
         self.id, self.label, self.role = spec.id, spec.label, spec.role
         self.peers = list(spec.peers)
         self.sink = sink or launcher_sink(endpoint)

@@ -92,6 +92,15 @@ class RuntimeSpec:
     # done with its rounds) so that its neighbours stop waiting for it.
     presence: bool = False
     exchange_only: bool = False  # --local-steps 0: no training, no evaluation
+    # the run's codec names, sent as their index in this table (transport/wire.py)
+    codec_names: tuple = ()
+
+    def __post_init__(self) -> None:
+        names = self.codec_names
+        if (not isinstance(names, tuple) or len(names) > 255 or len(set(names)) != len(names)
+                or not all(isinstance(n, str) and 0 < len(n) <= 256 for n in names)):
+            raise ConfigError("codec_names must be at most 255 distinct names of 1 to 256 "
+                              "characters")
 
     def evaluates(self, rnd: int) -> bool:
         """Whether round ``rnd`` is evaluated: every ``eval_every``-th and the last

@@ -169,6 +169,20 @@ def test_the_plan_refuses_bad_values_before_any_node_starts(name, tmp_path, caps
     assert not out.exists()  # nothing was launched: the run folder was never made
 
 
+@pytest.mark.parametrize("names", [[1], ["a", "a"], ["x" * 300], [""], "abc"])
+def test_a_node_spec_with_a_bad_codec_table_is_refused(names):
+    import msgpack
+
+    from p2pfl.plan import plan
+    from p2pfl.roles import node_spec
+
+    spec = plan(from_sources(None, {"topology": "ring:4", "compression": "sign"})).specs[0]
+    wire = msgpack.unpackb(msgpack.packb(spec.to_wire()), strict_map_key=False)
+    wire["runtime"]["codec_names"] = names
+    with pytest.raises(ConfigError, match="codec_names"):
+        node_spec(wire)
+
+
 def test_the_plan_resolves_every_option_into_frozen_specs_that_survive_the_wire():
     import dataclasses
 
@@ -188,6 +202,10 @@ def test_the_plan_resolves_every_option_into_frozen_specs_that_survive_the_wire(
     assert coord.role == "coordinator" and server.closer == coord.id
     assert coord.options.codec_up == "stc:0.01+golomb"  # STC's default codec
     assert not coord.options.error_feedback_up and not coord.options.error_feedback_down
+    # every node holds the run's codec table (names sent as their index)
+    assert {s.runtime.codec_names for s in gossip.specs} == {("stc:0.05+golomb",)}
+    assert {s.runtime.codec_names for s in server.specs} == {("stc:0.01+golomb",)}
+    assert plan(from_sources(None, {"topology": "ring:4"})).specs[0].runtime.codec_names == ()
     for spec in gossip.specs + server.specs:
         with pytest.raises(dataclasses.FrozenInstanceError):
             spec.rule = "other"

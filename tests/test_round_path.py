@@ -103,7 +103,8 @@ def node_and_launcher():
     launcher = Endpoint(ctx, LAUNCHER, "tcp://127.0.0.1:*")
     node = Endpoint(ctx, 0, "tcp://127.0.0.1:*")
     node.connect(LAUNCHER, launcher.address, emulated=False)
-    spec = SimpleNamespace(id=0, label="n0", role="gossip", peers=[1])
+    spec = SimpleNamespace(id=0, label="n0", role="gossip", peers=[1],
+                           runtime=SimpleNamespace(codec_names=()))
     rt = Runtime(node, Mailbox(node, control_sources={LAUNCHER}), spec)
     yield rt, launcher
     node.close(linger=0)

@@ -216,3 +216,43 @@ def test_headers_with_every_key_of_any_type_only_raise_protocol_error(fields):
         unpack([msgpack.packb(fields, use_bin_type=True)])
     except ProtocolError:
         pass
+
+
+NAMES = ("stc:0.01+golomb", "topk:0.05+quant:0.002+cabac")
+
+
+def test_a_codec_in_the_table_travels_as_its_index():
+    ids = {n: i for i, n in enumerate(NAMES)}
+    plain = pack("model", 1, 2, frames=[b"abc"], codec=NAMES[1])
+    short = pack("model", 1, 2, frames=[b"abc"], codec=NAMES[1], codec_ids=ids)
+    assert msgpack.unpackb(short[0])["c"] == 1
+    assert len(short[0]) == len(plain[0]) - len(NAMES[1])  # 1 byte of index for 28 + 1
+    assert unpack(short, codec_names=NAMES).codec == NAMES[1]
+    other = pack("model", 1, 2, codec="qsgd:4", codec_ids=ids)  # not in it: a string
+    assert unpack(other, codec_names=NAMES).codec == "qsgd:4"
+
+
+@pytest.mark.parametrize("codec", [2, -1, 1 << 40, True, 1.0, None])
+def test_a_codec_index_outside_the_table_is_a_protocol_error(codec):
+    with pytest.raises(ProtocolError, match="codec"):
+        unpack([_header(codec=codec)], codec_names=NAMES)
+    with pytest.raises(ProtocolError, match="codec"):  # no table at all
+        unpack([_header(codec=0 if codec is None else codec)])
+
+
+def test_endpoints_with_one_table_exchange_indices_and_drop_unknown_ones(ctx):
+    a = Endpoint(ctx, 0, "tcp://127.0.0.1:*")
+    b = Endpoint(ctx, 1, "tcp://127.0.0.1:*")
+    a.connect(1, b.address, emulated=False)
+    for ep in (a, b):
+        ep.use_codec_names(NAMES)
+    sent = a.send(1, "model", 1, frames=[b"x" * 10], codec=NAMES[0])
+    msg = b.recv(timeout=5.0)
+    assert msg.codec == NAMES[0] and sent == msg.nbytes
+    b.use_codec_names(NAMES[:1])  # a node with a shorter table: index 1 is unknown
+    a.send(1, "model", 2, codec=NAMES[1])
+    a.send(1, "model", 3, codec="none")
+    msg = b.recv(timeout=5.0)
+    assert msg.round == 3 and b.counters.dropped["malformed"] == 1
+    a.close(linger=0)
+    b.close(linger=0)

@@ -134,7 +134,9 @@ class STC(Strategy):
     def state(self) -> dict:
         """W, the downstream codec (A_s when error feedback is on, its generator),
         the update cache as ``[[round, [frame bytes]], ...]`` (oldest first),
-        each worker's synced round and the last aggregated round."""
+        each worker's synced round and the last aggregated round.  Temporal
+        references are not kept: after a restore every worker's chain restarts
+        (its next acknowledgement is 0)."""
         return {"strategy": self.name, "model": self.model.clone(),
                 "down": codec_state(self.down), "round": self.round,
                 "cache": [[r, list(blob)] for r, blob in self.cache.items()],

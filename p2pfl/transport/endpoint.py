@@ -112,6 +112,8 @@ class Endpoint:
         self.hwm = hwm
         self.counters = ByteCounter()
         self.security = security
+        self.codec_names: tuple = ()  # the run's codec table (use_codec_names)
+        self._codec_ids: dict | None = None
         self._gate = self._domain = None
         self._monitors: dict = {}  # monitor socket -> the socket it watches
         self._last_seq: dict = {}  # (sender, channel) -> its latest sequence number
@@ -198,6 +200,12 @@ class Endpoint:
         """Messages the emulated link lost (counted apart from real drops)."""
         return 0 if self._link is None else self._link.lost
 
+    def use_codec_names(self, names) -> None:
+        """The run's codec table: these names travel as their index, both ways
+        (every node of a run holds the same table; :mod:`~p2pfl.transport.wire`)."""
+        self.codec_names = tuple(names)
+        self._codec_ids = {name: i for i, name in enumerate(self.codec_names)} or None
+
     # ---------------------------------------------------------------- traffic
     def send(self, peer, kind: str, round: int = 0, **fields) -> int:
         """Send one message to ``peer`` without blocking; return its size in bytes.
@@ -213,7 +221,8 @@ class Endpoint:
         if sock is None:
             self.counters.drop("send_unknown_peer")
             return 0
-        parts = pack(kind, self.node_id, round, next(self._seq), **fields)
+        parts = pack(kind, self.node_id, round, next(self._seq), codec_ids=self._codec_ids,
+                     **fields)
         if sock is self._link:
             sock.send(peer, parts)
         elif not self._put(sock, parts, COMMAND_WAIT_S if command and kind != "heartbeat" else 0):
@@ -289,7 +298,7 @@ class Endpoint:
 
     def _validate(self, parts: list, channel: str) -> Message | None:
         try:
-            msg = unpack(parts[1:], self.limits)
+            msg = unpack(parts[1:], self.limits, self.codec_names)
         except ProtocolError:
             self.counters.drop("malformed")
             return None

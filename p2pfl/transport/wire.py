@@ -14,7 +14,11 @@ message (a compressed model update can be a few hundred bytes)::
     n   per-sender sequence no.   m   small map of plain values     (optional)
 
 Codec-encoded frames describe their own shape and dtype, so ``sh``/``dt`` are
-only sent for raw tensors.
+only sent for raw tensors.  ``c`` is a string, or the index of the codec in a
+table of names both ends were given (:func:`pack`'s ``codec_ids``, :func:`unpack`'s
+``codec_names``): a run's codec names are known to every node before its first
+round, and a name such as ``topk:0.05+quant:0.002+cabac`` is a tenth of a small
+compressed message.
 
 Nothing here unpickles anything: msgpack decodes only maps, lists, strings,
 numbers and bytes, and tensor frames are interpreted as raw little-endian
@@ -142,17 +146,21 @@ def pack(
     shapes: Sequence = (),
     dtypes: Sequence = (),
     meta: dict | None = None,
+    codec_ids: dict | None = None,
 ) -> list:
     """Build the frames of one message: ``[header, *frames]``.
 
     Frames are passed through untouched (zero-copy when they are memoryviews
     or contiguous numpy arrays); only their lengths go into the header.
+    ``codec_ids`` maps codec names to their index in the table the receiver
+    holds; a codec in it is sent as that index.
     """
     if kind not in KINDS:
         raise ProtocolError(f"unknown message kind {kind!r}")
     frames = [f if not isinstance(f, np.ndarray) else memoryview(f).cast("B") for f in frames]
     header = {"v": PROTOCOL_VERSION, "k": kind, "s": src, "r": int(round), "n": int(seq),
-              "c": codec, "l": [frame_nbytes(f) for f in frames]}
+              "c": codec if codec_ids is None else codec_ids.get(codec, codec),
+              "l": [frame_nbytes(f) for f in frames]}
     if shapes:
         header["sh"] = [list(map(int, s)) for s in shapes]
         header["dt"] = list(dtypes)
@@ -205,10 +213,12 @@ def _check_tensor_specs(shapes, dtypes, lengths, limits: Limits) -> None:
             raise ProtocolError("a frame's length does not match its shape and dtype")
 
 
-def unpack(parts: Sequence, limits: Limits = DEFAULT_LIMITS) -> Message:
+def unpack(parts: Sequence, limits: Limits = DEFAULT_LIMITS, codec_names: Sequence = ()
+           ) -> Message:
     """Validate and decode one message; raise :class:`ProtocolError` if it is bad.
 
-    ``parts`` are the received frames (``zmq.Frame``, bytes or memoryviews).
+    ``parts`` are the received frames (``zmq.Frame``, bytes or memoryviews);
+    ``codec_names`` the table a codec index in the header refers to.
     The header is checked completely (version, kind, field types, frame count
     and lengths, declared shapes against the size limits) before any payload
     frame is looked at.
@@ -229,8 +239,13 @@ def unpack(parts: Sequence, limits: Limits = DEFAULT_LIMITS) -> Message:
     rnd = _check_int(header, "r", -1, 1 << 40)
     seq = _check_int(header, "n", 0, 1 << 62)
     codec = header["c"]
-    if not isinstance(codec, str) or len(codec) > 256:
-        raise ProtocolError("codec is not a short string")
+    if type(codec) is int:
+        if not 0 <= codec < len(codec_names):
+            raise ProtocolError(f"codec number {codec} is not in this node's table of "
+                                f"{len(codec_names)}")
+        codec = codec_names[codec]
+    elif not isinstance(codec, str) or len(codec) > 256:
+        raise ProtocolError("codec is not a short string or a table index")
     lengths = header["l"]
     frames = [_buffer(p) for p in parts[1:]]
     if not isinstance(lengths, list) or len(lengths) != len(frames):
