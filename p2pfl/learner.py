@@ -195,6 +195,11 @@ class Learner:
             self.pause((self.spec.slowdown - 1) * (time.monotonic() - t0))
         return loss
 
+    def train_scales(self, which: list, steps: int, lr: float) -> list:
+        """Per-channel scales of the parameters ``which``, trained with the weights
+        frozen (:meth:`~p2pfl.training.LocalTrainer.train_channel_scales`)."""
+        return self.run(lambda: self.trainer.train_channel_scales(which, steps, lr))
+
     def flip_labels(self) -> None:
         """Train on flipped labels c → C − 1 − c (the ``label_flip`` behaviour)."""
         self.trainer.y = int(self.dataset.num_classes) - 1 - self.trainer.y

@@ -278,6 +278,32 @@ class LocalTrainer:
             total += loss.detach()
         return float(total) / steps if steps else float("nan")
 
+    def train_channel_scales(self, which: list, steps: int, lr: float) -> list:
+        """Filter-wise scaling (ALGORITHMS.md; Becking et al. 2022): one scale per
+        output channel of each parameter in ``which`` (indices into
+        ``model.parameters()``), initialised to 1, effective weight s ⊙ W, trained
+        by ``steps`` plain SGD steps of rate ``lr`` on local batches while the
+        weights (and BatchNorm statistics: eval mode) stay frozen.  Returns the
+        scales, one float32 vector per parameter."""
+        from torch.func import functional_call
+
+        named = list(self.model.named_parameters())
+        scales = [torch.ones(named[i][1].shape[0], device=self.device, requires_grad=True)
+                  for i in which]
+        self.model.eval()
+        for _ in range(steps):
+            idx = self._batches.next()
+            weights = {named[i][0]: s.view(-1, *[1] * (named[i][1].dim() - 1))
+                       * named[i][1].detach() for i, s in zip(which, scales)}
+            loss = F.cross_entropy(functional_call(self.model, weights, (self.x[idx],)),
+                                   self.y[idx])
+            grads = torch.autograd.grad(loss, scales)
+            with torch.no_grad():
+                for s, g in zip(scales, grads):
+                    s.sub_(g, alpha=lr)
+        self.model.train()
+        return [s.detach() for s in scales]
+
     def distill(self, x_pub, targets_probs, steps: int, *,
                 temperature: float = 1.0) -> float:
         """Train towards soft labels on public data (federated distillation).

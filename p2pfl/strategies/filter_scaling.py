@@ -1,26 +1,23 @@
 """Filter-wise scaling of sparse updates (``--filter-scaling on``, server STC).
 
-After Becking et al. (seed 003, "adaptive differential filters"): every output
-filter f of a convolutional layer gets a scale factor s_f that travels with the
-sparse update, and the server's filter becomes s_f · (W_f + ΔW̃_f).  One factor
-per filter costs a byte; it moves the whole filter, which a 1 % sparse update
-cannot, so it compensates for what the sparsifier drops.
+Becking et al. (seed 003; ALGORITHMS.md, "Filter-wise scaling for sparse
+updates"): every output filter f of a convolutional layer gets a scale factor
+s_f, initialised to 1, with effective weight s_f · W_f.  After local training
+and sparsification the client loads W + ũ (the global model plus the sparse
+update it sends), freezes the weights and BatchNorm, and trains only the scales
+for :data:`SCALE_STEPS` SGD steps on its own data
+(:meth:`~p2pfl.training.LocalTrainer.train_channel_scales`).  The scales travel
+with the sparse update, and the server's filter becomes s_f · (W_f + ũ_f): one
+factor moves the whole filter, which a 1 % sparse update cannot.
 
-Departure from the paper, said here and in BENCHMARKS.md: the paper trains the
-factors by SGD with the weights; we fit each one in closed form after local
-training, as the least-squares scale that brings the sparse update closest to
-the dense one (W is the global model, u the dense update, ũ the sparse one):
-
-    a = W_f + ũ_f,   b = W_f + u_f,   s_f = <a, b> / <a, a>
-
-so the filter the server builds is the projection of the client's filter onto
-the direction of the sparse one.  s_f − 1 is small (a round moves a filter by a
-few per cent at most), so each layer sends one float32 step q_l = max_f |s_f − 1|/127
-and an int8 level per filter: s_f = 1 + q_l·level_f, a byte per filter and four
-per layer.  The update the server applies is e_f = s_f·a − W_f, and the client's
-residual keeps u − e (error feedback).
-Kernels with three or more dimensions (Conv1d, Conv2d, ...) are scaled; linear
-layers and biases are not.
+Each layer sends its step q_l = max_f |s_f − 1| / 7 as float16 and a 4-bit level
+per filter (two to a byte): s_f = 1 + q_l · level_f, level in [−7, 7].  The
+error-feedback residual keeps what the sparsifier dropped (u − ũ) and not the
+scaling: the scales are trained on the loss, not fitted to the dense update, and
+folding them into the residual undoes them the next round (measured:
+BENCHMARKS.md).  Kernels with three or more dimensions (Conv1d, Conv2d, ...)
+are scaled; linear layers and biases are not.  Departure from the paper: the
+paper's scales are full precision; ours are 4-bit.
 """
 from __future__ import annotations
 
@@ -29,7 +26,13 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["filter_layout", "fit_scales", "apply_scales", "scales_frame", "read_scales"]
+__all__ = ["SCALE_STEPS", "SCALE_LEVELS", "filter_layout", "scaled_parameters",
+           "quantise_scales", "apply_scales", "scales_frame", "read_scales"]
+
+#: SGD steps that train the scales each round ("a few steps" in the paper).
+SCALE_STEPS = 5
+#: Largest level of s_f − 1 in units of the layer's step (4 bits: −7 … 7).
+SCALE_LEVELS = 7
 
 
 def filter_layout(shapes) -> list:
@@ -47,20 +50,22 @@ def _filters(v: torch.Tensor, layout) -> list:
     return [v[o:o + f * k].reshape(f, k) for o, f, k in layout]
 
 
-def fit_scales(base: torch.Tensor, sent: torch.Tensor, target: torch.Tensor,
-               layout) -> list:
-    """Per conv layer ``(q, levels)``: its step and the int8 level of each filter's
-    s_f − 1 (module docstring)."""
+def scaled_parameters(shapes) -> list:
+    """Indices of the parameters that get scales (those of :func:`filter_layout`)."""
+    return [i for i, shape in enumerate(shapes or ()) if len(shape) >= 3]
+
+
+def quantise_scales(scales: list) -> list:
+    """Per layer ``(q, levels)`` of trained scale vectors: the float16 step
+    q = max|s − 1| / 7 and the level of each s_f − 1 in [−7, 7] (int8).  A layer
+    whose scales are not all finite keeps scale 1 (q = 0)."""
     out = []
-    for w, s, u in zip(_filters(base, layout), _filters(sent, layout),
-                       _filters(target, layout)):
-        a, b = (w + s).double(), (w + u).double()
-        aa = (a * a).sum(1)
-        scale = torch.where(aa > 0, (a * b).sum(1) / aa.clamp_min(1e-300), torch.ones_like(aa))
-        dev = (scale - 1).numpy()
-        q = np.float32(min(float(np.abs(dev).max()), 1.0) / 127) if dev.size else np.float32(0)
-        levels = np.zeros(dev.size, np.int8) if q == 0 else \
-            np.clip(np.rint(dev / q), -127, 127).astype(np.int8)
+    for s in scales:
+        dev = s.double().cpu().numpy() - 1
+        top = float(np.abs(dev).max()) if dev.size else 0.0
+        q = np.float16(min(top, 1.0) / SCALE_LEVELS) if np.isfinite(top) else np.float16(0)
+        levels = np.zeros(dev.size, np.int8) if q == 0 else np.clip(
+            np.rint(dev / float(q)), -SCALE_LEVELS, SCALE_LEVELS).astype(np.int8)
         out.append((q, levels))
     return out
 
@@ -75,24 +80,41 @@ def apply_scales(base: torch.Tensor, sent: torch.Tensor, scales: list,
     return out
 
 
+def _frame_bytes(layout) -> int:
+    return sum(2 + (f + 1) // 2 for _, f, _ in layout)
+
+
 def scales_frame(scales: list) -> bytes:
-    """Per layer: its step as little-endian float32, then one int8 level per filter."""
-    return b"".join(np.float32(q).astype("<f4").tobytes() + levels.astype(np.int8).tobytes()
-                    for q, levels in scales)
+    """Per layer: its step as little-endian float16, then the levels as 4-bit two's
+    complement, two to a byte (the first in the low nibble)."""
+    parts = []
+    for q, levels in scales:
+        nib = (levels.astype(np.int16) & 0xF).astype(np.uint8)
+        if nib.size % 2:
+            nib = np.append(nib, np.uint8(0))
+        parts.append(np.float16(q).astype("<f2").tobytes()
+                     + (nib[0::2] | (nib[1::2] << 4)).astype(np.uint8).tobytes())
+    return b"".join(parts)
 
 
 def read_scales(frame, layout) -> list:
     """The ``(q, levels)`` of a scales frame; ValueError unless it matches the layout
-    (4 + filters bytes per conv layer) and every step is finite and at most 1/127."""
+    (2 + ⌈filters/2⌉ bytes per conv layer), every step is finite and at most 1/7,
+    and every level is in [−7, 7]."""
     data = bytes(frame)
-    if len(data) != sum(4 + f for _, f, _ in layout):
-        raise ValueError(f"{len(data)} bytes of filter scales, expected "
-                         f"{sum(4 + f for _, f, _ in layout)}")
+    if len(data) != _frame_bytes(layout):
+        raise ValueError(f"{len(data)} bytes of filter scales, expected {_frame_bytes(layout)}")
     out, at = [], 0
     for _, f, _ in layout:
-        q = float(np.frombuffer(data, "<f4", 1, at)[0])
-        if not (np.isfinite(q) and 0 <= q <= 1.000001 / 127):
-            raise ValueError(f"filter scale step {q!r} out of range")
-        out.append((np.float32(q), np.frombuffer(data, np.int8, f, at + 4).copy()))
-        at += 4 + f
+        q = np.frombuffer(data, "<f2", 1, at)[0]
+        if not (np.isfinite(q) and 0 <= float(q) <= 1.001 / SCALE_LEVELS):
+            raise ValueError(f"filter scale step {float(q)!r} out of range")
+        packed = np.frombuffer(data, np.uint8, (f + 1) // 2, at + 2)
+        nib = np.empty(2 * packed.size, np.int16)
+        nib[0::2], nib[1::2] = packed & 0xF, packed >> 4
+        levels = np.where(nib >= 8, nib - 16, nib)[:f].astype(np.int8)
+        if (levels == -8).any():
+            raise ValueError("filter scale level -8 out of range")
+        out.append((np.float16(q), levels))
+        at += 2 + (f + 1) // 2
     return out

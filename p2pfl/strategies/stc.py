@@ -37,7 +37,8 @@ from ..compression import make_codec, uses_temporal
 from ..compression.feedback import codec_state, restore_codec
 from .base import Packet, Strategy, dense_packet, dense_tensor, model_from_state
 from .fedavg import FedAvgClient, fedavg_step
-from .filter_scaling import apply_scales, filter_layout, fit_scales, read_scales, scales_frame
+from .filter_scaling import (SCALE_STEPS, apply_scales, filter_layout, quantise_scales,
+                             read_scales, scaled_parameters, scales_frame)
 from .robust import parse_aggregator
 
 __all__ = ["STC", "STCClient", "catch_up_packet", "read_catch_up"]
@@ -190,13 +191,13 @@ class STCClient(FedAvgClient):
         if self.layout is None:
             frames = self.up.encode(self.update())  # A ← A + ΔW; send STC(A); A ← A − sent
             return Packet(self.up.name, frames, meta={"n": self.learner.num_samples})
-        delta = self.update()
-        frames, sent = self.up.encode_with_reconstruction(delta)
-        feedback = getattr(self.up, "residual", None) is not None
-        target = self.up.residual + sent if feedback else delta  # A + ΔW, before sending
-        scales = fit_scales(self.base, sent, target, self.layout)
-        if feedback:  # A ← A + ΔW − e: what the server builds from ũ and the scales
-            self.up.residual = target - apply_scales(self.base, sent, scales, self.layout)
+        # ũ = STC(A + ΔW) and A ← A + ΔW − ũ, as without scales; then the scales are
+        # trained on W + ũ with the weights frozen (filter_scaling.py)
+        frames, sent = self.up.encode_with_reconstruction(self.update())
+        self.learner.set_flat(self.base + sent)
+        scales = quantise_scales(self.learner.train_scales(
+            scaled_parameters(self.learner.shapes), SCALE_STEPS, self.learner.spec.lr))
+        self.learner.set_flat(self.base)
         return Packet(self.up.name, [*frames, scales_frame(scales)],
                       meta={"n": self.learner.num_samples, "fs": True})
 
