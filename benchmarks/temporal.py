@@ -78,35 +78,40 @@ def synthetic() -> list:
 #: The gossip rules compared: CHOCO (error feedback through the public copies) and
 #: DCD-PSGD (D-PSGD over compressed differences without error feedback).
 ALGORITHMS = (("choco", {}), ("dcd-psgd", dict(algorithm="dpsgd", error_feedback="off")))
+DATA_SETS = (("digits mlp", {}), ("mnist1d cnn", dict(dataset="mnist1d", model="cnn")))
+SPEC = "topk:0.05+quant:0.002+cabac"
+
+
+def _pair(label: dict, keys: tuple, run) -> list:
+    """Plain and temporal rows of one setting: ``run(codec, seed) -> summary``, each
+    key averaged over the seeds; the temporal row gets ``fewer_<key>`` for the byte
+    counts (``keys[1:]``)."""
+    rows = []
+    for codec in (SPEC, SPEC + ":temporal"):
+        runs = run(codec)
+        rows.append({**label, "codec": codec,
+                     **{k: float(np.mean([s[k] for s in runs])) for k in keys}})
+        print(" ".join(map(str, label.values())), f"{codec:40s}",
+              " ".join(f"{k} {rows[-1][k]:.4f}" for k in keys), flush=True)
+    for key in keys[1:]:
+        rows[1]["fewer_" + key] = 1 - rows[1][key] / rows[0][key]
+        print(f"  temporal: {100 * rows[1]['fewer_' + key]:.2f} % fewer {key}", flush=True)
+    return rows
 
 
 def gossip(rounds: int, seeds: list) -> list:
+    """Gossip on ring:8 with each rule of ALGORITHMS: accuracy, bytes sent and on the wire."""
     rows = []
-    spec = "topk:0.05+quant:0.002+cabac"
-    data_sets = (("digits mlp", {}), ("mnist1d cnn", dict(dataset="mnist1d", model="cnn")))
     with tempfile.TemporaryDirectory() as tmp:
         for rule, rule_opts in ALGORITHMS:
-            for data, extra in data_sets:
-                for codec in (spec, spec + ":temporal"):
-                    runs = []
-                    for seed in seeds:
-                        runs.append(run_cluster(
-                            topology="ring:8", rounds=rounds, compression=codec, seed=seed,
-                            quiet=True, out=os.path.join(tmp, f"{len(rows)}-{seed}"),
-                            **extra, **rule_opts).summary)
-                    rows.append({"algorithm": rule, "data": data, "codec": codec, **{
-                        k: float(np.mean([s[k] for s in runs]))
-                        for k in ("accuracy_mean", "bytes_sent_total", "wire_bytes_total")}})
-                    print(f"{rule:9s} {data:12s} {codec:40s} acc "
-                          f"{rows[-1]['accuracy_mean']:.4f}  "
-                          f"{rows[-1]['bytes_sent_total'] / 1e6:.4f} MB sent, "
-                          f"{rows[-1]['wire_bytes_total'] / 1e6:.4f} MB on the wire", flush=True)
-                plain, temporal = rows[-2], rows[-1]
-                for key in ("bytes_sent_total", "wire_bytes_total"):
-                    temporal["fewer_" + key] = 1 - temporal[key] / plain[key]
-                print(f"  temporal: {100 * temporal['fewer_bytes_sent_total']:.2f} % fewer "
-                      f"bytes sent, {100 * temporal['fewer_wire_bytes_total']:.2f} % fewer on "
-                      "the wire", flush=True)
+            for data, extra in DATA_SETS:
+                def run(codec):
+                    return [run_cluster(topology="ring:8", rounds=rounds, compression=codec,
+                                        seed=seed, quiet=True, **extra, **rule_opts,
+                                        out=os.path.join(tmp, f"{len(rows)}-{codec}-{seed}")
+                                        ).summary for seed in seeds]
+                rows += _pair({"algorithm": rule, "data": data},
+                              ("accuracy_mean", "bytes_sent_total", "wire_bytes_total"), run)
     return rows
 
 
@@ -114,32 +119,17 @@ def server(rounds: int, seeds: list) -> list:
     """Server-mode STC, 10 workers, the same codec upstream (the downstream is plain),
     with and without error feedback: accuracy, bytes in all and upstream alone."""
     rows = []
-    spec = "topk:0.05+quant:0.002+cabac"
-    data_sets = (("digits mlp", {}), ("mnist1d cnn", dict(dataset="mnist1d", model="cnn")))
     with tempfile.TemporaryDirectory() as tmp:
         for ef in ("off", "on"):
-            for data, extra in data_sets:
-                for codec in (spec, spec + ":temporal"):
-                    runs = []
-                    for seed in seeds:
-                        runs.append(run_cluster(
-                            topology="ring:10", mode="stc", rounds=rounds, compression=codec,
-                            error_feedback=ef, seed=seed, quiet=True,
-                            out=os.path.join(tmp, f"s{len(rows)}-{seed}"), **extra).summary)
-                    rows.append({"error_feedback": ef, "data": data, "codec": codec, **{
-                        k: float(np.mean([s[k] for s in runs]))
-                        for k in ("accuracy_mean", "bytes_sent_total", "bytes_up_total")}})
-                    print(f"stc ef {ef:3s} {data:12s} {codec:40s} acc "
-                          f"{rows[-1]['accuracy_mean']:.4f}  "
-                          f"{rows[-1]['bytes_sent_total'] / 1e6:.4f} MB sent, "
-                          f"{rows[-1]['bytes_up_total'] / 1e6:.4f} MB up", flush=True)
-                plain, temporal = rows[-2], rows[-1]
-                for key in ("bytes_sent_total", "bytes_up_total"):
-                    temporal["fewer_" + key] = 1 - temporal[key] / plain[key]
-                print(f"  temporal: {100 * temporal['fewer_bytes_sent_total']:.2f} % fewer "
-                      f"bytes in all, {100 * temporal['fewer_bytes_up_total']:.2f} % fewer "
-                      "upstream",
-                      flush=True)
+            for data, extra in DATA_SETS:
+                def run(codec):
+                    return [run_cluster(topology="ring:10", mode="stc", rounds=rounds,
+                                        compression=codec, error_feedback=ef, seed=seed,
+                                        quiet=True, **extra,
+                                        out=os.path.join(tmp, f"s{len(rows)}-{codec}-{seed}")
+                                        ).summary for seed in seeds]
+                rows += _pair({"error_feedback": ef, "data": data},
+                              ("accuracy_mean", "bytes_sent_total", "bytes_up_total"), run)
     return rows
 
 

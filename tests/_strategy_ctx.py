@@ -48,3 +48,19 @@ def client(mode: str, learner, behaviour: str = "honest", **kw):
     cfg = config(mode, **kw)
     return STRATEGIES[mode].client(learner, STRATEGIES[mode].options.from_config(cfg),
                                    learn_spec(cfg, behaviour))
+
+
+class FakeLearner:
+    """The part of a Learner a server-mode client touches: a flat vector of ``n``."""
+
+    num_samples, _node_id = 10, 0
+
+    def __init__(self, n: int) -> None:
+        self.num_params = n
+        self.flat = torch.zeros(n)
+
+    def get_flat(self):
+        return self.flat.clone()
+
+    def set_flat(self, x):
+        self.flat = x.clone()

@@ -6,7 +6,7 @@ import torch
 
 from p2pfl.errors import ConfigError
 from _strategy_ctx import client as make_test_client
-from _strategy_ctx import server_ctx
+from _strategy_ctx import FakeLearner, server_ctx
 from p2pfl.strategies import Reply, make_strategy, weighted_mean
 from p2pfl.strategies.base import dense_packet
 from p2pfl.strategies.cfl import bipartition, cosine_matrix, split_criterion
@@ -66,19 +66,7 @@ def test_stc_update_is_ternary_and_catch_up_is_exact():
 
 
 def test_stc_client_follows_server_bit_for_bit():
-    from p2pfl.strategies.stc import STCClient
-
-    class FakeLearner:
-        num_params, num_samples, _node_id = N, 10, 0
-        flat = torch.zeros(N)
-
-        def get_flat(self):
-            return self.flat.clone()
-
-        def set_flat(self, x):
-            self.flat = x.clone()
-
-    client = make_test_client("stc", FakeLearner())
+    client = make_test_client("stc", FakeLearner(N))
     s = make_strategy("stc", server_ctx("stc", stc_cache=10))
     rng = np.random.default_rng(2)
     for rnd in range(1, 5):

@@ -13,24 +13,13 @@ import torch
 
 from _remote import ROOT
 from _strategy_ctx import client as make_test_client
-from _strategy_ctx import server_ctx
+from _strategy_ctx import FakeLearner, server_ctx
 from p2pfl.compression.temporal import TemporalGap
 from p2pfl.strategies import make_strategy
 
 N = 400
 SPEC = "topk:0.05+quant:0.002+cabac:temporal"
 TEMPORAL = dict(compression=SPEC, compression_down="auto", error_feedback="off")
-
-
-class FakeLearner:
-    num_params, num_samples, _node_id = N, 10, 0
-    flat = torch.zeros(N)
-
-    def get_flat(self):
-        return self.flat.clone()
-
-    def set_flat(self, x):
-        self.flat = x.clone()
 
 
 def _round(server, client, rnd: int, delta: torch.Tensor, worker: int = 0):
@@ -69,7 +58,7 @@ def test_the_automatic_downstream_codes_with_plain_contexts():
 
 def test_a_lost_update_restarts_the_workers_chain():
     server = make_strategy("stc", server_ctx("stc", n=N, **TEMPORAL))
-    client = make_test_client("stc", FakeLearner(), **TEMPORAL)
+    client = make_test_client("stc", FakeLearner(N), **TEMPORAL)
     deltas = list(_deltas(5))
     for rnd in (1, 2):  # the chain runs: each update decodes against the last
         got = server.decode(0, _round(server, client, rnd, deltas[rnd - 1]))
@@ -86,7 +75,7 @@ def test_a_lost_update_restarts_the_workers_chain():
 
 def test_without_the_acknowledgement_a_lost_update_is_a_gap():
     server = make_strategy("stc", server_ctx("stc", n=N, **TEMPORAL))
-    client = make_test_client("stc", FakeLearner(), **TEMPORAL)
+    client = make_test_client("stc", FakeLearner(N), **TEMPORAL)
     deltas = list(_deltas(3))
     server.decode(0, _round(server, client, 1, deltas[0]))
     _round(server, client, 2, deltas[1])  # lost
@@ -103,7 +92,7 @@ def test_without_the_acknowledgement_a_lost_update_is_a_gap():
 @pytest.mark.parametrize("ack", [None, "2", -1, 1 << 70, [1]])
 def test_a_hostile_acknowledgement_only_restarts_the_chain(ack):
     server = make_strategy("stc", server_ctx("stc", n=N, **TEMPORAL))
-    client = make_test_client("stc", FakeLearner(), **TEMPORAL)
+    client = make_test_client("stc", FakeLearner(N), **TEMPORAL)
     deltas = list(_deltas(2))
     server.decode(0, _round(server, client, 1, deltas[0]))
     instruction = server.configure(2, [0])[0]
