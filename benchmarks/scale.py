@@ -9,7 +9,7 @@ outside, and prints the whole process's wall time, the run's misses, the peak
 RSS summed over the launcher and the host processes (``peak_rss_bytes`` in
 summary.json: shared pages count once per process, so it is an upper bound), the
 largest single process's peak RSS, and the accuracy.  Writes
-benchmarks/results/scale.json.
+benchmarks/results/scale.json, keeping the rows of sizes not measured this time.
 """
 
 from __future__ import annotations
@@ -61,6 +61,11 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, nargs="+", default=[1024, 4096])
     ap.add_argument("--rounds", type=int, default=10)
     args = ap.parse_args()
+    path = os.path.join(ROOT, "benchmarks", "results", "scale.json")
+    kept = []  # the rows of sizes not measured now stay as they were
+    if os.path.exists(path):
+        with open(path) as fh:
+            kept = [r for r in json.load(fh)["runs"] if r["nodes"] not in args.nodes]
     rows = []
     with tempfile.TemporaryDirectory(prefix="p2pfl-scale-") as tmp:
         for n in args.nodes:
@@ -72,8 +77,8 @@ def main() -> None:
                   f"{row['host_processes']} hosts and the launcher (largest process "
                   f"{row['largest_process_peak_rss_bytes'] / 2**30:.2f} GiB), accuracy "
                   f"{row['accuracy_mean']:.4f}; {row['start_up']}", flush=True)
-    write_json_atomic(os.path.join(ROOT, "benchmarks", "results", "scale.json"),
-                      {"cores": len(os.sched_getaffinity(0)), "runs": rows})
+    write_json_atomic(path, {"cores": len(os.sched_getaffinity(0)),
+                             "runs": sorted(kept + rows, key=lambda r: r["nodes"])})
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 instead of copied, received frames read in place, and round records sent to the
 launcher in batches.  Real sockets throughout."""
 
+import json
+import subprocess
+import sys
 import time
 from types import SimpleNamespace
 
@@ -18,6 +21,7 @@ from p2pfl.models import build_model, flat_parameters, flatten_params
 from p2pfl.runtime import LAUNCHER, Runtime
 from p2pfl.transport import Endpoint, Mailbox
 
+from _remote import ROOT
 from _strategy_ctx import learn_spec
 
 
@@ -159,3 +163,18 @@ def test_a_record_with_a_model_carries_it(node_and_launcher):
     assert [r["round"] for m in msgs for r in m.meta["records"]] == [1, 2]
     last = msgs[-1]
     assert np.frombuffer(last.frames[0], "<f4").tolist() == [0, 1, 2, 3]
+
+
+def test_a_node_that_diverges_is_dropped_by_its_neighbours_and_the_rest_learn(tmp_path):
+    prof = tmp_path / "nodes.toml"
+    prof.write_text("[nodes.0]\nlr = 1e30\n")  # node 0's model overflows in its first round
+    out = tmp_path / "run"
+    subprocess.run([sys.executable, "-m", "p2pfl.cli", "cluster", "--topology", "ring:6",
+                    "--rounds", "10", "--in-process", "--profiles", str(prof), "-q",
+                    "--out", str(out)], cwd=ROOT, check=True, timeout=300)
+    s = json.loads((out / "summary.json").read_text())
+    # its two neighbours drop its non-finite model each round, and count it missed
+    assert s["dropped"] == {"undecodable": 20} and s["misses_total"] == 20
+    finals = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+              if r.get("round") == 10 and r.get("node") not in (0, "0")]
+    assert len(finals) == 5 and min(r["accuracy"] for r in finals) > 0.6
