@@ -9,6 +9,7 @@ that round.  ``summary.json`` and other result files are written atomically.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import defaultdict
 
@@ -16,12 +17,29 @@ import numpy as np
 
 from . import atomic
 
-__all__ = ["MetricsSink", "write_json_atomic", "read_metrics", "consensus_distances"]
+__all__ = ["MetricsSink", "write_json_atomic", "strict_json", "read_metrics",
+           "consensus_distances"]
 
 
 def write_json_atomic(path: str, obj) -> None:
-    """Write JSON to ``path`` atomically (numpy values as plain numbers)."""
-    atomic.write_json_atomic(path, obj, default=_plain)
+    """Write strict JSON to ``path`` atomically (:func:`strict_json`)."""
+    atomic.write_json_atomic(path, strict_json(obj), default=_plain)
+
+
+def strict_json(obj):
+    """``obj`` as strict JSON values: numpy scalars and arrays as plain numbers and
+    lists, and NaN or ±inf (a diverged model's loss, say) as null.  Python's
+    ``json`` would write ``NaN`` and ``Infinity``, which jq, JavaScript and most
+    JSON parsers refuse."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if isinstance(obj, (np.generic, np.ndarray)):
+        return strict_json(obj.tolist())
+    return obj
 
 
 def _plain(obj):
@@ -144,7 +162,7 @@ class MetricsSink:
             rec = rows[node][0]
             rec["consensus_distance"] = dist.get(node)
             rec["consensus_distance_rel"] = rel.get(node)
-            self._fh.write(json.dumps(rec, default=_plain) + "\n")
+            self._fh.write(json.dumps(strict_json(rec), default=_plain) + "\n")
             self.bytes_sent += rec.get("bytes_sent") or 0
             out.append(rec)
         self._fh.flush()

@@ -172,9 +172,29 @@ def test_a_node_that_diverges_is_dropped_by_its_neighbours_and_the_rest_learn(tm
     subprocess.run([sys.executable, "-m", "p2pfl.cli", "cluster", "--topology", "ring:6",
                     "--rounds", "10", "--in-process", "--profiles", str(prof), "-q",
                     "--out", str(out)], cwd=ROOT, check=True, timeout=300)
-    s = json.loads((out / "summary.json").read_text())
+    s = _strict(out / "summary.json")
     # its two neighbours drop its non-finite model each round, and count it missed
     assert s["dropped"] == {"undecodable": 20} and s["misses_total"] == 20
-    finals = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
-              if r.get("round") == 10 and r.get("node") not in (0, "0")]
+    records = [_strict(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    finals = [r for r in records if r.get("round") == 10 and r.get("node") not in (0, "0")]
     assert len(finals) == 5 and min(r["accuracy"] for r in finals) > 0.6
+    # the diverged node's losses and distances are null: strict JSON, which jq can read
+    assert any(r["node"] == 0 and r["test_loss"] is None for r in records)
+
+
+def _strict(source):
+    """Parse JSON refusing NaN and Infinity, as strict parsers do."""
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+    text = source.read_text() if hasattr(source, "read_text") else source
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_strict_json_turns_non_finite_values_into_null():
+    from p2pfl.metrics import strict_json
+
+    got = strict_json({"a": float("nan"), "b": [1.5, float("inf"), np.float32("nan")],
+                       "c": np.arange(3), "d": (np.float64(2.0), -float("inf")), "e": "x"})
+    assert got == {"a": None, "b": [1.5, None, None], "c": [0, 1, 2], "d": [2.0, None],
+                   "e": "x"}
+    assert json.loads(json.dumps(got), parse_constant=lambda c: 1 / 0) == got
