@@ -13,7 +13,8 @@ import time
 import numpy as np
 import torch
 
-from .data import Dataset, apply_label_permutation, group_label_permutations, load_dataset, partition, partition_groups
+from .data import (Dataset, apply_label_permutation, group_label_permutations, load_dataset,
+                   partition, partition_groups)
 from .models import build_model, flat_parameters, view_parameters
 from .spec import LearnSpec
 from .training import LocalTrainer, SGDConfig, evaluate
