@@ -9,8 +9,9 @@ what the support alone gives, two supports with 60 % overlap and independent val
 Part 2, gossip on ring:8 with ``topk:0.05+quant:0.002+cabac`` against
 ``...+cabac:temporal`` on digits (MLP) and mnist1d (CNN), with CHOCO and with
 DCD-PSGD (``--algorithm dpsgd --error-feedback off``): accuracy, bytes sent and
-bytes on the wire (framing included), averaged over seeds.  Part 3, server-mode
-STC (10 workers) with that codec upstream, with error feedback off and on.  Writes
+bytes on the wire (framing included), averaged over seeds.  Part 3, server modes
+(10 workers) with that codec on the updates: STC with error feedback off and on,
+and FedAvg without it.  Writes
 benchmarks/results/temporal.json.
 """
 
@@ -116,19 +117,20 @@ def gossip(rounds: int, seeds: list) -> list:
 
 
 def server(rounds: int, seeds: list) -> list:
-    """Server-mode STC, 10 workers, the same codec upstream (the downstream is plain),
-    with and without error feedback: accuracy, bytes in all and upstream alone."""
+    """Server modes, 10 workers, the codec on the workers' updates (the downstream is
+    plain): STC with and without error feedback, and FedAvg with compressed updates
+    without it.  Accuracy, bytes in all and upstream alone."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for ef in ("off", "on"):
+        for mode, ef in (("stc", "off"), ("stc", "on"), ("fedavg", "off")):
             for data, extra in DATA_SETS:
                 def run(codec):
-                    return [run_cluster(topology="ring:10", mode="stc", rounds=rounds,
+                    return [run_cluster(topology="ring:10", mode=mode, rounds=rounds,
                                         compression=codec, error_feedback=ef, seed=seed,
                                         quiet=True, **extra,
                                         out=os.path.join(tmp, f"s{len(rows)}-{codec}-{seed}")
                                         ).summary for seed in seeds]
-                rows += _pair({"error_feedback": ef, "data": data},
+                rows += _pair({"mode": mode, "error_feedback": ef, "data": data},
                               ("accuracy_mean", "bytes_sent_total", "bytes_up_total"), run)
     return rows
 

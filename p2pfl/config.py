@@ -139,9 +139,9 @@ class RunConfig:
         _one_of("error_feedback", self.error_feedback, ("auto", "on", "off"))
         _one_of("fd_delta", self.fd_delta, ("auto", "on", "off"))
         _one_of("filter_scaling", self.filter_scaling, ("on", "off"))
-        if self.filter_scaling == "on" and self.mode != "stc":
-            raise ConfigError("--filter-scaling applies to --mode stc (sparse updates to a "
-                              "server)")
+        if self.filter_scaling == "on" and self.mode not in ("stc", "fedavg"):
+            raise ConfigError("--filter-scaling applies to --mode stc and fedavg (sparse "
+                              "updates to a server)")
         for name in ("stc_cache", "cfl_warmup", "public_size", "distill_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")

@@ -365,10 +365,14 @@ def _server_plan(cfg: RunConfig, graph) -> Plan:
                           "valid here: sync")
     options = _strategy_options(cfg)
     check_codec(cfg.compression)
-    up, down = getattr(options, "codec_up", cfg.compression), getattr(options, "codec_down", None)
-    if uses_temporal(up) and cfg.mode != "stc":
-        raise ConfigError(f"cabac:temporal codes gossip messages and server-mode STC updates, "
-                          f"not mode {cfg.mode}; use plain cabac")
+    if cfg.compression != "none" and not hasattr(options, "codec_up"):
+        what = "soft labels" if cfg.mode in ("fd", "cfd") else "updates"
+        raise ConfigError(f"--compression applies to gossip and to modes fedavg and stc; "
+                          f"mode {cfg.mode} sends its {what} uncompressed")
+    if cfg.compression_down != "auto" and not hasattr(options, "codec_down"):
+        raise ConfigError(f"--compression-down applies to mode stc; mode {cfg.mode} sends its "
+                          "model uncompressed")
+    up, down = getattr(options, "codec_up", "none"), getattr(options, "codec_down", None)
     if down is not None and uses_temporal(down):
         raise ConfigError("cabac:temporal codes the workers' updates; the server's downstream "
                           "updates are broadcast and cached: give --compression-down plain cabac")

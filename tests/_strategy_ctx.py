@@ -18,6 +18,9 @@ DEFAULTS = {"rounds": 5, "participation": 1.0, "seed": 0, "compression": "stc:0.
 
 def config(mode: str, **kw) -> RunConfig:
     values = dict(DEFAULTS, mode=mode, **kw)
+    if mode != "stc":  # the codec defaults are STC's; other modes send raw unless asked
+        values["compression"] = kw.get("compression", "none")
+        values["compression_down"] = kw.get("compression_down", "auto")
     if isinstance(values["fd_delta"], bool):
         values["fd_delta"] = "on" if values["fd_delta"] else "off"
     return RunConfig(**values)

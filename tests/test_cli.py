@@ -230,8 +230,8 @@ def test_stc_error_feedback_follows_the_one_switch():
 
             return torch.zeros(10)
 
-    assert isinstance(client("stc", Learner(), error_feedback="auto").up, ErrorFeedback)
-    assert not isinstance(client("stc", Learner(), error_feedback="off").up, ErrorFeedback)
+    assert isinstance(client("stc", Learner(), error_feedback="auto").up.codec, ErrorFeedback)
+    assert not isinstance(client("stc", Learner(), error_feedback="off").up.codec, ErrorFeedback)
 
 
 def test_server_modes_are_the_registered_strategies():

@@ -88,11 +88,12 @@ def test_trained_scales_lower_the_loss_and_leave_the_weights_frozen():
     assert loss() < before
 
 
-def test_server_stc_with_filter_scaling_runs_and_sends_the_scales(tmp_path):
+@pytest.mark.parametrize("mode, codec", [("stc", "none"), ("fedavg", "topk:0.01+golomb")])
+def test_server_modes_with_filter_scaling_run_and_send_the_scales(tmp_path, mode, codec):
     from p2pfl import run_cluster
 
-    common = dict(mode="stc", nodes=4, rounds=3, dataset="digits", model="cnn", quiet=True,
-                  in_process=True)
+    common = dict(mode=mode, compression=codec, nodes=4, rounds=3, dataset="digits",
+                  model="cnn", quiet=True, in_process=True)
     plain = run_cluster(out=str(tmp_path / "plain"), **common).summary
     scaled = run_cluster(out=str(tmp_path / "scaled"), filter_scaling="on", **common).summary
     assert scaled["failed_nodes"] == {} and scaled["dropped_total"] == 0

@@ -1,5 +1,6 @@
-"""Temporal CABAC contexts on server-mode STC updates: the acknowledgement that keeps
-each worker's chain in step with the server, lost updates, and the plan's checks."""
+"""Temporal CABAC contexts on server-mode updates (STC, compressed FedAvg): the
+acknowledgement that keeps each worker's chain in step with the server, lost updates,
+and the plan's checks."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def _aggregate(server, rnd, worker, content):
 def test_the_automatic_downstream_codes_with_plain_contexts():
     server = make_strategy("stc", server_ctx("stc", n=N, **TEMPORAL))
     assert server.up_spec == SPEC and server.down_spec == "topk:0.05+quant:0.002+cabac"
-    assert server.temporal_up
+    assert server.up.temporal
     assert "ack" in server.configure(1, [0])[0].meta
     plain = make_strategy("stc", server_ctx("stc", n=N))
     assert "ack" not in plain.configure(1, [0])[0].meta  # no field without temporal
@@ -63,12 +64,12 @@ def test_a_lost_update_restarts_the_workers_chain():
     for rnd in (1, 2):  # the chain runs: each update decodes against the last
         got = server.decode(0, _round(server, client, rnd, deltas[rnd - 1]))
         _aggregate(server, rnd, 0, got)
-        assert server.heard[0] == rnd
+        assert server.up.heard[0] == rnd
     _round(server, client, 3, deltas[2])  # late or lost: the server never decodes it
     _aggregate(server, 3, 0, torch.zeros(N))
     packet = _round(server, client, 4, deltas[3])  # ack 2, ours 3: plain contexts
     got = server.decode(0, packet)
-    assert server.heard[0] == 4 and got.abs().sum() > 0
+    assert server.up.heard[0] == 4 and got.abs().sum() > 0
     _aggregate(server, 4, 0, got)
     server.decode(0, _round(server, client, 5, deltas[4]))  # and the chain runs again
 
@@ -114,19 +115,24 @@ def _cluster(tmp_path, name, *flags):
 
 @pytest.mark.parametrize("flags, message", [
     (["--compression-down", SPEC], "downstream"),
-    (["--mode", "cfd", "--compression", SPEC], "not mode cfd"),
+    (["--mode", "cfd"], "mode cfd sends its soft labels uncompressed"),
+    (["--mode", "cfl"], "mode cfl sends its updates uncompressed"),
+    (["--mode", "fedavg", "--compression-down", "stc:0.01"], "applies to mode stc"),
+    (["--mode", "cfl", "--compression", "none", "--filter-scaling", "on"], "stc and fedavg"),
+    (["--mode", "fedavg", "--compression", "none", "--filter-scaling", "on"], "give fedavg"),
 ])
-def test_temporal_where_it_does_not_apply_is_a_usage_error(tmp_path, flags, message):
+def test_codecs_where_they_do_not_apply_are_usage_errors(tmp_path, flags, message):
     proc, out = _cluster(tmp_path, "bad", "--compression", SPEC, *flags)
     assert proc.returncode == 2 and message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()
 
 
-def test_server_stc_with_temporal_contexts_is_lossless_and_smaller(tmp_path):
+@pytest.mark.parametrize("mode", ["stc", "fedavg"])
+def test_temporal_contexts_in_server_modes_are_lossless_and_smaller(tmp_path, mode):
     runs = {}
     for name, spec in (("plain", SPEC.replace(":temporal", "")), ("temporal", SPEC)):
         proc, out = _cluster(tmp_path, name, "--rounds", "12", "--error-feedback", "off",
-                             "--compression", spec)
+                             "--compression", spec, "--mode", mode)
         assert proc.returncode == 0, proc.stderr
         runs[name] = json.loads((out / "summary.json").read_text())
     plain, temporal = runs["plain"], runs["temporal"]

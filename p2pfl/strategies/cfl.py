@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .base import Packet, Strategy, dense_packet, dense_tensor, model_from_state
-from .fedavg import FedAvgClient, fedavg_step
+from .fedavg import fedavg_step
 from .robust import parse_aggregator
 
 __all__ = ["CFL", "cosine_matrix", "bipartition", "max_spanning_tree", "split_criterion"]

@@ -33,7 +33,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 from ..learner import public_indices, shared_dataset
 from ..training import soft_labels

@@ -2,7 +2,10 @@
 
 Each round the participants (a ``--participation`` fraction, drawn at random)
 receive the global model W, run the local SGD steps or epochs, and send their
-update ΔW_i = W_i − W as raw float32.  The server sets
+update ΔW_i = W_i − W: raw float32, or coded with ``--compression`` (per tensor,
+error feedback unless ``--error-feedback off``, filter scales with
+``--filter-scaling on``, temporal contexts with ``cabac:temporal``; see
+:mod:`.upstream`).  The server sets
 
     W ← W + Σ_i n_i ΔW_i / Σ_i n_i         (n_i: client i's data size)
 
@@ -13,11 +16,14 @@ replaces the mean by a Byzantine-robust rule (:mod:`.robust`).
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from .base import ClientStrategy, Packet, Strategy, behave, dense_packet, dense_tensor, \
     model_from_state, weighted_mean
 from .robust import parse_aggregator
+from .upstream import UpDecoder, UpEncoder
 
 __all__ = ["FedAvg", "FedAvgClient", "fedavg_step"]
 
@@ -42,13 +48,22 @@ class FedAvg(Strategy):
         super().__init__(ctx)
         self.model = ctx.init.clone()  # W
         self.aggregator = parse_aggregator(ctx.options.aggregator)
+        o = ctx.options
+        spec = getattr(o, "codec_up", "none")  # CFL's options have no codec
+        self.up = None if spec == "none" else \
+            UpDecoder(spec, ctx.shapes, getattr(o, "filter_scaling", False))
 
     def configure(self, rnd: int, participants: list) -> dict:
         packet = dense_packet(self.model)
-        return {w: packet for w in participants}
+        if self.up is None:
+            return {w: packet for w in participants}
+        return {w: self.up.acknowledge(w, dataclasses.replace(packet, meta={}))
+                for w in participants}  # the same frames, each its own acknowledgement
 
     def decode(self, worker: int, packet: Packet) -> torch.Tensor:
-        return dense_tensor(packet, self.model.numel())
+        if self.up is None:
+            return dense_tensor(packet, self.model.numel())
+        return self.up.decode(worker, packet, self.model)
 
     def aggregate(self, rnd: int, replies: list) -> None:
         self.model = fedavg_step(self.model, replies, self.aggregator)
@@ -81,7 +96,16 @@ class FedAvgClient(ClientStrategy):
 
     name = "fedavg"
 
+    def __init__(self, learner, options, learn) -> None:
+        super().__init__(learner, options, learn)
+        spec = getattr(options, "codec_up", "none")  # CFL's options have no codec
+        self.up = None if spec == "none" else UpEncoder(
+            spec, options.error_feedback_up, getattr(learner, "shapes", None),
+            options.filter_scaling)
+
     def apply(self, rnd: int, packet: Packet) -> None:
+        if self.up is not None:
+            self.up.instruction(packet)  # temporal chains: restart if our last update was lost
         self.base = dense_tensor(packet, self.learner.num_params)
         self.learner.set_flat(self.base)
 
@@ -109,6 +133,8 @@ class FedAvgClient(ClientStrategy):
         return stack.mean(0) - self.alie_z * stack.std(0)
 
     def reply(self, rnd: int) -> Packet:
+        if self.up is not None:
+            return self.up.packet(rnd, self.update(), self.learner, self.base)
         packet = dense_packet(self.update())
         packet.meta = {"n": self.learner.num_samples}
         return packet

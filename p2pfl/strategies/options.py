@@ -28,18 +28,29 @@ def _fraction(value: float) -> float:
 
 @dataclass(frozen=True)
 class FedAvgOptions:
-    """``participation``: the reporting fraction of workers drawn each round."""
+    """``participation``: the reporting fraction of workers drawn each round;
+    ``codec_up``: the workers' update codec (``--compression``; none: raw float32),
+    with error feedback unless ``--error-feedback off``, and the filter scales of
+    ``--filter-scaling on`` (:mod:`.upstream`).  The model goes down raw."""
 
     participation: float = 1.0
     aggregator: str = "mean"  # robust.parse_aggregator
+    codec_up: str = "none"
+    error_feedback_up: bool = True
+    filter_scaling: bool = False
 
     def __post_init__(self) -> None:
         _fraction(self.participation)
         parse_aggregator(self.aggregator)
+        if self.filter_scaling and self.codec_up == "none":
+            raise ConfigError("--filter-scaling scales sparse updates: give fedavg a "
+                              "--compression (e.g. topk:0.01+golomb)")
 
     @classmethod
     def from_config(cls, cfg) -> "FedAvgOptions":
-        return cls(participation=cfg.participation, aggregator=resolve(cfg.aggregator, "mean"))
+        return cls(participation=cfg.participation, aggregator=resolve(cfg.aggregator, "mean"),
+                   codec_up=cfg.compression, error_feedback_up=cfg.error_feedback != "off",
+                   filter_scaling=cfg.filter_scaling == "on")
 
 
 @dataclass(frozen=True)
