@@ -142,6 +142,7 @@ class RunConfig:
         if self.filter_scaling == "on" and self.mode not in ("stc", "fedavg"):
             raise ConfigError("--filter-scaling applies to --mode stc and fedavg (sparse "
                               "updates to a server)")
+        _check_mode_options(self)
         for name in ("stc_cache", "cfl_warmup", "public_size", "distill_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
@@ -254,6 +255,25 @@ def _cores() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+#: Options that only some modes read.  Given another value than its default in any
+#: other mode, one is a usage error rather than silently ignored.
+MODE_OPTIONS = {
+    "gamma": ("gossip",), "participation": SERVER_MODES, "stc_cache": ("stc",),
+    "cfl_eps1": ("cfl",), "cfl_eps2": ("cfl",), "cfl_warmup": ("cfl",),
+    "public_size": ("fd", "cfd"), "distill_steps": ("fd", "cfd"), "fd_bits": ("fd", "cfd"),
+    "fd_delta": ("fd", "cfd"),
+}
+
+
+def _check_mode_options(cfg) -> None:
+    defaults = {f.name: f.default for f in fields(cfg)}
+    for name, modes in MODE_OPTIONS.items():
+        if cfg.mode not in modes and getattr(cfg, name) != defaults[name]:
+            where = "gossip" if modes == ("gossip",) else "--mode " + "|".join(modes)
+            raise ConfigError(f"--{_flag(name)} applies to {where}, not to "
+                              f"{'gossip' if cfg.mode == 'gossip' else '--mode ' + cfg.mode}")
 
 
 def _flag(name: str) -> str:

@@ -262,6 +262,9 @@ def _gossip_plan(cfg: RunConfig, graph, restarts: int = 0) -> Plan:
     per_node, learns = _learn_specs(cfg, labels)
     codecs = _node_codecs(per_node)
     algorithm = _algorithm(cfg, codecs)
+    if cfg.gamma is not None and algorithm != "choco":
+        raise ConfigError(f"--gamma is CHOCO's consensus step size; this run's algorithm is "
+                          f"{algorithm} (compress with --compression, or --algorithm choco)")
     availability = _availability(cfg, labels, per_node)
     schedule = "async" if algorithm in ASYNC_ONLY else cfg.schedule
     runtime = dataclasses.replace(_runtime_spec(cfg, schedule, codecs),

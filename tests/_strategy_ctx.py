@@ -6,7 +6,7 @@ The options are resolved exactly as the plan resolves them (the strategy's
 
 import torch
 
-from p2pfl.config import RunConfig
+from p2pfl.config import MODE_OPTIONS, RunConfig
 from p2pfl.spec import LearnSpec, RuntimeSpec
 from p2pfl.strategies import STRATEGIES, ServerContext
 
@@ -21,7 +21,10 @@ def config(mode: str, **kw) -> RunConfig:
     if mode != "stc":  # the codec defaults are STC's; other modes send raw unless asked
         values["compression"] = kw.get("compression", "none")
         values["compression_down"] = kw.get("compression_down", "auto")
-    if isinstance(values["fd_delta"], bool):
+    for name, modes in MODE_OPTIONS.items():  # a mode refuses the others' options
+        if mode not in modes and name not in kw:
+            values.pop(name, None)
+    if isinstance(values.get("fd_delta"), bool):
         values["fd_delta"] = "on" if values["fd_delta"] else "off"
     return RunConfig(**values)
 

@@ -147,6 +147,16 @@ PLAN_REFUSES = {
     "link range": (["--link", "loss=1.5"], "loss"),
     "profile link key": (["--profiles", "{d}/link.toml"], "valid: up_mbps"),
     "slowdown below 1": (["--slowdown", "0.5"], "slowdown"),
+    # options of other modes are refused, not ignored
+    "stc cache in fedavg": (["--mode", "fedavg", "--stc-cache", "3"],
+                            "--stc-cache applies to --mode stc, not to --mode fedavg"),
+    "participation in gossip": (["--participation", "0.5"], "applies to --mode fedavg|stc"),
+    "gamma in a server mode": (["--mode", "fedavg", "--gamma", "0.5"], "applies to gossip"),
+    "gamma without CHOCO": (["--gamma", "0.5"], "CHOCO's consensus step"),
+    "fd bits in stc": (["--mode", "stc", "--fd-bits", "2"], "applies to --mode fd|cfd"),
+    "compression in cfl": (["--mode", "cfl", "--compression", "topk:0.1"], "uncompressed"),
+    "compression-down in fedavg": (["--mode", "fedavg", "--compression-down", "stc:0.1"],
+                                   "applies to mode stc"),
 }
 
 
