@@ -38,7 +38,8 @@ CLUSTER_OPTIONS = [
     ("algorithm", str, "gossip rule: auto, dpsgd, choco or gossip-learning"),
     ("schedule", str, "sync (rounds with a barrier, default) or async (gossip only)"),
     ("mixing", str, "mixing weights: metropolis, uniform or weight"),
-    ("compression", str, "codec spec for the exchange, e.g. stc:0.01+golomb"),
+    ("compression", str, "codec spec for gossip messages and fedavg/stc updates, e.g. "
+     "stc:0.01+golomb"),
     ("error_feedback", str, "auto, on or off"),
     ("gamma", float, "CHOCO consensus step size"),
     ("participation", float, "reporting fraction in server modes"),
@@ -47,8 +48,8 @@ CLUSTER_OPTIONS = [
      "clip:TAU, normclip (auto: mean; normclip in cfl)"),
     ("compression_down", str, "server-to-worker codec (auto: as --compression for stc)"),
     ("stc_cache", int, "STC: global updates cached for catch-up (default 10)"),
-    ("filter_scaling", str, "STC: on sends a scale factor per conv filter with each sparse "
-     "update (Becking et al.); default off"),
+    ("filter_scaling", str, "stc, fedavg: on sends a scale factor per conv filter with each "
+     "sparse update (Becking et al.); default off"),
     ("cfl_eps1", float, "CFL: split when the mean update norm is below this"),
     ("cfl_eps2", float, "CFL: ... and the largest update norm is above this"),
     ("cfl_warmup", int, "CFL: rounds a cluster trains before it may split"),

@@ -388,7 +388,9 @@ def _server_plan(cfg: RunConfig, graph) -> Plan:
                           "labels (use random, noisy, sign_flip, label_flip or silent)")
     learns = [dataclasses.replace(x, colluders=colluders) if x.behaviour == "alie" else x
               for x in learns]
-    _node_codecs(per_node)  # checked; server modes use the run's codecs for every worker
+    if any(c != cfg.compression for c in _node_codecs(per_node)):
+        raise ConfigError("a node profile sets compression: in server modes every worker "
+                          "uses the run's codec (--compression)")
     runtime = _runtime_spec(cfg, codecs=[c for c in (up, down) if c is not None])
     availability = _availability(cfg, labels, per_node)  # workers only: the server stays up
     workers = [NodeSpec(id=i, label=labels[i], role="worker", neighbours=((n, 1.0),),

@@ -157,6 +157,8 @@ PLAN_REFUSES = {
     "compression in cfl": (["--mode", "cfl", "--compression", "topk:0.1"], "uncompressed"),
     "compression-down in fedavg": (["--mode", "fedavg", "--compression-down", "stc:0.1"],
                                    "applies to mode stc"),
+    "profile codec in a server mode": (["--mode", "stc", "--profiles", "{d}/worker.toml"],
+                                       "every worker uses the run's codec"),
 }
 
 
@@ -169,6 +171,7 @@ def test_the_plan_refuses_bad_values_before_any_node_starts(name, tmp_path, caps
     (tmp_path / "behaviour.toml").write_text('[nodes.2]\nbehaviour = "sneaky"\n')
     (tmp_path / "codec.toml").write_text('[nodes.0]\ncompression = "zip:9"\n')
     (tmp_path / "link.toml").write_text('[nodes.0.link]\nspeed = 3\n')
+    (tmp_path / "worker.toml").write_text('[nodes.1]\ncompression = "topk:0.1"\n')
     args, expected = PLAN_REFUSES[name]
     out = tmp_path / "run"
     argv = ["cluster", "--topology", "ring:4", "--rounds", "1", "--out", str(out), "-q",
