@@ -196,15 +196,16 @@ def _runtime_spec(cfg: RunConfig, schedule: str = "sync", codecs=()) -> RuntimeS
     return RuntimeSpec(rounds=cfg.rounds, round_timeout=cfg.round_timeout,
                        start_timeout=cfg.start_timeout, eval_every=cfg.eval_every,
                        consensus=cfg.consensus, schedule=schedule,
-                       exchange_only=cfg.exchange_only, codec_names=codec_names(codecs))
+                       exchange_only=cfg.exchange_only, codec_names=_codec_table(codecs))
 
 
-def codec_names(specs) -> tuple:
-    """The run's codec table: the wire name of every codec spec its nodes use
-    (``none`` stays a string: it is short, and the launcher sees it too)."""
+def _codec_table(specs) -> tuple:
+    """The run's codec table: the wire name of each distinct codec spec its nodes use,
+    one codec built per spec, not per node (``none`` stays a string: it is short, and
+    the launcher sees it too)."""
     from .compression import make_codec
 
-    return tuple(sorted({make_codec(s).name for s in specs if s != "none"}))
+    return tuple(sorted({make_codec(s).name for s in set(specs) - {"none"}}))
 
 
 # ------------------------------------------------------------------ gossip

@@ -1,4 +1,5 @@
-"""Filter-wise scaling of sparse STC updates (strategies/filter_scaling.py)."""
+"""Filter-wise scaling of sparse updates in server STC and FedAvg
+(strategies/filter_scaling.py)."""
 
 from __future__ import annotations
 

@@ -22,9 +22,10 @@ from .positions import golomb_b, golomb_expected_bits
 from .registry import STAGES, build_codec, parse_spec
 from .wire import MAX_NUMEL
 
-__all__ = ["make_codec", "uses_temporal", "Codec", "CodecError", "ErrorFeedback",
-           "wants_error_feedback", "wire_size", "encode_many", "decode_many", "STAGES",
-           "parse_spec", "golomb_b", "golomb_expected_bits", "MAX_NUMEL", "codec_names"]
+__all__ = ["make_codec", "uses_temporal", "without_temporal", "Codec", "CodecError",
+           "ErrorFeedback", "wants_error_feedback", "wire_size", "encode_many", "decode_many",
+           "STAGES", "parse_spec", "golomb_b", "golomb_expected_bits", "MAX_NUMEL",
+           "codec_names"]
 
 
 def make_codec(spec: str, error_feedback: bool = False, seed: int | None = None,
@@ -83,3 +84,10 @@ def decode_many(codecs, blobs) -> list:
 def uses_temporal(spec: str) -> bool:
     """Whether ``spec`` codes with temporal CABAC contexts (``cabac:temporal``)."""
     return any(name == "cabac" and args == ["temporal"] for name, args in parse_spec(spec))
+
+
+def without_temporal(spec: str) -> str:
+    """``spec`` (as :func:`parse_spec` reads it) with ``cabac:temporal`` made plain
+    ``cabac``."""
+    return "+".join(":".join([name] + ([] if (name, args) == ("cabac", ["temporal"]) else args))
+                    for name, args in parse_spec(spec))

@@ -35,12 +35,17 @@ SCALE_STEPS = 5
 SCALE_LEVELS = 7
 
 
+def _is_kernel(shape) -> bool:
+    """Conv kernels (three or more dimensions) get scales; linear layers and biases not."""
+    return len(shape) >= 3
+
+
 def filter_layout(shapes) -> list:
     """``(offset, filters, per_filter)`` of every conv kernel in the flat vector."""
     out, offset = [], 0
     for shape in shapes or ():
         size = math.prod(shape)
-        if len(shape) >= 3:
+        if _is_kernel(shape):
             out.append((offset, int(shape[0]), size // int(shape[0])))
         offset += size
     return out
@@ -52,7 +57,7 @@ def _filters(v: torch.Tensor, layout) -> list:
 
 def scaled_parameters(shapes) -> list:
     """Indices of the parameters that get scales (those of :func:`filter_layout`)."""
-    return [i for i, shape in enumerate(shapes or ()) if len(shape) >= 3]
+    return [i for i, shape in enumerate(shapes or ()) if _is_kernel(shape)]
 
 
 def quantise_scales(scales: list) -> list:

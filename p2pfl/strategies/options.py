@@ -8,16 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..compression import without_temporal
 from ..errors import ConfigError
 from .robust import parse_aggregator, resolve
 
-__all__ = ["FedAvgOptions", "STCOptions", "CFLOptions", "FDOptions", "without_temporal"]
-
-
-def without_temporal(spec: str) -> str:
-    """``spec`` with ``cabac:temporal`` replaced by plain ``cabac``."""
-    stages = spec.replace(" ", "").split("+")
-    return "+".join("cabac" if st.lower() == "cabac:temporal" else st for st in stages)
+__all__ = ["FedAvgOptions", "STCOptions", "CFLOptions", "FDOptions"]
 
 
 def _fraction(value: float) -> float:

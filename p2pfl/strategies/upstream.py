@@ -31,7 +31,7 @@ class UpEncoder:
 
     def __init__(self, spec: str, error_feedback: bool, shapes, filter_scaling: bool) -> None:
         self.codec = make_codec(spec, error_feedback=error_feedback, shapes=shapes)
-        self.layout = filter_layout(shapes) if filter_scaling else None
+        self.filter_scaling = filter_scaling
         self.temporal = uses_temporal(spec)
         self.replied = 0  # the round of our last update (0: none yet)
 
@@ -48,7 +48,7 @@ class UpEncoder:
         frames; ``learner`` is left at ``base``."""
         self.replied = rnd
         meta = {"n": learner.num_samples}
-        if self.layout is None:
+        if not self.filter_scaling:
             return Packet(self.codec.name, self.codec.encode(delta), meta=meta)
         frames, sent = self.codec.encode_with_reconstruction(delta)
         learner.set_flat(base + sent)
