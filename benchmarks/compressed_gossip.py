@@ -19,7 +19,6 @@ results go to OUT/table.md, OUT/results.json and OUT/accuracy_vs_mb.png.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections import defaultdict

@@ -1,6 +1,7 @@
 """Temporal CABAC contexts (issue 11): two overlapping updates, then gossip runs.
 
-    python benchmarks/temporal.py [--rounds 30] [--seeds 0 1] [--parts synthetic gossip server]
+    python benchmarks/temporal.py [--rounds 30] [--seeds 0 1]
+                                  [--parts synthetic gossip server cfd]
 
 Part 1, the second of two top-1 % updates of 10^6 values (step 2^-10) whose
 supports overlap by about 60 %, coded with plain and with temporal contexts:
@@ -11,7 +12,8 @@ Part 2, gossip on ring:8 with ``topk:0.05+quant:0.002+cabac`` against
 DCD-PSGD (``--algorithm dpsgd --error-feedback off``): accuracy, bytes sent and
 bytes on the wire (framing included), averaged over seeds.  Part 3, server modes
 (10 workers) with that codec on the updates: STC with error feedback off and on,
-and FedAvg without it.  Writes
+and FedAvg without it.  Part 4, CFD's soft labels (1 and 2 bits) with each
+``--fd-coder``: packed, cabac, cabac:temporal.  Writes
 benchmarks/results/temporal.json.
 """
 
@@ -135,8 +137,38 @@ def server(rounds: int, seeds: list) -> list:
     return rows
 
 
+def cfd(rounds: int, seeds: list) -> list:
+    """CFD (10 workers) with each soft-label coder, at 1 and 2 bits: the labels are
+    the same whatever the coder (lossless), so accuracy is too; bytes in all, up
+    and down.  ``cabac`` against ``cabac:temporal`` isolates the temporal contexts."""
+    rows = []
+    keys = ("accuracy_mean", "bytes_sent_total", "bytes_up_total", "bytes_down_total")
+    with tempfile.TemporaryDirectory() as tmp:
+        for bits in (1, 2):
+            for data, extra in DATA_SETS:
+                for coder in ("packed", "cabac", "cabac:temporal"):
+                    runs = [run_cluster(topology="ring:10", mode="cfd", rounds=rounds,
+                                        fd_bits=bits, fd_coder=coder, seed=seed, quiet=True,
+                                        **extra, out=os.path.join(tmp, f"c{len(rows)}-{seed}")
+                                        ).summary for seed in seeds]
+                    rows.append({"bits": bits, "data": data, "coder": coder,
+                                 **{k: float(np.mean([r[k] for r in runs])) for k in keys}})
+                    print(f"cfd {bits} bit {data} {coder:15s}",
+                          " ".join(f"{k} {rows[-1][k]:.4f}" for k in keys), flush=True)
+                packed, plain, temporal = rows[-3:]
+                for key in keys[1:]:
+                    temporal["fewer_" + key + "_than_cabac"] = 1 - temporal[key] / plain[key]
+                    temporal["fewer_" + key + "_than_packed"] = 1 - temporal[key] / packed[key]
+                print(f"  temporal: {100 * temporal['fewer_bytes_sent_total_than_cabac']:.2f} % "
+                      f"fewer bytes than cabac, "
+                      f"{100 * temporal['fewer_bytes_sent_total_than_packed']:.2f} % than packed",
+                      flush=True)
+    return rows
+
+
 #: Each part takes (rounds, seeds); the synthetic pair needs neither.
-PARTS = {"synthetic": lambda rounds, seeds: synthetic(), "gossip": gossip, "server": server}
+PARTS = {"synthetic": lambda rounds, seeds: synthetic(), "gossip": gossip, "server": server,
+         "cfd": cfd}
 
 
 def main() -> int:

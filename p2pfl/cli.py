@@ -57,6 +57,8 @@ CLUSTER_OPTIONS = [
     ("distill_steps", int, "FD/CFD: distillation steps per round (default 5)"),
     ("fd_bits", int, "FD/CFD: soft-label bits (0: float32; default fd 0, cfd 1)"),
     ("fd_delta", str, "FD/CFD: delta-code soft labels: auto (on for cfd), on or off"),
+    ("fd_coder", str, "FD/CFD: soft-label frames: packed (default), cabac, or cabac:temporal "
+     "(deltas coded with contexts conditioned on the previous labels; needs delta coding)"),
     ("transport", str, "tcp (default), ipc or inproc"),
     ("host", str, "address nodes bind for tcp (default 127.0.0.1; with --backend ray, the "
      "IP Ray knows each host by)"),

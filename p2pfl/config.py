@@ -100,6 +100,7 @@ class RunConfig:
     distill_steps: int = 5
     fd_bits: int | None = None
     fd_delta: str = "auto"
+    fd_coder: str = "packed"
     # runtime
     transport: str = "tcp"
     in_process: bool = False
@@ -138,6 +139,7 @@ class RunConfig:
         _one_of("schedule", self.schedule, ("sync", "async"))
         _one_of("error_feedback", self.error_feedback, ("auto", "on", "off"))
         _one_of("fd_delta", self.fd_delta, ("auto", "on", "off"))
+        _one_of("fd_coder", self.fd_coder, ("packed", "cabac", "cabac:temporal"))
         _one_of("filter_scaling", self.filter_scaling, ("on", "off"))
         if self.filter_scaling == "on" and self.mode not in ("stc", "fedavg"):
             raise ConfigError("--filter-scaling applies to --mode stc and fedavg (sparse "
@@ -263,7 +265,7 @@ MODE_OPTIONS = {
     "gamma": ("gossip",), "participation": SERVER_MODES, "stc_cache": ("stc",),
     "cfl_eps1": ("cfl",), "cfl_eps2": ("cfl",), "cfl_warmup": ("cfl",),
     "public_size": ("fd", "cfd"), "distill_steps": ("fd", "cfd"), "fd_bits": ("fd", "cfd"),
-    "fd_delta": ("fd", "cfd"),
+    "fd_delta": ("fd", "cfd"), "fd_coder": ("fd", "cfd"),
 }
 
 

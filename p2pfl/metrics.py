@@ -42,6 +42,15 @@ def strict_json(obj):
     return obj
 
 
+def json_line(record: dict) -> str:
+    """One strict-JSON line: the plain encoder, unless the record holds NaN or ±inf
+    (rare: a diverged model), which :func:`strict_json` then turns into null."""
+    try:
+        return json.dumps(record, default=_plain, allow_nan=False) + "\n"
+    except ValueError:
+        return json.dumps(strict_json(record), default=_plain) + "\n"
+
+
 def _plain(obj):
     if isinstance(obj, np.generic):
         return obj.item()
@@ -108,7 +117,7 @@ class MetricsSink:
         self.bytes_sent = 0  # over the records written so far
         self._pending: dict = defaultdict(dict)  # round -> node -> (record, vector)
         self._next_round = 1
-        self._fh = open(os.path.join(out_dir, "metrics.jsonl"), "w", buffering=1)
+        self._fh = open(os.path.join(out_dir, "metrics.jsonl"), "w")  # flushed per round
 
     def add(self, record: dict, vector: np.ndarray | None = None) -> None:
         """Accept one node's record of one round (and its model, if sent)."""
@@ -162,7 +171,7 @@ class MetricsSink:
             rec = rows[node][0]
             rec["consensus_distance"] = dist.get(node)
             rec["consensus_distance_rel"] = rel.get(node)
-            self._fh.write(json.dumps(strict_json(rec), default=_plain) + "\n")
+            self._fh.write(json_line(rec))
             self.bytes_sent += rec.get("bytes_sent") or 0
             out.append(rec)
         self._fh.flush()

@@ -4,7 +4,6 @@ Real sockets and real node processes or threads: an offline node neither sends
 nor receives, says that it leaves, and catches up from a neighbour when back.
 """
 
-import json
 import os
 import subprocess
 import sys

@@ -82,8 +82,9 @@ EVENTS = ["ok", "ok", "reply_lost", "ok", "reply_lost", "reply_lost", "ok", "con
           "ok", "control_lost", "reply_lost", "ok", "ok"]
 
 
-def test_worker_keeps_learning_after_lost_replies_and_instructions():
-    server, client = _pair()
+@pytest.mark.parametrize("coder", ["packed", "cabac", "cabac:temporal"])
+def test_worker_keeps_learning_after_lost_replies_and_instructions(coder):
+    server, client = _pair(fd_coder=coder)
     refs = []
     for rnd, event in enumerate(EVENTS, start=1):
         packet = _round(server, client, rnd, event)

@@ -21,163 +21,26 @@ codes against the last round the other *confirmed* (a reply received, with
 the round it holds), and keeps both references the other may still use: the
 confirmed one, in case its reply is lost, and the newest.
 
-Wire format of quantised labels (one frame): a flag byte (bit 0: delta), the
-changed-row bitmap if delta, then the rows: for b = 1 the argmax indices as
-one base-C integer (⌈m·log2 C⌉ bits), for b > 1 each level in b bits.
+The frames are coded by ``--fd-coder`` (``softlabels.py``): ``packed`` (the
+default; for b = 1 the argmax indices as one base-C integer, ⌈m·log2 C⌉ bits,
+for b > 1 each level in b bits, after a changed-row bitmap if delta), ``cabac``,
+or ``cabac:temporal``, whose deltas condition CABAC's contexts on the reference.
 Defaults: 5 distillation steps per round (``--distill-steps``), batch as
 ``--batch-size``.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ..learner import public_indices, shared_dataset
 from ..training import soft_labels
 from .base import ClientStrategy, Packet, Strategy
+from .softlabels import (decode_labels, dequantise, encode_labels, label_packet, pack_rows,
+                         quantise, read_label_packet, unpack_rows)
 
 __all__ = ["FD", "FDClient", "quantise", "dequantise", "encode_labels", "decode_labels",
            "pack_rows", "unpack_rows"]
-
-
-# ------------------------------------------------------------- pure functions
-def quantise(probs: np.ndarray, bits: int) -> np.ndarray:
-    """Q_b: integer levels (uint8, rows summing to 2^b − 1) nearest to ``probs`` in L1."""
-    probs = np.asarray(probs, dtype=np.float64)
-    L = (1 << bits) - 1
-    if bits == 1:
-        out = np.zeros(probs.shape, dtype=np.uint8)
-        out[np.arange(len(probs)), probs.argmax(1)] = 1
-        return out
-    scaled = probs * L
-    levels = np.rint(scaled).astype(np.int64)
-    err = scaled - levels  # > 0: rounded down
-    short = L - levels.sum(1)  # > 0: add to the most rounded-down entries
-    order_up = np.argsort(-err, axis=1, kind="stable")
-    order_down = np.argsort(err, axis=1, kind="stable")
-    rank_up = np.argsort(order_up, axis=1)
-    rank_down = np.argsort(order_down, axis=1)
-    levels += (rank_up < np.maximum(short, 0)[:, None]).astype(np.int64)
-    levels -= ((rank_down < np.maximum(-short, 0)[:, None]) & (levels > 0)).astype(np.int64)
-    return np.clip(levels, 0, L).astype(np.uint8)
-
-
-def dequantise(levels: np.ndarray, bits: int) -> np.ndarray:
-    """Levels back to probabilities (float32)."""
-    return (np.asarray(levels, dtype=np.float32) / ((1 << bits) - 1)).astype(np.float32)
-
-
-def _chunk(c: int) -> int:
-    """Base-c digits per int64 chunk: c**k < 2**63."""
-    return max(1, int(63 // math.log2(c)))
-
-
-def _digits_to_int(idx: np.ndarray, c: int) -> int:
-    """Σ idx_i c^i as one integer: numpy packs int64 chunks, Python joins the chunks."""
-    k = _chunk(c)
-    pad = np.zeros(-len(idx) % k, dtype=np.int64)
-    d = np.concatenate([idx.astype(np.int64), pad]).reshape(-1, k)
-    chunks = d @ (c ** np.arange(k, dtype=np.int64))
-    value, base = 0, c ** k
-    for ch in chunks[::-1].tolist():
-        value = value * base + ch
-    return value
-
-
-def _int_to_digits(value: int, m: int, c: int) -> tuple[np.ndarray, int]:
-    """Inverse of :func:`_digits_to_int` for m digits; also returns what is left over."""
-    k = _chunk(c)
-    base, chunks = c ** k, []
-    for _ in range(-(-m // k)):
-        value, ch = divmod(value, base)
-        chunks.append(ch)
-    ch = np.array(chunks, dtype=np.int64)[:, None]
-    digits = (ch // (c ** np.arange(k, dtype=np.int64))) % c
-    rest = digits.reshape(-1)[m:]
-    return digits.reshape(-1)[:m], value + int(rest.any())
-
-
-def pack_rows(levels: np.ndarray, bits: int) -> bytes:
-    """Rows of levels as bytes: b = 1 as one base-C integer of argmaxes, else b bits per entry."""
-    m, c = levels.shape
-    if m == 0:
-        return b""
-    if bits == 1:
-        value = _digits_to_int(levels.argmax(1), c)
-        return value.to_bytes(math.ceil(m * math.log2(c) / 8) if c > 1 else 0, "little")
-    planes = ((levels.reshape(-1, 1).astype(np.uint8) >> np.arange(bits, dtype=np.uint8)) & 1)
-    return np.packbits(planes.reshape(-1)).tobytes()
-
-
-def unpack_rows(data: bytes, m: int, c: int, bits: int) -> np.ndarray:
-    """Inverse of :func:`pack_rows`; ValueError on a wrong size."""
-    if bits == 1:
-        need = math.ceil(m * math.log2(c) / 8) if (m and c > 1) else 0
-        if len(data) != need:
-            raise ValueError(f"{len(data)} bytes of argmaxes, expected {need}")
-        idx, left = _int_to_digits(int.from_bytes(data, "little"), m, c)
-        if left:
-            raise ValueError("argmax indices out of range")
-        out = np.zeros((m, c), dtype=np.uint8)
-        out[np.arange(m), idx] = 1
-        return out
-    need = math.ceil(m * c * bits / 8)
-    if len(data) != need:
-        raise ValueError(f"{len(data)} bytes of levels, expected {need}")
-    bitsarr = np.unpackbits(np.frombuffer(data, dtype=np.uint8))[:m * c * bits]
-    planes = bitsarr.reshape(m * c, bits).astype(np.uint8)
-    levels = (planes << np.arange(bits, dtype=np.uint8)).sum(1).astype(np.uint8)
-    levels = levels.reshape(m, c)
-    if m and (levels.astype(np.int64).sum(1) != (1 << bits) - 1).any():
-        raise ValueError("soft-label rows do not sum to 2^b - 1")
-    return levels
-
-
-def encode_labels(levels: np.ndarray, bits: int, previous: np.ndarray | None = None) -> bytes:
-    """One frame: flag byte, [bitmap of changed rows], packed (changed) rows."""
-    if previous is None:
-        return b"\x00" + pack_rows(levels, bits)
-    changed = (levels != previous).any(1)
-    return b"\x01" + np.packbits(changed).tobytes() + pack_rows(levels[changed], bits)
-
-
-def decode_labels(data: bytes, m: int, c: int, bits: int,
-                  previous: np.ndarray | None = None) -> np.ndarray:
-    """Inverse of :func:`encode_labels`; ``previous`` is needed for a delta frame."""
-    data = bytes(data)
-    if not data or data[0] not in (0, 1):
-        raise ValueError("bad soft-label frame flag")
-    if data[0] == 0:
-        return unpack_rows(data[1:], m, c, bits)
-    if previous is None or previous.shape != (m, c):
-        raise ValueError("delta-coded soft labels without the reference")
-    nmap = (m + 7) // 8
-    changed = np.unpackbits(np.frombuffer(data[1:1 + nmap], dtype=np.uint8))[:m].astype(bool)
-    out = previous.copy()
-    out[changed] = unpack_rows(data[1 + nmap:], int(changed.sum()), c, bits)
-    return out
-
-
-def label_packet(labels: np.ndarray, bits: int, previous=None, meta=None) -> Packet:
-    """float32 rows (bits 0) as a raw tensor frame, else the quantised frame."""
-    if bits == 0:
-        arr = np.ascontiguousarray(labels, dtype=np.float32)
-        return Packet("none", [memoryview(arr.reshape(-1)).cast("B")], [list(arr.shape)],
-                      ["float32"], dict(meta or {}))
-    return Packet(f"softlabels:{bits}", [encode_labels(labels, bits, previous)],
-                  meta=dict(meta or {}))
-
-
-def read_label_packet(packet: Packet, m: int, c: int, bits: int, previous=None) -> np.ndarray:
-    if bits == 0:
-        if packet.codec != "none" or packet.dtypes != ["float32"] or packet.shapes != [[m, c]]:
-            raise ValueError("expected float32 soft labels of the public set's shape")
-        return np.frombuffer(packet.frames[0], dtype="<f4").reshape(m, c).copy()
-    if packet.codec != f"softlabels:{bits}" or len(packet.frames) != 1:
-        raise ValueError(f"expected one softlabels:{bits} frame")
-    return decode_labels(packet.frames[0], m, c, bits, previous)
 
 
 def _public(learn, size: int):
@@ -197,6 +60,7 @@ class FD(Strategy):
         super().__init__(ctx)
         o = ctx.options
         self.bits, self.delta = int(o.bits), bool(o.delta) and o.bits > 0
+        self.coder = o.coder
         _, _, self.y_pub, self.classes = _public(ctx.learn, o.public_size)  # evaluation only
         self.m = len(self.y_pub)
         self.held: dict = {}  # worker -> (round, labels) last received from it
@@ -211,7 +75,7 @@ class FD(Strategy):
         ref = self.client_has.get(worker, 0)
         previous = self.sent.get(ref) if (self.delta and ref and ref != self.agg_round) else None
         meta = dict(meta, agg=self.agg_round, ref=ref if previous is not None else 0)
-        return label_packet(self.sent[self.agg_round], self.bits, previous, meta)
+        return label_packet(self.sent[self.agg_round], self.bits, previous, meta, self.coder)
 
     def configure(self, rnd: int, participants: list) -> dict:
         return {w: self._agg_packet(w, {"base": self.held.get(w, (0, None))[0]})
@@ -298,6 +162,7 @@ class FDClient(ClientStrategy):
         super().__init__(learner, options, learn)
         self.bits = int(options.bits)
         self.delta = bool(options.delta) and self.bits > 0
+        self.coder = options.coder
         self.steps = int(options.distill_steps)
         # delta references: what the server may still code against, by round
         self.agg = None  # (round, aggregate as received): the latest
@@ -340,7 +205,7 @@ class FDClient(ClientStrategy):
         previous = self.sent.get(self.base) if (self.delta and self.base) else None
         meta = {"n": self.learner.num_samples, "have": self.agg[0] if self.agg else 0,
                 "base": self.base if previous is not None else 0}
-        packet = label_packet(labels, self.bits, previous, meta)
+        packet = label_packet(labels, self.bits, previous, meta, self.coder)
         # the server's next base: ``base`` if this reply is lost, else this round
         self.sent = _keep((self.base, previous), (rnd, labels)) if self.delta else {}
         return packet

@@ -12,7 +12,10 @@ from ..compression import without_temporal
 from ..errors import ConfigError
 from .robust import parse_aggregator, resolve
 
-__all__ = ["FedAvgOptions", "STCOptions", "CFLOptions", "FDOptions"]
+__all__ = ["FedAvgOptions", "STCOptions", "CFLOptions", "FDOptions", "FD_CODERS"]
+
+#: Soft-label frame coders of FD and CFD (``strategies/softlabels.py``).
+FD_CODERS = ("packed", "cabac", "cabac:temporal")
 
 
 def _fraction(value: float) -> float:
@@ -113,18 +116,29 @@ class CFLOptions:
 @dataclass(frozen=True)
 class FDOptions:
     """FD and CFD: the public set's size, distillation steps, soft-label ``bits``
-    (0: float32; fd 0, cfd 1 by default) and delta coding (on for cfd)."""
+    (0: float32; fd 0, cfd 1 by default), delta coding (on for cfd) and the
+    frames' ``coder`` (``strategies/softlabels.py``)."""
 
     participation: float = 1.0
     public_size: int = 200
     distill_steps: int = 5
     bits: int = 0
     delta: bool = False
+    coder: str = "packed"
 
     def __post_init__(self) -> None:
         _fraction(self.participation)
         if not 0 <= self.bits <= 8:
             raise ConfigError(f"fd_bits must be in [0, 8] (0: float32), got {self.bits}")
+        if self.coder not in FD_CODERS:
+            raise ConfigError(f"--fd-coder must be one of {', '.join(FD_CODERS)}, got "
+                              f"{self.coder!r}")
+        if self.coder != "packed" and self.bits == 0:
+            raise ConfigError(f"--fd-coder {self.coder} codes quantised soft labels; "
+                              "set --fd-bits to 1..8 (0 sends float32)")
+        if self.coder == "cabac:temporal" and not self.delta:
+            raise ConfigError("--fd-coder cabac:temporal codes deltas against the previous "
+                              "labels; it needs --fd-delta on")
         if self.public_size < 0 or self.distill_steps < 0:
             raise ConfigError("public_size and distill_steps must be >= 0")
         if self.bits == 0 and self.delta:
@@ -136,4 +150,5 @@ class FDOptions:
         bits = cfg.fd_bits if cfg.fd_bits is not None else (1 if cfd else 0)
         delta = cfg.fd_delta == "on" or (cfg.fd_delta == "auto" and cfd)
         return cls(participation=cfg.participation, public_size=cfg.public_size,
-                   distill_steps=cfg.distill_steps, bits=int(bits), delta=bool(delta))
+                   distill_steps=cfg.distill_steps, bits=int(bits), delta=bool(delta),
+                   coder=cfg.fd_coder)
