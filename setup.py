@@ -1,7 +1,8 @@
-"""Build hook: the optional C core of the CABAC entropy coder.
+"""Build hook: the optional C cores, the CABAC entropy coder and the gossip mix.
 
-The extension is optional: without a C compiler the package still installs and
-``p2pfl.compression.cabac`` falls back to its pure numpy/Python coder.
+Both extensions are optional: without a C compiler the package still installs,
+``p2pfl.compression.cabac`` falls back to its pure numpy/Python coder and
+``p2pfl.algorithms.kernel`` to torch.
 """
 from setuptools import Extension, setup
 
@@ -12,6 +13,13 @@ setup(
             sources=["p2pfl/compression/_cabac.c"],
             extra_compile_args=["-O3"],
             optional=True,
-        )
+        ),
+        Extension(
+            "p2pfl.algorithms._kernel",
+            sources=["p2pfl/algorithms/_kernel.c"],
+            # no fused multiply-adds: the same bits from every build
+            extra_compile_args=["-O3", "-ffp-contract=off"],
+            optional=True,
+        ),
     ]
 )

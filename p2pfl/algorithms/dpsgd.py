@@ -28,6 +28,7 @@ import torch
 
 from .base import GossipAlgorithm, Packet, dense_packet, dense_tensor, renormalised
 from .choco import CHOCO
+from .kernel import weighted_sum
 from .options import DPSGDOptions
 from .robust import robust_step
 
@@ -55,10 +56,8 @@ class DPSGD(GossipAlgorithm):
         w_self, w = renormalised(self.self_weight, self.weights, received)
         if self.robust[0] != "none":  # x_i + Σ_j w_ij · robust(x_j − x_i)
             return x + robust_step(x, received, w, self.robust)
-        out = x * w_self
-        for j in sorted(received):  # a fixed order: float sums do not depend on arrival
-            out.add_(received[j], alpha=w[j])
-        return out
+        order = sorted(received)  # a fixed order: float sums do not depend on arrival
+        return weighted_sum(x, w_self, [received[j] for j in order], [w[j] for j in order])
 
 
 class CompressedDPSGD(CHOCO):
