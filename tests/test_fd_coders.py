@@ -105,5 +105,7 @@ def test_a_cfd_run_is_the_same_run_in_fewer_bytes_with_temporal_contexts(tmp_pat
     assert temporal["accuracy_mean"] == plain["accuracy_mean"]
     assert temporal["misses_total"] == plain["misses_total"] == 0
     assert temporal["dropped_total"] == 0
+    assert (temporal["fd_coder"], temporal["fd_bits"], temporal["fd_delta"]) == (
+        "cabac:temporal", 2, True)
     assert temporal["bytes_up_total"] < plain["bytes_up_total"]
     assert temporal["bytes_down_total"] < plain["bytes_down_total"]

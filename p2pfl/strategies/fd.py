@@ -110,6 +110,10 @@ class FD(Strategy):
         keep = set(self.client_has.values()) | {rnd}
         self.sent = {r: v for r, v in self.sent.items() if r in keep}
 
+    def summary(self) -> dict:
+        """The soft-label settings, resolved (cfd's defaults included)."""
+        return {"fd_bits": self.bits, "fd_delta": self.delta, "fd_coder": self.coder}
+
     def evaluate(self, rnd: int) -> dict:
         if self.ensemble is None:
             return {}
