@@ -5,8 +5,10 @@ against one k for the whole model in server-mode STC.
 
 Table 1, PowerSGD rank 2 on the mnist1d CNN (8,010 parameters: conv kernels coded
 as matrices, biases dense): gossip on ring:8 (D-PSGD dense against CHOCO with
-``powersgd:2`` and ``powersgd:2+fp16``), and server mode (FedAvg dense against
-``--mode stc --compression powersgd:2``, error feedback both ways), 10 workers.
+``powersgd:2``, ``powersgd:2+fp16`` and ``powersgd:2:alternate``, one factor a
+message as in PowerGossip), and server mode (FedAvg dense against ``--mode stc
+--compression powersgd:2``, error feedback both ways, with fp16 factors, and with
+``powersgd:2:alternate`` upstream), 10 workers.
 Table 2, server STC at p = 0.01 on digits (MLP) and on the mnist1d CNN: ``stc:0.01``
 (k per tensor, the STC paper's choice and our default) against ``stc:0.01:global``.
 
@@ -61,10 +63,18 @@ def powersgd_table(tmp: str, rounds: int, seeds: list) -> list:
             measure(tmp, "gossip choco powersgd:2", seeds, compression="powersgd:2", **gossip),
             measure(tmp, "gossip choco powersgd:2+fp16", seeds,
                     compression="powersgd:2+fp16", **gossip),
+            measure(tmp, "gossip choco powersgd:2:alternate", seeds,
+                    compression="powersgd:2:alternate", **gossip),
             measure(tmp, "server fedavg dense", seeds, mode="fedavg", **server),
             measure(tmp, "server powersgd:2 (EF both ways)", seeds, mode="stc",
-                    compression="powersgd:2", compression_down="powersgd:2", **server)]
-    for dense, rest in ((rows[0], rows[1:3]), (rows[3], rows[4:])):
+                    compression="powersgd:2", compression_down="powersgd:2", **server),
+            measure(tmp, "server powersgd:2+fp16 (EF both ways)", seeds, mode="stc",
+                    compression="powersgd:2+fp16", compression_down="powersgd:2+fp16",
+                    **server),
+            measure(tmp, "server powersgd:2:alternate up, powersgd:2 down", seeds, mode="stc",
+                    compression="powersgd:2:alternate", compression_down="powersgd:2",
+                    **server)]
+    for dense, rest in ((rows[0], rows[1:4]), (rows[4], rows[5:])):
         for r in rest:
             r["fewer_bytes_than_dense"] = dense["bytes_sent_total"] / r["bytes_sent_total"]
     return rows

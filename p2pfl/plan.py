@@ -378,8 +378,9 @@ def _server_plan(cfg: RunConfig, graph) -> Plan:
                           "model uncompressed")
     up, down = getattr(options, "codec_up", "none"), getattr(options, "codec_down", None)
     if down is not None and uses_temporal(down):
-        raise ConfigError("cabac:temporal codes the workers' updates; the server's downstream "
-                          "updates are broadcast and cached: give --compression-down plain cabac")
+        raise ConfigError("cabac:temporal and powersgd:R:alternate code the workers' updates; "
+                          "the server's downstream updates are broadcast and cached: give "
+                          "--compression-down plain cabac or powersgd:R")
     labels = _server_labels(cfg, graph)
     n = len(labels)
     per_node, learns = _learn_specs(cfg, labels)

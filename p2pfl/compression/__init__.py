@@ -81,13 +81,18 @@ def decode_many(codecs, blobs) -> list:
     return [c.decode(b) for c, b in zip(codecs, blobs)]
 
 
+def _chained(name: str, args: list) -> bool:
+    return (name, args[-1:]) in (("cabac", ["temporal"]), ("powersgd", ["alternate"]))
+
+
 def uses_temporal(spec: str) -> bool:
-    """Whether ``spec`` codes with temporal CABAC contexts (``cabac:temporal``)."""
-    return any(name == "cabac" and args == ["temporal"] for name, args in parse_spec(spec))
+    """Whether ``spec`` codes a message against the previous one of its stream
+    (``cabac:temporal``, ``powersgd:R:alternate``): a receiver must hold that one."""
+    return any(_chained(name, args) for name, args in parse_spec(spec))
 
 
 def without_temporal(spec: str) -> str:
-    """``spec`` (as :func:`parse_spec` reads it) with ``cabac:temporal`` made plain
-    ``cabac``."""
-    return "+".join(":".join([name] + ([] if (name, args) == ("cabac", ["temporal"]) else args))
+    """``spec`` (as :func:`parse_spec` reads it) with its chains dropped:
+    ``cabac:temporal`` made plain ``cabac``, ``powersgd:R:alternate`` plain ``powersgd:R``."""
+    return "+".join(":".join([name] + (args[:-1] if _chained(name, args) else args))
                     for name, args in parse_spec(spec))

@@ -4,8 +4,9 @@ Blob layout (``b"".join(frames)``)::
 
     header          see wire.write_header (magic, stage ids, dtype, shape)
     [raw_len]       varint, only with a byte compressor; the rest is compressed
-    flags           1 byte: bit 0 sparse, bit 1 low rank
+    flags           1 byte: bit 0 sparse, bit 1 low rank, bit 2 chained (with bit 1)
     [rank]          varint, low rank only
+    [chain]         varint 2·id + one-sided, chained only (powersgd:R:alternate)
     [k, positions]  varint k, then the position coder's bytes; sparse only
     values          intermediate.write_values
 
@@ -25,7 +26,7 @@ from .wire import MAX_NUMEL, Reader, Writer, as_buffer, read_header, write_heade
 
 __all__ = ["Codec", "wire_size"]
 
-_SPARSE, _LOWRANK = 1, 2
+_SPARSE, _LOWRANK, _CHAINED = 1, 2, 4
 
 
 def wire_size(frames) -> int:
@@ -74,9 +75,11 @@ class Codec:
                 s.reset()
 
     def restart(self) -> None:
-        """Temporal CABAC: the next message uses plain contexts (a receiver lost one)."""
-        if self.cabac is not None:
-            self.cabac.restart()
+        """A receiver lost a message of a chain: the next message refers to none
+        (plain contexts for temporal CABAC; a plain (P, Q) for powersgd:R:alternate)."""
+        for stage in (self.cabac, self.transform):
+            if hasattr(stage, "restart"):
+                stage.restart()
 
     # -- encoding ---------------------------------------------------------------
     def encode(self, tensor: torch.Tensor) -> list:
@@ -114,13 +117,17 @@ class Codec:
         inter.drop_zero_levels()
         if self.cabac is not None and "positions" not in {s.role for s in self.stages}:
             inter.densify()
+        if inter.chain:
+            t.sent(inter, shape)
         return inter
 
     def _write_body(self, w: Writer, inter: Intermediate) -> None:
         w.byte((_SPARSE if inter.positions is not None else 0) |
-               (_LOWRANK if inter.rank else 0))
+               (_LOWRANK if inter.rank else 0) | (_CHAINED if inter.chain else 0))
         if inter.rank:
             w.varint(inter.rank)
+        if inter.chain:
+            w.varint(inter.chain)
         if inter.positions is not None:
             w.varint(inter.positions.size)
             self.position_coder.write(w, inter.positions, inter.numel)
@@ -136,13 +143,19 @@ class Codec:
             r = Reader(self.compressor.decompress(r.take(r.remaining), raw_len))
         inter = self._read_body(r, shape, numel, sender)
         r.done()
-        return torch.from_numpy(reconstruct(inter, shape)).reshape(shape)
+        out = torch.from_numpy(reconstruct(inter, shape)).reshape(shape)
+        if inter.chain:
+            self.transform.received_from(sender, inter, shape)
+        return out
 
     def _read_body(self, r: Reader, shape: tuple, numel: int, sender=None) -> Intermediate:
         flags = r.byte()
-        if flags & ~(_SPARSE | _LOWRANK) or flags == (_SPARSE | _LOWRANK):
+        if (flags & ~(_SPARSE | _LOWRANK | _CHAINED) or flags & _SPARSE and flags & _LOWRANK
+                or flags & _CHAINED and not flags & _LOWRANK):
             raise CodecError(f"bad body flags {flags}")
-        positions, rank, count = None, 0, numel
+        if flags & _CHAINED and not getattr(self.transform, "alternate", False):
+            raise CodecError("a chained low-rank body for a codec without powersgd:R:alternate")
+        positions, rank, count, side, known, chain = None, 0, numel, 0, None, 0
         if flags & _LOWRANK:
             if len(shape) < 2 or numel == 0:
                 raise CodecError("low-rank body for a tensor that is not a matrix")
@@ -151,13 +164,17 @@ class Codec:
             count = rank * (rows + cols)
             if rank == 0:
                 raise CodecError("low-rank body of rank 0")
+            if flags & _CHAINED:
+                chain = r.varint(1 << 62, "chain id")
+                side, known = self.transform.chained(chain, sender, shape, rank)
+                count = rank * (rows if side == 1 else cols) if side else count
         if flags & _SPARSE:
             count = r.varint(numel, "k")
             positions = self.position_coder.read(r, count, numel)
         cabac = None if self.cabac is None else (
             lambda data, n: self.cabac.decode_levels(data, n, sender))
         values = read_values(r, count, cabac)
-        return Intermediate(numel, values, positions, rank)
+        return Intermediate(numel, values, positions, rank, side, known, chain)
 
 
 def _flat_float32(tensor, max_numel: int):

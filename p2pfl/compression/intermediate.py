@@ -14,7 +14,10 @@ The first stages turn the flat float32 tensor into an :class:`Intermediate`:
 * ``values``: one value per position (or per entry, when dense), either
   :class:`Floats` (float32, float16 or bfloat16 bits) or :class:`Levels`
   (integers with one float64 ``scale``: value = level · scale);
-* ``rank`` > 0 marks PowerSGD factors: the values are P (rows×r) then Q (cols×r).
+* ``rank`` > 0 marks PowerSGD factors: the values are P (rows×r) then Q (cols×r);
+  or, one-sided (``powersgd:R:alternate``), ``side`` 1: the values are M·F
+  (rows×r) for the ``known`` factor F (cols×r), side 2: Mᵀ·F (cols×r) for F
+  (rows×r); ``chain`` is the message's id field (module ``lowrank``).
 
 :func:`reconstruct` is the *only* way back to a dense float32 tensor.  Encode
 and decode both call it on identical intermediates, so a codec's reconstruction
@@ -70,6 +73,9 @@ class Intermediate:
     values: Floats | Levels
     positions: np.ndarray | None = None
     rank: int = 0
+    side: int = 0  # one-sided low rank: 1 values = M·F, 2 values = Mᵀ·F (F = known)
+    known: np.ndarray | None = None
+    chain: int = 0  # powersgd:R:alternate: 2·message id + one-sided, else 0
 
     def drop_zero_levels(self) -> "Intermediate":
         if self.positions is not None and isinstance(self.values, Levels):
@@ -95,8 +101,13 @@ def reconstruct(inter: Intermediate, shape: tuple) -> np.ndarray:
     if inter.rank:
         rows = shape[0]
         cols = inter.numel // rows
-        p = vals[:rows * inter.rank].reshape(rows, inter.rank)
-        q = vals[rows * inter.rank:].reshape(cols, inter.rank)
+        if inter.side == 1:
+            p, q = vals.reshape(rows, inter.rank), inter.known
+        elif inter.side == 2:
+            p, q = inter.known, vals.reshape(cols, inter.rank)
+        else:
+            p = vals[:rows * inter.rank].reshape(rows, inter.rank)
+            q = vals[rows * inter.rank:].reshape(cols, inter.rank)
         with np.errstate(all="ignore"):
             out = (p @ q.T).reshape(-1)
         if not np.isfinite(out).all():

@@ -57,9 +57,10 @@ class STCOptions:
     ``--compression-down auto`` the upstream spec), the update cache length and
     the error-feedback switch per direction (``--error-feedback off`` turns both
     off; ``auto`` and ``on`` keep both residuals, as the STC paper does).
-    ``cabac:temporal`` applies upstream only: the automatic downstream spec
-    codes with plain contexts, since the server's updates are broadcast, cached
-    and replaced by the full model for workers that missed too many."""
+    ``cabac:temporal`` and ``powersgd:R:alternate`` apply upstream only: the
+    automatic downstream spec drops them, since the server's updates are
+    broadcast, cached and replaced by the full model for workers that missed
+    too many."""
 
     participation: float = 1.0
     codec_up: str = "stc:0.01+golomb"
