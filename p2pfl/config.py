@@ -36,6 +36,8 @@ SERVER_MODES = ("fedavg", "stc", "cfl", "fd", "cfd")
 #: Run modes: gossip, and one per registered server strategy.
 MODES = ("gossip",) + SERVER_MODES
 TRANSPORTS = ("tcp", "ipc", "inproc")
+#: Soft-label frame coders of FD and CFD (``strategies/softlabels.py``).
+FD_CODERS = ("packed", "cabac", "cabac:temporal")
 
 #: Defaults that depend on the mode.  Gossip mixes after few local steps, as
 #: D-PSGD and CHOCO-SGD do (their papers gossip after every step); 2 steps at
@@ -139,7 +141,7 @@ class RunConfig:
         _one_of("schedule", self.schedule, ("sync", "async"))
         _one_of("error_feedback", self.error_feedback, ("auto", "on", "off"))
         _one_of("fd_delta", self.fd_delta, ("auto", "on", "off"))
-        _one_of("fd_coder", self.fd_coder, ("packed", "cabac", "cabac:temporal"))
+        _one_of("fd_coder", self.fd_coder, FD_CODERS)
         _one_of("filter_scaling", self.filter_scaling, ("on", "off"))
         if self.filter_scaling == "on" and self.mode not in ("stc", "fedavg"):
             raise ConfigError("--filter-scaling applies to --mode stc and fedavg (sparse "

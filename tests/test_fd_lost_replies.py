@@ -22,14 +22,16 @@ TIMEOUT = {"code": "timeout", "reason": "no softlabels"}
 
 
 class FakeLearner:
-    """A linear model on the 8x8 digits; each "training" redraws its weights."""
+    """A linear model on the 8x8 digits; each "training" redraws its weights, or with
+    ``drift`` nudges them, so that few soft labels change from round to round."""
 
     num_samples, _node_id = 10, 0
 
-    def __init__(self) -> None:
+    def __init__(self, drift: float = 0.0) -> None:
         self.model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
         self.trainer = self
         self.distilled = 0
+        self.drift = drift
         self.gen = torch.Generator().manual_seed(3)
 
     def drop_samples(self, idx) -> None:
@@ -41,26 +43,28 @@ class FakeLearner:
     def train(self) -> float:
         with torch.no_grad():
             for p in self.model.parameters():
-                p.copy_(torch.randn(p.shape, generator=self.gen))
+                noise = torch.randn(p.shape, generator=self.gen)
+                p.copy_(p + self.drift * noise if self.drift else noise)
         return 0.0
 
 
-def _pair(**kw):
+def _pair(drift=0.0, **kw):
     s = dict(SETTINGS, **kw)
     server = make_strategy("cfd", server_ctx("cfd", workers=[0, 1], **s))
-    return server, fd_client("cfd", FakeLearner(), **s)
+    return server, fd_client("cfd", FakeLearner(drift), **s)
 
 
 def _other(server, rnd):
-    """Worker 1: random one-hot votes, always sent in full."""
+    """Worker 1: one-hot votes, drawn afresh each round unless the learner drifts."""
     votes = np.random.default_rng(rnd).integers(0, server.classes, server.m)
     return Reply(1, content=np.eye(server.classes, dtype=np.uint8)[votes], meta={"have": 0})
 
 
-def _round(server, client, rnd, event):
-    """One round; ``event`` says what is lost between server and worker 0."""
+def _round(server, client, rnd, event, seen=None):
+    """One round; ``event`` says what is lost between server and worker 0.  ``seen``
+    collects the flag bytes of the frames both ways."""
     packets = server.configure(rnd, [0, 1])
-    replies = [_other(server, rnd)]
+    replies = [_other(server, 0 if client.learner.drift else rnd)]
     if event == "control_lost":  # the instruction never reaches the worker
         replies.append(Reply(0, error=TIMEOUT))
     else:
@@ -70,6 +74,9 @@ def _round(server, client, rnd, event):
             assert np.array_equal(client.agg[1], server.sent[client.agg[0]])
         client.fit()
         packet = client.reply(rnd)  # raises nothing, whatever was lost before
+        if seen is not None:
+            seen.update((way, p.frames[0][0]) for way, p in (("down", packets[0]),
+                                                             ("up", packet)) if p.frames)
         if event == "reply_lost":  # sent, but late: the coordinator saw a timeout
             replies.append(Reply(0, error=TIMEOUT))
         else:
@@ -82,13 +89,18 @@ EVENTS = ["ok", "ok", "reply_lost", "ok", "reply_lost", "reply_lost", "ok", "con
           "ok", "control_lost", "reply_lost", "ok", "ok"]
 
 
-@pytest.mark.parametrize("coder", ["packed", "cabac", "cabac:temporal"])
-def test_worker_keeps_learning_after_lost_replies_and_instructions(coder):
-    server, client = _pair(fd_coder=coder)
-    refs = []
+@pytest.mark.parametrize("coder, bits, drift", [("packed", 1, 0.0), ("cabac", 2, 0.02),
+                                               ("cabac:temporal", 2, 0.02)])
+def test_worker_keeps_learning_after_lost_replies_and_instructions(coder, bits, drift):
+    """With the CABAC coders, slowly drifting labels: the frames they pick include
+    CABAC deltas, and temporal ones, both ways (every decode checks the reference)."""
+    server, client = _pair(drift, fd_coder=coder, fd_bits=bits)
+    refs, seen = [], set()
     for rnd, event in enumerate(EVENTS, start=1):
-        packet = _round(server, client, rnd, event)
+        packet = _round(server, client, rnd, event, seen)
         refs.append(packet.meta.get("ref", 0))
+    flag = {"packed": 1, "cabac": 3, "cabac:temporal": 4}[coder]  # delta frames
+    assert {("down", flag), ("up", flag)} <= seen, seen
     # deltas are against the last round the worker *confirmed* holding
     assert refs == [0, 0, 1, 1, 3, 3, 3, 6, 6, 8, 8, 8, 11]
     assert client.learner.distilled == sum(e != "control_lost" for e in EVENTS) - 1

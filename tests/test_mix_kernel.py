@@ -48,15 +48,35 @@ def test_non_finite_values_propagate():
     assert torch.isnan(out[4321]) and torch.isinf(out[0])
 
 
-@pytest.mark.parametrize("case", ["float64", "strided", "shape"])
-def test_tensors_the_kernel_does_not_take_go_to_torch(case):
+@pytest.mark.parametrize("case", ["float64", "strided", "shape", "no extension"])
+def test_tensors_the_kernel_does_not_take_go_to_torch(case, monkeypatch):
     x = torch.randn(64, dtype=torch.float64 if case == "float64" else torch.float32)
     v = torch.randn(128)[::2] if case == "strided" else torch.randn(64, dtype=x.dtype)
     if case == "shape":
-        x, v = x.view(8, 8), v.view(8, 8)
+        x, v = x.view(8, 8), v[:8]  # broadcasts in torch: not the kernel's business
+    if kernel.HAVE_C and case == "no extension":
+        monkeypatch.setattr(kernel, "_c", None)
+    elif kernel.HAVE_C:  # the C function must not be called for these
+        monkeypatch.setattr(kernel._c, "weighted_sum", None, raising=False)
     got = kernel.weighted_sum(x, 0.5, [v], [0.5])
-    assert got.dtype == x.dtype and got.shape == x.shape
     torch.testing.assert_close(got, _torch_sum(x, 0.5, [v], [0.5]))
+
+
+@needs_c
+def test_more_neighbours_than_one_call_takes_are_summed_in_chunks():
+    """A hub of a star or a node of a large complete graph: 300 neighbours, the same
+    bits as one left-to-right sum (the partial sum is carried with weight 1)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1000, generator=g)
+    vectors = [torch.randn(1000, generator=g) for _ in range(300)]
+    weights = [1 / 301] * 300
+    assert torch.equal(kernel.weighted_sum(x, 1 / 301, vectors, weights),
+                       _torch_sum(x, 1 / 301, vectors, weights))
+
+
+def test_mismatched_vectors_and_weights_are_refused():
+    with pytest.raises(ValueError):
+        kernel.weighted_sum(torch.ones(4), 1.0, [torch.ones(4)], [])
 
 
 @needs_c
@@ -73,6 +93,11 @@ def test_the_c_module_refuses_bad_buffers():
         c.weighted_sum(f32, f32, 1.0, (f32,), ("x",))
     with pytest.raises(BufferError):  # read-only output
         c.weighted_sum(bytes(32), f32, 1.0, (), ())
+    import numpy as np
+
+    swapped = np.zeros(8, dtype=">f4" if sys.byteorder == "little" else "<f4")
+    with pytest.raises(TypeError):  # the other byte order would be read as garbage
+        c.weighted_sum(f32, swapped, 1.0, (), ())
 
 
 def test_the_mix_agrees_with_and_without_the_extension():

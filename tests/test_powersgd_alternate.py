@@ -156,3 +156,24 @@ def test_gossip_and_server_runs_send_fewer_bytes_and_learn(tmp_path):
     assert abs(server["bytes_down_total"] / plain["bytes_down_total"] - 1) < 0.05
     assert server["dropped_total"] == 0
     assert server["global_accuracy_per_round"][-1][1] > 0.2
+
+
+def test_the_shared_factor_is_orthonormal_and_survives_degenerate_input():
+    """Both ends orthonormalise the decoded factor themselves (``_orth``, exact dot
+    products, no LAPACK): orthonormal columns spanning the input, and unit vectors
+    in place of columns that vanish, so a zero update does not end the chain."""
+    from p2pfl.compression.lowrank import _orth
+
+    a = np.random.default_rng(0).standard_normal((50, 3)).astype(np.float32)
+    q = _orth(a)
+    np.testing.assert_allclose(q.T @ q, np.eye(3), atol=1e-6)
+    coef, *_ = np.linalg.lstsq(q, a, rcond=None)  # a lies in span(q)
+    np.testing.assert_allclose(q @ coef, a, atol=1e-5)
+    for bad in (np.zeros((50, 3), np.float32), np.repeat(a[:, :1], 3, axis=1)):
+        q = _orth(bad)
+        np.testing.assert_allclose(q.T @ q, np.eye(3), atol=1e-6)
+    enc, dec = make_codec("powersgd:2:alternate", seed=0), make_codec("powersgd:2:alternate")
+    for m in [torch.zeros(ROWS, COLS), *_stream(3)]:  # a zero first update, then data
+        frames, recon = enc.encode_with_reconstruction(m)
+        assert torch.equal(dec.decode(frames, sender=0), recon)
+    assert (recon - m).norm() < 0.9 * m.norm()

@@ -12,7 +12,9 @@
  * The sum is formed left to right in float32, with contraction into fused
  * multiply-adds disabled (-ffp-contract=off in setup.py), so every build and
  * every K gives the same bits for the same inputs and order.  The GIL is
- * released while summing.  ``out`` may be ``x`` itself.
+ * released while summing.  ``out`` may be ``x`` itself, but must not overlap any
+ * of the vectors (the caller, kernel.py, always passes a fresh ``out``).  Buffers
+ * are native-order float32; unaligned ones are read correctly, only slower.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -25,9 +27,13 @@ static int get_f32(PyObject *obj, Py_buffer *view, int writable, const char *wha
     int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
     if (PyObject_GetBuffer(obj, view, flags) < 0)
         return -1;
-    if (view->itemsize != 4 || view->format == NULL || view->format[0] == '\0' ||
-        view->format[strlen(view->format) - 1] != 'f') {
-        PyErr_Format(PyExc_TypeError, "%s must be a float32 buffer", what);
+    const char *f = view->format;
+    int native = f != NULL && (strcmp(f, "f") == 0 || strcmp(f, "@f") == 0 ||
+                               strcmp(f, "=f") == 0 ||
+                               (strcmp(f, "<f") == 0 && PY_LITTLE_ENDIAN) ||
+                               (strcmp(f, ">f") == 0 && PY_BIG_ENDIAN));
+    if (view->itemsize != 4 || !native) {
+        PyErr_Format(PyExc_TypeError, "%s must be a native-order float32 buffer", what);
         PyBuffer_Release(view);
         return -1;
     }

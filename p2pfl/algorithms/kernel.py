@@ -9,10 +9,11 @@ passes run from main memory and were most of an exchange-only round
 (BENCHMARKS.md, "Transport").
 
 Without the extension (no compiler at install), or with ``P2PFL_KERNEL_PURE=1``,
-or for tensors it does not take (not float32, not contiguous, not on the CPU),
-torch computes the same sum in the same order, as fast as it can: ``add_`` with
-``alpha``, which may fuse a product and a sum into one rounding, so the last bit
-may differ from the C path (which rounds each product, then each sum).
+or for tensors it does not take (not float32, not contiguous, not on the CPU, or
+of another shape than ``x``), torch computes the same sum in the same order, as
+fast as it can: ``add_`` with ``alpha``, which may fuse a product and a sum into
+one rounding, so the last bit may differ from the C path (which rounds each
+product, then each sum).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def _load():
 
 _c = _load()
 HAVE_C: bool = _c is not None
+_MAX_TERMS = 256  # neighbours per call of the C function (_kernel.c); more go in chunks
 
 
 def _takes(t: torch.Tensor) -> bool:
@@ -43,12 +45,20 @@ def _takes(t: torch.Tensor) -> bool:
 
 
 def weighted_sum(x: torch.Tensor, w_self: float, vectors: list, weights: list) -> torch.Tensor:
-    """A new tensor ``w_self·x + Σ_k weights[k]·vectors[k]``, summed left to right."""
+    """A new tensor ``w_self·x + Σ_k weights[k]·vectors[k]``, summed left to right.
+
+    Past 256 neighbours the C path sums in chunks, carrying the partial sum with
+    weight 1, which is exact: the bits are those of one left-to-right sum."""
+    if len(vectors) != len(weights):
+        raise ValueError(f"{len(vectors)} vectors for {len(weights)} weights")
     if _c is not None and _takes(x) and all(_takes(v) and v.shape == x.shape for v in vectors):
         out = torch.empty_like(x)
-        _c.weighted_sum(out.view(-1).numpy(), x.detach().view(-1).numpy(), float(w_self),
-                        tuple(v.detach().view(-1).numpy() for v in vectors),
-                        tuple(float(w) for w in weights))
+        flat, first, w0 = out.view(-1).numpy(), x.detach().view(-1).numpy(), float(w_self)
+        for at in range(0, max(1, len(vectors)), _MAX_TERMS):
+            _c.weighted_sum(flat, first, w0,
+                            tuple(v.detach().view(-1).numpy() for v in vectors[at:at + _MAX_TERMS]),
+                            tuple(float(w) for w in weights[at:at + _MAX_TERMS]))
+            first, w0 = flat, 1.0  # out may be the kernel's x (_kernel.c)
         return out
     out = x * w_self
     for v, w in zip(vectors, weights):

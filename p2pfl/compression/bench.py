@@ -96,6 +96,7 @@ def _entropy_bits(levels: np.ndarray) -> float:
 
 def _level_entropy(codec, x: torch.Tensor) -> float | None:
     """n·H₀ of the dense levels this codec would send for x (None for float codecs)."""
+    # a measurement encodes: a chained stage (powersgd:R:alternate) moves its chain on
     inter = codec.intermediate(x.reshape(-1).numpy().copy(), tuple(x.shape))
     if not isinstance(inter.values, Levels) or inter.rank:
         return None

@@ -21,7 +21,8 @@ of the stream, and the next message is M projected on it::
 M̂ is again a projection of M (onto a known subspace), so ‖M̂ − M‖ ≤ ‖M‖.  The
 first message of a chain is a plain (P, Q) one, after which F ← orth(Q).  Both
 ends orthonormalise the factor *as decoded* (after any quantiser), with the
-same QR, so they hold the same F.  The chain is the temporal one of
+same orthonormalisation, exact on every machine (``_orth``), so they hold the
+same F.  The chain is the temporal one of
 ``cabac:temporal`` (:mod:`~p2pfl.compression.temporal`): every low-rank message
 carries ``varint 2·id + one_sided``; a receiver that lacks message id − 1 raises
 :class:`TemporalGap`, asks for a resynchronisation, and the sender's
@@ -38,6 +39,8 @@ Q, is drawn i.i.d. normal from the codec's seeded generator.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import ConfigError
@@ -52,7 +55,32 @@ _MAX_STREAMS = 4096  # chains a receiver keeps (one per sender and tensor)
 
 
 def _orth(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.linalg.qr(a)[0], dtype=np.float32)
+    """Orthonormal columns spanning ``a`` (n×r, r ≤ n), the same bits on every machine.
+
+    Both ends of a chain compute this from the same decoded values, so it must not
+    depend on the BLAS or LAPACK build or on the CPU: modified Gram–Schmidt in
+    float64 with exactly rounded dot products (``math.fsum``) and elementwise
+    IEEE operations only.  A column that vanishes is replaced by the first unit
+    vector that is not in the span of the columns before it."""
+    n, r = a.shape
+    q = a.astype(np.float64)
+    for j in range(r):
+        col = q[:, j].copy()
+        for unit in range(-1, n):
+            if unit >= 0:
+                col = np.zeros(n)
+                col[unit] = 1.0
+            for i in range(j):
+                col -= math.fsum(q[:, i] * col) * q[:, i]
+            norm = math.sqrt(math.fsum(col * col))
+            if norm > 1e-6 * (1.0 if unit >= 0 else _scale(a)):
+                break
+        q[:, j] = col / norm
+    return q.astype(np.float32)
+
+
+def _scale(a: np.ndarray) -> float:
+    return max(math.sqrt(math.fsum((a.astype(np.float64) ** 2).ravel())), 1e-300)
 
 
 class PowerSGD(Stage):
@@ -93,8 +121,9 @@ class PowerSGD(Stage):
             return Intermediate(x.size, Floats(x, F32))
         m = x.reshape(rows, cols)
         own = self.sent_id + 1
-        if self.alternate and self.ahead is not None and self.ahead[1].shape[1] == r:
-            side, f = self.ahead
+        ahead = self.ahead
+        if ahead is not None and ahead[1].shape == ((cols if ahead[0] == 1 else rows), r):
+            side, f = ahead
             vals = m @ f if side == 1 else m.T @ f
             return Intermediate(x.size, Floats(np.ascontiguousarray(vals, np.float32).ravel(),
                                                F32), rank=r, side=side, known=f,

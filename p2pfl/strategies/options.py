@@ -9,13 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..compression import without_temporal
+from ..config import FD_CODERS
 from ..errors import ConfigError
 from .robust import parse_aggregator, resolve
 
 __all__ = ["FedAvgOptions", "STCOptions", "CFLOptions", "FDOptions", "FD_CODERS"]
-
-#: Soft-label frame coders of FD and CFD (``strategies/softlabels.py``).
-FD_CODERS = ("packed", "cabac", "cabac:temporal")
 
 
 def _fraction(value: float) -> float:

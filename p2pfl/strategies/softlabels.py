@@ -67,8 +67,8 @@ def dequantise(levels: np.ndarray, bits: int) -> np.ndarray:
 
 
 def _chunk(c: int) -> int:
-    """Base-c digits per int64 chunk: c**k < 2**63."""
-    return max(1, int(63 // math.log2(c)))
+    """Base-c digits per int64 chunk: c**k < 2**63 (one class: any k)."""
+    return max(1, int(63 // math.log2(c))) if c > 1 else 63
 
 
 def _digits_to_int(idx: np.ndarray, c: int) -> int:
