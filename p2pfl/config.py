@@ -36,7 +36,8 @@ SERVER_MODES = ("fedavg", "stc", "cfl", "fd", "cfd")
 #: Run modes: gossip, and one per registered server strategy.
 MODES = ("gossip",) + SERVER_MODES
 TRANSPORTS = ("tcp", "ipc", "inproc")
-#: Soft-label frame coders of FD and CFD (``strategies/softlabels.py``).
+#: Soft-label frame coders of FD and CFD, as ``strategies/options.py`` names them
+#: (not imported from there: reading a configuration must not import the strategies).
 FD_CODERS = ("packed", "cabac", "cabac:temporal")
 
 #: Defaults that depend on the mode.  Gossip mixes after few local steps, as

@@ -56,6 +56,12 @@ def test_cabac_coders_send_their_smallest_frame(bits):
         assert full["cabac"] == full["cabac:temporal"] <= full["packed"]
 
 
+def test_the_configuration_knows_the_same_coders():
+    from p2pfl import config
+
+    assert config.FD_CODERS == CODERS
+
+
 def test_temporal_contexts_pay_on_unchanged_rows():
     """Identical successive labels: the temporal frame is nearly free (no bitmap)."""
     a, _ = _labels(2)

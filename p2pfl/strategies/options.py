@@ -9,11 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..compression import without_temporal
-from ..config import FD_CODERS
 from ..errors import ConfigError
 from .robust import parse_aggregator, resolve
 
 __all__ = ["FedAvgOptions", "STCOptions", "CFLOptions", "FDOptions", "FD_CODERS"]
+
+#: Soft-label frame coders of FD and CFD (``strategies/softlabels.py``).  config.py
+#: repeats them (it must not import the strategies); a test keeps the two equal.
+FD_CODERS = ("packed", "cabac", "cabac:temporal")
 
 
 def _fraction(value: float) -> float:
