@@ -11,6 +11,15 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def cluster_summary(out, *flags, timeout: float = 300) -> dict:
+    """Run ``p2pfl cluster FLAGS -q --out OUT`` in a fresh process (it must exit 0)
+    and return its ``summary.json``."""
+    subprocess.run([sys.executable, "-m", "p2pfl.cli", "cluster", *map(str, flags), "-q",
+                    "--out", str(out)], cwd=ROOT, check=True, timeout=timeout)
+    with open(os.path.join(str(out), "summary.json")) as fh:
+        return json.load(fh)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import torch
 
-from _remote import ROOT
+from _remote import cluster_summary
 from _strategy_ctx import client as make_test_client
 from _strategy_ctx import FakeLearner, server_ctx
 from p2pfl.compression import make_codec
@@ -49,11 +45,8 @@ def test_without_a_codec_fedavg_sends_raw_float32_as_before():
 
 
 def _run(tmp_path, name, *flags):
-    out = tmp_path / name
-    subprocess.run([sys.executable, "-m", "p2pfl.cli", "cluster", "--mode", "fedavg",
-                    "--nodes", "6", "--rounds", "12", "-q", "--out", str(out), *flags],
-                   cwd=ROOT, check=True, timeout=300)
-    return json.loads((out / "summary.json").read_text())
+    return cluster_summary(tmp_path / name, "--mode", "fedavg", "--nodes", 6, "--rounds", 12,
+                           *flags)
 
 
 def test_compressed_fedavg_sends_fewer_bytes_up_and_learns(tmp_path):

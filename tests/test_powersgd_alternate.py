@@ -2,15 +2,11 @@
 iteration), chained like temporal CABAC: exact reconstruction at both ends, half the
 bytes, gaps detected and resynchronised, hostile chain fields refused, real runs."""
 
-import json
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
 
-from _remote import ROOT
+from _remote import cluster_summary
 from p2pfl.compression import make_codec, uses_temporal, without_temporal
 from p2pfl.compression.errors import CodecError
 from p2pfl.compression.temporal import TemporalGap
@@ -133,11 +129,8 @@ def test_specs_and_the_downstream():
 
 
 def _run(tmp_path, name, *flags):
-    out = tmp_path / name
-    subprocess.run([sys.executable, "-m", "p2pfl.cli", "cluster", "--dataset", "mnist1d",
-                    "--model", "cnn", "--rounds", "12", "-q", "--out", str(out), *flags],
-                   cwd=ROOT, check=True, timeout=300)
-    return json.loads((out / "summary.json").read_text())
+    return cluster_summary(tmp_path / name, "--dataset", "mnist1d", "--model", "cnn",
+                           "--rounds", 12, *flags)
 
 
 def test_gossip_and_server_runs_send_fewer_bytes_and_learn(tmp_path):

@@ -1,4 +1,4 @@
-"""Filter-wise scaling of sparse updates (``--filter-scaling on``, server STC).
+"""Filter-wise scaling of sparse updates (``--filter-scaling on``: server STC, FedAvg).
 
 Becking et al. (seed 003; ALGORITHMS.md, "Filter-wise scaling for sparse
 updates"): every output filter f of a convolutional layer gets a scale factor
