@@ -14,10 +14,16 @@
   (``p2pfl/memory.py``: large buffers stay in the heap, so receiving a model does
   not page-fault its buffer in).  Plain ``raw`` pays those faults; ours does not,
   so against it ours can exceed 100 %.  Both ratios are printed.
+* ``floor``: the least a Python gossip node does, on the same raw ring: a msgpack
+  header (kind, sender, round, sequence, frame length, shape, dtype) in front of
+  the vector, the header unpacked and its length checked on receipt, and the
+  mixing-weighted sum of the three vectors by the C kernel (``weighted_sum``'s own
+  C function, called directly).  No validation beyond that, no counters, records,
+  time-outs or mailbox: the floor of a node loop written in Python.
 
-Alternates ours, raw, raw_kept per size; prints the ratio of the medians and the
-time per round at 10 K parameters (the per-message overhead: ours minus raw, per
-message a node handles).  Writes benchmarks/results/transport.json.
+Alternates ours, raw, raw_kept, floor per size; prints the ratio of the medians and
+the time per round (the per-message overhead: ours minus raw, per message a node
+handles), and the same two figures for the floor.  Writes benchmarks/results/transport.json.
 """
 
 from __future__ import annotations
@@ -41,10 +47,40 @@ SIZES = {"10K": "mlp:135", "1M": "mlp:13500", "10M": "mlp:135000"}
 NODES = 8
 
 
+def _floor_round(i: int, rnd: int, x, pushes: list, pull) -> object:
+    """One round of the least a Python gossip node does (see ``floor`` above)."""
+    import msgpack  # imported before the timed rounds (_raw_node)
+    import numpy as np
+
+    from p2pfl.algorithms import _kernel
+
+    data = memoryview(x).cast("B")
+    for s in pushes:
+        header = msgpack.packb({"v": 1, "k": "model", "s": i, "r": rnd, "n": rnd, "c": 0,
+                                "l": [data.nbytes], "sh": [[x.size]], "dt": ["float32"]})
+        s.send_multipart([header, data], copy=False)
+    got = []
+    for _ in pushes:
+        parts = pull.recv_multipart(copy=False)
+        header = msgpack.unpackb(parts[0].buffer)
+        if header["k"] != "model" or header["l"][0] != len(parts[1].buffer):
+            raise RuntimeError("bad message")
+        got.append(np.frombuffer(parts[1].buffer, dtype="<f4"))
+    out = np.empty_like(x)
+    _kernel.weighted_sum(out, x, 1 / 3, tuple(got), (1 / 3, 1 / 3))
+    return out
+
+
 def _raw_node(i: int, ports: list, nbytes: int, rounds: int, barrier, out,
-              keep: bool = False) -> None:
+              keep: bool = False, floor: bool = False, numel: int = 0) -> None:
+    import numpy as np
     import zmq
 
+    if floor:  # what the floor's rounds use is imported before they are timed
+        import importlib
+
+        for name in ("msgpack", "p2pfl.algorithms._kernel"):
+            importlib.import_module(name)
     if keep:  # the malloc setting our node processes use (p2pfl/memory.py)
         from p2pfl.memory import keep_large_blocks
 
@@ -59,13 +95,17 @@ def _raw_node(i: int, ports: list, nbytes: int, rounds: int, barrier, out,
         s.connect(f"tcp://127.0.0.1:{ports[j]}")
         pushes.append(s)
     data = bytes(nbytes)
+    x = np.zeros(numel or nbytes // 4, dtype=np.float32)
     for s in pushes:  # warm the connections
         s.send(b"x")
     for _ in pushes:
         pull.recv()
     barrier.wait()
     t0 = time.perf_counter()
-    for _ in range(rounds):
+    for rnd in range(rounds):
+        if floor:
+            x = _floor_round(i, rnd, x, pushes, pull)
+            continue
         for s in pushes:
             s.send(data, copy=False)
         for _ in pushes:
@@ -75,7 +115,8 @@ def _raw_node(i: int, ports: list, nbytes: int, rounds: int, barrier, out,
     ctx.destroy(linger=0)
 
 
-def raw_ring(nbytes: int, rounds: int, keep: bool = False) -> dict:
+def raw_ring(nbytes: int, rounds: int, keep: bool = False, floor: bool = False,
+             numel: int = 0) -> dict:
     import socket
 
     ports = []
@@ -85,7 +126,8 @@ def raw_ring(nbytes: int, rounds: int, keep: bool = False) -> dict:
             ports.append(s.getsockname()[1])
     ctx = mp.get_context("fork")
     barrier, out = ctx.Barrier(NODES), ctx.Queue()
-    procs = [ctx.Process(target=_raw_node, args=(i, ports, nbytes, rounds, barrier, out, keep))
+    procs = [ctx.Process(target=_raw_node, args=(i, ports, nbytes, rounds, barrier, out, keep,
+                                                        floor, numel))
              for i in range(NODES)]
     for p in procs:
         p.start()
@@ -134,29 +176,37 @@ def main() -> None:
             if name not in args.sizes:
                 continue
             rounds = args.rounds if name != "10K" else 10 * args.rounds
-            runs = {"raw": [], "raw_kept": [], "ours": []}
+            runs = {"raw": [], "raw_kept": [], "floor": [], "ours": []}
             for _ in range(args.repeats):
                 o = ours(model, rounds, tmp)
                 runs["raw"].append(raw_ring(o["message_bytes"], rounds))
                 runs["raw_kept"].append(raw_ring(o["message_bytes"], rounds, keep=True))
+                runs["floor"].append(raw_ring(o["message_bytes"], rounds, keep=True, floor=True,
+                                              numel=o["num_params"]))
                 runs["ours"].append(o)
             med = {k: {m: statistics.median(r[m] for r in v) for m in ("mb_s", "s_per_round")}
                    for k, v in runs.items()}
             ratio = med["ours"]["mb_s"] / med["raw"]["mb_s"]
             ratio_kept = med["ours"]["mb_s"] / med["raw_kept"]["mb_s"]
             extra_us = 1e6 * (med["ours"]["s_per_round"] - med["raw"]["s_per_round"]) / 4
+            floor_us = 1e6 * (med["floor"]["s_per_round"] - med["raw"]["s_per_round"]) / 4
+            floor_ratio = med["floor"]["mb_s"] / med["raw"]["mb_s"]
             results[name] = {"model": model, "num_params": o["num_params"],
                              "message_bytes": o["message_bytes"], "rounds": rounds,
                              "runs": runs, "median": med, "ours_over_raw": ratio,
                              "ours_over_raw_kept": ratio_kept,
-                             "overhead_us_per_message": extra_us}
+                             "overhead_us_per_message": extra_us,
+                             "floor_over_raw": floor_ratio,
+                             "floor_overhead_us_per_message": floor_us}
             print(f"  {name:>3} params ({o['num_params']:,}, {o['message_bytes']:,} B a message):"
                   f" ours {med['ours']['mb_s']:.0f} MB/s, raw {med['raw']['mb_s']:.0f} MB/s "
                   f"-> {100 * ratio:.1f} % (raw with our malloc setting "
                   f"{med['raw_kept']['mb_s']:.0f} MB/s -> {100 * ratio_kept:.1f} %); "
                   f"{1e3 * med['ours']['s_per_round']:.2f} vs "
                   f"{1e3 * med['raw']['s_per_round']:.2f} ms a round ({extra_us:.0f} µs more a "
-                  f"message sent or received); misses {o['misses']}", flush=True)
+                  f"message sent or received); misses {o['misses']}; the Python floor "
+                  f"{100 * floor_ratio:.1f} % of raw, {1e3 * med['floor']['s_per_round']:.2f} ms a "
+                  f"round ({floor_us:.0f} µs more a message)", flush=True)
     write_json_atomic(path, {k: results[k] for k in SIZES if k in results})
 
 

@@ -40,26 +40,43 @@ HAVE_C: bool = _c is not None
 _MAX_TERMS = 256  # neighbours per call of the C function (_kernel.c); more go in chunks
 
 
-def _takes(t: torch.Tensor) -> bool:
-    return t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous()
+def _c_sum(x: torch.Tensor, w_self: float, vectors: list, weights: list):
+    """The C path's result, or None where it does not take these tensors.
+
+    The C function checks each buffer itself (native float32, C-contiguous, one
+    size); here only what it cannot see: tensors it can read (on the CPU) and
+    one shape for all.  Past 256 neighbours it sums in chunks, carrying the
+    partial sum with weight 1, which is exact: the bits are those of one
+    left-to-right sum."""
+    try:
+        first = x.detach().numpy()
+        arrays = [v.detach().numpy() for v in vectors]
+    except (RuntimeError, TypeError):  # not on the CPU, or a dtype numpy lacks
+        return None
+    shape = first.shape
+    for a in arrays:
+        if a.shape != shape:
+            return None
+    out = torch.empty_like(x)
+    flat, w0 = out.numpy(), float(w_self)
+    try:
+        for at in range(0, max(1, len(arrays)), _MAX_TERMS):
+            _c.weighted_sum(flat, first, w0, tuple(arrays[at:at + _MAX_TERMS]),
+                            tuple(float(w) for w in weights[at:at + _MAX_TERMS]))
+            first, w0 = flat, 1.0  # out may be the kernel's x (_kernel.c)
+    except (TypeError, ValueError, BufferError):  # not float32, or not contiguous
+        return None
+    return out
 
 
 def weighted_sum(x: torch.Tensor, w_self: float, vectors: list, weights: list) -> torch.Tensor:
-    """A new tensor ``w_self·x + Σ_k weights[k]·vectors[k]``, summed left to right.
-
-    Past 256 neighbours the C path sums in chunks, carrying the partial sum with
-    weight 1, which is exact: the bits are those of one left-to-right sum."""
+    """A new tensor ``w_self·x + Σ_k weights[k]·vectors[k]``, summed left to right."""
     if len(vectors) != len(weights):
         raise ValueError(f"{len(vectors)} vectors for {len(weights)} weights")
-    if _c is not None and _takes(x) and all(_takes(v) and v.shape == x.shape for v in vectors):
-        out = torch.empty_like(x)
-        flat, first, w0 = out.view(-1).numpy(), x.detach().view(-1).numpy(), float(w_self)
-        for at in range(0, max(1, len(vectors)), _MAX_TERMS):
-            _c.weighted_sum(flat, first, w0,
-                            tuple(v.detach().view(-1).numpy() for v in vectors[at:at + _MAX_TERMS]),
-                            tuple(float(w) for w in weights[at:at + _MAX_TERMS]))
-            first, w0 = flat, 1.0  # out may be the kernel's x (_kernel.c)
-        return out
+    if _c is not None:
+        out = _c_sum(x, w_self, vectors, weights)
+        if out is not None:
+            return out
     out = x * w_self
     for v, w in zip(vectors, weights):
         out.add_(v, alpha=w)

@@ -49,6 +49,9 @@ COMMAND_WAIT_S = 2.0
 
 #: Messages from allowed keys not yet bound to a node id that are held, at most.
 MAX_HELD = 10_000
+#: Send flags as plain integers (an enum's ``|`` builds a new enum member each time).
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
 
 def bind_address(scheme: str, name: str, host: str = "127.0.0.1", run_dir: str = "/tmp") -> str:
@@ -67,6 +70,20 @@ def identity(node_id) -> bytes:
     """The routing id a node's connections carry (never starts with a zero byte,
     which ZeroMQ reserves for the ids it makes up itself)."""
     return b"P" + msgpack.packb(node_id, use_bin_type=True)
+
+
+def _recv_parts(sock: zmq.Socket) -> list:
+    """Every part of the message waiting on ``sock``, as frames (no copy).
+
+    What pyzmq's ``recv_multipart(copy=False)`` does, but each frame says whether
+    more follow, where pyzmq asks the socket for an option once a part."""
+    recv = sock.recv
+    part = recv(0, copy=False)
+    parts = [part]
+    while part.more:
+        part = recv(0, copy=False)
+        parts.append(part)
+    return parts
 
 
 def _ms(seconds: float) -> int:
@@ -236,13 +253,24 @@ class Endpoint:
 
     @staticmethod
     def _put(sock: zmq.Socket, parts: list, wait: float) -> bool:
-        """Queue ``parts``; with a full queue, wait up to ``wait`` s for room."""
-        deadline = time.monotonic() + wait
+        """Queue ``parts``; with a full queue, wait up to ``wait`` s for room.
+
+        The parts go one ``send`` each, with plain integer flags: what pyzmq's
+        ``send_multipart`` does, less its per-part type checks and flag-enum
+        arithmetic (the parts here are bytes and memoryviews, from ``pack``).
+        ZeroMQ takes a message whole or not at all: only its first part can find
+        the queue full.
+        """
+        deadline = None
+        send, last = sock.send, len(parts) - 1
         while True:
             try:
-                sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+                for k, part in enumerate(parts):
+                    send(part, _NOBLOCK if k == last else _MORE_NOBLOCK, copy=False)
                 return True
             except zmq.Again:
+                if deadline is None:
+                    deadline = time.monotonic() + wait
                 left = deadline - time.monotonic()
                 if left <= 0 or not sock.poll(int(left * 1000) + 1, zmq.POLLOUT):
                     return False
@@ -264,12 +292,12 @@ class Endpoint:
             ready = dict(self._poller.poll(None if wait is None else _ms(wait)))
             if not ready:
                 return None
-            if any(m in ready for m in self._monitors):
+            if self._monitors and any(m in ready for m in self._monitors):
                 self.count_refusals()  # a monitor has news: a refused handshake
             sock = next((s for s in self._inputs if s in ready), None)  # control first
             if sock is None:
                 continue
-            parts = sock.recv_multipart(copy=False)
+            parts = _recv_parts(sock)
             channel = self._inputs[sock]
             msg = self._validate(parts, channel)
             if msg is not None:

@@ -187,7 +187,7 @@ def _unpack_header(raw, limits: Limits) -> dict:
 
 def _check_int(header: dict, key: str, lo: int, hi: int) -> int:
     value = header[key]
-    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+    if type(value) is not int or not lo <= value <= hi:  # msgpack's bool is not an int here
         raise ProtocolError(f"header field {key!r} is not an integer in [{lo}, {hi}]")
     return value
 
@@ -198,18 +198,18 @@ def _check_tensor_specs(shapes, dtypes, lengths, limits: Limits) -> None:
     if len(shapes) != len(dtypes) or len(shapes) > len(lengths):
         raise ProtocolError("shapes, dtypes and frames do not correspond")
     for shape, dtype, length in zip(shapes, dtypes, lengths):
-        if not isinstance(dtype, str) or dtype not in DTYPES:
+        itemsize = _ITEMSIZE.get(dtype) if type(dtype) is str else None
+        if itemsize is None:
             raise ProtocolError(f"dtype {dtype!r} is not allowed")
-        if (
-            not isinstance(shape, list)
-            or len(shape) > limits.max_ndim
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-        ):
+        if type(shape) is not list or len(shape) > limits.max_ndim:
             raise ProtocolError("a shape is not a short list of non-negative integers")
+        for d in shape:
+            if type(d) is not int or d < 0:
+                raise ProtocolError("a shape is not a short list of non-negative integers")
         numel = math.prod(shape)  # exact: the dimensions are few and bounded above
         if numel > limits.max_tensor_elems:
             raise ProtocolError(f"declared tensor of {numel} elements exceeds the limit")
-        if numel * _ITEMSIZE[dtype] != length:
+        if numel * itemsize != length:
             raise ProtocolError("a frame's length does not match its shape and dtype")
 
 
@@ -234,7 +234,7 @@ def unpack(parts: Sequence, limits: Limits = DEFAULT_LIMITS, codec_names: Sequen
     if not isinstance(header["k"], str) or header["k"] not in KINDS:  # a list is unhashable
         raise ProtocolError(f"unknown message kind {header['k']!r}")
     src = header["s"]
-    if not isinstance(src, (int, str)) or isinstance(src, bool):
+    if type(src) is not int and type(src) is not str:  # a bool is neither
         raise ProtocolError("sender is not an integer or string")
     rnd = _check_int(header, "r", -1, 1 << 40)
     seq = _check_int(header, "n", 0, 1 << 62)
@@ -251,7 +251,7 @@ def unpack(parts: Sequence, limits: Limits = DEFAULT_LIMITS, codec_names: Sequen
     if not isinstance(lengths, list) or len(lengths) != len(frames):
         raise ProtocolError("declared frame count does not match the frames received")
     for declared, frame in zip(lengths, frames):
-        if not isinstance(declared, int) or declared != frame.nbytes:
+        if type(declared) is not int or declared != frame.nbytes:
             raise ProtocolError("declared frame length does not match the frame received")
         if declared > limits.max_frame_bytes:
             raise ProtocolError("a frame exceeds the size limit")
@@ -276,8 +276,9 @@ def unpack(parts: Sequence, limits: Limits = DEFAULT_LIMITS, codec_names: Sequen
 
 def _buffer(part) -> memoryview:
     """A read-only byte view of a received frame, without copying it."""
-    buf = getattr(part, "buffer", None)  # zmq.Frame
-    view = memoryview(buf if buf is not None else part)
+    view = getattr(part, "buffer", None)  # zmq.Frame: a memoryview already
+    if type(view) is not memoryview:
+        view = memoryview(part)
     return view.cast("B") if view.format != "B" or view.ndim != 1 else view
 
 
