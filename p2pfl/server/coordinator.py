@@ -74,7 +74,7 @@ class Coordinator:
         ``rejoin``: this process replaces one that died after recording round
         ``after``.  It resumes after its last checkpoint; a round recorded but
         not checkpointed (the process died in between) is run again without a
-        second record.
+        second record.  Records are sent before each checkpoint is written.
         """
         rnd, finished = 0, False
         if rejoin and self.checkpoint and os.path.exists(self.checkpoint):
@@ -97,6 +97,9 @@ class Coordinator:
                 self.record(rnd, replies, fields, rounds=(rnd, rnd + 1) if finished else None)
             self.last_round = rnd
             if self.checkpoint and not finished:
+                # The round's record leaves before its checkpoint is written: a restart
+                # resumes after the checkpoint, so a record still held would be lost.
+                self.rt.flush()
                 self.save()
         return rnd
 
