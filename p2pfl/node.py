@@ -102,8 +102,11 @@ class GossipNode:
             else:
                 received = self.collect(rnd)
                 x = self.algorithm.mix(x, received)
+            self.drop_rejected(received)
             if self.rt.stopped:  # stopped mid-round: the round is not completed
                 break
+            if not self.asynchronous:
+                self.account(received)
             if self.in_place:
                 self.learner.adopt(x)  # mix's result becomes the parameters
             else:
@@ -165,8 +168,18 @@ class GossipNode:
                 self.rt.drop("temporal_gap")
             except ValueError:  # CodecError is a ValueError
                 self.rt.drop("undecodable")
-        if self.rt.stopped:
-            return received
+        return received
+
+    def drop_rejected(self, received: dict) -> None:
+        """Drop and count what the rule's mix found unusable (non-finite models): as
+        if it had not arrived, and a miss of its sender (:meth:`account`)."""
+        for j in self.algorithm.take_rejected():
+            self.rt.drop("undecodable")
+            if not self.asynchronous:
+                received.pop(j, None)
+
+    def account(self, received: dict) -> None:
+        """A round's misses: each neighbour not in ``received`` that did not say it left."""
         away = self.rt.away
         for j in self.neighbours:
             if j in received:
@@ -174,7 +187,6 @@ class GossipNode:
             elif j not in away:  # a neighbour that said it left is not missed
                 self.misses[j] += 1
                 self._streak[j] += 1
-        return received
 
     def sit_out(self, rnd: int) -> int | None:
         """Offline at round ``rnd``: say so, hear and send nothing until online again,

@@ -37,6 +37,33 @@ def test_dpsgd_mix_is_the_weighted_average():
     torch.testing.assert_close(got, 0.5 * x + 0.25 * torch.tensor([3.0, 2.0, 1.0]))
 
 
+@pytest.mark.parametrize("robust", ["none", "clip:1.0"])
+def test_dpsgd_leaves_out_a_non_finite_model_and_says_whose(robust):
+    """The screening rides on the mix: the neighbour whose model holds a NaN is left
+    out, the row re-normalised over the rest, and the sender reported once."""
+    alg = DPSGD(4, 0.5, {1: 0.25, 2: 0.25}, options=DPSGDOptions(robust=robust))
+    x, good = torch.ones(4), torch.full((4,), 3.0)
+    bad = alg.decode(alg.outgoing(torch.tensor([1.0, float("nan"), 1.0, 1.0])))
+    got = alg.mix(x.clone(), {1: good, 2: bad})
+    assert alg.take_rejected() == [2] and alg.take_rejected() == []
+    torch.testing.assert_close(got, alg.mix(x.clone(), {1: good}))
+    assert bool(torch.isfinite(got).all()) and alg.take_rejected() == []
+
+
+def test_dpsgd_keeps_its_own_non_finite_model_and_blames_no_neighbour():
+    alg = DPSGD(3, 0.5, {1: 0.5})
+    got = alg.mix(torch.tensor([float("inf"), 0.0, 0.0]), {1: torch.ones(3)})
+    assert alg.take_rejected() == [] and torch.isinf(got[0])
+
+
+def test_dpsgd_async_a_bad_latest_model_does_not_hide_an_earlier_good_one():
+    alg = DPSGD(2, 0.5, {1: 0.5})
+    nan = torch.tensor([float("nan"), 0.0])
+    got = alg.mix_async(torch.zeros(2), {1: [torch.ones(2), nan]})
+    assert alg.take_rejected() == [1]
+    torch.testing.assert_close(got, torch.full((2,), 0.5))
+
+
 def test_make_algorithm_picks_the_compressed_variant():
     x0 = torch.zeros(10)
     got = make_algorithm("dpsgd", 10, 0.5, {1: 0.5}, x0=x0, options=_opts("dpsgd", "topk:0.2"))

@@ -48,6 +48,29 @@ def test_non_finite_values_propagate():
     assert torch.isnan(out[4321]) and torch.isinf(out[0])
 
 
+@pytest.mark.parametrize("c_path", [True, False], ids=["C", "torch"])
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "inf at weight 0", "overflow", "none"])
+@pytest.mark.parametrize("at", [0, 2047, 2048, 4999])
+def test_the_checked_sum_says_whether_the_result_is_finite(bad, at, c_path, monkeypatch):
+    """Any NaN or infinity in any input, in any block, or a sum that overflows, makes
+    the result non-finite, and the check says so; finite inputs say True."""
+    if c_path and not kernel.HAVE_C:
+        pytest.skip("the C mix kernel is not built (no compiler at install)")
+    if not c_path:
+        monkeypatch.setattr(kernel, "_c", None)
+    x, v, u = torch.ones(5000), torch.full((5000,), 2.0), torch.full((5000,), -1e-40)
+    weights = [0.25, 0.25]
+    if bad == "overflow":
+        x[at], v[at] = 3e38, 3e38
+        weights = [1.0, 1.0]
+    elif bad != "none":
+        v[at] = float(bad.split()[0])
+        weights = [0.0, 0.25] if "weight 0" in bad else weights
+    out, finite = kernel.weighted_sum_checked(x, 1.0 if bad == "overflow" else 0.5, [v, u],
+                                              weights)
+    assert finite == (bad == "none") == bool(torch.isfinite(out).all())
+
+
 @pytest.mark.parametrize("case", ["float64", "strided", "shape", "no extension"])
 def test_tensors_the_kernel_does_not_take_go_to_torch(case, monkeypatch):
     x = torch.randn(64, dtype=torch.float64 if case == "float64" else torch.float32)

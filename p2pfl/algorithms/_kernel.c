@@ -15,9 +15,16 @@
  * released while summing.  ``out`` may be ``x`` itself, but must not overlap any
  * of the vectors (the caller, kernel.py, always passes a fresh ``out``).  Buffers
  * are native-order float32; unaligned ones are read correctly, only slower.
+ *
+ * It returns whether every value of ``out`` is finite, tested on each block while
+ * it is still in L1: a NaN or infinity in any input reaches ``out`` (w * inf is
+ * inf or NaN, even for w = 0), so a node learns that a neighbour's model is
+ * unusable without a separate pass over it (kernel.py, dpsgd.py).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
+#include <string.h>
 
 #define BLOCK 2048
 #define MAX_TERMS 256
@@ -40,9 +47,25 @@ static int get_f32(PyObject *obj, Py_buffer *view, int writable, const char *wha
     return 0;
 }
 
-static void mix(float *out, const float *x, float w0, const float **v, const float *w,
-                int k, Py_ssize_t n)
+/* Whether the m values at o are all finite.  An exponent of all ones (NaN or
+ * infinity) plus one carries into the sign bit; no finite exponent does.  An
+ * AND, an ADD and an OR a value, which vectorise. */
+static int block_finite(const float *o, Py_ssize_t m)
 {
+    uint32_t carry = 0;
+    for (Py_ssize_t i = 0; i < m; i++) {
+        uint32_t b;
+        memcpy(&b, o + i, 4);
+        carry |= (b & 0x7f800000u) + 0x00800000u;
+    }
+    return (carry & 0x80000000u) == 0;
+}
+
+/* The sum, block by block; returns whether every value of out is finite. */
+static int mix(float *out, const float *x, float w0, const float **v, const float *w,
+               int k, Py_ssize_t n)
+{
+    int finite = 1;
     for (Py_ssize_t a = 0; a < n; a += BLOCK) {
         Py_ssize_t m = n - a < BLOCK ? n - a : BLOCK;
         float *o = out + a;
@@ -52,6 +75,7 @@ static void mix(float *out, const float *x, float w0, const float **v, const flo
             const float w1 = w[0], w2 = w[1];
             for (Py_ssize_t i = 0; i < m; i++)
                 o[i] = w0 * xa[i] + w1 * p[i] + w2 * q[i];
+            finite &= block_finite(o, m);
             continue;
         }
         for (Py_ssize_t i = 0; i < m; i++)
@@ -62,7 +86,9 @@ static void mix(float *out, const float *x, float w0, const float **v, const flo
             for (Py_ssize_t i = 0; i < m; i++)
                 o[i] = o[i] + wj * p[i];
         }
+        finite &= block_finite(o, m);
     }
+    return finite;
 }
 
 static PyObject *weighted_sum(PyObject *self, PyObject *args)
@@ -73,6 +99,7 @@ static PyObject *weighted_sum(PyObject *self, PyObject *args)
     const float *ptrs[MAX_TERMS];
     float weights[MAX_TERMS];
     Py_ssize_t k, got = 0;
+    int finite;
     PyObject *result = NULL;
 
     if (!PyArg_ParseTuple(args, "OOdOO", &out_obj, &x_obj, &w0, &vs, &ws))
@@ -111,11 +138,10 @@ static PyObject *weighted_sum(PyObject *self, PyObject *args)
         weights[got] = (float)wj;
     }
     Py_BEGIN_ALLOW_THREADS
-    mix((float *)out.buf, (const float *)x.buf, (float)w0, ptrs, weights, (int)k,
-        out.len / 4);
+    finite = mix((float *)out.buf, (const float *)x.buf, (float)w0, ptrs, weights, (int)k,
+                 out.len / 4);
     Py_END_ALLOW_THREADS
-    result = Py_None;
-    Py_INCREF(result);
+    result = PyBool_FromLong(finite);
 done:
     for (Py_ssize_t j = 0; j < got; j++)
         PyBuffer_Release(&views[j]);
@@ -126,8 +152,8 @@ done:
 
 static PyMethodDef methods[] = {
     {"weighted_sum", weighted_sum, METH_VARARGS,
-     "weighted_sum(out, x, w0, vectors, weights): out = w0*x + sum_j weights[j]*vectors[j], "
-     "float32, one pass over memory."},
+     "weighted_sum(out, x, w0, vectors, weights) -> bool: out = w0*x + sum_j "
+     "weights[j]*vectors[j], float32, one pass over memory; whether out is all finite."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernel",

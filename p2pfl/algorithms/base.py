@@ -44,12 +44,16 @@ def dense_packet(x: torch.Tensor) -> Packet:
     return Packet("none", [memoryview(arr.reshape(-1)).cast("B")], [list(arr.shape)], ["float32"])
 
 
-def dense_tensor(packet: Packet, numel: int, copy: bool = True) -> torch.Tensor:
-    """Read a raw float32 packet back; its size must match ``numel``.
+def dense_tensor(packet: Packet, numel: int, copy: bool = True,
+                 check: bool = True) -> torch.Tensor:
+    """Read a raw float32 packet back; its size must match ``numel``, and its values
+    must be finite.
 
     ``copy=False`` returns a view of the received frame where it is writable (no
     copy of a model-sized vector); the caller must then only read it, since with
-    in-process peers the frame may be the sender's own buffer.
+    in-process peers the frame may be the sender's own buffer.  ``check=False``
+    leaves the finiteness test to the caller (D-PSGD's mix makes it in the same
+    pass as its sum).
     """
     if packet.codec != "none" or packet.dtypes != ["float32"] or len(packet.frames) != 1:
         raise ValueError("not a raw float32 packet")
@@ -59,7 +63,7 @@ def dense_tensor(packet: Packet, numel: int, copy: bool = True) -> torch.Tensor:
     if copy or not arr.flags.writeable:
         arr = arr.copy()
     tensor = torch.from_numpy(arr)
-    if not all_finite(tensor):  # a hostile or broken peer: dropped and counted
+    if check and not all_finite(tensor):  # a hostile or broken peer: dropped and counted
         raise ValueError("packet holds non-finite values")
     return tensor
 
@@ -135,6 +139,12 @@ class GossipAlgorithm:
     def mix(self, x: torch.Tensor, received: dict) -> torch.Tensor:
         """The new model from ours and the decoded packets that arrived."""
         raise NotImplementedError
+
+    def take_rejected(self) -> list:
+        """Neighbours whose decoded packet the last :meth:`mix` found unusable and left
+        out (a rule that screens packets as it mixes, like D-PSGD's); the node drops
+        and counts them as if :meth:`decode` had refused them."""
+        return []
 
     def mix_async(self, x: torch.Tensor, received: dict) -> torch.Tensor:
         """Without a round barrier: ``received`` maps each neighbour to the list of its
