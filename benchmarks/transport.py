@@ -22,8 +22,20 @@
   time-outs or mailbox: the floor of a node loop written in Python.
 
 Alternates ours, raw, raw_kept, floor per size; prints the ratio of the medians and
-the time per round (the per-message overhead: ours minus raw, per message a node
-handles), and the same two figures for the floor.  Writes benchmarks/results/transport.json.
+two per-message overheads, with the same figures for the floor:
+
+* **CPU a message** (``cpu_overhead_us_per_message``): the CPU seconds (user and
+  system, every thread, ZeroMQ's I/O thread included) the 8 node processes spend
+  in the timed rounds, per message handled (each node sends 2 and receives 2 a
+  round), ours minus raw.  Ours from the records' ``process_cpu_s``, raw and the
+  floor from ``time.process_time()`` around their loops.  This is what our stack
+  adds to each message, whatever the number of cores.
+* **Wall time a round, per message a node handles** (``overhead_us_per_message``):
+  (ours − raw) round time / 4.  With 8 node processes on 2 cores a round's wall
+  time is about 4 nodes' CPU one after the other, so this counts each node's CPU
+  about 4 times over (nodes / cores); it is what a round costs a user here.
+
+Writes benchmarks/results/transport.json.
 """
 
 from __future__ import annotations
@@ -101,7 +113,7 @@ def _raw_node(i: int, ports: list, nbytes: int, rounds: int, barrier, out,
     for _ in pushes:
         pull.recv()
     barrier.wait()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for rnd in range(rounds):
         if floor:
             x = _floor_round(i, rnd, x, pushes, pull)
@@ -110,7 +122,7 @@ def _raw_node(i: int, ports: list, nbytes: int, rounds: int, barrier, out,
             s.send(data, copy=False)
         for _ in pushes:
             pull.recv(copy=False)
-    out.put((i, time.perf_counter() - t0))
+    out.put((i, time.perf_counter() - t0, time.process_time() - cpu0))
     barrier.wait()
     ctx.destroy(linger=0)
 
@@ -131,12 +143,13 @@ def raw_ring(nbytes: int, rounds: int, keep: bool = False, floor: bool = False,
              for i in range(NODES)]
     for p in procs:
         p.start()
-    times = [out.get(timeout=600)[1] for _ in procs]
+    got = [out.get(timeout=600) for _ in procs]
     for p in procs:
         p.join(60)
-    elapsed = max(times)
+    elapsed = max(g[1] for g in got)
     sent = NODES * 2 * rounds * nbytes
-    return {"mb_s": sent / elapsed / 1e6, "s_per_round": elapsed / rounds}
+    return {"mb_s": sent / elapsed / 1e6, "s_per_round": elapsed / rounds,
+            "cpu_us_per_message": 1e6 * sum(g[2] for g in got) / (NODES * 4 * rounds)}
 
 
 def ours(model: str, rounds: int, tmp: str) -> dict:
@@ -147,14 +160,17 @@ def ours(model: str, rounds: int, tmp: str) -> dict:
     subprocess.run([sys.executable, "-m", "p2pfl.cli", "cluster", *flags], cwd=ROOT,
                    check=True)
     recs = read_metrics(os.path.join(out, "metrics.jsonl"))
-    end = {}
+    end, cpu = {}, {}
     for r in recs:
         end[r["round"]] = max(end.get(r["round"], 0.0), r["wall_s"])
+        cpu[(r["node"], r["round"])] = r["process_cpu_s"]
     elapsed = end[rounds + 1] - end[1]
+    cpu_s = sum(cpu[(n, rounds + 1)] - cpu[(n, 1)] for n in range(NODES))
     sent = sum(r["bytes_sent"] for r in recs if r["round"] > 1)
     with open(os.path.join(out, "summary.json")) as fh:
         s = json.load(fh)
     return {"mb_s": sent / elapsed / 1e6, "s_per_round": elapsed / rounds,
+            "cpu_us_per_message": 1e6 * cpu_s / (NODES * 4 * rounds),
             "message_bytes": sent // (NODES * 2 * rounds), "misses": s["misses_total"],
             "num_params": s["num_params"]}
 
@@ -184,20 +200,25 @@ def main() -> None:
                 runs["floor"].append(raw_ring(o["message_bytes"], rounds, keep=True, floor=True,
                                               numel=o["num_params"]))
                 runs["ours"].append(o)
-            med = {k: {m: statistics.median(r[m] for r in v) for m in ("mb_s", "s_per_round")}
+            med = {k: {m: statistics.median(r[m] for r in v)
+                       for m in ("mb_s", "s_per_round", "cpu_us_per_message")}
                    for k, v in runs.items()}
             ratio = med["ours"]["mb_s"] / med["raw"]["mb_s"]
             ratio_kept = med["ours"]["mb_s"] / med["raw_kept"]["mb_s"]
             extra_us = 1e6 * (med["ours"]["s_per_round"] - med["raw"]["s_per_round"]) / 4
             floor_us = 1e6 * (med["floor"]["s_per_round"] - med["raw"]["s_per_round"]) / 4
             floor_ratio = med["floor"]["mb_s"] / med["raw"]["mb_s"]
+            cpu = {k: med[k]["cpu_us_per_message"] - med["raw"]["cpu_us_per_message"]
+                   for k in ("ours", "floor")}
             results[name] = {"model": model, "num_params": o["num_params"],
                              "message_bytes": o["message_bytes"], "rounds": rounds,
                              "runs": runs, "median": med, "ours_over_raw": ratio,
                              "ours_over_raw_kept": ratio_kept,
                              "overhead_us_per_message": extra_us,
                              "floor_over_raw": floor_ratio,
-                             "floor_overhead_us_per_message": floor_us}
+                             "floor_overhead_us_per_message": floor_us,
+                             "cpu_overhead_us_per_message": cpu["ours"],
+                             "floor_cpu_overhead_us_per_message": cpu["floor"]}
             print(f"  {name:>3} params ({o['num_params']:,}, {o['message_bytes']:,} B a message):"
                   f" ours {med['ours']['mb_s']:.0f} MB/s, raw {med['raw']['mb_s']:.0f} MB/s "
                   f"-> {100 * ratio:.1f} % (raw with our malloc setting "
@@ -206,7 +227,11 @@ def main() -> None:
                   f"{1e3 * med['raw']['s_per_round']:.2f} ms a round ({extra_us:.0f} µs more a "
                   f"message sent or received); misses {o['misses']}; the Python floor "
                   f"{100 * floor_ratio:.1f} % of raw, {1e3 * med['floor']['s_per_round']:.2f} ms a "
-                  f"round ({floor_us:.0f} µs more a message)", flush=True)
+                  f"round ({floor_us:.0f} µs more a message); CPU a message handled: ours "
+                  f"{med['ours']['cpu_us_per_message']:.0f} µs, raw "
+                  f"{med['raw']['cpu_us_per_message']:.0f} µs, floor "
+                  f"{med['floor']['cpu_us_per_message']:.0f} µs (ours {cpu['ours']:.0f} µs "
+                  f"more than raw, the floor {cpu['floor']:.0f} µs)", flush=True)
     write_json_atomic(path, {k: results[k] for k in SIZES if k in results})
 
 

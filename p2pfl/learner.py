@@ -154,17 +154,35 @@ class Learner:
         self.num_samples = len(idx)
         # Every node builds its model from the run's seed, so all start equal.
         self.device = resolve_device(learn.device, node_id)
-        self.model = build_run_model(learn).to(self.device)
-        self._flat = flat_parameters(self.model)  # the parameters are views of it
-        self._params = list(self.model.parameters())  # re-pointed by adopt()
+        self._model = build_run_model(learn).to(self.device)
+        self._flat = flat_parameters(self._model)  # the parameters are views of it
+        self._params = list(self._model.parameters())  # re-pointed after adopt()
+        self._stale_views = False  # adopt() re-points the parameters at their next use
         # the exchange codes each parameter tensor on its own (compression/tensorwise.py)
         self.shapes = tuple(tuple(p.shape) for p in self._params)
         cfg = SGDConfig(lr=learn.lr, momentum=learn.momentum, weight_decay=learn.weight_decay,
                         batch_size=learn.batch_size, local_steps=learn.local_steps,
                         local_epochs=learn.local_epochs, momentum_mode=learn.momentum_mode)
-        self.trainer = LocalTrainer(self.model, x, y, cfg, seed=learn.seed * 7919 + node_id)
+        self._trainer = LocalTrainer(self._model, x, y, cfg, seed=learn.seed * 7919 + node_id)
         self._x_test = torch.from_numpy(np.ascontiguousarray(self.x_test)).to(self.device)
         self._y_test = torch.from_numpy(np.ascontiguousarray(self.y_test)).to(self.device)
+
+    @property
+    def model(self):
+        """The node's model, its parameters views of the flat vector."""
+        self._views()
+        return self._model
+
+    @property
+    def trainer(self):
+        """The local SGD trainer of :attr:`model`."""
+        self._views()
+        return self._trainer
+
+    def _views(self) -> None:
+        if self._stale_views:
+            view_parameters(self._params, self._flat)
+            self._stale_views = False
 
     def drop_samples(self, indices: np.ndarray) -> None:
         """Remove training-set ``indices`` (e.g. the public set) from this node's shard.
@@ -177,7 +195,7 @@ class Learner:
             keep[0] = True
         cfg, t = self.trainer.cfg, self.trainer
         keep = torch.from_numpy(keep).to(self.device)
-        self.trainer = LocalTrainer(self.model, t.x[keep].cpu().numpy(),
+        self._trainer = LocalTrainer(self.model, t.x[keep].cpu().numpy(),
                                     t.y[keep].cpu().numpy(), cfg,
                                     seed=self.spec.seed * 7919 + self._node_id)
         self.num_samples = int(keep.sum())
@@ -226,14 +244,16 @@ class Learner:
         be (a contiguous float32 tensor of the right size on the model's device);
         otherwise copy it in, like :meth:`set_flat`.  The caller gives ``flat`` up:
         nothing else may hold it.  The old buffer is left as it was, so messages
-        still being sent from it stay intact."""
+        still being sent from it stay intact.  The parameter tensors are re-pointed
+        at ``flat`` when the model is next used (:attr:`model`, :attr:`trainer`):
+        rounds without training or evaluation (``--local-steps 0``) skip that."""
         if not (torch.is_tensor(flat) and flat.dtype == self._flat.dtype
                 and flat.device == self._flat.device and flat.is_contiguous()
                 and flat.dim() == 1 and flat.numel() == self._flat.numel()):
             self.set_flat(flat)
             return
-        view_parameters(self._params, flat)
         self._flat = flat
+        self._stale_views = True
 
     def set_flat(self, flat) -> None:
         """Replace the parameters, in place (onto a GPU: one copy).

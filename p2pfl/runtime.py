@@ -191,6 +191,7 @@ class Runtime:
             bytes_sent=sum(c.total("sent", peers=self.peers, round=r) for r in rounds),
             bytes_received=sum(c.total("received", peers=self.peers, round=r) for r in rounds),
             wall_s=round(time.monotonic() - self.t_start, 4),
+            process_cpu_s=round(time.process_time(), 4),
             dropped=sum(c.dropped.values()))
         self._held.append(rec)
         urgent = vector is not None or rec.get("accuracy") is not None or rec.get("offline")

@@ -48,8 +48,11 @@ def test_multiprocess_cluster_learns_and_bytes_add_up(tmp_path):
     records = read_metrics(tmp_path / "metrics.jsonl")
     assert len(records) == 16 and records == res.metrics
     for key in ("round", "node", "label", "loss", "accuracy", "bytes_sent", "bytes_received",
-                "wall_s", "consensus_distance"):
+                "wall_s", "process_cpu_s", "consensus_distance"):
         assert key in records[0]
+    for node in range(4):  # each node's process CPU grows round by round (10 SGD steps each)
+        cpu = [r["process_cpu_s"] for r in records if r["node"] == node]
+        assert all(0 < a < b for a, b in zip(cpu, cpu[1:])), cpu
     # bytes: the records sum to the total, which equals what every node's sockets sent,
     # which equals what the neighbours received
     assert sum(r["bytes_sent"] for r in records) == s["bytes_sent_total"]

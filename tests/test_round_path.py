@@ -67,6 +67,22 @@ def test_learner_params_adopt_and_copies():
         ln.adopt(torch.zeros(ln.num_params + 1))
 
 
+def test_adopted_vectors_are_what_the_model_uses_next():
+    """Adopting re-points the parameters lazily: two adoptions and a copy-in in a row,
+    then the model, its evaluation and its trainer see the last vector."""
+    ln = _learner()
+    ln.adopt(torch.randn(ln.num_params))
+    last = torch.randn(ln.num_params)
+    ln.adopt(last)
+    ln.set_flat(last * 2)  # copied into the adopted buffer
+    assert torch.equal(flatten_params(ln.model), last) and torch.equal(last, ln.params)
+    params = list(ln.trainer.model.parameters())
+    assert params[0].data_ptr() == last.data_ptr()
+    other = _learner()
+    other.set_flat(last)
+    assert ln.evaluate() == other.evaluate()
+
+
 def test_dense_tensor_reads_a_received_frame_in_place():
     x = torch.arange(100_000, dtype=torch.float32)
     frame = zmq.Frame(bytes(dense_packet(x).frames[0]))
