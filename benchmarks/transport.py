@@ -20,8 +20,10 @@
   mixing-weighted sum of the three vectors by the C kernel (``weighted_sum``'s own
   C function, called directly).  No validation beyond that, no counters, records,
   time-outs or mailbox: the floor of a node loop written in Python.
+* ``floor_nomix``: the floor without the mix (it keeps its own vector): what the
+  mix costs on this ring is the difference between the two floors.
 
-Alternates ours, raw, raw_kept, floor per size; prints the ratio of the medians and
+Alternates ours, raw, raw_kept, floor, floor_nomix per size; prints the ratio of the medians and
 two per-message overheads, with the same figures for the floor:
 
 * **CPU a message** (``cpu_overhead_us_per_message``): the CPU seconds (user and
@@ -59,7 +61,7 @@ SIZES = {"10K": "mlp:135", "1M": "mlp:13500", "10M": "mlp:135000"}
 NODES = 8
 
 
-def _floor_round(i: int, rnd: int, x, pushes: list, pull) -> object:
+def _floor_round(i: int, rnd: int, x, pushes: list, pull, mix: bool = True) -> object:
     """One round of the least a Python gossip node does (see ``floor`` above)."""
     import msgpack  # imported before the timed rounds (_raw_node)
     import numpy as np
@@ -78,13 +80,15 @@ def _floor_round(i: int, rnd: int, x, pushes: list, pull) -> object:
         if header["k"] != "model" or header["l"][0] != len(parts[1].buffer):
             raise RuntimeError("bad message")
         got.append(np.frombuffer(parts[1].buffer, dtype="<f4"))
+    if not mix:
+        return x
     out = np.empty_like(x)
     _kernel.weighted_sum(out, x, 1 / 3, tuple(got), (1 / 3, 1 / 3))
     return out
 
 
 def _raw_node(i: int, ports: list, nbytes: int, rounds: int, barrier, out,
-              keep: bool = False, floor: bool = False, numel: int = 0) -> None:
+              keep: bool = False, floor: str = "", numel: int = 0) -> None:
     import numpy as np
     import zmq
 
@@ -116,7 +120,7 @@ def _raw_node(i: int, ports: list, nbytes: int, rounds: int, barrier, out,
     t0, cpu0 = time.perf_counter(), time.process_time()
     for rnd in range(rounds):
         if floor:
-            x = _floor_round(i, rnd, x, pushes, pull)
+            x = _floor_round(i, rnd, x, pushes, pull, mix=floor == "mix")
             continue
         for s in pushes:
             s.send(data, copy=False)
@@ -127,7 +131,7 @@ def _raw_node(i: int, ports: list, nbytes: int, rounds: int, barrier, out,
     ctx.destroy(linger=0)
 
 
-def raw_ring(nbytes: int, rounds: int, keep: bool = False, floor: bool = False,
+def raw_ring(nbytes: int, rounds: int, keep: bool = False, floor: str = "",
              numel: int = 0) -> dict:
     import socket
 
@@ -192,13 +196,15 @@ def main() -> None:
             if name not in args.sizes:
                 continue
             rounds = args.rounds if name != "10K" else 10 * args.rounds
-            runs = {"raw": [], "raw_kept": [], "floor": [], "ours": []}
+            runs = {"raw": [], "raw_kept": [], "floor": [], "floor_nomix": [], "ours": []}
             for _ in range(args.repeats):
                 o = ours(model, rounds, tmp)
                 runs["raw"].append(raw_ring(o["message_bytes"], rounds))
                 runs["raw_kept"].append(raw_ring(o["message_bytes"], rounds, keep=True))
-                runs["floor"].append(raw_ring(o["message_bytes"], rounds, keep=True, floor=True,
-                                              numel=o["num_params"]))
+                for mode in ("mix", "nomix"):
+                    runs["floor" if mode == "mix" else "floor_nomix"].append(
+                        raw_ring(o["message_bytes"], rounds, keep=True, floor=mode,
+                                 numel=o["num_params"]))
                 runs["ours"].append(o)
             med = {k: {m: statistics.median(r[m] for r in v)
                        for m in ("mb_s", "s_per_round", "cpu_us_per_message")}
@@ -208,6 +214,7 @@ def main() -> None:
             extra_us = 1e6 * (med["ours"]["s_per_round"] - med["raw"]["s_per_round"]) / 4
             floor_us = 1e6 * (med["floor"]["s_per_round"] - med["raw"]["s_per_round"]) / 4
             floor_ratio = med["floor"]["mb_s"] / med["raw"]["mb_s"]
+            nomix_ratio = med["floor_nomix"]["mb_s"] / med["raw"]["mb_s"]
             cpu = {k: med[k]["cpu_us_per_message"] - med["raw"]["cpu_us_per_message"]
                    for k in ("ours", "floor")}
             results[name] = {"model": model, "num_params": o["num_params"],
@@ -218,7 +225,8 @@ def main() -> None:
                              "floor_over_raw": floor_ratio,
                              "floor_overhead_us_per_message": floor_us,
                              "cpu_overhead_us_per_message": cpu["ours"],
-                             "floor_cpu_overhead_us_per_message": cpu["floor"]}
+                             "floor_cpu_overhead_us_per_message": cpu["floor"],
+                             "floor_nomix_over_raw": nomix_ratio}
             print(f"  {name:>3} params ({o['num_params']:,}, {o['message_bytes']:,} B a message):"
                   f" ours {med['ours']['mb_s']:.0f} MB/s, raw {med['raw']['mb_s']:.0f} MB/s "
                   f"-> {100 * ratio:.1f} % (raw with our malloc setting "
@@ -231,7 +239,8 @@ def main() -> None:
                   f"{med['ours']['cpu_us_per_message']:.0f} µs, raw "
                   f"{med['raw']['cpu_us_per_message']:.0f} µs, floor "
                   f"{med['floor']['cpu_us_per_message']:.0f} µs (ours {cpu['ours']:.0f} µs "
-                  f"more than raw, the floor {cpu['floor']:.0f} µs)", flush=True)
+                  f"more than raw, the floor {cpu['floor']:.0f} µs); the floor without the mix "
+                  f"{100 * nomix_ratio:.1f} % of raw", flush=True)
     write_json_atomic(path, {k: results[k] for k in SIZES if k in results})
 
 
