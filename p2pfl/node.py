@@ -63,6 +63,7 @@ class GossipNode:
         self.rng = np.random.default_rng(spec.learn.seed * 31 + 17 + spec.id)
         # hand the live parameters to the rule, and adopt its result: no copies
         self.in_place = self.algorithm.pure_mix and not self.byzantine
+        self.algorithm.observe_neighbours = self.behaviour == "alie"  # attacks.corrupt
         if self.behaviour == "label_flip":
             self.learner.flip_labels()
 

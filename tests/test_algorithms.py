@@ -50,6 +50,16 @@ def test_dpsgd_leaves_out_a_non_finite_model_and_says_whose(robust):
     assert bool(torch.isfinite(got).all()) and alg.take_rejected() == []
 
 
+@pytest.mark.parametrize("observe", [False, True])
+def test_dpsgd_keeps_the_neighbours_models_only_for_an_observer(observe):
+    """An ALIE attacker sees the models it mixed; anyone else frees them after the mix."""
+    alg = DPSGD(2, 0.5, {1: 0.5})
+    alg.observe_neighbours = observe
+    theirs = torch.ones(2)
+    alg.mix(torch.zeros(2), {1: theirs})
+    assert alg.neighbour_models() == ([theirs] if observe else [])
+
+
 def test_dpsgd_keeps_its_own_non_finite_model_and_blames_no_neighbour():
     alg = DPSGD(3, 0.5, {1: 0.5})
     got = alg.mix(torch.tensor([float("inf"), 0.0, 0.0]), {1: torch.ones(3)})

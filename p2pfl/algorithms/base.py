@@ -111,6 +111,10 @@ class GossipAlgorithm:
     #: returns a new tensor that nothing else holds.  The node then hands over the
     #: live parameter vector as ``x`` and adopts the result, with no copy either way.
     pure_mix = False
+    #: Whether :meth:`mix` keeps the neighbours' models for :meth:`neighbour_models`
+    #: (an ALIE attacker's view; the node sets it).  Off, they are freed after the
+    #: mix: at 10 M parameters each round's two received models are 80 MB a node.
+    observe_neighbours = False
 
     def __init__(self, numel: int, self_weight: float, weights: dict, *,
                  x0: torch.Tensor | None = None, options=None, seed: int | None = None,

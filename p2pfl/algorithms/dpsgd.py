@@ -65,7 +65,8 @@ class DPSGD(GossipAlgorithm):
         if self.robust[0] != "none":  # x_i + Σ_j w_ij · robust(x_j − x_i)
             received = self._screened(received)
             _, w = renormalised(self.self_weight, self.weights, received)
-            self._seen = list(received.values())
+            if self.observe_neighbours:
+                self._seen = tuple(received.values())
             return x + robust_step(x, received, w, self.robust)
         out, finite = self._sum(x, received)
         if not finite:  # a non-finite model among the neighbours', or our own
@@ -73,7 +74,8 @@ class DPSGD(GossipAlgorithm):
             if len(kept) < len(received):
                 received = kept
                 out, _ = self._sum(x, received)
-        self._seen = list(received.values())
+        if self.observe_neighbours:
+            self._seen = tuple(received.values())
         return out
 
     def _sum(self, x: torch.Tensor, received: dict) -> tuple:
