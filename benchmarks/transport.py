@@ -1,12 +1,16 @@
 """Transport throughput against raw pyzmq, in the same run (issue 10).
 
-    python benchmarks/transport.py [--rounds 20]
+    python benchmarks/transport.py [--rounds 20] [--warmup 5]
 
 * ``ours``: ``p2pfl cluster --topology ring:8 --local-steps 0`` (exchange only: every
   round each node sends its whole model to both neighbours and waits for theirs) with
   models of about 10 K, 1 M and 10 M float32 parameters (``mlp:135``, ``mlp:13500``,
-  ``mlp:135000`` on digits).  Throughput = bytes sent after round 1 / time from the
-  end of round 1 to the end of the last round (the nodes' own clocks).
+  ``mlp:135000`` on digits).  Throughput = bytes sent in the timed rounds / time
+  from the end of the last warm-up round to the end of the last round (the nodes'
+  own clocks).  Every contender first runs ``--warmup`` rounds that are not timed:
+  the first rounds fault in the process's model-sized buffers as the heap grows to
+  its steady state (at 10 M parameters rounds 2–5 took about 0.6 s each, later
+  ones 0.1–0.4 s).
 * ``raw``: 8 processes in a ring, each with a PULL socket and a PUSH to each
   neighbour over loopback TCP, each sending the same vector to both neighbours and
   receiving two, the same number of times, in lock-step with nothing else to do.
@@ -88,7 +92,7 @@ def _floor_round(i: int, rnd: int, x, pushes: list, pull, mix: bool = True) -> o
 
 
 def _raw_node(i: int, ports: list, nbytes: int, rounds: int, barrier, out,
-              keep: bool = False, floor: str = "", numel: int = 0) -> None:
+              keep: bool = False, floor: str = "", numel: int = 0, warmup: int = 0) -> None:
     import numpy as np
     import zmq
 
@@ -117,8 +121,10 @@ def _raw_node(i: int, ports: list, nbytes: int, rounds: int, barrier, out,
     for _ in pushes:
         pull.recv()
     barrier.wait()
-    t0, cpu0 = time.perf_counter(), time.process_time()
-    for rnd in range(rounds):
+    for rnd in range(warmup + rounds):
+        if rnd == warmup:
+            barrier.wait()
+            t0, cpu0 = time.perf_counter(), time.process_time()
         if floor:
             x = _floor_round(i, rnd, x, pushes, pull, mix=floor == "mix")
             continue
@@ -132,7 +138,7 @@ def _raw_node(i: int, ports: list, nbytes: int, rounds: int, barrier, out,
 
 
 def raw_ring(nbytes: int, rounds: int, keep: bool = False, floor: str = "",
-             numel: int = 0) -> dict:
+             numel: int = 0, warmup: int = 0) -> dict:
     import socket
 
     ports = []
@@ -143,7 +149,7 @@ def raw_ring(nbytes: int, rounds: int, keep: bool = False, floor: str = "",
     ctx = mp.get_context("fork")
     barrier, out = ctx.Barrier(NODES), ctx.Queue()
     procs = [ctx.Process(target=_raw_node, args=(i, ports, nbytes, rounds, barrier, out, keep,
-                                                        floor, numel))
+                                                        floor, numel, warmup))
              for i in range(NODES)]
     for p in procs:
         p.start()
@@ -156,10 +162,11 @@ def raw_ring(nbytes: int, rounds: int, keep: bool = False, floor: str = "",
             "cpu_us_per_message": 1e6 * sum(g[2] for g in got) / (NODES * 4 * rounds)}
 
 
-def ours(model: str, rounds: int, tmp: str) -> dict:
+def ours(model: str, rounds: int, tmp: str, warmup: int = 1) -> dict:
     out = os.path.join(tmp, model.replace(":", "_"))
+    last = warmup + rounds
     flags = ["--topology", "ring:8", "--dataset", "digits", "--model", model,
-             "--local-steps", "0", "--rounds", str(rounds + 1), "--no-consensus",
+             "--local-steps", "0", "--rounds", str(last), "--no-consensus",
              "--round-timeout", "120", "-q", "--out", out]
     subprocess.run([sys.executable, "-m", "p2pfl.cli", "cluster", *flags], cwd=ROOT,
                    check=True)
@@ -168,9 +175,9 @@ def ours(model: str, rounds: int, tmp: str) -> dict:
     for r in recs:
         end[r["round"]] = max(end.get(r["round"], 0.0), r["wall_s"])
         cpu[(r["node"], r["round"])] = r["process_cpu_s"]
-    elapsed = end[rounds + 1] - end[1]
-    cpu_s = sum(cpu[(n, rounds + 1)] - cpu[(n, 1)] for n in range(NODES))
-    sent = sum(r["bytes_sent"] for r in recs if r["round"] > 1)
+    elapsed = end[last] - end[warmup]
+    cpu_s = sum(cpu[(n, last)] - cpu[(n, warmup)] for n in range(NODES))
+    sent = sum(r["bytes_sent"] for r in recs if r["round"] > warmup)
     with open(os.path.join(out, "summary.json")) as fh:
         s = json.load(fh)
     return {"mb_s": sent / elapsed / 1e6, "s_per_round": elapsed / rounds,
@@ -182,6 +189,7 @@ def ours(model: str, rounds: int, tmp: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=5, help="untimed rounds first (at least 1)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES),
                     help="which sizes to measure now (the others are kept from the last run)")
@@ -196,15 +204,17 @@ def main() -> None:
             if name not in args.sizes:
                 continue
             rounds = args.rounds if name != "10K" else 10 * args.rounds
+            warmup = max(1, args.warmup)
             runs = {"raw": [], "raw_kept": [], "floor": [], "floor_nomix": [], "ours": []}
             for _ in range(args.repeats):
-                o = ours(model, rounds, tmp)
-                runs["raw"].append(raw_ring(o["message_bytes"], rounds))
-                runs["raw_kept"].append(raw_ring(o["message_bytes"], rounds, keep=True))
+                o = ours(model, rounds, tmp, warmup)
+                runs["raw"].append(raw_ring(o["message_bytes"], rounds, warmup=warmup))
+                runs["raw_kept"].append(raw_ring(o["message_bytes"], rounds, keep=True,
+                                                 warmup=warmup))
                 for mode in ("mix", "nomix"):
                     runs["floor" if mode == "mix" else "floor_nomix"].append(
                         raw_ring(o["message_bytes"], rounds, keep=True, floor=mode,
-                                 numel=o["num_params"]))
+                                 numel=o["num_params"], warmup=warmup))
                 runs["ours"].append(o)
             med = {k: {m: statistics.median(r[m] for r in v)
                        for m in ("mb_s", "s_per_round", "cpu_us_per_message")}
@@ -219,6 +229,7 @@ def main() -> None:
                    for k in ("ours", "floor")}
             results[name] = {"model": model, "num_params": o["num_params"],
                              "message_bytes": o["message_bytes"], "rounds": rounds,
+                             "warmup_rounds": warmup,
                              "runs": runs, "median": med, "ours_over_raw": ratio,
                              "ours_over_raw_kept": ratio_kept,
                              "overhead_us_per_message": extra_us,
