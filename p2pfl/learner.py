@@ -157,7 +157,7 @@ class Learner:
         self._model = build_run_model(learn).to(self.device)
         self._flat = flat_parameters(self._model)  # the parameters are views of it
         self._params = list(self._model.parameters())  # re-pointed after adopt()
-        self._stale_views = False  # adopt() re-points the parameters at their next use
+        self._stale_views = False  # adopted, not yet re-pointed (exchange-only runs)
         # the exchange codes each parameter tensor on its own (compression/tensorwise.py)
         self.shapes = tuple(tuple(p.shape) for p in self._params)
         cfg = SGDConfig(lr=learn.lr, momentum=learn.momentum, weight_decay=learn.weight_decay,
@@ -184,6 +184,11 @@ class Learner:
             view_parameters(self._params, self._flat)
             self._stale_views = False
 
+    @property
+    def exchange_only(self) -> bool:
+        """No local training (``--local-steps 0``): the rounds only exchange and mix."""
+        return self.spec.local_steps == 0 and self.spec.local_epochs == 0
+
     def drop_samples(self, indices: np.ndarray) -> None:
         """Remove training-set ``indices`` (e.g. the public set) from this node's shard.
 
@@ -206,7 +211,7 @@ class Learner:
         With ``slowdown`` F > 1 (an emulated slow device) the node then idles
         for F − 1 times what the work took.
         """
-        if self.spec.local_steps == 0 and self.spec.local_epochs == 0:
+        if self.exchange_only:
             return float("nan")  # exchange only (--local-steps 0)
         t0 = time.monotonic()
         loss = self.run(self.trainer.train)
@@ -245,8 +250,9 @@ class Learner:
         otherwise copy it in, like :meth:`set_flat`.  The caller gives ``flat`` up:
         nothing else may hold it.  The old buffer is left as it was, so messages
         still being sent from it stay intact.  The parameter tensors are re-pointed
-        at ``flat`` when the model is next used (:attr:`model`, :attr:`trainer`):
-        rounds without training or evaluation (``--local-steps 0``) skip that."""
+        at ``flat`` now, which frees the old buffer once it is sent; in exchange-only
+        runs (``--local-steps 0``), which never train, at the model's next use
+        (:attr:`model`, :attr:`trainer`) instead, which rounds skip."""
         if not (torch.is_tensor(flat) and flat.dtype == self._flat.dtype
                 and flat.device == self._flat.device and flat.is_contiguous()
                 and flat.dim() == 1 and flat.numel() == self._flat.numel()):
@@ -254,6 +260,8 @@ class Learner:
             return
         self._flat = flat
         self._stale_views = True
+        if not self.exchange_only:
+            self._views()
 
     def set_flat(self, flat) -> None:
         """Replace the parameters, in place (onto a GPU: one copy).

@@ -67,11 +67,16 @@ def test_learner_params_adopt_and_copies():
         ln.adopt(torch.zeros(ln.num_params + 1))
 
 
-def test_adopted_vectors_are_what_the_model_uses_next():
-    """Adopting re-points the parameters lazily: two adoptions and a copy-in in a row,
-    then the model, its evaluation and its trainer see the last vector."""
-    ln = _learner()
-    ln.adopt(torch.randn(ln.num_params))
+@pytest.mark.parametrize("local_steps", [0, 2])
+def test_adopted_vectors_are_what_the_model_uses_next(local_steps):
+    """Two adoptions and a copy-in in a row, then the model, its evaluation and its
+    trainer see the last vector.  A training learner re-points its parameters at
+    once (the old buffer is not kept alive); an exchange-only one when next used."""
+    ln = _learner(local_steps)
+    first = torch.randn(ln.num_params)
+    ln.adopt(first)
+    held = next(ln._model.parameters()).data_ptr()  # not through .model: no re-pointing
+    assert (held == first.data_ptr()) == (local_steps > 0)
     last = torch.randn(ln.num_params)
     ln.adopt(last)
     ln.set_flat(last * 2)  # copied into the adopted buffer
