@@ -27,8 +27,8 @@
 * ``floor_nomix``: the floor without the mix (it keeps its own vector): what the
   mix costs on this ring is the difference between the two floors.
 
-Alternates ours, raw, raw_kept, floor, floor_nomix per size; prints the ratio of the medians and
-two per-message overheads, with the same figures for the floor:
+Alternates ours, raw, raw_kept, floor and floor_nomix per size; prints the ratio of
+the medians and two per-message overheads, with the same figures for the floor:
 
 * **CPU a message** (``cpu_overhead_us_per_message``): the CPU seconds (user and
   system, every thread, ZeroMQ's I/O thread included) the 8 node processes spend

@@ -172,8 +172,9 @@ class GossipNode:
         return received
 
     def drop_rejected(self, received: dict) -> None:
-        """Drop and count what the rule's mix found unusable (non-finite models): as
-        if it had not arrived, and a miss of its sender (:meth:`account`)."""
+        """Drop and count what the rule's mix found unusable (non-finite models).  In
+        synchronous rounds it is then as if it had not arrived: a miss of its sender
+        (:meth:`account`).  Without a barrier only the drop is counted."""
         for j in self.algorithm.take_rejected():
             self.rt.drop("undecodable")
             if not self.asynchronous:
