@@ -41,7 +41,8 @@ the medians and two per-message overheads, with the same figures for the floor:
   time is about 4 nodes' CPU one after the other, so this counts each node's CPU
   about 4 times over (nodes / cores); it is what a round costs a user here.
 
-Writes benchmarks/results/transport.json.
+Writes benchmarks/results/transport.json, and the same medians as a table in
+transport.md (``--table`` rewrites the table from the JSON without measuring).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from p2pfl.atomic import write_atomic  # noqa: E402
 from p2pfl.metrics import read_metrics, write_json_atomic  # noqa: E402
 
 SIZES = {"10K": "mlp:135", "1M": "mlp:13500", "10M": "mlp:135000"}
@@ -186,6 +188,29 @@ def ours(model: str, rounds: int, tmp: str, warmup: int = 1) -> dict:
             "num_params": s["num_params"]}
 
 
+def table(results: dict) -> str:
+    """The measured medians of ``results`` (transport.json) as a markdown table."""
+    rows = ["| size | MB/s: raw | raw, heap kept | floor | floor, no mix | ours | ours / raw | "
+            "floor / raw | ms a round: raw / floor / ours | CPU µs a message: raw / floor / "
+            "ours | ours − raw: CPU / wall µs a message |", "|" + "---|" * 11]
+    for name, r in results.items():
+        m = r["median"]
+        mb = [f"{m[k]['mb_s']:,.0f}" if k in m else "—"
+              for k in ("raw", "raw_kept", "floor", "floor_nomix", "ours")]
+        ms = " / ".join(f"{1e3 * m[k]['s_per_round']:.2f}" for k in ("raw", "floor", "ours"))
+        cpu = " / ".join(f"{m[k].get('cpu_us_per_message', float('nan')):,.0f}"
+                         for k in ("raw", "floor", "ours"))
+        rows.append(f"| {name} ({r['num_params']:,} params) | {' | '.join(mb)} | "
+                    f"{100 * r['ours_over_raw']:.1f} % | {100 * r['floor_over_raw']:.1f} % | "
+                    f"{ms} | {cpu} | {r.get('cpu_overhead_us_per_message', float('nan')):,.0f} / "
+                    f"{r['overhead_us_per_message']:,.0f} |")
+    rounds = "; ".join(f"{k}: {r['rounds']} timed rounds after {r.get('warmup_rounds', 1)} "
+                       "warm-up, "
+                       f"median of {len(r['runs']['ours'])} alternated runs"
+                       for k, r in results.items())
+    return "\n".join(rows) + f"\n\n{rounds}. Written by `python benchmarks/transport.py`.\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=20)
@@ -193,8 +218,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES),
                     help="which sizes to measure now (the others are kept from the last run)")
+    ap.add_argument("--table", action="store_true",
+                    help="only rewrite transport.md from transport.json")
     args = ap.parse_args()
     path = os.path.join(ROOT, "benchmarks", "results", "transport.json")
+    if args.table:
+        with open(path) as fh:
+            results = json.load(fh)
+        write_atomic(path[:-5] + ".md", lambda fh: fh.write(table(results)), text=True)
+        return
     results = {}
     if os.path.exists(path):
         with open(path) as fh:
@@ -252,7 +284,9 @@ def main() -> None:
                   f"{med['floor']['cpu_us_per_message']:.0f} µs (ours {cpu['ours']:.0f} µs "
                   f"more than raw, the floor {cpu['floor']:.0f} µs); the floor without the mix "
                   f"{100 * nomix_ratio:.1f} % of raw", flush=True)
-    write_json_atomic(path, {k: results[k] for k in SIZES if k in results})
+    results = {k: results[k] for k in SIZES if k in results}
+    write_json_atomic(path, results)
+    write_atomic(path[:-5] + ".md", lambda fh: fh.write(table(results)), text=True)
 
 
 if __name__ == "__main__":
