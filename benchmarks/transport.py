@@ -211,6 +211,11 @@ def table(results: dict) -> str:
     return "\n".join(rows) + f"\n\n{rounds}. Written by `python benchmarks/transport.py`.\n"
 
 
+def _write_table(json_path: str, results: dict) -> None:
+    """transport.md beside ``json_path``, written atomically."""
+    write_atomic(json_path[:-5] + ".md", lambda fh: fh.write(table(results)), text=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=20)
@@ -224,8 +229,7 @@ def main() -> None:
     path = os.path.join(ROOT, "benchmarks", "results", "transport.json")
     if args.table:
         with open(path) as fh:
-            results = json.load(fh)
-        write_atomic(path[:-5] + ".md", lambda fh: fh.write(table(results)), text=True)
+            _write_table(path, json.load(fh))
         return
     results = {}
     if os.path.exists(path):
@@ -243,10 +247,9 @@ def main() -> None:
                 runs["raw"].append(raw_ring(o["message_bytes"], rounds, warmup=warmup))
                 runs["raw_kept"].append(raw_ring(o["message_bytes"], rounds, keep=True,
                                                  warmup=warmup))
-                for mode in ("mix", "nomix"):
-                    runs["floor" if mode == "mix" else "floor_nomix"].append(
-                        raw_ring(o["message_bytes"], rounds, keep=True, floor=mode,
-                                 numel=o["num_params"], warmup=warmup))
+                for key, mode in (("floor", "mix"), ("floor_nomix", "nomix")):
+                    runs[key].append(raw_ring(o["message_bytes"], rounds, keep=True, floor=mode,
+                                              numel=o["num_params"], warmup=warmup))
                 runs["ours"].append(o)
             med = {k: {m: statistics.median(r[m] for r in v)
                        for m in ("mb_s", "s_per_round", "cpu_us_per_message")}
@@ -286,7 +289,7 @@ def main() -> None:
                   f"{100 * nomix_ratio:.1f} % of raw", flush=True)
     results = {k: results[k] for k in SIZES if k in results}
     write_json_atomic(path, results)
-    write_atomic(path[:-5] + ".md", lambda fh: fh.write(table(results)), text=True)
+    _write_table(path, results)
 
 
 if __name__ == "__main__":
