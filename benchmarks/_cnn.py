@@ -1,6 +1,12 @@
-"""The trained 1.13 M-parameter CNN that the codec benchmarks share (rdoq.py,
-nncodec_compare.py): conv 1→64→128 (3x3), max-pool to 4x4, linear 2048→512→10,
-trained on digits (8x8 images) with p2pfl's own trainer."""
+"""Trained CNNs that the codec benchmarks share (rdoq.py, nncodec_compare.py).
+
+- ``big``: 1.13 M parameters, conv 1→64→128 (3x3), max-pool to 4x4, linear
+  2048→512→10, trained on digits (8x8 images) with p2pfl's own SGD trainer.
+- ``fc4096``: issue 11's shape, 1.07 M parameters, conv 1→32→64 (3x3, no
+  pooling), linear 4096→256→10, trained on digits with Adam.  Adam gives the
+  rows of the 256 x 4096 layer scales and sign balances of their own, the
+  statistics that change within a tensor.
+"""
 
 from __future__ import annotations
 
@@ -26,4 +32,32 @@ def trained_cnn(epochs: int = 3):
     model = big_cnn()
     cfg = SGDConfig(lr=0.02, momentum=0.9, batch_size=32, local_steps=0, local_epochs=epochs)
     LocalTrainer(model, ds.x_train, ds.y_train, cfg, seed=0).train()
+    return model, ds
+
+
+def fc4096_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(4096, 256), nn.ReLU(), nn.Linear(256, 10))
+
+
+def trained_fc4096(epochs: int = 10):
+    """(model, dataset): ``fc4096_cnn`` after ``epochs`` epochs of Adam (lr 1e-3,
+    batch 32) on digits."""
+    from p2pfl.data import load_dataset
+
+    torch.set_num_threads(1)
+    ds = load_dataset("digits", seed=0)
+    model = fc4096_cnn()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = torch.as_tensor(ds.x_train), torch.as_tensor(ds.y_train)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), 32):
+            idx = order[i:i + 32]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
     return model, ds

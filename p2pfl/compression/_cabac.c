@@ -18,7 +18,9 @@
  *     exponential moving average whose rate starts at 1/2 and is halved as the
  *     context sees more bins (a count-adaptive window that approximates the
  *     counting estimator early and a sliding window of 2^MAXSHIFT bins later);
- *     the coder uses its top 15 bits;
+ *     sign, gt and Exp-Golomb contexts keep a second, faster estimate (its
+ *     shift capped at FAST_*) and code with the mean of the two (format 2);
+ *     the coder uses the top 15 bits;
  *   - coder: 32-bit range coder with a 33-bit low register and byte-wise carry
  *     propagation (cache byte + pending 0xFF run); the first byte, always 0, is
  *     not written; the flush writes the value with the most trailing zero bits
@@ -50,7 +52,7 @@
 #endif
 
 /* ---- format parameters (must match cabac.py) ---------------------------- */
-#define CABAC_FORMAT_VERSION 1
+#define CABAC_FORMAT_VERSION 2
 #define CABAC_G 14            /* number of unary greater-than flags */
 #define CABAC_EG_CTX 10       /* context-coded Exp-Golomb prefix bins */
 #define CABAC_EG_MAXK 30      /* longest legal Exp-Golomb prefix */
@@ -61,6 +63,9 @@
 #define SHIFT_SIGN 9
 #define SHIFT_GT 9
 #define SHIFT_EG 8
+#define FAST_SIGN 6           /* max shift of the fast estimate of dual-rate contexts */
+#define FAST_GT 6
+#define FAST_EG 5
 
 #if defined(__GNUC__) || defined(__clang__)
 #define ALWAYS_INLINE inline __attribute__((always_inline))
@@ -83,11 +88,17 @@
 #define PROB_BITS 15
 #define TOP (1u << 24)
 
+/* A context: a slow estimate p and, in dual-rate contexts (all but sig), a fast
+ * one q, each of P(bin == 0) * 2^28; a dual-rate context codes with their mean.
+ * Whether a context is dual is known at every call site (the `dual` arguments
+ * below are constants there), so single-rate sig bins pay nothing for it. */
 typedef struct {
-    uint32_t p;     /* P(bin == 0) * 2^28 */
-    uint32_t left;  /* bins until the shift grows */
-    uint32_t shift; /* current adaptation shift */
-    uint32_t maxshift;
+    uint32_t p, q;
+    uint32_t left;    /* bins until the shifts grow */
+    uint8_t shift;    /* current adaptation shift of p */
+    uint8_t fshift;   /* of q: min(shift, fastmax) */
+    uint8_t maxshift;
+    uint8_t fastmax;  /* 0 in single-rate contexts */
 } ctx_t;
 
 enum { N_SIG = 9, N_SIGN = 3, N_GT = 2 * CABAC_G, N_EG = CABAC_EG_CTX,
@@ -103,29 +114,31 @@ typedef struct {
     ctx_t tgt[N_TGT];     /* temporal: by reference magnitude class, then as gt */
 } models_t;
 
-static void ctx_init(ctx_t *c, uint32_t maxshift)
+static void ctx_init(ctx_t *c, uint8_t maxshift, uint8_t fastmax)
 {
-    c->p = PSTATE_ONE >> 1;
-    c->shift = 1;
+    c->p = c->q = PSTATE_ONE >> 1;
+    c->shift = c->fshift = 1;
     c->left = 2;
     c->maxshift = maxshift;
+    c->fastmax = fastmax;
 }
 
 static void models_init(models_t *m)
 {
     int i;
-    for (i = 0; i < N_SIG; i++) ctx_init(&m->sig[i], SHIFT_SIG);
-    for (i = 0; i < N_SIGN; i++) ctx_init(&m->sign[i], SHIFT_SIGN);
-    for (i = 0; i < N_GT; i++) ctx_init(&m->gt[i], SHIFT_GT);
-    for (i = 0; i < N_EG; i++) ctx_init(&m->eg[i], SHIFT_EG);
-    for (i = 0; i < N_TSIG; i++) ctx_init(&m->tsig[i], SHIFT_SIG);
-    for (i = 0; i < N_TSIGN; i++) ctx_init(&m->tsign[i], SHIFT_SIGN);
-    for (i = 0; i < N_TGT; i++) ctx_init(&m->tgt[i], SHIFT_GT);
+    for (i = 0; i < N_SIG; i++) ctx_init(&m->sig[i], SHIFT_SIG, 0);
+    for (i = 0; i < N_SIGN; i++) ctx_init(&m->sign[i], SHIFT_SIGN, FAST_SIGN);
+    for (i = 0; i < N_GT; i++) ctx_init(&m->gt[i], SHIFT_GT, FAST_GT);
+    for (i = 0; i < N_EG; i++) ctx_init(&m->eg[i], SHIFT_EG, FAST_EG);
+    for (i = 0; i < N_TSIG; i++) ctx_init(&m->tsig[i], SHIFT_SIG, 0);
+    for (i = 0; i < N_TSIGN; i++) ctx_init(&m->tsign[i], SHIFT_SIGN, FAST_SIGN);
+    for (i = 0; i < N_TGT; i++) ctx_init(&m->tgt[i], SHIFT_GT, FAST_GT);
 }
 
-static ALWAYS_INLINE uint32_t ctx_prob(const ctx_t *c)
+static ALWAYS_INLINE uint32_t ctx_prob(const ctx_t *c, int dual)
 {
-    uint32_t p = c->p >> (PSTATE_BITS - PROB_BITS);
+    uint32_t p = dual ? (c->p + c->q) >> (PSTATE_BITS - PROB_BITS + 1)
+                      : c->p >> (PSTATE_BITS - PROB_BITS);
     return p + (p == 0);
 }
 
@@ -135,27 +148,31 @@ static ALWAYS_INLINE void ctx_adapt(ctx_t *c)
 {
     if (UNLIKELY(--c->left == 0)) {
         c->shift++;
+        c->fshift = (c->shift < c->fastmax) ? c->shift : c->fastmax;
         c->left = (c->shift < c->maxshift) ? 1u << c->shift : 0xFFFFFFFFu;
     }
 }
 
-static ALWAYS_INLINE void ctx_update0(ctx_t *c)
+static ALWAYS_INLINE void ctx_update0(ctx_t *c, int dual)
 {
     c->p += (PSTATE_ONE - c->p) >> c->shift;
+    if (dual) c->q += (PSTATE_ONE - c->q) >> c->fshift;
     ctx_adapt(c);
 }
 
-static ALWAYS_INLINE void ctx_update1(ctx_t *c)
+static ALWAYS_INLINE void ctx_update1(ctx_t *c, int dual)
 {
     c->p -= c->p >> c->shift;
+    if (dual) c->q -= c->q >> c->fshift;
     ctx_adapt(c);
 }
 
 /* Either update without a branch; mask: all ones after a 1-bin, 0 after a 0-bin. */
-static ALWAYS_INLINE void ctx_update(ctx_t *c, uint32_t mask)
+static ALWAYS_INLINE void ctx_update(ctx_t *c, uint32_t mask, int dual)
 {
-    uint32_t p = c->p;
+    uint32_t p = c->p, q = c->q;
     c->p = p + (((PSTATE_ONE - p) >> c->shift) & ~mask) - ((p >> c->shift) & mask);
+    if (dual) c->q = q + (((PSTATE_ONE - q) >> c->fshift) & ~mask) - ((q >> c->fshift) & mask);
     ctx_adapt(c);
 }
 
@@ -221,32 +238,32 @@ static ALWAYS_INLINE void enc_renorm(rc_t *r, uint8_t *buf)
     } while (r->range < TOP);
 }
 
-static ALWAYS_INLINE void enc_bin0(rc_t *r, ctx_t *c, uint8_t *buf)
+static ALWAYS_INLINE void enc_bin0(rc_t *r, ctx_t *c, uint8_t *buf, int dual)
 {
-    r->range = (r->range >> PROB_BITS) * ctx_prob(c);
-    ctx_update0(c);
+    r->range = (r->range >> PROB_BITS) * ctx_prob(c, dual);
+    ctx_update0(c, dual);
     if (UNLIKELY(r->range < TOP)) enc_renorm(r, buf);
 }
 
-static ALWAYS_INLINE void enc_bin1(rc_t *r, ctx_t *c, uint8_t *buf)
+static ALWAYS_INLINE void enc_bin1(rc_t *r, ctx_t *c, uint8_t *buf, int dual)
 {
-    uint32_t bound = (r->range >> PROB_BITS) * ctx_prob(c);
+    uint32_t bound = (r->range >> PROB_BITS) * ctx_prob(c, dual);
     r->low += bound;
     r->range -= bound;
-    ctx_update1(c);
+    ctx_update1(c, dual);
     if (UNLIKELY(r->range < TOP)) enc_renorm(r, buf);
 }
 
 /* An unpredictable bin, coded without branching on its value.  With b = range
  * >> 15, a 1-bin leaves range - b * p15 and a 0-bin b * p15, which is range
  * with its low 15 bits cleared, less b * (2^15 - p15): one product either way. */
-static ALWAYS_INLINE void enc_bin(rc_t *r, ctx_t *c, uint32_t bit, uint8_t *buf)
+static ALWAYS_INLINE void enc_bin(rc_t *r, ctx_t *c, uint32_t bit, uint8_t *buf, int dual)
 {
-    uint32_t p15 = ctx_prob(c), mask = 0u - bit, q0 = (1u << PROB_BITS) - p15;
+    uint32_t p15 = ctx_prob(c, dual), mask = 0u - bit, q0 = (1u << PROB_BITS) - p15;
     uint32_t prod = (r->range >> PROB_BITS) * (q0 + ((p15 - q0) & mask));
     r->low += prod & mask;
     r->range = (r->range & (0xFFFF8000u | mask)) - prod;
-    ctx_update(c, mask);
+    ctx_update(c, mask, dual);
     if (UNLIKELY(r->range < TOP)) enc_renorm(r, buf);
 }
 
@@ -262,9 +279,9 @@ static NOINLINE rc_t enc_eg(rc_t r, uint8_t *buf, ctx_t *eg, uint32_t x)
 {
     int kk = 0, j;
     while ((x >> (kk + 1)) != 0) kk++;
-    for (j = 0; j < kk && j < CABAC_EG_CTX; j++) enc_bin1(&r, &eg[j], buf);
+    for (j = 0; j < kk && j < CABAC_EG_CTX; j++) enc_bin1(&r, &eg[j], buf, 1);
     for (; j < kk; j++) enc_bypass(&r, 1, buf);
-    if (kk < CABAC_EG_CTX) enc_bin0(&r, &eg[kk], buf);
+    if (kk < CABAC_EG_CTX) enc_bin0(&r, &eg[kk], buf, 1);
     else enc_bypass(&r, 0, buf);
     for (j = kk - 1; j >= 0; j--) enc_bypass(&r, (x >> j) & 1, buf);
     return r;
@@ -305,7 +322,7 @@ static ALWAYS_INLINE Py_ssize_t enc_zeros(rc_t *r, uint8_t *buf, ctx_t *c, const
                                           Py_ssize_t i, Py_ssize_t stop)
 {
     ctx_t k = *c;
-    for (; i < stop && lv[i] == 0; i++) enc_bin0(r, &k, buf);
+    for (; i < stop && lv[i] == 0; i++) enc_bin0(r, &k, buf, 0);
     *c = k;
     return i;
 }
@@ -327,20 +344,20 @@ static ALWAYS_INLINE Py_ssize_t enc_block(rc_t *r, uint8_t *buf, models_t *m, co
         pk = pick(m, ref, i, c1, c2);
         c2 = c1;
         if (v == 0) {
-            enc_bin0(r, pk.sig, buf);
+            enc_bin0(r, pk.sig, buf, 0);
             c1 = 0;
             if (!ref && c2 == 0) i = enc_zeros(r, buf, m->sig, lv, i + 1, stop) - 1;
             continue;
         }
-        enc_bin1(r, pk.sig, buf);
+        enc_bin1(r, pk.sig, buf, 0);
         s = (uint32_t)v >> 31;
-        enc_bin(r, &pk.sign[c2], s, buf);
+        enc_bin(r, &pk.sign[c2], s, buf, 1);
         c1 = 2 - (int)s;
         mag = s ? 0u - (uint32_t)v : (uint32_t)v;
         g = pk.gt + s * CABAC_G;
         ge = g + ((mag - 1 < CABAC_G) ? mag - 1 : CABAC_G);
-        for (; g < ge; g++) enc_bin1(r, g, buf);
-        if (LIKELY(mag <= CABAC_G)) enc_bin0(r, g, buf);
+        for (; g < ge; g++) enc_bin1(r, g, buf, 1);
+        if (LIKELY(mag <= CABAC_G)) enc_bin0(r, g, buf, 1);
         else *r = enc_eg(*r, buf, m->eg, mag - CABAC_G);
     }
     cls[0] = c1;
@@ -402,18 +419,18 @@ static inline void dec_byte(dec_t *d)
     d->range <<= 8;
 }
 
-static ALWAYS_INLINE int dec_bin(dec_t *d, ctx_t *c)
+static ALWAYS_INLINE int dec_bin(dec_t *d, ctx_t *c, int dual)
 {
-    uint32_t bound = (d->range >> PROB_BITS) * ctx_prob(c);
+    uint32_t bound = (d->range >> PROB_BITS) * ctx_prob(c, dual);
     int bit;
     if (d->code < bound) {
         d->range = bound;
-        ctx_update0(c);
+        ctx_update0(c, dual);
         bit = 0;
     } else {
         d->code -= bound;
         d->range -= bound;
-        ctx_update1(c);
+        ctx_update1(c, dual);
         bit = 1;
     }
     while (d->range < TOP) dec_byte(d);
@@ -421,13 +438,13 @@ static ALWAYS_INLINE int dec_bin(dec_t *d, ctx_t *c)
 }
 
 /* An unpredictable bin whose value steers no branch (the sign): no branch on it. */
-static ALWAYS_INLINE uint32_t dec_bin_flat(dec_t *d, ctx_t *c)
+static ALWAYS_INLINE uint32_t dec_bin_flat(dec_t *d, ctx_t *c, int dual)
 {
-    uint32_t bound = (d->range >> PROB_BITS) * ctx_prob(c);
+    uint32_t bound = (d->range >> PROB_BITS) * ctx_prob(c, dual);
     uint32_t bit = d->code >= bound, mask = 0u - bit;
     d->code -= bound & mask;
     d->range = bound + ((d->range - 2 * bound) & mask);
-    ctx_update(c, mask);
+    ctx_update(c, mask, dual);
     while (d->range < TOP) dec_byte(d);
     return bit;
 }
@@ -450,10 +467,10 @@ static ALWAYS_INLINE Py_ssize_t dec_zeros(dec_t *d, ctx_t *c, int32_t *out, Py_s
 {
     ctx_t k = *c;
     for (; i < n; i++) {
-        uint32_t bound = (d->range >> PROB_BITS) * ctx_prob(&k);
+        uint32_t bound = (d->range >> PROB_BITS) * ctx_prob(&k, 0);
         if (d->code >= bound) break;
         d->range = bound;
-        ctx_update0(&k);
+        ctx_update0(&k, 0);
         while (d->range < TOP) dec_byte(d);
         out[i] = 0;
     }
@@ -486,7 +503,7 @@ static const char *decode_all(const uint8_t *data, size_t len, int32_t *out,
         int s, j;
         uint32_t mag;
         pick_t p = pick(&m, ref, i, c1, c2);
-        if (!dec_bin(&d, p.sig)) {
+        if (!dec_bin(&d, p.sig, 0)) {
             out[i] = 0;
             c2 = c1;
             c1 = 0;
@@ -495,13 +512,13 @@ static const char *decode_all(const uint8_t *data, size_t len, int32_t *out,
         }
         c2 = c1;
         /* plain signs are coin flips; temporal ones follow the reference */
-        s = ref ? dec_bin(&d, &p.sign[c2]) : (int)dec_bin_flat(&d, &p.sign[c2]);
+        s = ref ? dec_bin(&d, &p.sign[c2], 1) : (int)dec_bin_flat(&d, &p.sign[c2], 1);
         c1 = 1 + !s;
         mag = 1;
         {
             ctx_t *g = &p.gt[s * CABAC_G];
             for (j = 0; j < CABAC_G; j++) {
-                if (!dec_bin(&d, &g[j])) break;
+                if (!dec_bin(&d, &g[j], 1)) break;
                 mag++;
             }
         }
@@ -509,7 +526,7 @@ static const char *decode_all(const uint8_t *data, size_t len, int32_t *out,
             uint32_t x;
             int kk = 0;
             for (;;) {
-                int b = (kk < CABAC_EG_CTX) ? dec_bin(&d, &m.eg[kk]) : dec_bypass(&d);
+                int b = (kk < CABAC_EG_CTX) ? dec_bin(&d, &m.eg[kk], 1) : dec_bypass(&d);
                 if (!b) break;
                 if (++kk > CABAC_EG_MAXK) return "corrupt stream: Exp-Golomb prefix too long";
             }
@@ -762,6 +779,9 @@ PyMODINIT_FUNC PyInit__cabac(void)
     if (PyModule_AddIntConstant(mod, "G", CABAC_G) < 0 ||
         PyModule_AddIntConstant(mod, "EG_CTX", CABAC_EG_CTX) < 0 ||
         PyModule_AddIntConstant(mod, "SHIFT_SIG", SHIFT_SIG) < 0 ||
+        PyModule_AddIntConstant(mod, "FAST_SIGN", FAST_SIGN) < 0 ||
+        PyModule_AddIntConstant(mod, "FAST_GT", FAST_GT) < 0 ||
+        PyModule_AddIntConstant(mod, "FAST_EG", FAST_EG) < 0 ||
         PyModule_AddIntConstant(mod, "SHIFT_SIGN", SHIFT_SIGN) < 0 ||
         PyModule_AddIntConstant(mod, "SHIFT_GT", SHIFT_GT) < 0 ||
         PyModule_AddIntConstant(mod, "SHIFT_EG", SHIFT_EG) < 0 ||

@@ -5,11 +5,13 @@ coder) both read them from here, so neither imports the other's internals.
 The C extension checks its own copies against these at load time.
 """
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 G = 14
 EG_CTX = 10
 EG_MAXK = 30
 SHIFT_SIG, SHIFT_SIGN, SHIFT_GT, SHIFT_EG = 11, 9, 9, 8
+# the fast half of the dual-rate contexts (sign, gt, Exp-Golomb); sig is single-rate
+FAST_SIGN, FAST_GT, FAST_EG = 6, 6, 5
 MAG_MAX = 1 << 30
 N_MAX = 1 << 28
 MAX_OVERRUN = 4
@@ -32,3 +34,6 @@ _TGT0 = _TSIGN0 + 9  # + 2G * ref magnitude class + gt context
 _NCTX = _TGT0 + 6 * G
 _MAXSHIFT = ([SHIFT_SIG] * 9 + [SHIFT_SIGN] * 3 + [SHIFT_GT] * (2 * G) + [SHIFT_EG] * EG_CTX
              + [SHIFT_SIG] * 27 + [SHIFT_SIGN] * 9 + [SHIFT_GT] * (6 * G))
+# the fast estimate's largest shift, 0 for a single-rate context
+_FASTMAX = ([0] * 9 + [FAST_SIGN] * 3 + [FAST_GT] * (2 * G) + [FAST_EG] * EG_CTX
+            + [0] * 27 + [FAST_SIGN] * 9 + [FAST_GT] * (6 * G))

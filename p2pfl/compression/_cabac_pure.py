@@ -1,23 +1,48 @@
 """Pure-Python CABAC coder: a bit-exact mirror of ``_cabac.c``.
 
 Used by :mod:`p2pfl.compression.cabac` when the C extension is not built (no
-compiler) or ``P2PFL_CABAC_PURE=1``; slow (about 0.4 M levels/s) but producing
+compiler) or ``P2PFL_CABAC_PURE=1``; slow (about 0.2 M levels/s) but producing
 the identical bitstream, which ``tests/test_cabac.py`` checks.  The format,
 binarisation and probability model are described in ``cabac.py``.
 """
 
 from __future__ import annotations
 
-from ._cabac_model import (EG_CTX, EG_MAXK, G, MAG_MAX, MAX_OVERRUN, _EG0, _GT0, _M32, _MAXSHIFT,
-                           _NCTX, _PONE, _PROB_SHIFT, _SIG0, _SIGN0, _TGT0, _TOP, _TSIG0,
-                           _TSIGN0)
+from ._cabac_model import (EG_CTX, EG_MAXK, G, MAG_MAX, MAX_OVERRUN, _EG0, _FASTMAX, _GT0, _M32,
+                           _MAXSHIFT, _NCTX, _PONE, _PROB_SHIFT, _SIG0, _SIGN0, _TGT0, _TOP,
+                           _TSIG0, _TSIGN0)
 from .errors import CodecError
 
 __all__ = ["encode_pure", "decode_pure"]
 
 
-def _init_models():
-    return [_PONE >> 1] * _NCTX, [1] * _NCTX, [2] * _NCTX
+def _models():
+    """(prob, update) over fresh contexts: ``prob(ci)`` is the 15-bit P(bin = 0) the
+    coder uses, ``update(ci, bit)`` adapts context ``ci`` to a coded bin.  A dual-rate
+    context (``_FASTMAX[ci] > 0``) keeps a slow estimate P and a fast one Q and codes
+    with their mean; both shifts grow from 1 (cabac.py, "Probability model")."""
+    P, Q = [_PONE >> 1] * _NCTX, [_PONE >> 1] * _NCTX
+    SH, FS, LF = [1] * _NCTX, [1] * _NCTX, [2] * _NCTX
+    MX, FM = _MAXSHIFT, _FASTMAX
+
+    def prob(ci):
+        p15 = ((P[ci] + Q[ci]) >> (_PROB_SHIFT + 1)) if FM[ci] else P[ci] >> _PROB_SHIFT
+        return p15 or 1
+
+    def update(ci, bit):
+        p, s = P[ci], SH[ci]
+        P[ci] = p - (p >> s) if bit else p + ((_PONE - p) >> s)
+        if FM[ci]:
+            q, f = Q[ci], FS[ci]
+            Q[ci] = q - (q >> f) if bit else q + ((_PONE - q) >> f)
+        if s < MX[ci]:
+            LF[ci] -= 1
+            if LF[ci] == 0:
+                SH[ci] = s + 1
+                FS[ci] = min(s + 1, FM[ci])
+                LF[ci] = 1 << (s + 1)
+
+    return prob, update
 
 
 def _contexts(ref, i: int, c1: int, c2: int) -> tuple:
@@ -32,8 +57,7 @@ def _contexts(ref, i: int, c1: int, c2: int) -> tuple:
 
 
 def encode_pure(levels, ref=None) -> bytes:
-    P, SH, LF = _init_models()
-    MX = _MAXSHIFT
+    prob, update = _models()
     out = bytearray()
     st = [0, 0xFFFFFFFF, 0, False, 0]  # low, range, cache, has_cache, pending
 
@@ -53,25 +77,14 @@ def encode_pure(levels, ref=None) -> bytes:
         st[0] = (low & 0x00FFFFFF) << 8
 
     def enc_bin(ci, bit):
-        p = P[ci]
-        p15 = p >> _PROB_SHIFT
-        if p15 == 0:
-            p15 = 1
         rng = st[1]
-        bound = (rng >> 15) * p15
-        s = SH[ci]
+        bound = (rng >> 15) * prob(ci)
         if bit:
             st[0] += bound
             rng -= bound
-            P[ci] = p - (p >> s)
         else:
             rng = bound
-            P[ci] = p + ((_PONE - p) >> s)
-        if s < MX[ci]:
-            LF[ci] -= 1
-            if LF[ci] == 0:
-                SH[ci] = s + 1
-                LF[ci] = 1 << (s + 1)
+        update(ci, bit)
         while rng < _TOP:
             rng <<= 8
             shift_low()
@@ -140,8 +153,7 @@ def encode_pure(levels, ref=None) -> bytes:
 
 
 def decode_pure(data: bytes, n: int, ref=None) -> list:
-    P, SH, LF = _init_models()
-    MX = _MAXSHIFT
+    prob, update = _models()
     ln = len(data)
     limit = ln + MAX_OVERRUN
     code = 0
@@ -152,27 +164,16 @@ def decode_pure(data: bytes, n: int, ref=None) -> list:
         raise CodecError("corrupt stream: bad first code word")
 
     def dec_bin(ci):
-        p = P[ci]
-        p15 = p >> _PROB_SHIFT
-        if p15 == 0:
-            p15 = 1
         rng, code = st[0], st[1]
-        bound = (rng >> 15) * p15
-        s = SH[ci]
+        bound = (rng >> 15) * prob(ci)
         if code < bound:
             rng = bound
             bit = 0
-            P[ci] = p + ((_PONE - p) >> s)
         else:
             code -= bound
             rng -= bound
             bit = 1
-            P[ci] = p - (p >> s)
-        if s < MX[ci]:
-            LF[ci] -= 1
-            if LF[ci] == 0:
-                SH[ci] = s + 1
-                LF[ci] = 1 << (s + 1)
+        update(ci, bit)
         if rng < _TOP:
             pos = st[2]
             while rng < _TOP:

@@ -20,10 +20,10 @@ API
 ``HAVE_C``
     True when the C core ``p2pfl.compression._cabac`` is built (``python
     setup.py build_ext --inplace``).  Without it a pure-Python coder that
-    writes the identical bitstream is used; it is about 100x slower.  Setting
+    writes the identical bitstream is used; it is about 200x slower.  Setting
     the environment variable ``P2PFL_CABAC_PURE=1`` forces the fallback.
 
-Bitstream (format version 1)
+Bitstream (format version 2)
 ----------------------------
 **Binarisation** of each level ``v`` in scan order (DeepCABAC):
 
@@ -46,11 +46,18 @@ gt, 8 for the Exp-Golomb prefix).  Early on this tracks a counting estimator
 (rate ~ 1/(count+2)), so a context learns its probability in a few bins;
 later it is an exponential window of ``2^smax`` bins, which costs about
 ``1/(4 * 2^smax * ln 2)`` bits per bin on stationary data (0.0002 bits for
-sig) while still following changes between tensors.  We chose this over the
-H.264 64-state table (coarse for the very skewed sig flag of sparse updates)
-and over a fixed fast/slow two-rate mix (whose fast half adds estimation noise
-that costs several percent on a 1 % sparse update).  The coder uses the top
-15 bits, ``p15 = max(1, p >> 13)``.
+sig).  The sign, gt and Exp-Golomb contexts are *dual-rate* (format version 2),
+as NNC's and VVC's CABAC are (ALGORITHMS.md, "Entropy coding extensions",
+probability estimation: two estimates at different rates, coded with their
+mean): they keep a second estimate ``q``, updated in the same way with the shift
+``min(s, f)``, where ``f`` is 6 for sign and gt and 5 for the Exp-Golomb prefix,
+and code with ``p15 = max(1, (p + q) >> 14)``.  The fast half follows
+statistics that change within a tensor (the rows of a trained fully connected
+layer differ in scale and sign balance).  The sig flag stays single-rate,
+``p15 = max(1, p >> 13)``: on the very skewed sig flag of a sparse update a
+fast half only adds estimation noise.  Departure from the paper's fixed pair
+(shifts 4 and 7): both halves start from the count-adaptive shift of 1, and the
+rates were chosen by measurement (BENCHMARKS.md, issue 11).
 
 **Range coder.**  32-bit ``range`` (normalised to >= 2^24 by byte shifts),
 33-bit ``low`` with carry propagation through a cached byte and a run of
@@ -90,8 +97,8 @@ __all__ = [
 
 from p2pfl.compression._cabac_model import (  # noqa: E402  (the one home of the model)
     _EG0, _GT0, _M32, _MAXSHIFT, _NCTX, _PONE, _PROB_SHIFT, _PSTATE_BITS, _SIG0, _SIGN0, _TOP,
-    EG_CTX, EG_MAXK, FORMAT_VERSION, G, MAG_MAX, MAX_OVERRUN, N_MAX, SHIFT_EG, SHIFT_GT,
-    SHIFT_SIG, SHIFT_SIGN)
+    EG_CTX, EG_MAXK, FAST_EG, FAST_GT, FAST_SIGN, FORMAT_VERSION, G, MAG_MAX, MAX_OVERRUN,
+    N_MAX, SHIFT_EG, SHIFT_GT, SHIFT_SIG, SHIFT_SIGN)
 
 
 def _load_c():
@@ -104,6 +111,7 @@ def _load_c():
     expected = {
         "FORMAT_VERSION": FORMAT_VERSION, "G": G, "EG_CTX": EG_CTX, "SHIFT_SIG": SHIFT_SIG,
         "SHIFT_SIGN": SHIFT_SIGN, "SHIFT_GT": SHIFT_GT, "SHIFT_EG": SHIFT_EG,
+        "FAST_SIGN": FAST_SIGN, "FAST_GT": FAST_GT, "FAST_EG": FAST_EG,
         "TEMPORAL": 1,  # knows temporal contexts
     }
     if any(getattr(_cabac, k, None) != v for k, v in expected.items()):
