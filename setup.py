@@ -17,6 +17,13 @@ setup(
             optional=True,
         ),
         Extension(
+            "p2pfl.compression._dq",
+            sources=["p2pfl/compression/_dq.c"],
+            # no fused multiply-adds: the same path costs as the pure-Python mirror
+            extra_compile_args=["-O3", "-ffp-contract=off"],
+            optional=True,
+        ),
+        Extension(
             "p2pfl.algorithms._kernel",
             sources=["p2pfl/algorithms/_kernel.c"],
             # no fused multiply-adds: the same bits from every build

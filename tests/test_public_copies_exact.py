@@ -19,7 +19,8 @@ from p2pfl.compression import STAGES, make_codec, parse_spec
 #: (powersgd is refused for flat vectors elsewhere).
 SPECS = [
     "none", "none+deflate", "none+bz2", "none+lzma:1", "fp16", "bf16", "quant:0.001",
-    "quant:0.0039+cabac", "uniform:4+cabac", "uniform:8+lzma", "qsgd:16", "qsgd:4+cabac",
+    "quant:0.0039+cabac", "dq:0.001+cabac", "dq:0.01", "uniform:4+cabac", "uniform:8+lzma",
+    "qsgd:16", "qsgd:4+cabac",
     "qsgd:16+deflate", "terngrad", "terngrad+cabac", "sign", "sign+cabac", "topk:0.05",
     "topk:0.05+golomb", "topk:0.01+quant:0.001+cabac", "topk:0.05+sign+golomb",
     "topk:0.1+fp16+bz2", "topk:0.05+qsgd:8+golomb", "randk:0.05", "randk:0.05:scaled",

@@ -37,6 +37,11 @@ class Stage:
         self.args = args
         self.rng = rng
 
+    def received(self, values):
+        """The decoded values as this stage reconstructs them (as they are, but
+        for ``dq``, whose levels go through its state machine)."""
+        return values
+
     @property
     def spec(self) -> str:
         return ":".join([self.name, *self.args])

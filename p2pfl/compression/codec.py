@@ -174,6 +174,8 @@ class Codec:
         cabac = None if self.cabac is None else (
             lambda data, n: self.cabac.decode_levels(data, n, sender))
         values = read_values(r, count, cabac)
+        if self.quantiser is not None:
+            values = self.quantiser.received(values)
         return Intermediate(numel, values, positions, rank, side, known, chain)
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .dq import dequant
 from .errors import CodecError
 from .wire import PACK_WIDTHS, Reader, Writer, pack_uint, packed_nbytes, unpack_uint
 
@@ -65,6 +66,14 @@ class Levels:
         if not np.isfinite(out).all():
             raise CodecError("levels times scale overflow float32")
         return out
+
+
+class DQLevels(Levels):
+    """Levels of the ``dq`` quantiser: each value's reconstruction depends on the
+    parities of the levels before it (:mod:`~p2pfl.compression.dq`)."""
+
+    def as_float32(self) -> np.ndarray:
+        return dequant(self.levels, self.scale)
 
 
 @dataclass

@@ -12,10 +12,10 @@ import torch
 from ..errors import ConfigError
 from .base import Stage, check_finite, float_arg, int_arg
 from .errors import CodecError
-from .intermediate import BF16, F16, F32, Floats, Levels
+from .intermediate import BF16, F16, F32, DQLevels, Floats, Levels
 
-__all__ = ["NoQuant", "FP16", "BF16Quant", "StepQuant", "UniformQuant", "QSGD", "TernGrad",
-           "SignQuant"]
+__all__ = ["NoQuant", "FP16", "BF16Quant", "StepQuant", "DependentQuant", "UniformQuant",
+           "QSGD", "TernGrad", "SignQuant"]
 
 _FP16_MAX = float(np.finfo(np.float16).max)
 _CHUNK = 1 << 16  # values per float64 block of _step_levels (512 KiB: stays in cache)
@@ -62,13 +62,7 @@ class StepQuant(Stage):
     def __init__(self, args, rng):
         super().__init__(args, rng)
         self.step = float_arg(self, args[0], "STEP", 0.0, 1e30)
-        self.lam = 0.0
-        if len(args) == 2:
-            key, _, value = args[1].partition("=")
-            if key != "rd" or not value:
-                raise ConfigError(f"quant takes rd=LAMBDA as its optional second argument, "
-                                  f"got {args[1]!r}")
-            self.lam = float_arg(self, value, "LAMBDA", 0.0, 1e6, lo_open=False)
+        self.lam = _lambda_arg(self, args[1]) if len(args) == 2 else 0.0
 
     def quantise(self, x: np.ndarray) -> Levels:
         if self.lam == 0:
@@ -88,6 +82,43 @@ class StepQuant(Stage):
         if top > 2**31 - 1:
             raise CodecError(f"quant:{self.args[0]} levels overflow int32; use a larger step")
         return Levels(_step_levels(x, self.step, np.int32 if top < 2**30 else np.int64), self.step)
+
+
+def _lambda_arg(stage: Stage, text: str) -> float:
+    key, _, value = text.partition("=")
+    if key != "rd" or not value:
+        raise ConfigError(f"{stage.name} takes rd=LAMBDA as its optional second argument, "
+                          f"got {text!r}")
+    return float_arg(stage, value, "LAMBDA", 0.0, 1e6, lo_open=False)
+
+
+class DependentQuant(Stage):
+    """``dq:STEP``: dependent (trellis-coded) quantisation with step Δ, NNC's two
+    interleaved quantisers and 4-state machine (ALGORITHMS.md, "Entropy coding
+    extensions"; :mod:`~p2pfl.compression.dq`).  The levels minimise Σ (x/Δ − r)²
+    over the Viterbi paths; ``dq:STEP:rd=λ`` adds λ times their estimated bits.
+    Each quantiser's two candidates bracket x within 2Δ and zero is the third, so
+    |x̂ − x| ≤ max(2Δ, |x|).  For dense tensors and PowerSGD factors only."""
+    name, wire_id, role, biased, levels = "dq", 9, "quantise", True, True
+    dependent = True
+    min_args = 1
+    max_args = 2
+
+    def __init__(self, args, rng):
+        super().__init__(args, rng)
+        self.step = float_arg(self, args[0], "STEP", 0.0, 1e30)
+        self.lam = _lambda_arg(self, args[1]) if len(args) == 2 else 0.0
+
+    def quantise(self, x: np.ndarray) -> DQLevels:
+        from .dq import trellis_levels
+
+        check_finite(x, self)
+        return DQLevels(trellis_levels(x, self.step, self.lam)[0], self.step)
+
+    def received(self, values):
+        if not isinstance(values, Levels):
+            raise CodecError("dq expects integer levels")
+        return DQLevels(values.levels, values.scale)
 
 
 def _step_levels(x: np.ndarray, step: float, dtype) -> np.ndarray:

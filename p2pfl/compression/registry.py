@@ -11,7 +11,8 @@ each at most once.  Further rules, checked when the codec is built:
 * ``golomb`` needs a sparsifier before it;
 * ``sbc`` and ``stc`` emit levels already, so no quantiser may follow them;
 * ``cabac`` codes integer levels: it needs ``sbc``, ``stc`` or a level quantiser
-  (quant, uniform, qsgd, terngrad, sign) before it.
+  (quant, dq, uniform, qsgd, terngrad, sign) before it;
+* ``dq`` quantises dense values: no sparsifier before it.
 """
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from .codec import Codec
 from .lossless import Bz2, Cabac, Deflate, Lzma
 from .lowrank import PowerSGD
 from .positions import GolombPositions
-from .quantize import (FP16, QSGD, BF16Quant, NoQuant, SignQuant, StepQuant, TernGrad,
-                       UniformQuant)
+from .quantize import (FP16, QSGD, BF16Quant, DependentQuant, NoQuant, SignQuant, StepQuant,
+                       TernGrad, UniformQuant)
 from .sparsify import SBC, STC, RandK, Threshold, TopK
 
 __all__ = ["STAGES", "ROLE_ORDER", "parse_spec", "build_codec"]
@@ -32,7 +33,7 @@ ROLE_ORDER = ("transform", "quantise", "positions", "lossless")
 
 
 STAGES: dict[str, type] = {cls.name: cls for cls in (
-    NoQuant, FP16, BF16Quant, StepQuant, UniformQuant, QSGD, TernGrad, SignQuant,
+    NoQuant, FP16, BF16Quant, StepQuant, DependentQuant, UniformQuant, QSGD, TernGrad, SignQuant,
     TopK, RandK, Threshold, SBC, STC, PowerSGD,
     GolombPositions,
     Deflate, Bz2, Lzma, Cabac,
@@ -82,10 +83,14 @@ def build_codec(spec: str, seed: int | None = None, **codec_kwargs) -> Codec:
     if transform is not None and transform.levels and quantiser is not None:
         raise ConfigError(f"codec {spec!r}: {transform.name} already quantises; "
                           f"drop {quantiser.name}")
+    if getattr(quantiser, "dependent", False) and hasattr(transform, "select"):
+        raise ConfigError(f"codec {spec!r}: dq reconstructs each level from the parities of "
+                          f"all levels before it, so it quantises dense tensors (or powersgd "
+                          f"factors), not the values of {transform.name}")
     produces_levels = (quantiser or transform) is not None and (quantiser or transform).levels
     if getattr(by_role.get("lossless"), "codes_levels", False) and not produces_levels:
-        raise ConfigError(f"codec {spec!r}: cabac codes integer levels; put a level "
-                          "quantiser (quant:STEP, uniform:BITS, qsgd, terngrad, sign) "
+        raise ConfigError(f"codec {spec!r}: cabac codes integer levels; put a level quantiser "
+                          "(quant:STEP, dq:STEP, uniform:BITS, qsgd, terngrad, sign) "
                           "or sbc/stc before it")
     if getattr(by_role.get("lossless"), "temporal", None) is not None and "positions" in by_role:
         raise ConfigError(f"codec {spec!r}: cabac:temporal conditions each level on the "
