@@ -37,8 +37,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEP = 2.0 ** -8
 
 
-def nncodec_side(npz: str, out: str, repeat: int) -> None:
-    """Runs under NNCodec's interpreter: code, decode, time, return levels."""
+def nncodec_compression():
+    """NNCodec's ``nnc.compression`` (under NNCodec's interpreter), with its
+    ``framework`` package stubbed out: it imports torchvision, which does not load
+    beside CPU torch here, and the compress path does not use it."""
     import types
 
     framework = types.ModuleType("nncodec.framework")
@@ -49,6 +51,12 @@ def nncodec_side(npz: str, out: str, repeat: int) -> None:
     sys.modules["nncodec.framework"] = framework
     from nncodec.nnc import compression
 
+    return compression
+
+
+def nncodec_side(npz: str, out: str, repeat: int) -> None:
+    """Runs under NNCodec's interpreter: code, decode, time, return levels."""
+    compression = nncodec_compression()
     sys.path.insert(0, ROOT)
     from p2pfl.compression.bench import _best_of
 
