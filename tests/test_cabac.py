@@ -310,3 +310,35 @@ def test_c_quantiser_declines_what_it_cannot_code():
     x = np.float32([2**22 - 0.5, -(2**22 - 0.5), 1.5 * 2.0**-8])  # exact in float32
     np.testing.assert_array_equal(cabac.step_levels(x, 2.0**-8), [2**30 - 128, 128 - 2**30, 2])
     assert cabac.step_levels(np.zeros(4), 0.5) is None  # float64: the caller's path
+
+
+# --- dq mode: contexts that follow the dependent quantiser's state ------------
+@pytest.mark.parametrize("with_ref", [False, True])
+def test_dq_mode_c_and_python_identical_and_round_trip(with_ref):
+    rng = np.random.default_rng(31)
+    levels = np.concatenate([laplace_levels(3000, seed=6) // 2, np.zeros(400, np.int64),
+                             rng.integers(-30, 31, 500), [MAG_MAX, -MAG_MAX]]).astype(np.int32)
+    ref = np.roll(levels, 3) if with_ref else None
+    pure_ref = None if ref is None else ref.tolist()
+    data = encode_levels(levels, ref, dependent=True)
+    assert _cabac_pure.encode_pure(levels.tolist(), pure_ref, True) == data
+    np.testing.assert_array_equal(decode_levels(data, levels.size, ref, dependent=True), levels)
+    assert _cabac_pure.decode_pure(data, levels.size, pure_ref, True) == levels.tolist()
+    if with_ref:
+        assert data == encode_levels(levels, ref)  # temporal mode takes precedence
+    else:
+        assert data != encode_levels(levels)  # dq mode has contexts of its own
+
+
+def test_dq_mode_c_and_python_agree_on_hostile_input():
+    rng = np.random.default_rng(12)
+    data = encode_levels(laplace_levels(400, seed=7), dependent=True)
+    blobs = [rng.bytes(int(rng.integers(0, 40))) for _ in range(60)]
+    for _ in range(60):
+        bad = bytearray(data)
+        bad[int(rng.integers(0, len(bad)))] ^= 1 << int(rng.integers(0, 8))
+        blobs.append(bytes(bad[: int(rng.integers(len(bad) // 2, len(bad) + 1))]))
+    for blob in blobs:
+        n = int(rng.integers(0, 500))
+        assert _decode_or_error(lambda b, k: decode_levels(b, k, dependent=True), blob, n) == \
+            _decode_or_error(lambda b, k: _cabac_pure.decode_pure(b, k, None, True), blob, n)

@@ -30,10 +30,14 @@
  *   - temporal mode (a reference: the co-located levels of the previous message
  *     of the same stream): sig, sign and gt flags use their own contexts, further
  *     selected by the reference level (zero, +-1, larger; for sign its class).
+ *   - dq mode (levels of the dq quantiser, no reference): the coder follows the
+ *     dependent-quantisation state; in states 2 and 3 sig uses a context set of
+ *     each state, and gt flags (Q1) a set of their own.
  *
  * Module functions:
- *   encode(levels[, ref]) -> bytes      levels, ref: C-contiguous buffers of 4-byte ints
- *   decode(data, out[, ref]) -> None    out: writable C-contiguous 4-byte int buffer
+ *   encode(levels[, ref[, dq]]) -> bytes   levels, ref (or None): C-contiguous buffers
+ *                                         of 4-byte ints; dq: true for dq mode
+ *   decode(data, out[, ref[, dq]]) -> None out: writable C-contiguous 4-byte int buffer
  *   quantise(x, step, out) -> bool      x: float32 vector; out: int32 levels (fast path
  *                                       of quant:STEP, see the quantiser section)
  * Errors: ValueError for bad or hostile input, MemoryError.
@@ -102,7 +106,11 @@ typedef struct {
 } ctx_t;
 
 enum { N_SIG = 9, N_SIGN = 3, N_GT = 2 * CABAC_G, N_EG = CABAC_EG_CTX,
-       N_TSIG = 3 * N_SIG, N_TSIGN = 3 * N_SIGN, N_TGT = 3 * N_GT };
+       N_TSIG = 3 * N_SIG, N_TSIGN = 3 * N_SIGN, N_TGT = 3 * N_GT, N_DSIG = 2 * N_SIG };
+
+/* dq mode: the state after a level of parity p in state s (ALGORITHMS.md, dependent
+ * quantisation); states 2 and 3 read levels with Q1 */
+static const uint8_t DQ_NEXT[4][2] = {{0, 2}, {2, 0}, {1, 3}, {3, 1}};
 
 typedef struct {
     ctx_t sig[N_SIG];
@@ -112,6 +120,8 @@ typedef struct {
     ctx_t tsig[N_TSIG];   /* temporal: by reference magnitude class, then as sig */
     ctx_t tsign[N_TSIGN]; /* temporal: by reference sign class, then as sign */
     ctx_t tgt[N_TGT];     /* temporal: by reference magnitude class, then as gt */
+    ctx_t dsig[N_DSIG];   /* dq mode: sig in states 2 and 3 (states 0 and 1 use sig) */
+    ctx_t dgt[N_GT];      /* dq mode: gt under Q1 (Q0 uses gt) */
 } models_t;
 
 static void ctx_init(ctx_t *c, uint8_t maxshift, uint8_t fastmax)
@@ -133,6 +143,8 @@ static void models_init(models_t *m)
     for (i = 0; i < N_TSIG; i++) ctx_init(&m->tsig[i], SHIFT_SIG, 0);
     for (i = 0; i < N_TSIGN; i++) ctx_init(&m->tsign[i], SHIFT_SIGN, FAST_SIGN);
     for (i = 0; i < N_TGT; i++) ctx_init(&m->tgt[i], SHIFT_GT, FAST_GT);
+    for (i = 0; i < N_DSIG; i++) ctx_init(&m->dsig[i], SHIFT_SIG, 0);
+    for (i = 0; i < N_GT; i++) ctx_init(&m->dgt[i], SHIFT_GT, FAST_GT);
 }
 
 static ALWAYS_INLINE uint32_t ctx_prob(const ctx_t *c, int dual)
@@ -181,13 +193,19 @@ static ALWAYS_INLINE void ctx_update(ctx_t *c, uint32_t mask, int dual)
  * negative, positive) the sign context. */
 typedef struct { ctx_t *sig, *sign, *gt; } pick_t;
 
-static ALWAYS_INLINE pick_t pick(models_t *m, const int32_t *ref, Py_ssize_t i, int c1, int c2)
+static ALWAYS_INLINE pick_t pick(models_t *m, const int32_t *ref, int st, Py_ssize_t i, int c1,
+                                 int c2)
 {
     pick_t p;
     if (!ref) {
-        p.sig = &m->sig[c1 * 3 + c2];
+        if (st >= 2) { /* dq mode, states 2 and 3 */
+            p.sig = &m->dsig[(st - 2) * N_SIG + c1 * 3 + c2];
+            p.gt = &m->dgt[0];
+        } else {
+            p.sig = &m->sig[c1 * 3 + c2];
+            p.gt = &m->gt[0];
+        }
         p.sign = &m->sign[0];
-        p.gt = &m->gt[0];
     } else {
         int32_t r = ref[i];
         int t = (r == 0) ? 0 : ((r == 1 || r == -1) ? 1 : 2);
@@ -329,24 +347,25 @@ static ALWAYS_INLINE Py_ssize_t enc_zeros(rc_t *r, uint8_t *buf, ctx_t *c, const
 
 /* Codes the levels i.. before stop (the buffer has room for them) and returns
  * stop, or the index of a level out of range.  cls: the classes of the
- * previous level and the one before it (the sig context). */
+ * previous level and the one before it (the sig context), and the dq state. */
 static ALWAYS_INLINE Py_ssize_t enc_block(rc_t *r, uint8_t *buf, models_t *m, const int32_t *lv,
-                                          const int32_t *ref, Py_ssize_t i, Py_ssize_t stop,
-                                          int *cls)
+                                          const int32_t *ref, int dq, Py_ssize_t i,
+                                          Py_ssize_t stop, int *cls)
 {
-    int c1 = cls[0], c2 = cls[1];
+    int c1 = cls[0], c2 = cls[1], st = cls[2];
     for (; i < stop; i++) {
         int32_t v = lv[i];
         uint32_t mag, s;
         ctx_t *g, *ge;
         pick_t pk;
         if (UNLIKELY((uint32_t)v + (uint32_t)CABAC_MAG_MAX > 2u * (uint32_t)CABAC_MAG_MAX)) break;
-        pk = pick(m, ref, i, c1, c2);
+        pk = pick(m, ref, st, i, c1, c2);
         c2 = c1;
         if (v == 0) {
             enc_bin0(r, pk.sig, buf, 0);
             c1 = 0;
-            if (!ref && c2 == 0) i = enc_zeros(r, buf, m->sig, lv, i + 1, stop) - 1;
+            if (dq) st = DQ_NEXT[st][0];
+            else if (!ref && c2 == 0) i = enc_zeros(r, buf, m->sig, lv, i + 1, stop) - 1;
             continue;
         }
         enc_bin1(r, pk.sig, buf, 0);
@@ -359,22 +378,24 @@ static ALWAYS_INLINE Py_ssize_t enc_block(rc_t *r, uint8_t *buf, models_t *m, co
         for (; g < ge; g++) enc_bin1(r, g, buf, 1);
         if (LIKELY(mag <= CABAC_G)) enc_bin0(r, g, buf, 1);
         else *r = enc_eg(*r, buf, m->eg, mag - CABAC_G);
+        if (dq) st = DQ_NEXT[st][v & 1];
     }
     cls[0] = c1;
     cls[1] = c2;
+    cls[2] = st;
     return i;
 }
 
 /* Codes n levels into *o (grown as needed); returns 0, 1 on a level out of
  * range (its index in *bad) or 2 on out of memory (o->buf then NULL). */
-static ALWAYS_INLINE int encode_loop(const int32_t *lv, const int32_t *ref, Py_ssize_t n,
+static ALWAYS_INLINE int encode_loop(const int32_t *lv, const int32_t *ref, int dq, Py_ssize_t n,
                                      obuf_t *o, size_t *len, Py_ssize_t *bad)
 {
     models_t m;
     obuf_t ob = *o;
     rc_t r;
     Py_ssize_t i = 0;
-    int cls[2] = {0, 0};
+    int cls[3] = {0, 0, 0};
     models_init(&m);
     r.low = 0;
     r.range = 0xFFFFFFFFu;
@@ -390,7 +411,7 @@ static ALWAYS_INLINE int encode_loop(const int32_t *lv, const int32_t *ref, Py_s
         }
         if (i == n) break;
         stop = (n - i > (Py_ssize_t)(room / ENC_SLACK)) ? i + (Py_ssize_t)(room / ENC_SLACK) : n;
-        i = enc_block(&r, ob.buf, &m, lv, ref, i, stop, cls);
+        i = enc_block(&r, ob.buf, &m, lv, ref, dq, i, stop, cls);
         if (i < stop) { *bad = i; *o = ob; return 1; }
     }
     *o = ob;
@@ -398,10 +419,12 @@ static ALWAYS_INLINE int encode_loop(const int32_t *lv, const int32_t *ref, Py_s
     return 0;
 }
 
-static int encode_all(const int32_t *lv, const int32_t *ref, Py_ssize_t n, obuf_t *o,
+/* A reference selects temporal mode, which takes precedence over dq mode. */
+static int encode_all(const int32_t *lv, const int32_t *ref, int dq, Py_ssize_t n, obuf_t *o,
                       size_t *len, Py_ssize_t *bad)
 {
-    return ref ? encode_loop(lv, ref, n, o, len, bad) : encode_loop(lv, NULL, n, o, len, bad);
+    if (ref) return encode_loop(lv, ref, 0, n, o, len, bad);
+    return dq ? encode_loop(lv, NULL, 1, n, o, len, bad) : encode_loop(lv, NULL, 0, n, o, len, bad);
 }
 
 /* ---- decoder --------------------------------------------------------------- */
@@ -480,13 +503,14 @@ static ALWAYS_INLINE Py_ssize_t dec_zeros(dec_t *d, ctx_t *c, int32_t *out, Py_s
 
 /* Returns NULL on success or a static error message. */
 static const char *decode_all(const uint8_t *data, size_t len, int32_t *out,
-                              const int32_t *ref, Py_ssize_t n)
+                              const int32_t *ref, int dq, Py_ssize_t n)
 {
     models_t m;
     dec_t d;
     Py_ssize_t i;
-    int c1 = 0, c2 = 0, k;
+    int c1 = 0, c2 = 0, k, st = 0;
     const size_t limit = len + CABAC_MAX_OVERRUN;
+    dq = dq && !ref;
     models_init(&m);
     d.data = data;
     d.len = len;
@@ -502,12 +526,13 @@ static const char *decode_all(const uint8_t *data, size_t len, int32_t *out,
     for (i = 0; i < n; i++) {
         int s, j;
         uint32_t mag;
-        pick_t p = pick(&m, ref, i, c1, c2);
+        pick_t p = pick(&m, ref, st, i, c1, c2);
         if (!dec_bin(&d, p.sig, 0)) {
             out[i] = 0;
             c2 = c1;
             c1 = 0;
-            if (!ref && c2 == 0) i = dec_zeros(&d, m.sig, out, i + 1, n) - 1;
+            if (!ref && c2 == 0 && !dq) i = dec_zeros(&d, m.sig, out, i + 1, n) - 1;
+            else if (dq) st = DQ_NEXT[st][0];
             continue;
         }
         c2 = c1;
@@ -537,6 +562,7 @@ static const char *decode_all(const uint8_t *data, size_t len, int32_t *out,
             mag = x + CABAC_G;
         }
         out[i] = s ? -(int32_t)mag : (int32_t)mag;
+        if (dq) st = DQ_NEXT[st][mag & 1];
         if (d.pos > limit) return "truncated or corrupt stream: read past the end";
     }
     if (d.pos > limit) return "truncated or corrupt stream: read past the end";
@@ -648,9 +674,10 @@ static PyObject *py_encode(PyObject *self, PyObject *args)
     Py_ssize_t n, bad = -1;
     int rc;
     PyObject *res, *a_lv, *a_ref = NULL;
+    int dq = 0;
     (void)self;
     memset(&ref, 0, sizeof ref);
-    if (!PyArg_ParseTuple(args, "O|O:encode", &a_lv, &a_ref)) return NULL;
+    if (!PyArg_ParseTuple(args, "O|Op:encode", &a_lv, &a_ref, &dq)) return NULL;
     if (PyObject_GetBuffer(a_lv, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
     if (!check_int32_buffer(&view, "levels")) { PyBuffer_Release(&view); return NULL; }
     n = view.len / 4;
@@ -667,7 +694,7 @@ static PyObject *py_encode(PyObject *self, PyObject *args)
     if (o.buf) {
         Py_BEGIN_ALLOW_THREADS
         rc = encode_all((const int32_t *)view.buf, ref.obj ? (const int32_t *)ref.buf : NULL,
-                        n, &o, &len, &bad);
+                        dq, n, &o, &len, &bad);
         Py_END_ALLOW_THREADS
     }
     PyBuffer_Release(&view);
@@ -686,9 +713,10 @@ static PyObject *py_decode(PyObject *self, PyObject *args)
     const char *err;
     Py_ssize_t n;
     PyObject *a_data, *a_out, *a_ref = NULL;
+    int dq = 0;
     (void)self;
     memset(&ref, 0, sizeof ref);
-    if (!PyArg_ParseTuple(args, "OO|O:decode", &a_data, &a_out, &a_ref)) return NULL;
+    if (!PyArg_ParseTuple(args, "OO|Op:decode", &a_data, &a_out, &a_ref, &dq)) return NULL;
     if (PyObject_GetBuffer(a_data, &data, PyBUF_C_CONTIGUOUS) < 0) return NULL;
     if (PyObject_GetBuffer(a_out, &out, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE | PyBUF_FORMAT) < 0) {
         PyBuffer_Release(&data);
@@ -707,7 +735,7 @@ static PyObject *py_decode(PyObject *self, PyObject *args)
     if (!get_ref(a_ref, &ref, n)) goto fail;
     Py_BEGIN_ALLOW_THREADS
     err = decode_all((const uint8_t *)data.buf, (size_t)data.len, (int32_t *)out.buf,
-                     ref.obj ? (const int32_t *)ref.buf : NULL, n);
+                     ref.obj ? (const int32_t *)ref.buf : NULL, dq, n);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&data);
     PyBuffer_Release(&out);
@@ -780,6 +808,7 @@ PyMODINIT_FUNC PyInit__cabac(void)
         PyModule_AddIntConstant(mod, "EG_CTX", CABAC_EG_CTX) < 0 ||
         PyModule_AddIntConstant(mod, "SHIFT_SIG", SHIFT_SIG) < 0 ||
         PyModule_AddIntConstant(mod, "FAST_SIGN", FAST_SIGN) < 0 ||
+        PyModule_AddIntConstant(mod, "DQ_CONTEXTS", 1) < 0 ||
         PyModule_AddIntConstant(mod, "FAST_GT", FAST_GT) < 0 ||
         PyModule_AddIntConstant(mod, "FAST_EG", FAST_EG) < 0 ||
         PyModule_AddIntConstant(mod, "SHIFT_SIGN", SHIFT_SIGN) < 0 ||

@@ -31,9 +31,15 @@ _EG0 = _GT0 + 2 * G
 _TSIG0 = _EG0 + EG_CTX  # + 9 * ref magnitude class (0, +-1, larger) + sig context
 _TSIGN0 = _TSIG0 + 27  # + 3 * ref sign class (zero, negative, positive) + sign context
 _TGT0 = _TSIGN0 + 9  # + 2G * ref magnitude class + gt context
-_NCTX = _TGT0 + 6 * G
+# dq mode: sig again for dependent-quantisation states 2 and 3, gt again for Q1
+_DSIG0 = _TGT0 + 6 * G  # + 9 * (state - 2) + sig context
+_DGT0 = _DSIG0 + 18  # + gt context
+_NCTX = _DGT0 + 2 * G
+DQ_NEXT = ((0, 2), (2, 0), (1, 3), (3, 1))  # the state after a level of parity p
 _MAXSHIFT = ([SHIFT_SIG] * 9 + [SHIFT_SIGN] * 3 + [SHIFT_GT] * (2 * G) + [SHIFT_EG] * EG_CTX
-             + [SHIFT_SIG] * 27 + [SHIFT_SIGN] * 9 + [SHIFT_GT] * (6 * G))
+             + [SHIFT_SIG] * 27 + [SHIFT_SIGN] * 9 + [SHIFT_GT] * (6 * G)
+             + [SHIFT_SIG] * 18 + [SHIFT_GT] * (2 * G))
 # the fast estimate's largest shift, 0 for a single-rate context
 _FASTMAX = ([0] * 9 + [FAST_SIGN] * 3 + [FAST_GT] * (2 * G) + [FAST_EG] * EG_CTX
-            + [0] * 27 + [FAST_SIGN] * 9 + [FAST_GT] * (6 * G))
+            + [0] * 27 + [FAST_SIGN] * 9 + [FAST_GT] * (6 * G)
+            + [0] * 18 + [FAST_GT] * (2 * G))

@@ -8,9 +8,9 @@ binarisation and probability model are described in ``cabac.py``.
 
 from __future__ import annotations
 
-from ._cabac_model import (EG_CTX, EG_MAXK, G, MAG_MAX, MAX_OVERRUN, _EG0, _FASTMAX, _GT0, _M32,
-                           _MAXSHIFT, _NCTX, _PONE, _PROB_SHIFT, _SIG0, _SIGN0, _TGT0, _TOP,
-                           _TSIG0, _TSIGN0)
+from ._cabac_model import (DQ_NEXT, EG_CTX, EG_MAXK, G, MAG_MAX, MAX_OVERRUN, _DGT0, _DSIG0, _EG0,
+                           _FASTMAX, _GT0, _M32, _MAXSHIFT, _NCTX, _PONE, _PROB_SHIFT, _SIG0,
+                           _SIGN0, _TGT0, _TOP, _TSIG0, _TSIGN0)
 from .errors import CodecError
 
 __all__ = ["encode_pure", "decode_pure"]
@@ -45,10 +45,13 @@ def _models():
     return prob, update
 
 
-def _contexts(ref, i: int, c1: int, c2: int) -> tuple:
-    """(sig context, first sign context, first gt context) of level ``i``: plain, or
-    temporal given the reference level ``ref[i]`` (same layout as ``_cabac.c``)."""
+def _contexts(ref, st: int, i: int, c1: int, c2: int) -> tuple:
+    """(sig context, first sign context, first gt context) of level ``i``: plain, dq
+    mode in state ``st`` (2 or 3; plain contexts in 0 and 1), or temporal given the
+    reference level ``ref[i]`` (same layout as ``_cabac.c``)."""
     if ref is None:
+        if st >= 2:
+            return _DSIG0 + (st - 2) * 9 + c1 * 3 + c2, _SIGN0, _DGT0
         return _SIG0 + c1 * 3 + c2, _SIGN0, _GT0
     r = ref[i]
     t = 0 if r == 0 else (1 if r in (1, -1) else 2)
@@ -56,8 +59,9 @@ def _contexts(ref, i: int, c1: int, c2: int) -> tuple:
     return _TSIG0 + t * 9 + c1 * 3 + c2, _TSIGN0 + rc * 3, _TGT0 + t * 2 * G
 
 
-def encode_pure(levels, ref=None) -> bytes:
+def encode_pure(levels, ref=None, dq=False) -> bytes:
     prob, update = _models()
+    dq, qs = dq and ref is None, 0
     out = bytearray()
     st = [0, 0xFFFFFFFF, 0, False, 0]  # low, range, cache, has_cache, pending
 
@@ -104,7 +108,9 @@ def encode_pure(levels, ref=None) -> bytes:
         v = int(v)
         if v > MAG_MAX or v < -MAG_MAX:
             raise CodecError("levels must lie within +-2**30")
-        c_sig, c_sign, c_gt = _contexts(ref, i, c1, c2)
+        c_sig, c_sign, c_gt = _contexts(ref, qs, i, c1, c2)
+        if dq:
+            qs = DQ_NEXT[qs][v & 1]
         enc_bin(c_sig, v != 0)
         c2 = c1
         if v == 0:
@@ -152,8 +158,9 @@ def encode_pure(levels, ref=None) -> bytes:
     return bytes(out)
 
 
-def decode_pure(data: bytes, n: int, ref=None) -> list:
+def decode_pure(data: bytes, n: int, ref=None, dq=False) -> list:
     prob, update = _models()
+    dq, qs = dq and ref is None, 0
     ln = len(data)
     limit = ln + MAX_OVERRUN
     code = 0
@@ -202,10 +209,12 @@ def decode_pure(data: bytes, n: int, ref=None) -> list:
     out = [0] * n
     c1 = c2 = 0
     for i in range(n):
-        c_sig, c_sign, c_gt = _contexts(ref, i, c1, c2)
+        c_sig, c_sign, c_gt = _contexts(ref, qs, i, c1, c2)
         if not dec_bin(c_sig):
             c2 = c1
             c1 = 0
+            if dq:
+                qs = DQ_NEXT[qs][0]
             continue
         c2 = c1
         s = dec_bin(c_sign + c2)
@@ -232,6 +241,8 @@ def decode_pure(data: bytes, n: int, ref=None) -> list:
                 raise CodecError("corrupt stream: level out of range")
             mag = x + G
         out[i] = -mag if s else mag
+        if dq:
+            qs = DQ_NEXT[qs][mag & 1]
         if st[2] > limit:
             raise CodecError("truncated or corrupt stream: read past the end")
     pos = st[2]

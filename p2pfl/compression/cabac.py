@@ -59,6 +59,15 @@ fast half only adds estimation noise.  Departure from the paper's fixed pair
 (shifts 4 and 7): both halves start from the count-adaptive shift of 1, and the
 rates were chosen by measurement (BENCHMARKS.md, issue 11).
 
+**dq mode** (``encode_levels(..., dependent=True)``, the levels of the ``dq``
+quantiser, :mod:`~p2pfl.compression.dq`; without a reference only, since temporal
+mode takes precedence).  The coder follows the dependent-quantisation state,
+starting in state 0 and moving to ``DQ_NEXT[state][|v| & 1]`` after each level.
+In states 0 and 1 (quantiser Q0) the contexts are the plain ones; in states 2
+and 3 (Q1) sig takes a set of 9 contexts of each state, and the gt flags a set of
+``2*G`` of their own (Q1's level 1 is one step, Q0's two).  As in NNC, whose
+significance contexts also depend on the state.
+
 **Range coder.**  32-bit ``range`` (normalised to >= 2^24 by byte shifts),
 33-bit ``low`` with carry propagation through a cached byte and a run of
 pending 0xFF bytes.  A context bin splits ``bound = (range >> 15) * p15``: a
@@ -113,6 +122,7 @@ def _load_c():
         "SHIFT_SIGN": SHIFT_SIGN, "SHIFT_GT": SHIFT_GT, "SHIFT_EG": SHIFT_EG,
         "FAST_SIGN": FAST_SIGN, "FAST_GT": FAST_GT, "FAST_EG": FAST_EG,
         "TEMPORAL": 1,  # knows temporal contexts
+        "DQ_CONTEXTS": 1,  # and dq mode
     }
     if any(getattr(_cabac, k, None) != v for k, v in expected.items()):
         # a stale build of another format version: never mix bitstreams
@@ -157,20 +167,21 @@ def _as_reference(reference, n: int):
     return r
 
 
-def encode_levels(levels, reference=None) -> bytes:
+def encode_levels(levels, reference=None, dependent: bool = False) -> bytes:
     """Code a 1-D integer array (``|v| <= 2**30``) into a self-terminating stream;
     with ``reference`` (the co-located levels of the previous message of the same
-    stream, as many), in temporal mode."""
+    stream, as many), in temporal mode; else with ``dependent`` (levels of the
+    ``dq`` quantiser), in dq mode."""
     a = _as_levels(levels)
     ref = _as_reference(reference, a.size)
     if _c is not None:
         try:
-            return _c.encode(a) if ref is None else _c.encode(a, ref)
+            return _c.encode(a, ref, bool(dependent))
         except ValueError as exc:  # an int32 level outside +-2**30
             raise CodecError(str(exc)) from None
     from ._cabac_pure import encode_pure
 
-    return encode_pure(a.tolist(), None if ref is None else ref.tolist())
+    return encode_pure(a.tolist(), None if ref is None else ref.tolist(), bool(dependent))
 
 
 def step_levels(x: np.ndarray, step: float):
@@ -199,9 +210,10 @@ def max_levels_for(nbytes: int) -> int:
     return min(N_MAX, (nbytes + 8) << 18)
 
 
-def decode_levels(data, n: int, reference=None) -> np.ndarray:
+def decode_levels(data, n: int, reference=None, dependent: bool = False) -> np.ndarray:
     """Decode exactly ``n`` levels from ``data``; returns a new writable int32 array.
-    ``reference``: the one the stream was coded with (temporal mode)."""
+    ``reference``: the one the stream was coded with (temporal mode); ``dependent``:
+    as it was coded (dq mode, when there is no reference)."""
     try:
         n = operator.index(n)
     except TypeError:
@@ -217,14 +229,14 @@ def decode_levels(data, n: int, reference=None) -> np.ndarray:
     if _c is not None:
         out = np.empty(n, dtype=np.int32)
         try:
-            _c.decode(mv, out) if ref is None else _c.decode(mv, out, ref)
+            _c.decode(mv, out, ref, bool(dependent))
         except ValueError as exc:
             raise CodecError(str(exc)) from None
         return out
     from ._cabac_pure import decode_pure
 
-    return np.array(decode_pure(bytes(mv), n, None if ref is None else ref.tolist()),
-                    dtype=np.int32)
+    return np.array(decode_pure(bytes(mv), n, None if ref is None else ref.tolist(),
+                                bool(dependent)), dtype=np.int32)
 
 
 def empirical_entropy_bits(levels) -> float:

@@ -50,6 +50,8 @@ class Codec:
         self.position_coder = by_role.get("positions") or RawPositions()
         self.lossless = by_role.get("lossless")
         self.cabac = self.lossless if getattr(self.lossless, "codes_levels", False) else None
+        if self.cabac is not None and getattr(self.quantiser, "dependent", False):
+            self.cabac.dependent = True  # CABAC's dq mode follows the quantiser's states
         self.compressor = None if self.cabac else self.lossless
         self.ids = bytes(s.wire_id for s in stages)
         self.max_numel = max_numel

@@ -107,6 +107,7 @@ class Cabac(Stage):
     stage then holds that state, and decoding needs the sender."""
     name, wire_id, role = "cabac", 51, "lossless"
     codes_levels = True
+    dependent = False  # set by the codec when its quantiser is dq (dq mode)
 
     def __init__(self, args, rng):
         super().__init__(args, rng)
@@ -138,9 +139,14 @@ class Cabac(Stage):
 
     def encode_levels(self, levels: np.ndarray) -> bytes:
         levels = np.ascontiguousarray(levels, np.int32)
+        module, dependent = self._module(), self.dependent
+
+        def coder(lv, reference=None):
+            return module.encode_levels(lv, reference, dependent)
+
         if self.temporal is not None:
-            return self.temporal.encode(levels, self._module().encode_levels)
-        return bytes(self._module().encode_levels(levels))
+            return self.temporal.encode(levels, coder)
+        return bytes(coder(levels))
 
     def decode_levels(self, data: bytes, count: int, sender=None) -> np.ndarray:
         if self.temporal is not None:
@@ -149,7 +155,7 @@ class Cabac(Stage):
 
     def _decode(self, data: bytes, count: int, reference=None) -> np.ndarray:
         try:
-            out = self._module().decode_levels(data, count, reference)
+            out = self._module().decode_levels(data, count, reference, self.dependent)
         except CodecError:
             raise
         except (ValueError, OverflowError, IndexError, MemoryError) as exc:
