@@ -58,29 +58,41 @@ static inline double rate_of(const rates_t *rt, int q, int64_t k)
     return row[rt->mmax] + 2.0 * log2((double)m / (double)rt->mmax);
 }
 
+/* floor(y) for |y| < 2^52, exactly, without a libm call. */
+static inline int64_t floor_i64(double y)
+{
+    int64_t t = (int64_t)y; /* truncates towards zero */
+    return t - (y < (double)t);
+}
+
 /* The three candidates of quantiser q for u = x / step: the two levels whose
- * reconstructions bracket u, and zero. */
-static inline void candidates(double u, int q, int64_t *c)
+ * reconstructions bracket u, and zero; with their squared errors. */
+static inline void candidates(double u, int q, int64_t *c, double *e2)
 {
     int64_t a;
+    int j;
     if (!q) {
-        a = (int64_t)floor(u / 2.0);
+        a = floor_i64(u / 2.0);
         c[0] = a;
         c[1] = a + 1;
     } else if (u >= 0) {
-        a = (int64_t)floor((u + 1.0) / 2.0);
+        a = floor_i64((u + 1.0) / 2.0);
         c[0] = a;
         c[1] = a + 1;
     } else {
-        a = (int64_t)ceil((u - 1.0) / 2.0);
+        a = -floor_i64(-((u - 1.0) / 2.0)); /* ceil */
         c[0] = a;
         c[1] = a - 1;
     }
     c[2] = 0;
+    for (j = 0; j < 3; j++) {
+        double e = u - (double)recon(c[j], q);
+        e2[j] = e * e;
+    }
 }
 
 /* One block [lo, hi) from state s0; writes its levels and classes and returns
- * the state after it. */
+ * the state after it.  The candidates of both quantisers are found once a value. */
 static int viterbi_block(const float *x, double step, const rates_t *rt, Py_ssize_t lo,
                          Py_ssize_t hi, int s0, int32_t *bk, uint8_t *bs, int32_t *lv,
                          uint8_t *cls)
@@ -90,23 +102,27 @@ static int viterbi_block(const float *x, double step, const rates_t *rt, Py_ssiz
     int s, best = 0;
     for (s = 0; s < 4; s++) cost[s] = (s == s0) ? 0.0 : HUGE_VAL;
     for (i = lo; i < hi; i++) {
-        double u = (double)x[i] / step;
+        double u = (double)x[i] / step, e2[2][3], rate[2][3];
+        int64_t c[2][3];
         int32_t *k_out = bk + 4 * (i - lo);
         uint8_t *s_out = bs + 4 * (i - lo);
+        int q, j;
+        for (q = 0; q < 2; q++) {
+            candidates(u, q, c[q], e2[q]);
+            for (j = 0; j < 3; j++)
+                rate[q][j] = rt->lam > 0 ? rt->lam * rate_of(rt, q, c[q][j]) : 0.0;
+        }
         for (s = 0; s < 4; s++) nc[s] = HUGE_VAL;
         for (s = 0; s < 4; s++) {
-            int64_t c[3];
-            int j, q = s >> 1;
+            q = s >> 1;
             if (cost[s] == HUGE_VAL) continue;
-            candidates(u, q, c);
             for (j = 0; j < 3; j++) {
-                double e = u - (double)recon(c[j], q);
-                double total = cost[s] + e * e;
-                int ns = NEXT[s][c[j] & 1];
-                if (rt->lam > 0) total = total + rt->lam * rate_of(rt, q, c[j]);
+                double total = cost[s] + e2[q][j];
+                int ns = NEXT[s][c[q][j] & 1];
+                if (rt->lam > 0) total = total + rate[q][j];
                 if (total < nc[ns]) {
                     nc[ns] = total;
-                    k_out[ns] = (int32_t)c[j];
+                    k_out[ns] = (int32_t)c[q][j];
                     s_out[ns] = (uint8_t)s;
                 }
             }

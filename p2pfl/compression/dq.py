@@ -101,10 +101,11 @@ def trellis_levels(x: np.ndarray, step: float, lam: float = 0.0,
         rates[1] = rates[0]
     else:
         rates, passes = np.zeros((2, mmax + 1)), 1
-    for _ in range(passes):
-        run = _c.trellis if _c is not None else _trellis_pure
+    run = _c.trellis if _c is not None else _trellis_pure
+    for k in range(passes):
+        if k:
+            rates = rate_tables(levels, cls, mmax)
         run(x, float(step), float(lam), rates.reshape(-1), mmax, levels, cls)
-        rates = rate_tables(levels, cls, mmax)
     return levels, cls
 
 
