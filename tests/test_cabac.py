@@ -3,11 +3,12 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from p2pfl.compression import _cabac_pure, cabac
+from p2pfl.compression import _cabac_pure, cabac, make_codec
 from p2pfl.compression.cabac import (
     MAG_MAX,
     decode_levels,
@@ -342,3 +343,15 @@ def test_dq_mode_c_and_python_agree_on_hostile_input():
         n = int(rng.integers(0, 500))
         assert _decode_or_error(lambda b, k: decode_levels(b, k, dependent=True), blob, n) == \
             _decode_or_error(lambda b, k: _cabac_pure.decode_pure(b, k, None, True), blob, n)
+
+
+def test_a_format_1_blob_is_refused_not_misread():
+    """Format 2 changed the coder's probabilities; the stage id changed with it (51 ->
+    52), so a blob from a format-1 peer fails on its header instead of decoding to
+    wrong levels."""
+    codec = make_codec("quant:0.01+cabac")
+    blob = b"".join(bytes(f) for f in codec.encode(torch.linspace(-1, 1, 500)))
+    assert blob.count(bytes([4, 52])) >= 1
+    old = blob.replace(bytes([4, 52]), bytes([4, 51]), 1)
+    with pytest.raises(CodecError):
+        codec.decode([old])

@@ -152,3 +152,18 @@ def test_hostile_levels_are_codec_errors_or_finite():
     lv = rng.integers(-2**30, 2**30 + 1, 2_000).astype(np.int32)
     out = dq.dequant(cabac.decode_levels(cabac.encode_levels(lv), lv.size), STEP)
     assert np.isfinite(out).all() and out.dtype == np.float32
+
+
+@needs_c
+def test_private_trellis_refuses_what_it_cannot_search():
+    x, lv, cl = _weights(100), np.zeros(100, np.int32), np.zeros(100, np.uint8)
+    with pytest.raises(ValueError):
+        dq._c.trellis(x, STEP, 0.1, np.full(10, np.inf), 4, lv, cl)
+    with pytest.raises(ValueError):
+        dq._c.trellis(x, STEP, 0.1, np.zeros(10), 5, lv, cl)  # table size disagrees
+
+
+@pytest.mark.parametrize("lam", [float("inf"), float("nan"), -1.0])
+def test_lambda_must_be_finite_and_non_negative(lam):
+    with pytest.raises(CodecError):
+        dq.trellis_levels(_weights(10), STEP, lam)

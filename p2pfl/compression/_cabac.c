@@ -809,6 +809,9 @@ PyMODINIT_FUNC PyInit__cabac(void)
         PyModule_AddIntConstant(mod, "SHIFT_SIG", SHIFT_SIG) < 0 ||
         PyModule_AddIntConstant(mod, "FAST_SIGN", FAST_SIGN) < 0 ||
         PyModule_AddIntConstant(mod, "DQ_CONTEXTS", 1) < 0 ||
+        PyModule_AddObject(mod, "DQ_NEXT", Py_BuildValue(
+            "((ii)(ii)(ii)(ii))", DQ_NEXT[0][0], DQ_NEXT[0][1], DQ_NEXT[1][0], DQ_NEXT[1][1],
+            DQ_NEXT[2][0], DQ_NEXT[2][1], DQ_NEXT[3][0], DQ_NEXT[3][1])) < 0 ||
         PyModule_AddIntConstant(mod, "FAST_GT", FAST_GT) < 0 ||
         PyModule_AddIntConstant(mod, "FAST_EG", FAST_EG) < 0 ||
         PyModule_AddIntConstant(mod, "SHIFT_SIGN", SHIFT_SIGN) < 0 ||

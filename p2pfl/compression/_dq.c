@@ -36,7 +36,7 @@
 #define DQ_BLOCK 65536        /* values a Viterbi block: its survivors stay in cache */
 #define DQ_UMAX 1073741820.0  /* |x / step| below this: every candidate |k| < 2^30 */
 
-static const uint8_t NEXT[4][2] = {{0, 2}, {2, 0}, {1, 3}, {3, 1}};
+static const uint8_t NEXT[4][2] = {{0, 2}, {2, 0}, {1, 3}, {3, 1}}; /* exported as NEXT */
 
 static inline int64_t recon(int64_t k, int q)
 {
@@ -101,6 +101,9 @@ static int viterbi_block(const float *x, double step, const rates_t *rt, Py_ssiz
     Py_ssize_t i;
     int s, best = 0;
     for (s = 0; s < 4; s++) cost[s] = (s == s0) ? 0.0 : HUGE_VAL;
+    /* survivors start defined: were every cost to overflow, the backtrack reads zeros */
+    memset(bk, 0, sizeof(int32_t) * 4 * (size_t)(hi - lo));
+    memset(bs, 0, 4 * (size_t)(hi - lo));
     for (i = lo; i < hi; i++) {
         double u = (double)x[i] / step, e2[2][3], rate[2][3];
         int64_t c[2][3];
@@ -133,7 +136,7 @@ static int viterbi_block(const float *x, double step, const rates_t *rt, Py_ssiz
         if (cost[s] < cost[best]) best = s;
     s = best;
     for (i = hi - 1; i >= lo; i--) {
-        int prev = bs[4 * (i - lo) + s];
+        int prev = bs[4 * (i - lo) + s] & 3;
         lv[i] = bk[4 * (i - lo) + s];
         cls[i] = (uint8_t)(prev >> 1);
         s = prev;
@@ -166,7 +169,8 @@ static PyObject *py_trellis(PyObject *self, PyObject *args)
     rates_t rt;
     (void)self;
     if (!PyArg_ParseTuple(args, "OddOnOO", &xo, &step, &lam, &ro, &mmax, &lo, &co)) return NULL;
-    if (!(step > 0) || !isfinite(step) || !(lam >= 0) || !isfinite(lam) || mmax < 1) {
+    if (!(step > 0) || !isfinite(step) || !(lam >= 0) || !isfinite(lam) || mmax < 1 ||
+        mmax > (1 << 24)) {
         PyErr_SetString(PyExc_ValueError, "trellis: bad step, lambda or table size");
         return NULL;
     }
@@ -183,6 +187,12 @@ static PyObject *py_trellis(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "trellis: buffer sizes disagree");
         goto fail;
     }
+    for (i = 0; i < 2 * (mmax + 1); i++) {
+        if (!isfinite(((const double *)rb.buf)[i])) {
+            PyErr_SetString(PyExc_ValueError, "trellis: rates must be finite");
+            goto fail;
+        }
+    }
     for (i = 0; i < n; i++) {
         double u = (double)((const float *)xb.buf)[i] / step;
         if (!(fabs(u) < DQ_UMAX)) { bad = 1; break; }
@@ -192,8 +202,9 @@ static PyObject *py_trellis(PyObject *self, PyObject *args)
                         "would not fit in 2^30");
         goto fail;
     }
-    bk = (int32_t *)malloc(sizeof(int32_t) * 4 * DQ_BLOCK);
-    bs = (uint8_t *)malloc(4 * DQ_BLOCK);
+    a = (n < DQ_BLOCK) ? (n > 0 ? n : 1) : DQ_BLOCK; /* survivors of one block */
+    bk = (int32_t *)malloc(sizeof(int32_t) * 4 * (size_t)a);
+    bs = (uint8_t *)malloc(4 * (size_t)a);
     if (!bk || !bs) { free(bk); free(bs); PyErr_NoMemory(); goto fail; }
     rt.rate = (const double *)rb.buf;
     rt.mmax = mmax;
@@ -261,7 +272,10 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_dq", NULL, -1, meth
 PyMODINIT_FUNC PyInit__dq(void)
 {
     PyObject *mod = PyModule_Create(&module);
-    if (mod && PyModule_AddIntConstant(mod, "BLOCK", DQ_BLOCK) < 0) {
+    if (mod && (PyModule_AddIntConstant(mod, "BLOCK", DQ_BLOCK) < 0 ||
+                PyModule_AddObject(mod, "NEXT", Py_BuildValue(
+                    "((ii)(ii)(ii)(ii))", NEXT[0][0], NEXT[0][1], NEXT[1][0], NEXT[1][1],
+                    NEXT[2][0], NEXT[2][1], NEXT[3][0], NEXT[3][1])) < 0)) {
         Py_DECREF(mod);
         return NULL;
     }

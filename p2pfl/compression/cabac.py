@@ -106,7 +106,7 @@ __all__ = [
 
 from p2pfl.compression._cabac_model import (  # noqa: E402  (the one home of the model)
     _EG0, _GT0, _M32, _MAXSHIFT, _NCTX, _PONE, _PROB_SHIFT, _PSTATE_BITS, _SIG0, _SIGN0, _TOP,
-    EG_CTX, EG_MAXK, FAST_EG, FAST_GT, FAST_SIGN, FORMAT_VERSION, G, MAG_MAX, MAX_OVERRUN,
+    DQ_NEXT, EG_CTX, EG_MAXK, FAST_EG, FAST_GT, FAST_SIGN, FORMAT_VERSION, G, MAG_MAX, MAX_OVERRUN,
     N_MAX, SHIFT_EG, SHIFT_GT, SHIFT_SIG, SHIFT_SIGN)
 
 
@@ -122,7 +122,8 @@ def _load_c():
         "SHIFT_SIGN": SHIFT_SIGN, "SHIFT_GT": SHIFT_GT, "SHIFT_EG": SHIFT_EG,
         "FAST_SIGN": FAST_SIGN, "FAST_GT": FAST_GT, "FAST_EG": FAST_EG,
         "TEMPORAL": 1,  # knows temporal contexts
-        "DQ_CONTEXTS": 1,  # and dq mode
+        "DQ_CONTEXTS": 1,  # and dq mode, with the state machine of _cabac_model
+        "DQ_NEXT": DQ_NEXT,
     }
     if any(getattr(_cabac, k, None) != v for k, v in expected.items()):
         # a stale build of another format version: never mix bitstreams

@@ -41,11 +41,11 @@ import os
 
 import numpy as np
 
+from ._cabac_model import DQ_NEXT as NEXT  # the one home of the state machine
 from .errors import CodecError
 
 __all__ = ["NEXT", "BLOCK", "trellis_levels", "dequant", "HAVE_C"]
 
-NEXT = ((0, 2), (2, 0), (1, 3), (3, 1))
 BLOCK = 65536
 _UMAX = 1073741820.0  # |x/Δ| below this keeps every candidate level under 2**30
 _MMAX_CAP = 4096  # rate table size; larger magnitudes extrapolate
@@ -58,7 +58,9 @@ def _load_c():
         from p2pfl.compression import _dq  # type: ignore[attr-defined]
     except ImportError:
         return None
-    return _dq if getattr(_dq, "BLOCK", None) == BLOCK else None
+    # a stale build with another block size or state machine is not used
+    return _dq if (getattr(_dq, "BLOCK", None), getattr(_dq, "NEXT", None)) == (BLOCK, NEXT) \
+        else None
 
 
 _c = _load_c()
@@ -85,6 +87,8 @@ def rate_tables(levels: np.ndarray, cls: np.ndarray, mmax: int) -> np.ndarray:
 def trellis_levels(x: np.ndarray, step: float, lam: float = 0.0,
                    passes: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """(int32 levels, uint8 quantiser of each value) for float32 ``x`` (docstring)."""
+    if not (math.isfinite(lam) and lam >= 0):
+        raise CodecError(f"dq: lambda must be finite and >= 0, got {lam!r}")
     x = np.ascontiguousarray(x, dtype=np.float32)
     n = x.size
     levels, cls = np.zeros(n, np.int32), np.zeros(n, np.uint8)

@@ -105,7 +105,9 @@ class Cabac(Stage):
     ``cabac:temporal`` conditions the contexts on the co-located levels of the
     previous message of the same stream (:mod:`~p2pfl.compression.temporal`); the
     stage then holds that state, and decoding needs the sender."""
-    name, wire_id, role = "cabac", 51, "lossless"
+    # 52 since CABAC format 2 (dual-rate contexts): a peer of format 1 (id 51) sees
+    # another stage in the header and refuses the blob instead of misreading it
+    name, wire_id, role = "cabac", 52, "lossless"
     codes_levels = True
     dependent = False  # set by the codec when its quantiser is dq (dq mode)
 
