@@ -46,7 +46,18 @@ class BF16Quant(Stage):
         return Floats(bits.numpy().view(np.uint16), BF16)
 
 
-class StepQuant(Stage):
+class _StepStage(Stage):
+    """A quantiser of ``NAME:STEP[:rd=LAMBDA]``: the step Δ and the rate weight λ."""
+    min_args = 1
+    max_args = 2
+
+    def __init__(self, args, rng):
+        super().__init__(args, rng)
+        self.step = float_arg(self, args[0], "STEP", 0.0, 1e30)
+        self.lam = _lambda_arg(self, args[1]) if len(args) == 2 else 0.0
+
+
+class StepQuant(_StepStage):
     """``quant:STEP``: uniform scalar quantisation with step Δ, nearest level
     (DeepCABAC's "Quantise" step, ALGORITHMS.md § DeepCABAC): level = round(x/Δ),
     x̂ = level·Δ, so |x̂ − x| ≤ Δ/2 (computed in float64, then cast to float32).
@@ -56,13 +67,6 @@ class StepQuant(Stage):
     zero, or zero.  A level never grows in magnitude or changes sign, so
     |x̂ − x| ≤ max(3Δ/2, |x|)."""
     name, wire_id, role, biased, levels = "quant", 4, "quantise", True, True
-    min_args = 1
-    max_args = 2
-
-    def __init__(self, args, rng):
-        super().__init__(args, rng)
-        self.step = float_arg(self, args[0], "STEP", 0.0, 1e30)
-        self.lam = _lambda_arg(self, args[1]) if len(args) == 2 else 0.0
 
     def quantise(self, x: np.ndarray) -> Levels:
         if self.lam == 0:
@@ -92,7 +96,7 @@ def _lambda_arg(stage: Stage, text: str) -> float:
     return float_arg(stage, value, "LAMBDA", 0.0, 1e6, lo_open=False)
 
 
-class DependentQuant(Stage):
+class DependentQuant(_StepStage):
     """``dq:STEP``: dependent (trellis-coded) quantisation with step Δ, NNC's two
     interleaved quantisers and 4-state machine (ALGORITHMS.md, "Entropy coding
     extensions"; :mod:`~p2pfl.compression.dq`).  The levels minimise Σ (x/Δ − r)²
@@ -101,13 +105,6 @@ class DependentQuant(Stage):
     |x̂ − x| ≤ max(2Δ, |x|).  For dense tensors and PowerSGD factors only."""
     name, wire_id, role, biased, levels = "dq", 9, "quantise", True, True
     dependent = True
-    min_args = 1
-    max_args = 2
-
-    def __init__(self, args, rng):
-        super().__init__(args, rng)
-        self.step = float_arg(self, args[0], "STEP", 0.0, 1e30)
-        self.lam = _lambda_arg(self, args[1]) if len(args) == 2 else 0.0
 
     def quantise(self, x: np.ndarray) -> DQLevels:
         from .dq import trellis_levels
