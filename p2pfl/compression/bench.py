@@ -31,7 +31,8 @@ __all__ = ["DEFAULT_SPECS", "standard_tensors", "run_codec_bench", "format_codec
 
 DEFAULT_SPECS = (
     "none", "fp16", "bf16", "quant:0.0039", "quant:0.0039+deflate", "quant:0.0039+bz2",
-    "quant:0.0039+lzma", "quant:0.0039+cabac", "uniform:8+lzma", "qsgd:16", "terngrad", "sign",
+    "quant:0.0039+lzma", "quant:0.0039+cabac", "dq:0.0039+cabac", "uniform:8+lzma", "qsgd:16",
+    "terngrad", "sign",
     "topk:0.01", "topk:0.01+golomb", "topk:0.01+golomb+deflate", "topk:0.01+quant:0.001+cabac",
     "randk:0.01", "threshold:0.001", "sbc:0.01+golomb", "stc:0.01+golomb", "stc:0.01+cabac",
     "powersgd:2",
