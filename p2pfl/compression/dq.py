@@ -94,13 +94,14 @@ def trellis_levels(x: np.ndarray, step: float, lam: float = 0.0,
     levels, cls = np.zeros(n, np.int32), np.zeros(n, np.uint8)
     if n == 0:
         return levels, cls
-    u = x.astype(np.float64) / step
-    if not (np.isfinite(u).all() and float(np.abs(u).max()) < _UMAX):
+    # max |x / step| (the division is monotonic); NaN or inf make it non-finite
+    top = float(np.abs(x).max()) / step
+    if not top < _UMAX:
         raise CodecError(f"dq:{step!r} cannot code non-finite values or levels of 2**30 "
                          "or more; use a larger step")
-    mmax = int(min(_MMAX_CAP, max(1, float(np.abs(u).max()) // 2 + 2)))
+    mmax = int(min(_MMAX_CAP, max(1, top // 2 + 2)))
     if lam > 0:
-        start = np.rint(u / 2).astype(np.int64)
+        start = np.rint(x.astype(np.float64) / step / 2).astype(np.int64)
         rates = rate_tables(start, np.zeros(n, np.uint8), mmax)
         rates[1] = rates[0]
     else:
