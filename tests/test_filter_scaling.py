@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from p2pfl.strategies.filter_scaling import (apply_scales, filter_layout, quantise_scales,
-                                             read_scales, scaled_parameters, scales_frame)
+from p2pfl.strategies.filter_scaling import (apply_scales, combine_scales, filter_layout,
+                                             quantise_scales, read_scales, scale_filters,
+                                             scaled_parameters, scales_frame)
 
 SHAPES = [(16, 1, 3, 3), (16,), (32, 16, 3, 3), (32,), (10, 512), (10,)]
 N = sum(math.prod(s) for s in SHAPES)
@@ -52,6 +53,65 @@ def test_scales_move_whole_filters_and_leave_the_rest():
     e = apply_scales(base, sent, scales, layout)
     torch.testing.assert_close(e[:144], (float(np.float16(0.01)) * 7) * base[:144])
     assert not e[144:].any()  # the second layer's scales are 1; linear layer unscaled
+
+
+def test_global_scales_are_the_weighted_mean_or_the_median_and_move_whole_filters():
+    layout = [(0, 3, 2)]
+    mk = lambda lv: [(np.float16(0.01), np.array(lv, np.int8))]  # noqa: E731
+    received = [mk([7, 0, -7]), mk([1, 0, 7]), mk([1, 0, 7])]
+    (q, levels), = combine_scales(received, [10, 30, 0], False, layout)
+    mean = 1 + float(np.float16(0.01)) * np.array([(70 + 30) / 40, 0, (-70 + 210) / 40])
+    assert np.abs(1 + levels * float(q) - mean).max() <= float(q) / 2 + 1e-6
+    (q, levels), = combine_scales(received, [1, 1, 1], True, layout)  # robust: the median
+    assert np.allclose(1 + levels * float(q), 1 + float(np.float16(0.01)) * np.array([1, 0, 7]),
+                       atol=float(q) / 2 + 1e-6)
+    assert all(not lv.any() for _, lv in combine_scales([], [], False, layout))  # no reply: 1
+    v = torch.arange(1.0, 9.0)
+    out = scale_filters(v, [(np.float16(0.5 / 7), np.array([7, 0, -7], np.int8))], layout)
+    s = float(np.float16(0.5 / 7)) * 7
+    torch.testing.assert_close(out, torch.tensor([1, 2, 3, 4, 5, 6, 7, 8]) * torch.tensor(
+        [1 + s, 1 + s, 1, 1, 1 - s, 1 - s, 1, 1]))
+    assert torch.equal(v, torch.arange(1.0, 9.0))  # a new tensor
+
+
+def test_stc_sends_the_global_scales_down_and_its_workers_follow_bit_for_bit():
+    """W ← s̄ ⊙ (W + ΔW̃) on the server, and the same from the catch-up blobs on a worker."""
+    import dataclasses
+
+    from _strategy_ctx import FakeLearner, server_ctx
+    from _strategy_ctx import client as make_client
+    from p2pfl.compression import make_codec
+    from p2pfl.strategies import Reply, make_strategy
+    from p2pfl.strategies.base import Packet
+    from p2pfl.strategies.stc import read_catch_up
+
+    g = torch.Generator().manual_seed(3)
+    init = torch.randn(N, generator=g)
+    ctx = dataclasses.replace(server_ctx("stc", n=N, stc_cache=10, filter_scaling="on"),
+                              shapes=tuple(SHAPES), init=init)
+    server = make_strategy("stc", ctx)
+    learner = FakeLearner(N)
+    learner.shapes, learner.flat = SHAPES, init.clone()
+    worker = make_client("stc", learner, filter_scaling="on")
+    up = make_codec(server.up_spec, shapes=SHAPES)
+    layout = filter_layout(SHAPES)
+    before = server.model.clone()
+    for rnd in (1, 2, 3):
+        server.configure(rnd, [1, 2])
+        replies = []
+        for w, level in ((1, 7), (2, -3)):
+            scales = [(np.float16(0.01), np.full(f, level, np.int8)) for _, f, _ in layout]
+            packet = Packet(up.name, [*up.encode(0.01 * torch.randn(N, generator=g)),
+                                      scales_frame(scales)], meta={"n": 10, "fs": True})
+            replies.append(Reply(w, content=server.decode(w, packet), num_samples=10 * w))
+        server.aggregate(rnd, replies)
+    packet = server.configure(4, [0])[0]
+    assert [len(b) for b in read_catch_up(packet)] == [len(up.encode(torch.zeros(N))) + 1] * 3
+    worker.apply(4, packet)
+    assert torch.equal(worker.base, server.model)
+    # s̄ − 1 = 0.01 · (10·7 − 20·3) / 30 > 0: every filter grew, beyond what 5 % sparse moves
+    ratio = server.model[:144] / before[:144]
+    assert (ratio > 1).float().mean() > 0.9
 
 
 @pytest.mark.parametrize("frame", [b"", b"\x00" * 27, b"\x00" * 29,
@@ -102,3 +162,8 @@ def test_server_modes_with_filter_scaling_run_and_send_the_scales(tmp_path, mode
     # 4 workers x 3 rounds; the sparse parts differ a little between the runs (Golomb gaps)
     extra = scaled["bytes_up_total"] - plain["bytes_up_total"]
     assert 12 * 28 - 300 <= extra <= 12 * (28 + 16) + 300
+    down = scaled["bytes_down_total"] - plain["bytes_down_total"]
+    if mode == "stc":  # s̄ goes down with each of the 3 global updates, to each worker
+        assert 12 * 28 - 300 <= down <= 12 * (28 + 16) + 300
+    else:  # FedAvg sends the model, which holds the scaled filters
+        assert down == 0

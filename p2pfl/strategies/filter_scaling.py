@@ -10,6 +10,15 @@ for :data:`SCALE_STEPS` SGD steps on its own data
 with the sparse update, and the server's filter becomes s_f · (W_f + ũ_f): one
 factor moves the whole filter, which a 1 % sparse update cannot.
 
+Both directions carry scales.  FedAvg sends the model down, so it applies each
+worker's e_f = s_f·(W_f + ũ_f) − W_f and averages.  Server STC compresses its
+downstream too, and a dense e_f would reach the workers only through the
+server's 1 % sparse update and residual; so it averages the sparse updates and
+the scales apart (:func:`combine_scales`: weighted by data size, or the
+per-filter median under a robust ``--aggregator``), sends s̄ with its sparse
+update ΔW̃, and server and workers both set W ← s̄ ⊙ (W + ΔW̃)
+(:func:`scale_filters`).
+
 Each layer sends its step q_l = max_f |s_f − 1| / 7 as float16 and a 4-bit level
 per filter (two to a byte): s_f = 1 + q_l · level_f, level in [−7, 7].  The
 error-feedback residual keeps what the sparsifier dropped (u − ũ) and not the
@@ -27,7 +36,8 @@ import numpy as np
 import torch
 
 __all__ = ["SCALE_STEPS", "SCALE_LEVELS", "filter_layout", "scaled_parameters",
-           "quantise_scales", "apply_scales", "scales_frame", "read_scales"]
+           "quantise_scales", "apply_scales", "scale_filters", "combine_scales",
+           "scales_frame", "read_scales"]
 
 #: SGD steps that train the scales each round ("a few steps" in the paper).
 SCALE_STEPS = 5
@@ -75,14 +85,47 @@ def quantise_scales(scales: list) -> list:
     return out
 
 
+def _values(q, levels) -> torch.Tensor:
+    """The scales s_f = 1 + q·level_f of one layer, float32."""
+    return 1 + torch.from_numpy(levels.astype(np.float32) * np.float32(q))
+
+
 def apply_scales(base: torch.Tensor, sent: torch.Tensor, scales: list,
                  layout) -> torch.Tensor:
     """The update the server applies: ũ, with e_f = s_f·(W_f + ũ_f) − W_f on filters."""
     out = sent.clone()
     for (o, f, k), w, (q, levels) in zip(layout, _filters(base, layout), scales):
-        s = 1 + torch.from_numpy(levels.astype(np.float32) * np.float32(q)).reshape(f, 1)
+        s = _values(q, levels).reshape(f, 1)
         out[o:o + f * k] = (s * (w + out[o:o + f * k].reshape(f, k)) - w).reshape(-1)
     return out
+
+
+def scale_filters(model: torch.Tensor, scales: list, layout) -> torch.Tensor:
+    """``model`` with every conv filter f multiplied by s_f (a new tensor).  The
+    server and its workers both compute W ← s̄ ⊙ (W + ΔW̃) with it, bit for bit."""
+    out = model.clone()
+    for (o, f, k), (q, levels) in zip(layout, scales):
+        out[o:o + f * k] = (_values(q, levels).reshape(f, 1)
+                            * out[o:o + f * k].reshape(f, k)).reshape(-1)
+    return out
+
+
+def combine_scales(received: list, weights: list, median: bool, layout) -> list:
+    """The global scales s̄ of a round, quantised like a worker's: the data-size
+    weighted mean of the workers' scales, or with a robust ``--aggregator`` their
+    per-filter median.  No scales (no reply) give s̄ = 1."""
+    if not received:
+        return quantise_scales([torch.ones(f) for _, f, _ in layout])
+    out = []
+    for layer in range(len(layout)):
+        x = torch.stack([_values(*r[layer]).double() for r in received])
+        if median:
+            x = x.sort(0).values
+            out.append((x[(len(x) - 1) // 2] + x[len(x) // 2]) / 2)
+        else:
+            w = torch.tensor(weights, dtype=torch.float64).reshape(-1, 1)
+            out.append((w * x).sum(0) / w.sum())
+    return quantise_scales(out)
 
 
 def _frame_bytes(layout) -> int:

@@ -19,7 +19,9 @@ that missed more than the cache holds receives the full model (raw float32).
 
 The uplink (the update's codec, temporal contexts and their acknowledgements,
 filter scales) is :mod:`.upstream`'s, shared with compressed FedAvg; with
-``cabac:temporal`` the downstream stays plain (``STCOptions``).
+``cabac:temporal`` the downstream stays plain (``STCOptions``).  With
+``--filter-scaling on`` each global update also carries the workers' combined
+filter scales s̄, and W ← s̄ ⊙ (W + ΔW̃) on both ends (:mod:`.filter_scaling`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from ..compression import make_codec
 from ..compression.feedback import codec_state, restore_codec
 from .base import Packet, Strategy, dense_packet, dense_tensor, model_from_state
 from .fedavg import FedAvgClient, fedavg_step
+from .filter_scaling import combine_scales, filter_layout, read_scales, scale_filters, \
+    scales_frame
 from .robust import parse_aggregator
 from .upstream import UpDecoder
 
@@ -75,6 +79,8 @@ class STC(Strategy):
         self.synced = {w: 0 for w in ctx.workers}  # round of the model each worker holds
         self.round = 0  # the last aggregated round; W is W_round
         self.aggregator = parse_aggregator(o.aggregator)  # --aggregator (robust.py)
+        self.layout = filter_layout(ctx.shapes) if o.filter_scaling else None
+        self.scales: dict = {}  # worker -> its filter scales this round
 
     def _instruction(self, worker: int) -> Packet:
         missed = list(range(self.synced[worker] + 1, self.round + 1))
@@ -89,12 +95,23 @@ class STC(Strategy):
         return {w: self._instruction(w) for w in participants}
 
     def decode(self, worker: int, packet: Packet) -> torch.Tensor:
-        return self.up.decode(worker, packet, self.model)
+        if self.layout is None:
+            return self.up.decode(worker, packet, self.model)
+        update, self.scales[worker] = self.up.decode_parts(worker, packet, self.model)
+        return update
 
     def aggregate(self, rnd: int, replies: list) -> None:
         mean = fedavg_step(torch.zeros_like(self.model), replies, self.aggregator)  # ΔW
         frames, sent = self.down.encode_with_reconstruction(mean)  # ΔW̃ = STC_down(A_s)
         self.model = self.model + sent
+        if self.layout is not None:  # W ← s̄ ⊙ (W + ΔW̃), s̄ sent with ΔW̃
+            ok = [r for r in replies if r.ok and r.worker in self.scales]
+            scales = combine_scales([self.scales[r.worker] for r in ok],
+                                    [r.num_samples for r in ok],
+                                    self.aggregator.name != "mean", self.layout)
+            self.model = scale_filters(self.model, scales, self.layout)
+            frames = [*frames, scales_frame(scales)]
+            self.scales = {}
         self.cache[rnd] = [bytes(memoryview(f).cast("B")) for f in frames]
         while len(self.cache) > self.cache_len:
             self.cache.popitem(last=False)
@@ -146,13 +163,21 @@ class STCClient(FedAvgClient):
         # self.up, the uplink's encoder, is FedAvgClient's (upstream.py)
         self.down = make_codec(options.codec_down, shapes=shapes)
         self.base = learner.get_flat()  # W_0: every node builds the same initial model
+        self.layout = filter_layout(shapes) if options.filter_scaling else None
 
     def apply(self, rnd: int, packet: Packet) -> None:
         self.up.instruction(packet)  # temporal chains: restart if our last update was lost
         if packet.codec == "none":
             self.base = dense_tensor(packet, self.learner.num_params)
         else:
+            base = self.base
             for blob in read_catch_up(packet):
-                self.base = self.base + self.down.decode(blob).reshape(-1)
+                if self.layout is None:
+                    base = base + self.down.decode(blob).reshape(-1)
+                else:  # the global scales s̄ follow the update's frames
+                    scales = read_scales(blob[-1], self.layout)
+                    base = scale_filters(base + self.down.decode(blob[:-1]).reshape(-1),
+                                         scales, self.layout)
+            self.base = base  # only once every blob has decoded
         self.learner.set_flat(self.base)
 

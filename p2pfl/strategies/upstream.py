@@ -77,6 +77,12 @@ class UpDecoder:
     def decode(self, worker: int, packet: Packet, model: torch.Tensor) -> torch.Tensor:
         """The update a reply carries, as the server applies it to ``model``;
         ValueError (CodecError, TemporalGap) if it is unreadable."""
+        out, scales = self.decode_parts(worker, packet, model)
+        return out if scales is None else apply_scales(model, out, scales, self.layout)
+
+    def decode_parts(self, worker: int, packet: Packet, model: torch.Tensor) -> tuple:
+        """``(ũ, scales)``: the sparse update and the worker's filter scales (None
+        without ``--filter-scaling``), each checked as :meth:`decode` says."""
         if packet.codec != self.codec.name:
             raise ValueError(f"expected codec {self.codec.name!r}, got {packet.codec!r}")
         scaled = packet.meta.get("fs") is True  # --filter-scaling: the last frame
@@ -86,9 +92,7 @@ class UpDecoder:
                                 worker).reshape(-1)
         if out.numel() != model.numel():
             raise ValueError(f"update of {out.numel()} entries, expected {model.numel()}")
+        scales = read_scales(packet.frames[-1], self.layout) if scaled else None
         if self.temporal:
             self.heard[worker] = packet.round  # its next update may refer to this one
-        if scaled:
-            out = apply_scales(model, out, read_scales(packet.frames[-1], self.layout),
-                               self.layout)
-        return out
+        return out, scales
