@@ -7,8 +7,10 @@ layers of 16 and 32 filters), 10 workers, p = 0.01 up and down: without and with
 ``--filter-scaling on`` (48 four-bit scales and two float16 steps per update,
 trained for 5 steps), and without it at larger p, to compare at equal bytes.
 ``--dataset mnist1d`` runs the 1-D CNN on mnist1d instead.  Accuracy is the
-global model's at the last round, bytes are summary.json's bytes_up_total and
-bytes_down_total, both averaged over the seeds.  Writes
+global model's at the last round, and "over rounds" its mean over every round
+evaluated (how fast a run learns, not only where it ends); bytes are
+summary.json's bytes_up_total and bytes_down_total.  All are averaged over the
+seeds.  Writes
 benchmarks/results/filter_scaling.{json,md} (digits) or
 filter_scaling_mnist1d.{json,md}.
 """
@@ -24,6 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from p2pfl import run_cluster  # noqa: E402
+from p2pfl.atomic import write_atomic  # noqa: E402
 from p2pfl.metrics import write_json_atomic  # noqa: E402
 
 RUNS = [("stc p=0.01", "stc:0.01+golomb", "off"),
@@ -42,30 +45,36 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, spec, scaling in RUNS:
-            accs, up, down = [], [], []
+            accs, curves, up, down = [], [], [], []
             for seed in args.seeds:
                 s = run_cluster(mode="stc", nodes=10, dataset=args.dataset, model="cnn",
                                 rounds=args.rounds, compression=spec, filter_scaling=scaling,
                                 seed=seed, quiet=True, in_process=True,
                                 out=os.path.join(tmp, f"{len(rows)}-{seed}")).summary
                 accs.append(s["global_accuracy_per_round"][-1][1])
+                curve = [a for _, a in s["global_accuracy_per_round"]]
+                curves.append(sum(curve) / len(curve))
                 up.append(s["bytes_up_total"])
                 down.append(s["bytes_down_total"])
             row = {"run": name, "codec": spec, "filter_scaling": scaling,
                    "accuracy": sum(accs) / len(accs), "accuracies": accs,
+                   "accuracy_over_rounds": sum(curves) / len(curves),
+                   "accuracies_over_rounds": curves,
                    "bytes_up": sum(up) / len(up), "bytes_down": sum(down) / len(down)}
             rows.append(row)
-            print(f"{name:30s} acc {row['accuracy']:.4f}  up {row['bytes_up'] / 1e3:8.1f} kB  "
+            print(f"{name:30s} acc {row['accuracy']:.4f}  over rounds "
+                  f"{row['accuracy_over_rounds']:.4f}  up {row['bytes_up'] / 1e3:8.1f} kB  "
                   f"down {row['bytes_down'] / 1e3:8.1f} kB", flush=True)
-    lines = ["| run | accuracy | kB up | kB down |", "|---|---|---|---|"]
-    lines += [f"| {r['run']} | {r['accuracy']:.4f} | {r['bytes_up'] / 1e3:.1f} | "
+    lines = ["| run | accuracy | over rounds | kB up | kB down |", "|---|---|---|---|---|"]
+    lines += [f"| {r['run']} | {r['accuracy']:.4f} | {r['accuracy_over_rounds']:.4f} | "
+              f"{r['bytes_up'] / 1e3:.1f} | "
               f"{r['bytes_down'] / 1e3:.1f} |" for r in rows]
     out = os.path.join(ROOT, "benchmarks", "results")
     name = "filter_scaling" + ("" if args.dataset == "digits" else "_" + args.dataset)
     write_json_atomic(os.path.join(out, name + ".json"), {
         "dataset": args.dataset, "rounds": args.rounds, "seeds": args.seeds, "rows": rows})
-    with open(os.path.join(out, name + ".md"), "w") as fh:
-        fh.write("\n".join(lines) + "\n")
+    write_atomic(os.path.join(out, name + ".md"),
+                 lambda fh: fh.write("\n".join(lines) + "\n"), text=True)
     print("\n".join(lines))
     return 0
 
