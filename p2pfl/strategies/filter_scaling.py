@@ -17,7 +17,8 @@ server's 1 % sparse update and residual; so it averages the sparse updates and
 the scales apart (:func:`combine_scales`: weighted by data size, or the
 per-filter median under a robust ``--aggregator``), sends s̄ with its sparse
 update ΔW̃, and server and workers both set W ← s̄ ⊙ (W + ΔW̃)
-(:func:`scale_filters`).
+(:func:`scale_filters`).  The server's residual A_s is left unscaled: it holds
+update mass not yet sent, and s̄ stays close to 1.
 
 Each layer sends its step q_l = max_f |s_f − 1| / 7 as float16 and a 4-bit level
 per filter (two to a byte): s_f = 1 + q_l · level_f, level in [−7, 7].  The
