@@ -1,6 +1,7 @@
 """Filter-wise scaling in server-mode STC at p = 0.01 (issue 11, seed 003).
 
     python benchmarks/filter_scaling.py [--rounds 60] [--seeds 0 1 2 3] [--dataset digits]
+                                        [--partition iid]
 
 Server STC on digits as 8x8 images with the 2-D CNN (9,930 parameters, two conv
 layers of 16 and 32 filters), 10 workers, p = 0.01 up and down: without and with
@@ -10,9 +11,9 @@ trained for 5 steps), and without it at larger p, to compare at equal bytes.
 global model's at the last round, and "over rounds" its mean over every round
 evaluated (how fast a run learns, not only where it ends); bytes are
 summary.json's bytes_up_total and bytes_down_total.  All are averaged over the
-seeds.  Writes
-benchmarks/results/filter_scaling.{json,md} (digits) or
-filter_scaling_mnist1d.{json,md}.
+seeds.  ``--partition`` splits the data otherwise (``dirichlet:0.3``: label
+skew).  Writes benchmarks/results/filter_scaling.{json,md} (digits, iid), with
+``_mnist1d`` and ``_<partition>`` (``:`` as ``-``) added to the name otherwise.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=60)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     ap.add_argument("--dataset", choices=["digits", "mnist1d"], default="digits")
+    ap.add_argument("--partition", default="iid", help="iid, dirichlet:ALPHA, shards:S")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -49,7 +51,8 @@ def main() -> int:
             for seed in args.seeds:
                 s = run_cluster(mode="stc", nodes=10, dataset=args.dataset, model="cnn",
                                 rounds=args.rounds, compression=spec, filter_scaling=scaling,
-                                seed=seed, quiet=True, in_process=True,
+                                seed=seed, partition=args.partition, quiet=True,
+                                in_process=True,
                                 out=os.path.join(tmp, f"{len(rows)}-{seed}")).summary
                 accs.append(s["global_accuracy_per_round"][-1][1])
                 curve = [a for _, a in s["global_accuracy_per_round"]]
@@ -71,8 +74,10 @@ def main() -> int:
               f"{r['bytes_down'] / 1e3:.1f} |" for r in rows]
     out = os.path.join(ROOT, "benchmarks", "results")
     name = "filter_scaling" + ("" if args.dataset == "digits" else "_" + args.dataset)
+    name += "" if args.partition == "iid" else "_" + args.partition.replace(":", "-")
     write_json_atomic(os.path.join(out, name + ".json"), {
-        "dataset": args.dataset, "rounds": args.rounds, "seeds": args.seeds, "rows": rows})
+        "dataset": args.dataset, "partition": args.partition, "rounds": args.rounds,
+        "seeds": args.seeds, "rows": rows})
     write_atomic(os.path.join(out, name + ".md"),
                  lambda fh: fh.write("\n".join(lines) + "\n"), text=True)
     print("\n".join(lines))
