@@ -112,6 +112,14 @@ def test_stc_sends_the_global_scales_down_and_its_workers_follow_bit_for_bit():
     # s̄ − 1 = 0.01 · (10·7 − 20·3) / 30 > 0: every filter grew, beyond what 5 % sparse moves
     ratio = server.model[:144] / before[:144]
     assert (ratio > 1).float().mean() > 0.9
+    # a global update whose scales frame is bad is refused whole: the model is untouched
+    blobs = read_catch_up(packet)
+    blobs[-1] = [*blobs[-1][:-1], b"\x00" * 3]
+    bad = Packet(packet.codec, [f for b in blobs for f in b], meta=dict(packet.meta))
+    held = worker.base.clone()
+    with pytest.raises(ValueError, match="filter scales"):
+        worker.apply(5, bad)
+    assert torch.equal(worker.base, held)
 
 
 @pytest.mark.parametrize("frame", [b"", b"\x00" * 27, b"\x00" * 29,
