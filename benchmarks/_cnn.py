@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -61,3 +62,17 @@ def trained_fc4096(epochs: int = 10):
             nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
     return model, ds
+
+
+def trained(model: str, epochs: int | None = None):
+    """(model, dataset) of ``big`` (default 3 epochs) or ``fc4096`` (default 10)."""
+    if model == "big":
+        return trained_cnn(epochs or 3)
+    return trained_fc4096(epochs or 10)
+
+
+def kernels(model: nn.Module) -> dict:
+    """The conv and linear kernels as float32 arrays, named without dots (biases,
+    which NNCodec codes at another step, are left out)."""
+    return {n.replace(".", "_"): p.detach().numpy().astype(np.float32)
+            for n, p in model.named_parameters() if p.dim() >= 2}

@@ -103,21 +103,17 @@ def main() -> int:
     sys.path.insert(0, ROOT)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import torch
-    from _cnn import trained_cnn, trained_fc4096
+    from _cnn import kernels, trained
 
     from p2pfl.compression import cabac, make_codec, wire_size
     from p2pfl.compression.bench import _best_of
     from p2pfl.metrics import write_json_atomic
 
-    if args.model == "big":
-        model, ds = trained_cnn(args.epochs or 3)
-    else:
-        model, ds = trained_fc4096(args.epochs or 10)
+    model, ds = trained(args.model, args.epochs)
     with torch.no_grad():
         accuracy = float((model(torch.as_tensor(ds.x_test)).argmax(1).numpy()
                           == ds.y_test).mean())
-    weights = {n.replace(".", "_"): p.detach().numpy().astype(np.float32)
-               for n, p in model.named_parameters() if p.dim() >= 2}
+    weights = kernels(model)
     numel = sum(w.size for w in weights.values())
     shapes = [w.shape for w in weights.values()]
     flat = torch.cat([torch.from_numpy(w.reshape(-1)) for w in weights.values()])

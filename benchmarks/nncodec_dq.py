@@ -96,13 +96,11 @@ def main() -> int:
         print(f"blocked: no NNCodec interpreter at {args.nnc_python} (see nncodec_compare.py)")
         return 1
     sys.path.insert(0, ROOT)
-    from _cnn import trained_cnn, trained_fc4096
+    from _cnn import kernels, trained
 
     from p2pfl.metrics import write_json_atomic
 
-    model, _ = trained_cnn(3) if args.model == "big" else trained_fc4096(10)
-    weights = {n.replace(".", "_"): p.detach().numpy().astype(np.float32)
-               for n, p in model.named_parameters() if p.dim() >= 2}
+    weights = kernels(trained(args.model)[0])
     with tempfile.TemporaryDirectory() as tmp:
         npz, out = os.path.join(tmp, "w.npz"), os.path.join(tmp, "nnc.json")
         np.savez(npz, **weights)

@@ -30,7 +30,7 @@ sys.path.insert(0, ROOT)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _cnn import trained_cnn, trained_fc4096  # noqa: E402
+from _cnn import trained  # noqa: E402
 from p2pfl.compression import make_codec, wire_size  # noqa: E402
 from p2pfl.metrics import write_json_atomic  # noqa: E402
 from p2pfl.models import assign_params, flatten_params  # noqa: E402
@@ -52,15 +52,12 @@ def point(model, flat, shapes, ds, spec: str) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, help="training epochs of big (default 3)")
     ap.add_argument("--lambdas", type=float, nargs="+", default=[0.05, 0.1, 0.2])
     ap.add_argument("--dq-lambdas", type=float, nargs="+", default=[0.0, 0.1])
     ap.add_argument("--model", choices=("big", "fc4096"), default="big")
     args = ap.parse_args()
-    if args.model == "big":
-        model, ds = trained_cnn(args.epochs)
-    else:
-        model, ds = trained_fc4096(10)
+    model, ds = trained(args.model, args.epochs if args.model == "big" else None)
     flat = flatten_params(model)
     shapes = [tuple(p.shape) for p in model.parameters()]
     _, base = evaluate(model, ds.x_test, ds.y_test)

@@ -173,15 +173,21 @@ def test_c_and_python_bitstreams_identical(levels):
     assert _cabac_pure.decode_pure(data, len(levels)) == [int(x) for x in levels]
 
 
-@needs_c
-def test_c_and_python_agree_on_hostile_input():
-    rng = np.random.default_rng(11)
-    data = encode_levels(laplace_levels(400, seed=5))
-    blobs = [rng.bytes(int(rng.integers(0, 40))) for _ in range(150)]
-    for _ in range(150):
+def _hostile_blobs(data: bytes, rng, count: int) -> list:
+    """``count`` random blobs, then ``count`` copies of ``data`` with one bit flipped
+    and cut short."""
+    blobs = [rng.bytes(int(rng.integers(0, 40))) for _ in range(count)]
+    for _ in range(count):
         bad = bytearray(data)
         bad[int(rng.integers(0, len(bad)))] ^= 1 << int(rng.integers(0, 8))
         blobs.append(bytes(bad[: int(rng.integers(len(bad) // 2, len(bad) + 1))]))
+    return blobs
+
+
+@needs_c
+def test_c_and_python_agree_on_hostile_input():
+    rng = np.random.default_rng(11)
+    blobs = _hostile_blobs(encode_levels(laplace_levels(400, seed=5)), rng, 150)
     for blob in blobs:
         n = int(rng.integers(0, 500))
         assert _decode_or_error(decode_levels, blob, n) == _decode_or_error(
@@ -331,14 +337,10 @@ def test_dq_mode_c_and_python_identical_and_round_trip(with_ref):
         assert data != encode_levels(levels)  # dq mode has contexts of its own
 
 
+@needs_c  # without the C core both sides are the pure coder
 def test_dq_mode_c_and_python_agree_on_hostile_input():
     rng = np.random.default_rng(12)
-    data = encode_levels(laplace_levels(400, seed=7), dependent=True)
-    blobs = [rng.bytes(int(rng.integers(0, 40))) for _ in range(60)]
-    for _ in range(60):
-        bad = bytearray(data)
-        bad[int(rng.integers(0, len(bad)))] ^= 1 << int(rng.integers(0, 8))
-        blobs.append(bytes(bad[: int(rng.integers(len(bad) // 2, len(bad) + 1))]))
+    blobs = _hostile_blobs(encode_levels(laplace_levels(400, seed=7), dependent=True), rng, 60)
     for blob in blobs:
         n = int(rng.integers(0, 500))
         assert _decode_or_error(lambda b, k: decode_levels(b, k, dependent=True), blob, n) == \

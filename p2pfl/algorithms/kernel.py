@@ -24,24 +24,14 @@ BENCHMARKS.md, "Transport").
 
 from __future__ import annotations
 
-import os
-
 import torch
+
+from ..native import load_extension
 
 __all__ = ["weighted_sum", "weighted_sum_checked", "HAVE_C"]
 
 
-def _load():
-    if os.environ.get("P2PFL_KERNEL_PURE", "") not in ("", "0"):
-        return None
-    try:
-        from . import _kernel  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return _kernel
-
-
-_c = _load()
+_c = load_extension("p2pfl.algorithms._kernel", "P2PFL_KERNEL_PURE")
 HAVE_C: bool = _c is not None
 _MAX_TERMS = 256  # neighbours per call of the C function (_kernel.c); more go in chunks
 

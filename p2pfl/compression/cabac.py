@@ -87,12 +87,12 @@ need at least ``n / 181000`` bytes; ``decode_levels`` rejects ``n > (len(data)
 """
 from __future__ import annotations
 
-import os
 import operator
 
 import numpy as np
 
 from p2pfl.compression.errors import CodecError
+from p2pfl.native import load_extension
 
 __all__ = [
     "encode_levels",
@@ -110,28 +110,15 @@ from p2pfl.compression._cabac_model import (  # noqa: E402  (the one home of the
     N_MAX, SHIFT_EG, SHIFT_GT, SHIFT_SIG, SHIFT_SIGN)
 
 
-def _load_c():
-    if os.environ.get("P2PFL_CABAC_PURE", "") not in ("", "0"):
-        return None
-    try:
-        from p2pfl.compression import _cabac  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    expected = {
-        "FORMAT_VERSION": FORMAT_VERSION, "G": G, "EG_CTX": EG_CTX, "SHIFT_SIG": SHIFT_SIG,
-        "SHIFT_SIGN": SHIFT_SIGN, "SHIFT_GT": SHIFT_GT, "SHIFT_EG": SHIFT_EG,
-        "FAST_SIGN": FAST_SIGN, "FAST_GT": FAST_GT, "FAST_EG": FAST_EG,
-        "TEMPORAL": 1,  # knows temporal contexts
-        "DQ_CONTEXTS": 1,  # and dq mode, with the state machine of _cabac_model
-        "DQ_NEXT": DQ_NEXT,
-    }
-    if any(getattr(_cabac, k, None) != v for k, v in expected.items()):
-        # a stale build of another format version: never mix bitstreams
-        return None
-    return _cabac
-
-
-_c = _load_c()
+# a stale build of another format version is never used: never mix bitstreams
+_c = load_extension("p2pfl.compression._cabac", "P2PFL_CABAC_PURE", {
+    "FORMAT_VERSION": FORMAT_VERSION, "G": G, "EG_CTX": EG_CTX, "SHIFT_SIG": SHIFT_SIG,
+    "SHIFT_SIGN": SHIFT_SIGN, "SHIFT_GT": SHIFT_GT, "SHIFT_EG": SHIFT_EG,
+    "FAST_SIGN": FAST_SIGN, "FAST_GT": FAST_GT, "FAST_EG": FAST_EG,
+    "TEMPORAL": 1,  # knows temporal contexts
+    "DQ_CONTEXTS": 1,  # and dq mode, with the state machine of _cabac_model
+    "DQ_NEXT": DQ_NEXT,
+})
 HAVE_C: bool = _c is not None
 
 

@@ -37,10 +37,10 @@ same levels and values, slowly (``P2PFL_DQ_PURE=1`` forces it).
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
+from ..native import load_extension
 from ._cabac_model import DQ_NEXT as NEXT  # the one home of the state machine
 from .errors import CodecError
 
@@ -51,19 +51,8 @@ _UMAX = 1073741820.0  # |x/Δ| below this keeps every candidate level under 2**3
 _MMAX_CAP = 4096  # rate table size; larger magnitudes extrapolate
 
 
-def _load_c():
-    if os.environ.get("P2PFL_DQ_PURE", "") not in ("", "0"):
-        return None
-    try:
-        from p2pfl.compression import _dq  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    # a stale build with another block size or state machine is not used
-    return _dq if (getattr(_dq, "BLOCK", None), getattr(_dq, "NEXT", None)) == (BLOCK, NEXT) \
-        else None
-
-
-_c = _load_c()
+# a stale build with another block size or state machine is not used
+_c = load_extension("p2pfl.compression._dq", "P2PFL_DQ_PURE", {"BLOCK": BLOCK, "NEXT": NEXT})
 HAVE_C: bool = _c is not None
 
 

@@ -11,6 +11,7 @@ import torch
 
 from ..errors import ConfigError
 from .base import Stage, check_finite, float_arg, int_arg
+from .dq import trellis_levels
 from .errors import CodecError
 from .intermediate import BF16, F16, F32, DQLevels, Floats, Levels
 
@@ -107,9 +108,7 @@ class DependentQuant(_StepStage):
     dependent = True
 
     def quantise(self, x: np.ndarray) -> DQLevels:
-        from .dq import trellis_levels  # it refuses non-finite values
-
-        return DQLevels(trellis_levels(x, self.step, self.lam)[0], self.step)
+        return DQLevels(trellis_levels(x, self.step, self.lam)[0], self.step)  # refuses NaN, inf
 
     def received(self, values):
         if not isinstance(values, Levels):
