@@ -1,0 +1,150 @@
+"""Per-node resolution for the plan: each node's merged settings, checked.
+
+``learn_specs`` merges the run's options with each node's profile into its
+:class:`~p2pfl.spec.LearnSpec` (model, optimiser, data share, device) and loads
+what the nodes will share (the dataset, the partition, one model of each
+kind), so that forked nodes inherit it; ``node_availability`` and ``node_codecs``
+resolve each node's offline periods and codec.  Every bad value raises a
+:class:`~p2pfl.errors.ConfigError` here, before a process starts.
+"""
+
+from __future__ import annotations
+
+from .config import RunConfig, node_settings
+from .errors import ConfigError
+from .spec import LearnSpec
+from .strategies import BEHAVIOURS
+from .transport.availability import AvailabilitySpec, parse_churn, read_trace
+
+__all__ = ["check_codec", "learn_specs", "model_name", "node_availability", "node_codecs"]
+
+
+def check_codec(spec: str) -> str:
+    """A codec spec that builds (nodes code each parameter tensor with it)."""
+    from .compression import make_codec
+
+    make_codec(spec)
+    return spec
+
+
+def _check_learning(learns: list) -> None:
+    """Load the dataset, compute the partition, build every distinct model once.
+
+    The loaded data and the partition are cached in this process, so forked
+    nodes inherit them instead of loading them again.
+    """
+    from .learner import build_run_model, shard_indices, shared_dataset, warm_up
+
+    first = learns[0]
+    shared_dataset(first.dataset, first.seed, first.data_dir)
+    warm_up()
+    shard_indices(first, 0)
+    seen = set()
+    for learn in learns:
+        if learn.model not in seen:
+            seen.add(learn.model)
+            build_run_model(learn)
+        if learn.behaviour not in BEHAVIOURS:
+            raise ConfigError(f"unknown behaviour {learn.behaviour!r}; valid: "
+                              f"{', '.join(BEHAVIOURS)}")
+
+
+def model_name(cfg: RunConfig, name) -> str:
+    from .models import CUSTOM, MODELS
+
+    if not isinstance(name, str):
+        raise ConfigError(f"model must be a name, got {name!r}")
+    if name in CUSTOM:
+        if cfg.listen:
+            raise ConfigError("a torch module passed as model= cannot reach remote nodes; "
+                              "use a model name")
+        return name
+    if name.split(":", 1)[0] not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; valid: {', '.join(sorted(MODELS))}")
+    return name
+
+
+def _number(options: dict, key: str, kind: type, where: str):
+    value = options[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            kind is int and not isinstance(value, int)):
+        raise ConfigError(f"{where}: {key} must be {'an integer' if kind is int else 'a number'}"
+                          f", got {value!r}")
+    return kind(value)
+
+
+def _learn_spec(cfg: RunConfig, o: dict, shares: tuple, label, num_nodes: int) -> LearnSpec:
+    where = f"node {label!r}"
+    behaviour = o["behaviour"]
+    if not isinstance(behaviour, str):
+        raise ConfigError(f"{where}: behaviour must be a string, got {behaviour!r}")
+    return LearnSpec(
+        dataset=cfg.dataset, data_dir=cfg.data_dir, partition=cfg.partition, seed=cfg.seed,
+        num_nodes=num_nodes, shares=shares, model=model_name(cfg, o["model"]),
+        lr=_number(o, "lr", float, where), momentum=_number(o, "momentum", float, where),
+        weight_decay=_number(o, "weight_decay", float, where),
+        batch_size=_number(o, "batch_size", int, where),
+        local_steps=_number(o, "local_steps", int, where),
+        local_epochs=_number(o, "local_epochs", int, where), behaviour=behaviour,
+        slowdown=_number(o, "slowdown", float, where), device=_device(o["device"], where))
+
+
+def _device(name, where: str) -> str:
+    if not isinstance(name, str):
+        raise ConfigError(f"{where}: device must be a string, got {name!r}")
+    return name
+
+
+def learn_specs(cfg: RunConfig, labels: list) -> tuple[list, list]:
+    """Per node: its merged options (run, profile default, its own) and its LearnSpec."""
+    per_node = [node_settings(cfg, i, label) for i, label in enumerate(labels)]
+    shares = [_number(o, "data_share", float, f"node {labels[i]!r}")
+              for i, o in enumerate(per_node)]
+    # Equal shares (the usual case) travel as (): a node's spec stays small however
+    # many nodes the run has (4,096 shares in each of 4,096 specs: 134 MB of pointers).
+    equal = len(set(shares)) == 1 and shares[0] > 0
+    shared = () if equal else tuple(shares)
+    learns = [_learn_spec(cfg, o, shared, labels[i], len(labels))
+              for i, o in enumerate(per_node)]
+    _check_learning(learns)
+    if cfg.backend == "local" and not cfg.listen:  # remote hosts may have other GPUs
+        _check_devices(learns)
+    return per_node, learns
+
+
+def _check_devices(learns: list) -> None:
+    """``cuda`` on a host without a GPU is a usage error before any node starts."""
+    from .learner import cuda_available
+
+    wanted = sorted({learn.device for learn in learns if learn.device.startswith("cuda")})
+    if wanted and not cuda_available():
+        raise ConfigError(f"--device {wanted[0]}: torch sees no CUDA GPU on this machine "
+                          "(use --device auto or cpu)")
+
+
+def node_availability(cfg: RunConfig, labels: list, per_node: list) -> list:
+    """Each node's offline intervals (profile ``offline``, ``--availability``) and churn."""
+    trace = read_trace(cfg.availability, labels) if cfg.availability else {}
+    on, off, seed = parse_churn(cfg.churn) if cfg.churn else (0.0, 0.0, 0)
+    out = []
+    for i, o in enumerate(per_node):
+        spans = o["offline"]
+        if not isinstance(spans, list) or not all(
+                isinstance(s, list) and len(s) == 2 and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in s)
+                for s in spans):
+            raise ConfigError(f"node {labels[i]!r}: offline must be a list of "
+                              f"[start_s, end_s] pairs, got {spans!r}")
+        out.append(AvailabilitySpec(intervals=tuple(map(tuple, spans)) + tuple(trace.get(i, ())),
+                                    churn_on_s=on, churn_off_s=off,
+                                    seed=seed * 1_000_003 + i))
+    return out
+
+
+def node_codecs(per_node: list) -> list:
+    """Each node's codec spec (a profile may set its own), checked."""
+    for o in per_node:
+        if not isinstance(o["compression"], str):
+            raise ConfigError(f"compression must be a codec spec string, "
+                              f"got {o['compression']!r}")
+    return [check_codec(o["compression"]) for o in per_node]
