@@ -125,14 +125,18 @@ def test_exact_sizes():
     assert wire_size(frames) == 1 + 1 + 1 + 1 + 1 + 2 + 1 + 1 + 4000
     assert wire_size(codec("fp16").encode(x)) == 9 + 2000
     # stc+golomb, byte by byte: header 8, flags 1, k varint 1, b 1, remainders, unary
-    # section (length varint + bytes), mode 1, scale 8, one sign bit per non-zero
+    # section (length varint + bytes), mode 1, scale 4 (μ as float32), one sign bit per
+    # non-zero
     k, n = 10, 1000
     pos = np.sort(torch.topk(x.abs(), k).indices.numpy())
     b = golomb_b(k, n)
     gaps = np.diff(pos, prepend=-1) - 1
     unary_bytes = math.ceil(int(((gaps >> b) + 1).sum()) / 8)
-    expect = 8 + 1 + 1 + 1 + math.ceil(k * b / 8) + 1 + unary_bytes + 1 + 8 + math.ceil(k / 8)
+    expect = 8 + 1 + 1 + 1 + math.ceil(k * b / 8) + 1 + unary_bytes + 1 + 4 + math.ceil(k / 8)
     assert wire_size(codec("stc:0.01+golomb").encode(x)) == expect
+    # with the implicit header of a per-tensor message, 7 bytes less
+    implicit = codec("stc:0.01+golomb").encode_with_reconstruction(x, False, implicit=True)[0]
+    assert wire_size(implicit) == expect - 7
     # sbc: the same support coding, no per-value bits (2 bytes of level packing header)
     assert wire_size(codec("sbc:0.01+golomb").encode(x)) < expect + 3
 
@@ -305,6 +309,46 @@ def test_blob_of_another_codec_is_rejected():
         codec("topk:0.1").decode(codec("stc:0.1").encode(sample()))
     with pytest.raises(CodecError):
         codec("none").decode([b"abc", 5])
+
+
+def test_scales_travel_as_float32_only_when_exact():
+    x = sample((1000,))
+    for spec in ("stc:0.01", "sbc:0.01", "sign", "quant:0.00390625"):  # ±1 levels, 2⁻⁸
+        blob = bytes(codec(spec).encode(x)[0])
+        assert codec(spec).decode(blob).equal(codec(spec).encode_with_reconstruction(x)[1])
+        assert any(b & 0x10 and b & 0x0F in (8, 9, 10) for b in blob[6:])
+    # a step float32 cannot hold: 8 bytes, and the same reconstruction as ever
+    frames, sent = codec("quant:0.01").encode_with_reconstruction(x)
+    assert torch.equal(codec("quant:0.01").decode(frames), sent)
+    assert wire_size(codec("quant:0.01").encode(x)) == wire_size(
+        codec("quant:0.0078125").encode(x * 0.78125)) + 4
+    # STC's μ rounded to float32 reconstructs exactly what the float64 μ did
+    top = x.abs().topk(10).values.double().mean()
+    assert codec("stc:0.01").decode(codec("stc:0.01").encode(x)).abs().max() == top.float()
+
+
+def test_hostile_scales_and_implicit_headers():
+    c = codec("stc:0.01")
+    blob = bytearray(codec("stc:0.01").encode(sample((1000,)))[0])
+    at = blob.index(bytes([9 | 0x10]))  # signs, float32 scale
+    for bad in (struct_f32(float("nan")), struct_f32(float("inf"))):
+        with pytest.raises(CodecError, match="non-finite"):
+            c.decode(bytes(blob[:at + 1]) + bad + bytes(blob[at + 5:]))
+    with pytest.raises(CodecError, match="unknown value encoding"):
+        c.decode(bytes(blob[:at]) + bytes([0x10]) + bytes(blob[at + 1:]))  # float32 + flag
+    implicit = bytes(c.encode_with_reconstruction(sample((1000,)), False, implicit=True)[0][0])
+    assert implicit[0] == 0xA2
+    with pytest.raises(CodecError, match="implicit"):
+        c.decode(implicit)  # outside a per-tensor message: no shape to stand for
+    assert c.decode(implicit, shape=(1000,)).shape == (1000,)
+    with pytest.raises(CodecError):
+        c.decode(implicit, shape=(5,))  # more entries than a smaller tensor has
+    with pytest.raises(CodecError, match="limits"):
+        c.decode(implicit, shape=(1 << 20, 1 << 20))
+
+
+def struct_f32(v: float) -> bytes:
+    return np.float32(v).tobytes()
 
 
 def test_encode_rejects_bad_tensors():

@@ -33,7 +33,8 @@ def test_round_trip_is_the_reconstruction_for_every_stage(spec):
     out = make_codec(spec, seed=99, shapes=SHAPES).decode(frames)  # decoding is stateless
     assert out.shape == (N,) and torch.equal(out, sent)
     assert wire_size(frames) == sum(memoryview(f).nbytes for f in frames)
-    assert len(frames) >= 1 + len(SHAPES)  # the index, then each tensor's frames
+    sizes = [memoryview(f).nbytes for f in frames]  # small parts share a frame
+    assert all(a >= 1 << 16 or b >= 1 << 16 for a, b in zip(sizes, sizes[1:]))
     if spec in ("none", "none+lzma", "none+bz2"):
         assert torch.equal(out, x)
 
@@ -99,33 +100,64 @@ def test_state_survives_a_checkpoint_per_tensor():
 
 
 def _hostile(frames: list) -> list:
-    index = bytes(frames[0])
-    other = make_codec("stc:0.05+golomb", shapes=[(N,)]).encode(torch.randn(N))
+    (blob,) = frames  # small: the index and every tensor's blob in one frame
+    lengths = _lengths(blob)
+    body = 4 + len(lengths)  # where the blobs start (each length is one varint byte here)
+    index, rest = blob[:body], blob[body:]
+    other = bytes(make_codec("stc:0.05+golomb", shapes=[(N,)]).encode(torch.randn(N))[0])
     return [
         [],
-        [b"XX" + index[2:], *frames[1:]],  # bad magic
-        [index[:2] + b"\x09" + index[3:], *frames[1:]],  # unknown version
-        [index[:3] + b"\x05" + index[4:], *frames[1:]],  # five tensors, not six
-        [index[:3] + b"\x7f" + index[4:], *frames[1:]],  # more tensors than the model has
-        [index + b"\x01", *frames[1:]],  # trailing bytes in the index
-        [index[:-1], *frames[1:]],  # truncated index
-        frames[:-1],  # a frame missing
-        [*frames, b"extra"],  # a frame too many
-        [index, *frames[2:], frames[1]],  # tensors out of order: shapes do not match
-        [b"PT\x01\x06" + b"\x01" * 6, *(bytes(other[-1]) for _ in range(6))],  # foreign blobs
-        [index, *(b"\x00" * len(bytes(f)) for f in frames[1:])],  # zeroed tensor blobs
+        [b""],
+        [b"XX" + blob[2:]],  # bad magic
+        [blob[:2] + b"\x02" + blob[3:]],  # an older version (one frame per tensor)
+        [blob[:2] + b"\x09" + blob[3:]],  # unknown version
+        [blob[:3] + b"\x05" + blob[4:]],  # five tensors, not six
+        [blob[:3] + b"\x7f" + blob[4:]],  # more tensors than the model has
+        [blob + b"\x01"],  # a byte more than the lengths declare
+        [blob[:-1]],  # a byte less
+        [index, rest[:-1]],  # split into frames, a byte short
+        [index[:4] + bytes([lengths[0] + 1]) + index[5:], rest],  # lengths off by one
+        [index[:4] + bytes([lengths[0] - 1, lengths[1] + 1]) + index[6:], rest],  # shifted cut
+        [index[:4] + b"\xff\xff\xff\xff\x0f" + index[5:], rest],  # a huge length
+        [index[:4] + b"\x80" * 12, rest],  # a malformed varint
+        [b"PT\x03\x01" + bytes([len(other)]) + other],  # a foreign model's message
+        [index + b"\x00" * len(rest)],  # zeroed tensor blobs
+        [index + b"\xa1" * len(rest)],  # explicit headers that claim nothing
     ]
 
 
+def _lengths(blob: bytes) -> list:
+    assert blob[:3] == b"PT\x03" and blob[3] == len(SHAPES)
+    return list(blob[4:4 + len(SHAPES)])
+
+
+def test_blobs_spanning_frames_decode_as_one():
+    codec = make_codec("stc:0.01+golomb", seed=0, shapes=SHAPES)
+    x = torch.randn(N)
+    (blob,), sent = codec.encode_with_reconstruction(x)
+    assert all(n < 128 for n in _lengths(blob))
+    for cut in range(4 + len(SHAPES), len(blob)):  # any split behind the index
+        out = make_codec("stc:0.01+golomb", shapes=SHAPES).decode([blob[:cut], blob[cut:]])
+        assert torch.equal(out, sent)
+    big = make_codec("none", shapes=[(20000,), (3,)])  # a 80 KB tensor: a frame of its own
+    frames = big.encode(torch.arange(20003.0))
+    # index (PT, version, n, lengths: 3 + 1 varint bytes), then each blob: implicit
+    # header, flags, value kind, float32 values
+    assert [memoryview(f).nbytes for f in frames] == [4 + 3 + 1 + 3, 80000, 3 + 12]
+    assert torch.equal(make_codec("none", shapes=[(20000,), (3,)]).decode(frames),
+                       torch.arange(20003.0))
+
+
 def test_hostile_messages_raise_codec_errors_only():
-    codec = make_codec("stc:0.05+golomb", seed=0, shapes=SHAPES)
+    codec = make_codec("stc:0.01+golomb", seed=0, shapes=SHAPES)
     frames = [bytes(f) for f in codec.encode(torch.randn(N))]
     for bad in _hostile(frames):
         with pytest.raises(CodecError):
             codec.decode(bad)
+    index = frames[0][:4 + len(SHAPES)]
     rng = np.random.default_rng(0)
-    for _ in range(200):  # random bytes behind a valid index
-        junk = [frames[0]] + [rng.bytes(int(rng.integers(0, 40))) for _ in frames[1:]]
+    for _ in range(200):  # random bytes behind a valid index, as long as it declares
+        junk = [index, rng.bytes(len(frames[0]) - len(index))]
         with pytest.raises(CodecError):
             codec.decode(junk)
 

@@ -2,7 +2,8 @@
 
 Blob layout (``b"".join(frames)``)::
 
-    header          see wire.write_header (magic, stage ids, dtype, shape)
+    header          see wire.write_header (magic, stage ids, dtype, shape; or one
+                    byte inside a per-tensor message)
     [raw_len]       varint, only with a byte compressor; the rest is compressed
     flags           1 byte: bit 0 sparse, bit 1 low rank, bit 2 chained (with bit 1)
     [rank]          varint, low rank only
@@ -87,12 +88,16 @@ class Codec:
     def encode(self, tensor: torch.Tensor) -> list:
         return self.encode_with_reconstruction(tensor, want_reconstruction=False)[0]
 
-    def encode_with_reconstruction(self, tensor: torch.Tensor, want_reconstruction=True):
-        """Frames plus the float32 tensor the receiver will decode (bit-exact)."""
+    def encode_with_reconstruction(self, tensor: torch.Tensor, want_reconstruction=True,
+                                   implicit=False):
+        """Frames plus the float32 tensor the receiver will decode (bit-exact).
+
+        ``implicit``: a one-byte header, for a receiver that knows the shape
+        (``decode(..., shape=)``)."""
         x, shape, dtype = _flat_float32(tensor, self.max_numel)
         inter = self.intermediate(x, shape)
         w = Writer()
-        write_header(w, self.ids, dtype, shape)
+        write_header(w, self.ids, dtype, shape, implicit)
         body = Writer() if self.compressor else w
         self._write_body(body, inter)
         if self.compressor:
@@ -136,10 +141,11 @@ class Codec:
         write_values(w, inter.values, self.cabac.encode_levels if self.cabac else None)
 
     # -- decoding ---------------------------------------------------------------
-    def decode(self, frames, sender=None) -> torch.Tensor:
-        """The tensor of a blob; ``sender`` names the stream for ``cabac:temporal``."""
+    def decode(self, frames, sender=None, shape=None) -> torch.Tensor:
+        """The tensor of a blob; ``sender`` names the stream for ``cabac:temporal``;
+        ``shape``: the expected one, which lets an implicit header stand for it."""
         r = Reader(as_buffer(frames))
-        dtype, shape, numel = read_header(r, self.ids, self.max_numel)
+        dtype, shape, numel = read_header(r, self.ids, self.max_numel, shape)
         if self.compressor:
             raw_len = r.varint(8 * numel + 256, "body length")
             r = Reader(self.compressor.decompress(r.take(r.remaining), raw_len))

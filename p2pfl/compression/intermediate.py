@@ -36,10 +36,12 @@ from .errors import CodecError
 from .wire import PACK_WIDTHS, Reader, Writer, pack_uint, packed_nbytes, unpack_uint
 
 __all__ = ["Floats", "Levels", "Intermediate", "reconstruct", "write_values", "read_values",
-           "F32", "F16", "BF16"]
+           "unit_scale", "F32", "F16", "BF16"]
 
 F32, F16, BF16 = 0, 1, 2
 _PACKED, _SIGNS, _CABAC = 8, 9, 10
+#: Flag on a level kind: its scale follows as float32 (exact), not float64.
+_SCALE32 = 0x10
 _NP_DTYPES = {F32: "<f4", F16: "<f2", BF16: "<u2"}
 _INT32 = 2**31 - 1
 
@@ -147,22 +149,38 @@ def write_values(w: Writer, values: Floats | Levels, cabac=None) -> None:
     if lv.dtype != np.int32 and lv.size and (lv.min() < -_INT32 or lv.max() > _INT32):
         raise CodecError("a quantised level does not fit in int32; use a larger step")
     if cabac is not None:  # the coder checks every int32 level's range itself
-        w.byte(_CABAC)
-        w.f64(values.scale)
+        _kind_and_scale(w, _CABAC, values.scale)
         w.section(cabac(lv.astype(np.int32, copy=False)))
         return
     lo, hi = (int(lv.min()), int(lv.max())) if lv.size else (0, 0)
     if lv.size and lo == -1 and hi == 1 and not np.any(lv == 0):
-        w.byte(_SIGNS)
-        w.f64(values.scale)
+        _kind_and_scale(w, _SIGNS, values.scale)
         w.raw(np.packbits(lv > 0).tobytes())
         return
     width = next(wd for wd in PACK_WIDTHS if (hi - lo) < (1 << wd))
-    w.byte(_PACKED)
-    w.f64(values.scale)
+    _kind_and_scale(w, _PACKED, values.scale)
     w.varint(_zigzag(lo))
     w.byte(width)
     w.raw(pack_uint(lv - lo, width))
+
+
+def unit_scale(mean: float) -> float:
+    """The scale of levels that are all ±1 (STC's μ, SBC's μ±, sign's ‖x‖₁/d), as
+    float32: ±1 times it rounds to float32 anyway, so the reconstruction is the
+    same to the bit, and the scale travels in 4 bytes instead of 8."""
+    return float(np.float32(mean))
+
+
+def _kind_and_scale(w: Writer, kind: int, scale) -> None:
+    """The level kind byte and the scale: 4 bytes when float32 holds the scale exactly
+    (STC's mean magnitude of float32 values, a power-of-two step), else 8."""
+    scale = float(scale)
+    if abs(scale) <= 3e38 and float(np.float32(scale)) == scale:  # (no overflow warning)
+        w.byte(kind | _SCALE32)
+        w.f32(scale)
+    else:
+        w.byte(kind)
+        w.f64(scale)
 
 
 def read_values(r: Reader, count: int, cabac=None) -> Floats | Levels:
@@ -172,9 +190,10 @@ def read_values(r: Reader, count: int, cabac=None) -> Floats | Levels:
         size = 4 if kind == F32 else 2
         data = np.frombuffer(r.take(count * size), dtype=_NP_DTYPES[kind])
         return Floats(data, kind)
+    scale32, kind = kind & _SCALE32, kind & ~_SCALE32
     if kind not in (_PACKED, _SIGNS, _CABAC):
-        raise CodecError(f"unknown value encoding {kind}")
-    scale = r.f64()
+        raise CodecError(f"unknown value encoding {kind | scale32}")
+    scale = r.f32() if scale32 else r.f64()
     if (kind == _CABAC) != (cabac is not None):
         raise CodecError("CABAC-coded levels in a blob of a codec without CABAC, or vice versa")
     if kind == _CABAC:

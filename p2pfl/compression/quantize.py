@@ -13,7 +13,7 @@ from ..errors import ConfigError
 from .base import Stage, check_finite, float_arg, int_arg
 from .dq import trellis_levels
 from .errors import CodecError
-from .intermediate import BF16, F16, F32, DQLevels, Floats, Levels
+from .intermediate import BF16, F16, F32, DQLevels, Floats, Levels, unit_scale
 
 __all__ = ["NoQuant", "FP16", "BF16Quant", "StepQuant", "DependentQuant", "UniformQuant",
            "QSGD", "TernGrad", "SignQuant"]
@@ -196,5 +196,5 @@ class SignQuant(Stage):
 
     def quantise(self, x: np.ndarray) -> Levels:
         check_finite(x, self)
-        scale = float(np.abs(x.astype(np.float64)).mean()) if x.size else 0.0
+        scale = unit_scale(np.abs(x.astype(np.float64)).mean()) if x.size else 0.0
         return Levels(np.where(x < 0, -1, 1).astype(np.int64), scale)

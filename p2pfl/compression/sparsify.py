@@ -12,7 +12,7 @@ import numpy as np
 
 from .base import Stage, check_finite, float_arg
 from ..errors import ConfigError
-from .intermediate import F32, Floats, Levels
+from .intermediate import F32, Floats, Levels, unit_scale
 
 __all__ = ["TopK", "RandK", "Threshold", "SBC", "STC", "count_k", "top_k_indices"]
 
@@ -125,7 +125,7 @@ class SBC(_Scoped):
         mu_pos = float(x[pos].astype(np.float64).mean())
         mu_neg = float(-x[neg].astype(np.float64).mean())
         idx, mu = (pos, mu_pos) if mu_pos >= mu_neg else (neg, -mu_neg)
-        return idx, Levels(np.ones(k, dtype=np.int64), mu)
+        return idx, Levels(np.ones(k, dtype=np.int64), unit_scale(mu))
 
 
 class STC(_Scoped):
@@ -139,5 +139,5 @@ class STC(_Scoped):
         check_finite(x, self)
         mag = np.abs(x)
         idx = top_k_indices(mag, count_k(self.p, x.size))
-        mu = float(mag[idx].astype(np.float64).mean()) if idx.size else 0.0
+        mu = unit_scale(mag[idx].astype(np.float64).mean()) if idx.size else 0.0
         return idx, Levels(np.sign(x[idx]).astype(np.int64), mu)
