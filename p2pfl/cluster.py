@@ -5,7 +5,7 @@ Nodes are OS processes by default (forked, one per node).  With
 (``--procs P``, forked, talking over ``ipc://``), or of this process itself
 over ``inproc://`` sockets (``--transport inproc``).  With ``--backend ray`` they
 are Ray actors placed on a Ray cluster (:mod:`~p2pfl.ray_backend`), talking over
-TCP.  The launcher talks to
+TCP.  How local nodes are started is :mod:`~p2pfl.spawn`.  The launcher talks to
 them over the same wire format as the nodes use among themselves.  No node
 outlives the launcher: nodes are stopped, then terminated, then killed when
 the run ends for any reason; a node process also dies with its parent
@@ -14,7 +14,6 @@ the run ends for any reason; a node process also dies with its parent
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import shutil
 import tempfile
@@ -28,8 +27,8 @@ from .metrics import write_json_atomic
 from .runtime import LAUNCHER
 from .transport import Endpoint, Mailbox
 from .transport.security import Security
-from .worker import (actor_context, fds_per_actor, host_main, process_main, raise_fd_limit,
-                     serve)
+from .spawn import respawn, spawn_hosts, spawn_processes, spawn_threads
+from .worker import actor_context, raise_fd_limit
 
 __all__ = ["Launcher", "NodeHandle", "ClusterError"]
 
@@ -37,15 +36,6 @@ HEARTBEAT_S = 2.0
 #: Once the closer (the coordinator) is done, the nodes still running are told to
 #: stop after this long: a worker that was offline when the run ended gets no final.
 CLOSER_GRACE_S = 10.0
-
-
-def _actors_per_host(degree: int) -> int:
-    """How many actors one host process can hold within its (hard) open-file limit."""
-    import resource
-
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    limit = 1 << 20 if hard == resource.RLIM_INFINITY else min(hard, 1 << 20)
-    return max(1, (limit - 512) // fds_per_actor(degree))
 
 
 class ClusterError(RuntimeError):
@@ -144,56 +134,26 @@ class Launcher:
                 h.runner = self.backend.spawn(self.ep.address, h.id, self.start_timeout)
             return
         if self.in_process and self.scheme != "inproc":
-            self._spawn_hosts()
+            address = f"ipc://{self.run_dir}/launcher.sock"
+            spawn_hosts(self.nodes, self.specs, address, self._how(), self.procs, self.log)
+            self.ctx = actor_context(len(self.nodes), 1)
+            self._bind(address)
             return
         if self.in_process:
             self.ctx = actor_context(len(self.nodes), max(len(s.neighbours) for s in self.specs))
             address = f"inproc://p2pfl-launcher-{id(self)}"
             self._bind(address)
-            for h in self.nodes.values():
-                h.runner = threading.Thread(
-                    target=serve, name=f"node-{h.id}", daemon=True,
-                    args=(address, h.id),
-                    kwargs=dict(ctx=self.ctx, scheme="inproc", alive=self._alive,
-                                start_timeout=self.start_timeout))
-                h.runner.start()
+            spawn_threads(self.nodes, address, self.ctx, self._alive, self.start_timeout)
             return
         # Fork the nodes before this process creates any ZeroMQ context.
         address = f"ipc://{self.run_dir}/launcher.sock"
-        fork = mp.get_context("fork")
-        for h in self.nodes.values():
-            h.runner = fork.Process(
-                target=process_main, name=f"p2pfl-node-{h.id}", daemon=True,
-                args=(address, h.id, self.scheme, self.host, self.run_dir, self.start_timeout,
-                      self._node_security(h.id)))
-            h.runner.start()
-            h.pid = h.runner.pid
+        spawn_processes(self.nodes, address, self._how(), self._node_security)
         self.ctx = actor_context(len(self.nodes), 1)
         self._bind(address)
 
-    def _spawn_hosts(self) -> None:
-        """Fork ``procs`` host processes, each running a contiguous share of the nodes
-        as actors (:func:`~p2pfl.worker.host_main`)."""
-        address = f"ipc://{self.run_dir}/launcher.sock"
-        fork = mp.get_context("fork")
-        ids = [s.id for s in self.specs]
-        degree = max(len(s.peers) for s in self.specs)
-        procs = max(1, min(self.procs, len(ids)))
-        per_host = _actors_per_host(degree)
-        if len(ids) > procs * per_host:
-            procs = -(-len(ids) // per_host)
-            self.log(f"{len(ids)} actors need more open files than {self.procs} host "
-                     f"process(es) may have: using {procs} hosts of at most {per_host}")
-        for k in range(procs):
-            share = ids[k * len(ids) // procs:(k + 1) * len(ids) // procs]
-            host = fork.Process(target=host_main, name=f"p2pfl-host-{k}", daemon=True,
-                                args=(address, share, self.scheme, self.host, self.run_dir,
-                                      self.start_timeout, degree))
-            host.start()
-            for j in share:
-                self.nodes[j].runner, self.nodes[j].pid = host, host.pid
-        self.ctx = actor_context(len(self.nodes), 1)
-        self._bind(address)
+    def _how(self) -> tuple:
+        """How a spawned node binds and starts: scheme, host, run folder, start time-out."""
+        return (self.scheme, self.host, self.run_dir, self.start_timeout)
 
     def _node_security(self, node):
         """A spawned node's CURVE setup: its key pair; every key of the run, bound."""
@@ -355,12 +315,7 @@ class Launcher:
         if self.backend is not None:
             h.runner, h.pid = self.backend.spawn(self.ep.address, h.id, self.start_timeout), None
             return
-        h.runner = mp.get_context("spawn").Process(
-            target=process_main, name=f"p2pfl-node-{h.id}", daemon=True,
-            args=(self._address, h.id, self.scheme, self.host, self.run_dir,
-                  self.start_timeout, self._node_security(h.id)))
-        h.runner.start()
-        h.pid = h.runner.pid
+        respawn(h, self._address, self._how(), self._node_security(h.id))
 
     def _rejoined(self, h: NodeHandle) -> None:
         """A node joined mid-run (restarted here, or by hand on its host): its
@@ -438,7 +393,8 @@ class Launcher:
             self.ep.close(linger=0.5)
             self.ep = None
         if self.ctx is not None:
-            threads = [h.runner for h in self.nodes.values() if isinstance(h.runner, threading.Thread)]
+            threads = [h.runner for h in self.nodes.values()
+                       if isinstance(h.runner, threading.Thread)]
             for t in threads:
                 t.join(max(0.05, deadline + 25.0 - time.monotonic()))
             if not threads:

@@ -39,8 +39,8 @@ def default_gamma(spec: str) -> float:
     CHOCO converges only for γ below a bound that shrinks with p and grows
     with the spread of W's spectrum, β = ‖I − W‖₂ ≤ 2 (Koloskova et al. 2019
     prove linear convergence of CHOCO-Gossip for γ ≤ γ* = ρ²δ/(16ρ + ρ² + 4β²
-    + 2ρβ² − 8ρδ), with δ = p for top-k; γ* itself is far smaller).  Measured with CHOCO-Gossip alone
-    (:func:`~p2pfl.algorithms.consensus.run_consensus`, no SGD), the error
+    + 2ρβ² − 8ρδ), with δ = p for top-k; γ* itself is far smaller).  Measured with
+    CHOCO-Gossip alone (:func:`~p2pfl.algorithms.consensus.run_consensus`, no SGD), the error
     stops falling and then grows once γβ/p exceeds about 5 (torus:4x4, β = 1.6:
     stc/sbc/top-5 % at γ = 0.2 and top-1 % at γ = 0.04; top-10 % already at
     γ = 0.3), and always fell for γβ/p ≤ 3.2 (torus, ring and exponential

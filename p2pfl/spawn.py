@@ -1,0 +1,77 @@
+"""How the launcher starts local nodes: forked processes, host processes of many
+actors, or threads of the launcher itself (:class:`~p2pfl.cluster.Launcher`).
+
+Each function starts the runners of ``nodes`` (:class:`~p2pfl.cluster.NodeHandle`,
+keyed by id) and records them on the handles; the nodes then join the launcher
+at ``address``.  Processes are forked, so they inherit the dataset, the
+partition and the models the plan loaded; a restarted node is spawned fresh.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import threading
+
+from .worker import fds_per_actor, host_main, process_main, serve
+
+__all__ = ["actors_per_host", "spawn_processes", "spawn_hosts", "spawn_threads", "respawn"]
+
+
+def actors_per_host(degree: int) -> int:
+    """How many actors one host process can hold within its (hard) open-file limit."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    limit = 1 << 20 if hard == resource.RLIM_INFINITY else min(hard, 1 << 20)
+    return max(1, (limit - 512) // fds_per_actor(degree))
+
+
+def spawn_processes(nodes: dict, address: str, how: tuple, security) -> None:
+    """One forked process a node; ``how`` is (scheme, host, run_dir, start_timeout),
+    ``security(id)`` a node's CURVE setup or None."""
+    fork = mp.get_context("fork")
+    for h in nodes.values():
+        h.runner = fork.Process(target=process_main, name=f"p2pfl-node-{h.id}", daemon=True,
+                                args=(address, h.id, *how, security(h.id)))
+        h.runner.start()
+        h.pid = h.runner.pid
+
+
+def spawn_hosts(nodes: dict, specs: list, address: str, how: tuple, procs: int, log) -> None:
+    """``procs`` forked host processes, each running a contiguous share of the nodes
+    as actors (:func:`~p2pfl.worker.host_main`); more when the open-file limit needs
+    it (said through ``log``)."""
+    fork = mp.get_context("fork")
+    ids = [s.id for s in specs]
+    degree = max(len(s.peers) for s in specs)
+    wanted, procs = procs, max(1, min(procs, len(ids)))
+    per_host = actors_per_host(degree)
+    if len(ids) > procs * per_host:
+        procs = -(-len(ids) // per_host)
+        log(f"{len(ids)} actors need more open files than {wanted} host "
+            f"process(es) may have: using {procs} hosts of at most {per_host}")
+    for k in range(procs):
+        share = ids[k * len(ids) // procs:(k + 1) * len(ids) // procs]
+        host = fork.Process(target=host_main, name=f"p2pfl-host-{k}", daemon=True,
+                            args=(address, share, *how, degree))
+        host.start()
+        for j in share:
+            nodes[j].runner, nodes[j].pid = host, host.pid
+
+
+def spawn_threads(nodes: dict, address: str, ctx, alive, start_timeout: float) -> None:
+    """One thread of this process a node, over ``inproc://`` sockets of ``ctx``."""
+    for h in nodes.values():
+        h.runner = threading.Thread(
+            target=serve, name=f"node-{h.id}", daemon=True, args=(address, h.id),
+            kwargs=dict(ctx=ctx, scheme="inproc", alive=alive, start_timeout=start_timeout))
+        h.runner.start()
+
+
+def respawn(h, address: str, how: tuple, security) -> None:
+    """A fresh (spawned, not forked) process for a node that died."""
+    h.runner = mp.get_context("spawn").Process(
+        target=process_main, name=f"p2pfl-node-{h.id}", daemon=True,
+        args=(address, h.id, *how, security))
+    h.runner.start()
+    h.pid = h.runner.pid
