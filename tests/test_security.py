@@ -208,8 +208,9 @@ def test_a_secure_cluster_learns_as_a_plain_one_and_refuses_intruders(tmp_path):
         assert b"secret" not in text.lower() or name.endswith(".png")
 
 
-HEADER_FIELDS = [b"\xa1k" + msgpack.packb(k) for k in ("join", "config", "hello", "model",
-                                                        "metrics", "bye")] + [b"\xa1v\x01\xa1k"]
+# a header's start: a msgpack array of 7, 8 or 10 fields, protocol 2, the kind
+HEADER_FIELDS = [bytes([0x90 | n, 2]) + msgpack.packb(k) for n in (7, 8, 10)
+                 for k in ("join", "config", "hello", "model", "metrics", "bye")]
 
 
 def _header_hits(cap: LoopbackCapture, ports: set) -> tuple:

@@ -2,17 +2,21 @@
 
 A message on the wire is a list of ZeroMQ frames::
 
-    [ header (msgpack map) | frame 0 | frame 1 | ... ]
+    [ header (msgpack array) | frame 0 | frame 1 | ... ]
 
-The header is a msgpack map with one-letter keys, since it travels with every
-message (a compressed model update can be a few hundred bytes)::
+The header is a msgpack array of positional fields, since it travels with every
+message (a compressed model update can be a couple of hundred bytes, and the
+one-letter keys of protocol version 1's map were 16 of them)::
 
-    v   protocol version          c   codec that produced the frames
-    k   message kind              l   byte length of each frame
-    s   sender id                 sh  shapes of raw tensor frames   (optional)
-    r   round                     dt  dtypes of raw tensor frames   (optional)
-    n   per-sender sequence no.   m   small map of plain values     (optional)
+    0  v   protocol version (2)        5  c   codec that produced the frames
+    1  k   message kind                6  l   byte length of each frame
+    2  s   sender id                   7  m   small map of plain values, or nil
+    3  r   round                       8  sh  shapes of raw tensor frames
+    4  n   per-sender sequence no.     9  dt  dtypes of raw tensor frames
 
+Fields 0-6 are always there; ``m`` only when it or ``sh``/``dt`` are, and
+``sh``/``dt`` (both or neither) only for raw tensors, so a header has 7, 8 or
+10 fields.
 Codec-encoded frames describe their own shape and dtype, so ``sh``/``dt`` are
 only sent for raw tensors.  ``c`` is a string, or the index of the codec in a
 table of names both ends were given (:func:`pack`'s ``codec_ids``, :func:`unpack`'s
@@ -50,7 +54,7 @@ __all__ = [
     "frame_nbytes",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 #: Every message kind the protocol knows.  Anything else is dropped.
 KINDS = frozenset(
@@ -81,7 +85,8 @@ KINDS = frozenset(
 DTYPES = frozenset({"float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64"})
 _ITEMSIZE = {name: np.dtype(name).itemsize for name in DTYPES}
 
-_HEADER_KEYS = ("v", "k", "s", "r", "n", "c", "l")  # required; "sh", "dt", "m" optional
+_FIELDS = ("v", "k", "s", "r", "n", "c", "l", "m", "sh", "dt")  # names for error messages
+_SIZES = (7, 8, 10)  # required fields; with m; with m, sh and dt
 
 
 class ProtocolError(ValueError):
@@ -158,18 +163,17 @@ def pack(
     if kind not in KINDS:
         raise ProtocolError(f"unknown message kind {kind!r}")
     frames = [f if not isinstance(f, np.ndarray) else memoryview(f).cast("B") for f in frames]
-    header = {"v": PROTOCOL_VERSION, "k": kind, "s": src, "r": int(round), "n": int(seq),
-              "c": codec if codec_ids is None else codec_ids.get(codec, codec),
-              "l": [frame_nbytes(f) for f in frames]}
+    header = [PROTOCOL_VERSION, kind, src, int(round), int(seq),
+              codec if codec_ids is None else codec_ids.get(codec, codec),
+              [frame_nbytes(f) for f in frames]]
+    if meta or shapes:
+        header.append(meta or None)
     if shapes:
-        header["sh"] = [list(map(int, s)) for s in shapes]
-        header["dt"] = list(dtypes)
-    if meta:
-        header["m"] = meta
+        header += [[list(map(int, s)) for s in shapes], list(dtypes)]
     return [msgpack.packb(header, use_bin_type=True)] + frames
 
 
-def _unpack_header(raw, limits: Limits) -> dict:
+def _unpack_header(raw, limits: Limits) -> list:
     if len(raw) > limits.max_header_bytes:
         raise ProtocolError(f"header of {len(raw)} bytes exceeds {limits.max_header_bytes}")
     try:
@@ -177,18 +181,19 @@ def _unpack_header(raw, limits: Limits) -> dict:
         header = msgpack.unpackb(raw, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types
         raise ProtocolError(f"header is not valid msgpack: {type(exc).__name__}") from None
-    if not isinstance(header, dict):
-        raise ProtocolError("header is not a map")
-    missing = [k for k in _HEADER_KEYS if k not in header]
-    if missing:
-        raise ProtocolError(f"header lacks {', '.join(missing)}")
+    if type(header) is not list:
+        raise ProtocolError("header is not an array")
+    if header and type(header[0]) is int and header[0] != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {header[0]!r} is not {PROTOCOL_VERSION}")
+    if len(header) not in _SIZES:
+        raise ProtocolError(f"header of {len(header)} fields, not 7, 8 or 10")
     return header
 
 
-def _check_int(header: dict, key: str, lo: int, hi: int) -> int:
-    value = header[key]
+def _check_int(header: list, i: int, lo: int, hi: int) -> int:
+    value = header[i]
     if type(value) is not int or not lo <= value <= hi:  # msgpack's bool is not an int here
-        raise ProtocolError(f"header field {key!r} is not an integer in [{lo}, {hi}]")
+        raise ProtocolError(f"header field {_FIELDS[i]!r} is not an integer in [{lo}, {hi}]")
     return value
 
 
@@ -229,16 +234,15 @@ def unpack(parts: Sequence, limits: Limits = DEFAULT_LIMITS, codec_names: Sequen
         raise ProtocolError(f"{len(parts) - 1} frames exceed the limit of {limits.max_frames}")
     raw = _buffer(parts[0])
     header = _unpack_header(raw, limits)
-    if type(header["v"]) is not int or header["v"] != PROTOCOL_VERSION:
-        raise ProtocolError(f"protocol version {header['v']!r} is not {PROTOCOL_VERSION}")
-    if not isinstance(header["k"], str) or header["k"] not in KINDS:  # a list is unhashable
-        raise ProtocolError(f"unknown message kind {header['k']!r}")
-    src = header["s"]
+    version, kind, src, _, _, codec, lengths = header[:7]
+    if type(version) is not int or version != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {version!r} is not {PROTOCOL_VERSION}")
+    if not isinstance(kind, str) or kind not in KINDS:  # a list is unhashable
+        raise ProtocolError(f"unknown message kind {kind!r}")
     if type(src) is not int and type(src) is not str:  # a bool is neither
         raise ProtocolError("sender is not an integer or string")
-    rnd = _check_int(header, "r", -1, 1 << 40)
-    seq = _check_int(header, "n", 0, 1 << 62)
-    codec = header["c"]
+    rnd = _check_int(header, 3, -1, 1 << 40)
+    seq = _check_int(header, 4, 0, 1 << 62)
     if type(codec) is int:
         if not 0 <= codec < len(codec_names):
             raise ProtocolError(f"codec number {codec} is not in this node's table of "
@@ -246,7 +250,6 @@ def unpack(parts: Sequence, limits: Limits = DEFAULT_LIMITS, codec_names: Sequen
         codec = codec_names[codec]
     elif not isinstance(codec, str) or len(codec) > 256:
         raise ProtocolError("codec is not a short string or a table index")
-    lengths = header["l"]
     frames = [_buffer(p) for p in parts[1:]]
     if not isinstance(lengths, list) or len(lengths) != len(frames):
         raise ProtocolError("declared frame count does not match the frames received")
@@ -255,13 +258,13 @@ def unpack(parts: Sequence, limits: Limits = DEFAULT_LIMITS, codec_names: Sequen
             raise ProtocolError("declared frame length does not match the frame received")
         if declared > limits.max_frame_bytes:
             raise ProtocolError("a frame exceeds the size limit")
-    shapes, dtypes = header.get("sh", []), header.get("dt", [])
+    shapes, dtypes = header[8:] if len(header) == 10 else ([], [])
     _check_tensor_specs(shapes, dtypes, lengths, limits)
-    meta = header.get("m", {})
+    meta = header[7] if len(header) > 7 and header[7] is not None else {}
     if not isinstance(meta, dict):
         raise ProtocolError("meta is not a map")
     return Message(
-        kind=header["k"],
+        kind=kind,
         src=src,
         round=rnd,
         seq=seq,
