@@ -17,8 +17,9 @@ one-letter keys of protocol version 1's map were 16 of them)::
 Fields 0-6 are always there; ``m`` only when it or ``sh``/``dt`` are, and
 ``sh``/``dt`` (both or neither) only for raw tensors, so a header has 7, 8 or
 10 fields.
-Codec-encoded frames describe their own shape and dtype, so ``sh``/``dt`` are
-only sent for raw tensors.  ``c`` is a string, or the index of the codec in a
+
+Codec-encoded frames need no ``sh``/``dt``: the codec's blobs carry their
+shapes, or the receiver knows them (per-tensor messages).  ``c`` is a string, or the index of the codec in a
 table of names both ends were given (:func:`pack`'s ``codec_ids``, :func:`unpack`'s
 ``codec_names``): a run's codec names are known to every node before its first
 round, and a name such as ``topk:0.05+quant:0.002+cabac`` is a tenth of a small
