@@ -221,12 +221,12 @@ def weighted_mean(tensors: list, weights: list) -> torch.Tensor:
 def behave(update: torch.Tensor, behaviour: str, rng: np.random.Generator) -> torch.Tensor:
     """A worker's update as its behaviour sends it (CFL's Byzantine settings).
 
-    ``random`` (Byzantine): a Gaussian direction with ``RANDOM_SCALE`` (100)
-    times the norm the honest update would have had -- large enough that plain
-    FedAvg collapses, as in the CFL paper's Byzantine table; ``noisy``: the update
-    plus Gaussian noise of the same norm; ``sign_flip``: −4 times the update (the scale of the gossip attack);
-    ``honest``, ``silent`` (the worker sends nothing) and ``label_flip`` (which
-    acts on the data): unchanged.
+    ``random`` (Byzantine): a Gaussian direction with ``RANDOM_SCALE`` (100) times
+    the norm the honest update would have had -- large enough that plain FedAvg
+    collapses, as in the CFL paper's Byzantine table; ``noisy``: the update plus
+    Gaussian noise of the same norm; ``sign_flip``: −4 times the update (the
+    scale of the gossip attack); ``honest``, ``silent`` (the worker sends
+    nothing) and ``label_flip`` (which acts on the data): unchanged.
     """
     if behaviour in ("honest", "label_flip", "silent", "alie"):  # alie: FedAvgClient._alie
         return update

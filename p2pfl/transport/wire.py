@@ -19,11 +19,11 @@ Fields 0-6 are always there; ``m`` only when it or ``sh``/``dt`` are, and
 10 fields.
 
 Codec-encoded frames need no ``sh``/``dt``: the codec's blobs carry their
-shapes, or the receiver knows them (per-tensor messages).  ``c`` is a string, or the index of the codec in a
-table of names both ends were given (:func:`pack`'s ``codec_ids``, :func:`unpack`'s
-``codec_names``): a run's codec names are known to every node before its first
-round, and a name such as ``topk:0.05+quant:0.002+cabac`` is a tenth of a small
-compressed message.
+shapes, or the receiver knows them (per-tensor messages). ``c`` is a string, or
+the index of the codec in a table of names both ends were given (:func:`pack`'s
+``codec_ids``, :func:`unpack`'s ``codec_names``): a run's codec names are known
+to every node before its first round, and a name such as
+``topk:0.05+quant:0.002+cabac`` is a tenth of a small compressed message.
 
 Nothing here unpickles anything: msgpack decodes only maps, lists, strings,
 numbers and bytes, and tensor frames are interpreted as raw little-endian
