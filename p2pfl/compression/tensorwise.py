@@ -24,7 +24,7 @@ Each blob has the one-byte implicit header (:mod:`~p2pfl.compression.wire`):
 both ends know the codec and the shapes.  The bytes go as few frames: small
 parts share one, and a part of 64 KiB or more (a dense float payload) is a
 frame of its own, uncopied.  For the mnist1d CNN under ``stc:0.01+golomb`` that
-is one frame instead of nine, and a message of 242 bytes instead of 337
+is one frame instead of nine, and a message of 227 bytes instead of 337
 (BENCHMARKS.md).  Decoding checks the lengths against the bytes there
 and every tensor's shape against the expected one; anything else is a
 :class:`~p2pfl.compression.errors.CodecError`.
