@@ -151,7 +151,7 @@ class _PortTaken(RuntimeError):
 def raw_ring(nbytes: int, rounds: int, keep: bool = False, floor: str = "",
              numel: int = 0, warmup: int = 0) -> dict:
     """8 raw processes in a ring; a ring whose port was taken meanwhile is run again."""
-    for attempt in range(3):
+    for _ in range(3):
         try:
             return _raw_ring_once(nbytes, rounds, keep, floor, numel, warmup)
         except _PortTaken as exc:

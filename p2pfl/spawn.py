@@ -29,12 +29,8 @@ def actors_per_host(degree: int) -> int:
 def spawn_processes(nodes: dict, address: str, how: tuple, security) -> None:
     """One forked process a node; ``how`` is (scheme, host, run_dir, start_timeout),
     ``security(id)`` a node's CURVE setup or None."""
-    fork = mp.get_context("fork")
     for h in nodes.values():
-        h.runner = fork.Process(target=process_main, name=f"p2pfl-node-{h.id}", daemon=True,
-                                args=(address, h.id, *how, security(h.id)))
-        h.runner.start()
-        h.pid = h.runner.pid
+        _start_process(h, "fork", address, how, security(h.id))
 
 
 def spawn_hosts(nodes: dict, specs: list, address: str, how: tuple, procs: int, log) -> None:
@@ -70,7 +66,12 @@ def spawn_threads(nodes: dict, address: str, ctx, alive, start_timeout: float) -
 
 def respawn(h, address: str, how: tuple, security) -> None:
     """A fresh (spawned, not forked) process for a node that died."""
-    h.runner = mp.get_context("spawn").Process(
+    _start_process(h, "spawn", address, how, security)
+
+
+def _start_process(h, method: str, address: str, how: tuple, security) -> None:
+    """Node ``h`` in a process of its own, started by ``method`` (fork or spawn)."""
+    h.runner = mp.get_context(method).Process(
         target=process_main, name=f"p2pfl-node-{h.id}", daemon=True,
         args=(address, h.id, *how, security))
     h.runner.start()

@@ -316,8 +316,12 @@ def test_scales_travel_as_float32_only_when_exact():
     for spec in ("stc:0.01", "sbc:0.01", "sign", "quant:0.00390625"):  # ±1 levels, 2⁻⁸
         blob = bytes(codec(spec).encode(x)[0])
         assert codec(spec).decode(blob).equal(codec(spec).encode_with_reconstruction(x)[1])
-        assert any(b & 0x10 and b & 0x0F in (8, 9, 10) for b in blob[6:])
+        # the value kind follows the 7-byte header, the flags, and for a sparsifier k
+        # (one varint byte) and its 10 raw positions: packed or signs, float32 scale
+        kind = blob[8 + (1 + 4 * 10 if spec[:3] in ("stc", "sbc") else 0)]
+        assert kind in (8 | 0x10, 9 | 0x10)
     # a step float32 cannot hold: 8 bytes, and the same reconstruction as ever
+    assert bytes(codec("quant:0.01").encode(x)[0])[8] == 8  # packed, float64 scale
     frames, sent = codec("quant:0.01").encode_with_reconstruction(x)
     assert torch.equal(codec("quant:0.01").decode(frames), sent)
     assert wire_size(codec("quant:0.01").encode(x)) == wire_size(

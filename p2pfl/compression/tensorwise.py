@@ -36,6 +36,7 @@ import math
 import numpy as np
 import torch
 
+from .codec import wire_size
 from .errors import CodecError
 from .sparsify import count_k
 from .wire import Reader, Writer
@@ -104,7 +105,7 @@ class TensorwiseCodec:
                 codec.transform.p = fractions[i]
             f, r = codec.encode_with_reconstruction(part.reshape(self.shapes[i]),
                                                     want_reconstruction, implicit=True)
-            index.varint(sum(memoryview(p).nbytes for p in f))
+            index.varint(wire_size(f))
             blobs.append(f)
             if want_reconstruction:
                 recon.append(r.reshape(-1))

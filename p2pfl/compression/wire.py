@@ -11,7 +11,7 @@ A 1-D float32 tensor of 10^6 entries under ``none`` costs 8 header bytes.
 Inside a per-tensor message (:mod:`~p2pfl.compression.tensorwise`), whose
 codec and tensor shapes both ends know, the header is the one byte 0xA2
 ("implicit"): float32, the codec's stages, the expected shape.  A bias of a
-small CNN coded by ``stc:0.01+golomb`` is about 24 bytes, so the 6 to 10
+small CNN coded by ``stc:0.01+golomb`` is about 24 bytes, so the 7 to 9
 bytes of an explicit header were a third of it.
 Decoding never trusts a declared size: :class:`Reader` checks every length
 against the bytes that are actually there, and shapes against ``MAX_NUMEL``,

@@ -184,8 +184,9 @@ def _unpack_header(raw, limits: Limits) -> list:
         raise ProtocolError(f"header is not valid msgpack: {type(exc).__name__}") from None
     if type(header) is not list:
         raise ProtocolError("header is not an array")
-    if header and type(header[0]) is int and header[0] != PROTOCOL_VERSION:
-        raise ProtocolError(f"protocol version {header[0]!r} is not {PROTOCOL_VERSION}")
+    version = header[0] if header else None
+    if type(version) is not int or version != PROTOCOL_VERSION:  # msgpack's bool is not an int
+        raise ProtocolError(f"protocol version {version!r} is not {PROTOCOL_VERSION}")
     if len(header) not in _SIZES:
         raise ProtocolError(f"header of {len(header)} fields, not 7, 8 or 10")
     return header
@@ -235,9 +236,7 @@ def unpack(parts: Sequence, limits: Limits = DEFAULT_LIMITS, codec_names: Sequen
         raise ProtocolError(f"{len(parts) - 1} frames exceed the limit of {limits.max_frames}")
     raw = _buffer(parts[0])
     header = _unpack_header(raw, limits)
-    version, kind, src, _, _, codec, lengths = header[:7]
-    if type(version) is not int or version != PROTOCOL_VERSION:
-        raise ProtocolError(f"protocol version {version!r} is not {PROTOCOL_VERSION}")
+    _, kind, src, _, _, codec, lengths = header[:7]  # the version was checked
     if not isinstance(kind, str) or kind not in KINDS:  # a list is unhashable
         raise ProtocolError(f"unknown message kind {kind!r}")
     if type(src) is not int and type(src) is not str:  # a bool is neither
