@@ -1,7 +1,7 @@
 """Filter-wise scaling in server-mode STC at p = 0.01 (issue 11, seed 003).
 
     python benchmarks/filter_scaling.py [--rounds 60] [--seeds 0 1 2 3] [--dataset digits]
-                                        [--partition iid]
+                                        [--partition iid] [--model cnn]
 
 Server STC on digits as 8x8 images with the 2-D CNN (9,930 parameters, two conv
 layers of 16 and 32 filters), 10 workers, p = 0.01 up and down: without and with
@@ -12,8 +12,11 @@ global model's at the last round, and "over rounds" its mean over every round
 evaluated (how fast a run learns, not only where it ends); bytes are
 summary.json's bytes_up_total and bytes_down_total.  All are averaged over the
 seeds.  ``--partition`` splits the data otherwise (``dirichlet:0.3``: label
-skew).  Writes benchmarks/results/filter_scaling.{json,md} (digits, iid), with
-``_mnist1d`` and ``_<partition>`` (``:`` as ``-``) added to the name otherwise.
+skew).  ``--model cnn:C1-C2`` widens the convolutions (``cnn:64-128``: 64 and
+128 filters, 94,986 parameters; the scales' share of an update falls with the
+filters' fan-in).  Writes benchmarks/results/filter_scaling.{json,md} (digits,
+iid, cnn), with ``_mnist1d``, ``_<partition>`` and ``_<model>`` (``:`` as ``-``)
+added to the name otherwise.
 """
 
 from __future__ import annotations
@@ -43,13 +46,14 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     ap.add_argument("--dataset", choices=["digits", "mnist1d"], default="digits")
     ap.add_argument("--partition", default="iid", help="iid, dirichlet:ALPHA, shards:S")
+    ap.add_argument("--model", default="cnn", help="cnn or cnn:C1-C2[-...]")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, spec, scaling in RUNS:
             accs, curves, up, down = [], [], [], []
             for seed in args.seeds:
-                s = run_cluster(mode="stc", nodes=10, dataset=args.dataset, model="cnn",
+                s = run_cluster(mode="stc", nodes=10, dataset=args.dataset, model=args.model,
                                 rounds=args.rounds, compression=spec, filter_scaling=scaling,
                                 seed=seed, partition=args.partition, quiet=True,
                                 in_process=True,
@@ -75,8 +79,10 @@ def main() -> int:
     out = os.path.join(ROOT, "benchmarks", "results")
     name = "filter_scaling" + ("" if args.dataset == "digits" else "_" + args.dataset)
     name += "" if args.partition == "iid" else "_" + args.partition.replace(":", "-")
+    name += "" if args.model == "cnn" else "_" + args.model.replace(":", "-")
     write_json_atomic(os.path.join(out, name + ".json"), {
-        "dataset": args.dataset, "partition": args.partition, "rounds": args.rounds,
+        "dataset": args.dataset, "partition": args.partition, "model": args.model,
+        "rounds": args.rounds,
         "seeds": args.seeds, "rows": rows})
     write_atomic(os.path.join(out, name + ".md"),
                  lambda fh: fh.write("\n".join(lines) + "\n"), text=True)

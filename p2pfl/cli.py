@@ -25,7 +25,7 @@ CLUSTER_OPTIONS = [
     ("dataset", str, "digits, mnist1d, synthetic[:C:D], mnist:PATH, cifar10:PATH"),
     ("data_dir", str, "folder for dataset files"),
     ("partition", str, "iid, dirichlet:ALPHA, shards:S or groups:K"),
-    ("model", str, "mlp[:H], cnn or logreg"),
+    ("model", str, "mlp[:H1-H2...], cnn[:C1-C2...] or logreg"),
     ("device", str, "where nodes train: auto (a GPU when there is one, default), cpu, cuda "
      "or cuda:N; several nodes may share a GPU"),
     ("local_steps", int, "local SGD steps per round (default 2 in gossip, 10 in server modes; "

@@ -31,20 +31,22 @@ __all__ = [
 
 #: Model names accepted by :func:`build_model`.
 MODELS = ("logreg", "mlp", "cnn")
-_FORMS = "logreg, mlp, mlp:H, mlp:H1-H2[-...], cnn"
+_FORMS = "logreg, mlp, mlp:H, mlp:H1-H2[-...], cnn, cnn:C1-C2[-...]"
 
 
-def _parse_hidden(arg):
-    """Hidden sizes of ``mlp:H1-H2``; ``(64,)`` when no argument."""
+def _parse_sizes(kind, arg, default):
+    """Layer sizes of ``mlp:H1-H2`` (hidden units) or ``cnn:C1-C2`` (filters a
+    convolution); ``default`` when no argument."""
     if not arg:
-        return (64,)
+        return default
     try:
         sizes = tuple(int(h) for h in arg.split("-"))
     except ValueError:
         sizes = ()
     if not sizes or min(sizes) < 1:
-        raise ConfigError(f"bad model 'mlp:{arg}'; expected mlp:H or "
-                          "mlp:H1-H2 with positive integer sizes")
+        unit = "H" if kind == "mlp" else "C"
+        raise ConfigError(f"bad model '{kind}:{arg}'; expected {kind}:{unit} or "
+                          f"{kind}:{unit}1-{unit}2 with positive integer sizes")
     return sizes
 
 
@@ -58,31 +60,46 @@ def _mlp(input_shape, num_classes, hidden):
     return nn.Sequential(*layers)
 
 
-def _cnn1d(channels, num_classes):
-    """1-D conv net for ``(C, L)`` signals such as MNIST-1D (~8k params)."""
-    return nn.Sequential(
-        nn.Conv1d(channels, 32, 5, padding=2), nn.ReLU(), nn.MaxPool1d(2),
-        nn.Conv1d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool1d(2),
-        nn.Conv1d(32, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveMaxPool1d(5),
-        nn.Flatten(), nn.Linear(32 * 5, num_classes))
+#: Filters a convolution of ``cnn`` without widths, for 1-D and 2-D inputs.
+CNN1D_WIDTHS, CNN2D_WIDTHS = (32, 32, 32), (16, 32)
 
 
-def _cnn2d(channels, num_classes):
-    """2-D conv net for ``(C, H, W)`` images of any size (~10k params)."""
-    return nn.Sequential(
-        nn.Conv2d(channels, 16, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveMaxPool2d(4),
-        nn.Flatten(), nn.Linear(32 * 16, num_classes))
+def _cnn1d(channels, num_classes, widths=CNN1D_WIDTHS):
+    """1-D conv net for ``(C, L)`` signals such as MNIST-1D (~8k params by default):
+    a kernel of 5, then of 3, max-pooling by 2 between the convolutions, and the
+    last one max-pooled to 5 positions."""
+    layers = []
+    for n, width in enumerate(widths):
+        kernel = 5 if n == 0 else 3
+        layers += [nn.Conv1d(channels, width, kernel, padding=kernel // 2), nn.ReLU()]
+        layers.append(nn.MaxPool1d(2) if n < len(widths) - 1 else nn.AdaptiveMaxPool1d(5))
+        channels = width
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels * 5, num_classes))
 
 
-def _cnn(input_shape, num_classes):
+def _cnn2d(channels, num_classes, widths=CNN2D_WIDTHS):
+    """2-D conv net for ``(C, H, W)`` images of any size (~10k params by default):
+    3x3 convolutions, the last one max-pooled to 4x4."""
+    layers = []
+    for width in widths:
+        layers += [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU()]
+        channels = width
+    return nn.Sequential(*layers, nn.AdaptiveMaxPool2d(4), nn.Flatten(),
+                         nn.Linear(channels * 16, num_classes))
+
+
+def _cnn(input_shape, num_classes, widths=None):
     if len(input_shape) == 1:  # plain vectors: treat as a 1-channel signal
         return nn.Sequential(nn.Unflatten(1, (1, input_shape[0])),
-                             _cnn1d(1, num_classes))
+                             _cnn(input_shape[:0] + (1, input_shape[0]), num_classes, widths))
     if len(input_shape) == 2:
-        return _cnn1d(input_shape[0], num_classes)
+        widths = widths or CNN1D_WIDTHS
+        if input_shape[1] >> (len(widths) - 1) < 1:
+            raise ConfigError(f"model 'cnn' with {len(widths)} convolutions pools a signal "
+                              f"of length {input_shape[1]} to nothing; use fewer")
+        return _cnn1d(input_shape[0], num_classes, widths)
     if len(input_shape) == 3:
-        return _cnn2d(input_shape[0], num_classes)
+        return _cnn2d(input_shape[0], num_classes, widths or CNN2D_WIDTHS)
     raise ConfigError(f"model 'cnn' does not fit input shape {input_shape}; "
                       "expected (L,), (C, L) or (C, H, W)")
 
@@ -110,8 +127,10 @@ def build_model(name: str, input_shape: tuple, num_classes: int, *,
     ----------
     name : str
         ``logreg``, ``mlp`` (one hidden layer of 64), ``mlp:H``,
-        ``mlp:H1-H2`` or ``cnn`` (1-D conv for ``(C, L)`` inputs, 2-D conv
-        for ``(C, H, W)`` inputs).
+        ``mlp:H1-H2``, ``cnn`` (1-D conv for ``(C, L)`` inputs, 2-D conv
+        for ``(C, H, W)`` inputs) or ``cnn:C1-C2`` (the same with C1, C2, ...
+        filters a convolution; ``cnn`` is ``cnn:32-32-32`` in 1-D and
+        ``cnn:16-32`` in 2-D).
     input_shape : tuple of int
         Shape of one sample (without the batch dimension).
     num_classes : int
@@ -143,9 +162,9 @@ def build_model(name: str, input_shape: tuple, num_classes: int, *,
         if kind == "logreg" and not arg:
             model = _mlp(input_shape, num_classes, ())
         elif kind == "mlp":
-            model = _mlp(input_shape, num_classes, _parse_hidden(arg))
-        elif kind == "cnn" and not arg:
-            model = _cnn(input_shape, num_classes)
+            model = _mlp(input_shape, num_classes, _parse_sizes(kind, arg, (64,)))
+        elif kind == "cnn":
+            model = _cnn(input_shape, num_classes, _parse_sizes(kind, arg, None))
         else:
             raise ConfigError(f"unknown model {name!r}; valid: {_FORMS}")
     return model.float().train()

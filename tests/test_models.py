@@ -41,10 +41,29 @@ def test_registry():
     assert set(MODELS) == {"logreg", "mlp", "cnn"}
 
 
-@pytest.mark.parametrize("name", ["resnet", "mlp:0", "mlp:a", "cnn:3", "logreg:2"])
+@pytest.mark.parametrize("name", ["resnet", "mlp:0", "mlp:a", "cnn:0", "cnn:8-", "cnn:x",
+                                  "logreg:2"])
 def test_unknown_model(name):
-    with pytest.raises(ConfigError, match="mlp"):
+    with pytest.raises(ConfigError, match="mlp" if name.startswith(("mlp", "r", "l")) else "cnn:C"):
         build_model(name, (1, 8, 8), 10)
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 40), (40,)])
+def test_cnn_widths(shape):
+    """``cnn:C1-C2`` sets the filters of each convolution; plain ``cnn`` is its default
+    widths, weight for weight."""
+    model = build_model("cnn:8-24", shape, 10, seed=1)
+    convs = [m for m in model.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d))]
+    assert [c.out_channels for c in convs] == [8, 24]
+    assert model(torch.randn(2, *shape)).shape == (2, 10)
+    default = "cnn:16-32" if len(shape) == 3 else "cnn:32-32-32"
+    assert torch.equal(flatten_params(build_model(default, shape, 10, seed=1)),
+                       flatten_params(build_model("cnn", shape, 10, seed=1)))
+
+
+def test_cnn_too_deep_for_the_signal():
+    with pytest.raises(ConfigError, match="fewer"):
+        build_model("cnn:4-4-4-4-4-4-4", (1, 40), 10)
 
 
 def test_cnn_rejects_4d_input():
