@@ -4,7 +4,8 @@ The content goes to a temporary file in the same folder, is flushed and
 fsynced, and is renamed over the target (``os.replace`` is atomic on POSIX);
 the folder is then fsynced so that the rename survives a power cut.  Metrics
 summaries, checkpoints, plots and dataset caches all go through
-:func:`write_atomic`.
+:func:`write_atomic`.  The file gets the mode a plain ``open`` would give it
+(0666 less the umask), or 0600 with ``private=True``.
 """
 
 from __future__ import annotations
@@ -16,12 +17,18 @@ from typing import Callable
 
 __all__ = ["write_atomic", "write_json_atomic"]
 
+# The process's umask, read once at import (setting it is the only way to read it,
+# and that is not safe once node threads run).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
-def write_atomic(path, write: Callable, *, text: bool = False) -> str:
+
+def write_atomic(path, write: Callable, *, text: bool = False, private: bool = False) -> str:
     """Call ``write(fh)`` on a temporary file beside ``path``, then rename it to ``path``.
 
     On any error the temporary file is removed and the previous ``path`` (if
-    any) is left as it was.  Returns ``path``.
+    any) is left as it was.  Returns ``path``.  ``private``: readable by the
+    owner only (0600); otherwise 0666 less the umask, as ``open`` creates files.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -29,6 +36,8 @@ def write_atomic(path, write: Callable, *, text: bool = False) -> str:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w" if text else "wb") as fh:
+            if not private:  # mkstemp creates 0600
+                os.fchmod(fh.fileno(), 0o666 & ~_UMASK)
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())

@@ -68,9 +68,14 @@ def _check_name(name: str) -> str:
 def generate_keys(folder: str, names: list) -> list:
     """Write a key pair for the launcher and for each name; return the files written."""
     names = [_check_name(str(n)) for n in names]
+    if not names:
+        raise UsageError("no node names: give --nodes N or --labels with at least one label")
     if len(set(names)) != len(names):
         raise UsageError("key names must be distinct")
-    os.makedirs(folder, exist_ok=True)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create key folder {folder}: {exc.strerror}") from None
     table = os.path.join(folder, TABLE)
     if os.path.exists(table):
         raise UsageError(f"{table} exists; keys are never overwritten (use a new folder)")

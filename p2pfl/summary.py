@@ -59,6 +59,7 @@ def run_summary(plan, sink, nodes: dict, wall: float, control_bytes: int) -> dic
         "wall_s": round(wall, 3),
         **_memory(nodes),
         "accuracy_per_round": base["accuracy_per_round"],
+        "consensus_last": base["consensus_last"],
         "accuracy_mean_honest": _honest_mean(plan, sink),
     })
     if cfg.backend == "ray":  # the Ray hosts the nodes were placed on

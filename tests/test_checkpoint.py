@@ -325,3 +325,20 @@ def test_no_pickle_is_involved(tmp_path, monkeypatch):
     _run(s, range(1, 3), final=False)
     checkpoint.save(tmp_path / "c", 2, s.state())
     _strategy("stc").restore(checkpoint.load(tmp_path / "c")[1])
+
+
+def test_a_checkpoint_is_private_and_other_atomic_files_follow_the_umask(tmp_path):
+    """The checkpoint (model and worker states) is 0600; summaries and plots get the mode
+    ``open`` gives (0666 less the umask), so that others can read what metrics.jsonl shows."""
+    import stat
+
+    from p2pfl.atomic import _UMASK, write_atomic, write_json_atomic
+
+    checkpoint.save(tmp_path / "c", 1, {"model": torch.ones(N)})
+    write_json_atomic(tmp_path / "summary.json", {"a": 1})
+    write_atomic(tmp_path / "plot.png", lambda fh: fh.write(b"png"))
+    with open(tmp_path / "plain", "w"):
+        pass
+    mode = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert mode["c"] == 0o600
+    assert mode["summary.json"] == mode["plot.png"] == mode["plain"] == 0o666 & ~_UMASK

@@ -8,6 +8,7 @@ import sys
 import time
 
 import networkx as nx
+import numpy as np
 import pytest
 
 import p2pfl
@@ -90,6 +91,10 @@ def test_gossip_averaging_reaches_consensus(tmp_path):
     last = [r["consensus_distance"] for r in res.metrics if r["round"] == 3]
     # complete graph with MH weights averages exactly: models agree up to one tiny SGD step
     assert max(last) < 1e-3
+    # summary.json's consensus_last is the last measured round's, from the same records
+    c = json.loads((tmp_path / "summary.json").read_text())["consensus_last"]
+    assert c["round"] == 3 and c["max"] == max(last)
+    assert c["median"] == float(np.median(last)) and c["rel_max"] is not None
 
 
 def _start_cli(tmp_path, *extra):

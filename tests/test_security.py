@@ -13,7 +13,9 @@ import time
 import msgpack
 import pytest
 import zmq
+import zmq.auth
 
+from p2pfl.atomic import _UMASK
 from p2pfl.keys import read_secret
 from p2pfl.transport import Endpoint
 from p2pfl.transport.endpoint import identity
@@ -142,6 +144,20 @@ def test_keys_generate_writes_private_secret_keys_and_a_public_table(tmp_path):
     assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1
     labels = _cli("keys", "generate", str(tmp_path / "lab"), "--labels", "alice,bob")
     assert labels.returncode == 0 and (tmp_path / "lab" / "alice.key_secret").exists()
+    # the public table gets the mode open() would give it: readable by others at umask 022
+    assert stat.S_IMODE(os.stat(tmp_path / "lab" / "keys.toml").st_mode) == 0o666 & ~_UMASK
+
+
+@pytest.mark.parametrize("where, flags, words", [
+    ("empty", ["--labels", " , "], "no node names"),
+    ("file/under", ["--nodes", "2"], "cannot create key folder"),
+])
+def test_keys_generate_refuses_no_names_and_an_impossible_folder(tmp_path, where, flags, words):
+    (tmp_path / "file").write_text("not a folder")
+    res = _cli("keys", "generate", str(tmp_path / where), *flags)
+    assert res.returncode == 2 and words in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "empty").exists()
 
 
 def test_loose_key_permissions_warn_and_a_missing_key_is_exit_2(tmp_path, capsys):

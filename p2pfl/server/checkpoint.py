@@ -197,10 +197,10 @@ def save(path, round: int, state: dict) -> None:
 
     A crash at any point leaves either the previous checkpoint or the new one
     (and, after a hard kill, perhaps a stray ``.NAME.*.tmp`` beside it).  The
-    file is readable by its owner only, as ``tempfile.mkstemp`` creates it.
+    file is readable by its owner only: it holds the model and every worker's state.
     """
     data = dumps(round, state)
-    write_atomic(path, lambda fh: _write(fh, data))
+    write_atomic(path, lambda fh: _write(fh, data), private=True)
 
 
 def load(path, max_bytes: int = MAX_BYTES):
