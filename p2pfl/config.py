@@ -65,7 +65,7 @@ class RunConfig:
 
     # what runs
     mode: str = "gossip"
-    topology: str = "ring:8"
+    topology: str | None = None  # ring:8, unless a server run names its workers by --nodes
     nodes: int | None = None
     rounds: int = 30
     seed: int = 0
@@ -134,6 +134,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _one_of("mode", self.mode, MODES)
+        self._check_workers()
         defaults = MODE_DEFAULTS["gossip" if self.mode == "gossip" else "server"]
         for name, value in defaults.items():
             if getattr(self, name) is None:
@@ -151,6 +152,9 @@ class RunConfig:
         for name in ("stc_cache", "cfl_warmup", "public_size", "distill_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        if self.mode in ("fd", "cfd") and self.public_size < 1:
+            raise ConfigError(f"--public-size must be >= 1 for --mode {self.mode} (the soft "
+                              f"labels are taken on it), got {self.public_size}")
         if self.fd_bits is not None and not 0 <= self.fd_bits <= 8:
             raise ConfigError(f"--fd-bits must be in [0, 8] (0: float32), got {self.fd_bits}")
         if not (self.cfl_eps1 >= 0 and self.cfl_eps2 >= 0):
@@ -193,6 +197,18 @@ class RunConfig:
         if self.secure and self.listen and self.keys is None:
             raise ConfigError("--secure with --listen needs --keys DIR: remote nodes need keys "
                               "made ahead (p2pfl keys generate DIR --nodes N)")
+
+    def _check_workers(self) -> None:
+        """Gossip nodes are the topology's; a server run's workers are ``--nodes N`` or
+        the topology's nodes, never both."""
+        if self.nodes is not None and self.mode == "gossip":
+            raise ConfigError("--nodes applies to server modes; gossip runs one node per "
+                              "node of --topology")
+        if self.nodes is not None and self.topology is not None:
+            raise ConfigError("--nodes and --topology both give the workers of a server run; "
+                              "give one of them")
+        if self.nodes is None and self.topology is None:
+            object.__setattr__(self, "topology", "ring:8")
 
     def _check_hosting(self) -> None:
         """``--in-process``: actors in ``--procs`` host processes over ipc (tcp is the
@@ -269,6 +285,8 @@ MODE_OPTIONS = {
     "cfl_eps1": ("cfl",), "cfl_eps2": ("cfl",), "cfl_warmup": ("cfl",),
     "public_size": ("fd", "cfd"), "distill_steps": ("fd", "cfd"), "fd_bits": ("fd", "cfd"),
     "fd_delta": ("fd", "cfd"), "fd_coder": ("fd", "cfd"),
+    "algorithm": ("gossip",), "schedule": ("gossip",), "mixing": ("gossip",),
+    "compression_down": SERVER_MODES,
 }
 
 
@@ -340,6 +358,8 @@ def from_sources(config_file: str | None = None, overrides: dict | None = None) 
             candidate = os.path.join(base, values["profiles"])
             values["profiles"] = candidate if os.path.exists(candidate) else values["profiles"]
     for key, value in (overrides or {}).items():
+        if key not in known:
+            raise ConfigError(f"unknown option {key!r}")
         if value is not None:
             values[key] = _coerce(key, value, "flag")
     cfg = RunConfig(**values)

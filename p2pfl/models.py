@@ -36,8 +36,8 @@ _FORMS = "logreg, mlp, mlp:H, mlp:H1-H2[-...], cnn, cnn:C1-C2[-...]"
 
 def _parse_sizes(kind, arg, default):
     """Layer sizes of ``mlp:H1-H2`` (hidden units) or ``cnn:C1-C2`` (filters a
-    convolution); ``default`` when no argument."""
-    if not arg:
+    convolution); ``default`` when there is no ``:`` (``mlp:`` is an error)."""
+    if arg is None:
         return default
     try:
         sizes = tuple(int(h) for h in arg.split("-"))
@@ -151,7 +151,8 @@ def build_model(name: str, input_shape: tuple, num_classes: int, *,
     if str(name) in CUSTOM:  # every node starts from a copy of the user's weights
         with _INIT_LOCK:
             return copy.deepcopy(CUSTOM[name]).float().train()
-    kind, _, arg = str(name).partition(":")
+    kind, colon, arg = str(name).partition(":")
+    arg = arg if colon else None
     input_shape = tuple(int(s) for s in input_shape)
     # Module initialisation draws from torch's one global generator.  Nodes hosted
     # as threads build their models concurrently, and every node must start from
@@ -159,7 +160,7 @@ def build_model(name: str, input_shape: tuple, num_classes: int, *,
     # serialised.
     with _INIT_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if kind == "logreg" and not arg:
+        if kind == "logreg" and arg is None:
             model = _mlp(input_shape, num_classes, ())
         elif kind == "mlp":
             model = _mlp(input_shape, num_classes, _parse_sizes(kind, arg, (64,)))

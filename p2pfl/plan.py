@@ -156,6 +156,7 @@ def _gossip_plan(cfg: RunConfig, graph, restarts: int = 0) -> Plan:
     topo = topo_mod.build(graph if graph is not None else cfg.topology, scheme=cfg.mixing,
                           seed=cfg.seed)
     labels = [plain_label(x) for x in topo.labels]
+    _groups(cfg, topo.n)  # a groups:K that does not fit the nodes fails here, not in them
     per_node, learns = learn_specs(cfg, labels)
     codecs = node_codecs(per_node)
     algorithm = _algorithm(cfg, codecs)
@@ -200,6 +201,9 @@ def _options_record(specs) -> dict:
 
 # ------------------------------------------------------------------ server
 def _server_labels(cfg: RunConfig, graph) -> list:
+    if cfg.nodes is not None and graph is not None:
+        raise ConfigError("nodes= and a graph both give the workers of a server run; "
+                          "give one of them")
     if cfg.nodes is not None:
         return list(range(cfg.nodes))
     topo = topo_mod.build(graph if graph is not None else cfg.topology, scheme=cfg.mixing,
@@ -229,6 +233,18 @@ def _strategy_options(cfg: RunConfig):
     return options
 
 
+def _check_krum(spec: str, n: int) -> None:
+    """Krum scores an update by its n − F − 2 nearest others, and Multi-Krum averages M
+    of n: an F or M that the run's workers cannot give is an error, not a clamp."""
+    from .strategies.robust import parse_aggregator
+
+    agg = parse_aggregator(spec)
+    if agg.name in ("krum", "multikrum") and (n - agg.f - 2 < 1 or agg.m > n):
+        raise ConfigError(f"--aggregator {spec} with {n} workers: Krum needs F <= n - 3 "
+                          f"= {n - 3} (each update is scored by its n - F - 2 nearest others)"
+                          + (f" and M <= n = {n}" if agg.name == "multikrum" else ""))
+
+
 def _server_plan(cfg: RunConfig, graph) -> Plan:
     from .compression import uses_temporal
 
@@ -251,6 +267,7 @@ def _server_plan(cfg: RunConfig, graph) -> Plan:
                           "--compression-down plain cabac or powersgd:R")
     labels = _server_labels(cfg, graph)
     n = len(labels)
+    _check_krum(getattr(options, "aggregator", "mean"), n)
     per_node, learns = learn_specs(cfg, labels)
     colluders = sum(x.behaviour == "alie" for x in learns)
     if colluders and cfg.mode in ("fd", "cfd"):

@@ -95,8 +95,19 @@ def _device(name, where: str) -> str:
     return name
 
 
+def _some(labels: list, most: int = 8) -> str:
+    """The first labels of a run, for a message."""
+    shown = ", ".join(str(x) for x in labels[:most])
+    return shown + (f", ... ({len(labels)} in all)" if len(labels) > most else "")
+
+
 def learn_specs(cfg: RunConfig, labels: list) -> tuple[list, list]:
     """Per node: its merged options (run, profile default, its own) and its LearnSpec."""
+    named = set((cfg.node_overrides or {}).get("nodes", {}))
+    unknown = named - {str(x) for x in labels} - {str(i) for i in range(len(labels))}
+    if unknown:  # a typo, or the profile of another topology
+        raise ConfigError(f"{cfg.profiles}: no node of this run is called "
+                          f"{', '.join(sorted(unknown))} (nodes: {_some(labels)})")
     per_node = [node_settings(cfg, i, label) for i, label in enumerate(labels)]
     shares = [_number(o, "data_share", float, f"node {labels[i]!r}")
               for i, o in enumerate(per_node)]

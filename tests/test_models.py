@@ -41,7 +41,7 @@ def test_registry():
     assert set(MODELS) == {"logreg", "mlp", "cnn"}
 
 
-@pytest.mark.parametrize("name", ["resnet", "mlp:0", "mlp:a", "cnn:0", "cnn:8-", "cnn:x",
+@pytest.mark.parametrize("name", ["resnet", "mlp:0", "mlp:a", "cnn:0", "cnn:8-", "cnn:x", "cnn:", "mlp:",
                                   "logreg:2"])
 def test_unknown_model(name):
     with pytest.raises(ConfigError, match="mlp" if name.startswith(("mlp", "r", "l")) else "cnn:C"):

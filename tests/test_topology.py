@@ -273,6 +273,8 @@ def _graphs():
 @pytest.mark.parametrize("scheme", ALL_SCHEMES)
 def test_mixing_weights_properties(scheme):
     for G in _graphs():
+        if scheme.startswith("attr:"):  # one edge has it; the others count as 1
+            nx.set_edge_attributes(G, {next(iter(G.edges)): 2.5}, scheme[5:])
         W = tp.mixing_weights(G, scheme)
         assert W.shape == (len(G), len(G))
         _assert_doubly_stochastic(W)
@@ -311,6 +313,9 @@ def test_mixing_weight_errors():
         tp.mixing_weights(G, "weight")
     with pytest.raises(TopologyError, match="unknown mixing scheme"):
         tp.build("ring:4", scheme="attr:")
+    # a named attribute no edge has is a typo, not unit affinities
+    with pytest.raises(TopologyError, match="no edge has the attribute 'wieght' .*: weight"):
+        tp.mixing_weights(G, "attr:wieght")
 
 
 @st.composite

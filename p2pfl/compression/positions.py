@@ -76,6 +76,7 @@ class GolombPositions(Stage):
     """``golomb``: Golomb–Rice gap coding with the optimal b* (module docstring)."""
 
     name, wire_id, role = "golomb", 33, "positions"
+    max_args = 0
 
     def write(self, w: Writer, positions: np.ndarray, numel: int) -> None:
         k = positions.size

@@ -25,6 +25,7 @@ _CHUNK = 1 << 16  # values per float64 block of _step_levels (512 KiB: stays in 
 class NoQuant(Stage):
     """``none``: float32 values as they are (lossless)."""
     name, wire_id, role = "none", 1, "quantise"
+    max_args = 0
 
     def quantise(self, x: np.ndarray) -> Floats:
         return Floats(x, F32)
@@ -33,6 +34,7 @@ class NoQuant(Stage):
 class FP16(Stage):
     """``fp16``: IEEE half precision, round to nearest, saturating at ±65504."""
     name, wire_id, role, biased = "fp16", 2, "quantise", True
+    max_args = 0
 
     def quantise(self, x: np.ndarray) -> Floats:
         return Floats(np.clip(x, -_FP16_MAX, _FP16_MAX).astype(np.float16), F16)
@@ -41,6 +43,7 @@ class FP16(Stage):
 class BF16Quant(Stage):
     """``bf16``: bfloat16 (8-bit exponent), round to nearest even."""
     name, wire_id, role, biased = "bf16", 3, "quantise", True
+    max_args = 0
 
     def quantise(self, x: np.ndarray) -> Floats:
         bits = torch.from_numpy(np.ascontiguousarray(x)).to(torch.bfloat16).view(torch.int16)
@@ -177,6 +180,7 @@ class TernGrad(Stage):
     """``terngrad``: TernGrad (Wen et al. 2017): s = max|x|,
     C(x)_i = s · sign(x_i) · Bernoulli(|x_i|/s); unbiased."""
     name, wire_id, role, levels, stochastic = "terngrad", 7, "quantise", True, True
+    max_args = 0
 
     def quantise(self, x: np.ndarray) -> Levels:
         check_finite(x, self)
@@ -193,6 +197,7 @@ class SignQuant(Stage):
     ‖C(x) − x‖² = ‖x‖² − ‖x‖₁²/d: contractive with δ = ‖x‖₁²/(d‖x‖²) ≥ 1/d.
     One bit per value."""
     name, wire_id, role, biased, levels = "sign", 8, "quantise", True, True
+    max_args = 0
 
     def quantise(self, x: np.ndarray) -> Levels:
         check_finite(x, self)

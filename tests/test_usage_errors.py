@@ -1,0 +1,91 @@
+"""Options that cannot mean what they say are usage errors before any node starts:
+options of another mode, workers named twice, profiles of nodes that do not exist,
+arguments to codec stages that take none, Krum's F beyond the workers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from p2pfl import run_cluster
+from p2pfl.compression.registry import build_codec
+from p2pfl.config import from_sources
+from p2pfl.errors import ConfigError, UsageError
+from p2pfl.plan import plan
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("options, words", [
+    (dict(topology="ring:4", nodes=8), "--nodes applies to server modes"),
+    (dict(mode="fedavg", nodes=4, topology="ring:8"), "give one of them"),
+    (dict(mode="fedavg", nodes=4, algorithm="choco"), "--algorithm applies to gossip"),
+    (dict(mode="stc", nodes=4, mixing="uniform"), "--mixing applies to gossip"),
+    (dict(mode="fedavg", nodes=4, schedule="async"), "--schedule applies to gossip"),
+    (dict(topology="ring:4", compression_down="stc:0.1"), "--compression-down applies to"),
+    (dict(mode="fd", nodes=4, public_size=0), "--public-size must be >= 1"),
+    (dict(bogus=3), "unknown option 'bogus'"),
+])
+def test_options_that_cannot_apply_are_refused(options, words):
+    with pytest.raises(ConfigError, match=words):
+        from_sources(None, options)
+
+
+def test_server_workers_default_to_the_topology_and_nodes_leave_it_unset():
+    assert from_sources(None, dict(mode="fedavg")).topology == "ring:8"
+    assert from_sources(None, dict(mode="fedavg", nodes=3)).topology is None
+    assert from_sources(None, {}).topology == "ring:8"
+
+
+@pytest.mark.parametrize("options, words", [
+    (dict(topology="ring:4", partition="groups:0"), "bad number of groups 0"),
+    (dict(topology="ring:4", partition="groups:5"), r"expected an integer in \[1, 4\]"),
+    (dict(mode="fedavg", nodes=4, aggregator="krum:2"), "F <= n - 3 = 1"),
+    (dict(mode="fedavg", nodes=6, aggregator="multikrum:1:7"), "M <= n = 6"),
+])
+def test_plan_refuses_what_does_not_fit_the_nodes(options, words):
+    with pytest.raises(UsageError, match=words):
+        plan(from_sources(None, dict(options, dataset="digits")))
+
+
+def test_krum_at_the_edge_of_the_workers_is_planned():
+    p = plan(from_sources(None, dict(mode="fedavg", nodes=5, aggregator="multikrum:2:5")))
+    assert len([s for s in p.specs if s.role != "coordinator"]) == 5
+
+
+def test_a_profile_naming_nodes_the_run_does_not_have_is_refused(tmp_path):
+    prof = tmp_path / "p.toml"
+    prof.write_text('[nodes.3]\nlr = 0.01\n[nodes.99]\nlr = 0.5\n[nodes.gateway]\nlr = 0.2\n')
+    with pytest.raises(ConfigError, match="no node of this run is called 99, gateway"):
+        plan(from_sources(None, dict(topology="ring:4", profiles=str(prof))))
+    prof.write_text('[nodes.3]\nlr = 0.01\n')
+    p = plan(from_sources(None, dict(topology="ring:4", profiles=str(prof))))
+    assert [s.learn.lr for s in p.specs] == [0.1, 0.1, 0.1, 0.01]
+
+
+@pytest.mark.parametrize("spec", ["none:3", "fp16:3", "bf16:1", "sign:0.5", "terngrad:9",
+                                  "stc:0.1+golomb:7"])
+def test_codec_stages_without_arguments_refuse_one(spec):
+    with pytest.raises(ConfigError, match="takes 0 argument"):
+        build_codec(spec)
+
+
+def test_the_api_refuses_an_unknown_keyword_before_any_node(tmp_path):
+    with pytest.raises(ConfigError, match="unknown option 'roundz'"):
+        run_cluster("ring:3", roundz=3, out=str(tmp_path))
+    assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("flags", [["--topology", "ring:4", "--partition", "groups:0"],
+                                   ["--mode", "fedavg", "--nodes", "4", "--mixing", "uniform"],
+                                   ["--topology", "ring:4", "--compression", "fp16:3"]])
+def test_the_cli_says_it_in_one_line_with_exit_2(tmp_path, flags):
+    res = subprocess.run([sys.executable, "-m", "p2pfl.cli", "cluster", "--rounds", "1",
+                          "--out", str(tmp_path / "run"), *flags], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "p2pfl: error:" in res.stderr
+    assert not (tmp_path / "run" / "nodes.json").exists()
