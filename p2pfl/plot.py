@@ -224,8 +224,8 @@ def plot_run(run_dir: str) -> list[str]:
     Raises
     ------
     UsageError
-        Missing folder, missing, unreadable or empty ``metrics.jsonl``, or
-        matplotlib not installed.
+        Missing folder, missing, unreadable or empty ``metrics.jsonl``, no
+        accuracy in it, or matplotlib not installed.
     """
     run_dir = os.fspath(run_dir)
     nodes, rounds, acc, mb, labels = _series(_read_records(run_dir))
@@ -234,6 +234,9 @@ def plot_run(run_dir: str) -> list[str]:
     legend_nodes = len(nodes) <= _MAX_LEGEND_NODES
     mean_r, mean_mb, mean_acc = _mean_curve(nodes, rounds, acc, mb)
     global_curve = _global_curve(summary)
+    if not global_curve and not any(acc[node] for node in nodes):
+        raise UsageError(f"{run_dir}: no round recorded a test accuracy (an exchange-only "
+                         "run, --local-steps 0?): nothing to plot")
 
     fig, ax = _figure()
     for node in nodes:

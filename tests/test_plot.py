@@ -116,6 +116,15 @@ def test_plot_run_empty_metrics(tmp_path, text):
     assert not (tmp_path / ROUND_PNG).exists()
 
 
+def test_plot_run_without_any_accuracy_says_so(tmp_path):
+    """An exchange-only run (--local-steps 0) records no accuracy: no empty PNGs."""
+    records = [dict(rec, accuracy=None) for rec in _gossip_records()]
+    _write_run(tmp_path, records, {"mode": "gossip", "nodes": 3, "accuracy_per_round": []})
+    with pytest.raises(UsageError, match="no round recorded a test accuracy"):
+        plot_run(str(tmp_path))
+    assert not (tmp_path / ROUND_PNG).exists()
+
+
 def test_usage_error_is_one_line(tmp_path):
     with pytest.raises(UsageError) as info:
         plot_run(str(tmp_path))
