@@ -37,7 +37,8 @@ CLUSTER_OPTIONS = [
     ("weight_decay", float, "L2 weight decay"),
     ("algorithm", str, "gossip rule: auto, dpsgd, choco or gossip-learning"),
     ("schedule", str, "sync (rounds with a barrier, default) or async (gossip only)"),
-    ("mixing", str, "mixing weights: metropolis, uniform or weight"),
+    ("mixing", str, "mixing weights: metropolis (default), uniform, weight or attr:NAME "
+     "(weighted by the edge attribute weight or NAME of a graph file)"),
     ("compression", str, "codec spec for gossip messages and fedavg/stc updates, e.g. "
      "stc:0.01+golomb"),
     ("error_feedback", str, "auto, on or off"),
@@ -70,7 +71,8 @@ CLUSTER_OPTIONS = [
      "share of the cluster, at most 1)"),
     ("node_gpus", float, "with --backend ray: GPUs each node asks Ray for (default 0)"),
     ("procs", int, "with --in-process: host processes for the node actors (default: the cores)"),
-    ("listen", str, "bind the launcher here (tcp://HOST:PORT) and wait for remote nodes"),
+    ("listen", str, "bind the launcher here (tcp://HOST:PORT, PORT 1-65535 or * for any "
+     "free one) and wait for remote nodes"),
     ("keys", str, "CURVE key folder from `p2pfl keys generate` (implies --secure)"),
     ("round_timeout", float, "seconds to wait for neighbours each round"),
     ("start_timeout", float, "seconds to wait for the cluster to start"),
@@ -123,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
     p.add_argument("--advertise", help="host name or IP that peers use to reach this node")
     p.add_argument("--key", help="this node's secret key file (CURVE; keys.toml beside it)")
+    p.add_argument("--start-timeout", dest="start_timeout", type=float, default=60.0,
+                   help="seconds to wait for the launcher's config and start (default 60)")
     p = sub.add_parser("keys", help="CURVE keys for multi-host secure runs")
     ksub = p.add_subparsers(dest="keys_command", required=True, parser_class=_Parser)
     k = ksub.add_parser("generate", help="write key pairs and keys.toml into a new folder")
@@ -132,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--labels", help="comma-separated node labels of the topology")
     p = sub.add_parser("topology", help="describe a topology and its mixing matrix")
     p.add_argument("spec", help="generator spec or graph file")
-    p.add_argument("--mixing", default="metropolis")
+    p.add_argument("--mixing", default="metropolis",
+                   help="metropolis (default), uniform, weight or attr:NAME")
     p = sub.add_parser("plot", help="write PNG plots of a run folder")
     p.add_argument("run_dir")
     p = sub.add_parser("bench", help="benchmarks")
@@ -145,17 +150,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_cluster(args) -> int:
     from .api import run_cluster
+    from .config import from_sources
 
     options = {name: getattr(args, name) for name, _, _ in CLUSTER_OPTIONS}
     for name in ("in_process", "consensus", "quiet", "secure"):
         options[name] = getattr(args, name)
     options = {k: v for k, v in options.items() if v is not None}
-    result = run_cluster(config=args.config, **options)
+    _check_addresses(from_sources(args.config, options))  # before the plan prints or loads
+    from .cluster import ClusterError
+
+    try:
+        result = run_cluster(config=args.config, **options)
+    except ClusterError as exc:  # e.g. nodes that never joined: a runtime failure
+        print(f"p2pfl: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
     failed = result.summary.get("failed_nodes") or {}
     return 1 if failed and len(failed) == result.summary.get("nodes") else 0
 
 
+def _check_addresses(cfg) -> None:
+    """``--listen`` or, for node processes bound here over tcp, ``--host``."""
+    from .transport.addresses import check_host, check_listen
+
+    if cfg.listen:
+        check_listen(cfg.listen)
+    elif cfg.backend == "local" and cfg.transport == "tcp" and not cfg.in_process:
+        check_host(cfg.host)
+
+
+def _one_line(exc) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def _cmd_node(args) -> int:
+    from .transport.addresses import check_host, tcp_address
+
+    tcp_address(args.connect, "--connect")
+    if args.id is not None and args.id < 0:
+        raise UsageError(f"--id must be >= 0, got {args.id}")
+    if not args.start_timeout > 0:
+        raise UsageError(f"--start-timeout must be positive, got {args.start_timeout}")
+    check_host(args.host)
     from .worker import serve
 
     node_id, security = args.id, None
@@ -165,8 +201,12 @@ def _cmd_node(args) -> int:
         node_id, security = node_security(args.key, args.id)
     elif node_id is None:
         raise UsageError("p2pfl node needs --id (or --key, whose name gives the id)")
+
+    def report(reason: str) -> None:
+        print(f"p2pfl: error: node {node_id}: {_one_line(reason)}", file=sys.stderr)
+
     return serve(args.connect, node_id, scheme="tcp", host=args.host, advertise=args.advertise,
-                 security=security)
+                 security=security, start_timeout=args.start_timeout, report=report)
 
 
 def _cmd_keys(args) -> int:

@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 
 import zmq
 
+from .errors import UsageError
 from .metrics import write_json_atomic
 from .runtime import LAUNCHER
 from .transport import Endpoint, Mailbox
+from .transport.addresses import check_host, check_listen
 from .transport.security import Security
 from .spawn import respawn, spawn_hosts, spawn_processes, spawn_threads
 from .worker import actor_context, raise_fd_limit
@@ -122,8 +124,12 @@ class Launcher:
         # the launcher holds a socket to each node's control socket, plus their links
         raise_fd_limit(4 * len(self.nodes) + 256)
         if self.listen:  # nodes are started elsewhere with `p2pfl node --connect`
+            check_listen(self.listen)
             self.ctx = actor_context(len(self.nodes), 1)
-            self._bind(self.listen)
+            try:
+                self._bind(self.listen)
+            except zmq.ZMQError as exc:  # taken since the check, or a form only ZeroMQ refuses
+                raise UsageError(f"--listen {self.listen!r}: {exc.strerror}") from None
             self.log(f"waiting for {len(self.nodes)} node(s) to join at {self.ep.address}")
             return
         if self.backend is not None:
@@ -145,6 +151,8 @@ class Launcher:
             self._bind(address)
             spawn_threads(self.nodes, address, self.ctx, self._alive, self.start_timeout)
             return
+        if self.scheme == "tcp":
+            check_host(self.host)  # a usage error here, not in every node
         # Fork the nodes before this process creates any ZeroMQ context.
         address = f"ipc://{self.run_dir}/launcher.sock"
         spawn_processes(self.nodes, address, self._how(), self._node_security)
@@ -303,6 +311,7 @@ class Launcher:
         h.local = local if isinstance(local, str) and local.startswith("inproc://") else None
         h.ray_node = meta["ray_node"] if isinstance(meta.get("ray_node"), str) else None
         self.ep.reconnect(h.id, h.control, control=True)
+        self.ep.send(h.id, "heartbeat")  # the node learns that it reached the launcher
         h.state = "joined"
         return True
 

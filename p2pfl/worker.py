@@ -7,6 +7,7 @@ by hand on another host (``p2pfl node --connect tcp://HOST:PORT``).
 Protocol with the launcher (all messages: msgpack header + frames)::
 
     node → launcher   join    {address, control, pid, host, local (inproc, actors of a host)}
+    launcher → node   heartbeat (the join was heard)
     launcher → node   config  {spec (a NodeSpec as plain data), addresses of the neighbours}
     node ↔ neighbours hello   (round 0; proves the links work)
     node → launcher   ready
@@ -52,6 +53,28 @@ def _await(mailbox: Mailbox, kind: str, timeout: float):
     raise TimeoutError(f"no {kind!r} from the launcher")
 
 
+def _await_config(mailbox: Mailbox, launcher: str, timeout: float, joined_at: float) -> dict:
+    """The launcher's config; a time-out says whether the launcher was ever heard."""
+    try:
+        return _await(mailbox, "config", timeout).meta
+    except TimeoutError:
+        if mailbox.stopped:
+            raise TimeoutError("the launcher ended the run before it started") from None
+        if mailbox.last_control <= joined_at:  # not even the heartbeat that answers a join
+            raise TimeoutError(f"could not reach the launcher at {launcher} within "
+                               f"{timeout:g} s") from None
+        raise
+
+
+def _report_unbound(ctx, node_id, launcher: str, security, reason: str) -> None:
+    """Tell the launcher why this node could not bind, from an inproc endpoint."""
+    name = f"p2pfl-{os.getpid()}-{node_id}-{secrets.token_hex(4)}-unbound"
+    ep = Endpoint(ctx, node_id, bind_address("inproc", name), security=security)
+    ep.connect(LAUNCHER, launcher, emulated=False)
+    ep.send(LAUNCHER, "error", meta={"reason": reason})
+    ep.close()
+
+
 def _handshake(ep: Endpoint, mailbox: Mailbox, spec, addresses: dict, timeout: float) -> None:
     """Connect to every neighbour and hear a hello from each before reporting ready."""
     neighbours = spec.peers
@@ -72,28 +95,36 @@ def serve(launcher: str, node_id: int, *, ctx: zmq.Context | None = None,
           scheme: str = "tcp", host: str = "127.0.0.1", run_dir: str = "/tmp",
           alive: Callable[[], bool] | None = None, start_timeout: float = 60.0,
           advertise: str | None = None, security: Security | None = None,
-          gate: CpuGate | None = None, placement: dict | None = None) -> int:
+          gate: CpuGate | None = None, placement: dict | None = None,
+          report: Callable[[str], None] | None = None) -> int:
     """Run one node to completion; return its exit status (0 on success).
 
     With ``security``, every socket runs on CURVE; the launcher's config tells
     the node its neighbours' public keys.  With ``gate`` (many actors in one
     process), the node computes only in its turn on the host's CPU.  ``placement``
-    (e.g. the Ray node it runs on) goes to the launcher with the join.
+    (e.g. the Ray node it runs on) goes to the launcher with the join.  Why the
+    node failed goes to the launcher, and to ``report`` (one line) if given.
     """
     keep_large_blocks()  # model-sized buffers are reused, not faulted in each round
     with gate if gate is not None else contextlib.nullcontext():
         return _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout,
-                      advertise, security, gate, placement or {})
+                      advertise, security, gate, placement or {}, report or (lambda r: None))
 
 
 def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, advertise,
-           security, gate, placement) -> int:
+           security, gate, placement, report) -> int:
     ctx = ctx or zmq.Context.instance()
     name = f"p2pfl-{os.getpid()}-{node_id}-{secrets.token_hex(4)}"
     local = bind_address("inproc", name) if gate is not None and scheme != "inproc" else None
-    ep = Endpoint(ctx, node_id, bind_address(scheme, name, host, run_dir),
-                  control=bind_address(scheme, name + "-ctl", host, run_dir), security=security,
-                  local=local)
+    data = bind_address(scheme, name, host, run_dir)
+    try:
+        ep = Endpoint(ctx, node_id, data, control=bind_address(scheme, name + "-ctl", host,
+                      run_dir), security=security, local=local)
+    except zmq.ZMQError as exc:  # the launcher fails fast, with the reason
+        reason = f"cannot bind {data}: {exc.strerror}"
+        report(reason)
+        _report_unbound(ctx, node_id, launcher, security, reason)
+        return 1
     mailbox = Mailbox(ep, control_sources={LAUNCHER}, gate=gate)
     lost_after = 4 * start_timeout
     mailbox.alive = alive or (lambda: time.monotonic() - mailbox.last_control < lost_after)
@@ -104,10 +135,11 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
         if advertise:  # tcp://0.0.0.0:PORT is not reachable: tell peers our name
             address, control = (f"tcp://{advertise}:{a.rsplit(':', 1)[1]}"
                                 for a in (address, control))
+        joined_at = time.monotonic()
         ep.send(LAUNCHER, "join", meta={"address": address, "control": control,
                                          "pid": os.getpid(), "host": socket.gethostname(),
                                          "local": ep.local_address, **placement})
-        config = _await(mailbox, "config", start_timeout).meta
+        config = _await_config(mailbox, launcher, start_timeout, joined_at)
         spec = node_spec(config.get("spec"))
         if security is not None:
             for j, key in config.get("keys") or []:
@@ -139,6 +171,7 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
         status = 0
     except Exception as exc:  # report, then exit non-zero; never hang
         reason = f"{type(exc).__name__}: {exc}"
+        report(reason)
         if runtime is not None:
             runtime.flush()  # the rounds it completed are recorded
         ep.send(LAUNCHER, "error", meta={"reason": reason, "trace": traceback.format_exc()[-4000:]})

@@ -147,19 +147,26 @@ class Endpoint:
             self.emulate(link, link_seed)
         self._poller = zmq.Poller()
         self._inputs: dict = {}  # socket -> channel name, control first
-        self.control_address = None
+        self.control_address = self.local_address = None
+        try:
+            self._bind_all(bind, control, local)
+        except zmq.ZMQError:
+            self.close(linger=0)  # a socket left open would block the context's term()
+            raise
+
+    def _bind_all(self, bind: str, control: str | None, local: str | None) -> None:
         if control is not None:
             self._ctl = self._bind(control, "control")
             self.control_address = self._ctl.getsockopt_string(zmq.LAST_ENDPOINT)
         self._data = self._bind(bind, "data")
         self.address = self._data.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.local_address = None
         if local is not None:  # for peers in the same process: no engine, no buffers
             self._data.bind(local)
             self.local_address = local
 
     def _bind(self, address: str, channel: str) -> zmq.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
+        self._inputs[sock] = channel  # closed by close(), bound or not
         sock.setsockopt(zmq.RCVHWM, self.hwm)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.limits.max_frame_bytes)
@@ -170,7 +177,6 @@ class Endpoint:
             self._poller.register(monitor, zmq.POLLIN)
         sock.bind(address)
         self._poller.register(sock, zmq.POLLIN)
-        self._inputs[sock] = channel
         return sock
 
     # ------------------------------------------------------------------ peers

@@ -1,0 +1,66 @@
+"""Addresses a user gives (``--listen``, ``--connect``, ``--host``), checked before any
+node starts: one-line usage errors instead of ZeroMQ's tracebacks or a node that cannot
+bind and waits out its time-out."""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+from ..errors import UsageError
+
+__all__ = ["tcp_address", "check_host", "check_listen"]
+
+
+def tcp_address(address: str, flag: str, *, wildcard: bool = False) -> tuple:
+    """``(host, port)`` of ``tcp://HOST:PORT`` with PORT in 1-65535 (with ``wildcard``,
+    ``*`` too: port None, any free one); anything else is a usage error naming ``flag``."""
+    scheme, sep, rest = str(address).partition("://")
+    host, colon, port = rest.rpartition(":")
+    number = port.isascii() and port.isdigit() and 1 <= int(port) <= 65535
+    if (scheme == "tcp" and sep and colon and host and not any(c.isspace() for c in host)
+            and (number or (wildcard and port == "*"))):
+        return host, None if port == "*" else int(port)
+    free = " or *" if wildcard else ""
+    raise UsageError(f"{flag} {address!r}: expected tcp://HOST:PORT with PORT 1-65535{free}")
+
+
+def check_host(host: str, flag: str = "--host") -> None:
+    """A usage error unless ZeroMQ can bind TCP on ``host`` here: ``*``, a network
+    interface's name, or an IPv4 address (or host name of one) of this machine."""
+    if host != "*" and host not in _interfaces():
+        _try_bind(host, 0, flag, host)
+
+
+def check_listen(address: str, flag: str = "--listen") -> None:
+    """A usage error unless ``address`` is ``tcp://HOST:PORT`` (PORT may be ``*``)
+    that this machine can bind and no one else listens on."""
+    host, port = tcp_address(address, flag, wildcard=True)
+    if host not in _interfaces():
+        _try_bind("0.0.0.0" if host == "*" else host, port or 0, flag, address)
+
+
+def _interfaces() -> set:
+    try:
+        return {name for _, name in socket.if_nameindex()}
+    except OSError:
+        return set()
+
+
+def _try_bind(host: str, port: int, flag: str, shown: str) -> None:
+    """Bind a plain TCP socket where ZeroMQ will (IPv4, address reuse as it does)."""
+    what = f"{flag} {shown!r}: " + ("" if host == shown else f"{host!r} is ")
+    try:
+        addr = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM, 0,
+                                  socket.AI_PASSIVE)[0][4]
+    except (socket.gaierror, UnicodeError):
+        raise UsageError(f"{what}not an IPv4 address or a known host name") from None
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise UsageError(f"{what}not an address of this machine") from None
+            raise UsageError(f"{flag} {shown!r}: cannot bind {addr[0]}:{port}: "
+                             f"{exc.strerror}") from None

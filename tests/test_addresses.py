@@ -1,0 +1,213 @@
+"""Addresses: a bad --listen, --host or --connect is one line and exit 2 before any
+node starts; a launcher or nodes that never show up end in one line, exit 1."""
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import zmq
+
+from p2pfl.errors import UsageError
+from p2pfl.runtime import LAUNCHER
+from p2pfl.transport import Endpoint
+from p2pfl.transport.addresses import tcp_address
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLI = [sys.executable, "-m", "p2pfl.cli"]
+NOWHERE = "192.0.2.1"  # TEST-NET-1: documentation only, an address of no machine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(*args, timeout=60) -> tuple:
+    """Run the CLI; return (its result, its wall time in seconds)."""
+    t0 = time.monotonic()
+    res = subprocess.run([*CLI, *map(str, args)], cwd=ROOT, text=True, capture_output=True,
+                         timeout=timeout)
+    return res, time.monotonic() - t0
+
+
+def one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr and len(lines[0]) <= 100, lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def taken():
+    """A port on 127.0.0.1 that someone else listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--listen", "foo"], "expected tcp://HOST:PORT"),
+    (["--listen", "tcp://127.0.0.1"], "expected tcp://HOST:PORT"),
+    (["--listen", "tcp://127.0.0.1:99999"], "PORT 1-65535"),
+    (["--listen", "tcp://127.0.0.1:0"], "PORT 1-65535"),
+    (["--listen", "ipc:///tmp/x.sock"], "expected tcp://HOST:PORT"),
+    (["--listen", f"tcp://{NOWHERE}:5555"], "not an address of this machine"),
+    (["--listen", "tcp://TAKEN"], "Address already in use"),
+    (["--host", "999.1.1.1"], "not an IPv4 address or a known host name"),
+    (["--host", NOWHERE], "not an address of this machine"),
+])
+def test_cluster_bad_address_is_exit_2_before_any_node(tmp_path, taken, flags, words):
+    flags = [f.replace("TAKEN", f"127.0.0.1:{taken}") for f in flags]
+    res, wall = run("cluster", "--topology", "ring:4", "--rounds", "2", "--start-timeout", "5",
+                    "--out", tmp_path, *flags)  # not quiet: nothing else may be printed
+    assert res.returncode == 2 and wall < 15
+    line = one_line(res.stderr)
+    assert line.startswith("p2pfl: error: ") and words in line
+    assert not (tmp_path / "nodes.json").exists()
+
+
+def test_a_bad_address_in_the_config_file_is_caught_too(tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f'topology = "ring:4"\nhost = "{NOWHERE}"\n')
+    res, wall = run("cluster", "--config", cfg, "--out", tmp_path)
+    assert res.returncode == 2 and wall < 15
+    assert "--host" in one_line(res.stderr)
+
+
+def test_nodes_that_never_join_end_the_run_in_one_line(tmp_path):
+    res, wall = run("cluster", "--topology", "ring:4", "--listen",
+                    f"tcp://127.0.0.1:{free_port()}", "--start-timeout", "2", "-q",
+                    "--out", tmp_path)
+    assert res.returncode == 1 and wall < 30
+    assert one_line(res.stderr) == "p2pfl: error: 4 node(s) not joined after 2 s: [0, 1, 2, 3]"
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--connect", "foo", "--id", "3"], "--connect 'foo': expected tcp://HOST:PORT"),
+    (["--connect", "tcp://127.0.0.1", "--id", "1"], "expected tcp://HOST:PORT"),
+    (["--connect", "tcp://127.0.0.1:65536", "--id", "1"], "PORT 1-65535"),
+    (["--connect", "tcp://127.0.0.1:*", "--id", "1"], "PORT 1-65535"),
+    (["--connect", "tcp://127.0.0.1:5555", "--id", "-1"], "--id must be >= 0, got -1"),
+    (["--connect", "tcp://127.0.0.1:5555", "--id", "1", "--host", NOWHERE],
+     "not an address of this machine"),
+    (["--connect", "tcp://127.0.0.1:5555", "--id", "1", "--start-timeout", "0"],
+     "--start-timeout must be positive"),
+])
+def test_node_bad_flags_are_exit_2_at_once(flags, words):
+    res, wall = run("node", *flags)
+    assert res.returncode == 2 and wall < 15
+    assert words in one_line(res.stderr)
+
+
+def test_node_says_when_no_launcher_answers():
+    addr = f"tcp://127.0.0.1:{free_port()}"
+    res, wall = run("node", "--connect", addr, "--id", "3", "--start-timeout", "2")
+    assert res.returncode == 1 and wall < 15
+    line = one_line(res.stderr)
+    assert line.startswith("p2pfl: error: node 3: ")
+    assert f"could not reach the launcher at {addr} within 2 s" in line
+
+
+def _listening_launcher(tmp_path, addr: str, start_timeout: float) -> subprocess.Popen:
+    """`p2pfl cluster --listen`, returned once it waits for its nodes."""
+    proc = subprocess.Popen([*CLI, "cluster", "--topology", "ring:4", "--listen", addr,
+                             "--start-timeout", str(start_timeout), "--out", str(tmp_path)],
+                            cwd=ROOT, text=True, stderr=subprocess.PIPE)
+    for line in proc.stderr:
+        if line.startswith("waiting for 4 node(s) to join at"):
+            return proc
+    proc.kill()
+    raise AssertionError(f"the launcher never listened (rc {proc.wait()})")
+
+
+def test_a_node_that_reached_the_launcher_says_so(tmp_path):
+    """Reached but no config in time, or the launcher gave up: each node says which."""
+    addr = f"tcp://127.0.0.1:{free_port()}"
+    launcher = _listening_launcher(tmp_path, addr, start_timeout=60)
+    node = [*CLI, "node", "--connect", addr, "--host", "127.0.0.1", "--start-timeout"]
+    impatient, patient = (subprocess.Popen([*node, wait, "--id", k], cwd=ROOT, text=True,
+                                           stderr=subprocess.PIPE)
+                          for wait, k in (("2", "0"), ("60", "1")))
+    try:
+        _, err = impatient.communicate(timeout=30)
+        assert impatient.returncode == 1
+        assert one_line(err) == "p2pfl: error: node 0: TimeoutError: no 'config' from the launcher"
+        # the launcher hears of the failure and ends the run: the other node is told
+        assert launcher.wait(timeout=30) == 1
+        rest = launcher.stderr.read()
+        assert "Traceback" not in rest
+        assert rest.strip().splitlines()[-1] == ("p2pfl: error: node 0 failed: TimeoutError: "
+                                                 "no 'config' from the launcher")
+        _, err = patient.communicate(timeout=30)
+        assert patient.returncode == 1
+        assert "the launcher ended the run before it started" in one_line(err)
+    finally:
+        for proc in (launcher, impatient, patient):
+            proc.kill()
+
+
+def test_a_node_that_cannot_bind_tells_the_launcher_at_once():
+    """The launcher's own node processes: a failed bind is an error message, not a hang."""
+    ctx = zmq.Context()
+    launcher = Endpoint(ctx, LAUNCHER, "tcp://127.0.0.1:*")
+    try:
+        code = ("from p2pfl.worker import process_main; "
+                f"process_main({launcher.address!r}, 0, 'tcp', {NOWHERE!r}, '/tmp', 30.0)")
+        t0 = time.monotonic()
+        proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, text=True,
+                              capture_output=True, timeout=30)
+        assert proc.returncode == 1 and time.monotonic() - t0 < 15
+        assert "Traceback" not in proc.stderr
+        msg = launcher.recv(5.0)
+        assert msg is not None and msg.kind == "error" and msg.src == 0
+        assert msg.meta["reason"].startswith(f"cannot bind tcp://{NOWHERE}:*: ")
+    finally:
+        launcher.close(linger=0)
+        ctx.term()
+
+
+def test_a_failed_bind_leaves_no_socket_open():
+    """An endpoint that cannot bind closes what it opened: the context still ends."""
+    ctx = zmq.Context()
+    with pytest.raises(zmq.ZMQError):
+        Endpoint(ctx, 0, f"tcp://{NOWHERE}:*", control="tcp://127.0.0.1:*")
+    ending = threading.Thread(target=ctx.term, daemon=True)
+    ending.start()
+    ending.join(5.0)
+    assert not ending.is_alive(), "a socket was left open"
+
+
+def test_tcp_address_forms():
+    assert tcp_address("tcp://10.0.0.1:65535", "--x") == ("10.0.0.1", 65535)
+    assert tcp_address("tcp://*:*", "--x", wildcard=True) == ("*", None)
+    for bad in ("tcp://h:*", "tcp://:5", "tcp://h:5x", "tcp://h:-5", "udp://h:5",
+                "tcp://h:٥"):
+        with pytest.raises(UsageError, match="expected tcp://HOST:PORT"):
+            tcp_address(bad, "--x")
+
+
+def test_mixing_help_lists_every_accepted_form():
+    for cmd in ("cluster", "topology"):
+        res, _ = run(cmd, "--help")
+        assert res.returncode == 0
+        text = " ".join(res.stdout.split())
+        for form in ("metropolis", "uniform", "weight", "attr:NAME"):
+            assert form in text.split("--mixing MIXING ", 1)[1][:200], (cmd, form)
+
+
+@pytest.mark.parametrize("option, words", [
+    ({"host": NOWHERE}, "not an address of this machine"),
+    ({"listen": "tcp://127.0.0.1:70000"}, "PORT 1-65535"),
+])
+def test_the_launcher_checks_addresses_for_api_callers_too(tmp_path, option, words):
+    import p2pfl
+
+    with pytest.raises(UsageError, match=words):
+        p2pfl.run_cluster("ring:3", rounds=1, quiet=True, out=str(tmp_path), **option)
+    assert not (tmp_path / "nodes.json").exists()
