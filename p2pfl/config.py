@@ -185,6 +185,11 @@ class RunConfig:
             raise ConfigError(f"--nodes must be >= 1, got {self.nodes}")
         if not is_device(self.device):
             raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.data_dir is not None:
+            kind, _, path = str(self.dataset).partition(":")
+            if kind not in ("mnist", "cifar10") or path:
+                raise ConfigError(f"--data-dir is the folder of mnist or cifar10 files given "
+                                  f"without :PATH; it does not apply to --dataset {self.dataset}")
         self._check_hosting()
         self._check_backend()
         if self.keys is not None:

@@ -28,6 +28,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (dict(topology="ring:4", compression_down="stc:0.1"), "--compression-down applies to"),
     (dict(mode="fd", nodes=4, public_size=0), "--public-size must be >= 1"),
     (dict(bogus=3), "unknown option 'bogus'"),
+    (dict(data_dir="/tmp"), "does not apply to --dataset digits"),
+    (dict(dataset="mnist:/tmp", data_dir="/tmp"), "does not apply to --dataset mnist:/tmp"),
 ])
 def test_options_that_cannot_apply_are_refused(options, words):
     with pytest.raises(ConfigError, match=words):
