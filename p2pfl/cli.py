@@ -23,7 +23,8 @@ CLUSTER_OPTIONS = [
     ("rounds", int, "communication rounds (default 30)"),
     ("seed", int, "random seed for data, partition and initial model"),
     ("dataset", str, "digits, mnist1d, synthetic[:C:D], mnist:PATH, cifar10:PATH"),
-    ("data_dir", str, "folder of the mnist or cifar10 files (for --dataset mnist or cifar10 without :PATH)"),
+    ("data_dir", str, "folder of the mnist or cifar10 files (for --dataset mnist or cifar10 "
+     "without :PATH)"),
     ("partition", str, "iid, dirichlet:ALPHA, shards:S or groups:K"),
     ("model", str, "mlp[:H1-H2...], cnn[:C1-C2...] or logreg"),
     ("device", str, "where nodes train: auto (a GPU when there is one, default), cpu, cuda "
