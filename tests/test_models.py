@@ -41,8 +41,8 @@ def test_registry():
     assert set(MODELS) == {"logreg", "mlp", "cnn"}
 
 
-@pytest.mark.parametrize("name", ["resnet", "mlp:0", "mlp:a", "cnn:0", "cnn:8-", "cnn:x", "cnn:", "mlp:",
-                                  "logreg:2"])
+@pytest.mark.parametrize("name", ["resnet", "mlp:0", "mlp:a", "cnn:0", "cnn:8-", "cnn:x",
+                                  "cnn:", "mlp:", "logreg:2"])
 def test_unknown_model(name):
     with pytest.raises(ConfigError, match="mlp" if name.startswith(("mlp", "r", "l")) else "cnn:C"):
         build_model(name, (1, 8, 8), 10)
