@@ -60,7 +60,8 @@ def mixing_weights(G, scheme="metropolis"):
             Weighted Metropolis-Hastings on the edge attribute (``weight``
             or ``NAME``) read as a non-negative affinity ``a_ij`` (missing:
             1; ``attr:NAME`` needs at least one edge with ``NAME``).  With
-            ``a`` scaled so its largest value is 1 and ``s_i = sum_j a_ij``, ``w_ij = a_ij / (1 + max(s_i, s_j))``.
+            ``a`` scaled so its largest value is 1 and ``s_i = sum_j a_ij``,
+            ``w_ij = a_ij / (1 + max(s_i, s_j))``.
             Unit affinities give exactly the ``"metropolis"`` matrix; the
             result does not change when all affinities are scaled, and
             ``w_ii >= 1 / (1 + s_i) > 0``.  Zero-affinity edges carry no
