@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .config import RunConfig, from_sources
+from .addresses import check_run_addresses
 from .errors import UsageError
 from .metrics import MetricsSink, write_json_atomic
 from .progress import Progress
@@ -78,6 +79,7 @@ def run_cluster(graph=None, *, config: str | None = None, **options) -> Result:
         options["model"] = register_module(options["model"])
     t0 = time.monotonic()
     cfg = from_sources(config, options)
+    check_run_addresses(cfg)  # before the plan, the run folder or any process
     from .plan import plan  # after the options are checked: a bad flag costs no torch import
 
     return execute(plan(cfg, graph), t0=t0)

@@ -13,14 +13,29 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 from typing import Callable
 
 __all__ = ["write_atomic", "write_json_atomic"]
 
-# The process's umask, read once at import (setting it is the only way to read it,
-# and that is not safe once node threads run).
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask() -> int:
+    """The process's umask now: from /proc (Linux), else by setting and restoring it
+    under a lock (a file another thread creates meanwhile could get 022)."""
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 def write_atomic(path, write: Callable, *, text: bool = False, private: bool = False) -> str:
@@ -37,7 +52,7 @@ def write_atomic(path, write: Callable, *, text: bool = False, private: bool = F
     try:
         with os.fdopen(fd, "w" if text else "wb") as fh:
             if not private:  # mkstemp creates 0600
-                os.fchmod(fh.fileno(), 0o666 & ~_UMASK)
+                os.fchmod(fh.fileno(), 0o666 & ~_umask())
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())

@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 
-from .errors import UsageError
+from .errors import ClusterError, UsageError
 
 __all__ = ["main", "build_parser"]
 
@@ -151,14 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_cluster(args) -> int:
     from .api import run_cluster
-    from .config import from_sources
 
     options = {name: getattr(args, name) for name, _, _ in CLUSTER_OPTIONS}
     for name in ("in_process", "consensus", "quiet", "secure"):
         options[name] = getattr(args, name)
     options = {k: v for k, v in options.items() if v is not None}
-    _check_addresses(from_sources(args.config, options))  # before the plan prints or loads
-    from .cluster import ClusterError
 
     try:
         result = run_cluster(config=args.config, **options)
@@ -169,23 +166,13 @@ def _cmd_cluster(args) -> int:
     return 1 if failed and len(failed) == result.summary.get("nodes") else 0
 
 
-def _check_addresses(cfg) -> None:
-    """``--listen`` or, for node processes bound here over tcp, ``--host``."""
-    from .transport.addresses import check_host, check_listen
-
-    if cfg.listen:
-        check_listen(cfg.listen)
-    elif cfg.backend == "local" and cfg.transport == "tcp" and not cfg.in_process:
-        check_host(cfg.host)
-
-
 def _one_line(exc) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
 
 
 def _cmd_node(args) -> int:
-    from .transport.addresses import check_host, tcp_address
+    from .addresses import check_host, tcp_address
 
     tcp_address(args.connect, "--connect")
     if args.id is not None and args.id < 0:
@@ -206,8 +193,15 @@ def _cmd_node(args) -> int:
     def report(reason: str) -> None:
         print(f"p2pfl: error: node {node_id}: {_one_line(reason)}", file=sys.stderr)
 
-    return serve(args.connect, node_id, scheme="tcp", host=args.host, advertise=args.advertise,
-                 security=security, start_timeout=args.start_timeout, report=report)
+    import zmq
+
+    ctx = zmq.Context()
+    try:
+        return serve(args.connect, node_id, ctx=ctx, scheme="tcp", host=args.host,
+                     advertise=args.advertise, security=security,
+                     start_timeout=args.start_timeout, report=report)
+    finally:  # what the node sent last (its bye, or why it failed) leaves before exit
+        ctx.term()
 
 
 def _cmd_keys(args) -> int:

@@ -23,11 +23,10 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from .errors import UsageError
+from .errors import ClusterError, UsageError
 from .metrics import write_json_atomic
 from .runtime import LAUNCHER
 from .transport import Endpoint, Mailbox
-from .transport.addresses import check_host, check_listen
 from .transport.security import Security
 from .spawn import respawn, spawn_hosts, spawn_processes, spawn_threads
 from .worker import actor_context, raise_fd_limit
@@ -38,10 +37,6 @@ HEARTBEAT_S = 2.0
 #: Once the closer (the coordinator) is done, the nodes still running are told to
 #: stop after this long: a worker that was offline when the run ended gets no final.
 CLOSER_GRACE_S = 10.0
-
-
-class ClusterError(RuntimeError):
-    """The cluster could not start or lost contact with its nodes."""
 
 
 @dataclass
@@ -124,11 +119,10 @@ class Launcher:
         # the launcher holds a socket to each node's control socket, plus their links
         raise_fd_limit(4 * len(self.nodes) + 256)
         if self.listen:  # nodes are started elsewhere with `p2pfl node --connect`
-            check_listen(self.listen)
             self.ctx = actor_context(len(self.nodes), 1)
             try:
                 self._bind(self.listen)
-            except zmq.ZMQError as exc:  # taken since the check, or a form only ZeroMQ refuses
+            except zmq.ZMQError as exc:  # taken since run_cluster's check, or refused by ZeroMQ
                 raise UsageError(f"--listen {self.listen!r}: {exc.strerror}") from None
             self.log(f"waiting for {len(self.nodes)} node(s) to join at {self.ep.address}")
             return
@@ -151,8 +145,6 @@ class Launcher:
             self._bind(address)
             spawn_threads(self.nodes, address, self.ctx, self._alive, self.start_timeout)
             return
-        if self.scheme == "tcp":
-            check_host(self.host)  # a usage error here, not in every node
         # Fork the nodes before this process creates any ZeroMQ context.
         address = f"ipc://{self.run_dir}/launcher.sock"
         spawn_processes(self.nodes, address, self._how(), self._node_security)

@@ -291,7 +291,7 @@ MODE_OPTIONS = {
     "public_size": ("fd", "cfd"), "distill_steps": ("fd", "cfd"), "fd_bits": ("fd", "cfd"),
     "fd_delta": ("fd", "cfd"), "fd_coder": ("fd", "cfd"),
     "algorithm": ("gossip",), "schedule": ("gossip",), "mixing": ("gossip",),
-    "compression_down": SERVER_MODES,
+    "compression_down": ("stc",),
 }
 
 
@@ -362,11 +362,15 @@ def from_sources(config_file: str | None = None, overrides: dict | None = None) 
             base = os.path.dirname(os.path.abspath(config_file))
             candidate = os.path.join(base, values["profiles"])
             values["profiles"] = candidate if os.path.exists(candidate) else values["profiles"]
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
     for key, value in (overrides or {}).items():
         if key not in known:
             raise ConfigError(f"unknown option {key!r}")
-        if value is not None:
-            values[key] = _coerce(key, value, "flag")
+    for pair in (("nodes", "topology"), ("topology", "nodes")):
+        if pair[0] in flags and pair[1] not in flags:  # a flag wins over the file's other
+            values.pop(pair[1], None)
+    for key, value in flags.items():
+        values[key] = _coerce(key, value, "flag")
     cfg = RunConfig(**values)
     if cfg.profiles:
         cfg = cfg.replace(node_overrides=read_profiles(cfg.profiles))

@@ -4,7 +4,7 @@
 disconnected graph.  The CLI turns it into a one-line message and exit code 2.
 """
 
-__all__ = ["UsageError", "TopologyError", "DataError", "ConfigError"]
+__all__ = ["UsageError", "TopologyError", "DataError", "ConfigError", "ClusterError"]
 
 
 class UsageError(ValueError):
@@ -21,3 +21,8 @@ class DataError(UsageError):
 
 class ConfigError(UsageError):
     """An unknown or invalid configuration option."""
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not start or lost contact with its nodes (a runtime failure,
+    not a usage error: exit code 1)."""

@@ -91,12 +91,13 @@ def _cnn2d(channels, num_classes, widths=CNN2D_WIDTHS):
 def _cnn(input_shape, num_classes, widths=None):
     if len(input_shape) == 1:  # plain vectors: treat as a 1-channel signal
         return nn.Sequential(nn.Unflatten(1, (1, input_shape[0])),
-                             _cnn(input_shape[:0] + (1, input_shape[0]), num_classes, widths))
+                             _cnn((1, input_shape[0]), num_classes, widths))
     if len(input_shape) == 2:
         widths = widths or CNN1D_WIDTHS
         if input_shape[1] >> (len(widths) - 1) < 1:
-            raise ConfigError(f"model 'cnn' with {len(widths)} convolutions pools a signal "
-                              f"of length {input_shape[1]} to nothing; use fewer")
+            raise ConfigError(f"model 'cnn:{'-'.join(map(str, widths))}' pools a signal of "
+                              f"length {input_shape[1]} to nothing in its {len(widths)} "
+                              "convolutions; use fewer")
         return _cnn1d(input_shape[0], num_classes, widths)
     if len(input_shape) == 3:
         return _cnn2d(input_shape[0], num_classes, widths or CNN2D_WIDTHS)

@@ -233,16 +233,19 @@ def _strategy_options(cfg: RunConfig):
     return options
 
 
-def _check_krum(spec: str, n: int) -> None:
+def _check_krum(spec: str, n: int, participation: float) -> None:
     """Krum scores an update by its n − F − 2 nearest others, and Multi-Krum averages M
-    of n: an F or M that the run's workers cannot give is an error, not a clamp."""
+    of n: an F or M that a round's reports cannot give is an error, not a clamp.  A
+    round hears from max(1, round(participation · n)) workers at most."""
     from .strategies.robust import parse_aggregator
 
     agg = parse_aggregator(spec)
-    if agg.name in ("krum", "multikrum") and (n - agg.f - 2 < 1 or agg.m > n):
-        raise ConfigError(f"--aggregator {spec} with {n} workers: Krum needs F <= n - 3 "
-                          f"= {n - 3} (each update is scored by its n - F - 2 nearest others)"
-                          + (f" and M <= n = {n}" if agg.name == "multikrum" else ""))
+    per_round = max(1, int(round(participation * n)))
+    if agg.name in ("krum", "multikrum") and (per_round < agg.f + 3 or agg.m > per_round):
+        need = max(agg.f + 3, agg.m)
+        raise ConfigError(f"--aggregator {spec} needs at least {need} updates a round "
+                          f"(F + 3{', and M' if agg.name == 'multikrum' else ''}); this run "
+                          f"has {per_round} ({n} workers, participation {participation:g})")
 
 
 def _server_plan(cfg: RunConfig, graph) -> Plan:
@@ -267,7 +270,7 @@ def _server_plan(cfg: RunConfig, graph) -> Plan:
                           "--compression-down plain cabac or powersgd:R")
     labels = _server_labels(cfg, graph)
     n = len(labels)
-    _check_krum(getattr(options, "aggregator", "mean"), n)
+    _check_krum(getattr(options, "aggregator", "mean"), n, cfg.participation)
     per_node, learns = learn_specs(cfg, labels)
     colluders = sum(x.behaviour == "alie" for x in learns)
     if colluders and cfg.mode in ("fd", "cfd"):

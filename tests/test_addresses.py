@@ -14,7 +14,7 @@ import zmq
 from p2pfl.errors import UsageError
 from p2pfl.runtime import LAUNCHER
 from p2pfl.transport import Endpoint
-from p2pfl.transport.addresses import tcp_address
+from p2pfl.addresses import tcp_address
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = [sys.executable, "-m", "p2pfl.cli"]
@@ -69,7 +69,7 @@ def test_cluster_bad_address_is_exit_2_before_any_node(tmp_path, taken, flags, w
     assert res.returncode == 2 and wall < 15
     line = one_line(res.stderr)
     assert line.startswith("p2pfl: error: ") and words in line
-    assert not (tmp_path / "nodes.json").exists()
+    assert not os.listdir(tmp_path)  # no config.json, metrics.jsonl or nodes.json
 
 
 def test_a_bad_address_in_the_config_file_is_caught_too(tmp_path):
@@ -187,7 +187,7 @@ def test_tcp_address_forms():
     assert tcp_address("tcp://10.0.0.1:65535", "--x") == ("10.0.0.1", 65535)
     assert tcp_address("tcp://*:*", "--x", wildcard=True) == ("*", None)
     for bad in ("tcp://h:*", "tcp://:5", "tcp://h:5x", "tcp://h:-5", "udp://h:5",
-                "tcp://h:٥"):
+                "tcp://h:٥", "tcp://*:5"):  # * binds every interface; no one connects to it
         with pytest.raises(UsageError, match="expected tcp://HOST:PORT"):
             tcp_address(bad, "--x")
 
@@ -203,11 +203,12 @@ def test_mixing_help_lists_every_accepted_form():
 
 @pytest.mark.parametrize("option, words", [
     ({"host": NOWHERE}, "not an address of this machine"),
+    ({"host": NOWHERE, "backend": "ray"}, "not an address of this machine"),
     ({"listen": "tcp://127.0.0.1:70000"}, "PORT 1-65535"),
 ])
-def test_the_launcher_checks_addresses_for_api_callers_too(tmp_path, option, words):
+def test_run_cluster_checks_addresses_before_anything_starts(tmp_path, option, words):
     import p2pfl
 
     with pytest.raises(UsageError, match=words):
         p2pfl.run_cluster("ring:3", rounds=1, quiet=True, out=str(tmp_path), **option)
-    assert not (tmp_path / "nodes.json").exists()
+    assert not os.listdir(tmp_path)  # not even config.json: the run folder is untouched

@@ -329,16 +329,23 @@ def test_no_pickle_is_involved(tmp_path, monkeypatch):
 
 def test_a_checkpoint_is_private_and_other_atomic_files_follow_the_umask(tmp_path):
     """The checkpoint (model and worker states) is 0600; summaries and plots get the mode
-    ``open`` gives (0666 less the umask), so that others can read what metrics.jsonl shows."""
+    ``open`` gives (0666 less the umask, read when written), so that others can read what
+    metrics.jsonl shows."""
     import stat
 
-    from p2pfl.atomic import _UMASK, write_atomic, write_json_atomic
+    from p2pfl.atomic import write_atomic, write_json_atomic
 
-    checkpoint.save(tmp_path / "c", 1, {"model": torch.ones(N)})
-    write_json_atomic(tmp_path / "summary.json", {"a": 1})
-    write_atomic(tmp_path / "plot.png", lambda fh: fh.write(b"png"))
-    with open(tmp_path / "plain", "w"):
-        pass
-    mode = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
-    assert mode["c"] == 0o600
-    assert mode["summary.json"] == mode["plot.png"] == mode["plain"] == 0o666 & ~_UMASK
+    for mask in (0o022, 0o027):
+        old = os.umask(mask)
+        try:
+            folder = tmp_path / f"{mask:o}"
+            checkpoint.save(folder / "c", 1, {"model": torch.ones(N)})
+            write_json_atomic(folder / "summary.json", {"a": 1})
+            write_atomic(folder / "plot.png", lambda fh: fh.write(b"png"))
+            with open(folder / "plain", "w"):
+                pass
+        finally:
+            os.umask(old)
+        mode = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()}
+        assert mode["c"] == 0o600
+        assert mode["summary.json"] == mode["plot.png"] == mode["plain"] == 0o666 & ~mask

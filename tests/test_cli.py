@@ -164,7 +164,7 @@ PLAN_REFUSES = {
                                         "cabac:temporal"], "needs --fd-delta on"),
     "compression in cfl": (["--mode", "cfl", "--compression", "topk:0.1"], "uncompressed"),
     "compression-down in fedavg": (["--mode", "fedavg", "--compression-down", "stc:0.1"],
-                                   "applies to mode stc"),
+                                   "applies to --mode stc"),
     "profile codec in a server mode": (["--mode", "stc", "--profiles", "{d}/worker.toml"],
                                        "every worker uses the run's codec"),
 }

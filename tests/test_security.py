@@ -15,7 +15,7 @@ import pytest
 import zmq
 import zmq.auth
 
-from p2pfl.atomic import _UMASK
+from p2pfl.atomic import _umask
 from p2pfl.keys import read_secret
 from p2pfl.transport import Endpoint
 from p2pfl.transport.endpoint import identity
@@ -145,7 +145,7 @@ def test_keys_generate_writes_private_secret_keys_and_a_public_table(tmp_path):
     labels = _cli("keys", "generate", str(tmp_path / "lab"), "--labels", "alice,bob")
     assert labels.returncode == 0 and (tmp_path / "lab" / "alice.key_secret").exists()
     # the public table gets the mode open() would give it: readable by others at umask 022
-    assert stat.S_IMODE(os.stat(tmp_path / "lab" / "keys.toml").st_mode) == 0o666 & ~_UMASK
+    assert stat.S_IMODE(os.stat(tmp_path / "lab" / "keys.toml").st_mode) == 0o666 & ~_umask()
 
 
 @pytest.mark.parametrize("where, flags, words", [

@@ -42,11 +42,27 @@ def test_server_workers_default_to_the_topology_and_nodes_leave_it_unset():
     assert from_sources(None, {}).topology == "ring:8"
 
 
+def test_a_flag_naming_the_workers_wins_over_the_config_files_other_way(tmp_path):
+    """TOML, then flags: --nodes on the command line replaces the file's topology (and
+    --topology its nodes); both in one place is still an error."""
+    toml = tmp_path / "run.toml"
+    toml.write_text('topology = "torus:4x4"\nrounds = 3\n')
+    cfg = from_sources(str(toml), dict(mode="fedavg", nodes=5))
+    assert (cfg.nodes, cfg.topology, cfg.rounds) == (5, None, 3)
+    toml.write_text('mode = "fedavg"\nnodes = 5\n')
+    assert from_sources(str(toml), dict(topology="ring:3")).nodes is None
+    toml.write_text('mode = "fedavg"\nnodes = 5\ntopology = "ring:3"\n')
+    with pytest.raises(ConfigError, match="give one of them"):
+        from_sources(str(toml), {})
+
+
 @pytest.mark.parametrize("options, words", [
     (dict(topology="ring:4", partition="groups:0"), "bad number of groups 0"),
     (dict(topology="ring:4", partition="groups:5"), r"expected an integer in \[1, 4\]"),
-    (dict(mode="fedavg", nodes=4, aggregator="krum:2"), "F <= n - 3 = 1"),
-    (dict(mode="fedavg", nodes=6, aggregator="multikrum:1:7"), "M <= n = 6"),
+    (dict(mode="fedavg", nodes=4, aggregator="krum:2"), "needs at least 5 updates a round"),
+    (dict(mode="fedavg", nodes=6, aggregator="multikrum:1:7"), "at least 7 .* has 6"),
+    (dict(mode="fedavg", nodes=10, participation=0.3, aggregator="krum:1"),
+     r"has 3 \(10 workers, participation 0.3\)"),
 ])
 def test_plan_refuses_what_does_not_fit_the_nodes(options, words):
     with pytest.raises(UsageError, match=words):

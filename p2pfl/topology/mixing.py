@@ -59,7 +59,7 @@ def mixing_weights(G, scheme="metropolis"):
         ``"weight"`` or ``"attr:NAME"``
             Weighted Metropolis-Hastings on the edge attribute (``weight``
             or ``NAME``) read as a non-negative affinity ``a_ij`` (missing:
-            1; ``attr:NAME`` needs at least one edge with ``NAME``).  With
+            1; ``attr:NAME`` other than weight needs an edge with it).  With
             ``a`` scaled so its largest value is 1 and ``s_i = sum_j a_ij``,
             ``w_ij = a_ij / (1 + max(s_i, s_j))``.
             Unit affinities give exactly the ``"metropolis"`` matrix; the
@@ -89,7 +89,7 @@ def mixing_weights(G, scheme="metropolis"):
     elif scheme == "weight" or (isinstance(scheme, str) and scheme.startswith("attr:")
                                 and scheme[5:]):
         attr = "weight" if scheme == "weight" else scheme[5:]
-        if scheme != "weight":  # a named attribute that no edge has is a typo
+        if attr != "weight":  # a named attribute that no edge has is a typo
             names = sorted({k for _, _, d in G.edges(data=True) for k in d})
             _need(G.number_of_edges() == 0 or attr in names,
                   f"no edge has the attribute {attr!r} (edge attributes: "

@@ -7,19 +7,20 @@ from __future__ import annotations
 import errno
 import socket
 
-from ..errors import UsageError
+from .errors import UsageError
 
-__all__ = ["tcp_address", "check_host", "check_listen"]
+__all__ = ["tcp_address", "check_host", "check_listen", "check_run_addresses"]
 
 
 def tcp_address(address: str, flag: str, *, wildcard: bool = False) -> tuple:
     """``(host, port)`` of ``tcp://HOST:PORT`` with PORT in 1-65535 (with ``wildcard``,
-    ``*`` too: port None, any free one); anything else is a usage error naming ``flag``."""
+    a bind address: ``*`` too, as HOST for every interface and as PORT for any free one,
+    port None); anything else is a usage error naming ``flag``."""
     scheme, sep, rest = str(address).partition("://")
     host, colon, port = rest.rpartition(":")
     number = port.isascii() and port.isdigit() and 1 <= int(port) <= 65535
     if (scheme == "tcp" and sep and colon and host and not any(c.isspace() for c in host)
-            and (number or (wildcard and port == "*"))):
+            and (wildcard or host != "*") and (number or (wildcard and port == "*"))):
         return host, None if port == "*" else int(port)
     free = " or *" if wildcard else ""
     raise UsageError(f"{flag} {address!r}: expected tcp://HOST:PORT with PORT 1-65535{free}")
@@ -64,3 +65,15 @@ def _try_bind(host: str, port: int, flag: str, shown: str) -> None:
                 raise UsageError(f"{what}not an address of this machine") from None
             raise UsageError(f"{flag} {shown!r}: cannot bind {addr[0]}:{port}: "
                              f"{exc.strerror}") from None
+
+
+def check_run_addresses(cfg) -> None:
+    """A run's own bind addresses, before anything starts: ``--listen``; or ``--host``
+    where this machine binds it (node processes over tcp here, or the launcher beside
+    Ray's nodes)."""
+    if cfg.listen:
+        check_listen(cfg.listen)
+    elif cfg.backend == "ray" and cfg.host is not None:
+        check_host(cfg.host)
+    elif cfg.backend == "local" and cfg.transport == "tcp" and not cfg.in_process:
+        check_host(cfg.host or "127.0.0.1")
