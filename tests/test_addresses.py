@@ -1,6 +1,7 @@
 """Addresses: a bad --listen, --host or --connect is one line and exit 2 before any
 node starts; a launcher or nodes that never show up end in one line, exit 1."""
 
+import importlib.util
 import os
 import socket
 import subprocess
@@ -203,7 +204,9 @@ def test_mixing_help_lists_every_accepted_form():
 
 @pytest.mark.parametrize("option, words", [
     ({"host": NOWHERE}, "not an address of this machine"),
-    ({"host": NOWHERE, "backend": "ray"}, "not an address of this machine"),
+    pytest.param({"host": NOWHERE, "backend": "ray"}, "not an address of this machine",
+                 marks=pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                                          reason="needs the ray extra (pip install p2pfl[ray])")),
     ({"listen": "tcp://127.0.0.1:70000"}, "PORT 1-65535"),
 ])
 def test_run_cluster_checks_addresses_before_anything_starts(tmp_path, option, words):
