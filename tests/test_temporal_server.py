@@ -117,7 +117,7 @@ def _cluster(tmp_path, name, *flags):
     (["--compression-down", SPEC], "downstream"),
     (["--mode", "cfd"], "mode cfd sends its soft labels uncompressed"),
     (["--mode", "cfl"], "mode cfl sends its updates uncompressed"),
-    (["--mode", "fedavg", "--compression-down", "stc:0.01"], "applies to mode stc"),
+    (["--mode", "fedavg", "--compression-down", "stc:0.01"], "applies to --mode stc"),
     (["--mode", "cfl", "--compression", "none", "--filter-scaling", "on"], "stc and fedavg"),
     (["--mode", "fedavg", "--compression", "none", "--filter-scaling", "on"], "give fedavg"),
 ])
