@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,9 +27,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_to_the_end(launcher: list, nodes: list, timeout: float = 120) -> None:
-    """Start the launcher and the node commands; assert that all of them exit 0."""
+def listening(port: int) -> bool:
+    """Whether a socket listens on TCP ``port`` (from /proc/net/tcp: looking does not
+    connect, so the listener counts nothing)."""
+    try:
+        with open("/proc/net/tcp") as fh:
+            rows = [line.split() for line in fh.readlines()[1:]]
+    except OSError:
+        return True  # cannot tell: go on
+    return any(r[1].rsplit(":", 1)[1] == f"{port:04X}" and r[3] == "0A" for r in rows)
+
+
+def run_to_the_end(launcher: list, nodes: list, timeout: float = 120,
+                   same_host: bool = True) -> None:
+    """Start the launcher and, once it listens, the node commands; assert that all of
+    them exit 0.  (Nodes of the same host started at once bind their own ports
+    meanwhile, and one of those could be the port picked for the launcher; nodes in
+    other network namespaces, ``same_host=False``, cannot take it, nor can we see it.)"""
     proc = subprocess.Popen(launcher, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    port = int(launcher[launcher.index("--listen") + 1].rsplit(":", 1)[1])
+    deadline = time.monotonic() + 60
+    while (same_host and not listening(port) and proc.poll() is None
+           and time.monotonic() < deadline):
+        time.sleep(0.05)
     procs = [subprocess.Popen(cmd, cwd=ROOT) for cmd in nodes]
     try:
         _, err = proc.communicate(timeout=timeout)

@@ -84,7 +84,7 @@ def test_a_cluster_of_namespaces_runs_over_the_bridge(hosts, tmp_path):
     run_to_the_end(_in(launcher_ns, "cluster", "--topology", f"ring:{NODES}", "--rounds", "5",
                        "--listen", addr, "-q", "--out", str(out)),
                    [_in(ns, "node", "--connect", addr, "--id", str(k), "--host", ip)
-                    for k, (ns, ip) in enumerate(nodes)], timeout=180)
+                    for k, (ns, ip) in enumerate(nodes)], timeout=180, same_host=False)
     rows = json.loads((out / "nodes.json").read_text())
     # each node is reachable only at its own namespace's bridge address
     assert sorted(r["address"].split("//")[1].rsplit(":", 1)[0] for r in rows) == \
