@@ -104,6 +104,17 @@ def _backend(cfg, log):
     return RayBackend(cfg.ray_address, cfg.host, cfg.node_cpus, cfg.node_gpus, log=log)
 
 
+def round_accuracy(rows: list) -> float | None:
+    """A completed round's accuracy for the progress bar and ``--target-accuracy``: the
+    nodes' mean; in a server round that closed before its workers' records came in,
+    the coordinator's (global, cluster or ensemble) accuracy."""
+    accs = [r["accuracy"] for r in rows if r.get("accuracy") is not None]
+    if not accs:
+        accs = [r[k] for r in rows for k in ("global_accuracy", "cluster_accuracy",
+                                              "ensemble_accuracy") if r.get(k) is not None][:1]
+    return float(np.mean(accs)) if accs else None
+
+
 def execute(p: Plan, *, t0: float | None = None) -> Result:
     """Launch a plan's nodes, stream their records to the run folder, write summary.json.
 
@@ -122,11 +133,11 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
     stopped_at = []
 
     def on_round(rnd, rows):
-        accs = [r["accuracy"] for r in rows if r.get("accuracy") is not None]
+        mean = round_accuracy(rows)
         sent = sink.bytes_sent  # a running total: this runs every round
-        acc = f"acc {np.mean(accs):.3f}" if accs else "acc   -  "
+        acc = f"acc {mean:.3f}" if mean is not None else "acc   -  "
         progress.update(rnd, f"{acc} | {sent / 1e6:.2f} MB sent")
-        if cfg.target_accuracy is not None and accs and np.mean(accs) >= cfg.target_accuracy:
+        if cfg.target_accuracy is not None and mean is not None and mean >= cfg.target_accuracy:
             if not stopped_at:
                 stopped_at.append(rnd)
                 launcher.request_stop()

@@ -84,3 +84,16 @@ def test_random_workers_behaviour(tmp_path):
     s, _ = _run(tmp_path, "byz", mode="fedavg", profiles=str(prof))
     assert s["behaviours"] == {"0": "random"}
     assert s["accuracy_clean_mean"] is not None
+
+
+def test_a_server_round_closed_before_its_workers_shows_the_global_accuracy():
+    """The coordinator's record can close a round before any worker's record of it
+    arrives: the progress bar and --target-accuracy then use the global model's."""
+    from p2pfl.api import round_accuracy
+
+    worker = {"node": 1, "accuracy": 0.5}
+    coordinator = {"node": 0, "accuracy": None, "global_accuracy": 0.9}
+    assert round_accuracy([worker, {"node": 2, "accuracy": 0.7}, coordinator]) == 0.6
+    assert round_accuracy([coordinator]) == 0.9
+    assert round_accuracy([{"node": 0, "cluster_accuracy": 0.8}]) == 0.8
+    assert round_accuracy([{"node": 3, "accuracy": None}]) is None
