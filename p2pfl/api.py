@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .config import RunConfig, from_sources
 from .addresses import check_run_addresses
+from .config import RunConfig, from_sources
 from .errors import UsageError
 from .metrics import MetricsSink, write_json_atomic
 from .progress import Progress
