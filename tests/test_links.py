@@ -98,6 +98,33 @@ def test_loss_loses_its_share_and_counts_it(pair):
     assert ep.counters.count("sent", peers=[1]) == 1000  # a lost message was still sent
 
 
+def test_loss_spares_the_protocols_own_messages(pair):
+    """Only round payloads are lost; a hello, leave, pull, catch-up or resync always
+    arrives (a lost hello aborted runs at start-up)."""
+    sender, receiver = pair
+    ep = sender(LinkSpec(loss=0.9))
+    kinds = ["hello", "leave", "pull", "catchup", "resync"] * 20
+    for k in kinds:
+        ep.send(1, k, 1)
+    for _ in range(200):
+        ep.send(1, "model", 1, frames=[b"x" * 64])
+    got = []
+    while (msg := receiver.recv(2.0)) is not None:
+        got.append(msg.kind)
+    assert sorted(k for k in got if k != "model") == sorted(kinds)
+    assert got.count("model") + ep.emulated_lost == 200 and ep.emulated_lost >= 150
+
+
+def test_a_lossy_ring_starts_and_finishes(tmp_path):
+    from p2pfl import run_cluster
+
+    res = run_cluster("ring:4", rounds=3, link="loss=0.5", start_timeout=15, round_timeout=2,
+                      seed=2, quiet=True, in_process=True, out=str(tmp_path))
+    s = res.summary
+    assert s["failed_nodes"] == {} and s["emulated_lost_total"] > 0
+    assert {r["round"] for r in res.metrics} == {1, 2, 3}
+
+
 def test_latency_adds_to_a_synchronous_round(tmp_path):
     from p2pfl import run_cluster
 

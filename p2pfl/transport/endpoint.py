@@ -34,7 +34,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from .counters import ByteCounter
 from .framing import setup_bytes, wire_bytes
-from .links import LinkEmulator, LinkSpec
+from .links import LOSSY_KINDS, LinkEmulator, LinkSpec
 from .security import HANDSHAKE_EVENTS, Security, gate, handshake_drop
 from .sockets import dealer
 from .wire import DEFAULT_LIMITS, Limits, Message, ProtocolError, pack, unpack
@@ -247,7 +247,7 @@ class Endpoint:
         parts = pack(kind, self.node_id, round, next(self._seq), codec_ids=self._codec_ids,
                      **fields)
         if sock is self._link:
-            sock.send(peer, parts)
+            sock.send(peer, parts, lossy=kind in LOSSY_KINDS)
         elif not self._put(sock, parts, COMMAND_WAIT_S if command and kind != "heartbeat" else 0):
             self.counters.drop("command_queue_full" if command else "send_queue_full")
             return 0

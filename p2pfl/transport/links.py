@@ -14,7 +14,10 @@ when the emulated network would deliver it:
   delivers a connection's bytes in order, so a late message holds back the
   ones behind it (head-of-line blocking);
 * with probability ``loss`` it is lost: it used the uplink, is counted, and is
-  never delivered.
+  never delivered.  Loss applies to the round payloads (:data:`LOSSY_KINDS`); the
+  protocol's own messages (the start-up hello, leave, pull, catch-up, resync) are
+  delayed like any other but always arrive, as TCP would deliver them: a lost hello
+  would abort the run before it starts.
 
 The thread runs apart from the node's loop, so a message scheduled while the
 node trains still leaves on time.  The node's thread talks to it over an
@@ -37,7 +40,11 @@ import zmq
 from ..errors import ConfigError
 from .sockets import dealer
 
-__all__ = ["LinkSpec", "LinkEmulator", "parse_link"]
+__all__ = ["LinkSpec", "LinkEmulator", "parse_link", "LOSSY_KINDS"]
+
+#: Message kinds that ``loss`` may drop: what a round carries (gossip models, server
+#: instructions, updates and soft labels).
+LOSSY_KINDS = frozenset({"model", "control", "update", "softlabels"})
 
 #: Messages an emulated uplink holds before further ones are dropped (a full queue).
 MAX_QUEUED = 100_000
@@ -126,8 +133,10 @@ class LinkEmulator:
     def connect(self, peer, address: str) -> None:
         self._pipe.send_multipart([b"C", msgpack.packb(peer), address.encode()])
 
-    def send(self, peer, parts: list) -> None:
-        self._pipe.send_multipart([b"M", msgpack.packb(peer)] + list(parts), copy=False)
+    def send(self, peer, parts: list, lossy: bool = True) -> None:
+        """Schedule one message to ``peer``; ``lossy``: ``loss`` may drop it."""
+        self._pipe.send_multipart([b"M" if lossy else b"R", msgpack.packb(peer)] + list(parts),
+                                  copy=False)
 
     def close(self, linger: float | None) -> None:
         """Deliver what is still scheduled (up to ``linger`` s, default 2), then stop."""
@@ -174,18 +183,20 @@ class LinkEmulator:
                     self.overflow += 1
                 else:
                     uplink_free = self._schedule(queue, order, uplink_free,
-                                                 msgpack.unpackb(rest[0].bytes), rest[1:])
+                                                 msgpack.unpackb(rest[0].bytes), rest[1:],
+                                                 lossy=kind == b"M")
         finally:
             for sock in socks.values():
                 sock.close(linger=0)
             pipe.close(linger=0)
 
-    def _schedule(self, queue, order, uplink_free: float, peer, frames) -> float:
+    def _schedule(self, queue, order, uplink_free: float, peer, frames,
+                  lossy: bool = True) -> float:
         """Put one message on the uplink; return when the uplink is free again."""
         spec, now = self.spec, time.monotonic()
         nbytes = sum(len(f) for f in frames)
         left = max(now, uplink_free) + spec.transmit_s(nbytes)
-        if spec.loss and self._rng.random() < spec.loss:
+        if lossy and spec.loss and self._rng.random() < spec.loss:
             self.lost += 1
             return left
         delay = spec.latency_ms
