@@ -163,6 +163,10 @@ def _cmd_cluster(args) -> int:
         print(f"p2pfl: error: {_one_line(exc)}", file=sys.stderr)
         return 1
     failed = result.summary.get("failed_nodes") or {}
+    if result.summary.get("mode") != "gossip" and "coordinator" in failed:
+        print("p2pfl: error: the coordinator failed; the run did not finish its rounds",
+              file=sys.stderr)
+        return 1  # without it no round can complete
     return 1 if failed and len(failed) == result.summary.get("nodes") else 0
 
 

@@ -128,3 +128,22 @@ def test_a_remote_node_restarted_by_hand_rejoins(tmp_path):
     assert s["restarts"] == 1 and s["failed_nodes"] == {}
     mine = sorted(r["round"] for r in recs if r["node"] == 2)
     assert mine[-1] == 400 and len(mine) == len(set(mine))
+
+
+def test_a_dead_coordinator_without_restart_is_exit_1(tmp_path):
+    """Without the coordinator no round completes: the run ends, and says it failed."""
+    out = str(tmp_path / "run")
+    proc = subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "cluster", "--dataset", "digits",
+                             "--mode", "fedavg", "--nodes", "3", "--rounds", "500",
+                             "--round-timeout", "2", "-q", "--out", out], cwd=ROOT,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _kill_when(out, "coordinator",
+                   lambda recs: sum(r["role"] == "coordinator" for r in recs) >= 3, proc)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1
+    assert err.strip().splitlines()[-1] == ("p2pfl: error: the coordinator failed; the run did "
+                                            "not finish its rounds")
+    assert "coordinator" in _summary(out)["failed_nodes"]
