@@ -251,18 +251,12 @@ def _check_krum(spec: str, n: int, participation: float) -> None:
 def _server_plan(cfg: RunConfig, graph) -> Plan:
     from .compression import uses_temporal
 
-    if cfg.schedule != "sync":
-        raise ConfigError(f"--schedule {cfg.schedule}: server modes run in rounds; "
-                          "valid here: sync")
     options = _strategy_options(cfg)
     check_codec(cfg.compression)
     if cfg.compression != "none" and not hasattr(options, "codec_up"):
         what = "soft labels" if cfg.mode in ("fd", "cfd") else "updates"
         raise ConfigError(f"--compression applies to gossip and to modes fedavg and stc; "
                           f"mode {cfg.mode} sends its {what} uncompressed")
-    if cfg.compression_down != "auto" and not hasattr(options, "codec_down"):
-        raise ConfigError(f"--compression-down applies to mode stc; mode {cfg.mode} sends its "
-                          "model uncompressed")
     up, down = getattr(options, "codec_up", "none"), getattr(options, "codec_down", None)
     if down is not None and uses_temporal(down):
         raise ConfigError("cabac:temporal and powersgd:R:alternate code the workers' updates; "

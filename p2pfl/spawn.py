@@ -14,10 +14,10 @@ import threading
 
 from .worker import fds_per_actor, host_main, process_main, serve
 
-__all__ = ["actors_per_host", "spawn_processes", "spawn_hosts", "spawn_threads", "respawn"]
+__all__ = ["spawn_processes", "spawn_hosts", "spawn_threads", "respawn"]
 
 
-def actors_per_host(degree: int) -> int:
+def _actors_per_host(degree: int) -> int:
     """How many actors one host process can hold within its (hard) open-file limit."""
     import resource
 
@@ -41,7 +41,7 @@ def spawn_hosts(nodes: dict, specs: list, address: str, how: tuple, procs: int, 
     ids = [s.id for s in specs]
     degree = max(len(s.peers) for s in specs)
     wanted, procs = procs, max(1, min(procs, len(ids)))
-    per_host = actors_per_host(degree)
+    per_host = _actors_per_host(degree)
     if len(ids) > procs * per_host:
         procs = -(-len(ids) // per_host)
         log(f"{len(ids)} actors need more open files than {wanted} host "
