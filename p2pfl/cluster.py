@@ -56,10 +56,20 @@ class NodeHandle:
     done_at: float | None = None  # when the launcher saw it done (closer only)
     restarts: int = 0  # how often it was restarted after dying
     last_round: int = 0  # the latest round it sent a record of
+    stopped_since: float | None = None  # when its process was first seen stopped
 
     def exited(self) -> bool:
         r = self.runner
         return r is not None and (not r.is_alive())
+
+
+def _process_state(pid) -> str | None:
+    """A local process's state letter from ``/proc`` (``T``: stopped); None if unknown."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, ValueError, IndexError, TypeError):
+        return None
 
 
 class Launcher:
@@ -81,6 +91,7 @@ class Launcher:
                  listen: str | None = None, closer=None, restarts: int = 0,
                  on_restart=None, keys=None, procs: int = 1, backend=None) -> None:
         self.specs = specs
+        self._spec = {s.id: s for s in specs}
         self.backend = backend  # RayBackend: nodes are Ray actors (--backend ray)
         self.procs = procs  # host processes for in-process actors (over ipc)
         self.keys = keys  # RunKeys: CurveZMQ on every socket (--secure)
@@ -103,6 +114,7 @@ class Launcher:
         self.control_bytes = 0
         self.t_start: float | None = None  # set when the run starts
         self._next_exit_check, self._dead = 0.0, {}
+        self._next_stopped_check = 0.0
 
     # ------------------------------------------------------------------ phases
     def run(self) -> dict:
@@ -177,12 +189,29 @@ class Launcher:
         self.ep = Endpoint(self.ctx, LAUNCHER, address, security=security)
         self.mailbox = Mailbox(self.ep, peers=set(), control_sources=set(self.nodes))
         self._stopping = False
-        self._stop_requested = False
-        self._stop_sent = False
+        self._stop_requested = False  # by the user (--target-accuracy, the API)
+        self._stop_all = False  # every node, now
+        self._stop_sent = self._finish_sent = False
 
     def request_stop(self) -> None:
         """End the run early: nodes finish their current round and say bye."""
         self._stop_requested = True
+
+    def _send_stops(self) -> None:
+        """A requested stop goes to the closer (the coordinator) alone while it runs:
+        it finishes its round and hands every worker the final model, as after its
+        last round.  Without a closer every node finishes its round and says bye."""
+        closer = self.nodes.get(self.closer) if self.closer is not None else None
+        if self._stop_requested and not self._finish_sent:
+            if closer is not None and closer.state == "ready":
+                self.ep.send(closer.id, "stop", meta={"finish": True})
+                self._finish_sent = True
+            else:
+                self._stop_all = True
+        if self._stop_all and not self._stop_sent:
+            for h in self.nodes.values():
+                self.ep.send(h.id, "stop")
+            self._stop_sent = True
 
     def _alive(self) -> bool:
         return not self._stopping
@@ -252,11 +281,8 @@ class Launcher:
                         self.ep.send(h.id, "heartbeat")
                 last_beat = now
             if self._closer_done_long_ago(now):
-                self._stop_requested = True  # e.g. a worker offline when the run ended
-            if self._stop_requested and not self._stop_sent:
-                for h in self.nodes.values():
-                    self.ep.send(h.id, "stop")
-                self._stop_sent = True
+                self._stop_all = True  # e.g. a worker offline when the run ended
+            self._send_stops()
             msg = self.mailbox.poll_control(0.5)
             while msg is not None:  # all that is here: a node's bye may follow its exit
                 last_news = now
@@ -269,10 +295,33 @@ class Launcher:
                         self._restart(h)
                     else:
                         self._fail(h, "process exited without finishing")
+            self._fail_stopped_stragglers(now)
             if now - last_news > silence_limit:
                 for h in self.nodes.values():
                     if h.state == "ready":
                         self._fail(h, f"silent for {silence_limit:.0f} s")
+
+    def _fail_stopped_stragglers(self, now: float) -> None:
+        """A node whose process is stopped (SIGSTOP, a debugger) once every other node
+        has finished can only hold the run: after a round time-out it has failed.
+        Only local processes can be looked at (``/proc``)."""
+        if self.listen or self.backend is not None or self.in_process:
+            return
+        running = [h for h in self.nodes.values() if h.state not in ("done", "failed")]
+        if len(running) > len(self.nodes) // 2 or now < self._next_stopped_check:
+            return  # cheap: most nodes still running
+        self._next_stopped_check = now + 1.0
+        left = [h for h in running if h.state == "ready"]
+        if len(left) != len(running):
+            return
+        for h in left:
+            if _process_state(h.pid) != "T":
+                h.stopped_since = None
+            elif h.stopped_since is None:
+                h.stopped_since = now
+            elif now - h.stopped_since > self.round_timeout and all(
+                    _process_state(o.pid) == "T" for o in left):
+                self._fail(h, "its process is stopped, and every other node finished")
 
     def _closer_done_long_ago(self, now: float) -> bool:
         h = self.nodes.get(self.closer) if self.closer is not None else None
@@ -321,7 +370,7 @@ class Launcher:
     def _rejoined(self, h: NodeHandle) -> None:
         """A node joined mid-run (restarted here, or by hand on its host): its
         neighbours learn its new address, and it gets its spec, to catch up."""
-        spec = next(s for s in self.specs if s.id == h.id)
+        spec = self._spec[h.id]
         for j in spec.peers:
             self.ep.send(j, "peer", meta={"id": h.id, "address": h.address})
         self.ep.send(h.id, "config", meta={**self._config(spec), "rejoin": True,
@@ -367,6 +416,12 @@ class Launcher:
             return
         h.state, h.reason = "failed", reason
         self.log(f"node {h.label!r} failed: {reason}")
+        if self.t_start is not None and self.ep is not None:
+            # its peers wait for it no more: a dead worker would cost every round its
+            # time-out, and a dead neighbour would be waited for in catch-ups
+            for j in self._spec[h.id].peers:
+                if self.nodes[j].state == "ready":
+                    self.ep.send(j, "peer", meta={"id": h.id, "gone": True})
         self.on_message(h, None)
 
     # --------------------------------------------------------------- shutdown

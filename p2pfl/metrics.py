@@ -115,7 +115,7 @@ class MetricsSink:
         self.closer = closer
         self.records: list[dict] = []
         self.bytes_sent = 0  # over the records written so far
-        self._pending: dict = defaultdict(dict)  # round -> node -> (record, vector)
+        self._pending: dict = defaultdict(dict)  # round -> node -> [(record, vector)]
         self._next_round = 1
         self._fh = open(os.path.join(out_dir, "metrics.jsonl"), "w")  # flushed per round
 
@@ -128,11 +128,12 @@ class MetricsSink:
         elif node in self.known and node not in self.live:
             self.live.add(node)  # back: rounds from this one on wait for it again
             self.since[node] = rnd
-        if rnd >= self._next_round:
-            self._pending[rnd][record["node"]] = (dict(record), vector)
+        if rnd >= self._next_round:  # a node may record a round twice (an early stop's
+            # last round, then its final model): both records are kept
+            self._pending[rnd].setdefault(node, []).append((dict(record), vector))
             self._drain()
         else:  # a straggler's record for a round already written
-            self._write_rows({record["node"]: (dict(record), vector)})
+            self._write_rows({node: [(dict(record), vector)]})
 
     def node_paused(self, node) -> None:
         """A node died and is being restarted: rounds complete without it until its
@@ -161,19 +162,22 @@ class MetricsSink:
 
     def _write_round(self, rnd: int, rows: dict) -> None:
         out = self._write_rows(rows)
-        if self.on_round:
-            self.on_round(rnd, out)
+        if self.on_round:  # a node's latest record of the round stands for it
+            self.on_round(rnd, list({rec["node"]: rec for rec in out}.values()))
 
     def _write_rows(self, rows: dict) -> list:
-        dist, rel = consensus_distances({n: v for n, (_, v) in rows.items() if v is not None})
+        """Write ``{node: [(record, vector), ...]}``; a node's latest model stands for it."""
+        vectors = {n: v for n, recs in rows.items() for _, v in recs if v is not None}
+        dist, rel = consensus_distances(vectors)
         out = []
         for node in sorted(rows):
-            rec = rows[node][0]
-            rec["consensus_distance"] = dist.get(node)
-            rec["consensus_distance_rel"] = rel.get(node)
-            self._fh.write(json_line(rec))
-            self.bytes_sent += rec.get("bytes_sent") or 0
-            out.append(rec)
+            for rec, v in rows[node]:
+                mine = v is not None and v is vectors[node]
+                rec["consensus_distance"] = dist.get(node) if mine else None
+                rec["consensus_distance_rel"] = rel.get(node) if mine else None
+                self._fh.write(json_line(rec))
+                self.bytes_sent += rec.get("bytes_sent") or 0
+                out.append(rec)
         self._fh.flush()
         self.records.extend(out)
         return out
@@ -195,11 +199,11 @@ class MetricsSink:
 
     def accuracy_per_round(self) -> list:
         """``[[round, mean accuracy], ...]`` over the rounds that were evaluated."""
-        acc = defaultdict(list)
+        acc = defaultdict(dict)  # round -> node -> its latest accuracy of that round
         for rec in self.records:
             if rec.get("accuracy") is not None:
-                acc[rec["round"]].append(rec["accuracy"])
-        return [[r, float(np.mean(v))] for r, v in sorted(acc.items())]
+                acc[rec["round"]][rec["node"]] = rec["accuracy"]
+        return [[r, float(np.mean(list(v.values())))] for r, v in sorted(acc.items())]
 
     def consensus_last(self) -> dict | None:
         """Median and max consensus distance (absolute and relative) in the last measured round."""
@@ -217,9 +221,10 @@ class MetricsSink:
             out[name + "max"] = float(np.max(vals)) if vals else None
         return out
 
-    def summary(self) -> dict:
-        """The per-run figures derived from the records."""
-        acc = list(self.accuracy_by_node().values())
+    def summary(self, exclude=frozenset()) -> dict:
+        """The per-run figures derived from the records; the final accuracies leave
+        out the nodes in ``exclude`` (those that failed)."""
+        acc = [a for node, a in self.accuracy_by_node().items() if node not in exclude]
         return {
             "accuracy_mean": float(np.mean(acc)) if acc else None,
             "accuracy_min": float(np.min(acc)) if acc else None,

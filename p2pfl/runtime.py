@@ -78,12 +78,18 @@ class Runtime:
         self.sink = sink or launcher_sink(endpoint)
         self.t_start = time.monotonic()
         self._held: list = []  # records not sent yet
+        self._recorded = (0, 0)  # payload bytes sent and received by the last record
         self._flushed = time.monotonic()
         mailbox.on_tick = self.flush
 
     @property
     def stopped(self) -> bool:
         return self.mailbox.stopped
+
+    @property
+    def finish_requested(self) -> bool:
+        """The launcher asked us to end the run once the round in progress is done."""
+        return self.mailbox.finish
 
     def send(self, peer, kind: str, rnd: int, packet: Packet | None = None, **meta) -> int:
         """Send ``packet`` (or an empty message) to ``peer``; return the bytes sent."""
@@ -178,21 +184,24 @@ class Runtime:
         """Count a message the role could not use."""
         self.endpoint.counters.drop(reason)
 
-    def report(self, rnd: int, fields: dict, vector=None, rounds=None) -> None:
+    def report(self, rnd: int, fields: dict, vector=None) -> None:
         """Send round ``rnd``'s record: ``fields`` plus the node's identity and counters.
 
-        ``rounds`` are the rounds whose bytes the record counts (default: ``rnd``).
+        The record's bytes are those sent to and received from peers since this
+        process's previous record (the handshake apart), whatever round their
+        messages were of: a catch-up for an earlier round, a round played twice or
+        a final model all land in some record, so the records sum to the counters.
         """
         c = self.endpoint.counters
-        rounds = (rnd,) if rounds is None else tuple(rounds)
+        sent, received = c.payload("sent", self.peers), c.payload("received", self.peers)
         rec = {"round": rnd, "node": self.id, "label": self.label, "role": self.role}
         rec.update(fields)
         rec.update(
-            bytes_sent=sum(c.total("sent", peers=self.peers, round=r) for r in rounds),
-            bytes_received=sum(c.total("received", peers=self.peers, round=r) for r in rounds),
+            bytes_sent=sent - self._recorded[0], bytes_received=received - self._recorded[1],
             wall_s=round(time.monotonic() - self.t_start, 4),
             process_cpu_s=round(time.process_time(), 4),
             dropped=sum(c.dropped.values()))
+        self._recorded = (sent, received)
         self._held.append(rec)
         urgent = vector is not None or rec.get("accuracy") is not None or rec.get("offline")
         if urgent or time.monotonic() - self._flushed >= self.FLUSH_S:
@@ -216,6 +225,8 @@ class Runtime:
             "bytes_sent": c.total("sent", peers=peers) - handshake,
             "bytes_received": c.total("received", peers=peers)
             - c.total("received", peers=peers, round=0),
+            # sent after the last record (e.g. a round stopped half-way): in no record
+            "bytes_sent_unrecorded": c.payload("sent", peers) - self._recorded[0],
             "handshake_bytes": handshake,
             "sent_per_peer": [[j, n] for j, n in c.per_peer("sent").items() if j != LAUNCHER],
             "received_per_peer": [[j, n] for j, n in c.per_peer("received").items()

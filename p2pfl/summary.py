@@ -16,13 +16,18 @@ __all__ = ["run_summary"]
 def run_summary(plan, sink, nodes: dict, wall: float, control_bytes: int) -> dict:
     """The summary of a run (server modes add their own fields)."""
     cfg = plan.config
-    base = sink.summary()
-    finals = [h.final for h in nodes.values() if h.final]
     failed = {str(h.label): h.reason for h in nodes.values() if h.state == "failed"}
+    # a failed node's last accuracy is of a model that did not finish: left out
+    dead = {h.id for h in nodes.values() if h.state == "failed"}
+    base = sink.summary(exclude=dead)
+    finals = [h.final for h in nodes.values() if h.final]
     num_params = finals[0].get("num_params") if finals else None
     messages = sum(f.get("model_messages", 0) for f in finals)
     dense = 4 * num_params * messages if num_params else 0
-    sent = base["bytes_sent_total"]
+    # every record's bytes, and what finished processes sent after their last record;
+    # a dead process's bytes after its last record are unknown
+    sent = base["bytes_sent_total"] + int(sum(f.get("bytes_sent_unrecorded", 0)
+                                              for f in finals))
     out = dict(plan.summary_base)
     out.update({
         "dataset": cfg.dataset, "model": cfg.model, "partition": cfg.partition,
@@ -60,12 +65,12 @@ def run_summary(plan, sink, nodes: dict, wall: float, control_bytes: int) -> dic
         **_memory(nodes),
         "accuracy_per_round": base["accuracy_per_round"],
         "consensus_last": base["consensus_last"],
-        "accuracy_mean_honest": _honest_mean(plan, sink),
+        "accuracy_mean_honest": _honest_mean(plan, sink, dead),
     })
     if cfg.backend == "ray":  # the Ray hosts the nodes were placed on
         out["ray_nodes"] = len({h.ray_node for h in nodes.values() if h.ray_node})
     if plan.closer is not None:
-        _server_fields(out, plan, sink, nodes)
+        _server_fields(out, plan, sink, nodes, dead)
     return out
 
 
@@ -93,24 +98,30 @@ def _dropped_by_reason(finals: list) -> dict:
     return dict(sorted(out.items()))
 
 
-def _honest_mean(plan, sink):
-    """Mean final accuracy of the honest nodes (those whose behaviour is honest)."""
+def _honest_mean(plan, sink, failed: set):
+    """Mean final accuracy of the honest nodes (those whose behaviour is honest) that
+    did not fail."""
     honest = {s.id for s in plan.specs if s.role != "coordinator"
-              and s.learn.behaviour == "honest"}
+              and s.learn.behaviour == "honest"} - failed
     acc = [a for node, a in sink.accuracy_by_node().items() if node in honest]
     return float(np.mean(acc)) if acc else None
 
 
-def _server_fields(summary: dict, plan, sink, nodes: dict) -> None:
+def _server_fields(summary: dict, plan, sink, nodes: dict, dead: set) -> None:
     """Bytes up and down, per-round global accuracy and the strategy's own fields."""
     specs = plan.specs
     coord_id = plan.closer
     labels = {s.id: s.label for s in specs}
-    # From the records, so that a restarted coordinator's earlier rounds count too.
+    # From the records, so that a restarted coordinator's earlier rounds count too,
+    # plus what each finished process sent after its last record (as bytes_sent_total).
     coord_recs = [r for r in sink.records if r.get("node") == coord_id]
-    summary["bytes_down_total"] = int(sum(r["bytes_sent"] for r in coord_recs))
+    tail = {h.id: int(h.final.get("bytes_sent_unrecorded", 0)) for h in nodes.values()
+            if h.final}
+    summary["bytes_down_total"] = int(sum(r["bytes_sent"] for r in coord_recs)
+                                      + tail.get(coord_id, 0))
     summary["bytes_up_total"] = int(sum(r["bytes_sent"] for r in sink.records
-                                        if r.get("node") != coord_id))
+                                        if r.get("node") != coord_id)
+                                    + sum(n for i, n in tail.items() if i != coord_id))
     for key in ("global_accuracy", "cluster_accuracy", "ensemble_accuracy"):
         rows = [[r["round"], r[key]] for r in coord_recs if r.get(key) is not None]
         if rows:
@@ -120,7 +131,7 @@ def _server_fields(summary: dict, plan, sink, nodes: dict) -> None:
     # workers' final accuracy, split by behaviour (clean = honest workers)
     acc = sink.accuracy_by_node()
     behaviour = {s.id: s.learn.behaviour for s in specs if s.role == "worker"}
-    clean = [a for i, a in acc.items() if behaviour.get(i) == "honest"]
+    clean = [a for i, a in acc.items() if behaviour.get(i) == "honest" and i not in dead]
     summary["accuracy_clean_mean"] = float(np.mean(clean)) if clean else None
     summary["behaviours"] = {str(labels[i]): b for i, b in behaviour.items() if b != "honest"}
     summary["final_accuracy_by_worker"] = {str(labels[i]): a for i, a in sorted(acc.items())

@@ -127,7 +127,8 @@ def test_killed_node_is_survived_and_reported(tmp_path):
     assert proc.returncode == 0, err
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert "1" in summary["failed_nodes"]
-    assert summary["misses_total"] > 0  # the neighbours recorded the dead node's silence
+    # the launcher tells the neighbours that it died: each misses it once at most
+    assert summary["misses_total"] <= 2
     rounds = {r["node"]: r["round"] for r in read_metrics(tmp_path / "metrics.jsonl")}
     assert rounds[0] == rounds[2] == rounds[3] == 40
     assert _wait_gone(pids)

@@ -110,3 +110,27 @@ def test_commands_on_the_data_socket_and_data_on_the_control_socket_are_dropped(
     for s in (fake, data_on_ctl):
         s.close(linger=0)
     node.close()
+
+
+def test_the_launchers_news_of_a_dead_peer_ends_the_wait_for_it(ctx):
+    """A peer the launcher reports gone is away and done: a round waits for it no
+    more.  Its restart (a new address) makes it a peer to wait for again."""
+    node = Endpoint(ctx, 0, "inproc://gone-node", control="inproc://gone-ctl")
+    launcher = Endpoint(ctx, "launcher", "inproc://gone-launcher")
+    launcher.connect(0, node.control_address, control=True)
+    box = Mailbox(node, peers={1, 2}, control_sources={"launcher"})
+    launcher.send(0, "peer", meta={"id": 1, "gone": True})
+    launcher.send(0, "peer", meta={"id": 9, "gone": True})  # not a peer of ours
+    t0 = time.monotonic()
+    assert box.collect("model", 1, [1], timeout=5.0) == {}
+    assert time.monotonic() - t0 < 1.0
+    assert box.away == {1} and box.done == {1}
+    assert node.counters.dropped["bad_peer_update"] == 1
+    launcher.send(0, "peer", meta={"id": 1, "address": "inproc://gone-elsewhere"})
+    box.idle(0.2)
+    assert box.done == set()
+    launcher.send(0, "stop", meta={"finish": True})  # a coordinator: finish the round
+    box.idle(0.2)
+    assert box.finish and not box.stopped
+    for e in (node, launcher):
+        e.close(linger=0)

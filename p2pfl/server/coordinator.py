@@ -25,6 +25,11 @@ from . import checkpoint
 
 __all__ = ["Coordinator"]
 
+#: A worker that left this many of its rounds in a row unanswered is not waited for
+#: until it is heard from again (gossip's neighbours give up after one: a server
+#: round is costlier to lose, and one late reply should not cost the next).
+SUSPECT_AFTER = 2
+
 
 class _Evaluator:
     """Evaluates flat parameter vectors on the test set (per label group)."""
@@ -65,6 +70,7 @@ class Coordinator:
         self.num_params = int(ctx.init.numel())
         self.misses: Counter = Counter()
         self.errors: Counter = Counter()
+        self._silent: dict = {}  # worker -> (rounds unanswered in a row, the first of them)
         self.last_round = 0
         self.checkpoint = spec.server.checkpoint
 
@@ -86,15 +92,18 @@ class Coordinator:
             for w, packet in self.strategy.configure(rnd, participants).items():
                 self.rt.send(w, "control", rnd, packet)
             replies = self.collect(rnd, participants)
+            self.account(rnd, replies)
             self.strategy.aggregate(rnd, replies)
             fields = self.strategy.evaluate(rnd)
             finished = (self.strategy.done(rnd) or rnd >= self.strategy.rounds
-                        or self.rt.stopped)
+                        or self.rt.stopped or self.rt.finish_requested)
             if finished:
                 for w in self.workers:
+                    if w in self.rt.done:  # dead, and not restarted: nobody to hand it to
+                        continue
                     self.rt.send(w, "control", rnd + 1, self.strategy.finalize(w), final=True)
             if rnd > recorded:
-                self.record(rnd, replies, fields, rounds=(rnd, rnd + 1) if finished else None)
+                self.record(rnd, replies, fields)
             self.last_round = rnd
             if self.checkpoint and not finished:
                 # The round's record leaves before its checkpoint is written: a restart
@@ -130,19 +139,39 @@ class Coordinator:
             self.rt.idle(0.05)
         return list(self.workers)
 
+    def expected(self, participants: list) -> list:
+        """Participants to wait for: not those silent for SUSPECT_AFTER of their rounds
+        in a row with nothing heard since (a stopped or unreachable worker costs the
+        round time-out that often, not every round).  They still get their
+        instructions, and their reply counts if it comes while others are awaited;
+        any reply, even a late one, has them waited for again."""
+        return [w for w in participants if self._silent.get(w, (0, 0))[0] < SUSPECT_AFTER
+                or self.rt.heard_from(w, self._silent[w][1])]
+
+    def account(self, rnd: int, replies: list) -> None:
+        """Each participant's run of unanswered rounds: (length, its first round)."""
+        for r in replies:
+            if r.ok or r.error["code"] not in ("timeout", "silent"):
+                self._silent.pop(r.worker, None)
+            else:
+                n, since = self._silent.get(r.worker, (0, rnd))
+                self._silent[r.worker] = (n + 1, since)
+
     def collect(self, rnd: int, participants: list) -> list:
         """Replies of this round's participants: content, or an error saying why not."""
         kind = self.strategy.reply_kind
-        packets = self.rt.gather(kind, rnd, participants, self.run_spec.round_timeout)
+        waited = self.expected(participants)
+        packets = self.rt.gather(kind, rnd, waited, self.run_spec.round_timeout)
         replies = []
         for w in participants:
             packet = packets.get(w)
-            if packet is None and w in self.rt.away:  # went offline meanwhile
+            if packet is None and w in self.rt.away:  # went offline meanwhile, or died
                 replies.append(Reply(w, error={"code": "offline", "reason": "went offline"}))
                 continue
             if packet is None:
                 self.misses[w] += 1
-                replies.append(Reply(w, error={"code": "timeout", "reason": f"no {kind}"}))
+                code = "timeout" if w in waited else "silent"
+                replies.append(Reply(w, error={"code": code, "reason": f"no {kind}"}))
                 continue
             try:
                 content = self.strategy.decode(w, packet)
@@ -161,10 +190,10 @@ class Coordinator:
                 self.errors[r.error["code"]] += 1
         return replies
 
-    def record(self, rnd: int, replies: list, fields: dict, rounds=None) -> None:
+    def record(self, rnd: int, replies: list, fields: dict) -> None:
         self.rt.report(rnd, dict(
             fields, participants=len(replies), replies_ok=sum(r.ok for r in replies),
-            failed=[[r.worker, r.error["code"]] for r in replies if not r.ok]), rounds=rounds)
+            failed=[[r.worker, r.error["code"]] for r in replies if not r.ok]))
 
     def final_report(self) -> dict:
         return self.rt.final_counters(

@@ -98,7 +98,7 @@ class Worker:
             self._held = None
         self._flush()
         fields = dict(fields, test_loss=test_loss, accuracy=accuracy)
-        self.rt.report(last, self._fields(fields, True), rounds=(last, last + 1))
+        self.rt.report(last, self._fields(fields, True))
 
     def final_report(self) -> dict:
         return self.rt.final_counters(

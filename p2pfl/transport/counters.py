@@ -20,6 +20,7 @@ class ByteCounter:
         # direction -> peer -> round -> bytes (and messages)
         self._bytes = {"sent": defaultdict(Counter), "received": defaultdict(Counter)}
         self._count = {"sent": defaultdict(Counter), "received": defaultdict(Counter)}
+        self._sums = {"sent": Counter(), "received": Counter()}  # peer -> bytes, all rounds
         self.messages = Counter()  # (direction, kind) -> count
         self.dropped = Counter()  # reason -> count
         self.wire = Counter()  # peer -> bytes sent on the wire, ZMTP framing included
@@ -32,6 +33,7 @@ class ByteCounter:
         if wire:
             self.wire[peer] += wire
         self._bytes[direction][peer][round] += nbytes
+        self._sums[direction][peer] += nbytes
         self._count[direction][peer][round] += 1
         self.messages[(direction, kind)] += 1
 
@@ -46,6 +48,12 @@ class ByteCounter:
         if round is None:
             return sum(sum(table[p].values()) for p in chosen)
         return sum(table[p].get(round, 0) for p in chosen)
+
+    def payload(self, direction: str, peers) -> int:
+        """Bytes to or from ``peers`` in every round but 0 (the handshake), in time
+        linear in the peers alone: a node asks after every round."""
+        table, sums = self._bytes[direction], self._sums[direction]
+        return sum(sums[p] - table[p].get(0, 0) for p in peers if p in table)
 
     def count(self, direction: str, *, peers=None, handshake: bool = False) -> int:
         """Messages in one direction to or from ``peers``; round 0 (the handshake) only

@@ -63,6 +63,7 @@ class Mailbox:
         self.control_sources = set(control_sources)  # who may send control messages
         self.current_round = 0
         self.stopped = False
+        self.finish = False  # asked to end the run after the current round (a coordinator)
         self.last_control = time.monotonic()  # when a control source last spoke
         self.control: deque[Message] = deque()
         self._pending: dict = defaultdict(dict)  # (kind, round) -> {src: Message}
@@ -106,9 +107,11 @@ class Mailbox:
                 counters.drop("control_from_stranger")
                 return
             self.last_control = time.monotonic()
-            if msg.kind == "stop":
+            if msg.kind == "stop" and msg.meta.get("finish") is True:
+                self.finish = True  # end the run after the round in progress
+            elif msg.kind == "stop":
                 self.stopped = True
-            elif msg.kind == "peer":  # a neighbour was restarted elsewhere
+            elif msg.kind == "peer":  # a neighbour was restarted elsewhere, or died
                 self._moved(msg.meta)
             elif msg.kind != "heartbeat":
                 self.control.append(msg)
@@ -141,11 +144,19 @@ class Mailbox:
                 slot[msg.src] = msg
 
     def _moved(self, meta: dict) -> None:
+        """The launcher's news of a peer: restarted at a new address, or gone for good
+        (its process died and will not be restarted: no round waits for it again)."""
         peer, address = meta.get("id"), meta.get("address")
-        if self.peers is None or peer not in self.peers or not isinstance(address, str):
+        if self.peers is None or peer not in self.peers:
             self.endpoint.counters.drop("bad_peer_update")
-            return
-        self.endpoint.reconnect(peer, address)
+        elif meta.get("gone") is True:
+            self.away.add(peer)
+            self.done.add(peer)
+        elif isinstance(address, str):
+            self.done.discard(peer)  # back: it sends again, and is waited for then
+            self.endpoint.reconnect(peer, address)
+        else:
+            self.endpoint.counters.drop("bad_peer_update")
 
     def _presence(self, msg: Message) -> None:
         """What a peer's message says of it: gone (``leave``), or here, and at which round."""

@@ -77,8 +77,8 @@ KINDS = frozenset(
         "heartbeat",  # launcher -> node: I am alive
         "error",  # node -> launcher: I failed, and why
         "bye",  # node -> launcher: finished, with final counters
-        "stop",  # launcher -> node: shut down now
-        "peer",  # launcher -> node: a restarted neighbour's new address
+        "stop",  # launcher -> node: shut down now (a coordinator: finish the run)
+        "peer",  # launcher -> node: a restarted neighbour's new address, or its death
     }
 )
 

@@ -1,0 +1,213 @@
+"""Faults a real run meets: a worker killed or stopped mid-run, a run stopped early.
+
+Real node processes, real signals.  What must hold: a dead worker is left out of
+the coordinator's rounds at once; a stopped one costs the round time-out at most
+twice; a process stopped when every other node is done does not hold the
+launcher; a run stopped by ``--target-accuracy`` ends cleanly, with byte totals
+that agree; a failed node's last accuracy is not in the final figures.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from p2pfl.metrics import read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _start(out, *flags):
+    return subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "cluster", "--dataset", "digits",
+                             "-q", "--out", str(out), *flags], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _records(out):
+    try:
+        return read_metrics(os.path.join(out, "metrics.jsonl"))
+    except (OSError, ValueError):
+        return []
+
+
+def _signal_when(out, label, ready, proc, sig, timeout=90):
+    """Send ``sig`` to node ``label``'s process once ``ready(records)``; its pid."""
+    deadline = time.monotonic() + timeout
+    while not ready(_records(out)):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the run did not get there"
+        time.sleep(0.02)
+    with open(os.path.join(out, "nodes.json")) as fh:
+        pid = next(n["pid"] for n in json.load(fh) if n["label"] == label)
+    os.kill(pid, sig)
+    return pid
+
+
+def _summary(out):
+    with open(os.path.join(out, "summary.json")) as fh:
+        return json.load(fh)
+
+
+def _coordinator_rounds(recs):
+    return sum(r["role"] == "coordinator" for r in recs)
+
+
+def _failures(recs, worker):
+    """Error codes the coordinator recorded for ``worker``, round by round."""
+    return [code for r in recs if r["role"] == "coordinator"
+            for w, code in r["failed"] if w == worker]
+
+
+def test_a_killed_worker_is_left_out_of_the_rounds_at_once(tmp_path):
+    """Before: every round after the death waited its full time-out for the dead
+    worker (here 5 s a round, over a minute in all)."""
+    out = tmp_path / "run"
+    proc = _start(out, "--mode", "fedavg", "--nodes", "4", "--rounds", "30",
+                  "--round-timeout", "5")
+    try:
+        _signal_when(out, 2, lambda r: _coordinator_rounds(r) >= 3, proc, signal.SIGKILL)
+        t_kill = time.monotonic()
+        _, err = proc.communicate(timeout=120)
+        took = time.monotonic() - t_kill
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    s, recs = _summary(out), _records(out)
+    assert "2" in s["failed_nodes"]
+    codes = _failures(recs, 2)
+    assert codes.count("timeout") <= 1, codes  # at most the round it died in
+    coord = [r for r in recs if r["role"] == "coordinator"]
+    assert all(r["participants"] == r["replies_ok"] == 3 for r in coord[-20:])  # left out
+    assert took < 40, f"{took:.1f} s after the kill"
+    # its last accuracy is of a model that never finished: not in the final figures
+    last = {r["node"]: r["accuracy"] for r in recs
+            if r["role"] == "worker" and r.get("accuracy") is not None}
+    assert 2 in last
+    assert s["accuracy_mean"] == pytest.approx(np.mean([last[w] for w in (0, 1, 3)]))
+    assert s["accuracy_clean_mean"] == pytest.approx(s["accuracy_mean"])
+
+
+def test_a_stopped_worker_costs_two_time_outs_and_does_not_hold_the_run(tmp_path):
+    """SIGSTOP: alive, silent.  The coordinator stops waiting after two time-outs (it
+    still sends it its instructions); once the others are done the launcher sees the
+    process stopped and fails it after a round time-out, not after 120 s of silence."""
+    out = tmp_path / "run"
+    proc = _start(out, "--mode", "fedavg", "--nodes", "3", "--rounds", "12",
+                  "--round-timeout", "2")
+    pid = None
+    try:
+        pid = _signal_when(out, 1, lambda r: _coordinator_rounds(r) >= 2, proc, signal.SIGSTOP)
+        t_stop = time.monotonic()
+        _, err = proc.communicate(timeout=100)
+        took = time.monotonic() - t_stop
+    finally:
+        _resume(pid)
+        proc.kill()
+    assert proc.returncode == 0, err
+    s, recs = _summary(out), _records(out)
+    assert "stopped" in s["failed_nodes"]["1"]
+    codes = _failures(recs, 1)
+    assert codes.count("timeout") <= 2 and codes.count("silent") >= 6, codes
+    # 2 time-outs, the closer's grace (10 s), one round time-out: far below 120 s
+    assert took < 45, f"{took:.1f} s after the stop"
+
+
+def test_a_stopped_gossip_node_does_not_hold_the_launcher(tmp_path):
+    out = tmp_path / "run"
+    proc = _start(out, "--topology", "ring:4", "--rounds", "15", "--round-timeout", "1")
+    pid = None
+    try:
+        pid = _signal_when(out, 1, lambda r: len(r) >= 8, proc, signal.SIGSTOP)
+        t_stop = time.monotonic()
+        _, err = proc.communicate(timeout=100)
+        took = time.monotonic() - t_stop
+    finally:
+        _resume(pid)
+        proc.kill()
+    assert proc.returncode == 0, err
+    s = _summary(out)
+    assert list(s["failed_nodes"]) == ["1"] and "stopped" in s["failed_nodes"]["1"]
+    assert took < 40, f"{took:.1f} s after the stop"
+
+
+def test_fedavg_stopped_at_its_target_ends_cleanly(tmp_path):
+    """The stop goes to the coordinator alone: it finishes the round it is in and
+    hands every worker the final model.  Before, the workers were stopped too, and
+    the coordinator recorded one more round of time-outs with a stale model."""
+    out = tmp_path / "run"
+    proc = _start(out, "--mode", "fedavg", "--nodes", "4", "--rounds", "200",
+                  "--target-accuracy", "0.8", "--round-timeout", "10")
+    try:
+        _, err = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    s, recs = _summary(out), _records(out)
+    at = s["target_reached_at_round"]
+    assert at is not None and at < 200
+    coord = [r for r in recs if r["role"] == "coordinator"]
+    assert all(r["failed"] == [] for r in coord), [r["failed"] for r in coord if r["failed"]]
+    assert s["misses_total"] == 0 and s["failed_nodes"] == {}
+    last = coord[-1]["round"]
+    assert at <= last <= at + 2  # the round in progress, and no more
+    rounds = [r for r, _ in s["global_accuracy_per_round"]]
+    assert rounds == sorted(set(rounds)) and rounds[-1] == last
+    finals = [r for r in recs if r["role"] == "worker" and r.get("final")]
+    assert sorted(r["node"] for r in finals) == [0, 1, 2, 3]
+    assert all(r["round"] == last for r in finals)
+    assert s["accuracy_mean"] >= 0.8
+    assert s["bytes_sent_total"] == s["bytes_sent_counted_by_nodes"] == s["bytes_received_total"]
+    assert s["bytes_up_total"] + s["bytes_down_total"] == s["bytes_sent_total"]
+
+
+def test_gossip_stopped_at_its_target_counts_every_byte(tmp_path):
+    """Nodes stopped half-way through a round sent that round's model, and no record
+    counts it: summary.json adds it, so the total agrees with the nodes' counters."""
+    out = tmp_path / "run"
+    proc = _start(out, "--topology", "ring:4", "--rounds", "300", "--target-accuracy", "0.85")
+    try:
+        _, err = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    s, recs = _summary(out), _records(out)
+    assert s["target_reached_at_round"] is not None
+    assert s["bytes_sent_total"] == s["bytes_sent_counted_by_nodes"]
+    # what a stopped node had not read yet was sent, and never received
+    assert s["bytes_received_total"] <= s["bytes_sent_total"]
+    assert sum(r["bytes_sent"] for r in recs) <= s["bytes_sent_total"]
+
+
+def _resume(pid):
+    """SIGCONT a stopped process that may be gone already (then nothing to do)."""
+    try:
+        if pid:
+            os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
+
+
+def test_two_records_of_one_node_in_one_round_are_both_kept(tmp_path):
+    """A worker stopped early records its last round, then its final model, as the
+    same round: neither record may be lost (the bytes of the first were), and the
+    node counts once in that round's mean accuracy."""
+    from p2pfl.metrics import MetricsSink
+
+    rounds = []
+    sink = MetricsSink(str(tmp_path), [0, 1, 2], closer=2,
+                       on_round=lambda rnd, rows: rounds.append((rnd, len(rows))))
+    sink.add({"round": 1, "node": 0, "accuracy": 0.5, "bytes_sent": 10})
+    sink.add({"round": 1, "node": 0, "accuracy": 0.7, "bytes_sent": 0, "final": True})
+    sink.add({"round": 1, "node": 1, "accuracy": 0.9, "bytes_sent": 10})
+    sink.add({"round": 1, "node": 2, "accuracy": None, "bytes_sent": 30})
+    sink.close()
+    assert len(sink.records) == 4 and sink.bytes_sent == 50
+    assert rounds == [(1, 3)]
+    assert sink.accuracy_per_round() == [[1, pytest.approx(0.8)]]
+    assert sink.summary(exclude={1})["accuracy_mean"] == 0.7
+    assert len(read_metrics(tmp_path / "metrics.jsonl")) == 4
