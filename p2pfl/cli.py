@@ -268,15 +268,25 @@ def main(argv=None) -> int:
     except UsageError as exc:
         print(f"p2pfl: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("p2pfl: interrupted; all nodes stopped", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # 128 + the signal, as a shell reports it
+        signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
+        what = "terminated" if signum == signal.SIGTERM else "interrupted"
+        print(f"p2pfl: {what}; all nodes stopped", file=sys.stderr)
+        return 128 + int(signum)
     except BrokenPipeError:
         os._exit(1)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: unwinds like Ctrl-C, through the launcher's clean shutdown."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 def _terminate(signum, frame):
-    raise KeyboardInterrupt  # runs the launcher's clean shutdown
+    raise Terminated(signum)
 
 
 def entry() -> None:

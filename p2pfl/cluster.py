@@ -50,7 +50,7 @@ class NodeHandle:
     ray_node: str | None = None  # the Ray node it was placed on (--backend ray)
     pid: int | None = None
     host: str | None = None
-    state: str = "spawned"  # spawned, joined, ready, done, failed
+    state: str = "spawned"  # spawned, joined, ready, restarting; done, failed, stopped
     final: dict = field(default_factory=dict)
     reason: str | None = None
     done_at: float | None = None  # when the launcher saw it done (closer only)
@@ -227,7 +227,7 @@ class Launcher:
                 return
             if time.monotonic() > deadline:
                 raise ClusterError(f"{len(waiting)} node(s) not {state} after {timeout:.0f} s: "
-                                   f"{[h.label for h in waiting[:5]]}")
+                                   f"{[h.label for h in waiting[:5]]}{self._refusals()}")
             msg = self.mailbox.poll_control(0.5)
             while msg is not None:
                 self._handle(msg, kinds)
@@ -239,6 +239,16 @@ class Launcher:
             for h in waiting:
                 if h.id in gone and h.state not in ("done", "failed"):
                     raise ClusterError(f"node {h.label!r} exited during start-up")
+
+    def _refusals(self) -> str:
+        """Why nodes may not have joined: handshakes the launcher's sockets refused."""
+        self.ep.count_refusals()
+        why = {k: n for k, n in self.ep.counters.dropped.items()
+               if k in ("unknown_key", "plaintext_peer", "handshake_failed")}
+        if not why:
+            return ""
+        said = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(why.items()))
+        return f"; the launcher refused handshakes ({said}): check the nodes' keys"
 
     def _exited(self) -> set:
         """Nodes whose process or thread ended (checked at most every 0.2 s; host
@@ -426,8 +436,12 @@ class Launcher:
 
     # --------------------------------------------------------------- shutdown
     def shutdown(self) -> None:
-        """Stop every node: ask, wait briefly, terminate, kill.  Idempotent."""
+        """Stop every node: ask, wait briefly, terminate, kill.  Idempotent.  Nodes
+        that had not finished (an interrupted run, a failed start) are ``stopped``."""
         self._stopping = True
+        for h in self.nodes.values():
+            if h.state not in ("done", "failed"):
+                h.state = "stopped"
         if self.ep is not None:
             for h in self.nodes.values():
                 if h.control and not h.exited():  # a message to a gone node would linger

@@ -105,6 +105,9 @@ def test_fedavg_leaves_offline_workers_out(tmp_path):
     assert sorted(r["round"] for r in coord) == list(range(1, 31))
     assert min(r["participants"] for r in coord) < 6  # some rounds without the absent
     assert all(code == "offline" for r in coord for _, code in r["failed"])
+    # each offline period of a worker is in its records, as a gossip node's is
+    gone = [r for r in res.metrics if r["role"] == "worker" and r.get("offline")]
+    assert gone and all(r["accuracy"] is None for r in gone)
 
 
 def test_a_node_offline_past_the_end_does_not_hold_the_run(tmp_path):

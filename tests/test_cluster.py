@@ -112,7 +112,8 @@ def _node_pids(tmp_path, proc, timeout=60.0):
     while time.monotonic() < deadline:
         if path.exists():
             pids = [n["pid"] for n in json.loads(path.read_text())]
-            if (tmp_path / "metrics.jsonl").exists() and (tmp_path / "metrics.jsonl").stat().st_size:
+            metrics = tmp_path / "metrics.jsonl"
+            if metrics.exists() and metrics.stat().st_size:
                 return pids
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.1)
@@ -147,8 +148,10 @@ def test_no_node_outlives_the_launcher(tmp_path, sig):
         raise AssertionError(f"launcher ignored signal {sig!r}; stderr: {err[-2000:]}")
     assert _wait_gone(pids), "node processes outlived the launcher"
     if sig != signal.SIGKILL:
-        assert proc.returncode == 130
+        assert proc.returncode == 128 + sig  # 130 for Ctrl-C, 143 for SIGTERM
         assert "Traceback" not in err
+        states = {n["state"] for n in json.loads((tmp_path / "nodes.json").read_text())}
+        assert states == {"stopped"}, states
 
 
 def test_remote_nodes_join_a_listening_launcher(tmp_path):

@@ -22,7 +22,7 @@ from p2pfl.transport.endpoint import identity
 from p2pfl.transport.probe import LoopbackCapture, can_capture, hostile_clients
 from p2pfl.transport.security import KeyPair, Security
 from p2pfl.transport.wire import pack
-from tests._remote import remote_run
+from tests._remote import free_port, remote_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -245,6 +245,33 @@ def test_remote_nodes_join_a_secure_launcher_with_key_files(tmp_path):
         summary, _ = remote_run(tmp_path, secure=True)
     assert summary["secure"] and summary["failed_nodes"] == {}
     assert summary["bytes_sent_total"] > 0 and summary["dropped_total"] == 0
+
+
+def test_a_node_with_a_key_of_another_run_is_named_as_refused(tmp_path):
+    """The launcher's ZAP handler refuses the node, which never joins: the start
+    time-out says that handshakes were refused, not just that a node is missing."""
+    for folder in ("run_keys", "other_keys"):
+        _cli("keys", "generate", str(tmp_path / folder), "--nodes", "2", check=True)
+    addr = f"tcp://127.0.0.1:{free_port()}"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "p2pfl.cli", "cluster", "--topology", "line:2", "--rounds", "2",
+         "--listen", addr, "--keys", str(tmp_path / "run_keys"), "--start-timeout", "6", "-q",
+         "--out", str(tmp_path / "run")], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.0)  # the launcher listens
+    node = subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
+                             "--host", "127.0.0.1", "--start-timeout", "6",
+                             "--key", str(tmp_path / "other_keys" / "0.key_secret")],
+                            cwd=ROOT, stderr=subprocess.DEVNULL)
+    try:
+        _, err = launcher.communicate(timeout=60)
+    finally:
+        for p in (launcher, node):
+            p.kill()
+    assert launcher.returncode == 1
+    last = err.strip().splitlines()[-1]
+    # it knows another launcher's public key: its CURVE hello fails before ZAP is asked
+    assert "not joined" in last and "refused handshakes (" in last, err
+    assert "handshake failed" in last and last.endswith("check the nodes' keys")
 
 
 @pytest.mark.skipif(can_capture() is not None, reason=str(can_capture()))

@@ -128,7 +128,7 @@ def test_the_launchers_news_of_a_dead_peer_ends_the_wait_for_it(ctx):
     assert node.counters.dropped["bad_peer_update"] == 1
     launcher.send(0, "peer", meta={"id": 1, "address": "inproc://gone-elsewhere"})
     box.idle(0.2)
-    assert box.done == set()
+    assert box.done == box.away == set()
     launcher.send(0, "stop", meta={"finish": True})  # a coordinator: finish the round
     box.idle(0.2)
     assert box.finish and not box.stopped

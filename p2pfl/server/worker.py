@@ -75,8 +75,12 @@ class Worker:
         """Offline: say so, hear nothing until online again, then say we are back.
 
         The coordinator leaves an absent worker out of its rounds; the instructions
-        it sent before it knew are lost, as they would be on a real network."""
+        it sent before it knew are lost, as they would be on a real network.  Its
+        ``offline`` record carries the latest round it heard of."""
+        self._flush()
         self.rt.send(self.coord, "leave", rnd)
+        self.rt.report(rnd, self._fields({"offline": True, "loss": None, "test_loss": None,
+                                          "accuracy": None}, False))
         self.rt.offline(self.availability)
         self.rt.send(self.coord, "pull", rnd)
 

@@ -153,7 +153,9 @@ class Mailbox:
             self.away.add(peer)
             self.done.add(peer)
         elif isinstance(address, str):
-            self.done.discard(peer)  # back: it sends again, and is waited for then
+            # restarted: waited for again (a worker that is never asked would never speak)
+            self.away.discard(peer)
+            self.done.discard(peer)
             self.endpoint.reconnect(peer, address)
         else:
             self.endpoint.counters.drop("bad_peer_update")
