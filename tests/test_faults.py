@@ -211,3 +211,48 @@ def test_two_records_of_one_node_in_one_round_are_both_kept(tmp_path):
     assert sink.accuracy_per_round() == [[1, pytest.approx(0.8)]]
     assert sink.summary(exclude={1})["accuracy_mean"] == 0.7
     assert len(read_metrics(tmp_path / "metrics.jsonl")) == 4
+
+
+def test_a_server_run_whose_workers_all_died_ends(tmp_path):
+    """Nothing is left to learn from: the coordinator ends the run instead of playing
+    its remaining rounds against nobody, and the run says it failed."""
+    out = tmp_path / "run"
+    proc = _start(out, "--mode", "fedavg", "--nodes", "2", "--rounds", "400",
+                  "--round-timeout", "2")
+    try:
+        for label in (0, 1):
+            _signal_when(out, label, lambda r: _coordinator_rounds(r) >= 3, proc,
+                         signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err
+    s, recs = _summary(out), _records(out)
+    assert sorted(s["failed_nodes"]) == ["0", "1"]
+    assert _coordinator_rounds(recs) < 400
+
+
+def test_the_coordinator_waits_for_all_when_all_are_silent():
+    """Its waiting rule alone: silent twice in a row and unheard since, not waited
+    for; heard again (a late reply of the round it first missed), waited for; and
+    when every participant is silent, every one is waited for."""
+    from types import SimpleNamespace
+
+    from p2pfl.server.coordinator import Coordinator
+
+    heard = {0: 5, 1: 2}  # worker -> latest round heard from
+
+    class Rt:
+        @staticmethod
+        def heard_from(w, since):
+            return heard.get(w, -1) >= since
+
+    me = SimpleNamespace(rt=Rt(), _silent={1: (2, 3), 2: (1, 4), 3: (2, 4)})
+    assert Coordinator.expected(me, [0, 1, 2, 3]) == [0, 2]
+    heard[3] = 4  # its late reply of round 4 came
+    assert Coordinator.expected(me, [0, 1, 2, 3]) == [0, 2, 3]
+    assert Coordinator.expected(me, [1]) == [1]  # nobody else: wait for it after all
+    Coordinator.account(me, 6, [SimpleNamespace(worker=2, ok=False, error={"code": "silent"}),
+                                SimpleNamespace(worker=1, ok=True, error=None),
+                                SimpleNamespace(worker=0, ok=False, error={"code": "offline"})])
+    assert me._silent == {2: (2, 4), 3: (2, 4)}

@@ -96,7 +96,8 @@ class Coordinator:
             self.strategy.aggregate(rnd, replies)
             fields = self.strategy.evaluate(rnd)
             finished = (self.strategy.done(rnd) or rnd >= self.strategy.rounds
-                        or self.rt.stopped or self.rt.finish_requested)
+                        or self.rt.stopped or self.rt.finish_requested
+                        or set(self.workers) <= self.rt.done)  # every worker died
             if finished:
                 for w in self.workers:
                     if w in self.rt.done:  # dead, and not restarted: nobody to hand it to
@@ -144,9 +145,11 @@ class Coordinator:
         in a row with nothing heard since (a stopped or unreachable worker costs the
         round time-out that often, not every round).  They still get their
         instructions, and their reply counts if it comes while others are awaited;
-        any reply, even a late one, has them waited for again."""
-        return [w for w in participants if self._silent.get(w, (0, 0))[0] < SUSPECT_AFTER
-                or self.rt.heard_from(w, self._silent[w][1])]
+        any reply, even a late one, has them waited for again.  When all are silent,
+        all are waited for: a round with nobody to wait for would pass empty at once."""
+        waited = [w for w in participants if self._silent.get(w, (0, 0))[0] < SUSPECT_AFTER
+                  or self.rt.heard_from(w, self._silent[w][1])]
+        return waited or list(participants)
 
     def account(self, rnd: int, replies: list) -> None:
         """Each participant's run of unanswered rounds: (length, its first round)."""
