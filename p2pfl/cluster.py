@@ -446,6 +446,10 @@ class Launcher:
             for h in self.nodes.values():
                 if h.control and not h.exited():  # a message to a gone node would linger
                     self.ep.send(h.id, "stop")
+        if not self.in_process:  # a failed node's own process (stopped, perhaps) is
+            for h in self.nodes.values():  # not waited for: nothing of it is to keep
+                if h.state == "failed" and hasattr(h.runner, "kill") and h.runner.is_alive():
+                    h.runner.kill()
         deadline = time.monotonic() + 5.0
         for h in self.nodes.values():
             if h.runner is not None and h.runner.ident is not None:
