@@ -5,7 +5,8 @@ Nodes are OS processes by default (forked, one per node).  With
 (``--procs P``, forked, talking over ``ipc://``), or of this process itself
 over ``inproc://`` sockets (``--transport inproc``).  With ``--backend ray`` they
 are Ray actors placed on a Ray cluster (:mod:`~p2pfl.ray_backend`), talking over
-TCP.  How local nodes are started is :mod:`~p2pfl.spawn`.  The launcher talks to
+TCP.  How local nodes are started is :mod:`~p2pfl.spawn`; what happens when they
+fail or stop mid-run, :mod:`~p2pfl.supervision`.  The launcher talks to
 them over the same wire format as the nodes use among themselves.  No node
 outlives the launcher: nodes are stopped, then terminated, then killed when
 the run ends for any reason; a node process also dies with its parent
@@ -19,7 +20,6 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 
 import zmq
 
@@ -28,51 +28,16 @@ from .metrics import write_json_atomic
 from .runtime import LAUNCHER
 from .transport import Endpoint, Mailbox
 from .transport.security import Security
-from .spawn import respawn, spawn_hosts, spawn_processes, spawn_threads
+from .spawn import spawn_hosts, spawn_processes, spawn_threads
+from .supervision import NodeHandle, Supervision
 from .worker import actor_context, raise_fd_limit
 
 __all__ = ["Launcher", "NodeHandle", "ClusterError"]
 
 HEARTBEAT_S = 2.0
-#: Once the closer (the coordinator) is done, the nodes still running are told to
-#: stop after this long: a worker that was offline when the run ended gets no final.
-CLOSER_GRACE_S = 10.0
 
 
-@dataclass
-class NodeHandle:
-    id: int
-    label: object
-    runner: object = None  # multiprocessing.Process or threading.Thread
-    address: str | None = None
-    control: str | None = None
-    local: str | None = None  # inproc address for actors of the same host process
-    ray_node: str | None = None  # the Ray node it was placed on (--backend ray)
-    pid: int | None = None
-    host: str | None = None
-    state: str = "spawned"  # spawned, joined, ready, restarting; done, failed, stopped
-    final: dict = field(default_factory=dict)
-    reason: str | None = None
-    done_at: float | None = None  # when the launcher saw it done (closer only)
-    restarts: int = 0  # how often it was restarted after dying
-    last_round: int = 0  # the latest round it sent a record of
-    stopped_since: float | None = None  # when its process was first seen stopped
-
-    def exited(self) -> bool:
-        r = self.runner
-        return r is not None and (not r.is_alive())
-
-
-def _process_state(pid) -> str | None:
-    """A local process's state letter from ``/proc`` (``T``: stopped); None if unknown."""
-    try:
-        with open(f"/proc/{int(pid)}/stat", "rb") as fh:
-            return fh.read().rsplit(b")", 1)[1].split()[0].decode()
-    except (OSError, ValueError, IndexError, TypeError):
-        return None
-
-
-class Launcher:
+class Launcher(Supervision):
     """Runs one cluster.
 
     Parameters
@@ -194,24 +159,9 @@ class Launcher:
         self._stop_sent = self._finish_sent = False
 
     def request_stop(self) -> None:
-        """End the run early: nodes finish their current round and say bye."""
+        """End the run early: gossip nodes stop (a round cut short is not recorded) and
+        say bye; a coordinator finishes its round and hands out the final models."""
         self._stop_requested = True
-
-    def _send_stops(self) -> None:
-        """A requested stop goes to the closer (the coordinator) alone while it runs:
-        it finishes its round and hands every worker the final model, as after its
-        last round.  Without a closer every node finishes its round and says bye."""
-        closer = self.nodes.get(self.closer) if self.closer is not None else None
-        if self._stop_requested and not self._finish_sent:
-            if closer is not None and closer.state == "ready":
-                self.ep.send(closer.id, "stop", meta={"finish": True})
-                self._finish_sent = True
-            else:
-                self._stop_all = True
-        if self._stop_all and not self._stop_sent:
-            for h in self.nodes.values():
-                self.ep.send(h.id, "stop")
-            self._stop_sent = True
 
     def _alive(self) -> bool:
         return not self._stopping
@@ -249,20 +199,6 @@ class Launcher:
             return ""
         said = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(why.items()))
         return f"; the launcher refused handshakes ({said}): check the nodes' keys"
-
-    def _exited(self) -> set:
-        """Nodes whose process or thread ended (checked at most every 0.2 s; host
-        processes are shared by many nodes and checked once each)."""
-        now = time.monotonic()
-        if now >= self._next_exit_check:
-            self._next_exit_check = now + 0.2
-            runners = {id(h.runner): h.runner for h in self.nodes.values()
-                       if h.runner is not None}
-            # the dead runners themselves are kept, so their ids are never reused
-            self._dead = {k: r for k, r in runners.items() if not r.is_alive()}
-        # by runner: a node restarted since the last check has a new, live one
-        return {h.id for h in self.nodes.values()
-                if h.runner is not None and self._dead.get(id(h.runner)) is h.runner}
 
     def _barrier(self) -> None:
         """join from all → config to each → ready from all → start."""
@@ -311,39 +247,6 @@ class Launcher:
                     if h.state == "ready":
                         self._fail(h, f"silent for {silence_limit:.0f} s")
 
-    def _fail_stopped_stragglers(self, now: float) -> None:
-        """A node whose process is stopped (SIGSTOP, a debugger) once every other node
-        has finished can only hold the run: after a round time-out it has failed.
-        Only local processes can be looked at (``/proc``)."""
-        if self.listen or self.backend is not None or self.in_process:
-            return
-        running = [h for h in self.nodes.values() if h.state not in ("done", "failed")]
-        if len(running) > len(self.nodes) // 2 or now < self._next_stopped_check:
-            return  # cheap: most nodes still running
-        self._next_stopped_check = now + 1.0
-        left = [h for h in running if h.state == "ready"]
-        if len(left) != len(running):
-            return
-        for h in left:
-            if _process_state(h.pid) != "T":
-                h.stopped_since = None
-            elif h.stopped_since is None:
-                h.stopped_since = now
-            elif now - h.stopped_since > self.round_timeout and all(
-                    _process_state(o.pid) == "T" for o in left):
-                self._fail(h, "its process is stopped, and every other node finished")
-
-    def _closer_done_long_ago(self, now: float) -> bool:
-        h = self.nodes.get(self.closer) if self.closer is not None else None
-        if h is None or h.state not in ("done", "failed"):
-            return False
-        if h.done_at is None:
-            h.done_at = now
-            for node in h.final.get("absent") or []:  # offline at the end: no final for them
-                if node in self.nodes and self.nodes[node].state == "ready":
-                    self.ep.send(node, "stop")
-        return now - h.done_at > CLOSER_GRACE_S
-
     def _address_for(self, node, peer) -> str:
         """Where ``node`` reaches ``peer``: its inproc address when both are actors of
         the same host process (same host and pid), else its data address."""
@@ -366,27 +269,6 @@ class Launcher:
         h.state = "joined"
         return True
 
-    def _restart(self, h: NodeHandle) -> None:
-        """Start a new process for a node that died; it rejoins (see :meth:`_rejoined`)."""
-        h.restarts += 1
-        h.state = "restarting"
-        self.log(f"node {h.label!r} died; restarting it ({h.restarts}/{self.restart_limit})")
-        self.on_restart(h)
-        if self.backend is not None:
-            h.runner, h.pid = self.backend.spawn(self.ep.address, h.id, self.start_timeout), None
-            return
-        respawn(h, self._address, self._how(), self._node_security(h.id))
-
-    def _rejoined(self, h: NodeHandle) -> None:
-        """A node joined mid-run (restarted here, or by hand on its host): its
-        neighbours learn its new address, and it gets its spec, to catch up."""
-        spec = self._spec[h.id]
-        for j in spec.peers:
-            self.ep.send(j, "peer", meta={"id": h.id, "address": h.address})
-        self.ep.send(h.id, "config", meta={**self._config(spec), "rejoin": True,
-                                           "round": h.last_round})
-        self.write_nodes_json()
-
     def _handle(self, msg, kinds: set) -> None:
         h = self.nodes.get(msg.src)
         if h is None or msg.kind not in kinds | {"error"}:
@@ -402,9 +284,16 @@ class Launcher:
             self._join(h, msg.meta)
             self._rejoined(h)
             return
-        if msg.kind == "ready" and self.t_start is not None:
+        if msg.kind == "ready" and self.t_start is not None:  # rejoined
             h.state = "ready"
+            for j in self._spec[h.id].peers:  # before its start: which peers died meanwhile
+                if self.nodes[j].state == "failed":
+                    self._tell_gone(self.nodes[j], h.id)
             self.ep.send(h.id, "start", meta={"elapsed": time.monotonic() - self.t_start})
+            if self._stop_sent:
+                self.ep.send(h.id, "stop")
+            elif h.id == self.closer:
+                self._finish_sent = False  # a replacement is asked to finish again
             return
         if msg.kind == "join":
             if not self._join(h, msg.meta):
@@ -420,19 +309,6 @@ class Launcher:
             self._fail(h, str(msg.meta.get("reason", "unknown error")))
             return
         self.on_message(h, msg)
-
-    def _fail(self, h: NodeHandle, reason: str) -> None:
-        if h.state in ("done", "failed"):
-            return
-        h.state, h.reason = "failed", reason
-        self.log(f"node {h.label!r} failed: {reason}")
-        if self.t_start is not None and self.ep is not None:
-            # its peers wait for it no more: a dead worker would cost every round its
-            # time-out, and a dead neighbour would be waited for in catch-ups
-            for j in self._spec[h.id].peers:
-                if self.nodes[j].state == "ready":
-                    self.ep.send(j, "peer", meta={"id": h.id, "gone": True})
-        self.on_message(h, None)
 
     # --------------------------------------------------------------- shutdown
     def shutdown(self) -> None:

@@ -78,6 +78,8 @@ class GossipNode:
             self.rt.go_asynchronous()
         if rejoin:
             rnd = max(after, self.rejoin(after + 1) - 1)
+            if rnd >= self.run_spec.rounds and self.run_spec.presence:
+                self.leave(rnd, done=True)  # its restart made the neighbours wait again
         while rnd < self.run_spec.rounds:
             rnd += 1
             if self.rt.stopped:

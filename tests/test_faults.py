@@ -256,3 +256,38 @@ def test_the_coordinator_waits_for_all_when_all_are_silent():
                                 SimpleNamespace(worker=1, ok=True, error=None),
                                 SimpleNamespace(worker=0, ok=False, error={"code": "offline"})])
     assert me._silent == {2: (2, 4), 3: (2, 4)}
+
+
+def _pid(out, label):
+    with open(os.path.join(out, "nodes.json")) as fh:
+        return next(n["pid"] for n in json.load(fh) if n["label"] == label)
+
+
+def test_a_restarted_coordinator_learns_which_workers_died(tmp_path):
+    """Worker 0 dies for good (its one restart used up), then the coordinator dies and
+    is restarted: the replacement is told that worker 0 is gone before it starts, and
+    never waits for it."""
+    out = tmp_path / "run"
+    proc = _start(out, "--mode", "fedavg", "--nodes", "3", "--rounds", "500",
+                  "--round-timeout", "5", "--restart", "on-failure:1", "--eval-every", "50")
+    try:
+        first = _signal_when(out, 0, lambda r: _coordinator_rounds(r) >= 3, proc,
+                             signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while _pid(out, 0) in (first, None):  # restarted: nodes.json has its new pid
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        n = _coordinator_rounds(_records(out))
+        _signal_when(out, 0, lambda r: _coordinator_rounds(r) >= n + 5, proc, signal.SIGKILL)
+        n = _coordinator_rounds(_records(out))
+        _signal_when(out, "coordinator", lambda r: _coordinator_rounds(r) >= n + 5, proc,
+                     signal.SIGKILL)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    s, recs = _summary(out), _records(out)
+    assert list(s["failed_nodes"]) == ["0"] and s["restarts"] == 2
+    assert _failures(recs, 0).count("timeout") <= 2  # the rounds it died in, at most
+    coord = sorted(r["round"] for r in recs if r["role"] == "coordinator")
+    assert coord == list(range(1, 501))

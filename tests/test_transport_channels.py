@@ -126,6 +126,12 @@ def test_the_launchers_news_of_a_dead_peer_ends_the_wait_for_it(ctx):
     assert time.monotonic() - t0 < 1.0
     assert box.away == {1} and box.done == {1}
     assert node.counters.dropped["bad_peer_update"] == 1
+    late = Endpoint(ctx, 1, "inproc://gone-late")  # what it sent before it died
+    late.connect(0, node.address)
+    late.send(0, "model", 1)
+    assert list(box.collect("model", 1, [1], timeout=1.0)) == [1]
+    assert box.away == {1}  # still gone: a late message does not bring it back
+    late.close(linger=0)
     launcher.send(0, "peer", meta={"id": 1, "address": "inproc://gone-elsewhere"})
     box.idle(0.2)
     assert box.done == box.away == set()

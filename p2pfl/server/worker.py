@@ -76,10 +76,10 @@ class Worker:
 
         The coordinator leaves an absent worker out of its rounds; the instructions
         it sent before it knew are lost, as they would be on a real network.  Its
-        ``offline`` record carries the latest round it heard of."""
+        ``offline`` record carries the latest round it heard of (1 before any)."""
         self._flush()
         self.rt.send(self.coord, "leave", rnd)
-        self.rt.report(rnd, self._fields({"offline": True, "loss": None, "test_loss": None,
+        self.rt.report(max(rnd, 1), self._fields({"offline": True, "loss": None, "test_loss": None,
                                           "accuracy": None}, False))
         self.rt.offline(self.availability)
         self.rt.send(self.coord, "pull", rnd)

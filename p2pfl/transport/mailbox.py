@@ -80,6 +80,7 @@ class Mailbox:
         # again), and whether this node is offline itself (it then hears nothing).
         self.away: set = set()
         self.done: set = set()
+        self.gone: set = set()  # dead, the launcher said: away until restarted
         self.offline = False
 
     def _route(self, msg: Message) -> None:
@@ -150,10 +151,12 @@ class Mailbox:
         if self.peers is None or peer not in self.peers:
             self.endpoint.counters.drop("bad_peer_update")
         elif meta.get("gone") is True:
+            self.gone.add(peer)
             self.away.add(peer)
             self.done.add(peer)
         elif isinstance(address, str):
             # restarted: waited for again (a worker that is never asked would never speak)
+            self.gone.discard(peer)
             self.away.discard(peer)
             self.done.discard(peer)
             self.endpoint.reconnect(peer, address)
@@ -167,7 +170,8 @@ class Mailbox:
             if msg.meta.get("done") is True:
                 self.done.add(msg.src)  # finished its rounds: gone for good
             return
-        self.away.discard(msg.src)
+        if msg.src not in self.gone:  # a dead peer's last messages may still come in
+            self.away.discard(msg.src)
         if msg.kind in DATA_KINDS and msg.round > self.last_heard.get(msg.src, -1):
             self.last_heard[msg.src] = msg.round
 

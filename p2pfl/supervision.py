@@ -1,0 +1,165 @@
+"""What the launcher does when nodes fail, stop, or are stopped while the run goes on.
+
+A mixin of :class:`~p2pfl.cluster.Launcher`, which owns the state these methods
+read (node handles, specs, the endpoint, the stop flags).  A node that dies is
+restarted (``--restart``) or failed; a failed node's peers are told it is gone,
+and a restarted one learns which of its peers died meanwhile.  A requested stop
+reaches the coordinator alone while it runs, so that it can finish its round.
+A local process found stopped, once every other node is done, is failed rather
+than waited for.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from .spawn import respawn
+
+__all__ = ["NodeHandle", "Supervision", "process_state"]
+
+#: Once the closer (the coordinator) is done, the nodes still running are told to
+#: stop after this long: a worker that was offline when the run ended gets no final.
+CLOSER_GRACE_S = 10.0
+
+
+@dataclass
+class NodeHandle:
+    """The launcher's view of one node: where it is, what state it is in, how it ended."""
+
+    id: int
+    label: object
+    runner: object = None  # multiprocessing.Process or threading.Thread
+    address: str | None = None
+    control: str | None = None
+    local: str | None = None  # inproc address for actors of the same host process
+    ray_node: str | None = None  # the Ray node it was placed on (--backend ray)
+    pid: int | None = None
+    host: str | None = None
+    state: str = "spawned"  # spawned, joined, ready, restarting; done, failed, stopped
+    final: dict = field(default_factory=dict)
+    reason: str | None = None
+    done_at: float | None = None  # when the launcher saw it done (closer only)
+    restarts: int = 0  # how often it was restarted after dying
+    last_round: int = 0  # the latest round it sent a record of
+    stopped_since: float | None = None  # when its process was first seen stopped
+
+    def exited(self) -> bool:
+        r = self.runner
+        return r is not None and (not r.is_alive())
+
+
+def process_state(pid) -> str | None:
+    """A local process's state letter from ``/proc`` (``T``: stopped); None if unknown."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, ValueError, IndexError, TypeError):
+        return None
+
+
+class Supervision:
+    """The launcher's fault handling; see the module docstring."""
+
+    def _send_stops(self) -> None:
+        """A requested stop goes to the closer (the coordinator) alone while it runs:
+        it finishes its round and hands every worker the final model, as after its
+        last round.  Without a closer every node stops where it is and says bye."""
+        closer = self.nodes.get(self.closer) if self.closer is not None else None
+        if self._stop_requested and not self._finish_sent and not self._stop_all:
+            if closer is None or closer.state in ("done", "failed", "stopped"):
+                self._stop_all = True
+            elif closer.state == "ready":
+                self.ep.send(closer.id, "stop", meta={"finish": True})
+                self._finish_sent = True
+            # else it is being restarted: it is asked once it is ready again
+        if self._stop_all and not self._stop_sent:
+            for h in self.nodes.values():
+                self.ep.send(h.id, "stop")
+            self._stop_sent = True
+
+    def _exited(self) -> set:
+        """Nodes whose process or thread ended (checked at most every 0.2 s; host
+        processes are shared by many nodes and checked once each)."""
+        now = time.monotonic()
+        if now >= self._next_exit_check:
+            self._next_exit_check = now + 0.2
+            runners = {id(h.runner): h.runner for h in self.nodes.values()
+                       if h.runner is not None}
+            # the dead runners themselves are kept, so their ids are never reused
+            self._dead = {k: r for k, r in runners.items() if not r.is_alive()}
+        # by runner: a node restarted since the last check has a new, live one
+        return {h.id for h in self.nodes.values()
+                if h.runner is not None and self._dead.get(id(h.runner)) is h.runner}
+
+    def _fail_stopped_stragglers(self, now: float) -> None:
+        """A node whose process is stopped (SIGSTOP, a debugger) once every other node
+        has finished can only hold the run: after a round time-out it has failed.
+        Only local processes can be looked at (``/proc``)."""
+        if self.listen or self.backend is not None or self.in_process:
+            return
+        running = [h for h in self.nodes.values() if h.state not in ("done", "failed")]
+        if len(running) > len(self.nodes) // 2 or now < self._next_stopped_check:
+            return  # cheap: most nodes still running
+        self._next_stopped_check = now + 1.0
+        left = [h for h in running if h.state == "ready"]
+        if len(left) != len(running):
+            return
+        for h in left:
+            if process_state(h.pid) != "T":
+                h.stopped_since = None
+            elif h.stopped_since is None:
+                h.stopped_since = now
+            elif now - h.stopped_since > self.round_timeout and all(
+                    process_state(o.pid) == "T" for o in left):
+                self._fail(h, "its process is stopped, and every other node finished")
+
+    def _closer_done_long_ago(self, now: float) -> bool:
+        h = self.nodes.get(self.closer) if self.closer is not None else None
+        if h is None or h.state not in ("done", "failed"):
+            return False
+        if h.done_at is None:
+            h.done_at = now
+            for node in h.final.get("absent") or []:  # offline at the end: no final for them
+                if node in self.nodes and self.nodes[node].state == "ready":
+                    self.ep.send(node, "stop")
+        return now - h.done_at > CLOSER_GRACE_S
+
+    def _restart(self, h: NodeHandle) -> None:
+        """Start a new process for a node that died; it rejoins (see :meth:`_rejoined`)."""
+        h.restarts += 1
+        h.state = "restarting"
+        self.log(f"node {h.label!r} died; restarting it ({h.restarts}/{self.restart_limit})")
+        self.on_restart(h)
+        if self.backend is not None:
+            h.runner, h.pid = self.backend.spawn(self.ep.address, h.id, self.start_timeout), None
+            return
+        respawn(h, self._address, self._how(), self._node_security(h.id))
+
+    def _rejoined(self, h: NodeHandle) -> None:
+        """A node joined mid-run (restarted here, or by hand on its host): its
+        neighbours learn its new address, and it gets its spec, to catch up."""
+        spec = self._spec[h.id]
+        for j in spec.peers:
+            self.ep.send(j, "peer", meta={"id": h.id, "address": h.address})
+        self.ep.send(h.id, "config", meta={**self._config(spec), "rejoin": True,
+                                           "round": h.last_round})
+        self.write_nodes_json()
+
+    def _fail(self, h: NodeHandle, reason: str) -> None:
+        if h.state in ("done", "failed"):
+            return
+        h.state, h.reason = "failed", reason
+        self.log(f"node {h.label!r} failed: {reason}")
+        if self.t_start is not None and self.ep is not None:
+            for j in self._spec[h.id].peers:
+                if self.nodes[j].state == "ready":
+                    self._tell_gone(h, j)
+        self.on_message(h, None)
+
+    def _tell_gone(self, h: NodeHandle, peer) -> None:
+        """Tell ``peer`` that ``h`` failed for good, so that it waits for it no more: a
+        dead worker would cost every round its time-out, a dead neighbour a catch-up.
+        Not while a node may still be restarted by hand (``--listen`` with restarts)."""
+        if not (self.listen and self.restart_limit):
+            self.ep.send(peer, "peer", meta={"id": h.id, "gone": True})
