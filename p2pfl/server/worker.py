@@ -79,8 +79,8 @@ class Worker:
         ``offline`` record carries the latest round it heard of (1 before any)."""
         self._flush()
         self.rt.send(self.coord, "leave", rnd)
-        self.rt.report(max(rnd, 1), self._fields({"offline": True, "loss": None, "test_loss": None,
-                                          "accuracy": None}, False))
+        gone = {"offline": True, "loss": None, "test_loss": None, "accuracy": None}
+        self.rt.report(max(rnd, 1), self._fields(gone, False))
         self.rt.offline(self.availability)
         self.rt.send(self.coord, "pull", rnd)
 
