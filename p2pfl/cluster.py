@@ -29,7 +29,7 @@ from .runtime import LAUNCHER
 from .transport import Endpoint, Mailbox
 from .transport.security import Security
 from .spawn import spawn_hosts, spawn_processes, spawn_threads
-from .supervision import NodeHandle, Supervision
+from .supervision import NodeHandle, Supervision, process_state
 from .worker import actor_context, raise_fd_limit
 
 __all__ = ["Launcher", "NodeHandle", "ClusterError"]
@@ -322,9 +322,10 @@ class Launcher(Supervision):
             for h in self.nodes.values():
                 if h.control and not h.exited():  # a message to a gone node would linger
                     self.ep.send(h.id, "stop")
-        if not self.in_process:  # a failed node's own process (stopped, perhaps) is
-            for h in self.nodes.values():  # not waited for: nothing of it is to keep
-                if h.state == "failed" and hasattr(h.runner, "kill") and h.runner.is_alive():
+        if not self.in_process:  # a failed or stopped (SIGSTOP) node's own process is
+            for h in self.nodes.values():  # not waited for: it cannot say bye anyway
+                if hasattr(h.runner, "kill") and h.runner.is_alive() and (
+                        h.state == "failed" or process_state(h.pid) == "T"):
                     h.runner.kill()
         deadline = time.monotonic() + 5.0
         for h in self.nodes.values():

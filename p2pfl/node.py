@@ -77,6 +77,7 @@ class GossipNode:
         if self.asynchronous:
             self.rt.go_asynchronous()
         if rejoin:
+            self.algorithm.restarted()
             rnd = max(after, self.rejoin(after + 1) - 1)
             if rnd >= self.run_spec.rounds and self.run_spec.presence:
                 self.leave(rnd, done=True)  # its restart made the neighbours wait again

@@ -184,3 +184,20 @@ def test_unbiased_codecs_are_rescaled_into_contractions(spec):
     errs = torch.stack([((codec.decode(codec.encode(x)) * scale - x) ** 2).sum()
                         for _ in range(20)])
     assert errs.mean() < (x ** 2).sum()
+
+
+def test_a_restarted_choco_node_is_not_pulled_back_to_the_initial_model():
+    """A fresh process holds x0 as its copy of every neighbour.  Until a resync brings
+    their real copies, the consensus step leaves them out (it would pull towards x0),
+    and the stale copies are asked for."""
+    a, b = _pair("choco")
+    x = torch.randn(40)
+    b.restarted()
+    assert b.public.fresh() == [] and b.resync_requests(1) == [0]
+    torch.testing.assert_close(b.mix_async(x.clone(), {}), x, atol=0, rtol=0)
+    a.on_resync_request(1)
+    full = a.full_copies()[1]
+    full.round = 5
+    b.mix_async(x.clone(), {0: [b.decode(full)]})
+    assert b.public.fresh() == [0]
+    torch.testing.assert_close(b.public.copies[0], a.public.own, atol=0, rtol=0)

@@ -170,6 +170,10 @@ class GossipAlgorithm:
         Raises ValueError if the packet is unusable."""
         return dense_tensor(packet, self.numel)
 
+    def restarted(self) -> None:
+        """This process replaces one that died: what it held of its neighbours (built
+        from the initial model) is not theirs.  Stateless rules keep nothing."""
+
     def neighbour_models(self) -> list:
         """The neighbours' models as last seen (what an ALIE attacker observes)."""
         return []

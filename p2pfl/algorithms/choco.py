@@ -147,6 +147,12 @@ class CHOCO(GossipAlgorithm):
             self.public.own = tensors[1]
         return tensors[0]
 
+    def restarted(self) -> None:
+        """The copies x̂_j start from x0, far behind their owners: until each owner's
+        full copy comes (a resync, asked for), it is left out of the consensus step,
+        which would pull the model back towards x0 all the while."""
+        self.public.stale.update(self.public.copies)
+
     def resync_requests(self, rnd: int) -> list:
         return self.public.resync_requests(rnd)
 
