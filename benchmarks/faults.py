@@ -38,27 +38,84 @@ def _coordinator_rounds(recs: list) -> int:
     return sum(r.get("role") == "coordinator" for r in recs)
 
 
-#: name -> (flags, node to signal, signal, when: records -> bool)
+def _newest(out: str, label) -> int | None:
+    try:
+        with open(os.path.join(out, "nodes.json")) as fh:
+            return next(n["pid"] for n in json.load(fh) if n["label"] == label)
+    except (OSError, ValueError, StopIteration):
+        return None
+
+
+#: name -> (flags, steps).  A step: ("when", records -> bool), ("signal", node label,
+#: signal), ("restarted", node label): its pid changed, ("sleep", s), or ("interrupt",):
+#: SIGINT to the launcher.  The clock of ``after_signal_s`` starts at the last signal.
 SCENARIOS = {
     "killed_worker": (["--mode", "fedavg", "--nodes", "4", "--rounds", "30",
-                       "--round-timeout", "5"], 2, signal.SIGKILL,
-                      lambda r: _coordinator_rounds(r) >= 3),
+                       "--round-timeout", "5"],
+                      [("when", lambda r: _coordinator_rounds(r) >= 3),
+                       ("signal", 2, signal.SIGKILL)]),
     "stopped_worker": (["--mode", "fedavg", "--nodes", "3", "--rounds", "12",
-                        "--round-timeout", "2"], 1, signal.SIGSTOP,
-                       lambda r: _coordinator_rounds(r) >= 2),
+                        "--round-timeout", "2"],
+                       [("when", lambda r: _coordinator_rounds(r) >= 2),
+                        ("signal", 1, signal.SIGSTOP)]),
     "stopped_gossip_node": (["--topology", "ring:4", "--rounds", "15", "--round-timeout", "1"],
-                            1, signal.SIGSTOP, lambda r: len(r) >= 8),
+                            [("when", lambda r: len(r) >= 8), ("signal", 1, signal.SIGSTOP)]),
     "fedavg_target": (["--mode", "fedavg", "--nodes", "4", "--rounds", "200",
-                       "--target-accuracy", "0.8"], None, None, None),
+                       "--target-accuracy", "0.8"], []),
     "gossip_target": (["--topology", "ring:4", "--rounds", "300", "--target-accuracy", "0.85"],
-                      None, None, None),
+                      []),
     "gossip_churn": (["--topology", "ring:6", "--rounds", "60", "--churn", "1.5:0.5:1",
-                      "--round-timeout", "2"], None, None, None),
+                      "--round-timeout", "2"], []),
+    "async_choco_restarted_twice": (
+        ["--topology", "ring:5", "--schedule", "async", "--algorithm", "choco",
+         "--compression", "topk:0.1", "--rounds", "300", "--round-timeout", "3",
+         "--restart", "on-failure"],
+        [("when", lambda r: len(r) >= 15), ("signal", 2, signal.SIGKILL), ("restarted", 2),
+         ("when", lambda r: sum(x["node"] == 2 for x in r) >= 8),
+         ("signal", 2, signal.SIGKILL)]),
+    "interrupt_with_a_stopped_node": (
+        ["--topology", "ring:4", "--rounds", "3000", "--round-timeout", "3"],
+        [("when", lambda r: len(r) >= 12), ("signal", 1, signal.SIGSTOP), ("sleep", 1.0),
+         ("interrupt",)]),
 }
 
 
+def _play(steps: list, out: str, proc) -> tuple:
+    """Carry out the steps; the time of the last signal, and the pids stopped."""
+    t_signal, stopped = None, []
+    for step in steps:
+        deadline = time.monotonic() + 120
+        if step[0] == "sleep":
+            time.sleep(step[1])
+            continue
+        if step[0] == "interrupt":
+            proc.send_signal(signal.SIGINT)
+            t_signal = time.monotonic()
+            continue
+        old = _newest(out, step[1]) if step[0] == "restarted" else None
+        while True:
+            if step[0] == "signal" or (step[0] == "when" and step[1](_records(out))) or (
+                    step[0] == "restarted" and _newest(out, step[1]) not in (old, None)):
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the run ended first, or never got to {step}")
+            time.sleep(0.02)
+            if step[0] == "restarted" and old is None:
+                old = _newest(out, step[1])
+        if step[0] == "restarted":
+            continue
+        if step[0] == "signal":
+            pid = _newest(out, step[1])
+            os.kill(pid, step[2])
+            t_signal = time.monotonic()
+            if step[2] == signal.SIGSTOP:
+                stopped.append(pid)
+    return t_signal, stopped
+
+
 def run(name: str, source: str) -> dict:
-    flags, victim, sig, when = SCENARIOS[name]
+    flags, steps = SCENARIOS[name]
+    victims = {s[1] for s in steps if s[0] == "signal"}
     with tempfile.TemporaryDirectory(prefix="p2pfl-faults-") as tmp:
         out = os.path.join(tmp, "run")
         cmd = [sys.executable, "-m", "p2pfl.cli", "cluster", "--dataset", "digits", "-q",
@@ -67,50 +124,61 @@ def run(name: str, source: str) -> dict:
         t0 = time.monotonic()
         proc = subprocess.Popen(cmd, cwd=source, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
-        t_signal, pid = None, None
+        stopped = []
         try:
-            if sig is not None:
-                while not when(_records(out)):
-                    if proc.poll() is not None:
-                        raise SystemExit(f"{name}: the run ended first: {proc.stderr.read()}")
-                    time.sleep(0.02)
-                with open(os.path.join(out, "nodes.json")) as fh:
-                    pid = next(n["pid"] for n in json.load(fh) if n["label"] == victim)
-                os.kill(pid, sig)
-                t_signal = time.monotonic()
+            t_signal, stopped = _play(steps, out, proc)
             proc.wait(timeout=600)
         finally:
-            if pid and sig == signal.SIGSTOP:
+            for pid in stopped:
                 try:
                     os.kill(pid, signal.SIGCONT)
                 except ProcessLookupError:
                     pass
             proc.kill()
         t_end = time.monotonic()
-        with open(os.path.join(out, "summary.json")) as fh:
-            s = json.load(fh)
+        try:
+            with open(os.path.join(out, "summary.json")) as fh:
+                s = json.load(fh)
+        except OSError:  # an interrupted run writes none
+            s = {}
         recs = _records(out)
+        stale = [pid for pid in stopped if _alive(pid)]
     coord = [r for r in recs if r.get("role") == "coordinator"]
-    codes = [code for r in coord for w, code in r.get("failed", []) if victim in (None, w)]
+    codes = [code for r in coord for w, code in r.get("failed", []) if w in victims]
+    last = {}
+    for r in recs:
+        if r.get("accuracy") is not None:
+            last[r["node"]] = r["accuracy"]
     row = {
         "scenario": name, "command": "p2pfl cluster --dataset digits " + " ".join(flags),
-        "signal": None if sig is None else signal.Signals(sig).name, "exit": proc.returncode,
-        "run_s": round(t_end - t0, 1),
-        "after_signal_s": None if t_signal is None else round(t_end - t_signal, 1),
+        "steps": [[str(x) if callable(x) else x for x in st[:2]] for st in steps
+                  if st[0] != "when"],
+        "exit": proc.returncode, "run_s": round(t_end - t0, 1),
+        "after_signal_s": None if t_signal is None else round(t_end - t_signal, 2),
+        "stopped_processes_left": len(stale),
         "coordinator_timeouts": codes.count("timeout"), "misses_total": s.get("misses_total"),
-        "failed_nodes": s.get("failed_nodes"),
+        "failed_nodes": s.get("failed_nodes"), "restarts": s.get("restarts"),
         "target_reached_at_round": s.get("target_reached_at_round"),
         "last_coordinator_round": coord[-1]["round"] if coord else None,
-        "bytes_sent_total": s["bytes_sent_total"],
+        "bytes_sent_total": s.get("bytes_sent_total"),
         "bytes_sent_counted_by_nodes": s.get("bytes_sent_counted_by_nodes"),
-        "bytes_received_total": s["bytes_received_total"],
+        "bytes_received_total": s.get("bytes_received_total"),
         "records_bytes_sent": sum(r.get("bytes_sent") or 0 for r in recs),
-        "accuracy_mean": s["accuracy_mean"],
+        "accuracy_mean": s.get("accuracy_mean"),
+        "final_accuracy_of_signalled": {str(v): last.get(v) for v in sorted(victims, key=str)},
     }
     if coord:
         rounds = [r for r, _ in s.get("global_accuracy_per_round", [])]
         row["global_accuracy_rounds_repeated"] = len(rounds) - len(set(rounds))
     return row
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def main() -> None:
@@ -128,8 +196,17 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f"faults_{args.tag}.json")
+    try:  # rows of scenarios not run this time are kept, with their commit
+        with open(path) as fh:
+            kept = json.load(fh)
+        old = [dict(r, commit=r.get("commit", kept.get("commit"))) for r in kept["rows"]]
+    except (OSError, ValueError, KeyError):
+        old = []
+    fresh = {r["scenario"] for r in rows}
+    rows = [r for r in old if r["scenario"] not in fresh] + [dict(r, commit=commit)
+                                                             for r in rows]
     with open(path + ".tmp", "w") as fh:
-        json.dump({"commit": commit, "rows": rows}, fh, indent=1)
+        json.dump({"rows": rows}, fh, indent=1)
     os.replace(path + ".tmp", path)
     print(f"wrote {path}")
 
