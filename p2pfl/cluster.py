@@ -27,6 +27,7 @@ from .errors import ClusterError, UsageError
 from .metrics import write_json_atomic
 from .runtime import LAUNCHER
 from .transport import Endpoint, Mailbox
+from .transport.liveness import ConnectionWatch
 from .transport.security import Security
 from .spawn import spawn_hosts, spawn_processes, spawn_threads
 from .supervision import NodeHandle, Supervision, process_state
@@ -80,6 +81,7 @@ class Launcher(Supervision):
         self.t_start: float | None = None  # set when the run starts
         self._next_exit_check, self._dead = 0.0, {}
         self._next_stopped_check = 0.0
+        self.watch = ConnectionWatch()  # remote nodes' control connections (--listen)
 
     # ------------------------------------------------------------------ phases
     def run(self) -> dict:
@@ -242,6 +244,7 @@ class Launcher(Supervision):
                     else:
                         self._fail(h, "process exited without finishing")
             self._fail_stopped_stragglers(now)
+            self._fail_lost_connections(now)
             if now - last_news > silence_limit:
                 for h in self.nodes.values():
                     if h.state == "ready":
@@ -264,7 +267,12 @@ class Launcher(Supervision):
         local = meta.get("local")
         h.local = local if isinstance(local, str) and local.startswith("inproc://") else None
         h.ray_node = meta["ray_node"] if isinstance(meta.get("ray_node"), str) else None
-        self.ep.reconnect(h.id, h.control, control=True)
+        if self.listen:  # a remote node: the launcher sees no process exit, only a
+            self.watch.forget(h.id)  # connection that ZMTP heartbeats find lost
+            self.ep.reconnect(h.id, h.control, control=True, heartbeat_s=HEARTBEAT_S)
+            self.watch.watch(h.id, self.ep.command_socket(h.id))
+        else:
+            self.ep.reconnect(h.id, h.control, control=True)
         self.ep.send(h.id, "heartbeat")  # the node learns that it reached the launcher
         h.state = "joined"
         return True
@@ -341,6 +349,7 @@ class Launcher(Supervision):
                     r.join(2.0)
         if self.ep is not None:
             self.control_bytes = self.ep.counters.total("sent") + self.ep.counters.total("received")
+            self.watch.close()
             self.ep.close(linger=0.5)
             self.ep = None
         if self.ctx is not None:

@@ -21,6 +21,8 @@ __all__ = ["NodeHandle", "Supervision", "process_state"]
 #: Once the closer (the coordinator) is done, the nodes still running are told to
 #: stop after this long: a worker that was offline when the run ended gets no final.
 CLOSER_GRACE_S = 10.0
+#: A remote node whose connection to the launcher stays down this long has failed.
+LOST_AFTER_S = 10.0
 
 
 @dataclass
@@ -113,6 +115,19 @@ class Supervision:
             elif now - h.stopped_since > self.round_timeout and all(
                     process_state(o.pid) == "T" for o in left):
                 self._fail(h, "its process is stopped, and every other node finished")
+
+    def _fail_lost_connections(self, now: float) -> None:
+        """A remote node (``--listen``) whose connection has been down LOST_AFTER_S has
+        failed: its process died (its host closed the connection) or its host is gone
+        (ZMTP heartbeats went unanswered).  A short outage is ridden out."""
+        if not self.listen:
+            return
+        self.watch.poll(now)
+        for peer in list(self.watch.down_since):
+            h = self.nodes.get(peer)
+            if h is not None and h.state == "ready" and \
+                    self.watch.down_for(peer, now) > LOST_AFTER_S:
+                self._fail(h, f"its connection was lost for {LOST_AFTER_S:.0f} s")
 
     def _closer_done_long_ago(self, now: float) -> bool:
         h = self.nodes.get(self.closer) if self.closer is not None else None

@@ -286,3 +286,38 @@ def test_a_restarted_coordinator_learns_which_workers_died(tmp_path):
     assert _failures(recs, 0).count("timeout") <= 2  # the rounds it died in, at most
     coord = sorted(r["round"] for r in recs if r["role"] == "coordinator")
     assert coord == list(range(1, 501))
+
+
+def test_a_remote_node_that_dies_is_noticed_by_its_lost_connection(tmp_path):
+    """``--listen``: the launcher sees no process of a node started elsewhere.  A killed
+    one closes its connection: after 10 s down it has failed.  Before, the run waited
+    for every other node to finish, then for 120 s of silence."""
+    from tests._remote import free_port, listening
+
+    port = free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    out = tmp_path / "run"
+    launcher = _start(out, "--topology", "ring:3", "--rounds", "150", "--round-timeout", "1",
+                      "--listen", addr)
+    nodes = []
+    try:
+        deadline = time.monotonic() + 60
+        while not listening(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        nodes = [subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
+                                   "--id", str(i), "--host", "127.0.0.1"], cwd=ROOT,
+                                  stderr=subprocess.DEVNULL) for i in range(3)]
+        while len(_records(out)) < 9:
+            assert launcher.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        nodes[1].kill()
+        t_kill = time.monotonic()
+        _, err = launcher.communicate(timeout=90)
+        took = time.monotonic() - t_kill
+    finally:
+        for p in [launcher, *nodes]:
+            p.kill()
+    assert launcher.returncode == 0, err
+    s = _summary(out)
+    assert list(s["failed_nodes"]) == ["1"] and "connection" in s["failed_nodes"]["1"]
+    assert took < 40, f"{took:.1f} s after the kill"

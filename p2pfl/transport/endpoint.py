@@ -181,11 +181,12 @@ class Endpoint:
 
     # ------------------------------------------------------------------ peers
     def connect(self, peer, address: str, *, control: bool = False,
-                emulated: bool = True) -> None:
+                emulated: bool = True, heartbeat_s: float | None = None) -> None:
         """Open a sending socket to ``peer``'s data (or control) socket (idempotent).
 
         With a link to emulate, data to an ``emulated`` peer goes through it (the
-        launcher's channel, ``emulated=False``, never does).
+        launcher's channel, ``emulated=False``, never does).  ``heartbeat_s``: the
+        connection carries ZMTP heartbeats, so that a vanished peer is noticed.
         """
         table = self._commands if control else self._peers
         if peer in table:
@@ -197,14 +198,19 @@ class Endpoint:
             table[peer] = self._link
             return
         table[peer] = dealer(self.ctx, peer, address, routing_id=self._identity,
-                             hwm=self.hwm, security=self.security)
+                             hwm=self.hwm, security=self.security, heartbeat_s=heartbeat_s)
 
-    def reconnect(self, peer, address: str, *, control: bool = False) -> None:
+    def reconnect(self, peer, address: str, *, control: bool = False,
+                  heartbeat_s: float | None = None) -> None:
         """``peer`` moved (a restarted node): send to its new address from now on."""
         old = (self._commands if control else self._peers).pop(peer, None)
         if old is not None and old is not self._link:
             old.close(linger=0)
-        self.connect(peer, address, control=control)
+        self.connect(peer, address, control=control, heartbeat_s=heartbeat_s)
+
+    def command_socket(self, peer):
+        """The socket that carries commands to ``peer`` (None before :meth:`connect`)."""
+        return self._commands.get(peer)
 
     def emulate(self, link: LinkSpec, seed: int = 0) -> None:
         """Send data to the peers connected from now on through an emulated link."""

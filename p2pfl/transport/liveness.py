@@ -1,0 +1,74 @@
+"""Whether a connection to a peer is up: ZeroMQ's own heartbeats and socket monitor.
+
+A node on another host can die without its launcher seeing a process exit.  The
+launcher's sending socket to each such node therefore asks ZeroMQ for ZMTP
+heartbeats (``ZMQ_HEARTBEAT_IVL``/``ZMQ_HEARTBEAT_TIMEOUT``, RFC 37): a peer whose
+process died closes the TCP connection at once, and a peer whose host vanished
+stops answering PINGs, so that its connection is dropped after the time-out.  A
+socket monitor reports each ``DISCONNECTED`` and ``CONNECTED`` event, and this
+module keeps, per peer, since when its connection has been down.  Nothing here
+sends a message of ours.
+"""
+
+from __future__ import annotations
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+__all__ = ["ConnectionWatch", "heartbeat_options"]
+
+_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
+
+
+def heartbeat_options(sock: zmq.Socket, interval_s: float) -> None:
+    """ZMTP heartbeats on ``sock``'s connections: a PING every ``interval_s``, and the
+    connection dropped after three intervals without an answer.  Set before connect:
+    a connection takes the options its socket had then."""
+    ms = max(1, int(interval_s * 1000))
+    sock.setsockopt(zmq.HEARTBEAT_IVL, ms)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * ms)
+
+
+class ConnectionWatch:
+    """Since when each watched peer's connection has been down (absent: up, or not
+    known to have been lost)."""
+
+    def __init__(self) -> None:
+        self._monitors: dict = {}  # peer -> (monitor socket, watched socket)
+        self.down_since: dict = {}
+
+    def watch(self, peer, sock: zmq.Socket) -> None:
+        """Follow ``sock``'s connection to ``peer`` (replacing an earlier watch)."""
+        self.forget(peer)
+        self._monitors[peer] = (sock.get_monitor_socket(_EVENTS), sock)
+
+    def poll(self, now: float) -> None:
+        """Read the monitors' news without waiting."""
+        for peer, (monitor, _) in self._monitors.items():
+            while monitor.poll(0):
+                event = recv_monitor_message(monitor)["event"]
+                if event == zmq.EVENT_DISCONNECTED:
+                    self.down_since.setdefault(peer, now)
+                elif event == zmq.EVENT_CONNECTED:
+                    self.down_since.pop(peer, None)
+
+    def down_for(self, peer, now: float) -> float:
+        """Seconds ``peer``'s connection has been down (0 while up)."""
+        since = self.down_since.get(peer)
+        return 0.0 if since is None else now - since
+
+    def forget(self, peer) -> None:
+        """Stop watching ``peer`` (before its socket is closed)."""
+        self.down_since.pop(peer, None)
+        entry = self._monitors.pop(peer, None)
+        if entry is not None:
+            monitor, sock = entry
+            try:
+                sock.disable_monitor()
+            except zmq.ZMQError:  # the socket is closed already
+                pass
+            monitor.close(linger=0)
+
+    def close(self) -> None:
+        for peer in list(self._monitors):
+            self.forget(peer)
