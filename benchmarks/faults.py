@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -73,6 +74,12 @@ SCENARIOS = {
         [("when", lambda r: len(r) >= 15), ("signal", 2, signal.SIGKILL), ("restarted", 2),
          ("when", lambda r: sum(x["node"] == 2 for x in r) >= 8),
          ("signal", 2, signal.SIGKILL)]),
+    # nodes started apart with `p2pfl node --connect` (as on other hosts): no process
+    # of theirs is the launcher's to watch
+    "killed_remote_node": (
+        ["--topology", "ring:3", "--rounds", "150", "--round-timeout", "1", "--listen",
+         "LISTEN"],
+        [("when", lambda r: len(r) >= 9), ("signal", 1, signal.SIGKILL)]),
     "interrupt_with_a_stopped_node": (
         ["--topology", "ring:4", "--rounds", "3000", "--round-timeout", "3"],
         [("when", lambda r: len(r) >= 12), ("signal", 1, signal.SIGSTOP), ("sleep", 1.0),
@@ -118,17 +125,22 @@ def run(name: str, source: str) -> dict:
     victims = {s[1] for s in steps if s[0] == "signal"}
     with tempfile.TemporaryDirectory(prefix="p2pfl-faults-") as tmp:
         out = os.path.join(tmp, "run")
+        address = f"tcp://127.0.0.1:{_free_port()}" if "LISTEN" in flags else None
         cmd = [sys.executable, "-m", "p2pfl.cli", "cluster", "--dataset", "digits", "-q",
-               "--out", out, *flags]
+               "--out", out, *[address if f == "LISTEN" else f for f in flags]]
         env = dict(os.environ, PYTHONPATH=source)
         t0 = time.monotonic()
         proc = subprocess.Popen(cmd, cwd=source, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
-        stopped = []
+        stopped, remote = [], []
         try:
+            if address is not None:
+                remote = _start_remote(address, flags, source, env)
             t_signal, stopped = _play(steps, out, proc)
             proc.wait(timeout=600)
         finally:
+            for p in remote:
+                p.kill()
             for pid in stopped:
                 try:
                     os.kill(pid, signal.SIGCONT)
@@ -171,6 +183,22 @@ def run(name: str, source: str) -> dict:
         rounds = [r for r, _ in s.get("global_accuracy_per_round", [])]
         row["global_accuracy_rounds_repeated"] = len(rounds) - len(set(rounds))
     return row
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_remote(address: str, flags: list, source: str, env: dict) -> list:
+    """``p2pfl node --connect`` for each node of the ring, once the launcher listens."""
+    time.sleep(3.0)  # the launcher imports torch and binds first
+    n = int(flags[flags.index("--topology") + 1].split(":")[1])
+    return [subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", address,
+                              "--id", str(i), "--host", "127.0.0.1"], cwd=source, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for i in range(n)]
 
 
 def _alive(pid: int) -> bool:
