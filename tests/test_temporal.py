@@ -186,9 +186,11 @@ def test_gossip_with_temporal_contexts_is_lossless_and_survives_loss(tmp_path):
     assert temporal["accuracy_per_round"] == plain["accuracy_per_round"]
     assert temporal["bytes_sent_total"] < 1.10 * plain["bytes_sent_total"]
     assert temporal["dropped"].get("temporal_gap", 0) == 0  # loopback loses nothing
-    # 5 % of messages lost: receivers miss references, ask to resync, and go on
+    # 5 % of messages lost: receivers miss references, ask to resync, and go on.  How
+    # many later messages arrive before the resync (each a temporal_gap drop) depends on
+    # timing, and can be none (a CI run); the gap itself is tested message by message
+    # above (test_a_lost_message_is_a_gap_until_the_sender_restarts_its_chain)
     lossy = _gossip(tmp_path, "lossy", spec + ":temporal", "--link", "loss=0.05")
-    assert lossy["emulated_lost_total"] > 0
-    assert lossy["dropped"].get("temporal_gap", 0) > 0
+    assert lossy["emulated_lost_total"] > 0 and lossy["misses_total"] > 0
     assert lossy["dropped"].get("undecodable", 0) == 0
     assert lossy["accuracy_mean"] > 0.8
