@@ -25,6 +25,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
+sys.path.insert(0, ROOT)
+
+from p2pfl.addresses import listening  # noqa: E402
 
 
 def _records(out: str) -> list:
@@ -193,7 +196,10 @@ def _free_port() -> int:
 
 def _start_remote(address: str, flags: list, source: str, env: dict) -> list:
     """``p2pfl node --connect`` for each node of the ring, once the launcher listens."""
-    time.sleep(3.0)  # the launcher imports torch and binds first
+    port = int(address.rsplit(":", 1)[1])
+    deadline = time.monotonic() + 60
+    while not listening(port) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the launcher imports torch and binds first
     n = int(flags[flags.index("--topology") + 1].split(":")[1])
     return [subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", address,
                               "--id", str(i), "--host", "127.0.0.1"], cwd=source, env=env,

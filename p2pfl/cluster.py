@@ -184,6 +184,7 @@ class Launcher(Supervision):
             while msg is not None:
                 self._handle(msg, kinds)
                 msg = self.mailbox.poll_control(0.0)
+            self.watch.poll(time.monotonic())  # read, so that its queue never fills
             failed = [h for h in self.nodes.values() if h.state == "failed"]
             if failed:
                 raise ClusterError(f"node {failed[0].label!r} failed: {failed[0].reason}")

@@ -119,15 +119,19 @@ class Supervision:
     def _fail_lost_connections(self, now: float) -> None:
         """A remote node (``--listen``) whose connection has been down LOST_AFTER_S has
         failed: its process died (its host closed the connection) or its host is gone
-        (ZMTP heartbeats went unanswered).  A short outage is ridden out."""
+        (ZMTP heartbeats went unanswered).  A short outage is ridden out; with
+        ``--restart``, a start time-out, for a restart by hand.  A node alive but
+        stopped keeps its connection: only the run's silence limit finds it."""
         if not self.listen:
             return
         self.watch.poll(now)
+        limit = max(LOST_AFTER_S, self.start_timeout) if self.restart_limit else LOST_AFTER_S
         for peer in list(self.watch.down_since):
             h = self.nodes.get(peer)
-            if h is not None and h.state == "ready" and \
-                    self.watch.down_for(peer, now) > LOST_AFTER_S:
-                self._fail(h, f"its connection was lost for {LOST_AFTER_S:.0f} s")
+            # joined: rejoined mid-run, and not ready yet
+            if h is not None and h.state in ("ready", "joined") and \
+                    self.watch.down_for(peer, now) > limit:
+                self._fail(h, f"its connection was lost for {limit:.0f} s")
 
     def _closer_done_long_ago(self, now: float) -> bool:
         h = self.nodes.get(self.closer) if self.closer is not None else None
@@ -155,6 +159,7 @@ class Supervision:
         """A node joined mid-run (restarted here, or by hand on its host): its
         neighbours learn its new address, and it gets its spec, to catch up."""
         spec = self._spec[h.id]
+        h.done_at = None  # a coordinator back: the closer's grace starts again when done
         for j in spec.peers:
             self.ep.send(j, "peer", meta={"id": h.id, "address": h.address})
         self.ep.send(h.id, "config", meta={**self._config(spec), "rejoin": True,

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+from p2pfl.addresses import listening
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -25,17 +27,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def listening(port: int) -> bool:
-    """Whether a socket listens on TCP ``port`` (from /proc/net/tcp: looking does not
-    connect, so the listener counts nothing)."""
-    try:
-        with open("/proc/net/tcp") as fh:
-            rows = [line.split() for line in fh.readlines()[1:]]
-    except OSError:
-        return True  # cannot tell: go on
-    return any(r[1].rsplit(":", 1)[1] == f"{port:04X}" and r[3] == "0A" for r in rows)
 
 
 def run_to_the_end(launcher: list, nodes: list, timeout: float = 120,

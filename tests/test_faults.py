@@ -292,7 +292,8 @@ def test_a_remote_node_that_dies_is_noticed_by_its_lost_connection(tmp_path):
     """``--listen``: the launcher sees no process of a node started elsewhere.  A killed
     one closes its connection: after 10 s down it has failed.  Before, the run waited
     for every other node to finish, then for 120 s of silence."""
-    from tests._remote import free_port, listening
+    from p2pfl.addresses import listening
+    from tests._remote import free_port
 
     port = free_port()
     addr = f"tcp://127.0.0.1:{port}"
