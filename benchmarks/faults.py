@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 sys.path.insert(0, ROOT)
 
-from p2pfl.addresses import listening  # noqa: E402
+from p2pfl.addresses import free_port, listening  # noqa: E402
 
 
 def _records(out: str) -> list:
@@ -128,7 +127,7 @@ def run(name: str, source: str) -> dict:
     victims = {s[1] for s in steps if s[0] == "signal"}
     with tempfile.TemporaryDirectory(prefix="p2pfl-faults-") as tmp:
         out = os.path.join(tmp, "run")
-        address = f"tcp://127.0.0.1:{_free_port()}" if "LISTEN" in flags else None
+        address = f"tcp://127.0.0.1:{free_port()}" if "LISTEN" in flags else None
         cmd = [sys.executable, "-m", "p2pfl.cli", "cluster", "--dataset", "digits", "-q",
                "--out", out, *[address if f == "LISTEN" else f for f in flags]]
         env = dict(os.environ, PYTHONPATH=source)
@@ -187,11 +186,6 @@ def run(name: str, source: str) -> dict:
         row["global_accuracy_rounds_repeated"] = len(rounds) - len(set(rounds))
     return row
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start_remote(address: str, flags: list, source: str, env: dict) -> list:

@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ import msgpack
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from p2pfl.addresses import free_port  # noqa: E402
 from p2pfl.metrics import read_metrics, write_json_atomic  # noqa: E402
 from p2pfl.transport.probe import LoopbackCapture, can_capture, hostile_clients  # noqa: E402
 from p2pfl.transport.wire import KINDS  # noqa: E402
@@ -131,11 +131,6 @@ def refusals(tmp: str, count: int = 1000, rounds: int = 200) -> dict:
     return row
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 NEEDLES = {**{f"k={k}": b"\xa1k" + msgpack.packb(k) for k in sorted(KINDS)},
            "v=1,k=": b"\xa1v\x01\xa1k", "accuracy": msgpack.packb("accuracy"),
@@ -144,7 +139,7 @@ NEEDLES = {**{f"k={k}": b"\xa1k" + msgpack.packb(k) for k in sorted(KINDS)},
 
 def tcp_run(tmp: str, name: str, secure: bool, rounds: int = 10) -> tuple:
     """A ring:4 run whose every socket is TCP: launcher --listen, nodes by hand."""
-    out, port = os.path.join(tmp, name), _free_port()
+    out, port = os.path.join(tmp, name), free_port()
     addr = f"tcp://127.0.0.1:{port}"
     flags = ["--topology", "ring:4", "--dataset", "digits", "--rounds", str(rounds),
              "--listen", addr, "-q", "--out", out]

@@ -9,7 +9,8 @@ import socket
 
 from .errors import UsageError
 
-__all__ = ["tcp_address", "check_host", "check_listen", "check_run_addresses", "listening"]
+__all__ = ["tcp_address", "check_host", "check_listen", "check_run_addresses", "listening",
+           "free_port"]
 
 
 def tcp_address(address: str, flag: str, *, wildcard: bool = False) -> tuple:
@@ -39,6 +40,13 @@ def check_listen(address: str, flag: str = "--listen") -> None:
     host, port = tcp_address(address, flag, wildcard=True)
     if host not in _interfaces():
         _try_bind("0.0.0.0" if host == "*" else host, port or 0, flag, address)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on at ``host`` just now (the kernel's pick)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def listening(port: int) -> bool:

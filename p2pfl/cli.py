@@ -269,7 +269,7 @@ def main(argv=None) -> int:
         print(f"p2pfl: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # 128 + the signal, as a shell reports it
-        signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
+        signum = getattr(exc, "signum", signal.SIGINT)
         what = "terminated" if signum == signal.SIGTERM else "interrupted"
         print(f"p2pfl: {what}; all nodes stopped", file=sys.stderr)
         return 128 + int(signum)

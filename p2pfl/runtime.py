@@ -219,14 +219,14 @@ class Runtime:
         self.endpoint.count_refusals()
         c, peers = self.endpoint.counters, self.peers
         handshake = c.total("sent", peers=peers, round=0)
+        sent = c.payload("sent", peers)  # every round but the handshake's
         wire = sum(c.wire[j] for j in peers)  # handshakes and framing included
         out = {
             "node": self.id, "role": self.role,
-            "bytes_sent": c.total("sent", peers=peers) - handshake,
-            "bytes_received": c.total("received", peers=peers)
-            - c.total("received", peers=peers, round=0),
+            "bytes_sent": sent,
+            "bytes_received": c.payload("received", peers),
             # sent after the last record (e.g. a round stopped half-way): in no record
-            "bytes_sent_unrecorded": c.payload("sent", peers) - self._recorded[0],
+            "bytes_sent_unrecorded": sent - self._recorded[0],
             "handshake_bytes": handshake,
             "sent_per_peer": [[j, n] for j, n in c.per_peer("sent").items() if j != LAUNCHER],
             "received_per_peer": [[j, n] for j, n in c.per_peer("received").items()
@@ -235,7 +235,7 @@ class Runtime:
             "messages_sent": c.count("sent", peers=peers),
             "emulated_lost": self.endpoint.emulated_lost,
             "wire_bytes": wire,
-            "framing_bytes": wire - c.total("sent", peers=peers),
+            "framing_bytes": wire - sent - handshake,
             "setup_bytes": sum(c.setup[j] for j in peers),
             "pid": os.getpid(), "peak_rss_bytes": peak_rss_bytes(),
         }

@@ -26,8 +26,9 @@ def run_summary(plan, sink, nodes: dict, wall: float, control_bytes: int) -> dic
     dense = 4 * num_params * messages if num_params else 0
     # every record's bytes, and what finished processes sent after their last record;
     # a dead process's bytes after its last record are unknown
-    sent = base["bytes_sent_total"] + int(sum(f.get("bytes_sent_unrecorded", 0)
-                                              for f in finals))
+    tail = {h.id: int(h.final.get("bytes_sent_unrecorded", 0)) for h in nodes.values()
+            if h.final}
+    sent = base["bytes_sent_total"] + sum(tail.values())
     out = dict(plan.summary_base)
     out.update({
         "dataset": cfg.dataset, "model": cfg.model, "partition": cfg.partition,
@@ -70,7 +71,7 @@ def run_summary(plan, sink, nodes: dict, wall: float, control_bytes: int) -> dic
     if cfg.backend == "ray":  # the Ray hosts the nodes were placed on
         out["ray_nodes"] = len({h.ray_node for h in nodes.values() if h.ray_node})
     if plan.closer is not None:
-        _server_fields(out, plan, sink, nodes, dead)
+        _server_fields(out, plan, sink, nodes, dead, tail)
     return out
 
 
@@ -107,7 +108,7 @@ def _honest_mean(plan, sink, failed: set):
     return float(np.mean(acc)) if acc else None
 
 
-def _server_fields(summary: dict, plan, sink, nodes: dict, dead: set) -> None:
+def _server_fields(summary: dict, plan, sink, nodes: dict, dead: set, tail: dict) -> None:
     """Bytes up and down, per-round global accuracy and the strategy's own fields."""
     specs = plan.specs
     coord_id = plan.closer
@@ -115,8 +116,6 @@ def _server_fields(summary: dict, plan, sink, nodes: dict, dead: set) -> None:
     # From the records, so that a restarted coordinator's earlier rounds count too,
     # plus what each finished process sent after its last record (as bytes_sent_total).
     coord_recs = [r for r in sink.records if r.get("node") == coord_id]
-    tail = {h.id: int(h.final.get("bytes_sent_unrecorded", 0)) for h in nodes.values()
-            if h.final}
     summary["bytes_down_total"] = int(sum(r["bytes_sent"] for r in coord_recs)
                                       + tail.get(coord_id, 0))
     summary["bytes_up_total"] = int(sum(r["bytes_sent"] for r in sink.records

@@ -107,13 +107,13 @@ class Supervision:
         left = [h for h in running if h.state == "ready"]
         if len(left) != len(running):
             return
-        for h in left:
-            if process_state(h.pid) != "T":
+        stopped = [process_state(h.pid) == "T" for h in left]
+        for h, is_stopped in zip(left, stopped):
+            if not is_stopped:
                 h.stopped_since = None
             elif h.stopped_since is None:
                 h.stopped_since = now
-            elif now - h.stopped_since > self.round_timeout and all(
-                    process_state(o.pid) == "T" for o in left):
+            elif now - h.stopped_since > self.round_timeout and all(stopped):
                 self._fail(h, "its process is stopped, and every other node finished")
 
     def _fail_lost_connections(self, now: float) -> None:

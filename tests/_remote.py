@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 
-from p2pfl.addresses import listening
+from p2pfl.addresses import free_port, listening
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,11 +21,6 @@ def cluster_summary(out, *flags, timeout: float = 300) -> dict:
     with open(os.path.join(str(out), "summary.json")) as fh:
         return json.load(fh)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_to_the_end(launcher: list, nodes: list, timeout: float = 120,

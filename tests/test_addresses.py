@@ -15,17 +15,12 @@ import zmq
 from p2pfl.errors import UsageError
 from p2pfl.runtime import LAUNCHER
 from p2pfl.transport import Endpoint
-from p2pfl.addresses import tcp_address
+from p2pfl.addresses import free_port, tcp_address
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = [sys.executable, "-m", "p2pfl.cli"]
 NOWHERE = "192.0.2.1"  # TEST-NET-1: documentation only, an address of no machine
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(*args, timeout=60) -> tuple:

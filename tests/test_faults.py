@@ -7,6 +7,7 @@ launcher; a run stopped by ``--target-accuracy`` ends cleanly, with byte totals
 that agree; a failed node's last accuracy is not in the final figures.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -28,6 +29,21 @@ def _start(out, *flags):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@contextlib.contextmanager
+def _run(out, *flags):
+    """A ``p2pfl cluster`` process, killed on the way out whatever happened."""
+    proc = _start(out, *flags)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+
+
+def _pid(out, label):
+    with open(os.path.join(out, "nodes.json")) as fh:
+        return next(n["pid"] for n in json.load(fh) if n["label"] == label)
+
+
 def _records(out):
     try:
         return read_metrics(os.path.join(out, "metrics.jsonl"))
@@ -42,8 +58,7 @@ def _signal_when(out, label, ready, proc, sig, timeout=90):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the run did not get there"
         time.sleep(0.02)
-    with open(os.path.join(out, "nodes.json")) as fh:
-        pid = next(n["pid"] for n in json.load(fh) if n["label"] == label)
+    pid = _pid(out, label)
     os.kill(pid, sig)
     return pid
 
@@ -67,15 +82,12 @@ def test_a_killed_worker_is_left_out_of_the_rounds_at_once(tmp_path):
     """Before: every round after the death waited its full time-out for the dead
     worker (here 5 s a round, over a minute in all)."""
     out = tmp_path / "run"
-    proc = _start(out, "--mode", "fedavg", "--nodes", "4", "--rounds", "30",
-                  "--round-timeout", "5")
-    try:
+    with _run(out, "--mode", "fedavg", "--nodes", "4", "--rounds", "30",
+              "--round-timeout", "5") as proc:
         _signal_when(out, 2, lambda r: _coordinator_rounds(r) >= 3, proc, signal.SIGKILL)
         t_kill = time.monotonic()
         _, err = proc.communicate(timeout=120)
         took = time.monotonic() - t_kill
-    finally:
-        proc.kill()
     assert proc.returncode == 0, err
     s, recs = _summary(out), _records(out)
     assert "2" in s["failed_nodes"]
@@ -118,16 +130,15 @@ def test_a_stopped_gossip_node_does_not_hold_the_launcher(tmp_path):
 
 def _stop_node_1(out, ready, *flags) -> float:
     """Run, SIGSTOP node 1 once ``ready(records)``; the seconds from then to the end."""
-    proc = _start(out, *flags)
     pid = None
-    try:
-        pid = _signal_when(out, 1, ready, proc, signal.SIGSTOP)
-        t_stop = time.monotonic()
-        _, err = proc.communicate(timeout=100)
-        took = time.monotonic() - t_stop
-    finally:
-        _resume(pid)
-        proc.kill()
+    with _run(out, *flags) as proc:
+        try:
+            pid = _signal_when(out, 1, ready, proc, signal.SIGSTOP)
+            t_stop = time.monotonic()
+            _, err = proc.communicate(timeout=100)
+            took = time.monotonic() - t_stop
+        finally:
+            _resume(pid)
     assert proc.returncode == 0, err
     return took
 
@@ -169,11 +180,8 @@ def test_gossip_stopped_at_its_target_counts_every_byte(tmp_path):
 
 def _finished_run(out, *flags):
     """A run to its end (exit 0): its summary and records."""
-    proc = _start(out, *flags)
-    try:
+    with _run(out, *flags) as proc:
         _, err = proc.communicate(timeout=240)
-    finally:
-        proc.kill()
     assert proc.returncode == 0, err
     return _summary(out), _records(out)
 
@@ -212,15 +220,12 @@ def test_a_server_run_whose_workers_all_died_ends(tmp_path):
     """Nothing is left to learn from: the coordinator ends the run instead of playing
     its remaining rounds against nobody, and the run says it failed."""
     out = tmp_path / "run"
-    proc = _start(out, "--mode", "fedavg", "--nodes", "2", "--rounds", "400",
-                  "--round-timeout", "2")
-    try:
+    with _run(out, "--mode", "fedavg", "--nodes", "2", "--rounds", "400",
+              "--round-timeout", "2") as proc:
         for label in (0, 1):
             _signal_when(out, label, lambda r: _coordinator_rounds(r) >= 3, proc,
                          signal.SIGKILL)
         _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
     assert proc.returncode == 1, err
     s, recs = _summary(out), _records(out)
     assert sorted(s["failed_nodes"]) == ["0", "1"]
@@ -253,23 +258,17 @@ def test_the_coordinator_waits_for_all_when_all_are_silent():
     assert me._silent == {2: (2, 4), 3: (2, 4)}
 
 
-def _pid(out, label):
-    with open(os.path.join(out, "nodes.json")) as fh:
-        return next(n["pid"] for n in json.load(fh) if n["label"] == label)
-
-
 def test_a_restarted_coordinator_learns_which_workers_died(tmp_path):
     """Worker 0 dies for good (its one restart used up), then the coordinator dies and
     is restarted: the replacement is told that worker 0 is gone before it starts, and
     never waits for it."""
     out = tmp_path / "run"
-    proc = _start(out, "--mode", "fedavg", "--nodes", "3", "--rounds", "500",
-                  "--round-timeout", "5", "--restart", "on-failure:1", "--eval-every", "50")
-    try:
+    with _run(out, "--mode", "fedavg", "--nodes", "3", "--rounds", "500", "--round-timeout",
+              "5", "--restart", "on-failure:1", "--eval-every", "50") as proc:
         first = _signal_when(out, 0, lambda r: _coordinator_rounds(r) >= 3, proc,
                              signal.SIGKILL)
         deadline = time.monotonic() + 60
-        while _pid(out, 0) in (first, None):  # restarted: nodes.json has its new pid
+        while _pid(out, 0) == first:  # restarted: nodes.json has its new pid
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.05)
         n = _coordinator_rounds(_records(out))
@@ -278,8 +277,6 @@ def test_a_restarted_coordinator_learns_which_workers_died(tmp_path):
         _signal_when(out, "coordinator", lambda r: _coordinator_rounds(r) >= n + 5, proc,
                      signal.SIGKILL)
         _, err = proc.communicate(timeout=180)
-    finally:
-        proc.kill()
     assert proc.returncode == 0, err
     s, recs = _summary(out), _records(out)
     assert list(s["failed_nodes"]) == ["0"] and s["restarts"] == 2
