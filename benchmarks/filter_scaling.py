@@ -2,6 +2,7 @@
 
     python benchmarks/filter_scaling.py [--rounds 60] [--seeds 0 1 2 3] [--dataset digits]
                                         [--partition iid] [--model cnn]
+                                        [--weight-decay 0]
 
 Server STC on digits as 8x8 images with the 2-D CNN (9,930 parameters, two conv
 layers of 16 and 32 filters), 10 workers, p = 0.01 up and down: without and with
@@ -14,9 +15,11 @@ summary.json's bytes_up_total and bytes_down_total.  All are averaged over the
 seeds.  ``--partition`` splits the data otherwise (``dirichlet:0.3``: label
 skew).  ``--model cnn:C1-C2`` widens the convolutions (``cnn:64-128``: 64 and
 128 filters, 94,986 parameters; the scales' share of an update falls with the
-filters' fan-in).  Writes benchmarks/results/filter_scaling.{json,md} (digits,
-iid, cnn), with ``_mnist1d``, ``_<partition>`` and ``_<model>`` (``:`` as ``-``)
-added to the name otherwise.
+filters' fan-in).  ``--weight-decay L`` trains with L2 decay: its shrinkage of
+every weight is a dense per-filter change that one scale a filter carries and a
+1 % sparse update does not.  Writes benchmarks/results/filter_scaling.{json,md} (digits,
+iid, cnn), with ``_mnist1d``, ``_<partition>``, ``_<model>`` (``:`` as ``-``) and
+``_wd-<L>`` added to the name otherwise.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ def main() -> int:
     ap.add_argument("--dataset", choices=["digits", "mnist1d"], default="digits")
     ap.add_argument("--partition", default="iid", help="iid, dirichlet:ALPHA, shards:S")
     ap.add_argument("--model", default="cnn", help="cnn or cnn:C1-C2[-...]")
+    ap.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -56,6 +60,7 @@ def main() -> int:
                 s = run_cluster(mode="stc", nodes=10, dataset=args.dataset, model=args.model,
                                 rounds=args.rounds, compression=spec, filter_scaling=scaling,
                                 seed=seed, partition=args.partition, quiet=True,
+                                weight_decay=args.weight_decay,
                                 in_process=True,
                                 out=os.path.join(tmp, f"{len(rows)}-{seed}")).summary
                 accs.append(s["global_accuracy_per_round"][-1][1])
@@ -80,9 +85,10 @@ def main() -> int:
     name = "filter_scaling" + ("" if args.dataset == "digits" else "_" + args.dataset)
     name += "" if args.partition == "iid" else "_" + args.partition.replace(":", "-")
     name += "" if args.model == "cnn" else "_" + args.model.replace(":", "-")
+    name += f"_wd-{args.weight_decay:g}" if args.weight_decay else ""
     write_json_atomic(os.path.join(out, name + ".json"), {
         "dataset": args.dataset, "partition": args.partition, "model": args.model,
-        "rounds": args.rounds,
+        "weight_decay": args.weight_decay, "rounds": args.rounds,
         "seeds": args.seeds, "rows": rows})
     write_atomic(os.path.join(out, name + ".md"),
                  lambda fh: fh.write("\n".join(lines) + "\n"), text=True)
