@@ -201,3 +201,26 @@ def test_a_restarted_choco_node_is_not_pulled_back_to_the_initial_model():
     b.mix_async(x.clone(), {0: [b.decode(full)]})
     assert b.public.fresh() == [0]
     torch.testing.assert_close(b.public.copies[0], a.public.own, atol=0, rtol=0)
+
+
+def test_a_full_copy_in_flight_keeps_its_round_when_the_sender_moves_on():
+    """Frames are sent without copying: a resync packet must not be a view of x̂_i,
+    or a message held by a slow link arrives as the next round's copy."""
+    a, b = _pair("choco")
+    a.on_resync_request(1)
+    full = a.full_copies()[1]
+    sent = bytes(full.frames[0])
+    before = a.public.own.clone()
+    a.outgoing(torch.randn(40))  # the next round moves x̂_a in place
+    assert not torch.equal(a.public.own, before)
+    assert bytes(full.frames[0]) == sent
+
+
+def test_a_catch_up_in_flight_keeps_the_copy_it_was_sent_with():
+    a, b = _pair("choco")
+    packet = a.catchup(torch.randn(40), 1)
+    sent = [bytes(f) for f in packet.frames]
+    q = b.outgoing(torch.randn(40))
+    q.round = 1
+    a.mix(torch.randn(40), {1: a.decode(q)})  # moves a's copy of x̂_b in place
+    assert [bytes(f) for f in packet.frames] == sent

@@ -126,11 +126,13 @@ class CHOCO(GossipAlgorithm):
 
     def catchup(self, x: torch.Tensor, peer) -> Packet:
         """Our model, and our copy of ``peer``'s public copy x̂_peer when it is current:
-        a restarted node gets back the x̂ its neighbours hold, so no resync is needed."""
+        a restarted node gets back the x̂ its neighbours hold, so no resync is needed.
+        The copy is cloned: the next update moves x̂_peer in place, and the frame may
+        still wait in ZeroMQ's queue (zero-copy) or an emulated link then."""
         packet = dense_packet(x)
         copy = self.public.copies.get(peer)
         if copy is not None and peer not in self.public.stale:
-            extra = dense_packet(copy)
+            extra = dense_packet(copy.clone())
             packet.frames += extra.frames
             packet.shapes += extra.shapes
             packet.dtypes += extra.dtypes

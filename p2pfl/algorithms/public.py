@@ -96,8 +96,13 @@ class PublicCopies:
         return Packet(self.codec.name, frames, meta=dict(meta or {}))
 
     def full_copies(self) -> dict:
-        """Dense x̂_i for each neighbour that asked for it (sent instead of q)."""
-        out = {j: dense_packet(self.own) for j in self.asked_by}
+        """Dense x̂_i for each neighbour that asked for it (sent instead of q).
+
+        A copy of x̂_i, not a view: frames go to ZeroMQ without copying, and a
+        message held by an emulated link could otherwise leave after the next
+        :meth:`publish` moved x̂_i, and arrive as a later copy than its round says."""
+        own = self.own.clone() if self.asked_by else None
+        out = {j: dense_packet(own) for j in self.asked_by}
         for p in out.values():
             p.meta["full"] = True
         if self.asked_by:  # cabac:temporal: they lost our chain; restart it for all
