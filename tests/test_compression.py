@@ -373,3 +373,28 @@ def test_bench_smoke():
     assert rows[0]["bits_per_param"] < 0.2 and rows[1]["rel_l2"] == 0.0
     assert rows[0]["vs_entropy"] > 0 and rows[1]["vs_entropy"] is None
     assert "stc:0.01+golomb" in format_codec_bench(rows)
+
+
+@pytest.mark.parametrize("spec,x", [
+    ("quant:0.00001", 0.5 + torch.rand(64, generator=torch.Generator().manual_seed(0))),
+    ("quant:0.1", torch.tensor([1.0, 1e5])),
+    ("quant:0.1", torch.tensor([-1e5, -1.0])),
+])
+def test_levels_packed_32_bits_wide_with_a_large_offset_decode(spec, x):
+    """Levels whose range needs 32 bits, all positive (or all negative): the encoder
+    packs them from their minimum, and the decoder took that for an overflow."""
+    codec = make_codec(spec)
+    out = codec.decode(codec.encode(x))
+    torch.testing.assert_close(out, make_codec(spec).encode_with_reconstruction(x)[1]
+                               .reshape(x.shape), atol=0, rtol=0)
+
+
+def test_a_packed_level_beyond_int32_is_a_codec_error():
+    codec = make_codec("quant:1")
+    blob = bytearray(b"".join(bytes(memoryview(f)) for f in codec.encode(
+        torch.tensor([2.0**30 - 2**20, 2.0**30]))))
+    # the levels are packed from their minimum in 32 bits at the end of the blob:
+    # the last four bytes are the larger one's offset; push it past int32
+    blob[-4:] = (0xFFFFFFFF).to_bytes(4, "big")
+    with pytest.raises(CodecError):
+        codec.decode([bytes(blob)])

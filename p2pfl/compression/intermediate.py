@@ -205,7 +205,10 @@ def read_values(r: Reader, count: int, cabac=None) -> Floats | Levels:
         return Levels(bits.astype(np.int64) * 2 - 1, scale)
     lo = _unzigzag(r.varint(2**33, "level offset"))
     width = r.byte()
-    if width not in PACK_WIDTHS or lo < -_INT32 - 1 or lo + (1 << width) - 1 > 2**32:
+    if width not in PACK_WIDTHS or not -_INT32 - 1 <= lo <= _INT32:
         raise CodecError(f"bad level packing (offset {lo}, width {width})")
     u = unpack_uint(r.take(packed_nbytes(count, width)), count, width)
+    # the encoder's levels fit in int32 (write_values); a wide packing may hold more
+    if lo + (1 << width) - 1 > _INT32 and u.size and int(u.max()) + lo > _INT32:
+        raise CodecError(f"a packed level exceeds int32 (offset {lo}, width {width})")
     return Levels(u + lo, scale)
