@@ -69,8 +69,8 @@ def _upstream(s, rnd, w):
     """The worker's packet: raw float32 (fedavg, cfl) or the STC upstream codec."""
     if s.name != "stc":
         return dense_packet(_update(rnd, w))
-    codec = make_codec(s.up_spec)
-    return Packet(codec.name, codec.encode(_update(rnd, w)))
+    codec = make_codec(s.up_spec)  # trained from W_(rnd-1), as STC's replies say
+    return Packet(codec.name, codec.encode(_update(rnd, w)), meta={"at": rnd - 1})
 
 
 def _label_reply(s, rnd, w, packet):

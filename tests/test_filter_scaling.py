@@ -102,7 +102,8 @@ def test_stc_sends_the_global_scales_down_and_its_workers_follow_bit_for_bit():
         for w, level in ((1, 7), (2, -3)):
             scales = [(np.float16(0.01), np.full(f, level, np.int8)) for _, f, _ in layout]
             packet = Packet(up.name, [*up.encode(0.01 * torch.randn(N, generator=g)),
-                                      scales_frame(scales)], meta={"n": 10, "fs": True})
+                                      scales_frame(scales)],
+                            meta={"n": 10, "fs": True, "at": rnd - 1})
             replies.append(Reply(w, content=server.decode(w, packet), num_samples=10 * w))
         server.aggregate(rnd, replies)
     packet = server.configure(4, [0])[0]
@@ -116,10 +117,12 @@ def test_stc_sends_the_global_scales_down_and_its_workers_follow_bit_for_bit():
     blobs = read_catch_up(packet)
     blobs[-1] = [*blobs[-1][:-1], b"\x00" * 3]
     bad = Packet(packet.codec, [f for b in blobs for f in b], meta=dict(packet.meta))
-    held = worker.base.clone()
+    fresh_learner = FakeLearner(N)  # a worker that still needs them (ours skips rounds held)
+    fresh_learner.shapes, fresh_learner.flat = SHAPES, init.clone()
+    fresh = make_client("stc", fresh_learner, filter_scaling="on")
     with pytest.raises(ValueError, match="filter scales"):
-        worker.apply(5, bad)
-    assert torch.equal(worker.base, held)
+        fresh.apply(5, bad)
+    assert torch.equal(fresh.base, init) and fresh.at == 0
 
 
 @pytest.mark.parametrize("frame", [b"", b"\x00" * 27, b"\x00" * 29,

@@ -87,6 +87,26 @@ def test_a_killed_coordinator_resumes_from_its_checkpoint(tmp_path):
     assert s["bytes_sent_total"] == s["bytes_up_total"] + s["bytes_down_total"]
 
 
+def test_stc_workers_end_with_the_servers_model_after_a_worker_restart(tmp_path):
+    """A restarted STC worker holds W_0, while the server believed it held its last
+    catch-up: it kept adding later updates to the wrong model.  Now it says it is
+    behind and is caught up, and every worker's final model is the server's."""
+    out = str(tmp_path / "run")
+    proc = _cluster(out, "--mode", "stc", "--nodes", "3", "--rounds", "40",
+                    "--round-timeout", "5")
+    try:
+        _kill_when(out, 1, lambda recs: sum(r["role"] == "coordinator" for r in recs) >= 10,
+                   proc)
+        assert proc.wait(timeout=240) == 0
+    finally:
+        proc.kill()
+    s, recs = _summary(out), _records(out)
+    assert s["restarts"] == 1 and s["failed_nodes"] == {}
+    final = {r["node"]: r["accuracy"] for r in recs if r.get("final")}
+    assert len(final) == 3
+    assert set(final.values()) == {s["global_accuracy_per_round"][-1][1]}
+
+
 @pytest.mark.parametrize("flags, words", [
     (["--restart", "sometimes"], "--restart expects"),
     (["--restart", "on-failure:0"], "--restart expects"),

@@ -8,7 +8,8 @@ from p2pfl.errors import ConfigError
 from _strategy_ctx import client as make_test_client
 from _strategy_ctx import FakeLearner, server_ctx
 from p2pfl.strategies import Reply, make_strategy, weighted_mean
-from p2pfl.strategies.base import dense_packet
+from p2pfl.compression import make_codec
+from p2pfl.strategies.base import Packet, dense_packet
 from p2pfl.strategies.cfl import bipartition, cosine_matrix, split_criterion
 from p2pfl.strategies.fd import (decode_labels, dequantise, encode_labels, label_packet,
                                  quantise)
@@ -50,11 +51,14 @@ def test_select_partial_participation():
 
 def test_stc_update_is_ternary_and_catch_up_is_exact():
     s = make_strategy("stc", server_ctx("stc"))
+    up = make_codec(s.up_spec)
     rng = np.random.default_rng(1)
     for rnd in range(1, 6):
         s.configure(rnd, [0, 1])  # workers 2 and 3 sit out every round
         ups = [torch.from_numpy(rng.standard_normal(N).astype(np.float32)) for _ in range(2)]
-        s.aggregate(rnd, [Reply(w, content=u) for w, u in zip((0, 1), ups)])
+        s.aggregate(rnd, [Reply(w, content=s.decode(w, Packet(up.name, up.encode(u),
+                                                                  meta={"at": rnd - 1})))
+                          for w, u in zip((0, 1), ups)])
         last = s.down.last_sent
         assert len(torch.unique(last[last != 0].abs())) == 1  # one magnitude μ
         assert int((last != 0).sum()) == 10  # k = ⌈0.05·200⌉
@@ -215,3 +219,110 @@ def test_dense_packet_round_trip():
 
     x = torch.randn(7)
     assert torch.equal(dense_tensor(dense_packet(x), 7), x)
+
+
+class _TrainingLearner(FakeLearner):
+    """A FakeLearner whose training moves the model (seeded per worker and round)."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        super().__init__(n)
+        self.rng = np.random.default_rng(seed)
+
+    def train(self) -> float:
+        self.flat = self.flat + torch.from_numpy(self.rng.standard_normal(self.num_params)
+                                                 .astype(np.float32))
+        return 0.0
+
+
+def _stc_round(server, clients: dict, rnd: int, lost=()) -> list:
+    """One STC round; the instructions to the workers in ``lost`` never arrive."""
+    from p2pfl.strategies.stc import OutOfSync
+
+    replies = []
+    for w, packet in server.configure(rnd, sorted(clients)).items():
+        if w in lost:
+            replies.append(Reply(w, error={"code": "timeout", "reason": "lost"}))
+            continue
+        c = clients[w]
+        c.apply(rnd, packet)
+        c.fit()
+        try:
+            replies.append(Reply(w, content=server.decode(w, c.reply(rnd))))
+        except OutOfSync as exc:
+            replies.append(Reply(w, error={"code": exc.code, "reason": str(exc)}))
+    server.aggregate(rnd, replies)
+    return replies
+
+
+def _stc_pair(cache=10):
+    server = make_strategy("stc", server_ctx("stc", workers=(0, 1), stc_cache=cache))
+    clients = {w: make_test_client("stc", _TrainingLearner(N, w)) for w in (0, 1)}
+    return server, clients
+
+
+def _finish(server, clients):
+    for w, c in clients.items():
+        c.finish(server.finalize(w))
+        assert torch.equal(c.base, server.model), f"worker {w} drifted from the server"
+
+
+@pytest.mark.parametrize("cache", [10, 1])
+def test_stc_a_lost_instruction_is_caught_up_from_the_round_the_worker_holds(cache):
+    """The server once marked a worker synced when it built the instruction, so an
+    instruction lost on the way left that worker a round behind for good."""
+    server, clients = _stc_pair(cache)
+    for rnd in range(1, 6):
+        _stc_round(server, clients, rnd, lost=(1,) if rnd == 3 else ())
+    _finish(server, clients)
+
+
+def test_stc_a_round_repeated_after_a_coordinator_restart_is_not_applied_twice():
+    server, clients = _stc_pair()
+    for rnd in (1, 2):
+        _stc_round(server, clients, rnd)
+    state = server.state()  # the checkpoint after round 2
+    _stc_round(server, clients, 3)  # round 3 played, then the coordinator dies
+    server = make_strategy("stc", server_ctx("stc", workers=(0, 1), stc_cache=10))
+    server.restore(state)
+    for rnd in (3, 4, 5):  # the restarted coordinator repeats round 3
+        _stc_round(server, clients, rnd)
+    _finish(server, clients)
+
+
+def test_stc_a_restarted_worker_says_it_is_behind_and_is_caught_up():
+    server, clients = _stc_pair()
+    for rnd in (1, 2, 3):
+        _stc_round(server, clients, rnd)
+    clients[1] = make_test_client("stc", _TrainingLearner(N, 7))  # a new process: W_0
+    replies = _stc_round(server, clients, 4)
+    assert [r.error["code"] for r in replies if not r.ok] == ["desync"]
+    assert clients[1].base.abs().sum() == 0  # it trained nothing and kept W_0
+    _stc_round(server, clients, 5)
+    _finish(server, clients)
+
+
+@pytest.mark.parametrize("meta", [{}, {"at": -1}, {"at": True}, {"at": 99}, {"at": "1"},
+                                  {"at": 0, "base": 5}, {"at": 3, "base": 0}])
+def test_stc_hostile_round_fields_are_value_errors(meta):
+    server, clients = _stc_pair()
+    packet = server.configure(1, [0])[0]
+    packet.meta = dict(meta)
+    with pytest.raises(ValueError):
+        clients[0].apply(1, packet)
+    reply = clients[1].reply(1)
+    reply.meta = {k: v for k, v in meta.items() if k != "base"}
+    if reply.meta.get("at") != 0:  # 0 is the one round the server may hear now
+        with pytest.raises(ValueError):
+            server.decode(1, reply)
+
+
+@pytest.mark.parametrize("n", [0, -3, True, 1.5, "12", [4], None, float("nan"), 2**40 + 1])
+def test_a_hostile_declared_data_size_is_a_value_error_not_a_crash(n):
+    """A reply's data size weights the mean: 0 made the round's mean raise (the
+    coordinator died), a string or a list raised TypeError or ValueError in int()."""
+    from p2pfl.server.coordinator import declared_size
+
+    with pytest.raises(ValueError) as err:
+        declared_size({"n": n})
+    assert err.value.code == "bad_size"
+    assert declared_size({"n": 7}) == 7 and declared_size({}) == 1

@@ -23,12 +23,28 @@ from ..strategies import Reply, ServerContext, make_strategy
 from ..training import evaluate as evaluate_model
 from . import checkpoint
 
-__all__ = ["Coordinator"]
+__all__ = ["Coordinator", "declared_size", "MAX_SAMPLES"]
 
 #: A worker that left this many of its rounds in a row unanswered is not waited for
 #: until it is heard from again (gossip's neighbours give up after one: a server
 #: round is costlier to lose, and one late reply should not cost the next).
 SUSPECT_AFTER = 2
+
+
+#: The largest data size a worker may declare: its weight in a data-size weighted mean.
+MAX_SAMPLES = 1 << 40
+
+
+def declared_size(meta: dict) -> int:
+    """The data size a reply declares (1 when it declares none): an integer in [1,
+    MAX_SAMPLES], or ValueError (``bad_size``).  The size is the worker's word:
+    ``mean`` and ``normclip`` weight by it, the other aggregators do not."""
+    n = meta.get("n", 1)
+    if type(n) is not int or not 1 <= n <= MAX_SAMPLES:  # msgpack's bool is not an int
+        err = ValueError(f"declared data size {n!r:.40} is not an integer in [1, 2**40]")
+        err.code = "bad_size"
+        raise err
+    return n
 
 
 class _Evaluator:
@@ -177,16 +193,19 @@ class Coordinator:
                 replies.append(Reply(w, error={"code": code, "reason": f"no {kind}"}))
                 continue
             try:
+                num_samples = declared_size(packet.meta)
                 content = self.strategy.decode(w, packet)
             except ValueError as exc:  # CodecError is a ValueError
-                code = "temporal_gap" if isinstance(exc, TemporalGap) else "undecodable"
-                self.rt.drop(code)
+                code = "temporal_gap" if isinstance(exc, TemporalGap) else \
+                    getattr(exc, "code", "undecodable")  # a strategy's own (stc: desync)
+                if code != "desync":  # a worker that says it is behind sent nothing wrong
+                    self.rt.drop(code)
                 replies.append(Reply(w, error={"code": code, "reason": str(exc)[:200]}))
                 continue
             if isinstance(content, torch.Tensor) and not bool(torch.isfinite(content).all()):
                 replies.append(Reply(w, error={"code": "nonfinite", "reason": "NaN or inf"}))
                 continue
-            replies.append(Reply(w, content=content, num_samples=int(packet.meta.get("n", 1)),
+            replies.append(Reply(w, content=content, num_samples=num_samples,
                                  meta=dict(packet.meta)))
         for r in replies:
             if not r.ok:

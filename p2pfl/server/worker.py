@@ -53,12 +53,19 @@ class Worker:
                 return self.rounds_done
             rnd = packet.round
             if packet.meta.get("final"):
-                self.client.finish(packet)
+                try:
+                    self.client.finish(packet)
+                except ValueError:  # unusable: the final record is of the model we hold
+                    self.rt.drop("undecodable")
                 self.record_final(rnd - 1)
                 return self.rounds_done
             again = rnd <= self.rounds_last
             self._flush()
-            self.client.apply(rnd, packet)
+            try:
+                self.client.apply(rnd, packet)
+            except ValueError:  # CodecError is a ValueError: an instruction we cannot use
+                self.rt.drop("undecodable")  # no reply: the round is a time-out there
+                continue
             acc = self.learner.evaluate() if self.run_spec.evaluates(rnd) else (None, None)
             loss = self.client.fit()
             if self.client.behaviour != "silent":  # a silent worker never replies

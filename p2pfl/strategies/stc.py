@@ -6,8 +6,9 @@ ALGORITHMS.md, "Sparse Ternary Compression":
 * server:  ΔW = mean_i ΔW̃_i;  A_s ← A_s + ΔW;  ΔW̃ = STC_p_down(A_s);  A_s ← A_s − ΔW̃;
            W ← W + ΔW̃
 
-STC is applied to the flat parameter vector (k = ⌈p·n⌉ over all n
-parameters), with Golomb-coded positions: the codec ``--compression``
+STC is applied per parameter tensor (k = ⌈p·n_l⌉ for a tensor of n_l entries, as
+in the paper; ``stc:P:global`` takes one k over the model), with Golomb-coded
+positions: the codec ``--compression``
 (default ``stc:0.01+golomb``) upstream and ``--compression-down`` (default:
 the same) downstream.  The mean is weighted by data size, as in FedAvg.
 
@@ -16,6 +17,18 @@ Update caching: the server keeps the encoded blobs of its last
 synchronised τ rounds ago receives those τ compressed updates in one message
 and adds them in order (so its model equals the server's bit for bit); one
 that missed more than the cache holds receives the full model (raw float32).
+
+Synchronisation survives faults.  Each instruction says the round of the model
+it brings the worker to (``meta["at"]``) and, for a catch-up, the round its
+first update applies to (``meta["base"]``).  The worker keeps the round of the
+model it holds, skips the updates it applied already (an instruction repeated
+by a coordinator restarted from its checkpoint), and replies with that round.
+The server takes a worker's round from its replies only, not from the
+instructions it sent, so an instruction lost on the way (an offline worker) is
+caught up from the round the worker really holds.  A worker that holds an
+earlier model than a catch-up starts from (it was restarted, and holds W_0)
+trains nothing and says so (``desync``, with its round); the server then sends
+it the updates from there, or the full model.
 
 The uplink (the update's codec, temporal contexts and their acknowledgements,
 filter scales) is :mod:`.upstream`'s, shared with compressed FedAvg; with
@@ -39,7 +52,22 @@ from .filter_scaling import combine_scales, filter_layout, read_scales, scale_fi
 from .robust import parse_aggregator
 from .upstream import UpDecoder
 
-__all__ = ["STC", "STCClient", "catch_up_packet", "read_catch_up"]
+__all__ = ["STC", "STCClient", "OutOfSync", "catch_up_packet", "read_catch_up"]
+
+
+class OutOfSync(ValueError):
+    """A worker holds an earlier model than its catch-up started from (a reply's error
+    code ``desync``): the server sends it the updates from its round next time."""
+
+    code = "desync"
+
+
+def _round_field(meta: dict, key: str, most: int) -> int:
+    """``meta[key]``, a model round in [0, most]; ValueError otherwise."""
+    value = meta.get(key)
+    if type(value) is not int or not 0 <= value <= most:
+        raise ValueError(f"{key!r} is not a model round in [0, {most}]")
+    return value
 
 
 def catch_up_packet(codec: str, blobs: list) -> Packet:
@@ -83,18 +111,25 @@ class STC(Strategy):
         self.scales: dict = {}  # worker -> its filter scales this round
 
     def _instruction(self, worker: int) -> Packet:
+        """W_round for ``worker``: the updates since the round its last reply said it
+        holds, or the full model.  ``synced`` moves with the replies only."""
         missed = list(range(self.synced[worker] + 1, self.round + 1))
-        self.synced[worker] = self.round
         if all(r in self.cache for r in missed):
             packet = catch_up_packet(self.down.name, [self.cache[r] for r in missed])
+            packet.meta["base"] = self.synced[worker]
         else:
             packet = dense_packet(self.model)  # missed more than the cache holds
+        packet.meta["at"] = self.round
         return self.up.acknowledge(worker, packet)
 
     def configure(self, rnd: int, participants: list) -> dict:
         return {w: self._instruction(w) for w in participants}
 
     def decode(self, worker: int, packet: Packet) -> torch.Tensor:
+        self.synced[worker] = _round_field(packet.meta, "at", self.round)  # what it holds
+        if packet.meta.get("desync") is True:
+            raise OutOfSync(f"the worker holds the model of round {self.synced[worker]}, "
+                            "earlier than its catch-up started from")
         if self.layout is None:
             return self.up.decode(worker, packet, self.model)
         update, self.scales[worker] = self.up.decode_parts(worker, packet, self.model)
@@ -164,20 +199,46 @@ class STCClient(FedAvgClient):
         self.down = make_codec(options.codec_down, shapes=shapes)
         self.base = learner.get_flat()  # W_0: every node builds the same initial model
         self.layout = filter_layout(shapes) if options.filter_scaling else None
+        self.at = 0  # the round of the global model self.base is
+        self.out_of_sync = False  # the last catch-up started after self.at
 
     def apply(self, rnd: int, packet: Packet) -> None:
+        """Bring W to the round the instruction says: the full model, or the catch-up's
+        updates this worker lacks; ValueError if the instruction is unusable."""
         self.up.instruction(packet)  # temporal chains: restart if our last update was lost
+        at = _round_field(packet.meta, "at", 1 << 40)
         if packet.codec == "none":
-            self.base = dense_tensor(packet, self.learner.num_params)
+            self.base, self.at = dense_tensor(packet, self.learner.num_params), at
+            self.out_of_sync = False
         else:
+            blobs = read_catch_up(packet)
+            start = _round_field(packet.meta, "base", at)
+            if at != start + len(blobs):
+                raise ValueError("a catch-up's rounds do not add up")
+            self.out_of_sync = not start <= self.at <= at
+            if self.out_of_sync:
+                return  # reply() says so; the model stays as it is
             base = self.base
-            for blob in read_catch_up(packet):
+            for blob in blobs[self.at - start:]:  # those applied already are skipped
                 if self.layout is None:
                     base = base + self.down.decode(blob).reshape(-1)
                 else:  # the global scales s̄ follow the update's frames
                     scales = read_scales(blob[-1], self.layout)
                     base = scale_filters(base + self.down.decode(blob[:-1]).reshape(-1),
                                          scales, self.layout)
-            self.base = base  # only once every blob has decoded
+            self.base, self.at = base, at  # only once every blob has decoded
         self.learner.set_flat(self.base)
+
+    def fit(self) -> float:
+        return float("nan") if self.out_of_sync else super().fit()
+
+    def reply(self, rnd: int) -> Packet:
+        """The update, with the round of the model it was trained from; out of sync,
+        no update, and that round (the server catches up from there)."""
+        if self.out_of_sync:
+            return Packet(self.up.codec.name, [], meta={
+                "n": self.learner.num_samples, "at": self.at, "desync": True})
+        packet = super().reply(rnd)
+        packet.meta["at"] = self.at
+        return packet
 
