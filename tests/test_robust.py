@@ -174,3 +174,10 @@ def test_every_behaviour_runs_in_both_modes(tmp_path, mode):
     if mode != "gossip":
         assert sorted(s["behaviours"].values()) == sorted(
             ["random", "label_flip", "noisy", "sign_flip", "alie", "silent"])
+
+
+def test_trimmed_mean_counts_exactly():
+    ups = [t(float(i * i), 0) for i in range(100)]
+    # 0.29 · 100 is 28.999... in floats: 29 are dropped each way, not 28
+    kept = [i * i for i in range(29, 71)]
+    assert torch.allclose(trimmed_mean(ups, 0.29), t(sum(kept) / len(kept), 0))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from p2pfl.algorithms.attacks import alie_z, corrupt
-from p2pfl.algorithms.robust import adaptive_tau, parse_robust, robust_step
+from p2pfl.algorithms.robust import adaptive_tau, parse_robust, robust_step, trim_count
 from p2pfl.errors import ConfigError
 
 
@@ -29,12 +29,24 @@ def test_adaptive_tau_is_a_weighted_percentile_of_the_distances():
     assert adaptive_tau(d, w, delta=0.25) == 3.0  # the farthest quarter is clipped
 
 
-def test_bridge_trimming_drops_the_extremes_with_the_own_value():
+def test_bridge_trimming_drops_the_neighbours_extremes_and_keeps_the_own_value():
     own = t(0.0)
     others = {1: t(1.0), 2: t(2.0), 3: t(1000.0), 4: t(-1000.0)}
     w = {j: 0.2 for j in others}
-    step = robust_step(own, others, w, parse_robust("trimmed:0.2"))
+    step = robust_step(own, others, w, parse_robust("trimmed:0.25"))  # b = 1 of 4
     assert torch.allclose(own + step, t(1.0))  # mean of 0, 1, 2
+    # BRIDGE-T trims neighbours only: an honest node's own value is never dropped
+    zeros = {j: t(0.0) for j in others}
+    step = robust_step(t(100.0), zeros, w, parse_robust("trimmed:0.25"))
+    assert torch.allclose(100.0 + step, t(100.0 / 3))  # mean of 100, 0, 0
+    step = robust_step(t(100.0), {1: t(0.0), 2: t(10.0)}, {1: 0.3, 2: 0.3},
+                       parse_robust("trimmed:0.34"))  # b = 0 of 2: all kept
+    assert torch.allclose(100.0 + step, t(110.0 / 3))
+
+
+def test_trim_counts_are_exact_floors():
+    assert trim_count(0.29, 100) == 29  # 0.29 * 100 is 28.999... in floats
+    assert [trim_count(0.25, k) for k in (3, 4, 7, 8)] == [0, 1, 1, 2]
 
 
 @pytest.mark.parametrize("spec", ["clip:0", "clip:-1", "trimmed", "trimmed:0.5", "x", "none:1"])

@@ -8,9 +8,10 @@
   Without TAU, τ_i is adaptive as in the paper: the weighted percentile of the
   distances ‖x_j − x_i‖ that leaves the neighbours carrying the largest
   (1 − δ) share of the weight unclipped, δ = :data:`ADAPTIVE_DELTA`;
-* ``trimmed:BETA``: BRIDGE-T (Yang and Bajwa 2019): per coordinate, over the
-  node's own value and its neighbours', drop the ⌊β·(k+1)⌋ largest and smallest
-  and average the rest.
+* ``trimmed:BETA``: BRIDGE-T (Yang and Bajwa 2019): per coordinate, drop the
+  b = ⌊β·k⌋ largest and b smallest of the k neighbours' values, and average the
+  rest with the node's own value (which is never dropped).  b is the number of
+  Byzantine neighbours tolerated: ``trimmed:0.25`` drops one each way of 4.
 
 With CHOCO the differences that are clipped (or the values trimmed) are those of
 the public copies, x̂_j − x̂_i, and the result is taken with the step size γ.
@@ -22,7 +23,7 @@ import torch
 
 from ..errors import ConfigError
 
-__all__ = ["parse_robust", "robust_step", "ADAPTIVE_DELTA"]
+__all__ = ["parse_robust", "robust_step", "trim_count", "ADAPTIVE_DELTA"]
 
 #: Adaptive clipping: the share of neighbour weight that may be clipped.
 ADAPTIVE_DELTA = 0.25
@@ -44,6 +45,11 @@ def parse_robust(spec: str) -> tuple:
         return name, value
     raise ConfigError(f"unknown --robust {spec!r}; valid: none, clip, clip:TAU (> 0), "
                       "trimmed:BETA (0 <= BETA < 0.5)")
+
+
+def trim_count(beta: float, n: int) -> int:
+    """⌊β·n⌋, exact where float rounding puts β·n just below an integer (0.29 · 100)."""
+    return int(beta * n + 1e-9)
 
 
 def adaptive_tau(dists: torch.Tensor, weights: torch.Tensor,
@@ -71,9 +77,9 @@ def robust_step(own: torch.Tensor, others: dict, weights: dict, spec: tuple) -> 
         tau = value if value > 0 else adaptive_tau(norms, w)
         scale = torch.clamp(tau / norms.clamp_min(1e-30), max=1.0)
         return (w[:, None] * scale[:, None] * diffs).sum(0)
-    if name == "trimmed":
-        values = torch.cat([own[None], own[None] + diffs]).sort(0).values
-        b = int(value * values.shape[0])
-        kept = values[b:values.shape[0] - b].mean(0)
-        return kept - own  # BRIDGE-T: the model becomes the trimmed mean
+    if name == "trimmed":  # BRIDGE-T: the model becomes own and the kept neighbours' mean
+        k = diffs.shape[0]
+        b = trim_count(value, k)
+        kept = diffs.sort(0).values[b:k - b]  # neighbours' values less own, per coordinate
+        return kept.sum(0) / (k - 2 * b + 1)  # own's difference to itself is 0
     return (w[:, None] * diffs).sum(0)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..algorithms.robust import trim_count
 from ..errors import ConfigError
 from .base import weighted_mean
 
@@ -58,7 +59,7 @@ def trimmed_mean(updates: list, beta: float) -> torch.Tensor:
     """Per coordinate, the mean after dropping the ⌊βn⌋ largest and smallest values."""
     x = _stack(updates).sort(0).values
     n = x.shape[0]
-    k = int(beta * n)
+    k = trim_count(beta, n)
     if n - 2 * k < 1:
         raise ValueError(f"trimmed:{beta} leaves nothing of {n} updates")
     return x[k:n - k].mean(0).to(torch.float32)
