@@ -248,6 +248,15 @@ def _check_krum(spec: str, n: int, participation: float) -> None:
                           f"has {per_round} ({n} workers, participation {participation:g})")
 
 
+def _has_filters(model) -> bool:
+    """Whether ``model`` (a name) has convolution kernels, which filter scaling scales."""
+    from .models import CUSTOM
+
+    if isinstance(model, str) and model in CUSTOM:
+        return any(p.dim() >= 3 for p in CUSTOM[model].parameters())
+    return isinstance(model, str) and model.split(":", 1)[0] == "cnn"
+
+
 def _server_plan(cfg: RunConfig, graph) -> Plan:
     from .compression import uses_temporal
 
@@ -262,6 +271,9 @@ def _server_plan(cfg: RunConfig, graph) -> Plan:
         raise ConfigError("cabac:temporal and powersgd:R:alternate code the workers' updates; "
                           "the server's downstream updates are broadcast and cached: give "
                           "--compression-down plain cabac or powersgd:R")
+    if getattr(options, "filter_scaling", False) and not _has_filters(cfg.model):
+        raise ConfigError(f"--filter-scaling on scales convolution filters; model "
+                          f"{cfg.model!r} has none (use cnn or cnn:C1-C2)")
     labels = _server_labels(cfg, graph)
     n = len(labels)
     _check_krum(getattr(options, "aggregator", "mean"), n, cfg.participation)

@@ -63,10 +63,19 @@ def test_a_flag_naming_the_workers_wins_over_the_config_files_other_way(tmp_path
     (dict(mode="fedavg", nodes=6, aggregator="multikrum:1:7"), "at least 7 .* has 6"),
     (dict(mode="fedavg", nodes=10, participation=0.3, aggregator="krum:1"),
      r"has 3 \(10 workers, participation 0.3\)"),
+    (dict(mode="stc", nodes=4, filter_scaling="on"), "model 'mlp' has none"),
+    (dict(mode="fedavg", nodes=4, filter_scaling="on", model="logreg",
+          compression="stc:0.01"), "scales convolution filters"),
 ])
 def test_plan_refuses_what_does_not_fit_the_nodes(options, words):
     with pytest.raises(UsageError, match=words):
         plan(from_sources(None, dict(options, dataset="digits")))
+
+
+def test_filter_scaling_is_planned_for_a_cnn():
+    p = plan(from_sources(None, dict(mode="stc", nodes=4, filter_scaling="on", model="cnn:8-8",
+                                     dataset="digits")))
+    assert p.specs[0].options.filter_scaling
 
 
 def test_krum_at_the_edge_of_the_workers_is_planned():

@@ -26,8 +26,10 @@ error-feedback residual keeps what the sparsifier dropped (u − ũ) and not the
 scaling: the scales are trained on the loss, not fitted to the dense update, and
 folding them into the residual undoes them the next round (measured:
 BENCHMARKS.md).  Kernels with three or more dimensions (Conv1d, Conv2d, ...)
-are scaled; linear layers and biases are not.  Departure from the paper: the
-paper's scales are full precision; ours are 4-bit.
+are scaled; linear layers and biases are not (ALGORITHMS.md allows a scale per
+linear row too; the issue asks for filters, and rows measured no gain: BENCHMARKS.md),
+so a model without convolutions is refused at plan time.  Departure from the paper:
+the paper's scales are full precision; ours are 4-bit.
 """
 from __future__ import annotations
 
