@@ -398,3 +398,20 @@ def test_a_packed_level_beyond_int32_is_a_codec_error():
     blob[-4:] = (0xFFFFFFFF).to_bytes(4, "big")
     with pytest.raises(CodecError):
         codec.decode([bytes(blob)])
+
+
+def test_k_is_the_exact_ceiling_at_tens_of_millions_of_entries():
+    from p2pfl.compression.sparsify import count_k
+
+    assert count_k(0.12347, 81_061_683) == 10_008_687  # a relative guard gave 10,008,686
+    assert count_k(0.07, 100) == 7 and count_k(0.01, 9930) == 100  # 7.000...1 is 7
+    assert count_k(0.1, 1001) == 101 and count_k(1e-9, 5) == 1
+
+
+def test_sbc_sends_no_positions_for_an_all_zero_input():
+    """Both sides' means are 0: k positions of value 0 cost bytes and carry nothing."""
+    zeros = torch.zeros(1000)
+    sbc, stc = make_codec("sbc:0.1+golomb"), make_codec("stc:0.1+golomb")
+    blob = sbc.encode(zeros)
+    assert wire_size(blob) <= wire_size(stc.encode(zeros))
+    assert torch.equal(make_codec("sbc:0.1+golomb").decode(blob), zeros)

@@ -18,10 +18,15 @@ __all__ = ["TopK", "RandK", "Threshold", "SBC", "STC", "count_k", "top_k_indices
 
 
 def count_k(p: float, n: int) -> int:
-    """k = ⌈p·n⌉, at least 1 for a non-empty tensor (guards 0.07·100 = 7.000…1)."""
+    """k = ⌈p·n⌉, at least 1 for a non-empty tensor.  A product within a few ulps of
+    an integer is that integer (0.07·100 = 7.000…1 is 7), and only then: a relative
+    guard would also round a true fraction down at tens of millions of entries."""
     if n == 0:
         return 0
-    return min(n, max(1, math.ceil(p * n * (1 - 1e-12))))
+    x = p * n
+    whole = round(x)
+    k = whole if abs(x - whole) <= 4 * math.ulp(x) else math.ceil(x)
+    return min(n, max(1, k))
 
 
 def top_k_indices(a: np.ndarray, k: int) -> np.ndarray:
@@ -125,6 +130,8 @@ class SBC(_Scoped):
         mu_pos = float(x[pos].astype(np.float64).mean())
         mu_neg = float(-x[neg].astype(np.float64).mean())
         idx, mu = (pos, mu_pos) if mu_pos >= mu_neg else (neg, -mu_neg)
+        if mu == 0:  # an all-zero input: nothing to send, not k zero-valued positions
+            return np.zeros(0, np.int64), Levels(np.zeros(0, np.int64), 0.0)
         return idx, Levels(np.ones(k, dtype=np.int64), unit_scale(mu))
 
 
