@@ -8,9 +8,9 @@ verbs; this loop only wires them.
 With ``--schedule sync`` a round waits for the neighbours' messages of that
 round (up to the time-out).  With ``--schedule async`` there is no barrier: a
 node mixes whatever arrived since its last mix and goes on; ``--rounds`` then
-counts its local iterations, and each record says how stale the mixed models
-were (``staleness``: our iteration minus the sender's, mean over the models
-mixed).
+counts its local iterations, and each record says how stale the models that
+arrived since the last mix were (``staleness``: our iteration minus the sender's,
+mean over those models; D-PSGD mixes only the latest of each sender).
 """
 
 from __future__ import annotations

@@ -24,9 +24,25 @@ def _ring(n):
 
 
 def test_renormalised_rows_still_sum_to_one():
-    w_self, w = renormalised(0.4, {1: 0.3, 2: 0.3}, [1])
+    w_self, w = renormalised(0.4, {1: 0.3, 2: 0.3}, [1])  # synchronous: to the diagonal
+    assert w_self + sum(w.values()) == pytest.approx(1.0)
+    assert (w_self, w) == (pytest.approx(0.7), {1: 0.3})
+    w_self, w = renormalised(0.4, {1: 0.3, 2: 0.3}, [1], to_self=False)  # in proportion
     assert w_self + sum(w.values()) == pytest.approx(1.0)
     assert w_self == pytest.approx(0.4 / 0.7)
+
+
+def test_a_link_down_both_ways_keeps_the_networks_average():
+    """Ring of 4, link 0–1 lost both ways: the missing weights go to the diagonal, so
+    the mixing matrix stays doubly stochastic and the mean of the models is kept
+    (spreading them over the other neighbours moved it by 0.24)."""
+    W = _ring(4)
+    X = torch.randn(4, 30, generator=torch.Generator().manual_seed(5))
+    algs = [DPSGD(30, W[i, i], {j: W[i, j] for j in np.flatnonzero(W[i]) if j != i})
+            for i in range(4)]
+    out = torch.stack([a.mix(X[i].clone(), {j: X[j] for j in a.weights if {i, j} != {0, 1}})
+                       for i, a in enumerate(algs)])
+    torch.testing.assert_close(out.mean(0), X.mean(0), atol=1e-6, rtol=0)
 
 
 def test_dpsgd_mix_is_the_weighted_average():

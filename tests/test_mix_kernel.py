@@ -154,5 +154,7 @@ def test_dpsgd_mix_uses_the_renormalised_weights():
     algo = DPSGD.__new__(DPSGD)
     algo.self_weight, algo.weights, algo.robust = 0.5, {1: 0.25, 2: 0.25}, ("none",)
     x, a = torch.zeros(4), torch.ones(4)
-    out = algo.mix(x, {1: a})  # neighbour 2 missing: its share is redistributed
+    out = algo.mix(x, {1: a})  # neighbour 2 missing: its share goes to x
+    assert torch.allclose(out, torch.full((4,), 0.25))
+    out = algo.mix(x, {1: a}, to_self=False)  # asynchronous: spread in proportion
     assert torch.allclose(out, torch.full((4,), 1 / 3))

@@ -75,13 +75,22 @@ def all_finite(x: torch.Tensor) -> bool:
     return math.isfinite(x.sum().item()) or bool(torch.isfinite(x).all())
 
 
-def renormalised(self_weight: float, weights: dict, arrived) -> tuple[float, dict]:
-    """Mixing weights re-normalised over the neighbours whose message arrived.
+def renormalised(self_weight: float, weights: dict, arrived,
+                 to_self: bool = True) -> tuple[float, dict]:
+    """Mixing weights over the neighbours whose message arrived; row i still sums to 1.
 
-    Row i of the mixing matrix sums to 1; when some neighbours are missing
-    their share is redistributed proportionally, so the row still sums to 1.
+    ``to_self`` (synchronous rounds, where a missing message is a failure): a
+    missing neighbour's weight w_ij goes to the node itself (w_ii), as in CHOCO's
+    Σ_j w_ij (x̂_j − x̂_i) over the fresh copies.  When a link fails both ways (a
+    dead, offline or silent neighbour) w_ij and w_ji both move to the diagonal:
+    the matrix stays symmetric and doubly stochastic, so the mix keeps the
+    network's average.  Otherwise (asynchronous gossip, where a neighbour has
+    simply not sent since the last mix) the missing share is spread over self
+    and the neighbours heard from, in proportion.
     """
     kept = {j: weights[j] for j in arrived}
+    if to_self:
+        return self_weight + sum(w for j, w in weights.items() if j not in kept), kept
     total = self_weight + sum(kept.values())
     return self_weight / total, {j: w / total for j, w in kept.items()}
 

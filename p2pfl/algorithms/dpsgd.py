@@ -4,11 +4,13 @@ Update rule (ALGORITHMS.md, "Peer-to-peer gossip", D-PSGD; Lian et al. 2017)::
 
     x_i ← Σ_j w_ij x_j      after the local SGD steps
 
-with Metropolis–Hastings weights w_ij by default.
+with Metropolis–Hastings weights w_ij by default.  In synchronous rounds the
+weight of a neighbour whose model did not come goes to x_i, which keeps the
+mixing matrix doubly stochastic (:func:`~.base.renormalised`).
 
 :class:`DPSGD` exchanges full fp32 models; neighbours whose model did not
-arrive in time, or holds a NaN or an infinity, are left out and the row is
-re-normalised over the rest.  The finiteness test rides on the sum: the C
+arrive in time, or holds a NaN or an infinity, are left out (their weight goes to
+x_i; in asynchronous gossip the row is re-normalised over the rest).  The finiteness test rides on the sum: the C
 kernel reports whether the mixed model is finite, and only when it is not are
 the neighbours' models tested one by one (:meth:`DPSGD.mix`).
 
@@ -61,25 +63,26 @@ class DPSGD(GossipAlgorithm):
         rejected, self._rejected = list(self._rejected), ()
         return rejected
 
-    def mix(self, x: torch.Tensor, received: dict) -> torch.Tensor:
+    def mix(self, x: torch.Tensor, received: dict, to_self: bool = True) -> torch.Tensor:
+        """A missing neighbour's weight goes to x_i (``to_self``; :func:`renormalised`)."""
         if self.robust[0] != "none":  # x_i + Σ_j w_ij · robust(x_j − x_i)
             received = self._screened(received)
-            _, w = renormalised(self.self_weight, self.weights, received)
+            _, w = renormalised(self.self_weight, self.weights, received, to_self)
             if self.observe_neighbours:
                 self._seen = tuple(received.values())
             return x + robust_step(x, received, w, self.robust)
-        out, finite = self._sum(x, received)
+        out, finite = self._sum(x, received, to_self)
         if not finite:  # a non-finite model among the neighbours', or our own
             kept = self._screened(received)
             if len(kept) < len(received):
                 received = kept
-                out, _ = self._sum(x, received)
+                out, _ = self._sum(x, received, to_self)
         if self.observe_neighbours:
             self._seen = tuple(received.values())
         return out
 
-    def _sum(self, x: torch.Tensor, received: dict) -> tuple:
-        w_self, w = renormalised(self.self_weight, self.weights, received)
+    def _sum(self, x: torch.Tensor, received: dict, to_self: bool) -> tuple:
+        w_self, w = renormalised(self.self_weight, self.weights, received, to_self)
         order = sorted(received)  # a fixed order: float sums do not depend on arrival
         return weighted_sum_checked(x, w_self, [received[j] for j in order],
                                     [w[j] for j in order])
@@ -93,7 +96,7 @@ class DPSGD(GossipAlgorithm):
             self._rejected += (j,) * (len(items) - len(good))
             if good:
                 latest[j] = good[-1]
-        return self.mix(x, latest)
+        return self.mix(x, latest, to_self=False)  # not sent yet is not a failure
 
     def _screened(self, received: dict) -> dict:
         """``received`` without the models that hold a NaN or an infinity; their

@@ -6,7 +6,10 @@ unlabelled set X_pub is a held-out slice of the training set
 participant distils from the last aggregate it received, trains on its own
 data, and sends its soft labels on X_pub; the server averages them and sends
 the average back.  Workers keep their own models (their architectures may
-differ: ``model`` in a node profile).
+differ: ``model`` in a node profile).  The server keeps no model and does not
+distil (ALGORITHMS.md has the server distil too): it only aggregates.  Its
+records carry the ensemble's accuracy on X_pub (the argmax of the averaged soft
+labels), and the workers' records their own models' accuracy.
 
 CFD quantises soft labels to b bits (``--fd-bits``; default 1 for ``cfd``, 0
 = float32 for ``fd``):

@@ -12,7 +12,8 @@
 * ``clip:TAU``: centred clipping (Karimireddy, He, Jaggi, ICML 2021),
   v ← v + (1/n) Σ_i clip(Δ_i − v, τ) with clip(z, τ) = z · min(1, τ/‖z‖),
   iterated L = 3 times from the last round's aggregate;
-* ``normclip``: each Δ_i scaled down to at most the median update norm, then
+* ``normclip``: each Δ_i scaled down to at most the median update norm (the lower
+  middle one for an even count), then
   the data-size weighted mean.  Not from a paper: it is the safeguard our CFL
   has always used (its default there), available to FedAvg and STC too.
 
@@ -96,7 +97,8 @@ def centred_clip(updates: list, tau: float, start: torch.Tensor,
 
 
 def clip_to_median(updates: list) -> list:
-    """Each update scaled down to at most the median update norm."""
+    """Each update scaled down to at most the median update norm (``torch.median``:
+    the lower of the two middle norms for an even count)."""
     norms = torch.stack([u.norm() for u in updates])
     cap = float(norms.median())
     return [u * min(1.0, cap / max(float(n), 1e-12)) for u, n in zip(updates, norms)]
