@@ -415,3 +415,11 @@ def test_sbc_sends_no_positions_for_an_all_zero_input():
     blob = sbc.encode(zeros)
     assert wire_size(blob) <= wire_size(stc.encode(zeros))
     assert torch.equal(make_codec("sbc:0.1+golomb").decode(blob), zeros)
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_fp16_refuses_non_finite_values_instead_of_saturating_them(bad):
+    with pytest.raises(CodecError):
+        make_codec("fp16").encode(torch.tensor([1.0, bad]))
+    big = make_codec("fp16")  # large finite values still saturate
+    assert big.decode(big.encode(torch.tensor([1e6]))).item() == 65504.0

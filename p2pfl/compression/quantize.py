@@ -32,11 +32,15 @@ class NoQuant(Stage):
 
 
 class FP16(Stage):
-    """``fp16``: IEEE half precision, round to nearest, saturating at ±65504."""
+    """``fp16``: IEEE half precision, round to nearest, saturating at ±65504.  A NaN
+    or an infinity is a :class:`CodecError`, as in the other lossy stages: saturated,
+    an infinity would reach the receivers as a finite 65504 that their screening of
+    non-finite models lets through."""
     name, wire_id, role, biased = "fp16", 2, "quantise", True
     max_args = 0
 
     def quantise(self, x: np.ndarray) -> Floats:
+        check_finite(x, self)
         return Floats(np.clip(x, -_FP16_MAX, _FP16_MAX).astype(np.float16), F16)
 
 
