@@ -27,6 +27,7 @@ from .errors import ClusterError, UsageError
 from .metrics import write_json_atomic
 from .runtime import LAUNCHER
 from .transport import Endpoint, Mailbox
+from .transport.mailbox import NODE_REPORTS
 from .transport.liveness import ConnectionWatch
 from .transport.security import Security
 from .spawn import spawn_hosts, spawn_processes, spawn_threads
@@ -154,7 +155,8 @@ class Launcher(Supervision):
         self._address = address
         security = None if self.keys is None else Security(self.keys.launcher, self.keys.public)
         self.ep = Endpoint(self.ctx, LAUNCHER, address, security=security)
-        self.mailbox = Mailbox(self.ep, peers=set(), control_sources=set(self.nodes))
+        self.mailbox = Mailbox(self.ep, peers=set(), control_sources=set(self.nodes),
+                               control_kinds=NODE_REPORTS, max_control=None)
         self._stopping = False
         self._stop_requested = False  # by the user (--target-accuracy, the API)
         self._stop_all = False  # every node, now
@@ -264,7 +266,9 @@ class Launcher(Supervision):
             self._fail(h, "join without data and control addresses")
             return False
         h.address, h.control = meta["address"], meta["control"]
-        h.pid, h.host = meta.get("pid"), meta.get("host")
+        pid, host = meta.get("pid"), meta.get("host")  # what a node says of itself
+        h.pid = pid if type(pid) is int and 0 < pid < 1 << 31 else h.pid
+        h.host = host[:255] if isinstance(host, str) else None
         local = meta.get("local")
         h.local = local if isinstance(local, str) and local.startswith("inproc://") else None
         h.ray_node = meta["ray_node"] if isinstance(meta.get("ray_node"), str) else None
@@ -315,8 +319,9 @@ class Launcher(Supervision):
             h.final = msg.meta
             h.state = "done"
         elif msg.kind == "error":
-            self._fail(h, str(msg.meta.get("reason", "unknown error")))
-            return
+            reason = msg.meta.get("reason")  # only a string is shown: str() of a deeply
+            self._fail(h, reason[:2000] if isinstance(reason, str) else "unknown error")
+            return  # nested value would raise RecursionError here
         self.on_message(h, msg)
 
     # --------------------------------------------------------------- shutdown

@@ -218,7 +218,8 @@ class Runtime:
         """Exact totals of the whole run for the ``bye`` message (handshakes apart)."""
         self.endpoint.count_refusals()
         c, peers = self.endpoint.counters, self.peers
-        handshake = c.total("sent", peers=peers, round=0)
+        known = set(peers)
+        handshake = c.total("sent", peers=peers, handshake_only=True)
         sent = c.payload("sent", peers)  # every round but the handshake's
         wire = sum(c.wire[j] for j in peers)  # handshakes and framing included
         out = {
@@ -228,9 +229,11 @@ class Runtime:
             # sent after the last record (e.g. a round stopped half-way): in no record
             "bytes_sent_unrecorded": sent - self._recorded[0],
             "handshake_bytes": handshake,
-            "sent_per_peer": [[j, n] for j, n in c.per_peer("sent").items() if j != LAUNCHER],
+            # the run's peers only: a stranger's messages are counted as dropped, and
+            # strangers naming themselves by the thousand must not swell the bye
+            "sent_per_peer": [[j, n] for j, n in c.per_peer("sent").items() if j in known],
             "received_per_peer": [[j, n] for j, n in c.per_peer("received").items()
-                                  if j != LAUNCHER],
+                                  if j in known],
             "dropped": dict(c.dropped),
             "messages_sent": c.count("sent", peers=peers),
             "emulated_lost": self.endpoint.emulated_lost,

@@ -23,6 +23,20 @@ def test_gossip_learning_merges_by_age():
         alg.decode(type(packet)("none", packet.frames, packet.shapes, packet.dtypes, {}))
 
 
+@pytest.mark.parametrize("age", [float("inf"), float("nan"), 1e39, -1.0, 2.0 ** 60])
+def test_a_hostile_age_is_refused_and_a_large_one_does_not_overflow(age):
+    """An infinite age passed the check and made every later merge NaN; a finite one
+    of 1e39 overflowed float32 in age · model."""
+    alg = GossipLearning(3, 0.0, {1: 1.0}, options=GossipLearningOptions(steps=1), seed=0)
+    packet = alg.outgoing(torch.ones(3))
+    packet.meta["age"] = age
+    with pytest.raises(ValueError):
+        alg.decode(packet)
+    packet.meta["age"] = 2.0 ** 52  # large but valid: the merge stays finite
+    out = alg.mix_async(torch.ones(3), {1: [alg.decode(packet)]})
+    assert bool(torch.isfinite(out).all()) and alg.age == 2.0 ** 52
+
+
 @pytest.mark.parametrize("algorithm", ["gossip-learning", "dpsgd"])
 def test_asynchronous_gossip_learns_without_a_barrier(tmp_path, algorithm):
     res = run_cluster("ring:6", rounds=40, algorithm=algorithm, schedule="async", quiet=True,

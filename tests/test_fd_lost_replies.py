@@ -169,3 +169,19 @@ def test_cfd_cluster_survives_a_late_reply(tmp_path, monkeypatch):
               if r.get("role") == "worker" and r.get("node") == 0]
     assert served == [1, 2, 3, 4, 5, 6]  # it kept learning after the lost reply
     assert all(coord[r]["replies_ok"] == 4 for r in (4, 5, 6))
+
+
+@pytest.mark.parametrize("key, value", [("agg", float("inf")), ("agg", []), ("agg", None),
+                                        ("ref", [1]), ("base", [1]), ("base", True),
+                                        ("agg", 1 << 50)])
+def test_hostile_round_fields_of_an_instruction_are_value_errors(key, value):
+    """They raised OverflowError or TypeError, which a worker does not survive, or were
+    kept (base) and raised in the next reply."""
+    server, client = _pair()
+    for rnd in (1, 2):
+        _round(server, client, rnd, None)
+    packet = server.configure(3, [0, 1])[0]
+    packet.meta[key] = value
+    with pytest.raises(ValueError):
+        client.apply(3, packet)
+    client.reply(3)  # and the worker can still reply

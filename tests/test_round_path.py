@@ -219,3 +219,16 @@ def test_strict_json_turns_non_finite_values_into_null():
     assert got == {"a": None, "b": [1.5, None, None], "c": [0, 1, 2], "d": [2.0, None],
                    "e": "x"}
     assert json.loads(json.dumps(got), parse_constant=lambda c: 1 / 0) == got
+
+
+def test_final_counters_list_the_runs_peers_only(node_and_launcher):
+    """Strangers naming themselves by the thousand once swelled the bye past the
+    header limit, and the launcher dropped it as malformed."""
+    rt, launcher = node_and_launcher
+    c = rt.endpoint.counters
+    c.add("received", 1, 3, 100, "model")
+    for j in range(500):
+        c.add("received", f"stranger-{j}" * 20, 1, 10, "model")
+    final = rt.final_counters()
+    assert final["received_per_peer"] == [[1, 100]]
+    assert final["bytes_received"] == 100

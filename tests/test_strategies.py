@@ -326,3 +326,15 @@ def test_a_hostile_declared_data_size_is_a_value_error_not_a_crash(n):
         declared_size({"n": n})
     assert err.value.code == "bad_size"
     assert declared_size({"n": 7}) == 7 and declared_size({}) == 1
+
+
+def test_a_deeply_nested_declared_size_is_a_value_error():
+    """Formatting it with repr raised RecursionError, which the coordinator does not
+    catch."""
+    from p2pfl.server.coordinator import declared_size
+
+    nested = 1
+    for _ in range(5000):
+        nested = [nested]
+    with pytest.raises(ValueError, match="list"):
+        declared_size({"n": nested})

@@ -11,7 +11,10 @@ from hypothesis import strategies as st
 
 from p2pfl.transport import Endpoint, Mailbox, ProtocolError, pack, unpack
 from p2pfl.transport.wire import frames_to_arrays, tensor_frames
+from p2pfl.runtime import LAUNCHER
+from p2pfl.transport.counters import ByteCounter
 from p2pfl.transport.endpoint import identity
+from p2pfl.transport.mailbox import MAX_CONTROL, NODE_REPORTS
 
 
 _ORDER = ("v", "kind", "src", "round", "seq", "codec", "lengths", "meta", "shapes", "dtypes")
@@ -278,3 +281,57 @@ def test_endpoints_with_one_table_exchange_indices_and_drop_unknown_ones(ctx):
     assert msg.round == 3 and b.counters.dropped["malformed"] == 1
     a.close(linger=0)
     b.close(linger=0)
+
+
+def test_launcher_bound_kinds_on_a_nodes_data_socket_are_dropped_not_kept(ctx):
+    """An outsider naming itself the launcher on a node's data socket: its metrics,
+    joins and byes were kept unread in the control queue for the node's life (and
+    refreshed the launcher's liveness)."""
+    node = Endpoint(ctx, 0, "tcp://127.0.0.1:*")
+    box = Mailbox(node, peers={1}, control_sources={LAUNCHER})
+    raw = ctx.socket(zmq.DEALER)
+    raw.setsockopt(zmq.ROUTING_ID, identity(LAUNCHER))
+    raw.connect(node.address)
+    heard = box.last_control
+    for kind in ("metrics", "join", "bye", "error", "ready") * 20:
+        raw.send_multipart(pack(kind, LAUNCHER, 1, frames=[b"x" * 1000]))
+    box.collect("model", 1, [1], timeout=1.0)
+    assert not box.control and box.last_control == heard
+    assert node.counters.dropped["unexpected_kind"] == 100
+    raw.close(linger=0)
+    node.close()
+
+
+def test_the_launchers_mailbox_takes_the_nodes_reports_and_a_node_bounds_its_commands(ctx):
+    launcher = Endpoint(ctx, LAUNCHER, "inproc://reports-l")
+    node = Endpoint(ctx, 0, "inproc://reports-n")
+    node.connect(LAUNCHER, launcher.address, emulated=False)
+    box = Mailbox(launcher, peers=set(), control_sources={0}, control_kinds=NODE_REPORTS,
+                  max_control=None)
+    for _ in range(100):
+        node.send(LAUNCHER, "metrics", 1)
+    got = [box.poll_control(2.0) for _ in range(100)]
+    assert all(m is not None and m.kind == "metrics" for m in got)
+    assert len(Mailbox(node).control) == 0 and Mailbox(node).control.maxlen == MAX_CONTROL
+    for e in (launcher, node):
+        e.close()
+
+
+@pytest.mark.parametrize("peer_id", [[1], {"a": 1}, None, 1.5])
+def test_a_peer_command_with_a_bad_id_is_dropped(ctx, peer_id):
+    node = Endpoint(ctx, 0, "inproc://peer-cmd")
+    box = Mailbox(node, peers={1}, control_sources={LAUNCHER})
+    msg = unpack(pack("peer", LAUNCHER, 0, meta={"id": peer_id, "gone": True}))
+    msg.channel = "control"
+    box._route(msg)  # what a message on the control channel goes through
+    assert node.counters.dropped["bad_peer_update"] == 1 and not box.gone
+    node.close()
+
+
+def test_counters_keep_two_entries_a_peer_whatever_rounds_it_names():
+    c = ByteCounter()
+    for rnd in range(10_000):
+        c.add("received", 1, rnd, 10, "model")
+    assert len(c._bytes["received"][1]) == 2
+    assert c.total("received") == 100_000 and c.total("received", handshake_only=True) == 10
+    assert c.payload("received", [1]) == 99_990 and c.count("received", peers=[1]) == 9_999

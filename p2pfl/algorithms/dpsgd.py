@@ -10,9 +10,10 @@ mixing matrix doubly stochastic (:func:`~.base.renormalised`).
 
 :class:`DPSGD` exchanges full fp32 models; neighbours whose model did not
 arrive in time, or holds a NaN or an infinity, are left out (their weight goes to
-x_i; in asynchronous gossip the row is re-normalised over the rest).  The finiteness test rides on the sum: the C
-kernel reports whether the mixed model is finite, and only when it is not are
-the neighbours' models tested one by one (:meth:`DPSGD.mix`).
+x_i; in asynchronous gossip the row is re-normalised over the rest).  The
+finiteness test rides on the sum: the C kernel reports whether the mixed model
+is finite, and only when it is not are the neighbours' models tested one by one
+(:meth:`DPSGD.mix`).
 
 :class:`CompressedDPSGD` exchanges compressed model *differences*: node i
 publishes q_i = C(x_i − x̂_i), every copy x̂_i ← x̂_i + q_i, and then::

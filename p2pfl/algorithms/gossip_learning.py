@@ -23,7 +23,10 @@ import torch
 
 from .base import GossipAlgorithm, Packet, dense_packet, dense_tensor
 
-__all__ = ["GossipLearning", "GossipLearningOptions"]
+__all__ = ["GossipLearning", "GossipLearningOptions", "MAX_AGE"]
+
+#: The largest age a packet may carry (ages count local steps; floats are exact to here).
+MAX_AGE = float(2 ** 53)
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,8 @@ class GossipLearning(GossipAlgorithm):
 
     def decode(self, packet: Packet):
         age = packet.meta.get("age")
-        if isinstance(age, bool) or not isinstance(age, (int, float)) or not age >= 0:
-            raise ValueError("gossip-learning packet without a valid age")
+        if isinstance(age, bool) or not isinstance(age, (int, float)) or not 0 <= age <= MAX_AGE:
+            raise ValueError("gossip-learning packet without a valid age")  # inf, nan too
         return dense_tensor(packet, self.numel), float(age)
 
     def mix(self, x: torch.Tensor, received: dict) -> torch.Tensor:
@@ -81,7 +84,7 @@ class GossipLearning(GossipAlgorithm):
         for j in sorted(received, key=str):
             for model, age in received[j]:
                 total = self.age + age
-                if total > 0:
-                    x = (self.age * x + age * model) / total
+                if total > 0:  # the weights first: a large age times a model overflows
+                    x = (self.age / total) * x + (age / total) * model
                 self.age = max(self.age, age)
         return x

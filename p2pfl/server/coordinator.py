@@ -41,7 +41,8 @@ def declared_size(meta: dict) -> int:
     ``mean`` and ``normclip`` weight by it, the other aggregators do not."""
     n = meta.get("n", 1)
     if type(n) is not int or not 1 <= n <= MAX_SAMPLES:  # msgpack's bool is not an int
-        err = ValueError(f"declared data size {n!r:.40} is not an integer in [1, 2**40]")
+        shown = n if type(n) is int else type(n).__name__  # no repr of a nested value
+        err = ValueError(f"declared data size {shown} is not an integer in [1, 2**40]")
         err.code = "bad_size"
         raise err
     return n

@@ -188,16 +188,17 @@ class FDClient(ClientStrategy):
         the case when both sides follow this rule) is skipped, not fatal: our
         next reply's ``have`` makes the server re-base on what we hold.
         """
-        self.base = packet.meta.get("base", 0)
+        meta = packet.meta
+        self.base, ref = _round(meta, "base", 0), _round(meta, "ref", 0)
+        agg = _round(meta, "agg", rnd)
         if not packet.frames:
             return
-        ref = packet.meta.get("ref", 0)
         previous = self.refs.get(ref) if ref else None
         if ref and previous is None:
             self.missed += 1
             return
         labels = read_label_packet(packet, len(self.x_pub), self.classes, self.bits, previous)
-        self.agg = (int(packet.meta.get("agg", rnd)), labels)
+        self.agg = (agg, labels)
         self.refs = _keep((ref, previous), self.agg)
         targets = labels if self.bits == 0 else dequantise(labels, self.bits)
         if self.steps:
@@ -216,6 +217,15 @@ class FDClient(ClientStrategy):
         # the server's next base: ``base`` if this reply is lost, else this round
         self.sent = _keep((self.base, previous), (rnd, labels)) if self.delta else {}
         return packet
+
+
+def _round(meta: dict, key: str, default: int) -> int:
+    """``meta[key]`` (``default`` when absent), a round number: an integer in
+    [-1, 2⁴⁰]; ValueError (an unusable instruction) otherwise."""
+    value = meta.get(key, default)
+    if type(value) is not int or not -1 <= value <= 1 << 40:
+        raise ValueError(f"{key!r} is not a round number")
+    return value
 
 
 def _keep(*pairs) -> dict:

@@ -17,7 +17,8 @@ class ByteCounter:
     """
 
     def __init__(self) -> None:
-        # direction -> peer -> round -> bytes (and messages)
+        # direction -> peer -> 0 (the handshake, round 0) or 1 (every other round) ->
+        # bytes (and messages): two entries a peer, whatever rounds a sender names
         self._bytes = {"sent": defaultdict(Counter), "received": defaultdict(Counter)}
         self._count = {"sent": defaultdict(Counter), "received": defaultdict(Counter)}
         self._sums = {"sent": Counter(), "received": Counter()}  # peer -> bytes, all rounds
@@ -32,22 +33,24 @@ class ByteCounter:
         from ``peer``."""
         if wire:
             self.wire[peer] += wire
-        self._bytes[direction][peer][round] += nbytes
+        part = 0 if round == 0 else 1
+        self._bytes[direction][peer][part] += nbytes
         self._sums[direction][peer] += nbytes
-        self._count[direction][peer][round] += 1
+        self._count[direction][peer][part] += 1
         self.messages[(direction, kind)] += 1
 
     def drop(self, reason: str) -> None:
         """Record a dropped message (malformed, stale, unknown sender, full queue)."""
         self.dropped[reason] += 1
 
-    def total(self, direction: str, *, peers=None, round: int | None = None) -> int:
-        """Bytes in one direction, optionally restricted to some peers and one round."""
+    def total(self, direction: str, *, peers=None, handshake_only: bool = False) -> int:
+        """Bytes in one direction, optionally restricted to some peers, or to round 0
+        (the handshake)."""
         table = self._bytes[direction]
         chosen = table.keys() if peers is None else [p for p in peers if p in table]
-        if round is None:
+        if not handshake_only:
             return sum(sum(table[p].values()) for p in chosen)
-        return sum(table[p].get(round, 0) for p in chosen)
+        return sum(table[p].get(0, 0) for p in chosen)
 
     def payload(self, direction: str, peers) -> int:
         """Bytes to or from ``peers`` in every round but 0 (the handshake), in time

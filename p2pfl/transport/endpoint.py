@@ -10,8 +10,10 @@ sockets; a peer connects with a DEALER whose routing id is derived from its
 node id (:func:`identity`).  A ROUTER refuses a second connection that claims
 a routing id already connected, and every message it delivers names the
 connection it came on, so a message whose header names another sender than
-its connection is dropped and counted as ``spoofed``.  (With CURVE, the
-routing id will give way to the key's ZAP user id: the check stays the same.)
+its connection is dropped and counted as ``spoofed``.  Without CURVE the routing
+id is the connecting process's own claim, so a process that connects first with a
+node's id is taken for that node; with CURVE (``security``) the sender is the
+key's ZAP user id, which only the key's holder can present.
 
 **Control is kept apart from data.**  The launcher's commands (``config``,
 ``start``, ``heartbeat``, ``stop``) go to a node's separate control socket,

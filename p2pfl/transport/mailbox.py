@@ -16,12 +16,17 @@ from typing import Callable, Iterable
 from .endpoint import COMMAND_KINDS, Endpoint
 from .wire import Message
 
-__all__ = ["Mailbox", "DATA_KINDS"]
+__all__ = ["Mailbox", "DATA_KINDS", "NODE_REPORTS"]
 
 #: Kinds that carry round data between nodes; all others are control messages.
 DATA_KINDS = frozenset({"hello", "model", "update", "softlabels", "control", "catchup"})
 #: At most this many queued messages are read before a wait starts.
 MAX_DRAIN = 10_000
+#: Commands a node keeps until it reads them: a launcher sends it one config and one
+#: start, so more can only be a flood.
+MAX_CONTROL = 64
+#: What the launcher's own mailbox takes as control: the nodes' reports.
+NODE_REPORTS = frozenset({"join", "ready", "metrics", "bye", "error"})
 #: Requests between peers: kept per sender (latest only) whatever their round.
 REQUEST_KINDS = frozenset({"resync", "pull"})
 
@@ -41,6 +46,11 @@ class Mailbox:
         actor (used to notice a lost launcher).
     gate : CpuGate, optional
         The host's CPU gate, held by this actor except while it waits.
+    control_kinds, max_control
+        The kinds taken as control messages from ``control_sources`` (a node: the
+        launcher's commands; the launcher: :data:`NODE_REPORTS`), and how many of
+        them are kept unread (None: no bound, for the launcher).  Any other kind
+        that is not data is dropped (``unexpected_kind``).
 
     ``on_tick``, if set, is called about once a second while waiting (with the
     liveness check): the runtime sends its held records then.
@@ -49,7 +59,8 @@ class Mailbox:
     def __init__(self, endpoint: Endpoint, *, window: int = 4,
                  alive: Callable[[], bool] | None = None,
                  peers: Iterable | None = None, control_sources: Iterable = (),
-                 max_unconfigured: int = 4096, gate=None) -> None:
+                 max_unconfigured: int = 4096, gate=None,
+                 control_kinds=COMMAND_KINDS, max_control: int | None = MAX_CONTROL) -> None:
         self.endpoint = endpoint
         self.gate = gate  # the host's CpuGate when actors share a process (cpugate.py)
         self.window = window
@@ -61,11 +72,13 @@ class Mailbox:
         self.max_unconfigured = max_unconfigured
         self._unconfigured = 0
         self.control_sources = set(control_sources)  # who may send control messages
+        self.control_kinds = frozenset(control_kinds)  # and of which kinds
         self.current_round = 0
         self.stopped = False
         self.finish = False  # asked to end the run after the current round (a coordinator)
         self.last_control = time.monotonic()  # when a control source last spoke
-        self.control: deque[Message] = deque()
+        # commands a node has not read yet (config, start): a flood's oldest give way
+        self.control: deque[Message] = deque(maxlen=max_control)
         self._pending: dict = defaultdict(dict)  # (kind, round) -> {src: Message}
         self._requests: dict = defaultdict(dict)  # kind -> {src: Message}
         self.last_heard: dict = {}  # peer -> latest round of any data message (late ones too)
@@ -104,6 +117,9 @@ class Mailbox:
                 counters.drop("unknown_sender")
             return
         if msg.kind not in DATA_KINDS:
+            if msg.kind not in self.control_kinds:  # a node takes commands, the launcher
+                counters.drop("unexpected_kind")  # reports (join, metrics, bye...)
+                return
             if msg.src not in self.control_sources:
                 counters.drop("control_from_stranger")
                 return
@@ -148,7 +164,7 @@ class Mailbox:
         """The launcher's news of a peer: restarted at a new address, or gone for good
         (its process died and will not be restarted: no round waits for it again)."""
         peer, address = meta.get("id"), meta.get("address")
-        if self.peers is None or peer not in self.peers:
+        if type(peer) not in (int, str) or self.peers is None or peer not in self.peers:
             self.endpoint.counters.drop("bad_peer_update")
         elif meta.get("gone") is True:
             self.gone.add(peer)
