@@ -86,10 +86,14 @@ def run_cluster(graph=None, *, config: str | None = None, **options) -> Result:
 
 
 def _with_checkpoint(p: Plan, out: str) -> Plan:
-    """The coordinator checkpoints into the run folder (``checkpoint.msgpack``)."""
+    """The coordinator checkpoints into the run folder (``checkpoint.msgpack``).  One
+    left there by an earlier run is removed first: a coordinator restarted before
+    this run's first checkpoint would otherwise resume the other run."""
+    path = os.path.abspath(os.path.join(out, "checkpoint.msgpack"))
+    if os.path.exists(path):
+        os.remove(path)
     if p.closer is None:
         return p
-    path = os.path.abspath(os.path.join(out, "checkpoint.msgpack"))
     specs = tuple(dataclasses.replace(s, server=dataclasses.replace(s.server, checkpoint=path))
                   if s.id == p.closer else s for s in p.specs)
     return dataclasses.replace(p, specs=specs)

@@ -349,3 +349,14 @@ def test_a_checkpoint_is_private_and_other_atomic_files_follow_the_umask(tmp_pat
         mode = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()}
         assert mode["c"] == 0o600
         assert mode["summary.json"] == mode["plot.png"] == mode["plain"] == 0o666 & ~mask
+
+
+def test_a_checkpoint_left_by_an_earlier_run_is_removed_at_launch(tmp_path):
+    """A coordinator restarted before its run's first checkpoint resumed the earlier
+    run's (another seed, another mode) from the same folder."""
+    from p2pfl import run_cluster
+
+    stale = tmp_path / "checkpoint.msgpack"
+    stale.write_bytes(b"an earlier run's state")
+    run_cluster("ring:3", rounds=1, in_process=True, quiet=True, out=str(tmp_path))
+    assert not stale.exists()
