@@ -338,3 +338,67 @@ def test_a_deeply_nested_declared_size_is_a_value_error():
         nested = [nested]
     with pytest.raises(ValueError, match="list"):
         declared_size({"n": nested})
+
+
+class _ScriptedRuntime:
+    """The verbs a server-mode worker uses, fed from a list of instructions."""
+
+    def __init__(self, instructions) -> None:
+        from types import SimpleNamespace
+
+        self.instructions, self.sent, self.stopped = list(instructions), [], False
+        self.mailbox = SimpleNamespace(window=0)
+
+    def clock(self):
+        return 0.0
+
+    def next_after(self, kind, after, src, timeout):
+        return self.instructions.pop(0) if self.instructions else None
+
+    def send(self, peer, kind, rnd, packet=None, **meta):
+        self.sent.append((kind, rnd, packet))
+
+    def report(self, *a, **k):
+        pass
+
+    def drop(self, reason):
+        raise AssertionError(f"dropped: {reason}")
+
+    def idle(self, s):
+        pass
+
+    def compute(self, fn):
+        return fn()
+
+
+def test_a_worker_sends_its_reply_again_for_a_round_a_restarted_coordinator_repeats():
+    """Serving the repeated round anew encoded a second update: error feedback then
+    counted the first one's unsent part twice, and CFD's second labels were not those
+    the server already held."""
+    from p2pfl.config import from_sources
+    from p2pfl.plan import plan
+    from p2pfl.server.worker import Worker
+    from p2pfl.transport.wire import Message
+
+    p = plan(from_sources(None, dict(mode="fedavg", nodes=2, rounds=3, dataset="digits",
+                                     compression="topk:0.05")))
+    spec = p.specs[0]
+
+    def instruction(rnd, model, final=False):
+        packet = dense_packet(model)
+        meta = dict(packet.meta, **({"final": True} if final else {}))
+        return Message(kind="control", src=2, round=rnd, seq=rnd, codec="none",
+                       shapes=packet.shapes, dtypes=packet.dtypes, meta=meta,
+                       frames=packet.frames, header_bytes=0)
+
+    rt = _ScriptedRuntime([])
+    worker = Worker(rt, spec)
+    w0 = worker.learner.get_flat()
+    rt.instructions = [instruction(1, w0), instruction(1, w0), instruction(2, w0, final=True)]
+    calls = []
+    reply = worker.client.reply
+    worker.client.reply = lambda rnd: calls.append(rnd) or reply(rnd)
+    worker.run()
+    replies = [(rnd, packet) for kind, rnd, packet in rt.sent if kind == "update"]
+    assert [rnd for rnd, _ in replies] == [1, 1] and calls == [1]
+    assert replies[0][1] is replies[1][1]  # the very same packet, encoded once

@@ -32,6 +32,7 @@ class Worker:
         self.availability = Availability(spec.availability) if spec.availability.active \
             else None
         self._held = None  # the last round's record, completed by the final model
+        self._reply = None  # (round, packet) of the last reply, sent again if repeated
 
     def run(self, rejoin: bool = False, after: int = 0) -> int:
         """Serve rounds until the final instruction (or a stop); return rounds served."""
@@ -61,6 +62,14 @@ class Worker:
                 return self.rounds_done
             again = rnd <= self.rounds_last
             self._flush()
+            if again and self._reply is not None and self._reply[0] == rnd:
+                # A coordinator restarted from its checkpoint repeats the round we served:
+                # the same reply again, not a second one trained and encoded.  A second
+                # encode would count the first one's unsent part in the residual twice,
+                # and the second labels would not be those the server may already hold.
+                self.rt.send(self.coord, self.client.reply_kind, rnd, self._reply[1])
+                self.rounds_done += 1
+                continue
             try:
                 self.client.apply(rnd, packet)
             except ValueError:  # CodecError is a ValueError: an instruction we cannot use
@@ -69,7 +78,8 @@ class Worker:
             acc = self.learner.evaluate() if self.run_spec.evaluates(rnd) else (None, None)
             loss = self.client.fit()
             if self.client.behaviour != "silent":  # a silent worker never replies
-                self.rt.send(self.coord, self.client.reply_kind, rnd, self.client.reply(rnd))
+                self._reply = (rnd, self.client.reply(rnd))
+                self.rt.send(self.coord, self.client.reply_kind, rnd, self._reply[1])
             self.rounds_done += 1
             if again:  # its record is written already
                 continue
