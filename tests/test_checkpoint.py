@@ -360,3 +360,21 @@ def test_a_checkpoint_left_by_an_earlier_run_is_removed_at_launch(tmp_path):
     stale.write_bytes(b"an earlier run's state")
     run_cluster("ring:3", rounds=1, in_process=True, quiet=True, out=str(tmp_path))
     assert not stale.exists()
+
+
+@pytest.mark.parametrize("mode, corrupt", [
+    ("cfd", lambda st: st.update(agg_round=st["agg_round"] + 100)),
+    ("cfd", lambda st: st["held"].update({0: [1]})),
+    ("cfd", lambda st: st["client_has"].update({99: 1})),
+    ("cfl", lambda st: st["clusters"].append({"members": [], "model": st["clusters"][0]["model"],
+                                              "born": 0})),
+    ("cfl", lambda st: st["splits"].append([3])),
+])
+def test_inconsistent_states_are_refused_at_restore(mode, corrupt):
+    """They were accepted, then raised KeyError, TypeError or IndexError in a later round."""
+    s = _strategy(mode)
+    _run(s, range(1, 4), final=False)
+    state = s.state()
+    corrupt(state)
+    with pytest.raises(ValueError):
+        _strategy(mode).restore(state)

@@ -202,6 +202,10 @@ class CFL(Strategy):
 
     def restore(self, state: dict) -> None:
         clusters, splits, norms = self._state_fields(state, "clusters", "splits", "norms")
+        if not all(c.get("members") for c in clusters) or not all(
+                isinstance(s, (list, tuple)) and len(s) == 3 for s in splits):
+            raise ValueError("checkpoint clusters should be non-empty, and splits "
+                             "[round, first, second]")
         members = sorted(w for c in clusters for w in c["members"])
         if members != sorted(self.ctx.workers):
             raise ValueError(f"checkpoint clusters cover workers {members}, "

@@ -141,10 +141,16 @@ class FD(Strategy):
         if (bits, delta) != (self.bits, self.delta):
             raise ValueError(f"checkpoint of soft labels with bits={bits}, delta={delta}; "
                              f"this run has bits={self.bits}, delta={self.delta}")
+        if not all(isinstance(v, (list, tuple)) and len(v) == 2 for v in held.values()):
+            raise ValueError("checkpoint held labels should be [round, labels] pairs")
         self.held = {int(w): (int(r), self._labels(v)) for w, (r, v) in held.items()}
         self.sent = {int(r): self._labels(v) for r, v in sent.items()}
         self.agg_round = int(agg)
         self.client_has = {int(w): int(r) for w, r in has.items()}
+        if self.agg_round and self.agg_round not in self.sent:
+            raise ValueError(f"checkpoint aggregate of round {agg} is not among those kept")
+        if not set(self.held) | set(self.client_has) <= set(self.ctx.workers):
+            raise ValueError("checkpoint labels of workers this run does not have")
         self.ensemble = None if ens is None else self._labels(ens, np.float32)
 
     def _labels(self, value, dtype=None) -> np.ndarray:
