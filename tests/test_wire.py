@@ -335,3 +335,27 @@ def test_counters_keep_two_entries_a_peer_whatever_rounds_it_names():
     assert len(c._bytes["received"][1]) == 2
     assert c.total("received") == 100_000 and c.total("received", handshake_only=True) == 10
     assert c.payload("received", [1]) == 99_990 and c.count("received", peers=[1]) == 9_999
+
+
+def test_rounds_kept_while_catching_up_go_once_beyond_the_window(ctx):
+    """While catching up a node keeps any later round; what lies beyond its window
+    once it has caught up stayed for good, and every later collect walked it."""
+    a = Endpoint(ctx, 0, "inproc://far-a")
+    b = Endpoint(ctx, 1, "inproc://far-b")
+    b.connect(0, a.address)
+    box = Mailbox(a, peers={1})
+    for rnd in range(6, 200):
+        b.send(0, "model", rnd)
+    b.send(0, "catchup", 5)
+    assert box.first("catchup", 5, [1], {1}, timeout=5.0) is not None
+    box.advance(5)
+    assert sorted(r for (k, r), slot in box._pending.items() if slot) == list(range(6, 10))
+    assert a.counters.dropped["round_out_of_window"] == 190
+    for e in (a, b):
+        e.close()
+
+
+def test_a_long_string_sender_is_malformed():
+    with pytest.raises(ProtocolError, match="at most 64"):
+        unpack(pack("model", "x" * 65, 1))
+    assert unpack(pack("model", "launcher", 1)).src == "launcher"

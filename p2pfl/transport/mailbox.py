@@ -383,6 +383,10 @@ class Mailbox:
                 self.endpoint.counters.drop("unknown_sender")
 
     def _drop_stale(self) -> None:
-        for key in [k for k in self._pending if k[1] < self.current_round]:
+        """Forget rounds before the current one, and those beyond the window: kept
+        while catching up (:meth:`first`), they would otherwise stay for good."""
+        now, last = self.current_round, self.current_round + self.window
+        for key in [k for k in self._pending if not now <= k[1] <= last]:
+            reason = "stale_round" if key[1] < now else "round_out_of_window"
             for _ in self._pending.pop(key):
-                self.endpoint.counters.drop("stale_round")
+                self.endpoint.counters.drop(reason)

@@ -56,6 +56,9 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 2
+#: The longest string a sender may be named by (node ids are integers; the launcher is
+#: "launcher"): a routing id is derived, and cached, from every sender named.
+MAX_NAME = 64
 
 #: Every message kind the protocol knows.  Anything else is dropped.
 KINDS = frozenset(
@@ -239,8 +242,8 @@ def unpack(parts: Sequence, limits: Limits = DEFAULT_LIMITS, codec_names: Sequen
     _, kind, src, _, _, codec, lengths = header[:7]  # the version was checked
     if not isinstance(kind, str) or kind not in KINDS:  # a list is unhashable
         raise ProtocolError(f"unknown message kind {kind!r}")
-    if type(src) is not int and type(src) is not str:  # a bool is neither
-        raise ProtocolError("sender is not an integer or string")
+    if type(src) is not int and (type(src) is not str or len(src) > MAX_NAME):  # nor a bool
+        raise ProtocolError(f"sender is not an integer or a string of at most {MAX_NAME}")
     rnd = _check_int(header, 3, -1, 1 << 40)
     seq = _check_int(header, 4, 0, 1 << 62)
     if type(codec) is int:
