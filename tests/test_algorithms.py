@@ -240,3 +240,25 @@ def test_a_catch_up_in_flight_keeps_the_copy_it_was_sent_with():
     q.round = 1
     a.mix(torch.randn(40), {1: a.decode(q)})  # moves a's copy of x̂_b in place
     assert [bytes(f) for f in packet.frames] == sent
+
+
+def test_one_neighbour_naming_many_codecs_cannot_fill_the_table_for_the_others():
+    """A node keeps a decoder per codec its neighbours use; one neighbour naming 15
+    valid specs once filled the table, and the others' packets became undecodable."""
+    x0 = torch.zeros(40)
+    a = make_algorithm("choco", 40, 0.4, {1: 0.3, 2: 0.3}, x0=x0,
+                       options=_opts("choco", "topk:0.3"))
+    for i in range(20):
+        spec = f"quant:0.00{i + 1}"
+        enc = make_algorithm("choco", 40, 0.5, {0: 0.5}, x0=x0, options=_opts("choco", spec))
+        packet = enc.outgoing(torch.randn(40))
+        packet.round, packet.sender = 1, 1
+        try:
+            a.decode(packet)
+        except ValueError:
+            assert i >= 2  # its first two specs were taken
+    other = make_algorithm("choco", 40, 0.5, {0: 0.5}, x0=x0,
+                           options=_opts("choco", "quant:0.5"))
+    packet = other.outgoing(torch.randn(40))
+    packet.round, packet.sender = 1, 2
+    assert a.decode(packet).tensor.numel() == 40  # neighbour 2's own codec still decodes

@@ -13,11 +13,16 @@ for when a node gains or loses a neighbour (ALGORITHMS.md, CHOCO-SGD).
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 
 from .base import Packet, dense_packet, dense_tensor
 
-__all__ = ["PublicCopies", "Update", "contraction_scale", "advance"]
+__all__ = ["PublicCopies", "Update", "contraction_scale", "advance", "CODECS_PER_SENDER"]
+
+#: Codec specs one neighbour may add to a node's decoders (a node sends with one codec).
+CODECS_PER_SENDER = 2
 
 
 def contraction_scale(codec, numel: int) -> float:
@@ -86,6 +91,7 @@ class PublicCopies:
         self.requested: dict = {}  # stale copy -> round we last asked its owner to resend
         self.asked_by: set = set()  # neighbours that asked us for our full copy
         self._decoders: dict = {codec.name: codec}  # codec spec -> codec, for peers' packets
+        self._brought: Counter = Counter()  # sender -> specs it added to _decoders
         self.scale = contraction_scale(codec, self.numel)
 
     # ---------------------------------------------------------------- sending
@@ -114,7 +120,7 @@ class PublicCopies:
     def decode(self, packet: Packet) -> Update:
         if packet.meta.get("full"):
             return Update(True, dense_tensor(packet, self.numel), packet.round)
-        codec = self._decoder(packet.codec)
+        codec = self._decoder(packet.codec, packet.sender)
         q = codec.decode(packet.frames, packet.sender).reshape(-1)
         if q.numel() != self.numel:
             raise ValueError(f"update has {q.numel()} values, expected {self.numel}")
@@ -122,21 +128,25 @@ class PublicCopies:
             raise ValueError("update holds non-finite values")
         return Update(False, q, packet.round, contraction_scale(codec, self.numel))
 
-    def _decoder(self, spec: str):
+    def _decoder(self, spec: str, sender=None):
         """The codec for a neighbour's spec: node profiles may give nodes different codecs.
 
-        Decoding is stateless, so one codec per spec serves every neighbour; a
-        spec that does not parse raises ConfigError, a ValueError (a counted drop).
+        One codec per spec serves every neighbour (what a decoder keeps, the temporal
+        references, it keeps per sender); a spec that does not parse raises
+        ConfigError, a ValueError (a counted drop).  Each sender may bring in
+        :data:`CODECS_PER_SENDER` specs, so one neighbour naming many cannot fill the
+        table for the others.
         """
         codec = self._decoders.get(spec)
         if codec is None:
-            if len(self._decoders) >= 16:
-                raise ValueError("too many distinct codecs from neighbours")
+            if self._brought[sender] >= CODECS_PER_SENDER:
+                raise ValueError("too many distinct codecs from one neighbour")
             from ..compression import make_codec
 
             codec = self._decoders[spec] = make_codec(
                 spec, error_feedback=False, max_numel=self.numel,
                 shapes=getattr(self.codec, "shapes", None))
+            self._brought[sender] += 1
         return codec
 
     def apply(self, received: dict, every_round: bool = True) -> None:
