@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import itertools
 import time
-from collections import deque
+from collections import Counter, deque
 
 import msgpack
 import zmq
@@ -49,8 +49,11 @@ COMMAND_KINDS = frozenset({"config", "start", "heartbeat", "stop", "peer"})
 #: How long a command other than a heartbeat may wait for room in a full queue.
 COMMAND_WAIT_S = 2.0
 
-#: Messages from allowed keys not yet bound to a node id that are held, at most.
+#: Messages from allowed keys not yet bound to a node id that are held, at most, and
+#: at most per key (a neighbour says hello and sends a few rounds before its key is
+#: bound; a run member that is no neighbour must not fill the store for the others).
 MAX_HELD = 10_000
+MAX_HELD_PER_KEY = 64
 #: Send flags as plain integers (an enum's ``|`` builds a new enum member each time).
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
@@ -137,6 +140,7 @@ class Endpoint:
         self._monitors: dict = {}  # monitor socket -> the socket it watches
         self._last_seq: dict = {}  # (sender, channel) -> its latest sequence number
         self._held: list = []  # (parts, channel) from allowed keys not yet bound to a node
+        self._held_per: Counter = Counter()  # user (key) -> messages of it held
         self._ready: deque = deque()  # held messages whose sender became known
         self._seq = itertools.count(time.time_ns() // 1000 if security else 0)
         if security is not None:
@@ -333,6 +337,7 @@ class Endpoint:
         held from that key are delivered next, in order."""
         self.security.bind(node, public)
         held, self._held = self._held, []
+        self._held_per.clear()  # what stays unbound is held (and counted) again
         for parts, channel in held:
             msg = self._validate(parts, channel)
             if msg is not None:
@@ -351,9 +356,11 @@ class Endpoint:
             return msg
         user = parts[1].get("User-Id")
         sender = self.security.node_of(user)
-        if sender is None and user and self.security.allows(user) and len(self._held) < MAX_HELD:
-            self._held.append((parts, channel))  # an allowed key whose node is not known yet
-            return None
+        if sender is None and user and self.security.allows(user):  # its node not known yet
+            if len(self._held) < MAX_HELD and self._held_per[user] < MAX_HELD_PER_KEY:
+                self._held.append((parts, channel))
+                self._held_per[user] += 1
+                return None
         if sender is None or sender != msg.src:
             self.counters.drop("spoofed")
             return None
