@@ -40,11 +40,15 @@ class Result:
 
 
 def _out_dir(cfg: RunConfig) -> str:
+    """The run folder; a summary.json an earlier run left there is removed, so that a
+    run that ends without its own (a failure) does not show another run's."""
     out = cfg.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S") + f"-{cfg.mode}")
     try:
         os.makedirs(out, exist_ok=True)
+        if os.path.exists(os.path.join(out, "summary.json")):
+            os.remove(os.path.join(out, "summary.json"))
     except OSError as exc:
-        raise UsageError(f"cannot create output folder {out}: {exc.strerror}") from None
+        raise UsageError(f"cannot use output folder {out}: {exc.strerror}") from None
     return out
 
 
@@ -108,14 +112,16 @@ def _backend(cfg, log):
     return RayBackend(cfg.ray_address, cfg.host, cfg.node_cpus, cfg.node_gpus, log=log)
 
 
-def round_accuracy(rows: list) -> float | None:
-    """A completed round's accuracy for the progress bar and ``--target-accuracy``: the
-    nodes' mean; in a server round that closed before its workers' records came in,
-    the coordinator's (global, cluster or ensemble) accuracy."""
-    accs = [r["accuracy"] for r in rows if r.get("accuracy") is not None]
-    if not accs:
+def round_accuracy(rows: list, server: bool = False) -> float | None:
+    """A completed round's accuracy for the progress bar and ``--target-accuracy``: in
+    gossip the nodes' mean; in a server mode the coordinator's (global, cluster or
+    ensemble) accuracy of this round's model, whatever worker records came in first
+    (a worker evaluates before it trains: the previous round's model)."""
+    if server:
         accs = [r[k] for r in rows for k in ("global_accuracy", "cluster_accuracy",
                                               "ensemble_accuracy") if r.get(k) is not None][:1]
+    else:
+        accs = [r["accuracy"] for r in rows if r.get("accuracy") is not None]
     return float(np.mean(accs)) if accs else None
 
 
@@ -137,7 +143,7 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
     stopped_at = []
 
     def on_round(rnd, rows):
-        mean = round_accuracy(rows)
+        mean = round_accuracy(rows, server=p.closer is not None)
         sent = sink.bytes_sent  # a running total: this runs every round
         acc = f"acc {mean:.3f}" if mean is not None else "acc   -  "
         progress.update(rnd, f"{acc} | {sent / 1e6:.2f} MB sent")
@@ -167,8 +173,11 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
                         restarts=p.restarts, on_restart=lambda h: h.id == p.closer or
                         sink.node_paused(h.id), keys=p.keys, procs=cfg.procs or 1,
                         backend=_backend(cfg, progress.info))
+    interrupted = None
     try:
         nodes = launcher.run()
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the summary of what was done
+        interrupted, nodes = exc, launcher.nodes
     finally:
         sink.close()
         progress.close()
@@ -176,7 +185,10 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
             launcher.write_nodes_json()  # interrupted too: no node is left "ready" there
     summary = run_summary(p, sink, nodes, time.monotonic() - t0, launcher.control_bytes)
     summary["target_reached_at_round"] = stopped_at[0] if stopped_at else None
+    summary["interrupted"] = interrupted is not None
     write_json_atomic(os.path.join(out, "summary.json"), summary)
+    if interrupted is not None:
+        raise interrupted
     if summary["accuracy_mean"] is not None:
         progress.info(f"accuracy mean {summary['accuracy_mean']:.4f} (min "
                       f"{summary['accuracy_min']:.4f}) | {summary['bytes_sent_total'] / 1e6:.2f}"

@@ -146,11 +146,15 @@ def _mean_curve(nodes, rounds, acc, mb):
 
 
 def _global_curve(summary):
-    """The server-mode global model's ``(rounds, accuracies)``, or None."""
+    """The server-mode global model's ``(rounds, accuracies)`` (a CFL run's clusters,
+    an FD run's ensemble), or None.  Not ``accuracy_per_round``: that is the workers'
+    mean, each evaluated before it trained, on the previous round's model."""
     if summary.get("mode", "gossip") == "gossip":
-        return None  # there accuracy_per_round is just the mean of the nodes
+        return None
+    rows = next((summary[k] for k in ("global_accuracy_per_round", "cluster_accuracy_per_round",
+                                      "ensemble_accuracy_per_round") if summary.get(k)), [])
     xs, ys = [], []
-    for item in summary.get("accuracy_per_round") or []:
+    for item in rows if isinstance(rows, list) else []:
         if isinstance(item, (list, tuple)) and len(item) == 2:
             r, a = _number(item[0]), _number(item[1])
             if r is not None and a is not None:

@@ -22,7 +22,10 @@ def run_summary(plan, sink, nodes: dict, wall: float, control_bytes: int) -> dic
     base = sink.summary(exclude=dead)
     finals = [h.final for h in nodes.values() if h.final]
     num_params = finals[0].get("num_params") if finals else None
+    # model messages and their bytes from the same processes' counters (a dead one's
+    # records stay, its counters do not): bits a parameter, as sent
     messages = sum(f.get("model_messages", 0) for f in finals)
+    counted = sum(f.get("bytes_sent", 0) for f in finals if f.get("model_messages"))
     dense = 4 * num_params * messages if num_params else 0
     # every record's bytes, and what finished processes sent after their last record;
     # a dead process's bytes after its last record are unknown
@@ -32,14 +35,16 @@ def run_summary(plan, sink, nodes: dict, wall: float, control_bytes: int) -> dic
     out = dict(plan.summary_base)
     out.update({
         "dataset": cfg.dataset, "model": cfg.model, "partition": cfg.partition,
-        "compression": cfg.compression, "num_params": num_params,
+        # a server mode's codec as its strategy resolved it (stc: stc:0.01+golomb)
+        "compression": getattr(plan.specs[-1].options, "codec_up", cfg.compression),
+        "num_params": num_params,
         "accuracy_mean": base["accuracy_mean"], "accuracy_min": base["accuracy_min"],
         "accuracy_max": base["accuracy_max"],
         "bytes_sent_total": sent,
         "bytes_received_total": int(sum(f.get("bytes_received", 0) for f in finals)),
         "bytes_sent_counted_by_nodes": int(sum(f.get("bytes_sent", 0) for f in finals)),
-        "bits_per_param_mean": 8 * sent / (dense / 4) if dense else None,
-        "compression_ratio": dense / sent if dense and sent else None,
+        "bits_per_param_mean": 8 * counted / (dense / 4) if dense else None,
+        "compression_ratio": dense / counted if dense and counted else None,
         "handshake_bytes": int(sum(f.get("handshake_bytes", 0) for f in finals)),
         "control_bytes": control_bytes,
         # node to node on the wire: messages with ZMTP framing, plus connection set-up
@@ -134,10 +139,11 @@ def _server_fields(summary: dict, plan, sink, nodes: dict, dead: set, tail: dict
     summary["accuracy_clean_mean"] = float(np.mean(clean)) if clean else None
     summary["behaviours"] = {str(labels[i]): b for i, b in behaviour.items() if b != "honest"}
     summary["final_accuracy_by_worker"] = {str(labels[i]): a for i, a in sorted(acc.items())
-                                           if i in behaviour}
+                                           if i in behaviour and i not in dead}
     if plan.config.partition.startswith("groups:"):
         by_group: dict = {}
         for i, g in zip(behaviour, specs[-1].server.groups):
             by_group.setdefault(g, []).append(labels[i])
         summary["groups"] = [by_group[g] for g in sorted(by_group)]
-    summary.update(nodes[coord_id].final.get("strategy", {}) if coord_id in nodes else {})
+    final = nodes[coord_id].final if coord_id in nodes else None  # None: it never said bye
+    summary.update((final or {}).get("strategy", {}))

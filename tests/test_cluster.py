@@ -137,6 +137,7 @@ def test_killed_node_is_survived_and_reported(tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
 def test_no_node_outlives_the_launcher(tmp_path, sig):
+    (tmp_path / "summary.json").write_text('{"rounds": 20, "from": "an earlier run"}')
     proc = _start_cli(tmp_path)
     pids = _node_pids(tmp_path, proc)
     proc.send_signal(sig)
@@ -152,6 +153,11 @@ def test_no_node_outlives_the_launcher(tmp_path, sig):
         assert "Traceback" not in err
         states = {n["state"] for n in json.loads((tmp_path / "nodes.json").read_text())}
         assert states == {"stopped"}, states
+        # the summary of what was done: none was written, and an earlier run's stayed
+        summary = json.loads((tmp_path / "summary.json").read_text())
+        assert summary["interrupted"] is True and summary["bytes_sent_total"] > 0
+    else:
+        assert not (tmp_path / "summary.json").exists()  # the stale one is gone
 
 
 def test_remote_nodes_join_a_listening_launcher(tmp_path):

@@ -163,3 +163,16 @@ def test_plot_curves_linear_and_errors(tmp_path):
         plot_curves({"a": ([1, 2], [0.1])}, path, "x", "y")
     with pytest.raises(UsageError, match="pair"):
         plot_curves({"a": 5}, path, "x", "y")
+
+
+def test_the_global_line_of_a_server_run_is_the_global_models():
+    """It plotted accuracy_per_round, the workers' mean (one round behind)."""
+    from p2pfl.plot import _global_curve
+
+    summary = {"mode": "fedavg", "accuracy_per_round": [[1, 0.2], [2, 0.4]],
+               "global_accuracy_per_round": [[1, 0.5], [2, 0.7]]}
+    assert _global_curve(summary) == ([1, 2], [0.5, 0.7])
+    summary = {"mode": "cfd", "accuracy_per_round": [[1, 0.2]],
+               "ensemble_accuracy_per_round": [[1, 0.6]]}
+    assert _global_curve(summary) == ([1], [0.6])
+    assert _global_curve({"mode": "gossip", "accuracy_per_round": [[1, 0.2]]}) is None

@@ -86,14 +86,19 @@ def test_random_workers_behaviour(tmp_path):
     assert s["accuracy_clean_mean"] is not None
 
 
-def test_a_server_round_closed_before_its_workers_shows_the_global_accuracy():
-    """The coordinator's record can close a round before any worker's record of it
-    arrives: the progress bar and --target-accuracy then use the global model's."""
+def test_a_server_rounds_accuracy_is_the_global_models_whatever_records_came_first():
+    """The progress bar and --target-accuracy use the global model's accuracy in server
+    modes.  They used the workers' mean when a worker record had arrived, which is the
+    previous round's model (a worker evaluates before it trains), and the global one
+    otherwise: the target's round depended on which record came first."""
     from p2pfl.api import round_accuracy
 
     worker = {"node": 1, "accuracy": 0.5}
     coordinator = {"node": 0, "accuracy": None, "global_accuracy": 0.9}
-    assert round_accuracy([worker, {"node": 2, "accuracy": 0.7}, coordinator]) == 0.6
-    assert round_accuracy([coordinator]) == 0.9
-    assert round_accuracy([{"node": 0, "cluster_accuracy": 0.8}]) == 0.8
+    assert round_accuracy([worker, {"node": 2, "accuracy": 0.7}, coordinator],
+                          server=True) == 0.9
+    assert round_accuracy([coordinator], server=True) == 0.9
+    assert round_accuracy([{"node": 0, "cluster_accuracy": 0.8}], server=True) == 0.8
+    assert round_accuracy([worker], server=True) is None
+    assert round_accuracy([worker, {"node": 2, "accuracy": 0.7}]) == 0.6  # gossip: the mean
     assert round_accuracy([{"node": 3, "accuracy": None}]) is None

@@ -219,7 +219,10 @@ class Coordinator:
             failed=[[r.worker, r.error["code"]] for r in replies if not r.ok]))
 
     def final_report(self) -> dict:
+        models = self.strategy.reply_kind == "update"  # fd and cfd send soft labels down
+        sent = self.rt.endpoint.counters.messages[("sent", "control")]
         return self.rt.final_counters(
+            model_messages=sent if models else 0,
             misses=[[j, n] for j, n in self.misses.items()], errors=dict(self.errors),
             num_samples=0, num_params=self.num_params, rounds_done=self.last_round,
             absent=sorted(self.rt.away),

@@ -122,7 +122,9 @@ class Worker:
         self.rt.report(last, self._fields(fields, True))
 
     def final_report(self) -> dict:
+        c = self.rt.endpoint.counters  # model updates sent (soft labels are not models)
         return self.rt.final_counters(
+            model_messages=c.messages[("sent", "update")],
             behaviour=self.client.behaviour, misses=[],
             num_samples=self.learner.num_samples, num_params=self.learner.num_params,
             rounds_served=self.rounds_done, device=str(self.learner.device))
