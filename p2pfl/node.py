@@ -203,6 +203,7 @@ class GossipNode:
                              "accuracy": None})
         if self.rt.offline(self.availability, lambda: set(self.neighbours) <= self.rt.done):
             return None
+        self.algorithm.came_back()  # what it holds of its neighbours is out of date
         return rnd if self.rt.stopped else self.rejoin(rnd)
 
     def leave(self, rnd: int, done: bool = False) -> None:

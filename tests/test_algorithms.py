@@ -262,3 +262,16 @@ def test_one_neighbour_naming_many_codecs_cannot_fill_the_table_for_the_others()
     packet = other.outgoing(torch.randn(40))
     packet.round, packet.sender = 1, 2
     assert a.decode(packet).tensor.numel() == 40  # neighbour 2's own codec still decodes
+
+
+def test_a_node_back_from_offline_neither_mixes_nor_hands_out_its_old_copies():
+    """Asynchronous CHOCO marked nothing while the node was away: back, it mixed with
+    copies rounds behind their owners, and handed one out in a catch-up, which the
+    owner then took as its own x̂ (losing the updates sent meanwhile)."""
+    a, b = _pair("choco")
+    for rnd in (1, 2, 3):  # b is offline: a's updates never reach it
+        a.outgoing(torch.randn(40))
+    b.came_back()
+    assert b.public.fresh() == [] and b.resync_requests(4) == [0]
+    catchup = b.catchup(torch.randn(40), 0)
+    assert len(catchup.frames) == 1  # our model only, not the outdated copy of a's x̂

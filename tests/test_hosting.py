@@ -110,3 +110,41 @@ def test_hosting_usage_errors_exit_2(tmp_path, flags, words):
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and words in proc.stderr
     assert not (tmp_path / "o" / "metrics.jsonl").exists()
+
+
+def test_an_asynchronous_actors_wait_counts_wall_seconds_while_others_compute():
+    """The host's idle clock stands still while any actor computes, and asynchronous
+    actors never block: an asynchronous actor's 0.5 s wait (a rejoin's catch-up) did
+    not end until every other actor of the host had finished its run."""
+    import zmq
+
+    from p2pfl.transport.endpoint import Endpoint
+    from p2pfl.transport.mailbox import Mailbox
+
+    ctx, gate = zmq.Context(), CpuGate()
+    boxes = {i: Mailbox(Endpoint(ctx, i, f"inproc://wall-{i}"), gate=gate) for i in "AB"}
+    boxes["B"].asynchronous = True
+    stop, took = threading.Event(), []
+
+    def busy():
+        with gate:
+            while not stop.is_set():
+                sum(range(20000))  # a training step, then the others' turn (drain)
+                boxes["A"].take_turns()
+
+    def waiting():
+        with gate:
+            t0 = time.monotonic()
+            boxes["B"].poll_control(0.5)
+            took.append(time.monotonic() - t0)
+
+    threads = [threading.Thread(target=busy), threading.Thread(target=waiting)]
+    threads[0].start()
+    time.sleep(0.05)
+    threads[1].start()
+    threads[1].join(5.0)
+    stop.set()
+    for t in threads:
+        t.join()
+    ctx.destroy(linger=0)
+    assert took and took[0] < 2.0, took

@@ -183,6 +183,10 @@ class GossipAlgorithm:
         """This process replaces one that died: what it held of its neighbours (built
         from the initial model) is not theirs.  Stateless rules keep nothing."""
 
+    def came_back(self) -> None:
+        """The node was offline: what it holds of its neighbours missed their updates
+        meanwhile.  Stateless rules keep nothing."""
+
     def neighbour_models(self) -> list:
         """The neighbours' models as last seen (what an ALIE attacker observes)."""
         return []

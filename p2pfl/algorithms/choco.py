@@ -155,6 +155,12 @@ class CHOCO(GossipAlgorithm):
         which would pull the model back towards x0 all the while."""
         self.public.stale.update(self.public.copies)
 
+    def came_back(self) -> None:
+        """Back from offline, the copies x̂_j missed the updates sent meanwhile, and
+        (asynchronous gossip) nothing marked them: stale until each owner's full copy
+        comes, so that they are neither mixed nor handed out in a catch-up."""
+        self.public.stale.update(self.public.copies)
+
     def resync_requests(self, rnd: int) -> list:
         return self.public.resync_requests(rnd)
 

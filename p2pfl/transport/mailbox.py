@@ -201,13 +201,17 @@ class Mailbox:
 
         With a host :class:`~p2pfl.transport.cpugate.CpuGate`, the actor gives up
         its turn on the CPU while it waits, and ``timeout`` counts the host's idle
-        seconds, not wall seconds (``wall``: wall seconds, for emulated pauses).
+        seconds, not wall seconds (``wall``: wall seconds, for emulated pauses; an
+        asynchronous actor's waits count wall seconds too).
         """
         self._read_all()
         if self.stopped or ready():
             return
         gate = self.gate
-        clock = time.monotonic if gate is None or wall else gate.idle_clock
+        # the host's idle clock stands still while any actor computes, and asynchronous
+        # actors never block: their waits count wall seconds
+        idle = gate is not None and not wall and not self.asynchronous
+        clock = gate.idle_clock if idle else time.monotonic
         deadline = clock() + timeout
         next_check = time.monotonic() + 1.0
         while not self.stopped and not ready():
