@@ -187,7 +187,6 @@ def run(name: str, source: str) -> dict:
     return row
 
 
-
 def _start_remote(address: str, flags: list, source: str, env: dict) -> list:
     """``p2pfl node --connect`` for each node of the ring, once the launcher listens."""
     port = int(address.rsplit(":", 1)[1])

@@ -17,9 +17,9 @@ skew).  ``--model cnn:C1-C2`` widens the convolutions (``cnn:64-128``: 64 and
 128 filters, 94,986 parameters; the scales' share of an update falls with the
 filters' fan-in).  ``--weight-decay L`` trains with L2 decay: its shrinkage of
 every weight is a dense per-filter change that one scale a filter carries and a
-1 % sparse update does not.  Writes benchmarks/results/filter_scaling.{json,md} (digits,
-iid, cnn), with ``_mnist1d``, ``_<partition>``, ``_<model>`` (``:`` as ``-``) and
-``_wd-<L>`` added to the name otherwise.
+1 % sparse update does not.  Writes benchmarks/results/filter_scaling.{json,md}
+(digits, iid, cnn, no decay), with ``_mnist1d``, ``_<partition>``, ``_<model>``
+(``:`` as ``-``) and ``_wd-<L>`` added to the name otherwise.
 """
 
 from __future__ import annotations

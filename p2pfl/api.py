@@ -39,14 +39,20 @@ class Result:
     out_dir: str
 
 
+#: What an earlier run left in the folder and this one must not be taken for: a summary
+#: (a run ending without its own would show the other's) and a checkpoint (a
+#: coordinator restarted before its first one would resume the other run).
+STALE_FILES = ("summary.json", "checkpoint.msgpack")
+
+
 def _out_dir(cfg: RunConfig) -> str:
-    """The run folder; a summary.json an earlier run left there is removed, so that a
-    run that ends without its own (a failure) does not show another run's."""
+    """The run folder, without an earlier run's :data:`STALE_FILES`."""
     out = cfg.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S") + f"-{cfg.mode}")
     try:
         os.makedirs(out, exist_ok=True)
-        if os.path.exists(os.path.join(out, "summary.json")):
-            os.remove(os.path.join(out, "summary.json"))
+        for name in STALE_FILES:
+            if os.path.exists(os.path.join(out, name)):
+                os.remove(os.path.join(out, name))
     except OSError as exc:
         raise UsageError(f"cannot use output folder {out}: {exc.strerror}") from None
     return out
@@ -90,14 +96,10 @@ def run_cluster(graph=None, *, config: str | None = None, **options) -> Result:
 
 
 def _with_checkpoint(p: Plan, out: str) -> Plan:
-    """The coordinator checkpoints into the run folder (``checkpoint.msgpack``).  One
-    left there by an earlier run is removed first: a coordinator restarted before
-    this run's first checkpoint would otherwise resume the other run."""
-    path = os.path.abspath(os.path.join(out, "checkpoint.msgpack"))
-    if os.path.exists(path):
-        os.remove(path)
+    """The coordinator checkpoints into the run folder (``checkpoint.msgpack``)."""
     if p.closer is None:
         return p
+    path = os.path.abspath(os.path.join(out, "checkpoint.msgpack"))
     specs = tuple(dataclasses.replace(s, server=dataclasses.replace(s.server, checkpoint=path))
                   if s.id == p.closer else s for s in p.specs)
     return dataclasses.replace(p, specs=specs)

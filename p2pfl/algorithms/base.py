@@ -185,7 +185,9 @@ class GossipAlgorithm:
 
     def came_back(self) -> None:
         """The node was offline: what it holds of its neighbours missed their updates
-        meanwhile.  Stateless rules keep nothing."""
+        meanwhile, and (asynchronous gossip) nothing marked it, so it is treated as
+        after a restart: not theirs until they resend it."""
+        self.restarted()
 
     def neighbour_models(self) -> list:
         """The neighbours' models as last seen (what an ALIE attacker observes)."""

@@ -152,13 +152,9 @@ class CHOCO(GossipAlgorithm):
     def restarted(self) -> None:
         """The copies x̂_j start from x0, far behind their owners: until each owner's
         full copy comes (a resync, asked for), it is left out of the consensus step,
-        which would pull the model back towards x0 all the while."""
-        self.public.stale.update(self.public.copies)
-
-    def came_back(self) -> None:
-        """Back from offline, the copies x̂_j missed the updates sent meanwhile, and
-        (asynchronous gossip) nothing marked them: stale until each owner's full copy
-        comes, so that they are neither mixed nor handed out in a catch-up."""
+        which would pull the model back towards x0 all the while.  So too when the node
+        comes back from offline (:meth:`came_back`): then the copies are neither mixed
+        nor handed out in a catch-up until resynchronised."""
         self.public.stale.update(self.public.copies)
 
     def resync_requests(self, rnd: int) -> list:

@@ -5,12 +5,12 @@ ALGORITHMS.md § Error feedback (Stich et al. 2018; Karimireddy et al. 2019)::
     v = R + x;  frames = C(v);  sent = decode(frames);  R ← v − sent
 
 Invariant (tested for every codec): old R + x == sent + new R, up to float32
-rounding of the two subtractions and additions (v = R + x, then R = v − sent, which is
-inexact where ``sent`` is far from ``v``: about one ulp of max(|v|, |sent|)).  It is
-exact for the codecs that send entries of v unchanged (top-k, rand-k) and for the
-quantisers whose reconstruction is close to v.  ``sent`` is the codec's reconstruction at encode
-time, which equals what the receiver decodes bit for bit (intermediate.py), so
-no decode round trip is needed.
+rounding of its two steps (v = R + x, then R = v − sent, which is inexact where
+``sent`` is far from ``v``: about one ulp of max(|v|, |sent|)).  It is exact for
+the codecs that send entries of v unchanged (top-k, rand-k) and for the
+quantisers whose reconstruction is close to v.  ``sent`` is the codec's
+reconstruction at encode time, which equals what the receiver decodes bit for
+bit (intermediate.py), so no decode round trip is needed.
 
 State (explicit): ``residual`` (None until the first call; its shape is fixed
 by the first tensor), ``last_sent`` (the reconstruction of the last call, for

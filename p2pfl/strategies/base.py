@@ -45,7 +45,7 @@ from ..algorithms.base import Packet, dense_packet, dense_tensor
 from ..errors import ConfigError
 
 __all__ = ["Reply", "ServerContext", "Strategy", "ClientStrategy", "Packet", "weighted_mean",
-           "dense_packet", "dense_tensor", "BEHAVIOURS", "behave", "model_from_state"]
+           "round_field", "dense_packet", "dense_tensor", "BEHAVIOURS", "behave", "model_from_state"]
 
 #: Every behaviour a node profile may name (algorithms/attacks.py describes them).
 BEHAVIOURS = GOSSIP_BEHAVIOURS
@@ -198,6 +198,16 @@ class ClientStrategy:
 
 
 # ------------------------------------------------------------- pure functions
+def round_field(meta: dict, key: str, most: int, default: int | None = None,
+                least: int = 0) -> int:
+    """``meta[key]`` (``default`` when absent, if given), a round number: an integer in
+    [least, most]; ValueError, an unusable message, otherwise (a bool is no integer)."""
+    value = meta.get(key, default)
+    if type(value) is not int or not least <= value <= most:
+        raise ValueError(f"{key!r} is not a round in [{least}, {most}]")
+    return value
+
+
 def model_from_state(value, like: torch.Tensor, what: str = "model") -> torch.Tensor:
     """A checkpointed model, checked to have ``like``'s shape and dtype (a copy)."""
     if (not isinstance(value, torch.Tensor) or value.dtype != like.dtype

@@ -38,7 +38,7 @@ import numpy as np
 
 from ..learner import public_indices, shared_dataset
 from ..training import soft_labels
-from .base import ClientStrategy, Packet, Strategy
+from .base import ClientStrategy, Packet, Strategy, round_field
 from .softlabels import (decode_labels, dequantise, encode_labels, label_packet, pack_rows,
                          quantise, read_label_packet, unpack_rows)
 
@@ -195,8 +195,8 @@ class FDClient(ClientStrategy):
         next reply's ``have`` makes the server re-base on what we hold.
         """
         meta = packet.meta
-        self.base, ref = _round(meta, "base", 0), _round(meta, "ref", 0)
-        agg = _round(meta, "agg", rnd)
+        self.base, ref, agg = (round_field(meta, key, 1 << 40, default, least=-1)
+                               for key, default in (("base", 0), ("ref", 0), ("agg", rnd)))
         if not packet.frames:
             return
         previous = self.refs.get(ref) if ref else None
@@ -223,15 +223,6 @@ class FDClient(ClientStrategy):
         # the server's next base: ``base`` if this reply is lost, else this round
         self.sent = _keep((self.base, previous), (rnd, labels)) if self.delta else {}
         return packet
-
-
-def _round(meta: dict, key: str, default: int) -> int:
-    """``meta[key]`` (``default`` when absent), a round number: an integer in
-    [-1, 2⁴⁰]; ValueError (an unusable instruction) otherwise."""
-    value = meta.get(key, default)
-    if type(value) is not int or not -1 <= value <= 1 << 40:
-        raise ValueError(f"{key!r} is not a round number")
-    return value
 
 
 def _keep(*pairs) -> dict:

@@ -45,7 +45,8 @@ import torch
 
 from ..compression import make_codec
 from ..compression.feedback import codec_state, restore_codec
-from .base import Packet, Strategy, dense_packet, dense_tensor, model_from_state
+from .base import Packet, Strategy, dense_packet, dense_tensor, model_from_state, \
+    round_field
 from .fedavg import FedAvgClient, fedavg_step
 from .filter_scaling import combine_scales, filter_layout, read_scales, scale_filters, \
     scales_frame
@@ -60,14 +61,6 @@ class OutOfSync(ValueError):
     code ``desync``): the server sends it the updates from its round next time."""
 
     code = "desync"
-
-
-def _round_field(meta: dict, key: str, most: int) -> int:
-    """``meta[key]``, a model round in [0, most]; ValueError otherwise."""
-    value = meta.get(key)
-    if type(value) is not int or not 0 <= value <= most:
-        raise ValueError(f"{key!r} is not a model round in [0, {most}]")
-    return value
 
 
 def catch_up_packet(codec: str, blobs: list) -> Packet:
@@ -126,7 +119,7 @@ class STC(Strategy):
         return {w: self._instruction(w) for w in participants}
 
     def decode(self, worker: int, packet: Packet) -> torch.Tensor:
-        self.synced[worker] = _round_field(packet.meta, "at", self.round)  # what it holds
+        self.synced[worker] = round_field(packet.meta, "at", self.round)  # what it holds
         if packet.meta.get("desync") is True:
             raise OutOfSync(f"the worker holds the model of round {self.synced[worker]}, "
                             "earlier than its catch-up started from")
@@ -206,13 +199,13 @@ class STCClient(FedAvgClient):
         """Bring W to the round the instruction says: the full model, or the catch-up's
         updates this worker lacks; ValueError if the instruction is unusable."""
         self.up.instruction(packet)  # temporal chains: restart if our last update was lost
-        at = _round_field(packet.meta, "at", 1 << 40)
+        at = round_field(packet.meta, "at", 1 << 40)
         if packet.codec == "none":
             self.base, self.at = dense_tensor(packet, self.learner.num_params), at
             self.out_of_sync = False
         else:
             blobs = read_catch_up(packet)
-            start = _round_field(packet.meta, "base", at)
+            start = round_field(packet.meta, "base", at)
             if at != start + len(blobs):
                 raise ValueError("a catch-up's rounds do not add up")
             self.out_of_sync = not start <= self.at <= at

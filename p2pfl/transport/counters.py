@@ -21,7 +21,6 @@ class ByteCounter:
         # bytes (and messages): two entries a peer, whatever rounds a sender names
         self._bytes = {"sent": defaultdict(Counter), "received": defaultdict(Counter)}
         self._count = {"sent": defaultdict(Counter), "received": defaultdict(Counter)}
-        self._sums = {"sent": Counter(), "received": Counter()}  # peer -> bytes, all rounds
         self.messages = Counter()  # (direction, kind) -> count
         self.dropped = Counter()  # reason -> count
         self.wire = Counter()  # peer -> bytes sent on the wire, ZMTP framing included
@@ -35,7 +34,6 @@ class ByteCounter:
             self.wire[peer] += wire
         part = 0 if round == 0 else 1
         self._bytes[direction][peer][part] += nbytes
-        self._sums[direction][peer] += nbytes
         self._count[direction][peer][part] += 1
         self.messages[(direction, kind)] += 1
 
@@ -55,8 +53,8 @@ class ByteCounter:
     def payload(self, direction: str, peers) -> int:
         """Bytes to or from ``peers`` in every round but 0 (the handshake), in time
         linear in the peers alone: a node asks after every round."""
-        table, sums = self._bytes[direction], self._sums[direction]
-        return sum(sums[p] - table[p].get(0, 0) for p in peers if p in table)
+        table = self._bytes[direction]
+        return sum(table[p].get(1, 0) for p in peers if p in table)
 
     def count(self, direction: str, *, peers=None, handshake: bool = False) -> int:
         """Messages in one direction to or from ``peers``; round 0 (the handshake) only
