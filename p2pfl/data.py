@@ -12,6 +12,8 @@ in :mod:`p2pfl.partition`; both are re-exported here.
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +57,9 @@ class Dataset:
     name : str
         The spec the dataset was loaded from.
     x_train, x_test : numpy.ndarray
-        ``float32`` features of shape ``(N, *input_shape)``, standardised.
+        ``float32`` features of shape ``(N, *input_shape)``: standardised with the
+        training split's statistics, except ``digits``, whose pixel values 0–16 are
+        divided by 16.
     y_train, y_test : numpy.ndarray
         ``int64`` labels in ``[0, num_classes)``.
     num_classes : int
@@ -74,7 +78,20 @@ class Dataset:
 
 
 def _make(name, x_tr, y_tr, x_te, y_te, num_classes):
-    """Build a :class:`Dataset` with canonical dtypes."""
+    """Build a :class:`Dataset` with canonical dtypes, refusing what would fail in a
+    node: an empty split, labels outside ``[0, num_classes)``, or test samples of
+    another shape than the training samples."""
+    for split, x, y in (("training", x_tr, np.asarray(y_tr)), ("test", x_te, np.asarray(y_te))):
+        if len(x) == 0:
+            raise DataError(f"dataset {name!r}: the {split} split is empty")
+        if y.dtype.kind not in "iu":
+            raise DataError(f"dataset {name!r}: {split} labels are {y.dtype}, not integers")
+        if y.min() < 0 or y.max() >= num_classes:
+            raise DataError(f"dataset {name!r}: {split} labels range over [{y.min()}, "
+                            f"{y.max()}], outside [0, {num_classes})")
+    if x_tr.shape[1:] != x_te.shape[1:]:
+        raise DataError(f"dataset {name!r}: training samples are {tuple(x_tr.shape[1:])}, "
+                        f"test samples {tuple(x_te.shape[1:])}")
     x_tr = np.ascontiguousarray(x_tr, dtype=np.float32)
     x_te = np.ascontiguousarray(x_te, dtype=np.float32)
     return Dataset(name, x_tr, np.asarray(y_tr, dtype=np.int64), x_te,
@@ -108,7 +125,7 @@ def _digits_arrays(cache_dir):
     scikit-learn and cached as ``.npz``: importing scikit-learn costs about
     1.5 s, more than a small run takes."""
     path = _cache_dir(cache_dir) / "digits-v1.npz"
-    arrays = _read_npz(path, ("data", "target"))
+    arrays = _read_npz(path, {"data": (1797, 64), "target": (1797,)})
     if arrays is not None:
         return arrays
     try:
@@ -130,15 +147,22 @@ def _load_digits(seed, cache_dir=None):
     return _make("digits", x[tr], y[tr], x[te], y[te], 10)
 
 
-def _read_npz(path, keys):
-    """The arrays of a cached ``.npz``, or None when it is missing or corrupt."""
+def _read_npz(path, shapes):
+    """The arrays of a cached ``.npz``, or None when it is missing, corrupt, or has
+    other shapes than ``shapes`` (key: shape; None in a shape matches any size)."""
     if not path.exists():
         return None
     try:
-        with np.load(path) as z:
-            return {k: z[k] for k in keys}
-    except (OSError, ValueError, KeyError):
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in shapes}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
         return None  # corrupt cache: make it again
+    for key, shape in shapes.items():
+        have = arrays[key].shape
+        if len(have) != len(shape) or any(s is not None and s != h
+                                          for s, h in zip(shape, have)):
+            return None  # not the arrays this version writes: make them again
+    return arrays
 
 
 def _write_npz(path, arrays) -> None:
@@ -161,9 +185,10 @@ def _mnist1d_arrays(cache_dir, samples: int = 5000):
 
     ``samples`` is the generator's ``num_samples`` (train and test together, split
     80/20); 5,000 is the standard dataset."""
-    stem = "mnist1d-v1-4000-42" if samples == 5000 else f"mnist1d-v1-{samples}-42"
-    path = _cache_dir(cache_dir) / f"{stem}.npz"
-    keys = ("x", "y", "x_test", "y_test")
+    path = _cache_dir(cache_dir) / f"mnist1d-v2-{samples}-42.npz"
+    n_train = int(samples * 0.8)  # the generator's train_split
+    keys = {"x": (n_train, 40), "y": (n_train,),
+            "x_test": (samples - n_train, 40), "y_test": (samples - n_train,)}
     arrays = _read_npz(path, keys)
     if arrays is not None:
         return arrays
@@ -230,6 +255,10 @@ def _mnist_split(folder, stem):
     if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
         raise DataError(f"MNIST {stem} files in {str(folder)!r} disagree: "
                         f"images {x.shape}, labels {y.shape}")
+    if len(x) == 0:
+        raise DataError(f"MNIST {stem} files in {str(folder)!r} hold no images")
+    if y.dtype.kind not in "iu":
+        raise DataError(f"MNIST {stem} labels in {str(folder)!r} are {y.dtype}, not integers")
     return x, y.astype(np.int64)
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import time
+import weakref
 
 import numpy as np
 import torch
@@ -110,6 +112,29 @@ def test_set(learn: LearnSpec, group: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return ds.x_test, y
 
 
+_DEVICE_COPIES: dict = {}  # (id(array), device): (weak reference to array, tensor)
+_DEVICE_LOCK = threading.Lock()
+
+
+def on_device(array: np.ndarray, device) -> torch.Tensor:
+    """``array`` as a read-only tensor on ``device``, one copy a device for all the nodes
+    of this process: on the CPU the array's own memory, elsewhere a copy made once
+    (nodes sharing a GPU share the test set, not one copy a node)."""
+    array = np.ascontiguousarray(array)
+    if torch.device(device).type == "cpu":
+        return torch.from_numpy(array)
+    key = (id(array), str(device))
+    with _DEVICE_LOCK:
+        hit = _DEVICE_COPIES.get(key)
+        if hit is not None and hit[0]() is array:
+            return hit[1]
+        for k in [k for k, (ref, _) in _DEVICE_COPIES.items() if ref() is None]:
+            del _DEVICE_COPIES[k]  # arrays gone: their copies go too
+        tensor = torch.from_numpy(array).to(device)
+        _DEVICE_COPIES[key] = (weakref.ref(array), tensor)
+        return tensor
+
+
 def build_run_model(learn: LearnSpec):
     """The run's initial model, exactly as every node builds it (same seed)."""
     ds = _data(learn)
@@ -164,8 +189,8 @@ class Learner:
                         batch_size=learn.batch_size, local_steps=learn.local_steps,
                         local_epochs=learn.local_epochs, momentum_mode=learn.momentum_mode)
         self._trainer = LocalTrainer(self._model, x, y, cfg, seed=learn.seed * 7919 + node_id)
-        self._x_test = torch.from_numpy(np.ascontiguousarray(self.x_test)).to(self.device)
-        self._y_test = torch.from_numpy(np.ascontiguousarray(self.y_test)).to(self.device)
+        self._x_test = on_device(self.x_test, self.device)
+        self._y_test = on_device(self.y_test, self.device)
 
     @property
     def model(self):

@@ -9,6 +9,7 @@ every node, without touching the global torch RNG.
 from __future__ import annotations
 
 import copy
+import functools
 import threading
 
 import math
@@ -159,16 +160,21 @@ def build_model(name: str, input_shape: tuple, num_classes: int, *,
     # as threads build their models concurrently, and every node must start from
     # exactly the same weights (compressed gossip relies on it), so builds are
     # serialised.
+    if kind == "logreg" and arg is None:
+        make = functools.partial(_mlp, input_shape, num_classes, ())
+    elif kind == "mlp":
+        make = functools.partial(_mlp, input_shape, num_classes, _parse_sizes(kind, arg, (64,)))
+    elif kind == "cnn":
+        make = functools.partial(_cnn, input_shape, num_classes, _parse_sizes(kind, arg, None))
+    else:
+        raise ConfigError(f"unknown model {name!r}; valid: {_FORMS}")
     with _INIT_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if kind == "logreg" and arg is None:
-            model = _mlp(input_shape, num_classes, ())
-        elif kind == "mlp":
-            model = _mlp(input_shape, num_classes, _parse_sizes(kind, arg, (64,)))
-        elif kind == "cnn":
-            model = _cnn(input_shape, num_classes, _parse_sizes(kind, arg, None))
-        else:
-            raise ConfigError(f"unknown model {name!r}; valid: {_FORMS}")
+        try:
+            model = make()
+        except (MemoryError, RuntimeError) as exc:  # widths too large for this memory
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"model {name!r} cannot be built here: {first}") from None
     return model.float().train()
 
 

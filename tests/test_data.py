@@ -101,6 +101,37 @@ def test_missing_folder(tmp_path):
         load_dataset(f"mnist:{tmp_path}")
 
 
+
+def test_mnist1d_sizes_have_their_own_cache_files(tmp_path):
+    """mnist1d:4000 once shared the standard set's cache file: whichever ran first
+    decided what the other loaded."""
+    pytest.importorskip("mnist1d")
+    small = load_dataset("mnist1d:4000", cache_dir=str(tmp_path))
+    standard = load_dataset("mnist1d", cache_dir=str(tmp_path))
+    assert small.x_train.shape == (3200, 1, 40) and small.x_test.shape == (800, 1, 40)
+    assert standard.x_train.shape == (4000, 1, 40) and standard.x_test.shape == (1000, 1, 40)
+    assert len(list(tmp_path.glob("*.npz"))) == 2
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "shape"])
+def test_damaged_cache_is_made_again(tmp_path, damage):
+    """A truncated or corrupted cache raised zipfile.BadZipFile; one of other shapes
+    was used as the dataset."""
+    pytest.importorskip("mnist1d")
+    good = load_dataset("mnist1d:200", cache_dir=str(tmp_path))
+    (path,) = tmp_path.glob("*.npz")
+    raw = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(raw[: len(raw) // 2])
+    elif damage == "flip":
+        path.write_bytes(raw[:200] + bytes(b ^ 0xFF for b in raw[200:400]) + raw[400:])
+    else:
+        np.savez(path, x=np.zeros((30, 40)), y=np.zeros(30, np.int64),
+                 x_test=np.zeros((5, 40)), y_test=np.zeros(5, np.int64))
+    again = load_dataset("mnist1d:200", cache_dir=str(tmp_path))
+    assert np.array_equal(again.x_train, good.x_train)
+    assert np.array_equal(again.y_test, good.y_test)
+
 # ---------------------------------------------------------------- IDX
 
 
@@ -170,6 +201,41 @@ def test_mnist_folder_loader(tmp_path):
     via_dir = load_dataset("mnist", data_dir=str(tmp_path))
     assert np.array_equal(via_dir.x_test, ds.x_test)
 
+
+
+def _mnist_folder(folder, train=(12, 28), test=(6, 28), labels=None, label_code=0x08):
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    for stem, (n, side) in (("train", train), ("t10k", test)):
+        x = rng.integers(0, 256, (n, side, side)).astype(np.uint8)
+        y = (np.arange(n) % 10).astype(np.uint8) if labels is None else labels[stem]
+        _write(folder / f"{stem}-images-idx3-ubyte", _idx_bytes(x))
+        _write(folder / f"{stem}-labels-idx1-ubyte", _idx_bytes(y, label_code))
+    return folder
+
+
+@pytest.mark.parametrize("case, message", [
+    ("empty", "no images"),
+    ("test_size", "test samples"),
+    ("negative", "outside"),
+    ("float", "not integers"),
+])
+def test_mnist_folder_refuses_what_a_node_would_fail_on(tmp_path, case, message):
+    """Each of these passed the loader, then failed inside the nodes (or with a
+    traceback): an empty split, test images of another size, labels below 0 or of a
+    float type."""
+    if case == "empty":
+        folder = _mnist_folder(tmp_path / "m", train=(0, 28))
+    elif case == "test_size":
+        folder = _mnist_folder(tmp_path / "m", test=(6, 14))
+    elif case == "negative":
+        labels = {"train": np.array([0, 1, -1, 2], np.int8), "t10k": np.arange(6, dtype=np.int8)}
+        folder = _mnist_folder(tmp_path / "m", train=(4, 28), labels=labels, label_code=0x09)
+    else:
+        labels = {"train": np.arange(12, dtype=">f4"), "t10k": np.arange(6, dtype=">f4")}
+        folder = _mnist_folder(tmp_path / "m", labels=labels, label_code=0x0D)
+    with pytest.raises(DataError, match=message):
+        load_dataset(f"mnist:{folder}")
 
 # ---------------------------------------------------------------- CIFAR-10
 
@@ -241,6 +307,18 @@ def test_cifar10_folder_loader(tmp_path):
     assert ds.x_train.shape == (15, 3, 32, 32) and ds.x_test.shape == (2, 3, 32, 32)
     assert ds.input_shape == (3, 32, 32) and ds.num_classes == 10
     assert np.allclose(ds.x_train.mean(axis=(0, 2, 3)), 0, atol=1e-4)
+
+
+def test_cifar10_label_out_of_range_is_refused(tmp_path):
+    """A label of 10 passed the loader and failed in a node, and the run exited 0."""
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for i in range(1, 6):
+        _write(folder / f"data_batch_{i}", _cifar_batch(3, i)[0])
+    bad = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [3, 10]}
+    _write(folder / "test_batch", pickle.dumps(bad))
+    with pytest.raises(DataError, match=r"\[3, 10\], outside \[0, 10\)"):
+        load_dataset(f"cifar10:{tmp_path}")
 
 
 # ---------------------------------------------------------------- partitions

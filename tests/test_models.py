@@ -68,6 +68,22 @@ def test_cnn_too_deep_for_the_signal():
         build_model("cnn:4-4-4-4-4-4-4", (1, 40), 10)
 
 
+def test_model_too_large_to_allocate_is_a_usage_error():
+    """Its allocation error was a traceback from the launcher's test build (exit 1)."""
+    with pytest.raises(ConfigError, match="'mlp:100000000000' cannot be built here"):
+        build_model("mlp:100000000000", (40,), 10)
+
+
+def test_test_set_is_one_copy_a_device():
+    """Nodes of a process share the test set on a device; on the CPU it is the array."""
+    from p2pfl.learner import on_device
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert on_device(x, "cpu").data_ptr() == x.ctypes.data
+    first, again = on_device(x, "meta"), on_device(x, "meta")
+    assert first is again and first.device.type == "meta"
+    assert on_device(x.copy(), "meta") is not first
+
+
 def test_cnn_rejects_4d_input():
     with pytest.raises(ConfigError, match="input shape"):
         build_model("cnn", (1, 2, 3, 4), 10)
