@@ -18,10 +18,12 @@ __all__ = ["main", "build_parser"]
 # (flag, type, help) for every option that `cluster` and the TOML file share.
 CLUSTER_OPTIONS = [
     ("mode", str, "gossip (default), fedavg, stc, cfl, fd or cfd"),
-    ("topology", str, "generator spec (ring:8, torus:4x4, ...), graph file, or worker names"),
+    ("topology", str, "generator spec (ring:8, torus:4x4, ...) or graph file; in server modes "
+                      "its nodes are the workers"),
     ("nodes", int, "number of worker nodes in server modes"),
     ("rounds", int, "communication rounds (default 30)"),
-    ("seed", int, "random seed for data, partition and initial model"),
+    ("seed", int, "random seed for data, partition, initial model and random graphs "
+                  "without their own SEED"),
     ("dataset", str, "digits, mnist1d, synthetic[:C:D], mnist:PATH, cifar10:PATH"),
     ("data_dir", str, "folder of the mnist or cifar10 files (for --dataset mnist or cifar10 "
      "without :PATH)"),
@@ -110,6 +112,14 @@ def _add_cluster(sub) -> None:
                    help="do not send models to the launcher for the consensus distance")
     p.add_argument("-q", "--quiet", dest="quiet", action="store_const", const=True,
                    help="no progress output")
+    # the other way of each, to override a config file's setting
+    p.add_argument("--no-in-process", dest="in_process", action="store_const", const=False,
+                   help="one process a node (the default), over a config file's in_process")
+    p.add_argument("--no-secure", dest="secure", action="store_const", const=False,
+                   help="no CurveZMQ (the default), over a config file's secure")
+    p.add_argument("--consensus", dest="consensus", action="store_const", const=True,
+                   help="send models for the consensus distance (the default), over a "
+                        "config file's consensus = false")
 
 
 def build_parser() -> argparse.ArgumentParser:

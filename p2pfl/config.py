@@ -165,6 +165,8 @@ class RunConfig:
         for name in ("local_steps", "local_epochs", "seed"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        if self.seed > 2**63 - 1:  # torch's and numpy's seeds are 64-bit
+            raise ConfigError(f"--seed must be below 2**63, got {self.seed}")
         if self.exchange_only and self.mode != "gossip":
             raise ConfigError("--local-steps 0 (exchange only, no training) applies to gossip; "
                               "server modes train and evaluate every round")
@@ -351,17 +353,7 @@ def from_sources(config_file: str | None = None, overrides: dict | None = None) 
     known = {f.name for f in fields(RunConfig)} - {"node_overrides"}
     values: dict = {}
     if config_file:
-        data = load_toml(config_file)
-        data = data.get("p2pfl", data) if isinstance(data.get("p2pfl"), dict) else data
-        for key, value in data.items():
-            name = key.replace("-", "_")
-            if name not in known:
-                raise ConfigError(f"{config_file}: unknown option {key!r}")
-            values[name] = _coerce(name, value, config_file)
-        if values.get("profiles") and not os.path.isabs(values["profiles"]):
-            base = os.path.dirname(os.path.abspath(config_file))
-            candidate = os.path.join(base, values["profiles"])
-            values["profiles"] = candidate if os.path.exists(candidate) else values["profiles"]
+        values = _file_options(config_file, known)
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
     for key, value in (overrides or {}).items():
         if key not in known:
@@ -377,6 +369,39 @@ def from_sources(config_file: str | None = None, overrides: dict | None = None) 
     return cfg
 
 
+#: Options naming a file or folder: in a config file, relative to the file's folder
+#: when it exists there, else to the working directory.
+PATH_OPTIONS = ("topology", "profiles", "availability", "keys", "data_dir")
+
+
+def _file_options(config_file: str, known: set) -> dict:
+    """The options of a TOML config file: top-level keys, or those of a ``[p2pfl]``
+    table (not both), checked and typed; relative paths resolved (PATH_OPTIONS)."""
+    data = load_toml(config_file)
+    if isinstance(data.get("p2pfl"), dict):
+        others = sorted(set(data) - {"p2pfl"})
+        if others:
+            raise ConfigError(f"{config_file}: option(s) {', '.join(others)} outside the "
+                              "[p2pfl] table; put every option in it, or none")
+        data = data["p2pfl"]
+    values, seen = {}, {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ConfigError(f"{config_file}: unknown option {key!r}")
+        if name in seen:
+            raise ConfigError(f"{config_file}: {seen[name]!r} and {key!r} are the same option")
+        seen[name] = key
+        values[name] = _coerce(name, value, config_file)
+    base = os.path.dirname(os.path.abspath(config_file))
+    for name in PATH_OPTIONS:
+        given = values.get(name)
+        if isinstance(given, str) and given and not os.path.isabs(given):
+            candidate = os.path.join(base, given)
+            values[name] = candidate if os.path.exists(candidate) else given
+    return values
+
+
 def read_profiles(path: str) -> dict:
     """Parse a node profile file into ``{"default": {...}, "nodes": {label: {...}}}``."""
     data = load_toml(path)
@@ -384,9 +409,15 @@ def read_profiles(path: str) -> dict:
     if unknown_sections:
         raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(unknown_sections))}; "
                           "valid: default, nodes")
-    default = data.get("default", {})
-    nodes = {str(k): v for k, v in data.get("nodes", {}).items()}
-    for where, table in [("default", default), *nodes.items()]:
+    default, nodes = data.get("default", {}), data.get("nodes", {})
+    for where, table in (("[default]", default), ("[nodes]", nodes)):
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: {where} must be a table, got {table!r}")
+    nodes = {str(k): v for k, v in nodes.items()}
+    for where, table in [("default", default), *((f"nodes.{k}", v) for k, v in nodes.items())]:
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [{where}] must be a table of node options, "
+                              f"got {table!r}")
         bad = set(table) - NODE_KEYS
         if bad:
             raise ConfigError(f"{path}: [{where}] sets unknown node option(s) "
@@ -394,15 +425,14 @@ def read_profiles(path: str) -> dict:
     return {"default": default, "nodes": nodes}
 
 
-def node_settings(cfg: RunConfig, node_id: int, label) -> dict:
-    """The options of one node: the run's, then the profile's default, then its own."""
+def node_settings(cfg: RunConfig, own: dict, label) -> dict:
+    """The options of one node: the run's, then the profile's default, then its own
+    table ``own`` (see ``plan_nodes.own_tables``)."""
     base = {k: getattr(cfg, k) for k in NODE_KEYS if hasattr(cfg, k)}
     base.setdefault("data_share", 1.0)
     base.setdefault("behaviour", "honest")
     base.setdefault("offline", [])
     prof = cfg.node_overrides or {}
-    own = prof.get("nodes", {})
-    own = own.get(str(label), own.get(str(node_id), {}))
     # a link is merged key by key: --link, then the profile's default, then the node's own
     link = parse_link(cfg.link) if cfg.link else {}
     for where, table in (("[default]", prof.get("default", {})), (f"[nodes.{label}]", own)):

@@ -13,6 +13,7 @@ from p2pfl.errors import DataError
 
 __all__ = [
     "partition",
+    "parse_partition",
     "partition_groups",
     "group_label_permutations",
     "apply_label_permutation",
@@ -22,7 +23,7 @@ __all__ = [
 _SPECS = "iid, dirichlet:ALPHA, shards:S, groups:K"
 
 
-def _parse_spec(spec):
+def parse_partition(spec):
     """Split a partition spec into ``(kind, number)``; DataError if bad."""
     kind, _, arg = str(spec).partition(":")
     try:
@@ -132,7 +133,7 @@ def partition(labels: np.ndarray, num_nodes: int, spec: str = "iid", *,
         Sorted ``int64`` index arrays, one per node: disjoint, covering all
         samples, none empty.
     """
-    kind, arg = _parse_spec(spec)
+    kind, arg = parse_partition(spec)
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     n = len(labels)
     if not isinstance(num_nodes, (int, np.integer)) or not 1 <= num_nodes <= n:

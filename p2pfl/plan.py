@@ -214,9 +214,9 @@ def _server_labels(cfg: RunConfig, graph) -> list:
 def _groups(cfg: RunConfig, n: int) -> tuple:
     if not cfg.partition.startswith("groups:"):
         return (0,) * n
-    from .data import partition_groups
+    from .partition import parse_partition, partition_groups
 
-    return tuple(int(g) for g in partition_groups(n, int(cfg.partition.split(":", 1)[1])))
+    return tuple(int(g) for g in partition_groups(n, parse_partition(cfg.partition)[1]))
 
 
 def _strategy_options(cfg: RunConfig):

@@ -16,7 +16,8 @@ from .spec import LearnSpec
 from .strategies import BEHAVIOURS
 from .transport.availability import AvailabilitySpec, parse_churn, read_trace
 
-__all__ = ["check_codec", "learn_specs", "model_name", "node_availability", "node_codecs"]
+__all__ = ["check_codec", "learn_specs", "model_name", "node_availability", "node_codecs",
+           "own_tables"]
 
 
 def check_codec(spec: str) -> str:
@@ -101,14 +102,33 @@ def _some(labels: list, most: int = 8) -> str:
     return shown + (f", ... ({len(labels)} in all)" if len(labels) > most else "")
 
 
-def learn_specs(cfg: RunConfig, labels: list) -> tuple[list, list]:
-    """Per node: its merged options (run, profile default, its own) and its LearnSpec."""
-    named = set((cfg.node_overrides or {}).get("nodes", {}))
-    unknown = named - {str(x) for x in labels} - {str(i) for i in range(len(labels))}
+def own_tables(cfg: RunConfig, labels: list) -> list:
+    """Each node's own profile table: ``[nodes.K]`` is the node labelled K, or, when no
+    node has that label, the node of id K (as ``--availability`` traces are read)."""
+    named = (cfg.node_overrides or {}).get("nodes", {})
+    by_label = {str(x): i for i, x in enumerate(labels)}
+    tables, keys, unknown = [{} for _ in labels], [None] * len(labels), []
+    for key, table in named.items():
+        i = by_label.get(key)
+        if i is None and key.isdigit() and str(int(key)) == key and int(key) < len(labels):
+            i = int(key)
+        if i is None:
+            unknown.append(key)
+        elif keys[i] is not None:
+            raise ConfigError(f"{cfg.profiles}: [nodes.{keys[i]}] and [nodes.{key}] both "
+                              f"name node {labels[i]!r}")
+        else:
+            tables[i], keys[i] = table, key
     if unknown:  # a typo, or the profile of another topology
         raise ConfigError(f"{cfg.profiles}: no node of this run is called "
                           f"{', '.join(sorted(unknown))} (nodes: {_some(labels)})")
-    per_node = [node_settings(cfg, i, label) for i, label in enumerate(labels)]
+    return tables
+
+
+def learn_specs(cfg: RunConfig, labels: list) -> tuple[list, list]:
+    """Per node: its merged options (run, profile default, its own) and its LearnSpec."""
+    own = own_tables(cfg, labels)
+    per_node = [node_settings(cfg, own[i], label) for i, label in enumerate(labels)]
     shares = [_number(o, "data_share", float, f"node {labels[i]!r}")
               for i, o in enumerate(per_node)]
     # Equal shares (the usual case) travel as (): a node's spec stays small however
@@ -117,6 +137,11 @@ def learn_specs(cfg: RunConfig, labels: list) -> tuple[list, list]:
     shared = () if equal else tuple(shares)
     learns = [_learn_spec(cfg, o, shared, labels[i], len(labels))
               for i, o in enumerate(per_node)]
+    models = sorted({learn.model for learn in learns})
+    if len(models) > 1 and cfg.mode not in ("fd", "cfd"):  # they exchange soft labels
+        raise ConfigError(f"{cfg.profiles}: nodes of --mode {cfg.mode} must share one model, "
+                          f"but the profile gives {', '.join(models)}; only fd and cfd "
+                          "mix models")
     _check_learning(learns)
     if cfg.backend == "local" and not cfg.listen:  # remote hosts may have other GPUs
         _check_devices(learns)

@@ -9,6 +9,7 @@ import pytest
 
 from p2pfl.config import RunConfig, from_sources, node_settings
 from p2pfl.errors import ConfigError
+from p2pfl.plan_nodes import own_tables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -89,6 +90,20 @@ def test_self_loop_is_ignored_with_a_warning(tmp_path):
     assert res.returncode == 0 and "self-loop" in res.stdout
 
 
+def test_boolean_flags_override_the_config_file_both_ways(tmp_path):
+    """in_process = true or consensus = false in a file could not be undone by a flag."""
+    from p2pfl.cli import build_parser
+
+    cfg_file = tmp_path / "run.toml"
+    cfg_file.write_text("in_process = true\nconsensus = false\nsecure = true\n")
+    args = build_parser().parse_args(["cluster", "--config", str(cfg_file), "--no-in-process",
+                                      "--consensus", "--no-secure"])
+    flags = {k: getattr(args, k) for k in ("in_process", "consensus", "secure")}
+    assert flags == {"in_process": False, "consensus": True, "secure": False}
+    cfg = from_sources(str(cfg_file), flags)
+    assert (cfg.in_process, cfg.consensus, cfg.secure) == (False, True, False)
+
+
 def test_toml_config_and_flag_override(tmp_path):
     cfg_file = tmp_path / "run.toml"
     cfg_file.write_text('topology = "line:3"\nrounds = 2\nlr = 0.1\nlocal-steps = 3\n')
@@ -103,13 +118,60 @@ def test_node_profiles_set_per_node_options(tmp_path):
     prof.write_text('[default]\nlocal_steps = 7\n[nodes."lab-a"]\nlr = 0.2\ndata_share = 3\n'
                     '[nodes.2]\nmodel = "cnn"\n')
     cfg = from_sources(None, {"profiles": str(prof)})
-    a = node_settings(cfg, 0, "lab-a")
+    own = own_tables(cfg, ["lab-a", "y", "x"])
+    a = node_settings(cfg, own[0], "lab-a")
     assert (a["lr"], a["data_share"], a["local_steps"]) == (0.2, 3, 7)
-    assert node_settings(cfg, 2, "x")["model"] == "cnn"
-    assert node_settings(cfg, 1, "y")["lr"] == RunConfig().lr
+    assert node_settings(cfg, own[2], "x")["model"] == "cnn"
+    assert node_settings(cfg, own[1], "y")["lr"] == RunConfig().lr
     prof.write_text('[nodes.a]\nwarp = 9\n')
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"\[nodes.a\] sets unknown node option"):
         from_sources(None, {"profiles": str(prof)})
+
+
+def test_profile_key_names_one_node_label_first(tmp_path):
+    """With labels 1..4, [nodes.1] applied to the node labelled 1 and, by its id, to the
+    node labelled 2 too: one attacker became two."""
+    prof = tmp_path / "p.toml"
+    prof.write_text('[nodes.1]\nbehaviour = "sign_flip"\n')
+    cfg = from_sources(None, {"profiles": str(prof)})
+    assert [bool(t) for t in own_tables(cfg, [1, 2, 3, 4])] == [True, False, False, False]
+    assert [bool(t) for t in own_tables(cfg, ["a", "b"])] == [False, True]  # by id
+    prof.write_text('[nodes.a]\nlr = 0.2\n[nodes.0]\nlr = 0.3\n')
+    cfg = from_sources(None, {"profiles": str(prof)})
+    with pytest.raises(ConfigError, match=r"\[nodes.a\] and \[nodes.0\] both name node 'a'"):
+        own_tables(cfg, ["a", "b"])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("nodes = 5\n", r"\[nodes\] must be a table"),
+    ("default = 3\n", r"\[default\] must be a table"),
+    ("[nodes]\n0 = 5\n", r"\[nodes.0\] must be a table"),
+])
+def test_profile_sections_must_be_tables(tmp_path, text, message):
+    """Each crashed with AttributeError or TypeError (exit 1)."""
+    prof = tmp_path / "p.toml"
+    prof.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        from_sources(None, {"profiles": str(prof)})
+
+
+def test_config_file_options(tmp_path):
+    """A [p2pfl] table silently dropped the top-level keys; only profiles was read
+    relative to the config's folder; the same option twice kept the later one."""
+    (tmp_path / "p2pfl_tbl.toml").write_text('rounds = 5\n[p2pfl]\nmodel = "logreg"\n')
+    with pytest.raises(ConfigError, match="rounds outside the \\[p2pfl\\] table"):
+        from_sources(str(tmp_path / "p2pfl_tbl.toml"), {})
+    (tmp_path / "twice.toml").write_text('local-steps = 2\nlocal_steps = 3\n')
+    with pytest.raises(ConfigError, match="same option"):
+        from_sources(str(tmp_path / "twice.toml"), {})
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "sq.edgelist").write_text("0 1\n1 2\n2 3\n3 0\n")
+    (sub / "run.toml").write_text('topology = "sq.edgelist"\nrounds = 1\n'
+                                  'availability = "gone.json"\n')
+    cfg = from_sources(str(sub / "run.toml"), {})
+    assert cfg.topology == str(sub / "sq.edgelist")
+    assert cfg.availability == "gone.json"  # not beside the config: as given
 
 
 def test_cluster_from_config_file_end_to_end(tmp_path):

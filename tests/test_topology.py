@@ -180,6 +180,44 @@ def test_edgelist_formats(tmp_path):
     assert W[0, 1] > W[1, 2]
 
 
+@pytest.mark.parametrize("name, text", [
+    ("bom.edgelist", "0 1\n1 2\n2 3\n3 0\n"),
+    ("bom.adjlist", "0 1 3\n1 2\n2 3\n"),
+])
+def test_byte_order_mark_is_not_a_label(tmp_path, name, text):
+    """A UTF-8 BOM made '\\ufeff0' a fifth node, and the ring a path."""
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    topo = tp.build(path)
+    assert topo.labels == [0, 1, 2, 3] and topo.graph.number_of_edges() == 4
+
+
+def test_edge_listed_twice_keeps_the_first_and_warns(tmp_path):
+    """The later duplicate's weight silently replaced the first (5 for 1)."""
+    path = tmp_path / "dup.edges"
+    path.write_text("0 1 1\n1 2 1\n2 0 1\n1 0 5\n")
+    topo = tp.build(path, scheme="weight")
+    assert topo.graph[0][1]["weight"] == 1.0
+    assert topo.warnings == ["collapsed 1 parallel edge(s) (kept the first edge's attributes)"]
+
+
+def test_gml_labels(tmp_path):
+    """Duplicated or partly missing labels fell back to ids without a word."""
+    path = tmp_path / "g.gml"
+    path.write_text('graph [ node [ id 0 label "x" ] node [ id 1 label "x" ] '
+                    'edge [ source 0 target 1 ] ]')
+    with pytest.raises(TopologyError, match="label 'x' is duplicated"):
+        tp.build(path)
+    path.write_text('graph [ node [ id 0 label "x" ] node [ id 1 ] edge [ source 0 target 1 ] ]')
+    with pytest.raises(TopologyError, match="has no 'label'"):
+        tp.build(path)
+    path.write_text('graph [ node [ id 0 ] node [ id 1 ] edge [ source 0 target 1 ] ]')
+    assert tp.build(path).labels == [0, 1]
+    path.write_text('graph [ node [ id 0 label "a" ] node [ id 1 label "b" ] '
+                    'edge [ source 0 target 1 ] ]')
+    assert tp.build(path).labels == ["a", "b"]
+
+
 def test_node_link_json_with_edges_key(tmp_path):
     path = tmp_path / "g.json"
     path.write_text('{"nodes": [{"id": "x"}, {"id": "y"}],'
@@ -234,6 +272,8 @@ def test_validate_errors():
         tp.validate([(0, 1)])
     with pytest.raises(TopologyError, match="disconnected"):
         tp.build("erdos_renyi:20:0.01")
+    with pytest.raises(TopologyError, match=f"at most {tp.MAX_NODES} are supported"):
+        tp.build(f"ring:{tp.MAX_NODES + 1}")  # its dense matrix alone: 2 GiB and more
 
 
 def test_validate_repairs():

@@ -57,12 +57,14 @@ def test_a_flag_naming_the_workers_wins_over_the_config_files_other_way(tmp_path
 
 
 @pytest.mark.parametrize("options, words", [
-    (dict(topology="ring:4", partition="groups:0"), "bad number of groups 0"),
+    (dict(topology="ring:4", partition="groups:0"), "bad partition spec .groups:0.*K integers >= 1"),
     (dict(topology="ring:4", partition="groups:5"), r"expected an integer in \[1, 4\]"),
     (dict(mode="fedavg", nodes=4, aggregator="krum:2"), "needs at least 5 updates a round"),
     (dict(mode="fedavg", nodes=6, aggregator="multikrum:1:7"), "at least 7 .* has 6"),
     (dict(mode="fedavg", nodes=10, participation=0.3, aggregator="krum:1"),
      r"has 3 \(10 workers, participation 0.3\)"),
+    (dict(topology="ring:4", partition="groups:abc"), "bad partition spec 'groups:abc'"),
+    (dict(mode="fedavg", nodes=3, partition="groups:"), "bad partition spec 'groups:'"),
     (dict(mode="stc", nodes=4, filter_scaling="on"), "model 'mlp' has none"),
     (dict(mode="fedavg", nodes=4, filter_scaling="on", model="logreg",
           compression="stc:0.01"), "scales convolution filters"),
@@ -116,3 +118,22 @@ def test_the_cli_says_it_in_one_line_with_exit_2(tmp_path, flags):
     assert res.returncode == 2, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "p2pfl: error:" in res.stderr
     assert not (tmp_path / "run" / "nodes.json").exists()
+
+
+def test_seed_beyond_64_bits_is_refused():
+    """torch.manual_seed raised OverflowError inside the plan (exit 1)."""
+    with pytest.raises(ConfigError, match="below 2\\*\\*63"):
+        from_sources(None, dict(seed=2**64))
+
+
+@pytest.mark.parametrize("mode", ["gossip", "fedavg", "stc"])
+def test_a_profiles_second_model_is_refused_outside_fd(tmp_path, mode):
+    """Gossip crashed the launcher at the consensus distance; fedavg and stc dropped
+    every update between the two models as undecodable and exited 0."""
+    prof = tmp_path / "p.toml"
+    prof.write_text('[nodes.0]\nmodel = "cnn"\n')
+    workers = dict(topology="ring:3") if mode == "gossip" else dict(nodes=3)
+    with pytest.raises(ConfigError, match="must share one model, but the profile gives cnn, mlp"):
+        plan(from_sources(None, dict(workers, mode=mode, profiles=str(prof), dataset="digits")))
+    cfg = from_sources(None, dict(mode="fd", nodes=3, profiles=str(prof), dataset="digits"))
+    assert {s.learn.model for s in plan(cfg).specs if s.learn is not None} >= {"cnn", "mlp"}

@@ -31,14 +31,14 @@ from .files import READERS, load_topology
 from .generators import (GENERATORS, barabasi_albert, complete, erdos_renyi,
                          exponential, line, random_regular, ring, small_world,
                          star, torus)
-from .graph import relabel, validate
+from .graph import MAX_NODES, relabel, validate
 from .mixing import SCHEMES, mixing_weights, spectral_gap
 
 __all__ = [
     "GENERATORS", "SCHEMES", "READERS", "Topology",
     "ring", "line", "complete", "star", "torus", "exponential",
     "erdos_renyi", "small_world", "random_regular", "barabasi_albert",
-    "load_topology", "validate", "relabel", "mixing_weights", "spectral_gap",
+    "load_topology", "validate", "relabel", "mixing_weights", "spectral_gap", "MAX_NODES",
     "build", "describe",
 ]
 

@@ -23,9 +23,12 @@ def _token(text):
 
 
 def _read_edgelist(path):
-    """Edge list: ``u v``, ``u v w`` or ``u v {'weight': w, ...}``; ``#`` comments."""
-    G = nx.Graph()
-    with open(path, encoding="utf-8") as fh:
+    """Edge list: ``u v``, ``u v w`` or ``u v {'weight': w, ...}``; ``#`` comments.
+
+    An edge listed twice makes it a multigraph, which ``validate`` collapses with a
+    warning (first edge's data kept), as in the other formats."""
+    G = nx.MultiGraph()
+    with open(path, encoding="utf-8-sig") as fh:  # -sig: a byte-order mark is no label
         for lineno, raw in enumerate(fh, 1):
             parts = raw.split("#", 1)[0].split(None, 2)
             if not parts:
@@ -44,7 +47,8 @@ def _read_edgelist(path):
                 if not isinstance(data, dict):
                     raise ValueError(f"line {lineno}: edge data must be a dict")
             G.add_edge(u, v, **data)
-    return G
+    simple = nx.Graph(G)  # a simple graph unless an edge is listed twice
+    return G if simple.number_of_edges() < G.number_of_edges() else simple
 
 
 def _hashable(label):
@@ -72,20 +76,26 @@ def _read_node_link(path):
     return G
 
 
+def _read_adjlist(path):
+    """Adjacency list: ``u v1 v2 ...`` a line; ``#`` comments."""
+    with open(path, encoding="utf-8-sig") as fh:
+        return nx.parse_adjlist(fh)
+
+
 def _read_gml(path):
-    try:
+    """GML, nodes named by their ``label``; by their ``id`` when no node has a label
+    (duplicated or partly missing labels are an error, not a silent switch to ids)."""
+    graph = nx.read_gml(path, label="id")
+    if any("label" in data for _, data in graph.nodes(data=True)):
         return nx.read_gml(path)
-    except nx.NetworkXError as exc:
-        if "label" not in str(exc):
-            raise
-        return nx.read_gml(path, label="id")
+    return graph
 
 
 #: File extension -> reader returning a networkx graph.
 READERS = {
     ".graphml": nx.read_graphml, ".gml": _read_gml,
     ".edgelist": _read_edgelist, ".edges": _read_edgelist, ".txt": _read_edgelist,
-    ".adjlist": nx.read_adjlist, ".json": _read_node_link,
+    ".adjlist": _read_adjlist, ".json": _read_node_link,
 }
 
 

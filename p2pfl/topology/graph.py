@@ -8,7 +8,11 @@ from p2pfl.errors import TopologyError
 
 from .generators import _need
 
-__all__ = ["validate", "relabel"]
+__all__ = ["MAX_NODES", "validate", "relabel"]
+
+#: The most nodes a topology may have: its mixing matrix is a dense n x n float64
+#: array (2 GiB at this size), and its spectral gap an O(n^3) eigendecomposition.
+MAX_NODES = 16_384
 
 
 def validate(G):
@@ -29,7 +33,8 @@ def validate(G):
     Raises
     ------
     TopologyError
-        Directed graph, fewer than 2 nodes, or a disconnected graph.
+        Directed graph, fewer than 2 or more than :data:`MAX_NODES` nodes, or a
+        disconnected graph.
     """
     if not isinstance(G, nx.Graph):
         raise TopologyError(f"topology must be a networkx graph, got {type(G).__name__}")
@@ -39,6 +44,9 @@ def validate(G):
             "nodes); use an undirected graph")
     _need(G.number_of_nodes() >= 2,
           f"topology needs at least 2 nodes, got {G.number_of_nodes()}")
+    _need(G.number_of_nodes() <= MAX_NODES,
+          f"topology has {G.number_of_nodes()} nodes; at most {MAX_NODES} are supported "
+          "(the mixing matrix and its spectral gap are dense n x n)")
     warnings = []
     H = nx.Graph()
     H.graph.update(G.graph)
