@@ -57,7 +57,8 @@ def test_a_flag_naming_the_workers_wins_over_the_config_files_other_way(tmp_path
 
 
 @pytest.mark.parametrize("options, words", [
-    (dict(topology="ring:4", partition="groups:0"), "bad partition spec .groups:0.*K integers >= 1"),
+    (dict(topology="ring:4", partition="groups:0"),
+     "bad partition spec .groups:0.*K integers >= 1"),
     (dict(topology="ring:4", partition="groups:5"), r"expected an integer in \[1, 4\]"),
     (dict(mode="fedavg", nodes=4, aggregator="krum:2"), "needs at least 5 updates a round"),
     (dict(mode="fedavg", nodes=6, aggregator="multikrum:1:7"), "at least 7 .* has 6"),
