@@ -112,10 +112,25 @@ def read_secret(path: str) -> KeyPair:
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         print(f"p2pfl: warning: secret key {path} is readable by others "
               f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it", file=sys.stderr)
-    pair = KeyPair.from_secret(secret)
+    try:
+        pair = KeyPair.from_secret(secret)
+    except ValueError as exc:
+        raise UsageError(f"{path}: its secret key is not a CURVE key ({exc})") from None
     if pair.public != public:
         raise UsageError(f"{path}: its public key does not belong to its secret key")
     return pair
+
+
+def _is_z85_key(key) -> bool:
+    """A CURVE key in Z85: 40 characters that decode to 32 bytes."""
+    from zmq.utils import z85
+
+    if not isinstance(key, str) or len(key) != 40:
+        return False
+    try:
+        return len(z85.decode(key)) == 32
+    except (ValueError, KeyError, IndexError, UnicodeEncodeError):  # not Z85 characters
+        return False
 
 
 def read_key_table(path: str) -> tuple:
@@ -127,13 +142,13 @@ def read_key_table(path: str) -> tuple:
             data = tomllib.load(fh)
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: {exc}") from None
     nodes = data.get("nodes")
     if not isinstance(data.get(LAUNCHER), str) or not isinstance(nodes, dict):
         raise UsageError(f"{path}: expected a '{LAUNCHER}' key and a [nodes] table")
     for name, key in [(LAUNCHER, data[LAUNCHER])] + list(nodes.items()):
-        if not isinstance(key, str) or len(key) != 40:
+        if not _is_z85_key(key):
             raise UsageError(f"{path}: the key of {name!r} is not a 40-character Z85 key")
     return data[LAUNCHER].encode(), {str(k): v.encode() for k, v in nodes.items()}
 

@@ -85,43 +85,60 @@ class GossipNode:
             rnd += 1
             if self.rt.stopped:
                 break
-            if self.availability and self.availability.offline(self.rt.clock()):
+            outcome = "offline" if self.offline_now() else self.play(rnd)
+            if outcome == "stopped":  # stopped mid-round: the round is not completed
+                break
+            if outcome == "offline":
                 back = self.sit_out(rnd)
                 if back is None:
                     break
                 rnd = max(0, back - 1)  # next: the round we came back to
                 continue
-            start = self.learner.get_flat() if self.byzantine else None
-            loss = self.learner.train()
-            x = self.learner.params if self.in_place else self.learner.get_flat()
-            if self.byzantine:
-                x = self.misbehave(x, start)
-            if x is not None:
-                self.broadcast(rnd, self.algorithm.outgoing(x))
-            else:  # silent: sends nothing
-                x = self.learner.get_flat()
-            if self.asynchronous:
-                received = self.arrivals(rnd)
-                x = self.algorithm.mix_async(x, received)
-            else:
-                received = self.collect(rnd)
-                x = self.algorithm.mix(x, received)
-            self.drop_rejected(received)
-            if self.rt.stopped:  # stopped mid-round: the round is not completed
-                break
-            if not self.asynchronous:
-                self.account(received)
-            if self.in_place:
-                self.learner.adopt(x)  # mix's result becomes the parameters
-            else:
-                self.learner.set_flat(x)
-            for j in self.algorithm.resync_requests(rnd):
-                self.rt.send(j, "resync", rnd)
-            if rnd == self.run_spec.rounds and self.run_spec.presence:
-                self.leave(rnd, done=True)  # neighbours that are behind stop waiting for us
-            self.record(rnd, loss, len(received))
             done = rnd
         return done
+
+    def offline_now(self) -> bool:
+        """Whether an offline period (profile, trace or churn) holds now."""
+        return self.availability is not None and self.availability.offline(self.rt.clock())
+
+    def play(self, rnd: int) -> str:
+        """Round ``rnd``: train, send, gather, mix, record.  Returns ``"done"``, or
+        ``"stopped"``, or ``"offline"`` when an offline period began during the round:
+        after training nothing is sent, and a wait ends where the period begins."""
+        start = self.learner.get_flat() if self.byzantine else None
+        loss = self.learner.train()
+        if self.offline_now():
+            return "offline"
+        x = self.learner.params if self.in_place else self.learner.get_flat()
+        if self.byzantine:
+            x = self.misbehave(x, start)
+        if x is not None:
+            self.broadcast(rnd, self.algorithm.outgoing(x))
+        else:  # silent: sends nothing
+            x = self.learner.get_flat()
+        if self.asynchronous:
+            received = self.arrivals(rnd)
+            x = self.algorithm.mix_async(x, received)
+        else:
+            received = self.collect(rnd)
+            if self.offline_now():  # what came is not mixed: the node left before
+                return "offline"
+            x = self.algorithm.mix(x, received)
+        self.drop_rejected(received)
+        if self.rt.stopped:
+            return "stopped"
+        if not self.asynchronous:
+            self.account(received)
+        if self.in_place:
+            self.learner.adopt(x)  # mix's result becomes the parameters
+        else:
+            self.learner.set_flat(x)
+        for j in self.algorithm.resync_requests(rnd):
+            self.rt.send(j, "resync", rnd)
+        if rnd == self.run_spec.rounds and self.run_spec.presence:
+            self.leave(rnd, done=True)  # neighbours that are behind stop waiting for us
+        self.record(rnd, loss, len(received))
+        return "done"
 
     def misbehave(self, x, start):
         """A Byzantine node's published (and kept) model (:mod:`~.algorithms.attacks`)."""
@@ -163,7 +180,11 @@ class GossipNode:
 
     def collect(self, rnd: int) -> dict:
         """Neighbours' decoded payloads for ``rnd``; a silent neighbour costs its time-out once."""
-        packets = self.rt.gather("model", rnd, self.expected(rnd), self.run_spec.round_timeout)
+        timeout = self.run_spec.round_timeout
+        if self.availability is not None:  # the wait ends where an offline period begins
+            now = self.rt.clock()
+            timeout = max(0.0, min(timeout, self.availability.next_offline(now) - now))
+        packets = self.rt.gather("model", rnd, self.expected(rnd), timeout)
         received = {}
         for j, packet in packets.items():
             try:

@@ -172,6 +172,10 @@ class Runtime:
         """Peers that said they left and have sent nothing since."""
         return self.mailbox.away
 
+    def left_since(self, peer, t: float) -> bool:
+        """Whether ``peer`` said it left at run time ``t`` or later (it may be back)."""
+        return self.mailbox.left_at.get(peer, -1.0) - self.t_start >= t
+
     def clock(self) -> float:
         """Seconds since the run started."""
         return time.monotonic() - self.t_start

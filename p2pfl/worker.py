@@ -128,9 +128,9 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
     mailbox = Mailbox(ep, control_sources={LAUNCHER}, gate=gate)
     lost_after = 4 * start_timeout
     mailbox.alive = alive or (lambda: time.monotonic() - mailbox.last_control < lost_after)
-    ep.connect(LAUNCHER, launcher, emulated=False)  # the experimenter's channel is never slowed
     status, runtime = 1, None
     try:
+        ep.connect(LAUNCHER, launcher, emulated=False)  # the experimenter's channel: no link
         address, control = ep.address, ep.control_address
         if advertise:  # tcp://0.0.0.0:PORT is not reachable: tell peers our name
             address, control = (f"tcp://{advertise}:{a.rsplit(':', 1)[1]}"
@@ -165,6 +165,8 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
         else:
             node.run()
         runtime.flush()  # the last held records go before the bye
+        _drain_link(ep, mailbox, spec.runtime.round_timeout
+                    if spec.runtime.schedule == "sync" else 0.0)
         ep.send(LAUNCHER, "bye", meta=node.final_report())
         if not mailbox.stopped:
             _await_stop(mailbox, start_timeout)
@@ -179,6 +181,25 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
         # After the launcher's stop every peer is done: nothing left is worth waiting for.
         ep.close(linger=0 if mailbox.stopped and status == 0 else None)
     return status
+
+
+def _drain_link(ep: Endpoint, mailbox: Mailbox, timeout: float) -> None:
+    """Let an emulated uplink send what it still holds, for up to ``timeout`` s, then
+    drop the rest (counted), so that the bye's counters are final.
+
+    A synchronous peer may still wait for our last round's messages, and waits at most
+    a round time-out for them; an asynchronous node's leftovers are stale models.
+    """
+    deadline = time.monotonic() + timeout
+    while ep.link_backlog() and not mailbox.stopped and time.monotonic() < deadline:
+        if mailbox.gate is not None:  # sleep off the host's CPU gate
+            mailbox.gate.release()
+        try:
+            time.sleep(0.01)
+        finally:
+            if mailbox.gate is not None:
+                mailbox.gate.acquire()
+    ep.discard_link_backlog()
 
 
 def _await_stop(mailbox: Mailbox, timeout: float) -> None:

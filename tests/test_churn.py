@@ -80,6 +80,53 @@ def test_an_offline_node_leaves_and_catches_up_without_costing_time_outs(tmp_pat
     assert last["round"] == 1500 and last["accuracy"] > min(others) - 0.05
 
 
+def test_an_offline_period_inside_a_round_is_not_skipped(tmp_path):
+    """Availability was checked at round starts only: a period that began and ended
+    inside one round (here while waiting out a 300 ms latency) never happened, and
+    the node kept sending and receiving."""
+    res = run_cluster("ring:3", rounds=6, eval_every=100, quiet=True, link="latency_ms=300",
+                      profiles=_profile(tmp_path, 0, 0.45, 0.55), out=str(tmp_path / "run"))
+    s = res.summary
+    assert s["failed_nodes"] == {}
+    gone = [r for r in res.metrics if r["node"] == 0 and r.get("offline")]
+    assert len(gone) == 1 and 0.45 <= gone[0]["wall_s"] < 0.55
+    # nobody waited a round time-out (10 s) for the node that came back and asked to be
+    # caught up: they did, until pulls ended the wait (the last record came at 11.5 s)
+    assert max(r["wall_s"] for r in res.metrics) < 6
+
+
+def test_a_worker_offline_while_training_does_not_reply(tmp_path):
+    """A server worker checked its availability only while waiting for instructions:
+    it trained through an offline period and replied."""
+    prof = tmp_path / "slow.toml"
+    prof.write_text('[nodes."0"]\nslowdown = 100\noffline = [[0.2, 60.0]]\n')
+    res = run_cluster(mode="fedavg", nodes=2, rounds=3, eval_every=100, quiet=True,
+                      profiles=str(prof), round_timeout=10.0, out=str(tmp_path / "run"))
+    assert res.summary["failed_nodes"] == {}
+    gone = [r for r in res.metrics if r["role"] == "worker" and r.get("offline")]
+    assert len(gone) == 1 and gone[0]["node"] == 0 and gone[0]["wall_s"] >= 0.2, gone
+    first = next(r for r in res.metrics if r["role"] == "coordinator" and r["round"] == 1)
+    assert first["failed"] == [[0, "offline"]]  # it trained round 1 into the period
+
+
+@pytest.mark.parametrize("churn", ["inf:1", "1:inf", "nan:1"])
+def test_churn_means_must_be_finite(churn):
+    """--churn inf:1 was accepted, and the churn process then looped for ever."""
+    with pytest.raises(ConfigError, match="finite"):
+        from p2pfl.transport.availability import parse_churn
+        parse_churn(churn)
+
+
+def test_a_trace_with_a_byte_order_mark_or_not_utf8(tmp_path):
+    """A BOM made the header an unknown node; bytes that are not UTF-8 a traceback."""
+    trace = tmp_path / "t.csv"
+    trace.write_bytes(b"\xef\xbb\xbfnode,offline_start_s,offline_end_s\n0,1,2\n")
+    assert read_trace(str(trace), ["0", "1"]) == {0: [(1.0, 2.0)]}
+    trace.write_bytes(b"0,1,2\n\xff\xfe,1,2\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        read_trace(str(trace), ["0", "1"])
+
+
 @pytest.mark.parametrize("algorithm", ["dpsgd", "choco"])
 def test_churn_run_completes_and_learns(tmp_path, algorithm):
     res = run_cluster("torus:3x3", rounds=120, churn="1.0:0.35:4", quiet=True,

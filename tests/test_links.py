@@ -115,6 +115,61 @@ def test_loss_spares_the_protocols_own_messages(pair):
     assert got.count("model") + ep.emulated_lost == 200 and ep.emulated_lost >= 150
 
 
+def test_what_the_emulator_drops_is_counted_and_not_sent():
+    """A full receiving queue behind an emulated link dropped messages that stayed
+    counted as sent and appeared in no drop count."""
+    ctx = zmq.Context()
+    receiver = Endpoint(ctx, 1, "tcp://127.0.0.1:*", hwm=50)
+    ep = Endpoint(ctx, 0, "tcp://127.0.0.1:*", hwm=50, link=LinkSpec(latency_ms=1),
+                  link_seed=1)
+    try:
+        ep.connect(1, receiver.address)
+        ep.send(1, "hello", 0)
+        assert receiver.recv(5.0).kind == "hello"
+        for i in range(2000):  # the receiver reads nothing meanwhile
+            ep.send(1, "catchup" if i % 2 else "model", 1, frames=[bytes(20_000)])
+        time.sleep(1.0)
+        got = len(_arrivals(receiver, 2000, first_wait=2.0))
+        sent = ep.counters.count("sent", peers=[1])
+        assert got == sent and 0 < got < 2000
+        assert sent + ep.counters.dropped["send_queue_full"] == 2000
+    finally:
+        ep.close(linger=0)
+        receiver.close()
+        ctx.term()
+
+
+def test_a_slow_uplinks_backlog_is_bounded_and_its_leftovers_counted(pair):
+    """The uplink queued without bound (691 MB in an asynchronous run), and what it
+    still held when the node stopped counted as sent, although it never left."""
+    sender, receiver = pair
+    ep = sender(LinkSpec(up_mbps=0.8))  # 100 kB/s: a 10 kB message every 0.1 s
+    ep.hwm = 12  # the per-peer backlog's bound, as a socket's queue
+    accepted = sum(ep.send(1, "model", 1, frames=[bytes(10_000)]) > 0 for _ in range(30))
+    assert accepted == 12 and ep.counters.dropped["send_queue_full"] == 18
+    got = len(_arrivals(receiver, 3, first_wait=2.0))
+    assert got == 3 and 0 < ep.link_backlog() < 12
+    ep.discard_link_backlog()
+    assert ep.link_backlog() == 0
+    sent = ep.counters.count("sent", peers=[1])
+    assert sent + ep.counters.dropped["link_unsent"] == 12
+    time.sleep(0.5)
+    assert sent == 3 + len(_arrivals(receiver, 12, first_wait=0.3))  # nothing more left
+
+
+def test_an_asynchronous_run_counts_only_what_left_its_slow_links(tmp_path):
+    """At 0.5 Mbit/s nodes finish 30 asynchronous rounds long before their 60
+    messages of 19 kB each could leave: the summary said 3.5 MB were sent."""
+    from p2pfl import run_cluster
+
+    s = run_cluster("ring:3", rounds=30, schedule="async", eval_every=100, dataset="digits",
+                    link="up_mbps=0.5", quiet=True, out=str(tmp_path)).summary
+    assert s["failed_nodes"] == {}
+    assert s["dropped"].get("link_unsent", 0) > 0
+    assert s["messages_sent_total"] + s["dropped"]["link_unsent"] == 180
+    assert s["bytes_sent_total"] <= 19_300 * s["messages_sent_total"]
+
+
 def test_a_lossy_ring_starts_and_finishes(tmp_path):
     from p2pfl import run_cluster
 
@@ -139,3 +194,15 @@ def test_latency_adds_to_a_synchronous_round(tmp_path):
         assert summary["messages_sent_total"] == 2 * 12 and summary["emulated_lost_total"] == 0
     added = per_round["slow"] - per_round["plain"]
     assert 0.17 <= added <= 0.23, per_round
+
+
+@pytest.mark.parametrize("field, value", [
+    ("latency_ms", float("nan")), ("latency_ms", float("inf")), ("jitter_ms", 1e300),
+    ("up_mbps", float("inf")), ("up_mbps", float("nan"))])
+def test_link_values_must_be_finite(field, value):
+    """latency_ms=nan switched emulation off without a word; inf or 1e300 crashed the
+    emulator thread (OverflowError) and the run failed at start-up."""
+    from p2pfl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=field):
+        LinkSpec(**{field: value})

@@ -196,6 +196,35 @@ def test_loose_key_permissions_warn_and_a_missing_key_is_exit_2(tmp_path, capsys
     assert len(res.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("damage, words", [
+    ("launcher_not_z85", "is not a 40-character Z85 key"),
+    ("short_secret", "its secret key is not a CURVE key"),
+    ("binary_table", "can't decode byte"),
+])
+def test_damaged_key_files_are_one_line_and_exit_2(tmp_path, damage, words):
+    """A launcher key of 40 non-Z85 characters hung `p2pfl node` for ever (context.term
+    waited on sockets left open); a short secret and a binary keys.toml were
+    tracebacks with exit 1."""
+    folder = tmp_path / "k"
+    assert _cli("keys", "generate", str(folder), "--nodes", "2").returncode == 0
+    table, secret = folder / "keys.toml", folder / "1.key_secret"
+    if damage == "launcher_not_z85":
+        rows = table.read_text().splitlines()
+        table.write_text("\n".join('launcher = "' + "~" * 40 + '"' if r.startswith("launcher")
+                                   else r for r in rows) + "\n")
+    elif damage == "short_secret":
+        text = secret.read_text()
+        secret.write_text(text.replace('secret-key = "', 'secret-key = "', 1)
+                          .replace('secret-key = "' + text.split('secret-key = "')[1][:5],
+                                   'secret-key = "'))
+    else:
+        table.write_bytes(b"\xff")
+    res = _cli("node", "--connect", "tcp://127.0.0.1:9", "--key", str(secret),
+               "--start-timeout", "3", timeout=30)
+    assert res.returncode == 2 and words in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("flags, words", [
     (["--secure", "--in-process"], "one node per process"),
     (["--secure", "--listen", "tcp://127.0.0.1:9"], "--keys"),

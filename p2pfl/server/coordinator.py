@@ -106,6 +106,7 @@ class Coordinator:
         while not finished:
             rnd += 1
             participants = self.strategy.select(rnd, self.available(), self.rng)
+            self.rt.requests("pull")  # a worker back from away: this round's instruction
             for w, packet in self.strategy.configure(rnd, participants).items():
                 self.rt.send(w, "control", rnd, packet)
             replies = self.collect(rnd, participants)
@@ -180,12 +181,13 @@ class Coordinator:
     def collect(self, rnd: int, participants: list) -> list:
         """Replies of this round's participants: content, or an error saying why not."""
         kind = self.strategy.reply_kind
-        waited = self.expected(participants)
+        waited, began = self.expected(participants), self.rt.clock()
         packets = self.rt.gather(kind, rnd, waited, self.run_spec.round_timeout)
         replies = []
         for w in participants:
             packet = packets.get(w)
-            if packet is None and w in self.rt.away:  # went offline meanwhile, or died
+            if packet is None and (w in self.rt.away or self.rt.left_since(w, began)):
+                # went offline meanwhile (and may be back already), or died
                 replies.append(Reply(w, error={"code": "offline", "reason": "went offline"}))
                 continue
             if packet is None:

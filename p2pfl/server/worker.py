@@ -39,7 +39,7 @@ class Worker:
         r, rnd = self.run_spec, 0
         deadline = self.rt.clock() + r.start_timeout + (r.rounds + 1) * (r.round_timeout + 30.0)
         while True:
-            if self.availability and self.availability.offline(self.rt.clock()):
+            if self.offline_now():
                 self.sit_out(rnd)
             until = self.availability.next_offline(self.rt.clock()) if self.availability \
                 else float("inf")
@@ -77,6 +77,9 @@ class Worker:
                 continue
             acc = self.learner.evaluate() if self.run_spec.evaluates(rnd) else (None, None)
             loss = self.client.fit()
+            if self.offline_now():
+                self.sit_out(rnd)  # went offline while training: no reply
+                continue
             if self.client.behaviour != "silent":  # a silent worker never replies
                 self._reply = (rnd, self.client.reply(rnd))
                 self.rt.send(self.coord, self.client.reply_kind, rnd, self._reply[1])
@@ -87,6 +90,11 @@ class Worker:
             self._held = (rnd, {"loss": loss, "test_loss": acc[0], "accuracy": acc[1]})
             if rnd < self.run_spec.rounds:
                 self._flush()  # only the last round waits for the final model
+
+    def offline_now(self) -> bool:
+        """Whether an offline period holds now (a stopped worker sits out nothing)."""
+        return (self.availability is not None and not self.rt.stopped
+                and self.availability.offline(self.rt.clock()))
 
     def sit_out(self, rnd: int) -> None:
         """Offline: say so, hear nothing until online again, then say we are back.

@@ -13,6 +13,7 @@ neither sends nor receives.
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,8 +37,11 @@ class AvailabilitySpec:
         if any(not 0 <= a < b for a, b in spans):
             raise ConfigError("offline intervals need 0 <= start < end")
         object.__setattr__(self, "intervals", tuple(sorted(spans)))
-        if (self.churn_on_s > 0) != (self.churn_off_s > 0):
-            raise ConfigError("churn needs positive mean online and offline times")
+        if any(not 0 <= a < math.inf for a, _ in spans):
+            raise ConfigError("offline intervals need a finite start")
+        if (self.churn_on_s > 0) != (self.churn_off_s > 0) or not (
+                math.isfinite(self.churn_on_s) and math.isfinite(self.churn_off_s)):
+            raise ConfigError("churn needs positive, finite mean online and offline times")
 
     @property
     def active(self) -> bool:
@@ -54,9 +58,9 @@ def parse_churn(text: str) -> tuple:
         seed = int(parts[2]) if len(parts) == 3 else 0
     except ValueError:
         raise ConfigError(f"--churn expects ON_S:OFF_S[:SEED], got {text!r}") from None
-    if not (on > 0 and off > 0):
-        raise ConfigError(f"--churn: mean online and offline times must be positive, "
-                          f"got {text!r}")
+    if not (0 < on < math.inf and 0 < off < math.inf):
+        raise ConfigError(f"--churn: mean online and offline times must be positive and "
+                          f"finite, got {text!r}")
     return on, off, seed
 
 
@@ -68,12 +72,15 @@ def read_trace(path: str, labels: list) -> dict:
     """
     index = {str(label): i for i, label in enumerate(labels)}
     out: dict = {}
-    try:
-        with open(path, newline="") as fh:
+    try:  # -sig: spreadsheets write a byte-order mark before the header
+        with open(path, newline="", encoding="utf-8-sig") as fh:
             rows = list(csv.reader(fh))
     except OSError as exc:
         raise ConfigError(f"cannot read availability trace {path}: "
                           f"{exc.strerror or exc}") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"cannot read availability trace {path}: not UTF-8 CSV "
+                          f"({type(exc).__name__})") from None
     for line, row in enumerate(rows, 1):
         if not row or row[0].startswith("#"):
             continue

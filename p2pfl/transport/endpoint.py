@@ -223,8 +223,8 @@ class Endpoint:
         if self._link is not None:
             raise RuntimeError("this endpoint already emulates a link")
         if link.active:
-            self._link = LinkEmulator(self.ctx, link, self._identity, self.hwm, seed=seed,
-                                      security=self.security)
+            self._link = LinkEmulator(self.ctx, link, self._identity, self.hwm, self.counters,
+                                      seed=seed, security=self.security)
 
     @property
     def peers(self) -> list:
@@ -234,6 +234,16 @@ class Endpoint:
     def emulated_lost(self) -> int:
         """Messages the emulated link lost (counted apart from real drops)."""
         return 0 if self._link is None else self._link.lost
+
+    def link_backlog(self) -> int:
+        """Messages queued on the emulated uplink, not yet sent (0 without one)."""
+        return 0 if self._link is None else self._link.backlog()
+
+    def discard_link_backlog(self) -> None:
+        """Drop what the emulated uplink still holds, counted as ``link_unsent``; call
+        before the final counters are read, when nothing queued is wanted any more."""
+        if self._link is not None and self._link.backlog():
+            self._link.discard()
 
     def use_codec_names(self, names) -> None:
         """The run's codec table: these names travel as their index, both ways
@@ -258,15 +268,18 @@ class Endpoint:
             return 0
         parts = pack(kind, self.node_id, round, next(self._seq), codec_ids=self._codec_ids,
                      **fields)
-        if sock is self._link:
-            sock.send(peer, parts, lossy=kind in LOSSY_KINDS)
-        elif not self._put(sock, parts, COMMAND_WAIT_S if command and kind != "heartbeat" else 0):
+        sizes = [len(p) if isinstance(p, bytes) else memoryview(p).nbytes for p in parts]
+        nbytes, wire = sum(sizes), wire_bytes(sizes, self.security is not None)
+        if sock is self._link:  # counted when it leaves the emulated uplink
+            if sock.backlog(peer) >= self.hwm:  # as a real socket's full queue
+                self.counters.drop("send_queue_full")
+                return 0
+            sock.send(peer, parts, (round, nbytes, kind, wire), lossy=kind in LOSSY_KINDS)
+            return nbytes
+        if not self._put(sock, parts, COMMAND_WAIT_S if command and kind != "heartbeat" else 0):
             self.counters.drop("command_queue_full" if command else "send_queue_full")
             return 0
-        sizes = [len(p) if isinstance(p, bytes) else memoryview(p).nbytes for p in parts]
-        nbytes = sum(sizes)
-        self.counters.add("sent", peer, round, nbytes, kind,
-                          wire=wire_bytes(sizes, self.security is not None))
+        self.counters.add("sent", peer, round, nbytes, kind, wire=wire)
         return nbytes
 
     @staticmethod

@@ -13,11 +13,20 @@ when the emulated network would deliver it:
   never reorders the messages to one peer: ZeroMQ runs over TCP, which
   delivers a connection's bytes in order, so a late message holds back the
   ones behind it (head-of-line blocking);
-* with probability ``loss`` it is lost: it used the uplink, is counted, and is
-  never delivered.  Loss applies to the round payloads (:data:`LOSSY_KINDS`); the
+* with probability ``loss`` it is lost: it used the uplink, is counted as sent,
+  and is never delivered.  Loss applies to the round payloads (:data:`LOSSY_KINDS`); the
   protocol's own messages (the start-up hello, leave, pull, catch-up, resync) are
   delayed like any other but always arrive, as TCP would deliver them: a lost hello
   would abort the run before it starts.
+
+A message counts as sent when it leaves the emulated uplink (or is lost on it),
+not when the node hands it over: the emulator reports it to the endpoint's
+:class:`~p2pfl.transport.counters.ByteCounter`.  Each peer's backlog on the
+uplink is bounded by the endpoint's high-water mark, as a real socket's queue is:
+beyond it the endpoint drops the message (``send_queue_full``).  What is still
+queued when the node finishes, after waiting for the uplink to drain, is dropped
+and counted (``link_unsent``); a full receiving queue (``send_queue_full``) and an
+unknown peer (``send_unknown_peer``) are counted as for an unemulated socket.
 
 The thread runs apart from the node's loop, so a message scheduled while the
 node trains still leaves on time.  The node's thread talks to it over an
@@ -29,6 +38,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -42,12 +52,12 @@ from .sockets import dealer
 
 __all__ = ["LinkSpec", "LinkEmulator", "parse_link", "LOSSY_KINDS"]
 
+#: The longest emulated latency or jitter: an hour.
+MAX_DELAY_MS = 3_600_000.0
+
 #: Message kinds that ``loss`` may drop: what a round carries (gossip models, server
 #: instructions, updates and soft labels).
 LOSSY_KINDS = frozenset({"model", "control", "update", "softlabels"})
-
-#: Messages an emulated uplink holds before further ones are dropped (a full queue).
-MAX_QUEUED = 100_000
 
 
 @dataclass(frozen=True)
@@ -60,10 +70,12 @@ class LinkSpec:
     loss: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.up_mbps is not None and not self.up_mbps > 0:
-            raise ConfigError(f"link up_mbps must be positive, got {self.up_mbps}")
-        if self.latency_ms < 0 or self.jitter_ms < 0:
-            raise ConfigError("link latency_ms and jitter_ms must be >= 0")
+        if self.up_mbps is not None and not (self.up_mbps > 0 and math.isfinite(self.up_mbps)):
+            raise ConfigError(f"link up_mbps must be positive and finite, got {self.up_mbps}")
+        for name in ("latency_ms", "jitter_ms"):
+            value = getattr(self, name)
+            if not 0 <= value <= MAX_DELAY_MS:  # NaN fails too
+                raise ConfigError(f"link {name} must be in [0, {MAX_DELAY_MS:g}], got {value}")
         if not 0 <= self.loss < 1:
             raise ConfigError(f"link loss must be in [0, 1), got {self.loss}")
 
@@ -113,12 +125,17 @@ class LinkEmulator:
     """
 
     def __init__(self, ctx: zmq.Context, spec: LinkSpec, routing_id: bytes, hwm: int,
-                 seed: int = 0, security=None) -> None:
+                 counters, seed: int = 0, security=None) -> None:
         self.spec = spec
         self._security = security  # a Security: its sockets are CURVE clients too
         self.lost = 0  # emulated losses (written by the emulator thread only)
         self._last_arrival: dict = {}  # peer -> when its latest message arrives (in order)
-        self.overflow = 0  # messages dropped because a queue was full
+        self._counters = counters  # the endpoint's ByteCounter (told through later())
+        # messages handed over (endpoint's thread) and released (emulator's), per peer:
+        # each written by one thread; their difference is the peer's backlog
+        self._scheduled: dict = {}
+        self._released: dict = {}
+        self._discarded = threading.Event()
         self._ctx, self._rid, self._hwm = ctx, routing_id, hwm
         self._rng = np.random.default_rng(seed)
         address = f"inproc://p2pfl-link-{id(self)}-{seed}"
@@ -133,10 +150,23 @@ class LinkEmulator:
     def connect(self, peer, address: str) -> None:
         self._pipe.send_multipart([b"C", msgpack.packb(peer), address.encode()])
 
-    def send(self, peer, parts: list, lossy: bool = True) -> None:
-        """Schedule one message to ``peer``; ``lossy``: ``loss`` may drop it."""
-        self._pipe.send_multipart([b"M" if lossy else b"R", msgpack.packb(peer)] + list(parts),
-                                  copy=False)
+    def backlog(self, peer=None) -> int:
+        """Messages handed over and not yet released, to ``peer`` (None: to all)."""
+        peers = self._scheduled if peer is None else (peer,)
+        return sum(self._scheduled.get(p, 0) - self._released.get(p, 0) for p in peers)
+
+    def send(self, peer, parts: list, account: tuple, lossy: bool = True) -> None:
+        """Schedule one message to ``peer``; ``lossy``: ``loss`` may drop it.
+        ``account`` is ``(round, nbytes, kind, wire)``, counted when it leaves."""
+        self._scheduled[peer] = self._scheduled.get(peer, 0) + 1
+        self._pipe.send_multipart([b"M" if lossy else b"R", msgpack.packb(peer),
+                                   msgpack.packb(account)] + list(parts), copy=False)
+
+    def discard(self, timeout: float = 5.0) -> None:
+        """Drop what is still queued, counting each message as ``link_unsent``."""
+        self._discarded.clear()
+        self._pipe.send_multipart([b"X"])
+        self._discarded.wait(timeout)
 
     def close(self, linger: float | None) -> None:
         """Deliver what is still scheduled (up to ``linger`` s, default 2), then stop."""
@@ -158,8 +188,8 @@ class LinkEmulator:
             while True:
                 now = time.monotonic()
                 while queue and queue[0][0] <= now:
-                    _, _, peer, frames = heapq.heappop(queue)
-                    self._deliver(socks.get(peer), frames)
+                    _, _, peer, account, frames = heapq.heappop(queue)
+                    self._deliver(socks.get(peer), peer, account, frames)
                 if stop_at is not None:  # closing: let what is in flight arrive
                     if not queue or now >= stop_at:
                         break
@@ -179,18 +209,21 @@ class LinkEmulator:
                                          security=self._security)
                 elif kind == b"S":
                     stop_at = time.monotonic() + msgpack.unpackb(rest[0].bytes)
-                elif len(queue) >= MAX_QUEUED:
-                    self.overflow += 1
+                elif kind == b"X":
+                    while queue:
+                        self._release(heapq.heappop(queue)[2], ("drop", "link_unsent"))
+                    self._discarded.set()
                 else:
                     uplink_free = self._schedule(queue, order, uplink_free,
-                                                 msgpack.unpackb(rest[0].bytes), rest[1:],
-                                                 lossy=kind == b"M")
+                                                 msgpack.unpackb(rest[0].bytes),
+                                                 tuple(msgpack.unpackb(rest[1].bytes)),
+                                                 rest[2:], lossy=kind == b"M")
         finally:
             for sock in socks.values():
                 sock.close(linger=0)
             pipe.close(linger=0)
 
-    def _schedule(self, queue, order, uplink_free: float, peer, frames,
+    def _schedule(self, queue, order, uplink_free: float, peer, account: tuple, frames,
                   lossy: bool = True) -> float:
         """Put one message on the uplink; return when the uplink is free again."""
         spec, now = self.spec, time.monotonic()
@@ -198,20 +231,27 @@ class LinkEmulator:
         left = max(now, uplink_free) + spec.transmit_s(nbytes)
         if lossy and spec.loss and self._rng.random() < spec.loss:
             self.lost += 1
+            self._release(peer, ("sent", peer, *account))  # it used the uplink
             return left
         delay = spec.latency_ms
         if spec.jitter_ms:
             delay = max(0.0, delay + spec.jitter_ms * self._rng.standard_normal())
         arrive = max(left + delay / 1000.0, self._last_arrival.get(peer, 0.0))
         self._last_arrival[peer] = arrive
-        heapq.heappush(queue, (arrive, next(order), peer, frames))
+        heapq.heappush(queue, (arrive, next(order), peer, account, frames))
         return left
 
-    def _deliver(self, sock, frames) -> None:
+    def _release(self, peer, event: tuple) -> None:
+        self._counters.later(*event)
+        self._released[peer] = self._released.get(peer, 0) + 1
+
+    def _deliver(self, sock, peer, account: tuple, frames) -> None:
         if sock is None:
-            self.overflow += 1
+            self._release(peer, ("drop", "send_unknown_peer"))
             return
         try:
             sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            self.overflow += 1
+        except zmq.Again:  # the receiver's queue is full, as for an unemulated socket
+            self._release(peer, ("drop", "send_queue_full"))
+            return
+        self._release(peer, ("sent", peer, *account))

@@ -92,6 +92,7 @@ class Mailbox:
         # Availability: peers that said they left (not waited for until they send data
         # again), and whether this node is offline itself (it then hears nothing).
         self.away: set = set()
+        self.left_at: dict = {}  # peer -> when (monotonic) its latest leave came
         self.done: set = set()
         self.gone: set = set()  # dead, the launcher said: away until restarted
         self.offline = False
@@ -183,6 +184,7 @@ class Mailbox:
         """What a peer's message says of it: gone (``leave``), or here, and at which round."""
         if msg.kind == "leave":
             self.away.add(msg.src)
+            self.left_at[msg.src] = time.monotonic()
             if msg.meta.get("done") is True:
                 self.done.add(msg.src)  # finished its rounds: gone for good
             return
@@ -265,11 +267,15 @@ class Mailbox:
         self._drop_stale()
         self._drop_strangers()
         slot = self._pending[(kind, round)]
-        # Not waited for any more: a peer that says it left, and one already heard
-        # from for a later round (a peer's messages arrive in order, so this
-        # round's is not coming: it was lost, or dropped while we were away).
+        # Not waited for any more: a peer that says it left, one already heard from
+        # for a later round (a peer's messages arrive in order, so this round's is
+        # not coming: it was lost, or dropped while we were away), and one back from
+        # away that asked to be caught up and sent nothing since (it waits for our
+        # answer, which goes with our next round's messages).
         def done() -> bool:
+            pulls = self._requests.get("pull", {})
             return all(j in slot or j in self.away or self.last_heard.get(j, -1) > round
+                       or (j in pulls and self.last_heard.get(j, -1) <= pulls[j].round)
                        for j in expected)
 
         self._wait(done, timeout)
