@@ -167,11 +167,13 @@ class Codec:
         if flags & _LOWRANK:
             if len(shape) < 2 or numel == 0:
                 raise CodecError("low-rank body for a tensor that is not a matrix")
+            if not hasattr(self.transform, "rank"):
+                raise CodecError("a low-rank body for a codec without powersgd")
             rows, cols = shape[0], numel // shape[0]
-            rank = r.varint(min(rows, cols), "rank")
+            rank = r.varint(min(rows, cols, self.transform.rank), "rank")
             count = rank * (rows + cols)
-            if rank == 0:
-                raise CodecError("low-rank body of rank 0")
+            if rank == 0 or count >= numel:  # the encoder sends such a matrix dense
+                raise CodecError(f"low-rank body of rank {rank} for a {rows}x{cols} matrix")
             if flags & _CHAINED:
                 chain = r.varint(1 << 62, "chain id")
                 side, known = self.transform.chained(chain, sender, shape, rank)

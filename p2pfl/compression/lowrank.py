@@ -39,6 +39,7 @@ Q, is drawn i.i.d. normal from the codec's seeded generator.
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -61,15 +62,18 @@ def _orth(a: np.ndarray) -> np.ndarray:
     depend on the BLAS or LAPACK build or on the CPU: modified Gram–Schmidt in
     float64 with exactly rounded dot products (``math.fsum``) and elementwise
     IEEE operations only.  A column that vanishes is replaced by the first unit
-    vector that is not in the span of the columns before it."""
+    vector after the last one used that is not in the span of the columns before it
+    (not the first from 0 again: an all-zero ``a`` costs O(r²·n), not O(r³·n))."""
     n, r = a.shape
     q = a.astype(np.float64)
+    tried = -1  # the last unit vector a vanished column was replaced by
     for j in range(r):
         col = q[:, j].copy()
-        for unit in range(-1, n):
+        for unit in itertools.chain((-1,), range(tried + 1, n), range(tried + 1)):
             if unit >= 0:
                 col = np.zeros(n)
                 col[unit] = 1.0
+                tried = unit
             for i in range(j):
                 col -= math.fsum(q[:, i] * col) * q[:, i]
             norm = math.sqrt(math.fsum(col * col))

@@ -96,8 +96,12 @@ class GolombPositions(Stage):
 
     def read(self, r: Reader, k: int, numel: int) -> np.ndarray:
         b = r.byte()
-        if b > _MAX_B:
-            raise CodecError(f"Golomb parameter b={b} exceeds {_MAX_B}")
+        # The encoder writes b*(k, n); a hostile b would make a small message cost
+        # k·b bits to unpack.  One off is allowed: b* floors a float logarithm, which
+        # another platform's libm could round the other way at a boundary.
+        if abs(b - golomb_b(k, numel)) > 1 or b > _MAX_B:
+            raise CodecError(f"Golomb parameter b={b} is not b*={golomb_b(k, numel)} for "
+                             f"k={k} of {numel}")
         rem_bytes = r.take((k * b + 7) // 8)
         unary = r.section(r.remaining, "unary section")
         if k == 0:
@@ -110,12 +114,13 @@ class GolombPositions(Stage):
         if zeros_at.size < k or (int(zeros_at[k - 1]) + 8) // 8 != len(unary):
             raise CodecError("Golomb unary section does not hold exactly k codes")
         quot = np.diff(zeros_at[:k], prepend=-1) - 1
-        if b:
-            bits = np.unpackbits(np.frombuffer(rem_bytes, dtype=np.uint8), count=k * b)
-            rem = bits.reshape(k, b).astype(np.int64) @ (1 << np.arange(b - 1, -1, -1,
-                                                                           dtype=np.int64))
-        else:
-            rem = 0
+        rem = np.zeros(k, dtype=np.int64)
+        if b:  # most significant bit first, one bit plane at a time (no k×b int64 array)
+            bits = np.unpackbits(np.frombuffer(rem_bytes, dtype=np.uint8),
+                                 count=k * b).reshape(k, b)
+            for j in range(b):
+                rem <<= 1
+                rem |= bits[:, j]
         if int(quot.max()) > (numel >> b):
             raise CodecError("Golomb gap larger than the tensor")
         positions = np.cumsum((quot << b) + rem + 1) - 1

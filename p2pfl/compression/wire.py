@@ -176,7 +176,8 @@ def read_header(r: Reader, ids: bytes, max_numel: int = MAX_NUMEL, expected=None
     """Validate the header against the codec's stage ids; returns (dtype, shape, numel).
 
     ``expected``: the shape the container knows (per-tensor messages), which an
-    implicit header stands for; without it an implicit header is refused."""
+    implicit header stands for and an explicit one must declare; without it an
+    implicit header is refused."""
     magic = r.byte()
     if magic == MAGIC_IMPLICIT and expected is not None:
         shape = tuple(expected)
@@ -197,6 +198,8 @@ def read_header(r: Reader, ids: bytes, max_numel: int = MAX_NUMEL, expected=None
     if ndim > MAX_NDIM:
         raise CodecError(f"declared ndim {ndim} exceeds {MAX_NDIM}")
     shape = tuple(r.varint(max_numel, "dimension") for _ in range(ndim))
+    if expected is not None and shape != tuple(expected):  # before the body is read
+        raise CodecError(f"a blob of shape {shape} where {tuple(expected)} is expected")
     numel = 1
     for d in shape:
         numel *= d

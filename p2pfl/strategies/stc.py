@@ -43,6 +43,7 @@ from collections import OrderedDict
 
 import torch
 
+from ..algorithms.base import all_finite
 from ..compression import make_codec
 from ..compression.feedback import codec_state, restore_codec
 from .base import Packet, Strategy, dense_packet, dense_tensor, model_from_state, \
@@ -219,6 +220,8 @@ class STCClient(FedAvgClient):
                     scales = read_scales(blob[-1], self.layout)
                     base = scale_filters(base + self.down.decode(blob[:-1]).reshape(-1),
                                          scales, self.layout)
+            if not all_finite(base):  # a codec's raw floats may carry NaN or inf
+                raise ValueError("a global model with NaN or inf")
             self.base, self.at = base, at  # only once every blob has decoded
         self.learner.set_flat(self.base)
 

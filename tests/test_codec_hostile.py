@@ -1,0 +1,138 @@
+"""Blobs a hostile peer crafts: each must be refused (a CodecError or ValueError, which
+the node counts and drops) before it costs memory or time out of proportion to it."""
+
+from __future__ import annotations
+
+import struct
+import time
+import types
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from p2pfl.algorithms.base import Packet
+from p2pfl.compression import CodecError, make_codec
+from p2pfl.compression.lowrank import _orth
+from p2pfl.compression.wire import Writer, write_header
+
+
+def test_a_golomb_parameter_other_than_b_star_is_refused():
+    """b = 31 for a dense support made the decoder unpack k x 31 remainders into an
+    int64 matrix: 248 bytes a position from a deflated message of a few kB."""
+    n = 1 << 16
+    codec = make_codec("topk:0.5+golomb+deflate", max_numel=n)
+    body = Writer()
+    body.byte(1)
+    body.varint(n)  # sparse, k = n: b* is 0
+    body.byte(31)
+    body.raw(bytes(31 * n // 8))
+    body.section(bytes(n // 8))
+    body.byte(0)
+    body.raw(bytes(4 * n))
+    raw = body.tobytes()
+    w = Writer()
+    write_header(w, codec.ids, torch.float32, (n,))
+    w.varint(len(raw))
+    w.raw(zlib.compress(raw, 9))
+    with pytest.raises(CodecError, match="is not b\\*=0"):
+        codec.decode([w.tobytes()])
+
+
+def _low_rank_blob(codec, side: int, rank: int) -> bytes:
+    w = Writer()
+    write_header(w, codec.ids, torch.float32, (side, side))
+    w.byte(2)  # low rank
+    w.varint(rank)
+    w.byte(0x18)  # packed levels, a float32 scale
+    w.f32(0.01)
+    w.varint(2)
+    w.byte(0)  # width 0: every level 1, no bytes
+    return w.tobytes()
+
+
+@pytest.mark.parametrize("spec, rank, words", [
+    ("none", 64, "without powersgd"),
+    ("stc:0.05+golomb", 64, "without powersgd"),
+    ("powersgd:2+quant:0.01", 3, "exceeds the limit 2"),
+])
+def test_a_low_rank_body_is_refused_outside_powersgd_or_above_its_rank(spec, rank, words):
+    """Any codec took a low-rank body of any rank: 20 bytes cost a full-rank product
+    (and with powersgd:R:alternate, cubic time in Gram–Schmidt)."""
+    codec = make_codec(spec)
+    with pytest.raises(CodecError, match=words):
+        codec.decode([_low_rank_blob(codec, 128, rank)])
+
+
+def test_orthonormalising_a_vanished_matrix_is_quadratic_not_cubic():
+    """Every column of a zero matrix searched the unit vectors from the first again."""
+    t0 = time.perf_counter()
+    q = _orth(np.zeros((400, 80), np.float32))
+    assert time.perf_counter() - t0 < 1.5  # 1.4 s at 250 x 60 before
+    assert np.allclose(q.T @ q, np.eye(80), atol=1e-6)
+
+
+def test_a_per_tensor_slot_must_declare_the_expected_shape():
+    """An explicit header in a slot was read at any size up to 2**28 entries: a 34-byte
+    reply made the coordinator allocate 5 GiB before the shape check refused it."""
+    from p2pfl.strategies.upstream import UpDecoder
+
+    dec = UpDecoder("stc:0.01+golomb", [(10, 10), (10,)], False)
+    w = Writer()
+    write_header(w, dec.codec.codecs[0].ids, torch.float32, (1 << 28,))
+    w.byte(0)
+    w.byte(0x18)
+    w.f32(1.0)
+    w.varint(2)
+    w.byte(0)
+    b0 = w.tobytes()
+    b1 = b"\xa2\x00\x18" + struct.pack("<f", 1.0) + b"\x00\x00"
+    index = Writer()
+    index.raw(b"PT")
+    index.byte(3)
+    index.varint(2)
+    index.varint(len(b0))
+    index.varint(len(b1))
+    with pytest.raises(CodecError, match=r"shape \(268435456,\) where \(10, 10\) is expected"):
+        dec.decode(1, Packet("stc:0.01+golomb", [index.tobytes() + b0 + b1], round=1),
+                   torch.zeros(110))
+
+
+def test_an_stc_worker_refuses_a_downlink_that_makes_its_model_nan():
+    """Raw float32 NaN in a catch-up's slots (no stc codec emits raw floats) was applied
+    without a word, and the worker trained a NaN model."""
+    from p2pfl.strategies.stc import STCClient
+
+    class Learner:
+        _node_id, shapes, num_params = 0, ((4, 3), (4,)), 16
+
+        def __init__(self):
+            self.flat = torch.zeros(16)
+
+        def get_flat(self):
+            return self.flat.clone()
+
+        def set_flat(self, x):
+            self.flat = x.clone()
+
+    options = types.SimpleNamespace(codec_up="stc:0.1+golomb", codec_down="stc:0.1+golomb",
+                                    error_feedback_up=False, filter_scaling=False)
+    learn = types.SimpleNamespace(behaviour="honest", seed=0, num_nodes=2, colluders=0)
+    client = STCClient(Learner(), options, learn)
+
+    def slot(n):  # implicit header, dense body, raw float32 values
+        return b"\xa2\x00\x00" + struct.pack(f"<{n}f", *([float("nan")] * n))
+
+    b0, b1 = slot(12), slot(4)
+    index = Writer()
+    index.raw(b"PT")
+    index.byte(3)
+    index.varint(2)
+    index.varint(len(b0))
+    index.varint(len(b1))
+    packet = Packet("stc:0.1+golomb", [index.tobytes() + b0 + b1],
+                    meta={"at": 1, "base": 0, "nf": [1]}, round=1)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        client.apply(1, packet)
+    assert torch.equal(client.learner.flat, torch.zeros(16))  # the model it held stays
