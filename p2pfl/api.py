@@ -8,8 +8,11 @@ folder.  The CLI's ``p2pfl cluster`` is a thin layer over it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -18,7 +21,7 @@ import numpy as np
 
 from .addresses import check_run_addresses
 from .config import RunConfig, from_sources
-from .errors import UsageError
+from .errors import ClusterError, Terminated, UsageError
 from .metrics import MetricsSink, write_json_atomic
 from .progress import Progress
 from .summary import run_summary
@@ -46,9 +49,20 @@ STALE_FILES = ("summary.json", "checkpoint.msgpack")
 
 
 def _out_dir(cfg: RunConfig) -> str:
-    """The run folder, without an earlier run's :data:`STALE_FILES`."""
-    out = cfg.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S") + f"-{cfg.mode}")
+    """The run folder, without an earlier run's :data:`STALE_FILES`; without ``out``, a
+    new folder under ``runs/`` (two runs in one second get two)."""
+    out = cfg.out
     try:
+        if out is None:
+            stem = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S") + f"-{cfg.mode}")
+            os.makedirs("runs", exist_ok=True)
+            for k in range(1, 1000):
+                out = stem if k == 1 else f"{stem}-{k}"
+                try:
+                    os.mkdir(out)
+                    break
+                except FileExistsError:
+                    continue
         os.makedirs(out, exist_ok=True)
         for name in STALE_FILES:
             if os.path.exists(os.path.join(out, name)):
@@ -80,19 +94,27 @@ def run_cluster(graph=None, *, config: str | None = None, **options) -> Result:
     >>> res = p2pfl.run_cluster(nx.cycle_graph(4), rounds=3, quiet=True)  # doctest: +SKIP
     >>> res.summary["accuracy_mean"]  # doctest: +SKIP
     """
-    if isinstance(graph, str):
-        options.setdefault("topology", graph)
-        graph = None
-    if not isinstance(options.get("model", ""), str):  # a torch.nn.Module of the user's
-        from .models import register_module
+    if graph is not None and options.get("topology") is not None:
+        raise UsageError("a graph and topology= both give the topology; give one of them")
+    if isinstance(graph, (str, os.PathLike)):
+        options["topology"], graph = os.fspath(graph), None
+    if options.get("model") is None:
+        options.pop("model", None)  # the default, as for every other option
+    module = options.get("model")
+    if not isinstance(module, str) and module is not None:  # a torch.nn.Module of the user's
+        from .models import register_module, release_module
 
-        options["model"] = register_module(options["model"])
+        options["model"] = register_module(module)
     t0 = time.monotonic()
-    cfg = from_sources(config, options)
-    check_run_addresses(cfg)  # before the plan, the run folder or any process
-    from .plan import plan  # after the options are checked: a bad flag costs no torch import
+    try:
+        cfg = from_sources(config, options)
+        check_run_addresses(cfg)  # before the plan, the run folder or any process
+        from .plan import plan  # after the options are checked: a bad flag costs no torch
 
-    return execute(plan(cfg, graph), t0=t0)
+        return execute(plan(cfg, graph), t0=t0)
+    finally:  # forked nodes hold their own copy; the launcher keeps none after the run
+        if not isinstance(module, str) and module is not None:
+            release_module(options["model"])
 
 
 def _with_checkpoint(p: Plan, out: str) -> Plan:
@@ -177,7 +199,8 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
                         backend=_backend(cfg, progress.info))
     interrupted = None
     try:
-        nodes = launcher.run()
+        with _sigterm_unwinds():
+            nodes = launcher.run()
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the summary of what was done
         interrupted, nodes = exc, launcher.nodes
     finally:
@@ -191,9 +214,34 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
     write_json_atomic(os.path.join(out, "summary.json"), summary)
     if interrupted is not None:
         raise interrupted
+    result = Result(summary, sink.records, out)
+    failed = summary.get("failed_nodes") or {}
+    if failed and len(failed) == summary.get("nodes"):
+        reason = next(iter(failed.values()))
+        raise ClusterError(f"every node failed (node {next(iter(failed))}: {reason}); "
+                           f"results in {out}", result)
     if summary["accuracy_mean"] is not None:
         progress.info(f"accuracy mean {summary['accuracy_mean']:.4f} (min "
                       f"{summary['accuracy_min']:.4f}) | {summary['bytes_sent_total'] / 1e6:.2f}"
                       f" MB sent | {summary['wall_s']:.1f} s")
     progress.info(f"results in {out}")
-    return Result(summary, sink.records, out)
+    return result
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """SIGTERM unwinds a run like Ctrl-C (nodes stopped, a summary written), when this
+    is the main thread and nobody else handles SIGTERM; the old handler is put back."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated(signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

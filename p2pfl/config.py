@@ -15,6 +15,7 @@ then command-line flags.  Per-node settings come from a node profile file
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 from dataclasses import dataclass, field, fields
 
@@ -333,12 +334,16 @@ def _coerce(name: str, value, source: str):
         return None
     if "bool" in ftype and not isinstance(value, bool):
         raise ConfigError(f"{source}: {name} must be true or false, got {value!r}")
-    if ftype.startswith("int") and (not isinstance(value, int) or isinstance(value, bool)):
-        raise ConfigError(f"{source}: {name} must be an integer, got {value!r}")
+    if ftype.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ConfigError(f"{source}: {name} must be an integer, got {value!r}")
+        return int(value)  # numpy's integers too
     if ftype.startswith("float"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise ConfigError(f"{source}: {name} must be a number, got {value!r}")
         return float(value)
+    if ftype.startswith("str") and isinstance(value, os.PathLike):
+        value = os.fspath(value)  # a pathlib.Path for out, topology, profiles, ...
     if ftype.startswith("str") and not isinstance(value, str):
         raise ConfigError(f"{source}: {name} must be a string, got {value!r}")
     return value
@@ -362,7 +367,7 @@ def from_sources(config_file: str | None = None, overrides: dict | None = None) 
         if pair[0] in flags and pair[1] not in flags:  # a flag wins over the file's other
             values.pop(pair[1], None)
     for key, value in flags.items():
-        values[key] = _coerce(key, value, "flag")
+        values[key] = _coerce(key, value, "option")
     cfg = RunConfig(**values)
     if cfg.profiles:
         cfg = cfg.replace(node_overrides=read_profiles(cfg.profiles))

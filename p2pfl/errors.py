@@ -4,7 +4,8 @@
 disconnected graph.  The CLI turns it into a one-line message and exit code 2.
 """
 
-__all__ = ["UsageError", "TopologyError", "DataError", "ConfigError", "ClusterError"]
+__all__ = ["UsageError", "TopologyError", "DataError", "ConfigError", "ClusterError",
+           "Terminated"]
 
 
 class UsageError(ValueError):
@@ -24,5 +25,18 @@ class ConfigError(UsageError):
 
 
 class ClusterError(RuntimeError):
-    """The cluster could not start or lost contact with its nodes (a runtime failure,
-    not a usage error: exit code 1)."""
+    """The cluster could not start, lost contact with its nodes, or every node failed
+    (a runtime failure, not a usage error: exit code 1).  ``result``: the run's
+    :class:`~p2pfl.api.Result` when it got that far, else None."""
+
+    def __init__(self, message: str, result=None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: unwinds like Ctrl-C, through the launcher's clean shutdown."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

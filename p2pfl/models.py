@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import threading
 
 import math
@@ -114,11 +115,46 @@ _INIT_LOCK = threading.Lock()
 CUSTOM: dict = {}
 
 
+_NAMES = itertools.count()
+
+
 def register_module(module: nn.Module) -> str:
     """Make a user's module buildable by name; return that name (``custom:N``)."""
-    name = f"custom:{len(CUSTOM)}"
+    if not isinstance(module, nn.Module):
+        raise ConfigError(f"model must be a model name or a torch.nn.Module instance, got "
+                          f"{type(module).__name__}")
+    name = f"custom:{next(_NAMES)}"
     CUSTOM[name] = module
     return name
+
+
+def probe_model(model: nn.Module, ds, what: str) -> None:
+    """One forward and backward pass on two training samples: a user's module that
+    does not map the dataset's inputs to its class logits is a usage error here, not
+    a failure in every node."""
+    x = torch.from_numpy(ds.x_train[:2].copy())
+    try:
+        out = model(x)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(x), ds.num_classes):
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ConfigError(f"model {what} maps a batch of {tuple(x.shape)} to {shape}; "
+                              f"expected ({len(x)}, {ds.num_classes}) class logits")
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ConfigError(f"model {what} has no trainable parameters")
+        out.float().logsumexp(1).sum().backward()
+    except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"model {what} fails on a batch of {tuple(x.shape)}: {first}") \
+            from None
+    finally:
+        model.zero_grad(set_to_none=True)
+
+
+def release_module(name: str) -> None:
+    """Forget a module registered for a run that is over."""
+    CUSTOM.pop(name, None)
 
 
 def build_model(name: str, input_shape: tuple, num_classes: int, *,

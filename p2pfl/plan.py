@@ -60,7 +60,21 @@ def plan(cfg: RunConfig, graph=None) -> Plan:
         raise ConfigError("--restart on-failure restarts node processes; "
                           "it does not apply with --in-process")
     p = _gossip_plan(cfg, graph, restarts) if cfg.mode == "gossip" else _server_plan(cfg, graph)
+    if graph is not None:  # config.json and the summary say what ran, not the default
+        p = _graph_record(p, graph)
     return dataclasses.replace(p, restarts=restarts, keys=_run_keys(cfg, p.specs))
+
+
+def _graph_record(p: Plan, graph) -> Plan:
+    """A run over a graph object: its kind and edges go in place of the topology spec."""
+    name = f"networkx {type(graph).__name__} ({graph.number_of_nodes()} nodes)"
+    record = dict(p.record, topology=name)
+    record["resolved"] = dict(record["resolved"], graph_edges=[
+        [plain_label(u), plain_label(v)] for u, v in graph.edges()])
+    base = p.summary_base
+    if base.get("topology") != "star (coordinator)":  # a server run's workers: its nodes
+        base = dict(base, topology=name)
+    return dataclasses.replace(p, record=record, summary_base=base)
 
 
 def _run_keys(cfg: RunConfig, specs):

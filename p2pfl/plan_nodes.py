@@ -35,6 +35,7 @@ def _check_learning(learns: list) -> None:
     nodes inherit them instead of loading them again.
     """
     from .learner import build_run_model, shard_indices, shared_dataset, warm_up
+    from .models import CUSTOM, probe_model
 
     first = learns[0]
     shared_dataset(first.dataset, first.seed, first.data_dir)
@@ -44,7 +45,10 @@ def _check_learning(learns: list) -> None:
     for learn in learns:
         if learn.model not in seen:
             seen.add(learn.model)
-            build_run_model(learn)
+            model = build_run_model(learn)
+            if learn.model in CUSTOM:  # ours fit the data by construction
+                probe_model(model, shared_dataset(first.dataset, first.seed, first.data_dir),
+                            type(CUSTOM[learn.model]).__name__)
         if learn.behaviour not in BEHAVIOURS:
             raise ConfigError(f"unknown behaviour {learn.behaviour!r}; valid: "
                               f"{', '.join(BEHAVIOURS)}")
@@ -55,9 +59,12 @@ def model_name(cfg: RunConfig, name) -> str:
 
     if not isinstance(name, str):
         raise ConfigError(f"model must be a name, got {name!r}")
-    if name in CUSTOM:
-        if cfg.listen:
-            raise ConfigError("a torch module passed as model= cannot reach remote nodes; "
+    if name in CUSTOM:  # it exists in this process and the nodes it forks, nowhere else
+        where = ("remote nodes (--listen)" if cfg.listen else "Ray actors" if
+                 cfg.backend == "ray" else "restarted nodes (fresh processes)"
+                 if cfg.restart != "no" else None)
+        if where:
+            raise ConfigError(f"a torch module passed as model= cannot reach {where}; "
                               "use a model name")
         return name
     if name.split(":", 1)[0] not in MODELS:

@@ -17,6 +17,7 @@ class Progress:
         self.t0 = time.monotonic()
         self._tty = getattr(self.stream, "isatty", lambda: False)()
         self._last = 0.0
+        self._bar_shown = False  # the bar is on the terminal's current line
 
     def update(self, done: int, text: str = "") -> None:
         if self.quiet:
@@ -30,14 +31,17 @@ class Progress:
         line = f"[{bar}] round {done}/{self.total} | {text} | {now - self.t0:.1f} s"
         self.stream.write(("\r" + line) if self._tty else line + "\n")
         self.stream.flush()
+        self._bar_shown = self._tty
 
     def close(self) -> None:
-        if not self.quiet and self._tty:
+        if not self.quiet and self._tty and self._bar_shown:
             self.stream.write("\n")
             self.stream.flush()
+            self._bar_shown = False
 
     def info(self, text: str) -> None:
         """A plain message line (also suppressed when quiet)."""
         if not self.quiet:
-            self.stream.write(text + "\n")
+            # on a terminal, over the bar (redrawn at the next update), not after it
+            self.stream.write(("\r\x1b[K" if self._bar_shown else "") + text + "\n")
             self.stream.flush()

@@ -23,6 +23,10 @@ from .errors import ConfigError
 
 __all__ = ["RayBackend", "RayRunner", "require_ray"]
 
+#: Actors of this process so far: each gets a new name (restarts, and later runs of a
+#: Ray session the caller keeps).
+_SPAWNED = itertools.count()
+
 
 def require_ray():
     """The ``ray`` module, or a usage error that says how to install it."""
@@ -95,7 +99,7 @@ class RayBackend:
         self.node_cpus, self.node_gpus = node_cpus, node_gpus
         self.log = log or (lambda text: None)
         self._ray = None
-        self._spawned = itertools.count()  # a restarted node's actor gets a new name
+        self._owned = True  # this run started or joined Ray itself (ray.init)
 
     def start(self, num_nodes: int) -> str:
         """Join or start Ray; return the address the launcher binds."""
@@ -103,9 +107,13 @@ class RayBackend:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no calls home
         kwargs = dict(include_dashboard=False, logging_level=logging.WARNING,
                       namespace="p2pfl", log_to_driver=True)
+        self._owned = not ray.is_initialized()
+        if not self._owned and self.address:
+            raise ConfigError(f"--ray-address {self.address}: this process is already "
+                              "connected to Ray; leave the address out to use that session")
         try:
-            # "local": a new instance even when `ray start` left one's address behind
-            ray.init(address=self.address or "local", **kwargs)
+            if self._owned:  # "local": a new instance even when `ray start` left one behind
+                ray.init(address=self.address or "local", **kwargs)
         except ConnectionError as exc:
             raise ConfigError(f"--ray-address {self.address}: {exc}") from None
         self._ray = ray
@@ -131,14 +139,16 @@ class RayBackend:
         ray = self._ray
         cls = ray.remote(NodeActor).options(
             num_cpus=self.node_cpus, num_gpus=self.node_gpus, max_restarts=0,
-            name=f"p2pfl-node-{node_id}-{os.getpid()}-{next(self._spawned)}")
+            name=f"p2pfl-node-{node_id}-{os.getpid()}-{next(_SPAWNED)}")
         actor = cls.remote()
         return RayRunner(ray, actor, actor.run.remote(launcher, node_id, self.host,
                                                       start_timeout))
 
     def stop(self) -> None:
         """Disconnect; a Ray instance started here stops with it, and Ray kills this
-        driver's actors."""
+        driver's actors.  A session the caller had started stays (its actors of this
+        run were killed by the launcher)."""
         if self._ray is not None:
-            self._ray.shutdown()
+            if self._owned:
+                self._ray.shutdown()
             self._ray = None

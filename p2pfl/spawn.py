@@ -9,8 +9,11 @@ partition and the models the plan loaded; a restarted node is spawned fresh.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
+import sys
 import threading
+import types
 
 from .worker import fds_per_actor, host_main, process_main, serve
 
@@ -74,5 +77,23 @@ def _start_process(h, method: str, address: str, how: tuple, security) -> None:
     h.runner = mp.get_context(method).Process(
         target=process_main, name=f"p2pfl-node-{h.id}", daemon=True,
         args=(address, h.id, *how, security))
-    h.runner.start()
+    if method != "spawn":
+        h.runner.start()
+    else:
+        with _bare_main():
+            h.runner.start()
     h.pid = h.runner.pid
+
+
+@contextlib.contextmanager
+def _bare_main():
+    """A spawned process imports the parent's ``__main__``: the user's script, run
+    again top to bottom in the node when it has no ``if __name__ == "__main__"``
+    guard.  The node needs nothing from it (its target and arguments are p2pfl's),
+    so the parent's ``__main__`` is a bare module while the process starts."""
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main

@@ -167,3 +167,35 @@ def test_a_dead_coordinator_without_restart_is_exit_1(tmp_path):
     assert err.strip().splitlines()[-1] == ("p2pfl: error: the coordinator failed; the run did "
                                             "not finish its rounds")
     assert "coordinator" in _summary(out)["failed_nodes"]
+
+
+def test_a_restarted_node_does_not_run_an_unguarded_script_again(tmp_path):
+    """A replacement process is spawned, and spawning imported the parent's __main__:
+    a script without an `if __name__ == "__main__"` guard ran again, top to bottom,
+    inside the restarted node (a whole second cluster)."""
+    out = tmp_path / "run"
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import json, os, signal, threading, time\n"
+        "import networkx as nx, p2pfl\n"
+        "print('TOP', os.getpid(), flush=True)\n"
+        f"OUT = {str(out)!r}\n"
+        "def killer():\n"
+        "    while True:\n"
+        "        time.sleep(0.1)\n"
+        "        try:\n"
+        "            pid = json.load(open(OUT + '/nodes.json'))[0]['pid']\n"
+        "            if pid and os.path.getsize(OUT + '/metrics.jsonl'):\n"
+        "                os.kill(pid, signal.SIGKILL)\n"
+        "                return\n"
+        "        except (OSError, ValueError, KeyError, IndexError):\n"
+        "            pass\n"
+        "threading.Thread(target=killer, daemon=True).start()\n"
+        "res = p2pfl.run_cluster(nx.cycle_graph(3), rounds=40, restart='on-failure:1', out=OUT,"
+        " quiet=True, round_timeout=5, local_steps=30)\n"
+        "print('RESTARTS', res.summary['restarts'], flush=True)\n")
+    proc = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("TOP") == 1, proc.stdout
+    assert "RESTARTS 1" in proc.stdout, proc.stdout

@@ -1,0 +1,135 @@
+"""The Python API as a notebook or a sweep script uses it: graph objects, a torch module
+of the user's, numpy and pathlib values, repeated runs, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import networkx as nx
+import numpy as np
+import pytest
+import torch.nn as nn
+
+import p2pfl
+from p2pfl.errors import ClusterError, ConfigError, UsageError
+from p2pfl.models import CUSTOM
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = dict(rounds=2, quiet=True, in_process=True, transport="inproc", dataset="digits")
+
+
+def _linear(classes=10):
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, classes))
+
+
+class _Unflattened(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+@pytest.mark.parametrize("model, words", [
+    (_linear(5), r"maps a batch of \(2, 1, 8, 8\) to \(2, 5\); expected \(2, 10\)"),
+    (_Unflattened(), "fails on a batch of"),
+    (nn.Sequential(nn.Flatten()), "maps a batch"),
+    (nn.Linear, "a torch.nn.Module instance, got type"),
+])
+def test_a_module_that_cannot_classify_the_data_is_refused_before_any_node(tmp_path, model,
+                                                                           words):
+    """Each failed in every node; run_cluster returned normally with no accuracy."""
+    with pytest.raises(ConfigError, match=words):
+        p2pfl.run_cluster(nx.cycle_graph(3), model=model, out=str(tmp_path), **FAST)
+    assert not (tmp_path / "metrics.jsonl").exists() and not CUSTOM
+
+
+@pytest.mark.parametrize("options, where", [
+    (dict(backend="ray"), "Ray actors"),
+    (dict(restart="on-failure"), "restarted nodes"),
+])
+def test_a_module_is_refused_where_it_cannot_be_rebuilt(tmp_path, options, where):
+    """A Ray actor or a restarted (spawned) node has no copy of the module: it failed
+    with 'unknown model custom:0' after the run had started."""
+    with pytest.raises(ConfigError, match=where):
+        p2pfl.run_cluster(nx.cycle_graph(3), model=_linear(), out=str(tmp_path), rounds=1,
+                          quiet=True, **options)
+
+
+def test_graph_objects_numpy_and_paths_and_what_the_run_records(tmp_path):
+    """A graph object was recorded as the default ring:8; Path and numpy values were
+    refused; the registered module stayed in memory after the run."""
+    res = p2pfl.run_cluster(nx.cycle_graph(4), model=_linear(), out=tmp_path / "run",
+                            **dict(FAST, rounds=np.int64(2), lr=np.float32(0.1)))
+    assert res.summary["topology"] == "networkx Graph (4 nodes)"
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["topology"] == "networkx Graph (4 nodes)"
+    assert config["resolved"]["graph_edges"] == [[0, 1], [0, 3], [1, 2], [2, 3]]
+    assert config["rounds"] == 2 and not CUSTOM
+    res = p2pfl.run_cluster(nx.cycle_graph(3), model=None, out=str(tmp_path / "default"),
+                            **FAST)  # None: the default, as for any option
+    assert res.summary["accuracy_mean"] is not None
+    with pytest.raises(UsageError, match="give one of them"):
+        p2pfl.run_cluster(nx.path_graph(3), topology="ring:4", **FAST)
+    with pytest.raises(UsageError, match="give one of them"):
+        p2pfl.run_cluster("ring:3", topology="ring:4", **FAST)
+
+
+def test_runs_without_out_get_a_folder_each(tmp_path, monkeypatch):
+    """Two runs in one second wrote to one folder, the second over the first."""
+    monkeypatch.chdir(tmp_path)
+    a = p2pfl.run_cluster("ring:3", **FAST)
+    b = p2pfl.run_cluster("ring:4", **FAST)
+    assert a.out_dir != b.out_dir
+    assert json.loads(pathlib.Path(a.out_dir, "summary.json").read_text())["nodes"] == 3
+
+
+class _DiesInTraining(nn.Module):
+    """Passes the plan's probe, then fails on a node's third forward pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls > 2:
+            raise RuntimeError("broken on purpose")
+        return self.fc(x.flatten(1))
+
+
+def test_a_run_where_every_node_failed_raises(tmp_path):
+    """It returned a Result with accuracy None and, with quiet=True, said nothing."""
+    with pytest.raises(ClusterError, match="every node failed .*broken on purpose") as info:
+        p2pfl.run_cluster(nx.cycle_graph(3), model=_DiesInTraining(), out=str(tmp_path),
+                          **FAST)
+    assert info.value.result.summary["accuracy_mean"] is None
+    assert (tmp_path / "summary.json").exists()
+
+
+def test_sigterm_to_a_script_running_a_cluster_writes_its_summary(tmp_path):
+    """Only the CLI turned SIGTERM into a clean stop: a script's run left no summary
+    and nodes.json said 'joined'."""
+    script = tmp_path / "run.py"
+    script.write_text("import p2pfl\n"
+                      f"p2pfl.run_cluster('ring:3', rounds=100000, quiet=True, eval_every=1000,"
+                      f" out={str(tmp_path / 'run')!r})\n")
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, stderr=subprocess.PIPE)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 60
+    while not (metrics.exists() and metrics.stat().st_size) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["interrupted"] is True
+    states = {n["state"] for n in json.loads((tmp_path / "run" / "nodes.json").read_text())}
+    assert states == {"stopped"}
