@@ -186,9 +186,10 @@ def _mnist1d_arrays(cache_dir, samples: int = 5000):
     ``samples`` is the generator's ``num_samples`` (train and test together, split
     80/20); 5,000 is the standard dataset."""
     path = _cache_dir(cache_dir) / f"mnist1d-v2-{samples}-42.npz"
-    n_train = int(samples * 0.8)  # the generator's train_split
+    made = 10 * (samples // 10)  # the generator makes as many of each of the 10 classes
+    n_train = int(made * 0.8)  # its train_split
     keys = {"x": (n_train, 40), "y": (n_train,),
-            "x_test": (samples - n_train, 40), "y_test": (samples - n_train,)}
+            "x_test": (made - n_train, 40), "y_test": (made - n_train,)}
     arrays = _read_npz(path, keys)
     if arrays is not None:
         return arrays

@@ -46,6 +46,7 @@ class GossipNode:
 
     def __init__(self, rt: Runtime, spec) -> None:
         self.rt, self.spec, self.run_spec = rt, spec, spec.runtime
+        rt.mailbox.wait_for_pullers = False  # we answer a pull with our next round's send
         self.learner = Learner(spec.learn, spec.id, pause=rt.idle, run=rt.compute)
         self.neighbours = spec.peers
         self.algorithm = make_algorithm(

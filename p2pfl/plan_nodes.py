@@ -10,6 +10,8 @@ resolve each node's offline periods and codec.  Every bad value raises a
 
 from __future__ import annotations
 
+import dataclasses
+
 from .config import RunConfig, node_settings
 from .errors import ConfigError
 from .spec import LearnSpec
@@ -144,15 +146,31 @@ def learn_specs(cfg: RunConfig, labels: list) -> tuple[list, list]:
     shared = () if equal else tuple(shares)
     learns = [_learn_spec(cfg, o, shared, labels[i], len(labels))
               for i, o in enumerate(per_node)]
-    models = sorted({learn.model for learn in learns})
-    if len(models) > 1 and cfg.mode not in ("fd", "cfd"):  # they exchange soft labels
-        raise ConfigError(f"{cfg.profiles}: nodes of --mode {cfg.mode} must share one model, "
-                          f"but the profile gives {', '.join(models)}; only fd and cfd "
-                          "mix models")
     _check_learning(learns)
+    if cfg.mode not in ("fd", "cfd"):  # those exchange soft labels, and may mix models
+        _check_one_model(cfg, learns)
     if cfg.backend == "local" and not cfg.listen:  # remote hosts may have other GPUs
         _check_devices(learns)
     return per_node, learns
+
+
+def _check_one_model(cfg: RunConfig, learns: list) -> None:
+    """Nodes that exchange models, and a coordinator that aggregates them, must all
+    have one architecture: ``mlp`` and ``mlp:64`` are one, ``mlp`` and ``cnn`` two."""
+    from .learner import build_run_model
+
+    names = {learn.model for learn in learns}
+    if cfg.mode != "gossip":  # the coordinator's model is the run's
+        names.add(model_name(cfg, cfg.model))
+    if len(names) < 2:
+        return
+    shapes = {name: tuple(tuple(p.shape) for p in build_run_model(
+        dataclasses.replace(learns[0], model=name)).parameters()) for name in sorted(names)}
+    if len(set(shapes.values())) > 1:
+        who = "nodes and coordinator" if cfg.mode != "gossip" else "nodes"
+        raise ConfigError(f"{cfg.profiles or '--model'}: the {who} of --mode {cfg.mode} must "
+                          f"share one model, but have {', '.join(sorted(names))}; only fd "
+                          "and cfd mix models")
 
 
 def _check_devices(learns: list) -> None:

@@ -22,6 +22,9 @@ __all__ = ["Runtime", "LAUNCHER", "launcher_sink", "to_packet"]
 
 #: The id of the launcher on the wire.
 LAUNCHER = "launcher"
+#: Once the closer (the coordinator) is done, the nodes still running are told to
+#: stop after this long: a worker that was offline when the run ended gets no final.
+CLOSER_GRACE_S = 10.0
 
 
 def peak_rss_bytes() -> int:

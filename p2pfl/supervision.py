@@ -14,13 +14,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from .runtime import CLOSER_GRACE_S
 from .spawn import respawn
 
 __all__ = ["NodeHandle", "Supervision", "process_state"]
 
-#: Once the closer (the coordinator) is done, the nodes still running are told to
-#: stop after this long: a worker that was offline when the run ended gets no final.
-CLOSER_GRACE_S = 10.0
 #: A remote node whose connection to the launcher stays down this long has failed.
 LOST_AFTER_S = 10.0
 

@@ -33,7 +33,7 @@ import zmq
 
 from .memory import keep_large_blocks
 from .roles import make_role, node_spec
-from .runtime import LAUNCHER, Runtime
+from .runtime import CLOSER_GRACE_S, LAUNCHER, Runtime
 from .transport import Endpoint, Mailbox, bind_address
 from .transport.cpugate import CpuGate
 from .transport.security import Security
@@ -165,8 +165,7 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
         else:
             node.run()
         runtime.flush()  # the last held records go before the bye
-        _drain_link(ep, mailbox, spec.runtime.round_timeout
-                    if spec.runtime.schedule == "sync" else 0.0)
+        _drain_link(ep, mailbox, _drain_time(spec))
         ep.send(LAUNCHER, "bye", meta=node.final_report())
         if not mailbox.stopped:
             _await_stop(mailbox, start_timeout)
@@ -183,6 +182,17 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
     return status
 
 
+def _drain_time(spec) -> float:
+    """How long a finished node lets its emulated uplink send what it holds: a round
+    time-out (what a synchronous peer waits for our last messages), and for a server
+    run's coordinator its final models' grace as well; asynchronous leftovers are
+    stale models, not waited for."""
+    if spec.runtime.schedule != "sync":
+        return 0.0
+    grace = CLOSER_GRACE_S if spec.role == "coordinator" else 0.0
+    return spec.runtime.round_timeout + grace
+
+
 def _drain_link(ep: Endpoint, mailbox: Mailbox, timeout: float) -> None:
     """Let an emulated uplink send what it still holds, for up to ``timeout`` s, then
     drop the rest (counted), so that the bye's counters are final.
@@ -192,13 +202,7 @@ def _drain_link(ep: Endpoint, mailbox: Mailbox, timeout: float) -> None:
     """
     deadline = time.monotonic() + timeout
     while ep.link_backlog() and not mailbox.stopped and time.monotonic() < deadline:
-        if mailbox.gate is not None:  # sleep off the host's CPU gate
-            mailbox.gate.release()
-        try:
-            time.sleep(0.01)
-        finally:
-            if mailbox.gate is not None:
-                mailbox.gate.acquire()
+        mailbox.idle(0.01)  # off the host's CPU gate; a stop or a lost launcher ends it
     ep.discard_link_backlog()
 
 

@@ -113,6 +113,18 @@ def test_mnist1d_sizes_have_their_own_cache_files(tmp_path):
     assert len(list(tmp_path.glob("*.npz"))) == 2
 
 
+def test_an_odd_mnist1d_size_is_cached_too(tmp_path, monkeypatch):
+    """The generator makes 10·(SAMPLES // 10) samples: the cache of mnist1d:105 never
+    passed its shape check and was made again on every load."""
+    pytest.importorskip("mnist1d")
+    first = load_dataset("mnist1d:105", cache_dir=str(tmp_path))
+    import mnist1d.data
+    monkeypatch.setattr(mnist1d.data, "make_dataset",
+                        lambda *a, **k: pytest.fail("cache not reused"))
+    assert np.array_equal(load_dataset("mnist1d:105", cache_dir=str(tmp_path)).x_train,
+                          first.x_train)
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip", "shape"])
 def test_damaged_cache_is_made_again(tmp_path, damage):
     """A truncated or corrupted cache raised zipfile.BadZipFile; one of other shapes

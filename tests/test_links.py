@@ -130,9 +130,9 @@ def test_what_the_emulator_drops_is_counted_and_not_sent():
             ep.send(1, "catchup" if i % 2 else "model", 1, frames=[bytes(20_000)])
         time.sleep(1.0)
         got = len(_arrivals(receiver, 2000, first_wait=2.0))
-        sent = ep.counters.count("sent", peers=[1])
-        assert got == sent and 0 < got < 2000
-        assert sent + ep.counters.dropped["send_queue_full"] == 2000
+        sent, dropped = ep.counters.count("sent", peers=[1]), ep.counters.dropped
+        assert 0 < got < 2000 and sent == got + dropped["arrival_queue_full"]
+        assert sent + dropped["send_queue_full"] == 2000  # the rest met a full backlog
     finally:
         ep.close(linger=0)
         receiver.close()
@@ -155,6 +155,25 @@ def test_a_slow_uplinks_backlog_is_bounded_and_its_leftovers_counted(pair):
     assert sent + ep.counters.dropped["link_unsent"] == 12
     time.sleep(0.5)
     assert sent == 3 + len(_arrivals(receiver, 12, first_wait=0.3))  # nothing more left
+
+
+def test_a_message_counts_as_sent_when_it_leaves_not_when_it_arrives(pair):
+    """Latency is flight, not uplink: a message 500 ms from its peer has been sent, and
+    the end of a run does not drop it (it was counted link_unsent, and never came)."""
+    sender, receiver = pair
+    ep = sender(LinkSpec(latency_ms=500))
+    ep.send(1, "model", 1, frames=[bytes(1000)])
+    time.sleep(0.1)
+    assert ep.counters.count("sent", peers=[1]) == 1 and ep.link_backlog() == 0
+    ep.discard_link_backlog()
+    assert receiver.recv(2.0) is not None and not ep.counters.dropped["link_unsent"]
+    lossy = sender(LinkSpec(up_mbps=0.08, loss=0.999), node_id=2)  # 10 kB/s
+    for _ in range(3):
+        lossy.send(1, "model", 1, frames=[bytes(10_000)])  # one a second on the uplink
+    time.sleep(0.3)
+    assert lossy.counters.count("sent", peers=[1]) == 0  # a loss still takes its time
+    lossy.discard_link_backlog()
+    assert lossy.counters.dropped["link_unsent"] == 3 and lossy.emulated_lost == 0
 
 
 def test_an_asynchronous_run_counts_only_what_left_its_slow_links(tmp_path):

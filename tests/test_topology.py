@@ -192,6 +192,12 @@ def test_byte_order_mark_is_not_a_label(tmp_path, name, text):
     assert topo.labels == [0, 1, 2, 3] and topo.graph.number_of_edges() == 4
 
 
+def test_blank_and_comment_lines_in_an_adjacency_list(tmp_path):
+    path = tmp_path / "g.adjlist"
+    path.write_text("# a triangle\n0 1 2\n\n1 2\n   \n")
+    assert tp.build(path).graph.number_of_edges() == 3
+
+
 def test_edge_listed_twice_keeps_the_first_and_warns(tmp_path):
     """The later duplicate's weight silently replaced the first (5 for 1)."""
     path = tmp_path / "dup.edges"

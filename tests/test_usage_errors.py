@@ -134,7 +134,20 @@ def test_a_profiles_second_model_is_refused_outside_fd(tmp_path, mode):
     prof = tmp_path / "p.toml"
     prof.write_text('[nodes.0]\nmodel = "cnn"\n')
     workers = dict(topology="ring:3") if mode == "gossip" else dict(nodes=3)
-    with pytest.raises(ConfigError, match="must share one model, but the profile gives cnn, mlp"):
+    with pytest.raises(ConfigError, match="must share one model, but have cnn, mlp"):
         plan(from_sources(None, dict(workers, mode=mode, profiles=str(prof), dataset="digits")))
     cfg = from_sources(None, dict(mode="fd", nodes=3, profiles=str(prof), dataset="digits"))
     assert {s.learn.model for s in plan(cfg).specs if s.learn is not None} >= {"cnn", "mlp"}
+
+
+def test_every_worker_of_another_model_than_the_coordinators_is_refused(tmp_path):
+    """[default] model = "cnn" gave all workers one model, the coordinator another: every
+    instruction was undecodable, every round timed out, and the run exited 0."""
+    prof = tmp_path / "p.toml"
+    prof.write_text('[default]\nmodel = "cnn"\n')
+    with pytest.raises(ConfigError, match="nodes and coordinator .* have cnn, mlp"):
+        plan(from_sources(None, dict(mode="fedavg", nodes=2, profiles=str(prof),
+                                     dataset="digits")))
+    prof.write_text('[nodes.0]\nmodel = "mlp:64"\n')  # mlp is mlp:64: one model
+    assert plan(from_sources(None, dict(topology="ring:3", profiles=str(prof),
+                                        dataset="digits"))).specs

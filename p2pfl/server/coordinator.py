@@ -106,7 +106,6 @@ class Coordinator:
         while not finished:
             rnd += 1
             participants = self.strategy.select(rnd, self.available(), self.rng)
-            self.rt.requests("pull")  # a worker back from away: this round's instruction
             for w, packet in self.strategy.configure(rnd, participants).items():
                 self.rt.send(w, "control", rnd, packet)
             replies = self.collect(rnd, participants)

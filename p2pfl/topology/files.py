@@ -79,7 +79,7 @@ def _read_node_link(path):
 def _read_adjlist(path):
     """Adjacency list: ``u v1 v2 ...`` a line; ``#`` comments."""
     with open(path, encoding="utf-8-sig") as fh:
-        return nx.parse_adjlist(fh)
+        return nx.parse_adjlist(line for line in fh if line.split("#", 1)[0].strip())
 
 
 def _read_gml(path):

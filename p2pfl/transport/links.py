@@ -19,14 +19,15 @@ when the emulated network would deliver it:
   delayed like any other but always arrive, as TCP would deliver them: a lost hello
   would abort the run before it starts.
 
-A message counts as sent when it leaves the emulated uplink (or is lost on it),
-not when the node hands it over: the emulator reports it to the endpoint's
+A message counts as sent when its last byte leaves the emulated uplink (lost or
+not), not when the node hands it over: the emulator reports it to the endpoint's
 :class:`~p2pfl.transport.counters.ByteCounter`.  Each peer's backlog on the
 uplink is bounded by the endpoint's high-water mark, as a real socket's queue is:
-beyond it the endpoint drops the message (``send_queue_full``).  What is still
-queued when the node finishes, after waiting for the uplink to drain, is dropped
-and counted (``link_unsent``); a full receiving queue (``send_queue_full``) and an
-unknown peer (``send_unknown_peer``) are counted as for an unemulated socket.
+beyond it the endpoint drops the message (``send_queue_full``).  What has not left
+the uplink when the node finishes, after waiting for it to drain, is dropped and
+counted (``link_unsent``); what is in flight still arrives.  A message that
+arrives at a full receiving queue was sent and is lost there
+(``arrival_queue_full``).
 
 The thread runs apart from the node's loop, so a message scheduled while the
 node trains still leaves on time.  The node's thread talks to it over an
@@ -180,23 +181,25 @@ class LinkEmulator:
         pipe = self._ctx.socket(zmq.PAIR)
         pipe.connect(address)
         socks: dict = {}
-        queue: list = []  # heap of (due time, order, peer, frames)
+        # heaps of (time, order, ...): when each message leaves the uplink, and when
+        # it reaches its peer (a lost one only leaves); emulator thread only
+        self._departures, self._arrivals, self._cancelled = [], [], set()
         order = itertools.count()
         uplink_free = 0.0
         stop_at = None
         try:
             while True:
                 now = time.monotonic()
-                while queue and queue[0][0] <= now:
-                    _, _, peer, account, frames = heapq.heappop(queue)
-                    self._deliver(socks.get(peer), peer, account, frames)
+                self._depart(now)
+                self._arrive(now, socks)
                 if stop_at is not None:  # closing: let what is in flight arrive
-                    if not queue or now >= stop_at:
+                    if not self._arrivals or now >= stop_at:
                         break
-                    time.sleep(min(queue[0][0] - now, stop_at - now, 0.05))
+                    time.sleep(min(self._arrivals[0][0] - now, stop_at - now, 0.05))
                     continue
-                wait = (queue[0][0] - now) if queue else 1.0
-                if not pipe.poll(int(wait * 1000) + 1):
+                due = min((h[0][0] for h in (self._departures, self._arrivals) if h),
+                          default=now + 1.0)
+                if not pipe.poll(int(max(0.0, due - now) * 1000) + 1):
                     continue
                 cmd, *rest = pipe.recv_multipart(copy=False)
                 kind = cmd.bytes
@@ -210,11 +213,9 @@ class LinkEmulator:
                 elif kind == b"S":
                     stop_at = time.monotonic() + msgpack.unpackb(rest[0].bytes)
                 elif kind == b"X":
-                    while queue:
-                        self._release(heapq.heappop(queue)[2], ("drop", "link_unsent"))
-                    self._discarded.set()
+                    self._discard_undeparted()
                 else:
-                    uplink_free = self._schedule(queue, order, uplink_free,
+                    uplink_free = self._schedule(order, uplink_free,
                                                  msgpack.unpackb(rest[0].bytes),
                                                  tuple(msgpack.unpackb(rest[1].bytes)),
                                                  rest[2:], lossy=kind == b"M")
@@ -223,35 +224,58 @@ class LinkEmulator:
                 sock.close(linger=0)
             pipe.close(linger=0)
 
-    def _schedule(self, queue, order, uplink_free: float, peer, account: tuple, frames,
+    def _schedule(self, order, uplink_free: float, peer, account: tuple, frames,
                   lossy: bool = True) -> float:
         """Put one message on the uplink; return when the uplink is free again."""
         spec, now = self.spec, time.monotonic()
         nbytes = sum(len(f) for f in frames)
-        left = max(now, uplink_free) + spec.transmit_s(nbytes)
-        if lossy and spec.loss and self._rng.random() < spec.loss:
-            self.lost += 1
-            self._release(peer, ("sent", peer, *account))  # it used the uplink
+        left, k = max(now, uplink_free) + spec.transmit_s(nbytes), next(order)
+        lost = lossy and spec.loss and self._rng.random() < spec.loss
+        heapq.heappush(self._departures, (left, k, peer, account, bool(lost)))
+        if lost:  # it uses the uplink, and goes no further
             return left
         delay = spec.latency_ms
         if spec.jitter_ms:
             delay = max(0.0, delay + spec.jitter_ms * self._rng.standard_normal())
         arrive = max(left + delay / 1000.0, self._last_arrival.get(peer, 0.0))
         self._last_arrival[peer] = arrive
-        heapq.heappush(queue, (arrive, next(order), peer, account, frames))
+        heapq.heappush(self._arrivals, (arrive, k, peer, frames))
         return left
 
     def _release(self, peer, event: tuple) -> None:
+        """A message leaves the backlog: ``event`` goes to the endpoint's counters."""
         self._counters.later(*event)
         self._released[peer] = self._released.get(peer, 0) + 1
 
-    def _deliver(self, sock, peer, account: tuple, frames) -> None:
-        if sock is None:
-            self._release(peer, ("drop", "send_unknown_peer"))
-            return
-        try:
-            sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:  # the receiver's queue is full, as for an unemulated socket
-            self._release(peer, ("drop", "send_queue_full"))
-            return
-        self._release(peer, ("sent", peer, *account))
+    def _depart(self, now: float) -> None:
+        """Messages whose last byte left the uplink by ``now`` count as sent."""
+        while self._departures and self._departures[0][0] <= now:
+            _, _, peer, account, lost = heapq.heappop(self._departures)
+            self.lost += lost
+            self._release(peer, ("sent", peer, *account))
+
+    def _arrive(self, now: float, socks: dict) -> None:
+        """Hand to the peer's socket what reaches it by ``now``."""
+        while self._arrivals and self._arrivals[0][0] <= now:
+            _, k, peer, frames = heapq.heappop(self._arrivals)
+            if k in self._cancelled:
+                self._cancelled.discard(k)
+                continue
+            sock = socks.get(peer)
+            if sock is None:
+                self._counters.later("drop", "send_unknown_peer")
+                continue
+            try:
+                sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:  # sent, and lost at a full receiving queue
+                self._counters.later("drop", "arrival_queue_full")
+
+    def _discard_undeparted(self) -> None:
+        """Drop what has not left the uplink (``link_unsent``); what is in flight still
+        arrives."""
+        while self._departures:
+            _, k, peer, _, lost = heapq.heappop(self._departures)
+            if not lost:
+                self._cancelled.add(k)
+            self._release(peer, ("drop", "link_unsent"))
+        self._discarded.set()

@@ -93,6 +93,12 @@ class Mailbox:
         # again), and whether this node is offline itself (it then hears nothing).
         self.away: set = set()
         self.left_at: dict = {}  # peer -> when (monotonic) its latest leave came
+        # peers whose latest message asked to be caught up (a pull): they send nothing
+        # before an answer, which a gossip node gives with its next round's messages,
+        # so its waits do not wait for them (wait_for_pullers False); a coordinator's
+        # next instruction is its answer, and it waits for the reply
+        self.pulling: set = set()
+        self.wait_for_pullers = True
         self.done: set = set()
         self.gone: set = set()  # dead, the launcher said: away until restarted
         self.offline = False
@@ -190,8 +196,12 @@ class Mailbox:
             return
         if msg.src not in self.gone:  # a dead peer's last messages may still come in
             self.away.discard(msg.src)
-        if msg.kind in DATA_KINDS and msg.round > self.last_heard.get(msg.src, -1):
-            self.last_heard[msg.src] = msg.round
+        if msg.kind == "pull":
+            self.pulling.add(msg.src)
+        elif msg.kind in DATA_KINDS:
+            self.pulling.discard(msg.src)
+            if msg.round > self.last_heard.get(msg.src, -1):
+                self.last_heard[msg.src] = msg.round
 
     def _wait(self, ready: Callable[[], bool], timeout: float, wall: bool = False) -> None:
         """Receive and route messages until ``ready()``, a stop, or ``timeout`` seconds.
@@ -270,13 +280,12 @@ class Mailbox:
         # Not waited for any more: a peer that says it left, one already heard from
         # for a later round (a peer's messages arrive in order, so this round's is
         # not coming: it was lost, or dropped while we were away), and one back from
-        # away that asked to be caught up and sent nothing since (it waits for our
-        # answer, which goes with our next round's messages).
+        # away or restarted that asked to be caught up (see ``pulling``).
+        pullers = set() if self.wait_for_pullers else self.pulling
+
         def done() -> bool:
-            pulls = self._requests.get("pull", {})
             return all(j in slot or j in self.away or self.last_heard.get(j, -1) > round
-                       or (j in pulls and self.last_heard.get(j, -1) <= pulls[j].round)
-                       for j in expected)
+                       or j in pullers for j in expected)
 
         self._wait(done, timeout)
         return self._pending.pop((kind, round), {})
