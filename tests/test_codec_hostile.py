@@ -73,6 +73,17 @@ def test_orthonormalising_a_vanished_matrix_is_quadratic_not_cubic():
     assert np.allclose(q.T @ q, np.eye(80), atol=1e-6)
 
 
+def _per_tensor(*slots: bytes) -> bytes:
+    """A per-tensor message (wire format 3): the index of slot sizes, then the slots."""
+    index = Writer()
+    index.raw(b"PT")
+    index.byte(3)
+    index.varint(len(slots))
+    for slot in slots:
+        index.varint(len(slot))
+    return index.tobytes() + b"".join(slots)
+
+
 def test_a_per_tensor_slot_must_declare_the_expected_shape():
     """An explicit header in a slot was read at any size up to 2**28 entries: a 34-byte
     reply made the coordinator allocate 5 GiB before the shape check refused it."""
@@ -86,17 +97,9 @@ def test_a_per_tensor_slot_must_declare_the_expected_shape():
     w.f32(1.0)
     w.varint(2)
     w.byte(0)
-    b0 = w.tobytes()
-    b1 = b"\xa2\x00\x18" + struct.pack("<f", 1.0) + b"\x00\x00"
-    index = Writer()
-    index.raw(b"PT")
-    index.byte(3)
-    index.varint(2)
-    index.varint(len(b0))
-    index.varint(len(b1))
+    blob = _per_tensor(w.tobytes(), b"\xa2\x00\x18" + struct.pack("<f", 1.0) + b"\x00\x00")
     with pytest.raises(CodecError, match=r"shape \(268435456,\) where \(10, 10\) is expected"):
-        dec.decode(1, Packet("stc:0.01+golomb", [index.tobytes() + b0 + b1], round=1),
-                   torch.zeros(110))
+        dec.decode(1, Packet("stc:0.01+golomb", [blob], round=1), torch.zeros(110))
 
 
 def test_an_stc_worker_refuses_a_downlink_that_makes_its_model_nan():
@@ -124,14 +127,7 @@ def test_an_stc_worker_refuses_a_downlink_that_makes_its_model_nan():
     def slot(n):  # implicit header, dense body, raw float32 values
         return b"\xa2\x00\x00" + struct.pack(f"<{n}f", *([float("nan")] * n))
 
-    b0, b1 = slot(12), slot(4)
-    index = Writer()
-    index.raw(b"PT")
-    index.byte(3)
-    index.varint(2)
-    index.varint(len(b0))
-    index.varint(len(b1))
-    packet = Packet("stc:0.1+golomb", [index.tobytes() + b0 + b1],
+    packet = Packet("stc:0.1+golomb", [_per_tensor(slot(12), slot(4))],
                     meta={"at": 1, "base": 0, "nf": [1]}, round=1)
     with pytest.raises(ValueError, match="NaN or inf"):
         client.apply(1, packet)

@@ -132,7 +132,7 @@ def test_a_ray_session_the_caller_started_is_used_and_kept(tmp_path):
     """With ray.init() done by the caller, --backend ray raised Ray's own 'called
     ray.init twice'; actor names then also collided between two runs of one process."""
     code = ("import ray, p2pfl\n"
-            "ray.init(include_dashboard=False, num_cpus=2, logging_level=40)\n"
+            "ray.init(address='local', include_dashboard=False, num_cpus=2, logging_level=40)\n"
             "for k in range(2):\n"
             f"    r = p2pfl.run_cluster('ring:3', backend='ray', rounds=2, quiet=True,"
             f" out={str(tmp_path)!r} + f'/run{{k}}')\n"
