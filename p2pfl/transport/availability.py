@@ -37,8 +37,6 @@ class AvailabilitySpec:
         if any(not 0 <= a < b for a, b in spans):
             raise ConfigError("offline intervals need 0 <= start < end")
         object.__setattr__(self, "intervals", tuple(sorted(spans)))
-        if any(not 0 <= a < math.inf for a, _ in spans):
-            raise ConfigError("offline intervals need a finite start")
         if (self.churn_on_s > 0) != (self.churn_off_s > 0) or not (
                 math.isfinite(self.churn_on_s) and math.isfinite(self.churn_off_s)):
             raise ConfigError("churn needs positive, finite mean online and offline times")
