@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import defaultdict
 
 from p2pfl.atomic import write_atomic
 from p2pfl.errors import UsageError
@@ -50,35 +51,48 @@ _GLOBAL_STYLE = {"linewidth": 2.0, "color": "tab:red", "linestyle": "--", "zorde
 def _read_records(run_dir):
     """The per-node records of ``metrics.jsonl``; UsageError if there are none."""
     if not os.path.isdir(run_dir):
-        raise UsageError(f"run folder {run_dir!r} does not exist")
+        what = "is not a folder" if os.path.exists(run_dir) else "does not exist"
+        raise UsageError(f"run folder {run_dir!r} {what}")
     path = os.path.join(run_dir, "metrics.jsonl")
-    try:
-        with open(path, encoding="utf-8") as fh:
+    try:  # a torn line's bad bytes fail its JSON below, not the whole file
+        with open(path, encoding="utf-8", errors="replace") as fh:
             lines = fh.read().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or type(exc).__name__
-        raise UsageError(f"cannot read {path}: {reason}") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
     records = []
     for line in lines:
         try:
             rec = json.loads(line)
         except ValueError:  # a truncated last line of a live or killed run
             continue
-        if isinstance(rec, dict) and "round" in rec and "node" in rec:
+        if (isinstance(rec, dict) and "round" in rec and type(rec.get("node")) in (int, str)):
             records.append(rec)
     if not records:
         raise UsageError(f"{path} holds no metrics records")
     return records
 
 
-def _read_summary(run_dir):
-    """``summary.json`` as a dict; ``{}`` when absent or unreadable (runs in progress)."""
+def _read_json(run_dir, name):
+    """``name`` in ``run_dir`` as a dict; ``{}`` when absent or unreadable."""
     try:
-        with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as fh:
-            summary = json.load(fh)
+        with open(os.path.join(run_dir, name), encoding="utf-8") as fh:
+            data = json.load(fh)
     except (OSError, ValueError):
         return {}
-    return summary if isinstance(summary, dict) else {}
+    return data if isinstance(data, dict) else {}
+
+
+def _read_summary(run_dir):
+    """``summary.json``; while a run has none (in progress, or its launcher killed), what
+    ``config.json`` says of the run (mode, dataset, model, nodes)."""
+    summary = _read_json(run_dir, "summary.json")
+    if summary:
+        return summary
+    config = _read_json(run_dir, "config.json")
+    resolved = config.get("resolved") if isinstance(config.get("resolved"), dict) else {}
+    return {k: v for k, v in dict(config, nodes=resolved.get("nodes"),
+                                  algorithm=resolved.get("algorithm")).items()
+            if k in ("mode", "algorithm", "dataset", "model", "nodes")}
 
 
 def _is_coordinator(rec):
@@ -107,11 +121,13 @@ def _series(records):
     ``labels[node]``.
     """
     rows = {}  # (node, round) -> record; a repeated record replaces the earlier one
+    sent = defaultdict(float)  # (node, round) -> MB: every record's, each counts since the last
     for rec in records:
         rnd = _number(rec["round"])
         if rnd is None or _is_coordinator(rec):
             continue
         rows[(rec["node"], int(rnd))] = rec
+        sent[(rec["node"], int(rnd))] += max(0.0, _number(rec.get("bytes_sent")) or 0.0) / 1e6
     nodes = sorted({node for node, _ in rows}, key=_node_key)
     rounds = sorted({rnd for _, rnd in rows})
     acc = {node: {} for node in nodes}
@@ -122,7 +138,7 @@ def _series(records):
         for rnd in rounds:
             rec = rows.get((node, rnd))
             if rec is not None:
-                total += max(0.0, _number(rec.get("bytes_sent")) or 0.0) / 1e6
+                total += sent[(node, rnd)]
                 a = _number(rec.get("accuracy"))
                 if a is not None:
                     acc[node][rnd] = a
@@ -145,22 +161,37 @@ def _mean_curve(nodes, rounds, acc, mb):
     return out_r, out_mb, out_acc
 
 
-def _global_curve(summary):
-    """The server-mode global model's ``(rounds, accuracies)`` (a CFL run's clusters,
-    an FD run's ensemble), or None.  Not ``accuracy_per_round``: that is the workers'
-    mean, each evaluated before it trained, on the previous round's model."""
-    if summary.get("mode", "gossip") == "gossip":
+#: A server run's own accuracy curve: the key in summary.json (per round) and in the
+#: coordinator's records, and its legend label.
+_SERVER_CURVES = (("global_accuracy", "global model"),
+                  ("cluster_accuracy", "cluster models (weighted)"),
+                  ("ensemble_accuracy", "ensemble (public set)"))
+
+
+def _global_curve(summary, records):
+    """The server-mode model's ``(rounds, accuracies, label)``: the global model's, a CFL
+    run's clusters', an FD run's ensemble's; None in gossip.  From summary.json, or from
+    the coordinator's records while a run has none (live, or its launcher killed).  Not
+    ``accuracy_per_round``: that is the workers' mean, each evaluated before it trained,
+    on the previous round's model."""
+    coordinator = [r for r in records if _is_coordinator(r)]
+    if summary.get("mode") == "gossip" or not coordinator:
         return None
-    rows = next((summary[k] for k in ("global_accuracy_per_round", "cluster_accuracy_per_round",
-                                      "ensemble_accuracy_per_round") if summary.get(k)), [])
-    xs, ys = [], []
-    for item in rows if isinstance(rows, list) else []:
-        if isinstance(item, (list, tuple)) and len(item) == 2:
-            r, a = _number(item[0]), _number(item[1])
-            if r is not None and a is not None:
-                xs.append(r)
-                ys.append(a)
-    return (xs, ys) if xs else None
+    candidates = [(summary.get(key + "_per_round"), label) for key, label in _SERVER_CURVES]
+    if not any(rows for rows, _ in candidates):  # no summary yet: the records have them
+        candidates = [([[r["round"], r[key]] for r in coordinator if key in r], label)
+                      for key, label in _SERVER_CURVES]
+    for rows, label in candidates:
+        xs, ys = [], []
+        for item in rows if isinstance(rows, list) else []:
+            if isinstance(item, (list, tuple)) and len(item) == 2:
+                r, a = _number(item[0]), _number(item[1])
+                if r is not None and a is not None:
+                    xs.append(r)
+                    ys.append(a)
+        if xs:
+            return xs, ys, label
+    return None
 
 
 def _title(summary, run_dir):
@@ -232,12 +263,13 @@ def plot_run(run_dir: str) -> list[str]:
         accuracy in it, or matplotlib not installed.
     """
     run_dir = os.fspath(run_dir)
-    nodes, rounds, acc, mb, labels = _series(_read_records(run_dir))
+    records = _read_records(run_dir)
+    nodes, rounds, acc, mb, labels = _series(records)
     summary = _read_summary(run_dir)
     title = _title(summary, run_dir)
     legend_nodes = len(nodes) <= _MAX_LEGEND_NODES
     mean_r, mean_mb, mean_acc = _mean_curve(nodes, rounds, acc, mb)
-    global_curve = _global_curve(summary)
+    global_curve = _global_curve(summary, records)
     if not global_curve and not any(acc[node] for node in nodes):
         raise UsageError(f"{run_dir}: no round recorded a test accuracy (an exchange-only "
                          "run, --local-steps 0?): nothing to plot")
@@ -251,7 +283,7 @@ def plot_run(run_dir: str) -> list[str]:
     if mean_r:
         ax.plot(mean_r, mean_acc, label="mean", **_MEAN_STYLE)
     if global_curve:
-        ax.plot(*global_curve, label="global model", **_GLOBAL_STYLE)
+        ax.plot(global_curve[0], global_curve[1], label=global_curve[2], **_GLOBAL_STYLE)
     _finish(ax, "round", "test accuracy", title,
             bool(ax.get_legend_handles_labels()[0]))
     written = [_save(fig, os.path.join(run_dir, ROUND_PNG))]

@@ -166,13 +166,55 @@ def test_plot_curves_linear_and_errors(tmp_path):
 
 
 def test_the_global_line_of_a_server_run_is_the_global_models():
-    """It plotted accuracy_per_round, the workers' mean (one round behind)."""
+    """It plotted accuracy_per_round, the workers' mean (one round behind); an FD run's
+    ensemble was labelled 'global model'; without summary.json (a live or killed run)
+    there was no line at all, although the coordinator's records hold it."""
     from p2pfl.plot import _global_curve
 
+    coord = [{"round": r, "node": 4, "role": "coordinator", "global_accuracy": a}
+             for r, a in ((1, 0.5), (2, 0.7))]
     summary = {"mode": "fedavg", "accuracy_per_round": [[1, 0.2], [2, 0.4]],
                "global_accuracy_per_round": [[1, 0.5], [2, 0.7]]}
-    assert _global_curve(summary) == ([1, 2], [0.5, 0.7])
+    assert _global_curve(summary, coord) == ([1, 2], [0.5, 0.7], "global model")
+    assert _global_curve({}, coord) == ([1, 2], [0.5, 0.7], "global model")
     summary = {"mode": "cfd", "accuracy_per_round": [[1, 0.2]],
                "ensemble_accuracy_per_round": [[1, 0.6]]}
-    assert _global_curve(summary) == ([1], [0.6])
-    assert _global_curve({"mode": "gossip", "accuracy_per_round": [[1, 0.2]]}) is None
+    assert _global_curve(summary, coord) == ([1], [0.6], "ensemble (public set)")
+    assert _global_curve({"mode": "gossip", "accuracy_per_round": [[1, 0.2]]}, []) is None
+
+
+def test_every_record_of_a_round_counts_its_bytes(tmp_path):
+    """A run stopped early writes round N twice (its record, then the final one); only
+    the last one's bytes were counted, so the MB curve ended short."""
+    from p2pfl.plot import _series
+
+    recs = [{"round": 1, "node": 0, "accuracy": 0.5, "bytes_sent": 1_000_000},
+            {"round": 2, "node": 0, "accuracy": 0.6, "bytes_sent": 1_000_000},
+            {"round": 2, "node": 0, "accuracy": 0.7, "bytes_sent": 500_000, "final": True}]
+    _, rounds, acc, mb, _ = _series(recs)
+    assert mb[0] == [1.0, 2.5] and acc[0][2] == 0.7
+
+
+def test_damaged_records_and_a_file_for_a_folder(tmp_path):
+    """An unhashable node id was a TypeError traceback; one byte that is not UTF-8
+    made the whole file unreadable; a file was said not to exist."""
+    folder = tmp_path / "run"
+    _write_run(folder, _gossip_records() + [{"round": 1, "node": [1], "accuracy": 0.5}])
+    with open(folder / "metrics.jsonl", "ab") as fh:
+        fh.write(b'{"round": 6, "node": 0, "accur\xff')
+    assert len(plot_run(str(folder))) == 3
+    with pytest.raises(UsageError, match="is not a folder"):
+        plot_run(str(folder / "metrics.jsonl"))
+
+
+def test_bench_measures_stateful_codecs():
+    """A temporal or alternating codec's third message refers to its second, which the
+    bench's decoder had not seen: TemporalGap, a traceback, and no row at all."""
+    import torch
+
+    from p2pfl.compression.bench import bench_one
+
+    x = torch.randn(64, 32, generator=torch.Generator().manual_seed(0))
+    for spec in ("quant:0.01+cabac:temporal", "powersgd:2:alternate"):
+        row = bench_one(spec, "m", x)
+        assert row["bits_per_param"] > 0 and row["rel_l2"] < 1.0

@@ -110,13 +110,20 @@ def _level_entropy(codec, x: torch.Tensor) -> float | None:
 
 
 def bench_one(spec: str, name: str, x: torch.Tensor, repeats: int = 3) -> dict:
-    codec = make_codec(spec, error_feedback=False, seed=0)
-    t_enc, frames = _best_of(lambda: codec.encode(x), repeats)
-    t_dec, y = _best_of(lambda: codec.decode(frames), repeats)
+    """One codec on one tensor.  Each timed encode is a fresh encoder's first message,
+    decoded by a fresh decoder: a stateful codec (``cabac:temporal``,
+    ``powersgd:R:alternate``) sends a chain's later messages against earlier ones,
+    which a decoder must have seen."""
+    def fresh():
+        return make_codec(spec, error_feedback=False, seed=0)
+
+    encoders, decoders = [fresh() for _ in range(repeats)], [fresh() for _ in range(repeats)]
+    t_enc, frames = _best_of(lambda: encoders.pop().encode(x), repeats)
+    t_dec, y = _best_of(lambda: decoders.pop().decode(frames), repeats)
     bits = 8 * wire_size(frames)
     mb = 4 * x.numel() / 1e6
     norm = float(x.double().norm())
-    ent = _level_entropy(codec, x)
+    ent = _level_entropy(fresh(), x)
     return {
         "codec": spec, "tensor": name, "numel": x.numel(),
         "bits_per_param": bits / x.numel(),
