@@ -182,6 +182,11 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
     return status
 
 
+#: How long a finished node waits for its protocol messages (a final leave, ...) to leave
+#: an emulated uplink once the round payloads queued before them are dropped.
+PROTOCOL_DRAIN_S = 5.0
+
+
 def _drain_time(spec) -> float:
     """How long a finished node lets its emulated uplink send what it holds: a round
     time-out (what a synchronous peer waits for our last messages), and for a server
@@ -200,10 +205,11 @@ def _drain_link(ep: Endpoint, mailbox: Mailbox, timeout: float) -> None:
     A synchronous peer may still wait for our last round's messages, and waits at most
     a round time-out for them; an asynchronous node's leftovers are stale models.
     """
-    deadline = time.monotonic() + timeout
-    while ep.link_backlog() and not mailbox.stopped and time.monotonic() < deadline:
-        mailbox.idle(0.01)  # off the host's CPU gate; a stop or a lost launcher ends it
-    ep.discard_link_backlog()
+    for wait in (timeout, PROTOCOL_DRAIN_S):  # then what the protocol still sends
+        deadline = time.monotonic() + wait
+        while ep.link_backlog() and not mailbox.stopped and time.monotonic() < deadline:
+            mailbox.idle(0.01)  # off the host's CPU gate; a stop or a lost launcher ends it
+        ep.discard_link_backlog()  # payloads; a final leave, a pull, ... leave at once
 
 
 def _await_stop(mailbox: Mailbox, timeout: float) -> None:

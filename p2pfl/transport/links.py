@@ -23,9 +23,10 @@ A message counts as sent when its last byte leaves the emulated uplink (lost or
 not), not when the node hands it over: the emulator reports it to the endpoint's
 :class:`~p2pfl.transport.counters.ByteCounter`.  Each peer's backlog on the
 uplink is bounded by the endpoint's high-water mark, as a real socket's queue is:
-beyond it the endpoint drops the message (``send_queue_full``).  What has not left
-the uplink when the node finishes, after waiting for it to drain, is dropped and
-counted (``link_unsent``); what is in flight still arrives.  A message that
+beyond it the endpoint drops the message (``send_queue_full``).  The round payloads
+that have not left the uplink when the node finishes, after waiting for it to drain,
+are dropped and counted (``link_unsent``); the protocol's own messages among them leave
+then, and what is in flight still arrives.  A message that
 arrives at a full receiving queue was sent and is lost there
 (``arrival_queue_full``).
 
@@ -183,7 +184,7 @@ class LinkEmulator:
         socks: dict = {}
         # heaps of (time, order, ...): when each message leaves the uplink, and when
         # it reaches its peer (a lost one only leaves); emulator thread only
-        self._departures, self._arrivals, self._cancelled = [], [], set()
+        self._departures, self._arrivals = [], []
         order = itertools.count()
         uplink_free = 0.0
         stop_at = None
@@ -231,7 +232,7 @@ class LinkEmulator:
         nbytes = sum(len(f) for f in frames)
         left, k = max(now, uplink_free) + spec.transmit_s(nbytes), next(order)
         lost = lossy and spec.loss and self._rng.random() < spec.loss
-        heapq.heappush(self._departures, (left, k, peer, account, bool(lost)))
+        heapq.heappush(self._departures, (left, k, peer, account, bool(lost), lossy))
         if lost:  # it uses the uplink, and goes no further
             return left
         delay = spec.latency_ms
@@ -250,17 +251,14 @@ class LinkEmulator:
     def _depart(self, now: float) -> None:
         """Messages whose last byte left the uplink by ``now`` count as sent."""
         while self._departures and self._departures[0][0] <= now:
-            _, _, peer, account, lost = heapq.heappop(self._departures)
+            _, _, peer, account, lost, _ = heapq.heappop(self._departures)
             self.lost += lost
             self._release(peer, ("sent", peer, *account))
 
     def _arrive(self, now: float, socks: dict) -> None:
         """Hand to the peer's socket what reaches it by ``now``."""
         while self._arrivals and self._arrivals[0][0] <= now:
-            _, k, peer, frames = heapq.heappop(self._arrivals)
-            if k in self._cancelled:
-                self._cancelled.discard(k)
-                continue
+            _, _, peer, frames = heapq.heappop(self._arrivals)
             sock = socks.get(peer)
             if sock is None:
                 self._counters.later("drop", "send_unknown_peer")
@@ -271,11 +269,30 @@ class LinkEmulator:
                 self._counters.later("drop", "arrival_queue_full")
 
     def _discard_undeparted(self) -> None:
-        """Drop what has not left the uplink (``link_unsent``); what is in flight still
-        arrives."""
-        while self._departures:
-            _, k, peer, _, lost = heapq.heappop(self._departures)
-            if not lost:
-                self._cancelled.add(k)
-            self._release(peer, ("drop", "link_unsent"))
+        """Drop the round payloads that have not left the uplink (``link_unsent``).  The
+        protocol's own messages among them (a final leave, a pull, ...) always arrive, as
+        under loss: they leave now, in order, at the uplink's rate.  What is in flight
+        still arrives."""
+        now = free = time.monotonic()
+        gone, retimed = set(), []
+        for left, k, peer, account, lost, lossy in sorted(self._departures):
+            if lossy:
+                gone.add(k)
+                self._release(peer, ("drop", "link_unsent"))
+            else:
+                free += self.spec.transmit_s(account[1])
+                retimed.append((free, k, peer, account, False, False))
+        frames = {k: (peer, f) for _, k, peer, f in self._arrivals}
+        kept = [a for a in self._arrivals if a[1] not in gone and a[1] not in
+                {r[1] for r in retimed}]
+        last = {}  # peer -> the latest arrival still in flight (order per peer holds)
+        for arrive, _, peer, _ in kept:
+            last[peer] = max(last.get(peer, now), arrive)
+        for left, k, peer, _, _, _ in retimed:
+            if k in frames:
+                last[peer] = max(last.get(peer, now), left + self.spec.latency_ms / 1000.0)
+                kept.append((last[peer], k, peer, frames[k][1]))
+        self._departures, self._arrivals = retimed, kept
+        heapq.heapify(self._departures)
+        heapq.heapify(self._arrivals)
         self._discarded.set()
