@@ -149,7 +149,7 @@ def _load_digits(seed, cache_dir=None):
 
 def _read_npz(path, shapes):
     """The arrays of a cached ``.npz``, or None when it is missing, corrupt, or has
-    other shapes than ``shapes`` (key: shape; None in a shape matches any size)."""
+    other shapes than ``shapes`` (key: shape)."""
     if not path.exists():
         return None
     try:
@@ -157,11 +157,8 @@ def _read_npz(path, shapes):
             arrays = {k: z[k] for k in shapes}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
         return None  # corrupt cache: make it again
-    for key, shape in shapes.items():
-        have = arrays[key].shape
-        if len(have) != len(shape) or any(s is not None and s != h
-                                          for s, h in zip(shape, have)):
-            return None  # not the arrays this version writes: make them again
+    if any(arrays[key].shape != shape for key, shape in shapes.items()):
+        return None  # not the arrays this version writes: make them again
     return arrays
 
 

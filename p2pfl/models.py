@@ -135,19 +135,20 @@ def probe_model(model: nn.Module, ds, what: str) -> None:
     x = torch.from_numpy(ds.x_train[:2].copy())
     try:
         out = model(x)
-        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(x), ds.num_classes):
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ConfigError(f"model {what} maps a batch of {tuple(x.shape)} to {shape}; "
-                              f"expected ({len(x)}, {ds.num_classes}) class logits")
-        if not any(p.requires_grad for p in model.parameters()):
-            raise ConfigError(f"model {what} has no trainable parameters")
-        out.float().logsumexp(1).sum().backward()
     except (RuntimeError, TypeError, ValueError, IndexError) as exc:
-        if isinstance(exc, ConfigError):
-            raise
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ConfigError(f"model {what} fails on a batch of {tuple(x.shape)}: {first}") \
             from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(x), ds.num_classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"model {what} maps a batch of {tuple(x.shape)} to {shape}; "
+                          f"expected ({len(x)}, {ds.num_classes}) class logits")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"model {what} has no trainable parameters")
+    try:
+        out.float().logsumexp(1).sum().backward()
+    except RuntimeError as exc:
+        raise ConfigError(f"model {what} cannot be trained: {exc}") from None
     finally:
         model.zero_grad(set_to_none=True)
 

@@ -71,8 +71,8 @@ def _graph_record(p: Plan, graph) -> Plan:
     record = dict(p.record, topology=name)
     record["resolved"] = dict(record["resolved"], graph_edges=[
         [plain_label(u), plain_label(v)] for u, v in graph.edges()])
-    base = p.summary_base
-    if base.get("topology") != "star (coordinator)":  # a server run's workers: its nodes
+    base = p.summary_base  # a server run's summary topology is its star
+    if p.closer is None:
         base = dict(base, topology=name)
     return dataclasses.replace(p, record=record, summary_base=base)
 

@@ -30,7 +30,7 @@ def check_codec(spec: str) -> str:
     return spec
 
 
-def _check_learning(learns: list) -> None:
+def _check_learning(learns: list) -> dict:
     """Load the dataset, compute the partition, build every distinct model once.
 
     The loaded data and the partition are cached in this process, so forked
@@ -40,20 +40,20 @@ def _check_learning(learns: list) -> None:
     from .models import CUSTOM, probe_model
 
     first = learns[0]
-    shared_dataset(first.dataset, first.seed, first.data_dir)
+    ds = shared_dataset(first.dataset, first.seed, first.data_dir)
     warm_up()
     shard_indices(first, 0)
-    seen = set()
+    shapes = {}  # model name -> its parameters' shapes (its architecture)
     for learn in learns:
-        if learn.model not in seen:
-            seen.add(learn.model)
+        if learn.model not in shapes:
             model = build_run_model(learn)
+            shapes[learn.model] = tuple(tuple(p.shape) for p in model.parameters())
             if learn.model in CUSTOM:  # ours fit the data by construction
-                probe_model(model, shared_dataset(first.dataset, first.seed, first.data_dir),
-                            type(CUSTOM[learn.model]).__name__)
+                probe_model(model, ds, type(CUSTOM[learn.model]).__name__)
         if learn.behaviour not in BEHAVIOURS:
             raise ConfigError(f"unknown behaviour {learn.behaviour!r}; valid: "
                               f"{', '.join(BEHAVIOURS)}")
+    return shapes
 
 
 def model_name(cfg: RunConfig, name) -> str:
@@ -146,30 +146,28 @@ def learn_specs(cfg: RunConfig, labels: list) -> tuple[list, list]:
     shared = () if equal else tuple(shares)
     learns = [_learn_spec(cfg, o, shared, labels[i], len(labels))
               for i, o in enumerate(per_node)]
-    _check_learning(learns)
+    shapes = _check_learning(learns)
     if cfg.mode not in ("fd", "cfd"):  # those exchange soft labels, and may mix models
-        _check_one_model(cfg, learns)
+        _check_one_model(cfg, learns, shapes)
     if cfg.backend == "local" and not cfg.listen:  # remote hosts may have other GPUs
         _check_devices(learns)
     return per_node, learns
 
 
-def _check_one_model(cfg: RunConfig, learns: list) -> None:
+def _check_one_model(cfg: RunConfig, learns: list, shapes: dict) -> None:
     """Nodes that exchange models, and a coordinator that aggregates them, must all
-    have one architecture: ``mlp`` and ``mlp:64`` are one, ``mlp`` and ``cnn`` two."""
+    have one architecture (``shapes``: each node model's parameter shapes): ``mlp`` and
+    ``mlp:64`` are one, ``mlp`` and ``cnn`` two."""
     from .learner import build_run_model
 
-    names = {learn.model for learn in learns}
-    if cfg.mode != "gossip":  # the coordinator's model is the run's
-        names.add(model_name(cfg, cfg.model))
-    if len(names) < 2:
-        return
-    shapes = {name: tuple(tuple(p.shape) for p in build_run_model(
-        dataclasses.replace(learns[0], model=name)).parameters()) for name in sorted(names)}
+    coordinator = model_name(cfg, cfg.model) if cfg.mode != "gossip" else None
+    if coordinator is not None and coordinator not in shapes:  # the run's model is its
+        model = build_run_model(dataclasses.replace(learns[0], model=coordinator))
+        shapes = {**shapes, coordinator: tuple(tuple(p.shape) for p in model.parameters())}
     if len(set(shapes.values())) > 1:
         who = "nodes and coordinator" if cfg.mode != "gossip" else "nodes"
         raise ConfigError(f"{cfg.profiles or '--model'}: the {who} of --mode {cfg.mode} must "
-                          f"share one model, but have {', '.join(sorted(names))}; only fd "
+                          f"share one model, but have {', '.join(sorted(shapes))}; only fd "
                           "and cfd mix models")
 
 

@@ -165,7 +165,8 @@ class LinkEmulator:
                                    msgpack.packb(account)] + list(parts), copy=False)
 
     def discard(self, timeout: float = 5.0) -> None:
-        """Drop what is still queued, counting each message as ``link_unsent``."""
+        """Drop the round payloads that have not left the uplink (``link_unsent``); the
+        protocol's messages among them leave at once (:meth:`_discard_undeparted`)."""
         self._discarded.clear()
         self._pipe.send_multipart([b"X"])
         self._discarded.wait(timeout)
@@ -274,24 +275,21 @@ class LinkEmulator:
         under loss: they leave now, in order, at the uplink's rate.  What is in flight
         still arrives."""
         now = free = time.monotonic()
-        gone, retimed = set(), []
-        for left, k, peer, account, lost, lossy in sorted(self._departures):
+        undeparted, retimed = {d[1] for d in self._departures}, []
+        for _, k, peer, account, _, lossy in sorted(self._departures):
             if lossy:
-                gone.add(k)
                 self._release(peer, ("drop", "link_unsent"))
             else:
                 free += self.spec.transmit_s(account[1])
                 retimed.append((free, k, peer, account, False, False))
-        frames = {k: (peer, f) for _, k, peer, f in self._arrivals}
-        kept = [a for a in self._arrivals if a[1] not in gone and a[1] not in
-                {r[1] for r in retimed}]
+        frames = {k: f for _, k, _, f in self._arrivals if k in undeparted}
+        kept = [a for a in self._arrivals if a[1] not in undeparted]
         last = {}  # peer -> the latest arrival still in flight (order per peer holds)
         for arrive, _, peer, _ in kept:
             last[peer] = max(last.get(peer, now), arrive)
-        for left, k, peer, _, _, _ in retimed:
-            if k in frames:
-                last[peer] = max(last.get(peer, now), left + self.spec.latency_ms / 1000.0)
-                kept.append((last[peer], k, peer, frames[k][1]))
+        for left, k, peer, *_ in retimed:  # a protocol message is never lost: it has frames
+            last[peer] = max(last.get(peer, now), left + self.spec.latency_ms / 1000.0)
+            kept.append((last[peer], k, peer, frames[k]))
         self._departures, self._arrivals = retimed, kept
         heapq.heapify(self._departures)
         heapq.heapify(self._arrivals)
