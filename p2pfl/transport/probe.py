@@ -141,6 +141,11 @@ class LoopbackCapture:
 
     def tcp_payloads(self, ports=None) -> list:
         """The TCP payloads of IPv4 packets (to or from one of ``ports``, if given)."""
+        return [payload for _, _, payload in self.tcp_segments(ports)]
+
+    def tcp_segments(self, ports=None) -> list:
+        """``(source port, destination port, payload)`` of each IPv4 TCP packet with a
+        payload (to or from one of ``ports``, if given)."""
         out = []
         for _, frame in self.packets:
             if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
@@ -154,7 +159,7 @@ class LoopbackCapture:
             total = struct.unpack_from("!H", frame, ip + 2)[0]
             data = tcp + (frame[tcp + 12] >> 4) * 4
             if ip + total > data:
-                out.append(frame[data:ip + total])
+                out.append((sport, dport, frame[data:ip + total]))
         return out
 
     def write_pcap(self, path: str) -> None:
