@@ -24,6 +24,7 @@ BENCHMARKS.md, "Transport").
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..native import load_extension
@@ -53,8 +54,12 @@ def _c_sum(x: torch.Tensor, w_self: float, vectors: list, weights: list):
     for a in arrays:
         if a.shape != shape:
             return None
-    out = torch.empty_like(x)
-    flat, w0 = out.numpy(), float(w_self)
+    # The result's buffer comes from numpy (plain malloc), not torch.empty (64-byte
+    # posix_memalign): the model-sized block a node frees each round then fits the next
+    # round's request exactly and is reused, where memalign's larger request made the
+    # heap fault fresh pages in every round (BENCHMARKS.md, "Transport").
+    flat, w0 = np.empty(shape, first.dtype), float(w_self)
+    out = torch.from_numpy(flat)
     try:
         for at in range(0, max(1, len(arrays)), _MAX_TERMS):
             finite = _c.weighted_sum(flat, first, w0, tuple(arrays[at:at + _MAX_TERMS]),
