@@ -150,6 +150,7 @@ class RunConfig:
             raise ConfigError("--filter-scaling applies to --mode stc and fedavg (sparse "
                               "updates to a server)")
         _check_mode_options(self)
+        _check_error_feedback(self)
         for name in ("stc_cache", "cfl_warmup", "public_size", "distill_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
@@ -294,7 +295,7 @@ MODE_OPTIONS = {
     "public_size": ("fd", "cfd"), "distill_steps": ("fd", "cfd"), "fd_bits": ("fd", "cfd"),
     "fd_delta": ("fd", "cfd"), "fd_coder": ("fd", "cfd"),
     "algorithm": ("gossip",), "schedule": ("gossip",), "mixing": ("gossip",),
-    "compression_down": ("stc",),
+    "compression_down": ("stc",), "error_feedback": ("gossip", "fedavg", "stc"),
 }
 
 
@@ -305,6 +306,20 @@ def _check_mode_options(cfg) -> None:
             where = "gossip" if modes == ("gossip",) else "--mode " + "|".join(modes)
             raise ConfigError(f"--{_flag(name)} applies to {where}, not to "
                               f"{'gossip' if cfg.mode == 'gossip' else '--mode ' + cfg.mode}")
+
+
+def _check_error_feedback(cfg) -> None:
+    """``--error-feedback on|off`` needs a compressed exchange to act on: in gossip and
+    FedAvg, a ``--compression`` (run-wide or in a profile); STC always compresses."""
+    if cfg.error_feedback == "auto" or cfg.mode == "stc" or cfg.compression != "none":
+        return
+    if cfg.profiles and not cfg.node_overrides:
+        return  # the profiles are not read yet; checked again once they are
+    prof = cfg.node_overrides or {}
+    tables = [prof.get("default", {}), *prof.get("nodes", {}).values()]
+    if all(t.get("compression", "none") == "none" for t in tables):
+        raise ConfigError("--error-feedback applies to compressed exchanges; this run has "
+                          "no --compression (nor one in its profiles)")
 
 
 def _flag(name: str) -> str:

@@ -151,3 +151,37 @@ def test_every_worker_of_another_model_than_the_coordinators_is_refused(tmp_path
     prof.write_text('[nodes.0]\nmodel = "mlp:64"\n')  # mlp is mlp:64: one model
     assert plan(from_sources(None, dict(topology="ring:3", profiles=str(prof),
                                         dataset="digits"))).specs
+
+
+@pytest.mark.parametrize("mode", ["fedavg", "fd"])
+def test_a_profiles_exchange_only_node_is_refused_in_server_modes(tmp_path, mode):
+    """`--local-steps 0` was refused there, but a profile's local_steps = 0 ran: the node
+    never trained, and its zero update was averaged in at its full data weight."""
+    prof = tmp_path / "p.toml"
+    prof.write_text("[nodes.0]\nlocal_steps = 0\n")
+    with pytest.raises(ConfigError, match="node 0: local_steps 0 .* applies to gossip"):
+        plan(from_sources(None, dict(mode=mode, nodes=3, profiles=str(prof),
+                                     dataset="digits")))
+    prof.write_text("[nodes.0]\nlocal_steps = 0\nlocal_epochs = 1\n")  # trains by epochs
+    assert plan(from_sources(None, dict(mode=mode, nodes=3, profiles=str(prof),
+                                        dataset="digits"))).specs
+
+
+@pytest.mark.parametrize("options, words", [
+    (dict(mode="cfl", nodes=3, error_feedback="off"), "applies to --mode gossip"),
+    (dict(mode="fd", nodes=3, error_feedback="on"), "applies to --mode gossip"),
+    (dict(mode="fedavg", nodes=3, error_feedback="on"), "no --compression"),
+    (dict(topology="ring:4", error_feedback="off"), "no --compression"),
+])
+def test_error_feedback_without_anything_to_feed_back_is_refused(options, words):
+    """These ran, and the switch changed nothing."""
+    with pytest.raises(ConfigError, match=words):
+        from_sources(None, options)
+
+
+def test_error_feedback_with_a_profiles_compression_is_taken(tmp_path):
+    prof = tmp_path / "p.toml"
+    prof.write_text('[nodes.1]\ncompression = "topk:0.1"\n')
+    cfg = from_sources(None, dict(topology="ring:4", error_feedback="off", profiles=str(prof)))
+    assert cfg.error_feedback == "off"
+    assert from_sources(None, dict(mode="stc", nodes=3, error_feedback="off")).mode == "stc"
