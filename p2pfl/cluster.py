@@ -302,6 +302,8 @@ class Launcher(Supervision):
             for j in self._spec[h.id].peers:  # before its start: which peers died meanwhile
                 if self.nodes[j].state == "failed":
                     self._tell_gone(self.nodes[j], h.id)
+                elif self.nodes[j].state == "done":  # finished: it answers nothing more
+                    self.ep.send(h.id, "peer", meta={"id": j, "gone": True})
             self.ep.send(h.id, "start", meta={"elapsed": time.monotonic() - self.t_start})
             if self._stop_sent:
                 self.ep.send(h.id, "stop")

@@ -218,3 +218,49 @@ def test_neighbours_do_not_wait_a_round_time_out_for_a_restarted_node(tmp_path):
     for node in (0, 2):
         walls = sorted(r["wall_s"] for r in recs if r["node"] == node)
         assert max(b - a for a, b in zip(walls, walls[1:])) < 6.0  # a restart, not 10 s
+
+
+def test_a_coordinator_killed_while_handing_out_final_models_hands_out_the_same(tmp_path):
+    """It used to resume from the round before and run the last round again: without the
+    workers that already had their final model and had left (a round time-out), and
+    handing the others a model that no record holds."""
+    out = str(tmp_path / "run")
+    proc = _cluster(out, "--mode", "fedavg", "--nodes", "4", "--rounds", "2",
+                    "--link", "up_mbps=0.2", "--round-timeout", "8")  # ~0.8 s a final model
+    try:
+        deadline = time.monotonic() + 90
+        while not any(r["role"] == "coordinator" and r["round"] == 2 for r in _records(out)):
+            assert proc.poll() is None and time.monotonic() < deadline, "run ended too early"
+            time.sleep(0.02)
+        time.sleep(1.2)  # one or two final models have left the slow uplink, not all four
+        _kill_when(out, "coordinator", lambda recs: True, proc)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        proc.kill()
+    s, recs = _summary(out), _records(out)
+    assert s["restarts"] == 1 and s["failed_nodes"] == {} and s["misses_total"] == 0
+    assert sorted(r["round"] for r in recs if r["role"] == "coordinator") == [1, 2]
+    final = dict(s["global_accuracy_per_round"])[2]
+    assert set(s["final_accuracy_by_worker"].values()) == {final}
+
+
+def test_a_restarted_coordinator_hears_that_a_worker_is_offline(tmp_path):
+    """The worker had told the coordinator that died; the new one waited for it every
+    round (29 misses in 30 rounds) until the worker re-announced itself on the move."""
+    trace = tmp_path / "avail.csv"
+    trace.write_text("node,offline_start_s,offline_end_s\n0,0.5,1000\n")
+    out = str(tmp_path / "run")
+    proc = _cluster(out, "--mode", "fedavg", "--nodes", "4", "--rounds", "30",
+                    "--link", "latency_ms=100", "--round-timeout", "2",
+                    "--availability", str(trace))
+    try:
+        _kill_when(out, "coordinator", lambda recs: any(
+            r["role"] == "coordinator" and r["participants"] == 3 for r in recs), proc)
+        assert proc.wait(timeout=180) == 0
+    finally:
+        proc.kill()
+    s, recs = _summary(out), _records(out)
+    assert s["restarts"] == 1 and s["failed_nodes"] == {}
+    assert s["misses_total"] == 0
+    last = max((r for r in recs if r["role"] == "coordinator"), key=lambda r: r["round"])
+    assert last["round"] == 30 and last["participants"] == 3

@@ -97,11 +97,16 @@ class Coordinator:
         ``rejoin``: this process replaces one that died after recording round
         ``after``.  It resumes after its last checkpoint; a round recorded but
         not checkpointed (the process died in between) is run again without a
-        second record.  Records are sent before each checkpoint is written.
+        second record.  Records are sent before each checkpoint is written, except
+        the last round's: its checkpoint holds the record and is written before the
+        final models leave, so a coordinator that died while handing them out hands
+        out the same ones again, instead of running the last round a second time
+        without the workers that already have theirs and left.
         """
-        rnd, finished = 0, False
+        rnd, finished, held = 0, False, None
         if rejoin and self.checkpoint and os.path.exists(self.checkpoint):
-            rnd = self.resume()
+            rnd, held = self.resume()
+            finished = held is not None
         recorded = after if rejoin else 0
         while not finished:
             rnd += 1
@@ -115,36 +120,50 @@ class Coordinator:
             finished = (self.strategy.done(rnd) or rnd >= self.strategy.rounds
                         or self.rt.stopped or self.rt.finish_requested
                         or set(self.workers) <= self.rt.done)  # every worker died
-            if finished:
-                for w in self.workers:
-                    if w in self.rt.done:  # dead, and not restarted: nobody to hand it to
-                        continue
-                    self.rt.send(w, "control", rnd + 1, self.strategy.finalize(w), final=True)
-            if rnd > recorded:
-                self.record(rnd, replies, fields)
+            held = self.record_of(replies, fields)
             self.last_round = rnd
-            if self.checkpoint and not finished:
+            if finished:
+                break
+            if rnd > recorded:
+                self.rt.report(rnd, held)
+            if self.checkpoint:
                 # The round's record leaves before its checkpoint is written: a restart
                 # resumes after the checkpoint, so a record still held would be lost.
                 self.rt.flush()
                 self.save()
+        if self.checkpoint:
+            self.save(final_record=held)
+        for w in self.workers:
+            if w not in self.rt.done:  # dead, and not restarted: nobody to hand it to
+                self.rt.send(w, "control", rnd + 1, self.strategy.finalize(w), final=True)
+        if rnd > recorded:  # after the final models: the record counts their bytes
+            self.rt.report(rnd, held)
         return rnd
 
-    def save(self) -> None:
+    def save(self, final_record: dict | None = None) -> None:
         """Checkpoint after a completed round: the strategy's state (global models,
-        residuals, STC cache, CFL clusters, FD aggregates) and the sampler's RNG."""
-        checkpoint.save(self.checkpoint, self.last_round, {
-            "strategy": self.strategy.state(), "rng": self.rng.bit_generator.state,
-            "misses": dict(self.misses), "errors": dict(self.errors)})
+        residuals, STC cache, CFL clusters, FD aggregates), the sampler's RNG and the
+        workers' runs of silent rounds; after the last round, its record as well."""
+        state = {"strategy": self.strategy.state(), "rng": self.rng.bit_generator.state,
+                 "misses": dict(self.misses), "errors": dict(self.errors),
+                 "silent": [[w, n, since] for w, (n, since) in self._silent.items()]}
+        if final_record is not None:
+            state["final_record"] = final_record
+        checkpoint.save(self.checkpoint, self.last_round, state)
 
-    def resume(self) -> int:
-        """Restarted: continue after the last checkpointed round."""
+    def resume(self) -> tuple[int, dict | None]:
+        """Restarted: continue after the last checkpointed round.  Returns that round
+        and, when it was the last one, its record (the final models are then due)."""
         rnd, state = checkpoint.load(self.checkpoint)
         self.strategy.restore(state["strategy"])
         self.rng.bit_generator.state = state["rng"]
         self.misses, self.errors = Counter(state["misses"]), Counter(state["errors"])
+        try:
+            self._silent = {w: (int(n), int(since)) for w, n, since in state.get("silent", [])}
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"corrupt checkpoint: silent workers: {exc}") from exc
         self.last_round = rnd
-        return rnd
+        return rnd, state.get("final_record")
 
     def available(self) -> list:
         """Workers not known to be offline; if all are, wait (a round time-out at
@@ -214,10 +233,11 @@ class Coordinator:
                 self.errors[r.error["code"]] += 1
         return replies
 
-    def record(self, rnd: int, replies: list, fields: dict) -> None:
-        self.rt.report(rnd, dict(
-            fields, participants=len(replies), replies_ok=sum(r.ok for r in replies),
-            failed=[[r.worker, r.error["code"]] for r in replies if not r.ok]))
+    @staticmethod
+    def record_of(replies: list, fields: dict) -> dict:
+        """A round's record: the strategy's fields and who answered."""
+        return dict(fields, participants=len(replies), replies_ok=sum(r.ok for r in replies),
+                    failed=[[r.worker, r.error["code"]] for r in replies if not r.ok])
 
     def final_report(self) -> dict:
         models = self.strategy.reply_kind == "update"  # fd and cfd send soft labels down

@@ -168,8 +168,9 @@ class Mailbox:
                 slot[msg.src] = msg
 
     def _moved(self, meta: dict) -> None:
-        """The launcher's news of a peer: restarted at a new address, or gone for good
-        (its process died and will not be restarted: no round waits for it again)."""
+        """The launcher's news of a peer: restarted at a new address (told that we are
+        away if we are), or gone for good (its process died and will not be restarted,
+        or it finished: no round waits for it again)."""
         peer, address = meta.get("id"), meta.get("address")
         if type(peer) not in (int, str) or self.peers is None or peer not in self.peers:
             self.endpoint.counters.drop("bad_peer_update")
@@ -183,6 +184,9 @@ class Mailbox:
             self.away.discard(peer)
             self.done.discard(peer)
             self.endpoint.reconnect(peer, address)
+            if self.offline:  # it did not hear our leave: as a restarted process, it
+                # would take us for a silent peer and wait for us every round
+                self.endpoint.send(peer, "leave", self.current_round)
         else:
             self.endpoint.counters.drop("bad_peer_update")
 
