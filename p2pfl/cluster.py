@@ -227,8 +227,8 @@ class Launcher(Supervision):
         while any(h.state not in ("done", "failed") for h in self.nodes.values()):
             now = time.monotonic()
             if now - last_beat > HEARTBEAT_S:
-                for h in self.nodes.values():
-                    if h.state == "ready":
+                for h in self.nodes.values():  # a finished node waits for its stop, and
+                    if h.state in ("ready", "done"):  # tells a silent launcher from a slow one
                         self.ep.send(h.id, "heartbeat")
                 last_beat = now
             if self._closer_done_long_ago(now):

@@ -164,11 +164,18 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
             node.run(rejoin=True, after=after if isinstance(after, int) and after >= 0 else 0)
         else:
             node.run()
+        if mailbox.lost:
+            raise LauncherLost(f"no word from the launcher for {lost_after:.0f} s: it is "
+                               "gone, and this node's records with it")
         runtime.flush()  # the last held records go before the bye
         _drain_link(ep, mailbox, _drain_time(spec))
         ep.send(LAUNCHER, "bye", meta=node.final_report())
         if not mailbox.stopped:
             _await_stop(mailbox, start_timeout)
+        silent = time.monotonic() - mailbox.last_control
+        if not mailbox.stopped and silent > LAUNCHER_SILENT_S:
+            raise LauncherLost(f"no stop, and no word from the launcher for {silent:.0f} s "
+                               "after this node's last round: its records may be lost")
         status = 0
     except Exception as exc:  # report, then exit non-zero; never hang
         reason = f"{type(exc).__name__}: {exc}"
@@ -180,6 +187,15 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
         # After the launcher's stop every peer is done: nothing left is worth waiting for.
         ep.close(linger=0 if mailbox.stopped and status == 0 else None)
     return status
+
+
+#: A finished node whose launcher sent nothing for this long (it beats every 2 s) takes
+#: it for gone: its final counters and last records did not reach anyone.
+LAUNCHER_SILENT_S = 10.0
+
+
+class LauncherLost(RuntimeError):
+    """The launcher stopped answering: the node exits non-zero."""
 
 
 #: How long a finished node waits for its protocol messages (a final leave, ...) to leave

@@ -264,3 +264,34 @@ def test_a_restarted_coordinator_hears_that_a_worker_is_offline(tmp_path):
     assert s["misses_total"] == 0
     last = max((r for r in recs if r["role"] == "coordinator"), key=lambda r: r["round"])
     assert last["round"] == 30 and last["participants"] == 3
+
+
+def test_remote_nodes_whose_launcher_died_exit_non_zero(tmp_path):
+    """The liveness check ran only inside a wait of a second or more, which rounds that
+    keep moving never have: the nodes trained on without a launcher, then exited 0."""
+    from p2pfl.addresses import free_port
+
+    addr = f"tcp://127.0.0.1:{free_port()}"
+    out = str(tmp_path / "run")
+    launcher = subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "cluster", "--dataset",
+                                 "digits", "--topology", "ring:2", "--rounds", "100000",
+                                 "--listen", addr, "--start-timeout", "3", "-q", "--out", out],
+                                cwd=ROOT)
+    nodes = [subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
+                               "--id", str(i), "--start-timeout", "3"], cwd=ROOT,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        deadline = time.monotonic() + 60
+        while len(_records(out)) < 2 * 20:
+            assert launcher.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        launcher.kill()
+        killed = time.monotonic()
+        errors = [p.communicate(timeout=60)[1] for p in nodes]
+        took = time.monotonic() - killed
+    finally:
+        for p in [launcher, *nodes]:
+            p.kill()
+    assert [p.returncode for p in nodes] == [1, 1]
+    assert all("no word from the launcher" in e for e in errors), errors
+    assert took < 4 * 3 + 10  # lost after 4 start time-outs of silence

@@ -88,6 +88,7 @@ class Mailbox:
         self.max_queued = 64
         self._queues: dict = defaultdict(deque)  # (kind, src) -> deque of Message
         self._next_check = time.monotonic() + 1.0
+        self.lost = False  # the liveness check failed (the launcher, or the host, is gone)
         self.on_tick: Callable[[], None] | None = None
         # Availability: peers that said they left (not waited for until they send data
         # again), and whether this node is offline itself (it then hears nothing).
@@ -221,7 +222,7 @@ class Mailbox:
         asynchronous actor's waits count wall seconds too).
         """
         self._read_all()
-        if self.stopped or ready():
+        if self.stopped or ready() or not self._still_alive():
             return
         gate = self.gate
         # the host's idle clock stands still while any actor computes, and asynchronous
@@ -229,32 +230,39 @@ class Mailbox:
         idle = gate is not None and not wall and not self.asynchronous
         clock = gate.idle_clock if idle else time.monotonic
         deadline = clock() + timeout
-        next_check = time.monotonic() + 1.0
         while not self.stopped and not ready():
             left = deadline - clock()
-            if left <= 0:
+            if left <= 0 or not self._still_alive():
                 return
-            now = time.monotonic()
-            if now >= next_check:
-                next_check = now + 1.0
-                if not self.alive():
-                    self.stopped = True
-                    return
-                if self.on_tick is not None:
-                    self.on_tick()
+            until_check = max(0.0, self._next_check - time.monotonic())
             if gate is None:
-                msg = self.endpoint.recv(min(left, next_check - now))
+                msg = self.endpoint.recv(min(left, until_check))
                 if msg is not None:
                     self._route(msg)
                 continue
             # Sleep off the gate; once there is news, read all of it in our turn.
             gate.release()
             try:
-                news = self.endpoint.wait(min(left, next_check - now))
+                news = self.endpoint.wait(min(left, until_check))
             finally:
                 gate.acquire()
             if news:
                 self._read_all()
+
+    def _still_alive(self) -> bool:
+        """The liveness check and ``on_tick``, at most once a second however short the
+        waits (a node whose rounds never wait long must still notice a lost launcher).
+        A failed check stops the actor and sets :attr:`lost`."""
+        now = time.monotonic()
+        if now < self._next_check:
+            return True
+        self._next_check = now + 1.0
+        if not self.alive():
+            self.stopped = self.lost = True
+            return False
+        if self.on_tick is not None:
+            self.on_tick()
+        return True
 
     def _read_all(self) -> None:
         for _ in range(MAX_DRAIN):
@@ -322,12 +330,7 @@ class Mailbox:
         """``{src: [Message, ...]}`` of ``kind`` received so far, oldest first; no waiting
         (but the other actors of the host get their turn first)."""
         self.take_turns()
-        while not self.stopped:
-            if time.monotonic() >= self._next_check:
-                self._next_check = time.monotonic() + 1.0
-                if not self.alive():
-                    self.stopped = True
-                    break
+        while not self.stopped and self._still_alive():
             msg = self.endpoint.recv(0)
             if msg is None:
                 break
