@@ -266,17 +266,19 @@ def process_main(launcher: str, node_id: int, scheme: str, host: str, run_dir: s
 
 def fds_per_actor(degree: int) -> int:
     """Open files one actor may hold: a wake-up descriptor for each of its sockets
-    (data, control, the launcher's, one per neighbour), two listeners, and a
-    connection each way per neighbour in another process and to the launcher."""
-    return 2 * degree + 8
+    (data, control, the launcher's, one per neighbour, an emulated link's two pipe
+    ends), two listeners, and a connection each way per neighbour in another process
+    and to the launcher."""
+    return 2 * degree + 10
 
 
 def actor_context(num_actors: int, degree: int) -> zmq.Context:
     """A context allowed enough sockets for ``num_actors`` actors of ``degree``
     neighbours (libzmq's default is 1023): a data and a control socket, one per
-    neighbour and one to the launcher each (the launcher: ``degree`` 1)."""
+    neighbour and one to the launcher each, and an emulated link's pipe (a PAIR at each
+    end, :class:`~p2pfl.transport.links.LinkEmulator`); the launcher: ``degree`` 1."""
     ctx = zmq.Context()
-    ctx.set(zmq.MAX_SOCKETS, max(1024, num_actors * (degree + 4) + 64))
+    ctx.set(zmq.MAX_SOCKETS, max(1024, num_actors * (degree + 6) + 64))
     return ctx
 
 

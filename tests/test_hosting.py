@@ -148,3 +148,36 @@ def test_an_asynchronous_actors_wait_counts_wall_seconds_while_others_compute():
         t.join()
     ctx.destroy(linger=0)
     assert took and took[0] < 2.0, took
+
+
+def test_a_host_of_many_actors_with_emulated_links_has_sockets_for_all():
+    """The context allowed degree + 4 sockets an actor; an emulated link's pipe takes two
+    more, so past ~150 linked actors a host's link threads died of "Too many open files"."""
+    from p2pfl.transport import Endpoint
+    from p2pfl.transport.links import LinkSpec
+    from p2pfl.worker import actor_context, fds_per_actor, raise_fd_limit
+
+    n = 300
+    raise_fd_limit(n * fds_per_actor(2) + 256)
+    ctx = actor_context(n, 2)
+    eps = []
+    try:
+        for i in range(n):
+            eps.append(Endpoint(ctx, i, f"inproc://hd{i}", control=f"inproc://hc{i}",
+                                link=LinkSpec(latency_ms=1)))
+            eps[-1].connect("launcher", "inproc://h-launcher", emulated=False)
+        for i, ep in enumerate(eps):
+            for j in ((i + 1) % n, (i - 1) % n):
+                ep.connect(j, f"inproc://hd{j}")
+                ep.send(j, "hello", 1)
+        got, deadline = 0, time.monotonic() + 10
+        while got < 2 * n and time.monotonic() < deadline:
+            for ep in eps:
+                while ep.recv(0) is not None:
+                    got += 1
+            time.sleep(0.01)
+        assert got == 2 * n
+    finally:
+        for ep in eps:
+            ep.close(linger=0)
+        ctx.destroy(linger=0)

@@ -144,12 +144,20 @@ class LinkEmulator:
         self._pipe = ctx.socket(zmq.PAIR)
         self._pipe.setsockopt(zmq.SNDHWM, 0)  # the emulator's own queue bounds memory
         self._pipe.bind(address)
-        self._thread = threading.Thread(target=self._run, args=(address,), daemon=True,
+        far = ctx.socket(zmq.PAIR)  # made here: a failure (no sockets left) is the caller's
+        far.connect(address)  # the thread's from its start (a full memory barrier)
+        self._thread = threading.Thread(target=self._run, args=(far,), daemon=True,
                                         name="p2pfl-link")
         self._thread.start()
 
     # ------------------------------------------------------ endpoint's thread
+    def _running(self) -> None:
+        """A message handed to a dead emulator thread would block its sender for ever."""
+        if not self._thread.is_alive():
+            raise RuntimeError("the link emulator's thread has stopped")
+
     def connect(self, peer, address: str) -> None:
+        self._running()
         self._pipe.send_multipart([b"C", msgpack.packb(peer), address.encode()])
 
     def backlog(self, peer=None) -> int:
@@ -160,6 +168,7 @@ class LinkEmulator:
     def send(self, peer, parts: list, account: tuple, lossy: bool = True) -> None:
         """Schedule one message to ``peer``; ``lossy``: ``loss`` may drop it.
         ``account`` is ``(round, nbytes, kind, wire)``, counted when it leaves."""
+        self._running()
         self._scheduled[peer] = self._scheduled.get(peer, 0) + 1
         self._pipe.send_multipart([b"M" if lossy else b"R", msgpack.packb(peer),
                                    msgpack.packb(account)] + list(parts), copy=False)
@@ -167,6 +176,8 @@ class LinkEmulator:
     def discard(self, timeout: float = 5.0) -> None:
         """Drop the round payloads that have not left the uplink (``link_unsent``); the
         protocol's messages among them leave at once (:meth:`_discard_undeparted`)."""
+        if not self._thread.is_alive():
+            return
         self._discarded.clear()
         self._pipe.send_multipart([b"X"])
         self._discarded.wait(timeout)
@@ -174,14 +185,13 @@ class LinkEmulator:
     def close(self, linger: float | None) -> None:
         """Deliver what is still scheduled (up to ``linger`` s, default 2), then stop."""
         wait = 2.0 if linger is None else float(linger)
-        self._pipe.send_multipart([b"S", msgpack.packb(wait)])
-        self._thread.join(wait + 5.0)
+        if self._thread.is_alive():
+            self._pipe.send_multipart([b"S", msgpack.packb(wait)])
+            self._thread.join(wait + 5.0)
         self._pipe.close(linger=0)
 
     # ------------------------------------------------------ emulator's thread
-    def _run(self, address: str) -> None:
-        pipe = self._ctx.socket(zmq.PAIR)
-        pipe.connect(address)
+    def _run(self, pipe: zmq.Socket) -> None:
         socks: dict = {}
         # heaps of (time, order, ...): when each message leaves the uplink, and when
         # it reaches its peer (a lost one only leaves); emulator thread only
