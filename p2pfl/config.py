@@ -222,6 +222,9 @@ class RunConfig:
     def _check_hosting(self) -> None:
         """``--in-process``: actors in ``--procs`` host processes over ipc (tcp is the
         default and means "not chosen"), or in the launcher over inproc (one process)."""
+        if self.listen and self.in_process:
+            raise ConfigError("--listen waits for `p2pfl node` processes; --in-process and "
+                              "--procs host the nodes here, so they do not apply")
         if self.procs is not None and not self.in_process:
             raise ConfigError("--procs needs --in-process (it sets how many processes host "
                               "the node actors)")

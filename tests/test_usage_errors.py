@@ -185,3 +185,10 @@ def test_error_feedback_with_a_profiles_compression_is_taken(tmp_path):
     cfg = from_sources(None, dict(topology="ring:4", error_feedback="off", profiles=str(prof)))
     assert cfg.error_feedback == "off"
     assert from_sources(None, dict(mode="stc", nodes=3, error_feedback="off")).mode == "stc"
+
+
+def test_listen_refuses_in_process_hosting():
+    """--listen waited for remote nodes, and config.json recorded in_process and procs."""
+    with pytest.raises(ConfigError, match="--listen waits for `p2pfl node` processes"):
+        from_sources(None, dict(topology="ring:2", in_process=True, procs=2,
+                                listen="tcp://127.0.0.1:5601"))
