@@ -291,6 +291,9 @@ class Launcher(Supervision):
             if h.state not in ("restarting", "ready", "failed") or not self.restart_limit:
                 self.ep.counters.drop("unexpected_control")
                 return
+            if h.state != "restarting" and h.restarts >= self.restart_limit:
+                self.ep.counters.drop("restart_limit")  # --restart on-failure:N, by hand too
+                return
             if h.state != "restarting":  # restarted by hand (p2pfl node --connect --id N)
                 h.restarts += 1
                 self.on_restart(h)

@@ -295,3 +295,34 @@ def test_remote_nodes_whose_launcher_died_exit_non_zero(tmp_path):
     assert [p.returncode for p in nodes] == [1, 1]
     assert all("no word from the launcher" in e for e in errors), errors
     assert took < 4 * 3 + 10  # lost after 4 start time-outs of silence
+
+
+def test_a_node_restarted_by_hand_counts_against_the_restart_limit(tmp_path):
+    """`--restart on-failure:1` took a second restart by hand, and summary.json said 2."""
+    from p2pfl.addresses import free_port
+
+    addr = f"tcp://127.0.0.1:{free_port()}"
+    out = str(tmp_path / "run")
+    launcher = _cluster(out, "--topology", "ring:3", "--rounds", "400", "--round-timeout", "1",
+                        "--eval-every", "50", "--no-consensus", "--listen", addr,
+                        "--restart", "on-failure:1", "--start-timeout", "5")
+
+    def node(i):
+        return subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
+                                 "--id", str(i), "--host", "127.0.0.1", "--start-timeout", "5"],
+                                cwd=ROOT, stderr=subprocess.DEVNULL)
+
+    nodes = [node(i) for i in range(3)]
+    try:
+        for kills in (1, 2):
+            _kill_when(out, 2, lambda recs: sum(r["node"] == 2 for r in recs) >= 40 * kills,
+                       launcher)
+            nodes[2].wait(timeout=10)
+            nodes[2] = node(2)  # started again by hand
+        assert nodes[2].wait(timeout=60) != 0  # the second is not taken
+        launcher.wait(timeout=240)
+    finally:
+        for p in [launcher, *nodes]:
+            p.kill()
+    s = _summary(out)
+    assert s["restarts"] == 1
