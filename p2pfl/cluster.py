@@ -32,11 +32,9 @@ from .transport.liveness import ConnectionWatch
 from .transport.security import Security
 from .spawn import spawn_hosts, spawn_processes, spawn_threads
 from .supervision import NodeHandle, Supervision, process_state
-from .worker import actor_context, raise_fd_limit
+from .worker import HEARTBEAT_S, actor_context, raise_fd_limit
 
 __all__ = ["Launcher", "NodeHandle", "ClusterError"]
-
-HEARTBEAT_S = 2.0
 
 
 class Launcher(Supervision):

@@ -166,7 +166,9 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
             node.run()
         if mailbox.lost:
             raise LauncherLost(f"no word from the launcher for {lost_after:.0f} s: it is "
-                               "gone, and this node's records with it")
+                               "gone, and this node's records with it" if alive is None else
+                               "the launcher or this node's host is gone, and this node's "
+                               "records with it")
         runtime.flush()  # the last held records go before the bye
         _drain_link(ep, mailbox, _drain_time(spec))
         ep.send(LAUNCHER, "bye", meta=node.final_report())
@@ -189,9 +191,11 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
     return status
 
 
-#: A finished node whose launcher sent nothing for this long (it beats every 2 s) takes
-#: it for gone: its final counters and last records did not reach anyone.
-LAUNCHER_SILENT_S = 10.0
+#: How often the launcher sends each running or finished node a heartbeat.
+HEARTBEAT_S = 2.0
+#: A finished node whose launcher sent nothing for this long takes it for gone: its
+#: final counters and last records did not reach anyone.
+LAUNCHER_SILENT_S = 5 * HEARTBEAT_S
 
 
 class LauncherLost(RuntimeError):

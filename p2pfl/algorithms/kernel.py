@@ -56,8 +56,9 @@ def _c_sum(x: torch.Tensor, w_self: float, vectors: list, weights: list):
             return None
     # The result's buffer comes from numpy (plain malloc), not torch.empty (64-byte
     # posix_memalign): the model-sized block a node frees each round then fits the next
-    # round's request exactly and is reused, where memalign's larger request made the
-    # heap fault fresh pages in every round (BENCHMARKS.md, "Transport").
+    # round's request exactly, where memalign's larger request grew the heap into fresh
+    # pages over the first rounds (a third more page faults, 13 % more peak memory, the
+    # same throughput: BENCHMARKS.md, "Ninth run").
     flat, w0 = np.empty(shape, first.dtype), float(w_self)
     out = torch.from_numpy(flat)
     try:

@@ -106,7 +106,8 @@ class Coordinator:
         rnd, finished, held = 0, False, None
         if rejoin and self.checkpoint and os.path.exists(self.checkpoint):
             rnd, held = self.resume()
-            finished = held is not None
+            finished = held is not None  # died handing out the final models: again
+        resumed_final = finished
         recorded = after if rejoin else 0
         while not finished:
             rnd += 1
@@ -131,7 +132,7 @@ class Coordinator:
                 # resumes after the checkpoint, so a record still held would be lost.
                 self.rt.flush()
                 self.save()
-        if self.checkpoint:
+        if self.checkpoint and not resumed_final:
             self.save(final_record=held)
         for w in self.workers:
             if w not in self.rt.done:  # dead, and not restarted: nobody to hand it to
