@@ -21,7 +21,8 @@ import numpy as np
 
 from .addresses import check_run_addresses
 from .config import RunConfig, from_sources
-from .errors import ClusterError, Terminated, UsageError
+from . import signals
+from .errors import ClusterError, UsageError
 from .metrics import MetricsSink, write_json_atomic
 from .progress import Progress
 from .summary import run_summary
@@ -199,7 +200,7 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
                         backend=_backend(cfg, progress.info))
     interrupted = None
     try:
-        with _sigterm_unwinds():
+        with _signals_unwind():
             nodes = launcher.run()
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the summary of what was done
         interrupted, nodes = exc, launcher.nodes
@@ -229,19 +230,22 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
 
 
 @contextlib.contextmanager
-def _sigterm_unwinds():
-    """SIGTERM unwinds a run like Ctrl-C (nodes stopped, a summary written), when this
-    is the main thread and nobody else handles SIGTERM; the old handler is put back."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
-        yield
-        return
-
-    def terminate(signum, frame):
-        raise Terminated(signum)
-
-    signal.signal(signal.SIGTERM, terminate)
+def _signals_unwind():
+    """SIGTERM and Ctrl-C unwind a run (nodes stopped, a summary written), in the main
+    thread, where nobody else handles them: :mod:`~p2pfl.signals`, so that a signal
+    is not lost where Python cannot raise.  The old handlers are put back."""
+    ours = {signal.SIGTERM: (signal.SIG_DFL, signals.handler),
+            signal.SIGINT: (signal.default_int_handler, signals.handler)}
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        old = {sig: signal.getsignal(sig) for sig, free in ours.items()
+               if signal.getsignal(sig) in free}
+    signals.clear()
+    for sig in old:
+        signal.signal(sig, signals.handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        signals.clear()

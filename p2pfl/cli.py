@@ -11,7 +11,8 @@ import os
 import signal
 import sys
 
-from .errors import ClusterError, Terminated, UsageError
+from . import signals
+from .errors import ClusterError, UsageError
 
 __all__ = ["main", "build_parser"]
 
@@ -271,8 +272,8 @@ def main(argv=None) -> int:
     # Ctrl-C and SIGTERM both run the launcher's clean shutdown.  SIGINT is set
     # explicitly: a shell starts background jobs with it ignored, and Python then
     # would not turn it into KeyboardInterrupt.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, signals.handler)
+    signal.signal(signal.SIGTERM, signals.handler)
     try:
         return COMMANDS[args.command](args)
     except UsageError as exc:
@@ -285,10 +286,6 @@ def main(argv=None) -> int:
         return 128 + int(signum)
     except BrokenPipeError:
         os._exit(1)
-
-
-def _terminate(signum, frame):
-    raise Terminated(signum)
 
 
 def entry() -> None:

@@ -23,6 +23,7 @@ import time
 
 import zmq
 
+from . import signals
 from .errors import ClusterError, UsageError
 from .metrics import write_json_atomic
 from .runtime import LAUNCHER
@@ -81,6 +82,7 @@ class Launcher(Supervision):
         self._next_exit_check, self._dead = 0.0, {}
         self._next_stopped_check = 0.0
         self.watch = ConnectionWatch()  # remote nodes' control connections (--listen)
+        self._said_dropped: set = set()  # senders whose dropped join was logged
 
     # ------------------------------------------------------------------ phases
     def run(self) -> dict:
@@ -155,6 +157,7 @@ class Launcher(Supervision):
         self.ep = Endpoint(self.ctx, LAUNCHER, address, security=security)
         self.mailbox = Mailbox(self.ep, peers=set(), control_sources=set(self.nodes),
                                control_kinds=NODE_REPORTS, max_control=None)
+        self.mailbox.on_stranger = self._stranger
         self._stopping = False
         self._stop_requested = False  # by the user (--target-accuracy, the API)
         self._stop_all = False  # every node, now
@@ -174,6 +177,7 @@ class Launcher(Supervision):
         than eight."""
         deadline = time.monotonic() + timeout
         while True:
+            signals.check()  # a Ctrl-C whose exception was lost
             waiting = [h for h in self.nodes.values() if h.state != state]
             if not waiting:
                 return
@@ -223,6 +227,7 @@ class Launcher(Supervision):
         last_beat, last_news = 0.0, time.monotonic()
         silence_limit = max(120.0, 6 * self.round_timeout)
         while any(h.state not in ("done", "failed") for h in self.nodes.values()):
+            signals.check()  # a Ctrl-C or SIGTERM whose exception was lost
             now = time.monotonic()
             if now - last_beat > HEARTBEAT_S:
                 for h in self.nodes.values():  # a finished node waits for its stop, and
@@ -288,9 +293,14 @@ class Launcher(Supervision):
         if msg.kind == "join" and self.t_start is not None:  # mid-run: a restart
             if h.state not in ("restarting", "ready", "failed") or not self.restart_limit:
                 self.ep.counters.drop("unexpected_control")
+                self._dropped_join(msg.src, f"node {h.label!r} is {h.state}, and the run "
+                                   "takes no restarts" if not self.restart_limit else
+                                   f"node {h.label!r} is {h.state}")
                 return
             if h.state != "restarting" and h.restarts >= self.restart_limit:
                 self.ep.counters.drop("restart_limit")  # --restart on-failure:N, by hand too
+                self._dropped_join(msg.src, f"node {h.label!r} was restarted {h.restarts} "
+                                   f"time(s), the --restart limit")
                 return
             if h.state != "restarting":  # restarted by hand (p2pfl node --connect --id N)
                 h.restarts += 1
@@ -327,6 +337,16 @@ class Launcher(Supervision):
             return  # nested value would raise RecursionError here
         self.on_message(h, msg)
 
+    def _stranger(self, msg) -> None:
+        if msg.kind == "join":
+            self._dropped_join(msg.src, "no node of this run has that id")
+
+    def _dropped_join(self, src, why: str) -> None:
+        """Say once per sender why its join was dropped: the node itself only times out."""
+        if len(self._said_dropped) < 64 and src not in self._said_dropped:
+            self._said_dropped.add(src)
+            self.log(f"a join from node id {repr(src)[:64]} was dropped: {why}")
+
     # --------------------------------------------------------------- shutdown
     def shutdown(self) -> None:
         """Stop every node: ask, wait briefly, terminate, kill.  Idempotent.  Nodes
@@ -345,6 +365,8 @@ class Launcher(Supervision):
                         h.state == "failed" or process_state(h.pid) == "T"):
                     h.runner.kill()
         deadline = time.monotonic() + 5.0
+        if self.ep is not None and self.t_start is not None:
+            self._collect_byes(deadline)  # their counters and last records
         for h in self.nodes.values():
             if h.runner is not None and h.runner.ident is not None:
                 h.runner.join(max(0.05, deadline - time.monotonic()))

@@ -114,7 +114,7 @@ class MetricsSink:
         self.on_round = on_round
         self.closer = closer
         self.records: list[dict] = []
-        self.bytes_sent = 0  # over the records written so far
+        self.bytes_sent = self.bytes_received = 0  # over the records written so far
         self._pending: dict = defaultdict(dict)  # round -> node -> [(record, vector)]
         self._next_round = 1
         self._fh = open(os.path.join(out_dir, "metrics.jsonl"), "w")  # flushed per round
@@ -177,6 +177,7 @@ class MetricsSink:
                 rec["consensus_distance_rel"] = rel.get(node) if mine else None
                 self._fh.write(json_line(rec))
                 self.bytes_sent += rec.get("bytes_sent") or 0
+                self.bytes_received += rec.get("bytes_received") or 0
                 out.append(rec)
         self._fh.flush()
         self.records.extend(out)
@@ -230,6 +231,7 @@ class MetricsSink:
             "accuracy_min": float(np.min(acc)) if acc else None,
             "accuracy_max": float(np.max(acc)) if acc else None,
             "bytes_sent_total": int(self.bytes_sent),
+            "bytes_received_total": int(self.bytes_received),
             "accuracy_per_round": self.accuracy_per_round(),
             "consensus_last": self.consensus_last(),
         }

@@ -228,13 +228,16 @@ class Runtime:
         known = set(peers)
         handshake = c.total("sent", peers=peers, handshake_only=True)
         sent = c.payload("sent", peers)  # every round but the handshake's
+        received = c.payload("received", peers)
         wire = sum(c.wire[j] for j in peers)  # handshakes and framing included
         out = {
             "node": self.id, "role": self.role,
             "bytes_sent": sent,
-            "bytes_received": c.payload("received", peers),
-            # sent after the last record (e.g. a round stopped half-way): in no record
+            "bytes_received": received,
+            # sent or received after the last record (e.g. in a round stopped half-way):
+            # in no record
             "bytes_sent_unrecorded": sent - self._recorded[0],
+            "bytes_received_unrecorded": received - self._recorded[1],
             "handshake_bytes": handshake,
             # the run's peers only: a stranger's messages are counted as dropped, and
             # strangers naming themselves by the thousand must not swell the bye

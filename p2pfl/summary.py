@@ -32,6 +32,8 @@ def run_summary(plan, sink, nodes: dict, wall: float, control_bytes: int) -> dic
     tail = {h.id: int(h.final.get("bytes_sent_unrecorded", 0)) for h in nodes.values()
             if h.final}
     sent = base["bytes_sent_total"] + sum(tail.values())
+    received = base["bytes_received_total"] + sum(
+        int(f.get("bytes_received_unrecorded", 0)) for f in finals)
     out = dict(plan.summary_base)
     out.update({
         "dataset": cfg.dataset, "model": cfg.model, "partition": cfg.partition,
@@ -41,7 +43,7 @@ def run_summary(plan, sink, nodes: dict, wall: float, control_bytes: int) -> dic
         "accuracy_mean": base["accuracy_mean"], "accuracy_min": base["accuracy_min"],
         "accuracy_max": base["accuracy_max"],
         "bytes_sent_total": sent,
-        "bytes_received_total": int(sum(f.get("bytes_received", 0) for f in finals)),
+        "bytes_received_total": received,
         "bytes_sent_counted_by_nodes": int(sum(f.get("bytes_sent", 0) for f in finals)),
         "bits_per_param_mean": 8 * counted / (dense / 4) if dense else None,
         "compression_ratio": dense / counted if dense and counted else None,

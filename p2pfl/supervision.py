@@ -164,6 +164,27 @@ class Supervision:
                                            "round": h.last_round})
         self.write_nodes_json()
 
+    def _collect_byes(self, deadline: float) -> None:
+        """After a stop at shutdown (Ctrl-C, SIGTERM, a failed start): take the byes
+        of the nodes that had not finished, until each has said bye or ended, or the
+        deadline.  A bye holds a node's final counters and follows its last records;
+        the node stays ``stopped``."""
+        def pending():
+            return [h for h in self.nodes.values() if h.state == "stopped" and not h.final
+                    and h.control and not h.exited()]
+
+        while True:
+            msg = self.mailbox.poll_control(0.05)
+            while msg is not None:
+                h = self.nodes.get(msg.src)
+                if h is not None and h.state == "stopped" and msg.kind in ("metrics", "bye"):
+                    if msg.kind == "bye":
+                        h.final = msg.meta if isinstance(msg.meta, dict) else {}
+                    self.on_message(h, msg)
+                msg = self.mailbox.poll_control(0.0)
+            if not pending() or time.monotonic() > deadline:
+                return
+
     def _fail(self, h: NodeHandle, reason: str) -> None:
         if h.state in ("done", "failed"):
             return

@@ -61,8 +61,9 @@ def _await_config(mailbox: Mailbox, launcher: str, timeout: float, joined_at: fl
         if mailbox.stopped:
             raise TimeoutError("the launcher ended the run before it started") from None
         if mailbox.last_control <= joined_at:  # not even the heartbeat that answers a join
-            raise TimeoutError(f"could not reach the launcher at {launcher} within "
-                               f"{timeout:g} s") from None
+            raise TimeoutError(  # an id it lacks or has, past --restart, an unknown key
+                f"could not reach the launcher at {launcher} within {timeout:g} s, or it "
+                "dropped this node's join (its log says why)") from None
         raise
 
 

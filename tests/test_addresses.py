@@ -31,10 +31,10 @@ def run(*args, timeout=60) -> tuple:
     return res, time.monotonic() - t0
 
 
-def one_line(stderr: str) -> str:
+def one_line(stderr: str, width: int = 100) -> str:
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
-    assert "Traceback" not in stderr and len(lines[0]) <= 100, lines[0]
+    assert "Traceback" not in stderr and len(lines[0]) <= width, lines[0]
     return lines[0]
 
 
@@ -105,7 +105,7 @@ def test_node_says_when_no_launcher_answers():
     addr = f"tcp://127.0.0.1:{free_port()}"
     res, wall = run("node", "--connect", addr, "--id", "3", "--start-timeout", "2")
     assert res.returncode == 1 and wall < 15
-    line = one_line(res.stderr)
+    line = one_line(res.stderr, width=160)
     assert line.startswith("p2pfl: error: node 3: ")
     assert f"could not reach the launcher at {addr} within 2 s" in line
 
@@ -146,6 +146,22 @@ def test_a_node_that_reached_the_launcher_says_so(tmp_path):
     finally:
         for proc in (launcher, impatient, patient):
             proc.kill()
+
+
+def test_a_join_from_an_id_the_run_lacks_is_logged(tmp_path):
+    """The launcher dropped it in silence; the node only timed out, 'could not reach'."""
+    addr = f"tcp://127.0.0.1:{free_port()}"
+    launcher = _listening_launcher(tmp_path, addr, start_timeout=60)
+    try:
+        res, _ = run("node", "--connect", addr, "--id", "7", "--host", "127.0.0.1",
+                     "--start-timeout", "2")
+        assert res.returncode == 1
+        assert "or it dropped this node's join (its log says why)" in one_line(res.stderr, 160)
+        launcher.kill()
+        rest = launcher.communicate(timeout=30)[1]
+        assert "a join from node id 7 was dropped: no node of this run has that id" in rest
+    finally:
+        launcher.kill()
 
 
 def test_a_node_that_cannot_bind_tells_the_launcher_at_once():

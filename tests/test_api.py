@@ -115,6 +115,32 @@ def test_a_run_where_every_node_failed_raises(tmp_path):
     assert (tmp_path / "summary.json").exists()
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_signal_lost_in_a_destructor_is_raised_again():
+    """Python raises a handler's exception where the main thread is; inside a destructor
+    (a ZeroMQ frame freed while the launcher polls) it was printed and lost, and the
+    run went on: one Ctrl-C in three of an inproc cluster did nothing."""
+    from p2pfl import signals
+    from p2pfl.errors import Terminated
+
+    class FreedDuringTheSignal:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10000):  # the handler runs here, where nothing can raise
+                pass
+
+    old = signal.signal(signal.SIGTERM, signals.handler)
+    try:
+        FreedDuringTheSignal()  # unraisable: "Exception ignored in ..."
+        with pytest.raises(Terminated):
+            signals.check()  # what the launcher's loops call
+        signals.clear()
+        signals.check()  # nothing pending
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        signals.clear()
+
+
 def test_sigterm_to_a_script_running_a_cluster_writes_its_summary(tmp_path):
     """Only the CLI turned SIGTERM into a clean stop: a script's run left no summary
     and nodes.json said 'joined'."""

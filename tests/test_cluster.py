@@ -130,8 +130,13 @@ def test_killed_node_is_survived_and_reported(tmp_path):
     assert "1" in summary["failed_nodes"]
     # the launcher tells the neighbours that it died: each misses it once at most
     assert summary["misses_total"] <= 2
-    rounds = {r["node"]: r["round"] for r in read_metrics(tmp_path / "metrics.jsonl")}
+    recs = read_metrics(tmp_path / "metrics.jsonl")
+    rounds = {r["node"]: r["round"] for r in recs}
     assert rounds[0] == rounds[2] == rounds[3] == 40
+    # both totals count the dead node's recorded rounds (its counters died with it)
+    for key in ("bytes_sent", "bytes_received"):
+        assert summary[f"{key}_total"] >= sum(r[key] for r in recs) > 0
+    assert any(r["node"] == 1 and r["bytes_received"] for r in recs)
     assert _wait_gone(pids)
 
 
@@ -156,6 +161,11 @@ def test_no_node_outlives_the_launcher(tmp_path, sig):
         # the summary of what was done: none was written, and an earlier run's stayed
         summary = json.loads((tmp_path / "summary.json").read_text())
         assert summary["interrupted"] is True and summary["bytes_sent_total"] > 0
+        # the stopped nodes' byes were collected: their counters are in it (they were
+        # lost, and with them every total that only the counters give)
+        assert summary["node_processes"] == 4 and summary["messages_sent_total"] > 0
+        assert summary["bytes_sent_total"] == summary["bytes_sent_counted_by_nodes"]
+        assert summary["bytes_received_total"] > 0 and summary["wire_bytes_total"] > 0
     else:
         assert not (tmp_path / "summary.json").exists()  # the stale one is gone
 

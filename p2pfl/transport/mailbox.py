@@ -90,6 +90,9 @@ class Mailbox:
         self._next_check = time.monotonic() + 1.0
         self.lost = False  # the liveness check failed (the launcher, or the host, is gone)
         self.on_tick: Callable[[], None] | None = None
+        # told of each control message dropped for its unknown sender (the launcher
+        # says whose join it dropped)
+        self.on_stranger: Callable[[Message], None] | None = None
         # Availability: peers that said they left (not waited for until they send data
         # again), and whether this node is offline itself (it then hears nothing).
         self.away: set = set()
@@ -130,6 +133,8 @@ class Mailbox:
                 return
             if msg.src not in self.control_sources:
                 counters.drop("control_from_stranger")
+                if self.on_stranger is not None:
+                    self.on_stranger(msg)
                 return
             self.last_control = time.monotonic()
             if msg.kind == "stop" and msg.meta.get("finish") is True:

@@ -1,0 +1,40 @@
+"""Ctrl-C and SIGTERM unwind a run through the launcher's clean shutdown.
+
+A signal handler's exception is raised wherever the main thread happens to be
+when Python runs the handler.  Raised inside a destructor (a ZeroMQ frame freed
+while the launcher polls, say) it is printed as "Exception ignored" and lost,
+and the run went on as if nothing had been asked.  So :func:`handler` also
+records the signal, and the launcher's loops call :func:`check`, which raises it
+again if nothing else did.
+"""
+
+from __future__ import annotations
+
+import signal
+
+from .errors import Terminated
+
+__all__ = ["handler", "check", "clear"]
+
+_pending: list = []  # signals whose exception may not have reached the launcher
+
+
+def _exception(signum: int) -> KeyboardInterrupt:
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
+
+
+def handler(signum, frame) -> None:
+    """For SIGINT and SIGTERM: raise KeyboardInterrupt (SIGTERM: :class:`Terminated`)."""
+    _pending.append(signum)
+    raise _exception(signum)
+
+
+def check() -> None:
+    """Raise a recorded signal's exception again (its first raise may have been lost)."""
+    if _pending:
+        raise _exception(_pending[-1])
+
+
+def clear() -> None:
+    """The run the signals were for has unwound: forget them."""
+    _pending.clear()
