@@ -3,7 +3,8 @@
     sudo python benchmarks/wire_bytes.py
 
 ``ring:4 --dataset digits --rounds 10``, dense, ``stc:0.05+golomb`` and ``--secure``: the
-TCP payload captured on loopback on every node's data port (both directions), next to
+TCP payload captured on loopback on every node's data port (both directions; a byte
+that TCP sent twice counted once, and its resends reported apart), next to
 ``wire_bytes_total`` and its parts (application bytes, ZMTP framing, connection set-up).
 Writes benchmarks/results/wire_bytes.json.  Needs root (a raw packet socket).
 """
@@ -37,9 +38,12 @@ def measure(name: str, flags: tuple, tmp: str) -> dict:
         ports = {int(n["address"].rsplit(":", 1)[1]) for n in json.load(fh)}
     with open(os.path.join(out, "summary.json")) as fh:
         s = json.load(fh)
-    captured = sum(len(p) for p in cap.tcp_payloads(ports))
+    streams = cap.tcp_streams(ports)  # each byte of a stream once; TCP's resends apart
+    captured = sum(n for n, _ in streams.values())
+    resent = sum(r for _, r in streams.values())
     app = s["bytes_sent_counted_by_nodes"] + s["handshake_bytes"]
-    row = {"captured_tcp_payload": captured, "wire_bytes_total": s["wire_bytes_total"],
+    row = {"captured_tcp_payload": captured, "resent_by_tcp": resent,
+           "wire_bytes_total": s["wire_bytes_total"],
            "application_bytes": app, "framing_bytes_total": s["framing_bytes_total"],
            "setup_bytes_total": s["setup_bytes_total"],
            "error": (s["wire_bytes_total"] - captured) / captured,
@@ -48,7 +52,7 @@ def measure(name: str, flags: tuple, tmp: str) -> dict:
           f"{s['wire_bytes_total']:>10,} B ({100 * row['error']:+.3f} %) | application "
           f"{app:,} + framing {s['framing_bytes_total']:,} + set-up "
           f"{s['setup_bytes_total']:,} ({100 * (row['wire_over_application'] - 1):.1f} % "
-          f"over application bytes)")
+          f"over application bytes) | resent by TCP {resent:,} B")
     return row
 
 

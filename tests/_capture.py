@@ -14,7 +14,6 @@ loopback.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import json
 import os
@@ -31,9 +30,11 @@ def _ip(*args) -> bool:
 
 
 @contextlib.contextmanager
-def private_loopback():
+def private_loopback(drop_every: int | None = None):
     """The command prefix that runs a process in a fresh namespace with only ``lo``
-    up (removed afterwards), or ``[]`` where one cannot be made."""
+    up (removed afterwards), or ``[]`` where one cannot be made.  ``drop_every``: the
+    namespace's firewall drops every n-th TCP segment that carries data as it comes
+    in, after a capture sees it, so that TCP sends it again (needs iptables)."""
     if os.geteuid() != 0 or shutil.which("ip") is None:
         yield []
         return
@@ -42,15 +43,37 @@ def private_loopback():
         yield []
         return
     try:
-        yield ["ip", "netns", "exec", name] if _ip("-n", name, "link", "set", "lo", "up") else []
+        prefix = ["ip", "netns", "exec", name]
+        up = _ip("-n", name, "link", "set", "lo", "up")
+        if up and drop_every is not None:  # 52 B: an IPv4 and TCP header with timestamps
+            up = subprocess.run([*prefix, "iptables", "-A", "INPUT", "-p", "tcp", "-m",
+                                 "length", "--length", "53:65535", "-m", "statistic",
+                                 "--mode", "nth", "--every", str(drop_every), "--packet", "0",
+                                 "-j", "DROP"],
+                                capture_output=True).returncode == 0
+        yield prefix if up else []
     finally:
         _ip("netns", "del", name)
 
 
-def capture_cluster(out, *args, timeout: float = 300) -> dict:
-    """``{"captured": bytes, "connections": {"sport>dport": bytes}, "isolated": bool}``
-    for ``p2pfl cluster ARGS -q --out OUT``, which must exit 0."""
-    with private_loopback() as prefix:
+def can_drop() -> str | None:
+    """Why :func:`private_loopback` cannot drop segments here (None: it can)."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return "needs root and iproute2 for a network namespace"
+    if shutil.which("iptables") is None:
+        return "needs iptables to drop segments in a namespace"
+    return None
+
+
+def capture_cluster(out, *args, timeout: float = 300, drop_every: int | None = None) -> dict:
+    """``{"captured": bytes, "resent": bytes, "connections": {"sport>dport": [bytes,
+    resent]}, "isolated": bool}`` for ``p2pfl cluster ARGS -q --out OUT``, which must
+    exit 0: the TCP payload to or from the nodes' data ports, each byte of a stream
+    once, and apart what TCP sent again
+    (:meth:`~p2pfl.transport.probe.LoopbackCapture.tcp_streams`)."""
+    with private_loopback(drop_every) as prefix:
+        if drop_every is not None and not prefix:
+            raise RuntimeError("no namespace whose firewall drops segments")
         res = subprocess.run([*prefix, sys.executable, os.path.abspath(__file__), str(out),
                               *map(str, args)], cwd=ROOT, check=True, timeout=timeout,
                              capture_output=True, text=True)
@@ -66,10 +89,10 @@ def _main(out: str, args: list) -> None:
                         out], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     with open(os.path.join(out, "nodes.json")) as fh:
         ports = {int(n["address"].rsplit(":", 1)[1]) for n in json.load(fh)}
-    per = collections.Counter()
-    for sport, dport, payload in cap.tcp_segments(ports):
-        per[f"{sport}>{dport}"] += len(payload)
-    print(json.dumps({"captured": sum(per.values()), "connections": dict(per)}))
+    streams = cap.tcp_streams(ports)
+    print(json.dumps({"captured": sum(n for n, _ in streams.values()),
+                      "resent": sum(r for _, r in streams.values()),
+                      "connections": streams}))
 
 
 if __name__ == "__main__":

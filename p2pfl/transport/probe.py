@@ -146,6 +146,31 @@ class LoopbackCapture:
     def tcp_segments(self, ports=None) -> list:
         """``(source port, destination port, payload)`` of each IPv4 TCP packet with a
         payload (to or from one of ``ports``, if given)."""
+        return [seg[:3] for seg in self._segments(ports)]
+
+    def tcp_streams(self, ports=None) -> dict:
+        """Per direction of each connection, ``"sport>dport"``: ``[payload, resent]``,
+        the bytes of its byte stream and the bytes TCP sent a second time.
+
+        A segment's bytes that an earlier segment of the same direction carried (by
+        TCP sequence number) are resent: a loss, or a tail-loss probe fired before
+        the receiver's ACK came, as on a loaded machine.  The application wrote
+        them once, so ``payload`` counts them once."""
+        out: dict = {}
+        first: dict = {}  # direction -> sequence number of its first payload byte
+        for sport, dport, payload, seq in self._segments(ports):
+            key = f"{sport}>{dport}"
+            base = first.setdefault(key, seq)
+            row = out.setdefault(key, [0, 0, 0])  # payload, resent, end of the stream
+            start = (seq - base) % (1 << 32)
+            end = start + len(payload)
+            fresh = max(0, end - max(start, row[2]))
+            row[0] += fresh
+            row[1] += len(payload) - fresh
+            row[2] = max(row[2], end)
+        return {k: v[:2] for k, v in out.items()}
+
+    def _segments(self, ports) -> list:
         out = []
         for _, frame in self.packets:
             if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
@@ -159,7 +184,8 @@ class LoopbackCapture:
             total = struct.unpack_from("!H", frame, ip + 2)[0]
             data = tcp + (frame[tcp + 12] >> 4) * 4
             if ip + total > data:
-                out.append((sport, dport, frame[data:ip + total]))
+                seq = struct.unpack_from("!I", frame, tcp + 4)[0]
+                out.append((sport, dport, frame[data:ip + total], seq))
         return out
 
     def write_pcap(self, path: str) -> None:
