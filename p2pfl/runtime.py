@@ -161,6 +161,14 @@ class Runtime:
         """Wait, obeying commands only (stop, liveness)."""
         self.mailbox.idle(seconds)
 
+    def drain_uplink(self, timeout: float) -> None:
+        """Wait, obeying commands, until an emulated uplink has sent what it holds (up
+        to ``timeout`` s): a message is counted as sent when it leaves the link."""
+        deadline = time.monotonic() + timeout
+        while (self.endpoint.link_backlog() and not self.mailbox.stopped
+               and time.monotonic() < deadline):
+            self.mailbox.idle(0.01)  # off the host's CPU gate; a stop or a lost launcher ends it
+
     def compute(self, fn):
         """``fn()``, on the host's compute thread when actors share the process."""
         gate = self.mailbox.gate

@@ -171,7 +171,7 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
                                "the launcher or this node's host is gone, and this node's "
                                "records with it")
         runtime.flush()  # the last held records go before the bye
-        _drain_link(ep, mailbox, _drain_time(spec))
+        _drain_link(runtime, _drain_time(spec))
         ep.send(LAUNCHER, "bye", meta=node.final_report())
         if not mailbox.stopped:
             _await_stop(mailbox, start_timeout)
@@ -219,7 +219,7 @@ def _drain_time(spec) -> float:
     return spec.runtime.round_timeout + grace
 
 
-def _drain_link(ep: Endpoint, mailbox: Mailbox, timeout: float) -> None:
+def _drain_link(runtime: Runtime, timeout: float) -> None:
     """Let an emulated uplink send what it still holds, for up to ``timeout`` s, then
     drop the rest (counted), so that the bye's counters are final.
 
@@ -227,10 +227,8 @@ def _drain_link(ep: Endpoint, mailbox: Mailbox, timeout: float) -> None:
     a round time-out for them; an asynchronous node's leftovers are stale models.
     """
     for wait in (timeout, PROTOCOL_DRAIN_S):  # then what the protocol still sends
-        deadline = time.monotonic() + wait
-        while ep.link_backlog() and not mailbox.stopped and time.monotonic() < deadline:
-            mailbox.idle(0.01)  # off the host's CPU gate; a stop or a lost launcher ends it
-        ep.discard_link_backlog()  # payloads; a final leave, a pull, ... leave at once
+        runtime.drain_uplink(wait)
+        runtime.endpoint.discard_link_backlog()  # payloads; a final leave, ... at once
 
 
 def _await_stop(mailbox: Mailbox, timeout: float) -> None:

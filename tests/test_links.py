@@ -239,3 +239,19 @@ def test_link_values_must_be_finite(field, value):
 
     with pytest.raises(ConfigError, match=field):
         LinkSpec(**{field: value})
+
+
+def test_a_coordinators_last_record_counts_its_final_models_on_a_slow_link(tmp_path):
+    """A message is counted when it leaves the emulated uplink, and the last round was
+    recorded before the final models had left: that round's row of bytes_per_round
+    lacked them (only the totals had them)."""
+    from p2pfl import run_cluster
+
+    res = run_cluster(mode="fedavg", nodes=3, rounds=2, eval_every=100, link="up_mbps=20",
+                      dataset="digits", quiet=True, out=str(tmp_path))
+    s = res.summary
+    coord = [r for r in res.metrics if r["role"] == "coordinator"]
+    assert s["failed_nodes"] == {} and [r["round"] for r in coord] == [1, 2]
+    # each round: a model down to each of 3 workers; the last round, 3 final models too
+    assert coord[1]["bytes_sent"] > 1.9 * coord[0]["bytes_sent"]
+    assert sum(r["bytes_sent"] for r in coord) == s["bytes_down_total"]

@@ -18,7 +18,7 @@ import torch
 from ..compression.temporal import TemporalGap
 from ..learner import build_run_model, test_set
 from ..models import assign_params, flatten_params
-from ..runtime import Runtime
+from ..runtime import CLOSER_GRACE_S, Runtime
 from ..strategies import Reply, ServerContext, make_strategy
 from ..training import evaluate as evaluate_model
 from . import checkpoint
@@ -137,7 +137,8 @@ class Coordinator:
         for w in self.workers:
             if w not in self.rt.done:  # dead, and not restarted: nobody to hand it to
                 self.rt.send(w, "control", rnd + 1, self.strategy.finalize(w), final=True)
-        if rnd > recorded:  # after the final models: the record counts their bytes
+        if rnd > recorded:  # after the final models: the record counts their bytes, once
+            self.rt.drain_uplink(self.run_spec.round_timeout + CLOSER_GRACE_S)  # they left
             self.rt.report(rnd, held)
         return rnd
 
