@@ -10,7 +10,7 @@ import socket
 from .errors import UsageError
 
 __all__ = ["tcp_address", "check_host", "check_listen", "check_run_addresses", "listening",
-           "free_port"]
+           "free_port", "address_towards"]
 
 
 def tcp_address(address: str, flag: str, *, wildcard: bool = False) -> tuple:
@@ -40,6 +40,19 @@ def check_listen(address: str, flag: str = "--listen") -> None:
     host, port = tcp_address(address, flag, wildcard=True)
     if host not in _interfaces():
         _try_bind("0.0.0.0" if host == "*" else host, port or 0, flag, address)
+
+
+def address_towards(host: str, flag: str = "--advertise") -> str:
+    """This machine's IPv4 address on its route to ``host``: what a node bound to every
+    interface tells its peers, who reach it as the launcher's host would.  (Connecting
+    a UDP socket picks the route and sends nothing.)"""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((host, 9))
+            return s.getsockname()[0]
+    except OSError as exc:
+        raise UsageError(f"no route from this machine to {host!r} ({exc.strerror}): give "
+                         f"{flag} HOST, the name or address peers reach this node at") from None
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -135,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", type=int, help="this node's id in the topology (with --key: "
                    "its name in keys.toml when that is a number)")
     p.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
-    p.add_argument("--advertise", help="host name or IP that peers use to reach this node")
+    p.add_argument("--advertise", help="host name or IP that peers use to reach this node "
+                   "(default with --host 0.0.0.0: this host's address on its route to the "
+                   "launcher)")
     p.add_argument("--key", help="this node's secret key file (CURVE; keys.toml beside it)")
     p.add_argument("--start-timeout", dest="start_timeout", type=float, default=60.0,
                    help="seconds to wait for the launcher's config and start (default 60)")
@@ -187,14 +189,17 @@ def _one_line(exc) -> str:
 
 
 def _cmd_node(args) -> int:
-    from .addresses import check_host, tcp_address
+    from .addresses import address_towards, check_host, tcp_address
 
-    tcp_address(args.connect, "--connect")
+    launcher_host, _ = tcp_address(args.connect, "--connect")
     if args.id is not None and args.id < 0:
         raise UsageError(f"--id must be >= 0, got {args.id}")
     if not args.start_timeout > 0:
         raise UsageError(f"--start-timeout must be positive, got {args.start_timeout}")
     check_host(args.host)
+    advertise = args.advertise
+    if advertise is None and args.host in ("0.0.0.0", "*"):  # not an address to reach
+        advertise = address_towards(launcher_host)  # the one its launcher's host can reach
     from .worker import serve
 
     node_id, security = args.id, None
@@ -213,7 +218,7 @@ def _cmd_node(args) -> int:
     ctx = zmq.Context()
     try:
         return serve(args.connect, node_id, ctx=ctx, scheme="tcp", host=args.host,
-                     advertise=args.advertise, security=security,
+                     advertise=advertise, security=security,
                      start_timeout=args.start_timeout, report=report)
     finally:  # what the node sent last (its bye, or why it failed) leaves before exit
         ctx.term()

@@ -2,6 +2,7 @@
 node starts; a launcher or nodes that never show up end in one line, exit 1."""
 
 import importlib.util
+import json
 import os
 import socket
 import subprocess
@@ -226,3 +227,17 @@ def test_run_cluster_checks_addresses_before_anything_starts(tmp_path, option, w
     with pytest.raises(UsageError, match=words):
         p2pfl.run_cluster("ring:3", rounds=1, quiet=True, out=str(tmp_path), **option)
     assert not os.listdir(tmp_path)  # not even config.json: the run folder is untouched
+
+
+def test_a_node_bound_to_every_interface_advertises_where_it_is_reached(tmp_path):
+    """With the default --host 0.0.0.0 and no --advertise, a node told its peers
+    tcp://0.0.0.0:PORT: on another host a peer would have connected to itself."""
+    from tests._remote import run_to_the_end
+
+    addr = f"tcp://127.0.0.1:{free_port()}"
+    run_to_the_end([*CLI, "cluster", "--topology", "ring:2", "--rounds", "2", "--listen", addr,
+                    "-q", "--out", str(tmp_path)],
+                   [[*CLI, "node", "--connect", addr, "--id", str(i)] for i in range(2)])
+    rows = json.loads((tmp_path / "nodes.json").read_text())
+    assert all(r["address"].startswith("tcp://127.0.0.1:") for r in rows), rows
+    assert all(r["control"].startswith("tcp://127.0.0.1:") for r in rows), rows
