@@ -43,6 +43,56 @@ RUNS = [("stc p=0.01", "stc:0.01+golomb", "off"),
         ("stc p=0.015", "stc:0.015+golomb", "off")]
 
 
+def _write_idx(folder: str, stem: str, x, y) -> None:
+    """Images (n, 8, 8) of 0..16 and labels as MNIST-format IDX files (unsigned bytes)."""
+    import numpy as np
+
+    pixels = np.clip(np.rint(x * 15), 0, 255).astype(">u1")
+    with open(os.path.join(folder, f"{stem}-images-idx3-ubyte"), "wb") as fh:
+        fh.write(bytes([0, 0, 8, 3]) + np.array(pixels.shape, ">u4").tobytes()
+                 + pixels.tobytes())
+    with open(os.path.join(folder, f"{stem}-labels-idx1-ubyte"), "wb") as fh:
+        fh.write(bytes([0, 0, 8, 1]) + np.array([len(y)], ">u4").tobytes()
+                 + y.astype(">u1").tobytes())
+
+
+def _finetune_task(tmp: str, model: str, seed: int = 0):
+    """A pretrained CNN and a new domain, the paper's fine-tuning setting: the CNN is
+    trained centrally on digits (8x8, written as MNIST files: ``source``), and the
+    federated run adapts it to the same digits turned 90 degrees (``target``).
+    Returns (the pretrained module, the target's dataset spec)."""
+    import numpy as np
+    import torch
+
+    from p2pfl.data import load_dataset
+    from p2pfl.models import build_model
+
+    digits = load_dataset("digits", seed=seed)
+    for name, turn in (("source", 0), ("target", 1)):
+        folder = os.path.join(tmp, name)
+        os.makedirs(folder, exist_ok=True)
+        for stem, x, y in (("train", digits.x_train, digits.y_train),
+                           ("t10k", digits.x_test, digits.y_test)):
+            _write_idx(folder, stem, np.rot90(x[:, 0] * 16, turn, axes=(1, 2)), y)
+    source = load_dataset("mnist:" + os.path.join(tmp, "source"))
+    target = load_dataset("mnist:" + os.path.join(tmp, "target"))
+    net = build_model(model, source.input_shape, 10, seed=seed)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    x, y = torch.as_tensor(source.x_train), torch.as_tensor(source.y_train)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(20):  # epochs
+        for batch in torch.randperm(len(x), generator=gen).split(32):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x[batch]), y[batch]).backward()
+            opt.step()
+    net.eval()
+    with torch.no_grad():
+        for name, ds in (("source", source), ("target", target)):
+            acc = (net(torch.as_tensor(ds.x_test)).argmax(1).numpy() == ds.y_test).mean()
+            print(f"pretrained CNN, {name} test accuracy {acc:.4f}", flush=True)
+    return net, "mnist:" + os.path.join(tmp, "target")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=60)
@@ -51,13 +101,18 @@ def main() -> int:
     ap.add_argument("--partition", default="iid", help="iid, dirichlet:ALPHA, shards:S")
     ap.add_argument("--model", default="cnn", help="cnn or cnn:C1-C2[-...]")
     ap.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay")
+    ap.add_argument("--finetune", action="store_true",
+                    help="start from a CNN pretrained on digits; learn digits turned 90 deg")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        dataset, model = args.dataset, args.model
+        if args.finetune:
+            model, dataset = _finetune_task(tmp, args.model)
         for name, spec, scaling in RUNS:
             accs, curves, up, down = [], [], [], []
             for seed in args.seeds:
-                s = run_cluster(mode="stc", nodes=10, dataset=args.dataset, model=args.model,
+                s = run_cluster(mode="stc", nodes=10, dataset=dataset, model=model,
                                 rounds=args.rounds, compression=spec, filter_scaling=scaling,
                                 seed=seed, partition=args.partition, quiet=True,
                                 weight_decay=args.weight_decay,
@@ -86,9 +141,10 @@ def main() -> int:
     name += "" if args.partition == "iid" else "_" + args.partition.replace(":", "-")
     name += "" if args.model == "cnn" else "_" + args.model.replace(":", "-")
     name += f"_wd-{args.weight_decay:g}" if args.weight_decay else ""
+    name += "_finetune" if args.finetune else ""
     write_json_atomic(os.path.join(out, name + ".json"), {
         "dataset": args.dataset, "partition": args.partition, "model": args.model,
-        "weight_decay": args.weight_decay, "rounds": args.rounds,
+        "weight_decay": args.weight_decay, "finetune": args.finetune, "rounds": args.rounds,
         "seeds": args.seeds, "rows": rows})
     write_atomic(os.path.join(out, name + ".md"),
                  lambda fh: fh.write("\n".join(lines) + "\n"), text=True)
