@@ -42,17 +42,18 @@ def check_listen(address: str, flag: str = "--listen") -> None:
         _try_bind("0.0.0.0" if host == "*" else host, port or 0, flag, address)
 
 
-def address_towards(host: str, flag: str = "--advertise") -> str:
+def address_towards(host: str) -> str:
     """This machine's IPv4 address on its route to ``host``: what a node bound to every
     interface tells its peers, who reach it as the launcher's host would.  (Connecting
-    a UDP socket picks the route and sends nothing.)"""
+    a UDP socket picks the route and sends nothing.)  Where ``host`` has no route or
+    no address yet (a name that resolves once its container is up), this machine's
+    host name."""
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.connect((host, 9))
             return s.getsockname()[0]
-    except OSError as exc:
-        raise UsageError(f"no route from this machine to {host!r} ({exc.strerror}): give "
-                         f"{flag} HOST, the name or address peers reach this node at") from None
+    except OSError:
+        return socket.gethostname()
 
 
 def free_port(host: str = "127.0.0.1") -> int:

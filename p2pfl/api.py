@@ -200,7 +200,7 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
                         backend=_backend(cfg, progress.info))
     interrupted = None
     try:
-        with _signals_unwind():
+        with _signals_unwind() as launcher.watch_signals:
             nodes = launcher.run()
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the summary of what was done
         interrupted, nodes = exc, launcher.nodes
@@ -236,16 +236,18 @@ def _signals_unwind():
     is not lost where Python cannot raise.  The old handlers are put back."""
     ours = {signal.SIGTERM: (signal.SIG_DFL, signals.handler),
             signal.SIGINT: (signal.default_int_handler, signals.handler)}
-    old = {}
-    if threading.current_thread() is threading.main_thread():
-        old = {sig: signal.getsignal(sig) for sig, free in ours.items()
-               if signal.getsignal(sig) in free}
-    signals.clear()
-    for sig in old:
-        signal.signal(sig, signals.handler)
+    old: dict = {}
+    if threading.current_thread() is not threading.main_thread():
+        yield False  # signals reach the main thread only: this run does not watch them
+        return
     try:
-        yield
+        for sig, free in ours.items():
+            if signal.getsignal(sig) in free:
+                old[sig] = signal.getsignal(sig)
+                signal.signal(sig, signals.handler)
+        yield bool(old)
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
-        signals.clear()
+        if old:
+            signals.clear()

@@ -83,6 +83,7 @@ class Launcher(Supervision):
         self._next_stopped_check = 0.0
         self.watch = ConnectionWatch()  # remote nodes' control connections (--listen)
         self._said_dropped: set = set()  # senders whose dropped join was logged
+        self.watch_signals = False  # Ctrl-C and SIGTERM go through p2pfl.signals
 
     # ------------------------------------------------------------------ phases
     def run(self) -> dict:
@@ -177,7 +178,8 @@ class Launcher(Supervision):
         than eight."""
         deadline = time.monotonic() + timeout
         while True:
-            signals.check()  # a Ctrl-C whose exception was lost
+            if self.watch_signals:
+                signals.check()  # a Ctrl-C whose exception was lost
             waiting = [h for h in self.nodes.values() if h.state != state]
             if not waiting:
                 return
@@ -227,7 +229,8 @@ class Launcher(Supervision):
         last_beat, last_news = 0.0, time.monotonic()
         silence_limit = max(120.0, 6 * self.round_timeout)
         while any(h.state not in ("done", "failed") for h in self.nodes.values()):
-            signals.check()  # a Ctrl-C or SIGTERM whose exception was lost
+            if self.watch_signals:
+                signals.check()  # a Ctrl-C or SIGTERM whose exception was lost
             now = time.monotonic()
             if now - last_beat > HEARTBEAT_S:
                 for h in self.nodes.values():  # a finished node waits for its stop, and
@@ -352,6 +355,7 @@ class Launcher(Supervision):
         """Stop every node: ask, wait briefly, terminate, kill.  Idempotent.  Nodes
         that had not finished (an interrupted run, a failed start) are ``stopped``."""
         self._stopping = True
+        running = {h.id for h in self.nodes.values() if h.state == "ready"}
         for h in self.nodes.values():
             if h.state not in ("done", "failed"):
                 h.state = "stopped"
@@ -366,7 +370,7 @@ class Launcher(Supervision):
                     h.runner.kill()
         deadline = time.monotonic() + 5.0
         if self.ep is not None and self.t_start is not None:
-            self._collect_byes(deadline)  # their counters and last records
+            self._collect_byes(running, deadline)  # their counters and last records
         for h in self.nodes.values():
             if h.runner is not None and h.runner.ident is not None:
                 h.runner.join(max(0.05, deadline - time.monotonic()))

@@ -78,6 +78,24 @@ class RayRunner:
     kill = terminate
 
 
+def _signal_handlers() -> dict:
+    """SIGINT's and SIGTERM's handlers, where they can be set again (the main thread)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore(handlers: dict) -> None:
+    import signal
+
+    for sig, handler in handlers.items():
+        if handler is not None and signal.getsignal(sig) is not handler:
+            signal.signal(sig, handler)
+
+
 class RayBackend:
     """Connects to (or starts) Ray, checks the nodes' resources fit, spawns node actors.
 
@@ -111,11 +129,14 @@ class RayBackend:
         if not self._owned and self.address:
             raise ConfigError(f"--ray-address {self.address}: this process is already "
                               "connected to Ray; leave the address out to use that session")
+        handlers = _signal_handlers()
         try:
             if self._owned:  # "local": a new instance even when `ray start` left one behind
                 ray.init(address=self.address or "local", **kwargs)
         except ConnectionError as exc:
             raise ConfigError(f"--ray-address {self.address}: {exc}") from None
+        finally:  # ray.init makes SIGTERM exit at once: ours stops the nodes and writes
+            _restore(handlers)  # the summary (p2pfl.signals)
         self._ray = ray
         self._check_resources(num_nodes, ray.cluster_resources())
         where = "at " + self.address if self.address else "started here"

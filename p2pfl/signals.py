@@ -24,9 +24,12 @@ def _exception(signum: int) -> KeyboardInterrupt:
 
 
 def handler(signum, frame) -> None:
-    """For SIGINT and SIGTERM: raise KeyboardInterrupt (SIGTERM: :class:`Terminated`)."""
+    """For SIGINT and SIGTERM: raise KeyboardInterrupt (SIGTERM: :class:`Terminated`).
+    A second signal while the first unwinds is recorded only: it does not cut short
+    the clean shutdown that stops the nodes."""
     _pending.append(signum)
-    raise _exception(signum)
+    if len(_pending) == 1:
+        raise _exception(signum)
 
 
 def check() -> None:

@@ -164,14 +164,17 @@ class Supervision:
                                            "round": h.last_round})
         self.write_nodes_json()
 
-    def _collect_byes(self, deadline: float) -> None:
-        """After a stop at shutdown (Ctrl-C, SIGTERM, a failed start): take the byes
-        of the nodes that had not finished, until each has said bye or ended, or the
-        deadline.  A bye holds a node's final counters and follows its last records;
-        the node stays ``stopped``."""
-        def pending():
-            return [h for h in self.nodes.values() if h.state == "stopped" and not h.final
-                    and h.control and not h.exited()]
+    def _collect_byes(self, running: set, deadline: float) -> None:
+        """After a stop at shutdown (Ctrl-C, SIGTERM, an error mid-run): take the byes
+        of the nodes that were ``running`` (ready), until each has said bye or ended,
+        or the deadline.  A bye holds a node's final counters and follows its last
+        records; the node stays ``stopped``."""
+        def pending():  # exits are looked at every 0.2 s; a lost connection is not waited for
+            if self.listen:
+                self.watch.poll(time.monotonic())
+            gone, lost = self._exited(), self.watch.down_since if self.listen else {}
+            return [h for h in self.nodes.values() if h.id in running and not h.final
+                    and h.id not in gone and h.id not in lost]
 
         while True:
             msg = self.mailbox.poll_control(0.05)

@@ -187,8 +187,9 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
             runtime.flush()  # the rounds it completed are recorded
         ep.send(LAUNCHER, "error", meta={"reason": reason, "trace": traceback.format_exc()[-4000:]})
     finally:
-        # After the launcher's stop every peer is done: nothing left is worth waiting for.
-        ep.close(linger=0 if mailbox.stopped and status == 0 else None)
+        # After the launcher's stop every peer is done: nothing left is worth waiting for,
+        # but what goes to the launcher (the last records, the bye) may still be queued.
+        ep.close(linger=0 if mailbox.stopped and status == 0 else None, spare=(LAUNCHER,))
     return status
 
 

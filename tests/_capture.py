@@ -56,6 +56,10 @@ def private_loopback(drop_every: int | None = None):
         _ip("netns", "del", name)
 
 
+class CannotDrop(RuntimeError):
+    """The namespace's firewall would not take the rule (e.g. no ``statistic`` match)."""
+
+
 def can_drop() -> str | None:
     """Why :func:`private_loopback` cannot drop segments here (None: it can)."""
     if os.geteuid() != 0 or shutil.which("ip") is None:
@@ -73,7 +77,7 @@ def capture_cluster(out, *args, timeout: float = 300, drop_every: int | None = N
     (:meth:`~p2pfl.transport.probe.LoopbackCapture.tcp_streams`)."""
     with private_loopback(drop_every) as prefix:
         if drop_every is not None and not prefix:
-            raise RuntimeError("no namespace whose firewall drops segments")
+            raise CannotDrop("iptables could not add the rule that drops segments")
         res = subprocess.run([*prefix, sys.executable, os.path.abspath(__file__), str(out),
                               *map(str, args)], cwd=ROOT, check=True, timeout=timeout,
                              capture_output=True, text=True)

@@ -141,6 +141,31 @@ def test_a_signal_lost_in_a_destructor_is_raised_again():
         signals.clear()
 
 
+def test_the_launcher_raises_a_signal_whose_exception_was_lost(tmp_path):
+    """What the launcher's loops do with a signal recorded but not raised (as when its
+    exception was lost in a destructor): the run unwinds as after Ctrl-C."""
+    run = tmp_path / "run"
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import os, signal, threading, time\n"
+        "import p2pfl\n"
+        "from p2pfl import signals\n"
+        "def lose():\n"
+        f"    while not os.path.exists({str(run / 'metrics.jsonl')!r}):\n"
+        "        time.sleep(0.1)\n"
+        "    signals._pending.append(signal.SIGINT)  # recorded; its raise lost\n"
+        "threading.Thread(target=lose, daemon=True).start()\n"
+        "try:\n"
+        "    p2pfl.run_cluster('ring:3', rounds=100000, quiet=True, eval_every=1000,"
+        f" out={str(run)!r})\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted')\n")
+    out = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.stdout.strip() == "interrupted", out.stderr[-2000:]
+    assert json.loads((run / "summary.json").read_text())["interrupted"] is True
+
+
 def test_sigterm_to_a_script_running_a_cluster_writes_its_summary(tmp_path):
     """Only the CLI turned SIGTERM into a clean stop: a script's run left no summary
     and nodes.json said 'joined'."""

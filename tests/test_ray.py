@@ -106,6 +106,29 @@ def test_sixteen_nodes_across_two_ray_nodes(ray_cluster, tmp_path):
     assert summary["accuracy_mean"] > 0.6  # twelve rounds on a ring of 16 learn
 
 
+def test_sigterm_stops_a_ray_run_cleanly(ray_cluster, tmp_path):
+    """ray.init puts in a SIGTERM handler of its own that exits at once: the run left
+    no summary and exited 15, where a local run stops its nodes and exits 143."""
+    address, env = ray_cluster
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "cluster", "--backend", "ray",
+                             "--ray-address", address, "--node-cpus", "1", "--host",
+                             "127.0.0.1", "--topology", "ring:4", "--rounds", "100000",
+                             "--eval-every", "1000", "-q", "--out", str(out)],
+                            cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").stat().st_size):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["node_processes"] == 4
+
+
 def test_nodes_that_do_not_fit_are_refused_before_any_starts(ray_cluster, tmp_path):
     address, env = ray_cluster
     proc = _p2pfl(env, "--backend", "ray", "--ray-address", address, "--node-cpus", "2",

@@ -391,11 +391,12 @@ class Endpoint:
                 event = recv_monitor_message(monitor)
                 self.counters.drop(handshake_drop(event["event"], event["value"]))
 
-    def close(self, linger: float | None = None) -> None:
+    def close(self, linger: float | None = None, *, spare=()) -> None:
         """Close every socket.
 
         Pending outgoing messages get up to 2 s to leave (``linger`` seconds if
-        given; 0 discards them, for when every peer is known to be done).
+        given; 0 discards them, for when every peer is known to be done); those to
+        the peers in ``spare`` get the 2 s whatever ``linger`` says.
         """
         ms = None if linger is None else int(linger * 1000)
         if self._link is not None:
@@ -404,7 +405,7 @@ class Endpoint:
             for peer in list(table):
                 sock = table.pop(peer)
                 if sock is not self._link:
-                    sock.close(linger=ms)
+                    sock.close(linger=None if peer in spare else ms)
         if self._monitors:
             self.count_refusals()
         for monitor, sock in self._monitors.items():
