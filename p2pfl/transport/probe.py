@@ -155,7 +155,10 @@ class LoopbackCapture:
         A segment's bytes that an earlier segment of the same direction carried (by
         TCP sequence number) are resent: a loss, or a tail-loss probe fired before
         the receiver's ACK came, as on a loaded machine.  The application wrote
-        them once, so ``payload`` counts them once."""
+        them once, so ``payload`` counts them once.  A direction is keyed by its two
+        ports and counted from its first data byte: on loopback new data leaves in
+        order, so a hole later filled and a reused port pair (a reconnection) are not
+        told apart (either counts as resent)."""
         out: dict = {}
         first: dict = {}  # direction -> sequence number of its first payload byte
         for sport, dport, payload, seq in self._segments(ports):
