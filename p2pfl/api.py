@@ -246,6 +246,11 @@ def _signals_unwind():
                 old[sig] = signal.getsignal(sig)
                 signal.signal(sig, signals.handler)
         yield bool(old)
+    except KeyboardInterrupt as exc:
+        mine = signals.standing_for(exc) if old else exc
+        if mine is exc:
+            raise
+        raise mine from None
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)

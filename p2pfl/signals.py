@@ -14,7 +14,7 @@ import signal
 
 from .errors import Terminated
 
-__all__ = ["handler", "check", "clear"]
+__all__ = ["handler", "check", "clear", "standing_for"]
 
 _pending: list = []  # signals whose exception may not have reached the launcher
 
@@ -30,6 +30,15 @@ def handler(signum, frame) -> None:
     _pending.append(signum)
     if len(_pending) == 1:
         raise _exception(signum)
+
+
+def standing_for(exc: KeyboardInterrupt) -> KeyboardInterrupt:
+    """The exception of the first signal recorded, where a library turned ours into a
+    plain KeyboardInterrupt (Ray does, for a signal handled during one of its calls:
+    a SIGTERM then ended the run as a Ctrl-C, exit 130); else ``exc``."""
+    if _pending and type(exc) is KeyboardInterrupt and _pending[0] != signal.SIGINT:
+        return _exception(_pending[0])
+    return exc
 
 
 def check() -> None:

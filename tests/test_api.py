@@ -141,6 +141,26 @@ def test_a_signal_lost_in_a_destructor_is_raised_again():
         signals.clear()
 
 
+def test_a_sigterm_turned_into_a_plain_keyboard_interrupt_stays_a_sigterm():
+    """Ray catches a signal's exception raised during its calls and raises a plain
+    KeyboardInterrupt instead: a SIGTERM to a Ray run exited 130, as a Ctrl-C."""
+    from p2pfl import signals
+    from p2pfl.api import _signals_unwind
+    from p2pfl.errors import Terminated
+
+    with pytest.raises(KeyboardInterrupt) as info:  # not pytest's own Ctrl-C if it fails
+        with _signals_unwind() as watched:
+            assert watched  # the main thread, with Python's own handlers
+            signals._pending.append(signal.SIGTERM)  # what the handler records
+            raise KeyboardInterrupt()  # what Ray raises in place of our Terminated
+    assert isinstance(info.value, Terminated) and info.value.signum == signal.SIGTERM
+    with pytest.raises(KeyboardInterrupt) as info:  # a Ctrl-C stays one
+        with _signals_unwind():
+            signals._pending.append(signal.SIGINT)
+            raise KeyboardInterrupt()
+    assert not isinstance(info.value, Terminated) and not signals._pending
+
+
 def test_the_launcher_raises_a_signal_whose_exception_was_lost(tmp_path):
     """What the launcher's loops do with a signal recorded but not raised (as when its
     exception was lost in a destructor): the run unwinds as after Ctrl-C."""
