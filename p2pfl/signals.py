@@ -42,9 +42,9 @@ def standing_for(exc: KeyboardInterrupt) -> KeyboardInterrupt:
 
 
 def check() -> None:
-    """Raise a recorded signal's exception again (its first raise may have been lost)."""
+    """Raise the first recorded signal's exception again (its raise may have been lost)."""
     if _pending:
-        raise _exception(_pending[-1])
+        raise _exception(_pending[0])
 
 
 def clear() -> None:
