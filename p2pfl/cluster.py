@@ -296,9 +296,8 @@ class Launcher(Supervision):
         if msg.kind == "join" and self.t_start is not None:  # mid-run: a restart
             if h.state not in ("restarting", "ready", "failed") or not self.restart_limit:
                 self.ep.counters.drop("unexpected_control")
-                self._dropped_join(msg.src, f"node {h.label!r} is {h.state}, and the run "
-                                   "takes no restarts" if not self.restart_limit else
-                                   f"node {h.label!r} is {h.state}")
+                self._dropped_join(msg.src, f"node {h.label!r} is {h.state}" + (
+                    "" if self.restart_limit else ", and the run takes no restarts"))
                 return
             if h.state != "restarting" and h.restarts >= self.restart_limit:
                 self.ep.counters.drop("restart_limit")  # --restart on-failure:N, by hand too

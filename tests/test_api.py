@@ -119,7 +119,8 @@ def test_a_run_where_every_node_failed_raises(tmp_path):
 def test_a_signal_lost_in_a_destructor_is_raised_again():
     """Python raises a handler's exception where the main thread is; inside a destructor
     (a ZeroMQ frame freed while the launcher polls) it was printed and lost, and the
-    run went on: one Ctrl-C in three of an inproc cluster did nothing."""
+    run went on: 4 of 40 Ctrl-Cs to an inproc cluster did nothing
+    (``bash benchmarks/sigint.sh``)."""
     from p2pfl import signals
     from p2pfl.errors import Terminated
 
