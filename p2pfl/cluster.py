@@ -24,6 +24,7 @@ import time
 import zmq
 
 from . import signals
+from .admission import Admission
 from .errors import ClusterError, UsageError
 from .metrics import write_json_atomic
 from .runtime import LAUNCHER
@@ -38,7 +39,7 @@ from .worker import HEARTBEAT_S, actor_context, raise_fd_limit
 __all__ = ["Launcher", "NodeHandle", "ClusterError"]
 
 
-class Launcher(Supervision):
+class Launcher(Supervision, Admission):
     """Runs one cluster.
 
     Parameters
@@ -82,7 +83,7 @@ class Launcher(Supervision):
         self._next_exit_check, self._dead = 0.0, {}
         self._next_stopped_check = 0.0
         self.watch = ConnectionWatch()  # remote nodes' control connections (--listen)
-        self._said_dropped: set = set()  # senders whose dropped join was logged
+        self._refused: set = set()  # (id, route) of the joins refused (admission.py)
         self.watch_signals = False  # Ctrl-C and SIGTERM go through p2pfl.signals
 
     # ------------------------------------------------------------------ phases
@@ -186,10 +187,7 @@ class Launcher(Supervision):
             if time.monotonic() > deadline:
                 raise ClusterError(f"{len(waiting)} node(s) not {state} after {timeout:.0f} s: "
                                    f"{[h.label for h in waiting[:5]]}{self._refusals()}")
-            msg = self.mailbox.poll_control(0.5)
-            while msg is not None:
-                self._handle(msg, kinds)
-                msg = self.mailbox.poll_control(0.0)
+            self._take(kinds, 0.5)
             self.watch.poll(time.monotonic())  # read, so that its queue never fills
             failed = [h for h in self.nodes.values() if h.state == "failed"]
             if failed:
@@ -240,11 +238,8 @@ class Launcher(Supervision):
             if self._closer_done_long_ago(now):
                 self._stop_all = True  # e.g. a worker offline when the run ended
             self._send_stops()
-            msg = self.mailbox.poll_control(0.5)
-            while msg is not None:  # all that is here: a node's bye may follow its exit
-                last_news = now
-                self._handle(msg, {"metrics", "bye", "error", "join", "ready"})
-                msg = self.mailbox.poll_control(0.0)
+            if self._take({"metrics", "bye", "error", "join", "ready"}, 0.5):
+                last_news = now  # all that is here: a node's bye may follow its exit
             gone = self._exited()
             for h in self.nodes.values():
                 if h.state == "ready" and h.id in gone:
@@ -267,48 +262,29 @@ class Launcher(Supervision):
             return b.local
         return b.address
 
-    def _join(self, h: NodeHandle, meta: dict) -> bool:
-        if not (isinstance(meta.get("address"), str) and isinstance(meta.get("control"), str)):
-            self._fail(h, "join without data and control addresses")
-            return False
-        h.address, h.control = meta["address"], meta["control"]
-        pid, host = meta.get("pid"), meta.get("host")  # what a node says of itself
-        h.pid = pid if type(pid) is int and 0 < pid < 1 << 31 else h.pid
-        h.host = host[:255] if isinstance(host, str) else None
-        local = meta.get("local")
-        h.local = local if isinstance(local, str) and local.startswith("inproc://") else None
-        h.ray_node = meta["ray_node"] if isinstance(meta.get("ray_node"), str) else None
-        if self.listen:  # a remote node: the launcher sees no process exit, only a
-            self.watch.forget(h.id)  # connection that ZMTP heartbeats find lost
-            self.ep.reconnect(h.id, h.control, control=True, heartbeat_s=HEARTBEAT_S)
-            self.watch.watch(h.id, self.ep.command_socket(h.id))
-        else:
-            self.ep.reconnect(h.id, h.control, control=True)
-        self.ep.send(h.id, "heartbeat")  # the node learns that it reached the launcher
-        h.state = "joined"
-        return True
+    def _take(self, kinds: set, timeout: float) -> bool:
+        """Handle what the nodes sent, waiting up to ``timeout`` s for the first message;
+        True if any came.  A Ctrl-C or SIGTERM meanwhile is raised once they are handled
+        (:func:`~p2pfl.signals.deferred`): a record taken off the socket is not lost."""
+        with signals.deferred(self.watch_signals):
+            msg = self.mailbox.poll_control(timeout)
+            got = msg is not None
+            while msg is not None:
+                self._handle(msg, kinds)
+                msg = self.mailbox.poll_control(0.0)
+        return got
 
     def _handle(self, msg, kinds: set) -> None:
         h = self.nodes.get(msg.src)
         if h is None or msg.kind not in kinds | {"error"}:
             self.ep.counters.drop("unexpected_control")
             return
-        if msg.kind == "join" and self.t_start is not None:  # mid-run: a restart
-            if h.state not in ("restarting", "ready", "failed") or not self.restart_limit:
-                self.ep.counters.drop("unexpected_control")
-                self._dropped_join(msg.src, f"node {h.label!r} is {h.state}" + (
-                    "" if self.restart_limit else ", and the run takes no restarts"))
-                return
-            if h.state != "restarting" and h.restarts >= self.restart_limit:
-                self.ep.counters.drop("restart_limit")  # --restart on-failure:N, by hand too
-                self._dropped_join(msg.src, f"node {h.label!r} was restarted {h.restarts} "
-                                   f"time(s), the --restart limit")
-                return
-            if h.state != "restarting":  # restarted by hand (p2pfl node --connect --id N)
-                h.restarts += 1
-                self.on_restart(h)
-            self._join(h, msg.meta)
-            self._rejoined(h)
+        if msg.kind == "join":  # admission.py: taken, or refused and told why
+            if self._admit(h, msg) and self.t_start is None:
+                self.on_message(h, msg)
+            return
+        if h.route and msg.route != h.route:  # a refused or replaced process with its id
+            self.ep.counters.drop("other_process")
             return
         if msg.kind == "ready" and self.t_start is not None:  # rejoined
             h.state = "ready"
@@ -323,10 +299,7 @@ class Launcher(Supervision):
             elif h.id == self.closer:
                 self._finish_sent = False  # a replacement is asked to finish again
             return
-        if msg.kind == "join":
-            if not self._join(h, msg.meta):
-                return
-        elif msg.kind == "ready":
+        if msg.kind == "ready":
             h.state = "ready"
         elif msg.kind == "metrics":
             h.last_round = max(h.last_round, msg.round)
@@ -338,16 +311,6 @@ class Launcher(Supervision):
             self._fail(h, reason[:2000] if isinstance(reason, str) else "unknown error")
             return  # nested value would raise RecursionError here
         self.on_message(h, msg)
-
-    def _stranger(self, msg) -> None:
-        if msg.kind == "join":
-            self._dropped_join(msg.src, "no node of this run has that id")
-
-    def _dropped_join(self, src, why: str) -> None:
-        """Say once per sender why its join was dropped: the node itself only times out."""
-        if len(self._said_dropped) < 64 and src not in self._said_dropped:
-            self._said_dropped.add(src)
-            self.log(f"a join from node id {repr(src)[:64]} was dropped: {why}")
 
     # --------------------------------------------------------------- shutdown
     def shutdown(self) -> None:

@@ -5,18 +5,22 @@ when Python runs the handler.  Raised inside a destructor (a ZeroMQ frame freed
 while the launcher polls, say) it is printed as "Exception ignored" and lost,
 and the run went on as if nothing had been asked.  So :func:`handler` also
 records the signal, and the launcher's loops call :func:`check`, which raises it
-again if nothing else did.
+again if nothing else did.  Where an exception must not cut a step in two (a
+message taken off its socket and not yet handled is lost), the step runs
+:func:`deferred`: a signal then only is recorded, and is raised when the step ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 
 from .errors import Terminated
 
-__all__ = ["handler", "check", "clear", "standing_for"]
+__all__ = ["handler", "check", "clear", "deferred", "standing_for"]
 
 _pending: list = []  # signals whose exception may not have reached the launcher
+_deferring: list = []  # one entry a deferred() step in progress
 
 
 def _exception(signum: int) -> KeyboardInterrupt:
@@ -28,8 +32,24 @@ def handler(signum, frame) -> None:
     A second signal while the first unwinds is recorded only: it does not cut short
     the clean shutdown that stops the nodes."""
     _pending.append(signum)
-    if len(_pending) == 1:
+    if len(_pending) == 1 and not _deferring:
         raise _exception(signum)
+
+
+@contextlib.contextmanager
+def deferred(active: bool = True):
+    """Run a step that a signal's exception must not cut in two: the handler only records
+    a signal meanwhile, and :func:`check` raises it when the step ends.  Not ``active``:
+    the step runs as it is (signals are not handled by :func:`handler`)."""
+    if not active:
+        yield
+        return
+    _deferring.append(True)
+    try:
+        yield
+    finally:
+        _deferring.pop()
+    check()
 
 
 def standing_for(exc: KeyboardInterrupt) -> KeyboardInterrupt:

@@ -36,6 +36,7 @@ class NodeHandle:
     ray_node: str | None = None  # the Ray node it was placed on (--backend ray)
     pid: int | None = None
     host: str | None = None
+    route: bytes = b""  # the routing id of the process taken for it (admission.py)
     state: str = "spawned"  # spawned, joined, ready, restarting; done, failed, stopped
     final: dict = field(default_factory=dict)
     reason: str | None = None
@@ -145,7 +146,7 @@ class Supervision:
     def _restart(self, h: NodeHandle) -> None:
         """Start a new process for a node that died; it rejoins (see :meth:`_rejoined`)."""
         h.restarts += 1
-        h.state = "restarting"
+        h.state, h.route = "restarting", b""  # its replacement's join is taken
         self.log(f"node {h.label!r} died; restarting it ({h.restarts}/{self.restart_limit})")
         self.on_restart(h)
         if self.backend is not None:

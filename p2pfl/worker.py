@@ -6,8 +6,10 @@ by hand on another host (``p2pfl node --connect tcp://HOST:PORT``).
 
 Protocol with the launcher (all messages: msgpack header + frames)::
 
-    node → launcher   join    {address, control, pid, host, local (inproc, actors of a host)}
-    launcher → node   heartbeat (the join was heard)
+    node → launcher   join    {address, control, pid, host, version,
+                               local (inproc, actors of a host)}
+    launcher → node   heartbeat (the join was heard), or
+                      stop    {refused: why} (another process has the id, or another version)
     launcher → node   config  {spec (a NodeSpec as plain data), addresses of the neighbours}
     node ↔ neighbours hello   (round 0; proves the links work)
     node → launcher   ready
@@ -31,10 +33,12 @@ from typing import Callable
 
 import zmq
 
+from . import __version__
 from .memory import keep_large_blocks
 from .roles import make_role, node_spec
 from .runtime import CLOSER_GRACE_S, LAUNCHER, Runtime
 from .transport import Endpoint, Mailbox, bind_address
+from .transport.endpoint import process_identity
 from .transport.cpugate import CpuGate
 from .transport.security import Security
 
@@ -58,6 +62,8 @@ def _await_config(mailbox: Mailbox, launcher: str, timeout: float, joined_at: fl
     try:
         return _await(mailbox, "config", timeout).meta
     except TimeoutError:
+        if mailbox.refused is not None:
+            raise Refused(f"the launcher refused this node: {mailbox.refused}") from None
         if mailbox.stopped:
             raise TimeoutError("the launcher ended the run before it started") from None
         if mailbox.last_control <= joined_at:  # not even the heartbeat that answers a join
@@ -131,7 +137,9 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
     mailbox.alive = alive or (lambda: time.monotonic() - mailbox.last_control < lost_after)
     status, runtime = 1, None
     try:
-        ep.connect(LAUNCHER, launcher, emulated=False)  # the experimenter's channel: no link
+        # the experimenter's channel: no link, and a routing id of this process, so that
+        # the launcher hears (and refuses) a second process with this node's id
+        ep.connect(LAUNCHER, launcher, emulated=False, routing_id=process_identity(node_id))
         address, control = ep.address, ep.control_address
         if advertise:  # tcp://0.0.0.0:PORT is not reachable: tell peers our name
             address, control = (f"tcp://{advertise}:{a.rsplit(':', 1)[1]}"
@@ -139,7 +147,8 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
         joined_at = time.monotonic()
         ep.send(LAUNCHER, "join", meta={"address": address, "control": control,
                                          "pid": os.getpid(), "host": socket.gethostname(),
-                                         "local": ep.local_address, **placement})
+                                         "local": ep.local_address, "version": __version__,
+                                         **placement})
         config = _await_config(mailbox, launcher, start_timeout, joined_at)
         spec = node_spec(config.get("spec"))
         if security is not None:
@@ -165,6 +174,8 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
             node.run(rejoin=True, after=after if isinstance(after, int) and after >= 0 else 0)
         else:
             node.run()
+        if mailbox.refused is not None:  # replaced by a process started elsewhere
+            raise Refused(f"the launcher stopped this node: {mailbox.refused}")
         if mailbox.lost:
             raise LauncherLost(f"no word from the launcher for {lost_after:.0f} s: it is "
                                "gone, and this node's records with it" if alive is None else
@@ -180,6 +191,9 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
             raise LauncherLost(f"no stop, and no word from the launcher for {silent:.0f} s "
                                "after this node's last round: its records may be lost")
         status = 0
+    except Refused as exc:  # the launcher knows why: it is not told again
+        report(str(exc))
+        status = 2
     except Exception as exc:  # report, then exit non-zero; never hang
         reason = f"{type(exc).__name__}: {exc}"
         report(reason)
@@ -202,6 +216,10 @@ LAUNCHER_SILENT_S = 5 * HEARTBEAT_S
 
 class LauncherLost(RuntimeError):
     """The launcher stopped answering: the node exits non-zero."""
+
+
+class Refused(RuntimeError):
+    """The launcher refused this node's join, and said why: the node exits with 2."""
 
 
 #: How long a finished node waits for its protocol messages (a final leave, ...) to leave

@@ -149,18 +149,74 @@ def test_a_node_that_reached_the_launcher_says_so(tmp_path):
             proc.kill()
 
 
-def test_a_join_from_an_id_the_run_lacks_is_logged(tmp_path):
-    """The launcher dropped it in silence; the node only timed out, 'could not reach'."""
+def test_a_join_from_an_id_the_run_lacks_is_refused_and_told(tmp_path):
+    """The launcher dropped it in silence; the node only timed out, 'could not reach'.
+    Now the node hears why at once, and exits 2; the launcher's log says it too."""
     addr = f"tcp://127.0.0.1:{free_port()}"
     launcher = _listening_launcher(tmp_path, addr, start_timeout=60)
     try:
-        res, _ = run("node", "--connect", addr, "--id", "7", "--host", "127.0.0.1",
-                     "--start-timeout", "2")
-        assert res.returncode == 1
-        assert "or it dropped this node's join (its log says why)" in one_line(res.stderr, 160)
+        res, wall = run("node", "--connect", addr, "--id", "7", "--host", "127.0.0.1",
+                        "--start-timeout", "30")
+        assert res.returncode == 2 and wall < 20
+        assert one_line(res.stderr, 160) == ("p2pfl: error: node 7: the launcher refused this "
+                                             "node: no node of this run has that id")
         launcher.kill()
         rest = launcher.communicate(timeout=30)[1]
-        assert "a join from node id 7 was dropped: no node of this run has that id" in rest
+        assert "a join from node id 7 was refused: no node of this run has that id" in rest
+    finally:
+        launcher.kill()
+
+
+def test_a_second_process_with_a_joined_id_is_refused_and_told(tmp_path):
+    """Two `p2pfl node --id 1`: the launcher's ROUTER refused the second connection, for
+    its routing id, and the second node timed out.  Now it is refused and told who has
+    the id, and the other one's run goes on."""
+    addr = f"tcp://127.0.0.1:{free_port()}"
+    launcher = _listening_launcher(tmp_path, addr, start_timeout=60)
+    node = [*CLI, "node", "--connect", addr, "--host", "127.0.0.1", "--start-timeout", "60"]
+    ones = [subprocess.Popen([*node, "--id", "1"], cwd=ROOT, text=True, stderr=subprocess.PIPE)
+            for _ in range(2)]
+    others = []
+    try:
+        t0 = time.monotonic()
+        while all(p.poll() is None for p in ones) and time.monotonic() - t0 < 20:
+            time.sleep(0.05)
+        refused = next((p for p in ones if p.poll() is not None), None)
+        assert refused is not None and refused.returncode == 2
+        taken = ones[1 - ones.index(refused)]
+        said = one_line(refused.stderr.read(), 200)
+        assert said.startswith("p2pfl: error: node 1: the launcher refused this node: node 1 "
+                               "has joined already, from host "), said
+        assert said.endswith(f", pid {taken.pid}"), said
+        others = [subprocess.Popen([*node, "--id", k], cwd=ROOT, stderr=subprocess.DEVNULL)
+                  for k in ("0", "2", "3")]
+        assert launcher.wait(timeout=120) == 0  # the node 1 taken ran to the end
+        assert taken.wait(timeout=30) == 0 and all(p.wait(timeout=30) == 0 for p in others)
+        assert "a join from node id 1 was refused: node 1 has joined already" in (
+            launcher.stderr.read())
+    finally:
+        for proc in (launcher, *ones, *others):
+            proc.kill()
+
+
+def test_a_node_of_another_version_is_refused_and_told(tmp_path):
+    """The join says which p2pfl the node runs; another one than the launcher's is refused
+    before its spec is sent (a spec of another version may mean something else)."""
+    addr = f"tcp://127.0.0.1:{free_port()}"
+    launcher = _listening_launcher(tmp_path, addr, start_timeout=60)
+    code = ("import sys, p2pfl.worker as w; w.__version__ = '0.0.9'; "
+            "from p2pfl.cli import main; sys.exit(main(sys.argv[1:]))")
+    try:
+        t0 = time.monotonic()
+        res = subprocess.run([sys.executable, "-c", code, "node", "--connect", addr, "--id", "2",
+                              "--host", "127.0.0.1", "--start-timeout", "30"], cwd=ROOT,
+                             text=True, capture_output=True, timeout=60)
+        assert res.returncode == 2 and time.monotonic() - t0 < 20
+        import p2pfl
+
+        assert one_line(res.stderr, 200) == (
+            "p2pfl: error: node 2: the launcher refused this node: it runs p2pfl 0.0.9, the "
+            f"launcher p2pfl {p2pfl.__version__}; every host of a run needs the same one")
     finally:
         launcher.kill()
 

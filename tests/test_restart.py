@@ -150,6 +150,44 @@ def test_a_remote_node_restarted_by_hand_rejoins(tmp_path):
     assert mine[-1] == 400 and len(mine) == len(set(mine))
 
 
+def test_a_node_started_again_while_it_runs_replaces_its_old_process(tmp_path):
+    """A node restarted by hand while its old process still ran (a hung host, say): the
+    old process went on sending as that node, unseen by the launcher.  Now it is told
+    to stop, and says so, and the new one takes its place."""
+    from p2pfl.addresses import free_port
+
+    addr = f"tcp://127.0.0.1:{free_port()}"
+    out = str(tmp_path / "run")
+    launcher = _cluster(out, "--topology", "ring:3", "--rounds", "1500", "--round-timeout", "1",
+                        "--eval-every", "500", "--no-consensus", "--listen", addr)
+
+    def node(i):
+        return subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
+                                 "--id", str(i), "--host", "127.0.0.1"], cwd=ROOT, text=True,
+                                stderr=subprocess.PIPE)
+
+    nodes = [node(i) for i in range(3)]
+    try:
+        deadline = time.monotonic() + 90
+        while sum(r["node"] == 2 for r in _records(out)) < 40:
+            assert launcher.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        old, nodes[2] = nodes[2], node(2)  # the old one still runs
+        assert old.wait(timeout=30) == 2, (old.stderr.read(), len(_records(out)))
+        assert old.stderr.read().strip() == ("p2pfl: error: node 2: the launcher stopped this "
+                                             "node: node 2 was started again elsewhere; this "
+                                             "process is replaced")
+        assert launcher.wait(timeout=240) == 0
+        assert [p.wait(timeout=30) for p in nodes] == [0, 0, 0]
+    finally:
+        for p in [launcher, *nodes]:
+            p.kill()
+    s, recs = _summary(out), _records(out)
+    assert s["restarts"] == 1 and s["failed_nodes"] == {}
+    mine = sorted(r["round"] for r in recs if r["node"] == 2)
+    assert mine[-1] == 1500 and len(mine) == len(set(mine))
+
+
 def test_a_dead_coordinator_without_restart_is_exit_1(tmp_path):
     """Without the coordinator no round completes: the run ends, and says it failed."""
     out = str(tmp_path / "run")

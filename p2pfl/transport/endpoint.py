@@ -10,7 +10,10 @@ sockets; a peer connects with a DEALER whose routing id is derived from its
 node id (:func:`identity`).  A ROUTER refuses a second connection that claims
 a routing id already connected, and every message it delivers names the
 connection it came on, so a message whose header names another sender than
-its connection is dropped and counted as ``spoofed``.  Without CURVE the routing
+its connection is dropped and counted as ``spoofed``.  A node's connection to
+its launcher carries an id of its process as well (:func:`process_identity`):
+two processes that claim one node id both reach the launcher, which tells the
+second why it is refused (:meth:`Endpoint.send_once`) instead of never hearing it.  Without CURVE the routing
 id is the connecting process's own claim, so a process that connects first with a
 node's id is taken for that node; with CURVE (``security``) the sender is the
 key's ZAP user id, which only the key's holder can present.
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import secrets
 import time
 from collections import Counter, deque
 
@@ -41,7 +45,7 @@ from .security import HANDSHAKE_EVENTS, Security, gate, handshake_drop
 from .sockets import dealer
 from .wire import DEFAULT_LIMITS, Limits, Message, ProtocolError, pack, unpack
 
-__all__ = ["Endpoint", "bind_address", "identity", "COMMAND_KINDS"]
+__all__ = ["Endpoint", "bind_address", "identity", "process_identity", "COMMAND_KINDS"]
 
 SCHEMES = ("tcp", "ipc", "inproc")
 #: Launcher-to-node commands: they travel on the control channel only.
@@ -75,6 +79,20 @@ def identity(node_id) -> bytes:
     """The routing id a node's connections carry (never starts with a zero byte,
     which ZeroMQ reserves for the ids it makes up itself)."""
     return b"P" + msgpack.packb(node_id, use_bin_type=True)
+
+
+def process_identity(node_id) -> bytes:
+    """A routing id that names ``node_id`` and, after a ``#``, this one process: its
+    messages pass as ``node_id``'s, and a second process with the same node id gets
+    a connection of its own (msgpack values are self-delimiting: no node's id is a
+    prefix of another's)."""
+    return identity(node_id) + b"#" + secrets.token_hex(6).encode()
+
+
+def _claims(route: bytes, node_id) -> bool:
+    """Whether a connection's routing id names ``node_id`` (:func:`process_identity`)."""
+    ident = identity(node_id)
+    return route == ident or route[:len(ident) + 1] == ident + b"#"
 
 
 def _recv_parts(sock: zmq.Socket) -> list:
@@ -187,31 +205,35 @@ class Endpoint:
 
     # ------------------------------------------------------------------ peers
     def connect(self, peer, address: str, *, control: bool = False,
-                emulated: bool = True, heartbeat_s: float | None = None) -> None:
+                emulated: bool = True, heartbeat_s: float | None = None,
+                routing_id: bytes | None = None) -> None:
         """Open a sending socket to ``peer``'s data (or control) socket (idempotent).
 
         With a link to emulate, data to an ``emulated`` peer goes through it (the
         launcher's channel, ``emulated=False``, never does).  ``heartbeat_s``: the
         connection carries ZMTP heartbeats, so that a vanished peer is noticed.
+        ``routing_id``: one of :func:`process_identity`'s, instead of the node's own.
         """
         table = self._commands if control else self._peers
         if peer in table:
             return
+        routing_id = routing_id or self._identity
         if not control:
-            self.counters.setup[peer] += setup_bytes(self._identity, self.security is not None)
+            self.counters.setup[peer] += setup_bytes(routing_id, self.security is not None)
         if self._link is not None and emulated and not control:
             self._link.connect(peer, address)
             table[peer] = self._link
             return
-        table[peer] = dealer(self.ctx, peer, address, routing_id=self._identity,
+        table[peer] = dealer(self.ctx, peer, address, routing_id=routing_id,
                              hwm=self.hwm, security=self.security, heartbeat_s=heartbeat_s)
 
     def reconnect(self, peer, address: str, *, control: bool = False,
-                  heartbeat_s: float | None = None) -> None:
-        """``peer`` moved (a restarted node): send to its new address from now on."""
+                  heartbeat_s: float | None = None, linger: float = 0.0) -> None:
+        """``peer`` moved (a restarted node): send to its new address from now on;
+        what is queued for the old one gets ``linger`` seconds to leave."""
         old = (self._commands if control else self._peers).pop(peer, None)
         if old is not None and old is not self._link:
-            old.close(linger=0)
+            old.close(linger=int(linger * 1000))
         self.connect(peer, address, control=control, heartbeat_s=heartbeat_s)
 
     def command_socket(self, peer):
@@ -281,6 +303,33 @@ class Endpoint:
             return 0
         self.counters.add("sent", peer, round, nbytes, kind, wire=wire)
         return nbytes
+
+    def send_once(self, peer, address: str, kind: str, **fields) -> int:
+        """Send one command to ``peer`` at ``address`` over a connection of its own,
+        closed at once (it lingers up to 2 s to deliver); return its size in bytes.
+
+        For an answer to a process this endpoint does not take for ``peer``: a second
+        process with its node id, or one whose join is refused.  With CURVE it needs
+        ``peer``'s key; without it, nothing is sent (0).
+        """
+        if kind not in COMMAND_KINDS or (self.security is not None
+                                         and not self.security.knows(peer)):
+            return 0
+        try:
+            sock = dealer(self.ctx, peer, address, routing_id=self._identity, hwm=1,
+                          security=self.security)
+        except zmq.ZMQError:  # an address ZeroMQ cannot connect to
+            return 0
+        try:
+            parts = pack(kind, self.node_id, 0, next(self._seq), **fields)
+            sizes = [len(p) if isinstance(p, bytes) else memoryview(p).nbytes for p in parts]
+            if not self._put(sock, parts, 0):  # a new connection's queue has room
+                return 0
+        finally:
+            sock.close()  # lingers: the message still leaves
+        self.counters.add("sent", peer, 0, sum(sizes), kind,
+                          wire=wire_bytes(sizes, self.security is not None))
+        return sum(sizes)
 
     @staticmethod
     def _put(sock: zmq.Socket, parts: list, wait: float) -> bool:
@@ -362,8 +411,9 @@ class Endpoint:
         except ProtocolError:
             self.counters.drop("malformed")
             return None
+        msg.route = parts[0].bytes
         if self.security is None:
-            if parts[0].bytes != identity(msg.src):
+            if not _claims(msg.route, msg.src):
                 self.counters.drop("spoofed")
                 return None
             return msg

@@ -75,6 +75,7 @@ class Mailbox:
         self.control_kinds = frozenset(control_kinds)  # and of which kinds
         self.current_round = 0
         self.stopped = False
+        self.refused: str | None = None  # why the launcher refused this node's join
         self.finish = False  # asked to end the run after the current round (a coordinator)
         self.last_control = time.monotonic()  # when a control source last spoke
         # commands a node has not read yet (config, start): a flood's oldest give way
@@ -141,6 +142,8 @@ class Mailbox:
                 self.finish = True  # end the run after the round in progress
             elif msg.kind == "stop":
                 self.stopped = True
+                why = msg.meta.get("refused")
+                self.refused = why[:500] if isinstance(why, str) else self.refused
             elif msg.kind == "peer":  # a neighbour was restarted elsewhere, or died
                 self._moved(msg.meta)
             elif msg.kind != "heartbeat":

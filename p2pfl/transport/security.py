@@ -98,6 +98,10 @@ class Security:
         self._by_key[public] = node
         self._allowed.add(public)
 
+    def knows(self, node) -> bool:
+        """Whether ``node``'s public key is bound (a client of it can be made)."""
+        return node in self._by_id
+
     def allows(self, public) -> bool:
         return _key(public) in self._allowed
 

@@ -17,12 +17,16 @@ def dealer(ctx: zmq.Context, peer, address: str, *, routing_id: bytes, hwm: int,
     of ``peer``; with ``heartbeat_s``, its connection carries ZMTP heartbeats
     (:mod:`~p2pfl.transport.liveness`)."""
     sock = ctx.socket(zmq.DEALER)
-    if heartbeat_s is not None:
-        heartbeat_options(sock, heartbeat_s)
-    if security is not None:
-        security.client(sock, peer)
-    sock.setsockopt(zmq.ROUTING_ID, routing_id)
-    sock.setsockopt(zmq.SNDHWM, hwm)
-    sock.setsockopt(zmq.LINGER, 2000)
-    sock.connect(address)
+    try:
+        if heartbeat_s is not None:
+            heartbeat_options(sock, heartbeat_s)
+        if security is not None:
+            security.client(sock, peer)
+        sock.setsockopt(zmq.ROUTING_ID, routing_id)
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.LINGER, 2000)
+        sock.connect(address)
+    except BaseException:  # an unknown key, a bad address: no socket is left open
+        sock.close(linger=0)
+        raise
     return sock

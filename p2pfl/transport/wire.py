@@ -133,6 +133,7 @@ class Message:
 
     header_bytes: int = 0
     channel: str = "data"  # set by the receiving endpoint: "data" or "control"
+    route: bytes = b""  # set by the receiving endpoint: the connection's routing id
 
 
 def frame_nbytes(frame) -> int:

@@ -1,0 +1,120 @@
+"""Which joins the launcher takes, and what the process of a refused one is told.
+
+A mixin of :class:`~p2pfl.cluster.Launcher`, which owns the state these methods
+read (node handles, specs, the endpoint).  A node's connection to the launcher
+carries a routing id of its process (:func:`~p2pfl.transport.endpoint.process_identity`),
+so the launcher hears every process that claims a node id, and keeps the one it
+took (``NodeHandle.route``); what the others send is dropped as ``other_process``.
+
+A join is refused when:
+
+- its node runs another version of p2pfl (the spec it would get, and the meaning of
+  the protocol, may differ);
+- no node of the run has its id;
+- before the start, another process has joined with its id;
+- mid-run, its node may not rejoin: the run takes no restarts, the node is not
+  running, restarting or failed, or it was restarted ``--restart`` times already.
+
+A refused process is told why, over a connection of its own
+(:meth:`~p2pfl.transport.endpoint.Endpoint.send_once`): ``p2pfl node`` then exits at
+once with status 2 and the launcher's reason, instead of timing out.  The launcher
+logs each refusal once per sender.  A node restarted by hand mid-run replaces its
+old process, which is told to stop (it may still run, unseen: a host cut off).
+"""
+
+from __future__ import annotations
+
+from . import __version__
+from .supervision import NodeHandle
+from .worker import HEARTBEAT_S
+
+__all__ = ["Admission"]
+
+#: Refusals logged and answered, at most: a flood of joins costs a bounded amount.
+MAX_REFUSALS = 64
+
+
+class Admission:
+    """The launcher's handling of joins; see the module docstring."""
+
+    def _admit(self, h: NodeHandle, msg) -> bool:
+        """Take ``msg``, a join for node ``h``, or refuse it; True if taken."""
+        refusal = self._refusal(h, msg)
+        if refusal is not None:
+            counter, why = refusal
+            self.ep.counters.drop(counter)
+            self._refuse(msg, why)
+            return False
+        if self.t_start is None:
+            return self._join(h, msg)
+        if h.state != "restarting":  # restarted by hand (p2pfl node --connect --id N)
+            h.restarts += 1
+            self.on_restart(h)
+            if h.state == "ready":  # its old process may still run: it is told to stop
+                self.ep.send(h.id, "stop", meta={"refused": f"node {h.label!r} was started "
+                                                 "again elsewhere; this process is replaced"})
+        if self._join(h, msg, linger=2.0 if h.state == "ready" else 0.0):
+            self._rejoined(h)
+        return True
+
+    def _refusal(self, h: NodeHandle, msg) -> tuple[str, str] | None:
+        """The counter and the reason for refusing a join, or None to take it."""
+        version = msg.meta.get("version")
+        if version != __version__:
+            theirs = (f"p2pfl {version}" if isinstance(version, str) and len(version) <= 32
+                      else "another p2pfl version")
+            return "other_version", (f"it runs {theirs}, the launcher p2pfl {__version__}; "
+                                     "every host of a run needs the same one")
+        if self.t_start is None:
+            if h.route and msg.route != h.route:
+                return "id_taken", (f"node {h.label!r} has joined already, from host "
+                                    f"{h.host or '(unknown)'}, pid {h.pid}")
+            return None
+        if h.state not in ("restarting", "ready", "failed") or not self.restart_limit:
+            return "unexpected_control", f"node {h.label!r} is {h.state}" + (
+                "" if self.restart_limit else ", and the run takes no restarts")
+        if h.state != "restarting" and h.restarts >= self.restart_limit:
+            return "restart_limit", (f"node {h.label!r} was restarted {h.restarts} "
+                                     "time(s), the --restart limit")
+        return None
+
+    def _join(self, h: NodeHandle, msg, linger: float = 0.0) -> bool:
+        """Record where node ``h`` is, and connect to its control socket (the old
+        connection's queue gets ``linger`` seconds to leave)."""
+        meta = msg.meta
+        if not (isinstance(meta.get("address"), str) and isinstance(meta.get("control"), str)):
+            self._fail(h, "join without data and control addresses")
+            return False
+        h.address, h.control, h.route = meta["address"], meta["control"], msg.route
+        pid, host = meta.get("pid"), meta.get("host")  # what a node says of itself
+        h.pid = pid if type(pid) is int and 0 < pid < 1 << 31 else h.pid
+        h.host = host[:255] if isinstance(host, str) else None
+        local = meta.get("local")
+        h.local = local if isinstance(local, str) and local.startswith("inproc://") else None
+        h.ray_node = meta["ray_node"] if isinstance(meta.get("ray_node"), str) else None
+        if self.listen:  # a remote node: the launcher sees no process exit, only a
+            self.watch.forget(h.id)  # connection that ZMTP heartbeats find lost
+            self.ep.reconnect(h.id, h.control, control=True, heartbeat_s=HEARTBEAT_S,
+                              linger=linger)
+            self.watch.watch(h.id, self.ep.command_socket(h.id))
+        else:
+            self.ep.reconnect(h.id, h.control, control=True, linger=linger)
+        self.ep.send(h.id, "heartbeat")  # the node learns that it reached the launcher
+        h.state = "joined"
+        return True
+
+    def _stranger(self, msg) -> None:
+        """A message from an id no node of the run has: a join is refused."""
+        if msg.kind == "join":
+            self._refuse(msg, "no node of this run has that id")
+
+    def _refuse(self, msg, why: str) -> None:
+        """Log once per sender why its join was refused, and tell its process."""
+        key = (msg.src, msg.route)
+        if len(self._refused) >= MAX_REFUSALS or key in self._refused:
+            return
+        self._refused.add(key)
+        self.log(f"a join from node id {repr(msg.src)[:64]} was refused: {why}")
+        control = msg.meta.get("control")
+        if isinstance(control, str) and control.startswith(("tcp://", "ipc://", "inproc://")):
+            self.ep.send_once(msg.src, control, "stop", meta={"refused": why})
