@@ -1,6 +1,6 @@
 """p2pfl: a peer-to-peer gossip learning runtime over ZeroMQ."""
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["run_cluster", "Result", "__version__"]
 

@@ -24,7 +24,7 @@ old process, which is told to stop (it may still run, unseen: a host cut off).
 
 from __future__ import annotations
 
-from . import __version__
+from .version import __version__
 from .supervision import NodeHandle
 from .worker import HEARTBEAT_S
 

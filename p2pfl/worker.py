@@ -33,12 +33,12 @@ from typing import Callable
 
 import zmq
 
-from . import __version__
+from .version import __version__
 from .memory import keep_large_blocks
 from .roles import make_role, node_spec
 from .runtime import CLOSER_GRACE_S, LAUNCHER, Runtime
 from .transport import Endpoint, Mailbox, bind_address
-from .transport.endpoint import process_identity
+from .transport.sockets import process_identity
 from .transport.cpugate import CpuGate
 from .transport.security import Security
 

@@ -7,13 +7,14 @@ exactly, and turns malformed input into counted drops.
 
 **Identity is bound to the connection.**  Each endpoint receives on ROUTER
 sockets; a peer connects with a DEALER whose routing id is derived from its
-node id (:func:`identity`).  A ROUTER refuses a second connection that claims
-a routing id already connected, and every message it delivers names the
-connection it came on, so a message whose header names another sender than
-its connection is dropped and counted as ``spoofed``.  A node's connection to
-its launcher carries an id of its process as well (:func:`process_identity`):
-two processes that claim one node id both reach the launcher, which tells the
-second why it is refused (:meth:`Endpoint.send_once`) instead of never hearing it.  Without CURVE the routing
+node id (:func:`~p2pfl.transport.sockets.identity`).  A ROUTER refuses a second
+connection that claims a routing id already connected, and every message it
+delivers names the connection it came on, so a message whose header names
+another sender than its connection is dropped and counted as ``spoofed``.  A
+node's connection to its launcher carries an id of its process as well
+(:func:`~p2pfl.transport.sockets.process_identity`): two processes that claim one
+node id both reach the launcher, which tells the second why it is refused
+(:meth:`Endpoint.send_once`) instead of never hearing it.  Without CURVE the routing
 id is the connecting process's own claim, so a process that connects first with a
 node's id is taken for that node; with CURVE (``security``) the sender is the
 key's ZAP user id, which only the key's holder can present.
@@ -28,13 +29,10 @@ or drops a command; ``stop``, ``start`` and ``config`` wait for room (up to
 
 from __future__ import annotations
 
-import functools
 import itertools
-import secrets
 import time
 from collections import Counter, deque
 
-import msgpack
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
@@ -42,7 +40,7 @@ from .counters import ByteCounter
 from .framing import setup_bytes, wire_bytes
 from .links import LOSSY_KINDS, LinkEmulator, LinkSpec
 from .security import HANDSHAKE_EVENTS, Security, gate, handshake_drop
-from .sockets import dealer
+from .sockets import claims, dealer, identity, process_identity, recv_parts
 from .wire import DEFAULT_LIMITS, Limits, Message, ProtocolError, pack, unpack
 
 __all__ = ["Endpoint", "bind_address", "identity", "process_identity", "COMMAND_KINDS"]
@@ -72,41 +70,6 @@ def bind_address(scheme: str, name: str, host: str = "127.0.0.1", run_dir: str =
     if scheme == "inproc":
         return f"inproc://{name}"
     raise ValueError(f"unknown transport {scheme!r}; valid: {', '.join(SCHEMES)}")
-
-
-@functools.lru_cache(maxsize=8192)  # checked on every message received
-def identity(node_id) -> bytes:
-    """The routing id a node's connections carry (never starts with a zero byte,
-    which ZeroMQ reserves for the ids it makes up itself)."""
-    return b"P" + msgpack.packb(node_id, use_bin_type=True)
-
-
-def process_identity(node_id) -> bytes:
-    """A routing id that names ``node_id`` and, after a ``#``, this one process: its
-    messages pass as ``node_id``'s, and a second process with the same node id gets
-    a connection of its own (msgpack values are self-delimiting: no node's id is a
-    prefix of another's)."""
-    return identity(node_id) + b"#" + secrets.token_hex(6).encode()
-
-
-def _claims(route: bytes, node_id) -> bool:
-    """Whether a connection's routing id names ``node_id`` (:func:`process_identity`)."""
-    ident = identity(node_id)
-    return route == ident or route[:len(ident) + 1] == ident + b"#"
-
-
-def _recv_parts(sock: zmq.Socket) -> list:
-    """Every part of the message waiting on ``sock``, as frames (no copy).
-
-    What pyzmq's ``recv_multipart(copy=False)`` does, but each frame says whether
-    more follow, where pyzmq asks the socket for an option once a part."""
-    recv = sock.recv
-    part = recv(0, copy=False)
-    parts = [part]
-    while part.more:
-        part = recv(0, copy=False)
-        parts.append(part)
-    return parts
 
 
 def _ms(seconds: float) -> int:
@@ -377,7 +340,7 @@ class Endpoint:
             sock = next((s for s in self._inputs if s in ready), None)  # control first
             if sock is None:
                 continue
-            parts = _recv_parts(sock)
+            parts = recv_parts(sock)
             channel = self._inputs[sock]
             msg = self._validate(parts, channel)
             if msg is not None:
@@ -413,7 +376,7 @@ class Endpoint:
             return None
         msg.route = parts[0].bytes
         if self.security is None:
-            if not _claims(msg.route, msg.src):
+            if not claims(msg.route, msg.src):
                 self.counters.drop("spoofed")
                 return None
             return msg

@@ -1,12 +1,17 @@
-"""The one way this package opens a sending socket to a peer."""
+"""The one way this package opens a sending socket to a peer, the routing ids its
+connections carry, and how a message is read off a socket."""
 
 from __future__ import annotations
 
+import functools
+import secrets
+
+import msgpack
 import zmq
 
 from .liveness import heartbeat_options
 
-__all__ = ["dealer"]
+__all__ = ["dealer", "identity", "process_identity", "claims", "recv_parts"]
 
 
 def dealer(ctx: zmq.Context, peer, address: str, *, routing_id: bytes, hwm: int,
@@ -30,3 +35,38 @@ def dealer(ctx: zmq.Context, peer, address: str, *, routing_id: bytes, hwm: int,
         sock.close(linger=0)
         raise
     return sock
+
+
+@functools.lru_cache(maxsize=8192)  # checked on every message received
+def identity(node_id) -> bytes:
+    """The routing id a node's connections carry (never starts with a zero byte,
+    which ZeroMQ reserves for the ids it makes up itself)."""
+    return b"P" + msgpack.packb(node_id, use_bin_type=True)
+
+
+def process_identity(node_id) -> bytes:
+    """A routing id that names ``node_id`` and, after a ``#``, this one process: its
+    messages pass as ``node_id``'s, and a second process with the same node id gets
+    a connection of its own (msgpack values are self-delimiting: no node's id is a
+    prefix of another's)."""
+    return identity(node_id) + b"#" + secrets.token_hex(6).encode()
+
+
+def claims(route: bytes, node_id) -> bool:
+    """Whether a connection's routing id names ``node_id`` (:func:`process_identity`)."""
+    ident = identity(node_id)
+    return route == ident or route[:len(ident) + 1] == ident + b"#"
+
+
+def recv_parts(sock: zmq.Socket) -> list:
+    """Every part of the message waiting on ``sock``, as frames (no copy).
+
+    What pyzmq's ``recv_multipart(copy=False)`` does, but each frame says whether
+    more follow, where pyzmq asks the socket for an option once a part."""
+    recv = sock.recv
+    part = recv(0, copy=False)
+    parts = [part]
+    while part.more:
+        part = recv(0, copy=False)
+        parts.append(part)
+    return parts
