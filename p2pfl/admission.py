@@ -113,7 +113,7 @@ class Admission:
         key = (msg.src, msg.route)
         if len(self._refused) >= MAX_REFUSALS or key in self._refused:
             return
-        self._refused.add(key)
+        self._refused[key] = why
         self.log(f"a join from node id {repr(msg.src)[:64]} was refused: {why}")
         control = msg.meta.get("control")
         if isinstance(control, str) and control.startswith(("tcp://", "ipc://", "inproc://")):

@@ -83,7 +83,7 @@ class Launcher(Supervision, Admission):
         self._next_exit_check, self._dead = 0.0, {}
         self._next_stopped_check = 0.0
         self.watch = ConnectionWatch()  # remote nodes' control connections (--listen)
-        self._refused: set = set()  # (id, route) of the joins refused (admission.py)
+        self._refused: dict = {}  # (id, route) of a join refused -> why (admission.py)
         self.watch_signals = False  # Ctrl-C and SIGTERM go through p2pfl.signals
 
     # ------------------------------------------------------------------ phases
@@ -198,14 +198,19 @@ class Launcher(Supervision, Admission):
                     raise ClusterError(f"node {h.label!r} exited during start-up")
 
     def _refusals(self) -> str:
-        """Why nodes may not have joined: handshakes the launcher's sockets refused."""
+        """Why nodes may not have joined: joins refused (the first one's reason, which a
+        quiet run did not log), handshakes the launcher's sockets refused."""
+        said = ""
+        if self._refused:
+            (src, _), why = next(iter(self._refused.items()))
+            said = f"; {len(self._refused)} join(s) refused, the first from id {src!r}: {why}"
         self.ep.count_refusals()
         why = {k: n for k, n in self.ep.counters.dropped.items()
                if k in ("unknown_key", "plaintext_peer", "handshake_failed")}
         if not why:
-            return ""
-        said = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(why.items()))
-        return f"; the launcher refused handshakes ({said}): check the nodes' keys"
+            return said
+        shaken = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(why.items()))
+        return f"{said}; the launcher refused handshakes ({shaken}): check the nodes' keys"
 
     def _barrier(self) -> None:
         """join from all → config to each → ready from all → start."""

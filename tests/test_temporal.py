@@ -190,7 +190,8 @@ def test_gossip_with_temporal_contexts_is_lossless_and_survives_loss(tmp_path):
     # many later messages arrive before the resync (each a temporal_gap drop) depends on
     # timing, and can be none (a CI run); the gap itself is tested message by message
     # above (test_a_lost_message_is_a_gap_until_the_sender_restarts_its_chain)
-    lossy = _gossip(tmp_path, "lossy", spec + ":temporal", "--link", "loss=0.05")
+    lossy = _gossip(tmp_path, "lossy", spec + ":temporal", "--link", "loss=0.05",
+                    "--round-timeout", "1")  # each loss costs a time-out: 30 s at 10 s
     assert lossy["emulated_lost_total"] > 0 and lossy["misses_total"] > 0
     assert lossy["dropped"].get("undecodable", 0) == 0
     assert lossy["accuracy_mean"] > 0.8
