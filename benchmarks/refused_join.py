@@ -40,7 +40,7 @@ def one_run(tree: str, start_timeout: float) -> dict:
     addr = f"tcp://127.0.0.1:{free_port()}"
     out = f"/tmp/refused_join_{os.getpid()}"
     launcher = subprocess.Popen([*cli, "cluster", "--topology", "ring:4", "--listen", addr,
-                                 "--start-timeout", "300", "--out", out, "-q"], cwd=tree,
+                                 "--start-timeout", "300", "--out", out], cwd=tree,
                                 text=True, stderr=subprocess.PIPE)
     procs = []
     try:

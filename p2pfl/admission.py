@@ -4,7 +4,9 @@ A mixin of :class:`~p2pfl.cluster.Launcher`, which owns the state these methods
 read (node handles, specs, the endpoint).  A node's connection to the launcher
 carries a routing id of its process (:func:`~p2pfl.transport.endpoint.process_identity`),
 so the launcher hears every process that claims a node id, and keeps the one it
-took (``NodeHandle.route``); what the others send is dropped as ``other_process``.
+took (``NodeHandle.route``); what the others send is dropped as ``other_process``, and
+so is what a process sends for a node before its join (one of an earlier run whose
+connection found this launcher's port), but for why it could not bind.
 
 A join is refused when:
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 from .version import __version__
 from .supervision import NodeHandle
+from .transport.sockets import identity
 from .worker import HEARTBEAT_S
 
 __all__ = ["Admission"]
@@ -102,6 +105,12 @@ class Admission:
         self.ep.send(h.id, "heartbeat")  # the node learns that it reached the launcher
         h.state = "joined"
         return True
+
+    @staticmethod
+    def _unbound_report(h: NodeHandle, msg) -> bool:
+        """Whether ``msg`` is the one message a node's process sends before it joins:
+        why it could not bind, from an endpoint of its own with the plain routing id."""
+        return msg.kind == "error" and not h.route and msg.route == identity(h.id)
 
     def _stranger(self, msg) -> None:
         """A message from an id no node of the run has: a join is refused."""

@@ -288,9 +288,9 @@ class Launcher(Supervision, Admission):
             if self._admit(h, msg) and self.t_start is None:
                 self.on_message(h, msg)
             return
-        if h.route and msg.route != h.route:  # a refused or replaced process with its id
-            self.ep.counters.drop("other_process")
-            return
+        if msg.route != h.route and not self._unbound_report(h, msg):
+            self.ep.counters.drop("other_process")  # a process refused, replaced, or of an
+            return  # earlier run (reconnected to this port), or one not joined yet
         if msg.kind == "ready" and self.t_start is not None:  # rejoined
             h.state = "ready"
             for j in self._spec[h.id].peers:  # before its start: which peers died meanwhile

@@ -170,9 +170,18 @@ def test_a_join_from_an_id_the_run_lacks_is_refused_and_told(tmp_path):
 def test_a_second_process_with_a_joined_id_is_refused_and_told(tmp_path):
     """Two `p2pfl node --id 1`: the launcher's ROUTER refused the second connection, for
     its routing id, and the second node timed out.  Now it is refused and told who has
-    the id, and the other one's run goes on."""
+    the id, and the other one's run goes on.  And a process that says it is node 1
+    before node 1 joined (one of an earlier run) no longer fails node 1."""
+    from p2pfl.transport.sockets import process_identity
+
     addr = f"tcp://127.0.0.1:{free_port()}"
     launcher = _listening_launcher(tmp_path, addr, start_timeout=60)
+    ctx = zmq.Context()
+    stale = Endpoint(ctx, 1, "tcp://127.0.0.1:*")
+    stale.connect(LAUNCHER, addr, emulated=False, routing_id=process_identity(1))
+    stale.send(LAUNCHER, "error", meta={"reason": "a node of an earlier run"})
+    stale.close()
+    ctx.term()
     node = [*CLI, "node", "--connect", addr, "--host", "127.0.0.1", "--start-timeout", "60"]
     ones = [subprocess.Popen([*node, "--id", "1"], cwd=ROOT, text=True, stderr=subprocess.PIPE)
             for _ in range(2)]
