@@ -119,6 +119,34 @@ def test_a_stopped_worker_costs_two_time_outs_and_does_not_hold_the_run(tmp_path
     assert took < 30, f"{took:.1f} s after the stop"
 
 
+def test_a_worker_behind_serves_the_newest_instruction(tmp_path):
+    """A worker paused for 3 s finds the instructions of the rounds it missed queued.  It
+    served each, oldest first: every reply reached a coordinator that had moved on and
+    dropped it (91 of them in a 3 s pause; with STC, the residual each carried was lost
+    too).  Now it applies them in order (STC's downlink must see every global update)
+    and trains for, and answers, the newest alone."""
+    out = tmp_path / "run"
+    with _run(out, "--mode", "stc", "--nodes", "3", "--rounds", "150", "--round-timeout",
+              "1", "--eval-every", "50") as proc:
+        pid = None
+        try:
+            pid = _signal_when(out, 1, lambda r: _coordinator_rounds(r) >= 2, proc,
+                               signal.SIGSTOP)
+            time.sleep(3.0)
+            _resume(pid)
+            _, err = proc.communicate(timeout=100)
+        finally:
+            _resume(pid)
+    assert proc.returncode == 0, err
+    s = _summary(out)
+    assert s["instructions_skipped_total"] >= 5, s["instructions_skipped_total"]
+    # at most the replies under way when it was paused, and the one it was training for
+    assert s["dropped"].get("stale_round", 0) <= 3, s["dropped"]
+    assert s["dropped"].get("undecodable", 0) == 0 and s["failed_nodes"] == {}
+    finals = s["final_accuracy_by_worker"]  # every worker ends with the global model
+    assert len(set(finals.values())) == 1 and finals["1"] > 0.8, finals
+
+
 def test_a_stopped_gossip_node_does_not_hold_the_launcher(tmp_path):
     out = tmp_path / "run"
     took = _stop_node_1(out, lambda r: len(r) >= 8, "--topology", "ring:4", "--rounds", "15",

@@ -5,6 +5,13 @@ waits for the coordinator's *next* "control" message, whatever its round.  The
 last one carries ``meta["final"]`` and the round after the last one played:
 the worker takes its final model and reports it as part of that last round
 (its record of that round, if it took part, is held back and completed).
+
+A worker that fell behind (paused, or on a slow link) finds several instructions
+queued.  It serves the newest, the coordinator's current round; the older ones
+are applied in order, since a stateful downlink (STC's global updates, FD's delta
+references) must see every one, but not trained on or answered.  Their replies
+would reach a coordinator that has moved on and drops them, and an update dropped
+there loses the residual its error feedback carried.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ class Worker:
         rt.mailbox.window = self.run_spec.rounds + 2
         self.rounds_done = 0
         self.rounds_last = 0  # the latest round served
+        self.skipped = 0  # instructions applied without training: newer ones were queued
         self.availability = Availability(spec.availability) if spec.availability.active \
             else None
         self._held = None  # the last round's record, completed by the final model
@@ -52,6 +60,8 @@ class Worker:
             if packet is None:
                 self._flush()
                 return self.rounds_done
+            if packet.round > self.rounds_last:  # not a restarted coordinator's repeat
+                packet = self._newest(packet)
             rnd = packet.round
             if packet.meta.get("final"):
                 try:
@@ -90,6 +100,21 @@ class Worker:
             self._held = (rnd, {"loss": loss, "test_loss": acc[0], "accuracy": acc[1]})
             if rnd < self.run_spec.rounds:
                 self._flush()  # only the last round waits for the final model
+
+    def _newest(self, packet):
+        """The newest instruction queued from ``packet`` on (the final one, if queued);
+        those before it are applied, in order, and skipped (module docstring)."""
+        while not packet.meta.get("final"):
+            later = self.rt.next_after("control", packet.round, self.coord, 0.0)
+            if later is None:
+                return packet
+            try:
+                self.client.apply(packet.round, packet)
+            except ValueError:  # unusable: the next one may catch up (STC), or not
+                self.rt.drop("undecodable")
+            self.skipped += 1
+            packet = later
+        return packet
 
     def offline_now(self) -> bool:
         """Whether an offline period holds now (a stopped worker sits out nothing)."""
@@ -135,4 +160,5 @@ class Worker:
             model_messages=c.messages[("sent", "update")],
             behaviour=self.client.behaviour, misses=[],
             num_samples=self.learner.num_samples, num_params=self.learner.num_params,
-            rounds_served=self.rounds_done, device=str(self.learner.device))
+            rounds_served=self.rounds_done, instructions_skipped=self.skipped,
+            device=str(self.learner.device))
