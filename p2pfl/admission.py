@@ -2,7 +2,7 @@
 
 A mixin of :class:`~p2pfl.cluster.Launcher`, which owns the state these methods
 read (node handles, specs, the endpoint).  A node's connection to the launcher
-carries a routing id of its process (:func:`~p2pfl.transport.endpoint.process_identity`),
+carries a routing id of its process (:func:`~p2pfl.transport.sockets.process_identity`),
 so the launcher hears every process that claims a node id, and keeps the one it
 took (``NodeHandle.route``); what the others send is dropped as ``other_process``, and
 so is what a process sends for a node before its join (one of an earlier run whose
@@ -11,17 +11,22 @@ connection found this launcher's port), but for why it could not bind.
 A join is refused when:
 
 - its node runs another version of p2pfl (the spec it would get, and the meaning of
-  the protocol, may differ);
+  the protocol, may differ), or it lacks the node's addresses;
 - no node of the run has its id;
-- before the start, another process has joined with its id;
+- before the start, another process has joined with its id and is still connected
+  (``--listen``: one whose connection is down was restarted by hand, and is replaced);
+- every node has joined, and the run is starting;
 - mid-run, its node may not rejoin: the run takes no restarts, the node is not
-  running, restarting or failed, or it was restarted ``--restart`` times already.
+  running, restarting or failed, it runs and the launcher started it (only a remote
+  node is restarted by hand), or it was restarted ``--restart`` times already.
 
 A refused process is told why, over a connection of its own
 (:meth:`~p2pfl.transport.endpoint.Endpoint.send_once`): ``p2pfl node`` then exits at
 once with status 2 and the launcher's reason, instead of timing out.  The launcher
-logs each refusal once per sender.  A node restarted by hand mid-run replaces its
-old process, which is told to stop (it may still run, unseen: a host cut off).
+logs each refusal once per sender.  A remote node restarted by hand mid-run replaces
+its old process, which is told to stop (it may still run, unseen: a host cut off): it
+does nothing more (:class:`~p2pfl.transport.mailbox.Refused`), so that a replaced
+coordinator hands out no final models.
 """
 
 from __future__ import annotations
@@ -40,15 +45,18 @@ MAX_REFUSALS = 64
 class Admission:
     """The launcher's handling of joins; see the module docstring."""
 
-    def _admit(self, h: NodeHandle, msg) -> bool:
-        """Take ``msg``, a join for node ``h``, or refuse it; True if taken."""
-        refusal = self._refusal(h, msg)
+    def _admit(self, h: NodeHandle, msg, starting: bool = False) -> bool:
+        """Take ``msg``, a join for node ``h``, or refuse it; True if taken.  ``starting``:
+        every node has joined, and the run is starting without another one."""
+        refusal = self._refusal(h, msg) or (("unexpected_control", f"node {h.label!r} has "
+                                             "joined already, and the run is starting")
+                                            if starting else None)
         if refusal is not None:
             counter, why = refusal
             self.ep.counters.drop(counter)
             self._refuse(msg, why)
             return False
-        if self.t_start is None:
+        if self.t_start is None:  # its first join, or its old process is gone (_refusal)
             return self._join(h, msg)
         if h.state != "restarting":  # restarted by hand (p2pfl node --connect --id N)
             h.restarts += 1
@@ -56,8 +64,8 @@ class Admission:
             if h.state == "ready":  # its old process may still run: it is told to stop
                 self.ep.send(h.id, "stop", meta={"refused": f"node {h.label!r} was started "
                                                  "again elsewhere; this process is replaced"})
-        if self._join(h, msg, linger=2.0 if h.state == "ready" else 0.0):
-            self._rejoined(h)
+        self._join(h, msg, linger=2.0 if h.state == "ready" else 0.0)
+        self._rejoined(h)
         return True
 
     def _refusal(self, h: NodeHandle, msg) -> tuple[str, str] | None:
@@ -68,11 +76,17 @@ class Admission:
                       else "another p2pfl version")
             return "other_version", (f"it runs {theirs}, the launcher p2pfl {__version__}; "
                                      "every host of a run needs the same one")
+        if not (isinstance(msg.meta.get("address"), str)
+                and isinstance(msg.meta.get("control"), str)):
+            return "malformed_join", "its join has no data and control addresses"
         if self.t_start is None:
-            if h.route and msg.route != h.route:
+            gone = self.listen and h.id in self.watch.down_since  # its process died
+            if h.route and msg.route != h.route and not gone:
                 return "id_taken", (f"node {h.label!r} has joined already, from host "
                                     f"{h.host or '(unknown)'}, pid {h.pid}")
             return None
+        if h.state == "ready" and not self.listen:  # the launcher restarts its own nodes
+            return "unexpected_control", f"node {h.label!r} is running"
         if h.state not in ("restarting", "ready", "failed") or not self.restart_limit:
             return "unexpected_control", f"node {h.label!r} is {h.state}" + (
                 "" if self.restart_limit else ", and the run takes no restarts")
@@ -82,12 +96,10 @@ class Admission:
         return None
 
     def _join(self, h: NodeHandle, msg, linger: float = 0.0) -> bool:
-        """Record where node ``h`` is, and connect to its control socket (the old
-        connection's queue gets ``linger`` seconds to leave)."""
+        """Record where node ``h`` is (its join has both addresses: :meth:`_refusal`),
+        and connect to its control socket (the old connection's queue gets ``linger``
+        seconds to leave)."""
         meta = msg.meta
-        if not (isinstance(meta.get("address"), str) and isinstance(meta.get("control"), str)):
-            self._fail(h, "join without data and control addresses")
-            return False
         h.address, h.control, h.route = meta["address"], meta["control"], msg.route
         pid, host = meta.get("pid"), meta.get("host")  # what a node says of itself
         h.pid = pid if type(pid) is int and 0 < pid < 1 << 31 else h.pid
@@ -106,11 +118,23 @@ class Admission:
         h.state = "joined"
         return True
 
+    def _unjoin_lost(self) -> None:
+        """Before the start, a remote node whose connection to the launcher dropped (its
+        process died) is waited for again: its new process, started by hand, joins."""
+        for h in self.nodes.values():
+            if h.state == "joined" and h.id in self.watch.down_since:
+                h.state = "spawned"
+                self.log(f"node {h.label!r} lost its connection before the start; waiting "
+                          "for it to join again")
+
     @staticmethod
     def _unbound_report(h: NodeHandle, msg) -> bool:
         """Whether ``msg`` is the one message a node's process sends before it joins:
-        why it could not bind, from an endpoint of its own with the plain routing id."""
-        return msg.kind == "error" and not h.route and msg.route == identity(h.id)
+        why it could not bind, from an endpoint of its own with the plain routing id (a
+        restarted node's old route is kept until the new process joins: what the dead
+        one sent last still counts)."""
+        return (msg.kind == "error" and msg.route == identity(h.id)
+                and (not h.route or h.state == "restarting"))
 
     def _stranger(self, msg) -> None:
         """A message from an id no node of the run has: a join is refused."""

@@ -156,7 +156,7 @@ class Launcher(Supervision, Admission):
     def _bind(self, address: str) -> None:
         self._address = address
         security = None if self.keys is None else Security(self.keys.launcher, self.keys.public)
-        self.ep = Endpoint(self.ctx, LAUNCHER, address, security=security)
+        self.ep = Endpoint(self.ctx, LAUNCHER, address, security=security, process_ids=True)
         self.mailbox = Mailbox(self.ep, peers=set(), control_sources=set(self.nodes),
                                control_kinds=NODE_REPORTS, max_control=None)
         self.mailbox.on_stranger = self._stranger
@@ -189,6 +189,8 @@ class Launcher(Supervision, Admission):
                                    f"{[h.label for h in waiting[:5]]}{self._refusals()}")
             self._take(kinds, 0.5)
             self.watch.poll(time.monotonic())  # read, so that its queue never fills
+            if state == "joined":
+                self._unjoin_lost()
             failed = [h for h in self.nodes.values() if h.state == "failed"]
             if failed:
                 raise ClusterError(f"node {failed[0].label!r} failed: {failed[0].reason}")
@@ -276,16 +278,18 @@ class Launcher(Supervision, Admission):
             got = msg is not None
             while msg is not None:
                 self._handle(msg, kinds)
+                if signals.pending():  # the rest stays queued: taken by _collect_byes
+                    break
                 msg = self.mailbox.poll_control(0.0)
         return got
 
     def _handle(self, msg, kinds: set) -> None:
         h = self.nodes.get(msg.src)
-        if h is None or msg.kind not in kinds | {"error"}:
+        if h is None or msg.kind not in kinds | {"error", "join"}:
             self.ep.counters.drop("unexpected_control")
             return
         if msg.kind == "join":  # admission.py: taken, or refused and told why
-            if self._admit(h, msg) and self.t_start is None:
+            if self._admit(h, msg, starting="join" not in kinds) and self.t_start is None:
                 self.on_message(h, msg)
             return
         if msg.route != h.route and not self._unbound_report(h, msg):

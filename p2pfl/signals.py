@@ -17,7 +17,7 @@ import signal
 
 from .errors import Terminated
 
-__all__ = ["handler", "check", "clear", "deferred", "standing_for"]
+__all__ = ["handler", "check", "clear", "deferred", "pending", "standing_for"]
 
 _pending: list = []  # signals whose exception may not have reached the launcher
 _deferring: list = []  # one entry a deferred() step in progress
@@ -59,6 +59,11 @@ def standing_for(exc: KeyboardInterrupt) -> KeyboardInterrupt:
     if _pending and type(exc) is KeyboardInterrupt and _pending[0] != signal.SIGINT:
         return _exception(_pending[0])
     return exc
+
+
+def pending() -> bool:
+    """Whether a signal was recorded (a deferred step ends early on it)."""
+    return bool(_pending)
 
 
 def check() -> None:

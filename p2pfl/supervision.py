@@ -146,7 +146,7 @@ class Supervision:
     def _restart(self, h: NodeHandle) -> None:
         """Start a new process for a node that died; it rejoins (see :meth:`_rejoined`)."""
         h.restarts += 1
-        h.state, h.route = "restarting", b""  # its replacement's join is taken
+        h.state = "restarting"  # its old route stays until the new process joins
         self.log(f"node {h.label!r} died; restarting it ({h.restarts}/{self.restart_limit})")
         self.on_restart(h)
         if self.backend is not None:

@@ -9,7 +9,7 @@ Protocol with the launcher (all messages: msgpack header + frames)::
     node → launcher   join    {address, control, pid, host, version,
                                local (inproc, actors of a host)}
     launcher → node   heartbeat (the join was heard), or
-                      stop    {refused: why} (another process has the id, or another version)
+                      stop    {refused: why} (another process has the id, another version...)
     launcher → node   config  {spec (a NodeSpec as plain data), addresses of the neighbours}
     node ↔ neighbours hello   (round 0; proves the links work)
     node → launcher   ready
@@ -38,6 +38,7 @@ from .memory import keep_large_blocks
 from .roles import make_role, node_spec
 from .runtime import CLOSER_GRACE_S, LAUNCHER, Runtime
 from .transport import Endpoint, Mailbox, bind_address
+from .transport.mailbox import Refused
 from .transport.sockets import process_identity
 from .transport.cpugate import CpuGate
 from .transport.security import Security
@@ -62,8 +63,6 @@ def _await_config(mailbox: Mailbox, launcher: str, timeout: float, joined_at: fl
     try:
         return _await(mailbox, "config", timeout).meta
     except TimeoutError:
-        if mailbox.refused is not None:
-            raise Refused(f"the launcher refused this node: {mailbox.refused}") from None
         if mailbox.stopped:
             raise TimeoutError("the launcher ended the run before it started") from None
         if mailbox.last_control <= joined_at:  # not even the heartbeat that answers a join
@@ -174,8 +173,6 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
             node.run(rejoin=True, after=after if isinstance(after, int) and after >= 0 else 0)
         else:
             node.run()
-        if mailbox.refused is not None:  # replaced by a process started elsewhere
-            raise Refused(f"the launcher stopped this node: {mailbox.refused}")
         if mailbox.lost:
             raise LauncherLost(f"no word from the launcher for {lost_after:.0f} s: it is "
                                "gone, and this node's records with it" if alive is None else
@@ -216,10 +213,6 @@ LAUNCHER_SILENT_S = 5 * HEARTBEAT_S
 
 class LauncherLost(RuntimeError):
     """The launcher stopped answering: the node exits non-zero."""
-
-
-class Refused(RuntimeError):
-    """The launcher refused this node's join, and said why: the node exits with 2."""
 
 
 #: How long a finished node waits for its protocol messages (a final leave, ...) to leave

@@ -174,7 +174,7 @@ def test_a_node_started_again_while_it_runs_replaces_its_old_process(tmp_path):
             time.sleep(0.02)
         old, nodes[2] = nodes[2], node(2)  # the old one still runs
         assert old.wait(timeout=30) == 2, (old.stderr.read(), len(_records(out)))
-        assert old.stderr.read().strip() == ("p2pfl: error: node 2: the launcher stopped this "
+        assert old.stderr.read().strip() == ("p2pfl: error: node 2: the launcher refused this "
                                              "node: node 2 was started again elsewhere; this "
                                              "process is replaced")
         assert launcher.wait(timeout=240) == 0

@@ -301,6 +301,38 @@ def test_remote_nodes_join_a_secure_launcher_with_key_files(tmp_path):
     assert summary["bytes_sent_total"] > 0 and summary["dropped_total"] == 0
 
 
+def test_a_second_process_with_a_nodes_key_is_refused_and_the_first_runs_on(tmp_path):
+    """Under CURVE both processes with node 1's key reached the launcher, and the
+    second's join, counted first, set node 1's sequence numbers past all the first
+    would send: its ready was dropped as replayed, and the run never started."""
+    _cli("keys", "generate", str(tmp_path / "keys"), "--nodes", "3", check=True)
+    addr = f"tcp://127.0.0.1:{free_port()}"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "p2pfl.cli", "cluster", "--topology", "ring:3", "--rounds", "3",
+         "--listen", addr, "--keys", str(tmp_path / "keys"), "--start-timeout", "60", "-q",
+         "--out", str(tmp_path / "run")], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+
+    def node(i, **kw):
+        return subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
+                                 "--host", "127.0.0.1", "--start-timeout", "60", "--key",
+                                 str(tmp_path / "keys" / f"{i}.key_secret")], cwd=ROOT, **kw)
+
+    procs = [node(1, stderr=subprocess.DEVNULL)]
+    try:
+        time.sleep(3.0)  # node 1 has joined
+        second = node(1, stderr=subprocess.PIPE, text=True)
+        procs.append(second)
+        _, err = second.communicate(timeout=30)
+        assert second.returncode == 2 and "node 1 has joined already" in err, err
+        procs += [node(0, stderr=subprocess.DEVNULL), node(2, stderr=subprocess.DEVNULL)]
+        _, err = launcher.communicate(timeout=120)
+        assert launcher.returncode == 0, err
+        assert procs[0].wait(timeout=30) == 0
+    finally:
+        for p in (launcher, *procs):
+            p.kill()
+
+
 def test_a_node_with_a_key_of_another_run_is_named_as_refused(tmp_path):
     """The launcher's ZAP handler refuses the node, which never joins: the start
     time-out says that handshakes were refused, not just that a node is missing."""

@@ -44,6 +44,27 @@ def test_a_header_naming_another_sender_is_dropped_as_spoofed(ctx):
     node.close()
 
 
+def test_a_routing_id_that_names_a_process_passes_at_the_launcher_alone(ctx):
+    """`P<id>#<process>` (a node's connection to its launcher) lets a second process with
+    the id reach the launcher; a node's own endpoint must not take it, or a second
+    connection could send as a connected peer."""
+    from p2pfl.transport.sockets import process_identity
+
+    node = Endpoint(ctx, 0, "tcp://127.0.0.1:*")
+    launcher = Endpoint(ctx, "launcher", "tcp://127.0.0.1:*", process_ids=True)
+    for ep in (node, launcher):
+        other = _raw(ctx, ep.address, process_identity(1))
+        other.send_multipart(pack("hello", 1, 0))
+        got = ep.recv(timeout=2.0)
+        assert (got is not None) == (ep is launcher)
+        assert ep.counters.dropped.get("spoofed", 0) == (ep is node)
+        if got is not None:
+            assert got.src == 1 and got.route.startswith(identity(1) + b"#")
+        other.close(linger=0)
+    for e in (node, launcher):
+        e.close()
+
+
 def test_a_second_connection_cannot_take_over_a_connected_identity(ctx):
     node = Endpoint(ctx, 0, "tcp://127.0.0.1:*")
     real = Endpoint(ctx, 1, "tcp://127.0.0.1:*")

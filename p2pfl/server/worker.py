@@ -8,10 +8,11 @@ the worker takes its final model and reports it as part of that last round
 
 A worker that fell behind (paused, or on a slow link) finds several instructions
 queued.  It serves the newest, the coordinator's current round; the older ones
-are applied in order, since a stateful downlink (STC's global updates, FD's delta
-references) must see every one, but not trained on or answered.  Their replies
-would reach a coordinator that has moved on and drops them, and an update dropped
-there loses the residual its error feedback carried.
+are applied in order, which keeps each strategy's downlink state as it was (STC's
+global model and temporal acknowledgements, FD's delta references; FD distils from
+each aggregate it applies), but not trained for or answered.  Their replies would
+reach a coordinator that has moved on and drops them, and an update dropped there
+loses the residual its error feedback carried.
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ class Worker:
 
     def _newest(self, packet):
         """The newest instruction queued from ``packet`` on (the final one, if queued);
-        those before it are applied, in order, and skipped (module docstring)."""
+        those before it are applied, in order, but not trained for or answered (module
+        docstring)."""
         while not packet.meta.get("final"):
             later = self.rt.next_after("control", packet.round, self.coord, 0.0)
             if later is None:

@@ -103,18 +103,25 @@ class Endpoint:
     local : str, optional
         An ``inproc://`` address the data socket binds as well, for peers that
         share this process (and context): actors of one host.
+    process_ids : bool
+        Take a sender whose routing id names its process too
+        (:func:`~p2pfl.transport.sockets.process_identity`): the launcher's endpoint.
+        Elsewhere a routing id is the node's own, and a second connection with it is
+        refused by the ROUTER.
     """
 
     def __init__(self, ctx: zmq.Context, node_id, bind: str, *, hwm: int = 1000,
                  limits: Limits = DEFAULT_LIMITS, control: str | None = None,
                  link: LinkSpec | None = None, link_seed: int = 0,
-                 security: Security | None = None, local: str | None = None) -> None:
+                 security: Security | None = None, local: str | None = None,
+                 process_ids: bool = False) -> None:
         self.ctx = ctx
         self.node_id = node_id
         self.limits = limits
         self.hwm = hwm
         self.counters = ByteCounter()
         self.security = security
+        self.process_ids = process_ids  # senders' routing ids may name their process
         self.codec_names: tuple = ()  # the run's codec table (use_codec_names)
         self._codec_ids: dict | None = None
         self._gate = self._domain = None
@@ -376,7 +383,8 @@ class Endpoint:
             return None
         msg.route = parts[0].bytes
         if self.security is None:
-            if not claims(msg.route, msg.src):
+            if msg.route != identity(msg.src) and not (self.process_ids
+                                                       and claims(msg.route, msg.src)):
                 self.counters.drop("spoofed")
                 return None
             return msg
@@ -390,11 +398,12 @@ class Endpoint:
         if sender is None or sender != msg.src:
             self.counters.drop("spoofed")
             return None
-        last = self._last_seq.get((sender, channel))
+        key = (sender, msg.route, channel)  # a second process with the key counts apart
+        last = self._last_seq.get(key)
         if last is not None and msg.seq <= last:
             self.counters.drop("replayed")
             return None
-        self._last_seq[(sender, channel)] = msg.seq
+        self._last_seq[key] = msg.seq
         return msg
 
     def count_refusals(self) -> None:

@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 from .endpoint import COMMAND_KINDS, Endpoint
 from .wire import Message
 
-__all__ = ["Mailbox", "DATA_KINDS", "NODE_REPORTS"]
+__all__ = ["Mailbox", "DATA_KINDS", "NODE_REPORTS", "Refused"]
 
 #: Kinds that carry round data between nodes; all others are control messages.
 DATA_KINDS = frozenset({"hello", "model", "update", "softlabels", "control", "catchup"})
@@ -29,6 +29,12 @@ MAX_CONTROL = 64
 NODE_REPORTS = frozenset({"join", "ready", "metrics", "bye", "error"})
 #: Requests between peers: kept per sender (latest only) whatever their round.
 REQUEST_KINDS = frozenset({"resync", "pull"})
+
+
+class Refused(RuntimeError):
+    """The launcher refused this node's join, or replaced its process by another, and
+    said why: raised wherever the node waits, so that it does nothing more (a replaced
+    coordinator must not hand out final models); the node exits with status 2."""
 
 
 class Mailbox:
@@ -75,7 +81,6 @@ class Mailbox:
         self.control_kinds = frozenset(control_kinds)  # and of which kinds
         self.current_round = 0
         self.stopped = False
-        self.refused: str | None = None  # why the launcher refused this node's join
         self.finish = False  # asked to end the run after the current round (a coordinator)
         self.last_control = time.monotonic()  # when a control source last spoke
         # commands a node has not read yet (config, start): a flood's oldest give way
@@ -143,7 +148,8 @@ class Mailbox:
             elif msg.kind == "stop":
                 self.stopped = True
                 why = msg.meta.get("refused")
-                self.refused = why[:500] if isinstance(why, str) else self.refused
+                if isinstance(why, str):
+                    raise Refused(f"the launcher refused this node: {why[:500]}")
             elif msg.kind == "peer":  # a neighbour was restarted elsewhere, or died
                 self._moved(msg.meta)
             elif msg.kind != "heartbeat":
