@@ -27,14 +27,7 @@ RESULTS = os.path.join(ROOT, "benchmarks", "results")
 sys.path.insert(0, ROOT)
 
 from p2pfl.addresses import free_port, listening  # noqa: E402
-
-
-def _records(out: str) -> list:
-    try:
-        with open(os.path.join(out, "metrics.jsonl")) as fh:
-            return [json.loads(line) for line in fh if line.endswith("\n")]
-    except OSError:
-        return []
+from _results import records as _records  # noqa: E402
 
 
 def _coordinator_rounds(recs: list) -> int:

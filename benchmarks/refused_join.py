@@ -16,12 +16,13 @@ tree and commit; an entry of the same tree and commit is replaced).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import subprocess
 import sys
 import time
+
+from _results import commit_of, save_entry
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -73,8 +74,7 @@ def main() -> int:
     ap.add_argument("--start-timeout", type=float, default=20.0)
     args = ap.parse_args()
     tree = os.path.abspath(args.tree)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, text=True,
-                            capture_output=True).stdout.strip()
+    commit = commit_of(tree)
     runs = [one_run(tree, args.start_timeout) for _ in range(args.repeats)]
     for r in runs:
         print(f"{r['seconds']:7.2f} s  exit {r['status']}  {r['said']}")
@@ -83,12 +83,7 @@ def main() -> int:
           f"{len(secs)}, {secs[0]:.2f}-{secs[-1]:.2f}), --start-timeout {args.start_timeout:g}")
     entry = {"tree": tree, "commit": commit, "start_timeout": args.start_timeout,
              "median_s": secs[len(secs) // 2], "runs": runs}
-    old = json.load(open(OUT)) if os.path.exists(OUT) else []
-    old = [e for e in old if (e["tree"], e["commit"]) != (tree, commit)]
-    tmp = OUT + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(old + [entry], fh, indent=1)
-    os.replace(tmp, OUT)
+    save_entry(OUT, entry, ("tree", "commit"))
     return 0
 
 

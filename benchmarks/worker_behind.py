@@ -25,17 +25,11 @@ import subprocess
 import sys
 import time
 
+from _results import commit_of, records as _records, save_entry
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 OUT = os.path.join(HERE, "results", "worker_behind.json")
-
-
-def _records(out: str) -> list:
-    try:
-        with open(os.path.join(out, "metrics.jsonl")) as fh:
-            return [json.loads(line) for line in fh if line.endswith("\n")]
-    except OSError:
-        return []
 
 
 def one_run(tree: str, mode: str, pause: float) -> dict:
@@ -77,21 +71,14 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     tree = os.path.abspath(args.tree)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, text=True,
-                            capture_output=True).stdout.strip()
+    commit = commit_of(tree)
     runs = []
     for _ in range(args.repeats):
         runs.append(one_run(tree, args.mode, args.pause))
         print(json.dumps(runs[-1]))
-    key = (tree, commit, args.mode, args.pause)
     entry = {"tree": tree, "commit": commit, "mode": args.mode, "pause_s": args.pause,
              "runs": runs}
-    old = json.load(open(OUT)) if os.path.exists(OUT) else []
-    old = [e for e in old if (e["tree"], e["commit"], e["mode"], e["pause_s"]) != key]
-    tmp = OUT + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(old + [entry], fh, indent=1)
-    os.replace(tmp, OUT)
+    save_entry(OUT, entry, ("tree", "commit", "mode", "pause_s"))
     return 0
 
 

@@ -57,7 +57,8 @@ class Admission:
             self._refuse(msg, why)
             return False
         if self.t_start is None:  # its first join, or its old process is gone (_refusal)
-            return self._join(h, msg)
+            self._join(h, msg)
+            return True
         if h.state != "restarting":  # restarted by hand (p2pfl node --connect --id N)
             h.restarts += 1
             self.on_restart(h)
@@ -95,7 +96,7 @@ class Admission:
                                      "time(s), the --restart limit")
         return None
 
-    def _join(self, h: NodeHandle, msg, linger: float = 0.0) -> bool:
+    def _join(self, h: NodeHandle, msg, linger: float = 0.0) -> None:
         """Record where node ``h`` is (its join has both addresses: :meth:`_refusal`),
         and connect to its control socket (the old connection's queue gets ``linger``
         seconds to leave)."""
@@ -116,7 +117,6 @@ class Admission:
             self.ep.reconnect(h.id, h.control, control=True, linger=linger)
         self.ep.send(h.id, "heartbeat")  # the node learns that it reached the launcher
         h.state = "joined"
-        return True
 
     def _unjoin_lost(self) -> None:
         """Before the start, a remote node whose connection to the launcher dropped (its

@@ -353,7 +353,8 @@ class _ScriptedRuntime:
         return 0.0
 
     def next_after(self, kind, after, src, timeout):
-        return self.instructions.pop(0) if self.instructions else None
+        # one instruction a wait, none queued: a look that does not wait finds nothing
+        return self.instructions.pop(0) if self.instructions and timeout else None
 
     def send(self, peer, kind, rnd, packet=None, **meta):
         self.sent.append((kind, rnd, packet))

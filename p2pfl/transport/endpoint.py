@@ -279,8 +279,8 @@ class Endpoint:
         closed at once (it lingers up to 2 s to deliver); return its size in bytes.
 
         For an answer to a process this endpoint does not take for ``peer``: a second
-        process with its node id, or one whose join is refused.  With CURVE it needs
-        ``peer``'s key; without it, nothing is sent (0).
+        process with its node id, or one whose join is refused.  With CURVE, nothing is
+        sent (0) unless ``peer``'s key is known.
         """
         if kind not in COMMAND_KINDS or (self.security is not None
                                          and not self.security.knows(peer)):

@@ -1,0 +1,36 @@
+"""What the run benchmarks share: a run's records, a checkout's commit, and a results
+file of entries that a re-run of the same case replaces (written atomically)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+
+def records(out: str) -> list:
+    """The complete lines of ``out``/metrics.jsonl so far (none before it exists)."""
+    try:
+        with open(os.path.join(out, "metrics.jsonl")) as fh:
+            return [json.loads(line) for line in fh if line.endswith("\n")]
+    except OSError:
+        return []
+
+
+def commit_of(tree: str) -> str:
+    """The short commit a checkout is at."""
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, text=True,
+                          capture_output=True).stdout.strip()
+
+
+def save_entry(path: str, entry: dict, key: tuple) -> None:
+    """Add ``entry`` to the JSON list at ``path``, replacing those equal on ``key``."""
+    old = []
+    if os.path.exists(path):
+        with open(path) as fh:
+            old = json.load(fh)
+    old = [e for e in old if tuple(e.get(k) for k in key) != tuple(entry[k] for k in key)]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(old + [entry], fh, indent=1)
+    os.replace(tmp, path)
