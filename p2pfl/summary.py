@@ -134,7 +134,7 @@ def _server_fields(summary: dict, plan, sink, nodes: dict, dead: set, tail: dict
             summary[f"{key}_per_round"] = rows
     summary["bytes_per_round"] = [[r["round"], r["bytes_sent"], r["bytes_received"]]
                                   for r in coord_recs]
-    # instructions workers behind applied without training: newer ones were queued
+    # instructions workers behind applied but did not answer: newer ones were queued
     summary["instructions_skipped_total"] = int(sum(
         h.final.get("instructions_skipped", 0) for i, h in nodes.items()
         if i != coord_id and isinstance(h.final, dict)))

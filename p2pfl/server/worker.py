@@ -37,7 +37,7 @@ class Worker:
         rt.mailbox.window = self.run_spec.rounds + 2
         self.rounds_done = 0
         self.rounds_last = 0  # the latest round served
-        self.skipped = 0  # instructions applied without training: newer ones were queued
+        self.skipped = 0  # instructions applied, not answered: newer ones were queued
         self.availability = Availability(spec.availability) if spec.availability.active \
             else None
         self._held = None  # the last round's record, completed by the final model
