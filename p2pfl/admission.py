@@ -120,12 +120,16 @@ class Admission:
 
     def _unjoin_lost(self) -> None:
         """Before the start, a remote node whose connection to the launcher dropped (its
-        process died) is waited for again: its new process, started by hand, joins."""
+        process died) is waited for again: its new process, started by hand, joins.  If
+        the connection comes back first (a blip), the node counts as joined again."""
         for h in self.nodes.values():
-            if h.state == "joined" and h.id in self.watch.down_since:
+            down = h.id in self.watch.down_since
+            if h.state == "joined" and down:
                 h.state = "spawned"
                 self.log(f"node {h.label!r} lost its connection before the start; waiting "
-                          "for it to join again")
+                         "for it to join again")
+            elif h.state == "spawned" and h.route and not down:  # unjoined, and back
+                h.state = "joined"
 
     @staticmethod
     def _unbound_report(h: NodeHandle, msg) -> bool:

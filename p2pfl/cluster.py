@@ -278,7 +278,7 @@ class Launcher(Supervision, Admission):
             got = msg is not None
             while msg is not None:
                 self._handle(msg, kinds)
-                if signals.pending():  # the rest stays queued: taken by _collect_byes
+                if self.watch_signals and signals.pending():  # the rest stays queued
                     break
                 msg = self.mailbox.poll_control(0.0)
         return got
@@ -292,9 +292,10 @@ class Launcher(Supervision, Admission):
             if self._admit(h, msg, starting="join" not in kinds) and self.t_start is None:
                 self.on_message(h, msg)
             return
-        if msg.route != h.route and not self._unbound_report(h, msg):
-            self.ep.counters.drop("other_process")  # a process refused, replaced, or of an
-            return  # earlier run (reconnected to this port), or one not joined yet
+        late = h.state == "restarting" and msg.kind != "metrics"  # the dead one's last words
+        if (msg.route != h.route or late) and not self._unbound_report(h, msg):
+            self.ep.counters.drop("other_process")  # a process refused, replaced, dead, or
+            return  # of an earlier run (reconnected to this port), or one not joined yet
         if msg.kind == "ready" and self.t_start is not None:  # rejoined
             h.state = "ready"
             for j in self._spec[h.id].peers:  # before its start: which peers died meanwhile

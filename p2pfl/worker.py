@@ -200,7 +200,10 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
     finally:
         # After the launcher's stop every peer is done: nothing left is worth waiting for,
         # but what goes to the launcher (the last records, the bye) may still be queued.
-        ep.close(linger=0 if mailbox.stopped and status == 0 else None, spare=(LAUNCHER,))
+        # A refused or replaced process sends nothing more (a replaced coordinator's final
+        # models would race its replacement's).
+        ep.close(linger=0 if status == 2 or (mailbox.stopped and status == 0) else None,
+                 spare=(LAUNCHER,))
     return status
 
 

@@ -126,7 +126,7 @@ class Endpoint:
         self._codec_ids: dict | None = None
         self._gate = self._domain = None
         self._monitors: dict = {}  # monitor socket -> the socket it watches
-        self._last_seq: dict = {}  # (sender, channel) -> its latest sequence number
+        self._last_seq: dict = {}  # (sender, route, channel) -> latest sequence number
         self._held: list = []  # (parts, channel) from allowed keys not yet bound to a node
         self._held_per: Counter = Counter()  # user (key) -> messages of it held
         self._ready: deque = deque()  # held messages whose sender became known
