@@ -17,6 +17,11 @@ def records(out: str) -> list:
         return []
 
 
+def coordinator_rounds(recs: list) -> int:
+    """The rounds a server run's coordinator has recorded, in ``recs``."""
+    return sum(r.get("role") == "coordinator" for r in recs)
+
+
 def commit_of(tree: str) -> str:
     """The short commit a checkout is at."""
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, text=True,

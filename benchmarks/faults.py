@@ -27,11 +27,8 @@ RESULTS = os.path.join(ROOT, "benchmarks", "results")
 sys.path.insert(0, ROOT)
 
 from p2pfl.addresses import free_port, listening  # noqa: E402
+from _results import coordinator_rounds as _coordinator_rounds  # noqa: E402
 from _results import records as _records  # noqa: E402
-
-
-def _coordinator_rounds(recs: list) -> int:
-    return sum(r.get("role") == "coordinator" for r in recs)
 
 
 def _newest(out: str, label) -> int | None:

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from _results import commit_of, records as _records, save_entry
+from _results import commit_of, coordinator_rounds, records as _records, save_entry
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -40,7 +40,7 @@ def one_run(tree: str, mode: str, pause: float) -> dict:
                              "--dataset", "digits", "-q", "--out", out], cwd=tree,
                             stderr=subprocess.PIPE, text=True)
     try:
-        while sum(r.get("role") == "coordinator" for r in _records(out)) < 2:
+        while coordinator_rounds(_records(out)) < 2:
             if proc.poll() is not None:
                 raise RuntimeError(proc.stderr.read())
             time.sleep(0.02)

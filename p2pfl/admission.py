@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from .version import __version__
 from .supervision import NodeHandle
+from .transport.endpoint import SCHEMES
 from .transport.sockets import identity
 from .worker import HEARTBEAT_S
 
@@ -48,9 +49,7 @@ class Admission:
     def _admit(self, h: NodeHandle, msg, starting: bool = False) -> bool:
         """Take ``msg``, a join for node ``h``, or refuse it; True if taken.  ``starting``:
         every node has joined, and the run is starting without another one."""
-        refusal = self._refusal(h, msg) or (("unexpected_control", f"node {h.label!r} has "
-                                             "joined already, and the run is starting")
-                                            if starting else None)
+        refusal = self._refusal(h, msg, starting)
         if refusal is not None:
             counter, why = refusal
             self.ep.counters.drop(counter)
@@ -59,17 +58,18 @@ class Admission:
         if self.t_start is None:  # its first join, or its old process is gone (_refusal)
             self._join(h, msg)
             return True
+        replacing = h.state == "ready"  # its old process may still run: it is told to stop
         if h.state != "restarting":  # restarted by hand (p2pfl node --connect --id N)
             h.restarts += 1
             self.on_restart(h)
-            if h.state == "ready":  # its old process may still run: it is told to stop
-                self.ep.send(h.id, "stop", meta={"refused": f"node {h.label!r} was started "
-                                                 "again elsewhere; this process is replaced"})
-        self._join(h, msg, linger=2.0 if h.state == "ready" else 0.0)
+        if replacing:
+            self.ep.send(h.id, "stop", meta={"refused": f"node {h.label!r} was started "
+                                             "again elsewhere; this process is replaced"})
+        self._join(h, msg, linger=2.0 if replacing else 0.0)
         self._rejoined(h)
         return True
 
-    def _refusal(self, h: NodeHandle, msg) -> tuple[str, str] | None:
+    def _refusal(self, h: NodeHandle, msg, starting: bool) -> tuple[str, str] | None:
         """The counter and the reason for refusing a join, or None to take it."""
         version = msg.meta.get("version")
         if version != __version__:
@@ -85,6 +85,9 @@ class Admission:
             if h.route and msg.route != h.route and not gone:
                 return "id_taken", (f"node {h.label!r} has joined already, from host "
                                     f"{h.host or '(unknown)'}, pid {h.pid}")
+            if starting:
+                return "unexpected_control", (f"node {h.label!r} has joined already, and the "
+                                              "run is starting")
             return None
         if h.state == "ready" and not self.listen:  # the launcher restarts its own nodes
             return "unexpected_control", f"node {h.label!r} is running"
@@ -134,9 +137,9 @@ class Admission:
     @staticmethod
     def _unbound_report(h: NodeHandle, msg) -> bool:
         """Whether ``msg`` is the one message a node's process sends before it joins:
-        why it could not bind, from an endpoint of its own with the plain routing id (a
-        restarted node's old route is kept until the new process joins: what the dead
-        one sent last still counts)."""
+        why it could not bind, from an endpoint of its own with the plain routing id;
+        also while its node is restarting (the dead process's route is kept until the
+        new one joins, so that its last records still count)."""
         return (msg.kind == "error" and msg.route == identity(h.id)
                 and (not h.route or h.state == "restarting"))
 
@@ -153,5 +156,5 @@ class Admission:
         self._refused[key] = why
         self.log(f"a join from node id {repr(msg.src)[:64]} was refused: {why}")
         control = msg.meta.get("control")
-        if isinstance(control, str) and control.startswith(("tcp://", "ipc://", "inproc://")):
+        if isinstance(control, str) and control.partition("://")[0] in SCHEMES:
             self.ep.send_once(msg.src, control, "stop", meta={"refused": why})

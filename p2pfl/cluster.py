@@ -204,8 +204,8 @@ class Launcher(Supervision, Admission):
         quiet run did not log), handshakes the launcher's sockets refused."""
         said = ""
         if self._refused:
-            (src, _), why = next(iter(self._refused.items()))
-            said = f"; {len(self._refused)} join(s) refused, the first from id {src!r}: {why}"
+            (src, _), reason = next(iter(self._refused.items()))
+            said = f"; {len(self._refused)} join(s) refused, the first from id {src!r}: {reason}"
         self.ep.count_refusals()
         why = {k: n for k, n in self.ep.counters.dropped.items()
                if k in ("unknown_key", "plaintext_peer", "handshake_failed")}

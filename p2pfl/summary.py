@@ -136,8 +136,7 @@ def _server_fields(summary: dict, plan, sink, nodes: dict, dead: set, tail: dict
                                   for r in coord_recs]
     # instructions workers behind applied but did not answer: newer ones were queued
     summary["instructions_skipped_total"] = int(sum(
-        h.final.get("instructions_skipped", 0) for i, h in nodes.items()
-        if i != coord_id and isinstance(h.final, dict)))
+        h.final.get("instructions_skipped", 0) for i, h in nodes.items() if i != coord_id))
     # workers' final accuracy, split by behaviour (clean = honest workers)
     acc = sink.accuracy_by_node()
     behaviour = {s.id: s.learn.behaviour for s in specs if s.role == "worker"}

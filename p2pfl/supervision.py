@@ -181,8 +181,8 @@ class Supervision:
             msg = self.mailbox.poll_control(0.05)
             while msg is not None:
                 h = self.nodes.get(msg.src)
-                if (h is not None and h.state == "stopped" and msg.kind in ("metrics", "bye")
-                        and msg.route == (h.route or msg.route)):  # from the process taken
+                taken = h is not None and (not h.route or msg.route == h.route)
+                if taken and h.state == "stopped" and msg.kind in ("metrics", "bye"):
                     if msg.kind == "bye":
                         h.final = msg.meta if isinstance(msg.meta, dict) else {}
                     self.on_message(h, msg)

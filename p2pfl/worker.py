@@ -33,7 +33,6 @@ from typing import Callable
 
 import zmq
 
-from .version import __version__
 from .memory import keep_large_blocks
 from .roles import make_role, node_spec
 from .runtime import CLOSER_GRACE_S, LAUNCHER, Runtime
@@ -42,6 +41,7 @@ from .transport.mailbox import Refused
 from .transport.sockets import process_identity
 from .transport.cpugate import CpuGate
 from .transport.security import Security
+from .version import __version__
 
 __all__ = ["serve", "process_main", "host_main", "raise_fd_limit", "fds_per_actor",
            "actor_context"]

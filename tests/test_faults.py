@@ -123,8 +123,8 @@ def test_a_worker_behind_serves_the_newest_instruction(tmp_path):
     """A worker paused for 3 s finds the instructions of the rounds it missed queued.  It
     served each, oldest first: every reply reached a coordinator that had moved on and
     dropped it (91 of them in a 3 s pause; with STC, the residual each carried was lost
-    too).  Now it applies them in order (STC's downlink must see every global update)
-    and trains for, and answers, the newest alone."""
+    too).  Now it applies them in order, which keeps STC's global model as before, and
+    trains for, and answers, the newest alone."""
     out = tmp_path / "run"
     with _run(out, "--mode", "stc", "--nodes", "3", "--rounds", "150", "--round-timeout",
               "1", "--eval-every", "50") as proc:

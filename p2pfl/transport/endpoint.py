@@ -40,10 +40,10 @@ from .counters import ByteCounter
 from .framing import setup_bytes, wire_bytes
 from .links import LOSSY_KINDS, LinkEmulator, LinkSpec
 from .security import HANDSHAKE_EVENTS, Security, gate, handshake_drop
-from .sockets import claims, dealer, identity, process_identity, recv_parts
+from .sockets import claims, dealer, identity, recv_parts
 from .wire import DEFAULT_LIMITS, Limits, Message, ProtocolError, pack, unpack
 
-__all__ = ["Endpoint", "bind_address", "identity", "process_identity", "COMMAND_KINDS"]
+__all__ = ["Endpoint", "bind_address", "identity", "COMMAND_KINDS"]
 
 SCHEMES = ("tcp", "ipc", "inproc")
 #: Launcher-to-node commands: they travel on the control channel only.
@@ -70,6 +70,13 @@ def bind_address(scheme: str, name: str, host: str = "127.0.0.1", run_dir: str =
     if scheme == "inproc":
         return f"inproc://{name}"
     raise ValueError(f"unknown transport {scheme!r}; valid: {', '.join(SCHEMES)}")
+
+
+def _measure(parts: list, curve: bool) -> tuple[int, int]:
+    """A message's bytes as sent (header plus frames), and on the wire (ZMTP framing,
+    and CURVE's, included)."""
+    sizes = [len(p) if isinstance(p, bytes) else memoryview(p).nbytes for p in parts]
+    return sum(sizes), wire_bytes(sizes, curve)
 
 
 def _ms(seconds: float) -> int:
@@ -260,8 +267,7 @@ class Endpoint:
             return 0
         parts = pack(kind, self.node_id, round, next(self._seq), codec_ids=self._codec_ids,
                      **fields)
-        sizes = [len(p) if isinstance(p, bytes) else memoryview(p).nbytes for p in parts]
-        nbytes, wire = sum(sizes), wire_bytes(sizes, self.security is not None)
+        nbytes, wire = _measure(parts, self.security is not None)
         if sock is self._link:  # counted when it leaves the emulated uplink
             if sock.backlog(peer) >= self.hwm:  # as a real socket's full queue
                 self.counters.drop("send_queue_full")
@@ -292,14 +298,13 @@ class Endpoint:
             return 0
         try:
             parts = pack(kind, self.node_id, 0, next(self._seq), **fields)
-            sizes = [len(p) if isinstance(p, bytes) else memoryview(p).nbytes for p in parts]
             if not self._put(sock, parts, 0):  # a new connection's queue has room
                 return 0
         finally:
             sock.close()  # lingers: the message still leaves
-        self.counters.add("sent", peer, 0, sum(sizes), kind,
-                          wire=wire_bytes(sizes, self.security is not None))
-        return sum(sizes)
+        nbytes, wire = _measure(parts, self.security is not None)
+        self.counters.add("sent", peer, 0, nbytes, kind, wire=wire)
+        return nbytes
 
     @staticmethod
     def _put(sock: zmq.Socket, parts: list, wait: float) -> bool:
@@ -383,8 +388,8 @@ class Endpoint:
             return None
         msg.route = parts[0].bytes
         if self.security is None:
-            if msg.route != identity(msg.src) and not (self.process_ids
-                                                       and claims(msg.route, msg.src)):
+            if not (claims(msg.route, msg.src) if self.process_ids
+                    else msg.route == identity(msg.src)):
                 self.counters.drop("spoofed")
                 return None
             return msg
