@@ -249,11 +249,8 @@ class Launcher(Supervision, Admission):
                 last_news = now  # all that is here: a node's bye may follow its exit
             gone = self._exited()
             for h in self.nodes.values():
-                if h.state == "ready" and h.id in gone:
-                    if h.restarts < self.restart_limit and not self.listen:
-                        self._restart(h)
-                    else:
-                        self._fail(h, "process exited without finishing")
+                if h.id in gone and h.state in ("ready", "joined", "restarting"):
+                    self._died(h)
             self._fail_stopped_stragglers(now)
             self._fail_lost_connections(now)
             if now - last_news > silence_limit:

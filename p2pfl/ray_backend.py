@@ -118,6 +118,7 @@ class RayBackend:
         self.log = log or (lambda text: None)
         self._ray = None
         self._owned = True  # this run started or joined Ray itself (ray.init)
+        self._actors: list = []  # every actor this run placed
 
     def start(self, num_nodes: int) -> str:
         """Join or start Ray; return the address the launcher binds."""
@@ -162,14 +163,20 @@ class RayBackend:
             num_cpus=self.node_cpus, num_gpus=self.node_gpus, max_restarts=0,
             name=f"p2pfl-node-{node_id}-{os.getpid()}-{next(_SPAWNED)}")
         actor = cls.remote()
+        self._actors.append(actor)
         return RayRunner(ray, actor, actor.run.remote(launcher, node_id, self.host,
                                                       start_timeout))
 
     def stop(self) -> None:
-        """Disconnect; a Ray instance started here stops with it, and Ray kills this
-        driver's actors.  A session the caller had started stays (its actors of this
-        run were killed by the launcher)."""
+        """Disconnect; a Ray instance started here stops with it.  A session the caller
+        had started stays, and this run's actors are killed in it: an actor whose node
+        finished lives on, holding its CPUs, until Ray collects its handle, and the
+        next run's actors waited 16 s for them to be placed."""
         if self._ray is not None:
             if self._owned:
                 self._ray.shutdown()
+            else:
+                for actor in self._actors:
+                    self._ray.kill(actor, no_restart=True)
+            self._actors = []
             self._ray = None

@@ -143,6 +143,18 @@ class Supervision:
                     self.ep.send(node, "stop")
         return now - h.done_at > CLOSER_GRACE_S
 
+    def _died(self, h: NodeHandle) -> None:
+        """A node's process ended mid-run without a bye: while it ran (``ready``), or
+        a restarted process before it was ready again (``restarting``, ``joined``),
+        which would otherwise leave the run waiting for it for ever.  It is restarted
+        while the limit allows, else it has failed."""
+        if h.restarts < self.restart_limit and not self.listen:
+            self._restart(h)
+        elif h.state == "ready":
+            self._fail(h, "process exited without finishing")
+        else:
+            self._fail(h, "its restarted process exited before it was ready")
+
     def _restart(self, h: NodeHandle) -> None:
         """Start a new process for a node that died; it rejoins (see :meth:`_rejoined`)."""
         h.restarts += 1

@@ -153,16 +153,23 @@ def test_bad_ray_flags_exit_2(flags, message, tmp_path):
 
 def test_a_ray_session_the_caller_started_is_used_and_kept(tmp_path):
     """With ray.init() done by the caller, --backend ray raised Ray's own 'called
-    ray.init twice'; actor names then also collided between two runs of one process."""
-    code = ("import ray, p2pfl\n"
+    ray.init twice'; actor names then also collided between two runs of one process.
+    A finished run's actors held their CPUs until Ray collected their handles, and the
+    next run's nodes took 18 s to join, not 2."""
+    code = ("import time, ray, p2pfl\n"
             "ray.init(address='local', include_dashboard=False, num_cpus=2, logging_level=40)\n"
             "for k in range(2):\n"
             f"    r = p2pfl.run_cluster('ring:3', backend='ray', rounds=2, quiet=True,"
             f" out={str(tmp_path)!r} + f'/run{{k}}')\n"
             "    assert r.summary['failed_nodes'] == {}, r.summary['failed_nodes']\n"
+            "    t = time.monotonic()\n"  # a kill is asynchronous
+            "    while ray.available_resources().get('CPU', 0) < 2 and time.monotonic() - t < 5:\n"
+            "        time.sleep(0.05)\n"
+            "    print('CPUs free:', ray.available_resources().get('CPU', 0))\n"
             "print('session kept:', ray.is_initialized())\n"
             "ray.shutdown()\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_ray_env(),
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "session kept: True" in out.stdout
+    assert out.stdout.count("CPUs free: 2.0") == 2, out.stdout

@@ -263,6 +263,43 @@ def test_neighbours_do_not_wait_a_round_time_out_for_a_restarted_node(tmp_path):
         assert max(b - a for a, b in zip(walls, walls[1:])) < 6.0  # a restart, not 10 s
 
 
+def _kill_spawned_child(parent: int, timeout=60) -> None:
+    """SIGKILL the first process ``parent`` spawns (a restarted node, still importing
+    and not yet joined); forked nodes and multiprocessing's tracker are left alone."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as fh:
+                    ppid = int(fh.read().rsplit(b")", 1)[1].split()[1])
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    spawned = b"spawn_main" in fh.read()
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == parent and spawned:
+                os.kill(int(pid), signal.SIGKILL)
+                return
+        time.sleep(0.01)
+    raise AssertionError("no restarted process appeared")
+
+
+def test_a_restarted_process_that_dies_before_it_joins_is_restarted_again(tmp_path):
+    """The launcher acted on the exits of running nodes only: a restarted process
+    that died before it joined left its node restarting, and the run waiting, for ever."""
+    out = str(tmp_path / "run")
+    proc = _cluster(out, "--topology", "ring:3", "--rounds", "300", "--round-timeout", "2",
+                    "--eval-every", "100", "--local-steps", "1", "--restart", "on-failure:2")
+    try:
+        _kill_when(out, 2, lambda recs: len(recs) >= 3 * 30, proc)
+        _kill_spawned_child(proc.pid)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+    s, recs = _summary(out), _records(out)
+    assert s["restarts"] == 2 and s["failed_nodes"] == {}
+    assert max(r["round"] for r in recs if r["node"] == 2) == 300
+
+
 def _final_checkpoint(out) -> bool:
     """Whether the coordinator's checkpoint holds its last round's record."""
     try:
