@@ -133,9 +133,15 @@ class Supervision:
                 self._fail(h, f"its connection was lost for {limit:.0f} s")
 
     def _closer_done_long_ago(self, now: float) -> bool:
+        """Whether the nodes still running are to be stopped: the closer finished a
+        grace period ago (time for a worker offline at the end to come back), or it
+        failed for good, when nothing more can reach them (a run that may still see
+        it restarted by hand waits)."""
         h = self.nodes.get(self.closer) if self.closer is not None else None
         if h is None or h.state not in ("done", "failed"):
             return False
+        if h.state == "failed" and not (self.listen and self.restart_limit):
+            return True
         if h.done_at is None:
             h.done_at = now
             for node in h.final.get("absent") or []:  # offline at the end: no final for them
