@@ -117,7 +117,8 @@ class Launcher(Supervision, Admission):
             return
         if self.in_process and self.scheme != "inproc":
             address = f"ipc://{self.run_dir}/launcher.sock"
-            spawn_hosts(self.nodes, self.specs, address, self._how(), self.procs, self.log)
+            spawn_hosts(self.nodes, self.specs, address, self._how(), self.procs, self.log,
+                        self._node_security)
             self.ctx = actor_context(len(self.nodes), 1)
             self._bind(address)
             return

@@ -200,9 +200,9 @@ class RunConfig:
             if not os.path.isdir(self.keys):
                 raise ConfigError(f"--keys {self.keys}: no such folder")
             object.__setattr__(self, "secure", True)
-        if self.secure and self.in_process:
-            raise ConfigError("--secure needs one node per process: each ZeroMQ context has "
-                              "one ZAP handler, and --in-process hosts many nodes in one")
+        if self.secure and self.transport == "inproc":
+            raise ConfigError("--secure does not combine with --transport inproc: every node "
+                              "is a thread of one process, and CURVE does not run over inproc")
         if self.secure and self.listen and self.keys is None:
             raise ConfigError("--secure with --listen needs --keys DIR: remote nodes need keys "
                               "made ahead (p2pfl keys generate DIR --nodes N)")

@@ -36,10 +36,11 @@ def spawn_processes(nodes: dict, address: str, how: tuple, security) -> None:
         _start_process(h, "fork", address, how, security(h.id))
 
 
-def spawn_hosts(nodes: dict, specs: list, address: str, how: tuple, procs: int, log) -> None:
+def spawn_hosts(nodes: dict, specs: list, address: str, how: tuple, procs: int, log,
+                security) -> None:
     """``procs`` forked host processes, each running a contiguous share of the nodes
     as actors (:func:`~p2pfl.worker.host_main`); more when the open-file limit needs
-    it (said through ``log``)."""
+    it (said through ``log``).  ``security(id)``: each actor's CURVE setup or None."""
     fork = mp.get_context("fork")
     ids = [s.id for s in specs]
     degree = max(len(s.peers) for s in specs)
@@ -52,7 +53,8 @@ def spawn_hosts(nodes: dict, specs: list, address: str, how: tuple, procs: int, 
     for k in range(procs):
         share = ids[k * len(ids) // procs:(k + 1) * len(ids) // procs]
         host = fork.Process(target=host_main, name=f"p2pfl-host-{k}", daemon=True,
-                            args=(address, share, *how, degree))
+                            args=(address, share, *how, degree,
+                                  {j: security(j) for j in share}))
         host.start()
         for j in share:
             nodes[j].runner, nodes[j].pid = host, host.pid

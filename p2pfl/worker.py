@@ -316,9 +316,11 @@ def raise_fd_limit(wanted: int) -> None:
 
 
 def host_main(launcher: str, node_ids: list, scheme: str, host: str, run_dir: str,
-              start_timeout: float, max_degree: int) -> None:
+              start_timeout: float, max_degree: int, security: dict) -> None:
     """Entry point of a host process of an in-process cluster: many node actors, one
     thread each, taking turns on this process's CPU (:mod:`~p2pfl.transport.cpugate`).
+    ``security`` maps each actor to its CURVE setup (or None): the actors share one
+    context, and so one ZAP handler, with a domain each.
 
     The host exits 0 when every actor finished, 1 when one failed (it said why)."""
     import threading
@@ -333,7 +335,7 @@ def host_main(launcher: str, node_ids: list, scheme: str, host: str, run_dir: st
     def actor(node_id):
         status[node_id] = serve(launcher, node_id, ctx=ctx, scheme=scheme, host=host,
                                 run_dir=run_dir, alive=alive, start_timeout=start_timeout,
-                                gate=gate)
+                                gate=gate, security=security.get(node_id))
 
     threads = [threading.Thread(target=actor, args=(j,), name=f"node-{j}", daemon=True)
                for j in node_ids]

@@ -226,7 +226,7 @@ def test_damaged_key_files_are_one_line_and_exit_2(tmp_path, damage, words):
 
 
 @pytest.mark.parametrize("flags, words", [
-    (["--secure", "--in-process"], "one node per process"),
+    (["--secure", "--in-process", "--transport", "inproc"], "CURVE does not run over inproc"),
     (["--secure", "--listen", "tcp://127.0.0.1:9"], "--keys"),
     (["--keys", "/no/such/folder"], "no such folder"),
 ])
@@ -276,6 +276,37 @@ def test_a_secure_cluster_learns_as_a_plain_one_and_refuses_intruders(tmp_path):
     for name in os.listdir(out):  # no secret key is written anywhere
         text = open(os.path.join(out, name), "rb").read()
         assert b"secret" not in text.lower() or name.endswith(".png")
+
+
+def test_in_process_actors_run_secure_and_refuse_intruders(tmp_path):
+    """--secure with --in-process was refused.  Actors of two host processes now talk
+    CURVE over ipc across hosts and plain inproc within one (CURVE does not run over
+    inproc, which never leaves the process); the learning is the plain run's."""
+    flags = ["cluster", "--topology", "ring:8", "--dataset", "digits", "--rounds", "150",
+             "--eval-every", "50", "--in-process", "--procs", "2", "--seed", "2", "-q"]
+    plain = _cli(*flags, "--out", str(tmp_path / "plain"), timeout=300)
+    assert plain.returncode == 0, plain.stderr
+    out = str(tmp_path / "secure")
+    proc = subprocess.Popen([sys.executable, "-m", "p2pfl.cli", *flags, "--secure",
+                             "--out", out], cwd=ROOT)
+    try:
+        nodes = _nodes_json(out, proc)
+        assert len({n["pid"] for n in nodes}) == 2 and nodes[0]["address"].startswith("ipc://")
+        intruder = hostile_clients(nodes[0]["address"], 10, claim=7,
+                                   server_key=nodes[0]["public_key"].encode())
+        plaintext = hostile_clients(nodes[0]["address"], 10, claim=7)
+        assert proc.wait(timeout=300) == 0
+    finally:
+        proc.kill()
+    s = json.loads((tmp_path / "secure" / "summary.json").read_text())
+    p = json.loads((tmp_path / "plain" / "summary.json").read_text())
+    assert s["secure"] is True and s["failed_nodes"] == {} and s["misses_total"] == 0
+    assert s["accuracy_per_round"] == p["accuracy_per_round"]
+    assert intruder["accepted"] == plaintext["accepted"] == 0
+    d = s["dropped"]
+    assert d.get("unknown_key", 0) == intruder["refused"] > 0
+    assert d.get("plaintext_peer", 0) + d.get("handshake_failed", 0) == plaintext["refused"] > 0
+    assert s["dropped_total"] == intruder["refused"] + plaintext["refused"]  # no actor's
 
 
 # a header's start: a msgpack array of 7, 8 or 10 fields, protocol 2, the kind

@@ -17,7 +17,9 @@ node id both reach the launcher, which tells the second why it is refused
 (:meth:`Endpoint.send_once`) instead of never hearing it.  Without CURVE the routing
 id is the connecting process's own claim, so a process that connects first with a
 node's id is taken for that node; with CURVE (``security``) the sender is the
-key's ZAP user id, which only the key's holder can present.
+key's ZAP user id, which only the key's holder can present.  CURVE does not run
+over ``inproc://``, which never leaves the process: a message from an actor of the
+same host process carries no handshake metadata and is taken by its routing id.
 
 **Control is kept apart from data.**  The launcher's commands (``config``,
 ``start``, ``heartbeat``, ``stop``) go to a node's separate control socket,
@@ -77,6 +79,20 @@ def _measure(parts: list, curve: bool) -> tuple[int, int]:
     and CURVE's, included)."""
     sizes = [len(p) if isinstance(p, bytes) else memoryview(p).nbytes for p in parts]
     return sum(sizes), wire_bytes(sizes, curve)
+
+
+def _property(frame: zmq.Frame, name: str) -> str | None:
+    """A received frame's connection metadata ``name``, or None where it has none."""
+    try:
+        return frame.get(name)
+    except zmq.ZMQError:
+        return None
+
+
+def _over_inproc(frame: zmq.Frame) -> bool:
+    """Whether a frame came over ``inproc://``: every connection of a network or ipc
+    engine names its peer's socket type in the ZMTP handshake, inproc's none."""
+    return _property(frame, "Socket-Type") is None
 
 
 def _ms(seconds: float) -> int:
@@ -387,13 +403,13 @@ class Endpoint:
             self.counters.drop("malformed")
             return None
         msg.route = parts[0].bytes
-        if self.security is None:
+        if self.security is None or _over_inproc(parts[1]):
             if not (claims(msg.route, msg.src) if self.process_ids
                     else msg.route == identity(msg.src)):
                 self.counters.drop("spoofed")
                 return None
             return msg
-        user = parts[1].get("User-Id")
+        user = _property(parts[1], "User-Id")
         sender = self.security.node_of(user)
         if sender is None and user and self.security.allows(user):  # its node not known yet
             if len(self._held) < MAX_HELD and self._held_per[user] < MAX_HELD_PER_KEY:
