@@ -34,10 +34,12 @@ def dataset_for(nodes: int) -> str:
     return "mnist1d" if nodes <= 4000 else "mnist1d:25000"
 
 
-def run(nodes: int, rounds: int, out: str) -> dict:
+def run(nodes: int, rounds: int, out: str, extra: tuple = ()) -> dict:
+    """One scale run, ``extra`` flags added; the largest process's peak is the largest
+    of every child waited for so far."""
     cmd = [sys.executable, "-m", "p2pfl.cli", "cluster", "--in-process", "--topology",
            f"random_regular:4:{nodes}", "--dataset", dataset_for(nodes), "--rounds",
-           str(rounds), "--out", out]
+           str(rounds), *extra, "--out", out]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0

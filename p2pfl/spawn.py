@@ -20,13 +20,13 @@ from .worker import fds_per_actor, host_main, process_main, serve
 __all__ = ["spawn_processes", "spawn_hosts", "spawn_threads", "respawn"]
 
 
-def _actors_per_host(degree: int) -> int:
+def _actors_per_host(degree: int, secure: bool) -> int:
     """How many actors one host process can hold within its (hard) open-file limit."""
     import resource
 
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     limit = 1 << 20 if hard == resource.RLIM_INFINITY else min(hard, 1 << 20)
-    return max(1, (limit - 512) // fds_per_actor(degree))
+    return max(1, (limit - 512) // fds_per_actor(degree, secure))
 
 
 def spawn_processes(nodes: dict, address: str, how: tuple, security) -> None:
@@ -45,7 +45,7 @@ def spawn_hosts(nodes: dict, specs: list, address: str, how: tuple, procs: int, 
     ids = [s.id for s in specs]
     degree = max(len(s.peers) for s in specs)
     wanted, procs = procs, max(1, min(procs, len(ids)))
-    per_host = _actors_per_host(degree)
+    per_host = _actors_per_host(degree, any(security(j) is not None for j in ids[:1]))
     if len(ids) > procs * per_host:
         procs = -(-len(ids) // per_host)
         log(f"{len(ids)} actors need more open files than {wanted} host "

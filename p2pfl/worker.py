@@ -282,21 +282,28 @@ def process_main(launcher: str, node_id: int, scheme: str, host: str, run_dir: s
     os._exit(status)
 
 
-def fds_per_actor(degree: int) -> int:
+#: Sockets (and so wake-up descriptors) CURVE adds to an actor: a monitor of each of
+#: its two receiving sockets, for the handshakes they refuse, is a PAIR at each end.
+CURVE_SOCKETS = 4
+
+
+def fds_per_actor(degree: int, secure: bool = False) -> int:
     """Open files one actor may hold: a wake-up descriptor for each of its sockets
     (data, control, the launcher's, one per neighbour, an emulated link's two pipe
-    ends), two listeners, and a connection each way per neighbour in another process
-    and to the launcher."""
-    return 2 * degree + 10
+    ends, and with CURVE its monitors), two listeners, and a connection each way per
+    neighbour in another process and to the launcher."""
+    return 2 * degree + 10 + (CURVE_SOCKETS if secure else 0)
 
 
-def actor_context(num_actors: int, degree: int) -> zmq.Context:
+def actor_context(num_actors: int, degree: int, secure: bool = False) -> zmq.Context:
     """A context allowed enough sockets for ``num_actors`` actors of ``degree``
     neighbours (libzmq's default is 1023): a data and a control socket, one per
-    neighbour and one to the launcher each, and an emulated link's pipe (a PAIR at each
-    end, :class:`~p2pfl.transport.links.LinkEmulator`); the launcher: ``degree`` 1."""
+    neighbour and one to the launcher each, an emulated link's pipe (a PAIR at each
+    end, :class:`~p2pfl.transport.links.LinkEmulator`), and with CURVE the monitors;
+    the launcher: ``degree`` 1."""
     ctx = zmq.Context()
-    ctx.set(zmq.MAX_SOCKETS, max(1024, num_actors * (degree + 6) + 64))
+    extra = 6 + (CURVE_SOCKETS if secure else 0)
+    ctx.set(zmq.MAX_SOCKETS, max(1024, num_actors * (degree + extra) + 64))
     return ctx
 
 
@@ -327,8 +334,9 @@ def host_main(launcher: str, node_ids: list, scheme: str, host: str, run_dir: st
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher handles Ctrl-C
     alive = _die_with_parent()
-    raise_fd_limit(len(node_ids) * fds_per_actor(max_degree) + 256)
-    ctx = actor_context(len(node_ids), max_degree)
+    secure = any(v is not None for v in security.values())
+    raise_fd_limit(len(node_ids) * fds_per_actor(max_degree, secure) + 256)
+    ctx = actor_context(len(node_ids), max_degree, secure)
     gate = CpuGate()
     status = {}
 
