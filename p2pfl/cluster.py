@@ -62,6 +62,7 @@ class Launcher(Supervision, Admission):
         self.backend = backend  # RayBackend: nodes are Ray actors (--backend ray)
         self.procs = procs  # host processes for in-process actors (over ipc)
         self.keys = keys  # RunKeys: CurveZMQ on every socket (--secure)
+        self._run_keys = None  # the run's keys, bound: one table the nodes share
         self.restart_limit = restarts  # restarts allowed per node (--restart on-failure:N)
         self.on_restart = on_restart or (lambda handle: None)
         self.closer = closer  # when this node is done, the others get a little while
@@ -139,12 +140,14 @@ class Launcher(Supervision, Admission):
         return (self.scheme, self.host, self.run_dir, self.start_timeout)
 
     def _node_security(self, node):
-        """A spawned node's CURVE setup: its key pair; every key of the run, bound."""
+        """A spawned node's CURVE setup: its key pair; every key of the run, bound (one
+        table, which the nodes of a host process share)."""
         if self.keys is None:
             return None
-        bound = dict(self.keys.public)
-        bound[LAUNCHER] = self.keys.launcher.public
-        return Security(self.keys.pairs[node], bound)
+        if self._run_keys is None:
+            self._run_keys = Security(self.keys.launcher,
+                                      {**self.keys.public, LAUNCHER: self.keys.launcher.public})
+        return self._run_keys.sharing(self.keys.pairs[node])
 
     def _config(self, spec) -> dict:
         """What a node needs to start: its spec, and its peers' addresses (and keys)."""

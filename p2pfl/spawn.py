@@ -45,7 +45,7 @@ def spawn_hosts(nodes: dict, specs: list, address: str, how: tuple, procs: int, 
     ids = [s.id for s in specs]
     degree = max(len(s.peers) for s in specs)
     wanted, procs = procs, max(1, min(procs, len(ids)))
-    per_host = _actors_per_host(degree, any(security(j) is not None for j in ids[:1]))
+    per_host = _actors_per_host(degree, security(ids[0]) is not None)
     if len(ids) > procs * per_host:
         procs = -(-len(ids) // per_host)
         log(f"{len(ids)} actors need more open files than {wanted} host "
