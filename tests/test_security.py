@@ -259,19 +259,20 @@ def _nodes_json(out, proc) -> list:
         return json.load(fh)
 
 
-def test_a_secure_cluster_learns_as_a_plain_one_and_refuses_intruders(tmp_path):
-    flags = ["cluster", "--topology", "ring:4", "--dataset", "digits", "--rounds", "40",
-             "--seed", "2", "-q"]
+def _plain_then_secure_under_attack(tmp_path, flags, count: int, claim) -> tuple:
+    """Run ``flags`` plain, then with ``--secure`` while a client with a stranger's key
+    and a plaintext client each send ``count`` messages to node 0, claiming ``claim``.
+    Returns the secure and plain summaries, both attacks' tallies, and nodes.json."""
     plain = _cli(*flags, "--out", str(tmp_path / "plain"), timeout=300)
     assert plain.returncode == 0, plain.stderr
     out = str(tmp_path / "secure")
     proc = subprocess.Popen([sys.executable, "-m", "p2pfl.cli", *flags, "--secure",
                              "--out", out], cwd=ROOT)
     try:
-        node0 = _nodes_json(out, proc)[0]
-        intruder = hostile_clients(node0["address"], 30, claim=1,
-                                   server_key=node0["public_key"].encode(), batch=10)
-        plaintext = hostile_clients(node0["address"], 30, claim=1, batch=10)
+        nodes = _nodes_json(out, proc)
+        intruder = hostile_clients(nodes[0]["address"], count, claim=claim,
+                                   server_key=nodes[0]["public_key"].encode(), batch=10)
+        plaintext = hostile_clients(nodes[0]["address"], count, claim=claim, batch=10)
         assert proc.wait(timeout=300) == 0
     finally:
         proc.kill()
@@ -280,11 +281,19 @@ def test_a_secure_cluster_learns_as_a_plain_one_and_refuses_intruders(tmp_path):
     assert s["secure"] is True and s["failed_nodes"] == {}
     assert s["accuracy_per_round"] == p["accuracy_per_round"]  # the same learning, exactly
     assert intruder["accepted"] == plaintext["accepted"] == 0
-    assert s["dropped"].get("unknown_key", 0) == intruder["refused"] > 0
     d = s["dropped"]
+    assert d.get("unknown_key", 0) == intruder["refused"] > 0
     assert d.get("plaintext_peer", 0) + d.get("handshake_failed", 0) == plaintext["refused"] > 0
+    return s, intruder, plaintext, nodes
+
+
+def test_a_secure_cluster_learns_as_a_plain_one_and_refuses_intruders(tmp_path):
+    flags = ["cluster", "--topology", "ring:4", "--dataset", "digits", "--rounds", "40",
+             "--seed", "2", "-q"]
+    _plain_then_secure_under_attack(tmp_path, flags, 30, claim=1)
     nodes = json.loads((tmp_path / "secure" / "nodes.json").read_text())
     assert all(len(n["public_key"]) == 40 for n in nodes)
+    out = str(tmp_path / "secure")
     for name in os.listdir(out):  # no secret key is written anywhere
         text = open(os.path.join(out, name), "rb").read()
         assert b"secret" not in text.lower() or name.endswith(".png")
@@ -296,28 +305,10 @@ def test_in_process_actors_run_secure_and_refuse_intruders(tmp_path):
     inproc, which never leaves the process); the learning is the plain run's."""
     flags = ["cluster", "--topology", "ring:8", "--dataset", "digits", "--rounds", "150",
              "--eval-every", "50", "--in-process", "--procs", "2", "--seed", "2", "-q"]
-    plain = _cli(*flags, "--out", str(tmp_path / "plain"), timeout=300)
-    assert plain.returncode == 0, plain.stderr
-    out = str(tmp_path / "secure")
-    proc = subprocess.Popen([sys.executable, "-m", "p2pfl.cli", *flags, "--secure",
-                             "--out", out], cwd=ROOT)
-    try:
-        nodes = _nodes_json(out, proc)
-        assert len({n["pid"] for n in nodes}) == 2 and nodes[0]["address"].startswith("ipc://")
-        intruder = hostile_clients(nodes[0]["address"], 10, claim=7,
-                                   server_key=nodes[0]["public_key"].encode())
-        plaintext = hostile_clients(nodes[0]["address"], 10, claim=7)
-        assert proc.wait(timeout=300) == 0
-    finally:
-        proc.kill()
-    s = json.loads((tmp_path / "secure" / "summary.json").read_text())
-    p = json.loads((tmp_path / "plain" / "summary.json").read_text())
-    assert s["secure"] is True and s["failed_nodes"] == {} and s["misses_total"] == 0
-    assert s["accuracy_per_round"] == p["accuracy_per_round"]
-    assert intruder["accepted"] == plaintext["accepted"] == 0
-    d = s["dropped"]
-    assert d.get("unknown_key", 0) == intruder["refused"] > 0
-    assert d.get("plaintext_peer", 0) + d.get("handshake_failed", 0) == plaintext["refused"] > 0
+    s, intruder, plaintext, nodes = _plain_then_secure_under_attack(tmp_path, flags, 10,
+                                                                    claim=7)
+    assert len({n["pid"] for n in nodes}) == 2 and nodes[0]["address"].startswith("ipc://")
+    assert s["misses_total"] == 0
     assert s["dropped_total"] == intruder["refused"] + plaintext["refused"]  # no actor's
 
 
