@@ -62,7 +62,9 @@ class Launcher(Supervision, Admission):
         self.backend = backend  # RayBackend: nodes are Ray actors (--backend ray)
         self.procs = procs  # host processes for in-process actors (over ipc)
         self.keys = keys  # RunKeys: CurveZMQ on every socket (--secure)
-        self._run_keys = None  # the run's keys, bound: one table the nodes share
+        # the run's keys, bound: one table that the nodes of a host process share
+        self._run_keys = None if keys is None else Security(
+            keys.launcher, {**keys.public, LAUNCHER: keys.launcher.public})
         self.restart_limit = restarts  # restarts allowed per node (--restart on-failure:N)
         self.on_restart = on_restart or (lambda handle: None)
         self.closer = closer  # when this node is done, the others get a little while
@@ -144,9 +146,6 @@ class Launcher(Supervision, Admission):
         table, which the nodes of a host process share)."""
         if self.keys is None:
             return None
-        if self._run_keys is None:
-            self._run_keys = Security(self.keys.launcher,
-                                      {**self.keys.public, LAUNCHER: self.keys.launcher.public})
         return self._run_keys.sharing(self.keys.pairs[node])
 
     def _config(self, spec) -> dict:

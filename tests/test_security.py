@@ -226,8 +226,8 @@ def test_damaged_key_files_are_one_line_and_exit_2(tmp_path, damage, words):
 
 
 def test_setups_of_one_host_share_the_run_keys_and_keep_their_own_pair():
-    """Each actor of a host process held its own table of every key of the run: 1.67 GB
-    of tables at 4,096 secure actors (tracemalloc), against 0.8 MB shared."""
+    """Each actor of a host process held its own table of every key of the run: 1,666 MiB
+    of tables at 4,096 secure actors (benchmarks/key_tables.py), against under 1 MiB shared."""
     pairs = [KeyPair.generate() for _ in range(3)]
     run = Security(pairs[0], {0: pairs[0].public, 1: pairs[1].public})
     a, b = run.sharing(pairs[1]), run.sharing(pairs[2])
@@ -262,7 +262,8 @@ def _nodes_json(out, proc) -> list:
 def _plain_then_secure_under_attack(tmp_path, flags, count: int, claim) -> tuple:
     """Run ``flags`` plain, then with ``--secure`` while a client with a stranger's key
     and a plaintext client each send ``count`` messages to node 0, claiming ``claim``.
-    Returns the secure and plain summaries, both attacks' tallies, and nodes.json."""
+    Checks what both runs must show; returns the secure summary, both attacks'
+    tallies, and nodes.json as the run began."""
     plain = _cli(*flags, "--out", str(tmp_path / "plain"), timeout=300)
     assert plain.returncode == 0, plain.stderr
     out = str(tmp_path / "secure")

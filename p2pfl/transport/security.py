@@ -21,6 +21,7 @@ sharing a context register one domain each (:func:`gate`).
 
 from __future__ import annotations
 
+import copy
 import itertools
 import threading
 from dataclasses import dataclass
@@ -92,9 +93,8 @@ class Security:
         """A setup with key pair ``keys`` that shares this one's allow-list and
         bindings (actors of one host process: one table of the run's keys, not one
         each, which at 4,096 actors would be 16 million entries)."""
-        other = Security.__new__(Security)
-        other.keys, other._allowed = keys, self._allowed
-        other._by_key, other._by_id = self._by_key, self._by_id
+        other = copy.copy(self)  # shallow: the tables are this one's
+        other.keys = keys
         return other
 
     def bind(self, node, public) -> None:
