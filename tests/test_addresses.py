@@ -215,6 +215,38 @@ def test_a_second_process_with_a_joined_id_is_refused_and_told(tmp_path):
             proc.kill()
 
 
+def test_a_node_that_dies_before_the_launcher_reaches_it_is_waited_for_again(tmp_path):
+    """A node whose process joins and dies before the launcher's connection to it is up
+    was never seen as lost: its id stayed taken, a new process for it was refused, and
+    the run waited out its start time-out.  Its connection now counts as down once the
+    launcher's attempt to make it is refused, so that a new process takes its place."""
+    import p2pfl
+    from p2pfl.transport.sockets import process_identity
+
+    addr = f"tcp://127.0.0.1:{free_port()}"
+    launcher = _listening_launcher(tmp_path, addr, start_timeout=60)
+    dead = f"tcp://127.0.0.1:{free_port()}"  # where the dead process said it listened
+    ctx = zmq.Context()
+    gone = Endpoint(ctx, 1, "tcp://127.0.0.1:*")
+    gone.connect(LAUNCHER, addr, emulated=False, routing_id=process_identity(1))
+    gone.send(LAUNCHER, "join", meta={"address": dead, "control": dead,
+                                      "version": p2pfl.__version__})
+    time.sleep(0.5)  # the join is taken before the real node 1 joins
+    gone.close()
+    ctx.term()
+    node = [*CLI, "node", "--connect", addr, "--host", "127.0.0.1", "--start-timeout", "60"]
+    procs = [subprocess.Popen([*node, "--id", k], cwd=ROOT, stderr=subprocess.PIPE,
+                              text=True) for k in ("1", "0", "2", "3")]
+    try:
+        assert launcher.wait(timeout=40) == 0
+        assert [p.wait(timeout=30) for p in procs] == [0] * 4, procs[0].stderr.read()
+        assert "node 1 lost its connection before the start; waiting for it to join " \
+               "again" in launcher.stderr.read()
+    finally:
+        for proc in (launcher, *procs):
+            proc.kill()
+
+
 def test_a_node_of_another_version_is_refused_and_told(tmp_path):
     """The join says which p2pfl the node runs; another one than the launcher's is refused
     before its spec is sent (a spec of another version may mean something else).  The

@@ -359,3 +359,34 @@ def test_a_long_string_sender_is_malformed():
     with pytest.raises(ProtocolError, match="at most 64"):
         unpack(pack("model", "x" * 65, 1))
     assert unpack(pack("model", "launcher", 1)).src == "launcher"
+
+
+def test_a_connection_never_up_counts_as_down(ctx):
+    """The launcher's watch of a node's connection: a port that refuses it is down at
+    once, one that stays silent is down after the grace (since it was asked for), and
+    one that comes up is not down."""
+    from p2pfl.addresses import free_port
+    from p2pfl.transport.liveness import CONNECT_GRACE_S, ConnectionWatch
+
+    live = ctx.socket(zmq.PULL)
+    port = live.bind_to_random_port("tcp://127.0.0.1")
+    watch, socks = ConnectionWatch(), {}
+    for peer in ("refused", "silent", "up"):
+        socks[peer] = ctx.socket(zmq.PUSH)
+        watch.watch(peer, socks[peer], now=100.0)
+    socks["refused"].connect(f"tcp://127.0.0.1:{free_port()}")  # nothing listens there
+    socks["up"].connect(f"tcp://127.0.0.1:{port}")
+    # "silent" asks for nothing: nothing ever comes of it, as of a host that drops SYNs
+    deadline = time.monotonic() + 10
+    while "refused" not in watch.down_since and time.monotonic() < deadline:
+        watch.poll(101.0)
+        time.sleep(0.02)
+    time.sleep(0.3)  # "up" connected meanwhile (to a bound port on loopback)
+    watch.poll(101.0)
+    assert watch.down_since == {"refused": 101.0}
+    watch.poll(100.0 + CONNECT_GRACE_S + 0.5)
+    assert watch.down_since == {"refused": 101.0, "silent": 100.0}
+    assert watch.down_for("silent", 110.0) == 10.0 and watch.down_for("up", 110.0) == 0.0
+    watch.close()
+    for sock in (live, *socks.values()):
+        sock.close(linger=0)

@@ -6,18 +6,25 @@ heartbeats (``ZMQ_HEARTBEAT_IVL``/``ZMQ_HEARTBEAT_TIMEOUT``, RFC 37): a peer who
 process died closes the TCP connection at once, and a peer whose host vanished
 stops answering PINGs, so that its connection is dropped after the time-out.  A
 socket monitor reports each ``DISCONNECTED`` and ``CONNECTED`` event, and this
-module keeps, per peer, since when its connection has been down.  Nothing here
-sends a message of ours.
+module keeps, per peer, since when its connection has been down.  A connection
+that was never up counts as down too: once an attempt to make it failed
+(``CONNECT_RETRIED``: the peer's port refused it, its process died after saying
+where it listens), or once it has not come up within ``CONNECT_GRACE_S`` (its
+host drops what is sent to it).  Nothing here sends a message of ours.
 """
 
 from __future__ import annotations
 
+import time
+
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-__all__ = ["ConnectionWatch", "heartbeat_options"]
+__all__ = ["ConnectionWatch", "CONNECT_GRACE_S", "heartbeat_options"]
 
-_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
+_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
+#: A connection not up this long after it was asked for is down since it was asked for.
+CONNECT_GRACE_S = 6.0
 
 
 def heartbeat_options(sock: zmq.Socket, interval_s: float) -> None:
@@ -35,22 +42,29 @@ class ConnectionWatch:
 
     def __init__(self) -> None:
         self._monitors: dict = {}  # peer -> (monitor socket, watched socket)
+        self._asked: dict = {}  # peer -> when its watch began; absent once it connected
         self.down_since: dict = {}
 
-    def watch(self, peer, sock: zmq.Socket) -> None:
-        """Follow ``sock``'s connection to ``peer`` (replacing an earlier watch)."""
+    def watch(self, peer, sock: zmq.Socket, now: float | None = None) -> None:
+        """Follow ``sock``'s connection to ``peer`` (replacing an earlier watch), asked
+        for at ``now`` (monotonic; the present by default)."""
         self.forget(peer)
         self._monitors[peer] = (sock.get_monitor_socket(_EVENTS), sock)
+        self._asked[peer] = time.monotonic() if now is None else now
 
     def poll(self, now: float) -> None:
         """Read the monitors' news without waiting."""
         for peer, (monitor, _) in self._monitors.items():
             while monitor.poll(0):
                 event = recv_monitor_message(monitor)["event"]
-                if event == zmq.EVENT_DISCONNECTED:
-                    self.down_since.setdefault(peer, now)
-                elif event == zmq.EVENT_CONNECTED:
+                if event == zmq.EVENT_CONNECTED:
                     self.down_since.pop(peer, None)
+                    self._asked.pop(peer, None)
+                else:  # DISCONNECTED, or CONNECT_RETRIED: an attempt failed
+                    self.down_since.setdefault(peer, now)
+        for peer, asked in self._asked.items():
+            if now - asked > CONNECT_GRACE_S:
+                self.down_since.setdefault(peer, asked)
 
     def down_for(self, peer, now: float) -> float:
         """Seconds ``peer``'s connection has been down (0 while up)."""
@@ -60,6 +74,7 @@ class ConnectionWatch:
     def forget(self, peer) -> None:
         """Stop watching ``peer`` (before its socket is closed)."""
         self.down_since.pop(peer, None)
+        self._asked.pop(peer, None)
         entry = self._monitors.pop(peer, None)
         if entry is not None:
             monitor, sock = entry
