@@ -239,9 +239,12 @@ def _drain_link(runtime: Runtime, timeout: float) -> None:
     drop the rest (counted), so that the bye's counters are final.
 
     A synchronous peer may still wait for our last round's messages, and waits at most
-    a round time-out for them; an asynchronous node's leftovers are stale models.
+    a round time-out for them; an asynchronous node's leftovers are stale models.  A
+    link that an earlier drain found stalled is not waited for again (the coordinator's,
+    before its last record, waited as long).
     """
-    for wait in (timeout, PROTOCOL_DRAIN_S):  # then what the protocol still sends
+    first = 0.0 if runtime.uplink_stalled else timeout
+    for wait in (first, PROTOCOL_DRAIN_S):  # then what the protocol still sends
         runtime.drain_uplink(wait)
         runtime.endpoint.discard_link_backlog()  # payloads; a final leave, ... at once
 
