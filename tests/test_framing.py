@@ -17,6 +17,40 @@ from tests._capture import CannotDrop, can_drop, capture_cluster
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _tcp_frame(sport: int, dport: int, seq: int, payload: bytes = b"", syn=False) -> bytes:
+    """An Ethernet frame of one IPv4 TCP segment (checksums left zero: nobody checks)."""
+    import struct
+
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 5 << 4, 0x02 if syn else 0x18,
+                      65535, 0, 0)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp) + len(payload), 0, 0, 64, 6,
+                     0, bytes([127, 0, 0, 1]), bytes([127, 0, 0, 1]))
+    return bytes(12) + b"\x08\x00" + ip + tcp + payload
+
+
+def test_a_streams_bytes_are_counted_once_and_only_resends_as_resent():
+    """The capture's stream count: a hole filled later is new data, not a resend (it
+    counted as one), and a new connection on the same two ports is a new stream (its
+    bytes counted as resent, or as far ahead, by the old connection's numbers)."""
+    from p2pfl.transport.probe import tcp_streams
+
+    seg = _tcp_frame
+    frames = [seg(5000, 6000, 1000, syn=True), seg(6000, 5000, 70000, syn=True),
+              seg(5000, 6000, 1001, bytes(100)),  # bytes 0-99
+              seg(5000, 6000, 1201, bytes(100)),  # 200-299: 100-199 not here yet
+              seg(5000, 6000, 1101, bytes(100)),  # the hole, filled
+              seg(5000, 6000, 1051, bytes(200)),  # 50-249 again: a resend
+              seg(5000, 6000, 1301, bytes(10)),   # 300-309
+              seg(6000, 5000, 70001, bytes(7)),
+              seg(5000, 6000, 4_000_000_000, syn=True),  # closed, and the pair reused
+              seg(5000, 6000, 4_000_000_001, bytes(20))]
+    assert tcp_streams(frames) == {"5000>6000": [330, 200], "6000>5000": [7, 0]}
+    assert tcp_streams(frames, ports={6001}) == {}
+    # without the SYNs: each direction from its first data byte
+    assert tcp_streams([seg(1, 2, 10, bytes(5)), seg(1, 2, 15, bytes(5)),
+                        seg(1, 2, 12, bytes(4))]) == {"1>2": [10, 4]}
+
+
 def test_zmtp_frames_carry_two_or_nine_bytes_of_framing():
     assert [frame_overhead(n) for n in (0, 10, 255, 256, 10**6)] == [2, 2, 2, 9, 9]
     assert wire_bytes([10, 300]) == 10 + 2 + 300 + 9

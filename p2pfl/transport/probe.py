@@ -26,7 +26,7 @@ from zmq.utils.monitor import recv_monitor_message
 from .endpoint import identity
 from .wire import pack
 
-__all__ = ["hostile_clients", "LoopbackCapture", "can_capture"]
+__all__ = ["hostile_clients", "LoopbackCapture", "can_capture", "tcp_streams"]
 
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4  # on lo every packet is seen going out and coming in: keep one copy
@@ -107,6 +107,21 @@ def can_capture() -> str | None:
     return None
 
 
+def _carry(ranges: list, start: int, end: int) -> int:
+    """Add the bytes ``start`` to ``end - 1`` to ``ranges`` (sorted, disjoint ``[first,
+    end]`` pairs, ``end`` excluded; merged in place); return how many of them were new."""
+    covered, merged, out = 0, [start, end], []
+    for s, e in ranges:
+        if e < merged[0] or s > merged[1]:  # apart (touching ranges merge)
+            out.append([s, e])
+            continue
+        covered += max(0, min(e, end) - max(s, start))
+        merged = [min(s, merged[0]), max(e, merged[1])]
+    out.append(merged)
+    ranges[:] = sorted(out)
+    return (end - start) - covered
+
+
 class LoopbackCapture:
     """Record every packet on ``lo`` while the ``with`` block runs."""
 
@@ -146,50 +161,11 @@ class LoopbackCapture:
     def tcp_segments(self, ports=None) -> list:
         """``(source port, destination port, payload)`` of each IPv4 TCP packet with a
         payload (to or from one of ``ports``, if given)."""
-        return [seg[:3] for seg in self._segments(ports)]
+        return [seg[:3] for seg in _segments([f for _, f in self.packets], ports)]
 
     def tcp_streams(self, ports=None) -> dict:
-        """Per direction of each connection, ``"sport>dport"``: ``[payload, resent]``,
-        the bytes of its byte stream and the bytes TCP sent a second time.
-
-        A segment's bytes that an earlier segment of the same direction carried (by
-        TCP sequence number) are resent: a loss, or a tail-loss probe fired before
-        the receiver's ACK came, as on a loaded machine.  The application wrote
-        them once, so ``payload`` counts them once.  A direction is keyed by its two
-        ports and counted from its first data byte: on loopback new data leaves in
-        order, so a hole later filled and a reused port pair (a reconnection) are not
-        told apart (either counts as resent)."""
-        out: dict = {}
-        first: dict = {}  # direction -> sequence number of its first payload byte
-        for sport, dport, payload, seq in self._segments(ports):
-            key = f"{sport}>{dport}"
-            base = first.setdefault(key, seq)
-            row = out.setdefault(key, [0, 0, 0])  # payload, resent, end of the stream
-            start = (seq - base) % (1 << 32)
-            end = start + len(payload)
-            fresh = max(0, end - max(start, row[2]))
-            row[0] += fresh
-            row[1] += len(payload) - fresh
-            row[2] = max(row[2], end)
-        return {k: v[:2] for k, v in out.items()}
-
-    def _segments(self, ports) -> list:
-        out = []
-        for _, frame in self.packets:
-            if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
-                continue
-            ip = 14
-            ihl = (frame[ip] & 0x0F) * 4
-            tcp = ip + ihl
-            sport, dport = struct.unpack_from("!HH", frame, tcp)
-            if ports is not None and sport not in ports and dport not in ports:
-                continue
-            total = struct.unpack_from("!H", frame, ip + 2)[0]
-            data = tcp + (frame[tcp + 12] >> 4) * 4
-            if ip + total > data:
-                seq = struct.unpack_from("!I", frame, tcp + 4)[0]
-                out.append((sport, dport, frame[data:ip + total], seq))
-        return out
+        """:func:`tcp_streams` of the packets captured so far."""
+        return tcp_streams([frame for _, frame in self.packets], ports)
 
     def write_pcap(self, path: str) -> None:
         """The capture as a pcap file (link type Ethernet), readable by tcpdump and Wireshark."""
@@ -199,3 +175,54 @@ class LoopbackCapture:
                 sec = int(ts)
                 fh.write(struct.pack("<IIII", sec, int((ts - sec) * 1e6), len(frame), len(frame)))
                 fh.write(frame)
+
+
+def tcp_streams(frames: list, ports=None) -> dict:
+    """Per direction of each connection in Ethernet ``frames``, ``"sport>dport"``:
+    ``[payload, resent]``, the bytes of its byte stream and the bytes TCP sent again.
+
+    A segment's bytes that an earlier segment of the same direction carried (by
+    TCP sequence number) are resent: a loss, or a tail-loss probe fired before
+    the receiver's ACK came, as on a loaded machine.  The application wrote
+    them once, so ``payload`` counts them once.  A direction's stream starts
+    after its SYN (or at its first data byte, when the SYN was not captured), and
+    the bytes carried so far are kept as ranges: a hole filled later is new
+    data, not a resend.  A new connection on the same two ports (its SYN) adds
+    its stream to the same entry."""
+    out: dict = {}
+    streams: dict = {}  # direction -> (sequence number of byte 0, carried ranges)
+    for sport, dport, payload, seq, syn in _segments(frames, ports, syns=True):
+        key = f"{sport}>{dport}"
+        if syn:  # a SYN takes one sequence number: the stream starts after it
+            streams[key] = ((seq + 1) % (1 << 32), [])
+        base, carried = streams.setdefault(key, (seq, []))
+        if not payload:
+            continue
+        start = (seq - base) % (1 << 32)
+        fresh = _carry(carried, start, start + len(payload))
+        row = out.setdefault(key, [0, 0])
+        row[0] += fresh
+        row[1] += len(payload) - fresh
+    return out
+
+
+def _segments(frames: list, ports, syns: bool = False) -> list:
+    """``(sport, dport, payload, seq, syn)`` of each IPv4 TCP packet with a payload,
+    and with ``syns`` of each SYN as well."""
+    out = []
+    for frame in frames:
+        if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
+            continue
+        ip = 14
+        ihl = (frame[ip] & 0x0F) * 4
+        tcp = ip + ihl
+        sport, dport = struct.unpack_from("!HH", frame, tcp)
+        if ports is not None and sport not in ports and dport not in ports:
+            continue
+        total = struct.unpack_from("!H", frame, ip + 2)[0]
+        data = tcp + (frame[tcp + 12] >> 4) * 4
+        syn = bool(frame[tcp + 13] & 0x02)
+        if ip + total > data or (syns and syn):
+            seq = struct.unpack_from("!I", frame, tcp + 4)[0]
+            out.append((sport, dport, frame[data:ip + total], seq, syn))
+    return out
