@@ -1,12 +1,13 @@
-"""How long a server run whose coordinator's uplink cannot drain takes to end.
+"""A server run whose coordinator's uplink is too slow for its final models.
 
 ``p2pfl cluster --mode fedavg --nodes 3 --rounds 1 --link up_mbps=0.02
 --round-timeout 2 --dataset digits``: at 20 kbit/s the coordinator's models
 do not leave its emulated uplink within a round time-out and the closer's
-grace, so its last record, and its process's bye, each wait for them as long
-as anyone would.  Measures the whole command's wall time, its exit status and
-the payloads dropped unsent.  ``--tree`` runs another checkout (an older
-commit, to compare).
+grace.  Its last record waits that long for them, and its process again
+before its bye (the run's end).  Measures the whole command's wall time, its
+exit status, the payloads dropped unsent, and how many workers got their final
+model (``final_accuracy_by_worker``): what a shorter end would cost.
+``--tree`` runs another checkout (another commit, to compare).
 
     python benchmarks/stalled_uplink.py [--tree DIR] [--repeats 3]
 
@@ -42,7 +43,8 @@ def one_run(tree: str) -> dict:
         summary = json.load(fh)
     return {"seconds": round(wall, 3), "status": res.returncode,
             "run_wall_s": summary["wall_s"],
-            "link_unsent": summary["dropped"].get("link_unsent", 0)}
+            "link_unsent": summary["dropped"].get("link_unsent", 0),
+            "workers_with_final": len(summary.get("final_accuracy_by_worker") or {})}
 
 
 def main() -> int:
@@ -55,7 +57,8 @@ def main() -> int:
     runs = [one_run(tree) for _ in range(args.repeats)]
     for r in runs:
         print(f"{r['seconds']:7.2f} s  exit {r['status']}  run wall_s {r['run_wall_s']:.2f}  "
-              f"link_unsent {r['link_unsent']}")
+              f"link_unsent {r['link_unsent']}  workers with a final model "
+              f"{r['workers_with_final']} of 3")
     secs = sorted(r["seconds"] for r in runs)
     print(f"{commit}: {secs[len(secs) // 2]:.2f} s (median of {len(secs)}, "
           f"{secs[0]:.2f}-{secs[-1]:.2f})")

@@ -83,7 +83,6 @@ class Runtime:
         self._held: list = []  # records not sent yet
         self._recorded = (0, 0)  # payload bytes sent and received by the last record
         self._flushed = time.monotonic()
-        self.uplink_stalled = False  # a drain of the emulated uplink ran out of time
         mailbox.on_tick = self.flush
 
     @property
@@ -164,15 +163,11 @@ class Runtime:
 
     def drain_uplink(self, timeout: float) -> None:
         """Wait, obeying commands, until an emulated uplink has sent what it holds (up
-        to ``timeout`` s): a message is counted as sent when it leaves the link.  If it
-        still holds some at the deadline, :attr:`uplink_stalled` is set: the wait was
-        as long as anyone waits for those messages."""
+        to ``timeout`` s): a message is counted as sent when it leaves the link."""
         deadline = time.monotonic() + timeout
         while (self.endpoint.link_backlog() and not self.mailbox.stopped
                and time.monotonic() < deadline):
             self.mailbox.idle(0.01)  # off the host's CPU gate; a stop or a lost launcher ends it
-        if self.endpoint.link_backlog() and not self.mailbox.stopped:
-            self.uplink_stalled = True
 
     def compute(self, fn):
         """``fn()``, on the host's compute thread when actors share the process."""

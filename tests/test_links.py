@@ -255,26 +255,3 @@ def test_a_coordinators_last_record_counts_its_final_models_on_a_slow_link(tmp_p
     # each round: a model down to each of 3 workers; the last round, 3 final models too
     assert coord[1]["bytes_sent"] > 1.9 * coord[0]["bytes_sent"]
     assert sum(r["bytes_sent"] for r in coord) == s["bytes_down_total"]
-
-
-def test_a_stalled_uplink_is_waited_for_once(pair):
-    """A coordinator lets its uplink drain before its last record, and its process then
-    drained it again before its bye: a link that does not drain cost the wait twice."""
-    from types import SimpleNamespace
-
-    from p2pfl.runtime import Runtime
-    from p2pfl.transport import Mailbox
-    from p2pfl.worker import _drain_link
-
-    sender, _ = pair
-    ep = sender(LinkSpec(up_mbps=0.1))  # 1 MB at 0.1 Mbit/s: 80 s
-    spec = SimpleNamespace(id=0, label=0, role="coordinator", peers=[1],
-                           runtime=SimpleNamespace(codec_names=()))
-    rt = Runtime(ep, Mailbox(ep, peers={1}), spec, sink=lambda records, vector: None)
-    ep.send(1, "model", 1, frames=[bytes(1_000_000)])
-    t0 = time.monotonic()
-    rt.drain_uplink(0.5)  # the coordinator's, before its last record
-    assert rt.uplink_stalled and ep.link_backlog() == 1
-    _drain_link(rt, 5.0)  # the process's, before its bye
-    assert time.monotonic() - t0 < 2.5 and ep.link_backlog() == 0
-    assert ep.counters.dropped["link_unsent"] == 1
