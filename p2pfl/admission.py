@@ -32,7 +32,8 @@ coordinator hands out no final models.
 from __future__ import annotations
 
 from .version import __version__
-from .supervision import NodeHandle
+from .errors import ClusterError
+from .supervision import LOST_AFTER_S, NodeHandle
 from .transport.endpoint import SCHEMES
 from .transport.sockets import identity
 from .worker import HEARTBEAT_S
@@ -133,6 +134,16 @@ class Admission:
                          "for it to join again")
             elif h.state == "spawned" and h.route and not down:  # unjoined, and back
                 h.state = "joined"
+
+    def _fail_lost_while_starting(self, now: float) -> None:
+        """Once the configs went out, a remote node whose connection to the launcher has
+        been down LOST_AFTER_S cannot come back before the start (its peers were given
+        its address, and a new process for it is refused): the start fails now, not at
+        its time-out."""
+        for h in self.nodes.values():
+            if h.state == "joined" and self.watch.down_for(h.id, now) > LOST_AFTER_S:
+                raise ClusterError(f"node {h.label!r} lost its connection to the launcher "
+                                   f"for {LOST_AFTER_S:.0f} s during start-up")
 
     @staticmethod
     def _unbound_report(h: NodeHandle, msg) -> bool:

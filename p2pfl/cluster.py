@@ -194,6 +194,8 @@ class Launcher(Supervision, Admission):
             self.watch.poll(time.monotonic())  # read, so that its queue never fills
             if state == "joined":
                 self._unjoin_lost()
+            else:
+                self._fail_lost_while_starting(time.monotonic())
             failed = [h for h in self.nodes.values() if h.state == "failed"]
             if failed:
                 raise ClusterError(f"node {failed[0].label!r} failed: {failed[0].reason}")

@@ -247,6 +247,46 @@ def test_a_node_that_dies_before_the_launcher_reaches_it_is_waited_for_again(tmp
             proc.kill()
 
 
+def test_a_node_lost_after_the_configs_went_out_fails_the_start_at_once(tmp_path):
+    """A remote node whose process dies after its config came, before it is ready, cannot
+    come back before the start (its peers have its address; a new process is refused):
+    the start waited out its time-out (60 s here).  It now fails once the connection has
+    been down LOST_AFTER_S."""
+    import p2pfl
+    from p2pfl.supervision import LOST_AFTER_S
+    from p2pfl.transport.sockets import process_identity
+
+    addr = f"tcp://127.0.0.1:{free_port()}"
+    launcher = _listening_launcher(tmp_path, addr, start_timeout=60)
+    ctx = zmq.Context()
+    doomed = Endpoint(ctx, 1, "tcp://127.0.0.1:*", control="tcp://127.0.0.1:*")
+    doomed.connect(LAUNCHER, addr, emulated=False, routing_id=process_identity(1))
+    doomed.send(LAUNCHER, "join", meta={"address": doomed.address,
+                                        "control": doomed.control_address,
+                                        "version": p2pfl.__version__})
+    node = [*CLI, "node", "--connect", addr, "--host", "127.0.0.1", "--start-timeout", "60"]
+    others = [subprocess.Popen([*node, "--id", k], cwd=ROOT, stderr=subprocess.DEVNULL)
+              for k in ("0", "2", "3")]
+    try:
+        deadline = time.monotonic() + 30
+        msg = None
+        while time.monotonic() < deadline and not (msg and msg.kind == "config"):
+            msg = doomed.recv(0.5)
+        assert msg is not None and msg.kind == "config"
+        doomed.close()  # its process dies, before it is ready
+        ctx.term()
+        t0 = time.monotonic()
+        _, err = launcher.communicate(timeout=40)
+        assert launcher.returncode == 1 and time.monotonic() - t0 < LOST_AFTER_S + 5
+        assert err.strip().splitlines()[-1] == (
+            "p2pfl: error: node 1 lost its connection to the launcher for "
+            f"{LOST_AFTER_S:.0f} s during start-up")
+        assert all(p.wait(timeout=30) != 0 for p in others)  # stopped, not run
+    finally:
+        for proc in (launcher, *others):
+            proc.kill()
+
+
 def test_a_node_of_another_version_is_refused_and_told(tmp_path):
     """The join says which p2pfl the node runs; another one than the launcher's is refused
     before its spec is sent (a spec of another version may mean something else).  The
