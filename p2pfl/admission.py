@@ -86,6 +86,10 @@ class Admission:
             if h.route and msg.route != h.route and not gone:
                 return "id_taken", (f"node {h.label!r} has joined already, from host "
                                     f"{h.host or '(unknown)'}, pid {h.pid}")
+            if starting and gone:
+                return "unexpected_control", (
+                    f"node {h.label!r} was lost after the run sent its configs, and cannot "
+                    "join again before the start; the run fails (start it again)")
             if starting:
                 return "unexpected_control", (f"node {h.label!r} has joined already, and the "
                                               "run is starting")
@@ -115,8 +119,7 @@ class Admission:
         if self.listen:  # a remote node: the launcher sees no process exit, only a
             self.watch.forget(h.id)  # connection that ZMTP heartbeats find lost
             self.ep.reconnect(h.id, h.control, control=True, heartbeat_s=HEARTBEAT_S,
-                              linger=linger)
-            self.watch.watch(h.id, self.ep.command_socket(h.id))
+                              linger=linger, watch=lambda sock: self.watch.watch(h.id, sock))
         else:
             self.ep.reconnect(h.id, h.control, control=True, linger=linger)
         self.ep.send(h.id, "heartbeat")  # the node learns that it reached the launcher
@@ -130,8 +133,11 @@ class Admission:
             down = h.id in self.watch.down_since
             if h.state == "joined" and down:
                 h.state = "spawned"
-                self.log(f"node {h.label!r} lost its connection before the start; waiting "
-                         "for it to join again")
+                what = (f"cannot connect to node {h.label!r}'s control address {h.control}"
+                        if self.watch.never_up(h.id) else
+                        f"lost its connection to node {h.label!r}")
+                self.log(f"the launcher {what} before the start; waiting for it to join "
+                         "again")
             elif h.state == "spawned" and h.route and not down:  # unjoined, and back
                 h.state = "joined"
 

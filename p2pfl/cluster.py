@@ -206,11 +206,17 @@ class Launcher(Supervision, Admission):
 
     def _refusals(self) -> str:
         """Why nodes may not have joined: joins refused (the first one's reason, which a
-        quiet run did not log), handshakes the launcher's sockets refused."""
+        quiet run did not log), control addresses the launcher could not connect to,
+        handshakes the launcher's sockets refused."""
         said = ""
         if self._refused:
             (src, _), reason = next(iter(self._refused.items()))
             said = f"; {len(self._refused)} join(s) refused, the first from id {src!r}: {reason}"
+        unreached = [h.label for h in self.nodes.values()
+                     if h.state == "spawned" and h.route and self.watch.never_up(h.id)]
+        if unreached:
+            said += (f"; the launcher cannot connect to the control address of node(s) "
+                     f"{unreached[:5]}: check their --advertise and --host")
         self.ep.count_refusals()
         why = {k: n for k, n in self.ep.counters.dropped.items()
                if k in ("unknown_key", "plaintext_peer", "handshake_failed")}

@@ -58,7 +58,8 @@ def _await(mailbox: Mailbox, kind: str, timeout: float):
     raise TimeoutError(f"no {kind!r} from the launcher")
 
 
-def _await_config(mailbox: Mailbox, launcher: str, timeout: float, joined_at: float) -> dict:
+def _await_config(mailbox: Mailbox, launcher: str, timeout: float, joined_at: float,
+                  control: str) -> dict:
     """The launcher's config; a time-out says whether the launcher was ever heard."""
     try:
         return _await(mailbox, "config", timeout).meta
@@ -67,8 +68,8 @@ def _await_config(mailbox: Mailbox, launcher: str, timeout: float, joined_at: fl
             raise TimeoutError("the launcher ended the run before it started") from None
         if mailbox.last_control <= joined_at:  # not even the heartbeat that answers a join
             raise TimeoutError(  # an id it lacks or has, past --restart, an unknown key
-                f"could not reach the launcher at {launcher} within {timeout:g} s, or it "
-                "dropped this node's join (its log says why)") from None
+                f"no answer from the launcher at {launcher} in {timeout:g} s: unreachable, "
+                f"or it refused this join or cannot reach {control} (see its log)") from None
         raise
 
 
@@ -148,7 +149,7 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
                                          "pid": os.getpid(), "host": socket.gethostname(),
                                          "local": ep.local_address, "version": __version__,
                                          **placement})
-        config = _await_config(mailbox, launcher, start_timeout, joined_at)
+        config = _await_config(mailbox, launcher, start_timeout, joined_at, control)
         spec = node_spec(config.get("spec"))
         if security is not None:
             for j, key in config.get("keys") or []:

@@ -106,9 +106,10 @@ def test_node_says_when_no_launcher_answers():
     addr = f"tcp://127.0.0.1:{free_port()}"
     res, wall = run("node", "--connect", addr, "--id", "3", "--start-timeout", "2")
     assert res.returncode == 1 and wall < 15
-    line = one_line(res.stderr, width=160)
+    line = one_line(res.stderr, width=200)
     assert line.startswith("p2pfl: error: node 3: ")
-    assert f"could not reach the launcher at {addr} within 2 s" in line
+    assert f"no answer from the launcher at {addr} in 2 s: unreachable, or it refused " \
+           "this join or cannot reach tcp://" in line
 
 
 def _listening_launcher(tmp_path, addr: str, start_timeout: float) -> subprocess.Popen:
@@ -240,8 +241,8 @@ def test_a_node_that_dies_before_the_launcher_reaches_it_is_waited_for_again(tmp
     try:
         assert launcher.wait(timeout=40) == 0
         assert [p.wait(timeout=30) for p in procs] == [0] * 4, procs[0].stderr.read()
-        assert "node 1 lost its connection before the start; waiting for it to join " \
-               "again" in launcher.stderr.read()
+        assert f"the launcher cannot connect to node 1's control address {dead} before the " \
+               "start; waiting for it to join again" in launcher.stderr.read()
     finally:
         for proc in (launcher, *procs):
             proc.kill()
@@ -276,6 +277,13 @@ def test_a_node_lost_after_the_configs_went_out_fails_the_start_at_once(tmp_path
         doomed.close()  # its process dies, before it is ready
         ctx.term()
         t0 = time.monotonic()
+        time.sleep(1.0)  # its connection is seen down; a new process for it is refused
+        again = subprocess.run([*node, "--id", "1"], cwd=ROOT, text=True, capture_output=True,
+                               timeout=30)
+        assert again.returncode == 2 and one_line(again.stderr, 200) == (
+            "p2pfl: error: node 1: the launcher refused this node: node 1 was lost after the "
+            "run sent its configs, and cannot join again before the start; the run fails "
+            "(start it again)")
         _, err = launcher.communicate(timeout=40)
         assert launcher.returncode == 1 and time.monotonic() - t0 < LOST_AFTER_S + 5
         assert err.strip().splitlines()[-1] == (

@@ -1,5 +1,9 @@
 """Wire format: round trips, and rejection of malformed headers and frames."""
 
+import os
+import select
+import subprocess
+import sys
 import time
 
 import msgpack
@@ -390,3 +394,104 @@ def test_a_connection_never_up_counts_as_down(ctx):
     watch.close()
     for sock in (live, *socks.values()):
         sock.close(linger=0)
+
+
+def test_every_live_peer_is_seen_up_when_watched_from_the_connect(ctx):
+    """The launcher attached the monitor after connecting: a connection made meanwhile
+    was never reported, and its live node counted as down 6 s later (0, 10 and 19 of 60
+    in three bursts so).  Watched from before the connect (``watch=``), each is seen."""
+    from p2pfl.transport.liveness import ConnectionWatch
+
+    n, watch = 60, ConnectionWatch()
+    routers = [ctx.socket(zmq.ROUTER) for _ in range(n)]
+    ports = [r.bind_to_random_port("tcp://127.0.0.1") for r in routers]
+    ep = Endpoint(ctx, LAUNCHER, "tcp://127.0.0.1:*")
+    for i, port in enumerate(ports):
+        ep.connect(i, f"tcp://127.0.0.1:{port}", control=True, heartbeat_s=2.0,
+                   watch=lambda sock, i=i: watch.watch(i, sock))
+    deadline = time.monotonic() + 10
+    while any(watch.never_up(i) for i in range(n)) and time.monotonic() < deadline:
+        watch.poll(time.monotonic())
+        time.sleep(0.05)
+    assert [i for i in range(n) if watch.never_up(i)] == [] and watch.down_since == {}
+    watch.close()
+    ep.close()
+    for r in routers:
+        r.close(linger=0)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _line(proc, timeout: float = 10.0) -> str:
+    """The next line ``proc`` writes (its stdout unbuffered), or "" after ``timeout``."""
+    out, end = b"", time.monotonic() + timeout
+    while not out.endswith(b"\n"):
+        left = end - time.monotonic()
+        if left <= 0 or not select.select([proc.stdout], [], [], left)[0]:
+            return ""
+        byte = os.read(proc.stdout.fileno(), 1)
+        if not byte:
+            return ""
+        out += byte
+    return out.decode().strip()
+
+
+_CONTROL_CHILD = """
+import time, zmq
+from p2pfl.transport import Endpoint
+ctx = zmq.Context()
+ep = Endpoint(ctx, 1, "tcp://127.0.0.1:*", control="tcp://127.0.0.1:*")
+print(ep.control_address, flush=True)
+while True:  # a node busy with its round, reading its control socket now and then
+    time.sleep(0.5)
+    msg = ep.recv(0)
+    while msg is not None:
+        print(msg.kind, msg.round, flush=True)
+        msg = ep.recv(0)
+"""
+
+
+def test_a_stopped_peer_is_down_until_it_answers_and_then_hears_the_launcher_again(ctx):
+    """A peer process that is stopped: its kernel still accepts the launcher's new TCP
+    connection once heartbeats dropped the old one, which counted as up (the run waited
+    120 s of silence for it).  Only a ZMTP handshake counts now.  And once it runs again
+    it hears the launcher's new connection, which its control socket refused while the
+    old one was still registered there (ROUTER_HANDOVER): nothing reached it again."""
+    import signal
+
+    from p2pfl.transport.liveness import ConnectionWatch
+
+    child = subprocess.Popen([sys.executable, "-c", _CONTROL_CHILD], cwd=ROOT,
+                             stdout=subprocess.PIPE, bufsize=0)
+    watch = ConnectionWatch()
+    ep = Endpoint(ctx, LAUNCHER, "tcp://127.0.0.1:*")
+    try:
+        control = _line(child, 30.0)
+        ep.connect(1, control, control=True, heartbeat_s=0.2,  # dropped after 0.6 s
+                   watch=lambda sock: watch.watch(1, sock))
+        ep.send(1, "heartbeat", 1)
+        assert _line(child) == "heartbeat 1"
+
+        def watched(seconds: float) -> list:
+            """Whether the peer was down, every 0.05 s for ``seconds``."""
+            seen, end = [], time.monotonic() + seconds
+            while time.monotonic() < end:
+                watch.poll(time.monotonic())
+                seen.append(1 in watch.down_since)
+                time.sleep(0.05)
+            return seen
+
+        assert not any(watched(0.5))
+        child.send_signal(signal.SIGSTOP)
+        seen = watched(3.0)
+        assert seen[-1] and all(seen[seen.index(True):]), seen  # down, and stays down
+        child.send_signal(signal.SIGCONT)
+        assert not watched(2.0)[-1]  # up again
+        ep.send(1, "heartbeat", 2)
+        assert _line(child) == "heartbeat 2"
+    finally:
+        child.kill()
+        child.wait()
+        watch.close()
+        ep.close()

@@ -187,6 +187,13 @@ class Endpoint:
         sock.setsockopt(zmq.RCVHWM, self.hwm)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.limits.max_frame_bytes)
+        if channel == "control":
+            # The launcher drops a connection whose heartbeats went unanswered (this
+            # process was stopped, or cut off) and makes a new one with the same routing
+            # id; without a handover, the new one is refused while the old one is still
+            # registered here, and nothing from the launcher arrives again.  A sender
+            # is still checked per message (its routing id, with CURVE its key).
+            sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         if self.security is not None:
             self.security.server(sock, self._domain)
             monitor = sock.get_monitor_socket(HANDSHAKE_EVENTS)
@@ -199,13 +206,15 @@ class Endpoint:
     # ------------------------------------------------------------------ peers
     def connect(self, peer, address: str, *, control: bool = False,
                 emulated: bool = True, heartbeat_s: float | None = None,
-                routing_id: bytes | None = None) -> None:
+                routing_id: bytes | None = None, watch=None) -> None:
         """Open a sending socket to ``peer``'s data (or control) socket (idempotent).
 
         With a link to emulate, data to an ``emulated`` peer goes through it (the
         launcher's channel, ``emulated=False``, never does).  ``heartbeat_s``: the
         connection carries ZMTP heartbeats, so that a vanished peer is noticed.
         ``routing_id``: one of :func:`process_identity`'s, instead of the node's own.
+        ``watch(sock)``: called with a socket of its own before it connects (a
+        :class:`~p2pfl.transport.liveness.ConnectionWatch` sees every event).
         """
         table = self._commands if control else self._peers
         if peer in table:
@@ -218,16 +227,18 @@ class Endpoint:
             table[peer] = self._link
             return
         table[peer] = dealer(self.ctx, peer, address, routing_id=routing_id,
-                             hwm=self.hwm, security=self.security, heartbeat_s=heartbeat_s)
+                             hwm=self.hwm, security=self.security, heartbeat_s=heartbeat_s,
+                             watch=watch)
 
     def reconnect(self, peer, address: str, *, control: bool = False,
-                  heartbeat_s: float | None = None, linger: float = 0.0) -> None:
+                  heartbeat_s: float | None = None, linger: float = 0.0,
+                  watch=None) -> None:
         """``peer`` moved (a restarted node): send to its new address from now on;
         what is queued for the old one gets ``linger`` seconds to leave."""
         old = (self._commands if control else self._peers).pop(peer, None)
         if old is not None and old is not self._link:
             old.close(linger=int(linger * 1000))
-        self.connect(peer, address, control=control, heartbeat_s=heartbeat_s)
+        self.connect(peer, address, control=control, heartbeat_s=heartbeat_s, watch=watch)
 
     def command_socket(self, peer):
         """The socket that carries commands to ``peer`` (None before :meth:`connect`)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import secrets
+from typing import Callable
 
 import msgpack
 import zmq
@@ -15,12 +16,14 @@ __all__ = ["dealer", "identity", "process_identity", "claims", "recv_parts"]
 
 
 def dealer(ctx: zmq.Context, peer, address: str, *, routing_id: bytes, hwm: int,
-           security=None, heartbeat_s: float | None = None) -> zmq.Socket:
+           security=None, heartbeat_s: float | None = None,
+           watch: Callable[[zmq.Socket], None] | None = None) -> zmq.Socket:
     """A DEALER connected to ``peer`` at ``address``: it carries the sender's
     ``routing_id``, queues at most ``hwm`` messages, lingers 2 s on close, and with
     ``security`` (a :class:`~p2pfl.transport.security.Security`) is a CURVE client
     of ``peer``; with ``heartbeat_s``, its connection carries ZMTP heartbeats
-    (:mod:`~p2pfl.transport.liveness`)."""
+    (:mod:`~p2pfl.transport.liveness`).  ``watch(sock)`` runs before it connects,
+    so that a socket monitor it attaches sees every event of the connection."""
     sock = ctx.socket(zmq.DEALER)
     try:
         if heartbeat_s is not None:
@@ -30,6 +33,8 @@ def dealer(ctx: zmq.Context, peer, address: str, *, routing_id: bytes, hwm: int,
         sock.setsockopt(zmq.ROUTING_ID, routing_id)
         sock.setsockopt(zmq.SNDHWM, hwm)
         sock.setsockopt(zmq.LINGER, 2000)
+        if watch is not None:
+            watch(sock)
         sock.connect(address)
     except BaseException:  # an unknown key, a bad address: no socket is left open
         sock.close(linger=0)
