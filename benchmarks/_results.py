@@ -39,3 +39,22 @@ def save_entry(path: str, entry: dict, key: tuple) -> None:
     with open(tmp, "w") as fh:
         json.dump(old + [entry], fh, indent=1)
     os.replace(tmp, path)
+
+
+def spread(values: list) -> tuple:
+    """(median, least, most) of ``values``: the middle one of an odd count, the upper
+    middle of an even one (a measured value, never an average of two)."""
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2], ordered[0], ordered[-1]
+
+
+def end_all(procs) -> None:
+    """Kill each process of ``procs`` that still runs (resumed first, if it was stopped),
+    and reap it."""
+    import signal
+
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGCONT)
+            p.kill()
+        p.wait()

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 
-from _results import commit_of, save_entry
+from _results import commit_of, end_all, save_entry, spread
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -92,9 +92,7 @@ def one_run(tree: str, start_timeout: float, case: str) -> dict:
                 "node1_status": procs[1].wait(timeout=60) if case == "join" else None,
                 "launcher_said": lines[-1] if lines else ""}
     finally:
-        for p in (launcher, *procs):
-            p.kill()
-            p.wait()
+        end_all([launcher, *procs])
 
 
 def main() -> int:
@@ -111,13 +109,12 @@ def main() -> int:
     for r in runs:
         print(f"{r['seconds']:7.2f} s  launcher exit {r['launcher_status']}  node 1 exit "
               f"{r['node1_status']}  {r['launcher_said'][:100]}")
-    secs = sorted(r["seconds"] for r in runs)
-    print(f"{commit} ({args.case}): the launcher ended {secs[len(secs) // 2]:.2f} s after the nodes started "
-          f"(median of {len(secs)}, {secs[0]:.2f}-{secs[-1]:.2f}), --start-timeout "
-          f"{args.start_timeout:g}")
+    mid, lo, hi = spread([r["seconds"] for r in runs])
+    print(f"{commit} ({args.case}): the launcher ended {mid:.2f} s after the nodes started "
+          f"(median of {len(runs)}, {lo:.2f}-{hi:.2f}), --start-timeout {args.start_timeout:g}")
     save_entry(OUT, {"tree": tree, "commit": commit, "case": args.case,
-                     "start_timeout": args.start_timeout, "median_s": secs[len(secs) // 2],
-                     "runs": runs}, ("tree", "commit", "case"))
+                     "start_timeout": args.start_timeout, "median_s": mid, "runs": runs},
+               ("tree", "commit", "case"))
     return 0
 
 

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from _results import commit_of, save_entry
+from _results import commit_of, end_all, save_entry
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -58,9 +58,7 @@ def one_run(tree: str, start_timeout: float) -> dict:
         return {"seconds": round(wall, 3), "status": second.returncode,
                 "said": lines[-1] if lines else "", "first_running": procs[0].poll() is None}
     finally:
-        for p in (launcher, *procs):
-            p.kill()
-            p.wait()
+        end_all([launcher, *procs])
 
 
 def main() -> int:

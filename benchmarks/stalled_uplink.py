@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 
-from _results import commit_of, save_entry
+from _results import commit_of, save_entry, spread
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -59,11 +59,10 @@ def main() -> int:
         print(f"{r['seconds']:7.2f} s  exit {r['status']}  run wall_s {r['run_wall_s']:.2f}  "
               f"link_unsent {r['link_unsent']}  workers with a final model "
               f"{r['workers_with_final']} of 3")
-    secs = sorted(r["seconds"] for r in runs)
-    print(f"{commit}: {secs[len(secs) // 2]:.2f} s (median of {len(secs)}, "
-          f"{secs[0]:.2f}-{secs[-1]:.2f})")
-    save_entry(OUT, {"tree": tree, "commit": commit, "flags": FLAGS,
-                     "median_s": secs[len(secs) // 2], "runs": runs}, ("tree", "commit"))
+    mid, lo, hi = spread([r["seconds"] for r in runs])
+    print(f"{commit}: {mid:.2f} s (median of {len(runs)}, {lo:.2f}-{hi:.2f})")
+    save_entry(OUT, {"tree": tree, "commit": commit, "flags": FLAGS, "median_s": mid,
+                     "runs": runs}, ("tree", "commit"))
     return 0
 
 

@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 
-from _results import commit_of, save_entry
+from _results import commit_of, end_all, save_entry, spread
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -81,11 +81,7 @@ def one_run(tree: str, stop: float, rounds: int) -> dict:
                 "node2_said": last2[:200],
                 "launcher_said": [x.strip() for x in said if "failed" in x][:3]}
     finally:
-        for p in (launcher, *nodes):
-            if p.poll() is None:
-                p.send_signal(signal.SIGCONT)
-                p.kill()
-            p.wait()
+        end_all([launcher, *nodes])
 
 
 def main() -> int:
@@ -102,12 +98,11 @@ def main() -> int:
     for r in runs:
         print(f"{r['seconds']:7.2f} s  launcher exit {r['launcher_status']}  failed "
               f"{r['failed_nodes']}  node 2 exit {r['node2_status']}  {r['node2_said'][:90]}")
-    secs = sorted(r["seconds"] for r in runs)
-    print(f"{commit} (stop {args.stop:g} s): the launcher ended {secs[len(secs) // 2]:.2f} s "
-          f"after the stop (median of {len(secs)}, {secs[0]:.2f}-{secs[-1]:.2f})")
+    mid, lo, hi = spread([r["seconds"] for r in runs])
+    print(f"{commit} (stop {args.stop:g} s): the launcher ended {mid:.2f} s after the stop "
+          f"(median of {len(runs)}, {lo:.2f}-{hi:.2f})")
     save_entry(OUT, {"tree": tree, "commit": commit, "stop": args.stop, "rounds": args.rounds,
-                     "median_s": secs[len(secs) // 2], "runs": runs},
-               ("tree", "commit", "stop"))
+                     "median_s": mid, "runs": runs}, ("tree", "commit", "stop"))
     return 0
 
 
