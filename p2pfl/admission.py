@@ -31,17 +31,37 @@ coordinator hands out no final models.
 
 from __future__ import annotations
 
-from .version import __version__
-from .errors import ClusterError
+import time
+
+import zmq
+
+from .addresses import tcp_address
+from .errors import ClusterError, UsageError
 from .supervision import LOST_AFTER_S, NodeHandle
 from .transport.endpoint import SCHEMES
 from .transport.sockets import identity
+from .version import __version__
 from .worker import HEARTBEAT_S
 
 __all__ = ["Admission"]
 
 #: Refusals logged and answered, at most: a flood of joins costs a bounded amount.
 MAX_REFUSALS = 64
+
+
+def _connectable(address) -> bool:
+    """Whether ``address`` is one ZeroMQ takes to connect to (a bad one raises there):
+    ``tcp://HOST:PORT``, or an ipc or inproc name."""
+    if not isinstance(address, str) or not address.isprintable() or len(address) > 1024:
+        return False
+    scheme, sep, rest = address.partition("://")
+    if scheme != "tcp":
+        return scheme in SCHEMES and bool(sep and rest)
+    try:
+        tcp_address(address, "address")
+    except UsageError:
+        return False
+    return True
 
 
 class Admission:
@@ -56,17 +76,24 @@ class Admission:
             self.ep.counters.drop(counter)
             self._refuse(msg, why)
             return False
-        if self.t_start is None:  # its first join, or its old process is gone (_refusal)
-            self._join(h, msg)
-            return True
-        replacing = h.state == "ready"  # its old process may still run: it is told to stop
+        try:
+            if self.t_start is None:  # its first join, or its old process is gone (_refusal)
+                self._join(h, msg)
+                return True
+            replacing = h.state == "ready"  # its old process may still run: told to stop
+            if replacing:
+                self.ep.send(h.id, "stop", meta={"refused": f"node {h.label!r} was started "
+                                                 "again elsewhere; this process is replaced"})
+            self._join(h, msg, linger=2.0 if replacing else 0.0)
+        except zmq.ZMQError as exc:  # e.g. a host name that does not resolve
+            self.watch.forget(h.id)
+            self.ep.counters.drop("malformed_join")
+            self._refuse(msg, f"the launcher cannot connect to its control address "
+                              f"{msg.meta['control'][:200]!r}: {exc.strerror}")
+            return False
         if h.state != "restarting":  # restarted by hand (p2pfl node --connect --id N)
             h.restarts += 1
             self.on_restart(h)
-        if replacing:
-            self.ep.send(h.id, "stop", meta={"refused": f"node {h.label!r} was started "
-                                             "again elsewhere; this process is replaced"})
-        self._join(h, msg, linger=2.0 if replacing else 0.0)
         self._rejoined(h)
         return True
 
@@ -78,15 +105,17 @@ class Admission:
                       else "another p2pfl version")
             return "other_version", (f"it runs {theirs}, the launcher p2pfl {__version__}; "
                                      "every host of a run needs the same one")
-        if not (isinstance(msg.meta.get("address"), str)
-                and isinstance(msg.meta.get("control"), str)):
-            return "malformed_join", "its join has no data and control addresses"
+        if not (_connectable(msg.meta.get("address")) and _connectable(msg.meta.get("control"))):
+            return "malformed_join", ("its join has no data and control addresses that "
+                                      "ZeroMQ can connect to")
         if self.t_start is None:
+            if self.listen and h.route and msg.route != h.route:
+                self.watch.poll(time.monotonic())  # whether the one taken has died
             gone = self.listen and h.id in self.watch.down_since  # its process died
             if h.route and msg.route != h.route and not gone:
                 return "id_taken", (f"node {h.label!r} has joined already, from host "
                                     f"{h.host or '(unknown)'}, pid {h.pid}")
-            if starting and gone:
+            if starting and gone and h.state == "joined":
                 return "unexpected_control", (
                     f"node {h.label!r} was lost after the run sent its configs, and cannot "
                     "join again before the start; the run fails (start it again)")
@@ -109,6 +138,12 @@ class Admission:
         and connect to its control socket (the old connection's queue gets ``linger``
         seconds to leave)."""
         meta = msg.meta
+        if self.listen:  # a remote node: the launcher sees no process exit, only a
+            self.watch.forget(h.id)  # connection that ZMTP heartbeats find lost
+            self.ep.reconnect(h.id, meta["control"], control=True, heartbeat_s=HEARTBEAT_S,
+                              linger=linger, watch=lambda sock: self.watch.watch(h.id, sock))
+        else:
+            self.ep.reconnect(h.id, meta["control"], control=True, linger=linger)
         h.address, h.control, h.route = meta["address"], meta["control"], msg.route
         pid, host = meta.get("pid"), meta.get("host")  # what a node says of itself
         h.pid = pid if type(pid) is int and 0 < pid < 1 << 31 else h.pid
@@ -116,12 +151,6 @@ class Admission:
         local = meta.get("local")
         h.local = local if isinstance(local, str) and local.startswith("inproc://") else None
         h.ray_node = meta["ray_node"] if isinstance(meta.get("ray_node"), str) else None
-        if self.listen:  # a remote node: the launcher sees no process exit, only a
-            self.watch.forget(h.id)  # connection that ZMTP heartbeats find lost
-            self.ep.reconnect(h.id, h.control, control=True, heartbeat_s=HEARTBEAT_S,
-                              linger=linger, watch=lambda sock: self.watch.watch(h.id, sock))
-        else:
-            self.ep.reconnect(h.id, h.control, control=True, linger=linger)
         self.ep.send(h.id, "heartbeat")  # the node learns that it reached the launcher
         h.state = "joined"
 

@@ -184,7 +184,9 @@ class Launcher(Supervision, Admission):
         while True:
             if self.watch_signals:
                 signals.check()  # a Ctrl-C whose exception was lost
-            waiting = [h for h in self.nodes.values() if h.state != state]
+            # joined: and reached (--listen), so that the configs go out to live nodes only
+            waiting = [h for h in self.nodes.values() if h.state != state
+                       or (state == "joined" and self.watch.never_up(h.id))]
             if not waiting:
                 return
             if time.monotonic() > deadline:
@@ -213,7 +215,7 @@ class Launcher(Supervision, Admission):
             (src, _), reason = next(iter(self._refused.items()))
             said = f"; {len(self._refused)} join(s) refused, the first from id {src!r}: {reason}"
         unreached = [h.label for h in self.nodes.values()
-                     if h.state == "spawned" and h.route and self.watch.never_up(h.id)]
+                     if h.route and self.watch.never_up(h.id)]
         if unreached:
             said += (f"; the launcher cannot connect to the control address of node(s) "
                      f"{unreached[:5]}: check their --advertise and --host")

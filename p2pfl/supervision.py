@@ -119,8 +119,9 @@ class Supervision:
         """A remote node (``--listen``) whose connection has been down LOST_AFTER_S has
         failed: its process died (its host closed the connection) or its host is gone
         (ZMTP heartbeats went unanswered).  A short outage is ridden out; with
-        ``--restart``, a start time-out, for a restart by hand.  A node alive but
-        stopped keeps its connection: only the run's silence limit finds it."""
+        ``--restart``, a start time-out, for a restart by hand.  A stopped process
+        answers no heartbeat nor handshake, and is found so too; one whose ZeroMQ
+        still answers while its Python hangs is found only by the run's silence limit."""
         if not self.listen:
             return
         self.watch.poll(now)

@@ -216,33 +216,57 @@ def test_a_second_process_with_a_joined_id_is_refused_and_told(tmp_path):
             proc.kill()
 
 
-def test_a_node_that_dies_before_the_launcher_reaches_it_is_waited_for_again(tmp_path):
-    """A node whose process joins and dies before the launcher's connection to it is up
-    was never seen as lost: its id stayed taken, a new process for it was refused, and
-    the run waited out its start time-out.  Its connection now counts as down once the
-    launcher's attempt to make it is refused, so that a new process takes its place."""
+def _join_as(addr: str, node_id, control: str) -> None:
+    """Join ``addr``'s launcher as ``node_id`` with ``control`` as both addresses, and
+    exit: a process killed right after it sent its join."""
     import p2pfl
     from p2pfl.transport.sockets import process_identity
 
+    ctx = zmq.Context()
+    ep = Endpoint(ctx, node_id, "tcp://127.0.0.1:*")
+    ep.connect(LAUNCHER, addr, emulated=False, routing_id=process_identity(node_id))
+    ep.send(LAUNCHER, "join", meta={"address": control, "control": control,
+                                    "version": p2pfl.__version__})
+    time.sleep(0.5)  # the join is taken
+    ep.close()
+    ctx.term()
+
+
+@pytest.mark.parametrize("last", [False, True])
+def test_a_node_that_dies_before_the_launcher_reaches_it_is_waited_for_again(tmp_path, last):
+    """A node whose process joins and dies before the launcher's connection to it is up
+    was never seen as lost: its id stayed taken, a new process for it was refused, and
+    the run waited out its start time-out.  Its connection now counts as down once the
+    launcher's attempt to make it is refused, so that a new process takes its place;
+    and the configs go out only once every node's connection is up, so that one that
+    joined last is waited for again too (``last``), not failed after them.  Joins whose
+    control address ZeroMQ cannot connect to are refused (they ended the launcher with a
+    ZMQError)."""
     addr = f"tcp://127.0.0.1:{free_port()}"
     launcher = _listening_launcher(tmp_path, addr, start_timeout=60)
-    dead = f"tcp://127.0.0.1:{free_port()}"  # where the dead process said it listened
-    ctx = zmq.Context()
-    gone = Endpoint(ctx, 1, "tcp://127.0.0.1:*")
-    gone.connect(LAUNCHER, addr, emulated=False, routing_id=process_identity(1))
-    gone.send(LAUNCHER, "join", meta={"address": dead, "control": dead,
-                                      "version": p2pfl.__version__})
-    time.sleep(0.5)  # the join is taken before the real node 1 joins
-    gone.close()
-    ctx.term()
     node = [*CLI, "node", "--connect", addr, "--host", "127.0.0.1", "--start-timeout", "60"]
-    procs = [subprocess.Popen([*node, "--id", k], cwd=ROOT, stderr=subprocess.PIPE,
-                              text=True) for k in ("1", "0", "2", "3")]
+    procs = []
+    dead = f"tcp://127.0.0.1:{free_port()}"  # where the dead process said it listened
     try:
+        too_long = "ipc:///tmp/" + "x" * 200  # passes the check; ZeroMQ refuses to connect
+        for k, bad in ((2, "tcp://127.0.0.1"), (3, too_long)):
+            _join_as(addr, k, bad)  # refused: each logged once per process and id
+        if last:  # the others join first (as a rule: a slow machine may reorder them)
+            procs = [subprocess.Popen([*node, "--id", k], cwd=ROOT, stderr=subprocess.DEVNULL)
+                     for k in ("0", "2", "3")]
+            time.sleep(5.0)
+        _join_as(addr, 1, dead)
+        procs += [subprocess.Popen([*node, "--id", k], cwd=ROOT, stderr=subprocess.DEVNULL)
+                  for k in (("1",) if last else ("1", "0", "2", "3"))]
         assert launcher.wait(timeout=40) == 0
-        assert [p.wait(timeout=30) for p in procs] == [0] * 4, procs[0].stderr.read()
+        assert [p.wait(timeout=30) for p in procs] == [0] * 4
+        said = launcher.stderr.read()
         assert f"the launcher cannot connect to node 1's control address {dead} before the " \
-               "start; waiting for it to join again" in launcher.stderr.read()
+               "start; waiting for it to join again" in said
+        assert "a join from node id 2 was refused: its join has no data and control " \
+               "addresses that ZeroMQ can connect to" in said
+        assert "a join from node id 3 was refused: the launcher cannot connect to its " \
+               "control address 'ipc:///tmp/xxx" in said
     finally:
         for proc in (launcher, *procs):
             proc.kill()
@@ -285,7 +309,7 @@ def test_a_node_lost_after_the_configs_went_out_fails_the_start_at_once(tmp_path
             "run sent its configs, and cannot join again before the start; the run fails "
             "(start it again)")
         _, err = launcher.communicate(timeout=40)
-        assert launcher.returncode == 1 and time.monotonic() - t0 < LOST_AFTER_S + 5
+        assert launcher.returncode == 1 and time.monotonic() - t0 < LOST_AFTER_S + 10
         assert err.strip().splitlines()[-1] == (
             "p2pfl: error: node 1 lost its connection to the launcher for "
             f"{LOST_AFTER_S:.0f} s during start-up")

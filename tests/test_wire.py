@@ -385,8 +385,9 @@ def test_a_connection_never_up_counts_as_down(ctx):
     while "refused" not in watch.down_since and time.monotonic() < deadline:
         watch.poll(101.0)
         time.sleep(0.02)
-    time.sleep(0.3)  # "up" connected meanwhile (to a bound port on loopback)
-    watch.poll(101.0)
+    while watch.never_up("up") and time.monotonic() < deadline:  # a bound port on loopback
+        watch.poll(101.0)
+        time.sleep(0.02)
     assert watch.down_since == {"refused": 101.0}
     watch.poll(100.0 + CONNECT_GRACE_S + 0.5)
     assert watch.down_since == {"refused": 101.0, "silent": 100.0}
@@ -406,9 +407,14 @@ def test_every_live_peer_is_seen_up_when_watched_from_the_connect(ctx):
     routers = [ctx.socket(zmq.ROUTER) for _ in range(n)]
     ports = [r.bind_to_random_port("tcp://127.0.0.1") for r in routers]
     ep = Endpoint(ctx, LAUNCHER, "tcp://127.0.0.1:*")
+
+    def watched(i, sock):
+        assert sock.getsockopt(zmq.LAST_ENDPOINT) == b""  # not connected yet
+        watch.watch(i, sock)
+
     for i, port in enumerate(ports):
         ep.connect(i, f"tcp://127.0.0.1:{port}", control=True, heartbeat_s=2.0,
-                   watch=lambda sock, i=i: watch.watch(i, sock))
+                   watch=lambda sock, i=i: watched(i, sock))
     deadline = time.monotonic() + 10
     while any(watch.never_up(i) for i in range(n)) and time.monotonic() < deadline:
         watch.poll(time.monotonic())

@@ -7,8 +7,9 @@ exactly, and turns malformed input into counted drops.
 
 **Identity is bound to the connection.**  Each endpoint receives on ROUTER
 sockets; a peer connects with a DEALER whose routing id is derived from its
-node id (:func:`~p2pfl.transport.sockets.identity`).  A ROUTER refuses a second
-connection that claims a routing id already connected, and every message it
+node id (:func:`~p2pfl.transport.sockets.identity`).  A data ROUTER refuses a second
+connection that claims a routing id already connected (the control ROUTER hands the
+launcher's id over to its newest connection: see :meth:`Endpoint._bind`), and every message it
 delivers names the connection it came on, so a message whose header names
 another sender than its connection is dropped and counted as ``spoofed``.  A
 node's connection to its launcher carries an id of its process as well
@@ -16,7 +17,8 @@ node's connection to its launcher carries an id of its process as well
 node id both reach the launcher, which tells the second why it is refused
 (:meth:`Endpoint.send_once`) instead of never hearing it.  Without CURVE the routing
 id is the connecting process's own claim, so a process that connects first with a
-node's id is taken for that node; with CURVE (``security``) the sender is the
+node's id (or at all, as the launcher, to a control socket) is taken for that node;
+with CURVE (``security``) the sender is the
 key's ZAP user id, which only the key's holder can present.  CURVE does not run
 over ``inproc://``, which never leaves the process: a message from an actor of the
 same host process carries no handshake metadata and is taken by its routing id.
@@ -234,11 +236,18 @@ class Endpoint:
                   heartbeat_s: float | None = None, linger: float = 0.0,
                   watch=None) -> None:
         """``peer`` moved (a restarted node): send to its new address from now on;
-        what is queued for the old one gets ``linger`` seconds to leave."""
-        old = (self._commands if control else self._peers).pop(peer, None)
+        what is queued for the old one gets ``linger`` seconds to leave.  If ZeroMQ
+        cannot connect to ``address`` (``ZMQError``), the old socket stays."""
+        table = self._commands if control else self._peers
+        old = table.pop(peer, None)
+        try:
+            self.connect(peer, address, control=control, heartbeat_s=heartbeat_s, watch=watch)
+        except zmq.ZMQError:
+            if old is not None:
+                table[peer] = old
+            raise
         if old is not None and old is not self._link:
             old.close(linger=int(linger * 1000))
-        self.connect(peer, address, control=control, heartbeat_s=heartbeat_s, watch=watch)
 
     def command_socket(self, peer):
         """The socket that carries commands to ``peer`` (None before :meth:`connect`)."""
