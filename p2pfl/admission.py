@@ -81,17 +81,18 @@ class Admission:
                 self._join(h, msg)
                 return True
             replacing = h.state == "ready"  # its old process may still run: told to stop
+            by_hand = h.state != "restarting"  # restarted by hand (p2pfl node --connect --id N)
             if replacing:
                 self.ep.send(h.id, "stop", meta={"refused": f"node {h.label!r} was started "
                                                  "again elsewhere; this process is replaced"})
             self._join(h, msg, linger=2.0 if replacing else 0.0)
-        except zmq.ZMQError as exc:  # e.g. a host name that does not resolve
+        except zmq.ZMQError as exc:  # e.g. an ipc path over the length limit
             self.watch.forget(h.id)
             self.ep.counters.drop("malformed_join")
             self._refuse(msg, f"the launcher cannot connect to its control address "
                               f"{msg.meta['control'][:200]!r}: {exc.strerror}")
             return False
-        if h.state != "restarting":  # restarted by hand (p2pfl node --connect --id N)
+        if by_hand:
             h.restarts += 1
             self.on_restart(h)
         self._rejoined(h)
