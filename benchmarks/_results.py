@@ -48,6 +48,21 @@ def spread(values: list) -> tuple:
     return ordered[len(ordered) // 2], ordered[0], ordered[-1]
 
 
+def summarize(path: str, tree: str, runs: list, what: str, case: dict,
+              extra: dict | None = None) -> None:
+    """Print the median and spread of ``runs``' ``seconds`` (``what`` says of what), and
+    save ``{tree, commit, **case, **extra, median_s, runs}`` to ``path``, replacing the
+    entry of the same tree, commit and ``case``."""
+    commit = commit_of(tree)
+    mid, lo, hi = spread([r["seconds"] for r in runs])
+    said = ", ".join(f"{k} {v}" for k, v in case.items())
+    print(f"{commit}{f' ({said})' if said else ''}: {what} {mid:.2f} s (median of "
+          f"{len(runs)}, {lo:.2f}-{hi:.2f})")
+    entry = {"tree": tree, "commit": commit, **case, **(extra or {}), "median_s": mid,
+             "runs": runs}
+    save_entry(path, entry, ("tree", "commit", *case))
+
+
 def end_all(procs) -> None:
     """Kill each process of ``procs`` that still runs (resumed first, if it was stopped),
     and reap it."""

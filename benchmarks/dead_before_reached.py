@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 
-from _results import commit_of, end_all, save_entry, spread
+from _results import end_all, summarize
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -104,17 +104,12 @@ def main() -> int:
                     help="node 1 dies right after its join, or once its config came")
     args = ap.parse_args()
     tree = os.path.abspath(args.tree)
-    commit = commit_of(tree)
     runs = [one_run(tree, args.start_timeout, args.case) for _ in range(args.repeats)]
     for r in runs:
         print(f"{r['seconds']:7.2f} s  launcher exit {r['launcher_status']}  node 1 exit "
               f"{r['node1_status']}  {r['launcher_said'][:100]}")
-    mid, lo, hi = spread([r["seconds"] for r in runs])
-    print(f"{commit} ({args.case}): the launcher ended {mid:.2f} s after the nodes started "
-          f"(median of {len(runs)}, {lo:.2f}-{hi:.2f}), --start-timeout {args.start_timeout:g}")
-    save_entry(OUT, {"tree": tree, "commit": commit, "case": args.case,
-                     "start_timeout": args.start_timeout, "median_s": mid, "runs": runs},
-               ("tree", "commit", "case"))
+    summarize(OUT, tree, runs, "the launcher ended, after the nodes started,",
+              {"case": args.case}, {"start_timeout": args.start_timeout})
     return 0
 
 

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from _results import commit_of, end_all, save_entry
+from _results import end_all, summarize
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -68,16 +68,11 @@ def main() -> int:
     ap.add_argument("--start-timeout", type=float, default=20.0)
     args = ap.parse_args()
     tree = os.path.abspath(args.tree)
-    commit = commit_of(tree)
     runs = [one_run(tree, args.start_timeout) for _ in range(args.repeats)]
     for r in runs:
         print(f"{r['seconds']:7.2f} s  exit {r['status']}  {r['said']}")
-    secs = sorted(r["seconds"] for r in runs)
-    print(f"{commit}: refused node out after {secs[len(secs) // 2]:.2f} s (median of "
-          f"{len(secs)}, {secs[0]:.2f}-{secs[-1]:.2f}), --start-timeout {args.start_timeout:g}")
-    entry = {"tree": tree, "commit": commit, "start_timeout": args.start_timeout,
-             "median_s": secs[len(secs) // 2], "runs": runs}
-    save_entry(OUT, entry, ("tree", "commit"))
+    summarize(OUT, tree, runs, "refused node out after", {},
+              {"start_timeout": args.start_timeout})
     return 0
 
 

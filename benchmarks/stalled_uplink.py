@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 
-from _results import commit_of, save_entry, spread
+from _results import summarize
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -53,16 +53,12 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     tree = os.path.abspath(args.tree)
-    commit = commit_of(tree)
     runs = [one_run(tree) for _ in range(args.repeats)]
     for r in runs:
         print(f"{r['seconds']:7.2f} s  exit {r['status']}  run wall_s {r['run_wall_s']:.2f}  "
               f"link_unsent {r['link_unsent']}  workers with a final model "
               f"{r['workers_with_final']} of 3")
-    mid, lo, hi = spread([r["seconds"] for r in runs])
-    print(f"{commit}: {mid:.2f} s (median of {len(runs)}, {lo:.2f}-{hi:.2f})")
-    save_entry(OUT, {"tree": tree, "commit": commit, "flags": FLAGS, "median_s": mid,
-                     "runs": runs}, ("tree", "commit"))
+    summarize(OUT, tree, runs, "the whole command took", {}, {"flags": FLAGS})
     return 0
 
 

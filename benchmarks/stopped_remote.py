@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 
-from _results import commit_of, end_all, save_entry, spread
+from _results import end_all, summarize
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -93,16 +93,12 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     tree = os.path.abspath(args.tree)
-    commit = commit_of(tree)
     runs = [one_run(tree, args.stop, args.rounds) for _ in range(args.repeats)]
     for r in runs:
         print(f"{r['seconds']:7.2f} s  launcher exit {r['launcher_status']}  failed "
               f"{r['failed_nodes']}  node 2 exit {r['node2_status']}  {r['node2_said'][:90]}")
-    mid, lo, hi = spread([r["seconds"] for r in runs])
-    print(f"{commit} (stop {args.stop:g} s): the launcher ended {mid:.2f} s after the stop "
-          f"(median of {len(runs)}, {lo:.2f}-{hi:.2f})")
-    save_entry(OUT, {"tree": tree, "commit": commit, "stop": args.stop, "rounds": args.rounds,
-                     "median_s": mid, "runs": runs}, ("tree", "commit", "stop"))
+    summarize(OUT, tree, runs, "the launcher ended, after the stop,", {"stop": args.stop},
+              {"rounds": args.rounds})
     return 0
 
 
