@@ -45,7 +45,8 @@ def spawn_hosts(nodes: dict, specs: list, address: str, how: tuple, procs: int, 
     ids = [s.id for s in specs]
     degree = max(len(s.peers) for s in specs)
     wanted, procs = procs, max(1, min(procs, len(ids)))
-    per_host = _actors_per_host(degree, security(ids[0]) is not None)
+    setups = {j: security(j) for j in ids}
+    per_host = _actors_per_host(degree, setups[ids[0]] is not None)
     if len(ids) > procs * per_host:
         procs = -(-len(ids) // per_host)
         log(f"{len(ids)} actors need more open files than {wanted} host "
@@ -54,7 +55,7 @@ def spawn_hosts(nodes: dict, specs: list, address: str, how: tuple, procs: int, 
         share = ids[k * len(ids) // procs:(k + 1) * len(ids) // procs]
         host = fork.Process(target=host_main, name=f"p2pfl-host-{k}", daemon=True,
                             args=(address, share, *how, degree,
-                                  {j: security(j) for j in share}))
+                                  {j: setups[j] for j in share}))
         host.start()
         for j in share:
             nodes[j].runner, nodes[j].pid = host, host.pid

@@ -291,8 +291,7 @@ def _plain_then_secure_under_attack(tmp_path, flags, count: int, claim) -> tuple
 def test_a_secure_cluster_learns_as_a_plain_one_and_refuses_intruders(tmp_path):
     flags = ["cluster", "--topology", "ring:4", "--dataset", "digits", "--rounds", "40",
              "--seed", "2", "-q"]
-    _plain_then_secure_under_attack(tmp_path, flags, 30, claim=1)
-    nodes = json.loads((tmp_path / "secure" / "nodes.json").read_text())
+    _, _, _, nodes = _plain_then_secure_under_attack(tmp_path, flags, 30, claim=1)
     assert all(len(n["public_key"]) == 40 for n in nodes)
     out = str(tmp_path / "secure")
     for name in os.listdir(out):  # no secret key is written anywhere

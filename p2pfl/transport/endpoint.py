@@ -7,21 +7,21 @@ exactly, and turns malformed input into counted drops.
 
 **Identity is bound to the connection.**  Each endpoint receives on ROUTER
 sockets; a peer connects with a DEALER whose routing id is derived from its
-node id (:func:`~p2pfl.transport.sockets.identity`).  A data ROUTER refuses a second
-connection that claims a routing id already connected (the control ROUTER hands the
-launcher's id over to its newest connection: see :meth:`Endpoint._bind`), and every message it
-delivers names the connection it came on, so a message whose header names
-another sender than its connection is dropped and counted as ``spoofed``.  A
-node's connection to its launcher carries an id of its process as well
-(:func:`~p2pfl.transport.sockets.process_identity`): two processes that claim one
+node id (:func:`~p2pfl.transport.sockets.identity`).  A data ROUTER refuses a
+second connection that claims a routing id already connected (the control ROUTER
+hands the launcher's id over to its newest connection: see :meth:`Endpoint._bind`),
+and every message it delivers names the connection it came on, so a message whose
+header names another sender than its connection is dropped and counted as
+``spoofed``.  A node's connection to its launcher carries an id of its process as
+well (:func:`~p2pfl.transport.sockets.process_identity`): two processes that claim one
 node id both reach the launcher, which tells the second why it is refused
 (:meth:`Endpoint.send_once`) instead of never hearing it.  Without CURVE the routing
 id is the connecting process's own claim, so a process that connects first with a
 node's id (or at all, as the launcher, to a control socket) is taken for that node;
-with CURVE (``security``) the sender is the
-key's ZAP user id, which only the key's holder can present.  CURVE does not run
-over ``inproc://``, which never leaves the process: a message from an actor of the
-same host process carries no handshake metadata and is taken by its routing id.
+with CURVE (``security``) the sender is the key's ZAP user id, which only the key's
+holder can present.  CURVE does not run over ``inproc://``, which never leaves the
+process: a message from an actor of the same host process carries no handshake
+metadata and is taken by its routing id.
 
 **Control is kept apart from data.**  The launcher's commands (``config``,
 ``start``, ``heartbeat``, ``stop``) go to a node's separate control socket,
