@@ -323,9 +323,9 @@ class Launcher(Supervision, Admission):
             h.state = "ready"
         elif msg.kind == "metrics":
             h.last_round = max(h.last_round, msg.round)
-        elif msg.kind == "bye":
-            h.final = msg.meta
-            h.state = "done"
+        elif msg.kind == "bye" and not h.said_bye(msg.meta):
+            self.log(f"node {h.label!r} finished after it failed ({h.reason}); "
+                     "its counters are kept, and it stays failed")
         elif msg.kind == "error":
             reason = msg.meta.get("reason")  # only a string is shown: str() of a deeply
             self._fail(h, reason[:2000] if isinstance(reason, str) else "unknown error")

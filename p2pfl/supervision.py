@@ -49,6 +49,15 @@ class NodeHandle:
         r = self.runner
         return r is not None and (not r.is_alive())
 
+    def said_bye(self, final: dict) -> bool:
+        """Its bye came, with its final counters: it is done, unless the run has failed
+        it already (a remote node whose connection was lost, back after its peers were
+        told it is gone), which stays failed with its counters kept.  True if done."""
+        self.final = final
+        if self.state != "failed":
+            self.state = "done"
+        return self.state == "done"
+
 
 def process_state(pid) -> str | None:
     """A local process's state letter from ``/proc`` (``T``: stopped); None if unknown."""

@@ -347,3 +347,17 @@ def test_a_remote_node_that_dies_is_noticed_by_its_lost_connection(tmp_path):
     s = _summary(out)
     assert list(s["failed_nodes"]) == ["1"] and "connection" in s["failed_nodes"]["1"]
     assert took < 40, f"{took:.1f} s after the kill"
+
+
+def test_a_failed_node_that_says_bye_later_stays_failed_with_its_counters():
+    """A remote node failed for a lost connection (its peers were told it is gone) may
+    come back and finish: its bye's counters are kept, but it stays failed.  Before,
+    its bye turned it ``done``, so the summary contradicted the log's "failed"."""
+    from p2pfl.supervision import NodeHandle
+
+    h = NodeHandle(id=1, label=1, state="failed", reason="its connection was lost for 10 s")
+    assert h.said_bye({"bytes_sent": 123}) is False
+    assert (h.state, h.final, h.reason) == ("failed", {"bytes_sent": 123},
+                                             "its connection was lost for 10 s")
+    ready = NodeHandle(id=2, label=2, state="ready")
+    assert ready.said_bye({"bytes_sent": 7}) is True and ready.state == "done"
