@@ -49,6 +49,14 @@ def test_a_streams_bytes_are_counted_once_and_only_resends_as_resent():
     # without the SYNs: each direction from its first data byte
     assert tcp_streams([seg(1, 2, 10, bytes(5)), seg(1, 2, 15, bytes(5)),
                         seg(1, 2, 12, bytes(4))]) == {"1>2": [10, 4]}
+    # past 4 GiB the sequence numbers wrap: byte 4 Gi is not byte 0 again
+    gib = 1 << 30
+    far = [seg(1, 2, 2**32 - 10, syn=True)] + [
+        seg(1, 2, (2**32 - 9 + k * gib) % 2**32, b"x") for k in range(6)]
+    assert tcp_streams(far) == {"1>2": [6, 0]}
+    # data on a SYN (TCP Fast Open) is the stream's first bytes; sent again, a resend
+    assert tcp_streams([seg(7, 8, 500, b"abc", syn=True), seg(7, 8, 501, b"abc"),
+                        seg(7, 8, 504, bytes(2))]) == {"7>8": [5, 3]}
 
 
 def test_zmtp_frames_carry_two_or_nine_bytes_of_framing():

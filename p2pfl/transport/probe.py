@@ -107,6 +107,16 @@ def can_capture() -> str | None:
     return None
 
 
+SEQ_SPACE = 1 << 32  # TCP sequence numbers count bytes modulo this
+
+
+def _unwrapped(offset: int, furthest: int) -> int:
+    """The stream position, nearest to ``furthest``, whose remainder modulo
+    :data:`SEQ_SPACE` is ``offset``."""
+    ahead = (offset - furthest) % SEQ_SPACE
+    return furthest + (ahead - SEQ_SPACE if ahead >= SEQ_SPACE // 2 else ahead)
+
+
 def _carry(ranges: list, start: int, end: int) -> int:
     """Add the bytes ``start`` to ``end - 1`` to ``ranges`` (sorted, disjoint ``[first,
     end]`` pairs, ``end`` excluded; merged in place); return how many of them were new."""
@@ -188,18 +198,23 @@ def tcp_streams(frames: list, ports=None) -> dict:
     after its SYN (or at its first data byte, when the SYN was not captured), and
     the bytes carried so far are kept as ranges: a hole filled later is new
     data, not a resend.  A new connection on the same two ports (its SYN) adds
-    its stream to the same entry."""
+    its stream to the same entry.  Sequence numbers wrap every 4 GiB: a segment
+    is placed within 2 GiB of the stream's furthest byte so far, so a longer
+    stream is counted whole.  Data on a SYN (TCP Fast Open) follows the SYN's own
+    sequence number."""
     out: dict = {}
-    streams: dict = {}  # direction -> (sequence number of byte 0, carried ranges)
+    streams: dict = {}  # direction -> [sequence number of byte 0, carried ranges, end]
     for sport, dport, payload, seq, syn in _segments(frames, ports, syns=True):
         key = f"{sport}>{dport}"
         if syn:  # a SYN takes one sequence number: the stream starts after it
-            streams[key] = ((seq + 1) % (1 << 32), [])
-        base, carried = streams.setdefault(key, (seq, []))
+            seq = (seq + 1) % SEQ_SPACE
+            streams[key] = [seq, [], 0]
+        stream = streams.setdefault(key, [seq, [], 0])
         if not payload:
             continue
-        start = (seq - base) % (1 << 32)
-        fresh = _carry(carried, start, start + len(payload))
+        start = _unwrapped((seq - stream[0]) % SEQ_SPACE, stream[2])
+        stream[2] = max(stream[2], start + len(payload))
+        fresh = _carry(stream[1], start, start + len(payload))
         row = out.setdefault(key, [0, 0])
         row[0] += fresh
         row[1] += len(payload) - fresh
