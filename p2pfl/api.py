@@ -209,7 +209,8 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
         progress.close()
         if any(h.pid is not None for h in launcher.nodes.values()):  # some joined
             launcher.write_nodes_json()  # interrupted too: no node is left "ready" there
-    summary = run_summary(p, sink, nodes, time.monotonic() - t0, launcher.control_bytes)
+    summary = run_summary(p, sink, nodes, time.monotonic() - t0, launcher.control_bytes,
+                          launcher.dropped)
     summary["target_reached_at_round"] = stopped_at[0] if stopped_at else None
     summary["interrupted"] = interrupted is not None
     write_json_atomic(os.path.join(out, "summary.json"), summary)

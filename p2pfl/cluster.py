@@ -82,6 +82,7 @@ class Launcher(Supervision, Admission):
         self.ctx: zmq.Context | None = None
         self.ep: Endpoint | None = None
         self.control_bytes = 0
+        self.dropped: dict = {}  # what the launcher dropped, by reason (at shutdown)
         self.t_start: float | None = None  # set when the run starts
         self._next_exit_check, self._dead = 0.0, {}
         self._next_stopped_check = 0.0
@@ -319,6 +320,8 @@ class Launcher(Supervision, Admission):
             elif h.id == self.closer:
                 self._finish_sent = False  # a replacement is asked to finish again
             return
+        if msg.kind in ("metrics", "bye") and not self._checked(h, msg):
+            return  # not one well-formed record: nothing to hand on
         if msg.kind == "ready":
             h.state = "ready"
         elif msg.kind == "metrics":
@@ -366,6 +369,7 @@ class Launcher(Supervision, Admission):
                     r.join(2.0)
         if self.ep is not None:
             self.control_bytes = self.ep.counters.total("sent") + self.ep.counters.total("received")
+            self.dropped = dict(sorted(self.ep.counters.dropped.items()))
             self.watch.close()
             self.ep.close(linger=0.5)
             self.ep = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 
@@ -80,7 +80,8 @@ def consensus_distances(vectors: dict) -> tuple[dict, dict]:
     """
     if not vectors:
         return {}, {}
-    order = sorted(vectors)
+    size = Counter(len(v) for v in vectors.values()).most_common(1)[0][0]
+    order = sorted(n for n, v in vectors.items() if len(v) == size)  # a broken one apart
     stack = np.stack([vectors[n] for n in order]).astype(np.float64)
     mean = stack.mean(axis=0)
     dist = np.linalg.norm(stack - mean, axis=1).tolist()

@@ -52,7 +52,8 @@ class GossipNode:
         self.algorithm = make_algorithm(
             spec.rule, self.learner.num_params, spec.self_weight, spec.weights,
             x0=self.learner.get_flat(), options=spec.options,
-            seed=spec.learn.seed * 7919 + spec.id, shapes=self.learner.shapes)
+            seed=spec.learn.seed * 7919 + spec.id, shapes=self.learner.shapes,
+            peer_codecs=spec.runtime.codec_names)
         self.misses: Counter = Counter()  # total misses per neighbour
         self._streak: Counter = Counter()  # consecutive misses per neighbour
         self.asynchronous = spec.runtime.schedule == "async"

@@ -13,8 +13,10 @@ import numpy as np
 __all__ = ["run_summary"]
 
 
-def run_summary(plan, sink, nodes: dict, wall: float, control_bytes: int) -> dict:
-    """The summary of a run (server modes add their own fields)."""
+def run_summary(plan, sink, nodes: dict, wall: float, control_bytes: int,
+                launcher_dropped: dict | None = None) -> dict:
+    """The summary of a run (server modes add their own fields).  ``launcher_dropped``:
+    what the launcher dropped, by reason (malformed reports, strangers' messages)."""
     cfg = plan.config
     failed = {str(h.label): h.reason for h in nodes.values() if h.state == "failed"}
     # a failed node's last accuracy is of a model that did not finish: left out
@@ -57,6 +59,7 @@ def run_summary(plan, sink, nodes: dict, wall: float, control_bytes: int) -> dic
         "misses_total": int(sum(n for f in finals for _, n in f.get("misses", []))),
         "dropped_total": int(sum(sum(f.get("dropped", {}).values()) for f in finals)),
         "dropped": _dropped_by_reason(finals),
+        "launcher_dropped": dict(launcher_dropped or {}),
         "secure": bool(cfg.secure),
         "backend": cfg.backend,
         # where the nodes trained (--device): e.g. {"cpu": 8} or {"cuda:0": 4, "cuda:1": 4}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from .reports import checked_final, checked_records
 from .runtime import CLOSER_GRACE_S
 from .spawn import respawn
 
@@ -210,13 +211,27 @@ class Supervision:
             while msg is not None:
                 h = self.nodes.get(msg.src)
                 taken = h is not None and (not h.route or msg.route == h.route)
-                if taken and h.state == "stopped" and msg.kind in ("metrics", "bye"):
+                if taken and h.state == "stopped" and msg.kind in ("metrics", "bye") \
+                        and self._checked(h, msg):
                     if msg.kind == "bye":
-                        h.final = msg.meta if isinstance(msg.meta, dict) else {}
+                        h.final = msg.meta
                     self.on_message(h, msg)
                 msg = self.mailbox.poll_control(0.0)
             if not pending() or time.monotonic() > deadline:
                 return
+
+    def _checked(self, h: NodeHandle, msg) -> bool:
+        """A ``metrics`` or ``bye`` message of ``h`` cut to what is well formed
+        (:mod:`~p2pfl.reports`), in place; what was left out is counted as
+        ``bad_report``.  False if a ``metrics`` message keeps no record."""
+        if msg.kind == "bye":
+            msg.meta, bad = checked_final(msg.meta, h.id)
+        else:
+            records, vector, bad = checked_records(msg.meta, msg.frames, h.id)
+            msg.meta, msg.frames = {"records": records}, [] if vector is None else [vector]
+        for _ in range(bad):
+            self.ep.counters.drop("bad_report")
+        return msg.kind == "bye" or bool(msg.meta["records"])
 
     def _fail(self, h: NodeHandle, reason: str) -> None:
         if h.state in ("done", "failed"):

@@ -132,3 +132,40 @@ def test_an_stc_worker_refuses_a_downlink_that_makes_its_model_nan():
     with pytest.raises(ValueError, match="NaN or inf"):
         client.apply(1, packet)
     assert torch.equal(client.learner.flat, torch.zeros(16))  # the model it held stays
+
+
+def test_a_neighbour_may_name_only_a_codec_of_the_run():
+    """A peer named any spec, and so set the decoder's cost: an all-zero chained
+    ``powersgd:511:alternate`` message of 758 bytes cost its receiver 16 s of CPU."""
+    from p2pfl.algorithms.public import PublicCopies
+
+    own = make_codec("stc:0.1+golomb", shapes=[(8, 8)])
+    other = make_codec("powersgd:2+quant:0.01", shapes=[(8, 8)])
+    frames = other.encode(torch.randn(64))
+    packet = Packet(other.name, frames, round=1, sender=1)
+    closed = PublicCopies(torch.zeros(64), [1], own, allowed={own.name})
+    with pytest.raises(ValueError, match="is not one of this run's"):
+        closed.decode(packet)
+    both = PublicCopies(torch.zeros(64), [1], own, allowed={own.name, other.name})
+    assert both.decode(packet).tensor.shape == (64,)  # a profile's other codec is taken
+
+
+@pytest.mark.parametrize("value", [3.0e38, float("nan"), -2.0 ** 65])
+def test_an_update_or_full_copy_beyond_the_range_is_refused(value):
+    """A finite q of 3e38 was applied: the copy, then the consensus step, overflowed to
+    inf, and the node failed a round later encoding its own non-finite model."""
+    from p2pfl.algorithms.base import dense_packet
+    from p2pfl.algorithms.public import PublicCopies
+
+    codec = make_codec("stc:1.0+golomb", shapes=[(64,)])
+    copies = PublicCopies(torch.zeros(64), [1], codec)
+    q = torch.full((64,), value)
+    if value == value:  # stc refuses to encode NaN itself: send NaN dense
+        with pytest.raises(ValueError, match="beyond"):
+            copies.decode(Packet(codec.name, codec.encode(q), round=1, sender=1))
+    full = dense_packet(q)
+    full.meta["full"] = True
+    with pytest.raises(ValueError, match="beyond"):
+        copies.decode(full)
+    ok = torch.full((64,), 2.0 ** 63)
+    assert copies.decode(Packet(codec.name, codec.encode(ok), round=1, sender=1)).tensor.max() > 0

@@ -215,6 +215,28 @@ def test_hello_before_configuration_is_kept_then_strangers_dropped(ctx):
         e.close()
 
 
+def test_strangers_heard_before_configuration_are_dropped_when_going_asynchronous(ctx):
+    """A restarted asynchronous node took a stranger's early models into its queues,
+    and its mix then failed on the unknown sender (KeyError: 99)."""
+    a = Endpoint(ctx, 0, "inproc://early-async-a")
+    b = Endpoint(ctx, 1, "inproc://early-async-b")
+    c = Endpoint(ctx, 99, "inproc://early-async-c")
+    for e in (b, c):
+        e.connect(0, a.address)
+    box = Mailbox(a)  # peers not known yet
+    for rnd in (1, 2):
+        b.send(0, "model", rnd, frames=[b"x"])
+        c.send(0, "model", rnd, frames=[b"x"])
+    assert box.poll_control(0.3) is None  # reads the four models while waiting
+    box.peers = {1}
+    box.go_asynchronous()
+    got = box.drain("model")
+    assert list(got) == [1] and [m.round for m in got[1]] == [1, 2]
+    assert a.counters.dropped["unknown_sender"] == 2
+    for e in (a, b, c):
+        e.close()
+
+
 HOSTILE_VALUES = st.recursive(
     st.one_of(st.integers(-2**63, 2**63 - 1), st.text(max_size=5), st.none(), st.booleans(),
               st.binary(max_size=5), st.floats(allow_nan=True)),

@@ -14,7 +14,8 @@ __all__ = ["ALGORITHMS", "ASYNC_ONLY", "GossipAlgorithm", "Packet", "DPSGD", "Co
 
 
 def make_algorithm(name: str, numel: int, self_weight: float, weights: dict, *, x0,
-                   options, seed: int | None = None, shapes=None) -> GossipAlgorithm:
+                   options, seed: int | None = None, shapes=None,
+                   peer_codecs=None) -> GossipAlgorithm:
     """Build a registered gossip algorithm; ``dpsgd`` with a codec compresses differences."""
     from ..errors import ConfigError
 
@@ -23,4 +24,5 @@ def make_algorithm(name: str, numel: int, self_weight: float, weights: dict, *, 
     cls = ALGORITHMS[name]
     if cls is DPSGD and options.codec != "none":
         cls = CompressedDPSGD
-    return cls(numel, self_weight, weights, x0=x0, options=options, seed=seed, shapes=shapes)
+    return cls(numel, self_weight, weights, x0=x0, options=options, seed=seed, shapes=shapes,
+               peer_codecs=peer_codecs)

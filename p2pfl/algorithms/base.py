@@ -18,7 +18,14 @@ import torch
 from .robust import parse_robust
 
 __all__ = ["Packet", "GossipAlgorithm", "dense_packet", "dense_tensor", "renormalised",
-           "all_finite"]
+           "all_finite", "within_range", "MAX_MAGNITUDE"]
+
+#: The largest magnitude a peer's update or public copy may carry: far above any
+#: weight a model trains to, far below float32's 3.4e38, so that sums of many such
+#: values (a public copy moved round after round, a consensus step, a server's mean
+#: and residual) stay finite.  A finite 3e38 overflowed them to inf, and the node
+#: failed on its own non-finite model a round later.
+MAX_MAGNITUDE = 2.0 ** 64
 
 
 @dataclass
@@ -75,6 +82,15 @@ def all_finite(x: torch.Tensor) -> bool:
     return math.isfinite(x.sum().item()) or bool(torch.isfinite(x).all())
 
 
+def within_range(x: torch.Tensor, limit: float = MAX_MAGNITUDE) -> bool:
+    """Whether every value of ``x`` is finite and at most ``limit`` in magnitude:
+    one pass (a NaN makes both extremes NaN, and every comparison false)."""
+    if x.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(x.detach())
+    return bool(lo >= -limit) and bool(hi <= limit)
+
+
 def renormalised(self_weight: float, weights: dict, arrived,
                  to_self: bool = True) -> tuple[float, dict]:
     """Mixing weights over the neighbours whose message arrived; row i still sums to 1.
@@ -113,6 +129,10 @@ class GossipAlgorithm:
     shapes : sequence of tuples, optional
         The parameter tensors' shapes, in flattening order: codecs code each tensor
         on its own (:mod:`~p2pfl.compression.tensorwise`).  None: one flat tensor.
+    peer_codecs : sequence of str, optional
+        The codec names the run's nodes send with (its codec table): a neighbour's
+        message that names another is refused, since a spec sets the decoder's cost
+        (a low rank of hundreds costs seconds to orthonormalise).  None: any spec.
     """
 
     name = "base"
@@ -127,8 +147,9 @@ class GossipAlgorithm:
 
     def __init__(self, numel: int, self_weight: float, weights: dict, *,
                  x0: torch.Tensor | None = None, options=None, seed: int | None = None,
-                 shapes=None) -> None:
+                 shapes=None, peer_codecs=None) -> None:
         self.numel = numel
+        self.peer_codecs = None if peer_codecs is None else frozenset(peer_codecs)
         self.shapes = shapes
         self.self_weight = float(self_weight)
         self.weights = {j: float(w) for j, w in weights.items()}

@@ -75,15 +75,15 @@ class CHOCO(GossipAlgorithm):
     Options = CHOCOOptions
 
     def __init__(self, numel, self_weight, weights, *, x0, options, seed=None,
-                 shapes=None) -> None:
+                 shapes=None, peer_codecs=None) -> None:
         super().__init__(numel, self_weight, weights, x0=x0, options=options, seed=seed,
-                         shapes=shapes)
+                         shapes=shapes, peer_codecs=peer_codecs)
         from ..compression import make_codec
 
         codec = make_codec(options.codec, seed=seed, max_numel=numel, shapes=self.shapes)
         self.gamma = self._gamma()
         self.memory = options.error_feedback
-        self.public = PublicCopies(x0, weights, codec)
+        self.public = PublicCopies(x0, weights, codec, allowed=self.peer_codecs)
 
     def _gamma(self) -> float:
         return self.options.gamma

@@ -43,9 +43,9 @@ class GossipLearning(GossipAlgorithm):
     Options = GossipLearningOptions
 
     def __init__(self, numel, self_weight, weights, *, x0=None, options=None, seed=None,
-                 shapes=None):
+                 shapes=None, peer_codecs=None):
         super().__init__(numel, self_weight, weights, x0=x0, options=options, seed=seed,
-                         shapes=shapes)
+                         shapes=shapes, peer_codecs=peer_codecs)
         self.age = 0.0
         self.rng = np.random.default_rng(seed)
 

@@ -17,7 +17,7 @@ from collections import Counter
 
 import torch
 
-from .base import Packet, dense_packet, dense_tensor
+from .base import MAX_MAGNITUDE, Packet, dense_packet, dense_tensor, within_range
 
 __all__ = ["PublicCopies", "Update", "contraction_scale", "advance", "CODECS_PER_SENDER"]
 
@@ -79,9 +79,10 @@ class PublicCopies:
     to start.
     """
 
-    def __init__(self, x0: torch.Tensor, neighbours, codec) -> None:
+    def __init__(self, x0: torch.Tensor, neighbours, codec, allowed=None) -> None:
         # configuration
         self.codec = codec
+        self.allowed = allowed  # the codec names peers may send with; None: any
         self.numel = x0.numel()
         # state
         self.own = x0.detach().clone().float()
@@ -118,14 +119,19 @@ class PublicCopies:
 
     # -------------------------------------------------------------- receiving
     def decode(self, packet: Packet) -> Update:
+        """A neighbour's q, or its full copy.  Values beyond :data:`MAX_MAGNITUDE` (or
+        not finite) are refused: they would overflow its copy or the consensus step."""
         if packet.meta.get("full"):
-            return Update(True, dense_tensor(packet, self.numel), packet.round)
+            full = dense_tensor(packet, self.numel, check=False)
+            if not within_range(full):
+                raise ValueError(f"full copy holds values beyond {MAX_MAGNITUDE:.3g}")
+            return Update(True, full, packet.round)
         codec = self._decoder(packet.codec, packet.sender)
         q = codec.decode(packet.frames, packet.sender).reshape(-1)
         if q.numel() != self.numel:
             raise ValueError(f"update has {q.numel()} values, expected {self.numel}")
-        if not bool(torch.isfinite(q).all()):
-            raise ValueError("update holds non-finite values")
+        if not within_range(q):
+            raise ValueError(f"update holds values beyond {MAX_MAGNITUDE:.3g}")
         return Update(False, q, packet.round, contraction_scale(codec, self.numel))
 
     def _decoder(self, spec: str, sender=None):
@@ -135,10 +141,13 @@ class PublicCopies:
         references, it keeps per sender); a spec that does not parse raises
         ConfigError, a ValueError (a counted drop).  Each sender may bring in
         :data:`CODECS_PER_SENDER` specs, so one neighbour naming many cannot fill the
-        table for the others.
+        table for the others.  With ``allowed`` (the run's codec table) only its specs
+        are taken: a spec sets the decoder's cost, so a peer may not choose its own.
         """
         codec = self._decoders.get(spec)
         if codec is None:
+            if self.allowed is not None and spec not in self.allowed:
+                raise ValueError(f"codec {spec[:60]!r} is not one of this run's")
             if self._brought[sender] >= CODECS_PER_SENDER:
                 raise ValueError("too many distinct codecs from one neighbour")
             from ..compression import make_codec

@@ -15,6 +15,7 @@ from collections import Counter
 import numpy as np
 import torch
 
+from ..algorithms.base import MAX_MAGNITUDE, within_range
 from ..compression.temporal import TemporalGap
 from ..learner import build_run_model, test_set
 from ..models import assign_params, flatten_params
@@ -225,8 +226,11 @@ class Coordinator:
                     self.rt.drop(code)
                 replies.append(Reply(w, error={"code": code, "reason": str(exc)[:200]}))
                 continue
-            if isinstance(content, torch.Tensor) and not bool(torch.isfinite(content).all()):
-                replies.append(Reply(w, error={"code": "nonfinite", "reason": "NaN or inf"}))
+            if isinstance(content, torch.Tensor) and not within_range(content):
+                # NaN, inf, or so large that the mean or the server's residual overflows
+                self.rt.drop("undecodable")  # counted as a gossip node counts it
+                why = f"NaN, inf or beyond {MAX_MAGNITUDE:.3g}"
+                replies.append(Reply(w, error={"code": "nonfinite", "reason": why}))
                 continue
             replies.append(Reply(w, content=content, num_samples=num_samples,
                                  meta=dict(packet.meta)))

@@ -333,7 +333,10 @@ class Mailbox:
         return None if rnd is None else self.collect(kind, rnd, [src], 0.0)[src]
 
     def go_asynchronous(self) -> None:
-        """Stop keying data by round: from now on :meth:`drain` takes what arrived."""
+        """Stop keying data by round: from now on :meth:`drain` takes what arrived.
+        What strangers sent before the peers were known is dropped first (a restarted
+        node may hear from anyone before its config): the queues hold peers' alone."""
+        self._drop_strangers()
         self.asynchronous = True
         for (kind, rnd) in sorted(self._pending, key=lambda key: key[1]):
             for src, msg in self._pending.pop((kind, rnd)).items():
