@@ -363,6 +363,20 @@ def test_counters_keep_two_entries_a_peer_whatever_rounds_it_names():
     assert c.payload("received", [1]) == 99_990 and c.count("received", peers=[1]) == 9_999
 
 
+def test_counters_keep_a_bounded_number_of_peers_apart():
+    """A stranger naming a fresh id for each message grew a node's counters by an entry
+    each (385 MB in 90 s); past MAX_PEERS they are counted together, bytes kept."""
+    from p2pfl.transport.counters import MAX_PEERS, OTHERS
+
+    c = ByteCounter()
+    for peer in range(MAX_PEERS + 1000):
+        c.add("received", peer, 1, 10, "hello")
+    c.add("received", 5, 1, 10, "model")  # one counted apart keeps its own entry
+    assert len(c.per_peer("received")) == MAX_PEERS + 1
+    assert c.per_peer("received")[OTHERS] == 10_000 and c.per_peer("received")[5] == 20
+    assert c.total("received") == 10 * (MAX_PEERS + 1001)
+
+
 def test_rounds_kept_while_catching_up_go_once_beyond_the_window(ctx):
     """While catching up a node keeps any later round; what lies beyond its window
     once it has caught up stayed for good, and every later collect walked it."""
