@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict, deque
 
-__all__ = ["ByteCounter", "MAX_PEERS", "OTHERS"]
+__all__ = ["ByteCounter", "OTHERS"]
 
-#: Peers counted apart, per direction; past them every new sender is counted under
-#: OTHERS.  A stranger opening a connection for each fresh id (each accepted, then
-#: dropped as an unknown sender) kept an entry each: 385 MB after 90 s.  A run's own
-#: peers come first, and no node has this many.
-MAX_PEERS = 1 << 14
+#: The peer under which an endpoint counts senders it does not count apart
+#: (:data:`~p2pfl.transport.endpoint.MAX_STRANGERS`).
 OTHERS = "others"
 
 
@@ -72,8 +69,6 @@ class ByteCounter:
             wire: int = 0) -> None:
         """Record one message of ``nbytes`` (``wire`` on the wire) sent to or received
         from ``peer``."""
-        if peer not in self._bytes[direction] and len(self._bytes[direction]) >= MAX_PEERS:
-            peer = OTHERS
         if wire:
             self._wire[peer] += wire
         part = 0 if round == 0 else 1

@@ -40,7 +40,7 @@ from collections import Counter, deque
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from .counters import ByteCounter
+from .counters import OTHERS, ByteCounter
 from .framing import setup_bytes, wire_bytes
 from .links import LOSSY_KINDS, LinkEmulator, LinkSpec
 from .security import HANDSHAKE_EVENTS, Security, gate, handshake_drop
@@ -60,6 +60,11 @@ COMMAND_WAIT_S = 2.0
 #: bound; a run member that is no neighbour must not fill the store for the others).
 MAX_HELD = 10_000
 MAX_HELD_PER_KEY = 64
+#: Senders this endpoint does not connect to that its counters keep apart; the rest
+#: are counted together, under OTHERS.  A stranger naming a fresh id for each message
+#: (each then dropped as an unknown sender) kept an entry each, for good.  A
+#: neighbour's hello that comes before its address is among them.
+MAX_STRANGERS = 1024
 #: Send flags as plain integers (an enum's ``|`` builds a new enum member each time).
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
@@ -161,6 +166,7 @@ class Endpoint:
         self._identity = identity(node_id)
         self._peers: dict = {}  # peer -> DEALER to its data socket
         self._commands: dict = {}  # peer -> DEALER to its control socket
+        self._strangers: set = set()  # senders counted apart that are in neither table
         self._link = None
         if link is not None:
             self.emulate(link, link_seed)
@@ -402,7 +408,14 @@ class Endpoint:
 
     def _accept(self, msg: Message, channel: str) -> Message:
         msg.channel = channel
-        self.counters.add("received", msg.src, msg.round, msg.nbytes, msg.kind)
+        src = msg.src
+        if src not in self._peers and src not in self._commands and \
+                src not in self._strangers:
+            if len(self._strangers) < MAX_STRANGERS:
+                self._strangers.add(src)
+            else:
+                src = OTHERS
+        self.counters.add("received", src, msg.round, msg.nbytes, msg.kind)
         return msg
 
     def bind_key(self, node, public) -> None:
