@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import os
 import signal
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ class Result:
 #: (a run ending without its own would show the other's) and a checkpoint (a
 #: coordinator restarted before its first one would resume the other run).
 STALE_FILES = ("summary.json", "checkpoint.msgpack")
+#: What a run writes in its folder (each must be a file it can write).
+RUN_FILES = ("config.json", "metrics.jsonl", "nodes.json", "summary.json")
 
 
 def _out_dir(cfg: RunConfig) -> str:
@@ -68,8 +71,15 @@ def _out_dir(cfg: RunConfig) -> str:
         for name in STALE_FILES:
             if os.path.exists(os.path.join(out, name)):
                 os.remove(os.path.join(out, name))
+        taken = [n for n in RUN_FILES if os.path.isdir(os.path.join(out, n))]
+        if taken:
+            raise UsageError(f"cannot use output folder {out}: {taken[0]} there is a folder")
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".p2pfl-probe-")  # writable?
+        os.close(fd)
+        os.remove(probe)
     except OSError as exc:
-        raise UsageError(f"cannot use output folder {out}: {exc.strerror}") from None
+        where = out if out is not None else "runs"
+        raise UsageError(f"cannot use output folder {where}: {exc.strerror or exc}") from None
     return out
 
 

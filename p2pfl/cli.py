@@ -190,10 +190,11 @@ def _one_line(exc) -> str:
 
 def _cmd_node(args) -> int:
     from .addresses import address_towards, check_host, tcp_address
+    from .spec import MAX_INT
 
     launcher_host, _ = tcp_address(args.connect, "--connect")
-    if args.id is not None and args.id < 0:
-        raise UsageError(f"--id must be >= 0, got {args.id}")
+    if args.id is not None and not 0 <= args.id <= MAX_INT:  # a run's ids are 0..N-1
+        raise UsageError(f"--id must be in [0, {MAX_INT}], got {args.id}")
     if not args.start_timeout > 0:
         raise UsageError(f"--start-timeout must be positive, got {args.start_timeout}")
     check_host(args.host)

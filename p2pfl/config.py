@@ -15,12 +15,13 @@ then command-line flags.  Per-node settings come from a node profile file
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 import os
 from dataclasses import dataclass, field, fields
 
 from .errors import ConfigError
-from .spec import is_device
+from .spec import MAX_INT, MAX_SLOWDOWN, is_device
 from .transport.links import parse_link
 
 try:
@@ -115,7 +116,7 @@ class RunConfig:
     ray_address: str | None = None  # a running Ray cluster; None: start one here
     node_cpus: float | None = None  # Ray resources per node (None: an equal share, <= 1)
     node_gpus: float = 0.0
-    secure: bool = False  # CurveZMQ on every socket (transport/security.py)
+    secure: bool | None = None  # CurveZMQ on every socket (transport/security.py); None: off
     keys: str | None = None  # key folder from `p2pfl keys generate` (implies secure)
     round_timeout: float = 10.0
     start_timeout: float = 60.0
@@ -169,11 +170,19 @@ class RunConfig:
                 raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
         if self.seed > 2**63 - 1:  # torch's and numpy's seeds are 64-bit
             raise ConfigError(f"--seed must be below 2**63, got {self.seed}")
+        if self.exchange_only and self.target_accuracy is not None:
+            raise ConfigError("--target-accuracy needs evaluation, and --local-steps 0 "
+                              "(exchange only) evaluates nothing")
         if self.exchange_only and self.mode != "gossip":
             raise ConfigError("--local-steps 0 (exchange only, no training) applies to gossip; "
                               "server modes train and evaluate every round")
-        if not self.lr > 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise ConfigError(f"--lr must be positive and finite, got {self.lr}")
+        if not 0 <= self.weight_decay < math.inf:  # NaN fails too
+            raise ConfigError(f"--weight-decay must be >= 0 and finite, got {self.weight_decay}")
+        if not 1 <= self.slowdown <= MAX_SLOWDOWN:
+            raise ConfigError(f"--slowdown must be in [1, {MAX_SLOWDOWN:g}], got {self.slowdown}")
+        self._check_sizes()
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
         if not 0 < self.participation <= 1:
@@ -199,13 +208,34 @@ class RunConfig:
         if self.keys is not None:
             if not os.path.isdir(self.keys):
                 raise ConfigError(f"--keys {self.keys}: no such folder")
+            if self.secure is False:
+                raise ConfigError("--keys makes the run secure; it does not combine with "
+                                  "--no-secure (secure = false)")
             object.__setattr__(self, "secure", True)
+        object.__setattr__(self, "secure", bool(self.secure))
+        if self.listen and self.transport != "tcp":
+            raise ConfigError(f"--listen takes remote nodes over tcp; --transport "
+                              f"{self.transport} does not apply")
         if self.secure and self.transport == "inproc":
             raise ConfigError("--secure does not combine with --transport inproc: every node "
                               "is a thread of one process, and CURVE does not run over inproc")
         if self.secure and self.listen and self.keys is None:
             raise ConfigError("--secure with --listen needs --keys DIR: remote nodes need keys "
                               "made ahead (p2pfl keys generate DIR --nodes N)")
+
+    def _check_sizes(self) -> None:
+        """Counts within MAX_INT (2**64 failed in msgpack after the nodes started), and
+        no empty text where an address or a path belongs (``--config ''`` with an unset
+        shell variable ran on the defaults)."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type.startswith("int") and f.name != "seed" and value is not None \
+                    and value > MAX_INT:
+                raise ConfigError(f"--{_flag(f.name)} must be at most {MAX_INT}, got {value}")
+        for name in ("host", "profiles", "availability", "listen", "churn", "data_dir"):
+            value = getattr(self, name)
+            if isinstance(value, str) and not value.strip():
+                raise ConfigError(f"--{_flag(name)} is empty")
 
     def _check_workers(self) -> None:
         """Gossip nodes are the topology's; a server run's workers are ``--nodes N`` or
@@ -261,6 +291,9 @@ class RunConfig:
                        "`p2pfl node --connect --key` on each host)" if flag == "--secure" else "")
                 raise ConfigError(f"--backend ray does not combine with {flag}: Ray places one "
                                   f"node process per actor, talking over TCP{why}")
+        if self.ray_address is not None and not _ray_address(self.ray_address):
+            raise ConfigError(f"--ray-address expects auto, HOST:PORT or ray://HOST:PORT, "
+                              f"got {self.ray_address!r}")
         if self.node_cpus is not None and not self.node_cpus > 0:
             raise ConfigError(f"--node-cpus must be positive, got {self.node_cpus}")
         if not self.node_gpus >= 0:
@@ -325,6 +358,15 @@ def _check_error_feedback(cfg) -> None:
                           "no --compression (nor one in its profiles)")
 
 
+def _ray_address(text: str) -> bool:
+    """Whether ``text`` is an address ``ray.init`` takes: ``auto``, ``local``, a head's
+    ``HOST:PORT``, or a client's ``ray://HOST:PORT`` (``foo`` was a traceback)."""
+    if text in ("auto", "local"):
+        return True
+    host, sep, port = text.removeprefix("ray://").rpartition(":")
+    return bool(sep and host.strip() and port.isdigit() and 0 < int(port) < 65536)
+
+
 def _flag(name: str) -> str:
     return name.replace("_", "-")
 
@@ -336,11 +378,16 @@ def _one_of(name: str, value, valid) -> None:
 
 def load_toml(path: str) -> dict:
     """Read a TOML file; an unreadable or invalid file is a :class:`ConfigError`."""
+    if not str(path).strip():
+        raise ConfigError("an empty path names no TOML file")
     try:
         with open(path, "rb") as fh:
             return tomllib.load(fh)
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 (a Latin-1 comment is not)
+        raise ConfigError(f"{path} is not UTF-8 text: {exc.reason} at byte {exc.start}") \
+            from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
 
@@ -375,7 +422,9 @@ def from_sources(config_file: str | None = None, overrides: dict | None = None) 
     """
     known = {f.name for f in fields(RunConfig)} - {"node_overrides"}
     values: dict = {}
-    if config_file:
+    if config_file is not None:
+        if not str(config_file).strip():
+            raise ConfigError("--config is empty")
         values = _file_options(config_file, known)
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
     for key, value in (overrides or {}).items():

@@ -33,6 +33,8 @@ __all__ = [
 
 #: Model names accepted by :func:`build_model`.
 MODELS = ("logreg", "mlp", "cnn")
+#: The widest layer a model spec may ask for (2**64 reached torch as a TypeError).
+MAX_WIDTH = 1 << 24
 _FORMS = "logreg, mlp, mlp:H, mlp:H1-H2[-...], cnn, cnn:C1-C2[-...]"
 
 
@@ -45,10 +47,10 @@ def _parse_sizes(kind, arg, default):
         sizes = tuple(int(h) for h in arg.split("-"))
     except ValueError:
         sizes = ()
-    if not sizes or min(sizes) < 1:
+    if not sizes or min(sizes) < 1 or max(sizes) > MAX_WIDTH:
         unit = "H" if kind == "mlp" else "C"
         raise ConfigError(f"bad model '{kind}:{arg}'; expected {kind}:{unit} or "
-                          f"{kind}:{unit}1-{unit}2 with positive integer sizes")
+                          f"{kind}:{unit}1-{unit}2 with integer sizes in [1, {MAX_WIDTH}]")
     return sizes
 
 

@@ -84,11 +84,21 @@ def _number(options: dict, key: str, kind: type, where: str):
 
 
 def _learn_spec(cfg: RunConfig, o: dict, shares: tuple, label, num_nodes: int) -> LearnSpec:
-    where = f"node {label!r}"
+    where = f"node {label!r}" + (f" ({cfg.profiles})" if cfg.profiles else "")
     behaviour = o["behaviour"]
     if not isinstance(behaviour, str):
         raise ConfigError(f"{where}: behaviour must be a string, got {behaviour!r}")
-    learn = LearnSpec(
+    learn = _learn(cfg, o, shares, num_nodes, behaviour, where)
+    if cfg.mode != "gossip" and learn.local_steps == 0 and learn.local_epochs == 0:
+        raise ConfigError(f"{where}: local_steps 0 (no training) applies to gossip; server "
+                          "modes train and evaluate every round")
+    return learn
+
+
+def _learn(cfg: RunConfig, o: dict, shares: tuple, num_nodes: int, behaviour: str,
+           where: str) -> LearnSpec:
+    """The node's LearnSpec; a value it refuses (a profile's) is named with its node."""
+    values = dict(
         dataset=cfg.dataset, data_dir=cfg.data_dir, partition=cfg.partition, seed=cfg.seed,
         num_nodes=num_nodes, shares=shares, model=model_name(cfg, o["model"]),
         lr=_number(o, "lr", float, where), momentum=_number(o, "momentum", float, where),
@@ -97,10 +107,10 @@ def _learn_spec(cfg: RunConfig, o: dict, shares: tuple, label, num_nodes: int) -
         local_steps=_number(o, "local_steps", int, where),
         local_epochs=_number(o, "local_epochs", int, where), behaviour=behaviour,
         slowdown=_number(o, "slowdown", float, where), device=_device(o["device"], where))
-    if cfg.mode != "gossip" and learn.local_steps == 0 and learn.local_epochs == 0:
-        raise ConfigError(f"{where}: local_steps 0 (no training) applies to gossip; server "
-                          "modes train and evaluate every round")
-    return learn
+    try:
+        return LearnSpec(**values)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _device(name, where: str) -> str:

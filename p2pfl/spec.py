@@ -15,11 +15,18 @@ neither torch nor the registries.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 
 from .errors import ConfigError
 from .transport.availability import AvailabilitySpec
 from .transport.links import LinkSpec
+
+#: The largest count an option takes (rounds, steps, sizes): a run's integers travel
+#: in msgpack headers and configs, and 2**64 did not fit there.
+MAX_INT = 2**31 - 1
+#: The slowest emulated device (``slowdown``): a node idles F − 1 times its compute.
+MAX_SLOWDOWN = 1000.0
 
 __all__ = ["is_device", "LearnSpec", "RuntimeSpec", "ServerInfo", "NodeSpec", "options_from_wire",
            "plain_label"]
@@ -56,12 +63,12 @@ class LearnSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shares", tuple(float(s) for s in self.shares))
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise ConfigError(f"lr must be positive and finite, got {self.lr}")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.weight_decay < math.inf:  # NaN fails too
+            raise ConfigError(f"weight_decay must be >= 0 and finite, got {self.weight_decay}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.local_steps < 0 or self.local_epochs < 0:
@@ -74,8 +81,11 @@ class LearnSpec:
                               f"got {self.momentum_mode!r}")
         if not is_device(self.device):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        if not self.slowdown >= 1:
-            raise ConfigError(f"slowdown must be >= 1, got {self.slowdown}")
+        if not 1 <= self.slowdown <= MAX_SLOWDOWN:
+            raise ConfigError(f"slowdown must be in [1, {MAX_SLOWDOWN:g}], got {self.slowdown}")
+        for name in ("batch_size", "local_steps", "local_epochs"):
+            if getattr(self, name) > MAX_INT:
+                raise ConfigError(f"{name} must be at most {MAX_INT}, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

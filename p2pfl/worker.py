@@ -256,6 +256,15 @@ def _await_stop(mailbox: Mailbox, timeout: float) -> None:
         mailbox.poll_control(min(1.0, max(0.0, deadline - time.monotonic())))
 
 
+def _own_signals() -> None:
+    """A node (or host) process leaves Ctrl-C to the launcher, and ends at once on
+    SIGTERM, without a word: the launcher's handler, inherited through fork, raised
+    an exception in every node, and SIGTERM to the whole process group (``timeout``,
+    Slurm, ``kill -- -PGID``) printed a traceback from each."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, _: os._exit(128 + signum))
+
+
 def _die_with_parent() -> Callable[[], bool]:
     """Ask Linux to kill this process when the launcher dies; return a liveness check."""
     parent = os.getppid()
@@ -274,7 +283,7 @@ def _die_with_parent() -> Callable[[], bool]:
 def process_main(launcher: str, node_id: int, scheme: str, host: str, run_dir: str,
                  start_timeout: float, security: Security | None = None) -> None:
     """Entry point of a node process spawned by the launcher."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher handles Ctrl-C
+    _own_signals()
     alive = _die_with_parent()
     ctx = zmq.Context()
     try:
@@ -336,7 +345,7 @@ def host_main(launcher: str, node_ids: list, scheme: str, host: str, run_dir: st
     The host exits 0 when every actor finished, 1 when one failed (it said why)."""
     import threading
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher handles Ctrl-C
+    _own_signals()
     alive = _die_with_parent()
     secure = any(v is not None for v in security.values())
     raise_fd_limit(len(node_ids) * fds_per_actor(max_degree, secure) + 256)

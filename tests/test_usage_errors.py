@@ -13,7 +13,7 @@ import pytest
 from p2pfl import run_cluster
 from p2pfl.compression.registry import build_codec
 from p2pfl.config import from_sources
-from p2pfl.errors import ConfigError, UsageError
+from p2pfl.errors import ConfigError, TopologyError, UsageError
 from p2pfl.plan import plan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -159,7 +159,8 @@ def test_a_profiles_exchange_only_node_is_refused_in_server_modes(tmp_path, mode
     never trained, and its zero update was averaged in at its full data weight."""
     prof = tmp_path / "p.toml"
     prof.write_text("[nodes.0]\nlocal_steps = 0\n")
-    with pytest.raises(ConfigError, match="node 0: local_steps 0 .* applies to gossip"):
+    with pytest.raises(ConfigError,
+                       match=r"node 0 \(.*p.toml\): local_steps 0 .* applies to gossip"):
         plan(from_sources(None, dict(mode=mode, nodes=3, profiles=str(prof),
                                      dataset="digits")))
     prof.write_text("[nodes.0]\nlocal_steps = 0\nlocal_epochs = 1\n")  # trains by epochs
@@ -192,3 +193,50 @@ def test_listen_refuses_in_process_hosting():
     with pytest.raises(ConfigError, match="--listen waits for `p2pfl node` processes"):
         from_sources(None, dict(topology="ring:2", in_process=True, procs=2,
                                 listen="tcp://127.0.0.1:5601"))
+
+
+@pytest.mark.parametrize("options, words", [
+    (dict(lr=float("inf")), "--lr must be positive and finite"),
+    (dict(weight_decay=float("nan")), "--weight-decay must be >= 0 and finite"),
+    (dict(weight_decay=float("inf")), "--weight-decay must be >= 0 and finite"),
+    (dict(slowdown=float("inf")), r"--slowdown must be in \[1, 1000\]"),
+    (dict(rounds=2**64), "--rounds must be at most 2147483647"),
+    (dict(batch_size=2**64), "--batch-size must be at most"),
+    (dict(host=""), "--host is empty"),
+    (dict(profiles=""), "--profiles is empty"),
+    (dict(availability=" "), "--availability is empty"),
+    (dict(churn="1:2:-1"), "SEED must be in"),
+    (dict(churn="1e-9:1"), "at least 0.01 s"),
+    (dict(link="up_mbps=1e-300"), "up_mbps must be at least 0.001"),
+    (dict(link="up_mbps=10,up_mbps=20"), "up_mbps is given twice"),
+    (dict(local_steps=0, target_accuracy=0.5), "evaluates nothing"),
+    (dict(listen="tcp://127.0.0.1:5557", transport="ipc"), "--transport ipc does not apply"),
+    (dict(keys="/tmp", secure=False), "does not combine with --no-secure"),
+    (dict(topology="ring:10000000"), "has 10000000 nodes; at most 16384"),
+    (dict(topology="torus:30000x30000"), "has 900000000 nodes"),
+    (dict(model="mlp:99999999999999999999"), r"integer sizes in \[1, 16777216\]"),
+])
+def test_values_that_hung_or_failed_after_the_start_are_refused_up_front(options, words):
+    """Each of these started the nodes and then failed or hung, or printed a traceback
+    (an audit of the CLI); now a ConfigError before any node."""
+    with pytest.raises((ConfigError, TopologyError), match=words):
+        plan(from_sources(None, dict(dict(dataset="digits", rounds=1), **options)))
+
+
+def test_a_config_file_that_is_not_utf8_or_an_empty_path_is_one_line(tmp_path):
+    latin = tmp_path / "c.toml"
+    latin.write_bytes(b"# r\xe9glages\nrounds = 1\n")
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        from_sources(str(latin), {})
+    with pytest.raises(ConfigError, match="--config is empty"):
+        from_sources("", {})
+    prof = tmp_path / "p.toml"
+    prof.write_text("[nodes.2]\nlr = -1\n")
+    with pytest.raises(ConfigError, match=r"node 2 \(.*p.toml\): lr must be positive"):
+        plan(from_sources(None, dict(topology="ring:4", profiles=str(prof))))
+
+
+def test_an_output_folder_whose_run_file_is_a_folder_is_refused(tmp_path):
+    (tmp_path / "run" / "metrics.jsonl").mkdir(parents=True)
+    with pytest.raises(UsageError, match="metrics.jsonl there is a folder"):
+        run_cluster("ring:3", rounds=1, out=str(tmp_path / "run"))

@@ -12,6 +12,11 @@ __all__ = [
 ]
 
 
+#: The most nodes a topology may have: its mixing matrix is a dense n x n float64
+#: array (2 GiB at this size), and its spectral gap an O(n^3) eigendecomposition.
+MAX_NODES = 16_384
+
+
 def _need(ok, message):
     if not ok:
         raise TopologyError(message)
@@ -148,6 +153,13 @@ def _parse_arg(name, placeholder, text):
             f"got {text!r}") from None
 
 
+def _check_size(spec, placeholders, values):
+    """The node count a spec asks for, before the graph is built: ``ring:10000000``
+    built for minutes (and ``ring:`` of 2**64 overflowed) before the count was checked."""
+    n = values[0] * values[1] if placeholders[0] == "RxC" else values[placeholders.index("N")]
+    _need(n <= MAX_NODES, f"{spec.strip()} has {n} nodes; at most {MAX_NODES} are supported")
+
+
 def _from_spec(spec, seed):
     name, *args = spec.strip().split(":")
     name = name.strip().lower().replace("-", "_")
@@ -162,6 +174,7 @@ def _from_spec(spec, seed):
     values = [_parse_arg(name, ph, a) for ph, a in zip(placeholders, args)]
     if placeholders[0] == "RxC":
         values = list(values[0])
+    _check_size(spec, placeholders, values)
     if random and len(args) < len(placeholders):
         values.append(0 if seed is None else int(seed))
     return GENERATORS[name](*values)

@@ -6,13 +6,9 @@ import networkx as nx
 
 from p2pfl.errors import TopologyError
 
-from .generators import _need
+from .generators import MAX_NODES, _need
 
 __all__ = ["MAX_NODES", "validate", "relabel"]
-
-#: The most nodes a topology may have: its mixing matrix is a dense n x n float64
-#: array (2 GiB at this size), and its spectral gap an O(n^3) eigendecomposition.
-MAX_NODES = 16_384
 
 
 def validate(G):

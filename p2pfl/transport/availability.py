@@ -46,6 +46,11 @@ class AvailabilitySpec:
         return bool(self.intervals) or self.churn_on_s > 0
 
 
+#: The shortest mean online or offline time of ``--churn``, in seconds: 1e-9 drew
+#: billions of periods and the run hung.
+MIN_CHURN_S = 0.01
+
+
 def parse_churn(text: str) -> tuple:
     """``"ON_S:OFF_S[:SEED]"`` → (on, off, seed)."""
     parts = str(text).split(":")
@@ -56,9 +61,11 @@ def parse_churn(text: str) -> tuple:
         seed = int(parts[2]) if len(parts) == 3 else 0
     except ValueError:
         raise ConfigError(f"--churn expects ON_S:OFF_S[:SEED], got {text!r}") from None
-    if not (0 < on < math.inf and 0 < off < math.inf):
-        raise ConfigError(f"--churn: mean online and offline times must be positive and "
-                          f"finite, got {text!r}")
+    if not (MIN_CHURN_S <= on < math.inf and MIN_CHURN_S <= off < math.inf):
+        raise ConfigError(f"--churn: mean online and offline times must be at least "
+                          f"{MIN_CHURN_S:g} s and finite, got {text!r}")
+    if not 0 <= seed < 2**32:
+        raise ConfigError(f"--churn: SEED must be in [0, 2**32), got {seed}")
     return on, off, seed
 
 

@@ -62,6 +62,11 @@ MAX_DELAY_MS = 3_600_000.0
 LOSSY_KINDS = frozenset({"model", "control", "update", "softlabels"})
 
 
+#: The slowest uplink emulated, in Mbit/s: 1 kbit/s.  At 1e-300 a message's
+#: transmission time overflowed the emulator's poll (its thread died) and the run hung.
+MIN_MBPS = 0.001
+
+
 @dataclass(frozen=True)
 class LinkSpec:
     """A node's emulated uplink: bandwidth (None: unlimited), one-way delay, loss."""
@@ -72,8 +77,9 @@ class LinkSpec:
     loss: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.up_mbps is not None and not (self.up_mbps > 0 and math.isfinite(self.up_mbps)):
-            raise ConfigError(f"link up_mbps must be positive and finite, got {self.up_mbps}")
+        if self.up_mbps is not None and not (MIN_MBPS <= self.up_mbps < math.inf):
+            raise ConfigError(f"link up_mbps must be at least {MIN_MBPS:g} (1 kbit/s) and "
+                              f"finite, got {self.up_mbps}")
         for name in ("latency_ms", "jitter_ms"):
             value = getattr(self, name)
             if not 0 <= value <= MAX_DELAY_MS:  # NaN fails too
@@ -99,6 +105,8 @@ def parse_link(value, where: str = "--link") -> dict:
             key, sep, text = item.partition("=")
             if not sep:
                 raise ConfigError(f"{where}: expected KEY=VALUE, got {item!r}")
+            if key.strip() in pairs:
+                raise ConfigError(f"{where}: {key.strip()} is given twice")
             try:
                 pairs[key.strip()] = float(text)
             except ValueError:
