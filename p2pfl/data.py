@@ -293,7 +293,8 @@ def _folder(kind, arg, data_dir):
         raise DataError(f"dataset {kind!r} needs a folder: {kind}:PATH")
     folder = Path(text).expanduser()
     if not folder.is_dir():
-        raise DataError(f"{kind} folder {str(folder)!r} does not exist")
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise DataError(f"{kind} folder {str(folder)!r} {what}")
     return folder
 
 

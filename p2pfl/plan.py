@@ -56,6 +56,7 @@ class Plan:
 def plan(cfg: RunConfig, graph=None) -> Plan:
     """Resolve and validate everything about a run; start nothing."""
     restarts = parse_restart(cfg.restart)
+    _check_codec_flags(cfg)
     if restarts and cfg.in_process:
         raise ConfigError("--restart on-failure restarts node processes; "
                           "it does not apply with --in-process")
@@ -63,6 +64,20 @@ def plan(cfg: RunConfig, graph=None) -> Plan:
     if graph is not None:  # config.json and the summary say what ran, not the default
         p = _graph_record(p, graph)
     return dataclasses.replace(p, restarts=restarts, keys=_run_keys(cfg, p.specs))
+
+
+def _check_codec_flags(cfg: RunConfig) -> None:
+    """Each codec flag's spec parses, and an error names its flag: two specs (up and
+    down) gave one message that did not say which was wrong."""
+    from .compression import make_codec
+
+    for flag, spec in (("--compression", cfg.compression),
+                       ("--compression-down", cfg.compression_down)):
+        if isinstance(spec, str) and spec not in ("none", "auto"):
+            try:
+                make_codec(spec)
+            except ConfigError as exc:
+                raise ConfigError(f"{flag} {spec}: {exc}") from None
 
 
 def _graph_record(p: Plan, graph) -> Plan:

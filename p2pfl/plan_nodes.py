@@ -191,8 +191,15 @@ def _check_devices(learns: list) -> None:
 
     wanted = sorted({learn.device for learn in learns if learn.device.startswith("cuda")})
     if wanted and not cuda_available():
-        raise ConfigError(f"--device {wanted[0]}: torch sees no CUDA GPU on this machine "
-                          "(use --device auto or cpu)")
+        raise ConfigError(f"device {wanted[0]} (--device or a profile): torch sees no CUDA "
+                          "GPU on this machine (use auto or cpu)")
+    import torch
+
+    count = torch.cuda.device_count() if wanted else 0
+    beyond = [d for d in wanted if d.partition(":")[2] and int(d.partition(":")[2]) >= count]
+    if beyond:
+        raise ConfigError(f"device {beyond[0]} (--device or a profile): this machine has "
+                          f"{count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
 
 
 def node_availability(cfg: RunConfig, labels: list, per_node: list) -> list:

@@ -38,8 +38,8 @@ def test_auto_trains_on_the_cpu_without_a_gpu(tmp_path):
 def test_cuda_without_a_gpu_is_refused_before_any_node_starts(tmp_path):
     proc, _ = _cluster(tmp_path, "--device", "cuda", "--rounds", "2")
     assert proc.returncode == 2
-    assert proc.stderr.strip() == ("p2pfl: error: --device cuda: torch sees no CUDA GPU on this "
-                                   "machine (use --device auto or cpu)")
+    assert proc.stderr.strip() == ("p2pfl: error: device cuda (--device or a profile): torch "
+                                   "sees no CUDA GPU on this machine (use auto or cpu)")
     assert not (tmp_path / "run" / "nodes.json").exists()
 
 

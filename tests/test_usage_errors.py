@@ -240,3 +240,9 @@ def test_an_output_folder_whose_run_file_is_a_folder_is_refused(tmp_path):
     (tmp_path / "run" / "metrics.jsonl").mkdir(parents=True)
     with pytest.raises(UsageError, match="metrics.jsonl there is a folder"):
         run_cluster("ring:3", rounds=1, out=str(tmp_path / "run"))
+
+
+def test_a_codec_error_names_its_flag():
+    with pytest.raises(ConfigError, match="--compression-down stc:2: stc:P needs"):
+        plan(from_sources(None, dict(mode="stc", nodes=4, compression="stc:0.05",
+                                     compression_down="stc:2")))
