@@ -250,6 +250,12 @@ class RunConfig:
             object.__setattr__(self, "topology", "ring:8")
 
     def _check_hosting(self) -> None:
+        if self.in_process and self.host not in (None, "127.0.0.1"):  # (set when left out)
+            raise ConfigError("--host is the tcp bind address; --in-process hosts talk over "
+                              "ipc and inproc, so it does not apply")
+        self._check_procs()
+
+    def _check_procs(self) -> None:
         """``--in-process``: actors in ``--procs`` host processes over ipc (tcp is the
         default and means "not chosen"), or in the launcher over inproc (one process)."""
         if self.listen and self.in_process:

@@ -11,6 +11,7 @@ resolve each node's offline periods and codec.  Every bad value raises a
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from .config import RunConfig, node_settings
 from .errors import ConfigError
@@ -218,6 +219,9 @@ def node_availability(cfg: RunConfig, labels: list, per_node: list) -> list:
         out.append(AvailabilitySpec(intervals=tuple(map(tuple, spans)) + tuple(trace.get(i, ())),
                                     churn_on_s=on, churn_off_s=off,
                                     seed=seed * 1_000_003 + i))
+    if out and all(any(a <= 0 and b == math.inf for a, b in s.intervals) for s in out):
+        raise ConfigError("every node is offline from the start for good (offline [0, inf]): "
+                          "no round can run")
     return out
 
 

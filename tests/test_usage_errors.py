@@ -215,6 +215,7 @@ def test_listen_refuses_in_process_hosting():
     (dict(topology="ring:10000000"), "has 10000000 nodes; at most 16384"),
     (dict(topology="torus:30000x30000"), "has 900000000 nodes"),
     (dict(model="mlp:99999999999999999999"), r"integer sizes in \[1, 16777216\]"),
+    (dict(in_process=True, host="8.8.8.8"), "--host is the tcp bind address"),
 ])
 def test_values_that_hung_or_failed_after_the_start_are_refused_up_front(options, words):
     """Each of these started the nodes and then failed or hung, or printed a traceback
@@ -246,3 +247,12 @@ def test_a_codec_error_names_its_flag():
     with pytest.raises(ConfigError, match="--compression-down stc:2: stc:P needs"):
         plan(from_sources(None, dict(mode="stc", nodes=4, compression="stc:0.05",
                                      compression_down="stc:2")))
+
+
+def test_a_run_whose_every_node_is_offline_for_good_is_refused(tmp_path):
+    prof = tmp_path / "off.toml"
+    prof.write_text("[default]\noffline = [[0, inf]]\n")
+    with pytest.raises(ConfigError, match="every node is offline from the start for good"):
+        plan(from_sources(None, dict(topology="ring:4", profiles=str(prof))))
+    prof.write_text("[nodes.1]\noffline = [[0, inf]]\n")  # one node leaving is a run
+    assert plan(from_sources(None, dict(topology="ring:4", profiles=str(prof))))
