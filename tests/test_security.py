@@ -110,6 +110,26 @@ def test_a_replayed_or_older_message_is_dropped(pair):
     sock.close()
 
 
+def test_a_key_cycling_routing_ids_keeps_a_bounded_table_and_its_floor(pair):
+    """Each new routing id of a key kept its last sequence number for good; past
+    MAX_ROUTES the oldest go, and a replay on an evicted route is still refused."""
+    from p2pfl.transport.endpoint import MAX_ROUTES
+
+    ctx, a, _, k0, k1 = pair
+    socks = [_client(ctx, k1, k0, a.address, routing_node=100 + i)  # a route each
+             for i in range(MAX_ROUTES + 20)]
+    for i, sock in enumerate(socks):
+        sock.send_multipart(pack("model", 1, 1, 1000 + i))
+    got = _drain(a, 1.0)
+    assert len(got) == MAX_ROUTES + 20
+    assert len(a._last_seq) <= MAX_ROUTES
+    again = _client(ctx, k1, k0, a.address, routing_node=99)
+    again.send_multipart(pack("model", 1, 1, 1000))  # an old number on a new route
+    assert _drain(a, 0.5) == [] and a.counters.dropped["replayed"] == 1
+    for sock in [*socks, again]:
+        sock.close()
+
+
 def test_an_allowed_key_waits_for_its_node_id():
     """A remote node admits its run's keys from keys.toml and learns later which
     node each stands for: messages in between are held, then delivered in order."""

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -65,6 +65,8 @@ MAX_HELD_PER_KEY = 64
 #: (each then dropped as an unknown sender) kept an entry each, for good.  A
 #: neighbour's hello that comes before its address is among them.
 MAX_STRANGERS = 1024
+#: Routes (processes, connections) of one CURVE key whose sequence numbers are kept.
+MAX_ROUTES = 16
 #: Send flags as plain integers (an enum's ``|`` builds a new enum member each time).
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
@@ -157,6 +159,8 @@ class Endpoint:
         self._gate = self._domain = None
         self._monitors: dict = {}  # monitor socket -> the socket it watches
         self._last_seq: dict = {}  # (sender, route, channel) -> latest sequence number
+        self._routes: dict = defaultdict(dict)  # (sender, channel) -> its routes, in order
+        self._seq_floor: dict = {}  # (sender, channel) -> latest of its evicted routes
         self._held: list = []  # (parts, channel) from allowed keys not yet bound to a node
         self._held_per: Counter = Counter()  # user (key) -> messages of it held
         self._ready: deque = deque()  # held messages whose sender became known
@@ -452,13 +456,32 @@ class Endpoint:
         if sender is None or sender != msg.src:
             self.counters.drop("spoofed")
             return None
-        key = (sender, msg.route, channel)  # a second process with the key counts apart
-        last = self._last_seq.get(key)
-        if last is not None and msg.seq <= last:
+        if not self._fresh(sender, msg.route, channel, msg.seq):
             self.counters.drop("replayed")
             return None
-        self._last_seq[key] = msg.seq
         return msg
+
+    def _fresh(self, sender, route: bytes, channel: str, seq: int) -> bool:
+        """Whether ``seq`` is later than the last one of ``sender``'s process on
+        ``route`` (a second process with the key counts apart; its sequence starts
+        at its start time in µs).  At most MAX_ROUTES routes a sender are kept: a key
+        holder cycling routing ids grew the table by one each.  An evicted route's
+        last number becomes the sender's floor, which every route must pass."""
+        key = (sender, route, channel)
+        last = self._last_seq.get(key, self._seq_floor.get((sender, channel)))
+        if last is not None and seq <= last:
+            return False
+        routes = self._routes[(sender, channel)]
+        routes[route] = None  # insertion order: the oldest first
+        if len(routes) > MAX_ROUTES:
+            old = next(iter(routes))
+            del routes[old]
+            evicted = self._last_seq.pop((sender, old, channel), None)
+            if evicted is not None:
+                floor = self._seq_floor.get((sender, channel), evicted)
+                self._seq_floor[(sender, channel)] = max(floor, evicted)
+        self._last_seq[key] = seq
+        return True
 
     def count_refusals(self) -> None:
         """Count the handshakes the CURVE sockets refused since the last look."""
