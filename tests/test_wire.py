@@ -197,13 +197,19 @@ def test_send_to_a_dead_peer_never_blocks(ctx):
     a.close()
 
 
-def test_hello_before_configuration_is_kept_then_strangers_dropped(ctx):
-    a = Endpoint(ctx, 0, "inproc://early-a")
-    b = Endpoint(ctx, 1, "inproc://early-b")
-    c = Endpoint(ctx, 7, "inproc://early-c")
+def _before_configuration(ctx, name: str, stranger: int) -> tuple:
+    """Node 0, its neighbour 1 and a stranger, both connected to it, and node 0's
+    mailbox before its configuration (its peers not known yet)."""
+    a = Endpoint(ctx, 0, f"inproc://{name}-a")
+    b = Endpoint(ctx, 1, f"inproc://{name}-b")
+    c = Endpoint(ctx, stranger, f"inproc://{name}-c")
     for e in (b, c):
         e.connect(0, a.address)
-    box = Mailbox(a)  # peers not known yet
+    return a, b, c, Mailbox(a)
+
+
+def test_hello_before_configuration_is_kept_then_strangers_dropped(ctx):
+    a, b, c, box = _before_configuration(ctx, "early", 7)
     b.send(0, "hello", 0)
     c.send(0, "hello", 0)
     assert box.poll_control(0.3) is None  # reads both hellos while waiting for config
@@ -218,12 +224,7 @@ def test_hello_before_configuration_is_kept_then_strangers_dropped(ctx):
 def test_strangers_heard_before_configuration_are_dropped_when_going_asynchronous(ctx):
     """A restarted asynchronous node took a stranger's early models into its queues,
     and its mix then failed on the unknown sender (KeyError: 99)."""
-    a = Endpoint(ctx, 0, "inproc://early-async-a")
-    b = Endpoint(ctx, 1, "inproc://early-async-b")
-    c = Endpoint(ctx, 99, "inproc://early-async-c")
-    for e in (b, c):
-        e.connect(0, a.address)
-    box = Mailbox(a)  # peers not known yet
+    a, b, c, box = _before_configuration(ctx, "early-async", 99)
     for rnd in (1, 2):
         b.send(0, "model", rnd, frames=[b"x"])
         c.send(0, "model", rnd, frames=[b"x"])
