@@ -193,8 +193,6 @@ def _cmd_node(args) -> int:
     from .spec import MAX_INT
 
     launcher_host, _ = tcp_address(args.connect, "--connect")
-    if args.id is not None and not 0 <= args.id <= MAX_INT:  # a run's ids are 0..N-1
-        raise UsageError(f"--id must be in [0, {MAX_INT}], got {args.id}")
     if not args.start_timeout > 0:
         raise UsageError(f"--start-timeout must be positive, got {args.start_timeout}")
     check_host(args.host)
@@ -210,6 +208,8 @@ def _cmd_node(args) -> int:
         node_id, security = node_security(args.key, args.id)
     elif node_id is None:
         raise UsageError("p2pfl node needs --id (or --key, whose name gives the id)")
+    if not 0 <= node_id <= MAX_INT:  # a run's ids are 0..N-1; a key's name may give it
+        raise UsageError(f"--id must be in [0, {MAX_INT}], got {node_id}")
 
     def report(reason: str) -> None:
         print(f"p2pfl: error: node {node_id}: {_one_line(reason)}", file=sys.stderr)

@@ -3,15 +3,22 @@
 A run member is trusted to run, not to be well formed: one record whose round is
 a string, a model frame of three bytes, or a bye whose ``dropped`` maps to strings
 ended the launcher (a ValueError or TypeError in the sink or the summary), so the
-run left no summary.  Each record and each field of a bye is checked here against
-the shape the launcher uses; what does not fit is left out and counted
-(``bad_report``), and the rest of the run goes on.  A record must also be of the
-node that sent it: one member cannot file records under another's id.
+run left no summary.  Each record, and each field of a bye, is checked here against
+the shape the launcher uses: the fields it computes with by type, and every record
+(a strategy's summary fields too) by whether it can be written as JSON (a field
+nested a thousand lists deep could not).  What does not fit is left out and counted
+(``bad_report``), and the rest of the run goes on.  A bye's unknown fields are left
+out too.  A record must be of the node that sent it: one member cannot file records
+under another's id.
 
 Pure functions of a message's fields; nothing here talks to a node.
 """
 
 from __future__ import annotations
+
+import json
+
+from .metrics import json_line
 
 __all__ = ["checked_records", "checked_final", "MAX_ROUND"]
 
@@ -29,6 +36,9 @@ _FINAL_COUNTS = ("bytes_sent", "bytes_received", "bytes_sent_unrecorded",
 _FINAL_PAIRS = ("sent_per_peer", "received_per_peer", "misses")  # [[peer, count], ...]
 _FINAL_TALLIES = ("dropped", "errors")  # {reason: count}
 _FINAL_TEXT = ("device", "behaviour", "role")
+#: what a server strategy adds to summary.json (its ``summary()``), and nothing else
+STRATEGY_KEYS = frozenset({"clusters", "split_rounds", "splits", "fd_bits", "fd_delta",
+                           "fd_coder"})
 
 
 def _count(v) -> bool:
@@ -52,7 +62,16 @@ def _record_ok(rec, node) -> bool:
     clusters = rec.get("cluster_accuracy")  # CFL: one per cluster
     if clusters is not None and not (isinstance(clusters, list) and all(map(_number, clusters))):
         return False
-    return all(rec.get(k) is None or _number(rec[k]) for k in _MEASURES)
+    return all(rec.get(k) is None or _number(rec[k]) for k in _MEASURES) and _writable(rec)
+
+
+def _writable(value, line=json_line) -> bool:
+    """Whether ``value`` can be written as JSON (what the sink and summary do)."""
+    try:
+        line(value)
+    except (ValueError, TypeError, RecursionError):
+        return False
+    return True
 
 
 def checked_records(meta: dict, frames, node) -> tuple[list, object, int]:
@@ -101,9 +120,10 @@ def checked_final(meta: dict, node) -> tuple[dict, int]:
         elif key == "absent":
             ok = isinstance(value, list) and all(type(j) in (int, str) for j in value)
         elif key == "strategy":  # a server strategy's own summary fields
-            ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
+            ok = isinstance(value, dict) and set(value) <= STRATEGY_KEYS and \
+                _writable(value, json.dumps)
         else:
-            ok = isinstance(key, str)
+            ok = key == "node"
         if ok:
             out[key] = value
         else:

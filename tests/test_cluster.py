@@ -178,10 +178,13 @@ def test_remote_nodes_join_a_listening_launcher(tmp_path):
     assert summary["failed_nodes"] == {} and summary["bytes_sent_total"] > 0
 
 
-def test_compressed_gossip_with_per_node_codecs(tmp_path):
+@pytest.mark.parametrize("other", ["quant:0.001+cabac", "none"])
+def test_compressed_gossip_with_per_node_codecs(tmp_path, other):
+    """Node 0 has a codec of its own; ``none`` is not in the run's codec table, and its
+    peers took it for a stranger's codec (a review of the table check)."""
     prof = tmp_path / "codecs.toml"
     prof.write_text('[default]\ncompression = "stc:0.1+golomb"\n'
-                    '[nodes.0]\ncompression = "quant:0.001+cabac"\n')
+                    f'[nodes.0]\ncompression = "{other}"\n')
     res = p2pfl.run_cluster("ring:4", rounds=4, in_process=True, quiet=True,
                             out=str(tmp_path / "run"), profiles=str(prof))
     s = res.summary

@@ -126,3 +126,10 @@ def test_a_report_keeps_its_well_formed_parts_only():
                                     "strategy": []}, 1)
     assert final == {"node": 1, "bytes_sent": 7, "misses": [[0, 2]]} and dropped == 3
     assert checked_final({"node": 0, "bytes_sent": 7}, 1) == ({}, 1)  # another's bye
+    deep: list = []
+    for _ in range(1000):  # msgpack carries it; JSON could not write it (RecursionError)
+        deep = [deep]
+    assert checked_records({"records": [dict(rec, label=deep)]}, [], 1) == ([], None, 1)
+    final, dropped = checked_final({"node": 1, "extra": 1, "strategy": {"failed_nodes": {}},
+                                    "role": "coordinator"}, 1)
+    assert final == {"node": 1, "role": "coordinator"} and dropped == 2

@@ -93,8 +93,10 @@ class FD(Strategy):
                 raise ValueError(f"delta against round {base}, which is not held")
             previous = held[1]
         labels = read_label_packet(packet, self.m, self.classes, self.bits, previous)
-        if not np.isfinite(labels).all():
-            raise ValueError("non-finite soft labels")
+        if not (np.isfinite(labels).all() and np.abs(labels).max(initial=0.0) <= 2.0):
+            # probabilities (a delta's reconstruction within a step of them): 3e38 from
+            # two workers overflowed the ensemble's mean, sent to every worker
+            raise ValueError("soft labels must be finite probabilities")
         return labels
 
     def aggregate(self, rnd: int, replies: list) -> None:
