@@ -169,3 +169,17 @@ def test_an_update_or_full_copy_beyond_the_range_is_refused(value):
         copies.decode(full)
     ok = torch.full((64,), 2.0 ** 63)
     assert copies.decode(Packet(codec.name, codec.encode(ok), round=1, sender=1)).tensor.max() > 0
+
+
+def test_fd_float32_soft_labels_must_be_probabilities():
+    """Raw float32 soft labels (``--fd-bits 0``) of 3e38 from two workers overflowed the
+    ensemble's mean to inf, which went to every worker."""
+    from p2pfl.strategies import make_strategy
+    from p2pfl.strategies.softlabels import label_packet
+    from tests._strategy_ctx import server_ctx
+
+    server = make_strategy("fd", server_ctx("fd", workers=[0, 1], fd_bits=0, fd_delta=False))
+    probs = np.full((server.m, server.classes), 1.0 / server.classes, np.float32)
+    assert server.decode(0, label_packet(probs, 0)).shape == probs.shape
+    with pytest.raises(ValueError, match="must be probabilities"):
+        server.decode(0, label_packet(np.full_like(probs, 3.0e38), 0))

@@ -93,10 +93,12 @@ class FD(Strategy):
                 raise ValueError(f"delta against round {base}, which is not held")
             previous = held[1]
         labels = read_label_packet(packet, self.m, self.classes, self.bits, previous)
-        if not (np.isfinite(labels).all() and np.abs(labels).max(initial=0.0) <= 2.0):
-            # probabilities (a delta's reconstruction within a step of them): 3e38 from
-            # two workers overflowed the ensemble's mean, sent to every worker
-            raise ValueError("soft labels must be finite probabilities")
+        if not np.isfinite(labels).all():
+            raise ValueError("non-finite soft labels")
+        if self.bits == 0 and not np.abs(labels).max(initial=0.0) <= 1.0:
+            # raw float32 must be probabilities (quantised ones are levels, checked as
+            # decoded): 3e38 from two workers overflowed the ensemble sent to every worker
+            raise ValueError("float32 soft labels must be probabilities")
         return labels
 
     def aggregate(self, rnd: int, replies: list) -> None:
