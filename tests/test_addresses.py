@@ -237,8 +237,9 @@ def _join_as(addr: str, node_id, control: str) -> None:
 def test_a_node_that_dies_before_the_launcher_reaches_it_is_waited_for_again(tmp_path, last):
     """A node whose process joins and dies before the launcher's connection to it is up
     was never seen as lost: its id stayed taken, a new process for it was refused, and
-    the run failed at its start time-out (its neighbours never heard from it).  Its connection now counts as down once the
-    launcher's attempt to make it is refused, so that a new process takes its place;
+    the run failed at its start time-out (its neighbours never heard from it).  Its
+    connection now counts as down once the launcher's attempt to make it is refused, so
+    that a new process takes its place;
     and the configs go out only once every node's connection is up, so that one that
     joined last is waited for again too (``last``), not failed after them.  Joins whose
     control address ZeroMQ cannot connect to are refused (they ended the launcher with a
