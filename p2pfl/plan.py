@@ -69,13 +69,11 @@ def plan(cfg: RunConfig, graph=None) -> Plan:
 def _check_codec_flags(cfg: RunConfig) -> None:
     """Each codec flag's spec parses, and an error names its flag: two specs (up and
     down) gave one message that did not say which was wrong."""
-    from .compression import make_codec
-
     for flag, spec in (("--compression", cfg.compression),
                        ("--compression-down", cfg.compression_down)):
         if isinstance(spec, str) and spec not in ("none", "auto"):
             try:
-                make_codec(spec)
+                check_codec(spec)
             except ConfigError as exc:
                 raise ConfigError(f"{flag} {spec}: {exc}") from None
 

@@ -191,12 +191,14 @@ def _check_devices(learns: list) -> None:
     from .learner import cuda_available
 
     wanted = sorted({learn.device for learn in learns if learn.device.startswith("cuda")})
-    if wanted and not cuda_available():
+    if not wanted:
+        return
+    if not cuda_available():
         raise ConfigError(f"device {wanted[0]} (--device or a profile): torch sees no CUDA "
                           "GPU on this machine (use auto or cpu)")
     import torch
 
-    count = torch.cuda.device_count() if wanted else 0
+    count = torch.cuda.device_count()
     beyond = [d for d in wanted if d.partition(":")[2] and int(d.partition(":")[2]) >= count]
     if beyond:
         raise ConfigError(f"device {beyond[0]} (--device or a profile): this machine has "

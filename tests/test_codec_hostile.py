@@ -136,7 +136,8 @@ def test_an_stc_worker_refuses_a_downlink_that_makes_its_model_nan():
 
 def test_a_neighbour_may_name_only_a_codec_of_the_run():
     """A peer named any spec, and so set the decoder's cost: an all-zero chained
-    ``powersgd:511:alternate`` message of 758 bytes cost its receiver 16 s of CPU."""
+    ``powersgd:511:alternate`` message of under 1 kB made its receiver orthonormalise
+    rank 511 in Python."""
     from p2pfl.algorithms.public import PublicCopies
 
     own = make_codec("stc:0.1+golomb", shapes=[(8, 8)])

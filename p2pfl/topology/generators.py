@@ -156,9 +156,9 @@ def _parse_arg(name, placeholder, text):
 def _check_size(spec, placeholders, values):
     """The node count a spec asks for, before the graph is built: ``ring:10000000``
     built for minutes (and ``ring:`` of 2**64 overflowed) before the count was checked."""
-    n = values[0] * values[1] if placeholders[0] == "RxC" else values[placeholders.index("N")]
     if placeholders[0] == "RxC" and min(values[:2]) < 1:
         return  # torus says what is wrong with its sides
+    n = values[0] * values[1] if placeholders[0] == "RxC" else values[placeholders.index("N")]
     _need(n <= MAX_NODES, f"{spec.strip()} has {n} nodes; at most {MAX_NODES} are supported")
 
 
