@@ -26,6 +26,7 @@ __all__ = ["Packet", "GossipAlgorithm", "dense_packet", "dense_tensor", "renorma
 #: and residual) stay finite.  A finite 3e38 overflowed them to inf, and the node
 #: failed on its own non-finite model a round later.
 MAX_MAGNITUDE = 2.0 ** 64
+_FLOAT32 = np.dtype("<f4")
 
 
 @dataclass
@@ -47,8 +48,24 @@ class Packet:
 
 def dense_packet(x: torch.Tensor) -> Packet:
     """A raw little-endian float32 packet of ``x`` (zero-copy view)."""
-    arr = x.detach().to(torch.float32).contiguous().numpy()
-    return Packet("none", [memoryview(arr.reshape(-1)).cast("B")], [list(arr.shape)], ["float32"])
+    arr = _float32_view(x)
+    shape = list(arr.shape)
+    if arr.ndim != 1:
+        arr = arr.reshape(-1)
+    return Packet("none", [memoryview(arr).cast("B")], [shape], ["float32"])
+
+
+def _float32_view(x: torch.Tensor) -> np.ndarray:
+    """``x`` as a C-contiguous float32 numpy array: a view where it is one already (a
+    CPU tensor outside autograd: one call, where the general path makes four, in a
+    node's every round), else a converted copy."""
+    try:
+        arr = x.numpy()
+    except (RuntimeError, TypeError):  # on a GPU, needs grad, or a dtype numpy lacks
+        arr = None
+    if arr is None or arr.dtype != np.float32 or not arr.flags.c_contiguous:
+        arr = x.detach().to(torch.float32).contiguous().numpy()
+    return arr
 
 
 def dense_tensor(packet: Packet, numel: int, copy: bool = True,
@@ -62,9 +79,11 @@ def dense_tensor(packet: Packet, numel: int, copy: bool = True,
     leaves the finiteness test to the caller (D-PSGD's mix makes it in the same
     pass as its sum).
     """
-    if packet.codec != "none" or packet.dtypes != ["float32"] or len(packet.frames) != 1:
+    frames, dtypes = packet.frames, packet.dtypes
+    if packet.codec != "none" or len(dtypes) != 1 or dtypes[0] != "float32" \
+            or len(frames) != 1:
         raise ValueError("not a raw float32 packet")
-    arr = np.frombuffer(packet.frames[0], dtype="<f4")
+    arr = np.frombuffer(frames[0], dtype=_FLOAT32)
     if arr.size != numel:
         raise ValueError(f"packet has {arr.size} values, expected {numel}")
     if copy or not arr.flags.writeable:

@@ -46,8 +46,8 @@ def _c_sum(x: torch.Tensor, w_self: float, vectors: list, weights: list):
     partial sum with weight 1, which is exact: the bits are those of one
     left-to-right sum."""
     try:
-        first = x.detach().numpy()
-        arrays = [v.detach().numpy() for v in vectors]
+        first = _array(x)
+        arrays = [_array(v) for v in vectors]
     except (RuntimeError, TypeError):  # not on the CPU, or a dtype numpy lacks
         return None
     shape = first.shape
@@ -60,15 +60,23 @@ def _c_sum(x: torch.Tensor, w_self: float, vectors: list, weights: list):
     # pages over the first rounds (a third more page faults, 13 % more peak memory, the
     # same throughput: BENCHMARKS.md, "Ninth run").
     flat, w0 = np.empty(shape, first.dtype), float(w_self)
-    out = torch.from_numpy(flat)
+    arrays, weights = tuple(arrays), tuple(map(float, weights))
     try:
         for at in range(0, max(1, len(arrays)), _MAX_TERMS):
-            finite = _c.weighted_sum(flat, first, w0, tuple(arrays[at:at + _MAX_TERMS]),
-                                     tuple(float(w) for w in weights[at:at + _MAX_TERMS]))
+            finite = _c.weighted_sum(flat, first, w0, arrays[at:at + _MAX_TERMS],
+                                     weights[at:at + _MAX_TERMS])
             first, w0 = flat, 1.0  # out may be the kernel's x (_kernel.c)
     except (TypeError, ValueError, BufferError):  # not float32, or not contiguous
         return None
-    return out, finite  # the last chunk's test covers the whole sum
+    return torch.from_numpy(flat), finite  # the last chunk's test covers the whole sum
+
+
+def _array(t: torch.Tensor) -> np.ndarray:
+    """The numpy view of a CPU tensor; ``detach`` only for one that needs grad."""
+    try:
+        return t.numpy()
+    except RuntimeError:
+        return t.detach().numpy()
 
 
 def weighted_sum(x: torch.Tensor, w_self: float, vectors: list, weights: list) -> torch.Tensor:

@@ -86,7 +86,8 @@ def bind_address(scheme: str, name: str, host: str = "127.0.0.1", run_dir: str =
 def _measure(parts: list, curve: bool) -> tuple[int, int]:
     """A message's bytes as sent (header plus frames), and on the wire (ZMTP framing,
     and CURVE's, included)."""
-    sizes = [len(p) if isinstance(p, bytes) else memoryview(p).nbytes for p in parts]
+    sizes = [p.nbytes if type(p) is memoryview else len(p) if isinstance(p, bytes)
+             else memoryview(p).nbytes for p in parts]
     return sum(sizes), wire_bytes(sizes, curve)
 
 
@@ -395,11 +396,12 @@ class Endpoint:
                 return None
             if self._monitors and any(m in ready for m in self._monitors):
                 self.count_refusals()  # a monitor has news: a refused handshake
-            sock = next((s for s in self._inputs if s in ready), None)  # control first
-            if sock is None:
+            for sock, channel in self._inputs.items():  # control first
+                if sock in ready:
+                    break
+            else:
                 continue
             parts = recv_parts(sock)
-            channel = self._inputs[sock]
             msg = self._validate(parts, channel)
             if msg is not None:
                 return self._accept(msg, channel)

@@ -359,6 +359,8 @@ class Mailbox:
 
     def take_requests(self, kind: str) -> dict:
         """``{sender: round}`` of the ``kind`` requests received so far (each once)."""
+        if not self._requests:  # mostly: a gossip node asks for two kinds each round
+            return {}
         return {src: msg.round for src, msg in self._requests.pop(kind, {}).items()}
 
     def first(self, kind: str, round: int, peers, asked, timeout: float) -> Message | None:
