@@ -1,0 +1,107 @@
+"""Small-model round cost of two source trees, alternated in the same run (issue 10).
+
+    python benchmarks/round_ab.py --tree OLD [--tree NEW] [--pairs 3] [--rounds 4000]
+
+Runs ``p2pfl cluster --topology ring:8 --dataset digits --model mlp:135 --local-steps 0
+--no-consensus`` (exchange only, 10,135 parameters: the transport benchmark's 10 K case)
+from each tree in turn (``PYTHONPATH`` set to the tree; the C extensions must be built
+in it, or copied in), ``--pairs`` times, and prints for each run:
+
+* **wall a round**: from the nodes' own clocks, the last record's round time minus
+  that of round ``rounds // 8`` (start-up and the first rounds left out), per round;
+* **node CPU a round**: each node's ``process_cpu_s`` (every thread) over the same
+  rounds, the mean over the 8 nodes;
+* **whole-run CPU a round**: user and system CPU of the launcher and every node
+  process, start-up included (``RUSAGE_CHILDREN`` around the run), per round.
+
+The trees default to this checkout for ``NEW``.  Medians per tree go to
+``benchmarks/results/round_ab.json``.  The machine's speed drifts between sessions and
+within one, so only the alternated pairs compare; the figures are not comparable with
+another run's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from p2pfl.metrics import read_metrics, write_json_atomic  # noqa: E402
+
+
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _commit(tree: str) -> str:
+    """The tree's commit, with ``+`` when it has uncommitted changes."""
+    def git(*a):
+        return subprocess.run(["git", "-C", tree, *a], capture_output=True, text=True).stdout
+    return git("rev-parse", "--short", "HEAD").strip() + ("+" if git("status", "--porcelain",
+                                                                        "--untracked-files=no")
+                                                          else "")
+
+
+def one_run(tree: str, rounds: int, tmp: str) -> dict:
+    """One exchange-only ring of 8 from ``tree``: its per-round figures."""
+    out = os.path.join(tmp, "run")
+    env = dict(os.environ, PYTHONPATH=tree)
+    cpu0 = _children_cpu()
+    subprocess.run([sys.executable, "-m", "p2pfl.cli", "cluster", "--topology", "ring:8",
+                    "--dataset", "digits", "--model", "mlp:135", "--local-steps", "0",
+                    "--rounds", str(rounds), "--no-consensus", "-q", "--out", out],
+                   cwd=tree, env=env, check=True)
+    total_cpu = _children_cpu() - cpu0
+    recs = read_metrics(os.path.join(out, "metrics.jsonl"))
+    end, cpu = {}, {}
+    for r in recs:
+        end[r["round"]] = max(end.get(r["round"], 0.0), r["wall_s"])
+        cpu[(r["node"], r["round"])] = r["process_cpu_s"]
+    first, last = rounds // 8, rounds
+    nodes = sorted({n for n, _ in cpu})
+    span = last - first
+    return {"wall_ms_per_round": 1e3 * (end[last] - end[first]) / span,
+            "node_cpu_us_per_round": 1e6 * statistics.mean(
+                cpu[(n, last)] - cpu[(n, first)] for n in nodes) / span,
+            "run_cpu_us_per_round": 1e6 * total_cpu / rounds}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tree", action="append", required=True,
+                    help="a source tree (give it once for OLD, and again for NEW)")
+    ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=4000)
+    args = ap.parse_args()
+    trees = [os.path.abspath(t) for t in args.tree] + ([ROOT] if len(args.tree) == 1 else [])
+    if len(trees) != 2 or args.pairs < 1 or args.rounds < 16:
+        ap.error("give one or two --tree, --pairs of at least 1, --rounds of at least 16")
+    runs: dict = {t: [] for t in trees}
+    with tempfile.TemporaryDirectory(prefix="p2pfl-round-ab-") as tmp:
+        for pair in range(args.pairs):
+            for tree in trees:
+                r = one_run(tree, args.rounds, tmp)
+                runs[tree].append(r)
+                print(f"  pair {pair + 1}, {tree}: wall {r['wall_ms_per_round']:.3f} ms a "
+                      f"round, node CPU {r['node_cpu_us_per_round']:.1f} µs a round, whole "
+                      f"run {r['run_cpu_us_per_round']:.1f} µs of CPU a round", flush=True)
+    medians = {t: {k: statistics.median(r[k] for r in v) for k in v[0]} for t, v in runs.items()}
+    old, new = (medians[t] for t in trees)
+    print("medians, " + " -> ".join(_commit(t) for t in trees) + ":")
+    for key in old:
+        print(f"{key}: {old[key]:.3f} -> {new[key]:.3f} ({100 * (new[key] / old[key] - 1):+.1f} %)")
+    write_json_atomic(os.path.join(ROOT, "benchmarks", "results", "round_ab.json"),
+                      {"trees": trees, "commits": [_commit(t) for t in trees], "rounds": args.rounds, "pairs": args.pairs,
+                       "runs": runs, "median": medians})
+
+
+if __name__ == "__main__":
+    main()
