@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .addresses import check_run_addresses
-from .config import RunConfig, from_sources
+from .config import RunConfig
+from .config_files import from_sources
 from . import signals
 from .errors import ClusterError, UsageError
 from .metrics import MetricsSink, write_json_atomic

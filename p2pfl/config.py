@@ -1,35 +1,20 @@
-"""Run configuration: one frozen dataclass, TOML files, flag overrides, node profiles.
+"""Run configuration: one frozen dataclass of every option, checked when built.
 
-Precedence, lowest first: the defaults below, the ``--config`` TOML file,
-then command-line flags.  Per-node settings come from a node profile file
-(``--profiles nodes/NAME.toml``)::
-
-    [default]            # applies to every node
-    local_steps = 10
-
-    [nodes."lab-a"]      # a node, by its graph label (or its integer id)
-    lr = 0.1
-    data_share = 2.0
+Its values come from the defaults below, a ``--config`` TOML file and flags, and
+per-node settings from a profile file (:mod:`~p2pfl.config_files`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 import os
 from dataclasses import dataclass, field, fields
 
 from .errors import ConfigError
 from .spec import MAX_INT, MAX_SLOWDOWN, is_device
-from .transport.links import parse_link
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
-
-__all__ = ["RunConfig", "load_toml", "from_sources", "NODE_KEYS", "node_settings"]
+__all__ = ["RunConfig", "NODE_KEYS", "SERVER_MODES", "MODES", "MODE_OPTIONS"]
 
 #: The server modes: the names in ``strategies.STRATEGIES``, in its order (a test
 #: checks that they agree).  Written out so that reading a configuration, and
@@ -380,142 +365,3 @@ def _flag(name: str) -> str:
 def _one_of(name: str, value, valid) -> None:
     if value not in valid:
         raise ConfigError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
-
-
-def load_toml(path: str) -> dict:
-    """Read a TOML file; an unreadable or invalid file is a :class:`ConfigError`."""
-    if not str(path).strip():
-        raise ConfigError("an empty path names no TOML file")
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:  # TOML is UTF-8 (a Latin-1 comment is not)
-        raise ConfigError(f"{path} is not UTF-8 text: {exc.reason} at byte {exc.start}") \
-            from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-
-
-def _coerce(name: str, value, source: str):
-    """Check a value from TOML or a flag against the field's type."""
-    ftype = {f.name: f.type for f in fields(RunConfig)}[name]
-    if value is None:
-        return None
-    if "bool" in ftype and not isinstance(value, bool):
-        raise ConfigError(f"{source}: {name} must be true or false, got {value!r}")
-    if ftype.startswith("int"):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise ConfigError(f"{source}: {name} must be an integer, got {value!r}")
-        return int(value)  # numpy's integers too
-    if ftype.startswith("float"):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise ConfigError(f"{source}: {name} must be a number, got {value!r}")
-        return float(value)
-    if ftype.startswith("str") and isinstance(value, os.PathLike):
-        value = os.fspath(value)  # a pathlib.Path for out, topology, profiles, ...
-    if ftype.startswith("str") and not isinstance(value, str):
-        raise ConfigError(f"{source}: {name} must be a string, got {value!r}")
-    return value
-
-
-def from_sources(config_file: str | None = None, overrides: dict | None = None) -> RunConfig:
-    """Build a :class:`RunConfig` from defaults, a TOML file and explicit overrides.
-
-    ``overrides`` holds only the options the user set (``None`` values are
-    ignored), so flags win over the file.  Unknown keys are errors.
-    """
-    known = {f.name for f in fields(RunConfig)} - {"node_overrides"}
-    values: dict = {}
-    if config_file is not None:
-        if not str(config_file).strip():
-            raise ConfigError("--config is empty")
-        values = _file_options(config_file, known)
-    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
-    for key, value in (overrides or {}).items():
-        if key not in known:
-            raise ConfigError(f"unknown option {key!r}")
-    for pair in (("nodes", "topology"), ("topology", "nodes")):
-        if pair[0] in flags and pair[1] not in flags:  # a flag wins over the file's other
-            values.pop(pair[1], None)
-    for key, value in flags.items():
-        values[key] = _coerce(key, value, "option")
-    cfg = RunConfig(**values)
-    if cfg.profiles:
-        cfg = cfg.replace(node_overrides=read_profiles(cfg.profiles))
-    return cfg
-
-
-#: Options naming a file or folder: in a config file, relative to the file's folder
-#: when it exists there, else to the working directory.
-PATH_OPTIONS = ("topology", "profiles", "availability", "keys", "data_dir")
-
-
-def _file_options(config_file: str, known: set) -> dict:
-    """The options of a TOML config file: top-level keys, or those of a ``[p2pfl]``
-    table (not both), checked and typed; relative paths resolved (PATH_OPTIONS)."""
-    data = load_toml(config_file)
-    if isinstance(data.get("p2pfl"), dict):
-        others = sorted(set(data) - {"p2pfl"})
-        if others:
-            raise ConfigError(f"{config_file}: option(s) {', '.join(others)} outside the "
-                              "[p2pfl] table; put every option in it, or none")
-        data = data["p2pfl"]
-    values, seen = {}, {}
-    for key, value in data.items():
-        name = key.replace("-", "_")
-        if name not in known:
-            raise ConfigError(f"{config_file}: unknown option {key!r}")
-        if name in seen:
-            raise ConfigError(f"{config_file}: {seen[name]!r} and {key!r} are the same option")
-        seen[name] = key
-        values[name] = _coerce(name, value, config_file)
-    base = os.path.dirname(os.path.abspath(config_file))
-    for name in PATH_OPTIONS:
-        given = values.get(name)
-        if isinstance(given, str) and given and not os.path.isabs(given):
-            candidate = os.path.join(base, given)
-            values[name] = candidate if os.path.exists(candidate) else given
-    return values
-
-
-def read_profiles(path: str) -> dict:
-    """Parse a node profile file into ``{"default": {...}, "nodes": {label: {...}}}``."""
-    data = load_toml(path)
-    unknown_sections = set(data) - {"default", "nodes"}
-    if unknown_sections:
-        raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(unknown_sections))}; "
-                          "valid: default, nodes")
-    default, nodes = data.get("default", {}), data.get("nodes", {})
-    for where, table in (("[default]", default), ("[nodes]", nodes)):
-        if not isinstance(table, dict):
-            raise ConfigError(f"{path}: {where} must be a table, got {table!r}")
-    nodes = {str(k): v for k, v in nodes.items()}
-    for where, table in [("default", default), *((f"nodes.{k}", v) for k, v in nodes.items())]:
-        if not isinstance(table, dict):
-            raise ConfigError(f"{path}: [{where}] must be a table of node options, "
-                              f"got {table!r}")
-        bad = set(table) - NODE_KEYS
-        if bad:
-            raise ConfigError(f"{path}: [{where}] sets unknown node option(s) "
-                              f"{', '.join(sorted(bad))}; valid: {', '.join(sorted(NODE_KEYS))}")
-    return {"default": default, "nodes": nodes}
-
-
-def node_settings(cfg: RunConfig, own: dict, label) -> dict:
-    """The options of one node: the run's, then the profile's default, then its own
-    table ``own`` (see ``plan_nodes.own_tables``)."""
-    base = {k: getattr(cfg, k) for k in NODE_KEYS if hasattr(cfg, k)}
-    base.setdefault("data_share", 1.0)
-    base.setdefault("behaviour", "honest")
-    base.setdefault("offline", [])
-    prof = cfg.node_overrides or {}
-    # a link is merged key by key: --link, then the profile's default, then the node's own
-    link = parse_link(cfg.link) if cfg.link else {}
-    for where, table in (("[default]", prof.get("default", {})), (f"[nodes.{label}]", own)):
-        base.update(table)
-        if "link" in table:
-            link.update(parse_link(table["link"], f"profile {where} link"))
-    base["link"] = link
-    return base

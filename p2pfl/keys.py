@@ -135,7 +135,7 @@ def _is_z85_key(key) -> bool:
 
 def read_key_table(path: str) -> tuple:
     """``(launcher public key, {name: public key})`` from a ``keys.toml``."""
-    from .config import tomllib
+    from .config_files import tomllib
 
     try:
         with open(path, "rb") as fh:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from .config import RunConfig, node_settings
+from .config import RunConfig
+from .config_files import node_settings
 from .errors import ConfigError
 from .spec import LearnSpec
 from .strategies import BEHAVIOURS

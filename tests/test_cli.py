@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from p2pfl.config import RunConfig, from_sources, node_settings
+from p2pfl.config import RunConfig
+from p2pfl.config_files import from_sources, node_settings
 from p2pfl.errors import ConfigError
 from p2pfl.plan_nodes import own_tables
 

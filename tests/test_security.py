@@ -113,7 +113,7 @@ def test_a_replayed_or_older_message_is_dropped(pair):
 def test_a_key_cycling_routing_ids_keeps_a_bounded_table_and_its_floor(pair):
     """Each new routing id of a key kept its last sequence number for good; past
     MAX_ROUTES the oldest go, and a replay on an evicted route is still refused."""
-    from p2pfl.transport.endpoint import MAX_ROUTES
+    from p2pfl.transport.senders import MAX_ROUTES
 
     ctx, a, _, k0, k1 = pair
     socks = [_client(ctx, k1, k0, a.address, routing_node=100 + i)  # a route each
@@ -122,7 +122,7 @@ def test_a_key_cycling_routing_ids_keeps_a_bounded_table_and_its_floor(pair):
         sock.send_multipart(pack("model", 1, 1, 1000 + i))
     got = _drain(a, 1.0)
     assert len(got) == MAX_ROUTES + 20
-    assert len(a._last_seq) <= MAX_ROUTES
+    assert len(a.senders._last_seq) <= MAX_ROUTES
     again = _client(ctx, k1, k0, a.address, routing_node=99)
     again.send_multipart(pack("model", 1, 1, 1000))  # an old number on a new route
     assert _drain(a, 0.5) == [] and a.counters.dropped["replayed"] == 1
@@ -164,7 +164,7 @@ def test_a_run_member_that_is_no_neighbour_cannot_fill_the_held_store():
         assert _drain(a, 1.0) == []
         neighbour.send_multipart(pack("hello", 5, 0, 10**17))
         assert _drain(a, 0.5) == []
-        assert len(a._held) == 65
+        assert len(a.senders._held) == 65
         a.bind_key(5, k5.public)
         assert [(m.src, m.kind) for m in _drain(a, 0.3)] == [(5, "hello")]
     finally:

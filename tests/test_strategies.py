@@ -376,7 +376,7 @@ def test_a_worker_sends_its_reply_again_for_a_round_a_restarted_coordinator_repe
     """Serving the repeated round anew encoded a second update: error feedback then
     counted the first one's unsent part twice, and CFD's second labels were not those
     the server already held."""
-    from p2pfl.config import from_sources
+    from p2pfl.config_files import from_sources
     from p2pfl.plan import plan
     from p2pfl.server.worker import Worker
     from p2pfl.transport.wire import Message

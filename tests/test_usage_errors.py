@@ -12,7 +12,7 @@ import pytest
 
 from p2pfl import run_cluster
 from p2pfl.compression.registry import build_codec
-from p2pfl.config import from_sources
+from p2pfl.config_files import from_sources
 from p2pfl.errors import ConfigError, TopologyError, UsageError
 from p2pfl.plan import plan
 

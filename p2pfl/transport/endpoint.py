@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections import Counter, defaultdict, deque
+from collections import deque
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -44,7 +44,8 @@ from .counters import OTHERS, ByteCounter
 from .framing import setup_bytes, wire_bytes
 from .links import LOSSY_KINDS, LinkEmulator, LinkSpec
 from .security import HANDSHAKE_EVENTS, Security, gate, handshake_drop
-from .sockets import claims, dealer, identity, recv_parts
+from .senders import Senders
+from .sockets import dealer, identity, recv_parts
 from .wire import DEFAULT_LIMITS, Limits, Message, ProtocolError, pack, unpack
 
 __all__ = ["Endpoint", "bind_address", "identity", "COMMAND_KINDS"]
@@ -55,18 +56,11 @@ COMMAND_KINDS = frozenset({"config", "start", "heartbeat", "stop", "peer"})
 #: How long a command other than a heartbeat may wait for room in a full queue.
 COMMAND_WAIT_S = 2.0
 
-#: Messages from allowed keys not yet bound to a node id that are held, at most, and
-#: at most per key (a neighbour says hello and sends a few rounds before its key is
-#: bound; a run member that is no neighbour must not fill the store for the others).
-MAX_HELD = 10_000
-MAX_HELD_PER_KEY = 64
 #: Senders this endpoint does not connect to that its counters keep apart; the rest
 #: are counted together, under OTHERS.  A stranger naming a fresh id for each message
 #: (each then dropped as an unknown sender) kept an entry each, for good.  A
 #: neighbour's hello that comes before its address is among them.
 MAX_STRANGERS = 1024
-#: Routes (processes, connections) of one CURVE key whose sequence numbers are kept.
-MAX_ROUTES = 16
 #: Send flags as plain integers (an enum's ``|`` builds a new enum member each time).
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
@@ -89,20 +83,6 @@ def _measure(parts: list, curve: bool) -> tuple[int, int]:
     sizes = [p.nbytes if type(p) is memoryview else len(p) if isinstance(p, bytes)
              else memoryview(p).nbytes for p in parts]
     return sum(sizes), wire_bytes(sizes, curve)
-
-
-def _property(frame: zmq.Frame, name: str) -> str | None:
-    """A received frame's connection metadata ``name``, or None where it has none."""
-    try:
-        return frame.get(name)
-    except zmq.ZMQError:
-        return None
-
-
-def _over_inproc(frame: zmq.Frame) -> bool:
-    """Whether a frame came over ``inproc://``: every connection of a network or ipc
-    engine names its peer's socket type in the ZMTP handshake, inproc's none."""
-    return _property(frame, "Socket-Type") is None
 
 
 def _ms(seconds: float) -> int:
@@ -154,16 +134,12 @@ class Endpoint:
         self.hwm = hwm
         self.counters = ByteCounter()
         self.security = security
-        self.process_ids = process_ids  # senders' routing ids may name their process
         self.codec_names: tuple = ()  # the run's codec table (use_codec_names)
         self._codec_ids: dict | None = None
         self._gate = self._domain = None
         self._monitors: dict = {}  # monitor socket -> the socket it watches
-        self._last_seq: dict = {}  # (sender, route, channel) -> latest sequence number
-        self._routes: dict = defaultdict(dict)  # (sender, channel) -> its routes, in order
-        self._seq_floor: dict = {}  # (sender, channel) -> latest of its evicted routes
-        self._held: list = []  # (parts, channel) from allowed keys not yet bound to a node
-        self._held_per: Counter = Counter()  # user (key) -> messages of it held
+        # who sent each message (routing ids, CURVE keys, replays): senders.py
+        self.senders = Senders(security, self.counters, process_ids)
         self._ready: deque = deque()  # held messages whose sender became known
         self._seq = itertools.count(time.time_ns() // 1000 if security else 0)
         if security is not None:
@@ -427,10 +403,7 @@ class Endpoint:
     def bind_key(self, node, public) -> None:
         """CURVE: ``public`` is ``node``'s key (told by the launcher); the messages
         held from that key are delivered next, in order."""
-        self.security.bind(node, public)
-        held, self._held = self._held, []
-        self._held_per.clear()  # what stays unbound is held (and counted) again
-        for parts, channel in held:
+        for parts, channel in self.senders.bind(node, public):
             msg = self._validate(parts, channel)
             if msg is not None:
                 self._ready.append((msg, channel))
@@ -442,48 +415,7 @@ class Endpoint:
             self.counters.drop("malformed")
             return None
         msg.route = parts[0].bytes
-        if self.security is None or _over_inproc(parts[1]):
-            if not (claims(msg.route, msg.src) if self.process_ids
-                    else msg.route == identity(msg.src)):
-                self.counters.drop("spoofed")
-                return None
-            return msg
-        user = _property(parts[1], "User-Id")
-        sender = self.security.node_of(user)
-        if sender is None and user and self.security.allows(user):  # its node not known yet
-            if len(self._held) < MAX_HELD and self._held_per[user] < MAX_HELD_PER_KEY:
-                self._held.append((parts, channel))
-                self._held_per[user] += 1
-                return None
-        if sender is None or sender != msg.src:
-            self.counters.drop("spoofed")
-            return None
-        if not self._fresh(sender, msg.route, channel, msg.seq):
-            self.counters.drop("replayed")
-            return None
-        return msg
-
-    def _fresh(self, sender, route: bytes, channel: str, seq: int) -> bool:
-        """Whether ``seq`` is later than the last one of ``sender``'s process on
-        ``route`` (a second process with the key counts apart; its sequence starts
-        at its start time in µs).  At most MAX_ROUTES routes a sender are kept: a key
-        holder cycling routing ids grew the table by one each.  An evicted route's
-        last number becomes the sender's floor, which every route must pass."""
-        key = (sender, route, channel)
-        last = self._last_seq.get(key, self._seq_floor.get((sender, channel)))
-        if last is not None and seq <= last:
-            return False
-        routes = self._routes[(sender, channel)]
-        routes[route] = None  # insertion order: the oldest first
-        if len(routes) > MAX_ROUTES:
-            old = next(iter(routes))
-            del routes[old]
-            evicted = self._last_seq.pop((sender, old, channel), None)
-            if evicted is not None:
-                floor = self._seq_floor.get((sender, channel), evicted)
-                self._seq_floor[(sender, channel)] = max(floor, evicted)
-        self._last_seq[key] = seq
-        return True
+        return msg if self.senders.check(msg, parts, channel) else None
 
     def count_refusals(self) -> None:
         """Count the handshakes the CURVE sockets refused since the last look."""
