@@ -161,9 +161,15 @@ class GossipNode:
         online = [j for j in self.neighbours if self._streak[j] < SUSPECT_AFTER
                   and j not in away]
         chosen = set(self.algorithm.targets(online)) | set(special)
+        plain = []  # those that get this round's packet: packed once for all
         for j in self.neighbours:
             if j in chosen and j not in away:
-                self.rt.send(j, "model", rnd, special.get(j, packet))
+                if j in special:
+                    self.rt.send(j, "model", rnd, special[j])
+                else:
+                    plain.append(j)
+        if plain:
+            self.rt.send_many(plain, "model", rnd, packet)
 
     def expected(self, rnd: int) -> list:
         """Neighbours to wait for this round.
@@ -230,8 +236,7 @@ class GossipNode:
         return rnd if self.rt.stopped else self.rejoin(rnd)
 
     def leave(self, rnd: int, done: bool = False) -> None:
-        for j in self.neighbours:
-            self.rt.send(j, "leave", rnd, **({"done": True} if done else {}))
+        self.rt.send_many(self.neighbours, "leave", rnd, **({"done": True} if done else {}))
 
     def rejoin(self, rnd: int) -> int:
         """Back (or restarted) at round ``rnd``: ask the neighbours that are present for

@@ -96,11 +96,17 @@ class Runtime:
 
     def send(self, peer, kind: str, rnd: int, packet: Packet | None = None, **meta) -> int:
         """Send ``packet`` (or an empty message) to ``peer``; return the bytes sent."""
+        return self.send_many((peer,), kind, rnd, packet, **meta)
+
+    def send_many(self, peers, kind: str, rnd: int, packet: Packet | None = None,
+                  **meta) -> int:
+        """:meth:`send` to each of ``peers``, the message packed once."""
         if packet is None:
-            return self.endpoint.send(peer, kind, rnd, meta=meta or None)
-        return self.endpoint.send(peer, kind, rnd, frames=packet.frames, codec=packet.codec,
-                                  shapes=packet.shapes, dtypes=packet.dtypes,
-                                  meta=dict(packet.meta or {}, **meta))
+            return self.endpoint.send_many(peers, kind, rnd, meta=meta or None)
+        return self.endpoint.send_many(peers, kind, rnd, frames=packet.frames,
+                                       codec=packet.codec, shapes=packet.shapes,
+                                       dtypes=packet.dtypes,
+                                       meta=dict(packet.meta or {}, **meta))
 
     def gather(self, kind: str, rnd: int, peers, timeout: float) -> dict:
         """``{peer: Packet}`` of round ``rnd`` from ``peers``, waiting at most ``timeout`` s.

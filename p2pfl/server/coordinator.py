@@ -113,8 +113,7 @@ class Coordinator:
         while not finished:
             rnd += 1
             participants = self.strategy.select(rnd, self.available(), self.rng)
-            for w, packet in self.strategy.configure(rnd, participants).items():
-                self.rt.send(w, "control", rnd, packet)
+            self.instruct(rnd, self.strategy.configure(rnd, participants))
             replies = self.collect(rnd, participants)
             self.account(rnd, replies)
             self.strategy.aggregate(rnd, replies)
@@ -198,6 +197,15 @@ class Coordinator:
             else:
                 n, since = self._silent.get(r.worker, (0, rnd))
                 self._silent[r.worker] = (n + 1, since)
+
+    def instruct(self, rnd: int, packets: dict) -> None:
+        """Send each worker its packet of ``{worker: packet}``; the workers that share
+        one packet object (FedAvg's global model) get it packed once."""
+        groups: dict = {}
+        for w, packet in packets.items():
+            groups.setdefault(id(packet), (packet, []))[1].append(w)
+        for packet, workers in groups.values():
+            self.rt.send_many(workers, "control", rnd, packet)
 
     def collect(self, rnd: int, participants: list) -> list:
         """Replies of this round's participants: content, or an error saying why not."""

@@ -283,14 +283,32 @@ class Endpoint:
         ``fields`` are those of :func:`wire.pack` (frames, codec, shapes,
         dtypes, meta).
         """
+        return self.send_many((peer,), kind, round, **fields)
+
+    def send_many(self, peers, kind: str, round: int = 0, **fields) -> int:
+        """Send one message to each of ``peers`` (as :meth:`send` does), packed once: its
+        header names no receiver, and one sequence number serves them all (each
+        receiver checks the numbers of its own senders).  Returns the bytes sent."""
+        table = self._commands if kind in COMMAND_KINDS else self._peers
+        parts = sizes = None
+        sent = 0
+        for peer in peers:
+            sock = table.get(peer)
+            if sock is None:
+                self.counters.drop("send_unknown_peer")
+                continue
+            if parts is None:
+                parts = pack(kind, self.node_id, round, next(self._seq),
+                             codec_ids=self._codec_ids, **fields)
+                sizes = _measure(parts, self.security is not None)
+            sent += self._deliver(sock, peer, kind, round, parts, *sizes)
+        return sent
+
+    def _deliver(self, sock, peer, kind: str, round: int, parts: list, nbytes: int,
+                 wire: int) -> int:
+        """Queue one packed message on ``peer``'s socket (or emulated link) and count it;
+        0 when its queue is full."""
         command = kind in COMMAND_KINDS
-        sock = (self._commands if command else self._peers).get(peer)
-        if sock is None:
-            self.counters.drop("send_unknown_peer")
-            return 0
-        parts = pack(kind, self.node_id, round, next(self._seq), codec_ids=self._codec_ids,
-                     **fields)
-        nbytes, wire = _measure(parts, self.security is not None)
         if sock is self._link:  # counted when it leaves the emulated uplink
             if sock.backlog(peer) >= self.hwm:  # as a real socket's full queue
                 self.counters.drop("send_queue_full")
