@@ -1,9 +1,11 @@
 """Small-model round cost of two source trees, alternated in the same run (issue 10).
 
     python benchmarks/round_ab.py --tree OLD [--tree NEW] [--pairs 3] [--rounds 4000]
+                                  [--model mlp:135]
 
 Runs ``p2pfl cluster --topology ring:8 --dataset digits --model mlp:135 --local-steps 0
---no-consensus`` (exchange only, 10,135 parameters: the transport benchmark's 10 K case)
+--no-consensus`` (exchange only; ``--model`` sets the size: ``mlp:135`` has 10,135 parameters, the
+transport benchmark's 10 K case, ``mlp:13500`` its 1 M case)
 from each tree in turn (``PYTHONPATH`` set to the tree; the C extensions must be built
 in it, or copied in), ``--pairs`` times, and prints for each run:
 
@@ -15,9 +17,9 @@ in it, or copied in), ``--pairs`` times, and prints for each run:
   process, start-up included (``RUSAGE_CHILDREN`` around the run), per round.
 
 The trees default to this checkout for ``NEW``.  Medians per tree go to
-``benchmarks/results/round_ab.json``.  The machine's speed drifts between sessions and
-within one, so only the alternated pairs compare; the figures are not comparable with
-another run's.
+``benchmarks/results/round_ab.json`` (``round_ab_mlp_13500.json`` and so on for another
+model).  The machine's speed drifts between sessions and within one, so only the
+alternated pairs compare; the figures are not comparable with another run's.
 """
 
 from __future__ import annotations
@@ -50,13 +52,13 @@ def _commit(tree: str) -> str:
                                                           else "")
 
 
-def one_run(tree: str, rounds: int, tmp: str) -> dict:
+def one_run(tree: str, rounds: int, tmp: str, model: str = "mlp:135") -> dict:
     """One exchange-only ring of 8 from ``tree``: its per-round figures."""
     out = os.path.join(tmp, "run")
     env = dict(os.environ, PYTHONPATH=tree)
     cpu0 = _children_cpu()
     subprocess.run([sys.executable, "-m", "p2pfl.cli", "cluster", "--topology", "ring:8",
-                    "--dataset", "digits", "--model", "mlp:135", "--local-steps", "0",
+                    "--dataset", "digits", "--model", model, "--local-steps", "0",
                     "--rounds", str(rounds), "--no-consensus", "-q", "--out", out],
                    cwd=tree, env=env, check=True)
     total_cpu = _children_cpu() - cpu0
@@ -80,6 +82,7 @@ def main() -> None:
                     help="a source tree (give it once for OLD, and again for NEW)")
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=4000)
+    ap.add_argument("--model", default="mlp:135")
     args = ap.parse_args()
     trees = [os.path.abspath(t) for t in args.tree] + ([ROOT] if len(args.tree) == 1 else [])
     if len(trees) != 2 or args.pairs < 1 or args.rounds < 16:
@@ -88,7 +91,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="p2pfl-round-ab-") as tmp:
         for pair in range(args.pairs):
             for tree in trees:
-                r = one_run(tree, args.rounds, tmp)
+                r = one_run(tree, args.rounds, tmp, args.model)
                 runs[tree].append(r)
                 print(f"  pair {pair + 1}, {tree}: wall {r['wall_ms_per_round']:.3f} ms a "
                       f"round, node CPU {r['node_cpu_us_per_round']:.1f} µs a round, whole "
@@ -98,8 +101,10 @@ def main() -> None:
     print("medians, " + " -> ".join(_commit(t) for t in trees) + ":")
     for key in old:
         print(f"{key}: {old[key]:.3f} -> {new[key]:.3f} ({100 * (new[key] / old[key] - 1):+.1f} %)")
-    write_json_atomic(os.path.join(ROOT, "benchmarks", "results", "round_ab.json"),
-                      {"trees": trees, "commits": [_commit(t) for t in trees], "rounds": args.rounds, "pairs": args.pairs,
+    name = "round_ab" + ("" if args.model == "mlp:135" else "_" + args.model.replace(":", "_"))
+    write_json_atomic(os.path.join(ROOT, "benchmarks", "results", name + ".json"),
+                      {"trees": trees, "commits": [_commit(t) for t in trees],
+                       "model": args.model, "rounds": args.rounds, "pairs": args.pairs,
                        "runs": runs, "median": medians})
 
 

@@ -61,6 +61,8 @@ COMMAND_WAIT_S = 2.0
 #: (each then dropped as an unknown sender) kept an entry each, for good.  A
 #: neighbour's hello that comes before its address is among them.
 MAX_STRANGERS = 1024
+#: Frames of at least this many bytes that go to several peers are shared (_shared).
+SHARED_FROM = 1024
 #: Send flags as plain integers (an enum's ``|`` builds a new enum member each time).
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
@@ -83,6 +85,14 @@ def _measure(parts: list, curve: bool) -> tuple[int, int]:
     sizes = [p.nbytes if type(p) is memoryview else len(p) if isinstance(p, bytes)
              else memoryview(p).nbytes for p in parts]
     return sum(sizes), wire_bytes(sizes, curve)
+
+
+def _shared(parts: list) -> list:
+    """``parts`` with each frame of ``SHARED_FROM`` bytes or more as a ``zmq.Frame``:
+    copied into one ZeroMQ message (or, past pyzmq's copy threshold, taken without a
+    copy) that each send then shares by reference, where a buffer is copied anew for
+    every send."""
+    return [p if len(p) < SHARED_FROM else zmq.Frame(p) for p in parts]
 
 
 def _ms(seconds: float) -> int:
@@ -286,9 +296,11 @@ class Endpoint:
         return self.send_many((peer,), kind, round, **fields)
 
     def send_many(self, peers, kind: str, round: int = 0, **fields) -> int:
-        """Send one message to each of ``peers`` (as :meth:`send` does), packed once: its
-        header names no receiver, and one sequence number serves them all (each
-        receiver checks the numbers of its own senders).  Returns the bytes sent."""
+        """Send one message to each of ``peers`` (a list or tuple; as :meth:`send` does),
+        packed once: its header names no receiver, and one sequence number serves them
+        all (each receiver checks the numbers of its own senders).  For two peers or
+        more, each large frame becomes one ZeroMQ message that every send shares (one
+        copy of a model, not one a peer).  Returns the bytes sent."""
         table = self._commands if kind in COMMAND_KINDS else self._peers
         parts = sizes = None
         sent = 0
@@ -301,6 +313,8 @@ class Endpoint:
                 parts = pack(kind, self.node_id, round, next(self._seq),
                              codec_ids=self._codec_ids, **fields)
                 sizes = _measure(parts, self.security is not None)
+                if len(peers) > 1:
+                    parts = _shared(parts)
             sent += self._deliver(sock, peer, kind, round, parts, *sizes)
         return sent
 
