@@ -7,7 +7,9 @@
   models of about 10 K, 1 M and 10 M float32 parameters (``mlp:135``, ``mlp:13500``,
   ``mlp:135000`` on digits).  Throughput = bytes sent in the timed rounds / time
   from the end of the last warm-up round to the end of the last round (the nodes'
-  own clocks).  Every contender first runs ``--warmup`` rounds that are not timed:
+  own clocks), over ``--rounds`` rounds (the 10 K case: 100 times as many, after 10
+  times the warm-up; ``SMALL_ROUNDS``).  Every contender first runs ``--warmup``
+  rounds that are not timed:
   the first rounds fault in the process's model-sized buffers as the heap grows to
   its steady state (at 10 M parameters rounds 2–5 took about 0.6 s each, later
   ones 0.1–0.4 s).
@@ -64,6 +66,11 @@ from p2pfl.atomic import write_atomic  # noqa: E402
 from p2pfl.metrics import read_metrics, write_json_atomic  # noqa: E402
 
 SIZES = {"10K": "mlp:135", "1M": "mlp:13500", "10M": "mlp:135000"}
+#: The 10 K case runs this many times ``--rounds`` (2,000 by default) after this many
+#: times ``--warmup``: its rounds take about a millisecond, and the 200 it ran before
+#: (a quarter of a second, right after start-up) moved its median by a tenth from run
+#: to run (BENCHMARKS.md, "Tenth and eleventh runs").
+SMALL_ROUNDS, SMALL_WARMUP = 100, 10
 NODES = 8
 
 
@@ -267,8 +274,9 @@ def main() -> None:
         for name, model in SIZES.items():
             if name not in args.sizes:
                 continue
-            rounds = args.rounds if name != "10K" else 10 * args.rounds
-            warmup = max(1, args.warmup)
+            small = name == "10K"
+            rounds = args.rounds * (SMALL_ROUNDS if small else 1)
+            warmup = max(1, args.warmup) * (SMALL_WARMUP if small else 1)
             runs = {"raw": [], "raw_kept": [], "floor": [], "floor_nomix": [], "ours": []}
             for _ in range(args.repeats):
                 o = ours(model, rounds, tmp, warmup)
