@@ -69,7 +69,7 @@ SIZES = {"10K": "mlp:135", "1M": "mlp:13500", "10M": "mlp:135000"}
 #: The 10 K case runs this many times ``--rounds`` (2,000 by default) after this many
 #: times ``--warmup``: its rounds take about a millisecond, and the 200 it ran before
 #: (a quarter of a second, right after start-up) moved its median by a tenth from run
-#: to run (BENCHMARKS.md, "Tenth and eleventh runs").
+#: to run (BENCHMARKS.md, "Tenth to thirteenth runs").
 SMALL_ROUNDS, SMALL_WARMUP = 100, 10
 NODES = 8
 
