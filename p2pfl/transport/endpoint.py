@@ -45,7 +45,7 @@ from .framing import setup_bytes, wire_bytes
 from .links import LOSSY_KINDS, LinkEmulator, LinkSpec
 from .security import HANDSHAKE_EVENTS, Security, gate, handshake_drop
 from .senders import Senders
-from .sockets import dealer, identity, recv_parts
+from .sockets import dealer, identity, put_parts, recv_parts, shared_frames
 from .wire import DEFAULT_LIMITS, Limits, Message, ProtocolError, pack, unpack
 
 __all__ = ["Endpoint", "bind_address", "identity", "COMMAND_KINDS"]
@@ -61,11 +61,6 @@ COMMAND_WAIT_S = 2.0
 #: (each then dropped as an unknown sender) kept an entry each, for good.  A
 #: neighbour's hello that comes before its address is among them.
 MAX_STRANGERS = 1024
-#: Frames of at least this many bytes that go to several peers are shared (_shared).
-SHARED_FROM = 1024
-#: Send flags as plain integers (an enum's ``|`` builds a new enum member each time).
-_NOBLOCK = int(zmq.NOBLOCK)
-_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
 
 def bind_address(scheme: str, name: str, host: str = "127.0.0.1", run_dir: str = "/tmp") -> str:
@@ -85,14 +80,6 @@ def _measure(parts: list, curve: bool) -> tuple[int, int]:
     sizes = [p.nbytes if type(p) is memoryview else len(p) if isinstance(p, bytes)
              else memoryview(p).nbytes for p in parts]
     return sum(sizes), wire_bytes(sizes, curve)
-
-
-def _shared(parts: list) -> list:
-    """``parts`` with each frame of ``SHARED_FROM`` bytes or more as a ``zmq.Frame``:
-    copied into one ZeroMQ message (or, past pyzmq's copy threshold, taken without a
-    copy) that each send then shares by reference, where a buffer is copied anew for
-    every send."""
-    return [p if len(p) < SHARED_FROM else zmq.Frame(p) for p in parts]
 
 
 def _ms(seconds: float) -> int:
@@ -314,7 +301,7 @@ class Endpoint:
                              codec_ids=self._codec_ids, **fields)
                 sizes = _measure(parts, self.security is not None)
                 if len(peers) > 1:
-                    parts = _shared(parts)
+                    parts = shared_frames(parts)
             sent += self._deliver(sock, peer, kind, round, parts, *sizes)
         return sent
 
@@ -329,7 +316,7 @@ class Endpoint:
                 return 0
             sock.send(peer, parts, (round, nbytes, kind, wire), lossy=kind in LOSSY_KINDS)
             return nbytes
-        if not self._put(sock, parts, COMMAND_WAIT_S if command and kind != "heartbeat" else 0):
+        if not put_parts(sock, parts, COMMAND_WAIT_S if command and kind != "heartbeat" else 0):
             self.counters.drop("command_queue_full" if command else "send_queue_full")
             return 0
         self.counters.add("sent", peer, round, nbytes, kind, wire=wire)
@@ -353,37 +340,13 @@ class Endpoint:
             return 0
         try:
             parts = pack(kind, self.node_id, 0, next(self._seq), **fields)
-            if not self._put(sock, parts, 0):  # a new connection's queue has room
+            if not put_parts(sock, parts, 0):  # a new connection's queue has room
                 return 0
         finally:
             sock.close()  # lingers: the message still leaves
         nbytes, wire = _measure(parts, self.security is not None)
         self.counters.add("sent", peer, 0, nbytes, kind, wire=wire)
         return nbytes
-
-    @staticmethod
-    def _put(sock: zmq.Socket, parts: list, wait: float) -> bool:
-        """Queue ``parts``; with a full queue, wait up to ``wait`` s for room.
-
-        The parts go one ``send`` each, with plain integer flags: what pyzmq's
-        ``send_multipart`` does, less its per-part type checks and flag-enum
-        arithmetic (the parts here are bytes and memoryviews, from ``pack``).
-        ZeroMQ takes a message whole or not at all: only its first part can find
-        the queue full.
-        """
-        deadline = None
-        send, last = sock.send, len(parts) - 1
-        while True:
-            try:
-                for k, part in enumerate(parts):
-                    send(part, _NOBLOCK if k == last else _MORE_NOBLOCK, copy=False)
-                return True
-            except zmq.Again:
-                if deadline is None:
-                    deadline = time.monotonic() + wait
-                left = deadline - time.monotonic()
-                if left <= 0 or not sock.poll(int(left * 1000) + 1, zmq.POLLOUT):
-                    return False
 
     def recv(self, timeout: float | None) -> Message | None:
         """Receive one valid message, waiting at most ``timeout`` seconds.

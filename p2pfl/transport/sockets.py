@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import secrets
+import time
 from typing import Callable
 
 import msgpack
@@ -12,7 +13,16 @@ import zmq
 
 from .liveness import heartbeat_options
 
-__all__ = ["dealer", "identity", "process_identity", "claims", "recv_parts"]
+__all__ = ["dealer", "identity", "process_identity", "claims", "recv_parts", "put_parts",
+           "shared_frames", "SHARED_FROM"]
+
+
+#: Frames of at least this many bytes that go to several peers are shared
+#: (:func:`shared_frames`).
+SHARED_FROM = 1024
+#: Send flags as plain integers (an enum's ``|`` builds a new enum member each time).
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
 
 def dealer(ctx: zmq.Context, peer, address: str, *, routing_id: bytes, hwm: int,
@@ -75,3 +85,36 @@ def recv_parts(sock: zmq.Socket) -> list:
         part = recv(0, copy=False)
         parts.append(part)
     return parts
+
+
+def put_parts(sock: zmq.Socket, parts: list, wait: float) -> bool:
+    """Queue ``parts``; with a full queue, wait up to ``wait`` s for room.
+
+    The parts go one ``send`` each, with plain integer flags: what pyzmq's
+    ``send_multipart`` does, less its per-part type checks and flag-enum
+    arithmetic (the parts here are bytes, memoryviews and frames: what ``pack`` and
+    :func:`shared_frames` make).
+    ZeroMQ takes a message whole or not at all: only its first part can find
+    the queue full.
+    """
+    deadline = None
+    send, last = sock.send, len(parts) - 1
+    while True:
+        try:
+            for k, part in enumerate(parts):
+                send(part, _NOBLOCK if k == last else _MORE_NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            if deadline is None:
+                deadline = time.monotonic() + wait
+            left = deadline - time.monotonic()
+            if left <= 0 or not sock.poll(int(left * 1000) + 1, zmq.POLLOUT):
+                return False
+
+
+def shared_frames(parts: list) -> list:
+    """``parts`` with each frame of ``SHARED_FROM`` bytes or more as a ``zmq.Frame``:
+    copied into one ZeroMQ message (or, past pyzmq's copy threshold, taken without a
+    copy) that each send then shares by reference, where a buffer is copied anew for
+    every send."""
+    return [p if len(p) < SHARED_FROM else zmq.Frame(p) for p in parts]
