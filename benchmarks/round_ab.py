@@ -39,17 +39,18 @@ from p2pfl.metrics import read_metrics, write_json_atomic  # noqa: E402
 
 
 def _children_cpu() -> float:
+    """User and system CPU seconds of every child process waited for so far."""
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime
 
 
 def _commit(tree: str) -> str:
-    """The tree's commit, with ``+`` when it has uncommitted changes."""
-    def git(*a):
-        return subprocess.run(["git", "-C", tree, *a], capture_output=True, text=True).stdout
-    return git("rev-parse", "--short", "HEAD").strip() + ("+" if git("status", "--porcelain",
-                                                                        "--untracked-files=no")
-                                                          else "")
+    """The tree's commit, with ``+`` when a tracked file has uncommitted changes."""
+    def git(*args) -> str:
+        return subprocess.run(["git", "-C", tree, *args], capture_output=True,
+                              text=True).stdout
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return git("rev-parse", "--short", "HEAD").strip() + ("+" if dirty else "")
 
 
 def one_run(tree: str, rounds: int, tmp: str, model: str = "mlp:135") -> dict:
