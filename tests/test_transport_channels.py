@@ -161,3 +161,35 @@ def test_the_launchers_news_of_a_dead_peer_ends_the_wait_for_it(ctx):
     assert box.finish and not box.stopped
     for e in (node, launcher):
         e.close(linger=0)
+
+
+def test_a_message_for_several_peers_is_packed_once_and_counted_for_each(ctx):
+    """send_many: one header and sequence number for all; every peer gets the same
+    bytes (a large frame shared as one ZeroMQ message), each send is counted as a
+    send would be, and an unknown peer is a counted drop, not a failure."""
+    import numpy as np
+
+    from p2pfl.transport.sockets import SHARED_FROM, shared_frames
+
+    sender = Endpoint(ctx, 0, "tcp://127.0.0.1:*")
+    peers = {j: Endpoint(ctx, j, "tcp://127.0.0.1:*") for j in (1, 2)}
+    boxes = {j: Mailbox(ep, peers={0}) for j, ep in peers.items()}
+    for j, ep in peers.items():
+        sender.connect(j, ep.address)
+    x = np.arange(10_000, dtype=np.float32)  # 40 kB: shared
+    small = np.arange(4, dtype=np.float32)  # 16 B: sent as it is
+    frames = [memoryview(x).cast("B"), memoryview(small).cast("B")]
+    kw = dict(frames=frames, shapes=[[x.size], [small.size]], dtypes=["float32"] * 2)
+    sent = sender.send_many([1, 2, 9], "model", 1, **kw)  # 9: no such peer
+    one = sender.send(1, "model", 2, **kw)
+    got = {j: box.collect("model", 1, [0], timeout=5.0)[0] for j, box in boxes.items()}
+    assert sent == 2 * one and sender.counters.dropped["send_unknown_peer"] == 1
+    assert got[1].seq == got[2].seq  # packed once
+    for msg in got.values():
+        assert bytes(msg.frames[0]) == x.tobytes() and bytes(msg.frames[1]) == small.tobytes()
+    assert sender.counters.payload("sent", [1, 2]) == 3 * one
+    assert sender.counters.count("sent", peers=[1, 2]) == 3
+    assert [type(p) is zmq.Frame for p in shared_frames(frames)] == [True, False]
+    assert len(frames[1]) < SHARED_FROM <= len(frames[0])
+    for ep in [sender, *peers.values()]:
+        ep.close(0)
