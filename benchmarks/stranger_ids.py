@@ -7,7 +7,11 @@ connection to node 0's data port for each of ``--ids`` ids, sends one ``hello``
 unknown sender), and closes it.  Measures node 0's resident memory (VmRSS) before
 and after, and the drops its summary counts.  ``--tree`` runs another checkout.
 
-    python benchmarks/stranger_ids.py [--tree DIR] [--ids 40000]
+    python benchmarks/stranger_ids.py [--tree DIR] [--ids 40000] [--bare]
+
+``--bare`` floods a bare pyzmq ROUTER instead (a child process that only receives,
+no p2pfl node): what ZeroMQ and the C heap keep of the same connections, the baseline
+for the node's growth.
 
 Writes ``benchmarks/results/stranger_ids.json`` (one entry per tree, commit and id
 count; an entry of the same three is replaced).
@@ -96,11 +100,61 @@ def one_run(tree: str, ids: int) -> dict:
         end_all([launcher])
 
 
+def _bare_router(ports, stop) -> None:
+    """A ROUTER on a loopback port that receives and drops until ``stop``; then it
+    puts how many messages it took."""
+    import zmq
+
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    ports.put(router.bind_to_random_port("tcp://127.0.0.1"))
+    taken = 0
+    while not stop.is_set():
+        if router.poll(100):
+            router.recv_multipart(copy=False)
+            taken += 1
+    ports.put(taken)
+    ctx.destroy(linger=0)
+
+
+def bare_run(ids: int) -> dict:
+    """The same flood against a bare pyzmq ROUTER (``--bare``)."""
+    import multiprocessing as mp
+
+    ports, stop = mp.Queue(), mp.Event()
+    child = mp.Process(target=_bare_router, args=(ports, stop))
+    child.start()
+    try:
+        port = ports.get(timeout=30)
+        time.sleep(0.5)
+        before = rss_mib(child.pid)
+        seconds = flood(f"tcp://127.0.0.1:{port}", ids)
+        time.sleep(3)
+        after = rss_mib(child.pid)
+        stop.set()
+        taken = ports.get(timeout=30)
+    finally:
+        stop.set()
+        child.join(10)
+    return {"rss_before_mib": before, "rss_after_mib": after,
+            "flood_seconds": round(seconds, 1), "received": taken}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tree", default=ROOT, help="the checkout whose CLI runs")
     ap.add_argument("--ids", type=int, default=40000)
+    ap.add_argument("--bare", action="store_true",
+                    help="flood a bare pyzmq ROUTER (the baseline), not a node")
     args = ap.parse_args()
+    if args.bare:
+        r = bare_run(args.ids)
+        print(f"bare pyzmq ROUTER: {args.ids} stranger ids in {r['flood_seconds']} s; "
+              f"VmRSS {r['rss_before_mib']} -> {r['rss_after_mib']} MiB; "
+              f"{r['received']} received")
+        save_entry(OUT, {"tree": "bare pyzmq ROUTER", "commit": "-", "ids": args.ids, **r},
+                   ("tree", "commit", "ids"))
+        return 0
     tree = os.path.abspath(args.tree)
     r = one_run(tree, args.ids)
     commit = commit_of(tree)
