@@ -22,10 +22,26 @@ def coordinator_rounds(recs: list) -> int:
     return sum(r.get("role") == "coordinator" for r in recs)
 
 
-def commit_of(tree: str) -> str:
-    """The short commit a checkout is at."""
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, text=True,
-                          capture_output=True).stdout.strip()
+def commit_of(tree: str, dirty: bool = False) -> str:
+    """The short commit a checkout is at; with ``dirty``, and ``+`` after it when a
+    tracked file has uncommitted changes."""
+    def git(*args) -> str:
+        return subprocess.run(["git", *args], cwd=tree, text=True,
+                              capture_output=True).stdout
+    changed = dirty and git("status", "--porcelain", "--untracked-files=no")
+    return git("rev-parse", "--short", "HEAD").strip() + ("+" if changed else "")
+
+
+def round_span(recs: list, first: int, last: int) -> tuple[float, dict]:
+    """Seconds from the end of round ``first`` to the end of round ``last`` (a round
+    ends with its last node's ``wall_s``), and each node's ``process_cpu_s`` spent
+    between its records of those two rounds."""
+    end, cpu = {}, {}
+    for r in recs:
+        end[r["round"]] = max(end.get(r["round"], 0.0), r["wall_s"])
+        cpu[(r["node"], r["round"])] = r["process_cpu_s"]
+    nodes = {n for n, _ in cpu}
+    return end[last] - end[first], {n: cpu[(n, last)] - cpu[(n, first)] for n in nodes}
 
 
 def save_entry(path: str, entry: dict, key: tuple) -> None:

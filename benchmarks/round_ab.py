@@ -35,6 +35,7 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from _results import commit_of, round_span  # noqa: E402
 from p2pfl.metrics import read_metrics, write_json_atomic  # noqa: E402
 
 
@@ -42,15 +43,6 @@ def _children_cpu() -> float:
     """User and system CPU seconds of every child process waited for so far."""
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime
-
-
-def _commit(tree: str) -> str:
-    """The tree's commit, with ``+`` when a tracked file has uncommitted changes."""
-    def git(*args) -> str:
-        return subprocess.run(["git", "-C", tree, *args], capture_output=True,
-                              text=True).stdout
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return git("rev-parse", "--short", "HEAD").strip() + ("+" if dirty else "")
 
 
 def one_run(tree: str, rounds: int, tmp: str, model: str = "mlp:135") -> dict:
@@ -64,16 +56,11 @@ def one_run(tree: str, rounds: int, tmp: str, model: str = "mlp:135") -> dict:
                    cwd=tree, env=env, check=True)
     total_cpu = _children_cpu() - cpu0
     recs = read_metrics(os.path.join(out, "metrics.jsonl"))
-    end, cpu = {}, {}
-    for r in recs:
-        end[r["round"]] = max(end.get(r["round"], 0.0), r["wall_s"])
-        cpu[(r["node"], r["round"])] = r["process_cpu_s"]
-    first, last = rounds // 8, rounds
-    nodes = sorted({n for n, _ in cpu})
-    span = last - first
-    return {"wall_ms_per_round": 1e3 * (end[last] - end[first]) / span,
-            "node_cpu_us_per_round": 1e6 * statistics.mean(
-                cpu[(n, last)] - cpu[(n, first)] for n in nodes) / span,
+    first = rounds // 8
+    elapsed, cpu = round_span(recs, first, rounds)
+    span = rounds - first
+    return {"wall_ms_per_round": 1e3 * elapsed / span,
+            "node_cpu_us_per_round": 1e6 * statistics.mean(cpu.values()) / span,
             "run_cpu_us_per_round": 1e6 * total_cpu / rounds}
 
 
@@ -99,12 +86,12 @@ def main() -> None:
                       f"run {r['run_cpu_us_per_round']:.1f} µs of CPU a round", flush=True)
     medians = {t: {k: statistics.median(r[k] for r in v) for k in v[0]} for t, v in runs.items()}
     old, new = (medians[t] for t in trees)
-    print("medians, " + " -> ".join(_commit(t) for t in trees) + ":")
+    print("medians, " + " -> ".join(commit_of(t, dirty=True) for t in trees) + ":")
     for key in old:
         print(f"{key}: {old[key]:.3f} -> {new[key]:.3f} ({100 * (new[key] / old[key] - 1):+.1f} %)")
     name = "round_ab" + ("" if args.model == "mlp:135" else "_" + args.model.replace(":", "_"))
     write_json_atomic(os.path.join(ROOT, "benchmarks", "results", name + ".json"),
-                      {"trees": trees, "commits": [_commit(t) for t in trees],
+                      {"trees": trees, "commits": [commit_of(t, dirty=True) for t in trees],
                        "model": args.model, "rounds": args.rounds, "pairs": args.pairs,
                        "runs": runs, "median": medians})
 

@@ -62,6 +62,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from _results import round_span  # noqa: E402
 from p2pfl.atomic import write_atomic  # noqa: E402
 from p2pfl.metrics import read_metrics, write_json_atomic  # noqa: E402
 
@@ -208,12 +209,8 @@ def ours(model: str, rounds: int, tmp: str, warmup: int = 1) -> dict:
     subprocess.run([sys.executable, "-m", "p2pfl.cli", "cluster", *flags], cwd=ROOT,
                    check=True)
     recs = read_metrics(os.path.join(out, "metrics.jsonl"))
-    end, cpu = {}, {}
-    for r in recs:
-        end[r["round"]] = max(end.get(r["round"], 0.0), r["wall_s"])
-        cpu[(r["node"], r["round"])] = r["process_cpu_s"]
-    elapsed = end[last] - end[warmup]
-    cpu_s = sum(cpu[(n, last)] - cpu[(n, warmup)] for n in range(NODES))
+    elapsed, cpu = round_span(recs, warmup, last)
+    cpu_s = sum(cpu.values())
     sent = sum(r["bytes_sent"] for r in recs if r["round"] > warmup)
     with open(os.path.join(out, "summary.json")) as fh:
         s = json.load(fh)
