@@ -69,6 +69,15 @@ def flood(address: str, ids: int) -> float:
     return time.monotonic() - t0
 
 
+def measured_flood(pid: int, address: str, ids: int) -> dict:
+    """:func:`flood` ``address``, with the VmRSS of process ``pid`` before and 3 s after."""
+    before = rss_mib(pid)
+    seconds = flood(address, ids)
+    time.sleep(3)
+    return {"rss_before_mib": before, "rss_after_mib": rss_mib(pid),
+            "flood_seconds": round(seconds, 1)}
+
+
 def one_run(tree: str, ids: int) -> dict:
     out = tempfile.mkdtemp(prefix="stranger_ids_")
     launcher = subprocess.Popen(
@@ -85,17 +94,12 @@ def one_run(tree: str, ids: int) -> dict:
         time.sleep(3)
         with open(os.path.join(out, "nodes.json")) as fh:
             node = next(n for n in json.load(fh) if n["id"] == 0)
-        before = rss_mib(node["pid"])
-        seconds = flood(node["address"], ids)
-        time.sleep(3)
-        after = rss_mib(node["pid"])
+        measured = measured_flood(node["pid"], node["address"], ids)
         launcher.send_signal(signal.SIGTERM)
         launcher.wait(60)
         with open(os.path.join(out, "summary.json")) as fh:
             s = json.load(fh)
-        return {"rss_before_mib": before, "rss_after_mib": after,
-                "flood_seconds": round(seconds, 1),
-                "unknown_sender": s["dropped"].get("unknown_sender", 0)}
+        return {**measured, "unknown_sender": s["dropped"].get("unknown_sender", 0)}
     finally:
         end_all([launcher])
 
@@ -127,17 +131,13 @@ def bare_run(ids: int) -> dict:
     try:
         port = ports.get(timeout=30)
         time.sleep(0.5)
-        before = rss_mib(child.pid)
-        seconds = flood(f"tcp://127.0.0.1:{port}", ids)
-        time.sleep(3)
-        after = rss_mib(child.pid)
+        measured = measured_flood(child.pid, f"tcp://127.0.0.1:{port}", ids)
         stop.set()
         taken = ports.get(timeout=30)
     finally:
         stop.set()
         child.join(10)
-    return {"rss_before_mib": before, "rss_after_mib": after,
-            "flood_seconds": round(seconds, 1), "received": taken}
+    return {**measured, "received": taken}
 
 
 def main() -> int:
