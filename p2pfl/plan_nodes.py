@@ -200,7 +200,7 @@ def _check_devices(learns: list) -> None:
     import torch
 
     count = torch.cuda.device_count()
-    beyond = [d for d in wanted if d.partition(":")[2] and int(d.partition(":")[2]) >= count]
+    beyond = [d for d in wanted if ":" in d and int(d.split(":", 1)[1]) >= count]
     if beyond:
         raise ConfigError(f"device {beyond[0]} (--device or a profile): this machine has "
                           f"{count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
