@@ -37,7 +37,7 @@ import zmq
 
 from .addresses import tcp_address
 from .errors import ClusterError, UsageError
-from .supervision import LOST_AFTER_S, NodeHandle
+from .supervision import NodeHandle
 from .transport.endpoint import SCHEMES
 from .transport.sockets import identity
 from .version import __version__
@@ -173,13 +173,13 @@ class Admission:
 
     def _fail_lost_while_starting(self, now: float) -> None:
         """Once the configs went out, a remote node whose connection to the launcher has
-        been down LOST_AFTER_S cannot come back before the start (its peers were given
+        been down ``--lost-after`` cannot come back before the start (its peers were given
         its address, and a new process for it is refused): the start fails now, not at
         its time-out."""
         for h in self.nodes.values():
-            if h.state == "joined" and self.watch.down_for(h.id, now) > LOST_AFTER_S:
+            if h.state == "joined" and self.watch.down_for(h.id, now) > self.lost_after:
                 raise ClusterError(f"node {h.label!r} lost its connection to the launcher "
-                                   f"for {LOST_AFTER_S:.0f} s during start-up")
+                                   f"for {self.lost_after:g} s during start-up")
 
     @staticmethod
     def _unbound_report(h: NodeHandle, msg) -> bool:

@@ -80,6 +80,8 @@ CLUSTER_OPTIONS = [
     ("keys", str, "CURVE key folder from `p2pfl keys generate` (implies --secure)"),
     ("round_timeout", float, "seconds to wait for neighbours each round"),
     ("start_timeout", float, "seconds to wait for the cluster to start"),
+    ("lost_after", float, "with --listen: seconds a remote node's connection may be down "
+     "before it has failed (default 10)"),
     ("eval_every", int, "evaluate every N rounds"),
     ("target_accuracy", float, "stop all nodes once the mean test accuracy reaches this"),
     ("profiles", str, "node profile TOML file (per-node options)"),
@@ -141,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", help="this node's secret key file (CURVE; keys.toml beside it)")
     p.add_argument("--start-timeout", dest="start_timeout", type=float, default=60.0,
                    help="seconds to wait for the launcher's config and start (default 60)")
+    p.add_argument("--lost-after", dest="lost_after", type=float, default=None,
+                   help="seconds without word from the launcher before this node gives up "
+                        "(default: 4 start time-outs)")
     p = sub.add_parser("keys", help="CURVE keys for multi-host secure runs")
     ksub = p.add_subparsers(dest="keys_command", required=True, parser_class=_Parser)
     k = ksub.add_parser("generate", help="write key pairs and keys.toml into a new folder")
@@ -193,8 +198,10 @@ def _cmd_node(args) -> int:
     from .spec import MAX_INT
 
     launcher_host, _ = tcp_address(args.connect, "--connect")
-    if not args.start_timeout > 0:
-        raise UsageError(f"--start-timeout must be positive, got {args.start_timeout}")
+    for flag, value in (("--start-timeout", args.start_timeout),
+                        ("--lost-after", args.lost_after)):
+        if value is not None and not value > 0:  # NaN fails too
+            raise UsageError(f"{flag} must be positive, got {value}")
     check_host(args.host)
     advertise = args.advertise
     if advertise is None and args.host in ("0.0.0.0", "*"):  # not an address to reach
@@ -220,7 +227,8 @@ def _cmd_node(args) -> int:
     try:
         return serve(args.connect, node_id, ctx=ctx, scheme="tcp", host=args.host,
                      advertise=advertise, security=security,
-                     start_timeout=args.start_timeout, report=report)
+                     start_timeout=args.start_timeout, lost_after=args.lost_after,
+                     report=report)
     finally:  # what the node sent last (its bye, or why it failed) leaves before exit
         ctx.term()
 

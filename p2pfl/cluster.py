@@ -33,7 +33,7 @@ from .transport.mailbox import NODE_REPORTS
 from .transport.liveness import ConnectionWatch
 from .transport.security import Security
 from .spawn import spawn_hosts, spawn_processes, spawn_threads
-from .supervision import NodeHandle, Supervision, process_state
+from .supervision import LOST_AFTER_S, NodeHandle, Supervision, process_state
 from .worker import HEARTBEAT_S, actor_context, raise_fd_limit
 
 __all__ = ["Launcher", "NodeHandle", "ClusterError"]
@@ -54,7 +54,8 @@ class Launcher(Supervision, Admission):
 
     def __init__(self, specs: list, out_dir: str, *, in_process: bool = False,
                  scheme: str = "tcp", host: str = "127.0.0.1", start_timeout: float = 60.0,
-                 round_timeout: float = 10.0, on_message=None, log=None,
+                 round_timeout: float = 10.0, lost_after: float = LOST_AFTER_S,
+                 on_message=None, log=None,
                  listen: str | None = None, closer=None, restarts: int = 0,
                  on_restart=None, keys=None, procs: int = 1, backend=None) -> None:
         self.specs = specs
@@ -75,6 +76,7 @@ class Launcher(Supervision, Admission):
         self.host = host
         self.start_timeout = start_timeout
         self.round_timeout = round_timeout
+        self.lost_after = lost_after  # a remote node's connection down this long: failed
         self.on_message = on_message or (lambda handle, msg: None)
         self.log = log or (lambda text: None)
         self.nodes = {s.id: NodeHandle(s.id, s.label) for s in specs}

@@ -105,6 +105,7 @@ class RunConfig:
     keys: str | None = None  # key folder from `p2pfl keys generate` (implies secure)
     round_timeout: float = 10.0
     start_timeout: float = 60.0
+    lost_after: float | None = None  # --listen: a remote node's connection down this long
     eval_every: int = 1
     target_accuracy: float | None = None
     consensus: bool = True
@@ -174,8 +175,8 @@ class RunConfig:
             raise ConfigError(f"--participation must be in (0, 1], got {self.participation}")
         if self.gamma is not None and not 0 < self.gamma <= 1:
             raise ConfigError(f"--gamma must be in (0, 1], got {self.gamma}")
-        for name in ("round_timeout", "start_timeout"):
-            if not getattr(self, name) > 0:
+        for name in ("round_timeout", "start_timeout", "lost_after"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ConfigError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
         if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
             raise ConfigError(f"--target-accuracy must be in (0, 1], got {self.target_accuracy}")
@@ -243,6 +244,9 @@ class RunConfig:
     def _check_procs(self) -> None:
         """``--in-process``: actors in ``--procs`` host processes over ipc (tcp is the
         default and means "not chosen"), or in the launcher over inproc (one process)."""
+        if self.lost_after is not None and not self.listen:
+            raise ConfigError("--lost-after is how long a remote node's connection may be "
+                              "down; it needs --listen")
         if self.listen and self.in_process:
             raise ConfigError("--listen waits for `p2pfl node` processes; --in-process and "
                               "--procs host the nodes here, so they do not apply")

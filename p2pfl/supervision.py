@@ -126,7 +126,8 @@ class Supervision:
                 self._fail(h, "its process is stopped, and every other node finished")
 
     def _fail_lost_connections(self, now: float) -> None:
-        """A remote node (``--listen``) whose connection has been down LOST_AFTER_S has
+        """A remote node (``--listen``) whose connection has been down ``--lost-after``
+        (LOST_AFTER_S by default) has
         failed: its process died (its host closed the connection) or its host is gone
         (ZMTP heartbeats went unanswered).  A short outage is ridden out; with
         ``--restart``, a start time-out, for a restart by hand.  A stopped process
@@ -135,13 +136,14 @@ class Supervision:
         if not self.listen:
             return
         self.watch.poll(now)
-        limit = max(LOST_AFTER_S, self.start_timeout) if self.restart_limit else LOST_AFTER_S
+        limit = max(self.lost_after, self.start_timeout) if self.restart_limit \
+            else self.lost_after
         for peer in list(self.watch.down_since):
             h = self.nodes.get(peer)
             # joined: rejoined mid-run, and not ready yet
             if h is not None and h.state in ("ready", "joined") and \
                     self.watch.down_for(peer, now) > limit:
-                self._fail(h, f"its connection was lost for {limit:.0f} s")
+                self._fail(h, f"its connection was lost for {limit:g} s")
 
     def _closer_done_long_ago(self, now: float) -> bool:
         """Whether the nodes still running are to be stopped: the closer finished a

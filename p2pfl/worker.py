@@ -103,23 +103,26 @@ def serve(launcher: str, node_id: int, *, ctx: zmq.Context | None = None,
           alive: Callable[[], bool] | None = None, start_timeout: float = 60.0,
           advertise: str | None = None, security: Security | None = None,
           gate: CpuGate | None = None, placement: dict | None = None,
-          report: Callable[[str], None] | None = None) -> int:
+          report: Callable[[str], None] | None = None, lost_after: float | None = None) -> int:
     """Run one node to completion; return its exit status (0 on success).
 
     With ``security``, every socket runs on CURVE; the launcher's config tells
     the node its neighbours' public keys.  With ``gate`` (many actors in one
     process), the node computes only in its turn on the host's CPU.  ``placement``
     (e.g. the Ray node it runs on) goes to the launcher with the join.  Why the
-    node failed goes to the launcher, and to ``report`` (one line) if given.
+    node failed goes to the launcher, and to ``report`` (one line) if given.  After
+    ``lost_after`` seconds without word from the launcher (default: 4 start time-outs)
+    the node gives up, unless ``alive`` says otherwise.
     """
     keep_large_blocks()  # model-sized buffers are reused, not faulted in each round
     with gate if gate is not None else contextlib.nullcontext():
         return _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout,
-                      advertise, security, gate, placement or {}, report or (lambda r: None))
+                      lost_after or 4 * start_timeout, advertise, security, gate,
+                      placement or {}, report or (lambda r: None))
 
 
-def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, advertise,
-           security, gate, placement, report) -> int:
+def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, lost_after,
+           advertise, security, gate, placement, report) -> int:
     ctx = ctx or zmq.Context.instance()
     name = f"p2pfl-{os.getpid()}-{node_id}-{secrets.token_hex(4)}"
     local = bind_address("inproc", name) if gate is not None and scheme != "inproc" else None
@@ -133,7 +136,6 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
         _report_unbound(ctx, node_id, launcher, security, reason)
         return 1
     mailbox = Mailbox(ep, control_sources={LAUNCHER}, gate=gate)
-    lost_after = 4 * start_timeout
     mailbox.alive = alive or (lambda: time.monotonic() - mailbox.last_control < lost_after)
     status, runtime = 1, None
     try:

@@ -96,6 +96,8 @@ def test_nodes_that_never_join_end_the_run_in_one_line(tmp_path):
      "not an address of this machine"),
     (["--connect", "tcp://127.0.0.1:5555", "--id", "1", "--start-timeout", "0"],
      "--start-timeout must be positive"),
+    (["--connect", "tcp://127.0.0.1:5555", "--id", "1", "--lost-after", "-1"],
+     "--lost-after must be positive, got -1.0"),
 ])
 def test_node_bad_flags_are_exit_2_at_once(flags, words):
     res, wall = run("node", *flags)
@@ -113,10 +115,11 @@ def test_node_says_when_no_launcher_answers():
            "this join or cannot reach tcp://" in line
 
 
-def _listening_launcher(tmp_path, addr: str, start_timeout: float) -> subprocess.Popen:
+def _listening_launcher(tmp_path, addr: str, start_timeout: float, *extra) -> subprocess.Popen:
     """`p2pfl cluster --listen`, returned once it waits for its nodes."""
     proc = subprocess.Popen([*CLI, "cluster", "--topology", "ring:4", "--listen", addr,
-                             "--start-timeout", str(start_timeout), "--out", str(tmp_path)],
+                             "--start-timeout", str(start_timeout), "--out", str(tmp_path),
+                             *extra],
                             cwd=ROOT, text=True, stderr=subprocess.PIPE)
     for line in proc.stderr:
         if line.startswith("waiting for 4 node(s) to join at"):
@@ -278,13 +281,12 @@ def test_a_node_lost_after_the_configs_went_out_fails_the_start_at_once(tmp_path
     """A remote node whose process dies after its config came, before it is ready, cannot
     come back before the start (its peers have its address; a new process is refused):
     the start waited out its time-out (60 s here).  It now fails once the connection has
-    been down LOST_AFTER_S."""
+    been down ``--lost-after`` (3 s here)."""
     import p2pfl
-    from p2pfl.supervision import LOST_AFTER_S
     from p2pfl.transport.sockets import process_identity
 
     addr = f"tcp://127.0.0.1:{free_port()}"
-    launcher = _listening_launcher(tmp_path, addr, start_timeout=60)
+    launcher = _listening_launcher(tmp_path, addr, 60, "--lost-after", "3")
     ctx = zmq.Context()
     doomed = Endpoint(ctx, 1, "tcp://127.0.0.1:*", control="tcp://127.0.0.1:*")
     doomed.connect(LAUNCHER, addr, emulated=False, routing_id=process_identity(1))
@@ -311,10 +313,9 @@ def test_a_node_lost_after_the_configs_went_out_fails_the_start_at_once(tmp_path
             "run sent its configs, and cannot join again before the start; the run fails "
             "(start it again)")
         _, err = launcher.communicate(timeout=40)
-        assert launcher.returncode == 1 and time.monotonic() - t0 < LOST_AFTER_S + 10
+        assert launcher.returncode == 1 and time.monotonic() - t0 < 3 + 10
         assert err.strip().splitlines()[-1] == (
-            "p2pfl: error: node 1 lost its connection to the launcher for "
-            f"{LOST_AFTER_S:.0f} s during start-up")
+            "p2pfl: error: node 1 lost its connection to the launcher for 3 s during start-up")
         assert all(p.wait(timeout=30) != 0 for p in others)  # stopped, not run
     finally:
         for proc in (launcher, *others):

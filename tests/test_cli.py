@@ -197,6 +197,10 @@ PLAN_REFUSES = {
     "--mixing nope": (["--mixing", "nope"], "valid: metropolis"),
     "--start-timeout -5": (["--start-timeout", "-5"], "start-timeout"),
     "--round-timeout 0": (["--round-timeout", "0"], "round-timeout"),
+    "--lost-after nan": (["--lost-after", "nan", "--listen", "tcp://127.0.0.1:*"],
+                         "--lost-after must be positive, got nan"),
+    "--lost-after without --listen": (["--lost-after", "5"], "--lost-after is how long a "
+                                      "remote node's connection may be down; it needs --listen"),
     "--target-accuracy 7": (["--target-accuracy", "7"], "target-accuracy"),
     "--participation 0": (["--mode", "fedavg", "--participation", "0"], "participation"),
     "bad k scope": (["--compression", "stc:0.01:layer"], "tensor or global"),

@@ -370,7 +370,8 @@ def test_remote_nodes_whose_launcher_died_exit_non_zero(tmp_path):
                                  "--listen", addr, "--start-timeout", "3", "-q", "--out", out],
                                 cwd=ROOT)
     nodes = [subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
-                               "--id", str(i), "--start-timeout", "3"], cwd=ROOT,
+                               "--id", str(i), "--start-timeout", "3", "--lost-after", "2"],
+                              cwd=ROOT,
                               stderr=subprocess.PIPE, text=True) for i in range(2)]
     try:
         deadline = time.monotonic() + 60
@@ -386,7 +387,7 @@ def test_remote_nodes_whose_launcher_died_exit_non_zero(tmp_path):
             p.kill()
     assert [p.returncode for p in nodes] == [1, 1]
     assert all("no word from the launcher" in e for e in errors), errors
-    assert took < 4 * 3 + 10  # lost after 4 start time-outs of silence
+    assert took < 9  # lost after 2 s of silence (--lost-after; by default 4 × 3 s)
 
 
 def test_a_node_restarted_by_hand_counts_against_the_restart_limit(tmp_path):
