@@ -15,7 +15,7 @@ import signal
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,7 +25,7 @@ from .config import RunConfig
 from .config_files import from_sources
 from . import signals
 from .errors import ClusterError, UsageError
-from .metrics import MetricsSink, write_json_atomic
+from .metrics import MetricsSink, read_metrics, write_json_atomic
 from .progress import Progress
 from .summary import run_summary
 
@@ -38,11 +38,21 @@ __all__ = ["run_cluster", "Result", "execute"]
 @dataclass
 class Result:
     """What a run produced: ``summary`` (the dict in summary.json), ``metrics``
-    (the per-node, per-round records) and ``out_dir``."""
+    (the per-node, per-round records) and ``out_dir``.
+
+    ``metrics`` is read from ``out_dir/metrics.jsonl`` when first asked for: the
+    launcher does not hold a run's records in memory, which a long run's would fill.
+    """
 
     summary: dict
-    metrics: list
     out_dir: str
+    _metrics: list | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def metrics(self) -> list:
+        if self._metrics is None:
+            self._metrics = read_metrics(os.path.join(self.out_dir, "metrics.jsonl"))
+        return self._metrics
 
 
 #: What an earlier run left in the folder and this one must not be taken for: a summary
@@ -229,7 +239,7 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
     write_json_atomic(os.path.join(out, "summary.json"), summary)
     if interrupted is not None:
         raise interrupted
-    result = Result(summary, sink.records, out)
+    result = Result(summary, out)
     failed = summary.get("failed_nodes") or {}
     if failed and len(failed) == summary.get("nodes"):
         reason = next(iter(failed.values()))

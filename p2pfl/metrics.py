@@ -114,8 +114,14 @@ class MetricsSink:
         self.since: dict = {}  # node back from offline -> first round it reports again
         self.on_round = on_round
         self.closer = closer
-        self.records: list[dict] = []
+        # What the summary needs, kept as the records are written; the records themselves
+        # are in metrics.jsonl only (a long run's would fill the launcher's memory).
+        self.written = 0  # records written
         self.bytes_sent = self.bytes_received = 0  # over the records written so far
+        self.closer_records: list[dict] = []  # the coordinator's: one a round
+        self.closer_bytes_sent = 0
+        self._accuracy = _AccuracyTable(nodes)
+        self._consensus: tuple = (None, [])  # (last round with a distance, its rows)
         self._pending: dict = defaultdict(dict)  # round -> node -> [(record, vector)]
         self._next_round = 1
         self._fh = open(os.path.join(out_dir, "metrics.jsonl"), "w")  # flushed per round
@@ -177,12 +183,28 @@ class MetricsSink:
                 rec["consensus_distance"] = dist.get(node) if mine else None
                 rec["consensus_distance_rel"] = rel.get(node) if mine else None
                 self._fh.write(json_line(rec))
-                self.bytes_sent += rec.get("bytes_sent") or 0
-                self.bytes_received += rec.get("bytes_received") or 0
+                self._note(rec)
                 out.append(rec)
         self._fh.flush()
-        self.records.extend(out)
+        self.written += len(out)
         return out
+
+    def _note(self, rec: dict) -> None:
+        """Fold one written record into what the summary needs."""
+        sent = rec.get("bytes_sent") or 0
+        self.bytes_sent += sent
+        self.bytes_received += rec.get("bytes_received") or 0
+        if rec["node"] == self.closer:
+            self.closer_records.append(rec)
+            self.closer_bytes_sent += sent
+        if rec.get("accuracy") is not None:
+            self._accuracy.add(rec["round"], rec["node"], rec["accuracy"])
+        if rec.get("consensus_distance") is not None:
+            rnd, rows = self._consensus
+            if rnd is None or rec["round"] > rnd:
+                self._consensus = rnd, rows = rec["round"], []
+            if rec["round"] == rnd:
+                rows.append((rec["consensus_distance"], rec.get("consensus_distance_rel")))
 
     def close(self) -> None:
         """Write any incomplete rounds that remain (nodes that died mid-run)."""
@@ -193,32 +215,20 @@ class MetricsSink:
     # ---------------------------------------------------------------- summary
     def accuracy_by_node(self) -> dict:
         """Each node's last measured test accuracy."""
-        last: dict = {}
-        for rec in self.records:
-            if rec.get("accuracy") is not None:
-                last[rec["node"]] = rec["accuracy"]
-        return last
+        return dict(self._accuracy.last)
 
     def accuracy_per_round(self) -> list:
         """``[[round, mean accuracy], ...]`` over the rounds that were evaluated."""
-        acc = defaultdict(dict)  # round -> node -> its latest accuracy of that round
-        for rec in self.records:
-            if rec.get("accuracy") is not None:
-                acc[rec["round"]][rec["node"]] = rec["accuracy"]
-        return [[r, float(np.mean(list(v.values())))] for r, v in sorted(acc.items())]
+        return self._accuracy.means()
 
     def consensus_last(self) -> dict | None:
         """Median and max consensus distance (absolute and relative) in the last measured round."""
-        by_round = defaultdict(list)
-        for rec in self.records:
-            if rec.get("consensus_distance") is not None:
-                by_round[rec["round"]].append(rec)
-        if not by_round:
+        rnd, rows = self._consensus
+        if rnd is None:
             return None
-        rnd = max(by_round)
         out = {"round": rnd}
-        for key, name in (("consensus_distance", ""), ("consensus_distance_rel", "rel_")):
-            vals = [r[key] for r in by_round[rnd] if r.get(key) is not None]
+        for i, name in ((0, ""), (1, "rel_")):
+            vals = [row[i] for row in rows if row[i] is not None]
             out[name + "median"] = float(np.median(vals)) if vals else None
             out[name + "max"] = float(np.max(vals)) if vals else None
         return out
@@ -236,3 +246,30 @@ class MetricsSink:
             "accuracy_per_round": self.accuracy_per_round(),
             "consensus_last": self.consensus_last(),
         }
+
+
+class _AccuracyTable:
+    """Each evaluated round's latest accuracy of each node, in one array a round (9
+    bytes a node), and each node's last accuracy: what the summary's accuracy figures
+    need, without keeping the records."""
+
+    def __init__(self, nodes) -> None:
+        self.slot = {n: i for i, n in enumerate(sorted(set(nodes)))}
+        self.rows: dict = {}  # round -> (values, present)
+        self.last: dict = {}
+
+    def add(self, rnd: int, node, acc: float) -> None:
+        self.last[node] = acc
+        i = self.slot.get(node)
+        if i is None:  # not a node the sink was told of: it gets a slot now
+            i = self.slot[node] = len(self.slot)
+            for rnd_, (values, present) in list(self.rows.items()):
+                self.rows[rnd_] = np.append(values, np.nan), np.append(present, False)
+        row = self.rows.get(rnd)
+        if row is None:
+            row = self.rows[rnd] = (np.full(len(self.slot), np.nan), np.zeros(len(self.slot), bool))
+        row[0][i], row[1][i] = acc, True
+
+    def means(self) -> list:
+        return [[r, float(np.mean(values[present]))]
+                for r, (values, present) in sorted(self.rows.items())]

@@ -125,11 +125,9 @@ def _server_fields(summary: dict, plan, sink, nodes: dict, dead: set, tail: dict
     labels = {s.id: s.label for s in specs}
     # From the records, so that a restarted coordinator's earlier rounds count too,
     # plus what each finished process sent after its last record (as bytes_sent_total).
-    coord_recs = [r for r in sink.records if r.get("node") == coord_id]
-    summary["bytes_down_total"] = int(sum(r["bytes_sent"] for r in coord_recs)
-                                      + tail.get(coord_id, 0))
-    summary["bytes_up_total"] = int(sum(r["bytes_sent"] for r in sink.records
-                                        if r.get("node") != coord_id)
+    coord_recs = sink.closer_records  # the sink's closer is the coordinator
+    summary["bytes_down_total"] = int(sink.closer_bytes_sent + tail.get(coord_id, 0))
+    summary["bytes_up_total"] = int(sink.bytes_sent - sink.closer_bytes_sent
                                     + sum(n for i, n in tail.items() if i != coord_id))
     for key in ("global_accuracy", "cluster_accuracy", "ensemble_accuracy"):
         rows = [[r["round"], r[key]] for r in coord_recs if r.get(key) is not None]

@@ -1,0 +1,93 @@
+"""The metrics sink keeps what the summary needs, not the records (a long run's would fill
+the launcher's memory): its figures must equal those computed from metrics.jsonl."""
+
+import tracemalloc
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+from p2pfl.metrics import MetricsSink, read_metrics
+
+
+def _from_file(path) -> dict:
+    """The summary figures, the way the sink computed them from every record it kept."""
+    recs = read_metrics(path)
+    last, per_round = {}, defaultdict(dict)
+    for r in recs:
+        if r.get("accuracy") is not None:
+            last[r["node"]] = r["accuracy"]
+            per_round[r["round"]][r["node"]] = r["accuracy"]
+    measured = [r for r in recs if r.get("consensus_distance") is not None]
+    rnd = max(r["round"] for r in measured)
+    dist = [r["consensus_distance"] for r in measured if r["round"] == rnd]
+    return {
+        "accuracy_mean": float(np.mean(list(last.values()))),
+        "accuracy_per_round": [[k, float(np.mean(list(v.values())))]
+                               for k, v in sorted(per_round.items())],
+        "bytes_sent_total": sum(r["bytes_sent"] for r in recs),
+        "consensus_max": float(np.max(dist)),
+        "consensus_median": float(np.median(dist)),
+        "closer_sent": sum(r["bytes_sent"] for r in recs if r["node"] == 3),
+        "records": len(recs),
+    }
+
+
+def test_the_summary_from_running_figures_equals_the_one_from_the_records(tmp_path):
+    rng = np.random.default_rng(0)
+    sink = MetricsSink(str(tmp_path), [0, 1, 2, 3], closer=3)
+    for rnd in range(1, 31):
+        for node in (2, 0, 3, 1):  # in any order
+            rec = {"round": rnd, "node": node, "bytes_sent": int(rng.integers(1000)),
+                   "bytes_received": 5,
+                   "accuracy": float(rng.random()) if rnd % 3 == 0 and node != 3 else None}
+            vec = rng.random(10).astype(np.float32) if rnd % 10 == 0 and node != 3 else None
+            if node == 1 and rnd == 12:
+                continue  # late: comes after round 13 was started
+            sink.add(rec, vec)
+        if rnd == 13:
+            sink.add({"round": 12, "node": 1, "bytes_sent": 7, "bytes_received": 0,
+                      "accuracy": 0.25})
+    # a worker stopped early records its last round again, with its final model's accuracy
+    sink.add({"round": 30, "node": 0, "bytes_sent": 3, "bytes_received": 0, "accuracy": 0.99})
+    sink.close()
+    want = _from_file(tmp_path / "metrics.jsonl")
+    s = sink.summary()
+    assert want["records"] == sink.written == 121
+    assert s["accuracy_mean"] == want["accuracy_mean"]
+    assert s["accuracy_per_round"] == want["accuracy_per_round"]
+    assert s["bytes_sent_total"] == want["bytes_sent_total"]
+    assert s["consensus_last"]["round"] == 30
+    assert s["consensus_last"]["max"] == want["consensus_max"]
+    assert s["consensus_last"]["median"] == want["consensus_median"]
+    assert sink.closer_bytes_sent == want["closer_sent"]
+    assert [r["round"] for r in sink.closer_records] == list(range(1, 31))
+
+
+def test_the_sink_does_not_keep_the_records(tmp_path):
+    """Before, every record stayed in a list: about 0.7 KB each in a real run."""
+    sink = MetricsSink(str(tmp_path), range(8))
+    rec = {"round": 0, "node": 0, "label": 0, "role": "gossip", "loss": 0.5, "test_loss": None,
+           "accuracy": None, "neighbours_heard": 2, "misses": 0, "bytes_sent": 81000,
+           "bytes_received": 81000, "wall_s": 1.5, "process_cpu_s": 1.2, "dropped": 0}
+    tracemalloc.start()
+    try:
+        for rnd in range(1, 5001):
+            for node in range(8):
+                sink.add(dict(rec, round=rnd, node=node, wall_s=rnd * 0.001))
+        grown = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+        sink.close()
+    assert sink.written == 40_000
+    assert grown < 1_000_000, f"{grown} bytes held after 40,000 records"
+
+
+def test_accuracy_of_a_node_the_sink_was_not_told_of_counts(tmp_path):
+    sink = MetricsSink(str(tmp_path), [0, 1])
+    sink.add({"round": 1, "node": 0, "bytes_sent": 0, "bytes_received": 0, "accuracy": 0.5})
+    sink.add({"round": 2, "node": 7, "bytes_sent": 0, "bytes_received": 0, "accuracy": 0.1})
+    sink.add({"round": 1, "node": 1, "bytes_sent": 0, "bytes_received": 0, "accuracy": 0.7})
+    sink.close()
+    assert sink.accuracy_per_round() == [[1, pytest.approx(0.6)], [2, pytest.approx(0.1)]]
+    assert sink.accuracy_by_node() == {0: 0.5, 7: 0.1, 1: 0.7}
