@@ -46,9 +46,9 @@ def json_line(record: dict) -> str:
     """One strict-JSON line: the plain encoder, unless the record holds NaN or ±inf
     (rare: a diverged model), which :func:`strict_json` then turns into null."""
     try:
-        return json.dumps(record, default=_plain, allow_nan=False) + "\n"
+        return _STRICT.encode(record) + "\n"
     except ValueError:
-        return json.dumps(strict_json(record), default=_plain) + "\n"
+        return _LENIENT.encode(strict_json(record)) + "\n"
 
 
 def _plain(obj):
@@ -57,6 +57,12 @@ def _plain(obj):
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     return str(obj)
+
+
+#: built once: ``json.dumps`` with options builds an encoder a call (the launcher writes
+#: a line for every record of every node)
+_STRICT = json.JSONEncoder(default=_plain, allow_nan=False)
+_LENIENT = json.JSONEncoder(default=_plain)
 
 
 def read_metrics(path: str) -> list[dict]:
