@@ -369,7 +369,7 @@ def test_an_endpoint_counts_a_bounded_number_of_strangers_apart(ctx):
     each, for good (a benchmark: +107 MiB for 80,000 ids).  Past MAX_STRANGERS they are
     counted together; a peer the endpoint connects to is always counted apart."""
     from p2pfl.transport.counters import OTHERS
-    from p2pfl.transport.endpoint import MAX_STRANGERS
+    from p2pfl.transport.inbox import MAX_STRANGERS
 
     a = Endpoint(ctx, 0, "inproc://strangers-a")
     b = Endpoint(ctx, 1, "inproc://strangers-b")

@@ -9,7 +9,7 @@ exactly, and turns malformed input into counted drops.
 sockets; a peer connects with a DEALER whose routing id is derived from its
 node id (:func:`~p2pfl.transport.sockets.identity`).  A data ROUTER refuses a
 second connection that claims a routing id already connected (the control ROUTER
-hands the launcher's id over to its newest connection: see :meth:`Endpoint._bind`),
+hands the launcher's id over to its newest connection: see :meth:`.Inbox.bind`),
 and every message it delivers names the connection it came on, so a message whose
 header names another sender than its connection is dropped and counted as
 ``spoofed``.  A node's connection to its launcher carries an id of its process as
@@ -35,18 +35,17 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections import deque
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
-from .counters import OTHERS, ByteCounter
+from .counters import ByteCounter
 from .framing import setup_bytes, wire_bytes
+from .inbox import Inbox
 from .links import LOSSY_KINDS, LinkEmulator, LinkSpec
-from .security import HANDSHAKE_EVENTS, Security, gate, handshake_drop
+from .security import Security, gate
 from .senders import Senders
-from .sockets import dealer, identity, put_parts, recv_parts, shared_frames
-from .wire import DEFAULT_LIMITS, Limits, Message, ProtocolError, pack, unpack
+from .sockets import dealer, identity, put_parts, shared_frames
+from .wire import DEFAULT_LIMITS, Limits, Message, pack
 
 __all__ = ["Endpoint", "bind_address", "identity", "COMMAND_KINDS"]
 
@@ -55,12 +54,6 @@ SCHEMES = ("tcp", "ipc", "inproc")
 COMMAND_KINDS = frozenset({"config", "start", "heartbeat", "stop", "peer"})
 #: How long a command other than a heartbeat may wait for room in a full queue.
 COMMAND_WAIT_S = 2.0
-
-#: Senders this endpoint does not connect to that its counters keep apart; the rest
-#: are counted together, under OTHERS.  A stranger naming a fresh id for each message
-#: (each then dropped as an unknown sender) kept an entry each, for good.  A
-#: neighbour's hello that comes before its address is among them.
-MAX_STRANGERS = 1024
 
 
 def bind_address(scheme: str, name: str, host: str = "127.0.0.1", run_dir: str = "/tmp") -> str:
@@ -80,12 +73,6 @@ def _measure(parts: list, curve: bool) -> tuple[int, int]:
     sizes = [p.nbytes if type(p) is memoryview else len(p) if isinstance(p, bytes)
              else memoryview(p).nbytes for p in parts]
     return sum(sizes), wire_bytes(sizes, curve)
-
-
-def _ms(seconds: float) -> int:
-    """A poll time-out in whole milliseconds, rounded up; 0 stays 0 (do not block:
-    ``recv(0)`` ends every read-out, and 1 ms there cost an actor host half its CPU)."""
-    return 0 if seconds <= 0 else int(seconds * 1000) + 1
 
 
 class Endpoint:
@@ -131,25 +118,23 @@ class Endpoint:
         self.hwm = hwm
         self.counters = ByteCounter()
         self.security = security
-        self.codec_names: tuple = ()  # the run's codec table (use_codec_names)
-        self._codec_ids: dict | None = None
+        self._codec_ids: dict | None = None  # the run's codec table (use_codec_names)
         self._gate = self._domain = None
-        self._monitors: dict = {}  # monitor socket -> the socket it watches
         # who sent each message (routing ids, CURVE keys, replays): senders.py
         self.senders = Senders(security, self.counters, process_ids)
-        self._ready: deque = deque()  # held messages whose sender became known
         self._seq = itertools.count(time.time_ns() // 1000 if security else 0)
         if security is not None:
             self._gate, self._domain = gate(ctx, security)
         self._identity = identity(node_id)
         self._peers: dict = {}  # peer -> DEALER to its data socket
         self._commands: dict = {}  # peer -> DEALER to its control socket
-        self._strangers: set = set()  # senders counted apart that are in neither table
+        # the ROUTERs, and what is read from them: inbox.py
+        self.inbox = Inbox(ctx, self.counters, self.senders, limits=limits, hwm=hwm,
+                           security=security, domain=self._domain,
+                           known=(self._peers, self._commands))
         self._link = None
         if link is not None:
             self.emulate(link, link_seed)
-        self._poller = zmq.Poller()
-        self._inputs: dict = {}  # socket -> channel name, control first
         self.control_address = self.local_address = None
         try:
             self._bind_all(bind, control, local)
@@ -159,35 +144,13 @@ class Endpoint:
 
     def _bind_all(self, bind: str, control: str | None, local: str | None) -> None:
         if control is not None:
-            self._ctl = self._bind(control, "control")
+            self._ctl = self.inbox.bind(control, "control")
             self.control_address = self._ctl.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._data = self._bind(bind, "data")
+        self._data = self.inbox.bind(bind, "data")
         self.address = self._data.getsockopt_string(zmq.LAST_ENDPOINT)
         if local is not None:  # for peers in the same process: no engine, no buffers
             self._data.bind(local)
             self.local_address = local
-
-    def _bind(self, address: str, channel: str) -> zmq.Socket:
-        sock = self.ctx.socket(zmq.ROUTER)
-        self._inputs[sock] = channel  # closed by close(), bound or not
-        sock.setsockopt(zmq.RCVHWM, self.hwm)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, self.limits.max_frame_bytes)
-        if channel == "control":
-            # The launcher drops a connection whose heartbeats went unanswered (this
-            # process was stopped, or cut off) and makes a new one with the same routing
-            # id; without a handover, the new one is refused while the old one is still
-            # registered here, and nothing from the launcher arrives again.  A sender
-            # is still checked per message (its routing id, with CURVE its key).
-            sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        if self.security is not None:
-            self.security.server(sock, self._domain)
-            monitor = sock.get_monitor_socket(HANDSHAKE_EVENTS)
-            self._monitors[monitor] = sock
-            self._poller.register(monitor, zmq.POLLIN)
-        sock.bind(address)
-        self._poller.register(sock, zmq.POLLIN)
-        return sock
 
     # ------------------------------------------------------------------ peers
     def connect(self, peer, address: str, *, control: bool = False,
@@ -267,8 +230,8 @@ class Endpoint:
     def use_codec_names(self, names) -> None:
         """The run's codec table: these names travel as their index, both ways
         (every node of a run holds the same table; :mod:`~p2pfl.transport.wire`)."""
-        self.codec_names = tuple(names)
-        self._codec_ids = {name: i for i, name in enumerate(self.codec_names)} or None
+        self.inbox.codec_names = tuple(names)
+        self._codec_ids = {name: i for i, name in enumerate(self.inbox.codec_names)} or None
 
     # ---------------------------------------------------------------- traffic
     def send(self, peer, kind: str, round: int = 0, **fields) -> int:
@@ -357,67 +320,20 @@ class Endpoint:
         refused at the handshake; the wait goes on until the deadline.
         Returns ``None`` on timeout; ``msg.channel`` says where it came in.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            if self._ready:
-                return self._accept(*self._ready.popleft())
-            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready = dict(self._poller.poll(None if wait is None else _ms(wait)))
-            if not ready:
-                return None
-            if self._monitors and any(m in ready for m in self._monitors):
-                self.count_refusals()  # a monitor has news: a refused handshake
-            for sock, channel in self._inputs.items():  # control first
-                if sock in ready:
-                    break
-            else:
-                continue
-            parts = recv_parts(sock)
-            msg = self._validate(parts, channel)
-            if msg is not None:
-                return self._accept(msg, channel)
+        return self.inbox.recv(timeout)
 
     def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for something to read; read nothing."""
-        if self._ready:
-            return True
-        return bool(self._poller.poll(_ms(timeout)))
-
-    def _accept(self, msg: Message, channel: str) -> Message:
-        msg.channel = channel
-        src = msg.src
-        if src not in self._peers and src not in self._commands and \
-                src not in self._strangers:
-            if len(self._strangers) < MAX_STRANGERS:
-                self._strangers.add(src)
-            else:
-                src = OTHERS
-        self.counters.add("received", src, msg.round, msg.nbytes, msg.kind)
-        return msg
+        return self.inbox.wait(timeout)
 
     def bind_key(self, node, public) -> None:
         """CURVE: ``public`` is ``node``'s key (told by the launcher); the messages
         held from that key are delivered next, in order."""
-        for parts, channel in self.senders.bind(node, public):
-            msg = self._validate(parts, channel)
-            if msg is not None:
-                self._ready.append((msg, channel))
-
-    def _validate(self, parts: list, channel: str) -> Message | None:
-        try:
-            msg = unpack(parts[1:], self.limits, self.codec_names)
-        except ProtocolError:
-            self.counters.drop("malformed")
-            return None
-        msg.route = parts[0].bytes
-        return msg if self.senders.check(msg, parts, channel) else None
+        self.inbox.release(self.senders.bind(node, public))
 
     def count_refusals(self) -> None:
         """Count the handshakes the CURVE sockets refused since the last look."""
-        for monitor in self._monitors:
-            while monitor.poll(0):
-                event = recv_monitor_message(monitor)
-                self.counters.drop(handshake_drop(event["event"], event["value"]))
+        self.inbox.count_refusals()
 
     def close(self, linger: float | None = None, *, spare=()) -> None:
         """Close every socket.
@@ -434,14 +350,7 @@ class Endpoint:
                 sock = table.pop(peer)
                 if sock is not self._link:
                     sock.close(linger=None if peer in spare else ms)
-        if self._monitors:
-            self.count_refusals()
-        for monitor, sock in self._monitors.items():
-            sock.disable_monitor()
-            monitor.close(linger=0)
-        self._monitors.clear()
-        for sock in self._inputs:
-            sock.close(linger=0)
+        self.inbox.close()
         if self._gate is not None:
             self._gate.release(self._domain)
             self._gate = None
