@@ -206,11 +206,12 @@ class MetricsSink:
         if rec.get("accuracy") is not None:
             self._accuracy.add(rec["round"], rec["node"], rec["accuracy"])
         if rec.get("consensus_distance") is not None:
-            rnd, rows = self._consensus
-            if rnd is None or rec["round"] > rnd:
-                self._consensus = rnd, rows = rec["round"], []
-            if rec["round"] == rnd:
-                rows.append((rec["consensus_distance"], rec.get("consensus_distance_rel")))
+            rnd = self._consensus[0]
+            if rnd is None or rec["round"] > rnd:  # a later round: its rows start afresh
+                self._consensus = (rec["round"], [])
+            if rec["round"] == self._consensus[0]:  # an earlier one's straggler is not
+                self._consensus[1].append((rec["consensus_distance"],
+                                           rec.get("consensus_distance_rel")))
 
     def close(self) -> None:
         """Write any incomplete rounds that remain (nodes that died mid-run)."""
@@ -273,7 +274,8 @@ class _AccuracyTable:
                 self.rows[rnd_] = np.append(values, np.nan), np.append(present, False)
         row = self.rows.get(rnd)
         if row is None:
-            row = self.rows[rnd] = (np.full(len(self.slot), np.nan), np.zeros(len(self.slot), bool))
+            n = len(self.slot)
+            row = self.rows[rnd] = (np.full(n, np.nan), np.zeros(n, bool))
         row[0][i], row[1][i] = acc, True
 
     def means(self) -> list:

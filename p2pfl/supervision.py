@@ -127,12 +127,12 @@ class Supervision:
 
     def _fail_lost_connections(self, now: float) -> None:
         """A remote node (``--listen``) whose connection has been down ``--lost-after``
-        (LOST_AFTER_S by default) has
-        failed: its process died (its host closed the connection) or its host is gone
-        (ZMTP heartbeats went unanswered).  A short outage is ridden out; with
-        ``--restart``, a start time-out, for a restart by hand.  A stopped process
-        answers no heartbeat nor handshake, and is found so too; one whose ZeroMQ
-        still answers while its Python hangs is found only by the run's silence limit."""
+        (LOST_AFTER_S by default) has failed: its process died (its host closed the
+        connection) or its host is gone (ZMTP heartbeats went unanswered).  A short
+        outage is ridden out; with ``--restart``, a start time-out, for a restart by
+        hand.  A stopped process answers no heartbeat nor handshake, and is found so
+        too; one whose ZeroMQ still answers while its Python hangs is found only by the
+        run's silence limit."""
         if not self.listen:
             return
         self.watch.poll(now)
