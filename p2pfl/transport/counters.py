@@ -7,7 +7,7 @@ from collections import Counter, defaultdict, deque
 __all__ = ["ByteCounter", "OTHERS"]
 
 #: The peer under which an endpoint counts senders it does not count apart
-#: (:data:`~p2pfl.transport.endpoint.MAX_STRANGERS`).
+#: (:data:`~p2pfl.transport.inbox.MAX_STRANGERS`).
 OTHERS = "others"
 
 
