@@ -1,6 +1,6 @@
 """Transport throughput against raw pyzmq, in the same run (issue 10).
 
-    python benchmarks/transport.py [--rounds 20] [--warmup 5]
+    python benchmarks/transport.py [--rounds 20] [--warmup 5] [--cpu-policy batch]
 
 * ``ours``: ``p2pfl cluster --topology ring:8 --local-steps 0`` (exchange only: every
   round each node sends its whole model to both neighbours and waits for theirs) with
@@ -16,6 +16,10 @@
 * ``raw``: 8 processes in a ring, each with a PULL socket and a PUSH to each
   neighbour over loopback TCP, each sending the same vector to both neighbours and
   receiving two, the same number of times, in lock-step with nothing else to do.
+
+Every ring's processes, ours and the others, run under one scheduling policy,
+``--cpu-policy`` (``p2pfl/scheduling.py``): batch by default, as p2pfl's node processes
+do unless told otherwise; ``normal`` is Linux's default policy.
 * ``raw_kept``: the same, with the malloc setting our node processes make
   (``p2pfl/memory.py``: large buffers stay in the heap, so receiving a model does
   not page-fault its buffer in).  Plain ``raw`` pays those faults; ours does not,
@@ -102,9 +106,14 @@ def _floor_round(i: int, rnd: int, x, pushes: list, pull, mix: bool = True) -> o
 
 
 def _raw_node(i: int, ports: list, nbytes: int, rounds: int, barrier, out,
-              keep: bool = False, floor: str = "", numel: int = 0, warmup: int = 0) -> None:
+              keep: bool = False, floor: str = "", numel: int = 0, warmup: int = 0,
+              policy: str = "batch") -> None:
     import numpy as np
     import zmq
+
+    from p2pfl.scheduling import set_cpu_policy
+
+    set_cpu_policy(policy)  # as our node processes run (--cpu-policy)
 
     if floor:  # what the floor's rounds use is imported before they are timed
         import importlib
@@ -157,18 +166,18 @@ class _PortTaken(RuntimeError):
 
 
 def raw_ring(nbytes: int, rounds: int, keep: bool = False, floor: str = "",
-             numel: int = 0, warmup: int = 0) -> dict:
+             numel: int = 0, warmup: int = 0, policy: str = "batch") -> dict:
     """8 raw processes in a ring; a ring whose port was taken meanwhile is run again."""
     for _ in range(3):
         try:
-            return _raw_ring_once(nbytes, rounds, keep, floor, numel, warmup)
+            return _raw_ring_once(nbytes, rounds, keep, floor, numel, warmup, policy)
         except _PortTaken as exc:
             print(f"  (raw ring: {exc}; again with other ports)", flush=True)
     raise RuntimeError("raw ring: no free ports after 3 tries")
 
 
 def _raw_ring_once(nbytes: int, rounds: int, keep: bool, floor: str, numel: int,
-                   warmup: int) -> dict:
+                   warmup: int, policy: str) -> dict:
     import socket
 
     ports = []
@@ -179,7 +188,7 @@ def _raw_ring_once(nbytes: int, rounds: int, keep: bool, floor: str, numel: int,
     ctx = mp.get_context("fork")
     barrier, out = ctx.Barrier(NODES), ctx.Queue()
     procs = [ctx.Process(target=_raw_node, args=(i, ports, nbytes, rounds, barrier, out, keep,
-                                                        floor, numel, warmup))
+                                                        floor, numel, warmup, policy))
              for i in range(NODES)]
     for p in procs:
         p.start()
@@ -200,11 +209,12 @@ def _raw_ring_once(nbytes: int, rounds: int, keep: bool, floor: str, numel: int,
             "cpu_us_per_message": 1e6 * sum(g[2] for g in got) / (NODES * 4 * rounds)}
 
 
-def ours(model: str, rounds: int, tmp: str, warmup: int = 1) -> dict:
+def ours(model: str, rounds: int, tmp: str, warmup: int = 1, policy: str = "batch") -> dict:
     out = os.path.join(tmp, model.replace(":", "_"))
     last = warmup + rounds
     flags = ["--topology", "ring:8", "--dataset", "digits", "--model", model,
              "--local-steps", "0", "--rounds", str(last), "--no-consensus",
+             "--cpu-policy", policy,
              "--round-timeout", "120", "-q", "--out", out]
     subprocess.run([sys.executable, "-m", "p2pfl.cli", "cluster", *flags], cwd=ROOT,
                    check=True)
@@ -238,7 +248,8 @@ def table(results: dict) -> str:
                     f"{r['overhead_us_per_message']:,.0f} |")
     rounds = "; ".join(f"{k}: {r['rounds']} timed rounds after {r.get('warmup_rounds', 1)} "
                        "warm-up, "
-                       f"median of {len(r['runs']['ours'])} alternated runs"
+                       f"median of {len(r['runs']['ours'])} alternated runs, every process "
+                       f"under the {r.get('cpu_policy', 'normal')} scheduling policy"
                        for k, r in results.items())
     return "\n".join(rows) + f"\n\n{rounds}. Written by `python benchmarks/transport.py`.\n"
 
@@ -255,6 +266,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES),
                     help="which sizes to measure now (the others are kept from the last run)")
+    ap.add_argument("--cpu-policy", choices=("batch", "normal"), default="batch",
+                    help="the scheduling policy of every ring's processes, ours and raw "
+                    "(ours: --cpu-policy; default batch, as p2pfl's own default)")
     ap.add_argument("--table", action="store_true",
                     help="only rewrite transport.md from transport.json")
     args = ap.parse_args()
@@ -276,13 +290,16 @@ def main() -> None:
             warmup = max(1, args.warmup) * (SMALL_WARMUP if small else 1)
             runs = {"raw": [], "raw_kept": [], "floor": [], "floor_nomix": [], "ours": []}
             for _ in range(args.repeats):
-                o = ours(model, rounds, tmp, warmup)
-                runs["raw"].append(raw_ring(o["message_bytes"], rounds, warmup=warmup))
+                policy = args.cpu_policy
+                o = ours(model, rounds, tmp, warmup, policy)
+                runs["raw"].append(raw_ring(o["message_bytes"], rounds, warmup=warmup,
+                                            policy=policy))
                 runs["raw_kept"].append(raw_ring(o["message_bytes"], rounds, keep=True,
-                                                 warmup=warmup))
+                                                 warmup=warmup, policy=policy))
                 for key, mode in (("floor", "mix"), ("floor_nomix", "nomix")):
                     runs[key].append(raw_ring(o["message_bytes"], rounds, keep=True, floor=mode,
-                                              numel=o["num_params"], warmup=warmup))
+                                              numel=o["num_params"], warmup=warmup,
+                                              policy=policy))
                 runs["ours"].append(o)
             med = {k: {m: statistics.median(r[m] for r in v)
                        for m in ("mb_s", "s_per_round", "cpu_us_per_message")}
@@ -296,6 +313,7 @@ def main() -> None:
             cpu = {k: med[k]["cpu_us_per_message"] - med["raw"]["cpu_us_per_message"]
                    for k in ("ours", "floor")}
             results[name] = {"model": model, "num_params": o["num_params"],
+                             "cpu_policy": args.cpu_policy,
                              "message_bytes": o["message_bytes"], "rounds": rounds,
                              "warmup_rounds": warmup,
                              "runs": runs, "median": med, "ours_over_raw": ratio,

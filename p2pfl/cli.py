@@ -82,6 +82,8 @@ CLUSTER_OPTIONS = [
     ("start_timeout", float, "seconds to wait for the cluster to start"),
     ("lost_after", float, "with --listen: seconds a remote node's connection may be down "
      "before it has failed (default 10)"),
+    ("cpu_policy", str, "batch (default) or normal: the Linux scheduling policy of the node "
+     "processes (batch: fewer preemptions, for throughput)"),
     ("eval_every", int, "evaluate every N rounds"),
     ("target_accuracy", float, "stop all nodes once the mean test accuracy reaches this"),
     ("profiles", str, "node profile TOML file (per-node options)"),

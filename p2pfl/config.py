@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field, fields
 
 from .errors import ConfigError
+from .scheduling import CPU_POLICIES
 from .spec import MAX_INT, MAX_SLOWDOWN, is_device
 
 __all__ = ["RunConfig", "NODE_KEYS", "SERVER_MODES", "MODES", "MODE_OPTIONS"]
@@ -106,6 +107,7 @@ class RunConfig:
     round_timeout: float = 10.0
     start_timeout: float = 60.0
     lost_after: float | None = None  # --listen: a remote node's connection down this long
+    cpu_policy: str = "batch"  # node processes' scheduling policy (scheduling.py)
     eval_every: int = 1
     target_accuracy: float | None = None
     consensus: bool = True
@@ -122,6 +124,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _one_of("mode", self.mode, MODES)
+        _one_of("cpu_policy", self.cpu_policy, CPU_POLICIES)
         self._check_workers()
         defaults = MODE_DEFAULTS["gossip" if self.mode == "gossip" else "server"]
         for name, value in defaults.items():

@@ -119,7 +119,8 @@ def _runtime_spec(cfg: RunConfig, schedule: str = "sync", codecs=()) -> RuntimeS
     return RuntimeSpec(rounds=cfg.rounds, round_timeout=cfg.round_timeout,
                        start_timeout=cfg.start_timeout, eval_every=cfg.eval_every,
                        consensus=cfg.consensus, schedule=schedule,
-                       exchange_only=cfg.exchange_only, codec_names=_codec_table(codecs))
+                       exchange_only=cfg.exchange_only, codec_names=_codec_table(codecs),
+                       cpu_policy=cfg.cpu_policy)
 
 
 def _codec_table(specs) -> tuple:

@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass, field, fields
 
 from .errors import ConfigError
+from .scheduling import CPU_POLICIES
 from .transport.availability import AvailabilitySpec
 from .transport.links import LinkSpec
 
@@ -104,8 +105,12 @@ class RuntimeSpec:
     exchange_only: bool = False  # --local-steps 0: no training, no evaluation
     # the run's codec names, sent as their index in this table (transport/wire.py)
     codec_names: tuple = ()
+    cpu_policy: str = "batch"  # the node process's scheduling policy (scheduling.py)
 
     def __post_init__(self) -> None:
+        if self.cpu_policy not in CPU_POLICIES:
+            raise ConfigError(f"cpu_policy must be one of {', '.join(CPU_POLICIES)}, "
+                              f"got {self.cpu_policy!r}")
         names = self.codec_names
         if (not isinstance(names, tuple) or len(names) > 255 or len(set(names)) != len(names)
                 or not all(isinstance(n, str) and 0 < len(n) <= 256 for n in names)):

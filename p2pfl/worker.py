@@ -35,6 +35,7 @@ import zmq
 
 from .memory import keep_large_blocks
 from .roles import make_role, node_spec
+from .scheduling import set_cpu_policy
 from .runtime import CLOSER_GRACE_S, LAUNCHER, Runtime
 from .transport import Endpoint, Mailbox, bind_address
 from .transport.mailbox import Refused
@@ -153,6 +154,8 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
                                          **placement})
         config = _await_config(mailbox, launcher, start_timeout, joined_at, control)
         spec = node_spec(config.get("spec"))
+        if scheme != "inproc":  # a process of nodes alone, not the launcher's (threads)
+            set_cpu_policy(spec.runtime.cpu_policy)
         if security is not None:
             for j, key in config.get("keys") or []:
                 ep.bind_key(j, key)

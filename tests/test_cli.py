@@ -199,6 +199,8 @@ PLAN_REFUSES = {
     "--round-timeout 0": (["--round-timeout", "0"], "round-timeout"),
     "--lost-after nan": (["--lost-after", "nan", "--listen", "tcp://127.0.0.1:*"],
                          "--lost-after must be positive, got nan"),
+    "--cpu-policy fast": (["--cpu-policy", "fast"], "unknown cpu_policy 'fast'; valid: "
+                          "batch, normal"),
     "--lost-after without --listen": (["--lost-after", "5"], "--lost-after is how long a "
                                       "remote node's connection may be down; it needs --listen"),
     "--target-accuracy 7": (["--target-accuracy", "7"], "target-accuracy"),
