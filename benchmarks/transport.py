@@ -16,10 +16,6 @@
 * ``raw``: 8 processes in a ring, each with a PULL socket and a PUSH to each
   neighbour over loopback TCP, each sending the same vector to both neighbours and
   receiving two, the same number of times, in lock-step with nothing else to do.
-
-Every ring's processes, ours and the others, run under one scheduling policy,
-``--cpu-policy`` (``p2pfl/scheduling.py``): batch by default, as p2pfl's node processes
-do unless told otherwise; ``normal`` is Linux's default policy.
 * ``raw_kept``: the same, with the malloc setting our node processes make
   (``p2pfl/memory.py``: large buffers stay in the heap, so receiving a model does
   not page-fault its buffer in).  Plain ``raw`` pays those faults; ours does not,
@@ -32,6 +28,10 @@ do unless told otherwise; ``normal`` is Linux's default policy.
   time-outs or mailbox: the floor of a node loop written in Python.
 * ``floor_nomix``: the floor without the mix (it keeps its own vector): what the
   mix costs on this ring is the difference between the two floors.
+
+Every ring's processes, ours and the others, run under one scheduling policy,
+``--cpu-policy`` (``p2pfl/scheduling.py``): batch by default, as p2pfl's node processes
+do unless told otherwise; ``normal`` is Linux's default policy.
 
 Alternates ours, raw, raw_kept, floor and floor_nomix per size; prints the ratio of
 the medians and two per-message overheads, with the same figures for the floor:
