@@ -14,12 +14,11 @@ from collections import defaultdict, deque
 from typing import Callable, Iterable
 
 from .endpoint import COMMAND_KINDS, Endpoint
+from .routing import DATA_KINDS, Refused, Routing
 from .wire import Message
 
 __all__ = ["Mailbox", "DATA_KINDS", "NODE_REPORTS", "Refused"]
 
-#: Kinds that carry round data between nodes; all others are control messages.
-DATA_KINDS = frozenset({"hello", "model", "update", "softlabels", "control", "catchup"})
 #: At most this many queued messages are read before a wait starts.
 MAX_DRAIN = 10_000
 #: Commands a node keeps until it reads them: a launcher sends it one config and one
@@ -27,17 +26,9 @@ MAX_DRAIN = 10_000
 MAX_CONTROL = 64
 #: What the launcher's own mailbox takes as control: the nodes' reports.
 NODE_REPORTS = frozenset({"join", "ready", "metrics", "bye", "error"})
-#: Requests between peers: kept per sender (latest only) whatever their round.
-REQUEST_KINDS = frozenset({"resync", "pull"})
 
 
-class Refused(RuntimeError):
-    """The launcher refused this node's join, or replaced its process by another, and
-    said why: raised wherever the node waits, so that it does nothing more (a replaced
-    coordinator must not hand out final models); the node exits with status 2."""
-
-
-class Mailbox:
+class Mailbox(Routing):
     """Collects one round's data messages from a set of peers.
 
     Parameters
@@ -112,115 +103,6 @@ class Mailbox:
         self.done: set = set()
         self.gone: set = set()  # dead, the launcher said: away until restarted
         self.offline = False
-
-    def _route(self, msg: Message) -> None:
-        counters = self.endpoint.counters
-        if (msg.kind in COMMAND_KINDS) != (msg.channel == "control"):
-            counters.drop("wrong_channel")  # commands on the control socket, nothing else
-            return
-        if msg.kind not in COMMAND_KINDS and self.peers is not None and msg.src in self.peers:
-            self._presence(msg)  # kept up to date even while we are offline ourselves
-        if msg.kind == "leave":
-            if self.peers is None or msg.src not in self.peers:
-                counters.drop("unknown_sender")
-            return
-        if self.offline and msg.kind not in COMMAND_KINDS:
-            counters.drop("offline")  # an offline node neither sends nor receives
-            return
-        if msg.kind in REQUEST_KINDS:
-            if self.peers is not None and msg.src in self.peers:
-                self._requests[msg.kind][msg.src] = msg
-            else:
-                counters.drop("unknown_sender")
-            return
-        if msg.kind not in DATA_KINDS:
-            if msg.kind not in self.control_kinds:  # a node takes commands, the launcher
-                counters.drop("unexpected_kind")  # reports (join, metrics, bye...)
-                return
-            if msg.src not in self.control_sources:
-                counters.drop("control_from_stranger")
-                if self.on_stranger is not None:
-                    self.on_stranger(msg)
-                return
-            self.last_control = time.monotonic()
-            if msg.kind == "stop" and msg.meta.get("finish") is True:
-                self.finish = True  # end the run after the round in progress
-            elif msg.kind == "stop":
-                self.stopped = True
-                why = msg.meta.get("refused")
-                if isinstance(why, str):
-                    raise Refused(f"the launcher refused this node: {why[:500]}")
-            elif msg.kind == "peer":  # a neighbour was restarted elsewhere, or died
-                self._moved(msg.meta)
-            elif msg.kind != "heartbeat":
-                self.control.append(msg)
-            return
-        if self.peers is None:
-            if self._unconfigured >= self.max_unconfigured:
-                counters.drop("unconfigured_overflow")
-                return
-            self._unconfigured += 1
-        elif msg.src not in self.peers:
-            counters.drop("unknown_sender")
-            return
-        if self.peers is None and msg.round > self.last_heard.get(msg.src, -1):
-            self.last_heard[msg.src] = msg.round
-        if self.asynchronous and msg.round > 0 and msg.kind != "catchup":
-            queue = self._queues[(msg.kind, msg.src)]
-            if len(queue) >= self.max_queued:
-                queue.popleft()
-                counters.drop("queue_overflow")
-            queue.append(msg)
-        elif msg.round < self.current_round:
-            counters.drop("stale_round")
-        elif msg.round > self.current_round + self.window:
-            counters.drop("round_out_of_window")
-        else:
-            slot = self._pending[(msg.kind, msg.round)]
-            if msg.src in slot:
-                counters.drop("duplicate")
-            else:
-                slot[msg.src] = msg
-
-    def _moved(self, meta: dict) -> None:
-        """The launcher's news of a peer: restarted at a new address (told that we are
-        away if we are), or gone for good (its process died and will not be restarted,
-        or it finished: no round waits for it again)."""
-        peer, address = meta.get("id"), meta.get("address")
-        if type(peer) not in (int, str) or self.peers is None or peer not in self.peers:
-            self.endpoint.counters.drop("bad_peer_update")
-        elif meta.get("gone") is True:
-            self.gone.add(peer)
-            self.away.add(peer)
-            self.done.add(peer)
-        elif isinstance(address, str):
-            # restarted: waited for again (a worker that is never asked would never speak)
-            self.gone.discard(peer)
-            self.away.discard(peer)
-            self.done.discard(peer)
-            self.endpoint.reconnect(peer, address)
-            if self.offline:  # it did not hear our leave: as a restarted process, it
-                # would take us for a silent peer and wait for us every round
-                self.endpoint.send(peer, "leave", self.current_round)
-        else:
-            self.endpoint.counters.drop("bad_peer_update")
-
-    def _presence(self, msg: Message) -> None:
-        """What a peer's message says of it: gone (``leave``), or here, and at which round."""
-        if msg.kind == "leave":
-            self.away.add(msg.src)
-            self.left_at[msg.src] = time.monotonic()
-            if msg.meta.get("done") is True:
-                self.done.add(msg.src)  # finished its rounds: gone for good
-            return
-        if msg.src not in self.gone:  # a dead peer's last messages may still come in
-            self.away.discard(msg.src)
-        if msg.kind == "pull":
-            self.pulling.add(msg.src)
-        elif msg.kind in DATA_KINDS:
-            self.pulling.discard(msg.src)
-            if msg.round > self.last_heard.get(msg.src, -1):
-                self.last_heard[msg.src] = msg.round
 
     def _wait(self, ready: Callable[[], bool], timeout: float, wall: bool = False) -> None:
         """Receive and route messages until ``ready()``, a stop, or ``timeout`` seconds.
