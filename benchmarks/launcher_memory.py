@@ -49,8 +49,8 @@ def launcher_peak(tree: str, rounds: int, tmp: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tree", action="append", help="a source tree (repeatable; default: "
-                    "this checkout); a tree without --tree for this checkout is added last")
+    ap.add_argument("--tree", action="append", help="another source tree to measure "
+                    "(repeatable); this checkout is always measured, last")
     ap.add_argument("--rounds", type=int, default=30000)
     ap.add_argument("--short", type=int, default=1000)
     args = ap.parse_args()

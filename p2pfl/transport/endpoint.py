@@ -45,7 +45,7 @@ from .links import LOSSY_KINDS, LinkEmulator, LinkSpec
 from .security import Security, gate
 from .senders import Senders
 from .sockets import dealer, identity, put_parts, shared_frames
-from .wire import DEFAULT_LIMITS, Limits, Message, pack
+from .wire import DEFAULT_LIMITS, Limits, Message, frame_nbytes, pack
 
 __all__ = ["Endpoint", "bind_address", "identity", "COMMAND_KINDS"]
 
@@ -70,8 +70,7 @@ def bind_address(scheme: str, name: str, host: str = "127.0.0.1", run_dir: str =
 def _measure(parts: list, curve: bool) -> tuple[int, int]:
     """A message's bytes as sent (header plus frames), and on the wire (ZMTP framing,
     and CURVE's, included)."""
-    sizes = [p.nbytes if type(p) is memoryview else len(p) if isinstance(p, bytes)
-             else memoryview(p).nbytes for p in parts]
+    sizes = [frame_nbytes(p) for p in parts]
     return sum(sizes), wire_bytes(sizes, curve)
 
 
@@ -114,7 +113,6 @@ class Endpoint:
                  process_ids: bool = False) -> None:
         self.ctx = ctx
         self.node_id = node_id
-        self.limits = limits
         self.hwm = hwm
         self.counters = ByteCounter()
         self.security = security

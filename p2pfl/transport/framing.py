@@ -36,10 +36,9 @@ def frame_overhead(nbytes: int, curve: bool = False) -> int:
 
 
 def wire_bytes(sizes, curve: bool = False) -> int:
-    """Bytes one message of frames of ``sizes`` takes on the wire (the arithmetic of
-    :func:`frame_overhead`, inlined: two messages a node and round go through it)."""
+    """Bytes one message of frames of ``sizes`` takes on the wire."""
     extra = CURVE_MESSAGE if curve else 0
-    return sum(n + extra + (2 if n + extra <= 255 else 9) for n in sizes)
+    return sum(_framed(n + extra) for n in sizes)
 
 
 def _metadata(socket_type: str, identity: bytes) -> int:
