@@ -33,7 +33,7 @@ from .transport.mailbox import NODE_REPORTS
 from .transport.liveness import ConnectionWatch
 from .transport.security import Security
 from .spawn import spawn_hosts, spawn_processes, spawn_threads
-from .supervision import LOST_AFTER_S, NodeHandle, Supervision, process_state
+from .supervision import LOST_AFTER_S, NodeHandle, Supervision
 from .worker import HEARTBEAT_S, actor_context, raise_fd_limit
 
 __all__ = ["Launcher", "NodeHandle", "ClusterError"]
@@ -350,25 +350,12 @@ class Launcher(Supervision, Admission):
             for h in self.nodes.values():
                 if h.control and not h.exited():  # a message to a gone node would linger
                     self.ep.send(h.id, "stop")
-        if not self.in_process:  # a failed or stopped (SIGSTOP) node's own process is
-            for h in self.nodes.values():  # not waited for: it cannot say bye anyway
-                if hasattr(h.runner, "kill") and h.runner.is_alive() and (
-                        h.state == "failed" or process_state(h.pid) == "T"):
-                    h.runner.kill()
+        if not self.in_process:
+            self._kill_unanswering()
         deadline = time.monotonic() + 5.0
         if self.ep is not None and self.t_start is not None:
             self._collect_byes(running, deadline)  # their counters and last records
-        for h in self.nodes.values():
-            if h.runner is not None and h.runner.ident is not None:
-                h.runner.join(max(0.05, deadline - time.monotonic()))
-        for h in self.nodes.values():
-            r = h.runner
-            if hasattr(r, "terminate") and r.is_alive():  # a process or a Ray actor
-                r.terminate()
-                r.join(2.0)
-                if r.is_alive():
-                    r.kill()
-                    r.join(2.0)
+        self._reap(deadline)
         if self.ep is not None:
             self.control_bytes = self.ep.counters.total("sent") + self.ep.counters.total("received")
             self.dropped = dict(sorted(self.ep.counters.dropped.items()))

@@ -222,6 +222,29 @@ class Supervision:
             if not pending() or time.monotonic() > deadline:
                 return
 
+    def _kill_unanswering(self) -> None:
+        """At shutdown, kill the node processes that cannot say bye: a failed node's,
+        and a stopped one's (SIGSTOP): they are not waited for."""
+        for h in self.nodes.values():
+            if hasattr(h.runner, "kill") and h.runner.is_alive() and (
+                    h.state == "failed" or process_state(h.pid) == "T"):
+                h.runner.kill()
+
+    def _reap(self, deadline: float) -> None:
+        """At shutdown, wait for every runner until ``deadline``; then terminate the
+        processes and Ray actors still alive, and kill those that outlive that."""
+        for h in self.nodes.values():
+            if h.runner is not None and h.runner.ident is not None:
+                h.runner.join(max(0.05, deadline - time.monotonic()))
+        for h in self.nodes.values():
+            r = h.runner
+            if hasattr(r, "terminate") and r.is_alive():  # a process or a Ray actor
+                r.terminate()
+                r.join(2.0)
+                if r.is_alive():
+                    r.kill()
+                    r.join(2.0)
+
     def _checked(self, h: NodeHandle, msg) -> bool:
         """A ``metrics`` or ``bye`` message of ``h`` cut to what is well formed
         (:mod:`~p2pfl.reports`), in place; what was left out is counted as
