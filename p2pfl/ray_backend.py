@@ -18,10 +18,15 @@ import itertools
 import logging
 import math
 import os
+import socket
 
 from .errors import ConfigError
 
 __all__ = ["RayBackend", "RayRunner", "require_ray"]
+
+#: Seconds a head's port may take to accept a TCP connection before the address is refused
+#: (Ray itself retries an unreachable head for minutes, printing a warning each time).
+PROBE_S = 5.0
 
 #: Actors of this process so far: each gets a new name (restarts, and later runs of a
 #: Ray session the caller keeps).
@@ -35,6 +40,21 @@ def require_ray():
     except ImportError:
         raise ConfigError("--backend ray needs Ray: pip install 'p2pfl[ray]'") from None
     return ray
+
+
+def probe_head(address: str, timeout: float = PROBE_S) -> None:
+    """Refuse ``HOST:PORT`` (or ``ray://HOST:PORT``) at once when nothing there accepts
+    a TCP connection: a mistyped address or a head that is not running.  Ray would
+    retry it for minutes.  Whether what answers is Ray, ``ray.init`` finds out."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    host = host.strip("[]")  # an IPv6 literal in brackets
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        why = "no answer" if isinstance(exc, TimeoutError) else \
+            (exc.strerror or type(exc).__name__).lower()
+        raise ConfigError(f"--ray-address {address}: nothing accepts connections there "
+                          f"({why}); is a Ray head running at that address?") from None
 
 
 class NodeActor:
@@ -130,6 +150,8 @@ class RayBackend:
         if not self._owned and self.address:
             raise ConfigError(f"--ray-address {self.address}: this process is already "
                               "connected to Ray; leave the address out to use that session")
+        if self._owned and self.address not in (None, "auto", "local"):
+            probe_head(self.address)
         handlers = _signal_handlers()
         try:
             if self._owned:  # "local": a new instance even when `ray start` left one behind

@@ -151,6 +151,21 @@ def test_bad_ray_flags_exit_2(flags, message, tmp_path):
     assert proc.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("address", ["127.0.0.1:{port}", "ray://127.0.0.1:{port}"])
+def test_an_address_where_no_head_listens_is_refused_at_once(address, tmp_path):
+    """Ray retried such an address for minutes, a warning every few seconds (a
+    command with a mistyped port ran until killed after two)."""
+    address = address.format(port=free_port())  # nothing listens there
+    started = time.monotonic()
+    proc = _p2pfl(os.environ, "--backend", "ray", "--ray-address", address, "-q",
+                  "--out", str(tmp_path / "run"), timeout=60)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert f"--ray-address {address}: nothing accepts connections there" in proc.stderr
+    assert time.monotonic() - started < 30
+    assert not (tmp_path / "run" / "nodes.json").exists()  # no node was placed
+
+
 def test_a_ray_session_the_caller_started_is_used_and_kept(tmp_path):
     """With ray.init() done by the caller, --backend ray raised Ray's own 'called
     ray.init twice'; actor names then also collided between two runs of one process.
