@@ -41,6 +41,7 @@ from .transport import Endpoint, Mailbox, bind_address
 from .transport.mailbox import Refused
 from .transport.sockets import process_identity
 from .transport.cpugate import CpuGate
+from .transport.liveness import ConnectionWatch
 from .transport.security import Security
 from .version import __version__
 
@@ -60,18 +61,26 @@ def _await(mailbox: Mailbox, kind: str, timeout: float):
 
 
 def _await_config(mailbox: Mailbox, launcher: str, timeout: float, joined_at: float,
-                  control: str) -> dict:
-    """The launcher's config; a time-out says whether the launcher was ever heard."""
+                  control: str, watch: ConnectionWatch | None) -> dict:
+    """The launcher's config; a time-out says whether the launcher was ever heard, and
+    if not, whether a connection to it ever came up (``watch``)."""
     try:
         return _await(mailbox, "config", timeout).meta
     except TimeoutError:
         if mailbox.stopped:
             raise TimeoutError("the launcher ended the run before it started") from None
-        if mailbox.last_control <= joined_at:  # not even the heartbeat that answers a join
-            raise TimeoutError(  # an id it lacks or has, past --restart, an unknown key
-                f"no answer from the launcher at {launcher} in {timeout:g} s: unreachable, "
-                f"or it refused this join or cannot reach {control} (see its log)") from None
-        raise
+        if mailbox.last_control > joined_at:  # the heartbeat that answers a join came
+            raise
+        if watch is not None:
+            watch.poll(time.monotonic())
+            if watch.never_up(LAUNCHER):  # a wrong address, or no launcher there
+                raise TimeoutError(
+                    f"no connection to the launcher at {launcher} came up in {timeout:g} s: "
+                    "is it running, at that address (and with --key, of this run's keys)?"
+                    ) from None
+        raise TimeoutError(  # an id it lacks or has, past --restart, an unknown key
+            f"the launcher at {launcher} did not answer this join in {timeout:g} s: it "
+            f"refused it or cannot reach {control} (see its log)") from None
 
 
 def _report_unbound(ctx, node_id, launcher: str, security, reason: str) -> None:
@@ -137,12 +146,16 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
         _report_unbound(ctx, node_id, launcher, security, reason)
         return 1
     mailbox = Mailbox(ep, control_sources={LAUNCHER}, gate=gate)
+    # whether the connection to the launcher ever comes up; not for the many actors of a
+    # host, whose launcher is on this machine (and a monitor is two sockets more each)
+    watch = ConnectionWatch() if gate is None else None
     mailbox.alive = alive or (lambda: time.monotonic() - mailbox.last_control < lost_after)
     status, runtime = 1, None
     try:
         # the experimenter's channel: no link, and a routing id of this process, so that
         # the launcher hears (and refuses) a second process with this node's id
-        ep.connect(LAUNCHER, launcher, emulated=False, routing_id=process_identity(node_id))
+        ep.connect(LAUNCHER, launcher, emulated=False, routing_id=process_identity(node_id),
+                   watch=None if watch is None else lambda sock: watch.watch(LAUNCHER, sock))
         address, control = ep.address, ep.control_address
         if advertise:  # tcp://0.0.0.0:PORT is not reachable: tell peers our name
             address, control = (f"tcp://{advertise}:{a.rsplit(':', 1)[1]}"
@@ -152,7 +165,11 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
                                          "pid": os.getpid(), "host": socket.gethostname(),
                                          "local": ep.local_address, "version": __version__,
                                          **placement})
-        config = _await_config(mailbox, launcher, start_timeout, joined_at, control)
+        try:
+            config = _await_config(mailbox, launcher, start_timeout, joined_at, control, watch)
+        finally:
+            if watch is not None:
+                watch.close()
         spec = node_spec(config.get("spec"))
         if scheme != "inproc":  # a process of nodes alone, not the launcher's (threads)
             set_cpu_policy(spec.runtime.cpu_policy)

@@ -106,13 +106,33 @@ def test_node_bad_flags_are_exit_2_at_once(flags, words):
 
 
 def test_node_says_when_no_launcher_answers():
+    """Nothing listens at the address: no connection ever came up, and the node says so
+    (it used to list that among other causes)."""
     addr = f"tcp://127.0.0.1:{free_port()}"
     res, wall = run("node", "--connect", addr, "--id", "3", "--start-timeout", "2")
     assert res.returncode == 1 and wall < 15
     line = one_line(res.stderr, width=200)
     assert line.startswith("p2pfl: error: node 3: ")
-    assert f"no answer from the launcher at {addr} in 2 s: unreachable, or it refused " \
-           "this join or cannot reach tcp://" in line
+    assert f"no connection to the launcher at {addr} came up in 2 s: is it running, at " \
+           "that address" in line
+
+
+def test_node_says_when_a_connected_launcher_does_not_answer_its_join():
+    """A ZeroMQ socket takes the connection (the ZMTP handshake succeeds) but never
+    answers the join: the node names the join, not the address."""
+    ctx = zmq.Context()
+    silent = ctx.socket(zmq.ROUTER)
+    try:
+        port = silent.bind_to_random_port("tcp://127.0.0.1")
+        addr = f"tcp://127.0.0.1:{port}"
+        res, wall = run("node", "--connect", addr, "--id", "3", "--start-timeout", "2")
+        got = silent.recv_multipart(zmq.NOBLOCK)  # the join came, and went unanswered
+    finally:
+        ctx.destroy(linger=0)
+    assert res.returncode == 1 and wall < 15 and len(got) >= 2
+    line = one_line(res.stderr, width=200)
+    assert f"the launcher at {addr} did not answer this join in 2 s: it refused it or " \
+           "cannot reach tcp://" in line
 
 
 def _listening_launcher(tmp_path, addr: str, start_timeout: float, *extra) -> subprocess.Popen:
