@@ -165,9 +165,13 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
                                          "pid": os.getpid(), "host": socket.gethostname(),
                                          "local": ep.local_address, "version": __version__,
                                          **placement})
+        if watch is not None:
+            # its events are read while waiting, or a long wait's retries fill their queue
+            mailbox.on_tick = lambda: watch.poll(time.monotonic())
         try:
             config = _await_config(mailbox, launcher, start_timeout, joined_at, control, watch)
         finally:
+            mailbox.on_tick = None
             if watch is not None:
                 watch.close()
         spec = node_spec(config.get("spec"))
