@@ -42,19 +42,45 @@ def require_ray():
     return ray
 
 
+def ray_would_connect_to(address: str) -> str | None:
+    """The ``HOST:PORT`` that ``ray.init(address)`` connects to: ``RAY_ADDRESS`` when set
+    (Ray lets it override the argument), else for ``auto`` the cluster ``ray start`` last
+    left word of in Ray's temp folder, else ``address``.  None where Ray finds no
+    address (it says so itself) or starts one.  Ray's own lookup, which is not public
+    API: should it be missing or fail, ``address`` is taken as it is."""
+    try:
+        from ray._private.services import get_ray_address_from_environment
+
+        found = get_ray_address_from_environment(address, None)
+    except ConnectionError:  # "auto", and no cluster anywhere: ray.init says so
+        return None
+    except Exception:  # another Ray version
+        found = address
+    return found if isinstance(found, str) and found not in ("auto", "local") else None
+
+
 def probe_head(address: str, timeout: float = PROBE_S) -> None:
-    """Refuse ``HOST:PORT`` (or ``ray://HOST:PORT``) at once when nothing there accepts
-    a TCP connection: a mistyped address or a head that is not running.  Ray would
-    retry it for minutes.  Whether what answers is Ray, ``ray.init`` finds out."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
+    """Refuse ``--ray-address`` at once when nothing accepts a TCP connection where Ray
+    would connect (:func:`ray_would_connect_to`): a mistyped address, a head that is not
+    running, or one that ended and left its address behind.  Ray would retry it for
+    minutes.  Whether what answers is Ray, ``ray.init`` finds out."""
+    target = ray_would_connect_to(address)
+    if target is None:
+        return
+    host, _, port = target.removeprefix("ray://").rpartition(":")
     host = host.strip("[]")  # an IPv6 literal in brackets
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         why = "no answer" if isinstance(exc, TimeoutError) else \
-            (exc.strerror or type(exc).__name__).lower()
-        raise ConfigError(f"--ray-address {address}: nothing accepts connections there "
-                          f"({why}); is a Ray head running at that address?") from None
+            (getattr(exc, "strerror", None) or type(exc).__name__).lower()
+        if target == address:
+            raise ConfigError(f"--ray-address {address}: nothing accepts connections there "
+                              f"({why}); is a Ray head running at that address?") from None
+        source = "RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else "the last `ray start`"
+        raise ConfigError(f"--ray-address {address}: Ray would connect to {target} (from "
+                          f"{source}), where nothing accepts connections ({why}); is a Ray "
+                          "head running?") from None
 
 
 class NodeActor:
@@ -150,7 +176,7 @@ class RayBackend:
         if not self._owned and self.address:
             raise ConfigError(f"--ray-address {self.address}: this process is already "
                               "connected to Ray; leave the address out to use that session")
-        if self._owned and self.address not in (None, "auto", "local"):
+        if self._owned and self.address is not None:
             probe_head(self.address)
         handlers = _signal_handlers()
         try:

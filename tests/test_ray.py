@@ -166,6 +166,20 @@ def test_an_address_where_no_head_listens_is_refused_at_once(address, tmp_path):
     assert not (tmp_path / "run" / "nodes.json").exists()  # no node was placed
 
 
+def test_auto_naming_a_head_that_is_gone_is_refused_at_once(tmp_path):
+    """``auto`` connects where RAY_ADDRESS (or the last ``ray start``) says; a head that
+    ended there left Ray retrying for minutes too."""
+    gone = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    proc = _p2pfl(dict(os.environ, RAY_ADDRESS=gone), "--backend", "ray", "--ray-address",
+                  "auto", "-q", "--out", str(tmp_path / "run"), timeout=60)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr == (f"p2pfl: error: --ray-address auto: Ray would connect to {gone} "
+                           "(from RAY_ADDRESS), where nothing accepts connections (connection "
+                           "refused); is a Ray head running?\n")
+    assert time.monotonic() - started < 30
+
+
 def test_a_ray_session_the_caller_started_is_used_and_kept(tmp_path):
     """With ray.init() done by the caller, --backend ray raised Ray's own 'called
     ray.init twice'; actor names then also collided between two runs of one process.
