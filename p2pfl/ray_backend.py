@@ -179,6 +179,12 @@ class RayBackend:
         if self._owned and self.address is not None:
             probe_head(self.address)
         handlers = _signal_handlers()
+        # A new local instance turns on Ray's token authentication, its default, and
+        # says so with a warning line on every run: kept, without the line.
+        notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+        level = notice.level
+        if self.address is None:
+            notice.setLevel(logging.ERROR)
         try:
             if self._owned:  # "local": a new instance even when `ray start` left one behind
                 ray.init(address=self.address or "local", **kwargs)
@@ -186,6 +192,7 @@ class RayBackend:
             raise ConfigError(f"--ray-address {self.address}: {exc}") from None
         finally:  # ray.init makes SIGTERM exit at once: ours stops the nodes and writes
             _restore(handlers)  # the summary (p2pfl.signals)
+            notice.setLevel(level)
         self._ray = ray
         self._check_resources(num_nodes, ray.cluster_resources())
         where = "at " + self.address if self.address else "started here"

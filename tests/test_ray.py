@@ -137,6 +137,17 @@ def test_nodes_that_do_not_fit_are_refused_before_any_starts(ray_cluster, tmp_pa
     assert "16 nodes x 2 CPU need 32 CPUs; the Ray cluster has 16" in proc.stderr
 
 
+def test_a_local_instance_that_is_too_small_is_one_line(tmp_path):
+    """A Ray started for the run said, on every run, that it turned on token
+    authentication (its default): a line of Ray's before ours."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    proc = _p2pfl(env, "--backend", "ray", "--node-cpus", "64", "--topology", "ring:4", "-q",
+                  "--out", str(tmp_path / "run"), timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith("p2pfl: error: 4 nodes x 64 CPU need 256 CPUs; the Ray "
+                                  "cluster has ") and proc.stderr.count("\n") == 1, proc.stderr
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--ray-address", "127.0.0.1:1"], "--ray-address needs --backend ray"),
     (["--node-gpus", "1"], "--node-gpus needs --backend ray"),
