@@ -43,19 +43,19 @@ def require_ray():
 
 
 def ray_would_connect_to(address: str) -> str | None:
-    """The ``HOST:PORT`` that ``ray.init(address)`` connects to: ``RAY_ADDRESS`` when set
-    (Ray lets it override the argument), else for ``auto`` the cluster ``ray start`` last
-    left word of in Ray's temp folder, else ``address``.  None where Ray finds no
-    address (it says so itself) or starts one.  Ray's own lookup, which is not public
-    API: should it be missing or fail, ``address`` is taken as it is."""
+    """The ``HOST:PORT`` that ``ray.init(address)`` connects to: ``address`` itself, or
+    for ``auto`` what ``RAY_ADDRESS`` says, else the cluster ``ray start`` last left word
+    of in Ray's temp folder.  None for ``local``, and where Ray finds nothing (it says
+    so itself).  ``auto`` is resolved by Ray's own lookup, which is not public API:
+    should it be missing or fail otherwise, nothing is probed."""
+    if address != "auto":
+        return None if address == "local" else address
     try:
         from ray._private.services import get_ray_address_from_environment
 
         found = get_ray_address_from_environment(address, None)
-    except ConnectionError:  # "auto", and no cluster anywhere: ray.init says so
+    except Exception:  # ConnectionError: no cluster anywhere; or another Ray version
         return None
-    except Exception:  # another Ray version
-        found = address
     return found if isinstance(found, str) and found not in ("auto", "local") else None
 
 
