@@ -147,8 +147,9 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
         return 1
     mailbox = Mailbox(ep, control_sources={LAUNCHER}, gate=gate)
     # whether the connection to the launcher ever comes up; not for the many actors of a
-    # host, whose launcher is on this machine (and a monitor is two sockets more each)
-    watch = ConnectionWatch() if gate is None else None
+    # host nor the launcher's own threads (inproc), whose launcher is on this machine and
+    # whose contexts count their sockets (a monitor is two more each)
+    watch = ConnectionWatch() if gate is None and scheme != "inproc" else None
     mailbox.alive = alive or (lambda: time.monotonic() - mailbox.last_control < lost_after)
     status, runtime = 1, None
     try:
