@@ -179,11 +179,11 @@ class RayBackend:
         if self._owned and self.address is not None:
             probe_head(self.address)
         handlers = _signal_handlers()
-        # A new local instance turns on Ray's token authentication, its default, and
-        # says so with a warning line on every run: kept, without the line.
+        # Ray turns on token authentication for a new local instance (its default) and
+        # says so in a warning line on every run: authentication stays on, the line goes.
         notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
         level = notice.level
-        if self.address is None:
+        if self.address in (None, "local"):
             notice.setLevel(logging.ERROR)
         try:
             if self._owned:  # "local": a new instance even when `ray start` left one behind
@@ -195,7 +195,7 @@ class RayBackend:
             notice.setLevel(level)
         self._ray = ray
         self._check_resources(num_nodes, ray.cluster_resources())
-        where = "at " + self.address if self.address else "started here"
+        where = "started here" if self.address in (None, "local") else "at " + self.address
         self.log(f"Ray cluster {where}: {len(ray.nodes())} host(s); {num_nodes} node actors "
                  f"of {self.node_cpus:g} CPU" + (f", {self.node_gpus:g} GPU"
                                                  if self.node_gpus else ""))
