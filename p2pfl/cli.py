@@ -298,7 +298,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt as exc:  # 128 + the signal, as a shell reports it
         signum = getattr(exc, "signum", signal.SIGINT)
         what = "terminated" if signum == signal.SIGTERM else "interrupted"
-        print(f"p2pfl: {what}; all nodes stopped", file=sys.stderr)
+        print(f"p2pfl: {what}" + ("; all nodes stopped" if args.command == "cluster" else ""),
+              file=sys.stderr)
         return 128 + int(signum)
     except BrokenPipeError:
         os._exit(1)

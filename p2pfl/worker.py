@@ -151,7 +151,7 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
     # whose contexts count their sockets (a monitor is two more each)
     watch = ConnectionWatch() if gate is None and scheme != "inproc" else None
     mailbox.alive = alive or (lambda: time.monotonic() - mailbox.last_control < lost_after)
-    status, runtime = 1, None
+    status, runtime, unreached = 1, None, False
     try:
         # the experimenter's channel: no link, and a routing id of this process, so that
         # the launcher hears (and refuses) a second process with this node's id
@@ -174,6 +174,8 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
         finally:
             mailbox.on_tick = None
             if watch is not None:
+                watch.poll(time.monotonic())
+                unreached = watch.never_up(LAUNCHER)  # then what is queued cannot leave
                 watch.close()
         spec = node_spec(config.get("spec"))
         if scheme != "inproc":  # a process of nodes alone, not the launcher's (threads)
@@ -229,9 +231,10 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
         # After the launcher's stop every peer is done: nothing left is worth waiting for,
         # but what goes to the launcher (the last records, the bye) may still be queued.
         # A refused or replaced process sends nothing more (a replaced coordinator's final
-        # models would race its replacement's).
-        ep.close(linger=0 if status == 2 or (mailbox.stopped and status == 0) else None,
-                 spare=(LAUNCHER,))
+        # models would race its replacement's); nor does one that never reached its
+        # launcher (a Ctrl-C then took 2 s more, waiting for a join that could not leave).
+        done = status == 2 or (mailbox.stopped and status == 0) or unreached
+        ep.close(linger=0 if done else None, spare=() if unreached else (LAUNCHER,))
     return status
 
 

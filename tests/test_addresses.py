@@ -4,6 +4,7 @@ node starts; a launcher or nodes that never show up end in one line, exit 1."""
 import importlib.util
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -115,6 +116,26 @@ def test_node_says_when_no_launcher_answers():
     assert line.startswith("p2pfl: error: node 3: ")
     assert f"no connection to the launcher at {addr} came up in 2 s: is it running, at " \
            "that address" in line
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_node_that_never_reached_its_launcher_stops_at_once_on_a_signal(sig):
+    """Its join could not leave, yet the node waited 2 s for it before exiting, and
+    said that 'all nodes' had stopped."""
+    proc = subprocess.Popen([*CLI, "node", "--connect", f"tcp://127.0.0.1:{free_port()}",
+                             "--id", "0"], cwd=ROOT, text=True, stderr=subprocess.PIPE)
+    try:
+        time.sleep(3)  # imported, bound, and waiting for the launcher
+        assert proc.poll() is None
+        sent = time.monotonic()
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == 128 + sig
+        took = time.monotonic() - sent
+        word = "interrupted" if sig == signal.SIGINT else "terminated"
+        assert proc.stderr.read() == f"p2pfl: {word}\n"
+        assert took < 1.0, took
+    finally:
+        proc.kill()
 
 
 def test_node_says_when_a_connected_launcher_does_not_answer_its_join():
