@@ -169,13 +169,15 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
         if watch is not None:
             # its events are read while waiting, or a long wait's retries fill their queue
             mailbox.on_tick = lambda: watch.poll(time.monotonic())
+        config = None
         try:
             config = _await_config(mailbox, launcher, start_timeout, joined_at, control, watch)
         finally:
             mailbox.on_tick = None
             if watch is not None:
-                watch.poll(time.monotonic())
-                unreached = watch.never_up(LAUNCHER)  # then what is queued cannot leave
+                if config is None:  # what is queued for a launcher never reached cannot leave
+                    watch.poll(time.monotonic())
+                    unreached = watch.never_up(LAUNCHER)
                 watch.close()
         spec = node_spec(config.get("spec"))
         if scheme != "inproc":  # a process of nodes alone, not the launcher's (threads)
