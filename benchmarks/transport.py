@@ -69,6 +69,7 @@ sys.path.insert(0, ROOT)
 from _results import round_span  # noqa: E402
 from p2pfl.atomic import write_atomic  # noqa: E402
 from p2pfl.metrics import read_metrics, write_json_atomic  # noqa: E402
+from p2pfl.scheduling import CPU_POLICIES  # noqa: E402
 
 SIZES = {"10K": "mlp:135", "1M": "mlp:13500", "10M": "mlp:135000"}
 #: The 10 K case runs this many times ``--rounds`` (2,000 by default) after this many
@@ -266,7 +267,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES),
                     help="which sizes to measure now (the others are kept from the last run)")
-    ap.add_argument("--cpu-policy", choices=("batch", "normal"), default="batch",
+    ap.add_argument("--cpu-policy", choices=CPU_POLICIES, default="batch",
                     help="the scheduling policy of every ring's processes, ours and raw "
                     "(ours: --cpu-policy; default batch, as p2pfl's own default)")
     ap.add_argument("--table", action="store_true",

@@ -71,16 +71,22 @@ def _await_config(mailbox: Mailbox, launcher: str, timeout: float, joined_at: fl
             raise TimeoutError("the launcher ended the run before it started") from None
         if mailbox.last_control > joined_at:  # the heartbeat that answers a join came
             raise
-        if watch is not None:
-            watch.poll(time.monotonic())
-            if watch.never_up(LAUNCHER):  # a wrong address, or no launcher there
-                raise TimeoutError(
-                    f"no connection to the launcher at {launcher} came up in {timeout:g} s: "
-                    "is it running, at that address (and with --key, of this run's keys)?"
-                    ) from None
+        if _never_reached(watch):  # a wrong address, or no launcher there
+            raise TimeoutError(
+                f"no connection to the launcher at {launcher} came up in {timeout:g} s: "
+                "is it running, at that address (and with --key, of this run's keys)?"
+                ) from None
         raise TimeoutError(  # an id it lacks or has, past --restart, an unknown key
             f"the launcher at {launcher} did not answer this join in {timeout:g} s: it "
             f"refused it or cannot reach {control} (see its log)") from None
+
+
+def _never_reached(watch: ConnectionWatch | None) -> bool:
+    """Whether ``watch`` (None: not watched) saw no connection to the launcher come up."""
+    if watch is None:
+        return False
+    watch.poll(time.monotonic())
+    return watch.never_up(LAUNCHER)
 
 
 def _report_unbound(ctx, node_id, launcher: str, security, reason: str) -> None:
@@ -174,10 +180,9 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
             config = _await_config(mailbox, launcher, start_timeout, joined_at, control, watch)
         finally:
             mailbox.on_tick = None
+            # what is queued for a launcher never reached cannot leave
+            unreached = config is None and _never_reached(watch)
             if watch is not None:
-                if config is None:  # what is queued for a launcher never reached cannot leave
-                    watch.poll(time.monotonic())
-                    unreached = watch.never_up(LAUNCHER)
                 watch.close()
         spec = node_spec(config.get("spec"))
         if scheme != "inproc":  # a process of nodes alone, not the launcher's (threads)
