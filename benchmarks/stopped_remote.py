@@ -1,18 +1,20 @@
-"""A remote node whose process is stopped (SIGSTOP) mid-run, for a while or for good.
+"""A remote node whose process is stopped (SIGSTOP) mid-run, for a while or for good,
+or interrupted (SIGINT, SIGTERM).
 
 Starts ``p2pfl cluster --topology ring:4 --dataset digits --listen ADDR --rounds
 R --local-steps 20`` and four ``p2pfl node --id N`` processes.  Two seconds after
-the nodes joined, node 2's process is stopped; with ``--stop S`` it is resumed S
-seconds later, with ``--stop 0`` never (it is killed once the launcher exits).
-Measures the seconds from the stop until the launcher exits, the launcher's exit
-status, ``failed_nodes``, and node 2's exit status and last line.  ``--tree``
-runs another checkout (an older commit, to compare).
+the nodes joined, node 2's process gets ``--signal`` (STOP by default).  A stopped
+one is resumed ``--stop S`` seconds later, with ``--stop 0`` never (it is killed
+once the launcher exits).  Measures the seconds from the signal until the launcher
+exits and until it logs that node 2 failed (``failed_s``; None if it did not), the
+launcher's exit status, ``failed_nodes``, and node 2's exit status and last line.
+``--tree`` runs another checkout (an older commit, to compare).
 
-    python benchmarks/stopped_remote.py [--tree DIR] [--stop 0] [--rounds 1500]
-        [--repeats 3]
+    python benchmarks/stopped_remote.py [--tree DIR] [--signal STOP|INT|TERM]
+        [--stop 0] [--rounds 1500] [--repeats 3]
 
-Writes ``benchmarks/results/stopped_remote.json`` (one entry per tree, commit and
-stop; an entry of the same three is replaced).
+Writes ``benchmarks/results/stopped_remote.json`` (one entry per tree, commit, signal
+and stop; an entry of the same four is replaced; an entry without ``signal`` is STOP).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ sys.path.insert(0, ROOT)
 from p2pfl.addresses import free_port  # noqa: E402
 
 
-def one_run(tree: str, stop: float, rounds: int) -> dict:
+def one_run(tree: str, sig: str, stop: float, rounds: int) -> dict:
     cli = [sys.executable, "-m", "p2pfl.cli"]
     addr = f"tcp://127.0.0.1:{free_port()}"
     out = tempfile.mkdtemp(prefix="stopped_remote_")
@@ -45,41 +47,49 @@ def one_run(tree: str, stop: float, rounds: int) -> dict:
                                  "digits", "--listen", addr, "--rounds", str(rounds),
                                  "--local-steps", "20", "--start-timeout", "60", "--out", out],
                                 cwd=tree, text=True, stderr=subprocess.PIPE)
-    said: list = []
-    reader = threading.Thread(target=lambda: said.extend(launcher.stderr), daemon=True)
+    heard: list = []  # (when, line) of what the launcher said
+    reader = threading.Thread(target=lambda: heard.extend((time.monotonic(), x) for x in
+                                                          launcher.stderr), daemon=True)
     node2 = os.path.join(out, "node2.err")
     nodes = []
+
+    def said(text: str) -> float | None:  # when the launcher first said it
+        return next((t for t, line in list(heard) if text in line), None)
+
     try:
         reader.start()
-        while not any(line.startswith("waiting for 4 node(s)") for line in said):
+        while said("waiting for 4 node(s)") is None:
             time.sleep(0.05)
         nodes = [subprocess.Popen([*cli, "node", "--connect", addr, "--host", "127.0.0.1",
                                    "--id", str(i), "--start-timeout", "60"], cwd=tree,
                                   stderr=open(node2 if i == 2 else os.devnull, "w"))
                  for i in range(4)]
-        while not any(" nodes joined in " in line for line in said):
+        while said(" nodes joined in ") is None:
             time.sleep(0.05)
         time.sleep(2.0)
-        nodes[2].send_signal(signal.SIGSTOP)
+        nodes[2].send_signal(getattr(signal, "SIG" + sig))
         t0 = time.monotonic()
-        if stop > 0:
+        if sig == "STOP" and stop > 0:
             time.sleep(stop)
             nodes[2].send_signal(signal.SIGCONT)
         launcher.wait(timeout=600)
         wall = time.monotonic() - t0
         nodes[2].send_signal(signal.SIGCONT)
-        if stop <= 0:
+        if sig == "STOP" and stop <= 0:
             nodes[2].kill()
         status2 = nodes[2].wait(timeout=180)
         reader.join(5)
+        failed_at = said("node 2 failed")
         with open(os.path.join(out, "summary.json")) as fh:
             summary = json.load(fh)
         with open(node2) as fh:
             last2 = (fh.read().strip().splitlines() or [""])[-1]
-        return {"seconds": round(wall, 3), "launcher_status": launcher.returncode,
+        return {"seconds": round(wall, 3),
+                "failed_s": None if failed_at is None else round(failed_at - t0, 3),
+                "launcher_status": launcher.returncode,
                 "failed_nodes": summary.get("failed_nodes"), "node2_status": status2,
                 "node2_said": last2[:200],
-                "launcher_said": [x.strip() for x in said if "failed" in x][:3]}
+                "launcher_said": [x.strip() for _, x in heard if "failed" in x][:3]}
     finally:
         end_all([launcher, *nodes])
 
@@ -87,18 +97,22 @@ def one_run(tree: str, stop: float, rounds: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tree", default=ROOT, help="the checkout whose CLI runs")
+    ap.add_argument("--signal", default="STOP", choices=("STOP", "INT", "TERM"),
+                    help="what node 2's process gets (default STOP)")
     ap.add_argument("--stop", type=float, default=0.0,
                     help="seconds node 2 stays stopped (0: for good)")
     ap.add_argument("--rounds", type=int, default=1500)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     tree = os.path.abspath(args.tree)
-    runs = [one_run(tree, args.stop, args.rounds) for _ in range(args.repeats)]
+    stop = args.stop if args.signal == "STOP" else None
+    runs = [one_run(tree, args.signal, args.stop, args.rounds) for _ in range(args.repeats)]
     for r in runs:
-        print(f"{r['seconds']:7.2f} s  launcher exit {r['launcher_status']}  failed "
-              f"{r['failed_nodes']}  node 2 exit {r['node2_status']}  {r['node2_said'][:90]}")
-    summarize(OUT, tree, runs, "the launcher ended, after the stop,", {"stop": args.stop},
-              {"rounds": args.rounds})
+        print(f"{r['seconds']:7.2f} s  node 2 failed after {r['failed_s']} s  launcher exit "
+              f"{r['launcher_status']}  failed {r['failed_nodes']}  node 2 exit "
+              f"{r['node2_status']}  {r['node2_said'][:90]}")
+    summarize(OUT, tree, runs, f"the launcher ended, after SIG{args.signal},",
+              {"signal": args.signal, "stop": stop}, {"rounds": args.rounds})
     return 0
 
 

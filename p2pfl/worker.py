@@ -157,7 +157,7 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
     # whose contexts count their sockets (a monitor is two more each)
     watch = ConnectionWatch() if gate is None and scheme != "inproc" else None
     mailbox.alive = alive or (lambda: time.monotonic() - mailbox.last_control < lost_after)
-    status, runtime, unreached = 1, None, False
+    status, runtime, unreached, config = 1, None, False, None
     try:
         # the experimenter's channel: no link, and a routing id of this process, so that
         # the launcher hears (and refuses) a second process with this node's id
@@ -175,7 +175,6 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
         if watch is not None:
             # its events are read while waiting, or a long wait's retries fill their queue
             mailbox.on_tick = lambda: watch.poll(time.monotonic())
-        config = None
         try:
             config = _await_config(mailbox, launcher, start_timeout, joined_at, control, watch)
         finally:
@@ -228,6 +227,10 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
     except Refused as exc:  # the launcher knows why: it is not told again
         report(str(exc))
         status = 2
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM to `p2pfl node` (cli.py)
+        if config is not None:  # else it is waited for again, to be started anew
+            _tell_interrupted(ep, runtime, exc)
+        raise
     except Exception as exc:  # report, then exit non-zero; never hang
         reason = f"{type(exc).__name__}: {exc}"
         report(reason)
@@ -243,6 +246,18 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
         done = status == 2 or (mailbox.stopped and status == 0) or unreached
         ep.close(linger=0 if done else None, spare=() if unreached else (LAUNCHER,))
     return status
+
+
+def _tell_interrupted(ep: Endpoint, runtime: Runtime | None, exc: KeyboardInterrupt) -> None:
+    """Tell the launcher that this node stops on a signal, after its last records: it
+    fails the node at once, and tells its peers, instead of after ``--lost-after``
+    seconds of a lost connection (``benchmarks/stopped_remote.py --signal INT``).
+    The message leaves while the endpoint closes (up to 2 s, then it is dropped)."""
+    what = "terminated (SIGTERM)" if getattr(exc, "signum", None) == signal.SIGTERM \
+        else "interrupted (SIGINT)"
+    if runtime is not None:
+        runtime.flush()  # the rounds it completed are recorded
+    ep.send(LAUNCHER, "error", meta={"reason": f"its process was {what}"})
 
 
 #: How often the launcher sends each running or finished node a heartbeat.

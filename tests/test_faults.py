@@ -350,6 +350,58 @@ def test_a_remote_node_that_dies_is_noticed_by_its_lost_connection(tmp_path):
     assert took < 40, f"{took:.1f} s after the kill"
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_remote_node_stopped_by_a_signal_tells_its_launcher(tmp_path, sig):
+    """Ctrl-C or SIGTERM to a `p2pfl node` mid-run: it records its completed rounds and
+    tells the launcher, which fails it at once and tells its peers.  Before, the
+    launcher waited for its connection to be down ``--lost-after`` (60 s here)."""
+    import threading
+
+    from p2pfl.addresses import listening
+    from tests._remote import free_port
+
+    port = free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    out = tmp_path / "run"
+    launcher = subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "cluster", "--dataset",
+                                 "digits", "--topology", "ring:3", "--rounds", "100000",
+                                 "--listen", addr, "--lost-after", "60", "--out", str(out)],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)  # not -q: what it logs is read
+    said: list = []  # (when, line)
+    threading.Thread(target=lambda: said.extend((time.monotonic(), x) for x in launcher.stderr),
+                     daemon=True).start()
+    nodes = []
+    try:
+        deadline = time.monotonic() + 60
+        while not listening(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        nodes = [subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
+                                   "--id", str(i), "--host", "127.0.0.1"], cwd=ROOT,
+                                  stderr=subprocess.PIPE, text=True) for i in range(3)]
+        while len(_records(out)) < 30:  # records come in batches: some of every node
+            assert launcher.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        nodes[1].send_signal(sig)
+        sent = time.monotonic()
+        assert nodes[1].wait(timeout=30) == 128 + sig
+        word = "interrupted (SIGINT)" if sig == signal.SIGINT else "terminated (SIGTERM)"
+        line = f"node 1 failed: its process was {word}"
+        while not any(line in x for _, x in list(said)):
+            assert launcher.poll() is None and time.monotonic() < sent + 30, said
+            time.sleep(0.02)
+        took = next(t for t, x in list(said) if line in x) - sent
+        left = max(r["round"] for r in _records(out) if r["node"] == 1)
+        while not any(r["node"] != 1 and r["round"] > left + 20 for r in _records(out)):
+            assert launcher.poll() is None and time.monotonic() < sent + 60  # peers go on
+            time.sleep(0.02)
+    finally:
+        for p in [launcher, *nodes]:
+            p.kill()
+    assert took < 5, f"{took:.1f} s after the signal"
+    assert left >= 10  # its last records reached the launcher
+
+
 def test_a_failed_node_that_says_bye_later_stays_failed_with_its_counters():
     """A remote node failed for a lost connection (its peers were told it is gone) may
     come back and finish: its bye's counters are kept, but it stays failed.  Before,
