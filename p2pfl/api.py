@@ -178,7 +178,6 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
     (``time.monotonic()``) is when the run began, for ``wall_s``.
     """
     from .cluster import Launcher
-    from .supervision import LOST_AFTER_S
 
     cfg, t0 = p.config, time.monotonic() if t0 is None else t0
     out = _out_dir(cfg)
@@ -216,7 +215,7 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
     launcher = Launcher(list(p.specs), out, in_process=cfg.in_process, scheme=cfg.transport,
                         host=cfg.host, start_timeout=cfg.start_timeout,
                         round_timeout=cfg.round_timeout, on_message=on_message,
-                        lost_after=cfg.lost_after or LOST_AFTER_S,
+                        lost_after=cfg.lost_after,
                         log=progress.info, listen=cfg.listen, closer=p.closer,
                         restarts=p.restarts, on_restart=lambda h: h.id == p.closer or
                         sink.node_paused(h.id), keys=p.keys, procs=cfg.procs or 1,

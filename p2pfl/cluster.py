@@ -54,7 +54,7 @@ class Launcher(Supervision, Admission):
 
     def __init__(self, specs: list, out_dir: str, *, in_process: bool = False,
                  scheme: str = "tcp", host: str = "127.0.0.1", start_timeout: float = 60.0,
-                 round_timeout: float = 10.0, lost_after: float = LOST_AFTER_S,
+                 round_timeout: float = 10.0, lost_after: float | None = None,
                  on_message=None, log=None,
                  listen: str | None = None, closer=None, restarts: int = 0,
                  on_restart=None, keys=None, procs: int = 1, backend=None) -> None:
@@ -76,7 +76,8 @@ class Launcher(Supervision, Admission):
         self.host = host
         self.start_timeout = start_timeout
         self.round_timeout = round_timeout
-        self.lost_after = lost_after  # a remote node's connection down this long: failed
+        # a remote node's connection down this long: failed (--lost-after)
+        self.lost_after = LOST_AFTER_S if lost_after is None else lost_after
         self.on_message = on_message or (lambda handle, msg: None)
         self.log = log or (lambda text: None)
         self.nodes = {s.id: NodeHandle(s.id, s.label) for s in specs}
