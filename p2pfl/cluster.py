@@ -270,6 +270,7 @@ class Launcher(Supervision, Admission):
                     self._died(h)
             self._fail_stopped_stragglers(now)
             self._fail_lost_connections(now)
+            self._fail_signalled(now)
             if now - last_news > silence_limit:
                 for h in self.nodes.values():
                     if h.state == "ready":
@@ -329,6 +330,8 @@ class Launcher(Supervision, Admission):
             h.state = "ready"
         elif msg.kind == "metrics":
             h.last_round = max(h.last_round, msg.round)
+        elif msg.kind == "bye" and "signal" in msg.meta:  # a p2pfl node stopped mid-run
+            self._signalled(h, msg.meta)
         elif msg.kind == "bye" and not h.said_bye(msg.meta):
             self.log(f"node {h.label!r} finished after it failed ({h.reason}); "
                      "its counters are kept, and it stays failed")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 
 from .metrics import json_line
+from .signals import STOPPED_BY
 
 __all__ = ["checked_records", "checked_final", "MAX_ROUND"]
 
@@ -133,6 +134,8 @@ def checked_final(meta: dict, node) -> tuple[dict, int]:
             ok = _tally_ok(value)
         elif key in _FINAL_TEXT:
             ok = isinstance(value, str)
+        elif key == "signal":  # a node stopped mid-run by one (worker.py)
+            ok = value in STOPPED_BY
         elif key == "absent":
             ok = isinstance(value, list) and all(type(j) in (int, str) for j in value)
         elif key == "strategy":  # a server strategy's own summary fields

@@ -8,19 +8,33 @@ records the signal, and the launcher's loops call :func:`check`, which raises it
 again if nothing else did.  Where an exception must not cut a step in two (a
 message taken off its socket and not yet handled is lost), the step runs
 :func:`deferred`: a signal then only is recorded, and is raised when the step ends.
+Every message an endpoint queues is such a step (:func:`uncut`): cut between its
+parts, it is lost, and so is the next one on its socket.
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 
 from .errors import Terminated
 
-__all__ = ["handler", "check", "clear", "deferred", "pending", "standing_for"]
+__all__ = ["handler", "check", "clear", "deferred", "pending", "standing_for", "name_of",
+           "STOPPED_BY", "uncut"]
 
 _pending: list = []  # signals whose exception may not have reached the launcher
-_deferring: list = []  # one entry a deferred() step in progress
+_deferring: list = []  # one entry a deferred() or uncut() step in progress
+_MAIN = threading.main_thread().ident
+
+
+#: How a process stopped by each signal that unwinds it ended, in words.
+STOPPED_BY = {"SIGINT": "interrupted (SIGINT)", "SIGTERM": "terminated (SIGTERM)"}
+
+
+def name_of(exc: KeyboardInterrupt) -> str:
+    """The signal that raised ``exc``: ``SIGTERM`` (:class:`Terminated`), else ``SIGINT``."""
+    return "SIGTERM" if getattr(exc, "signum", None) == signal.SIGTERM else "SIGINT"
 
 
 def _exception(signum: int) -> KeyboardInterrupt:
@@ -50,6 +64,25 @@ def deferred(active: bool = True):
     finally:
         _deferring.pop()
     check()
+
+
+def uncut(step, *args):
+    """``step(*args)``, which a signal's exception must not cut in two: a message whose
+    first parts were queued and whose last were not is lost, and takes the next message
+    on its socket with it (ZeroMQ appends that one's parts).  A run's first signal that
+    arrives meanwhile is raised once the step returns (one while an earlier signal
+    unwinds the run, or inside :func:`deferred`, is left to those).  For the main thread
+    only, the one that runs signal handlers; any other thread just runs the step."""
+    if threading.get_ident() != _MAIN:
+        return step(*args)
+    first = not _pending
+    _deferring.append(True)
+    try:
+        return step(*args)
+    finally:
+        _deferring.pop()
+        if first and _pending and not _deferring:
+            raise _exception(_pending[0])
 
 
 def standing_for(exc: KeyboardInterrupt) -> KeyboardInterrupt:

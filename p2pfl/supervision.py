@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from . import signals
 from .reports import checked_final, checked_records
 from .runtime import CLOSER_GRACE_S
 from .spawn import respawn
@@ -22,6 +23,9 @@ __all__ = ["NodeHandle", "Supervision", "process_state"]
 
 #: A remote node whose connection to the launcher stays down this long has failed.
 LOST_AFTER_S = 10.0
+#: A node that said it stops on a signal has failed this long after, unless the run was
+#: stopped meanwhile: the same signal may have reached the launcher too.
+SIGNALLED_GRACE_S = 1.0
 
 
 @dataclass
@@ -45,6 +49,7 @@ class NodeHandle:
     restarts: int = 0  # how often it was restarted after dying
     last_round: int = 0  # the latest round it sent a record of
     stopped_since: float | None = None  # when its process was first seen stopped
+    signalled: tuple | None = None  # (when, why): it said it stops on a signal
 
     def exited(self) -> bool:
         r = self.runner
@@ -145,6 +150,24 @@ class Supervision:
                     self.watch.down_for(peer, now) > limit:
                 self._fail(h, f"its connection was lost for {limit:g} s")
 
+    def _signalled(self, h: NodeHandle, final: dict) -> None:
+        """A `p2pfl node` stopped mid-run by Ctrl-C or SIGTERM said bye with its final
+        counters and the signal (``worker._tell_interrupted``).  Its counters are kept;
+        it has failed :data:`SIGNALLED_GRACE_S` later (:meth:`_fail_signalled`), unless
+        the run is stopped first: a signal to a whole process group (Ctrl-C in one
+        terminal, a batch system's cancel) reaches the launcher a moment later, and
+        then the node is stopped as the others are, not failed."""
+        h.final = final
+        if h.state == "ready":
+            h.signalled = (time.monotonic(),
+                           f"its process was {signals.STOPPED_BY[final['signal']]}")
+
+    def _fail_signalled(self, now: float) -> None:
+        for h in self.nodes.values():
+            if h.signalled is not None and h.state == "ready" and \
+                    now - h.signalled[0] > SIGNALLED_GRACE_S:
+                self._fail(h, h.signalled[1])
+
     def _closer_done_long_ago(self, now: float) -> bool:
         """Whether the nodes still running are to be stopped: the closer finished a
         grace period ago (time for a worker offline at the end to come back), or it
@@ -190,6 +213,7 @@ class Supervision:
         neighbours learn its new address, and it gets its spec, to catch up."""
         spec = self._spec[h.id]
         h.done_at = None  # a coordinator back: the closer's grace starts again when done
+        h.signalled, h.final = None, {}  # its old process's last words
         for j in spec.peers:
             self.ep.send(j, "peer", meta={"id": h.id, "address": h.address})
         self.ep.send(h.id, "config", meta={**self._config(spec), "rejoin": True,

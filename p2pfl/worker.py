@@ -33,6 +33,7 @@ from typing import Callable
 
 import zmq
 
+from . import signals
 from .memory import keep_large_blocks
 from .roles import make_role, node_spec
 from .scheduling import set_cpu_policy
@@ -157,7 +158,7 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
     # whose contexts count their sockets (a monitor is two more each)
     watch = ConnectionWatch() if gate is None and scheme != "inproc" else None
     mailbox.alive = alive or (lambda: time.monotonic() - mailbox.last_control < lost_after)
-    status, runtime, unreached, config = 1, None, False, None
+    status, runtime, unreached, config, running = 1, None, False, None, None
     try:
         # the experimenter's channel: no link, and a routing id of this process, so that
         # the launcher hears (and refuses) a second process with this node's id
@@ -174,11 +175,13 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
                                          **placement})
         if watch is not None:
             # its events are read while waiting, or a long wait's retries fill their queue
-            mailbox.on_tick = lambda: watch.poll(time.monotonic())
+            mailbox.on_tick = lambda: (signals.check(), watch.poll(time.monotonic()))
         try:
             config = _await_config(mailbox, launcher, start_timeout, joined_at, control, watch)
         finally:
-            mailbox.on_tick = None
+            # a node process's own: a Ctrl-C (cli.py) whose exception was lost in a
+            # destructor is raised again (else every later one is only recorded)
+            mailbox.on_tick = signals.check if watch is not None else None
             # what is queued for a launcher never reached cannot leave
             unreached = config is None and _never_reached(watch)
             if watch is not None:
@@ -204,6 +207,7 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
         start = _await(mailbox, "start", start_timeout).meta
         elapsed = start.get("elapsed", 0.0) if rejoin else 0.0
         runtime.t_start = time.monotonic() - (elapsed if isinstance(elapsed, float) else 0.0)
+        running = node
         if rejoin:
             after = config.get("round")
             node.run(rejoin=True, after=after if isinstance(after, int) and after >= 0 else 0)
@@ -229,7 +233,7 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
         status = 2
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM to `p2pfl node` (cli.py)
         if config is not None:  # else it is waited for again, to be started anew
-            _tell_interrupted(ep, runtime, exc)
+            _tell_interrupted(ep, runtime, running, exc)
         raise
     except Exception as exc:  # report, then exit non-zero; never hang
         reason = f"{type(exc).__name__}: {exc}"
@@ -248,16 +252,26 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
     return status
 
 
-def _tell_interrupted(ep: Endpoint, runtime: Runtime | None, exc: KeyboardInterrupt) -> None:
-    """Tell the launcher that this node stops on a signal, after its last records: it
-    fails the node at once, and tells its peers, instead of after ``--lost-after``
-    seconds of a lost connection (``benchmarks/stopped_remote.py --signal INT``).
-    The message leaves while the endpoint closes (up to 2 s, then it is dropped)."""
-    what = "terminated (SIGTERM)" if getattr(exc, "signum", None) == signal.SIGTERM \
-        else "interrupted (SIGINT)"
-    if runtime is not None:
-        runtime.flush()  # the rounds it completed are recorded
-    ep.send(LAUNCHER, "error", meta={"reason": f"its process was {what}"})
+def _tell_interrupted(ep: Endpoint, runtime: Runtime | None, running,
+                      exc: KeyboardInterrupt) -> None:
+    """Tell the launcher that this node stops on a signal, instead of leaving it to
+    find a lost connection ``--lost-after`` seconds later
+    (``benchmarks/stopped_remote.py --signal INT``).  Mid-run (``running``: the role)
+    it says bye after its last records, with its final counters and the signal: the
+    launcher fails it a moment later, unless the same signal stops the launcher too
+    (a whole process group's Ctrl-C, a batch system's cancel), when it is stopped as
+    the rest.  Before the start, the start fails at once, with the reason.  What is
+    sent leaves while the endpoint closes (up to 2 s, then it is dropped)."""
+    name = signals.name_of(exc)
+    if running is None:
+        ep.send(LAUNCHER, "error", meta={"reason": f"its process was {signals.STOPPED_BY[name]}"})
+        return
+    runtime.flush()  # the rounds it completed are recorded
+    try:
+        final = running.final_report()
+    except Exception:  # cut anywhere by the signal: the launcher is told all the same
+        final = {"node": runtime.id}
+    ep.send(LAUNCHER, "bye", meta={**final, "signal": name})
 
 
 #: How often the launcher sends each running or finished node a heartbeat.

@@ -142,6 +142,54 @@ def test_a_signal_lost_in_a_destructor_is_raised_again():
         signals.clear()
 
 
+def test_a_signal_does_not_cut_a_message_in_two():
+    """A signal landing between the parts of a message queued its first parts alone:
+    ZeroMQ then appended the next message's parts to them, and the receiver dropped
+    both as malformed (a `p2pfl node`'s last records and its bye, after a Ctrl-C).
+    ``signals.uncut`` raises the signal once the message is queued whole; one that
+    arrives while an earlier signal unwinds the process is not raised again."""
+    import threading
+
+    import zmq
+
+    from p2pfl import signals
+    from p2pfl.errors import Terminated
+
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.RCVTIMEO, 5000)  # a message cut in two never arrives
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    push = ctx.socket(zmq.PUSH)
+    push.connect(f"tcp://127.0.0.1:{port}")
+
+    def two_parts(signalled: bool) -> str:
+        push.send(b"head", zmq.SNDMORE)
+        if signalled:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10000):  # the handler runs here
+                pass
+        push.send(b"tail")
+        return "queued"
+
+    old = signal.signal(signal.SIGTERM, signals.handler)
+    try:
+        with pytest.raises(Terminated):
+            signals.uncut(two_parts, True)
+        assert pull.recv_multipart() == [b"head", b"tail"]
+        assert signals.uncut(two_parts, True) == "queued"  # unwinding already: not raised
+        assert pull.recv_multipart() == [b"head", b"tail"]
+        signals.clear()
+        got = []
+        thread = threading.Thread(target=lambda: got.append(signals.uncut(two_parts, False)))
+        thread.start()
+        thread.join()
+        assert got == ["queued"] and pull.recv_multipart() == [b"head", b"tail"]
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        signals.clear()
+        ctx.destroy(linger=0)
+
+
 def test_a_sigterm_turned_into_a_plain_keyboard_interrupt_stays_a_sigterm():
     """Ray catches a signal's exception raised during its calls and raises a plain
     KeyboardInterrupt instead: a SIGTERM to a Ray run exited 130, as a Ctrl-C."""

@@ -402,6 +402,42 @@ def test_a_remote_node_stopped_by_a_signal_tells_its_launcher(tmp_path, sig):
     assert left >= 10  # its last records reached the launcher
 
 
+def test_a_signal_to_the_launcher_and_its_remote_nodes_stops_them_all(tmp_path):
+    """SIGTERM to every process of a multi-host run at once (a batch system's cancel, a
+    whole terminal's Ctrl-C): the nodes' byes come before the launcher's own signal is
+    handled, and must not fail them; their final counters count."""
+    from p2pfl.addresses import listening
+    from tests._remote import free_port
+
+    port = free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    out = tmp_path / "run"
+    launcher = _start(out, "--topology", "ring:3", "--rounds", "100000", "--listen", addr)
+    nodes = []
+    try:
+        deadline = time.monotonic() + 60
+        while not listening(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        nodes = [subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
+                                   "--id", str(i), "--host", "127.0.0.1"], cwd=ROOT,
+                                  stderr=subprocess.DEVNULL) for i in range(3)]
+        while len(_records(out)) < 30:
+            assert launcher.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        for p in [*nodes, launcher]:  # the nodes first: their byes are there first
+            p.send_signal(signal.SIGTERM)
+        _, err = launcher.communicate(timeout=60)
+        codes = [p.wait(timeout=30) for p in nodes]
+    finally:
+        for p in [launcher, *nodes]:
+            p.kill()
+    assert launcher.returncode == 128 + signal.SIGTERM, err
+    assert codes == [128 + signal.SIGTERM] * 3
+    s = _summary(out)
+    assert s["interrupted"] is True and s["failed_nodes"] == {}, err
+    assert s["bytes_sent_counted_by_nodes"] == s["bytes_sent_total"] > 0
+
+
 def test_a_failed_node_that_says_bye_later_stays_failed_with_its_counters():
     """A remote node failed for a lost connection (its peers were told it is gone) may
     come back and finish: its bye's counters are kept, but it stays failed.  Before,

@@ -38,6 +38,7 @@ import time
 
 import zmq
 
+from ..signals import uncut
 from .counters import ByteCounter
 from .framing import setup_bytes, wire_bytes
 from .inbox import Inbox
@@ -277,7 +278,8 @@ class Endpoint:
                 return 0
             sock.send(peer, parts, (round, nbytes, kind, wire), lossy=kind in LOSSY_KINDS)
             return nbytes
-        if not put_parts(sock, parts, COMMAND_WAIT_S if command and kind != "heartbeat" else 0):
+        wait = COMMAND_WAIT_S if command and kind != "heartbeat" else 0
+        if not uncut(put_parts, sock, parts, wait):  # a Ctrl-C lands before or after it
             self.counters.drop("command_queue_full" if command else "send_queue_full")
             return 0
         self.counters.add("sent", peer, round, nbytes, kind, wire=wire)
