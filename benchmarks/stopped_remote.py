@@ -8,13 +8,16 @@ one is resumed ``--stop S`` seconds later, with ``--stop 0`` never (it is killed
 once the launcher exits).  Measures the seconds from the signal until the launcher
 exits and until it logs that node 2 failed (``failed_s``; None if it did not), the
 launcher's exit status, ``failed_nodes``, and node 2's exit status and last line.
+With ``--with-launcher`` the launcher gets the signal as well, right after node 2 (a
+whole process group's Ctrl-C); the byte totals tell whether node 2's counters came.
 ``--tree`` runs another checkout (an older commit, to compare).
 
     python benchmarks/stopped_remote.py [--tree DIR] [--signal STOP|INT|TERM]
-        [--stop 0] [--rounds 1500] [--repeats 3]
+        [--with-launcher] [--stop 0] [--rounds 1500] [--repeats 3]
 
-Writes ``benchmarks/results/stopped_remote.json`` (one entry per tree, commit, signal
-and stop; an entry of the same four is replaced; an entry without ``signal`` is STOP).
+Writes ``benchmarks/results/stopped_remote.json`` (one entry per tree, commit and case:
+signal, stop, with the launcher or not; a re-run of an entry's case replaces it; an
+entry without ``signal`` is STOP).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ sys.path.insert(0, ROOT)
 from p2pfl.addresses import free_port  # noqa: E402
 
 
-def one_run(tree: str, sig: str, stop: float, rounds: int) -> dict:
+def one_run(tree: str, sig: str, stop: float, rounds: int, with_launcher: bool) -> dict:
     cli = [sys.executable, "-m", "p2pfl.cli"]
     addr = f"tcp://127.0.0.1:{free_port()}"
     out = tempfile.mkdtemp(prefix="stopped_remote_")
@@ -69,6 +72,8 @@ def one_run(tree: str, sig: str, stop: float, rounds: int) -> dict:
         time.sleep(2.0)
         nodes[2].send_signal(getattr(signal, "SIG" + sig))
         t0 = time.monotonic()
+        if with_launcher:  # as a whole process group's Ctrl-C, a batch system's cancel
+            launcher.send_signal(getattr(signal, "SIG" + sig))
         if sig == "STOP" and stop > 0:
             time.sleep(stop)
             nodes[2].send_signal(signal.SIGCONT)
@@ -88,6 +93,8 @@ def one_run(tree: str, sig: str, stop: float, rounds: int) -> dict:
                 "failed_s": None if failed_at is None else round(failed_at - t0, 3),
                 "launcher_status": launcher.returncode,
                 "failed_nodes": summary.get("failed_nodes"), "node2_status": status2,
+                "bytes_sent_total": summary.get("bytes_sent_total"),
+                "bytes_sent_counted_by_nodes": summary.get("bytes_sent_counted_by_nodes"),
                 "node2_said": last2[:200],
                 "launcher_said": [x.strip() for _, x in heard if "failed" in x][:3]}
     finally:
@@ -99,6 +106,8 @@ def main() -> int:
     ap.add_argument("--tree", default=ROOT, help="the checkout whose CLI runs")
     ap.add_argument("--signal", default="STOP", choices=("STOP", "INT", "TERM"),
                     help="what node 2's process gets (default STOP)")
+    ap.add_argument("--with-launcher", action="store_true",
+                    help="signal the launcher too, at once (INT or TERM)")
     ap.add_argument("--stop", type=float, default=0.0,
                     help="seconds node 2 stays stopped (0: for good)")
     ap.add_argument("--rounds", type=int, default=1500)
@@ -106,13 +115,20 @@ def main() -> int:
     args = ap.parse_args()
     tree = os.path.abspath(args.tree)
     stop = args.stop if args.signal == "STOP" else None
-    runs = [one_run(tree, args.signal, args.stop, args.rounds) for _ in range(args.repeats)]
+    if args.with_launcher and args.signal == "STOP":
+        ap.error("--with-launcher is for INT or TERM")
+    runs = [one_run(tree, args.signal, args.stop, args.rounds, args.with_launcher)
+            for _ in range(args.repeats)]
     for r in runs:
         print(f"{r['seconds']:7.2f} s  node 2 failed after {r['failed_s']} s  launcher exit "
               f"{r['launcher_status']}  failed {r['failed_nodes']}  node 2 exit "
-              f"{r['node2_status']}  {r['node2_said'][:90]}")
-    summarize(OUT, tree, runs, f"the launcher ended, after SIG{args.signal},",
-              {"signal": args.signal, "stop": stop}, {"rounds": args.rounds})
+              f"{r['node2_status']}  {r['node2_said'][:90]}  bytes sent: "
+              f"{r['bytes_sent_total']} in all, {r['bytes_sent_counted_by_nodes']} by byes")
+    case = {"signal": args.signal, "stop": stop}
+    if args.with_launcher:
+        case["with_launcher"] = True
+    summarize(OUT, tree, runs, f"the launcher ended, after SIG{args.signal},", case,
+              {"rounds": args.rounds})
     return 0
 
 
