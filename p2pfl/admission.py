@@ -41,7 +41,7 @@ from .supervision import NodeHandle
 from .transport.endpoint import SCHEMES
 from .transport.sockets import identity
 from .version import __version__
-from .worker import HEARTBEAT_S
+from .launcher_link import HEARTBEAT_S
 
 __all__ = ["Admission"]
 

@@ -146,8 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start-timeout", dest="start_timeout", type=float, default=60.0,
                    help="seconds to wait for the launcher's config and start (default 60)")
     p.add_argument("--lost-after", dest="lost_after", type=float, default=None,
-                   help="seconds without word from the launcher before this node gives up "
-                        "(default: 4 start time-outs)")
+                   help="seconds without word from the launcher, or with the connection "
+                        "to it down, before this node gives up (default: 4 start time-outs "
+                        "without word, 10 s down)")
     p = sub.add_parser("keys", help="CURVE keys for multi-host secure runs")
     ksub = p.add_subparsers(dest="keys_command", required=True, parser_class=_Parser)
     k = ksub.add_parser("generate", help="write key pairs and keys.toml into a new folder")

@@ -33,8 +33,9 @@ from .transport.mailbox import NODE_REPORTS
 from .transport.liveness import ConnectionWatch
 from .transport.security import Security
 from .spawn import spawn_hosts, spawn_processes, spawn_threads
-from .supervision import LOST_AFTER_S, NodeHandle, Supervision
-from .worker import HEARTBEAT_S, actor_context, raise_fd_limit
+from .supervision import NodeHandle, Supervision
+from .launcher_link import HEARTBEAT_S, LOST_AFTER_S
+from .worker import actor_context, raise_fd_limit
 
 __all__ = ["Launcher", "NodeHandle", "ClusterError"]
 

@@ -21,8 +21,6 @@ from .spawn import respawn
 
 __all__ = ["NodeHandle", "Supervision", "process_state"]
 
-#: A remote node whose connection to the launcher stays down this long has failed.
-LOST_AFTER_S = 10.0
 #: A node that said it stops on a signal has failed this long after, unless the run was
 #: stopped meanwhile: the same signal may have reached the launcher too.
 SIGNALLED_GRACE_S = 1.0
@@ -132,8 +130,9 @@ class Supervision:
 
     def _fail_lost_connections(self, now: float) -> None:
         """A remote node (``--listen``) whose connection has been down ``--lost-after``
-        (LOST_AFTER_S by default) has failed: its process died (its host closed the
-        connection) or its host is gone (ZMTP heartbeats went unanswered).  A short
+        (``launcher_link.LOST_AFTER_S`` by default) has failed: its process died (its
+        host closed the connection) or its host is gone (ZMTP heartbeats went
+        unanswered).  A short
         outage is ridden out; with ``--restart``, a start time-out, for a restart by
         hand.  A stopped process answers no heartbeat nor handshake, and is found so
         too; one whose ZeroMQ still answers while its Python hangs is found only by the
@@ -152,7 +151,7 @@ class Supervision:
 
     def _signalled(self, h: NodeHandle, final: dict) -> None:
         """A `p2pfl node` stopped mid-run by Ctrl-C or SIGTERM said bye with its final
-        counters and the signal (``worker._tell_interrupted``).  Its counters are kept;
+        counters and the signal (``launcher_link.tell_interrupted``).  Its counters are kept;
         it has failed :data:`SIGNALLED_GRACE_S` later (:meth:`_fail_signalled`), unless
         the run is stopped first: a signal to a whole process group (Ctrl-C in one
         terminal, a batch system's cancel) reaches the launcher a moment later, and

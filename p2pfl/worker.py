@@ -34,6 +34,9 @@ from typing import Callable
 import zmq
 
 from . import signals
+from .launcher_link import (LAUNCHER_SILENT_S, LOST_AFTER_S, LauncherCheck, LauncherLost,
+                            await_config, await_message, await_stop, never_reached,
+                            tell_interrupted)
 from .memory import keep_large_blocks
 from .roles import make_role, node_spec
 from .scheduling import set_cpu_policy
@@ -48,46 +51,6 @@ from .version import __version__
 
 __all__ = ["serve", "process_main", "host_main", "raise_fd_limit", "fds_per_actor",
            "actor_context"]
-
-
-def _await(mailbox: Mailbox, kind: str, timeout: float):
-    deadline = time.monotonic() + timeout
-    while not mailbox.stopped:
-        msg = mailbox.poll_control(max(0.0, deadline - time.monotonic()))
-        if msg is None:
-            break
-        if msg.kind == kind:
-            return msg
-    raise TimeoutError(f"no {kind!r} from the launcher")
-
-
-def _await_config(mailbox: Mailbox, launcher: str, timeout: float, joined_at: float,
-                  control: str, watch: ConnectionWatch | None) -> dict:
-    """The launcher's config; a time-out says whether the launcher was ever heard, and
-    if not, whether a connection to it ever came up (``watch``)."""
-    try:
-        return _await(mailbox, "config", timeout).meta
-    except TimeoutError:
-        if mailbox.stopped:
-            raise TimeoutError("the launcher ended the run before it started") from None
-        if mailbox.last_control > joined_at:  # the heartbeat that answers a join came
-            raise
-        if _never_reached(watch):  # a wrong address, or no launcher there
-            raise TimeoutError(
-                f"no connection to the launcher at {launcher} came up in {timeout:g} s: "
-                "is it running, at that address (and with --key, of this run's keys)?"
-                ) from None
-        raise TimeoutError(  # an id it lacks or has, past --restart, an unknown key
-            f"the launcher at {launcher} did not answer this join in {timeout:g} s: it "
-            f"refused it or cannot reach {control} (see its log)") from None
-
-
-def _never_reached(watch: ConnectionWatch | None) -> bool:
-    """Whether ``watch`` (None: not watched) saw no connection to the launcher come up."""
-    if watch is None:
-        return False
-    watch.poll(time.monotonic())
-    return watch.never_up(LAUNCHER)
 
 
 def _report_unbound(ctx, node_id, launcher: str, security, reason: str) -> None:
@@ -128,14 +91,16 @@ def serve(launcher: str, node_id: int, *, ctx: zmq.Context | None = None,
     process), the node computes only in its turn on the host's CPU.  ``placement``
     (e.g. the Ray node it runs on) goes to the launcher with the join.  Why the
     node failed goes to the launcher, and to ``report`` (one line) if given.  After
-    ``lost_after`` seconds without word from the launcher (default: 4 start time-outs)
-    the node gives up, unless ``alive`` says otherwise.
+    ``lost_after`` seconds without word from the launcher (default: 4 start time-outs),
+    or, once it was reached, with the connection to it down (default:
+    :data:`~p2pfl.launcher_link.LOST_AFTER_S`), the node gives up, unless ``alive``
+    says otherwise.
     """
     keep_large_blocks()  # model-sized buffers are reused, not faulted in each round
     with gate if gate is not None else contextlib.nullcontext():
         return _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout,
-                      lost_after or 4 * start_timeout, advertise, security, gate,
-                      placement or {}, report or (lambda r: None))
+                      lost_after, advertise, security, gate, placement or {},
+                      report or (lambda r: None))
 
 
 def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, lost_after,
@@ -157,7 +122,9 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
     # host nor the launcher's own threads (inproc), whose launcher is on this machine and
     # whose contexts count their sockets (a monitor is two more each)
     watch = ConnectionWatch() if gate is None and scheme != "inproc" else None
-    mailbox.alive = alive or (lambda: time.monotonic() - mailbox.last_control < lost_after)
+    check = LauncherCheck(mailbox, launcher, lost_after or 4 * start_timeout,
+                          lost_after or LOST_AFTER_S)
+    mailbox.alive = alive or check
     status, runtime, unreached, config, running = 1, None, False, None, None
     try:
         # the experimenter's channel: no link, and a routing id of this process, so that
@@ -177,15 +144,17 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
             # its events are read while waiting, or a long wait's retries fill their queue
             mailbox.on_tick = lambda: (signals.check(), watch.poll(time.monotonic()))
         try:
-            config = _await_config(mailbox, launcher, start_timeout, joined_at, control, watch)
+            config = await_config(mailbox, launcher, start_timeout, joined_at, control, watch)
         finally:
             # a node process's own: a Ctrl-C (cli.py) whose exception was lost in a
             # destructor is raised again (else every later one is only recorded)
             mailbox.on_tick = signals.check if watch is not None else None
             # what is queued for a launcher never reached cannot leave
-            unreached = config is None and _never_reached(watch)
-            if watch is not None:
-                watch.close()
+            unreached = config is None and never_reached(watch)
+        if watch is not None and alive is None:  # reached: a dead launcher is seen by
+            check.watch = watch  # its connection down, not after minutes of silence
+        elif watch is not None:  # a process of the launcher's: it ends with it
+            watch.close()
         spec = node_spec(config.get("spec"))
         if scheme != "inproc":  # a process of nodes alone, not the launcher's (threads)
             set_cpu_policy(spec.runtime.cpu_policy)
@@ -204,7 +173,7 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
         else:
             _handshake(ep, mailbox, spec, addresses, start_timeout)
         ep.send(LAUNCHER, "ready")
-        start = _await(mailbox, "start", start_timeout).meta
+        start = await_message(mailbox, "start", start_timeout).meta
         elapsed = start.get("elapsed", 0.0) if rejoin else 0.0
         runtime.t_start = time.monotonic() - (elapsed if isinstance(elapsed, float) else 0.0)
         running = node
@@ -214,15 +183,15 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
         else:
             node.run()
         if mailbox.lost:
-            raise LauncherLost(f"no word from the launcher for {lost_after:.0f} s: it is "
-                               "gone, and this node's records with it" if alive is None else
-                               "the launcher or this node's host is gone, and this node's "
-                               "records with it")
+            raise LauncherLost(check.reason() if alive is None else "the launcher or this "
+                               "node's host is gone, and this node's records with it")
         runtime.flush()  # the last held records go before the bye
         _drain_link(runtime, _drain_time(spec))
         ep.send(LAUNCHER, "bye", meta=node.final_report())
         if not mailbox.stopped:
-            _await_stop(mailbox, start_timeout)
+            await_stop(mailbox, start_timeout)
+        if mailbox.lost and alive is None:
+            raise LauncherLost(check.reason(" after this node's last round"))
         silent = time.monotonic() - mailbox.last_control
         if not mailbox.stopped and silent > LAUNCHER_SILENT_S:
             raise LauncherLost(f"no stop, and no word from the launcher for {silent:.0f} s "
@@ -233,7 +202,7 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
         status = 2
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM to `p2pfl node` (cli.py)
         if config is not None:  # else it is waited for again, to be started anew
-            _tell_interrupted(ep, runtime, running, exc)
+            tell_interrupted(ep, runtime, running, exc)
         raise
     except Exception as exc:  # report, then exit non-zero; never hang
         reason = f"{type(exc).__name__}: {exc}"
@@ -247,42 +216,12 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
         # A refused or replaced process sends nothing more (a replaced coordinator's final
         # models would race its replacement's); nor does one that never reached its
         # launcher (a Ctrl-C then took 2 s more, waiting for a join that could not leave).
-        done = status == 2 or (mailbox.stopped and status == 0) or unreached
-        ep.close(linger=0 if done else None, spare=() if unreached else (LAUNCHER,))
+        gone = unreached or check.down()  # nothing can reach it: no linger for it
+        if watch is not None:
+            watch.close()
+        done = status == 2 or (mailbox.stopped and status == 0) or gone
+        ep.close(linger=0 if done else None, spare=() if gone else (LAUNCHER,))
     return status
-
-
-def _tell_interrupted(ep: Endpoint, runtime: Runtime | None, running,
-                      exc: KeyboardInterrupt) -> None:
-    """Tell the launcher that this node stops on a signal, instead of leaving it to
-    find a lost connection ``--lost-after`` seconds later
-    (``benchmarks/stopped_remote.py --signal INT``).  Mid-run (``running``: the role)
-    it says bye after its last records, with its final counters and the signal: the
-    launcher fails it a moment later, unless the same signal stops the launcher too
-    (a whole process group's Ctrl-C, a batch system's cancel), when it is stopped as
-    the rest.  Before the start, the start fails at once, with the reason.  What is
-    sent leaves while the endpoint closes (up to 2 s, then it is dropped)."""
-    name = signals.name_of(exc)
-    if running is None:
-        ep.send(LAUNCHER, "error", meta={"reason": f"its process was {signals.STOPPED_BY[name]}"})
-        return
-    runtime.flush()  # the rounds it completed are recorded
-    try:
-        final = running.final_report()
-    except Exception:  # cut anywhere by the signal: the launcher is told all the same
-        final = {"node": runtime.id}
-    ep.send(LAUNCHER, "bye", meta={**final, "signal": name})
-
-
-#: How often the launcher sends each running or finished node a heartbeat.
-HEARTBEAT_S = 2.0
-#: A finished node whose launcher sent nothing for this long takes it for gone: its
-#: final counters and last records did not reach anyone.
-LAUNCHER_SILENT_S = 5 * HEARTBEAT_S
-
-
-class LauncherLost(RuntimeError):
-    """The launcher stopped answering: the node exits non-zero."""
 
 
 #: How long a finished node waits for its protocol messages (a final leave, ...) to leave
@@ -314,12 +253,6 @@ def _drain_link(runtime: Runtime, timeout: float) -> None:
     for wait in (timeout, PROTOCOL_DRAIN_S):  # then what the protocol still sends
         runtime.drain_uplink(wait)
         runtime.endpoint.discard_link_backlog()  # payloads; a final leave, ... at once
-
-
-def _await_stop(mailbox: Mailbox, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not mailbox.stopped and time.monotonic() < deadline:
-        mailbox.poll_control(min(1.0, max(0.0, deadline - time.monotonic())))
 
 
 def _own_signals() -> None:

@@ -438,6 +438,43 @@ def test_a_signal_to_the_launcher_and_its_remote_nodes_stops_them_all(tmp_path):
     assert s["bytes_sent_counted_by_nodes"] == s["bytes_sent_total"] > 0
 
 
+def test_remote_nodes_give_up_soon_after_their_launcher_died(tmp_path):
+    """A launcher killed mid-run (SIGKILL: no stop reaches anyone): its host refuses the
+    nodes' reconnections, and each node gives up once its connection has been down
+    10 s.  Before, the nodes went on training among themselves, recording to no one,
+    until 4 start time-outs (240 s) of silence."""
+    from p2pfl.addresses import listening
+    from tests._remote import free_port
+
+    port = free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    out = tmp_path / "run"
+    launcher = _start(out, "--topology", "ring:2", "--rounds", "100000", "--listen", addr)
+    nodes = []
+    try:
+        deadline = time.monotonic() + 60
+        while not listening(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        nodes = [subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
+                                   "--id", str(i), "--host", "127.0.0.1"], cwd=ROOT,
+                                  stderr=subprocess.PIPE, text=True) for i in range(2)]
+        while len(_records(out)) < 10:
+            assert launcher.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        launcher.kill()
+        killed = time.monotonic()
+        said = [p.communicate(timeout=60)[1] for p in nodes]
+        took = time.monotonic() - killed
+    finally:
+        for p in [launcher, *nodes]:
+            p.kill()
+    assert [p.returncode for p in nodes] == [1, 1], said
+    for err in said:
+        assert f"LauncherLost: the connection to the launcher at {addr} was down for 10 s" \
+            in err, err
+    assert 10 < took < 30, f"{took:.1f} s after the kill"
+
+
 def test_a_failed_node_that_says_bye_later_stays_failed_with_its_counters():
     """A remote node failed for a lost connection (its peers were told it is gone) may
     come back and finish: its bye's counters are kept, but it stays failed.  Before,

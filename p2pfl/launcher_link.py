@@ -1,0 +1,139 @@
+"""A node's side of its link to the launcher: waiting for its words, telling it how the
+node ends, and finding it gone.
+
+The launcher answers a join with a heartbeat, sends the config and the start, then a
+heartbeat to every running or finished node each :data:`HEARTBEAT_S`.  A node takes
+its launcher for gone when nothing came from it for its silence limit (``p2pfl node
+--lost-after``; by default 4 start time-outs: a vanished host, a hung launcher), or
+when, once the launcher was reached, the node's connection to it has been down
+:data:`LOST_AFTER_S` (the launcher's process died: its host refuses the reconnection).
+The launcher fails a remote node whose connection has been down as long
+(``supervision.py``): the rule is the same on both ends.
+"""
+
+from __future__ import annotations
+
+import time
+
+from . import signals
+from .runtime import LAUNCHER, Runtime
+from .transport import Endpoint, Mailbox
+from .transport.liveness import ConnectionWatch
+
+__all__ = ["HEARTBEAT_S", "LAUNCHER_SILENT_S", "LOST_AFTER_S", "LauncherLost", "await_message",
+           "await_config", "never_reached", "await_stop", "tell_interrupted", "LauncherCheck"]
+
+#: How often the launcher sends each running or finished node a heartbeat.
+HEARTBEAT_S = 2.0
+#: A finished node whose launcher sent nothing for this long takes it for gone: its
+#: final counters and last records did not reach anyone.
+LAUNCHER_SILENT_S = 5 * HEARTBEAT_S
+#: A connection between a node and its launcher that stays down this long is lost:
+#: the launcher fails the node (``--lost-after`` of ``p2pfl cluster --listen``), and a
+#: node that had reached its launcher gives up (``--lost-after`` of ``p2pfl node``).
+LOST_AFTER_S = 10.0
+
+
+class LauncherLost(RuntimeError):
+    """The launcher stopped answering: the node exits non-zero."""
+
+
+def await_message(mailbox: Mailbox, kind: str, timeout: float):
+    """The launcher's next ``kind`` message within ``timeout`` s (TimeoutError if none)."""
+    deadline = time.monotonic() + timeout
+    while not mailbox.stopped:
+        msg = mailbox.poll_control(max(0.0, deadline - time.monotonic()))
+        if msg is None:
+            break
+        if msg.kind == kind:
+            return msg
+    raise TimeoutError(f"no {kind!r} from the launcher")
+
+
+def await_config(mailbox: Mailbox, launcher: str, timeout: float, joined_at: float,
+                 control: str, watch: ConnectionWatch | None) -> dict:
+    """The launcher's config; a time-out says whether the launcher was ever heard, and
+    if not, whether a connection to it ever came up (``watch``)."""
+    try:
+        return await_message(mailbox, "config", timeout).meta
+    except TimeoutError:
+        if mailbox.stopped:
+            raise TimeoutError("the launcher ended the run before it started") from None
+        if mailbox.last_control > joined_at:  # the heartbeat that answers a join came
+            raise
+        if never_reached(watch):  # a wrong address, or no launcher there
+            raise TimeoutError(
+                f"no connection to the launcher at {launcher} came up in {timeout:g} s: "
+                "is it running, at that address (and with --key, of this run's keys)?"
+                ) from None
+        raise TimeoutError(  # an id it lacks or has, past --restart, an unknown key
+            f"the launcher at {launcher} did not answer this join in {timeout:g} s: it "
+            f"refused it or cannot reach {control} (see its log)") from None
+
+
+def never_reached(watch: ConnectionWatch | None) -> bool:
+    """Whether ``watch`` (None: not watched) saw no connection to the launcher come up."""
+    if watch is None:
+        return False
+    watch.poll(time.monotonic())
+    return watch.never_up(LAUNCHER)
+
+
+def await_stop(mailbox: Mailbox, timeout: float) -> None:
+    """Wait up to ``timeout`` s for the launcher's stop, after the bye."""
+    deadline = time.monotonic() + timeout
+    while not mailbox.stopped and time.monotonic() < deadline:
+        mailbox.poll_control(min(1.0, max(0.0, deadline - time.monotonic())))
+
+
+class LauncherCheck:
+    """The node's liveness check of its launcher (``Mailbox.alive``, run about once a
+    second): False once nothing came from it for ``silence_s``, or once the connection
+    to it, up before, has been down ``down_s`` (with a ``watch`` of it)."""
+
+    def __init__(self, mailbox: Mailbox, launcher: str, silence_s: float, down_s: float,
+                 watch: ConnectionWatch | None = None) -> None:
+        self.mailbox, self.launcher, self.watch = mailbox, launcher, watch
+        self.silence_s, self.down_s = silence_s, down_s
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if self.watch is not None:
+            self.watch.poll(now)
+        return now - self.mailbox.last_control < self.silence_s and not self.down(now)
+
+    def down(self, now: float | None = None) -> bool:
+        """Whether the connection to the launcher, up before, has been down too long."""
+        now = time.monotonic() if now is None else now
+        return self.watch is not None and self.watch.down_for(LAUNCHER, now) > self.down_s
+
+    def reason(self, after: str = "") -> str:
+        """Why the launcher is taken for gone (``after``: when, if not mid-run)."""
+        if self.down():
+            return (f"the connection to the launcher at {self.launcher} was down for "
+                    f"{self.down_s:g} s{after}: it is gone, and this node's records with it")
+        return (f"no word from the launcher for {self.silence_s:.0f} s{after}: it is "
+                "gone, and this node's records with it")
+
+
+def tell_interrupted(ep: Endpoint, runtime: Runtime | None, running,
+                     exc: KeyboardInterrupt) -> None:
+    """Tell the launcher that this node stops on a signal, instead of leaving it to
+    find a lost connection ``--lost-after`` seconds later
+    (``benchmarks/stopped_remote.py --signal INT``).  Mid-run (``running``: the role)
+    it says bye after its last records, with its final counters and the signal: the
+    launcher fails it a moment later, unless the same signal stops the launcher too
+    (a whole process group's Ctrl-C, a batch system's cancel), when it is stopped as
+    the rest.  Before the start, the start fails at once, with the reason.  What is
+    sent leaves while the endpoint closes (up to 2 s, then it is dropped)."""
+    name = signals.name_of(exc)
+    if running is None:
+        ep.send(LAUNCHER, "error", meta={"reason": f"its process was {signals.STOPPED_BY[name]}"})
+        return
+    runtime.flush()  # the rounds it completed are recorded
+    try:
+        final = running.final_report()
+    except Exception:  # cut anywhere by the signal: the launcher is told all the same
+        final = {"node": runtime.id}
+    ep.send(LAUNCHER, "bye", meta={**final, "signal": name})
+
