@@ -23,6 +23,48 @@ def cluster_summary(out, *flags, timeout: float = 300) -> dict:
 
 
 
+def records(out) -> list:
+    """The complete records of ``out``/metrics.jsonl so far (none before it exists)."""
+    try:
+        with open(os.path.join(str(out), "metrics.jsonl")) as fh:
+            return [json.loads(line) for line in fh if line.endswith("\n")]
+    except OSError:
+        return []
+
+
+def listening_launcher(out, *flags, quiet: bool = True) -> tuple:
+    """`p2pfl cluster --dataset digits --listen ADDR FLAGS --out OUT` (``-q`` unless not
+    ``quiet``: then what it logs is read from its stderr) on a free port, returned with
+    ADDR once it listens."""
+    port = free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "cluster", "--dataset", "digits",
+                             "--listen", addr, *map(str, flags), *(["-q"] if quiet else []),
+                             "--out", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL if quiet else subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not listening(port):
+        assert proc.poll() is None and time.monotonic() < deadline, "it never listened"
+        time.sleep(0.05)
+    return proc, addr
+
+
+def remote_nodes(addr: str, count: int, *flags) -> list:
+    """``count`` `p2pfl node --connect ADDR --id I FLAGS` processes (stderr: a text pipe)."""
+    return [subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
+                              "--id", str(i), "--host", "127.0.0.1", *map(str, flags)],
+                             cwd=ROOT, stderr=subprocess.PIPE, text=True)
+            for i in range(count)]
+
+
+def await_records(out, count: int, launcher, timeout: float = 60) -> None:
+    """Wait until ``out`` holds ``count`` records, while ``launcher`` runs."""
+    deadline = time.monotonic() + timeout
+    while len(records(out)) < count:
+        assert launcher.poll() is None and time.monotonic() < deadline, "no records"
+        time.sleep(0.02)
+
+
 def run_to_the_end(launcher: list, nodes: list, timeout: float = 120,
                    same_host: bool = True) -> None:
     """Start the launcher and, once it listens, the node commands; assert that all of

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from p2pfl.metrics import read_metrics
+from tests._remote import await_records, listening_launcher, records, remote_nodes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -318,33 +319,21 @@ def test_a_remote_node_that_dies_is_noticed_by_its_lost_connection(tmp_path):
     one closes its connection: after ``--lost-after`` (10 s by default; 2 s here) down it
     has failed.  Before, the run waited for every other node to finish, then for 120 s
     of silence."""
-    from p2pfl.addresses import listening
-    from tests._remote import free_port
-
-    port = free_port()
-    addr = f"tcp://127.0.0.1:{port}"
     out = tmp_path / "run"
-    launcher = _start(out, "--topology", "ring:3", "--rounds", "150", "--round-timeout", "1",
-                      "--listen", addr, "--lost-after", "2")
+    launcher, addr = listening_launcher(out, "--topology", "ring:3", "--rounds", "150",
+                                        "--round-timeout", "1", "--lost-after", "2")
     nodes = []
     try:
-        deadline = time.monotonic() + 60
-        while not listening(port) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        nodes = [subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
-                                   "--id", str(i), "--host", "127.0.0.1"], cwd=ROOT,
-                                  stderr=subprocess.DEVNULL) for i in range(3)]
-        while len(_records(out)) < 9:
-            assert launcher.poll() is None and time.monotonic() < deadline
-            time.sleep(0.02)
+        nodes = remote_nodes(addr, 3)
+        await_records(out, 9, launcher)
         nodes[1].kill()
         t_kill = time.monotonic()
-        _, err = launcher.communicate(timeout=90)
+        launcher.wait(timeout=90)
         took = time.monotonic() - t_kill
     finally:
         for p in [launcher, *nodes]:
             p.kill()
-    assert launcher.returncode == 0, err
+    assert launcher.returncode == 0
     s = _summary(out)
     assert s["failed_nodes"] == {"1": "its connection was lost for 2 s"}
     assert took < 40, f"{took:.1f} s after the kill"
@@ -353,35 +342,21 @@ def test_a_remote_node_that_dies_is_noticed_by_its_lost_connection(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_remote_node_stopped_by_a_signal_tells_its_launcher(tmp_path, sig):
     """Ctrl-C or SIGTERM to a `p2pfl node` mid-run: it records its completed rounds and
-    tells the launcher, which fails it at once and tells its peers.  Before, the
-    launcher waited for its connection to be down ``--lost-after`` (60 s here)."""
+    says so to the launcher, which fails it a second later and tells its peers.
+    Before, the launcher waited for its connection to be down ``--lost-after`` (60 s
+    here)."""
     import threading
 
-    from p2pfl.addresses import listening
-    from tests._remote import free_port
-
-    port = free_port()
-    addr = f"tcp://127.0.0.1:{port}"
     out = tmp_path / "run"
-    launcher = subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "cluster", "--dataset",
-                                 "digits", "--topology", "ring:3", "--rounds", "100000",
-                                 "--listen", addr, "--lost-after", "60", "--out", str(out)],
-                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                text=True)  # not -q: what it logs is read
+    launcher, addr = listening_launcher(out, "--topology", "ring:3", "--rounds", "100000",
+                                        "--lost-after", "60", quiet=False)
     said: list = []  # (when, line)
     threading.Thread(target=lambda: said.extend((time.monotonic(), x) for x in launcher.stderr),
                      daemon=True).start()
     nodes = []
     try:
-        deadline = time.monotonic() + 60
-        while not listening(port) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        nodes = [subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
-                                   "--id", str(i), "--host", "127.0.0.1"], cwd=ROOT,
-                                  stderr=subprocess.PIPE, text=True) for i in range(3)]
-        while len(_records(out)) < 30:  # records come in batches: some of every node
-            assert launcher.poll() is None and time.monotonic() < deadline
-            time.sleep(0.02)
+        nodes = remote_nodes(addr, 3)
+        await_records(out, 30, launcher)  # records come in batches: some of every node
         nodes[1].send_signal(sig)
         sent = time.monotonic()
         assert nodes[1].wait(timeout=30) == 128 + sig
@@ -391,8 +366,8 @@ def test_a_remote_node_stopped_by_a_signal_tells_its_launcher(tmp_path, sig):
             assert launcher.poll() is None and time.monotonic() < sent + 30, said
             time.sleep(0.02)
         took = next(t for t, x in list(said) if line in x) - sent
-        left = max(r["round"] for r in _records(out) if r["node"] == 1)
-        while not any(r["node"] != 1 and r["round"] > left + 20 for r in _records(out)):
+        left = max(r["round"] for r in records(out) if r["node"] == 1)
+        while not any(r["node"] != 1 and r["round"] > left + 20 for r in records(out)):
             assert launcher.poll() is None and time.monotonic() < sent + 60  # peers go on
             time.sleep(0.02)
     finally:
@@ -406,35 +381,23 @@ def test_a_signal_to_the_launcher_and_its_remote_nodes_stops_them_all(tmp_path):
     """SIGTERM to every process of a multi-host run at once (a batch system's cancel, a
     whole terminal's Ctrl-C): the nodes' byes come before the launcher's own signal is
     handled, and must not fail them; their final counters count."""
-    from p2pfl.addresses import listening
-    from tests._remote import free_port
-
-    port = free_port()
-    addr = f"tcp://127.0.0.1:{port}"
     out = tmp_path / "run"
-    launcher = _start(out, "--topology", "ring:3", "--rounds", "100000", "--listen", addr)
+    launcher, addr = listening_launcher(out, "--topology", "ring:3", "--rounds", "100000")
     nodes = []
     try:
-        deadline = time.monotonic() + 60
-        while not listening(port) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        nodes = [subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
-                                   "--id", str(i), "--host", "127.0.0.1"], cwd=ROOT,
-                                  stderr=subprocess.DEVNULL) for i in range(3)]
-        while len(_records(out)) < 30:
-            assert launcher.poll() is None and time.monotonic() < deadline
-            time.sleep(0.02)
+        nodes = remote_nodes(addr, 3)
+        await_records(out, 30, launcher)
         for p in [*nodes, launcher]:  # the nodes first: their byes are there first
             p.send_signal(signal.SIGTERM)
-        _, err = launcher.communicate(timeout=60)
+        launcher.wait(timeout=60)
         codes = [p.wait(timeout=30) for p in nodes]
     finally:
         for p in [launcher, *nodes]:
             p.kill()
-    assert launcher.returncode == 128 + signal.SIGTERM, err
+    assert launcher.returncode == 128 + signal.SIGTERM
     assert codes == [128 + signal.SIGTERM] * 3
     s = _summary(out)
-    assert s["interrupted"] is True and s["failed_nodes"] == {}, err
+    assert s["interrupted"] is True and s["failed_nodes"] == {}
     assert s["bytes_sent_counted_by_nodes"] == s["bytes_sent_total"] > 0
 
 
@@ -443,24 +406,12 @@ def test_remote_nodes_give_up_soon_after_their_launcher_died(tmp_path):
     nodes' reconnections, and each node gives up once its connection has been down
     10 s.  Before, the nodes went on training among themselves, recording to no one,
     until 4 start time-outs (240 s) of silence."""
-    from p2pfl.addresses import listening
-    from tests._remote import free_port
-
-    port = free_port()
-    addr = f"tcp://127.0.0.1:{port}"
     out = tmp_path / "run"
-    launcher = _start(out, "--topology", "ring:2", "--rounds", "100000", "--listen", addr)
+    launcher, addr = listening_launcher(out, "--topology", "ring:2", "--rounds", "100000")
     nodes = []
     try:
-        deadline = time.monotonic() + 60
-        while not listening(port) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        nodes = [subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
-                                   "--id", str(i), "--host", "127.0.0.1"], cwd=ROOT,
-                                  stderr=subprocess.PIPE, text=True) for i in range(2)]
-        while len(_records(out)) < 10:
-            assert launcher.poll() is None and time.monotonic() < deadline
-            time.sleep(0.02)
+        nodes = remote_nodes(addr, 2)
+        await_records(out, 10, launcher)
         launcher.kill()
         killed = time.monotonic()
         said = [p.communicate(timeout=60)[1] for p in nodes]

@@ -358,35 +358,29 @@ def test_a_restarted_coordinator_hears_that_a_worker_is_offline(tmp_path):
     assert last["round"] == 30 and last["participants"] == 3
 
 
-def test_remote_nodes_whose_launcher_died_exit_non_zero(tmp_path):
+def test_remote_nodes_whose_launcher_went_silent_exit_non_zero(tmp_path):
     """The liveness check ran only inside a wait of a second or more, which rounds that
-    keep moving never have: the nodes trained on without a launcher, then exited 0."""
-    from p2pfl.addresses import free_port
+    keep moving never have: the nodes trained on without a launcher, then exited 0.  A
+    stopped launcher (SIGSTOP) keeps its connections up (its kernel answers): its nodes
+    give up after ``--lost-after`` of silence (a killed one: ``test_faults.py``)."""
+    from tests._remote import await_records, listening_launcher, remote_nodes
 
-    addr = f"tcp://127.0.0.1:{free_port()}"
-    out = str(tmp_path / "run")
-    launcher = subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "cluster", "--dataset",
-                                 "digits", "--topology", "ring:2", "--rounds", "100000",
-                                 "--listen", addr, "--start-timeout", "3", "-q", "--out", out],
-                                cwd=ROOT)
-    nodes = [subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
-                               "--id", str(i), "--start-timeout", "3", "--lost-after", "2"],
-                              cwd=ROOT,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    out = tmp_path / "run"
+    launcher, addr = listening_launcher(out, "--topology", "ring:2", "--rounds", "100000",
+                                        "--start-timeout", "3")
+    nodes = []
     try:
-        deadline = time.monotonic() + 60
-        while len(_records(out)) < 2 * 20:
-            assert launcher.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-        launcher.kill()
-        killed = time.monotonic()
+        nodes = remote_nodes(addr, 2, "--start-timeout", "3", "--lost-after", "2")
+        await_records(out, 2 * 20, launcher)
+        launcher.send_signal(signal.SIGSTOP)
+        stopped = time.monotonic()
         errors = [p.communicate(timeout=60)[1] for p in nodes]
-        took = time.monotonic() - killed
+        took = time.monotonic() - stopped
     finally:
         for p in [launcher, *nodes]:
             p.kill()
     assert [p.returncode for p in nodes] == [1, 1]
-    assert all("no word from the launcher" in e for e in errors), errors
+    assert all("no word from the launcher for 2 s" in e for e in errors), errors
     assert took < 9  # lost after 2 s of silence (--lost-after; by default 4 × 3 s)
 
 
