@@ -90,6 +90,7 @@ class Launcher(Supervision, Admission):
         self.t_start: float | None = None  # set when the run starts
         self._next_exit_check, self._dead = 0.0, {}
         self._next_stopped_check = 0.0
+        self._graces: dict = {}  # id -> (until when, why): said it stops on a signal
         self.watch = ConnectionWatch()  # remote nodes' control connections (--listen)
         self._refused: dict = {}  # (id, route) of a join refused -> why (admission.py)
         self.watch_signals = False  # Ctrl-C and SIGTERM go through p2pfl.signals
@@ -263,7 +264,7 @@ class Launcher(Supervision, Admission):
             if self._closer_done_long_ago(now):
                 self._stop_all = True  # e.g. a worker offline when the run ended
             self._send_stops()
-            if self._take({"metrics", "bye", "error", "join", "ready"}, 0.5):
+            if self._take({"metrics", "bye", "error", "join", "ready"}, self._wait_s(now)):
                 last_news = now  # all that is here: a node's bye may follow its exit
             gone = self._exited()
             for h in self.nodes.values():

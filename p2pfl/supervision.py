@@ -47,7 +47,6 @@ class NodeHandle:
     restarts: int = 0  # how often it was restarted after dying
     last_round: int = 0  # the latest round it sent a record of
     stopped_since: float | None = None  # when its process was first seen stopped
-    signalled: tuple | None = None  # (when, why): it said it stops on a signal
 
     def exited(self) -> bool:
         r = self.runner
@@ -151,21 +150,27 @@ class Supervision:
 
     def _signalled(self, h: NodeHandle, final: dict) -> None:
         """A `p2pfl node` stopped mid-run by Ctrl-C or SIGTERM said bye with its final
-        counters and the signal (``launcher_link.tell_interrupted``).  Its counters are kept;
-        it has failed :data:`SIGNALLED_GRACE_S` later (:meth:`_fail_signalled`), unless
-        the run is stopped first: a signal to a whole process group (Ctrl-C in one
-        terminal, a batch system's cancel) reaches the launcher a moment later, and
+        counters and the signal (``launcher_link.tell_interrupted``).  Its counters are
+        kept; it has failed :data:`SIGNALLED_GRACE_S` later (:meth:`_fail_signalled`),
+        unless the run is stopped first: a signal to a whole process group (Ctrl-C in
+        one terminal, a batch system's cancel) reaches the launcher a moment later, and
         then the node is stopped as the others are, not failed."""
         h.final = final
         if h.state == "ready":
-            h.signalled = (time.monotonic(),
-                           f"its process was {signals.STOPPED_BY[final['signal']]}")
+            self._graces[h.id] = (time.monotonic() + SIGNALLED_GRACE_S,
+                                  f"its process was {signals.STOPPED_BY[final['signal']]}")
 
     def _fail_signalled(self, now: float) -> None:
-        for h in self.nodes.values():
-            if h.signalled is not None and h.state == "ready" and \
-                    now - h.signalled[0] > SIGNALLED_GRACE_S:
-                self._fail(h, h.signalled[1])
+        for node, (until, why) in list(self._graces.items()):
+            if now >= until:
+                del self._graces[node]
+                if self.nodes[node].state == "ready":
+                    self._fail(self.nodes[node], why)
+
+    def _wait_s(self, now: float) -> float:
+        """How long the monitor may wait for a message: half a second, or until the
+        first grace of a node stopped by a signal ends."""
+        return max(0.0, min([0.5, *(until - now for until, _ in self._graces.values())]))
 
     def _closer_done_long_ago(self, now: float) -> bool:
         """Whether the nodes still running are to be stopped: the closer finished a
@@ -212,7 +217,8 @@ class Supervision:
         neighbours learn its new address, and it gets its spec, to catch up."""
         spec = self._spec[h.id]
         h.done_at = None  # a coordinator back: the closer's grace starts again when done
-        h.signalled, h.final = None, {}  # its old process's last words
+        self._graces.pop(h.id, None)  # its old process's last words
+        h.final = {}
         for j in spec.peers:
             self.ep.send(j, "peer", meta={"id": h.id, "address": h.address})
         self.ep.send(h.id, "config", meta={**self._config(spec), "rejoin": True,
