@@ -6,9 +6,12 @@ heartbeat to every running or finished node each :data:`HEARTBEAT_S`.  A node ta
 its launcher for gone when nothing came from it for its silence limit (``p2pfl node
 --lost-after``; by default 4 start time-outs: a vanished host, a hung launcher), or
 when, once the launcher was reached, the node's connection to it has been down
-:data:`LOST_AFTER_S` (the launcher's process died: its host refuses the reconnection).
-The launcher fails a remote node whose connection has been down as long
-(``supervision.py``): the rule is the same on both ends.
+:data:`LOST_AFTER_S` (the launcher's process died: its host refuses the reconnection;
+``p2pfl node --lost-after`` sets both).  This connection has no ZMTP heartbeats: a
+stopped launcher, whose kernel keeps it up, or a vanished host is found by silence.
+The launcher's own rule is alike but not the same (``supervision.py``): it fails a
+remote node whose connection, with heartbeats, has been down its own ``--lost-after``
+(with ``--restart``, at least a start time-out).
 """
 
 from __future__ import annotations
@@ -130,8 +133,8 @@ def tell_interrupted(ep: Endpoint, runtime: Runtime | None, running,
     if running is None:
         ep.send(LAUNCHER, "error", meta={"reason": f"its process was {signals.STOPPED_BY[name]}"})
         return
-    runtime.flush()  # the rounds it completed are recorded
     try:
+        runtime.flush()  # the rounds it completed are recorded
         final = running.final_report()
     except Exception:  # cut anywhere by the signal: the launcher is told all the same
         final = {"node": runtime.id}

@@ -135,7 +135,7 @@ def checked_final(meta: dict, node) -> tuple[dict, int]:
         elif key in _FINAL_TEXT:
             ok = isinstance(value, str)
         elif key == "signal":  # a node stopped mid-run by one (worker.py)
-            ok = value in STOPPED_BY
+            ok = isinstance(value, str) and value in STOPPED_BY
         elif key == "absent":
             ok = isinstance(value, list) and all(type(j) in (int, str) for j in value)
         elif key == "strategy":  # a server strategy's own summary fields

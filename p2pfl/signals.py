@@ -66,19 +66,19 @@ def deferred(active: bool = True):
     check()
 
 
-def uncut(step, *args):
-    """``step(*args)``, which a signal's exception must not cut in two: a message whose
+def uncut(step, *args, **kwargs):
+    """``step(*args, **kwargs)``, which a signal's exception must not cut in two: a message whose
     first parts were queued and whose last were not is lost, and takes the next message
     on its socket with it (ZeroMQ appends that one's parts).  A run's first signal that
     arrives meanwhile is raised once the step returns (one while an earlier signal
     unwinds the run, or inside :func:`deferred`, is left to those).  For the main thread
     only, the one that runs signal handlers; any other thread just runs the step."""
     if threading.get_ident() != _MAIN:
-        return step(*args)
+        return step(*args, **kwargs)
     first = not _pending
     _deferring.append(True)
     try:
-        return step(*args)
+        return step(*args, **kwargs)
     finally:
         _deferring.pop()
         if first and _pending and not _deferring:

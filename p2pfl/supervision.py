@@ -238,7 +238,10 @@ class Supervision:
                     and h.id not in gone and h.id not in lost]
 
         while True:
-            msg = self.mailbox.poll_control(0.05)
+            # decided before the last read: a bye that came before its node's connection
+            # was seen lost is read all the same
+            done = not pending() or time.monotonic() > deadline
+            msg = self.mailbox.poll_control(0.0 if done else 0.05)
             while msg is not None:
                 h = self.nodes.get(msg.src)
                 taken = h is not None and (not h.route or msg.route == h.route)
@@ -248,7 +251,7 @@ class Supervision:
                         h.final = msg.meta
                     self.on_message(h, msg)
                 msg = self.mailbox.poll_control(0.0)
-            if not pending() or time.monotonic() > deadline:
+            if done:
                 return
 
     def _kill_unanswering(self) -> None:

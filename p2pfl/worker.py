@@ -259,9 +259,11 @@ def _own_signals() -> None:
     """A node (or host) process leaves Ctrl-C to the launcher, and ends at once on
     SIGTERM, without a word: the launcher's handler, inherited through fork, raised
     an exception in every node, and SIGTERM to the whole process group (``timeout``,
-    Slurm, ``kill -- -PGID``) printed a traceback from each."""
+    Slurm, ``kill -- -PGID``) printed a traceback from each.  The launcher's record
+    of its signals, copied by the fork, is not the node's."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda signum, _: os._exit(128 + signum))
+    signals.clear()
 
 
 def _die_with_parent() -> Callable[[], bool]:

@@ -342,9 +342,9 @@ def test_a_remote_node_that_dies_is_noticed_by_its_lost_connection(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_remote_node_stopped_by_a_signal_tells_its_launcher(tmp_path, sig):
     """Ctrl-C or SIGTERM to a `p2pfl node` mid-run: it records its completed rounds and
-    says so to the launcher, which fails it a second later and tells its peers.
-    Before, the launcher waited for its connection to be down ``--lost-after`` (60 s
-    here)."""
+    says so to the launcher, with its final counters, and the launcher fails it a second
+    later and tells its peers.  Before, the launcher waited for its connection to be
+    down ``--lost-after`` (60 s here), and the node's counters were lost."""
     import threading
 
     out = tmp_path / "run"
@@ -370,17 +370,23 @@ def test_a_remote_node_stopped_by_a_signal_tells_its_launcher(tmp_path, sig):
         while not any(r["node"] != 1 and r["round"] > left + 20 for r in records(out)):
             assert launcher.poll() is None and time.monotonic() < sent + 60  # peers go on
             time.sleep(0.02)
+        launcher.send_signal(signal.SIGTERM)  # its summary: node 1's counters are in it
+        launcher.wait(timeout=60)
     finally:
         for p in [launcher, *nodes]:
             p.kill()
-    assert took < 5, f"{took:.1f} s after the signal"
-    assert left >= 10  # its last records reached the launcher
+    assert 0.9 < took < 5, f"{took:.1f} s after the signal"
+    s = _summary(out)
+    assert s["failed_nodes"] == {"1": f"its process was {word}"}
+    assert s["bytes_sent_counted_by_nodes"] == s["bytes_sent_total"] > 0
 
 
 def test_a_signal_to_the_launcher_and_its_remote_nodes_stops_them_all(tmp_path):
     """SIGTERM to every process of a multi-host run at once (a batch system's cancel, a
-    whole terminal's Ctrl-C): the nodes' byes come before the launcher's own signal is
-    handled, and must not fail them; their final counters count."""
+    whole terminal's Ctrl-C): the nodes' byes, handled before the launcher's own signal
+    or during its shutdown, must not fail them, and their final counters count (the
+    grace itself: the test above).  Before, the nodes' counters were lost, and an error
+    sent at once failed them."""
     out = tmp_path / "run"
     launcher, addr = listening_launcher(out, "--topology", "ring:3", "--rounds", "100000")
     nodes = []
@@ -424,6 +430,35 @@ def test_remote_nodes_give_up_soon_after_their_launcher_died(tmp_path):
         assert f"LauncherLost: the connection to the launcher at {addr} was down for 10 s" \
             in err, err
     assert 10 < took < 30, f"{took:.1f} s after the kill"
+
+
+def test_a_node_stopped_by_a_signal_fails_when_its_grace_ends_unless_the_run_stops():
+    """The launcher's side of a `p2pfl node` stopped by Ctrl-C: its counters are kept at
+    once; it fails when the grace ends (and the monitor waits no longer than that),
+    unless the run was stopped meanwhile, by the same signal to the whole group."""
+    from p2pfl.supervision import SIGNALLED_GRACE_S, NodeHandle, Supervision
+
+    class Launcher(Supervision):  # what the launcher's fault handling reads
+        def __init__(self):
+            self.nodes = {i: NodeHandle(id=i, label=i, state="ready") for i in (1, 2)}
+            self._graces, self.t_start, self.ep, self.gone = {}, None, None, []
+            self.log = lambda text: None
+            self.on_message = lambda h, msg: self.gone.append(h.id)
+
+    run = Launcher()
+    run._signalled(run.nodes[1], {"node": 1, "signal": "SIGINT", "bytes_sent": 9})
+    run._signalled(run.nodes[2], {"node": 2, "signal": "SIGTERM", "bytes_sent": 8})
+    now = time.monotonic()  # the graces began a moment before
+    assert run.nodes[1].final["bytes_sent"] == 9 and 0.4 < run._wait_s(now) <= 0.5
+    assert 0 <= run._wait_s(now + SIGNALLED_GRACE_S - 0.1) <= 0.1
+    run._fail_signalled(now + SIGNALLED_GRACE_S - 0.1)
+    assert [h.state for h in run.nodes.values()] == ["ready", "ready"]
+    run.nodes[2].state = "stopped"  # the run was interrupted, the launcher signalled too
+    run._fail_signalled(now + SIGNALLED_GRACE_S + 0.1)
+    assert (run.nodes[1].state, run.nodes[1].reason) == (
+        "failed", "its process was interrupted (SIGINT)")
+    assert run.nodes[2].state == "stopped" and run.gone == [1]
+    assert run._graces == {} and run._wait_s(now) == 0.5
 
 
 def test_a_failed_node_that_says_bye_later_stays_failed_with_its_counters():

@@ -133,3 +133,7 @@ def test_a_report_keeps_its_well_formed_parts_only():
     final, dropped = checked_final({"node": 1, "extra": 1, "strategy": {"failed_nodes": {}},
                                     "role": "coordinator"}, 1)
     assert final == {"node": 1, "role": "coordinator"} and dropped == 2
+    for signal in ([], {}, "SIGKILL", 2):  # a bye of a node stopped by a signal names it
+        assert checked_final({"node": 1, "signal": signal}, 1) == ({"node": 1}, 1)
+    assert checked_final({"node": 1, "signal": "SIGTERM"}, 1) == (
+        {"node": 1, "signal": "SIGTERM"}, 0)

@@ -279,8 +279,14 @@ class Endpoint:
             sock.send(peer, parts, (round, nbytes, kind, wire), lossy=kind in LOSSY_KINDS)
             return nbytes
         wait = COMMAND_WAIT_S if command and kind != "heartbeat" else 0
-        if not uncut(put_parts, sock, parts, wait):  # a Ctrl-C lands before or after it
-            self.counters.drop("command_queue_full" if command else "send_queue_full")
+        # queued and counted, or neither: a Ctrl-C lands before or after (signals.uncut)
+        return uncut(self._queue, sock, peer, kind, round, parts, nbytes, wire, wait)
+
+    def _queue(self, sock, peer, kind: str, round: int, parts: list, nbytes: int, wire: int,
+               wait: float) -> int:
+        if not put_parts(sock, parts, wait):
+            self.counters.drop("command_queue_full" if kind in COMMAND_KINDS
+                               else "send_queue_full")
             return 0
         self.counters.add("sent", peer, round, nbytes, kind, wire=wire)
         return nbytes

@@ -50,6 +50,7 @@ import numpy as np
 import zmq
 
 from ..errors import ConfigError
+from ..signals import uncut
 from .sockets import dealer
 
 __all__ = ["LinkSpec", "LinkEmulator", "parse_link", "LOSSY_KINDS"]
@@ -166,7 +167,12 @@ class LinkEmulator:
 
     def connect(self, peer, address: str) -> None:
         self._running()
-        self._pipe.send_multipart([b"C", msgpack.packb(peer), address.encode()])
+        self._hand([b"C", msgpack.packb(peer), address.encode()])
+
+    def _hand(self, parts: list) -> None:
+        """Hand one message to the emulator's thread, whole: a signal's exception between
+        its parts would merge it with the next, a stop among them (``signals.uncut``)."""
+        uncut(self._pipe.send_multipart, parts, copy=False)
 
     def backlog(self, peer=None) -> int:
         """Messages handed over and not yet released, to ``peer`` (None: to all)."""
@@ -178,8 +184,8 @@ class LinkEmulator:
         ``account`` is ``(round, nbytes, kind, wire)``, counted when it leaves."""
         self._running()
         self._scheduled[peer] = self._scheduled.get(peer, 0) + 1
-        self._pipe.send_multipart([b"M" if lossy else b"R", msgpack.packb(peer),
-                                   msgpack.packb(account)] + list(parts), copy=False)
+        self._hand([b"M" if lossy else b"R", msgpack.packb(peer), msgpack.packb(account)]
+                   + list(parts))
 
     def discard(self, timeout: float = 5.0) -> None:
         """Drop the round payloads that have not left the uplink (``link_unsent``); the
@@ -187,14 +193,14 @@ class LinkEmulator:
         if not self._thread.is_alive():
             return
         self._discarded.clear()
-        self._pipe.send_multipart([b"X"])
+        self._hand([b"X"])
         self._discarded.wait(timeout)
 
     def close(self, linger: float | None) -> None:
         """Deliver what is still scheduled (up to ``linger`` s, default 2), then stop."""
         wait = 2.0 if linger is None else float(linger)
         if self._thread.is_alive():
-            self._pipe.send_multipart([b"S", msgpack.packb(wait)])
+            self._hand([b"S", msgpack.packb(wait)])
             self._thread.join(wait + 5.0)
         self._pipe.close(linger=0)
 
