@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -55,6 +56,20 @@ def remote_nodes(addr: str, count: int, *flags) -> list:
                               "--id", str(i), "--host", "127.0.0.1", *map(str, flags)],
                              cwd=ROOT, stderr=subprocess.PIPE, text=True)
             for i in range(count)]
+
+
+@contextlib.contextmanager
+def remote_cluster(out, count: int, *flags, node_flags=(), quiet: bool = True):
+    """A :func:`listening_launcher` (``FLAGS``) and ``count`` :func:`remote_nodes`
+    (``node_flags``): ``(launcher, addr, nodes)``, every process killed on the way out."""
+    launcher, addr = listening_launcher(out, *flags, quiet=quiet)
+    nodes: list = []
+    try:
+        nodes.extend(remote_nodes(addr, count, *node_flags))
+        yield launcher, addr, nodes
+    finally:
+        for p in [launcher, *nodes]:
+            p.kill()
 
 
 def await_records(out, count: int, launcher, timeout: float = 60) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from p2pfl.metrics import read_metrics
-from tests._remote import await_records, listening_launcher, records, remote_nodes
+from tests._remote import await_records, records, remote_cluster
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -320,19 +320,13 @@ def test_a_remote_node_that_dies_is_noticed_by_its_lost_connection(tmp_path):
     has failed.  Before, the run waited for every other node to finish, then for 120 s
     of silence."""
     out = tmp_path / "run"
-    launcher, addr = listening_launcher(out, "--topology", "ring:3", "--rounds", "150",
-                                        "--round-timeout", "1", "--lost-after", "2")
-    nodes = []
-    try:
-        nodes = remote_nodes(addr, 3)
+    with remote_cluster(out, 3, "--topology", "ring:3", "--rounds", "150", "--round-timeout",
+                        "1", "--lost-after", "2") as (launcher, _, nodes):
         await_records(out, 9, launcher)
         nodes[1].kill()
         t_kill = time.monotonic()
         launcher.wait(timeout=90)
         took = time.monotonic() - t_kill
-    finally:
-        for p in [launcher, *nodes]:
-            p.kill()
     assert launcher.returncode == 0
     s = _summary(out)
     assert s["failed_nodes"] == {"1": "its connection was lost for 2 s"}
@@ -348,20 +342,18 @@ def test_a_remote_node_stopped_by_a_signal_tells_its_launcher(tmp_path, sig):
     import threading
 
     out = tmp_path / "run"
-    launcher, addr = listening_launcher(out, "--topology", "ring:3", "--rounds", "100000",
-                                        "--lost-after", "60", quiet=False)
-    said: list = []  # (when, line)
-    threading.Thread(target=lambda: said.extend((time.monotonic(), x) for x in launcher.stderr),
-                     daemon=True).start()
-    nodes = []
-    try:
-        nodes = remote_nodes(addr, 3)
+    word = "interrupted (SIGINT)" if sig == signal.SIGINT else "terminated (SIGTERM)"
+    line = f"node 1 failed: its process was {word}"
+    with remote_cluster(out, 3, "--topology", "ring:3", "--rounds", "100000", "--lost-after",
+                        "60", quiet=False) as (launcher, _, nodes):
+        said: list = []  # (when, line)
+        threading.Thread(target=lambda: said.extend((time.monotonic(), x)
+                                                    for x in launcher.stderr),
+                         daemon=True).start()
         await_records(out, 30, launcher)  # records come in batches: some of every node
         nodes[1].send_signal(sig)
         sent = time.monotonic()
         assert nodes[1].wait(timeout=30) == 128 + sig
-        word = "interrupted (SIGINT)" if sig == signal.SIGINT else "terminated (SIGTERM)"
-        line = f"node 1 failed: its process was {word}"
         while not any(line in x for _, x in list(said)):
             assert launcher.poll() is None and time.monotonic() < sent + 30, said
             time.sleep(0.02)
@@ -372,9 +364,6 @@ def test_a_remote_node_stopped_by_a_signal_tells_its_launcher(tmp_path, sig):
             time.sleep(0.02)
         launcher.send_signal(signal.SIGTERM)  # its summary: node 1's counters are in it
         launcher.wait(timeout=60)
-    finally:
-        for p in [launcher, *nodes]:
-            p.kill()
     assert 0.9 < took < 5, f"{took:.1f} s after the signal"
     s = _summary(out)
     assert s["failed_nodes"] == {"1": f"its process was {word}"}
@@ -385,21 +374,16 @@ def test_a_signal_to_the_launcher_and_its_remote_nodes_stops_them_all(tmp_path):
     """SIGTERM to every process of a multi-host run at once (a batch system's cancel, a
     whole terminal's Ctrl-C): the nodes' byes, handled before the launcher's own signal
     or during its shutdown, must not fail them, and their final counters count (the
-    grace itself: the test above).  Before, the nodes' counters were lost, and an error
+    grace itself: the test below).  Before, the nodes' counters were lost, and an error
     sent at once failed them."""
     out = tmp_path / "run"
-    launcher, addr = listening_launcher(out, "--topology", "ring:3", "--rounds", "100000")
-    nodes = []
-    try:
-        nodes = remote_nodes(addr, 3)
+    with remote_cluster(out, 3, "--topology", "ring:3", "--rounds", "100000") as (
+            launcher, _, nodes):
         await_records(out, 30, launcher)
         for p in [*nodes, launcher]:  # the nodes first: their byes are there first
             p.send_signal(signal.SIGTERM)
         launcher.wait(timeout=60)
         codes = [p.wait(timeout=30) for p in nodes]
-    finally:
-        for p in [launcher, *nodes]:
-            p.kill()
     assert launcher.returncode == 128 + signal.SIGTERM
     assert codes == [128 + signal.SIGTERM] * 3
     s = _summary(out)
@@ -413,18 +397,13 @@ def test_remote_nodes_give_up_soon_after_their_launcher_died(tmp_path):
     10 s.  Before, the nodes went on training among themselves, recording to no one,
     until 4 start time-outs (240 s) of silence."""
     out = tmp_path / "run"
-    launcher, addr = listening_launcher(out, "--topology", "ring:2", "--rounds", "100000")
-    nodes = []
-    try:
-        nodes = remote_nodes(addr, 2)
+    with remote_cluster(out, 2, "--topology", "ring:2", "--rounds", "100000") as (
+            launcher, addr, nodes):
         await_records(out, 10, launcher)
         launcher.kill()
         killed = time.monotonic()
         said = [p.communicate(timeout=60)[1] for p in nodes]
         took = time.monotonic() - killed
-    finally:
-        for p in [launcher, *nodes]:
-            p.kill()
     assert [p.returncode for p in nodes] == [1, 1], said
     for err in said:
         assert f"LauncherLost: the connection to the launcher at {addr} was down for 10 s" \

@@ -363,23 +363,19 @@ def test_remote_nodes_whose_launcher_went_silent_exit_non_zero(tmp_path):
     keep moving never have: the nodes trained on without a launcher, then exited 0.  A
     stopped launcher (SIGSTOP) keeps its connections up (its kernel answers): its nodes
     give up after ``--lost-after`` of silence (a killed one's: ``test_faults.py``)."""
-    from tests._remote import await_records, listening_launcher, remote_nodes
+    from tests._remote import await_records, remote_cluster
 
     out = tmp_path / "run"
-    launcher, addr = listening_launcher(out, "--topology", "ring:2", "--rounds", "100000",
-                                        "--start-timeout", "3")
-    nodes = []
-    try:
-        # longer than the launcher's heartbeats (every 2 s), which a busy machine delays
-        nodes = remote_nodes(addr, 2, "--start-timeout", "3", "--lost-after", "5")
+    # --lost-after: longer than the launcher's heartbeats (every 2 s), which load delays
+    with remote_cluster(out, 2, "--topology", "ring:2", "--rounds", "100000",
+                        "--start-timeout", "3",
+                        node_flags=("--start-timeout", "3", "--lost-after", "5")) as (
+            launcher, _, nodes):
         await_records(out, 2 * 20, launcher)
         launcher.send_signal(signal.SIGSTOP)
         stopped = time.monotonic()
         errors = [p.communicate(timeout=60)[1] for p in nodes]
         took = time.monotonic() - stopped
-    finally:
-        for p in [launcher, *nodes]:
-            p.kill()
     assert [p.returncode for p in nodes] == [1, 1]
     assert all("no word from the launcher for 5 s" in e for e in errors), errors
     assert took < 12  # lost after 5 s of silence (--lost-after; by default 4 × 3 s)
