@@ -333,40 +333,40 @@ def test_a_remote_node_that_dies_is_noticed_by_its_lost_connection(tmp_path):
     assert took < 40, f"{took:.1f} s after the kill"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_remote_node_stopped_by_a_signal_tells_its_launcher(tmp_path, sig):
-    """Ctrl-C or SIGTERM to a `p2pfl node` mid-run: it records its completed rounds and
-    says so to the launcher, with its final counters, and the launcher fails it a second
-    later and tells its peers.  Before, the launcher waited for its connection to be
-    down ``--lost-after`` (60 s here), and the node's counters were lost."""
+def test_remote_nodes_stopped_by_a_signal_tell_their_launcher(tmp_path):
+    """Ctrl-C to one `p2pfl node` mid-run, SIGTERM to another: each records its completed
+    rounds and says so to the launcher, with its final counters, and the launcher fails
+    it a second later and tells its peers.  Before, the launcher waited for their
+    connections to be down ``--lost-after`` (60 s here), and their counters were lost."""
     import threading
 
     out = tmp_path / "run"
-    word = "interrupted (SIGINT)" if sig == signal.SIGINT else "terminated (SIGTERM)"
-    line = f"node 1 failed: its process was {word}"
-    with remote_cluster(out, 3, "--topology", "ring:3", "--rounds", "100000", "--lost-after",
+    why = {1: "its process was interrupted (SIGINT)", 3: "its process was terminated (SIGTERM)"}
+    with remote_cluster(out, 4, "--topology", "ring:4", "--rounds", "100000", "--lost-after",
                         "60", quiet=False) as (launcher, _, nodes):
         said: list = []  # (when, line)
         threading.Thread(target=lambda: said.extend((time.monotonic(), x)
                                                     for x in launcher.stderr),
                          daemon=True).start()
-        await_records(out, 30, launcher)  # records come in batches: some of every node
-        nodes[1].send_signal(sig)
+        await_records(out, 40, launcher)  # records come in batches: some of every node
+        for node, sig in ((1, signal.SIGINT), (3, signal.SIGTERM)):
+            nodes[node].send_signal(sig)
         sent = time.monotonic()
-        assert nodes[1].wait(timeout=30) == 128 + sig
-        while not any(line in x for _, x in list(said)):
+        assert [nodes[1].wait(timeout=30), nodes[3].wait(timeout=30)] == [130, 143]
+        lines = [f"node {node} failed: {text}" for node, text in why.items()]
+        while not all(any(line in x for _, x in list(said)) for line in lines):
             assert launcher.poll() is None and time.monotonic() < sent + 30, said
             time.sleep(0.02)
-        took = next(t for t, x in list(said) if line in x) - sent
-        left = max(r["round"] for r in records(out) if r["node"] == 1)
-        while not any(r["node"] != 1 and r["round"] > left + 20 for r in records(out)):
+        took = [next(t for t, x in list(said) if line in x) - sent for line in lines]
+        left = max(r["round"] for r in records(out) if r["node"] in why)
+        while not any(r["node"] not in why and r["round"] > left + 20 for r in records(out)):
             assert launcher.poll() is None and time.monotonic() < sent + 60  # peers go on
             time.sleep(0.02)
-        launcher.send_signal(signal.SIGTERM)  # its summary: node 1's counters are in it
+        launcher.send_signal(signal.SIGTERM)  # its summary: their counters are in it
         launcher.wait(timeout=60)
-    assert 0.9 < took < 5, f"{took:.1f} s after the signal"
+    assert all(0.9 < t < 5 for t in took), f"failed {took} s after the signals"
     s = _summary(out)
-    assert s["failed_nodes"] == {"1": f"its process was {word}"}
+    assert s["failed_nodes"] == {str(node): text for node, text in why.items()}
     assert s["bytes_sent_counted_by_nodes"] == s["bytes_sent_total"] > 0
 
 
