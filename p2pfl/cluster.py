@@ -26,6 +26,7 @@ import zmq
 from . import signals
 from .admission import Admission
 from .errors import ClusterError, UsageError
+from .launcher_link import HEARTBEAT_S, LOST_AFTER_S
 from .metrics import write_json_atomic
 from .runtime import LAUNCHER
 from .transport import Endpoint, Mailbox
@@ -34,7 +35,6 @@ from .transport.liveness import ConnectionWatch
 from .transport.security import Security
 from .spawn import spawn_hosts, spawn_processes, spawn_threads
 from .supervision import NodeHandle, Supervision
-from .launcher_link import HEARTBEAT_S, LOST_AFTER_S
 from .worker import actor_context, raise_fd_limit
 
 __all__ = ["Launcher", "NodeHandle", "ClusterError"]

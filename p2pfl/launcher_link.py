@@ -110,13 +110,14 @@ class LauncherCheck:
         now = time.monotonic() if now is None else now
         return self.watch is not None and self.watch.down_for(LAUNCHER, now) > self.down_s
 
-    def reason(self, after: str = "") -> str:
-        """Why the launcher is taken for gone (``after``: when, if not mid-run)."""
-        if self.down():
-            return (f"the connection to the launcher at {self.launcher} was down for "
-                    f"{self.down_s:g} s{after}: it is gone, and this node's records with it")
-        return (f"no word from the launcher for {self.silence_s:.0f} s{after}: it is "
-                "gone, and this node's records with it")
+    def reason(self, finished: bool = False) -> str:
+        """Why the launcher is taken for gone (``finished``: after the node's bye)."""
+        what = (f"the connection to the launcher at {self.launcher} was down for "
+                f"{self.down_s:g} s" if self.down() else
+                f"no word from the launcher for {self.silence_s:.0f} s")
+        if finished:
+            return f"{what} after this node's last round: its records may be lost"
+        return f"{what}: it is gone, and this node's records with it"
 
 
 def tell_interrupted(ep: Endpoint, runtime: Runtime | None, running,

@@ -161,6 +161,7 @@ class Supervision:
                                   f"its process was {signals.STOPPED_BY[final['signal']]}")
 
     def _fail_signalled(self, now: float) -> None:
+        """Fail the nodes stopped by a signal whose grace ended while they were ready."""
         for node, (until, why) in list(self._graces.items()):
             if now >= until:
                 del self._graces[node]

@@ -191,7 +191,7 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
         if not mailbox.stopped:
             await_stop(mailbox, start_timeout)
         if mailbox.lost and alive is None:
-            raise LauncherLost(check.reason(" after this node's last round"))
+            raise LauncherLost(check.reason(finished=True))
         silent = time.monotonic() - mailbox.last_control
         if not mailbox.stopped and silent > LAUNCHER_SILENT_S:
             raise LauncherLost(f"no stop, and no word from the launcher for {silent:.0f} s "
