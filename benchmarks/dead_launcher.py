@@ -1,23 +1,25 @@
-"""How long remote nodes go on after their launcher died (SIGKILL: no stop reaches them).
+"""How long remote nodes go on after their launcher died (SIGKILL: no stop reaches them)
+or was stopped for good (``--signal STOP``: its kernel keeps the connections up).
 
 Starts ``p2pfl cluster --topology ring:4 --dataset digits --listen ADDR --rounds
-100000 --local-steps 20`` and four ``p2pfl node --id N`` processes, SIGKILLs the
+100000 --local-steps 20`` and four ``p2pfl node --id N`` processes, signals the
 launcher 2 s after the nodes joined, and measures for each node the seconds from the
-kill to its exit, its exit status and last line, and the CPU seconds it spent after
+signal to its exit, its exit status and last line, and the CPU seconds it spent after
 the kill (training among its peers, its records going to no one): its CPU clock from
 ``/proc`` at the kill, and the whole-life figure of ``wait4`` at its exit.  ``--tree``
 runs another checkout's CLI (an older commit, to compare).
 
-    python benchmarks/dead_launcher.py [--tree DIR] [--repeats 3]
+    python benchmarks/dead_launcher.py [--tree DIR] [--signal KILL|STOP] [--repeats 3]
 
-Writes ``benchmarks/results/dead_launcher.json`` (an entry per tree and commit; the
-``seconds`` of a run are its last node's).
+Writes ``benchmarks/results/dead_launcher.json`` (an entry per tree, commit and signal,
+none meaning KILL; the ``seconds`` of a run are its last node's).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -51,7 +53,7 @@ def _reap(proc: subprocess.Popen, into: dict) -> None:
                 cpu_s=usage.ru_utime + usage.ru_stime)
 
 
-def one_run(tree: str, out: str) -> dict:
+def one_run(tree: str, out: str, sig: str) -> dict:
     cli = [sys.executable, "-m", "p2pfl.cli"]
     addr = f"tcp://127.0.0.1:{free_port()}"
     launcher = subprocess.Popen([*cli, "cluster", "--topology", f"ring:{NODES}", "--dataset",
@@ -73,7 +75,7 @@ def one_run(tree: str, out: str) -> dict:
             time.sleep(0.05)
         time.sleep(2.0)
         at_kill = [_cpu_s(p.pid) for p in nodes]
-        launcher.kill()
+        launcher.send_signal(getattr(signal, "SIG" + sig))
         killed = time.monotonic()
         ends = [{} for _ in nodes]
         reapers = [threading.Thread(target=_reap, args=(p, e)) for p, e in zip(nodes, ends)]
@@ -97,18 +99,21 @@ def one_run(tree: str, out: str) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tree", default=ROOT, help="the checkout whose CLI runs")
+    ap.add_argument("--signal", default="KILL", choices=("KILL", "STOP"),
+                    help="what the launcher gets (default KILL)")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     tree = os.path.abspath(args.tree)
     runs = []
     with tempfile.TemporaryDirectory(prefix="p2pfl-dead-launcher-") as tmp:
         for k in range(args.repeats):
-            r = one_run(tree, os.path.join(tmp, str(k)))
+            r = one_run(tree, os.path.join(tmp, str(k)), args.signal)
             runs.append(r)
-            print(f"  run {k}: nodes ended {r['node_s']} s after the kill, exit "
+            print(f"  run {k}: nodes ended {r['node_s']} s after SIG{args.signal}, exit "
                   f"{r['node_status']}, CPU after it {r['cpu_after_kill_s']} s; node 0: "
                   f"{r['node0_said'][:110]}", flush=True)
-    summarize(OUT, tree, runs, "the last node ended, after the launcher's kill,", {})
+    summarize(OUT, tree, runs, f"the last node ended, after the launcher's SIG{args.signal},",
+              {"signal": args.signal})
     return 0
 
 

@@ -34,9 +34,9 @@ from typing import Callable
 import zmq
 
 from . import signals
-from .launcher_link import (LAUNCHER_SILENT_S, LOST_AFTER_S, LauncherCheck, LauncherLost,
-                            await_config, await_message, await_stop, never_reached,
-                            tell_interrupted)
+from .launcher_link import (HEARTBEAT_S, LAUNCHER_SILENT_S, LOST_AFTER_S, LauncherCheck,
+                            LauncherLost, await_config, await_message, await_stop,
+                            never_reached, tell_interrupted)
 from .memory import keep_large_blocks
 from .roles import make_role, node_spec
 from .scheduling import set_cpu_policy
@@ -128,9 +128,12 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
     status, runtime, unreached, config, running = 1, None, False, None, None
     try:
         # the experimenter's channel: no link, and a routing id of this process, so that
-        # the launcher hears (and refuses) a second process with this node's id
+        # the launcher hears (and refuses) a second process with this node's id; for a
+        # node of its own (p2pfl node, Ray), ZMTP heartbeats: a launcher stopped or cut
+        # off counts as down, as the launcher's heartbeats find its nodes
         ep.connect(LAUNCHER, launcher, emulated=False, routing_id=process_identity(node_id),
-                   watch=None if watch is None else lambda sock: watch.watch(LAUNCHER, sock))
+                   watch=None if watch is None else lambda sock: watch.watch(LAUNCHER, sock),
+                   heartbeat_s=HEARTBEAT_S if watch is not None and alive is None else None)
         address, control = ep.address, ep.control_address
         if advertise:  # tcp://0.0.0.0:PORT is not reachable: tell peers our name
             address, control = (f"tcp://{advertise}:{a.rsplit(':', 1)[1]}"
