@@ -7,11 +7,11 @@ its launcher for gone when nothing came from it for its silence limit (``p2pfl n
 --lost-after``; by default 4 start time-outs: a vanished host, a hung launcher), or
 when, once the launcher was reached, the node's connection to it has been down
 :data:`LOST_AFTER_S` (the launcher's process died: its host refuses the reconnection;
-``p2pfl node --lost-after`` sets both).  This connection has no ZMTP heartbeats: a
-stopped launcher, whose kernel keeps it up, or a vanished host is found by silence.
-The launcher's own rule is alike but not the same (``supervision.py``): it fails a
-remote node whose connection, with heartbeats, has been down its own ``--lost-after``
-(with ``--restart``, at least a start time-out).
+or it is stopped or cut off: the connection's ZMTP heartbeats, every
+:data:`HEARTBEAT_S`, went unanswered; ``p2pfl node --lost-after`` sets both limits).
+The launcher's own rule is alike (``supervision.py``): it fails a remote node whose
+connection, with heartbeats too, has been down its own ``--lost-after`` (with
+``--restart``, at least a start time-out).
 """
 
 from __future__ import annotations
