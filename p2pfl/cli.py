@@ -228,12 +228,16 @@ def _cmd_node(args) -> int:
 
     ctx = zmq.Context()
     try:
-        return serve(args.connect, node_id, ctx=ctx, scheme="tcp", host=args.host,
-                     advertise=advertise, security=security,
-                     start_timeout=args.start_timeout, lost_after=args.lost_after,
-                     report=report)
+        status = serve(args.connect, node_id, ctx=ctx, scheme="tcp", host=args.host,
+                       advertise=advertise, security=security,
+                       start_timeout=args.start_timeout, lost_after=args.lost_after,
+                       report=report)
     finally:  # what the node sent last (its bye, or why it failed) leaves before exit
         ctx.term()
+    # a signal whose exception a destructor swallowed while the run ended anyway (the
+    # launcher's stop came first): the exit says it all the same
+    signals.check()
+    return status
 
 
 def _cmd_keys(args) -> int:
