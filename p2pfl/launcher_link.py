@@ -132,7 +132,7 @@ def tell_interrupted(ep: Endpoint, runtime: Runtime | None, running,
     sent leaves while the endpoint closes (up to 2 s, then it is dropped)."""
     name = signals.name_of(exc)
     if running is None:
-        ep.send(LAUNCHER, "error", meta={"reason": f"its process was {signals.STOPPED_BY[name]}"})
+        ep.send(LAUNCHER, "error", meta={"reason": signals.STOPPED_BY[name]})
         return
     try:
         runtime.flush()  # the rounds it completed are recorded

@@ -28,8 +28,9 @@ _deferring: list = []  # one entry a deferred() or uncut() step in progress
 _MAIN = threading.main_thread().ident
 
 
-#: How a process stopped by each signal that unwinds it ended, in words.
-STOPPED_BY = {"SIGINT": "interrupted (SIGINT)", "SIGTERM": "terminated (SIGTERM)"}
+#: How a node process stopped by each signal that unwinds it ended, in the launcher's words.
+STOPPED_BY = {"SIGINT": "its process was interrupted (SIGINT)",
+              "SIGTERM": "its process was terminated (SIGTERM)"}
 
 
 def name_of(exc: KeyboardInterrupt) -> str:

@@ -131,11 +131,10 @@ class Supervision:
         """A remote node (``--listen``) whose connection has been down ``--lost-after``
         (``launcher_link.LOST_AFTER_S`` by default) has failed: its process died (its
         host closed the connection) or its host is gone (ZMTP heartbeats went
-        unanswered).  A short
-        outage is ridden out; with ``--restart``, a start time-out, for a restart by
-        hand.  A stopped process answers no heartbeat nor handshake, and is found so
-        too; one whose ZeroMQ still answers while its Python hangs is found only by the
-        run's silence limit."""
+        unanswered).  A short outage is ridden out; with ``--restart``, a start
+        time-out, for a restart by hand.  A stopped process answers no heartbeat nor
+        handshake, and is found so too; one whose ZeroMQ still answers while its Python
+        hangs is found only by the run's silence limit."""
         if not self.listen:
             return
         self.watch.poll(now)
@@ -158,7 +157,7 @@ class Supervision:
         h.final = final
         if h.state == "ready":
             self._graces[h.id] = (time.monotonic() + SIGNALLED_GRACE_S,
-                                  f"its process was {signals.STOPPED_BY[final['signal']]}")
+                                  signals.STOPPED_BY[final["signal"]])
 
     def _fail_signalled(self, now: float) -> None:
         """Fail the nodes stopped by a signal whose grace ended while they were ready."""

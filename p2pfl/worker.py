@@ -122,6 +122,8 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
     # host nor the launcher's own threads (inproc), whose launcher is on this machine and
     # whose contexts count their sockets (a monitor is two more each)
     watch = ConnectionWatch() if gate is None and scheme != "inproc" else None
+    # a node of its own (p2pfl node, Ray), not a process of the launcher's that ends with it
+    own = watch is not None and alive is None
     check = LauncherCheck(mailbox, launcher, lost_after or 4 * start_timeout,
                           lost_after or LOST_AFTER_S)
     mailbox.alive = alive or check
@@ -129,11 +131,11 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
     try:
         # the experimenter's channel: no link, and a routing id of this process, so that
         # the launcher hears (and refuses) a second process with this node's id; for a
-        # node of its own (p2pfl node, Ray), ZMTP heartbeats: a launcher stopped or cut
-        # off counts as down, as the launcher's heartbeats find its nodes
+        # node of its own, ZMTP heartbeats: a launcher stopped or cut off counts as
+        # down, as the launcher's heartbeats find its nodes
         ep.connect(LAUNCHER, launcher, emulated=False, routing_id=process_identity(node_id),
                    watch=None if watch is None else lambda sock: watch.watch(LAUNCHER, sock),
-                   heartbeat_s=HEARTBEAT_S if watch is not None and alive is None else None)
+                   heartbeat_s=HEARTBEAT_S if own else None)
         address, control = ep.address, ep.control_address
         if advertise:  # tcp://0.0.0.0:PORT is not reachable: tell peers our name
             address, control = (f"tcp://{advertise}:{a.rsplit(':', 1)[1]}"
@@ -154,9 +156,9 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
             mailbox.on_tick = signals.check if watch is not None else None
             # what is queued for a launcher never reached cannot leave
             unreached = config is None and never_reached(watch)
-        if watch is not None and alive is None:  # reached: a dead launcher is seen by
-            check.watch = watch  # its connection down, not after minutes of silence
-        elif watch is not None:  # a process of the launcher's: it ends with it
+        if own:  # reached: a dead launcher is seen by its connection down, not after
+            check.watch = watch  # minutes of silence
+        elif watch is not None:
             watch.close()
         spec = node_spec(config.get("spec"))
         if scheme != "inproc":  # a process of nodes alone, not the launcher's (threads)
