@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import signal
 import tempfile
@@ -26,6 +27,7 @@ from .config_files import from_sources
 from . import signals
 from .errors import ClusterError, UsageError
 from .metrics import MetricsSink, read_metrics, write_json_atomic
+from .model_files import model_path, remove_stale
 from .progress import Progress
 from .summary import run_summary
 
@@ -53,6 +55,30 @@ class Result:
         if self._metrics is None:
             self._metrics = read_metrics(os.path.join(self.out_dir, "metrics.jsonl"))
         return self._metrics
+
+    def model(self, node: int = 0, module=None):
+        """Node ``node``'s final model, saved by a run with ``save_models=True``, as a
+        ``torch.nn.Module`` in eval mode: the run's model (``config.json``) built anew
+        with the saved state, or the state loaded into ``module`` (needed when the run's
+        model was a module of the caller's, which no file describes)."""
+        import torch
+
+        path = model_path(self.out_dir, node)
+        if not os.path.exists(path):
+            raise UsageError(f"no saved model of node {node} in {self.out_dir} (runs save "
+                             "them with save_models=True)")
+        if module is None:
+            from .data import load_dataset
+            from .models import build_model
+
+            with open(os.path.join(self.out_dir, "config.json")) as fh:
+                cfg = json.load(fh)
+            if str(cfg["model"]).startswith("custom:"):
+                raise UsageError("this run's model was a module of yours: pass it as module=")
+            ds = load_dataset(cfg["dataset"], seed=cfg["seed"], data_dir=cfg["data_dir"])
+            module = build_model(cfg["model"], ds.input_shape, ds.num_classes)
+        module.load_state_dict(torch.load(path))
+        return module.eval()
 
 
 #: What an earlier run left in the folder and this one must not be taken for: a summary
@@ -82,6 +108,7 @@ def _out_dir(cfg: RunConfig) -> str:
         for name in STALE_FILES:
             if os.path.exists(os.path.join(out, name)):
                 os.remove(os.path.join(out, name))
+        remove_stale(out)  # models/node-ID.pt of an earlier run
         taken = [n for n in RUN_FILES if os.path.isdir(os.path.join(out, n))]
         if taken:
             raise UsageError(f"cannot use output folder {out}: {taken[0]} there is a folder")
@@ -235,6 +262,8 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
                           launcher.dropped)
     summary["target_reached_at_round"] = stopped_at[0] if stopped_at else None
     summary["interrupted"] = interrupted is not None
+    if cfg.save_models:
+        summary["models_saved"] = len(launcher.models_saved)
     write_json_atomic(os.path.join(out, "summary.json"), summary)
     if interrupted is not None:
         raise interrupted

@@ -115,6 +115,9 @@ def _add_cluster(sub) -> None:
                    help="CurveZMQ on every socket; only the run's keys are admitted")
     p.add_argument("--no-consensus", dest="consensus", action="store_const", const=False,
                    help="do not send models to the launcher for the consensus distance")
+    p.add_argument("--save-models", dest="save_models", action="store_const", const=True,
+                   help="write each node's final model to OUT/models/node-ID.pt (a "
+                        "state dict: model.load_state_dict(torch.load(path)))")
     p.add_argument("-q", "--quiet", dest="quiet", action="store_const", const=True,
                    help="no progress output")
     # the other way of each, to override a config file's setting
@@ -125,6 +128,8 @@ def _add_cluster(sub) -> None:
     p.add_argument("--consensus", dest="consensus", action="store_const", const=True,
                    help="send models for the consensus distance (the default), over a "
                         "config file's consensus = false")
+    p.add_argument("--no-save-models", dest="save_models", action="store_const", const=False,
+                   help="save no models (the default), over a config file's save_models")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,7 +179,7 @@ def _cmd_cluster(args) -> int:
     from .api import run_cluster
 
     options = {name: getattr(args, name) for name, _, _ in CLUSTER_OPTIONS}
-    for name in ("in_process", "consensus", "quiet", "secure"):
+    for name in ("in_process", "consensus", "quiet", "secure", "save_models"):
         options[name] = getattr(args, name)
     options = {k: v for k, v in options.items() if v is not None}
 

@@ -87,6 +87,8 @@ class Launcher(Supervision, Admission):
         self.ep: Endpoint | None = None
         self.control_bytes = 0
         self.dropped: dict = {}  # what the launcher dropped, by reason (at shutdown)
+        self.save_models = any(s.runtime.save_models for s in specs)
+        self.models_saved: set = set()  # nodes whose final model is in models/
         self.t_start: float | None = None  # set when the run starts
         self._next_exit_check, self._dead = 0.0, {}
         self._next_stopped_check = 0.0
@@ -264,7 +266,8 @@ class Launcher(Supervision, Admission):
             if self._closer_done_long_ago(now):
                 self._stop_all = True  # e.g. a worker offline when the run ended
             self._send_stops()
-            if self._take({"metrics", "bye", "error", "join", "ready"}, self._wait_s(now)):
+            if self._take({"metrics", "bye", "error", "join", "ready", "weights"},
+                          self._wait_s(now)):
                 last_news = now  # all that is here: a node's bye may follow its exit
             gone = self._exited()
             for h in self.nodes.values():
@@ -325,6 +328,9 @@ class Launcher(Supervision, Admission):
                 self.ep.send(h.id, "stop")
             elif h.id == self.closer:
                 self._finish_sent = False  # a replacement is asked to finish again
+            return
+        if msg.kind == "weights":
+            self._save_weights(h, msg)
             return
         if msg.kind in ("metrics", "bye") and not self._checked(h, msg):
             return  # not one well-formed record: nothing to hand on

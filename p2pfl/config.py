@@ -111,6 +111,7 @@ class RunConfig:
     eval_every: int = 1
     target_accuracy: float | None = None
     consensus: bool = True
+    save_models: bool = False  # each node's final model to OUT/models/node-ID.pt
     # emulated network and compute (every node; profiles refine per node)
     link: str | None = None
     slowdown: float = 1.0

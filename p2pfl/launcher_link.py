@@ -16,15 +16,17 @@ connection, with heartbeats too, has been down its own ``--lost-after`` (with
 
 from __future__ import annotations
 
+import sys
 import time
 
 from . import signals
+from .model_files import state_fields
 from .runtime import LAUNCHER, Runtime
 from .transport import Endpoint, Mailbox
 from .transport.liveness import ConnectionWatch
 
 __all__ = ["HEARTBEAT_S", "LAUNCHER_SILENT_S", "LOST_AFTER_S", "LauncherLost", "await_message",
-           "await_config", "never_reached", "await_stop", "tell_interrupted", "LauncherCheck"]
+           "await_config", "never_reached", "await_stop", "tell_interrupted", "send_weights", "LauncherCheck"]
 
 #: How often the launcher sends each running or finished node a heartbeat.
 HEARTBEAT_S = 2.0
@@ -141,3 +143,18 @@ def tell_interrupted(ep: Endpoint, runtime: Runtime | None, running,
         final = {"node": runtime.id}
     ep.send(LAUNCHER, "bye", meta={**final, "signal": name})
 
+
+
+def send_weights(ep: Endpoint, node) -> None:
+    """``--save-models``: the node's final model to the launcher, which writes it
+    (:mod:`~p2pfl.model_files`); sent before the bye.  A role with no model of its own
+    (a coordinator) sends none; a model whose tensors cannot be sent is said, not sent."""
+    state = node.final_state()
+    if state is None:
+        return
+    try:
+        fields = state_fields(state)
+    except ValueError as exc:
+        print(f"p2pfl node {ep.node_id}: model not saved: {exc}", file=sys.stderr, flush=True)
+        return
+    ep.send(LAUNCHER, "weights", **fields)

@@ -301,6 +301,10 @@ class GossipNode:
                                    if self.staleness else None)
         self.rt.report(rnd, fields, vector)
 
+    def final_state(self) -> dict:
+        """The model's state as the node ends (``--save-models``)."""
+        return self.learner.model.state_dict()
+
     def final_report(self) -> dict:
         """Totals for the ``bye`` message: exact counters of the whole run."""
         c = self.rt.endpoint.counters

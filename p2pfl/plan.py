@@ -120,7 +120,7 @@ def _runtime_spec(cfg: RunConfig, schedule: str = "sync", codecs=()) -> RuntimeS
                        start_timeout=cfg.start_timeout, eval_every=cfg.eval_every,
                        consensus=cfg.consensus, schedule=schedule,
                        exchange_only=cfg.exchange_only, codec_names=_codec_table(codecs),
-                       cpu_policy=cfg.cpu_policy)
+                       cpu_policy=cfg.cpu_policy, save_models=cfg.save_models)
 
 
 def _codec_table(specs) -> tuple:

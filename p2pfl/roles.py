@@ -42,5 +42,6 @@ def node_spec(data: dict) -> NodeSpec:
 
 
 def make_role(runtime, spec: NodeSpec):
-    """The role object of a node: it has ``run()`` and ``final_report() -> dict``."""
+    """The role object of a node: it has ``run()``, ``final_report() -> dict`` and
+    ``final_state() -> dict | None`` (its model's state, for ``--save-models``)."""
     return ROLES[spec.role](runtime, spec)

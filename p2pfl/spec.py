@@ -106,6 +106,7 @@ class RuntimeSpec:
     # the run's codec names, sent as their index in this table (transport/wire.py)
     codec_names: tuple = ()
     cpu_policy: str = "batch"  # the node process's scheduling policy (scheduling.py)
+    save_models: bool = False  # send the final model to the launcher (model_files.py)
 
     def __post_init__(self) -> None:
         if self.cpu_policy not in CPU_POLICIES:

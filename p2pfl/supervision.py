@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import signals
+from .model_files import checked_state, write_state
 from .reports import checked_final, checked_records
 from .runtime import CLOSER_GRACE_S
 from .spawn import respawn
@@ -245,7 +246,9 @@ class Supervision:
             while msg is not None:
                 h = self.nodes.get(msg.src)
                 taken = h is not None and (not h.route or msg.route == h.route)
-                if taken and h.state == "stopped" and msg.kind in ("metrics", "bye") \
+                if taken and h.state == "stopped" and msg.kind == "weights":
+                    self._save_weights(h, msg)  # a stopped node's model, before its bye
+                elif taken and h.state == "stopped" and msg.kind in ("metrics", "bye") \
                         and self._checked(h, msg):
                     if msg.kind == "bye":
                         h.final = msg.meta
@@ -289,6 +292,20 @@ class Supervision:
         for _ in range(bad):
             self.ep.counters.drop("bad_report")
         return msg.kind == "bye" or bool(msg.meta["records"])
+
+    def _save_weights(self, h: NodeHandle, msg) -> None:
+        """A node's final model (``--save-models``), written as ``models/node-ID.pt``;
+        one not asked for, or malformed, is dropped and counted as ``bad_report``."""
+        state = checked_state(msg) if self.save_models else None
+        if state is None:
+            self.ep.counters.drop("bad_report")
+            return
+        try:
+            write_state(self.out_dir, h.id, state)
+        except OSError as exc:
+            self.log(f"node {h.label!r}: its model could not be written: {exc}")
+            return
+        self.models_saved.add(h.id)
 
     def _fail(self, h: NodeHandle, reason: str) -> None:
         if h.state in ("done", "failed"):

@@ -36,7 +36,7 @@ import zmq
 from . import signals
 from .launcher_link import (HEARTBEAT_S, LAUNCHER_SILENT_S, LOST_AFTER_S, LauncherCheck,
                             LauncherLost, await_config, await_message, await_stop,
-                            never_reached, tell_interrupted)
+                            never_reached, send_weights, tell_interrupted)
 from .memory import keep_large_blocks
 from .roles import make_role, node_spec
 from .scheduling import set_cpu_policy
@@ -191,6 +191,8 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
             raise LauncherLost(check.reason() if alive is None else "the launcher or this "
                                "node's host is gone, and this node's records with it")
         runtime.flush()  # the last held records go before the bye
+        if spec.runtime.save_models:
+            send_weights(ep, node)
         _drain_link(runtime, _drain_time(spec))
         ep.send(LAUNCHER, "bye", meta=node.final_report())
         if not mailbox.stopped:

@@ -92,9 +92,13 @@ def test_sixteen_nodes_across_two_ray_nodes(ray_cluster, tmp_path):
     out = tmp_path / "run"
     proc = _p2pfl(env, "--backend", "ray", "--ray-address", address, "--node-cpus", "1",
                   "--host", "127.0.0.1", "--topology", "ring:16", "--dataset", "digits",
-                  "--rounds", "12", "-q", "--out", str(out))
+                  "--rounds", "12", "--save-models", "-q", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
+    # every actor's final model came back to the launcher's folder, from both Ray nodes
+    assert summary["models_saved"] == 16
+    assert sorted(p.name for p in (out / "models").iterdir()) == sorted(
+        f"node-{i}.pt" for i in range(16))
     rows = json.loads((out / "nodes.json").read_text())
     assert summary["backend"] == "ray"
     assert summary["ray_nodes"] == 2  # 16 x 1 CPU cannot fit on one Ray node of 8

@@ -253,6 +253,10 @@ class Coordinator:
         return dict(fields, participants=len(replies), replies_ok=sum(r.ok for r in replies),
                     failed=[[r.worker, r.error["code"]] for r in replies if not r.ok])
 
+    def final_state(self) -> None:
+        """No model file of its own (``--save-models``): every worker holds its model."""
+        return None
+
     def final_report(self) -> dict:
         models = self.strategy.reply_kind == "update"  # fd and cfd send soft labels down
         sent = self.rt.endpoint.counters.messages[("sent", "control")]

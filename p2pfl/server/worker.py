@@ -156,6 +156,11 @@ class Worker:
         fields = dict(fields, test_loss=test_loss, accuracy=accuracy)
         self.rt.report(last, self._fields(fields, True))
 
+    def final_state(self) -> dict:
+        """The model this worker ends with (``--save-models``): the final global model
+        in fedavg and stc, its cluster's in cfl, its own in fd and cfd."""
+        return self.learner.model.state_dict()
+
     def final_report(self) -> dict:
         c = self.rt.endpoint.counters  # model updates sent (soft labels are not models)
         return self.rt.final_counters(

@@ -25,7 +25,7 @@ MAX_DRAIN = 10_000
 #: start, so more can only be a flood.
 MAX_CONTROL = 64
 #: What the launcher's own mailbox takes as control: the nodes' reports.
-NODE_REPORTS = frozenset({"join", "ready", "metrics", "bye", "error"})
+NODE_REPORTS = frozenset({"join", "ready", "metrics", "bye", "error", "weights"})
 
 
 class Mailbox(Routing):

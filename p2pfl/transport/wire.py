@@ -80,6 +80,7 @@ KINDS = frozenset(
         "heartbeat",  # launcher -> node: I am alive
         "error",  # node -> launcher: I failed, and why
         "bye",  # node -> launcher: finished, with final counters
+        "weights",  # node -> launcher: its final model's tensors (--save-models)
         "stop",  # launcher -> node: shut down now (a coordinator: finish the run)
         "peer",  # launcher -> node: a restarted neighbour's new address, or its death
     }

@@ -1,0 +1,152 @@
+"""``--save-models``: every node's final model comes back to the run folder, and loads.
+
+Real node processes over TCP.  What must hold: a saved file loads into the run's model
+with ``load_state_dict(torch.load(path))`` and scores exactly the accuracy its node
+recorded last (so it is the model the node ended with, not an earlier one); in fedavg
+every worker's file is the final global model; an earlier run's files do not survive a
+run that saves none; a malformed ``weights`` message is dropped and counted.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from p2pfl import run_cluster
+from p2pfl.data import load_dataset
+from p2pfl.errors import UsageError
+from p2pfl.model_files import checked_state, state_fields, write_state
+from p2pfl.models import build_model
+from p2pfl.training import evaluate
+from p2pfl.transport.wire import pack, unpack
+from tests.test_hostile_members import _run
+
+
+def _accuracy(path, model="mlp") -> float:
+    ds = load_dataset("digits", seed=0)
+    net = build_model(model, ds.input_shape, ds.num_classes, seed=0)
+    net.load_state_dict(torch.load(path))
+    return evaluate(net, torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test))[1]
+
+
+def _last(records, node):
+    return max((r for r in records if r["node"] == node), key=lambda r: r["round"])
+
+
+def test_each_saved_model_scores_what_its_node_recorded_last(tmp_path):
+    out = tmp_path / "run"
+    res = run_cluster("ring:4", dataset="digits", rounds=4, save_models=True, quiet=True,
+                      out=str(out))
+    assert res.summary["models_saved"] == 4
+    ds = load_dataset("digits", seed=0)
+    for node in range(4):
+        net = res.model(node)  # the run's model built anew, the saved state loaded
+        assert not net.training
+        assert evaluate(net, torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test))[1] \
+            == _last(res.metrics, node)["accuracy"]
+    assert _accuracy(out / "models" / "node-3.pt") == _last(res.metrics, 3)["accuracy"]
+    models = [torch.load(out / "models" / f"node-{n}.pt") for n in range(4)]
+    assert not torch.equal(models[0]["1.weight"], models[1]["1.weight"])
+    # a later run into the same folder that saves none leaves no file of this one
+    res = run_cluster("ring:4", dataset="digits", rounds=1, quiet=True, out=str(out))
+    assert "models_saved" not in res.summary and list((out / "models").iterdir()) == []
+    with pytest.raises(UsageError, match="no saved model of node 0"):
+        res.model(0)
+
+
+def test_a_run_of_a_module_of_yours_loads_into_that_module(tmp_path):
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    res = run_cluster("ring:3", dataset="digits", rounds=2, model=net, save_models=True,
+                      quiet=True, out=str(tmp_path / "run"))
+    with pytest.raises(UsageError, match="pass it as module="):
+        res.model(1)
+    fresh = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    assert res.model(1, module=fresh) is fresh
+    ds = load_dataset("digits", seed=0)
+    assert evaluate(fresh, torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test))[1] \
+        == _last(res.metrics, 1)["accuracy"]
+
+
+def test_every_fedavg_worker_saves_the_final_global_model(tmp_path):
+    out = tmp_path / "run"
+    res = run_cluster(mode="fedavg", nodes=3, dataset="digits", rounds=3, save_models=True,
+                      quiet=True, out=str(out))
+    files = sorted(p.name for p in (out / "models").iterdir())
+    assert files == ["node-0.pt", "node-1.pt", "node-2.pt"]  # the coordinator's: none
+    assert res.summary["models_saved"] == 3
+    first = torch.load(out / "models" / files[0])
+    for name in files[1:]:
+        other = torch.load(out / "models" / name)
+        assert all(torch.equal(first[k], other[k]) for k in first)
+    final = res.summary["global_accuracy_per_round"][-1]
+    assert final[0] == 3 and _accuracy(out / "models" / files[0]) == final[1]
+
+
+def _through_the_wire(state):
+    fields = state_fields(state)
+    return unpack(pack("weights", 1, **fields))
+
+
+def test_a_state_round_trips_with_dtypes_the_wire_does_not_carry(tmp_path):
+    state = {"w": torch.randn(3, 4), "half": torch.randn(5).to(torch.bfloat16),
+             "mask": torch.tensor([True, False, True]), "steps": torch.tensor(7),
+             "empty": torch.zeros(0, 2, dtype=torch.float16)}
+    got = checked_state(_through_the_wire(state))
+    path = write_state(str(tmp_path), 5, got)
+    assert path.endswith("models/node-5.pt")
+    back = torch.load(path)
+    assert list(back) == list(state)
+    for k, t in state.items():
+        assert back[k].dtype == t.dtype and torch.equal(back[k], t), k
+
+
+@pytest.mark.parametrize("change", [
+    lambda m: m.meta.update(names=["w", "w"]),  # two tensors of one name
+    lambda m: m.meta.update(names=["w", 3]),
+    lambda m: m.meta.update(names=["w"]),  # fewer names than tensors
+    lambda m: m.meta.update(names=["w", "x" * 513]),
+    lambda m: m.meta.update(torch_dtypes=["float32", "int64"]),  # not what it was sent as
+    lambda m: m.meta.update(torch_dtypes=["float32", "complex64"]),
+    lambda m: m.meta.update(torch_dtypes="float32"),
+    lambda m: m.meta.pop("names"),
+])
+def test_a_malformed_state_is_refused(change):
+    msg = _through_the_wire({"w": torch.ones(2), "b": torch.tensor([True])})
+    assert checked_state(msg) is not None
+    change(msg)
+    assert checked_state(msg) is None
+
+
+def test_a_tensor_the_wire_cannot_carry_is_refused_before_sending():
+    with pytest.raises(ValueError, match="complex"):
+        state_fields({"z": torch.zeros(2, dtype=torch.complex64)})
+
+
+#: Node 1 sends its final model with every tensor named alike.
+SAME_NAMES = """
+    from p2pfl import model_files
+
+    fields = model_files.state_fields
+
+    def same_names(state):
+        out = fields(state)
+        out["meta"]["names"] = ["w"] * len(out["meta"]["names"])
+        return out
+
+    model_files.state_fields = same_names
+    import p2pfl.launcher_link
+    p2pfl.launcher_link.state_fields = same_names
+"""
+
+
+def test_a_malformed_model_is_dropped_and_counted_and_the_others_saved(tmp_path):
+    status, err, s = _run(tmp_path, SAME_NAMES, 1, 3, "--topology", "ring:3", "--rounds", "2",
+                          "--save-models")
+    assert status == 0, err
+    assert s["failed_nodes"] == {} and s["launcher_dropped"] == {"bad_report": 1}, s
+    assert s["models_saved"] == 2
+    names = sorted(p.name for p in (tmp_path / "run" / "models").iterdir())
+    assert names == ["node-0.pt", "node-2.pt"]
+    assert np.isfinite(json.loads((tmp_path / "run" / "summary.json").read_text())
+                       ["accuracy_mean"])
