@@ -225,11 +225,12 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
                 stopped_at.append(rnd)
                 launcher.request_stop()
 
-    sink = MetricsSink(out, [s.id for s in p.specs], on_round=on_round, closer=p.closer)
+    sink = MetricsSink(out, [s.id for s in p.specs], on_round=on_round, closer=p.closer,
+                       rounds=cfg.rounds)
 
     def on_message(handle, msg):
         if msg is None or msg.kind in ("bye", "error"):
-            sink.node_gone(handle.id)
+            sink.node_gone(handle.id, said_bye=msg is not None and msg.kind == "bye")
         elif msg.kind == "metrics":  # held records, the last one's model in a frame
             records = msg.meta.get("records")
             if not isinstance(records, list) or not records:

@@ -111,15 +111,29 @@ class MetricsSink:
         In server modes not every node reports every round (partial
         participation): a round is complete when this node (the coordinator)
         has reported it.  Records that arrive later are written as they come.
+    rounds : int, optional
+        The run's rounds.  A gossip node that says bye before its last round was
+        stopped (``--target-accuracy``, Ctrl-C): the rounds after its last one are
+        written without it, but are not whole.
+
+    The network mean of the consensus distance, ``accuracy_per_round`` and
+    ``consensus_last`` are taken over whole rounds only: a round some nodes never
+    played because the run was stopped (or still held when the sink closes) is
+    written, but its records get no consensus distance (that of a lone record would
+    be 0) and their accuracies count only as their nodes' last ones.
     """
 
-    def __init__(self, out_dir: str, nodes, on_round=None, closer=None) -> None:
+    def __init__(self, out_dir: str, nodes, on_round=None, closer=None,
+                 rounds: int | None = None) -> None:
         self.out_dir = out_dir
         self.live = set(nodes)
         self.known = set(nodes)
         self.since: dict = {}  # node back from offline -> first round it reports again
         self.on_round = on_round
         self.closer = closer
+        self.rounds = rounds
+        self._last: dict = {}  # node -> the last round it recorded
+        self._stopped: dict = {}  # gossip node that said bye before its last round -> that
         # What the summary needs, kept as the records are written; the records themselves
         # are in metrics.jsonl only (a long run's would fill the launcher's memory).
         self.written = 0  # records written
@@ -136,6 +150,7 @@ class MetricsSink:
         """Accept one node's record of one round (and its model, if sent)."""
         rnd = int(record["round"])
         node = record["node"]
+        self._last[node] = max(rnd, self._last.get(node, 0))
         if record.get("offline"):  # gone offline: rounds complete without it until it is back
             self.live.discard(node)
         elif node in self.known and node not in self.live:
@@ -145,8 +160,8 @@ class MetricsSink:
             # last round, then its final model): both records are kept
             self._pending[rnd].setdefault(node, []).append((dict(record), vector))
             self._drain()
-        else:  # a straggler's record for a round already written
-            self._write_rows({node: [(dict(record), vector)]})
+        else:  # a straggler's record for a round already written: no network mean
+            self._write_rows({node: [(dict(record), vector)]}, whole=False, per_round=True)
 
     def node_paused(self, node) -> None:
         """A node died and is being restarted: rounds complete without it until its
@@ -155,8 +170,12 @@ class MetricsSink:
         self.known.add(node)  # it may have been given up for dead before it came back
         self._drain()
 
-    def node_gone(self, node) -> None:
-        """A node finished or died: stop waiting for its records."""
+    def node_gone(self, node, said_bye: bool = False) -> None:
+        """A node finished or died: stop waiting for its records.  A gossip node that
+        said bye before its last round was stopped: later rounds are not whole."""
+        if said_bye and self.closer is None and self.rounds is not None \
+                and self._last.get(node, 0) < self.rounds:
+            self._stopped[node] = self._last.get(node, 0)
         self.live.discard(node)
         self.known.discard(node)
         self._drain()
@@ -173,15 +192,18 @@ class MetricsSink:
             self._write_round(self._next_round, self._pending.pop(self._next_round))
             self._next_round += 1
 
-    def _write_round(self, rnd: int, rows: dict) -> None:
-        out = self._write_rows(rows)
+    def _write_round(self, rnd: int, rows: dict, whole: bool = True) -> None:
+        whole = whole and all(last >= rnd for last in self._stopped.values())
+        out = self._write_rows(rows, whole, per_round=whole)
         if self.on_round:  # a node's latest record of the round stands for it
             self.on_round(rnd, list({rec["node"]: rec for rec in out}.values()))
 
-    def _write_rows(self, rows: dict) -> list:
-        """Write ``{node: [(record, vector), ...]}``; a node's latest model stands for it."""
+    def _write_rows(self, rows: dict, whole: bool, per_round: bool) -> list:
+        """Write ``{node: [(record, vector), ...]}``; a node's latest model stands for it
+        in the network mean, taken when the rows are a ``whole`` round; ``per_round``:
+        their accuracies count in ``accuracy_per_round``."""
         vectors = {n: v for n, recs in rows.items() for _, v in recs if v is not None}
-        dist, rel = consensus_distances(vectors)
+        dist, rel = consensus_distances(vectors) if whole else ({}, {})
         out = []
         for node in sorted(rows):
             for rec, v in rows[node]:
@@ -189,13 +211,13 @@ class MetricsSink:
                 rec["consensus_distance"] = dist.get(node) if mine else None
                 rec["consensus_distance_rel"] = rel.get(node) if mine else None
                 self._fh.write(json_line(rec))
-                self._note(rec)
+                self._note(rec, per_round)
                 out.append(rec)
         self._fh.flush()
         self.written += len(out)
         return out
 
-    def _note(self, rec: dict) -> None:
+    def _note(self, rec: dict, per_round: bool) -> None:
         """Fold one written record into what the summary needs."""
         sent = rec.get("bytes_sent") or 0
         self.bytes_sent += sent
@@ -204,7 +226,7 @@ class MetricsSink:
             self.closer_records.append(rec)
             self.closer_bytes_sent += sent
         if rec.get("accuracy") is not None:
-            self._accuracy.add(rec["round"], rec["node"], rec["accuracy"])
+            self._accuracy.add(rec["round"], rec["node"], rec["accuracy"], per_round)
         if rec.get("consensus_distance") is not None:
             rnd = self._consensus[0]
             if rnd is None or rec["round"] > rnd:  # a later round: its rows start afresh
@@ -216,7 +238,7 @@ class MetricsSink:
     def close(self) -> None:
         """Write any incomplete rounds that remain (nodes that died mid-run)."""
         for rnd in sorted(self._pending):
-            self._write_round(rnd, self._pending.pop(rnd))
+            self._write_round(rnd, self._pending.pop(rnd), whole=False)
         self._fh.close()
 
     # ---------------------------------------------------------------- summary
@@ -265,8 +287,10 @@ class _AccuracyTable:
         self.rows: dict = {}  # round -> (values, present)
         self.last: dict = {}
 
-    def add(self, rnd: int, node, acc: float) -> None:
+    def add(self, rnd: int, node, acc: float, per_round: bool = True) -> None:
         self.last[node] = acc
+        if not per_round:
+            return
         i = self.slot.get(node)
         if i is None:  # not a node the sink was told of: it gets a slot now
             i = self.slot[node] = len(self.slot)

@@ -329,7 +329,9 @@ def _server_plan(cfg: RunConfig, graph) -> Plan:
     coordinator = NodeSpec(id=n, label="coordinator", role="coordinator",
                            neighbours=tuple((i, 1.0) for i in range(n)), self_weight=0.0,
                            learn=coord_learn, runtime=runtime, rule=cfg.mode, options=options,
-                           server=ServerInfo(labels=tuple(labels), groups=groups), link=run_link)
+                           server=ServerInfo(labels=tuple(labels), groups=groups,
+                                             target_accuracy=cfg.target_accuracy),
+                           link=run_link)
     record = dict(cfg.to_dict(), resolved={
         "nodes": n, "labels": labels, "options": dataclasses.asdict(options),
         "python": platform.python_version()})

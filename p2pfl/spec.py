@@ -133,6 +133,9 @@ class ServerInfo:
     labels: tuple = ()
     groups: tuple = ()
     checkpoint: str = ""  # where the coordinator saves its state after each round
+    # --target-accuracy: the coordinator ends the run after the round whose global (or
+    # cluster, or ensemble) accuracy reaches it, not a round later when the launcher asks
+    target_accuracy: float | None = None
 
 
 @dataclass(frozen=True)

@@ -81,8 +81,12 @@ class Supervision:
         last round.  Without a closer every node stops where it is and says bye."""
         closer = self.nodes.get(self.closer) if self.closer is not None else None
         if self._stop_requested and not self._finish_sent and not self._stop_all:
-            if closer is None or closer.state in ("done", "failed", "stopped"):
+            if closer is None or closer.state in ("failed", "stopped"):
                 self._stop_all = True
+            elif closer.state == "done":  # it ended the run itself (its last round, or
+                # --target-accuracy): a stop now would reach a worker before its final
+                # model; they end with it, or a grace later (_closer_done_long_ago)
+                self._finish_sent = True
             elif closer.state == "ready":
                 self.ep.send(closer.id, "stop", meta={"finish": True})
                 self._finish_sent = True

@@ -88,6 +88,51 @@ def test_accuracy_of_a_node_the_sink_was_not_told_of_counts(tmp_path):
     sink.add({"round": 1, "node": 0, "bytes_sent": 0, "bytes_received": 0, "accuracy": 0.5})
     sink.add({"round": 2, "node": 7, "bytes_sent": 0, "bytes_received": 0, "accuracy": 0.1})
     sink.add({"round": 1, "node": 1, "bytes_sent": 0, "bytes_received": 0, "accuracy": 0.7})
+    for node in (0, 1):  # round 2 is whole
+        sink.add({"round": 2, "node": node, "bytes_sent": 0, "bytes_received": 0})
     sink.close()
     assert sink.accuracy_per_round() == [[1, pytest.approx(0.6)], [2, pytest.approx(0.1)]]
     assert sink.accuracy_by_node() == {0: 0.5, 7: 0.1, 1: 0.7}
+
+
+def _rec(rnd, node, acc):
+    return {"round": rnd, "node": node, "bytes_sent": 0, "bytes_received": 0, "accuracy": acc}
+
+
+def test_rounds_a_stop_cut_short_count_in_no_network_figure(tmp_path):
+    """A stop (--target-accuracy, Ctrl-C) reaches nodes in different rounds: nodes 0 and 3
+    say bye after round 5, nodes 1 and 2 after round 6, and a lone record of round 7 is
+    still held when the sink closes.  Before, round 7's mean and distances were node 2's
+    alone (a consensus distance of 0: perfect agreement) and ended the summary's figures."""
+    rng = np.random.default_rng(1)
+    sink = MetricsSink(str(tmp_path), [0, 1, 2, 3], rounds=50)
+    for rnd in range(1, 7):
+        for node in (0, 1, 2, 3) if rnd <= 5 else (1, 2):
+            sink.add(_rec(rnd, node, 0.1 * node + 0.01 * rnd), rng.random(5).astype(np.float32))
+    sink.add(_rec(7, 2, 0.9), rng.random(5).astype(np.float32))
+    for node in (0, 3):
+        sink.node_gone(node, said_bye=True)  # stopped after round 5
+    sink.add(_rec(3, 3, 0.5), rng.random(5).astype(np.float32))  # a straggler's, alone
+    sink.close()
+    recs = read_metrics(tmp_path / "metrics.jsonl")
+    assert len(recs) == 4 * 5 + 2 + 1 + 1  # every record is written
+    assert [r["consensus_distance"] is None for r in recs if r["round"] >= 6] == [True] * 3
+    assert sum(r["consensus_distance"] is None for r in recs) == 4  # and the straggler's
+    s = sink.summary()
+    assert s["consensus_last"]["round"] == 5 and s["consensus_last"]["max"] > 0
+    assert [r for r, _ in s["accuracy_per_round"]] == [1, 2, 3, 4, 5]
+    assert s["accuracy_per_round"][-1][1] == pytest.approx(np.mean([0.05, 0.15, 0.25, 0.35]))
+    assert sink.accuracy_by_node() == {0: 0.05, 1: 0.16, 2: 0.9, 3: 0.5}  # each one's last
+
+
+def test_a_gossip_node_that_said_bye_after_its_last_round_cuts_nothing(tmp_path):
+    sink = MetricsSink(str(tmp_path), [0, 1], rounds=3)
+    for rnd in range(1, 4):
+        sink.add(_rec(rnd, 0, 0.5), np.ones(3, np.float32))
+    sink.node_gone(0, said_bye=True)  # done: its three rounds
+    for rnd in range(1, 4):
+        sink.add(_rec(rnd, 1, 0.7), np.zeros(3, np.float32))
+    sink.close()
+    s = sink.summary()
+    assert [r for r, _ in s["accuracy_per_round"]] == [1, 2, 3]
+    assert s["consensus_last"]["round"] == 3 and s["consensus_last"]["max"] > 0

@@ -91,6 +91,7 @@ class Coordinator:
         self._silent: dict = {}  # worker -> (rounds unanswered in a row, the first of them)
         self.last_round = 0
         self.checkpoint = spec.server.checkpoint
+        self.target = spec.server.target_accuracy
 
     def run(self, rejoin: bool = False, after: int = 0) -> int:
         """Run the rounds; after the last, hand every worker its final model.
@@ -115,11 +116,15 @@ class Coordinator:
             participants = self.strategy.select(rnd, self.available(), self.rng)
             self.instruct(rnd, self.strategy.configure(rnd, participants))
             replies = self.collect(rnd, participants)
+            if replies is None:  # a stop (Ctrl-C, SIGTERM) cut the gather short: the
+                self.last_round = rnd - 1  # round was not played, and is not recorded
+                return rnd - 1  # (the workers are stopped too: no final models)
             self.account(rnd, replies)
             self.strategy.aggregate(rnd, replies)
             fields = self.strategy.evaluate(rnd)
             finished = (self.strategy.done(rnd) or rnd >= self.strategy.rounds
                         or self.rt.stopped or self.rt.finish_requested
+                        or self.reached(fields)
                         or set(self.workers) <= self.rt.done)  # every worker died
             held = self.record_of(replies, fields)
             self.last_round = rnd
@@ -207,11 +212,20 @@ class Coordinator:
         for packet, workers in groups.values():
             self.rt.send_many(workers, "control", rnd, packet)
 
-    def collect(self, rnd: int, participants: list) -> list:
-        """Replies of this round's participants: content, or an error saying why not."""
+    def reached(self, fields: dict) -> bool:
+        """Whether this round's global (cluster, ensemble) accuracy reached the target."""
+        acc = next((fields[k] for k in ("global_accuracy", "cluster_accuracy",
+                                        "ensemble_accuracy") if fields.get(k) is not None), None)
+        return self.target is not None and acc is not None and acc >= self.target
+
+    def collect(self, rnd: int, participants: list) -> list | None:
+        """Replies of this round's participants: content, or an error saying why not.
+        None when a stop came before every awaited reply: the round is not played."""
         kind = self.strategy.reply_kind
         waited, began = self.expected(participants), self.rt.clock()
         packets = self.rt.gather(kind, rnd, waited, self.run_spec.round_timeout)
+        if self.rt.stopped and not set(waited) <= packets.keys():
+            return None
         replies = []
         for w in participants:
             packet = packets.get(w)
