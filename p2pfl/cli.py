@@ -49,8 +49,8 @@ CLUSTER_OPTIONS = [
     ("gamma", float, "CHOCO consensus step size"),
     ("participation", float, "reporting fraction in server modes"),
     ("robust", str, "gossip: none, clip[:TAU] (ClippedGossip), trimmed:BETA (BRIDGE-T)"),
-    ("aggregator", str, "fedavg/stc/cfl: mean, median, trimmed:BETA, krum:F, multikrum:F:M, "
-     "clip:TAU, normclip (auto: mean; normclip in cfl)"),
+    ("aggregator", str, "fedavg/stc: mean, median, trimmed:BETA, krum:F, multikrum:F:M, "
+     "clip:TAU, normclip (auto: mean); cfl: the same but clip (auto: normclip)"),
     ("compression_down", str, "server-to-worker codec (auto: as --compression for stc)"),
     ("stc_cache", int, "STC: global updates cached for catch-up (default 10)"),
     ("filter_scaling", str, "stc, fedavg: on sends a scale factor per conv filter with each "
@@ -68,7 +68,7 @@ CLUSTER_OPTIONS = [
     ("host", str, "address nodes bind for tcp (default 127.0.0.1; with --backend ray, the "
      "IP Ray knows each host by)"),
     ("backend", str, "local (node processes here, default) or ray (Ray actors on a Ray "
-     "cluster; pip install 'p2pfl[ray]')"),
+     "cluster; the ray extra: pip install -e '.[ray]' in a checkout)"),
     ("ray_address", str, "with --backend ray: a running Ray cluster, HOST:PORT or auto "
      "(default: start Ray here)"),
     ("node_cpus", float, "with --backend ray: CPUs each node asks Ray for (default: an equal "

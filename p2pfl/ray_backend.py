@@ -8,7 +8,7 @@ launcher directly over ZeroMQ TCP, on the address of the host Ray placed them on
 so no model byte passes through Ray's object store and the byte counts mean what
 they mean for local processes.
 
-Ray is an optional extra (``pip install 'p2pfl[ray]'``); nothing here imports it
+Ray is an optional extra (``pip install -e '.[ray]'`` in a checkout); nothing here imports it
 until a run asks for it.
 """
 
@@ -38,7 +38,8 @@ def require_ray():
     try:
         import ray
     except ImportError:
-        raise ConfigError("--backend ray needs Ray: pip install 'p2pfl[ray]'") from None
+        raise ConfigError("--backend ray needs Ray: pip install 'ray>=2.40' (the ray extra, "
+                          "pip install -e '.[ray]' in a checkout)") from None
     return ray
 
 

@@ -445,7 +445,7 @@ def test_mixing_help_lists_every_accepted_form():
     ({"host": NOWHERE}, "not an address of this machine"),
     pytest.param({"host": NOWHERE, "backend": "ray"}, "not an address of this machine",
                  marks=pytest.mark.skipif(importlib.util.find_spec("ray") is None,
-                                          reason="needs the ray extra (pip install p2pfl[ray])")),
+                                          reason="needs the ray extra (pip install -e '.[ray]')")),
     ({"listen": "tcp://127.0.0.1:70000"}, "PORT 1-65535"),
 ])
 def test_run_cluster_checks_addresses_before_anything_starts(tmp_path, option, words):

@@ -17,7 +17,7 @@ import pytest
 import torch.nn as nn
 
 import p2pfl
-from p2pfl.errors import ClusterError, ConfigError, UsageError
+from p2pfl.errors import ConfigError, UsageError
 from p2pfl.models import CUSTOM
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,6 +80,8 @@ def test_graph_objects_numpy_and_paths_and_what_the_run_records(tmp_path):
         p2pfl.run_cluster(nx.path_graph(3), topology="ring:4", **FAST)
     with pytest.raises(UsageError, match="give one of them"):
         p2pfl.run_cluster("ring:3", topology="ring:4", **FAST)
+    with pytest.raises(p2pfl.TopologyError):  # the package's own names (it had none)
+        p2pfl.run_cluster("ring:1", **FAST)
 
 
 def test_runs_without_out_get_a_folder_each(tmp_path, monkeypatch):
@@ -108,7 +110,7 @@ class _DiesInTraining(nn.Module):
 
 def test_a_run_where_every_node_failed_raises(tmp_path):
     """It returned a Result with accuracy None and, with quiet=True, said nothing."""
-    with pytest.raises(ClusterError, match="every node failed .*broken on purpose") as info:
+    with pytest.raises(p2pfl.ClusterError, match="every node failed .*broken on purpose") as info:
         p2pfl.run_cluster(nx.cycle_graph(3), model=_DiesInTraining(), out=str(tmp_path),
                           **FAST)
     assert info.value.result.summary["accuracy_mean"] is None

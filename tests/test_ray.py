@@ -21,7 +21,7 @@ import pytest
 
 from tests._remote import ROOT, free_port
 
-ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'p2pfl[ray]'")
+ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install -e '.[ray]'")
 
 
 def _ray_env() -> dict:
