@@ -25,7 +25,8 @@ CLUSTER_OPTIONS = [
     ("rounds", int, "communication rounds (default 30)"),
     ("seed", int, "random seed for data, partition, initial model and random graphs "
                   "without their own SEED"),
-    ("dataset", str, "digits, mnist1d, synthetic[:C:D], mnist:PATH, cifar10:PATH"),
+    ("dataset", str, "digits, mnist1d, synthetic[:C:D], mnist:PATH, cifar10:PATH, npz:FILE "
+     "(x_train, y_train, x_test, y_test arrays of your own)"),
     ("data_dir", str, "folder of the mnist or cifar10 files (for --dataset mnist or cifar10 "
      "without :PATH)"),
     ("partition", str, "iid, dirichlet:ALPHA, shards:S or groups:K"),

@@ -44,8 +44,11 @@ __all__ = [
 ]
 
 #: Dataset names accepted by :func:`load_dataset` (with their argument forms).
-DATASETS = ("digits", "mnist1d", "synthetic", "mnist", "cifar10")
-_FORMS = "digits, mnist1d[:SAMPLES], synthetic[:CLASSES:DIM], mnist:PATH, cifar10:PATH"
+DATASETS = ("digits", "mnist1d", "synthetic", "mnist", "cifar10", "npz")
+_FORMS = ("digits, mnist1d[:SAMPLES], synthetic[:CLASSES:DIM], mnist:PATH, cifar10:PATH, "
+          "npz:FILE")
+#: The arrays a dataset of one's own (``npz:FILE``) holds.
+NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 
 
 @dataclass(frozen=True, eq=False)
@@ -284,6 +287,43 @@ def _load_cifar10(folder):
     return _make(f"cifar10:{folder}", x_tr, y_tr, x_te, y_te, 10)
 
 
+def _load_npz(text):
+    """A dataset of one's own: a NumPy ``.npz`` holding ``x_train``, ``y_train``,
+    ``x_test`` and ``y_test`` (:data:`NPZ_ARRAYS`).  Features are taken as they are (as
+    float32: no standardisation), of shape ``(N, ...)``: ``(N, D)`` for ``mlp`` and
+    ``logreg``, ``(N, C, L)`` or ``(N, C, H, W)`` for ``cnn``.  Labels are integers
+    from 0; the classes number the largest label plus one.  Object arrays are refused
+    (``allow_pickle=False``): the file is data, never code."""
+    if not text:
+        raise DataError("dataset 'npz' needs a file: npz:FILE")
+    path = Path(text).expanduser()
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in NPZ_ARRAYS if k not in npz.files]
+            if missing:
+                raise DataError(f"npz file {text!r} lacks {', '.join(missing)} (it needs "
+                                f"{', '.join(NPZ_ARRAYS)})")
+            arrays = {k: npz[k] for k in NPZ_ARRAYS}
+    except (OSError, ValueError, EOFError) as exc:  # missing, not a zip, object arrays
+        raise DataError(f"cannot read npz file {text!r}: {exc}") from None
+    for split in ("train", "test"):
+        x, y = arrays["x_" + split], arrays["y_" + split]
+        if x.ndim < 2 or x.dtype.kind not in "biuf":
+            raise DataError(f"npz file {text!r}: x_{split} must be numbers of shape (N, "
+                            f"...), got {x.dtype} {x.shape}")
+        if y.ndim != 1 or len(y) != len(x):
+            raise DataError(f"npz file {text!r}: y_{split} must hold one label per sample "
+                            f"of x_{split} ({len(x)}), got shape {y.shape}")
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise DataError(f"npz file {text!r}: x_{split} holds NaN or infinite values")
+        if len(y) == 0 or y.dtype.kind not in "iu":
+            raise DataError(f"npz file {text!r}: y_{split} must be integer labels, one or "
+                            f"more, got {y.dtype} {y.shape}")
+    y_tr, y_te = arrays["y_train"], arrays["y_test"]
+    top = int(max(y_tr.max(), y_te.max()))  # a negative label is refused by _make
+    return _make(f"npz:{text}", arrays["x_train"], y_tr, arrays["x_test"], y_te, top + 1)
+
+
 # ---------------------------------------------------------------- entry point
 
 
@@ -306,7 +346,7 @@ def load_dataset(name: str, *, seed: int = 0, data_dir: str | None = None,
     ----------
     name : str
         One of ``digits``, ``mnist1d[:SAMPLES]``, ``synthetic[:CLASSES:DIM]``,
-        ``mnist:PATH`` or ``cifar10:PATH``.
+        ``mnist:PATH``, ``cifar10:PATH`` or ``npz:FILE`` (arrays of one's own).
     seed : int
         Seed for the ``digits`` train/test split and ``synthetic`` data.
         ``mnist1d`` is always the standard (seed 42) dataset.
@@ -336,4 +376,6 @@ def load_dataset(name: str, *, seed: int = 0, data_dir: str | None = None,
         return _load_mnist(_folder(kind, arg, data_dir))
     if kind == "cifar10":
         return _load_cifar10(_folder(kind, arg, data_dir))
+    if kind == "npz":
+        return _load_npz(arg)
     raise DataError(f"unknown dataset {name!r}; valid: {_FORMS}")

@@ -32,6 +32,7 @@ def bad_files(tmp_path_factory):
     (d / "garbage.graphml").write_text("<<<not xml")
     (d / "bad.toml").write_text("rounds = [")
     (d / "unknown.toml").write_text("roundz = 3\n")
+    (d / "labels.npz").write_bytes(b"")  # not a zip
     return d
 
 
@@ -57,6 +58,7 @@ BAD = {
     "unknown toml key": ["cluster", "--config", "{d}/unknown.toml"],
     "missing config": ["cluster", "--config", "/nonexistent.toml"],
     "missing mnist dir": ["cluster", "--dataset", "mnist:/nonexistent"],
+    "bad npz": ["cluster", "--dataset", "npz:{d}/labels.npz"],
     "plot missing dir": ["plot", "/nonexistent/run"],
     "bad codec": ["bench", "codecs", "--codec", "zip:3"],
 }
@@ -186,6 +188,25 @@ def test_cluster_from_config_file_end_to_end(tmp_path):
     assert json.loads((out / "config.json").read_text())["rounds"] == 3
     res = run_cli("plot", str(out))
     assert res.returncode == 0 and (out / "accuracy_vs_mb.png").exists()
+
+
+def test_a_cluster_on_arrays_of_ones_own(tmp_path):
+    """``npz:FILE``: the digits as 1×8×8 images in a file of one's own, a 2-D CNN."""
+    import numpy as np
+
+    from p2pfl.data import load_dataset
+
+    ds = load_dataset("digits")
+    np.savez(tmp_path / "images.npz", x_train=ds.x_train.reshape(-1, 1, 8, 8),
+             y_train=ds.y_train.astype(np.uint8), x_test=ds.x_test.reshape(-1, 1, 8, 8),
+             y_test=ds.y_test)
+    out = tmp_path / "run"
+    res = run_cli("cluster", "--topology", "ring:3", "--dataset", f"npz:{tmp_path}/images.npz",
+                  "--model", "cnn:8-8", "--rounds", "6", "--local-steps", "6", "-q", "--out",
+                  str(out))
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["accuracy_min"] > 0.5, summary["accuracy_per_round"]  # chance: 0.1
 
 
 # Names and values the plan checks before any node process starts (issue 7).

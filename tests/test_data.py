@@ -29,7 +29,7 @@ torch.set_num_threads(1)
 
 
 def test_registry_lists_all_kinds():
-    assert set(DATASETS) == {"digits", "mnist1d", "synthetic", "mnist", "cifar10"}
+    assert set(DATASETS) == {"digits", "mnist1d", "synthetic", "mnist", "cifar10", "npz"}
 
 
 def test_digits_shapes_and_split():
@@ -433,3 +433,52 @@ def test_class_histogram():
     assert class_histogram(y, np.arange(6), 4).tolist() == [1, 2, 3, 0]
     h = class_histogram(y, [np.array([0, 1]), np.array([3, 4, 5])], 3)
     assert h.tolist() == [[1, 1, 0], [0, 0, 3]]
+
+
+# ---------------------------------------------------------------- npz: data of one's own
+
+
+def _npz(path, **arrays):
+    rng = np.random.default_rng(0)
+    base = {"x_train": rng.normal(size=(40, 6)).astype(np.float32),
+            "y_train": np.arange(40) % 3, "x_test": rng.normal(size=(9, 6)),
+            "y_test": np.arange(9) % 3}
+    base.update(arrays)
+    np.savez(path, **{k: v for k, v in base.items() if v is not None})
+    return f"npz:{path}"
+
+
+def test_npz_arrays_of_ones_own_load_as_they_are(tmp_path):
+    spec = _npz(tmp_path / "mine.npz", x_train=np.arange(80, dtype=np.int16).reshape(40, 2),
+                x_test=np.ones((9, 2)), y_test=np.array([0, 1, 2, 3, 3, 3, 3, 3, 3]))
+    ds = load_dataset(spec)
+    assert ds.input_shape == (2,) and ds.num_classes == 4  # the largest label, 3, plus one
+    assert ds.x_train.dtype == np.float32 and ds.x_train[39, 1] == 79  # not standardised
+    assert ds.y_train.dtype == np.int64 and list(ds.y_test[:4]) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"y_test": None}, "lacks y_test"),
+    ({"x_train": np.array(["a", "b"], dtype=object)}, "cannot read npz"),  # pickled
+    ({"x_train": np.ones(40)}, "x_train must be numbers of shape"),
+    ({"x_test": np.array([["a"]] * 9)}, "x_test must be numbers"),
+    ({"y_train": np.zeros(39, int)}, "one label per sample of x_train"),
+    ({"y_test": np.zeros(9)}, "y_test must be integer labels"),
+    ({"x_train": np.full((40, 6), np.nan)}, "NaN or infinite"),
+    ({"y_train": np.arange(40) - 1}, "outside"),
+    ({"x_test": np.ones((9, 5))}, "training samples are"),
+    ({"x_test": np.ones((0, 6)), "y_test": np.zeros(0, int)}, "y_test must be integer labels"),
+])
+def test_npz_files_a_node_would_fail_on_are_refused(tmp_path, arrays, message):
+    with pytest.raises(DataError, match=message):
+        load_dataset(_npz(tmp_path / "bad.npz", **arrays))
+
+
+def test_npz_that_is_missing_or_not_a_zip_is_refused(tmp_path):
+    with pytest.raises(DataError, match="needs a file"):
+        load_dataset("npz")
+    with pytest.raises(DataError, match="cannot read npz file"):
+        load_dataset(f"npz:{tmp_path / 'none.npz'}")
+    (tmp_path / "text.npz").write_text("not a zip")
+    with pytest.raises(DataError, match="cannot read npz file"):
+        load_dataset(f"npz:{tmp_path / 'text.npz'}")
