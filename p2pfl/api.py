@@ -27,7 +27,7 @@ from .config_files import from_sources
 from . import signals
 from .errors import ClusterError, UsageError
 from .metrics import MetricsSink, read_metrics, write_json_atomic
-from .model_files import model_path, remove_stale
+from .model_files import load_state, model_path, remove_stale
 from .progress import Progress
 from .summary import run_summary
 
@@ -58,27 +58,35 @@ class Result:
 
     def model(self, node: int = 0, module=None):
         """Node ``node``'s final model, saved by a run with ``save_models=True``, as a
-        ``torch.nn.Module`` in eval mode: the run's model (``config.json``) built anew
-        with the saved state, or the state loaded into ``module`` (needed when the run's
-        model was a module of the caller's, which no file describes)."""
-        import torch
-
+        ``torch.nn.Module`` in eval mode: the node's model (``nodes.json``) built anew
+        with the saved state, or the state loaded into ``module`` (needed when it was a
+        module of the caller's, which no file describes)."""
         path = model_path(self.out_dir, node)
         if not os.path.exists(path):
-            raise UsageError(f"no saved model of node {node} in {self.out_dir} (runs save "
-                             "them with save_models=True)")
+            saved = self.summary.get("models_saved")
+            raise UsageError(f"no saved model of node {node} in {self.out_dir}" + (
+                " (runs save them with save_models=True)" if saved is None else
+                f" ({saved} were saved; a node's output says why it saved none)"))
         if module is None:
-            from .data import load_dataset
-            from .models import build_model
-
-            with open(os.path.join(self.out_dir, "config.json")) as fh:
-                cfg = json.load(fh)
-            if str(cfg["model"]).startswith("custom:"):
-                raise UsageError("this run's model was a module of yours: pass it as module=")
-            ds = load_dataset(cfg["dataset"], seed=cfg["seed"], data_dir=cfg["data_dir"])
-            module = build_model(cfg["model"], ds.input_shape, ds.num_classes)
-        module.load_state_dict(torch.load(path))
+            module = _build_node_model(self.out_dir, node)
+        module.load_state_dict(load_state(path))
         return module.eval()
+
+
+def _build_node_model(out_dir: str, node: int):
+    """Node ``node``'s model as the run built it (its name in ``nodes.json``)."""
+    from .data import load_dataset
+    from .models import build_model
+
+    with open(os.path.join(out_dir, "config.json")) as fh:
+        cfg = json.load(fh)
+    with open(os.path.join(out_dir, "nodes.json")) as fh:
+        name = next((n.get("model") for n in json.load(fh) if n["id"] == node), None)
+    name = name or cfg["model"]
+    if str(name).startswith("custom:"):
+        raise UsageError(f"node {node}'s model was a module of yours: pass it as module=")
+    ds = load_dataset(cfg["dataset"], seed=cfg["seed"], data_dir=cfg["data_dir"])
+    return build_model(name, ds.input_shape, ds.num_classes)
 
 
 #: What an earlier run left in the folder and this one must not be taken for: a summary
@@ -230,7 +238,9 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
 
     def on_message(handle, msg):
         if msg is None or msg.kind in ("bye", "error"):
-            sink.node_gone(handle.id, said_bye=msg is not None and msg.kind == "bye")
+            # a bye because the run is ending early: the rounds after it are not whole
+            sink.node_gone(handle.id, stopped=msg is not None and msg.kind == "bye"
+                           and launcher.stopping)
         elif msg.kind == "metrics":  # held records, the last one's model in a frame
             records = msg.meta.get("records")
             if not isinstance(records, list) or not records:
@@ -264,7 +274,11 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
     summary["target_reached_at_round"] = stopped_at[0] if stopped_at else None
     summary["interrupted"] = interrupted is not None
     if cfg.save_models:
-        summary["models_saved"] = len(launcher.models_saved)
+        summary["models_saved"] = saved = len(launcher.models_saved)
+        expected = sum(s.role != "coordinator" for s in p.specs)
+        if saved < expected:  # each missing one's output says why (failed, not sendable)
+            progress.info(f"models saved for {saved} of {expected} nodes "
+                          f"({os.path.join(out, 'models')})")
     write_json_atomic(os.path.join(out, "summary.json"), summary)
     if interrupted is not None:
         raise interrupted

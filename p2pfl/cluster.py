@@ -181,6 +181,12 @@ class Launcher(Supervision, Admission):
         say bye; a coordinator finishes its round and hands out the final models."""
         self._stop_requested = True
 
+    @property
+    def stopping(self) -> bool:
+        """Whether the run is being ended early: asked to (``request_stop``), or
+        interrupted (Ctrl-C, SIGTERM, an error: ``shutdown``)."""
+        return self._stop_requested or self._stopping
+
     def _alive(self) -> bool:
         return not self._stopping
 
@@ -390,7 +396,8 @@ class Launcher(Supervision, Admission):
 
     def write_nodes_json(self) -> None:
         rows = [{"id": h.id, "label": h.label, "address": h.address, "control": h.control,
-                 "pid": h.pid, "host": h.host, "state": h.state} for h in self.nodes.values()]
+                 "pid": h.pid, "host": h.host, "state": h.state,
+                 "model": self._spec[h.id].learn.model} for h in self.nodes.values()]
         if self.backend is not None:
             for row, h in zip(rows, self.nodes.values()):
                 row["ray_node"] = h.ray_node

@@ -148,13 +148,15 @@ def tell_interrupted(ep: Endpoint, runtime: Runtime | None, running,
 def send_weights(ep: Endpoint, node) -> None:
     """``--save-models``: the node's final model to the launcher, which writes it
     (:mod:`~p2pfl.model_files`); sent before the bye.  A role with no model of its own
-    (a coordinator) sends none; a model whose tensors cannot be sent is said, not sent."""
-    state = node.final_state()
-    if state is None:
-        return
+    (a coordinator) sends none.  A model that cannot be sent is said, not sent: saving
+    never fails a node that finished its run."""
     try:
+        state = node.final_state()
+        if state is None:
+            return
         fields = state_fields(state)
-    except ValueError as exc:
-        print(f"p2pfl node {ep.node_id}: model not saved: {exc}", file=sys.stderr, flush=True)
+    except Exception as exc:  # a module's extra state, a dtype the wire lacks, ...
+        print(f"p2pfl node {ep.node_id}: model not saved: {type(exc).__name__}: {exc}",
+              file=sys.stderr, flush=True)
         return
     ep.send(LAUNCHER, "weights", **fields)

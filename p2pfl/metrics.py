@@ -112,9 +112,10 @@ class MetricsSink:
         participation): a round is complete when this node (the coordinator)
         has reported it.  Records that arrive later are written as they come.
     rounds : int, optional
-        The run's rounds.  A gossip node that says bye before its last round was
-        stopped (``--target-accuracy``, Ctrl-C): the rounds after its last one are
-        written without it, but are not whole.
+        The run's rounds.  A gossip node that says bye before its last round because
+        the run is ending early (``--target-accuracy``, Ctrl-C: ``node_gone(stopped=True)``)
+        leaves the rounds after its last one written without it, but not whole; so does
+        the closer, whatever ended it (the workers' records of a round it did not play).
 
     The network mean of the consensus distance, ``accuracy_per_round`` and
     ``consensus_last`` are taken over whole rounds only: a round some nodes never
@@ -170,12 +171,16 @@ class MetricsSink:
         self.known.add(node)  # it may have been given up for dead before it came back
         self._drain()
 
-    def node_gone(self, node, said_bye: bool = False) -> None:
-        """A node finished or died: stop waiting for its records.  A gossip node that
-        said bye before its last round was stopped: later rounds are not whole."""
-        if said_bye and self.closer is None and self.rounds is not None \
-                and self._last.get(node, 0) < self.rounds:
+    def node_gone(self, node, stopped: bool = False) -> None:
+        """A node finished or died: stop waiting for its records.  ``stopped``: it said
+        bye because the run is ending early; a gossip node that had rounds left then
+        makes the later rounds not whole (not one offline meanwhile: the rounds went
+        on without it)."""
+        if stopped and node in self.live and self.closer is None \
+                and self.rounds is not None and self._last.get(node, 0) < self.rounds:
             self._stopped[node] = self._last.get(node, 0)
+        if node == self.closer:  # no round after its last is whole: the workers' records
+            self._stopped[node] = self._last.get(node, 0)  # of a cut one are written alone
         self.live.discard(node)
         self.known.discard(node)
         self._drain()

@@ -1,37 +1,45 @@
 """The nodes' final models on disk (``--save-models``): ``models/node-ID.pt``.
 
 A node that ends its run (its last round, or a stop) sends its model's state, parameters
-and buffers by name, to the launcher in one ``weights`` message, before its bye: raw
-tensor frames, their shapes and dtypes in the header (:mod:`~p2pfl.transport.wire`), the
-names in its meta.  No node writes a file itself, so a node on another host (``p2pfl
-node``, Ray) saves its model where the run's other results are.  The launcher checks
-the message and writes it atomically as a ``torch.save`` state dict, which
-``model.load_state_dict(torch.load(path))`` reads back (``weights_only``: no pickled
-code is loaded).
+and buffers by name, to the launcher in one ``weights`` message, before its bye: a
+msgpack frame that describes the tensors (names, shapes, dtypes), then one raw frame a
+tensor.  The description travels in a frame of its own, not the header, whose 64 KiB
+would hold only a thousand or two names.  No node writes a file itself, so a node on
+another host (``p2pfl node``, Ray) saves its model where the run's other results are.
+The launcher checks the message and writes it atomically as a ``torch.save`` state
+dict, which ``model.load_state_dict(torch.load(path, weights_only=True))`` reads back
+(no pickled code is loaded).
 
-A gossip node's file holds its own model; a server-mode worker's holds what it ended
-with: the final global model (fedavg, stc), its cluster's (cfl), or its own (fd, cfd).
+A gossip node's file holds its own model; a server-mode worker's holds the model it ended
+with: the final global model (fedavg, stc), its cluster's (cfl), or its own (fd, cfd),
+unless it was offline at the end or the run was interrupted (then its latest local one).
 The coordinator sends none: its model is every worker's.
 """
 
 from __future__ import annotations
 
-import glob
+import fnmatch
+import math
 import os
 
+import msgpack
 import numpy as np
 
 from .atomic import write_atomic
-from .transport.wire import DTYPES
+from .transport.wire import DEFAULT_LIMITS, DTYPES
 
 __all__ = ["MODELS_DIR", "model_path", "state_fields", "checked_state", "write_state",
-           "remove_stale"]
+           "remove_stale", "load_state"]
 
 MODELS_DIR = "models"
 #: Tensor dtypes that the wire does not carry raw travel as another, and are restored.
 SENT_AS = {"bfloat16": "float32", "bool": "uint8"}
 #: The longest parameter or buffer name taken (PyTorch's are dotted module paths).
 MAX_NAME = 512
+#: The largest description frame the launcher reads (about 100,000 tensors).
+MAX_DESCRIPTION = 16 << 20
+#: Tensors a model may have: one frame each, after the description.
+MAX_TENSORS = DEFAULT_LIMITS.max_frames - 1
 
 
 def model_path(out_dir: str, node_id: int) -> str:
@@ -41,17 +49,25 @@ def model_path(out_dir: str, node_id: int) -> str:
 def remove_stale(out_dir: str) -> None:
     """Remove the model files an earlier run left in ``out_dir``: a node that saves none
     this time must not seem to have saved them."""
-    for path in glob.glob(os.path.join(out_dir, MODELS_DIR, "node-*.pt")):
-        os.remove(path)
+    folder = os.path.join(out_dir, MODELS_DIR)
+    if os.path.isdir(folder):  # listed, not globbed: the folder's name may hold [ or *
+        for name in fnmatch.filter(os.listdir(folder), "node-*.pt"):
+            os.remove(os.path.join(folder, name))
 
 
 def state_fields(state: dict) -> dict:
-    """The ``frames``, ``shapes``, ``dtypes`` and ``meta`` of a ``weights`` message
-    holding ``state`` (a ``state_dict``: names to tensors, on any device)."""
+    """The ``frames`` of a ``weights`` message holding ``state`` (a ``state_dict``:
+    names to tensors, on any device).  ValueError says why a state cannot be sent: an
+    entry that is not a dense tensor (a module's extra state), a dtype the wire does
+    not carry, more tensors than a message takes, or one larger than a frame."""
     import torch
 
+    if len(state) > MAX_TENSORS:
+        raise ValueError(f"{len(state)} tensors; a message takes {MAX_TENSORS}")
     names, frames, shapes, dtypes, kept = [], [], [], [], []
     for name, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor) or tensor.layout != torch.strided:
+            raise ValueError(f"{name}: not a dense tensor ({type(tensor).__name__})")
         dtype = str(tensor.dtype).removeprefix("torch.")
         sent = SENT_AS.get(dtype, dtype)
         if sent not in DTYPES:
@@ -60,31 +76,62 @@ def state_fields(state: dict) -> dict:
         if sent != dtype:
             t = t.to(getattr(torch, sent))
         a = t.cpu().contiguous().numpy()
-        names.append(name)
+        if a.nbytes > DEFAULT_LIMITS.max_frame_bytes or a.size > DEFAULT_LIMITS.max_tensor_elems:
+            raise ValueError(f"{name}: {a.nbytes} bytes, beyond a frame's limit")
+        names.append(str(name))
         frames.append(a.reshape(-1).view(np.uint8))
         shapes.append(list(a.shape))
         dtypes.append(sent)
         kept.append(dtype)
-    return {"frames": frames, "shapes": shapes, "dtypes": dtypes,
-            "meta": {"names": names, "torch_dtypes": kept}}
+    description = msgpack.packb({"names": names, "shapes": shapes, "dtypes": dtypes,
+                                 "torch_dtypes": kept}, use_bin_type=True)
+    if len(description) > MAX_DESCRIPTION:
+        raise ValueError(f"the tensors' names take {len(description)} bytes, beyond "
+                         f"{MAX_DESCRIPTION}")
+    return {"frames": [description, *frames]}
+
+
+def _description(frame) -> dict | None:
+    if len(frame) > MAX_DESCRIPTION:
+        return None
+    try:
+        d = msgpack.unpackb(frame, raw=False, strict_map_key=True)
+    except Exception:  # msgpack raises several types on hostile input
+        return None
+    return d if isinstance(d, dict) else None
+
+
+def _shape(shape, sent, length) -> bool:
+    """A short list of non-negative ints whose elements of ``sent`` fill ``length`` bytes."""
+    if type(shape) is not list or len(shape) > DEFAULT_LIMITS.max_ndim or \
+            not all(type(n) is int and n >= 0 for n in shape):
+        return False
+    return math.prod(shape) * np.dtype(sent).itemsize == length
 
 
 def checked_state(msg) -> list | None:
-    """``[(name, array, torch dtype name)]`` of a ``weights`` message (the wire checked
-    its frames against their shapes and dtypes), or None if it is malformed: names
-    that are not distinct short strings, one a tensor, or a dtype not one it was sent as."""
-    names, kept = msg.meta.get("names"), msg.meta.get("torch_dtypes")
-    if not isinstance(names, list) or not isinstance(kept, list):
+    """``[(name, array, torch dtype name)]`` of a ``weights`` message, or None if it is
+    malformed: a description that is not one, names that are not distinct short
+    strings, a dtype not carried or not one it was sent as, or a frame that its shape
+    and dtype do not fill exactly."""
+    if not msg.frames:
         return None
-    if not len(names) == len(kept) == len(msg.frames) == len(msg.shapes):
+    d = _description(msg.frames[0])
+    frames = msg.frames[1:]
+    if d is None:
+        return None
+    names, shapes, dtypes, kept = (d.get(k) for k in ("names", "shapes", "dtypes",
+                                                       "torch_dtypes"))
+    if not all(isinstance(v, list) and len(v) == len(frames)
+               for v in (names, shapes, dtypes, kept)):
         return None
     if not all(type(n) is str and 0 < len(n) <= MAX_NAME for n in names) or \
             len(set(names)) != len(names):
         return None
     out = []
-    for name, dtype, frame, shape, sent in zip(names, kept, msg.frames, msg.shapes,
-                                                msg.dtypes):
-        if type(dtype) is not str or SENT_AS.get(dtype, dtype) != sent:
+    for name, shape, sent, dtype, frame in zip(names, shapes, dtypes, kept, frames):
+        if type(sent) is not str or sent not in DTYPES or type(dtype) is not str or \
+                SENT_AS.get(dtype, dtype) != sent or not _shape(shape, sent, frame.nbytes):
             return None
         out.append((name, np.frombuffer(frame, np.dtype(sent).newbyteorder("<"))
                     .reshape(shape), dtype))
@@ -100,3 +147,10 @@ def write_state(out_dir: str, node_id: int, state: list) -> str:
         t = torch.from_numpy(array.astype(array.dtype.newbyteorder("="), copy=True))
         sd[name] = t.to(getattr(torch, dtype)) if str(t.dtype) != f"torch.{dtype}" else t
     return write_atomic(model_path(out_dir, node_id), lambda fh: torch.save(sd, fh))
+
+
+def load_state(path) -> dict:
+    """A saved model's state dict, on the CPU, never unpickling code."""
+    import torch
+
+    return torch.load(path, weights_only=True, map_location="cpu")

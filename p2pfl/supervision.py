@@ -48,6 +48,7 @@ class NodeHandle:
     restarts: int = 0  # how often it was restarted after dying
     last_round: int = 0  # the latest round it sent a record of
     stopped_since: float | None = None  # when its process was first seen stopped
+    saved_route: bytes | None = None  # the process whose final model is saved
 
     def exited(self) -> bool:
         r = self.runner
@@ -299,8 +300,11 @@ class Supervision:
 
     def _save_weights(self, h: NodeHandle, msg) -> None:
         """A node's final model (``--save-models``), written as ``models/node-ID.pt``;
-        one not asked for, or malformed, is dropped and counted as ``bad_report``."""
-        state = checked_state(msg) if self.save_models else None
+        one not asked for, a second from the same process, one of a node not running,
+        or a malformed one is dropped and counted as ``bad_report``."""
+        asked = self.save_models and h.state in ("ready", "stopped") \
+            and h.saved_route != msg.route
+        state = checked_state(msg) if asked else None
         if state is None:
             self.ep.counters.drop("bad_report")
             return
@@ -310,6 +314,7 @@ class Supervision:
             self.log(f"node {h.label!r}: its model could not be written: {exc}")
             return
         self.models_saved.add(h.id)
+        h.saved_route = msg.route
 
     def _fail(self, h: NodeHandle, reason: str) -> None:
         if h.state in ("done", "failed"):

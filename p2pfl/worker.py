@@ -182,16 +182,19 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
         elapsed = start.get("elapsed", 0.0) if rejoin else 0.0
         runtime.t_start = time.monotonic() - (elapsed if isinstance(elapsed, float) else 0.0)
         running = node
+        after = config.get("round") if rejoin else 0
+        after = after if type(after) is int and after >= 0 else 0
         if rejoin:
-            after = config.get("round")
-            node.run(rejoin=True, after=after if isinstance(after, int) and after >= 0 else 0)
+            node.run(rejoin=True, after=after)
         else:
             node.run()
         if mailbox.lost:
             raise LauncherLost(check.reason() if alive is None else "the launcher or this "
                                "node's host is gone, and this node's records with it")
         runtime.flush()  # the last held records go before the bye
-        if spec.runtime.save_models:
+        # a replacement for a process that died after its last round played none: its
+        # model is the initial one, not worth a file (nor replacing a saved one)
+        if spec.runtime.save_models and not (rejoin and after >= spec.runtime.rounds):
             send_weights(ep, node)
         _drain_link(runtime, _drain_time(spec))
         ep.send(LAUNCHER, "bye", meta=node.final_report())

@@ -230,13 +230,16 @@ def test_a_run_interrupted_mid_round_records_no_round_it_did_not_play(tmp_path, 
     assert s["interrupted"] is True and s["misses_total"] == 0, s["misses_total"]
     coord = [r for r in recs if r["role"] == "coordinator"]
     assert all(r["failed"] == [] for r in coord), coord[-1]
+    if coord:  # a server round is whole when the coordinator recorded it (a worker's
+        # own record may come too late for the launcher's shutdown wait)
+        assert s["accuracy_per_round"][-1][0] <= coord[-1]["round"]
+        return
     last = {}
     for r in recs:
         last[r["node"]] = max(last.get(r["node"], 0), r["round"])
-    whole = min(v for n, v in last.items() if n != s.get("workers"))  # every node played
-    assert s["accuracy_per_round"][-1][0] <= whole
-    if not coord:
-        assert s["consensus_last"]["round"] <= whole and s["consensus_last"]["max"] > 0
+    whole = min(last.values())  # every node played it
+    assert s["accuracy_per_round"][-1][0] <= whole, last
+    assert s["consensus_last"]["round"] <= whole and s["consensus_last"]["max"] > 0
 
 
 def _finished_run(out, *flags):

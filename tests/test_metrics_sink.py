@@ -111,7 +111,7 @@ def test_rounds_a_stop_cut_short_count_in_no_network_figure(tmp_path):
             sink.add(_rec(rnd, node, 0.1 * node + 0.01 * rnd), rng.random(5).astype(np.float32))
     sink.add(_rec(7, 2, 0.9), rng.random(5).astype(np.float32))
     for node in (0, 3):
-        sink.node_gone(node, said_bye=True)  # stopped after round 5
+        sink.node_gone(node, stopped=True)  # stopped after round 5
     sink.add(_rec(3, 3, 0.5), rng.random(5).astype(np.float32))  # a straggler's, alone
     sink.close()
     recs = read_metrics(tmp_path / "metrics.jsonl")
@@ -129,10 +129,43 @@ def test_a_gossip_node_that_said_bye_after_its_last_round_cuts_nothing(tmp_path)
     sink = MetricsSink(str(tmp_path), [0, 1], rounds=3)
     for rnd in range(1, 4):
         sink.add(_rec(rnd, 0, 0.5), np.ones(3, np.float32))
-    sink.node_gone(0, said_bye=True)  # done: its three rounds
+    sink.node_gone(0, stopped=True)  # done: its three rounds
     for rnd in range(1, 4):
         sink.add(_rec(rnd, 1, 0.7), np.zeros(3, np.float32))
     sink.close()
     s = sink.summary()
     assert [r for r, _ in s["accuracy_per_round"]] == [1, 2, 3]
     assert s["consensus_last"]["round"] == 3 and s["consensus_last"]["max"] > 0
+
+
+def test_a_node_gone_early_while_the_run_goes_on_cuts_nothing(tmp_path):
+    """A remote node stopped by its own Ctrl-C (then failed), and one offline when the
+    run was stopped: the rounds went on without them.  Before, either froze the
+    summary's per-round figures at its last round for the rest of the run."""
+    sink = MetricsSink(str(tmp_path), [0, 1, 2], rounds=6)
+    for rnd in range(1, 3):
+        for node in (0, 1, 2):
+            sink.add(_rec(rnd, node, 0.5), np.full(3, node, np.float32))
+    sink.node_gone(0)  # said bye mid-run, the run not ending: failed a second later
+    sink.add(dict(_rec(3, 1, None), offline=True))  # node 1 goes offline in round 3
+    sink.node_gone(1, stopped=True)  # and ends, offline, when the run is stopped
+    for rnd in range(3, 7):
+        sink.add(_rec(rnd, 2, 0.7), np.full(3, 2, np.float32))
+    sink.close()
+    assert [r for r, _ in sink.summary()["accuracy_per_round"]] == [1, 2, 3, 4, 5, 6]
+
+
+def test_workers_records_of_a_round_the_coordinator_did_not_play_are_not_whole(tmp_path):
+    """Ctrl-C cut the coordinator's round 3 (not recorded); the workers had recorded it.
+    Once the coordinator said bye, round 3 completed with the workers alone, and ended
+    accuracy_per_round."""
+    sink = MetricsSink(str(tmp_path), [0, 1, 2], closer=2, rounds=100)
+    for rnd in (1, 2):
+        for node in (0, 1, 2):
+            sink.add(_rec(rnd, node, None if node == 2 else 0.5))
+    for node in (0, 1):
+        sink.add(_rec(3, node, 0.9))
+    sink.node_gone(2, stopped=True)
+    sink.close()
+    assert [r for r, _ in sink.summary()["accuracy_per_round"]] == [1, 2]
+    assert sink.accuracy_by_node() == {0: 0.9, 1: 0.9}
