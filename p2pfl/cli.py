@@ -166,8 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="generator spec or graph file")
     p.add_argument("--mixing", default="metropolis",
                    help="metropolis (default), uniform, weight or attr:NAME")
-    p = sub.add_parser("plot", help="write PNG plots of a run folder")
-    p.add_argument("run_dir")
+    p = sub.add_parser("plot", help="write PNG plots of a run folder, or compare runs",
+                       description="One run folder: its plots, written into it. Two or "
+                       "more with --out DIR: one line a run (accuracy against round, "
+                       "MB sent by all nodes and wall time) and compare.json, in DIR.")
+    p.add_argument("run_dir", nargs="+")
+    p.add_argument("--out", help="with two run folders or more: where the comparison goes")
     p = sub.add_parser("bench", help="benchmarks")
     p.add_argument("what", choices=["codecs"])
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -273,8 +277,16 @@ def _cmd_topology(args) -> int:
 
 def _cmd_plot(args) -> int:
     from .plot import plot_run
+    from .plot_compare import compare_runs
 
-    for path in plot_run(args.run_dir):
+    if len(args.run_dir) > 1 and args.out is None:
+        raise UsageError("comparing runs needs --out DIR, the folder for the comparison")
+    if len(args.run_dir) == 1 and args.out is not None:
+        raise UsageError("--out is for a comparison of two run folders or more; one run's "
+                         "plots go into its folder")
+    paths = plot_run(args.run_dir[0]) if len(args.run_dir) == 1 else \
+        compare_runs(args.run_dir, args.out)
+    for path in paths:
         print(path)
     return 0
 

@@ -218,3 +218,37 @@ def test_bench_measures_stateful_codecs():
     for spec in ("quant:0.01+cabac:temporal", "powersgd:2:alternate"):
         row = bench_one(spec, "m", x)
         assert row["bits_per_param"] > 0 and row["rel_l2"] < 1.0
+
+
+def test_runs_compared_byte_for_byte(tmp_path):
+    """``p2pfl plot A B --out DIR``: a gossip run and a fedavg run of the same data, one
+    line each; the table's megabytes are every node's bytes sent, as in the summary."""
+    import subprocess
+
+    from p2pfl import run_cluster
+
+    gossip = run_cluster("ring:4", dataset="digits", rounds=3, quiet=True,
+                         out=str(tmp_path / "gossip"))
+    server = run_cluster(mode="fedavg", nodes=4, dataset="digits", rounds=3, quiet=True,
+                         out=str(tmp_path / "fedavg"))
+    res = subprocess.run([sys.executable, "-m", "p2pfl.cli", "plot", str(tmp_path / "gossip"),
+                          str(tmp_path / "fedavg"), "--out", str(tmp_path / "cmp")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    for name in ("compare_accuracy_vs_round.png", "compare_accuracy_vs_mb.png",
+                 "compare_accuracy_vs_time.png"):
+        _assert_png(tmp_path / "cmp" / name)
+    table = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert [row["mode"] for row in table] == ["gossip", "fedavg"]
+    for row, s in zip(table, (gossip.summary, server.summary)):
+        assert row["mb_sent"] * 1e6 == pytest.approx(s["bytes_sent_total"], abs=1)
+    assert table[0]["final_accuracy"] == gossip.summary["accuracy_per_round"][-1][1]
+    assert table[1]["final_accuracy"] == server.summary["global_accuracy_per_round"][-1][1]
+    for args, message in ((["plot", str(tmp_path / "gossip"), str(tmp_path / "fedavg")],
+                           "needs --out"),
+                          (["plot", str(tmp_path / "gossip"), "--out", str(tmp_path / "x")],
+                           "two run folders or more")):
+        res = subprocess.run([sys.executable, "-m", "p2pfl.cli", *args], capture_output=True,
+                             text=True, timeout=120)
+        assert res.returncode == 2 and message in res.stderr and \
+            len(res.stderr.strip().splitlines()) == 1, res.stderr

@@ -1,0 +1,101 @@
+"""Several runs on one set of axes: ``p2pfl plot RUN RUN ... --out DIR``.
+
+Gossip against server FL, one codec against another, byte for byte.  Each run is one
+line: its accuracy per round (gossip: the nodes' mean, ``accuracy_per_round``; a server
+mode: the global, cluster-weighted or ensemble accuracy of the coordinator's model),
+against the round, the megabytes that every node of the run had sent by the end of it
+(the records' ``bytes_sent``, summed over nodes and rounds: the whole network's
+traffic, log x), and the wall time at which its last node finished it.  Writes
+``compare_accuracy_vs_round.png``, ``compare_accuracy_vs_mb.png``,
+``compare_accuracy_vs_time.png`` and ``compare.json`` (each run's final accuracy,
+total megabytes and wall time) into ``DIR``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+
+from .errors import UsageError
+from .metrics import write_json_atomic
+from .plot import _is_coordinator, _number, _read_records, _read_summary, plot_curves
+
+__all__ = ["compare_runs", "run_curve", "COMPARE_FILES"]
+
+COMPARE_FILES = ("compare_accuracy_vs_round.png", "compare_accuracy_vs_mb.png",
+                 "compare_accuracy_vs_time.png", "compare.json")
+_SERVER_KEYS = ("global_accuracy", "ensemble_accuracy")
+
+
+def run_curve(run_dir: str) -> dict:
+    """One run's line: ``rounds``, ``accuracy``, ``mb`` and ``seconds``, one per
+    evaluated round, and what labels it (``mode``, ``compression``)."""
+    records, summary = _read_records(run_dir), _read_summary(run_dir)
+    sent, ends, server = defaultdict(float), defaultdict(float), {}
+    for rec in records:
+        rnd = rec.get("round")
+        if type(rnd) is not int:
+            continue
+        sent[rnd] += _number(rec.get("bytes_sent")) or 0.0
+        ends[rnd] = max(ends[rnd], _number(rec.get("wall_s")) or 0.0)
+        if _is_coordinator(rec):
+            acc = next((_number(rec.get(k)) for k in _SERVER_KEYS
+                        if _number(rec.get(k)) is not None), None)
+            if acc is not None:
+                server[rnd] = acc
+    if server:
+        acc = sorted(server.items())
+    else:
+        acc = [(r, _number(a)) for r, a in summary.get("accuracy_per_round") or []
+               if type(r) is int and _number(a) is not None]
+    if not acc:
+        raise UsageError(f"run folder {run_dir!r} has no accuracy to compare (an "
+                         "exchange-only run, or one stopped before its first evaluation)")
+    total, cumulative = 0.0, {}
+    for rnd in sorted(sent):
+        total += sent[rnd]
+        cumulative[rnd] = total / 1e6
+    rounds = [r for r, _ in acc]
+    return {"rounds": rounds, "accuracy": [a for _, a in acc],
+            "mb": [cumulative.get(r) for r in rounds], "seconds": [ends.get(r) for r in rounds],
+            "mode": summary.get("mode"), "compression": summary.get("compression")}
+
+
+def _label(run_dir: str, curve: dict, taken: set) -> str:
+    name = os.path.basename(os.path.normpath(run_dir)) or run_dir
+    what = ", ".join(str(v) for v in (curve["mode"], curve["compression"]) if v)
+    label = f"{name} ({what})" if what else name
+    while label in taken:  # two folders of one name
+        label += "'"
+    taken.add(label)
+    return label
+
+
+def compare_runs(run_dirs: list, out_dir: str) -> list[str]:
+    """Write the comparison of ``run_dirs`` into ``out_dir``; the paths written."""
+    if len(run_dirs) < 2:
+        raise UsageError("a comparison needs two run folders or more")
+    curves, taken = {}, set()
+    for run_dir in run_dirs:
+        curve = run_curve(run_dir)
+        curves[_label(run_dir, curve, taken)] = curve
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot use output folder {out_dir}: {exc.strerror or exc}") from None
+    paths = []
+    for name, x, xlabel, logx in (
+            (COMPARE_FILES[0], "rounds", "round", False),
+            (COMPARE_FILES[1], "mb", "MB sent by all nodes (cumulative)", True),
+            (COMPARE_FILES[2], "seconds", "wall time (s)", False)):
+        series = {label: (c[x], c["accuracy"]) for label, c in curves.items()}
+        paths.append(plot_curves(series, os.path.join(out_dir, name), xlabel,
+                                 "test accuracy", logx=logx, title="comparison"))
+    table = [{"run": os.path.abspath(d), "label": label, "mode": c["mode"],
+              "compression": c["compression"], "final_round": c["rounds"][-1],
+              "final_accuracy": c["accuracy"][-1], "mb_sent": c["mb"][-1],
+              "wall_s": c["seconds"][-1]}
+             for d, (label, c) in zip(run_dirs, curves.items())]
+    path = os.path.join(out_dir, COMPARE_FILES[3])
+    write_json_atomic(path, table)
+    return paths + [path]
