@@ -192,6 +192,34 @@ def test_a_signal_does_not_cut_a_message_in_two():
         ctx.destroy(linger=0)
 
 
+def test_a_signal_does_not_lose_the_records_being_sent():
+    """A SIGTERM between taking a node's held records and sending them lost them, while
+    its bye counted their bytes as recorded: ``bytes_sent_total`` fell one round short
+    of ``bytes_sent_counted_by_nodes`` (a full-suite run of the remote SIGTERM test)."""
+    from p2pfl import signals
+    from p2pfl.errors import Terminated
+    from p2pfl.runtime import Runtime
+
+    rt = object.__new__(Runtime)  # its record-keeping alone
+    rt._held, rt._flushed, sent = [{"round": 7}], 0.0, []
+
+    def sink(held, vector):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(10000):  # the handler runs here
+            pass
+        sent.extend(held)
+
+    rt.sink = sink
+    old = signal.signal(signal.SIGTERM, signals.handler)
+    try:
+        with pytest.raises(Terminated):
+            rt.flush()
+        assert sent == [{"round": 7}] and rt._held == []
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        signals.clear()
+
+
 def test_a_sigterm_turned_into_a_plain_keyboard_interrupt_stays_a_sigterm():
     """Ray catches a signal's exception raised during its calls and raises a plain
     KeyboardInterrupt instead: a SIGTERM to a Ray run exited 130, as a Ctrl-C."""
