@@ -299,13 +299,13 @@ def _load_npz(text):
     path = Path(text).expanduser()
     try:
         with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in NPZ_ARRAYS if k not in npz.files]
-            if missing:
-                raise DataError(f"npz file {text!r} lacks {', '.join(missing)} (it needs "
-                                f"{', '.join(NPZ_ARRAYS)})")
-            arrays = {k: npz[k] for k in NPZ_ARRAYS}
+            arrays = {k: npz[k] for k in NPZ_ARRAYS if k in npz.files}
     except (OSError, ValueError, EOFError) as exc:  # missing, not a zip, object arrays
         raise DataError(f"cannot read npz file {text!r}: {exc}") from None
+    missing = [k for k in NPZ_ARRAYS if k not in arrays]
+    if missing:
+        raise DataError(f"npz file {text!r} lacks {', '.join(missing)} (it needs "
+                        f"{', '.join(NPZ_ARRAYS)})")
     for split in ("train", "test"):
         x, y = arrays["x_" + split], arrays["y_" + split]
         if x.ndim < 2 or x.dtype.kind not in "biuf":

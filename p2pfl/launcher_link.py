@@ -26,7 +26,8 @@ from .transport import Endpoint, Mailbox
 from .transport.liveness import ConnectionWatch
 
 __all__ = ["HEARTBEAT_S", "LAUNCHER_SILENT_S", "LOST_AFTER_S", "LauncherLost", "await_message",
-           "await_config", "never_reached", "await_stop", "tell_interrupted", "send_weights", "LauncherCheck"]
+           "await_config", "never_reached", "await_stop", "tell_interrupted", "send_weights",
+           "LauncherCheck"]
 
 #: How often the launcher sends each running or finished node a heartbeat.
 HEARTBEAT_S = 2.0
@@ -142,7 +143,6 @@ def tell_interrupted(ep: Endpoint, runtime: Runtime | None, running,
     except Exception:  # cut anywhere by the signal: the launcher is told all the same
         final = {"node": runtime.id}
     ep.send(LAUNCHER, "bye", meta={**final, "signal": name})
-
 
 
 def send_weights(ep: Endpoint, node) -> None:

@@ -134,7 +134,9 @@ class MetricsSink:
         self.closer = closer
         self.rounds = rounds
         self._last: dict = {}  # node -> the last round it recorded
-        self._stopped: dict = {}  # gossip node that said bye before its last round -> that
+        # a node after whose last round no round is whole (a gossip node stopped early,
+        # the closer gone) -> that round
+        self._stopped: dict = {}
         # What the summary needs, kept as the records are written; the records themselves
         # are in metrics.jsonl only (a long run's would fill the launcher's memory).
         self.written = 0  # records written

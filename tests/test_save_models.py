@@ -1,10 +1,11 @@
 """``--save-models``: every node's final model comes back to the run folder, and loads.
 
 Real node processes over TCP.  What must hold: a saved file loads into the run's model
-with ``load_state_dict(torch.load(path, weights_only=True))`` and scores exactly the accuracy its node
-recorded last (so it is the model the node ended with, not an earlier one); in fedavg
-every worker's file is the final global model; an earlier run's files do not survive a
-run that saves none; a malformed ``weights`` message is dropped and counted.
+with ``load_state_dict(torch.load(path, weights_only=True))`` and scores exactly the
+accuracy its node recorded last (so it is the model the node ended with, not an earlier
+one); in fedavg every worker's file is the final global model; an earlier run's files do
+not survive a run that saves none; a malformed ``weights`` message is dropped and
+counted; a model that cannot be saved fails no node.
 """
 
 import json
