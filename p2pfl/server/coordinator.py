@@ -214,8 +214,8 @@ class Coordinator:
 
     def reached(self, fields: dict) -> bool:
         """Whether this round's global (cluster, ensemble) accuracy reached the target."""
-        acc = next((fields[k] for k in ("global_accuracy", "cluster_accuracy",
-                                        "ensemble_accuracy") if fields.get(k) is not None), None)
+        acc = next((fields[k] for k in ("global_accuracy", "ensemble_accuracy")
+                    if isinstance(fields.get(k), float)), None)  # cfl's is global too
         return self.target is not None and acc is not None and acc >= self.target
 
     def collect(self, rnd: int, participants: list) -> list | None:
