@@ -17,13 +17,20 @@ from p2pfl.addresses import free_port, listening
 from tests._remote import ROOT
 
 #: Sends, as node 1: a record whose round is text (round 2), a record of node 0 (round
-#: 3), a model frame of 3 bytes (round 4), and a bye whose counters are malformed.
+#: 3), a model frame of 3 bytes (round 4), a final model (--save-models) whose tensors
+#: all have one name, and a bye whose counters are malformed.
 BAD_REPORTS = """
+    import msgpack
+
     from p2pfl.transport import endpoint
 
     send = endpoint.Endpoint.send
 
     def bad(self, peer, kind, round=0, **fields):
+        if kind == "weights":
+            d = msgpack.unpackb(fields["frames"][0])
+            d["names"] = ["w"] * len(d["names"])
+            fields["frames"] = [msgpack.packb(d), *fields["frames"][1:]]
         meta = dict(fields.get("meta") or {})
         records = meta.get("records") or []
         if kind == "metrics":  # records may travel several to a message
@@ -90,9 +97,12 @@ def _run(tmp_path, patch: str, hostile: int, nodes: int, *flags) -> tuple:
 
 def test_malformed_reports_are_dropped_and_counted_and_the_run_ends_with_a_summary(tmp_path):
     status, err, s = _run(tmp_path, BAD_REPORTS, 1, 3, "--topology", "ring:3",
-                          "--rounds", "6")
+                          "--rounds", "6", "--save-models")
     assert status == 0, err
-    assert s["failed_nodes"] == {} and s["launcher_dropped"]["bad_report"] >= 6, s
+    assert s["failed_nodes"] == {} and s["launcher_dropped"]["bad_report"] >= 7, s
+    assert s["models_saved"] == 2  # the others' models are saved, node 1's is dropped
+    assert sorted(p.name for p in (tmp_path / "run" / "models").iterdir()) == \
+        ["node-0.pt", "node-2.pt"]
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     rounds = sorted(r["round"] for r in records if r["node"] == 1)
     assert rounds == [1, 4, 5, 6] and sum(r["node"] == 0 for r in records) == 6
