@@ -49,6 +49,9 @@ _FORMS = ("digits, mnist1d[:SAMPLES], synthetic[:CLASSES:DIM], mnist:PATH, cifar
           "npz:FILE")
 #: The arrays a dataset of one's own (``npz:FILE``) holds.
 NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+#: The most classes its labels may make (a stray label of 10**9 asked the model for
+#: 10**9 outputs).
+MAX_CLASSES = 1_000_000
 
 
 @dataclass(frozen=True, eq=False)
@@ -321,6 +324,9 @@ def _load_npz(text):
                             f"more, got {y.dtype} {y.shape}")
     y_tr, y_te = arrays["y_train"], arrays["y_test"]
     top = int(max(y_tr.max(), y_te.max()))  # a negative label is refused by _make
+    if top >= MAX_CLASSES:
+        raise DataError(f"npz file {text!r}: labels run up to {top}, which makes {top + 1} "
+                        f"classes (at most {MAX_CLASSES:,}); number the classes from 0")
     return _make(f"npz:{text}", arrays["x_train"], y_tr, arrays["x_test"], y_te, top + 1)
 
 

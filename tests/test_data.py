@@ -468,6 +468,7 @@ def test_npz_arrays_of_ones_own_load_as_they_are(tmp_path):
     ({"y_train": np.arange(40) - 1}, "outside"),
     ({"x_test": np.ones((9, 5))}, "training samples are"),
     ({"x_test": np.ones((0, 6)), "y_test": np.zeros(0, int)}, "y_test must be integer labels"),
+    ({"y_train": np.r_[np.zeros(39, int), 10**9]}, "1000000001 classes"),
 ])
 def test_npz_files_a_node_would_fail_on_are_refused(tmp_path, arrays, message):
     with pytest.raises(DataError, match=message):
