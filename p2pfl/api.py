@@ -62,6 +62,9 @@ class Result:
         with the saved state, or the state loaded into ``module`` (needed when it was a
         module of the caller's, which no file describes)."""
         path = model_path(self.out_dir, node)
+        if not os.path.exists(path) and node == self.summary.get("workers"):
+            raise UsageError(f"node {node} is the coordinator, which saves no model: every "
+                             "worker's file holds the model it ended with")
         if not os.path.exists(path):
             saved = self.summary.get("models_saved")
             raise UsageError(f"no saved model of node {node} in {self.out_dir}" + (

@@ -301,9 +301,15 @@ def _load_npz(text):
         raise DataError("dataset 'npz' needs a file: npz:FILE")
     path = Path(text).expanduser()
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        npz = np.load(path, allow_pickle=False)
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise DataError(f"{text!r} is one array (.npy), not an .npz of "
+                            f"{', '.join(NPZ_ARRAYS)}")
+        with npz:
             arrays = {k: npz[k] for k in NPZ_ARRAYS if k in npz.files}
-    except (OSError, ValueError, EOFError) as exc:  # missing, not a zip, object arrays
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        if isinstance(exc, DataError):
+            raise
         raise DataError(f"cannot read npz file {text!r}: {exc}") from None
     missing = [k for k in NPZ_ARRAYS if k not in arrays]
     if missing:
@@ -317,8 +323,13 @@ def _load_npz(text):
         if y.ndim != 1 or len(y) != len(x):
             raise DataError(f"npz file {text!r}: y_{split} must hold one label per sample "
                             f"of x_{split} ({len(x)}), got shape {y.shape}")
-        if x.dtype.kind == "f" and not np.isfinite(x).all():
-            raise DataError(f"npz file {text!r}: x_{split} holds NaN or infinite values")
+        if 0 in x.shape[1:]:
+            raise DataError(f"npz file {text!r}: x_{split} has no features, shape {x.shape}")
+        with np.errstate(over="ignore"):  # beyond float32's range: inf, refused here
+            finite = x.dtype.kind != "f" or np.isfinite(x.astype(np.float32)).all()
+        if not finite:
+            raise DataError(f"npz file {text!r}: x_{split} holds NaN or infinite values "
+                            "(or values beyond float32's range)")
         if len(y) == 0 or y.dtype.kind not in "iu":
             raise DataError(f"npz file {text!r}: y_{split} must be integer labels, one or "
                             f"more, got {y.dtype} {y.shape}")

@@ -36,10 +36,11 @@ MODELS_DIR = "models"
 SENT_AS = {"bfloat16": "float32", "bool": "uint8"}
 #: The longest parameter or buffer name taken (PyTorch's are dotted module paths).
 MAX_NAME = 512
-#: The largest description frame the launcher reads (about 100,000 tensors).
-MAX_DESCRIPTION = 16 << 20
 #: Tensors a model may have: one frame each, after the description.
 MAX_TENSORS = DEFAULT_LIMITS.max_frames - 1
+#: The largest description frame the launcher reads: what MAX_TENSORS names of MAX_NAME
+#: characters, their shapes and dtypes take, with room to spare.
+MAX_DESCRIPTION = 4 << 20
 
 
 def model_path(out_dir: str, node_id: int) -> str:
@@ -94,8 +95,10 @@ def state_fields(state: dict) -> dict:
 def _description(frame) -> dict | None:
     if len(frame) > MAX_DESCRIPTION:
         return None
-    try:
-        d = msgpack.unpackb(frame, raw=False, strict_map_key=True)
+    try:  # bounded: 16 MiB of empty maps became 16 M Python objects (1.2 GB)
+        d = msgpack.unpackb(frame, raw=False, strict_map_key=True,
+                            max_array_len=MAX_TENSORS, max_map_len=8,
+                            max_str_len=MAX_NAME, max_bin_len=0, max_ext_len=0)
     except Exception:  # msgpack raises several types on hostile input
         return None
     return d if isinstance(d, dict) else None
@@ -103,10 +106,11 @@ def _description(frame) -> dict | None:
 
 def _shape(shape, sent, length) -> bool:
     """A short list of non-negative ints whose elements of ``sent`` fill ``length`` bytes."""
+    top = DEFAULT_LIMITS.max_tensor_elems  # a dimension of 2**62 beside a 0 is empty, and
     if type(shape) is not list or len(shape) > DEFAULT_LIMITS.max_ndim or \
-            not all(type(n) is int and n >= 0 for n in shape):
+            not all(type(n) is int and 0 <= n <= top for n in shape):  # numpy refuses it
         return False
-    return math.prod(shape) * np.dtype(sent).itemsize == length
+    return math.prod(shape) <= top and math.prod(shape) * np.dtype(sent).itemsize == length
 
 
 def checked_state(msg) -> list | None:

@@ -32,6 +32,7 @@ def run_curve(run_dir: str) -> dict:
     evaluated round, and what labels it (``mode``, ``compression``)."""
     records, summary = _read_records(run_dir), _read_summary(run_dir)
     sent, ends, server = defaultdict(float), defaultdict(float), {}
+    nodes = defaultdict(dict)  # round -> node -> its accuracy (no summary yet: a live run)
     for rec in records:
         rnd = rec.get("round")
         if type(rnd) is not int:
@@ -43,11 +44,16 @@ def run_curve(run_dir: str) -> dict:
                         if _number(rec.get(k)) is not None), None)
             if acc is not None:
                 server[rnd] = acc
+        elif _number(rec.get("accuracy")) is not None and type(rec.get("node")) in (int, str):
+            nodes[rnd][rec["node"]] = _number(rec["accuracy"])
+    per_round = summary.get("accuracy_per_round")
     if server:
         acc = sorted(server.items())
-    else:
-        acc = [(r, _number(a)) for r, a in summary.get("accuracy_per_round") or []
-               if type(r) is int and _number(a) is not None]
+    elif isinstance(per_round, list):
+        acc = [(p[0], _number(p[1])) for p in per_round if isinstance(p, list) and len(p) == 2
+               and type(p[0]) is int and _number(p[1]) is not None]
+    else:  # no summary (a run still going, or its launcher killed): the records' means
+        acc = [(r, sum(v.values()) / len(v)) for r, v in sorted(nodes.items())]
     if not acc:
         raise UsageError(f"run folder {run_dir!r} has no accuracy to compare (an "
                          "exchange-only run, or one stopped before its first evaluation)")

@@ -469,6 +469,8 @@ def test_npz_arrays_of_ones_own_load_as_they_are(tmp_path):
     ({"x_test": np.ones((9, 5))}, "training samples are"),
     ({"x_test": np.ones((0, 6)), "y_test": np.zeros(0, int)}, "y_test must be integer labels"),
     ({"y_train": np.r_[np.zeros(39, int), 10**9]}, "1000000001 classes"),
+    ({"x_train": np.full((40, 6), 1e300)}, "beyond float32"),  # inf once float32
+    ({"x_train": np.ones((40, 0)), "x_test": np.ones((9, 0))}, "no features"),
 ])
 def test_npz_files_a_node_would_fail_on_are_refused(tmp_path, arrays, message):
     with pytest.raises(DataError, match=message):
@@ -483,3 +485,16 @@ def test_npz_that_is_missing_or_not_a_zip_is_refused(tmp_path):
     (tmp_path / "text.npz").write_text("not a zip")
     with pytest.raises(DataError, match="cannot read npz file"):
         load_dataset(f"npz:{tmp_path / 'text.npz'}")
+    np.save(tmp_path / "one.npy", np.ones(3))
+    with pytest.raises(DataError, match="one array"):
+        load_dataset(f"npz:{tmp_path / 'one.npy'}")
+    whole = (tmp_path / "good.npz")
+    _npz(whole)
+    (tmp_path / "cut.npz").write_bytes(whole.read_bytes()[:-40])  # a truncated file
+    raw = bytearray(whole.read_bytes())
+    at = raw.index(b"NUMPY") + 200  # inside the first array's data
+    raw[at] ^= 0xFF  # a bad CRC
+    (tmp_path / "crc.npz").write_bytes(bytes(raw))
+    for name in ("cut.npz", "crc.npz"):
+        with pytest.raises(DataError, match="cannot read npz file"):
+            load_dataset(f"npz:{tmp_path / name}")

@@ -244,6 +244,15 @@ def test_runs_compared_byte_for_byte(tmp_path):
         assert row["mb_sent"] * 1e6 == pytest.approx(s["bytes_sent_total"], abs=1)
     assert table[0]["final_accuracy"] == gossip.summary["accuracy_per_round"][-1][1]
     assert table[1]["final_accuracy"] == server.summary["global_accuracy_per_round"][-1][1]
+    import shutil  # a gossip run with no summary yet (still going, or its launcher killed)
+
+    shutil.copytree(tmp_path / "gossip", tmp_path / "live")
+    (tmp_path / "live" / "summary.json").unlink()
+    from p2pfl.plot_compare import compare_runs
+
+    compare_runs([str(tmp_path / "live"), str(tmp_path / "fedavg")], str(tmp_path / "cmp2"))
+    live = json.loads((tmp_path / "cmp2" / "compare.json").read_text())[0]
+    assert live["final_accuracy"] == pytest.approx(table[0]["final_accuracy"])
     for args, message in ((["plot", str(tmp_path / "gossip"), str(tmp_path / "fedavg")],
                            "needs --out"),
                           (["plot", str(tmp_path / "gossip"), "--out", str(tmp_path / "x")],

@@ -130,6 +130,7 @@ def _redescribed(msg, change):
     lambda d: d.update(shapes=[[-2], [1]]),
     lambda d: d.update(shapes=[[1] * 9 + [2], [1]]),
     lambda d: d.update(dtypes=["float32", "object"]),
+    lambda d: d.update(shapes=[[2], [0, 2**62]]),  # empty, and numpy refused it: a crash
 ])
 def test_a_malformed_state_is_refused(change):
     msg = _through_the_wire({"w": torch.ones(2), "b": torch.tensor([True])})
@@ -139,7 +140,9 @@ def test_a_malformed_state_is_refused(change):
 
 def test_a_description_that_is_not_one_is_refused():
     msg = _through_the_wire({"w": torch.ones(2)})
-    for first in (b"\xc1", msgpack.packb([1, 2]), msgpack.packb({1: 2}), b""):
+    bomb = b"\xdd" + (1 << 20).to_bytes(4, "big") + b"\x80" * (1 << 20)  # a million {}
+    for first in (b"\xc1", msgpack.packb([1, 2]), msgpack.packb({1: 2}), b"", bomb,
+                  msgpack.packb({"names": [b"w"]})):
         msg.frames[0] = memoryview(first)
         assert checked_state(msg) is None
     msg.frames = []
