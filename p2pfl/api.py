@@ -62,14 +62,13 @@ class Result:
         with the saved state, or the state loaded into ``module`` (needed when it was a
         module of the caller's, which no file describes)."""
         path = model_path(self.out_dir, node)
-        if not os.path.exists(path) and node == self.summary.get("workers"):
-            raise UsageError(f"node {node} is the coordinator, which saves no model: every "
-                             "worker's file holds the model it ended with")
         if not os.path.exists(path):
             saved = self.summary.get("models_saved")
-            raise UsageError(f"no saved model of node {node} in {self.out_dir}" + (
-                " (runs save them with save_models=True)" if saved is None else
-                f" ({saved} were saved; a node's output says why it saved none)"))
+            why = ("it is the coordinator, which saves none: every worker's file holds the "
+                   "model it ended with" if node == self.summary.get("workers") else
+                   "runs save them with save_models=True" if saved is None else
+                   f"{saved} were saved; a node's output says why it saved none")
+            raise UsageError(f"no saved model of node {node} in {self.out_dir} ({why})")
         if module is None:
             module = _build_node_model(self.out_dir, node)
         module.load_state_dict(load_state(path))
@@ -277,7 +276,7 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
     summary["target_reached_at_round"] = stopped_at[0] if stopped_at else None
     summary["interrupted"] = interrupted is not None
     if cfg.save_models:
-        summary["models_saved"] = saved = len(launcher.models_saved)
+        summary["models_saved"] = saved = launcher.models_saved
         expected = sum(s.role != "coordinator" for s in p.specs)
         if saved < expected:  # each missing one's output says why (failed, not sendable)
             progress.info(f"models saved for {saved} of {expected} nodes "

@@ -88,7 +88,6 @@ class Launcher(Supervision, Admission):
         self.control_bytes = 0
         self.dropped: dict = {}  # what the launcher dropped, by reason (at shutdown)
         self.save_models = any(s.runtime.save_models for s in specs)
-        self.models_saved: set = set()  # nodes whose final model is in models/
         self.t_start: float | None = None  # set when the run starts
         self._next_exit_check, self._dead = 0.0, {}
         self._next_stopped_check = 0.0

@@ -18,42 +18,35 @@ from collections import defaultdict
 
 from .errors import UsageError
 from .metrics import write_json_atomic
-from .plot import _is_coordinator, _number, _read_records, _read_summary, plot_curves
+from .plot import (_global_curve, _mean_curve, _number, _read_records, _read_summary,
+                   _series, plot_curves)
 
 __all__ = ["compare_runs", "run_curve", "COMPARE_FILES"]
 
 COMPARE_FILES = ("compare_accuracy_vs_round.png", "compare_accuracy_vs_mb.png",
                  "compare_accuracy_vs_time.png", "compare.json")
-_SERVER_KEYS = ("global_accuracy", "ensemble_accuracy")
 
 
 def run_curve(run_dir: str) -> dict:
     """One run's line: ``rounds``, ``accuracy``, ``mb`` and ``seconds``, one per
     evaluated round, and what labels it (``mode``, ``compression``)."""
     records, summary = _read_records(run_dir), _read_summary(run_dir)
-    sent, ends, server = defaultdict(float), defaultdict(float), {}
-    nodes = defaultdict(dict)  # round -> node -> its accuracy (no summary yet: a live run)
+    sent, ends = defaultdict(float), defaultdict(float)
     for rec in records:
         rnd = rec.get("round")
-        if type(rnd) is not int:
-            continue
-        sent[rnd] += _number(rec.get("bytes_sent")) or 0.0
-        ends[rnd] = max(ends[rnd], _number(rec.get("wall_s")) or 0.0)
-        if _is_coordinator(rec):
-            acc = next((_number(rec.get(k)) for k in _SERVER_KEYS
-                        if _number(rec.get(k)) is not None), None)
-            if acc is not None:
-                server[rnd] = acc
-        elif _number(rec.get("accuracy")) is not None and type(rec.get("node")) in (int, str):
-            nodes[rnd][rec["node"]] = _number(rec["accuracy"])
+        if type(rnd) is int:
+            sent[rnd] += _number(rec.get("bytes_sent")) or 0.0
+            ends[rnd] = max(ends[rnd], _number(rec.get("wall_s")) or 0.0)
+    server = _global_curve(summary, records)  # the one plot_run draws
     per_round = summary.get("accuracy_per_round")
-    if server:
-        acc = sorted(server.items())
+    if server is not None:
+        acc = [(int(r), a) for r, a in zip(*server[:2])]
     elif isinstance(per_round, list):
         acc = [(p[0], _number(p[1])) for p in per_round if isinstance(p, list) and len(p) == 2
                and type(p[0]) is int and _number(p[1]) is not None]
     else:  # no summary (a run still going, or its launcher killed): the records' means
-        acc = [(r, sum(v.values()) / len(v)) for r, v in sorted(nodes.items())]
+        rounds, _, means = _mean_curve(*_series(records)[:4])
+        acc = list(zip(rounds, means))
     if not acc:
         raise UsageError(f"run folder {run_dir!r} has no accuracy to compare (an "
                          "exchange-only run, or one stopped before its first evaluation)")

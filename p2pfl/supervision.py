@@ -298,6 +298,11 @@ class Supervision:
             self.ep.counters.drop("bad_report")
         return msg.kind == "bye" or bool(msg.meta["records"])
 
+    @property
+    def models_saved(self) -> int:
+        """How many nodes have their final model in ``models/``."""
+        return sum(h.saved_route is not None for h in self.nodes.values())
+
     def _save_weights(self, h: NodeHandle, msg) -> None:
         """A node's final model (``--save-models``), written as ``models/node-ID.pt``;
         one not asked for, a second from the same process, one of a node not running,
@@ -313,7 +318,6 @@ class Supervision:
         except OSError as exc:
             self.log(f"node {h.label!r}: its model could not be written: {exc}")
             return
-        self.models_saved.add(h.id)
         h.saved_route = msg.route
 
     def _fail(self, h: NodeHandle, reason: str) -> None:
