@@ -328,8 +328,17 @@ def main(argv=None) -> int:
         os._exit(1)
 
 
+def status(argv=None) -> int:
+    """:func:`main`'s exit status, argparse's own exits (``--help``, ``--version``, a bad
+    flag: 2) included; what the ``p2pfl`` command exits with."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+
+
 def entry() -> None:
-    """The ``p2pfl`` command: :func:`main`, then leave without the interpreter's teardown.
+    """The ``p2pfl`` command: :func:`status`, then leave without the interpreter's teardown.
 
     By then the launcher has stopped every node, closed its sockets, removed its
     temporary files and written its results atomically, so nothing is left for
@@ -337,10 +346,7 @@ def entry() -> None:
     of every run here (BENCHMARKS.md, start-up).  ``main`` itself returns normally,
     for callers in Python.
     """
-    try:
-        code = main()
-    except SystemExit as exc:  # argparse: --help, --version, a bad flag (exit 2)
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    code = status()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -4,17 +4,12 @@ Real sockets and real node processes or threads: an offline node neither sends
 nor receives, says that it leaves, and catches up from a neighbour when back.
 """
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from p2pfl import run_cluster
 from p2pfl.errors import ConfigError
 from p2pfl.transport.availability import Availability, AvailabilitySpec, read_trace
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests._inproc import cli_here
 
 
 def test_churn_periods_have_the_requested_means():
@@ -42,9 +37,8 @@ def test_a_trace_with_a_bad_row_is_a_one_line_error_with_exit_code_2(tmp_path, r
     trace.write_text(f"node,offline_start_s,offline_end_s\n0,1,2\n{row}\n")
     with pytest.raises(ConfigError, match=words):
         read_trace(str(trace), ["0", "1"])
-    proc = subprocess.run([sys.executable, "-m", "p2pfl.cli", "cluster", "--topology", "ring:4",
-                           "--availability", str(trace), "--out", str(tmp_path / "o")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = cli_here("cluster", "--topology", "ring:4", "--availability", str(trace), "--out",
+                    str(tmp_path / "o"))
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and f"{trace}:3" in lines[0], proc.stderr

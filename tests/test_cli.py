@@ -11,6 +11,7 @@ from p2pfl.config import RunConfig
 from p2pfl.config_files import from_sources, node_settings
 from p2pfl.errors import ConfigError
 from p2pfl.plan_nodes import own_tables
+from tests._inproc import cli_here
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,19 +65,36 @@ BAD = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(BAD))
-def test_bad_input_is_one_line_and_exit_2(name, bad_files, tmp_path):
+def _bad_args(name, bad_files, tmp_path):
     args = [a.format(d=bad_files) for a in BAD[name]]
     if args and args[0] == "cluster":
         args += ["--out", str(tmp_path / "run"), "--rounds" if "--rounds" not in args else "",
                  "1" if "--rounds" not in args else ""]
         args = [a for a in args if a]
-    res = run_cli(*args)
+    return args
+
+
+def _assert_one_line_exit_2(res):
     assert res.returncode == 2, (res.stdout, res.stderr)
     assert "Traceback" not in res.stderr
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, res.stderr
     assert lines[0].startswith("p2pfl")
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_input_is_one_line_and_exit_2(name, bad_files, tmp_path):
+    """In this process (the command's own code, :func:`p2pfl.cli.status`): an uncaught
+    exception fails the test as a traceback would fail the command."""
+    _assert_one_line_exit_2(cli_here(*_bad_args(name, bad_files, tmp_path)))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", ["wrong flag", "disconnected", "bad npz"])
+def test_the_installed_command_exits_2_in_one_line(name, bad_files, tmp_path):
+    """The same, from the command in a process of its own: argparse's refusal, a graph's
+    and one found after torch is imported."""
+    _assert_one_line_exit_2(run_cli(*_bad_args(name, bad_files, tmp_path)))
 
 
 def test_topology_command_prints_spectral_gap():

@@ -13,6 +13,7 @@ import sys
 import pytest
 import torch
 
+from tests._inproc import cli_here
 from tests._remote import ROOT
 
 HAS_GPU = torch.cuda.is_available()
@@ -36,7 +37,8 @@ def test_auto_trains_on_the_cpu_without_a_gpu(tmp_path):
 
 @pytest.mark.skipif(HAS_GPU, reason="this machine has a GPU")
 def test_cuda_without_a_gpu_is_refused_before_any_node_starts(tmp_path):
-    proc, _ = _cluster(tmp_path, "--device", "cuda", "--rounds", "2")
+    proc = cli_here("cluster", "-q", "--out", str(tmp_path / "run"), "--device", "cuda",
+                    "--rounds", "2")
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("p2pfl: error: device cuda (--device or a profile): torch "
                                    "sees no CUDA GPU on this machine (use auto or cpu)")
@@ -45,7 +47,7 @@ def test_cuda_without_a_gpu_is_refused_before_any_node_starts(tmp_path):
 
 @pytest.mark.parametrize("value", ["gpu", "cuda:x", "cuda:"])
 def test_bad_device_exits_2(tmp_path, value):
-    proc, _ = _cluster(tmp_path, "--device", value, timeout=60)
+    proc = cli_here("cluster", "-q", "--out", str(tmp_path / "run"), "--device", value)
     assert proc.returncode == 2 and "--device must be auto, cpu, cuda or cuda:N" in proc.stderr
 
 

@@ -7,8 +7,6 @@ host's CPU, and measure round time-outs on the host's idle clock.
 
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 
@@ -16,9 +14,7 @@ import pytest
 
 from p2pfl import run_cluster
 from p2pfl.transport.cpugate import CpuGate
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
+from tests._inproc import cli_here
 
 def test_the_gate_serves_first_come_first_served_and_counts_only_idle_time():
     gate = CpuGate()
@@ -104,9 +100,8 @@ def test_a_slow_peer_still_times_out(tmp_path):
     (["--in-process", "--transport", "inproc", "--procs", "2"], "--procs 1"),
 ])
 def test_hosting_usage_errors_exit_2(tmp_path, flags, words):
-    proc = subprocess.run([sys.executable, "-m", "p2pfl.cli", "cluster", "--topology", "ring:4",
-                           "--rounds", "1", "--out", str(tmp_path / "o"), *flags],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = cli_here("cluster", "--topology", "ring:4", "--rounds", "1", "--out",
+                    str(tmp_path / "o"), *flags)
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and words in proc.stderr
     assert not (tmp_path / "o" / "metrics.jsonl").exists()

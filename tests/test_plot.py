@@ -220,7 +220,7 @@ def test_bench_measures_stateful_codecs():
         assert row["bits_per_param"] > 0 and row["rel_l2"] < 1.0
 
 
-def test_runs_compared_byte_for_byte(tmp_path, capsys):
+def test_runs_compared_byte_for_byte(tmp_path):
     """``p2pfl plot A B --out DIR``: a gossip run and a fedavg run of the same data, one
     line each; the table's megabytes are every node's bytes sent, as in the summary."""
     import subprocess
@@ -253,20 +253,12 @@ def test_runs_compared_byte_for_byte(tmp_path, capsys):
     compare_runs([str(tmp_path / "live"), str(tmp_path / "fedavg")], str(tmp_path / "cmp2"))
     live = json.loads((tmp_path / "cmp2" / "compare.json").read_text())[0]
     assert live["final_accuracy"] == pytest.approx(table[0]["final_accuracy"])
-    import signal
+    from tests._inproc import cli_here
 
-    from p2pfl.cli import main
-
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}  # main's
     for args, message in ((["plot", str(tmp_path / "gossip"), str(tmp_path / "fedavg")],
                            "needs --out"),
                           (["plot", str(tmp_path / "gossip"), "--out", str(tmp_path / "x")],
                            "two run folders or more")):
-        capsys.readouterr()
-        try:
-            assert main(args) == 2  # in this process: a second interpreter costs a second
-        finally:
-            for s, h in handlers.items():
-                signal.signal(s, h)
-        err = capsys.readouterr().err
-        assert message in err and len(err.strip().splitlines()) == 1, err
+        res = cli_here(*args)
+        assert res.returncode == 2 and message in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1, res.stderr

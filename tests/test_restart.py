@@ -15,6 +15,8 @@ from collections import Counter
 
 import pytest
 
+from tests._inproc import cli_here
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -126,9 +128,7 @@ def test_stc_workers_end_with_the_servers_model_after_a_worker_restart(tmp_path)
     (["--restart", "on-failure:0"], "--restart expects"),
     (["--restart", "on-failure", "--in-process"], "--in-process")])
 def test_bad_restart_policies_exit_2(tmp_path, flags, words):
-    proc = subprocess.run([sys.executable, "-m", "p2pfl.cli", "cluster", "--topology", "ring:4",
-                           "--out", str(tmp_path / "o"), *flags], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    proc = cli_here("cluster", "--topology", "ring:4", "--out", str(tmp_path / "o"), *flags)
     assert proc.returncode == 2 and words in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 

@@ -23,6 +23,7 @@ from p2pfl.transport.probe import LoopbackCapture, can_capture, hostile_clients
 from p2pfl.transport.security import KeyPair, Security
 from p2pfl.transport.wire import pack
 from tests._remote import free_port, remote_run
+from tests._inproc import cli_here
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -263,8 +264,8 @@ def test_setups_of_one_host_share_the_run_keys_and_keep_their_own_pair():
     (["--keys", "/no/such/folder"], "no such folder"),
 ])
 def test_secure_usage_errors_exit_2_before_any_node(tmp_path, flags, words):
-    res = _cli("cluster", "--topology", "ring:3", "--rounds", "1", "--out", str(tmp_path),
-               *flags, timeout=60)
+    res = cli_here("cluster", "--topology", "ring:3", "--rounds", "1", "--out", str(tmp_path),
+                   *flags)
     assert res.returncode == 2 and words in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "nodes.json").exists()

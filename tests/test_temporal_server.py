@@ -17,6 +17,7 @@ from _strategy_ctx import client as make_test_client
 from _strategy_ctx import FakeLearner, server_ctx
 from p2pfl.compression.temporal import TemporalGap
 from p2pfl.strategies import make_strategy
+from tests._inproc import cli_here
 
 N = 400
 SPEC = "topk:0.05+quant:0.002+cabac:temporal"
@@ -122,7 +123,9 @@ def _cluster(tmp_path, name, *flags):
     (["--mode", "fedavg", "--compression", "none", "--filter-scaling", "on"], "give fedavg"),
 ])
 def test_codecs_where_they_do_not_apply_are_usage_errors(tmp_path, flags, message):
-    proc, out = _cluster(tmp_path, "bad", "--compression", SPEC, *flags)
+    out = tmp_path / "bad"
+    proc = cli_here("cluster", "--mode", "stc", "--topology", "ring:6", "-q", "--out", str(out),
+                    "--compression", SPEC, *flags)
     assert proc.returncode == 2 and message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()
 

@@ -5,8 +5,6 @@ arguments to codec stages that take none, Krum's F beyond the workers."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -15,9 +13,7 @@ from p2pfl.compression.registry import build_codec
 from p2pfl.config_files import from_sources
 from p2pfl.errors import ConfigError, TopologyError, UsageError
 from p2pfl.plan import plan
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
+from tests._inproc import cli_here
 
 @pytest.mark.parametrize("options, words", [
     (dict(topology="ring:4", nodes=8), "--nodes applies to server modes"),
@@ -113,9 +109,7 @@ def test_the_api_refuses_an_unknown_keyword_before_any_node(tmp_path):
                                    ["--mode", "fedavg", "--nodes", "4", "--mixing", "uniform"],
                                    ["--topology", "ring:4", "--compression", "fp16:3"]])
 def test_the_cli_says_it_in_one_line_with_exit_2(tmp_path, flags):
-    res = subprocess.run([sys.executable, "-m", "p2pfl.cli", "cluster", "--rounds", "1",
-                          "--out", str(tmp_path / "run"), *flags], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    res = cli_here("cluster", "--rounds", "1", "--out", str(tmp_path / "run"), *flags)
     assert res.returncode == 2, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "p2pfl: error:" in res.stderr
     assert not (tmp_path / "run" / "nodes.json").exists()
