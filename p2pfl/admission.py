@@ -79,6 +79,7 @@ class Admission:
         try:
             if self.t_start is None:  # its first join, or its old process is gone (_refusal)
                 self._join(h, msg)
+                self._say_joined(h)
                 return True
             replacing = h.state == "ready"  # its old process may still run: told to stop
             by_hand = h.state != "restarting"  # restarted by hand (p2pfl node --connect --id N)
@@ -154,6 +155,15 @@ class Admission:
         h.ray_node = meta["ray_node"] if isinstance(meta.get("ray_node"), str) else None
         self.ep.send(h.id, "heartbeat")  # the node learns that it reached the launcher
         h.state = "joined"
+
+    def _say_joined(self, h: NodeHandle) -> None:
+        """A remote node's join before the start, said as it comes (who, from where, and
+        how many of the run's nodes have joined); nodes the launcher started are not."""
+        if self.listen:
+            joined = sum(n.state == "joined" for n in self.nodes.values())
+            pid = f", pid {h.pid}" if h.pid else ""
+            self.log(f"node {h.label!r} joined from {h.host or 'an unnamed host'}{pid} "
+                     f"({joined} of {len(self.nodes)})")
 
     def _unjoin_lost(self) -> None:
         """Before the start, a remote node whose connection to the launcher dropped (its

@@ -50,6 +50,16 @@ def listening_launcher(out, *flags, quiet: bool = True) -> tuple:
     return proc, addr
 
 
+def read_until(proc: subprocess.Popen, words: str) -> str:
+    """``proc``'s stderr up to and including the first line holding ``words``."""
+    said = ""
+    for line in proc.stderr:
+        said += line
+        if words in line:
+            return said
+    raise AssertionError(f"never said {words!r} (rc {proc.wait()}): {said}")
+
+
 def remote_nodes(addr: str, count: int, *flags) -> list:
     """``count`` `p2pfl node --connect ADDR --id I FLAGS` processes (stderr: a text pipe)."""
     return [subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,

@@ -4,6 +4,7 @@ node starts; a launcher or nodes that never show up end in one line, exit 1."""
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ from p2pfl.errors import UsageError
 from p2pfl.runtime import LAUNCHER
 from p2pfl.transport import Endpoint
 from p2pfl.addresses import free_port, tcp_address
+from tests._remote import read_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = [sys.executable, "-m", "p2pfl.cli"]
@@ -162,11 +164,12 @@ def _listening_launcher(tmp_path, addr: str, start_timeout: float, *extra) -> su
                              "--start-timeout", str(start_timeout), "--out", str(tmp_path),
                              *extra],
                             cwd=ROOT, text=True, stderr=subprocess.PIPE)
-    for line in proc.stderr:
-        if line.startswith("waiting for 4 node(s) to join at"):
-            return proc
-    proc.kill()
-    raise AssertionError(f"the launcher never listened (rc {proc.wait()})")
+    try:
+        read_until(proc, "waiting for 4 node(s) to join at")
+    except AssertionError:
+        proc.kill()
+        raise
+    return proc
 
 
 def test_a_node_that_reached_the_launcher_says_so(tmp_path):
@@ -291,22 +294,24 @@ def test_a_node_that_dies_before_the_launcher_reaches_it_is_waited_for_again(tmp
     addr = f"tcp://127.0.0.1:{free_port()}"
     launcher = _listening_launcher(tmp_path, addr, start_timeout=60)
     node = [*CLI, "node", "--connect", addr, "--host", "127.0.0.1", "--start-timeout", "60"]
-    procs = []
+    procs, said = [], ""
     dead = f"tcp://127.0.0.1:{free_port()}"  # where the dead process said it listened
     try:
         too_long = "ipc:///tmp/" + "x" * 200  # passes the check; ZeroMQ refuses to connect
         for k, bad in ((2, "tcp://127.0.0.1"), (3, too_long)):
             _join_as(addr, k, bad)  # refused: each logged once per process and id
-        if last:  # the others join first (as a rule: a slow machine may reorder them)
+        if last:  # the others join first
             procs = [subprocess.Popen([*node, "--id", k], cwd=ROOT, stderr=subprocess.DEVNULL)
                      for k in ("0", "2", "3")]
-            time.sleep(5.0)
+            said = read_until(launcher, "(3 of 4)")
         _join_as(addr, 1, dead)
         procs += [subprocess.Popen([*node, "--id", k], cwd=ROOT, stderr=subprocess.DEVNULL)
                   for k in (("1",) if last else ("1", "0", "2", "3"))]
         assert launcher.wait(timeout=40) == 0
         assert [p.wait(timeout=30) for p in procs] == [0] * 4
-        said = launcher.stderr.read()
+        said += launcher.stderr.read()
+        assert re.search(r"^node 1 joined from \S+, pid \d+ \([1-4] of 4\)$", said, re.M)
+        assert "node 1 joined from an unnamed host (" in said and " (4 of 4)\n" in said
         assert f"the launcher cannot connect to node 1's control address {dead} before the " \
                "start; waiting for it to join again" in said
         assert "a join from node id 2 was refused: its join has no data and control " \

@@ -22,7 +22,7 @@ from p2pfl.transport.endpoint import identity
 from p2pfl.transport.probe import LoopbackCapture, can_capture, hostile_clients
 from p2pfl.transport.security import KeyPair, Security
 from p2pfl.transport.wire import pack
-from tests._remote import free_port, remote_run
+from tests._remote import free_port, read_until, remote_run
 from tests._inproc import cli_here
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -364,7 +364,7 @@ def test_a_second_process_with_a_nodes_key_is_refused_and_the_first_runs_on(tmp_
     addr = f"tcp://127.0.0.1:{free_port()}"
     launcher = subprocess.Popen(
         [sys.executable, "-m", "p2pfl.cli", "cluster", "--topology", "ring:3", "--rounds", "3",
-         "--listen", addr, "--keys", str(tmp_path / "keys"), "--start-timeout", "60", "-q",
+         "--listen", addr, "--keys", str(tmp_path / "keys"), "--start-timeout", "60",
          "--out", str(tmp_path / "run")], cwd=ROOT, stderr=subprocess.PIPE, text=True)
 
     def node(i, **kw):
@@ -374,7 +374,7 @@ def test_a_second_process_with_a_nodes_key_is_refused_and_the_first_runs_on(tmp_
 
     procs = [node(1, stderr=subprocess.DEVNULL)]
     try:
-        time.sleep(3.0)  # node 1 has joined
+        read_until(launcher, "(1 of 3)")  # node 1 has joined
         second = node(1, stderr=subprocess.PIPE, text=True)
         procs.append(second)
         _, err = second.communicate(timeout=30)
