@@ -8,6 +8,7 @@ import torch
 
 from p2pfl.compression import make_codec, wire_size
 from p2pfl.compression.rdoq import rdoq_levels
+from p2pfl.compression.errors import CodecError
 from p2pfl.errors import ConfigError
 
 STEP = 2.0 ** -6
@@ -53,3 +54,23 @@ def test_rd_trades_distortion_for_bits_and_decodes_with_the_usual_decoder():
 def test_bad_rd_specs_are_usage_errors(spec):
     with pytest.raises(ConfigError):
         make_codec(spec + "+cabac")
+
+
+def test_a_small_step_costs_memory_by_the_weights_not_by_the_largest_level():
+    """The rate of each magnitude was tabled up to the largest level: 20,000 weights at a
+    step giving levels near 1.5e7 peaked at 840 MiB (tables of 15 M entries a sign and
+    a pass; benchmarks/rdoq_range.py), and quant:1e-12 asked for terabytes."""
+    import tracemalloc
+
+    x = np.random.default_rng(2).normal(0, 0.3, 20_000).astype(np.float32)
+    tracemalloc.start()
+    try:
+        q = rdoq_levels(x, 1e-7, 0.1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20, peak
+    nearest = np.rint(x.astype(np.float64) / 1e-7)
+    assert np.abs(nearest).max() > 1e7 and np.all(np.abs(q) <= np.abs(nearest))
+    with pytest.raises(CodecError, match="overflow int32; use a larger step"):
+        make_codec("quant:1e-12:rd=0.1+cabac").encode(torch.from_numpy(x))

@@ -84,15 +84,15 @@ class StepQuant(_StepStage):
             if lv is not None:
                 return Levels(lv, self.step)
         check_finite(x, self)
+        # the largest |level| (x/step and rint are monotonic; RDOQ's are no larger); int32
+        # levels below 2**30, so that a difference of two levels (write_values' offset) fits
+        top = float(np.rint(max(float(x.max()), -float(x.min())) / self.step)) if x.size else 0.0
+        if top > 2**31 - 1:
+            raise CodecError(f"quant:{self.args[0]} levels overflow int32; use a larger step")
         if self.lam > 0:
             from .rdoq import rdoq_levels
 
             return Levels(rdoq_levels(x, self.step, self.lam), self.step)
-        # the largest |level| (x/step and rint are monotonic); int32 levels below 2**30,
-        # so that a difference of two levels (write_values' offset) still fits
-        top = float(np.rint(max(float(x.max()), -float(x.min())) / self.step)) if x.size else 0.0
-        if top > 2**31 - 1:
-            raise CodecError(f"quant:{self.args[0]} levels overflow int32; use a larger step")
         return Levels(_step_levels(x, self.step, np.int32 if top < 2**30 else np.int64), self.step)
 
 

@@ -42,9 +42,10 @@ def _sig_contexts(levels: np.ndarray) -> np.ndarray:
     return 3 * prev + prevprev
 
 
-def _rates(levels: np.ndarray, ctx: np.ndarray, mmax: int):
-    """Rates under the statistics of ``levels``: of zero and of a magnitude m ≥ 1
-    per context (sign excluded from the table; it costs 1 bit for any m ≥ 1)."""
+def _rates(levels: np.ndarray, ctx: np.ndarray):
+    """Rates under the statistics of ``levels``: of zero and of a nonzero level per
+    context, and the per-sign tables of the greater-than flags, ``up`` and ``stop``
+    (:func:`_magnitude_bits`; the sign is excluded from the context rates)."""
     sig = levels != 0
     ones = np.bincount(ctx, weights=sig, minlength=9)
     total = np.bincount(ctx, minlength=9)
@@ -52,20 +53,27 @@ def _rates(levels: np.ndarray, ctx: np.ndarray, mmax: int):
     mags = np.abs(levels[sig])
     neg = levels[sig] < 0
     # P(|v| > j + 1 | |v| > j), j = 0..G-1, per sign
-    cost_mag = np.zeros((2, mmax + 1))
+    up, stop = np.zeros((2, G + 1)), np.zeros((2, G + 1))
     for s in (0, 1):
         # above[j] = how many magnitudes exceed j, from one histogram (past G: one bin)
         hist = np.bincount(np.minimum(mags[neg == bool(s)], G + 1).astype(np.int64),
                            minlength=G + 2)
         above = np.concatenate([np.cumsum(hist[::-1])[::-1][1:], [0]]).astype(np.float64)
         p_gt = (above[1:G + 1] + 0.5) / (above[:G] + 1.0)
-        up = np.concatenate([[0.0], np.cumsum(_bits(p_gt, 1))])  # gt flags all 1 up to j
-        stop = np.concatenate([_bits(p_gt, 0), [0.0]])  # the terminating 0 (none past G)
-        mag = np.arange(1, mmax + 1)
-        j = np.minimum(mag - 1, G)
-        eg = np.where(mag > G, 2 * np.floor(np.log2(np.maximum(mag - G, 1))) + 1, 0.0)
-        cost_mag[s, 1:] = up[j] + stop[j] + eg + 1.0  # + the sign bin
-    return _bits(p_sig, 0), _bits(p_sig, 1), cost_mag
+        up[s] = np.concatenate([[0.0], np.cumsum(_bits(p_gt, 1))])  # gt flags 1 up to j
+        stop[s] = np.concatenate([_bits(p_gt, 0), [0.0]])  # the terminating 0 (none past G)
+    return _bits(p_sig, 0), _bits(p_sig, 1), up, stop
+
+
+def _magnitude_bits(up: np.ndarray, stop: np.ndarray, neg: np.ndarray,
+                    m: np.ndarray) -> np.ndarray:
+    """Bits of magnitudes ``m`` ≥ 1 of signs ``neg``: the greater-than flags, the
+    Exp-Golomb remainder past G, and the sign bin.  Evaluated per level, not tabled up
+    to the largest one: a small step over large weights (quant:1e-12) made that table
+    terabytes."""
+    j = np.minimum(m - 1, G)
+    eg = np.where(m > G, 2 * np.floor(np.log2(np.maximum(m - G, 1))) + 1, 0.0)
+    return up[neg, j] + stop[neg, j] + eg + 1.0
 
 
 def rdoq_levels(x: np.ndarray, step: float, lam: float, passes: int = 2) -> np.ndarray:
@@ -80,12 +88,13 @@ def rdoq_levels(x: np.ndarray, step: float, lam: float, passes: int = 2) -> np.n
     ctx = _sig_contexts(nearest)
     chosen = nearest
     for _ in range(passes):
-        zero_bits, sig_bits, cost_mag = _rates(chosen, ctx, int(m0.max(initial=1)))
+        zero_bits, sig_bits, up, stop = _rates(chosen, ctx)
         best = a * a + lam * zero_bits[ctx]  # q = 0
         levels = np.zeros(u.size, dtype=np.int64)
         for m in (m0 - 1, m0):  # towards zero, nearest
             ok = m >= 1
-            cost = (a - m) ** 2 + lam * (sig_bits[ctx] + cost_mag[neg, np.maximum(m, 0)])
+            cost = (a - m) ** 2 + lam * (sig_bits[ctx]
+                                         + _magnitude_bits(up, stop, neg, np.maximum(m, 1)))
             take = ok & (cost < best)
             best = np.where(take, cost, best)
             levels = np.where(take, m, levels)
