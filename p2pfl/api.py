@@ -222,7 +222,6 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
     progress = Progress(cfg.rounds, quiet=cfg.quiet)
     for line in p.info:
         progress.info(line)
-    write_json_atomic(os.path.join(out, "config.json"), p.record)
     stopped_at = []
 
     def on_round(rnd, rows):
@@ -235,8 +234,12 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
                 stopped_at.append(rnd)
                 launcher.request_stop()
 
-    sink = MetricsSink(out, [s.id for s in p.specs], on_round=on_round, closer=p.closer,
-                       rounds=cfg.rounds)
+    try:  # before any node starts: a full disk is a usage error, as a folder not writable
+        write_json_atomic(os.path.join(out, "config.json"), p.record)
+        sink = MetricsSink(out, [s.id for s in p.specs], on_round=on_round, closer=p.closer,
+                           rounds=cfg.rounds, on_write_error=lambda exc: launcher.request_stop())
+    except OSError as exc:
+        raise UsageError(f"cannot use output folder {out}: {exc.strerror or exc}") from None
 
     def on_message(handle, msg):
         if msg is None or msg.kind in ("bye", "error"):
@@ -281,10 +284,17 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
         if saved < expected:  # each missing one's output says why (failed, not sendable)
             progress.info(f"models saved for {saved} of {expected} nodes "
                           f"({os.path.join(out, 'models')})")
-    write_json_atomic(os.path.join(out, "summary.json"), summary)
+    lost = sink.write_error or launcher.write_error
+    summary["write_error"] = _os_error_text(lost) if lost else None
+    try:
+        write_json_atomic(os.path.join(out, "summary.json"), summary)
+    except OSError as exc:
+        lost = lost or exc
     if interrupted is not None:
         raise interrupted
     result = Result(summary, out)
+    if lost is not None:
+        raise ClusterError(_unwritten(out, lost, sink), result)
     failed = summary.get("failed_nodes") or {}
     if failed and len(failed) == summary.get("nodes"):
         reason = next(iter(failed.values()))
@@ -296,6 +306,18 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
                       f" MB sent | {summary['wall_s']:.1f} s")
     progress.info(f"results in {out}")
     return result
+
+
+def _os_error_text(exc: OSError) -> str:
+    return f"{exc.filename or 'a file'}: {exc.strerror or exc}"
+
+
+def _unwritten(out: str, exc: OSError, sink) -> str:
+    """Why a run's results are not all written: what failed, and what the folder holds."""
+    stopped = "; the run was stopped" if exc is sink.write_error else ""
+    have = "summary.json and " if os.path.exists(os.path.join(out, "summary.json")) else ""
+    return (f"cannot write the run's results ({_os_error_text(exc)}){stopped}; {out} holds "
+            f"{have}at least the first {sink.written} records")
 
 
 @contextlib.contextmanager

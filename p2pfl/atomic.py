@@ -57,11 +57,13 @@ def write_atomic(path, write: Callable, *, text: bool = False, private: bool = F
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError) and exc.filename is None:  # a write to the open file
+            raise OSError(exc.errno, exc.strerror or str(exc), path) from exc  # says where
         raise
     _fsync_dir(folder)
     return path

@@ -87,6 +87,7 @@ class Launcher(Supervision, Admission):
         self.ep: Endpoint | None = None
         self.control_bytes = 0
         self.dropped: dict = {}  # what the launcher dropped, by reason (at shutdown)
+        self.write_error: OSError | None = None  # nodes.json could not be written
         self.save_models = any(s.runtime.save_models for s in specs)
         self.t_start: float | None = None  # set when the run starts
         self._next_exit_check, self._dead = 0.0, {}
@@ -403,4 +404,7 @@ class Launcher(Supervision, Admission):
         if self.keys is not None:  # public keys only: a secret key never leaves memory
             for row in rows:
                 row["public_key"] = self.keys.z85(row["id"])
-        write_json_atomic(os.path.join(self.out_dir, "nodes.json"), rows)
+        try:
+            write_json_atomic(os.path.join(self.out_dir, "nodes.json"), rows)
+        except OSError as exc:  # a full disk: the run goes on; its end says so
+            self.write_error = self.write_error or exc

@@ -125,8 +125,12 @@ class MetricsSink:
     """
 
     def __init__(self, out_dir: str, nodes, on_round=None, closer=None,
-                 rounds: int | None = None) -> None:
+                 rounds: int | None = None, on_write_error=None) -> None:
         self.out_dir = out_dir
+        # metrics.jsonl could not be written (a full disk): the first error, passed once
+        # to ``on_write_error``; the records are then only folded into the figures
+        self.write_error: OSError | None = None
+        self.on_write_error = on_write_error
         self.live = set(nodes)
         self.known = set(nodes)
         self.since: dict = {}  # node back from offline -> first round it reports again
@@ -217,12 +221,25 @@ class MetricsSink:
                 mine = v is not None and v is vectors[node]
                 rec["consensus_distance"] = dist.get(node) if mine else None
                 rec["consensus_distance_rel"] = rel.get(node) if mine else None
-                self._fh.write(json_line(rec))
                 self._note(rec, per_round)
                 out.append(rec)
-        self._fh.flush()
-        self.written += len(out)
+        self._append("".join(json_line(rec) for rec in out), len(out))
         return out
+
+    def _append(self, text: str, count: int) -> None:
+        """Append ``count`` records' lines to metrics.jsonl and flush; after a write that
+        failed, nothing more (a reader takes whole lines only)."""
+        if self.write_error is not None:
+            return
+        try:
+            self._fh.write(text)
+            self._fh.flush()
+        except OSError as exc:  # the file's name with it, as open() would give
+            self.write_error = OSError(exc.errno, exc.strerror or str(exc), self._fh.name)
+            if self.on_write_error is not None:
+                self.on_write_error(self.write_error)
+            return
+        self.written += count
 
     def _note(self, rec: dict, per_round: bool) -> None:
         """Fold one written record into what the summary needs."""
@@ -246,7 +263,10 @@ class MetricsSink:
         """Write any incomplete rounds that remain (nodes that died mid-run)."""
         for rnd in sorted(self._pending):
             self._write_round(rnd, self._pending.pop(rnd), whole=False)
-        self._fh.close()
+        try:
+            self._fh.close()
+        except OSError:  # its buffer, left by the write that failed
+            pass
 
     # ---------------------------------------------------------------- summary
     def accuracy_by_node(self) -> dict:

@@ -351,6 +351,25 @@ def test_a_checkpoint_is_private_and_other_atomic_files_follow_the_umask(tmp_pat
         assert mode["summary.json"] == mode["plot.png"] == mode["plain"] == 0o666 & ~mask
 
 
+def test_an_atomic_write_that_fails_names_its_file_and_leaves_the_old_one(tmp_path):
+    """A full disk fails the write to the open temporary file, whose error names no
+    file: the coordinator failed with '[Errno 28] No space left on device' alone."""
+    import errno
+
+    from p2pfl.atomic import write_atomic
+
+    path = tmp_path / "checkpoint.msgpack"
+    path.write_bytes(b"the last one")
+
+    def full(fh):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left on device") as caught:
+        write_atomic(path, full)
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(path)
+    assert path.read_bytes() == b"the last one" and os.listdir(tmp_path) == [path.name]
+
+
 def test_a_checkpoint_left_by_an_earlier_run_is_removed_at_launch(tmp_path):
     """A coordinator restarted before its run's first checkpoint resumed the earlier
     run's (another seed, another mode) from the same folder."""

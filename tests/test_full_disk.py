@@ -1,0 +1,56 @@
+"""Results that cannot be written (a full disk), told apart from a failed run.
+
+The launcher runs under a file-size limit (RLIMIT_FSIZE; Python ignores SIGXFSZ, so a
+write past it fails with EFBIG as a write to a full disk fails with ENOSPC), which
+needs neither root nor a filesystem of its own.  Before, a write that failed mid-run
+was a traceback from the launcher, with no summary.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+
+from tests._remote import ROOT
+
+
+def _run_under_limit(out, limit: int, *flags) -> tuple[subprocess.CompletedProcess, float]:
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    t = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "p2pfl.cli", "cluster", "--dataset", "digits",
+                          "-q", "--out", str(out), *flags], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120, preexec_fn=limited)
+    return res, time.monotonic() - t
+
+
+def test_metrics_that_cannot_be_written_stop_the_run_with_one_line(tmp_path):
+    out = tmp_path / "run"
+    res, took = _run_under_limit(out, 48_000, "--topology", "ring:4", "--rounds", "100000")
+    assert res.returncode == 1, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"p2pfl: error: cannot write the run's results ({out}/metrics.jsonl: File too large);"
+        f" the run was stopped; {out} holds summary.json and at least the first "), lines
+    assert took < 60  # stopped, not 100,000 rounds
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["write_error"] == f"{out}/metrics.jsonl: File too large"
+    assert summary["failed_nodes"] == {} and summary["node_processes"] == 4
+    written = int(lines[0].rsplit("first ", 1)[1].split()[0])
+    whole = [json.loads(line) for line in
+             (out / "metrics.jsonl").read_text().splitlines(keepends=True) if line.endswith("\n")]
+    assert 4 * 10 < written <= len(whole)  # what the sink counted is in the file
+    # the figures go on past the file: every record that arrived counts in the summary
+    assert summary["bytes_sent_total"] >= sum(r["bytes_sent"] for r in whole)
+
+
+def test_a_run_folder_without_room_for_its_config_is_refused_before_any_node(tmp_path):
+    out = tmp_path / "run"
+    res, _ = _run_under_limit(out, 256, "--topology", "ring:4", "--rounds", "2")
+    assert res.returncode == 2
+    assert res.stderr.strip() == f"p2pfl: error: cannot use output folder {out}: File too large"
+    assert not (out / "nodes.json").exists()
