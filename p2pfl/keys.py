@@ -53,8 +53,12 @@ def _certificate(pair: KeyPair, name: str, secret: bool) -> str:
 def _write_new(path: str, text: str, mode: int) -> None:
     """Create ``path`` with ``mode`` from the start (O_EXCL: never overwrite a key)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+    except BaseException:  # a full disk: no half key is left
+        os.remove(path)
+        raise
 
 
 def _check_name(name: str) -> str:
@@ -80,19 +84,27 @@ def generate_keys(folder: str, names: list) -> list:
     if os.path.exists(table):
         raise UsageError(f"{table} exists; keys are never overwritten (use a new folder)")
     pairs = {n: KeyPair.generate() for n in [LAUNCHER] + names}
-    written = []
-    for name, pair in pairs.items():
-        for secret, suffix, mode in ((True, ".key_secret", 0o600), (False, ".key", 0o644)):
-            path = os.path.join(folder, name + suffix)
-            try:
-                _write_new(path, _certificate(pair, name, secret), mode)
-            except FileExistsError:
-                raise UsageError(f"{path} exists; keys are never overwritten") from None
-            written.append(path)
-    rows = [f"# p2pfl public keys ({len(names)} nodes): safe to share", "",
-            f'{LAUNCHER} = "{pairs[LAUNCHER].public.decode()}"', "", "[nodes]"]
-    rows += [f'"{n}" = "{pairs[n].public.decode()}"' for n in names]
-    write_atomic(table, lambda fh: fh.write("\n".join(rows) + "\n"), text=True)
+    written: list = []
+    try:
+        for name, pair in pairs.items():
+            for secret, suffix, mode in ((True, ".key_secret", 0o600), (False, ".key", 0o644)):
+                path = os.path.join(folder, name + suffix)
+                try:
+                    _write_new(path, _certificate(pair, name, secret), mode)
+                except FileExistsError:
+                    raise UsageError(f"{path} exists; keys are never overwritten") from None
+                written.append(path)
+        rows = [f"# p2pfl public keys ({len(names)} nodes): safe to share", "",
+                f'{LAUNCHER} = "{pairs[LAUNCHER].public.decode()}"', "", "[nodes]"]
+        rows += [f'"{n}" = "{pairs[n].public.decode()}"' for n in names]
+        write_atomic(table, lambda fh: fh.write("\n".join(rows) + "\n"), text=True)
+    except (OSError, UsageError) as exc:  # a full disk, a key there: none of this set kept
+        for done in written:
+            os.remove(done)
+        if isinstance(exc, UsageError):
+            raise
+        raise UsageError(f"cannot write key files in {folder}: {exc.strerror or exc}; "
+                         "none was kept") from None
     return written + [table]
 
 

@@ -206,6 +206,22 @@ def test_keys_generate_refuses_no_names_and_an_impossible_folder(tmp_path, where
     assert not (tmp_path / "empty").exists()
 
 
+@pytest.mark.parametrize("limit", [100, 1000])
+def test_keys_that_cannot_all_be_written_leave_none(tmp_path, limit):
+    """A full disk (here a file-size limit: the first key file, or keys.toml of 40
+    nodes) was a traceback that left half a folder, whose keys a second try then
+    refused to overwrite."""
+    import resource
+
+    folder = tmp_path / "keys"
+    res = _cli("keys", "generate", str(folder), "--nodes", "40", preexec_fn=lambda:
+               resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    assert res.returncode == 2 and res.stderr.strip() == (
+        f"p2pfl: error: cannot write key files in {folder}: File too large; none was kept")
+    assert os.listdir(folder) == []
+    assert _cli("keys", "generate", str(folder), "--nodes", "40").returncode == 0
+
+
 def test_loose_key_permissions_warn_and_a_missing_key_is_exit_2(tmp_path, capsys):
     assert _cli("keys", "generate", str(tmp_path / "k"), "--nodes", "1").returncode == 0
     path = tmp_path / "k" / "0.key_secret"
