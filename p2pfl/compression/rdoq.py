@@ -27,6 +27,8 @@ from ._cabac_model import G
 
 __all__ = ["rdoq_levels"]
 
+TABLE_MAX = 1 << 16  # largest magnitude whose rate is tabled (2 x 65,537 floats, 1 MiB)
+
 
 def _bits(p_one: np.ndarray, bit: int) -> np.ndarray:
     """−log2 of the probability of ``bit`` under P(1) = ``p_one`` (clipped)."""
@@ -68,12 +70,22 @@ def _rates(levels: np.ndarray, ctx: np.ndarray):
 def _magnitude_bits(up: np.ndarray, stop: np.ndarray, neg: np.ndarray,
                     m: np.ndarray) -> np.ndarray:
     """Bits of magnitudes ``m`` ≥ 1 of signs ``neg``: the greater-than flags, the
-    Exp-Golomb remainder past G, and the sign bin.  Evaluated per level, not tabled up
-    to the largest one: a small step over large weights (quant:1e-12) made that table
-    terabytes."""
+    Exp-Golomb remainder past G, and the sign bin."""
     j = np.minimum(m - 1, G)
     eg = np.where(m > G, 2 * np.floor(np.log2(np.maximum(m - G, 1))) + 1, 0.0)
     return up[neg, j] + stop[neg, j] + eg + 1.0
+
+
+def _magnitude_rates(up: np.ndarray, stop: np.ndarray, neg: np.ndarray, top: int):
+    """``rate(m)``: :func:`_magnitude_bits` of each level's magnitude ``m`` (0: unused),
+    looked up in a table up to ``top`` when that is at most ``TABLE_MAX``, else
+    evaluated per level: a small step over large weights (quant:1e-12) made the table
+    terabytes.  Both give the same bits."""
+    if top > TABLE_MAX:
+        return lambda m: _magnitude_bits(up, stop, neg, np.maximum(m, 1))
+    table = np.zeros((2, top + 1))
+    table[:, 1:] = _magnitude_bits(up, stop, np.array([[0], [1]]), np.arange(1, top + 1))
+    return lambda m: table[neg, np.maximum(m, 0)]
 
 
 def rdoq_levels(x: np.ndarray, step: float, lam: float, passes: int = 2) -> np.ndarray:
@@ -89,12 +101,12 @@ def rdoq_levels(x: np.ndarray, step: float, lam: float, passes: int = 2) -> np.n
     chosen = nearest
     for _ in range(passes):
         zero_bits, sig_bits, up, stop = _rates(chosen, ctx)
+        rate = _magnitude_rates(up, stop, neg, int(m0.max(initial=1)))
         best = a * a + lam * zero_bits[ctx]  # q = 0
         levels = np.zeros(u.size, dtype=np.int64)
         for m in (m0 - 1, m0):  # towards zero, nearest
             ok = m >= 1
-            cost = (a - m) ** 2 + lam * (sig_bits[ctx]
-                                         + _magnitude_bits(up, stop, neg, np.maximum(m, 1)))
+            cost = (a - m) ** 2 + lam * (sig_bits[ctx] + rate(m))
             take = ok & (cost < best)
             best = np.where(take, cost, best)
             levels = np.where(take, m, levels)
