@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import re
 
 import networkx as nx
 import numpy as np
@@ -282,6 +283,43 @@ def test_validate_errors():
         tp.build(f"ring:{tp.MAX_NODES + 1}")  # its dense matrix alone: 2 GiB and more
 
 
+@pytest.mark.parametrize("spec, edges", [
+    ("complete:16384", "134,209,536 edges"), ("complete:2897", "4,194,856 edges"),
+    ("erdos_renyi:16384:0.5", "67,104,768 edges (expected)"),
+    ("random_regular:600:16384", "4,915,200 edges"),
+    ("barabasi_albert:16384:300", "4,825,200 edges"),
+    ("small_world:16384:600:0.1", "4,915,200 edges")])
+def test_a_spec_with_too_many_edges_is_refused_before_its_graph_is_built(spec, edges):
+    """complete:16384 built for minutes towards some 20 GB before anything said no."""
+    import time
+
+    t = time.monotonic()
+    with pytest.raises(TopologyError, match=re.escape(f"{spec} has {edges}; at most 4,194,304")):
+        tp.load_topology(spec)
+    assert time.monotonic() - t < 1.0
+    assert tp.load_topology("torus:2x3").number_of_edges() == 9  # the RxC spec passes
+
+
+def test_a_graph_with_too_many_edges_is_refused(monkeypatch):
+    from p2pfl.topology import graph
+
+    monkeypatch.setattr(graph, "MAX_EDGES", 14)
+    with pytest.raises(TopologyError, match="topology has 15 edges; at most 14 are supported"):
+        tp.validate(nx.complete_graph(6))
+    assert tp.validate(nx.cycle_graph(14))[0].number_of_edges() == 14
+
+
+def test_the_spectral_gap_of_a_large_topology_is_skipped(monkeypatch):
+    """At 16,384 nodes its dense eigendecomposition took about 280 s before any node
+    started; above GAP_MAX_NODES it is left out (None), and said so."""
+    monkeypatch.setattr(tp, "GAP_MAX_NODES", 8)
+    assert tp.build("ring:8").spectral_gap == pytest.approx(tp.spectral_gap(
+        tp.build("ring:8").weights))
+    big = tp.build("ring:9")
+    assert big.spectral_gap is None and tp.spectral_gap(big.weights) > 0
+    assert tp.describe(big).endswith("spectral gap skipped (n > 8)")
+
+
 def test_validate_repairs():
     G = nx.cycle_graph(4)
     G.add_edge(2, 2)
@@ -384,6 +422,26 @@ def test_mixing_weights_random_graphs(G, scheme):
     W = tp.mixing_weights(G, scheme)
     _assert_doubly_stochastic(W)
     assert 0 < tp.spectral_gap(W) <= 1 + 1e-12
+    if scheme != "weight":  # bit for bit the definition on the dense adjacency matrix,
+        # which the weights no longer go through (three n x n temporaries)
+        assert np.array_equal(W, _dense_reference(G, scheme))
+
+
+def _dense_reference(G, scheme):
+    A = (nx.to_numpy_array(G, nodelist=range(len(G)), weight=None) > 0).astype(float)
+    np.fill_diagonal(A, 0.0)
+    d = A.sum(axis=1)
+    ref = A / (1.0 + (np.maximum.outer(d, d) if scheme == "metropolis" else d.max()))
+    np.fill_diagonal(ref, 1.0 - ref.sum(axis=1))
+    return ref
+
+
+@pytest.mark.parametrize("scheme", ["metropolis", "uniform"])
+def test_a_multigraph_with_loops_mixes_as_its_simple_graph(scheme):
+    M = nx.MultiGraph([(0, 1), (0, 1), (1, 2), (2, 0), (2, 2), (2, 3)])
+    assert np.array_equal(tp.mixing_weights(M, scheme), _dense_reference(M, scheme))
+    assert np.array_equal(tp.mixing_weights(M, scheme),
+                          tp.mixing_weights(nx.Graph([(0, 1), (1, 2), (2, 0), (2, 3)]), scheme))
 
 
 # --------------------------------------------------------------- spectral gap

@@ -15,6 +15,20 @@ __all__ = [
 #: The most nodes a topology may have: its mixing matrix is a dense n x n float64
 #: array (2 GiB at this size), and its spectral gap an O(n^3) eigendecomposition.
 MAX_NODES = 16_384
+#: The most edges: networkx holds each in Python dicts (about 150 bytes and 0.5 µs each
+#: here), and every edge is a connection each way with a model on it every round.
+#: complete:16384 asked for 134 M of them, some 20 GB, before any other check.
+MAX_EDGES = 1 << 22
+
+# The edges a generator spec makes (expected, for erdos_renyi; at most, for exponential),
+# from its arguments in spec order, seed left out: checked before the graph is built.
+_EDGES = {
+    "ring": lambda n: n, "line": lambda n: n - 1, "complete": lambda n: n * (n - 1) // 2,
+    "star": lambda n: n - 1, "torus": lambda r, c: 2 * r * c,
+    "exponential": lambda n: n * max(1, (n - 1).bit_length()),
+    "erdos_renyi": lambda n, p: p * n * (n - 1) / 2, "small_world": lambda n, k, p: n * k // 2,
+    "random_regular": lambda d, n: d * n // 2, "barabasi_albert": lambda n, m: m * (n - m),
+}
 
 
 def _need(ok, message):
@@ -160,6 +174,13 @@ def _check_size(spec, placeholders, values):
         return  # torus says what is wrong with its sides
     n = values[0] * values[1] if placeholders[0] == "RxC" else values[placeholders.index("N")]
     _need(n <= MAX_NODES, f"{spec.strip()} has {n} nodes; at most {MAX_NODES} are supported")
+    name = spec.strip().split(":")[0].strip().lower().replace("-", "_")
+    given = len(values) if placeholders[0] == "RxC" else len(placeholders) - (
+        placeholders[-1] == "SEED")
+    edges = _EDGES[name](*values[:given])
+    _need(edges <= MAX_EDGES, f"{spec.strip()} has {edges:,.0f} edges"
+          f"{' (expected)' if name == 'erdos_renyi' else ''}; at most {MAX_EDGES:,} are "
+          "supported")
 
 
 def _from_spec(spec, seed):

@@ -6,7 +6,7 @@ import networkx as nx
 
 from p2pfl.errors import TopologyError
 
-from .generators import MAX_NODES, _need
+from .generators import MAX_EDGES, MAX_NODES, _need
 
 __all__ = ["MAX_NODES", "validate", "relabel"]
 
@@ -43,6 +43,8 @@ def validate(G):
     _need(G.number_of_nodes() <= MAX_NODES,
           f"topology has {G.number_of_nodes()} nodes; at most {MAX_NODES} are supported "
           "(the mixing matrix and its spectral gap are dense n x n)")
+    _need(G.number_of_edges() <= MAX_EDGES,
+          f"topology has {G.number_of_edges():,} edges; at most {MAX_EDGES:,} are supported")
     warnings = []
     H = nx.Graph()
     H.graph.update(G.graph)
