@@ -14,11 +14,15 @@ from p2pfl.addresses import free_port, listening
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def cluster_summary(out, *flags, timeout: float = 300) -> dict:
-    """Run ``p2pfl cluster FLAGS -q --out OUT`` in a fresh process (it must exit 0)
-    and return its ``summary.json``."""
-    subprocess.run([sys.executable, "-m", "p2pfl.cli", "cluster", *map(str, flags), "-q",
-                    "--out", str(out)], cwd=ROOT, check=True, timeout=timeout)
+def cluster_summary(out, *flags) -> dict:
+    """Run ``p2pfl cluster FLAGS -q --out OUT`` (it must exit 0) and return its
+    ``summary.json``.  The launcher is the command's code in this process
+    (:func:`tests._inproc.cli_here`: a second interpreter costs a second of ``import
+    torch``); its nodes are processes of their own, forked from it as always."""
+    from tests._inproc import cli_here
+
+    res = cli_here("cluster", *map(str, flags), "-q", "--out", str(out))
+    assert res.returncode == 0, res.stderr
     with open(os.path.join(str(out), "summary.json")) as fh:
         return json.load(fh)
 

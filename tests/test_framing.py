@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from p2pfl.transport.framing import frame_overhead, setup_bytes, wire_bytes
 from p2pfl.transport.probe import can_capture
 from tests._capture import CannotDrop, can_drop, capture_cluster
+from tests._remote import cluster_summary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -82,11 +81,9 @@ def test_connection_set_up_is_greetings_plus_the_handshake():
 
 def _run(tmp_path, name, *flags) -> dict:
     out = tmp_path / name
-    subprocess.run([sys.executable, "-m", "p2pfl.cli", "cluster", "--topology", "ring:4",
-                    "--dataset", "digits", "--rounds", "5", "-q", "--out", str(out), *flags],
-                   cwd=ROOT, check=True, timeout=300)
-    return json.loads((out / "summary.json").read_text()), json.loads(
-        (out / "nodes.json").read_text())
+    summary = cluster_summary(out, "--topology", "ring:4", "--dataset", "digits", "--rounds",
+                              "5", *flags)
+    return summary, json.loads((out / "nodes.json").read_text())
 
 
 def test_wire_bytes_are_the_application_bytes_plus_framing_plus_set_up(tmp_path):

@@ -3,8 +3,6 @@ instead of copied, received frames read in place, and round records sent to the
 launcher in batches.  Real sockets throughout."""
 
 import json
-import subprocess
-import sys
 import time
 from types import SimpleNamespace
 
@@ -21,7 +19,7 @@ from p2pfl.models import build_model, flat_parameters, flatten_params
 from p2pfl.runtime import LAUNCHER, Runtime
 from p2pfl.transport import Endpoint, Mailbox
 
-from _remote import ROOT
+from _remote import cluster_summary
 from _strategy_ctx import learn_spec
 
 
@@ -190,9 +188,8 @@ def test_a_node_that_diverges_is_dropped_by_its_neighbours_and_the_rest_learn(tm
     prof = tmp_path / "nodes.toml"
     prof.write_text("[nodes.0]\nlr = 1e30\n")  # node 0's model overflows in its first round
     out = tmp_path / "run"
-    subprocess.run([sys.executable, "-m", "p2pfl.cli", "cluster", "--topology", "ring:6",
-                    "--rounds", "10", "--in-process", "--profiles", str(prof), "-q",
-                    "--out", str(out)], cwd=ROOT, check=True, timeout=300)
+    cluster_summary(out, "--topology", "ring:6", "--rounds", "10", "--in-process",
+                    "--profiles", str(prof))
     s = _strict(out / "summary.json")
     # its two neighbours drop its non-finite model each round, and count it missed
     assert s["dropped"] == {"undecodable": 20} and s["misses_total"] == 20

@@ -163,17 +163,10 @@ def test_bad_temporal_specs_are_usage_errors(spec, message):
 
 
 def _gossip(tmp_path, name, codec, *flags):
-    import json
-    import subprocess
-    import sys
+    from tests._remote import cluster_summary
 
-    from tests._remote import ROOT
-
-    out = tmp_path / name
-    subprocess.run([sys.executable, "-m", "p2pfl.cli", "cluster", "--topology", "ring:6",
-                    "--rounds", "25", "--compression", codec, "-q", "--out", str(out), *flags],
-                   cwd=ROOT, check=True, timeout=300)
-    return json.loads((out / "summary.json").read_text())
+    return cluster_summary(tmp_path / name, "--topology", "ring:6", "--rounds", "25",
+                           "--compression", codec, *flags)
 
 
 def test_gossip_with_temporal_contexts_is_lossless_and_survives_loss(tmp_path):

@@ -4,15 +4,11 @@ and the plan's checks."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
 
-from _remote import ROOT
+from _remote import cluster_summary
 from _strategy_ctx import client as make_test_client
 from _strategy_ctx import FakeLearner, server_ctx
 from p2pfl.compression.temporal import TemporalGap
@@ -106,14 +102,6 @@ def test_a_hostile_acknowledgement_only_restarts_the_chain(ack):
     server.decode(0, packet)  # plain contexts: decodable whatever the server holds
 
 
-def _cluster(tmp_path, name, *flags):
-    out = tmp_path / name
-    proc = subprocess.run([sys.executable, "-m", "p2pfl.cli", "cluster", "--mode", "stc",
-                           "--topology", "ring:6", "-q", "--out", str(out), *flags],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    return proc, out
-
-
 @pytest.mark.parametrize("flags, message", [
     (["--compression-down", SPEC], "downstream"),
     (["--mode", "cfd"], "mode cfd sends its soft labels uncompressed"),
@@ -134,10 +122,9 @@ def test_codecs_where_they_do_not_apply_are_usage_errors(tmp_path, flags, messag
 def test_temporal_contexts_in_server_modes_are_lossless_and_smaller(tmp_path, mode):
     runs = {}
     for name, spec in (("plain", SPEC.replace(":temporal", "")), ("temporal", SPEC)):
-        proc, out = _cluster(tmp_path, name, "--rounds", "12", "--error-feedback", "off",
-                             "--compression", spec, "--mode", mode)
-        assert proc.returncode == 0, proc.stderr
-        runs[name] = json.loads((out / "summary.json").read_text())
+        runs[name] = cluster_summary(tmp_path / name, "--topology", "ring:6", "--rounds", "12",
+                                     "--error-feedback", "off", "--compression", spec,
+                                     "--mode", mode)
     plain, temporal = runs["plain"], runs["temporal"]
     # the same levels reach the server: the runs learn identically, on fewer bytes
     assert temporal["accuracy_per_round"] == plain["accuracy_per_round"]
