@@ -8,8 +8,21 @@ import time
 __all__ = ["Progress"]
 
 
+def _duration(seconds: float) -> str:
+    """``42 s``, ``3m05s``, ``2h07m``."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
 class Progress:
-    """``[#####-----] round 12/30 | acc 0.914 | 1.52 MB sent | 3.1 s``."""
+    """``[#####-----] round 12/30 | acc 0.914 | 1.52 MB sent | 3.1 s | eta 4 s``.
+
+    The estimate is the mean time a round took since the first one ended (start-up
+    left out), times the rounds left; shown from the second round on."""
 
     def __init__(self, total: int, *, quiet: bool = False, width: int = 24, stream=None) -> None:
         self.total, self.quiet, self.width = total, quiet, width
@@ -17,18 +30,24 @@ class Progress:
         self.t0 = time.monotonic()
         self._tty = getattr(self.stream, "isatty", lambda: False)()
         self._last = 0.0
+        self._first: tuple | None = None  # (round, time) of the first update
         self._bar_shown = False  # the bar is on the terminal's current line
 
     def update(self, done: int, text: str = "") -> None:
         if self.quiet:
             return
         now = time.monotonic()
+        if self._first is None:
+            self._first = (done, now)
         if not self._tty and done < self.total and now - self._last < 2.0:
             return  # in logs, print a line every couple of seconds only
         self._last = now
         filled = int(self.width * done / max(1, self.total))
         bar = "#" * filled + "-" * (self.width - filled)
         line = f"[{bar}] round {done}/{self.total} | {text} | {now - self.t0:.1f} s"
+        first, since = self._first
+        if first < done < self.total:
+            line += f" | eta {_duration((now - since) / (done - first) * (self.total - done))}"
         self.stream.write(("\r" + line) if self._tty else line + "\n")
         self.stream.flush()
         self._bar_shown = self._tty
