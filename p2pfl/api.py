@@ -34,7 +34,7 @@ from .summary import run_summary
 if TYPE_CHECKING:
     from .plan import Plan
 
-__all__ = ["run_cluster", "Result", "execute"]
+__all__ = ["run_cluster", "plan_cluster", "Result", "execute"]
 
 
 @dataclass
@@ -153,6 +153,23 @@ def run_cluster(graph=None, *, config: str | None = None, **options) -> Result:
     >>> res = p2pfl.run_cluster(nx.cycle_graph(4), rounds=3, quiet=True)  # doctest: +SKIP
     >>> res.summary["accuracy_mean"]  # doctest: +SKIP
     """
+    return _resolved(graph, config, options, lambda p, t0: execute(p, t0=t0))
+
+
+def plan_cluster(graph=None, *, config: str | None = None, **options):
+    """Resolve and validate a run as :func:`run_cluster` would, and start nothing.
+
+    Returns the :class:`~p2pfl.plan.Plan`: the frozen node specs (``specs``), the
+    record that ``config.json`` would hold (``record``) and the lines a run prints at
+    its start (``info``).  Raises what :func:`run_cluster` raises for bad options,
+    before any process starts; it writes no file.  The plan is to look at: a model
+    that is a module of yours is not kept for it, so run it with :func:`run_cluster`.
+    """
+    return _resolved(graph, config, options, lambda p, t0: p)
+
+
+def _resolved(graph, config, options: dict, then):
+    """``then(plan, t0)`` for the run that ``graph``, ``config`` and ``options`` give."""
     if graph is not None and options.get("topology") is not None:
         raise UsageError("a graph and topology= both give the topology; give one of them")
     if isinstance(graph, (str, os.PathLike)):
@@ -170,7 +187,7 @@ def run_cluster(graph=None, *, config: str | None = None, **options) -> Result:
         check_run_addresses(cfg)  # before the plan, the run folder or any process
         from .plan import plan  # after the options are checked: a bad flag costs no torch
 
-        return execute(plan(cfg, graph), t0=t0)
+        return then(plan(cfg, graph), t0)
     finally:  # forked nodes hold their own copy; the launcher keeps none after the run
         if not isinstance(module, str) and module is not None:
             release_module(options["model"])

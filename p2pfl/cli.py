@@ -7,6 +7,7 @@ unknown dataset) prints one line to stderr and exits with code 2.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -121,6 +122,9 @@ def _add_cluster(sub) -> None:
                         "dict: model.load_state_dict(torch.load(path, weights_only=True)))")
     p.add_argument("-q", "--quiet", dest="quiet", action="store_const", const=True,
                    help="no progress output")
+    p.add_argument("--dry-run", dest="dry_run", action="store_true",
+                   help="resolve and check everything, print the resolved configuration "
+                        "(config.json's content) on stdout, and start nothing")
     # the other way of each, to override a config file's setting
     p.add_argument("--no-in-process", dest="in_process", action="store_const", const=False,
                    help="one process a node (the default), over a config file's in_process")
@@ -188,6 +192,8 @@ def _cmd_cluster(args) -> int:
         options[name] = getattr(args, name)
     options = {k: v for k, v in options.items() if v is not None}
 
+    if args.dry_run:
+        return _dry_run(args.config, options)
     try:
         result = run_cluster(config=args.config, **options)
     except ClusterError as exc:  # nodes that never joined, all failed: a runtime failure
@@ -198,6 +204,23 @@ def _cmd_cluster(args) -> int:
         print("p2pfl: error: the coordinator failed; the run did not finish its rounds",
               file=sys.stderr)
         return 1  # without it no round can complete
+    return 0
+
+
+def _dry_run(config, options: dict) -> int:
+    """``p2pfl cluster --dry-run``: the plan's start lines on stderr (unless quiet),
+    its resolved configuration as JSON on stdout."""
+    from .api import plan_cluster
+    from .metrics import strict_json
+
+    p = plan_cluster(config=config, **options)
+    if not p.config.quiet:
+        for line in p.info:
+            print(line, file=sys.stderr)
+        kind = p.config.mode if p.closer is None else f"{p.config.mode}, with a coordinator"
+        print(f"dry run: {len(p.specs)} nodes ({kind}), {p.config.rounds} rounds; "
+              "nothing was started or written", file=sys.stderr)
+    print(json.dumps(strict_json(p.record), indent=2, default=str))
     return 0
 
 

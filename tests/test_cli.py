@@ -377,3 +377,31 @@ def test_a_bad_option_is_refused_before_torch_is_imported():
     imported = [line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines()
                 if line.startswith("import time:")]
     assert "p2pfl.config" in imported and "torch" not in imported
+
+
+def test_a_dry_run_prints_the_resolved_configuration_and_starts_nothing(tmp_path):
+    out = tmp_path / "run"
+    res = cli_here("cluster", "--topology", "torus:3x3", "--compression", "topk:0.1",
+                   "--rounds", "7", "--out", str(out), "--dry-run")
+    assert res.returncode == 0, res.stderr
+    record = json.loads(res.stdout)
+    assert record["rounds"] == 7 and record["resolved"]["nodes"] == 9
+    assert record["resolved"]["algorithm"] == "choco"  # what the codec implies, resolved
+    assert res.stderr.splitlines()[-1] == ("dry run: 9 nodes (gossip), 7 rounds; nothing was "
+                                           "started or written")
+    assert not out.exists()
+    bad = cli_here("cluster", "--topology", "ring:4", "--model", "transformer", "--dry-run")
+    assert bad.returncode == 2 and bad.stdout == "" and "unknown model" in bad.stderr
+
+
+def test_plan_cluster_gives_the_frozen_node_specs_without_starting_any(tmp_path):
+    import dataclasses
+
+    import p2pfl
+
+    p = p2pfl.plan_cluster("ring:5", rounds=3, lr=0.05, out=str(tmp_path / "run"))
+    assert [s.id for s in p.specs] == [0, 1, 2, 3, 4]
+    assert all(s.learn.lr == 0.05 and len(s.neighbours) == 2 for s in p.specs)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.specs[0].id = 9
+    assert not (tmp_path / "run").exists()
