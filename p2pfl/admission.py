@@ -150,6 +150,8 @@ class Admission:
         pid, host = meta.get("pid"), meta.get("host")  # what a node says of itself
         h.pid = pid if type(pid) is int and 0 < pid < 1 << 31 else h.pid
         h.host = host[:255] if isinstance(host, str) else None
+        if h.host is not None and not h.host.isprintable():  # it reaches the launcher's log
+            h.host = ascii(h.host)
         local = meta.get("local")
         h.local = local if isinstance(local, str) and local.startswith("inproc://") else None
         h.ray_node = meta["ray_node"] if isinstance(meta.get("ray_node"), str) else None

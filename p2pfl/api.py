@@ -251,10 +251,17 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
                 stopped_at.append(rnd)
                 launcher.request_stop()
 
+    halted = []  # a metrics.jsonl write failed while the run went on: it is stopped
+
+    def on_write_error(exc):
+        if not launcher.stopping:  # not ending already (its last rounds, a signal, ...)
+            halted.append(exc)
+            launcher.request_stop()
+
     try:  # before any node starts: a full disk is a usage error, as a folder not writable
         write_json_atomic(os.path.join(out, "config.json"), p.record)
         sink = MetricsSink(out, [s.id for s in p.specs], on_round=on_round, closer=p.closer,
-                           rounds=cfg.rounds, on_write_error=lambda exc: launcher.request_stop())
+                           rounds=cfg.rounds, on_write_error=on_write_error)
     except OSError as exc:
         raise UsageError(f"cannot use output folder {out}: {exc.strerror or exc}") from None
 
@@ -305,13 +312,14 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
     summary["write_error"] = _os_error_text(lost) if lost else None
     try:
         write_json_atomic(os.path.join(out, "summary.json"), summary)
-    except OSError as exc:
+    except OSError as exc:  # the caller's copy says so
         lost = lost or exc
+        summary["write_error"] = _os_error_text(lost)
     if interrupted is not None:
         raise interrupted
     result = Result(summary, out)
     if lost is not None:
-        raise ClusterError(_unwritten(out, lost, sink), result)
+        raise ClusterError(_unwritten(out, lost, bool(halted), sink.written), result)
     failed = summary.get("failed_nodes") or {}
     if failed and len(failed) == summary.get("nodes"):
         reason = next(iter(failed.values()))
@@ -329,12 +337,13 @@ def _os_error_text(exc: OSError) -> str:
     return f"{exc.filename or 'a file'}: {exc.strerror or exc}"
 
 
-def _unwritten(out: str, exc: OSError, sink) -> str:
-    """Why a run's results are not all written: what failed, and what the folder holds."""
-    stopped = "; the run was stopped" if exc is sink.write_error else ""
+def _unwritten(out: str, exc: OSError, stopped: bool, written: int) -> str:
+    """Why a run's results are not all written: what failed, whether the run was
+    stopped for it, and what the folder holds."""
+    stopped_for = "; the run was stopped" if stopped else ""
     have = "summary.json and " if os.path.exists(os.path.join(out, "summary.json")) else ""
-    return (f"cannot write the run's results ({_os_error_text(exc)}){stopped}; {out} holds "
-            f"{have}at least the first {sink.written} records")
+    return (f"cannot write the run's results ({_os_error_text(exc)}){stopped_for}; {out} "
+            f"holds {have}at least the first {written} records")
 
 
 @contextlib.contextmanager

@@ -62,11 +62,18 @@ def write_atomic(path, write: Callable, *, text: bool = False, private: bool = F
             os.unlink(tmp)
         except OSError:
             pass
-        if isinstance(exc, OSError) and exc.filename is None:  # a write to the open file
-            raise OSError(exc.errno, exc.strerror or str(exc), path) from exc  # says where
+        if _plain_os_error(exc) and exc.filename is None:  # a write to the open file:
+            raise OSError(exc.errno, exc.strerror or str(exc), path) from exc  # say where
         raise
     _fsync_dir(folder)
     return path
+
+
+def _plain_os_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is the OSError its errno makes (ENOSPC's, FileNotFoundError, ...),
+    not one of a class of its own (``io.UnsupportedOperation``), which stays as it is."""
+    return isinstance(exc, OSError) and exc.errno is not None and \
+        type(exc) is type(OSError(exc.errno, ""))
 
 
 def write_json_atomic(path, obj, default=None) -> str:

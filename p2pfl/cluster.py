@@ -87,7 +87,9 @@ class Launcher(Supervision, Admission):
         self.ep: Endpoint | None = None
         self.control_bytes = 0
         self.dropped: dict = {}  # what the launcher dropped, by reason (at shutdown)
-        self.write_error: OSError | None = None  # nodes.json could not be written
+        # result files that could not be written (a full disk), by path: nodes.json (until
+        # a later write of it succeeds) and models/node-ID.pt
+        self.write_errors: dict = {}
         self.save_models = any(s.runtime.save_models for s in specs)
         self.t_start: float | None = None  # set when the run starts
         self._next_exit_check, self._dead = 0.0, {}
@@ -404,7 +406,14 @@ class Launcher(Supervision, Admission):
         if self.keys is not None:  # public keys only: a secret key never leaves memory
             for row in rows:
                 row["public_key"] = self.keys.z85(row["id"])
+        path = os.path.join(self.out_dir, "nodes.json")
         try:
-            write_json_atomic(os.path.join(self.out_dir, "nodes.json"), rows)
+            write_json_atomic(path, rows)
+            self.write_errors.pop(path, None)
         except OSError as exc:  # a full disk: the run goes on; its end says so
-            self.write_error = self.write_error or exc
+            self.write_errors[path] = exc
+
+    @property
+    def write_error(self) -> OSError | None:
+        """The first result file that could not be written and still is not."""
+        return next(iter(self.write_errors.values()), None)

@@ -19,6 +19,7 @@ The coordinator sends none: its model is every worker's.
 from __future__ import annotations
 
 import fnmatch
+import io
 import math
 import os
 
@@ -150,7 +151,9 @@ def write_state(out_dir: str, node_id: int, state: list) -> str:
     for name, array, dtype in state:
         t = torch.from_numpy(array.astype(array.dtype.newbyteorder("="), copy=True))
         sd[name] = t.to(getattr(torch, dtype)) if str(t.dtype) != f"torch.{dtype}" else t
-    return write_atomic(model_path(out_dir, node_id), lambda fh: torch.save(sd, fh))
+    buf = io.BytesIO()  # torch.save's own file errors are RuntimeErrors that name no file
+    torch.save(sd, buf)
+    return write_atomic(model_path(out_dir, node_id), lambda fh: fh.write(buf.getbuffer()))
 
 
 def load_state(path) -> dict:

@@ -315,8 +315,9 @@ class Supervision:
             return
         try:
             write_state(self.out_dir, h.id, state)
-        except OSError as exc:
+        except OSError as exc:  # a full disk: the run's end says so (write_error)
             self.log(f"node {h.label!r}: its model could not be written: {exc}")
+            self.write_errors.setdefault(exc.filename or h.id, exc)
             return
         h.saved_route = msg.route
 

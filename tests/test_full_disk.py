@@ -54,3 +54,46 @@ def test_a_run_folder_without_room_for_its_config_is_refused_before_any_node(tmp
     assert res.returncode == 2
     assert res.stderr.strip() == f"p2pfl: error: cannot use output folder {out}: File too large"
     assert not (out / "nodes.json").exists()
+
+
+def test_model_files_that_cannot_be_written_end_the_run_with_one_line(tmp_path):
+    """torch.save's own errors on a full disk are RuntimeErrors naming no file: the
+    launcher's shutdown ended in a traceback, with no summary."""
+    out = tmp_path / "run"
+    res, _ = _run_under_limit(out, 20_000, "--topology", "ring:4", "--rounds", "2",
+                              "--save-models")
+    assert res.returncode == 1, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"p2pfl: error: cannot write the run's results ({out}/models/node-"), lines
+    assert "the run was stopped" not in lines[0]  # the run had ended
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["models_saved"] == 0 and summary["write_error"].endswith(": File too large")
+    assert list((out / "models").iterdir()) == []  # no partial file
+
+
+def test_a_summary_that_cannot_be_written_is_said_in_the_result(tmp_path, monkeypatch):
+    import errno
+
+    import pytest
+
+    import p2pfl
+    from p2pfl import api
+
+    real = api.write_json_atomic
+
+    def full_disk(path, obj):
+        if path.endswith("summary.json"):
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return real(path, obj)
+
+    monkeypatch.setattr(api, "write_json_atomic", full_disk)
+    out = tmp_path / "run"
+    with pytest.raises(p2pfl.ClusterError, match="summary.json: No space left on device"):
+        try:
+            p2pfl.run_cluster("ring:3", rounds=2, quiet=True, out=str(out))
+        except p2pfl.ClusterError as exc:
+            assert exc.result.summary["write_error"] == (
+                f"{out}/summary.json: No space left on device")
+            raise
+    assert not (out / "summary.json").exists()

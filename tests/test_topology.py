@@ -285,7 +285,8 @@ def test_validate_errors():
 
 @pytest.mark.parametrize("spec, edges", [
     ("complete:16384", "134,209,536 edges"), ("complete:2897", "4,194,856 edges"),
-    ("erdos_renyi:16384:0.5", "67,104,768 edges (expected)"),
+    ("erdos_renyi:16384:0.5", "about 67,104,768 edges, and by chance up to 67,133,730"),
+    ("erdos_renyi:16384:0.0312", "about 4,187,338 edges, and by chance up to 4,197,408"),
     ("random_regular:600:16384", "4,915,200 edges"),
     ("barabasi_albert:16384:300", "4,825,200 edges"),
     ("small_world:16384:600:0.1", "4,915,200 edges")])
@@ -298,6 +299,19 @@ def test_a_spec_with_too_many_edges_is_refused_before_its_graph_is_built(spec, e
         tp.load_topology(spec)
     assert time.monotonic() - t < 1.0
     assert tp.load_topology("torus:2x3").number_of_edges() == 9  # the RxC spec passes
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("complete:-" + "9" * 200, "complete needs at least 2 nodes"),  # no float overflow
+    ("erdos_renyi:-" + "9" * 400 + ":0.5", "erdos_renyi needs at least 2 nodes"),
+    ("erdos_renyi:10:nan", "P must be in [0, 1], got nan"),
+    ("random_regular:1000000000:10", "D must be in [1, N-1]"),
+    ("small_world:100:1000000000:0.1", "K must be smaller than N")])
+def test_arguments_a_generator_refuses_get_its_reason_not_an_edge_count(spec, words):
+    """The edge count was checked first: these got 'has nan edges', a count of billions,
+    or an OverflowError traceback."""
+    with pytest.raises(TopologyError, match=re.escape(words)):
+        tp.load_topology(spec)
 
 
 def test_a_graph_with_too_many_edges_is_refused(monkeypatch):

@@ -20,14 +20,23 @@ MAX_NODES = 16_384
 #: complete:16384 asked for 134 M of them, some 20 GB, before any other check.
 MAX_EDGES = 1 << 22
 
-# The edges a generator spec makes (expected, for erdos_renyi; at most, for exponential),
-# from its arguments in spec order, seed left out: checked before the graph is built.
+# The edges a generator spec makes (at most, for exponential), from its arguments in spec
+# order, seed left out: checked before the graph is built, once the arguments are ones
+# the generator takes (else it says what is wrong with them).  erdos_renyi's count is
+# random: its mean, and the check takes five standard deviations above it.
 _EDGES = {
     "ring": lambda n: n, "line": lambda n: n - 1, "complete": lambda n: n * (n - 1) // 2,
     "star": lambda n: n - 1, "torus": lambda r, c: 2 * r * c,
     "exponential": lambda n: n * max(1, (n - 1).bit_length()),
     "erdos_renyi": lambda n, p: p * n * (n - 1) / 2, "small_world": lambda n, k, p: n * k // 2,
     "random_regular": lambda d, n: d * n // 2, "barabasi_albert": lambda n, m: m * (n - m),
+}
+_TAKES = {  # the arguments each generator accepts (its own checks, below, say why not)
+    "torus": lambda r, c: r >= 1 and c >= 1,
+    "erdos_renyi": lambda n, p: n >= 2 and 0.0 <= p <= 1.0,
+    "small_world": lambda n, k, p: 2 <= k < n,
+    "random_regular": lambda d, n: 1 <= d < n,
+    "barabasi_albert": lambda n, m: 1 <= m < n,
 }
 
 
@@ -175,12 +184,18 @@ def _check_size(spec, placeholders, values):
     n = values[0] * values[1] if placeholders[0] == "RxC" else values[placeholders.index("N")]
     _need(n <= MAX_NODES, f"{spec.strip()} has {n} nodes; at most {MAX_NODES} are supported")
     name = spec.strip().split(":")[0].strip().lower().replace("-", "_")
-    given = len(values) if placeholders[0] == "RxC" else len(placeholders) - (
-        placeholders[-1] == "SEED")
-    edges = _EDGES[name](*values[:given])
-    _need(edges <= MAX_EDGES, f"{spec.strip()} has {edges:,.0f} edges"
-          f"{' (expected)' if name == 'erdos_renyi' else ''}; at most {MAX_EDGES:,} are "
-          "supported")
+    given = values[:len(values) if placeholders[0] == "RxC" else len(placeholders) - (
+        placeholders[-1] == "SEED")]
+    if not _TAKES.get(name, lambda n: n >= 2)(*given):
+        return
+    edges = _EDGES[name](*given)
+    if name == "erdos_renyi":  # binomial: N pairs, each an edge with probability P
+        p, pairs = given[1], given[0] * (given[0] - 1) / 2
+        high = edges + 5 * (pairs * p * (1 - p)) ** 0.5
+        _need(high <= MAX_EDGES, f"{spec.strip()} has about {edges:,.0f} edges, and by "
+              f"chance up to {high:,.0f}; at most {MAX_EDGES:,} are supported")
+    _need(edges <= MAX_EDGES, f"{spec.strip()} has {edges:,} edges; at most {MAX_EDGES:,} "
+          "are supported")
 
 
 def _from_spec(spec, seed):
