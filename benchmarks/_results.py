@@ -57,6 +57,34 @@ def save_entry(path: str, entry: dict, key: tuple) -> None:
     os.replace(tmp, path)
 
 
+def tree_args(doc: str, repeats: int = 3):
+    """``--tree TREE`` (a checkout whose code to measure; this one by default, made
+    absolute) and ``--repeats N``, for a benchmark that compares commits."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--tree", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    ap.add_argument("--repeats", type=int, default=repeats)
+    args = ap.parse_args()
+    args.tree = os.path.abspath(args.tree)
+    return args
+
+
+def save_by_commit(name: str, commit: str, entry: dict) -> None:
+    """Set ``benchmarks/results/NAME`` (a JSON object keyed by commit) at ``commit`` to
+    ``entry``, keeping the other commits' entries; written atomically."""
+    from p2pfl.atomic import write_json_atomic
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", name)
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        data = {}
+    data[commit] = entry
+    write_json_atomic(path, data)
+
+
 def spread(values: list) -> tuple:
     """(median, least, most) of ``values``: the middle one of an odd count, the upper
     middle of an even one (a measured value, never an average of two)."""

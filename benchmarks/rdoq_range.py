@@ -14,7 +14,6 @@ benchmarks/results/rdoq_range.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -24,8 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _results import commit_of  # noqa: E402
-from p2pfl.metrics import write_json_atomic  # noqa: E402
+from _results import commit_of, save_by_commit, tree_args  # noqa: E402
 
 STEPS = ("1e-4", "1e-6", "1e-7", "1e-12")
 
@@ -61,25 +59,15 @@ def case(tree: str, spec: str, repeats: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tree", default=ROOT)
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
-    tree = os.path.abspath(args.tree)
+    args = tree_args(__doc__)
+    tree = args.tree
     commit = commit_of(tree, dirty=True)
     rows = {}
     for step in STEPS:
         spec = f"quant:{step}:rd=0.1+cabac"
         rows[spec] = case(tree, spec, args.repeats)
         print(f"{commit} {spec}: {rows[spec]}", flush=True)
-    path = os.path.join(ROOT, "benchmarks", "results", "rdoq_range.json")
-    try:
-        with open(path) as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):
-        data = {}
-    data[commit] = {"tree": tree, "cases": rows}
-    write_json_atomic(path, data)
+    save_by_commit("rdoq_range.json", commit, {"tree": tree, "cases": rows})
 
 
 if __name__ == "__main__":

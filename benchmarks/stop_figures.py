@@ -18,7 +18,6 @@ Writes benchmarks/results/stop_figures.json (entries by commit).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -30,8 +29,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks._results import commit_of, records  # noqa: E402
-from p2pfl.metrics import write_json_atomic  # noqa: E402
+from benchmarks._results import commit_of, records, save_by_commit, tree_args  # noqa: E402
 
 CASES = {
     "fedavg-int": (["--mode", "fedavg", "--nodes", "4", "--rounds", "3000"], 100),
@@ -78,11 +76,8 @@ def figures(name: str, s: dict, recs: list) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tree", default=ROOT)
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
-    tree = os.path.abspath(args.tree)
+    args = tree_args(__doc__)
+    tree = args.tree
     entry = {"tree": tree, "commit": commit_of(tree, dirty=True), "cases": {}}
     with tempfile.TemporaryDirectory(prefix="p2pfl-stop-") as tmp:
         for name, (flags, at) in CASES.items():
@@ -92,14 +87,7 @@ def main() -> None:
                 rows.append(figures(name, s, recs))
                 print(f"  {entry['commit']} {name} {i}: {rows[-1]}", flush=True)
             entry["cases"][name] = rows
-    path = os.path.join(ROOT, "benchmarks", "results", "stop_figures.json")
-    try:
-        with open(path) as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):
-        data = {}
-    data[entry["commit"]] = entry
-    write_json_atomic(path, data)
+    save_by_commit("stop_figures.json", entry["commit"], entry)
 
 
 if __name__ == "__main__":
