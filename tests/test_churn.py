@@ -163,3 +163,37 @@ def test_a_node_offline_past_the_end_does_not_hold_the_run(tmp_path):
     mine = [r for r in res.metrics if r["node"] == 1]
     assert mine[-1].get("offline")
     assert max(r["round"] for r in res.metrics if r["node"] != 1) == 300
+
+
+class _OfflineUntilStopped:
+    """A worker's runtime whose offline period ends with the launcher's stop (the run
+    ended while the worker was offline)."""
+
+    stopped = False
+
+    def __init__(self) -> None:
+        self.sent: list = []
+
+    def send(self, dst, kind, rnd, *args, **kw) -> None:
+        self.sent.append(kind)
+
+    def report(self, rnd, fields) -> None:
+        pass
+
+    def offline(self, availability) -> None:
+        self.stopped = True
+
+
+def test_a_server_worker_stopped_while_offline_ends_offline():
+    """It asked the coordinator for the current model as it came back, stopped or not,
+    and took what came: a worker offline for the whole run got the final model and a
+    final record in 5 of 30 runs (16 workers, fedavg; BENCHMARKS.md)."""
+    from types import SimpleNamespace
+
+    from p2pfl.server.worker import Worker
+
+    w = object.__new__(Worker)  # the loop's two branches end the run when this is False
+    w.rt, w.coord, w._held, w.availability = _OfflineUntilStopped(), 16, None, None
+    w.client = SimpleNamespace(behaviour="honest")
+    assert w.sit_out(3) is False
+    assert w.rt.sent == ["leave"]  # no pull: it hears nothing more

@@ -48,8 +48,9 @@ class Worker:
         r, rnd = self.run_spec, 0
         deadline = self.rt.clock() + r.start_timeout + (r.rounds + 1) * (r.round_timeout + 30.0)
         while True:
-            if self.offline_now():
-                self.sit_out(rnd)
+            if self.offline_now() and not self.sit_out(rnd):
+                self._flush()  # stopped while offline: it ends so
+                return self.rounds_done
             until = self.availability.next_offline(self.rt.clock()) if self.availability \
                 else float("inf")
             wait = min(deadline, until) - self.rt.clock()
@@ -88,8 +89,10 @@ class Worker:
                 continue
             acc = self.learner.evaluate() if self.run_spec.evaluates(rnd) else (None, None)
             loss = self.client.fit()
-            if self.offline_now():
-                self.sit_out(rnd)  # went offline while training: no reply
+            if self.offline_now():  # went offline while training: no reply
+                if not self.sit_out(rnd):
+                    self._flush()
+                    return self.rounds_done
                 continue
             if self.client.behaviour != "silent":  # a silent worker never replies
                 self._reply = (rnd, self.client.reply(rnd))
@@ -123,8 +126,10 @@ class Worker:
         return (self.availability is not None and not self.rt.stopped
                 and self.availability.offline(self.rt.clock()))
 
-    def sit_out(self, rnd: int) -> None:
-        """Offline: say so, hear nothing until online again, then say we are back.
+    def sit_out(self, rnd: int) -> bool:
+        """Offline: say so, hear nothing until online again, then say we are back;
+        False if stopped while offline (the run ended): the worker then ends offline,
+        taking nothing more, not even a final model still on its way to it.
 
         The coordinator leaves an absent worker out of its rounds; the instructions
         it sent before it knew are lost, as they would be on a real network.  Its
@@ -134,7 +139,10 @@ class Worker:
         gone = {"offline": True, "loss": None, "test_loss": None, "accuracy": None}
         self.rt.report(max(rnd, 1), self._fields(gone, False))
         self.rt.offline(self.availability)
+        if self.rt.stopped:
+            return False
         self.rt.send(self.coord, "pull", rnd)
+        return True
 
     def _fields(self, fields: dict, final: bool) -> dict:
         return dict(fields, behaviour=self.client.behaviour, final=final)
