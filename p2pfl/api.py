@@ -287,16 +287,23 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
                         restarts=p.restarts, on_restart=lambda h: h.id == p.closer or
                         sink.node_paused(h.id), keys=p.keys, procs=cfg.procs or 1,
                         backend=_backend(cfg, progress.info))
-    interrupted = None
+    interrupted, refused = None, False
     try:
         with _signals_unwind() as launcher.watch_signals:
             nodes = launcher.run()
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the summary of what was done
         interrupted, nodes = exc, launcher.nodes
+    except UsageError:  # refused before any node started (a Ray cluster too small, ...)
+        refused = True
+        raise
     finally:
         sink.close()
         progress.close()
-        if any(h.pid is not None for h in launcher.nodes.values()):  # some joined
+        if refused:  # no run happened: the folder is left as it was found
+            for name in ("config.json", "metrics.jsonl"):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(out, name))
+        elif any(h.pid is not None for h in launcher.nodes.values()):  # some joined
             launcher.write_nodes_json()  # interrupted too: no node is left "ready" there
     summary = run_summary(p, sink, nodes, time.monotonic() - t0, launcher.control_bytes,
                           launcher.dropped)

@@ -138,6 +138,7 @@ def test_nodes_that_do_not_fit_are_refused_before_any_starts(ray_cluster, tmp_pa
     proc = _p2pfl(env, "--backend", "ray", "--ray-address", address, "--node-cpus", "2",
                   "--topology", "ring:16", "-q", "--out", str(tmp_path / "run"), timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
+    assert os.listdir(tmp_path / "run") == []  # no half-written run (config, empty metrics)
     assert "16 nodes x 2 CPU need 32 CPUs; the Ray cluster has 16" in proc.stderr
 
 
