@@ -15,7 +15,7 @@ Table 2, server STC at p = 0.01 on digits (MLP) and on the mnist1d CNN: ``stc:0.
 Every figure is measured in this run: bytes from summary.json (bytes_sent_total,
 all node-to-node and coordinator traffic with headers), accuracy the mean final
 test accuracy over nodes (gossip) or of the global model (server), averaged over
-the seeds.  Writes benchmarks/results/tensorwise.{json,md}.
+the seeds.  Writes benchmarks/results/tensorwise/tensorwise.{json,md}.
 """
 
 from __future__ import annotations
