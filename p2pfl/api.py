@@ -317,16 +317,18 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
                           f"({os.path.join(out, 'models')})")
     lost = sink.write_error or launcher.write_error
     summary["write_error"] = _os_error_text(lost) if lost else None
+    summarised = True
     try:
         write_json_atomic(os.path.join(out, "summary.json"), summary)
     except OSError as exc:  # the caller's copy says so
-        lost = lost or exc
+        lost, summarised = lost or exc, False
         summary["write_error"] = _os_error_text(lost)
     if interrupted is not None:
         raise interrupted
     result = Result(summary, out)
     if lost is not None:
-        raise ClusterError(_unwritten(out, lost, bool(halted), sink.written), result)
+        raise ClusterError(_unwritten(out, lost, bool(halted), summarised, sink.written),
+                           result)
     failed = summary.get("failed_nodes") or {}
     if failed and len(failed) == summary.get("nodes"):
         reason = next(iter(failed.values()))
@@ -344,11 +346,11 @@ def _os_error_text(exc: OSError) -> str:
     return f"{exc.filename or 'a file'}: {exc.strerror or exc}"
 
 
-def _unwritten(out: str, exc: OSError, stopped: bool, written: int) -> str:
+def _unwritten(out: str, exc: OSError, stopped: bool, summarised: bool, written: int) -> str:
     """Why a run's results are not all written: what failed, whether the run was
     stopped for it, and what the folder holds."""
     stopped_for = "; the run was stopped" if stopped else ""
-    have = "summary.json and " if os.path.exists(os.path.join(out, "summary.json")) else ""
+    have = "summary.json and " if summarised else ""
     return (f"cannot write the run's results ({_os_error_text(exc)}){stopped_for}; {out} "
             f"holds {have}at least the first {written} records")
 

@@ -7,7 +7,6 @@ unknown dataset) prints one line to stderr and exits with code 2.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -211,7 +210,7 @@ def _dry_run(config, options: dict) -> int:
     """``p2pfl cluster --dry-run``: the plan's start lines on stderr (unless quiet),
     its resolved configuration as JSON on stdout."""
     from .api import plan_cluster
-    from .metrics import strict_json
+    from .metrics import json_text
 
     p = plan_cluster(config=config, **options)
     if not p.config.quiet:
@@ -220,7 +219,7 @@ def _dry_run(config, options: dict) -> int:
         kind = p.config.mode if p.closer is None else f"{p.config.mode}, with a coordinator"
         print(f"dry run: {len(p.specs)} nodes ({kind}), {p.config.rounds} rounds; "
               "nothing was started or written", file=sys.stderr)
-    print(json.dumps(strict_json(p.record), indent=2, default=str))
+    sys.stdout.write(json_text(p.record))  # config.json's bytes
     return 0
 
 

@@ -17,13 +17,19 @@ import numpy as np
 
 from . import atomic
 
-__all__ = ["MetricsSink", "write_json_atomic", "strict_json", "read_metrics",
+__all__ = ["MetricsSink", "write_json_atomic", "json_text", "strict_json", "read_metrics",
            "consensus_distances"]
 
 
 def write_json_atomic(path: str, obj) -> None:
-    """Write strict JSON to ``path`` atomically (:func:`strict_json`)."""
-    atomic.write_json_atomic(path, strict_json(obj), default=_plain)
+    """Write :func:`json_text` of ``obj`` to ``path`` atomically."""
+    atomic.write_atomic(path, lambda fh: fh.write(json_text(obj)), text=True)
+
+
+def json_text(obj) -> str:
+    """``obj`` as indented strict JSON (:func:`strict_json`), a newline at the end: what
+    the run's JSON files hold."""
+    return json.dumps(strict_json(obj), indent=2, default=_plain) + "\n"
 
 
 def strict_json(obj):

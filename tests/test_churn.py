@@ -187,7 +187,7 @@ class _OfflineUntilStopped:
 def test_a_server_worker_stopped_while_offline_ends_offline():
     """It asked the coordinator for the current model as it came back, stopped or not,
     and took what came: a worker offline for the whole run got the final model and a
-    final record in 5 of 30 runs (16 workers, fedavg; BENCHMARKS.md)."""
+    final record in 6 of 30 runs (16 workers, fedavg; benchmarks/offline_final.py)."""
     from types import SimpleNamespace
 
     from p2pfl.server.worker import Worker

@@ -291,7 +291,7 @@ def test_validate_errors():
     ("barabasi_albert:16384:300", "4,825,200 edges"),
     ("small_world:16384:600:0.1", "4,915,200 edges")])
 def test_a_spec_with_too_many_edges_is_refused_before_its_graph_is_built(spec, edges):
-    """complete:16384 built for minutes towards some 20 GB before anything said no."""
+    """complete:16384 built for minutes towards some 22 GB before anything said no."""
     import time
 
     t = time.monotonic()

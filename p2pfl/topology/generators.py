@@ -17,7 +17,7 @@ __all__ = [
 MAX_NODES = 16_384
 #: The most edges: networkx holds each in Python dicts (about 150 bytes and 0.5 µs each
 #: here), and every edge is a connection each way with a model on it every round.
-#: complete:16384 asked for 134 M of them, some 20 GB, before any other check.
+#: complete:16384 asked for 134 M of them, some 22 GB, before any other check.
 MAX_EDGES = 1 << 22
 
 # The edges a generator spec makes (at most, for exponential), from its arguments in spec
@@ -176,14 +176,13 @@ def _parse_arg(name, placeholder, text):
             f"got {text!r}") from None
 
 
-def _check_size(spec, placeholders, values):
+def _check_size(spec, name, placeholders, values):
     """The node count a spec asks for, before the graph is built: ``ring:10000000``
     built for minutes (and ``ring:`` of 2**64 overflowed) before the count was checked."""
     if placeholders[0] == "RxC" and min(values[:2]) < 1:
         return  # torus says what is wrong with its sides
     n = values[0] * values[1] if placeholders[0] == "RxC" else values[placeholders.index("N")]
     _need(n <= MAX_NODES, f"{spec.strip()} has {n} nodes; at most {MAX_NODES} are supported")
-    name = spec.strip().split(":")[0].strip().lower().replace("-", "_")
     given = values[:len(values) if placeholders[0] == "RxC" else len(placeholders) - (
         placeholders[-1] == "SEED")]
     if not _TAKES.get(name, lambda n: n >= 2)(*given):
@@ -194,6 +193,7 @@ def _check_size(spec, placeholders, values):
         high = edges + 5 * (pairs * p * (1 - p)) ** 0.5
         _need(high <= MAX_EDGES, f"{spec.strip()} has about {edges:,.0f} edges, and by "
               f"chance up to {high:,.0f}; at most {MAX_EDGES:,} are supported")
+        return
     _need(edges <= MAX_EDGES, f"{spec.strip()} has {edges:,} edges; at most {MAX_EDGES:,} "
           "are supported")
 
@@ -212,7 +212,7 @@ def _from_spec(spec, seed):
     values = [_parse_arg(name, ph, a) for ph, a in zip(placeholders, args)]
     if placeholders[0] == "RxC":
         values = list(values[0])
-    _check_size(spec, placeholders, values)
+    _check_size(spec, name, placeholders, values)
     if random and len(args) < len(placeholders):
         values.append(0 if seed is None else int(seed))
     return GENERATORS[name](*values)

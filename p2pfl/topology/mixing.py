@@ -16,11 +16,17 @@ __all__ = ["SCHEMES", "mixing_weights", "spectral_gap"]
 SCHEMES = ("metropolis", "uniform", "weight", "attr:NAME")
 
 
-def _adjacency(G, attr=None):
-    """Symmetric affinity matrix of an int-labelled graph, self-loops ignored."""
+def _node_count(G) -> int:
+    """The nodes of a graph labelled 0..n-1 (as :func:`relabel` makes them)."""
     n = G.number_of_nodes()
     _need(set(G) == set(range(n)),
           "mixing weights need nodes labelled 0..n-1; call relabel() first")
+    return n
+
+
+def _adjacency(G, attr=None):
+    """Symmetric affinity matrix of an int-labelled graph, self-loops ignored."""
+    n = _node_count(G)
     A = np.zeros((n, n))
     for u, v, data in G.edges(data=True):
         if u == v:
@@ -39,9 +45,7 @@ def _adjacency(G, attr=None):
 def _edge_ends(G):
     """The two ends of each edge of an int-labelled graph, once each (parallel edges
     and self-loops ignored, as :func:`_adjacency` does)."""
-    n = G.number_of_nodes()
-    _need(set(G) == set(range(n)),
-          "mixing weights need nodes labelled 0..n-1; call relabel() first")
+    n = _node_count(G)
     ends = np.array([(u, v) if u < v else (v, u) for u, v in G.edges() if u != v],
                     dtype=np.int64).reshape(-1, 2)
     ends = np.unique(ends, axis=0)
