@@ -199,8 +199,8 @@ def _gossip_plan(cfg: RunConfig, graph, restarts: int = 0) -> Plan:
               for i, x in enumerate(learns)]
     specs = tuple(NodeSpec(
         id=i, label=labels[i], role="gossip",
-        neighbours=tuple((j, float(topo.weights[i, j])) for j in topo.neighbours(i)),
-        self_weight=float(topo.weights[i, i]), learn=learns[i], runtime=runtime,
+        neighbours=tuple(zip(*(a.tolist() for a in topo.mixing.row(i)))),
+        self_weight=float(topo.mixing.diag[i]), learn=learns[i], runtime=runtime,
         rule=algorithm, options=_gossip_options(cfg, algorithm, codecs[i], learns[i]),
         link=LinkSpec(**per_node[i]["link"]), availability=availability[i])
         for i in range(topo.n))

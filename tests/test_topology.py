@@ -323,15 +323,54 @@ def test_a_graph_with_too_many_edges_is_refused(monkeypatch):
     assert tp.validate(nx.cycle_graph(14))[0].number_of_edges() == 14
 
 
-def test_the_spectral_gap_of_a_large_topology_is_skipped(monkeypatch):
-    """At 16,384 nodes its dense eigendecomposition took about 280 s before any node
-    started; above GAP_MAX_NODES it is left out (None), and said so."""
-    monkeypatch.setattr(tp, "GAP_MAX_NODES", 8)
-    assert tp.build("ring:8").spectral_gap == pytest.approx(tp.spectral_gap(
-        tp.build("ring:8").weights))
-    big = tp.build("ring:9")
-    assert big.spectral_gap is None and tp.spectral_gap(big.weights) > 0
-    assert tp.describe(big).endswith("spectral gap skipped (n > 8)")
+@pytest.mark.parametrize("spec", ["torus:30x30", "random_regular:4:1000:1", "star:1000",
+                                  "small_world:1000:4:0.1:1", "barabasi_albert:1000:2:1",
+                                  "exponential:1024", "torus:3x400", "complete:60"])
+def test_lanczos_finds_the_dense_spectral_gap(spec):
+    """Lanczos on the sparse rows agrees with the dense eigendecomposition, which
+    took about 280 s at 16,384 nodes (torus:3x400's gap is 4.9e-5)."""
+    m = tp.build(spec).mixing
+    lanczos = tp.spectrum._lanczos_gap(m, tp.spectrum.LANCZOS_STEPS, 1e-4)
+    assert lanczos == pytest.approx(tp.spectral_gap(m.toarray()), rel=1e-6)
+
+
+def test_a_gap_lanczos_cannot_find_is_dense_or_none(monkeypatch):
+    """A ring's second and third eigenvalues are too close for few steps (ring:3000
+    for 1,024): up to DENSE_GAP_MAX_NODES the dense way answers, above it the gap is
+    None, and said so."""
+    monkeypatch.setattr(tp.spectrum, "LANCZOS_MIN_NODES", 100)
+    monkeypatch.setattr(tp.spectrum, "LANCZOS_STEPS", 64)
+    dense = tp.spectral_gap(tp.build("ring:600").weights)
+    assert tp.spectrum._lanczos_gap(tp.build("ring:600").mixing, 64, 1e-4) is None
+    assert tp.build("ring:600").spectral_gap == dense
+    monkeypatch.setattr(tp.spectrum, "DENSE_GAP_MAX_NODES", 599)
+    big = tp.build("ring:600")
+    assert big.spectral_gap is None
+    assert tp.describe(big).endswith("spectral gap not found (Lanczos did not converge "
+                                     "in 64 steps)")
+    monkeypatch.setattr(tp.spectrum, "LANCZOS_STEPS", 1024)  # enough for it
+    assert tp.build("ring:600").spectral_gap == pytest.approx(dense, rel=1e-6)
+
+
+def test_the_mixing_rows_are_the_dense_matrix():
+    """Rows, self-weights and products of the sparse matrix are the dense one's, bit
+    for bit, and a zero-affinity edge keeps its (zero) entry."""
+    G = nx.barabasi_albert_graph(300, 3, seed=2)
+    for u, v in G.edges():
+        G.edges[u, v]["weight"] = 0.0 if (u + v) % 23 == 0 else 1.0 + (u * 7 + v) % 5
+    for scheme in ("metropolis", "uniform", "weight"):
+        topo = tp.build(G, scheme=scheme)
+        m, W = topo.mixing, topo.weights
+        assert np.array_equal(m.toarray(), W) and np.array_equal(m.diag, np.diag(W))
+        for i in (0, 17, 299):
+            cols, w = m.row(i)
+            assert cols.tolist() == topo.neighbours(i)
+            assert np.array_equal(w, W[i, cols])
+        x = np.random.default_rng(0).standard_normal(300)
+        np.testing.assert_allclose(m.matvec(x), W @ x, rtol=0, atol=1e-14)
+    assert 0.0 in tp.build(G, scheme="weight").mixing.data
+    with pytest.raises(ValueError):
+        m.diag[0] = 1.0
 
 
 def test_validate_repairs():

@@ -5,7 +5,7 @@ from a generator spec string (``"ring:16"``, ``"torus:4x4"``, ...), from a
 graph file (GraphML, GML, edge list, adjacency list, node-link JSON) or from
 a graph object.  :func:`build` turns any of these into a :class:`Topology`:
 an integer-labelled graph, the original labels and a symmetric, doubly
-stochastic mixing matrix.
+stochastic mixing matrix, held by rows (O(n + edges) memory).
 
 This module knows nothing of sockets or tensors: it takes and returns
 networkx graphs and numpy arrays.  Every user-facing problem raises
@@ -13,8 +13,8 @@ networkx graphs and numpy arrays.  Every user-facing problem raises
 
 The package is split into :mod:`.generators` (generator functions and spec
 parsing), :mod:`.files` (file readers, :func:`load_topology`), :mod:`.graph`
-(:func:`validate`, :func:`relabel`) and :mod:`.mixing` (mixing weights,
-spectral gap); everything public is re-exported here.
+(:func:`validate`, :func:`relabel`), :mod:`.mixing` (mixing weights) and
+:mod:`.spectrum` (the spectral gap); everything public is re-exported here.
 """
 
 from __future__ import annotations
@@ -27,20 +27,17 @@ import numpy as np
 
 from p2pfl.errors import TopologyError
 
+from . import spectrum
 from .files import READERS, load_topology
 from .generators import (GENERATORS, barabasi_albert, complete, erdos_renyi,
                          exponential, line, random_regular, ring, small_world,
                          star, torus)
 from .graph import MAX_NODES, relabel, validate
-from .mixing import SCHEMES, mixing_weights, spectral_gap
-
-#: The most nodes whose spectral gap a topology computes: a dense O(n^3)
-#: eigendecomposition, 3.6 s at 4,096 nodes and about 280 s at 16,384 here, before
-#: any node starts.
-GAP_MAX_NODES = 4096
+from .mixing import SCHEMES, Mixing, mixing, mixing_weights
+from .spectrum import spectral_gap
 
 __all__ = [
-    "GAP_MAX_NODES", "GENERATORS", "SCHEMES", "READERS", "Topology",
+    "GENERATORS", "SCHEMES", "READERS", "Topology", "Mixing", "mixing",
     "ring", "line", "complete", "star", "torus", "exponential",
     "erdos_renyi", "small_world", "random_regular", "barabasi_albert",
     "load_topology", "validate", "relabel", "mixing_weights", "spectral_gap", "MAX_NODES",
@@ -52,8 +49,8 @@ __all__ = [
 class Topology:
     """A validated, integer-labelled graph with its mixing matrix.
 
-    Instances compare by identity.  :func:`build` makes :attr:`weights`
-    read-only; copy it before modifying.
+    Instances compare by identity.  :attr:`weights` is read-only; copy it before
+    modifying.
 
     Attributes
     ----------
@@ -61,15 +58,15 @@ class Topology:
         Nodes ``0..n-1``.
     labels : list
         ``labels[i]`` is the original label of node ``i``.
-    weights : numpy.ndarray
-        ``(n, n)`` doubly stochastic mixing matrix.
+    mixing : Mixing
+        The doubly stochastic mixing matrix, held by rows.
     warnings : list of str
         Repairs made while validating.
     """
 
     graph: nx.Graph
     labels: list
-    weights: np.ndarray
+    mixing: Mixing
     warnings: list = dataclasses.field(default_factory=list)
 
     @property
@@ -78,10 +75,19 @@ class Topology:
         return self.graph.number_of_nodes()
 
     @functools.cached_property
+    def weights(self):
+        """The dense ``(n, n)`` mixing matrix, read-only: n * n floats (2 GiB at 16,384
+        nodes), made on first use; :attr:`mixing` holds the same by rows."""
+        W = self.mixing.toarray()
+        W.flags.writeable = False
+        return W
+
+    @functools.cached_property
     def spectral_gap(self):
-        """Spectral gap of :attr:`weights` (see :func:`spectral_gap`); None above
-        :data:`GAP_MAX_NODES` nodes (call :func:`spectral_gap` on the weights for it)."""
-        return spectral_gap(self.weights) if self.n <= GAP_MAX_NODES else None
+        """Spectral gap of the mixing matrix (see :func:`spectral_gap`); None if
+        Lanczos did not converge and the graph has more than
+        :data:`~p2pfl.topology.spectrum.DENSE_GAP_MAX_NODES` nodes."""
+        return spectral_gap(self.mixing)
 
     def neighbours(self, i):
         """Sorted neighbour ids of node ``i``."""
@@ -113,18 +119,17 @@ def build(spec, *, scheme="metropolis", seed=None):
     """
     G, warnings = validate(load_topology(spec, seed=seed))
     G, labels = relabel(G)
-    W = mixing_weights(G, scheme)
-    W.flags.writeable = False
-    return Topology(G, labels, W, warnings)
+    return Topology(G, labels, mixing(G, scheme), warnings)
 
 
 def describe(topo):
-    """One-line summary: nodes, edges, degrees, diameter (n <= 2000), gap (n <= 4096)."""
+    """One-line summary: nodes, edges, degrees, diameter (n <= 2000), spectral gap."""
     G = topo.graph
     deg = [d for _, d in G.degree()]
     diameter = nx.diameter(G) if topo.n <= 2000 else "skipped (n > 2000)"
     gap = topo.spectral_gap
-    gap = f"{gap:.4g}" if gap is not None else f"skipped (n > {GAP_MAX_NODES})"
+    gap = (f"{gap:.4g}" if gap is not None
+           else f"not found (Lanczos did not converge in {spectrum.LANCZOS_STEPS} steps)")
     return (f"{topo.n} nodes, {G.number_of_edges()} edges, degree min/mean/max "
             f"{min(deg)}/{np.mean(deg):.2f}/{max(deg)}, diameter {diameter}, "
             f"spectral gap {gap}")

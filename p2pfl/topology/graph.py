@@ -41,8 +41,7 @@ def validate(G):
     _need(G.number_of_nodes() >= 2,
           f"topology needs at least 2 nodes, got {G.number_of_nodes()}")
     _need(G.number_of_nodes() <= MAX_NODES,
-          f"topology has {G.number_of_nodes()} nodes; at most {MAX_NODES} are supported "
-          "(the mixing matrix and its spectral gap are dense n x n)")
+          f"topology has {G.number_of_nodes()} nodes; at most {MAX_NODES} are supported")
     warnings = []
     H = nx.Graph()
     H.graph.update(G.graph)
