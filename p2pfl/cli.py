@@ -120,7 +120,8 @@ def _add_cluster(sub) -> None:
                    help="write each node's final model to OUT/models/node-ID.pt (a state "
                         "dict: model.load_state_dict(torch.load(path, weights_only=True)))")
     p.add_argument("-q", "--quiet", dest="quiet", action="store_const", const=True,
-                   help="no progress output")
+                   help="no progress output; the run folder alone is printed, on "
+                        "stdout (DIR=$(p2pfl cluster -q ...))")
     p.add_argument("--dry-run", dest="dry_run", action="store_true",
                    help="resolve and check everything, print the resolved configuration "
                         "(config.json's content) on stdout, and start nothing")
@@ -203,6 +204,10 @@ def _cmd_cluster(args) -> int:
         print("p2pfl: error: the coordinator failed; the run did not finish its rounds",
               file=sys.stderr)
         return 1  # without it no round can complete
+    from .config_files import from_sources
+
+    if from_sources(args.config, options).quiet:  # checked once already: it cannot fail
+        print(result.out_dir)  # the one line a quiet run prints: where its results are
     return 0
 
 

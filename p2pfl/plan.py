@@ -162,7 +162,8 @@ def _momentum_mode(algorithm: str, codec: str) -> str:
 
 
 def _gossip_options(cfg: RunConfig, algorithm: str, codec: str, learn: LearnSpec):
-    """The rule's options; error feedback (the residual x − x̂) is kept unless ``off``."""
+    """The rule's options; error feedback (the residual x − x̂) is kept unless ``off``
+    (or there is none: uncompressed D-PSGD)."""
     keep = cfg.error_feedback != "off"
     if algorithm == "gossip-learning":
         if codec != "none":
@@ -174,7 +175,9 @@ def _gossip_options(cfg: RunConfig, algorithm: str, codec: str, learn: LearnSpec
     if algorithm == "choco":
         return CHOCOOptions(codec=codec, gamma=cfg.gamma or default_gamma(codec),
                             error_feedback=keep, robust=cfg.robust)
-    return DPSGDOptions(codec=codec, error_feedback=keep, robust=cfg.robust)
+    # uncompressed D-PSGD sends whole models: there is no residual to keep
+    return DPSGDOptions(codec=codec, error_feedback=keep and codec != "none",
+                        robust=cfg.robust)
 
 
 def _gossip_plan(cfg: RunConfig, graph, restarts: int = 0) -> Plan:

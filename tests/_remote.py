@@ -15,14 +15,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def cluster_summary(out, *flags) -> dict:
-    """Run ``p2pfl cluster FLAGS -q --out OUT`` (it must exit 0) and return its
-    ``summary.json``.  The launcher is the command's code in this process
+    """Run ``p2pfl cluster FLAGS -q --out OUT`` (it must exit 0, printing OUT alone)
+    and return its ``summary.json``.  The launcher is the command's code in this process
     (:func:`tests._inproc.cli_here`: a second interpreter costs a second of ``import
     torch``); its nodes are processes of their own, forked from it as always."""
     from tests._inproc import cli_here
 
     res = cli_here("cluster", *map(str, flags), "-q", "--out", str(out))
     assert res.returncode == 0, res.stderr
+    assert res.stdout == f"{out}\n"  # all that a quiet run prints: its folder
     with open(os.path.join(str(out), "summary.json")) as fh:
         return json.load(fh)
 

@@ -390,8 +390,24 @@ def test_a_dry_run_prints_the_resolved_configuration_and_starts_nothing(tmp_path
     assert res.stderr.splitlines()[-1] == ("dry run: 9 nodes (gossip), 7 rounds; nothing was "
                                            "started or written")
     assert not out.exists()
+    plain = json.loads(cli_here("cluster", "--topology", "ring:4", "--dry-run").stdout)
+    by_node = plain["resolved"]["options"]["by_node"]
+    assert [g["options"]["error_feedback"] for g in by_node] == [False]  # nothing to keep
     bad = cli_here("cluster", "--topology", "ring:4", "--model", "transformer", "--dry-run")
     assert bad.returncode == 2 and bad.stdout == "" and "unknown model" in bad.stderr
+
+
+def test_a_quiet_run_prints_its_folder_alone(tmp_path):
+    """Quiet from the file as from -q: stdout is the run folder (a script's
+    DIR=$(p2pfl cluster -q)), stderr is empty; without it, stdout stays empty."""
+    (tmp_path / "run.toml").write_text('quiet = true\ntopology = "ring:2"\nrounds = 1\n')
+    out = tmp_path / "quiet"
+    res = cli_here("cluster", "--config", str(tmp_path / "run.toml"), "--out", str(out))
+    assert (res.returncode, res.stdout, res.stderr) == (0, f"{out}\n", "")
+    loud = cli_here("cluster", "--topology", "ring:2", "--rounds", "1", "--out",
+                    str(tmp_path / "loud"))
+    assert loud.returncode == 0 and loud.stdout == ""
+    assert loud.stderr.splitlines()[-1] == f"results in {tmp_path / 'loud'}"
 
 
 def test_plan_cluster_gives_the_frozen_node_specs_without_starting_any(tmp_path):
