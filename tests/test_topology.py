@@ -15,7 +15,6 @@ from p2pfl.errors import TopologyError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOPO_DIR = os.path.join(ROOT, "topologies")
 GRAPH_FILES = sorted(f for f in os.listdir(TOPO_DIR) if not f.endswith((".py", ".md")))
-ALL_SCHEMES = ["metropolis", "uniform", "weight", "attr:bandwidth"]
 
 
 def _load_generate_script():
