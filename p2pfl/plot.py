@@ -5,15 +5,19 @@ round) and ``summary.json`` and writes two figures into the run folder:
 
 ``accuracy_vs_round.png``
     Test accuracy against round: a thin line per node, a thick mean line
-    and, in server modes, the global model's accuracy.
+    and, in server modes, the global model's accuracy.  Above
+    :data:`MAX_NODE_LINES` nodes the nodes are drawn as their spread instead:
+    a band from the lowest to the highest accuracy of each round and a darker
+    one from the 10th to the 90th percentile.
 ``accuracy_vs_mb.png``
     Test accuracy against the cumulative megabytes a node has sent (log x
-    axis): a thin line per node and the mean accuracy against the mean
-    cumulative megabytes.
+    axis): a thin line per node (or the spread, at the mean's megabytes) and
+    the mean accuracy against the mean cumulative megabytes.
 ``accuracy_vs_time.png``
     Test accuracy against wall time since the start (the records' ``wall_s``,
     what time-to-accuracy is read from on emulated slow links): a thin line
-    per node and the mean accuracy against the latest node's time.
+    per node (or the spread) and the mean accuracy against the latest node's
+    time.
 
 :func:`plot_curves` draws any named ``(x, y)`` series on one set of axes, for
 benchmarks comparing runs.  Every PNG is written to a temporary file in the
@@ -25,15 +29,14 @@ needed and pyplot's global state (and the caller's backend) is left alone.
 
 from __future__ import annotations
 
-import json
-import math
 import os
-from collections import defaultdict
 
 from p2pfl.atomic import write_atomic
 from p2pfl.errors import UsageError
+from p2pfl.run_records import (finite, global_curve, is_coordinator, mean_curve,
+                               node_series, read_records, read_summary, run_title)
 
-__all__ = ["plot_run", "plot_curves", "ROUND_PNG", "MB_PNG", "TIME_PNG"]
+__all__ = ["plot_run", "plot_curves", "ROUND_PNG", "MB_PNG", "TIME_PNG", "MAX_NODE_LINES"]
 
 #: File names written by :func:`plot_run` inside the run folder.
 ROUND_PNG = "accuracy_vs_round.png"
@@ -41,167 +44,14 @@ MB_PNG = "accuracy_vs_mb.png"
 TIME_PNG = "accuracy_vs_time.png"
 
 _MAX_LEGEND_NODES = 16
+#: The most nodes drawn as a line each; more are drawn as their spread (1,024 lines
+#: of a run were one coloured mass, and took 2 s to draw).
+MAX_NODE_LINES = 64
 _NODE_STYLE = {"linewidth": 0.8, "alpha": 0.55, "marker": ".", "markersize": 2}
 _MEAN_STYLE = {"linewidth": 2.6, "color": "black", "zorder": 5}
 _GLOBAL_STYLE = {"linewidth": 2.0, "color": "tab:red", "linestyle": "--", "zorder": 6}
-
-
-# ---------------------------------------------------------------- reading
-
-def _read_records(run_dir):
-    """The per-node records of ``metrics.jsonl``; UsageError if there are none."""
-    if not os.path.isdir(run_dir):
-        what = "is not a folder" if os.path.exists(run_dir) else "does not exist"
-        raise UsageError(f"run folder {run_dir!r} {what}")
-    path = os.path.join(run_dir, "metrics.jsonl")
-    try:  # a torn line's bad bytes fail its JSON below, not the whole file
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            lines = fh.read().splitlines()
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
-    records = []
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:  # a truncated last line of a live or killed run
-            continue
-        if (isinstance(rec, dict) and "round" in rec and type(rec.get("node")) in (int, str)):
-            records.append(rec)
-    if not records:
-        raise UsageError(f"{path} holds no metrics records")
-    return records
-
-
-def _read_json(run_dir, name):
-    """``name`` in ``run_dir`` as a dict; ``{}`` when absent or unreadable."""
-    try:
-        with open(os.path.join(run_dir, name), encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _read_summary(run_dir):
-    """``summary.json``; while a run has none (in progress, or its launcher killed), what
-    ``config.json`` says of the run (mode, dataset, model, nodes)."""
-    summary = _read_json(run_dir, "summary.json")
-    if summary:
-        return summary
-    config = _read_json(run_dir, "config.json")
-    resolved = config.get("resolved") if isinstance(config.get("resolved"), dict) else {}
-    return {k: v for k, v in dict(config, nodes=resolved.get("nodes"),
-                                  algorithm=resolved.get("algorithm")).items()
-            if k in ("mode", "algorithm", "dataset", "model", "nodes")}
-
-
-def _is_coordinator(rec):
-    return rec.get("node") == "coordinator" or rec.get("role") == "coordinator"
-
-
-def _number(value):
-    """``value`` as a finite float, or None."""
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
-def _node_key(node):
-    return (0, node, "") if isinstance(node, int) else (1, 0, str(node))
-
-
-def _series(records):
-    """Per-node curves from the records.
-
-    Returns ``(nodes, rounds, acc, mb, labels)``: the node ids in order, the
-    sorted rounds, ``acc[node][round]`` (evaluated rounds only),
-    ``mb[node][i]`` the node's cumulative MB sent up to ``rounds[i]`` and
-    ``labels[node]``.
-    """
-    rows = {}  # (node, round) -> record; a repeated record replaces the earlier one
-    sent = defaultdict(float)  # (node, round) -> MB: every record's, each counts since the last
-    for rec in records:
-        rnd = _number(rec["round"])
-        if rnd is None or _is_coordinator(rec):
-            continue
-        rows[(rec["node"], int(rnd))] = rec
-        sent[(rec["node"], int(rnd))] += max(0.0, _number(rec.get("bytes_sent")) or 0.0) / 1e6
-    nodes = sorted({node for node, _ in rows}, key=_node_key)
-    rounds = sorted({rnd for _, rnd in rows})
-    acc = {node: {} for node in nodes}
-    mb = {}
-    labels = {}
-    for node in nodes:
-        total, cumulative = 0.0, []
-        for rnd in rounds:
-            rec = rows.get((node, rnd))
-            if rec is not None:
-                total += sent[(node, rnd)]
-                a = _number(rec.get("accuracy"))
-                if a is not None:
-                    acc[node][rnd] = a
-                label = rec.get("label")
-                labels.setdefault(node, str(node if label is None else label))
-            cumulative.append(total)
-        mb[node] = cumulative
-    return nodes, rounds, acc, mb, labels
-
-
-def _mean_curve(nodes, rounds, acc, mb):
-    """``(rounds, mean MB, mean accuracy)`` over the rounds any node evaluated."""
-    out_r, out_mb, out_acc = [], [], []
-    for i, rnd in enumerate(rounds):
-        values = [acc[node][rnd] for node in nodes if rnd in acc[node]]
-        if values:
-            out_r.append(rnd)
-            out_mb.append(sum(mb[node][i] for node in nodes) / len(nodes))
-            out_acc.append(sum(values) / len(values))
-    return out_r, out_mb, out_acc
-
-
-#: A server run's own accuracy curve: the key in summary.json (per round) and in the
-#: coordinator's records, and its legend label.
-_SERVER_CURVES = (("global_accuracy", "global model"),
-                  ("cluster_accuracy", "cluster models (weighted)"),
-                  ("ensemble_accuracy", "ensemble (public set)"))
-
-
-def _global_curve(summary, records):
-    """The server-mode model's ``(rounds, accuracies, label)``: the global model's, a CFL
-    run's clusters', an FD run's ensemble's; None in gossip.  From summary.json, or from
-    the coordinator's records while a run has none (live, or its launcher killed).  Not
-    ``accuracy_per_round``: that is the workers' mean, each evaluated before it trained,
-    on the previous round's model."""
-    coordinator = [r for r in records if _is_coordinator(r)]
-    if summary.get("mode") == "gossip" or not coordinator:
-        return None
-    candidates = [(summary.get(key + "_per_round"), label) for key, label in _SERVER_CURVES]
-    if not any(rows for rows, _ in candidates):  # no summary yet: the records have them
-        candidates = [([[r["round"], r[key]] for r in coordinator if key in r], label)
-                      for key, label in _SERVER_CURVES]
-    for rows, label in candidates:
-        xs, ys = [], []
-        for item in rows if isinstance(rows, list) else []:
-            if isinstance(item, (list, tuple)) and len(item) == 2:
-                r, a = _number(item[0]), _number(item[1])
-                if r is not None and a is not None:
-                    xs.append(r)
-                    ys.append(a)
-        if xs:
-            return xs, ys, label
-    return None
-
-
-def _title(summary, run_dir):
-    parts = []
-    for key in ("mode", "algorithm", "dataset", "model"):
-        if summary.get(key) and str(summary[key]) not in parts:
-            parts.append(str(summary[key]))
-    if summary.get("nodes"):
-        parts.append(f"{summary['nodes']} nodes")
-    return " | ".join(parts) or os.path.basename(os.path.normpath(run_dir))
+_BAND_STYLES = (("min–max", {"color": "tab:blue", "alpha": 0.18, "linewidth": 0}),
+                ("10–90th percentile", {"color": "tab:blue", "alpha": 0.35, "linewidth": 0}))
 
 
 # ---------------------------------------------------------------- drawing
@@ -237,6 +87,25 @@ def _finish(ax, xlabel, ylabel, title, legend):
         ax.legend(fontsize="small", ncol=2 if len(ax.get_legend_handles_labels()[0]) > 8 else 1)
 
 
+def _draw_nodes(ax, lines, spread):
+    """Each node's line ``(xs, ys, label)`` of ``lines``; above :data:`MAX_NODE_LINES`
+    of them, the ``spread``, ``(xs, [the nodes' accuracies at each x])``, as bands
+    instead.  Labels go to the legend up to ``_MAX_LEGEND_NODES`` lines."""
+    if len(lines) > MAX_NODE_LINES:
+        import numpy as np
+
+        xs, values = spread
+        if xs:
+            lo_hi = [np.percentile(v, (0, 10, 90, 100)) for v in values]
+            for (name, style), (a, b) in zip(_BAND_STYLES, ((0, 3), (1, 2))):
+                ax.fill_between(xs, [q[a] for q in lo_hi], [q[b] for q in lo_hi],
+                                label=f"{len(lines)} nodes, {name}", **style)
+        return
+    for xs, ys, label in lines:
+        ax.plot(xs, ys, label=label if len(lines) <= _MAX_LEGEND_NODES else None,
+                **_NODE_STYLE)
+
+
 def _positive(xs, ys):
     """Drop points a log axis cannot show (x <= 0)."""
     pts = [(x, y) for x, y in zip(xs, ys) if x > 0]
@@ -263,27 +132,25 @@ def plot_run(run_dir: str) -> list[str]:
         accuracy in it, or matplotlib not installed.
     """
     run_dir = os.fspath(run_dir)
-    records = _read_records(run_dir)
-    nodes, rounds, acc, mb, labels = _series(records)
-    summary = _read_summary(run_dir)
-    title = _title(summary, run_dir)
-    legend_nodes = len(nodes) <= _MAX_LEGEND_NODES
-    mean_r, mean_mb, mean_acc = _mean_curve(nodes, rounds, acc, mb)
-    global_curve = _global_curve(summary, records)
-    if not global_curve and not any(acc[node] for node in nodes):
+    records = read_records(run_dir)
+    nodes, rounds, acc, mb, labels = node_series(records)
+    summary = read_summary(run_dir)
+    title = run_title(summary, run_dir)
+    mean_r, mean_mb, mean_acc = mean_curve(nodes, rounds, acc, mb)
+    values = [[acc[node][r] for node in nodes if r in acc[node]] for r in mean_r]
+    server = global_curve(summary, records)
+    if not server and not any(acc[node] for node in nodes):
         raise UsageError(f"{run_dir}: no round recorded a test accuracy (an exchange-only "
                          "run, --local-steps 0?): nothing to plot")
 
     fig, ax = _figure()
-    for node in nodes:
-        pts = sorted(acc[node].items())
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts],
-                    label=labels[node] if legend_nodes else None, **_NODE_STYLE)
+    _draw_nodes(ax, [([r for r, _ in pts], [a for _, a in pts], labels[node])
+                     for node in nodes if (pts := sorted(acc[node].items()))],
+                (mean_r, values))
     if mean_r:
         ax.plot(mean_r, mean_acc, label="mean", **_MEAN_STYLE)
-    if global_curve:
-        ax.plot(global_curve[0], global_curve[1], label=global_curve[2], **_GLOBAL_STYLE)
+    if server:
+        ax.plot(server[0], server[1], label=server[2], **_GLOBAL_STYLE)
     _finish(ax, "round", "test accuracy", title,
             bool(ax.get_legend_handles_labels()[0]))
     written = [_save(fig, os.path.join(run_dir, ROUND_PNG))]
@@ -292,41 +159,47 @@ def plot_run(run_dir: str) -> list[str]:
     index = {rnd: i for i, rnd in enumerate(rounds)}
     logx = any(x > 0 for x in mean_mb) or any(
         mb[node][index[rnd]] > 0 for node in nodes for rnd in acc[node])
+    lines = []
     for node in nodes:
         pts = sorted(acc[node].items())
         xs, ys = [mb[node][index[r]] for r, _ in pts], [a for _, a in pts]
         if logx:
             xs, ys = _positive(xs, ys)
         if xs:
-            ax.plot(xs, ys, label=labels[node] if legend_nodes else None, **_NODE_STYLE)
+            lines.append((xs, ys, labels[node]))
+    shown = [i for i, x in enumerate(mean_mb) if x > 0 or not logx]
+    _draw_nodes(ax, lines, ([mean_mb[i] for i in shown], [values[i] for i in shown]))
     xs, ys = _positive(mean_mb, mean_acc) if logx else (mean_mb, mean_acc)
     if xs:
         ax.plot(xs, ys, label="mean", **_MEAN_STYLE)
     if logx:
         ax.set_xscale("log")
-    _finish(ax, "cumulative MB sent by the node", "test accuracy", title,
+    _finish(ax, "cumulative MB sent by the node" if len(lines) <= MAX_NODE_LINES else
+            "cumulative MB sent by a node (the nodes' mean)", "test accuracy", title,
             bool(ax.get_legend_handles_labels()[0]))
     written.append(_save(fig, os.path.join(run_dir, MB_PNG)))
-    written.append(_time_figure(run_dir, nodes, acc, labels, legend_nodes, title))
+    written.append(_time_figure(run_dir, nodes, acc, labels, title))
     return written
 
 
-def _time_figure(run_dir, nodes, acc, labels, legend_nodes, title) -> str:
-    """Accuracy against wall time: per node, and the mean at the round's latest time."""
+def _time_figure(run_dir, nodes, acc, labels, title) -> str:
+    """Accuracy against wall time: per node (or their spread), and the mean at the
+    round's latest time."""
     wall = {}
-    for rec in _read_records(run_dir):
-        rnd, t = _number(rec.get("round")), _number(rec.get("wall_s"))
-        if rnd is not None and t is not None and not _is_coordinator(rec):
+    for rec in read_records(run_dir):
+        rnd, t = finite(rec.get("round")), finite(rec.get("wall_s"))
+        if rnd is not None and t is not None and not is_coordinator(rec):
             wall[(rec["node"], int(rnd))] = t
     fig, ax = _figure()
-    for node in nodes:
-        pts = [(wall[(node, r)], a) for r, a in sorted(acc[node].items()) if (node, r) in wall]
-        if pts:
-            ax.plot(*zip(*pts), label=labels[node] if legend_nodes else None, **_NODE_STYLE)
-    rounds = sorted({r for node in nodes for r in acc[node]})
-    mean = [(max(wall[(n, r)] for n in nodes if (n, r) in wall),
-             sum(acc[n][r] for n in nodes if r in acc[n]) / sum(r in acc[n] for n in nodes))
-            for r in rounds if any((n, r) in wall for n in nodes)]
+    rounds = [r for r in sorted({r for node in nodes for r in acc[node]})
+              if any((n, r) in wall for n in nodes)]
+    values = [[acc[n][r] for n in nodes if r in acc[n]] for r in rounds]
+    mean = [(max(wall[(n, r)] for n in nodes if (n, r) in wall), sum(v) / len(v))
+            for r, v in zip(rounds, values)]
+    lines = [(*zip(*pts), labels[node]) for node in nodes
+             if (pts := [(wall[(node, r)], a) for r, a in sorted(acc[node].items())
+                         if (node, r) in wall])]
+    _draw_nodes(ax, lines, ([t for t, _ in mean], values))
     if mean:
         ax.plot(*zip(*mean), label="mean", **_MEAN_STYLE)
     _finish(ax, "wall time (s)", "test accuracy", title,
@@ -374,7 +247,7 @@ def plot_curves(series: dict, path, xlabel: str, ylabel: str, logx: bool = False
             raise UsageError(f"series {name!r} must be an (xs, ys) pair") from None
         if len(xs) != len(ys):
             raise UsageError(f"series {name!r} has {len(xs)} x values but {len(ys)} y values")
-        pts = [(_number(x), _number(y)) for x, y in zip(xs, ys)]
+        pts = [(finite(x), finite(y)) for x, y in zip(xs, ys)]
         pts = [(x, y) for x, y in pts if x is not None and y is not None
                and (x > 0 or not logx)]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], label=str(name),

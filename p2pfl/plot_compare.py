@@ -18,8 +18,9 @@ from collections import defaultdict
 
 from .errors import UsageError
 from .metrics import write_json_atomic
-from .plot import (_global_curve, _mean_curve, _number, _read_records, _read_summary,
-                   _series, plot_curves)
+from .plot import plot_curves
+from .run_records import (finite, global_curve, mean_curve, node_series, read_records,
+                          read_summary)
 
 __all__ = ["compare_runs", "run_curve", "COMPARE_FILES"]
 
@@ -30,22 +31,22 @@ COMPARE_FILES = ("compare_accuracy_vs_round.png", "compare_accuracy_vs_mb.png",
 def run_curve(run_dir: str) -> dict:
     """One run's line: ``rounds``, ``accuracy``, ``mb`` and ``seconds``, one per
     evaluated round, and what labels it (``mode``, ``compression``)."""
-    records, summary = _read_records(run_dir), _read_summary(run_dir)
+    records, summary = read_records(run_dir), read_summary(run_dir)
     sent, ends = defaultdict(float), defaultdict(float)
     for rec in records:
         rnd = rec.get("round")
         if type(rnd) is int:
-            sent[rnd] += _number(rec.get("bytes_sent")) or 0.0
-            ends[rnd] = max(ends[rnd], _number(rec.get("wall_s")) or 0.0)
-    server = _global_curve(summary, records)  # the one plot_run draws
+            sent[rnd] += finite(rec.get("bytes_sent")) or 0.0
+            ends[rnd] = max(ends[rnd], finite(rec.get("wall_s")) or 0.0)
+    server = global_curve(summary, records)  # the one plot_run draws
     per_round = summary.get("accuracy_per_round")
     if server is not None:
         acc = [(int(r), a) for r, a in zip(*server[:2])]
     elif isinstance(per_round, list):
-        acc = [(p[0], _number(p[1])) for p in per_round if isinstance(p, list) and len(p) == 2
-               and type(p[0]) is int and _number(p[1]) is not None]
+        acc = [(p[0], finite(p[1])) for p in per_round if isinstance(p, list) and len(p) == 2
+               and type(p[0]) is int and finite(p[1]) is not None]
     else:  # no summary (a run still going, or its launcher killed): the records' means
-        rounds, _, means = _mean_curve(*_series(records)[:4])
+        rounds, _, means = mean_curve(*node_series(records)[:4])
         acc = list(zip(rounds, means))
     if not acc:
         raise UsageError(f"run folder {run_dir!r} has no accuracy to compare (an "

@@ -90,6 +90,32 @@ def test_plot_run_many_nodes_no_node_legend(tmp_path):
         _assert_png(path)
 
 
+def test_many_nodes_are_drawn_as_their_spread(tmp_path):
+    """Above MAX_NODE_LINES nodes, a band from each round's lowest to highest accuracy
+    and one from the 10th to the 90th percentile, not a line per node."""
+    from p2pfl.plot import MAX_NODE_LINES, _draw_nodes, _figure
+
+    n = MAX_NODE_LINES + 1
+    lines = [([1, 2, 3], [0.1 + n_ / 1000, 0.5, 0.9 - n_ / 1000], str(n_)) for n_ in range(n)]
+    spread = ([1, 2, 3], [[ys[i] for _, ys, _ in lines] for i in range(3)])
+    fig, ax = _figure()
+    _draw_nodes(ax, lines, spread)
+    assert not ax.lines and len(ax.collections) == 2
+    outer = ax.collections[0].get_paths()[0].vertices[:, 1]
+    assert outer.min() == pytest.approx(0.1) and outer.max() == pytest.approx(0.9)
+    inner = ax.collections[1].get_paths()[0].vertices[:, 1]
+    assert 0.1 < inner.min() and inner.max() < 0.9
+    assert ax.get_legend_handles_labels()[1] == [f"{n} nodes, min–max",
+                                                 f"{n} nodes, 10–90th percentile"]
+    fig, ax = _figure()
+    _draw_nodes(ax, lines[:MAX_NODE_LINES], spread)
+    assert len(ax.lines) == MAX_NODE_LINES and not ax.collections
+    run = tmp_path / "run"
+    _write_run(run, _gossip_records(nodes=n, rounds=3), {"mode": "gossip", "nodes": n})
+    for path in plot_run(run):
+        _assert_png(path)
+
+
 def test_plot_run_without_traffic_uses_linear_axis(tmp_path):
     run = tmp_path / "run"
     records = [dict(rec, bytes_sent=0) for rec in _gossip_records(nodes=2, rounds=3)]
@@ -169,7 +195,7 @@ def test_the_global_line_of_a_server_run_is_the_global_models():
     """It plotted accuracy_per_round, the workers' mean (one round behind); an FD run's
     ensemble was labelled 'global model'; without summary.json (a live or killed run)
     there was no line at all, although the coordinator's records hold it."""
-    from p2pfl.plot import _global_curve
+    from p2pfl.run_records import global_curve as _global_curve
 
     coord = [{"round": r, "node": 4, "role": "coordinator", "global_accuracy": a}
              for r, a in ((1, 0.5), (2, 0.7))]
@@ -186,7 +212,7 @@ def test_the_global_line_of_a_server_run_is_the_global_models():
 def test_every_record_of_a_round_counts_its_bytes(tmp_path):
     """A run stopped early writes round N twice (its record, then the final one); only
     the last one's bytes were counted, so the MB curve ended short."""
-    from p2pfl.plot import _series
+    from p2pfl.run_records import node_series as _series
 
     recs = [{"round": 1, "node": 0, "accuracy": 0.5, "bytes_sent": 1_000_000},
             {"round": 2, "node": 0, "accuracy": 0.6, "bytes_sent": 1_000_000},
