@@ -40,7 +40,8 @@ __all__ = ["run_cluster", "plan_cluster", "Result", "execute"]
 @dataclass
 class Result:
     """What a run produced: ``summary`` (the dict in summary.json), ``metrics``
-    (the per-node, per-round records) and ``out_dir``.
+    (the per-node, per-round records), ``out_dir`` and ``config`` (the run's resolved
+    :class:`~p2pfl.config.RunConfig`).
 
     ``metrics`` is read from ``out_dir/metrics.jsonl`` when first asked for: the
     launcher does not hold a run's records in memory, which a long run's would fill.
@@ -48,6 +49,7 @@ class Result:
 
     summary: dict
     out_dir: str
+    config: RunConfig | None = field(default=None, repr=False, compare=False)
     _metrics: list | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -325,7 +327,7 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
         summary["write_error"] = _os_error_text(lost)
     if interrupted is not None:
         raise interrupted
-    result = Result(summary, out)
+    result = Result(summary, out, cfg)
     if lost is not None:
         raise ClusterError(_unwritten(out, lost, bool(halted), summarised, sink.written),
                            result)

@@ -204,9 +204,7 @@ def _cmd_cluster(args) -> int:
         print("p2pfl: error: the coordinator failed; the run did not finish its rounds",
               file=sys.stderr)
         return 1  # without it no round can complete
-    from .config_files import from_sources
-
-    if from_sources(args.config, options).quiet:  # checked once already: it cannot fail
+    if result.config.quiet:
         print(result.out_dir)  # the one line a quiet run prints: where its results are
     return 0
 

@@ -410,6 +410,25 @@ def test_a_quiet_run_prints_its_folder_alone(tmp_path):
     assert loud.stderr.splitlines()[-1] == f"results in {tmp_path / 'loud'}"
 
 
+def test_a_config_file_removed_during_the_run_is_not_read_again(tmp_path):
+    """The run's configuration is resolved once: a file removed once the run has begun
+    does not turn its end into an error (it was read again, after the run, for -q)."""
+    import time
+
+    conf = tmp_path / "run.toml"
+    conf.write_text('topology = "ring:2"\nrounds = 30\nquiet = true\n')
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "cluster", "--config",
+                             str(conf), "--out", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    conf.unlink()
+    stdout, stderr = proc.communicate(timeout=120)
+    assert (proc.returncode, stdout) == (0, f"{out}\n"), stderr
+
+
 def test_plan_cluster_gives_the_frozen_node_specs_without_starting_any(tmp_path):
     import dataclasses
 
