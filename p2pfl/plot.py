@@ -87,11 +87,12 @@ def _finish(ax, xlabel, ylabel, title, legend):
         ax.legend(fontsize="small", ncol=2 if len(ax.get_legend_handles_labels()[0]) > 8 else 1)
 
 
-def _draw_nodes(ax, lines, spread):
-    """Each node's line ``(xs, ys, label)`` of ``lines``; above :data:`MAX_NODE_LINES`
-    of them, the ``spread``, ``(xs, [the nodes' accuracies at each x])``, as bands
-    instead.  Labels go to the legend up to ``_MAX_LEGEND_NODES`` lines."""
-    if len(lines) > MAX_NODE_LINES:
+def _draw_nodes(ax, lines, spread, count):
+    """Each node's line ``(xs, ys, label)`` of ``lines``; for more than
+    :data:`MAX_NODE_LINES` nodes with an accuracy (``count``, the same in every
+    figure), the ``spread``, ``(xs, [the nodes' accuracies at each x])``, as bands
+    instead.  Labels go to the legend up to ``_MAX_LEGEND_NODES`` such nodes."""
+    if count > MAX_NODE_LINES:
         import numpy as np
 
         xs, values = spread
@@ -99,11 +100,10 @@ def _draw_nodes(ax, lines, spread):
             lo_hi = [np.percentile(v, (0, 10, 90, 100)) for v in values]
             for (name, style), (a, b) in zip(_BAND_STYLES, ((0, 3), (1, 2))):
                 ax.fill_between(xs, [q[a] for q in lo_hi], [q[b] for q in lo_hi],
-                                label=f"{len(lines)} nodes, {name}", **style)
+                                label=f"{count} nodes, {name}", **style)
         return
     for xs, ys, label in lines:
-        ax.plot(xs, ys, label=label if len(lines) <= _MAX_LEGEND_NODES else None,
-                **_NODE_STYLE)
+        ax.plot(xs, ys, label=label if count <= _MAX_LEGEND_NODES else None, **_NODE_STYLE)
 
 
 def _positive(xs, ys):
@@ -138,6 +138,7 @@ def plot_run(run_dir: str) -> list[str]:
     title = run_title(summary, run_dir)
     mean_r, mean_mb, mean_acc = mean_curve(nodes, rounds, acc, mb)
     values = [[acc[node][r] for node in nodes if r in acc[node]] for r in mean_r]
+    count = sum(bool(acc[node]) for node in nodes)  # nodes with an accuracy to draw
     server = global_curve(summary, records)
     if not server and not any(acc[node] for node in nodes):
         raise UsageError(f"{run_dir}: no round recorded a test accuracy (an exchange-only "
@@ -146,7 +147,7 @@ def plot_run(run_dir: str) -> list[str]:
     fig, ax = _figure()
     _draw_nodes(ax, [([r for r, _ in pts], [a for _, a in pts], labels[node])
                      for node in nodes if (pts := sorted(acc[node].items()))],
-                (mean_r, values))
+                (mean_r, values), count)
     if mean_r:
         ax.plot(mean_r, mean_acc, label="mean", **_MEAN_STYLE)
     if server:
@@ -168,21 +169,21 @@ def plot_run(run_dir: str) -> list[str]:
         if xs:
             lines.append((xs, ys, labels[node]))
     shown = [i for i, x in enumerate(mean_mb) if x > 0 or not logx]
-    _draw_nodes(ax, lines, ([mean_mb[i] for i in shown], [values[i] for i in shown]))
+    _draw_nodes(ax, lines, ([mean_mb[i] for i in shown], [values[i] for i in shown]), count)
     xs, ys = _positive(mean_mb, mean_acc) if logx else (mean_mb, mean_acc)
     if xs:
         ax.plot(xs, ys, label="mean", **_MEAN_STYLE)
     if logx:
         ax.set_xscale("log")
-    _finish(ax, "cumulative MB sent by the node" if len(lines) <= MAX_NODE_LINES else
+    _finish(ax, "cumulative MB sent by the node" if count <= MAX_NODE_LINES else
             "cumulative MB sent by a node (the nodes' mean)", "test accuracy", title,
             bool(ax.get_legend_handles_labels()[0]))
     written.append(_save(fig, os.path.join(run_dir, MB_PNG)))
-    written.append(_time_figure(run_dir, nodes, acc, labels, title))
+    written.append(_time_figure(run_dir, nodes, acc, labels, title, count))
     return written
 
 
-def _time_figure(run_dir, nodes, acc, labels, title) -> str:
+def _time_figure(run_dir, nodes, acc, labels, title, count) -> str:
     """Accuracy against wall time: per node (or their spread), and the mean at the
     round's latest time."""
     wall = {}
@@ -199,7 +200,7 @@ def _time_figure(run_dir, nodes, acc, labels, title) -> str:
     lines = [(*zip(*pts), labels[node]) for node in nodes
              if (pts := [(wall[(node, r)], a) for r, a in sorted(acc[node].items())
                          if (node, r) in wall])]
-    _draw_nodes(ax, lines, ([t for t, _ in mean], values))
+    _draw_nodes(ax, lines, ([t for t, _ in mean], values), count)
     if mean:
         ax.plot(*zip(*mean), label="mean", **_MEAN_STYLE)
     _finish(ax, "wall time (s)", "test accuracy", title,

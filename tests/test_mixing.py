@@ -200,3 +200,26 @@ def test_the_mixing_rows_are_the_dense_matrix():
     assert 0.0 in tp.build(G, scheme="weight").mixing.data
     with pytest.raises(ValueError):
         m.diag[0] = 1.0
+
+
+def test_unvalidated_graphs_mix_as_a_dense_matrix_filled_in_edge_order():
+    """Graphs that did not go through validate(): of parallel edges (a multigraph's, a
+    directed graph's two ways) the last one's affinity counts, the first bad edge in the
+    graph's own order is named, and an unknown scheme is said before the labels."""
+    M = nx.MultiGraph()
+    M.add_edge(0, 1, weight=2)
+    M.add_edge(0, 1, weight=5)
+    M.add_edge(1, 2, weight=1)
+    simple = nx.Graph([(0, 1, {"weight": 5}), (1, 2, {"weight": 1})])
+    assert np.array_equal(tp.mixing_weights(M, "weight"), tp.mixing_weights(simple, "weight"))
+    D = nx.DiGraph([(1, 0, {"weight": 2}), (0, 1, {"weight": 5}), (1, 2, {"weight": 1})])
+    assert np.array_equal(tp.mixing_weights(D, "weight"), tp.mixing_weights(simple, "weight"))
+    bad = nx.Graph()
+    bad.add_nodes_from(range(4))
+    bad.add_edge(0, 3, weight=-2.0)
+    bad.add_edge(0, 2, weight=-1.0)
+    bad.add_edges_from([(1, 2), (1, 3)])
+    with pytest.raises(TopologyError, match=r"edge \(0, 3\) has weight -2.0"):
+        tp.mixing(bad, "weight")
+    with pytest.raises(TopologyError, match="unknown mixing scheme 'bogus'"):
+        tp.mixing(nx.path_graph(["a", "b"]), "bogus")

@@ -99,7 +99,7 @@ def test_many_nodes_are_drawn_as_their_spread(tmp_path):
     lines = [([1, 2, 3], [0.1 + n_ / 1000, 0.5, 0.9 - n_ / 1000], str(n_)) for n_ in range(n)]
     spread = ([1, 2, 3], [[ys[i] for _, ys, _ in lines] for i in range(3)])
     fig, ax = _figure()
-    _draw_nodes(ax, lines, spread)
+    _draw_nodes(ax, lines, spread, n)
     assert not ax.lines and len(ax.collections) == 2
     outer = ax.collections[0].get_paths()[0].vertices[:, 1]
     assert outer.min() == pytest.approx(0.1) and outer.max() == pytest.approx(0.9)
@@ -108,7 +108,7 @@ def test_many_nodes_are_drawn_as_their_spread(tmp_path):
     assert ax.get_legend_handles_labels()[1] == [f"{n} nodes, min–max",
                                                  f"{n} nodes, 10–90th percentile"]
     fig, ax = _figure()
-    _draw_nodes(ax, lines[:MAX_NODE_LINES], spread)
+    _draw_nodes(ax, lines[:MAX_NODE_LINES], spread, MAX_NODE_LINES)
     assert len(ax.lines) == MAX_NODE_LINES and not ax.collections
     run = tmp_path / "run"
     _write_run(run, _gossip_records(nodes=n, rounds=3), {"mode": "gossip", "nodes": n})

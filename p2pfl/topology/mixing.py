@@ -130,27 +130,33 @@ def _edge_ends(G):
 
 
 def _affinities(G, us, vs, attr):
-    """Each edge's affinity: its attribute ``attr`` (missing: 1), checked."""
-    a = np.ones(len(us))
-    for k, (u, v) in enumerate(zip(us.tolist(), vs.tolist())):
-        x = G.edges[u, v].get(attr, 1.0)
+    """Each edge's affinity, its attribute ``attr`` (missing: 1), checked in the graph's
+    edge order; of parallel edges (a multigraph's, or a directed graph's two ways) the
+    last one's, as a dense matrix filled in that order had it."""
+    found = {}
+    for u, v, data in G.edges(data=True):
+        if u == v:
+            continue
+        x = data.get(attr, 1.0)
         try:
             x = float(x)
         except (TypeError, ValueError):
             raise TopologyError(f"edge ({u}, {v}) has non-numeric {attr} {x!r}") from None
         _need(np.isfinite(x) and x >= 0,
               f"edge ({u}, {v}) has {attr} {x}; weights must be finite and non-negative")
-        a[k] = x
-    return a
+        found[(u, v) if u < v else (v, u)] = x
+    return np.array([found[e] for e in zip(us.tolist(), vs.tolist())], dtype=float)
 
 
-def _weighted(G, n, us, vs, attr):
-    """Weighted Metropolis-Hastings edge weights on the affinity ``attr``."""
+def _weighted(G, attr):
+    """``(n, us, vs, w)``: weighted Metropolis-Hastings edge weights on the affinity
+    ``attr``."""
     if attr != "weight":  # a named attribute that no edge has is a typo
         names = sorted({k for _, _, d in G.edges(data=True) for k in d})
         _need(G.number_of_edges() == 0 or attr in names,
               f"no edge has the attribute {attr!r} (edge attributes: "
               f"{', '.join(names) or 'none'})")
+    n, us, vs = _edge_ends(G)
     a = _affinities(G, us, vs, attr)
     _need(a.max(initial=0.0) > 0, f"all edges have {attr} 0; no gossip is possible")
     positive = nx.Graph()
@@ -160,7 +166,7 @@ def _weighted(G, n, us, vs, attr):
     _need(n_parts == 1, f"edges with positive {attr} leave the graph in {n_parts} components")
     a = a / a.max()
     s = _dense_row_sums(*_by_rows(n, us, vs, a))
-    return a / (1.0 + np.maximum(s[us], s[vs]))
+    return n, us, vs, a / (1.0 + np.maximum(s[us], s[vs]))
 
 
 def mixing(G, scheme="metropolis"):
@@ -199,14 +205,14 @@ def mixing(G, scheme="metropolis"):
         Unknown scheme, negative or non-numeric affinities, or affinities
         whose positive edges do not connect the graph.
     """
-    n, us, vs = _edge_ends(G)
     if scheme in ("metropolis", "uniform"):  # unit affinities: degrees are exact counts
+        n, us, vs = _edge_ends(G)
         d = (np.bincount(us, minlength=n) + np.bincount(vs, minlength=n)).astype(float)
         top = np.maximum(d[us], d[vs]) if scheme == "metropolis" else d.max(initial=0.0)
-        w = 1.0 / (1.0 + top) * np.ones(len(us))
+        w = np.ones(len(us)) / (1.0 + top)
     elif scheme == "weight" or (isinstance(scheme, str) and scheme.startswith("attr:")
                                 and scheme[5:]):
-        w = _weighted(G, n, us, vs, "weight" if scheme == "weight" else scheme[5:])
+        n, us, vs, w = _weighted(G, "weight" if scheme == "weight" else scheme[5:])
     else:
         raise TopologyError(f"unknown mixing scheme {scheme!r}; valid: {', '.join(SCHEMES)}")
     return Mixing.from_edges(n, us, vs, w)
