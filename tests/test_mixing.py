@@ -164,9 +164,9 @@ def test_lanczos_finds_the_dense_spectral_gap(spec):
 
 
 def test_a_gap_lanczos_cannot_find_is_dense_or_none(monkeypatch):
-    """A ring's second and third eigenvalues are too close for few steps (ring:3000
-    for 1,024): up to DENSE_GAP_MAX_NODES the dense way answers, above it the gap is
-    None, and said so."""
+    """A ring's largest eigenvalues below 1 are too close together for few steps
+    (ring:3000 for 1,024): up to DENSE_GAP_MAX_NODES the dense way answers, above it
+    the gap is None, and said so."""
     monkeypatch.setattr(tp.spectrum, "LANCZOS_MIN_NODES", 100)
     monkeypatch.setattr(tp.spectrum, "LANCZOS_STEPS", 64)
     dense = tp.spectral_gap(tp.build("ring:600").weights)

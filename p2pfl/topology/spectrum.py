@@ -29,8 +29,9 @@ LANCZOS_MIN_NODES = 512
 #: 4,096 nodes, about 280 s at 16,384 here): where Lanczos does not converge.
 DENSE_GAP_MAX_NODES = 4096
 
-#: Lanczos steps before it is given up as not converged: a graph whose second and
-#: third eigenvalues are very close (a ring of thousands of nodes) needs more.
+#: Lanczos steps before it is given up as not converged: a graph whose largest
+#: eigenvalues below 1 are very close together (a ring of thousands of nodes: 4.4e-6
+#: apart at 3,000) needs more.
 LANCZOS_STEPS = 1024
 
 
