@@ -40,14 +40,14 @@ CLUSTER_OPTIONS = [
     ("lr", float, "learning rate (default 0.1 in gossip, 0.05 in server modes)"),
     ("momentum", float, "SGD momentum"),
     ("weight_decay", float, "L2 weight decay"),
-    ("algorithm", str, "gossip rule: auto, dpsgd, choco or gossip-learning"),
+    ("algorithm", str, "gossip rule: auto, dpsgd, choco, deepsqueeze or gossip-learning"),
     ("schedule", str, "sync (rounds with a barrier, default) or async (gossip only)"),
     ("mixing", str, "mixing weights: metropolis (default), uniform, weight or attr:NAME "
      "(weighted by the edge attribute weight or NAME of a graph file)"),
     ("compression", str, "codec spec for gossip messages and fedavg/stc updates, e.g. "
      "stc:0.01+golomb"),
     ("error_feedback", str, "auto, on or off"),
-    ("gamma", float, "CHOCO consensus step size"),
+    ("gamma", float, "consensus step size of CHOCO and DeepSqueeze"),
     ("participation", float, "reporting fraction in server modes"),
     ("robust", str, "gossip: none, clip[:TAU] (ClippedGossip), trimmed:BETA (BRIDGE-T)"),
     ("aggregator", str, "fedavg/stc: mean, median, trimmed:BETA, krum:F, multikrum:F:M, "

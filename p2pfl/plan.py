@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from . import topology as topo_mod
 from .algorithms import ALGORITHMS, ASYNC_ONLY
 from .algorithms.choco import default_gamma
+from .algorithms.deepsqueeze import DeepSqueezeOptions
 from .algorithms.gossip_learning import GossipLearningOptions
 from .algorithms.options import CHOCOOptions, DPSGDOptions
 from .config import RunConfig
@@ -168,16 +169,36 @@ def _gossip_options(cfg: RunConfig, algorithm: str, codec: str, learn: LearnSpec
     if algorithm == "gossip-learning":
         if codec != "none":
             raise ConfigError("gossip-learning exchanges whole models; compression needs "
-                              "--algorithm dpsgd or choco")
+                              "--algorithm dpsgd, choco or deepsqueeze")
         if cfg.robust != "none":
             raise ConfigError("--robust applies to --algorithm dpsgd and choco")
         return GossipLearningOptions(steps=max(1, learn.local_steps))
+    if algorithm == "deepsqueeze":
+        if cfg.robust != "none":
+            raise ConfigError("--robust applies to --algorithm dpsgd and choco")
+        _whole_model_codec(codec)
+        return DeepSqueezeOptions(codec=codec, gamma=cfg.gamma or default_gamma(codec),
+                                  error_feedback=keep and codec != "none")
     if algorithm == "choco":
         return CHOCOOptions(codec=codec, gamma=cfg.gamma or default_gamma(codec),
                             error_feedback=keep, robust=cfg.robust)
     # uncompressed D-PSGD sends whole models: there is no residual to keep
     return DPSGDOptions(codec=codec, error_feedback=keep and codec != "none",
                         robust=cfg.robust)
+
+
+def _whole_model_codec(spec: str) -> None:
+    """DeepSqueeze compresses whole models, so its codec must keep every entry: a
+    sparsifier or low-rank stage leaves most of a model out, and its error grows
+    until the models are not finite (randk:0.05 and powersgd:2 on the mnist1d CNN)."""
+    from .compression import make_codec
+
+    parts = [st.name for st in getattr(make_codec(spec), "stages", ())
+             if st.role == "transform"]
+    if parts:
+        raise ConfigError(f"deepsqueeze sends whole models, compressed: {parts[0]} keeps only "
+                          "part of one; use a quantiser (fp16, bf16, quant, dq, uniform, qsgd, "
+                          "terngrad, sign), or --algorithm choco for sparse updates")
 
 
 def _gossip_plan(cfg: RunConfig, graph, restarts: int = 0) -> Plan:
@@ -191,9 +212,10 @@ def _gossip_plan(cfg: RunConfig, graph, restarts: int = 0) -> Plan:
     per_node, learns = learn_specs(cfg, labels)
     codecs = node_codecs(per_node)
     algorithm = _algorithm(cfg, codecs)
-    if cfg.gamma is not None and algorithm != "choco":
-        raise ConfigError(f"--gamma is CHOCO's consensus step size; this run's algorithm is "
-                          f"{algorithm} (compress with --compression, or --algorithm choco)")
+    if cfg.gamma is not None and algorithm not in ("choco", "deepsqueeze"):
+        raise ConfigError(f"--gamma is the consensus step size of CHOCO and DeepSqueeze; this "
+                          f"run's algorithm is {algorithm} (compress with --compression, or "
+                          "--algorithm choco or deepsqueeze)")
     availability = node_availability(cfg, labels, per_node)
     schedule = "async" if algorithm in ASYNC_ONLY else cfg.schedule
     runtime = dataclasses.replace(_runtime_spec(cfg, schedule, codecs),

@@ -230,7 +230,7 @@ def test_a_cluster_on_arrays_of_ones_own(tmp_path):
 # Names and values the plan checks before any node process starts (issue 7).
 PLAN_REFUSES = {
     "--compression bogus": (["--compression", "bogus"], "valid stages"),
-    "--algorithm nope": (["--algorithm", "nope"], "valid: auto, choco, dpsgd"),
+    "--algorithm nope": (["--algorithm", "nope"], "valid: auto, choco, deepsqueeze, dpsgd"),
     "--mode nope": (["--mode", "nope"], "valid: gossip, fedavg, stc, cfl, fd, cfd"),
     "--partition nope:3": (["--partition", "nope:3"], "valid: iid"),
     "--mixing nope": (["--mixing", "nope"], "valid: metropolis"),
@@ -260,7 +260,7 @@ PLAN_REFUSES = {
                             "--stc-cache applies to --mode stc, not to --mode fedavg"),
     "participation in gossip": (["--participation", "0.5"], "applies to --mode fedavg|stc"),
     "gamma in a server mode": (["--mode", "fedavg", "--gamma", "0.5"], "applies to gossip"),
-    "gamma without CHOCO": (["--gamma", "0.5"], "CHOCO's consensus step"),
+    "gamma without CHOCO": (["--gamma", "0.5"], "the consensus step size of CHOCO and DeepSqueeze"),
     "fd bits in stc": (["--mode", "stc", "--fd-bits", "2"], "applies to --mode fd|cfd"),
     "alternating factors downstream": (["--mode", "stc", "--compression-down",
                                         "powersgd:2:alternate"], "broadcast and cached"),

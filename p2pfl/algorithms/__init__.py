@@ -2,15 +2,17 @@
 
 from .base import GossipAlgorithm, Packet
 from .choco import CHOCO
+from .deepsqueeze import DeepSqueeze
 from .dpsgd import DPSGD, CompressedDPSGD
 from .gossip_learning import GossipLearning
 
-ALGORITHMS = {"dpsgd": DPSGD, "choco": CHOCO, "gossip-learning": GossipLearning}
+ALGORITHMS = {"dpsgd": DPSGD, "choco": CHOCO, "deepsqueeze": DeepSqueeze,
+              "gossip-learning": GossipLearning}
 #: Rules that only make sense without a round barrier.
 ASYNC_ONLY = frozenset({"gossip-learning"})
 
 __all__ = ["ALGORITHMS", "ASYNC_ONLY", "GossipAlgorithm", "Packet", "DPSGD", "CompressedDPSGD",
-           "CHOCO", "GossipLearning", "make_algorithm"]
+           "CHOCO", "DeepSqueeze", "GossipLearning", "make_algorithm"]
 
 
 def make_algorithm(name: str, numel: int, self_weight: float, weights: dict, *, x0,

@@ -13,16 +13,12 @@ for when a node gains or loses a neighbour (ALGORITHMS.md, CHOCO-SGD).
 
 from __future__ import annotations
 
-from collections import Counter
-
 import torch
 
 from .base import MAX_MAGNITUDE, Packet, dense_packet, dense_tensor, within_range
+from .decoders import CODECS_PER_SENDER, Decoders
 
 __all__ = ["PublicCopies", "Update", "contraction_scale", "advance", "CODECS_PER_SENDER"]
-
-#: Codec specs one neighbour may add to a node's decoders (a node sends with one codec).
-CODECS_PER_SENDER = 2
 
 
 def contraction_scale(codec, numel: int) -> float:
@@ -91,8 +87,7 @@ class PublicCopies:
         self.stale: set = set()  # copies that missed an update
         self.requested: dict = {}  # stale copy -> round we last asked its owner to resend
         self.asked_by: set = set()  # neighbours that asked us for our full copy
-        self._decoders: dict = {codec.name: codec}  # codec spec -> codec, for peers' packets
-        self._brought: Counter = Counter()  # sender -> specs it added to _decoders
+        self._decoders = Decoders(codec, self.numel, allowed)  # for peers' packets
         self.scale = contraction_scale(codec, self.numel)
 
     # ---------------------------------------------------------------- sending
@@ -135,29 +130,8 @@ class PublicCopies:
         return Update(False, q, packet.round, contraction_scale(codec, self.numel))
 
     def _decoder(self, spec: str, sender=None):
-        """The codec for a neighbour's spec: node profiles may give nodes different codecs.
-
-        One codec per spec serves every neighbour (what a decoder keeps, the temporal
-        references, it keeps per sender); a spec that does not parse raises
-        ConfigError, a ValueError (a counted drop).  Each sender may bring in
-        :data:`CODECS_PER_SENDER` specs, so one neighbour naming many cannot fill the
-        table for the others.  With ``allowed`` (the run's codec table) only its specs
-        are taken: a spec sets the decoder's cost, so a peer may not choose its own.
-        """
-        codec = self._decoders.get(spec)
-        if codec is None:
-            if self.allowed is not None and spec not in self.allowed and spec != "none":
-                # (the table leaves out none: a profile's uncompressed node sends it)
-                raise ValueError(f"codec {spec[:60]!r} is not one of this run's")
-            if self._brought[sender] >= CODECS_PER_SENDER:
-                raise ValueError("too many distinct codecs from one neighbour")
-            from ..compression import make_codec
-
-            codec = self._decoders[spec] = make_codec(
-                spec, error_feedback=False, max_numel=self.numel,
-                shapes=getattr(self.codec, "shapes", None))
-            self._brought[sender] += 1
-        return codec
+        """The codec for a neighbour's spec (:class:`~.decoders.Decoders`)."""
+        return self._decoders.get(spec, sender)
 
     def apply(self, received: dict, every_round: bool = True) -> None:
         """Apply neighbours' updates; copies that missed one become stale.
