@@ -6,11 +6,11 @@ import os
 import re
 
 import networkx as nx
-import numpy as np
 import pytest
 
 from p2pfl import topology as tp
 from p2pfl.errors import TopologyError
+from tests.test_mixing import _assert_doubly_stochastic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOPO_DIR = os.path.join(ROOT, "topologies")
@@ -23,14 +23,6 @@ def _load_generate_script():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _assert_doubly_stochastic(W):
-    assert W.dtype == np.float64
-    np.testing.assert_allclose(W, W.T, atol=1e-12)
-    assert (W >= -1e-15).all()
-    np.testing.assert_allclose(W.sum(axis=1), 1.0, atol=1e-12)
-    np.testing.assert_allclose(W.sum(axis=0), 1.0, atol=1e-12)
 
 
 def _degrees(G):
