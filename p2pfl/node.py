@@ -115,6 +115,8 @@ class GossipNode:
         if self.byzantine:
             x = self.misbehave(x, start)
         if x is not None:
+            for j in self.rt.requests("resync"):  # before outgoing: a temporal chain
+                self.algorithm.on_resync_request(j)  # restarts with this round's packet
             self.broadcast(rnd, self.algorithm.outgoing(x))
         else:  # silent: sends nothing
             x = self.learner.get_flat()
@@ -150,9 +152,8 @@ class GossipNode:
         return bad
 
     def broadcast(self, rnd: int, packet) -> None:
-        """Send this round's packet; a neighbour that asked for our full state gets that."""
-        for j in self.rt.requests("resync"):
-            self.algorithm.on_resync_request(j)
+        """Send this round's packet; a neighbour that asked for our full state (noted
+        before the packet was made) gets that."""
         for j, their_round in self.rt.requests("pull").items():  # a neighbour is back
             self.rt.send(j, "catchup", their_round,
                          self.algorithm.catchup(self.learner.get_flat(), j), at=rnd)
