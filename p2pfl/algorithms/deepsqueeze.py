@@ -18,13 +18,12 @@ counts.  With ``cabac:temporal`` the next message refers to the lost one and can
 be decoded either: its receiver asks the sender to code its next one with plain
 contexts, which restarts the chain (two rounds of the term lost, not one).
 
-Two choices of ours: an unbiased stochastic codec's output is scaled by 1/(1 + ω),
-as CHOCO's public copies are (Koloskova et al. 2019; :func:`.public.contraction_scale`):
-unscaled, ``qsgd:16`` made every node's model non-finite within 100 rounds of the
-mnist1d CNN.  And the plan takes quantisers only (``plan._whole_model_codec``): a
-sparsifier or low-rank codec keeps a small part of a whole model, and its error
-grows until the models are not finite (14 and 15 of 16 nodes failed so with
-``randk:0.05`` and ``powersgd:2``).
+The plan takes deterministic quantisers only (fp16, bf16, quant, dq, uniform:
+``plan._whole_model_codec``), a choice of ours.  A sparsifier or low-rank codec keeps a
+small part of a whole model, and its error grows until the models are not finite (14
+and 15 of 16 nodes failed so with ``randk:0.05`` and ``powersgd:2``); with ``qsgd:16``
+(its output scaled by 1/(1 + ω) as CHOCO's copies are, or not) and ``sign``, nodes'
+models went non-finite at some γ in 0.05–0.4 (``benchmarks/deepsqueeze.py --gammas``).
 """
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ import torch
 from ..compression.temporal import TemporalGap
 from .base import MAX_MAGNITUDE, GossipAlgorithm, Packet, within_range
 from .decoders import Decoders
-from .public import contraction_scale
 
 __all__ = ["DeepSqueeze", "DeepSqueezeOptions"]
 
@@ -74,7 +72,6 @@ class DeepSqueeze(GossipAlgorithm):
         self.options = options = options or DeepSqueezeOptions()
         self.codec = make_codec(options.codec, seed=seed, max_numel=numel, shapes=shapes)
         self.decoders = Decoders(self.codec, numel, self.peer_codecs)
-        self.scale = contraction_scale(self.codec, numel)  # 1/τ: 1 unless unbiased
         self.error = torch.zeros(numel)  # e_i
         self.sent: torch.Tensor | None = None  # c_i of the last outgoing()
         self.gaps: set = set()  # neighbours whose temporal chain we lost
@@ -82,7 +79,7 @@ class DeepSqueeze(GossipAlgorithm):
     def outgoing(self, x: torch.Tensor) -> Packet:
         v = x + self.error if self.options.error_feedback else x.clone()
         frames, c = self.codec.encode_with_reconstruction(v)
-        self.sent = _scaled(c.reshape(-1).to(torch.float32), self.scale)
+        self.sent = c.reshape(-1).to(torch.float32)
         if self.options.error_feedback:
             self.error = v.sub_(self.sent)  # e_i = v − c_i (v is ours: reused)
         return Packet(self.codec.name, frames)
@@ -92,8 +89,7 @@ class DeepSqueeze(GossipAlgorithm):
         refused: they would overflow the consensus step."""
         codec = self.decoders.get(packet.codec, packet.sender)
         try:
-            c = _scaled(codec.decode(packet.frames, packet.sender).reshape(-1),
-                        contraction_scale(codec, self.numel))
+            c = codec.decode(packet.frames, packet.sender).reshape(-1)
         except TemporalGap:  # we lost its last message: ask it to restart its chain
             self.gaps.add(packet.sender)
             raise
@@ -133,7 +129,3 @@ class DeepSqueeze(GossipAlgorithm):
         """A new process: the error of the one that died is lost; start without one."""
         self.error = torch.zeros(self.numel)
 
-
-def _scaled(c: torch.Tensor, scale: float) -> torch.Tensor:
-    """c/τ: an unbiased stochastic codec's output made a contraction (as CHOCO's)."""
-    return c if scale == 1.0 else c * scale
