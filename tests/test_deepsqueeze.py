@@ -195,3 +195,14 @@ def test_an_alie_node_sees_its_neighbours_models():
     bad = corrupt(x[0], x[0], "alie", np.random.default_rng(0), seen)
     assert bad is not None and not torch.equal(bad, x[0])
 
+
+
+def test_a_round_that_sent_nothing_mixes_against_its_own_model():
+    """c_i is the round's own: a silent node's next mix (no outgoing) steps against x_i,
+    not against the c_i of an earlier round."""
+    alg = _nodes(3, 5, "none", 1.0)[0]
+    x = torch.ones(5)
+    alg.outgoing(torch.zeros(5))
+    alg.mix(x, {})
+    got = alg.mix(x, {1: torch.full((5,), 3.0)})
+    torch.testing.assert_close(got, x + alg.weights[1] * 2.0)

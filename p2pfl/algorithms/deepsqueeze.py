@@ -101,8 +101,9 @@ class DeepSqueeze(GossipAlgorithm):
 
     def mix(self, x: torch.Tensor, received: dict) -> torch.Tensor:
         """x_i + γ Σ_j w_ij (c_j − c_i) over the neighbours whose c_j arrived, in a
-        fixed order (float sums do not depend on arrival)."""
-        own = self.sent if self.sent is not None else x
+        fixed order (float sums do not depend on arrival).  c_i is this round's; a
+        round that sent nothing (a silent node) uses x_i."""
+        own, self.sent = (self.sent if self.sent is not None else x), None
         if self.observe_neighbours:  # an ALIE attacker's view (attacks.corrupt)
             self._seen = tuple(received.values())
         step = torch.zeros_like(x)
