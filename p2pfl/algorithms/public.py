@@ -78,7 +78,6 @@ class PublicCopies:
     def __init__(self, x0: torch.Tensor, neighbours, codec, allowed=None) -> None:
         # configuration
         self.codec = codec
-        self.allowed = allowed  # the codec names peers may send with; None: any
         self.numel = x0.numel()
         # state
         self.own = x0.detach().clone().float()
