@@ -6,8 +6,9 @@
 Runs the compressed-gossip benchmark's setting (``benchmarks/compressed_gossip.py``:
 torus:4x4, mnist1d, cnn, dirichlet:1.0, seed 3, in-process) with each quantiser under
 ``--algorithm choco`` and ``--algorithm deepsqueeze`` (where its plan takes the codec) at
-their default γ, each run stopped once the mean test accuracy reaches the target.  Prints and writes the rounds
-and MB to the target, the best accuracy and the bits per parameter:
+their default γ, each run stopped once the mean test accuracy reaches the target.
+Prints and writes the rounds and MB to the target, the best accuracy and the bits per
+parameter:
 benchmarks/results/deepsqueeze/table.md, results.json and accuracy_vs_mb.png.  With
 ``--gammas``, DeepSqueeze alone at each γ for each of ``--codecs`` (a sweep for its
 default γ), written to benchmarks/results/deepsqueeze_gamma/.
