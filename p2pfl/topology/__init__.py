@@ -129,7 +129,8 @@ def describe(topo):
     diameter = nx.diameter(G) if topo.n <= 2000 else "skipped (n > 2000)"
     gap = topo.spectral_gap
     gap = (f"{gap:.4g}" if gap is not None
-           else f"not found (Lanczos did not converge in {spectrum.LANCZOS_STEPS} steps)")
+           else f"not found (Lanczos did not converge in {spectrum.LANCZOS_STEPS} steps, "
+                f"and n > {spectrum.DENSE_GAP_MAX_NODES} is too large to decompose)")
     return (f"{topo.n} nodes, {G.number_of_edges()} edges, degree min/mean/max "
             f"{min(deg)}/{np.mean(deg):.2f}/{max(deg)}, diameter {diameter}, "
             f"spectral gap {gap}")
