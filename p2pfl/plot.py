@@ -179,15 +179,15 @@ def plot_run(run_dir: str) -> list[str]:
             "cumulative MB sent by a node (the nodes' mean)", "test accuracy", title,
             bool(ax.get_legend_handles_labels()[0]))
     written.append(_save(fig, os.path.join(run_dir, MB_PNG)))
-    written.append(_time_figure(run_dir, nodes, acc, labels, title, count))
+    written.append(_time_figure(run_dir, records, nodes, acc, labels, title, count))
     return written
 
 
-def _time_figure(run_dir, nodes, acc, labels, title, count) -> str:
+def _time_figure(run_dir, records, nodes, acc, labels, title, count) -> str:
     """Accuracy against wall time: per node (or their spread), and the mean at the
     round's latest time."""
     wall = {}
-    for rec in read_records(run_dir):
+    for rec in records:
         rnd, t = finite(rec.get("round")), finite(rec.get("wall_s"))
         if rnd is not None and t is not None and not is_coordinator(rec):
             wall[(rec["node"], int(rnd))] = t

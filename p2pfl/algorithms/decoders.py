@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from .base import MAX_MAGNITUDE, within_range
+
 __all__ = ["Decoders", "CODECS_PER_SENDER"]
 
 #: Codec specs one neighbour may add to a node's decoders (a node sends with one codec).
@@ -45,3 +47,16 @@ class Decoders:
                 spec, error_feedback=False, max_numel=self.numel, shapes=self.shapes)
             self._brought[sender] += 1
         return codec
+
+    def read(self, packet, what: str):
+        """A neighbour's packet decoded to a flat tensor of this run's size; ``what`` it
+        is (an update, a model) names it in the ValueError for one of another size or
+        with values beyond :data:`~.base.MAX_MAGNITUDE` (or not finite), which would
+        overflow a copy or the consensus step."""
+        codec = self.get(packet.codec, packet.sender)
+        x = codec.decode(packet.frames, packet.sender).reshape(-1)
+        if x.numel() != self.numel:
+            raise ValueError(f"{what} has {x.numel()} values, expected {self.numel}")
+        if not within_range(x):
+            raise ValueError(f"{what} holds values beyond {MAX_MAGNITUDE:.3g}")
+        return x

@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 from .robust import parse_robust
 
-__all__ = ["DPSGDOptions", "CHOCOOptions"]
+__all__ = ["DPSGDOptions", "CHOCOOptions", "check_gamma"]
+
+
+def check_gamma(gamma: float) -> None:
+    """A consensus step size (CHOCO, DeepSqueeze) must be in (0, 1]."""
+    if not 0 < gamma <= 1:
+        raise ConfigError(f"gamma must be in (0, 1], got {gamma}")
 
 
 @dataclass(frozen=True)
@@ -40,5 +46,4 @@ class CHOCOOptions:
 
     def __post_init__(self) -> None:
         parse_robust(self.robust)
-        if not 0 < self.gamma <= 1:
-            raise ConfigError(f"gamma must be in (0, 1], got {self.gamma}")
+        check_gamma(self.gamma)

@@ -120,12 +120,8 @@ class PublicCopies:
             if not within_range(full):
                 raise ValueError(f"full copy holds values beyond {MAX_MAGNITUDE:.3g}")
             return Update(True, full, packet.round)
+        q = self._decoders.read(packet, "update")
         codec = self._decoder(packet.codec, packet.sender)
-        q = codec.decode(packet.frames, packet.sender).reshape(-1)
-        if q.numel() != self.numel:
-            raise ValueError(f"update has {q.numel()} values, expected {self.numel}")
-        if not within_range(q):
-            raise ValueError(f"update holds values beyond {MAX_MAGNITUDE:.3g}")
         return Update(False, q, packet.round, contraction_scale(codec, self.numel))
 
     def _decoder(self, spec: str, sender=None):

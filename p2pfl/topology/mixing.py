@@ -41,21 +41,25 @@ def _by_rows(n, us, vs, w):
 _BLOCK_ENTRIES = 1 << 22
 
 
+def _dense_rows(indptr, cols, vals, r0, r1):
+    """Rows ``r0:r1`` of the matrix as a dense ``(r1 - r0, n)`` block (diagonal 0)."""
+    n, lo, hi = len(indptr) - 1, indptr[r0], indptr[r1]
+    block = np.zeros((r1 - r0, n))
+    block[np.repeat(np.arange(r1 - r0), np.diff(indptr[r0:r1 + 1])), cols[lo:hi]] = vals[lo:hi]
+    return block
+
+
 def _dense_row_sums(indptr, cols, vals):
     """Each row's sum as numpy sums the dense row, zeros included (pairwise), a block
     of rows at a time: the bits of ``W.sum(axis=1)`` on the n x n matrix (which
     earlier versions summed, so that weights and runs stay bit for bit the same)
-    in 32 MiB, in O(n^2) time (about 0.3 s at 16,384 nodes)."""
+    in 32 MiB, in O(n^2) time (0.18-0.25 s at 16,384 nodes: benchmarks/lanczos_gap.py)."""
     n = len(indptr) - 1
     sums = np.empty(n)
     step = max(1, _BLOCK_ENTRIES // max(n, 1))
     for r0 in range(0, n, step):
         r1 = min(n, r0 + step)
-        lo, hi = indptr[r0], indptr[r1]
-        block = np.zeros((r1 - r0, n))
-        block[np.repeat(np.arange(r1 - r0), np.diff(indptr[r0:r1 + 1])), cols[lo:hi]] = \
-            vals[lo:hi]
-        sums[r0:r1] = block.sum(axis=1)
+        sums[r0:r1] = _dense_rows(indptr, cols, vals, r0, r1).sum(axis=1)
     return sums
 
 
@@ -113,8 +117,7 @@ class Mixing:
 
     def toarray(self):
         """The dense ``(n, n)`` float64 matrix (a new, writeable array)."""
-        W = np.zeros((self.n, self.n))
-        W[self._rows, self.indices] = self.data
+        W = _dense_rows(self.indptr, self.indices, self.data, 0, self.n)
         W[np.arange(self.n), np.arange(self.n)] = self.diag
         return W
 
