@@ -49,6 +49,9 @@ class GossipNode:
         rt.mailbox.wait_for_pullers = False  # we answer a pull with our next round's send
         self.learner = Learner(spec.learn, spec.id, pause=rt.idle, run=rt.compute)
         self.neighbours = spec.peers
+        # a time-varying topology: the (heard, sent to) pair of each phase (schedules.py)
+        self.phases = spec.phases
+        self._weights = spec.weights
         self.algorithm = make_algorithm(
             spec.rule, self.learner.num_params, spec.self_weight, spec.weights,
             x0=self.learner.get_flat(), options=spec.options,
@@ -56,6 +59,7 @@ class GossipNode:
             peer_codecs=spec.runtime.codec_names)
         self.misses: Counter = Counter()  # total misses per neighbour
         self._streak: Counter = Counter()  # consecutive misses per neighbour
+        self._since: dict = {}  # the first round of each neighbour's run of misses
         self.asynchronous = spec.runtime.schedule == "async"
         self.staleness: list = []  # this iteration's τ of each mixed model
         self.availability = Availability(spec.availability) if spec.availability.active \
@@ -114,6 +118,8 @@ class GossipNode:
         x = self.learner.params if self.in_place else self.learner.get_flat()
         if self.byzantine:
             x = self.misbehave(x, start)
+        if self.phases:
+            self.enter_phase(rnd)
         if x is not None:
             for j in self.rt.requests("resync"):  # before outgoing: a temporal chain
                 self.algorithm.on_resync_request(j)  # restarts with this round's packet
@@ -132,7 +138,7 @@ class GossipNode:
         if self.rt.stopped:
             return "stopped"
         if not self.asynchronous:
-            self.account(received)
+            self.account(rnd, received)
         if self.in_place:
             self.learner.adopt(x)  # mix's result becomes the parameters
         else:
@@ -144,6 +150,20 @@ class GossipNode:
         self.record(rnd, loss, len(received))
         return "done"
 
+    def heard(self, rnd: int) -> list:
+        """The neighbours whose messages round ``rnd`` mixes: all of them, or under a
+        time-varying topology the one its phase names."""
+        if not self.phases:
+            return self.neighbours
+        return [self.phases[(rnd - 1) % len(self.phases)][0]]
+
+    def enter_phase(self, rnd: int) -> None:
+        """Round ``rnd``'s row of the schedule's W_k: w_ii and w_ij of the one neighbour
+        heard, 1/2 each (:mod:`~p2pfl.topology.schedules`)."""
+        j = self.heard(rnd)[0]
+        self.algorithm.self_weight = self.spec.self_weight
+        self.algorithm.weights = {j: self._weights[j]}
+
     def misbehave(self, x, start):
         """A Byzantine node's published (and kept) model (:mod:`~.algorithms.attacks`)."""
         bad = corrupt(x, start, self.behaviour, self.rng, self.algorithm.neighbour_models())
@@ -152,8 +172,9 @@ class GossipNode:
         return bad
 
     def broadcast(self, rnd: int, packet) -> None:
-        """Send this round's packet; a neighbour that asked for our full state (noted
-        before the packet was made) gets that."""
+        """Send this round's packet (under a time-varying topology to the one neighbour
+        its phase names); a neighbour that asked for our full state (noted before the
+        packet was made) gets that."""
         for j, their_round in self.rt.requests("pull").items():  # a neighbour is back
             self.rt.send(j, "catchup", their_round,
                          self.algorithm.catchup(self.learner.get_flat(), j), at=rnd)
@@ -161,7 +182,8 @@ class GossipNode:
         away = self.rt.away
         online = [j for j in self.neighbours if self._streak[j] < SUSPECT_AFTER
                   and j not in away]
-        chosen = set(self.algorithm.targets(online)) | set(special)
+        chosen = ({self.phases[(rnd - 1) % len(self.phases)][1]} if self.phases
+                  else set(self.algorithm.targets(online))) | set(special)
         plain = []  # those that get this round's packet: packed once for all
         for j in self.neighbours:
             if j in chosen and j not in away:
@@ -173,18 +195,18 @@ class GossipNode:
             self.rt.send_many(plain, "model", rnd, packet)
 
     def expected(self, rnd: int) -> list:
-        """Neighbours to wait for this round.
+        """Neighbours to wait for this round (of those it mixes, :meth:`heard`).
 
         Not those that missed SUSPECT_AFTER rounds in a row and have not been heard
-        from since (a silent neighbour costs its time-out once, and a message of
-        any round, even a late one, brings it back), nor those that said they
+        from since the first of them (a silent neighbour costs its time-out once, and a
+        message of any round since, even a late one, brings it back), nor those that said they
         left and sent nothing since, nor those already past this round (their
         messages come in order, so a round-``rnd`` one that is not here is not
         coming: we are the late one, and catch up without waiting).
         """
         away = self.rt.away
-        return [j for j in self.neighbours
-                if (self._streak[j] < SUSPECT_AFTER or self.rt.heard_from(j, rnd - self._streak[j]))
+        return [j for j in self.heard(rnd)
+                if (self._streak[j] < SUSPECT_AFTER or self.rt.heard_from(j, self._since[j]))
                 and j not in away and not self.rt.heard_from(j, rnd + 1)]
 
     def collect(self, rnd: int) -> dict:
@@ -213,14 +235,17 @@ class GossipNode:
             if not self.asynchronous:
                 received.pop(j, None)
 
-    def account(self, received: dict) -> None:
-        """A round's misses: each neighbour not in ``received`` that did not say it left."""
+    def account(self, rnd: int, received: dict) -> None:
+        """A round's misses: each neighbour it mixes (:meth:`heard`) that is not in
+        ``received`` and did not say it left."""
         away = self.rt.away
-        for j in self.neighbours:
+        for j in self.heard(rnd):
             if j in received:
                 self._streak[j] = 0
             elif j not in away:  # a neighbour that said it left is not missed
                 self.misses[j] += 1
+                if not self._streak[j]:
+                    self._since[j] = rnd
                 self._streak[j] += 1
 
     def sit_out(self, rnd: int) -> int | None:

@@ -28,6 +28,7 @@ from .algorithms.options import CHOCOOptions, DPSGDOptions
 from .config import RunConfig
 from .errors import ConfigError
 from .plan_nodes import check_codec, learn_specs, model_name, node_availability, node_codecs
+from .plan_rules import check_time_varying, whole_model_codec
 from .spec import LearnSpec, NodeSpec, RuntimeSpec, ServerInfo, plain_label
 from .strategies import STRATEGIES
 from .transport.links import LinkSpec, parse_link
@@ -176,7 +177,7 @@ def _gossip_options(cfg: RunConfig, algorithm: str, codec: str, learn: LearnSpec
     if algorithm == "deepsqueeze":
         if cfg.robust != "none":
             raise ConfigError("--robust applies to --algorithm dpsgd and choco")
-        _whole_model_codec(codec)
+        whole_model_codec(codec)
         return DeepSqueezeOptions(codec=codec, gamma=cfg.gamma or default_gamma(codec),
                                   error_feedback=keep and codec != "none")
     if algorithm == "choco":
@@ -185,29 +186,6 @@ def _gossip_options(cfg: RunConfig, algorithm: str, codec: str, learn: LearnSpec
     # uncompressed D-PSGD sends whole models: there is no residual to keep
     return DPSGDOptions(codec=codec, error_feedback=keep and codec != "none",
                         robust=cfg.robust)
-
-
-#: Quantisers DeepSqueeze was unstable with on the mnist1d CNN (benchmarks/deepsqueeze.py
-#: --gammas): some or all nodes' models went non-finite at some γ in 0.05-0.4.
-DEEPSQUEEZE_UNSTABLE = ("qsgd", "terngrad", "sign")
-
-
-def _whole_model_codec(spec: str) -> None:
-    """DeepSqueeze compresses whole models, so its codec must keep every entry: a
-    sparsifier or low-rank stage leaves most of a model out, and its error grows
-    until the models are not finite (randk:0.05 and powersgd:2 on the mnist1d CNN).
-    Stochastic and sign quantisers made it unstable as well (DEEPSQUEEZE_UNSTABLE)."""
-    from .compression import make_codec
-
-    for st in getattr(make_codec(spec), "stages", ()):
-        if st.role == "transform":
-            raise ConfigError(f"deepsqueeze sends whole models, compressed: {st.name} keeps "
-                              "only part of one; use fp16, bf16, quant, dq or uniform, or "
-                              "--algorithm choco for sparse updates")
-        if st.name in DEEPSQUEEZE_UNSTABLE:
-            raise ConfigError(f"deepsqueeze is unstable with {st.name} (nodes' models went "
-                              "non-finite in its benchmark); use fp16, bf16, quant, dq or "
-                              "uniform, or --algorithm choco")
 
 
 def _gossip_plan(cfg: RunConfig, graph, restarts: int = 0) -> Plan:
@@ -227,16 +205,19 @@ def _gossip_plan(cfg: RunConfig, graph, restarts: int = 0) -> Plan:
                           "--algorithm choco or deepsqueeze)")
     availability = node_availability(cfg, labels, per_node)
     schedule = "async" if algorithm in ASYNC_ONLY else cfg.schedule
+    if topo.schedule is not None:
+        check_time_varying(cfg, topo.schedule, algorithm, codecs, schedule)
     runtime = dataclasses.replace(_runtime_spec(cfg, schedule, codecs),
                                   presence=bool(restarts) or any(a.active for a in availability))
     learns = [dataclasses.replace(x, momentum_mode=_momentum_mode(algorithm, codecs[i]))
               for i, x in enumerate(learns)]
     specs = tuple(NodeSpec(
         id=i, label=labels[i], role="gossip",
-        neighbours=tuple(zip(*(a.tolist() for a in topo.mixing.row(i)))),
-        self_weight=float(topo.mixing.diag[i]), learn=learns[i], runtime=runtime,
+        neighbours=_row(topo, i), self_weight=_self_weight(topo, i), learn=learns[i],
+        runtime=runtime,
         rule=algorithm, options=_gossip_options(cfg, algorithm, codecs[i], learns[i]),
-        link=LinkSpec(**per_node[i]["link"]), availability=availability[i])
+        link=LinkSpec(**per_node[i]["link"]), availability=availability[i],
+        phases=topo.schedule.node_phases(i) if topo.schedule is not None else ())
         for i in range(topo.n))
     record = dict(cfg.to_dict(), resolved={
         "nodes": topo.n, "labels": labels, "spectral_gap": topo.spectral_gap,
@@ -245,10 +226,27 @@ def _gossip_plan(cfg: RunConfig, graph, restarts: int = 0) -> Plan:
     base = {"mode": cfg.mode, "algorithm": algorithm, "schedule": schedule,
             "nodes": topo.n, "rounds": cfg.rounds,
             "topology": str(cfg.topology), "edges": topo.graph.number_of_edges(),
-            "spectral_gap": topo.spectral_gap}
+            "spectral_gap": topo.spectral_gap, "topology_phases": _phases(topo)}
     info = (f"topology: {topo_mod.describe(topo)}",) + tuple(f"warning: {w}"
                                                             for w in topo.warnings)
     return Plan(cfg, specs, base, record, info)
+
+
+def _row(topo, i: int) -> tuple:
+    """Node ``i``'s ``(neighbour, w_ij)`` pairs: its row of the mixing matrix, or under a
+    schedule every link of the base graph at 1/2 (the weight of the round it is used)."""
+    if topo.schedule is not None:
+        return tuple((j, 0.5) for j in topo.neighbours(i))
+    return tuple(zip(*(a.tolist() for a in topo.mixing.row(i))))
+
+
+def _self_weight(topo, i: int) -> float:
+    return 0.5 if topo.schedule is not None else float(topo.mixing.diag[i])
+
+
+def _phases(topo) -> int | None:
+    """A time-varying topology's period (its phases); None for a static graph."""
+    return None if topo.schedule is None else topo.schedule.period
 
 
 def _options_record(specs) -> dict:
@@ -268,6 +266,9 @@ def _server_labels(cfg: RunConfig, graph) -> list:
                           "give one of them")
     if cfg.nodes is not None:
         return list(range(cfg.nodes))
+    if graph is None and topo_mod.is_schedule(cfg.topology):
+        raise ConfigError(f"{cfg.topology} is a gossip schedule (one peer a round); a server "
+                          "run's workers come from --nodes or a graph")
     topo = topo_mod.build(graph if graph is not None else cfg.topology, scheme=cfg.mixing,
                           seed=cfg.seed)
     return [plain_label(x) for x in topo.labels]

@@ -145,6 +145,10 @@ class NodeSpec:
     ``rule`` names the node's gossip algorithm (role ``gossip``) or server
     strategy (roles ``worker`` and ``coordinator``); ``options`` is that rule's
     own options dataclass.  ``neighbours`` are ``(id, mixing weight)`` pairs.
+    ``phases`` (a time-varying topology, :mod:`p2pfl.topology.schedules`): the
+    ``(heard, sent to)`` neighbour pair of each phase; round t plays phase
+    (t − 1) mod len(phases), mixing with weight 1/2 each.  Empty: every round mixes
+    with every neighbour, with ``neighbours``' weights.
     """
 
     id: int
@@ -159,6 +163,7 @@ class NodeSpec:
     server: ServerInfo = field(default_factory=ServerInfo)
     link: LinkSpec = field(default_factory=LinkSpec)
     availability: AvailabilitySpec = field(default_factory=AvailabilitySpec)
+    phases: tuple = ()
 
     @property
     def peers(self) -> list:
@@ -178,6 +183,7 @@ class NodeSpec:
             "rule": self.rule, "options": _plain(self.options),
             "server": _plain(self.server), "link": _plain(self.link),
             "availability": _plain(self.availability),
+            "phases": [[a, b] for a, b in self.phases],
         }
 
 
@@ -215,6 +221,10 @@ def node_spec_from_wire(data: dict, options_cls) -> NodeSpec:
         raise ConfigError("node spec: expected a map")
     try:
         neighbours = tuple((int(j), float(w)) for j, w in data["neighbours"])
+        phases = tuple((int(a), int(b)) for a, b in data.get("phases", ()))
+        peers = {j for j, _ in neighbours}
+        if any(a not in peers or b not in peers for a, b in phases):
+            raise ConfigError("node spec: a phase names a node that is not a neighbour")
         return NodeSpec(
             id=int(data["id"]), label=data["label"], role=str(data["role"]),
             neighbours=neighbours, self_weight=float(data["self_weight"]),
@@ -223,7 +233,8 @@ def node_spec_from_wire(data: dict, options_cls) -> NodeSpec:
             rule=str(data["rule"]), options=options_from_wire(options_cls, data["options"]),
             server=_build(ServerInfo, data.get("server", {}), "server"),
             link=_build(LinkSpec, data.get("link", {}), "link"),
-            availability=_build(AvailabilitySpec, data.get("availability", {}), "availability"))
+            availability=_build(AvailabilitySpec, data.get("availability", {}), "availability"),
+            phases=phases)
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, ConfigError):
             raise

@@ -19,7 +19,7 @@ be decoded either: its receiver asks the sender to code its next one with plain
 contexts, which restarts the chain (two rounds of the term lost, not one).
 
 The plan takes deterministic quantisers only (fp16, bf16, quant, dq, uniform:
-``plan._whole_model_codec``), a choice of ours.  A sparsifier or low-rank codec keeps a
+``plan_rules.whole_model_codec``), a choice of ours.  A sparsifier or low-rank codec keeps a
 small part of a whole model, and its error grows until the models are not finite (14
 of 16 nodes failed so with ``randk:0.05`` in 100 rounds, 15 with ``powersgd:2`` in 60).
 ``qsgd:16`` made every node's model non-finite unscaled, and, scaled by 1/(1 + ω) as

@@ -34,14 +34,15 @@ from .generators import (GENERATORS, barabasi_albert, complete, erdos_renyi,
                          star, torus)
 from .graph import MAX_NODES, relabel, validate
 from .mixing import SCHEMES, Mixing, mixing, mixing_weights
+from .schedules import SCHEDULES, Schedule, is_schedule, parse_schedule
 from .spectrum import spectral_gap
 
 __all__ = [
-    "GENERATORS", "SCHEMES", "READERS", "Topology", "Mixing", "mixing",
+    "GENERATORS", "SCHEMES", "SCHEDULES", "READERS", "Topology", "Mixing", "Schedule", "mixing",
     "ring", "line", "complete", "star", "torus", "exponential",
     "erdos_renyi", "small_world", "random_regular", "barabasi_albert",
     "load_topology", "validate", "relabel", "mixing_weights", "spectral_gap", "MAX_NODES",
-    "build", "describe",
+    "build", "describe", "is_schedule", "parse_schedule",
 ]
 
 
@@ -62,12 +63,18 @@ class Topology:
         The doubly stochastic mixing matrix, held by rows.
     warnings : list of str
         Repairs made while validating.
+    schedule : Schedule or None
+        A time-varying topology's phases (``one_peer_exponential:N``): each round mixes
+        with one peer of :attr:`graph`, the union of the phases' links, with weights
+        1/2 (:mod:`.schedules`).  :attr:`mixing` is then the union's Metropolis matrix,
+        which no round uses.  None: every round mixes with :attr:`mixing`.
     """
 
     graph: nx.Graph
     labels: list
     mixing: Mixing
     warnings: list = dataclasses.field(default_factory=list)
+    schedule: Schedule | None = None
 
     @property
     def n(self):
@@ -86,7 +93,10 @@ class Topology:
     def spectral_gap(self):
         """Spectral gap of the mixing matrix (see :func:`spectral_gap`); None if
         Lanczos did not converge and the graph has more than
-        :data:`~p2pfl.topology.spectrum.DENSE_GAP_MAX_NODES` nodes."""
+        :data:`~p2pfl.topology.spectrum.DENSE_GAP_MAX_NODES` nodes.  For a schedule, the
+        per-round equivalent of one period's contraction (:attr:`Schedule.round_gap`)."""
+        if self.schedule is not None:
+            return self.schedule.round_gap
         return spectral_gap(self.mixing)
 
     def neighbours(self, i):
@@ -107,9 +117,11 @@ def build(spec, *, scheme="metropolis", seed=None):
     Parameters
     ----------
     spec : networkx.Graph, str or os.PathLike
-        See :func:`load_topology`.
+        See :func:`load_topology`, or a schedule spec (``one_peer_exponential:N``,
+        :mod:`.schedules`).
     scheme : str
-        See :func:`mixing_weights`.
+        See :func:`mixing_weights`.  A schedule fixes its own weights: only the
+        default, ``metropolis``, is taken with one.
     seed : int, optional
         Seed for random generator specs without their own ``SEED``.
 
@@ -117,6 +129,13 @@ def build(spec, *, scheme="metropolis", seed=None):
     -------
     Topology
     """
+    if is_schedule(spec):
+        sched = parse_schedule(spec)
+        if scheme != "metropolis":
+            raise TopologyError(f"{sched.name} mixes with weights 1/2, one peer a round; "
+                                f"a mixing scheme ({scheme}) does not apply to it")
+        G, warnings = validate(sched.base_graph())
+        return Topology(G, list(range(sched.n)), mixing(G, scheme), warnings, sched)
     G, warnings = validate(load_topology(spec, seed=seed))
     G, labels = relabel(G)
     return Topology(G, labels, mixing(G, scheme), warnings)
@@ -127,6 +146,8 @@ def describe(topo):
     G = topo.graph
     deg = [d for _, d in G.degree()]
     diameter = nx.diameter(G) if topo.n <= 2000 else "skipped (n > 2000)"
+    if topo.schedule is not None:
+        return _describe_schedule(topo, deg, diameter)
     gap = topo.spectral_gap
     gap = (f"{gap:.4g}" if gap is not None
            else f"not found (Lanczos did not converge in {spectrum.LANCZOS_STEPS} steps, "
@@ -134,3 +155,12 @@ def describe(topo):
     return (f"{topo.n} nodes, {G.number_of_edges()} edges, degree min/mean/max "
             f"{min(deg)}/{np.mean(deg):.2f}/{max(deg)}, diameter {diameter}, "
             f"spectral gap {gap}")
+
+
+def _describe_schedule(topo, deg, diameter):
+    sched = topo.schedule
+    exact = " (exact averaging)" if sched.period_gap == 1.0 else ""
+    return (f"{topo.n} nodes, one peer a round in {sched.period} phase{'s' * (sched.period > 1)} over "
+            f"{topo.graph.number_of_edges()} edges (degree min/mean/max "
+            f"{min(deg)}/{np.mean(deg):.2f}/{max(deg)}, diameter {diameter}), gap over one "
+            f"period {sched.period_gap:.4g}{exact}, per round {sched.round_gap:.4g}")

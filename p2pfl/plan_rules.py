@@ -1,0 +1,61 @@
+"""Which codecs and options a gossip rule can run with: checks of the plan.
+
+Each raises a :class:`~p2pfl.errors.ConfigError` (one line, exit 2) for a
+combination the rule cannot run, before any node starts.
+"""
+
+from __future__ import annotations
+
+from .config import RunConfig
+from .errors import ConfigError
+
+__all__ = ["DEEPSQUEEZE_UNSTABLE", "whole_model_codec", "check_time_varying"]
+
+
+#: Quantisers DeepSqueeze was unstable with on the mnist1d CNN (benchmarks/deepsqueeze.py
+#: --gammas): some or all nodes' models went non-finite at some γ in 0.05-0.4.
+DEEPSQUEEZE_UNSTABLE = ("qsgd", "terngrad", "sign")
+
+
+def whole_model_codec(spec: str) -> None:
+    """DeepSqueeze compresses whole models, so its codec must keep every entry: a
+    sparsifier or low-rank stage leaves most of a model out, and its error grows
+    until the models are not finite (randk:0.05 and powersgd:2 on the mnist1d CNN).
+    Stochastic and sign quantisers made it unstable as well (DEEPSQUEEZE_UNSTABLE)."""
+    from .compression import make_codec
+
+    for st in getattr(make_codec(spec), "stages", ()):
+        if st.role == "transform":
+            raise ConfigError(f"deepsqueeze sends whole models, compressed: {st.name} keeps "
+                              "only part of one; use fp16, bf16, quant, dq or uniform, or "
+                              "--algorithm choco for sparse updates")
+        if st.name in DEEPSQUEEZE_UNSTABLE:
+            raise ConfigError(f"deepsqueeze is unstable with {st.name} (nodes' models went "
+                              "non-finite in its benchmark); use fp16, bf16, quant, dq or "
+                              "uniform, or --algorithm choco")
+
+
+def check_time_varying(cfg: RunConfig, sched, algorithm: str, codecs: list,
+                        schedule: str) -> None:
+    """A one-peer schedule hears each neighbour only in its phase: a rule that keeps a
+    copy of every neighbour (CHOCO, compressed D-PSGD) or a chain of messages
+    (``cabac:temporal``) would fall out of step, and asynchronous rounds have no phase."""
+    name = sched.name.split(":", 1)[0]
+    if schedule == "async":
+        raise ConfigError(f"{name} changes peers each synchronous round; it cannot run "
+                          "with --schedule async")
+    compressed = any(c != "none" for c in codecs)
+    if algorithm == "deepsqueeze":
+        from .compression import uses_temporal
+
+        if any(uses_temporal(c) for c in codecs):
+            raise ConfigError(f"{name} hears each neighbour once a period, so a "
+                              "cabac:temporal chain would break every round; use plain cabac")
+    elif algorithm != "dpsgd" or compressed:
+        raise ConfigError(f"{name} mixes with one peer a round: it takes --algorithm dpsgd "
+                          "(uncompressed) or deepsqueeze (compressed); "
+                          f"{'compressed ' if compressed else ''}{algorithm} keeps a copy "
+                          "of every neighbour, updated every round")
+    if cfg.robust != "none":
+        raise ConfigError(f"--robust screens several neighbours' models; {name} mixes "
+                          "with one a round")
