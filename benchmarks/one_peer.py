@@ -9,12 +9,14 @@ and for N a power of two the exact average every log2 N rounds of mixing).  Each
 plays every round; from its records come the rounds and MB (all nodes) to the mean
 test accuracy ``--target``, the accuracy of the last round, and the mean consensus
 distance over the run (relative, ‖x_i − x̄‖ / ‖x̄‖, mean over nodes and evaluated rounds).
-Writes benchmarks/results/one_peer/table.md, results.json and accuracy_vs_mb.png.
+Writes benchmarks/results/one_peer/table.md, results.json, accuracy_vs_mb.png and
+accuracy_vs_round.png (``--replot`` redraws the last two and the table from results.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -88,21 +90,40 @@ def main(argv=None) -> int:
     ap.add_argument("--target", type=float, default=0.8)
     ap.add_argument("--partition", default="dirichlet:0.3")
     ap.add_argument("--seeds", type=int, nargs="+", default=[3])
+    ap.add_argument("--replot", action="store_true",
+                    help="redraw the table and plots from OUT/results.json; run nothing")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    rows = [run(t, seed, args) for seed in args.seeds for t in topologies(args.nodes)]
+    if args.replot:
+        with open(os.path.join(args.out, "results.json")) as fh:
+            saved = json.load(fh)
+        args = argparse.Namespace(**dict(saved["args"], out=args.out))
+        rows = saved["rows"]
+    else:
+        rows = [run(t, seed, args) for seed in args.seeds for t in topologies(args.nodes)]
     lines = table(rows, args)
     with open(os.path.join(args.out, "table.md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
     write_json_atomic(os.path.join(args.out, "results.json"),
-                      {"args": vars(args), "rows": rows})
-    series = {f"{r['topology']} s{r['seed']}": ([b / 1e6 for _, _, b in r["curve"]],
-                                                [a for _, a, _ in r["curve"]]) for r in rows}
-    plot_curves(series, os.path.join(args.out, "accuracy_vs_mb.png"), "MB sent (all nodes)",
-                "mean test accuracy", logx=True,
-                title=f"D-PSGD on {args.nodes} nodes: mnist1d, cnn, {args.partition}")
+                      {"args": {k: v for k, v in vars(args).items() if k != "replot"},
+                       "rows": rows})
+    plots(rows, args)
     print("\n".join(lines))
     return 0
+
+
+def plots(rows: list, args) -> None:
+    """Accuracy against MB sent and against rounds, one line a topology (the first seed's
+    run: the table has every seed)."""
+    first = [r for r in rows if r["seed"] == rows[0]["seed"]]
+    title = (f"D-PSGD on {args.nodes} nodes: mnist1d, cnn, {args.partition}, "
+             f"seed {rows[0]['seed']}")
+    for name, x, label, logx in (("accuracy_vs_mb.png", 2, "MB sent (all nodes)", True),
+                                 ("accuracy_vs_round.png", 0, "round", False)):
+        series = {r["topology"]: ([p[x] / (1e6 if x == 2 else 1) for p in r["curve"]],
+                                  [p[1] for p in r["curve"]]) for r in first}
+        plot_curves(series, os.path.join(args.out, name), label, "mean test accuracy",
+                    logx=logx, title=title)
 
 
 if __name__ == "__main__":

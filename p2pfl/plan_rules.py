@@ -52,9 +52,11 @@ def check_time_varying(cfg: RunConfig, sched, algorithm: str, codecs: list,
             raise ConfigError(f"{name} hears each neighbour once a period, so a "
                               "cabac:temporal chain would break every round; use plain cabac")
     elif algorithm != "dpsgd" or compressed:
+        rule = f"{'compressed ' if compressed else ''}{algorithm}"
+        if cfg.algorithm == "auto":
+            rule = f"compressed gossip's default rule, {algorithm},"
         raise ConfigError(f"{name} mixes with one peer a round: it takes --algorithm dpsgd "
-                          "(uncompressed) or deepsqueeze (compressed); "
-                          f"{'compressed ' if compressed else ''}{algorithm} keeps a copy "
+                          f"(uncompressed) or deepsqueeze (compressed); {rule} keeps a copy "
                           "of every neighbour, updated every round")
     if cfg.robust != "none":
         raise ConfigError(f"--robust screens several neighbours' models; {name} mixes "

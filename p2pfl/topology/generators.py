@@ -203,9 +203,12 @@ def _from_spec(spec, seed):
     name, *args = spec.strip().split(":")
     name = name.strip().lower().replace("-", "_")
     if name not in GENERATORS:
+        from .schedules import SCHEDULES  # it imports MAX_NODES from here
+
         raise TopologyError(
             f"unknown topology {spec!r}: not a file and not a generator; "
-            f"generators: {', '.join(_usage(g) for g in GENERATORS)}")
+            f"generators: {', '.join(_usage(g) for g in GENERATORS)}; time-varying: "
+            f"{', '.join(f'{g}:N' for g in SCHEDULES)}")
     placeholders = _SPEC_ARGS[name].split(":")
     random = placeholders[-1] == "SEED"
     if len(args) not in (len(placeholders), len(placeholders) - random):

@@ -36,7 +36,7 @@ import numpy as np
 
 from p2pfl.errors import TopologyError
 
-from .graph import MAX_NODES
+from .generators import MAX_NODES
 
 __all__ = ["Schedule", "SCHEDULES", "one_peer_exponential", "parse_schedule", "is_schedule"]
 
