@@ -19,9 +19,9 @@ __all__ = ["main", "build_parser"]
 # (flag, type, help) for every option that `cluster` and the TOML file share.
 CLUSTER_OPTIONS = [
     ("mode", str, "gossip (default), fedavg, stc, cfl, fd or cfd"),
-    ("topology", str, "generator spec (ring:8, torus:4x4, ...), graph file, or "
-                      "one_peer_exponential:N (one peer a round); in server modes its nodes "
-                      "are the workers"),
+    ("topology", str, "generator spec (ring:8, torus:4x4, ...), graph file, or a schedule "
+                      "of one peer a round (one_peer_exponential:N, one_peer:FILE.json); in "
+                      "server modes its nodes are the workers"),
     ("nodes", int, "number of worker nodes in server modes"),
     ("rounds", int, "communication rounds (default 30)"),
     ("seed", int, "random seed for data, partition, initial model and random graphs "

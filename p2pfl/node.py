@@ -155,14 +155,16 @@ class GossipNode:
         time-varying topology the one its phase names."""
         if not self.phases:
             return self.neighbours
-        return [self.phases[(rnd - 1) % len(self.phases)][0]]
+        j = self.phases[(rnd - 1) % len(self.phases)][0]
+        return [] if j == self.spec.id else [j]  # itself: an idle phase
 
     def enter_phase(self, rnd: int) -> None:
         """Round ``rnd``'s row of the schedule's W_k: w_ii and w_ij of the one neighbour
-        heard, 1/2 each (:mod:`~p2pfl.topology.schedules`)."""
-        j = self.heard(rnd)[0]
-        self.algorithm.self_weight = self.spec.self_weight
-        self.algorithm.weights = {j: self._weights[j]}
+        heard, 1/2 each, or w_ii = 1 in a phase the node idles
+        (:mod:`~p2pfl.topology.schedules`)."""
+        heard = self.heard(rnd)
+        self.algorithm.self_weight = self.spec.self_weight if heard else 1.0
+        self.algorithm.weights = {j: self._weights[j] for j in heard}
 
     def misbehave(self, x, start):
         """A Byzantine node's published (and kept) model (:mod:`~.algorithms.attacks`)."""
@@ -182,8 +184,8 @@ class GossipNode:
         away = self.rt.away
         online = [j for j in self.neighbours if self._streak[j] < SUSPECT_AFTER
                   and j not in away]
-        chosen = ({self.phases[(rnd - 1) % len(self.phases)][1]} if self.phases
-                  else set(self.algorithm.targets(online))) | set(special)
+        chosen = ({self.phases[(rnd - 1) % len(self.phases)][1]} - {self.spec.id}
+                  if self.phases else set(self.algorithm.targets(online))) | set(special)
         plain = []  # those that get this round's packet: packed once for all
         for j in self.neighbours:
             if j in chosen and j not in away:

@@ -146,8 +146,9 @@ class NodeSpec:
     strategy (roles ``worker`` and ``coordinator``); ``options`` is that rule's
     own options dataclass.  ``neighbours`` are ``(id, mixing weight)`` pairs.
     ``phases`` (a time-varying topology, :mod:`p2pfl.topology.schedules`): the
-    ``(heard, sent to)`` neighbour pair of each phase; round t plays phase
-    (t − 1) mod len(phases), mixing with weight 1/2 each.  Empty: every round mixes
+    ``(heard, sent to)`` neighbour pair of each phase (the node's own id in a phase it
+    idles); round t plays phase (t − 1) mod len(phases), mixing with weight 1/2 each.
+    Empty: every round mixes
     with every neighbour, with ``neighbours``' weights.
     """
 
@@ -223,6 +224,7 @@ def node_spec_from_wire(data: dict, options_cls) -> NodeSpec:
         neighbours = tuple((int(j), float(w)) for j, w in data["neighbours"])
         phases = tuple((int(a), int(b)) for a, b in data.get("phases", ()))
         peers = {j for j, _ in neighbours}
+        peers.add(int(data["id"]))  # a node that hears itself idles that phase
         if any(a not in peers or b not in peers for a, b in phases):
             raise ConfigError("node spec: a phase names a node that is not a neighbour")
         return NodeSpec(

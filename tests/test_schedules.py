@@ -1,7 +1,10 @@
 """Time-varying topologies: the one-peer exponential graph (Ying et al., NeurIPS 2021),
 its phases, its exact averaging, its plan and a cluster that runs it."""
 
+import importlib.util
 import json
+import os
+import re
 from collections import Counter
 from types import SimpleNamespace
 
@@ -20,6 +23,7 @@ from p2pfl.algorithms.options import DPSGDOptions
 from p2pfl.topology import build, describe, exponential, parse_schedule
 from tests._inproc import cli_here
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = (2, 3, 5, 8, 12, 16, 33, 64)
 
 
@@ -177,6 +181,7 @@ def test_a_neighbour_late_once_is_waited_for_again_in_its_next_phase():
     last = {}
     rt = SimpleNamespace(away=set(), heard_from=lambda j, r: last.get(j, -1) >= r)
     me = SimpleNamespace(rt=rt, phases=((7, 1), (6, 2), (4, 4)), neighbours=[1, 2, 4, 6, 7],
+                         spec=SimpleNamespace(id=3),
                          _streak=Counter(), _since={}, misses=Counter())
     me.heard = lambda rnd: GossipNode.heard(me, rnd)
     assert GossipNode.expected(me, 1) == [7]
@@ -187,3 +192,75 @@ def test_a_neighbour_late_once_is_waited_for_again_in_its_next_phase():
     GossipNode.account(me, 4, {7: object()})
     assert me._streak[7] == 0 and me.misses[7] == 1
     assert GossipNode.expected(me, 2) == [6] and GossipNode.expected(me, 3) == [4]
+
+
+# ------------------------------------------------------------- schedule files
+
+HYPERCUBE = os.path.join(ROOT, "topologies", "one_peer_hypercube16.schedule.json")
+
+
+def _load_generate_script():
+    spec = importlib.util.spec_from_file_location(
+        "topo_generate", os.path.join(ROOT, "topologies", "generate.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_ready_hypercube_file_matches_its_script_and_averages_exactly():
+    script = _load_generate_script()
+    assert list(script.SCHEDULES) == [os.path.basename(HYPERCUBE)]
+    s = build(f"one_peer:{HYPERCUBE}").schedule
+    assert s.sources.tolist() == script.one_peer_hypercube(16)
+    assert (s.targets == s.sources).all()  # pairs: each hears the node it sends to
+    assert s.period == 4 and s.period_gap == 1.0
+    np.testing.assert_allclose(_period_product(s), np.full((16, 16), 1 / 16), atol=1e-12)
+
+
+def _write(tmp_path, data, name="s.json") -> str:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return str(path)
+
+
+def test_a_file_with_idle_phases_mixes_and_its_gap_is_the_dense_products(tmp_path):
+    """A node that hears itself idles (W_k's row is e_i): it sends nothing and waits for
+    nothing that round, and keeps its model."""
+    rows = [[1, 0, 2, 3], [0, 1, 3, 2], [2, 3, 0, 1]]
+    s = build(f"one_peer:{_write(tmp_path, {'sources': rows})}").schedule
+    P = _period_product(s)
+    assert s.period_gap == pytest.approx(1 - np.linalg.norm(P - 0.25, 2), abs=1e-12)
+    np.testing.assert_allclose(s.matrix(0)[2], [0, 0, 1, 0])
+    assert s.base_graph().number_of_edges() == 4  # no self-loop for an idle phase
+    res = run_cluster(f"one_peer:{tmp_path / 's.json'}", dataset="digits", rounds=6,
+                      quiet=True, out=str(tmp_path / "run"))
+    s2 = res.summary
+    assert s2["failed_nodes"] == {} and s2["misses_total"] == 0
+    busy = sum(i != j for row in rows for i, j in enumerate(row))  # per period of 3 rounds
+    assert s2["messages_sent_total"] == 2 * busy
+    heard = {(r["node"], r["round"]): r["neighbours_heard"] for r in res.metrics}
+    for rnd in range(1, 7):
+        for i in range(4):
+            assert heard[i, rnd] == int(rows[(rnd - 1) % 3][i] != i)
+
+
+@pytest.mark.parametrize("data, words", [
+    ("{not json", "is not JSON"),
+    ({"phases": [[1, 0]]}, "expected {\"sources\""),
+    ({"sources": []}, "expected {\"sources\""),
+    ({"sources": [[1, 0, 2], [0, 1]]}, "every phase must list 3 nodes"),
+    ({"sources": [[0]]}, "2 to 16384 nodes"),
+    ({"sources": [[1, 0], [1, 1]]}, "phase 1 is not a permutation"),
+    ({"sources": [[1, 0, 2], [0, 1, 5]]}, "phase 1 is not a permutation"),
+    ({"sources": [[1.0, 0.0]]}, "integers"),
+    ({"sources": [[True, False]]}, "integers"),
+    ({"sources": [[1, 0, 3, 2]]}, "disconnected"),
+])
+def test_a_bad_schedule_file_is_one_line_and_exit_2(tmp_path, data, words):
+    path = _write(tmp_path, data)
+    with pytest.raises(TopologyError, match=re.escape(words)):
+        build(f"one_peer:{path}")
+    proc = cli_here("topology", f"one_peer:{path}")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    proc = cli_here("topology", f"one_peer:{tmp_path / 'missing.json'}")
+    assert proc.returncode == 2 and "cannot read schedule" in proc.stderr

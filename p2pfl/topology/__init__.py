@@ -27,7 +27,7 @@ import numpy as np
 
 from p2pfl.errors import TopologyError
 
-from . import spectrum
+from . import schedules, spectrum
 from .files import READERS, load_topology
 from .generators import (GENERATORS, barabasi_albert, complete, erdos_renyi,
                          exponential, line, random_regular, ring, small_world,
@@ -64,7 +64,8 @@ class Topology:
     warnings : list of str
         Repairs made while validating.
     schedule : Schedule or None
-        A time-varying topology's phases (``one_peer_exponential:N``): each round mixes
+        A time-varying topology's phases (``one_peer_exponential:N``, ``one_peer:FILE``):
+        each round mixes
         with one peer of :attr:`graph`, the union of the phases' links, with weights
         1/2 (:mod:`.schedules`).  :attr:`mixing` is then the union's Metropolis matrix,
         which no round uses.  None: every round mixes with :attr:`mixing`.
@@ -117,8 +118,8 @@ def build(spec, *, scheme="metropolis", seed=None):
     Parameters
     ----------
     spec : networkx.Graph, str or os.PathLike
-        See :func:`load_topology`, or a schedule spec (``one_peer_exponential:N``,
-        :mod:`.schedules`).
+        See :func:`load_topology`, or a schedule spec (``one_peer_exponential:N`` or
+        ``one_peer:FILE.json``, :mod:`.schedules`).
     scheme : str
         See :func:`mixing_weights`.  A schedule fixes its own weights: only the
         default, ``metropolis``, is taken with one.
@@ -159,8 +160,14 @@ def describe(topo):
 
 def _describe_schedule(topo, deg, diameter):
     sched = topo.schedule
-    exact = " (exact averaging)" if sched.period_gap == 1.0 else ""
-    return (f"{topo.n} nodes, one peer a round in {sched.period} phase{'s' * (sched.period > 1)} over "
-            f"{topo.graph.number_of_edges()} edges (degree min/mean/max "
-            f"{min(deg)}/{np.mean(deg):.2f}/{max(deg)}, diameter {diameter}), gap over one "
-            f"period {sched.period_gap:.4g}{exact}, per round {sched.round_gap:.4g}")
+    if sched.period_gap is None:
+        gap = (f"gap over one period not computed (n > {schedules.DENSE_MAX_NODES} is too "
+               "large for the dense product)")
+    else:
+        exact = " (exact averaging)" if sched.period_gap == 1.0 else ""
+        gap = (f"gap over one period {sched.period_gap:.4g}{exact}, per round "
+               f"{sched.round_gap:.4g}")
+    return (f"{topo.n} nodes, one peer a round in {sched.period} "
+            f"phase{'s' * (sched.period > 1)} over {topo.graph.number_of_edges()} edges "
+            f"(degree min/mean/max {min(deg)}/{np.mean(deg):.2f}/{max(deg)}, diameter "
+            f"{diameter}), {gap}")

@@ -208,7 +208,7 @@ def _from_spec(spec, seed):
         raise TopologyError(
             f"unknown topology {spec!r}: not a file and not a generator; "
             f"generators: {', '.join(_usage(g) for g in GENERATORS)}; time-varying: "
-            f"{', '.join(f'{g}:N' for g in SCHEDULES)}")
+            f"{', '.join(f'{g}:{arg}' for g, (arg, _) in SCHEDULES.items())}")
     placeholders = _SPEC_ARGS[name].split(":")
     random = placeholders[-1] == "SEED"
     if len(args) not in (len(placeholders), len(placeholders) - random):

@@ -24,21 +24,36 @@ factor is cos(π/2) = 0: the product is J/N, and τ rounds of mixing alone end a
 exact average (the paper's periodic exact averaging; ``tests/test_schedules.py``
 checks it on the matrices and on D-PSGD's mix).
 
+``one_peer:FILE.json`` is a schedule of one's own: ``{"sources": [[...], ...]}``, a
+list of phases, each the node that each node hears (a permutation of 0..n−1; a node
+that hears itself idles that phase, W_k's row i is e_i).  ``topologies/`` has the
+one-peer hypercube on 16 nodes (i hears and sends to i XOR 2^k), which averages
+exactly in 4 rounds too.  Its period gap is found from the dense product, up to
+:data:`DENSE_MAX_NODES` nodes.
+
 This module knows nothing of sockets: it turns a spec into index arrays.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import networkx as nx
 import numpy as np
 
 from p2pfl.errors import TopologyError
 
-from .generators import MAX_NODES
+from .generators import MAX_EDGES, MAX_NODES
 
-__all__ = ["Schedule", "SCHEDULES", "one_peer_exponential", "parse_schedule", "is_schedule"]
+__all__ = ["Schedule", "SCHEDULES", "one_peer", "one_peer_exponential", "read_schedule",
+           "parse_schedule", "is_schedule", "DENSE_MAX_NODES"]
+
+#: The most nodes whose period gap is found from the dense product of a schedule file's
+#: phases (n × n floats per phase, then a 2-norm): above, it is not computed.
+DENSE_MAX_NODES = 1024
+#: A contraction below this is exact averaging (float products of halves leave ~1e-16).
+EXACT = 1e-9
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -53,15 +68,15 @@ class Schedule:
         ``(period, n)`` ints: ``sources[k, i]`` is the node ``i`` hears in phase ``k``.
     targets : numpy.ndarray
         ``(period, n)`` ints: ``targets[k, i]`` is the node ``i`` sends to in phase ``k``.
-    period_gap : float
+    period_gap : float or None
         1 − ‖W_{τ−1} ⋯ W_0 − J/n‖₂: how far one whole period brings the models
-        toward their average (1: exactly there).
+        toward their average (1: exactly there); None where it was not computed.
     """
 
     name: str
     sources: np.ndarray
     targets: np.ndarray
-    period_gap: float
+    period_gap: float | None
 
     @property
     def period(self) -> int:
@@ -72,9 +87,11 @@ class Schedule:
         return int(self.sources.shape[1])
 
     @property
-    def round_gap(self) -> float:
+    def round_gap(self) -> float | None:
         """The per-round equivalent of :attr:`period_gap`: 1 − ρ^(1/τ), where ρ is one
         period's contraction; comparable with a static graph's spectral gap."""
+        if self.period_gap is None:
+            return None
         rho = min(1.0, max(0.0, 1.0 - self.period_gap))
         return 1.0 - rho ** (1.0 / self.period)
 
@@ -83,15 +100,18 @@ class Schedule:
         return (rnd - 1) % self.period
 
     def node_phases(self, i: int) -> tuple:
-        """Node ``i``'s ``(heard, sent to)`` pair for each phase, as plain ints."""
+        """Node ``i``'s ``(heard, sent to)`` pair for each phase, as plain ints (``i``
+        itself in a phase it idles)."""
         return tuple(zip(self.sources[:, i].tolist(), self.targets[:, i].tolist()))
 
     def base_graph(self) -> nx.Graph:
         """The union of the phases' links, undirected, on nodes ``0..n-1``."""
         G = nx.Graph()
         G.add_nodes_from(range(self.n))
-        nodes = np.broadcast_to(np.arange(self.n), self.sources.shape)
-        G.add_edges_from(zip(nodes.ravel().tolist(), self.sources.ravel().tolist()))
+        nodes = np.broadcast_to(np.arange(self.n), self.sources.shape).ravel()
+        heard = self.sources.ravel()
+        moves = nodes != heard  # an idle phase is no link
+        G.add_edges_from(zip(nodes[moves].tolist(), heard[moves].tolist()))
         return G
 
     def matrix(self, k: int) -> np.ndarray:
@@ -116,12 +136,74 @@ def one_peer_exponential(n: int) -> Schedule:
     # normal, so the largest is ‖Π − J/n‖₂.  Vectorised: (n - 1) × τ cosines.
     m = np.arange(1, n, dtype=np.float64)[:, None]
     rho = np.abs(np.cos(np.pi * ((m * hops[None, :]) % (2 * n)) / n)).prod(axis=1).max()
-    rho = 0.0 if rho < 1e-12 else float(rho)  # cos(π/2) is 6e-17 in floats, not 0
+    rho = 0.0 if rho < EXACT else float(rho)  # cos(π/2) is 6e-17 in floats, not 0
     return Schedule(f"one_peer_exponential:{n}", sources, targets, 1.0 - rho)
 
 
-#: Schedule name -> function of its node count.  Specs are ``NAME:N``.
-SCHEDULES = {"one_peer_exponential": one_peer_exponential}
+def one_peer(name: str, sources: np.ndarray) -> Schedule:
+    """A schedule from its phases' sources, ``(period, n)`` ints, each row a permutation
+    of ``0..n-1`` (checked by :func:`read_schedule`)."""
+    period, n = sources.shape
+    targets = np.empty_like(sources)
+    targets[np.arange(period)[:, None], sources] = np.arange(n)[None, :]
+    return Schedule(name, sources, targets, _dense_period_gap(sources))
+
+
+def _dense_period_gap(sources: np.ndarray) -> float | None:
+    """1 − ‖W_{τ−1} ⋯ W_0 − J/n‖₂ from the dense product (row i of W_k P is
+    (P_i + P_{s_k(i)}) / 2); None above :data:`DENSE_MAX_NODES` nodes."""
+    period, n = sources.shape
+    if n > DENSE_MAX_NODES:
+        return None
+    P = np.eye(n)
+    for src in sources:
+        P = (P + P[src]) / 2
+    rho = float(np.linalg.norm(P - 1.0 / n, 2))
+    return 1.0 if rho < EXACT else 1.0 - rho
+
+
+def read_schedule(path: str) -> Schedule:
+    """A schedule file, ``{"sources": [[...], ...]}`` (module docstring); anything else
+    in it is a :class:`TopologyError` naming the file."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except OSError as exc:
+        raise TopologyError(f"cannot read schedule {path}: {exc.strerror or exc}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TopologyError(f"schedule {path} is not JSON: {exc}") from None
+    rows = data.get("sources") if isinstance(data, dict) else None
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, list) for r in rows):
+        raise TopologyError(f"schedule {path}: expected {{\"sources\": [[...], ...]}}, the "
+                            "node each node hears, one list a phase")
+    n = len(rows[0])
+    if any(len(r) != n for r in rows):
+        raise TopologyError(f"schedule {path}: every phase must list {n} nodes, as the first")
+    if not 2 <= n <= MAX_NODES or len(rows) * n > MAX_EDGES:
+        raise TopologyError(f"schedule {path}: {len(rows)} phases of {n} nodes; 2 to "
+                            f"{MAX_NODES} nodes and {MAX_EDGES:,} entries are supported")
+    sources = np.array(rows)
+    if sources.dtype.kind not in "iu":
+        raise TopologyError(f"schedule {path}: node ids must be integers 0..{n - 1}")
+    bad = ~(np.sort(sources, axis=1) == np.arange(n)).all(axis=1)
+    if bad.any():
+        raise TopologyError(f"schedule {path}: phase {int(np.argmax(bad))} is not a "
+                            f"permutation of 0..{n - 1} (each node heard by exactly one)")
+    return one_peer(f"one_peer:{path}", sources.astype(np.int64))
+
+
+def _exponential_spec(rest: str) -> Schedule:
+    try:
+        n = int(rest.strip())
+    except ValueError:
+        raise TopologyError(f"one_peer_exponential: N must be an integer, got "
+                            f"{rest.strip()!r}") from None
+    return one_peer_exponential(n)
+
+
+#: Schedule name -> (its argument's placeholder, the function of that argument's text).
+SCHEDULES = {"one_peer_exponential": ("N", _exponential_spec),
+             "one_peer": ("FILE.json", read_schedule)}
 
 
 def _name(spec) -> str:
@@ -134,13 +216,10 @@ def is_schedule(spec) -> bool:
 
 
 def parse_schedule(spec: str) -> Schedule:
-    """The schedule of a ``NAME:N`` spec; a bad one is a :class:`TopologyError`."""
-    name, _, rest = spec.strip().partition(":")
-    name = _name(name)
-    if not rest or ":" in rest:
-        raise TopologyError(f"{name} spec takes {name}:N, got {spec!r}")
-    try:
-        n = int(rest.strip())
-    except ValueError:
-        raise TopologyError(f"{name}: N must be an integer, got {rest.strip()!r}") from None
-    return SCHEDULES[name](n)
+    """The schedule of a ``NAME:ARG`` spec; a bad one is a :class:`TopologyError`."""
+    head, _, rest = spec.strip().partition(":")
+    name = _name(head)
+    placeholder, make = SCHEDULES[name]
+    if not rest.strip() or (placeholder == "N" and ":" in rest):
+        raise TopologyError(f"{name} spec takes {name}:{placeholder}, got {spec!r}")
+    return make(rest if placeholder == "N" else rest.strip())
