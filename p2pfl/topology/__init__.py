@@ -161,8 +161,8 @@ def describe(topo):
 def _describe_schedule(topo, deg, diameter):
     sched = topo.schedule
     if sched.period_gap is None:
-        gap = (f"gap over one period not computed (n > {schedules.DENSE_MAX_NODES} is too "
-               "large for the dense product)")
+        gap = (f"gap over one period not computed (more than {schedules.DENSE_MAX_NODES} "
+               "nodes, or phases × n² above 2^29, for the dense product)")
     else:
         exact = " (exact averaging)" if sched.period_gap == 1.0 else ""
         gap = (f"gap over one period {sched.period_gap:.4g}{exact}, per round "

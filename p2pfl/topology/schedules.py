@@ -52,6 +52,8 @@ __all__ = ["Schedule", "SCHEDULES", "one_peer", "one_peer_exponential", "read_sc
 #: The most nodes whose period gap is found from the dense product of a schedule file's
 #: phases (n × n floats per phase, then a 2-norm): above, it is not computed.
 DENSE_MAX_NODES = 1024
+#: ... and the most multiply-adds of that product (phases × n × n; about 1 s here).
+DENSE_MAX_WORK = 1 << 29
 #: A contraction below this is exact averaging (float products of halves leave ~1e-16).
 EXACT = 1e-9
 
@@ -151,9 +153,10 @@ def one_peer(name: str, sources: np.ndarray) -> Schedule:
 
 def _dense_period_gap(sources: np.ndarray) -> float | None:
     """1 − ‖W_{τ−1} ⋯ W_0 − J/n‖₂ from the dense product (row i of W_k P is
-    (P_i + P_{s_k(i)}) / 2); None above :data:`DENSE_MAX_NODES` nodes."""
+    (P_i + P_{s_k(i)}) / 2); None above :data:`DENSE_MAX_NODES` nodes or
+    :data:`DENSE_MAX_WORK`."""
     period, n = sources.shape
-    if n > DENSE_MAX_NODES:
+    if n > DENSE_MAX_NODES or period * n * n > DENSE_MAX_WORK:
         return None
     P = np.eye(n)
     for src in sources:
