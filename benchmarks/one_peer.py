@@ -1,8 +1,9 @@
 """One peer a round: the one-peer exponential graph against static topologies.
 
     python benchmarks/one_peer.py [--nodes 16] [--rounds 200] [--target 0.8] [--seeds 3 4 5]
+    python benchmarks/one_peer.py --algorithm deepsqueeze --compression quant:0.001+cabac
 
-D-PSGD with whole fp32 models on mnist1d (cnn, label skew ``dirichlet:0.3``,
+D-PSGD with whole fp32 models (or ``--algorithm deepsqueeze`` with a codec) on mnist1d (cnn, label skew ``dirichlet:0.3``,
 in-process), on ``ring:N``, ``torus``, ``exponential:N``, ``complete:N`` and
 ``one_peer_exponential:N`` (Ying et al., NeurIPS 2021: each round one peer, i + 2^k,
 and for N a power of two the exact average every log2 N rounds of mixing).  Each run
@@ -41,6 +42,7 @@ def topologies(n: int) -> list:
 
 def run(topology: str, seed: int, args) -> dict:
     res = p2pfl.run_cluster(topology, dataset="mnist1d", model="cnn",
+                            algorithm=args.algorithm, compression=args.compression,
                             partition=args.partition, seed=seed, rounds=args.rounds,
                             eval_every=args.eval_every, in_process=True, quiet=True,
                             out=os.path.join(args.out, "runs", f"{topology}-s{seed}"))
@@ -90,9 +92,14 @@ def main(argv=None) -> int:
     ap.add_argument("--target", type=float, default=0.8)
     ap.add_argument("--partition", default="dirichlet:0.3")
     ap.add_argument("--seeds", type=int, nargs="+", default=[3])
+    ap.add_argument("--algorithm", default="dpsgd",
+                    help="dpsgd, or deepsqueeze with --compression (written to OUT_deepsqueeze)")
+    ap.add_argument("--compression", default="none")
     ap.add_argument("--replot", action="store_true",
                     help="redraw the table and plots from OUT/results.json; run nothing")
     args = ap.parse_args(argv)
+    if args.algorithm != "dpsgd" and not args.replot:
+        args.out = args.out.rstrip("/") + f"_{args.algorithm}"
     os.makedirs(args.out, exist_ok=True)
     if args.replot:
         with open(os.path.join(args.out, "results.json")) as fh:
@@ -116,7 +123,9 @@ def plots(rows: list, args) -> None:
     """Accuracy against MB sent and against rounds, one line a topology (the first seed's
     run: the table has every seed)."""
     first = [r for r in rows if r["seed"] == rows[0]["seed"]]
-    title = (f"D-PSGD on {args.nodes} nodes: mnist1d, cnn, {args.partition}, "
+    algorithm = getattr(args, "algorithm", "dpsgd")  # results.json of before the option
+    rule = "D-PSGD" if algorithm == "dpsgd" else f"{algorithm}, {args.compression}"
+    title = (f"{rule} on {args.nodes} nodes: mnist1d, cnn, {args.partition}, "
              f"seed {rows[0]['seed']}")
     for name, x, label, logx in (("accuracy_vs_mb.png", 2, "MB sent (all nodes)", True),
                                  ("accuracy_vs_round.png", 0, "round", False)):

@@ -52,6 +52,8 @@ class GossipNode:
         # a time-varying topology: the (heard, sent to) pair of each phase (schedules.py)
         self.phases = spec.phases
         self._weights = spec.weights
+        if self.phases:
+            self.admit_phases(rt.mailbox)
         self.algorithm = make_algorithm(
             spec.rule, self.learner.num_params, spec.self_weight, spec.weights,
             x0=self.learner.get_flat(), options=spec.options,
@@ -59,7 +61,7 @@ class GossipNode:
             peer_codecs=spec.runtime.codec_names)
         self.misses: Counter = Counter()  # total misses per neighbour
         self._streak: Counter = Counter()  # consecutive misses per neighbour
-        self._since: dict = {}  # the first round of each neighbour's run of misses
+        self._missed_at: dict = {}  # the latest round each neighbour missed
         self.asynchronous = spec.runtime.schedule == "async"
         self.staleness: list = []  # this iteration's τ of each mixed model
         self.availability = Availability(spec.availability) if spec.availability.active \
@@ -158,6 +160,23 @@ class GossipNode:
         j = self.phases[(rnd - 1) % len(self.phases)][0]
         return [] if j == self.spec.id else [j]  # itself: an idle phase
 
+    def admit_phases(self, mailbox) -> None:
+        """Under a schedule a neighbour's model comes only in the rounds it sends to us:
+        the mailbox drops others (``off_phase``; a hostile one could otherwise park a
+        model in every round of the window, and a round that mixes one peer has no
+        weight for a second).  Nodes that do not wait for a slow one run ahead of it by
+        up to a period's rounds (on a static graph, by one), so the window of rounds
+        kept ahead covers two periods, up to 256 rounds."""
+        mine = self.spec.id
+        senders = [j for j, _ in self.phases]
+        period = len(senders)
+
+        def admits(src, kind, rnd) -> bool:
+            return kind != "model" or (src != mine and senders[(rnd - 1) % period] == src)
+
+        mailbox.admits = admits
+        mailbox.window = max(mailbox.window, min(2 * period + 4, 256))
+
     def enter_phase(self, rnd: int) -> None:
         """Round ``rnd``'s row of the schedule's W_k: w_ii and w_ij of the one neighbour
         heard, 1/2 each, or w_ii = 1 in a phase the node idles
@@ -200,15 +219,15 @@ class GossipNode:
         """Neighbours to wait for this round (of those it mixes, :meth:`heard`).
 
         Not those that missed SUSPECT_AFTER rounds in a row and have not been heard
-        from since the first of them (a silent neighbour costs its time-out once, and a
-        message of any round since, even a late one, brings it back), nor those that said they
+        from since the latest of them (a silent neighbour costs its time-out once, and a
+        message of that round or later, even a late one, brings it back), nor those that said they
         left and sent nothing since, nor those already past this round (their
         messages come in order, so a round-``rnd`` one that is not here is not
         coming: we are the late one, and catch up without waiting).
         """
         away = self.rt.away
         return [j for j in self.heard(rnd)
-                if (self._streak[j] < SUSPECT_AFTER or self.rt.heard_from(j, self._since[j]))
+                if (self._streak[j] < SUSPECT_AFTER or self.rt.heard_from(j, self._missed_at[j]))
                 and j not in away and not self.rt.heard_from(j, rnd + 1)]
 
     def collect(self, rnd: int) -> dict:
@@ -219,7 +238,11 @@ class GossipNode:
             timeout = max(0.0, min(timeout, self.availability.next_offline(now) - now))
         packets = self.rt.gather("model", rnd, self.expected(rnd), timeout)
         received = {}
+        heard = self.heard(rnd)
         for j, packet in packets.items():
+            if self.phases and j not in heard:  # kept before the mailbox knew the phases
+                self.rt.drop("off_phase")
+                continue
             try:
                 received[j] = self.algorithm.decode(packet)
             except TemporalGap:  # lost the sender's last message: resync, then plain
@@ -246,8 +269,7 @@ class GossipNode:
                 self._streak[j] = 0
             elif j not in away:  # a neighbour that said it left is not missed
                 self.misses[j] += 1
-                if not self._streak[j]:
-                    self._since[j] = rnd
+                self._missed_at[j] = rnd
                 self._streak[j] += 1
 
     def sit_out(self, rnd: int) -> int | None:

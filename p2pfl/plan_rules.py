@@ -42,8 +42,10 @@ def check_time_varying(cfg: RunConfig, sched, algorithm: str, codecs: list,
     (``cabac:temporal``) would fall out of step, and asynchronous rounds have no phase."""
     name = sched.name.split(":", 1)[0]
     if schedule == "async":
+        why = "--schedule async" if cfg.schedule == "async" else \
+            f"--algorithm {algorithm}, which has no rounds (asynchronous only)"
         raise ConfigError(f"{name} changes peers each synchronous round; it cannot run "
-                          "with --schedule async")
+                          f"with {why}")
     compressed = any(c != "none" for c in codecs)
     if algorithm == "deepsqueeze":
         from .compression import uses_temporal

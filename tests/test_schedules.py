@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import zmq
 
 from p2pfl import run_cluster
 from p2pfl.algorithms import DPSGD
@@ -19,6 +20,8 @@ from p2pfl.errors import ConfigError, TopologyError
 from p2pfl.node import GossipNode
 from p2pfl.plan import plan
 from p2pfl.spec import node_spec_from_wire
+from p2pfl.transport.endpoint import Endpoint
+from p2pfl.transport.mailbox import Mailbox
 from p2pfl.algorithms.options import DPSGDOptions
 from p2pfl.topology import build, describe, exponential, parse_schedule
 from tests._inproc import cli_here
@@ -72,15 +75,26 @@ def test_d_psgd_with_the_plans_phases_averages_exactly_in_one_period():
     g = torch.Generator().manual_seed(4)
     x = [torch.randn(300, generator=g, dtype=torch.float32) for _ in specs]
     mean = torch.stack(x).mean(0)
-    algs = [DPSGD(300, s.self_weight, s.weights, options=DPSGDOptions()) for s in specs]
+    nodes = [_node_view(s, DPSGD(300, s.self_weight, s.weights, options=DPSGDOptions()))
+             for s in specs]
     for rnd in range(1, 5):
-        heard = [s.phases[(rnd - 1) % len(s.phases)][0] for s in specs]
-        for s, a, j in zip(specs, algs, heard):
+        heard = []
+        for s, me in zip(specs, nodes):
             assert s.phases[(rnd - 1) % 4][1] == (s.id + (1 << (rnd - 1))) % 16
-            a.self_weight, a.weights = s.self_weight, {j: s.weights[j]}
-        x = [a.mix(x[i], {heard[i]: x[heard[i]]}) for i, a in enumerate(algs)]
+            GossipNode.enter_phase(me, rnd)  # the node's own row of W_k
+            heard.append(me.heard(rnd))
+            assert heard[-1] == [(s.id - (1 << (rnd - 1))) % 16]
+        x = [me.algorithm.mix(x[i], {j: x[j] for j in heard[i]}) for i, me in enumerate(nodes)]
     for xi in x:
         torch.testing.assert_close(xi, mean, atol=1e-6, rtol=0)
+
+
+def _node_view(spec, algorithm):
+    """What GossipNode's phase methods read of a node, without its runtime."""
+    me = SimpleNamespace(spec=spec, phases=spec.phases, neighbours=spec.peers,
+                         _weights=spec.weights, algorithm=algorithm)
+    me.heard = lambda rnd: GossipNode.heard(me, rnd)
+    return me
 
 
 def test_the_plan_and_the_wire_carry_the_phases():
@@ -182,7 +196,7 @@ def test_a_neighbour_late_once_is_waited_for_again_in_its_next_phase():
     rt = SimpleNamespace(away=set(), heard_from=lambda j, r: last.get(j, -1) >= r)
     me = SimpleNamespace(rt=rt, phases=((7, 1), (6, 2), (4, 4)), neighbours=[1, 2, 4, 6, 7],
                          spec=SimpleNamespace(id=3),
-                         _streak=Counter(), _since={}, misses=Counter())
+                         _streak=Counter(), _missed_at={}, misses=Counter())
     me.heard = lambda rnd: GossipNode.heard(me, rnd)
     assert GossipNode.expected(me, 1) == [7]
     GossipNode.account(me, 1, {})  # 7 missed round 1
@@ -264,3 +278,70 @@ def test_a_bad_schedule_file_is_one_line_and_exit_2(tmp_path, data, words):
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     proc = cli_here("topology", f"one_peer:{tmp_path / 'missing.json'}")
     assert proc.returncode == 2 and "cannot read schedule" in proc.stderr
+
+
+@pytest.fixture
+def ctx():
+    c = zmq.Context()
+    yield c
+    c.destroy(linger=0)  # a failed test's sockets must not hang the interpreter's exit
+
+
+def test_the_mailbox_takes_a_model_only_in_its_senders_phase_and_two_periods_ahead(ctx):
+    """Node 3 of one_peer_exponential:8 hears 2, 1 and 7 in turn.  A model from a
+    neighbour in another's round is dropped (off_phase; it used to reach the mix, which
+    had no weight for it: KeyError), other kinds are not phase-bound, and a model up to
+    two periods ahead is kept (a node that does not wait for a slow one runs up to a
+    period ahead of it; the window was 4 rounds)."""
+    box_end = Endpoint(ctx, 3, "inproc://phase-3")
+    ends = {j: Endpoint(ctx, j, f"inproc://phase-{j}") for j in (1, 2, 7)}
+    for e in ends.values():
+        e.connect(3, box_end.address)
+    spec = plan(from_sources(None, {"topology": "one_peer_exponential:8",
+                                    "dataset": "synthetic"})).specs[3]
+    box = Mailbox(box_end, peers=spec.peers)
+    GossipNode.admit_phases(_node_view(spec, None), box)
+    assert box.window == 10
+    ends[1].send(3, "model", 1)  # round 1 is 2's
+    ends[2].send(3, "model", 1)
+    ends[1].send(3, "pull", 1)  # not a model: any round
+    ends[7].send(3, "model", 9)  # phase (9 - 1) % 3 = 2: 7's, 8 rounds ahead
+    got = box.collect("model", 1, [2], timeout=5.0)
+    assert list(got) == [2] and box.take_requests("pull") == {1: 1}
+    assert box.collect("model", 9, [7], timeout=5.0).keys() == {7}
+    assert box_end.counters.dropped == {"off_phase": 1}
+
+
+def test_a_neighbour_late_once_then_silent_is_not_waited_for_every_round():
+    """Static ring: a neighbour whose round-1 message came late, then nothing, was
+    waited for (a full time-out) in every round after: 'heard from since the first
+    missed round' held for ever.  Since the latest missed round, it costs one more."""
+    last = {}
+    rt = SimpleNamespace(away=set(), heard_from=lambda j, r: last.get(j, -1) >= r)
+    me = SimpleNamespace(rt=rt, phases=(), neighbours=[1, 7], spec=SimpleNamespace(id=0),
+                         _streak=Counter(), _missed_at={}, misses=Counter())
+    me.heard = lambda rnd: GossipNode.heard(me, rnd)
+    GossipNode.account(me, 1, {1: object()})  # 7 missed round 1
+    last[7] = 1  # ... its round-1 message came late
+    waited = []
+    for rnd in range(2, 8):
+        waited.append(7 in GossipNode.expected(me, rnd))
+        GossipNode.account(me, rnd, {1: object()})  # 7 silent from now on
+    assert waited == [True, False, False, False, False, False]
+
+
+def test_a_straggler_costs_no_time_outs(tmp_path):
+    """32 nodes, node 0 twenty times slower: nodes that do not hear it in a round run
+    ahead of it by up to a period (5 rounds), and their models reached it beyond the
+    mailbox's 4-round window, were dropped, and it waited a time-out for each (5 drops,
+    10 misses, 22.8 s).  The window now covers two periods."""
+    profile = tmp_path / "slow.toml"
+    profile.write_text('[nodes."0"]\nslowdown = 20\n')
+    res = run_cluster("one_peer_exponential:32", rounds=12, round_timeout=4.0, quiet=True,
+                      in_process=True, dataset="digits", eval_every=12, local_steps=5,
+                      profiles=str(profile), out=str(tmp_path / "run"))
+    s = res.summary
+    assert s["failed_nodes"] == {} and s["misses_total"] == 0, s["misses_total"]
+    assert "round_out_of_window" not in s["dropped"] and "off_phase" not in s["dropped"]
+    slow = [r["neighbours_heard"] for r in res.metrics if r["node"] == 0]
+    assert slow == [1] * 12

@@ -91,7 +91,9 @@ class Schedule:
     @property
     def round_gap(self) -> float | None:
         """The per-round equivalent of :attr:`period_gap`: 1 − ρ^(1/τ), where ρ is one
-        period's contraction; comparable with a static graph's spectral gap."""
+        period's contraction (the geometric mean of the rounds').  It is 1 where a
+        period averages exactly, as for a complete graph, though one round's W_k alone
+        contracts far less; it speaks of whole periods of mixing, not of one round."""
         if self.period_gap is None:
             return None
         rho = min(1.0, max(0.0, 1.0 - self.period_gap))

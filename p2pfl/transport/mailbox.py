@@ -61,6 +61,9 @@ class Mailbox(Routing):
         self.endpoint = endpoint
         self.gate = gate  # the host's CpuGate when actors share a process (cpugate.py)
         self.window = window
+        # Whether a data message of (src, kind, round) may come at all (a time-varying
+        # topology's phases: a neighbour sends to us only in its rounds); None: any.
+        self.admits: Callable[[object, str, int], bool] | None = None
         self.alive = alive or (lambda: True)
         # Who may send data messages.  None until the node is configured: then data
         # messages are kept (at most max_unconfigured of them) and filtered later,

@@ -93,6 +93,8 @@ class Routing:
             queue.append(msg)
         elif msg.round < self.current_round:
             counters.drop("stale_round")
+        elif self.admits is not None and not self.admits(msg.src, msg.kind, msg.round):
+            counters.drop("off_phase")
         elif msg.round > self.current_round + self.window:
             counters.drop("round_out_of_window")
         else:
