@@ -345,3 +345,21 @@ def test_a_straggler_costs_no_time_outs(tmp_path):
     assert "round_out_of_window" not in s["dropped"] and "off_phase" not in s["dropped"]
     slow = [r["neighbours_heard"] for r in res.metrics if r["node"] == 0]
     assert slow == [1] * 12
+
+
+def test_a_long_schedule_that_contracts_strongly_is_not_called_exact(tmp_path):
+    """Random matchings of torus:4x4 over 100 rounds leave ρ about 1e-15: that is not
+    exact averaging (a clamp below 1e-9 called it so, and put the per-round gap at 1);
+    the per-round gap stays what 20 and 40 rounds of the same matchings give (~0.2)."""
+    spec = importlib.util.spec_from_file_location(
+        "random_matchings", os.path.join(ROOT, "examples", "random_matchings.py"))
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    phases = example.matchings(build("torus:4x4").graph, 100, seed=0)
+    gaps = {}
+    for rounds in (20, 40, 100):
+        s = build(f"one_peer:{_write(tmp_path, {'sources': phases[:rounds]})}").schedule
+        assert 0 < s.contraction and s.period_gap < 1.0
+        gaps[rounds] = s.round_gap
+    assert 0.15 < gaps[20] < 0.25 and abs(gaps[100] - gaps[40]) < 0.02, gaps
+    assert "exact" not in describe(build(f"one_peer:{tmp_path / 's.json'}"))

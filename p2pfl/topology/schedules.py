@@ -54,8 +54,6 @@ __all__ = ["Schedule", "SCHEDULES", "one_peer", "one_peer_exponential", "read_sc
 DENSE_MAX_NODES = 1024
 #: ... and the most multiply-adds of that product (phases × n × n; about 1 s here).
 DENSE_MAX_WORK = 1 << 29
-#: A contraction below this is exact averaging (float products of halves leave ~1e-16).
-EXACT = 1e-9
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -70,15 +68,16 @@ class Schedule:
         ``(period, n)`` ints: ``sources[k, i]`` is the node ``i`` hears in phase ``k``.
     targets : numpy.ndarray
         ``(period, n)`` ints: ``targets[k, i]`` is the node ``i`` sends to in phase ``k``.
-    period_gap : float or None
-        1 − ‖W_{τ−1} ⋯ W_0 − J/n‖₂: how far one whole period brings the models
-        toward their average (1: exactly there); None where it was not computed.
+    contraction : float or None
+        ρ = ‖W_{τ−1} ⋯ W_0 − J/n‖₂: what one whole period leaves of the models'
+        distance to their average (0: none, exact averaging); None where it was not
+        computed.
     """
 
     name: str
     sources: np.ndarray
     targets: np.ndarray
-    period_gap: float | None
+    contraction: float | None
 
     @property
     def period(self) -> int:
@@ -89,14 +88,19 @@ class Schedule:
         return int(self.sources.shape[1])
 
     @property
+    def period_gap(self) -> float | None:
+        """1 − ρ: exactly 1 where a period averages exactly, and only there."""
+        return None if self.contraction is None else 1.0 - self.contraction
+
+    @property
     def round_gap(self) -> float | None:
         """The per-round equivalent of :attr:`period_gap`: 1 − ρ^(1/τ), where ρ is one
         period's contraction (the geometric mean of the rounds').  It is 1 where a
         period averages exactly, as for a complete graph, though one round's W_k alone
         contracts far less; it speaks of whole periods of mixing, not of one round."""
-        if self.period_gap is None:
+        if self.contraction is None:
             return None
-        rho = min(1.0, max(0.0, 1.0 - self.period_gap))
+        rho = min(1.0, max(0.0, self.contraction))
         return 1.0 - rho ** (1.0 / self.period)
 
     def phase(self, rnd: int) -> int:
@@ -139,9 +143,10 @@ def one_peer_exponential(n: int) -> Schedule:
     # |λ_m| of the period's product, m = 1..n-1 (module docstring); a circulant matrix is
     # normal, so the largest is ‖Π − J/n‖₂.  Vectorised: (n - 1) × τ cosines.
     m = np.arange(1, n, dtype=np.float64)[:, None]
-    rho = np.abs(np.cos(np.pi * ((m * hops[None, :]) % (2 * n)) / n)).prod(axis=1).max()
-    rho = 0.0 if rho < EXACT else float(rho)  # cos(π/2) is 6e-17 in floats, not 0
-    return Schedule(f"one_peer_exponential:{n}", sources, targets, 1.0 - rho)
+    factors = np.abs(np.cos(np.pi * ((m * hops[None, :]) % (2 * n)) / n))
+    factors[factors < 1e-12] = 0.0  # cos(π/2) is 6e-17 in floats; others are >= π/(2n)
+    rho = float(factors.prod(axis=1).max())
+    return Schedule(f"one_peer_exponential:{n}", sources, targets, rho)
 
 
 def one_peer(name: str, sources: np.ndarray) -> Schedule:
@@ -150,21 +155,25 @@ def one_peer(name: str, sources: np.ndarray) -> Schedule:
     period, n = sources.shape
     targets = np.empty_like(sources)
     targets[np.arange(period)[:, None], sources] = np.arange(n)[None, :]
-    return Schedule(name, sources, targets, _dense_period_gap(sources))
+    return Schedule(name, sources, targets, _dense_contraction(sources))
 
 
-def _dense_period_gap(sources: np.ndarray) -> float | None:
-    """1 − ‖W_{τ−1} ⋯ W_0 − J/n‖₂ from the dense product (row i of W_k P is
+def _dense_contraction(sources: np.ndarray) -> float | None:
+    """‖W_{τ−1} ⋯ W_0 − J/n‖₂ from the dense product (row i of W_k P is
     (P_i + P_{s_k(i)}) / 2); None above :data:`DENSE_MAX_NODES` nodes or
-    :data:`DENSE_MAX_WORK`."""
+    :data:`DENSE_MAX_WORK`.  The product's entries are multiples of 2^−τ, which float64
+    holds exactly for τ ≤ 52: there exact averaging is Π = J/n bit for bit, and ρ is 0.
+    A tiny ρ otherwise is a strong contraction (random matchings over 100 rounds leave
+    some 1e-15), not exact averaging."""
     period, n = sources.shape
     if n > DENSE_MAX_NODES or period * n * n > DENSE_MAX_WORK:
         return None
     P = np.eye(n)
     for src in sources:
         P = (P + P[src]) / 2
-    rho = float(np.linalg.norm(P - 1.0 / n, 2))
-    return 1.0 if rho < EXACT else 1.0 - rho
+    if period <= 52 and (P == 1.0 / n).all():
+        return 0.0
+    return float(np.linalg.norm(P - 1.0 / n, 2))
 
 
 def read_schedule(path: str) -> Schedule:
