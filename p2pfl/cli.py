@@ -168,9 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--nodes", type=int, help="keys for node ids 0..N-1")
     who.add_argument("--labels", help="comma-separated node labels of the topology")
     p = sub.add_parser("topology", help="describe a topology and its mixing matrix")
-    p.add_argument("spec", help="generator spec or graph file")
+    p.add_argument("spec", help="generator spec, graph file or schedule "
+                   "(one_peer_exponential:N, one_peer:FILE.json)")
     p.add_argument("--mixing", default="metropolis",
                    help="metropolis (default), uniform, weight or attr:NAME")
+    p.add_argument("--png", help="also draw it into this PNG file (edges as wide as their "
+                   "weight; a schedule: one panel a phase)")
+    p.add_argument("--layout", default="auto",
+                   help="with --png: auto (circular for schedules, spring otherwise), "
+                   "circular or spring")
     p = sub.add_parser("plot", help="write PNG plots of a run folder, or compare runs",
                        description="One run folder: its plots, written into it. Two or "
                        "more with --out DIR: one line a run (accuracy against round, "
@@ -294,10 +300,23 @@ def _cmd_keys(args) -> int:
 def _cmd_topology(args) -> int:
     from .topology import build, describe
 
+    from .plot_topology import LAYOUTS, check_drawable, draw_topology
+
+    if args.png is None and args.layout != "auto":
+        raise UsageError("--layout is for drawing: give --png FILE too")
+    if args.layout not in LAYOUTS:  # before a large graph is built
+        raise UsageError(f"unknown layout {args.layout!r}; valid: {', '.join(LAYOUTS)}")
     topo = build(args.spec, scheme=args.mixing)
+    if args.png is not None:
+        check_drawable(topo, args.layout)  # before anything is printed
     print(describe(topo))
     for w in topo.warnings:
         print(f"warning: {w}")
+    if args.png is not None:
+        gap = topo.spectral_gap
+        print(draw_topology(topo, args.png, args.layout, title=f"{args.spec}: {topo.n} nodes, "
+                            f"{topo.graph.number_of_edges()} edges, spectral gap "
+                            f"{'?' if gap is None else f'{gap:.4g}'}"))
     return 0
 
 
