@@ -1,12 +1,14 @@
-"""One peer a round: the one-peer exponential graph against static topologies.
+"""Topologies that change every round against static ones.
 
     python benchmarks/one_peer.py [--nodes 16] [--rounds 200] [--target 0.8] [--seeds 3 4 5]
     python benchmarks/one_peer.py --algorithm deepsqueeze --compression quant:0.001+cabac
 
-D-PSGD with whole fp32 models (or ``--algorithm deepsqueeze`` with a codec) on mnist1d (cnn, label skew ``dirichlet:0.3``,
-in-process), on ``ring:N``, ``torus``, ``exponential:N``, ``complete:N`` and
-``one_peer_exponential:N`` (Ying et al., NeurIPS 2021: each round one peer, i + 2^k,
-and for N a power of two the exact average every log2 N rounds of mixing).  Each run
+D-PSGD with whole fp32 models (or ``--algorithm deepsqueeze`` with a codec) on mnist1d
+(cnn, label skew ``dirichlet:0.3``, in-process), on ``ring:N``, ``torus``,
+``random_regular:4:N``, ``exponential:N``, ``complete:N``, ``one_peer_exponential:N``
+(Ying et al., NeurIPS 2021: each round one peer, i + 2^k, and for N a power of two the
+exact average every log2 N rounds of mixing) and a new random 4-regular graph each
+round (a ``dynamic:FILE`` schedule written into OUT, one graph a round, seeded).  Each run
 plays every round; from its records come the rounds and MB (all nodes) to the mean
 test accuracy ``--target``, the accuracy of the last round, and the mean consensus
 distance over the run (relative, ‖x_i − x̄‖ / ‖x̄‖, mean over nodes and evaluated rounds).
@@ -23,6 +25,7 @@ import os
 import sys
 from collections import defaultdict
 
+import networkx as nx
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -33,31 +36,40 @@ from p2pfl.metrics import write_json_atomic  # noqa: E402
 from p2pfl.plot import plot_curves  # noqa: E402
 
 
-def topologies(n: int) -> list:
+def topologies(n: int, args) -> list:
+    """``(name, spec)`` pairs; ``dynamic`` is a file of a random 4-regular graph a round
+    (seeded per round), written into OUT, beside the static ``random_regular:4:N``."""
     side = math.isqrt(n)
     grid = [f"torus:{side}x{n // side}"] if side * (n // side) == n and side > 2 else []
-    return [f"ring:{n}", *grid, f"exponential:{n}", f"complete:{n}",
-            f"one_peer_exponential:{n}"]
+    path = os.path.join(args.out, f"dynamic_random_regular4_{n}.json")
+    phases = [[list(e) for e in nx.random_regular_graph(4, n, seed=1000 + k).edges()]
+              for k in range(args.rounds)]
+    with open(path, "w") as fh:
+        json.dump({"nodes": n, "phases": phases}, fh)
+    specs = [f"ring:{n}", *grid, f"random_regular:4:{n}", f"exponential:{n}",
+             f"complete:{n}", f"one_peer_exponential:{n}"]
+    return [(s, s) for s in specs] + [(f"dynamic random_regular:4:{n}", f"dynamic:{path}")]
 
 
-def run(topology: str, seed: int, args) -> dict:
+def run(name: str, topology: str, seed: int, args) -> dict:
     res = p2pfl.run_cluster(topology, dataset="mnist1d", model="cnn",
                             algorithm=args.algorithm, compression=args.compression,
                             partition=args.partition, seed=seed, rounds=args.rounds,
                             eval_every=args.eval_every, in_process=True, quiet=True,
-                            out=os.path.join(args.out, "runs", f"{topology}-s{seed}"))
+                            out=os.path.join(args.out, "runs",
+                                             f"{name.replace(' ', '_')}-s{seed}"))
     s, pts = res.summary, curve(res.metrics)
     rnd, nbytes = to_target(pts, args.target)
     gossip = [r for r in res.metrics if r["role"] == "gossip"]
     dist = [r["consensus_distance_rel"] for r in gossip
             if r.get("consensus_distance_rel") is not None]
-    row = {"topology": topology, "seed": seed, "rounds_to_target": rnd,
+    row = {"topology": name, "seed": seed, "rounds_to_target": rnd,
            "bytes_to_target": nbytes, "final_accuracy": pts[-1][1],
            "messages_per_node_round": s["messages_sent_total"] / (s["nodes"] * args.rounds),
            "consensus_distance_rel_mean": float(np.mean(dist)) if dist else None,
            "bytes_sent_total": s["bytes_sent_total"], "wall_s": s["wall_s"],
            "spectral_gap": s["spectral_gap"], "misses": s["misses_total"], "curve": pts}
-    print(f"{topology:26s} seed {seed}  to {args.target}: round {str(rnd):>4s}, "
+    print(f"{name:32s} seed {seed}  to {args.target}: round {str(rnd):>4s}, "
           f"{(nbytes or 0) / 1e6:8.2f} MB  final {row['final_accuracy']:.4f}  "
           f"dist {row['consensus_distance_rel_mean']:.4f}  {s['wall_s']:.0f} s", flush=True)
     return row
@@ -107,7 +119,8 @@ def main(argv=None) -> int:
         args = argparse.Namespace(**dict(saved["args"], out=args.out))
         rows = saved["rows"]
     else:
-        rows = [run(t, seed, args) for seed in args.seeds for t in topologies(args.nodes)]
+        rows = [run(name, spec, seed, args) for seed in args.seeds
+                for name, spec in topologies(args.nodes, args)]
     lines = table(rows, args)
     with open(os.path.join(args.out, "table.md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")

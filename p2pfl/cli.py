@@ -20,8 +20,8 @@ __all__ = ["main", "build_parser"]
 CLUSTER_OPTIONS = [
     ("mode", str, "gossip (default), fedavg, stc, cfl, fd or cfd"),
     ("topology", str, "generator spec (ring:8, torus:4x4, ...), graph file, or a schedule "
-                      "of one peer a round (one_peer_exponential:N, one_peer:FILE.json); in "
-                      "server modes its nodes are the workers"),
+                      "that changes every round (one_peer_exponential:N, one_peer:FILE.json, "
+                      "dynamic:FILE.json); in server modes its nodes are the workers"),
     ("nodes", int, "number of worker nodes in server modes"),
     ("rounds", int, "communication rounds (default 30)"),
     ("seed", int, "random seed for data, partition, initial model and random graphs "
@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--labels", help="comma-separated node labels of the topology")
     p = sub.add_parser("topology", help="describe a topology and its mixing matrix")
     p.add_argument("spec", help="generator spec, graph file or schedule "
-                   "(one_peer_exponential:N, one_peer:FILE.json)")
+                   "(one_peer_exponential:N, one_peer:FILE.json, dynamic:FILE.json)")
     p.add_argument("--mixing", default="metropolis",
                    help="metropolis (default), uniform, weight or attr:NAME")
     p.add_argument("--png", help="also draw it into this PNG file (edges as wide as their "

@@ -49,9 +49,8 @@ class GossipNode:
         rt.mailbox.wait_for_pullers = False  # we answer a pull with our next round's send
         self.learner = Learner(spec.learn, spec.id, pause=rt.idle, run=rt.compute)
         self.neighbours = spec.peers
-        # a time-varying topology: the (heard, sent to) pair of each phase (schedules.py)
+        # a time-varying topology: each phase's (heard, w_ii, sent to) (schedules.py)
         self.phases = spec.phases
-        self._weights = spec.weights
         if self.phases:
             self.admit_phases(rt.mailbox)
         self.algorithm = make_algorithm(
@@ -154,36 +153,33 @@ class GossipNode:
 
     def heard(self, rnd: int) -> list:
         """The neighbours whose messages round ``rnd`` mixes: all of them, or under a
-        time-varying topology the one its phase names."""
+        time-varying topology those its phase names (none in a phase it idles)."""
         if not self.phases:
             return self.neighbours
-        j = self.phases[(rnd - 1) % len(self.phases)][0]
-        return [] if j == self.spec.id else [j]  # itself: an idle phase
+        return [j for j, _ in self.phases[(rnd - 1) % len(self.phases)][0]]
 
     def admit_phases(self, mailbox) -> None:
         """Under a schedule a neighbour's model comes only in the rounds it sends to us:
         the mailbox drops others (``off_phase``; a hostile one could otherwise park a
         model in every round of the window, and a round that mixes one peer has no
-        weight for a second).  Nodes that do not wait for a slow one run ahead of it by
+        weight for another).  Nodes that do not wait for a slow one run ahead of it by
         up to a period's rounds (on a static graph, by one), so the window of rounds
         kept ahead covers two periods, up to 256 rounds."""
-        mine = self.spec.id
-        senders = [j for j, _ in self.phases]
+        senders = [frozenset(j for j, _ in heard) for heard, _, _ in self.phases]
         period = len(senders)
 
         def admits(src, kind, rnd) -> bool:
-            return kind != "model" or (src != mine and senders[(rnd - 1) % period] == src)
+            return kind != "model" or src in senders[(rnd - 1) % period]
 
         mailbox.admits = admits
         mailbox.window = max(mailbox.window, min(2 * period + 4, 256))
 
     def enter_phase(self, rnd: int) -> None:
-        """Round ``rnd``'s row of the schedule's W_k: w_ii and w_ij of the one neighbour
-        heard, 1/2 each, or w_ii = 1 in a phase the node idles
-        (:mod:`~p2pfl.topology.schedules`)."""
-        heard = self.heard(rnd)
-        self.algorithm.self_weight = self.spec.self_weight if heard else 1.0
-        self.algorithm.weights = {j: self._weights[j] for j in heard}
+        """Round ``rnd``'s row of the schedule's W_k: w_ii and the w_ij of the neighbours
+        heard (w_ii = 1 in a phase the node idles; :mod:`~p2pfl.topology.schedules`)."""
+        heard, own, _ = self.phases[(rnd - 1) % len(self.phases)]
+        self.algorithm.self_weight = own
+        self.algorithm.weights = dict(heard)
 
     def misbehave(self, x, start):
         """A Byzantine node's published (and kept) model (:mod:`~.algorithms.attacks`)."""
@@ -193,8 +189,8 @@ class GossipNode:
         return bad
 
     def broadcast(self, rnd: int, packet) -> None:
-        """Send this round's packet (under a time-varying topology to the one neighbour
-        its phase names); a neighbour that asked for our full state (noted before the
+        """Send this round's packet (under a time-varying topology to the neighbours its
+        phase names); a neighbour that asked for our full state (noted before the
         packet was made) gets that."""
         for j, their_round in self.rt.requests("pull").items():  # a neighbour is back
             self.rt.send(j, "catchup", their_round,
@@ -203,8 +199,8 @@ class GossipNode:
         away = self.rt.away
         online = [j for j in self.neighbours if self._streak[j] < SUSPECT_AFTER
                   and j not in away]
-        chosen = ({self.phases[(rnd - 1) % len(self.phases)][1]} - {self.spec.id}
-                  if self.phases else set(self.algorithm.targets(online))) | set(special)
+        chosen = (set(self.phases[(rnd - 1) % len(self.phases)][2]) if self.phases
+                  else set(self.algorithm.targets(online))) | set(special)
         plain = []  # those that get this round's packet: packed once for all
         for j in self.neighbours:
             if j in chosen and j not in away:

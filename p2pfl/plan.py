@@ -211,13 +211,14 @@ def _gossip_plan(cfg: RunConfig, graph, restarts: int = 0) -> Plan:
                                   presence=bool(restarts) or any(a.active for a in availability))
     learns = [dataclasses.replace(x, momentum_mode=_momentum_mode(algorithm, codecs[i]))
               for i, x in enumerate(learns)]
+    phases = topo.schedule.node_phases() if topo.schedule is not None else None
     specs = tuple(NodeSpec(
         id=i, label=labels[i], role="gossip",
         neighbours=_row(topo, i), self_weight=_self_weight(topo, i), learn=learns[i],
         runtime=runtime,
         rule=algorithm, options=_gossip_options(cfg, algorithm, codecs[i], learns[i]),
         link=LinkSpec(**per_node[i]["link"]), availability=availability[i],
-        phases=topo.schedule.node_phases(i) if topo.schedule is not None else ())
+        phases=phases[i] if phases is not None else ())
         for i in range(topo.n))
     record = dict(cfg.to_dict(), resolved={
         "nodes": topo.n, "labels": labels, "spectral_gap": topo.spectral_gap,
@@ -234,14 +235,14 @@ def _gossip_plan(cfg: RunConfig, graph, restarts: int = 0) -> Plan:
 
 def _row(topo, i: int) -> tuple:
     """Node ``i``'s ``(neighbour, w_ij)`` pairs: its row of the mixing matrix, or under a
-    schedule every link of the base graph at 1/2 (the weight of the round it is used)."""
+    schedule every link of the base graph at 0 (each phase gives its own weights)."""
     if topo.schedule is not None:
-        return tuple((j, 0.5) for j in topo.neighbours(i))
+        return tuple((j, 0.0) for j in topo.neighbours(i))
     return tuple(zip(*(a.tolist() for a in topo.mixing.row(i))))
 
 
 def _self_weight(topo, i: int) -> float:
-    return 0.5 if topo.schedule is not None else float(topo.mixing.diag[i])
+    return 1.0 if topo.schedule is not None else float(topo.mixing.diag[i])
 
 
 def _phases(topo) -> int | None:

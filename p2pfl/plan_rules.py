@@ -37,9 +37,10 @@ def whole_model_codec(spec: str) -> None:
 
 def check_time_varying(cfg: RunConfig, sched, algorithm: str, codecs: list,
                         schedule: str) -> None:
-    """A one-peer schedule hears each neighbour only in its phase: a rule that keeps a
-    copy of every neighbour (CHOCO, compressed D-PSGD) or a chain of messages
-    (``cabac:temporal``) would fall out of step, and asynchronous rounds have no phase."""
+    """A schedule hears each neighbour only in its phases: a rule that keeps a copy of
+    every neighbour (CHOCO, compressed D-PSGD) or a chain of messages
+    (``cabac:temporal``) would fall out of step, and asynchronous rounds have no phase.
+    Robust aggregation is not wired to phases (its rules' neighbour counts)."""
     name = sched.name.split(":", 1)[0]
     if schedule == "async":
         why = "--schedule async" if cfg.schedule == "async" else \
@@ -51,15 +52,15 @@ def check_time_varying(cfg: RunConfig, sched, algorithm: str, codecs: list,
         from .compression import uses_temporal
 
         if any(uses_temporal(c) for c in codecs):
-            raise ConfigError(f"{name} hears each neighbour once a period, so a "
-                              "cabac:temporal chain would break every round; use plain cabac")
+            raise ConfigError(f"{name} hears a neighbour only in some rounds, so a "
+                              "cabac:temporal chain would break; use plain cabac")
     elif algorithm != "dpsgd" or compressed:
         rule = f"{'compressed ' if compressed else ''}{algorithm}"
         if cfg.algorithm == "auto":
             rule = f"compressed gossip's default rule, {algorithm},"
-        raise ConfigError(f"{name} mixes with one peer a round: it takes --algorithm dpsgd "
+        raise ConfigError(f"{name} changes peers each round: it takes --algorithm dpsgd "
                           f"(uncompressed) or deepsqueeze (compressed); {rule} keeps a copy "
                           "of every neighbour, updated every round")
     if cfg.robust != "none":
-        raise ConfigError(f"--robust screens several neighbours' models; {name} mixes "
-                          "with one a round")
+        raise ConfigError(f"--robust is not supported with a time-varying topology "
+                          f"({name}) yet")

@@ -2,8 +2,8 @@
 
 A static graph is one drawing: its nodes, and its edges as lines as wide as their
 mixing weight w_ij.  A time-varying topology (:mod:`~p2pfl.topology.schedules`) is one
-panel a phase, up to :data:`MAX_PANELS`, each with an arrow from the node heard to the
-node that hears it.  Nodes sit on a circle (``circular``, the default for schedules,
+panel a phase, up to :data:`MAX_PANELS`: a phase's graph, or, where it is not symmetric
+(one peer a round), an arrow from each node heard to the node that hears it.  Nodes sit on a circle (``circular``, the default for schedules,
 whose shifts then read at a glance) or where a seeded force-directed layout puts them
 (``spring``, the default for graphs).  Labels are drawn up to :data:`MAX_LABELS` nodes.
 Only matplotlib's Agg canvas is used (:mod:`p2pfl.plot`).
@@ -30,21 +30,29 @@ MAX_PANELS = 8
 
 def panels(topo) -> list:
     """``[(title, [(u, v, width), ...], directed), ...]``: the drawing's panels.  A
-    graph's edges with their w_ij; a schedule's phases, each with its arrows heard →
-    hearer (width 1/2, the weight of the one peer mixed)."""
+    graph's edges with their w_ij; a schedule's phases with theirs, as arrows heard →
+    hearer where a phase is not symmetric (one peer a round), else as lines."""
     sched = topo.schedule
     if sched is None:
-        edges = []
-        for i in range(topo.n):
-            cols, vals = topo.mixing.row(i)
-            edges += [(i, int(j), float(w)) for j, w in zip(cols, vals) if i < j]
-        return [("", edges, False)]
+        return [("", _lines(topo.mixing.indptr, topo.mixing.indices, topo.mixing.data),
+                 False)]
     out = []
-    for k in range(min(sched.period, MAX_PANELS)):
-        arrows = [(int(j), i, 0.5) for i, j in enumerate(sched.sources[k]) if j != i]
-        out.append((f"phase {k + 1} (rounds {k + 1}, {k + 1 + sched.period}, ...)",
-                    arrows, True))
+    for k, ph in enumerate(sched.phases[:MAX_PANELS]):
+        rows, cols = ph.senders()
+        arrows = [(int(j), int(i), float(w)) for i, j, w in zip(rows, cols, ph.data)]
+        symmetric = {(u, v) for u, v, _ in arrows} == {(v, u) for u, v, _ in arrows}
+        edges = _lines(ph.indptr, ph.indices, ph.data) if symmetric else arrows
+        out.append((f"phase {k + 1} (rounds {k + 1}, {k + 1 + sched.period}, ...)", edges,
+                    not symmetric))
     return out
+
+
+def _lines(indptr, indices, data) -> list:
+    """A symmetric matrix's off-diagonal entries by rows, each edge once (u < v)."""
+    rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    keep = rows < indices
+    return [(int(u), int(v), float(w))
+            for u, v, w in zip(rows[keep], indices[keep], data[keep])]
 
 
 def _positions(topo, layout: str) -> np.ndarray:

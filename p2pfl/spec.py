@@ -145,10 +145,10 @@ class NodeSpec:
     ``rule`` names the node's gossip algorithm (role ``gossip``) or server
     strategy (roles ``worker`` and ``coordinator``); ``options`` is that rule's
     own options dataclass.  ``neighbours`` are ``(id, mixing weight)`` pairs.
-    ``phases`` (a time-varying topology, :mod:`p2pfl.topology.schedules`): the
-    ``(heard, sent to)`` neighbour pair of each phase (the node's own id in a phase it
-    idles); round t plays phase (t − 1) mod len(phases), mixing with weight 1/2 each.
-    Empty: every round mixes
+    ``phases`` (a time-varying topology, :mod:`p2pfl.topology.schedules`): for each
+    phase, ``(heard, w_ii, sent to)``: the ``(j, w_ij)`` pairs the node mixes, its own
+    weight, and the neighbours that hear it (both empty in a phase it idles); round t
+    plays phase (t − 1) mod len(phases).  Empty: every round mixes
     with every neighbour, with ``neighbours``' weights.
     """
 
@@ -184,7 +184,8 @@ class NodeSpec:
             "rule": self.rule, "options": _plain(self.options),
             "server": _plain(self.server), "link": _plain(self.link),
             "availability": _plain(self.availability),
-            "phases": [[a, b] for a, b in self.phases],
+            "phases": [[[[j, w] for j, w in heard], own, list(sent)]
+                       for heard, own, sent in self.phases],
         }
 
 
@@ -222,11 +223,7 @@ def node_spec_from_wire(data: dict, options_cls) -> NodeSpec:
         raise ConfigError("node spec: expected a map")
     try:
         neighbours = tuple((int(j), float(w)) for j, w in data["neighbours"])
-        phases = tuple((int(a), int(b)) for a, b in data.get("phases", ()))
-        peers = {j for j, _ in neighbours}
-        peers.add(int(data["id"]))  # a node that hears itself idles that phase
-        if any(a not in peers or b not in peers for a, b in phases):
-            raise ConfigError("node spec: a phase names a node that is not a neighbour")
+        phases = _phases_from_wire(data.get("phases", ()), {j for j, _ in neighbours})
         return NodeSpec(
             id=int(data["id"]), label=data["label"], role=str(data["role"]),
             neighbours=neighbours, self_weight=float(data["self_weight"]),
@@ -241,6 +238,23 @@ def node_spec_from_wire(data: dict, options_cls) -> NodeSpec:
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"node spec: {type(exc).__name__}: {exc}") from None
+
+
+def _phases_from_wire(data, peers: set) -> tuple:
+    """A node's ``phases`` from plain data: each names neighbours only, and its row of
+    W_k sums to 1 (a phase that breaks either is a ConfigError, not a mix)."""
+    out = []
+    for heard, own, sent in data:
+        heard = tuple((int(j), float(w)) for j, w in heard)
+        own, sent = float(own), tuple(int(j) for j in sent)
+        if not {j for j, _ in heard} | set(sent) <= peers:
+            raise ConfigError("node spec: a phase names a node that is not a neighbour")
+        if abs(own + sum(w for _, w in heard) - 1.0) > 1e-9 or own < 0 or \
+                any(not 0 <= w <= 1 for _, w in heard):
+            raise ConfigError("node spec: a phase's weights do not make a row of a "
+                              "mixing matrix")
+        out.append((heard, own, sent))
+    return tuple(out)
 
 
 def plain_label(label):

@@ -20,18 +20,20 @@ def test_a_graphs_panel_is_its_edges_with_their_weights():
     assert all(w == pytest.approx(1 / 3) for _, _, w in edges)  # Metropolis on a ring
 
 
-def test_a_schedules_panels_are_its_phases_arrows(tmp_path):
+def test_a_schedules_panels_are_its_phases_arrows_or_lines(tmp_path):
     parts = panels(build("one_peer_exponential:8"))
     assert [t for t, _, _ in parts] == ["phase 1 (rounds 1, 4, ...)",
                                        "phase 2 (rounds 2, 5, ...)",
                                        "phase 3 (rounds 3, 6, ...)"]
-    for k, (_, arrows, directed) in enumerate(parts):
+    for k, (_, arrows, directed) in enumerate(parts[:2]):
         assert directed and sorted(arrows) == sorted(((i - (1 << k)) % 8, i, 0.5)
                                                      for i in range(8))
+    _, lines, directed = parts[2]  # i hears i - 4 = i + 4: a symmetric phase, lines
+    assert not directed and sorted(lines) == [(i, i + 4, 0.5) for i in range(4)]
     path = tmp_path / "idle.json"
     path.write_text(json.dumps({"sources": [[1, 0, 2, 3], [0, 1, 3, 2], [2, 3, 0, 1]]}))
     idle = panels(build(f"one_peer:{path}"))
-    assert sorted(idle[1][1]) == [(2, 3, 0.5), (3, 2, 0.5)]  # 0 and 1 idle: no arrow
+    assert idle[1][1:] == ([(2, 3, 0.5)], False)  # 0 and 1 idle: nothing drawn
 
 
 @pytest.mark.parametrize("spec, flags", [("ring:8", []), ("one_peer_exponential:16", []),

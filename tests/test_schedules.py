@@ -8,6 +8,7 @@ import re
 from collections import Counter
 from types import SimpleNamespace
 
+import networkx as nx
 import numpy as np
 import pytest
 import torch
@@ -30,6 +31,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = (2, 3, 5, 8, 12, 16, 33, 64)
 
 
+def _sources(s, k) -> np.ndarray:
+    """Whom each node hears in one-peer phase ``k`` (itself when it idles)."""
+    out = np.arange(s.n)
+    rows, cols = s.phases[k].senders()
+    out[rows] = cols
+    return out
+
+
+def _targets(s, k) -> np.ndarray:
+    """Whom each node sends to in one-peer phase ``k`` (itself when it idles)."""
+    return np.array([to[0] if to else i for i, to in enumerate(s.phases[k].sent_to())])
+
+
 def _period_product(s) -> np.ndarray:
     P = np.eye(s.n)
     for k in range(s.period):
@@ -42,9 +56,10 @@ def test_phases_are_permutations_over_the_exponential_graph(n):
     s = parse_schedule(f"one_peer_exponential:{n}")
     assert s.period == max(1, (n - 1).bit_length())
     for k in range(s.period):
-        assert sorted(s.sources[k]) == list(range(n))  # each node heard once a phase
-        assert (s.targets[k][s.sources[k]] == np.arange(n)).all()  # i hears j: j sends to i
-        assert ((np.arange(n) - s.sources[k]) % n == 1 << k).all()
+        src, dst = _sources(s, k), _targets(s, k)
+        assert sorted(src) == list(range(n))  # each node heard once a phase
+        assert (dst[src] == np.arange(n)).all()  # i hears j: j sends to i
+        assert ((np.arange(n) - src) % n == 1 << k).all()
         W = s.matrix(k)
         np.testing.assert_allclose(W.sum(0), 1)
         np.testing.assert_allclose(W.sum(1), 1)
@@ -80,7 +95,7 @@ def test_d_psgd_with_the_plans_phases_averages_exactly_in_one_period():
     for rnd in range(1, 5):
         heard = []
         for s, me in zip(specs, nodes):
-            assert s.phases[(rnd - 1) % 4][1] == (s.id + (1 << (rnd - 1))) % 16
+            assert s.phases[(rnd - 1) % 4][2] == ((s.id + (1 << (rnd - 1))) % 16,)
             GossipNode.enter_phase(me, rnd)  # the node's own row of W_k
             heard.append(me.heard(rnd))
             assert heard[-1] == [(s.id - (1 << (rnd - 1))) % 16]
@@ -92,7 +107,7 @@ def test_d_psgd_with_the_plans_phases_averages_exactly_in_one_period():
 def _node_view(spec, algorithm):
     """What GossipNode's phase methods read of a node, without its runtime."""
     me = SimpleNamespace(spec=spec, phases=spec.phases, neighbours=spec.peers,
-                         _weights=spec.weights, algorithm=algorithm)
+                         algorithm=algorithm)
     me.heard = lambda rnd: GossipNode.heard(me, rnd)
     return me
 
@@ -100,14 +115,18 @@ def _node_view(spec, algorithm):
 def test_the_plan_and_the_wire_carry_the_phases():
     p = plan(from_sources(None, {"topology": "one_peer_exponential:8", "dataset": "synthetic"}))
     s = p.specs[3]
-    assert s.phases == ((2, 4), (1, 5), (7, 7)) and s.self_weight == 0.5
-    assert s.weights == {j: 0.5 for j in (1, 2, 4, 5, 7)}
+    assert s.phases == ((((2, 0.5),), 0.5, (4,)), (((1, 0.5),), 0.5, (5,)),
+                        (((7, 0.5),), 0.5, (7,)))
+    assert s.weights == {j: 0.0 for j in (1, 2, 4, 5, 7)} and s.self_weight == 1.0
     assert p.summary_base["topology_phases"] == 3 and p.summary_base["spectral_gap"] == 1.0
     again = node_spec_from_wire(json.loads(json.dumps(s.to_wire())), type(s.options))
     assert again.phases == s.phases
-    hostile = dict(s.to_wire(), phases=[[2, 4], [6, 5]])  # 6 is not a neighbour of 3
-    with pytest.raises(ConfigError, match="not a neighbour"):
-        node_spec_from_wire(hostile, type(s.options))
+    for phases, words in (([[[[6, 0.5]], 0.5, [4]]], "not a neighbour"),  # 6: not of 3
+                          ([[[[2, 0.5]], 0.5, [6]]], "not a neighbour"),
+                          ([[[[2, 0.9]], 0.5, [4]]], "row of a mixing matrix"),
+                          ([[[[2, -0.5]], 1.5, [4]]], "row of a mixing matrix")):
+        with pytest.raises(ConfigError, match=words):
+            node_spec_from_wire(dict(s.to_wire(), phases=phases), type(s.options))
     static = plan(from_sources(None, {"topology": "ring:8", "dataset": "synthetic"}))
     assert static.specs[0].phases == () and static.summary_base["topology_phases"] is None
 
@@ -194,7 +213,8 @@ def test_a_neighbour_late_once_is_waited_for_again_in_its_next_phase():
     a one-peer neighbour never sends to us)."""
     last = {}
     rt = SimpleNamespace(away=set(), heard_from=lambda j, r: last.get(j, -1) >= r)
-    me = SimpleNamespace(rt=rt, phases=((7, 1), (6, 2), (4, 4)), neighbours=[1, 2, 4, 6, 7],
+    phases = tuple((((j, 0.5),), 0.5, (t,)) for j, t in ((7, 1), (6, 2), (4, 4)))
+    me = SimpleNamespace(rt=rt, phases=phases, neighbours=[1, 2, 4, 6, 7],
                          spec=SimpleNamespace(id=3),
                          _streak=Counter(), _missed_at={}, misses=Counter())
     me.heard = lambda rnd: GossipNode.heard(me, rnd)
@@ -225,8 +245,9 @@ def test_the_ready_hypercube_file_matches_its_script_and_averages_exactly():
     script = _load_generate_script()
     assert list(script.SCHEDULES) == [os.path.basename(HYPERCUBE)]
     s = build(f"one_peer:{HYPERCUBE}").schedule
-    assert s.sources.tolist() == script.one_peer_hypercube(16)
-    assert (s.targets == s.sources).all()  # pairs: each hears the node it sends to
+    sources = [_sources(s, k).tolist() for k in range(s.period)]
+    assert sources == script.one_peer_hypercube(16)
+    assert all((_targets(s, k) == _sources(s, k)).all() for k in range(4))  # pairs
     assert s.period == 4 and s.period_gap == 1.0
     np.testing.assert_allclose(_period_product(s), np.full((16, 16), 1 / 16), atol=1e-12)
 
@@ -363,3 +384,68 @@ def test_a_long_schedule_that_contracts_strongly_is_not_called_exact(tmp_path):
         gaps[rounds] = s.round_gap
     assert 0.15 < gaps[20] < 0.25 and abs(gaps[100] - gaps[40]) < 0.02, gaps
     assert "exact" not in describe(build(f"one_peer:{tmp_path / 's.json'}"))
+
+
+# ------------------------------------------------------------ dynamic graphs
+
+def test_a_dynamic_file_mixes_each_phases_graph_with_its_metropolis_weights(tmp_path):
+    """Phase 0: a triangle 0-1-2 and an edge 3-4 (5 idles); phase 1: a path 5-0-3.
+    Each phase's rows are its graph's Metropolis weights; the nodes' specs carry them,
+    and send to exactly the neighbours that hear them."""
+    path = _write(tmp_path, {"nodes": 6, "phases": [[[0, 1], [1, 2], [0, 2], [3, 4]],
+                                                   [[5, 0], [0, 3]], [[1, 4], [2, 5]]]})
+    s = build(f"dynamic:{path}").schedule
+    W0 = s.matrix(0)
+    np.testing.assert_allclose(W0[:3, :3], np.full((3, 3), 1 / 3))
+    np.testing.assert_allclose(W0[3:5, 3:5], np.full((2, 2), 1 / 2))
+    assert W0[5, 5] == 1.0
+    W1 = s.matrix(1)
+    np.testing.assert_allclose(W1[0], [1 / 3, 0, 0, 1 / 3, 0, 1 / 3])
+    np.testing.assert_allclose(W1[5], [1 / 3, 0, 0, 0, 0, 2 / 3])
+    for W in (W0, W1, s.matrix(2)):
+        np.testing.assert_allclose(W.sum(0), 1)
+        np.testing.assert_allclose(W.sum(1), 1)
+    P = _period_product(s)
+    assert s.contraction == pytest.approx(np.linalg.norm(P - 1 / 6, 2), abs=1e-12)
+    specs = plan(from_sources(None, {"topology": f"dynamic:{path}",
+                                     "dataset": "synthetic"})).specs
+    heard, own, sent = specs[0].phases[1]
+    assert heard == ((3, pytest.approx(1 / 3)), (5, pytest.approx(1 / 3)))
+    assert own == pytest.approx(1 / 3) and sent == (3, 5)
+    assert specs[5].phases[0] == ((), 1.0, ())  # idle
+    assert "up to 2 peers a round in 3 phases" in describe(build(f"dynamic:{path}"))
+
+
+def test_a_cluster_on_a_new_random_graph_each_round(tmp_path):
+    """A random 3-regular graph on 8 nodes each round (5 phases): each node sends to and
+    hears its 3 neighbours of the round, nobody else, and learns."""
+    phases = [[list(e) for e in nx.random_regular_graph(3, 8, seed=k).edges()]
+              for k in range(5)]
+    path = _write(tmp_path, {"nodes": 8, "phases": phases})
+    res = run_cluster(f"dynamic:{path}", dataset="digits", rounds=20, quiet=True,
+                      eval_every=20, out=str(tmp_path / "run"))
+    s = res.summary
+    assert s["failed_nodes"] == {} and s["misses_total"] == 0 and s["topology_phases"] == 5
+    assert s["messages_sent_total"] == 8 * 3 * 20 and "off_phase" not in s["dropped"]
+    assert all(r["neighbours_heard"] == 3 for r in res.metrics)
+    assert s["accuracy_mean"] > 0.85, s["accuracy_mean"]
+
+
+@pytest.mark.parametrize("data, words", [
+    ({"phases": [[[0, 1]]]}, "expected {\"nodes\": N"),
+    ({"nodes": 3, "phases": []}, "expected {\"nodes\": N"),
+    ({"nodes": 3.0, "phases": [[[0, 1], [1, 2]]]}, "expected {\"nodes\": N"),
+    ({"nodes": 1, "phases": [[]]}, "2 to 16384 nodes"),
+    ({"nodes": 3, "phases": [[[0, 1, 2]]]}, "phase 0: each edge is a pair"),
+    ({"nodes": 3, "phases": [[[0, 1], [1, 3]]]}, "phase 0's nodes must be integers 0..2"),
+    ({"nodes": 3, "phases": [[[0, 1]], [[1, 1]]]}, "phase 1 links a node to itself"),
+    ({"nodes": 3, "phases": [[[0, 1], [1, 0], [1, 2]]]}, "phase 0 lists an edge twice"),
+    ({"nodes": 3, "phases": [[[0, 1.5]]]}, "must be integers"),
+    ({"nodes": 4, "phases": [[[0, 1]], [[2, 3]]]}, "disconnected"),
+])
+def test_a_bad_dynamic_file_is_one_line_and_exit_2(tmp_path, data, words):
+    path = _write(tmp_path, data)
+    with pytest.raises(TopologyError, match=re.escape(words)):
+        build(f"dynamic:{path}")
+    proc = cli_here("topology", f"dynamic:{path}")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

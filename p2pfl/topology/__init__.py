@@ -64,11 +64,12 @@ class Topology:
     warnings : list of str
         Repairs made while validating.
     schedule : Schedule or None
-        A time-varying topology's phases (``one_peer_exponential:N``, ``one_peer:FILE``):
-        each round mixes
-        with one peer of :attr:`graph`, the union of the phases' links, with weights
-        1/2 (:mod:`.schedules`).  :attr:`mixing` is then the union's Metropolis matrix,
-        which no round uses.  None: every round mixes with :attr:`mixing`.
+        A time-varying topology's phases (``one_peer_exponential:N``, ``one_peer:FILE``,
+        ``dynamic:FILE``): each round mixes
+        over its phase's links of :attr:`graph`, the union of the phases' links, with
+        its phase's weights (:mod:`.schedules`).  :attr:`mixing` is then the union's
+        Metropolis matrix, which no round uses.  None: every round mixes with
+        :attr:`mixing`.
     """
 
     graph: nx.Graph
@@ -118,8 +119,8 @@ def build(spec, *, scheme="metropolis", seed=None):
     Parameters
     ----------
     spec : networkx.Graph, str or os.PathLike
-        See :func:`load_topology`, or a schedule spec (``one_peer_exponential:N`` or
-        ``one_peer:FILE.json``, :mod:`.schedules`).
+        See :func:`load_topology`, or a schedule spec (``one_peer_exponential:N``,
+        ``one_peer:FILE.json`` or ``dynamic:FILE.json``, :mod:`.schedules`).
     scheme : str
         See :func:`mixing_weights`.  A schedule fixes its own weights: only the
         default, ``metropolis``, is taken with one.
@@ -133,7 +134,7 @@ def build(spec, *, scheme="metropolis", seed=None):
     if is_schedule(spec):
         sched = parse_schedule(spec)
         if scheme != "metropolis":
-            raise TopologyError(f"{sched.name} mixes with weights 1/2, one peer a round; "
+            raise TopologyError(f"{sched.name} changes its mixing weights with its phases; "
                                 f"a mixing scheme ({scheme}) does not apply to it")
         G, warnings = validate(sched.base_graph())
         return Topology(G, list(range(sched.n)), mixing(G, scheme), warnings, sched)
@@ -167,7 +168,9 @@ def _describe_schedule(topo, deg, diameter):
         exact = " (exact averaging)" if sched.period_gap == 1.0 else ""
         gap = (f"gap over one period {sched.period_gap:.4g}{exact}, per round "
                f"{sched.round_gap:.4g}")
-    return (f"{topo.n} nodes, one peer a round in {sched.period} "
+    peers = max(int(np.diff(ph.indptr).max()) for ph in sched.phases)
+    what = "one peer" if peers == 1 else f"up to {peers} peers"
+    return (f"{topo.n} nodes, {what} a round in {sched.period} "
             f"phase{'s' * (sched.period > 1)} over {topo.graph.number_of_edges()} edges "
             f"(degree min/mean/max {min(deg)}/{np.mean(deg):.2f}/{max(deg)}, diameter "
             f"{diameter}), {gap}")

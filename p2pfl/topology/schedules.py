@@ -1,14 +1,15 @@
-"""Time-varying topologies: one peer a round, a different one each round.
+"""Time-varying topologies: a different mixing matrix each round.
 
 A schedule is a cycle of ``period`` phases; round t (counted from 1) plays phase
-(t − 1) mod period.  In phase k node i hears one node, s_k(i), and sends to one,
-t_k(i) (s_k is a permutation and t_k its inverse), and mixes::
+(t − 1) mod period, whose doubly stochastic mixing matrix W_k (a :class:`Phase`,
+held by rows) says whom each node hears, with which weight, and so whom it sends
+to (the nodes whose rows name it).  The nodes connect over the *base graph*, the
+union of the phases' links; a round uses the links of its phase.
+
+A *one-peer* phase has each node hear one node s_k(i) and send to one, t_k(i)
+(s_k a permutation, t_k its inverse)::
 
     W_k = (I + P_k) / 2,   that is   x_i ← (x_i + x_{s_k(i)}) / 2
-
-Each W_k is doubly stochastic (P_k is a permutation matrix), so every round keeps
-the network's average.  The nodes connect over the *base graph*, the union of the
-phases' links: a round uses one of its links into each node and one out.
 
 ``one_peer_exponential:N`` is the one-peer exponential graph of Ying, Yuan, Chen,
 Hu, Pan and Yin, "Exponential Graph is Provably Efficient for Decentralized Deep
@@ -24,50 +25,92 @@ factor is cos(π/2) = 0: the product is J/N, and τ rounds of mixing alone end a
 exact average (the paper's periodic exact averaging; ``tests/test_schedules.py``
 checks it on the matrices and on D-PSGD's mix).
 
-``one_peer:FILE.json`` is a schedule of one's own: ``{"sources": [[...], ...]}``, a
-list of phases, each the node that each node hears (a permutation of 0..n−1; a node
-that hears itself idles that phase, W_k's row i is e_i).  ``topologies/`` has the
-one-peer hypercube on 16 nodes (i hears and sends to i XOR 2^k), which averages
-exactly in 4 rounds too.  Its period gap is found from the dense product, up to
+Schedules of one's own are files (:mod:`.schedule_files`): ``one_peer:FILE.json``
+gives one-peer phases, ``dynamic:FILE.json`` a graph a phase, mixed with its own
+Metropolis–Hastings weights (ALGORITHMS.md, "Peer-to-peer gossip"), as decentralised
+learning on a graph that changes every round (a new random regular graph a round,
+say).  Their period gap is found from the dense product, up to
 :data:`DENSE_MAX_NODES` nodes.
 
-This module knows nothing of sockets: it turns a spec into index arrays.
+This module knows nothing of sockets: it turns specs into index arrays.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import networkx as nx
 import numpy as np
 
 from p2pfl.errors import TopologyError
 
-from .generators import MAX_EDGES, MAX_NODES
+from .generators import MAX_NODES
+from .mixing import _by_rows
 
-__all__ = ["Schedule", "SCHEDULES", "one_peer", "one_peer_exponential", "read_schedule",
+__all__ = ["Phase", "Schedule", "SCHEDULES", "one_peer", "one_peer_exponential", "dynamic",
            "parse_schedule", "is_schedule", "DENSE_MAX_NODES"]
 
 #: The most nodes whose period gap is found from the dense product of a schedule file's
 #: phases (n × n floats per phase, then a 2-norm): above, it is not computed.
 DENSE_MAX_NODES = 1024
-#: ... and the most multiply-adds of that product (phases × n × n; about 1 s here).
+#: ... and the most multiply-adds of that product (phases × entries × n; about 1 s here).
 DENSE_MAX_WORK = 1 << 29
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
+class Phase:
+    """One phase's mixing matrix W_k by rows: node ``i`` keeps ``diag[i]`` of its model
+    and hears ``indices[indptr[i]:indptr[i + 1]]`` with weights ``data[...]`` (no
+    entry for itself; a node that hears nobody idles, ``diag[i]`` = 1)."""
+
+    diag: np.ndarray
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(self.diag.shape[0])
+
+    def heard(self, i: int) -> tuple:
+        """``(j, w_ij)`` pairs of node ``i``, as plain numbers."""
+        lo, hi = self.indptr[i], self.indptr[i + 1]
+        return tuple(zip(self.indices[lo:hi].tolist(), self.data[lo:hi].tolist()))
+
+    def senders(self) -> tuple:
+        """``(rows, cols)`` of every entry: ``rows[e]`` hears ``cols[e]``."""
+        return np.repeat(np.arange(self.n), np.diff(self.indptr)), self.indices
+
+    def sent_to(self) -> list:
+        """For each node, the nodes that hear it this phase, ascending."""
+        rows, cols = self.senders()
+        order = np.lexsort((rows, cols))
+        bounds = np.searchsorted(cols[order], np.arange(self.n + 1))
+        listeners = rows[order]
+        return [listeners[bounds[j]:bounds[j + 1]].tolist() for j in range(self.n)]
+
+    def apply(self, P: np.ndarray) -> np.ndarray:
+        """W_k P for a dense ``(n, m)`` P."""
+        rows, cols = self.senders()
+        out = self.diag[:, None] * P
+        np.add.at(out, rows, self.data[:, None] * P[cols])
+        return out
+
+    def dense(self) -> np.ndarray:
+        """W_k as a dense ``(n, n)`` matrix (tests and small n)."""
+        return self.apply(np.eye(self.n))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class Schedule:
-    """The phases of a one-peer time-varying topology.
+    """The phases of a time-varying topology.
 
     Attributes
     ----------
     name : str
         The spec it was made from (``one_peer_exponential:16``).
-    sources : numpy.ndarray
-        ``(period, n)`` ints: ``sources[k, i]`` is the node ``i`` hears in phase ``k``.
-    targets : numpy.ndarray
-        ``(period, n)`` ints: ``targets[k, i]`` is the node ``i`` sends to in phase ``k``.
+    phases : tuple of Phase
+        W_0 ... W_{τ−1}.
     contraction : float or None
         ρ = ‖W_{τ−1} ⋯ W_0 − J/n‖₂: what one whole period leaves of the models'
         distance to their average (0: none, exact averaging); None where it was not
@@ -75,17 +118,16 @@ class Schedule:
     """
 
     name: str
-    sources: np.ndarray
-    targets: np.ndarray
+    phases: tuple
     contraction: float | None
 
     @property
     def period(self) -> int:
-        return int(self.sources.shape[0])
+        return len(self.phases)
 
     @property
     def n(self) -> int:
-        return int(self.sources.shape[1])
+        return self.phases[0].n
 
     @property
     def period_gap(self) -> float | None:
@@ -107,26 +149,35 @@ class Schedule:
         """The phase round ``rnd`` (from 1) plays."""
         return (rnd - 1) % self.period
 
-    def node_phases(self, i: int) -> tuple:
-        """Node ``i``'s ``(heard, sent to)`` pair for each phase, as plain ints (``i``
-        itself in a phase it idles)."""
-        return tuple(zip(self.sources[:, i].tolist(), self.targets[:, i].tolist()))
+    def node_phases(self) -> list:
+        """For each node, its phases as ``(heard, w_ii, sent to)``: the ``(j, w_ij)``
+        pairs it mixes, its own weight, and the nodes that hear it (plain numbers)."""
+        sent = [ph.sent_to() for ph in self.phases]
+        return [tuple((ph.heard(i), float(ph.diag[i]), tuple(to[i]))
+                      for ph, to in zip(self.phases, sent)) for i in range(self.n)]
 
     def base_graph(self) -> nx.Graph:
         """The union of the phases' links, undirected, on nodes ``0..n-1``."""
         G = nx.Graph()
         G.add_nodes_from(range(self.n))
-        nodes = np.broadcast_to(np.arange(self.n), self.sources.shape).ravel()
-        heard = self.sources.ravel()
-        moves = nodes != heard  # an idle phase is no link
-        G.add_edges_from(zip(nodes[moves].tolist(), heard[moves].tolist()))
+        for ph in self.phases:
+            rows, cols = ph.senders()
+            G.add_edges_from(zip(rows.tolist(), cols.tolist()))
         return G
 
     def matrix(self, k: int) -> np.ndarray:
-        """Phase ``k``'s dense mixing matrix W_k = (I + P_k) / 2 (for tests and small n)."""
-        W = np.eye(self.n) / 2
-        W[np.arange(self.n), self.sources[k]] += 0.5
-        return W
+        """Phase ``k``'s dense mixing matrix (for tests and small n)."""
+        return self.phases[k].dense()
+
+
+def _one_peer_phase(sources: np.ndarray) -> Phase:
+    """W = (I + P) / 2 of a permutation's sources; a node that hears itself idles."""
+    n = len(sources)
+    moves = sources != np.arange(n)
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(moves, out=indptr[1:])
+    return Phase(np.where(moves, 0.5, 1.0), indptr, sources[moves].astype(np.int64),
+                 np.full(int(moves.sum()), 0.5))
 
 
 def one_peer_exponential(n: int) -> Schedule:
@@ -137,73 +188,59 @@ def one_peer_exponential(n: int) -> Schedule:
         raise TopologyError(f"one_peer_exponential:{n} has {n} nodes; at most {MAX_NODES} "
                             "are supported")
     hops = 1 << np.arange((n - 1).bit_length())  # 2^k < n
-    i = np.arange(n)
-    sources = (i[None, :] - hops[:, None]) % n
-    targets = (i[None, :] + hops[:, None]) % n
+    sources = (np.arange(n)[None, :] - hops[:, None]) % n
     # |λ_m| of the period's product, m = 1..n-1 (module docstring); a circulant matrix is
     # normal, so the largest is ‖Π − J/n‖₂.  Vectorised: (n - 1) × τ cosines.
     m = np.arange(1, n, dtype=np.float64)[:, None]
     factors = np.abs(np.cos(np.pi * ((m * hops[None, :]) % (2 * n)) / n))
     factors[factors < 1e-12] = 0.0  # cos(π/2) is 6e-17 in floats; others are >= π/(2n)
     rho = float(factors.prod(axis=1).max())
-    return Schedule(f"one_peer_exponential:{n}", sources, targets, rho)
+    return Schedule(f"one_peer_exponential:{n}",
+                    tuple(_one_peer_phase(row) for row in sources), rho)
 
 
 def one_peer(name: str, sources: np.ndarray) -> Schedule:
     """A schedule from its phases' sources, ``(period, n)`` ints, each row a permutation
-    of ``0..n-1`` (checked by :func:`read_schedule`)."""
-    period, n = sources.shape
-    targets = np.empty_like(sources)
-    targets[np.arange(period)[:, None], sources] = np.arange(n)[None, :]
-    return Schedule(name, sources, targets, _dense_contraction(sources))
+    of ``0..n-1`` (checked by :func:`~.schedule_files.read_schedule`)."""
+    phases = tuple(_one_peer_phase(row) for row in sources)
+    return Schedule(name, phases, _dense_contraction(phases))
 
 
-def _dense_contraction(sources: np.ndarray) -> float | None:
-    """‖W_{τ−1} ⋯ W_0 − J/n‖₂ from the dense product (row i of W_k P is
-    (P_i + P_{s_k(i)}) / 2); None above :data:`DENSE_MAX_NODES` nodes or
-    :data:`DENSE_MAX_WORK`.  The product's entries are multiples of 2^−τ, which float64
-    holds exactly for τ ≤ 52: there exact averaging is Π = J/n bit for bit, and ρ is 0.
-    A tiny ρ otherwise is a strong contraction (random matchings over 100 rounds leave
-    some 1e-15), not exact averaging."""
-    period, n = sources.shape
-    if n > DENSE_MAX_NODES or period * n * n > DENSE_MAX_WORK:
+def _metropolis_phase(n: int, edges: np.ndarray) -> Phase:
+    """A phase graph's Metropolis–Hastings rows: w_ij = 1 / (1 + max(d_i, d_j)), and
+    w_ii = 1 − Σ_j w_ij (1 for a node without an edge this phase)."""
+    us, vs = edges[:, 0], edges[:, 1]
+    deg = np.bincount(np.concatenate([us, vs]), minlength=n)
+    w = 1.0 / (1.0 + np.maximum(deg[us], deg[vs]))
+    indptr, cols, vals = _by_rows(n, us, vs, w)
+    rows = np.repeat(np.arange(n), np.diff(indptr))
+    return Phase(1.0 - np.bincount(rows, weights=vals, minlength=n), indptr, cols, vals)
+
+
+def dynamic(name: str, n: int, phases: list) -> Schedule:
+    """A graph a phase, each a ``(m, 2)`` int array of edges ``u < v`` on ``0..n-1``
+    (checked by :func:`~.schedule_files.read_schedule`), with Metropolis weights."""
+    built = tuple(_metropolis_phase(n, edges) for edges in phases)
+    return Schedule(name, built, _dense_contraction(built))
+
+
+def _dense_contraction(phases: tuple) -> float | None:
+    """‖W_{τ−1} ⋯ W_0 − J/n‖₂ from the dense product; None above
+    :data:`DENSE_MAX_NODES` nodes or :data:`DENSE_MAX_WORK`.  One-peer products have
+    entries that are multiples of 2^−τ, which float64 holds exactly for τ ≤ 52: there
+    exact averaging is Π = J/n bit for bit, and ρ is 0.  A tiny ρ otherwise is a strong
+    contraction (random matchings over 100 rounds leave some 1e-15), not exact
+    averaging."""
+    n = phases[0].n
+    work = sum(n + len(ph.indices) for ph in phases) * n
+    if n > DENSE_MAX_NODES or work > DENSE_MAX_WORK:
         return None
     P = np.eye(n)
-    for src in sources:
-        P = (P + P[src]) / 2
-    if period <= 52 and (P == 1.0 / n).all():
+    for ph in phases:
+        P = ph.apply(P)
+    if len(phases) <= 52 and (P == 1.0 / n).all():
         return 0.0
     return float(np.linalg.norm(P - 1.0 / n, 2))
-
-
-def read_schedule(path: str) -> Schedule:
-    """A schedule file, ``{"sources": [[...], ...]}`` (module docstring); anything else
-    in it is a :class:`TopologyError` naming the file."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except OSError as exc:
-        raise TopologyError(f"cannot read schedule {path}: {exc.strerror or exc}") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise TopologyError(f"schedule {path} is not JSON: {exc}") from None
-    rows = data.get("sources") if isinstance(data, dict) else None
-    if not isinstance(rows, list) or not rows or not all(isinstance(r, list) for r in rows):
-        raise TopologyError(f"schedule {path}: expected {{\"sources\": [[...], ...]}}, the "
-                            "node each node hears, one list a phase")
-    n = len(rows[0])
-    if any(len(r) != n for r in rows):
-        raise TopologyError(f"schedule {path}: every phase must list {n} nodes, as the first")
-    if not 2 <= n <= MAX_NODES or len(rows) * n > MAX_EDGES:
-        raise TopologyError(f"schedule {path}: {len(rows)} phases of {n} nodes; 2 to "
-                            f"{MAX_NODES} nodes and {MAX_EDGES:,} entries are supported")
-    sources = np.array(rows)
-    if sources.dtype.kind not in "iu":
-        raise TopologyError(f"schedule {path}: node ids must be integers 0..{n - 1}")
-    bad = ~(np.sort(sources, axis=1) == np.arange(n)).all(axis=1)
-    if bad.any():
-        raise TopologyError(f"schedule {path}: phase {int(np.argmax(bad))} is not a "
-                            f"permutation of 0..{n - 1} (each node heard by exactly one)")
-    return one_peer(f"one_peer:{path}", sources.astype(np.int64))
 
 
 def _exponential_spec(rest: str) -> Schedule:
@@ -215,9 +252,18 @@ def _exponential_spec(rest: str) -> Schedule:
     return one_peer_exponential(n)
 
 
+def _file_spec(kind: str):
+    def read(path: str) -> Schedule:
+        from .schedule_files import read_schedule  # it builds with this module
+
+        return read_schedule(path, kind)
+    return read
+
+
 #: Schedule name -> (its argument's placeholder, the function of that argument's text).
 SCHEDULES = {"one_peer_exponential": ("N", _exponential_spec),
-             "one_peer": ("FILE.json", read_schedule)}
+             "one_peer": ("FILE.json", _file_spec("one_peer")),
+             "dynamic": ("FILE.json", _file_spec("dynamic"))}
 
 
 def _name(spec) -> str:

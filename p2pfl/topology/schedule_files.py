@@ -1,0 +1,91 @@
+"""Schedule files: a time-varying topology of one's own, as JSON.
+
+``one_peer:FILE.json`` — ``{"sources": [[...], ...]}``: a list of phases, each the node
+that each node hears (a permutation of 0..n−1; a node that hears itself idles that
+phase).  ``dynamic:FILE.json`` — ``{"nodes": N, "phases": [[[u, v], ...], ...]}``: a list
+of phases, each the undirected edges of that phase's graph on 0..N−1 (a node without an
+edge idles), mixed with the phase's Metropolis–Hastings weights.  Either way the union
+of the phases' links must be connected (checked by the topology's validation).  Other
+keys (a ``description``) are ignored.  Anything else wrong is one
+:class:`~p2pfl.errors.TopologyError` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from p2pfl.errors import TopologyError
+
+from .generators import MAX_EDGES, MAX_NODES
+from .schedules import Schedule, dynamic, one_peer
+
+__all__ = ["read_schedule"]
+
+
+def _load(path: str):
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except OSError as exc:
+        raise TopologyError(f"cannot read schedule {path}: {exc.strerror or exc}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TopologyError(f"schedule {path} is not JSON: {exc}") from None
+
+
+def _ints(path: str, values, n: int, what: str, ranged: bool = True) -> np.ndarray:
+    """``values`` as an int array (every one in 0..n-1 if ``ranged``)."""
+    arr = np.array(values) if len(values) else np.zeros((0, 2), dtype=np.int64)
+    if arr.dtype.kind not in "iu" or (ranged and arr.size and (arr.min() < 0 or arr.max() >= n)):
+        raise TopologyError(f"schedule {path}: {what} must be integers 0..{n - 1}")
+    return arr.astype(np.int64)
+
+
+def _one_peer(path: str, data) -> Schedule:
+    rows = data.get("sources") if isinstance(data, dict) else None
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, list) for r in rows):
+        raise TopologyError(f"schedule {path}: expected {{\"sources\": [[...], ...]}}, the "
+                            "node each node hears, one list a phase")
+    n = len(rows[0])
+    if any(len(r) != n for r in rows):
+        raise TopologyError(f"schedule {path}: every phase must list {n} nodes, as the first")
+    if not 2 <= n <= MAX_NODES or len(rows) * n > MAX_EDGES:
+        raise TopologyError(f"schedule {path}: {len(rows)} phases of {n} nodes; 2 to "
+                            f"{MAX_NODES} nodes and {MAX_EDGES:,} entries are supported")
+    sources = _ints(path, rows, n, "node ids", ranged=False)  # the permutation test ranges
+    bad = ~(np.sort(sources, axis=1) == np.arange(n)).all(axis=1)
+    if bad.any():
+        raise TopologyError(f"schedule {path}: phase {int(np.argmax(bad))} is not a "
+                            f"permutation of 0..{n - 1} (each node heard by exactly one)")
+    return one_peer(f"one_peer:{path}", sources)
+
+
+def _dynamic(path: str, data) -> Schedule:
+    n = data.get("nodes") if isinstance(data, dict) else None
+    phases = data.get("phases") if isinstance(data, dict) else None
+    if type(n) is not int or not isinstance(phases, list) or not phases \
+            or not all(isinstance(p, list) for p in phases):
+        raise TopologyError(f"schedule {path}: expected {{\"nodes\": N, \"phases\": "
+                            "[[[u, v], ...], ...]}, each phase its graph's edges")
+    if not 2 <= n <= MAX_NODES or sum(map(len, phases)) > MAX_EDGES:
+        raise TopologyError(f"schedule {path}: 2 to {MAX_NODES} nodes and {MAX_EDGES:,} "
+                            "edges over all phases are supported")
+    built = []
+    for k, edges in enumerate(phases):
+        if not all(isinstance(e, list) and len(e) == 2 for e in edges):
+            raise TopologyError(f"schedule {path}: phase {k}: each edge is a pair [u, v]")
+        arr = _ints(path, edges, n, f"phase {k}'s nodes").reshape(-1, 2)
+        arr = np.sort(arr, axis=1)
+        if (arr[:, 0] == arr[:, 1]).any():
+            raise TopologyError(f"schedule {path}: phase {k} links a node to itself")
+        if len(np.unique(arr, axis=0)) < len(arr):
+            raise TopologyError(f"schedule {path}: phase {k} lists an edge twice")
+        built.append(arr)
+    return dynamic(f"dynamic:{path}", n, built)
+
+
+def read_schedule(path: str, kind: str = "one_peer") -> Schedule:
+    """The schedule in ``path``: ``kind`` ``one_peer`` or ``dynamic`` (module docstring)."""
+    data = _load(path)
+    return _one_peer(path, data) if kind == "one_peer" else _dynamic(path, data)
