@@ -159,10 +159,10 @@ class GossipNode:
         return [j for j, _ in self.phases[(rnd - 1) % len(self.phases)][0]]
 
     def admit_phases(self, mailbox) -> None:
-        """Under a schedule a neighbour's model comes only in the rounds it sends to us:
+        """Under a schedule a neighbour's model comes only in the rounds of its phases:
         the mailbox drops others (``off_phase``; a hostile one could otherwise park a
-        model in every round of the window, and a round that mixes one peer has no
-        weight for another).  Nodes that do not wait for a slow one run ahead of it by
+        model in every round of the window, and a phase has no weight for a neighbour
+        it does not hear).  Nodes that do not wait for a slow one run ahead of it by
         up to a period's rounds (on a static graph, by one), so the window of rounds
         kept ahead covers two periods, up to 256 rounds."""
         senders = [frozenset(j for j, _ in heard) for heard, _, _ in self.phases]

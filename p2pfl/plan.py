@@ -268,8 +268,8 @@ def _server_labels(cfg: RunConfig, graph) -> list:
     if cfg.nodes is not None:
         return list(range(cfg.nodes))
     if graph is None and topo_mod.is_schedule(cfg.topology):
-        raise ConfigError(f"{cfg.topology} is a gossip schedule (one peer a round); a server "
-                          "run's workers come from --nodes or a graph")
+        raise ConfigError(f"{cfg.topology} is a gossip schedule (a topology that changes "
+                          "every round); a server run's workers come from --nodes or a graph")
     topo = topo_mod.build(graph if graph is not None else cfg.topology, scheme=cfg.mixing,
                           seed=cfg.seed)
     return [plain_label(x) for x in topo.labels]

@@ -115,6 +115,8 @@ def draw_topology(topo, path, layout: str = "auto", title: str | None = None) ->
         ax.set_aspect("equal")
         ax.margins(0.08)
         ax.axis("off")
+    if topo.schedule is not None and topo.schedule.period > MAX_PANELS:
+        title = f"{title or ''} (phases 1-{MAX_PANELS} of {topo.schedule.period})".strip()
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

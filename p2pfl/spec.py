@@ -249,8 +249,9 @@ def _phases_from_wire(data, peers: set) -> tuple:
         own, sent = float(own), tuple(int(j) for j in sent)
         if not {j for j, _ in heard} | set(sent) <= peers:
             raise ConfigError("node spec: a phase names a node that is not a neighbour")
-        if abs(own + sum(w for _, w in heard) - 1.0) > 1e-9 or own < 0 or \
-                any(not 0 <= w <= 1 for _, w in heard):
+        weights = [own, *(w for _, w in heard)]
+        if not all(0 <= w <= 1 for w in weights) or abs(sum(weights) - 1.0) > 1e-9 or \
+                len({j for j, _ in heard}) < len(heard):  # 0 <= NaN is False
             raise ConfigError("node spec: a phase's weights do not make a row of a "
                               "mixing matrix")
         out.append((heard, own, sent))

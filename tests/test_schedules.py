@@ -124,7 +124,9 @@ def test_the_plan_and_the_wire_carry_the_phases():
     for phases, words in (([[[[6, 0.5]], 0.5, [4]]], "not a neighbour"),  # 6: not of 3
                           ([[[[2, 0.5]], 0.5, [6]]], "not a neighbour"),
                           ([[[[2, 0.9]], 0.5, [4]]], "row of a mixing matrix"),
-                          ([[[[2, -0.5]], 1.5, [4]]], "row of a mixing matrix")):
+                          ([[[[2, -0.5]], 1.5, [4]]], "row of a mixing matrix"),
+                          ([[[[2, 0.5]], float("nan"), [4]]], "row of a mixing matrix"),
+                          ([[[[2, 0.25], [2, 0.25]], 0.5, [4]]], "row of a mixing matrix")):
         with pytest.raises(ConfigError, match=words):
             node_spec_from_wire(dict(s.to_wire(), phases=phases), type(s.options))
     static = plan(from_sources(None, {"topology": "ring:8", "dataset": "synthetic"}))
@@ -286,7 +288,11 @@ def test_a_file_with_idle_phases_mixes_and_its_gap_is_the_dense_products(tmp_pat
     ({"sources": [[1, 0, 2], [0, 1]]}, "every phase must list 3 nodes"),
     ({"sources": [[0]]}, "2 to 16384 nodes"),
     ({"sources": [[1, 0], [1, 1]]}, "phase 1 is not a permutation"),
-    ({"sources": [[1, 0, 2], [0, 1, 5]]}, "phase 1 is not a permutation"),
+    ({"sources": [[1, 0, 2], [0, 1, 5]]}, "must name nodes 0..2"),
+    ({"sources": [[1, [0]]]}, "must be lists of 2 integers"),
+    ({"sources": [[1, False], [0, True]]}, "must be lists of 2 integers"),
+    ({"sources": [[1, 10 ** 30]]}, "must name nodes 0..1"),
+    ("[" * 100000, "nests its lists too deep"),
     ({"sources": [[1.0, 0.0]]}, "integers"),
     ({"sources": [[True, False]]}, "integers"),
     ({"sources": [[1, 0, 3, 2]]}, "disconnected"),
@@ -436,11 +442,16 @@ def test_a_cluster_on_a_new_random_graph_each_round(tmp_path):
     ({"nodes": 3, "phases": []}, "expected {\"nodes\": N"),
     ({"nodes": 3.0, "phases": [[[0, 1], [1, 2]]]}, "expected {\"nodes\": N"),
     ({"nodes": 1, "phases": [[]]}, "2 to 16384 nodes"),
-    ({"nodes": 3, "phases": [[[0, 1, 2]]]}, "phase 0: each edge is a pair"),
-    ({"nodes": 3, "phases": [[[0, 1], [1, 3]]]}, "phase 0's nodes must be integers 0..2"),
+    ({"nodes": 3, "phases": [[[0, 1, 2]]]}, "phase 0's edges must be lists of 2 integers"),
+    ({"nodes": 3, "phases": [[[0, 1], [1, 3]]]}, "phase 0's edges must name nodes 0..2"),
+    ({"nodes": 3, "phases": [[[0, 1], [1, [2]]]]}, "must be lists of 2 integers"),
+    ({"nodes": 3, "phases": [[[[0, 1], [1, 2]]]]}, "must be lists of 2 integers"),
+    ({"nodes": 3, "phases": [[[0, True], [1, 2]]]}, "must be lists of 2 integers"),
+    ({"nodes": True, "phases": [[[0, 1]]]}, "expected {\"nodes\": N"),
+    ({"nodes": 2000, "phases": [[[0, 1]]] * 2100}, "edges plus phases × nodes"),
     ({"nodes": 3, "phases": [[[0, 1]], [[1, 1]]]}, "phase 1 links a node to itself"),
     ({"nodes": 3, "phases": [[[0, 1], [1, 0], [1, 2]]]}, "phase 0 lists an edge twice"),
-    ({"nodes": 3, "phases": [[[0, 1.5]]]}, "must be integers"),
+    ({"nodes": 3, "phases": [[[0, 1.5]]]}, "must be lists of 2 integers"),
     ({"nodes": 4, "phases": [[[0, 1]], [[2, 3]]]}, "disconnected"),
 ])
 def test_a_bad_dynamic_file_is_one_line_and_exit_2(tmp_path, data, words):
@@ -449,3 +460,23 @@ def test_a_bad_dynamic_file_is_one_line_and_exit_2(tmp_path, data, words):
         build(f"dynamic:{path}")
     proc = cli_here("topology", f"dynamic:{path}")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_only_a_zero_contraction_is_called_exact_averaging(tmp_path):
+    """complete:3 as one Metropolis phase leaves ρ ~ 6e-17 (1/3 in floats): period_gap
+    rounds to 1.0, but only ρ == 0 is exact averaging."""
+    s = build(f"dynamic:{_write(tmp_path, {'nodes': 3, 'phases': [[[0, 1], [1, 2], [0, 2]]]})}")
+    assert s.schedule.contraction < 1e-15
+    assert "exact" not in describe(s) and "gap over one period 1" in describe(s)
+    assert "(exact averaging)" in describe(build("one_peer_exponential:8"))
+
+
+def test_a_config_files_schedule_is_found_beside_it(tmp_path):
+    """topology = "dynamic:s.json" in a TOML file: s.json beside the file, as a graph
+    file's path is."""
+    (tmp_path / "conf").mkdir()
+    _write(tmp_path / "conf", {"nodes": 4, "phases": [[[0, 1], [2, 3]], [[1, 2], [3, 0]]]})
+    (tmp_path / "conf" / "run.toml").write_text('topology = "dynamic:s.json"\n')
+    cfg = from_sources(str(tmp_path / "conf" / "run.toml"), {"dataset": "synthetic"})
+    assert cfg.topology == f"dynamic:{tmp_path / 'conf' / 's.json'}"
+    assert plan(cfg).summary_base["topology_phases"] == 2

@@ -163,10 +163,12 @@ def _describe_schedule(topo, deg, diameter):
     sched = topo.schedule
     if sched.period_gap is None:
         gap = (f"gap over one period not computed (more than {schedules.DENSE_MAX_NODES} "
-               "nodes, or phases × n² above 2^29, for the dense product)")
+               "nodes, or too many phases, for the dense product)")
     else:
-        exact = " (exact averaging)" if sched.period_gap == 1.0 else ""
-        gap = (f"gap over one period {sched.period_gap:.4g}{exact}, per round "
+        exact = " (exact averaging)" if sched.contraction == 0.0 else ""
+        span = ("one period" if sched.measured in (0, sched.period)
+                else f"its first {sched.measured} phases (then within 1e-9 of the average)")
+        gap = (f"gap over {span} {sched.period_gap:.4g}{exact}, per round "
                f"{sched.round_gap:.4g}")
     peers = max(int(np.diff(ph.indptr).max()) for ph in sched.phases)
     what = "one peer" if peers == 1 else f"up to {peers} peers"

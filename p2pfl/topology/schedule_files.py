@@ -32,14 +32,19 @@ def _load(path: str):
         raise TopologyError(f"cannot read schedule {path}: {exc.strerror or exc}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise TopologyError(f"schedule {path} is not JSON: {exc}") from None
+    except RecursionError:
+        raise TopologyError(f"schedule {path} nests its lists too deep") from None
 
 
-def _ints(path: str, values, n: int, what: str, ranged: bool = True) -> np.ndarray:
-    """``values`` as an int array (every one in 0..n-1 if ``ranged``)."""
-    arr = np.array(values) if len(values) else np.zeros((0, 2), dtype=np.int64)
-    if arr.dtype.kind not in "iu" or (ranged and arr.size and (arr.min() < 0 or arr.max() >= n)):
-        raise TopologyError(f"schedule {path}: {what} must be integers 0..{n - 1}")
-    return arr.astype(np.int64)
+def _ints(path: str, rows: list, width: int, n: int, what: str) -> np.ndarray:
+    """``rows``, lists of ``width`` plain ints each (a bool is not one), as a
+    ``(len(rows), width)`` int64 array, every value in 0..n-1."""
+    if not all(isinstance(r, list) and len(r) == width and all(type(x) is int for x in r)
+               for r in rows):
+        raise TopologyError(f"schedule {path}: {what} must be lists of {width} integers")
+    if any(x < 0 or x >= n for r in rows for x in r):
+        raise TopologyError(f"schedule {path}: {what} must name nodes 0..{n - 1}")
+    return np.array(rows, dtype=np.int64).reshape(len(rows), width)
 
 
 def _one_peer(path: str, data) -> Schedule:
@@ -53,7 +58,7 @@ def _one_peer(path: str, data) -> Schedule:
     if not 2 <= n <= MAX_NODES or len(rows) * n > MAX_EDGES:
         raise TopologyError(f"schedule {path}: {len(rows)} phases of {n} nodes; 2 to "
                             f"{MAX_NODES} nodes and {MAX_EDGES:,} entries are supported")
-    sources = _ints(path, rows, n, "node ids", ranged=False)  # the permutation test ranges
+    sources = _ints(path, rows, n, n, "phases")
     bad = ~(np.sort(sources, axis=1) == np.arange(n)).all(axis=1)
     if bad.any():
         raise TopologyError(f"schedule {path}: phase {int(np.argmax(bad))} is not a "
@@ -68,15 +73,12 @@ def _dynamic(path: str, data) -> Schedule:
             or not all(isinstance(p, list) for p in phases):
         raise TopologyError(f"schedule {path}: expected {{\"nodes\": N, \"phases\": "
                             "[[[u, v], ...], ...]}, each phase its graph's edges")
-    if not 2 <= n <= MAX_NODES or sum(map(len, phases)) > MAX_EDGES:
-        raise TopologyError(f"schedule {path}: 2 to {MAX_NODES} nodes and {MAX_EDGES:,} "
-                            "edges over all phases are supported")
+    if not 2 <= n <= MAX_NODES or sum(map(len, phases)) + len(phases) * n > MAX_EDGES:
+        raise TopologyError(f"schedule {path}: 2 to {MAX_NODES} nodes, and {MAX_EDGES:,} "
+                            "edges plus phases × nodes, are supported")
     built = []
     for k, edges in enumerate(phases):
-        if not all(isinstance(e, list) and len(e) == 2 for e in edges):
-            raise TopologyError(f"schedule {path}: phase {k}: each edge is a pair [u, v]")
-        arr = _ints(path, edges, n, f"phase {k}'s nodes").reshape(-1, 2)
-        arr = np.sort(arr, axis=1)
+        arr = np.sort(_ints(path, edges, 2, n, f"phase {k}'s edges"), axis=1)
         if (arr[:, 0] == arr[:, 1]).any():
             raise TopologyError(f"schedule {path}: phase {k} links a node to itself")
         if len(np.unique(arr, axis=0)) < len(arr):

@@ -53,8 +53,9 @@ __all__ = ["Phase", "Schedule", "SCHEDULES", "one_peer", "one_peer_exponential",
 #: The most nodes whose period gap is found from the dense product of a schedule file's
 #: phases (n × n floats per phase, then a 2-norm): above, it is not computed.
 DENSE_MAX_NODES = 1024
-#: ... and the most multiply-adds of that product (phases × entries × n; about 1 s here).
-DENSE_MAX_WORK = 1 << 29
+#: ... and the most work for that product: Σ over phases of (n + entries) × n, twice the
+#: multiply-adds of a one-peer phase's n × n (1,024 nodes × 512 one-peer phases).
+DENSE_MAX_WORK = 1 << 30
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -90,10 +91,12 @@ class Phase:
         return [listeners[bounds[j]:bounds[j + 1]].tolist() for j in range(self.n)]
 
     def apply(self, P: np.ndarray) -> np.ndarray:
-        """W_k P for a dense ``(n, m)`` P."""
-        rows, cols = self.senders()
+        """W_k P for a dense ``(n, m)`` P: each row's entries summed in one reduceat."""
         out = self.diag[:, None] * P
-        np.add.at(out, rows, self.data[:, None] * P[cols])
+        if len(self.indices):
+            busy = np.flatnonzero(np.diff(self.indptr))  # rows with entries, in order
+            out[busy] += np.add.reduceat(self.data[:, None] * P[self.indices],
+                                         self.indptr[busy], axis=0)
         return out
 
     def dense(self) -> np.ndarray:
@@ -112,14 +115,18 @@ class Schedule:
     phases : tuple of Phase
         W_0 ... W_{τ−1}.
     contraction : float or None
-        ρ = ‖W_{τ−1} ⋯ W_0 − J/n‖₂: what one whole period leaves of the models'
-        distance to their average (0: none, exact averaging); None where it was not
-        computed.
+        ρ = ‖W_{m−1} ⋯ W_0 − J/n‖₂ over the first m = :attr:`measured` phases: what
+        they leave of the models' distance to their average (0: none, exact
+        averaging); None where it was not computed.
+    measured : int
+        m: the whole period, or fewer phases where their product is already within
+        float resolution of J/n (‖·‖_F < 1e-9), beyond which ρ says nothing.
     """
 
     name: str
     phases: tuple
     contraction: float | None
+    measured: int = 0
 
     @property
     def period(self) -> int:
@@ -131,19 +138,19 @@ class Schedule:
 
     @property
     def period_gap(self) -> float | None:
-        """1 − ρ: exactly 1 where a period averages exactly, and only there."""
+        """1 − ρ.  Exact averaging is ρ == 0 (a ρ of 1e-17 makes this 1.0 too)."""
         return None if self.contraction is None else 1.0 - self.contraction
 
     @property
     def round_gap(self) -> float | None:
-        """The per-round equivalent of :attr:`period_gap`: 1 − ρ^(1/τ), where ρ is one
-        period's contraction (the geometric mean of the rounds').  It is 1 where a
-        period averages exactly, as for a complete graph, though one round's W_k alone
+        """The per-round equivalent of :attr:`period_gap`: 1 − ρ^(1/m) over the m
+        phases measured (the geometric mean of their rounds').  It is 1 where a period
+        averages exactly, as for a complete graph, though one round's W_k alone
         contracts far less; it speaks of whole periods of mixing, not of one round."""
         if self.contraction is None:
             return None
         rho = min(1.0, max(0.0, self.contraction))
-        return 1.0 - rho ** (1.0 / self.period)
+        return 1.0 - rho ** (1.0 / (self.measured or self.period))
 
     def phase(self, rnd: int) -> int:
         """The phase round ``rnd`` (from 1) plays."""
@@ -196,14 +203,14 @@ def one_peer_exponential(n: int) -> Schedule:
     factors[factors < 1e-12] = 0.0  # cos(π/2) is 6e-17 in floats; others are >= π/(2n)
     rho = float(factors.prod(axis=1).max())
     return Schedule(f"one_peer_exponential:{n}",
-                    tuple(_one_peer_phase(row) for row in sources), rho)
+                    tuple(_one_peer_phase(row) for row in sources), rho, len(hops))
 
 
 def one_peer(name: str, sources: np.ndarray) -> Schedule:
     """A schedule from its phases' sources, ``(period, n)`` ints, each row a permutation
     of ``0..n-1`` (checked by :func:`~.schedule_files.read_schedule`)."""
     phases = tuple(_one_peer_phase(row) for row in sources)
-    return Schedule(name, phases, _dense_contraction(phases))
+    return Schedule(name, phases, *_dense_contraction(phases))
 
 
 def _metropolis_phase(n: int, edges: np.ndarray) -> Phase:
@@ -221,26 +228,29 @@ def dynamic(name: str, n: int, phases: list) -> Schedule:
     """A graph a phase, each a ``(m, 2)`` int array of edges ``u < v`` on ``0..n-1``
     (checked by :func:`~.schedule_files.read_schedule`), with Metropolis weights."""
     built = tuple(_metropolis_phase(n, edges) for edges in phases)
-    return Schedule(name, built, _dense_contraction(built))
+    return Schedule(name, built, *_dense_contraction(built))
 
 
-def _dense_contraction(phases: tuple) -> float | None:
-    """‖W_{τ−1} ⋯ W_0 − J/n‖₂ from the dense product; None above
+def _dense_contraction(phases: tuple) -> tuple:
+    """``(ρ, m)``: ‖W_{m−1} ⋯ W_0 − J/n‖₂ from the dense product, over the whole period
+    or the first m phases whose product is within float resolution of J/n
+    (‖·‖_F < 1e-9: random matchings of a 16-node torus get there in about 70 rounds,
+    and a ρ of the whole period would be rounding noise, or 0).  ``(None, 0)`` above
     :data:`DENSE_MAX_NODES` nodes or :data:`DENSE_MAX_WORK`.  One-peer products have
     entries that are multiples of 2^−τ, which float64 holds exactly for τ ≤ 52: there
-    exact averaging is Π = J/n bit for bit, and ρ is 0.  A tiny ρ otherwise is a strong
-    contraction (random matchings over 100 rounds leave some 1e-15), not exact
-    averaging."""
+    exact averaging is Π = J/n bit for bit, and ρ is 0."""
     n = phases[0].n
     work = sum(n + len(ph.indices) for ph in phases) * n
     if n > DENSE_MAX_NODES or work > DENSE_MAX_WORK:
-        return None
+        return None, 0
     P = np.eye(n)
-    for ph in phases:
+    for m, ph in enumerate(phases, 1):
         P = ph.apply(P)
-    if len(phases) <= 52 and (P == 1.0 / n).all():
-        return 0.0
-    return float(np.linalg.norm(P - 1.0 / n, 2))
+        if m <= 52 and (P == 1.0 / n).all():
+            return 0.0, m
+        if np.linalg.norm(P - 1.0 / n) < 1e-9:
+            break
+    return float(np.linalg.norm(P - 1.0 / n, 2)), m
 
 
 def _exponential_spec(rest: str) -> Schedule:
