@@ -254,6 +254,14 @@ def test_the_ready_hypercube_file_matches_its_script_and_averages_exactly():
     np.testing.assert_allclose(_period_product(s), np.full((16, 16), 1 / 16), atol=1e-12)
 
 
+def _assert_refused(spec: str, words: str) -> None:
+    """``spec`` is a TopologyError saying ``words``, and one line with exit 2 on the CLI."""
+    with pytest.raises(TopologyError, match=re.escape(words)):
+        build(spec)
+    proc = cli_here("topology", spec)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
 def _write(tmp_path, data, name="s.json") -> str:
     path = tmp_path / name
     path.write_text(data if isinstance(data, str) else json.dumps(data))
@@ -298,11 +306,7 @@ def test_a_file_with_idle_phases_mixes_and_its_gap_is_the_dense_products(tmp_pat
     ({"sources": [[1, 0, 3, 2]]}, "disconnected"),
 ])
 def test_a_bad_schedule_file_is_one_line_and_exit_2(tmp_path, data, words):
-    path = _write(tmp_path, data)
-    with pytest.raises(TopologyError, match=re.escape(words)):
-        build(f"one_peer:{path}")
-    proc = cli_here("topology", f"one_peer:{path}")
-    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    _assert_refused(f"one_peer:{_write(tmp_path, data)}", words)
     proc = cli_here("topology", f"one_peer:{tmp_path / 'missing.json'}")
     assert proc.returncode == 2 and "cannot read schedule" in proc.stderr
 
@@ -455,11 +459,7 @@ def test_a_cluster_on_a_new_random_graph_each_round(tmp_path):
     ({"nodes": 4, "phases": [[[0, 1]], [[2, 3]]]}, "disconnected"),
 ])
 def test_a_bad_dynamic_file_is_one_line_and_exit_2(tmp_path, data, words):
-    path = _write(tmp_path, data)
-    with pytest.raises(TopologyError, match=re.escape(words)):
-        build(f"dynamic:{path}")
-    proc = cli_here("topology", f"dynamic:{path}")
-    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    _assert_refused(f"dynamic:{_write(tmp_path, data)}", words)
 
 
 def test_only_a_zero_contraction_is_called_exact_averaging(tmp_path):
