@@ -3,8 +3,9 @@
 A static graph is one drawing: its nodes, and its edges as lines as wide as their
 mixing weight w_ij.  A time-varying topology (:mod:`~p2pfl.topology.schedules`) is one
 panel a phase, up to :data:`MAX_PANELS`: a phase's graph, or, where it is not symmetric
-(one peer a round), an arrow from each node heard to the node that hears it.  Nodes sit on a circle (``circular``, the default for schedules,
-whose shifts then read at a glance) or where a seeded force-directed layout puts them
+(one peer a round), an arrow from each node heard to the node that hears it.  Nodes
+sit on a circle (``circular``, the default for schedules, whose shifts then read at a
+glance) or where a seeded force-directed layout puts them
 (``spring``, the default for graphs).  Labels are drawn up to :data:`MAX_LABELS` nodes.
 Only matplotlib's Agg canvas is used (:mod:`p2pfl.plot`).
 """
