@@ -298,9 +298,8 @@ def _cmd_keys(args) -> int:
 
 
 def _cmd_topology(args) -> int:
-    from .topology import build, describe
-
     from .plot_topology import LAYOUTS, check_drawable, draw_topology
+    from .topology import build, describe
 
     if args.png is None and args.layout != "auto":
         raise UsageError("--layout is for drawing: give --png FILE too")

@@ -215,9 +215,9 @@ class GossipNode:
         """Neighbours to wait for this round (of those it mixes, :meth:`heard`).
 
         Not those that missed SUSPECT_AFTER rounds in a row and have not been heard
-        from since the latest of them (a silent neighbour costs its time-out once, and a
-        message of that round or later, even a late one, brings it back), nor those that said they
-        left and sent nothing since, nor those already past this round (their
+        from since the latest of them (a silent neighbour costs its time-out once, and
+        a message of that round or later, even a late one, brings it back), nor those
+        that said they left and sent nothing since, nor those already past this round (their
         messages come in order, so a round-``rnd`` one that is not here is not
         coming: we are the late one, and catch up without waiting).
         """

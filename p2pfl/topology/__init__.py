@@ -65,11 +65,10 @@ class Topology:
         Repairs made while validating.
     schedule : Schedule or None
         A time-varying topology's phases (``one_peer_exponential:N``, ``one_peer:FILE``,
-        ``dynamic:FILE``): each round mixes
-        over its phase's links of :attr:`graph`, the union of the phases' links, with
-        its phase's weights (:mod:`.schedules`).  :attr:`mixing` is then the union's
-        Metropolis matrix, which no round uses.  None: every round mixes with
-        :attr:`mixing`.
+        ``dynamic:FILE``): each round mixes over its phase's links of :attr:`graph`, the
+        union of the phases' links, with its phase's weights (:mod:`.schedules`).
+        :attr:`mixing` is then the union's Metropolis matrix, which no round uses.
+        None: every round mixes with :attr:`mixing`.
     """
 
     graph: nx.Graph
