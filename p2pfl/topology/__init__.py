@@ -34,7 +34,8 @@ from .generators import (GENERATORS, barabasi_albert, complete, erdos_renyi,
                          star, torus)
 from .graph import MAX_NODES, relabel, validate
 from .mixing import SCHEMES, Mixing, mixing, mixing_weights
-from .schedules import SCHEDULES, Schedule, is_schedule, parse_schedule
+from .schedule_specs import SCHEDULES, is_schedule, parse_schedule
+from .schedules import Schedule
 from .spectrum import spectral_gap
 
 __all__ = [

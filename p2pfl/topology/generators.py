@@ -148,6 +148,9 @@ GENERATORS = {f.__name__: f for f in (ring, line, complete, star, torus, exponen
                                        erdos_renyi, small_world, random_regular,
                                        barabasi_albert)}
 
+#: Time-varying topologies' specs and their argument (built by schedule_specs.py).
+SCHEDULE_SPECS = {"one_peer_exponential": "N", "one_peer": "FILE.json", "dynamic": "FILE.json"}
+
 # Argument placeholders of each spec; a trailing "SEED" is optional.
 _SPEC_ARGS = {
     "ring": "N", "line": "N", "complete": "N", "star": "N", "torus": "RxC",
@@ -203,12 +206,10 @@ def _from_spec(spec, seed):
     name, *args = spec.strip().split(":")
     name = name.strip().lower().replace("-", "_")
     if name not in GENERATORS:
-        from .schedules import SCHEDULES  # it imports MAX_NODES from here
-
         raise TopologyError(
             f"unknown topology {spec!r}: not a file and not a generator; "
             f"generators: {', '.join(_usage(g) for g in GENERATORS)}; time-varying: "
-            f"{', '.join(f'{g}:{arg}' for g, (arg, _) in SCHEDULES.items())}")
+            f"{', '.join(f'{g}:{arg}' for g, arg in SCHEDULE_SPECS.items())}")
     placeholders = _SPEC_ARGS[name].split(":")
     random = placeholders[-1] == "SEED"
     if len(args) not in (len(placeholders), len(placeholders) - random):

@@ -25,7 +25,8 @@ factor is cos(π/2) = 0: the product is J/N, and τ rounds of mixing alone end a
 exact average (the paper's periodic exact averaging; ``tests/test_schedules.py``
 checks it on the matrices and on D-PSGD's mix).
 
-Schedules of one's own are files (:mod:`.schedule_files`): ``one_peer:FILE.json``
+Specs name schedules (:mod:`.schedule_specs`, which also reads schedules of one's own
+from files): ``one_peer:FILE.json``
 gives one-peer phases, ``dynamic:FILE.json`` a graph a phase, mixed with its own
 Metropolis–Hastings weights (ALGORITHMS.md, "Peer-to-peer gossip"), as decentralised
 learning on a graph that changes every round (a new random regular graph a round,
@@ -47,8 +48,8 @@ from p2pfl.errors import TopologyError
 from .generators import MAX_NODES
 from .mixing import _by_rows
 
-__all__ = ["Phase", "Schedule", "SCHEDULES", "one_peer", "one_peer_exponential", "dynamic",
-           "parse_schedule", "is_schedule", "DENSE_MAX_NODES"]
+__all__ = ["Phase", "Schedule", "one_peer", "one_peer_exponential", "dynamic",
+           "DENSE_MAX_NODES"]
 
 #: The most nodes whose period gap is found from the dense product of a schedule file's
 #: phases (n × n floats per phase, then a 2-norm): above, it is not computed.
@@ -208,7 +209,7 @@ def one_peer_exponential(n: int) -> Schedule:
 
 def one_peer(name: str, sources: np.ndarray) -> Schedule:
     """A schedule from its phases' sources, ``(period, n)`` ints, each row a permutation
-    of ``0..n-1`` (checked by :func:`~.schedule_files.read_schedule`)."""
+    of ``0..n-1`` (checked by :func:`~.schedule_specs.read_schedule`)."""
     phases = tuple(_one_peer_phase(row) for row in sources)
     return Schedule(name, phases, *_dense_contraction(phases))
 
@@ -226,7 +227,7 @@ def _metropolis_phase(n: int, edges: np.ndarray) -> Phase:
 
 def dynamic(name: str, n: int, phases: list) -> Schedule:
     """A graph a phase, each a ``(m, 2)`` int array of edges ``u < v`` on ``0..n-1``
-    (checked by :func:`~.schedule_files.read_schedule`), with Metropolis weights."""
+    (checked by :func:`~.schedule_specs.read_schedule`), with Metropolis weights."""
     built = tuple(_metropolis_phase(n, edges) for edges in phases)
     return Schedule(name, built, *_dense_contraction(built))
 
@@ -251,45 +252,3 @@ def _dense_contraction(phases: tuple) -> tuple:
         if np.linalg.norm(P - 1.0 / n) < 1e-9:
             break
     return float(np.linalg.norm(P - 1.0 / n, 2)), m
-
-
-def _exponential_spec(rest: str) -> Schedule:
-    try:
-        n = int(rest.strip())
-    except ValueError:
-        raise TopologyError(f"one_peer_exponential: N must be an integer, got "
-                            f"{rest.strip()!r}") from None
-    return one_peer_exponential(n)
-
-
-def _file_spec(kind: str):
-    def read(path: str) -> Schedule:
-        from .schedule_files import read_schedule  # it builds with this module
-
-        return read_schedule(path, kind)
-    return read
-
-
-#: Schedule name -> (its argument's placeholder, the function of that argument's text).
-SCHEDULES = {"one_peer_exponential": ("N", _exponential_spec),
-             "one_peer": ("FILE.json", _file_spec("one_peer")),
-             "dynamic": ("FILE.json", _file_spec("dynamic"))}
-
-
-def _name(spec) -> str:
-    return spec.split(":", 1)[0].strip().lower().replace("-", "_")
-
-
-def is_schedule(spec) -> bool:
-    """Whether ``spec`` is a string naming a schedule (``one_peer_exponential:N``)."""
-    return isinstance(spec, str) and _name(spec) in SCHEDULES
-
-
-def parse_schedule(spec: str) -> Schedule:
-    """The schedule of a ``NAME:ARG`` spec; a bad one is a :class:`TopologyError`."""
-    head, _, rest = spec.strip().partition(":")
-    name = _name(head)
-    placeholder, make = SCHEDULES[name]
-    if not rest.strip() or (placeholder == "N" and ":" in rest):
-        raise TopologyError(f"{name} spec takes {name}:{placeholder}, got {spec!r}")
-    return make(rest if placeholder == "N" else rest.strip())

@@ -1,4 +1,4 @@
-"""Schedule files: a time-varying topology of one's own, as JSON.
+"""Schedule specs: ``one_peer_exponential:N``, and files of one's own, as JSON.
 
 ``one_peer:FILE.json`` — ``{"sources": [[...], ...]}``: a list of phases, each the node
 that each node hears (a permutation of 0..n−1; a node that hears itself idles that
@@ -18,10 +18,10 @@ import numpy as np
 
 from p2pfl.errors import TopologyError
 
-from .generators import MAX_EDGES, MAX_NODES
-from .schedules import Schedule, dynamic, one_peer
+from .generators import MAX_EDGES, MAX_NODES, SCHEDULE_SPECS
+from .schedules import Schedule, dynamic, one_peer, one_peer_exponential
 
-__all__ = ["read_schedule"]
+__all__ = ["SCHEDULES", "read_schedule", "is_schedule", "parse_schedule"]
 
 
 def _load(path: str):
@@ -91,3 +91,40 @@ def read_schedule(path: str, kind: str = "one_peer") -> Schedule:
     """The schedule in ``path``: ``kind`` ``one_peer`` or ``dynamic`` (module docstring)."""
     data = _load(path)
     return _one_peer(path, data) if kind == "one_peer" else _dynamic(path, data)
+
+
+def _exponential_spec(rest: str) -> Schedule:
+    try:
+        n = int(rest.strip())
+    except ValueError:
+        raise TopologyError(f"one_peer_exponential: N must be an integer, got "
+                            f"{rest.strip()!r}") from None
+    return one_peer_exponential(n)
+
+
+#: Schedule name -> (its argument's placeholder, the function of that argument's text);
+#: the placeholders are generators.SCHEDULE_SPECS', which the unknown-topology message names.
+SCHEDULES = {
+    "one_peer_exponential": (SCHEDULE_SPECS["one_peer_exponential"], _exponential_spec),
+    "one_peer": (SCHEDULE_SPECS["one_peer"], lambda path: read_schedule(path, "one_peer")),
+    "dynamic": (SCHEDULE_SPECS["dynamic"], lambda path: read_schedule(path, "dynamic")),
+}
+
+
+def _name(spec) -> str:
+    return spec.split(":", 1)[0].strip().lower().replace("-", "_")
+
+
+def is_schedule(spec) -> bool:
+    """Whether ``spec`` is a string naming a schedule (``one_peer_exponential:N``)."""
+    return isinstance(spec, str) and _name(spec) in SCHEDULES
+
+
+def parse_schedule(spec: str) -> Schedule:
+    """The schedule of a ``NAME:ARG`` spec; a bad one is a :class:`TopologyError`."""
+    head, _, rest = spec.strip().partition(":")
+    name = _name(head)
+    placeholder, make = SCHEDULES[name]
+    if not rest.strip() or (placeholder == "N" and ":" in rest):
+        raise TopologyError(f"{name} spec takes {name}:{placeholder}, got {spec!r}")
+    return make(rest if placeholder == "N" else rest.strip())
