@@ -193,8 +193,9 @@ def test_an_offline_node_costs_no_time_outs(tmp_path):
     wait for it (it said it left), and it catches up when back."""
     profile = tmp_path / "offline.toml"
     profile.write_text('[nodes."2"]\noffline = [[0.3, 1.3]]\n')
-    res = run_cluster("one_peer_exponential:8", rounds=1500, round_timeout=5.0, quiet=True,
-                      in_process=True, eval_every=500, profiles=str(profile),
+    # rounds enough that the others still run when it is back at 1.3 s (800 took 3.5 s)
+    res = run_cluster("one_peer_exponential:8", rounds=800, round_timeout=5.0, quiet=True,
+                      in_process=True, eval_every=400, profiles=str(profile),
                       out=str(tmp_path / "run"))
     s, recs = res.summary, res.metrics
     assert s["failed_nodes"] == {}
@@ -202,7 +203,8 @@ def test_an_offline_node_costs_no_time_outs(tmp_path):
     for node in (0, 1, 3, 4, 5, 6, 7):
         walls = sorted(r["wall_s"] for r in recs if r["node"] == node)
         assert max(b - a for a, b in zip(walls, walls[1:])) < 2.0
-    final = [r["accuracy"] for r in recs if r["round"] == 1500 and r["accuracy"] is not None]
+    assert max(r["wall_s"] for r in recs if r["node"] != 2) > 1.5  # still running then
+    final = [r["accuracy"] for r in recs if r["round"] == 800 and r["accuracy"] is not None]
     assert len(final) == 8 and min(final) > 0.8, final
 
 
