@@ -26,14 +26,13 @@ exact average (the paper's periodic exact averaging; ``tests/test_schedules.py``
 checks it on the matrices and on D-PSGD's mix).
 
 Specs name schedules (:mod:`.schedule_specs`, which also reads schedules of one's own
-from files): ``one_peer:FILE.json``
-gives one-peer phases, ``dynamic:FILE.json`` a graph a phase, mixed with its own
-Metropolis–Hastings weights (ALGORITHMS.md, "Peer-to-peer gossip"), as decentralised
-learning on a graph that changes every round (a new random regular graph a round,
-say).  Their period gap is found from the dense product, up to
+from files): ``one_peer:FILE.json`` gives one-peer phases, ``dynamic:FILE.json`` a graph
+a phase, mixed with its own Metropolis–Hastings weights (ALGORITHMS.md, "Peer-to-peer
+gossip"), as decentralised learning on a graph that changes every round (a new random
+regular graph a round, say).  Their period gap is found from the dense product, up to
 :data:`DENSE_MAX_NODES` nodes.
 
-This module knows nothing of sockets: it turns specs into index arrays.
+This module knows nothing of sockets: it turns phases into index arrays.
 """
 
 from __future__ import annotations
