@@ -60,7 +60,7 @@ class GossipNode:
             peer_codecs=spec.runtime.codec_names)
         self.misses: Counter = Counter()  # total misses per neighbour
         self._streak: Counter = Counter()  # consecutive misses per neighbour
-        self._missed_at: dict = {}  # the latest round each neighbour missed
+        self._since: dict = {}  # the first round of each neighbour's run of misses
         self.asynchronous = spec.runtime.schedule == "async"
         self.staleness: list = []  # this iteration's τ of each mixed model
         self.availability = Availability(spec.availability) if spec.availability.active \
@@ -215,15 +215,17 @@ class GossipNode:
         """Neighbours to wait for this round (of those it mixes, :meth:`heard`).
 
         Not those that missed SUSPECT_AFTER rounds in a row and have not been heard
-        from since the latest of them (a silent neighbour costs its time-out once, and
-        a message of that round or later, even a late one, brings it back), nor those
-        that said they left and sent nothing since, nor those already past this round (their
-        messages come in order, so a round-``rnd`` one that is not here is not
-        coming: we are the late one, and catch up without waiting).
+        from since the first of them (a silent neighbour costs its time-out once, and
+        a message of that round or later, even a late one, brings it back: a neighbour
+        that fell behind is waited for while it catches up, or it would never rejoin
+        the others' rounds), nor those that said they left and sent nothing since, nor
+        those already past this round (their messages come in order, so a round-``rnd``
+        one that is not here is not coming: we are the late one, and catch up without
+        waiting).
         """
         away = self.rt.away
         return [j for j in self.heard(rnd)
-                if (self._streak[j] < SUSPECT_AFTER or self.rt.heard_from(j, self._missed_at[j]))
+                if (self._streak[j] < SUSPECT_AFTER or self.rt.heard_from(j, self._since[j]))
                 and j not in away and not self.rt.heard_from(j, rnd + 1)]
 
     def collect(self, rnd: int) -> dict:
@@ -265,7 +267,8 @@ class GossipNode:
                 self._streak[j] = 0
             elif j not in away:  # a neighbour that said it left is not missed
                 self.misses[j] += 1
-                self._missed_at[j] = rnd
+                if not self._streak[j]:
+                    self._since[j] = rnd
                 self._streak[j] += 1
 
     def sit_out(self, rnd: int) -> int | None:

@@ -559,3 +559,32 @@ def test_a_stopped_peer_is_down_until_it_answers_and_then_hears_the_launcher_aga
         child.wait()
         watch.close()
         ep.close()
+
+
+def test_a_message_dropped_beyond_the_window_is_not_waited_for(ctx):
+    """It came, too early, and was dropped: it is not coming again (a peer's messages
+    arrive in order), so its round does not wait a time-out for it.  Peer 1 sends to us
+    in rounds 1 and 6 only (as under a schedule), and its round 6 came while we were at
+    round 1; peer 2 sends every round."""
+    a = Endpoint(ctx, 0, "inproc://far-a")
+    b = Endpoint(ctx, 1, "inproc://far-b")
+    c = Endpoint(ctx, 2, "inproc://far-c")
+    b.connect(0, a.address)
+    c.connect(0, a.address)
+    box = Mailbox(a, peers={1, 2})
+    b.send(0, "model", 1)
+    c.send(0, "model", 1)
+    assert box.collect("model", 1, [1, 2], timeout=5.0).keys() == {1, 2}
+    b.send(0, "model", 6)  # beyond the 4-round window of round 1: dropped
+    box.collect("model", 1, [], timeout=0.2)  # read it
+    for rnd in range(2, 7):
+        c.send(0, "model", rnd)
+    for rnd in range(2, 6):
+        assert box.collect("model", rnd, [2], timeout=5.0).keys() == {2}
+    assert box.last_heard[1] == 6  # its latest: not past round 6
+    t0 = time.monotonic()
+    assert box.collect("model", 6, [1, 2], timeout=5.0).keys() == {2}
+    assert time.monotonic() - t0 < 1.0, "waited for a message it had dropped"
+    assert a.counters.dropped["round_out_of_window"] == 1
+    for e in (a, b, c):
+        e.close()

@@ -28,6 +28,11 @@ MAX_CONTROL = 64
 NODE_REPORTS = frozenset({"join", "ready", "metrics", "bye", "error", "weights"})
 
 
+#: The most (kind, round, sender) drops beyond the window a mailbox remembers (they are
+#: not waited for); a flood of far-future rounds costs no more memory than this.
+MAX_DROPPED_AHEAD = 4096
+
+
 class Mailbox(Routing):
     """Collects one round's data messages from a set of peers.
 
@@ -80,6 +85,11 @@ class Mailbox(Routing):
         # commands a node has not read yet (config, start): a flood's oldest give way
         self.control: deque[Message] = deque(maxlen=max_control)
         self._pending: dict = defaultdict(dict)  # (kind, round) -> {src: Message}
+        # (kind, round) -> senders whose message of that round was dropped beyond the
+        # window: it is not coming again (a peer's messages arrive in order), so it is not
+        # waited for; at most MAX_DROPPED_AHEAD are remembered (a hostile peer's flood)
+        self._ahead: dict = defaultdict(set)
+        self._ahead_count = 0
         self._requests: dict = defaultdict(dict)  # kind -> {src: Message}
         self.last_heard: dict = {}  # peer -> latest round of any data message (late ones too)
         # Without a round barrier (asynchronous gossip) data messages queue per sender
@@ -190,13 +200,15 @@ class Mailbox(Routing):
         slot = self._pending[(kind, round)]
         # Not waited for any more: a peer that says it left, one already heard from
         # for a later round (a peer's messages arrive in order, so this round's is
-        # not coming: it was lost, or dropped while we were away), and one back from
-        # away or restarted that asked to be caught up (see ``pulling``).
+        # not coming: it was lost, or dropped while we were away), one back from away
+        # or restarted that asked to be caught up (see ``pulling``), and one whose
+        # message of this round came too early and was dropped beyond the window.
         pullers = set() if self.wait_for_pullers else self.pulling
 
         def done() -> bool:
+            gone_ahead = self._ahead.get((kind, round), ())  # dropped beyond the window
             return all(j in slot or j in self.away or self.last_heard.get(j, -1) > round
-                       or j in pullers for j in expected)
+                       or j in pullers or j in gone_ahead for j in expected)
 
         self._wait(done, timeout)
         return self._pending.pop((kind, round), {})
@@ -317,6 +329,17 @@ class Mailbox(Routing):
         while catching up (:meth:`first`), they would otherwise stay for good."""
         now, last = self.current_round, self.current_round + self.window
         for key in [k for k in self._pending if not now <= k[1] <= last]:
-            reason = "stale_round" if key[1] < now else "round_out_of_window"
-            for _ in self._pending.pop(key):
-                self.endpoint.counters.drop(reason)
+            for src in self._pending.pop(key):
+                if key[1] < now:
+                    self.endpoint.counters.drop("stale_round")
+                else:
+                    self._drop_ahead(key[0], key[1], src)
+        for key in [k for k in self._ahead if k[1] < now]:
+            self._ahead_count -= len(self._ahead.pop(key))
+
+    def _drop_ahead(self, kind: str, rnd: int, src) -> None:
+        """Drop and count a message beyond the window, and remember that it came."""
+        self.endpoint.counters.drop("round_out_of_window")
+        if self._ahead_count < MAX_DROPPED_AHEAD and src not in self._ahead[(kind, rnd)]:
+            self._ahead[(kind, rnd)].add(src)
+            self._ahead_count += 1

@@ -96,7 +96,7 @@ class Routing:
         elif self.admits is not None and not self.admits(msg.src, msg.kind, msg.round):
             counters.drop("off_phase")
         elif msg.round > self.current_round + self.window:
-            counters.drop("round_out_of_window")
+            self._drop_ahead(msg.kind, msg.round, msg.src)
         else:
             slot = self._pending[(msg.kind, msg.round)]
             if msg.src in slot:
