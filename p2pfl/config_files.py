@@ -98,8 +98,6 @@ def from_sources(config_file: str | None = None, overrides: dict | None = None) 
 #: Options naming a file or folder: in a config file, relative to the file's folder
 #: when it exists there, else to the working directory.
 PATH_OPTIONS = ("topology", "profiles", "availability", "keys", "data_dir")
-#: Topology specs that name a schedule file (``dynamic:FILE.json``): FILE is resolved so.
-SCHEDULE_FILES = ("one_peer", "dynamic")
 
 
 def _file_options(config_file: str, known: set) -> dict:
@@ -127,8 +125,10 @@ def _file_options(config_file: str, known: set) -> dict:
         if isinstance(given, str) and given and not os.path.isabs(given):
             candidate = os.path.join(base, given)
             values[name] = candidate if os.path.exists(candidate) else given
+    from .topology.generators import SCHEDULE_SPECS
+
     head, _, rest = str(values.get("topology") or "").partition(":")
-    if head in SCHEDULE_FILES and rest and not os.path.isabs(rest):  # dynamic:FILE.json
+    if SCHEDULE_SPECS.get(head) == "FILE.json" and rest and not os.path.isabs(rest):
         candidate = os.path.join(base, rest)
         if os.path.exists(candidate):
             values["topology"] = f"{head}:{candidate}"

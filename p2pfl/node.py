@@ -171,8 +171,7 @@ class GossipNode:
         def admits(src, kind, rnd) -> bool:
             return kind != "model" or src in senders[(rnd - 1) % period]
 
-        mailbox.admits = admits
-        mailbox.window = max(mailbox.window, min(2 * period + 4, 256))
+        mailbox.restrict(admits, min(2 * period + 4, 256))
 
     def enter_phase(self, rnd: int) -> None:
         """Round ``rnd``'s row of the schedule's W_k: w_ii and the w_ij of the neighbours
@@ -236,11 +235,7 @@ class GossipNode:
             timeout = max(0.0, min(timeout, self.availability.next_offline(now) - now))
         packets = self.rt.gather("model", rnd, self.expected(rnd), timeout)
         received = {}
-        heard = self.heard(rnd)
         for j, packet in packets.items():
-            if self.phases and j not in heard:  # kept before the mailbox knew the phases
-                self.rt.drop("off_phase")
-                continue
             try:
                 received[j] = self.algorithm.decode(packet)
             except TemporalGap:  # lost the sender's last message: resync, then plain

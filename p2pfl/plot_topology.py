@@ -35,25 +35,24 @@ def panels(topo) -> list:
     hearer where a phase is not symmetric (one peer a round), else as lines."""
     sched = topo.schedule
     if sched is None:
-        return [("", _lines(topo.mixing.indptr, topo.mixing.indices, topo.mixing.data),
-                 False)]
+        return [("", _lines(topo.mixing), False)]
     out = []
     for k, ph in enumerate(sched.phases[:MAX_PANELS]):
-        rows, cols = ph.senders()
+        rows, cols = ph.entries()
         arrows = [(int(j), int(i), float(w)) for i, j, w in zip(rows, cols, ph.data)]
         symmetric = {(u, v) for u, v, _ in arrows} == {(v, u) for u, v, _ in arrows}
-        edges = _lines(ph.indptr, ph.indices, ph.data) if symmetric else arrows
+        edges = _lines(ph) if symmetric else arrows
         out.append((f"phase {k + 1} (rounds {k + 1}, {k + 1 + sched.period}, ...)", edges,
                     not symmetric))
     return out
 
 
-def _lines(indptr, indices, data) -> list:
-    """A symmetric matrix's off-diagonal entries by rows, each edge once (u < v)."""
-    rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
-    keep = rows < indices
-    return [(int(u), int(v), float(w))
-            for u, v, w in zip(rows[keep], indices[keep], data[keep])]
+def _lines(W) -> list:
+    """A symmetric :class:`~p2pfl.topology.Mixing`'s off-diagonal entries, each edge once
+    (u < v)."""
+    rows, cols = W.entries()
+    keep = rows < cols
+    return [(int(u), int(v), float(w)) for u, v, w in zip(rows[keep], cols[keep], W.data[keep])]
 
 
 def _positions(topo, layout: str) -> np.ndarray:

@@ -23,6 +23,7 @@ from p2pfl.transport.endpoint import Endpoint
 from p2pfl.transport.mailbox import Mailbox
 from p2pfl.algorithms.options import DPSGDOptions
 from p2pfl.topology import build, describe, exponential, parse_schedule
+from p2pfl.topology.schedules import listeners
 from tests._inproc import cli_here
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,14 +33,14 @@ SIZES = (2, 3, 5, 8, 12, 16, 33, 64)
 def _sources(s, k) -> np.ndarray:
     """Whom each node hears in one-peer phase ``k`` (itself when it idles)."""
     out = np.arange(s.n)
-    rows, cols = s.phases[k].senders()
+    rows, cols = s.phases[k].entries()
     out[rows] = cols
     return out
 
 
 def _targets(s, k) -> np.ndarray:
     """Whom each node sends to in one-peer phase ``k`` (itself when it idles)."""
-    return np.array([to[0] if to else i for i, to in enumerate(s.phases[k].sent_to())])
+    return np.array([to[0] if to else i for i, to in enumerate(listeners(s.phases[k]))])
 
 
 def _period_product(s) -> np.ndarray:

@@ -12,7 +12,7 @@ from p2pfl.errors import TopologyError
 
 from .generators import _need
 
-__all__ = ["SCHEMES", "Mixing", "mixing", "mixing_weights"]
+__all__ = ["SCHEMES", "Mixing", "mixing", "mixing_weights", "unit_weights"]
 
 
 #: Mixing schemes accepted by :func:`mixing_weights` (plus ``attr:NAME``).
@@ -65,10 +65,11 @@ def _dense_row_sums(indptr, cols, vals):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Mixing:
-    """A symmetric, doubly stochastic mixing matrix held by rows: each node's
-    self-weight and the weights of its edges (compressed sparse rows).  It takes
-    O(n + edges) memory where the dense matrix takes n * n floats (2 GiB at 16,384
-    nodes).  Its arrays are read-only.
+    """A doubly stochastic mixing matrix held by rows: each node's self-weight and the
+    weights of the nodes it hears (compressed sparse rows).  A graph's is symmetric
+    (:meth:`from_edges`); a time-varying topology's phase need not be (one peer a round:
+    :mod:`.schedules`).  It takes O(n + edges) memory where the dense matrix takes
+    n * n floats (2 GiB at 16,384 nodes).  Its arrays are read-only.
 
     Attributes
     ----------
@@ -90,8 +91,12 @@ class Mixing:
         """The matrix with ``w`` on each edge ``(us, vs)`` (each once, ``u != v``) and
         the diagonal filling each row to 1."""
         indptr, cols, vals = _by_rows(n, us, vs, w)
-        diag = 1.0 - _dense_row_sums(indptr, cols, vals)
-        arrays = (diag, indptr, cols, vals)
+        return cls.from_rows(1.0 - _dense_row_sums(indptr, cols, vals), indptr, cols, vals)
+
+    @classmethod
+    def from_rows(cls, diag, indptr, indices, data):
+        """The matrix of these arrays (see the class), made read-only."""
+        arrays = (diag, indptr, indices, data)
         for a in arrays:
             a.flags.writeable = False
         return cls(*arrays)
@@ -110,10 +115,24 @@ class Mixing:
         """The row of each entry of ``indices`` and ``data``."""
         return np.repeat(np.arange(self.n), np.diff(self.indptr))
 
+    def entries(self):
+        """``(rows, cols)`` of the off-diagonal entries: node ``rows[e]`` hears
+        ``cols[e]``."""
+        return self._rows, self.indices
+
     def matvec(self, x):
         """``W @ x`` for a vector ``x`` of length n, in O(n + edges)."""
         return self.diag * x + np.bincount(self._rows, weights=self.data * x[self.indices],
                                            minlength=self.n)
+
+    def matmat(self, P):
+        """``W @ P`` for a dense ``(n, m)`` P: each row's entries summed in one reduceat."""
+        out = self.diag[:, None] * P
+        if len(self.indices):
+            busy = np.flatnonzero(np.diff(self.indptr))  # rows with entries, in order
+            out[busy] += np.add.reduceat(self.data[:, None] * P[self.indices],
+                                         self.indptr[busy], axis=0)
+        return out
 
     def toarray(self):
         """The dense ``(n, n)`` float64 matrix (a new, writeable array)."""
@@ -172,6 +191,15 @@ def _weighted(G, attr):
     return n, us, vs, a / (1.0 + np.maximum(s[us], s[vs]))
 
 
+def unit_weights(n, us, vs, scheme="metropolis"):
+    """The weight of each edge ``(us, vs)`` of a graph on ``n`` nodes with unit
+    affinities: ``metropolis``, w_ij = 1 / (1 + max(d_i, d_j)), or ``uniform``,
+    1 / (1 + max degree)."""
+    d = (np.bincount(us, minlength=n) + np.bincount(vs, minlength=n)).astype(float)
+    top = np.maximum(d[us], d[vs]) if scheme == "metropolis" else d.max(initial=0.0)
+    return np.ones(len(us)) / (1.0 + top)
+
+
 def mixing(G, scheme="metropolis"):
     """Symmetric, non-negative, doubly stochastic gossip matrix of ``G``, sparse.
 
@@ -210,9 +238,7 @@ def mixing(G, scheme="metropolis"):
     """
     if scheme in ("metropolis", "uniform"):  # unit affinities: degrees are exact counts
         n, us, vs = _edge_ends(G)
-        d = (np.bincount(us, minlength=n) + np.bincount(vs, minlength=n)).astype(float)
-        top = np.maximum(d[us], d[vs]) if scheme == "metropolis" else d.max(initial=0.0)
-        w = np.ones(len(us)) / (1.0 + top)
+        w = unit_weights(n, us, vs, scheme)
     elif scheme == "weight" or (isinstance(scheme, str) and scheme.startswith("attr:")
                                 and scheme[5:]):
         n, us, vs, w = _weighted(G, "weight" if scheme == "weight" else scheme[5:])

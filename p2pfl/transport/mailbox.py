@@ -314,6 +314,17 @@ class Mailbox(Routing):
         self._wait(lambda: bool(self.control), timeout)
         return self.control.popleft() if self.control else None
 
+    def restrict(self, admits: Callable[[object, str, int], bool], window: int) -> None:
+        """Take a data message only where ``admits(src, kind, round)`` (a time-varying
+        topology's phases), keeping at least ``window`` rounds ahead; what is kept
+        already (it came before the node knew its phases) and not admitted is dropped
+        (``off_phase``), as every later one is on arrival."""
+        self.admits, self.window = admits, max(self.window, window)
+        for (kind, rnd), slot in self._pending.items():
+            for src in [s for s in slot if not admits(s, kind, rnd)]:
+                del slot[src]
+                self.endpoint.counters.drop("off_phase")
+
     def _drop_strangers(self) -> None:
         """Once the peers are known, forget what others sent before that."""
         if self.peers is None or not self._unconfigured:
