@@ -21,6 +21,9 @@ import pytest
 
 from tests._remote import ROOT, free_port
 
+# one Ray cluster (the module fixture) for all of them: the same test worker runs them all
+pytestmark = pytest.mark.xdist_group("ray")
+
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install -e '.[ray]'")
 
 

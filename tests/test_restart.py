@@ -368,7 +368,7 @@ def test_remote_nodes_whose_launcher_went_silent_exit_non_zero(tmp_path):
     out = tmp_path / "run"
     # --lost-after: longer than the launcher's heartbeats (every 2 s), which load delays
     with remote_cluster(out, 2, "--topology", "ring:2", "--rounds", "100000",
-                        "--start-timeout", "3",
+                        "--start-timeout", "30",  # the nodes' imports, on a loaded machine
                         node_flags=("--start-timeout", "3", "--lost-after", "5")) as (
             launcher, _, nodes):
         await_records(out, 2 * 20, launcher)
