@@ -95,7 +95,12 @@ def await_stop(mailbox: Mailbox, timeout: float) -> None:
 class LauncherCheck:
     """The node's liveness check of its launcher (``Mailbox.alive``, run about once a
     second): False once nothing came from it for ``silence_s``, or once the connection
-    to it, up before, has been down ``down_s`` (with a ``watch`` of it)."""
+    to it, up before, has been down ``down_s`` (with a ``watch`` of it).
+
+    While the connection is down its own limit rules, so that a killed launcher is
+    named as a lost connection, not as silence that began a heartbeat before the kill
+    (which a loaded machine made the first to expire); silence still ends it past
+    ``silence_s + down_s``, should the connection flap."""
 
     def __init__(self, mailbox: Mailbox, launcher: str, silence_s: float, down_s: float,
                  watch: ConnectionWatch | None = None) -> None:
@@ -106,7 +111,10 @@ class LauncherCheck:
         now = time.monotonic()
         if self.watch is not None:
             self.watch.poll(now)
-        return now - self.mailbox.last_control < self.silence_s and not self.down(now)
+        silent = now - self.mailbox.last_control
+        if self.watch is not None and self.watch.down_for(LAUNCHER, now) > 0:
+            return not self.down(now) and silent < self.silence_s + self.down_s
+        return silent < self.silence_s
 
     def down(self, now: float | None = None) -> bool:
         """Whether the connection to the launcher, up before, has been down too long."""

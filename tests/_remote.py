@@ -87,6 +87,26 @@ def remote_cluster(out, count: int, *flags, node_flags=(), quiet: bool = True):
             p.kill()
 
 
+def await_zeromq(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Wait until ``proc`` has started ZeroMQ's I/O thread (its imports are done: on a
+    loaded machine they take seconds more than on a quiet one), and then a little more."""
+    deadline = time.monotonic() + timeout
+    tasks = f"/proc/{proc.pid}/task"
+    while True:
+        assert proc.poll() is None and time.monotonic() < deadline, "no ZeroMQ thread"
+        names = []
+        for tid in os.listdir(tasks):
+            try:
+                with open(os.path.join(tasks, tid, "comm")) as fh:
+                    names.append(fh.read())
+            except OSError:
+                pass  # a thread that ended meanwhile
+        if any(n.startswith("ZMQbg/IO") for n in names):
+            break
+        time.sleep(0.05)
+    time.sleep(0.5)
+
+
 def await_records(out, count: int, launcher, timeout: float = 60) -> None:
     """Wait until ``out`` holds ``count`` records, while ``launcher`` runs."""
     deadline = time.monotonic() + timeout

@@ -19,7 +19,7 @@ from p2pfl.errors import UsageError
 from p2pfl.runtime import LAUNCHER
 from p2pfl.transport import Endpoint
 from p2pfl.addresses import free_port, tcp_address
-from tests._remote import read_until
+from tests._remote import await_zeromq, read_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = [sys.executable, "-m", "p2pfl.cli"]
@@ -127,7 +127,7 @@ def test_a_node_that_never_reached_its_launcher_stops_at_once_on_a_signal(sig):
     proc = subprocess.Popen([*CLI, "node", "--connect", f"tcp://127.0.0.1:{free_port()}",
                              "--id", "0"], cwd=ROOT, text=True, stderr=subprocess.PIPE)
     try:
-        time.sleep(3)  # imported, bound, and waiting for the launcher
+        await_zeromq(proc)  # imported, bound, and waiting for the launcher
         assert proc.poll() is None
         sent = time.monotonic()
         proc.send_signal(sig)

@@ -447,6 +447,31 @@ def test_remote_nodes_give_up_soon_after_their_launcher_died(tmp_path):
     assert 3 < took < 20, f"{took:.1f} s after the kill"
 
 
+def test_a_lost_connection_to_the_launcher_is_named_as_such_though_silence_began_first():
+    """The launcher's last word comes a heartbeat before its kill, so silence reached
+    ``--lost-after`` first whenever the check ran late (a loaded machine), and the node
+    blamed silence for what was a lost connection (the test above, under load)."""
+    from types import SimpleNamespace
+
+    from p2pfl.launcher_link import LauncherCheck
+    from p2pfl.runtime import LAUNCHER
+    from p2pfl.transport.liveness import ConnectionWatch
+
+    now, watch = time.monotonic(), ConnectionWatch()
+    said = SimpleNamespace(last_control=now - 3.5)  # silent 3.5 s
+    check = LauncherCheck(said, "tcp://127.0.0.1:9", 3.0, 3.0, watch)
+    assert not check()  # the connection is up: silence alone ends it
+    assert check.reason().startswith("no word from the launcher for 3 s")
+    watch.down_since[LAUNCHER] = now - 2.0  # down 2 s of its 3
+    assert check()
+    watch.down_since[LAUNCHER] = now - 3.2
+    assert not check()
+    assert check.reason().startswith(
+        "the connection to the launcher at tcp://127.0.0.1:9 was down for 3 s")
+    said.last_control, watch.down_since[LAUNCHER] = now - 6.5, now - 0.5  # it flaps
+    assert not check()
+
+
 def test_a_node_stopped_by_a_signal_fails_when_its_grace_ends_unless_the_run_stops():
     """The launcher's side of a `p2pfl node` stopped by Ctrl-C: its counters are kept at
     once; it fails when the grace ends (and the monitor waits no longer than that),

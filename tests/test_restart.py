@@ -389,10 +389,10 @@ def test_a_node_restarted_by_hand_counts_against_the_restart_limit(tmp_path):
     out = str(tmp_path / "run")
     launcher = _cluster(out, "--topology", "ring:3", "--rounds", "400", "--round-timeout", "1",
                         "--eval-every", "50", "--no-consensus", "--listen", addr,
-                        "--restart", "on-failure:1", "--start-timeout", "5")
+                        "--restart", "on-failure:1", "--start-timeout", "30")
 
     def node(i):
-        return _remote_node(addr, i, "--start-timeout", "5", stderr=subprocess.DEVNULL)
+        return _remote_node(addr, i, "--start-timeout", "30", stderr=subprocess.DEVNULL)
 
     nodes = [node(i) for i in range(3)]
     try:

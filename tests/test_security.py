@@ -22,7 +22,7 @@ from p2pfl.transport.endpoint import identity
 from p2pfl.transport.probe import LoopbackCapture, can_capture, hostile_clients
 from p2pfl.transport.security import KeyPair, Security
 from p2pfl.transport.wire import pack
-from tests._remote import free_port, read_until, remote_run
+from tests._remote import free_port, listening, read_until, remote_run
 from tests._inproc import cli_here
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -409,14 +409,19 @@ def test_a_node_with_a_key_of_another_run_is_named_as_refused(tmp_path):
     time-out says that handshakes were refused, not just that a node is missing."""
     for folder in ("run_keys", "other_keys"):
         _cli("keys", "generate", str(tmp_path / folder), "--nodes", "2", check=True)
-    addr = f"tcp://127.0.0.1:{free_port()}"
+    port = free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    # the node's imports and handshake must fit in the launcher's start time-out
     launcher = subprocess.Popen(
         [sys.executable, "-m", "p2pfl.cli", "cluster", "--topology", "line:2", "--rounds", "2",
-         "--listen", addr, "--keys", str(tmp_path / "run_keys"), "--start-timeout", "6", "-q",
+         "--listen", addr, "--keys", str(tmp_path / "run_keys"), "--start-timeout", "10", "-q",
          "--out", str(tmp_path / "run")], cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    time.sleep(2.0)  # the launcher listens
+    deadline = time.monotonic() + 60
+    while not listening(port):
+        assert launcher.poll() is None and time.monotonic() < deadline, "it never listened"
+        time.sleep(0.05)
     node = subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
-                             "--host", "127.0.0.1", "--start-timeout", "6",
+                             "--host", "127.0.0.1", "--start-timeout", "10",
                              "--key", str(tmp_path / "other_keys" / "0.key_secret")],
                             cwd=ROOT, stderr=subprocess.DEVNULL)
     try:
