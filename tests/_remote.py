@@ -73,6 +73,28 @@ def remote_nodes(addr: str, count: int, *flags) -> list:
             for i in range(count)]
 
 
+# imports first, then the node, once a line comes on stdin (:func:`release`)
+_SPARE = ("import sys, torch, p2pfl.cli, p2pfl.worker, p2pfl.node, p2pfl.learner, p2pfl.data\n"
+          "sys.stdin.readline()\nsys.exit(p2pfl.cli.main(sys.argv[1:]))")
+
+
+def spare_node(addr: str, i: int, *flags, **popen) -> subprocess.Popen:
+    """`p2pfl node --connect ADDR --id I --host 127.0.0.1 FLAGS` with its imports done
+    ahead, started by :func:`release`: a node started again by hand joins at once, where
+    on a loaded machine its imports took longer than what the test waits on."""
+    return subprocess.Popen([sys.executable, "-c", _SPARE, "node", "--connect", addr, "--id",
+                             str(i), "--host", "127.0.0.1", *map(str, flags)], cwd=ROOT,
+                            stdin=subprocess.PIPE, **popen)
+
+
+def release(proc: subprocess.Popen) -> subprocess.Popen:
+    """Start a :func:`spare_node`."""
+    os.write(proc.stdin.fileno(), b"\n")
+    proc.stdin.close()
+    proc.stdin = None  # closed: communicate() would flush it
+    return proc
+
+
 @contextlib.contextmanager
 def remote_cluster(out, count: int, *flags, node_flags=(), quiet: bool = True):
     """A :func:`listening_launcher` (``FLAGS``) and ``count`` :func:`remote_nodes`

@@ -16,6 +16,7 @@ from collections import Counter
 import pytest
 
 from tests._inproc import cli_here
+from tests._remote import release, spare_node
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,26 +49,6 @@ def _remote_node(addr, i, *flags, **popen):
     """`p2pfl node --connect ADDR --id I` on loopback."""
     return subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
                              "--id", str(i), "--host", "127.0.0.1", *flags], cwd=ROOT, **popen)
-
-
-# imports first, the node once a line comes on stdin (_release)
-_SPARE = ("import sys, torch, p2pfl.cli, p2pfl.worker, p2pfl.node, p2pfl.learner, p2pfl.data\n"
-          "sys.stdin.readline()\nsys.exit(p2pfl.cli.main(sys.argv[1:]))")
-
-
-def _spare_node(addr, i, *flags, **popen):
-    """:func:`_remote_node` with its imports done ahead, started by :func:`_release`: a
-    node started again by hand joins at once, where on a loaded machine its imports
-    took longer than the rest of the run."""
-    return subprocess.Popen([sys.executable, "-c", _SPARE, "node", "--connect", addr, "--id",
-                             str(i), "--host", "127.0.0.1", *flags], cwd=ROOT,
-                            stdin=subprocess.PIPE, **popen)
-
-
-def _release(proc):
-    os.write(proc.stdin.fileno(), b"\n")
-    proc.stdin.close()
-    return proc
 
 
 def _assert_rejoined_once(out, node, rounds):
@@ -168,11 +149,11 @@ def test_a_remote_node_restarted_by_hand_rejoins(tmp_path):
     def node(i):
         return _remote_node(addr, i)
 
-    nodes, spare = [node(i) for i in range(4)], _spare_node(addr, 2)
+    nodes, spare = [node(i) for i in range(4)], spare_node(addr, 2)
     try:
         _kill_when(out, 2, lambda recs: len(recs) >= 4 * 40, launcher)
         nodes[2].wait(timeout=10)
-        nodes[2] = _release(spare)  # started again by hand
+        nodes[2] = release(spare)  # started again by hand
         assert launcher.wait(timeout=240) == 0
     finally:
         for p in [launcher, *nodes, spare]:
@@ -194,14 +175,14 @@ def test_a_node_started_again_while_it_runs_replaces_its_old_process(tmp_path):
     def node(i):
         return _remote_node(addr, i, text=True, stderr=subprocess.PIPE)
 
-    nodes, spare = [node(i) for i in range(3)], _spare_node(addr, 2, text=True,
-                                                            stderr=subprocess.PIPE)
+    nodes, spare = [node(i) for i in range(3)], spare_node(addr, 2, text=True,
+                                                           stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 90
         while sum(r["node"] == 2 for r in _records(out)) < 40:
             assert launcher.poll() is None and time.monotonic() < deadline
             time.sleep(0.02)
-        old, nodes[2] = nodes[2], _release(spare)  # the old one still runs
+        old, nodes[2] = nodes[2], release(spare)  # the old one still runs
         assert old.wait(timeout=30) == 2, (old.stderr.read(), len(_records(out)))
         assert old.stderr.read().strip() == ("p2pfl: error: node 2: the launcher refused this "
                                              "node: node 2 was started again elsewhere; this "
@@ -416,7 +397,7 @@ def test_a_node_restarted_by_hand_counts_against_the_restart_limit(tmp_path):
         return _remote_node(addr, i, "--start-timeout", "30", stderr=subprocess.DEVNULL)
 
     def spare():
-        return _spare_node(addr, 2, "--start-timeout", "30", stderr=subprocess.DEVNULL)
+        return spare_node(addr, 2, "--start-timeout", "30", stderr=subprocess.DEVNULL)
 
     nodes, spares = [node(i) for i in range(3)], [spare(), spare()]
     try:
@@ -424,7 +405,7 @@ def test_a_node_restarted_by_hand_counts_against_the_restart_limit(tmp_path):
             _kill_when(out, 2, lambda recs: sum(r["node"] == 2 for r in recs) >= 40 * kills,
                        launcher)
             nodes[2].wait(timeout=10)
-            nodes[2] = _release(spares[kills - 1])  # started again by hand
+            nodes[2] = release(spares[kills - 1])  # started again by hand
         assert nodes[2].wait(timeout=60) == 2  # the second is not taken: refused
         launcher.send_signal(signal.SIGINT)  # not waiting out node 2's lost connection
         assert launcher.wait(timeout=60) == 130
