@@ -160,12 +160,50 @@ def test_a_cluster_on_a_new_random_graph_each_round(tmp_path):
     assert s["accuracy_mean"] > 0.85, s["accuracy_mean"]
 
 
+def test_a_dynamic_file_with_weights_of_its_own_mixes_with_them(tmp_path):
+    """Edges ``[u, v, w]`` take w both ways and each self-weight the rest; a phase of
+    plain edges next to them keeps its Metropolis weights.  A cluster runs on it."""
+    phases = [[[0, 1, 0.5], [2, 3, 0.25]],
+              [[0, 2, 0.3], [1, 3, 0.3], [0, 3, 0.2], [1, 2, 0.2]],
+              [[0, 1], [1, 2], [2, 3]]]
+    path = _write(tmp_path, {"nodes": 4, "phases": phases})
+    s = build(f"dynamic:{path}").schedule
+    np.testing.assert_array_equal(s.matrix(0), [[0.5, 0.5, 0, 0], [0.5, 0.5, 0, 0],
+                                                [0, 0, 0.75, 0.25], [0, 0, 0.25, 0.75]])
+    W1 = s.matrix(1)
+    np.testing.assert_array_equal(W1, W1.T)
+    np.testing.assert_allclose(np.diag(W1), 0.5)
+    assert W1[0, 2] == 0.3 and W1[3, 0] == 0.2 and W1[0, 1] == 0.0
+    np.testing.assert_allclose(s.matrix(2)[1], [1 / 3, 1 / 3, 1 / 3, 0])  # Metropolis
+    specs = plan(from_sources(None, {"topology": f"dynamic:{path}",
+                                     "dataset": "synthetic"})).specs
+    heard, own, sent = specs[3].phases[1]
+    assert heard == ((0, 0.2), (1, 0.3)) and own == pytest.approx(0.5) and sent == (0, 1)
+    res = run_cluster(f"dynamic:{path}", dataset="digits", rounds=18, quiet=True,
+                      eval_every=18, out=str(tmp_path / "run"))
+    summary = res.summary
+    assert summary["failed_nodes"] == {} and summary["misses_total"] == 0
+    assert summary["messages_sent_total"] == 6 * (4 + 8 + 6)  # both ways on each edge
+    assert summary["accuracy_mean"] > 0.8, summary["accuracy_mean"]
+
+
 @pytest.mark.parametrize("data, words", [
     ({"phases": [[[0, 1]]]}, "expected {\"nodes\": N"),
     ({"nodes": 3, "phases": []}, "expected {\"nodes\": N"),
     ({"nodes": 3.0, "phases": [[[0, 1], [1, 2]]]}, "expected {\"nodes\": N"),
     ({"nodes": 1, "phases": [[]]}, "2 to 16384 nodes"),
-    ({"nodes": 3, "phases": [[[0, 1, 2]]]}, "phase 0's edges must be lists of 2 integers"),
+    ({"nodes": 3, "phases": [[[0, 1, 2]]]}, "phase 0's weights must be in (0, 1]"),
+    ({"nodes": 3, "phases": [[[0, 1, 0.6], [1, 2, 0.6]]]},
+     "phase 0's weights of node 1 sum to 1.2; a node's may sum to at most 1"),
+    ({"nodes": 3, "phases": [[[0, 1, 0.5], [1, 2]]]},
+     "phase 0 gives weights to some edges and not others"),
+    ({"nodes": 3, "phases": [[[0, 1, True], [1, 2, 0.5]]]}, "phase 0's weights must be numbers"),
+    ({"nodes": 3, "phases": [[[0, 1, "0.5"], [1, 2, 0.5]]]}, "weights must be numbers"),
+    ({"nodes": 3, "phases": [[[0, 1, float("nan")], [1, 2, 0.5]]]}, "must be in (0, 1]"),
+    ({"nodes": 3, "phases": [[[0, 1, float("inf")], [1, 2, 0.5]]]}, "must be in (0, 1]"),
+    ({"nodes": 3, "phases": [[[0, 1, 0], [1, 2, 0.5]]]}, "must be in (0, 1]"),
+    ({"nodes": 3, "phases": [[[0, 1.5, 0.5], [1, 2, 0.5]]]}, "must be lists of 2 integers"),
+    ({"nodes": 3, "phases": [[[0, 1, [0.5]], [1, 2, 0.5]]]}, "weights must be numbers"),
     ({"nodes": 3, "phases": [[[0, 1], [1, 3]]]}, "phase 0's edges must name nodes 0..2"),
     ({"nodes": 3, "phases": [[[0, 1], [1, [2]]]]}, "must be lists of 2 integers"),
     ({"nodes": 3, "phases": [[[[0, 1], [1, 2]]]]}, "must be lists of 2 integers"),

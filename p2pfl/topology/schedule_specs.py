@@ -4,7 +4,9 @@
 that each node hears (a permutation of 0..n−1; a node that hears itself idles that
 phase).  ``dynamic:FILE.json`` — ``{"nodes": N, "phases": [[[u, v], ...], ...]}``: a list
 of phases, each the undirected edges of that phase's graph on 0..N−1 (a node without an
-edge idles), mixed with the phase's Metropolis–Hastings weights.  Either way the union
+edge idles), mixed with the phase's Metropolis–Hastings weights; or, a phase's edges all
+``[u, v, w]``, with the mixing weight w_uv = w_vu = w of one's own (0 < w ≤ 1, each node's
+summing to at most 1; its self-weight takes the rest).  Either way the union
 of the phases' links must be connected (checked by the topology's validation).  Other
 keys (a ``description``) are ignored.  Anything else wrong is one
 :class:`~p2pfl.errors.TopologyError` naming the file.
@@ -78,13 +80,36 @@ def _dynamic(path: str, data) -> Schedule:
                             "edges plus phases × nodes, are supported")
     built = []
     for k, edges in enumerate(phases):
-        arr = np.sort(_ints(path, edges, 2, n, f"phase {k}'s edges"), axis=1)
+        three = [isinstance(e, list) and len(e) == 3 for e in edges]
+        weighted = bool(edges) and all(three)
+        if any(three) and not weighted:
+            raise TopologyError(f"schedule {path}: phase {k} gives weights to some edges "
+                                "and not others: [u, v, w] for all of them, or [u, v]")
+        pairs = [e[:2] for e in edges] if weighted else edges
+        arr = np.sort(_ints(path, pairs, 2, n, f"phase {k}'s edges"), axis=1)
         if (arr[:, 0] == arr[:, 1]).any():
             raise TopologyError(f"schedule {path}: phase {k} links a node to itself")
         if len(np.unique(arr, axis=0)) < len(arr):
             raise TopologyError(f"schedule {path}: phase {k} lists an edge twice")
-        built.append(arr)
+        built.append((arr, _weights(path, k, n, arr, [e[2] for e in edges]) if weighted
+                      else None))
     return dynamic(f"dynamic:{path}", n, built)
+
+
+def _weights(path: str, k: int, n: int, edges: np.ndarray, given: list) -> np.ndarray:
+    """Phase ``k``'s mixing weights of one's own, one an edge: each in (0, 1], and each
+    node's summing to at most 1 (its self-weight is the rest)."""
+    if not all(type(w) in (int, float) for w in given):
+        raise TopologyError(f"schedule {path}: phase {k}'s weights must be numbers")
+    w = np.array(given, dtype=np.float64)
+    if not (np.isfinite(w) & (w > 0) & (w <= 1)).all():
+        raise TopologyError(f"schedule {path}: phase {k}'s weights must be in (0, 1]")
+    sums = np.bincount(edges[:, 0], w, n) + np.bincount(edges[:, 1], w, n)
+    if (sums > 1 + 1e-9).any():
+        i = int(np.argmax(sums))
+        raise TopologyError(f"schedule {path}: phase {k}'s weights of node {i} sum to "
+                            f"{sums[i]:.6g}; a node's may sum to at most 1")
+    return w
 
 
 def read_schedule(path: str, kind: str = "one_peer") -> Schedule:

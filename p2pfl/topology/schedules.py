@@ -3,8 +3,8 @@
 A schedule is a cycle of ``period`` phases; round t (counted from 1) plays phase
 (t − 1) mod period, whose doubly stochastic mixing matrix W_k (a
 :class:`~.mixing.Mixing`, held by rows) says whom each node hears, with which weight,
-and so whom it sends to (the nodes whose rows name it).  The nodes connect over the *base graph*, the
-union of the phases' links; a round uses the links of its phase.
+and so whom it sends to (the nodes whose rows name it).  The nodes connect over the
+*base graph*, the union of the phases' links; a round uses the links of its phase.
 
 A *one-peer* phase has each node hear one node s_k(i) and send to one, t_k(i)
 (s_k a permutation, t_k its inverse)::
@@ -18,7 +18,8 @@ Training" (NeurIPS 2021): τ = ⌈log₂ N⌉ phases, and in phase k node i send
 Every W_k is circulant, so the product over one period is too, with eigenvalues
 the phases' multiplied::
 
-    λ_m(W_{τ−1} ⋯ W_0) = Π_k (1 + e^{−2πi·m·2^k/N}) / 2,   |λ_m| = Π_k |cos(π·m·2^k/N)|
+    λ_m(W_{τ−1} ⋯ W_0) = Π_k (1 + e^{−2πi·m·2^k/N}) / 2,
+    |λ_m| = Π_k |cos(π·m·2^k/N)|
 
 For N a power of two, each m ≠ 0 (mod N) meets a k with m·2^k ≡ N/2 (mod N), whose
 factor is cos(π/2) = 0: the product is J/N, and τ rounds of mixing alone end at the
@@ -177,22 +178,26 @@ def one_peer(name: str, sources: np.ndarray) -> Schedule:
     return Schedule(name, phases, *_dense_contraction(phases))
 
 
-def _metropolis_phase(n: int, edges: np.ndarray) -> Mixing:
-    """A phase graph's Metropolis–Hastings rows: w_ij = 1 / (1 + max(d_i, d_j)), and
-    w_ii = 1 − Σ_j w_ij (1 for a node without an edge this phase).  The diagonal is a
-    sparse sum, not :meth:`Mixing.from_edges`' O(n²) one (kept there so that a static
-    graph's weights stay bit for bit those of earlier versions)."""
+def _graph_phase(n: int, edges: np.ndarray, weights: np.ndarray | None = None) -> Mixing:
+    """A phase graph's rows: ``weights`` on its edges (each taken both ways: a symmetric
+    matrix), by default Metropolis–Hastings', w_ij = 1 / (1 + max(d_i, d_j)); and
+    w_ii = 1 − Σ_j w_ij (1 for a node without an edge this phase; the reader checks
+    that given weights leave it non-negative).  The diagonal is a sparse sum, not
+    :meth:`Mixing.from_edges`' O(n²) one (kept there so that a static graph's weights
+    stay bit for bit those of earlier versions)."""
     us, vs = edges[:, 0], edges[:, 1]
-    indptr, cols, vals = _by_rows(n, us, vs, unit_weights(n, us, vs))
+    w = unit_weights(n, us, vs) if weights is None else weights
+    indptr, cols, vals = _by_rows(n, us, vs, w)
     rows = np.repeat(np.arange(n), np.diff(indptr))
-    return Mixing.from_rows(1.0 - np.bincount(rows, weights=vals, minlength=n), indptr,
-                            cols, vals)
+    diag = np.maximum(1.0 - np.bincount(rows, weights=vals, minlength=n), 0.0)
+    return Mixing.from_rows(diag, indptr, cols, vals)
 
 
 def dynamic(name: str, n: int, phases: list) -> Schedule:
-    """A graph a phase, each a ``(m, 2)`` int array of edges ``u < v`` on ``0..n-1``
-    (checked by :func:`~.schedule_specs.read_schedule`), with Metropolis weights."""
-    built = tuple(_metropolis_phase(n, edges) for edges in phases)
+    """A graph a phase, each ``(edges, weights)``: a ``(m, 2)`` int array of edges
+    ``u < v`` on ``0..n-1`` and their ``(m,)`` weights, or None for Metropolis'
+    (checked by :func:`~.schedule_specs.read_schedule`)."""
+    built = tuple(_graph_phase(n, edges, w) for edges, w in phases)
     return Schedule(name, built, *_dense_contraction(built))
 
 
@@ -201,9 +206,9 @@ def _dense_contraction(phases: tuple) -> tuple:
     or the first m phases whose product is within float resolution of J/n
     (‖·‖_F < 1e-9: 93 of 100 phases of random matchings of torus:4x4, 70 of 256 random
     permutations of 1,024 nodes; a ρ of the whole period would be rounding noise, or
-    0).  ``(None, 0)`` above :data:`DENSE_MAX_NODES` nodes or :data:`DENSE_MAX_WORK`.  One-peer products have
-    entries that are multiples of 2^−τ, which float64 holds exactly for τ ≤ 52: there
-    exact averaging is Π = J/n bit for bit, and ρ is 0."""
+    0).  ``(None, 0)`` above :data:`DENSE_MAX_NODES` nodes or :data:`DENSE_MAX_WORK`.
+    One-peer products have entries that are multiples of 2^−τ, which float64 holds
+    exactly for τ ≤ 52: there exact averaging is Π = J/n bit for bit, and ρ is 0."""
     n = phases[0].n
     work = sum(n + len(ph.indices) for ph in phases) * n
     if n > DENSE_MAX_NODES or work > DENSE_MAX_WORK:
@@ -215,4 +220,5 @@ def _dense_contraction(phases: tuple) -> tuple:
             return 0.0, m
         if np.linalg.norm(P - 1.0 / n) < 1e-9:
             break
-    return float(np.linalg.norm(P - 1.0 / n, 2)), m
+    # at most 1 for a product of doubly stochastic matrices; above it is rounding
+    return min(1.0, float(np.linalg.norm(P - 1.0 / n, 2))), m
