@@ -14,6 +14,12 @@ test accuracy ``--target``, the accuracy of the last round, and the mean consens
 distance over the run (relative, ‖x_i − x̄‖ / ‖x̄‖, mean over nodes and evaluated rounds).
 Writes benchmarks/results/one_peer/table.md, results.json, accuracy_vs_mb.png and
 accuracy_vs_round.png (``--replot`` redraws the last two and the table from results.json).
+
+    python benchmarks/one_peer.py --rounds 300 --seeds 3 4 5 --dynamic-weights 0.1 0.25
+
+runs the new random 4-regular graph a round alone, with its Metropolis weights (1/5 an
+edge) and with each weight W of one's own on every edge (``[u, v, W]`` in the file; the
+self-weight 1 − 4W), into OUT_weights.
 """
 
 from __future__ import annotations
@@ -38,17 +44,31 @@ from p2pfl.plot import plot_curves  # noqa: E402
 
 def topologies(n: int, args) -> list:
     """``(name, spec)`` pairs; ``dynamic`` is a file of a random 4-regular graph a round
-    (seeded per round), written into OUT, beside the static ``random_regular:4:N``."""
+    (seeded per round), written into OUT, beside the static ``random_regular:4:N``; with
+    ``--dynamic-weights``, that file alone and one a weight."""
     side = math.isqrt(n)
     grid = [f"torus:{side}x{n // side}"] if side * (n // side) == n and side > 2 else []
-    path = os.path.join(args.out, f"dynamic_random_regular4_{n}.json")
-    phases = [[list(e) for e in nx.random_regular_graph(4, n, seed=1000 + k).edges()]
+    dynamic = [(f"dynamic random_regular:4:{n}", f"dynamic:{_dynamic_file(n, args)}")]
+    if args.dynamic_weights:
+        return dynamic + [(f"dynamic random_regular:4:{n} w={w:g}",
+                           f"dynamic:{_dynamic_file(n, args, w)}")
+                          for w in args.dynamic_weights]
+    specs = [f"ring:{n}", *grid, f"random_regular:4:{n}", f"exponential:{n}",
+             f"complete:{n}", f"one_peer_exponential:{n}"]
+    return [(s, s) for s in specs] + dynamic
+
+
+def _dynamic_file(n: int, args, weight: float | None = None) -> str:
+    """A random 4-regular graph on ``n`` nodes a round, seeded per round, as a
+    ``dynamic:`` file in OUT: Metropolis weights, or ``weight`` on every edge."""
+    tag = "" if weight is None else f"_w{weight:g}"
+    path = os.path.join(args.out, f"dynamic_random_regular4_{n}{tag}.json")
+    phases = [[[*e] if weight is None else [*e, weight]
+               for e in nx.random_regular_graph(4, n, seed=1000 + k).edges()]
               for k in range(args.rounds)]
     with open(path, "w") as fh:
         json.dump({"nodes": n, "phases": phases}, fh)
-    specs = [f"ring:{n}", *grid, f"random_regular:4:{n}", f"exponential:{n}",
-             f"complete:{n}", f"one_peer_exponential:{n}"]
-    return [(s, s) for s in specs] + [(f"dynamic random_regular:4:{n}", f"dynamic:{path}")]
+    return path
 
 
 def run(name: str, topology: str, seed: int, args) -> dict:
@@ -107,11 +127,16 @@ def main(argv=None) -> int:
     ap.add_argument("--algorithm", default="dpsgd",
                     help="dpsgd, or deepsqueeze with --compression (written to OUT_deepsqueeze)")
     ap.add_argument("--compression", default="none")
+    ap.add_argument("--dynamic-weights", type=float, nargs="+", default=None,
+                    help="the dynamic graph alone, and with each of these weights on every "
+                         "edge (at most 0.25; written to OUT_weights)")
     ap.add_argument("--replot", action="store_true",
                     help="redraw the table and plots from OUT/results.json; run nothing")
     args = ap.parse_args(argv)
     if args.algorithm != "dpsgd" and not args.replot:
         args.out = args.out.rstrip("/") + f"_{args.algorithm}"
+    if args.dynamic_weights and not args.replot:
+        args.out = args.out.rstrip("/") + "_weights"
     os.makedirs(args.out, exist_ok=True)
     if args.replot:
         with open(os.path.join(args.out, "results.json")) as fh:
