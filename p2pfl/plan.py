@@ -28,7 +28,7 @@ from .algorithms.options import CHOCOOptions, DPSGDOptions
 from .config import RunConfig
 from .errors import ConfigError
 from .plan_nodes import check_codec, learn_specs, model_name, node_availability, node_codecs
-from .plan_rules import check_time_varying, whole_model_codec
+from .plan_rules import check_robust, check_time_varying, whole_model_codec
 from .spec import LearnSpec, NodeSpec, RuntimeSpec, ServerInfo, plain_label
 from .strategies import STRATEGIES
 from .transport.links import LinkSpec, parse_link
@@ -207,6 +207,9 @@ def _gossip_plan(cfg: RunConfig, graph, restarts: int = 0) -> Plan:
     schedule = "async" if algorithm in ASYNC_ONLY else cfg.schedule
     if topo.schedule is not None:
         check_time_varying(cfg, topo.schedule, algorithm, codecs, schedule)
+    if cfg.robust != "none" and algorithm in ("dpsgd", "choco"):
+        check_robust(cfg.robust, topo.schedule.phases if topo.schedule is not None
+                     else (topo.mixing,), str(cfg.topology))
     runtime = dataclasses.replace(_runtime_spec(cfg, schedule, codecs),
                                   presence=bool(restarts) or any(a.active for a in availability))
     learns = [dataclasses.replace(x, momentum_mode=_momentum_mode(algorithm, codecs[i]))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from .config import RunConfig
 from .errors import ConfigError
 
-__all__ = ["DEEPSQUEEZE_UNSTABLE", "whole_model_codec", "check_time_varying"]
+__all__ = ["DEEPSQUEEZE_UNSTABLE", "whole_model_codec", "check_time_varying", "check_robust"]
 
 
 #: Quantisers DeepSqueeze was unstable with on the mnist1d CNN (benchmarks/deepsqueeze.py
@@ -40,7 +40,7 @@ def check_time_varying(cfg: RunConfig, sched, algorithm: str, codecs: list,
     """A schedule hears each neighbour only in its phases: a rule that keeps a copy of
     every neighbour (CHOCO, compressed D-PSGD) or a chain of messages
     (``cabac:temporal``) would fall out of step, and asynchronous rounds have no phase.
-    Robust aggregation is not wired to phases (its rules' neighbour counts)."""
+    Robust aggregation acts on each round's neighbours (:func:`check_robust`)."""
     name = sched.name.split(":", 1)[0]
     if schedule == "async":
         why = "--schedule async" if cfg.schedule == "async" else \
@@ -61,6 +61,24 @@ def check_time_varying(cfg: RunConfig, sched, algorithm: str, codecs: list,
         raise ConfigError(f"{name} changes peers each round: it takes --algorithm dpsgd "
                           f"(uncompressed) or deepsqueeze (compressed); {rule} keeps a copy "
                           "of every neighbour, updated every round")
-    if cfg.robust != "none":
-        raise ConfigError(f"--robust is not supported with a time-varying topology "
-                          f"({name}) yet")
+
+
+def check_robust(robust: str, mixings, where: str) -> None:
+    """Refuse a ``--robust`` rule that could act at no node in no round, given the
+    mixing matrices (a graph's, or each phase's) and so the most neighbours any node
+    hears in a round, k: BRIDGE-T's ``trimmed:BETA`` drops ⌊β·k⌋ of them each way, none
+    while β·k < 1; adaptive ClippedGossip leaves (1 − δ) of the neighbour weight
+    unclipped, all of it when there is one neighbour (ALGORITHMS.md, "Byzantine-robust
+    gossip").  ``clip:TAU`` acts on any neighbour farther than τ."""
+    from .algorithms.robust import parse_robust, trim_count
+
+    name, value = parse_robust(robust)
+    k = max(int((m.indptr[1:] - m.indptr[:-1]).max(initial=0)) for m in mixings)
+    if name == "trimmed" and trim_count(value, k) == 0:
+        fix = f"a BETA of at least {1 / k:.3g}" if k >= 3 else "clip:TAU"
+        raise ConfigError(f"--robust {robust} drops floor(BETA * k) of a node's k neighbours "
+                          f"each way, and no node hears more than {k} a round on {where}: it "
+                          f"would drop none; use {fix}")
+    if name == "clip" and not value and k <= 1:
+        raise ConfigError(f"--robust clip (adaptive) clips nothing with one neighbour a "
+                          f"round, as on {where}; use clip:TAU")

@@ -79,3 +79,46 @@ def test_sign_flip_nodes_break_plain_gossip_and_clipping_holds(tmp_path):
                          **common).summary
     assert plain["accuracy_mean_honest"] < 0.5
     assert robust["accuracy_mean_honest"] > 0.85
+
+
+@pytest.mark.parametrize("topology, robust, k", [
+    ("ring:8", "trimmed:0.3", 2), ("torus:4x4", "trimmed:0.2", 4),
+    ("line:2", "clip", 1)])
+def test_a_robust_rule_that_can_act_at_no_node_is_exit_2(tmp_path, topology, robust, k):
+    """trimmed:0.2 on a torus drops floor(0.2 * 4) = 0 of each node's neighbours: it
+    ran as plain gossip, and looked robust.  Adaptive clipping of one neighbour leaves
+    it whole."""
+    from tests._inproc import cli_here
+
+    proc = cli_here("cluster", "--topology", topology, "--dataset", "digits", "--robust",
+                    robust, "--out", str(tmp_path / "o"))
+    line = proc.stderr.strip()
+    assert proc.returncode == 2 and len(line.splitlines()) == 1, proc.stderr
+    assert f"--robust {robust}" in line and not (tmp_path / "o").exists()
+    if robust.startswith("trimmed"):
+        assert f"no node hears more than {k} a round on {topology}: it would drop none" in line
+
+
+def test_sign_flip_on_a_new_graph_each_round_breaks_plain_gossip_and_robust_rules_hold(
+        tmp_path):
+    """A random 4-regular graph a round (dynamic:FILE) with node 0 publishing
+    start − 4Δ: each round's mix clips or trims that round's neighbours."""
+    import json
+
+    import networkx as nx
+
+    from p2pfl import run_cluster
+
+    phases = [[list(e) for e in nx.random_regular_graph(4, 8, seed=k).edges()]
+              for k in range(5)]
+    (tmp_path / "g.json").write_text(json.dumps({"nodes": 8, "phases": phases}))
+    prof = tmp_path / "byz.toml"
+    prof.write_text('[nodes.0]\nbehaviour = "sign_flip"\n')
+    got = {robust: run_cluster(f"dynamic:{tmp_path / 'g.json'}", robust=robust, rounds=40,
+                               quiet=True, in_process=True, eval_every=20,
+                               profiles=str(prof), out=str(tmp_path / robust)).summary
+           for robust in ("none", "clip:0.5", "trimmed:0.25")}
+    assert got["none"]["accuracy_mean_honest"] < 0.5
+    for robust in ("clip:0.5", "trimmed:0.25"):
+        assert got[robust]["accuracy_mean_honest"] > 0.85, (robust, got[robust])
+        assert got[robust]["failed_nodes"] == {} and got[robust]["topology_phases"] == 5

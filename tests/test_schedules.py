@@ -150,7 +150,9 @@ def test_bad_specs_are_topology_errors(spec, words):
     (["--algorithm", "deepsqueeze", "--compression", "quant:0.01+cabac:temporal"],
      "temporal chain"),
     (["--schedule", "async"], "--schedule async"),
-    (["--robust", "clip"], "--robust"),
+    (["--robust", "clip"], "--robust clip (adaptive) clips nothing with one neighbour"),
+    (["--robust", "trimmed:0.4"], "no node hears more than 1 a round on one_peer_exponential:8"
+                                  ": it would drop none; use clip:TAU"),
     (["--mixing", "uniform"], "does not apply"),
     (["--mode", "fedavg"], "gossip schedule"),
 ])
