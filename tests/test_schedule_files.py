@@ -202,6 +202,7 @@ def test_a_dynamic_file_with_weights_of_its_own_mixes_with_them(tmp_path):
     ({"nodes": 3, "phases": [[[0, 1, float("nan")], [1, 2, 0.5]]]}, "must be in (0, 1]"),
     ({"nodes": 3, "phases": [[[0, 1, float("inf")], [1, 2, 0.5]]]}, "must be in (0, 1]"),
     ({"nodes": 3, "phases": [[[0, 1, 0], [1, 2, 0.5]]]}, "must be in (0, 1]"),
+    ('{"nodes": 3, "phases": [[[0, 1, 1' + "0" * 400 + '], [1, 2, 0.5]]]}', "must be in (0, 1]"),
     ({"nodes": 3, "phases": [[[0, 1.5, 0.5], [1, 2, 0.5]]]}, "must be lists of 2 integers"),
     ({"nodes": 3, "phases": [[[0, 1, [0.5]], [1, 2, 0.5]]]}, "weights must be numbers"),
     ({"nodes": 3, "phases": [[[0, 1], [1, 3]]]}, "phase 0's edges must name nodes 0..2"),

@@ -101,7 +101,8 @@ def _weights(path: str, k: int, n: int, edges: np.ndarray, given: list) -> np.nd
     node's summing to at most 1 (its self-weight is the rest)."""
     if not all(type(w) in (int, float) for w in given):
         raise TopologyError(f"schedule {path}: phase {k}'s weights must be numbers")
-    w = np.array(given, dtype=np.float64)
+    # an integer of 400 digits is a JSON number too, beyond float64
+    w = np.array([min(max(x, -1), 2) if type(x) is int else x for x in given], np.float64)
     if not (np.isfinite(w) & (w > 0) & (w <= 1)).all():
         raise TopologyError(f"schedule {path}: phase {k}'s weights must be in (0, 1]")
     sums = np.bincount(edges[:, 0], w, n) + np.bincount(edges[:, 1], w, n)
