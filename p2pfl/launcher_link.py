@@ -112,7 +112,7 @@ class LauncherCheck:
         if self.watch is not None:
             self.watch.poll(now)
         silent = now - self.mailbox.last_control
-        if self.watch is not None and self.watch.down_for(LAUNCHER, now) > 0:
+        if self.watch is not None and self.watch.is_down(LAUNCHER):
             return not self.down(now) and silent < self.silence_s + self.down_s
         return silent < self.silence_s
 

@@ -6,6 +6,8 @@ combination the rule cannot run, before any node starts.
 
 from __future__ import annotations
 
+import math
+
 from .config import RunConfig
 from .errors import ConfigError
 
@@ -69,13 +71,14 @@ def check_robust(robust: str, mixings, where: str) -> None:
     hears in a round, k: BRIDGE-T's ``trimmed:BETA`` drops ⌊β·k⌋ of them each way, none
     while β·k < 1; adaptive ClippedGossip leaves (1 − δ) of the neighbour weight
     unclipped, all of it when there is one neighbour (ALGORITHMS.md, "Byzantine-robust
-    gossip").  ``clip:TAU`` acts on any neighbour farther than τ."""
+    gossip").  ``clip:TAU`` acts on any neighbour farther than τ, and ``trimmed:0``
+    (BRIDGE-T's own-and-neighbours mean, trimming nothing) is taken as asked."""
     from .algorithms.robust import parse_robust, trim_count
 
     name, value = parse_robust(robust)
     k = max(int((m.indptr[1:] - m.indptr[:-1]).max(initial=0)) for m in mixings)
-    if name == "trimmed" and trim_count(value, k) == 0:
-        fix = f"a BETA of at least {1 / k:.3g}" if k >= 3 else "clip:TAU"
+    if name == "trimmed" and value > 0 and trim_count(value, k) == 0:
+        fix = f"a BETA of at least {math.ceil(1000 / k) / 1000:g}" if k >= 3 else "clip:TAU"
         raise ConfigError(f"--robust {robust} drops floor(BETA * k) of a node's k neighbours "
                           f"each way, and no node hears more than {k} a round on {where}: it "
                           f"would drop none; use {fix}")

@@ -450,26 +450,42 @@ def test_remote_nodes_give_up_soon_after_their_launcher_died(tmp_path):
 def test_a_lost_connection_to_the_launcher_is_named_as_such_though_silence_began_first():
     """The launcher's last word comes a heartbeat before its kill, so silence reached
     ``--lost-after`` first whenever the check ran late (a loaded machine), and the node
-    blamed silence for what was a lost connection (the test above, under load)."""
+    blamed silence for what was a lost connection (the test above, under load).  Real
+    sockets: the check that first hears of the disconnect must already count it."""
     from types import SimpleNamespace
+
+    import zmq
 
     from p2pfl.launcher_link import LauncherCheck
     from p2pfl.runtime import LAUNCHER
     from p2pfl.transport.liveness import ConnectionWatch
 
-    now, watch = time.monotonic(), ConnectionWatch()
-    said = SimpleNamespace(last_control=now - 3.5)  # silent 3.5 s
-    check = LauncherCheck(said, "tcp://127.0.0.1:9", 3.0, 3.0, watch)
-    assert not check()  # the connection is up: silence alone ends it
-    assert check.reason().startswith("no word from the launcher for 3 s")
-    watch.down_since[LAUNCHER] = now - 2.0  # down 2 s of its 3
-    assert check()
-    watch.down_since[LAUNCHER] = now - 3.2
-    assert not check()
-    assert check.reason().startswith(
-        "the connection to the launcher at tcp://127.0.0.1:9 was down for 3 s")
-    said.last_control, watch.down_since[LAUNCHER] = now - 6.5, now - 0.5  # it flaps
-    assert not check()
+    ctx, watch = zmq.Context(), ConnectionWatch()
+    try:
+        launcher = ctx.socket(zmq.ROUTER)
+        port = launcher.bind_to_random_port("tcp://127.0.0.1")
+        node = ctx.socket(zmq.DEALER)
+        watch.watch(LAUNCHER, node)
+        node.connect(f"tcp://127.0.0.1:{port}")
+        said = SimpleNamespace(last_control=time.monotonic() - 35)  # limits of 30 s
+        check = LauncherCheck(said, "tcp://127.0.0.1:9", 30.0, 30.0, watch)
+        assert not check()  # the connection is up: silence alone ends it
+        assert check.reason().startswith("no word from the launcher for 30 s")
+        time.sleep(0.3)  # connected
+        launcher.close(linger=0)  # the launcher dies
+        time.sleep(0.5)  # its node's next check runs late
+        said.last_control = time.monotonic() - 35
+        assert check()  # the poll that sees the loss: down 0 s of its 30
+        now = time.monotonic()
+        watch.down_since[LAUNCHER] = now - 31
+        assert not check()
+        assert check.reason().startswith(
+            "the connection to the launcher at tcp://127.0.0.1:9 was down for 30 s")
+        said.last_control, watch.down_since[LAUNCHER] = now - 61, now - 1  # it flaps
+        assert not check()
+    finally:
+        watch.forget(LAUNCHER)
+        ctx.destroy(linger=0)
 
 
 def test_a_node_stopped_by_a_signal_fails_when_its_grace_ends_unless_the_run_stops():

@@ -99,6 +99,26 @@ def test_a_robust_rule_that_can_act_at_no_node_is_exit_2(tmp_path, topology, rob
         assert f"no node hears more than {k} a round on {topology}: it would drop none" in line
 
 
+def test_the_smallest_beta_the_refusal_suggests_is_taken():
+    """It printed 1/k to 3 digits, 0.333 for k = 3: refused in its turn.  trimmed:0,
+    BRIDGE-T's mean without trimming, is taken as asked."""
+    import networkx as nx
+
+    from p2pfl.config_files import from_sources
+    from p2pfl.plan import plan
+
+    def planned(topology, robust, graph=None):
+        return plan(from_sources(None, {"topology": topology, "dataset": "synthetic",
+                                        "robust": robust}), graph)
+
+    with pytest.raises(ConfigError, match="use a BETA of at least 0.334$"):
+        planned("complete:4", "trimmed:0.3")
+    assert planned("complete:4", "trimmed:0.334").specs
+    assert planned("ring:8", "trimmed:0").specs
+    with pytest.raises(ConfigError, match="no node hears more than 2 a round on the given graph"):
+        planned("complete:8", "trimmed:0.3", nx.cycle_graph(5))
+
+
 def test_sign_flip_on_a_new_graph_each_round_breaks_plain_gossip_and_robust_rules_hold(
         tmp_path):
     """A random 4-regular graph a round (dynamic:FILE) with node 0 publishing

@@ -196,7 +196,11 @@ def test_a_dynamic_file_with_weights_of_its_own_mixes_with_them(tmp_path):
     ({"nodes": 3, "phases": [[[0, 1, 0.6], [1, 2, 0.6]]]},
      "phase 0's weights of node 1 sum to 1.2; a node's may sum to at most 1"),
     ({"nodes": 3, "phases": [[[0, 1, 0.5], [1, 2]]]},
-     "phase 0 gives weights to some edges and not others"),
+     "phase 0's edges must all be [u, v, w] (a weight each) or all [u, v]"),
+    ({"nodes": 3, "phases": [[[0, 1, 0.5, 1], [1, 2, 0.5]]]}, "must all be [u, v, w]"),
+    # 1 + 1e-9 in one order of summing, more in a node's: refused here, not in the nodes
+    ({"nodes": 4, "phases": [[[0, 1, 0.2765207077218265], [1, 2, 0.2990870174183882],
+                              [1, 3, 0.4243922758597853]]]}, "of node 1 sum to 1"),
     ({"nodes": 3, "phases": [[[0, 1, True], [1, 2, 0.5]]]}, "phase 0's weights must be numbers"),
     ({"nodes": 3, "phases": [[[0, 1, "0.5"], [1, 2, 0.5]]]}, "weights must be numbers"),
     ({"nodes": 3, "phases": [[[0, 1, float("nan")], [1, 2, 0.5]]]}, "must be in (0, 1]"),

@@ -83,8 +83,8 @@ def _dynamic(path: str, data) -> Schedule:
         three = [isinstance(e, list) and len(e) == 3 for e in edges]
         weighted = bool(edges) and all(three)
         if any(three) and not weighted:
-            raise TopologyError(f"schedule {path}: phase {k} gives weights to some edges "
-                                "and not others: [u, v, w] for all of them, or [u, v]")
+            raise TopologyError(f"schedule {path}: phase {k}'s edges must all be [u, v, w] "
+                                "(a weight each) or all [u, v]")
         pairs = [e[:2] for e in edges] if weighted else edges
         arr = np.sort(_ints(path, pairs, 2, n, f"phase {k}'s edges"), axis=1)
         if (arr[:, 0] == arr[:, 1]).any():
@@ -105,8 +105,9 @@ def _weights(path: str, k: int, n: int, edges: np.ndarray, given: list) -> np.nd
     w = np.array([min(max(x, -1), 2) if type(x) is int else x for x in given], np.float64)
     if not (np.isfinite(w) & (w > 0) & (w <= 1)).all():
         raise TopologyError(f"schedule {path}: phase {k}'s weights must be in (0, 1]")
+    # within 1e-12: a node checks that its row sums to 1 within 1e-9, in its own order
     sums = np.bincount(edges[:, 0], w, n) + np.bincount(edges[:, 1], w, n)
-    if (sums > 1 + 1e-9).any():
+    if (sums > 1 + 1e-12).any():
         i = int(np.argmax(sums))
         raise TopologyError(f"schedule {path}: phase {k}'s weights of node {i} sum to "
                             f"{sums[i]:.6g}; a node's may sum to at most 1")

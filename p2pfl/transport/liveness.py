@@ -76,6 +76,10 @@ class ConnectionWatch:
         """Whether ``peer``'s connection has not been up since its watch began."""
         return peer in self._asked
 
+    def is_down(self, peer) -> bool:
+        """Whether ``peer``'s connection is down now (since the poll that saw it go)."""
+        return peer in self.down_since
+
     def down_for(self, peer, now: float) -> float:
         """Seconds ``peer``'s connection has been down (0 while up)."""
         since = self.down_since.get(peer)
