@@ -163,22 +163,51 @@ def test_lanczos_finds_the_dense_spectral_gap(spec):
     assert lanczos == pytest.approx(tp.spectral_gap(m.toarray()), rel=1e-6)
 
 
-def test_a_gap_lanczos_cannot_find_is_dense_or_none(monkeypatch):
-    """A ring's largest eigenvalues below 1 are too close together for few steps
-    (ring:3000 for 1,024): up to DENSE_GAP_MAX_NODES the dense way answers, above it
-    the gap is None, and said so."""
+def test_a_gap_lanczos_cannot_find_is_dense_circulant_or_none(monkeypatch):
+    """A ring's and a line's largest eigenvalues below 1 are too close together for
+    few steps (ring:3000 for 1,024): up to DENSE_GAP_MAX_NODES the dense way answers;
+    above it a circulant matrix (the ring) has its gap in closed form, and another
+    (the line) has none, and says so."""
     monkeypatch.setattr(tp.spectrum, "LANCZOS_MIN_NODES", 100)
     monkeypatch.setattr(tp.spectrum, "LANCZOS_STEPS", 64)
-    dense = tp.spectral_gap(tp.build("ring:600").weights)
-    assert tp.spectrum._lanczos_gap(tp.build("ring:600").mixing, 64, 1e-4) is None
-    assert tp.build("ring:600").spectral_gap == dense
+    dense = {s: tp.spectral_gap(tp.build(s).weights) for s in ("ring:600", "line:600")}
+    for spec in dense:
+        assert tp.spectrum._lanczos_gap(tp.build(spec).mixing, 64, 1e-4) is None
+        assert tp.build(spec).spectral_gap == dense[spec]
     monkeypatch.setattr(tp.spectrum, "DENSE_GAP_MAX_NODES", 599)
-    big = tp.build("ring:600")
+    assert tp.build("ring:600").spectral_gap == pytest.approx(dense["ring:600"], rel=1e-9)
+    big = tp.build("line:600")
     assert big.spectral_gap is None
     assert tp.describe(big).endswith("spectral gap not found (Lanczos did not converge "
                                      "in 64 steps, and n > 599 is too large to decompose)")
-    monkeypatch.setattr(tp.spectrum, "LANCZOS_STEPS", 1024)  # enough for it
-    assert tp.build("ring:600").spectral_gap == pytest.approx(dense, rel=1e-6)
+    monkeypatch.setattr(tp.spectrum, "LANCZOS_STEPS", 1024)  # enough for the ring
+    assert tp.spectrum._lanczos_gap(tp.build("ring:600").mixing, 1024, 1e-4) == \
+        pytest.approx(dense["ring:600"], rel=1e-6)
+
+
+@pytest.mark.parametrize("spec", ["ring:64", "ring:65", "exponential:64", "exponential:100",
+                                  "complete:20", "circulant:30:1,4,7"])
+def test_a_circulant_gap_in_closed_form_is_the_dense_one(spec):
+    if spec.startswith("circulant"):  # not a generator: networkx's, of offsets 1, 4, 7
+        topo = tp.build(nx.circulant_graph(30, [1, 4, 7]))
+    else:
+        topo = tp.build(spec)
+    assert tp.spectrum._circulant_gap(topo.mixing) == pytest.approx(
+        tp.spectral_gap(topo.weights), rel=1e-9, abs=1e-15)
+
+
+@pytest.mark.parametrize("spec", ["torus:8x8", "line:30", "star:20", "random_regular:4:64"])
+def test_a_matrix_that_is_not_circulant_has_no_closed_form_gap(spec):
+    assert tp.spectrum._circulant_gap(tp.build(spec).mixing) is None
+
+
+def test_a_ring_of_16384_nodes_has_its_gap():
+    """Not found before (Lanczos needs more steps; the dense way would take ~280 s):
+    4/3 sin²(π/n) for a ring's Metropolis weights, 1/3 each."""
+    n = 16384
+    topo = tp.build(f"ring:{n}")
+    assert topo.spectral_gap == pytest.approx(4 / 3 * np.sin(np.pi / n) ** 2, rel=1e-9)
+    assert "spectral gap 4.902e-08" in tp.describe(topo)
 
 
 def test_the_mixing_rows_are_the_dense_matrix():

@@ -10,6 +10,12 @@ extreme eigenvalues of that restriction from matrix-vector products alone, in
 O(edges) time and O(n) memory a step; no reorthogonalisation is needed for the
 extremes (Paige: a Ritz value whose residual bound ``|beta_k s_k|`` is small is
 that close to an eigenvalue, and lost orthogonality only repeats converged ones).
+
+Where Lanczos does not converge above :data:`DENSE_GAP_MAX_NODES` nodes, a circulant
+matrix (each row the one before, shifted: a ring, ``exponential:N``) still has its gap
+in closed form: its eigenvalues are λ_k = Σ_j c_j cos(2π·jk/n) for the first row c
+(Gray, "Toeplitz and Circulant Matrices: A Review", 2006, section 3.1), taken as
+1 − λ_k = Σ_j 2·c_j·sin²(π·jk/n) so that a gap of 1e-8 keeps its digits.
 """
 
 from __future__ import annotations
@@ -66,7 +72,35 @@ def spectral_gap(W, *, steps=None, rtol=1e-4):
         gap = _lanczos_gap(W, LANCZOS_STEPS if steps is None else steps, rtol)
     if gap is None and W.n <= DENSE_GAP_MAX_NODES:
         gap = _dense_gap(W.toarray())
+    if gap is None:
+        gap = _circulant_gap(W)
     return gap
+
+
+def _circulant_gap(m: Mixing):
+    """The gap of a symmetric circulant ``m`` in closed form (module docstring), or
+    None when ``m`` is not one.  Its self-weights do not enter (each row sums to 1),
+    so their last bits, which differ between rows summed in another order, do not
+    matter."""
+    counts = np.diff(m.indptr)
+    d = int(counts[0])
+    if not (counts == d).all() or d == 0:
+        return None
+    offsets = ((m.indices - np.repeat(np.arange(m.n), d)) % m.n).reshape(m.n, d)
+    order = np.argsort(offsets, axis=1)
+    offsets = np.take_along_axis(offsets, order, axis=1)
+    weights = np.take_along_axis(m.data.reshape(m.n, d), order, axis=1)
+    if not ((offsets == offsets[0]).all() and (weights == weights[0]).all()):
+        return None
+    c = np.zeros(m.n)
+    c[offsets[0]] = weights[0]
+    if not np.array_equal(c[1:], c[:0:-1]):  # c_j = c_(n-j): symmetric
+        return None
+    ks = np.arange(1, m.n)
+    drop = np.zeros(m.n - 1)  # 1 − λ_k for k = 1..n−1, by the offsets in turn
+    for j, w in zip(offsets[0].tolist(), weights[0].tolist()):
+        drop += 2.0 * w * np.sin(np.pi * ((j * ks) % m.n) / m.n) ** 2
+    return float(max(0.0, np.minimum(drop, 2.0 - drop).min()))
 
 
 def _dense_gap(W):
