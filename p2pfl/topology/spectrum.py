@@ -14,7 +14,7 @@ that close to an eigenvalue, and lost orthogonality only repeats converged ones)
 Where Lanczos does not converge above :data:`DENSE_GAP_MAX_NODES` nodes, a circulant
 matrix (each row the one before, shifted: a ring, ``exponential:N``) still has its gap
 in closed form: its eigenvalues are λ_k = Σ_j c_j cos(2π·jk/n) for the first row c
-(Gray, "Toeplitz and Circulant Matrices: A Review", 2006, section 3.1), taken as
+(Gray, "Toeplitz and Circulant Matrices: A Review", 2006, chapter 3), taken as
 1 − λ_k = Σ_j 2·c_j·sin²(π·jk/n) so that a gap of 1e-8 keeps its digits.
 """
 
