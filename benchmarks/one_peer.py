@@ -48,24 +48,25 @@ def topologies(n: int, args) -> list:
     ``--dynamic-weights``, that file alone and one a weight."""
     side = math.isqrt(n)
     grid = [f"torus:{side}x{n // side}"] if side * (n // side) == n and side > 2 else []
-    dynamic = [(f"dynamic random_regular:4:{n}", f"dynamic:{_dynamic_file(n, args)}")]
+    path = dynamic_file(args.out, n, args.rounds)
+    dynamic = [(f"dynamic random_regular:4:{n}", f"dynamic:{path}")]
     if args.dynamic_weights:
         return dynamic + [(f"dynamic random_regular:4:{n} w={w:g}",
-                           f"dynamic:{_dynamic_file(n, args, w)}")
+                           f"dynamic:{dynamic_file(args.out, n, args.rounds, w)}")
                           for w in args.dynamic_weights]
     specs = [f"ring:{n}", *grid, f"random_regular:4:{n}", f"exponential:{n}",
              f"complete:{n}", f"one_peer_exponential:{n}"]
     return [(s, s) for s in specs] + dynamic
 
 
-def _dynamic_file(n: int, args, weight: float | None = None) -> str:
+def dynamic_file(out: str, n: int, rounds: int, weight: float | None = None) -> str:
     """A random 4-regular graph on ``n`` nodes a round, seeded per round, as a
-    ``dynamic:`` file in OUT: Metropolis weights, or ``weight`` on every edge."""
+    ``dynamic:`` file in ``out``: Metropolis weights, or ``weight`` on every edge."""
     tag = "" if weight is None else f"_w{weight:g}"
-    path = os.path.join(args.out, f"dynamic_random_regular4_{n}{tag}.json")
+    path = os.path.join(out, f"dynamic_random_regular4_{n}{tag}.json")
     phases = [[[*e] if weight is None else [*e, weight]
                for e in nx.random_regular_graph(4, n, seed=1000 + k).edges()]
-              for k in range(args.rounds)]
+              for k in range(rounds)]
     with open(path, "w") as fh:
         json.dump({"nodes": n, "phases": phases}, fh)
     return path

@@ -19,29 +19,18 @@ the Byzantine models dropped as non-finite, to benchmarks/results/robust_schedul
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-
-import networkx as nx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import p2pfl  # noqa: E402
 from benchmarks._results import commit_of  # noqa: E402
+from benchmarks.one_peer import dynamic_file  # noqa: E402
 from p2pfl.metrics import write_json_atomic  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RULES = ("clean", "none", "clip:0.5", "trimmed:0.25")
-
-
-def dynamic_file(out: str, rounds: int) -> str:
-    path = os.path.join(out, "dynamic_random_regular4_16.json")
-    phases = [[list(e) for e in nx.random_regular_graph(4, 16, seed=1000 + k).edges()]
-              for k in range(rounds)]
-    with open(path, "w") as fh:
-        json.dump({"nodes": 16, "phases": phases}, fh)
-    return path
 
 
 def run(name: str, topology: str, rule: str, seed: int, args) -> dict:
@@ -67,7 +56,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     topologies = {"torus:4x4": "torus:4x4", "one_peer_exponential:16": "one_peer_exponential:16",
-                  "dynamic random_regular:4:16": f"dynamic:{dynamic_file(args.out, args.rounds)}"}
+                  "dynamic random_regular:4:16": f"dynamic:{dynamic_file(args.out, 16, args.rounds)}"}
     rows = []
     for name, spec in topologies.items():
         for rule in RULES:

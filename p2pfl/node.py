@@ -33,6 +33,11 @@ __all__ = ["GossipNode", "SUSPECT_AFTER"]
 SUSPECT_AFTER = 1
 
 
+def _phase(phases: tuple, rnd: int) -> tuple:
+    """Round ``rnd``'s ``(heard, w_ii, sent to)`` of a schedule's ``phases``."""
+    return phases[(rnd - 1) % len(phases)]
+
+
 class GossipNode:
     """A gossip learning node.
 
@@ -156,7 +161,7 @@ class GossipNode:
         time-varying topology those its phase names (none in a phase it idles)."""
         if not self.phases:
             return self.neighbours
-        return [j for j, _ in self.phases[(rnd - 1) % len(self.phases)][0]]
+        return [j for j, _ in _phase(self.phases, rnd)[0]]
 
     def admit_phases(self, mailbox) -> None:
         """Under a schedule a neighbour's model comes only in the rounds of its phases:
@@ -176,7 +181,7 @@ class GossipNode:
     def enter_phase(self, rnd: int) -> None:
         """Round ``rnd``'s row of the schedule's W_k: w_ii and the w_ij of the neighbours
         heard (w_ii = 1 in a phase the node idles; :mod:`~p2pfl.topology.schedules`)."""
-        heard, own, _ = self.phases[(rnd - 1) % len(self.phases)]
+        heard, own, _ = _phase(self.phases, rnd)
         self.algorithm.self_weight = own
         self.algorithm.weights = dict(heard)
 
@@ -198,7 +203,7 @@ class GossipNode:
         away = self.rt.away
         online = [j for j in self.neighbours if self._streak[j] < SUSPECT_AFTER
                   and j not in away]
-        chosen = (set(self.phases[(rnd - 1) % len(self.phases)][2]) if self.phases
+        chosen = (set(_phase(self.phases, rnd)[2]) if self.phases
                   else set(self.algorithm.targets(online))) | set(special)
         plain = []  # those that get this round's packet: packed once for all
         for j in self.neighbours:

@@ -76,7 +76,7 @@ def check_robust(robust: str, mixings, where: str) -> None:
     from .algorithms.robust import parse_robust, trim_count
 
     name, value = parse_robust(robust)
-    k = max(int((m.indptr[1:] - m.indptr[:-1]).max(initial=0)) for m in mixings)
+    k = max(m.most_heard for m in mixings)
     if name == "trimmed" and value > 0 and trim_count(value, k) == 0:
         fix = f"a BETA of at least {math.ceil(1000 / k) / 1000:g}" if k >= 3 else "clip:TAU"
         raise ConfigError(f"--robust {robust} drops floor(BETA * k) of a node's k neighbours "

@@ -170,7 +170,7 @@ def _describe_schedule(topo, deg, diameter):
                 else f"its first {sched.measured} phases (then within 1e-9 of the average)")
         gap = (f"gap over {span} {sched.period_gap:.4g}{exact}, per round "
                f"{sched.round_gap:.4g}")
-    peers = max(int(np.diff(ph.indptr).max()) for ph in sched.phases)
+    peers = max(ph.most_heard for ph in sched.phases)
     what = "one peer" if peers == 1 else f"up to {peers} peers"
     return (f"{topo.n} nodes, {what} a round in {sched.period} "
             f"phase{'s' * (sched.period > 1)} over {topo.graph.number_of_edges()} edges "

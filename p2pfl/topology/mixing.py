@@ -105,6 +105,11 @@ class Mixing:
     def n(self) -> int:
         return len(self.diag)
 
+    @property
+    def most_heard(self) -> int:
+        """The most nodes any one node hears (entries in a row, off the diagonal)."""
+        return int(np.diff(self.indptr).max(initial=0))
+
     def row(self, i):
         """Node ``i``'s neighbours (ascending) and their weights, as two arrays."""
         lo, hi = self.indptr[i], self.indptr[i + 1]

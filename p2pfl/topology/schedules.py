@@ -103,9 +103,8 @@ class Schedule:
         averages exactly, as for a complete graph, though one round's W_k alone
         contracts far less; it speaks of whole periods of mixing, not of one round."""
         if self.contraction is None:
-            return None
-        rho = min(1.0, max(0.0, self.contraction))
-        return 1.0 - rho ** (1.0 / (self.measured or self.period))
+            return None  # ρ is in [0, 1] (a norm, clamped at 1 by _dense_contraction)
+        return 1.0 - self.contraction ** (1.0 / (self.measured or self.period))
 
     def phase(self, rnd: int) -> int:
         """The phase round ``rnd`` (from 1) plays."""

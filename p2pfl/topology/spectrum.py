@@ -86,7 +86,8 @@ def _circulant_gap(m: Mixing):
     d = int(counts[0])
     if not (counts == d).all() or d == 0:
         return None
-    offsets = ((m.indices - np.repeat(np.arange(m.n), d)) % m.n).reshape(m.n, d)
+    rows, cols = m.entries()
+    offsets = ((cols - rows) % m.n).reshape(m.n, d)
     order = np.argsort(offsets, axis=1)
     offsets = np.take_along_axis(offsets, order, axis=1)
     weights = np.take_along_axis(m.data.reshape(m.n, d), order, axis=1)
