@@ -28,6 +28,7 @@ from . import signals
 from .errors import ClusterError, UsageError
 from .metrics import MetricsSink, read_metrics, write_json_atomic
 from .model_files import load_state, model_path, remove_stale
+from .plot import RUN_PNGS
 from .progress import Progress
 from .summary import run_summary
 
@@ -94,9 +95,10 @@ def _build_node_model(out_dir: str, node: int):
 
 
 #: What an earlier run left in the folder and this one must not be taken for: a summary
-#: (a run ending without its own would show the other's) and a checkpoint (a
-#: coordinator restarted before its first one would resume the other run).
-STALE_FILES = ("summary.json", "checkpoint.msgpack")
+#: (a run ending without its own would show the other's), a checkpoint (a
+#: coordinator restarted before its first one would resume the other run) and the
+#: plots of ``p2pfl plot`` (they would show the other run).
+STALE_FILES = ("summary.json", "checkpoint.msgpack") + RUN_PNGS
 #: What a run writes in its folder (each must be a file it can write).
 RUN_FILES = ("config.json", "metrics.jsonl", "nodes.json", "summary.json")
 
@@ -116,6 +118,8 @@ def _out_dir(cfg: RunConfig) -> str:
                     break
                 except FileExistsError:
                     continue
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise UsageError(f"cannot use output folder {out}: it is a file, not a folder")
         os.makedirs(out, exist_ok=True)
         for name in STALE_FILES:
             if os.path.exists(os.path.join(out, name)):
@@ -251,6 +255,9 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
         if cfg.target_accuracy is not None and mean is not None and mean >= cfg.target_accuracy:
             if not stopped_at:
                 stopped_at.append(rnd)
+                what = "the coordinator's accuracy" if p.closer is not None else "mean accuracy"
+                progress.info(f"target reached: {what} {mean:.4f} >= "
+                              f"{cfg.target_accuracy:g} at round {rnd}; stopping the nodes")
                 launcher.request_stop()
 
     halted = []  # a metrics.jsonl write failed while the run went on: it is stopped
@@ -285,7 +292,8 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
                         host=cfg.host, start_timeout=cfg.start_timeout,
                         round_timeout=cfg.round_timeout, on_message=on_message,
                         lost_after=cfg.lost_after,
-                        log=progress.info, listen=cfg.listen, closer=p.closer,
+                        log=progress.info, notice=progress.notice, listen=cfg.listen,
+                        closer=p.closer,
                         restarts=p.restarts, on_restart=lambda h: h.id == p.closer or
                         sink.node_paused(h.id), keys=p.keys, procs=cfg.procs or 1,
                         backend=_backend(cfg, progress.info))
@@ -325,7 +333,8 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
     except OSError as exc:  # the caller's copy says so
         lost, summarised = lost or exc, False
         summary["write_error"] = _os_error_text(lost)
-    if interrupted is not None:
+    if interrupted is not None:  # the command still says where the summary is
+        interrupted.out_dir, interrupted.quiet = out, cfg.quiet
         raise interrupted
     result = Result(summary, out, cfg)
     if lost is not None:

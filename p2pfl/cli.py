@@ -7,6 +7,7 @@ unknown dataset) prints one line to stderr and exits with code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -21,7 +22,8 @@ CLUSTER_OPTIONS = [
     ("mode", str, "gossip (default), fedavg, stc, cfl, fd or cfd"),
     ("topology", str, "generator spec (ring:8, torus:4x4, ...), graph file, or a schedule "
                       "that changes every round (one_peer_exponential:N, one_peer:FILE.json, "
-                      "dynamic:FILE.json); in server modes its nodes are the workers"),
+                      "dynamic:FILE.json); in server modes its nodes are the workers "
+                      "(default ring:8, unless a server mode gives --nodes)"),
     ("nodes", int, "number of worker nodes in server modes"),
     ("rounds", int, "communication rounds (default 30)"),
     ("seed", int, "random seed for data, partition, initial model and random graphs "
@@ -48,7 +50,9 @@ CLUSTER_OPTIONS = [
     ("compression", str, "codec spec for gossip messages and fedavg/stc updates, e.g. "
      "stc:0.01+golomb"),
     ("error_feedback", str, "auto, on or off"),
-    ("gamma", float, "consensus step size of CHOCO and DeepSqueeze"),
+    ("gamma", float, "consensus step size of CHOCO and DeepSqueeze (default: by the codec; "
+     "min(1, 2p) for top-k, stc or sbc keeping a fraction p, 1 for fp16, quant and the "
+     "like; --dry-run shows it)"),
     ("participation", float, "reporting fraction in server modes"),
     ("robust", str, "gossip: none, clip[:TAU] (ClippedGossip), trimmed:BETA (BRIDGE-T)"),
     ("aggregator", str, "fedavg/stc: mean, median, trimmed:BETA, krum:F, multikrum:F:M, "
@@ -87,10 +91,11 @@ CLUSTER_OPTIONS = [
     ("cpu_policy", str, "batch (default) or normal: the Linux scheduling policy of the node "
      "processes (batch: fewer preemptions, for throughput)"),
     ("eval_every", int, "evaluate every N rounds"),
-    ("target_accuracy", float, "stop all nodes once the mean test accuracy reaches this"),
+    ("target_accuracy", float, "stop all nodes once the nodes' mean test accuracy (gossip) "
+     "or the coordinator's global, cluster or ensemble accuracy (server modes) reaches this"),
     ("profiles", str, "node profile TOML file (per-node options)"),
     ("link", str, "emulated uplink of every node: up_mbps=X,latency_ms=X,jitter_ms=X,loss=P"),
-    ("slowdown", float, "local work of every node takes this many times as long (>= 1)"),
+    ("slowdown", float, "local work of every node takes this many times as long (1 to 1000)"),
     ("churn", str, "ON_S:OFF_S[:SEED]: exponential online/offline periods for every node"),
     ("availability", str, "CSV trace of node,offline_start_s,offline_end_s"),
     ("restart", str, "no or on-failure[:N]: restart a node process that died (N times, 3)"),
@@ -103,11 +108,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _defaults() -> dict:
+    """RunConfig's plain defaults by option, for the help (None: set by the mode, or
+    unset); the flags themselves default to None, so that a config file can set them."""
+    import dataclasses
+
+    from .config import RunConfig
+
+    return {f.name: f.default for f in dataclasses.fields(RunConfig)
+            if isinstance(f.default, (int, float, str)) and not isinstance(f.default, bool)}
+
+
 def _add_cluster(sub) -> None:
     p = sub.add_parser("cluster", help="run a local cluster of nodes",
                        description="Spawn a local cluster over a topology and run it.")
     p.add_argument("--config", help="TOML file with options; flags override it")
+    defaults = _defaults()
     for name, typ, text in CLUSTER_OPTIONS:
+        if "default" not in text and defaults.get(name) is not None:
+            text += f" (default {defaults[name]})"
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None,
                        help=text)
     p.add_argument("--in-process", dest="in_process", action="store_const", const=True,
@@ -136,6 +155,8 @@ def _add_cluster(sub) -> None:
                         "config file's consensus = false")
     p.add_argument("--no-save-models", dest="save_models", action="store_const", const=False,
                    help="save no models (the default), over a config file's save_models")
+    p.add_argument("--no-quiet", dest="quiet", action="store_const", const=False,
+                   help="progress output (the default), over a config file's quiet = true")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"p2pfl {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    # a metavar: a missing subcommand is named by its choices, not by its attribute
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
+                                metavar="{" + ",".join(COMMANDS) + "}")
     _add_cluster(sub)
     p = sub.add_parser("node", help="run one node that joins a launcher (multi-host)")
     p.add_argument("--connect", required=True, help="the launcher's address, tcp://HOST:PORT")
@@ -161,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "to it down, before this node gives up (default: 4 start time-outs "
                         "without word, 10 s down)")
     p = sub.add_parser("keys", help="CURVE keys for multi-host secure runs")
-    ksub = p.add_subparsers(dest="keys_command", required=True, parser_class=_Parser)
+    ksub = p.add_subparsers(dest="keys_command", required=True, parser_class=_Parser,
+                            metavar="{generate}")
     k = ksub.add_parser("generate", help="write key pairs and keys.toml into a new folder")
     k.add_argument("folder")
     who = k.add_mutually_exclusive_group(required=True)
@@ -184,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", nargs="+")
     p.add_argument("--out", help="with two run folders or more: where the comparison goes")
     p = sub.add_parser("bench", help="benchmarks")
-    p.add_argument("what", choices=["codecs"])
+    p.add_argument("what", choices=["codecs"], metavar="{codecs}")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--codec", action="append", dest="codecs", metavar="SPEC",
                    help="a codec spec to measure (repeatable; default: the standard set)")
@@ -299,7 +323,7 @@ def _cmd_keys(args) -> int:
 
 def _cmd_topology(args) -> int:
     from .plot_topology import LAYOUTS, check_drawable, draw_topology
-    from .topology import build, describe
+    from .topology import build, count, describe
 
     if args.png is None and args.layout != "auto":
         raise UsageError("--layout is for drawing: give --png FILE too")
@@ -313,8 +337,9 @@ def _cmd_topology(args) -> int:
         print(f"warning: {w}")
     if args.png is not None:
         gap = topo.spectral_gap
-        print(draw_topology(topo, args.png, args.layout, title=f"{args.spec}: {topo.n} nodes, "
-                            f"{topo.graph.number_of_edges()} edges, spectral gap "
+        print(draw_topology(topo, args.png, args.layout, title=f"{args.spec}: "
+                            f"{count(topo.n, 'node')}, "
+                            f"{count(topo.graph.number_of_edges(), 'edge')}, spectral gap "
                             f"{'?' if gap is None else f'{gap:.4g}'}"))
     return 0
 
@@ -365,8 +390,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt as exc:  # 128 + the signal, as a shell reports it
         signum = getattr(exc, "signum", signal.SIGINT)
         what = "terminated" if signum == signal.SIGTERM else "interrupted"
-        print(f"p2pfl: {what}" + ("; all nodes stopped" if args.command == "cluster" else ""),
-              file=sys.stderr)
+        out = getattr(exc, "out_dir", None)  # a cluster's summary of what was done
+        print(f"p2pfl: {what}" + ("; all nodes stopped" if args.command == "cluster" else "")
+              + (f"; results so far in {out}" if out else ""), file=sys.stderr)
+        if out and getattr(exc, "quiet", False):
+            with contextlib.suppress(OSError):  # a reader gone with the signal
+                print(out)  # a quiet run's one line on stdout, as when it ends by itself
         return 128 + int(signum)
     except BrokenPipeError:
         os._exit(1)

@@ -56,7 +56,7 @@ class Launcher(Supervision, Admission):
     def __init__(self, specs: list, out_dir: str, *, in_process: bool = False,
                  scheme: str = "tcp", host: str = "127.0.0.1", start_timeout: float = 60.0,
                  round_timeout: float = 10.0, lost_after: float | None = None,
-                 on_message=None, log=None,
+                 on_message=None, log=None, notice=None,
                  listen: str | None = None, closer=None, restarts: int = 0,
                  on_restart=None, keys=None, procs: int = 1, backend=None) -> None:
         self.specs = specs
@@ -81,6 +81,8 @@ class Launcher(Supervision, Admission):
         self.lost_after = LOST_AFTER_S if lost_after is None else lost_after
         self.on_message = on_message or (lambda handle, msg: None)
         self.log = log or (lambda text: None)
+        # what a quiet run still says: where remote nodes join (--listen ...:*)
+        self.notice = notice or self.log
         self.nodes = {s.id: NodeHandle(s.id, s.label) for s in specs}
         self.run_dir = tempfile.mkdtemp(prefix="p2pfl-")
         self.ctx: zmq.Context | None = None
@@ -119,7 +121,7 @@ class Launcher(Supervision, Admission):
                 self._bind(self.listen)
             except zmq.ZMQError as exc:  # taken since run_cluster's check, or refused by ZeroMQ
                 raise UsageError(f"--listen {self.listen!r}: {exc.strerror}") from None
-            self.log(f"waiting for {len(self.nodes)} node(s) to join at {self.ep.address}")
+            self.notice(f"waiting for {len(self.nodes)} node(s) to join at {self.ep.address}")
             return
         if self.backend is not None:
             host = self.backend.start(len(self.nodes))

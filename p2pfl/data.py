@@ -301,10 +301,15 @@ def _load_npz(text):
         raise DataError("dataset 'npz' needs a file: npz:FILE")
     path = Path(text).expanduser()
     try:
-        npz = np.load(path, allow_pickle=False)
-        if not isinstance(npz, np.lib.npyio.NpzFile):
+        with open(path, "rb") as fh:  # else numpy reads any other file as a pickle, and
+            magic = fh.read(6)  # says to load it unsafely
+        if magic.startswith(b"\x93NUMPY"):
             raise DataError(f"{text!r} is one array (.npy), not an .npz of "
                             f"{', '.join(NPZ_ARRAYS)}")
+        if not magic.startswith((b"PK\x03\x04", b"PK\x05\x06")):  # a zip, or an empty one
+            raise DataError(f"{text!r} is not an .npz file (a zip archive of the arrays "
+                            f"{', '.join(NPZ_ARRAYS)}, as numpy.savez writes)")
+        npz = np.load(path, allow_pickle=False)
         with npz:
             arrays = {k: npz[k] for k in NPZ_ARRAYS if k in npz.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:

@@ -219,6 +219,10 @@ def node_availability(cfg: RunConfig, labels: list, per_node: list) -> list:
                 for s in spans):
             raise ConfigError(f"node {labels[i]!r}: offline must be a list of "
                               f"[start_s, end_s] pairs, got {spans!r}")
+        bad = [s for s in spans if not 0 <= s[0] < s[1]]  # NaN too
+        if bad:
+            raise ConfigError(f"node {labels[i]!r}: offline intervals need 0 <= start < end "
+                              f"(seconds), got {bad[0]!r} (a profile's offline)")
         out.append(AvailabilitySpec(intervals=tuple(map(tuple, spans)) + tuple(trace.get(i, ())),
                                     churn_on_s=on, churn_off_s=off,
                                     seed=seed * 1_000_003 + i))

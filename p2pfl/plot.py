@@ -36,12 +36,15 @@ from p2pfl.errors import UsageError
 from p2pfl.run_records import (finite, global_curve, is_coordinator, mean_curve,
                                node_series, read_records, read_summary, run_title)
 
-__all__ = ["plot_run", "plot_curves", "ROUND_PNG", "MB_PNG", "TIME_PNG", "MAX_NODE_LINES"]
+__all__ = ["plot_run", "plot_curves", "ROUND_PNG", "MB_PNG", "TIME_PNG", "RUN_PNGS",
+           "MAX_NODE_LINES"]
 
 #: File names written by :func:`plot_run` inside the run folder.
 ROUND_PNG = "accuracy_vs_round.png"
 MB_PNG = "accuracy_vs_mb.png"
 TIME_PNG = "accuracy_vs_time.png"
+#: All of them: a new run in the folder removes an earlier run's (they would show it).
+RUN_PNGS = (ROUND_PNG, MB_PNG, TIME_PNG)
 
 _MAX_LEGEND_NODES = 16
 #: The most nodes drawn as a line each; more are drawn as their spread (1,024 lines

@@ -79,6 +79,8 @@ def compare_runs(run_dirs: list, out_dir: str) -> list[str]:
     for run_dir in run_dirs:
         curve = run_curve(run_dir)
         curves[_label(run_dir, curve, taken)] = curve
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UsageError(f"cannot use output folder {out_dir}: it is a file, not a folder")
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as exc:

@@ -61,6 +61,10 @@ class Progress:
     def info(self, text: str) -> None:
         """A plain message line (also suppressed when quiet)."""
         if not self.quiet:
-            # on a terminal, over the bar (redrawn at the next update), not after it
-            self.stream.write(("\r\x1b[K" if self._bar_shown else "") + text + "\n")
-            self.stream.flush()
+            self.notice(text)
+
+    def notice(self, text: str) -> None:
+        """A message line that a quiet run prints too (where remote nodes join)."""
+        # on a terminal, over the bar (redrawn at the next update), not after it
+        self.stream.write(("\r\x1b[K" if self._bar_shown else "") + text + "\n")
+        self.stream.flush()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections import defaultdict
 
 from p2pfl.errors import UsageError
@@ -30,16 +31,22 @@ def read_records(run_dir):
             lines = fh.read().splitlines()
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
-    records = []
-    for line in lines:
+    records, skipped = [], []
+    for number, line in enumerate(lines, 1):
         try:
             rec = json.loads(line)
-        except ValueError:  # a truncated last line of a live or killed run
-            continue
+        except ValueError:  # a truncated last line of a live or killed run, or damage
+            rec = None
         if (isinstance(rec, dict) and "round" in rec and type(rec.get("node")) in (int, str)):
             records.append(rec)
+        elif line.strip():
+            skipped.append(number)
     if not records:
         raise UsageError(f"{path} holds no metrics records")
+    if skipped:  # the plots leave them out: say so
+        print(f"p2pfl: warning: {path}: skipped {len(skipped)} line(s) that are not a "
+              f"record, line {skipped[0]} the first" + (" (the last line, torn: a run in "
+              "progress or killed?)" if skipped == [len(lines)] else ""), file=sys.stderr)
     return records
 
 

@@ -374,11 +374,15 @@ def test_a_checkpoint_left_by_an_earlier_run_is_removed_at_launch(tmp_path):
     """A coordinator restarted before its run's first checkpoint resumed the earlier
     run's (another seed, another mode) from the same folder."""
     from p2pfl import run_cluster
+    from p2pfl.plot import RUN_PNGS
 
     stale = tmp_path / "checkpoint.msgpack"
     stale.write_bytes(b"an earlier run's state")
+    plots = [tmp_path / name for name in RUN_PNGS]  # they would show the earlier run
+    for png in plots:
+        png.write_bytes(b"an earlier run's plot")
     run_cluster("ring:3", rounds=1, in_process=True, quiet=True, out=str(tmp_path))
-    assert not stale.exists()
+    assert not stale.exists() and not any(png.exists() for png in plots)
 
 
 @pytest.mark.parametrize("mode, corrupt", [

@@ -440,3 +440,46 @@ def test_plan_cluster_gives_the_frozen_node_specs_without_starting_any(tmp_path)
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.specs[0].id = 9
     assert not (tmp_path / "run").exists()
+
+
+def test_the_help_gives_each_plain_default():
+    """Defaults that were only in the code (momentum 0.9 is not plain SGD) are in the
+    help, read from RunConfig; the flags themselves stay unset for a config file."""
+    text = " ".join(cli_here("cluster", "--help").stdout.split())  # argparse wraps lines
+    text = text.split("options:", 1)[1]  # past the usage line
+    for flag, default in (("--momentum MOMENTUM", "0.9"), ("--batch-size BATCH_SIZE", "32"),
+                          ("--seed SEED", "0"), ("--round-timeout ROUND_TIMEOUT", "10.0"),
+                          ("--cfl-eps1 CFL_EPS1", "0.6"), ("--partition PARTITION", "iid")):
+        after = text.split(flag, 1)[1].split(" --", 1)[0]
+        assert f"(default {default})" in after, (flag, after)
+    assert "(default ring:8" in text.split("--topology TOPOLOGY", 1)[1]
+    assert RunConfig().momentum == 0.9  # the help's figure is the code's
+
+
+def test_no_quiet_undoes_a_config_files_quiet(tmp_path):
+    (tmp_path / "run.toml").write_text('quiet = true\ntopology = "ring:2"\nrounds = 1\n')
+    res = cli_here("cluster", "--config", str(tmp_path / "run.toml"), "--no-quiet",
+                   "--out", str(tmp_path / "run"))
+    assert res.returncode == 0 and res.stdout == ""
+    assert res.stderr.splitlines()[-1] == f"results in {tmp_path / 'run'}"
+
+
+@pytest.mark.parametrize("args, named", [((), "{cluster,node,keys,topology,plot,bench}"),
+                                         (("keys",), "{generate}"), (("bench",), "{codecs}")])
+def test_a_missing_subcommand_is_named_by_its_choices(args, named):
+    res = cli_here(*args)
+    assert res.returncode == 2
+    assert res.stderr.endswith(f"error: the following arguments are required: {named}\n")
+
+
+def test_topology_counts_read_as_english(tmp_path):
+    res = cli_here("topology", "line:2")
+    assert res.returncode == 0 and res.stdout.startswith("2 nodes, 1 edge, degree")
+    res = cli_here("topology", "star:5", "--mixing", "weight")  # no edge has a weight
+    assert res.returncode == 0 and res.stdout.splitlines()[1] == (
+        "warning: no edge has a weight: --mixing weight counts each as 1, which is the "
+        "metropolis matrix")
+    graph = tmp_path / "w.edgelist"
+    graph.write_text("0 1 {'weight': 2}\n1 2 {'weight': 1}\n")
+    res = cli_here("topology", str(graph), "--mixing", "weight")
+    assert res.returncode == 0 and "warning" not in res.stdout

@@ -178,6 +178,37 @@ def test_remote_nodes_join_a_listening_launcher(tmp_path):
     assert summary["failed_nodes"] == {} and summary["bytes_sent_total"] > 0
 
 
+def test_a_quiet_launcher_on_any_port_says_where_nodes_join(tmp_path):
+    """--listen tcp://HOST:* with -q: the port is chosen at bind time, and a script
+    needs it to start `p2pfl node --connect`, so that one line shows on stderr (before,
+    -q hid it, and config.json records the * asked for)."""
+    from tests._remote import ROOT as root
+
+    out = tmp_path / "run"
+    cli = [sys.executable, "-m", "p2pfl.cli"]
+    launcher = subprocess.Popen([*cli, "cluster", "--topology", "ring:2", "--rounds", "2",
+                                 "--listen", "tcp://127.0.0.1:*", "-q", "--out", str(out),
+                                 "--start-timeout", "30"],  # bounds a readline never answered
+                                cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    nodes = []
+    try:
+        line = launcher.stderr.readline()  # blocks until the launcher has bound
+        assert line.startswith("waiting for 2 node(s) to join at tcp://127.0.0.1:"), line
+        address = line.split(" at ", 1)[1].strip()
+        assert not address.endswith(":*")
+        nodes = [subprocess.Popen([*cli, "node", "--connect", address, "--host", "127.0.0.1",
+                                   "--id", str(i)], cwd=root) for i in range(2)]
+        stdout, err = launcher.communicate(timeout=120)
+        assert launcher.returncode == 0, err
+        assert (stdout, err) == (f"{out}\n", "")  # nothing else: it is quiet
+        assert [p.wait(timeout=60) for p in nodes] == [0, 0]
+    finally:
+        for p in [launcher, *nodes]:
+            p.kill()
+    assert json.loads((out / "summary.json").read_text())["failed_nodes"] == {}
+
+
 @pytest.mark.parametrize("other", ["quant:0.001+cabac", "none"])
 def test_compressed_gossip_with_per_node_codecs(tmp_path, other):
     """Node 0 has a codec of its own; ``none`` is not in the run's codec table, and its

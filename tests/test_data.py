@@ -483,8 +483,12 @@ def test_npz_that_is_missing_or_not_a_zip_is_refused(tmp_path):
     with pytest.raises(DataError, match="cannot read npz file"):
         load_dataset(f"npz:{tmp_path / 'none.npz'}")
     (tmp_path / "text.npz").write_text("not a zip")
-    with pytest.raises(DataError, match="cannot read npz file"):
+    with pytest.raises(DataError, match="is not an .npz file") as info:
         load_dataset(f"npz:{tmp_path / 'text.npz'}")
+    assert "pickle" not in str(info.value)  # numpy's advice to load it unsafely is not ours
+    (tmp_path / "pk.npz").write_bytes(b"PKnot a zip at all")  # the prefix alone is not one
+    with pytest.raises(DataError, match="is not an .npz file"):
+        load_dataset(f"npz:{tmp_path / 'pk.npz'}")
     np.save(tmp_path / "one.npy", np.ones(3))
     with pytest.raises(DataError, match="one array"):
         load_dataset(f"npz:{tmp_path / 'one.npy'}")

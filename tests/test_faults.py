@@ -176,10 +176,15 @@ def test_fedavg_stopped_at_its_target_ends_cleanly(tmp_path):
     """The coordinator ends the run after the round whose global accuracy reached the
     target and hands every worker the final model.  Before, the workers were stopped
     too, and the coordinator recorded one more round of time-outs with a stale model."""
-    s, recs = _finished_run(tmp_path / "run", "--mode", "fedavg", "--nodes", "4", "--rounds",
-                            "200", "--target-accuracy", "0.8", "--round-timeout", "10")
+    s, recs, err = _finished_run(tmp_path / "run", "--mode", "fedavg", "--nodes", "4",
+                                 "--rounds", "200", "--target-accuracy", "0.8",
+                                 "--round-timeout", "10", "--no-quiet")  # over -q
     at = s["target_reached_at_round"]
     assert at is not None and at < 200
+    said = [line for line in err.splitlines() if line.startswith("target reached")]
+    assert said == [f"target reached: the coordinator's accuracy "
+                    f"{s['global_accuracy_per_round'][-1][1]:.4f} >= 0.8 at round {at}; "
+                    "stopping the nodes"], err
     coord = [r for r in recs if r["role"] == "coordinator"]
     assert all(r["failed"] == [] for r in coord), [r["failed"] for r in coord if r["failed"]]
     assert s["misses_total"] == 0 and s["failed_nodes"] == {}
@@ -200,9 +205,10 @@ def test_fedavg_stopped_at_its_target_ends_cleanly(tmp_path):
 def test_gossip_stopped_at_its_target_counts_every_byte(tmp_path):
     """Nodes stopped half-way through a round sent that round's model, and no record
     counts it: summary.json adds it, so the total agrees with the nodes' counters."""
-    s, recs = _finished_run(tmp_path / "run", "--topology", "ring:4", "--rounds", "300",
-                            "--target-accuracy", "0.85")
+    s, recs, err = _finished_run(tmp_path / "run", "--topology", "ring:4", "--rounds", "300",
+                                 "--target-accuracy", "0.85")
     assert s["target_reached_at_round"] is not None
+    assert err == ""  # quiet (-q): not even the target's line
     assert s["bytes_sent_total"] == s["bytes_sent_counted_by_nodes"]
     # what a stopped node had not read yet was sent, and never received
     assert s["bytes_received_total"] <= s["bytes_sent_total"]
@@ -242,12 +248,29 @@ def test_a_run_interrupted_mid_round_records_no_round_it_did_not_play(tmp_path, 
     assert s["consensus_last"]["round"] <= whole and s["consensus_last"]["max"] > 0
 
 
+def test_a_quiet_run_stopped_by_sigterm_still_prints_its_folder(tmp_path):
+    """DIR=$(p2pfl cluster -q ...) of a run a batch system cancels: its summary is
+    written, so the folder is printed too (before: nothing on stdout)."""
+    out = tmp_path / "run"
+    with _run(out, "--topology", "ring:2", "--rounds", "100000") as proc:
+        deadline = time.monotonic() + 90
+        while len(_records(out)) < 10:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        stdout, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert stdout == f"{out}\n"
+    assert err == f"p2pfl: terminated; all nodes stopped; results so far in {out}\n"
+    assert _summary(out)["interrupted"] is True
+
+
 def _finished_run(out, *flags):
-    """A run to its end (exit 0): its summary and records."""
+    """A run to its end (exit 0): its summary, records and standard error."""
     with _run(out, *flags) as proc:
         _, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err
-    return _summary(out), _records(out)
+    return _summary(out), _records(out), err
 
 
 def _resume(pid):

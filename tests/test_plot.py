@@ -221,14 +221,26 @@ def test_every_record_of_a_round_counts_its_bytes(tmp_path):
     assert mb[0] == [1.0, 2.5] and acc[0][2] == 0.7
 
 
-def test_damaged_records_and_a_file_for_a_folder(tmp_path):
+def test_damaged_records_and_a_file_for_a_folder(tmp_path, capsys):
     """An unhashable node id was a TypeError traceback; one byte that is not UTF-8
-    made the whole file unreadable; a file was said not to exist."""
+    made the whole file unreadable; a file was said not to exist.  The lines left out
+    are said (they were left out silently)."""
     folder = tmp_path / "run"
     _write_run(folder, _gossip_records() + [{"round": 1, "node": [1], "accuracy": 0.5}])
     with open(folder / "metrics.jsonl", "ab") as fh:
         fh.write(b'{"round": 6, "node": 0, "accur\xff')
+    capsys.readouterr()
     assert len(plot_run(str(folder))) == 3
+    n = len(_gossip_records())
+    assert capsys.readouterr().err == (f"p2pfl: warning: {folder / 'metrics.jsonl'}: skipped 2 "
+                                       f"line(s) that are not a record, line {n + 1} the first\n")
+    whole = folder / "metrics.jsonl"
+    whole.write_text("".join(line + "\n" for line in whole.read_text(errors="replace")
+                             .splitlines()[:n])
+                     + '{"round": 6, "no')  # a run killed mid-line
+    plot_run(str(folder))
+    assert capsys.readouterr().err.endswith(f"line {n + 1} the first (the last line, torn: "
+                                            "a run in progress or killed?)\n")
     with pytest.raises(UsageError, match="is not a folder"):
         plot_run(str(folder / "metrics.jsonl"))
 

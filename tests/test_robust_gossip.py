@@ -49,9 +49,11 @@ def test_trim_counts_are_exact_floors():
     assert [trim_count(0.25, k) for k in (3, 4, 7, 8)] == [0, 1, 1, 2]
 
 
-@pytest.mark.parametrize("spec", ["clip:0", "clip:-1", "trimmed", "trimmed:0.5", "x", "none:1"])
-def test_bad_robust_specs_are_refused(spec):
-    with pytest.raises(ConfigError):
+@pytest.mark.parametrize("spec, word", [("clip:0", "invalid"), ("clip:-1", "invalid"),
+                                        ("trimmed", "invalid"), ("trimmed:0.5", "invalid"),
+                                        ("x", "unknown"), ("none:1", "invalid")])
+def test_bad_robust_specs_are_refused(spec, word):
+    with pytest.raises(ConfigError, match=f"^{word} --robust"):  # a known rule: its value
         parse_robust(spec)
 
 

@@ -237,6 +237,23 @@ def test_an_output_folder_whose_run_file_is_a_folder_is_refused(tmp_path):
         run_cluster("ring:3", rounds=1, out=str(tmp_path / "run"))
 
 
+def test_an_output_folder_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "afile").write_text("not a folder")
+    with pytest.raises(UsageError, match="^cannot use output folder .*afile: it is a file, "
+                                         "not a folder$"):
+        run_cluster("ring:3", rounds=1, out=str(tmp_path / "afile"))
+    for run in ("a", "b"):  # two runs' records, to compare into that file
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "metrics.jsonl").write_text(
+            '{"round": 1, "node": 0, "accuracy": 0.5, "bytes_sent": 10, "wall_s": 0.1}\n')
+    res = cli_here("plot", str(tmp_path / "a"), str(tmp_path / "b"), "--out",
+                   str(tmp_path / "afile"))
+    assert (res.returncode, res.stderr) == (2, f"p2pfl: error: cannot use output folder "
+                                               f"{tmp_path / 'afile'}: it is a file, not a "
+                                               "folder\n")
+    assert (tmp_path / "afile").read_text() == "not a folder"
+
+
 def test_a_codec_error_names_its_flag():
     with pytest.raises(ConfigError, match="--compression-down stc:2: stc:P needs"):
         plan(from_sources(None, dict(mode="stc", nodes=4, compression="stc:0.05",
@@ -250,3 +267,12 @@ def test_a_run_whose_every_node_is_offline_for_good_is_refused(tmp_path):
         plan(from_sources(None, dict(topology="ring:4", profiles=str(prof))))
     prof.write_text("[nodes.1]\noffline = [[0, inf]]\n")  # one node leaving is a run
     assert plan(from_sources(None, dict(topology="ring:4", profiles=str(prof))))
+
+
+@pytest.mark.parametrize("span", ["[5, 1]", "[-1, 2]", "[3, 3]", "[nan, 2]"])
+def test_an_offline_interval_out_of_order_names_its_node(tmp_path, span):
+    prof = tmp_path / "off.toml"
+    prof.write_text(f"[nodes.2]\noffline = [[0, 1], {span}]\n")
+    with pytest.raises(ConfigError, match=r"node 2: offline intervals need 0 <= start < end "
+                                          r"\(seconds\), got \["):
+        plan(from_sources(None, dict(topology="ring:4", profiles=str(prof))))

@@ -43,8 +43,9 @@ def parse_robust(spec: str) -> tuple:
         return name, value
     if name == "trimmed" and arg and 0 <= value < 0.5:
         return name, value
-    raise ConfigError(f"unknown --robust {spec!r}; valid: none, clip, clip:TAU (> 0), "
-                      "trimmed:BETA (0 <= BETA < 0.5)")
+    known = name in ("none", "clip", "trimmed")  # a known rule's value out of range
+    raise ConfigError(f"{'invalid' if known else 'unknown'} --robust {spec!r}; valid: none, "
+                      "clip, clip:TAU (> 0), trimmed:BETA (0 <= BETA < 0.5)")
 
 
 def trim_count(beta: float, n: int) -> int:

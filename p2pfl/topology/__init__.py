@@ -43,7 +43,7 @@ __all__ = [
     "ring", "line", "complete", "star", "torus", "exponential",
     "erdos_renyi", "small_world", "random_regular", "barabasi_albert",
     "load_topology", "validate", "relabel", "mixing_weights", "spectral_gap", "MAX_NODES",
-    "build", "describe", "is_schedule", "parse_schedule",
+    "build", "count", "describe", "is_schedule", "parse_schedule",
 ]
 
 
@@ -140,7 +140,16 @@ def build(spec, *, scheme="metropolis", seed=None):
         return Topology(G, list(range(sched.n)), mixing(G, scheme), warnings, sched)
     G, warnings = validate(load_topology(spec, seed=seed))
     G, labels = relabel(G)
+    if scheme == "weight" and G.number_of_edges() and not any(
+            "weight" in d for _, _, d in G.edges(data=True)):
+        warnings.append("no edge has a weight: --mixing weight counts each as 1, which is "
+                        "the metropolis matrix")
     return Topology(G, labels, mixing(G, scheme), warnings)
+
+
+def count(n: int, noun: str) -> str:
+    """``1 edge``, ``8 edges``."""
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def describe(topo):
@@ -154,7 +163,7 @@ def describe(topo):
     gap = (f"{gap:.4g}" if gap is not None
            else f"not found (Lanczos did not converge in {spectrum.LANCZOS_STEPS} steps, "
                 f"and n > {spectrum.DENSE_GAP_MAX_NODES} is too large to decompose)")
-    return (f"{topo.n} nodes, {G.number_of_edges()} edges, degree min/mean/max "
+    return (f"{count(topo.n, 'node')}, {count(G.number_of_edges(), 'edge')}, degree min/mean/max "
             f"{min(deg)}/{np.mean(deg):.2f}/{max(deg)}, diameter {diameter}, "
             f"spectral gap {gap}")
 
@@ -172,7 +181,7 @@ def _describe_schedule(topo, deg, diameter):
                f"{sched.round_gap:.4g}")
     peers = max(ph.most_heard for ph in sched.phases)
     what = "one peer" if peers == 1 else f"up to {peers} peers"
-    return (f"{topo.n} nodes, {what} a round in {sched.period} "
-            f"phase{'s' * (sched.period > 1)} over {topo.graph.number_of_edges()} edges "
+    return (f"{count(topo.n, 'node')}, {what} a round in {count(sched.period, 'phase')} "
+            f"over {count(topo.graph.number_of_edges(), 'edge')} "
             f"(degree min/mean/max {min(deg)}/{np.mean(deg):.2f}/{max(deg)}, diameter "
             f"{diameter}), {gap}")
