@@ -251,6 +251,8 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
         mean = round_accuracy(rows, server=p.closer is not None)
         sent = sink.bytes_sent  # a running total: this runs every round
         acc = f"acc {mean:.3f}" if mean is not None else "acc   -  "
+        if p.closer is None and mean is not None and len(rows) < len(p.specs):
+            acc += f" ({len(rows)} of {len(p.specs)} nodes)"  # a round a stop cut short
         progress.update(rnd, f"{acc} | {sent / 1e6:.2f} MB sent")
         if cfg.target_accuracy is not None and mean is not None and mean >= cfg.target_accuracy:
             if not stopped_at:
