@@ -30,6 +30,7 @@ from .metrics import MetricsSink, read_metrics, write_json_atomic
 from .model_files import load_state, model_path, remove_stale
 from .plot import RUN_PNGS
 from .progress import Progress
+from .round_end import RoundEnd
 from .summary import run_summary
 
 if TYPE_CHECKING:
@@ -137,7 +138,7 @@ def _out_dir(cfg: RunConfig) -> str:
     return out
 
 
-def run_cluster(graph=None, *, config: str | None = None, **options) -> Result:
+def run_cluster(graph=None, *, config: str | None = None, on_round=None, **options) -> Result:
     """Run a gossip cluster over ``graph`` and return its :class:`Result`.
 
     Parameters
@@ -147,6 +148,14 @@ def run_cluster(graph=None, *, config: str | None = None, **options) -> Result:
         ``"ring:8"``.  ``None`` takes ``topology`` from the options.
     config : str, optional
         A TOML file of options; keyword options override it.
+    on_round : callable, optional
+        Called as ``on_round(round, records)`` in the calling thread each time a
+        round is complete (every node still running recorded it), with a copy of
+        that round's records, one a node, as ``metrics.jsonl`` has them (a server
+        mode's coordinator's included).  Returning ``True`` stops the run after that
+        round, as ``target_accuracy`` does (``summary.json``:
+        ``stop_requested_at_round``).  An exception it raises stops the run too, and
+        is raised again once the summary is written (``on_round_error``).
     **options
         Any option of :class:`~p2pfl.config.RunConfig` (the CLI's flags).
         ``model`` may also be any ``torch.nn.Module`` that maps a batch of
@@ -159,7 +168,11 @@ def run_cluster(graph=None, *, config: str | None = None, **options) -> Result:
     >>> res = p2pfl.run_cluster(nx.cycle_graph(4), rounds=3, quiet=True)  # doctest: +SKIP
     >>> res.summary["accuracy_mean"]  # doctest: +SKIP
     """
-    return _resolved(graph, config, options, lambda p, t0: execute(p, t0=t0))
+    if on_round is not None and not callable(on_round):
+        raise UsageError(f"on_round must be a function of (round, records), got "
+                         f"{type(on_round).__name__}")
+    return _resolved(graph, config, options,
+                     lambda p, t0: execute(p, t0=t0, on_round=on_round))
 
 
 def plan_cluster(graph=None, *, config: str | None = None, **options):
@@ -218,23 +231,11 @@ def _backend(cfg, log):
     return RayBackend(cfg.ray_address, cfg.host, cfg.node_cpus, cfg.node_gpus, log=log)
 
 
-def round_accuracy(rows: list, server: bool = False) -> float | None:
-    """A completed round's accuracy for the progress bar and ``--target-accuracy``: in
-    gossip the nodes' mean; in a server mode the coordinator's (global, cluster or
-    ensemble) accuracy of this round's model, whatever worker records came in first
-    (a worker evaluates before it trains: the previous round's model)."""
-    if server:
-        accs = [r[k] for r in rows for k in ("global_accuracy", "cluster_accuracy",
-                                              "ensemble_accuracy") if r.get(k) is not None][:1]
-    else:
-        accs = [r["accuracy"] for r in rows if r.get("accuracy") is not None]
-    return float(np.mean(accs)) if accs else None
-
-
-def execute(p: Plan, *, t0: float | None = None) -> Result:
+def execute(p: Plan, *, t0: float | None = None, on_round=None) -> Result:
     """Launch a plan's nodes, stream their records to the run folder, write summary.json.
 
-    One direction for every mode: plan → launch → rounds → summary.  ``t0``
+    One direction for every mode: plan → launch → rounds → summary.  ``on_round``: the
+    caller's, as :func:`run_cluster` takes it.  ``t0``
     (``time.monotonic()``) is when the run began, for ``wall_s``.
     """
     from .cluster import Launcher
@@ -245,22 +246,9 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
     progress = Progress(cfg.rounds, quiet=cfg.quiet)
     for line in p.info:
         progress.info(line)
-    stopped_at = []
-
-    def on_round(rnd, rows):
-        mean = round_accuracy(rows, server=p.closer is not None)
-        sent = sink.bytes_sent  # a running total: this runs every round
-        acc = f"acc {mean:.3f}" if mean is not None else "acc   -  "
-        if p.closer is None and mean is not None and len(rows) < len(p.specs):
-            acc += f" ({len(rows)} of {len(p.specs)} nodes)"  # a round a stop cut short
-        progress.update(rnd, f"{acc} | {sent / 1e6:.2f} MB sent")
-        if cfg.target_accuracy is not None and mean is not None and mean >= cfg.target_accuracy:
-            if not stopped_at:
-                stopped_at.append(rnd)
-                what = "the coordinator's accuracy" if p.closer is not None else "mean accuracy"
-                progress.info(f"target reached: {what} {mean:.4f} >= "
-                              f"{cfg.target_accuracy:g} at round {rnd}; stopping the nodes")
-                launcher.request_stop()
+    ends = RoundEnd(progress, nodes=len(p.specs), server=p.closer is not None,
+                    target=cfg.target_accuracy, on_round=on_round,
+                    stop=lambda: launcher.request_stop(), sent=lambda: sink.bytes_sent)
 
     halted = []  # a metrics.jsonl write failed while the run went on: it is stopped
 
@@ -271,7 +259,7 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
 
     try:  # before any node starts: a full disk is a usage error, as a folder not writable
         write_json_atomic(os.path.join(out, "config.json"), p.record)
-        sink = MetricsSink(out, [s.id for s in p.specs], on_round=on_round, closer=p.closer,
+        sink = MetricsSink(out, [s.id for s in p.specs], on_round=ends, closer=p.closer,
                            rounds=cfg.rounds, on_write_error=on_write_error)
     except OSError as exc:
         raise UsageError(f"cannot use output folder {out}: {exc.strerror or exc}") from None
@@ -319,7 +307,7 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
             launcher.write_nodes_json()  # interrupted too: no node is left "ready" there
     summary = run_summary(p, sink, nodes, time.monotonic() - t0, launcher.control_bytes,
                           launcher.dropped)
-    summary["target_reached_at_round"] = stopped_at[0] if stopped_at else None
+    summary.update(ends.summary())
     summary["interrupted"] = interrupted is not None
     if cfg.save_models:
         summary["models_saved"] = saved = launcher.models_saved
@@ -338,6 +326,8 @@ def execute(p: Plan, *, t0: float | None = None) -> Result:
     if interrupted is not None:  # the command still says where the summary is
         interrupted.out_dir, interrupted.quiet = out, cfg.quiet
         raise interrupted
+    if ends.error is not None:
+        raise ends.error
     result = Result(summary, out, cfg)
     if lost is not None:
         raise ClusterError(_unwritten(out, lost, bool(halted), summarised, sink.written),

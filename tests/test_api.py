@@ -283,3 +283,51 @@ def test_sigterm_to_a_script_running_a_cluster_writes_its_summary(tmp_path):
     assert summary["interrupted"] is True
     states = {n["state"] for n in json.loads((tmp_path / "run" / "nodes.json").read_text())}
     assert states == {"stopped"}
+
+
+def test_on_round_sees_every_complete_round_once(tmp_path):
+    """The caller's hook: each round once, in order, with every node's record (a copy:
+    what the hook changes is not what metrics.jsonl holds)."""
+    seen = []
+
+    def hook(rnd, records):
+        seen.append((rnd, sorted(r["node"] for r in records)))
+        for r in records:
+            r["accuracy"] = -1.0
+
+    res = p2pfl.run_cluster("ring:3", rounds=4, quiet=True, out=str(tmp_path), on_round=hook)
+    assert seen == [(r, [0, 1, 2]) for r in range(1, 5)]
+    assert all(m["accuracy"] >= 0 for m in res.metrics)
+    assert (res.summary["stop_requested_at_round"], res.summary["on_round_error"]) == (None, None)
+
+
+def test_on_round_returning_true_stops_the_run(tmp_path):
+    res = p2pfl.run_cluster("ring:3", rounds=500, quiet=True, out=str(tmp_path),
+                            on_round=lambda rnd, records: rnd >= 3)
+    s = res.summary
+    assert s["stop_requested_at_round"] == 3 and s["target_reached_at_round"] is None
+    assert s["failed_nodes"] == {} and s["misses_total"] == 0
+    assert max(m["round"] for m in res.metrics) < 50  # stopped, not the 500 rounds
+
+
+def test_on_round_raising_stops_the_run_and_is_raised_after_the_summary(tmp_path):
+    calls = []
+
+    def hook(rnd, records):
+        calls.append(rnd)
+        if rnd == 2:
+            raise ValueError("my logger is down")
+
+    with pytest.raises(ValueError, match="my logger is down"):
+        p2pfl.run_cluster("ring:3", rounds=500, quiet=True, out=str(tmp_path), on_round=hook)
+    assert calls == [1, 2]  # not called again once it raised
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["on_round_error"] == "ValueError: my logger is down"
+    assert summary["failed_nodes"] == {} and summary["rounds"] == 500
+    assert summary["accuracy_per_round"][-1][0] < 50
+
+
+def test_on_round_that_is_not_a_function_is_refused_before_anything(tmp_path):
+    with pytest.raises(UsageError, match="on_round must be a function of"):
+        p2pfl.run_cluster("ring:3", rounds=1, out=str(tmp_path / "run"), on_round=3)
+    assert not (tmp_path / "run").exists()

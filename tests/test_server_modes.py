@@ -91,7 +91,7 @@ def test_a_server_rounds_accuracy_is_the_global_models_whatever_records_came_fir
     modes.  They used the workers' mean when a worker record had arrived, which is the
     previous round's model (a worker evaluates before it trains), and the global one
     otherwise: the target's round depended on which record came first."""
-    from p2pfl.api import round_accuracy
+    from p2pfl.round_end import round_accuracy
 
     worker = {"node": 1, "accuracy": 0.5}
     coordinator = {"node": 0, "accuracy": None, "global_accuracy": 0.9}
