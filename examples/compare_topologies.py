@@ -4,8 +4,10 @@
 
 Sparse graphs (small spectral gap) mix slowly: the consensus distance stays
 larger and non-iid data hurts them more.  ``one_peer_exponential:16`` changes peers
-every round, sending one model a node a round (its gap is per round, the equivalent of
-one period's).  Writes a PNG of accuracy per round.
+every round, sending one model a node a round: its gap, 1.0, is per round over one
+period of 4 rounds, which averages exactly, but within a period a node has heard only
+some of the others, so in 15 rounds it may trail graphs of a smaller gap.  Writes a PNG
+of accuracy per round.
 """
 
 import p2pfl

@@ -47,7 +47,8 @@ def main() -> None:
         json.dump({"sources": matchings(build(args.topology).graph, args.rounds, args.seed)}, fh)
     for spec in (args.topology, f"one_peer:{path}"):
         res = p2pfl.run_cluster(spec, dataset="digits", rounds=args.rounds, in_process=True,
-                                quiet=True, out=os.path.join(out, spec.split(":")[0]))
+                                quiet=True, out=os.path.join(out, "one_peer" if spec.startswith(
+                                    "one_peer:") else "static"))  # a path may be absolute
         s = res.summary
         print(f"{spec:40s} accuracy {s['accuracy_mean']:.4f}  "
               f"{s['bytes_sent_total'] / 1e6:7.2f} MB sent  gap per round {s['spectral_gap']:.3f}")

@@ -207,8 +207,10 @@ class Admission:
         if msg.kind == "join":
             self._refuse(msg, "no node of this run has that id")
 
-    def _refuse(self, msg, why: str) -> None:
-        """Log once per sender why its join was refused, and tell its process."""
+    def _refuse(self, msg, why: str, owner=None) -> None:
+        """Log once per sender why its join was refused, and tell its process (with
+        CURVE, at the key of ``owner``, the node whose key it holds: ``msg.src``'s by
+        default)."""
         key = (msg.src, msg.route)
         if len(self._refused) >= MAX_REFUSALS or key in self._refused:
             return
@@ -216,4 +218,16 @@ class Admission:
         self.log(f"a join from node id {repr(msg.src)[:64]} was refused: {why}")
         control = msg.meta.get("control")
         if isinstance(control, str) and control.partition("://")[0] in SCHEMES:
-            self.ep.send_once(msg.src, control, "stop", meta={"refused": why})
+            self.ep.send_once(msg.src if owner is None else owner, control, "stop",
+                              meta={"refused": why})
+
+    def _spoofed(self, msg, owner) -> None:
+        """A message whose CURVE key is node ``owner``'s names another node (dropped and
+        counted as ``spoofed`` by the endpoint).  A join is answered, so that its process
+        exits with the reason instead of waiting out its time-out unheard: the usual
+        case is ``p2pfl node --key`` of a labelled node with the wrong ``--id``."""
+        h = self.nodes.get(owner)
+        if msg.kind != "join" or h is None:
+            return
+        self._refuse(msg, f"its key is node {h.label!r}'s (id {owner}), not node id "
+                          f"{repr(msg.src)[:64]}'s: start it with --id {owner}", owner)

@@ -333,6 +333,9 @@ def _cmd_topology(args) -> int:
     if args.png is not None:
         check_drawable(topo, args.layout)  # before anything is printed
     print(describe(topo))
+    if list(topo.labels) != list(range(topo.n)):  # the ids `p2pfl node --id` takes
+        shown = ", ".join(f"{label}={i}" for i, label in enumerate(topo.labels[:12]))
+        print(f"node ids: {shown}" + (f", ... ({topo.n} in all)" if topo.n > 12 else ""))
     for w in topo.warnings:
         print(f"warning: {w}")
     if args.png is not None:

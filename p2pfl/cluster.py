@@ -175,6 +175,7 @@ class Launcher(Supervision, Admission):
         self.mailbox = Mailbox(self.ep, peers=set(), control_sources=set(self.nodes),
                                control_kinds=NODE_REPORTS, max_control=None)
         self.mailbox.on_stranger = self._stranger
+        self.ep.senders.on_spoofed = self._spoofed  # a join with another node's key
         self._stopping = False
         self._stop_requested = False  # by the user (--target-accuracy, the API)
         self._stop_all = False  # every node, now
@@ -257,6 +258,7 @@ class Launcher(Supervision, Admission):
         for h in self.nodes.values():
             self.ep.send(h.id, "start")
         self.t_start = time.monotonic()
+        self.write_nodes_json()  # every node ready: the states while the rounds run
         self.log(f"{len(self.nodes)} nodes joined in {t1 - t0:.1f} s, connected to their "
                  f"neighbours and ready {self.t_start - t1:.1f} s later")
 

@@ -61,6 +61,8 @@ def _coerce(name: str, value, source: str):
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise ConfigError(f"{source}: {name} must be a number, got {value!r}")
         return float(value)
+    if name == "link" and isinstance(value, dict):  # a TOML table, as a profile takes it
+        value = ",".join(f"{k}={v!r}" for k, v in parse_link(value, f"{source}: link").items())
     if ftype.startswith("str") and isinstance(value, os.PathLike):
         value = os.fspath(value)  # a pathlib.Path for out, topology, profiles, ...
     if ftype.startswith("str") and not isinstance(value, str):

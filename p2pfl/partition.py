@@ -141,6 +141,8 @@ def partition(labels: np.ndarray, num_nodes: int, spec: str = "iid", *,
                         f"integer in [1, {n}] (the number of samples)")
     if kind == "groups":
         partition_groups(num_nodes, arg)
+    if shares is not None and kind in ("dirichlet", "shards"):
+        raise DataError(f"shares apply to the iid and groups partitions, not {spec}")
     rng = np.random.default_rng(seed)
     if kind == "dirichlet":
         parts = _dirichlet(labels, num_nodes, arg, rng)

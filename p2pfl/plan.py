@@ -163,7 +163,17 @@ def _momentum_mode(algorithm: str, codec: str) -> str:
     return "quasi-global" if algorithm == "choco" and name in QUASI_GLOBAL_CODECS else "local"
 
 
-def _gossip_options(cfg: RunConfig, algorithm: str, codec: str, learn: LearnSpec):
+def run_gamma(cfg: RunConfig, codecs: list) -> float:
+    """CHOCO's and DeepSqueeze's consensus step size γ, one for every node: ``--gamma``,
+    else the smallest of the nodes' codecs' defaults.  The consensus step
+    x_i += γ Σ_j w_ij (x̂_j − x̂_i) keeps the network's average only with one γ (its sum
+    over i cancels with a symmetric W); nodes with codecs of their own (a profile's)
+    took each their codec's γ, and the average drifted."""
+    return cfg.gamma or min(default_gamma(c) for c in set(codecs))
+
+
+def _gossip_options(cfg: RunConfig, algorithm: str, codec: str, learn: LearnSpec,
+                    gamma: float):
     """The rule's options; error feedback (the residual x − x̂) is kept unless ``off``
     (or there is none: uncompressed D-PSGD)."""
     keep = cfg.error_feedback != "off"
@@ -178,10 +188,10 @@ def _gossip_options(cfg: RunConfig, algorithm: str, codec: str, learn: LearnSpec
         if cfg.robust != "none":
             raise ConfigError("--robust applies to --algorithm dpsgd and choco")
         whole_model_codec(codec)
-        return DeepSqueezeOptions(codec=codec, gamma=cfg.gamma or default_gamma(codec),
+        return DeepSqueezeOptions(codec=codec, gamma=gamma,
                                   error_feedback=keep and codec != "none")
     if algorithm == "choco":
-        return CHOCOOptions(codec=codec, gamma=cfg.gamma or default_gamma(codec),
+        return CHOCOOptions(codec=codec, gamma=gamma,
                             error_feedback=keep, robust=cfg.robust)
     # uncompressed D-PSGD sends whole models: there is no residual to keep
     return DPSGDOptions(codec=codec, error_feedback=keep and codec != "none",
@@ -216,11 +226,12 @@ def _gossip_plan(cfg: RunConfig, graph, restarts: int = 0) -> Plan:
     learns = [dataclasses.replace(x, momentum_mode=_momentum_mode(algorithm, codecs[i]))
               for i, x in enumerate(learns)]
     phases = topo.schedule.node_phases() if topo.schedule is not None else None
+    gamma = run_gamma(cfg, codecs)
     specs = tuple(NodeSpec(
         id=i, label=labels[i], role="gossip",
         neighbours=_row(topo, i), self_weight=_self_weight(topo, i), learn=learns[i],
         runtime=runtime,
-        rule=algorithm, options=_gossip_options(cfg, algorithm, codecs[i], learns[i]),
+        rule=algorithm, options=_gossip_options(cfg, algorithm, codecs[i], learns[i], gamma),
         link=LinkSpec(**per_node[i]["link"]), availability=availability[i],
         phases=phases[i] if phases is not None else ())
         for i in range(topo.n))

@@ -19,6 +19,7 @@ from .errors import ConfigError
 from .spec import LearnSpec
 from .strategies import BEHAVIOURS
 from .transport.availability import AvailabilitySpec, parse_churn, read_trace
+from .transport.links import LinkSpec, parse_link
 
 __all__ = ["check_codec", "learn_specs", "model_name", "node_availability", "node_codecs",
            "own_tables"]
@@ -52,9 +53,6 @@ def _check_learning(learns: list) -> dict:
             shapes[learn.model] = tuple(tuple(p.shape) for p in model.parameters())
             if learn.model in CUSTOM:  # ours fit the data by construction
                 probe_model(model, ds, type(CUSTOM[learn.model]).__name__)
-        if learn.behaviour not in BEHAVIOURS:
-            raise ConfigError(f"unknown behaviour {learn.behaviour!r}; valid: "
-                              f"{', '.join(BEHAVIOURS)}")
     return shapes
 
 
@@ -85,11 +83,28 @@ def _number(options: dict, key: str, kind: type, where: str):
     return kind(value)
 
 
+def _where(cfg: RunConfig, label) -> str:
+    """How an error names a node: its label, and the profile file that set it."""
+    return f"node {label!r}" + (f" ({cfg.profiles})" if cfg.profiles else "")
+
+
+def _check_link(values: dict, where: str) -> None:
+    """A link's values in range (LinkSpec's checks), an error naming where they came from."""
+    try:
+        LinkSpec(**values)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
 def _learn_spec(cfg: RunConfig, o: dict, shares: tuple, label, num_nodes: int) -> LearnSpec:
-    where = f"node {label!r}" + (f" ({cfg.profiles})" if cfg.profiles else "")
+    where = _where(cfg, label)
     behaviour = o["behaviour"]
     if not isinstance(behaviour, str):
         raise ConfigError(f"{where}: behaviour must be a string, got {behaviour!r}")
+    if behaviour not in BEHAVIOURS:
+        raise ConfigError(f"{where}: unknown behaviour {behaviour!r}; valid: "
+                          f"{', '.join(BEHAVIOURS)}")
+    _check_link(o["link"], where)
     learn = _learn(cfg, o, shares, num_nodes, behaviour, where)
     if cfg.mode != "gossip" and learn.local_steps == 0 and learn.local_epochs == 0:
         raise ConfigError(f"{where}: local_steps 0 (no training) applies to gossip; server "
@@ -153,6 +168,8 @@ def own_tables(cfg: RunConfig, labels: list) -> list:
 def learn_specs(cfg: RunConfig, labels: list) -> tuple[list, list]:
     """Per node: its merged options (run, profile default, its own) and its LearnSpec."""
     own = own_tables(cfg, labels)
+    if cfg.link:  # the run's own, named as such before any node's
+        _check_link(parse_link(cfg.link), "--link")
     per_node = [node_settings(cfg, own[i], label) for i, label in enumerate(labels)]
     shares = [_number(o, "data_share", float, f"node {labels[i]!r}")
               for i, o in enumerate(per_node)]
@@ -160,6 +177,11 @@ def learn_specs(cfg: RunConfig, labels: list) -> tuple[list, list]:
     # many nodes the run has (4,096 shares in each of 4,096 specs: 134 MB of pointers).
     equal = len(set(shares)) == 1 and shares[0] > 0
     shared = () if equal else tuple(shares)
+    kind = str(cfg.partition).split(":", 1)[0]
+    if shared and kind in ("dirichlet", "shards"):  # they size each node's data themselves
+        raise ConfigError(f"data_share (a profile's) applies to the iid and groups "
+                          f"partitions; --partition {cfg.partition} sizes each node's data "
+                          "itself")
     learns = [_learn_spec(cfg, o, shared, labels[i], len(labels))
               for i, o in enumerate(per_node)]
     shapes = _check_learning(learns)

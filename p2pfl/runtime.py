@@ -154,11 +154,13 @@ class Runtime:
         self.mailbox.go_offline()
         gave_up = False
         while not self.stopped:
-            wait = availability.online_at(self.clock()) - self.clock()
-            if wait <= 0:
-                break
+            # asked first: what the last wait heard may be the reason (the neighbours
+            # finished while it slept, and it would come back to rounds alone)
             if give_up is not None and give_up():
                 gave_up = True
+                break
+            wait = availability.online_at(self.clock()) - self.clock()
+            if wait <= 0:
                 break
             self.mailbox.idle(min(wait, 0.5))
         self.mailbox.come_back()

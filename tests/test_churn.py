@@ -197,3 +197,36 @@ def test_a_server_worker_stopped_while_offline_ends_offline():
     w.client = SimpleNamespace(behaviour="honest")
     assert w.sit_out(3) is False
     assert w.rt.sent == ["leave"]  # no pull: it hears nothing more
+
+
+def test_neighbours_finishing_in_the_last_wait_offline_end_the_node_too():
+    """Offline until t = 1.0 s, and its neighbours finish at 0.9 s, within the wait that
+    ends the period: the node came back to play its last rounds alone (a helper's audit:
+    the check ran only before each 0.5 s wait).  It now gives up, as documented."""
+    from p2pfl.runtime import Runtime
+
+    class Clock:
+        now = 0.0
+
+    class Mailbox:
+        def go_offline(self):
+            pass
+
+        def come_back(self):
+            pass
+
+        def idle(self, seconds):
+            Clock.now += seconds
+            if Clock.now >= 0.9:
+                done.add("neighbours")
+
+    class Back:
+        def online_at(self, t):
+            return 1.0
+
+    done = set()
+    rt = type("R", (), {"stopped": False, "mailbox": Mailbox(),
+                        "clock": lambda self: Clock.now})()
+    assert Runtime.offline(rt, Back(), lambda: "neighbours" in done) is True
+    Clock.now, done = 0.0, set()
+    assert Runtime.offline(rt, Back(), lambda: False) is False and Clock.now == 1.0

@@ -482,4 +482,8 @@ def test_topology_counts_read_as_english(tmp_path):
     graph = tmp_path / "w.edgelist"
     graph.write_text("0 1 {'weight': 2}\n1 2 {'weight': 1}\n")
     res = cli_here("topology", str(graph), "--mixing", "weight")
-    assert res.returncode == 0 and "warning" not in res.stdout
+    assert res.returncode == 0 and "warning" not in res.stdout and "node ids" not in res.stdout
+    labelled = tmp_path / "abc.edgelist"  # the ids a labelled node's --id takes
+    labelled.write_text("a b\nb c\n")
+    lines = cli_here("topology", str(labelled)).stdout.splitlines()
+    assert lines[1] == "node ids: a=0, b=1, c=2", lines

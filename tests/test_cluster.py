@@ -209,6 +209,21 @@ def test_a_quiet_launcher_on_any_port_says_where_nodes_join(tmp_path):
     assert json.loads((out / "summary.json").read_text())["failed_nodes"] == {}
 
 
+def test_nodes_with_codecs_of_their_own_share_one_gamma(tmp_path):
+    """The consensus step x_i += γ Σ_j w_ij (x̂_j − x̂_i) keeps the network's average
+    only with one γ: each CHOCO node took its own codec's (1.0 for fp16, 0.2 for
+    stc:0.1, 0.1 for topk:0.05), and the average drifted.  Now the smallest, unless
+    --gamma gives it."""
+    prof = tmp_path / "codecs.toml"
+    prof.write_text('[nodes.0]\ncompression = "fp16"\n[nodes.2]\ncompression = "stc:0.1"\n')
+    p = p2pfl.plan_cluster("ring:4", algorithm="choco", compression="topk:0.05",
+                           profiles=str(prof))
+    assert [s.options.gamma for s in p.specs] == [0.1] * 4
+    p = p2pfl.plan_cluster("ring:4", algorithm="choco", compression="topk:0.05",
+                           profiles=str(prof), gamma=0.3)
+    assert [s.options.gamma for s in p.specs] == [0.3] * 4
+
+
 @pytest.mark.parametrize("other", ["quant:0.001+cabac", "none"])
 def test_compressed_gossip_with_per_node_codecs(tmp_path, other):
     """Node 0 has a codec of its own; ``none`` is not in the run's codec table, and its

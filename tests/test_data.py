@@ -502,3 +502,13 @@ def test_npz_that_is_missing_or_not_a_zip_is_refused(tmp_path):
     for name in ("cut.npz", "crc.npz"):
         with pytest.raises(DataError, match="cannot read npz file"):
             load_dataset(f"npz:{tmp_path / name}")
+
+
+@pytest.mark.parametrize("spec", ["dirichlet:0.5", "shards:2"])
+def test_shares_with_a_partition_that_sizes_nodes_itself_are_refused(spec):
+    from p2pfl.partition import partition
+
+    labels = np.arange(100) % 10
+    assert len(partition(labels, 4, spec, shares=None)) == 4
+    with pytest.raises(DataError, match="shares apply to the iid and groups partitions"):
+        partition(labels, 4, spec, shares=[2, 1, 1, 1])

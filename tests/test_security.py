@@ -404,6 +404,38 @@ def test_a_second_process_with_a_nodes_key_is_refused_and_the_first_runs_on(tmp_
             p.kill()
 
 
+def test_a_labelled_nodes_key_with_the_wrong_id_is_refused_with_the_right_one(tmp_path):
+    """`p2pfl node --key a.key_secret --id 1` where label a is node 0: the launcher
+    dropped the join as spoofed, said nothing, and the node waited out its time-out
+    (a helper's audit).  Now the node exits 2 at once with the id to give."""
+    _cli("keys", "generate", str(tmp_path / "keys"), "--labels", "a,b,c", check=True)
+    graph = tmp_path / "tri.edgelist"
+    graph.write_text("a b\nb c\nc a\n")
+    addr = f"tcp://127.0.0.1:{free_port()}"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "p2pfl.cli", "cluster", "--topology", str(graph), "--rounds",
+         "2", "--listen", addr, "--keys", str(tmp_path / "keys"), "--start-timeout", "60",
+         "--out", str(tmp_path / "run")], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        read_until(launcher, "waiting for 3 node(s)")
+        config = json.loads((tmp_path / "run" / "config.json").read_text())
+        ids = {n: i for i, n in enumerate(config["resolved"]["labels"])}
+        wrong = (ids["a"] + 1) % 3
+        node = subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
+                                 "--host", "127.0.0.1", "--start-timeout", "40", "--id",
+                                 str(wrong), "--key", str(tmp_path / "keys" / "a.key_secret")],
+                                cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        _, err = node.communicate(timeout=60)
+        why = f"its key is node 'a''s (id {ids['a']}), not node id {wrong}'s: start it with " \
+              f"--id {ids['a']}"
+        assert node.returncode == 2 and why in err, err
+        said = read_until(launcher, "was refused")
+        assert f"a join from node id {wrong} was refused: {why}" in said
+    finally:
+        launcher.kill()
+        launcher.communicate()
+
+
 def test_a_node_with_a_key_of_another_run_is_named_as_refused(tmp_path):
     """The launcher's ZAP handler refuses the node, which never joins: the start
     time-out says that handshakes were refused, not just that a node is missing."""

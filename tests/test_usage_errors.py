@@ -276,3 +276,42 @@ def test_an_offline_interval_out_of_order_names_its_node(tmp_path, span):
     with pytest.raises(ConfigError, match=r"node 2: offline intervals need 0 <= start < end "
                                           r"\(seconds\), got \["):
         plan(from_sources(None, dict(topology="ring:4", profiles=str(prof))))
+
+
+@pytest.mark.parametrize("partition", ["dirichlet:0.5", "shards:2"])
+def test_a_data_share_that_the_partition_ignores_is_refused(tmp_path, partition):
+    """dirichlet and shards size each node's data themselves: a profile's data_share was
+    silently ignored."""
+    prof = tmp_path / "share.toml"
+    prof.write_text("[nodes.0]\ndata_share = 2\n")
+    with pytest.raises(ConfigError, match=f"data_share .* applies to the iid and groups "
+                                          f"partitions; --partition {partition} sizes"):
+        plan(from_sources(None, dict(topology="ring:4", profiles=str(prof),
+                                     partition=partition)))
+    prof.write_text("[default]\ndata_share = 2\n")  # equal shares: nothing to ignore
+    assert plan(from_sources(None, dict(topology="ring:4", profiles=str(prof),
+                                        partition=partition)))
+    assert plan(from_sources(None, dict(topology="ring:4", profiles=str(prof))))
+
+
+@pytest.mark.parametrize("table, words", [
+    ('[nodes.1]\nbehaviour = "evil"\n', r"node 1 \(.*p.toml\): unknown behaviour 'evil'"),
+    ('[nodes.1]\nlink = "up_mbps=0"\n', r"node 1 \(.*p.toml\): link up_mbps must be at least"),
+    ('[default]\nlink = {loss = 2}\n', r"node 0 \(.*p.toml\): link loss must be"),
+])
+def test_a_profiles_bad_value_names_its_node_and_file(tmp_path, table, words):
+    prof = tmp_path / "p.toml"
+    prof.write_text(table)
+    with pytest.raises(ConfigError, match=words):
+        plan(from_sources(None, dict(topology="ring:3", profiles=str(prof))))
+
+
+def test_a_link_table_in_a_config_file_is_taken_as_a_profile_takes_it(tmp_path):
+    conf = tmp_path / "run.toml"
+    conf.write_text('topology = "ring:3"\nlink = {up_mbps = 2, latency_ms = 5}\n')
+    cfg = from_sources(str(conf), {})
+    assert cfg.link == "up_mbps=2.0,latency_ms=5.0"
+    assert {s.link.up_mbps for s in plan(cfg).specs} == {2.0}
+    conf.write_text('topology = "ring:3"\nlink = {up_mbps = 0}\n')
+    with pytest.raises(ConfigError, match=r"^--link: link up_mbps must be at least"):
+        plan(from_sources(str(conf), {}))

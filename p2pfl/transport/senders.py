@@ -13,6 +13,7 @@ not yet bound to a node is held until :meth:`Senders.bind`.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from typing import Callable
 
 import zmq
 
@@ -61,6 +62,8 @@ class Senders:
         self._seq_floor: dict = {}  # (sender, channel) -> latest of its evicted routes
         self._held: list = []  # (parts, channel) from allowed keys not yet bound to a node
         self._held_per: Counter = Counter()  # user (key) -> messages of it held
+        # the owner's hook for a message whose key is another node's: (msg, that node)
+        self.on_spoofed: Callable | None = None
 
     def check(self, msg: Message, parts: list, channel: str) -> bool:
         """Whether ``msg`` (unpacked from ``parts``, ``msg.route`` set) is from the
@@ -80,6 +83,8 @@ class Senders:
                 return False
         if sender is None or sender != msg.src:
             self.counters.drop("spoofed")
+            if sender is not None and self.on_spoofed is not None:
+                self.on_spoofed(msg, sender)
             return False
         if not self._fresh(sender, msg.route, channel, msg.seq):
             self.counters.drop("replayed")
