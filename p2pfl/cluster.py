@@ -81,7 +81,7 @@ class Launcher(Supervision, Admission):
         self.lost_after = LOST_AFTER_S if lost_after is None else lost_after
         self.on_message = on_message or (lambda handle, msg: None)
         self.log = log or (lambda text: None)
-        # what a quiet run still says: where remote nodes join (--listen ...:*)
+        # what a quiet run still says: where remote nodes join (--listen HOST:*)
         self.notice = notice or self.log
         self.nodes = {s.id: NodeHandle(s.id, s.label) for s in specs}
         self.run_dir = tempfile.mkdtemp(prefix="p2pfl-")
@@ -121,7 +121,9 @@ class Launcher(Supervision, Admission):
                 self._bind(self.listen)
             except zmq.ZMQError as exc:  # taken since run_cluster's check, or refused by ZeroMQ
                 raise UsageError(f"--listen {self.listen!r}: {exc.strerror}") from None
-            self.notice(f"waiting for {len(self.nodes)} node(s) to join at {self.ep.address}")
+            # a port chosen now (*) is said even to a quiet run: its nodes need it
+            say = self.notice if self.listen.endswith(":*") else self.log
+            say(f"waiting for {len(self.nodes)} node(s) to join at {self.ep.address}")
             return
         if self.backend is not None:
             host = self.backend.start(len(self.nodes))
