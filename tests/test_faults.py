@@ -64,6 +64,16 @@ def _signal_when(out, label, ready, proc, sig, timeout=90):
     return pid
 
 
+def _signal_after(proc, out, records: int, sig) -> tuple:
+    """``sig`` to the launcher once ``records`` records are written; its (stdout, stderr)."""
+    deadline = time.monotonic() + 90
+    while len(_records(out)) < records:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    return proc.communicate(timeout=60)
+
+
 def _summary(out):
     with open(os.path.join(out, "summary.json")) as fh:
         return json.load(fh)
@@ -225,12 +235,7 @@ def test_a_run_interrupted_mid_round_records_no_round_it_did_not_play(tmp_path, 
     played: its network mean was theirs (one node: a distance of 0)."""
     out = tmp_path / "run"
     with _run(out, *flags, "--rounds", "100000", "--eval-every", "5") as proc:
-        deadline = time.monotonic() + 90
-        while len(_records(out)) < 120:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        _, err = _signal_after(proc, out, 120, signal.SIGINT)
     assert proc.returncode == 130, err
     s, recs = _summary(out), _records(out)
     assert s["interrupted"] is True and s["misses_total"] == 0, s["misses_total"]
@@ -253,12 +258,7 @@ def test_a_quiet_run_stopped_by_sigterm_still_prints_its_folder(tmp_path):
     written, so the folder is printed too (before: nothing on stdout)."""
     out = tmp_path / "run"
     with _run(out, "--topology", "ring:2", "--rounds", "100000") as proc:
-        deadline = time.monotonic() + 90
-        while len(_records(out)) < 10:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        stdout, err = proc.communicate(timeout=60)
+        stdout, err = _signal_after(proc, out, 10, signal.SIGTERM)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert stdout == f"{out}\n"
     assert err == f"p2pfl: terminated; all nodes stopped; results so far in {out}\n"
