@@ -47,6 +47,8 @@ __all__ = ["Admission"]
 
 #: Refusals logged and answered, at most: a flood of joins costs a bounded amount.
 MAX_REFUSALS = 64
+#: Joins answered a key that claim another node's id (``Admission._spoofed``).
+MAX_SPOOF_ANSWERS = 2
 
 
 def _connectable(address) -> bool:
@@ -225,9 +227,16 @@ class Admission:
         """A message whose CURVE key is node ``owner``'s names another node (dropped and
         counted as ``spoofed`` by the endpoint).  A join is answered, so that its process
         exits with the reason instead of waiting out its time-out unheard: the usual
-        case is ``p2pfl node --key`` of a labelled node with the wrong ``--id``."""
+        case is ``p2pfl node --key`` of a labelled node with the wrong ``--id``.  At most
+        MAX_SPOOF_ANSWERS a key (its holder chooses the ids it claims, and would use up
+        the refusals that other nodes' joins are owed), and never to the control
+        address of a node that joined (a copied key would stop that node)."""
         h = self.nodes.get(owner)
         if msg.kind != "join" or h is None:
             return
+        if self._spoof_answers.get(owner, 0) >= MAX_SPOOF_ANSWERS or any(
+                msg.meta.get("control") == n.control for n in self.nodes.values()):
+            return
+        self._spoof_answers[owner] = self._spoof_answers.get(owner, 0) + 1
         self._refuse(msg, f"its key is node {h.label!r}'s (id {owner}), not node id "
                           f"{repr(msg.src)[:64]}'s: start it with --id {owner}", owner)

@@ -149,13 +149,16 @@ def run_cluster(graph=None, *, config: str | None = None, on_round=None, **optio
     config : str, optional
         A TOML file of options; keyword options override it.
     on_round : callable, optional
-        Called as ``on_round(round, records)`` in the calling thread each time a
-        round is complete (every node still running recorded it), with a copy of
-        that round's records, one a node, as ``metrics.jsonl`` has them (a server
-        mode's coordinator's included).  Returning ``True`` stops the run after that
-        round, as ``target_accuracy`` does (``summary.json``:
-        ``stop_requested_at_round``).  An exception it raises stops the run too, and
-        is raised again once the summary is written (``on_round_error``).
+        Called as ``on_round(round, records)`` in the calling thread for each
+        complete round, with a copy of that round's records as ``metrics.jsonl``
+        has them: in gossip one a node, every node still running having recorded
+        it; in a server mode the coordinator's, and the workers' that came before
+        it.  It runs between the launcher's handling of messages (a Ctrl-C or
+        SIGTERM stops the run in it too), and for the last rounds once the run is
+        over.  Returning ``True`` (numpy's too) stops the run after that round, as
+        ``target_accuracy`` does (``summary.json``: ``stop_requested_at_round``).
+        An exception it raises, ``SystemExit`` included, stops the run too, and is
+        raised again once the summary is written (``on_round_error``).
     **options
         Any option of :class:`~p2pfl.config.RunConfig` (the CLI's flags).
         ``model`` may also be any ``torch.nn.Module`` that maps a batch of
@@ -282,8 +285,8 @@ def execute(p: Plan, *, t0: float | None = None, on_round=None) -> Result:
                         host=cfg.host, start_timeout=cfg.start_timeout,
                         round_timeout=cfg.round_timeout, on_message=on_message,
                         lost_after=cfg.lost_after,
-                        log=progress.info, notice=progress.notice, listen=cfg.listen,
-                        closer=p.closer,
+                        log=progress.info, notice=progress.notice, between=ends.run_due,
+                        listen=cfg.listen, closer=p.closer,
                         restarts=p.restarts, on_restart=lambda h: h.id == p.closer or
                         sink.node_paused(h.id), keys=p.keys, procs=cfg.procs or 1,
                         backend=_backend(cfg, progress.info))
@@ -291,6 +294,7 @@ def execute(p: Plan, *, t0: float | None = None, on_round=None) -> Result:
     try:
         with _signals_unwind() as launcher.watch_signals:
             nodes = launcher.run()
+            ends.run_due(ended=True)  # the last rounds' on_round
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the summary of what was done
         interrupted, nodes = exc, launcher.nodes
     except UsageError:  # refused before any node started (a Ray cluster too small, ...)
@@ -324,7 +328,7 @@ def execute(p: Plan, *, t0: float | None = None, on_round=None) -> Result:
         lost, summarised = lost or exc, False
         summary["write_error"] = _os_error_text(lost)
     if interrupted is not None:  # the command still says where the summary is
-        interrupted.out_dir, interrupted.quiet = out, cfg.quiet
+        interrupted.out_dir, interrupted.quiet = (out if summarised else None), cfg.quiet
         raise interrupted
     if ends.error is not None:
         raise ends.error

@@ -50,9 +50,10 @@ CLUSTER_OPTIONS = [
     ("compression", str, "codec spec for gossip messages and fedavg/stc updates, e.g. "
      "stc:0.01+golomb"),
     ("error_feedback", str, "auto, on or off"),
-    ("gamma", float, "consensus step size of CHOCO and DeepSqueeze (default: by the codec; "
-     "min(1, 2p) for top-k, stc or sbc keeping a fraction p, 1 for fp16, quant and the "
-     "like; --dry-run shows it)"),
+    ("gamma", float, "consensus step size of CHOCO and DeepSqueeze, one for every node "
+     "(default: by the codec, the smallest of the nodes' codecs': min(1, 2p) for topk, stc "
+     "or sbc keeping a fraction p, p for randk, 0.3 for sign, terngrad and powersgd, 0.2 "
+     "for qsgd, 1 for fp16, bf16, quant, dq and uniform; --dry-run shows it)"),
     ("participation", float, "reporting fraction in server modes"),
     ("robust", str, "gossip: none, clip[:TAU] (ClippedGossip), trimmed:BETA (BRIDGE-T)"),
     ("aggregator", str, "fedavg/stc: mean, median, trimmed:BETA, krum:F, multikrum:F:M, "

@@ -56,7 +56,7 @@ class Launcher(Supervision, Admission):
     def __init__(self, specs: list, out_dir: str, *, in_process: bool = False,
                  scheme: str = "tcp", host: str = "127.0.0.1", start_timeout: float = 60.0,
                  round_timeout: float = 10.0, lost_after: float | None = None,
-                 on_message=None, log=None, notice=None,
+                 on_message=None, log=None, notice=None, between=None,
                  listen: str | None = None, closer=None, restarts: int = 0,
                  on_restart=None, keys=None, procs: int = 1, backend=None) -> None:
         self.specs = specs
@@ -80,6 +80,8 @@ class Launcher(Supervision, Admission):
         # a remote node's connection down this long: failed (--lost-after)
         self.lost_after = LOST_AFTER_S if lost_after is None else lost_after
         self.on_message = on_message or (lambda handle, msg: None)
+        # called between two handlings of messages, where a signal is raised at once
+        self.between = between or (lambda: None)
         self.log = log or (lambda text: None)
         # what a quiet run still says: where remote nodes join (--listen HOST:*)
         self.notice = notice or self.log
@@ -99,6 +101,7 @@ class Launcher(Supervision, Admission):
         self._graces: dict = {}  # id -> (until when, why): said it stops on a signal
         self.watch = ConnectionWatch()  # remote nodes' control connections (--listen)
         self._refused: dict = {}  # (id, route) of a join refused -> why (admission.py)
+        self._spoof_answers: dict = {}  # key's node -> joins for other ids answered
         self.watch_signals = False  # Ctrl-C and SIGTERM go through p2pfl.signals
 
     # ------------------------------------------------------------------ phases
@@ -283,6 +286,7 @@ class Launcher(Supervision, Admission):
             if self._take({"metrics", "bye", "error", "join", "ready", "weights"},
                           self._wait_s(now)):
                 last_news = now  # all that is here: a node's bye may follow its exit
+            self.between()
             gone = self._exited()
             for h in self.nodes.values():
                 if h.id in gone and h.state in ("ready", "joined", "restarting"):

@@ -60,7 +60,11 @@ def _coerce(name: str, value, source: str):
     if ftype.startswith("float"):
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise ConfigError(f"{source}: {name} must be a number, got {value!r}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            raise ConfigError(f"{source}: {name} is out of range, got "
+                              f"{repr(value)[:40]}") from None
     if name == "link" and isinstance(value, dict):  # a TOML table, as a profile takes it
         value = ",".join(f"{k}={v!r}" for k, v in parse_link(value, f"{source}: link").items())
     if ftype.startswith("str") and isinstance(value, os.PathLike):

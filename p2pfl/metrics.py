@@ -209,10 +209,11 @@ class MetricsSink:
             self._write_round(self._next_round, self._pending.pop(self._next_round))
             self._next_round += 1
 
-    def _write_round(self, rnd: int, rows: dict, whole: bool = True) -> None:
+    def _write_round(self, rnd: int, rows: dict, whole: bool = True, tell: bool = True) -> None:
+        """``tell``: hand it to ``on_round`` (not a round left incomplete at the end)."""
         whole = whole and all(last >= rnd for last in self._stopped.values())
         out = self._write_rows(rows, whole, per_round=whole)
-        if self.on_round:  # a node's latest record of the round stands for it
+        if self.on_round and tell:  # a node's latest record of the round stands for it
             self.on_round(rnd, list({rec["node"]: rec for rec in out}.values()))
 
     def _write_rows(self, rows: dict, whole: bool, per_round: bool) -> list:
@@ -268,7 +269,7 @@ class MetricsSink:
     def close(self) -> None:
         """Write any incomplete rounds that remain (nodes that died mid-run)."""
         for rnd in sorted(self._pending):
-            self._write_round(rnd, self._pending.pop(rnd), whole=False)
+            self._write_round(rnd, self._pending.pop(rnd), whole=False, tell=False)
         try:
             self._fh.close()
         except OSError:  # its buffer, left by the write that failed

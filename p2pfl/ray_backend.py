@@ -190,7 +190,8 @@ class RayBackend:
             if self._owned:  # "local": a new instance even when `ray start` left one behind
                 ray.init(address=self.address or "local", **kwargs)
         except ConnectionError as exc:
-            if self.address == "auto":  # Ray's own text names a flag of its CLI, not ours
+            if self.address == "auto" and not os.environ.get("RAY_ADDRESS"):  # Ray's own
+                # text names a flag of its CLI, not ours
                 raise ConfigError("--ray-address auto: Ray found no running cluster (no "
                                   "RAY_ADDRESS, and no `ray start` on this machine); start "
                                   "one with `ray start --head`, or leave --ray-address out to "

@@ -331,3 +331,65 @@ def test_on_round_that_is_not_a_function_is_refused_before_anything(tmp_path):
     with pytest.raises(UsageError, match="on_round must be a function of"):
         p2pfl.run_cluster("ring:3", rounds=1, out=str(tmp_path / "run"), on_round=3)
     assert not (tmp_path / "run").exists()
+
+
+def test_on_round_answering_numpys_true_stops_the_run(tmp_path):
+    """`return np.mean(accs) > x` is numpy's bool, not Python's True: it ran on."""
+    res = p2pfl.run_cluster("ring:3", rounds=500, quiet=True, out=str(tmp_path),
+                            on_round=lambda rnd, records: np.int64(rnd) >= 3)
+    assert res.summary["stop_requested_at_round"] == 3
+    assert max(m["round"] for m in res.metrics) < 50
+
+
+def test_on_round_calling_sys_exit_still_leaves_a_summary(tmp_path):
+    """SystemExit is not an Exception: it left the run without a summary.json."""
+    def hook(rnd, records):
+        if rnd == 2:
+            sys.exit(3)
+
+    with pytest.raises(SystemExit) as caught:
+        p2pfl.run_cluster("ring:3", rounds=500, quiet=True, out=str(tmp_path), on_round=hook)
+    assert caught.value.code == 3
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["on_round_error"] == "SystemExit: 3" and summary["failed_nodes"] == {}
+
+
+def test_a_signal_stops_the_run_while_on_round_runs(tmp_path):
+    """The hook ran inside the launcher's handling of a message, where a signal waits
+    for the handling to end: SIGTERM to a run whose hook sleeps 60 s took 60 s."""
+    script = (
+        "import time, p2pfl\n"
+        "def hook(rnd, records):\n"
+        "    if rnd == 2:\n"
+        "        print('sleeping', flush=True)\n"
+        "        time.sleep(60)\n"
+        f"p2pfl.run_cluster('ring:2', rounds=500, quiet=True, out={str(tmp_path)!r}, "
+        "on_round=hook)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "sleeping\n"
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=45)
+        took = time.monotonic() - started
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode != 0 and "Terminated" in err, err
+    assert took < 30  # the shutdown's own waits, not the hook's minute
+    assert json.loads((tmp_path / "summary.json").read_text())["interrupted"] is True
+
+
+def test_a_round_left_incomplete_at_the_end_is_not_handed_to_on_round(tmp_path):
+    """Rounds that a failed node left incomplete are written when the run ends, and
+    were handed to on_round then (after the run, a stop request to a finished launcher)."""
+    from p2pfl.metrics import MetricsSink
+
+    told = []
+    sink = MetricsSink(str(tmp_path), [0, 1], on_round=lambda rnd, rows: told.append(rnd))
+    sink.add({"round": 1, "node": 0, "accuracy": 0.5, "bytes_sent": 10})
+    sink.add({"round": 1, "node": 1, "accuracy": 0.5, "bytes_sent": 10})
+    sink.add({"round": 2, "node": 0, "accuracy": 0.6, "bytes_sent": 10})  # node 1 never does
+    sink.close()
+    assert told == [1] and sink.written == 3

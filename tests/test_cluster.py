@@ -206,6 +206,7 @@ def test_a_quiet_launcher_on_any_port_says_where_nodes_join(tmp_path):
     finally:
         for p in [launcher, *nodes]:
             p.kill()
+            p.wait()
     assert json.loads((out / "summary.json").read_text())["failed_nodes"] == {}
 
 

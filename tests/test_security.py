@@ -474,3 +474,33 @@ def test_the_same_capture_of_a_plain_run_shows_the_header_fields(tmp_path):
         _, ports = remote_run(tmp_path, secure=False)
     size, hits = _header_hits(cap, ports)
     assert size > 100_000 and hits > 20
+
+
+def test_joins_claiming_other_ids_with_one_key_are_answered_a_few_times_only():
+    """The holder of one run key chooses the ids its joins claim and their control
+    addresses: each was answered (64, the cap of all refusals, which then left a real
+    misconfigured node unanswered), and one naming a joined node's control address had
+    the launcher stop that node."""
+    from types import SimpleNamespace
+
+    from p2pfl.admission import MAX_SPOOF_ANSWERS, Admission
+    from p2pfl.transport.wire import Message
+
+    sent, said = [], []
+    nodes = {i: SimpleNamespace(label=f"n{i}", control=f"tcp://127.0.0.1:{7000 + i}")
+             for i in range(3)}
+    launcher = SimpleNamespace(nodes=nodes, _spoof_answers={}, _refused={}, log=said.append,
+                               ep=SimpleNamespace(send_once=lambda *a, **k: sent.append(a)))
+    launcher._refuse = lambda *a: Admission._refuse(launcher, *a)
+
+    def join(src, control):
+        msg = Message(kind="join", src=src, round=0, seq=1, meta={"control": control})
+        msg.route = b"attacker"
+        Admission._spoofed(launcher, msg, 0)
+
+    join(1, nodes[1].control)  # node 1's own control address: no stop for node 1
+    assert sent == []
+    for k in range(200):
+        join(100 + k, f"tcp://10.0.0.{k % 250}:9")
+    assert len(sent) == MAX_SPOOF_ANSWERS and len(launcher._refused) == MAX_SPOOF_ANSWERS
+    assert all(peer == 0 for peer, *_ in sent)  # to the key's own node, by its key

@@ -315,3 +315,22 @@ def test_a_link_table_in_a_config_file_is_taken_as_a_profile_takes_it(tmp_path):
     conf.write_text('topology = "ring:3"\nlink = {up_mbps = 0}\n')
     with pytest.raises(ConfigError, match=r"^--link: link up_mbps must be at least"):
         plan(from_sources(str(conf), {}))
+
+
+def test_integers_too_large_for_a_float_are_refused_in_one_line(tmp_path):
+    """An OverflowError traceback (exit 1) from a config's link table or float option,
+    and a profile's offline interval."""
+    huge = "1" + "0" * 400
+    conf = tmp_path / "run.toml"
+    for text, words in ((f"link = {{up_mbps = {huge}}}\n", "link: up_mbps is out of range"),
+                        (f"lr = {huge}\n", "lr is out of range")):
+        conf.write_text('topology = "ring:3"\n' + text)
+        with pytest.raises(ConfigError, match=words):
+            plan(from_sources(str(conf), {}))
+    prof = tmp_path / "p.toml"
+    prof.write_text(f"[nodes.0]\noffline = [[0, {huge}]]\n")
+    with pytest.raises(ConfigError, match="offline intervals need"):
+        plan(from_sources(None, dict(topology="ring:3", profiles=str(prof))))
+    prof.write_text(f"[nodes.0]\nlink = {{latency_ms = {huge}}}\n")
+    with pytest.raises(ConfigError, match="latency_ms is out of range"):
+        plan(from_sources(None, dict(topology="ring:3", profiles=str(prof))))
