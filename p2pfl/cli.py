@@ -48,7 +48,8 @@ CLUSTER_OPTIONS = [
     ("mixing", str, "mixing weights: metropolis (default), uniform, weight or attr:NAME "
      "(weighted by the edge attribute weight or NAME of a graph file)"),
     ("compression", str, "codec spec for gossip messages and fedavg/stc updates, e.g. "
-     "stc:0.01+golomb"),
+     "stc:0.01+golomb (default none: uncompressed; in --mode stc, stc:0.01+golomb, which "
+     "none means there too)"),
     ("error_feedback", str, "auto, on or off"),
     ("gamma", float, "consensus step size of CHOCO and DeepSqueeze, one for every node "
      "(default: by the codec, the smallest of the nodes' codecs': min(1, 2p) for topk, stc "
@@ -65,7 +66,8 @@ CLUSTER_OPTIONS = [
     ("cfl_eps1", float, "CFL: split when the mean update norm is below this"),
     ("cfl_eps2", float, "CFL: ... and the largest update norm is above this"),
     ("cfl_warmup", int, "CFL: rounds a cluster trains before it may split"),
-    ("public_size", int, "FD/CFD: size of the public distillation set (default 200)"),
+    ("public_size", int, "FD/CFD: size of the public distillation set, held out of the "
+     "training set (at most half of it; default 200)"),
     ("distill_steps", int, "FD/CFD: distillation steps per round (default 5)"),
     ("fd_bits", int, "FD/CFD: soft-label bits (0: float32; default fd 0, cfd 1)"),
     ("fd_delta", str, "FD/CFD: delta-code soft labels: auto (on for cfd), on or off"),
@@ -208,7 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "MB sent by all nodes and wall time) and compare.json, in DIR.")
     p.add_argument("run_dir", nargs="+")
     p.add_argument("--out", help="with two run folders or more: where the comparison goes")
-    p = sub.add_parser("bench", help="benchmarks")
+    p = sub.add_parser("bench", help="benchmarks",
+                       description="codecs: bits per parameter, relative error, speed and "
+                       "the ratio to the levels' entropy, of a fresh encoder's first message "
+                       "on a few test tensors (what a stream's later messages save, with "
+                       "cabac:temporal or powersgd:R:alternate, does not show)")
     p.add_argument("what", choices=["codecs"], metavar="{codecs}")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--codec", action="append", dest="codecs", metavar="SPEC",

@@ -270,6 +270,8 @@ PLAN_REFUSES = {
     "fd coder on float labels": (["--mode", "fd", "--fd-coder", "cabac"], "--fd-bits"),
     "temporal labels without deltas": (["--mode", "cfd", "--fd-delta", "off", "--fd-coder",
                                         "cabac:temporal"], "needs --fd-delta on"),
+    "deltas of float labels": (["--mode", "fd", "--fd-delta", "on"],
+                               "--fd-delta on codes the changes of quantised soft labels"),
     "compression in cfl": (["--mode", "cfl", "--compression", "topk:0.1"], "uncompressed"),
     "compression-down in fedavg": (["--mode", "fedavg", "--compression-down", "stc:0.1"],
                                    "applies to --mode stc"),

@@ -53,6 +53,17 @@ def test_stc_compresses_both_directions_with_partial_participation(tmp_path):
     assert s["bytes_down_total"] * 5 < dense["bytes_down_total"]
 
 
+def test_stc_with_a_dense_downstream_learns(tmp_path):
+    """--compression-down none: a catch-up carried the codec name "none", which marked
+    the full model, so every worker dropped every instruction (undecodable) and the run
+    stayed at chance, exit 0 (a helper's audit)."""
+    res = run_cluster(mode="stc", nodes=4, rounds=10, compression_down="none",
+                      participation=0.5, quiet=True, out=str(tmp_path))  # catch-ups too
+    s = res.summary
+    assert s["dropped"] == {} and s["misses_total"] == 0
+    assert s["accuracy_mean"] > 0.5
+
+
 def test_cfd_sends_fewer_bytes_than_fd(tmp_path):
     fd, _ = _run(tmp_path, "fd", mode="fd")
     cfd, _ = _run(tmp_path, "cfd", mode="cfd")

@@ -403,3 +403,18 @@ def test_a_worker_sends_its_reply_again_for_a_round_a_restarted_coordinator_repe
     replies = [(rnd, packet) for kind, rnd, packet in rt.sent if kind == "update"]
     assert [rnd for rnd, _ in replies] == [1, 1] and calls == [1]
     assert replies[0][1] is replies[1][1]  # the very same packet, encoded once
+
+
+@pytest.mark.parametrize("codec, auto", [("qsgd:4", False), ("terngrad", False),
+                                         ("randk:0.1:scaled", False), ("randk:0.1", True),
+                                         ("topk:0.05", True), ("qsgd:4+cabac", False)])
+def test_server_error_feedback_is_off_by_default_for_unbiased_codecs(codec, auto):
+    """Error feedback assumes a contractive compressor: with qsgd:4 FedAvg's residual grew
+    and the run stayed near chance (benchmarks/unbiased_feedback.py)."""
+    from tests._strategy_ctx import options
+
+    fa = options("fedavg", compression=codec, error_feedback="auto")
+    assert fa.error_feedback_up is auto
+    assert options("fedavg", compression=codec, error_feedback="on").error_feedback_up
+    stc = options("stc", compression=codec, compression_down="auto", error_feedback="auto")
+    assert (stc.error_feedback_up, stc.error_feedback_down) == (auto, auto)

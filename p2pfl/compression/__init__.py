@@ -22,7 +22,8 @@ from .positions import golomb_b, golomb_expected_bits
 from .registry import STAGES, build_codec, parse_spec
 from .wire import MAX_NUMEL
 
-__all__ = ["make_codec", "uses_temporal", "without_temporal", "Codec", "CodecError",
+__all__ = ["make_codec", "uses_temporal", "without_temporal", "is_unbiased", "Codec",
+           "CodecError",
            "ErrorFeedback", "wants_error_feedback", "wire_size", "encode_many", "decode_many",
            "STAGES", "parse_spec", "golomb_b", "golomb_expected_bits", "MAX_NUMEL",
            "codec_names"]
@@ -89,6 +90,15 @@ def uses_temporal(spec: str) -> bool:
     """Whether ``spec`` codes a message against the previous one of its stream
     (``cabac:temporal``, ``powersgd:R:alternate``): a receiver must hold that one."""
     return any(_chained(name, args) for name, args in parse_spec(spec))
+
+
+def is_unbiased(spec: str) -> bool:
+    """Whether ``spec`` starts with an unbiased stochastic stage, E[C(x)] = x, that is
+    not contractive: ``qsgd``, ``terngrad``, ``randk:P:scaled``.  Error feedback assumes
+    a contractive compressor, E‖C(x) − x‖² ≤ (1 − δ)‖x‖² (Karimireddy et al., ICML 2019;
+    ALGORITHMS.md); with these its residual grows round after round."""
+    name, args = parse_spec(spec)[0]
+    return name in ("qsgd", "terngrad") or (name == "randk" and args[-1:] == ["scaled"])
 
 
 def without_temporal(spec: str) -> str:

@@ -201,7 +201,9 @@ class STCClient(FedAvgClient):
         updates this worker lacks; ValueError if the instruction is unusable."""
         self.up.instruction(packet)  # temporal chains: restart if our last update was lost
         at = round_field(packet.meta, "at", 1 << 40)
-        if packet.codec == "none":
+        # the full model; a catch-up counts its updates' frames (nf), and with a dense
+        # downstream (--compression-down none) carries that codec's name too
+        if packet.codec == "none" and "nf" not in packet.meta:
             self.base, self.at = dense_tensor(packet, self.learner.num_params), at
             self.out_of_sync = False
         else:
