@@ -312,19 +312,28 @@ def _strategy_options(cfg: RunConfig):
     return options
 
 
-def _check_krum(spec: str, n: int, participation: float) -> None:
+def _check_krum(spec: str, n: int, participation: float) -> tuple:
     """Krum scores an update by its n − F − 2 nearest others, and Multi-Krum averages M
     of n: an F or M that a round's reports cannot give is an error, not a clamp.  A
-    round hears from max(1, round(participation · n)) workers at most."""
+    round hears from max(1, round(participation · n)) workers at most.  Returns the
+    warnings: Krum's guarantee against F Byzantine updates needs n ≥ 2F + 3 (Blanchard
+    et al., NeurIPS 2017), which fewer still compute."""
     from .strategies.robust import parse_aggregator
 
     agg = parse_aggregator(spec)
     per_round = max(1, int(round(participation * n)))
-    if agg.name in ("krum", "multikrum") and (per_round < agg.f + 3 or agg.m > per_round):
+    if agg.name not in ("krum", "multikrum"):
+        return ()
+    has = f"this run has {per_round} ({n} workers, participation {participation:g})"
+    if per_round < agg.f + 3 or agg.m > per_round:
         need = max(agg.f + 3, agg.m)
         raise ConfigError(f"--aggregator {spec} needs at least {need} updates a round "
-                          f"(F + 3{', and M' if agg.name == 'multikrum' else ''}); this run "
-                          f"has {per_round} ({n} workers, participation {participation:g})")
+                          f"(F + 3{', and M' if agg.name == 'multikrum' else ''}); {has}")
+    if per_round < 2 * agg.f + 3:
+        return (f"warning: --aggregator {spec} is robust to F = {agg.f} Byzantine updates "
+                f"only with at least 2F + 3 = {2 * agg.f + 3} a round (Blanchard et al.); "
+                f"{has}",)
+    return ()
 
 
 def _has_filters(model) -> bool:
@@ -355,7 +364,7 @@ def _server_plan(cfg: RunConfig, graph) -> Plan:
                           f"{cfg.model!r} has none (use cnn or cnn:C1-C2)")
     labels = _server_labels(cfg, graph)
     n = len(labels)
-    _check_krum(getattr(options, "aggregator", "mean"), n, cfg.participation)
+    warnings = _check_krum(getattr(options, "aggregator", "mean"), n, cfg.participation)
     per_node, learns = learn_specs(cfg, labels)
     colluders = sum(x.behaviour == "alie" for x in learns)
     if colluders and cfg.mode in ("fd", "cfd"):
@@ -390,5 +399,5 @@ def _server_plan(cfg: RunConfig, graph) -> Plan:
             "rounds": cfg.rounds, "topology": "star (coordinator)", "edges": n,
             "participation": options.participation}
     return Plan(cfg, tuple(workers) + (coordinator,), base, record,
-                (f"{cfg.mode}: {n} workers + 1 coordinator",), closer=n)
+                (f"{cfg.mode}: {n} workers + 1 coordinator",) + warnings, closer=n)
 

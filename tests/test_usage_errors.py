@@ -334,3 +334,14 @@ def test_integers_too_large_for_a_float_are_refused_in_one_line(tmp_path):
     prof.write_text(f"[nodes.0]\nlink = {{latency_ms = {huge}}}\n")
     with pytest.raises(ConfigError, match="latency_ms is out of range"):
         plan(from_sources(None, dict(topology="ring:3", profiles=str(prof))))
+
+
+def test_krum_with_fewer_than_2f_plus_3_updates_runs_with_a_warning():
+    """Krum computes with F + 3 updates, but its guarantee against F Byzantine ones
+    needs 2F + 3 (Blanchard et al.): the run says so at its start."""
+    def info(nodes, participation=1.0):
+        return plan(from_sources(None, dict(mode="fedavg", nodes=nodes, aggregator="krum:1",
+                                            participation=participation))).info
+    assert any("only with at least 2F + 3 = 5 a round" in line for line in info(4))
+    assert not any(line.startswith("warning") for line in info(5))
+    assert any("this run has 4 (8 workers, participation 0.5)" in line for line in info(8, 0.5))
