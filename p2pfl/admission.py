@@ -85,9 +85,10 @@ class Admission:
                 return True
             replacing = h.state == "ready"  # its old process may still run: told to stop
             by_hand = h.state != "restarting"  # restarted by hand (p2pfl node --connect --id N)
-            if replacing:
+            if replacing:  # to the old process, by its route: the new one ignores it
                 self.ep.send(h.id, "stop", meta={"refused": f"node {h.label!r} was started "
-                                                 "again elsewhere; this process is replaced"})
+                                                 "again elsewhere; this process is replaced",
+                                                 "route": h.route})
             self._join(h, msg, linger=2.0 if replacing else 0.0)
         except zmq.ZMQError as exc:  # e.g. an ipc path over the length limit
             self.watch.forget(h.id)
@@ -220,8 +221,10 @@ class Admission:
         self.log(f"a join from node id {repr(msg.src)[:64]} was refused: {why}")
         control = msg.meta.get("control")
         if isinstance(control, str) and control.partition("://")[0] in SCHEMES:
+            # the refused process's route: a node at that address that is another
+            # process (a join may name any control address) ignores it
             self.ep.send_once(msg.src if owner is None else owner, control, "stop",
-                              meta={"refused": why})
+                              meta={"refused": why, "route": msg.route})
 
     def _spoofed(self, msg, owner) -> None:
         """A message whose CURVE key is node ``owner``'s names another node (dropped and

@@ -44,6 +44,8 @@ def load_toml(path: str) -> dict:
             from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    except ValueError as exc:  # an integer past Python's 4,300 digits
+        raise ConfigError(f"{path}: a value TOML reads cannot be made: {exc}") from None
 
 
 def _coerce(name: str, value, source: str):
@@ -62,9 +64,9 @@ def _coerce(name: str, value, source: str):
             raise ConfigError(f"{source}: {name} must be a number, got {value!r}")
         try:
             return float(value)
-        except OverflowError:  # an integer of hundreds of digits
-            raise ConfigError(f"{source}: {name} is out of range, got "
-                              f"{repr(value)[:40]}") from None
+        except OverflowError:  # an integer of hundreds of digits (no repr past 4,300)
+            raise ConfigError(f"{source}: {name} is out of range, got an integer of "
+                              f"{int(value).bit_length()} bits") from None
     if name == "link" and isinstance(value, dict):  # a TOML table, as a profile takes it
         value = ",".join(f"{k}={v!r}" for k, v in parse_link(value, f"{source}: link").items())
     if ftype.startswith("str") and isinstance(value, os.PathLike):

@@ -241,11 +241,13 @@ def node_availability(cfg: RunConfig, labels: list, per_node: list) -> list:
                 for s in spans):
             raise ConfigError(f"node {labels[i]!r}: offline must be a list of "
                               f"[start_s, end_s] pairs, got {spans!r}")
-        bad = [s for s in spans if not 0 <= s[0] < s[1]  # NaN too
-               or any(isinstance(v, int) and v > 2 ** 53 for v in s)]  # no float of it
+        if any(isinstance(v, int) and v > 2 ** 53 for s in spans for v in s):
+            raise ConfigError(f"node {labels[i]!r}: an offline time is out of range (at "
+                              f"most 2^53 s, or inf; a profile's offline)")
+        bad = [s for s in spans if not 0 <= s[0] < s[1]]  # NaN too
         if bad:
             raise ConfigError(f"node {labels[i]!r}: offline intervals need 0 <= start < end "
-                              f"(seconds), got {repr(bad[0])[:80]} (a profile's offline)")
+                              f"(seconds), got {bad[0]!r} (a profile's offline)")
         out.append(AvailabilitySpec(intervals=tuple(map(tuple, spans)) + tuple(trace.get(i, ())),
                                     churn_on_s=on, churn_off_s=off,
                                     seed=seed * 1_000_003 + i))

@@ -133,7 +133,8 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
         # the launcher hears (and refuses) a second process with this node's id; for a
         # node of its own, ZMTP heartbeats: a launcher stopped or cut off counts as
         # down, as the launcher's heartbeats find its nodes
-        ep.connect(LAUNCHER, launcher, emulated=False, routing_id=process_identity(node_id),
+        mailbox.own_route = process_identity(node_id)  # a refusal names the process
+        ep.connect(LAUNCHER, launcher, emulated=False, routing_id=mailbox.own_route,
                    watch=None if watch is None else lambda sock: watch.watch(LAUNCHER, sock),
                    heartbeat_s=HEARTBEAT_S if own else None)
         address, control = ep.address, ep.control_address

@@ -407,7 +407,9 @@ def test_a_worker_sends_its_reply_again_for_a_round_a_restarted_coordinator_repe
 
 @pytest.mark.parametrize("codec, auto", [("qsgd:4", False), ("terngrad", False),
                                          ("randk:0.1:scaled", False), ("randk:0.1", True),
-                                         ("topk:0.05", True), ("qsgd:4+cabac", False)])
+                                         ("topk:0.05", True), ("qsgd:4+cabac", False),
+                                         ("topk:0.05+qsgd:4", False),
+                                         ("powersgd:2+qsgd:4", False)])
 def test_server_error_feedback_is_off_by_default_for_unbiased_codecs(codec, auto):
     """Error feedback assumes a contractive compressor: with qsgd:4 FedAvg's residual grew
     and the run stayed near chance (benchmarks/unbiased_feedback.py)."""

@@ -329,7 +329,7 @@ def test_integers_too_large_for_a_float_are_refused_in_one_line(tmp_path):
             plan(from_sources(str(conf), {}))
     prof = tmp_path / "p.toml"
     prof.write_text(f"[nodes.0]\noffline = [[0, {huge}]]\n")
-    with pytest.raises(ConfigError, match="offline intervals need"):
+    with pytest.raises(ConfigError, match="an offline time is out of range"):
         plan(from_sources(None, dict(topology="ring:3", profiles=str(prof))))
     prof.write_text(f"[nodes.0]\nlink = {{latency_ms = {huge}}}\n")
     with pytest.raises(ConfigError, match="latency_ms is out of range"):
@@ -345,3 +345,22 @@ def test_krum_with_fewer_than_2f_plus_3_updates_runs_with_a_warning():
     assert any("only with at least 2F + 3 = 5 a round" in line for line in info(4))
     assert not any(line.startswith("warning") for line in info(5))
     assert any("this run has 4 (8 workers, participation 0.5)" in line for line in info(8, 0.5))
+
+
+def test_integers_past_pythons_digit_limit_are_one_line_errors(tmp_path):
+    """Past 4,300 digits Python refuses to print an integer (the error's own text
+    raised) or to read one from TOML (a traceback)."""
+    giant = 10 ** 5000
+    with pytest.raises(ConfigError, match="lr is out of range, got an integer of 16610 bits"):
+        from_sources(None, dict(lr=giant))
+    with pytest.raises(ConfigError, match="latency_ms is out of range, got an integer of"):
+        plan(from_sources(None, dict(topology="ring:3", link={"latency_ms": giant})))
+    conf = tmp_path / "run.toml"
+    conf.write_text("lr = 1" + "0" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="run.toml: a value TOML reads cannot be made"):
+        from_sources(str(conf), {})
+    trace = tmp_path / "t.csv"
+    for node in ("\u00b2", "1" * 5000):
+        trace.write_text(f"{node},1,2\n")
+        with pytest.raises(ConfigError, match="unknown node"):
+            plan(from_sources(None, dict(topology="ring:3", availability=str(trace))))

@@ -588,3 +588,26 @@ def test_a_message_dropped_beyond_the_window_is_not_waited_for(ctx):
     assert a.counters.dropped["round_out_of_window"] == 1
     for e in (a, b, c):
         e.close()
+
+
+def test_a_refusal_for_another_process_of_the_node_is_dropped(ctx):
+    """A join may name any control address: the launcher's answer to a refused one
+    (or to a spoofed one) went there and stopped whatever node listened, though that
+    was another process.  A refusal now names its process's route."""
+    from p2pfl.transport.routing import Refused
+
+    node = Endpoint(ctx, 0, "inproc://ref-data", control="inproc://ref-ctl")
+    launcher = Endpoint(ctx, LAUNCHER, "inproc://ref-launcher")
+    box = Mailbox(node, control_sources={LAUNCHER})
+    box.own_route = b"node-0-process-a"
+    launcher.send_once(0, node.control_address, "stop",
+                       meta={"refused": "not you", "route": b"node-0-process-b"})
+    box.idle(0.5)
+    assert not box.stopped and node.counters.dropped["refusal_of_another"] == 1
+    launcher.send_once(0, node.control_address, "stop",
+                       meta={"refused": "you", "route": b"node-0-process-a"})
+    with pytest.raises(Refused, match="refused this node: you"):
+        box.idle(2.0)
+    assert box.stopped
+    for e in (node, launcher):
+        e.close()

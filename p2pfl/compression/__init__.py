@@ -93,12 +93,13 @@ def uses_temporal(spec: str) -> bool:
 
 
 def is_unbiased(spec: str) -> bool:
-    """Whether ``spec`` starts with an unbiased stochastic stage, E[C(x)] = x, that is
-    not contractive: ``qsgd``, ``terngrad``, ``randk:P:scaled``.  Error feedback assumes
-    a contractive compressor, E‖C(x) − x‖² ≤ (1 − δ)‖x‖² (Karimireddy et al., ICML 2019;
-    ALGORITHMS.md); with these its residual grows round after round."""
-    name, args = parse_spec(spec)[0]
-    return name in ("qsgd", "terngrad") or (name == "randk" and args[-1:] == ["scaled"])
+    """Whether ``spec`` has an unbiased stochastic stage, E[C(x)] = x, that is not
+    contractive: ``qsgd``, ``terngrad``, ``randk:P:scaled``, first or after a sparsifier
+    or PowerSGD.  Error feedback assumes a contractive compressor, E‖C(x) − x‖² ≤
+    (1 − δ)‖x‖² (Karimireddy et al., ICML 2019); with these its residual grows round
+    after round."""
+    return any(name in ("qsgd", "terngrad") or (name == "randk" and args[-1:] == ["scaled"])
+               for name, args in parse_spec(spec))
 
 
 def without_temporal(spec: str) -> str:

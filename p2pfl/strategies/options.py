@@ -29,7 +29,8 @@ def _fraction(value: float) -> float:
 class FedAvgOptions:
     """``participation``: the reporting fraction of workers drawn each round;
     ``codec_up``: the workers' update codec (``--compression``; none: raw float32),
-    with error feedback unless ``--error-feedback off``, and the filter scales of
+    with error feedback unless ``--error-feedback off`` (or ``auto`` with an unbiased
+    codec: :func:`server_feedback`), and the filter scales of
     ``--filter-scaling on`` (:mod:`.upstream`).  The model goes down raw."""
 
     participation: float = 1.0
@@ -68,7 +69,8 @@ class STCOptions:
     """STC: codecs up and down (``--compression none`` means ``stc:0.01+golomb``;
     ``--compression-down auto`` the upstream spec), the update cache length and
     the error-feedback switch per direction (``--error-feedback off`` turns both
-    off; ``auto`` and ``on`` keep both residuals, as the STC paper does).
+    off; ``on`` keeps both residuals, as the STC paper does, and ``auto`` too unless
+    that direction's codec is unbiased: :func:`server_feedback`).
     ``cabac:temporal`` and ``powersgd:R:alternate`` apply upstream only: the
     automatic downstream spec drops them, since the server's updates are
     broadcast, cached and replaced by the full model for workers that missed

@@ -95,15 +95,16 @@ def read_trace(path: str, labels: list) -> dict:
         if len(row) != 3:
             raise ConfigError(f"{where}: expected node,offline_start_s,offline_end_s")
         node = row[0].strip()
-        if node not in index and not (node.isdigit() and int(node) < len(labels)):
-            raise ConfigError(f"{where}: unknown node {node!r}")
+        number = node.isascii() and node.isdecimal() and len(node) <= 18  # '²' is a digit
+        if node not in index and not (number and int(node) < len(labels)):
+            raise ConfigError(f"{where}: unknown node {node[:64]!r}")
         try:
             start, end = float(row[1]), float(row[2])
         except ValueError:
             raise ConfigError(f"{where}: offline times must be numbers") from None
         if not 0 <= start < end:
             raise ConfigError(f"{where}: need 0 <= offline_start_s < offline_end_s")
-        out.setdefault(index.get(node, int(node) if node.isdigit() else -1), []).append(
+        out.setdefault(index.get(node, int(node) if number else -1), []).append(
             (start, end))
     return out
 

@@ -125,7 +125,8 @@ def parse_link(value, where: str = "--link") -> dict:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise ConfigError(f"{where}: {key} must be a number, got {v!r}")
         if isinstance(v, int) and abs(v) > 2 ** 53:  # a float of it overflows, or rounds
-            raise ConfigError(f"{where}: {key} is out of range, got {repr(v)[:40]}")
+            raise ConfigError(f"{where}: {key} is out of range, got an integer of "
+                              f"{v.bit_length()} bits")
     return {k: float(v) for k, v in value.items()}
 
 

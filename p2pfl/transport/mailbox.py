@@ -81,6 +81,9 @@ class Mailbox(Routing):
         self.current_round = 0
         self.stopped = False
         self.finish = False  # asked to end the run after the current round (a coordinator)
+        # this process's routing id towards the launcher: a refusal names the process it
+        # is for, and another's is dropped (one sent to our address by mistake, or a trick)
+        self.own_route: bytes | None = None
         self.last_control = time.monotonic()  # when a control source last spoke
         # commands a node has not read yet (config, start): a flood's oldest give way
         self.control: deque[Message] = deque(maxlen=max_control)

@@ -66,8 +66,11 @@ class Routing:
             if msg.kind == "stop" and msg.meta.get("finish") is True:
                 self.finish = True  # end the run after the round in progress
             elif msg.kind == "stop":
-                self.stopped = True
                 why = msg.meta.get("refused")
+                if isinstance(why, str) and msg.meta.get("route") != self.own_route:
+                    counters.drop("refusal_of_another")  # for another process of our id
+                    return
+                self.stopped = True
                 if isinstance(why, str):
                     raise Refused(f"the launcher refused this node: {why[:500]}")
             elif msg.kind == "peer":  # a neighbour was restarted elsewhere, or died
