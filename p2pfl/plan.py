@@ -220,7 +220,7 @@ def _gossip_plan(cfg: RunConfig, graph, restarts: int = 0) -> Plan:
     if cfg.robust != "none" and algorithm in ("dpsgd", "choco"):
         check_robust(cfg.robust, topo.schedule.phases if topo.schedule is not None
                      else (topo.mixing,), "the given graph" if graph is not None
-                     else str(cfg.topology))
+                     else str(cfg.topology), schedule)
     runtime = dataclasses.replace(_runtime_spec(cfg, schedule, codecs),
                                   presence=bool(restarts) or any(a.active for a in availability))
     learns = [dataclasses.replace(x, momentum_mode=_momentum_mode(algorithm, codecs[i]))

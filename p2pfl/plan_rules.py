@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from .config import RunConfig
 from .errors import ConfigError
 
@@ -65,7 +67,7 @@ def check_time_varying(cfg: RunConfig, sched, algorithm: str, codecs: list,
                           "of every neighbour, updated every round")
 
 
-def check_robust(robust: str, mixings, where: str) -> None:
+def check_robust(robust: str, mixings, where: str, schedule: str = "sync") -> None:
     """Refuse a ``--robust`` rule that could act at no node in no round, given the
     mixing matrices (a graph's, or each phase's) and so the most neighbours any node
     hears in a round, k: BRIDGE-T's ``trimmed:BETA`` drops ⌊β·k⌋ of them each way, none
@@ -73,9 +75,14 @@ def check_robust(robust: str, mixings, where: str) -> None:
     unclipped, all of it when there is one neighbour (ALGORITHMS.md, "Byzantine-robust
     gossip").  ``clip:TAU`` acts on any neighbour farther than τ, and ``trimmed:0``
     (BRIDGE-T's own-and-neighbours mean, trimming nothing) is taken as asked."""
-    from .algorithms.robust import parse_robust, trim_count
+    from .algorithms.robust import ADAPTIVE_DELTA, parse_robust, trim_count
 
     name, value = parse_robust(robust)
+    if schedule == "async" and (name == "trimmed" or (name == "clip" and not value)):
+        raise ConfigError(f"--robust {robust} compares the neighbours a round brings "
+                          "together; without a barrier (--schedule async) a node mixes what "
+                          "has arrived, often one or none, and it would act on almost "
+                          "nothing: use clip:TAU, or --schedule sync")
     k = max(m.most_heard for m in mixings)
     if name == "trimmed" and value > 0 and trim_count(value, k) == 0:
         fix = f"a BETA of at least {math.ceil(1000 / k) / 1000:g}" if k >= 3 else "clip:TAU"
@@ -85,3 +92,25 @@ def check_robust(robust: str, mixings, where: str) -> None:
     if name == "clip" and not value and k <= 1:
         raise ConfigError(f"--robust clip (adaptive) clips nothing with one neighbour a "
                           f"round, as on {where}; use clip:TAU")
+    if name == "clip" and not value and not any(_can_clip(m, ADAPTIVE_DELTA) for m in mixings):
+        raise ConfigError(f"--robust clip (adaptive) leaves the nearest neighbours holding "
+                          f"{1 - ADAPTIVE_DELTA:g} of a node's neighbour weight unclipped, and "
+                          f"no node on {where} has a neighbour of at most {ADAPTIVE_DELTA:g} of "
+                          "it (three or fewer equal ones): it would clip nothing; use clip:TAU")
+
+
+def _can_clip(m, delta: float) -> bool:
+    """Whether adaptive clipping can clip a neighbour at some node of ``m``: the farthest
+    one is clipped when the others hold at least 1 − δ of the node's neighbour weight
+    (``algorithms.robust.adaptive_tau``), so some node needs two neighbours or more of
+    positive weight, one of them with at most δ of it."""
+    rows = np.repeat(np.arange(m.n), np.diff(m.indptr))
+    positive = m.data > 0
+    r, w = rows[positive], m.data[positive]
+    if r.size == 0:
+        return False
+    counts = np.bincount(r, minlength=m.n)
+    sums = np.bincount(r, weights=w, minlength=m.n)
+    starts = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])  # entries come row by row
+    least, at = np.minimum.reduceat(w, starts), r[starts]
+    return bool(((counts[at] >= 2) & (least <= (delta + 1e-9) * sums[at])).any())

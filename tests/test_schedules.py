@@ -280,3 +280,24 @@ def test_a_straggler_costs_no_time_outs(tmp_path):
     assert "round_out_of_window" not in s["dropped"] and "off_phase" not in s["dropped"]
     slow = [r["neighbours_heard"] for r in res.metrics if r["node"] == 0]
     assert slow == [1] * 12
+
+
+@pytest.mark.parametrize("topology, flags, words", [
+    ("ring:8", ["--robust", "clip"], "no node on ring:8 has a neighbour of at most 0.25"),
+    ("line:3", ["--robust", "clip"], "it would clip nothing; use clip:TAU"),
+    ("torus:4x4", ["--robust", "trimmed:0.25", "--schedule", "async"],
+     "without a barrier (--schedule async)"),
+    ("torus:4x4", ["--robust", "clip", "--schedule", "async"], "use clip:TAU, or --schedule"),
+    ("ring:4", ["--robust", "clip:inf"], "invalid --robust 'clip:inf'"),
+])
+def test_robust_rules_that_would_act_on_nothing_are_refused(topology, flags, words):
+    """Adaptive clipping keeps the neighbours holding 3/4 of the weight: with two or
+    three equal ones (a ring, a line) it clipped nothing; trimming and adaptive clipping
+    without a barrier saw one model or none (a helper's audit: async trimmed:0.25 left
+    the honest nodes at 0.11-0.22, as without it); clip:inf clips nothing."""
+    res = cli_here("cluster", "--topology", topology, *flags, "--dry-run")
+    assert res.returncode == 2 and words in res.stderr, res.stderr
+    assert cli_here("cluster", "--topology", "torus:4x4", "--robust", "clip",
+                    "--dry-run").returncode == 0  # four equal neighbours: one is clipped
+    assert cli_here("cluster", "--topology", "torus:4x4", "--robust", "clip:0.5",
+                    "--schedule", "async", "--dry-run").returncode == 0

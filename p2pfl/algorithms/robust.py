@@ -19,6 +19,8 @@ the public copies, x̂_j − x̂_i, and the result is taken with the step size �
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..errors import ConfigError
@@ -39,7 +41,7 @@ def parse_robust(spec: str) -> tuple:
         value = -1.0
     if name == "none" and not arg:
         return name, 0.0
-    if name == "clip" and (not arg or value > 0):
+    if name == "clip" and (not arg or 0 < value < math.inf):  # clip:inf clips nothing
         return name, value
     if name == "trimmed" and arg and 0 <= value < 0.5:
         return name, value
