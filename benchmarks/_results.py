@@ -70,6 +70,15 @@ def tree_args(doc: str, repeats: int = 3):
     return args
 
 
+def write_results(name: str, data: dict) -> None:
+    """``data`` as ``benchmarks/results/NAME``, written atomically; says where."""
+    from p2pfl.atomic import write_json_atomic
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", name)
+    write_json_atomic(path, data)
+    print(f"wrote {path}")
+
+
 def save_by_commit(name: str, commit: str, entry: dict) -> None:
     """Set ``benchmarks/results/NAME`` (a JSON object keyed by commit) at ``commit`` to
     ``entry``, keeping the other commits' entries; written atomically."""

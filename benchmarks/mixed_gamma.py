@@ -24,8 +24,7 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from _results import commit_of  # noqa: E402
-from p2pfl.metrics import write_json_atomic  # noqa: E402
+from _results import commit_of, write_results  # noqa: E402
 
 PROFILE = '[nodes.0]\ncompression = "fp16"\n[nodes.4]\ncompression = "stc:0.1"\n'
 
@@ -69,9 +68,7 @@ def main() -> None:
                       f"{r['accuracy_mean']:.4f} (min {r['accuracy_min']:.4f})  relative "
                       f"consensus distance {r['consensus_rel_median']:.4f} (max "
                       f"{r['consensus_rel_max']:.4f})  misses {r['misses']}", flush=True)
-    path = os.path.join(ROOT, "benchmarks", "results", "mixed_gamma.json")
-    write_json_atomic(path, {"rounds": args.rounds, "runs": rows})
-    print(f"wrote {path}")
+    write_results("mixed_gamma.json", {"rounds": args.rounds, "runs": rows})
 
 
 if __name__ == "__main__":

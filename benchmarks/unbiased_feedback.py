@@ -21,7 +21,7 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from p2pfl.metrics import write_json_atomic  # noqa: E402
+from _results import write_results  # noqa: E402
 
 CODECS = ("qsgd:4", "terngrad", "randk:0.1:scaled", "topk:0.05")
 
@@ -51,9 +51,7 @@ def main() -> None:
                     rows.append({"mode": mode, "codec": codec, "seed": seed, **acc})
                     print(f"seed {seed} {mode:6s} {codec:17s} accuracy with error feedback "
                           f"{acc['on']:.4f}, without {acc['off']:.4f}", flush=True)
-    path = os.path.join(ROOT, "benchmarks", "results", "unbiased_feedback.json")
-    write_json_atomic(path, {"rounds": args.rounds, "runs": rows})
-    print(f"wrote {path}")
+    write_results("unbiased_feedback.json", {"rounds": args.rounds, "runs": rows})
 
 
 if __name__ == "__main__":
