@@ -393,3 +393,17 @@ def test_a_round_left_incomplete_at_the_end_is_not_handed_to_on_round(tmp_path):
     sink.add({"round": 2, "node": 0, "accuracy": 0.6, "bytes_sent": 10})  # node 1 never does
     sink.close()
     assert told == [1] and sink.written == 3
+
+
+def test_nodes_json_says_ready_while_the_rounds_run(tmp_path):
+    """It was written when every node had joined and at the end: while the rounds ran it
+    said "joined" (a helper's audit)."""
+    seen = []
+
+    def hook(rnd, records):
+        nodes = json.loads((tmp_path / "nodes.json").read_text())
+        seen.append({n["state"] for n in nodes})
+
+    p2pfl.run_cluster("ring:3", rounds=3, quiet=True, out=str(tmp_path), on_round=hook)
+    assert seen[0] == {"ready"}
+    assert {n["state"] for n in json.loads((tmp_path / "nodes.json").read_text())} == {"done"}
