@@ -178,6 +178,9 @@ def _gossip_options(cfg: RunConfig, algorithm: str, codec: str, learn: LearnSpec
     (or there is none: uncompressed D-PSGD)."""
     keep = cfg.error_feedback != "off"
     if algorithm == "gossip-learning":
+        if cfg.mixing != "metropolis":  # its merge weighs two models by their age
+            raise ConfigError("--mixing applies to the mixing rules (dpsgd, choco, "
+                              "deepsqueeze); gossip-learning merges two models by their age")
         if codec != "none":
             raise ConfigError("gossip-learning exchanges whole models; compression needs "
                               "--algorithm dpsgd, choco or deepsqueeze")

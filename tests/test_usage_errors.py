@@ -364,3 +364,20 @@ def test_integers_past_pythons_digit_limit_are_one_line_errors(tmp_path):
         trace.write_text(f"{node},1,2\n")
         with pytest.raises(ConfigError, match="unknown node"):
             plan(from_sources(None, dict(topology="ring:3", availability=str(trace))))
+
+
+def test_a_schedule_file_given_as_a_graph_names_its_prefix(tmp_path):
+    for body, prefix in (('{"sources": [[1, 0]]}', "one_peer:"),
+                         ('{"nodes": 4, "phases": [[[0, 1], [2, 3]]]}', "dynamic:")):
+        path = tmp_path / "s.json"
+        path.write_text(body)
+        with pytest.raises(TopologyError, match=f"it is a schedule file .*: give it as "
+                                                f"{prefix}"):
+            plan(from_sources(None, dict(topology=str(path))))
+
+
+def test_mixing_with_gossip_learning_is_refused():
+    """It merges two models by their age: a --mixing was ignored in silence."""
+    with pytest.raises(ConfigError, match="gossip-learning merges two models by their age"):
+        plan(from_sources(None, dict(topology="ring:4", algorithm="gossip-learning",
+                                     mixing="uniform")))

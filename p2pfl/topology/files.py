@@ -59,6 +59,9 @@ def _read_node_link(path):
     """Node-link JSON with either a ``links`` or an ``edges`` list."""
     with open(path, encoding="utf-8") as fh:
         data = json.load(fh)
+    for key, kind in (("sources", "one_peer"), ("phases", "dynamic")):
+        if isinstance(data, dict) and key in data:  # a schedule, not a graph
+            raise ValueError(f"it is a schedule file (its {key!r}): give it as {kind}:{path}")
     if not isinstance(data, dict) or "nodes" not in data:
         raise ValueError("expected a node-link JSON object with a 'nodes' list")
     G = nx.MultiGraph() if data.get("multigraph") else nx.Graph()
