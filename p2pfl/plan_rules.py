@@ -89,14 +89,13 @@ def check_robust(robust: str, mixings, where: str, schedule: str = "sync") -> No
         raise ConfigError(f"--robust {robust} drops floor(BETA * k) of a node's k neighbours "
                           f"each way, and no node hears more than {k} a round on {where}: it "
                           f"would drop none; use {fix}")
-    if name == "clip" and not value and k <= 1:
-        raise ConfigError(f"--robust clip (adaptive) clips nothing with one neighbour a "
-                          f"round, as on {where}; use clip:TAU")
     if name == "clip" and not value and not any(_can_clip(m, ADAPTIVE_DELTA) for m in mixings):
-        raise ConfigError(f"--robust clip (adaptive) leaves the nearest neighbours holding "
-                          f"{1 - ADAPTIVE_DELTA:g} of a node's neighbour weight unclipped, and "
-                          f"no node on {where} has a neighbour of at most {ADAPTIVE_DELTA:g} of "
-                          "it (three or fewer equal ones): it would clip nothing; use clip:TAU")
+        why = (f"clips nothing with one neighbour a round, as on {where}" if k <= 1 else
+               f"leaves the nearest neighbours holding {1 - ADAPTIVE_DELTA:g} of a node's "
+               f"neighbour weight unclipped, and no node on {where} has a neighbour of at "
+               f"most {ADAPTIVE_DELTA:g} of it (three or fewer equal ones): it would clip "
+               "nothing")
+        raise ConfigError(f"--robust clip (adaptive) {why}; use clip:TAU")
 
 
 def _can_clip(m, delta: float) -> bool:
@@ -104,7 +103,7 @@ def _can_clip(m, delta: float) -> bool:
     one is clipped when the others hold at least 1 − δ of the node's neighbour weight
     (``algorithms.robust.adaptive_tau``), so some node needs two neighbours or more of
     positive weight, one of them with at most δ of it."""
-    rows = np.repeat(np.arange(m.n), np.diff(m.indptr))
+    rows, _ = m.entries()
     positive = m.data > 0
     r, w = rows[positive], m.data[positive]
     if r.size == 0:

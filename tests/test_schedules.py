@@ -293,8 +293,8 @@ def test_a_straggler_costs_no_time_outs(tmp_path):
 def test_robust_rules_that_would_act_on_nothing_are_refused(topology, flags, words):
     """Adaptive clipping keeps the neighbours holding 3/4 of the weight: with two or
     three equal ones (a ring, a line) it clipped nothing; trimming and adaptive clipping
-    without a barrier saw one model or none (a helper's audit: async trimmed:0.25 left
-    the honest nodes at 0.11-0.22, as without it); clip:inf clips nothing."""
+    without a barrier saw one model or none (async trimmed:0.25 left the honest nodes at
+    0.15-0.24, 0.10 without it: BENCHMARKS.md); clip:inf clips nothing."""
     res = cli_here("cluster", "--topology", topology, *flags, "--dry-run")
     assert res.returncode == 2 and words in res.stderr, res.stderr
     assert cli_here("cluster", "--topology", "torus:4x4", "--robust", "clip",
