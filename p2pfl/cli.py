@@ -69,7 +69,7 @@ CLUSTER_OPTIONS = [
     ("public_size", int, "FD/CFD: size of the public distillation set, held out of the "
      "training set (at most half of it; default 200)"),
     ("distill_steps", int, "FD/CFD: distillation steps per round (default 5)"),
-    ("fd_bits", int, "FD/CFD: soft-label bits (0: float32; default fd 0, cfd 1)"),
+    ("fd_bits", int, "FD/CFD: soft-label bits (0: float32, fd only; default fd 0, cfd 1)"),
     ("fd_delta", str, "FD/CFD: delta-code soft labels: auto (on for cfd), on or off"),
     ("fd_coder", str, "FD/CFD: soft-label frames: packed (default), cabac, or cabac:temporal "
      "(deltas coded with contexts conditioned on the previous labels; needs delta coding)"),
@@ -336,6 +336,8 @@ def _cmd_topology(args) -> int:
         raise UsageError("--layout is for drawing: give --png FILE too")
     if args.layout not in LAYOUTS:  # before a large graph is built
         raise UsageError(f"unknown layout {args.layout!r}; valid: {', '.join(LAYOUTS)}")
+    if args.png is not None and not args.png.lower().endswith(".png"):
+        raise UsageError(f"--png writes a PNG image; name the file *.png, not {args.png!r}")
     topo = build(args.spec, scheme=args.mixing)
     if args.png is not None:
         check_drawable(topo, args.layout)  # before anything is printed

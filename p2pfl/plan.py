@@ -248,6 +248,9 @@ def _gossip_plan(cfg: RunConfig, graph, restarts: int = 0) -> Plan:
             "spectral_gap": topo.spectral_gap, "topology_phases": _phases(topo)}
     info = (f"topology: {topo_mod.describe(topo)}",) + tuple(f"warning: {w}"
                                                             for w in topo.warnings)
+    if schedule != cfg.schedule:  # gossip learning has no barrier: say so, not silently
+        info += (f"note: {algorithm} runs without a round barrier (--schedule async); "
+                 "--rounds counts each node's local iterations",)
     return Plan(cfg, specs, base, record, info)
 
 

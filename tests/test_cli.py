@@ -272,6 +272,7 @@ PLAN_REFUSES = {
                                         "cabac:temporal"], "needs --fd-delta on"),
     "deltas of float labels": (["--mode", "fd", "--fd-delta", "on"],
                                "--fd-delta on codes the changes of quantised soft labels"),
+    "cfd of float labels": (["--mode", "cfd", "--fd-bits", "0"], "which is --mode fd"),
     "compression in cfl": (["--mode", "cfl", "--compression", "topk:0.1"], "uncompressed"),
     "compression-down in fedavg": (["--mode", "fedavg", "--compression-down", "stc:0.1"],
                                    "applies to --mode stc"),

@@ -252,3 +252,19 @@ def test_unvalidated_graphs_mix_as_a_dense_matrix_filled_in_edge_order():
         tp.mixing(bad, "weight")
     with pytest.raises(TopologyError, match="unknown mixing scheme 'bogus'"):
         tp.mixing(nx.path_graph(["a", "b"]), "bogus")
+
+
+def test_weights_on_many_scales_warn_that_the_graph_barely_mixes():
+    """An edge of 1e300 among edges of 1 scales the others to 1e-300: the gap was 0 and
+    nothing said why.  A zero-weight edge (no link) and weights on one scale say
+    nothing."""
+    ring = nx.cycle_graph(4)
+    nx.set_edge_attributes(ring, 1.0, "weight")
+    ring[0][1]["weight"] = 1e300
+    topo = tp.build(ring, scheme="weight")
+    assert topo.spectral_gap < 1e-12
+    assert [w for w in topo.warnings if "falls into 3 parts" in w], topo.warnings
+    ring[0][1]["weight"] = 1e6  # one scale (1e-6 of the largest): no warning
+    assert tp.build(ring, scheme="weight").warnings == []
+    ring[0][1]["weight"] = 0.0  # a link of no weight; the others still connect the ring
+    assert tp.build(ring, scheme="weight").warnings == []

@@ -53,6 +53,7 @@ def test_the_command_writes_a_png_and_says_where(tmp_path, spec, flags):
     (["ring:8", "--png", "{out}", "--layout", "radial"], "unknown layout 'radial'"),
     (["ring:8", "--layout", "spring"], "give --png FILE too"),
     ([f"ring:{MAX_DRAWN_NODES + 1}", "--png", "{out}"], "would be a blot"),
+    (["ring:8", "--png", "{out}.svg"], "name the file *.png"),  # it wrote PNG bytes there
 ])
 def test_what_cannot_be_drawn_is_one_line_and_exit_2(tmp_path, args, words):
     out = tmp_path / "t.png"
@@ -60,4 +61,4 @@ def test_what_cannot_be_drawn_is_one_line_and_exit_2(tmp_path, args, words):
     assert proc.returncode == 2 and proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and words in lines[0], proc.stderr
-    assert not out.exists()
+    assert not out.exists() and not out.with_suffix(".png.svg").exists()

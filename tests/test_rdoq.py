@@ -56,6 +56,16 @@ def test_bad_rd_specs_are_usage_errors(spec):
         make_codec(spec + "+cabac")
 
 
+@pytest.mark.parametrize("spec", ["quant:0.1:rd=0.1", "quant:0.1:rd=0.1+lzma",
+                                  "topk:0.1+quant:0.1:rd=0.1+golomb", "dq:0.1:rd=0.1+bz2"])
+def test_rd_without_cabac_is_refused(spec):
+    """Its rates are CABAC's estimates: without cabac it only zeroed levels (more error,
+    bytes no coder saved); rd=0 and plain dq still build."""
+    with pytest.raises(ConfigError, match="without \\+cabac it only adds error"):
+        make_codec(spec)
+    make_codec(spec.replace("rd=0.1", "rd=0"))
+
+
 def test_a_small_step_costs_memory_by_the_weights_not_by_the_largest_level():
     """The rate of each magnitude was tabled up to the largest level: 20,000 weights at a
     step giving levels near 1.5e7 peaked at 840 MiB (tables of 15 M entries a sign and

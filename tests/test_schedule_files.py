@@ -219,6 +219,7 @@ def test_a_dynamic_file_with_weights_of_its_own_mixes_with_them(tmp_path):
     ({"nodes": 3, "phases": [[[0, 1], [1, 0], [1, 2]]]}, "phase 0 lists an edge twice"),
     ({"nodes": 3, "phases": [[[0, 1.5]]]}, "must be lists of 2 integers"),
     ({"nodes": 4, "phases": [[[0, 1]], [[2, 3]]]}, "disconnected"),
+    ({"nodes": 5, "phases": [[[0, 1], [2, 3]], [[1, 2], [0, 3]]]}, "node 4 has no link"),
 ])
 def test_a_bad_dynamic_file_is_one_line_and_exit_2(tmp_path, data, words):
     _assert_refused(f"dynamic:{_write(tmp_path, data)}", words)

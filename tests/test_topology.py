@@ -258,8 +258,11 @@ def test_binary_and_missing_files(tmp_path):
 # ----------------------------------------------------------------- validation
 
 def test_validate_errors():
-    with pytest.raises(TopologyError, match="disconnected: 2 components"):
+    with pytest.raises(TopologyError, match="disconnected: 2 components .*; the smallest "
+                                            "holds nodes 5, 6$"):
         tp.validate(nx.union(nx.path_graph(3), nx.path_graph([5, 6])))
+    with pytest.raises(TopologyError, match="node 9 has no link$"):  # names the one alone
+        tp.validate(nx.union(nx.path_graph(3), nx.empty_graph([9])))
     with pytest.raises(TopologyError, match="at least 2 nodes, got 0"):
         tp.validate(nx.Graph())
     with pytest.raises(TopologyError, match="at least 2 nodes, got 1"):

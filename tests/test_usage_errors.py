@@ -381,3 +381,15 @@ def test_mixing_with_gossip_learning_is_refused():
     with pytest.raises(ConfigError, match="gossip-learning merges two models by their age"):
         plan(from_sources(None, dict(topology="ring:4", algorithm="gossip-learning",
                                      mixing="uniform")))
+
+
+def test_gossip_learning_says_it_runs_without_a_barrier():
+    """`--schedule sync` (the default) with gossip-learning ran asynchronously in silence;
+    the plan now says so at the start, and an explicit async says nothing more."""
+    sync = plan(from_sources(None, dict(topology="ring:4", algorithm="gossip-learning")))
+    assert sync.summary_base["schedule"] == "async"
+    assert any(x.startswith("note: gossip-learning runs without a round barrier")
+               for x in sync.info)
+    quiet = plan(from_sources(None, dict(topology="ring:4", algorithm="gossip-learning",
+                                         schedule="async")))
+    assert not any(x.startswith("note:") for x in quiet.info)

@@ -12,7 +12,8 @@ each at most once.  Further rules, checked when the codec is built:
 * ``sbc`` and ``stc`` emit levels already, so no quantiser may follow them;
 * ``cabac`` codes integer levels: it needs ``sbc``, ``stc`` or a level quantiser
   (quant, dq, uniform, qsgd, terngrad, sign) before it;
-* ``dq`` quantises dense values: no sparsifier before it.
+* ``dq`` quantises dense values: no sparsifier before it;
+* ``rd=LAMBDA`` weighs CABAC's rate estimates: it needs ``cabac`` after it.
 """
 from __future__ import annotations
 
@@ -92,6 +93,11 @@ def build_codec(spec: str, seed: int | None = None, **codec_kwargs) -> Codec:
         raise ConfigError(f"codec {spec!r}: cabac codes integer levels; put a level quantiser "
                           "(quant:STEP, dq:STEP, uniform:BITS, qsgd, terngrad, sign) "
                           "or sbc/stc before it")
+    if getattr(quantiser, "lam", 0) > 0 and not getattr(by_role.get("lossless"), "codes_levels",
+                                                        False):
+        raise ConfigError(f"codec {spec!r}: rd=LAMBDA trades error for CABAC's bits (its "
+                          "rate estimates); without +cabac it only adds error: add +cabac "
+                          "or drop rd=")
     if getattr(by_role.get("lossless"), "temporal", None) is not None and "positions" in by_role:
         raise ConfigError(f"codec {spec!r}: cabac:temporal conditions each level on the "
                           "co-located one of the last message, so it codes the support itself; "

@@ -164,6 +164,9 @@ class FDOptions:
     def from_config(cls, cfg) -> "FDOptions":
         cfd = cfg.mode == "cfd"
         bits = cfg.fd_bits if cfg.fd_bits is not None else (1 if cfd else 0)
+        if cfd and bits == 0:  # it ran FD under CFD's name
+            raise ConfigError("--mode cfd quantises the soft labels to 1..8 bits; --fd-bits 0 "
+                              "sends them as float32, which is --mode fd")
         if cfg.fd_delta == "on" and bits == 0:  # auto: off there, as nothing is quantised
             raise ConfigError("--fd-delta on codes the changes of quantised soft labels; set "
                               "--fd-bits to 1..8 (0 sends float32)")

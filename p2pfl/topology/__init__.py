@@ -144,7 +144,32 @@ def build(spec, *, scheme="metropolis", seed=None):
             "weight" in d for _, _, d in G.edges(data=True)):
         warnings.append("no edge has a weight: --mixing weight counts each as 1, which is "
                         "the metropolis matrix")
-    return Topology(G, labels, mixing(G, scheme), warnings)
+    mix = mixing(G, scheme)
+    warnings.extend(_negligible_links(mix))
+    return Topology(G, labels, mix, warnings)
+
+
+#: A mixing weight at or below this carries nothing a float64 round of gossip can see.
+NEGLIGIBLE_WEIGHT = 1e-12
+
+
+def _negligible_links(mix):
+    """A warning when the graph holds together only through links of negligible weight:
+    affinities spanning many orders of magnitude (``--mixing weight``, an edge of 1e300)
+    leave the rest at ~0, and the spectral gap is then 0 to float precision."""
+    rows, cols = mix.entries()
+    strong = mix.data > NEGLIGIBLE_WEIGHT
+    if strong.all() or mix.n < 2:
+        return []
+    G = nx.Graph()
+    G.add_nodes_from(range(mix.n))
+    G.add_edges_from(zip(rows[strong].tolist(), cols[strong].tolist()))
+    parts = nx.number_connected_components(G)
+    if parts == 1:
+        return []
+    return [f"the mixing weights keep the graph connected only through links of weight "
+            f"<= {NEGLIGIBLE_WEIGHT:g} (without them it falls into {parts} parts), so "
+            "gossip barely mixes across them: are the edge weights on one scale?"]
 
 
 def count(n: int, noun: str) -> str:

@@ -61,11 +61,19 @@ def validate(G):
     _need(H.number_of_edges() <= MAX_EDGES,  # parallel edges and loops left out
           f"topology has {H.number_of_edges():,} edges; at most {MAX_EDGES:,} are supported")
     if not nx.is_connected(H):
-        sizes = sorted((len(c) for c in nx.connected_components(H)), reverse=True)
-        shown = ", ".join(map(str, sizes[:5])) + (", ..." if len(sizes) > 5 else "")
-        raise TopologyError(
-            f"topology is disconnected: {len(sizes)} components (sizes {shown})")
+        parts = sorted(nx.connected_components(H), key=len, reverse=True)
+        shown = ", ".join(str(len(c)) for c in parts[:5]) + (", ..." if len(parts) > 5 else "")
+        raise TopologyError(f"topology is disconnected: {len(parts)} components (sizes "
+                            f"{shown}); {_smallest(parts[-1])}")
     return H, warnings
+
+
+def _smallest(part) -> str:
+    """Which nodes the smallest component holds (a node no edge or phase names, often)."""
+    names = sorted(part, key=str)
+    shown = ", ".join(map(str, names[:5])) + (", ..." if len(names) > 5 else "")
+    return (f"node {shown} has no link" if len(names) == 1
+            else f"the smallest holds nodes {shown}")
 
 
 def relabel(G):
