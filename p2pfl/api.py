@@ -104,6 +104,21 @@ STALE_FILES = ("summary.json", "checkpoint.msgpack") + RUN_PNGS
 RUN_FILES = ("config.json", "metrics.jsonl", "nodes.json", "summary.json")
 
 
+def _raise_if_failed(summary: dict, out: str, result) -> None:
+    """ClusterError where the run could not finish: its coordinator failed (no round
+    completes without it), or every node (in a server mode every worker) failed."""
+    failed = summary.get("failed_nodes") or {}
+    if summary.get("mode") != "gossip" and "coordinator" in failed:
+        raise ClusterError(f"the coordinator failed; the run did not finish its rounds "
+                           f"({failed['coordinator']}); results in {out}", result)
+    workers = {k: v for k, v in failed.items() if k != "coordinator"}
+    if workers and len(workers) == summary.get("nodes"):  # nodes: the workers there
+        who, reason = next(iter(workers.items()))
+        noun = "node" if summary.get("mode") == "gossip" else "worker"
+        raise ClusterError(f"every {noun} failed ({noun} {who}: {reason}); results in {out}",
+                           result)
+
+
 def _out_dir(cfg: RunConfig) -> str:
     """The run folder, without an earlier run's :data:`STALE_FILES`; without ``out``, a
     new folder under ``runs/`` (two runs in one second get two)."""
@@ -336,11 +351,7 @@ def execute(p: Plan, *, t0: float | None = None, on_round=None) -> Result:
     if lost is not None:
         raise ClusterError(_unwritten(out, lost, bool(halted), summarised, sink.written),
                            result)
-    failed = summary.get("failed_nodes") or {}
-    if failed and len(failed) == summary.get("nodes"):
-        reason = next(iter(failed.values()))
-        raise ClusterError(f"every node failed (node {next(iter(failed))}: {reason}); "
-                           f"results in {out}", result)
+    _raise_if_failed(summary, out, result)
     if summary["accuracy_mean"] is not None:
         progress.info(f"accuracy mean {summary['accuracy_mean']:.4f} (min "
                       f"{summary['accuracy_min']:.4f}) | {summary['bytes_sent_total'] / 1e6:.2f}"

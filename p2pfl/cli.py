@@ -234,14 +234,9 @@ def _cmd_cluster(args) -> int:
         return _dry_run(args.config, options)
     try:
         result = run_cluster(config=args.config, **options)
-    except ClusterError as exc:  # nodes that never joined, all failed: a runtime failure
-        print(f"p2pfl: error: {_one_line(exc)}", file=sys.stderr)
+    except ClusterError as exc:  # nodes that never joined, all failed, a dead coordinator:
+        print(f"p2pfl: error: {_one_line(exc)}", file=sys.stderr)  # a runtime failure
         return 1
-    failed = result.summary.get("failed_nodes") or {}
-    if result.summary.get("mode") != "gossip" and "coordinator" in failed:
-        print("p2pfl: error: the coordinator failed; the run did not finish its rounds",
-              file=sys.stderr)
-        return 1  # without it no round can complete
     if result.config.quiet:
         print(result.out_dir)  # the one line a quiet run prints: where its results are
     return 0

@@ -273,16 +273,25 @@ class GossipNode:
 
     def sit_out(self, rnd: int) -> int | None:
         """Offline at round ``rnd``: say so, hear and send nothing until online again,
-        then catch up.  Returns the round to continue with, or None when every
-        neighbour finished its rounds meanwhile (nothing is left to learn from, and a
-        trace may keep the node offline long after the run)."""
+        then catch up.  Returns the round to continue with, or None once nothing is
+        left to learn from (:meth:`nothing_left`; a trace may keep the node offline long
+        after the run)."""
         self.leave(rnd)
         self.rt.report(rnd, {"offline": True, "loss": None, "test_loss": None,
                              "accuracy": None})
-        if self.rt.offline(self.availability, lambda: set(self.neighbours) <= self.rt.done):
+        if self.rt.offline(self.availability, self.nothing_left):
             return None
         self.algorithm.came_back()  # what it holds of its neighbours is out of date
         return rnd if self.rt.stopped else self.rejoin(rnd)
+
+    def nothing_left(self) -> bool:
+        """Whether every neighbour finished its rounds, or some did and the others are
+        offline too.  Two neighbours offline together at the run's end each waited for
+        the other to finish, until their traces ended or the launcher's silence limit
+        failed them; now the first to see this ends, and so tells the other."""
+        neighbours, done = set(self.neighbours), self.rt.done
+        return neighbours <= done or (bool(neighbours & done)
+                                      and neighbours <= done | self.rt.away)
 
     def leave(self, rnd: int, done: bool = False) -> None:
         self.rt.send_many(self.neighbours, "leave", rnd, **({"done": True} if done else {}))

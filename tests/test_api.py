@@ -117,6 +117,27 @@ def test_a_run_where_every_node_failed_raises(tmp_path):
     assert (tmp_path / "summary.json").exists()
 
 
+class _DiesWhenTrained(_DiesInTraining):
+    """Fails in training mode only: a coordinator, which only evaluates, lives on."""
+
+    def forward(self, x):
+        if not self.training:
+            return self.fc(x.flatten(1))
+        return super().forward(x)
+
+
+def test_a_server_run_where_every_worker_failed_raises(tmp_path):
+    """The summary's `nodes` counts the workers, `failed_nodes` the coordinator too: a run
+    whose workers all failed returned normally when its coordinator failed as well (5
+    failed against 4 nodes), and said "every node failed" of a coordinator that
+    finished."""
+    with pytest.raises(p2pfl.ClusterError, match="every worker failed .*broken on "
+                                                 "purpose") as info:
+        p2pfl.run_cluster(None, mode="fedavg", nodes=3, model=_DiesWhenTrained(),
+                          out=str(tmp_path), **FAST)
+    assert set(info.value.result.summary["failed_nodes"]) == {"0", "1", "2"}
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_signal_lost_in_a_destructor_is_raised_again():
     """Python raises a handler's exception where the main thread is; inside a destructor
