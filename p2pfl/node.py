@@ -49,6 +49,10 @@ class GossipNode:
         Role ``gossip``: ``rule`` is the gossip algorithm, ``options`` its options.
     """
 
+    #: A replacement process that found its neighbours finished (:meth:`run`): it holds
+    #: its initial model.
+    untrained = False
+
     def __init__(self, rt: Runtime, spec) -> None:
         self.rt, self.spec, self.run_spec = rt, spec, spec.runtime
         rt.mailbox.wait_for_pullers = False  # we answer a pull with our next round's send
@@ -84,13 +88,21 @@ class GossipNode:
 
         ``rejoin``: this process replaces one that died after recording round
         ``after``; it first catches up from a neighbour (model, CHOCO's public
-        copy, round), or goes on from round ``after + 1`` if none answers."""
+        copy, round), or goes on from round ``after + 1`` if none answers, or ends
+        at once (returning 0) when none is left to answer (:meth:`nothing_left`: it
+        trained its initial model alone, and that model's accuracy was its final)."""
         done, rnd = 0, 0
         if self.asynchronous:
             self.rt.go_asynchronous()
         if rejoin:
             self.algorithm.restarted()
-            rnd = max(after, self.rejoin(after + 1) - 1)
+            back = self.rejoin(after + 1)
+            if back is None:
+                self.untrained = True  # its model is the initial one: no file of it
+                if self.run_spec.presence:
+                    self.leave(after, done=True)
+                return 0
+            rnd = max(after, back - 1)
             if rnd >= self.run_spec.rounds and self.run_spec.presence:
                 self.leave(rnd, done=True)  # its restart made the neighbours wait again
         while rnd < self.run_spec.rounds:
@@ -296,12 +308,13 @@ class GossipNode:
     def leave(self, rnd: int, done: bool = False) -> None:
         self.rt.send_many(self.neighbours, "leave", rnd, **({"done": True} if done else {}))
 
-    def rejoin(self, rnd: int) -> int:
+    def rejoin(self, rnd: int) -> int | None:
         """Back (or restarted) at round ``rnd``: ask the neighbours that are present for
         their model (and those that come back meanwhile), and continue from the first
         answer, at the round its sender is at.  Returns the round to continue with:
         ``rnd`` if nobody answered within the round time-out, or nobody can (each
-        neighbour is done, away, or catching up itself)."""
+        neighbour is away, or catching up itself); None if nobody answered and nothing
+        is left to learn from (:meth:`nothing_left`)."""
         for j in self.neighbours:  # those away hear it when they are back
             if j not in self.rt.done:
                 self.rt.send(j, "pull", rnd)
@@ -317,7 +330,7 @@ class GossipNode:
                 self.rt.send(j, "pull", rnd)
             asked |= new
         if reply is None:
-            return rnd
+            return None if self.nothing_left() else rnd
         try:
             self.learner.set_flat(self.algorithm.rejoin(reply))
         except ValueError:

@@ -193,9 +193,11 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
             raise LauncherLost(check.reason() if alive is None else "the launcher or this "
                                "node's host is gone, and this node's records with it")
         runtime.flush()  # the last held records go before the bye
-        # a replacement for a process that died after its last round played none: its
-        # model is the initial one, not worth a file (nor replacing a saved one)
-        if spec.runtime.save_models and not (rejoin and after >= spec.runtime.rounds):
+        # a replacement for a process that died after its last round played none, nor
+        # one whose neighbours had finished (a gossip node's ``untrained``): its model is
+        # the initial one, not worth a file (nor replacing a saved one)
+        untrained = after >= spec.runtime.rounds or getattr(node, "untrained", False)
+        if spec.runtime.save_models and not (rejoin and untrained):
             send_weights(ep, node)
         _drain_link(runtime, _drain_time(spec))
         ep.send(LAUNCHER, "bye", meta=node.final_report())

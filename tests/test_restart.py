@@ -84,6 +84,39 @@ def test_a_killed_gossip_node_is_restarted_and_rejoins(tmp_path):
     assert final[2] > min(others) - 0.03
 
 
+def test_a_node_restarted_after_its_neighbours_finished_ends_at_once(tmp_path):
+    """Killed in an asynchronous run after its neighbours had finished, node 1's
+    replacement found them gone: nobody answered its pull, and it trained its initial
+    model alone to the last round (a helper's audit: 0.9666 fell to 0.4568), saved it as
+    its final model, and its records and accuracy counted in the summary.  It now ends
+    without playing, and saves no model."""
+    out = str(tmp_path / "run")
+    slow = tmp_path / "slow.toml"  # node 1 is far behind when its neighbours finish
+    slow.write_text('[nodes."1"]\nslowdown = 50\n')
+    proc = _cluster(out, "--topology", "ring:4", "--rounds", "300", "--schedule", "async",
+                    "--eval-every", "50", "--save-models", "--profiles", str(slow))
+    first = []  # when the first records came
+
+    def neighbours_finished(recs):
+        """Their 300 rounds take 1-4 s, node 1's 25 s; the sink holds their records until
+        node 1's of the same round come, so the clock tells."""
+        if recs and not first:
+            first.append(time.monotonic())
+        return bool(first) and time.monotonic() - first[0] > 8.0
+
+    try:
+        _kill_when(out, 1, neighbours_finished, proc)
+        assert proc.wait(timeout=240) == 0
+    finally:
+        proc.kill()
+    s, recs = _summary(out), _records(out)
+    assert s["restarts"] == 1 and s["failed_nodes"] == {}
+    assert max(r["round"] for r in recs if r["node"] != 1) == 300  # they finished first
+    mine = [r["round"] for r in recs if r["node"] == 1]
+    assert max(mine) < 300 and len(mine) == len(set(mine)), max(mine)
+    assert not os.path.exists(os.path.join(out, "models", "node-1.pt"))
+
+
 def test_a_killed_coordinator_resumes_from_its_checkpoint(tmp_path):
     out = str(tmp_path / "run")
     proc = _cluster(out, "--mode", "fedavg", "--nodes", "4", "--rounds", "40")
