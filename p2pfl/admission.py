@@ -186,6 +186,19 @@ class Admission:
             elif h.state == "spawned" and h.route and not down:  # unjoined, and back
                 h.state = "joined"
 
+    def _waits_again(self, h: NodeHandle, reason: str) -> bool:
+        """Whether the error that a remote node sent before the configs went out (it gave
+        up: a start time-out, or a launcher that cannot reach its control address) leaves
+        it waited for again, as one whose process died then: a new process of it,
+        started by hand, joins.  It failed the run."""
+        if not self.listen or self.t_configs is not None or h.state not in ("joined",
+                                                                               "spawned"):
+            return False
+        h.state = "spawned"
+        self.log(f"node {h.label!r} gave up before the start ({reason}); waiting for it to "
+                 "join again")
+        return True
+
     def _fail_lost_while_starting(self, now: float) -> None:
         """Once the configs went out, a remote node whose connection to the launcher has
         been down ``--lost-after`` cannot come back before the start (its peers were given

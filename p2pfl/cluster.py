@@ -26,7 +26,7 @@ import zmq
 from . import signals
 from .admission import Admission
 from .errors import ClusterError, UsageError
-from .launcher_link import HEARTBEAT_S, LOST_AFTER_S
+from .launcher_link import HEARTBEAT_S, LOST_AFTER_S, START_BEAT_S
 from .metrics import write_json_atomic
 from .runtime import LAUNCHER
 from .transport import Endpoint, Mailbox
@@ -96,6 +96,10 @@ class Launcher(Supervision, Admission):
         self.write_errors: dict = {}
         self.save_models = any(s.runtime.save_models for s in specs)
         self.t_start: float | None = None  # set when the run starts
+        self.t_configs: float | None = None  # when the configs went out (no new joins after)
+        # nodes started elsewhere, or placed by Ray, join at any time: those that joined
+        # first hear from the launcher while it waits for the rest
+        self._beat_at_start = bool(listen) or backend is not None
         self._next_exit_check, self._dead = 0.0, {}
         self._next_stopped_check = 0.0
         self._graces: dict = {}  # id -> (until when, why): said it stops on a signal
@@ -204,7 +208,7 @@ class Launcher(Supervision, Admission):
         """Handle start-up messages until every node is in ``state``; what has
         arrived is handled in one batch, so a thousand nodes cost no more checks
         than eight."""
-        deadline = time.monotonic() + timeout
+        deadline, last_beat = time.monotonic() + timeout, time.monotonic()
         while True:
             if self.watch_signals:
                 signals.check()  # a Ctrl-C whose exception was lost
@@ -213,6 +217,11 @@ class Launcher(Supervision, Admission):
                        or (state == "joined" and self.watch.never_up(h.id))]
             if not waiting:
                 return
+            if self._beat_at_start and time.monotonic() - last_beat > START_BEAT_S:
+                last_beat = time.monotonic()  # nodes of their own that wait for others:
+                for h in self.nodes.values():  # their start time-outs count from this
+                    if h.state in ("joined", "ready"):
+                        self.ep.send(h.id, "heartbeat")
             if time.monotonic() > deadline:
                 raise ClusterError(f"{len(waiting)} node(s) not {state} after {timeout:.0f} s: "
                                    f"{[h.label for h in waiting[:5]]}{self._refusals()}")
@@ -257,6 +266,7 @@ class Launcher(Supervision, Admission):
         self._wait_for("joined", {"join"}, self.start_timeout)
         t1 = time.monotonic()
         self.write_nodes_json()
+        self.t_configs = time.monotonic()
         for spec in self.specs:
             self.ep.send(spec.id, "config", meta=self._config(spec))
         self._wait_for("ready", {"ready"}, self.start_timeout)
@@ -363,8 +373,10 @@ class Launcher(Supervision, Admission):
                      "its counters are kept, and it stays failed")
         elif msg.kind == "error":
             reason = msg.meta.get("reason")  # only a string is shown: str() of a deeply
-            self._fail(h, reason[:2000] if isinstance(reason, str) else "unknown error")
-            return  # nested value would raise RecursionError here
+            reason = reason[:2000] if isinstance(reason, str) else "unknown error"  # nested
+            if not self._waits_again(h, reason):  # value would raise RecursionError here
+                self._fail(h, reason)
+            return
         self.on_message(h, msg)
 
     # --------------------------------------------------------------- shutdown

@@ -2,7 +2,10 @@
 node ends, and finding it gone.
 
 The launcher answers a join with a heartbeat, sends the config and the start, then a
-heartbeat to every running or finished node each :data:`HEARTBEAT_S`.  A node takes
+heartbeat to every running or finished node each :data:`HEARTBEAT_S` (and before the
+start to each remote node that joined, each :data:`START_BEAT_S`: a node's start
+time-out counts from the launcher's last word, so that one that joined first waits
+while the launcher waits for the others).  A node takes
 its launcher for gone when nothing came from it for its silence limit (``p2pfl node
 --lost-after``; by default 4 start time-outs: a vanished host, a hung launcher), or
 when, once the launcher was reached, the node's connection to it has been down
@@ -25,12 +28,15 @@ from .runtime import LAUNCHER, Runtime
 from .transport import Endpoint, Mailbox
 from .transport.liveness import ConnectionWatch
 
-__all__ = ["HEARTBEAT_S", "LAUNCHER_SILENT_S", "LOST_AFTER_S", "LauncherLost", "await_message",
+__all__ = ["HEARTBEAT_S", "START_BEAT_S", "LAUNCHER_SILENT_S", "LOST_AFTER_S", "LauncherLost", "await_message",
            "await_config", "never_reached", "await_stop", "tell_interrupted", "send_weights",
            "LauncherCheck"]
 
 #: How often the launcher sends each running or finished node a heartbeat.
 HEARTBEAT_S = 2.0
+#: How often the launcher sends a heartbeat to each remote (or Ray) node that joined,
+#: while it waits for the others to join and be ready.
+START_BEAT_S = 0.5
 #: A finished node whose launcher sent nothing for this long takes it for gone: its
 #: final counters and last records did not reach anyone.
 LAUNCHER_SILENT_S = 5 * HEARTBEAT_S
@@ -44,14 +50,18 @@ class LauncherLost(RuntimeError):
     """The launcher stopped answering: the node exits non-zero."""
 
 
-def await_message(mailbox: Mailbox, kind: str, timeout: float):
-    """The launcher's next ``kind`` message within ``timeout`` s (TimeoutError if none)."""
-    deadline = time.monotonic() + timeout
+def await_message(mailbox: Mailbox, kind: str, timeout: float, sliding: bool = False):
+    """The launcher's next ``kind`` message within ``timeout`` s (TimeoutError if none).
+    ``sliding``: the time-out counts from the launcher's last word (its heartbeats while
+    it waits for other nodes) instead."""
+    start = time.monotonic()
     while not mailbox.stopped:
-        msg = mailbox.poll_control(max(0.0, deadline - time.monotonic()))
-        if msg is None:
+        since = max(start, mailbox.last_control) if sliding else start
+        left = since + timeout - time.monotonic()
+        if left <= 0:
             break
-        if msg.kind == kind:
+        msg = mailbox.poll_control(left)
+        if msg is not None and msg.kind == kind:
             return msg
     raise TimeoutError(f"no {kind!r} from the launcher")
 
@@ -61,12 +71,13 @@ def await_config(mailbox: Mailbox, launcher: str, timeout: float, joined_at: flo
     """The launcher's config; a time-out says whether the launcher was ever heard, and
     if not, whether a connection to it ever came up (``watch``)."""
     try:
-        return await_message(mailbox, "config", timeout).meta
+        return await_message(mailbox, "config", timeout, sliding=True).meta
     except TimeoutError:
-        if mailbox.stopped:
+        if mailbox.stopped and not mailbox.lost:
             raise TimeoutError("the launcher ended the run before it started") from None
         if mailbox.last_control > joined_at:  # the heartbeat that answers a join came
-            raise
+            raise TimeoutError(f"no word from the launcher at {launcher} for {timeout:g} s "
+                               "before the start") from None
         if never_reached(watch):  # a wrong address, or no launcher there
             raise TimeoutError(
                 f"no connection to the launcher at {launcher} came up in {timeout:g} s: "

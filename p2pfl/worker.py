@@ -124,8 +124,9 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
     watch = ConnectionWatch() if gate is None and scheme != "inproc" else None
     # a node of its own (p2pfl node, Ray), not a process of the launcher's that ends with it
     own = watch is not None and alive is None
-    check = LauncherCheck(mailbox, launcher, lost_after or 4 * start_timeout,
-                          lost_after or LOST_AFTER_S)
+    # before the start the waits' own time-outs rule (from the launcher's last word:
+    # a launcher may start after its nodes, and wait for others); its silence limit after
+    check = LauncherCheck(mailbox, launcher, float("inf"), lost_after or LOST_AFTER_S)
     mailbox.alive = alive or check
     status, runtime, unreached, config, running = 1, None, False, None, None
     try:
@@ -179,7 +180,8 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
         else:
             _handshake(ep, mailbox, spec, addresses, start_timeout)
         ep.send(LAUNCHER, "ready")
-        start = await_message(mailbox, "start", start_timeout).meta
+        start = await_message(mailbox, "start", start_timeout, sliding=True).meta
+        check.silence_s = lost_after or 4 * start_timeout
         elapsed = start.get("elapsed", 0.0) if rejoin else 0.0
         runtime.t_start = time.monotonic() - (elapsed if isinstance(elapsed, float) else 0.0)
         running = node
@@ -218,7 +220,8 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
             tell_interrupted(ep, runtime, running, exc)
         raise
     except Exception as exc:  # report, then exit non-zero; never hang
-        reason = f"{type(exc).__name__}: {exc}"
+        ours = isinstance(exc, (TimeoutError, LauncherLost)) and str(exc)  # said in words
+        reason = str(exc) if ours else f"{type(exc).__name__}: {exc}"
         report(reason)
         if runtime is not None:
             runtime.flush()  # the rounds it completed are recorded

@@ -173,28 +173,41 @@ def _listening_launcher(tmp_path, addr: str, start_timeout: float, *extra) -> su
 
 
 def test_a_node_that_reached_the_launcher_says_so(tmp_path):
-    """Reached but no config in time, or the launcher gave up: each node says which."""
+    """A node that joined waits while the launcher waits for the others (its heartbeats
+    reset the node's start time-out: a node of --start-timeout 1 joined first gave up,
+    and its error failed the run); the launcher that gives up says so to every node, and
+    a launcher gone silent is named as such."""
     addr = f"tcp://127.0.0.1:{free_port()}"
-    launcher = _listening_launcher(tmp_path, addr, start_timeout=60)
+    launcher = _listening_launcher(tmp_path, addr, 6)
     node = [*CLI, "node", "--connect", addr, "--host", "127.0.0.1", "--start-timeout"]
-    impatient, patient = (subprocess.Popen([*node, wait, "--id", k], cwd=ROOT, text=True,
-                                           stderr=subprocess.PIPE)
-                          for wait, k in (("2", "0"), ("60", "1")))
+    patient = [subprocess.Popen([*node, "1", "--id", k], cwd=ROOT, text=True,
+                                stderr=subprocess.PIPE) for k in ("0", "1")]
     try:
-        _, err = impatient.communicate(timeout=30)
-        assert impatient.returncode == 1
-        assert one_line(err) == "p2pfl: error: node 0: TimeoutError: no 'config' from the launcher"
-        # the launcher hears of the failure and ends the run: the other node is told
-        assert launcher.wait(timeout=30) == 1
-        rest = launcher.stderr.read()
-        assert "Traceback" not in rest
-        assert rest.strip().splitlines()[-1] == ("p2pfl: error: node 0 failed: TimeoutError: "
-                                                 "no 'config' from the launcher")
-        _, err = patient.communicate(timeout=30)
-        assert patient.returncode == 1
-        assert "the launcher ended the run before it started" in one_line(err)
+        assert launcher.wait(timeout=30) == 1  # 2 of its 4 nodes joined in 6 s
+        assert "2 node(s) not joined after 6 s" in launcher.stderr.read()
+        for k, proc in enumerate(patient):
+            _, err = proc.communicate(timeout=30)
+            assert proc.returncode == 1
+            assert one_line(err) == (f"p2pfl: error: node {k}: the launcher ended the run "
+                                     "before it started")
     finally:
-        for proc in (launcher, impatient, patient):
+        for proc in (launcher, *patient):
+            proc.kill()
+    launcher = _listening_launcher(tmp_path, addr, 60)
+    node = subprocess.Popen([*CLI, "node", "--connect", addr, "--host", "127.0.0.1",
+                             "--start-timeout", "2", "--id", "0"], cwd=ROOT, text=True,
+                            stderr=subprocess.PIPE)
+    try:
+        time.sleep(4)  # joined, and waiting: the launcher's heartbeats come
+        assert node.poll() is None
+        launcher.send_signal(signal.SIGSTOP)  # hung: no heartbeat comes any more
+        _, err = node.communicate(timeout=30)
+        assert node.returncode == 1
+        assert one_line(err) == (f"p2pfl: error: node 0: no word from the launcher at {addr} "
+                                 "for 2 s before the start")
+    finally:
+        launcher.send_signal(signal.SIGCONT)
+        for proc in (launcher, node):
             proc.kill()
 
 

@@ -252,3 +252,55 @@ def test_any_torch_module_through_the_api(tmp_path):
     res = p2pfl.run_cluster("ring:3", model=model, rounds=2, in_process=True, quiet=True,
                             out=str(tmp_path / "threads"))
     assert res.summary["failed_nodes"] == {}
+
+
+def _node(addr, i, *flags):
+    from tests._remote import ROOT as root
+
+    return subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
+                             "--id", str(i), "--host", "127.0.0.1", *flags], cwd=root,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_remote_nodes_that_joined_first_wait_for_a_late_one(tmp_path):
+    """Nodes 0-2 join with --start-timeout 4, node 3 only 8 s later: their time-outs
+    counted from their joins, they gave up, and the first error failed the whole run
+    while the launcher still waited (a helper's audit).  The launcher's heartbeats to
+    joined nodes now keep them waiting; the time-out counts from its last word."""
+    from tests._remote import listening_launcher
+
+    launcher, addr = listening_launcher(tmp_path / "run", "--topology", "ring:4", "--rounds",
+                                        "2", "--start-timeout", "60")
+    nodes = [_node(addr, i, "--start-timeout", "4") for i in range(3)]
+    try:
+        time.sleep(8)
+        assert [p.poll() for p in nodes] == [None] * 3 and launcher.poll() is None
+        nodes.append(_node(addr, 3, "--start-timeout", "4"))
+        assert launcher.wait(timeout=120) == 0
+        assert [p.wait(timeout=30) for p in nodes] == [0] * 4
+    finally:
+        for p in [launcher, *nodes]:
+            p.kill()
+
+
+def test_a_remote_node_that_gave_up_before_the_start_is_waited_for_again(tmp_path):
+    """Node 1 advertises a control address nobody listens on: the launcher cannot reach
+    it, and it gives up at its start time-out.  Its error failed the run; the launcher
+    now says so and waits for it to join again, as for a process that died then."""
+    from tests._remote import listening_launcher
+
+    launcher, addr = listening_launcher(tmp_path / "run", "--topology", "ring:3", "--rounds",
+                                        "2", "--start-timeout", "60", quiet=False)
+    nodes = [_node(addr, 0), _node(addr, 2),
+             _node(addr, 1, "--start-timeout", "3", "--advertise", "127.0.0.9")]
+    try:
+        assert nodes[2].wait(timeout=60) == 1  # it gave up
+        assert launcher.poll() is None  # and the run did not fail
+        nodes.append(_node(addr, 1))
+        _, err = launcher.communicate(timeout=120)
+        assert launcher.returncode == 0, err
+        assert "node 1 gave up before the start (" in err, err
+        assert [p.wait(timeout=30) for p in nodes[:2] + nodes[3:]] == [0] * 3
+    finally:
+        for p in [launcher, *nodes]:
+            p.kill()
