@@ -97,9 +97,10 @@ def _build_node_model(out_dir: str, node: int):
 
 #: What an earlier run left in the folder and this one must not be taken for: a summary
 #: (a run ending without its own would show the other's), a checkpoint (a
-#: coordinator restarted before its first one would resume the other run) and the
-#: plots of ``p2pfl plot`` (they would show the other run).
-STALE_FILES = ("summary.json", "checkpoint.msgpack") + RUN_PNGS
+#: coordinator restarted before its first one would resume the other run), the node
+#: table (a start that fails before any join would leave the other's) and the plots of
+#: ``p2pfl plot`` (they would show the other run).
+STALE_FILES = ("summary.json", "checkpoint.msgpack", "nodes.json") + RUN_PNGS
 #: What a run writes in its folder (each must be a file it can write).
 RUN_FILES = ("config.json", "metrics.jsonl", "nodes.json", "summary.json")
 

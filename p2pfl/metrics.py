@@ -221,7 +221,8 @@ class MetricsSink:
         in the network mean, taken when the rows are a ``whole`` round; ``per_round``:
         their accuracies count in ``accuracy_per_round``."""
         vectors = {n: v for n, recs in rows.items() for _, v in recs if v is not None}
-        dist, rel = consensus_distances(vectors) if whole else ({}, {})
+        # over the nodes that played (online); one alone has distance 0, which says nothing
+        dist, rel = consensus_distances(vectors) if whole and len(vectors) > 1 else ({}, {})
         out = []
         for node in sorted(rows):
             for rec, v in rows[node]:

@@ -8,7 +8,8 @@ against the round, the megabytes that every node of the run had sent by the end 
 traffic, log x), and the wall time at which its last node finished it.  Writes
 ``compare_accuracy_vs_round.png``, ``compare_accuracy_vs_mb.png``,
 ``compare_accuracy_vs_time.png`` and ``compare.json`` (each run's final accuracy,
-total megabytes and wall time) into ``DIR``.
+total megabytes and wall time, and what says it did not finish as planned: its rounds,
+failed nodes, ``interrupted``, and whether it has a summary) into ``DIR``.
 """
 
 from __future__ import annotations
@@ -58,7 +59,11 @@ def run_curve(run_dir: str) -> dict:
     rounds = [r for r, _ in acc]
     return {"rounds": rounds, "accuracy": [a for _, a in acc],
             "mb": [cumulative.get(r) for r in rounds], "seconds": [ends.get(r) for r in rounds],
-            "mode": summary.get("mode"), "compression": summary.get("compression")}
+            "mode": summary.get("mode"), "compression": summary.get("compression"),
+            # what says a run did not finish as planned: a comparison must not hide it
+            "planned": summary.get("rounds"), "failed": sorted(map(str, summary.get(
+                "failed_nodes") or {})), "interrupted": summary.get("interrupted") is True,
+            "summary": os.path.isfile(os.path.join(run_dir, "summary.json"))}
 
 
 def _label(run_dir: str, curve: dict, taken: set) -> str:
@@ -96,7 +101,8 @@ def compare_runs(run_dirs: list, out_dir: str) -> list[str]:
     table = [{"run": os.path.abspath(d), "label": label, "mode": c["mode"],
               "compression": c["compression"], "final_round": c["rounds"][-1],
               "final_accuracy": c["accuracy"][-1], "mb_sent": c["mb"][-1],
-              "wall_s": c["seconds"][-1]}
+              "wall_s": c["seconds"][-1], "rounds": c["planned"], "failed_nodes": c["failed"],
+              "interrupted": c["interrupted"], "summary": c["summary"]}
              for d, (label, c) in zip(run_dirs, curves.items())]
     path = os.path.join(out_dir, COMPARE_FILES[3])
     write_json_atomic(path, table)

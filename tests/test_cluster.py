@@ -304,3 +304,17 @@ def test_a_remote_node_that_gave_up_before_the_start_is_waited_for_again(tmp_pat
     finally:
         for p in [launcher, *nodes]:
             p.kill()
+
+
+def test_a_start_that_fails_before_any_join_leaves_no_earlier_node_table(tmp_path):
+    """nodes.json is written once a node joins: a start that failed before left the
+    earlier run's table (its nodes `done`, its pids) beside the new config.json."""
+    from p2pfl.addresses import free_port
+    from tests._inproc import cli_here
+
+    (tmp_path / "nodes.json").write_text('[{"id": 0, "state": "done", "pid": 1}]')
+    res = cli_here("cluster", "--topology", "ring:2", "--rounds", "1", "--listen",
+                   f"tcp://127.0.0.1:{free_port()}", "--start-timeout", "1", "-q",
+                   "--out", str(tmp_path))
+    assert res.returncode == 1 and "not joined after 1 s" in res.stderr, res.stderr
+    assert (tmp_path / "config.json").exists() and not (tmp_path / "nodes.json").exists()

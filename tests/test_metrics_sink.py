@@ -169,3 +169,23 @@ def test_workers_records_of_a_round_the_coordinator_did_not_play_are_not_whole(t
     sink.close()
     assert [r for r, _ in sink.summary()["accuracy_per_round"]] == [1, 2]
     assert sink.accuracy_by_node() == {0: 0.9, 1: 0.9}
+
+
+def test_a_round_one_node_played_alone_has_no_consensus_distance(tmp_path):
+    """Under churn a round is whole once the nodes online have reported: with one online,
+    its distance to itself was 0.0, and consensus_last said perfect consensus (a helper's
+    audit).  Two or more online still get theirs, to their mean."""
+    sink = MetricsSink(str(tmp_path), [0, 1, 2], rounds=3)
+    for node in (0, 1, 2):
+        sink.add(_rec(1, node, 0.5), np.full(3, node, np.float32))
+    sink.add(dict(_rec(2, 0, None), offline=True))  # round 2: nodes 1 and 2
+    sink.add(_rec(2, 1, 0.6), np.full(3, 1, np.float32))
+    sink.add(_rec(2, 2, 0.6), np.full(3, 4, np.float32))
+    sink.add(dict(_rec(3, 1, None), offline=True))  # round 3: node 2 alone
+    sink.add(_rec(3, 2, 0.7), np.full(3, 2, np.float32))
+    sink.close()
+    dist = {(r["round"], r["node"]): r["consensus_distance"]
+            for r in read_metrics(tmp_path / "metrics.jsonl") if "offline" not in r}
+    assert dist[(3, 2)] is None
+    assert dist[(2, 1)] == dist[(2, 2)] == pytest.approx(1.5 * 3 ** 0.5)  # 1.5 off, 3 axes
+    assert sink.summary()["consensus_last"]["round"] == 2

@@ -291,6 +291,11 @@ def test_runs_compared_byte_for_byte(tmp_path):
     compare_runs([str(tmp_path / "live"), str(tmp_path / "fedavg")], str(tmp_path / "cmp2"))
     live = json.loads((tmp_path / "cmp2" / "compare.json").read_text())[0]
     assert live["final_accuracy"] == pytest.approx(table[0]["final_accuracy"])
+    # a run that did not finish as planned says so (compare.json hid it: only its
+    # final_round told); the finished ones say they did
+    assert [(r["rounds"], r["failed_nodes"], r["interrupted"], r["summary"])
+            for r in table] == [(3, [], False, True)] * 2
+    assert live["summary"] is False
     from tests._inproc import cli_here
 
     for args, message in ((["plot", str(tmp_path / "gossip"), str(tmp_path / "fedavg")],
