@@ -353,6 +353,10 @@ def execute(p: Plan, *, t0: float | None = None, on_round=None) -> Result:
         raise ClusterError(_unwritten(out, lost, bool(halted), summarised, sink.written),
                            result)
     _raise_if_failed(summary, out, result)
+    misses, sent = summary.get("misses_total") or 0, summary.get("messages_sent_total") or 0
+    if summary.get("mode") == "gossip" and misses and 2 * misses >= sent:  # mostly alone
+        progress.info(f"warning: {misses} neighbours' models missed their round (as many "
+                      "as half the messages sent): a --link too slow for --round-timeout?")
     if summary["accuracy_mean"] is not None:
         progress.info(f"accuracy mean {summary['accuracy_mean']:.4f} (min "
                       f"{summary['accuracy_min']:.4f}) | {summary['bytes_sent_total'] / 1e6:.2f}"

@@ -28,7 +28,7 @@ from .algorithms.options import CHOCOOptions, DPSGDOptions
 from .config import RunConfig
 from .errors import ConfigError
 from .plan_nodes import check_codec, learn_specs, model_name, node_availability, node_codecs
-from .plan_rules import check_robust, check_time_varying, whole_model_codec
+from .plan_rules import check_robust, check_time_varying, late_links, whole_model_codec
 from .spec import LearnSpec, NodeSpec, RuntimeSpec, ServerInfo, plain_label
 from .strategies import STRATEGIES
 from .transport.links import LinkSpec, parse_link
@@ -248,6 +248,7 @@ def _gossip_plan(cfg: RunConfig, graph, restarts: int = 0) -> Plan:
             "spectral_gap": topo.spectral_gap, "topology_phases": _phases(topo)}
     info = (f"topology: {topo_mod.describe(topo)}",) + tuple(f"warning: {w}"
                                                             for w in topo.warnings)
+    info += late_links(specs, cfg.round_timeout, schedule)
     if schedule != cfg.schedule:  # gossip learning has no barrier: say so, not silently
         info += (f"note: {algorithm} runs without a round barrier (--schedule async); "
                  "--rounds counts each node's local iterations",)
@@ -405,5 +406,6 @@ def _server_plan(cfg: RunConfig, graph) -> Plan:
             "rounds": cfg.rounds, "topology": "star (coordinator)", "edges": n,
             "participation": options.participation}
     return Plan(cfg, tuple(workers) + (coordinator,), base, record,
-                (f"{cfg.mode}: {n} workers + 1 coordinator",) + warnings, closer=n)
+                (f"{cfg.mode}: {n} workers + 1 coordinator",) + warnings
+                + late_links(tuple(workers) + (coordinator,), cfg.round_timeout), closer=n)
 

@@ -13,7 +13,8 @@ import numpy as np
 from .config import RunConfig
 from .errors import ConfigError
 
-__all__ = ["DEEPSQUEEZE_UNSTABLE", "whole_model_codec", "check_time_varying", "check_robust"]
+__all__ = ["DEEPSQUEEZE_UNSTABLE", "whole_model_codec", "check_time_varying", "check_robust",
+           "late_links"]
 
 
 #: Quantisers DeepSqueeze was unstable with on the mnist1d CNN (benchmarks/deepsqueeze.py
@@ -113,3 +114,19 @@ def _can_clip(m, delta: float) -> bool:
     starts = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])  # entries come row by row
     least, at = np.minimum.reduceat(w, starts), r[starts]
     return bool(((counts[at] >= 2) & (least <= (delta + 1e-9) * sums[at])).any())
+
+
+def late_links(specs, round_timeout: float, schedule: str = "sync") -> tuple:
+    """A warning where a link's latency alone reaches ``--round-timeout``: in rounds with
+    a barrier every message over it comes after its round and is missed (a run whose
+    nodes then learn alone exited 0 without a word; its bandwidth is not checked, as a
+    message's size depends on the codec and the model).  Without a barrier nothing
+    waits for a round."""
+    if schedule == "async":
+        return ()
+    late = [s.label for s in specs if s.link.latency_ms / 1e3 >= round_timeout]
+    if not late:
+        return ()
+    shown = ", ".join(map(str, late[:5])) + (", ..." if len(late) > 5 else "")
+    return (f"warning: the link latency of node(s) {shown} reaches --round-timeout "
+            f"({round_timeout:g} s): their messages come after their round, and are missed",)

@@ -255,3 +255,25 @@ def test_a_coordinators_last_record_counts_its_final_models_on_a_slow_link(tmp_p
     # each round: a model down to each of 3 workers; the last round, 3 final models too
     assert coord[1]["bytes_sent"] > 1.9 * coord[0]["bytes_sent"]
     assert sum(r["bytes_sent"] for r in coord) == s["bytes_down_total"]
+
+
+def test_a_link_slower_than_the_round_timeout_is_warned_of(tmp_path):
+    """Every model came after its round, the nodes learned alone, and the run exited 0
+    without a word (a helper's audit).  The plan warns where the latency alone reaches
+    --round-timeout, and the run's end where misses are as many as half the messages."""
+    from p2pfl.config_files import from_sources
+    from p2pfl.plan import plan
+    from tests._inproc import cli_here
+
+    late = plan(from_sources(None, dict(topology="ring:4", link="latency_ms=600",
+                                        round_timeout=0.5)))
+    assert [x for x in late.info if x.startswith("warning: the link latency of node(s) 0, 1, "
+                                                  "2, 3 reaches --round-timeout (0.5 s)")]
+    assert not [x for x in plan(from_sources(None, dict(topology="ring:4", link="latency_ms=400",
+                                                        round_timeout=0.5))).info
+                if "latency" in x]
+    res = cli_here("cluster", "--topology", "ring:3", "--dataset", "digits", "--rounds", "2",
+                   "--link", "latency_ms=600", "--round-timeout", "0.5", "--in-process",
+                   "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    assert "warning: 12 neighbours' models missed their round" in res.stderr, res.stderr
