@@ -99,6 +99,9 @@ class Admission:
         if by_hand:
             h.restarts += 1
             self.on_restart(h)
+            self.log(f"node {h.label!r} was started again on {h.host or 'an unnamed host'}"
+                     f"{f', pid {h.pid}' if h.pid else ''} (restart {h.restarts}/"
+                     f"{self.restart_limit})")
         self._rejoined(h)
         return True
 

@@ -103,6 +103,7 @@ class Launcher(Supervision, Admission):
         self._next_exit_check, self._dead = 0.0, {}
         self._next_stopped_check = 0.0
         self._graces: dict = {}  # id -> (until when, why): said it stops on a signal
+        self._said_down: dict = {}  # remote id -> the outage its lost connection was said of
         self.watch = ConnectionWatch()  # remote nodes' control connections (--listen)
         self._refused: dict = {}  # (id, route) of a join refused -> why (admission.py)
         self._spoof_answers: dict = {}  # key's node -> joins for other ids answered

@@ -149,9 +149,15 @@ class Supervision:
         for peer in list(self.watch.down_since):
             h = self.nodes.get(peer)
             # joined: rejoined mid-run, and not ready yet
-            if h is not None and h.state in ("ready", "joined") and \
-                    self.watch.down_for(peer, now) > limit:
+            if h is None or h.state not in ("ready", "joined"):
+                continue
+            if self.watch.down_for(peer, now) > limit:
                 self._fail(h, f"its connection was lost for {limit:g} s")
+            elif self.restart_limit and h.restarts < self.restart_limit \
+                    and self._said_down.get(h.id) != self.watch.down_since[peer]:
+                self._said_down[h.id] = self.watch.down_since[peer]  # once an outage
+                self.log(f"node {h.label!r} lost its connection; it fails in {limit:g} s "
+                         f"unless started again (p2pfl node --connect ... --id {h.id})")
 
     def _signalled(self, h: NodeHandle, final: dict) -> None:
         """A `p2pfl node` stopped mid-run by Ctrl-C or SIGTERM said bye with its final

@@ -176,8 +176,12 @@ def test_a_remote_node_restarted_by_hand_rejoins(tmp_path):
         s.bind(("127.0.0.1", 0))
         addr = f"tcp://127.0.0.1:{s.getsockname()[1]}"
     out = str(tmp_path / "run")
-    launcher = _cluster(out, "--topology", "ring:4", "--rounds", "400", "--round-timeout", "1",
-                        "--eval-every", "50", "--no-consensus", "--listen", addr)
+    log = open(tmp_path / "launcher.log", "w")  # not -q: what it says of the node
+    launcher = subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "cluster", "--dataset",
+                                 "digits", "--restart", "on-failure", "--out", out,
+                                 "--topology", "ring:4", "--rounds", "400", "--round-timeout",
+                                 "1", "--eval-every", "50", "--no-consensus", "--listen", addr],
+                                cwd=ROOT, stderr=log)
 
     def node(i):
         return _remote_node(addr, i)
@@ -186,12 +190,20 @@ def test_a_remote_node_restarted_by_hand_rejoins(tmp_path):
     try:
         _kill_when(out, 2, lambda recs: len(recs) >= 4 * 40, launcher)
         nodes[2].wait(timeout=10)
+        deadline = time.monotonic() + 60  # the launcher says so (it said nothing before)
+        while "node 2 lost its connection; it fails in " not in (tmp_path /
+                                                                 "launcher.log").read_text():
+            assert time.monotonic() < deadline and launcher.poll() is None
+            time.sleep(0.1)
         nodes[2] = release(spare)  # started again by hand
         assert launcher.wait(timeout=240) == 0
     finally:
         for p in [launcher, *nodes, spare]:
             p.kill()
+        log.close()
     _assert_rejoined_once(out, 2, 400)
+    said = (tmp_path / "launcher.log").read_text()
+    assert "node 2 was started again on " in said and "(restart 1/3)" in said, said
 
 
 def test_a_node_started_again_while_it_runs_replaces_its_old_process(tmp_path):
