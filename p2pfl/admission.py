@@ -202,6 +202,41 @@ class Admission:
                  "join again")
         return True
 
+    def _say_refused_handshakes(self) -> None:
+        """With --keys, say as they come the handshakes refused before the start (a
+        node without --key, or with another run's): the start time-out said it alone."""
+        if self.keys is None:
+            return
+        self.ep.count_refusals()
+        for reason in ("unknown_key", "plaintext_peer", "handshake_failed"):
+            n = self.ep.counters.dropped.get(reason, 0)
+            if n > self._said_handshakes.get(reason, 0):
+                if not self._said_handshakes.get(reason):
+                    self.log(f"the launcher refused a handshake ({reason.replace('_', ' ')})"
+                             ": a node without --key, or with keys of another run?")
+                self._said_handshakes[reason] = n
+
+    def _refusals(self) -> str:
+        """Why nodes may not have joined: joins refused (the first one's reason, which a
+        quiet run did not log), control addresses the launcher could not connect to,
+        handshakes the launcher's sockets refused."""
+        said = ""
+        if self._refused:
+            (src, _), reason = next(iter(self._refused.items()))
+            said = f"; {len(self._refused)} join(s) refused, the first from id {src!r}: {reason}"
+        unreached = [h.label for h in self.nodes.values()
+                     if h.route and self.watch.never_up(h.id)]
+        if unreached:
+            said += (f"; the launcher cannot connect to the control address of node(s) "
+                     f"{unreached[:5]}: check their --advertise and --host")
+        self.ep.count_refusals()
+        why = {k: n for k, n in self.ep.counters.dropped.items()
+               if k in ("unknown_key", "plaintext_peer", "handshake_failed")}
+        if not why:
+            return said
+        shaken = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(why.items()))
+        return f"{said}; the launcher refused handshakes ({shaken}): check the nodes' keys"
+
     def _fail_lost_while_starting(self, now: float) -> None:
         """Once the configs went out, a remote node whose connection to the launcher has
         been down ``--lost-after`` cannot come back before the start (its peers were given

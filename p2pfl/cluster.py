@@ -104,6 +104,7 @@ class Launcher(Supervision, Admission):
         self._next_stopped_check = 0.0
         self._graces: dict = {}  # id -> (until when, why): said it stops on a signal
         self._said_down: dict = {}  # remote id -> the outage its lost connection was said of
+        self._said_handshakes: dict = {}  # reason -> refused handshakes said so far
         self.watch = ConnectionWatch()  # remote nodes' control connections (--listen)
         self._refused: dict = {}  # (id, route) of a join refused -> why (admission.py)
         self._spoof_answers: dict = {}  # key's node -> joins for other ids answered
@@ -227,6 +228,7 @@ class Launcher(Supervision, Admission):
                 raise ClusterError(f"{len(waiting)} node(s) not {state} after {timeout:.0f} s: "
                                    f"{[h.label for h in waiting[:5]]}{self._refusals()}")
             self._take(kinds, 0.5)
+            self._say_refused_handshakes()
             self.watch.poll(time.monotonic())  # read, so that its queue never fills
             if state == "joined":
                 self._unjoin_lost()
@@ -239,27 +241,6 @@ class Launcher(Supervision, Admission):
             for h in waiting:
                 if h.id in gone and h.state not in ("done", "failed"):
                     raise ClusterError(f"node {h.label!r} exited during start-up")
-
-    def _refusals(self) -> str:
-        """Why nodes may not have joined: joins refused (the first one's reason, which a
-        quiet run did not log), control addresses the launcher could not connect to,
-        handshakes the launcher's sockets refused."""
-        said = ""
-        if self._refused:
-            (src, _), reason = next(iter(self._refused.items()))
-            said = f"; {len(self._refused)} join(s) refused, the first from id {src!r}: {reason}"
-        unreached = [h.label for h in self.nodes.values()
-                     if h.route and self.watch.never_up(h.id)]
-        if unreached:
-            said += (f"; the launcher cannot connect to the control address of node(s) "
-                     f"{unreached[:5]}: check their --advertise and --host")
-        self.ep.count_refusals()
-        why = {k: n for k, n in self.ep.counters.dropped.items()
-               if k in ("unknown_key", "plaintext_peer", "handshake_failed")}
-        if not why:
-            return said
-        shaken = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(why.items()))
-        return f"{said}; the launcher refused handshakes ({shaken}): check the nodes' keys"
 
     def _barrier(self) -> None:
         """join from all → config to each → ready from all → start."""

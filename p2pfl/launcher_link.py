@@ -67,9 +67,10 @@ def await_message(mailbox: Mailbox, kind: str, timeout: float, sliding: bool = F
 
 
 def await_config(mailbox: Mailbox, launcher: str, timeout: float, joined_at: float,
-                 control: str, watch: ConnectionWatch | None) -> dict:
+                 control: str, watch: ConnectionWatch | None, secure: bool = False) -> dict:
     """The launcher's config; a time-out says whether the launcher was ever heard, and
-    if not, whether a connection to it ever came up (``watch``)."""
+    if not, whether a connection to it ever came up (``watch``), or failed its handshake
+    on CURVE: one side has it (``secure``: this node), the other not."""
     try:
         return await_message(mailbox, "config", timeout, sliding=True).meta
     except TimeoutError:
@@ -78,6 +79,12 @@ def await_config(mailbox: Mailbox, launcher: str, timeout: float, joined_at: flo
         if mailbox.last_control > joined_at:  # the heartbeat that answers a join came
             raise TimeoutError(f"no word from the launcher at {launcher} for {timeout:g} s "
                                "before the start") from None
+        if never_reached(watch) and LAUNCHER in watch.mechanism_mismatch:
+            raise TimeoutError(f"the launcher at {launcher} runs "
+                               + ("without CURVE: start this node without --key, or the "
+                                  "launcher with --keys" if secure else
+                                  "with CURVE (--keys): start this node with --key "
+                                  "KEYS/NAME.key_secret")) from None
         if never_reached(watch):  # a wrong address, or no launcher there
             raise TimeoutError(
                 f"no connection to the launcher at {launcher} came up in {timeout:g} s: "

@@ -151,7 +151,8 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
             # its events are read while waiting, or a long wait's retries fill their queue
             mailbox.on_tick = lambda: (signals.check(), watch.poll(time.monotonic()))
         try:
-            config = await_config(mailbox, launcher, start_timeout, joined_at, control, watch)
+            config = await_config(mailbox, launcher, start_timeout, joined_at, control, watch,
+                                  secure=security is not None)
         finally:
             # a node process's own: a Ctrl-C (cli.py) whose exception was lost in a
             # destructor is raised again (else every later one is only recorded)

@@ -468,6 +468,44 @@ def test_a_node_with_a_key_of_another_run_is_named_as_refused(tmp_path):
     assert "handshake failed" in last and last.endswith("check the nodes' keys")
 
 
+@pytest.mark.parametrize("secure_launcher", [True, False])
+def test_a_node_and_launcher_of_which_one_has_curve_say_so(tmp_path, secure_launcher):
+    """A node without --key at a launcher with --keys (or the reverse) waited out its
+    start time-out and then asked whether it had keys of this run: its handshake had
+    failed on the mechanism, which its connection's monitor sees."""
+    _cli("keys", "generate", str(tmp_path / "keys"), "--nodes", "2", check=True)
+    port = free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    log = open(tmp_path / "launcher.log", "w")
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "p2pfl.cli", "cluster", "--topology", "line:2", "--rounds", "2",
+         "--listen", addr, "--start-timeout", "30", "--out", str(tmp_path / "run"),
+         *(["--keys", str(tmp_path / "keys")] if secure_launcher else [])], cwd=ROOT,
+        stderr=log)
+    deadline = time.monotonic() + 60
+    while not listening(port):
+        assert launcher.poll() is None and time.monotonic() < deadline, "it never listened"
+        time.sleep(0.05)
+    node = subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
+                             "--host", "127.0.0.1", "--start-timeout", "3", "--id", "0",
+                             *([] if secure_launcher else
+                               ["--key", str(tmp_path / "keys" / "0.key_secret")])],
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = node.communicate(timeout=60)
+    finally:
+        for p in (launcher, node):
+            p.kill()
+        log.close()
+    assert node.returncode == 1
+    said = ("runs with CURVE (--keys): start this node with --key" if secure_launcher
+            else "runs without CURVE: start this node without --key")
+    assert f"the launcher at {addr} {said}" in err, err
+    if secure_launcher:  # it said so as the handshakes came, not at its time-out
+        assert ("the launcher refused a handshake (plaintext peer): a node without --key"
+                in (tmp_path / "launcher.log").read_text())
+
+
 @pytest.mark.skipif(can_capture() is not None, reason=str(can_capture()))
 def test_the_same_capture_of_a_plain_run_shows_the_header_fields(tmp_path):
     with LoopbackCapture() as cap:

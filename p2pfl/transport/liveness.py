@@ -27,7 +27,8 @@ from zmq.utils.monitor import recv_monitor_message
 
 __all__ = ["ConnectionWatch", "CONNECT_GRACE_S", "heartbeat_options"]
 
-_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
+_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
+           | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
 #: A connection not up this long after it was asked for is down since it was asked for.
 CONNECT_GRACE_S = 6.0
 
@@ -49,6 +50,8 @@ class ConnectionWatch:
         self._monitors: dict = {}  # peer -> (monitor socket, watched socket)
         self._asked: dict = {}  # peer -> when its watch began; absent once it was up
         self.down_since: dict = {}
+        # peers whose handshake failed on the security mechanism: one side has CURVE
+        self.mechanism_mismatch: set = set()
 
     def watch(self, peer, sock: zmq.Socket, now: float | None = None) -> None:
         """Follow ``sock``'s connection to ``peer`` (replacing an earlier watch), asked
@@ -62,10 +65,14 @@ class ConnectionWatch:
         """Read the monitors' news without waiting."""
         for peer, (monitor, _) in self._monitors.items():
             while monitor.poll(0):
-                event = recv_monitor_message(monitor)["event"]
+                news = recv_monitor_message(monitor)
+                event = news["event"]
                 if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                     self.down_since.pop(peer, None)
                     self._asked.pop(peer, None)
+                elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+                    if news["value"] == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+                        self.mechanism_mismatch.add(peer)
                 else:  # DISCONNECTED, or CONNECT_RETRIED: an attempt failed
                     self.down_since.setdefault(peer, now)
         for peer, asked in self._asked.items():
@@ -89,6 +96,7 @@ class ConnectionWatch:
         """Stop watching ``peer`` (before its socket is closed)."""
         self.down_since.pop(peer, None)
         self._asked.pop(peer, None)
+        self.mechanism_mismatch.discard(peer)
         entry = self._monitors.pop(peer, None)
         if entry is not None:
             monitor, sock = entry
