@@ -207,14 +207,22 @@ class RunKeys:
         return None if key is None else key.decode()
 
 
+def _node_id(name: str) -> int | None:
+    """The node id a key name stands for: a number as ``str(id)`` writes it (``'7'``, not
+    ``'07'`` nor ``'²'``, which ``str.isdigit`` takes and ``int`` refuses), else None."""
+    if name.isascii() and name.isdecimal() and str(int(name)) == name:
+        return int(name)
+    return None
+
+
 def node_security(key_file: str, node_id: int | None) -> tuple:
     """``(node id, Security)`` for ``p2pfl node --key FILE``.
 
     The run's public keys are read from the ``keys.toml`` beside the file: all
-    are admitted from the start; the launcher's, and those named by a node id,
-    are bound to their node at once, the others (labels) when the launcher says
-    which node each is.  Without ``--id`` the node's id is its own name there,
-    which must then be a number.
+    are admitted from the start; the launcher's, and those named by a node id
+    (:func:`_node_id`), are bound to their node at once, the others (labels) when the
+    launcher says which node each is.  Without ``--id`` the node's id is its own name
+    there, which must then be a number.
     """
     from .runtime import LAUNCHER as LAUNCHER_ID
     from .transport.security import Security
@@ -225,9 +233,9 @@ def node_security(key_file: str, node_id: int | None) -> tuple:
     if not names:
         raise UsageError(f"{key_file}: its key is not in the {TABLE} beside it")
     if node_id is None:
-        if not names[0].isdigit():
+        node_id = _node_id(names[0])
+        if node_id is None:
             raise UsageError(f"{key_file} is the key of {names[0]!r}; give the node's --id")
-        node_id = int(names[0])
-    bound = {int(n): k for n, k in table.items() if n.isdigit()}
+    bound = {_node_id(n): k for n, k in table.items() if _node_id(n) is not None}
     bound[LAUNCHER_ID] = launcher
     return node_id, Security(pair, bound, allowed=table.values())

@@ -16,7 +16,7 @@ import zmq
 import zmq.auth
 
 from p2pfl.atomic import _umask
-from p2pfl.keys import read_secret
+from p2pfl.keys import node_security, read_secret
 from p2pfl.transport import Endpoint
 from p2pfl.transport.endpoint import identity
 from p2pfl.transport.probe import LoopbackCapture, can_capture, hostile_clients
@@ -285,6 +285,21 @@ def test_secure_usage_errors_exit_2_before_any_node(tmp_path, flags, words):
     assert res.returncode == 2 and words in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "nodes.json").exists()
+
+
+def test_a_key_name_is_a_node_id_only_as_a_plain_number(tmp_path):
+    """'²'.isdigit() is True and int('²') fails: `p2pfl node --key a.key_secret --id 0`
+    beside a key named '²' was a ValueError traceback (an audit).  '07' was bound to node
+    id 7, which the launcher, matching str(id), never gives it."""
+    folder = tmp_path / "k"
+    assert cli_here("keys", "generate", str(folder), "--labels", "a,²,07,5").returncode == 0
+    node_id, security = node_security(str(folder / "a.key_secret"), 0)
+    assert node_id == 0 and security.knows(5) and not security.knows(7)
+    for name in ("²", "07"):
+        secret = folder / f"{name}.key_secret"
+        res = cli_here("node", "--connect", "tcp://127.0.0.1:9", "--key", str(secret))
+        assert (res.returncode, res.stderr) == (
+            2, f"p2pfl: error: {secret} is the key of {name!r}; give the node's --id\n")
 
 
 def _nodes_json(out, proc) -> list:
