@@ -165,6 +165,25 @@ def read_key_table(path: str) -> tuple:
     return data[LAUNCHER].encode(), {str(k): v.encode() for k, v in nodes.items()}
 
 
+def _key_names(folder: str, table: dict, nodes: list) -> dict:
+    """Each node's key name in ``table``: its label, else its id.  A name that is one
+    node's label and another node's id is refused: nodes take a key named by a number
+    for the node of that id (:func:`node_security`), and two nodes could share it."""
+    ids = {str(node) for node, _ in nodes}
+    names = {}
+    for node, label in nodes:
+        name = next((n for n in (str(label), str(node)) if n in table), None)
+        if name is None:
+            raise UsageError(f"{folder}/{TABLE} has no key for node {label!r} (id {node})")
+        if name != str(node) and name in ids:
+            raise UsageError(f"--keys {folder}: key names are ambiguous: {name!r} is the "
+                             f"label of node id {node} and the id of another node; label "
+                             "the graph's nodes with their ids or with names that are not "
+                             "numbers")
+        names[node] = name
+    return names
+
+
 @dataclass(frozen=True)
 class RunKeys:
     """The launcher's key pair and every node's public key (and, for nodes the
@@ -183,7 +202,8 @@ class RunKeys:
     @classmethod
     def from_folder(cls, folder: str, nodes: list, *, secrets: bool) -> "RunKeys":
         """The keys of ``nodes`` (``(id, label)`` pairs) from a folder that
-        ``p2pfl keys generate`` wrote; ``secrets``: also each node's secret key."""
+        ``p2pfl keys generate`` wrote, each named by its node's label, else its id
+        (:func:`_key_names`); ``secrets``: also each node's secret key."""
         if not os.path.isdir(folder):
             raise UsageError(f"--keys {folder}: no such folder")
         launcher_public, table = read_key_table(os.path.join(folder, TABLE))
@@ -191,10 +211,7 @@ class RunKeys:
         if launcher.public != launcher_public:
             raise UsageError(f"{folder}: launcher.key_secret does not match {TABLE}")
         public, pairs = {}, {}
-        for node, label in nodes:
-            name = next((n for n in (str(label), str(node)) if n in table), None)
-            if name is None:
-                raise UsageError(f"{folder}/{TABLE} has no key for node {label!r} (id {node})")
+        for node, name in _key_names(folder, table, nodes).items():
             public[node] = table[name]
             if secrets:
                 pairs[node] = read_secret(os.path.join(folder, name + ".key_secret"))

@@ -287,6 +287,38 @@ def test_secure_usage_errors_exit_2_before_any_node(tmp_path, flags, words):
     assert not (tmp_path / "nodes.json").exists()
 
 
+def _ambiguous(folder) -> str:
+    return (f"p2pfl: error: --keys {folder}: key names are ambiguous: '1' is the label of "
+            "node id 0 and the id of another node; label the graph's nodes with their ids "
+            "or with names that are not numbers\n")
+
+
+@pytest.mark.parametrize("names", [["--nodes", "4"], ["--labels", "1,2,3,4"]])
+def test_keys_of_a_graph_whose_labels_are_other_nodes_ids_are_refused(tmp_path, names):
+    """A graph labelled 1..4 (ids 0..3) with keys 0..3: the launcher took the key of a
+    node's label, else of its id, so nodes 2 and 3 shared key 3; --dry-run passed and
+    the run started its nodes, refused a join with advice that did not help, exit 1
+    (an audit).  Keys 1..4 gave each node its own key, but nodes take key 1 for id 1.
+    Both are now refused in one line, exit 2, before any node starts."""
+    graph, folder = tmp_path / "one4.edgelist", tmp_path / "k"
+    graph.write_text("1 2\n2 3\n3 4\n4 1\n")
+    assert cli_here("keys", "generate", str(folder), *names).returncode == 0
+    res = cli_here("cluster", "--topology", str(graph), "--dataset", "digits", "--rounds",
+                   "2", "--keys", str(folder), "--out", str(tmp_path / "run"), "--dry-run")
+    assert (res.returncode, res.stderr, res.stdout) == (2, _ambiguous(folder), "")
+    if names[0] == "--labels":
+        return
+    res = _cli("cluster", "--topology", str(graph), "--dataset", "digits", "--rounds", "2",
+               "--keys", str(folder), "--out", str(tmp_path / "run"), timeout=120)
+    assert (res.returncode, res.stderr) == (2, _ambiguous(folder))  # the audit's run itself
+    assert not (tmp_path / "run").exists()
+    zero = tmp_path / "zero4.edgelist"  # labels 0..3: each is its own node's id
+    zero.write_text("0 1\n1 2\n2 3\n3 0\n")
+    res = cli_here("cluster", "--topology", str(zero), "--rounds", "2", "--keys", str(folder),
+                   "--dry-run", "-q")
+    assert res.returncode == 0, res.stderr
+
+
 def test_a_key_name_is_a_node_id_only_as_a_plain_number(tmp_path):
     """'²'.isdigit() is True and int('²') fails: `p2pfl node --key a.key_secret --id 0`
     beside a key named '²' was a ValueError traceback (an audit).  '07' was bound to node
