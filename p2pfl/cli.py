@@ -216,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "on a few test tensors (what a stream's later messages save, with "
                        "cabac:temporal or powersgd:R:alternate, does not show)")
     p.add_argument("what", choices=["codecs"], metavar="{codecs}")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON lines (one object a row) instead of a table")
     p.add_argument("--codec", action="append", dest="codecs", metavar="SPEC",
                    help="a codec spec to measure (repeatable; default: the standard set)")
     return parser
@@ -370,10 +371,14 @@ def _cmd_plot(args) -> int:
 def _cmd_bench(args) -> int:
     from .compression import make_codec
     from .compression.bench import run_codec_bench
+    from .compression.errors import CodecError
 
     for spec in args.codecs or ():
         make_codec(spec)  # an unknown codec is a one-line usage error before any work
-    run_codec_bench(args.codecs, json=args.json)
+    try:
+        run_codec_bench(args.codecs, json=args.json)
+    except CodecError as exc:  # a codec the bench's tensors overflow (quant:1e-9): the
+        raise UsageError(str(exc)) from None  # user's spec to change, as a bad one is
     return 0
 
 

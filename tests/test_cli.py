@@ -111,6 +111,31 @@ def test_self_loop_is_ignored_with_a_warning(tmp_path):
     assert res.returncode == 0 and "self-loop" in res.stdout
 
 
+def test_a_codec_the_bench_tensors_overflow_is_one_line_and_exit_2():
+    """`bench codecs --codec quant:1e-9` was a CodecError traceback, exit 1 (an audit):
+    the spec is valid, but its levels for the bench's Gaussian tensor overflow int32."""
+    res = cli_here("bench", "codecs", "--codec", "quant:1e-9")
+    assert (res.returncode, res.stdout) == (2, "")
+    assert res.stderr == ("p2pfl: error: quant:1e-9 cannot encode the bench's 'gauss' "
+                          "tensor: quant:1e-9 levels overflow int32; use a larger step\n")
+
+
+def test_bench_json_prints_the_json_lines_its_help_says(monkeypatch):
+    """The help said "print JSON instead of a table"; the output is one object a line."""
+    import torch
+
+    from p2pfl.compression import bench
+
+    tensors = {"a": torch.ones(64), "b": torch.arange(32.0)}
+    monkeypatch.setattr(bench, "standard_tensors", lambda: tensors)
+    res = cli_here("bench", "codecs", "--codec", "none", "--json")
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert res.returncode == 0 and [(r["codec"], r["tensor"]) for r in rows[:2]] == [
+        ("none", "a"), ("none", "b")]
+    text = " ".join(cli_here("bench", "--help").stdout.split())
+    assert "--json print JSON lines (one object a row) instead of a table" in text
+
+
 def test_boolean_flags_override_the_config_file_both_ways(tmp_path):
     """in_process = true or consensus = false in a file could not be undone by a flag."""
     from p2pfl.cli import build_parser

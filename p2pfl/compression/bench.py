@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from . import make_codec, wire_size
+from .errors import CodecError
 from .intermediate import Levels
 
 __all__ = ["DEFAULT_SPECS", "standard_tensors", "run_codec_bench", "format_codec_bench",
@@ -134,6 +135,18 @@ def bench_one(spec: str, name: str, x: torch.Tensor, repeats: int = 3) -> dict:
     }
 
 
+def _bench_codec(spec: str, tensors: dict, repeats: int) -> list[dict]:
+    """``spec`` on every tensor; a CodecError says which codec and tensor it was."""
+    rows = []
+    for name, x in tensors.items():
+        try:
+            rows.append(bench_one(spec, name, x, repeats))
+        except CodecError as exc:
+            raise CodecError(f"{spec} cannot encode the bench's {name!r} tensor: "
+                             f"{exc}") from None
+    return rows
+
+
 def _nncodec_rows(tensors) -> list[dict]:
     """A reference row when the optional ``nncodec`` package is importable."""
     try:
@@ -151,8 +164,8 @@ def run_codec_bench(specs=None, json: bool = False, tensors=None, repeats: int =
     or one JSON object per line with ``json=True`` (``out=None`` prints nothing)."""
     torch.set_num_threads(1)
     tensors = tensors or standard_tensors()
-    rows = [bench_one(spec, name, x, repeats)
-            for spec in (specs or DEFAULT_SPECS) for name, x in tensors.items()]
+    specs = specs or DEFAULT_SPECS
+    rows = [row for spec in specs for row in _bench_codec(spec, tensors, repeats)]
     rows += _nncodec_rows(tensors)
     if out is not None:
         if json:
