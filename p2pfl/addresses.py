@@ -5,12 +5,16 @@ bind and waits out its time-out."""
 from __future__ import annotations
 
 import errno
+import ipaddress
+import re
 import socket
 
 from .errors import UsageError
 
-__all__ = ["tcp_address", "check_host", "check_listen", "check_run_addresses", "listening",
-           "free_port", "address_towards"]
+__all__ = ["tcp_address", "check_host", "check_listen", "check_advertise",
+           "check_run_addresses", "listening", "free_port", "address_towards"]
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")  # one dot-separated part
 
 
 def tcp_address(address: str, flag: str, *, wildcard: bool = False) -> tuple:
@@ -40,6 +44,28 @@ def check_listen(address: str, flag: str = "--listen") -> None:
     host, port = tcp_address(address, flag, wildcard=True)
     if host not in _interfaces():
         _try_bind("0.0.0.0" if host == "*" else host, port or 0, flag, address)
+
+
+def check_advertise(value: str, flag: str = "--advertise") -> None:
+    """A usage error unless ``value`` is a host name or an IPv4 address that peers can
+    put in ``tcp://VALUE:PORT``: no scheme, no port, no spaces, not ``0.0.0.0``.  A name
+    need not resolve here: the peers' network may know it and this machine not."""
+    parts = str(value).split(".")
+    if len(value) > 253 or not all(_HOST_LABEL.fullmatch(p) for p in parts) or (
+            all(p.isdigit() for p in parts) and not _is_ipv4(value)):
+        raise UsageError(f"{flag} {value!r}: expected a host name or IPv4 address, "
+                         "no tcp:// or port")
+    if value == "0.0.0.0":
+        raise UsageError(f"{flag} 0.0.0.0: peers cannot reach that address; give this "
+                         "host's name or IP")
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def address_towards(host: str) -> str:

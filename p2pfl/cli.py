@@ -176,9 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", type=int, help="this node's id in the topology (with --key: "
                    "its name in keys.toml when that is a number)")
     p.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
-    p.add_argument("--advertise", help="host name or IP that peers use to reach this node "
-                   "(default with --host 0.0.0.0: this host's address on its route to the "
-                   "launcher)")
+    p.add_argument("--advertise", help="host name or IPv4 address (no tcp://, no port) that "
+                   "peers use to reach this node (default with --host 0.0.0.0: this host's "
+                   "address on its route to the launcher)")
     p.add_argument("--key", help="this node's secret key file (CURVE; keys.toml beside it)")
     p.add_argument("--start-timeout", dest="start_timeout", type=float, default=60.0,
                    help="seconds to wait for the launcher's config and start (default 60)")
@@ -266,7 +266,7 @@ def _one_line(exc) -> str:
 
 
 def _cmd_node(args) -> int:
-    from .addresses import address_towards, check_host, tcp_address
+    from .addresses import address_towards, check_advertise, check_host, tcp_address
     from .spec import MAX_INT
 
     launcher_host, _ = tcp_address(args.connect, "--connect")
@@ -276,6 +276,8 @@ def _cmd_node(args) -> int:
             raise UsageError(f"{flag} must be positive, got {value}")
     check_host(args.host)
     advertise = args.advertise
+    if advertise is not None:
+        check_advertise(advertise)
     if advertise is None and args.host in ("0.0.0.0", "*"):  # not an address to reach
         advertise = address_towards(launcher_host)  # the one its launcher's host can reach
     from .worker import serve

@@ -18,7 +18,7 @@ import zmq
 from p2pfl.errors import UsageError
 from p2pfl.runtime import LAUNCHER
 from p2pfl.transport import Endpoint
-from p2pfl.addresses import free_port, tcp_address
+from p2pfl.addresses import check_advertise, free_port, tcp_address
 from tests._remote import await_zeromq, read_until, release, spare_node
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,6 +101,15 @@ def test_nodes_that_never_join_end_the_run_in_one_line(tmp_path):
      "--start-timeout must be positive"),
     (["--connect", "tcp://127.0.0.1:5555", "--id", "1", "--lost-after", "-1"],
      "--lost-after must be positive, got -1.0"),
+    # the node waited its start time-out and exited 1 (an audit); with host:port the
+    # launcher took the join and the run failed later
+    *[(["--connect", f"tcp://127.0.0.1:{free_port()}", "--id", "1", "--host", "127.0.0.1",
+        "--start-timeout", "2", "--advertise", bad],
+       f"--advertise {bad!r}: expected a host name or IPv4 address, no tcp:// or port")
+      for bad in ("bad host", "127.0.0.1:5555", "tcp://127.0.0.1")],
+    (["--connect", f"tcp://127.0.0.1:{free_port()}", "--id", "1", "--host", "127.0.0.1",
+      "--start-timeout", "2", "--advertise", "0.0.0.0"],
+     "--advertise 0.0.0.0: peers cannot reach that address; give this host's name or IP"),
 ])
 def test_node_bad_flags_are_exit_2_at_once(flags, words):
     res, wall = run("node", *flags)
@@ -451,6 +460,15 @@ def test_tcp_address_forms():
                 "tcp://h:٥", "tcp://*:5"):  # * binds every interface; no one connects to it
         with pytest.raises(UsageError, match="expected tcp://HOST:PORT"):
             tcp_address(bad, "--x")
+
+
+def test_advertise_forms():
+    for good in ("localhost", "HOST-B", "node_1.cluster.local", "10.1.2.3", "a" * 63):
+        check_advertise(good)
+    for bad in ("", "bad host", "h:5555", "tcp://h", "*", "-h", "h-", "a..b", "999.1.1.1",
+                "01.2.3.4", "::1", "héte", "h\n", "a" * 64):
+        with pytest.raises(UsageError, match="expected a host name or IPv4 address"):
+            check_advertise(bad)
 
 
 def test_mixing_help_lists_every_accepted_form():
