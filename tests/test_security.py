@@ -549,8 +549,9 @@ def test_a_node_and_launcher_of_which_one_has_curve_say_so(tmp_path, secure_laun
             else "runs without CURVE: start this node without --key")
     assert f"the launcher at {addr} {said}" in err, err
     if secure_launcher:  # it said so as the handshakes came, not at its time-out
-        assert ("the launcher refused a handshake (plaintext peer): a node without --key"
-                in (tmp_path / "launcher.log").read_text())
+        said = (tmp_path / "launcher.log").read_text()  # the reason ZeroMQ gives varies:
+        assert "the launcher refused a handshake (" in said  # plaintext peer, handshake
+        assert "): a node without --key, or with keys of another run?" in said  # failed
 
 
 @pytest.mark.skipif(can_capture() is not None, reason=str(can_capture()))
