@@ -40,7 +40,7 @@ def _cluster(tree: str, out: str, *flags) -> subprocess.Popen:
     shutil.rmtree(out, ignore_errors=True)
     return subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "cluster", "--dataset",
                              "digits", "-q", "--out", out, *flags], cwd=tree,
-                            stderr=subprocess.PIPE, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONPATH=tree))
 
 
