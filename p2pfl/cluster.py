@@ -240,6 +240,7 @@ class Launcher(Supervision, Admission):
             gone = self._exited()
             for h in waiting:
                 if h.id in gone and h.state not in ("done", "failed"):
+                    h.state, h.reason = "failed", "exited during start-up"  # nodes.json
                     raise ClusterError(f"node {h.label!r} exited during start-up")
 
     def _barrier(self) -> None:

@@ -138,6 +138,33 @@ def test_a_server_run_where_every_worker_failed_raises(tmp_path):
     assert set(info.value.result.summary["failed_nodes"]) == {"0", "1", "2"}
 
 
+class _ExitsInANode(nn.Module):
+    """Ends its process as a node's copy of it is made (unpickled, in a node process)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if os.getpid() != int(os.environ["P2PFL_TEST_LAUNCHER"]):
+            os._exit(3)
+
+
+def test_a_node_that_exits_during_start_up_is_failed_in_nodes_json(tmp_path, monkeypatch):
+    """The start failed with "node 0 exited during start-up", and nodes.json said that
+    node was `stopped`, as if the launcher had stopped it (a helper's audit)."""
+    monkeypatch.setenv("P2PFL_TEST_LAUNCHER", str(os.getpid()))
+    with pytest.raises(p2pfl.ClusterError, match="exited during start-up"):
+        p2pfl.run_cluster("ring:3", model=_ExitsInANode(), rounds=2, quiet=True,
+                          dataset="digits", out=str(tmp_path))
+    states = [n["state"] for n in json.loads((tmp_path / "nodes.json").read_text())]
+    assert "failed" in states, states
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_signal_lost_in_a_destructor_is_raised_again():
     """Python raises a handler's exception where the main thread is; inside a destructor
