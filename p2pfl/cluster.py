@@ -132,7 +132,9 @@ class Launcher(Supervision, Admission):
                 raise UsageError(f"--listen {self.listen!r}: {exc.strerror}") from None
             # a port chosen now (*) is said even to a quiet run: its nodes need it
             say = self.notice if self.listen.endswith(":*") else self.log
-            say(f"waiting for {len(self.nodes)} node(s) to join at {self.ep.address}")
+            closer = self.nodes.get(self.closer) if self.closer is not None else None
+            ids = f" (the coordinator is --id {closer.id})" if closer is not None else ""
+            say(f"waiting for {len(self.nodes)} node(s) to join at {self.ep.address}{ids}")
             return
         if self.backend is not None:
             host = self.backend.start(len(self.nodes))

@@ -254,6 +254,9 @@ class RunConfig:
         if self.listen and self.in_process:
             raise ConfigError("--listen waits for `p2pfl node` processes; --in-process and "
                               "--procs host the nodes here, so they do not apply")
+        if self.listen and self.host not in (None, "127.0.0.1"):  # ignored in silence
+            raise ConfigError("--host is where the nodes the launcher starts bind; with "
+                              "--listen each `p2pfl node` takes its own --host")
         if self.procs is not None and not self.in_process:
             raise ConfigError("--procs needs --in-process (it sets how many processes host "
                               "the node actors)")

@@ -318,3 +318,16 @@ def test_a_start_that_fails_before_any_join_leaves_no_earlier_node_table(tmp_pat
                    "--out", str(tmp_path))
     assert res.returncode == 1 and "not joined after 1 s" in res.stderr, res.stderr
     assert (tmp_path / "config.json").exists() and not (tmp_path / "nodes.json").exists()
+
+
+def test_a_listening_server_run_says_which_id_its_coordinator_is(tmp_path):
+    """It waited for node 'coordinator' without saying that it is `--id N` (N workers)."""
+    from tests._remote import listening_launcher, read_until
+
+    launcher, _ = listening_launcher(tmp_path / "run", "--mode", "fedavg", "--nodes", "3",
+                                     "--start-timeout", "30", quiet=False)
+    try:
+        said = read_until(launcher, "node(s) to join at")
+        assert said.rstrip().endswith("(the coordinator is --id 3)"), said
+    finally:
+        launcher.kill()

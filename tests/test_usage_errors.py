@@ -189,6 +189,17 @@ def test_listen_refuses_in_process_hosting():
                                 listen="tcp://127.0.0.1:5601"))
 
 
+def test_listen_refuses_a_host_for_its_nodes():
+    """--host is where the nodes the launcher starts bind: with --listen it was ignored
+    in silence (a helper's audit); the default, given or not, is still taken."""
+    with pytest.raises(ConfigError, match="with --listen each `p2pfl node` takes its own"):
+        from_sources(None, dict(topology="ring:2", host="127.0.0.5",
+                                listen="tcp://127.0.0.1:5601"))
+    for host in ({}, {"host": "127.0.0.1"}):
+        assert from_sources(None, dict(topology="ring:2", listen="tcp://127.0.0.1:5601",
+                                       **host)).listen
+
+
 @pytest.mark.parametrize("options, words", [
     (dict(lr=float("inf")), "--lr must be positive and finite"),
     (dict(weight_decay=float("nan")), "--weight-decay must be >= 0 and finite"),
