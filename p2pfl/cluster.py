@@ -376,7 +376,8 @@ class Launcher(Supervision, Admission):
         if self.ep is not None:
             for h in self.nodes.values():
                 if h.control and not h.exited():  # a message to a gone node would linger
-                    self.ep.send(h.id, "stop")
+                    # cut: stopped mid-run (a node of its own then exits non-zero)
+                    self.ep.send(h.id, "stop", meta={"cut": h.id in running})
         if not self.in_process:
             self._kill_unanswering()
         deadline = time.monotonic() + 5.0

@@ -213,6 +213,9 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
             raise LauncherLost(f"no stop, and no word from the launcher for {silent:.0f} s "
                                "after this node's last round: its records may be lost")
         status = 0
+        if mailbox.cut and own:  # a batch script must not read this as a finished run
+            report("the launcher stopped the run before its end (interrupted, or it failed)")
+            status = 1
     except Refused as exc:  # the launcher knows why: it is not told again
         report(str(exc))
         status = 2

@@ -471,6 +471,22 @@ def test_a_signal_to_the_launcher_and_its_remote_nodes_stops_them_all(tmp_path):
     assert s["bytes_sent_counted_by_nodes"] == s["bytes_sent_total"] > 0
 
 
+def test_remote_nodes_of_a_run_stopped_mid_way_exit_non_zero(tmp_path):
+    """The launcher alone stopped by SIGTERM mid-run: its remote nodes were stopped and
+    exited 0, silently, as from a finished run, and a batch script read success (a
+    helper's audit).  They now say so and exit 1."""
+    out = tmp_path / "run"
+    with remote_cluster(out, 3, "--topology", "ring:3", "--rounds", "100000") as (
+            launcher, _, nodes):
+        await_records(out, 30, launcher)
+        launcher.send_signal(signal.SIGTERM)
+        launcher.wait(timeout=60)
+        said = [p.communicate(timeout=30)[1] for p in nodes]
+    assert launcher.returncode == 128 + signal.SIGTERM
+    assert [p.returncode for p in nodes] == [1] * 3, said
+    assert all("the launcher stopped the run before its end" in e for e in said), said
+
+
 def test_remote_nodes_give_up_soon_after_their_launcher_died(tmp_path):
     """A launcher killed mid-run (SIGKILL: no stop reaches anyone): its host refuses the
     nodes' reconnections, and each node gives up once its connection has been down

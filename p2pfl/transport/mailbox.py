@@ -119,6 +119,7 @@ class Mailbox(Routing):
         self.done: set = set()
         self.gone: set = set()  # dead, the launcher said: away until restarted
         self.offline = False
+        self.cut = False  # the launcher's stop came mid-run (interrupted, or it failed)
 
     def _wait(self, ready: Callable[[], bool], timeout: float, wall: bool = False) -> None:
         """Receive and route messages until ``ready()``, a stop, or ``timeout`` seconds.

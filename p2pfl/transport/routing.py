@@ -66,6 +66,7 @@ class Routing:
             if msg.kind == "stop" and msg.meta.get("finish") is True:
                 self.finish = True  # end the run after the round in progress
             elif msg.kind == "stop":
+                self.cut = self.cut or msg.meta.get("cut") is True  # mid-run: not finished
                 why = msg.meta.get("refused")
                 if isinstance(why, str) and msg.meta.get("route") != self.own_route:
                     counters.drop("refusal_of_another")  # for another process of our id
