@@ -327,7 +327,7 @@ def _cmd_keys(args) -> int:
 
 
 def _cmd_topology(args) -> int:
-    from .plot_topology import LAYOUTS, check_drawable, draw_topology
+    from .plot_topology import LAYOUTS, draw_topology
     from .topology import build, count, describe
 
     if args.png is None and args.layout != "auto":
@@ -337,20 +337,21 @@ def _cmd_topology(args) -> int:
     if args.png is not None and not args.png.lower().endswith(".png"):
         raise UsageError(f"--png writes a PNG image; name the file *.png, not {args.png!r}")
     topo = build(args.spec, scheme=args.mixing)
-    if args.png is not None:
-        check_drawable(topo, args.layout)  # before anything is printed
+    drawn = None
+    if args.png is not None:  # drawn first: a file it cannot write fails before any print
+        gap = topo.spectral_gap
+        drawn = draw_topology(topo, args.png, args.layout, title=f"{args.spec}: "
+                              f"{count(topo.n, 'node')}, "
+                              f"{count(topo.graph.number_of_edges(), 'edge')}, spectral gap "
+                              f"{'?' if gap is None else f'{gap:.4g}'}")
     print(describe(topo))
     if list(topo.labels) != list(range(topo.n)):  # the ids `p2pfl node --id` takes
         shown = ", ".join(f"{label}={i}" for i, label in enumerate(topo.labels[:12]))
         print(f"node ids: {shown}" + (f", ... ({topo.n} in all)" if topo.n > 12 else ""))
     for w in topo.warnings:
         print(f"warning: {w}")
-    if args.png is not None:
-        gap = topo.spectral_gap
-        print(draw_topology(topo, args.png, args.layout, title=f"{args.spec}: "
-                            f"{count(topo.n, 'node')}, "
-                            f"{count(topo.graph.number_of_edges(), 'edge')}, spectral gap "
-                            f"{'?' if gap is None else f'{gap:.4g}'}"))
+    if drawn is not None:
+        print(drawn)
     return 0
 
 

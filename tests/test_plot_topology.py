@@ -54,6 +54,7 @@ def test_the_command_writes_a_png_and_says_where(tmp_path, spec, flags):
     (["ring:8", "--layout", "spring"], "give --png FILE too"),
     ([f"ring:{MAX_DRAWN_NODES + 1}", "--png", "{out}"], "would be a blot"),
     (["ring:8", "--png", "{out}.svg"], "name the file *.png"),  # it wrote PNG bytes there
+    (["ring:8", "--png", "/proc/t.png"], "cannot write /proc/t.png"),  # printed, then failed
 ])
 def test_what_cannot_be_drawn_is_one_line_and_exit_2(tmp_path, args, words):
     out = tmp_path / "t.png"
