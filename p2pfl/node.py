@@ -109,13 +109,6 @@ class GossipNode:
             rnd += 1
             if self.rt.stopped:
                 break
-            if self.fell_behind():
-                back = self.catch_up(rnd)
-                if back is None:
-                    break
-                if back > rnd:
-                    rnd = back - 1  # next: the round it caught up to
-                    continue
             outcome = "offline" if self.offline_now() else self.play(rnd)
             if outcome == "stopped":  # stopped mid-round: the round is not completed
                 break
@@ -127,24 +120,6 @@ class GossipNode:
                 continue
             done = rnd
         return done
-
-    def fell_behind(self) -> bool:
-        """Whether more than half of the neighbours sent models of rounds beyond the
-        mailbox's window: they ran on while this node stood still (a stopped or
-        swapped-out process), their models now come too early to be kept, and it
-        learned alone for the rest of the run (266 of 400 rounds after a 3 s SIGSTOP,
-        a helper's audit).  Not without a barrier, where nothing waits for a round."""
-        if self.asynchronous:
-            return False
-        ahead = self.rt.peers_ahead() & set(self.neighbours)
-        return 2 * len(ahead) > len(self.neighbours)
-
-    def catch_up(self, rnd: int) -> int | None:
-        """Catch up with neighbours that ran on, as a node back from offline does: pull a
-        neighbour's model and continue at its round (:meth:`rejoin`)."""
-        self.rt.forget_ahead()  # once: without an answer it plays on, and hears again
-        self.algorithm.came_back()
-        return self.rejoin(rnd)
 
     def offline_now(self) -> bool:
         """Whether an offline period (profile, trace or churn) holds now."""

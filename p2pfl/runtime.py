@@ -187,13 +187,6 @@ class Runtime:
         """We skipped to round ``rnd`` (catching up after being away)."""
         self.mailbox.advance(rnd)
 
-    def peers_ahead(self) -> set:
-        """Peers more rounds ahead of us than the mailbox keeps (their messages dropped)."""
-        return self.mailbox.peers_ahead()
-
-    def forget_ahead(self) -> None:
-        self.mailbox.forget_ahead()
-
     @property
     def away(self) -> set:
         """Peers that said they left and have sent nothing since."""

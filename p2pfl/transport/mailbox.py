@@ -291,16 +291,6 @@ class Mailbox(Routing):
         got = sorted(peers & slot.keys(), key=str)
         return slot.pop(got[0]) if got else None
 
-    def peers_ahead(self) -> set:
-        """Peers a message of which came for a round beyond the window: they are more
-        than the window ahead of us."""
-        return set().union(*self._ahead.values())
-
-    def forget_ahead(self) -> None:
-        """Forget which messages came beyond the window (we caught up, or tried to)."""
-        self._ahead.clear()
-        self._ahead_count = 0
-
     def advance(self, round: int) -> None:
         """Skip to ``round`` (after catching up): what was kept for earlier rounds goes."""
         self.current_round = max(self.current_round, round)
