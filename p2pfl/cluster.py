@@ -53,6 +53,10 @@ class Launcher(Supervision, Admission):
         How nodes are hosted and which transport they bind.
     """
 
+    #: No word from any node this long (or 6 round time-outs): the running ones that did
+    #: not say they went offline have failed (a hung host, say).
+    SILENCE_S = 120.0
+
     def __init__(self, specs: list, out_dir: str, *, in_process: bool = False,
                  scheme: str = "tcp", host: str = "127.0.0.1", start_timeout: float = 60.0,
                  round_timeout: float = 10.0, lost_after: float | None = None,
@@ -105,6 +109,7 @@ class Launcher(Supervision, Admission):
         self._graces: dict = {}  # id -> (until when, why): said it stops on a signal
         self._said_down: dict = {}  # remote id -> the outage its lost connection was said of
         self._said_handshakes: dict = {}  # reason -> refused handshakes said so far
+        self._said_offline = False  # that the run waits for offline nodes (supervision.py)
         self.watch = ConnectionWatch()  # remote nodes' control connections (--listen)
         self._refused: dict = {}  # (id, route) of a join refused -> why (admission.py)
         self._spoof_answers: dict = {}  # key's node -> joins for other ids answered
@@ -265,7 +270,7 @@ class Launcher(Supervision, Admission):
     def _monitor(self) -> None:
         """Relay records until every node is done or failed."""
         last_beat, last_news = 0.0, time.monotonic()
-        silence_limit = max(120.0, 6 * self.round_timeout)
+        silence_limit = max(self.SILENCE_S, 6 * self.round_timeout)
         while any(h.state not in ("done", "failed") for h in self.nodes.values()):
             if self.watch_signals:
                 signals.check()  # a Ctrl-C or SIGTERM whose exception was lost
@@ -290,9 +295,7 @@ class Launcher(Supervision, Admission):
             self._fail_lost_connections(now)
             self._fail_signalled(now)
             if now - last_news > silence_limit:
-                for h in self.nodes.values():
-                    if h.state == "ready":
-                        self._fail(h, f"silent for {silence_limit:.0f} s")
+                self._fail_silent(silence_limit)
 
     def _address_for(self, node, peer) -> str:
         """Where ``node`` reaches ``peer``: its inproc address when both are actors of
@@ -351,6 +354,7 @@ class Launcher(Supervision, Admission):
             h.state = "ready"
         elif msg.kind == "metrics":
             h.last_round = max(h.last_round, msg.round)
+            h.offline = msg.meta["records"][-1].get("offline") is True
         elif msg.kind == "bye" and "signal" in msg.meta:  # a p2pfl node stopped mid-run
             self._signalled(h, msg.meta)
         elif msg.kind == "bye" and not h.said_bye(msg.meta):

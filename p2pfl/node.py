@@ -297,13 +297,11 @@ class GossipNode:
         return rnd if self.rt.stopped else self.rejoin(rnd)
 
     def nothing_left(self) -> bool:
-        """Whether every neighbour finished its rounds, or some did and the others are
-        offline too.  Two neighbours offline together at the run's end each waited for
-        the other to finish, until their traces ended or the launcher's silence limit
-        failed them; now the first to see this ends, and so tells the other."""
-        neighbours, done = set(self.neighbours), self.rt.done
-        return neighbours <= done or (bool(neighbours & done)
-                                      and neighbours <= done | self.rt.away)
+        """Whether every neighbour finished its rounds.  (Neighbours offline too may come
+        back to learn with, and do by their availability: ending here when some had
+        finished and the rest were offline ended nodes of an asynchronous run offline
+        for 2 s with 60 rounds left; the launcher waits for them instead, and says so.)"""
+        return set(self.neighbours) <= self.rt.done
 
     def leave(self, rnd: int, done: bool = False) -> None:
         self.rt.send_many(self.neighbours, "leave", rnd, **({"done": True} if done else {}))

@@ -19,6 +19,7 @@ from .model_files import checked_state, write_state
 from .reports import checked_final, checked_records
 from .runtime import CLOSER_GRACE_S
 from .spawn import respawn
+from .transport.availability import Availability
 
 __all__ = ["NodeHandle", "Supervision", "process_state"]
 
@@ -47,6 +48,7 @@ class NodeHandle:
     done_at: float | None = None  # when the launcher saw it done (closer only)
     restarts: int = 0  # how often it was restarted after dying
     last_round: int = 0  # the latest round it sent a record of
+    offline: bool = False  # its latest record says it went offline (silent, by design)
     stopped_since: float | None = None  # when its process was first seen stopped
     saved_route: bytes | None = None  # the process whose final model is saved
 
@@ -132,6 +134,25 @@ class Supervision:
                 h.stopped_since = now
             elif now - h.stopped_since > self.round_timeout and all(stopped):
                 self._fail(h, "its process is stopped, and every other node finished")
+
+    def _fail_silent(self, silence_limit: float) -> None:
+        """Nothing came from any node for ``silence_limit`` s: the running ones have
+        failed, but not those offline (their availability keeps them silent: two
+        neighbours offline together at the end were failed so), of which the launcher
+        says once when they are back."""
+        waiting = []
+        for h in self.nodes.values():
+            if h.state == "ready" and not h.offline:
+                self._fail(h, f"silent for {silence_limit:.0f} s")
+            elif h.state == "ready":
+                waiting.append(h)
+        if waiting and not self._said_offline:
+            self._said_offline = True
+            back = max(Availability(self._spec[h.id].availability).online_at(
+                time.monotonic() - self.t_start) for h in waiting)
+            names = ", ".join(str(h.label) for h in waiting[:5])
+            self.log(f"node(s) {names} offline, by their availability until {back:.0f} s "
+                     "of the run: waiting for them")
 
     def _fail_lost_connections(self, now: float) -> None:
         """A remote node (``--listen``) whose connection has been down ``--lost-after``
