@@ -8,8 +8,9 @@ Two cases, each a ``p2pfl cluster`` of ``--tree``'s CLI (an older commit, to com
   the messages it dropped beyond its window, the run's final accuracy, the max consensus
   distance of the last round and the wall time.
 * ``offline_pair``: ``ring:5``, 300 rounds; nodes 1 and 2, neighbours, are offline from
-  0.2 s until 600 s (a profile).  Reports the wall time, the failed nodes and the final
-  accuracy (the launcher fails silent nodes after 120 s).
+  0.2 s until 200 s (a profile), long after the others finished.  Reports the command's
+  time, the failed nodes, the last round nodes 1 and 2 recorded, and the final accuracy
+  (the launcher fails silent nodes after 120 s).
 
     python benchmarks/gossip_faults.py [--tree DIR] [--case stopped|offline_pair]
         [--pause 3] [--repeats 2]
@@ -84,7 +85,7 @@ def offline_pair(tree: str) -> dict:
     os.makedirs("/tmp/gossip_faults_profiles", exist_ok=True)
     profile = "/tmp/gossip_faults_profiles/pair.toml"
     with open(profile, "w") as fh:
-        fh.write('[nodes."1"]\noffline = [[0.2, 600.0]]\n[nodes."2"]\noffline = [[0.2, 600.0]]\n')
+        fh.write('[nodes."1"]\noffline = [[0.2, 200.0]]\n[nodes."2"]\noffline = [[0.2, 200.0]]\n')
     t0 = time.monotonic()
     proc = _cluster(tree, out, "--topology", "ring:5", "--rounds", "300", "--eval-every",
                     "100", "--profiles", profile)
@@ -94,8 +95,10 @@ def offline_pair(tree: str) -> dict:
         proc.kill()
     took = time.monotonic() - t0
     s = _summary(out) if os.path.exists(os.path.join(out, "summary.json")) else {}
+    pair = [r["round"] for r in records(out) if r["node"] in (1, 2)]
     return {"exit": proc.returncode, "command_s": round(took, 1),
-            "failed_nodes": s.get("failed_nodes"), "accuracy_mean": s.get("accuracy_mean"),
+            "failed_nodes": s.get("failed_nodes"), "pair_last_round": max(pair, default=None),
+            "accuracy_mean": s.get("accuracy_mean"),
             "error": err.strip().splitlines()[-1] if proc.returncode else None}
 
 

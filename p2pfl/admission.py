@@ -197,7 +197,8 @@ class Admission:
         if not self.listen or self.t_configs is not None or h.state not in ("joined",
                                                                                "spawned"):
             return False
-        h.state = "spawned"
+        h.state, h.route = "spawned", b""  # not taken back for joined by _unjoin_lost
+        self.watch.forget(h.id)  # its process is gone: a new one connects anew
         self.log(f"node {h.label!r} gave up before the start ({reason}); waiting for it to "
                  "join again")
         return True
