@@ -319,7 +319,8 @@ def execute(p: Plan, *, t0: float | None = None, on_round=None) -> Result:
     finally:
         sink.close()
         progress.close()
-        if refused:  # no run happened: the folder is left as it was found
+        if refused:  # no run happened: none of its files is left (an earlier run's summary,
+            # checkpoint and node table went as the folder was taken)
             for name in ("config.json", "metrics.jsonl"):
                 with contextlib.suppress(OSError):
                     os.remove(os.path.join(out, name))
