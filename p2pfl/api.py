@@ -247,7 +247,8 @@ def _backend(cfg, log):
         return None
     from .ray_backend import RayBackend
 
-    return RayBackend(cfg.ray_address, cfg.host, cfg.node_cpus, cfg.node_gpus, log=log)
+    return RayBackend(cfg.ray_address, cfg.host, cfg.node_cpus, cfg.node_gpus, log=log,
+                      forward_output=not cfg.quiet)
 
 
 def execute(p: Plan, *, t0: float | None = None, on_round=None) -> Result:

@@ -292,6 +292,7 @@ class Launcher(Supervision, Admission):
                 if h.id in gone and h.state in ("ready", "joined", "restarting"):
                     self._died(h)
             self._fail_stopped_stragglers(now)
+            self._fail_unplaced(now)
             self._fail_lost_connections(now)
             self._fail_signalled(now)
             if now - last_news > silence_limit:

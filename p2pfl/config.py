@@ -293,13 +293,26 @@ class RunConfig:
                        "`p2pfl node --connect --key` on each host)" if flag == "--secure" else "")
                 raise ConfigError(f"--backend ray does not combine with {flag}: Ray places one "
                                   f"node process per actor, talking over TCP{why}")
+        if self.ray_address is not None and self.ray_address.startswith("ray://"):
+            raise ConfigError(f"--ray-address {self.ray_address}: ray:// is Ray Client, which "
+                              "the ray extra does not install; give the cluster's HOST:PORT "
+                              "(its head's port, 6379 by default)")
         if self.ray_address is not None and not _ray_address(self.ray_address):
-            raise ConfigError(f"--ray-address expects auto, HOST:PORT or ray://HOST:PORT, "
+            raise ConfigError(f"--ray-address expects auto or HOST:PORT, "
                               f"got {self.ray_address!r}")
-        if self.node_cpus is not None and not self.node_cpus > 0:
-            raise ConfigError(f"--node-cpus must be positive, got {self.node_cpus}")
-        if not self.node_gpus >= 0:
-            raise ConfigError(f"--node-gpus must be >= 0, got {self.node_gpus}")
+        # Ray's own floor is 0.0001 of a CPU or GPU (finer was Ray's traceback)
+        if self.node_cpus is not None and not 1e-4 <= self.node_cpus < float("inf"):
+            raise ConfigError(f"--node-cpus must be at least 0.0001 and finite, got "
+                              f"{self.node_cpus}")
+        if not (self.node_gpus == 0 or 1e-4 <= self.node_gpus < float("inf")):
+            raise ConfigError(f"--node-gpus must be 0, or at least 0.0001 and finite, got "
+                              f"{self.node_gpus}")
+        # a node process reads its data where Ray started it: paths as the launcher sees them
+        kind, sep, path = self.dataset.partition(":")
+        if kind in ("npz", "mnist", "cifar10") and sep and path:
+            object.__setattr__(self, "dataset", f"{kind}:{os.path.abspath(path)}")
+        if self.data_dir:
+            object.__setattr__(self, "data_dir", os.path.abspath(self.data_dir))
         from .ray_backend import require_ray
 
         require_ray()

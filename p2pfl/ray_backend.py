@@ -143,6 +143,13 @@ def _restore(handlers: dict) -> None:
             signal.signal(sig, handler)
 
 
+def _fits(hosts: list, what: str, each: float) -> int:
+    """How many nodes of ``each`` ``what`` (CPU, GPU) the ``hosts`` place at once."""
+    if not each:
+        return 1 << 30
+    return sum(int(float(h.get(what, 0)) / each + 1e-9) for h in hosts)
+
+
 class RayBackend:
     """Connects to (or starts) Ray, checks the nodes' resources fit, spawns node actors.
 
@@ -155,14 +162,19 @@ class RayBackend:
         The address nodes (and the launcher) bind; None: the IP Ray gives each host.
     node_cpus, node_gpus : float or None
         Resources each node states; ``node_cpus`` None: an equal share of the cluster's
-        CPUs, at most one.
+        CPUs, at most one, that places every node at once on the hosts.
+    forward_output : bool
+        Ray forwards the nodes' output to this process's stdout (not with ``-q``).
     """
 
     def __init__(self, address: str | None, host: str | None, node_cpus: float | None,
-                 node_gpus: float, log=None) -> None:
+                 node_gpus: float, log=None, forward_output: bool = True) -> None:
         self.address, self.host = address, host
         self.node_cpus, self.node_gpus = node_cpus, node_gpus
         self.log = log or (lambda text: None)
+        # the nodes' output, forwarded by Ray to this process's stdout: not with -q, whose
+        # stdout is the run folder alone (a script reads it)
+        self.log_to_driver = forward_output
         self._ray = None
         self._owned = True  # this run started or joined Ray itself (ray.init)
         self._actors: list = []  # every actor this run placed
@@ -172,7 +184,7 @@ class RayBackend:
         ray = require_ray()
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no calls home
         kwargs = dict(include_dashboard=False, logging_level=logging.WARNING,
-                      namespace="p2pfl", log_to_driver=True)
+                      namespace="p2pfl", log_to_driver=self.log_to_driver)
         self._owned = not ray.is_initialized()
         if not self._owned and self.address:
             raise ConfigError(f"--ray-address {self.address}: this process is already "
@@ -201,22 +213,34 @@ class RayBackend:
             _restore(handlers)  # the summary (p2pfl.signals)
             notice.setLevel(level)
         self._ray = ray
-        self._check_resources(num_nodes, ray.cluster_resources())
+        hosts = [n.get("Resources") or {} for n in ray.nodes() if n.get("Alive")]
+        self._check_resources(num_nodes, ray.cluster_resources(), hosts)
         where = "started here" if self.address in (None, "local") else "at " + self.address
-        self.log(f"Ray cluster {where}: {len(ray.nodes())} host(s); {num_nodes} node actors "
+        self.log(f"Ray cluster {where}: {len(hosts)} host(s); {num_nodes} node actors "
                  f"of {self.node_cpus:g} CPU" + (f", {self.node_gpus:g} GPU"
                                                  if self.node_gpus else ""))
         return self.host or ray.util.get_node_ip_address()
 
-    def _check_resources(self, n: int, have: dict) -> None:
+    def _check_resources(self, n: int, have: dict, hosts: list) -> None:
+        """Every node must be placed at once, each on one host: the cluster's total is
+        not enough (0.8 CPU each on hosts of 2 CPUs places 2 a host, and a fifth node of
+        ring:5 waited out the start time-out)."""
         cpus, gpus = float(have.get("CPU", 0)), float(have.get("GPU", 0))
         if self.node_cpus is None:  # an equal share, so that every node is placed at once
-            self.node_cpus = max(0.01, min(1.0, math.floor(100 * cpus / n) / 100))
+            share = max(0.01, min(1.0, math.floor(100 * cpus / n) / 100))
+            while share > 0.01 and _fits(hosts, "CPU", share) < n:
+                share = round(share - 0.01, 2)
+            self.node_cpus = share
         for what, each, total in (("CPU", self.node_cpus, cpus), ("GPU", self.node_gpus, gpus)):
+            flag = "--node-cpus" if what == "CPU" else "--node-gpus"
             if n * each > total + 1e-9:
-                flag = "--node-cpus" if what == "CPU" else "--node-gpus"
                 raise ConfigError(f"{n} nodes x {each:g} {what} need {n * each:g} {what}s; the "
                                   f"Ray cluster has {total:g} (lower {flag})")
+            fit = _fits(hosts, what, each)
+            if each and fit < n:
+                raise ConfigError(f"{n} nodes x {each:g} {what}: the Ray cluster's hosts "
+                                  f"({', '.join(f'{h.get(what, 0):g}' for h in hosts[:8])} "
+                                  f"{what}s) place {fit} at once (lower {flag})")
 
     def spawn(self, launcher: str, node_id: int, start_timeout: float) -> RayRunner:
         """Place one node actor and start its node; it joins ``launcher`` itself."""

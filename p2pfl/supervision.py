@@ -49,6 +49,7 @@ class NodeHandle:
     restarts: int = 0  # how often it was restarted after dying
     last_round: int = 0  # the latest round it sent a record of
     offline: bool = False  # its latest record says it went offline (silent, by design)
+    restarted_at: float = 0.0  # when the launcher last started a new process for it
     stopped_since: float | None = None  # when its process was first seen stopped
     saved_route: bytes | None = None  # the process whose final model is saved
 
@@ -134,6 +135,17 @@ class Supervision:
                 h.stopped_since = now
             elif now - h.stopped_since > self.round_timeout and all(stopped):
                 self._fail(h, "its process is stopped, and every other node finished")
+
+    def _fail_unplaced(self, now: float) -> None:
+        """A new process started for a node that has not joined within a start time-out
+        has failed (Ray could not place it once a host was lost: the run waited for
+        it for ever)."""
+        for h in self.nodes.values():
+            if h.state == "restarting" and now - h.restarted_at > self.start_timeout:
+                self._fail(h, f"its restarted process did not join in {self.start_timeout:g} s")
+                stop = getattr(h.runner, "terminate", None)  # a process or Ray actor
+                if stop is not None:
+                    stop()
 
     def _fail_silent(self, silence_limit: float) -> None:
         """Nothing came from any node for ``silence_limit`` s: the running ones have
@@ -237,7 +249,8 @@ class Supervision:
     def _restart(self, h: NodeHandle) -> None:
         """Start a new process for a node that died; it rejoins (see :meth:`_rejoined`)."""
         h.restarts += 1
-        h.state = "restarting"  # its old route stays until the new process joins
+        h.state, h.restarted_at = "restarting", time.monotonic()  # its old route stays
+        # until the new process joins
         self.log(f"node {h.label!r} died; restarting it ({h.restarts}/{self.restart_limit})")
         self.on_restart(h)
         if self.backend is not None:

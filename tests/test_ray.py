@@ -145,6 +145,29 @@ def test_nodes_that_do_not_fit_are_refused_before_any_starts(ray_cluster, tmp_pa
     assert "16 nodes x 2 CPU need 32 CPUs; the Ray cluster has 16" in proc.stderr
 
 
+def test_nodes_that_fit_the_total_but_not_the_hosts_are_refused(ray_cluster, tmp_path):
+    """Two hosts of 8 CPUs place two nodes of 3 CPUs each: a fifth passed the total's
+    check (15 of 16) and waited out the start time-out (a helper's audit)."""
+    address, env = ray_cluster
+    proc = _p2pfl(env, "--backend", "ray", "--ray-address", address, "--node-cpus", "3",
+                  "--topology", "ring:5", "-q", "--out", str(tmp_path / "run"), timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert ("5 nodes x 3 CPU: the Ray cluster's hosts (8, 8 CPUs) place 4 at once (lower "
+            "--node-cpus)") in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_a_ray_run_reads_data_where_the_launcher_found_it(tmp_path, monkeypatch):
+    """A relative npz: path (or --data-dir) was read in each Ray node's own working
+    directory: the launcher checked the file, and every node failed to find it."""
+    from p2pfl.config_files import from_sources
+
+    monkeypatch.chdir(tmp_path)
+    cfg = from_sources(None, dict(backend="ray", dataset="npz:data/own.npz"))
+    assert cfg.dataset == f"npz:{tmp_path}/data/own.npz"
+    cfg = from_sources(None, dict(backend="ray", dataset="mnist", data_dir="cache"))
+    assert cfg.dataset == "mnist" and cfg.data_dir == str(tmp_path / "cache")
+
+
 def test_a_local_instance_that_is_too_small_is_one_line(tmp_path):
     """A Ray started for the run said, on every run, that it turned on token
     authentication (its default): a line of Ray's before ours."""
@@ -161,7 +184,10 @@ def test_a_local_instance_that_is_too_small_is_one_line(tmp_path):
     (["--node-gpus", "1"], "--node-gpus needs --backend ray"),
     (["--backend", "ray", "--in-process"], "does not combine with --in-process"),
     (["--backend", "ray", "--secure"], "does not combine with --secure"),
-    (["--backend", "ray", "--node-cpus", "0"], "--node-cpus must be positive"),
+    (["--backend", "ray", "--node-cpus", "0"], "--node-cpus must be at least 0.0001"),
+    (["--backend", "ray", "--node-cpus", "1e-9"], "--node-cpus must be at least 0.0001"),
+    (["--backend", "ray", "--node-cpus", "inf"], "and finite"),  # passed --dry-run
+    (["--backend", "ray", "--ray-address", "ray://127.0.0.1:10001"], "ray:// is Ray Client"),
     (["--backend", "mpi"], "backend"),
 ])
 def test_bad_ray_flags_exit_2(flags, message, tmp_path):
@@ -170,7 +196,7 @@ def test_bad_ray_flags_exit_2(flags, message, tmp_path):
     assert proc.stderr.count("\n") == 1
 
 
-@pytest.mark.parametrize("address", ["127.0.0.1:{port}", "ray://127.0.0.1:{port}"])
+@pytest.mark.parametrize("address", ["127.0.0.1:{port}"])
 def test_an_address_where_no_head_listens_is_refused_at_once(address, tmp_path):
     """Ray retried such an address for minutes, a warning every few seconds (a
     command with a mistyped port ran until killed after two)."""
