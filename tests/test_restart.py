@@ -461,3 +461,39 @@ def test_a_node_restarted_by_hand_counts_against_the_restart_limit(tmp_path):
             p.kill()
     s = _summary(out)
     assert s["interrupted"] and s["restarts"] == 1
+
+
+def test_a_restarted_process_that_never_joins_fails_after_the_start_time_out(
+        tmp_path, monkeypatch):
+    """A new process that never joins (Ray could not place it once a host was lost) left
+    its node `restarting`, and the run waiting, for ever (a helper's audit): it fails
+    once a start time-out has passed."""
+    import multiprocessing
+    import threading
+
+    import p2pfl
+    from p2pfl import supervision
+
+    def never_joins(h, *args):
+        h.runner = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,),
+                                                               daemon=True)
+        h.runner.start()
+        h.pid = h.runner.pid
+
+    monkeypatch.setattr(supervision, "respawn", never_joins)
+    out = tmp_path / "run"
+
+    def kill_node_1():
+        deadline = time.monotonic() + 60
+        while len(_records(str(out))) < 3 * 10 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with open(out / "nodes.json") as fh:
+            os.kill(next(n["pid"] for n in json.load(fh) if n["id"] == 1), signal.SIGKILL)
+
+    threading.Thread(target=kill_node_1, daemon=True).start()
+    started = time.monotonic()
+    res = p2pfl.run_cluster("ring:3", dataset="digits", rounds=1500, restart="on-failure",
+                            start_timeout=3, round_timeout=1, quiet=True, out=str(out),
+                            eval_every=1000)
+    assert res.summary["failed_nodes"] == {"1": "its restarted process did not join in 3 s"}
+    assert time.monotonic() - started < 60
