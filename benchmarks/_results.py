@@ -126,3 +126,29 @@ def end_all(procs) -> None:
             p.send_signal(signal.SIGCONT)
             p.kill()
         p.wait()
+
+
+def run_paused(proc, out: str, label, ready, pause: float) -> None:
+    """The run ``proc`` (writing to ``out``) to its end, with node ``label`` stopped
+    (SIGSTOP) for ``pause`` seconds once ``ready(records)``; RuntimeError with its stderr
+    if it fails."""
+    import signal
+    import time
+
+    try:
+        while not ready(records(out)):
+            if proc.poll() is not None:
+                raise RuntimeError(proc.stderr.read())
+            time.sleep(0.02)
+        with open(os.path.join(out, "nodes.json")) as fh:
+            pid = next(n["pid"] for n in json.load(fh) if n["label"] == label)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(pause)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    if proc.returncode != 0:
+        raise RuntimeError(err)

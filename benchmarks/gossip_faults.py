@@ -25,12 +25,11 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 
-from _results import commit_of, records, save_entry
+from _results import commit_of, run_paused, records, save_entry
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -54,25 +53,7 @@ def stopped(tree: str, pause: float) -> dict:
     out = f"/tmp/gossip_faults_{os.getpid()}"
     proc = _cluster(tree, out, "--topology", "ring:4", "--rounds", "2000", "--local-steps",
                     "10", "--round-timeout", "1", "--eval-every", "100")
-    pid = None
-    try:
-        while len(records(out)) < 400:
-            if proc.poll() is not None:
-                raise RuntimeError(proc.stderr.read())
-            time.sleep(0.02)
-        with open(os.path.join(out, "nodes.json")) as fh:
-            pid = next(n["pid"] for n in json.load(fh) if n["label"] == 1)
-        os.kill(pid, signal.SIGSTOP)
-        time.sleep(pause)
-    finally:
-        if pid is not None:
-            os.kill(pid, signal.SIGCONT)
-    try:
-        _, err = proc.communicate(timeout=300)
-    finally:
-        proc.kill()
-    if proc.returncode != 0:
-        raise RuntimeError(err)
+    run_paused(proc, out, 1, lambda recs: len(recs) >= 400, pause)
     s, mine = _summary(out), [r for r in records(out) if r["node"] == 1]
     return {"alone": sum(r["neighbours_heard"] == 0 for r in mine), "records": len(mine),
             "out_of_window": s["dropped"].get("round_out_of_window", 0),

@@ -20,12 +20,11 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
-from _results import commit_of, coordinator_rounds, records as _records, save_entry
+from _results import (commit_of, coordinator_rounds, run_paused, records as _records,
+                      save_entry)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -39,21 +38,7 @@ def one_run(tree: str, mode: str, pause: float) -> dict:
                              "--nodes", "3", "--rounds", "300", "--round-timeout", "1",
                              "--dataset", "digits", "-q", "--out", out], cwd=tree,
                             stderr=subprocess.PIPE, text=True)
-    try:
-        while coordinator_rounds(_records(out)) < 2:
-            if proc.poll() is not None:
-                raise RuntimeError(proc.stderr.read())
-            time.sleep(0.02)
-        with open(os.path.join(out, "nodes.json")) as fh:
-            pid = next(n["pid"] for n in json.load(fh) if n["label"] == 1)
-        os.kill(pid, signal.SIGSTOP)
-        time.sleep(pause)
-        os.kill(pid, signal.SIGCONT)
-        _, err = proc.communicate(timeout=300)
-    finally:
-        proc.kill()
-    if proc.returncode != 0:
-        raise RuntimeError(err)
+    run_paused(proc, out, 1, lambda recs: coordinator_rounds(recs) >= 2, pause)
     with open(os.path.join(out, "summary.json")) as fh:
         s = json.load(fh)
     return {"stale_round": s["dropped"].get("stale_round", 0),
