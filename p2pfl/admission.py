@@ -193,7 +193,7 @@ class Admission:
         """Whether the error that a remote node sent before the configs went out (it gave
         up: a start time-out, or a launcher that cannot reach its control address) leaves
         it waited for again, as one whose process died then: a new process of it,
-        started by hand, joins.  It failed the run."""
+        started by hand, joins (its error failed the whole run before)."""
         if not self.listen or self.t_configs is not None or h.state not in ("joined",
                                                                                "spawned"):
             return False

@@ -28,9 +28,9 @@ from .runtime import LAUNCHER, Runtime
 from .transport import Endpoint, Mailbox
 from .transport.liveness import ConnectionWatch
 
-__all__ = ["HEARTBEAT_S", "START_BEAT_S", "LAUNCHER_SILENT_S", "LOST_AFTER_S", "LauncherLost", "await_message",
-           "await_config", "never_reached", "await_stop", "tell_interrupted", "send_weights",
-           "LauncherCheck"]
+__all__ = ["HEARTBEAT_S", "START_BEAT_S", "LAUNCHER_SILENT_S", "LOST_AFTER_S", "LauncherLost",
+           "await_message", "await_config", "never_reached", "await_stop", "tell_interrupted",
+           "send_weights", "LauncherCheck"]
 
 #: How often the launcher sends each running or finished node a heartbeat.
 HEARTBEAT_S = 2.0
