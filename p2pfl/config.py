@@ -293,6 +293,10 @@ class RunConfig:
                        "`p2pfl node --connect --key` on each host)" if flag == "--secure" else "")
                 raise ConfigError(f"--backend ray does not combine with {flag}: Ray places one "
                                   f"node process per actor, talking over TCP{why}")
+        if self.host in ("0.0.0.0", "*"):  # nodes tell their peers the address they bind
+            raise ConfigError(f"--host {self.host} with --backend ray: nodes on other hosts "
+                              "cannot reach that address; leave --host out (each node binds "
+                              "its host's IP)")
         if self.ray_address is not None and self.ray_address.startswith("ray://"):
             raise ConfigError(f"--ray-address {self.ray_address}: ray:// is Ray Client, which "
                               "the ray extra does not install; give the cluster's HOST:PORT "

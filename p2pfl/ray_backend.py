@@ -18,6 +18,7 @@ import itertools
 import logging
 import math
 import os
+import secrets
 import socket
 
 from .errors import ConfigError
@@ -31,6 +32,9 @@ PROBE_S = 5.0
 #: Actors of this process so far: each gets a new name (restarts, and later runs of a
 #: Ray session the caller keeps).
 _SPAWNED = itertools.count()
+#: This process's part of its actors' names: its pid alone collided between launchers
+#: of one pid (two containers) on one cluster.
+_RUN_TOKEN = f"{os.getpid()}-{secrets.token_hex(4)}"
 
 
 def require_ray():
@@ -247,7 +251,7 @@ class RayBackend:
         ray = self._ray
         cls = ray.remote(NodeActor).options(
             num_cpus=self.node_cpus, num_gpus=self.node_gpus, max_restarts=0,
-            name=f"p2pfl-node-{node_id}-{os.getpid()}-{next(_SPAWNED)}")
+            name=f"p2pfl-node-{node_id}-{_RUN_TOKEN}-{next(_SPAWNED)}")
         actor = cls.remote()
         self._actors.append(actor)
         return RayRunner(ray, actor, actor.run.remote(launcher, node_id, self.host,

@@ -188,6 +188,7 @@ def test_a_local_instance_that_is_too_small_is_one_line(tmp_path):
     (["--backend", "ray", "--node-cpus", "1e-9"], "--node-cpus must be at least 0.0001"),
     (["--backend", "ray", "--node-cpus", "inf"], "and finite"),  # passed --dry-run
     (["--backend", "ray", "--ray-address", "ray://127.0.0.1:10001"], "ray:// is Ray Client"),
+    (["--backend", "ray", "--host", "0.0.0.0"], "cannot reach that address"),  # advertised
     (["--backend", "mpi"], "backend"),
 ])
 def test_bad_ray_flags_exit_2(flags, message, tmp_path):
