@@ -219,6 +219,7 @@ class RayBackend:
         self._ray = ray
         hosts = [n.get("Resources") or {} for n in ray.nodes() if n.get("Alive")]
         self._check_resources(num_nodes, ray.cluster_resources(), hosts)
+        self._check_free(num_nodes, ray.available_resources())
         where = "started here" if self.address in (None, "local") else "at " + self.address
         self.log(f"Ray cluster {where}: {len(hosts)} host(s); {num_nodes} node actors "
                  f"of {self.node_cpus:g} CPU" + (f", {self.node_gpus:g} GPU"
@@ -245,6 +246,18 @@ class RayBackend:
                 raise ConfigError(f"{n} nodes x {each:g} {what}: the Ray cluster's hosts "
                                   f"({', '.join(f'{h.get(what, 0):g}' for h in hosts[:8])} "
                                   f"{what}s) place {fit} at once (lower {flag})")
+
+    def _check_free(self, n: int, free: dict) -> None:
+        """What other jobs hold is not this run's: nodes that only the cluster's total
+        would place waited out the start time-out (how it is spread over the hosts is
+        not seen here)."""
+        for what, each in (("CPU", self.node_cpus), ("GPU", self.node_gpus)):
+            left = float(free.get(what, 0))
+            if each and n * each > left + 1e-9:
+                flag = "--node-cpus" if what == "CPU" else "--node-gpus"
+                raise ConfigError(f"{n} nodes x {each:g} {what} need {n * each:g} {what}s; "
+                                  f"{left:g} are free on the Ray cluster now, other jobs hold "
+                                  f"the rest (lower {flag}, or wait for them)")
 
     def spawn(self, launcher: str, node_id: int, start_timeout: float) -> RayRunner:
         """Place one node actor and start its node; it joins ``launcher`` itself."""

@@ -156,6 +156,40 @@ def test_nodes_that_fit_the_total_but_not_the_hosts_are_refused(ray_cluster, tmp
             "--node-cpus)") in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
 
 
+_HOG = ("import sys, time, ray\n"
+        "ray.init(address=sys.argv[1], logging_level=40, log_to_driver=False)\n"
+        "@ray.remote(num_cpus=6)\n"
+        "class Hog:\n"
+        "    def ping(self):\n"
+        "        return 1\n"
+        "hogs = [Hog.remote() for _ in range(2)]\n"  # 6 of the 8 CPUs of each host
+        "ray.get([h.ping.remote() for h in hogs])\n"
+        "print('held', flush=True)\n"
+        "time.sleep(300)\n")
+
+
+def test_nodes_that_only_cpus_another_job_holds_would_place_are_refused(ray_cluster,
+                                                                        tmp_path):
+    """Another job holds 12 of the 16 CPUs (6 of each host's 8): 5 nodes of 1 CPU passed
+    the totals' checks and waited out the start time-out (a helper's audit)."""
+    address, env = ray_cluster
+    hog = subprocess.Popen([sys.executable, "-c", _HOG, address], env=env, cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        import select
+
+        assert select.select([hog.stdout], [], [], 120)[0], "the other job never held CPUs"
+        assert hog.stdout.readline().strip() == "held"
+        proc = _p2pfl(env, "--backend", "ray", "--ray-address", address, "--node-cpus", "1",
+                      "--topology", "ring:5", "-q", "--out", str(tmp_path / "run"),
+                      timeout=120)
+    finally:
+        hog.kill()
+        hog.wait(30)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "5 nodes x 1 CPU need 5 CPUs; 4 are free on the Ray cluster now" in proc.stderr
+
+
 def test_a_ray_run_reads_data_where_the_launcher_found_it(tmp_path, monkeypatch):
     """A relative npz: path (or --data-dir) was read in each Ray node's own working
     directory: the launcher checked the file, and every node failed to find it."""
