@@ -49,6 +49,8 @@ __all__ = ["Admission"]
 MAX_REFUSALS = 64
 #: Joins answered a key that claim another node's id (``Admission._spoofed``).
 MAX_SPOOF_ANSWERS = 2
+#: The drop reasons of handshakes the launcher's CURVE sockets refused.
+HANDSHAKE_REFUSALS = ("unknown_key", "plaintext_peer", "handshake_failed")
 
 
 def _connectable(address) -> bool:
@@ -209,7 +211,7 @@ class Admission:
         if self.keys is None:
             return
         self.ep.count_refusals()
-        for reason in ("unknown_key", "plaintext_peer", "handshake_failed"):
+        for reason in HANDSHAKE_REFUSALS:
             n = self.ep.counters.dropped.get(reason, 0)
             if n > self._said_handshakes.get(reason, 0):
                 if not self._said_handshakes.get(reason):
@@ -231,8 +233,7 @@ class Admission:
             said += (f"; the launcher cannot connect to the control address of node(s) "
                      f"{unreached[:5]}: check their --advertise and --host")
         self.ep.count_refusals()
-        why = {k: n for k, n in self.ep.counters.dropped.items()
-               if k in ("unknown_key", "plaintext_peer", "handshake_failed")}
+        why = {k: n for k, n in self.ep.counters.dropped.items() if k in HANDSHAKE_REFUSALS}
         if not why:
             return said
         shaken = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(why.items()))

@@ -101,9 +101,6 @@ class Launcher(Supervision, Admission):
         self.save_models = any(s.runtime.save_models for s in specs)
         self.t_start: float | None = None  # set when the run starts
         self.t_configs: float | None = None  # when the configs went out (no new joins after)
-        # nodes started elsewhere, or placed by Ray, join at any time: those that joined
-        # first hear from the launcher while it waits for the rest
-        self._beat_at_start = bool(listen) or backend is not None
         self._next_exit_check, self._dead = 0.0, {}
         self._next_stopped_check = 0.0
         self._graces: dict = {}  # id -> (until when, why): said it stops on a signal
@@ -226,11 +223,13 @@ class Launcher(Supervision, Admission):
                        or (state == "joined" and self.watch.never_up(h.id))]
             if not waiting:
                 return
-            if self._beat_at_start and time.monotonic() - last_beat > START_BEAT_S:
-                last_beat = time.monotonic()  # nodes of their own that wait for others:
-                for h in self.nodes.values():  # their start time-outs count from this
-                    if h.state in ("joined", "ready"):
-                        self.ep.send(h.id, "heartbeat")
+            # nodes started elsewhere, or placed by Ray, join at any time: those that joined
+            # first hear from the launcher while it waits for the rest (their start
+            # time-outs count from its last word)
+            remote = self.listen or self.backend is not None
+            if remote and time.monotonic() - last_beat > START_BEAT_S:
+                last_beat = time.monotonic()
+                self._heartbeat(("joined", "ready"))
             if time.monotonic() > deadline:
                 raise ClusterError(f"{len(waiting)} node(s) not {state} after {timeout:.0f} s: "
                                    f"{[h.label for h in waiting[:5]]}{self._refusals()}")
@@ -275,10 +274,8 @@ class Launcher(Supervision, Admission):
             if self.watch_signals:
                 signals.check()  # a Ctrl-C or SIGTERM whose exception was lost
             now = time.monotonic()
-            if now - last_beat > HEARTBEAT_S:
-                for h in self.nodes.values():  # a finished node waits for its stop, and
-                    if h.state in ("ready", "done"):  # tells a silent launcher from a slow one
-                        self.ep.send(h.id, "heartbeat")
+            if now - last_beat > HEARTBEAT_S:  # a finished node waits for its stop, and
+                self._heartbeat(("ready", "done"))  # tells a silent launcher from a slow one
                 last_beat = now
             if self._closer_done_long_ago(now):
                 self._stop_all = True  # e.g. a worker offline when the run ended
@@ -297,6 +294,12 @@ class Launcher(Supervision, Admission):
             self._fail_signalled(now)
             if now - last_news > silence_limit:
                 self._fail_silent(silence_limit)
+
+    def _heartbeat(self, states: tuple) -> None:
+        """A heartbeat to every node in one of ``states``."""
+        for h in self.nodes.values():
+            if h.state in states:
+                self.ep.send(h.id, "heartbeat")
 
     def _address_for(self, node, peer) -> str:
         """Where ``node`` reaches ``peer``: its inproc address when both are actors of

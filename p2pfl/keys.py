@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from .atomic import write_atomic
 from .errors import UsageError
+from .labels import node_number
 from .transport.security import KeyPair
 
 __all__ = ["RunKeys", "generate_keys", "read_secret", "read_key_table", "node_security"]
@@ -224,22 +225,14 @@ class RunKeys:
         return None if key is None else key.decode()
 
 
-def _node_id(name: str) -> int | None:
-    """The node id a key name stands for: a number as ``str(id)`` writes it (``'7'``, not
-    ``'07'`` nor ``'²'``, which ``str.isdigit`` takes and ``int`` refuses), else None."""
-    if name.isascii() and name.isdecimal() and str(int(name)) == name:
-        return int(name)
-    return None
-
-
 def node_security(key_file: str, node_id: int | None) -> tuple:
     """``(node id, Security)`` for ``p2pfl node --key FILE``.
 
     The run's public keys are read from the ``keys.toml`` beside the file: all
-    are admitted from the start; the launcher's, and those named by a node id
-    (:func:`_node_id`), are bound to their node at once, the others (labels) when the
-    launcher says which node each is.  Without ``--id`` the node's id is its own name
-    there, which must then be a number.
+    are admitted from the start; the launcher's, and those named by a node id (as
+    ``str(id)`` writes it: :func:`~p2pfl.labels.node_number`), are bound to their node
+    at once, the others (labels) when the launcher says which node each is.  Without
+    ``--id`` the node's id is its own name there, which must then be a number.
     """
     from .runtime import LAUNCHER as LAUNCHER_ID
     from .transport.security import Security
@@ -250,9 +243,10 @@ def node_security(key_file: str, node_id: int | None) -> tuple:
     if not names:
         raise UsageError(f"{key_file}: its key is not in the {TABLE} beside it")
     if node_id is None:
-        node_id = _node_id(names[0])
+        node_id = node_number(names[0], canonical=True)
         if node_id is None:
             raise UsageError(f"{key_file} is the key of {names[0]!r}; give the node's --id")
-    bound = {_node_id(n): k for n, k in table.items() if _node_id(n) is not None}
+    ids = {n: node_number(n, canonical=True) for n in table}
+    bound = {ids[n]: k for n, k in table.items() if ids[n] is not None}
     bound[LAUNCHER_ID] = launcher
     return node_id, Security(pair, bound, allowed=table.values())

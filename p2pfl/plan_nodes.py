@@ -15,6 +15,7 @@ import math
 
 from .config import RunConfig
 from .config_files import node_settings
+from .labels import node_number
 from .errors import ConfigError
 from .spec import LearnSpec
 from .strategies import BEHAVIOURS
@@ -150,8 +151,9 @@ def own_tables(cfg: RunConfig, labels: list) -> list:
     tables, keys, unknown = [{} for _ in labels], [None] * len(labels), []
     for key, table in named.items():
         i = by_label.get(key)
-        if i is None and key.isdigit() and str(int(key)) == key and int(key) < len(labels):
-            i = int(key)
+        number = node_number(key, canonical=True)
+        if i is None and number is not None and number < len(labels):
+            i = number
         if i is None:
             unknown.append(key)
         elif keys[i] is not None:

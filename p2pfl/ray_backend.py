@@ -218,43 +218,37 @@ class RayBackend:
             notice.setLevel(level)
         self._ray = ray
         hosts = [n.get("Resources") or {} for n in ray.nodes() if n.get("Alive")]
-        self._check_resources(num_nodes, ray.cluster_resources(), hosts)
-        self._check_free(num_nodes, ray.available_resources())
+        self._check_resources(num_nodes, ray.cluster_resources(), hosts,
+                              ray.available_resources())
         where = "started here" if self.address in (None, "local") else "at " + self.address
         self.log(f"Ray cluster {where}: {len(hosts)} host(s); {num_nodes} node actors "
                  f"of {self.node_cpus:g} CPU" + (f", {self.node_gpus:g} GPU"
                                                  if self.node_gpus else ""))
         return self.host or ray.util.get_node_ip_address()
 
-    def _check_resources(self, n: int, have: dict, hosts: list) -> None:
-        """Every node must be placed at once, each on one host: the cluster's total is
-        not enough (0.8 CPU each on hosts of 2 CPUs places 2 a host, and a fifth node of
-        ring:5 waited out the start time-out)."""
-        cpus, gpus = float(have.get("CPU", 0)), float(have.get("GPU", 0))
+    def _check_resources(self, n: int, have: dict, hosts: list, free: dict) -> None:
+        """Every node must be placed at once: within the cluster's total, each on one
+        host (the total alone passed 0.8 CPU each on hosts of 2 CPUs, which place 2 a
+        host, and a fifth node of ring:5 waited out the start time-out), and within what
+        other jobs leave ``free`` (how that is spread over the hosts is not seen)."""
+        cpus = float(have.get("CPU", 0))
         if self.node_cpus is None:  # an equal share, so that every node is placed at once
             share = max(0.01, min(1.0, math.floor(100 * cpus / n) / 100))
             while share > 0.01 and _fits(hosts, "CPU", share) < n:
                 share = round(share - 0.01, 2)
             self.node_cpus = share
-        for what, each, total in (("CPU", self.node_cpus, cpus), ("GPU", self.node_gpus, gpus)):
+        for what, each in (("CPU", self.node_cpus), ("GPU", self.node_gpus)):
             flag = "--node-cpus" if what == "CPU" else "--node-gpus"
+            total, left = float(have.get(what, 0)), float(free.get(what, 0))
+            fit = _fits(hosts, what, each)
             if n * each > total + 1e-9:
                 raise ConfigError(f"{n} nodes x {each:g} {what} need {n * each:g} {what}s; the "
                                   f"Ray cluster has {total:g} (lower {flag})")
-            fit = _fits(hosts, what, each)
             if each and fit < n:
                 raise ConfigError(f"{n} nodes x {each:g} {what}: the Ray cluster's hosts "
                                   f"({', '.join(f'{h.get(what, 0):g}' for h in hosts[:8])} "
                                   f"{what}s) place {fit} at once (lower {flag})")
-
-    def _check_free(self, n: int, free: dict) -> None:
-        """What other jobs hold is not this run's: nodes that only the cluster's total
-        would place waited out the start time-out (how it is spread over the hosts is
-        not seen here)."""
-        for what, each in (("CPU", self.node_cpus), ("GPU", self.node_gpus)):
-            left = float(free.get(what, 0))
             if each and n * each > left + 1e-9:
-                flag = "--node-cpus" if what == "CPU" else "--node-gpus"
                 raise ConfigError(f"{n} nodes x {each:g} {what} need {n * each:g} {what}s; "
                                   f"{left:g} are free on the Ray cluster now, other jobs hold "
                                   f"the rest (lower {flag}, or wait for them)")

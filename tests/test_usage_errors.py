@@ -404,3 +404,12 @@ def test_gossip_learning_says_it_runs_without_a_barrier():
     quiet = plan(from_sources(None, dict(topology="ring:4", algorithm="gossip-learning",
                                          schedule="async")))
     assert not any(x.startswith("note:") for x in quiet.info)
+
+
+def test_a_profile_naming_a_node_by_a_digit_that_is_no_number_is_unknown(tmp_path):
+    """``[nodes."²"]``: '²' is a digit to str.isdigit and not to int, a traceback; node
+    ids written as text are read by one rule (p2pfl.labels.node_number)."""
+    prof = tmp_path / "p.toml"
+    prof.write_text('[nodes."²"]\nlr = 0.05\n')
+    with pytest.raises(ConfigError, match="no node of this run is called ²"):
+        plan(from_sources(None, dict(topology="ring:4", profiles=str(prof))))

@@ -23,10 +23,9 @@ from .registry import STAGES, build_codec, parse_spec
 from .wire import MAX_NUMEL
 
 __all__ = ["make_codec", "uses_temporal", "without_temporal", "is_unbiased", "Codec",
-           "CodecError",
-           "ErrorFeedback", "wants_error_feedback", "wire_size", "encode_many", "decode_many",
-           "STAGES", "parse_spec", "golomb_b", "golomb_expected_bits", "MAX_NUMEL",
-           "codec_names"]
+           "CodecError", "ErrorFeedback", "wants_error_feedback", "wire_size", "encode_many",
+           "decode_many", "STAGES", "parse_spec", "golomb_b", "golomb_expected_bits",
+           "MAX_NUMEL", "codec_names"]
 
 
 def make_codec(spec: str, error_feedback: bool = False, seed: int | None = None,

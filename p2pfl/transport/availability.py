@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError
+from ..labels import node_number
 
 __all__ = ["AvailabilitySpec", "Availability", "parse_churn", "read_trace"]
 
@@ -95,8 +96,8 @@ def read_trace(path: str, labels: list) -> dict:
         if len(row) != 3:
             raise ConfigError(f"{where}: expected node,offline_start_s,offline_end_s")
         node = row[0].strip()
-        number = node.isascii() and node.isdecimal() and len(node) <= 18  # '²' is a digit
-        if node not in index and not (number and int(node) < len(labels)):
+        number = node_number(node)
+        if node not in index and not (number is not None and number < len(labels)):
             raise ConfigError(f"{where}: unknown node {node[:64]!r}")
         try:
             start, end = float(row[1]), float(row[2])
@@ -104,7 +105,7 @@ def read_trace(path: str, labels: list) -> dict:
             raise ConfigError(f"{where}: offline times must be numbers") from None
         if not 0 <= start < end:
             raise ConfigError(f"{where}: need 0 <= offline_start_s < offline_end_s")
-        out.setdefault(index.get(node, int(node) if number else -1), []).append(
+        out.setdefault(index.get(node, -1 if number is None else number), []).append(
             (start, end))
     return out
 
