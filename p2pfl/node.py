@@ -309,37 +309,57 @@ class GossipNode:
     def rejoin(self, rnd: int) -> int | None:
         """Back (or restarted) at round ``rnd``: ask the neighbours that are present for
         their model (and those that come back meanwhile), and continue from the first
-        answer, at the round its sender is at.  Returns the round to continue with:
-        ``rnd`` if nobody answered within the round time-out, or nobody can (each
-        neighbour is away, or catching up itself); None if nobody answered and nothing
-        is left to learn from (:meth:`nothing_left`)."""
+        answer, at the round its sender is at; under ``--robust``, where a neighbour may
+        lie, from every answer that comes within the round time-out, through the rule
+        (:meth:`~.algorithms.base.GossipAlgorithm.rejoin_robust`), at the lower median
+        of their rounds.  Returns the round to continue with: ``rnd`` if nobody
+        answered within the round time-out, or nobody can (each neighbour is away, or
+        catching up itself); None if nobody answered and nothing is left to learn
+        from (:meth:`nothing_left`)."""
+        robust = self.algorithm.robust[0] != "none"
         for j in self.neighbours:  # those away hear it when they are back
             if j not in self.rt.done:
                 self.rt.send(j, "pull", rnd)
         asked = set(self.neighbours) - self.rt.away
         deadline = self.rt.clock() + self.run_spec.round_timeout
+        replies: dict = {}
         while not self.rt.stopped:
-            reply = self.rt.first("catchup", rnd, self.neighbours, asked,
-                                  max(0.0, deadline - self.rt.clock()))
+            replies.update(self.rt.answers("catchup", rnd, set(self.neighbours) - replies.keys(),
+                                           asked, max(0.0, deadline - self.rt.clock()), robust))
             new = set(self.neighbours) - self.rt.away - asked
-            if reply is not None or not new or self.rt.clock() >= deadline:
+            if (replies and not robust) or not new or self.rt.clock() >= deadline:
                 break
             for j in sorted(new, key=str):  # back meanwhile: ask it too
                 self.rt.send(j, "pull", rnd)
             asked |= new
-        if reply is None:
+        if not replies:
             return None if self.nothing_left() else rnd
-        try:
-            self.learner.set_flat(self.algorithm.rejoin(reply))
-        except ValueError:
-            self.rt.drop("undecodable")
+        used = self._take_catchup(replies, robust)
+        ats = sorted(at for at in (replies[j].meta.get("at") for j in used)
+                     if isinstance(at, int) and not isinstance(at, bool))
+        if self.asynchronous or not ats:
             return rnd
-        at = reply.meta.get("at")
-        if self.asynchronous or isinstance(at, bool) or not isinstance(at, int):
-            return rnd
+        at = ats[(len(ats) - 1) // 2]  # lying rounds, fewer than half, fall on either side
         at = max(rnd, min(at, self.run_spec.rounds))
         self.rt.advance(at)
         return at
+
+    def _take_catchup(self, replies: dict, robust: bool) -> list:
+        """Continue from the neighbours' catch-up ``replies``; return those used (an
+        unusable one is dropped and counted)."""
+        answers = {}
+        for j in sorted(replies, key=str):
+            try:
+                if robust:
+                    answers[j] = self.algorithm.read_catchup(replies[j])
+                else:
+                    self.learner.set_flat(self.algorithm.rejoin(replies[j]))
+                    return [j]
+            except ValueError:
+                self.rt.drop("undecodable")
+        if answers:
+            self.learner.set_flat(self.algorithm.rejoin_robust(self.learner.get_flat(), answers))
+        return list(answers)
 
     def arrivals(self, rnd: int) -> dict:
         """Without a barrier: every neighbour's decoded packets since the last mix."""

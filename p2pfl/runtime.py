@@ -136,11 +136,14 @@ class Runtime:
         """``{peer: round}`` of the ``kind`` requests since the last call."""
         return self.mailbox.take_requests(kind)
 
-    def first(self, kind: str, rnd: int, peers, asked, timeout: float) -> Packet | None:
-        """The first ``kind`` packet of round ``rnd`` from any of ``peers``; None on
-        time-out, when all are done, or once a peer not in ``asked`` is present."""
-        msg = self.mailbox.first(kind, rnd, peers, asked, timeout)
-        return None if msg is None else to_packet(msg)
+    def answers(self, kind: str, rnd: int, peers, asked, timeout: float,
+                every: bool = False) -> dict:
+        """``{peer: Packet}`` of round ``rnd``: the first ``kind`` packet from any of
+        ``peers``, or (``every``) one from each that can answer; the wait ends on
+        time-out, when none is left to answer, or once a peer not in ``asked`` is
+        present (:meth:`Mailbox.answers`)."""
+        msgs = self.mailbox.answers(kind, rnd, peers, asked, timeout, every)
+        return {j: to_packet(m) for j, m in msgs.items()}
 
     @property
     def done(self) -> set:

@@ -144,3 +144,56 @@ def test_sign_flip_on_a_new_graph_each_round_breaks_plain_gossip_and_robust_rule
     for robust in ("clip:0.5", "trimmed:0.25"):
         assert got[robust]["accuracy_mean_honest"] > 0.85, (robust, got[robust])
         assert got[robust]["failed_nodes"] == {} and got[robust]["topology_phases"] == 5
+
+
+def test_a_robust_rejoin_is_not_set_by_one_lying_answer():
+    """A node back from an offline period (or restarted) took the first neighbour's
+    catch-up answer whole: under --robust, one lying neighbour set its model.  Now
+    the rule is taken over every answer, a few steps from the node's own model."""
+    from p2pfl.algorithms import DPSGD
+    from p2pfl.algorithms.base import REJOIN_ITERATIONS as L
+
+    weights = {1: 0.25, 2: 0.25, 3: 0.25}
+    honest, liar, own = t(10.0, 0.0), t(-1e6, 1e6), t(0.0, 0.0)
+    answers = {1: (honest, None), 2: (honest.clone(), None), 3: (liar, None)}
+    clip = DPSGD(2, 0.25, weights, options=DPSGD.Options(robust="clip:1"))
+    x = clip.rejoin_robust(own, answers)  # each step moves at most Σ_j w_ij τ
+    assert 0 < x[0] <= L * 0.5 + 1e-4 and abs(x[1]) <= L * 0.25 + 1e-4
+    # a lone lying answer moves the model no farther than L rounds of the rule would
+    assert clip.rejoin_robust(own, {3: (liar, None)}).norm() <= L * 0.25 + 1e-4
+    trim = DPSGD(2, 0.25, weights, options=DPSGD.Options(robust="trimmed:0.34"))
+    x = trim.rejoin_robust(own, answers)  # b = 1 of 3 each way: (own + honest) / 2 a step
+    assert torch.allclose(x, honest * (1 - 0.5 ** L))
+
+
+def test_a_robust_choco_rejoin_takes_the_copy_most_answers_hold():
+    from p2pfl.algorithms import CHOCO
+
+    algo = CHOCO(2, 0.25, {1: 0.25, 2: 0.25, 3: 0.25}, x0=t(0.0, 0.0),
+                 options=CHOCO.Options(robust="clip:1"))
+    copy, forged = t(1.0, 2.0), t(9e9, -9e9)
+    algo.rejoin_robust(t(0.0, 0.0), {1: (t(1.0, 1.0), copy), 2: (t(1.0, 1.0), copy.clone()),
+                                     3: (t(5.0, 5.0), forged)})
+    assert torch.equal(algo.public.own, copy)
+
+
+def test_a_node_back_among_lying_neighbours_rejoins_through_the_robust_rule(tmp_path):
+    """torus:4x4 with sign-flip nodes 0, 6 and 9; node 1 (neighbours 0, 2, 5, 13) goes
+    offline four times.  Taking the first answer (node 0's, the lowest id, whenever
+    two were there) left node 1 at 0.10 for the rounds after it came back."""
+    import json
+
+    from p2pfl import run_cluster
+
+    prof = tmp_path / "byz.toml"
+    prof.write_text('[nodes.0]\nbehaviour = "sign_flip"\n[nodes.6]\nbehaviour = "sign_flip"\n'
+                    '[nodes.9]\nbehaviour = "sign_flip"\n[nodes.1]\n'
+                    'offline = [[0.8, 1.1], [1.8, 2.1], [2.8, 3.1], [3.8, 4.1]]\n')
+    out = tmp_path / "run"
+    run_cluster("torus:4x4", robust="clip:0.5", rounds=100, eval_every=1, quiet=True,
+                profiles=str(prof), out=str(out))
+    mine = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    mine = [r for r in mine if r["node"] == 1]
+    back = [mine[i + 1]["accuracy"] for i, r in enumerate(mine[:-1])
+            if r.get("offline") and not mine[i + 1].get("offline")]
+    assert back and min(back) > 0.6, back

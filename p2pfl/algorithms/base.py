@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .robust import parse_robust
+from .robust import parse_robust, robust_step
 
 __all__ = ["Packet", "GossipAlgorithm", "dense_packet", "dense_tensor", "renormalised",
            "all_finite", "within_range", "MAX_MAGNITUDE"]
@@ -26,6 +26,9 @@ __all__ = ["Packet", "GossipAlgorithm", "dense_packet", "dense_tensor", "renorma
 #: and residual) stay finite.  A finite 3e38 overflowed them to inf, and the node
 #: failed on its own non-finite model a round later.
 MAX_MAGNITUDE = 2.0 ** 64
+#: A robust rejoin takes the rule's step over the neighbours' answers this often, as
+#: the server's centred clipping iterates (:meth:`GossipAlgorithm.rejoin_robust`).
+REJOIN_ITERATIONS = 3
 _FLOAT32 = np.dtype("<f4")
 
 
@@ -217,7 +220,32 @@ class GossipAlgorithm:
         """Take a neighbour's :meth:`catchup` packet; return the model to continue from.
 
         Raises ValueError if the packet is unusable."""
-        return dense_tensor(packet, self.numel)
+        return self.read_catchup(packet)[0]
+
+    def read_catchup(self, packet: Packet) -> tuple:
+        """A neighbour's :meth:`catchup` packet as (its model, what else the rule
+        takes from it, or None).  Raises ValueError if the packet is unusable."""
+        return dense_tensor(packet, self.numel), None
+
+    def rejoin_robust(self, x: torch.Tensor, answers: dict) -> torch.Tensor:
+        """Under ``--robust``: the model to continue from, given the neighbours' answers
+        ``{j: read_catchup(packet)}`` and our own model ``x`` (out of date, or the
+        initial one), where some neighbours may lie.
+
+        The round's rule (ClippedGossip or BRIDGE-T, :func:`~.robust.robust_step`) is
+        taken :data:`REJOIN_ITERATIONS` times, each from the last result, as centred
+        clipping (Karimireddy, He and Jaggi 2021, ALGORITHMS.md) iterates
+        v ← v + (1/n) Σ_i clip(x_i − v, τ) L times from the last aggregate:
+        x ← x + Σ_j w_ij · robust(x_j − x).  A lying neighbour then moves the model
+        as far as it could in that many rounds (under clipping, w_ij · τ a step), where
+        taking the first answer whole let it set the model; an honest majority moves
+        it most of the way (BRIDGE-T keeps 1/(k − 2b + 1) of the old model a step).
+        Iterating to the fixed point would adopt a lone answer whole.
+        """
+        models = {j: model for j, (model, _) in answers.items()}
+        for _ in range(REJOIN_ITERATIONS):
+            x = x + robust_step(x, models, self.weights, self.robust)
+        return x
 
     def restarted(self) -> None:
         """This process replaces one that died: what it held of its neighbours (built

@@ -138,16 +138,30 @@ class CHOCO(GossipAlgorithm):
             packet.dtypes += extra.dtypes
         return packet
 
-    def rejoin(self, packet: Packet) -> torch.Tensor:
+    def read_catchup(self, packet: Packet) -> tuple:
+        """(the neighbour's model, its copy of our public copy x̂_i, or None)."""
         frames = list(packet.frames)
         if len(frames) not in (1, 2) or packet.codec != "none" or \
                 packet.dtypes != ["float32"] * len(frames):
             raise ValueError("catch-up packet must hold one or two float32 vectors")
         tensors = [dense_tensor(Packet("none", [f], [[self.numel]], ["float32"]), self.numel)
                    for f in frames]
-        if len(tensors) == 2:
-            self.public.own = tensors[1]
-        return tensors[0]
+        return tensors[0], (tensors[1] if len(tensors) == 2 else None)
+
+    def rejoin(self, packet: Packet) -> torch.Tensor:
+        model, copy = self.read_catchup(packet)
+        if copy is not None:
+            self.public.own = copy
+        return model
+
+    def rejoin_robust(self, x: torch.Tensor, answers: dict) -> torch.Tensor:
+        """The neighbours' copies of x̂_i are the same where they are honest (each
+        applied every q_i we sent): their per-coordinate (lower) median is that copy
+        while more than half the answers are honest."""
+        copies = [copy for _, copy in answers.values() if copy is not None]
+        if copies:
+            self.public.own = torch.stack(copies).median(0).values
+        return super().rejoin_robust(x, answers)
 
     def restarted(self) -> None:
         """The copies x̂_j start from x0, far behind their owners: until each owner's

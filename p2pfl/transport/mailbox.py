@@ -264,24 +264,31 @@ class Mailbox(Routing):
             return {}
         return {src: msg.round for src, msg in self._requests.pop(kind, {}).items()}
 
-    def first(self, kind: str, round: int, peers, asked, timeout: float) -> Message | None:
-        """The first ``kind`` message of ``round`` from any of ``peers``.
+    def answers(self, kind: str, round: int, peers, asked, timeout: float,
+                every: bool = False) -> dict:
+        """``{peer: Message}``: the ``kind`` messages of ``round`` from ``peers``, the
+        first to come (``every`` False; its sender's id the lowest if several are
+        here), or one from each peer that can answer (``every``).
 
-        None on time-out, as soon as a peer is present that is not among those
-        ``asked`` (the caller may ask it too), or when no peer can answer: each
-        is done, away, or asking us the same (it is catching up too).
-        While waiting, messages of any later round are kept: a node that was away
-        catches up to where its neighbours are, and their next messages must be
-        here when it does (see :meth:`advance`).
+        The wait ends on time-out, as soon as a peer is present that is not among
+        those ``asked`` (the caller may ask it too), or when no peer that can answer
+        is left: each is done, away, asking us the same (it is catching up too), or
+        (``every``) has answered.  While waiting, messages of any later round are
+        kept: a node that was away catches up to where its neighbours are, and their
+        next messages must be here when it does (see :meth:`advance`).
         """
         self.current_round = round
         slot = self._pending[(kind, round)]
         peers, asked = set(peers), set(asked)
 
         def ready() -> bool:
-            if peers & slot.keys() or peers - self.away - asked:
+            if peers - self.away - asked:
                 return True
-            return peers <= self.done | self.away | self._requests.get("pull", {}).keys()
+            got = peers & slot.keys()
+            if got and not every:
+                return True
+            pulling = self._requests.get("pull", {}).keys()
+            return peers <= self.done | self.away | pulling | got
 
         window, self.window = self.window, 1 << 30
         try:
@@ -289,7 +296,7 @@ class Mailbox(Routing):
         finally:
             self.window = window
         got = sorted(peers & slot.keys(), key=str)
-        return slot.pop(got[0]) if got else None
+        return {j: slot.pop(j) for j in (got if every else got[:1])}
 
     def advance(self, round: int) -> None:
         """Skip to ``round`` (after catching up): what was kept for earlier rounds goes."""
