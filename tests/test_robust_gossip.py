@@ -44,6 +44,26 @@ def test_bridge_trimming_drops_the_neighbours_extremes_and_keeps_the_own_value()
     assert torch.allclose(100.0 + step, t(110.0 / 3))
 
 
+def test_a_missing_neighbour_does_not_lower_what_the_rules_assume():
+    """b and adaptive τ were taken of the neighbours heard: with one of four honest
+    neighbours late, BRIDGE-T trimmed none of 3 and adaptive clipping clipped none, and
+    a sign-flip neighbour among them was mixed in whole."""
+    own, liar = t(0.0), t(1e6)
+    heard = {1: t(1.0), 2: t(2.0), 3: liar}
+    everyone = {1: 0.2, 2: 0.2, 3: 0.2, 4: 0.2}
+    w = {j: 0.2 for j in heard}
+    trimmed = parse_robust("trimmed:0.25")
+    assert robust_step(own, heard, w, trimmed)[0] > 1e5  # taken of those heard: b = 0
+    step = robust_step(own, heard, w, trimmed, everyone)  # b = 1 of 4: keeps 2, with own
+    assert torch.allclose(step, t(1.0))
+    # fewer than 2b + 1 heard: nothing to keep but the own model
+    assert torch.equal(robust_step(own, {3: liar}, w, trimmed, everyone), t(0.0))
+    clip = parse_robust("clip")
+    assert robust_step(own, heard, w, clip)[0] > 1e5  # τ = the liar's own distance
+    step = robust_step(own, heard, w, clip, everyone)  # the missing 0.2 sits at distance 0
+    assert step[0] <= 0.2 * (1 + 2 + 2) + 1e-6  # the liar is clipped to τ = 2
+
+
 def test_trim_counts_are_exact_floors():
     assert trim_count(0.29, 100) == 29  # 0.29 * 100 is 28.999... in floats
     assert [trim_count(0.25, k) for k in (3, 4, 7, 8)] == [0, 1, 1, 2]

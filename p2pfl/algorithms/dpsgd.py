@@ -71,7 +71,7 @@ class DPSGD(GossipAlgorithm):
             _, w = renormalised(self.self_weight, self.weights, received, to_self)
             if self.observe_neighbours:
                 self._seen = tuple(received.values())
-            return x + robust_step(x, received, w, self.robust)
+            return x + robust_step(x, received, w, self.robust, self.weights)
         out, finite = self._sum(x, received, to_self)
         if not finite:  # a non-finite model among the neighbours', or our own
             kept = self._screened(received)

@@ -64,25 +64,48 @@ def adaptive_tau(dists: torch.Tensor, weights: torch.Tensor,
     return float(dists[order][min(k, len(order) - 1)])
 
 
-def robust_step(own: torch.Tensor, others: dict, weights: dict, spec: tuple) -> torch.Tensor:
+def robust_step(own: torch.Tensor, others: dict, weights: dict, spec: tuple,
+                neighbourhood: dict | None = None) -> torch.Tensor:
     """Σ_j w_ij · (robust) (v_j − own) over ``others`` (the step to add to the model).
 
-    ``weights`` are the mixing weights of the neighbours in ``others``.
+    ``weights`` are the mixing weights of the neighbours in ``others``;
+    ``neighbourhood`` those of every neighbour mixed this round, heard or not (None:
+    ``weights``).  What a rule assumes of the Byzantine neighbours holds of the whole
+    neighbourhood, whoever is missing: BRIDGE-T trims b = ⌊β·k⌋ of its k neighbours
+    each way, and adaptive clipping clips the farthest δ of its neighbour weight, a
+    missing neighbour's weight counting as at distance 0 (it went to the node itself).
+    Taken of those heard alone, b was 0 of 3 heard on a torus and adaptive τ clipped
+    nothing: one sign-flip neighbour among them was mixed in whole.  With fewer than
+    2b + 1 heard, BRIDGE-T keeps the own model.
     """
     if not others:
         return torch.zeros_like(own)
     keys = sorted(others, key=str)
     diffs = torch.stack([others[j] - own for j in keys])
     w = torch.tensor([weights[j] for j in keys], dtype=own.dtype)
+    everyone = weights if neighbourhood is None else neighbourhood
     name, value = spec
     if name == "clip":
         norms = diffs.norm(dim=1)
-        tau = value if value > 0 else adaptive_tau(norms, w)
+        tau = value if value > 0 else _adaptive_tau_of(norms, [weights[j] for j in keys],
+                                                        everyone)
         scale = torch.clamp(tau / norms.clamp_min(1e-30), max=1.0)
         return (w[:, None] * scale[:, None] * diffs).sum(0)
     if name == "trimmed":  # BRIDGE-T: the model becomes own and the kept neighbours' mean
         k = diffs.shape[0]
-        b = trim_count(value, k)
+        b = trim_count(value, max(k, len(everyone)))
+        if k <= 2 * b:  # too few heard to trim b each way
+            return torch.zeros_like(own)
         kept = diffs.sort(0).values[b:k - b]  # neighbours' values less own, per coordinate
         return kept.sum(0) / (k - 2 * b + 1)  # own's difference to itself is 0
     return (w[:, None] * diffs).sum(0)
+
+
+def _adaptive_tau_of(norms: torch.Tensor, w: list, everyone: dict) -> float:
+    """Adaptive τ over the whole neighbourhood: the weight of the neighbours not heard
+    sits at distance 0 (in float64: float32 weights moved a share of 0.75 below it)."""
+    missing = sum(everyone.values()) - sum(w)
+    norms = norms.to(torch.float64)
+    if missing > 1e-12:
+        norms, w = torch.cat([norms, norms.new_zeros(1)]), w + [missing]
+    return adaptive_tau(norms, torch.tensor(w, dtype=torch.float64))
