@@ -28,7 +28,8 @@ from .algorithms.options import CHOCOOptions, DPSGDOptions
 from .config import RunConfig
 from .errors import ConfigError
 from .plan_nodes import check_codec, learn_specs, model_name, node_availability, node_codecs
-from .plan_rules import check_robust, check_time_varying, late_links, whole_model_codec
+from .plan_rules import (check_robust, check_time_varying, late_links, late_round_trips,
+                         whole_model_codec)
 from .spec import LearnSpec, NodeSpec, RuntimeSpec, ServerInfo, plain_label
 from .strategies import STRATEGIES
 from .transport.links import LinkSpec, parse_link
@@ -407,5 +408,5 @@ def _server_plan(cfg: RunConfig, graph) -> Plan:
             "participation": options.participation}
     return Plan(cfg, tuple(workers) + (coordinator,), base, record,
                 (f"{cfg.mode}: {n} workers + 1 coordinator",) + warnings
-                + late_links(tuple(workers) + (coordinator,), cfg.round_timeout), closer=n)
+                + late_round_trips(workers, coordinator, cfg.round_timeout), closer=n)
 

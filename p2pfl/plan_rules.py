@@ -14,7 +14,7 @@ from .config import RunConfig
 from .errors import ConfigError
 
 __all__ = ["DEEPSQUEEZE_UNSTABLE", "whole_model_codec", "check_time_varying", "check_robust",
-           "late_links"]
+           "late_links", "late_round_trips"]
 
 
 #: Quantisers DeepSqueeze was unstable with on the mnist1d CNN (benchmarks/deepsqueeze.py
@@ -130,3 +130,18 @@ def late_links(specs, round_timeout: float, schedule: str = "sync") -> tuple:
     shown = ", ".join(map(str, late[:5])) + (", ..." if len(late) > 5 else "")
     return (f"warning: the link latency of node(s) {shown} reaches --round-timeout "
             f"({round_timeout:g} s): their messages come after their round, and are missed",)
+
+
+def late_round_trips(workers, coordinator, round_timeout: float) -> tuple:
+    """A server run's :func:`late_links`: the coordinator waits a round time-out from its
+    instructions, so a worker's reply is missed where the coordinator's latency plus the
+    worker's reaches it (each alone may not: 5.1 s each way against 10 s missed every
+    reply of every round, and the global model never changed, without a word)."""
+    down = coordinator.link.latency_ms
+    late = [w.label for w in workers if (down + w.link.latency_ms) / 1e3 >= round_timeout]
+    if not late:
+        return ()
+    shown = ", ".join(map(str, late[:5])) + (", ..." if len(late) > 5 else "")
+    return (f"warning: the link latency of the coordinator and of worker(s) {shown} "
+            f"together reaches --round-timeout ({round_timeout:g} s): their replies come "
+            "after their round, and are missed",)

@@ -277,3 +277,22 @@ def test_a_link_slower_than_the_round_timeout_is_warned_of(tmp_path):
                    "--out", str(tmp_path))
     assert res.returncode == 0, res.stderr
     assert "warning: 12 neighbours' models missed their round" in res.stderr, res.stderr
+
+
+def test_a_server_runs_round_trip_latency_is_warned_of():
+    """The coordinator waits a round time-out from its instructions: 5.1 s of latency on
+    every link missed every reply of every round (the global model never changed) while
+    the plan checked each link's latency alone against the 10 s, and said nothing."""
+    from p2pfl.config_files import from_sources
+    from p2pfl.plan import plan
+
+    def warned(**kw):
+        info = plan(from_sources(None, dict(mode="fedavg", nodes=3, dataset="digits",
+                                            **kw))).info
+        return [x for x in info if "latency" in x]
+
+    assert warned(link="latency_ms=5100") == [
+        "warning: the link latency of the coordinator and of worker(s) 0, 1, 2 together "
+        "reaches --round-timeout (10 s): their replies come after their round, and are "
+        "missed"]
+    assert warned(link="latency_ms=4900") == []
