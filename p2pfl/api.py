@@ -359,6 +359,10 @@ def execute(p: Plan, *, t0: float | None = None, on_round=None) -> Result:
     if summary.get("mode") == "gossip" and misses and 2 * misses >= sent:  # mostly alone
         progress.info(f"warning: {misses} neighbours' models missed their round (as many "
                       "as half the messages sent): a --link too slow for --round-timeout?")
+    unsent = (summary.get("dropped") or {}).get("link_unsent", 0)
+    if summary.get("mode") == "gossip" and unsent and unsent >= sent:  # mostly alone too
+        progress.info(f"warning: {unsent} models never left their node's emulated uplink "
+                      f"(link_unsent), {sent} did: a --link too slow for the nodes' pace?")
     if summary["accuracy_mean"] is not None:
         progress.info(f"accuracy mean {summary['accuracy_mean']:.4f} (min "
                       f"{summary['accuracy_min']:.4f}) | {summary['bytes_sent_total'] / 1e6:.2f}"

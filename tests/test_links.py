@@ -296,3 +296,17 @@ def test_a_server_runs_round_trip_latency_is_warned_of():
         "reaches --round-timeout (10 s): their replies come after their round, and are "
         "missed"]
     assert warned(link="latency_ms=4900") == []
+
+
+def test_a_run_whose_models_never_left_their_slow_links_is_warned_of(tmp_path):
+    """Asynchronous nodes finished 10 rounds in 0.3 s while their first model needed
+    0.31 s to leave a 0.5 Mbit/s uplink: nothing was exchanged (60 link_unsent, 0 MB
+    sent), the nodes learned alone, and the run exited 0 without a word."""
+    from tests._inproc import cli_here
+
+    res = cli_here("cluster", "--topology", "ring:3", "--dataset", "digits", "--rounds", "10",
+                   "--schedule", "async", "--link", "up_mbps=0.5", "--in-process",
+                   "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    assert "models never left their node's emulated uplink (link_unsent)" in res.stderr, \
+        res.stderr
