@@ -5,7 +5,8 @@ line: its accuracy per round (gossip: the nodes' mean, ``accuracy_per_round``; a
 mode: the global, cluster-weighted or ensemble accuracy of the coordinator's model),
 against the round, the megabytes that every node of the run had sent by the end of it
 (the records' ``bytes_sent``, summed over nodes and rounds: the whole network's
-traffic, log x), and the wall time at which its last node finished it.  Writes
+traffic, log x; at the last round the summary's ``bytes_sent_total``, which adds what
+left an emulated uplink after its node's last record), and the wall time at which its last node finished it.  Writes
 ``compare_accuracy_vs_round.png``, ``compare_accuracy_vs_mb.png``,
 ``compare_accuracy_vs_time.png`` and ``compare.json`` (each run's final accuracy,
 total megabytes and wall time, and what says it did not finish as planned: its rounds,
@@ -56,6 +57,11 @@ def run_curve(run_dir: str) -> dict:
     for rnd in sorted(sent):
         total += sent[rnd]
         cumulative[rnd] = total / 1e6
+    # what left an emulated uplink after its node's last record (a message counts when
+    # it leaves) is in the summary's total only: the run's last round sent it
+    whole = finite(summary.get("bytes_sent_total"))
+    if cumulative and whole is not None and whole > total:
+        cumulative[max(cumulative)] = whole / 1e6
     rounds = [r for r, _ in acc]
     return {"rounds": rounds, "accuracy": [a for _, a in acc],
             "mb": [cumulative.get(r) for r in rounds], "seconds": [ends.get(r) for r in rounds],
