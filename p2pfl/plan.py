@@ -28,8 +28,8 @@ from .algorithms.options import CHOCOOptions, DPSGDOptions
 from .config import RunConfig
 from .errors import ConfigError
 from .plan_nodes import check_codec, learn_specs, model_name, node_availability, node_codecs
-from .plan_rules import (check_robust, check_time_varying, late_links, late_round_trips,
-                         whole_model_codec)
+from .plan_rules import (check_robust, check_start_latency, check_time_varying, late_links,
+                         late_round_trips, whole_model_codec)
 from .spec import LearnSpec, NodeSpec, RuntimeSpec, ServerInfo, plain_label
 from .strategies import STRATEGIES
 from .transport.links import LinkSpec, parse_link
@@ -64,6 +64,7 @@ def plan(cfg: RunConfig, graph=None) -> Plan:
         raise ConfigError("--restart on-failure restarts node processes; "
                           "it does not apply with --in-process")
     p = _gossip_plan(cfg, graph, restarts) if cfg.mode == "gossip" else _server_plan(cfg, graph)
+    check_start_latency(p.specs, cfg.start_timeout)
     if graph is not None:  # config.json and the summary say what ran, not the default
         p = _graph_record(p, graph)
     return dataclasses.replace(p, restarts=restarts, keys=_run_keys(cfg, p.specs))

@@ -14,7 +14,7 @@ from .config import RunConfig
 from .errors import ConfigError
 
 __all__ = ["DEEPSQUEEZE_UNSTABLE", "whole_model_codec", "check_time_varying", "check_robust",
-           "late_links", "late_round_trips"]
+           "late_links", "late_round_trips", "check_start_latency"]
 
 
 #: Quantisers DeepSqueeze was unstable with on the mnist1d CNN (benchmarks/deepsqueeze.py
@@ -145,3 +145,14 @@ def late_round_trips(workers, coordinator, round_timeout: float) -> tuple:
     return (f"warning: the link latency of the coordinator and of worker(s) {shown} "
             f"together reaches --round-timeout ({round_timeout:g} s): their replies come "
             "after their round, and are missed",)
+
+
+def check_start_latency(specs, start_timeout: float) -> None:
+    """A node's start-up hello travels its emulated link (it is never lost, but it is
+    delayed), so a latency that reaches ``--start-timeout`` fails every start: 3 nodes
+    "not ready after 5 s" at ``latency_ms=6000``, exit 1, without naming the link."""
+    late = [s.label for s in specs if s.link.latency_ms / 1e3 >= start_timeout]
+    if late:
+        shown = ", ".join(map(str, late[:5])) + (", ..." if len(late) > 5 else "")
+        raise ConfigError(f"the link latency of node(s) {shown} reaches --start-timeout "
+                          f"({start_timeout:g} s): their start-up hello would come after it")

@@ -310,3 +310,19 @@ def test_a_run_whose_models_never_left_their_slow_links_is_warned_of(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "models never left their node's emulated uplink (link_unsent)" in res.stderr, \
         res.stderr
+
+
+def test_a_latency_that_reaches_the_start_timeout_is_refused_before_any_node_starts():
+    """The start-up hello travels the emulated link: latency_ms=6000 with
+    --start-timeout 5 started every node, then failed with "3 node(s) not ready after
+    5 s" (exit 1), naming no link."""
+    from tests._inproc import cli_here
+
+    for mode, nodes in ((("--topology", "ring:3"), "0, 1, 2"),
+                        (("--mode", "fedavg", "--nodes", "3"), "0, 1, 2, coordinator")):
+        res = cli_here("cluster", *mode, "--dataset", "digits", "--rounds", "1", "--link",
+                       "latency_ms=6000", "--start-timeout", "5", "--dry-run")
+        assert res.returncode == 2, res.stderr
+        assert res.stderr.strip().splitlines()[-1] == (
+            f"p2pfl: error: the link latency of node(s) {nodes} reaches --start-timeout "
+            "(5 s): their start-up hello would come after it"), res.stderr
