@@ -238,11 +238,21 @@ class Learner:
         """
         if self.exchange_only:
             return float("nan")  # exchange only (--local-steps 0)
+        return self._slowed(self.trainer.train)
+
+    def distill(self, x_pub, targets, steps: int) -> float:
+        """Distil towards soft labels on public inputs (federated distillation), local
+        work slowed as :meth:`train` is (it was not: FD's distillation ran at full speed
+        on a ``slowdown`` node)."""
+        return self._slowed(lambda: self.trainer.distill(x_pub, targets, steps))
+
+    def _slowed(self, fn):
+        """``fn()`` as local work: then idle ``slowdown`` − 1 times what it took."""
         t0 = time.monotonic()
-        loss = self.run(self.trainer.train)
+        result = self.run(fn)
         if self.spec.slowdown > 1:
             self.pause((self.spec.slowdown - 1) * (time.monotonic() - t0))
-        return loss
+        return result
 
     def train_scales(self, which: list, steps: int, lr: float) -> list:
         """Per-channel scales of the parameters ``which``, trained with the weights

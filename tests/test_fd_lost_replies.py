@@ -185,3 +185,20 @@ def test_hostile_round_fields_of_an_instruction_are_value_errors(key, value):
     with pytest.raises(ValueError):
         client.apply(3, packet)
     client.reply(3)  # and the worker can still reply
+
+
+def test_distillation_is_local_work_a_slowdown_slows():
+    """``slowdown = F`` makes local work take F times as long, and an FD worker's
+    distillation ran at full speed (300 distillation steps took 0.3 s a round with
+    --slowdown 20 as with 1): only training idled."""
+    import dataclasses
+
+    from p2pfl.learner import Learner
+    from _strategy_ctx import config, learn_spec
+
+    paused = []
+    learn = dataclasses.replace(learn_spec(config("fd")), slowdown=5.0)
+    learner = Learner(learn, 0, pause=paused.append)
+    x = learner.dataset.x_test[:8]
+    learner.distill(x, np.full((8, 10), 0.1, dtype=np.float32), 2)
+    assert len(paused) == 1 and paused[0] > 0

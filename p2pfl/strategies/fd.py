@@ -212,7 +212,7 @@ class FDClient(ClientStrategy):
         self.refs = _keep((ref, previous), self.agg)
         targets = labels if self.bits == 0 else dequantise(labels, self.bits)
         if self.steps:
-            self.learner.trainer.distill(self.x_pub, targets, self.steps)
+            self.learner.distill(self.x_pub, targets, self.steps)
 
     def reply(self, rnd: int) -> Packet:
         probs = soft_labels(self.learner.model, self.x_pub)
