@@ -6,8 +6,8 @@ mode: the global, cluster-weighted or ensemble accuracy of the coordinator's mod
 against the round, the megabytes that every node of the run had sent by the end of it
 (the records' ``bytes_sent``, summed over nodes and rounds: the whole network's
 traffic, log x; at the last round the summary's ``bytes_sent_total``, which adds what
-left an emulated uplink after its node's last record), and the wall time at which its last node finished it.  Writes
-``compare_accuracy_vs_round.png``, ``compare_accuracy_vs_mb.png``,
+left an emulated uplink after its node's last record), and the wall time at which its
+last node finished it.  Writes ``compare_accuracy_vs_round.png``, ``compare_accuracy_vs_mb.png``,
 ``compare_accuracy_vs_time.png`` and ``compare.json`` (each run's final accuracy,
 total megabytes and wall time, and what says it did not finish as planned: its rounds,
 failed nodes, ``interrupted``, and whether it has a summary) into ``DIR``.
