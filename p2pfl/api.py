@@ -355,20 +355,38 @@ def execute(p: Plan, *, t0: float | None = None, on_round=None) -> Result:
         raise ClusterError(_unwritten(out, lost, bool(halted), summarised, sink.written),
                            result)
     _raise_if_failed(summary, out, result)
-    misses, sent = summary.get("misses_total") or 0, summary.get("messages_sent_total") or 0
-    if summary.get("mode") == "gossip" and misses and 2 * misses >= sent:  # mostly alone
-        progress.info(f"warning: {misses} neighbours' models missed their round (as many "
-                      "as half the messages sent): a --link too slow for --round-timeout?")
-    unsent = (summary.get("dropped") or {}).get("link_unsent", 0)
-    if summary.get("mode") == "gossip" and unsent and unsent >= sent:  # mostly alone too
-        progress.info(f"warning: {unsent} models never left their node's emulated uplink "
-                      f"(link_unsent), {sent} did: a --link too slow for the nodes' pace?")
+    for line in _late_warnings(summary):
+        progress.info(line)
     if summary["accuracy_mean"] is not None:
         progress.info(f"accuracy mean {summary['accuracy_mean']:.4f} (min "
                       f"{summary['accuracy_min']:.4f}) | {summary['bytes_sent_total'] / 1e6:.2f}"
                       f" MB sent | {summary['wall_s']:.1f} s")
     progress.info(f"results in {out}")
     return result
+
+
+def _late_warnings(summary: dict) -> list:
+    """What says at the end that most of a run's messages came too late, or never left
+    an emulated uplink: the nodes then learned alone, and the run exited 0."""
+    misses, sent = summary.get("misses_total") or 0, summary.get("messages_sent_total") or 0
+    lost = summary.get("emulated_lost_total") or 0
+    why = (f"an emulated --link that lost {lost} messages, or one too slow for "
+           "--round-timeout?" if lost else "a --link too slow for --round-timeout?")
+    out = []
+    if summary.get("mode") == "gossip":
+        if misses and 2 * misses >= sent:  # mostly alone
+            out.append(f"warning: {misses} neighbours' models missed their round (as many "
+                       f"as half the messages sent): {why}")
+        unsent = (summary.get("dropped") or {}).get("link_unsent", 0)
+        if unsent and unsent >= sent:  # mostly alone too
+            out.append(f"warning: {unsent} models never left their node's emulated uplink "
+                       f"(link_unsent), {sent} did: a --link too slow for the nodes' pace?")
+        return out
+    asked, ok = summary.get("participants_total") or 0, summary.get("replies_ok_total") or 0
+    if asked and 2 * (asked - ok) >= asked:  # the global model learned from few replies
+        out.append(f"warning: {asked - ok} of the {asked} replies the coordinator asked for "
+                   f"did not come within their round: {why}")
+    return out
 
 
 def _os_error_text(exc: OSError) -> str:

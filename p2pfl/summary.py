@@ -135,6 +135,9 @@ def _server_fields(summary: dict, plan, sink, nodes: dict, dead: set, tail: dict
             summary[f"{key}_per_round"] = rows
     summary["bytes_per_round"] = [[r["round"], r["bytes_sent"], r["bytes_received"]]
                                   for r in coord_recs]
+    # the replies the coordinator asked for, and those that came within the round
+    summary["participants_total"] = int(sum(r.get("participants") or 0 for r in coord_recs))
+    summary["replies_ok_total"] = int(sum(r.get("replies_ok") or 0 for r in coord_recs))
     # instructions workers behind applied but did not answer: newer ones were queued
     summary["instructions_skipped_total"] = int(sum(
         h.final.get("instructions_skipped", 0) for i, h in nodes.items() if i != coord_id))

@@ -326,3 +326,26 @@ def test_a_latency_that_reaches_the_start_timeout_is_refused_before_any_node_sta
         assert res.stderr.strip().splitlines()[-1] == (
             f"p2pfl: error: the link latency of node(s) {nodes} reaches --start-timeout "
             "(5 s): their start-up hello would come after it"), res.stderr
+
+
+def test_a_server_run_whose_replies_mostly_came_late_is_warned_of_at_its_end(tmp_path):
+    """Replies that miss their round leave the global model as it was; the end-of-run
+    warning was for gossip only, and a server run whose every reply timed out exited 0
+    in silence.  The summary now counts the replies asked for and those on time."""
+    import json
+
+    from tests._inproc import cli_here
+
+    res = cli_here("cluster", "--mode", "fedavg", "--nodes", "2", "--dataset", "digits",
+                   "--rounds", "2", "--link", "latency_ms=600", "--round-timeout", "1",
+                   "--in-process", "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    assert ("warning: 4 of the 4 replies the coordinator asked for did not come within "
+            "their round: a --link too slow for --round-timeout?") in res.stderr, res.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["participants_total"] == 4 and summary["replies_ok_total"] == 0
+    res = cli_here("cluster", "--mode", "fedavg", "--nodes", "2", "--dataset", "digits",
+                   "--rounds", "2", "--in-process", "--out", str(tmp_path / "ok"))
+    assert res.returncode == 0 and "did not come within" not in res.stderr, res.stderr
+    summary = json.loads((tmp_path / "ok" / "summary.json").read_text())
+    assert summary["participants_total"] == summary["replies_ok_total"] == 4
