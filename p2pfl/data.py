@@ -251,6 +251,25 @@ def _load_synthetic(arg, seed):
 # ---------------------------------------------------------------- file datasets
 
 
+def _check_features(x, what: str) -> None:
+    """Refuse features a node would fail on: none (a dimension of 0), or NaN or infinite
+    values (also values beyond float32's range, which become infinite)."""
+    if 0 in x.shape[1:]:
+        raise DataError(f"{what} has no features, shape {x.shape}")
+    with np.errstate(over="ignore"):  # beyond float32's range: inf, refused here
+        finite = x.dtype.kind != "f" or np.isfinite(x.astype(np.float32)).all()
+    if not finite:
+        raise DataError(f"{what} holds NaN or infinite values "
+                        "(or values beyond float32's range)")
+
+
+def _check_classes(top: int, what: str) -> None:
+    """Refuse a largest label that would ask the model for more than MAX_CLASSES outputs."""
+    if top >= MAX_CLASSES:
+        raise DataError(f"{what}: labels run up to {top}, which makes {top + 1} "
+                        f"classes (at most {MAX_CLASSES:,}); number the classes from 0")
+
+
 def _mnist_split(folder, stem):
     x = read_idx(_find_file(folder, [f"{stem}-images-idx3-ubyte",
                                      f"{stem}-images.idx3-ubyte"]))
@@ -263,6 +282,7 @@ def _mnist_split(folder, stem):
         raise DataError(f"MNIST {stem} files in {str(folder)!r} hold no images")
     if y.dtype.kind not in "iu":
         raise DataError(f"MNIST {stem} labels in {str(folder)!r} are {y.dtype}, not integers")
+    _check_features(x, f"the MNIST {stem}-images file in {str(folder)!r}")
     return x, y.astype(np.int64)
 
 
@@ -273,7 +293,9 @@ def _load_mnist(folder):
     x_tr, x_te = _standardise(x_tr[:, None].astype(np.float32) / 255.0,
                               x_te[:, None].astype(np.float32) / 255.0,
                               axis=(0, 2, 3))
-    num_classes = int(max(y_tr.max(), y_te.max())) + 1
+    top = int(max(y_tr.max(), y_te.max()))  # a negative label is refused by _make
+    _check_classes(top, f"MNIST files in {str(folder)!r}")
+    num_classes = top + 1
     return _make(f"mnist:{folder}", x_tr, y_tr, x_te, y_te, num_classes)
 
 
@@ -328,21 +350,13 @@ def _load_npz(text):
         if y.ndim != 1 or len(y) != len(x):
             raise DataError(f"npz file {text!r}: y_{split} must hold one label per sample "
                             f"of x_{split} ({len(x)}), got shape {y.shape}")
-        if 0 in x.shape[1:]:
-            raise DataError(f"npz file {text!r}: x_{split} has no features, shape {x.shape}")
-        with np.errstate(over="ignore"):  # beyond float32's range: inf, refused here
-            finite = x.dtype.kind != "f" or np.isfinite(x.astype(np.float32)).all()
-        if not finite:
-            raise DataError(f"npz file {text!r}: x_{split} holds NaN or infinite values "
-                            "(or values beyond float32's range)")
+        _check_features(x, f"npz file {text!r}: x_{split}")
         if len(y) == 0 or y.dtype.kind not in "iu":
             raise DataError(f"npz file {text!r}: y_{split} must be integer labels, one or "
                             f"more, got {y.dtype} {y.shape}")
     y_tr, y_te = arrays["y_train"], arrays["y_test"]
     top = int(max(y_tr.max(), y_te.max()))  # a negative label is refused by _make
-    if top >= MAX_CLASSES:
-        raise DataError(f"npz file {text!r}: labels run up to {top}, which makes {top + 1} "
-                        f"classes (at most {MAX_CLASSES:,}); number the classes from 0")
+    _check_classes(top, f"npz file {text!r}")
     return _make(f"npz:{text}", arrays["x_train"], y_tr, arrays["x_test"], y_te, top + 1)
 
 

@@ -249,6 +249,30 @@ def test_mnist_folder_refuses_what_a_node_would_fail_on(tmp_path, case, message)
     with pytest.raises(DataError, match=message):
         load_dataset(f"mnist:{folder}")
 
+@pytest.mark.parametrize("case, message", [
+    ("nan", "NaN or infinite"),
+    ("inf", "NaN or infinite"),
+    ("no_pixels", "no features"),
+    ("classes", "5000000 classes"),
+])
+def test_mnist_folder_refuses_what_npz_refuses(tmp_path, case, message):
+    """IDX files may hold float images and int32 labels: NaN or infinite pixels, images
+    of no pixels and a label of 4,999,999 passed the loader (npz refused them), and the
+    run trained on NaN, or built a model of 5 M outputs (27 GB, no record written)."""
+    folder = _mnist_folder(tmp_path / "m")
+    if case == "classes":
+        labels = np.arange(12, dtype=np.int32)
+        labels[0] = 4_999_999
+        _write(folder / "train-labels-idx1-ubyte", _idx_bytes(labels, 0x0C))
+    else:
+        shape = (12, 0, 0) if case == "no_pixels" else (12, 28, 28)
+        fill = {"nan": np.nan, "inf": np.inf}.get(case, 0)
+        _write(folder / "train-images-idx3-ubyte",
+               _idx_bytes(np.full(shape, fill, np.float32), 0x0D))
+    with pytest.raises(DataError, match=message):
+        load_dataset(f"mnist:{folder}")
+
+
 # ---------------------------------------------------------------- CIFAR-10
 
 
