@@ -334,8 +334,8 @@ def _load_npz(text):
         npz = np.load(path, allow_pickle=False)
         with npz:
             arrays = {k: npz[k] for k in NPZ_ARRAYS if k in npz.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        if isinstance(exc, DataError):
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, MemoryError) as exc:
+        if isinstance(exc, DataError):  # MemoryError: an array's header claims terabytes
             raise
         raise DataError(f"cannot read npz file {text!r}: {exc}") from None
     missing = [k for k in NPZ_ARRAYS if k not in arrays]

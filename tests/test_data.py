@@ -528,6 +528,21 @@ def test_npz_that_is_missing_or_not_a_zip_is_refused(tmp_path):
             load_dataset(f"npz:{tmp_path / name}")
 
 
+def test_npz_whose_array_header_claims_terabytes_is_refused(tmp_path):
+    """numpy allocates what an array's header says before it reads the data: a 1 KB file
+    claiming (10**11, 8) float64 was a MemoryError traceback, exit 1."""
+    import zipfile
+
+    header = "{'descr': '<f8', 'fortran_order': False, 'shape': (100000000000, 8), }"
+    header = header.ljust(117) + "\n"
+    npy = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode()
+    with zipfile.ZipFile(tmp_path / "claim.npz", "w") as z:
+        for name in ("x_train", "y_train", "x_test", "y_test"):
+            z.writestr(f"{name}.npy", npy + bytes(64))
+    with pytest.raises(DataError, match="cannot read npz file"):
+        load_dataset(f"npz:{tmp_path / 'claim.npz'}")
+
+
 @pytest.mark.parametrize("spec", ["dirichlet:0.5", "shards:2"])
 def test_shares_with_a_partition_that_sizes_nodes_itself_are_refused(spec):
     from p2pfl.partition import partition
