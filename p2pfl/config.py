@@ -7,13 +7,12 @@ per-node settings from a profile file (:mod:`~p2pfl.config_files`).
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from dataclasses import dataclass, field, fields
 
 from .errors import ConfigError
 from .scheduling import CPU_POLICIES
-from .spec import MAX_INT, MAX_SLOWDOWN, is_device
+from .spec import MAX_FLOAT32, MAX_INT, MAX_SLOWDOWN, is_device
 
 __all__ = ["RunConfig", "NODE_KEYS", "SERVER_MODES", "MODES", "MODE_OPTIONS"]
 
@@ -166,10 +165,12 @@ class RunConfig:
         if self.exchange_only and self.mode != "gossip":
             raise ConfigError("--local-steps 0 (exchange only, no training) applies to gossip; "
                               "server modes train and evaluate every round")
-        if not 0 < self.lr < math.inf:
-            raise ConfigError(f"--lr must be positive and finite, got {self.lr}")
-        if not 0 <= self.weight_decay < math.inf:  # NaN fails too
-            raise ConfigError(f"--weight-decay must be >= 0 and finite, got {self.weight_decay}")
+        if not 0 < self.lr <= MAX_FLOAT32:
+            raise ConfigError(f"--lr must be positive and finite in float32 (at most "
+                              f"{MAX_FLOAT32:.4g}), got {self.lr}")
+        if not 0 <= self.weight_decay <= MAX_FLOAT32:  # NaN fails too
+            raise ConfigError(f"--weight-decay must be >= 0 and finite in float32 (at most "
+                              f"{MAX_FLOAT32:.4g}), got {self.weight_decay}")
         if not 1 <= self.slowdown <= MAX_SLOWDOWN:
             raise ConfigError(f"--slowdown must be in [1, {MAX_SLOWDOWN:g}], got {self.slowdown}")
         self._check_sizes()

@@ -15,7 +15,6 @@ neither torch nor the registries.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field, fields
 
 from .errors import ConfigError
@@ -28,6 +27,9 @@ from .transport.links import LinkSpec
 MAX_INT = 2**31 - 1
 #: The slowest emulated device (``slowdown``): a node idles F − 1 times its compute.
 MAX_SLOWDOWN = 1000.0
+#: The largest learning rate and weight decay: they scale float32 tensors, and torch refuses
+#: a factor beyond float32's range (every node failed with an overflow RuntimeError).
+MAX_FLOAT32 = 3.4028234663852886e38
 
 __all__ = ["is_device", "LearnSpec", "RuntimeSpec", "ServerInfo", "NodeSpec", "options_from_wire",
            "plain_label"]
@@ -64,12 +66,14 @@ class LearnSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shares", tuple(float(s) for s in self.shares))
-        if not 0 < self.lr < math.inf:
-            raise ConfigError(f"lr must be positive and finite, got {self.lr}")
+        if not 0 < self.lr <= MAX_FLOAT32:
+            raise ConfigError(f"lr must be positive and finite in float32 (at most "
+                              f"{MAX_FLOAT32:.4g}), got {self.lr}")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
-        if not 0 <= self.weight_decay < math.inf:  # NaN fails too
-            raise ConfigError(f"weight_decay must be >= 0 and finite, got {self.weight_decay}")
+        if not 0 <= self.weight_decay <= MAX_FLOAT32:  # NaN fails too
+            raise ConfigError(f"weight_decay must be >= 0 and finite in float32 (at most "
+                              f"{MAX_FLOAT32:.4g}), got {self.weight_decay}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.local_steps < 0 or self.local_epochs < 0:

@@ -204,6 +204,8 @@ def test_listen_refuses_a_host_for_its_nodes():
     (dict(lr=float("inf")), "--lr must be positive and finite"),
     (dict(weight_decay=float("nan")), "--weight-decay must be >= 0 and finite"),
     (dict(weight_decay=float("inf")), "--weight-decay must be >= 0 and finite"),
+    (dict(lr=1e300), "--lr must be positive and finite in float32"),  # every node failed
+    (dict(weight_decay=1e39), "--weight-decay must be >= 0 and finite in float32"),
     (dict(slowdown=float("inf")), r"--slowdown must be in \[1, 1000\]"),
     (dict(rounds=2**64), "--rounds must be at most 2147483647"),
     (dict(batch_size=2**64), "--batch-size must be at most"),
