@@ -57,6 +57,19 @@ def _check_learning(learns: list) -> dict:
     return shapes
 
 
+def _check_message_size(shapes: dict) -> None:
+    """A model travels dense as one frame (gossip, the server modes but fd and cfd): one
+    beyond the wire's limit had ZeroMQ close every link without a word."""
+    from .transport import wire
+
+    limit = wire.DEFAULT_LIMITS.max_tensor_elems
+    for name, model in shapes.items():
+        size = sum(math.prod(s) for s in model)
+        if size > limit:
+            raise ConfigError(f"model {name!r} has {size:,} parameters; a message carries "
+                              f"at most {limit:,} (1 GiB of float32)")
+
+
 def model_name(cfg: RunConfig, name) -> str:
     from .models import CUSTOM, MODELS
 
@@ -188,6 +201,7 @@ def learn_specs(cfg: RunConfig, labels: list) -> tuple[list, list]:
               for i, o in enumerate(per_node)]
     shapes = _check_learning(learns)
     if cfg.mode not in ("fd", "cfd"):  # those exchange soft labels, and may mix models
+        _check_message_size(shapes)
         _check_one_model(cfg, learns, shapes)
     if cfg.backend == "local" and not cfg.listen:  # remote hosts may have other GPUs
         _check_devices(learns)
