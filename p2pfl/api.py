@@ -374,6 +374,10 @@ def _late_warnings(summary: dict) -> list:
            "--round-timeout?" if lost else "a --link too slow for --round-timeout?")
     out = []
     if summary.get("mode") == "gossip":
+        bad = (summary.get("dropped") or {}).get("undecodable", 0)  # non-finite: diverged
+        if misses and 2 * bad >= misses:
+            why = ("most were dropped as undecodable: models gone non-finite (diverged: a "
+                   "lower --lr?)")
         if misses and 2 * misses >= sent:  # mostly alone
             out.append(f"warning: {misses} neighbours' models missed their round (as many "
                        f"as half the messages sent): {why}")

@@ -277,6 +277,7 @@ def test_a_link_slower_than_the_round_timeout_is_warned_of(tmp_path):
                    "--out", str(tmp_path))
     assert res.returncode == 0, res.stderr
     assert "warning: 12 neighbours' models missed their round" in res.stderr, res.stderr
+    assert "--link too slow" in res.stderr, res.stderr
 
 
 def test_a_server_runs_round_trip_latency_is_warned_of():
@@ -349,3 +350,15 @@ def test_a_server_run_whose_replies_mostly_came_late_is_warned_of_at_its_end(tmp
     assert res.returncode == 0 and "did not come within" not in res.stderr, res.stderr
     summary = json.loads((tmp_path / "ok" / "summary.json").read_text())
     assert summary["participants_total"] == summary["replies_ok_total"] == 4
+
+
+def test_a_diverged_run_is_not_blamed_on_the_links(tmp_path):
+    """With --lr 1e30 every model went non-finite and was dropped as undecodable; the
+    warning asked whether a --link was too slow for --round-timeout (a data audit)."""
+    from tests._inproc import cli_here
+
+    res = cli_here("cluster", "--topology", "ring:3", "--dataset", "digits", "--rounds", "2",
+                   "--lr", "1e30", "--in-process", "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    assert "dropped as undecodable: models gone non-finite" in res.stderr, res.stderr
+    assert "--link too slow" not in res.stderr, res.stderr
