@@ -85,8 +85,8 @@ class Dataset:
 
 def _make(name, x_tr, y_tr, x_te, y_te, num_classes):
     """Build a :class:`Dataset` with canonical dtypes, refusing what would fail in a
-    node: an empty split, labels outside ``[0, num_classes)``, or test samples of
-    another shape than the training samples."""
+    node: an empty split, labels outside ``[0, num_classes)``, training labels of one
+    class, or test samples of another shape than the training samples."""
     for split, x, y in (("training", x_tr, np.asarray(y_tr)), ("test", x_te, np.asarray(y_te))):
         if len(x) == 0:
             raise DataError(f"dataset {name!r}: the {split} split is empty")
@@ -95,6 +95,9 @@ def _make(name, x_tr, y_tr, x_te, y_te, num_classes):
         if y.min() < 0 or y.max() >= num_classes:
             raise DataError(f"dataset {name!r}: {split} labels range over [{y.min()}, "
                             f"{y.max()}], outside [0, {num_classes})")
+    if len(np.unique(np.asarray(y_tr))) < 2:  # a model of one class: loss 0, accuracy 1
+        raise DataError(f"dataset {name!r}: the training labels hold one class "
+                        f"({np.asarray(y_tr).flat[0]}); a classifier needs at least two")
     if x_tr.shape[1:] != x_te.shape[1:]:
         raise DataError(f"dataset {name!r}: training samples are {tuple(x_tr.shape[1:])}, "
                         f"test samples {tuple(x_te.shape[1:])}")

@@ -8,6 +8,7 @@ that round.  ``summary.json`` and other result files are written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -157,7 +158,9 @@ class MetricsSink:
         self._consensus: tuple = (None, [])  # (last round with a distance, its rows)
         self._pending: dict = defaultdict(dict)  # round -> node -> [(record, vector)]
         self._next_round = 1
-        self._fh = open(os.path.join(out_dir, "metrics.jsonl"), "w")  # flushed per round
+        # unbuffered: each round's lines go down in one write, or are taken back
+        self._fh = open(os.path.join(out_dir, "metrics.jsonl"), "wb", buffering=0)
+        self._size = 0  # the bytes of whole lines written
 
     def add(self, record: dict, vector: np.ndarray | None = None) -> None:
         """Accept one node's record of one round (and its model, if sent)."""
@@ -235,18 +238,25 @@ class MetricsSink:
         return out
 
     def _append(self, text: str, count: int) -> None:
-        """Append ``count`` records' lines to metrics.jsonl and flush; after a write that
-        failed, nothing more (a reader takes whole lines only)."""
+        """Append ``count`` records' lines to metrics.jsonl; after a write that failed
+        (a full disk), the part of it that went down is cut off again (it left a torn
+        last line, ``{"round": 29, "no``), and nothing more is written: a reader finds
+        whole lines only."""
         if self.write_error is not None:
             return
+        raw = text.encode()
+        data = memoryview(raw)
         try:
-            self._fh.write(text)
-            self._fh.flush()
+            while data:
+                data = data[self._fh.write(data):]
         except OSError as exc:  # the file's name with it, as open() would give
             self.write_error = OSError(exc.errno, exc.strerror or str(exc), self._fh.name)
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fh.fileno(), self._size)
             if self.on_write_error is not None:
                 self.on_write_error(self.write_error)
             return
+        self._size += len(raw)
         self.written += count
 
     def _note(self, rec: dict, per_round: bool) -> None:
@@ -271,10 +281,7 @@ class MetricsSink:
         """Write any incomplete rounds that remain (nodes that died mid-run)."""
         for rnd in sorted(self._pending):
             self._write_round(rnd, self._pending.pop(rnd), whole=False, tell=False)
-        try:
-            self._fh.close()
-        except OSError:  # its buffer, left by the write that failed
-            pass
+        self._fh.close()
 
     # ---------------------------------------------------------------- summary
     def accuracy_by_node(self) -> dict:

@@ -71,9 +71,12 @@ def _split_by_owner(owner, num_nodes):
 
 
 def _dirichlet_owner(labels, num_nodes, alpha, rng):
-    """Assign each sample a node, class by class, with Dirichlet proportions."""
+    """Assign each sample a node, class by class, with Dirichlet proportions (the
+    classes present only: every number up to a label of 999,999 took 293 s, twenty
+    times over, before any node started)."""
     order = np.argsort(labels, kind="stable")
     counts = np.bincount(labels)
+    counts = counts[counts > 0]
     owner = np.empty(len(labels), dtype=np.int64)
     for idx in np.split(order, np.cumsum(counts)[:-1]):
         p = np.nan_to_num(rng.dirichlet(np.full(num_nodes, alpha)))

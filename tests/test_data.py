@@ -410,6 +410,22 @@ def test_dirichlet_many_nodes_tiny_alpha_nonempty():
     _assert_disjoint_cover(parts, 300)
 
 
+def test_dirichlet_draws_for_the_classes_present_only():
+    """Labels 0, 1 and 999,999: it drew a Dirichlet sample for every number up to the
+    largest label, twenty times over (293 s before any node started)."""
+    import time
+
+    y = np.array([0, 1, 999_999] * 20)
+    t0 = time.monotonic()
+    parts = partition(y, 3, "dirichlet:0.5", seed=0)
+    assert time.monotonic() - t0 < 5
+    _assert_disjoint_cover(parts, 60)
+    # where every class is present, the partition is the one it always was
+    assert [sorted(p.tolist())[:4] for p in partition(_labels(300), 4, "dirichlet:0.5",
+                                                      seed=1)] == [
+        [0, 1, 5, 7], [3, 20, 28, 29], [2, 4, 6, 11], [8, 12, 15, 21]]  # as at aa77006
+
+
 def test_shards_limit_classes_per_node():
     y = np.repeat(np.arange(10), 100)
     parts = partition(y, 10, "shards:2", seed=0)
@@ -495,6 +511,9 @@ def test_npz_arrays_of_ones_own_load_as_they_are(tmp_path):
     ({"y_train": np.r_[np.zeros(39, int), 10**9]}, "1000000001 classes"),
     ({"x_train": np.full((40, 6), 1e300)}, "beyond float32"),  # inf once float32
     ({"x_train": np.ones((40, 0)), "x_test": np.ones((9, 0))}, "no features"),
+    # one class: a 1-output model had loss 0 and accuracy 1.0 every round
+    ({"y_train": np.zeros(40, int), "y_test": np.zeros(9, int)}, "hold one class \\(0\\)"),
+    ({"y_train": np.full(40, 2)}, "hold one class \\(2\\); a classifier needs at least two"),
 ])
 def test_npz_files_a_node_would_fail_on_are_refused(tmp_path, arrays, message):
     with pytest.raises(DataError, match=message):
