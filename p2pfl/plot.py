@@ -254,7 +254,9 @@ def plot_curves(series: dict, path, xlabel: str, ylabel: str, logx: bool = False
         pts = [(finite(x), finite(y)) for x, y in zip(xs, ys)]
         pts = [(x, y) for x, y in pts if x is not None and y is not None
                and (x > 0 or not logx)]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=str(name),
+        # a run that sent nothing has no point on a log axis: its entry says so
+        label = str(name) if pts or not xs else f"{name} (no point on this axis)"
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label,
                 linestyle=styles[(i // 10) % len(styles)], linewidth=1.6,
                 marker="o" if len(pts) <= 30 else None, markersize=3)
     if logx:

@@ -179,6 +179,19 @@ def test_plot_curves_logx(tmp_path):
     assert _no_temp_files(path.parent)
 
 
+def test_a_series_with_no_point_on_a_log_axis_says_so_in_the_legend(tmp_path, monkeypatch):
+    """A run that sent 0 MB was missing from compare_accuracy_vs_mb.png while its legend
+    entry stood, as if its line were hidden under another."""
+    import p2pfl.plot as plot
+
+    figures = []
+    monkeypatch.setattr(plot, "_save", lambda fig, path: figures.append(fig) or path)
+    plot_curves({"sent": ([0.5, 1.0], [0.3, 0.6]), "silent": ([0.0, 0.0], [0.1, 0.1])},
+                tmp_path / "c.png", "MB", "accuracy", logx=True)
+    labels = figures[0].axes[0].get_legend_handles_labels()[1]
+    assert labels == ["sent", "silent (no point on this axis)"]
+
+
 def test_plot_curves_linear_and_errors(tmp_path):
     path = tmp_path / "lin.png"
     plot_curves({"a": ([1, 2, 3], [0.2, 0.4, 0.6])}, str(path), "round", "accuracy")
