@@ -256,8 +256,9 @@ class Learner:
 
     def train_scales(self, which: list, steps: int, lr: float) -> list:
         """Per-channel scales of the parameters ``which``, trained with the weights
-        frozen (:meth:`~p2pfl.training.LocalTrainer.train_channel_scales`)."""
-        return self.run(lambda: self.trainer.train_channel_scales(which, steps, lr))
+        frozen (:meth:`~p2pfl.training.LocalTrainer.train_channel_scales`); local work,
+        slowed as :meth:`train` is."""
+        return self._slowed(lambda: self.trainer.train_channel_scales(which, steps, lr))
 
     def flip_labels(self) -> None:
         """Train on flipped labels c → C − 1 − c (the ``label_flip`` behaviour)."""

@@ -202,3 +202,17 @@ def test_distillation_is_local_work_a_slowdown_slows():
     x = learner.dataset.x_test[:8]
     learner.distill(x, np.full((8, 10), 0.1, dtype=np.float32), 2)
     assert len(paused) == 1 and paused[0] > 0
+
+
+def test_filter_scale_training_is_local_work_a_slowdown_slows():
+    """--filter-scaling's scale training ran at full speed on a slowdown node."""
+    import dataclasses
+
+    from p2pfl.learner import Learner
+    from _strategy_ctx import config, learn_spec
+
+    paused = []
+    learn = dataclasses.replace(learn_spec(config("fedavg")), slowdown=5.0)
+    learner = Learner(learn, 0, pause=paused.append)
+    scales = learner.train_scales([0], 2, 0.01)
+    assert len(scales) == 1 and len(paused) == 1 and paused[0] > 0
