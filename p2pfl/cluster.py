@@ -246,8 +246,10 @@ class Launcher(Supervision, Admission):
             gone = self._exited()
             for h in waiting:
                 if h.id in gone and h.state not in ("done", "failed"):
-                    h.state, h.reason = "failed", "exited during start-up"  # nodes.json
-                    raise ClusterError(f"node {h.label!r} exited during start-up")
+                    why = getattr(h.runner, "error", lambda: None)()  # Ray says why
+                    h.state = "failed"
+                    h.reason = "exited during start-up" + (f": {why}" if why else "")
+                    raise ClusterError(f"node {h.label!r} {h.reason}")
 
     def _barrier(self) -> None:
         """join from all → config to each → ready from all → start."""

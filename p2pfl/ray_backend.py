@@ -18,6 +18,7 @@ import itertools
 import logging
 import math
 import os
+import re
 import secrets
 import socket
 
@@ -125,6 +126,20 @@ class RayRunner:
 
     def terminate(self) -> None:
         self._ray.kill(self.actor, no_restart=True)
+
+    def error(self) -> str | None:
+        """Why the actor ended, where Ray says (its last line: a host without p2pfl
+        gives ``ModuleNotFoundError: No module named 'p2pfl'``); None if it has not
+        ended, or ended without an error."""
+        if self.is_alive():
+            return None
+        try:
+            self._ray.get(self.done, timeout=1)
+        except Exception as exc:  # noqa: BLE001 - Ray's task and actor errors vary
+            text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # Ray colours its text
+            lines = [x.strip() for x in text.splitlines() if x.strip()]
+            return lines[-1][:300] if lines else type(exc).__name__
+        return None
 
     kill = terminate
 

@@ -282,3 +282,24 @@ def test_a_ray_session_the_caller_started_is_used_and_kept(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "session kept: True" in out.stdout
     assert out.stdout.count("CPUs free: 2.0") == 2, out.stdout
+
+
+def test_a_node_actor_that_cannot_start_says_why(ray_cluster, tmp_path):
+    """A host without p2pfl failed its node actor before the node ran: the launcher
+    said only "exited during start-up".  Ray's error is read back: its last line
+    names the missing module.  (A class importable here and not on the workers, as
+    p2pfl.ray_backend is on a host without p2pfl.)"""
+    address, env = ray_cluster
+    (tmp_path / "onlyhere.py").write_text("class Node:\n    def run(self):\n        return 0\n")
+    code = (f"import sys; sys.path.insert(0, {str(tmp_path)!r})\n"
+            "import ray, onlyhere\n"
+            "from p2pfl.ray_backend import RayRunner\n"
+            f"ray.init(address={address!r}, logging_level=40, log_to_driver=False)\n"
+            "actor = ray.remote(onlyhere.Node).options(num_cpus=0.01).remote()\n"
+            "r = RayRunner(ray, actor, actor.run.remote())\n"
+            "r.join(60)\n"
+            "print(r.is_alive(), r.error())\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd="/", env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.stdout.strip() == "False ModuleNotFoundError: No module named 'onlyhere'", \
+        out.stdout + out.stderr[-2000:]
