@@ -227,7 +227,10 @@ class RayBackend:
                                   "RAY_ADDRESS, and no `ray start` on this machine); start "
                                   "one with `ray start --head`, or leave --ray-address out to "
                                   "start Ray here") from None
-            raise ConfigError(f"--ray-address {self.address}: {exc}") from None
+            hint = ("" if os.environ.get("RAY_AUTH_MODE") else
+                    "; a cluster started with token authentication needs RAY_AUTH_MODE=token "
+                    "and its RAY_AUTH_TOKEN here too")
+            raise ConfigError(f"--ray-address {self.address}: {exc}{hint}") from None
         finally:  # ray.init makes SIGTERM exit at once: ours stops the nodes and writes
             _restore(handlers)  # the summary (p2pfl.signals)
             notice.setLevel(level)
