@@ -14,15 +14,17 @@ until a run asks for it.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
 import os
 import re
 import secrets
+import signal
 import socket
 
-from .errors import ConfigError
+from .errors import ConfigError, Terminated
 
 __all__ = ["RayBackend", "RayRunner", "require_ray"]
 
@@ -146,7 +148,6 @@ class RayRunner:
 
 def _signal_handlers() -> dict:
     """SIGINT's and SIGTERM's handlers, where they can be set again (the main thread)."""
-    import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
@@ -155,8 +156,6 @@ def _signal_handlers() -> dict:
 
 
 def _restore(handlers: dict) -> None:
-    import signal
-
     for sig, handler in handlers.items():
         if handler is not None and signal.getsignal(sig) is not handler:
             signal.signal(sig, handler)
@@ -220,6 +219,12 @@ class RayBackend:
         try:
             if self._owned:  # "local": a new instance even when `ray start` left one behind
                 ray.init(address=self.address or "local", **kwargs)
+        except SystemExit as exc:  # Ray's SIGTERM handler, in place while it starts, exits
+            if exc.code != signal.SIGTERM:  # 15: ours stops the run as any SIGTERM does
+                raise
+            with contextlib.suppress(Exception):
+                ray.shutdown()  # what it had started of a local instance
+            raise Terminated(signal.SIGTERM) from None
         except ConnectionError as exc:
             if self.address == "auto" and not os.environ.get("RAY_ADDRESS"):  # Ray's own
                 # text names a flag of its CLI, not ours

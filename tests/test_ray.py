@@ -303,3 +303,44 @@ def test_a_node_actor_that_cannot_start_says_why(ray_cluster, tmp_path):
                          text=True, timeout=120)
     assert out.stdout.strip() == "False ModuleNotFoundError: No module named 'onlyhere'", \
         out.stdout + out.stderr[-2000:]
+
+
+def _descendants_named(pid: int, word: str) -> list:
+    """Processes under ``pid`` whose command line holds ``word``."""
+    kids, found = {pid}, []
+    for _ in range(4):  # a few levels: the launcher, Ray's helpers, their children
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                    cmd = fh.read()
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid in kids:
+                kids.add(int(entry))
+                if word.encode() in cmd:
+                    found.append(int(entry))
+    return found
+
+
+def test_sigterm_while_ray_starts_stops_the_run_as_any_sigterm(tmp_path):
+    """ray.init's own SIGTERM handler is in place while it starts a local instance: a
+    SIGTERM then exited 15 at once, with no word and no summary."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "cluster", "--backend", "ray",
+                             "--topology", "ring:3", "--rounds", "100000", "-q", "--out",
+                             str(out)], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not _descendants_named(proc.pid, "gcs_server"):  # Ray is starting
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    assert proc.stderr.read().startswith("p2pfl: terminated; all nodes stopped")
