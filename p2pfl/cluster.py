@@ -142,8 +142,10 @@ class Launcher(Supervision, Admission):
             host = self.backend.start(len(self.nodes))
             self.ctx = actor_context(len(self.nodes), 1)
             self._bind(f"tcp://{host}:*")
-            for h in self.nodes.values():
-                h.runner = self.backend.spawn(self.ep.address, h.id, self.start_timeout)
+            # a server run's coordinator first, on this host while it has room
+            for h in sorted(self.nodes.values(), key=lambda h: h.id != self.closer):
+                h.runner = self.backend.spawn(self.ep.address, h.id, self.start_timeout,
+                                              here=h.id == self.closer)
             return
         if self.in_process and self.scheme != "inproc":
             address = f"ipc://{self.run_dir}/launcher.sock"

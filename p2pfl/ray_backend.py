@@ -196,6 +196,8 @@ class RayBackend:
         self._ray = None
         self._owned = True  # this run started or joined Ray itself (ray.init)
         self._actors: list = []  # every actor this run placed
+        self._state_task = None  # procfs.process_state as a Ray task
+        self._home: str | None = None
 
     def start(self, num_nodes: int) -> str:
         """Join or start Ray; return the address the launcher binds."""
@@ -240,6 +242,7 @@ class RayBackend:
             _restore(handlers)  # the summary (p2pfl.signals)
             notice.setLevel(level)
         self._ray = ray
+        self._home = ray.get_runtime_context().get_node_id()  # the launcher's Ray host
         hosts = [n.get("Resources") or {} for n in ray.nodes() if n.get("Alive")]
         self._check_resources(num_nodes, ray.cluster_resources(), hosts,
                               ray.available_resources())
@@ -276,16 +279,51 @@ class RayBackend:
                                   f"{left:g} are free on the Ray cluster now, other jobs hold "
                                   f"the rest (lower {flag}, or wait for them)")
 
-    def spawn(self, launcher: str, node_id: int, start_timeout: float) -> RayRunner:
-        """Place one node actor and start its node; it joins ``launcher`` itself."""
+    def spawn(self, launcher: str, node_id: int, start_timeout: float,
+              here: bool = False) -> RayRunner:
+        """Place one node actor and start its node; it joins ``launcher`` itself.
+        ``here``: on the launcher's Ray host where it fits (a server run's coordinator,
+        whose checkpoint is a file there: placed on another host, a restarted
+        coordinator found none and started over)."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
         ray = self._ray
+        where = ({"scheduling_strategy": NodeAffinitySchedulingStrategy(self._home, soft=True)}
+                 if here and self._home else {})
         cls = ray.remote(NodeActor).options(
             num_cpus=self.node_cpus, num_gpus=self.node_gpus, max_restarts=0,
-            name=f"p2pfl-node-{node_id}-{_RUN_TOKEN}-{next(_SPAWNED)}")
+            name=f"p2pfl-node-{node_id}-{_RUN_TOKEN}-{next(_SPAWNED)}", **where)
         actor = cls.remote()
         self._actors.append(actor)
         return RayRunner(ray, actor, actor.run.remote(launcher, node_id, self.host,
                                                       start_timeout))
+
+    def process_states(self, where: list, timeout: float = 5.0) -> list:
+        """The state letter (``T``: stopped) of each ``(ray_node, pid)``, read from
+        ``/proc`` by a task placed on that Ray node; None where unknown (no answer
+        within ``timeout`` s, a node gone)."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from .procfs import process_state
+
+        ray, refs = self._ray, []
+        if ray is not None and self._state_task is None:  # exported to Ray once
+            self._state_task = ray.remote(num_cpus=0, max_retries=0)(process_state)
+        for node, pid in where:
+            if ray is None or not isinstance(node, str) or not isinstance(pid, int):
+                refs.append(None)
+                continue
+            refs.append(self._state_task.options(scheduling_strategy=(
+                NodeAffinitySchedulingStrategy(node, soft=False))).remote(pid))
+        asked = [r for r in refs if r is not None]
+        done, _ = ray.wait(asked, num_returns=len(asked), timeout=timeout) if asked else ([], [])
+        states = []
+        for ref in refs:
+            try:
+                states.append(ray.get(ref, timeout=0) if ref in done else None)
+            except Exception:  # noqa: BLE001 - a task that failed: unknown
+                states.append(None)
+        return states
 
     def stop(self) -> None:
         """Disconnect; a Ray instance started here stops with it.  A session the caller

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from . import signals
 from .model_files import checked_state, write_state
+from .procfs import process_state
 from .reports import checked_final, checked_records
 from .runtime import CLOSER_GRACE_S
 from .spawn import respawn
@@ -67,15 +68,6 @@ class NodeHandle:
         return self.state == "done"
 
 
-def process_state(pid) -> str | None:
-    """A local process's state letter from ``/proc`` (``T``: stopped); None if unknown."""
-    try:
-        with open(f"/proc/{int(pid)}/stat", "rb") as fh:
-            return fh.read().rsplit(b")", 1)[1].split()[0].decode()
-    except (OSError, ValueError, IndexError, TypeError):
-        return None
-
-
 class Supervision:
     """The launcher's fault handling; see the module docstring."""
 
@@ -117,8 +109,9 @@ class Supervision:
     def _fail_stopped_stragglers(self, now: float) -> None:
         """A node whose process is stopped (SIGSTOP, a debugger) once every other node
         has finished can only hold the run: after a round time-out it has failed.
-        Only local processes can be looked at (``/proc``)."""
-        if self.listen or self.backend is not None or self.in_process:
+        Local processes are looked at in ``/proc``, Ray's by a task on their host (a
+        stopped one held the run for the 120 s silence limit); not remote ones."""
+        if self.listen or self.in_process:
             return
         running = [h for h in self.nodes.values() if h.state not in ("done", "failed")]
         if len(running) > len(self.nodes) // 2 or now < self._next_stopped_check:
@@ -127,7 +120,11 @@ class Supervision:
         left = [h for h in running if h.state == "ready"]
         if len(left) != len(running):
             return
-        stopped = [process_state(h.pid) == "T" for h in left]
+        if self.backend is None:
+            stopped = [process_state(h.pid) == "T" for h in left]
+        else:
+            stopped = [s == "T" for s in self.backend.process_states(
+                [(h.ray_node, h.pid) for h in left])]
         for h, is_stopped in zip(left, stopped):
             if not is_stopped:
                 h.stopped_since = None
@@ -254,7 +251,9 @@ class Supervision:
         self.log(f"node {h.label!r} died; restarting it ({h.restarts}/{self.restart_limit})")
         self.on_restart(h)
         if self.backend is not None:
-            h.runner, h.pid = self.backend.spawn(self.ep.address, h.id, self.start_timeout), None
+            h.runner = self.backend.spawn(self.ep.address, h.id, self.start_timeout,
+                                          here=h.id == self.closer)
+            h.pid = None
             return
         respawn(h, self._address, self._how(), self._node_security(h.id))
 

@@ -9,6 +9,7 @@ other over ZeroMQ TCP on loopback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -344,3 +345,59 @@ def test_sigterm_while_ray_starts_stops_the_run_as_any_sigterm(tmp_path):
     finally:
         proc.kill()
     assert proc.stderr.read().startswith("p2pfl: terminated; all nodes stopped")
+
+
+def test_a_stopped_ray_node_does_not_hold_the_run(ray_cluster, tmp_path):
+    """A node actor's process stopped (SIGSTOP) once the others had finished held the
+    run for the launcher's 120 s silence limit: /proc was read for local processes
+    only.  A task on the node's Ray host now reads it."""
+    address, env = ray_cluster
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "cluster", "--backend", "ray",
+                             "--ray-address", address, "--node-cpus", "1", "--host",
+                             "127.0.0.1", "--topology", "ring:4", "--dataset", "digits",
+                             "--rounds", "15", "--round-timeout", "1", "-q", "--out",
+                             str(out)], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    pid = None
+    try:
+        deadline = time.monotonic() + 120
+        while not ((out / "metrics.jsonl").exists()
+                   and len((out / "metrics.jsonl").read_text().splitlines()) >= 8):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.05)
+        rows = json.loads((out / "nodes.json").read_text())
+        pid = next(r["pid"] for r in rows if r["id"] == 1)
+        os.kill(pid, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        assert proc.wait(timeout=100) == 0, proc.stderr.read()
+        took = time.monotonic() - stopped_at
+    finally:
+        proc.kill()
+        if pid is not None:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGCONT)
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["failed_nodes"]) == ["1"], summary["failed_nodes"]
+    assert "stopped" in summary["failed_nodes"]["1"]
+    assert took < 40, f"{took:.1f} s after the stop"
+
+
+def test_a_server_runs_coordinator_is_placed_on_the_launchers_host(ray_cluster, tmp_path):
+    """Its checkpoint is a file on the host it runs on: placed on another host, a
+    coordinator restarted elsewhere found none and started over.  Four actors of four
+    CPUs fill both Ray nodes of eight; the coordinator, placed last, went where room was
+    left."""
+    address, env = ray_cluster
+    probe = subprocess.run([sys.executable, "-c", (
+        f"import ray; ray.init(address={address!r}, logging_level=40); "
+        "print(ray.get_runtime_context().get_node_id())")], cwd=ROOT, env=env,
+        capture_output=True, text=True, timeout=60)
+    home = probe.stdout.strip()
+    out = tmp_path / "run"
+    proc = _p2pfl(env, "--mode", "fedavg", "--nodes", "3", "--backend", "ray",
+                  "--ray-address", address, "--node-cpus", "4", "--host", "127.0.0.1",
+                  "--dataset", "digits", "--rounds", "1", "-q", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((out / "nodes.json").read_text())
+    assert len({r["ray_node"] for r in rows}) == 2  # both hosts full
+    assert [r["ray_node"] for r in rows if r["label"] == "coordinator"] == [home]
