@@ -611,3 +611,31 @@ def test_a_refusal_for_another_process_of_the_node_is_dropped(ctx):
     assert box.stopped
     for e in (node, launcher):
         e.close()
+
+
+def test_a_flood_of_later_rounds_while_catching_up_is_held_a_few_rounds_a_peer(ctx):
+    """A neighbour may answer a pull with a model for each of many later rounds; while
+    the node catches up it keeps only that peer's latest few beyond its window (all of
+    them held memory without bound), and an honest peer's latest rounds stay."""
+    from p2pfl.transport.routing import MAX_KEPT_AHEAD
+
+    a = Endpoint(ctx, 0, "inproc://flood-a")
+    b = Endpoint(ctx, 1, "inproc://flood-b")
+    c = Endpoint(ctx, 2, "inproc://flood-c")
+    b.connect(0, a.address)
+    c.connect(0, a.address)
+    box = Mailbox(a, peers={1, 2})
+    for rnd in range(20, 1020):  # the flood
+        b.send(0, "model", rnd)
+    for rnd in (30, 31, 32):  # an honest neighbour, a few rounds ahead
+        c.send(0, "model", rnd)
+    c.send(0, "catchup", 5)
+    b.send(0, "catchup", 5)
+    assert set(box.answers("catchup", 5, [1, 2], {1, 2}, timeout=5.0, every=True)) == {1, 2}
+    kept = {src: sorted(r for (k, r), slot in box._pending.items() if src in slot)
+            for src in (1, 2)}
+    assert kept[1] == list(range(1020 - MAX_KEPT_AHEAD, 1020))
+    assert kept[2] == [30, 31, 32]
+    assert a.counters.dropped["round_out_of_window"] == 1000 - MAX_KEPT_AHEAD
+    for e in (a, b, c):
+        e.close()

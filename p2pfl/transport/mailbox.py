@@ -93,6 +93,9 @@ class Mailbox(Routing):
         # waited for; at most MAX_DROPPED_AHEAD are remembered (a hostile peer's flood)
         self._ahead: dict = defaultdict(set)
         self._ahead_count = 0
+        # while catching up (answers): the round beyond which a peer's messages are
+        # kept only up to MAX_KEPT_AHEAD of each kind (routing.py); None otherwise
+        self.capped_beyond: int | None = None
         self._requests: dict = defaultdict(dict)  # kind -> {src: Message}
         self.last_heard: dict = {}  # peer -> latest round of any data message (late ones too)
         # Without a round barrier (asynchronous gossip) data messages queue per sender
@@ -275,7 +278,9 @@ class Mailbox(Routing):
         is left: each is done, away, asking us the same (it is catching up too), or
         (``every``) has answered.  While waiting, messages of any later round are
         kept: a node that was away catches up to where its neighbours are, and their
-        next messages must be here when it does (see :meth:`advance`).
+        next messages must be here when it does (see :meth:`advance`); beyond the window,
+        the latest :data:`~.routing.MAX_KEPT_AHEAD` of each peer's, so that a flood of
+        later rounds holds no more memory than that.
         """
         self.current_round = round
         slot = self._pending[(kind, round)]
@@ -291,10 +296,11 @@ class Mailbox(Routing):
             return peers <= self.done | self.away | pulling | got
 
         window, self.window = self.window, 1 << 30
+        self.capped_beyond = round + window  # beyond it, a few rounds a peer (routing.py)
         try:
             self._wait(ready, timeout)
         finally:
-            self.window = window
+            self.window, self.capped_beyond = window, None
         got = sorted(peers & slot.keys(), key=str)
         return {j: slot.pop(j) for j in (got if every else got[:1])}
 

@@ -21,6 +21,9 @@ __all__ = ["Routing", "DATA_KINDS", "REQUEST_KINDS", "Refused"]
 DATA_KINDS = frozenset({"hello", "model", "update", "softlabels", "control", "catchup"})
 #: Requests between peers: kept per sender (latest only) whatever their round.
 REQUEST_KINDS = frozenset({"resync", "pull"})
+#: While a node catches up, each peer's messages of each kind beyond the window it had
+#: are kept up to this many (its latest rounds: where an honest one is now).
+MAX_KEPT_AHEAD = 16
 
 
 class Refused(RuntimeError):
@@ -107,6 +110,22 @@ class Routing:
                 counters.drop("duplicate")
             else:
                 slot[msg.src] = msg
+                if self.capped_beyond is not None and msg.round > self.capped_beyond:
+                    self._cap_ahead(msg.kind, msg.src)
+
+    def _cap_ahead(self, kind: str, src) -> None:
+        """While catching up (the window unbounded, :meth:`~.Mailbox.answers`): keep the
+        latest :data:`MAX_KEPT_AHEAD` of ``src``'s ``kind`` messages beyond the window,
+        dropping its earlier ones as beyond it.  A hostile neighbour that answered a pull
+        with a model for each of 900 later rounds held them all (1.1 GB at 300 k
+        parameters)."""
+        rounds = sorted(r for (k, r), slot in self._pending.items()
+                        if k == kind and r > self.capped_beyond and src in slot)
+        for r in rounds[:-MAX_KEPT_AHEAD]:
+            del self._pending[(kind, r)][src]
+            if not self._pending[(kind, r)]:
+                del self._pending[(kind, r)]
+            self._drop_ahead(kind, r, src)
 
     def _moved(self, meta: dict) -> None:
         """The launcher's news of a peer: restarted at a new address (told that we are
