@@ -134,16 +134,13 @@ class GossipNode:
         if self.offline_now():
             return "offline"
         x = self.learner.params if self.in_place else self.learner.get_flat()
-        if self.byzantine:
-            x = self.misbehave(x, start)
+        sent = self.misbehave(x, start) if self.byzantine else x
         if self.phases:
             self.enter_phase(rnd)
-        if x is not None:
+        if sent is not None:  # None: silent, sends nothing
             for j in self.rt.requests("resync"):  # before outgoing: a temporal chain
                 self.algorithm.on_resync_request(j)  # restarts with this round's packet
-            self.broadcast(rnd, self.algorithm.outgoing(x))
-        else:  # silent: sends nothing
-            x = self.learner.get_flat()
+            self.broadcast(rnd, self.algorithm.outgoing(sent))
         if self.asynchronous:
             received = self.arrivals(rnd)
             x = self.algorithm.mix_async(x, received)
@@ -198,11 +195,9 @@ class GossipNode:
         self.algorithm.weights = dict(heard)
 
     def misbehave(self, x, start):
-        """A Byzantine node's published (and kept) model (:mod:`~.algorithms.attacks`)."""
-        bad = corrupt(x, start, self.behaviour, self.rng, self.algorithm.neighbour_models())
-        if bad is not None:
-            self.learner.set_flat(bad)
-        return bad
+        """A Byzantine node's published model (:mod:`~.algorithms.attacks`); it goes on
+        from its honest one, so that each round's attack is of an honest update."""
+        return corrupt(x, start, self.behaviour, self.rng, self.algorithm.neighbour_models())
 
     def broadcast(self, rnd: int, packet) -> None:
         """Send this round's packet (under a time-varying topology to the neighbours its

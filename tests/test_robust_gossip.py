@@ -94,7 +94,8 @@ def test_sign_flip_nodes_break_plain_gossip_and_clipping_holds(tmp_path):
     from p2pfl import run_cluster
 
     prof = tmp_path / "byz.toml"
-    prof.write_text('[nodes.0]\nbehaviour = "sign_flip"\n')
+    # two: one that sends start − 4Δ of an honest model only slows plain gossip (0.66)
+    prof.write_text('[nodes.0]\nbehaviour = "sign_flip"\n[nodes.4]\nbehaviour = "sign_flip"\n')
     common = dict(rounds=40, quiet=True, in_process=True, eval_every=20, profiles=str(prof))
     plain = run_cluster("ring:6", out=str(tmp_path / "plain"), **common).summary
     robust = run_cluster("ring:6", robust="clip:0.5", out=str(tmp_path / "clip"),
@@ -143,7 +144,7 @@ def test_the_smallest_beta_the_refusal_suggests_is_taken():
 
 def test_sign_flip_on_a_new_graph_each_round_breaks_plain_gossip_and_robust_rules_hold(
         tmp_path):
-    """A random 4-regular graph a round (dynamic:FILE) with node 0 publishing
+    """A random 4-regular graph a round (dynamic:FILE) with nodes 0 and 4 publishing
     start − 4Δ: each round's mix clips or trims that round's neighbours."""
     import json
 
@@ -155,7 +156,8 @@ def test_sign_flip_on_a_new_graph_each_round_breaks_plain_gossip_and_robust_rule
               for k in range(5)]
     (tmp_path / "g.json").write_text(json.dumps({"nodes": 8, "phases": phases}))
     prof = tmp_path / "byz.toml"
-    prof.write_text('[nodes.0]\nbehaviour = "sign_flip"\n')
+    # two (one only slowed plain gossip here: 0.88)
+    prof.write_text('[nodes.0]\nbehaviour = "sign_flip"\n[nodes.4]\nbehaviour = "sign_flip"\n')
     got = {robust: run_cluster(f"dynamic:{tmp_path / 'g.json'}", robust=robust, rounds=40,
                                quiet=True, in_process=True, eval_every=20,
                                profiles=str(prof), out=str(tmp_path / robust)).summary

@@ -1,10 +1,13 @@
 """What a Byzantine gossip node sends (ALGORITHMS.md, "Attacks used in these papers").
 
 A node with a profile ``behaviour`` other than ``honest`` runs its local steps
-like any node, then replaces the model it publishes (and keeps) by:
+and mixes like any node, but replaces the model it publishes by the following (it
+keeps its honest model: "send −k·(honest update)", ALGORITHMS.md; kept, the flipped
+model compounded round after round, went non-finite by round 30 and was dropped as
+undecodable, and the attack became silence):
 
 * ``sign_flip``: start − k·Δ, the local update Δ = x − start negated and scaled
-  by k = :data:`SIGN_FLIP_SCALE` (gradient ascent that compounds over rounds);
+  by k = :data:`SIGN_FLIP_SCALE`;
 * ``random``: start + Gaussian noise of :data:`RANDOM_SCALE` times ‖Δ‖;
 * ``noisy``: x + Gaussian noise of norm ‖Δ‖;
 * ``alie`` ("a little is enough", Baruch et al., NeurIPS 2019): per coordinate
