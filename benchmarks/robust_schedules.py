@@ -5,7 +5,7 @@
         --out benchmarks/results/robust_schedules_apart
 
 16 nodes on digits, D-PSGD, three of them ``sign_flip`` (``nodes/torus_sign_flip.toml``:
-nodes 0, 6 and 9 publish start − 4Δ and keep it; or ``--profiles``, as the two of
+nodes 0, 6 and 9 publish start − 4Δ of an honest update; or ``--profiles``, as the two of
 ``torus_sign_flip_apart.toml``, no torus node next to both), on the static ``torus:4x4``, the
 one-peer exponential graph (``one_peer_exponential:16``) and a new random 4-regular
 graph each round (a ``dynamic:`` file written into OUT, seeded per round), with
