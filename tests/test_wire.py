@@ -639,3 +639,19 @@ def test_a_flood_of_later_rounds_while_catching_up_is_held_a_few_rounds_a_peer(c
     assert a.counters.dropped["round_out_of_window"] == 1000 - MAX_KEPT_AHEAD
     for e in (a, b, c):
         e.close()
+
+
+def test_a_peer_that_said_it_finished_is_not_waited_for_again(ctx):
+    """A hostile neighbour that sent leave(done=True) and went on sending models came
+    back from away with each one: nobody sent to it, it came late, it was waited for
+    a time-out, then not, round after round (a run 13 times as long)."""
+    a = Endpoint(ctx, 0, "inproc://done-a")
+    b = Endpoint(ctx, 1, "inproc://done-b")
+    b.connect(0, a.address)
+    box = Mailbox(a, peers={1})
+    b.send(0, "leave", 3, meta={"done": True})
+    b.send(0, "model", 4)
+    got = box.collect("model", 4, [1], timeout=2.0)
+    assert 1 in got and 1 in box.away and 1 in box.done  # used, and never waited for
+    for e in (a, b):
+        e.close()

@@ -158,7 +158,10 @@ class Routing:
             if msg.meta.get("done") is True:
                 self.done.add(msg.src)  # finished its rounds: gone for good
             return
-        if msg.src not in self.gone:  # a dead peer's last messages may still come in
+        # a dead peer's last messages may still come in, and a peer that said it finished
+        # is not waited for again whatever it sends (a hostile one that said so and went
+        # on sending was waited for, then not, each round: a run 13 times as long)
+        if msg.src not in self.gone and msg.src not in self.done:
             self.away.discard(msg.src)
         if msg.kind == "pull":
             self.pulling.add(msg.src)
