@@ -390,8 +390,7 @@ class Launcher(Supervision, Admission):
                 if h.control and not h.exited():  # a message to a gone node would linger
                     # cut: stopped mid-run (a node of its own then exits non-zero)
                     self.ep.send(h.id, "stop", meta={"cut": h.id in running})
-        if not self.in_process:
-            self._kill_unanswering()
+        self._kill_unanswering()  # processes only: a thread cannot be killed
         deadline = time.monotonic() + 5.0
         if self.ep is not None and self.t_start is not None:
             self._collect_byes(running, deadline)  # their counters and last records

@@ -109,9 +109,11 @@ class Supervision:
     def _fail_stopped_stragglers(self, now: float) -> None:
         """A node whose process is stopped (SIGSTOP, a debugger) once every other node
         has finished can only hold the run: after a round time-out it has failed.
-        Local processes are looked at in ``/proc``, Ray's by a task on their host (a
-        stopped one held the run for the 120 s silence limit); not remote ones."""
-        if self.listen or self.in_process:
+        Local processes are looked at in ``/proc`` (a node's own, or the host process
+        of its actor with ``--in-process``; not a thread of the launcher's), Ray's by a
+        task on their host (a stopped one held the run for the 120 s silence limit);
+        not remote ones."""
+        if self.listen or self._threads:
             return
         running = [h for h in self.nodes.values() if h.state not in ("done", "failed")]
         if len(running) > len(self.nodes) // 2 or now < self._next_stopped_check:
@@ -301,13 +303,24 @@ class Supervision:
             if done:
                 return
 
+    @property
+    def _threads(self) -> bool:
+        """Whether the nodes are threads of this process (``--transport inproc``)."""
+        return self.in_process and self.scheme == "inproc"
+
     def _kill_unanswering(self) -> None:
-        """At shutdown, kill the node processes that cannot say bye: a failed node's,
-        and a stopped one's (SIGSTOP): they are not waited for."""
+        """At shutdown, kill the node processes that cannot say bye: a stopped one
+        (SIGSTOP), and one whose nodes all failed (a host process of actors, one of
+        which failed, still has the others' byes to send): they are not waited for."""
+        hosted: dict = {}
         for h in self.nodes.values():
-            if hasattr(h.runner, "kill") and h.runner.is_alive() and (
-                    h.state == "failed" or process_state(h.pid) == "T"):
-                h.runner.kill()
+            hosted.setdefault(id(h.runner), []).append(h)
+        for nodes in hosted.values():
+            r = nodes[0].runner
+            if hasattr(r, "kill") and r.is_alive() and (
+                    all(h.state == "failed" for h in nodes)
+                    or process_state(nodes[0].pid) == "T"):
+                r.kill()
 
     def _reap(self, deadline: float) -> None:
         """At shutdown, wait for every runner until ``deadline``; then terminate the

@@ -568,3 +568,18 @@ def test_a_failed_node_that_says_bye_later_stays_failed_with_its_counters():
                                              "its connection was lost for 10 s")
     ready = NodeHandle(id=2, label=2, state="ready")
     assert ready.said_bye({"bytes_sent": 7}) is True and ready.state == "done"
+
+
+def test_a_stopped_host_process_does_not_hold_an_in_process_run(tmp_path):
+    """SIGSTOP to one of two host processes (--in-process): once the other host's actors
+    are done, its actors fail after a round time-out, as a stopped node process does;
+    they held the run for the 120 s silence limit (a 128-node run: 164 s, not 24)."""
+    out = tmp_path / "run"
+    took = _stop_node_1(out, lambda r: len(r) >= 16, "--in-process", "--procs", "2",
+                        "--topology", "ring:8", "--rounds", "20", "--round-timeout", "1")
+    s = _summary(out)
+    with open(out / "nodes.json") as fh:
+        host = [n["label"] for n in json.load(fh) if n["pid"] == _pid(out, 1)]
+    assert sorted(map(int, s["failed_nodes"])) == sorted(host) and len(host) == 4
+    assert all("stopped" in why for why in s["failed_nodes"].values()), s["failed_nodes"]
+    assert took < 20, f"{took:.1f} s after the stop"
