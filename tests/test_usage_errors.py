@@ -428,3 +428,27 @@ def test_a_profile_naming_a_node_by_a_digit_that_is_no_number_is_unknown(tmp_pat
     prof.write_text('[nodes."²"]\nlr = 0.05\n')
     with pytest.raises(ConfigError, match="no node of this run is called ²"):
         plan(from_sources(None, dict(topology="ring:4", profiles=str(prof))))
+
+
+@pytest.mark.parametrize("flags", [["--transport", "inproc", "--topology", "ring:128"],
+                                   ["--topology", "ring:200"]])
+def test_an_open_file_limit_too_low_for_the_launcher_is_exit_2(tmp_path, flags):
+    """Under a hard limit of 600 open files, the launcher of 128 inproc actors (every
+    actor's sockets in its process) or of 200 actors' connections aborted in libzmq
+    ("Too many open files", SIGABRT: no summary, no nodes.json) or its nodes failed."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (600, 600))
+
+    out = tmp_path / "run"
+    res = subprocess.run([sys.executable, "-m", "p2pfl.cli", "cluster", "--in-process", "-q",
+                          "--rounds", "1", "--out", str(out), *flags], preexec_fn=limit,
+                         capture_output=True, text=True, timeout=120,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert res.stderr.strip().splitlines() == [res.stderr.strip()], res.stderr
+    assert "open files in the launcher" in res.stderr
+    assert not (out / "nodes.json").exists()
