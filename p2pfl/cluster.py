@@ -311,9 +311,8 @@ class Launcher(Supervision, Admission):
                 last_news = now  # all that is here: a node's bye may follow its exit
             self.between()
             gone = self._exited()
-            for h in self.nodes.values():
-                if h.id in gone and h.state in ("ready", "joined", "restarting"):
-                    self._died(h)
+            self._died_all([h for h in self.nodes.values() if h.id in gone
+                            and h.state in ("ready", "joined", "restarting")])
             self._fail_stopped_stragglers(now)
             self._fail_unplaced(now)
             self._fail_lost_connections(now)

@@ -68,6 +68,21 @@ class NodeHandle:
         return self.state == "done"
 
 
+def _ended(runner) -> str:
+    """How a node's process ended mid-run, in words: the signal that killed it, if one
+    did (SIGKILL: the OOM killer, or kill -9), else its exit code."""
+    import signal
+
+    code = getattr(runner, "exitcode", None)
+    if isinstance(code, int) and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by {name} before it finished"
+    return "exited without finishing" + (f" (exit code {code})" if code else "")
+
+
 class Supervision:
     """The launcher's fault handling; see the module docstring."""
 
@@ -233,6 +248,27 @@ class Supervision:
                     self.ep.send(node, "stop")
         return now - h.done_at > CLOSER_GRACE_S
 
+    def _died_all(self, dead: list) -> None:
+        """Nodes whose process ended mid-run (:meth:`_died`).  The actors of one host
+        process (``--in-process``) fail together, said in one line: a host killed
+        (by the OOM killer, say) logged "process exited without finishing" for each
+        of its 512 actors, and never which signal."""
+        hosts: dict = {}
+        for h in dead:
+            hosts.setdefault(id(h.runner), []).append(h)
+        for nodes in hosts.values():
+            if len(nodes) == 1:
+                self._died(nodes[0])
+                continue
+            r = nodes[0].runner
+            why = _ended(r)
+            self.log(f"host process {getattr(r, 'name', '?')} (pid {nodes[0].pid}) {why} "
+                     f"with {len(nodes)} nodes running: they failed (node "
+                     f"{', '.join(str(h.label) for h in nodes[:5])}"
+                     f"{', ...' if len(nodes) > 5 else ''})")
+            for h in nodes:
+                self._fail(h, f"its host process {why}", say=False)
+
     def _died(self, h: NodeHandle) -> None:
         """A node's process ended mid-run without a bye: while it ran (``ready``), or
         a restarted process before it was ready again (``restarting``, ``joined``),
@@ -241,7 +277,7 @@ class Supervision:
         if h.restarts < self.restart_limit and not self.listen:
             self._restart(h)
         elif h.state == "ready":
-            self._fail(h, "process exited without finishing")
+            self._fail(h, f"its process {_ended(h.runner)}")
         else:
             self._fail(h, "its restarted process exited before it was ready")
 
@@ -373,11 +409,12 @@ class Supervision:
             return
         h.saved_route = msg.route
 
-    def _fail(self, h: NodeHandle, reason: str) -> None:
+    def _fail(self, h: NodeHandle, reason: str, say: bool = True) -> None:
         if h.state in ("done", "failed"):
             return
         h.state, h.reason = "failed", reason
-        self.log(f"node {h.label!r} failed: {reason}")
+        if say:
+            self.log(f"node {h.label!r} failed: {reason}")
         if self.t_start is not None and self.ep is not None:
             for j in self._spec[h.id].peers:
                 if self.nodes[j].state == "ready":

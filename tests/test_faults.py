@@ -583,3 +583,20 @@ def test_a_stopped_host_process_does_not_hold_an_in_process_run(tmp_path):
     assert sorted(map(int, s["failed_nodes"])) == sorted(host) and len(host) == 4
     assert all("stopped" in why for why in s["failed_nodes"].values()), s["failed_nodes"]
     assert took < 20, f"{took:.1f} s after the stop"
+
+
+def test_a_killed_host_process_is_said_once_with_its_signal(tmp_path):
+    """SIGKILL (the OOM killer, say) to one of two host processes (--in-process): its
+    actors fail, said in one line that names the signal; each of them logged "process
+    exited without finishing" (512 lines at 1,024 nodes), no signal named."""
+    out = tmp_path / "run"
+    with _run(out, "--in-process", "--procs", "2", "--topology", "ring:8", "--rounds", "20",
+              "--round-timeout", "1", "--no-quiet") as proc:
+        pid = _signal_when(out, 1, lambda r: len(r) >= 16, proc, signal.SIGKILL)
+        _, err = proc.communicate(timeout=100)
+    assert proc.returncode == 0, err
+    s = _summary(out)
+    assert len(s["failed_nodes"]) == 4, s["failed_nodes"]
+    assert all("killed by SIGKILL" in why for why in s["failed_nodes"].values())
+    said = [line for line in err.splitlines() if "failed" in line and "round" not in line]
+    assert len(said) == 1 and f"(pid {pid}) was killed by SIGKILL" in said[0], err
