@@ -366,13 +366,20 @@ def execute(p: Plan, *, t0: float | None = None, on_round=None) -> Result:
 
 
 def _late_warnings(summary: dict) -> list:
-    """What says at the end that most of a run's messages came too late, or never left
-    an emulated uplink: the nodes then learned alone, and the run exited 0."""
+    """What says at the end that nodes failed (half of 1,024 ended with a clean last
+    line), or that most of a run's messages came too late or never left an emulated
+    uplink (the nodes then learned alone): each run exited 0."""
     misses, sent = summary.get("misses_total") or 0, summary.get("messages_sent_total") or 0
     lost = summary.get("emulated_lost_total") or 0
     why = (f"an emulated --link that lost {lost} messages, or one too slow for "
            "--round-timeout?" if lost else "a --link too slow for --round-timeout?")
     out = []
+    failed = [k for k in (summary.get("failed_nodes") or {}) if k != "coordinator"]
+    if failed:  # the run finished with the others: exit 0, and the accuracy is theirs
+        noun = "nodes" if summary.get("mode") == "gossip" else "workers"
+        out.append(f"warning: {len(failed)} of {summary.get('nodes')} {noun} failed "
+                   f"({', '.join(failed[:5])}{', ...' if len(failed) > 5 else ''}; "
+                   "failed_nodes in summary.json says why); the accuracy is the others'")
     if summary.get("mode") == "gossip":
         bad = (summary.get("dropped") or {}).get("undecodable", 0)  # non-finite: diverged
         if misses and 2 * bad >= misses:

@@ -142,13 +142,15 @@ class Supervision:
         else:
             stopped = [s == "T" for s in self.backend.process_states(
                 [(h.ray_node, h.pid) for h in left])]
+        late = []
         for h, is_stopped in zip(left, stopped):
             if not is_stopped:
                 h.stopped_since = None
             elif h.stopped_since is None:
                 h.stopped_since = now
             elif now - h.stopped_since > self.round_timeout and all(stopped):
-                self._fail(h, "its process is stopped, and every other node finished")
+                late.append(h)
+        self._fail_by_process(late, "is stopped, and every other node finished")
 
     def _fail_unplaced(self, now: float) -> None:
         """A new process started for a node that has not joined within a start time-out
@@ -250,23 +252,34 @@ class Supervision:
 
     def _died_all(self, dead: list) -> None:
         """Nodes whose process ended mid-run (:meth:`_died`).  The actors of one host
-        process (``--in-process``) fail together, said in one line: a host killed
-        (by the OOM killer, say) logged "process exited without finishing" for each
-        of its 512 actors, and never which signal."""
+        process (``--in-process``) fail together (:meth:`_fail_by_process`)."""
         hosts: dict = {}
         for h in dead:
             hosts.setdefault(id(h.runner), []).append(h)
         for nodes in hosts.values():
             if len(nodes) == 1:
                 self._died(nodes[0])
+            else:
+                self._fail_by_process(nodes, _ended(nodes[0].runner))
+
+    def _fail_by_process(self, nodes: list, why: str) -> None:
+        """Fail ``nodes`` because their process ``why`` (its words: "is stopped", "was
+        killed by SIGKILL before it finished"): one line a host process of several
+        actors (a killed host logged "process exited without finishing" for each of its
+        512 actors, and never which signal; a stopped one, 64 lines)."""
+        hosts: dict = {}
+        for h in nodes:
+            hosts.setdefault(id(h.runner), []).append(h)
+        for group in hosts.values():
+            if len(group) == 1:
+                self._fail(group[0], f"its process {why}")
                 continue
-            r = nodes[0].runner
-            why = _ended(r)
-            self.log(f"host process {getattr(r, 'name', '?')} (pid {nodes[0].pid}) {why} "
-                     f"with {len(nodes)} nodes running: they failed (node "
-                     f"{', '.join(str(h.label) for h in nodes[:5])}"
-                     f"{', ...' if len(nodes) > 5 else ''})")
-            for h in nodes:
+            r = group[0].runner
+            self.log(f"host process {getattr(r, 'name', '?')} (pid {group[0].pid}) {why} "
+                     f"with {len(group)} nodes running: they failed (node "
+                     f"{', '.join(str(h.label) for h in group[:5])}"
+                     f"{', ...' if len(group) > 5 else ''})")
+            for h in group:
                 self._fail(h, f"its host process {why}", say=False)
 
     def _died(self, h: NodeHandle) -> None:
