@@ -268,3 +268,15 @@ def test_weights_on_many_scales_warn_that_the_graph_barely_mixes():
     assert tp.build(ring, scheme="weight").warnings == []
     ring[0][1]["weight"] = 0.0  # a link of no weight; the others still connect the ring
     assert tp.build(ring, scheme="weight").warnings == []
+
+
+@pytest.mark.parametrize("weight, words", [(-5, "has bandwidth -5"), ("fast", "has non-numeric")])
+def test_a_bad_weight_names_its_edge_by_the_files_labels(weight, words):
+    # named nodes: the message said "edge (3, 5)", ids that p2pfl topology, failing on the
+    # same weight, had no way of showing
+    G = nx.Graph()
+    G.add_edges_from([("gateway", "library"), ("library", "lab-a"), ("lab-a", "gateway")],
+                     bandwidth=100.0)
+    G["library"]["lab-a"]["bandwidth"] = weight
+    with pytest.raises(TopologyError, match=rf"edge \('library', 'lab-a'\) {words}"):
+        tp.build(G, scheme="attr:bandwidth")

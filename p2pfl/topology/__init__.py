@@ -144,7 +144,7 @@ def build(spec, *, scheme="metropolis", seed=None):
             "weight" in d for _, _, d in G.edges(data=True)):
         warnings.append("no edge has a weight: --mixing weight counts each as 1, which is "
                         "the metropolis matrix")
-    mix = mixing(G, scheme)
+    mix = mixing(G, scheme, labels=labels)
     warnings.extend(_negligible_links(mix))
     return Topology(G, labels, mix, warnings)
 

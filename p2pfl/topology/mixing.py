@@ -156,7 +156,15 @@ def _edge_ends(G):
     return n, ends[:, 0], ends[:, 1]
 
 
-def _affinities(G, us, vs, attr):
+def _edge_name(u, v, labels) -> str:
+    """``(u, v)``, or with ``labels`` the labels the graph came with: ``('lab-a', 'gym')``."""
+    if labels is None:
+        return f"({u}, {v})"
+    u, v = (repr(labels[x]) if isinstance(labels[x], str) else str(labels[x]) for x in (u, v))
+    return f"({u}, {v})"
+
+
+def _affinities(G, us, vs, attr, labels=None):
     """Each edge's affinity, its attribute ``attr`` (missing: 1), checked in the graph's
     edge order; of parallel edges (a multigraph's, or a directed graph's two ways) the
     last one's, as a dense matrix filled in that order had it."""
@@ -165,17 +173,18 @@ def _affinities(G, us, vs, attr):
         if u == v:
             continue
         x = data.get(attr, 1.0)
+        edge = _edge_name(u, v, labels)
         try:
             x = float(x)
         except (TypeError, ValueError):
-            raise TopologyError(f"edge ({u}, {v}) has non-numeric {attr} {x!r}") from None
+            raise TopologyError(f"edge {edge} has non-numeric {attr} {x!r}") from None
         _need(np.isfinite(x) and x >= 0,
-              f"edge ({u}, {v}) has {attr} {x}; weights must be finite and non-negative")
+              f"edge {edge} has {attr} {x}; weights must be finite and non-negative")
         found[(u, v) if u < v else (v, u)] = x
     return np.array([found[e] for e in zip(us.tolist(), vs.tolist())], dtype=float)
 
 
-def _weighted(G, attr):
+def _weighted(G, attr, labels=None):
     """``(n, us, vs, w)``: weighted Metropolis-Hastings edge weights on the affinity
     ``attr``."""
     if attr != "weight":  # a named attribute that no edge has is a typo
@@ -184,7 +193,7 @@ def _weighted(G, attr):
               f"no edge has the attribute {attr!r} (edge attributes: "
               f"{', '.join(names) or 'none'})")
     n, us, vs = _edge_ends(G)
-    a = _affinities(G, us, vs, attr)
+    a = _affinities(G, us, vs, attr, labels)
     _need(a.max(initial=0.0) > 0, f"all edges have {attr} 0; no gossip is possible")
     positive = nx.Graph()
     positive.add_nodes_from(range(n))
@@ -205,7 +214,7 @@ def unit_weights(n, us, vs, scheme="metropolis"):
     return np.ones(len(us)) / (1.0 + top)
 
 
-def mixing(G, scheme="metropolis"):
+def mixing(G, scheme="metropolis", *, labels=None):
     """Symmetric, non-negative, doubly stochastic gossip matrix of ``G``, sparse.
 
     Parameters
@@ -230,6 +239,10 @@ def mixing(G, scheme="metropolis"):
             ``w_ii >= 1 / (1 + s_i) > 0``.  Zero-affinity edges carry no
             weight, so positive ones must still connect the graph.
 
+    labels : list, optional
+        ``labels[i]`` is node ``i``'s original label (:func:`relabel`): errors name
+        edges by them.
+
     Returns
     -------
     Mixing
@@ -246,7 +259,7 @@ def mixing(G, scheme="metropolis"):
         w = unit_weights(n, us, vs, scheme)
     elif scheme == "weight" or (isinstance(scheme, str) and scheme.startswith("attr:")
                                 and scheme[5:]):
-        n, us, vs, w = _weighted(G, "weight" if scheme == "weight" else scheme[5:])
+        n, us, vs, w = _weighted(G, "weight" if scheme == "weight" else scheme[5:], labels)
     else:
         raise TopologyError(f"unknown mixing scheme {scheme!r}; valid: {', '.join(SCHEMES)}")
     return Mixing.from_edges(n, us, vs, w)
