@@ -184,6 +184,22 @@ def test_byte_order_mark_is_not_a_label(tmp_path, name, text):
     assert topo.labels == [0, 1, 2, 3] and topo.graph.number_of_edges() == 4
 
 
+@pytest.mark.parametrize("text, labels", [
+    ("1 01\n01 2\n2 1\n", [1, "01", 2]),  # a triangle, not an edge and a self-loop
+    ("1_0 10\n10 2\n2 1_0\n", ["1_0", 10, 2]),
+    ("\u0661 1\n1 2\n2 \u0661\n", ["\u0661", 1, 2]),  # an Arabic-Indic one
+    ("001 002\n002 003\n003 001\n", ["001", "002", "003"]),
+])
+def test_an_edge_list_reads_only_plain_integers_as_numbers(tmp_path, text, labels):
+    """int() read '01', '1_0' and '\u0661' as 1, 10 and 1: distinct labels of a file became
+    one node, their edge a self-loop that was dropped, and '001' was reported as 1."""
+    path = tmp_path / "g.edgelist"
+    path.write_text(text, encoding="utf-8")
+    topo = tp.build(path)
+    assert topo.labels == labels and topo.graph.number_of_edges() == 3
+    assert topo.warnings == []
+
+
 def test_blank_and_comment_lines_in_an_adjacency_list(tmp_path):
     path = tmp_path / "g.adjlist"
     path.write_text("# a triangle\n0 1 2\n\n1 2\n   \n")

@@ -16,10 +16,16 @@ __all__ = ["READERS", "load_topology"]
 
 
 def _token(text):
-    try:
-        return int(text)
-    except ValueError:
-        return text
+    """An integer where ``text`` writes one as ``str`` does (``12``, ``-3``), else the
+    text: ``int`` also reads ``01``, ``1_0`` and ``\u0661``, labels of their own."""
+    if text.isascii() and text.lstrip("-").isdigit():
+        try:
+            number = int(text)
+        except ValueError:  # past int's 4,300 digits
+            return text
+        if str(number) == text:
+            return number
+    return text
 
 
 def _read_edgelist(path):
@@ -108,7 +114,7 @@ def _tidy_labels(G):
     File readers and random generators list nodes in edge order; sorting makes
     a graph labelled ``0..n-1`` keep those ids after :func:`relabel`.
     """
-    if all(isinstance(u, str) and u.lstrip("-").isdigit() and str(int(u)) == u for u in G):
+    if all(isinstance(u, str) and isinstance(_token(u), int) for u in G):
         G = nx.relabel_nodes(G, {u: int(u) for u in G}, copy=True)
     if not all(isinstance(u, int) for u in G):
         return G
