@@ -175,6 +175,9 @@ def test_edgelist_formats(tmp_path):
 @pytest.mark.parametrize("name, text", [
     ("bom.edgelist", "0 1\n1 2\n2 3\n3 0\n"),
     ("bom.adjlist", "0 1 3\n1 2\n2 3\n"),
+    ("bom.json", '{"nodes": [{"id": 0}, {"id": 1}, {"id": 2}, {"id": 3}], "links": ['
+                 '{"source": 0, "target": 1}, {"source": 1, "target": 2}, '
+                 '{"source": 2, "target": 3}, {"source": 3, "target": 0}]}'),
 ])
 def test_byte_order_mark_is_not_a_label(tmp_path, name, text):
     """A UTF-8 BOM made '\\ufeff0' a fifth node, and the ring a path."""
@@ -182,6 +185,15 @@ def test_byte_order_mark_is_not_a_label(tmp_path, name, text):
     path.write_bytes(b"\xef\xbb\xbf" + text.encode())
     topo = tp.build(path)
     assert topo.labels == [0, 1, 2, 3] and topo.graph.number_of_edges() == 4
+
+
+def test_a_schedule_file_with_a_byte_order_mark_is_read(tmp_path):
+    """Windows tools write one (PowerShell 5's Out-File, Notepad before 2019): the node-link
+    and schedule readers said 'is not JSON: Unexpected UTF-8 BOM'."""
+    path = tmp_path / "bom.json"
+    phases = b'{"nodes": 4, "phases": [[[0, 1], [2, 3]], [[1, 2], [3, 0]]]}'
+    path.write_bytes(b"\xef\xbb\xbf" + phases)
+    assert tp.build(f"dynamic:{path}").schedule.period == 2
 
 
 @pytest.mark.parametrize("text, labels", [

@@ -63,7 +63,7 @@ def _hashable(label):
 
 def _read_node_link(path):
     """Node-link JSON with either a ``links`` or an ``edges`` list."""
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8-sig") as fh:  # a BOM is no JSON error
         data = json.load(fh)
     for key, kind in (("sources", "one_peer"), ("phases", "dynamic")):
         if isinstance(data, dict) and key in data:  # a schedule, not a graph

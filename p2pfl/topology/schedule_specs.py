@@ -28,7 +28,7 @@ __all__ = ["SCHEDULES", "read_schedule", "is_schedule", "parse_schedule"]
 
 def _load(path: str):
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8-sig") as fh:  # a BOM is no JSON error
             return json.load(fh)
     except OSError as exc:
         raise TopologyError(f"cannot read schedule {path}: {exc.strerror or exc}") from None
