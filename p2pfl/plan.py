@@ -86,8 +86,12 @@ def _graph_record(p: Plan, graph) -> Plan:
     """A run over a graph object: its kind and edges go in place of the topology spec."""
     name = f"networkx {type(graph).__name__} ({graph.number_of_nodes()} nodes)"
     record = dict(p.record, topology=name)
-    record["resolved"] = dict(record["resolved"], graph_edges=[
-        [plain_label(u), plain_label(v)] for u, v in graph.edges()])
+    seen, ran = set(), []  # as validate() leaves them: no self-loops, parallel edges once
+    for u, v in graph.edges():
+        if u != v and frozenset((u, v)) not in seen:
+            seen.add(frozenset((u, v)))
+            ran.append([plain_label(u), plain_label(v)])
+    record["resolved"] = dict(record["resolved"], graph_edges=ran)
     base = p.summary_base  # a server run's summary topology is its star
     if p.closer is None:
         base = dict(base, topology=name)

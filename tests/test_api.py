@@ -455,3 +455,13 @@ def test_nodes_json_says_ready_while_the_rounds_run(tmp_path):
     p2pfl.run_cluster("ring:3", rounds=3, quiet=True, out=str(tmp_path), on_round=hook)
     assert seen[0] == {"ready"}
     assert {n["state"] for n in json.loads((tmp_path / "nodes.json").read_text())} == {"done"}
+
+
+def test_a_graph_objects_recorded_edges_are_those_that_ran():
+    """config.json listed a multigraph's parallel edges and its self-loops, which the run
+    collapsed and dropped: 5 edges recorded where 3 ran (summary's edges)."""
+    G = nx.MultiGraph([(0, 1), (0, 1), (1, 2), (2, 2), (2, 0)])
+    p = p2pfl.plan_cluster(G, dataset="digits", rounds=1)
+    edges = p.record["resolved"]["graph_edges"]
+    assert sorted(map(sorted, edges)) == [[0, 1], [0, 2], [1, 2]]
+    assert len(edges) == p.summary_base["edges"] == 3
