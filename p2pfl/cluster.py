@@ -26,7 +26,7 @@ import zmq
 from . import signals
 from .admission import Admission
 from .errors import ClusterError, UsageError
-from .launcher_link import HEARTBEAT_S, LOST_AFTER_S, START_BEAT_S
+from .launcher_link import HEARTBEAT_S, LOST_AFTER_S, START_BEAT_S, config_fields
 from .metrics import write_json_atomic
 from .runtime import LAUNCHER
 from .transport import Endpoint, Mailbox
@@ -283,7 +283,7 @@ class Launcher(Supervision, Admission):
         self.write_nodes_json()
         self.t_configs = time.monotonic()
         for spec in self.specs:
-            self.ep.send(spec.id, "config", meta=self._config(spec))
+            self.ep.send(spec.id, "config", **config_fields(self._config(spec)))
         self._wait_for("ready", {"ready"}, self.start_timeout)
         for h in self.nodes.values():
             self.ep.send(h.id, "start")

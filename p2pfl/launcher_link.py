@@ -22,6 +22,8 @@ from __future__ import annotations
 import sys
 import time
 
+import msgpack
+
 from . import signals
 from .model_files import state_fields
 from .runtime import LAUNCHER, Runtime
@@ -66,13 +68,32 @@ def await_message(mailbox: Mailbox, kind: str, timeout: float, sliding: bool = F
     raise TimeoutError(f"no {kind!r} from the launcher")
 
 
+def config_fields(meta: dict) -> dict:
+    """The fields of a ``config`` message: the config as one msgpack frame.  In the
+    header, whose 64 KiB limit a node drops a message past, a long schedule's (16 nodes,
+    5,000 phases: 120 KB) or a node of some 1,600 neighbours failed the run after
+    60 s ("no word from the launcher")."""
+    return {"frames": [msgpack.packb(meta, use_bin_type=True)]}
+
+
+def read_config(msg) -> dict:
+    """A ``config`` message's config (:func:`config_fields`); ValueError if unusable."""
+    try:
+        meta = msgpack.unpackb(bytes(msg.frames[0]), raw=False, strict_map_key=True)
+    except Exception:  # noqa: BLE001 - msgpack raises several unrelated types
+        raise ValueError("the launcher's config is not a msgpack frame") from None
+    if not isinstance(meta, dict):
+        raise ValueError("the launcher's config is not a map")
+    return meta
+
+
 def await_config(mailbox: Mailbox, launcher: str, timeout: float, joined_at: float,
                  control: str, watch: ConnectionWatch | None, secure: bool = False) -> dict:
     """The launcher's config; a time-out says whether the launcher was ever heard, and
     if not, whether a connection to it ever came up (``watch``), or failed its handshake
     on CURVE: one side has it (``secure``: this node), the other not."""
     try:
-        return await_message(mailbox, "config", timeout, sliding=True).meta
+        msg = await_message(mailbox, "config", timeout, sliding=True)
     except TimeoutError:
         if mailbox.stopped and not mailbox.lost:
             raise TimeoutError("the launcher ended the run before it started") from None
@@ -93,6 +114,7 @@ def await_config(mailbox: Mailbox, launcher: str, timeout: float, joined_at: flo
         raise TimeoutError(  # an id it lacks or has, past --restart, an unknown key
             f"the launcher at {launcher} did not answer this join in {timeout:g} s: it "
             f"refused it or cannot reach {control} (see its log)") from None
+    return read_config(msg)
 
 
 def never_reached(watch: ConnectionWatch | None) -> bool:

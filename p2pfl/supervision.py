@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import signals
+from .launcher_link import config_fields
 from .model_files import checked_state, write_state
 from .procfs import process_state
 from .reports import checked_final, checked_records
@@ -317,8 +318,8 @@ class Supervision:
         h.final = {}
         for j in spec.peers:
             self.ep.send(j, "peer", meta={"id": h.id, "address": h.address})
-        self.ep.send(h.id, "config", meta={**self._config(spec), "rejoin": True,
-                                           "round": h.last_round})
+        self.ep.send(h.id, "config", **config_fields(
+            {**self._config(spec), "rejoin": True, "round": h.last_round}))
         self.write_nodes_json()
 
     def _collect_byes(self, running: set, deadline: float) -> None:

@@ -243,3 +243,18 @@ def test_a_config_files_schedule_is_found_beside_it(tmp_path):
     cfg = from_sources(str(tmp_path / "conf" / "run.toml"), {"dataset": "synthetic"})
     assert cfg.topology == f"dynamic:{tmp_path / 'conf' / 's.json'}"
     assert plan(cfg).summary_base["topology_phases"] == 2
+
+
+def test_a_long_schedule_runs_its_nodes_config_is_not_held_to_a_header(tmp_path):
+    """16 nodes and 5,000 phases of random matchings: each node's config came to 120 KB,
+    past the 64 KiB a message header may hold; the node dropped it, and the run failed
+    after 60 s with "no word from the launcher".  The config travels as a frame now."""
+    rng = np.random.default_rng(0)
+    phases = [rng.permutation(16).reshape(8, 2).tolist() for _ in range(5000)]
+    path = tmp_path / "long.json"
+    path.write_text(json.dumps({"nodes": 16, "phases": phases}))
+    res = cli_here("cluster", "--topology", f"dynamic:{path}", "--dataset", "digits",
+                   "--rounds", "2", "--start-timeout", "20", "-q", "--out", str(tmp_path / "o"))
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["topology_phases"] == 5000 and summary["failed_nodes"] == {}
