@@ -511,6 +511,10 @@ def test_topology_counts_read_as_english(tmp_path):
     graph.write_text("0 1 {'weight': 2}\n1 2 {'weight': 1}\n")
     res = cli_here("topology", str(graph), "--mixing", "weight")
     assert res.returncode == 0 and "warning" not in res.stdout and "node ids" not in res.stdout
+    graph.write_text("0 1 {'bw': 2000}\n1 2 {'bw': 1000}\n2 3\n")  # one edge without
+    res = cli_here("topology", str(graph), "--mixing", "attr:bw")  # it: 1 of 2000 is ~0
+    assert res.returncode == 0 and res.stdout.splitlines()[1] == (
+        "warning: 1 of 3 edges have no bw: each counts as 1 (--mixing attr:bw)"), res.stdout
     labelled = tmp_path / "abc.edgelist"  # the ids a labelled node's --id takes
     labelled.write_text("a b\nb c\n")
     lines = cli_here("topology", str(labelled)).stdout.splitlines()

@@ -144,9 +144,23 @@ def build(spec, *, scheme="metropolis", seed=None):
             "weight" in d for _, _, d in G.edges(data=True)):
         warnings.append("no edge has a weight: --mixing weight counts each as 1, which is "
                         "the metropolis matrix")
+    warnings.extend(_partly_weighted(G, scheme))
     mix = mixing(G, scheme, labels=labels)
     warnings.extend(_negligible_links(mix))
     return Topology(G, labels, mix, warnings)
+
+
+def _partly_weighted(G, scheme: str) -> list:
+    """A warning when some edges have the affinity ``--mixing`` reads and others not:
+    those count as 1, which next to bandwidths in the thousands is almost no weight."""
+    attr = "weight" if scheme == "weight" else scheme[5:] if scheme.startswith("attr:") \
+        else None
+    edges = [d for u, v, d in G.edges(data=True) if u != v] if attr else []
+    missing = sum(attr not in d for d in edges)
+    if not missing or missing == len(edges):
+        return []
+    return [f"{missing} of {len(edges)} edges have no {attr}: each counts as 1 "
+            f"(--mixing {scheme})"]
 
 
 #: A mixing weight at or below this carries nothing a float64 round of gossip can see.
