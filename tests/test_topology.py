@@ -386,3 +386,18 @@ def test_topology_weights_are_read_only():
     with pytest.raises(ValueError):
         topo.weights[0, 0] = 2.0
     assert topo.weights.copy().flags.writeable
+
+
+def test_labels_of_one_text_are_refused():
+    """Results and profiles name nodes by their labels as text: 1 and "1" (or a tuple
+    and its text) were one node there, and a profile's [nodes.1] took either."""
+    import networkx as nx
+
+    from p2pfl.errors import TopologyError
+    from p2pfl.topology import build
+
+    with pytest.raises(TopologyError, match=r"nodes 1 and '1' read the same as text \(1\)"):
+        build(nx.Graph([(1, "1"), ("1", 2), (2, 1)]))
+    with pytest.raises(TopologyError, match="read the same as text"):
+        build(nx.Graph([((0, 1), "(0, 1)"), ("(0, 1)", 2), (2, (0, 1))]))
+    assert build(nx.grid_2d_graph(2, 2)).labels[1] == (0, 1)  # tuples alone are fine

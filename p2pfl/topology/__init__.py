@@ -140,6 +140,7 @@ def build(spec, *, scheme="metropolis", seed=None):
         return Topology(G, list(range(sched.n)), mixing(G, scheme), warnings, sched)
     G, warnings = validate(load_topology(spec, seed=seed))
     G, labels = relabel(G)
+    _distinct_as_text(labels)
     if scheme == "weight" and G.number_of_edges() and not any(
             "weight" in d for _, _, d in G.edges(data=True)):
         warnings.append("no edge has a weight: --mixing weight counts each as 1, which is "
@@ -148,6 +149,21 @@ def build(spec, *, scheme="metropolis", seed=None):
     mix = mixing(G, scheme, labels=labels)
     warnings.extend(_negligible_links(mix))
     return Topology(G, labels, mix, warnings)
+
+
+def _distinct_as_text(labels: list) -> None:
+    """Results, profiles and keys name nodes by their labels as text: two labels of one
+    text (``1`` and ``"1"``, the tuple ``(0, 1)`` and the string ``"(0, 1)"``) would
+    be one node there (a profile's ``[nodes.1]`` took either)."""
+    from ..spec import plain_label
+
+    seen: dict = {}
+    for label in labels:
+        text = str(plain_label(label))
+        if text in seen:
+            raise TopologyError(f"nodes {seen[text]!r} and {label!r} read the same as text "
+                                f"({text}) in results and profiles: rename one")
+        seen[text] = label
 
 
 def _partly_weighted(G, scheme: str) -> list:
