@@ -32,6 +32,7 @@ class Progress:
         self._last = 0.0
         self._first: tuple | None = None  # (round, time) of the first update
         self._bar_shown = False  # the bar is on the terminal's current line
+        self._shown: tuple | None = None  # (done, text) of the bar last drawn
 
     def update(self, done: int, text: str = "") -> None:
         if self.quiet:
@@ -41,7 +42,7 @@ class Progress:
             self._first = (done, now)
         if not self._tty and done < self.total and now - self._last < 2.0:
             return  # in logs, print a line every couple of seconds only
-        self._last = now
+        self._last, self._shown = now, (done, text)
         filled = int(self.width * done / max(1, self.total))
         bar = "#" * filled + "-" * (self.width - filled)
         line = f"[{bar}] round {done}/{self.total} | {text} | {now - self.t0:.1f} s"
@@ -51,6 +52,14 @@ class Progress:
         self.stream.write(("\r" + line) if self._tty else line + "\n")
         self.stream.flush()
         self._bar_shown = self._tty
+
+    def tick(self) -> None:
+        """On a terminal, redraw the bar about once a second while no round ends, so that
+        its clock goes on (it stood at "2.9 s" for the 150 s a run waited for a stopped
+        host)."""
+        if (self._tty and self._bar_shown and self._shown is not None
+                and time.monotonic() - self._last >= 1.0):
+            self.update(*self._shown)
 
     def close(self) -> None:
         if not self.quiet and self._tty and self._bar_shown:

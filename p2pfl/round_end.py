@@ -64,6 +64,7 @@ class RoundEnd:
     def run_due(self, ended: bool = False) -> None:
         """Call ``on_round`` for the rounds queued; ``ended``: the run is over, and an
         answer can stop nothing."""
+        self.progress.tick()
         while self._due and self.error is None:
             rnd, rows = self._due.pop(0)
             try:

@@ -41,3 +41,26 @@ def test_the_time_left_is_the_mean_round_since_the_first_times_the_rounds_left(m
 def test_durations_read_as_a_person_would_say_them():
     assert [progress._duration(s) for s in (0.4, 59.4, 60, 3599, 3600, 7620)] == [
         "0 s", "59 s", "1m00s", "59m59s", "1h00m", "2h07m"]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_clock_goes_on_while_no_round_ends(monkeypatch):
+    """It stood at "2.9 s" for the 150 s a run waited for a stopped host process."""
+    clock = _Clock()
+    monkeypatch.setattr(progress.time, "monotonic", clock)
+    out = _Terminal()
+    bar = Progress(20, width=4, stream=out)
+    clock.now += 2.9
+    bar.update(8, "acc 0.500")
+    clock.now += 0.5
+    bar.tick()  # within a second of the last drawing: nothing
+    clock.now += 150.0
+    bar.tick()
+    drawn = out.getvalue().split("\r")[1:]
+    assert len(drawn) == 2 and drawn[0] == "[#---] round 8/20 | acc 0.500 | 2.9 s"
+    assert drawn[1].startswith("[#---] round 8/20 | acc 0.500 | 153.4 s"), drawn
+    Progress(20, stream=io.StringIO()).tick()  # not a terminal, nothing drawn: no error
