@@ -32,7 +32,7 @@ _RECORD_COUNTS = ("bytes_sent", "bytes_received")
 _FINAL_COUNTS = ("bytes_sent", "bytes_received", "bytes_sent_unrecorded",
                  "bytes_received_unrecorded", "handshake_bytes", "messages_sent",
                  "emulated_lost", "wire_bytes", "framing_bytes", "setup_bytes", "pid",
-                 "peak_rss_bytes", "model_messages", "num_samples", "num_params",
+                 "peak_rss_bytes", "pss_bytes", "model_messages", "num_samples", "num_params",
                  "rounds_served", "instructions_skipped", "rounds_done")
 _FINAL_PAIRS = ("sent_per_peer", "received_per_peer", "misses")  # [[peer, count], ...]
 _FINAL_TALLIES = ("dropped", "errors")  # {reason: count}

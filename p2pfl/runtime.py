@@ -35,6 +35,22 @@ def peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def pss_bytes() -> int:
+    """This process's proportional set size now (``/proc/self/smaps_rollup``): its
+    private pages, and each page it shares with other processes divided among them, so
+    that forked processes' figures add up to the memory they use together (their peak
+    RSS counted every shared page in each: 13.6 GB for 64 host processes whose machine
+    used 0.41 GB more).  0 where the kernel does not say."""
+    try:
+        with open("/proc/self/smaps_rollup", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def to_packet(msg) -> Packet:
     """The packet a wire message carries (its round included)."""
     return Packet(msg.codec, list(msg.frames), list(msg.shapes), list(msg.dtypes),
@@ -282,7 +298,7 @@ class Runtime:
             "wire_bytes": wire,
             "framing_bytes": wire - sent - handshake,
             "setup_bytes": sum(c.setup[j] for j in peers),
-            "pid": os.getpid(), "peak_rss_bytes": peak_rss_bytes(),
+            "pid": os.getpid(), "peak_rss_bytes": peak_rss_bytes(), "pss_bytes": pss_bytes(),
         }
         out.update(extra)
         return out

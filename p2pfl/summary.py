@@ -87,16 +87,21 @@ def run_summary(plan, sink, nodes: dict, wall: float, control_bytes: int,
 
 def _memory(nodes: dict) -> dict:
     """Peak RSS summed over the launcher and every process that hosted nodes (each
-    counted once: actors of one host process report the same process)."""
-    from .runtime import peak_rss_bytes
+    counted once: actors of one host process report the same process), an upper bound
+    (forked processes share pages, counted in each); and their proportional set sizes
+    at the end, summed: the memory they held together then."""
+    from .runtime import peak_rss_bytes, pss_bytes
 
     per_process: dict = {}
     for h in nodes.values():
         f = h.final
         if f and isinstance(f.get("pid"), int) and isinstance(f.get("peak_rss_bytes"), int):
             key = (h.host, f["pid"])
-            per_process[key] = max(per_process.get(key, 0), f["peak_rss_bytes"])
-    return {"peak_rss_bytes": peak_rss_bytes() + sum(per_process.values()),
+            peak, pss = per_process.get(key, (0, 0))
+            per_process[key] = (max(peak, f["peak_rss_bytes"]),
+                                max(pss, int(f.get("pss_bytes") or 0)))
+    return {"peak_rss_bytes": peak_rss_bytes() + sum(p for p, _ in per_process.values()),
+            "pss_bytes_total": pss_bytes() + sum(q for _, q in per_process.values()),
             "node_processes": len(per_process)}
 
 
