@@ -114,6 +114,19 @@ def test_sixteen_nodes_across_two_ray_nodes(ray_cluster, tmp_path):
     assert summary["accuracy_mean"] > 0.6  # twelve rounds on a ring of 16 learn
 
 
+def _sigterm_once(proc, ready, timeout: float) -> None:
+    """SIGTERM to the launcher ``proc`` once ``ready()``; it must exit 143."""
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+
+
 def test_sigterm_stops_a_ray_run_cleanly(ray_cluster, tmp_path):
     """ray.init puts in a SIGTERM handler of its own that exits at once: the run left
     no summary and exited 15, where a local run stops its nodes and exits 143."""
@@ -124,15 +137,8 @@ def test_sigterm_stops_a_ray_run_cleanly(ray_cluster, tmp_path):
                              "127.0.0.1", "--topology", "ring:4", "--rounds", "100000",
                              "--eval-every", "1000", "-q", "--out", str(out)],
                             cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").stat().st_size):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
-    finally:
-        proc.kill()
+    _sigterm_once(proc, lambda: (out / "metrics.jsonl").exists()
+                  and (out / "metrics.jsonl").stat().st_size, 120)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interrupted"] is True and summary["node_processes"] == 4
 
@@ -335,15 +341,7 @@ def test_sigterm_while_ray_starts_stops_the_run_as_any_sigterm(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "cluster", "--backend", "ray",
                              "--topology", "ring:3", "--rounds", "100000", "-q", "--out",
                              str(out)], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not _descendants_named(proc.pid, "gcs_server"):  # Ray is starting
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
-    finally:
-        proc.kill()
+    _sigterm_once(proc, lambda: _descendants_named(proc.pid, "gcs_server"), 60)  # Ray starts
     assert proc.stderr.read().startswith("p2pfl: terminated; all nodes stopped")
 
 

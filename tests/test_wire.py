@@ -561,17 +561,22 @@ def test_a_stopped_peer_is_down_until_it_answers_and_then_hears_the_launcher_aga
         ep.close()
 
 
+def _two_peers(ctx, name: str) -> tuple:
+    """Endpoints 0, 1 and 2 (1 and 2 connected to 0) and node 0's mailbox of both."""
+    a = Endpoint(ctx, 0, f"inproc://{name}-a")
+    b = Endpoint(ctx, 1, f"inproc://{name}-b")
+    c = Endpoint(ctx, 2, f"inproc://{name}-c")
+    b.connect(0, a.address)
+    c.connect(0, a.address)
+    return a, b, c, Mailbox(a, peers={1, 2})
+
+
 def test_a_message_dropped_beyond_the_window_is_not_waited_for(ctx):
     """It came, too early, and was dropped: it is not coming again (a peer's messages
     arrive in order), so its round does not wait a time-out for it.  Peer 1 sends to us
     in rounds 1 and 6 only (as under a schedule), and its round 6 came while we were at
     round 1; peer 2 sends every round."""
-    a = Endpoint(ctx, 0, "inproc://far-a")
-    b = Endpoint(ctx, 1, "inproc://far-b")
-    c = Endpoint(ctx, 2, "inproc://far-c")
-    b.connect(0, a.address)
-    c.connect(0, a.address)
-    box = Mailbox(a, peers={1, 2})
+    a, b, c, box = _two_peers(ctx, "far")
     b.send(0, "model", 1)
     c.send(0, "model", 1)
     assert box.collect("model", 1, [1, 2], timeout=5.0).keys() == {1, 2}
@@ -619,12 +624,7 @@ def test_a_flood_of_later_rounds_while_catching_up_is_held_a_few_rounds_a_peer(c
     them held memory without bound), and an honest peer's latest rounds stay."""
     from p2pfl.transport.routing import MAX_KEPT_AHEAD
 
-    a = Endpoint(ctx, 0, "inproc://flood-a")
-    b = Endpoint(ctx, 1, "inproc://flood-b")
-    c = Endpoint(ctx, 2, "inproc://flood-c")
-    b.connect(0, a.address)
-    c.connect(0, a.address)
-    box = Mailbox(a, peers={1, 2})
+    a, b, c, box = _two_peers(ctx, "flood")
     for rnd in range(20, 1020):  # the flood
         b.send(0, "model", rnd)
     for rnd in (30, 31, 32):  # an honest neighbour, a few rounds ahead
