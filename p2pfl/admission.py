@@ -37,7 +37,7 @@ import zmq
 
 from .addresses import tcp_address
 from .errors import ClusterError, UsageError
-from .supervision import NodeHandle
+from .node_handle import NodeHandle
 from .transport.endpoint import SCHEMES
 from .transport.sockets import identity
 from .version import __version__

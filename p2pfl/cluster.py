@@ -34,7 +34,8 @@ from .transport.mailbox import NODE_REPORTS
 from .transport.liveness import ConnectionWatch
 from .transport.security import Security
 from .spawn import spawn_hosts, spawn_processes, spawn_threads
-from .supervision import NodeHandle, Supervision
+from .node_handle import NodeHandle
+from .supervision import Supervision
 from .worker import actor_context, fds_per_actor, raise_fd_limit
 
 __all__ = ["Launcher", "NodeHandle", "ClusterError"]

@@ -1,7 +1,7 @@
 """How the launcher starts local nodes: forked processes, host processes of many
 actors, or threads of the launcher itself (:class:`~p2pfl.cluster.Launcher`).
 
-Each function starts the runners of ``nodes`` (:class:`~p2pfl.supervision.NodeHandle`,
+Each function starts the runners of ``nodes`` (:class:`~p2pfl.node_handle.NodeHandle`,
 keyed by id) and records them on the handles; the nodes then join the launcher
 at ``address``.  Processes are forked, so they inherit the dataset, the
 partition and the models the plan loaded; a restarted node is spawned fresh.

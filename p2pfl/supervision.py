@@ -12,76 +12,22 @@ than waited for.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 from . import signals
 from .launcher_link import config_fields
 from .model_files import checked_state, write_state
+from .node_handle import NodeHandle, ended
 from .procfs import process_state
 from .reports import checked_final, checked_records
 from .runtime import CLOSER_GRACE_S
 from .spawn import respawn
 from .transport.availability import Availability
 
-__all__ = ["NodeHandle", "Supervision", "process_state"]
+__all__ = ["Supervision", "process_state"]
 
 #: A node that said it stops on a signal has failed this long after, unless the run was
 #: stopped meanwhile: the same signal may have reached the launcher too.
 SIGNALLED_GRACE_S = 1.0
-
-
-@dataclass
-class NodeHandle:
-    """The launcher's view of one node: where it is, what state it is in, how it ended."""
-
-    id: int
-    label: object
-    runner: object = None  # multiprocessing.Process or threading.Thread
-    address: str | None = None
-    control: str | None = None
-    local: str | None = None  # inproc address for actors of the same host process
-    ray_node: str | None = None  # the Ray node it was placed on (--backend ray)
-    pid: int | None = None
-    host: str | None = None
-    route: bytes = b""  # the routing id of the process taken for it (admission.py)
-    state: str = "spawned"  # spawned, joined, ready, restarting; done, failed, stopped
-    final: dict = field(default_factory=dict)
-    reason: str | None = None
-    done_at: float | None = None  # when the launcher saw it done (closer only)
-    restarts: int = 0  # how often it was restarted after dying
-    last_round: int = 0  # the latest round it sent a record of
-    offline: bool = False  # its latest record says it went offline (silent, by design)
-    restarted_at: float = 0.0  # when the launcher last started a new process for it
-    stopped_since: float | None = None  # when its process was first seen stopped
-    saved_route: bytes | None = None  # the process whose final model is saved
-
-    def exited(self) -> bool:
-        r = self.runner
-        return r is not None and (not r.is_alive())
-
-    def said_bye(self, final: dict) -> bool:
-        """Its bye came, with its final counters: it is done, unless the run has failed
-        it already (a remote node whose connection was lost, back after its peers were
-        told it is gone), which stays failed with its counters kept.  True if done."""
-        self.final = final
-        if self.state != "failed":
-            self.state = "done"
-        return self.state == "done"
-
-
-def _ended(runner) -> str:
-    """How a node's process ended mid-run, in words: the signal that killed it, if one
-    did (SIGKILL: the OOM killer, or kill -9), else its exit code."""
-    import signal
-
-    code = getattr(runner, "exitcode", None)
-    if isinstance(code, int) and code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"was killed by {name} before it finished"
-    return "exited without finishing" + (f" (exit code {code})" if code else "")
 
 
 class Supervision:
@@ -261,7 +207,7 @@ class Supervision:
             if len(nodes) == 1:
                 self._died(nodes[0])
             else:
-                self._fail_by_process(nodes, _ended(nodes[0].runner))
+                self._fail_by_process(nodes, ended(nodes[0].runner))
 
     def _fail_by_process(self, nodes: list, why: str) -> None:
         """Fail ``nodes`` because their process ``why`` (its words: "is stopped", "was
@@ -291,7 +237,7 @@ class Supervision:
         if h.restarts < self.restart_limit and not self.listen:
             self._restart(h)
         elif h.state == "ready":
-            self._fail(h, f"its process {_ended(h.runner)}")
+            self._fail(h, f"its process {ended(h.runner)}")
         else:
             self._fail(h, "its restarted process exited before it was ready")
 
