@@ -36,7 +36,8 @@ from .transport.security import Security
 from .spawn import spawn_hosts, spawn_processes, spawn_threads
 from .node_handle import NodeHandle
 from .supervision import Supervision
-from .worker import actor_context, fds_per_actor, raise_fd_limit
+from .fd_limits import fit_launcher_fds
+from .worker import actor_context
 
 __all__ = ["Launcher", "NodeHandle", "ClusterError"]
 
@@ -125,11 +126,7 @@ class Launcher(Supervision, Admission):
         return self.nodes
 
     def _spawn_and_bind(self) -> None:
-        # the launcher holds a socket to each node's control socket, plus their links;
-        # with --transport inproc, every actor's sockets too
-        actors = sum(fds_per_actor(len(s.peers)) for s in self.specs) if self._threads else 0
-        raise_fd_limit(4 * len(self.nodes) + 256 + actors)
-        self._check_fd_limit()
+        fit_launcher_fds([len(s.peers) for s in self.specs], self._threads)
         if self.listen:  # nodes are started elsewhere with `p2pfl node --connect`
             self.ctx = actor_context(len(self.nodes), 1)
             try:
@@ -169,25 +166,6 @@ class Launcher(Supervision, Admission):
         spawn_processes(self.nodes, address, self._how(), self._node_security)
         self.ctx = actor_context(len(self.nodes), 1)
         self._bind(address)
-
-    #: Open files the launcher holds per node (a connection each way and a wake-up
-    #: descriptor): 1,553 at 512 in-process actors, 785 at 256 (793 with --secure).
-    FDS_PER_NODE = 3
-
-    def _check_fd_limit(self) -> None:
-        """A usage error, before any node starts, where this process may not open the
-        files its nodes' connections need (with ``--transport inproc``, a wake-up
-        descriptor for each socket of each actor: 2,060 at 256 actors of degree 4):
-        libzmq aborted the launcher (SIGABRT, no summary) at "Too many open files"."""
-        import resource
-
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        need = 64 + (sum(len(s.peers) + 5 for s in self.specs) if self._threads
-                     else self.FDS_PER_NODE * len(self.nodes))
-        if soft != resource.RLIM_INFINITY and soft < need:
-            raise UsageError(f"{len(self.nodes)} nodes need about {need} open files in the "
-                             f"launcher, and it may open {soft} (ulimit -Hn): raise the "
-                             "limit, or run fewer nodes")
 
     def _how(self) -> tuple:
         """How a spawned node binds and starts: scheme, host, run folder, start time-out."""

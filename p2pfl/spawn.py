@@ -15,7 +15,8 @@ import sys
 import threading
 import types
 
-from .worker import fds_per_actor, host_main, process_main, serve
+from .fd_limits import fds_per_actor
+from .worker import host_main, process_main, serve
 
 __all__ = ["spawn_processes", "spawn_hosts", "spawn_threads", "respawn"]
 

@@ -49,6 +49,8 @@ from .transport.liveness import ConnectionWatch
 from .transport.security import Security
 from .version import __version__
 
+from .fd_limits import CURVE_SOCKETS, fds_per_actor, raise_fd_limit
+
 __all__ = ["serve", "process_main", "host_main", "raise_fd_limit", "fds_per_actor",
            "actor_context"]
 
@@ -316,19 +318,6 @@ def process_main(launcher: str, node_id: int, scheme: str, host: str, run_dir: s
     os._exit(status)
 
 
-#: Sockets (and so wake-up descriptors) CURVE adds to an actor: a monitor of each of
-#: its two receiving sockets, for the handshakes they refuse, is a PAIR at each end.
-CURVE_SOCKETS = 4
-
-
-def fds_per_actor(degree: int, secure: bool = False) -> int:
-    """Open files one actor may hold: a wake-up descriptor for each of its sockets
-    (data, control, the launcher's, one per neighbour, an emulated link's two pipe
-    ends, and with CURVE its monitors), two listeners, and a connection each way per
-    neighbour in another process and to the launcher."""
-    return 2 * degree + 10 + (CURVE_SOCKETS if secure else 0)
-
-
 def actor_context(num_actors: int, degree: int, secure: bool = False) -> zmq.Context:
     """A context allowed enough sockets for ``num_actors`` actors of ``degree``
     neighbours (libzmq's default is 1023): a data and a control socket, one per
@@ -339,21 +328,6 @@ def actor_context(num_actors: int, degree: int, secure: bool = False) -> zmq.Con
     extra = 6 + (CURVE_SOCKETS if secure else 0)
     ctx.set(zmq.MAX_SOCKETS, max(1024, num_actors * (degree + extra) + 64))
     return ctx
-
-
-def raise_fd_limit(wanted: int) -> None:
-    """Allow ``wanted`` open files if the system lets us (each socket connection is one)."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft >= wanted:
-        return
-    for limit in ((wanted, max(hard, wanted)), (min(wanted, hard), hard)):
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, limit)
-            return
-        except (ValueError, OSError):
-            continue
 
 
 def host_main(launcher: str, node_ids: list, scheme: str, host: str, run_dir: str,
