@@ -31,6 +31,7 @@ from .model_files import load_state, model_path, remove_stale
 from .plot import RUN_PNGS
 from .progress import Progress
 from .round_end import RoundEnd
+from .run_warnings import end_warnings
 from .summary import run_summary
 
 if TYPE_CHECKING:
@@ -355,7 +356,7 @@ def execute(p: Plan, *, t0: float | None = None, on_round=None) -> Result:
         raise ClusterError(_unwritten(out, lost, bool(halted), summarised, sink.written),
                            result)
     _raise_if_failed(summary, out, result)
-    for line in _late_warnings(summary):
+    for line in end_warnings(summary):
         progress.info(line)
     if summary["accuracy_mean"] is not None:
         progress.info(f"accuracy mean {summary['accuracy_mean']:.4f} (min "
@@ -363,41 +364,6 @@ def execute(p: Plan, *, t0: float | None = None, on_round=None) -> Result:
                       f" MB sent | {summary['wall_s']:.1f} s")
     progress.info(f"results in {out}")
     return result
-
-
-def _late_warnings(summary: dict) -> list:
-    """What says at the end that nodes failed (half of 1,024 ended with a clean last
-    line), or that most of a run's messages came too late or never left an emulated
-    uplink (the nodes then learned alone): each run exited 0."""
-    misses, sent = summary.get("misses_total") or 0, summary.get("messages_sent_total") or 0
-    lost = summary.get("emulated_lost_total") or 0
-    why = (f"an emulated --link that lost {lost} messages, or one too slow for "
-           "--round-timeout?" if lost else "a --link too slow for --round-timeout?")
-    out = []
-    failed = [k for k in (summary.get("failed_nodes") or {}) if k != "coordinator"]
-    if failed:  # the run finished with the others: exit 0, and the accuracy is theirs
-        noun = "nodes" if summary.get("mode") == "gossip" else "workers"
-        out.append(f"warning: {len(failed)} of {summary.get('nodes')} {noun} failed "
-                   f"({', '.join(failed[:5])}{', ...' if len(failed) > 5 else ''}; "
-                   "failed_nodes in summary.json says why); the accuracy is the others'")
-    if summary.get("mode") == "gossip":
-        bad = (summary.get("dropped") or {}).get("undecodable", 0)  # non-finite: diverged
-        if misses and 2 * bad >= misses:
-            why = ("most were dropped as undecodable: models gone non-finite (diverged: a "
-                   "lower --lr?)")
-        if misses and 2 * misses >= sent:  # mostly alone
-            out.append(f"warning: {misses} neighbours' models missed their round (as many "
-                       f"as half the messages sent): {why}")
-        unsent = (summary.get("dropped") or {}).get("link_unsent", 0)
-        if unsent and unsent >= sent:  # mostly alone too
-            out.append(f"warning: {unsent} models never left their node's emulated uplink "
-                       f"(link_unsent), {sent} did: a --link too slow for the nodes' pace?")
-        return out
-    asked, ok = summary.get("participants_total") or 0, summary.get("replies_ok_total") or 0
-    if asked and 2 * (asked - ok) >= asked:  # the global model learned from few replies
-        out.append(f"warning: {asked - ok} of the {asked} replies the coordinator asked for "
-                   f"did not come within their round: {why}")
-    return out
 
 
 def _os_error_text(exc: OSError) -> str:
