@@ -353,8 +353,25 @@ class GossipNode:
             except ValueError:
                 self.rt.drop("undecodable")
         if answers:
-            self.learner.set_flat(self.algorithm.rejoin_robust(self.learner.get_flat(), answers))
+            algo, kept = self.algorithm, self.algorithm.weights
+            if self.phases:  # answers come from every neighbour, not the last phase's
+                algo.weights = self.period_weights()
+            try:
+                self.learner.set_flat(algo.rejoin_robust(self.learner.get_flat(), answers))
+            finally:
+                algo.weights = kept
         return list(answers)
+
+    def period_weights(self) -> dict:
+        """Under a schedule: each neighbour's w_ij averaged over the period (0 in the
+        phases that do not name it), the row a robust rejoin weighs every answer by;
+        the last phase's row names only that phase's neighbours (a KeyError for the
+        others' answers), and a restarted process's base row is all 0."""
+        total = dict.fromkeys(self.neighbours, 0.0)
+        for heard, _, _ in self.phases:
+            for j, w in heard:
+                total[j] = total.get(j, 0.0) + w
+        return {j: w / len(self.phases) for j, w in total.items()}
 
     def arrivals(self, rnd: int) -> dict:
         """Without a barrier: every neighbour's decoded packets since the last mix."""

@@ -219,3 +219,24 @@ def test_a_node_back_among_lying_neighbours_rejoins_through_the_robust_rule(tmp_
     back = [mine[i + 1]["accuracy"] for i, r in enumerate(mine[:-1])
             if r.get("offline") and not mine[i + 1].get("offline")]
     assert back and min(back) > 0.6, back
+
+
+def test_a_robust_rejoin_on_a_time_varying_topology_weighs_every_neighbour(tmp_path):
+    """Under a schedule the rule's weights were the last phase's, and an answer from a
+    neighbour that phase did not name failed the node (KeyError) once it came back."""
+    import json
+
+    from p2pfl import run_cluster
+
+    phases = [[[0, 1], [2, 3], [4, 5], [6, 7]], [[1, 2], [3, 4], [5, 6], [7, 0]],
+              [[0, 2], [1, 3], [4, 6], [5, 7]], [[0, 4], [1, 5], [2, 6], [3, 7]]]
+    (tmp_path / "g.json").write_text(json.dumps({"nodes": 8, "phases": phases}))
+    prof = tmp_path / "off.toml"
+    prof.write_text("[nodes.1]\noffline = [[0.3, 0.5], [0.8, 1.0], [1.3, 1.5]]\n")
+    out = tmp_path / "run"
+    s = run_cluster(f"dynamic:{tmp_path / 'g.json'}", robust="clip:0.5", rounds=300,
+                    quiet=True, in_process=True, eval_every=50, profiles=str(prof),
+                    out=str(out)).summary
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("offline") for r in recs if r["node"] == 1)  # it did go offline
+    assert s["failed_nodes"] == {}, s["failed_nodes"]
