@@ -317,9 +317,14 @@ class GossipNode:
                 self.rt.send(j, "pull", rnd)
         asked = set(self.neighbours) - self.rt.away
         deadline = self.rt.clock() + self.run_spec.round_timeout
+        # under --robust every answer is waited for, but not a neighbour known silent (it
+        # missed its rounds and was not heard since, :meth:`expected`): it never answers,
+        # and the wait (in-process, the host's idle seconds) outlasted the others' rounds
+        waited = set(self.neighbours) - ({j for j in self.neighbours if self._silent(j)}
+                                         if robust else set())
         replies: dict = {}
         while not self.rt.stopped:
-            replies.update(self.rt.answers("catchup", rnd, set(self.neighbours) - replies.keys(),
+            replies.update(self.rt.answers("catchup", rnd, waited - replies.keys(),
                                            asked, max(0.0, deadline - self.rt.clock()), robust))
             new = set(self.neighbours) - self.rt.away - asked
             if (replies and not robust) or not new or self.rt.clock() >= deadline:
@@ -338,6 +343,11 @@ class GossipNode:
         at = max(rnd, min(at, self.run_spec.rounds))
         self.rt.advance(at)
         return at
+
+    def _silent(self, j) -> bool:
+        """Whether neighbour ``j`` missed SUSPECT_AFTER rounds in a row and sent nothing
+        since the first of them."""
+        return self._streak[j] >= SUSPECT_AFTER and not self.rt.heard_from(j, self._since[j])
 
     def _take_catchup(self, replies: dict, robust: bool) -> list:
         """Continue from the neighbours' catch-up ``replies``; return those used (an

@@ -240,3 +240,26 @@ def test_a_robust_rejoin_on_a_time_varying_topology_weighs_every_neighbour(tmp_p
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any(r.get("offline") for r in recs if r["node"] == 1)  # it did go offline
     assert s["failed_nodes"] == {}, s["failed_nodes"]
+
+
+def test_a_robust_rejoin_does_not_wait_for_a_neighbour_known_silent(tmp_path):
+    """Under --robust a node back from an offline period waits for every neighbour's
+    answer; a silent one (it missed its rounds, and was not heard since) never answers,
+    and in-process the round time-out counts the host's idle seconds: the node sat 6 s,
+    while the others played 190 rounds, and mixed nothing after (a first answer ended
+    the wait before)."""
+    import json
+
+    from p2pfl import run_cluster
+
+    prof = tmp_path / "byz.toml"
+    prof.write_text('[nodes.0]\nbehaviour = "silent"\n[nodes.1]\noffline = [[4.0, 4.2]]\n')
+    out = tmp_path / "run"
+    run_cluster("torus:4x4", robust="clip:0.5", rounds=250, round_timeout=2, quiet=True,
+                in_process=True, eval_every=50, profiles=str(prof), out=str(out))
+    mine = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    mine = [r for r in mine if r["node"] == 1]
+    k = next(i for i, r in enumerate(mine) if r.get("offline"))
+    assert k + 1 < len(mine), "it came back after the others finished"
+    back = mine[k + 1]
+    assert back["wall_s"] < 4.2 + 1.5 and back["neighbours_heard"] > 0, (mine[k], back)
