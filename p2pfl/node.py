@@ -21,6 +21,7 @@ import numpy as np
 
 from .algorithms import make_algorithm
 from .algorithms.attacks import corrupt
+from .catchup import CatchUp
 from .compression.temporal import TemporalGap
 from .learner import Learner
 from .runtime import Runtime
@@ -38,7 +39,7 @@ def _phase(phases: tuple, rnd: int) -> tuple:
     return phases[(rnd - 1) % len(phases)]
 
 
-class GossipNode:
+class GossipNode(CatchUp):
     """A gossip learning node.
 
     Parameters
@@ -301,87 +302,10 @@ class GossipNode:
     def leave(self, rnd: int, done: bool = False) -> None:
         self.rt.send_many(self.neighbours, "leave", rnd, **({"done": True} if done else {}))
 
-    def rejoin(self, rnd: int) -> int | None:
-        """Back (or restarted) at round ``rnd``: ask the neighbours that are present for
-        their model (and those that come back meanwhile), and continue from the first
-        answer, at the round its sender is at; under ``--robust``, where a neighbour may
-        lie, from every answer that comes within the round time-out, through the rule
-        (:meth:`~.algorithms.base.GossipAlgorithm.rejoin_robust`), at the lower median
-        of their rounds.  Returns the round to continue with: ``rnd`` if nobody
-        answered within the round time-out, or nobody can (each neighbour is away, or
-        catching up itself); None if nobody answered and nothing is left to learn
-        from (:meth:`nothing_left`)."""
-        robust = self.algorithm.robust[0] != "none"
-        for j in self.neighbours:  # those away hear it when they are back
-            if j not in self.rt.done:
-                self.rt.send(j, "pull", rnd)
-        asked = set(self.neighbours) - self.rt.away
-        deadline = self.rt.clock() + self.run_spec.round_timeout
-        # under --robust every answer is waited for, but not a neighbour known silent (it
-        # missed its rounds and was not heard since, :meth:`expected`): it never answers,
-        # and the wait (in-process, the host's idle seconds) outlasted the others' rounds
-        waited = set(self.neighbours) - ({j for j in self.neighbours if self._silent(j)}
-                                         if robust else set())
-        replies: dict = {}
-        while not self.rt.stopped:
-            replies.update(self.rt.answers("catchup", rnd, waited - replies.keys(),
-                                           asked, max(0.0, deadline - self.rt.clock()), robust))
-            new = set(self.neighbours) - self.rt.away - asked
-            if (replies and not robust) or not new or self.rt.clock() >= deadline:
-                break
-            for j in sorted(new, key=str):  # back meanwhile: ask it too
-                self.rt.send(j, "pull", rnd)
-            asked |= new
-        if not replies:
-            return None if self.nothing_left() else rnd
-        used = self._take_catchup(replies, robust)
-        ats = sorted(at for at in (replies[j].meta.get("at") for j in used)
-                     if isinstance(at, int) and not isinstance(at, bool))
-        if self.asynchronous or not ats:
-            return rnd
-        at = ats[(len(ats) - 1) // 2]  # lying rounds, fewer than half, fall on either side
-        at = max(rnd, min(at, self.run_spec.rounds))
-        self.rt.advance(at)
-        return at
-
     def _silent(self, j) -> bool:
         """Whether neighbour ``j`` missed SUSPECT_AFTER rounds in a row and sent nothing
         since the first of them."""
         return self._streak[j] >= SUSPECT_AFTER and not self.rt.heard_from(j, self._since[j])
-
-    def _take_catchup(self, replies: dict, robust: bool) -> list:
-        """Continue from the neighbours' catch-up ``replies``; return those used (an
-        unusable one is dropped and counted)."""
-        answers = {}
-        for j in sorted(replies, key=str):
-            try:
-                if robust:
-                    answers[j] = self.algorithm.read_catchup(replies[j])
-                else:
-                    self.learner.set_flat(self.algorithm.rejoin(replies[j]))
-                    return [j]
-            except ValueError:
-                self.rt.drop("undecodable")
-        if answers:
-            algo, kept = self.algorithm, self.algorithm.weights
-            if self.phases:  # answers come from every neighbour, not the last phase's
-                algo.weights = self.period_weights()
-            try:
-                self.learner.set_flat(algo.rejoin_robust(self.learner.get_flat(), answers))
-            finally:
-                algo.weights = kept
-        return list(answers)
-
-    def period_weights(self) -> dict:
-        """Under a schedule: each neighbour's w_ij averaged over the period (0 in the
-        phases that do not name it), the row a robust rejoin weighs every answer by;
-        the last phase's row names only that phase's neighbours (a KeyError for the
-        others' answers), and a restarted process's base row is all 0."""
-        total = dict.fromkeys(self.neighbours, 0.0)
-        for heard, _, _ in self.phases:
-            for j, w in heard:
-                total[j] = total.get(j, 0.0) + w
-        return {j: w / len(self.phases) for j, w in total.items()}
 
     def arrivals(self, rnd: int) -> dict:
         """Without a barrier: every neighbour's decoded packets since the last mix."""

@@ -219,6 +219,11 @@ class Runtime:
         """Seconds since the run started."""
         return time.monotonic() - self.t_start
 
+    def last_heard(self, peer) -> int:
+        """The latest round ``peer`` sent anything for (even late, or beyond the window);
+        -1 if none."""
+        return self.mailbox.last_heard.get(peer, -1)
+
     def heard_from(self, peer, since_round: int) -> bool:
         """Whether ``peer`` sent anything for a round >= ``since_round`` (even if late)."""
         return self.mailbox.last_heard.get(peer, -1) >= since_round

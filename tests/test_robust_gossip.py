@@ -197,6 +197,11 @@ def test_a_robust_choco_rejoin_takes_the_copy_most_answers_hold():
     algo.rejoin_robust(t(0.0, 0.0), {1: (t(1.0, 1.0), copy), 2: (t(1.0, 1.0), copy.clone()),
                                      3: (t(5.0, 5.0), forged)})
     assert torch.equal(algo.public.own, copy)
+    # two answers, one lying: no majority, our own copy stays (a per-coordinate lower
+    # median took the liar's -9e9)
+    own = algo.public.own.clone()
+    algo.rejoin_robust(t(0.0, 0.0), {1: (t(1.0, 1.0), t(1.5, 2.5)), 3: (t(5.0, 5.0), forged)})
+    assert torch.equal(algo.public.own, own)
 
 
 def test_a_node_back_among_lying_neighbours_rejoins_through_the_robust_rule(tmp_path):

@@ -227,10 +227,12 @@ class GossipAlgorithm:
         takes from it, or None).  Raises ValueError if the packet is unusable."""
         return dense_tensor(packet, self.numel), None
 
-    def rejoin_robust(self, x: torch.Tensor, answers: dict) -> torch.Tensor:
+    def rejoin_robust(self, x: torch.Tensor, answers: dict,
+                      weights: dict | None = None) -> torch.Tensor:
         """Under ``--robust``: the model to continue from, given the neighbours' answers
         ``{j: read_catchup(packet)}`` and our own model ``x`` (out of date, or the
-        initial one), where some neighbours may lie.
+        initial one), where some neighbours may lie; ``weights`` the w_ij to weigh them
+        by (None: :attr:`weights`, this round's).
 
         The round's rule (ClippedGossip or BRIDGE-T, :func:`~.robust.robust_step`) is
         taken :data:`REJOIN_ITERATIONS` times, each from the last result, as centred
@@ -243,8 +245,9 @@ class GossipAlgorithm:
         Iterating to the fixed point would adopt a lone answer whole.
         """
         models = {j: model for j, (model, _) in answers.items()}
+        weights = self.weights if weights is None else weights
         for _ in range(REJOIN_ITERATIONS):
-            x = x + robust_step(x, models, self.weights, self.robust)
+            x = x + robust_step(x, models, weights, self.robust)
         return x
 
     def restarted(self) -> None:

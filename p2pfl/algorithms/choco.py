@@ -154,14 +154,19 @@ class CHOCO(GossipAlgorithm):
             self.public.own = copy
         return model
 
-    def rejoin_robust(self, x: torch.Tensor, answers: dict) -> torch.Tensor:
-        """The neighbours' copies of x̂_i are the same where they are honest (each
-        applied every q_i we sent): their per-coordinate (lower) median is that copy
-        while more than half the answers are honest."""
+    def rejoin_robust(self, x: torch.Tensor, answers: dict,
+                      weights: dict | None = None) -> torch.Tensor:
+        """Honest neighbours hold the same copy of x̂_i (each applied every q_i we sent):
+        it is taken where more than half the answers hold it bit for bit, and our own
+        kept otherwise (a per-coordinate median of two answers was the lower value, a
+        liar's wherever it sent less, and the offset from the neighbours' copies never
+        went away)."""
         copies = [copy for _, copy in answers.values() if copy is not None]
-        if copies:
-            self.public.own = torch.stack(copies).median(0).values
-        return super().rejoin_robust(x, answers)
+        for copy in copies:
+            if 2 * sum(torch.equal(copy, other) for other in copies) > len(answers):
+                self.public.own = copy
+                break
+        return super().rejoin_robust(x, answers, weights)
 
     def restarted(self) -> None:
         """The copies x̂_j start from x0, far behind their owners: until each owner's
