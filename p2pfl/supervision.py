@@ -75,12 +75,12 @@ class Supervision:
         of its actor with ``--in-process``; not a thread of the launcher's), Ray's by a
         task on their host (a stopped one held the run for the 120 s silence limit);
         not remote ones."""
-        if self.listen or self._threads:
-            return
-        running = [h for h in self.nodes.values() if h.state not in ("done", "failed")]
-        if len(running) > len(self.nodes) // 2 or now < self._next_stopped_check:
-            return  # cheap: most nodes still running
+        if self.listen or self._threads or now < self._next_stopped_check:
+            return  # cheap: called between any two messages (1,024 actors: +15 % wall)
         self._next_stopped_check = now + 1.0
+        running = [h for h in self.nodes.values() if h.state not in ("done", "failed")]
+        if len(running) > len(self.nodes) // 2:
+            return  # most nodes still running
         left = [h for h in running if h.state == "ready"]
         if len(left) != len(running):
             return
