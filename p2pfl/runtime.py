@@ -35,7 +35,7 @@ def peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-_PSS_CACHE: list = [0.0, 0]  # (when, bytes): the actors of a host ask at once
+_PSS_CACHE: list = [0, 0.0, 0]  # (pid, when, bytes): the actors of a host ask at once
 
 
 def pss_bytes() -> int:
@@ -47,9 +47,9 @@ def pss_bytes() -> int:
     (1.5 ms a read with torch loaded: 512 actors of a host say bye together)."""
     import time
 
-    now = time.monotonic()
-    if now - _PSS_CACHE[0] < 1.0:
-        return _PSS_CACHE[1]
+    now, pid = time.monotonic(), os.getpid()
+    if _PSS_CACHE[0] == pid and now - _PSS_CACHE[1] < 1.0:  # not a forked parent's
+        return _PSS_CACHE[2]
     value = 0
     try:
         with open("/proc/self/smaps_rollup", "rb") as fh:
@@ -59,7 +59,7 @@ def pss_bytes() -> int:
                     break
     except (OSError, ValueError, IndexError):
         pass
-    _PSS_CACHE[:] = [now, value]
+    _PSS_CACHE[:] = [pid, now, value]
     return value
 
 
