@@ -83,10 +83,32 @@ def address_towards(host: str) -> str:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on at ``host`` just now (the kernel's pick)."""
+    """A TCP port nobody uses at ``host`` just now, below the kernel's ephemeral range
+    where it can: a port the kernel picks (port 0) is one it hands out again, as the
+    local port of the next outgoing connection or bind to port 0 (a test's launcher
+    then found its ``--listen`` port taken: "Address already in use")."""
+    import random
+
+    low = _ephemeral_low()
+    for port in random.sample(range(20000, low), min(64, max(0, low - 20000))):
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def _ephemeral_low() -> int:
+    """The lowest port of the kernel's ephemeral range (32768 where it does not say)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+            return int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def listening(port: int) -> bool:
