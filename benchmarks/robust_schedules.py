@@ -56,7 +56,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     topologies = {"torus:4x4": "torus:4x4", "one_peer_exponential:16": "one_peer_exponential:16",
-                  "dynamic random_regular:4:16": f"dynamic:{dynamic_file(args.out, 16, args.rounds)}"}
+                  "dynamic random_regular:4:16":
+                      f"dynamic:{dynamic_file(args.out, 16, args.rounds)}"}
     rows = []
     for name, spec in topologies.items():
         for rule in RULES:
