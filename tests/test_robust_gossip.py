@@ -268,3 +268,21 @@ def test_a_robust_rejoin_does_not_wait_for_a_neighbour_known_silent(tmp_path):
     assert k + 1 < len(mine), "it came back after the others finished"
     back = mine[k + 1]
     assert back["wall_s"] < 4.2 + 1.5 and back["neighbours_heard"] > 0, (mine[k], back)
+
+
+def test_the_round_a_node_rejoins_at_is_where_its_answering_neighbours_are_now():
+    """Answers that came early in a long wait said round 12; neighbours 1 and 3 have sent
+    rounds 40 and 10**9 since (3 lies).  The lower median of where each is now is 40: the
+    stale 12 left the node rounds behind, and one liar cannot take it to 10**9."""
+    from types import SimpleNamespace
+
+    from p2pfl.catchup import CatchUp
+
+    heard = {1: 40, 2: 12, 3: 10**9}
+    node = CatchUp()
+    node.rt = SimpleNamespace(last_heard=lambda j: heard.get(j, -1))
+    replies = {j: SimpleNamespace(meta={"at": 12}) for j in (1, 2, 3)}
+    assert node._their_round(replies, [1, 2, 3]) == 40
+    replies[3].meta["at"] = True  # not a round: counts as none, its later rounds stand
+    assert node._their_round(replies, [1, 2, 3]) == 40
+    assert node._their_round(replies, []) == 0
