@@ -34,9 +34,9 @@ from .transport.mailbox import NODE_REPORTS
 from .transport.liveness import ConnectionWatch
 from .transport.security import Security
 from .spawn import spawn_hosts, spawn_processes, spawn_threads
+from .fd_limits import fit_launcher_fds
 from .node_handle import NodeHandle
 from .supervision import Supervision
-from .fd_limits import fit_launcher_fds
 from .worker import actor_context
 
 __all__ = ["Launcher", "NodeHandle", "ClusterError"]

@@ -3,7 +3,7 @@ name.  Each names a node by its label, else by its id when it is a number."""
 
 from __future__ import annotations
 
-__all__ = ["node_number"]
+__all__ = ["node_number", "first_few"]
 
 
 def node_number(text: str, canonical: bool = False) -> int | None:
@@ -14,3 +14,10 @@ def node_number(text: str, canonical: bool = False) -> int | None:
         return None
     number = int(text)
     return None if canonical and str(number) != text else number
+
+
+def first_few(items, most: int = 5) -> str:
+    """``items`` as text for a message: the first ``most``, then ``...`` if there are
+    more (``0, 1, 2, 3, 4, ...``)."""
+    items = list(items)
+    return ", ".join(map(str, items[:most])) + (", ..." if len(items) > most else "")

@@ -12,6 +12,7 @@ import numpy as np
 
 from .config import RunConfig
 from .errors import ConfigError
+from .labels import first_few
 
 __all__ = ["DEEPSQUEEZE_UNSTABLE", "whole_model_codec", "check_time_varying", "check_robust",
            "late_links", "late_round_trips", "check_start_latency"]
@@ -127,7 +128,7 @@ def late_links(specs, round_timeout: float, schedule: str = "sync") -> tuple:
     late = [s.label for s in specs if s.link.latency_ms / 1e3 >= round_timeout]
     if not late:
         return ()
-    shown = ", ".join(map(str, late[:5])) + (", ..." if len(late) > 5 else "")
+    shown = first_few(late)
     return (f"warning: the link latency of node(s) {shown} reaches --round-timeout "
             f"({round_timeout:g} s): their messages come after their round, and are missed",)
 
@@ -141,7 +142,7 @@ def late_round_trips(workers, coordinator, round_timeout: float) -> tuple:
     late = [w.label for w in workers if (down + w.link.latency_ms) / 1e3 >= round_timeout]
     if not late:
         return ()
-    shown = ", ".join(map(str, late[:5])) + (", ..." if len(late) > 5 else "")
+    shown = first_few(late)
     return (f"warning: the link latency of the coordinator and of worker(s) {shown} "
             f"together reaches --round-timeout ({round_timeout:g} s): their replies come "
             "after their round, and are missed",)
@@ -153,6 +154,6 @@ def check_start_latency(specs, start_timeout: float) -> None:
     "not ready after 5 s" at ``latency_ms=6000``, exit 1, without naming the link."""
     late = [s.label for s in specs if s.link.latency_ms / 1e3 >= start_timeout]
     if late:
-        shown = ", ".join(map(str, late[:5])) + (", ..." if len(late) > 5 else "")
+        shown = first_few(late)
         raise ConfigError(f"the link latency of node(s) {shown} reaches --start-timeout "
                           f"({start_timeout:g} s): their start-up hello would come after it")

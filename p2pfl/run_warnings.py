@@ -3,6 +3,8 @@ models that mostly came too late or never left an emulated uplink, a diverged ru
 
 from __future__ import annotations
 
+from .labels import first_few
+
 __all__ = ["end_warnings"]
 
 
@@ -19,7 +21,7 @@ def end_warnings(summary: dict) -> list:
     if failed:  # the run finished with the others: exit 0, and the accuracy is theirs
         noun = "nodes" if summary.get("mode") == "gossip" else "workers"
         out.append(f"warning: {len(failed)} of {summary.get('nodes')} {noun} failed "
-                   f"({', '.join(failed[:5])}{', ...' if len(failed) > 5 else ''}; "
+                   f"({first_few(failed)}; "
                    "failed_nodes in summary.json says why); the accuracy is the others'")
     if summary.get("mode") == "gossip":
         bad = (summary.get("dropped") or {}).get("undecodable", 0)  # non-finite: diverged

@@ -238,7 +238,7 @@ class Runtime:
 
     def heard_from(self, peer, since_round: int) -> bool:
         """Whether ``peer`` sent anything for a round >= ``since_round`` (even if late)."""
-        return self.mailbox.last_heard.get(peer, -1) >= since_round
+        return self.last_heard(peer) >= since_round
 
     def drop(self, reason: str) -> None:
         """Count a message the role could not use."""

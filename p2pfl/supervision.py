@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 
 from . import signals
+from .labels import first_few
 from .launcher_link import config_fields
 from .model_files import checked_state, write_state
 from .node_handle import NodeHandle, ended
@@ -28,6 +29,15 @@ __all__ = ["Supervision", "process_state"]
 #: A node that said it stops on a signal has failed this long after, unless the run was
 #: stopped meanwhile: the same signal may have reached the launcher too.
 SIGNALLED_GRACE_S = 1.0
+
+
+def _by_process(nodes) -> list:
+    """``nodes`` grouped by the process (or thread, or Ray actor) that runs them: one
+    group for the actors of a host process, one a node otherwise."""
+    groups: dict = {}
+    for h in nodes:
+        groups.setdefault(id(h.runner), []).append(h)
+    return list(groups.values())
 
 
 class Supervision:
@@ -200,10 +210,7 @@ class Supervision:
     def _died_all(self, dead: list) -> None:
         """Nodes whose process ended mid-run (:meth:`_died`).  The actors of one host
         process (``--in-process``) fail together (:meth:`_fail_by_process`)."""
-        hosts: dict = {}
-        for h in dead:
-            hosts.setdefault(id(h.runner), []).append(h)
-        for nodes in hosts.values():
+        for nodes in _by_process(dead):
             if len(nodes) == 1:
                 self._died(nodes[0])
             else:
@@ -214,18 +221,14 @@ class Supervision:
         killed by SIGKILL before it finished"): one line a host process of several
         actors (a killed host logged "process exited without finishing" for each of its
         512 actors, and never which signal; a stopped one, 64 lines)."""
-        hosts: dict = {}
-        for h in nodes:
-            hosts.setdefault(id(h.runner), []).append(h)
-        for group in hosts.values():
+        for group in _by_process(nodes):
             if len(group) == 1:
                 self._fail(group[0], f"its process {why}")
                 continue
             r = group[0].runner
             self.log(f"host process {getattr(r, 'name', '?')} (pid {group[0].pid}) {why} "
                      f"with {len(group)} nodes running: they failed (node "
-                     f"{', '.join(str(h.label) for h in group[:5])}"
-                     f"{', ...' if len(group) > 5 else ''})")
+                     f"{first_few(h.label for h in group)})")
             for h in group:
                 self._fail(h, f"its host process {why}", say=False)
 
@@ -308,10 +311,7 @@ class Supervision:
         """At shutdown, kill the node processes that cannot say bye: a stopped one
         (SIGSTOP), and one whose nodes all failed (a host process of actors, one of
         which failed, still has the others' byes to send): they are not waited for."""
-        hosted: dict = {}
-        for h in self.nodes.values():
-            hosted.setdefault(id(h.runner), []).append(h)
-        for nodes in hosted.values():
+        for nodes in _by_process(self.nodes.values()):
             r = nodes[0].runner
             if hasattr(r, "kill") and r.is_alive() and (
                     all(h.state == "failed" for h in nodes)

@@ -34,6 +34,7 @@ from typing import Callable
 import zmq
 
 from . import signals
+from .fd_limits import CURVE_SOCKETS, fds_per_actor, raise_fd_limit
 from .launcher_link import (HEARTBEAT_S, LAUNCHER_SILENT_S, LOST_AFTER_S, LauncherCheck,
                             LauncherLost, await_config, await_message, await_stop,
                             never_reached, send_weights, tell_interrupted)
@@ -48,8 +49,6 @@ from .transport.cpugate import CpuGate
 from .transport.liveness import ConnectionWatch
 from .transport.security import Security
 from .version import __version__
-
-from .fd_limits import CURVE_SOCKETS, fds_per_actor, raise_fd_limit
 
 __all__ = ["serve", "process_main", "host_main", "raise_fd_limit", "fds_per_actor",
            "actor_context"]

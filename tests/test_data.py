@@ -249,6 +249,7 @@ def test_mnist_folder_refuses_what_a_node_would_fail_on(tmp_path, case, message)
     with pytest.raises(DataError, match=message):
         load_dataset(f"mnist:{folder}")
 
+
 @pytest.mark.parametrize("case, message", [
     ("nan", "NaN or infinite"),
     ("inf", "NaN or infinite"),

@@ -82,13 +82,13 @@ def robust_step(own: torch.Tensor, others: dict, weights: dict, spec: tuple,
         return torch.zeros_like(own)
     keys = sorted(others, key=str)
     diffs = torch.stack([others[j] - own for j in keys])
-    w = torch.tensor([weights[j] for j in keys], dtype=own.dtype)
+    heard = [weights[j] for j in keys]
+    w = torch.tensor(heard, dtype=own.dtype)
     everyone = weights if neighbourhood is None else neighbourhood
     name, value = spec
     if name == "clip":
         norms = diffs.norm(dim=1)
-        tau = value if value > 0 else _adaptive_tau_of(norms, [weights[j] for j in keys],
-                                                        everyone)
+        tau = value if value > 0 else _adaptive_tau_of(norms, heard, everyone)
         scale = torch.clamp(tau / norms.clamp_min(1e-30), max=1.0)
         return (w[:, None] * scale[:, None] * diffs).sum(0)
     if name == "trimmed":  # BRIDGE-T: the model becomes own and the kept neighbours' mean

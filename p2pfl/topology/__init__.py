@@ -141,11 +141,7 @@ def build(spec, *, scheme="metropolis", seed=None):
     G, warnings = validate(load_topology(spec, seed=seed))
     G, labels = relabel(G)
     _distinct_as_text(labels)
-    if scheme == "weight" and G.number_of_edges() and not any(
-            "weight" in d for _, _, d in G.edges(data=True)):
-        warnings.append("no edge has a weight: --mixing weight counts each as 1, which is "
-                        "the metropolis matrix")
-    warnings.extend(_partly_weighted(G, scheme))
+    warnings.extend(_unweighted_edges(G, scheme))
     mix = mixing(G, scheme, labels=labels)
     warnings.extend(_negligible_links(mix))
     return Topology(G, labels, mix, warnings)
@@ -166,17 +162,22 @@ def _distinct_as_text(labels: list) -> None:
         seen[text] = label
 
 
-def _partly_weighted(G, scheme: str) -> list:
-    """A warning when some edges have the affinity ``--mixing`` reads and others not:
-    those count as 1, which next to bandwidths in the thousands is almost no weight."""
+def _unweighted_edges(G, scheme: str) -> list:
+    """A warning when edges lack the affinity ``--mixing`` reads: each counts as 1, which
+    next to bandwidths in the thousands is almost no weight, and with none weighted
+    ``--mixing weight`` is the metropolis matrix (``attr:NAME`` that no edge has is an
+    error of :mod:`.mixing`)."""
     attr = "weight" if scheme == "weight" else scheme[5:] if scheme.startswith("attr:") \
         else None
     edges = [d for u, v, d in G.edges(data=True) if u != v] if attr else []
     missing = sum(attr not in d for d in edges)
-    if not missing or missing == len(edges):
+    if not missing:
         return []
-    return [f"{missing} of {len(edges)} edges have no {attr}: each counts as 1 "
-            f"(--mixing {scheme})"]
+    if missing < len(edges):
+        return [f"{missing} of {len(edges)} edges have no {attr}: each counts as 1 "
+                f"(--mixing {scheme})"]
+    return ["no edge has a weight: --mixing weight counts each as 1, which is the "
+            "metropolis matrix"] if attr == "weight" else []
 
 
 #: A mixing weight at or below this carries nothing a float64 round of gossip can see.

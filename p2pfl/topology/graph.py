@@ -5,6 +5,7 @@ from __future__ import annotations
 import networkx as nx
 
 from p2pfl.errors import TopologyError
+from p2pfl.labels import first_few
 
 from .generators import MAX_EDGES, MAX_NODES, _need
 
@@ -62,7 +63,7 @@ def validate(G):
           f"topology has {H.number_of_edges():,} edges; at most {MAX_EDGES:,} are supported")
     if not nx.is_connected(H):
         parts = sorted(nx.connected_components(H), key=len, reverse=True)
-        shown = ", ".join(str(len(c)) for c in parts[:5]) + (", ..." if len(parts) > 5 else "")
+        shown = first_few(len(c) for c in parts)
         raise TopologyError(f"topology is disconnected: {len(parts)} components (sizes "
                             f"{shown}); {_smallest(parts[-1])}")
     return H, warnings
@@ -71,7 +72,7 @@ def validate(G):
 def _smallest(part) -> str:
     """Which nodes the smallest component holds (a node no edge or phase names, often)."""
     names = sorted(part, key=str)
-    shown = ", ".join(map(str, names[:5])) + (", ..." if len(names) > 5 else "")
+    shown = first_few(names)
     return (f"node {shown} has no link" if len(names) == 1
             else f"the smallest holds nodes {shown}")
 

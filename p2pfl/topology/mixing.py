@@ -173,13 +173,14 @@ def _affinities(G, us, vs, attr, labels=None):
         if u == v:
             continue
         x = data.get(attr, 1.0)
-        edge = _edge_name(u, v, labels)
         try:
             x = float(x)
         except (TypeError, ValueError):
-            raise TopologyError(f"edge {edge} has non-numeric {attr} {x!r}") from None
-        _need(np.isfinite(x) and x >= 0,
-              f"edge {edge} has {attr} {x}; weights must be finite and non-negative")
+            raise TopologyError(f"edge {_edge_name(u, v, labels)} has non-numeric {attr} "
+                                f"{x!r}") from None
+        if not (np.isfinite(x) and x >= 0):  # the edge named only then: a loop over edges
+            raise TopologyError(f"edge {_edge_name(u, v, labels)} has {attr} {x}; weights "
+                                "must be finite and non-negative")
         found[(u, v) if u < v else (v, u)] = x
     return np.array([found[e] for e in zip(us.tolist(), vs.tolist())], dtype=float)
 
