@@ -297,10 +297,11 @@ def test_a_restarted_node_does_not_run_an_unguarded_script_again(tmp_path):
 def test_neighbours_do_not_wait_a_round_time_out_for_a_restarted_node(tmp_path):
     """A restarted node asks to be caught up (a pull) and sends nothing before an
     answer, which its neighbours give with their next round's messages: they waited a
-    whole round time-out (10 s) for its model first."""
+    whole round time-out (30 s here) for its model first.  A restart under load (a fresh
+    process importing torch, four test workers on two cores) took more than 6 s."""
     out = str(tmp_path / "run")
     proc = _cluster(out, "--topology", "ring:3", "--rounds", "2000", "--eval-every", "500",
-                    "--local-steps", "1", "--round-timeout", "10")
+                    "--local-steps", "1", "--round-timeout", "30")
     try:
         _kill_when(out, 1, lambda recs: len(recs) >= 3 * 200, proc)
         assert proc.wait(timeout=240) == 0
@@ -310,7 +311,7 @@ def test_neighbours_do_not_wait_a_round_time_out_for_a_restarted_node(tmp_path):
     assert _summary(out)["restarts"] == 1
     for node in (0, 2):
         walls = sorted(r["wall_s"] for r in recs if r["node"] == node)
-        assert max(b - a for a, b in zip(walls, walls[1:])) < 6.0  # a restart, not 10 s
+        assert max(b - a for a, b in zip(walls, walls[1:])) < 15.0  # a restart, not 30 s
 
 
 def _kill_spawned_child(parent: int, timeout=60) -> None:
