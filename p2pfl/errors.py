@@ -5,7 +5,7 @@ disconnected graph.  The CLI turns it into a one-line message and exit code 2.
 """
 
 __all__ = ["UsageError", "TopologyError", "DataError", "ConfigError", "ClusterError",
-           "Terminated"]
+           "Diverged", "Terminated"]
 
 
 class UsageError(ValueError):
@@ -32,6 +32,17 @@ class ClusterError(RuntimeError):
     def __init__(self, message: str, result=None) -> None:
         super().__init__(message)
         self.result = result
+
+
+class Diverged(RuntimeError):
+    """A node's own local training left its parameters non-finite (a learning rate too
+    high, say): the node fails with this as its reason, in every mode and with every
+    codec, before anything non-finite is sent."""
+
+    REASON = "diverged: the model is not finite after local training (a lower --lr?)"
+
+    def __init__(self) -> None:
+        super().__init__(self.REASON)
 
 
 class Terminated(KeyboardInterrupt):

@@ -17,6 +17,7 @@ import torch
 
 from .data import (Dataset, apply_label_permutation, group_label_permutations, load_dataset,
                    partition, partition_groups)
+from .errors import Diverged
 from .models import build_model, flat_parameters, view_parameters
 from .spec import LearnSpec
 from .training import LocalTrainer, SGDConfig, evaluate
@@ -238,13 +239,26 @@ class Learner:
         """
         if self.exchange_only:
             return float("nan")  # exchange only (--local-steps 0)
-        return self._slowed(self.trainer.train)
+        return self._finite(self._slowed(self.trainer.train))
 
     def distill(self, x_pub, targets, steps: int) -> float:
         """Distil towards soft labels on public inputs (federated distillation), local
         work slowed as :meth:`train` is (it was not: FD's distillation ran at full speed
         on a ``slowdown`` node)."""
-        return self._slowed(lambda: self.trainer.distill(x_pub, targets, steps))
+        return self._finite(self._slowed(lambda: self.trainer.distill(x_pub, targets, steps)))
+
+    def _finite(self, loss: float) -> float:
+        """``loss``, once the parameters are checked finite after local work (one pass).
+
+        Raises
+        ------
+        Diverged
+            If they are not: the node fails with that reason, in every mode and with
+            every codec (a codec refused the model, uncompressed gossip sent it to be
+            dropped, a server counted it undecodable: each run ended differently)."""
+        if not bool(torch.isfinite(self._flat).all()):
+            raise Diverged()
+        return loss
 
     def _slowed(self, fn):
         """``fn()`` as local work: then idle ``slowdown`` − 1 times what it took."""

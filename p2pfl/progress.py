@@ -68,8 +68,10 @@ class Progress:
             self._bar_shown = False
 
     def info(self, text: str) -> None:
-        """A plain message line (also suppressed when quiet)."""
-        if not self.quiet:
+        """A plain message line, suppressed when quiet unless it is a warning
+        (``warning: ...``): a script that runs quietly still hears that nodes diverged,
+        failed, or learned alone (errors show too)."""
+        if not self.quiet or text.startswith("warning:"):
             self.notice(text)
 
     def notice(self, text: str) -> None:

@@ -1,5 +1,5 @@
-"""What a run says at its end about how it went, where it exited 0: nodes that failed,
-models that mostly came too late or never left an emulated uplink, a diverged run."""
+"""What a run says at its end about how it went, where it exited 0: nodes that diverged
+or failed, models that mostly came too late or never left an emulated uplink."""
 
 from __future__ import annotations
 
@@ -9,25 +9,31 @@ __all__ = ["end_warnings"]
 
 
 def end_warnings(summary: dict) -> list:
-    """What says at the end that nodes failed (half of 1,024 ended with a clean last
-    line), or that most of a run's messages came too late or never left an emulated
+    """What says at the end that nodes diverged or failed (half of 1,024 ended with a
+    clean last line), or that most of a run's messages came too late or never left an emulated
     uplink (the nodes then learned alone): each run exited 0."""
     misses, sent = summary.get("misses_total") or 0, summary.get("messages_sent_total") or 0
     lost = summary.get("emulated_lost_total") or 0
     why = (f"an emulated --link that lost {lost} messages, or one too slow for "
            "--round-timeout?" if lost else "a --link too slow for --round-timeout?")
     out = []
-    failed = [k for k in (summary.get("failed_nodes") or {}) if k != "coordinator"]
-    if failed:  # the run finished with the others: exit 0, and the accuracy is theirs
-        noun = "nodes" if summary.get("mode") == "gossip" else "workers"
+    diverged = summary.get("diverged_nodes") or []
+    failed = [k for k in (summary.get("failed_nodes") or {})
+              if k != "coordinator" and k not in diverged]
+    noun = "nodes" if summary.get("mode") == "gossip" else "workers"
+    if diverged:  # the others finished: exit 0, and the accuracy is theirs
+        out.append(f"warning: {len(diverged)} of {summary.get('nodes')} {noun} diverged "
+                   f"({first_few(diverged)}: their models went non-finite in local "
+                   "training; a lower --lr?) and stopped; the accuracy is the others'")
+    if failed:
         out.append(f"warning: {len(failed)} of {summary.get('nodes')} {noun} failed "
                    f"({first_few(failed)}; "
                    "failed_nodes in summary.json says why); the accuracy is the others'")
     if summary.get("mode") == "gossip":
-        bad = (summary.get("dropped") or {}).get("undecodable", 0)  # non-finite: diverged
-        if misses and 2 * bad >= misses:
-            why = ("most were dropped as undecodable: models gone non-finite (diverged: a "
-                   "lower --lr?)")
+        bad = (summary.get("dropped") or {}).get("undecodable", 0)  # non-finite, corrupt
+        if misses and 2 * bad >= misses:  # (a node whose own model diverged stops instead)
+            why = ("most were dropped as undecodable: models non-finite or corrupt as they "
+                   "were sent (a Byzantine neighbour?)")
         if misses and 2 * misses >= sent:  # mostly alone
             out.append(f"warning: {misses} neighbours' models missed their round (as many "
                        f"as half the messages sent): {why}")

@@ -68,6 +68,9 @@ def run_summary(plan, sink, nodes: dict, wall: float, control_bytes: int,
         "messages_sent_total": int(sum(f.get("messages_sent", 0) for f in finals)),
         "emulated_lost_total": int(sum(f.get("emulated_lost", 0) for f in finals)),
         "failed_nodes": failed,
+        # failed because their own training left the model non-finite (errors.Diverged)
+        "diverged_nodes": [k for k, why in failed.items()
+                           if isinstance(why, str) and why.startswith("diverged:")],
         "restarts": int(sum(getattr(h, "restarts", 0) for h in nodes.values())),
         # per direction and peer: [sender label, receiver label, bytes] (handshake included)
         "bytes_per_link": [[nodes[f["node"]].label, nodes[j].label, n] for f in finals

@@ -34,6 +34,7 @@ from typing import Callable
 import zmq
 
 from . import signals
+from .errors import Diverged
 from .fd_limits import CURVE_SOCKETS, fds_per_actor, raise_fd_limit
 from .launcher_link import (HEARTBEAT_S, LAUNCHER_SILENT_S, LOST_AFTER_S, LauncherCheck,
                             LauncherLost, await_config, await_message, await_stop,
@@ -225,7 +226,7 @@ def _serve(launcher, node_id, ctx, scheme, host, run_dir, alive, start_timeout, 
             tell_interrupted(ep, runtime, running, exc)
         raise
     except Exception as exc:  # report, then exit non-zero; never hang
-        ours = isinstance(exc, (TimeoutError, LauncherLost)) and str(exc)  # said in words
+        ours = isinstance(exc, (TimeoutError, LauncherLost, Diverged)) and str(exc)  # in words
         reason = str(exc) if ours else f"{type(exc).__name__}: {exc}"
         report(reason)
         if runtime is not None:
