@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import bz2
+import gzip
 import json
 import os
 
@@ -12,7 +14,18 @@ from p2pfl.errors import TopologyError
 
 from .generators import GENERATORS, _from_spec
 
-__all__ = ["READERS", "load_topology"]
+__all__ = ["READERS", "COMPRESSED", "load_topology"]
+
+#: A compressed file's suffix -> how to open it (``graph.edgelist.gz``), as networkx's
+#: own readers take them.
+COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open}
+
+
+def _open_text(path):
+    """``path`` as UTF-8 text, decompressed by its suffix (:data:`COMPRESSED`); ``-sig``:
+    a byte-order mark is no label."""
+    opener = COMPRESSED.get(os.path.splitext(path)[1].lower(), open)
+    return opener(path, "rt", encoding="utf-8-sig")
 
 
 def _token(text):
@@ -34,7 +47,7 @@ def _read_edgelist(path):
     An edge listed twice makes it a multigraph, which ``validate`` collapses with a
     warning (first edge's data kept), as in the other formats."""
     G = nx.MultiGraph()
-    with open(path, encoding="utf-8-sig") as fh:  # -sig: a byte-order mark is no label
+    with _open_text(path) as fh:
         for lineno, raw in enumerate(fh, 1):
             parts = raw.split("#", 1)[0].split(None, 2)
             if not parts:
@@ -63,7 +76,7 @@ def _hashable(label):
 
 def _read_node_link(path):
     """Node-link JSON with either a ``links`` or an ``edges`` list."""
-    with open(path, encoding="utf-8-sig") as fh:  # a BOM is no JSON error
+    with _open_text(path) as fh:  # a BOM is no JSON error
         data = json.load(fh)
     for key, kind in (("sources", "one_peer"), ("phases", "dynamic")):
         if isinstance(data, dict) and key in data:  # a schedule, not a graph
@@ -87,7 +100,7 @@ def _read_node_link(path):
 
 def _read_adjlist(path):
     """Adjacency list: ``u v1 v2 ...`` a line; ``#`` comments."""
-    with open(path, encoding="utf-8-sig") as fh:
+    with _open_text(path) as fh:
         return nx.parse_adjlist(line for line in fh if line.split("#", 1)[0].strip())
 
 
@@ -125,18 +138,27 @@ def _tidy_labels(G):
     return H
 
 
+def _extension(path) -> str:
+    """The format's extension, under a compression suffix (``.edgelist`` of
+    ``g.edgelist.gz``)."""
+    stem, ext = os.path.splitext(path)
+    if ext.lower() in COMPRESSED:
+        return os.path.splitext(stem)[1].lower()
+    return ext.lower()
+
+
 def _read_file(path):
-    ext = os.path.splitext(path)[1].lower()
+    ext = _extension(path)
     if os.path.isdir(path):
         raise TopologyError(f"cannot read topology file {path}: it is a directory")
     if ext not in READERS:
         raise TopologyError(
             f"unsupported topology file extension {ext or '(none)'!r} for {path}; "
-            f"supported: {', '.join(READERS)}")
-    try:
+            f"supported: {', '.join(READERS)}, each optionally {' or '.join(COMPRESSED)}")
+    try:  # networkx's readers open .gz and .bz2 by the name, as _open_text does
         return _tidy_labels(READERS[ext](path))
-    except (OSError, ValueError, SyntaxError, KeyError, TypeError, AttributeError,
-            IndexError, nx.NetworkXError) as exc:
+    except (OSError, EOFError, ValueError, SyntaxError, KeyError, TypeError, AttributeError,
+            IndexError, nx.NetworkXError) as exc:  # a cut .gz: EOFError
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise TopologyError(f"cannot read topology file {path}: {reason}") from None
 
@@ -148,7 +170,7 @@ def load_topology(spec, *, seed=None):
     ----------
     spec : networkx.Graph, str or os.PathLike
         A graph (copied as is), a path to an existing file whose extension
-        is one of :data:`READERS`, or a generator spec such as ``"ring:16"``,
+        is one of :data:`READERS` (optionally compressed, :data:`COMPRESSED`), or a generator spec such as ``"ring:16"``,
         ``"torus:4x4"`` or ``"erdos_renyi:32:0.2:7"``.  Nodes of files and
         generators are listed in sorted order when all labels are integers.
     seed : int, optional
@@ -173,8 +195,7 @@ def load_topology(spec, *, seed=None):
     if os.path.exists(path):
         return _read_file(path)
     head = path.split(":", 1)[0].strip().lower().replace("-", "_")
-    looks_like_file = (os.path.splitext(path)[1].lower() in READERS
-                       or os.sep in path or "/" in path)
+    looks_like_file = (_extension(path) in READERS or os.sep in path or "/" in path)
     if head not in GENERATORS and looks_like_file:
         raise TopologyError(f"cannot read topology file {path}: no such file")
     return _tidy_labels(_from_spec(path, seed))
