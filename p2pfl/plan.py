@@ -83,15 +83,11 @@ def _check_codec_flags(cfg: RunConfig) -> None:
 
 
 def _graph_record(p: Plan, graph) -> Plan:
-    """A run over a graph object: its kind and edges go in place of the topology spec."""
+    """A run over a graph object: its kind and edges, ``[u, v]`` or ``[u, v, {attributes}]``
+    (an edge's weights: they set the mixing weights), go in place of the topology spec."""
     name = f"networkx {type(graph).__name__} ({graph.number_of_nodes()} nodes)"
     record = dict(p.record, topology=name)
-    seen, ran = set(), []  # as validate() leaves them: no self-loops, parallel edges once
-    for u, v in graph.edges():
-        if u != v and frozenset((u, v)) not in seen:
-            seen.add(frozenset((u, v)))
-            ran.append([plain_label(u), plain_label(v)])
-    record["resolved"] = dict(record["resolved"], graph_edges=ran)
+    record["resolved"] = dict(record["resolved"], graph_edges=topo_mod.edges_as_run(graph))
     base = p.summary_base  # a server run's summary topology is its star
     if p.closer is None:
         base = dict(base, topology=name)

@@ -465,3 +465,16 @@ def test_a_graph_objects_recorded_edges_are_those_that_ran():
     edges = p.record["resolved"]["graph_edges"]
     assert sorted(map(sorted, edges)) == [[0, 1], [0, 2], [1, 2]]
     assert len(edges) == p.summary_base["edges"] == 3
+
+
+def test_a_graph_objects_recorded_edges_keep_their_weights():
+    """config.json left the weights out, which set the mixing weights (--mixing weight):
+    the record could not say what ran."""
+    G = nx.Graph()
+    G.add_edge(0, 1, weight=np.float32(2.0), colour="red", where=object())
+    G.add_edge(1, 2)
+    G.add_edge(2, 0, weight=3)
+    p = p2pfl.plan_cluster(G, dataset="digits", rounds=1, mixing="weight")
+    assert p.record["resolved"]["graph_edges"] == [
+        [0, 1, {"weight": 2.0, "colour": "red"}], [0, 2, {"weight": 3}], [1, 2]]
+    json.dumps(p.record)  # as config.json writes it

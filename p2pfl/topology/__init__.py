@@ -32,7 +32,7 @@ from .files import READERS, load_topology
 from .generators import (GENERATORS, barabasi_albert, complete, erdos_renyi,
                          exponential, line, random_regular, ring, small_world,
                          star, torus)
-from .graph import MAX_NODES, relabel, validate
+from .graph import MAX_NODES, edges_as_run, relabel, validate
 from .mixing import SCHEMES, Mixing, mixing, mixing_weights
 from .schedule_specs import SCHEDULES, is_schedule, parse_schedule
 from .schedules import Schedule
@@ -42,7 +42,8 @@ __all__ = [
     "GENERATORS", "SCHEMES", "SCHEDULES", "READERS", "Topology", "Mixing", "Schedule", "mixing",
     "ring", "line", "complete", "star", "torus", "exponential",
     "erdos_renyi", "small_world", "random_regular", "barabasi_albert",
-    "load_topology", "validate", "relabel", "mixing_weights", "spectral_gap", "MAX_NODES",
+    "load_topology", "validate", "relabel", "edges_as_run", "mixing_weights", "spectral_gap",
+    "MAX_NODES",
     "build", "count", "describe", "is_schedule", "parse_schedule",
 ]
 

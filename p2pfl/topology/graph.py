@@ -9,7 +9,7 @@ from p2pfl.labels import first_few
 
 from .generators import MAX_EDGES, MAX_NODES, _need
 
-__all__ = ["MAX_NODES", "validate", "relabel"]
+__all__ = ["MAX_NODES", "validate", "relabel", "edges_as_run"]
 
 
 def validate(G):
@@ -90,3 +90,24 @@ def relabel(G):
     labels = list(G.nodes())
     mapping = {u: i for i, u in enumerate(labels)}
     return nx.relabel_nodes(G, mapping, copy=True), labels
+
+
+def edges_as_run(G) -> list:
+    """``G``'s edges as :func:`validate` leaves them (no self-loops, a multigraph's
+    parallel edges once, with the first one's data), for a run's record: ``[u, v]``, or
+    ``[u, v, {attributes}]`` where the edge has attributes JSON writes as they are
+    (weights, which ``--mixing`` may read); labels as :func:`p2pfl.spec.plain_label`."""
+    import numpy as np
+
+    from p2pfl.spec import plain_label
+
+    seen, ran = set(), []
+    for u, v, data in G.edges(data=True):
+        if u == v or frozenset((u, v)) in seen:
+            continue
+        seen.add(frozenset((u, v)))
+        attrs = {k: x.item() if isinstance(x, np.generic) else x for k, x in data.items()}
+        attrs = {k: x for k, x in attrs.items()
+                 if isinstance(k, str) and isinstance(x, (bool, int, float, str))}
+        ran.append([plain_label(u), plain_label(v)] + ([attrs] if attrs else []))
+    return ran
