@@ -26,7 +26,7 @@ def main() -> None:
         series[f"{spec} (gap {s['spectral_gap']:.2f})"] = tuple(zip(*s["accuracy_per_round"]))
         consensus = (s.get("consensus_last") or {}).get("rel_median")
         spread = f"{consensus:.3f}" if consensus is not None else "  -  "
-        print(f"{spec:22s} gap {s['spectral_gap']:.3f}  accuracy {s['accuracy_mean']:.3f}  "
+        print(f"{spec:24s} gap {s['spectral_gap']:.3f}  accuracy {s['accuracy_mean']:.3f}  "
               f"relative consensus distance {spread}  {s['bytes_sent_total'] / 1e6:6.1f} MB")
     path = plot_curves(series, "runs/example-topologies/accuracy.png", "round", "mean accuracy")
     print(f"plot: {path}")
