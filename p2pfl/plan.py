@@ -376,9 +376,10 @@ def _server_plan(cfg: RunConfig, graph) -> Plan:
     warnings = _check_krum(getattr(options, "aggregator", "mean"), n, cfg.participation)
     per_node, learns = learn_specs(cfg, labels)
     colluders = sum(x.behaviour == "alie" for x in learns)
-    if colluders and cfg.mode in ("fd", "cfd"):
-        raise ConfigError(f"behaviour alie shapes model updates; {cfg.mode} exchanges soft "
-                          "labels (use random, noisy, sign_flip, label_flip or silent)")
+    shaped = next((x.behaviour for x in learns if x.behaviour in ("alie", "sign_flip")), None)
+    if shaped and cfg.mode in ("fd", "cfd"):  # FDClient.reply would send honest labels
+        raise ConfigError(f"behaviour {shaped} shapes model updates; {cfg.mode} exchanges "
+                          "soft labels (use random, noisy, label_flip or silent)")
     learns = [dataclasses.replace(x, colluders=colluders) if x.behaviour == "alie" else x
               for x in learns]
     if any(c != cfg.compression for c in node_codecs(per_node)):

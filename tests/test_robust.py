@@ -88,6 +88,26 @@ def test_aggregator_is_refused_where_it_does_not_apply():
     assert plan(RunConfig(mode="cfl", nodes=4, aggregator="median")).specs
 
 
+@pytest.mark.parametrize("behaviour", ["sign_flip", "alie"])
+@pytest.mark.parametrize("mode", ["fd", "cfd"])
+def test_an_update_attack_is_refused_where_soft_labels_are_sent(tmp_path, mode, behaviour):
+    """fd and cfd send soft labels, which neither attack shapes: a sign_flip worker
+    was accepted there and sent honest soft labels (fd: every figure as an honest run's)."""
+    from p2pfl.config_files import from_sources
+    from p2pfl.plan import plan
+
+    def planned():
+        return plan(from_sources(None, {"mode": mode, "nodes": 4, "profiles": str(prof)}))
+
+    prof = tmp_path / "p.toml"
+    prof.write_text(f'[nodes.0]\nbehaviour = "{behaviour}"\n')
+    with pytest.raises(ConfigError, match=f"behaviour {behaviour} shapes model updates"):
+        planned()
+    prof.write_text('[nodes.0]\nbehaviour = "random"\n[nodes.1]\nbehaviour = "noisy"\n'
+                    '[nodes.2]\nbehaviour = "label_flip"\n[nodes.3]\nbehaviour = "silent"\n')
+    assert planned().specs
+
+
 def test_normclip_scales_each_update_to_the_median_norm_then_averages():
     ups, w = [t(3, 4), t(0, 1), t(0, 2), t(0, 100)], [1, 1, 1, 1]  # norms 5, 1, 2, 100
     # median of the norms (torch: the lower middle) is 2: 5 -> 2, 1 stays, 2 stays, 100 -> 2
