@@ -184,3 +184,24 @@ def test_fd_float32_soft_labels_must_be_probabilities():
     assert server.decode(0, label_packet(probs, 0)).shape == probs.shape
     with pytest.raises(ValueError, match="must be probabilities"):
         server.decode(0, label_packet(np.full_like(probs, 3.0e38), 0))
+
+
+def test_fd_float32_soft_labels_outside_the_simplex_are_refused():
+    """|p| <= 1 let a liar send −1 at a row's honest class and +1 at another: twice the
+    pull a probability row has on the ensemble, which every worker then distilled from as
+    targets with negative entries and rows not summing to 1."""
+    from p2pfl.strategies import make_strategy
+    from p2pfl.strategies.softlabels import label_packet
+    from tests._strategy_ctx import server_ctx
+
+    server = make_strategy("fd", server_ctx("fd", workers=[0, 1], fd_bits=0, fd_delta=False))
+    m, c = server.m, server.classes
+    flipped = np.zeros((m, c), np.float32)
+    flipped[:, 0], flipped[:, 1] = -1.0, 1.0  # each row sums to 0
+    ones = np.ones((m, c), np.float32)  # entries in [0, 1], each row summing to c
+    for labels in (flipped, ones):
+        with pytest.raises(ValueError, match="must be probabilities"):
+            server.decode(0, label_packet(labels, 0))
+    rng = np.random.default_rng(0)
+    honest = torch.softmax(torch.from_numpy(rng.standard_normal((m, c), np.float32)) * 30, 1)
+    assert server.decode(0, label_packet(honest.numpy(), 0)).shape == (m, c)

@@ -46,6 +46,18 @@ __all__ = ["FD", "FDClient", "quantise", "dequantise", "encode_labels", "decode_
            "pack_rows", "unpack_rows"]
 
 
+#: How far a float32 soft-label row may sum from 1 (a softmax's rounding is ~1e-7).
+ROW_SUM_TOLERANCE = 1e-3
+
+
+def probabilities(labels: np.ndarray) -> bool:
+    """Whether every row is a probability vector: entries in [0, 1], summing to 1.
+    (|p| <= 1 alone let a worker send −1 for a row's class: twice a row's pull.)"""
+    sums = labels.sum(1, dtype=np.float64)
+    return bool(labels.min(initial=0.0) >= 0.0 and labels.max(initial=0.0) <= 1.0
+                and np.abs(sums - 1.0).max(initial=0.0) <= ROW_SUM_TOLERANCE)
+
+
 def _public(learn, size: int):
     ds = shared_dataset(learn.dataset, learn.seed, learn.data_dir)
     idx = public_indices(learn, size)
@@ -95,7 +107,7 @@ class FD(Strategy):
         labels = read_label_packet(packet, self.m, self.classes, self.bits, previous)
         if not np.isfinite(labels).all():
             raise ValueError("non-finite soft labels")
-        if self.bits == 0 and not np.abs(labels).max(initial=0.0) <= 1.0:
+        if self.bits == 0 and not probabilities(labels):
             # raw float32 must be probabilities (quantised ones are levels, checked as
             # decoded): 3e38 from two workers overflowed the ensemble sent to every worker
             raise ValueError("float32 soft labels must be probabilities")
