@@ -313,13 +313,20 @@ def _cmd_node(args) -> int:
 
 def _cmd_keys(args) -> int:
     from .keys import generate_keys
+    from .topology.generators import MAX_NODES
 
     if args.nodes is not None:
         if args.nodes < 1:
             raise UsageError(f"--nodes must be >= 1, got {args.nodes}")
+        if args.nodes > MAX_NODES:  # a run has no more: 10^8 names and keys took minutes
+            raise UsageError(f"--nodes must be at most {MAX_NODES} (a run's most nodes), "
+                             f"got {args.nodes}")
         names = [str(i) for i in range(args.nodes)]
     else:
         names = [n.strip() for n in args.labels.split(",") if n.strip()]
+        if len(names) > MAX_NODES:
+            raise UsageError(f"--labels names {len(names)} nodes; a run has at most "
+                             f"{MAX_NODES}")
     written = generate_keys(args.folder, names)
     print(f"wrote {len(written)} files to {args.folder}: secret keys (*.key_secret, mode 0600) "
           f"stay on their host; keys.toml is public")

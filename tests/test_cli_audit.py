@@ -1,0 +1,24 @@
+"""Values the command line took in silence, or took far too long to refuse: each is
+one line and exit code 2 before any node (or key) is made."""
+
+from __future__ import annotations
+
+from tests._inproc import cli_here
+
+
+def _one_line(res) -> str:
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1, (res.returncode, res.stderr)
+    return lines[0]
+
+
+def test_keys_for_more_nodes_than_a_run_can_have_are_refused_at_once(tmp_path):
+    """``--nodes 100000000`` built a hundred million names and keys for minutes (a run
+    has at most 16,384 nodes) before writing anything; it is refused, none written."""
+    folder = tmp_path / "keys"
+    line = _one_line(cli_here("keys", "generate", str(folder), "--nodes", "16385"))
+    assert "--nodes must be at most 16384" in line
+    line = _one_line(cli_here("keys", "generate", str(folder), "--labels",
+                              ",".join(f"n{i}" for i in range(16385))))
+    assert "at most 16384" in line
+    assert not folder.exists()
