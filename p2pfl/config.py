@@ -244,6 +244,9 @@ class RunConfig:
         if self.in_process and self.host not in (None, "127.0.0.1"):  # (set when left out)
             raise ConfigError("--host is the tcp bind address; --in-process hosts talk over "
                               "ipc and inproc, so it does not apply")
+        if self.transport != "tcp" and self.host not in (None, "127.0.0.1"):
+            raise ConfigError(f"--host is the tcp bind address; --transport {self.transport} "
+                              "binds none, so it does not apply")
         self._check_procs()
 
     def _check_procs(self) -> None:

@@ -3,6 +3,10 @@ one line and exit code 2 before any node (or key) is made."""
 
 from __future__ import annotations
 
+import pytest
+
+from p2pfl.config_files import from_sources
+from p2pfl.errors import ConfigError
 from tests._inproc import cli_here
 
 
@@ -22,3 +26,11 @@ def test_keys_for_more_nodes_than_a_run_can_have_are_refused_at_once(tmp_path):
                               ",".join(f"n{i}" for i in range(16385))))
     assert "at most 16384" in line
     assert not folder.exists()
+
+
+def test_a_host_that_the_transport_does_not_bind_is_refused():
+    """``--transport ipc --host 10.9.9.9`` ran over ipc sockets and wrote the host
+    nobody bound into config.json, as --in-process would have had it refused."""
+    with pytest.raises(ConfigError, match="--host is the tcp bind address"):
+        from_sources(None, dict(transport="ipc", host="10.9.9.9"))
+    assert from_sources(None, dict(transport="ipc")).host == "127.0.0.1"
