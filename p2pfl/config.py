@@ -223,7 +223,8 @@ class RunConfig:
             if f.type.startswith("int") and f.name != "seed" and value is not None \
                     and value > MAX_INT:
                 raise ConfigError(f"--{_flag(f.name)} must be at most {MAX_INT}, got {value}")
-        for name in ("host", "profiles", "availability", "listen", "churn", "data_dir"):
+        for name in ("host", "profiles", "availability", "listen", "churn", "data_dir", "out",
+                     "link", "keys"):
             value = getattr(self, name)
             if isinstance(value, str) and not value.strip():
                 raise ConfigError(f"--{_flag(name)} is empty")

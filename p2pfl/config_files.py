@@ -69,6 +69,8 @@ def _coerce(name: str, value, source: str):
                               f"{int(value).bit_length()} bits") from None
     if name == "link" and isinstance(value, dict):  # a TOML table, as a profile takes it
         value = ",".join(f"{k}={v!r}" for k, v in parse_link(value, f"{source}: link").items())
+        if not value:  # an empty table: no link, as none
+            return None
     if ftype.startswith("str") and isinstance(value, os.PathLike):
         value = os.fspath(value)  # a pathlib.Path for out, topology, profiles, ...
     if ftype.startswith("str") and not isinstance(value, str):

@@ -34,3 +34,18 @@ def test_a_host_that_the_transport_does_not_bind_is_refused():
     with pytest.raises(ConfigError, match="--host is the tcp bind address"):
         from_sources(None, dict(transport="ipc", host="10.9.9.9"))
     assert from_sources(None, dict(transport="ipc")).host == "127.0.0.1"
+
+
+@pytest.mark.parametrize("flag", ["--out", "--link"])
+def test_an_empty_output_folder_or_link_is_refused_in_a_dry_run_too(flag):
+    """``--out ''`` passed --dry-run and failed only at the launch ("cannot use output
+    folder : No such file..."); ``--link ''`` emulated nothing, in silence."""
+    line = _one_line(cli_here("cluster", "--dry-run", flag, ""))
+    assert line == f"p2pfl: error: {flag} is empty"
+
+
+def test_an_empty_link_table_in_a_config_file_is_no_link(tmp_path):
+    """``link = {}`` in a config file stays what it was: no link, not an empty --link."""
+    path = tmp_path / "run.toml"
+    path.write_text("link = {}\n")
+    assert from_sources(str(path), {}).link is None
