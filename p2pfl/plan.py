@@ -28,8 +28,8 @@ from .algorithms.options import CHOCOOptions, DPSGDOptions
 from .config import RunConfig
 from .errors import ConfigError
 from .plan_nodes import check_codec, learn_specs, model_name, node_availability, node_codecs
-from .plan_rules import (check_robust, check_start_latency, check_time_varying, late_links,
-                         late_round_trips, whole_model_codec)
+from .plan_rules import (check_public_size, check_robust, check_start_latency,
+                         check_time_varying, late_links, late_round_trips, whole_model_codec)
 from .spec import LearnSpec, NodeSpec, RuntimeSpec, ServerInfo, plain_label
 from .strategies import STRATEGIES
 from .transport.links import LinkSpec, parse_link
@@ -375,6 +375,7 @@ def _server_plan(cfg: RunConfig, graph) -> Plan:
     n = len(labels)
     warnings = _check_krum(getattr(options, "aggregator", "mean"), n, cfg.participation)
     per_node, learns = learn_specs(cfg, labels)
+    check_public_size(cfg, learns[0])
     colluders = sum(x.behaviour == "alie" for x in learns)
     shaped = next((x.behaviour for x in learns if x.behaviour in ("alie", "sign_flip")), None)
     if shaped and cfg.mode in ("fd", "cfd"):  # FDClient.reply would send honest labels

@@ -15,7 +15,7 @@ from .errors import ConfigError
 from .labels import first_few
 
 __all__ = ["DEEPSQUEEZE_UNSTABLE", "whole_model_codec", "check_time_varying", "check_robust",
-           "late_links", "late_round_trips", "check_start_latency"]
+           "late_links", "late_round_trips", "check_start_latency", "check_public_size"]
 
 
 #: Quantisers DeepSqueeze was unstable with on the mnist1d CNN (benchmarks/deepsqueeze.py
@@ -157,3 +157,18 @@ def check_start_latency(specs, start_timeout: float) -> None:
         shown = first_few(late)
         raise ConfigError(f"the link latency of node(s) {shown} reaches --start-timeout "
                           f"({start_timeout:g} s): their start-up hello would come after it")
+
+
+def check_public_size(cfg: RunConfig, learn) -> None:
+    """FD's public set is held out of the training set, at most half of it: a larger
+    ``--public-size`` ran with half in silence, while config.json kept the size asked."""
+    if cfg.mode not in ("fd", "cfd"):
+        return
+    from .learner import shared_dataset
+
+    n = len(shared_dataset(learn.dataset, learn.seed, learn.data_dir).y_train)
+    if cfg.public_size > n // 2:
+        default = " (the default)" if cfg.public_size == RunConfig.public_size else ""
+        raise ConfigError(f"--public-size {cfg.public_size}{default}: at most half of the "
+                          f"training set ({n // 2} of {n} samples of {learn.dataset}); give "
+                          f"--public-size {n // 2} or less")

@@ -49,3 +49,13 @@ def test_an_empty_link_table_in_a_config_file_is_no_link(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text("link = {}\n")
     assert from_sources(str(path), {}).link is None
+
+
+def test_a_public_set_larger_than_half_the_training_set_is_refused():
+    """``--public-size 100000`` on digits (1,438 training samples) ran with 719 public
+    samples while config.json said 100000."""
+    res = cli_here("cluster", "--dry-run", "--mode", "fd", "--nodes", "3",
+                   "--public-size", "100000")
+    assert "--public-size 100000: at most half of the training set (719" in _one_line(res)
+    assert cli_here("cluster", "--dry-run", "-q", "--mode", "fd", "--nodes", "3",
+                    "--public-size", "719").returncode == 0
