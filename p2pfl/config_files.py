@@ -36,7 +36,9 @@ def load_toml(path: str) -> dict:
         raise ConfigError("an empty path names no TOML file")
     try:
         with open(path, "rb") as fh:
-            return tomllib.load(fh)
+            data = fh.read()
+        # a byte-order mark (Windows editors write one) was "Invalid statement" at 1:1
+        return tomllib.loads(data.removeprefix(b"\xef\xbb\xbf").decode())
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:  # TOML is UTF-8 (a Latin-1 comment is not)

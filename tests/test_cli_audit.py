@@ -59,3 +59,18 @@ def test_a_public_set_larger_than_half_the_training_set_is_refused():
     assert "--public-size 100000: at most half of the training set (719" in _one_line(res)
     assert cli_here("cluster", "--dry-run", "-q", "--mode", "fd", "--nodes", "3",
                     "--public-size", "719").returncode == 0
+
+
+@pytest.mark.parametrize("where", ["config", "profiles"])
+def test_a_toml_file_with_a_byte_order_mark_is_read(tmp_path, where):
+    """Windows editors write UTF-8 with a BOM: tomllib's "Invalid statement (at line 1,
+    column 1)" pointed at a line that looks right."""
+    path = tmp_path / "f.toml"
+    text = "rounds = 3\n" if where == "config" else "[default]\nlr = 0.2\n"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    cfg = from_sources(str(path) if where == "config" else None,
+                       {} if where == "config" else dict(profiles=str(path)))
+    if where == "config":
+        assert cfg.rounds == 3
+    else:
+        assert cfg.node_overrides["default"] == {"lr": 0.2}
