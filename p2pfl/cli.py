@@ -406,8 +406,9 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, signals.handler)
     try:
         return COMMANDS[args.command](args)
-    except UsageError as exc:
-        print(f"p2pfl: error: {exc}", file=sys.stderr)
+    except UsageError as exc:  # one line, whatever a value in it holds (a path's newline)
+        print("p2pfl: error: " + str(exc).replace("\r", "\\r").replace("\n", "\\n"),
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # 128 + the signal, as a shell reports it
         signum = getattr(exc, "signum", signal.SIGINT)

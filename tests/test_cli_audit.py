@@ -3,6 +3,8 @@ one line and exit code 2 before any node (or key) is made."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from p2pfl.config_files import from_sources
@@ -74,3 +76,10 @@ def test_a_toml_file_with_a_byte_order_mark_is_read(tmp_path, where):
         assert cfg.rounds == 3
     else:
         assert cfg.node_overrides["default"] == {"lr": 0.2}
+
+
+def test_a_message_with_a_line_break_in_a_value_stays_one_line(tmp_path):
+    """A path or spec with a newline in it split the error over two lines."""
+    for flags in (["--config", "x\ny"], ["--compression", "x\ny"]):
+        assert "x\\ny" in _one_line(cli_here("cluster", "--dry-run", *flags))
+    assert not os.path.exists("x\ny")
