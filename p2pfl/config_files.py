@@ -27,7 +27,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-__all__ = ["load_toml", "from_sources", "read_profiles", "node_settings", "PATH_OPTIONS"]
+__all__ = ["load_toml", "from_sources", "with_sources", "read_profiles", "node_settings",
+           "PATH_OPTIONS"]
 
 
 def load_toml(path: str) -> dict:
@@ -86,6 +87,13 @@ def from_sources(config_file: str | None = None, overrides: dict | None = None) 
     ``overrides`` holds only the options the user set (``None`` values are
     ignored), so flags win over the file.  Unknown keys are errors.
     """
+    return with_sources(config_file, overrides)[0]
+
+
+def with_sources(config_file: str | None = None, overrides: dict | None = None) -> tuple:
+    """:func:`from_sources`'s config, and where its options came from (config.json's
+    ``sources``): the file, the options it set that no flag replaced, and the flags;
+    every other option is its default."""
     known = {f.name for f in fields(RunConfig)} - {"node_overrides"}
     values: dict = {}
     if config_file is not None:
@@ -99,12 +107,15 @@ def from_sources(config_file: str | None = None, overrides: dict | None = None) 
     for pair in (("nodes", "topology"), ("topology", "nodes")):
         if pair[0] in flags and pair[1] not in flags:  # a flag wins over the file's other
             values.pop(pair[1], None)
+    sources = {"config_file": None if config_file is None else
+               os.path.abspath(os.fspath(config_file)),
+               "file": sorted(set(values) - set(flags)), "flags": sorted(flags)}
     for key, value in flags.items():
         values[key] = _coerce(key, value, "option")
     cfg = RunConfig(**values)
     if cfg.profiles:
         cfg = cfg.replace(node_overrides=read_profiles(cfg.profiles))
-    return cfg
+    return cfg, sources
 
 
 #: Options naming a file or folder: in a config file, relative to the file's folder

@@ -83,3 +83,22 @@ def test_a_message_with_a_line_break_in_a_value_stays_one_line(tmp_path):
     for flags in (["--config", "x\ny"], ["--compression", "x\ny"]):
         assert "x\\ny" in _one_line(cli_here("cluster", "--dry-run", *flags))
     assert not os.path.exists("x\ny")
+
+
+def test_config_json_says_which_options_came_from_the_file_and_which_from_flags(tmp_path):
+    """config.json held the resolved values only: not the --config file, nor which of its
+    values a flag replaced, so a run's folder did not say how it was asked for."""
+    import json
+
+    path = tmp_path / "run.toml"
+    path.write_text('topology = "ring:4"\nrounds = 7\nlr = 0.3\n')
+    res = cli_here("cluster", "--dry-run", "-q", "--config", str(path), "--rounds", "2",
+                   "--seed", "3")
+    assert res.returncode == 0, res.stderr
+    record = json.loads(res.stdout)
+    assert (record["rounds"], record["lr"], record["seed"]) == (2, 0.3, 3)
+    assert record["sources"] == {"config_file": str(path), "file": ["lr", "topology"],
+                                 "flags": ["quiet", "rounds", "seed"]}
+    res = cli_here("cluster", "--dry-run", "-q", "--topology", "ring:4")
+    assert json.loads(res.stdout)["sources"] == {"config_file": None, "file": [],
+                                                 "flags": ["quiet", "topology"]}
