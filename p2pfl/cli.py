@@ -138,7 +138,7 @@ def _add_cluster(sub) -> None:
     p.add_argument("--secure", dest="secure", action="store_const", const=True,
                    help="CurveZMQ on every socket; only the run's keys are admitted")
     p.add_argument("--no-consensus", dest="consensus", action="store_const", const=False,
-                   help="do not send models to the launcher for the consensus distance")
+                   help="gossip: do not send models to the launcher for the consensus distance")
     p.add_argument("--save-models", dest="save_models", action="store_const", const=True,
                    help="write each node's final model to OUT/models/node-ID.pt (a state "
                         "dict: model.load_state_dict(torch.load(path, weights_only=True)))")

@@ -356,6 +356,7 @@ MODE_OPTIONS = {
     "fd_delta": ("fd", "cfd"), "fd_coder": ("fd", "cfd"),
     "algorithm": ("gossip",), "schedule": ("gossip",), "mixing": ("gossip",),
     "compression_down": ("stc",), "error_feedback": ("gossip", "fedavg", "stc"),
+    "consensus": ("gossip",),
 }
 
 
@@ -364,7 +365,8 @@ def _check_mode_options(cfg) -> None:
     for name, modes in MODE_OPTIONS.items():
         if cfg.mode not in modes and getattr(cfg, name) != defaults[name]:
             where = "gossip" if modes == ("gossip",) else "--mode " + "|".join(modes)
-            raise ConfigError(f"--{_flag(name)} applies to {where}, not to "
+            flag = "no-" + _flag(name) if getattr(cfg, name) is False else _flag(name)
+            raise ConfigError(f"--{flag} applies to {where}, not to "
                               f"{'gossip' if cfg.mode == 'gossip' else '--mode ' + cfg.mode}")
 
 

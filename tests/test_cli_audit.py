@@ -102,3 +102,12 @@ def test_config_json_says_which_options_came_from_the_file_and_which_from_flags(
     res = cli_here("cluster", "--dry-run", "-q", "--topology", "ring:4")
     assert json.loads(res.stdout)["sources"] == {"config_file": None, "file": [],
                                                  "flags": ["quiet", "topology"]}
+
+
+def test_no_consensus_in_a_server_mode_is_refused():
+    """Only gossip nodes send their models for the consensus distance: --no-consensus in
+    a server mode changed nothing, without a word."""
+    with pytest.raises(ConfigError, match="--no-consensus applies to gossip, not to --mode"):
+        from_sources(None, dict(mode="fedavg", nodes=3, consensus=False))
+    assert from_sources(None, dict(mode="fedavg", nodes=3, consensus=True)).consensus
+    assert not from_sources(None, dict(consensus=False)).consensus
