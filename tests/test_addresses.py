@@ -187,13 +187,13 @@ def test_a_node_that_reached_the_launcher_says_so(tmp_path):
     and its error failed the run); the launcher that gives up says so to every node, and
     a launcher gone silent is named as such."""
     addr = f"tcp://127.0.0.1:{free_port()}"
-    launcher = _listening_launcher(tmp_path, addr, 6)
+    launcher = _listening_launcher(tmp_path, addr, 9)  # 6 s: a loaded machine's nodes
     node = [*CLI, "node", "--connect", addr, "--host", "127.0.0.1", "--start-timeout"]
-    patient = [subprocess.Popen([*node, "1", "--id", k], cwd=ROOT, text=True,
-                                stderr=subprocess.PIPE) for k in ("0", "1")]
+    patient = [subprocess.Popen([*node, "1", "--id", k], cwd=ROOT, text=True,  # had not
+                                stderr=subprocess.PIPE) for k in ("0", "1")]  # all joined
     try:
-        assert launcher.wait(timeout=30) == 1  # 2 of its 4 nodes joined in 6 s
-        assert "2 node(s) not joined after 6 s" in launcher.stderr.read()
+        assert launcher.wait(timeout=30) == 1  # 2 of its 4 nodes joined in 9 s
+        assert "2 node(s) not joined after 9 s" in launcher.stderr.read()
         for k, proc in enumerate(patient):
             _, err = proc.communicate(timeout=30)
             assert proc.returncode == 1
