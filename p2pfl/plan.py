@@ -29,7 +29,8 @@ from .config import RunConfig
 from .errors import ConfigError
 from .plan_nodes import check_codec, learn_specs, model_name, node_availability, node_codecs
 from .plan_rules import (check_public_size, check_robust, check_start_latency,
-                         check_time_varying, late_links, late_round_trips, whole_model_codec)
+                         check_time_varying, late_links, late_round_trips,
+                         sparse_median_warning, whole_model_codec)
 from .spec import LearnSpec, NodeSpec, RuntimeSpec, ServerInfo, plain_label
 from .strategies import STRATEGIES
 from .transport.links import LinkSpec, parse_link
@@ -373,7 +374,9 @@ def _server_plan(cfg: RunConfig, graph) -> Plan:
                           f"{cfg.model!r} has none (use cnn or cnn:C1-C2)")
     labels = _server_labels(cfg, graph)
     n = len(labels)
-    warnings = _check_krum(getattr(options, "aggregator", "mean"), n, cfg.participation)
+    aggregator = getattr(options, "aggregator", "mean")
+    warnings = (_check_krum(aggregator, n, cfg.participation)
+                + sparse_median_warning(aggregator, up))
     per_node, learns = learn_specs(cfg, labels)
     check_public_size(cfg, learns[0])
     colluders = sum(x.behaviour == "alie" for x in learns)
