@@ -137,12 +137,16 @@ class Runtime:
                                        dtypes=packet.dtypes,
                                        meta=dict(packet.meta or {}, **meta))
 
-    def gather(self, kind: str, rnd: int, peers, timeout: float) -> dict:
-        """``{peer: Packet}`` of round ``rnd`` from ``peers``, waiting at most ``timeout`` s.
+    def gather(self, kind: str, rnd: int, peers, timeout: float,
+               rejoined_since: float | None = None) -> dict:
+        """``{peer: Packet}`` of round ``rnd`` from ``peers``, waiting at most ``timeout`` s
+        (and, with ``rejoined_since``, a run time, only until one of them still awaited
+        rejoins after it: :meth:`rejoined_since`).
 
         Packets from peers that were not waited for are included when they came.
         """
-        msgs = self.mailbox.collect(kind, rnd, peers, timeout)
+        since = None if rejoined_since is None else rejoined_since + self.t_start
+        msgs = self.mailbox.collect(kind, rnd, peers, timeout, rejoined_since=since)
         return {} if self.stopped else {j: to_packet(m) for j, m in msgs.items()}
 
     def drain(self, kind: str) -> dict:
@@ -226,6 +230,11 @@ class Runtime:
     def left_since(self, peer, t: float) -> bool:
         """Whether ``peer`` said it left at run time ``t`` or later (it may be back)."""
         return self.mailbox.left_at.get(peer, -1.0) - self.t_start >= t
+
+    def rejoined_since(self, peer, t: float) -> bool:
+        """Whether the launcher said at run time ``t`` or later that ``peer`` rejoined
+        (a restarted process, at a new address)."""
+        return self.mailbox.rejoined_at.get(peer, -1.0) - self.t_start >= t
 
     def clock(self) -> float:
         """Seconds since the run started."""

@@ -89,6 +89,8 @@ class Coordinator:
         self.misses: Counter = Counter()
         self.errors: Counter = Counter()
         self._silent: dict = {}  # worker -> (rounds unanswered in a row, the first of them)
+        self._instructions: dict = {}  # this round's packets, a worker's
+        self._instructed_at = 0.0  # and when they left (run time)
         self.last_round = 0
         self.checkpoint = spec.server.checkpoint
         self.target = spec.server.target_accuracy
@@ -206,6 +208,8 @@ class Coordinator:
     def instruct(self, rnd: int, packets: dict) -> None:
         """Send each worker its packet of ``{worker: packet}``; the workers that share
         one packet object (FedAvg's global model) get it packed once."""
+        # sent again to a worker restarted since (its old process may have got them)
+        self._instructions, self._instructed_at = packets, self.rt.clock()
         groups: dict = {}
         for w, packet in packets.items():
             groups.setdefault(id(packet), (packet, []))[1].append(w)
@@ -223,7 +227,7 @@ class Coordinator:
         None when a stop came before every awaited reply: the round is not played."""
         kind = self.strategy.reply_kind
         waited, began = self.expected(participants), self.rt.clock()
-        packets = self.rt.gather(kind, rnd, waited, self.run_spec.round_timeout)
+        packets = self._gather(kind, rnd, waited)
         if self.rt.stopped and not set(waited) <= packets.keys():
             return None
         replies = []
@@ -260,6 +264,25 @@ class Coordinator:
             if not r.ok:
                 self.errors[r.error["code"]] += 1
         return replies
+
+    def _gather(self, kind: str, rnd: int, waited: list) -> dict:
+        """The round's replies, within its time-out; a worker restarted meanwhile (its
+        old process got this round's instruction, its new one waits for the next) gets
+        the instruction again and is waited for: it cost the round its whole time-out
+        (5 s at `--round-timeout 5` for a worker back in about 2 s)."""
+        deadline = self.rt.clock() + self.run_spec.round_timeout
+        packets: dict = {}
+        since = self._instructed_at
+        while True:
+            left = [w for w in waited if w not in packets]
+            packets.update(self.rt.gather(kind, rnd, left, max(0.0, deadline - self.rt.clock()),
+                                          rejoined_since=since))
+            back = [w for w in left if w not in packets and self.rt.rejoined_since(w, since)]
+            if not back or self.rt.stopped or self.rt.clock() >= deadline:
+                return packets
+            since = self.rt.clock()
+            for w in back:
+                self.rt.send(w, "control", rnd, self._instructions[w])
 
     @staticmethod
     def record_of(replies: list, fields: dict) -> dict:

@@ -113,6 +113,7 @@ class Mailbox(Routing):
         # again), and whether this node is offline itself (it then hears nothing).
         self.away: set = set()
         self.left_at: dict = {}  # peer -> when (monotonic) its latest leave came
+        self.rejoined_at: dict = {}  # peer -> when (monotonic) the launcher said it is back
         # peers whose latest message asked to be caught up (a pull): they send nothing
         # before an answer, which a gossip node gives with its next round's messages,
         # so its waits do not wait for them (wait_for_pullers False); a coordinator's
@@ -194,8 +195,11 @@ class Mailbox(Routing):
             self.gate.release()
             self.gate.acquire()
 
-    def collect(self, kind: str, round: int, expected: Iterable, timeout: float) -> dict:
-        """Wait until every ``expected`` peer's ``kind`` message for ``round`` arrived.
+    def collect(self, kind: str, round: int, expected: Iterable, timeout: float,
+                rejoined_since: float | None = None) -> dict:
+        """Wait until every ``expected`` peer's ``kind`` message for ``round`` arrived
+        (or, with ``rejoined_since``, a monotonic time, until one of those still awaited
+        rejoins after it: restarted, it never got what it would answer).
 
         Returns ``{src: Message}`` for what arrived before ``timeout`` seconds
         passed, including messages from peers that were not waited for.
@@ -214,6 +218,10 @@ class Mailbox(Routing):
 
         def done() -> bool:
             gone_ahead = self._ahead.get((kind, round), ())  # dropped beyond the window
+            if rejoined_since is not None and any(
+                    self.rejoined_at.get(j, -1.0) >= rejoined_since
+                    for j in expected if j not in slot):
+                return True
             return all(j in slot or j in self.away or self.last_heard.get(j, -1) > round
                        or j in pullers or j in gone_ahead for j in expected)
 

@@ -143,6 +143,7 @@ class Routing:
             self.gone.discard(peer)
             self.away.discard(peer)
             self.done.discard(peer)
+            self.rejoined_at[peer] = time.monotonic()
             self.endpoint.reconnect(peer, address)
             if self.offline:  # it did not hear our leave: as a restarted process, it
                 # would take us for a silent peer and wait for us every round
