@@ -146,6 +146,11 @@ def _server_fields(summary: dict, plan, sink, nodes: dict, dead: set, tail: dict
     # the replies the coordinator asked for, and those that came within the round
     summary["participants_total"] = int(sum(r.get("participants") or 0 for r in coord_recs))
     summary["replies_ok_total"] = int(sum(r.get("replies_ok") or 0 for r in coord_recs))
+    # and why the others did not count, by reason: timeout, offline, nonfinite (NaN, inf
+    # or too large), undecodable, desync (an STC worker behind), ... (the rounds' failed)
+    summary["replies_failed"] = dict(sorted(Counter(
+        f[1] for r in coord_recs for f in (r.get("failed") or [])
+        if isinstance(f, list) and len(f) == 2 and isinstance(f[1], str)).items()))
     # instructions workers behind applied but did not answer: newer ones were queued
     summary["instructions_skipped_total"] = int(sum(
         h.final.get("instructions_skipped", 0) for i, h in nodes.items() if i != coord_id))

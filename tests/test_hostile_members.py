@@ -116,6 +116,7 @@ def test_a_worker_whose_updates_overflow_float32_sums_is_refused_not_fatal(tmp_p
     assert status == 0, err
     assert s["failed_nodes"] == {}, s["failed_nodes"]
     assert s["dropped"]["undecodable"] >= 4  # each of the 4 rounds' huge update
+    assert s["replies_failed"]["nonfinite"] >= 4  # and why, which "undecodable" hid
     accuracy = [a for _, a in s["global_accuracy_per_round"]]
     assert max(accuracy[1:]) > accuracy[0]  # the honest worker's updates still move it
 
