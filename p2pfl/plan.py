@@ -213,7 +213,7 @@ def _gossip_plan(cfg: RunConfig, graph, restarts: int = 0) -> Plan:
     labels = [plain_label(x) for x in topo.labels]
     _groups(cfg, topo.n)  # a groups:K that does not fit the nodes fails here, not in them
     per_node, learns = learn_specs(cfg, labels)
-    codecs = node_codecs(per_node)
+    codecs = node_codecs(cfg, per_node, labels)
     algorithm = _algorithm(cfg, codecs)
     if cfg.gamma is not None and algorithm not in ("choco", "deepsqueeze"):
         raise ConfigError(f"--gamma is the consensus step size of CHOCO and DeepSqueeze; this "
@@ -386,7 +386,7 @@ def _server_plan(cfg: RunConfig, graph) -> Plan:
                           "soft labels (use random, noisy, label_flip or silent)")
     learns = [dataclasses.replace(x, colluders=colluders) if x.behaviour == "alie" else x
               for x in learns]
-    if any(c != cfg.compression for c in node_codecs(per_node)):
+    if any(c != cfg.compression for c in node_codecs(cfg, per_node, labels)):
         raise ConfigError("a node profile sets compression: in server modes every worker "
                           "uses the run's codec (--compression)")
     runtime = _runtime_spec(cfg, codecs=[c for c in (up, down) if c is not None])

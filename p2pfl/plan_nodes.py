@@ -126,12 +126,22 @@ def _learn_spec(cfg: RunConfig, o: dict, shares: tuple, label, num_nodes: int) -
     return learn
 
 
+def _model(cfg: RunConfig, name, where: str) -> str:
+    """:func:`model_name`, an error in a profile's model naming the node and the file."""
+    try:
+        return model_name(cfg, name)
+    except ConfigError as exc:
+        if name == cfg.model:  # the run's own (--model): named by its flag's checks
+            raise
+        raise ConfigError(f"{where}: {exc}") from None
+
+
 def _learn(cfg: RunConfig, o: dict, shares: tuple, num_nodes: int, behaviour: str,
            where: str) -> LearnSpec:
     """The node's LearnSpec; a value it refuses (a profile's) is named with its node."""
     values = dict(
         dataset=cfg.dataset, data_dir=cfg.data_dir, partition=cfg.partition, seed=cfg.seed,
-        num_nodes=num_nodes, shares=shares, model=model_name(cfg, o["model"]),
+        num_nodes=num_nodes, shares=shares, model=_model(cfg, o["model"], where),
         lr=_number(o, "lr", float, where), momentum=_number(o, "momentum", float, where),
         weight_decay=_number(o, "weight_decay", float, where),
         batch_size=_number(o, "batch_size", int, where),
@@ -273,10 +283,17 @@ def node_availability(cfg: RunConfig, labels: list, per_node: list) -> list:
     return out
 
 
-def node_codecs(per_node: list) -> list:
-    """Each node's codec spec (a profile may set its own), checked."""
-    for o in per_node:
-        if not isinstance(o["compression"], str):
-            raise ConfigError(f"compression must be a codec spec string, "
-                              f"got {o['compression']!r}")
-    return [check_codec(o["compression"]) for o in per_node]
+def node_codecs(cfg: RunConfig, per_node: list, labels: list) -> list:
+    """Each node's codec spec (a profile may set its own), checked; an error in one a
+    profile set names the node and the file (it named neither)."""
+    out = []
+    for o, label in zip(per_node, labels):
+        spec = o["compression"]
+        where = "" if spec == cfg.compression else f"{_where(cfg, label)}: "
+        if not isinstance(spec, str):
+            raise ConfigError(f"{where}compression must be a codec spec string, got {spec!r}")
+        try:
+            out.append(check_codec(spec))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}{exc}") from None
+    return out

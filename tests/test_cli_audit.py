@@ -111,3 +111,18 @@ def test_no_consensus_in_a_server_mode_is_refused():
         from_sources(None, dict(mode="fedavg", nodes=3, consensus=False))
     assert from_sources(None, dict(mode="fedavg", nodes=3, consensus=True)).consensus
     assert not from_sources(None, dict(consensus=False)).consensus
+
+
+@pytest.mark.parametrize("table, said", [
+    ("model = 5", "model must be a name, got 5"),
+    ('model = "transformer"', "unknown model 'transformer'"),
+    ("compression = 3", "compression must be a codec spec string, got 3"),
+    ('compression = "zzz"', "unknown codec stage 'zzz'")])
+def test_a_profiles_bad_model_or_codec_names_the_node_and_the_file(tmp_path, table, said):
+    """They named neither: 'model must be a name, got 5' (the CLI audit)."""
+    profiles = tmp_path / "nodes.toml"
+    profiles.write_text(f"[nodes.2]\n{table}\n")
+    line = _one_line(cli_here("cluster", "--topology", "ring:4", "--dry-run",
+                              "--profiles", str(profiles)))
+    assert line.startswith(f"p2pfl: error: node 2 ({profiles}): "), line
+    assert said in line

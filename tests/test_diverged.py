@@ -6,14 +6,11 @@ cannot encode non-finite values", exit 1), FedAvg's coordinator counted it undec
 (exit 0 in silence)."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 import p2pfl
-
-from test_cli import ROOT
+from tests._inproc import cli_here
 
 REASON = "diverged: the model is not finite after local training (a lower --lr?)"
 
@@ -37,10 +34,8 @@ def test_a_node_that_diverges_stops_with_that_reason_and_the_others_finish(tmp_p
 
 
 def _cli(tmp_path, *flags):
-    return subprocess.run([sys.executable, "-m", "p2pfl.cli", "cluster", "--topology",
-                           "ring:4", "--dataset", "digits", "--rounds", "3", "-q", "--out",
-                           str(tmp_path / "run"), *flags], cwd=ROOT, text=True,
-                          capture_output=True, timeout=120)
+    return cli_here("cluster", "--topology", "ring:4", "--dataset", "digits", "--rounds", "3",
+                    "--in-process", "-q", "--out", str(tmp_path / "run"), *flags)
 
 
 def test_a_quiet_run_still_warns_that_a_node_diverged(tmp_path):
