@@ -137,26 +137,43 @@ def test_a_killed_coordinator_resumes_from_its_checkpoint(tmp_path):
     assert s["bytes_sent_total"] == s["bytes_up_total"] + s["bytes_down_total"]
 
 
+def _worker_restarted(out, mode: str, rounds: int, round_timeout: int, after: int) -> tuple:
+    """A server run of 3 workers whose worker 1 is killed once the coordinator recorded
+    ``after`` rounds, and restarted: the run's summary and records."""
+    proc = _cluster(out, "--mode", mode, "--nodes", "3", "--rounds", str(rounds),
+                    "--round-timeout", str(round_timeout))
+    try:
+        _kill_when(out, 1, lambda recs: sum(r["role"] == "coordinator" for r in recs) >= after,
+                   proc)
+        assert proc.wait(timeout=240) == 0
+    finally:
+        proc.kill()
+    s = _summary(out)
+    assert s["restarts"] == 1 and s["failed_nodes"] == {}
+    return s, _records(out)
+
+
 def test_stc_workers_end_with_the_servers_model_after_a_worker_restart(tmp_path):
     """A restarted STC worker holds W_0, while the server believed it held its last
     catch-up: it kept adding later updates to the wrong model.  Now it says it is
     behind and is caught up, and every worker's final model is the server's.  (The rounds
     go on without it once a round time-out passed: on a loaded machine 40 rounds ended
     before its restart did, and it got no final model; 80 now.)"""
-    out = str(tmp_path / "run")
-    proc = _cluster(out, "--mode", "stc", "--nodes", "3", "--rounds", "80",
-                    "--round-timeout", "5")
-    try:
-        _kill_when(out, 1, lambda recs: sum(r["role"] == "coordinator" for r in recs) >= 10,
-                   proc)
-        assert proc.wait(timeout=240) == 0
-    finally:
-        proc.kill()
-    s, recs = _summary(out), _records(out)
-    assert s["restarts"] == 1 and s["failed_nodes"] == {}
+    s, recs = _worker_restarted(str(tmp_path / "run"), "stc", 80, 5, 10)
     final = {r["node"]: r["accuracy"] for r in recs if r.get("final")}
     assert len(final) == 3
     assert set(final.values()) == {s["global_accuracy_per_round"][-1][1]}
+
+
+def test_a_restarted_worker_does_not_cost_the_round_its_time_out(tmp_path):
+    """A worker restarted mid-round is sent the round's instruction again: its old
+    process got it, the new one waited for the next round's, and the coordinator waited
+    the round's whole time-out for its reply (30.1 s here)."""
+    _, recs = _worker_restarted(str(tmp_path / "run"), "fedavg", 30, 30, 5)
+    walls = [r["wall_s"] for r in sorted((r for r in recs if r["role"] == "coordinator"),
+                                         key=lambda r: r["round"])]
+    assert max(b - a for a, b in zip(walls, walls[1:])) < 20.0  # a restart, not 30 s
+    assert len({r["node"] for r in recs if r.get("final")}) == 3
 
 
 @pytest.mark.parametrize("flags, words", [
