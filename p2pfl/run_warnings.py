@@ -10,8 +10,8 @@ __all__ = ["end_warnings"]
 
 def end_warnings(summary: dict) -> list:
     """What says at the end that nodes diverged or failed (half of 1,024 ended with a
-    clean last line), or that most of a run's messages came too late or never left an emulated
-    uplink (the nodes then learned alone): each run exited 0."""
+    clean last line), or that most of a run's messages came too late or never left an
+    emulated uplink (the nodes then learned alone): each run exited 0."""
     misses, sent = summary.get("misses_total") or 0, summary.get("messages_sent_total") or 0
     lost = summary.get("emulated_lost_total") or 0
     why = (f"an emulated --link that lost {lost} messages, or one too slow for "

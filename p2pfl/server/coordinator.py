@@ -282,7 +282,8 @@ class Coordinator:
                 return packets
             since = self.rt.clock()
             for w in back:
-                self.rt.send(w, "control", rnd, self._instructions[w])
+                if w in self._instructions:
+                    self.rt.send(w, "control", rnd, self._instructions[w])
 
     @staticmethod
     def record_of(replies: list, fields: dict) -> dict:

@@ -170,8 +170,9 @@ def load_topology(spec, *, seed=None):
     ----------
     spec : networkx.Graph, str or os.PathLike
         A graph (copied as is), a path to an existing file whose extension
-        is one of :data:`READERS` (optionally compressed, :data:`COMPRESSED`), or a generator spec such as ``"ring:16"``,
-        ``"torus:4x4"`` or ``"erdos_renyi:32:0.2:7"``.  Nodes of files and
+        is one of :data:`READERS` (optionally compressed, :data:`COMPRESSED`), or a
+        generator spec such as ``"ring:16"``, ``"torus:4x4"`` or
+        ``"erdos_renyi:32:0.2:7"``.  Nodes of files and
         generators are listed in sorted order when all labels are integers.
     seed : int, optional
         Seed for random generators whose spec gives no ``SEED``; 0 if None.
