@@ -198,6 +198,10 @@ def learn_specs(cfg: RunConfig, labels: list) -> tuple[list, list]:
     per_node = [node_settings(cfg, own[i], label) for i, label in enumerate(labels)]
     shares = [_number(o, "data_share", float, f"node {labels[i]!r}")
               for i, o in enumerate(per_node)]
+    for label, share in zip(labels, shares):  # inf for all was equal shares, in silence
+        if not 0 < share < math.inf:
+            raise ConfigError(f"{_where(cfg, label)}: data_share must be a positive, finite "
+                              f"number, got {share!r}")
     # Equal shares (the usual case) travel as (): a node's spec stays small however
     # many nodes the run has (4,096 shares in each of 4,096 specs: 134 MB of pointers).
     equal = len(set(shares)) == 1 and shares[0] > 0

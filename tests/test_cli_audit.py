@@ -126,3 +126,16 @@ def test_a_profiles_bad_model_or_codec_names_the_node_and_the_file(tmp_path, tab
                               "--profiles", str(profiles)))
     assert line.startswith(f"p2pfl: error: node 2 ({profiles}): "), line
     assert said in line
+
+
+@pytest.mark.parametrize("table", ["[default]\ndata_share = inf", "[nodes.0]\ndata_share = inf",
+                                   "[default]\ndata_share = nan", "[nodes.3]\ndata_share = 0"])
+def test_a_share_that_is_not_a_positive_finite_number_is_refused_naming_its_node(tmp_path,
+                                                                                   table):
+    """``[default] data_share = inf`` ran with equal shares in silence, while the same for
+    one node was refused (the CLI audit)."""
+    profiles = tmp_path / "nodes.toml"
+    profiles.write_text(table + "\n")
+    line = _one_line(cli_here("cluster", "--topology", "ring:4", "--dry-run",
+                              "--profiles", str(profiles)))
+    assert f"({profiles}): data_share must be a positive, finite number, got " in line
