@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import re
 from dataclasses import fields
 
 from .config import NODE_KEYS, RunConfig
@@ -112,10 +113,24 @@ def with_sources(config_file: str | None = None, overrides: dict | None = None) 
                "file": sorted(set(values) - set(flags)), "flags": sorted(flags)}
     for key, value in flags.items():
         values[key] = _coerce(key, value, "option")
-    cfg = RunConfig(**values)
+    try:
+        cfg = RunConfig(**values)
+    except ConfigError as exc:
+        raise _named_by_file(exc, config_file, sources["file"]) from None
     if cfg.profiles:
         cfg = cfg.replace(node_overrides=read_profiles(cfg.profiles))
     return cfg, sources
+
+
+def _named_by_file(exc: ConfigError, config_file, from_file: list) -> ConfigError:
+    """An error that names a flag (``--lr must be positive``) for a value the config file
+    set names the file and its key instead (``run.toml: lr must be positive``): the
+    user gave no such flag."""
+    m = re.match(r"--([a-z][a-z0-9-]*)", str(exc))
+    key = m.group(1).replace("-", "_") if m else None
+    if config_file is None or key not in from_file:
+        return exc
+    return ConfigError(f"{config_file}: {key}{str(exc)[m.end():]}")
 
 
 #: Options naming a file or folder: in a config file, relative to the file's folder

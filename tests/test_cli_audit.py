@@ -139,3 +139,17 @@ def test_a_share_that_is_not_a_positive_finite_number_is_refused_naming_its_node
     line = _one_line(cli_here("cluster", "--topology", "ring:4", "--dry-run",
                               "--profiles", str(profiles)))
     assert f"({profiles}): data_share must be a positive, finite number, got " in line
+
+
+@pytest.mark.parametrize("toml, flags, said", [
+    ("lr = nan\n", (), "{f}: lr must be positive"),
+    ("stc_cache = 5\n", (), "{f}: stc_cache applies to --mode stc"),
+    ("rounds = 5\n", ("--lr", "nan"), "--lr must be positive"),  # the flag's own: a flag
+])
+def test_a_config_files_bad_value_names_the_file_and_its_key(tmp_path, toml, flags, said):
+    """``lr = nan`` in the file said "--lr must be positive": a flag the user never gave
+    (the CLI audit)."""
+    path = tmp_path / "run.toml"
+    path.write_text(toml)
+    line = _one_line(cli_here("cluster", "--config", str(path), "--dry-run", *flags))
+    assert line.startswith("p2pfl: error: " + said.format(f=path)), line
