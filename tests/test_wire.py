@@ -221,6 +221,21 @@ def test_hello_before_configuration_is_kept_then_strangers_dropped(ctx):
         e.close()
 
 
+def test_a_late_round_heard_before_configuration_is_kept_for_the_window_set_later(ctx):
+    """A restarted server worker, not yet configured (its window the default), dropped
+    as out of its window the round-6 instruction its coordinator sent it again; the
+    coordinator then waited the round's whole time-out (30 s in a CI run)."""
+    a, b, c, box = _before_configuration(ctx, "early-late", 7)
+    b.send(0, "control", 6, frames=[b"x"])
+    assert box.poll_control(0.3) is None  # reads it while waiting for its config
+    box.peers, box.window = {1}, 32  # configured: a worker's window is the run's rounds
+    got = box.next_after("control", -1, 1, timeout=1.0)
+    assert got is not None and got.round == 6
+    assert "round_out_of_window" not in a.counters.dropped
+    for e in (a, b, c):
+        e.close()
+
+
 def test_strangers_heard_before_configuration_are_dropped_when_going_asynchronous(ctx):
     """A restarted asynchronous node took a stranger's early models into its queues,
     and its mix then failed on the unknown sender (KeyError: 99)."""

@@ -102,7 +102,11 @@ class Routing:
             counters.drop("stale_round")
         elif self.admits is not None and not self.admits(msg.src, msg.kind, msg.round):
             counters.drop("off_phase")
-        elif msg.round > self.current_round + self.window:
+        elif msg.round > self.current_round + self.window and self.peers is not None:
+            # before its configuration a node knows neither its round nor its window (a
+            # server worker's is the run's rounds): kept, as many as max_unconfigured,
+            # and dropped later where it is beyond them (a restarted worker dropped the
+            # round's instruction that the coordinator sent it again)
             self._drop_ahead(msg.kind, msg.round, msg.src)
         else:
             slot = self._pending[(msg.kind, msg.round)]
