@@ -242,12 +242,11 @@ class RunConfig:
             object.__setattr__(self, "topology", "ring:8")
 
     def _check_hosting(self) -> None:
-        if self.in_process and self.host not in (None, "127.0.0.1"):  # (set when left out)
-            raise ConfigError("--host is the tcp bind address; --in-process hosts talk over "
-                              "ipc and inproc, so it does not apply")
-        if self.transport != "tcp" and self.host not in (None, "127.0.0.1"):
-            raise ConfigError(f"--host is the tcp bind address; --transport {self.transport} "
-                              "binds none, so it does not apply")
+        if self.host not in (None, "127.0.0.1") and (self.in_process  # (set when left out)
+                                                     or self.transport != "tcp"):
+            why = ("--in-process hosts talk over ipc and inproc" if self.in_process else
+                   f"--transport {self.transport} binds none")
+            raise ConfigError(f"--host is the tcp bind address; {why}, so it does not apply")
         self._check_procs()
 
     def _check_procs(self) -> None:

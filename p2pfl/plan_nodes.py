@@ -30,8 +30,21 @@ def check_codec(spec: str) -> str:
     """A codec spec that builds (nodes code each parameter tensor with it)."""
     from .compression import make_codec
 
+    if not isinstance(spec, str):  # a profile's TOML value
+        raise ConfigError(f"compression must be a codec spec string, got {spec!r}")
     make_codec(spec)
     return spec
+
+
+def _named(where: str, check, *args):
+    """``check(*args)``; its ConfigError names ``where`` first (a profile's value: its node
+    and file), unless ``where`` is empty (the run's own value, named by its flag)."""
+    try:
+        return check(*args)
+    except ConfigError as exc:
+        if not where:
+            raise
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _check_learning(learns: list) -> dict:
@@ -126,22 +139,13 @@ def _learn_spec(cfg: RunConfig, o: dict, shares: tuple, label, num_nodes: int) -
     return learn
 
 
-def _model(cfg: RunConfig, name, where: str) -> str:
-    """:func:`model_name`, an error in a profile's model naming the node and the file."""
-    try:
-        return model_name(cfg, name)
-    except ConfigError as exc:
-        if name == cfg.model:  # the run's own (--model): named by its flag's checks
-            raise
-        raise ConfigError(f"{where}: {exc}") from None
-
-
 def _learn(cfg: RunConfig, o: dict, shares: tuple, num_nodes: int, behaviour: str,
            where: str) -> LearnSpec:
     """The node's LearnSpec; a value it refuses (a profile's) is named with its node."""
     values = dict(
         dataset=cfg.dataset, data_dir=cfg.data_dir, partition=cfg.partition, seed=cfg.seed,
-        num_nodes=num_nodes, shares=shares, model=_model(cfg, o["model"], where),
+        num_nodes=num_nodes, shares=shares, model=_named(
+            "" if o["model"] == cfg.model else where, model_name, cfg, o["model"]),
         lr=_number(o, "lr", float, where), momentum=_number(o, "momentum", float, where),
         weight_decay=_number(o, "weight_decay", float, where),
         batch_size=_number(o, "batch_size", int, where),
@@ -204,7 +208,7 @@ def learn_specs(cfg: RunConfig, labels: list) -> tuple[list, list]:
                               f"number, got {share!r}")
     # Equal shares (the usual case) travel as (): a node's spec stays small however
     # many nodes the run has (4,096 shares in each of 4,096 specs: 134 MB of pointers).
-    equal = len(set(shares)) == 1 and shares[0] > 0
+    equal = len(set(shares)) == 1
     shared = () if equal else tuple(shares)
     kind = str(cfg.partition).split(":", 1)[0]
     if shared and kind in ("dirichlet", "shards"):  # they size each node's data themselves
@@ -290,14 +294,5 @@ def node_availability(cfg: RunConfig, labels: list, per_node: list) -> list:
 def node_codecs(cfg: RunConfig, per_node: list, labels: list) -> list:
     """Each node's codec spec (a profile may set its own), checked; an error in one a
     profile set names the node and the file (it named neither)."""
-    out = []
-    for o, label in zip(per_node, labels):
-        spec = o["compression"]
-        where = "" if spec == cfg.compression else f"{_where(cfg, label)}: "
-        if not isinstance(spec, str):
-            raise ConfigError(f"{where}compression must be a codec spec string, got {spec!r}")
-        try:
-            out.append(check_codec(spec))
-        except ConfigError as exc:
-            raise ConfigError(f"{where}{exc}") from None
-    return out
+    return [_named("" if o["compression"] == cfg.compression else _where(cfg, label),
+                   check_codec, o["compression"]) for o, label in zip(per_node, labels)]
