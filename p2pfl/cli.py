@@ -272,8 +272,8 @@ def _cmd_node(args) -> int:
     launcher_host, _ = tcp_address(args.connect, "--connect")
     for flag, value in (("--start-timeout", args.start_timeout),
                         ("--lost-after", args.lost_after)):
-        if value is not None and not value > 0:  # NaN fails too
-            raise UsageError(f"{flag} must be positive, got {value}")
+        if value is not None and not 0 < value < float("inf"):  # NaN fails too
+            raise UsageError(f"{flag} must be positive and finite (seconds), got {value}")
     check_host(args.host)
     advertise = args.advertise
     if advertise is not None:

@@ -7,6 +7,7 @@ per-node settings from a profile file (:mod:`~p2pfl.config_files`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field, fields
 
@@ -180,9 +181,11 @@ class RunConfig:
             raise ConfigError(f"--participation must be in (0, 1], got {self.participation}")
         if self.gamma is not None and not 0 < self.gamma <= 1:
             raise ConfigError(f"--gamma must be in (0, 1], got {self.gamma}")
-        for name in ("round_timeout", "start_timeout", "lost_after"):
-            if getattr(self, name) is not None and not getattr(self, name) > 0:
-                raise ConfigError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
+        for name in ("round_timeout", "start_timeout", "lost_after"):  # the supervision
+            value = getattr(self, name)  # multiplies them: inf never fails a stopped node
+            if value is not None and not 0 < value < math.inf:
+                raise ConfigError(f"--{_flag(name)} must be positive and finite (seconds), "
+                                  f"got {value}")
         if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
             raise ConfigError(f"--target-accuracy must be in (0, 1], got {self.target_accuracy}")
         if self.nodes is not None and self.nodes < 1:

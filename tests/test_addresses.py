@@ -100,7 +100,9 @@ def test_nodes_that_never_join_end_the_run_in_one_line(tmp_path):
     (["--connect", "tcp://127.0.0.1:5555", "--id", "1", "--start-timeout", "0"],
      "--start-timeout must be positive"),
     (["--connect", "tcp://127.0.0.1:5555", "--id", "1", "--lost-after", "-1"],
-     "--lost-after must be positive, got -1.0"),
+     "--lost-after must be positive and finite (seconds), got -1.0"),
+    (["--connect", "tcp://127.0.0.1:5555", "--id", "1", "--start-timeout", "inf"],
+     "--start-timeout must be positive and finite (seconds), got inf"),
     # the node waited its start time-out and exited 1 (an audit); with host:port the
     # launcher took the join and the run failed later
     *[(["--connect", f"tcp://127.0.0.1:{free_port()}", "--id", "1", "--host", "127.0.0.1",

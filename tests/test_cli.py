@@ -262,7 +262,9 @@ PLAN_REFUSES = {
     "--start-timeout -5": (["--start-timeout", "-5"], "start-timeout"),
     "--round-timeout 0": (["--round-timeout", "0"], "round-timeout"),
     "--lost-after nan": (["--lost-after", "nan", "--listen", "tcp://127.0.0.1:*"],
-                         "--lost-after must be positive, got nan"),
+                         "--lost-after must be positive and finite (seconds), got nan"),
+    "--round-timeout inf": (["--round-timeout", "inf"],
+                            "--round-timeout must be positive and finite (seconds), got inf"),
     "--cpu-policy fast": (["--cpu-policy", "fast"], "unknown cpu_policy 'fast'; valid: "
                           "batch, normal"),
     "--lost-after without --listen": (["--lost-after", "5"], "--lost-after is how long a "

@@ -420,3 +420,13 @@ def test_server_error_feedback_is_off_by_default_for_unbiased_codecs(codec, auto
     assert options("fedavg", compression=codec, error_feedback="on").error_feedback_up
     stc = options("stc", compression=codec, compression_down="auto", error_feedback="auto")
     assert (stc.error_feedback_up, stc.error_feedback_down) == (auto, auto)
+
+
+def test_raw_updates_record_no_error_feedback():
+    """FedAvg without a codec sends raw float32, which loses nothing: its options (and
+    config.json) said error_feedback_up: true, a residual that never existed."""
+    from tests._strategy_ctx import options
+
+    assert not options("fedavg", compression="none", error_feedback="auto").error_feedback_up
+    stc = options("stc", compression="none", compression_down="none", error_feedback="auto")
+    assert stc.error_feedback_up and not stc.error_feedback_down  # stc:0.01+golomb up
