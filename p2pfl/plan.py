@@ -404,6 +404,8 @@ def _server_plan(cfg: RunConfig, graph) -> Plan:
                            neighbours=tuple((i, 1.0) for i in range(n)), self_weight=0.0,
                            learn=coord_learn, runtime=runtime, rule=cfg.mode, options=options,
                            server=ServerInfo(labels=tuple(labels), groups=groups,
+                                             byzantine=tuple(w.id for w in workers
+                                                             if w.learn.behaviour != "honest"),
                                              target_accuracy=cfg.target_accuracy),
                            link=run_link)
     record = dict(cfg.to_dict(), resolved={

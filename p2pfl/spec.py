@@ -136,6 +136,9 @@ class ServerInfo:
 
     labels: tuple = ()
     groups: tuple = ()
+    # workers whose --behaviour is not honest, for evaluation only (as groups): CFL's
+    # global accuracy is an honest worker's, not that of the liars' own clusters
+    byzantine: tuple = ()
     checkpoint: str = ""  # where the coordinator saves its state after each round
     # --target-accuracy: the coordinator ends the run after the round whose global (or
     # cluster, or ensemble) accuracy reaches it, not a round later when the launcher asks

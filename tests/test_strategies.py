@@ -145,6 +145,25 @@ def test_cfl_splits_at_stationarity_only():
     assert "cluster_accuracy" in s.evaluate(2)
 
 
+def test_cfl_global_accuracy_is_the_honest_workers():
+    """A cluster of liars alone weighs nothing in the global accuracy (the progress bar's
+    and --target-accuracy's): counted, it held a run's 0.96 for the honest workers at 0.79."""
+    import dataclasses
+
+    ctx = server_ctx("cfl", workers=range(4))
+    ctx = dataclasses.replace(ctx, byzantine=frozenset({0}),
+                              evaluate=lambda flat, group=0: (0.0, float(flat[0])))
+    s = make_strategy("cfl", ctx)
+    liars, honest = torch.zeros(N), torch.ones(N)
+    s.clusters = [{"members": [0], "model": liars, "born": 1},
+                  {"members": [1, 2, 3], "model": honest, "born": 1}]
+    got = s.evaluate(2)
+    assert got["cluster_accuracy"] == [0.0, 1.0] and got["global_accuracy"] == 1.0
+    s.clusters[0]["members"] = [0, 1]  # an honest worker the liar drew into its cluster
+    s.clusters[1]["members"] = [2, 3]
+    assert s.evaluate(3)["global_accuracy"] == pytest.approx(2 / 3)
+
+
 def test_fd_quantiser_and_wire_format():
     rng = np.random.default_rng(0)
     p = rng.dirichlet(np.ones(10), 64)

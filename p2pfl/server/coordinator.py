@@ -82,6 +82,7 @@ class Coordinator:
             workers=list(self.workers), labels=dict(zip(self.workers, spec.server.labels)),
             init=evaluator.init(), evaluate=evaluator,
             groups={w: int(g) for w, g in zip(self.workers, spec.server.groups)},
+            byzantine=frozenset(int(w) for w in spec.server.byzantine),
             shapes=tuple(tuple(p.shape) for p in evaluator.model.parameters()))
         self.strategy = make_strategy(spec.rule, ctx)
         self.rng = np.random.default_rng(spec.learn.seed + 65537)

@@ -84,7 +84,8 @@ class ServerContext:
     (every node builds the same one), ``evaluate(flat, group)`` returns (loss,
     accuracy) on the test set as group ``group`` labels it, and ``groups``
     holds the ground-truth group of each worker under ``--partition groups:K``
-    (used for evaluation only); ``shapes`` are the parameter tensors' shapes.
+    (used for evaluation only), ``byzantine`` the workers whose behaviour is not
+    honest (evaluation only as well); ``shapes`` are the parameter tensors' shapes.
     """
 
     options: object
@@ -95,6 +96,7 @@ class ServerContext:
     init: torch.Tensor | None = None
     evaluate: object = None
     groups: dict = field(default_factory=dict)
+    byzantine: frozenset = frozenset()
     shapes: tuple | None = None  # parameter shapes: codecs code each tensor on its own
 
 
