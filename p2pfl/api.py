@@ -23,7 +23,7 @@ import numpy as np
 
 from .addresses import check_run_addresses
 from .config import RunConfig
-from .config_files import with_sources
+from .config_files import named_by_file, with_sources
 from . import signals
 from .errors import ClusterError, UsageError
 from .metrics import MetricsSink, read_metrics, write_json_atomic
@@ -223,10 +223,13 @@ def _resolved(graph, config, options: dict, then):
     t0 = time.monotonic()
     try:
         cfg, sources = with_sources(config, options)
-        check_run_addresses(cfg)  # before the plan, the run folder or any process
-        from .plan import plan  # after the options are checked: a bad flag costs no torch
+        try:
+            check_run_addresses(cfg)  # before the plan, the run folder or any process
+            from .plan import plan  # after the options are checked: a bad flag costs no torch
 
-        p = plan(cfg, graph)  # config.json says where its options came from
+            p = plan(cfg, graph)  # config.json says where its options came from
+        except UsageError as exc:  # a value the file set is named by the file, not a flag
+            raise named_by_file(exc, config, sources["file"]) from None
         return then(dataclasses.replace(p, record=dict(p.record, sources=sources)), t0)
     finally:  # forked nodes hold their own copy; the launcher keeps none after the run
         if not isinstance(module, str) and module is not None:

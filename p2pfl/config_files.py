@@ -20,7 +20,7 @@ import re
 from dataclasses import fields
 
 from .config import NODE_KEYS, RunConfig
-from .errors import ConfigError
+from .errors import ConfigError, UsageError
 from .transport.links import parse_link
 
 try:
@@ -29,7 +29,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 __all__ = ["load_toml", "from_sources", "with_sources", "read_profiles", "node_settings",
-           "PATH_OPTIONS"]
+           "PATH_OPTIONS", "named_by_file"]
 
 
 def load_toml(path: str) -> dict:
@@ -116,21 +116,21 @@ def with_sources(config_file: str | None = None, overrides: dict | None = None) 
     try:
         cfg = RunConfig(**values)
     except ConfigError as exc:
-        raise _named_by_file(exc, config_file, sources["file"]) from None
+        raise named_by_file(exc, config_file, sources["file"]) from None
     if cfg.profiles:
         cfg = cfg.replace(node_overrides=read_profiles(cfg.profiles))
     return cfg, sources
 
 
-def _named_by_file(exc: ConfigError, config_file, from_file: list) -> ConfigError:
+def named_by_file(exc: UsageError, config_file, from_file: list) -> UsageError:
     """An error that names a flag (``--lr must be positive``) for a value the config file
     set names the file and its key instead (``run.toml: lr must be positive``): the
-    user gave no such flag."""
+    user gave no such flag.  The same type: a TopologyError stays one."""
     m = re.match(r"--([a-z][a-z0-9-]*)", str(exc))
     key = m.group(1).replace("-", "_") if m else None
     if config_file is None or key not in from_file:
         return exc
-    return ConfigError(f"{config_file}: {key}{str(exc)[m.end():]}")
+    return type(exc)(f"{config_file}: {key}{str(exc)[m.end():]}")
 
 
 #: Options naming a file or folder: in a config file, relative to the file's folder

@@ -145,6 +145,10 @@ def test_a_share_that_is_not_a_positive_finite_number_is_refused_naming_its_node
     ("lr = nan\n", (), "{f}: lr must be positive"),
     ("stc_cache = 5\n", (), "{f}: stc_cache applies to --mode stc"),
     ("rounds = 5\n", ("--lr", "nan"), "--lr must be positive"),  # the flag's own: a flag
+    # found by the plan, not the config's own checks
+    ('compression = "bogus"\n', (), "{f}: compression bogus: unknown codec stage"),
+    ('mode = "fedavg"\naggregator = "krum:9"\n', (), "{f}: aggregator krum:9 needs"),
+    ('compression = "bogus"\n', ("--compression", "nope"), "--compression nope: unknown"),
 ])
 def test_a_config_files_bad_value_names_the_file_and_its_key(tmp_path, toml, flags, said):
     """``lr = nan`` in the file said "--lr must be positive": a flag the user never gave
