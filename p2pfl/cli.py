@@ -96,7 +96,8 @@ CLUSTER_OPTIONS = [
     ("eval_every", int, "evaluate every N rounds"),
     ("target_accuracy", float, "stop all nodes once the nodes' mean test accuracy (gossip) "
      "or the coordinator's global, cluster or ensemble accuracy (server modes) reaches this"),
-    ("profiles", str, "node profile TOML file (per-node options)"),
+    ("profiles", str, "node profile TOML file(s) (per-node options); of several, each "
+     "sets its own keys"),
     ("link", str, "emulated uplink of every node: up_mbps=X,latency_ms=X,jitter_ms=X,loss=P"),
     ("slowdown", float, "local work of every node takes this many times as long (1 to 1000)"),
     ("churn", str, "ON_S:OFF_S[:SEED]: exponential online/offline periods for every node"),
@@ -131,7 +132,8 @@ def _add_cluster(sub) -> None:
         if "default" not in text and defaults.get(name) is not None:
             text += f" (default {defaults[name]})"
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None,
-                       help=text)
+                       help=text, **({"nargs": "+", "metavar": "FILE"} if name == "profiles"
+                                     else {}))
     p.add_argument("--in-process", dest="in_process", action="store_const", const=True,
                    help="host the nodes as actors of a few processes (--procs), over ipc; "
                         "with --transport inproc, as threads of this process")

@@ -118,7 +118,7 @@ class RunConfig:
     churn: str | None = None
     restart: str = "no"  # or on-failure[:N]: the launcher restarts a node that died
     availability: str | None = None
-    profiles: str | None = None
+    profiles: str | tuple | None = None  # a file, or several (profile_files)
     out: str | None = None
     quiet: bool = False
     node_overrides: dict = field(default_factory=dict, compare=False)
@@ -231,6 +231,8 @@ class RunConfig:
             value = getattr(self, name)
             if isinstance(value, str) and not value.strip():
                 raise ConfigError(f"--{_flag(name)} is empty")
+            if isinstance(value, tuple) and not all(v.strip() for v in value):
+                raise ConfigError(f"--{_flag(name)} names an empty file")
 
     def _check_workers(self) -> None:
         """Gossip nodes are the topology's; a server run's workers are ``--nodes N`` or

@@ -29,7 +29,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 __all__ = ["load_toml", "from_sources", "with_sources", "read_profiles", "node_settings",
-           "PATH_OPTIONS", "named_by_file"]
+           "PATH_OPTIONS", "named_by_file", "profile_files"]
 
 
 def load_toml(path: str) -> dict:
@@ -75,6 +75,12 @@ def _coerce(name: str, value, source: str):
         value = ",".join(f"{k}={v!r}" for k, v in parse_link(value, f"{source}: link").items())
         if not value:  # an empty table: no link, as none
             return None
+    if name == "profiles" and isinstance(value, (list, tuple)):  # several files
+        if not value or not all(isinstance(v, (str, os.PathLike)) for v in value):
+            raise ConfigError(f"{source}: profiles must be a file or a list of files, "
+                              f"got {value!r}")
+        files = tuple(os.fspath(v) for v in value)
+        return files[0] if len(files) == 1 else files
     if ftype.startswith("str") and isinstance(value, os.PathLike):
         value = os.fspath(value)  # a pathlib.Path for out, topology, profiles, ...
     if ftype.startswith("str") and not isinstance(value, str):
@@ -138,6 +144,14 @@ def named_by_file(exc: UsageError, config_file, from_file: list) -> UsageError:
 PATH_OPTIONS = ("topology", "profiles", "availability", "keys", "data_dir")
 
 
+def _near(base: str, given: str) -> str:
+    """A relative path as the file in folder ``base`` where that exists, else as given."""
+    if not given or os.path.isabs(given):
+        return given
+    candidate = os.path.join(base, given)
+    return candidate if os.path.exists(candidate) else given
+
+
 def _file_options(config_file: str, known: set) -> dict:
     """The options of a TOML config file: top-level keys, or those of a ``[p2pfl]``
     table (not both), checked and typed; relative paths resolved (PATH_OPTIONS)."""
@@ -160,9 +174,10 @@ def _file_options(config_file: str, known: set) -> dict:
     base = os.path.dirname(os.path.abspath(config_file))
     for name in PATH_OPTIONS:
         given = values.get(name)
-        if isinstance(given, str) and given and not os.path.isabs(given):
-            candidate = os.path.join(base, given)
-            values[name] = candidate if os.path.exists(candidate) else given
+        if isinstance(given, tuple):  # several profile files
+            values[name] = tuple(_near(base, g) for g in given)
+        elif isinstance(given, str):
+            values[name] = _near(base, given)
     from .topology.generators import SCHEDULE_SPECS
 
     head, _, rest = str(values.get("topology") or "").partition(":")
@@ -173,8 +188,36 @@ def _file_options(config_file: str, known: set) -> dict:
     return values
 
 
-def read_profiles(path: str) -> dict:
-    """Parse a node profile file into ``{"default": {...}, "nodes": {label: {...}}}``."""
+def profile_files(cfg) -> str:
+    """The profile file, or files, of ``cfg``, as an error names them."""
+    return ", ".join(cfg.profiles) if isinstance(cfg.profiles, tuple) else str(cfg.profiles)
+
+
+def read_profiles(paths) -> dict:
+    """Parse a node profile file, or several, into ``{"default": {...}, "nodes": {label:
+    {...}}}``.  Of several, each sets keys of its own: two that set the same key of the
+    same table (``[default]``, or ``[nodes.K]`` spelt alike) are refused, naming both
+    (which should win is not for the order of the flags to say)."""
+    if isinstance(paths, str):
+        return _read_profile(paths)
+    merged: dict = {"default": {}, "nodes": {}}
+    set_by: dict = {}  # (table, key) -> the file that set it
+    for path in paths:
+        one = _read_profile(path)
+        tables = [("default", merged["default"], one["default"])]
+        tables += [(f"nodes.{k}", merged["nodes"].setdefault(k, {}), t)
+                   for k, t in one["nodes"].items()]
+        for where, into, table in tables:
+            for key, value in table.items():
+                if (where, key) in set_by:
+                    raise ConfigError(f"{set_by[where, key]} and {path} both set [{where}] "
+                                      f"{key}; set it in one of them")
+                set_by[where, key] = path
+                into[key] = value
+    return merged
+
+
+def _read_profile(path: str) -> dict:
     data = load_toml(path)
     unknown_sections = set(data) - {"default", "nodes"}
     if unknown_sections:

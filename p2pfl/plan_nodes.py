@@ -14,7 +14,7 @@ import dataclasses
 import math
 
 from .config import RunConfig
-from .config_files import node_settings
+from .config_files import node_settings, profile_files
 from .labels import node_number
 from .errors import ConfigError
 from .spec import LearnSpec
@@ -112,7 +112,7 @@ def _number(options: dict, key: str, kind: type, where: str):
 
 def _where(cfg: RunConfig, label) -> str:
     """How an error names a node: its label, and the profile file that set it."""
-    return f"node {label!r}" + (f" ({cfg.profiles})" if cfg.profiles else "")
+    return f"node {label!r}" + (f" ({profile_files(cfg)})" if cfg.profiles else "")
 
 
 def _check_link(values: dict, where: str) -> None:
@@ -184,12 +184,12 @@ def own_tables(cfg: RunConfig, labels: list) -> list:
         if i is None:
             unknown.append(key)
         elif keys[i] is not None:
-            raise ConfigError(f"{cfg.profiles}: [nodes.{keys[i]}] and [nodes.{key}] both "
+            raise ConfigError(f"{profile_files(cfg)}: [nodes.{keys[i]}] and [nodes.{key}] both "
                               f"name node {labels[i]!r}")
         else:
             tables[i], keys[i] = table, key
     if unknown:  # a typo, or the profile of another topology
-        raise ConfigError(f"{cfg.profiles}: no node of this run is called "
+        raise ConfigError(f"{profile_files(cfg)}: no node of this run is called "
                           f"{', '.join(sorted(unknown))} (nodes: {_some(labels)})")
     return tables
 
@@ -238,9 +238,9 @@ def _check_one_model(cfg: RunConfig, learns: list, shapes: dict) -> None:
         shapes = {**shapes, coordinator: tuple(tuple(p.shape) for p in model.parameters())}
     if len(set(shapes.values())) > 1:
         who = "nodes and coordinator" if cfg.mode != "gossip" else "nodes"
-        raise ConfigError(f"{cfg.profiles or '--model'}: the {who} of --mode {cfg.mode} must "
-                          f"share one model, but have {', '.join(sorted(shapes))}; only fd "
-                          "and cfd mix models")
+        source = profile_files(cfg) if cfg.profiles else "--model"
+        raise ConfigError(f"{source}: the {who} of --mode {cfg.mode} must share one model, "
+                          f"but have {', '.join(sorted(shapes))}; only fd and cfd mix models")
 
 
 def _check_devices(learns: list) -> None:
