@@ -53,12 +53,19 @@ class Progress:
         self.stream.flush()
         self._bar_shown = self._tty
 
+    #: Off a terminal (a log), how long a run may wait with no round ended before the
+    #: last line is printed again with the time so far (no line at all told a reader of
+    #: the log nothing of a run that waited minutes for a stopped host).
+    LOG_STALL_S = 30.0
+
     def tick(self) -> None:
         """On a terminal, redraw the bar about once a second while no round ends, so that
         its clock goes on (it stood at "2.9 s" for the 150 s a run waited for a stopped
-        host)."""
-        if (self._tty and self._bar_shown and self._shown is not None
-                and time.monotonic() - self._last >= 1.0):
+        host); in a log, print its line again after :attr:`LOG_STALL_S` of waiting."""
+        if self._shown is None or self.quiet:
+            return
+        since = time.monotonic() - self._last
+        if (self._bar_shown and since >= 1.0) or (not self._tty and since >= self.LOG_STALL_S):
             self.update(*self._shown)
 
     def close(self) -> None:

@@ -64,3 +64,23 @@ def test_the_clock_goes_on_while_no_round_ends(monkeypatch):
     assert len(drawn) == 2 and drawn[0] == "[#---] round 8/20 | acc 0.500 | 2.9 s"
     assert drawn[1].startswith("[#---] round 8/20 | acc 0.500 | 153.4 s"), drawn
     Progress(20, stream=io.StringIO()).tick()  # not a terminal, nothing drawn: no error
+
+
+def test_a_log_hears_of_a_long_wait(monkeypatch):
+    """Off a terminal nothing was printed while a run waited minutes for a stopped host:
+    the last line comes again, with the time so far, every 30 s of waiting."""
+    clock = _Clock()
+    monkeypatch.setattr(progress.time, "monotonic", clock)
+    out = io.StringIO()
+    bar = Progress(20, width=4, stream=out)
+    bar.tick()  # nothing shown yet: nothing to repeat
+    clock.now += 2.0
+    bar.update(8, "acc 0.500")
+    clock.now += 29.0
+    bar.tick()
+    clock.now += 1.0
+    bar.tick()
+    clock.now += 10.0
+    bar.tick()
+    assert out.getvalue().splitlines() == ["[#---] round 8/20 | acc 0.500 | 2.0 s",
+                                           "[#---] round 8/20 | acc 0.500 | 32.0 s"]
