@@ -237,8 +237,11 @@ def _resolved(graph, config, options: dict, then):
 
 
 def _with_checkpoint(p: Plan, out: str) -> Plan:
-    """The coordinator checkpoints into the run folder (``checkpoint.msgpack``)."""
-    if p.closer is None:
+    """The coordinator checkpoints into the run folder (``checkpoint.msgpack``) where a
+    new process of it can resume from it: under ``--restart``, or with ``--listen``,
+    where a remote coordinator may be started again by hand.  Otherwise it writes none:
+    two fsyncs of the whole state a round bought nothing (a full disk failed the run)."""
+    if p.closer is None or (p.config.restart == "no" and not p.config.listen):
         return p
     path = os.path.abspath(os.path.join(out, "checkpoint.msgpack"))
     specs = tuple(dataclasses.replace(s, server=dataclasses.replace(s.server, checkpoint=path))
