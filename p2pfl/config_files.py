@@ -104,9 +104,13 @@ def with_sources(config_file: str | None = None, overrides: dict | None = None) 
     known = {f.name for f in fields(RunConfig)} - {"node_overrides"}
     values: dict = {}
     if config_file is not None:
+        if not isinstance(config_file, (str, os.PathLike)) or \
+                not isinstance(os.fspath(config_file), str):  # open(1) reads, closes stdout
+            raise ConfigError(f"config must be the path of a TOML file, got "
+                              f"{type(config_file).__name__}; options go as keywords")
         if not str(config_file).strip():
             raise ConfigError("--config is empty")
-        values = _file_options(config_file, known)
+        values = _file_options(os.fspath(config_file), known)
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
     for key, value in (overrides or {}).items():
         if key not in known:
