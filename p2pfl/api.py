@@ -222,14 +222,17 @@ def _resolved(graph, config, options: dict, then):
         options["model"] = register_module(module)
     t0 = time.monotonic()
     try:
-        cfg, sources = with_sources(config, options)
+        cfg, sources = with_sources(config, options, graph=graph is not None)
         try:
             check_run_addresses(cfg)  # before the plan, the run folder or any process
             from .plan import plan  # after the options are checked: a bad flag costs no torch
 
             p = plan(cfg, graph)  # config.json says where its options came from
         except UsageError as exc:  # a value the file set is named by the file, not a flag
-            raise named_by_file(exc, config, sources["file"]) from None
+            named = named_by_file(exc, config, sources["file"])
+            if named is exc:
+                raise
+            raise named from None
         return then(dataclasses.replace(p, record=dict(p.record, sources=sources)), t0)
     finally:  # forked nodes hold their own copy; the launcher keeps none after the run
         if not isinstance(module, str) and module is not None:

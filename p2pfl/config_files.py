@@ -97,10 +97,12 @@ def from_sources(config_file: str | None = None, overrides: dict | None = None) 
     return with_sources(config_file, overrides)[0]
 
 
-def with_sources(config_file: str | None = None, overrides: dict | None = None) -> tuple:
+def with_sources(config_file: str | None = None, overrides: dict | None = None, *,
+                 graph: bool = False) -> tuple:
     """:func:`from_sources`'s config, and where its options came from (config.json's
     ``sources``): the file, the options it set that no flag replaced, and the flags;
-    every other option is its default."""
+    every other option is its default.  ``graph``: a graph object gives the topology,
+    as the flag would: the file's ``topology`` and ``nodes`` give way to it."""
     known = {f.name for f in fields(RunConfig)} - {"node_overrides"}
     values: dict = {}
     if config_file is not None:
@@ -111,6 +113,9 @@ def with_sources(config_file: str | None = None, overrides: dict | None = None) 
         if not str(config_file).strip():
             raise ConfigError("--config is empty")
         values = _file_options(os.fspath(config_file), known)
+        if graph:
+            values.pop("topology", None)
+            values.pop("nodes", None)
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
     for key, value in (overrides or {}).items():
         if key not in known:

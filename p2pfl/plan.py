@@ -85,14 +85,16 @@ def _check_codec_flags(cfg: RunConfig) -> None:
 
 def _graph_record(p: Plan, graph) -> Plan:
     """A run over a graph object: its kind and edges, ``[u, v]`` or ``[u, v, {attributes}]``
-    (an edge's weights: they set the mixing weights), go in place of the topology spec."""
+    (an edge's weights: they set the mixing weights), go in place of the topology spec,
+    there and in the plan's config (``Result.config``: not the default ring:8)."""
     name = f"networkx {type(graph).__name__} ({graph.number_of_nodes()} nodes)"
     record = dict(p.record, topology=name)
     record["resolved"] = dict(record["resolved"], graph_edges=topo_mod.edges_as_run(graph))
     base = p.summary_base  # a server run's summary topology is its star
     if p.closer is None:
         base = dict(base, topology=name)
-    return dataclasses.replace(p, record=record, summary_base=base)
+    return dataclasses.replace(p, config=p.config.replace(topology=name), record=record,
+                               summary_base=base)
 
 
 def _run_keys(cfg: RunConfig, specs):
