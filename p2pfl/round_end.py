@@ -69,8 +69,10 @@ class RoundEnd:
             rnd, rows = self._due.pop(0)
             try:
                 answer = self.on_round(rnd, rows)
-            except (Exception, SystemExit) as exc:  # the caller's: raised after the summary
-                self.error = exc  # (a Ctrl-C in it is the run's, not the hook's)
+            except KeyboardInterrupt:  # a Ctrl-C in it is the run's, not the hook's
+                raise
+            except BaseException as exc:  # the caller's, raised after the summary: SystemExit,
+                self.error = exc  # pytest.fail's and other BaseExceptions too
                 if not ended:
                     self._stop(f"on_round raised {type(exc).__name__} at round {rnd}")
                 return

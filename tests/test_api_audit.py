@@ -4,6 +4,7 @@ config file, reading a run's models back."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import networkx as nx
@@ -11,6 +12,8 @@ import pytest
 
 import p2pfl
 from p2pfl.errors import ConfigError
+
+FAST = dict(rounds=5, quiet=True, in_process=True, transport="inproc", dataset="digits")
 
 
 @pytest.mark.parametrize("config", [{"rounds": 2}, 3.5, b"run.toml", "pipe"])
@@ -48,3 +51,21 @@ def test_a_graph_object_overrides_a_config_files_topology_and_nodes(tmp_path):
     assert p.config.topology == "networkx Graph (4 nodes)" and p.config.nodes is None
     with pytest.raises(ConfigError, match="give one of them"):  # both given as keywords
         p2pfl.plan_cluster(nx.cycle_graph(4), mode="fedavg", nodes=3, quiet=True)
+
+
+class _NotAnException(BaseException):
+    """As pytest.fail's and pytest.skip's outcomes, or a framework's cancellation."""
+
+
+def test_on_round_raising_a_base_exception_still_leaves_a_summary(tmp_path):
+    """Only Exception and SystemExit were the hook's: any other BaseException unwound
+    the launcher, and the run ended with no summary.json."""
+
+    def hook(rnd, records):
+        raise _NotAnException("from the hook")
+
+    with pytest.raises(_NotAnException, match="from the hook"):
+        p2pfl.run_cluster("ring:3", out=str(tmp_path), on_round=hook, **FAST)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["on_round_error"] == "_NotAnException: from the hook"
+    assert summary["stop_requested_at_round"] is None and not summary["interrupted"]
