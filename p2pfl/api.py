@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import numbers
 import os
 import signal
 import tempfile
@@ -66,6 +67,9 @@ class Result:
         ``torch.nn.Module`` in eval mode: the node's model (``nodes.json``) built anew
         with the saved state, or the state loaded into ``module`` (needed when it was a
         module of the caller's, which no file describes)."""
+        if isinstance(node, bool) or not isinstance(node, numbers.Integral):
+            raise UsageError(f"node is a node's id, an integer (the records' 'node'), got "
+                             f"{node!r}{_label_of(self.out_dir, node)}")
         path = model_path(self.out_dir, node)
         if not os.path.exists(path):
             saved = self.summary.get("models_saved")
@@ -78,6 +82,16 @@ class Result:
             module = _build_node_model(self.out_dir, node)
         module.load_state_dict(load_state(path))
         return module.eval()
+
+
+def _label_of(out_dir: str, label) -> str:
+    """``; label 'b' is node 1`` where ``label`` is a node's label in ``nodes.json``."""
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        with open(os.path.join(out_dir, "nodes.json")) as fh:
+            ids = [n["id"] for n in json.load(fh) if n.get("label") == label]
+        if ids:
+            return f"; label {label!r} is node {ids[0]}"
+    return ""
 
 
 def _build_node_model(out_dir: str, node: int):

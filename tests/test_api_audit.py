@@ -8,10 +8,11 @@ import json
 import os
 
 import networkx as nx
+import numpy as np
 import pytest
 
 import p2pfl
-from p2pfl.errors import ConfigError
+from p2pfl.errors import ConfigError, UsageError
 
 FAST = dict(rounds=5, quiet=True, in_process=True, transport="inproc", dataset="digits")
 
@@ -69,3 +70,16 @@ def test_on_round_raising_a_base_exception_still_leaves_a_summary(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["on_round_error"] == "_NotAnException: from the hook"
     assert summary["stop_requested_at_round"] is None and not summary["interrupted"]
+
+
+def test_a_saved_model_is_asked_for_by_a_nodes_integer_id(tmp_path):
+    """model(1.9) and model("1") loaded node 1's file, model(True) too; model("b") raised
+    a bare ValueError (int("b")), model(None) a TypeError."""
+    graph = nx.relabel_nodes(nx.path_graph(3), {0: "a", 1: "b", 2: "c"})
+    res = p2pfl.run_cluster(graph, out=str(tmp_path), save_models=True, **dict(FAST, rounds=1))
+    assert res.model(1).training is False and res.model(np.int64(2)) is not None
+    with pytest.raises(UsageError, match="an integer .*got 'b'; label 'b' is node 1"):
+        res.model("b")
+    for wrong in (1.9, "1", True, None):
+        with pytest.raises(UsageError, match="node's id, an integer"):
+            res.model(wrong)
