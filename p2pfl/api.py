@@ -286,6 +286,7 @@ def execute(p: Plan, *, t0: float | None = None, on_round=None) -> Result:
     from .cluster import Launcher
 
     cfg, t0 = p.config, time.monotonic() if t0 is None else t0
+    _check_modules(p)
     out = _out_dir(cfg)
     p = _with_checkpoint(p, out)
     progress = Progress(cfg.rounds, quiet=cfg.quiet)
@@ -388,6 +389,17 @@ def execute(p: Plan, *, t0: float | None = None, on_round=None) -> Result:
                       f" MB sent | {summary['wall_s']:.1f} s")
     progress.info(f"results in {out}")
     return result
+
+
+def _check_modules(p: Plan) -> None:
+    """A plan of :func:`plan_cluster` does not keep a module of the caller's: run, its
+    nodes would fail one by one (``unknown model 'custom:0'``)."""
+    from .models import CUSTOM
+
+    if any(s.learn.model.startswith("custom:") and s.learn.model not in CUSTOM
+           for s in p.specs):
+        raise UsageError("the plan's model is a module of yours, which plan_cluster does not "
+                         "keep: run it with run_cluster(model=module, ...)")
 
 
 def _os_error_text(exc: OSError) -> str:

@@ -10,8 +10,10 @@ import os
 import networkx as nx
 import numpy as np
 import pytest
+import torch.nn as nn
 
 import p2pfl
+from p2pfl.api import execute
 from p2pfl.errors import ConfigError, UsageError
 
 FAST = dict(rounds=5, quiet=True, in_process=True, transport="inproc", dataset="digits")
@@ -83,3 +85,13 @@ def test_a_saved_model_is_asked_for_by_a_nodes_integer_id(tmp_path):
     for wrong in (1.9, "1", True, None):
         with pytest.raises(UsageError, match="node's id, an integer"):
             res.model(wrong)
+
+
+def test_executing_a_plan_whose_module_was_not_kept_is_refused_before_any_node(tmp_path):
+    """plan_cluster keeps no module of the caller's: execute(plan) started every node,
+    and each failed with "unknown model 'custom:0'" (a ClusterError)."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    p = p2pfl.plan_cluster("ring:3", model=net, out=str(tmp_path / "run"), **FAST)
+    with pytest.raises(UsageError, match="a module of yours, which plan_cluster does not keep"):
+        execute(p)
+    assert not (tmp_path / "run").exists()
