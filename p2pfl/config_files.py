@@ -57,6 +57,9 @@ def _coerce(name: str, value, source: str):
     ftype = {f.name: f.type for f in fields(RunConfig)}[name]
     if value is None:
         return None
+    if "bool" in ftype and getattr(getattr(value, "dtype", None), "kind", None) == "b" \
+            and getattr(value, "shape", None) == ():  # numpy's True and False (a comparison's)
+        value = bool(value)
     if "bool" in ftype and not isinstance(value, bool):
         raise ConfigError(f"{source}: {name} must be true or false, got {value!r}")
     if ftype.startswith("int"):

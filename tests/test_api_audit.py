@@ -95,3 +95,11 @@ def test_executing_a_plan_whose_module_was_not_kept_is_refused_before_any_node(t
     with pytest.raises(UsageError, match="a module of yours, which plan_cluster does not keep"):
         execute(p)
     assert not (tmp_path / "run").exists()
+
+
+def test_numpys_booleans_are_accepted_as_numpys_numbers_are():
+    """quiet=np.True_ (as numpy comparisons answer) was "must be true or false"."""
+    p = p2pfl.plan_cluster("ring:3", quiet=np.True_, consensus=np.float64(1) > 2, rounds=1)
+    assert p.config.quiet is True and p.config.consensus is False
+    with pytest.raises(ConfigError, match="must be true or false"):  # an array is not one
+        p2pfl.plan_cluster("ring:3", quiet=np.array([True]), rounds=1)
