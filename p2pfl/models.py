@@ -137,10 +137,10 @@ def probe_model(model: nn.Module, ds, what: str) -> None:
     x = torch.from_numpy(ds.x_train[:2].copy())
     try:
         out = model(x)
-    except (RuntimeError, TypeError, ValueError, IndexError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConfigError(f"model {what} fails on a batch of {tuple(x.shape)}: {first}") \
-            from None
+    except Exception as exc:  # an assert or a typo (AttributeError) in it too: the cause
+        first = (str(exc).strip().splitlines() or [""])[0]  # keeps the caller's traceback
+        raise ConfigError(f"model {what} fails on a batch of {tuple(x.shape)}: "
+                          f"{type(exc).__name__}: {first}".rstrip(": ")) from exc
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(x), ds.num_classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ConfigError(f"model {what} maps a batch of {tuple(x.shape)} to {shape}; "

@@ -103,3 +103,30 @@ def test_numpys_booleans_are_accepted_as_numpys_numbers_are():
     assert p.config.quiet is True and p.config.consensus is False
     with pytest.raises(ConfigError, match="must be true or false"):  # an array is not one
         p2pfl.plan_cluster("ring:3", quiet=np.array([True]), rounds=1)
+
+
+class _Asserts(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        assert x.dim() == 2, "wants flat input"
+        return self.fc(x)
+
+
+class _Typo(_Asserts):
+    def forward(self, x):
+        return self.fc2(x.flatten(1))
+
+
+@pytest.mark.parametrize("model, words", [
+    (_Asserts(), "AssertionError: wants flat input"),
+    (_Typo(), "AttributeError: '_Typo' object has no attribute 'fc2'"),
+])
+def test_a_module_failing_its_probe_in_any_way_is_a_config_error(tmp_path, model, words):
+    """Only RuntimeError, TypeError, ValueError and IndexError were refused as a module
+    that fails on the data: an assert or a typo in forward escaped the probe bare."""
+    with pytest.raises(ConfigError, match=f"fails on a batch of .*{words}"):
+        p2pfl.run_cluster("ring:3", model=model, out=str(tmp_path), **FAST)
+    assert not os.listdir(tmp_path)
