@@ -127,6 +127,7 @@ class _Typo(_Asserts):
 def test_a_module_failing_its_probe_in_any_way_is_a_config_error(tmp_path, model, words):
     """Only RuntimeError, TypeError, ValueError and IndexError were refused as a module
     that fails on the data: an assert or a typo in forward escaped the probe bare."""
-    with pytest.raises(ConfigError, match=f"fails on a batch of .*{words}"):
+    with pytest.raises(ConfigError, match=f"fails on a batch of .*{words}") as info:
         p2pfl.run_cluster("ring:3", model=model, out=str(tmp_path), **FAST)
     assert not os.listdir(tmp_path)
+    assert info.value.__cause__ is not None  # the module's own error, for its traceback
