@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import threading
 import time
 
@@ -28,6 +27,7 @@ from .admission import Admission
 from .errors import ClusterError, UsageError
 from .launcher_link import HEARTBEAT_S, LOST_AFTER_S, START_BEAT_S, config_fields
 from .metrics import write_json_atomic
+from .run_dirs import make_run_dir
 from .runtime import LAUNCHER
 from .transport import Endpoint, Mailbox
 from .transport.mailbox import NODE_REPORTS
@@ -92,7 +92,7 @@ class Launcher(Supervision, Admission):
         # what a quiet run still says: where remote nodes join (--listen HOST:*)
         self.notice = notice or self.log
         self.nodes = {s.id: NodeHandle(s.id, s.label) for s in specs}
-        self.run_dir = tempfile.mkdtemp(prefix="p2pfl-")
+        self.run_dir = make_run_dir()  # and the folders of killed launchers swept
         self.ctx: zmq.Context | None = None
         self.ep: Endpoint | None = None
         self.control_bytes = 0
