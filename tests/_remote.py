@@ -6,10 +6,10 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 import time
 
 from p2pfl.addresses import free_port, listening
+from tests._forked import CLI, Forked, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,10 +44,10 @@ def listening_launcher(out, *flags, quiet: bool = True) -> tuple:
     ADDR once it listens."""
     port = free_port()
     addr = f"tcp://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "cluster", "--dataset", "digits",
-                             "--listen", addr, *map(str, flags), *(["-q"] if quiet else []),
-                             "--out", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL if quiet else subprocess.PIPE, text=True)
+    proc = Forked([*CLI, "cluster", "--dataset", "digits", "--listen", addr, *map(str, flags),
+                   *(["-q"] if quiet else []), "--out", str(out)], cwd=ROOT,
+                  stdout=subprocess.DEVNULL,
+                  stderr=subprocess.DEVNULL if quiet else subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not listening(port):
         assert proc.poll() is None and time.monotonic() < deadline, "it never listened"
@@ -67,24 +67,22 @@ def read_until(proc: subprocess.Popen, words: str) -> str:
 
 def remote_nodes(addr: str, count: int, *flags) -> list:
     """``count`` `p2pfl node --connect ADDR --id I FLAGS` processes (stderr: a text pipe)."""
-    return [subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
-                              "--id", str(i), "--host", "127.0.0.1", *map(str, flags)],
-                             cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    return [Forked([*CLI, "node", "--connect", addr, "--id", str(i), "--host", "127.0.0.1",
+                    *map(str, flags)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
             for i in range(count)]
 
 
-# imports first, then the node, once a line comes on stdin (:func:`release`)
-_SPARE = ("import sys, torch, p2pfl.cli, p2pfl.worker, p2pfl.node, p2pfl.learner, p2pfl.data\n"
-          "sys.stdin.readline()\nsys.exit(p2pfl.cli.main(sys.argv[1:]))")
-
-
 def spare_node(addr: str, i: int, *flags, **popen) -> subprocess.Popen:
-    """`p2pfl node --connect ADDR --id I --host 127.0.0.1 FLAGS` with its imports done
-    ahead, started by :func:`release`: a node started again by hand joins at once, where
-    on a loaded machine its imports took longer than what the test waits on."""
-    return subprocess.Popen([sys.executable, "-c", _SPARE, "node", "--connect", addr, "--id",
-                             str(i), "--host", "127.0.0.1", *map(str, flags)], cwd=ROOT,
-                            stdin=subprocess.PIPE, **popen)
+    """`p2pfl node --connect ADDR --id I --host 127.0.0.1 FLAGS`, held until
+    :func:`release`: a node started again by hand joins at once."""
+    return Forked([*CLI, "node", "--connect", addr, "--id", str(i), "--host", "127.0.0.1",
+                   *map(str, flags)], hold=True, cwd=ROOT, stdin=subprocess.PIPE, **popen)
+
+
+def start(cmd: list, **popen) -> subprocess.Popen:
+    """``cmd`` started: forked if it is a p2pfl command, else a process of its own (``ip
+    netns exec ...``)."""
+    return Forked(cmd, **popen) if cmd[:3] == CLI else subprocess.Popen(cmd, **popen)
 
 
 def release(proc: subprocess.Popen) -> subprocess.Popen:
@@ -143,13 +141,13 @@ def run_to_the_end(launcher: list, nodes: list, timeout: float = 120,
     them exit 0.  (Nodes of the same host started at once bind their own ports
     meanwhile, and one of those could be the port picked for the launcher; nodes in
     other network namespaces, ``same_host=False``, cannot take it, nor can we see it.)"""
-    proc = subprocess.Popen(launcher, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    proc = start(launcher, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     port = int(launcher[launcher.index("--listen") + 1].rsplit(":", 1)[1])
     deadline = time.monotonic() + 60
     while (same_host and not listening(port) and proc.poll() is None
            and time.monotonic() < deadline):
         time.sleep(0.05)
-    procs = [subprocess.Popen(cmd, cwd=ROOT) for cmd in nodes]
+    procs = [start(cmd, cwd=ROOT) for cmd in nodes]
     try:
         _, err = proc.communicate(timeout=timeout)
         assert proc.returncode == 0, err
@@ -167,11 +165,11 @@ def remote_run(tmp_path, secure: bool = False, nodes: int = 3) -> tuple:
     flags = ["cluster", "--topology", f"ring:{nodes}", "--rounds", "3", "--listen", addr, "-q",
              "--out", str(tmp_path / "run")]
     if secure:
-        subprocess.run([sys.executable, "-m", "p2pfl.cli", "keys", "generate", str(keys),
-                        "--nodes", str(nodes)], cwd=ROOT, check=True, capture_output=True)
+        run([*CLI, "keys", "generate", str(keys), "--nodes", str(nodes)], cwd=ROOT, check=True,
+            capture_output=True)
         flags += ["--keys", str(keys)]
-    run_to_the_end([sys.executable, "-m", "p2pfl.cli", *flags],
-                   [[sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
+    run_to_the_end([*CLI, *flags],
+                   [[*CLI, "node", "--connect", addr,
                      "--host", "127.0.0.1",
                      *(["--key", str(keys / f"{i}.key_secret")] if secure
                        else ["--id", str(i)])] for i in range(nodes)])

@@ -4,7 +4,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import networkx as nx
@@ -13,6 +12,7 @@ import pytest
 
 import p2pfl
 from p2pfl.metrics import read_metrics
+from tests._forked import CLI, Forked
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -99,11 +99,9 @@ def test_gossip_averaging_reaches_consensus(tmp_path):
 
 def _start_cli(tmp_path, *extra):
     """A run long enough (minutes) that a signal always lands while it works."""
-    cmd = [sys.executable, "-m", "p2pfl.cli", "cluster", "--topology", "ring:4", "--rounds",
-           "5000", "--local-steps", "20", "--round-timeout", "1", "--out", str(tmp_path), "-q",
-           *extra]
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    cmd = [*CLI, "cluster", "--topology", "ring:4", "--rounds", "5000", "--local-steps", "20",
+           "--round-timeout", "1", "--out", str(tmp_path), "-q", *extra]
+    return Forked(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _node_pids(tmp_path, proc, timeout=60.0):
@@ -185,19 +183,18 @@ def test_a_quiet_launcher_on_any_port_says_where_nodes_join(tmp_path):
     from tests._remote import ROOT as root
 
     out = tmp_path / "run"
-    cli = [sys.executable, "-m", "p2pfl.cli"]
-    launcher = subprocess.Popen([*cli, "cluster", "--topology", "ring:2", "--rounds", "2",
-                                 "--listen", "tcp://127.0.0.1:*", "-q", "--out", str(out),
-                                 "--start-timeout", "30"],  # bounds a readline never answered
-                                cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+    cli = CLI
+    launcher = Forked([*cli, "cluster", "--topology", "ring:2", "--rounds", "2",
+                       "--listen", "tcp://127.0.0.1:*", "-q", "--out", str(out),
+                       "--start-timeout", "30"],  # bounds a readline never answered
+                      cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     nodes = []
     try:
         line = launcher.stderr.readline()  # blocks until the launcher has bound
         assert line.startswith("waiting for 2 node(s) to join at tcp://127.0.0.1:"), line
         address = line.split(" at ", 1)[1].strip()
         assert not address.endswith(":*")
-        nodes = [subprocess.Popen([*cli, "node", "--connect", address, "--host", "127.0.0.1",
+        nodes = [Forked([*cli, "node", "--connect", address, "--host", "127.0.0.1",
                                    "--id", str(i)], cwd=root) for i in range(2)]
         stdout, err = launcher.communicate(timeout=120)
         assert launcher.returncode == 0, err
@@ -257,7 +254,7 @@ def test_any_torch_module_through_the_api(tmp_path):
 def _node(addr, i, *flags):
     from tests._remote import ROOT as root
 
-    return subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
+    return Forked([*CLI, "node", "--connect", addr,
                              "--id", str(i), "--host", "127.0.0.1", *flags], cwd=root,
                             stderr=subprocess.PIPE, text=True)
 

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -20,12 +19,13 @@ import pytest
 
 from p2pfl.metrics import read_metrics
 from tests._remote import await_records, records, remote_cluster
+from tests._forked import CLI, Forked
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _start(out, *flags):
-    return subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "cluster", "--dataset", "digits",
+    return Forked([*CLI, "cluster", "--dataset", "digits",
                              "-q", "--out", str(out), *flags], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -15,6 +15,7 @@ import time
 
 from p2pfl.addresses import free_port, listening
 from tests._remote import ROOT
+from tests._forked import CLI, Forked
 
 #: Sends, as node 1: a record whose round is text (round 2), a record of node 0 (round
 #: 3), a model frame of 3 bytes (round 4), a final model (--save-models) whose tensors
@@ -72,10 +73,9 @@ def _run(tmp_path, patch: str, hostile: int, nodes: int, *flags) -> tuple:
     port = free_port()
     addr = f"tcp://127.0.0.1:{port}"
     out = tmp_path / "run"
-    launcher = subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "cluster", *flags,
-                                 "--dataset", "digits", "--listen", addr, "-q",
-                                 "--out", str(out)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    node = [sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr, "--host", "127.0.0.1"]
+    launcher = Forked([*CLI, "cluster", *flags, "--dataset", "digits", "--listen", addr, "-q",
+                       "--out", str(out)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    node = [*CLI, "node", "--connect", addr, "--host", "127.0.0.1"]
     script = textwrap.dedent(patch) + textwrap.dedent(f"""
         from p2pfl.cli import main
         raise SystemExit(main({node[3:] + ["--id", str(hostile)]!r}))
@@ -85,9 +85,10 @@ def _run(tmp_path, patch: str, hostile: int, nodes: int, *flags) -> tuple:
         deadline = time.monotonic() + 60
         while not listening(port) and time.monotonic() < deadline:
             time.sleep(0.05)
-        procs = [subprocess.Popen([sys.executable, "-c", script] if i == hostile
-                                  else node + ["--id", str(i)], cwd=ROOT,
-                                  stderr=subprocess.DEVNULL) for i in range(nodes)]
+        procs = [subprocess.Popen([sys.executable, "-c", script], cwd=ROOT,
+                                  stderr=subprocess.DEVNULL) if i == hostile
+                 else Forked(node + ["--id", str(i)], cwd=ROOT, stderr=subprocess.DEVNULL)
+                 for i in range(nodes)]
         _, err = launcher.communicate(timeout=120)
     finally:
         for p in [launcher, *procs]:

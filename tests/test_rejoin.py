@@ -7,9 +7,8 @@ to stop waiting for it, then resumed with SIGCONT.
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
+from tests._forked import CLI, Forked
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,8 +23,8 @@ def _rounds_written(out) -> int:
 
 def test_a_frozen_neighbour_is_waited_for_again_once_it_answers(tmp_path):
     out = str(tmp_path / "run")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "p2pfl.cli", "cluster", "--topology", "ring:4", "--dataset",
+    proc = Forked(
+        [*CLI, "cluster", "--topology", "ring:4", "--dataset",
          "digits", "--rounds", "1500", "--round-timeout", "0.3", "--eval-every", "50",
          "--no-consensus", "-q", "--out", out], cwd=ROOT)
     try:

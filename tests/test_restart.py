@@ -17,12 +17,13 @@ import pytest
 
 from tests._inproc import cli_here
 from tests._remote import release, spare_node
+from tests._forked import CLI, Forked
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _cluster(out, *flags):
-    return subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "cluster", "--dataset", "digits",
+    return Forked([*CLI, "cluster", "--dataset", "digits",
                              "--restart", "on-failure", "-q", "--out", out, *flags], cwd=ROOT)
 
 
@@ -47,7 +48,7 @@ def _kill_when(out, label, ready, proc, timeout=90):
 
 def _remote_node(addr, i, *flags, **popen):
     """`p2pfl node --connect ADDR --id I` on loopback."""
-    return subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
+    return Forked([*CLI, "node", "--connect", addr,
                              "--id", str(i), "--host", "127.0.0.1", *flags], cwd=ROOT, **popen)
 
 
@@ -196,7 +197,7 @@ def test_a_remote_node_restarted_by_hand_rejoins(tmp_path):
         addr = f"tcp://127.0.0.1:{s.getsockname()[1]}"
     out = str(tmp_path / "run")
     log = open(tmp_path / "launcher.log", "w")  # not -q: what it says of the node
-    launcher = subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "cluster", "--dataset",
+    launcher = Forked([*CLI, "cluster", "--dataset",
                                  "digits", "--restart", "on-failure", "--out", out,
                                  "--topology", "ring:4", "--rounds", "400", "--round-timeout",
                                  "1", "--eval-every", "50", "--no-consensus", "--listen", addr],
@@ -263,7 +264,7 @@ def test_a_dead_coordinator_without_restart_is_exit_1(tmp_path):
     """Without the coordinator no round completes: the run ends, and says it failed, at
     once (the workers were stopped only after the closer's 10 s grace)."""
     out = str(tmp_path / "run")
-    proc = subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "cluster", "--dataset", "digits",
+    proc = Forked([*CLI, "cluster", "--dataset", "digits",
                              "--mode", "fedavg", "--nodes", "3", "--rounds", "500",
                              "--round-timeout", "1", "-q", "--out", out], cwd=ROOT,
                             stderr=subprocess.PIPE, text=True)

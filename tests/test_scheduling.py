@@ -4,8 +4,6 @@ default); the launcher's own process, which may be a user's, is left as it is.""
 import json
 import multiprocessing as mp
 import os
-import subprocess
-import sys
 import threading
 import time
 
@@ -14,6 +12,7 @@ import pytest
 from p2pfl.errors import ConfigError
 from p2pfl.scheduling import set_cpu_policy
 from p2pfl.spec import RuntimeSpec
+from tests._forked import CLI, Forked
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 linux = pytest.mark.skipif(not hasattr(os, "SCHED_BATCH") or not os.path.isdir("/proc/self/task"),
@@ -73,8 +72,8 @@ def test_a_policy_not_known_is_refused():
 def test_node_processes_run_under_the_policy_and_the_launcher_is_left_alone(tmp_path, flags,
                                                                             want):
     out = tmp_path / "run"
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "p2pfl.cli", "cluster", "--topology", "ring:3", "--dataset",
+    launcher = Forked(
+        [*CLI, "cluster", "--topology", "ring:3", "--dataset",
          "digits", "--model", "mlp:8", "--local-steps", "0", "--rounds", "100000",
          "--no-consensus", "-q", "--out", str(out), *flags], cwd=ROOT)
     try:

@@ -7,7 +7,6 @@ import json
 import os
 import stat
 import subprocess
-import sys
 import time
 
 import msgpack
@@ -24,13 +23,13 @@ from p2pfl.transport.security import KeyPair, Security
 from p2pfl.transport.wire import pack
 from tests._remote import free_port, listening, read_until, remote_run
 from tests._inproc import cli_here
+from tests._forked import CLI, Forked, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "p2pfl.cli", *args], cwd=ROOT,
-                          capture_output=True, text=True, **kw)
+    return run([*CLI, *args], cwd=ROOT, capture_output=True, text=True, **kw)
 
 
 @pytest.fixture
@@ -351,7 +350,7 @@ def _plain_then_secure_under_attack(tmp_path, flags, count: int, claim) -> tuple
     plain = _cli(*flags, "--out", str(tmp_path / "plain"), timeout=300)
     assert plain.returncode == 0, plain.stderr
     out = str(tmp_path / "secure")
-    proc = subprocess.Popen([sys.executable, "-m", "p2pfl.cli", *flags, "--secure",
+    proc = Forked([*CLI, *flags, "--secure",
                              "--out", out], cwd=ROOT)
     try:
         nodes = _nodes_json(out, proc)
@@ -425,13 +424,13 @@ def test_a_second_process_with_a_nodes_key_is_refused_and_the_first_runs_on(tmp_
     would send: its ready was dropped as replayed, and the run never started."""
     _cli("keys", "generate", str(tmp_path / "keys"), "--nodes", "3", check=True)
     addr = f"tcp://127.0.0.1:{free_port()}"
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "p2pfl.cli", "cluster", "--topology", "ring:3", "--rounds", "3",
+    launcher = Forked(
+        [*CLI, "cluster", "--topology", "ring:3", "--rounds", "3",
          "--listen", addr, "--keys", str(tmp_path / "keys"), "--start-timeout", "60",
          "--out", str(tmp_path / "run")], cwd=ROOT, stderr=subprocess.PIPE, text=True)
 
     def node(i, **kw):
-        return subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
+        return Forked([*CLI, "node", "--connect", addr,
                                  "--host", "127.0.0.1", "--start-timeout", "60", "--key",
                                  str(tmp_path / "keys" / f"{i}.key_secret")], cwd=ROOT, **kw)
 
@@ -459,8 +458,8 @@ def test_a_labelled_nodes_key_with_the_wrong_id_is_refused_with_the_right_one(tm
     graph = tmp_path / "tri.edgelist"
     graph.write_text("a b\nb c\nc a\n")
     addr = f"tcp://127.0.0.1:{free_port()}"
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "p2pfl.cli", "cluster", "--topology", str(graph), "--rounds",
+    launcher = Forked(
+        [*CLI, "cluster", "--topology", str(graph), "--rounds",
          "2", "--listen", addr, "--keys", str(tmp_path / "keys"), "--start-timeout", "60",
          "--out", str(tmp_path / "run")], cwd=ROOT, stderr=subprocess.PIPE, text=True)
     try:
@@ -468,7 +467,7 @@ def test_a_labelled_nodes_key_with_the_wrong_id_is_refused_with_the_right_one(tm
         config = json.loads((tmp_path / "run" / "config.json").read_text())
         ids = {n: i for i, n in enumerate(config["resolved"]["labels"])}
         wrong = (ids["a"] + 1) % 3
-        node = subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
+        node = Forked([*CLI, "node", "--connect", addr,
                                  "--host", "127.0.0.1", "--start-timeout", "40", "--id",
                                  str(wrong), "--key", str(tmp_path / "keys" / "a.key_secret")],
                                 cwd=ROOT, stderr=subprocess.PIPE, text=True)
@@ -491,15 +490,15 @@ def test_a_node_with_a_key_of_another_run_is_named_as_refused(tmp_path):
     port = free_port()
     addr = f"tcp://127.0.0.1:{port}"
     # the node's imports and handshake must fit in the launcher's start time-out
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "p2pfl.cli", "cluster", "--topology", "line:2", "--rounds", "2",
+    launcher = Forked(
+        [*CLI, "cluster", "--topology", "line:2", "--rounds", "2",
          "--listen", addr, "--keys", str(tmp_path / "run_keys"), "--start-timeout", "10", "-q",
          "--out", str(tmp_path / "run")], cwd=ROOT, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not listening(port):
         assert launcher.poll() is None and time.monotonic() < deadline, "it never listened"
         time.sleep(0.05)
-    node = subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
+    node = Forked([*CLI, "node", "--connect", addr,
                              "--host", "127.0.0.1", "--start-timeout", "10",
                              "--key", str(tmp_path / "other_keys" / "0.key_secret")],
                             cwd=ROOT, stderr=subprocess.DEVNULL)
@@ -526,8 +525,8 @@ def test_a_node_and_launcher_of_which_one_has_curve_say_so(tmp_path, secure_laun
     port = free_port()
     addr = f"tcp://127.0.0.1:{port}"
     log = open(tmp_path / "launcher.log", "w")
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "p2pfl.cli", "cluster", "--topology", "line:2", "--rounds", "2",
+    launcher = Forked(
+        [*CLI, "cluster", "--topology", "line:2", "--rounds", "2",
          "--listen", addr, "--start-timeout", "30", "--out", str(tmp_path / "run"),
          *(["--keys", str(tmp_path / "keys")] if secure_launcher else [])], cwd=ROOT,
         stderr=log)
@@ -535,7 +534,7 @@ def test_a_node_and_launcher_of_which_one_has_curve_say_so(tmp_path, secure_laun
     while not listening(port):
         assert launcher.poll() is None and time.monotonic() < deadline, "it never listened"
         time.sleep(0.05)
-    node = subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "node", "--connect", addr,
+    node = Forked([*CLI, "node", "--connect", addr,
                              "--host", "127.0.0.1", "--start-timeout", "8", "--id", "0",
                              *([] if secure_launcher else
                                ["--key", str(tmp_path / "keys" / "0.key_secret")])],
