@@ -229,8 +229,11 @@ def _gossip_plan(cfg: RunConfig, graph, restarts: int = 0) -> Plan:
         check_robust(cfg.robust, topo.schedule.phases if topo.schedule is not None
                      else (topo.mixing,), "the given graph" if graph is not None
                      else str(cfg.topology), schedule)
-    runtime = dataclasses.replace(_runtime_spec(cfg, schedule, codecs),
-                                  presence=bool(restarts) or any(a.active for a in availability))
+    # presence (a node says when it leaves or is done): under churn and restarts, and
+    # without a barrier, where a node finishes long before a slow neighbour, which would
+    # otherwise go on sending it a model every iteration that nobody reads
+    presence = bool(restarts) or schedule == "async" or any(a.active for a in availability)
+    runtime = dataclasses.replace(_runtime_spec(cfg, schedule, codecs), presence=presence)
     learns = [dataclasses.replace(x, momentum_mode=_momentum_mode(algorithm, codecs[i]))
               for i, x in enumerate(learns)]
     phases = topo.schedule.node_phases() if topo.schedule is not None else None

@@ -38,9 +38,10 @@ def end_warnings(summary: dict) -> list:
             out.append(f"warning: {misses} neighbours' models missed their round (as many "
                        f"as half the messages sent): {why}")
         unsent = (summary.get("dropped") or {}).get("link_unsent", 0)
-        if unsent and unsent >= sent:  # mostly alone too
+        models = summary.get("model_messages_total", sent)  # leaves and pulls left too
+        if unsent and unsent >= models:  # mostly alone too
             out.append(f"warning: {unsent} models never left their node's emulated uplink "
-                       f"(link_unsent), {sent} did: a --link too slow for the nodes' pace?")
+                       f"(link_unsent), {models} did: a --link too slow for the nodes' pace?")
         return out
     asked, ok = summary.get("participants_total") or 0, summary.get("replies_ok_total") or 0
     if asked and 2 * (asked - ok) >= asked:  # the global model learned from few replies

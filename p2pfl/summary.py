@@ -66,6 +66,7 @@ def run_summary(plan, sink, nodes: dict, wall: float, control_bytes: int,
         "devices": dict(sorted(Counter(f["device"] for f in finals
                                        if isinstance(f.get("device"), str)).items())),
         "messages_sent_total": int(sum(f.get("messages_sent", 0) for f in finals)),
+        "model_messages_total": int(messages),  # of them, models (not leave, pull, ...)
         "emulated_lost_total": int(sum(f.get("emulated_lost", 0) for f in finals)),
         "failed_nodes": failed,
         # failed because their own training left the model non-finite (errors.Diverged)
