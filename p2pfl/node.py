@@ -144,6 +144,7 @@ class GossipNode(CatchUp):
             self.broadcast(rnd, self.algorithm.outgoing(sent))
         if self.asynchronous:
             received = self.arrivals(rnd)
+            self.algorithm.absent = frozenset(self.rt.away)  # after the arrivals' news
             x = self.algorithm.mix_async(x, received)
         else:
             received = self.collect(rnd)

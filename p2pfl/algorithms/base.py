@@ -166,6 +166,10 @@ class GossipAlgorithm:
     #: (an ALIE attacker's view; the node sets it).  Off, they are freed after the
     #: mix: at 10 M parameters each round's two received models are 80 MB a node.
     observe_neighbours = False
+    #: Neighbours that said they left (offline, done, or dead), set by an asynchronous
+    #: node before each :meth:`mix_async`: a rule that keeps a copy of each neighbour
+    #: (CHOCO) leaves theirs out, as a missed round does in synchronous gossip.
+    absent: frozenset = frozenset()
 
     def __init__(self, numel: int, self_weight: float, weights: dict, *,
                  x0: torch.Tensor | None = None, options=None, seed: int | None = None,

@@ -106,7 +106,10 @@ class CHOCO(GossipAlgorithm):
 
     def mix_async(self, x: torch.Tensor, received: dict) -> torch.Tensor:
         """Without a barrier: apply every q that arrived, in order (each moves x̂_j),
-        then take one consensus step over the copies that are current."""
+        then take one consensus step over the copies that are current, but not those of
+        neighbours that said they left (:attr:`absent`): nothing marks their copies
+        stale, and a neighbour offline for good from round 2 pulled the nodes next to
+        it towards its model of round 2 to their last round."""
         for j in sorted(received, key=str):
             for update in received[j]:
                 self.public.apply({j: update}, every_round=False)
@@ -114,12 +117,13 @@ class CHOCO(GossipAlgorithm):
 
     def _consensus_step(self, x: torch.Tensor) -> torch.Tensor:
         pub = self.public
+        mixed = [j for j in pub.fresh() if j not in self.absent]
         if self.robust[0] != "none":  # on x̂_j − x̂_i (module docstring of robust.py)
-            fresh = {j: pub.copies[j] for j in pub.fresh()}
+            fresh = {j: pub.copies[j] for j in mixed}
             step = robust_step(pub.own, fresh, self.weights, self.robust)
         else:
             step = torch.zeros_like(x)
-            for j in pub.fresh():
+            for j in mixed:
                 step.add_(pub.copies[j] - pub.own, alpha=self.weights[j])
         base = x if self.memory else pub.own.clone()
         return base.add_(step, alpha=self.gamma)
