@@ -30,6 +30,7 @@ def end_warnings(summary: dict) -> list:
                    f"({first_few(failed)}; "
                    "failed_nodes in summary.json says why); the accuracy is the others'")
     if summary.get("mode") == "gossip":
+        out += _ended_early(summary)
         bad = (summary.get("dropped") or {}).get("undecodable", 0)  # non-finite, corrupt
         if misses and 2 * bad >= misses:  # (a node whose own model diverged stops instead)
             why = ("most were dropped as undecodable: models non-finite or corrupt as they "
@@ -48,3 +49,20 @@ def end_warnings(summary: dict) -> list:
         out.append(f"warning: {asked - ok} of the {asked} replies the coordinator asked for "
                    f"did not come within their round: {why}")
     return out
+
+
+def _ended_early(summary: dict) -> list:
+    """Gossip nodes that ended before the last round without a stop: offline when all
+    their neighbours had finished (an asynchronous run outpaces a churn period), which
+    the progress bar showed only as "(5 of 6 nodes)" while their accuracy, of a few
+    rounds' model, counted in the mean or (none recorded) silently did not."""
+    early = summary.get("ended_early") or {}
+    if not early or summary.get("target_reached_at_round") is not None \
+            or summary.get("stop_requested_at_round") is not None:
+        return []
+    rounds = summary.get("rounds")
+    at = ", ".join(f"{k} at round {r}" for k, r in list(early.items())[:8])
+    more = f", ... ({len(early)} in all)" if len(early) > 8 else ""
+    return [f"warning: {len(early)} of {summary.get('nodes')} nodes ended before round "
+            f"{rounds} ({at}{more}): offline (or restarted) when all their neighbours had "
+            "finished; their accuracy is that of their last round (ended_early in summary.json)"]

@@ -86,6 +86,10 @@ def run_summary(plan, sink, nodes: dict, wall: float, control_bytes: int,
         out["ray_nodes"] = len({h.ray_node for h in nodes.values() if h.ray_node})
     if plan.closer is not None:
         _server_fields(out, plan, sink, nodes, dead, tail)
+    else:  # gossip nodes that finished before the last round (offline when all their
+        # neighbours had finished, or the run was stopped), with their last round
+        out["ended_early"] = {str(h.label): int(h.last_round) for _, h in sorted(
+            nodes.items()) if h.state == "done" and h.last_round < cfg.rounds}
     return out
 
 

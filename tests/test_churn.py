@@ -249,3 +249,23 @@ def test_neighbours_finishing_in_the_last_wait_offline_end_the_node_too():
     assert Runtime.offline(rt, Back(), lambda: "neighbours" in done) is True
     Clock.now, done = 0.0, set()
     assert Runtime.offline(rt, Back(), lambda: False) is False and Clock.now == 1.0
+
+
+def test_a_node_that_ended_offline_before_the_last_round_is_warned_of(tmp_path):
+    """Offline until long after its neighbours finished, a node ends its run there (as
+    documented); the run said only "(3 of 4 nodes)" in its progress bar, and nothing at
+    its end, while the node's accuracy (of a few rounds, or none) counted or not."""
+    import json
+
+    from tests._inproc import cli_here
+
+    prof = tmp_path / "away.toml"
+    prof.write_text("[nodes.2]\noffline = [[0.0, 1000.0]]\n")
+    out = tmp_path / "run"
+    res = cli_here("cluster", "--topology", "ring:4", "--dataset", "digits", "--rounds", "10",
+                   "--schedule", "async", "--profiles", str(prof), "--in-process",
+                   "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ended_early"] == {"2": 1} and summary["failed_nodes"] == {}
+    assert "1 of 4 nodes ended before round 10 (2 at round 1)" in res.stderr, res.stderr
