@@ -74,7 +74,10 @@ def test_a_finished_asynchronous_node_is_not_sent_to_any_more(tmp_path):
     # the others finished while node 0 was still at its first rounds: it stopped
     # sending to them
     assert sent[(0, 1)] < sent[(1, 0)] / 2 and sent[(0, 2)] < sent[(2, 0)] / 2
-    assert s["bytes_received_total"] >= 0.95 * s["bytes_sent_total"]
+    # what is neither received nor counted: at most the few models under way when a
+    # node said bye (6.6 % to 8.3 % of 12 rounds' bytes on a loaded machine)
+    model = s["bytes_sent_total"] / s["model_messages_total"]
+    assert s["bytes_sent_total"] - s["bytes_received_total"] <= 6 * model
 
 
 def test_asynchronous_choco_leaves_out_a_neighbour_that_left():
