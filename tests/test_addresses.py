@@ -138,7 +138,7 @@ def test_a_node_that_never_reached_its_launcher_stops_at_once_on_a_signal(sig):
     """Its join could not leave, yet the node waited 2 s for it before exiting, and
     said that 'all nodes' had stopped."""
     proc = Forked([*CLI, "node", "--connect", f"tcp://127.0.0.1:{free_port()}",
-                             "--id", "0"], cwd=ROOT, text=True, stderr=subprocess.PIPE)
+                   "--id", "0"], cwd=ROOT, text=True, stderr=subprocess.PIPE)
     try:
         await_zeromq(proc)  # imported, bound, and waiting for the launcher
         assert proc.poll() is None
@@ -174,9 +174,9 @@ def test_node_says_when_a_connected_launcher_does_not_answer_its_join():
 def _listening_launcher(tmp_path, addr: str, start_timeout: float, *extra) -> subprocess.Popen:
     """`p2pfl cluster --listen`, returned once it waits for its nodes."""
     proc = Forked([*CLI, "cluster", "--topology", "ring:4", "--listen", addr,
-                             "--start-timeout", str(start_timeout), "--out", str(tmp_path),
-                             *extra],
-                            cwd=ROOT, text=True, stderr=subprocess.PIPE)
+                   "--start-timeout", str(start_timeout), "--out", str(tmp_path),
+                   *extra],
+                  cwd=ROOT, text=True, stderr=subprocess.PIPE)
     try:
         read_until(proc, "waiting for 4 node(s) to join at")
     except AssertionError:
@@ -194,7 +194,7 @@ def test_a_node_that_reached_the_launcher_says_so(tmp_path):
     launcher = _listening_launcher(tmp_path, addr, 9)  # 6 s: a loaded machine's nodes
     node = [*CLI, "node", "--connect", addr, "--host", "127.0.0.1", "--start-timeout"]
     patient = [Forked([*node, "1", "--id", k], cwd=ROOT, text=True,  # had not
-                                stderr=subprocess.PIPE) for k in ("0", "1")]  # all joined
+                      stderr=subprocess.PIPE) for k in ("0", "1")]  # all joined
     try:
         assert launcher.wait(timeout=30) == 1  # 2 of its 4 nodes joined in 9 s
         assert "2 node(s) not joined after 9 s" in launcher.stderr.read()
@@ -208,8 +208,8 @@ def test_a_node_that_reached_the_launcher_says_so(tmp_path):
             proc.kill()
     launcher = _listening_launcher(tmp_path, addr, 60)
     node = Forked([*CLI, "node", "--connect", addr, "--host", "127.0.0.1",
-                             "--start-timeout", "2", "--id", "0"], cwd=ROOT, text=True,
-                            stderr=subprocess.PIPE)
+                   "--start-timeout", "2", "--id", "0"], cwd=ROOT, text=True,
+                  stderr=subprocess.PIPE)
     try:
         time.sleep(4)  # joined, and waiting: the launcher's heartbeats come
         assert node.poll() is None
@@ -280,7 +280,7 @@ def test_a_second_process_with_a_joined_id_is_refused_and_told(tmp_path):
         time.sleep(1.5)
         again = Forked([*node, "--id", "1"], cwd=ROOT, stderr=subprocess.DEVNULL)
         others = [again] + [Forked([*node, "--id", k], cwd=ROOT,
-                                             stderr=subprocess.DEVNULL) for k in ("0", "2", "3")]
+                                   stderr=subprocess.DEVNULL) for k in ("0", "2", "3")]
         assert launcher.wait(timeout=120) == 0  # the node 1 taken ran to the end
         assert all(p.wait(timeout=30) == 0 for p in others)
         assert "a join from node id 1 was refused: node 1 has joined already" in (

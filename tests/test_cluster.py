@@ -195,7 +195,7 @@ def test_a_quiet_launcher_on_any_port_says_where_nodes_join(tmp_path):
         address = line.split(" at ", 1)[1].strip()
         assert not address.endswith(":*")
         nodes = [Forked([*cli, "node", "--connect", address, "--host", "127.0.0.1",
-                                   "--id", str(i)], cwd=root) for i in range(2)]
+                         "--id", str(i)], cwd=root) for i in range(2)]
         stdout, err = launcher.communicate(timeout=120)
         assert launcher.returncode == 0, err
         assert (stdout, err) == (f"{out}\n", "")  # nothing else: it is quiet
@@ -255,8 +255,8 @@ def _node(addr, i, *flags):
     from tests._remote import ROOT as root
 
     return Forked([*CLI, "node", "--connect", addr,
-                             "--id", str(i), "--host", "127.0.0.1", *flags], cwd=root,
-                            stderr=subprocess.PIPE, text=True)
+                   "--id", str(i), "--host", "127.0.0.1", *flags], cwd=root,
+                  stderr=subprocess.PIPE, text=True)
 
 
 def test_remote_nodes_that_joined_first_wait_for_a_late_one(tmp_path):

@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _cluster(out, *flags):
     return Forked([*CLI, "cluster", "--dataset", "digits",
-                             "--restart", "on-failure", "-q", "--out", out, *flags], cwd=ROOT)
+                   "--restart", "on-failure", "-q", "--out", out, *flags], cwd=ROOT)
 
 
 def _records(out):
@@ -49,7 +49,7 @@ def _kill_when(out, label, ready, proc, timeout=90):
 def _remote_node(addr, i, *flags, **popen):
     """`p2pfl node --connect ADDR --id I` on loopback."""
     return Forked([*CLI, "node", "--connect", addr,
-                             "--id", str(i), "--host", "127.0.0.1", *flags], cwd=ROOT, **popen)
+                   "--id", str(i), "--host", "127.0.0.1", *flags], cwd=ROOT, **popen)
 
 
 def _assert_rejoined_once(out, node, rounds):
@@ -198,10 +198,10 @@ def test_a_remote_node_restarted_by_hand_rejoins(tmp_path):
     out = str(tmp_path / "run")
     log = open(tmp_path / "launcher.log", "w")  # not -q: what it says of the node
     launcher = Forked([*CLI, "cluster", "--dataset",
-                                 "digits", "--restart", "on-failure", "--out", out,
-                                 "--topology", "ring:4", "--rounds", "400", "--round-timeout",
-                                 "1", "--eval-every", "50", "--no-consensus", "--listen", addr],
-                                cwd=ROOT, stderr=log)
+                       "digits", "--restart", "on-failure", "--out", out,
+                       "--topology", "ring:4", "--rounds", "400", "--round-timeout",
+                       "1", "--eval-every", "50", "--no-consensus", "--listen", addr],
+                      cwd=ROOT, stderr=log)
 
     def node(i):
         return _remote_node(addr, i)
@@ -265,9 +265,9 @@ def test_a_dead_coordinator_without_restart_is_exit_1(tmp_path):
     once (the workers were stopped only after the closer's 10 s grace)."""
     out = str(tmp_path / "run")
     proc = Forked([*CLI, "cluster", "--dataset", "digits",
-                             "--mode", "fedavg", "--nodes", "3", "--rounds", "500",
-                             "--round-timeout", "1", "-q", "--out", out], cwd=ROOT,
-                            stderr=subprocess.PIPE, text=True)
+                   "--mode", "fedavg", "--nodes", "3", "--rounds", "500",
+                   "--round-timeout", "1", "-q", "--out", out], cwd=ROOT,
+                  stderr=subprocess.PIPE, text=True)
     try:
         _kill_when(out, "coordinator",
                    lambda recs: sum(r["role"] == "coordinator" for r in recs) >= 3, proc)

@@ -351,7 +351,7 @@ def _plain_then_secure_under_attack(tmp_path, flags, count: int, claim) -> tuple
     assert plain.returncode == 0, plain.stderr
     out = str(tmp_path / "secure")
     proc = Forked([*CLI, *flags, "--secure",
-                             "--out", out], cwd=ROOT)
+                   "--out", out], cwd=ROOT)
     try:
         nodes = _nodes_json(out, proc)
         intruder = hostile_clients(nodes[0]["address"], count, claim=claim,
@@ -431,8 +431,8 @@ def test_a_second_process_with_a_nodes_key_is_refused_and_the_first_runs_on(tmp_
 
     def node(i, **kw):
         return Forked([*CLI, "node", "--connect", addr,
-                                 "--host", "127.0.0.1", "--start-timeout", "60", "--key",
-                                 str(tmp_path / "keys" / f"{i}.key_secret")], cwd=ROOT, **kw)
+                       "--host", "127.0.0.1", "--start-timeout", "60", "--key",
+                       str(tmp_path / "keys" / f"{i}.key_secret")], cwd=ROOT, **kw)
 
     procs = [node(1, stderr=subprocess.DEVNULL)]
     try:
@@ -468,9 +468,9 @@ def test_a_labelled_nodes_key_with_the_wrong_id_is_refused_with_the_right_one(tm
         ids = {n: i for i, n in enumerate(config["resolved"]["labels"])}
         wrong = (ids["a"] + 1) % 3
         node = Forked([*CLI, "node", "--connect", addr,
-                                 "--host", "127.0.0.1", "--start-timeout", "40", "--id",
-                                 str(wrong), "--key", str(tmp_path / "keys" / "a.key_secret")],
-                                cwd=ROOT, stderr=subprocess.PIPE, text=True)
+                       "--host", "127.0.0.1", "--start-timeout", "40", "--id",
+                       str(wrong), "--key", str(tmp_path / "keys" / "a.key_secret")],
+                      cwd=ROOT, stderr=subprocess.PIPE, text=True)
         _, err = node.communicate(timeout=60)
         why = f"its key is node 'a''s (id {ids['a']}), not node id {wrong}'s: start it with " \
               f"--id {ids['a']}"
@@ -499,9 +499,9 @@ def test_a_node_with_a_key_of_another_run_is_named_as_refused(tmp_path):
         assert launcher.poll() is None and time.monotonic() < deadline, "it never listened"
         time.sleep(0.05)
     node = Forked([*CLI, "node", "--connect", addr,
-                             "--host", "127.0.0.1", "--start-timeout", "10",
-                             "--key", str(tmp_path / "other_keys" / "0.key_secret")],
-                            cwd=ROOT, stderr=subprocess.DEVNULL)
+                   "--host", "127.0.0.1", "--start-timeout", "10",
+                   "--key", str(tmp_path / "other_keys" / "0.key_secret")],
+                  cwd=ROOT, stderr=subprocess.DEVNULL)
     try:
         _, err = launcher.communicate(timeout=60)
     finally:
@@ -535,10 +535,10 @@ def test_a_node_and_launcher_of_which_one_has_curve_say_so(tmp_path, secure_laun
         assert launcher.poll() is None and time.monotonic() < deadline, "it never listened"
         time.sleep(0.05)
     node = Forked([*CLI, "node", "--connect", addr,
-                             "--host", "127.0.0.1", "--start-timeout", "8", "--id", "0",
-                             *([] if secure_launcher else
-                               ["--key", str(tmp_path / "keys" / "0.key_secret")])],
-                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+                   "--host", "127.0.0.1", "--start-timeout", "8", "--id", "0",
+                   *([] if secure_launcher else
+                     ["--key", str(tmp_path / "keys" / "0.key_secret")])],
+                  cwd=ROOT, stderr=subprocess.PIPE, text=True)
     try:
         _, err = node.communicate(timeout=60)
     finally:
