@@ -71,7 +71,8 @@ def test_choco_pair_keeps_copies_equal(spec):
     d, g = 2000, torch.Generator().manual_seed(1)
     x0 = torch.randn(d, generator=g)
     nodes = [CHOCO(d, 0.5, {1 - i: 0.5}, x0=x0,
-                   options=CHOCOOptions(codec=spec, gamma=default_gamma(spec)), seed=i) for i in range(2)]
+                   options=CHOCOOptions(codec=spec, gamma=default_gamma(spec)), seed=i)
+             for i in range(2)]
     xs = [x0.clone(), x0.clone()]
     for rnd in range(1, 31):
         xs = [x + _delta(g, d) for x in xs]

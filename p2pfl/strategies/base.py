@@ -45,7 +45,8 @@ from ..algorithms.base import Packet, dense_packet, dense_tensor
 from ..errors import ConfigError
 
 __all__ = ["Reply", "ServerContext", "Strategy", "ClientStrategy", "Packet", "weighted_mean",
-           "round_field", "dense_packet", "dense_tensor", "BEHAVIOURS", "behave", "model_from_state"]
+           "round_field", "dense_packet", "dense_tensor", "BEHAVIOURS", "behave",
+           "model_from_state"]
 
 #: Every behaviour a node profile may name (algorithms/attacks.py describes them).
 BEHAVIOURS = GOSSIP_BEHAVIOURS
