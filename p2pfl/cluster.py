@@ -33,7 +33,8 @@ from .transport import Endpoint, Mailbox
 from .transport.mailbox import NODE_REPORTS
 from .transport.liveness import ConnectionWatch
 from .transport.security import Security
-from .spawn import spawn_hosts, spawn_processes, spawn_threads
+from .spawn import (spawn_hosts, spawn_processes, spawn_threads, stop_restarts,
+                    warm_restarts)
 from .fd_limits import fit_launcher_fds
 from .node_handle import NodeHandle
 from .supervision import Supervision
@@ -267,6 +268,9 @@ class Launcher(Supervision, Admission):
         for h in self.nodes.values():
             self.ep.send(h.id, "start")
         self.t_start = time.monotonic()
+        if self.restart_limit > 0 and self.backend is None and not self.listen and not (
+                self.in_process and self.scheme == "inproc"):
+            warm_restarts()  # once the nodes run: it costs a start-up's imports
         self.write_nodes_json()  # every node ready: the states while the rounds run
         self.log(f"{len(self.nodes)} nodes joined in {t1 - t0:.1f} s, connected to their "
                  f"neighbours and ready {self.t_start - t1:.1f} s later")
@@ -395,6 +399,7 @@ class Launcher(Supervision, Admission):
         if self.ep is not None and self.t_start is not None:
             self._collect_byes(running, deadline)  # their counters and last records
         self._reap(deadline)
+        stop_restarts()  # after the nodes it started
         if self.ep is not None:
             self.control_bytes = self.ep.counters.total("sent") + self.ep.counters.total("received")
             self.dropped = dict(sorted(self.ep.counters.dropped.items()))

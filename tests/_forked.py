@@ -20,6 +20,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import traceback
 
 __all__ = ["Forked", "CLI", "run"]
@@ -74,6 +75,19 @@ def run(args, *, timeout=None, check: bool = False, capture_output: bool = False
     return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
+def _own_helpers() -> None:
+    """Forget the test's fork server and resource tracker: their descriptors are closed
+    here, and they are not this process's children (a restart would wait for them)."""
+    from multiprocessing import forkserver, resource_tracker
+
+    server, tracker = forkserver._forkserver, resource_tracker._resource_tracker
+    server._forkserver_address = server._forkserver_alive_fd = server._forkserver_pid = None
+    server._inherited_fds = None
+    server._lock = threading.Lock()
+    tracker._fd = tracker._pid = None
+    tracker._lock = threading.RLock()
+
+
 def _child(argv: list, fds: tuple, cwd, env, new_session: bool, hold: bool,
            preexec_fn) -> None:
     code = 1
@@ -106,6 +120,7 @@ def _child(argv: list, fds: tuple, cwd, env, new_session: bool, hold: bool,
         multiprocessing.process._children.clear()
         multiprocessing.util._finalizer_registry.clear()
         multiprocessing.util._run_after_forkers()
+        _own_helpers()
         sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
         if hold:
             sys.stdin.readline()

@@ -335,22 +335,30 @@ def test_neighbours_do_not_wait_a_round_time_out_for_a_restarted_node(tmp_path):
 
 
 def _kill_spawned_child(parent: int, timeout=60) -> None:
-    """SIGKILL the first process ``parent`` spawns (a restarted node, still importing
-    and not yet joined); forked nodes and multiprocessing's tracker are left alone."""
+    """SIGKILL the first process started for a restart under ``parent`` (a child of its
+    fork server, before it has joined); the nodes it forked at the start, the fork
+    server and multiprocessing's tracker are left alone."""
+    def stat(pid: str) -> tuple[int, bytes]:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            ppid = int(fh.read().rsplit(b")", 1)[1].split()[1])
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return ppid, fh.read()
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        procs = {}
         for pid in filter(str.isdigit, os.listdir("/proc")):
             try:
-                with open(f"/proc/{pid}/stat", "rb") as fh:
-                    ppid = int(fh.read().rsplit(b")", 1)[1].split()[1])
-                with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                    spawned = b"spawn_main" in fh.read()
+                procs[int(pid)] = stat(pid)
             except (OSError, ValueError, IndexError):
                 continue
-            if ppid == parent and spawned:
-                os.kill(int(pid), signal.SIGKILL)
+        servers = {pid for pid, (ppid, cmd) in procs.items()
+                   if ppid == parent and b"forkserver" in cmd}
+        for pid, (ppid, _) in procs.items():
+            if ppid in servers:
+                os.kill(pid, signal.SIGKILL)
                 return
-        time.sleep(0.01)
+        time.sleep(0.005)
     raise AssertionError("no restarted process appeared")
 
 
