@@ -155,6 +155,7 @@ class Launcher(Supervision, Admission):
                         self._node_security)
             self.ctx = actor_context(len(self.nodes), 1)
             self._bind(address)
+            self._watch_exits()
             return
         if self.in_process:
             self.ctx = actor_context(len(self.nodes), max(len(s.neighbours) for s in self.specs))
@@ -167,6 +168,7 @@ class Launcher(Supervision, Admission):
         spawn_processes(self.nodes, address, self._how(), self._node_security)
         self.ctx = actor_context(len(self.nodes), 1)
         self._bind(address)
+        self._watch_exits()
 
     def _how(self) -> tuple:
         """How a spawned node binds and starts: scheme, host, run folder, start time-out."""

@@ -43,6 +43,9 @@ def _by_process(nodes) -> list:
 class Supervision:
     """The launcher's fault handling; see the module docstring."""
 
+    _exits_seen = 0  # the endpoint's count of watched processes that ended, last looked at
+    _exit_recheck_until = 0.0  # one ended and is not reaped yet: look often until then
+
     def _send_stops(self) -> None:
         """A requested stop goes to the closer (the coordinator) alone while it runs:
         it finishes its round and hands every worker the final model, as after its
@@ -65,18 +68,35 @@ class Supervision:
             self._stop_sent = True
 
     def _exited(self) -> set:
-        """Nodes whose process or thread ended (checked at most every 0.2 s; host
-        processes are shared by many nodes and checked once each)."""
+        """Nodes whose process or thread ended (checked at most every 0.2 s, and at once
+        when a watched process ends; host processes are shared by many nodes and checked
+        once each)."""
         now = time.monotonic()
-        if now >= self._next_exit_check:
+        exits = self.ep.inbox.exits if self.ep is not None else 0
+        if exits != self._exits_seen:  # its descriptors are closed before it can be
+            self._exits_seen = exits  # reaped: look again, often, for a little while
+            self._exit_recheck_until = now + 0.25
+        if now >= self._next_exit_check or now < self._exit_recheck_until:
             self._next_exit_check = now + 0.2
             runners = {id(h.runner): h.runner for h in self.nodes.values()
                        if h.runner is not None}
             # the dead runners themselves are kept, so their ids are never reused
-            self._dead = {k: r for k, r in runners.items() if not r.is_alive()}
+            dead = {k: r for k, r in runners.items() if not r.is_alive()}
+            if dead.keys() - self._dead.keys():
+                self._exit_recheck_until = 0.0  # found
+            self._dead = dead
         # by runner: a node restarted since the last check has a new, live one
         return {h.id for h in self.nodes.values()
                 if h.runner is not None and self._dead.get(id(h.runner)) is h.runner}
+
+    def _watch_exits(self, handles=None) -> None:
+        """Have the endpoint wake the monitor when a node's process (or host process)
+        ends: a local process's sentinel, once a runner (not a thread, not Ray's)."""
+        runners = {id(h.runner): h.runner for h in (handles or self.nodes.values())}
+        for runner in runners.values():
+            sentinel = getattr(runner, "sentinel", None)
+            if isinstance(sentinel, int):
+                self.ep.inbox.watch_exit(sentinel)
 
     def _fail_stopped_stragglers(self, now: float) -> None:
         """A node whose process is stopped (SIGSTOP, a debugger) once every other node
@@ -188,6 +208,8 @@ class Supervision:
     def _wait_s(self, now: float) -> float:
         """How long the monitor may wait for a message: half a second, or until the
         first grace of a node stopped by a signal ends."""
+        if now < self._exit_recheck_until:  # a process ended and is not reaped yet
+            return 0.005
         return max(0.0, min([0.5, *(until - now for until, _ in self._graces.values())]))
 
     def _closer_done_long_ago(self, now: float) -> bool:
@@ -257,6 +279,7 @@ class Supervision:
             h.pid = None
             return
         respawn(h, self._address, self._how(), self._node_security(h.id))
+        self._watch_exits([h])
 
     def _rejoined(self, h: NodeHandle) -> None:
         """A node joined mid-run (restarted here, or by hand on its host): its

@@ -104,7 +104,8 @@ def test_a_killed_worker_is_left_out_of_the_rounds_at_once(tmp_path):
     codes = _failures(recs, 2)
     assert codes.count("timeout") <= 1, codes  # at most the round it died in
     coord = [r for r in recs if r["role"] == "coordinator"]
-    assert all(r["participants"] == r["replies_ok"] == 3 for r in coord[-20:])  # left out
+    assert all(r["participants"] == r["replies_ok"] == 3 for r in coord[-20:]), [  # left out
+        (r["round"], r["participants"], r["replies_ok"], r.get("failed")) for r in coord[-20:]]
     assert took < 40, f"{took:.1f} s after the kill"
     # its last accuracy is of a model that never finished: not in the final figures
     last = {r["node"]: r["accuracy"] for r in recs
@@ -124,10 +125,9 @@ def test_a_stopped_worker_costs_two_time_outs_and_does_not_hold_the_run(tmp_path
     s, recs = _summary(out), _records(out)
     assert "stopped" in s["failed_nodes"]["1"]
     codes = _failures(recs, 1)
-    # then silent rounds, not waited for, until the launcher fails it (4 to 10 of them,
-    # as soon as its stop is seen)
-    assert codes.count("timeout") <= 2 and codes.count("silent") >= 1, codes
-    assert set(codes) <= {"timeout", "silent"}, codes
+    # then silent rounds, not waited for, until the launcher sees its process stopped
+    # and it is left out (0 to 10 of them, as soon as that is seen)
+    assert 1 <= codes.count("timeout") <= 2 and set(codes) <= {"timeout", "silent"}, codes
     # 2 time-outs, then one round time-out once the others are done: far below 120 s
     assert took < 30, f"{took:.1f} s after the stop"
 

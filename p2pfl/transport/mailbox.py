@@ -147,6 +147,7 @@ class Mailbox(Routing):
         idle = gate is not None and not wall and not self.asynchronous
         clock = gate.idle_clock if idle else time.monotonic
         deadline = clock() + timeout
+        exits = self.endpoint.inbox.exits  # a watched process that ends ends the wait
         while not self.stopped and not ready():
             left = deadline - clock()
             if left <= 0 or not self._still_alive():
@@ -156,6 +157,8 @@ class Mailbox(Routing):
                 msg = self.endpoint.recv(min(left, until_check))
                 if msg is not None:
                     self._route(msg)
+                elif self.endpoint.inbox.exits != exits:
+                    return
                 continue
             # Sleep off the gate; once there is news, read all of it in our turn.
             gate.release()
