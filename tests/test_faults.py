@@ -121,12 +121,13 @@ def test_a_stopped_worker_costs_two_time_outs_and_does_not_hold_the_run(tmp_path
     process stopped and fails it after a round time-out, not after 120 s of silence."""
     out = tmp_path / "run"
     took, _ = _stop_node_1(out, lambda r: _coordinator_rounds(r) >= 2, "--mode", "fedavg",
-                        "--nodes", "3", "--rounds", "12", "--round-timeout", "2")
+                        "--nodes", "3", "--rounds", "60", "--round-timeout", "2")
     s, recs = _summary(out), _records(out)
     assert "stopped" in s["failed_nodes"]["1"]
     codes = _failures(recs, 1)
     # then silent rounds, not waited for, until the launcher sees its process stopped
-    # and it is left out (0 to 10 of them, as soon as that is seen)
+    # and it is left out (12 rounds ended before the stop landed once the launcher was
+    # forked, not started afresh: 60 now)
     assert 1 <= codes.count("timeout") <= 2 and set(codes) <= {"timeout", "silent"}, codes
     # 2 time-outs, then one round time-out once the others are done: far below 120 s
     assert took < 30, f"{took:.1f} s after the stop"
