@@ -191,13 +191,13 @@ def test_a_node_that_reached_the_launcher_says_so(tmp_path):
     and its error failed the run); the launcher that gives up says so to every node, and
     a launcher gone silent is named as such."""
     addr = f"tcp://127.0.0.1:{free_port()}"
-    launcher = _listening_launcher(tmp_path, addr, 9)  # 6 s: a loaded machine's nodes
+    launcher = _listening_launcher(tmp_path, addr, 4)  # forked nodes join within it
     node = [*CLI, "node", "--connect", addr, "--host", "127.0.0.1", "--start-timeout"]
     patient = [Forked([*node, "1", "--id", k], cwd=ROOT, text=True,  # had not
                       stderr=subprocess.PIPE) for k in ("0", "1")]  # all joined
     try:
-        assert launcher.wait(timeout=30) == 1  # 2 of its 4 nodes joined in 9 s
-        assert "2 node(s) not joined after 9 s" in launcher.stderr.read()
+        assert launcher.wait(timeout=30) == 1  # 2 of its 4 nodes joined in 4 s
+        assert "2 node(s) not joined after 4 s" in launcher.stderr.read()
         for k, proc in enumerate(patient):
             _, err = proc.communicate(timeout=30)
             assert proc.returncode == 1
