@@ -27,7 +27,7 @@ class ConfigError(UsageError):
 class ClusterError(RuntimeError):
     """The cluster could not start, lost contact with its nodes, or every node failed
     (a runtime failure, not a usage error: exit code 1).  ``result``: the run's
-    :class:`~p2pfl.api.Result` when it got that far, else None."""
+    :class:`~p2pfl.result.Result` when it got that far, else None."""
 
     def __init__(self, message: str, result=None) -> None:
         super().__init__(message)
