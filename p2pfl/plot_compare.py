@@ -96,6 +96,9 @@ def compare_runs(run_dirs: list, out_dir: str) -> list[str]:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot use output folder {out_dir}: {exc.strerror or exc}") from None
+    for name in COMPARE_FILES:  # before any is written: not half a new comparison
+        if os.path.isdir(os.path.join(out_dir, name)):
+            raise UsageError(f"cannot write {os.path.join(out_dir, name)}: it is a folder")
     paths = []
     for name, x, xlabel, logx in (
             (COMPARE_FILES[0], "rounds", "round", False),
@@ -111,5 +114,8 @@ def compare_runs(run_dirs: list, out_dir: str) -> list[str]:
               "interrupted": c["interrupted"], "summary": c["summary"]}
              for d, (label, c) in zip(run_dirs, curves.items())]
     path = os.path.join(out_dir, COMPARE_FILES[3])
-    write_json_atomic(path, table)
+    try:
+        write_json_atomic(path, table)
+    except OSError as exc:  # a full disk, say: one line, as a PNG's failure is
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
     return paths + [path]
