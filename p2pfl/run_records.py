@@ -62,7 +62,7 @@ def read_json(run_dir, name):
 
 def read_summary(run_dir):
     """``summary.json``; while a run has none (in progress, or its launcher killed), what
-    ``config.json`` says of the run (mode, dataset, model, nodes)."""
+    ``config.json`` says of the run (mode, dataset, model, nodes, the rounds planned)."""
     summary = read_json(run_dir, "summary.json")
     if summary:
         return summary
@@ -70,7 +70,7 @@ def read_summary(run_dir):
     resolved = config.get("resolved") if isinstance(config.get("resolved"), dict) else {}
     return {k: v for k, v in dict(config, nodes=resolved.get("nodes"),
                                   algorithm=resolved.get("algorithm")).items()
-            if k in ("mode", "algorithm", "dataset", "model", "nodes")}
+            if k in ("mode", "algorithm", "dataset", "model", "nodes", "rounds")}
 
 
 def is_coordinator(rec):

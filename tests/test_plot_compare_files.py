@@ -1,6 +1,9 @@
 """``p2pfl plot A B --out DIR``: what its output folder holds when a file cannot be
 written, and what compare.json says of a run that has no summary."""
 
+import json
+import shutil
+
 import pytest
 
 from tests._inproc import cli_here
@@ -28,3 +31,19 @@ def test_a_folder_in_the_way_of_a_comparison_file_is_one_line_and_nothing_writte
     assert len(lines) == 1 and lines[0].startswith("p2pfl: error: cannot write "), lines
     assert sorted(p.name for p in out.iterdir()) == [blocked]  # nothing half done
 
+
+def test_a_run_without_a_summary_shows_its_planned_rounds(tmp_path, run_dir):
+    """A run still going, or whose launcher was killed, has config.json but no summary:
+    compare.json gave its planned ``rounds`` as null, so only ``summary`` told that its
+    ``final_round`` was not the last one planned."""
+    live = tmp_path / "live"
+    shutil.copytree(run_dir, live)
+    (live / "summary.json").unlink()
+    config = json.loads((live / "config.json").read_text())
+    config["rounds"] = 50  # as a run killed at its 3rd round of 50 left it
+    (live / "config.json").write_text(json.dumps(config))
+    res = cli_here("plot", str(run_dir), str(live), "--out", str(tmp_path / "cmp"))
+    assert res.returncode == 0, res.stderr
+    table = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert [(r["final_round"], r["rounds"], r["summary"]) for r in table] == [
+        (3, 3, True), (3, 50, False)]
