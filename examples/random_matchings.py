@@ -45,12 +45,14 @@ def main() -> None:
     path = os.path.join(out, "schedule.json")
     with open(path, "w") as fh:
         json.dump({"sources": matchings(build(args.topology).graph, args.rounds, args.seed)}, fh)
-    for spec in (args.topology, f"one_peer:{path}"):
+    specs = (args.topology, f"one_peer:{path}")
+    width = max(len(spec) for spec in specs)  # the path is longer than 40 characters
+    for spec in specs:
         res = p2pfl.run_cluster(spec, dataset="digits", rounds=args.rounds, in_process=True,
                                 quiet=True, out=os.path.join(out, "one_peer" if spec.startswith(
                                     "one_peer:") else "static"))  # a path may be absolute
         s = res.summary
-        print(f"{spec:40s} accuracy {s['accuracy_mean']:.4f}  "
+        print(f"{spec:{width}s}  accuracy {s['accuracy_mean']:.4f}  "
               f"{s['bytes_sent_total'] / 1e6:7.2f} MB sent  gap per round {s['spectral_gap']:.3f}")
 
 
