@@ -65,4 +65,5 @@ def _ended_early(summary: dict) -> list:
     more = f", ... ({len(early)} in all)" if len(early) > 8 else ""
     return [f"warning: {len(early)} of {summary.get('nodes')} nodes ended before round "
             f"{rounds} ({at}{more}): offline (or restarted) when all their neighbours had "
-            "finished; their accuracy is that of their last round (ended_early in summary.json)"]
+            "finished; their accuracy, where they recorded one, is that of their last round "
+            "(ended_early in summary.json)"]
