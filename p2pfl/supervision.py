@@ -91,7 +91,8 @@ class Supervision:
 
     def _watch_exits(self, handles=None) -> None:
         """Have the endpoint wake the monitor when a node's process (or host process)
-        ends: a local process's sentinel, once a runner (not a thread, not Ray's)."""
+        ends: each local process's sentinel, once a process (threads and Ray's actors
+        have none)."""
         runners = {id(h.runner): h.runner for h in (handles or self.nodes.values())}
         for runner in runners.values():
             sentinel = getattr(runner, "sentinel", None)
