@@ -92,7 +92,7 @@ def test_a_killed_worker_is_left_out_of_the_rounds_at_once(tmp_path):
     """Before: every round after the death waited its full time-out for the dead
     worker (here 5 s a round, over a minute in all)."""
     out = tmp_path / "run"
-    with _run(out, "--mode", "fedavg", "--nodes", "4", "--rounds", "30",
+    with _run(out, "--mode", "fedavg", "--nodes", "4", "--rounds", "60",
               "--round-timeout", "5") as proc:
         _signal_when(out, 2, lambda r: _coordinator_rounds(r) >= 3, proc, signal.SIGKILL)
         t_kill = time.monotonic()
@@ -104,8 +104,13 @@ def test_a_killed_worker_is_left_out_of_the_rounds_at_once(tmp_path):
     codes = _failures(recs, 2)
     assert codes.count("timeout") <= 1, codes  # at most the round it died in
     coord = [r for r in recs if r["role"] == "coordinator"]
-    assert all(r["participants"] == r["replies_ok"] == 3 for r in coord[-20:]), [  # left out
-        (r["round"], r["participants"], r["replies_ok"], r.get("failed")) for r in coord[-20:]]
+    # left out after the round it died in (the kill lands a few rounds after the test
+    # sees round 3: round 11 in a CI run once the launcher was forked)
+    died = min(r["round"] for r in coord if any(w == 2 for w, _ in r.get("failed") or []))
+    after = [r for r in coord if r["round"] > died]
+    assert len(after) >= 10 and all(r["participants"] == r["replies_ok"] == 3
+                                    for r in after), [
+        (r["round"], r["participants"], r["replies_ok"], r.get("failed")) for r in after]
     assert took < 40, f"{took:.1f} s after the kill"
     # its last accuracy is of a model that never finished: not in the final figures
     last = {r["node"]: r["accuracy"] for r in recs
