@@ -360,8 +360,11 @@ def test_a_stopped_ray_node_does_not_hold_the_run(ray_cluster, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "p2pfl.cli", "cluster", "--backend", "ray",
                              "--ray-address", address, "--node-cpus", "1", "--host",
                              "127.0.0.1", "--topology", "ring:4", "--dataset", "digits",
-                             "--rounds", "15", "--round-timeout", "1", "-q", "--out",
-                             str(out)], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+                             "--rounds", "15", "--round-timeout", "1", "--slowdown", "20",
+                             "-q", "--out", str(out)],
+                            cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    # slowed, so that the stop lands mid-run: 15 fast rounds once ended before it, in a CI
+    # run, and nothing failed
     pid = None
     try:
         deadline = time.monotonic() + 120
