@@ -152,3 +152,25 @@ def run_paused(proc, out: str, label, ready, pause: float) -> None:
         proc.kill()
     if proc.returncode != 0:
         raise RuntimeError(err)
+
+
+def repeat_cases(prefix: str, args, cases: dict, out: str) -> dict:
+    """Run each of ``cases`` (name -> ``run(tree, work)``, returning a dict) ``args.repeats``
+    times on the code of ``args.tree``, in a scratch folder, printing each result; save
+    the entry (tree, commit, results by case) in ``out``, replacing one of the same tree
+    and commit."""
+    import shutil
+    import tempfile
+
+    work = tempfile.mkdtemp(prefix=prefix)
+    entry = {"tree": args.tree, "commit": commit_of(args.tree, dirty=True), "cases": {}}
+    try:
+        for name, run in cases.items():
+            results = entry["cases"].setdefault(name, [])
+            for _ in range(args.repeats):
+                results.append(run(args.tree, work))
+                print(name, json.dumps(results[-1]), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    save_entry(out, entry, ("tree", "commit"))
+    return entry

@@ -21,10 +21,9 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
-from _results import commit_of, records, save_entry, tree_args
+from _results import records, repeat_cases, tree_args
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "results", "restart_gap.json")
@@ -77,16 +76,7 @@ def one_run(tree: str, work: str) -> dict:
 
 
 def main() -> int:
-    args = tree_args(__doc__)
-    work = tempfile.mkdtemp(prefix="restart_gap_")
-    entry = {"tree": args.tree, "commit": commit_of(args.tree, dirty=True), "runs": []}
-    try:
-        for _ in range(args.repeats):
-            entry["runs"].append(one_run(args.tree, work))
-            print(json.dumps(entry["runs"][-1]), flush=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    save_entry(OUT, entry, ("tree", "commit"))
+    repeat_cases("restart_gap_", tree_args(__doc__), {"ring:3, node 1 killed": one_run}, OUT)
     return 0
 
 

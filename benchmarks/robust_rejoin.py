@@ -21,9 +21,8 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 
-from _results import commit_of, records, save_entry, tree_args
+from _results import records, repeat_cases, tree_args
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "results", "robust_rejoin.json")
@@ -56,18 +55,9 @@ def one_run(tree: str, robust: str, work: str) -> dict:
 
 def main() -> int:
     args = tree_args(__doc__)
-    work = tempfile.mkdtemp(prefix="robust_rejoin_")
-    entry = {"tree": args.tree, "commit": commit_of(args.tree, dirty=True), "cases": {}}
-    try:
-        for robust in CASES:
-            runs = []
-            for _ in range(args.repeats):
-                runs.append(one_run(args.tree, robust, work))
-                print(robust, json.dumps(runs[-1]), flush=True)
-            entry["cases"][robust] = runs
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    save_entry(OUT, entry, ("tree", "commit"))
+    repeat_cases("robust_rejoin_", args, {
+        robust: (lambda tree, work, rule=robust: one_run(tree, rule, work)) for robust in CASES},
+        OUT)
     return 0
 
 
