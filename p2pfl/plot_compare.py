@@ -63,8 +63,11 @@ def run_curve(run_dir: str) -> dict:
     if cumulative and whole is not None and whole > total:
         cumulative[max(cumulative)] = whole / 1e6
     rounds = [r for r, _ in acc]
+    mb = [cumulative.get(r) for r in rounds]
+    if mb and whole is not None and (mb[-1] is None or whole / 1e6 > mb[-1]):
+        mb[-1] = whole / 1e6  # a run stopped mid-round sent more after its last evaluation
     return {"rounds": rounds, "accuracy": [a for _, a in acc],
-            "mb": [cumulative.get(r) for r in rounds], "seconds": [ends.get(r) for r in rounds],
+            "mb": mb, "seconds": [ends.get(r) for r in rounds],
             "mode": summary.get("mode"), "compression": summary.get("compression"),
             # what says a run did not finish as planned: a comparison must not hide it
             "planned": summary.get("rounds"), "failed": sorted(map(str, summary.get(

@@ -47,3 +47,24 @@ def test_a_run_without_a_summary_shows_its_planned_rounds(tmp_path, run_dir):
     table = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert [(r["final_round"], r["rounds"], r["summary"]) for r in table] == [
         (3, 3, True), (3, 50, False)]
+
+
+def test_a_run_stopped_mid_round_compares_with_all_it_sent(tmp_path, run_dir):
+    """A run stopped after its last evaluated round (SIGTERM mid-round) records a partial
+    round more: compare.json's mb_sent stopped at the evaluated round (92.53 MB against the
+    summary's 92.65 MB in a helper's run)."""
+    cut = tmp_path / "cut"
+    shutil.copytree(run_dir, cut)
+    summary = json.loads((cut / "summary.json").read_text())
+    with open(cut / "metrics.jsonl", "a") as fh:  # round 4, under way when it stopped
+        fh.write(json.dumps({"round": 4, "node": 0, "bytes_sent": 5_000_000,
+                             "wall_s": 9.0}) + "\n")
+    summary["bytes_sent_total"] += 5_000_000
+    (cut / "summary.json").write_text(json.dumps(summary))
+    res = cli_here("plot", str(run_dir), str(cut), "--out", str(tmp_path / "cmp"))
+    assert res.returncode == 0, res.stderr
+    table = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert table[1]["final_round"] == 3
+    assert table[1]["mb_sent"] == pytest.approx(summary["bytes_sent_total"] / 1e6)
+    assert table[0]["mb_sent"] == pytest.approx(table[1]["mb_sent"] - 5.0)
+
