@@ -270,8 +270,8 @@ class Launcher(Supervision, Admission):
         for h in self.nodes.values():
             self.ep.send(h.id, "start")
         self.t_start = time.monotonic()
-        if self.restart_limit > 0 and self.backend is None and not self.listen and not (
-                self.in_process and self.scheme == "inproc"):
+        if self.restart_limit > 0 and self.backend is None and not (self.listen
+                                                                     or self._threads):
             warm_restarts()  # once the nodes run: it costs a start-up's imports
         self.write_nodes_json()  # every node ready: the states while the rounds run
         self.log(f"{len(self.nodes)} nodes joined in {t1 - t0:.1f} s, connected to their "

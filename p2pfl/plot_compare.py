@@ -57,15 +57,14 @@ def run_curve(run_dir: str) -> dict:
     for rnd in sorted(sent):
         total += sent[rnd]
         cumulative[rnd] = total / 1e6
-    # what left an emulated uplink after its node's last record (a message counts when
-    # it leaves) is in the summary's total only: the run's last round sent it
-    whole = finite(summary.get("bytes_sent_total"))
-    if cumulative and whole is not None and whole > total:
-        cumulative[max(cumulative)] = whole / 1e6
     rounds = [r for r, _ in acc]
     mb = [cumulative.get(r) for r in rounds]
+    # what left an emulated uplink after its node's last record (a message counts when
+    # it leaves), and a round under way when the run stopped after its last evaluation,
+    # are in the summary's total only: the line ends at it
+    whole = finite(summary.get("bytes_sent_total"))
     if mb and whole is not None and (mb[-1] is None or whole / 1e6 > mb[-1]):
-        mb[-1] = whole / 1e6  # a run stopped mid-round sent more after its last evaluation
+        mb[-1] = whole / 1e6
     return {"rounds": rounds, "accuracy": [a for _, a in acc],
             "mb": mb, "seconds": [ends.get(r) for r in rounds],
             "mode": summary.get("mode"), "compression": summary.get("compression"),

@@ -16,23 +16,12 @@ import shutil
 import tempfile
 
 from .errors import UsageError
+from .procfs import start_ticks
 
 __all__ = ["make_run_dir", "sweep_stale"]
 
 PREFIX = "p2pfl-"
 OWNER = "owner"  # the file in each folder: "PID START_TICKS"
-
-
-def _start_ticks(pid: int) -> str | None:
-    """The start time of process ``pid`` in clock ticks since boot (``/proc/PID/stat``'s
-    22nd field); None if it does not exist (or there is no /proc)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-    except OSError:
-        return None
-    # the command name (2nd field) may hold spaces and parentheses: split after its end
-    return stat[stat.rfind(b")") + 2:].split()[19].decode()
 
 
 #: The longest path of a socket in a run folder, less the folder's parent: the folder
@@ -62,7 +51,7 @@ def make_run_dir() -> str:
     parent = _parent()
     sweep_stale(parent)
     path = tempfile.mkdtemp(prefix=PREFIX, dir=parent)
-    ticks = _start_ticks(os.getpid())
+    ticks = start_ticks(os.getpid())
     if ticks is not None:
         with open(os.path.join(path, OWNER), "w") as fh:
             fh.write(f"{os.getpid()} {ticks}\n")
@@ -76,7 +65,7 @@ def _owner_gone(path: str) -> bool:
         pid = int(pid)
     except (OSError, ValueError):
         return False  # no owner named (an older version's, or one being made): kept
-    return _start_ticks(pid) != ticks
+    return start_ticks(pid) != ticks
 
 
 def sweep_stale(folder: str | None = None, limit: int = 4096) -> int:

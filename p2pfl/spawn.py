@@ -82,21 +82,20 @@ def spawn_threads(nodes: dict, address: str, ctx, alive, start_timeout: float) -
 def respawn(h, address: str, how: tuple, security) -> None:
     """A new process for a node that died, from the fork server (not forked from the
     launcher, whose threads and sockets a fork would copy)."""
-    _restarter()
+    _preload()
     _start_process(h, "forkserver", address, how, security)
 
 
-def _restarter():
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(RESTART_PRELOAD)  # no effect once the server runs
-    return ctx
+def _preload() -> None:
+    """What the fork server imports when it starts (no effect once it runs)."""
+    mp.get_context("forkserver").set_forkserver_preload(RESTART_PRELOAD)
 
 
 def warm_restarts() -> None:
     """Start the fork server of restarted nodes now, not at the first restart."""
     from multiprocessing import forkserver
 
-    _restarter()
+    _preload()
     with _bare_main():  # it would import the caller's script otherwise
         forkserver.ensure_running()
 

@@ -12,6 +12,7 @@ import tempfile
 import time
 
 from p2pfl import run_dirs
+from p2pfl.procfs import start_ticks
 from p2pfl.run_dirs import OWNER, sweep_stale
 
 
@@ -27,7 +28,7 @@ def _folder(root, name: str, owner: str | None) -> str:
 def test_only_folders_whose_owner_is_gone_are_swept(tmp_path):
     done = subprocess.Popen(["true"])
     done.wait()  # its id names no process now (ids are not reused this soon)
-    me = f"{os.getpid()} {run_dirs._start_ticks(os.getpid())}\n"
+    me = f"{os.getpid()} {start_ticks(os.getpid())}\n"
     gone = _folder(tmp_path, "gone", f"{done.pid} 12345\n")
     reused = _folder(tmp_path, "reused", f"{os.getpid()} 1\n")  # our id, another start
     alive = _folder(tmp_path, "alive", me)

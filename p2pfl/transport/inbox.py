@@ -56,7 +56,7 @@ class Inbox:
         self._monitors: dict = {}  # monitor socket -> the socket it watches
         self._ready: deque = deque()  # held messages whose sender became known
         self._strangers: set = set()  # senders counted apart that are in no known table
-        self._watched: dict = {}  # our copy of a process's sentinel -> the sentinel
+        self._watched: set = set()  # our copies of processes' sentinels
         self.exits = 0  # watched sentinels that fired: processes that ended
 
     def watch_exit(self, sentinel: int) -> None:
@@ -64,7 +64,7 @@ class Inbox:
         has ended) fires: the launcher learns of a dead node at once, where it looked
         only between messages (up to half a second later while its neighbours waited)."""
         fd = os.dup(sentinel)  # ours: closed here, whatever becomes of the process object
-        self._watched[fd] = sentinel
+        self._watched.add(fd)
         self._poller.register(fd, zmq.POLLIN)
 
     def _exits(self, ready: dict) -> bool:
@@ -72,7 +72,7 @@ class Inbox:
         fired = [fd for fd in self._watched if fd in ready]
         for fd in fired:
             self._poller.unregister(fd)
-            del self._watched[fd]
+            self._watched.discard(fd)
             os.close(fd)
         self.exits += len(fired)
         return bool(fired)
